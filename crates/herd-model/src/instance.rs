@@ -1,0 +1,305 @@
+//! Instances: one VM of a scale set, its lifecycle state machine, and how the API shows it.
+//!
+//! ```text
+//!                 create                     boot observed
+//!   (new) ──────────────────▶ Creating ─────────────────────▶ Running ◀──────────┐
+//!                               │  ▲                            │ │ │            │
+//!                   create fails│  │retry (backoff)        stop │ │ │restart     │boot observed
+//!                               ▼  │                            ▼ │ ▼            │
+//!                              Failed ◀──── crashed ──── Stopping │ Restarting ───┤
+//!                                                           │     │              │
+//!                                                           ▼     │dealloc       │
+//!                    start ┌────────────────────────────── Stopped│              │
+//!                          ▼                                │     ▼              │
+//!                      Starting ◀──── start ──── Deallocated ◀─ Deallocating      │
+//!                          └──────────────────────────────────────────────────────┘
+//!
+//!   any state ── reimage ──▶ Reimaging ── boot observed ──▶ Running
+//!   any state ── delete ───▶ Deleting ── destroyed ──▶ (record removed)
+//! ```
+//! One transition function, [`InstanceState::on`], holds every legal move; anything else is
+//! an [`InvalidTransition`] error rather than a silently inconsistent record.
+
+use crate::{ids::InstanceId, scale_set::StoredScaleSet};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+string_enum!(
+    /// Where an instance is in its lifecycle (see the module diagram).
+    InstanceState {
+        Creating = "Creating",
+        Running = "Running",
+        Stopping = "Stopping",
+        Stopped = "Stopped",
+        Starting = "Starting",
+        Deallocating = "Deallocating",
+        Deallocated = "Deallocated",
+        Restarting = "Restarting",
+        Reimaging = "Reimaging",
+        Deleting = "Deleting",
+        Failed = "Failed",
+    } default Creating
+);
+
+/// What happens to an instance; the input of the transition function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A retry of a failed creation begins.
+    Retry,
+    /// The driver reports the instance running.
+    BootObserved,
+    /// Creation, start or reimage failed.
+    ProvisionFailed,
+    /// The instance stopped without being asked to.
+    Crashed,
+    StopRequested,
+    StopDone,
+    StartRequested,
+    DeallocateRequested,
+    DeallocateDone,
+    RestartRequested,
+    ReimageRequested,
+    DeleteRequested,
+}
+
+/// A move the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("instance cannot go from {from} on {event:?}")]
+pub struct InvalidTransition {
+    pub from: InstanceState,
+    pub event: Event,
+}
+
+impl InstanceState {
+    /// The one transition function of the instance lifecycle.
+    pub fn on(self, event: Event) -> Result<InstanceState, InvalidTransition> {
+        use Event as E;
+        use InstanceState as S;
+        let next = match (self, event) {
+            (S::Deleting, E::DeleteRequested) => S::Deleting,
+            (S::Deleting, _) => return Err(InvalidTransition { from: self, event }),
+            (_, E::DeleteRequested) => S::Deleting,
+            (_, E::ReimageRequested) => S::Reimaging,
+            (S::Failed, E::Retry) => S::Creating,
+            (S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Running, E::BootObserved) => S::Running,
+            (S::Creating | S::Starting | S::Restarting | S::Reimaging, E::ProvisionFailed) => S::Failed,
+            (S::Running, E::Crashed) => S::Failed,
+            (S::Running | S::Starting, E::StopRequested) => S::Stopping,
+            (S::Stopping, E::StopDone) => S::Stopped,
+            (S::Stopped | S::Deallocated, E::StartRequested) => S::Starting,
+            (S::Running | S::Stopped | S::Stopping | S::Starting, E::DeallocateRequested) => S::Deallocating,
+            (S::Deallocating, E::DeallocateDone) => S::Deallocated,
+            (S::Running, E::RestartRequested) => S::Restarting,
+            _ => return Err(InvalidTransition { from: self, event }),
+        };
+        Ok(next)
+    }
+
+    /// Azure's `provisioningState` for this state.
+    pub fn provisioning_state(self) -> &'static str {
+        match self {
+            Self::Creating => "Creating",
+            Self::Failed => "Failed",
+            Self::Deleting => "Deleting",
+            Self::Reimaging | Self::Restarting | Self::Starting | Self::Stopping | Self::Deallocating => "Updating",
+            Self::Running | Self::Stopped | Self::Deallocated => "Succeeded",
+        }
+    }
+
+    /// Azure's power state code (`PowerState/running`, ...).
+    pub fn power_state(self) -> &'static str {
+        match self {
+            Self::Creating | Self::Starting | Self::Reimaging | Self::Restarting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped | Self::Failed => "stopped",
+            Self::Deallocating | Self::Deleting => "deallocating",
+            Self::Deallocated => "deallocated",
+        }
+    }
+
+    /// True for states in which the driver is busy making a change.
+    pub fn is_transitional(self) -> bool {
+        !matches!(self, Self::Running | Self::Stopped | Self::Deallocated | Self::Failed)
+    }
+}
+
+string_enum!(
+    /// What the user (or the set) wants this instance to be.
+    InstanceGoal { Running = "Running", Stopped = "Stopped", Deallocated = "Deallocated", Deleted = "Deleted" } default Running
+);
+
+string_enum!(
+    /// A one-shot action requested on an instance, done once and then cleared.
+    PendingAction { Restart = "Restart", Reimage = "Reimage" } default Restart
+);
+
+/// One instance as herd stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRecord {
+    pub instance_id: InstanceId,
+    pub computer_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The model generation this instance runs (or is being built with).
+    pub model_generation: u64,
+    pub state: InstanceState,
+    pub goal: InstanceGoal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingAction>,
+    /// Created as an overprovisioning extra: not counted toward capacity, never billed, and
+    /// deleted once enough of its batch is ready (unless it was ready first and swapped in).
+    #[serde(default)]
+    pub overprovisioned: bool,
+    /// The host-local address this instance is reached on.
+    pub reach_address: String,
+    /// Provisioning attempts so far (for backoff).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Why the instance is being deleted (scale-in, user request, overprovisioning...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub state_since: DateTime<Utc>,
+}
+
+impl InstanceRecord {
+    /// The computer name: prefix + id in base 36, zero-padded to 6.
+    pub fn computer_name_for(prefix: &str, id: InstanceId) -> String {
+        format!("{prefix}{}", id.base36())
+    }
+
+    /// Applies `event` to the state, stamping the time of the change.
+    pub fn apply(&mut self, event: Event, now: DateTime<Utc>) -> Result<(), InvalidTransition> {
+        let next = self.state.on(event)?;
+        if next != self.state {
+            self.state = next;
+            self.state_since = now;
+        }
+        Ok(())
+    }
+
+    /// Counted toward capacity: not an extra and not on its way out.
+    pub fn is_counted(&self) -> bool {
+        !self.overprovisioned && self.goal != InstanceGoal::Deleted
+    }
+
+    /// The API view of this instance.
+    pub fn view(&self, set: &StoredScaleSet) -> InstanceView {
+        InstanceView {
+            id: format!("{}/virtualMachines/{}", StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str()), self.instance_id),
+            instance_id: self.instance_id.0.to_string(),
+            name: format!("{}_{}", set.name, self.instance_id),
+            computer_name: self.computer_name.clone(),
+            zones: self.zone.iter().cloned().collect(),
+            sku: set.model.sku.name.clone(),
+            latest_model_applied: self.model_generation == set.model_generation,
+            model_generation: self.model_generation,
+            provisioning_state: self.state.provisioning_state().into(),
+            power_state: self.state.power_state().into(),
+            state: self.state,
+            goal: self.goal,
+            pending_action: self.pending,
+            overprovisioned: self.overprovisioned,
+            reach_address: self.reach_address.clone(),
+            attempts: self.attempts,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error.clone(),
+            delete_reason: self.delete_reason.clone(),
+            time_created: self.created_at,
+            state_since: self.state_since,
+        }
+    }
+}
+
+/// An instance as `list-instances` and `get-instance-view` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    pub id: String,
+    /// The instance id, as a string as in Azure.
+    pub instance_id: String,
+    /// `<set>_<id>`.
+    pub name: String,
+    pub computer_name: String,
+    pub zones: Vec<String>,
+    pub sku: String,
+    pub latest_model_applied: bool,
+    pub model_generation: u64,
+    pub provisioning_state: String,
+    /// `running`, `stopped`, `deallocated`, `starting`, `stopping`, `deallocating`.
+    pub power_state: String,
+    pub state: InstanceState,
+    pub goal: InstanceGoal,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_action: Option<PendingAction>,
+    /// An overprovisioning extra: not counted and not billed; it will be deleted.
+    pub overprovisioned: bool,
+    /// The address herd reaches this instance on.
+    pub reach_address: String,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_reason: Option<String>,
+    pub time_created: DateTime<Utc>,
+    pub state_since: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Event as E, InstanceState as S};
+
+    #[test]
+    fn transition_table() {
+        let ok = [
+            (S::Creating, E::BootObserved, S::Running),
+            (S::Creating, E::ProvisionFailed, S::Failed),
+            (S::Failed, E::Retry, S::Creating),
+            (S::Running, E::StopRequested, S::Stopping),
+            (S::Stopping, E::StopDone, S::Stopped),
+            (S::Stopped, E::StartRequested, S::Starting),
+            (S::Starting, E::BootObserved, S::Running),
+            (S::Running, E::DeallocateRequested, S::Deallocating),
+            (S::Stopped, E::DeallocateRequested, S::Deallocating),
+            (S::Deallocating, E::DeallocateDone, S::Deallocated),
+            (S::Deallocated, E::StartRequested, S::Starting),
+            (S::Running, E::RestartRequested, S::Restarting),
+            (S::Restarting, E::BootObserved, S::Running),
+            (S::Stopped, E::ReimageRequested, S::Reimaging),
+            (S::Reimaging, E::BootObserved, S::Running),
+            (S::Running, E::Crashed, S::Failed),
+            (S::Failed, E::DeleteRequested, S::Deleting),
+            (S::Deleting, E::DeleteRequested, S::Deleting),
+        ];
+        for (from, ev, to) in ok {
+            assert_eq!(from.on(ev), Ok(to), "{from} on {ev:?}");
+        }
+        let bad = [
+            (S::Deleting, E::BootObserved),
+            (S::Deleting, E::ReimageRequested),
+            (S::Stopped, E::StopDone),
+            (S::Deallocated, E::StopRequested),
+            (S::Creating, E::RestartRequested),
+            (S::Running, E::Retry),
+            (S::Stopped, E::BootObserved),
+        ];
+        for (from, ev) in bad {
+            assert!(from.on(ev).is_err(), "{from} on {ev:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn azure_states() {
+        assert_eq!(S::Running.provisioning_state(), "Succeeded");
+        assert_eq!(S::Deallocated.power_state(), "deallocated");
+        assert_eq!(S::Reimaging.provisioning_state(), "Updating");
+    }
+}

@@ -1,0 +1,591 @@
+//! Scale sets: the Azure-shaped model a user writes, the record herd stores, and validation.
+//!
+//! The JSON follows `az vmss show` (Azure's `properties` flattened), so that
+//! `herd vmss update --set virtualMachineProfile.storageProfile.imageReference.version=1.0.1`
+//! addresses exactly the path an Azure user knows. Fields that exist in Azure's model but whose
+//! behaviour herd does not have yet are accepted by the parser only to be refused by
+//! [`ScaleSetModel::validate`] with a "not supported yet" error: never silently ignored.
+
+use crate::{ids::ImageUrn, sku::SkuTable, FieldError, GroupName, ScaleSetName};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Capacity limit of one placement group (Azure's default `singlePlacementGroup=true`).
+pub const SINGLE_PLACEMENT_GROUP_MAX: u64 = 100;
+/// Capacity limit with `singlePlacementGroup=false`, unless the server config raises it.
+pub const MULTI_PLACEMENT_GROUP_MAX: u64 = 1000;
+
+string_enum!(
+    /// `upgradePolicy.mode`.
+    UpgradeMode { Manual = "Manual", Automatic = "Automatic", Rolling = "Rolling" } default Manual
+);
+string_enum!(
+    /// `scaleInPolicy.rules[]`.
+    ScaleInRule { Default = "Default", OldestVm = "OldestVM", NewestVm = "NewestVM" } default Default
+);
+string_enum!(
+    /// `virtualMachineProfile.priority`.
+    Priority { Regular = "Regular", Low = "Low", Spot = "Spot" } default Regular
+);
+string_enum!(
+    /// `orchestrationMode`.
+    OrchestrationMode { Uniform = "Uniform", Flexible = "Flexible" } default Uniform
+);
+
+fn yes() -> bool {
+    true
+}
+
+/// `sku`: the VM size and how many instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sku {
+    pub name: String,
+    #[serde(default = "standard_tier")]
+    pub tier: String,
+    pub capacity: i64,
+}
+
+fn standard_tier() -> String {
+    "Standard".into()
+}
+
+/// `upgradePolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpgradePolicy {
+    #[serde(default)]
+    pub mode: UpgradeMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub rolling_upgrade_policy: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub automatic_os_upgrade_policy: Option<Value>,
+}
+
+/// `scaleInPolicy`: which instances go first on scale-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleInPolicy {
+    #[serde(default = "default_rules")]
+    pub rules: Vec<ScaleInRule>,
+    #[serde(default)]
+    pub force_deletion: bool,
+}
+
+fn default_rules() -> Vec<ScaleInRule> {
+    vec![ScaleInRule::Default]
+}
+
+impl Default for ScaleInPolicy {
+    fn default() -> Self {
+        Self { rules: default_rules(), force_deletion: false }
+    }
+}
+
+/// `virtualMachineProfile.storageProfile.imageReference`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageReference {
+    pub publisher: String,
+    pub offer: String,
+    pub sku: String,
+    pub version: String,
+}
+
+impl ImageReference {
+    pub fn urn(&self) -> Result<ImageUrn, FieldError> {
+        ImageUrn::parse(&format!("{}:{}:{}:{}", self.publisher, self.offer, self.sku, self.version)).map_err(|e| {
+            FieldError::new(
+                e.field.replace("image", "virtualMachineProfile.storageProfile.imageReference"),
+                e.message,
+            )
+        })
+    }
+
+    pub fn from_urn(u: &ImageUrn) -> Self {
+        Self { publisher: u.publisher.clone(), offer: u.offer.clone(), sku: u.sku.clone(), version: u.version.clone() }
+    }
+}
+
+/// `virtualMachineProfile.storageProfile`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageProfile {
+    pub image_reference: ImageReference,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub os_disk: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub data_disks: Option<Value>,
+}
+
+/// One SSH public key for the admin user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshPublicKey {
+    #[serde(default)]
+    pub path: String,
+    pub key_data: String,
+}
+
+/// `ssh` inside `linuxConfiguration`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshConfiguration {
+    #[serde(default)]
+    pub public_keys: Vec<SshPublicKey>,
+}
+
+/// `osProfile.linuxConfiguration`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinuxConfiguration {
+    #[serde(default)]
+    pub disable_password_authentication: bool,
+    #[serde(default)]
+    pub ssh: SshConfiguration,
+}
+
+/// `virtualMachineProfile.osProfile`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OsProfile {
+    #[serde(default)]
+    pub computer_name_prefix: String,
+    #[serde(default = "default_admin")]
+    pub admin_username: String,
+    /// Write-only: accepted on create/update, stored apart from the model, never returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linux_configuration: Option<LinuxConfiguration>,
+}
+
+fn default_admin() -> String {
+    "azureuser".into()
+}
+
+/// `virtualMachineProfile`: everything that defines one VM. Changing it bumps `modelGeneration`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineProfile {
+    pub os_profile: OsProfile,
+    pub storage_profile: StorageProfile,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub network_profile: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub extension_profile: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub eviction_policy: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub billing_profile: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub scheduled_events_profile: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+}
+
+/// The user-writable model of a scale set: what `PUT` accepts and `update --set` edits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleSetModel {
+    #[serde(default = "default_location")]
+    pub location: String,
+    pub sku: Sku,
+    #[serde(default)]
+    pub zones: Vec<String>,
+    #[serde(default)]
+    pub zone_balance: bool,
+    #[serde(default = "yes")]
+    pub overprovision: bool,
+    #[serde(default = "yes")]
+    pub single_placement_group: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_fault_domain_count: Option<i64>,
+    #[serde(default)]
+    pub orchestration_mode: OrchestrationMode,
+    #[serde(default)]
+    pub upgrade_policy: UpgradePolicy,
+    #[serde(default)]
+    pub scale_in_policy: ScaleInPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub automatic_repairs_policy: Option<Value>,
+    pub virtual_machine_profile: VirtualMachineProfile,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_location() -> String {
+    "local".into()
+}
+
+/// What validation needs to know about the server.
+#[derive(Debug, Clone)]
+pub struct ValidationContext<'a> {
+    pub skus: &'a SkuTable,
+    /// Zones this server offers (logical labels on one host).
+    pub zones_offered: &'a [String],
+    /// Capacity ceiling with `singlePlacementGroup=false` (1000 unless config raises it).
+    pub max_capacity: u64,
+}
+
+/// Top-level fields the server owns; a patch may not touch them.
+pub const READ_ONLY_FIELDS: &[&str] =
+    &["id", "name", "type", "resourceGroup", "etag", "modelGeneration", "provisioningState", "timeCreated", "status"];
+
+impl ScaleSetModel {
+    /// Parses a model from JSON, naming the exact path of the first bad field.
+    pub fn from_json(v: Value) -> Result<Self, FieldError> {
+        serde_path_to_error::deserialize::<_, Self>(v).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            FieldError::new(field, e.into_inner().to_string())
+        })
+    }
+
+    /// Fills defaults that depend on the set's name (the computer name prefix).
+    pub fn apply_defaults(&mut self, name: &ScaleSetName) {
+        if self.virtual_machine_profile.os_profile.computer_name_prefix.is_empty() {
+            self.virtual_machine_profile.os_profile.computer_name_prefix = default_prefix(name.as_str());
+        }
+    }
+
+    /// The capacity as an unsigned count; only valid after [`validate`](Self::validate).
+    pub fn capacity(&self) -> u64 {
+        self.sku.capacity.max(0) as u64
+    }
+
+    /// Checks every field, returning the first problem with its path and the allowed values.
+    /// Also canonicalises the SKU name's spelling.
+    pub fn validate(&mut self, ctx: &ValidationContext<'_>) -> Result<(), FieldError> {
+        let (sku_name, _) = ctx.skus.resolve("sku.name", &self.sku.name)?;
+        self.sku.name = sku_name.to_string();
+        let max = if self.single_placement_group { SINGLE_PLACEMENT_GROUP_MAX } else { ctx.max_capacity };
+        if self.sku.capacity < 0 || self.sku.capacity as u64 > max {
+            let hint = if self.single_placement_group {
+                format!("; up to {} with singlePlacementGroup=false", ctx.max_capacity)
+            } else {
+                String::new()
+            };
+            return Err(FieldError::new(
+                "sku.capacity",
+                format!("{} is out of range; allowed 0 to {max}{hint}", self.sku.capacity),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, z) in self.zones.iter().enumerate() {
+            if !ctx.zones_offered.iter().any(|o| o == z) {
+                let offered: Vec<&str> = ctx.zones_offered.iter().map(String::as_str).collect();
+                return Err(FieldError::one_of(format!("zones[{i}]"), z, &offered));
+            }
+            if !seen.insert(z) {
+                return Err(FieldError::new(format!("zones[{i}]"), format!("zone '{z}' is listed twice")));
+            }
+        }
+        if self.zone_balance && self.zones.len() < 2 {
+            return Err(FieldError::new("zoneBalance", "needs at least two zones in 'zones'"));
+        }
+        if let Some(n) = self.platform_fault_domain_count {
+            if !(1..=5).contains(&n) {
+                return Err(FieldError::new("platformFaultDomainCount", format!("{n} is out of range; allowed 1 to 5")));
+            }
+        }
+        if self.orchestration_mode != OrchestrationMode::Uniform {
+            return Err(FieldError::not_supported("orchestrationMode", "only Uniform scale sets"));
+        }
+        if self.upgrade_policy.mode == UpgradeMode::Rolling {
+            return Err(FieldError::not_supported("upgradePolicy.mode", "Rolling upgrades; use Manual or Automatic"));
+        }
+        if self.upgrade_policy.rolling_upgrade_policy.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(FieldError::not_supported("upgradePolicy.rollingUpgradePolicy", "rolling upgrades"));
+        }
+        if self.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(FieldError::not_supported("upgradePolicy.automaticOSUpgradePolicy", "automatic OS upgrades"));
+        }
+        if self.scale_in_policy.rules.is_empty() {
+            return Err(FieldError::new("scaleInPolicy.rules", "needs one rule; allowed values: Default, OldestVM, NewestVM"));
+        }
+        if self.scale_in_policy.rules.len() > 1 {
+            return Err(FieldError::new("scaleInPolicy.rules", "takes exactly one rule (Default, OldestVM or NewestVM)"));
+        }
+        if self.scale_in_policy.force_deletion {
+            return Err(FieldError::not_supported("scaleInPolicy.forceDeletion", "force deletion"));
+        }
+        if self.automatic_repairs_policy.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(FieldError::not_supported("automaticRepairsPolicy", "automatic repairs"));
+        }
+        self.validate_profile()
+    }
+
+    fn validate_profile(&self) -> Result<(), FieldError> {
+        let p = &self.virtual_machine_profile;
+        let prefix = &p.os_profile.computer_name_prefix;
+        let pf = "virtualMachineProfile.osProfile.computerNamePrefix";
+        if prefix.is_empty() || prefix.len() > 15 {
+            return Err(FieldError::new(pf, format!("must be 1 to 15 characters, got {}", prefix.len())));
+        }
+        if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || prefix.starts_with('-') {
+            return Err(FieldError::new(pf, "use letters, digits and '-', not starting with '-'"));
+        }
+        let user = &p.os_profile.admin_username;
+        let uf = "virtualMachineProfile.osProfile.adminUsername";
+        if user.is_empty() || user.len() > 32 || !user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(FieldError::new(uf, "must be 1 to 32 of letters, digits, '_' and '-'"));
+        }
+        if ["root", "admin", "administrator"].contains(&user.to_ascii_lowercase().as_str()) {
+            return Err(FieldError::new(uf, format!("'{user}' is reserved; choose another name")));
+        }
+        if let Some(pw) = &p.os_profile.admin_password {
+            if pw.len() < 12 || pw.len() > 123 {
+                return Err(FieldError::new(
+                    "virtualMachineProfile.osProfile.adminPassword",
+                    "must be 12 to 123 characters",
+                ));
+            }
+        }
+        p.storage_profile.image_reference.urn()?;
+        if p.storage_profile.data_disks.as_ref().is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+            return Err(FieldError::not_supported("virtualMachineProfile.storageProfile.dataDisks", "data disks"));
+        }
+        if p.priority != Priority::Regular {
+            return Err(FieldError::not_supported("virtualMachineProfile.priority", "Low and Spot priority; use Regular"));
+        }
+        let unsupported = [
+            ("networkProfile", &p.network_profile, "networks and load balancers"),
+            ("extensionProfile", &p.extension_profile, "extensions"),
+            ("evictionPolicy", &p.eviction_policy, "eviction policies (Spot)"),
+            ("billingProfile", &p.billing_profile, "billing profiles (Spot)"),
+            ("scheduledEventsProfile", &p.scheduled_events_profile, "scheduled events"),
+        ];
+        for (field, value, what) in unsupported {
+            if value.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(FieldError::not_supported(format!("virtualMachineProfile.{field}"), what));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes write-only secrets from the model, returning them for separate, encrypted storage.
+    pub fn take_secrets(&mut self) -> Secrets {
+        Secrets { admin_password: self.virtual_machine_profile.os_profile.admin_password.take() }
+    }
+
+    /// True when `other` differs in what defines a VM: the profile or the SKU's size.
+    /// Only such changes bump `modelGeneration`; capacity and policy edits do not.
+    pub fn vm_model_differs(&self, other: &Self) -> bool {
+        self.virtual_machine_profile != other.virtual_machine_profile || self.sku.name != other.sku.name
+    }
+}
+
+/// Write-only values kept apart from the model and never returned by the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secrets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
+}
+
+impl Secrets {
+    pub fn is_empty(&self) -> bool {
+        self.admin_password.is_none()
+    }
+
+    /// Overlays `newer` on `self`: a secret given again replaces the old one.
+    pub fn merge(&mut self, newer: Secrets) {
+        if newer.admin_password.is_some() {
+            self.admin_password = newer.admin_password;
+        }
+    }
+}
+
+/// The default computer name prefix: the set's name cut to 9 characters, so the name plus six
+/// base-36 digits fits Windows' 15-character limit (`webscaleset` → `webscales`).
+pub fn default_prefix(name: &str) -> String {
+    let cleaned: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(9).collect();
+    if cleaned.is_empty() {
+        "vm".into()
+    } else {
+        cleaned.to_ascii_lowercase()
+    }
+}
+
+/// The scale set as herd stores it: the user's model plus what the server owns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredScaleSet {
+    pub name: ScaleSetName,
+    pub group: GroupName,
+    pub model_generation: u64,
+    pub time_created: chrono::DateTime<chrono::Utc>,
+    /// Set by `DELETE`; the reconciler removes every instance, then the set.
+    #[serde(default)]
+    pub deleting: bool,
+    pub model: ScaleSetModel,
+}
+
+impl StoredScaleSet {
+    pub fn resource_id(group: &str, name: &str) -> String {
+        format!("/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}")
+    }
+
+    pub fn store_key(group: &GroupName, name: &ScaleSetName) -> String {
+        format!("{group}/{name}")
+    }
+
+    pub fn key(&self) -> String {
+        Self::store_key(&self.group, &self.name)
+    }
+}
+
+/// What the reconciler owns about a set: the id counter and the provisioning circuit breaker.
+/// Kept apart from the set so reconciler writes never collide with a user's compare-and-swap.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleSetStatus {
+    /// The next instance id to hand out; ids are never reused.
+    pub next_instance_id: u64,
+    /// Creations that failed since the last success.
+    pub consecutive_create_failures: u32,
+    /// When set, creation is suspended: the reason, and the set revision it was suspended at.
+    /// Any later change to the set (a new revision) resumes creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
+}
+
+/// Why creation stopped for a set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Suspension {
+    pub reason: String,
+    pub at_revision: u64,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx_parts() -> (SkuTable, Vec<String>) {
+        (SkuTable::default(), vec!["1".into(), "2".into(), "3".into()])
+    }
+
+    fn model(v: Value) -> Result<ScaleSetModel, FieldError> {
+        let (skus, zones) = ctx_parts();
+        let ctx = ValidationContext { skus: &skus, zones_offered: &zones, max_capacity: 1000 };
+        let mut m = ScaleSetModel::from_json(v)?;
+        m.apply_defaults(&ScaleSetName::new("webscaleset").unwrap());
+        m.validate(&ctx)?;
+        Ok(m)
+    }
+
+    fn base() -> Value {
+        json!({
+            "sku": {"name": "standard_b1ms", "capacity": 3},
+            "virtualMachineProfile": {
+                "osProfile": {"adminUsername": "labuser"},
+                "storageProfile": {"imageReference": {"publisher": "Herd", "offer": "TestGuest", "sku": "1", "version": "1.0.0"}}
+            }
+        })
+    }
+
+    #[test]
+    fn defaults_follow_azure() {
+        let m = model(base()).unwrap();
+        assert_eq!(m.sku.name, "Standard_B1ms");
+        assert!(m.overprovision);
+        assert!(m.single_placement_group);
+        assert_eq!(m.upgrade_policy.mode, UpgradeMode::Manual);
+        assert_eq!(m.virtual_machine_profile.os_profile.computer_name_prefix, "webscales");
+    }
+
+    #[test]
+    fn capacity_limits_depend_on_placement_groups() {
+        let mut v = base();
+        v["sku"]["capacity"] = json!(101);
+        let e = model(v.clone()).unwrap_err();
+        assert_eq!(e.field, "sku.capacity");
+        assert!(e.message.contains("singlePlacementGroup=false"));
+        v["singlePlacementGroup"] = json!(false);
+        assert!(model(v.clone()).is_ok());
+        v["sku"]["capacity"] = json!(1001);
+        assert!(model(v.clone()).is_err());
+        v["sku"]["capacity"] = json!(-1);
+        assert_eq!(model(v).unwrap_err().field, "sku.capacity");
+    }
+
+    #[test]
+    fn bad_fields_are_named_with_allowed_values() {
+        let mut v = base();
+        v["upgradePolicy"] = json!({"mode": "Sometimes"});
+        let e = model(v).unwrap_err();
+        assert_eq!(e.field, "upgradePolicy.mode");
+        assert!(e.message.contains("Manual, Automatic, Rolling"), "{e}");
+
+        let mut v = base();
+        v["zones"] = json!(["1", "9"]);
+        let e = model(v).unwrap_err();
+        assert_eq!(e.field, "zones[1]");
+        assert!(e.message.contains("1, 2, 3"));
+
+        let mut v = base();
+        v["virtualMachineProfile"]["bogus"] = json!(1);
+        let e = model(v).unwrap_err();
+        assert!(e.field.starts_with("virtualMachineProfile"), "{e:?}");
+        assert!(e.message.contains("bogus"));
+
+        let mut v = base();
+        v["virtualMachineProfile"]["priority"] = json!("Spot");
+        assert!(model(v).unwrap_err().message.contains("not supported yet"));
+
+        let mut v = base();
+        v["automaticRepairsPolicy"] = json!({"enabled": true});
+        assert!(model(v).unwrap_err().message.contains("not supported yet"));
+    }
+
+    #[test]
+    fn upgrade_mode_is_case_insensitive() {
+        let mut v = base();
+        v["upgradePolicy"] = json!({"mode": "automatic"});
+        assert_eq!(model(v).unwrap().upgrade_policy.mode, UpgradeMode::Automatic);
+    }
+
+    #[test]
+    fn only_profile_and_sku_changes_are_model_changes() {
+        let a = model(base()).unwrap();
+        let mut b = a.clone();
+        b.sku.capacity = 10;
+        b.upgrade_policy.mode = UpgradeMode::Automatic;
+        assert!(!a.vm_model_differs(&b));
+        b.virtual_machine_profile.storage_profile.image_reference.version = "1.0.1".into();
+        assert!(a.vm_model_differs(&b));
+        let mut c = a.clone();
+        c.sku.name = "Standard_B2s".into();
+        assert!(a.vm_model_differs(&c));
+    }
+
+    #[test]
+    fn secrets_are_taken_out() {
+        let mut v = base();
+        v["virtualMachineProfile"]["osProfile"]["adminPassword"] = json!("a-long-password-1");
+        let mut m = model(v).unwrap();
+        let s = m.take_secrets();
+        assert_eq!(s.admin_password.as_deref(), Some("a-long-password-1"));
+        assert!(!serde_json::to_string(&m).unwrap().contains("a-long-password-1"));
+    }
+}
