@@ -1,1 +1,377 @@
-//! placeholder
+//! The process driver: each instance is a process tree started from an image directory.
+//!
+//! An image is a directory holding an executable `init`. Creating an instance copies that
+//! directory to `root/<group>/<set>/<id>/work/` (the instance's "disk") and starts `work/init`
+//! there as the leader of a new process group, with stdout and stderr appended to
+//! `console.log`. Stopping signals the whole group (SIGTERM, a grace period, then SIGKILL), so
+//! everything `init` started goes with it. All state lives in the instance directory (see the
+//! `layout` module), none in memory: a new `ProcessDriver` on the same root and tag re-adopts
+//! running instances through their `pid` files and restarts nothing.
+//!
+//! # Lifecycle of one instance
+//!
+//! ```text
+//!            ensure / reimage
+//!   absent ─────────────────────▶ running ◀─────────────────────────┐
+//!                                  │     │                            │ ensure, restart, reimage,
+//!                       init exits │     │ set_power(Stopped |        │ set_power(Running)
+//!                                  ▼     │   Deallocated)             │
+//!                               failed   ▼                            │
+//!                                  │   stopped / deallocated ─────────┤
+//!                                  │   (work/ kept: the disk)         │
+//!                                  └──────────────────────────────────┘
+//!
+//!   any state ── destroy ──▶ destroyed (group killed, tagged strays killed, directory removed)
+//! ```
+//!
+//! `list` reports `Running` while any process of the group lives, `Stopped` for stopped and
+//! deallocated instances, and `Failed("init exited …")` when the desired power is running but
+//! nothing is left (with the exit status when this server saw it, and the last line of
+//! `console.log` when it is short). Processes carrying our tag whose instance directory is gone
+//! are reported `Running` under the key in their environment: they are orphans, and
+//! `destroy` kills them.
+//!
+//! # What an instance sees
+//!
+//! The working directory is `work/`, stdin is `/dev/null`, and the server's environment is
+//! *not* inherited (it may hold secrets); only `PATH` is passed through, `HOME` is `work/`, and:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `HERD_INSTANCE_ID` | the instance id, an integer |
+//! | `HERD_COMPUTER_NAME` | the computer name |
+//! | `HOSTNAME` | the computer name too |
+//! | `HERD_ADDRESS` | the reach address (its own loopback address such as `127.128.0.5`): bind servers here |
+//! | `HERD_INSTANCE_KEY` | `group/set/id` |
+//! | `HERD_DRIVER_TAG` | the driver's tag (unique per server data directory); marks our processes in `/proc` |
+//! | `HERD_MODEL_GENERATION` | the scale-set model generation the instance was built from |
+//! | `HERD_ADMIN_USERNAME` | the admin user name of the model |
+//! | `HERD_VCPUS` | vCPUs of the size (advisory; not enforced) |
+//! | `HERD_MEMORY_MIB` | memory of the size in MiB (advisory; not enforced) |
+//! | `HERD_META_<KEY>` | one per `metadata` entry; key upper-cased, characters outside `[A-Z0-9_]` become `_` |
+//! | `HERD_CUSTOM_DATA` | only with custom data: the absolute path of `work/.herd/custom-data` (mode 0600) holding it |
+//!
+//! The environment is fixed when the instance is created or reimaged (kept in its `env` file),
+//! so a restart starts the instance as it was built, as a VM's disk would.
+//!
+//! When the server runs as root and `/usr/bin/unshare` works, `init` runs in its own UTS
+//! namespace through `unshare --uts -- /bin/sh -c 'hostname "$HERD_COMPUTER_NAME" && exec ./init'`,
+//! so `hostname` inside prints the computer name; otherwise `init` is executed directly
+//! (see [`ProcessDriver::sets_hostname`]). Either way the group leader's pid is `init`'s.
+
+#![forbid(unsafe_code)]
+
+mod layout;
+mod procfs;
+mod spawn;
+mod state;
+
+use async_trait::async_trait;
+use herd_driver::{
+    Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget,
+};
+use herd_model::InstanceKey;
+use layout::{check_image, remove_tree, InstanceDir, Power};
+use nix::sys::signal::Signal;
+use procfs::{ProcId, Snapshot};
+use state::{install_work, State, NO_PROCESS};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+
+/// Default time between SIGTERM and SIGKILL when stopping an instance.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long to wait for a group to vanish after SIGKILL before reporting an error.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Runs instances as local process trees. See the crate docs.
+#[derive(Debug)]
+pub struct ProcessDriver {
+    state: State,
+    stop_grace: Duration,
+    set_hostname: bool,
+    /// One lock per instance, so concurrent calls on one key cannot start it twice.
+    locks: Mutex<HashMap<InstanceKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ProcessDriver {
+    /// A driver keeping instance directories under `root` (created if absent) and marking its
+    /// processes with `tag`, which must be unique per server data directory.
+    pub fn new(root: PathBuf, tag: String) -> Result<Self, DriverError> {
+        if tag.is_empty() || tag.contains('\0') {
+            return Err(DriverError::Failed("the process driver tag must be non-empty and contain no NUL".into()));
+        }
+        let root = std::fs::create_dir_all(&root)
+            .and_then(|_| root.canonicalize())
+            .map_err(|e| DriverError::Failed(format!("instance root {}: {e}", root.display())))?;
+        Ok(Self {
+            state: State { root, tag },
+            stop_grace: DEFAULT_STOP_GRACE,
+            set_hostname: spawn::can_set_hostname(),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets the time between SIGTERM and SIGKILL when stopping (default 3 s).
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// The directory holding all instance directories (absolute).
+    pub fn root(&self) -> &Path {
+        &self.state.root
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.state.tag
+    }
+
+    /// Where one instance lives: `root/<group>/<set>/<id>`.
+    pub fn instance_dir(&self, key: &InstanceKey) -> PathBuf {
+        self.state.instance_dir(key)
+    }
+
+    /// Whether instances get their own hostname (root, and `unshare --uts` works here).
+    pub fn sets_hostname(&self) -> bool {
+        self.set_hostname
+    }
+
+    async fn lock(&self, key: &InstanceKey) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        m.lock_owned().await
+    }
+
+    /// Forgets the lock of a destroyed instance unless someone else is waiting on it.
+    fn forget_lock(&self, key: &InstanceKey) {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // The map and the caller's guard hold one reference each.
+        if locks.get(key).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            locks.remove(key);
+        }
+    }
+
+    /// Runs `f` with a copy of the state on the blocking pool.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&State) -> T + Send + 'static) -> Result<T, DriverError> {
+        let st = self.state.clone();
+        blocking(move || f(&st)).await
+    }
+
+    async fn live_group(&self, key: &InstanceKey) -> Result<Option<ProcId>, DriverError> {
+        let key = key.clone();
+        self.blocking(move |st| st.live_group(&key)).await
+    }
+
+    async fn start(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
+        let d2 = d.clone();
+        // Without a pid file, a crash before the new one is written is recognisable (see live_group).
+        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed("removing the pid file", e))?;
+        let (id, child) = match spawn::launch(d, key, &self.state.tag, self.set_hostname) {
+            Ok(v) => v,
+            Err(msg) => {
+                let (d2, m2) = (d.clone(), msg.clone());
+                blocking(move || {
+                    let _ = d2.write_power(Power::Running);
+                    let _ = d2.write_exit(NO_PROCESS, &format!("failed to start: {m2}"));
+                })
+                .await?;
+                return Err(DriverError::Failed(format!("instance {key}: {msg}")));
+            }
+        };
+        tokio::spawn(watch(child, d.clone(), id));
+        let d2 = d.clone();
+        let written = blocking(move || d2.write_pid(id).and_then(|_| d2.write_power(Power::Running))).await?;
+        if let Err(e) = written {
+            procfs::signal_group(id, Signal::SIGKILL);
+            return Err(io_failed("writing the pid file", e));
+        }
+        tracing::info!(instance = %key, pid = id.pid, "started");
+        Ok(())
+    }
+
+    async fn stop(&self, d: &InstanceDir, key: &InstanceKey, power: Power) -> Result<(), DriverError> {
+        let d2 = d.clone();
+        blocking(move || d2.write_power(power)).await?.map_err(|e| io_failed("writing the power file", e))?;
+        if let Some(id) = self.live_group(key).await? {
+            self.terminate(id).await?;
+            tracing::info!(instance = %key, pid = id.pid, power = power.as_str(), "stopped");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to the group, up to the grace period for every member to exit, then SIGKILL.
+    async fn terminate(&self, id: ProcId) -> Result<(), DriverError> {
+        procfs::signal_group(id, Signal::SIGTERM);
+        // A stopped (SIGSTOP) process acts on SIGTERM only once continued.
+        procfs::signal_group(id, Signal::SIGCONT);
+        if wait_gone(id, self.stop_grace).await? {
+            return Ok(());
+        }
+        tracing::info!(pid = id.pid, "process group outlived the stop grace period; killing it");
+        procfs::signal_group(id, Signal::SIGKILL);
+        if wait_gone(id, KILL_WAIT).await? {
+            return Ok(());
+        }
+        Err(DriverError::Failed(format!("process group {} did not exit after SIGKILL", id.pid)))
+    }
+
+    async fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
+        let spec = spec.clone();
+        self.blocking(move |st| st.materialize(&spec)).await?
+    }
+}
+
+#[async_trait]
+impl Driver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn ensure(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let _g = self.lock(&spec.key).await;
+        let d = self.state.instance(&spec.key);
+        let existed = self.materialize(spec).await?;
+        if existed && self.live_group(&spec.key).await?.is_some() {
+            return Ok(());
+        }
+        self.start(&d, &spec.key).await
+    }
+
+    async fn set_power(&self, key: &InstanceKey, target: PowerTarget) -> Result<(), DriverError> {
+        let _g = self.lock(key).await;
+        let d = self.state.instance(key);
+        if !d.exists() {
+            return Err(DriverError::NotFound(key.clone()));
+        }
+        match target {
+            PowerTarget::Running => {
+                if self.live_group(key).await?.is_none() {
+                    self.start(&d, key).await?;
+                }
+                Ok(())
+            }
+            PowerTarget::Stopped => self.stop(&d, key, Power::Stopped).await,
+            PowerTarget::Deallocated => self.stop(&d, key, Power::Deallocated).await,
+        }
+    }
+
+    async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError> {
+        let _g = self.lock(key).await;
+        let d = self.state.instance(key);
+        if !d.exists() {
+            return Err(DriverError::NotFound(key.clone()));
+        }
+        self.stop(&d, key, Power::Stopped).await?;
+        self.start(&d, key).await
+    }
+
+    async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let _g = self.lock(&spec.key).await;
+        let d = self.state.instance(&spec.key);
+        if d.exists() {
+            self.stop(&d, &spec.key, Power::Stopped).await?;
+            let (d2, spec2) = (d.clone(), spec.clone());
+            blocking(move || {
+                let image = state::image_dir(&spec2);
+                check_image(&image).map_err(DriverError::Failed)?;
+                install_work(&d2, &d2, &spec2, &image)
+            })
+            .await??;
+            tracing::info!(instance = %spec.key, "reimaged");
+        } else {
+            self.materialize(spec).await?;
+        }
+        self.start(&d, &spec.key).await
+    }
+
+    async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
+        let _g = self.lock(key).await;
+        let d = self.state.instance(key);
+        if d.exists() {
+            let d2 = d.clone();
+            let _ = blocking(move || d2.write_power(Power::Stopped)).await?;
+            if let Some(id) = self.live_group(key).await? {
+                self.terminate(id).await?;
+            }
+        }
+        // Strays: an orphan whose directory is gone, or a process that left its group.
+        let k = key.path();
+        let strays = self.blocking(move |st| st.tagged_leaders(&Snapshot::take(), Some(&k), &HashSet::new())).await?;
+        for (id, _) in strays {
+            tracing::info!(instance = %key, pid = id.pid, "killing a stray process of the instance");
+            self.terminate(id).await?;
+        }
+        let dir = d.dir.clone();
+        blocking(move || {
+            // The exit watcher may write into the directory while it is removed: retry.
+            let mut last = Ok(());
+            for _ in 0..5 {
+                last = remove_tree(&dir);
+                if last.is_ok() {
+                    break;
+                }
+                std::thread::sleep(POLL);
+            }
+            last
+        })
+        .await?
+        .map_err(|e| io_failed(&format!("instance {key}: removing its directory"), e))?;
+        self.forget_lock(key);
+        tracing::info!(instance = %key, "destroyed");
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError> {
+        self.blocking(|st| st.observe()).await
+    }
+
+    async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {
+        let d = self.state.instance(key);
+        blocking(move || {
+            let id = d.read_pid()?;
+            let snap = Snapshot::take();
+            let members = snap.members(id);
+            if members.is_empty() {
+                return None;
+            }
+            let ticks: u64 = members.iter().map(|p| p.utime.saturating_add(p.stime)).sum();
+            let memory_bytes = members.iter().filter_map(|p| procfs::read_rss_bytes(p.pid)).sum();
+            Some(InstanceStats { cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64, memory_bytes })
+        })
+        .await
+    }
+}
+
+/// Waits for `child` (so no zombie is left) and records how it ended.
+async fn watch(mut child: Child, d: InstanceDir, id: ProcId) {
+    let how = match child.wait().await {
+        Ok(status) => spawn::describe(status),
+        Err(e) => format!("ended (status unknown: {e})"),
+    };
+    let _ = tokio::task::spawn_blocking(move || d.write_exit(id, &how)).await;
+}
+
+/// Polls until the group is gone; `false` if it outlived `limit`.
+async fn wait_gone(id: ProcId, limit: Duration) -> Result<bool, DriverError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !blocking(move || procfs::group_alive(id)).await? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn io_failed(what: &str, e: std::io::Error) -> DriverError {
+    DriverError::Failed(format!("{what}: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DriverError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Failed(format!("internal task failed: {e}")))
+}

@@ -12,7 +12,7 @@ pub enum Actor {
 }
 
 /// One entry of the activity log.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityEvent {
     /// Monotonic sequence number assigned by the store.

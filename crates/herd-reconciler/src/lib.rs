@@ -1,1 +1,23 @@
-//! placeholder
+//! The reconciler: makes instances match each scale set's model.
+//!
+//! Why it is built this way (after omicron's background tasks and kube-rs' controllers):
+//! - It takes no input. Every pass re-reads the desired state (the store) and the observed state
+//!   (the driver's `list`), so a missed signal or a crash only delays convergence.
+//! - [`plan`] is a pure, synchronous function from those two states to a list of steps; it is
+//!   table-tested without any I/O.
+//! - The [`executor`] applies a plan in three phases: persist every intent in one transaction,
+//!   make the idempotent driver calls, persist the results. A crash between any two phases is
+//!   repaired by the next pass, because the intent is already on disk and every driver call can
+//!   be repeated.
+
+#![forbid(unsafe_code)]
+
+pub mod executor;
+pub mod plan;
+pub mod summary;
+
+pub use executor::{FaultPoint, Faults, PassReport, ReconcileError, Reconciler, ReconcilerConfig};
+
+
+pub use plan::{plan, Limits, Plan, SetInput, Step};
+pub use summary::{summarize, SetSummary};

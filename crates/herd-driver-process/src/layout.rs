@@ -1,0 +1,269 @@
+//! The on-disk layout of one instance and the small files in it.
+//!
+//! Why: the instance directory *is* the driver's state. Nothing is kept in memory, so a new
+//! server on the same root sees exactly what the old one left (re-adoption), and every write
+//! that matters is atomic (write a temporary file, then rename) so a crash leaves either the old
+//! or the new content.
+//!
+//! ```text
+//! root/<group>/<set>/<id>/
+//!   work/          copy of the image directory (the "disk"); cwd of init
+//!   work/.herd/custom-data   spec.custom_data, when given (mode 0600)
+//!   env            the spec-derived environment, NUL-separated KEY=VALUE (like /proc/*/environ)
+//!   power          desired power: running | stopped | deallocated
+//!   pid            "<pid> <starttime>" of the process group leader
+//!   exit           "<pid> <starttime> <how it ended>", written when init is reaped
+//!   console.log    stdout + stderr of the instance (appended)
+//! ```
+
+use crate::procfs::ProcId;
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Desired power, as kept in the `power` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Power {
+    Running,
+    Stopped,
+    Deallocated,
+}
+
+impl Power {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Power::Running => "running",
+            Power::Stopped => "stopped",
+            Power::Deallocated => "deallocated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "running" => Some(Power::Running),
+            "stopped" => Some(Power::Stopped),
+            "deallocated" => Some(Power::Deallocated),
+            _ => None,
+        }
+    }
+}
+
+/// Paths and file access for one instance directory.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceDir {
+    pub dir: PathBuf,
+}
+
+impl InstanceDir {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn custom_data(&self) -> PathBuf {
+        self.work().join(".herd").join("custom-data")
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    pub fn read_power(&self) -> Option<Power> {
+        Power::parse(&fs::read_to_string(self.file("power")).ok()?)
+    }
+
+    pub fn write_power(&self, p: Power) -> io::Result<()> {
+        atomic_write(&self.file("power"), format!("{}\n", p.as_str()).as_bytes())
+    }
+
+    pub fn read_pid(&self) -> Option<ProcId> {
+        ProcId::parse(&fs::read_to_string(self.file("pid")).ok()?)
+    }
+
+    pub fn write_pid(&self, id: ProcId) -> io::Result<()> {
+        atomic_write(&self.file("pid"), id.render().as_bytes())
+    }
+
+    pub fn remove_pid(&self) -> io::Result<()> {
+        ignore_missing(fs::remove_file(self.file("pid")))
+    }
+
+    /// How the process `id` ended, if it was recorded. `id` 0/0 records a failed spawn.
+    pub fn read_exit(&self, id: ProcId) -> Option<String> {
+        let s = fs::read_to_string(self.file("exit")).ok()?;
+        let mut parts = s.splitn(3, ' ');
+        let recorded = ProcId::parse(&format!("{} {}", parts.next()?, parts.next()?))?;
+        (recorded == id).then(|| parts.next().unwrap_or("").trim().to_string())
+    }
+
+    /// Records how `id` ended. Never creates the directory (it may have been destroyed).
+    pub fn write_exit(&self, id: ProcId, how: &str) -> io::Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        atomic_write(&self.file("exit"), format!("{} {} {}\n", id.pid, id.start, how.replace('\n', " ")).as_bytes())
+    }
+
+    pub fn read_env(&self) -> io::Result<Vec<(String, String)>> {
+        let blob = fs::read(self.file("env"))?;
+        Ok(blob
+            .split(|b| *b == 0)
+            .filter_map(|e| {
+                let e = String::from_utf8_lossy(e);
+                let (k, v) = e.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect())
+    }
+
+    pub fn write_env(&self, env: &[(String, String)]) -> io::Result<()> {
+        let mut blob = Vec::new();
+        for (k, v) in env {
+            blob.extend_from_slice(k.as_bytes());
+            blob.push(b'=');
+            blob.extend_from_slice(v.as_bytes());
+            blob.push(0);
+        }
+        atomic_write(&self.file("env"), &blob)
+    }
+
+    pub fn write_custom_data(&self, work: &Path, data: &str) -> io::Result<()> {
+        let dir = work.join(".herd");
+        fs::create_dir_all(&dir)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("custom-data"))?;
+        f.write_all(data.as_bytes())
+    }
+
+    /// The last non-empty line of `console.log`, if it is short enough to quote in a status.
+    pub fn last_console_line(&self, max_len: usize) -> Option<String> {
+        let mut f = fs::File::open(self.console()).ok()?;
+        let len = f.metadata().ok()?.len();
+        let from = len.saturating_sub(4096);
+        f.seek(SeekFrom::Start(from)).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+        (line.len() <= max_len).then(|| line.to_string())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}
+
+pub(crate) fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Checks that `image` is a directory holding an executable `init`.
+pub(crate) fn check_image(image: &Path) -> Result<(), String> {
+    let init = image.join("init");
+    match fs::metadata(&init) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!("image {}: 'init' is not an executable file", image.display())),
+        Err(e) => Err(format!("image {}: cannot read 'init': {e}", image.display())),
+    }
+}
+
+/// Copies the tree at `src` to `dst` (which must not exist). File modes are kept (so `init` stays
+/// executable) and symbolic links are copied as links; other special files are skipped.
+pub(crate) fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir(dst)?;
+    fs::set_permissions(dst, fs::metadata(src)?.permissions())?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ty.is_dir() {
+            copy_tree(&entry.path(), &to)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
+        } else if ty.is_file() {
+            fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a tree; `Ok` if it is already gone.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    ignore_missing(fs::remove_dir_all(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let d = InstanceDir::new(t.path().to_path_buf());
+        assert_eq!(d.read_power(), None);
+        d.write_power(Power::Deallocated).unwrap();
+        assert_eq!(d.read_power(), Some(Power::Deallocated));
+        let id = ProcId { pid: 5, start: 6 };
+        d.write_pid(id).unwrap();
+        assert_eq!(d.read_pid(), Some(id));
+        d.remove_pid().unwrap();
+        d.remove_pid().unwrap();
+        assert_eq!(d.read_pid(), None);
+        d.write_exit(id, "exit status 3").unwrap();
+        assert_eq!(d.read_exit(id).as_deref(), Some("exit status 3"));
+        assert_eq!(d.read_exit(ProcId { pid: 5, start: 7 }), None);
+        let env = vec![("A".to_string(), "x=y\nz".to_string()), ("B".to_string(), String::new())];
+        d.write_env(&env).unwrap();
+        assert_eq!(d.read_env().unwrap(), env);
+    }
+
+    #[test]
+    fn last_console_line_is_quoted_only_when_short() {
+        let t = tempfile::tempdir().unwrap();
+        let d = InstanceDir::new(t.path().to_path_buf());
+        assert_eq!(d.last_console_line(100), None);
+        fs::write(d.console(), "first\nsecond line\n\n").unwrap();
+        assert_eq!(d.last_console_line(100).as_deref(), Some("second line"));
+        assert_eq!(d.last_console_line(5), None);
+    }
+
+    #[test]
+    fn copy_keeps_modes_and_links() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("img");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("init"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(src.join("init"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(src.join("sub/data"), "d").unwrap();
+        std::os::unix::fs::symlink("sub/data", src.join("link")).unwrap();
+        assert!(check_image(&src).is_ok());
+        let dst = t.path().join("copy");
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(fs::metadata(dst.join("init")).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(fs::read_to_string(dst.join("link")).unwrap(), "d");
+        assert!(fs::symlink_metadata(dst.join("link")).unwrap().file_type().is_symlink());
+        fs::set_permissions(src.join("init"), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_image(&src).unwrap_err().contains("not an executable"));
+        assert!(check_image(&t.path().join("none")).is_err());
+    }
+}

@@ -1,0 +1,311 @@
+//! Reading `/proc` and signalling process groups.
+//!
+//! Why: an instance is only a process group, and `/proc` is the one place that says whether that
+//! group still lives, what it costs, and (through `environ`) which instance a stray process
+//! belongs to. Processes vanish while we read, so every reader here returns `Option` and a scan
+//! skips what it cannot read; nothing here panics on odd contents.
+//!
+//! Signals are only ever sent to a group after checking that the group is still ours (the
+//! recorded start time matches), so a reused pid is never signalled.
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::{getpgrp, Pid};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// A process as identified across time: pid plus its start time (field 22 of `stat`, in clock
+/// ticks since boot). The pair is what the `pid` file holds, so a reused pid is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ProcId {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl ProcId {
+    /// `"<pid> <starttime>"`, the `pid` file format.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split_whitespace();
+        let pid = it.next()?.parse().ok()?;
+        let start = it.next()?.parse().ok()?;
+        Some(Self { pid, start })
+    }
+
+    pub fn render(self) -> String {
+        format!("{} {}\n", self.pid, self.start)
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` this crate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub pid: u32,
+    pub state: char,
+    pub pgrp: i64,
+    pub utime: u64,
+    pub stime: u64,
+    pub starttime: u64,
+}
+
+impl ProcStat {
+    pub fn is_zombie(&self) -> bool {
+        // `X` (dead) is as good as gone too.
+        matches!(self.state, 'Z' | 'X')
+    }
+
+    pub fn is_group_leader(&self) -> bool {
+        i64::from(self.pid) == self.pgrp
+    }
+}
+
+/// Parses one `stat` line. The command name (field 2) is in parentheses and may itself hold
+/// spaces and parentheses, so the fields after it are found from the *last* `)`.
+pub(crate) fn parse_stat(s: &str) -> Option<ProcStat> {
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let pid = s[..open].trim().parse().ok()?;
+    // Fields from 3 (state) on; index = field number - 3.
+    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3).copied();
+    Some(ProcStat {
+        pid,
+        state: field(3)?.chars().next()?,
+        pgrp: field(5)?.parse().ok()?,
+        utime: field(14)?.parse().ok()?,
+        stime: field(15)?.parse().ok()?,
+        starttime: field(22)?.parse().ok()?,
+    })
+}
+
+pub(crate) fn read_stat(pid: u32) -> Option<ProcStat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&s).filter(|p| p.pid == pid)
+}
+
+/// Resident memory of one process in bytes (`statm` field 2 × page size).
+pub(crate) fn read_rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(page_size()))
+}
+
+/// Every process that can be read right now. Entries that vanish mid-scan are skipped.
+pub(crate) fn scan() -> Vec<ProcStat> {
+    scan_dir(Path::new("/proc"))
+}
+
+fn scan_dir(proc_root: &Path) -> Vec<ProcStat> {
+    let Ok(rd) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let s = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        parse_stat(&s).filter(|p| p.pid == pid)
+    })
+    .collect()
+}
+
+/// The two variables that tie a process to this driver and to one instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HerdEnv {
+    pub tag: Option<String>,
+    pub key: Option<String>,
+}
+
+/// Extracts `HERD_DRIVER_TAG` and `HERD_INSTANCE_KEY` from an `environ` blob (NUL-separated).
+pub(crate) fn parse_environ(blob: &[u8]) -> HerdEnv {
+    let mut env = HerdEnv::default();
+    for entry in blob.split(|b| *b == 0) {
+        if let Some(v) = entry.strip_prefix(b"HERD_DRIVER_TAG=") {
+            env.tag = Some(String::from_utf8_lossy(v).into_owned());
+        } else if let Some(v) = entry.strip_prefix(b"HERD_INSTANCE_KEY=") {
+            env.key = Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    env
+}
+
+pub(crate) fn read_herd_env(pid: u32) -> Option<HerdEnv> {
+    std::fs::read(format!("/proc/{pid}/environ")).ok().map(|b| parse_environ(&b))
+}
+
+/// One `/proc` scan, indexed for the questions the driver asks of it.
+pub(crate) struct Snapshot {
+    pub procs: Vec<ProcStat>,
+    by_pid: HashMap<u32, usize>,
+    by_pgrp: HashMap<i64, Vec<usize>>,
+}
+
+impl Snapshot {
+    pub fn take() -> Self {
+        Self::from_procs(scan())
+    }
+
+    pub fn from_procs(procs: Vec<ProcStat>) -> Self {
+        let mut by_pid = HashMap::with_capacity(procs.len());
+        let mut by_pgrp: HashMap<i64, Vec<usize>> = HashMap::new();
+        for (i, p) in procs.iter().enumerate() {
+            by_pid.insert(p.pid, i);
+            by_pgrp.entry(p.pgrp).or_default().push(i);
+        }
+        Self { procs, by_pid, by_pgrp }
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcStat> {
+        self.by_pid.get(&pid).map(|i| &self.procs[*i])
+    }
+
+    /// Live (non-zombie) processes of the group started by `id`, leader included.
+    pub fn members(&self, id: ProcId) -> Vec<&ProcStat> {
+        let leader = self.get(id.pid);
+        if leader.is_some_and(|l| l.starttime != id.start) {
+            // The pid was reused, which the kernel only does once our group is gone.
+            return Vec::new();
+        }
+        let mut out: Vec<&ProcStat> = self
+            .by_pgrp
+            .get(&i64::from(id.pid))
+            .into_iter()
+            .flatten()
+            .map(|i| &self.procs[*i])
+            .filter(|p| !p.is_zombie() && p.starttime >= id.start)
+            .collect();
+        // A leader that moved itself to another group is still the instance's init.
+        if let Some(l) = leader.filter(|l| !l.is_zombie() && !l.is_group_leader()) {
+            out.push(l);
+        }
+        out
+    }
+
+    pub fn group_alive(&self, id: ProcId) -> bool {
+        !self.members(id).is_empty()
+    }
+}
+
+/// Whether the group started by `id` has a live process. Cheap when the leader is alive or the
+/// group is empty; scans `/proc` only when just zombies or stray members might remain.
+pub(crate) fn group_alive(id: ProcId) -> bool {
+    if id.pid <= 1 {
+        return false;
+    }
+    match read_stat(id.pid) {
+        Some(l) if l.starttime != id.start => return false,
+        Some(l) if !l.is_zombie() => return true,
+        _ => {}
+    }
+    if killpg(Pid::from_raw(id.pid as i32), None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    Snapshot::take().group_alive(id)
+}
+
+/// Sends `sig` to the group started by `id`, if that group is still ours. Never signals pid 0
+/// or 1, nor our own group.
+pub(crate) fn signal_group(id: ProcId, sig: Signal) {
+    let Ok(raw) = i32::try_from(id.pid) else { return };
+    if raw <= 1 || Pid::from_raw(raw) == getpgrp() {
+        return;
+    }
+    let leader = read_stat(id.pid);
+    if leader.is_some_and(|l| l.starttime != id.start) {
+        return;
+    }
+    if let Err(e) = killpg(Pid::from_raw(raw), sig) {
+        if e != Errno::ESRCH {
+            tracing::warn!(pid = id.pid, %sig, error = %e, "signalling process group failed");
+        }
+    }
+    // A leader that left its group (setsid) is signalled directly.
+    if leader.is_some_and(|l| !l.is_group_leader() && !l.is_zombie()) {
+        let _ = kill(Pid::from_raw(raw), sig);
+    }
+}
+
+/// Resident memory page size, from `sysconf` (4096 when unknown).
+pub(crate) fn page_size() -> u64 {
+    static V: OnceLock<u64> = OnceLock::new();
+    *V.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::PAGE_SIZE, 4096))
+}
+
+/// Clock ticks per second for `stat` times, from `sysconf` (100 when unknown).
+pub(crate) fn clock_ticks() -> u64 {
+    static V: OnceLock<u64> = OnceLock::new();
+    *V.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::CLK_TCK, 100))
+}
+
+fn sysconf_or(var: nix::unistd::SysconfVar, default: u64) -> u64 {
+    match nix::unistd::sysconf(var) {
+        Ok(Some(v)) if v > 0 => v as u64,
+        _ => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat_line(pid: u32, comm: &str, state: char, pgrp: i64, start: u64) -> String {
+        // Fields 1..=22 with utime=7, stime=5.
+        format!("{pid} ({comm}) {state} 1 {pgrp} {pgrp} 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 {start} 1000 50")
+    }
+
+    #[test]
+    fn stat_parses_odd_command_names() {
+        let p = parse_stat(&stat_line(42, "we ird) (name", 'S', 40, 12345)).unwrap();
+        assert_eq!(p, ProcStat { pid: 42, state: 'S', pgrp: 40, utime: 7, stime: 5, starttime: 12345 });
+        assert!(!p.is_group_leader());
+        assert!(parse_stat("").is_none());
+        assert!(parse_stat("12 (x) S 1 2").is_none());
+        assert!(parse_stat(") 12 (x").is_none());
+        assert!(parse_stat("abc (x) S 1 2 2 0 -1 0 0 0 0 0 1 1 0 0 0 0 1 0 9").is_none());
+    }
+
+    #[test]
+    fn pid_file_round_trips() {
+        let id = ProcId { pid: 10, start: 99 };
+        assert_eq!(ProcId::parse(&id.render()), Some(id));
+        assert_eq!(ProcId::parse("10"), None);
+        assert_eq!(ProcId::parse("x 1"), None);
+    }
+
+    #[test]
+    fn environ_finds_herd_vars() {
+        let env = parse_environ(b"PATH=/bin\0HERD_DRIVER_TAG=t1\0HERD_INSTANCE_KEY=g/s/1\0X=HERD_DRIVER_TAG=no\0");
+        assert_eq!(env, HerdEnv { tag: Some("t1".into()), key: Some("g/s/1".into()) });
+        assert_eq!(parse_environ(b""), HerdEnv::default());
+    }
+
+    #[test]
+    fn snapshot_groups_ignore_zombies_and_reused_pids() {
+        let procs = vec![
+            parse_stat(&stat_line(100, "init", 'Z', 100, 50)).unwrap(),
+            parse_stat(&stat_line(101, "sleep", 'S', 100, 51)).unwrap(),
+            parse_stat(&stat_line(102, "dead", 'Z', 100, 52)).unwrap(),
+            parse_stat(&stat_line(200, "other", 'S', 200, 90)).unwrap(),
+        ];
+        let snap = Snapshot::from_procs(procs);
+        let members = snap.members(ProcId { pid: 100, start: 50 });
+        assert_eq!(members.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![101]);
+        // Same pid, other start time: the group is not ours.
+        assert!(!snap.group_alive(ProcId { pid: 200, start: 10 }));
+        assert!(snap.group_alive(ProcId { pid: 200, start: 90 }));
+        assert!(!snap.group_alive(ProcId { pid: 300, start: 1 }));
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        let s = read_stat(me).unwrap();
+        assert_eq!(s.pid, me);
+        assert!(read_rss_bytes(me).unwrap() > 0);
+        assert!(scan().iter().any(|p| p.pid == me));
+        assert!(!group_alive(ProcId { pid: 0, start: 0 }));
+        assert!(!group_alive(ProcId { pid: me, start: s.starttime + 1 }));
+    }
+}

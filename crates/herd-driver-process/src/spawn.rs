@@ -1,0 +1,142 @@
+//! Starting an instance's `init`: its command line, environment, stdio and hostname.
+//!
+//! Why: this is the one place that decides what an instance sees of the host. The environment
+//! is built from the spec once (at create and reimage time) and kept in the instance's `env`
+//! file, because `set_power` and `restart` get only a key and must still start the instance
+//! exactly as it was built.
+
+use crate::layout::{check_image, InstanceDir};
+use crate::procfs::{read_stat, ProcId};
+use herd_driver::InstanceSpec;
+use herd_model::InstanceKey;
+use std::fs::OpenOptions;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use tokio::process::{Child, Command};
+
+const UNSHARE: &str = "/usr/bin/unshare";
+/// Run by `/bin/sh` inside the new UTS namespace; `exec` keeps the pid of the group leader.
+const HOSTNAME_SCRIPT: &str = r#"hostname "$HERD_COMPUTER_NAME" && exec ./init"#;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whether instances can get their own hostname: we are root, `unshare` exists, and a probe
+/// that does exactly what an instance start does succeeds (containers may forbid it).
+pub(crate) fn can_set_hostname() -> bool {
+    if !nix::unistd::geteuid().is_root() || !Path::new(UNSHARE).exists() {
+        return false;
+    }
+    std::process::Command::new(UNSHARE)
+        .args(["--uts", "--", "/bin/sh", "-c", r#"hostname "$HERD_COMPUTER_NAME""#])
+        .env("HERD_COMPUTER_NAME", "herd-probe")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `metadata` key → environment variable name: upper-cased, anything but `[A-Z0-9_]` → `_`.
+pub(crate) fn meta_var(key: &str) -> String {
+    let name: String =
+        key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("HERD_META_{name}")
+}
+
+/// The spec-derived environment (see the crate docs for each variable). `custom_data` is the
+/// path the custom data was written to, if any.
+pub(crate) fn spec_env(spec: &InstanceSpec, custom_data: Option<&Path>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("HERD_INSTANCE_ID".into(), spec.key.id.0.to_string()),
+        ("HERD_COMPUTER_NAME".into(), spec.computer_name.clone()),
+        ("HOSTNAME".into(), spec.computer_name.clone()),
+        ("HERD_ADDRESS".into(), spec.reach_address.clone()),
+        ("HERD_MODEL_GENERATION".into(), spec.model_generation.to_string()),
+        ("HERD_ADMIN_USERNAME".into(), spec.admin_username.clone()),
+        ("HERD_VCPUS".into(), spec.size.vcpus.to_string()),
+        ("HERD_MEMORY_MIB".into(), spec.size.memory_mib.to_string()),
+    ];
+    env.extend(spec.metadata.iter().map(|(k, v)| (meta_var(k), v.clone())));
+    if let Some(p) = custom_data {
+        env.push(("HERD_CUSTOM_DATA".into(), p.display().to_string()));
+    }
+    // A NUL cannot be passed through exec; drop it rather than fail the start.
+    env.into_iter().map(|(k, v)| (k, v.replace('\0', ""))).collect()
+}
+
+/// Starts the instance in `d`. Returns the group leader's identity and the child handle (to be
+/// waited on, so its exit status is recorded and no zombie is left).
+pub(crate) fn launch(
+    d: &InstanceDir,
+    key: &InstanceKey,
+    tag: &str,
+    set_hostname: bool,
+) -> Result<(ProcId, Child), String> {
+    let work = d.work();
+    check_image(&work)?;
+    let env = d.read_env().map_err(|e| format!("cannot read the instance environment: {e}"))?;
+    let console = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.console())
+        .map_err(|e| format!("cannot open console.log: {e}"))?;
+    let console2 = console.try_clone().map_err(|e| format!("cannot open console.log: {e}"))?;
+
+    let mut cmd = if set_hostname {
+        let mut c = Command::new(UNSHARE);
+        c.args(["--uts", "--", "/bin/sh", "-c", HOSTNAME_SCRIPT]);
+        c
+    } else {
+        Command::new(work.join("init"))
+    };
+    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string());
+    cmd.current_dir(&work)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", &work)
+        .envs(env)
+        .env("HERD_DRIVER_TAG", tag)
+        .env("HERD_INSTANCE_KEY", key.path())
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(console2)
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start init: {e}"))?;
+    let Some(pid) = child.id() else {
+        return Err("init vanished at start".into());
+    };
+    // The child is not reaped until we wait on it, so its stat is readable even if it exited.
+    match read_stat(pid) {
+        Some(st) => Ok((ProcId { pid, start: st.starttime }, child)),
+        None => {
+            let _ = child.start_kill();
+            Err(format!("cannot read /proc/{pid}/stat of the new init"))
+        }
+    }
+}
+
+/// How a process ended, for `Failed(..)` messages.
+pub(crate) fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "ended".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_are_safe() {
+        assert_eq!(meta_var("role"), "HERD_META_ROLE");
+        assert_eq!(meta_var("app.tier-1"), "HERD_META_APP_TIER_1");
+    }
+
+    #[test]
+    fn exit_descriptions() {
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "killed by signal 9");
+    }
+}

@@ -1,0 +1,222 @@
+//! The instance root as state: creating instance directories and observing what exists.
+//!
+//! Why: everything here is synchronous filesystem and `/proc` work that must run on the
+//! blocking pool, and it needs only the root and the tag, so it lives in a small cloneable
+//! [`State`] the async driver hands to `spawn_blocking`.
+
+use crate::layout::{check_image, copy_tree, remove_tree, InstanceDir, Power};
+use crate::procfs::{self, ProcId, Snapshot};
+use crate::spawn;
+use herd_driver::{DriverError, InstanceSpec, ObservedInstance, ObservedPower};
+use herd_model::{image::ImageSource, GroupName, InstanceId, InstanceKey, ScaleSetName};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Longest console line quoted in a `Failed` status.
+const MAX_QUOTED_LINE: usize = 200;
+/// The `exit` record of a start that failed before any process existed.
+pub(crate) const NO_PROCESS: ProcId = ProcId { pid: 0, start: 0 };
+
+/// The instance root and the tag that marks our processes.
+#[derive(Debug, Clone)]
+pub(crate) struct State {
+    pub root: PathBuf,
+    pub tag: String,
+}
+
+impl State {
+    /// Where one instance lives: `root/<group>/<set>/<id>`.
+    pub fn instance_dir(&self, key: &InstanceKey) -> PathBuf {
+        self.root.join(key.group.as_str()).join(key.set.as_str()).join(key.id.0.to_string())
+    }
+
+    pub fn instance(&self, key: &InstanceKey) -> InstanceDir {
+        InstanceDir::new(self.instance_dir(key))
+    }
+
+    /// The live group of an instance. Without a `pid` file (a crash between spawn and writing
+    /// it), finds the group by its environment and records it.
+    pub fn live_group(&self, key: &InstanceKey) -> Option<ProcId> {
+        let d = self.instance(key);
+        match d.read_pid() {
+            Some(id) => procfs::group_alive(id).then_some(id),
+            None => {
+                let (id, _) = self.tagged_leaders(&Snapshot::take(), Some(&key.path()), &HashSet::new()).pop()?;
+                tracing::info!(instance = %key, pid = id.pid, "re-adopting a process without a pid file");
+                let _ = d.write_pid(id);
+                Some(id)
+            }
+        }
+    }
+
+    /// Live process-group leaders whose environment carries our tag (and `key`, if given),
+    /// skipping `skip`. Only group leaders are read, which keeps the `environ` reads bounded:
+    /// every instance starts as a group leader, and its children are reached through the group.
+    pub fn tagged_leaders(&self, snap: &Snapshot, key: Option<&str>, skip: &HashSet<u32>) -> Vec<(ProcId, String)> {
+        let me = std::process::id();
+        snap.procs
+            .iter()
+            .filter(|p| p.is_group_leader() && !p.is_zombie() && p.pid != me && !skip.contains(&p.pid))
+            .filter_map(|p| {
+                let env = procfs::read_herd_env(p.pid)?;
+                if env.tag.as_deref() != Some(self.tag.as_str()) {
+                    return None;
+                }
+                let k = env.key?;
+                if key.is_some_and(|want| want != k) {
+                    return None;
+                }
+                Some((ProcId { pid: p.pid, start: p.starttime }, k))
+            })
+            .collect()
+    }
+
+    /// Creates the instance directory from `spec` if absent (atomically: built beside it and
+    /// renamed). Returns whether it already existed.
+    pub fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
+        let d = self.instance(&spec.key);
+        let image = image_dir(spec);
+        if d.exists() {
+            if !d.work().exists() {
+                // A crash in the middle of a reimage: finish it.
+                check_image(&image).map_err(DriverError::Failed)?;
+                install_work(&d, &d, spec, &image)?;
+            }
+            return Ok(true);
+        }
+        check_image(&image).map_err(DriverError::Failed)?;
+        let parent = d.dir.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
+        let io = |what: &str, e: std::io::Error| io_failed(&format!("instance {}: {what}", spec.key), e);
+        std::fs::create_dir_all(&parent).map_err(|e| io("creating its directory", e))?;
+        remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
+        std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
+        install_work(&tmp, &d, spec, &image)?;
+        tmp.write_power(Power::Running).map_err(|e| io("writing the power file", e))?;
+        std::fs::rename(&tmp.dir, &d.dir).map_err(|e| io("creating its directory", e))?;
+        Ok(false)
+    }
+
+    pub fn observe(&self) -> Vec<ObservedInstance> {
+        let snap = Snapshot::take();
+        let mut seen: BTreeMap<InstanceKey, ObservedPower> = BTreeMap::new();
+        let mut down: BTreeMap<InstanceKey, (InstanceDir, Option<ProcId>)> = BTreeMap::new();
+        let mut claimed = HashSet::new();
+        for (key, d) in walk(&self.root) {
+            match d.read_pid() {
+                Some(id) if snap.group_alive(id) => {
+                    claimed.insert(id.pid);
+                    seen.insert(key, ObservedPower::Running);
+                }
+                pid => {
+                    down.insert(key, (d, pid));
+                }
+            }
+        }
+        for (_, k) in self.tagged_leaders(&snap, None, &claimed) {
+            let Some(key) = InstanceKey::parse_path(&k) else { continue };
+            if seen.contains_key(&key) {
+                continue;
+            }
+            // Listed but not recorded (a crash before the pid file): it runs. Not listed and no
+            // directory: an orphan. (Checked now, after the scan, so an instance created during
+            // this list is never mistaken for an orphan.)
+            if down.remove(&key).is_some() || !self.instance(&key).exists() {
+                seen.insert(key, ObservedPower::Running);
+            }
+        }
+        for (key, (d, pid)) in down {
+            let power = match d.read_power() {
+                Some(Power::Stopped | Power::Deallocated) => ObservedPower::Stopped,
+                // Started after the scan (a restart racing this list): look again, live.
+                _ if d.read_pid().is_some_and(procfs::group_alive) => ObservedPower::Running,
+                // Created, not yet spawned, and no failed start recorded.
+                _ if pid.is_none() && d.read_exit(NO_PROCESS).is_none() => ObservedPower::Starting,
+                _ => ObservedPower::Failed(failure(&d, pid)),
+            };
+            seen.insert(key, power);
+        }
+        seen.into_iter().map(|(key, power)| ObservedInstance { key, power }).collect()
+    }
+}
+
+/// Copies the image to `target/work` (through `work.new`, so a crash never leaves a half copy
+/// under the real name), writes the custom data and the environment. `final_dir` is where the
+/// instance will live, for the paths the environment names.
+pub(crate) fn install_work(
+    target: &InstanceDir,
+    final_dir: &InstanceDir,
+    spec: &InstanceSpec,
+    image: &Path,
+) -> Result<(), DriverError> {
+    let io = |what: &str, e: std::io::Error| io_failed(&format!("instance {}: {what}", spec.key), e);
+    let staging = target.dir.join("work.new");
+    remove_tree(&staging).map_err(|e| io("clearing a half-copied image", e))?;
+    copy_tree(image, &staging).map_err(|e| io(&format!("copying image {}", image.display()), e))?;
+    if let Some(data) = &spec.custom_data {
+        target.write_custom_data(&staging, data).map_err(|e| io("writing custom data", e))?;
+    }
+    remove_tree(&target.work()).map_err(|e| io("removing the old work directory", e))?;
+    std::fs::rename(&staging, target.work()).map_err(|e| io("installing the work directory", e))?;
+    let custom = spec.custom_data.as_ref().map(|_| final_dir.custom_data());
+    target.write_env(&spawn::spec_env(spec, custom.as_deref())).map_err(|e| io("writing the environment", e))
+}
+
+pub(crate) fn image_dir(spec: &InstanceSpec) -> PathBuf {
+    match &spec.image {
+        ImageSource::Directory { path } => PathBuf::from(path),
+    }
+}
+
+/// Why an instance that should run does not: `init exited (exit status 3): <last console line>`.
+fn failure(d: &InstanceDir, pid: Option<ProcId>) -> String {
+    let mut msg = String::from("init exited");
+    match d.read_exit(pid.unwrap_or(NO_PROCESS)) {
+        Some(how) if how.starts_with("failed to start") => msg = how,
+        Some(how) if !how.is_empty() => msg = format!("{msg} ({how})"),
+        _ => {}
+    }
+    if let Some(line) = d.last_console_line(MAX_QUOTED_LINE) {
+        msg = format!("{msg}: {line}");
+    }
+    msg
+}
+
+/// Every instance directory under `root`, by key. Anything that is not a valid
+/// `<group>/<set>/<id>` (such as a `.N.creating` directory) is skipped.
+fn walk(root: &Path) -> Vec<(InstanceKey, InstanceDir)> {
+    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                if !e.file_type().ok()?.is_dir() {
+                    return None;
+                }
+                Some((e.file_name().into_string().ok()?, e.path()))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (g, gp) in subdirs(root) {
+        let Ok(group) = GroupName::new(g) else { continue };
+        for (s, sp) in subdirs(&gp) {
+            let Ok(set) = ScaleSetName::new(s) else { continue };
+            for (i, ip) in subdirs(&sp) {
+                let Ok(id) = i.parse::<u64>() else { continue };
+                if id.to_string() != i {
+                    continue;
+                }
+                let key = InstanceKey { group: group.clone(), set: set.clone(), id: InstanceId(id) };
+                out.push((key, InstanceDir::new(ip)));
+            }
+        }
+    }
+    out
+}
+
+
+fn io_failed(what: &str, e: std::io::Error) -> DriverError {
+    DriverError::Failed(format!("{what}: {e}"))
+}

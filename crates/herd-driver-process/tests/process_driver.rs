@@ -1,0 +1,461 @@
+//! The process driver against real processes: each test builds an image directory with an
+//! `init` shell script, runs instances from it under a unique tag and root, and kills every
+//! process carrying its tag when it ends (even on failure).
+
+use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower, PowerTarget};
+use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
+use herd_driver_process::ProcessDriver;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    image: PathBuf,
+    tag: String,
+    driver: ProcessDriver,
+}
+
+impl Fixture {
+    /// A driver under a fresh root, with an image whose `init` runs `script` (sh).
+    fn new(script: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        write_init(&image, script);
+        std::fs::write(image.join("from-image.txt"), "image file\n").unwrap();
+        let root = tmp.path().join("instances");
+        let tag = format!("test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let driver = ProcessDriver::new(root.clone(), tag.clone()).unwrap().with_stop_grace(Duration::from_secs(2));
+        Self { _tmp: tmp, root, image, tag, driver }
+    }
+
+    fn spec(&self, id: u64) -> InstanceSpec {
+        InstanceSpec {
+            key: key(id),
+            computer_name: format!("web{:06}", id),
+            image: ImageSource::Directory { path: self.image.display().to_string() },
+            size: SkuSize { vcpus: 2, memory_mib: 1024 },
+            reach_address: format!("127.128.0.{id}"),
+            model_generation: 7,
+            admin_username: "azureuser".into(),
+            custom_data: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.driver.instance_dir(&key(id))
+    }
+
+    fn work_file(&self, id: u64, name: &str) -> PathBuf {
+        self.dir(id).join("work").join(name)
+    }
+
+    /// The recorded group leader of an instance.
+    fn pid(&self, id: u64) -> u32 {
+        let s = std::fs::read_to_string(self.dir(id).join("pid")).unwrap();
+        s.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    async fn power(&self, id: u64) -> Option<ObservedPower> {
+        self.driver.list().await.unwrap().into_iter().find(|o| o.key == key(id)).map(|o| o.power)
+    }
+
+    /// Destroys everything the driver lists and checks that nothing is left.
+    async fn destroy_all(&self) {
+        for o in self.driver.list().await.unwrap() {
+            self.driver.destroy(&o.key).await.unwrap();
+        }
+        assert!(self.driver.list().await.unwrap().is_empty());
+        assert!(tagged_pids(&self.tag).is_empty(), "processes left behind");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Safety net for failed tests: no process of ours outlives the test.
+        for pid in tagged_pids(&self.tag) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn key(id: u64) -> InstanceKey {
+    InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id: InstanceId(id) }
+}
+
+fn write_init(dir: &Path, script: &str) {
+    let init = dir.join("init");
+    std::fs::write(&init, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Live (non-zombie) processes whose environment carries `HERD_DRIVER_TAG=<tag>`.
+fn tagged_pids(tag: &str) -> Vec<u32> {
+    let needle = format!("HERD_DRIVER_TAG={tag}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| pid_alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|b| b.split(|c| *c == 0).any(|e| e == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// True if `pid` exists and is not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|st| st != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after `DEADLINE`.
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_file(path: &Path) -> String {
+    wait_for(&format!("{}", path.display()), || async { path.exists() }).await;
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[tokio::test]
+async fn ensure_starts_init_with_the_documented_environment() {
+    let fx = Fixture::new(
+        "env > env.tmp && mv env.tmp env.out\nhostname > hostname.tmp && mv hostname.tmp hostname.out\necho hello from init\nexec sleep 300",
+    );
+    let mut spec = fx.spec(5);
+    spec.metadata.insert("role".into(), "frontend".into());
+    spec.metadata.insert("app.tier".into(), "1".into());
+    spec.custom_data = Some("#cloud-config\nsecret: x\n".into());
+    fx.driver.ensure(&spec).await.unwrap();
+
+    let env = wait_file(&fx.work_file(5, "env.out")).await;
+    let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    let custom = fx.dir(5).join("work/.herd/custom-data");
+    let expected = [
+        ("HERD_INSTANCE_ID", "5"),
+        ("HERD_COMPUTER_NAME", "web000005"),
+        ("HOSTNAME", "web000005"),
+        ("HERD_ADDRESS", "127.128.0.5"),
+        ("HERD_INSTANCE_KEY", "rg/web/5"),
+        ("HERD_DRIVER_TAG", fx.tag.as_str()),
+        ("HERD_MODEL_GENERATION", "7"),
+        ("HERD_ADMIN_USERNAME", "azureuser"),
+        ("HERD_VCPUS", "2"),
+        ("HERD_MEMORY_MIB", "1024"),
+        ("HERD_META_ROLE", "frontend"),
+        ("HERD_META_APP_TIER", "1"),
+        ("HERD_CUSTOM_DATA", custom.to_str().unwrap()),
+    ];
+    for (k, v) in expected {
+        assert_eq!(vars.get(k).copied(), Some(v), "{k} in\n{env}");
+    }
+    assert!(vars.contains_key("PATH"));
+    assert_eq!(std::fs::read_to_string(&custom).unwrap(), "#cloud-config\nsecret: x\n");
+    assert_eq!(std::fs::metadata(&custom).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(fx.work_file(5, "from-image.txt")).unwrap(), "image file\n");
+
+    let hostname = wait_file(&fx.work_file(5, "hostname.out")).await;
+    if fx.driver.sets_hostname() {
+        assert_eq!(hostname.trim(), "web000005");
+    } else {
+        eprintln!("not root or no working unshare: hostname not checked");
+    }
+
+    // pid file: "<pid> <starttime>" of a live process whose stat has that start time.
+    let pid_file = std::fs::read_to_string(fx.dir(5).join("pid")).unwrap();
+    let (pid, start) = pid_file.trim().split_once(' ').unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(fields[22 - 3], start);
+    assert_eq!(std::fs::read_to_string(fx.dir(5).join("power")).unwrap().trim(), "running");
+    wait_for("console output", || async {
+        std::fs::read_to_string(fx.dir(5).join("console.log")).is_ok_and(|c| c.contains("hello from init"))
+    })
+    .await;
+    assert_eq!(fx.power(5).await, Some(ObservedPower::Running));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn ensure_twice_is_idempotent() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(1)).await.unwrap();
+    let pid = fx.pid(1);
+    fx.driver.ensure(&fx.spec(1)).await.unwrap();
+    assert_eq!(fx.pid(1), pid);
+    assert!(pid_alive(pid));
+    let list = fx.driver.list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].power, ObservedPower::Running);
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn stop_kills_the_whole_tree_and_start_brings_it_back() {
+    let fx = Fixture::new("sleep 300 &\necho $! > child.pid\nwait");
+    fx.driver.ensure(&fx.spec(2)).await.unwrap();
+    let init = fx.pid(2);
+    let child: u32 = wait_file(&fx.work_file(2, "child.pid")).await.trim().parse().unwrap();
+    assert!(pid_alive(init) && pid_alive(child));
+
+    fx.driver.set_power(&key(2), PowerTarget::Stopped).await.unwrap();
+    assert!(!pid_alive(init), "init survived stop");
+    assert!(!pid_alive(child), "init's child survived stop");
+    assert_eq!(fx.power(2).await, Some(ObservedPower::Stopped));
+    assert_eq!(fx.driver.stats(&key(2)).await.unwrap(), None);
+    // Stopping again is a no-op.
+    fx.driver.set_power(&key(2), PowerTarget::Stopped).await.unwrap();
+
+    std::fs::remove_file(fx.work_file(2, "child.pid")).unwrap();
+    fx.driver.set_power(&key(2), PowerTarget::Running).await.unwrap();
+    let init2 = fx.pid(2);
+    assert_ne!(init2, init);
+    assert!(pid_alive(init2));
+    wait_file(&fx.work_file(2, "child.pid")).await;
+    assert_eq!(fx.power(2).await, Some(ObservedPower::Running));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn stop_kills_an_init_that_ignores_sigterm_after_the_grace_period() {
+    let mut fx = Fixture::new("trap '' TERM\necho ready > ready\nwhile true; do sleep 1; done");
+    fx.driver = ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap().with_stop_grace(Duration::from_millis(300));
+    fx.driver.ensure(&fx.spec(3)).await.unwrap();
+    wait_file(&fx.work_file(3, "ready")).await;
+    let init = fx.pid(3);
+    let t = Instant::now();
+    fx.driver.set_power(&key(3), PowerTarget::Stopped).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300), "stopped before the grace period: {:?}", t.elapsed());
+    assert!(!pid_alive(init));
+    assert_eq!(fx.power(3).await, Some(ObservedPower::Stopped));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn deallocate_keeps_the_disk_and_restart_reboots() {
+    let fx = Fixture::new("echo boot >> boots.txt\nexec sleep 300");
+    fx.driver.ensure(&fx.spec(4)).await.unwrap();
+    let boots = fx.work_file(4, "boots.txt");
+    wait_for("first boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1) }).await;
+    std::fs::write(fx.work_file(4, "user-data.txt"), "kept").unwrap();
+
+    fx.driver.set_power(&key(4), PowerTarget::Deallocated).await.unwrap();
+    assert_eq!(std::fs::read_to_string(fx.dir(4).join("power")).unwrap().trim(), "deallocated");
+    assert_eq!(fx.power(4).await, Some(ObservedPower::Stopped));
+    assert_eq!(std::fs::read_to_string(fx.work_file(4, "user-data.txt")).unwrap(), "kept");
+
+    // ensure on a deallocated instance starts it again, on the same disk.
+    fx.driver.ensure(&fx.spec(4)).await.unwrap();
+    wait_for("second boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 2) }).await;
+    let pid = fx.pid(4);
+    fx.driver.restart(&key(4)).await.unwrap();
+    assert_ne!(fx.pid(4), pid);
+    assert!(!pid_alive(pid));
+    wait_for("third boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 3) }).await;
+    assert_eq!(std::fs::read_to_string(fx.work_file(4, "user-data.txt")).unwrap(), "kept");
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn reimage_resets_the_work_directory() {
+    let fx = Fixture::new("echo boot >> boots.txt\nexec sleep 300");
+    fx.driver.ensure(&fx.spec(6)).await.unwrap();
+    let boots = fx.work_file(6, "boots.txt");
+    wait_for("first boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1) }).await;
+    fx.driver.restart(&key(6)).await.unwrap();
+    wait_for("second boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 2) }).await;
+    std::fs::write(fx.work_file(6, "user-data.txt"), "lost").unwrap();
+    let pid = fx.pid(6);
+
+    let mut spec = fx.spec(6);
+    spec.model_generation = 8;
+    fx.driver.reimage(&spec).await.unwrap();
+    assert!(!pid_alive(pid));
+    assert!(!fx.work_file(6, "user-data.txt").exists());
+    wait_for("boot after reimage", || async {
+        std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1)
+    })
+    .await;
+    assert!(fx.work_file(6, "from-image.txt").exists());
+    let env = std::fs::read(fx.dir(6).join("env")).unwrap();
+    assert!(env.split(|b| *b == 0).any(|e| e == b"HERD_MODEL_GENERATION=8"));
+    assert_eq!(fx.power(6).await, Some(ObservedPower::Running));
+
+    // Reimage of an absent instance creates it.
+    fx.driver.reimage(&fx.spec(7)).await.unwrap();
+    assert!(pid_alive(fx.pid(7)));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn destroy_removes_directory_and_processes() {
+    let fx = Fixture::new("sleep 300 &\necho $! > child.pid\nwait");
+    fx.driver.ensure(&fx.spec(8)).await.unwrap();
+    let init = fx.pid(8);
+    let child: u32 = wait_file(&fx.work_file(8, "child.pid")).await.trim().parse().unwrap();
+    fx.driver.destroy(&key(8)).await.unwrap();
+    assert!(!fx.dir(8).exists());
+    assert!(!pid_alive(init) && !pid_alive(child));
+    assert_eq!(fx.power(8).await, None);
+    fx.driver.destroy(&key(8)).await.unwrap();
+    fx.driver.destroy(&key(9)).await.unwrap();
+    assert_eq!(fx.driver.set_power(&key(8), PowerTarget::Running).await, Err(DriverError::NotFound(key(8))));
+    assert_eq!(fx.driver.restart(&key(8)).await, Err(DriverError::NotFound(key(8))));
+    assert_eq!(fx.driver.stats(&key(8)).await.unwrap(), None);
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn an_init_that_exits_is_reported_failed() {
+    let fx = Fixture::new("echo boom happened\nexit 3");
+    fx.driver.ensure(&fx.spec(10)).await.unwrap();
+    wait_for("Failed with the exit status", || async {
+        matches!(fx.power(10).await, Some(ObservedPower::Failed(m)) if m.contains("exit status 3"))
+    })
+    .await;
+    let Some(ObservedPower::Failed(msg)) = fx.power(10).await else { panic!("not failed") };
+    assert!(msg.starts_with("init exited"), "{msg}");
+    assert!(msg.contains("boom happened"), "{msg}");
+    assert_eq!(fx.driver.stats(&key(10)).await.unwrap(), None);
+
+    // ensure restarts a failed instance.
+    let pid = fx.pid(10);
+    fx.driver.ensure(&fx.spec(10)).await.unwrap();
+    assert_ne!(fx.pid(10), pid);
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn an_image_without_init_is_an_error() {
+    let fx = Fixture::new("exit 0");
+    std::fs::remove_file(fx.image.join("init")).unwrap();
+    let err = fx.driver.ensure(&fx.spec(11)).await.unwrap_err();
+    assert!(matches!(&err, DriverError::Failed(m) if m.contains("init")), "{err:?}");
+    assert!(!fx.dir(11).exists());
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn a_new_driver_readopts_running_instances() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(12)).await.unwrap();
+    let pid = fx.pid(12);
+    let again = ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap();
+    let list = again.list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].power, ObservedPower::Running);
+    again.ensure(&fx.spec(12)).await.unwrap();
+    assert_eq!(fx.pid(12), pid);
+    assert!(pid_alive(pid));
+    again.set_power(&key(12), PowerTarget::Stopped).await.unwrap();
+    assert!(!pid_alive(pid));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn orphans_are_listed_and_destroyed() {
+    let fx = Fixture::new("exec sleep 300");
+    // An instance whose directory vanished (as after a crash mid-destroy).
+    fx.driver.ensure(&fx.spec(13)).await.unwrap();
+    let pid = fx.pid(13);
+    std::fs::remove_dir_all(fx.dir(13)).unwrap();
+    // A process started outside the driver with our tag.
+    let mut stray = std::process::Command::new("sleep")
+        .arg("300")
+        .env("HERD_DRIVER_TAG", &fx.tag)
+        .env("HERD_INSTANCE_KEY", "rg/web/14")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Another driver's process is not ours.
+    let mut foreign = std::process::Command::new("sleep")
+        .arg("300")
+        .env("HERD_DRIVER_TAG", format!("{}-other", fx.tag))
+        .env("HERD_INSTANCE_KEY", "rg/web/15")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+
+    let list = fx.driver.list().await.unwrap();
+    let keys: Vec<(u64, ObservedPower)> = list.iter().map(|o| (o.key.id.0, o.power.clone())).collect();
+    assert_eq!(keys, vec![(13, ObservedPower::Running), (14, ObservedPower::Running)]);
+
+    fx.driver.destroy(&key(13)).await.unwrap();
+    assert!(!pid_alive(pid));
+    fx.driver.destroy(&key(14)).await.unwrap();
+    let status = stray.wait().unwrap();
+    assert!(!status.success());
+    assert!(pid_alive(foreign.id()));
+    foreign.kill().unwrap();
+    foreign.wait().unwrap();
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn a_process_without_pid_file_is_adopted_not_duplicated() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(16)).await.unwrap();
+    let pid = fx.pid(16);
+    // As if the server crashed between spawning init and writing the pid file.
+    std::fs::remove_file(fx.dir(16).join("pid")).unwrap();
+    assert_eq!(fx.power(16).await, Some(ObservedPower::Running));
+    fx.driver.ensure(&fx.spec(16)).await.unwrap();
+    assert_eq!(fx.pid(16), pid);
+    assert_eq!(tagged_pids(&fx.tag), vec![pid]);
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn stats_report_memory_and_cpu() {
+    let fx = Fixture::new("i=0\nwhile [ $i -lt 100000 ]; do i=$((i+1)); done\necho busy-done > done\nexec sleep 300");
+    fx.driver.ensure(&fx.spec(17)).await.unwrap();
+    wait_file(&fx.work_file(17, "done")).await;
+    let stats = fx.driver.stats(&key(17)).await.unwrap().expect("stats of a running instance");
+    assert!(stats.memory_bytes > 0);
+    assert!(stats.cpu_seconds > 0.0, "{stats:?}");
+    fx.destroy_all().await;
+}
+
+/// `list` must stay cheap at the scale one host runs. Slow (starts 1000 processes): run with
+/// `cargo test -p herd-driver-process -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn list_of_1000_instances_is_fast() {
+    let fx = Fixture::new("exec sleep 300");
+    for id in 0..1000 {
+        fx.driver.ensure(&fx.spec(id)).await.unwrap();
+    }
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let list = fx.driver.list().await.unwrap();
+        best = best.min(t.elapsed());
+        assert_eq!(list.len(), 1000);
+        assert!(list.iter().all(|o| o.power == ObservedPower::Running));
+    }
+    eprintln!("list of 1000: {best:?}");
+    assert!(best < Duration::from_millis(100), "list took {best:?}");
+    fx.destroy_all().await;
+}

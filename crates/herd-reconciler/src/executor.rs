@@ -1,0 +1,786 @@
+//! The executor: applies plans in three phases, and the loop that runs passes.
+//!
+//! ```text
+//!   read desired + observed ──▶ plan() ──▶ A: persist intents (one txn) ──▶ B: driver calls
+//!          ▲                                                                     │
+//!          └──────────── periodic tick / wake signal ◀── C: persist results ◀────┘
+//! ```
+//! A crash after A leaves intents that the next pass repeats (driver calls are idempotent);
+//! a crash after B leaves results that the next pass re-observes through `Driver::list`.
+//! [`Faults`] injects exactly those crashes in tests.
+
+use crate::plan::{plan, Limits, NewInstance, SetInput, Step};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower};
+use herd_model::{
+    activity::{ActivityEvent, Actor},
+    clock::Clock,
+    image::{self, Image},
+    instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
+    scale_set::{ScaleSetStatus, StoredScaleSet, Suspension},
+    sku::SkuTable,
+    InstanceId, InstanceKey,
+};
+use herd_store::{Expect, Kind, Store, StoreError, StoreExt, WriteOp};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Tunables of the reconcile loop.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    pub limits: Limits,
+    /// Driver calls in flight at once.
+    pub driver_concurrency: usize,
+    /// Pause between passes when nothing is changing (crash detection still happens).
+    pub idle_interval: Duration,
+    /// Pause between passes while instances are booting or stopping.
+    pub busy_interval: Duration,
+    pub skus: SkuTable,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            driver_concurrency: 64,
+            idle_interval: Duration::from_secs(2),
+            busy_interval: Duration::from_millis(50),
+            skus: SkuTable::default(),
+        }
+    }
+}
+
+/// Where a test may make a pass crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Intents are persisted, no driver call made yet.
+    AfterIntent,
+    /// Driver calls made, results not persisted yet.
+    AfterDriver,
+}
+
+/// Fault injection: makes the `n`th fault point reached fail the pass, as a crash would.
+#[derive(Debug, Default)]
+pub struct Faults {
+    hits: AtomicU64,
+    fail_at: Mutex<BTreeSet<u64>>,
+}
+
+impl Faults {
+    pub fn fail_at(&self, n: u64) {
+        self.fail_at.lock().unwrap_or_else(|e| e.into_inner()).insert(n);
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn check(&self, point: FaultPoint) -> Result<(), ReconcileError> {
+        let n = self.hits.fetch_add(1, Ordering::SeqCst);
+        if self.fail_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&n) {
+            return Err(ReconcileError::Injected(point));
+        }
+        Ok(())
+    }
+}
+
+/// Why a pass failed. The next pass starts over from the store and the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("driver: {0}")]
+    Driver(#[from] DriverError),
+    #[error("injected fault at {0:?}")]
+    Injected(FaultPoint),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Steps applied.
+    pub steps: usize,
+    /// Some instance is in a transitional state, so the next pass should come soon.
+    pub waiting: bool,
+}
+
+/// The server-wide counter that hands out host-local reach addresses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AddressCounter {
+    next: u64,
+}
+
+const ADDRESS_COUNTER: &str = "hostlocal-address";
+
+/// The n-th host-local reach address in 127.128.0.0/9, skipping `.0` and `.255`.
+pub fn host_local_address(n: u64) -> Ipv4Addr {
+    let base = u32::from(Ipv4Addr::new(127, 128, 0, 0));
+    // 254 usable addresses per /24.
+    let block = (n / 254) as u32;
+    let host = (n % 254) as u32 + 1;
+    Ipv4Addr::from(base + block * 256 + host)
+}
+
+/// The instance store key: `group/set/` + zero-padded id, so keys sort by id.
+pub fn instance_store_key(set_key: &str, id: InstanceId) -> String {
+    format!("{set_key}/{:010}", id.0)
+}
+
+/// Runs passes against a store and a driver.
+pub struct Reconciler {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn Driver>,
+    clock: Arc<dyn Clock>,
+    config: ReconcilerConfig,
+    wake: Arc<Notify>,
+    faults: Option<Arc<Faults>>,
+}
+
+struct Working {
+    record: InstanceRecord,
+    revision: Option<u64>,
+    dirty: bool,
+}
+
+struct SetWork<'a> {
+    set: &'a StoredScaleSet,
+    set_revision: u64,
+    status: ScaleSetStatus,
+    status_revision: Option<u64>,
+    status_dirty: bool,
+    records: BTreeMap<InstanceId, Working>,
+    steps: Vec<Step>,
+    log: Vec<(String, String)>,
+}
+
+impl Reconciler {
+    pub fn new(store: Arc<dyn Store>, driver: Arc<dyn Driver>, clock: Arc<dyn Clock>, config: ReconcilerConfig) -> Self {
+        Self { store, driver, clock, config, wake: Arc::new(Notify::new()), faults: None }
+    }
+
+    pub fn with_faults(mut self, faults: Arc<Faults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// The handle API handlers use to start a pass now.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs passes until `shutdown` flips to true.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let pause = match self.pass().await {
+                Ok(r) if r.steps > 0 => Duration::ZERO,
+                Ok(r) if r.waiting => self.config.busy_interval,
+                Ok(_) => self.config.idle_interval,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconcile pass failed; retrying");
+                    self.config.busy_interval.max(Duration::from_millis(200))
+                }
+            };
+            if *shutdown.borrow() {
+                return;
+            }
+            if pause.is_zero() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn fault(&self, p: FaultPoint) -> Result<(), ReconcileError> {
+        self.faults.as_ref().map_or(Ok(()), |f| f.check(p))
+    }
+
+    /// One pass: observe, plan, and apply.
+    pub async fn pass(&self) -> Result<PassReport, ReconcileError> {
+        let now = self.clock.now();
+        let sets = self.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?;
+        let statuses: BTreeMap<String, herd_store::Object<ScaleSetStatus>> = self
+            .store
+            .list_as::<ScaleSetStatus>(Kind::ScaleSetStatus, "")?
+            .into_iter()
+            .map(|o| (o.key.clone(), o))
+            .collect();
+        let mut by_set: BTreeMap<String, Vec<herd_store::Object<InstanceRecord>>> = BTreeMap::new();
+        for o in self.store.list_as::<InstanceRecord>(Kind::Instance, "")? {
+            let set_key = o.key.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap_or_default();
+            by_set.entry(set_key).or_default().push(o);
+        }
+        let observed = self.driver.list().await?;
+        let mut observed_by_set: BTreeMap<String, BTreeMap<InstanceId, ObservedPower>> = BTreeMap::new();
+        let mut orphans = Vec::new();
+        for o in observed {
+            let set_key = format!("{}/{}", o.key.group, o.key.set);
+            let known = by_set.get(&set_key).is_some_and(|v| v.iter().any(|r| r.value.instance_id == o.key.id));
+            if known {
+                observed_by_set.entry(set_key).or_default().insert(o.key.id, o.power);
+            } else {
+                orphans.push(o.key);
+            }
+        }
+
+        let empty_obs = BTreeMap::new();
+        let mut works = Vec::new();
+        let mut waiting = false;
+        for set in &sets {
+            let key = set.key.clone();
+            let (status, status_revision) =
+                statuses.get(&key).map_or((ScaleSetStatus::default(), None), |o| (o.value.clone(), Some(o.revision)));
+            let records: Vec<InstanceRecord> = by_set.get(&key).map_or(vec![], |v| v.iter().map(|o| o.value.clone()).collect());
+            waiting |= records.iter().any(|r| r.state.is_transitional() || r.state == InstanceState::Failed);
+            let steps = plan(&SetInput {
+                set: &set.value,
+                set_revision: set.revision,
+                status: &status,
+                instances: &records,
+                observed: observed_by_set.get(&key).unwrap_or(&empty_obs),
+                now,
+                limits: &self.config.limits,
+            })
+            .steps;
+            let records = by_set
+                .remove(&key)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| (o.value.instance_id, Working { record: o.value, revision: Some(o.revision), dirty: false }))
+                .collect();
+            works.push(SetWork {
+                set: &set.value,
+                set_revision: set.revision,
+                status,
+                status_revision,
+                status_dirty: status_revision.is_none(),
+                records,
+                steps,
+                log: vec![],
+            });
+        }
+        // Instance records whose set is gone (a crash mid-delete) are removed along with their instances.
+        for (set_key, stray) in by_set {
+            for o in stray {
+                if let Some(k) = parse_instance_key(&set_key, o.value.instance_id) {
+                    orphans.push(k);
+                }
+                self.store.txn(vec![WriteOp::delete(Kind::Instance, o.key, Expect::Revision(o.revision))])?;
+            }
+        }
+
+        let total: usize = works.iter().map(|w| w.steps.len()).sum::<usize>() + orphans.len();
+        if total == 0 {
+            return Ok(PassReport { steps: 0, waiting });
+        }
+
+        // Phase A: intents.
+        let mut ops = Vec::new();
+        let mut addr = self.store.get_as::<AddressCounter>(Kind::Counter, ADDRESS_COUNTER)?;
+        let mut next_addr = addr.as_ref().map_or(0, |o| o.value.next);
+        let addr_before = next_addr;
+        let mut calls: Vec<(usize, Step, InstanceKey, Result<InstanceSpec, String>)> = Vec::new();
+        let images = self.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect::<Vec<_>>();
+        for (wi, w) in works.iter_mut().enumerate() {
+            let steps = std::mem::take(&mut w.steps);
+            for step in &steps {
+                self.intent(w, step, now, &mut next_addr);
+            }
+            for step in steps.iter().filter(|s| s.calls_driver()) {
+                let Some(id) = step.instance() else { continue };
+                let Some(r) = w.records.get(&id) else { continue };
+                let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id };
+                calls.push((wi, step.clone(), key, self.spec(w.set, &r.record, &images)));
+            }
+            // Creates also need an ensure call in this pass.
+            for step in &steps {
+                if let Step::Create(new) = step {
+                    for n in new {
+                        let Some(r) = w.records.get(&n.id) else { continue };
+                        let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: n.id };
+                        calls.push((wi, Step::Ensure(n.id), key, self.spec(w.set, &r.record, &images)));
+                    }
+                }
+            }
+            w.steps = steps;
+            collect_writes(w, &mut ops, now)?;
+        }
+        if next_addr != addr_before {
+            let expect = addr.as_ref().map_or(Expect::Absent, |o| Expect::Revision(o.revision));
+            ops.push(WriteOp::put(Kind::Counter, ADDRESS_COUNTER, &AddressCounter { next: next_addr }, expect)?);
+            addr = None;
+        }
+        let _ = addr;
+        if !ops.is_empty() {
+            self.store.txn(ops)?;
+        }
+        self.fault(FaultPoint::AfterIntent)?;
+
+        // Phase B: driver calls.
+        let driver = self.driver.clone();
+        let results: Vec<(usize, Step, Result<(), DriverError>)> = futures::stream::iter(calls)
+            .map(|(wi, step, key, spec)| {
+                let driver = driver.clone();
+                async move {
+                    let r = call(&*driver, &step, &key, spec).await;
+                    (wi, step, r)
+                }
+            })
+            .buffer_unordered(self.config.driver_concurrency.max(1))
+            .collect()
+            .await;
+        let orphan_results: Vec<(InstanceKey, Result<(), DriverError>)> = futures::stream::iter(orphans)
+            .map(|k| {
+                let driver = driver.clone();
+                async move {
+                    let r = driver.destroy(&k).await;
+                    (k, r)
+                }
+            })
+            .buffer_unordered(self.config.driver_concurrency.max(1))
+            .collect()
+            .await;
+        self.fault(FaultPoint::AfterDriver)?;
+
+        // Phase C: results, re-read and compare-and-swap so a concurrent user write is kept.
+        let mut per_set: BTreeMap<usize, Vec<(Step, Result<(), DriverError>)>> = BTreeMap::new();
+        for (wi, step, r) in results {
+            per_set.entry(wi).or_default().push((step, r));
+        }
+        for attempt in 0..5 {
+            let mut ops = Vec::new();
+            for (wi, res) in &per_set {
+                let w = &works[*wi];
+                self.results(w.set, res, now, &mut ops)?;
+            }
+            for (k, r) in &orphan_results {
+                let (status, message) = match r {
+                    Ok(()) => ("Succeeded", format!("removed orphan instance {k} that herd had no record of")),
+                    Err(e) => ("Failed", format!("could not remove orphan instance {k}: {e}")),
+                };
+                ops.push(WriteOp::Activity(event(now, k.group.as_str(), k.set.as_str(), "OrphanCleanup", status, message)));
+            }
+            if ops.is_empty() {
+                break;
+            }
+            match self.store.txn(ops) {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) if attempt < 4 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(PassReport { steps: total, waiting: true })
+    }
+
+    fn spec(&self, set: &StoredScaleSet, r: &InstanceRecord, images: &[Image]) -> Result<InstanceSpec, String> {
+        let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn().map_err(|e| e.to_string())?;
+        let img = image::resolve(images, &urn).ok_or_else(|| format!("image {urn} is not in the gallery"))?;
+        let size = self
+            .config
+            .skus
+            .lookup(&set.model.sku.name)
+            .map(|(_, s)| s)
+            .ok_or_else(|| format!("unknown SKU {}", set.model.sku.name))?;
+        let os = &set.model.virtual_machine_profile.os_profile;
+        Ok(InstanceSpec {
+            key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id },
+            computer_name: r.computer_name.clone(),
+            image: img.source.clone(),
+            size,
+            reach_address: r.reach_address.clone(),
+            model_generation: set.model_generation,
+            admin_username: os.admin_username.clone(),
+            custom_data: os.custom_data.clone(),
+            metadata: Default::default(),
+        })
+    }
+
+    /// Applies one step's intent to the working copies (Phase A).
+    fn intent(&self, w: &mut SetWork<'_>, step: &Step, now: DateTime<Utc>, next_addr: &mut u64) {
+        let limits = &self.config.limits;
+        match step {
+            Step::Create(new) => {
+                let prefix = w.set.model.virtual_machine_profile.os_profile.computer_name_prefix.clone();
+                for NewInstance { id, zone, overprovisioned } in new {
+                    let addr = host_local_address(*next_addr);
+                    *next_addr += 1;
+                    let record = InstanceRecord {
+                        instance_id: *id,
+                        computer_name: InstanceRecord::computer_name_for(&prefix, *id),
+                        zone: zone.clone(),
+                        model_generation: w.set.model_generation,
+                        state: InstanceState::Creating,
+                        goal: InstanceGoal::Running,
+                        pending: None,
+                        overprovisioned: *overprovisioned,
+                        reach_address: addr.to_string(),
+                        attempts: 1,
+                        next_attempt_at: None,
+                        last_error: None,
+                        delete_reason: None,
+                        created_at: now,
+                        state_since: now,
+                    };
+                    w.records.insert(*id, Working { record, revision: None, dirty: true });
+                    w.status.next_instance_id = w.status.next_instance_id.max(id.0 + 1);
+                }
+                w.status_dirty = true;
+                let counted: Vec<InstanceId> = new.iter().filter(|n| !n.overprovisioned).map(|n| n.id).collect();
+                let extras: Vec<InstanceId> = new.iter().filter(|n| n.overprovisioned).map(|n| n.id).collect();
+                let mut msg = format!("creating {} instance(s): {}", counted.len(), id_list(&counted));
+                if !extras.is_empty() {
+                    msg.push_str(&format!(
+                        "; plus {} overprovisioned extra(s) {} (not counted, not billed; the first ready are kept)",
+                        extras.len(),
+                        id_list(&extras)
+                    ));
+                }
+                w.log.push(("CreateInstances".into(), msg));
+            }
+            Step::Observe { id, event: ev, detail } => {
+                let Some(wr) = w.records.get_mut(id) else { return };
+                let was = wr.record.state;
+                if wr.record.apply(*ev, now).is_err() {
+                    return;
+                }
+                wr.dirty = true;
+                match ev {
+                    Event::BootObserved => {
+                        wr.record.last_error = None;
+                        wr.record.attempts = 0;
+                        wr.record.next_attempt_at = None;
+                        if was == InstanceState::Creating {
+                            w.status.consecutive_create_failures = 0;
+                            w.status_dirty = true;
+                        }
+                        w.log.push(("InstanceRunning".into(), format!("instance {id} is running")));
+                    }
+                    Event::ProvisionFailed | Event::Crashed => {
+                        let msg = detail.clone().unwrap_or_else(|| "failed".into());
+                        wr.record.last_error = Some(msg.clone());
+                        let delay = limits.backoff(wr.record.attempts.max(1));
+                        wr.record.next_attempt_at = Some(now + delay);
+                        if was == InstanceState::Creating {
+                            w.status.consecutive_create_failures += 1;
+                            w.status_dirty = true;
+                        }
+                        w.log.push((
+                            "InstanceFailed".into(),
+                            format!(
+                                "instance {id} failed ({msg}) after attempt {}; retry in {}s",
+                                wr.record.attempts,
+                                delay.num_seconds()
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            Step::MarkDelete { id, reason } => {
+                if let Some(wr) = w.records.get_mut(id) {
+                    wr.record.goal = InstanceGoal::Deleted;
+                    wr.record.delete_reason = Some(reason.clone());
+                    wr.dirty = true;
+                }
+            }
+            Step::Swap { promote, demote } => {
+                for (id, extra) in [(promote, false), (demote, true)] {
+                    if let Some(wr) = w.records.get_mut(id) {
+                        wr.record.overprovisioned = extra;
+                        wr.dirty = true;
+                    }
+                }
+                w.log.push((
+                    "Overprovisioning".into(),
+                    format!("extra instance {promote} was ready first and takes the place of instance {demote}"),
+                ));
+            }
+            Step::Ensure(id) => {
+                if let Some(wr) = w.records.get_mut(id) {
+                    if wr.record.state == InstanceState::Failed {
+                        let _ = wr.record.apply(Event::Retry, now);
+                        wr.record.attempts += 1;
+                        wr.dirty = true;
+                    }
+                }
+            }
+            Step::Stop(id) => transition(w, *id, Event::StopRequested, InstanceState::Stopping, now),
+            Step::Deallocate(id) => transition(w, *id, Event::DeallocateRequested, InstanceState::Deallocating, now),
+            Step::Start(id) => transition(w, *id, Event::StartRequested, InstanceState::Starting, now),
+            Step::Restart(id) => transition(w, *id, Event::RestartRequested, InstanceState::Restarting, now),
+            Step::Reimage(id) => {
+                transition(w, *id, Event::ReimageRequested, InstanceState::Reimaging, now);
+                if let Some(wr) = w.records.get_mut(id) {
+                    if wr.record.pending != Some(PendingAction::Reimage) {
+                        wr.record.pending = Some(PendingAction::Reimage);
+                        wr.dirty = true;
+                    }
+                }
+            }
+            Step::Destroy(id) => {
+                transition(w, *id, Event::DeleteRequested, InstanceState::Deleting, now);
+                if let Some(wr) = w.records.get_mut(id) {
+                    wr.record.goal = InstanceGoal::Deleted;
+                }
+            }
+            Step::Suspend(reason) => {
+                w.status.suspended = Some(Suspension { reason: reason.clone(), at_revision: w.set_revision, since: now });
+                w.status_dirty = true;
+                w.log.push(("ProvisioningSuspended".into(), reason.clone()));
+            }
+            Step::Resume => {
+                w.status.suspended = None;
+                w.status.consecutive_create_failures = 0;
+                w.status_dirty = true;
+                w.log.push(("ProvisioningResumed".into(), "the scale set changed; creation resumes".into()));
+            }
+            Step::RemoveSet => {}
+        }
+    }
+
+    /// Persists driver results (Phase C) on fresh reads of each record.
+    fn results(
+        &self,
+        set: &StoredScaleSet,
+        res: &[(Step, Result<(), DriverError>)],
+        now: DateTime<Utc>,
+        ops: &mut Vec<WriteOp>,
+    ) -> Result<(), StoreError> {
+        let set_key = set.key();
+        let mut status = self.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set_key)?;
+        let mut status_dirty = false;
+        let mut deleted = Vec::new();
+        let mut failures = Vec::new();
+        for (step, r) in res {
+            let Some(id) = step.instance() else { continue };
+            let key = instance_store_key(&set_key, id);
+            let Some(cur) = self.store.get_as::<InstanceRecord>(Kind::Instance, &key)? else { continue };
+            let mut rec = cur.value.clone();
+            match (step, r) {
+                (Step::Destroy(_), Ok(())) => {
+                    ops.push(WriteOp::delete(Kind::Instance, key, Expect::Revision(cur.revision)));
+                    deleted.push((id, rec.delete_reason.clone().unwrap_or_default()));
+                    continue;
+                }
+                (Step::Stop(_), Ok(())) => {
+                    let _ = rec.apply(Event::StopDone, now);
+                }
+                (Step::Deallocate(_), Ok(())) => {
+                    let _ = rec.apply(Event::DeallocateDone, now);
+                }
+                (Step::Restart(_), Ok(())) => {
+                    if rec.pending == Some(PendingAction::Restart) {
+                        rec.pending = None;
+                    }
+                }
+                (Step::Reimage(_), Ok(())) => {
+                    if rec.pending == Some(PendingAction::Reimage) {
+                        rec.pending = None;
+                    }
+                    rec.model_generation = set.model_generation;
+                }
+                (Step::Ensure(_) | Step::Start(_), Ok(())) => {}
+                (_, Err(e)) => {
+                    let msg = e.to_string();
+                    rec.last_error = Some(msg.clone());
+                    rec.next_attempt_at = Some(now + self.config.limits.backoff(rec.attempts.max(1)));
+                    let provisioning = matches!(step, Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_));
+                    if provisioning {
+                        let was = rec.state;
+                        // A failed restart is not retried (the instance is recovered by the
+                        // Failed → Creating path); a failed reimage stays pending and is.
+                        if rec.apply(Event::ProvisionFailed, now).is_ok() {
+                            if rec.pending == Some(PendingAction::Restart) {
+                                rec.pending = None;
+                            }
+                            if was == InstanceState::Creating {
+                                if let Some(s) = status.as_mut() {
+                                    s.value.consecutive_create_failures += 1;
+                                    status_dirty = true;
+                                }
+                            }
+                        }
+                    }
+                    failures.push(format!("instance {id}: {step_name} failed: {msg}", step_name = step_name(step)));
+                }
+                _ => continue,
+            }
+            if rec != cur.value {
+                ops.push(WriteOp::put(Kind::Instance, key, &rec, Expect::Revision(cur.revision))?);
+            }
+        }
+        if status_dirty {
+            if let Some(s) = status {
+                ops.push(WriteOp::put(Kind::ScaleSetStatus, set_key.clone(), &s.value, Expect::Revision(s.revision))?);
+            }
+        }
+        let (g, n) = (set.group.as_str(), set.name.as_str());
+        let mut by_reason: BTreeMap<String, Vec<InstanceId>> = BTreeMap::new();
+        for (id, reason) in deleted {
+            by_reason.entry(reason).or_default().push(id);
+        }
+        for (reason, ids) in by_reason {
+            let msg = format!("deleted instance(s) {} ({})", id_list(&ids), if reason.is_empty() { "requested" } else { &reason });
+            ops.push(WriteOp::Activity(event(now, g, n, "DeleteInstances", "Succeeded", msg)));
+        }
+        for f in failures {
+            ops.push(WriteOp::Activity(event(now, g, n, "DriverCall", "Failed", f)));
+        }
+        Ok(())
+    }
+}
+
+fn step_name(s: &Step) -> &'static str {
+    match s {
+        Step::Ensure(_) => "create",
+        Step::Stop(_) => "stop",
+        Step::Deallocate(_) => "deallocate",
+        Step::Start(_) => "start",
+        Step::Restart(_) => "restart",
+        Step::Reimage(_) => "reimage",
+        Step::Destroy(_) => "delete",
+        _ => "step",
+    }
+}
+
+fn transition(w: &mut SetWork<'_>, id: InstanceId, ev: Event, target: InstanceState, now: DateTime<Utc>) {
+    if let Some(wr) = w.records.get_mut(&id) {
+        if wr.record.state != target && wr.record.apply(ev, now).is_ok() {
+            wr.dirty = true;
+        }
+    }
+}
+
+/// Turns a set's working copies into writes (Phase A), plus its activity log lines.
+fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let set_key = w.set.key();
+    let (g, n) = (w.set.group.as_str(), w.set.name.as_str());
+    for (id, wr) in &w.records {
+        if !wr.dirty {
+            continue;
+        }
+        let expect = wr.revision.map_or(Expect::Absent, Expect::Revision);
+        ops.push(WriteOp::put(Kind::Instance, instance_store_key(&set_key, *id), &wr.record, expect)?);
+    }
+    if w.steps.contains(&Step::RemoveSet) {
+        ops.push(WriteOp::delete(Kind::ScaleSet, set_key.clone(), Expect::Revision(w.set_revision)));
+        ops.push(WriteOp::delete(Kind::ScaleSetStatus, set_key.clone(), Expect::Any));
+        ops.push(WriteOp::delete(Kind::Secret, set_key.clone(), Expect::Any));
+        ops.push(WriteOp::Activity(event(now, g, n, "DeleteScaleSet", "Succeeded", "scale set deleted".into())));
+    } else if w.status_dirty {
+        let expect = w.status_revision.map_or(Expect::Absent, Expect::Revision);
+        ops.push(WriteOp::put(Kind::ScaleSetStatus, set_key.clone(), &w.status, expect)?);
+    }
+    let marked: Vec<(InstanceId, String)> = w
+        .steps
+        .iter()
+        .filter_map(|s| if let Step::MarkDelete { id, reason } = s { Some((*id, reason.clone())) } else { None })
+        .collect();
+    let mut by_reason: BTreeMap<String, Vec<InstanceId>> = BTreeMap::new();
+    for (id, reason) in marked {
+        by_reason.entry(reason).or_default().push(id);
+    }
+    for (reason, ids) in by_reason {
+        w.log.push(("DeleteInstances".into(), format!("deleting instance(s) {}: {reason}", id_list(&ids))));
+    }
+    // Merge repetitive lines (e.g. many instances running) into one per operation.
+    let mut running = Vec::new();
+    for (op, msg) in std::mem::take(&mut w.log) {
+        if op == "InstanceRunning" {
+            running.push(msg.trim_start_matches("instance ").trim_end_matches(" is running").to_string());
+            continue;
+        }
+        let status = if op == "InstanceFailed" || op == "ProvisioningSuspended" { "Failed" } else { "Started" };
+        ops.push(WriteOp::Activity(event(now, g, n, &op, status, msg)));
+    }
+    if !running.is_empty() {
+        let ids: Vec<InstanceId> = running.iter().filter_map(|s| s.parse().ok().map(InstanceId)).collect();
+        ops.push(WriteOp::Activity(event(now, g, n, "InstanceRunning", "Succeeded", format!("instance(s) {} running", id_list(&ids)))));
+    }
+    Ok(())
+}
+
+/// Makes the driver call for `step`. Calls that build an instance need its spec; the others
+/// only its key, so an instance can be stopped or deleted even if its image is gone.
+async fn call(
+    driver: &dyn Driver,
+    step: &Step,
+    key: &InstanceKey,
+    spec: Result<InstanceSpec, String>,
+) -> Result<(), DriverError> {
+    use herd_driver::PowerTarget;
+    let spec = || spec.clone().map_err(DriverError::Failed);
+    match step {
+        Step::Ensure(_) | Step::Start(_) => driver.ensure(&spec()?).await,
+        Step::Reimage(_) => driver.reimage(&spec()?).await,
+        Step::Stop(_) => driver.set_power(key, PowerTarget::Stopped).await,
+        Step::Deallocate(_) => driver.set_power(key, PowerTarget::Deallocated).await,
+        Step::Restart(_) => driver.restart(key).await,
+        Step::Destroy(_) => driver.destroy(key).await,
+        _ => Ok(()),
+    }
+}
+
+fn event(now: DateTime<Utc>, group: &str, resource: &str, op: &str, status: &str, message: String) -> ActivityEvent {
+    ActivityEvent {
+        seq: 0,
+        time: now,
+        resource_group: group.into(),
+        resource: resource.into(),
+        operation: op.into(),
+        status: status.into(),
+        actor: Actor::Reconciler,
+        message,
+    }
+}
+
+fn parse_instance_key(set_key: &str, id: InstanceId) -> Option<InstanceKey> {
+    InstanceKey::parse_path(&format!("{set_key}/{id}"))
+}
+
+/// `0-4, 7, 9-10`: a compact list of ids for log lines.
+pub fn id_list(ids: &[InstanceId]) -> String {
+    let mut v: Vec<u64> = ids.iter().map(|i| i.0).collect();
+    v.sort_unstable();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        parts.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        i += 1;
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_skip_network_and_broadcast() {
+        assert_eq!(host_local_address(0), Ipv4Addr::new(127, 128, 0, 1));
+        assert_eq!(host_local_address(253), Ipv4Addr::new(127, 128, 0, 254));
+        assert_eq!(host_local_address(254), Ipv4Addr::new(127, 128, 1, 1));
+    }
+
+    #[test]
+    fn id_lists_compress_ranges() {
+        let ids: Vec<InstanceId> = [0, 1, 2, 4, 7, 8].into_iter().map(InstanceId).collect();
+        assert_eq!(id_list(&ids), "0-2, 4, 7-8");
+    }
+}

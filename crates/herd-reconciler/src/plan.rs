@@ -1,0 +1,404 @@
+//! The pure planner: desired state + observed state → steps. No I/O, no clock reads: the time
+//! is an input, so backoff and windows are tested with fixed instants.
+
+use chrono::{DateTime, Duration, Utc};
+use herd_driver::ObservedPower;
+use herd_model::{
+    instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
+    scale_set::{ScaleInRule, ScaleSetStatus, StoredScaleSet, UpgradeMode},
+    InstanceId,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Safety limits on provisioning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Creations in flight (Creating or Failed, counted or extra) are capped at this share of
+    /// the set's capacity...
+    pub max_in_flight_percent: u64,
+    /// ...but never below this many.
+    pub min_in_flight: u64,
+    /// Consecutive failed creations after which the set stops creating.
+    pub failure_threshold: u32,
+    /// First retry delay; doubles per attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Extra instances created on scale-out when `overprovision` is on.
+    pub overprovision_percent: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_in_flight_percent: 100,
+            min_in_flight: 20,
+            failure_threshold: 10,
+            backoff_base: Duration::seconds(2),
+            backoff_max: Duration::minutes(5),
+            overprovision_percent: 20,
+        }
+    }
+}
+
+impl Limits {
+    /// Delay before attempt number `attempts + 1`.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1i64 << attempts.saturating_sub(1).min(20);
+        (self.backoff_base * factor as i32).min(self.backoff_max)
+    }
+}
+
+/// A new instance the plan wants created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInstance {
+    pub id: InstanceId,
+    pub zone: Option<String>,
+    pub overprovisioned: bool,
+}
+
+/// One thing to do. Record-only steps change the store; the others also call the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Allocate ids and write `Creating` records (then `Ensure` each, in the same pass).
+    Create(Vec<NewInstance>),
+    /// Apply an observed change to a record.
+    Observe { id: InstanceId, event: Event, detail: Option<String> },
+    /// Set goal = Deleted (scale-in, overprovision surplus, set deletion).
+    MarkDelete { id: InstanceId, reason: String },
+    /// An extra that became ready first takes the place of a counted one that is not ready yet.
+    Swap { promote: InstanceId, demote: InstanceId },
+    /// Call `ensure` (first creation or a retry; a `Failed` record goes back to `Creating`).
+    Ensure(InstanceId),
+    Stop(InstanceId),
+    Deallocate(InstanceId),
+    Start(InstanceId),
+    Restart(InstanceId),
+    /// Recreate from the current model (`update-instances`, `reimage`, Automatic upgrades).
+    Reimage(InstanceId),
+    /// Call `destroy`, then remove the record.
+    Destroy(InstanceId),
+    /// Stop creating: too many consecutive failures.
+    Suspend(String),
+    /// The set changed since suspension: try again.
+    Resume,
+    /// The set is being deleted and has no instances left: remove it.
+    RemoveSet,
+}
+
+impl Step {
+    /// The instance this step acts on, if it is a per-instance step.
+    pub fn instance(&self) -> Option<InstanceId> {
+        match self {
+            Step::Observe { id, .. } | Step::MarkDelete { id, .. } => Some(*id),
+            Step::Ensure(id)
+            | Step::Stop(id)
+            | Step::Deallocate(id)
+            | Step::Start(id)
+            | Step::Restart(id)
+            | Step::Reimage(id)
+            | Step::Destroy(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// True for steps that call the driver.
+    pub fn calls_driver(&self) -> bool {
+        matches!(
+            self,
+            Step::Ensure(_)
+                | Step::Stop(_)
+                | Step::Deallocate(_)
+                | Step::Start(_)
+                | Step::Restart(_)
+                | Step::Reimage(_)
+                | Step::Destroy(_)
+        )
+    }
+}
+
+/// The steps for one set, in the order they must be applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+/// Everything the planner looks at for one set.
+#[derive(Debug, Clone)]
+pub struct SetInput<'a> {
+    pub set: &'a StoredScaleSet,
+    pub set_revision: u64,
+    pub status: &'a ScaleSetStatus,
+    /// This set's records, any order.
+    pub instances: &'a [InstanceRecord],
+    /// What the driver reports for this set's instances; absent = the driver has nothing.
+    pub observed: &'a BTreeMap<InstanceId, ObservedPower>,
+    pub now: DateTime<Utc>,
+    pub limits: &'a Limits,
+}
+
+fn is_ready(r: &InstanceRecord) -> bool {
+    r.state == InstanceState::Running
+}
+
+/// Plans one pass for one set. Pure: same input, same plan.
+pub fn plan(input: &SetInput<'_>) -> Plan {
+    let mut steps = Vec::new();
+    let set = input.set;
+    let mut touched: BTreeSet<InstanceId> = BTreeSet::new();
+
+    // 1. Fold observations into records.
+    for r in input.instances {
+        if let Some(step) = observe(r, input.observed.get(&r.instance_id)) {
+            touched.insert(r.instance_id);
+            steps.push(step);
+        }
+    }
+
+    // 2. Circuit breaker.
+    let suspended = match &input.status.suspended {
+        Some(s) if s.at_revision != input.set_revision => {
+            steps.push(Step::Resume);
+            false
+        }
+        Some(_) => true,
+        None if input.status.consecutive_create_failures >= input.limits.failure_threshold => {
+            steps.push(Step::Suspend(format!(
+                "{} consecutive instance creations failed; creation is suspended until the scale set is changed",
+                input.status.consecutive_create_failures
+            )));
+            true
+        }
+        None => false,
+    };
+
+    // 3. Membership: deletion, overprovisioning surplus, scale-out and scale-in.
+    let live: Vec<&InstanceRecord> = input.instances.iter().filter(|r| r.goal != InstanceGoal::Deleted).collect();
+    let mut marked: BTreeSet<InstanceId> = BTreeSet::new();
+    if set.deleting {
+        for r in &live {
+            steps.push(Step::MarkDelete { id: r.instance_id, reason: "scale set deleted".into() });
+            marked.insert(r.instance_id);
+        }
+        if input.instances.is_empty() {
+            steps.push(Step::RemoveSet);
+        }
+    } else {
+        membership(input, &live, suspended, &mut steps, &mut marked);
+    }
+
+    // 4. Per-instance actions toward each record's goal.
+    for r in input.instances {
+        if touched.contains(&r.instance_id) {
+            continue;
+        }
+        let goal = if marked.contains(&r.instance_id) { InstanceGoal::Deleted } else { r.goal };
+        if let Some(step) = act(input, r, goal, suspended) {
+            steps.push(step);
+        }
+    }
+    Plan { steps }
+}
+
+/// Observation → record transitions. Returns at most one step per instance.
+fn observe(r: &InstanceRecord, seen: Option<&ObservedPower>) -> Option<Step> {
+    use InstanceState as S;
+    use ObservedPower as O;
+    let id = r.instance_id;
+    let ev = |event: Event, detail: Option<String>| Some(Step::Observe { id, event, detail });
+    match (r.state, seen) {
+        (S::Creating | S::Starting | S::Restarting, Some(O::Running)) => ev(Event::BootObserved, None),
+        (S::Reimaging, Some(O::Running)) if r.pending.is_none() => ev(Event::BootObserved, None),
+        (S::Creating | S::Starting | S::Restarting, Some(O::Failed(m))) => ev(Event::ProvisionFailed, Some(m.clone())),
+        (S::Reimaging, Some(O::Failed(m))) if r.pending.is_none() => ev(Event::ProvisionFailed, Some(m.clone())),
+        (S::Running, Some(O::Failed(m))) => ev(Event::Crashed, Some(m.clone())),
+        (S::Running, Some(O::Stopped)) if r.goal == InstanceGoal::Running && r.pending.is_none() => {
+            ev(Event::Crashed, Some("the instance stopped on its own".into()))
+        }
+        (S::Running, None) if r.goal == InstanceGoal::Running && r.pending.is_none() => {
+            ev(Event::Crashed, Some("the instance disappeared from its host".into()))
+        }
+        (S::Stopping, Some(O::Stopped)) => ev(Event::StopDone, None),
+        (S::Deallocating, Some(O::Stopped)) => ev(Event::DeallocateDone, None),
+        _ => None,
+    }
+}
+
+fn in_flight(r: &InstanceRecord) -> bool {
+    r.goal != InstanceGoal::Deleted && matches!(r.state, InstanceState::Creating | InstanceState::Failed)
+}
+
+fn membership(
+    input: &SetInput<'_>,
+    live: &[&InstanceRecord],
+    suspended: bool,
+    steps: &mut Vec<Step>,
+    marked: &mut BTreeSet<InstanceId>,
+) {
+    let set = input.set;
+    let capacity = set.model.capacity() as usize;
+    let mut counted: Vec<&InstanceRecord> = live.iter().copied().filter(|r| !r.overprovisioned).collect();
+    let extras: Vec<&InstanceRecord> = live.iter().copied().filter(|r| r.overprovisioned).collect();
+
+    // Overprovisioning: the first ones ready are kept. A ready extra swaps places with a counted
+    // instance that is not ready yet; once the counted ones are all ready (or none is still
+    // creating), the remaining extras are surplus.
+    let mut ready_extras: Vec<&InstanceRecord> = extras.iter().copied().filter(|r| is_ready(r)).collect();
+    let mut swapped: BTreeSet<InstanceId> = BTreeSet::new();
+    let mut not_ready: Vec<&InstanceRecord> = counted
+        .iter()
+        .copied()
+        .filter(|r| matches!(r.state, InstanceState::Creating | InstanceState::Failed))
+        .collect();
+    not_ready.sort_by_key(|r| std::cmp::Reverse(r.instance_id));
+    while let (Some(extra), false) = (ready_extras.first().copied(), not_ready.is_empty()) {
+        // Prefer a counted instance in the extra's zone, so zone balance holds.
+        let pos = not_ready.iter().position(|c| c.zone == extra.zone).unwrap_or(0);
+        let demote = not_ready.remove(pos);
+        ready_extras.remove(0);
+        steps.push(Step::Swap { promote: extra.instance_id, demote: demote.instance_id });
+        swapped.insert(extra.instance_id);
+        swapped.insert(demote.instance_id);
+    }
+    // An extra still booting may yet replace a counted instance that is not ready; a failed
+    // extra, or any extra once every counted instance is ready, is surplus.
+    let counted_unready = counted
+        .iter()
+        .any(|r| !swapped.contains(&r.instance_id) && matches!(r.state, InstanceState::Creating | InstanceState::Failed));
+    for e in extras.iter().filter(|e| !swapped.contains(&e.instance_id)) {
+        if !counted_unready || e.state == InstanceState::Failed {
+            steps.push(Step::MarkDelete { id: e.instance_id, reason: "overprovisioned extra no longer needed".into() });
+            marked.insert(e.instance_id);
+        }
+    }
+    // After swaps the counted membership changed; recompute it.
+    if !swapped.is_empty() {
+        // Counted after the swaps: a promoted extra, or a counted instance not demoted.
+        counted = live.iter().copied().filter(|r| r.overprovisioned == swapped.contains(&r.instance_id)).collect();
+    }
+
+    if counted.len() < capacity && !suspended {
+        let need = (capacity - counted.len()) as u64;
+        let cap = (set.model.capacity() * input.limits.max_in_flight_percent).div_ceil(100).max(input.limits.min_in_flight);
+        let busy = live.iter().filter(|r| in_flight(r)).count() as u64;
+        let n = need.min(cap.saturating_sub(busy));
+        if n > 0 {
+            let extra = if set.model.overprovision { (n * input.limits.overprovision_percent).div_ceil(100) } else { 0 };
+            let zones = place(&set.model.zones, &counted, n as usize);
+            let mut next = input.status.next_instance_id;
+            let mut new = Vec::new();
+            for zone in zones {
+                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: false });
+                next += 1;
+            }
+            let extra_zones = place(&set.model.zones, &counted, extra as usize);
+            for zone in extra_zones {
+                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: true });
+                next += 1;
+            }
+            steps.push(Step::Create(new));
+        }
+    } else if counted.len() > capacity {
+        let victims = scale_in_victims(&counted, counted.len() - capacity, set.model.scale_in_policy.rules[0], &set.model.zones);
+        for id in victims {
+            steps.push(Step::MarkDelete { id, reason: "scale-in".into() });
+            marked.insert(id);
+        }
+    }
+}
+
+/// Zones for `n` new instances: each goes to the zone with the fewest instances so far.
+pub fn place(zones: &[String], existing: &[&InstanceRecord], n: usize) -> Vec<Option<String>> {
+    if zones.is_empty() {
+        return vec![None; n];
+    }
+    let mut counts: Vec<usize> =
+        zones.iter().map(|z| existing.iter().filter(|r| r.zone.as_deref() == Some(z.as_str())).count()).collect();
+    (0..n)
+        .map(|_| {
+            let (i, _) = counts.iter().enumerate().min_by_key(|(i, c)| (**c, *i)).expect("zones not empty");
+            counts[i] += 1;
+            Some(zones[i].clone())
+        })
+        .collect()
+}
+
+/// Picks `n` instances to remove. Instances that never became ready go first; then, as Azure
+/// does, zones are balanced (take from the fullest zone) and within a zone the rule picks:
+/// `Default` and `NewestVM` the highest id, `OldestVM` the lowest.
+pub fn scale_in_victims(counted: &[&InstanceRecord], n: usize, rule: ScaleInRule, zones: &[String]) -> Vec<InstanceId> {
+    let mut pool: Vec<&InstanceRecord> = counted.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        if pool.is_empty() {
+            break;
+        }
+        let unready: Vec<usize> = (0..pool.len()).filter(|&i| !is_ready(pool[i])).collect();
+        let pick = if let Some(&i) = unready.iter().max_by_key(|&&i| pool[i].instance_id) {
+            i
+        } else {
+            let zone_of = |r: &InstanceRecord| r.zone.clone();
+            let fullest = if zones.is_empty() {
+                None
+            } else {
+                let mut best: Option<(usize, Option<String>)> = None;
+                for z in zones {
+                    let c = pool.iter().filter(|r| r.zone.as_deref() == Some(z.as_str())).count();
+                    if best.as_ref().is_none_or(|(bc, _)| c > *bc) {
+                        best = Some((c, Some(z.clone())));
+                    }
+                }
+                best.and_then(|(_, z)| z)
+            };
+            let in_zone = (0..pool.len()).filter(|&i| fullest.is_none() || zone_of(pool[i]) == fullest);
+            let chosen = match rule {
+                ScaleInRule::OldestVm => in_zone.min_by_key(|&i| pool[i].instance_id),
+                ScaleInRule::Default | ScaleInRule::NewestVm => in_zone.max_by_key(|&i| pool[i].instance_id),
+            };
+            chosen.unwrap_or(0)
+        };
+        out.push(pool.remove(pick).instance_id);
+    }
+    out
+}
+
+/// The driver action that moves one record toward its goal, if any.
+fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: bool) -> Option<Step> {
+    use InstanceState as S;
+    let id = r.instance_id;
+    let seen = input.observed.get(&id);
+    // After a failed driver call, nothing is tried again before the backoff has passed.
+    if r.next_attempt_at.is_some_and(|t| input.now < t) {
+        return None;
+    }
+    if goal == InstanceGoal::Deleted || r.state == S::Deleting {
+        return Some(Step::Destroy(id));
+    }
+    if r.pending == Some(PendingAction::Reimage) {
+        return Some(Step::Reimage(id));
+    }
+    match r.state {
+        S::Creating if seen.is_none() => (!suspended).then_some(Step::Ensure(id)),
+        S::Failed if goal == InstanceGoal::Running => (!suspended).then_some(Step::Ensure(id)),
+        S::Failed if goal == InstanceGoal::Stopped => Some(Step::Stop(id)),
+        S::Failed if goal == InstanceGoal::Deallocated => Some(Step::Deallocate(id)),
+        S::Running | S::Starting if goal == InstanceGoal::Stopped => Some(Step::Stop(id)),
+        S::Running | S::Starting | S::Stopped if goal == InstanceGoal::Deallocated => Some(Step::Deallocate(id)),
+        S::Stopped | S::Deallocated if goal == InstanceGoal::Running => Some(Step::Start(id)),
+        // Crash recovery: an intent was persisted but the driver call may not have happened.
+        S::Stopping if !matches!(seen, Some(ObservedPower::Stopped)) => Some(Step::Stop(id)),
+        S::Deallocating if !matches!(seen, Some(ObservedPower::Stopped)) => Some(Step::Deallocate(id)),
+        S::Starting if matches!(seen, Some(ObservedPower::Stopped) | None) => Some(Step::Start(id)),
+        S::Running if r.pending == Some(PendingAction::Restart) => Some(Step::Restart(id)),
+        S::Restarting if r.pending == Some(PendingAction::Restart) => Some(Step::Restart(id)),
+        S::Running
+            if input.set.model.upgrade_policy.mode == UpgradeMode::Automatic
+                && r.model_generation < input.set.model_generation =>
+        {
+            Some(Step::Reimage(id))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! Table tests of the pure planner.
+
+use super::*;
+use herd_model::{
+    scale_set::{ScaleSetModel, Suspension},
+    GroupName, ScaleSetName,
+};
+use serde_json::json;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+fn set(capacity: i64, zones: &[&str], overprovision: bool) -> StoredScaleSet {
+    let model = ScaleSetModel::from_json(json!({
+        "sku": {"name": "Standard_B1ms", "capacity": capacity},
+        "zones": zones,
+        "overprovision": overprovision,
+        "virtualMachineProfile": {
+            "osProfile": {"computerNamePrefix": "web"},
+            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}}
+        }
+    }))
+    .unwrap();
+    StoredScaleSet {
+        name: ScaleSetName::new("web").unwrap(),
+        group: GroupName::new("rg").unwrap(),
+        model_generation: 1,
+        time_created: t0(),
+        deleting: false,
+        model,
+    }
+}
+
+fn rec(id: u64, state: InstanceState) -> InstanceRecord {
+    InstanceRecord {
+        instance_id: InstanceId(id),
+        computer_name: format!("web{id}"),
+        zone: None,
+        model_generation: 1,
+        state,
+        goal: InstanceGoal::Running,
+        pending: None,
+        overprovisioned: false,
+        reach_address: String::new(),
+        attempts: 0,
+        next_attempt_at: None,
+        last_error: None,
+        delete_reason: None,
+        created_at: t0(),
+        state_since: t0(),
+    }
+}
+
+fn zoned(mut r: InstanceRecord, z: &str) -> InstanceRecord {
+    r.zone = Some(z.into());
+    r
+}
+
+struct Case {
+    set: StoredScaleSet,
+    status: ScaleSetStatus,
+    instances: Vec<InstanceRecord>,
+    observed: BTreeMap<InstanceId, ObservedPower>,
+    limits: Limits,
+}
+
+impl Case {
+    fn new(set: StoredScaleSet, instances: Vec<InstanceRecord>) -> Self {
+        let observed = instances
+            .iter()
+            .filter(|r| r.state == InstanceState::Running)
+            .map(|r| (r.instance_id, ObservedPower::Running))
+            .collect();
+        let next = instances.iter().map(|r| r.instance_id.0 + 1).max().unwrap_or(0);
+        Self {
+            set,
+            status: ScaleSetStatus { next_instance_id: next, ..Default::default() },
+            instances,
+            observed,
+            limits: Limits::default(),
+        }
+    }
+
+    fn plan(&self) -> Vec<Step> {
+        plan(&SetInput {
+            set: &self.set,
+            set_revision: 5,
+            status: &self.status,
+            instances: &self.instances,
+            observed: &self.observed,
+            now: t0(),
+            limits: &self.limits,
+        })
+        .steps
+    }
+}
+
+fn creates(steps: &[Step]) -> Vec<NewInstance> {
+    steps.iter().filter_map(|s| if let Step::Create(v) = s { Some(v.clone()) } else { None }).flatten().collect()
+}
+
+#[test]
+fn scale_out_overprovisions_by_twenty_percent_and_spreads_zones() {
+    let c = Case::new(set(10, &["1", "2", "3"], true), vec![]);
+    let new = creates(&c.plan());
+    assert_eq!(new.iter().filter(|n| !n.overprovisioned).count(), 10);
+    assert_eq!(new.iter().filter(|n| n.overprovisioned).count(), 2);
+    assert_eq!(new.iter().map(|n| n.id.0).collect::<Vec<_>>(), (0..12).collect::<Vec<_>>());
+    let counted: Vec<_> = new.iter().filter(|n| !n.overprovisioned).collect();
+    for z in ["1", "2", "3"] {
+        let k = counted.iter().filter(|n| n.zone.as_deref() == Some(z)).count();
+        assert!((3..=4).contains(&k), "zone {z} got {k}");
+    }
+}
+
+#[test]
+fn no_overprovision_when_disabled_and_ids_continue() {
+    let mut c = Case::new(set(3, &[], false), vec![rec(0, InstanceState::Running)]);
+    c.status.next_instance_id = 7;
+    let new = creates(&c.plan());
+    assert_eq!(new.iter().map(|n| (n.id.0, n.overprovisioned)).collect::<Vec<_>>(), [(7, false), (8, false)]);
+}
+
+#[test]
+fn in_flight_cap_limits_creations_and_failed_count() {
+    let mut c = Case::new(set(100, &[], false), vec![rec(0, InstanceState::Failed), rec(1, InstanceState::Creating)]);
+    c.limits.max_in_flight_percent = 10;
+    c.limits.min_in_flight = 1;
+    // cap 10, two in flight (one Failed, one Creating) → 8 more.
+    assert_eq!(creates(&c.plan()).len(), 8);
+}
+
+#[test]
+fn ready_extra_swaps_with_unready_counted_then_surplus_is_deleted() {
+    let mut extra = rec(3, InstanceState::Running);
+    extra.overprovisioned = true;
+    let mut c = Case::new(
+        set(3, &[], true),
+        vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running), rec(2, InstanceState::Creating), extra],
+    );
+    c.observed.insert(InstanceId(2), ObservedPower::Starting);
+    let steps = c.plan();
+    assert!(steps.contains(&Step::Swap { promote: InstanceId(3), demote: InstanceId(2) }), "{steps:?}");
+    assert!(creates(&steps).is_empty(), "a swap keeps capacity: {steps:?}");
+
+    // All counted ready: the extra is surplus.
+    let mut extra = rec(3, InstanceState::Creating);
+    extra.overprovisioned = true;
+    let c = Case::new(set(3, &[], true), vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running), rec(2, InstanceState::Running), extra]);
+    let steps = c.plan();
+    assert!(steps.contains(&Step::MarkDelete { id: InstanceId(3), reason: "overprovisioned extra no longer needed".into() }));
+    assert!(steps.contains(&Step::Destroy(InstanceId(3))));
+}
+
+#[test]
+fn booting_extra_waits_while_counted_are_unready() {
+    let mut extra = rec(1, InstanceState::Creating);
+    extra.overprovisioned = true;
+    let mut c = Case::new(set(1, &[], true), vec![rec(0, InstanceState::Creating), extra]);
+    c.observed.insert(InstanceId(0), ObservedPower::Starting);
+    c.observed.insert(InstanceId(1), ObservedPower::Starting);
+    assert!(c.plan().is_empty());
+}
+
+#[test]
+fn scale_in_balances_zones_then_highest_id() {
+    let c = Case::new(
+        set(3, &["1", "2"], false),
+        vec![
+            zoned(rec(0, InstanceState::Running), "1"),
+            zoned(rec(1, InstanceState::Running), "2"),
+            zoned(rec(2, InstanceState::Running), "1"),
+            zoned(rec(3, InstanceState::Running), "2"),
+            zoned(rec(4, InstanceState::Running), "1"),
+        ],
+    );
+    let victims: Vec<_> = c.plan().into_iter().filter_map(|s| if let Step::MarkDelete { id, .. } = s { Some(id.0) } else { None }).collect();
+    // Zone 1 has 3, zone 2 has 2: remove from zone 1 first (highest id 4), then zones are 2/2 and
+    // the tie goes to the first zone again → 2.
+    assert_eq!(victims, [4, 2]);
+}
+
+#[test]
+fn scale_in_rules() {
+    let all: Vec<_> = (0..5).map(|i| rec(i, InstanceState::Running)).collect();
+    let refs: Vec<&InstanceRecord> = all.iter().collect();
+    assert_eq!(scale_in_victims(&refs, 2, ScaleInRule::OldestVm, &[]), [InstanceId(0), InstanceId(1)]);
+    assert_eq!(scale_in_victims(&refs, 2, ScaleInRule::NewestVm, &[]), [InstanceId(4), InstanceId(3)]);
+    let mut mixed = all.clone();
+    mixed[1].state = InstanceState::Failed;
+    let refs: Vec<&InstanceRecord> = mixed.iter().collect();
+    assert_eq!(scale_in_victims(&refs, 1, ScaleInRule::Default, &[])[0], InstanceId(1), "broken instances go first");
+}
+
+#[test]
+fn observations_fold_into_records() {
+    let mut c = Case::new(set(3, &[], false), vec![rec(0, InstanceState::Creating), rec(1, InstanceState::Running), rec(2, InstanceState::Stopping)]);
+    c.set.model.sku.capacity = 3;
+    c.observed.insert(InstanceId(0), ObservedPower::Running);
+    c.observed.insert(InstanceId(1), ObservedPower::Failed("boom".into()));
+    c.observed.insert(InstanceId(2), ObservedPower::Stopped);
+    let steps = c.plan();
+    assert!(steps.contains(&Step::Observe { id: InstanceId(0), event: Event::BootObserved, detail: None }));
+    assert!(steps.contains(&Step::Observe { id: InstanceId(1), event: Event::Crashed, detail: Some("boom".into()) }));
+    assert!(steps.contains(&Step::Observe { id: InstanceId(2), event: Event::StopDone, detail: None }));
+}
+
+#[test]
+fn failed_instances_retry_only_after_backoff() {
+    let mut r = rec(0, InstanceState::Failed);
+    r.next_attempt_at = Some(t0() + Duration::seconds(10));
+    let c = Case::new(set(1, &[], false), vec![r.clone()]);
+    assert!(!c.plan().contains(&Step::Ensure(InstanceId(0))));
+    r.next_attempt_at = Some(t0() - Duration::seconds(1));
+    let c = Case::new(set(1, &[], false), vec![r]);
+    assert!(c.plan().contains(&Step::Ensure(InstanceId(0))));
+    let l = Limits::default();
+    assert_eq!(l.backoff(1), Duration::seconds(2));
+    assert_eq!(l.backoff(3), Duration::seconds(8));
+    assert_eq!(l.backoff(30), Duration::minutes(5));
+}
+
+#[test]
+fn circuit_breaker_suspends_and_resumes_on_change() {
+    let mut c = Case::new(set(5, &[], false), vec![]);
+    c.status.consecutive_create_failures = 10;
+    let steps = c.plan();
+    assert!(matches!(steps[0], Step::Suspend(_)));
+    assert!(creates(&steps).is_empty());
+    c.status.suspended = Some(Suspension { reason: "x".into(), at_revision: 5, since: t0() });
+    assert!(c.plan().is_empty(), "suspended at the current revision: nothing happens");
+    c.status.suspended = Some(Suspension { reason: "x".into(), at_revision: 4, since: t0() });
+    let steps = c.plan();
+    assert_eq!(steps[0], Step::Resume);
+    assert_eq!(creates(&steps).len(), 5);
+}
+
+#[test]
+fn power_goals_and_pending_actions() {
+    let mut a = rec(0, InstanceState::Running);
+    a.goal = InstanceGoal::Stopped;
+    let mut b = rec(1, InstanceState::Stopped);
+    b.goal = InstanceGoal::Deallocated;
+    let mut c_ = rec(2, InstanceState::Deallocated);
+    c_.goal = InstanceGoal::Running;
+    let mut d = rec(3, InstanceState::Running);
+    d.pending = Some(PendingAction::Restart);
+    let mut e = rec(4, InstanceState::Stopped);
+    e.goal = InstanceGoal::Stopped;
+    e.pending = Some(PendingAction::Reimage);
+    let mut c = Case::new(set(5, &[], false), vec![a, b, c_, d, e]);
+    c.observed.insert(InstanceId(1), ObservedPower::Stopped);
+    c.observed.insert(InstanceId(2), ObservedPower::Stopped);
+    c.observed.insert(InstanceId(4), ObservedPower::Stopped);
+    let steps = c.plan();
+    for s in [Step::Stop(InstanceId(0)), Step::Deallocate(InstanceId(1)), Step::Start(InstanceId(2)), Step::Restart(InstanceId(3)), Step::Reimage(InstanceId(4))] {
+        assert!(steps.contains(&s), "missing {s:?} in {steps:?}");
+    }
+}
+
+#[test]
+fn automatic_mode_reimages_old_generations_manual_does_not() {
+    let mut s = set(1, &[], false);
+    s.model_generation = 2;
+    let c = Case::new(s.clone(), vec![rec(0, InstanceState::Running)]);
+    assert!(c.plan().is_empty(), "Manual: nothing happens");
+    s.model.upgrade_policy.mode = UpgradeMode::Automatic;
+    let c = Case::new(s, vec![rec(0, InstanceState::Running)]);
+    assert_eq!(c.plan(), [Step::Reimage(InstanceId(0))]);
+}
+
+#[test]
+fn deleting_set_destroys_everything_then_removes_itself() {
+    let mut s = set(2, &[], false);
+    s.deleting = true;
+    let c = Case::new(s.clone(), vec![rec(0, InstanceState::Running)]);
+    let steps = c.plan();
+    assert!(steps.contains(&Step::Destroy(InstanceId(0))));
+    assert!(!steps.contains(&Step::RemoveSet));
+    let c = Case::new(s, vec![]);
+    assert_eq!(c.plan(), [Step::RemoveSet]);
+}
+
+#[test]
+fn crash_recovery_repeats_persisted_intents() {
+    let mut a = rec(0, InstanceState::Creating);
+    a.attempts = 1;
+    let b = rec(1, InstanceState::Stopping);
+    let mut d = rec(2, InstanceState::Deleting);
+    d.goal = InstanceGoal::Deleted;
+    let mut c = Case::new(set(2, &[], false), vec![a, b, d]);
+    c.observed.insert(InstanceId(1), ObservedPower::Running);
+    let steps = c.plan();
+    assert!(steps.contains(&Step::Ensure(InstanceId(0))));
+    assert!(steps.contains(&Step::Stop(InstanceId(1))));
+    assert!(steps.contains(&Step::Destroy(InstanceId(2))));
+}
+
+#[test]
+fn converged_set_plans_nothing() {
+    let c = Case::new(set(2, &[], true), vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running)]);
+    assert!(c.plan().is_empty());
+}

@@ -1,0 +1,290 @@
+//! The reconciler against the simulated driver: it converges, and it converges again after a
+//! crash or a driver failure at every step of the way.
+
+use chrono::{DateTime, Utc};
+use herd_driver::{
+    sim::{SimConfig, SimDriver},
+    Driver, ObservedPower,
+};
+use herd_model::{
+    clock::ManualClock,
+    image::{Image, ImageSource},
+    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    scale_set::{ScaleSetModel, ScaleSetStatus, StoredScaleSet},
+    GroupName, ScaleSetName,
+};
+use herd_reconciler::{summarize, Faults, Reconciler, ReconcilerConfig};
+use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+struct Env {
+    store: Arc<SqliteStore>,
+    sim: Arc<SimDriver>,
+    clock: ManualClock,
+    rec: Reconciler,
+}
+
+const SET_KEY: &str = "rg/web";
+
+fn env(faults: Option<Arc<Faults>>) -> Env {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let sim = Arc::new(SimDriver::new(SimConfig { boot_min: Duration::ZERO, boot_max: Duration::ZERO, ..Default::default() }));
+    let clock = ManualClock::new(t0());
+    let mut rec = Reconciler::new(store.clone(), sim.clone(), Arc::new(clock.clone()), ReconcilerConfig::default());
+    if let Some(f) = faults {
+        rec = rec.with_faults(f);
+    }
+    let image = Image {
+        id: "img".into(),
+        urn: "P:O:S:1.0.0".into(),
+        publisher: "P".into(),
+        offer: "O".into(),
+        sku: "S".into(),
+        version: "1.0.0".into(),
+        source: ImageSource::Directory { path: "/nowhere".into() },
+        created_at: t0(),
+    };
+    store.txn(vec![WriteOp::put(Kind::Image, "p:o:s:1.0.0", &image, Expect::Absent).unwrap()]).unwrap();
+    Env { store, sim, clock, rec }
+}
+
+fn new_set(capacity: i64) -> StoredScaleSet {
+    let model = ScaleSetModel::from_json(json!({
+        "sku": {"name": "Standard_B1ms", "capacity": capacity},
+        "zones": ["1", "2", "3"],
+        "virtualMachineProfile": {
+            "osProfile": {"computerNamePrefix": "web"},
+            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}
+        }
+    }))
+    .unwrap();
+    StoredScaleSet {
+        name: ScaleSetName::new("web").unwrap(),
+        group: GroupName::new("rg").unwrap(),
+        model_generation: 1,
+        time_created: t0(),
+        deleting: false,
+        model,
+    }
+}
+
+impl Env {
+    fn edit_set(&self, f: impl Fn(&mut StoredScaleSet)) {
+        let cur = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, SET_KEY).unwrap().unwrap();
+        let mut v = cur.value;
+        f(&mut v);
+        self.store.txn(vec![WriteOp::put(Kind::ScaleSet, SET_KEY, &v, Expect::Revision(cur.revision)).unwrap()]).unwrap();
+    }
+
+    fn edit_instances(&self, f: impl Fn(&mut InstanceRecord)) {
+        let ops = self
+            .store
+            .list_as::<InstanceRecord>(Kind::Instance, "rg/web/")
+            .unwrap()
+            .into_iter()
+            .map(|o| {
+                let mut r = o.value;
+                f(&mut r);
+                WriteOp::put(Kind::Instance, o.key, &r, Expect::Revision(o.revision)).unwrap()
+            })
+            .collect();
+        self.store.txn(ops).unwrap();
+    }
+
+    fn records(&self) -> Vec<InstanceRecord> {
+        self.store.list_as::<InstanceRecord>(Kind::Instance, "rg/web/").unwrap().into_iter().map(|o| o.value).collect()
+    }
+
+    /// Runs passes until the set is converged and the driver matches the records, or panics.
+    async fn converge(&self, what: &str) {
+        for _ in 0..300 {
+            let _ = self.rec.pass().await;
+            self.clock.advance(chrono::Duration::seconds(30));
+            if self.converged().await {
+                return;
+            }
+        }
+        panic!("{what}: did not converge; records: {:#?}", self.records());
+    }
+
+    async fn converged(&self) -> bool {
+        let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, SET_KEY).unwrap() else {
+            return self.sim.list().await.unwrap().is_empty() && self.records().is_empty();
+        };
+        let status = self.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, SET_KEY).unwrap().map(|o| o.value);
+        let recs = self.records();
+        if !summarize(&set.value, status.as_ref(), &recs).converged {
+            return false;
+        }
+        let observed = self.sim.list().await.unwrap();
+        let ids: BTreeSet<u64> = recs.iter().map(|r| r.instance_id.0).collect();
+        let seen: BTreeSet<u64> = observed.iter().map(|o| o.key.id.0).collect();
+        ids == seen
+            && recs.iter().all(|r| {
+                let power = observed.iter().find(|o| o.key.id == r.instance_id).map(|o| &o.power);
+                match r.goal {
+                    InstanceGoal::Running => power == Some(&ObservedPower::Running),
+                    _ => power == Some(&ObservedPower::Stopped),
+                }
+            })
+    }
+
+    fn insert_set(&self, capacity: i64) {
+        self.store.txn(vec![WriteOp::put(Kind::ScaleSet, SET_KEY, &new_set(capacity), Expect::Absent).unwrap()]).unwrap();
+    }
+
+    /// A lifecycle that touches every kind of step; asserts the invariants after each phase.
+    async fn scenario(&self) {
+        let mut seen_ids = BTreeSet::new();
+        let mut check = |recs: &[InstanceRecord], capacity: usize| {
+            assert_eq!(recs.len(), capacity, "exactly capacity instances: {recs:#?}");
+            for r in recs {
+                seen_ids.insert(r.instance_id.0);
+                assert!(!r.overprovisioned);
+            }
+        };
+        self.insert_set(5);
+        self.converge("create 5").await;
+        check(&self.records(), 5);
+        let first: BTreeSet<u64> = self.records().iter().map(|r| r.instance_id.0).collect();
+
+        self.edit_set(|s| s.model.sku.capacity = 8);
+        self.converge("scale to 8").await;
+        check(&self.records(), 8);
+        let after: BTreeSet<u64> = self.records().iter().map(|r| r.instance_id.0).collect();
+        assert!(first.is_subset(&after), "scale-out keeps existing instances");
+
+        self.edit_set(|s| s.model.sku.capacity = 3);
+        self.converge("scale to 3").await;
+        let recs = self.records();
+        check(&recs, 3);
+        for z in ["1", "2", "3"] {
+            assert_eq!(recs.iter().filter(|r| r.zone.as_deref() == Some(z)).count(), 1, "zones stay balanced");
+        }
+
+        self.edit_instances(|r| r.goal = InstanceGoal::Deallocated);
+        self.converge("deallocate").await;
+        assert!(self.records().iter().all(|r| r.state == InstanceState::Deallocated));
+        self.edit_instances(|r| r.goal = InstanceGoal::Running);
+        self.converge("start").await;
+
+        self.edit_set(|s| s.model_generation = 2);
+        self.edit_instances(|r| r.pending = Some(herd_model::instance::PendingAction::Reimage));
+        self.converge("reimage").await;
+        for r in self.records() {
+            assert_eq!(r.model_generation, 2);
+            let key = herd_model::InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id: r.instance_id };
+            assert_eq!(self.sim.generation(&key), Some(2), "the driver really rebuilt instance {}", r.instance_id);
+        }
+
+        self.edit_set(|s| s.model.sku.capacity = 4);
+        self.converge("scale to 4").await;
+        let ids: Vec<u64> = self.records().iter().map(|r| r.instance_id.0).collect();
+        let max_before = *seen_ids.iter().max().unwrap();
+        assert!(ids.iter().filter(|i| !seen_ids.contains(i)).all(|i| *i > max_before), "ids are never reused");
+
+        self.edit_set(|s| s.deleting = true);
+        self.converge("delete set").await;
+        assert!(self.store.get(Kind::ScaleSet, SET_KEY).unwrap().is_none());
+        assert!(self.sim.list().await.unwrap().is_empty(), "no orphans");
+    }
+}
+
+#[tokio::test]
+async fn converges_through_a_full_lifecycle() {
+    let e = env(None);
+    e.scenario().await;
+    let log = e.store.activity(&Default::default()).unwrap();
+    assert!(log.iter().any(|a| a.operation == "CreateInstances" && a.message.contains("overprovisioned extra")));
+    assert!(log.iter().any(|a| a.operation == "DeleteInstances" && a.message.contains("scale-in")));
+}
+
+#[tokio::test]
+async fn overprovisioned_extras_are_removed_and_never_counted() {
+    let e = env(None);
+    e.insert_set(10);
+    let _ = e.rec.pass().await.unwrap();
+    let recs = e.records();
+    assert_eq!(recs.len(), 12, "10 plus 20% extras");
+    assert_eq!(recs.iter().filter(|r| r.overprovisioned).count(), 2);
+    e.converge("create").await;
+    assert_eq!(e.records().len(), 10);
+}
+
+#[tokio::test]
+async fn crash_at_every_executor_step_then_converge() {
+    // Count the fault points a clean run reaches.
+    let faults = Arc::new(Faults::default());
+    let e = env(Some(faults.clone()));
+    e.scenario().await;
+    let points = faults.hits();
+    assert!(points > 20, "the scenario reaches {points} fault points");
+    for k in 0..points {
+        let faults = Arc::new(Faults::default());
+        faults.fail_at(k);
+        let e = env(Some(faults.clone()));
+        e.scenario().await;
+    }
+}
+
+#[tokio::test]
+async fn driver_failure_at_every_call_then_converge() {
+    let e = env(None);
+    let start = e.sim.calls();
+    e.scenario().await;
+    let calls = e.sim.calls() - start;
+    assert!(calls > 20);
+    for k in 0..calls {
+        let e = env(None);
+        e.sim.fail_call(k);
+        e.scenario().await;
+    }
+}
+
+#[tokio::test]
+async fn orphans_are_destroyed() {
+    let e = env(None);
+    e.insert_set(1);
+    e.converge("create").await;
+    let orphan = herd_model::InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id: herd_model::InstanceId(999) };
+    e.sim.plant_orphan(orphan.clone());
+    e.converge("orphan cleanup").await;
+    assert!(e.sim.list().await.unwrap().iter().all(|o| o.key != orphan));
+    let log = e.store.activity(&Default::default()).unwrap();
+    assert!(log.iter().any(|a| a.operation == "OrphanCleanup"));
+}
+
+#[tokio::test]
+async fn repeated_failures_suspend_creation_until_the_set_changes() {
+    let e = env(None);
+    e.sim.fail_always(true);
+    e.insert_set(3);
+    for _ in 0..100 {
+        let _ = e.rec.pass().await;
+        e.clock.advance(chrono::Duration::minutes(10));
+    }
+    let status = e.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, SET_KEY).unwrap().unwrap().value;
+    let suspension = status.suspended.expect("creation is suspended");
+    assert!(suspension.reason.contains("consecutive"));
+    let builds = e.sim.build_calls();
+    assert!(builds <= 15, "creation stopped after the threshold, not after {builds} attempts");
+    for _ in 0..20 {
+        let _ = e.rec.pass().await;
+        e.clock.advance(chrono::Duration::minutes(10));
+    }
+    assert_eq!(e.sim.build_calls(), builds, "no creation while suspended: no runaway");
+    assert!(e.records().len() <= 3 + 1, "never more records than capacity plus extras");
+    let log = e.store.activity(&Default::default()).unwrap();
+    assert!(log.iter().any(|a| a.operation == "ProvisioningSuspended"));
+
+    e.sim.fail_always(false);
+    e.edit_set(|s| s.model.tags.insert("touch".into(), "1".into()).map_or((), |_| ()));
+    e.converge("resume").await;
+}

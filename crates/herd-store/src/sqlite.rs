@@ -1,0 +1,220 @@
+//! The embedded SQLite backend: one file under the data dir, WAL mode, ordered migrations.
+
+use crate::{ActivityFilter, Expect, Kind, Object, Store, StoreError, WriteOp};
+use herd_model::activity::ActivityEvent;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE objects (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+     ) WITHOUT ROWID;
+     CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     INSERT INTO meta (name, value) VALUES ('revision', 0);
+     CREATE TABLE activity (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time TEXT NOT NULL,
+        resource_group TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX activity_by_resource ON activity (resource_group, resource, seq);",
+];
+
+/// The SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory store, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        if done > MIGRATIONS.len() {
+            return Err(StoreError::Backend(format!(
+                "database schema version {done} is newer than this herd ({}); upgrade herd",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute_batch(sql).map_err(backend)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn row_object(key: String, revision: i64, value: String) -> Result<Object, StoreError> {
+    let value = serde_json::from_str(&value).map_err(|e| StoreError::Codec(e.to_string()))?;
+    Ok(Object { key, revision: revision as u64, value })
+}
+
+fn check(kind: Kind, key: &str, expect: Expect, found: Option<i64>) -> Result<(), StoreError> {
+    let ok = match (expect, found) {
+        (Expect::Any, _) => true,
+        (Expect::Absent, None) => true,
+        (Expect::Revision(r), Some(f)) => r == f as u64,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(StoreError::Conflict {
+        kind: kind.as_str(),
+        key: key.to_string(),
+        expected: match expect {
+            Expect::Any => "anything".into(),
+            Expect::Absent => "no object".into(),
+            Expect::Revision(r) => format!("revision {r}"),
+        },
+        found: found.map_or("no object".into(), |f| format!("revision {f}")),
+    })
+}
+
+impl Store for SqliteStore {
+    fn get(&self, kind: Kind, key: &str) -> Result<Option<Object>, StoreError> {
+        let conn = self.lock();
+        let row: Option<(i64, String)> = conn
+            .query_row("SELECT revision, value FROM objects WHERE kind = ?1 AND key = ?2", params![kind.as_str(), key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)?;
+        row.map(|(rev, v)| row_object(key.to_string(), rev, v)).transpose()
+    }
+
+    fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT key, revision, value FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key")
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
+        while let Some(r) = rows.next().map_err(backend)? {
+            let key: String = r.get(0).map_err(backend)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(row_object(key, r.get(1).map_err(backend)?, r.get(2).map_err(backend)?)?);
+        }
+        Ok(out)
+    }
+
+    fn txn(&self, ops: Vec<WriteOp>) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let rev: i64 =
+            tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0)).map_err(backend)?;
+        let rev = rev + 1;
+        {
+            let mut find = tx.prepare_cached("SELECT revision FROM objects WHERE kind = ?1 AND key = ?2").map_err(backend)?;
+            let mut put = tx
+                .prepare_cached("INSERT OR REPLACE INTO objects (kind, key, revision, value) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(backend)?;
+            let mut del = tx.prepare_cached("DELETE FROM objects WHERE kind = ?1 AND key = ?2").map_err(backend)?;
+            let mut act = tx
+                .prepare_cached("INSERT INTO activity (time, resource_group, resource, body) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(backend)?;
+            for op in &ops {
+                match op {
+                    WriteOp::Put { kind, key, value, expect } => {
+                        if *expect != Expect::Any {
+                            let found: Option<i64> =
+                                find.query_row(params![kind.as_str(), key], |r| r.get(0)).optional().map_err(backend)?;
+                            check(*kind, key, *expect, found)?;
+                        }
+                        let text = serde_json::to_string(value).map_err(|e| StoreError::Codec(e.to_string()))?;
+                        put.execute(params![kind.as_str(), key, rev, text]).map_err(backend)?;
+                    }
+                    WriteOp::Delete { kind, key, expect } => {
+                        if *expect != Expect::Any {
+                            let found: Option<i64> =
+                                find.query_row(params![kind.as_str(), key], |r| r.get(0)).optional().map_err(backend)?;
+                            check(*kind, key, *expect, found)?;
+                        }
+                        del.execute(params![kind.as_str(), key]).map_err(backend)?;
+                    }
+                    WriteOp::Activity(ev) => {
+                        let body = serde_json::to_string(ev).map_err(|e| StoreError::Codec(e.to_string()))?;
+                        act.execute(params![ev.time.to_rfc3339(), ev.resource_group, ev.resource, body]).map_err(backend)?;
+                    }
+                }
+            }
+        }
+        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", params![rev]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(rev as u64)
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let rev: i64 =
+            conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0)).map_err(backend)?;
+        Ok(rev as u64)
+    }
+
+    fn activity(&self, filter: &ActivityFilter) -> Result<Vec<ActivityEvent>, StoreError> {
+        let conn = self.lock();
+        let mut sql = String::from("SELECT seq, body FROM activity WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(g) = &filter.resource_group {
+            args.push(g.clone());
+            sql.push_str(&format!(" AND resource_group = ?{}", args.len()));
+        }
+        if let Some(r) = &filter.resource {
+            args.push(r.clone());
+            sql.push_str(&format!(" AND resource = ?{}", args.len()));
+        }
+        if let Some(s) = filter.since {
+            args.push(s.to_rfc3339());
+            sql.push_str(&format!(" AND time >= ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY seq DESC");
+        if let Some(l) = filter.limit {
+            sql.push_str(&format!(" LIMIT {l}"));
+        }
+        let mut stmt = conn.prepare(&sql).map_err(backend)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body) = row.map_err(backend)?;
+            let mut ev: ActivityEvent = serde_json::from_str(&body).map_err(|e| StoreError::Codec(e.to_string()))?;
+            ev.seq = seq as u64;
+            out.push(ev);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}

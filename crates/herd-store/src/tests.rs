@@ -1,0 +1,84 @@
+use super::*;
+use herd_model::activity::Actor;
+use serde_json::json;
+
+fn ev(group: &str, resource: &str, op: &str) -> ActivityEvent {
+    ActivityEvent {
+        seq: 0,
+        time: chrono::Utc::now(),
+        resource_group: group.into(),
+        resource: resource.into(),
+        operation: op.into(),
+        status: "Succeeded".into(),
+        actor: Actor::User,
+        message: String::new(),
+    }
+}
+
+#[test]
+fn compare_and_swap() {
+    let s = SqliteStore::in_memory().unwrap();
+    let put = |v: i64, e: Expect| WriteOp::Put { kind: Kind::Group, key: "g".into(), value: json!(v), expect: e };
+    let r1 = s.txn(vec![put(1, Expect::Absent)]).unwrap();
+    assert!(matches!(s.txn(vec![put(2, Expect::Absent)]), Err(StoreError::Conflict { .. })));
+    let r2 = s.txn(vec![put(2, Expect::Revision(r1))]).unwrap();
+    assert!(r2 > r1);
+    let stale = s.txn(vec![put(3, Expect::Revision(r1))]);
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "a stale revision must conflict");
+    let o = s.get(Kind::Group, "g").unwrap().unwrap();
+    assert_eq!((o.revision, o.value), (r2, json!(2)));
+}
+
+#[test]
+fn transactions_are_all_or_nothing() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.txn(vec![WriteOp::Put { kind: Kind::Group, key: "a".into(), value: json!(1), expect: Expect::Absent }]).unwrap();
+    let before = s.revision().unwrap();
+    let r = s.txn(vec![
+        WriteOp::Put { kind: Kind::Instance, key: "x/1".into(), value: json!(1), expect: Expect::Absent },
+        WriteOp::Activity(ev("g", "x", "op")),
+        WriteOp::Put { kind: Kind::Group, key: "a".into(), value: json!(2), expect: Expect::Absent },
+    ]);
+    assert!(r.is_err());
+    assert!(s.get(Kind::Instance, "x/1").unwrap().is_none());
+    assert!(s.activity(&ActivityFilter::default()).unwrap().is_empty());
+    assert_eq!(s.revision().unwrap(), before);
+}
+
+#[test]
+fn list_by_prefix_and_kind() {
+    let s = SqliteStore::in_memory().unwrap();
+    let ops = (0..1000)
+        .map(|i| WriteOp::Put { kind: Kind::Instance, key: format!("g/s/{i:06}"), value: json!(i), expect: Expect::Absent })
+        .chain([WriteOp::Put { kind: Kind::Instance, key: "g/t/1".into(), value: json!(0), expect: Expect::Absent }])
+        .collect();
+    s.txn(ops).unwrap();
+    assert_eq!(s.list(Kind::Instance, "g/s/").unwrap().len(), 1000);
+    assert_eq!(s.list(Kind::Instance, "g/").unwrap().len(), 1001);
+    assert!(s.list(Kind::Group, "").unwrap().is_empty());
+    s.txn(vec![WriteOp::delete(Kind::Instance, "g/t/1", Expect::Any)]).unwrap();
+    assert_eq!(s.list(Kind::Instance, "g/").unwrap().len(), 1000);
+}
+
+#[test]
+fn activity_filters_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.txn(vec![WriteOp::Activity(ev("g1", "a", "one")), WriteOp::Activity(ev("g1", "b", "two"))]).unwrap();
+        s.txn(vec![WriteOp::Activity(ev("g2", "a", "three"))]).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let all = s.activity(&ActivityFilter::default()).unwrap();
+    assert_eq!(all.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let g1a = s
+        .activity(&ActivityFilter { resource_group: Some("g1".into()), resource: Some("a".into()), ..Default::default() })
+        .unwrap();
+    assert_eq!(g1a.len(), 1);
+    let future = s
+        .activity(&ActivityFilter { since: Some(chrono::Utc::now() + chrono::Duration::hours(1)), ..Default::default() })
+        .unwrap();
+    assert!(future.is_empty());
+}
