@@ -1,1 +1,60 @@
-//! placeholder
+//! The HTTP/JSON API of `herd server`.
+//!
+//! Why it is shaped this way: handlers never call drivers. A handler validates the request,
+//! writes the desired state as a compare-and-swap on its revision (in one transaction with the
+//! activity-log entry), wakes the reconciler and returns. Everything slow happens in the
+//! reconciler, so the API stays fast and a crash never leaves a half-applied request.
+//! Resource paths and JSON follow Azure's (`/resourceGroups/{g}/...virtualMachineScaleSets/{n}`,
+//! camelCase bodies), and the OpenAPI document is generated from this code.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+mod groups;
+mod images;
+mod instances;
+pub mod openapi;
+mod scale_sets;
+pub mod state;
+pub mod views;
+
+pub use error::ApiError;
+pub use state::{ApiConfig, AppState};
+
+use axum::{
+    middleware,
+    routing::{get, post, put},
+    Router,
+};
+
+/// Every route, with token authentication on all but `/healthz` and `/openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/server", get(groups::server_info))
+        .route("/v1/resourceGroups", get(groups::list))
+        .route("/v1/resourceGroups/{group}", put(groups::create).get(groups::show).delete(groups::delete))
+        .route("/v1/resourceGroups/{group}/activityLog", get(groups::activity_log))
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets", get(scale_sets::list))
+        .route(
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}",
+            put(scale_sets::create_or_replace).get(scale_sets::show).delete(scale_sets::delete),
+        )
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/update", post(scale_sets::update))
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/scale", post(scale_sets::scale))
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines", get(instances::list))
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}", get(instances::show))
+        .route(
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/instanceView",
+            get(instances::instance_view),
+        )
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", post(instances::action))
+        .route("/v1/images", get(images::list))
+        .route("/v1/images/{urn}", put(images::import).get(images::show).delete(images::delete))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi::serve))
+        .merge(api)
+        .with_state(state)
+}

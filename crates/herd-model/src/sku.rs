@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct SkuSize {
     pub vcpus: u32,
+    #[serde(alias = "memory_mib")]
     pub memory_mib: u64,
 }
 

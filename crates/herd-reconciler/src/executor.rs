@@ -16,6 +16,7 @@ use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower};
 use herd_model::{
     activity::{ActivityEvent, Actor},
     clock::Clock,
+    group::ResourceGroup,
     image::{self, Image},
     instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     scale_set::{ScaleSetStatus, StoredScaleSet, Suspension},
@@ -276,6 +277,17 @@ impl Reconciler {
                     orphans.push(k);
                 }
                 self.store.txn(vec![WriteOp::delete(Kind::Instance, o.key, Expect::Revision(o.revision))])?;
+            }
+        }
+
+        // A resource group being deleted goes once its last scale set is gone.
+        for g in self.store.list_as::<ResourceGroup>(Kind::Group, "")? {
+            let has_sets = sets.iter().any(|s| s.value.group.as_str() == g.value.name);
+            if g.value.provisioning_state == "Deleting" && !has_sets {
+                self.store.txn(vec![
+                    WriteOp::delete(Kind::Group, g.key.clone(), Expect::Revision(g.revision)),
+                    WriteOp::Activity(event(now, &g.value.name, "", "DeleteResourceGroup", "Succeeded", "resource group deleted".into())),
+                ])?;
             }
         }
 

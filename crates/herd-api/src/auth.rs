@@ -1,0 +1,70 @@
+//! API tokens: a random token written at first start to a 0600 file in the data dir; every
+//! request must present it as `Authorization: Bearer <token>`.
+
+use crate::{error::ApiError, state::AppState};
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
+use rand::Rng;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The token file's name inside the data dir.
+pub const TOKEN_FILE: &str = "api-token";
+
+/// Reads the token from `data_dir`, creating a new random one (mode 0600) if there is none.
+pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
+    let path = data_dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            return Ok((t, path));
+        }
+    }
+    let mut rng = rand::rng();
+    let token: String = (0..40).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect();
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok((token, path))
+}
+
+/// Compares in time independent of where the strings first differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware: 401 unless the request carries the server's token.
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(given.as_bytes(), state.token.as_bytes()) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, path) = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(a.len(), 40);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (b, _) = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(a, b);
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+}

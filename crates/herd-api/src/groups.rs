@@ -1,0 +1,141 @@
+//! Resource groups, the activity log, and server information.
+
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+    views::{self, GroupRequest, ServerInfo, SkuInfo},
+};
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    Json,
+};
+use herd_model::{activity::ActivityEvent, group::ResourceGroup, scale_set::StoredScaleSet};
+use herd_store::{ActivityFilter, Expect, Kind, StoreExt, WriteOp};
+use serde::Deserialize;
+
+/// What this server runs with: driver, zones, SKUs.
+#[utoipa::path(get, path = "/v1/server", tag = "server", responses((status = 200, body = ServerInfo)))]
+pub async fn server_info(State(state): State<AppState>) -> Json<ServerInfo> {
+    let c = &state.config;
+    Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        driver: c.driver.clone(),
+        zones: c.zones.clone(),
+        max_capacity: c.max_capacity,
+        skus: c.skus.iter().map(|(n, s)| SkuInfo { name: n.clone(), vcpus: s.vcpus, memory_mib: s.memory_mib }).collect(),
+    })
+}
+
+/// Lists resource groups.
+#[utoipa::path(get, path = "/v1/resourceGroups", tag = "groups", responses((status = 200, body = Vec<ResourceGroup>)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ResourceGroup>>, ApiError> {
+    Ok(Json(state.store.list_as::<ResourceGroup>(Kind::Group, "")?.into_iter().map(|o| o.value).collect()))
+}
+
+/// Creates a resource group (or updates its tags).
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "Resource group name")),
+    request_body = GroupRequest,
+    responses((status = 201, body = ResourceGroup), (status = 200, body = ResourceGroup), (status = 400, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    body: Option<Json<GroupRequest>>,
+) -> Result<(StatusCode, Json<ResourceGroup>), ApiError> {
+    let name = views::group_name(&group)?;
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let existing = state.store.get_as::<ResourceGroup>(Kind::Group, name.as_str())?;
+    if let Some(e) = &existing {
+        if e.value.provisioning_state == "Deleting" {
+            return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
+        }
+    }
+    let location = req.location.unwrap_or_else(|| existing.as_ref().map_or("local".into(), |e| e.value.location.clone()));
+    if location.is_empty() || !location.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(ApiError::invalid("location", "use letters, digits and '-' (for example 'local')"));
+    }
+    let rg = ResourceGroup {
+        id: ResourceGroup::resource_id(name.as_str()),
+        name: name.to_string(),
+        location,
+        tags: req.tags,
+        provisioning_state: "Succeeded".into(),
+    };
+    let expect = existing.as_ref().map_or(Expect::Absent, |e| Expect::Revision(e.revision));
+    let verb = if existing.is_some() { "updated" } else { "created" };
+    state.store.txn(vec![
+        WriteOp::put(Kind::Group, name.as_str(), &rg, expect)?,
+        WriteOp::Activity(views::user_event(&state, name.as_str(), "", "WriteResourceGroup", format!("resource group {verb}"))),
+    ])?;
+    let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((code, Json(rg)))
+}
+
+/// Shows a resource group.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}", tag = "groups",
+    params(("group" = String, Path)),
+    responses((status = 200, body = ResourceGroup), (status = 404, body = ErrorBody)))]
+pub async fn show(State(state): State<AppState>, Path(group): Path<String>) -> Result<Json<ResourceGroup>, ApiError> {
+    Ok(Json(views::load_group(&state, &group)?.value))
+}
+
+/// Deletes a resource group and everything in it (its scale sets are deleted first).
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}", tag = "groups",
+    params(("group" = String, Path)),
+    responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody)))]
+pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) -> Result<StatusCode, ApiError> {
+    let g = views::load_group(&state, &group)?;
+    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &format!("{group}/"))?;
+    let mut ops = Vec::new();
+    for s in &sets {
+        if !s.value.deleting {
+            let mut v = s.value.clone();
+            v.deleting = true;
+            ops.push(WriteOp::put(Kind::ScaleSet, s.key.clone(), &v, Expect::Revision(s.revision))?);
+        }
+    }
+    if sets.is_empty() {
+        ops.push(WriteOp::delete(Kind::Group, group.clone(), Expect::Revision(g.revision)));
+    } else {
+        let mut rg = g.value.clone();
+        rg.provisioning_state = "Deleting".into();
+        ops.push(WriteOp::put(Kind::Group, group.clone(), &rg, Expect::Revision(g.revision))?);
+    }
+    let msg = format!("resource group deletion started ({} scale set(s) to delete)", sets.len());
+    ops.push(WriteOp::Activity(views::user_event(&state, &group, "", "DeleteResourceGroup", msg)));
+    state.store.txn(ops)?;
+    state.wake();
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Query of the activity log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityQuery {
+    /// Only events of this resource (a scale set name).
+    pub resource: Option<String>,
+    /// Only events at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many, newest kept.
+    pub limit: Option<usize>,
+}
+
+/// The activity log of a resource group, oldest first.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/activityLog", tag = "groups",
+    params(("group" = String, Path), ActivityQuery),
+    responses((status = 200, body = Vec<ActivityEvent>), (status = 404, body = ErrorBody)))]
+pub async fn activity_log(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    Query(q): Query<ActivityQuery>,
+) -> Result<Json<Vec<ActivityEvent>>, ApiError> {
+    views::group_name(&group)?;
+    let exists = state.store.get(Kind::Group, &group)?.is_some();
+    let filter = ActivityFilter { resource_group: Some(group.clone()), resource: q.resource, since: q.since, limit: q.limit };
+    let events = state.store.activity(&filter)?;
+    if !exists && events.is_empty() {
+        return Err(ApiError::NotFound(format!("resource group '{group}' does not exist")));
+    }
+    Ok(Json(events))
+}

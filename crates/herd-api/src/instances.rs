@@ -1,0 +1,281 @@
+//! Instances of a scale set: list, show, instance view, and the per-instance actions
+//! (start, stop, deallocate, restart, reimage, update-instances, delete-instances).
+
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+    views::{self, ActionResult, InstanceIdsRequest},
+};
+use axum::{
+    extract::{Path, State},
+    http::HeaderMap,
+    Json,
+};
+use herd_model::{
+    instance::{InstanceGoal, InstanceRecord, InstanceState, InstanceView, PendingAction},
+    FieldError, InstanceId,
+};
+use herd_reconciler::executor::{id_list, instance_store_key};
+use herd_store::{Expect, Kind, Object, WriteOp};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One Azure-style status line of the instance view.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusEntry {
+    pub code: String,
+    pub level: String,
+    pub display_status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// `get-instance-view`: the instance plus its status lines.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceViewDetail {
+    #[serde(flatten)]
+    pub instance: InstanceView,
+    pub statuses: Vec<StatusEntry>,
+}
+
+/// Lists a set's instances, including overprovisioned extras and instances being deleted
+/// (their `overprovisioned`, `goal` and `deleteReason` fields say so).
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines", tag = "instances",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Vec<InstanceView>), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    let set = views::load_set(&state, &group, &name)?;
+    let recs = views::load_instances(&state, &set.value)?;
+    Ok(Json(recs.iter().map(|o| o.value.view(&set.value)).collect()))
+}
+
+fn find(state: &AppState, group: &str, name: &str, id: &str) -> Result<(herd_model::scale_set::StoredScaleSet, InstanceRecord), ApiError> {
+    let set = views::load_set(state, group, name)?;
+    let n: u64 = id
+        .parse()
+        .map_err(|_| ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)"))))?;
+    let key = instance_store_key(&set.value.key(), InstanceId(n));
+    let rec = state
+        .store
+        .get(Kind::Instance, &key)?
+        .ok_or_else(|| ApiError::NotFound(format!("instance {id} does not exist in scale set '{name}'")))?;
+    let rec: InstanceRecord = serde_json::from_value(rec.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((set.value, rec))
+}
+
+/// Shows one instance.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}", tag = "instances",
+    params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Path((group, name, id)): Path<(String, String, String)>,
+) -> Result<Json<InstanceView>, ApiError> {
+    let (set, rec) = find(&state, &group, &name, &id)?;
+    Ok(Json(rec.view(&set)))
+}
+
+/// The instance view: provisioning and power status lines, as `az vmss get-instance-view` shows.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/instanceView", tag = "instances",
+    params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = InstanceViewDetail), (status = 404, body = ErrorBody)))]
+pub async fn instance_view(
+    State(state): State<AppState>,
+    Path((group, name, id)): Path<(String, String, String)>,
+) -> Result<Json<InstanceViewDetail>, ApiError> {
+    let (set, rec) = find(&state, &group, &name, &id)?;
+    let view = rec.view(&set);
+    let prov = rec.state.provisioning_state();
+    let failed = rec.state == InstanceState::Failed;
+    let mut statuses = vec![
+        StatusEntry {
+            code: format!("ProvisioningState/{}", prov.to_ascii_lowercase()),
+            level: if failed { "Error".into() } else { "Info".into() },
+            display_status: format!("Provisioning {}", prov.to_ascii_lowercase()),
+            message: rec.last_error.clone(),
+            time: rec.state_since,
+        },
+        StatusEntry {
+            code: format!("PowerState/{}", rec.state.power_state()),
+            level: "Info".into(),
+            display_status: format!("VM {}", rec.state.power_state()),
+            message: None,
+            time: rec.state_since,
+        },
+    ];
+    if let Some(p) = rec.pending {
+        statuses.push(StatusEntry {
+            code: format!("PendingAction/{}", p.as_str().to_ascii_lowercase()),
+            level: "Info".into(),
+            display_status: format!("{p} pending"),
+            message: None,
+            time: rec.state_since,
+        });
+    }
+    Ok(Json(InstanceViewDetail { instance: view, statuses }))
+}
+
+const ACTIONS: &[&str] = &["start", "stop", "powerOff", "deallocate", "restart", "reimage", "updateInstances", "deleteInstances"];
+
+/// Runs an instance action on the given instances (`["*"]` or no body: all of them).
+#[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", tag = "instances",
+    params(("group" = String, Path), ("name" = String, Path),
+        ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances or deleteInstances")),
+    request_body = InstanceIdsRequest,
+    responses((status = 202, body = ActionResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn action(
+    State(state): State<AppState>,
+    Path((group, name, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<InstanceIdsRequest>>,
+) -> Result<(axum::http::StatusCode, Json<ActionResult>), ApiError> {
+    let action = ACTIONS
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(&action))
+        .ok_or_else(|| ApiError::NotFound(format!("no action '{action}'; actions: {}", ACTIONS.join(", "))))?;
+    let set = views::load_set(&state, &group, &name)?;
+    views::check_if_match(&headers, set.revision)?;
+    if set.value.deleting {
+        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+    }
+    let records = views::load_instances(&state, &set.value)?;
+    let live: BTreeMap<u64, &Object<InstanceRecord>> = records
+        .iter()
+        .filter(|o| o.value.goal != InstanceGoal::Deleted && !o.value.overprovisioned)
+        .map(|o| (o.value.instance_id.0, o))
+        .collect();
+    let ids = body.and_then(|b| b.0.instance_ids);
+    let chosen: Vec<u64> = match ids.as_deref() {
+        None | Some([]) => live.keys().copied().collect(),
+        Some([star]) if star == "*" => live.keys().copied().collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            let mut missing = Vec::new();
+            for (i, s) in list.iter().enumerate() {
+                let n: u64 = s.trim().parse().map_err(|_| {
+                    ApiError::Invalid(FieldError::new(
+                        format!("instanceIds[{i}]"),
+                        format!("'{s}' is not an instance id; give numbers as list-instances shows them, or '*'"),
+                    ))
+                })?;
+                if live.contains_key(&n) {
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                } else {
+                    missing.push(InstanceId(n));
+                }
+            }
+            if !missing.is_empty() {
+                let existing: Vec<InstanceId> = live.keys().map(|k| InstanceId(*k)).collect();
+                return Err(ApiError::NotFound(format!(
+                    "instance(s) {} do not exist in scale set '{name}'; its instances are: {}",
+                    id_list(&missing),
+                    if existing.is_empty() { "none".into() } else { id_list(&existing) }
+                )));
+            }
+            out
+        }
+    };
+
+    let now = state.clock.now();
+    let mut ops = Vec::new();
+    let mut applied = Vec::new();
+    let mut skipped = Vec::new();
+    for id in &chosen {
+        let o = live[id];
+        let mut r = o.value.clone();
+        let skip = |why: &str| format!("{id}: {why}");
+        match *action {
+            "start" => r.goal = InstanceGoal::Running,
+            "stop" | "powerOff" => r.goal = InstanceGoal::Stopped,
+            "deallocate" => r.goal = InstanceGoal::Deallocated,
+            "restart" => {
+                if r.state != InstanceState::Running {
+                    skipped.push(skip("not running"));
+                    continue;
+                }
+                r.pending = Some(PendingAction::Restart);
+            }
+            "reimage" => r.pending = Some(PendingAction::Reimage),
+            "updateInstances" => {
+                if r.model_generation == set.value.model_generation && r.pending != Some(PendingAction::Reimage) {
+                    skipped.push(skip("already on the latest model"));
+                    continue;
+                }
+                r.pending = Some(PendingAction::Reimage);
+            }
+            "deleteInstances" => {
+                r.goal = InstanceGoal::Deleted;
+                r.delete_reason = Some("deleted by user".into());
+            }
+            _ => unreachable!("action list is closed"),
+        }
+        r.next_attempt_at = None;
+        if r != o.value {
+            ops.push(WriteOp::put(Kind::Instance, o.key.clone(), &r, Expect::Revision(o.revision))?);
+        }
+        applied.push(InstanceId(*id));
+    }
+
+    let mut message = format!("{action} instance(s) {}", if applied.is_empty() { "none".into() } else { id_list(&applied) });
+    if *action == "deleteInstances" && !applied.is_empty() {
+        // As in Azure, deleting instances lowers the capacity by as many.
+        let mut next = set.value.clone();
+        let before = next.model.sku.capacity;
+        next.model.sku.capacity = (before - applied.len() as i64).max(0);
+        if next.model.zone_balance {
+            check_zone_balance(&next, &records, &applied)?;
+        }
+        message.push_str(&format!("; capacity {before} → {}", next.model.sku.capacity));
+        ops.push(WriteOp::put(Kind::ScaleSet, set.key.clone(), &next, Expect::Revision(set.revision))?);
+    }
+    if !skipped.is_empty() {
+        message.push_str(&format!("; skipped {}", skipped.join("; ")));
+    }
+    let mut ev = views::user_event(&state, &group, &name, action, message);
+    ev.time = now;
+    ops.push(WriteOp::Activity(ev));
+    state.store.txn(ops)?;
+    state.wake();
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(ActionResult {
+            action: action.to_string(),
+            instance_ids: applied.iter().map(|i| i.to_string()).collect(),
+            skipped,
+        }),
+    ))
+}
+
+/// With `zoneBalance=true`, a delete that leaves zones more than one instance apart is refused.
+fn check_zone_balance(
+    set: &herd_model::scale_set::StoredScaleSet,
+    records: &[Object<InstanceRecord>],
+    removing: &[InstanceId],
+) -> Result<(), ApiError> {
+    let mut counts: BTreeMap<&str, i64> = set.model.zones.iter().map(|z| (z.as_str(), 0)).collect();
+    for o in records {
+        let r = &o.value;
+        if r.is_counted() && !removing.contains(&r.instance_id) {
+            if let Some(z) = r.zone.as_deref() {
+                *counts.entry(z).or_default() += 1;
+            }
+        }
+    }
+    let (min, max) = (counts.values().min().copied().unwrap_or(0), counts.values().max().copied().unwrap_or(0));
+    if max - min > 1 {
+        let shape: Vec<String> = counts.iter().map(|(z, c)| format!("zone {z}: {c}")).collect();
+        return Err(ApiError::Invalid(FieldError::new(
+            "instanceIds",
+            format!("zoneBalance=true: this delete would leave zones unbalanced ({})", shape.join(", ")),
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The OpenAPI document, generated from the handlers' annotations. `docs/openapi.json` is a
+//! committed copy; a test fails when the two drift apart.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "herd API", description = "Scale sets of full virtual machines on your own Linux hosts."),
+    paths(
+        crate::groups::server_info,
+        crate::groups::list,
+        crate::groups::create,
+        crate::groups::show,
+        crate::groups::delete,
+        crate::groups::activity_log,
+        crate::scale_sets::list,
+        crate::scale_sets::create_or_replace,
+        crate::scale_sets::show,
+        crate::scale_sets::delete,
+        crate::scale_sets::update,
+        crate::scale_sets::scale,
+        crate::instances::list,
+        crate::instances::show,
+        crate::instances::instance_view,
+        crate::instances::action,
+        crate::images::list,
+        crate::images::import,
+        crate::images::show,
+        crate::images::delete,
+    ),
+    components(schemas(herd_model::patch::PatchOp, herd_model::instance::InstanceState)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The document as pretty JSON (what `docs/openapi.json` holds).
+pub fn document() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json().expect("the OpenAPI document serialises")
+}
+
+pub async fn serve() -> Json<serde_json::Value> {
+    Json(serde_json::from_str(&document()).expect("valid JSON"))
+}

@@ -1,0 +1,272 @@
+//! Scale sets: create, show, list, the generic update, scale, delete.
+
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+    views::{self, ScaleRequest, ScaleSetView, UpdateRequest},
+};
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use herd_model::{
+    image::{self, Image},
+    patch,
+    scale_set::{ScaleSetModel, Secrets, StoredScaleSet, READ_ONLY_FIELDS},
+    FieldError,
+};
+use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
+use serde_json::Value;
+
+fn with_etag(code: StatusCode, view: ScaleSetView) -> Response {
+    let tag = HeaderValue::from_str(&view.etag).ok();
+    let mut r = (code, Json(view)).into_response();
+    if let Some(t) = tag {
+        r.headers_mut().insert(axum::http::header::ETAG, t);
+    }
+    r
+}
+
+/// Checks that the model's image is in the gallery.
+fn check_image(state: &AppState, model: &ScaleSetModel) -> Result<(), ApiError> {
+    let field = "virtualMachineProfile.storageProfile.imageReference";
+    let urn = model.virtual_machine_profile.storage_profile.image_reference.urn()?;
+    let images: Vec<Image> = state.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect();
+    if image::resolve(&images, &urn).is_none() {
+        let mut known: Vec<String> = images.iter().map(|i| i.urn.clone()).collect();
+        known.sort();
+        let hint = if known.is_empty() {
+            "the gallery is empty; add one with 'herd image import'".to_string()
+        } else {
+            format!("available: {}", known.join(", "))
+        };
+        return Err(ApiError::Invalid(FieldError::new(field, format!("image {urn} is not in the gallery; {hint}"))));
+    }
+    Ok(())
+}
+
+/// Parses, defaults and validates a model; returns it with its secrets taken out.
+fn prepare(state: &AppState, name: &herd_model::ScaleSetName, body: Value) -> Result<(ScaleSetModel, Secrets), ApiError> {
+    let mut model = ScaleSetModel::from_json(body)?;
+    model.apply_defaults(name);
+    model.validate(&state.validation())?;
+    check_image(state, &model)?;
+    let secrets = model.take_secrets();
+    Ok((model, secrets))
+}
+
+/// Writes a changed model: bumps the generation if the VM model changed, merges secrets, logs.
+fn commit(
+    state: &AppState,
+    cur: &Object<StoredScaleSet>,
+    model: ScaleSetModel,
+    secrets: Secrets,
+    operation: &str,
+    mut message: String,
+) -> Result<Object<StoredScaleSet>, ApiError> {
+    let old = &cur.value;
+    if model.zones != old.model.zones {
+        return Err(ApiError::Invalid(FieldError::not_supported("zones", "changing the zones of an existing scale set")));
+    }
+    let mut next = old.clone();
+    let bump = old.model.vm_model_differs(&model) || !secrets.is_empty();
+    if bump {
+        next.model_generation += 1;
+        message.push_str(&format!("; model generation {} → {}", old.model_generation, next.model_generation));
+    }
+    if model.sku.capacity != old.model.sku.capacity {
+        message.push_str(&format!("; capacity {} → {}", old.model.sku.capacity, model.sku.capacity));
+    }
+    next.model = model;
+    let key = old.key();
+    let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &next, Expect::Revision(cur.revision))?];
+    if !secrets.is_empty() {
+        let mut all = state.store.get_as::<Secrets>(Kind::Secret, &key)?.map(|o| o.value).unwrap_or_default();
+        all.merge(secrets);
+        ops.push(WriteOp::put(Kind::Secret, key.clone(), &all, Expect::Any)?);
+    }
+    ops.push(WriteOp::Activity(views::user_event(state, old.group.as_str(), old.name.as_str(), operation, message)));
+    let rev = state.store.txn(ops)?;
+    state.wake();
+    Ok(Object { key, revision: rev, value: next })
+}
+
+/// Lists the scale sets of a resource group.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets", tag = "scale sets",
+    params(("group" = String, Path)),
+    responses((status = 200, body = Vec<ScaleSetView>), (status = 404, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>, Path(group): Path<String>) -> Result<Json<Vec<ScaleSetView>>, ApiError> {
+    views::load_group(&state, &group)?;
+    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &format!("{group}/"))?;
+    Ok(Json(sets.iter().map(|s| views::set_view(&state, s)).collect::<Result<_, _>>()?))
+}
+
+/// Creates a scale set (with `If-None-Match: *`, fails if it exists) or replaces its model.
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", tag = "scale sets",
+    params(("group" = String, Path), ("name" = String, Path),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: create only"),
+        ("If-Match" = Option<String>, Header, description = "replace only at this etag")),
+    request_body = ScaleSetModel,
+    responses((status = 201, body = ScaleSetView), (status = 200, body = ScaleSetView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_or_replace(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    let rg = views::load_group(&state, &group)?;
+    if rg.value.provisioning_state == "Deleting" {
+        return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
+    }
+    let gname = views::group_name(&group)?;
+    let sname = views::set_name(&name)?;
+    let key = StoredScaleSet::store_key(&gname, &sname);
+    let existing = state.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &key)?;
+    let create_only = headers.get(axum::http::header::IF_NONE_MATCH).is_some_and(|v| v == "*");
+    let (model, secrets) = prepare(&state, &sname, body)?;
+    match existing {
+        Some(cur) => {
+            if create_only {
+                return Err(ApiError::Conflict(format!(
+                    "scale set '{name}' already exists in resource group '{group}'; use 'herd vmss update' to change it"
+                )));
+            }
+            if cur.value.deleting {
+                return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+            }
+            views::check_if_match(&headers, cur.revision)?;
+            let saved = commit(&state, &cur, model, secrets, "WriteScaleSet", "model replaced".into())?;
+            Ok(with_etag(StatusCode::OK, views::set_view(&state, &saved)?))
+        }
+        None => {
+            if headers.get(axum::http::header::IF_MATCH).is_some() {
+                return Err(ApiError::PreconditionFailed(format!("scale set '{name}' does not exist")));
+            }
+            let set = StoredScaleSet {
+                name: sname.clone(),
+                group: gname.clone(),
+                model_generation: 1,
+                time_created: state.clock.now(),
+                deleting: false,
+                model,
+            };
+            let msg = format!(
+                "scale set created: {} x {}, image {}, upgrade policy {}",
+                set.model.sku.capacity,
+                set.model.sku.name,
+                set.model.virtual_machine_profile.storage_profile.image_reference.urn().map(|u| u.to_string()).unwrap_or_default(),
+                set.model.upgrade_policy.mode
+            );
+            let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?];
+            if !secrets.is_empty() {
+                ops.push(WriteOp::put(Kind::Secret, key.clone(), &secrets, Expect::Any)?);
+            }
+            ops.push(WriteOp::Activity(views::user_event(&state, &group, &name, "CreateScaleSet", msg)));
+            let rev = state.store.txn(ops).map_err(|e| match e {
+                herd_store::StoreError::Conflict { .. } => {
+                    ApiError::Conflict(format!("scale set '{name}' already exists in resource group '{group}'"))
+                }
+                other => other.into(),
+            })?;
+            state.wake();
+            let obj = Object { key, revision: rev, value: set };
+            Ok(with_etag(StatusCode::CREATED, views::set_view(&state, &obj)?))
+        }
+    }
+}
+
+/// Shows a scale set with its instance summary.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", tag = "scale sets",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = ScaleSetView), (status = 404, body = ErrorBody)))]
+pub async fn show(State(state): State<AppState>, Path((group, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let cur = views::load_set(&state, &group, &name)?;
+    Ok(with_etag(StatusCode::OK, views::set_view(&state, &cur)?))
+}
+
+/// Deletes a scale set: every instance is removed, then the set.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", tag = "scale sets",
+    params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let cur = views::load_set(&state, &group, &name)?;
+    views::check_if_match(&headers, cur.revision)?;
+    if cur.value.deleting {
+        return Ok(StatusCode::ACCEPTED);
+    }
+    let mut next = cur.value.clone();
+    next.deleting = true;
+    state.store.txn(vec![
+        WriteOp::put(Kind::ScaleSet, cur.key.clone(), &next, Expect::Revision(cur.revision))?,
+        WriteOp::Activity(views::user_event(&state, &group, &name, "DeleteScaleSet", "scale set deletion started".into())),
+    ])?;
+    state.wake();
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// The generic update: `--set`, `--add`, `--remove` on the model's JSON paths. All operations
+/// apply or none does.
+#[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/update", tag = "scale sets",
+    params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = UpdateRequest,
+    responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(req): Json<UpdateRequest>,
+) -> Result<Response, ApiError> {
+    let cur = views::load_set(&state, &group, &name)?;
+    views::check_if_match(&headers, cur.revision)?;
+    if cur.value.deleting {
+        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+    }
+    if req.operations.is_empty() {
+        return Err(ApiError::invalid("operations", "give at least one --set, --add or --remove"));
+    }
+    let doc = serde_json::to_value(&cur.value.model).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let patched = patch::apply(&doc, &req.operations, READ_ONLY_FIELDS)?;
+    let (model, secrets) = prepare(&state, &cur.value.name, patched)?;
+    let described: Vec<String> = req
+        .operations
+        .iter()
+        .map(|op| match op {
+            patch::PatchOp::Set { path, .. } => format!("set {path}"),
+            patch::PatchOp::Add { path, .. } => format!("add to {path}"),
+            patch::PatchOp::Remove { path, .. } => format!("remove from {path}"),
+        })
+        .collect();
+    let saved = commit(&state, &cur, model, secrets, "UpdateScaleSet", format!("update: {}", described.join(", ")))?;
+    Ok(with_etag(StatusCode::OK, views::set_view(&state, &saved)?))
+}
+
+/// Sets the capacity (0 keeps the model and removes every instance).
+#[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/scale", tag = "scale sets",
+    params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = ScaleRequest,
+    responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn scale(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(req): Json<ScaleRequest>,
+) -> Result<Response, ApiError> {
+    let cur = views::load_set(&state, &group, &name)?;
+    views::check_if_match(&headers, cur.revision)?;
+    if cur.value.deleting {
+        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+    }
+    let mut model = cur.value.model.clone();
+    model.sku.capacity = req.capacity;
+    model.validate(&state.validation())?;
+    let saved = commit(&state, &cur, model, Secrets::default(), "Scale", "scale".into())?;
+    Ok(with_etag(StatusCode::OK, views::set_view(&state, &saved)?))
+}

@@ -1,0 +1,42 @@
+//! What every handler shares: the store, the reconciler's wake signal, the token and the
+//! server's configuration (SKUs, zones, limits).
+
+use herd_model::{clock::Clock, scale_set::ValidationContext, sku::SkuTable};
+use herd_store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Server settings the API validates against.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub skus: SkuTable,
+    pub zones: Vec<String>,
+    /// Capacity ceiling with `singlePlacementGroup=false`.
+    pub max_capacity: u64,
+    /// Where imported images are copied.
+    pub image_dir: PathBuf,
+    /// The driver's name, shown by `/v1/server`.
+    pub driver: String,
+}
+
+/// Shared handler state.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub wake: Arc<Notify>,
+    pub token: Arc<str>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<ApiConfig>,
+}
+
+impl AppState {
+    pub fn validation(&self) -> ValidationContext<'_> {
+        ValidationContext { skus: &self.config.skus, zones_offered: &self.config.zones, max_capacity: self.config.max_capacity }
+    }
+
+    /// Starts a reconcile pass soon.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}

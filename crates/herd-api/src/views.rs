@@ -1,0 +1,208 @@
+//! Request and response bodies, and the helpers that build them from stored objects.
+
+use crate::{error::ApiError, state::AppState};
+use axum::http::HeaderMap;
+use herd_model::{
+    activity::{ActivityEvent, Actor},
+    group::ResourceGroup,
+    instance::InstanceRecord,
+    patch::PatchOp,
+    scale_set::{ScaleSetModel, ScaleSetStatus, StoredScaleSet},
+    GroupName, ScaleSetName,
+};
+use herd_reconciler::{summarize, SetSummary};
+use herd_store::{Kind, Object, StoreExt};
+use serde::{Deserialize, Serialize};
+
+/// A scale set as the API returns it: the model plus what the server owns.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleSetView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    pub resource_group: String,
+    /// The revision, for `If-Match`.
+    pub etag: String,
+    /// Bumped only by changes to `virtualMachineProfile` or the SKU's size.
+    pub model_generation: u64,
+    /// `Creating`, `Updating`, `Succeeded`, `Failed` (creation suspended) or `Deleting`.
+    pub provisioning_state: String,
+    pub time_created: chrono::DateTime<chrono::Utc>,
+    #[serde(flatten)]
+    pub model: ScaleSetModel,
+    pub instance_summary: SetSummary,
+}
+
+/// `POST .../update`: az-style generic edits.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateRequest {
+    pub operations: Vec<PatchOp>,
+}
+
+/// `POST .../scale`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub capacity: i64,
+}
+
+/// Body of the instance actions: the ids, `["*"]` or absent for all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceIdsRequest {
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+}
+
+/// What an instance action changed.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionResult {
+    pub action: String,
+    /// The instances the action applies to.
+    pub instance_ids: Vec<String>,
+    /// Instances left alone, with why (e.g. already on the latest model).
+    pub skipped: Vec<String>,
+}
+
+/// `PUT /v1/resourceGroups/{g}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupRequest {
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// `PUT /v1/images/{urn}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageImportRequest {
+    /// A directory on the server's host holding an executable `init` (process driver images).
+    pub directory: String,
+}
+
+/// What the server runs with.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    pub version: String,
+    pub driver: String,
+    pub zones: Vec<String>,
+    pub max_capacity: u64,
+    pub skus: Vec<SkuInfo>,
+}
+
+/// One VM size.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkuInfo {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+pub fn etag(revision: u64) -> String {
+    format!("\"{revision}\"")
+}
+
+/// Honours `If-Match` (a revision in quotes, or `*`).
+pub fn check_if_match(headers: &HeaderMap, revision: u64) -> Result<(), ApiError> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let v = v.trim();
+    if v == "*" {
+        return Ok(());
+    }
+    let wanted = v.trim_start_matches("W/").trim_matches('"');
+    if wanted == revision.to_string() {
+        Ok(())
+    } else {
+        Err(ApiError::PreconditionFailed(format!(
+            "If-Match {v} does not match the current etag {}; read the resource again",
+            etag(revision)
+        )))
+    }
+}
+
+pub fn group_name(g: &str) -> Result<GroupName, ApiError> {
+    GroupName::new(g).map_err(|mut e| {
+        e.field = "resourceGroup".into();
+        ApiError::Invalid(e)
+    })
+}
+
+pub fn set_name(n: &str) -> Result<ScaleSetName, ApiError> {
+    Ok(ScaleSetName::new(n)?)
+}
+
+pub fn load_group(state: &AppState, g: &str) -> Result<Object<ResourceGroup>, ApiError> {
+    let name = group_name(g)?;
+    state
+        .store
+        .get_as::<ResourceGroup>(Kind::Group, name.as_str())?
+        .ok_or_else(|| ApiError::NotFound(format!("resource group '{g}' does not exist")))
+}
+
+pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScaleSet>, ApiError> {
+    load_group(state, g)?;
+    let key = StoredScaleSet::store_key(&group_name(g)?, &set_name(n)?);
+    state
+        .store
+        .get_as::<StoredScaleSet>(Kind::ScaleSet, &key)?
+        .ok_or_else(|| ApiError::NotFound(format!("scale set '{n}' does not exist in resource group '{g}'")))
+}
+
+pub fn load_instances(state: &AppState, set: &StoredScaleSet) -> Result<Vec<Object<InstanceRecord>>, ApiError> {
+    Ok(state.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key()))?)
+}
+
+/// Builds the API view of a set from its stored record, status and instances.
+pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleSetView, ApiError> {
+    let set = &obj.value;
+    let status = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.key())?.map(|o| o.value);
+    let records: Vec<InstanceRecord> = load_instances(state, set)?.into_iter().map(|o| o.value).collect();
+    let summary = summarize(set, status.as_ref(), &records);
+    let provisioning_state = if set.deleting {
+        "Deleting"
+    } else if summary.suspended.is_some() {
+        "Failed"
+    } else if summary.converged {
+        "Succeeded"
+    } else if status.is_none() || (summary.running == 0 && set.model_generation == 1 && summary.capacity > 0) {
+        "Creating"
+    } else {
+        "Updating"
+    };
+    Ok(ScaleSetView {
+        id: StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str()),
+        name: set.name.to_string(),
+        resource_type: "Microsoft.Compute/virtualMachineScaleSets".into(),
+        resource_group: set.group.to_string(),
+        etag: etag(obj.revision),
+        model_generation: set.model_generation,
+        provisioning_state: provisioning_state.into(),
+        time_created: set.time_created,
+        model: set.model.clone(),
+        instance_summary: summary,
+    })
+}
+
+/// An activity-log entry for something a user asked for.
+pub fn user_event(state: &AppState, group: &str, resource: &str, operation: &str, message: String) -> ActivityEvent {
+    ActivityEvent {
+        seq: 0,
+        time: state.clock.now(),
+        resource_group: group.into(),
+        resource: resource.into(),
+        operation: operation.into(),
+        status: "Accepted".into(),
+        actor: Actor::User,
+        message,
+    }
+}

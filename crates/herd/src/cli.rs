@@ -1,0 +1,425 @@
+//! The command line, spelled like `az` so Azure users can carry their habits over.
+
+use crate::output::Format;
+use crate::server::DriverKind;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// herd: scale sets of full virtual machines on your own Linux hosts.
+///
+/// Describe one VM model and a count; herd makes reality match. `herd server` runs the API,
+/// the reconciler and the embedded store; every other command is a client of that server.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The herd server's URL.
+    #[arg(long, global = true, env = "HERD_SERVER", default_value = "http://127.0.0.1:7900")]
+    pub server: String,
+    /// API token. Default: read from the server's data dir (api-token).
+    #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where to find the token file when --token is not given (the server's --data-dir).
+    #[arg(long = "token-dir", global = true, env = "HERD_DATA_DIR")]
+    pub token_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value = "json")]
+    pub output: Format,
+    /// JMESPath query applied to the result, as in az (e.g. --query id -o tsv).
+    #[arg(long, global = true)]
+    pub query: Option<String>,
+    /// Return as soon as the request is accepted instead of waiting for it to take effect.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+    /// Seconds to wait for a change to take effect.
+    #[arg(long, global = true, default_value_t = 600)]
+    pub timeout: u64,
+    /// Do not show progress while waiting.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the herd server: API, reconcilers and the embedded store.
+    Server(ServerArgs),
+    /// Manage resource groups.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Manage virtual machine scale sets.
+    #[command(subcommand)]
+    Vmss(VmssCmd),
+    /// Manage the local image gallery.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Activity log and (later) metrics and autoscale.
+    #[command(subcommand)]
+    Monitor(MonitorCmd),
+    /// Start a server and a 3-instance scale set on the process driver, and show it working.
+    Demo(DemoArgs),
+    /// Measure herd: provisioning speed and API latency.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Print generated reference material (docs/cli.md, docs/openapi.json).
+    #[command(hide = true, subcommand)]
+    Gen(GenCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the store, the API token, images and instance data live.
+    /// Default: /var/lib/herd as root, else ~/.local/share/herd.
+    #[arg(long, env = "HERD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on. A non-loopback address sends the token in clear text: herd warns.
+    #[arg(long, default_value = "127.0.0.1:7900")]
+    pub listen: SocketAddr,
+    /// What runs instances.
+    #[arg(long, value_enum, default_value = "process")]
+    pub driver: DriverKind,
+    /// Server settings file (TOML): zones, extra SKUs, provisioning limits, sim behaviour.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Create a resource group (or update its tags).
+    Create {
+        #[arg(short, long)]
+        name: String,
+        /// Location label; herd runs on your hosts, so this is informational.
+        #[arg(short, long, default_value = "local")]
+        location: String,
+        /// Tags as key=value.
+        #[arg(long, num_args = 1..)]
+        tags: Vec<String>,
+    },
+    /// List resource groups.
+    List,
+    /// Show a resource group.
+    Show {
+        #[arg(short, long)]
+        name: String,
+    },
+    /// Delete a resource group and every scale set in it.
+    Delete {
+        #[arg(short, long)]
+        name: String,
+        /// Do not ask for confirmation (accepted for az compatibility; herd does not prompt).
+        #[arg(short, long)]
+        yes: bool,
+    },
+}
+
+/// `-g` and `-n` for one scale set.
+#[derive(Debug, Args, Clone)]
+pub struct SetRef {
+    /// Resource group.
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    /// Scale set name.
+    #[arg(short, long, visible_alias = "vmss-name")]
+    pub name: String,
+}
+
+/// Which instances an action applies to.
+#[derive(Debug, Args, Clone)]
+pub struct InstanceIds {
+    /// Instance ids as list-instances shows them, or '*' for all. Default: all.
+    #[arg(long = "instance-ids", num_args = 1..)]
+    pub ids: Vec<String>,
+}
+
+/// Which instances an action applies to; required.
+#[derive(Debug, Args, Clone)]
+pub struct RequiredInstanceIds {
+    /// Instance ids as list-instances shows them, or '*' for all.
+    #[arg(long = "instance-ids", num_args = 1.., required = true)]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmssCreate {
+    #[command(flatten)]
+    pub set: SetRef,
+    /// Image URN publisher:offer:sku:version ('latest' picks the highest version).
+    #[arg(long)]
+    pub image: String,
+    /// Number of instances (0 to 100; up to 1000 with --single-placement-group false).
+    #[arg(long, default_value_t = 2)]
+    pub instance_count: i64,
+    /// VM size.
+    #[arg(long, default_value = "Standard_DS1_v2")]
+    pub vm_sku: String,
+    #[arg(short, long, default_value = "local")]
+    pub location: String,
+    /// Admin user created in each VM.
+    #[arg(long, default_value = "azureuser")]
+    pub admin_username: String,
+    /// Admin password (12–123 characters). Stored apart from the model and never shown back.
+    #[arg(long)]
+    pub admin_password: Option<String>,
+    /// password, ssh or all.
+    #[arg(long, value_parser = ["password", "ssh", "all"])]
+    pub authentication_type: Option<String>,
+    /// SSH public keys (key text or a path to a .pub file).
+    #[arg(long = "ssh-key-values", visible_alias = "ssh-key-value", num_args = 1..)]
+    pub ssh_key_values: Vec<String>,
+    /// Computer name prefix (default: the set's name cut to 9 characters).
+    #[arg(long)]
+    pub computer_name_prefix: Option<String>,
+    /// Custom data (cloud-init) as text or a path to a file.
+    #[arg(long)]
+    pub custom_data: Option<String>,
+    /// Availability zones to spread instances over, e.g. --zones 1 2 3.
+    #[arg(short, long, num_args = 1..)]
+    pub zones: Vec<String>,
+    /// Fail any operation that would leave zones unbalanced.
+    #[arg(long)]
+    pub zone_balance: bool,
+    /// Manual, Automatic or Rolling.
+    #[arg(long, default_value = "Manual")]
+    pub upgrade_policy_mode: String,
+    /// Do not create extra instances during scale-out.
+    #[arg(long)]
+    pub disable_overprovision: bool,
+    /// true (max 100 instances) or false (max 1000).
+    #[arg(long)]
+    pub single_placement_group: Option<bool>,
+    #[arg(long)]
+    pub platform_fault_domain_count: Option<i64>,
+    /// Default, OldestVM or NewestVM.
+    #[arg(long)]
+    pub scale_in_policy: Option<String>,
+    /// Regular (Low and Spot come later).
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// Tags as key=value.
+    #[arg(long, num_args = 1..)]
+    pub tags: Vec<String>,
+    /// Uniform (Flexible comes later).
+    #[arg(long)]
+    pub orchestration_mode: Option<String>,
+    /// Load balancer name ("" for none). Not supported yet.
+    #[arg(long)]
+    pub lb: Option<String>,
+    /// Public IP for the load balancer. Not supported yet.
+    #[arg(long)]
+    pub public_ip_address: Option<String>,
+    /// Virtual network name. Not supported yet.
+    #[arg(long)]
+    pub vnet_name: Option<String>,
+    /// Subnet name or id. Not supported yet.
+    #[arg(long)]
+    pub subnet: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmssCmd {
+    /// Create a scale set and wait until its instances run.
+    Create(Box<VmssCreate>),
+    /// List the scale sets of a resource group.
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+    },
+    /// Show a scale set's model and instance summary.
+    Show(SetRef),
+    /// Delete a scale set and all its instances.
+    Delete(SetRef),
+    /// Change the capacity.
+    Scale {
+        #[command(flatten)]
+        set: SetRef,
+        #[arg(long)]
+        new_capacity: i64,
+    },
+    /// Change the model with az-style generic edits; all apply or none.
+    Update {
+        #[command(flatten)]
+        set: SetRef,
+        /// PATH=VALUE, e.g. --set upgradePolicy.mode=Automatic (VALUE is JSON or text).
+        #[arg(long = "set", num_args = 1.., value_name = "PATH=VALUE")]
+        set_ops: Vec<String>,
+        /// PATH VALUE: append VALUE (JSON) to the list at PATH.
+        #[arg(long, num_args = 2, value_names = ["PATH", "VALUE"], action = clap::ArgAction::Append)]
+        add: Vec<String>,
+        /// PATH [INDEX]: remove a list item, or the property at PATH.
+        #[arg(long, num_args = 1..=2, value_names = ["PATH", "INDEX"], action = clap::ArgAction::Append)]
+        remove: Vec<String>,
+        /// Only apply if the set's etag still matches.
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+    /// Bring instances to the latest model.
+    UpdateInstances {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: RequiredInstanceIds,
+    },
+    /// Recreate instances from the model's image.
+    Reimage {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: InstanceIds,
+    },
+    /// Start instances.
+    Start {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: InstanceIds,
+    },
+    /// Stop (power off) instances; they keep their resources.
+    Stop {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: InstanceIds,
+    },
+    /// Stop instances and release their compute; disks are kept.
+    Deallocate {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: InstanceIds,
+    },
+    /// Restart running instances.
+    Restart {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: InstanceIds,
+    },
+    /// Delete instances; capacity drops by as many.
+    DeleteInstances {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: RequiredInstanceIds,
+    },
+    /// List a set's instances.
+    ListInstances(SetRef),
+    /// Show the instance view of one instance (or the set's summary without --instance-id).
+    GetInstanceView {
+        #[command(flatten)]
+        set: SetRef,
+        #[arg(long)]
+        instance_id: Option<String>,
+    },
+    /// Wait for a condition on a scale set.
+    Wait {
+        #[command(flatten)]
+        set: SetRef,
+        /// Until it exists and has converged.
+        #[arg(long, group = "until")]
+        created: bool,
+        /// Until it has converged with every instance on the latest model.
+        #[arg(long, group = "until")]
+        updated: bool,
+        /// Until it is gone.
+        #[arg(long, group = "until")]
+        deleted: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Import an image into the gallery.
+    Import {
+        /// publisher:offer:sku:version
+        #[arg(long)]
+        urn: String,
+        /// A directory with an executable `init` (process-driver image).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// List images.
+    List,
+    /// Show an image ('latest' resolves to the highest version).
+    Show {
+        #[arg(long)]
+        urn: String,
+    },
+    /// Delete an image (refused while a scale set uses it).
+    Delete {
+        #[arg(long)]
+        urn: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MonitorCmd {
+    /// The activity log.
+    #[command(subcommand)]
+    ActivityLog(ActivityLogCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActivityLogCmd {
+    /// List activity-log events of a resource group, oldest first.
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        /// Only this resource (a scale set name).
+        #[arg(long)]
+        resource: Option<String>,
+        /// Only events newer than this, e.g. 30m, 1h, 2d.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many events (the newest).
+        #[arg(long, default_value_t = 500)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the server and the scale set running at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// Port for the demo server.
+    #[arg(long, default_value_t = 7911)]
+    pub port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Time from the API call to all instances running.
+    Provision {
+        #[arg(long, value_enum, default_value = "sim")]
+        driver: DriverKind,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Repeat and report each run.
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+    },
+    /// Latency of list-instances on a set of N instances (sim driver).
+    Api {
+        #[arg(long, default_value_t = 1000)]
+        instances: u64,
+        #[arg(long, default_value_t = 300)]
+        requests: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenCmd {
+    /// The CLI reference in Markdown.
+    CliDocs,
+    /// The OpenAPI document.
+    Openapi,
+}

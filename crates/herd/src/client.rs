@@ -1,0 +1,129 @@
+//! The CLI's HTTP client: finds the server and its token, and turns API errors into messages
+//! that name the field and the allowed values.
+
+use anyhow::{anyhow, Result};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// A connection to one herd server.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    token_source: String,
+    http: reqwest::Client,
+}
+
+/// An error the API returned, kept apart so callers can react to 404 and 409.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+impl Client {
+    /// `server` and `token` come from flags or the environment; without a token the token file in
+    /// `data_dir` (or the default data dir) is read.
+    pub fn new(server: &str, token: Option<String>, data_dir: Option<PathBuf>) -> Result<Self> {
+        let (token, token_source) = match token {
+            Some(t) => (Some(t), "--token/HERD_TOKEN".to_string()),
+            None => {
+                let dir = data_dir.unwrap_or_else(crate::server::default_data_dir);
+                let path = dir.join(herd_api::auth::TOKEN_FILE);
+                let t = std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+                (t, path.display().to_string())
+            }
+        };
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?;
+        Ok(Self { base: server.trim_end_matches('/').to_string(), token, token_source, http })
+    }
+
+    /// Sends a request; returns the JSON body (Null for empty bodies).
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!(
+                    "cannot reach the herd server at {} ({}); is 'herd server' running? Point to it with --server or HERD_SERVER",
+                    self.base,
+                    e
+                )
+            } else {
+                anyhow!("request to {url} failed: {e}")
+            }
+        })?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let value: Value = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let err = value.get("error");
+        let code = err.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("Error").to_string();
+        let mut message = err.and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
+        if let Some(target) = err.and_then(|e| e.get("target")).and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            if !message.starts_with(target) {
+                message = format!("{target}: {message}");
+            }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            message = match &self.token {
+                None => format!("{message}. No token was found in {}; pass --token or set HERD_TOKEN", self.token_source),
+                Some(_) => format!("{message}. The token from {} was refused", self.token_source),
+            };
+        }
+        Err(ApiFailure { status, code, message }.into())
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.call(Method::GET, path, None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call(Method::POST, path, Some(body), &[]).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call(Method::PUT, path, Some(body), &[]).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.call(Method::DELETE, path, None, &[]).await
+    }
+}
+
+/// True if `e` is an API 404.
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == StatusCode::NOT_FOUND)
+}
+
+/// Path of a scale set.
+pub fn set_path(group: &str, name: &str) -> String {
+    format!("/v1/resourceGroups/{}/virtualMachineScaleSets/{}", enc(group), enc(name))
+}
+
+/// Percent-encodes a path segment (names are validated server-side; this keeps odd input harmless).
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.:()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,351 @@
+//! What each subcommand does: build the request, send it, wait for convergence, print.
+
+use crate::cli::*;
+use crate::client::{enc, set_path, Client};
+use crate::output::{self, Columns, Format};
+use crate::wait::{self, Until};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+const SET_TABLE: Columns<'static> = &[("Name", "name"), ("ResourceGroup", "resourceGroup"), ("Location", "location"), ("Zones", "join(' ', zones)"), ("Sku", "sku.name"), ("Capacity", "sku.capacity"), ("UpgradePolicy", "upgradePolicy.mode"), ("ProvisioningState", "provisioningState"), ("Running", "instanceSummary.running")];
+const SET_TABLE_ONE: Columns<'static> = &[("Name", "name"), ("ResourceGroup", "resourceGroup"), ("Location", "location"), ("Zones", "join(' ', zones)"), ("Sku", "sku.name"), ("Capacity", "sku.capacity"), ("UpgradePolicy", "upgradePolicy.mode"), ("ModelGeneration", "modelGeneration"), ("ProvisioningState", "provisioningState"), ("Running", "instanceSummary.running")];
+const INSTANCE_TABLE: Columns<'static> = &[("InstanceId", "instanceId"), ("Name", "name"), ("ComputerName", "computerName"), ("Zone", "join(' ', zones)"), ("LatestModelApplied", "latestModelApplied"), ("ProvisioningState", "provisioningState"), ("PowerState", "powerState"), ("Address", "reachAddress"), ("Note", "(overprovisioned && 'overprovisioned extra') || deleteReason || lastError")];
+const ACTIVITY_TABLE: Columns<'static> = &[("Time", "time"), ("Resource", "resource"), ("Operation", "operation"), ("Status", "status"), ("Caller", "actor"), ("Message", "message")];
+const IMAGE_TABLE: Columns<'static> = &[("Urn", "urn"), ("Publisher", "publisher"), ("Offer", "offer"), ("Sku", "sku"), ("Version", "version")];
+const GROUP_TABLE: Columns<'static> = &[("Name", "name"), ("Location", "location"), ("State", "provisioningState")];
+
+struct Ctx {
+    client: Client,
+    format: Format,
+    query: Option<String>,
+    no_wait: bool,
+    timeout: Duration,
+    quiet: bool,
+}
+
+impl Ctx {
+    fn print(&self, v: &Value, table: Option<Columns<'_>>) -> Result<()> {
+        print!("{}", output::render(v, self.format, self.query.as_deref(), table)?);
+        Ok(())
+    }
+
+    async fn wait(&self, set: &SetRef, until: Until) -> Result<Option<Value>> {
+        wait::wait(&self.client, &set.group, &set.name, until, self.timeout, self.quiet).await
+    }
+}
+
+/// Runs one parsed command line.
+pub async fn dispatch(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Server(a) => {
+            return crate::server::run(crate::server::ServerOptions {
+                data_dir: a.data_dir.unwrap_or_else(crate::server::default_data_dir),
+                listen: a.listen,
+                driver: a.driver,
+                config: a.config,
+            })
+            .await
+        }
+        Command::Demo(a) => return crate::demo::run(a).await,
+        Command::Bench(b) => return crate::bench::run(b).await,
+        Command::Gen(GenCmd::CliDocs) => {
+            print!("{}", cli_docs());
+            return Ok(());
+        }
+        Command::Gen(GenCmd::Openapi) => {
+            println!("{}", herd_api::openapi::document());
+            return Ok(());
+        }
+        _ => {}
+    }
+    let ctx = Ctx {
+        client: Client::new(&g.server, g.token, g.token_dir)?,
+        format: g.output,
+        query: g.query,
+        no_wait: g.no_wait,
+        timeout: Duration::from_secs(g.timeout),
+        quiet: g.quiet,
+    };
+    match cli.command {
+        Command::Group(c) => group(&ctx, c).await,
+        Command::Vmss(c) => vmss(&ctx, c).await,
+        Command::Image(c) => image(&ctx, c).await,
+        Command::Monitor(MonitorCmd::ActivityLog(ActivityLogCmd::List { group, resource, since, limit })) => {
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(r) = resource {
+                q.push(format!("resource={}", enc(&r)));
+            }
+            if let Some(s) = since {
+                let d = humantime::parse_duration(&s).map_err(|e| anyhow!("--since '{s}': {e}; use forms like 30m, 1h, 2d"))?;
+                let t = chrono::Utc::now() - chrono::Duration::from_std(d)?;
+                q.push(format!("since={}", enc(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))));
+            }
+            let v = ctx.client.get(&format!("/v1/resourceGroups/{}/activityLog?{}", enc(&group), q.join("&"))).await?;
+            ctx.print(&v, Some(ACTIVITY_TABLE))
+        }
+        _ => unreachable!("handled above"),
+    }
+}
+
+fn tags(list: &[String]) -> Result<Map<String, Value>> {
+    let mut m = Map::new();
+    for t in list {
+        let (k, v) = t.split_once('=').unwrap_or((t.as_str(), ""));
+        if k.is_empty() {
+            bail!("--tags: '{t}' is not key=value");
+        }
+        m.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(m)
+}
+
+async fn group(ctx: &Ctx, c: GroupCmd) -> Result<()> {
+    match c {
+        GroupCmd::Create { name, location, tags: t } => {
+            let v = ctx.client.put(&format!("/v1/resourceGroups/{}", enc(&name)), &json!({"location": location, "tags": tags(&t)?})).await?;
+            ctx.print(&v, None)
+        }
+        GroupCmd::List => ctx.print(&ctx.client.get("/v1/resourceGroups").await?, Some(GROUP_TABLE)),
+        GroupCmd::Show { name } => ctx.print(&ctx.client.get(&format!("/v1/resourceGroups/{}", enc(&name))).await?, None),
+        GroupCmd::Delete { name, yes: _ } => {
+            let path = format!("/v1/resourceGroups/{}", enc(&name));
+            ctx.client.delete(&path).await?;
+            if ctx.no_wait {
+                return Ok(());
+            }
+            let start = std::time::Instant::now();
+            loop {
+                match ctx.client.get(&path).await {
+                    Err(e) if crate::client::is_not_found(&e) => return Ok(()),
+                    Err(e) => return Err(e),
+                    Ok(_) if start.elapsed() > ctx.timeout => bail!("timed out waiting for resource group '{name}' to be deleted"),
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
+    }
+}
+
+fn read_text_or_file(s: &str) -> Result<String> {
+    let p = std::path::Path::new(s);
+    if p.is_file() {
+        return std::fs::read_to_string(p).with_context(|| format!("reading {s}"));
+    }
+    Ok(s.to_string())
+}
+
+fn create_body(c: &VmssCreate) -> Result<Value> {
+    let urn = herd_model::ImageUrn::parse(&c.image).map_err(|e| anyhow!("--image: {}", e.message))?;
+    for (flag, v) in [("--lb", &c.lb), ("--public-ip-address", &c.public_ip_address), ("--vnet-name", &c.vnet_name), ("--subnet", &c.subnet)] {
+        if v.as_deref().is_some_and(|s| !s.is_empty()) {
+            bail!("{flag}: not supported yet: networks and load balancers arrive with the load-balancer work; omit it for now");
+        }
+    }
+    let mut os = json!({"adminUsername": c.admin_username});
+    if let Some(p) = &c.computer_name_prefix {
+        os["computerNamePrefix"] = json!(p);
+    }
+    let auth = c.authentication_type.clone().unwrap_or_else(|| if c.admin_password.is_some() { "password".into() } else { "ssh".into() });
+    if auth != "ssh" {
+        let pw = c.admin_password.as_ref().ok_or_else(|| anyhow!("--admin-password is required with --authentication-type {auth}"))?;
+        os["adminPassword"] = json!(pw);
+    }
+    let mut keys = Vec::new();
+    for k in &c.ssh_key_values {
+        let text = read_text_or_file(k)?;
+        keys.push(json!({"path": format!("/home/{}/.ssh/authorized_keys", c.admin_username), "keyData": text.trim()}));
+    }
+    if auth != "password" || !keys.is_empty() {
+        os["linuxConfiguration"] = json!({"disablePasswordAuthentication": auth == "ssh", "ssh": {"publicKeys": keys}});
+    }
+    if let Some(d) = &c.custom_data {
+        os["customData"] = json!(read_text_or_file(d)?);
+    }
+    let mut body = json!({
+        "location": c.location,
+        "sku": {"name": c.vm_sku, "capacity": c.instance_count},
+        "zones": c.zones,
+        "zoneBalance": c.zone_balance,
+        "overprovision": !c.disable_overprovision,
+        "upgradePolicy": {"mode": c.upgrade_policy_mode},
+        "tags": tags(&c.tags)?,
+        "virtualMachineProfile": {
+            "osProfile": os,
+            "storageProfile": {"imageReference": {"publisher": urn.publisher, "offer": urn.offer, "sku": urn.sku, "version": urn.version}},
+        }
+    });
+    if let Some(s) = c.single_placement_group {
+        body["singlePlacementGroup"] = json!(s);
+    }
+    if let Some(n) = c.platform_fault_domain_count {
+        body["platformFaultDomainCount"] = json!(n);
+    }
+    if let Some(p) = &c.scale_in_policy {
+        body["scaleInPolicy"] = json!({"rules": [p]});
+    }
+    if let Some(p) = &c.priority {
+        body["virtualMachineProfile"]["priority"] = json!(p);
+    }
+    if let Some(m) = &c.orchestration_mode {
+        body["orchestrationMode"] = json!(m);
+    }
+    Ok(body)
+}
+
+fn ids_body(ids: &[String]) -> Value {
+    if ids.is_empty() {
+        json!({})
+    } else {
+        json!({"instanceIds": ids})
+    }
+}
+
+async fn set_action(ctx: &Ctx, set: &SetRef, action: &str, ids: &[String], until: Until) -> Result<()> {
+    let v = ctx.client.post(&format!("{}/{action}", set_path(&set.group, &set.name)), &ids_body(ids)).await?;
+    if !ctx.no_wait {
+        ctx.wait(set, until).await?;
+    }
+    ctx.print(&v, None)
+}
+
+async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
+    match c {
+        VmssCmd::Create(c) => {
+            let body = create_body(&c)?;
+            let path = set_path(&c.set.group, &c.set.name);
+            let v = ctx.client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
+            let v = if ctx.no_wait { v } else { ctx.wait(&c.set, Until::Created).await?.unwrap_or(v) };
+            ctx.print(&v, Some(SET_TABLE_ONE))
+        }
+        VmssCmd::List { group } => {
+            ctx.print(&ctx.client.get(&format!("/v1/resourceGroups/{}/virtualMachineScaleSets", enc(&group))).await?, Some(SET_TABLE))
+        }
+        VmssCmd::Show(s) => ctx.print(&ctx.client.get(&set_path(&s.group, &s.name)).await?, Some(SET_TABLE_ONE)),
+        VmssCmd::Delete(s) => {
+            ctx.client.delete(&set_path(&s.group, &s.name)).await?;
+            if !ctx.no_wait {
+                ctx.wait(&s, Until::Deleted).await?;
+            }
+            Ok(())
+        }
+        VmssCmd::Scale { set, new_capacity } => {
+            let v = ctx.client.post(&format!("{}/scale", set_path(&set.group, &set.name)), &json!({"capacity": new_capacity})).await?;
+            let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
+            ctx.print(&v, Some(SET_TABLE_ONE))
+        }
+        VmssCmd::Update { set, set_ops, add, remove, if_match } => {
+            let mut ops = Vec::new();
+            for s in &set_ops {
+                let (path, value) = s.split_once('=').ok_or_else(|| anyhow!("--set '{s}': expected PATH=VALUE"))?;
+                ops.push(json!({"op": "set", "path": path, "value": value}));
+            }
+            for a in add.chunks(2) {
+                let [path, value] = a else { bail!("--add takes PATH VALUE") };
+                ops.push(json!({"op": "add", "path": path, "value": value}));
+            }
+            // --remove PATH [INDEX] may repeat; clap hands the values over flat, and a path is
+            // never a bare number, so a number is the index of the path before it.
+            for token in &remove {
+                match token.parse::<usize>() {
+                    Ok(i) => match ops.last_mut() {
+                        Some(op) if op["op"] == "remove" && op.get("index").is_none() => op["index"] = json!(i),
+                        _ => bail!("--remove {i}: an INDEX must follow a PATH"),
+                    },
+                    Err(_) => ops.push(json!({"op": "remove", "path": token})),
+                }
+            }
+            if ops.is_empty() {
+                bail!("nothing to update: give --set, --add or --remove");
+            }
+            let headers: Vec<(&str, &str)> = if_match.as_deref().map(|m| vec![("If-Match", m)]).unwrap_or_default();
+            let path = format!("{}/update", set_path(&set.group, &set.name));
+            let v = ctx.client.call(reqwest::Method::POST, &path, Some(&json!({"operations": ops})), &headers).await?;
+            // A model change in Manual mode leaves instances as they are, so wait only for the
+            // set's own state (capacity and power), not for the latest model.
+            let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
+            ctx.print(&v, Some(SET_TABLE_ONE))
+        }
+        VmssCmd::UpdateInstances { set, ids } => set_action(ctx, &set, "updateInstances", &ids.ids, Until::Created).await,
+        VmssCmd::Reimage { set, ids } => set_action(ctx, &set, "reimage", &ids.ids, Until::Created).await,
+        VmssCmd::Start { set, ids } => set_action(ctx, &set, "start", &ids.ids, Until::Created).await,
+        VmssCmd::Stop { set, ids } => set_action(ctx, &set, "stop", &ids.ids, Until::Created).await,
+        VmssCmd::Deallocate { set, ids } => set_action(ctx, &set, "deallocate", &ids.ids, Until::Created).await,
+        VmssCmd::Restart { set, ids } => set_action(ctx, &set, "restart", &ids.ids, Until::Created).await,
+        VmssCmd::DeleteInstances { set, ids } => set_action(ctx, &set, "deleteInstances", &ids.ids, Until::Created).await,
+        VmssCmd::ListInstances(s) => {
+            ctx.print(&ctx.client.get(&format!("{}/virtualMachines", set_path(&s.group, &s.name))).await?, Some(INSTANCE_TABLE))
+        }
+        VmssCmd::GetInstanceView { set, instance_id } => match instance_id {
+            Some(id) if id != "*" => {
+                let v = ctx.client.get(&format!("{}/virtualMachines/{}/instanceView", set_path(&set.group, &set.name), enc(&id))).await?;
+                ctx.print(&v, Some(&[("InstanceId", "instanceId"), ("ComputerName", "computerName"), ("Zone", "join(' ', zones)"), ("ProvisioningState", "provisioningState"), ("PowerState", "powerState"), ("LatestModelApplied", "latestModelApplied"), ("ModelGeneration", "modelGeneration"), ("Address", "reachAddress"), ("LastError", "lastError")]))
+            }
+            Some(_) => {
+                let v = ctx.client.get(&format!("{}/virtualMachines", set_path(&set.group, &set.name))).await?;
+                ctx.print(&v, Some(INSTANCE_TABLE))
+            }
+            None => {
+                let v = ctx.client.get(&set_path(&set.group, &set.name)).await?;
+                ctx.print(&json!({"provisioningState": v["provisioningState"], "modelGeneration": v["modelGeneration"], "instanceSummary": v["instanceSummary"]}), None)
+            }
+        },
+        VmssCmd::Wait { set, created, updated, deleted } => {
+            let until = if deleted {
+                Until::Deleted
+            } else if updated {
+                Until::Updated
+            } else if created {
+                Until::Created
+            } else {
+                bail!("say what to wait for: --created, --updated or --deleted");
+            };
+            ctx.wait(&set, until).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
+    match c {
+        ImageCmd::Import { urn, dir } => {
+            let dir = dir.canonicalize().with_context(|| format!("--dir {}", dir.display()))?;
+            let v = ctx.client.put(&format!("/v1/images/{}", enc(&urn)), &json!({"directory": dir})).await?;
+            ctx.print(&v, None)
+        }
+        ImageCmd::List => ctx.print(&ctx.client.get("/v1/images").await?, Some(IMAGE_TABLE)),
+        ImageCmd::Show { urn } => ctx.print(&ctx.client.get(&format!("/v1/images/{}", enc(&urn))).await?, None),
+        ImageCmd::Delete { urn } => {
+            ctx.client.delete(&format!("/v1/images/{}", enc(&urn))).await?;
+            Ok(())
+        }
+    }
+}
+
+/// The CLI reference, generated from the clap definitions (docs/cli.md).
+pub fn cli_docs() -> String {
+    use clap::CommandFactory;
+    let mut out = String::from("# herd CLI reference\n\nGenerated by `herd gen cli-docs` from the command definitions; CI fails when this file is stale.\n\n");
+    fn walk(cmd: &mut clap::Command, path: &str, out: &mut String) {
+        if cmd.is_hide_set() {
+            return;
+        }
+        let name = if path.is_empty() { cmd.get_name().to_string() } else { format!("{path} {}", cmd.get_name()) };
+        out.push_str(&format!("## `{name}`\n\n```text\n{}\n```\n\n", cmd.render_long_help().to_string().trim_end()));
+        let subs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+        for s in subs {
+            if s == "help" {
+                continue;
+            }
+            if let Some(sub) = cmd.find_subcommand_mut(&s) {
+                let mut sub = sub.clone();
+                walk(&mut sub, &name, out);
+            }
+        }
+    }
+    let mut root = Cli::command().term_width(100);
+    root.build();
+    walk(&mut root, "", &mut out);
+    out
+}

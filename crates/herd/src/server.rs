@@ -1,0 +1,233 @@
+//! `herd server`: the API, the reconciler and the embedded store in one process.
+
+use anyhow::{bail, Context, Result};
+use herd_api::{ApiConfig, AppState};
+use herd_driver::{
+    sim::{SimConfig, SimDriver},
+    Driver,
+};
+use herd_model::{clock::SystemClock, sku::SkuSize, sku::SkuTable};
+use herd_reconciler::{Limits, Reconciler, ReconcilerConfig};
+use herd_store::SqliteStore;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which driver runs instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverKind {
+    /// Each instance is a process tree started from an image directory.
+    Process,
+    /// Simulated in-memory instances (tests, benchmarks, trying herd out).
+    Sim,
+}
+
+/// `herd.toml`: server settings beyond the flags. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Zones this server offers (logical labels on one host). Default: 1 2 3.
+    pub zones: Option<Vec<String>>,
+    /// Capacity ceiling with singlePlacementGroup=false. Default: 1000.
+    pub max_capacity: Option<u64>,
+    /// Extra VM sizes: `[skus.Custom_Big] vcpus = 16, memory_mib = 65536`.
+    #[serde(default)]
+    pub skus: BTreeMap<String, SkuSize>,
+    #[serde(default)]
+    pub provisioning: ProvisioningConfig,
+    #[serde(default)]
+    pub sim: SimSettings,
+}
+
+/// `[provisioning]`: the fail-safe on instance creation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// Creations in flight, as a percentage of capacity (default 100).
+    pub max_in_flight_percent: Option<u64>,
+    /// ...but at least this many (default 20).
+    pub min_in_flight: Option<u64>,
+    /// Consecutive failed creations before a set stops creating (default 10).
+    pub failure_threshold: Option<u32>,
+    /// Driver calls in flight at once (default 64).
+    pub driver_concurrency: Option<usize>,
+}
+
+/// `[sim]`: how simulated instances behave.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimSettings {
+    pub boot_min_ms: Option<u64>,
+    pub boot_max_ms: Option<u64>,
+    pub failure_rate: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+/// Everything `herd server` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub driver: DriverKind,
+    pub config: Option<PathBuf>,
+}
+
+/// A running server (used in-process by `herd bench` and tests).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub token: String,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The default data dir: `/var/lib/herd` for root, else `$XDG_DATA_HOME/herd` or `~/.local/share/herd`.
+pub fn default_data_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/herd");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("herd");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/herd")
+}
+
+/// True when running as root (effective uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn load_config(path: Option<&Path>) -> Result<ServerConfig> {
+    let Some(path) = path else { return Ok(ServerConfig::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+}
+
+/// Starts the server's tasks and returns once it is listening.
+pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
+    let cfg = load_config(opts.config.as_deref())?;
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let data_dir = opts.data_dir.canonicalize()?;
+    let (token, _) = herd_api::auth::load_or_create_token(&data_dir).context("writing the API token")?;
+    let store = Arc::new(SqliteStore::open(&data_dir.join("herd.db")).context("opening the store")?);
+
+    let mut skus = SkuTable::default();
+    for (name, size) in cfg.skus {
+        skus.insert(name, size);
+    }
+    let zones = cfg.zones.unwrap_or_else(|| vec!["1".into(), "2".into(), "3".into()]);
+    if zones.is_empty() {
+        bail!("config: zones must list at least one zone");
+    }
+    let driver: Arc<dyn Driver> = match opts.driver {
+        DriverKind::Sim => {
+            let d = SimConfig::default();
+            Arc::new(SimDriver::new(SimConfig {
+                boot_min: cfg.sim.boot_min_ms.map_or(d.boot_min, Duration::from_millis),
+                boot_max: cfg.sim.boot_max_ms.map_or(d.boot_max, Duration::from_millis),
+                failure_rate: cfg.sim.failure_rate.unwrap_or(d.failure_rate),
+                seed: cfg.sim.seed.unwrap_or(d.seed),
+            }))
+        }
+        DriverKind::Process => {
+            let tag = format!("herd:{}", data_dir.display());
+            Arc::new(
+                herd_driver_process::ProcessDriver::new(data_dir.join("instances"), tag)
+                    .map_err(|e| anyhow::anyhow!("process driver: {e}"))?,
+            )
+        }
+    };
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_in_flight_percent: cfg.provisioning.max_in_flight_percent.unwrap_or(defaults.max_in_flight_percent),
+        min_in_flight: cfg.provisioning.min_in_flight.unwrap_or(defaults.min_in_flight),
+        failure_threshold: cfg.provisioning.failure_threshold.unwrap_or(defaults.failure_threshold),
+        ..defaults
+    };
+    let driver_name = driver.name().to_string();
+    let rec_config = ReconcilerConfig {
+        limits,
+        driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
+        skus: skus.clone(),
+        ..Default::default()
+    };
+    let clock = Arc::new(SystemClock);
+    let reconciler = Reconciler::new(store.clone(), driver, clock.clone(), rec_config);
+    let image_dir = data_dir.join("images");
+    std::fs::create_dir_all(&image_dir)?;
+    let state = AppState {
+        store,
+        wake: reconciler.waker(),
+        token: token.clone().into(),
+        clock,
+        config: Arc::new(ApiConfig {
+            skus,
+            zones,
+            max_capacity: cfg.max_capacity.unwrap_or(herd_model::scale_set::MULTI_PLACEMENT_GROUP_MAX),
+            image_dir,
+            driver: driver_name,
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening on a non-loopback address without TLS: the API token crosses the network in clear text");
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let rec_rx = rx.clone();
+    let reconcile_task = tokio::spawn(async move { reconciler.run(rec_rx).await });
+    let mut http_rx = rx;
+    let app = herd_api::router(state);
+    let http_task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = http_rx.wait_for(|v| *v).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok(RunningServer { addr, token, shutdown: tx, tasks: vec![reconcile_task, http_task] })
+}
+
+/// Runs `herd server` in the foreground until Ctrl-C or SIGTERM.
+pub async fn run(opts: ServerOptions) -> Result<()> {
+    let data_dir = opts.data_dir.clone();
+    let driver = opts.driver;
+    let server = start(opts).await?;
+    eprintln!(
+        "herd server listening on {} (driver {:?}, data dir {}, API token in {})",
+        server.url(),
+        driver,
+        data_dir.display(),
+        data_dir.join(herd_api::auth::TOKEN_FILE).display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("herd server stopping; instances keep running and are re-adopted at the next start");
+    server.stop().await;
+    Ok(())
+}
