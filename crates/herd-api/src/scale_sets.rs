@@ -233,7 +233,19 @@ pub async fn update(
         return Err(ApiError::invalid("operations", "give at least one --set, --add or --remove"));
     }
     let doc = serde_json::to_value(&cur.value.model).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let patched = patch::apply(&doc, &req.operations, READ_ONLY_FIELDS)?;
+    let mut patched = patch::apply(&doc, &req.operations, READ_ONLY_FIELDS)?;
+    // `--set tags.build=42` means the text "42" where the model wants text: as az does, a
+    // value that parsed as a number or boolean becomes a string when only a string fits.
+    for _ in 0..req.operations.len() {
+        match ScaleSetModel::from_json(patched.clone()) {
+            Err(e) if e.message.contains("expected a string") => {
+                let Some(op) = req.operations.iter().find(|op| matches!(op, patch::PatchOp::Set { path, .. } if path.eq_ignore_ascii_case(&e.field))) else { break };
+                let patch::PatchOp::Set { path, value } = op else { break };
+                patched = patch::apply(&patched, &[patch::PatchOp::Set { path: path.clone(), value: serde_json::to_string(value).unwrap_or_default() }], READ_ONLY_FIELDS)?;
+            }
+            _ => break,
+        }
+    }
     let (model, secrets) = prepare(&state, &cur.value.name, patched)?;
     let described: Vec<String> = req
         .operations

@@ -156,7 +156,7 @@ pub struct VmssCreate {
     #[arg(long)]
     pub image: String,
     /// Number of instances (0 to 100; up to 1000 with --single-placement-group false).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     pub instance_count: i64,
     /// VM size.
     #[arg(long, default_value = "Standard_DS1_v2")]
@@ -241,7 +241,7 @@ pub enum VmssCmd {
     Scale {
         #[command(flatten)]
         set: SetRef,
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         new_capacity: i64,
     },
     /// Change the model with az-style generic edits; all apply or none.

@@ -1,0 +1,232 @@
+//! The foundation as a user meets it: the real `herd` CLI against a real `herd server` on the
+//! simulated driver.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn setup() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("sim", &dir.path().join("data"), Some(SIM_CONFIG));
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.ok(&["group", "create", "-n", "web-rg", "-l", "local"]);
+    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.1", "--dir", img.to_str().unwrap()]);
+    (dir, s)
+}
+
+const SET: [&str; 4] = ["-g", "web-rg", "-n", "webscaleset"];
+
+fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = cmd.to_vec();
+    v.extend_from_slice(&SET);
+    v.extend_from_slice(extra);
+    v
+}
+
+fn create(s: &Server, count: &str) {
+    s.ok(&with(&["vmss", "create"], &[
+        "--image", "Herd:TestGuest:1:1.0.0", "--instance-count", count, "--vm-sku", "Standard_B1ms",
+        "--zones", "1", "2", "3", "--upgrade-policy-mode", "Manual", "--admin-password", "correct-horse-battery",
+        "--quiet",
+    ]));
+}
+
+fn instances(s: &Server) -> Vec<Value> {
+    s.json(&with(&["vmss", "list-instances"], &[])).as_array().unwrap().clone()
+}
+
+fn counted(s: &Server) -> Vec<Value> {
+    instances(s).into_iter().filter(|i| i["overprovisioned"] == false && i["goal"] != "Deleted").collect()
+}
+
+#[test]
+fn foundation_commands_end_to_end() {
+    let (_d, s) = setup();
+    create(&s, "3");
+    let set = s.json(&with(&["vmss", "show"], &[]));
+    assert_eq!(set["sku"]["capacity"], 3);
+    assert_eq!(set["provisioningState"], "Succeeded");
+    assert_eq!(set["virtualMachineProfile"]["osProfile"]["computerNamePrefix"], "webscales");
+    assert!(set.to_string().find("correct-horse").is_none(), "the password is never returned");
+    let id = s.ok(&with(&["vmss", "show"], &["--query", "id", "-o", "tsv"]));
+    assert_eq!(id.trim(), "/resourceGroups/web-rg/providers/Microsoft.Compute/virtualMachineScaleSets/webscaleset");
+
+    let list = instances(&s);
+    assert_eq!(list.len(), 3, "extras are gone once the set has converged: {list:#?}");
+    let mut zones: Vec<&str> = list.iter().map(|i| i["zones"][0].as_str().unwrap()).collect();
+    zones.sort();
+    assert_eq!(zones, ["1", "2", "3"]);
+    for i in &list {
+        let id: u64 = i["instanceId"].as_str().unwrap().parse().unwrap();
+        assert_eq!(i["computerName"].as_str().unwrap(), format!("webscales{id:06}"), "base 36 below 10 is decimal");
+        assert_eq!(i["latestModelApplied"], true);
+        assert_eq!(i["powerState"], "running");
+    }
+    let table = s.ok(&with(&["vmss", "list-instances"], &["-o", "table"]));
+    assert!(table.lines().next().unwrap().starts_with("InstanceId"), "{table}");
+
+    // Scale out and in; ids are never reused.
+    s.ok(&with(&["vmss", "scale"], &["--new-capacity", "10", "--quiet"]));
+    let ten = counted(&s);
+    assert_eq!(ten.len(), 10);
+    let max_id = ten.iter().map(|i| i["instanceId"].as_str().unwrap().parse::<u64>().unwrap()).max().unwrap();
+    s.ok(&with(&["vmss", "scale"], &["--new-capacity", "4", "--quiet"]));
+    assert_eq!(counted(&s).len(), 4);
+    s.ok(&with(&["vmss", "update"], &["--set", "sku.capacity=5", "--quiet"]));
+    let five = counted(&s);
+    assert_eq!(five.len(), 5);
+    assert!(five.iter().any(|i| i["instanceId"].as_str().unwrap().parse::<u64>().unwrap() > max_id), "a new id, not a reused one");
+
+    // Power operations on chosen instances.
+    let ids: Vec<String> = five.iter().map(|i| i["instanceId"].as_str().unwrap().to_string()).collect();
+    s.ok(&with(&["vmss", "stop"], &["--instance-ids", &ids[0], &ids[1], "--quiet"]));
+    let power = |id: &str| instances(&s).into_iter().find(|i| i["instanceId"] == id).unwrap()["powerState"].clone();
+    assert_eq!(power(&ids[0]), "stopped");
+    assert_eq!(power(&ids[2]), "running");
+    s.ok(&with(&["vmss", "deallocate"], &["--instance-ids", &ids[0], "--quiet"]));
+    assert_eq!(power(&ids[0]), "deallocated");
+    s.ok(&with(&["vmss", "start"], &["--instance-ids", "*", "--quiet"]));
+    assert!(instances(&s).iter().all(|i| i["powerState"] == "running"));
+    s.ok(&with(&["vmss", "restart"], &["--instance-ids", &ids[2], "--quiet"]));
+    let view = s.json(&with(&["vmss", "get-instance-view"], &["--instance-id", &ids[2]]));
+    assert_eq!(view["statuses"][1]["code"], "PowerState/running");
+
+    // A model change: Manual policy leaves instances on the old model until update-instances.
+    s.ok(&with(&["vmss", "update"], &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--quiet"]));
+    let set = s.json(&with(&["vmss", "show"], &[]));
+    assert_eq!(set["modelGeneration"], 2);
+    assert!(instances(&s).iter().all(|i| i["latestModelApplied"] == false));
+    s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", &ids[3], "--quiet"]));
+    let latest: Vec<Value> = instances(&s).into_iter().filter(|i| i["latestModelApplied"] == true).collect();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0]["instanceId"], ids[3].as_str());
+    s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", "*", "--quiet"]));
+    s.ok(&with(&["vmss", "wait"], &["--updated", "--quiet"]));
+    assert!(instances(&s).iter().all(|i| i["latestModelApplied"] == true));
+    s.ok(&with(&["vmss", "reimage"], &["--instance-ids", &ids[4], "--quiet"]));
+
+    // Capacity and policy edits do not bump the model generation.
+    s.ok(&with(&["vmss", "update"], &["--set", "upgradePolicy.mode=Automatic", "--set", "tags.env=test", "--quiet"]));
+    assert_eq!(s.json(&with(&["vmss", "show"], &[]))["modelGeneration"], 2);
+    s.ok(&with(&["vmss", "update"], &["--set", "tags.team=web", "--remove", "tags.env", "--quiet"]));
+    let tags = s.json(&with(&["vmss", "show"], &["--query", "tags"]));
+    assert_eq!(tags, serde_json::json!({"team": "web"}));
+
+    // Delete one instance: capacity follows.
+    s.ok(&with(&["vmss", "delete-instances"], &["--instance-ids", &ids[1], "--quiet"]));
+    assert_eq!(s.json(&with(&["vmss", "show"], &["--query", "sku.capacity"])), 4);
+    assert!(counted(&s).iter().all(|i| i["instanceId"] != ids[1].as_str()));
+
+    // Capacity 0 keeps the model.
+    s.ok(&with(&["vmss", "scale"], &["--new-capacity", "0", "--quiet"]));
+    assert!(instances(&s).is_empty());
+    let set = s.json(&with(&["vmss", "show"], &[]));
+    assert_eq!(set["virtualMachineProfile"]["storageProfile"]["imageReference"]["version"], "1.0.1");
+
+    // The activity log tells the story.
+    let log = s.json(&["monitor", "activity-log", "list", "-g", "web-rg", "--resource", "webscaleset", "--since", "1h"]);
+    let ops: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["operation"].as_str().unwrap()).collect();
+    for op in ["CreateScaleSet", "CreateInstances", "Scale", "UpdateScaleSet", "stop", "deallocate", "updateInstances", "deleteInstances", "DeleteInstances"] {
+        assert!(ops.contains(&op), "activity log lacks {op}: {ops:?}");
+    }
+    assert!(log.to_string().contains("overprovisioned extra"), "overprovisioning is shown honestly");
+    assert!(!log.to_string().contains("correct-horse"));
+
+    s.ok(&with(&["vmss", "list"], &[]).iter().take(2).chain(["-g", "web-rg"].iter()).copied().collect::<Vec<_>>());
+    s.ok(&with(&["vmss", "delete"], &["--quiet"]));
+    s.err(&with(&["vmss", "show"], &[]));
+    s.ok(&["vmss", "wait", "-g", "web-rg", "-n", "webscaleset", "--deleted", "--quiet"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let (_d, s) = setup();
+    create(&s, "3");
+    let before = s.json(&with(&["vmss", "show"], &[]));
+    let base = ["vmss", "create", "-g", "web-rg", "-n", "other", "--vm-sku", "Standard_B1ms", "--quiet"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["vmss", "create", "-g", "nope-rg", "-n", "x", "--image", "Herd:TestGuest:1:1.0.0"], "resource group 'nope-rg' does not exist"),
+        (with(&["vmss", "create"], &["--image", "Herd:TestGuest:1:1.0.0"]), "already exists"),
+        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--instance-count", "101"]].concat(), "singlePlacementGroup=false"),
+        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--instance-count", "-1"]].concat(), "sku.capacity"),
+        (vec!["vmss", "create", "-g", "web-rg", "-n", "other", "--image", "Herd:TestGuest:1:1.0.0", "--vm-sku", "Huge_VM"], "allowed values"),
+        ([&base[..], &["--image", "Herd:Nothing:1:1.0.0"]].concat(), "not in the gallery"),
+        ([&base[..], &["--image", "Herd:TestGuest:1"]].concat(), "publisher:offer:sku:version"),
+        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--zones", "1", "7"]].concat(), "zones[1]"),
+        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--upgrade-policy-mode", "Sometimes"]].concat(), "Manual, Automatic, Rolling"),
+        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--priority", "Spot"]].concat(), "not supported yet"),
+        (with(&["vmss", "scale"], &["--new-capacity", "101"]), "sku.capacity"),
+        (with(&["vmss", "delete-instances"], &["--instance-ids", "9999"]), "9999 do not exist"),
+        (with(&["vmss", "stop"], &["--instance-ids", "abc"]), "instanceIds[0]"),
+        (with(&["vmss", "update"], &["--set", "upgradePolicy.mode=Sometimes"]), "upgradePolicy.mode"),
+        (with(&["vmss", "update"], &["--set", "virtualMachineProfile.bogus=1"]), "bogus"),
+        (with(&["vmss", "update"], &["--set", "id=x"]), "read-only"),
+        (with(&["vmss", "update"], &["--remove", "zones", "7"]), "out of range"),
+        (with(&["vmss", "update"], &["--remove", "zones", "0"]), "changing the zones"),
+        (with(&["vmss", "update"], &["--set", "sku.capacity=5", "--set", "automaticRepairsPolicy.enabled=true"]), "not supported yet"),
+        (with(&["vmss", "update"], &["--set", "sku.capacity=4", "--if-match", "\"1\""]), "If-Match"),
+    ];
+    for (args, expect) in cases {
+        let err = s.err(&args);
+        assert!(err.contains(expect), "herd {}: expected '{expect}' in:\n{err}", args.join(" "));
+    }
+    let after = s.json(&with(&["vmss", "show"], &[]));
+    assert_eq!(before["etag"], after["etag"], "no bad request changed the set");
+    assert_eq!(after["sku"]["capacity"], 3, "the valid --set next to an invalid one was not applied");
+    assert_eq!(instances(&s).len(), 3);
+    assert_eq!(s.json(&["vmss", "list", "-g", "web-rg"]).as_array().unwrap().len(), 1);
+    // Deleting an image in use is refused.
+    assert!(s.err(&["image", "delete", "--urn", "Herd:TestGuest:1:1.0.0"]).contains("in use"));
+}
+
+#[tokio::test]
+async fn tokens_etags_and_conflicts_over_http() {
+    let (_d, s) = setup();
+    create(&s, "1");
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/resourceGroups/web-rg/virtualMachineScaleSets/webscaleset", s.url);
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no token, no access");
+    let r = http.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let token = s.token();
+    let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let body = serde_json::json!({"operations": [{"op": "set", "path": "tags.a", "value": "1"}]});
+    let r = http.post(format!("{url}/update")).bearer_auth(&token).header("If-Match", &etag).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.post(format!("{url}/update")).bearer_auth(&token).header("If-Match", &etag).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 412, "a stale etag is refused");
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "PreconditionFailed");
+    let r = http.get(format!("{}/openapi.json", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["paths"]["/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/update"].is_object());
+    let r = http.put(&url).bearer_auth(&token).header("If-None-Match", "*").json(&serde_json::json!({"sku": {"name": "Standard_B1ms", "capacity": 1}})).send().await.unwrap();
+    assert!(r.status() == 409 || r.status() == 400, "create-only on an existing set is refused: {}", r.status());
+}
+
+#[test]
+fn wait_fails_when_provisioning_is_suspended() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("sim", &dir.path().join("data"), Some("[sim]\nboot_min_ms = 1\nboot_max_ms = 2\nfailure_rate = 1.0\n[provisioning]\nfailure_threshold = 3\n"));
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.ok(&["group", "create", "-n", "web-rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    let out = s.herd(&with(&["vmss", "create"], &["--image", "Herd:TestGuest:1:1.0.0", "--instance-count", "2", "--vm-sku", "Standard_B1ms", "--quiet", "--timeout", "120"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("suspended"), "{err}");
+    let set = s.json(&with(&["vmss", "show"], &[]));
+    assert_eq!(set["provisioningState"], "Failed");
+    let log = s.json(&["monitor", "activity-log", "list", "-g", "web-rg"]);
+    assert!(log.to_string().contains("ProvisioningSuspended"));
+    let n = instances(&s).len();
+    std::thread::sleep(Duration::from_millis(10));
+    assert!(n <= 3, "no runaway creation: {n} instances");
+}

@@ -1,0 +1,140 @@
+//! A real `herd server` process for CLI tests, and helpers to run the real `herd` CLI against it.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub driver: String,
+    config: Option<PathBuf>,
+}
+
+impl Server {
+    /// Starts `herd server` on a free loopback port and waits until it listens.
+    pub fn start(driver: &str, data_dir: &Path, config: Option<&str>) -> Server {
+        let config = config.map(|c| {
+            let p = data_dir.with_extension("toml");
+            std::fs::write(&p, c).unwrap();
+            p
+        });
+        let mut s = Server { child: None, url: String::new(), data_dir: data_dir.to_path_buf(), driver: driver.into(), config };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(HERD);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--driver", &self.driver]).arg("--data-dir").arg(&self.data_dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn herd server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                if std::env::var_os("HERD_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        self.url = rx.recv_timeout(Duration::from_secs(30)).expect("server announced its address");
+        self.child = Some(child);
+    }
+
+    /// `kill -9`, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data dir (new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn herd(&self, args: &[&str]) -> Output {
+        Command::new(HERD)
+            .args(args)
+            .env("HERD_SERVER", &self.url)
+            .env("HERD_DATA_DIR", &self.data_dir)
+            .env_remove("HERD_TOKEN")
+            .output()
+            .expect("run herd")
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.herd(args);
+        assert!(
+            out.status.success(),
+            "herd {} failed:\n{}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON output")
+    }
+
+    /// Runs a command that must fail; returns stderr.
+    pub fn err(&self, args: &[&str]) -> String {
+        let out = self.herd(args);
+        assert!(!out.status.success(), "herd {} should have failed but printed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("api-token")).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes an image directory whose `init` runs `body`.
+pub fn image_dir(dir: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let init = dir.join("init");
+    std::fs::write(&init, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.to_path_buf()
+}
+
+pub const SIM_CONFIG: &str = "[sim]\nboot_min_ms = 5\nboot_max_ms = 30\n";
