@@ -1,0 +1,75 @@
+//! Crash safety on real processes: `kill -9` of `herd server` in the middle of a 0 → 200
+//! scale-out, then a restart, converges to exactly 200 running instances with no duplicate ids
+//! and no orphan processes.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Instance processes of this test's server: pids whose environment names our data dir's tag,
+/// grouped by instance key, counting only process-group leaders.
+fn instance_processes(data_dir: &std::path::Path) -> Vec<(u32, String)> {
+    let tag = format!("HERD_DRIVER_TAG=herd:{}", data_dir.canonicalize().unwrap().display());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.first() == Some(&"Z") || fields.get(2) != Some(&pid.to_string().as_str()) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let vars: Vec<String> = env.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        if vars.iter().any(|v| *v == tag) {
+            let key = vars.iter().find_map(|v| v.strip_prefix("HERD_INSTANCE_KEY=")).unwrap_or("").to_string();
+            out.push((pid, key));
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_mid_scale_out_then_restart_converges_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start("process", &data, Some("[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 10\n"));
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.ok(&["group", "create", "-n", "rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:Sleeper:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&[
+        "vmss", "create", "-g", "rg", "-n", "web", "--image", "Herd:Sleeper:1:1.0.0", "--instance-count", "0",
+        "--vm-sku", "Standard_B1s", "--single-placement-group", "false", "--quiet",
+    ]);
+    s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "200", "--no-wait"]);
+    // Kill on observed state, not on a timer.
+    let seen = wait_for("20 or more instances", Duration::from_secs(120), || {
+        let n = instance_processes(&data).len();
+        (n >= 20).then_some(n)
+    });
+    s.kill9();
+    let after_kill = instance_processes(&data).len();
+    assert!((20..200).contains(&seen) && after_kill < 200, "the crash happened mid-way: {seen} seen, {after_kill} after the kill");
+
+    s.restart();
+    s.ok(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "300"]);
+    let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 200, "exactly 200 instances");
+    let ids: BTreeSet<&str> = list.iter().map(|i| i["instanceId"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 200, "no duplicate ids");
+    assert!(list.iter().all(|i| i["powerState"] == "running"));
+    let procs = wait_for("exactly 200 instance processes", Duration::from_secs(60), || {
+        let p = instance_processes(&data);
+        (p.len() == 200).then_some(p)
+    });
+    let keys: BTreeSet<String> = procs.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(keys.len(), 200, "one process tree per instance");
+    let expected: BTreeSet<String> = ids.iter().map(|id| format!("rg/web/{id}")).collect();
+    assert_eq!(keys, expected, "every process belongs to a recorded instance: no orphans");
+
+    s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet", "--timeout", "300"]);
+    wait_for("no instance processes left", Duration::from_secs(60), || instance_processes(&data).is_empty().then_some(()));
+}
