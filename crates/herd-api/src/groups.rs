@@ -23,7 +23,11 @@ pub async fn server_info(State(state): State<AppState>) -> Json<ServerInfo> {
         driver: c.driver.clone(),
         zones: c.zones.clone(),
         max_capacity: c.max_capacity,
-        skus: c.skus.iter().map(|(n, s)| SkuInfo { name: n.clone(), vcpus: s.vcpus, memory_mib: s.memory_mib }).collect(),
+        skus: c
+            .skus
+            .iter()
+            .map(|(n, s)| SkuInfo { name: n.clone(), vcpus: s.vcpus, memory_mib: s.memory_mib })
+            .collect(),
     })
 }
 
@@ -51,7 +55,8 @@ pub async fn create(
             return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
         }
     }
-    let location = req.location.unwrap_or_else(|| existing.as_ref().map_or("local".into(), |e| e.value.location.clone()));
+    let location =
+        req.location.unwrap_or_else(|| existing.as_ref().map_or("local".into(), |e| e.value.location.clone()));
     if location.is_empty() || !location.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(ApiError::invalid("location", "use letters, digits and '-' (for example 'local')"));
     }
@@ -66,7 +71,13 @@ pub async fn create(
     let verb = if existing.is_some() { "updated" } else { "created" };
     state.store.txn(vec![
         WriteOp::put(Kind::Group, name.as_str(), &rg, expect)?,
-        WriteOp::Activity(views::user_event(&state, name.as_str(), "", "WriteResourceGroup", format!("resource group {verb}"))),
+        WriteOp::Activity(views::user_event(
+            &state,
+            name.as_str(),
+            "",
+            "WriteResourceGroup",
+            format!("resource group {verb}"),
+        )),
     ])?;
     let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
     Ok((code, Json(rg)))
@@ -132,7 +143,8 @@ pub async fn activity_log(
 ) -> Result<Json<Vec<ActivityEvent>>, ApiError> {
     views::group_name(&group)?;
     let exists = state.store.get(Kind::Group, &group)?.is_some();
-    let filter = ActivityFilter { resource_group: Some(group.clone()), resource: q.resource, since: q.since, limit: q.limit };
+    let filter =
+        ActivityFilter { resource_group: Some(group.clone()), resource: q.resource, since: q.since, limit: q.limit };
     let events = state.store.activity(&filter)?;
     if !exists && events.is_empty() {
         return Err(ApiError::NotFound(format!("resource group '{group}' does not exist")));

@@ -76,7 +76,8 @@ pub async fn import(
         return Err(ApiError::invalid("directory", format!("'{}' is not a directory", src.display())));
     }
     let init = src.join("init");
-    let executable = std::fs::metadata(&init).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let executable =
+        std::fs::metadata(&init).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     if !executable {
         return Err(ApiError::Invalid(FieldError::new(
             "directory",
@@ -104,7 +105,13 @@ pub async fn import(
     };
     state.store.txn(vec![
         WriteOp::put(Kind::Image, key, &img, Expect::Absent)?,
-        WriteOp::Activity(views::user_event(&state, "", &img.urn, "ImportImage", format!("image imported from {}", src.display()))),
+        WriteOp::Activity(views::user_event(
+            &state,
+            "",
+            &img.urn,
+            "ImportImage",
+            format!("image imported from {}", src.display()),
+        )),
     ])?;
     Ok((StatusCode::CREATED, Json(img)))
 }
@@ -116,7 +123,10 @@ pub async fn import(
 pub async fn show(State(state): State<AppState>, Path(urn): Path<String>) -> Result<Json<Image>, ApiError> {
     let u = parse_urn(&urn)?;
     let all: Vec<Image> = state.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect();
-    image::resolve(&all, &u).cloned().map(Json).ok_or_else(|| ApiError::NotFound(format!("image {u} is not in the gallery")))
+    image::resolve(&all, &u)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("image {u} is not in the gallery")))
 }
 
 /// Deletes an image, unless a scale set's model uses it.
@@ -126,7 +136,10 @@ pub async fn show(State(state): State<AppState>, Path(urn): Path<String>) -> Res
 pub async fn delete(State(state): State<AppState>, Path(urn): Path<String>) -> Result<StatusCode, ApiError> {
     let u = parse_urn(&urn)?;
     let key = Image::key(&u);
-    let obj = state.store.get_as::<Image>(Kind::Image, &key)?.ok_or_else(|| ApiError::NotFound(format!("image {u} is not in the gallery")))?;
+    let obj = state
+        .store
+        .get_as::<Image>(Kind::Image, &key)?
+        .ok_or_else(|| ApiError::NotFound(format!("image {u} is not in the gallery")))?;
     let all: Vec<Image> = state.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect();
     let users: Vec<String> = state
         .store
@@ -146,7 +159,10 @@ pub async fn delete(State(state): State<AppState>, Path(urn): Path<String>) -> R
         .map(|s| s.key)
         .collect();
     if !users.is_empty() {
-        return Err(ApiError::Conflict(format!("image {u} is in use by scale set(s) {}; change their image first", users.join(", "))));
+        return Err(ApiError::Conflict(format!(
+            "image {u} is in use by scale set(s) {}; change their image first",
+            users.join(", ")
+        )));
     }
     state.store.txn(vec![
         WriteOp::delete(Kind::Image, key, Expect::Revision(obj.revision)),

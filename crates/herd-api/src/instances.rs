@@ -55,11 +55,16 @@ pub async fn list(
     Ok(Json(recs.iter().map(|o| o.value.view(&set.value)).collect()))
 }
 
-fn find(state: &AppState, group: &str, name: &str, id: &str) -> Result<(herd_model::scale_set::StoredScaleSet, InstanceRecord), ApiError> {
+fn find(
+    state: &AppState,
+    group: &str,
+    name: &str,
+    id: &str,
+) -> Result<(herd_model::scale_set::StoredScaleSet, InstanceRecord), ApiError> {
     let set = views::load_set(state, group, name)?;
-    let n: u64 = id
-        .parse()
-        .map_err(|_| ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)"))))?;
+    let n: u64 = id.parse().map_err(|_| {
+        ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
+    })?;
     let key = instance_store_key(&set.value.key(), InstanceId(n));
     let rec = state
         .store
@@ -121,7 +126,8 @@ pub async fn instance_view(
     Ok(Json(InstanceViewDetail { instance: view, statuses }))
 }
 
-const ACTIONS: &[&str] = &["start", "stop", "powerOff", "deallocate", "restart", "reimage", "updateInstances", "deleteInstances"];
+const ACTIONS: &[&str] =
+    &["start", "stop", "powerOff", "deallocate", "restart", "reimage", "updateInstances", "deleteInstances"];
 
 /// Runs an instance action on the given instances (`["*"]` or no body: all of them).
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", tag = "instances",
@@ -224,7 +230,8 @@ pub async fn action(
         applied.push(InstanceId(*id));
     }
 
-    let mut message = format!("{action} instance(s) {}", if applied.is_empty() { "none".into() } else { id_list(&applied) });
+    let mut message =
+        format!("{action} instance(s) {}", if applied.is_empty() { "none".into() } else { id_list(&applied) });
     if *action == "deleteInstances" && !applied.is_empty() {
         // As in Azure, deleting instances lowers the capacity by as many.
         let mut next = set.value.clone();

@@ -48,7 +48,11 @@ fn check_image(state: &AppState, model: &ScaleSetModel) -> Result<(), ApiError> 
 }
 
 /// Parses, defaults and validates a model; returns it with its secrets taken out.
-fn prepare(state: &AppState, name: &herd_model::ScaleSetName, body: Value) -> Result<(ScaleSetModel, Secrets), ApiError> {
+fn prepare(
+    state: &AppState,
+    name: &herd_model::ScaleSetName,
+    body: Value,
+) -> Result<(ScaleSetModel, Secrets), ApiError> {
     let mut model = ScaleSetModel::from_json(body)?;
     model.apply_defaults(name);
     model.validate(&state.validation())?;
@@ -68,7 +72,10 @@ fn commit(
 ) -> Result<Object<StoredScaleSet>, ApiError> {
     let old = &cur.value;
     if model.zones != old.model.zones {
-        return Err(ApiError::Invalid(FieldError::not_supported("zones", "changing the zones of an existing scale set")));
+        return Err(ApiError::Invalid(FieldError::not_supported(
+            "zones",
+            "changing the zones of an existing scale set",
+        )));
     }
     let mut next = old.clone();
     let bump = old.model.vm_model_differs(&model) || !secrets.is_empty();
@@ -97,7 +104,10 @@ fn commit(
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets", tag = "scale sets",
     params(("group" = String, Path)),
     responses((status = 200, body = Vec<ScaleSetView>), (status = 404, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>, Path(group): Path<String>) -> Result<Json<Vec<ScaleSetView>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<ScaleSetView>>, ApiError> {
     views::load_group(&state, &group)?;
     let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &format!("{group}/"))?;
     Ok(Json(sets.iter().map(|s| views::set_view(&state, s)).collect::<Result<_, _>>()?))
@@ -157,7 +167,13 @@ pub async fn create_or_replace(
                 "scale set created: {} x {}, image {}, upgrade policy {}",
                 set.model.sku.capacity,
                 set.model.sku.name,
-                set.model.virtual_machine_profile.storage_profile.image_reference.urn().map(|u| u.to_string()).unwrap_or_default(),
+                set.model
+                    .virtual_machine_profile
+                    .storage_profile
+                    .image_reference
+                    .urn()
+                    .map(|u| u.to_string())
+                    .unwrap_or_default(),
                 set.model.upgrade_policy.mode
             );
             let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?];
@@ -182,7 +198,10 @@ pub async fn create_or_replace(
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", tag = "scale sets",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = ScaleSetView), (status = 404, body = ErrorBody)))]
-pub async fn show(State(state): State<AppState>, Path((group, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let cur = views::load_set(&state, &group, &name)?;
     Ok(with_etag(StatusCode::OK, views::set_view(&state, &cur)?))
 }
@@ -205,7 +224,13 @@ pub async fn delete(
     next.deleting = true;
     state.store.txn(vec![
         WriteOp::put(Kind::ScaleSet, cur.key.clone(), &next, Expect::Revision(cur.revision))?,
-        WriteOp::Activity(views::user_event(&state, &group, &name, "DeleteScaleSet", "scale set deletion started".into())),
+        WriteOp::Activity(views::user_event(
+            &state,
+            &group,
+            &name,
+            "DeleteScaleSet",
+            "scale set deletion started".into(),
+        )),
     ])?;
     state.wake();
     Ok(StatusCode::ACCEPTED)
@@ -239,9 +264,22 @@ pub async fn update(
     for _ in 0..req.operations.len() {
         match ScaleSetModel::from_json(patched.clone()) {
             Err(e) if e.message.contains("expected a string") => {
-                let Some(op) = req.operations.iter().find(|op| matches!(op, patch::PatchOp::Set { path, .. } if path.eq_ignore_ascii_case(&e.field))) else { break };
+                let Some(op) = req
+                    .operations
+                    .iter()
+                    .find(|op| matches!(op, patch::PatchOp::Set { path, .. } if path.eq_ignore_ascii_case(&e.field)))
+                else {
+                    break;
+                };
                 let patch::PatchOp::Set { path, value } = op else { break };
-                patched = patch::apply(&patched, &[patch::PatchOp::Set { path: path.clone(), value: serde_json::to_string(value).unwrap_or_default() }], READ_ONLY_FIELDS)?;
+                patched = patch::apply(
+                    &patched,
+                    &[patch::PatchOp::Set {
+                        path: path.clone(),
+                        value: serde_json::to_string(value).unwrap_or_default(),
+                    }],
+                    READ_ONLY_FIELDS,
+                )?;
             }
             _ => break,
         }

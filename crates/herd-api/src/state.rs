@@ -32,7 +32,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn validation(&self) -> ValidationContext<'_> {
-        ValidationContext { skus: &self.config.skus, zones_offered: &self.config.zones, max_capacity: self.config.max_capacity }
+        ValidationContext {
+            skus: &self.config.skus,
+            zones_offered: &self.config.zones,
+            max_capacity: self.config.max_capacity,
+        }
     }
 
     /// Starts a reconcile pass soon.

@@ -199,7 +199,8 @@ impl Driver for SimDriver {
         self.lock().ensures += 1;
         let mut s = self.call()?;
         let power = self.boot(&mut s);
-        s.instances.insert(spec.key.clone(), SimInstance { power, generation: spec.model_generation, cpu_percent: 0.0 });
+        s.instances
+            .insert(spec.key.clone(), SimInstance { power, generation: spec.model_generation, cpu_percent: 0.0 });
         Ok(())
     }
 
@@ -229,10 +230,10 @@ impl Driver for SimDriver {
 
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {
         let s = self.lock();
-        Ok(s.instances.get(key).filter(|i| matches!(i.power, SimPower::Running)).map(|i| InstanceStats {
-            cpu_seconds: i.cpu_percent / 100.0,
-            memory_bytes: 256 << 20,
-        }))
+        Ok(s.instances
+            .get(key)
+            .filter(|i| matches!(i.power, SimPower::Running))
+            .map(|i| InstanceStats { cpu_seconds: i.cpu_percent / 100.0, memory_bytes: 256 << 20 }))
     }
 }
 
@@ -243,7 +244,11 @@ mod tests {
 
     fn spec(id: u64) -> InstanceSpec {
         InstanceSpec {
-            key: InstanceKey { group: GroupName::new("g").unwrap(), set: ScaleSetName::new("s").unwrap(), id: InstanceId(id) },
+            key: InstanceKey {
+                group: GroupName::new("g").unwrap(),
+                set: ScaleSetName::new("s").unwrap(),
+                id: InstanceId(id),
+            },
             computer_name: format!("s{id}"),
             image: ImageSource::Directory { path: "/img".into() },
             size: SkuSize { vcpus: 1, memory_mib: 512 },

@@ -157,12 +157,7 @@ impl ImageUrn {
                 format!("'{version}' is not a version; use digits separated by dots (1.0.0) or 'latest'"),
             ));
         }
-        Ok(Self {
-            publisher: parts[0].into(),
-            offer: parts[1].into(),
-            sku: parts[2].into(),
-            version,
-        })
+        Ok(Self { publisher: parts[0].into(), offer: parts[1].into(), sku: parts[2].into(), version })
     }
 
     pub fn is_latest(&self) -> bool {

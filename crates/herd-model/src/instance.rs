@@ -87,7 +87,9 @@ impl InstanceState {
             (S::Running | S::Starting | S::Failed, E::StopRequested) => S::Stopping,
             (S::Stopping, E::StopDone) => S::Stopped,
             (S::Stopped | S::Deallocated, E::StartRequested) => S::Starting,
-            (S::Running | S::Stopped | S::Stopping | S::Starting | S::Failed, E::DeallocateRequested) => S::Deallocating,
+            (S::Running | S::Stopped | S::Stopping | S::Starting | S::Failed, E::DeallocateRequested) => {
+                S::Deallocating
+            }
             (S::Deallocating, E::DeallocateDone) => S::Deallocated,
             (S::Running, E::RestartRequested) => S::Restarting,
             _ => return Err(InvalidTransition { from: self, event }),
@@ -192,7 +194,11 @@ impl InstanceRecord {
     /// The API view of this instance.
     pub fn view(&self, set: &StoredScaleSet) -> InstanceView {
         InstanceView {
-            id: format!("{}/virtualMachines/{}", StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str()), self.instance_id),
+            id: format!(
+                "{}/virtualMachines/{}",
+                StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str()),
+                self.instance_id
+            ),
             instance_id: self.instance_id.0.to_string(),
             name: format!("{}_{}", set.name, self.instance_id),
             computer_name: self.computer_name.clone(),

@@ -90,7 +90,9 @@ fn walk<'a>(root: &'a mut Value, segs: &[Seg], path: &str, create: bool) -> Resu
                 if cur.is_null() && create {
                     *cur = Value::Object(Default::default());
                 }
-                let map = cur.as_object_mut().ok_or_else(|| FieldError::new(path, format!("'{}' is not an object", render(&segs[..i]))))?;
+                let map = cur
+                    .as_object_mut()
+                    .ok_or_else(|| FieldError::new(path, format!("'{}' is not an object", render(&segs[..i]))))?;
                 let actual = key_in(map, k).map(str::to_string);
                 match actual {
                     Some(a) => map.get_mut(&a).expect("key exists"),
@@ -99,9 +101,13 @@ fn walk<'a>(root: &'a mut Value, segs: &[Seg], path: &str, create: bool) -> Resu
                 }
             }
             Seg::Index(n) => {
-                let arr = cur.as_array_mut().ok_or_else(|| FieldError::new(path, format!("'{}' is not a list", render(&segs[..i]))))?;
+                let arr = cur
+                    .as_array_mut()
+                    .ok_or_else(|| FieldError::new(path, format!("'{}' is not a list", render(&segs[..i]))))?;
                 let len = arr.len();
-                arr.get_mut(*n).ok_or_else(|| FieldError::new(path, format!("index {n} is out of range; the list has {len} items")))?
+                arr.get_mut(*n).ok_or_else(|| {
+                    FieldError::new(path, format!("index {n} is out of range; the list has {len} items"))
+                })?
             }
         };
     }
@@ -146,15 +152,24 @@ pub fn apply(doc: &Value, ops: &[PatchOp], read_only: &[&str]) -> Result<Value, 
                         if parent.is_null() {
                             *parent = Value::Object(Default::default());
                         }
-                        let map = parent.as_object_mut().ok_or_else(|| FieldError::new(path.as_str(), "parent is not an object"))?;
+                        let map = parent
+                            .as_object_mut()
+                            .ok_or_else(|| FieldError::new(path.as_str(), "parent is not an object"))?;
                         let key = key_in(map, k).unwrap_or(k).to_string();
                         let v = parse_value(value, map.get(&key));
                         map.insert(key, v);
                     }
                     Seg::Index(n) => {
-                        let arr = parent.as_array_mut().ok_or_else(|| FieldError::new(path.as_str(), "parent is not a list"))?;
+                        let arr = parent
+                            .as_array_mut()
+                            .ok_or_else(|| FieldError::new(path.as_str(), "parent is not a list"))?;
                         let len = arr.len();
-                        let slot = arr.get_mut(*n).ok_or_else(|| FieldError::new(path.as_str(), format!("index {n} is out of range; the list has {len} items")))?;
+                        let slot = arr.get_mut(*n).ok_or_else(|| {
+                            FieldError::new(
+                                path.as_str(),
+                                format!("index {n} is out of range; the list has {len} items"),
+                            )
+                        })?;
                         *slot = parse_value(value, Some(slot));
                     }
                 }
@@ -164,7 +179,9 @@ pub fn apply(doc: &Value, ops: &[PatchOp], read_only: &[&str]) -> Result<Value, 
                 if target.is_null() {
                     *target = Value::Array(vec![]);
                 }
-                let arr = target.as_array_mut().ok_or_else(|| FieldError::new(path.as_str(), "is not a list; --add appends to lists"))?;
+                let arr = target
+                    .as_array_mut()
+                    .ok_or_else(|| FieldError::new(path.as_str(), "is not a list; --add appends to lists"))?;
                 arr.push(parse_value(value, None));
             }
             PatchOp::Remove { index, .. } => match index {
@@ -172,7 +189,10 @@ pub fn apply(doc: &Value, ops: &[PatchOp], read_only: &[&str]) -> Result<Value, 
                     let target = walk(&mut out, &segs, path, false)?;
                     let arr = target.as_array_mut().ok_or_else(|| FieldError::new(path.as_str(), "is not a list"))?;
                     if *i >= arr.len() {
-                        return Err(FieldError::new(path.as_str(), format!("index {i} is out of range; the list has {} items", arr.len())));
+                        return Err(FieldError::new(
+                            path.as_str(),
+                            format!("index {i} is out of range; the list has {} items", arr.len()),
+                        ));
                     }
                     arr.remove(*i);
                 }
@@ -181,7 +201,9 @@ pub fn apply(doc: &Value, ops: &[PatchOp], read_only: &[&str]) -> Result<Value, 
                     let parent = walk(&mut out, parent_segs, path, false)?;
                     match (last, parent) {
                         (Seg::Key(k), Value::Object(map)) => {
-                            let key = key_in(map, k).ok_or_else(|| FieldError::new(path.as_str(), "does not exist"))?.to_string();
+                            let key = key_in(map, k)
+                                .ok_or_else(|| FieldError::new(path.as_str(), "does not exist"))?
+                                .to_string();
                             map.remove(&key);
                         }
                         (Seg::Index(i), Value::Array(arr)) if *i < arr.len() => {
@@ -208,7 +230,8 @@ mod tests {
     #[test]
     fn set_add_remove() {
         let doc = json!({"sku": {"capacity": 3, "name": "B"}, "zones": ["1"], "v": {"version": "1.0.0"}});
-        let out = apply(&doc, &[set("sku.capacity", "4"), set("v.version", "1.0.1"), set("tags.env", "prod")], &[]).unwrap();
+        let out =
+            apply(&doc, &[set("sku.capacity", "4"), set("v.version", "1.0.1"), set("tags.env", "prod")], &[]).unwrap();
         assert_eq!(out["sku"]["capacity"], json!(4));
         assert_eq!(out["v"]["version"], json!("1.0.1"));
         assert_eq!(out["tags"]["env"], json!("prod"));

@@ -98,10 +98,7 @@ pub struct ImageReference {
 impl ImageReference {
     pub fn urn(&self) -> Result<ImageUrn, FieldError> {
         ImageUrn::parse(&format!("{}:{}:{}:{}", self.publisher, self.offer, self.sku, self.version)).map_err(|e| {
-            FieldError::new(
-                e.field.replace("image", "virtualMachineProfile.storageProfile.imageReference"),
-                e.message,
-            )
+            FieldError::new(e.field.replace("image", "virtualMachineProfile.storageProfile.imageReference"), e.message)
         })
     }
 
@@ -301,7 +298,10 @@ impl ScaleSetModel {
         }
         if let Some(n) = self.platform_fault_domain_count {
             if !(1..=5).contains(&n) {
-                return Err(FieldError::new("platformFaultDomainCount", format!("{n} is out of range; allowed 1 to 5")));
+                return Err(FieldError::new(
+                    "platformFaultDomainCount",
+                    format!("{n} is out of range; allowed 1 to 5"),
+                ));
             }
         }
         if self.orchestration_mode != OrchestrationMode::Uniform {
@@ -317,10 +317,16 @@ impl ScaleSetModel {
             return Err(FieldError::not_supported("upgradePolicy.automaticOSUpgradePolicy", "automatic OS upgrades"));
         }
         if self.scale_in_policy.rules.is_empty() {
-            return Err(FieldError::new("scaleInPolicy.rules", "needs one rule; allowed values: Default, OldestVM, NewestVM"));
+            return Err(FieldError::new(
+                "scaleInPolicy.rules",
+                "needs one rule; allowed values: Default, OldestVM, NewestVM",
+            ));
         }
         if self.scale_in_policy.rules.len() > 1 {
-            return Err(FieldError::new("scaleInPolicy.rules", "takes exactly one rule (Default, OldestVM or NewestVM)"));
+            return Err(FieldError::new(
+                "scaleInPolicy.rules",
+                "takes exactly one rule (Default, OldestVM or NewestVM)",
+            ));
         }
         if self.scale_in_policy.force_deletion {
             return Err(FieldError::not_supported("scaleInPolicy.forceDeletion", "force deletion"));
@@ -343,7 +349,9 @@ impl ScaleSetModel {
         }
         let user = &p.os_profile.admin_username;
         let uf = "virtualMachineProfile.osProfile.adminUsername";
-        if user.is_empty() || user.len() > 32 || !user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        if user.is_empty()
+            || user.len() > 32
+            || !user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(FieldError::new(uf, "must be 1 to 32 of letters, digits, '_' and '-'"));
         }
@@ -363,7 +371,10 @@ impl ScaleSetModel {
             return Err(FieldError::not_supported("virtualMachineProfile.storageProfile.dataDisks", "data disks"));
         }
         if p.priority != Priority::Regular {
-            return Err(FieldError::not_supported("virtualMachineProfile.priority", "Low and Spot priority; use Regular"));
+            return Err(FieldError::not_supported(
+                "virtualMachineProfile.priority",
+                "Low and Spot priority; use Regular",
+            ));
         }
         let unsupported = [
             ("networkProfile", &p.network_profile, "networks and load balancers"),

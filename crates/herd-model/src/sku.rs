@@ -51,10 +51,7 @@ impl SkuTable {
 
     /// Finds a SKU by name, ignoring case as Azure does; returns the canonical name.
     pub fn lookup(&self, name: &str) -> Option<(&str, SkuSize)> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(k, v)| (k.as_str(), *v))
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(k, v)| (k.as_str(), *v))
     }
 
     pub fn resolve(&self, field: &str, name: &str) -> Result<(&str, SkuSize), FieldError> {

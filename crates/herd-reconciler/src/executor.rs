@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// A driver step and how it went.
+type StepResult = (Step, Result<(), DriverError>);
+
 /// Tunables of the reconcile loop.
 #[derive(Debug, Clone)]
 pub struct ReconcilerConfig {
@@ -161,7 +164,12 @@ struct SetWork<'a> {
 }
 
 impl Reconciler {
-    pub fn new(store: Arc<dyn Store>, driver: Arc<dyn Driver>, clock: Arc<dyn Clock>, config: ReconcilerConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        clock: Arc<dyn Clock>,
+        config: ReconcilerConfig,
+    ) -> Self {
         Self { store, driver, clock, config, wake: Arc::new(Notify::new()), faults: None }
     }
 
@@ -241,7 +249,8 @@ impl Reconciler {
             let key = set.key.clone();
             let (status, status_revision) =
                 statuses.get(&key).map_or((ScaleSetStatus::default(), None), |o| (o.value.clone(), Some(o.revision)));
-            let records: Vec<InstanceRecord> = by_set.get(&key).map_or(vec![], |v| v.iter().map(|o| o.value.clone()).collect());
+            let records: Vec<InstanceRecord> =
+                by_set.get(&key).map_or(vec![], |v| v.iter().map(|o| o.value.clone()).collect());
             waiting |= records.iter().any(|r| r.state.is_transitional() || r.state == InstanceState::Failed);
             let steps = plan(&SetInput {
                 set: &set.value,
@@ -286,7 +295,14 @@ impl Reconciler {
             if g.value.provisioning_state == "Deleting" && !has_sets {
                 self.store.txn(vec![
                     WriteOp::delete(Kind::Group, g.key.clone(), Expect::Revision(g.revision)),
-                    WriteOp::Activity(event(now, &g.value.name, "", "DeleteResourceGroup", "Succeeded", "resource group deleted".into())),
+                    WriteOp::Activity(event(
+                        now,
+                        &g.value.name,
+                        "",
+                        "DeleteResourceGroup",
+                        "Succeeded",
+                        "resource group deleted".into(),
+                    )),
                 ])?;
             }
         }
@@ -365,7 +381,7 @@ impl Reconciler {
         self.fault(FaultPoint::AfterDriver)?;
 
         // Phase C: results, re-read and compare-and-swap so a concurrent user write is kept.
-        let mut per_set: BTreeMap<usize, Vec<(Step, Result<(), DriverError>)>> = BTreeMap::new();
+        let mut per_set: BTreeMap<usize, Vec<StepResult>> = BTreeMap::new();
         for (wi, step, r) in results {
             per_set.entry(wi).or_default().push((step, r));
         }
@@ -380,7 +396,14 @@ impl Reconciler {
                     Ok(()) => ("Succeeded", format!("removed orphan instance {k} that herd had no record of")),
                     Err(e) => ("Failed", format!("could not remove orphan instance {k}: {e}")),
                 };
-                ops.push(WriteOp::Activity(event(now, k.group.as_str(), k.set.as_str(), "OrphanCleanup", status, message)));
+                ops.push(WriteOp::Activity(event(
+                    now,
+                    k.group.as_str(),
+                    k.set.as_str(),
+                    "OrphanCleanup",
+                    status,
+                    message,
+                )));
             }
             if ops.is_empty() {
                 break;
@@ -546,7 +569,8 @@ impl Reconciler {
                 }
             }
             Step::Suspend(reason) => {
-                w.status.suspended = Some(Suspension { reason: reason.clone(), at_revision: w.set_revision, since: now });
+                w.status.suspended =
+                    Some(Suspension { reason: reason.clone(), at_revision: w.set_revision, since: now });
                 w.status_dirty = true;
                 w.log.push(("ProvisioningSuspended".into(), reason.clone()));
             }
@@ -564,7 +588,7 @@ impl Reconciler {
     fn results(
         &self,
         set: &StoredScaleSet,
-        res: &[(Step, Result<(), DriverError>)],
+        res: &[StepResult],
         now: DateTime<Utc>,
         ops: &mut Vec<WriteOp>,
     ) -> Result<(), StoreError> {
@@ -606,7 +630,8 @@ impl Reconciler {
                     let msg = e.to_string();
                     rec.last_error = Some(msg.clone());
                     rec.next_attempt_at = Some(now + self.config.limits.backoff(rec.attempts.max(1)));
-                    let provisioning = matches!(step, Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_));
+                    let provisioning =
+                        matches!(step, Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_));
                     if provisioning {
                         let was = rec.state;
                         // A failed restart is not retried (the instance is recovered by the
@@ -642,7 +667,11 @@ impl Reconciler {
             by_reason.entry(reason).or_default().push(id);
         }
         for (reason, ids) in by_reason {
-            let msg = format!("deleted instance(s) {} ({})", id_list(&ids), if reason.is_empty() { "requested" } else { &reason });
+            let msg = format!(
+                "deleted instance(s) {} ({})",
+                id_list(&ids),
+                if reason.is_empty() { "requested" } else { &reason }
+            );
             ops.push(WriteOp::Activity(event(now, g, n, "DeleteInstances", "Succeeded", msg)));
         }
         for f in failures {
@@ -717,7 +746,14 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc
     }
     if !running.is_empty() {
         let ids: Vec<InstanceId> = running.iter().filter_map(|s| s.parse().ok().map(InstanceId)).collect();
-        ops.push(WriteOp::Activity(event(now, g, n, "InstanceRunning", "Succeeded", format!("instance(s) {} running", id_list(&ids)))));
+        ops.push(WriteOp::Activity(event(
+            now,
+            g,
+            n,
+            "InstanceRunning",
+            "Succeeded",
+            format!("instance(s) {} running", id_list(&ids)),
+        )));
     }
     Ok(())
 }

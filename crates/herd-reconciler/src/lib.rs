@@ -18,6 +18,5 @@ pub mod summary;
 
 pub use executor::{FaultPoint, Faults, PassReport, ReconcileError, Reconciler, ReconcilerConfig};
 
-
 pub use plan::{plan, Limits, Plan, SetInput, Step};
 pub use summary::{summarize, SetSummary};

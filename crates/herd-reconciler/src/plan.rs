@@ -62,11 +62,21 @@ pub enum Step {
     /// Allocate ids and write `Creating` records (then `Ensure` each, in the same pass).
     Create(Vec<NewInstance>),
     /// Apply an observed change to a record.
-    Observe { id: InstanceId, event: Event, detail: Option<String> },
+    Observe {
+        id: InstanceId,
+        event: Event,
+        detail: Option<String>,
+    },
     /// Set goal = Deleted (scale-in, overprovision surplus, set deletion).
-    MarkDelete { id: InstanceId, reason: String },
+    MarkDelete {
+        id: InstanceId,
+        reason: String,
+    },
     /// An extra that became ready first takes the place of a counted one that is not ready yet.
-    Swap { promote: InstanceId, demote: InstanceId },
+    Swap {
+        promote: InstanceId,
+        demote: InstanceId,
+    },
     /// Call `ensure` (first creation or a retry; a `Failed` record goes back to `Creating`).
     Ensure(InstanceId),
     Stop(InstanceId),
@@ -261,9 +271,9 @@ fn membership(
     }
     // An extra still booting may yet replace a counted instance that is not ready; a failed
     // extra, or any extra once every counted instance is ready, is surplus.
-    let counted_unready = counted
-        .iter()
-        .any(|r| !swapped.contains(&r.instance_id) && matches!(r.state, InstanceState::Creating | InstanceState::Failed));
+    let counted_unready = counted.iter().any(|r| {
+        !swapped.contains(&r.instance_id) && matches!(r.state, InstanceState::Creating | InstanceState::Failed)
+    });
     for e in extras.iter().filter(|e| !swapped.contains(&e.instance_id)) {
         if !counted_unready || e.state == InstanceState::Failed {
             steps.push(Step::MarkDelete { id: e.instance_id, reason: "overprovisioned extra no longer needed".into() });
@@ -278,11 +288,13 @@ fn membership(
 
     if counted.len() < capacity && !suspended {
         let need = (capacity - counted.len()) as u64;
-        let cap = (set.model.capacity() * input.limits.max_in_flight_percent).div_ceil(100).max(input.limits.min_in_flight);
+        let cap =
+            (set.model.capacity() * input.limits.max_in_flight_percent).div_ceil(100).max(input.limits.min_in_flight);
         let busy = live.iter().filter(|r| in_flight(r)).count() as u64;
         let n = need.min(cap.saturating_sub(busy));
         if n > 0 {
-            let extra = if set.model.overprovision { (n * input.limits.overprovision_percent).div_ceil(100) } else { 0 };
+            let extra =
+                if set.model.overprovision { (n * input.limits.overprovision_percent).div_ceil(100) } else { 0 };
             let zones = place(&set.model.zones, &counted, n as usize);
             let mut next = input.status.next_instance_id;
             let mut new = Vec::new();
@@ -298,7 +310,8 @@ fn membership(
             steps.push(Step::Create(new));
         }
     } else if counted.len() > capacity {
-        let victims = scale_in_victims(&counted, counted.len() - capacity, set.model.scale_in_policy.rules[0], &set.model.zones);
+        let victims =
+            scale_in_victims(&counted, counted.len() - capacity, set.model.scale_in_policy.rules[0], &set.model.zones);
         for id in victims {
             steps.push(Step::MarkDelete { id, reason: "scale-in".into() });
             marked.insert(id);

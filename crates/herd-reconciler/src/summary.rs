@@ -71,10 +71,7 @@ pub fn summarize(set: &StoredScaleSet, status: Option<&ScaleSetStatus>, instance
         all_at_goal &= at_goal(r);
     }
     s.suspended = status.and_then(|st| st.suspended.clone());
-    s.converged = !set.deleting
-        && all_at_goal
-        && s.instances == s.capacity
-        && s.deleting == 0
-        && s.overprovisioned == 0;
+    s.converged =
+        !set.deleting && all_at_goal && s.instances == s.capacity && s.deleting == 0 && s.overprovisioned == 0;
     s
 }

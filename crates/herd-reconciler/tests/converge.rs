@@ -35,7 +35,11 @@ const SET_KEY: &str = "rg/web";
 
 fn env(faults: Option<Arc<Faults>>) -> Env {
     let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let sim = Arc::new(SimDriver::new(SimConfig { boot_min: Duration::ZERO, boot_max: Duration::ZERO, ..Default::default() }));
+    let sim = Arc::new(SimDriver::new(SimConfig {
+        boot_min: Duration::ZERO,
+        boot_max: Duration::ZERO,
+        ..Default::default()
+    }));
     let clock = ManualClock::new(t0());
     let mut rec = Reconciler::new(store.clone(), sim.clone(), Arc::new(clock.clone()), ReconcilerConfig::default());
     if let Some(f) = faults {
@@ -80,7 +84,9 @@ impl Env {
         let cur = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, SET_KEY).unwrap().unwrap();
         let mut v = cur.value;
         f(&mut v);
-        self.store.txn(vec![WriteOp::put(Kind::ScaleSet, SET_KEY, &v, Expect::Revision(cur.revision)).unwrap()]).unwrap();
+        self.store
+            .txn(vec![WriteOp::put(Kind::ScaleSet, SET_KEY, &v, Expect::Revision(cur.revision)).unwrap()])
+            .unwrap();
     }
 
     fn edit_instances(&self, f: impl Fn(&mut InstanceRecord)) {
@@ -137,7 +143,9 @@ impl Env {
     }
 
     fn insert_set(&self, capacity: i64) {
-        self.store.txn(vec![WriteOp::put(Kind::ScaleSet, SET_KEY, &new_set(capacity), Expect::Absent).unwrap()]).unwrap();
+        self.store
+            .txn(vec![WriteOp::put(Kind::ScaleSet, SET_KEY, &new_set(capacity), Expect::Absent).unwrap()])
+            .unwrap();
     }
 
     /// A lifecycle that touches every kind of step; asserts the invariants after each phase.
@@ -180,7 +188,11 @@ impl Env {
         self.converge("reimage").await;
         for r in self.records() {
             assert_eq!(r.model_generation, 2);
-            let key = herd_model::InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id: r.instance_id };
+            let key = herd_model::InstanceKey {
+                group: GroupName::new("rg").unwrap(),
+                set: ScaleSetName::new("web").unwrap(),
+                id: r.instance_id,
+            };
             assert_eq!(self.sim.generation(&key), Some(2), "the driver really rebuilt instance {}", r.instance_id);
         }
 
@@ -253,7 +265,11 @@ async fn orphans_are_destroyed() {
     let e = env(None);
     e.insert_set(1);
     e.converge("create").await;
-    let orphan = herd_model::InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id: herd_model::InstanceId(999) };
+    let orphan = herd_model::InstanceKey {
+        group: GroupName::new("rg").unwrap(),
+        set: ScaleSetName::new("web").unwrap(),
+        id: herd_model::InstanceId(999),
+    };
     e.sim.plant_orphan(orphan.clone());
     e.converge("orphan cleanup").await;
     assert!(e.sim.list().await.unwrap().iter().all(|o| o.key != orphan));

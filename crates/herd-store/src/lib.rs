@@ -68,15 +68,34 @@ pub enum Expect {
 /// One write in a transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
-    Put { kind: Kind, key: String, value: Value, expect: Expect },
-    Delete { kind: Kind, key: String, expect: Expect },
+    Put {
+        kind: Kind,
+        key: String,
+        value: Value,
+        expect: Expect,
+    },
+    Delete {
+        kind: Kind,
+        key: String,
+        expect: Expect,
+    },
     /// Appends to the activity log in the same commit as the state change it describes.
     Activity(ActivityEvent),
 }
 
 impl WriteOp {
-    pub fn put<T: Serialize>(kind: Kind, key: impl Into<String>, value: &T, expect: Expect) -> Result<Self, StoreError> {
-        Ok(WriteOp::Put { kind, key: key.into(), value: serde_json::to_value(value).map_err(StoreError::encode)?, expect })
+    pub fn put<T: Serialize>(
+        kind: Kind,
+        key: impl Into<String>,
+        value: &T,
+        expect: Expect,
+    ) -> Result<Self, StoreError> {
+        Ok(WriteOp::Put {
+            kind,
+            key: key.into(),
+            value: serde_json::to_value(value).map_err(StoreError::encode)?,
+            expect,
+        })
     }
 
     pub fn delete(kind: Kind, key: impl Into<String>, expect: Expect) -> Self {

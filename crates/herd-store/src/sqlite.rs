@@ -7,8 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE objects (
+const MIGRATIONS: &[&str] = &["CREATE TABLE objects (
         kind TEXT NOT NULL,
         key TEXT NOT NULL,
         revision INTEGER NOT NULL,
@@ -24,8 +23,7 @@ const MIGRATIONS: &[&str] = &[
         resource TEXT NOT NULL,
         body TEXT NOT NULL
      );
-     CREATE INDEX activity_by_resource ON activity (resource_group, resource, seq);",
-];
+     CREATE INDEX activity_by_resource ON activity (resource_group, resource, seq);"];
 
 /// The SQLite-backed [`Store`].
 #[derive(Debug)]
@@ -105,9 +103,11 @@ impl Store for SqliteStore {
     fn get(&self, kind: Kind, key: &str) -> Result<Option<Object>, StoreError> {
         let conn = self.lock();
         let row: Option<(i64, String)> = conn
-            .query_row("SELECT revision, value FROM objects WHERE kind = ?1 AND key = ?2", params![kind.as_str(), key], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT revision, value FROM objects WHERE kind = ?1 AND key = ?2",
+                params![kind.as_str(), key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(backend)?;
         row.map(|(rev, v)| row_object(key.to_string(), rev, v)).transpose()
@@ -137,7 +137,8 @@ impl Store for SqliteStore {
             tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0)).map_err(backend)?;
         let rev = rev + 1;
         {
-            let mut find = tx.prepare_cached("SELECT revision FROM objects WHERE kind = ?1 AND key = ?2").map_err(backend)?;
+            let mut find =
+                tx.prepare_cached("SELECT revision FROM objects WHERE kind = ?1 AND key = ?2").map_err(backend)?;
             let mut put = tx
                 .prepare_cached("INSERT OR REPLACE INTO objects (kind, key, revision, value) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(backend)?;
@@ -149,8 +150,10 @@ impl Store for SqliteStore {
                 match op {
                     WriteOp::Put { kind, key, value, expect } => {
                         if *expect != Expect::Any {
-                            let found: Option<i64> =
-                                find.query_row(params![kind.as_str(), key], |r| r.get(0)).optional().map_err(backend)?;
+                            let found: Option<i64> = find
+                                .query_row(params![kind.as_str(), key], |r| r.get(0))
+                                .optional()
+                                .map_err(backend)?;
                             check(*kind, key, *expect, found)?;
                         }
                         let text = serde_json::to_string(value).map_err(|e| StoreError::Codec(e.to_string()))?;
@@ -158,15 +161,18 @@ impl Store for SqliteStore {
                     }
                     WriteOp::Delete { kind, key, expect } => {
                         if *expect != Expect::Any {
-                            let found: Option<i64> =
-                                find.query_row(params![kind.as_str(), key], |r| r.get(0)).optional().map_err(backend)?;
+                            let found: Option<i64> = find
+                                .query_row(params![kind.as_str(), key], |r| r.get(0))
+                                .optional()
+                                .map_err(backend)?;
                             check(*kind, key, *expect, found)?;
                         }
                         del.execute(params![kind.as_str(), key]).map_err(backend)?;
                     }
                     WriteOp::Activity(ev) => {
                         let body = serde_json::to_string(ev).map_err(|e| StoreError::Codec(e.to_string()))?;
-                        act.execute(params![ev.time.to_rfc3339(), ev.resource_group, ev.resource, body]).map_err(backend)?;
+                        act.execute(params![ev.time.to_rfc3339(), ev.resource_group, ev.resource, body])
+                            .map_err(backend)?;
                     }
                 }
             }

@@ -49,7 +49,12 @@ fn transactions_are_all_or_nothing() {
 fn list_by_prefix_and_kind() {
     let s = SqliteStore::in_memory().unwrap();
     let ops = (0..1000)
-        .map(|i| WriteOp::Put { kind: Kind::Instance, key: format!("g/s/{i:06}"), value: json!(i), expect: Expect::Absent })
+        .map(|i| WriteOp::Put {
+            kind: Kind::Instance,
+            key: format!("g/s/{i:06}"),
+            value: json!(i),
+            expect: Expect::Absent,
+        })
         .chain([WriteOp::Put { kind: Kind::Instance, key: "g/t/1".into(), value: json!(0), expect: Expect::Absent }])
         .collect();
     s.txn(ops).unwrap();
@@ -74,11 +79,18 @@ fn activity_filters_and_survives_reopen() {
     assert_eq!(all.iter().map(|e| e.operation.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
     let g1a = s
-        .activity(&ActivityFilter { resource_group: Some("g1".into()), resource: Some("a".into()), ..Default::default() })
+        .activity(&ActivityFilter {
+            resource_group: Some("g1".into()),
+            resource: Some("a".into()),
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(g1a.len(), 1);
     let future = s
-        .activity(&ActivityFilter { since: Some(chrono::Utc::now() + chrono::Duration::hours(1)), ..Default::default() })
+        .activity(&ActivityFilter {
+            since: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        })
         .unwrap();
     assert!(future.is_empty());
 }

@@ -23,13 +23,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// The herd server's URL.
-    #[arg(long, global = true, env = "HERD_SERVER", default_value = "http://127.0.0.1:7900")]
+    #[arg(long, global = true, env = "HERD_SERVER", hide_env_values = true, default_value = "http://127.0.0.1:7900")]
     pub server: String,
     /// API token. Default: read from the server's data dir (api-token).
     #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Where to find the token file when --token is not given (the server's --data-dir).
-    #[arg(long = "token-dir", global = true, env = "HERD_DATA_DIR")]
+    #[arg(long = "token-dir", global = true, env = "HERD_DATA_DIR", hide_env_values = true)]
     pub token_dir: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value = "json")]
@@ -78,7 +78,7 @@ pub enum Command {
 pub struct ServerArgs {
     /// Where the store, the API token, images and instance data live.
     /// Default: /var/lib/herd as root, else ~/.local/share/herd.
-    #[arg(long, env = "HERD_DATA_DIR")]
+    #[arg(long, env = "HERD_DATA_DIR", hide_env_values = true)]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on. A non-loopback address sends the token in clear text: herd warns.
     #[arg(long, default_value = "127.0.0.1:7900")]

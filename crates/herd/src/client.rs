@@ -42,7 +42,13 @@ impl Client {
     }
 
     /// Sends a request; returns the JSON body (Null for empty bodies).
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -67,13 +73,21 @@ impl Client {
         })?;
         let status = resp.status();
         let text = resp.text().await?;
-        let value: Value = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if status.is_success() {
             return Ok(value);
         }
         let err = value.get("error");
         let code = err.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("Error").to_string();
-        let mut message = err.and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
+        let mut message = err
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
         if let Some(target) = err.and_then(|e| e.get("target")).and_then(Value::as_str).filter(|t| !t.is_empty()) {
             if !message.starts_with(target) {
                 message = format!("{target}: {message}");
@@ -81,7 +95,9 @@ impl Client {
         }
         if status == StatusCode::UNAUTHORIZED {
             message = match &self.token {
-                None => format!("{message}. No token was found in {}; pass --token or set HERD_TOKEN", self.token_source),
+                None => {
+                    format!("{message}. No token was found in {}; pass --token or set HERD_TOKEN", self.token_source)
+                }
                 Some(_) => format!("{message}. The token from {} was refused", self.token_source),
             };
         }

@@ -8,11 +8,50 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-const SET_TABLE: Columns<'static> = &[("Name", "name"), ("ResourceGroup", "resourceGroup"), ("Location", "location"), ("Zones", "join(' ', zones)"), ("Sku", "sku.name"), ("Capacity", "sku.capacity"), ("UpgradePolicy", "upgradePolicy.mode"), ("ProvisioningState", "provisioningState"), ("Running", "instanceSummary.running")];
-const SET_TABLE_ONE: Columns<'static> = &[("Name", "name"), ("ResourceGroup", "resourceGroup"), ("Location", "location"), ("Zones", "join(' ', zones)"), ("Sku", "sku.name"), ("Capacity", "sku.capacity"), ("UpgradePolicy", "upgradePolicy.mode"), ("ModelGeneration", "modelGeneration"), ("ProvisioningState", "provisioningState"), ("Running", "instanceSummary.running")];
-const INSTANCE_TABLE: Columns<'static> = &[("InstanceId", "instanceId"), ("Name", "name"), ("ComputerName", "computerName"), ("Zone", "join(' ', zones)"), ("LatestModelApplied", "latestModelApplied"), ("ProvisioningState", "provisioningState"), ("PowerState", "powerState"), ("Address", "reachAddress"), ("Note", "(overprovisioned && 'overprovisioned extra') || deleteReason || lastError")];
-const ACTIVITY_TABLE: Columns<'static> = &[("Time", "time"), ("Resource", "resource"), ("Operation", "operation"), ("Status", "status"), ("Caller", "actor"), ("Message", "message")];
-const IMAGE_TABLE: Columns<'static> = &[("Urn", "urn"), ("Publisher", "publisher"), ("Offer", "offer"), ("Sku", "sku"), ("Version", "version")];
+const SET_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("ResourceGroup", "resourceGroup"),
+    ("Location", "location"),
+    ("Zones", "join(' ', zones)"),
+    ("Sku", "sku.name"),
+    ("Capacity", "sku.capacity"),
+    ("UpgradePolicy", "upgradePolicy.mode"),
+    ("ProvisioningState", "provisioningState"),
+    ("Running", "instanceSummary.running"),
+];
+const SET_TABLE_ONE: Columns<'static> = &[
+    ("Name", "name"),
+    ("ResourceGroup", "resourceGroup"),
+    ("Location", "location"),
+    ("Zones", "join(' ', zones)"),
+    ("Sku", "sku.name"),
+    ("Capacity", "sku.capacity"),
+    ("UpgradePolicy", "upgradePolicy.mode"),
+    ("ModelGeneration", "modelGeneration"),
+    ("ProvisioningState", "provisioningState"),
+    ("Running", "instanceSummary.running"),
+];
+const INSTANCE_TABLE: Columns<'static> = &[
+    ("InstanceId", "instanceId"),
+    ("Name", "name"),
+    ("ComputerName", "computerName"),
+    ("Zone", "join(' ', zones)"),
+    ("LatestModelApplied", "latestModelApplied"),
+    ("ProvisioningState", "provisioningState"),
+    ("PowerState", "powerState"),
+    ("Address", "reachAddress"),
+    ("Note", "(overprovisioned && 'overprovisioned extra') || deleteReason || lastError"),
+];
+const ACTIVITY_TABLE: Columns<'static> = &[
+    ("Time", "time"),
+    ("Resource", "resource"),
+    ("Operation", "operation"),
+    ("Status", "status"),
+    ("Caller", "actor"),
+    ("Message", "message"),
+];
+const IMAGE_TABLE: Columns<'static> =
+    &[("Urn", "urn"), ("Publisher", "publisher"), ("Offer", "offer"), ("Sku", "sku"), ("Version", "version")];
 const GROUP_TABLE: Columns<'static> = &[("Name", "name"), ("Location", "location"), ("State", "provisioningState")];
 
 struct Ctx {
@@ -78,7 +117,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 q.push(format!("resource={}", enc(&r)));
             }
             if let Some(s) = since {
-                let d = humantime::parse_duration(&s).map_err(|e| anyhow!("--since '{s}': {e}; use forms like 30m, 1h, 2d"))?;
+                let d = humantime::parse_duration(&s)
+                    .map_err(|e| anyhow!("--since '{s}': {e}; use forms like 30m, 1h, 2d"))?;
                 let t = chrono::Utc::now() - chrono::Duration::from_std(d)?;
                 q.push(format!("since={}", enc(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))));
             }
@@ -104,11 +144,16 @@ fn tags(list: &[String]) -> Result<Map<String, Value>> {
 async fn group(ctx: &Ctx, c: GroupCmd) -> Result<()> {
     match c {
         GroupCmd::Create { name, location, tags: t } => {
-            let v = ctx.client.put(&format!("/v1/resourceGroups/{}", enc(&name)), &json!({"location": location, "tags": tags(&t)?})).await?;
+            let v = ctx
+                .client
+                .put(&format!("/v1/resourceGroups/{}", enc(&name)), &json!({"location": location, "tags": tags(&t)?}))
+                .await?;
             ctx.print(&v, None)
         }
         GroupCmd::List => ctx.print(&ctx.client.get("/v1/resourceGroups").await?, Some(GROUP_TABLE)),
-        GroupCmd::Show { name } => ctx.print(&ctx.client.get(&format!("/v1/resourceGroups/{}", enc(&name))).await?, None),
+        GroupCmd::Show { name } => {
+            ctx.print(&ctx.client.get(&format!("/v1/resourceGroups/{}", enc(&name))).await?, None)
+        }
         GroupCmd::Delete { name, yes: _ } => {
             let path = format!("/v1/resourceGroups/{}", enc(&name));
             ctx.client.delete(&path).await?;
@@ -120,7 +165,9 @@ async fn group(ctx: &Ctx, c: GroupCmd) -> Result<()> {
                 match ctx.client.get(&path).await {
                     Err(e) if crate::client::is_not_found(&e) => return Ok(()),
                     Err(e) => return Err(e),
-                    Ok(_) if start.elapsed() > ctx.timeout => bail!("timed out waiting for resource group '{name}' to be deleted"),
+                    Ok(_) if start.elapsed() > ctx.timeout => {
+                        bail!("timed out waiting for resource group '{name}' to be deleted")
+                    }
                     Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
             }
@@ -138,7 +185,12 @@ fn read_text_or_file(s: &str) -> Result<String> {
 
 fn create_body(c: &VmssCreate) -> Result<Value> {
     let urn = herd_model::ImageUrn::parse(&c.image).map_err(|e| anyhow!("--image: {}", e.message))?;
-    for (flag, v) in [("--lb", &c.lb), ("--public-ip-address", &c.public_ip_address), ("--vnet-name", &c.vnet_name), ("--subnet", &c.subnet)] {
+    for (flag, v) in [
+        ("--lb", &c.lb),
+        ("--public-ip-address", &c.public_ip_address),
+        ("--vnet-name", &c.vnet_name),
+        ("--subnet", &c.subnet),
+    ] {
         if v.as_deref().is_some_and(|s| !s.is_empty()) {
             bail!("{flag}: not supported yet: networks and load balancers arrive with the load-balancer work; omit it for now");
         }
@@ -147,9 +199,18 @@ fn create_body(c: &VmssCreate) -> Result<Value> {
     if let Some(p) = &c.computer_name_prefix {
         os["computerNamePrefix"] = json!(p);
     }
-    let auth = c.authentication_type.clone().unwrap_or_else(|| if c.admin_password.is_some() { "password".into() } else { "ssh".into() });
+    let auth = c.authentication_type.clone().unwrap_or_else(|| {
+        if c.admin_password.is_some() {
+            "password".into()
+        } else {
+            "ssh".into()
+        }
+    });
     if auth != "ssh" {
-        let pw = c.admin_password.as_ref().ok_or_else(|| anyhow!("--admin-password is required with --authentication-type {auth}"))?;
+        let pw = c
+            .admin_password
+            .as_ref()
+            .ok_or_else(|| anyhow!("--admin-password is required with --authentication-type {auth}"))?;
         os["adminPassword"] = json!(pw);
     }
     let mut keys = Vec::new();
@@ -219,9 +280,10 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             let v = if ctx.no_wait { v } else { ctx.wait(&c.set, Until::Created).await?.unwrap_or(v) };
             ctx.print(&v, Some(SET_TABLE_ONE))
         }
-        VmssCmd::List { group } => {
-            ctx.print(&ctx.client.get(&format!("/v1/resourceGroups/{}/virtualMachineScaleSets", enc(&group))).await?, Some(SET_TABLE))
-        }
+        VmssCmd::List { group } => ctx.print(
+            &ctx.client.get(&format!("/v1/resourceGroups/{}/virtualMachineScaleSets", enc(&group))).await?,
+            Some(SET_TABLE),
+        ),
         VmssCmd::Show(s) => ctx.print(&ctx.client.get(&set_path(&s.group, &s.name)).await?, Some(SET_TABLE_ONE)),
         VmssCmd::Delete(s) => {
             ctx.client.delete(&set_path(&s.group, &s.name)).await?;
@@ -231,7 +293,10 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             Ok(())
         }
         VmssCmd::Scale { set, new_capacity } => {
-            let v = ctx.client.post(&format!("{}/scale", set_path(&set.group, &set.name)), &json!({"capacity": new_capacity})).await?;
+            let v = ctx
+                .client
+                .post(&format!("{}/scale", set_path(&set.group, &set.name)), &json!({"capacity": new_capacity}))
+                .await?;
             let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
             ctx.print(&v, Some(SET_TABLE_ONE))
         }
@@ -267,20 +332,41 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
             ctx.print(&v, Some(SET_TABLE_ONE))
         }
-        VmssCmd::UpdateInstances { set, ids } => set_action(ctx, &set, "updateInstances", &ids.ids, Until::Created).await,
+        VmssCmd::UpdateInstances { set, ids } => {
+            set_action(ctx, &set, "updateInstances", &ids.ids, Until::Created).await
+        }
         VmssCmd::Reimage { set, ids } => set_action(ctx, &set, "reimage", &ids.ids, Until::Created).await,
         VmssCmd::Start { set, ids } => set_action(ctx, &set, "start", &ids.ids, Until::Created).await,
         VmssCmd::Stop { set, ids } => set_action(ctx, &set, "stop", &ids.ids, Until::Created).await,
         VmssCmd::Deallocate { set, ids } => set_action(ctx, &set, "deallocate", &ids.ids, Until::Created).await,
         VmssCmd::Restart { set, ids } => set_action(ctx, &set, "restart", &ids.ids, Until::Created).await,
-        VmssCmd::DeleteInstances { set, ids } => set_action(ctx, &set, "deleteInstances", &ids.ids, Until::Created).await,
-        VmssCmd::ListInstances(s) => {
-            ctx.print(&ctx.client.get(&format!("{}/virtualMachines", set_path(&s.group, &s.name))).await?, Some(INSTANCE_TABLE))
+        VmssCmd::DeleteInstances { set, ids } => {
+            set_action(ctx, &set, "deleteInstances", &ids.ids, Until::Created).await
         }
+        VmssCmd::ListInstances(s) => ctx.print(
+            &ctx.client.get(&format!("{}/virtualMachines", set_path(&s.group, &s.name))).await?,
+            Some(INSTANCE_TABLE),
+        ),
         VmssCmd::GetInstanceView { set, instance_id } => match instance_id {
             Some(id) if id != "*" => {
-                let v = ctx.client.get(&format!("{}/virtualMachines/{}/instanceView", set_path(&set.group, &set.name), enc(&id))).await?;
-                ctx.print(&v, Some(&[("InstanceId", "instanceId"), ("ComputerName", "computerName"), ("Zone", "join(' ', zones)"), ("ProvisioningState", "provisioningState"), ("PowerState", "powerState"), ("LatestModelApplied", "latestModelApplied"), ("ModelGeneration", "modelGeneration"), ("Address", "reachAddress"), ("LastError", "lastError")]))
+                let v = ctx
+                    .client
+                    .get(&format!("{}/virtualMachines/{}/instanceView", set_path(&set.group, &set.name), enc(&id)))
+                    .await?;
+                ctx.print(
+                    &v,
+                    Some(&[
+                        ("InstanceId", "instanceId"),
+                        ("ComputerName", "computerName"),
+                        ("Zone", "join(' ', zones)"),
+                        ("ProvisioningState", "provisioningState"),
+                        ("PowerState", "powerState"),
+                        ("LatestModelApplied", "latestModelApplied"),
+                        ("ModelGeneration", "modelGeneration"),
+                        ("Address", "reachAddress"),
+                        ("LastError", "lastError"),
+                    ]),
+                )
             }
             Some(_) => {
                 let v = ctx.client.get(&format!("{}/virtualMachines", set_path(&set.group, &set.name))).await?;

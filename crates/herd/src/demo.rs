@@ -27,7 +27,13 @@ struct Demo {
 impl Demo {
     /// Prints a command as a user would type it, runs it, and shows what came back.
     fn run(&self, args: &[&str]) -> Result<String> {
-        println!("\n$ herd {}", args.iter().map(|a| if a.contains(' ') || a.contains('*') { format!("'{a}'") } else { a.to_string() }).collect::<Vec<_>>().join(" "));
+        println!(
+            "\n$ herd {}",
+            args.iter()
+                .map(|a| if a.contains(' ') || a.contains('*') { format!("'{a}'") } else { a.to_string() })
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         let out = std::process::Command::new(&self.exe)
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -93,18 +99,48 @@ async fn play(demo: &Demo, url: &str, image: &std::path::Path) -> Result<()> {
     demo.run(&["group", "create", "-n", "demo-rg", "-l", "local", "-o", "table"])?;
     demo.run(&["image", "import", "--urn", "Herd:Demo:1:1.0.0", "--dir", &image.display().to_string(), "-o", "table"])?;
     demo.run(&[
-        "vmss", "create", "-g", "demo-rg", "-n", "web", "--image", "Herd:Demo:1:latest", "--instance-count", "3",
-        "--vm-sku", "Standard_B1ms", "--zones", "1", "2", "3", "--upgrade-policy-mode", "Manual", "-o", "table",
+        "vmss",
+        "create",
+        "-g",
+        "demo-rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:Demo:1:latest",
+        "--instance-count",
+        "3",
+        "--vm-sku",
+        "Standard_B1ms",
+        "--zones",
+        "1",
+        "2",
+        "3",
+        "--upgrade-policy-mode",
+        "Manual",
+        "-o",
+        "table",
     ])?;
     demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "-o", "table"])?;
-    let addrs = demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "--query", "[].reachAddress", "-o", "tsv"])?;
+    let addrs =
+        demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "--query", "[].reachAddress", "-o", "tsv"])?;
     println!("\n# each instance serves a page on its own loopback address:");
     for addr in addrs.split_whitespace() {
         let page = fetch(&format!("http://{addr}:8080/")).await;
         println!("$ curl http://{addr}:8080/\n{page}");
     }
     demo.run(&["vmss", "scale", "-g", "demo-rg", "-n", "web", "--new-capacity", "5", "-o", "table"])?;
-    let ids = demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "--query", "[?!overprovisioned].instanceId", "-o", "tsv"])?;
+    let ids = demo.run(&[
+        "vmss",
+        "list-instances",
+        "-g",
+        "demo-rg",
+        "-n",
+        "web",
+        "--query",
+        "[?!overprovisioned].instanceId",
+        "-o",
+        "tsv",
+    ])?;
     let first = ids.split_whitespace().next().unwrap_or("0").to_string();
     demo.run(&["vmss", "delete-instances", "-g", "demo-rg", "-n", "web", "--instance-ids", &first, "-o", "none"])?;
     demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "-o", "table"])?;

@@ -61,7 +61,11 @@ pub fn render(value: &Value, format: Format, query: Option<&str>, columns: Optio
         Format::Json => format!("{}\n", serde_json::to_string_pretty(&v)?),
         Format::Jsonc => {
             let text = serde_json::to_string_pretty(&v)?;
-            if std::io::stdout().is_terminal() { colour(&text) } else { text + "\n" }
+            if std::io::stdout().is_terminal() {
+                colour(&text)
+            } else {
+                text + "\n"
+            }
         }
         Format::Tsv => tsv(&v),
         Format::Table => table(&v),
@@ -120,10 +124,8 @@ fn table(v: &Value) -> String {
             }
         }
     }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| cols.iter().map(|c| r.get(c).and_then(scalar).unwrap_or_default()).collect())
-        .collect();
+    let cells: Vec<Vec<String>> =
+        rows.iter().map(|r| cols.iter().map(|c| r.get(c).and_then(scalar).unwrap_or_default()).collect()).collect();
     let heads: Vec<String> = cols.iter().map(|c| header(c)).collect();
     let widths: Vec<usize> = (0..cols.len())
         .map(|i| cells.iter().map(|r| r[i].chars().count()).chain([heads[i].len()]).max().unwrap_or(0))

@@ -126,7 +126,8 @@ fn load_config(path: Option<&Path>) -> Result<ServerConfig> {
 /// Starts the server's tasks and returns once it is listening.
 pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let cfg = load_config(opts.config.as_deref())?;
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
     let data_dir = opts.data_dir.canonicalize()?;
     let (token, _) = herd_api::auth::load_or_create_token(&data_dir).context("writing the API token")?;
@@ -189,7 +190,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             driver: driver_name,
         }),
     };
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address without TLS: the API token crosses the network in clear text");

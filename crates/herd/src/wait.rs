@@ -58,7 +58,14 @@ fn done(set: &Value, until: Until) -> bool {
 
 /// Polls the set until `until` holds, printing progress to stderr. Fails on timeout, or at once
 /// when creation is suspended.
-pub async fn wait(client: &Client, group: &str, name: &str, until: Until, timeout: Duration, quiet: bool) -> Result<Option<Value>> {
+pub async fn wait(
+    client: &Client,
+    group: &str,
+    name: &str,
+    until: Until,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<Option<Value>> {
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last = String::new();

@@ -27,11 +27,26 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn create(s: &Server, count: &str) {
-    s.ok(&with(&["vmss", "create"], &[
-        "--image", "Herd:TestGuest:1:1.0.0", "--instance-count", count, "--vm-sku", "Standard_B1ms",
-        "--zones", "1", "2", "3", "--upgrade-policy-mode", "Manual", "--admin-password", "correct-horse-battery",
-        "--quiet",
-    ]));
+    s.ok(&with(
+        &["vmss", "create"],
+        &[
+            "--image",
+            "Herd:TestGuest:1:1.0.0",
+            "--instance-count",
+            count,
+            "--vm-sku",
+            "Standard_B1ms",
+            "--zones",
+            "1",
+            "2",
+            "3",
+            "--upgrade-policy-mode",
+            "Manual",
+            "--admin-password",
+            "correct-horse-battery",
+            "--quiet",
+        ],
+    ));
 }
 
 fn instances(s: &Server) -> Vec<Value> {
@@ -78,7 +93,10 @@ fn foundation_commands_end_to_end() {
     s.ok(&with(&["vmss", "update"], &["--set", "sku.capacity=5", "--quiet"]));
     let five = counted(&s);
     assert_eq!(five.len(), 5);
-    assert!(five.iter().any(|i| i["instanceId"].as_str().unwrap().parse::<u64>().unwrap() > max_id), "a new id, not a reused one");
+    assert!(
+        five.iter().any(|i| i["instanceId"].as_str().unwrap().parse::<u64>().unwrap() > max_id),
+        "a new id, not a reused one"
+    );
 
     // Power operations on chosen instances.
     let ids: Vec<String> = five.iter().map(|i| i["instanceId"].as_str().unwrap().to_string()).collect();
@@ -95,7 +113,10 @@ fn foundation_commands_end_to_end() {
     assert_eq!(view["statuses"][1]["code"], "PowerState/running");
 
     // A model change: Manual policy leaves instances on the old model until update-instances.
-    s.ok(&with(&["vmss", "update"], &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--quiet"]));
+    s.ok(&with(
+        &["vmss", "update"],
+        &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--quiet"],
+    ));
     let set = s.json(&with(&["vmss", "show"], &[]));
     assert_eq!(set["modelGeneration"], 2);
     assert!(instances(&s).iter().all(|i| i["latestModelApplied"] == false));
@@ -127,9 +148,20 @@ fn foundation_commands_end_to_end() {
     assert_eq!(set["virtualMachineProfile"]["storageProfile"]["imageReference"]["version"], "1.0.1");
 
     // The activity log tells the story.
-    let log = s.json(&["monitor", "activity-log", "list", "-g", "web-rg", "--resource", "webscaleset", "--since", "1h"]);
+    let log =
+        s.json(&["monitor", "activity-log", "list", "-g", "web-rg", "--resource", "webscaleset", "--since", "1h"]);
     let ops: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["operation"].as_str().unwrap()).collect();
-    for op in ["CreateScaleSet", "CreateInstances", "Scale", "UpdateScaleSet", "stop", "deallocate", "updateInstances", "deleteInstances", "DeleteInstances"] {
+    for op in [
+        "CreateScaleSet",
+        "CreateInstances",
+        "Scale",
+        "UpdateScaleSet",
+        "stop",
+        "deallocate",
+        "updateInstances",
+        "deleteInstances",
+        "DeleteInstances",
+    ] {
         assert!(ops.contains(&op), "activity log lacks {op}: {ops:?}");
     }
     assert!(log.to_string().contains("overprovisioned extra"), "overprovisioning is shown honestly");
@@ -148,15 +180,38 @@ fn bad_input_is_refused_and_changes_nothing() {
     let before = s.json(&with(&["vmss", "show"], &[]));
     let base = ["vmss", "create", "-g", "web-rg", "-n", "other", "--vm-sku", "Standard_B1ms", "--quiet"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["vmss", "create", "-g", "nope-rg", "-n", "x", "--image", "Herd:TestGuest:1:1.0.0"], "resource group 'nope-rg' does not exist"),
+        (
+            vec!["vmss", "create", "-g", "nope-rg", "-n", "x", "--image", "Herd:TestGuest:1:1.0.0"],
+            "resource group 'nope-rg' does not exist",
+        ),
         (with(&["vmss", "create"], &["--image", "Herd:TestGuest:1:1.0.0"]), "already exists"),
-        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--instance-count", "101"]].concat(), "singlePlacementGroup=false"),
+        (
+            [&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--instance-count", "101"]].concat(),
+            "singlePlacementGroup=false",
+        ),
         ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--instance-count", "-1"]].concat(), "sku.capacity"),
-        (vec!["vmss", "create", "-g", "web-rg", "-n", "other", "--image", "Herd:TestGuest:1:1.0.0", "--vm-sku", "Huge_VM"], "allowed values"),
+        (
+            vec![
+                "vmss",
+                "create",
+                "-g",
+                "web-rg",
+                "-n",
+                "other",
+                "--image",
+                "Herd:TestGuest:1:1.0.0",
+                "--vm-sku",
+                "Huge_VM",
+            ],
+            "allowed values",
+        ),
         ([&base[..], &["--image", "Herd:Nothing:1:1.0.0"]].concat(), "not in the gallery"),
         ([&base[..], &["--image", "Herd:TestGuest:1"]].concat(), "publisher:offer:sku:version"),
         ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--zones", "1", "7"]].concat(), "zones[1]"),
-        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--upgrade-policy-mode", "Sometimes"]].concat(), "Manual, Automatic, Rolling"),
+        (
+            [&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--upgrade-policy-mode", "Sometimes"]].concat(),
+            "Manual, Automatic, Rolling",
+        ),
         ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--priority", "Spot"]].concat(), "not supported yet"),
         (with(&["vmss", "scale"], &["--new-capacity", "101"]), "sku.capacity"),
         (with(&["vmss", "delete-instances"], &["--instance-ids", "9999"]), "9999 do not exist"),
@@ -166,7 +221,10 @@ fn bad_input_is_refused_and_changes_nothing() {
         (with(&["vmss", "update"], &["--set", "id=x"]), "read-only"),
         (with(&["vmss", "update"], &["--remove", "zones", "7"]), "out of range"),
         (with(&["vmss", "update"], &["--remove", "zones", "0"]), "changing the zones"),
-        (with(&["vmss", "update"], &["--set", "sku.capacity=5", "--set", "automaticRepairsPolicy.enabled=true"]), "not supported yet"),
+        (
+            with(&["vmss", "update"], &["--set", "sku.capacity=5", "--set", "automaticRepairsPolicy.enabled=true"]),
+            "not supported yet",
+        ),
         (with(&["vmss", "update"], &["--set", "sku.capacity=4", "--if-match", "\"1\""]), "If-Match"),
     ];
     for (args, expect) in cases {
@@ -197,9 +255,23 @@ async fn tokens_etags_and_conflicts_over_http() {
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let body = serde_json::json!({"operations": [{"op": "set", "path": "tags.a", "value": "1"}]});
-    let r = http.post(format!("{url}/update")).bearer_auth(&token).header("If-Match", &etag).json(&body).send().await.unwrap();
+    let r = http
+        .post(format!("{url}/update"))
+        .bearer_auth(&token)
+        .header("If-Match", &etag)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http.post(format!("{url}/update")).bearer_auth(&token).header("If-Match", &etag).json(&body).send().await.unwrap();
+    let r = http
+        .post(format!("{url}/update"))
+        .bearer_auth(&token)
+        .header("If-Match", &etag)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 412, "a stale etag is refused");
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["code"], "PreconditionFailed");
@@ -207,18 +279,42 @@ async fn tokens_etags_and_conflicts_over_http() {
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await.unwrap();
     assert!(doc["paths"]["/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/update"].is_object());
-    let r = http.put(&url).bearer_auth(&token).header("If-None-Match", "*").json(&serde_json::json!({"sku": {"name": "Standard_B1ms", "capacity": 1}})).send().await.unwrap();
+    let r = http
+        .put(&url)
+        .bearer_auth(&token)
+        .header("If-None-Match", "*")
+        .json(&serde_json::json!({"sku": {"name": "Standard_B1ms", "capacity": 1}}))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status() == 409 || r.status() == 400, "create-only on an existing set is refused: {}", r.status());
 }
 
 #[test]
 fn wait_fails_when_provisioning_is_suspended() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some("[sim]\nboot_min_ms = 1\nboot_max_ms = 2\nfailure_rate = 1.0\n[provisioning]\nfailure_threshold = 3\n"));
+    let s = Server::start(
+        "sim",
+        &dir.path().join("data"),
+        Some("[sim]\nboot_min_ms = 1\nboot_max_ms = 2\nfailure_rate = 1.0\n[provisioning]\nfailure_threshold = 3\n"),
+    );
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     s.ok(&["group", "create", "-n", "web-rg"]);
     s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    let out = s.herd(&with(&["vmss", "create"], &["--image", "Herd:TestGuest:1:1.0.0", "--instance-count", "2", "--vm-sku", "Standard_B1ms", "--quiet", "--timeout", "120"]));
+    let out = s.herd(&with(
+        &["vmss", "create"],
+        &[
+            "--image",
+            "Herd:TestGuest:1:1.0.0",
+            "--instance-count",
+            "2",
+            "--vm-sku",
+            "Standard_B1ms",
+            "--quiet",
+            "--timeout",
+            "120",
+        ],
+    ));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("suspended"), "{err}");

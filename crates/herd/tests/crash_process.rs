@@ -23,7 +23,7 @@ fn instance_processes(data_dir: &std::path::Path) -> Vec<(u32, String)> {
         }
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
         let vars: Vec<String> = env.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
-        if vars.iter().any(|v| *v == tag) {
+        if vars.contains(&tag) {
             let key = vars.iter().find_map(|v| v.strip_prefix("HERD_INSTANCE_KEY=")).unwrap_or("").to_string();
             out.push((pid, key));
         }
@@ -35,13 +35,27 @@ fn instance_processes(data_dir: &std::path::Path) -> Vec<(u32, String)> {
 fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut s = Server::start("process", &data, Some("[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 10\n"));
+    let mut s =
+        Server::start("process", &data, Some("[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 10\n"));
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     s.ok(&["group", "create", "-n", "rg"]);
     s.ok(&["image", "import", "--urn", "Herd:Sleeper:1:1.0.0", "--dir", img.to_str().unwrap()]);
     s.ok(&[
-        "vmss", "create", "-g", "rg", "-n", "web", "--image", "Herd:Sleeper:1:1.0.0", "--instance-count", "0",
-        "--vm-sku", "Standard_B1s", "--single-placement-group", "false", "--quiet",
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:Sleeper:1:1.0.0",
+        "--instance-count",
+        "0",
+        "--vm-sku",
+        "Standard_B1s",
+        "--single-placement-group",
+        "false",
+        "--quiet",
     ]);
     s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "200", "--no-wait"]);
     // Kill on observed state, not on a timer.
@@ -51,7 +65,10 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     });
     s.kill9();
     let after_kill = instance_processes(&data).len();
-    assert!((20..200).contains(&seen) && after_kill < 200, "the crash happened mid-way: {seen} seen, {after_kill} after the kill");
+    assert!(
+        (20..200).contains(&seen) && after_kill < 200,
+        "the crash happened mid-way: {seen} seen, {after_kill} after the kill"
+    );
 
     s.restart();
     s.ok(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "300"]);
@@ -71,5 +88,7 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     assert_eq!(keys, expected, "every process belongs to a recorded instance: no orphans");
 
     s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet", "--timeout", "300"]);
-    wait_for("no instance processes left", Duration::from_secs(60), || instance_processes(&data).is_empty().then_some(()));
+    wait_for("no instance processes left", Duration::from_secs(60), || {
+        instance_processes(&data).is_empty().then_some(())
+    });
 }

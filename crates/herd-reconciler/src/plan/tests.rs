@@ -147,9 +147,13 @@ fn ready_extra_swaps_with_unready_counted_then_surplus_is_deleted() {
     // All counted ready: the extra is surplus.
     let mut extra = rec(3, InstanceState::Creating);
     extra.overprovisioned = true;
-    let c = Case::new(set(3, &[], true), vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running), rec(2, InstanceState::Running), extra]);
+    let c = Case::new(
+        set(3, &[], true),
+        vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running), rec(2, InstanceState::Running), extra],
+    );
     let steps = c.plan();
-    assert!(steps.contains(&Step::MarkDelete { id: InstanceId(3), reason: "overprovisioned extra no longer needed".into() }));
+    assert!(steps
+        .contains(&Step::MarkDelete { id: InstanceId(3), reason: "overprovisioned extra no longer needed".into() }));
     assert!(steps.contains(&Step::Destroy(InstanceId(3))));
 }
 
@@ -175,7 +179,11 @@ fn scale_in_balances_zones_then_highest_id() {
             zoned(rec(4, InstanceState::Running), "1"),
         ],
     );
-    let victims: Vec<_> = c.plan().into_iter().filter_map(|s| if let Step::MarkDelete { id, .. } = s { Some(id.0) } else { None }).collect();
+    let victims: Vec<_> = c
+        .plan()
+        .into_iter()
+        .filter_map(|s| if let Step::MarkDelete { id, .. } = s { Some(id.0) } else { None })
+        .collect();
     // Zone 1 has 3, zone 2 has 2: remove from zone 1 first (highest id 4), then zones are 2/2 and
     // the tie goes to the first zone again → 2.
     assert_eq!(victims, [4, 2]);
@@ -195,7 +203,10 @@ fn scale_in_rules() {
 
 #[test]
 fn observations_fold_into_records() {
-    let mut c = Case::new(set(3, &[], false), vec![rec(0, InstanceState::Creating), rec(1, InstanceState::Running), rec(2, InstanceState::Stopping)]);
+    let mut c = Case::new(
+        set(3, &[], false),
+        vec![rec(0, InstanceState::Creating), rec(1, InstanceState::Running), rec(2, InstanceState::Stopping)],
+    );
     c.set.model.sku.capacity = 3;
     c.observed.insert(InstanceId(0), ObservedPower::Running);
     c.observed.insert(InstanceId(1), ObservedPower::Failed("boom".into()));
@@ -254,7 +265,13 @@ fn power_goals_and_pending_actions() {
     c.observed.insert(InstanceId(2), ObservedPower::Stopped);
     c.observed.insert(InstanceId(4), ObservedPower::Stopped);
     let steps = c.plan();
-    for s in [Step::Stop(InstanceId(0)), Step::Deallocate(InstanceId(1)), Step::Start(InstanceId(2)), Step::Restart(InstanceId(3)), Step::Reimage(InstanceId(4))] {
+    for s in [
+        Step::Stop(InstanceId(0)),
+        Step::Deallocate(InstanceId(1)),
+        Step::Start(InstanceId(2)),
+        Step::Restart(InstanceId(3)),
+        Step::Reimage(InstanceId(4)),
+    ] {
         assert!(steps.contains(&s), "missing {s:?} in {steps:?}");
     }
 }

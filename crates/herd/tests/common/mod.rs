@@ -26,7 +26,8 @@ impl Server {
             std::fs::write(&p, c).unwrap();
             p
         });
-        let mut s = Server { child: None, url: String::new(), data_dir: data_dir.to_path_buf(), driver: driver.into(), config };
+        let mut s =
+            Server { child: None, url: String::new(), data_dir: data_dir.to_path_buf(), driver: driver.into(), config };
         s.spawn();
         s
     }
@@ -100,7 +101,12 @@ impl Server {
     /// Runs a command that must fail; returns stderr.
     pub fn err(&self, args: &[&str]) -> String {
         let out = self.herd(args);
-        assert!(!out.status.success(), "herd {} should have failed but printed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "herd {} should have failed but printed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
