@@ -90,9 +90,15 @@ fn commit(
     let key = old.key();
     let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &next, Expect::Revision(cur.revision))?];
     if !secrets.is_empty() {
-        let mut all = state.store.get_as::<Secrets>(Kind::Secret, &key)?.map(|o| o.value).unwrap_or_default();
+        let mut all: Secrets =
+            state.store.get(Kind::Secret, &key)?.map(|o| state.sealer.open(&o.value)).transpose()?.unwrap_or_default();
         all.merge(secrets);
-        ops.push(WriteOp::put(Kind::Secret, key.clone(), &all, Expect::Any)?);
+        ops.push(WriteOp::Put {
+            kind: Kind::Secret,
+            key: key.clone(),
+            value: state.sealer.seal(&all)?,
+            expect: Expect::Any,
+        });
     }
     ops.push(WriteOp::Activity(views::user_event(state, old.group.as_str(), old.name.as_str(), operation, message)));
     let rev = state.store.txn(ops)?;
@@ -178,7 +184,12 @@ pub async fn create_or_replace(
             );
             let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?];
             if !secrets.is_empty() {
-                ops.push(WriteOp::put(Kind::Secret, key.clone(), &secrets, Expect::Any)?);
+                ops.push(WriteOp::Put {
+                    kind: Kind::Secret,
+                    key: key.clone(),
+                    value: state.sealer.seal(&secrets)?,
+                    expect: Expect::Any,
+                });
             }
             ops.push(WriteOp::Activity(views::user_event(&state, &group, &name, "CreateScaleSet", msg)));
             let rev = state.store.txn(ops).map_err(|e| match e {

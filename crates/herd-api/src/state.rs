@@ -28,6 +28,8 @@ pub struct AppState {
     pub token: Arc<str>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ApiConfig>,
+    /// Seals write-only secrets before they reach the store.
+    pub sealer: Arc<herd_store::seal::Sealer>,
 }
 
 impl AppState {

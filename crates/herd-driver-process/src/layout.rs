@@ -139,12 +139,8 @@ impl InstanceDir {
     pub fn write_custom_data(&self, work: &Path, data: &str) -> io::Result<()> {
         let dir = work.join(".herd");
         fs::create_dir_all(&dir)?;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join("custom-data"))?;
+        let mut f =
+            fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(dir.join("custom-data"))?;
         f.write_all(data.as_bytes())
     }
 

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //!            ensure / reimage
-//!   absent ─────────────────────▶ running ◀─────────────────────────┐
+//!   absent ─────────────────────▶ running ◀───────────────────────────┐
 //!                                  │     │                            │ ensure, restart, reimage,
 //!                       init exits │     │ set_power(Stopped |        │ set_power(Running)
 //!                                  ▼     │   Deallocated)             │
@@ -21,7 +21,7 @@
 //!                                  │   (work/ kept: the disk)         │
 //!                                  └──────────────────────────────────┘
 //!
-//!   any state ── destroy ──▶ destroyed (group killed, tagged strays killed, directory removed)
+//!   any state ── destroy ──▶ absent (process group killed, directory removed)
 //! ```
 //!
 //! `list` reports `Running` while any process of the group lives, `Stopped` for stopped and
@@ -29,7 +29,13 @@
 //! nothing is left (with the exit status when this server saw it, and the last line of
 //! `console.log` when it is short). Processes carrying our tag whose instance directory is gone
 //! are reported `Running` under the key in their environment: they are orphans, and
-//! `destroy` kills them.
+//! `destroy` kills them (it finds processes by their environment whenever the instance has no
+//! recorded group: no directory, or a crash between spawn and writing the `pid` file). A
+//! process that left its group (`setsid`) survives `destroy` of its instance, but then shows up
+//! in `list` as an orphan, and the next `destroy` kills it.
+//!
+//! An instance created but not yet spawned (no `pid` file, no failed start recorded) is
+//! reported `Starting`.
 //!
 //! # What an instance sees
 //!
@@ -67,9 +73,7 @@ mod spawn;
 mod state;
 
 use async_trait::async_trait;
-use herd_driver::{
-    Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget,
-};
+use herd_driver::{Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget};
 use herd_model::InstanceKey;
 use layout::{check_image, remove_tree, InstanceDir, Power};
 use nix::sys::signal::Signal;
@@ -155,7 +159,10 @@ impl ProcessDriver {
     }
 
     /// Runs `f` with a copy of the state on the blocking pool.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&State) -> T + Send + 'static) -> Result<T, DriverError> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> T + Send + 'static,
+    ) -> Result<T, DriverError> {
         let st = self.state.clone();
         blocking(move || f(&st)).await
     }
@@ -290,19 +297,27 @@ impl Driver for ProcessDriver {
     async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        if d.exists() {
+        let d2 = d.clone();
+        let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
+        if recorded {
             let d2 = d.clone();
             let _ = blocking(move || d2.write_power(Power::Stopped)).await?;
             if let Some(id) = self.live_group(key).await? {
                 self.terminate(id).await?;
             }
-        }
-        // Strays: an orphan whose directory is gone, or a process that left its group.
-        let k = key.path();
-        let strays = self.blocking(move |st| st.tagged_leaders(&Snapshot::take(), Some(&k), &HashSet::new())).await?;
-        for (id, _) in strays {
-            tracing::info!(instance = %key, pid = id.pid, "killing a stray process of the instance");
-            self.terminate(id).await?;
+        } else {
+            // No recorded group: an orphan whose directory is gone, or a crash between spawn
+            // and writing the pid file. Find its processes by their environment. (Only here:
+            // the scan reads every group leader's environ, too costly for every destroy. A
+            // process that escaped a recorded group shows up in `list` as an orphan later and
+            // is killed by the `destroy` that follows.)
+            let k = key.path();
+            let strays =
+                self.blocking(move |st| st.tagged_leaders(&Snapshot::take(), Some(&k), &HashSet::new())).await?;
+            for (id, _) in strays {
+                tracing::info!(instance = %key, pid = id.pid, "killing a process of the instance found by its environment");
+                self.terminate(id).await?;
+            }
         }
         let dir = d.dir.clone();
         blocking(move || {
@@ -357,14 +372,18 @@ async fn watch(mut child: Child, d: InstanceDir, id: ProcId) {
 /// Polls until the group is gone; `false` if it outlived `limit`.
 async fn wait_gone(id: ProcId, limit: Duration) -> Result<bool, DriverError> {
     let deadline = Instant::now() + limit;
+    // Most groups are gone within a millisecond or two of the signal: poll fast, then back off.
+    let mut pause = Duration::from_millis(1);
     loop {
         if !blocking(move || procfs::group_alive(id)).await? {
             return Ok(true);
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(POLL);
     }
 }
 

@@ -131,8 +131,21 @@ pub(crate) fn parse_environ(blob: &[u8]) -> HerdEnv {
     env
 }
 
+/// The herd variables of a process. `environ` reads empty while the process is in the middle of
+/// an `exec` (the file holds the old, released address space), and an instance's leader execs
+/// up to three times as it starts (`unshare`, `sh`, `init`), so an empty read is retried.
 pub(crate) fn read_herd_env(pid: u32) -> Option<HerdEnv> {
-    std::fs::read(format!("/proc/{pid}/environ")).ok().map(|b| parse_environ(&b))
+    let path = format!("/proc/{pid}/environ");
+    for attempt in 0..4 {
+        let blob = std::fs::read(&path).ok()?;
+        if !blob.is_empty() {
+            return Some(parse_environ(&blob));
+        }
+        if attempt < 3 {
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+    }
+    Some(HerdEnv::default())
 }
 
 /// One `/proc` scan, indexed for the questions the driver asks of it.

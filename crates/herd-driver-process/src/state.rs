@@ -216,7 +216,6 @@ fn walk(root: &Path) -> Vec<(InstanceKey, InstanceDir)> {
     out
 }
 
-
 fn io_failed(what: &str, e: std::io::Error) -> DriverError {
     DriverError::Failed(format!("{what}: {e}"))
 }

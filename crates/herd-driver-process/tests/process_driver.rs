@@ -3,8 +3,8 @@
 //! process carrying its tag when it ends (even on failure).
 
 use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower, PowerTarget};
-use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
 use herd_driver_process::ProcessDriver;
+use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -85,6 +85,16 @@ impl Drop for Fixture {
         for pid in tagged_pids(&self.tag) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -214,7 +224,7 @@ async fn ensure_twice_is_idempotent() {
 
 #[tokio::test]
 async fn stop_kills_the_whole_tree_and_start_brings_it_back() {
-    let fx = Fixture::new("sleep 300 &\necho $! > child.pid\nwait");
+    let fx = Fixture::new("sleep 300 &\necho $! > child.tmp && mv child.tmp child.pid\nwait");
     fx.driver.ensure(&fx.spec(2)).await.unwrap();
     let init = fx.pid(2);
     let child: u32 = wait_file(&fx.work_file(2, "child.pid")).await.trim().parse().unwrap();
@@ -241,7 +251,8 @@ async fn stop_kills_the_whole_tree_and_start_brings_it_back() {
 #[tokio::test]
 async fn stop_kills_an_init_that_ignores_sigterm_after_the_grace_period() {
     let mut fx = Fixture::new("trap '' TERM\necho ready > ready\nwhile true; do sleep 1; done");
-    fx.driver = ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap().with_stop_grace(Duration::from_millis(300));
+    fx.driver =
+        ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap().with_stop_grace(Duration::from_millis(300));
     fx.driver.ensure(&fx.spec(3)).await.unwrap();
     wait_file(&fx.work_file(3, "ready")).await;
     let init = fx.pid(3);
@@ -294,10 +305,8 @@ async fn reimage_resets_the_work_directory() {
     fx.driver.reimage(&spec).await.unwrap();
     assert!(!pid_alive(pid));
     assert!(!fx.work_file(6, "user-data.txt").exists());
-    wait_for("boot after reimage", || async {
-        std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1)
-    })
-    .await;
+    wait_for("boot after reimage", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1) })
+        .await;
     assert!(fx.work_file(6, "from-image.txt").exists());
     let env = std::fs::read(fx.dir(6).join("env")).unwrap();
     assert!(env.split(|b| *b == 0).any(|e| e == b"HERD_MODEL_GENERATION=8"));
@@ -311,7 +320,7 @@ async fn reimage_resets_the_work_directory() {
 
 #[tokio::test]
 async fn destroy_removes_directory_and_processes() {
-    let fx = Fixture::new("sleep 300 &\necho $! > child.pid\nwait");
+    let fx = Fixture::new("sleep 300 &\necho $! > child.tmp && mv child.tmp child.pid\nwait");
     fx.driver.ensure(&fx.spec(8)).await.unwrap();
     let init = fx.pid(8);
     let child: u32 = wait_file(&fx.work_file(8, "child.pid")).await.trim().parse().unwrap();
@@ -376,27 +385,32 @@ async fn a_new_driver_readopts_running_instances() {
 
 #[tokio::test]
 async fn orphans_are_listed_and_destroyed() {
-    let fx = Fixture::new("exec sleep 300");
+    let fx = Fixture::new("echo ready > ready\nexec sleep 300");
     // An instance whose directory vanished (as after a crash mid-destroy).
     fx.driver.ensure(&fx.spec(13)).await.unwrap();
+    wait_file(&fx.work_file(13, "ready")).await;
     let pid = fx.pid(13);
     std::fs::remove_dir_all(fx.dir(13)).unwrap();
     // A process started outside the driver with our tag.
-    let mut stray = std::process::Command::new("sleep")
-        .arg("300")
-        .env("HERD_DRIVER_TAG", &fx.tag)
-        .env("HERD_INSTANCE_KEY", "rg/web/14")
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let mut stray = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("300")
+            .env("HERD_DRIVER_TAG", &fx.tag)
+            .env("HERD_INSTANCE_KEY", "rg/web/14")
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
     // Another driver's process is not ours.
-    let mut foreign = std::process::Command::new("sleep")
-        .arg("300")
-        .env("HERD_DRIVER_TAG", format!("{}-other", fx.tag))
-        .env("HERD_INSTANCE_KEY", "rg/web/15")
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let foreign = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("300")
+            .env("HERD_DRIVER_TAG", format!("{}-other", fx.tag))
+            .env("HERD_INSTANCE_KEY", "rg/web/15")
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
 
     let list = fx.driver.list().await.unwrap();
     let keys: Vec<(u64, ObservedPower)> = list.iter().map(|o| (o.key.id.0, o.power.clone())).collect();
@@ -405,17 +419,16 @@ async fn orphans_are_listed_and_destroyed() {
     fx.driver.destroy(&key(13)).await.unwrap();
     assert!(!pid_alive(pid));
     fx.driver.destroy(&key(14)).await.unwrap();
-    let status = stray.wait().unwrap();
+    let status = stray.0.wait().unwrap();
     assert!(!status.success());
-    assert!(pid_alive(foreign.id()));
-    foreign.kill().unwrap();
-    foreign.wait().unwrap();
+    assert!(pid_alive(foreign.0.id()));
+    drop(foreign);
     fx.destroy_all().await;
 }
 
 #[tokio::test]
 async fn a_process_without_pid_file_is_adopted_not_duplicated() {
-    let fx = Fixture::new("exec sleep 300");
+    let fx = Fixture::new("echo ready > ready\nexec sleep 300");
     fx.driver.ensure(&fx.spec(16)).await.unwrap();
     let pid = fx.pid(16);
     // As if the server crashed between spawning init and writing the pid file.
@@ -423,8 +436,33 @@ async fn a_process_without_pid_file_is_adopted_not_duplicated() {
     assert_eq!(fx.power(16).await, Some(ObservedPower::Running));
     fx.driver.ensure(&fx.spec(16)).await.unwrap();
     assert_eq!(fx.pid(16), pid);
+    // Once booted, the instance is one process: nothing was started twice.
+    wait_file(&fx.work_file(16, "ready")).await;
     assert_eq!(tagged_pids(&fx.tag), vec![pid]);
+    // destroy finds it by its environment too.
+    std::fs::remove_file(fx.dir(16).join("pid")).unwrap();
+    fx.driver.destroy(&key(16)).await.unwrap();
+    assert!(!pid_alive(pid));
+    assert!(!fx.dir(16).exists());
     fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn a_process_that_left_its_group_is_caught_as_an_orphan() {
+    let fx = Fixture::new("setsid sleep 300 &\necho $! > escaped.tmp && mv escaped.tmp escaped.pid\nexec sleep 300");
+    fx.driver.ensure(&fx.spec(18)).await.unwrap();
+    let escaped: u32 = wait_file(&fx.work_file(18, "escaped.pid")).await.trim().parse().unwrap();
+    wait_for("the escaped process to lead its own session", || async {
+        std::fs::read_to_string(format!("/proc/{escaped}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').unwrap().1.split_whitespace().nth(2) == Some(&escaped.to_string()))
+    })
+    .await;
+    fx.driver.destroy(&key(18)).await.unwrap();
+    assert!(pid_alive(escaped));
+    assert_eq!(fx.power(18).await, Some(ObservedPower::Running));
+    fx.driver.destroy(&key(18)).await.unwrap();
+    assert!(!pid_alive(escaped));
+    assert_eq!(fx.power(18).await, None);
 }
 
 #[tokio::test]
@@ -444,9 +482,11 @@ async fn stats_report_memory_and_cpu() {
 #[ignore]
 async fn list_of_1000_instances_is_fast() {
     let fx = Fixture::new("exec sleep 300");
+    let t = Instant::now();
     for id in 0..1000 {
         fx.driver.ensure(&fx.spec(id)).await.unwrap();
     }
+    eprintln!("1000 ensures: {:?}", t.elapsed());
     let mut best = Duration::MAX;
     for _ in 0..5 {
         let t = Instant::now();
@@ -457,5 +497,7 @@ async fn list_of_1000_instances_is_fast() {
     }
     eprintln!("list of 1000: {best:?}");
     assert!(best < Duration::from_millis(100), "list took {best:?}");
+    let t = Instant::now();
     fx.destroy_all().await;
+    eprintln!("1000 destroys: {:?}", t.elapsed());
 }

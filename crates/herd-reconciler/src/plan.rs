@@ -25,6 +25,9 @@ pub struct Limits {
     pub backoff_max: Duration,
     /// Extra instances created on scale-out when `overprovision` is on.
     pub overprovision_percent: u64,
+    /// An instance the driver still reports `Starting` after this long gets its (idempotent)
+    /// start call again, in case the first one was lost in a crash.
+    pub boot_recheck: Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             backoff_base: Duration::seconds(2),
             backoff_max: Duration::minutes(5),
             overprovision_percent: 20,
+            boot_recheck: Duration::seconds(30),
         }
     }
 }
@@ -391,6 +395,12 @@ fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: 
     }
     match r.state {
         S::Creating if seen.is_none() => (!suspended).then_some(Step::Ensure(id)),
+        S::Creating | S::Starting
+            if matches!(seen, Some(ObservedPower::Starting))
+                && input.now - r.state_since > input.limits.boot_recheck =>
+        {
+            Some(if r.state == S::Creating { Step::Ensure(id) } else { Step::Start(id) })
+        }
         S::Failed if goal == InstanceGoal::Running => (!suspended).then_some(Step::Ensure(id)),
         S::Failed if goal == InstanceGoal::Stopped => Some(Step::Stop(id)),
         S::Failed if goal == InstanceGoal::Deallocated => Some(Step::Deallocate(id)),

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod seal;
 mod sqlite;
 
 pub use sqlite::SqliteStore;

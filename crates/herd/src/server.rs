@@ -132,6 +132,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let data_dir = opts.data_dir.canonicalize()?;
     let (token, _) = herd_api::auth::load_or_create_token(&data_dir).context("writing the API token")?;
     let store = Arc::new(SqliteStore::open(&data_dir.join("herd.db")).context("opening the store")?);
+    let sealer = Arc::new(herd_store::seal::Sealer::load_or_create(&data_dir.join("secret.key"))?);
 
     let mut skus = SkuTable::default();
     for (name, size) in cfg.skus {
@@ -189,6 +190,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             image_dir,
             driver: driver_name,
         }),
+        sealer,
     };
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;

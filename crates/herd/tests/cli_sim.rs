@@ -66,6 +66,10 @@ fn foundation_commands_end_to_end() {
     assert_eq!(set["provisioningState"], "Succeeded");
     assert_eq!(set["virtualMachineProfile"]["osProfile"]["computerNamePrefix"], "webscales");
     assert!(set.to_string().find("correct-horse").is_none(), "the password is never returned");
+    for f in ["herd.db", "herd.db-wal"] {
+        let bytes = std::fs::read(s.data_dir.join(f)).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&bytes).contains("correct-horse"), "{f} holds the password in clear");
+    }
     let id = s.ok(&with(&["vmss", "show"], &["--query", "id", "-o", "tsv"]));
     assert_eq!(id.trim(), "/resourceGroups/web-rg/providers/Microsoft.Compute/virtualMachineScaleSets/webscaleset");
 

@@ -319,3 +319,16 @@ fn converged_set_plans_nothing() {
     let c = Case::new(set(2, &[], true), vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running)]);
     assert!(c.plan().is_empty());
 }
+
+#[test]
+fn a_boot_that_stays_starting_is_started_again() {
+    let mut r = rec(0, InstanceState::Creating);
+    r.state_since = t0() - Duration::seconds(5);
+    let mut c = Case::new(set(1, &[], false), vec![r.clone()]);
+    c.observed.insert(InstanceId(0), ObservedPower::Starting);
+    assert!(c.plan().is_empty(), "a young boot is left alone");
+    r.state_since = t0() - Duration::minutes(5);
+    let mut c = Case::new(set(1, &[], false), vec![r]);
+    c.observed.insert(InstanceId(0), ObservedPower::Starting);
+    assert_eq!(c.plan(), [Step::Ensure(InstanceId(0))]);
+}
