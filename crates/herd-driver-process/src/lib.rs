@@ -195,7 +195,7 @@ impl ProcessDriver {
             procfs::signal_group(id, Signal::SIGKILL);
             return Err(io_failed("writing the pid file", e));
         }
-        tracing::info!(instance = %key, pid = id.pid, "started");
+        tracing::debug!(instance = %key, pid = id.pid, "started");
         Ok(())
     }
 
@@ -204,7 +204,7 @@ impl ProcessDriver {
         blocking(move || d2.write_power(power)).await?.map_err(|e| io_failed("writing the power file", e))?;
         if let Some(id) = self.live_group(key).await? {
             self.terminate(id).await?;
-            tracing::info!(instance = %key, pid = id.pid, power = power.as_str(), "stopped");
+            tracing::debug!(instance = %key, pid = id.pid, power = power.as_str(), "stopped");
         }
         Ok(())
     }
@@ -287,7 +287,7 @@ impl Driver for ProcessDriver {
                 install_work(&d2, &d2, &spec2, &image)
             })
             .await??;
-            tracing::info!(instance = %spec.key, "reimaged");
+            tracing::debug!(instance = %spec.key, "reimaged");
         } else {
             self.materialize(spec).await?;
         }
@@ -335,7 +335,7 @@ impl Driver for ProcessDriver {
         .await?
         .map_err(|e| io_failed(&format!("instance {key}: removing its directory"), e))?;
         self.forget_lock(key);
-        tracing::info!(instance = %key, "destroyed");
+        tracing::debug!(instance = %key, "destroyed");
         Ok(())
     }
 

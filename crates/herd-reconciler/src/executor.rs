@@ -216,6 +216,7 @@ impl Reconciler {
 
     /// One pass: observe, plan, and apply.
     pub async fn pass(&self) -> Result<PassReport, ReconcileError> {
+        let t_start = std::time::Instant::now();
         let now = self.clock.now();
         let sets = self.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?;
         let statuses: BTreeMap<String, herd_store::Object<ScaleSetStatus>> = self
@@ -229,7 +230,9 @@ impl Reconciler {
             let set_key = o.key.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap_or_default();
             by_set.entry(set_key).or_default().push(o);
         }
+        let t_read = t_start.elapsed();
         let observed = self.driver.list().await?;
+        let t_list = t_start.elapsed();
         let mut observed_by_set: BTreeMap<String, BTreeMap<InstanceId, ObservedPower>> = BTreeMap::new();
         let mut orphans = Vec::new();
         for o in observed {
@@ -349,9 +352,11 @@ impl Reconciler {
             addr = None;
         }
         let _ = addr;
+        let n_calls = calls.len();
         if !ops.is_empty() {
             self.store.txn(ops)?;
         }
+        let t_intent = t_start.elapsed();
         self.fault(FaultPoint::AfterIntent)?;
 
         // Phase B: driver calls.
@@ -378,6 +383,7 @@ impl Reconciler {
             .buffer_unordered(self.config.driver_concurrency.max(1))
             .collect()
             .await;
+        let t_driver = t_start.elapsed();
         self.fault(FaultPoint::AfterDriver)?;
 
         // Phase C: results, re-read and compare-and-swap so a concurrent user write is kept.
@@ -414,6 +420,16 @@ impl Reconciler {
                 Err(e) => return Err(e.into()),
             }
         }
+        tracing::debug!(
+            steps = total,
+            driver_calls = n_calls,
+            read_ms = t_read.as_millis() as u64,
+            list_ms = (t_list - t_read).as_millis() as u64,
+            intent_ms = (t_intent - t_list).as_millis() as u64,
+            driver_ms = (t_driver - t_intent).as_millis() as u64,
+            results_ms = (t_start.elapsed() - t_driver).as_millis() as u64,
+            "reconcile pass"
+        );
         Ok(PassReport { steps: total, waiting: true })
     }
 
