@@ -246,7 +246,9 @@ pub async fn action(
     if !skipped.is_empty() {
         message.push_str(&format!("; skipped {}", skipped.join("; ")));
     }
-    let mut ev = views::user_event(&state, &group, &name, action, message);
+    let mut op = action.to_string();
+    op[..1].make_ascii_uppercase();
+    let mut ev = views::user_event(&state, &group, &name, &op, message);
     ev.time = now;
     ops.push(WriteOp::Activity(ev));
     state.store.txn(ops)?;

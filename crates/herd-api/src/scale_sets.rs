@@ -328,6 +328,6 @@ pub async fn scale(
     let mut model = cur.value.model.clone();
     model.sku.capacity = req.capacity;
     model.validate(&state.validation())?;
-    let saved = commit(&state, &cur, model, Secrets::default(), "Scale", "scale".into())?;
+    let saved = commit(&state, &cur, model, Secrets::default(), "Scale", "scale requested".into())?;
     Ok(with_etag(StatusCode::OK, views::set_view(&state, &saved)?))
 }

@@ -30,7 +30,7 @@ impl Demo {
         println!(
             "\n$ herd {}",
             args.iter()
-                .map(|a| if a.contains(' ') || a.contains('*') { format!("'{a}'") } else { a.to_string() })
+                .map(|a| if a.contains([' ', '*', '[', '?', '!', '\'']) { format!("'{a}'") } else { a.to_string() })
                 .collect::<Vec<_>>()
                 .join(" ")
         );

@@ -160,10 +160,12 @@ fn foundation_commands_end_to_end() {
         "CreateInstances",
         "Scale",
         "UpdateScaleSet",
-        "stop",
-        "deallocate",
-        "updateInstances",
-        "deleteInstances",
+        "Stop",
+        "Deallocate",
+        "Start",
+        "Restart",
+        "Reimage",
+        "UpdateInstances",
         "DeleteInstances",
     ] {
         assert!(ops.contains(&op), "activity log lacks {op}: {ops:?}");
