@@ -99,6 +99,20 @@ fn check(kind: Kind, key: &str, expect: Expect, found: Option<i64>) -> Result<()
     })
 }
 
+/// Checks a write's expectation against the key's current revision, inside the transaction.
+fn precondition(
+    find: &mut rusqlite::CachedStatement<'_>,
+    kind: Kind,
+    key: &str,
+    expect: Expect,
+) -> Result<(), StoreError> {
+    if expect == Expect::Any {
+        return Ok(());
+    }
+    let found: Option<i64> = find.query_row(params![kind.as_str(), key], |r| r.get(0)).optional().map_err(backend)?;
+    check(kind, key, expect, found)
+}
+
 impl Store for SqliteStore {
     fn get(&self, kind: Kind, key: &str) -> Result<Option<Object>, StoreError> {
         let conn = self.lock();
@@ -149,24 +163,12 @@ impl Store for SqliteStore {
             for op in &ops {
                 match op {
                     WriteOp::Put { kind, key, value, expect } => {
-                        if *expect != Expect::Any {
-                            let found: Option<i64> = find
-                                .query_row(params![kind.as_str(), key], |r| r.get(0))
-                                .optional()
-                                .map_err(backend)?;
-                            check(*kind, key, *expect, found)?;
-                        }
+                        precondition(&mut find, *kind, key, *expect)?;
                         let text = serde_json::to_string(value).map_err(|e| StoreError::Codec(e.to_string()))?;
                         put.execute(params![kind.as_str(), key, rev, text]).map_err(backend)?;
                     }
                     WriteOp::Delete { kind, key, expect } => {
-                        if *expect != Expect::Any {
-                            let found: Option<i64> = find
-                                .query_row(params![kind.as_str(), key], |r| r.get(0))
-                                .optional()
-                                .map_err(backend)?;
-                            check(*kind, key, *expect, found)?;
-                        }
+                        precondition(&mut find, *kind, key, *expect)?;
                         del.execute(params![kind.as_str(), key]).map_err(backend)?;
                     }
                     WriteOp::Activity(ev) => {

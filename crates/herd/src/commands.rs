@@ -16,17 +16,6 @@ const SET_TABLE: Columns<'static> = &[
     ("Sku", "sku.name"),
     ("Capacity", "sku.capacity"),
     ("UpgradePolicy", "upgradePolicy.mode"),
-    ("ProvisioningState", "provisioningState"),
-    ("Running", "instanceSummary.running"),
-];
-const SET_TABLE_ONE: Columns<'static> = &[
-    ("Name", "name"),
-    ("ResourceGroup", "resourceGroup"),
-    ("Location", "location"),
-    ("Zones", "join(' ', zones)"),
-    ("Sku", "sku.name"),
-    ("Capacity", "sku.capacity"),
-    ("UpgradePolicy", "upgradePolicy.mode"),
     ("ModelGeneration", "modelGeneration"),
     ("ProvisioningState", "provisioningState"),
     ("Running", "instanceSummary.running"),
@@ -278,13 +267,13 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             let path = set_path(&c.set.group, &c.set.name);
             let v = ctx.client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
             let v = if ctx.no_wait { v } else { ctx.wait(&c.set, Until::Created).await?.unwrap_or(v) };
-            ctx.print(&v, Some(SET_TABLE_ONE))
+            ctx.print(&v, Some(SET_TABLE))
         }
         VmssCmd::List { group } => ctx.print(
             &ctx.client.get(&format!("/v1/resourceGroups/{}/virtualMachineScaleSets", enc(&group))).await?,
             Some(SET_TABLE),
         ),
-        VmssCmd::Show(s) => ctx.print(&ctx.client.get(&set_path(&s.group, &s.name)).await?, Some(SET_TABLE_ONE)),
+        VmssCmd::Show(s) => ctx.print(&ctx.client.get(&set_path(&s.group, &s.name)).await?, Some(SET_TABLE)),
         VmssCmd::Delete(s) => {
             ctx.client.delete(&set_path(&s.group, &s.name)).await?;
             if !ctx.no_wait {
@@ -298,7 +287,7 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
                 .post(&format!("{}/scale", set_path(&set.group, &set.name)), &json!({"capacity": new_capacity}))
                 .await?;
             let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
-            ctx.print(&v, Some(SET_TABLE_ONE))
+            ctx.print(&v, Some(SET_TABLE))
         }
         VmssCmd::Update { set, set_ops, add, remove, if_match } => {
             let mut ops = Vec::new();
@@ -330,7 +319,7 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             // A model change in Manual mode leaves instances as they are, so wait only for the
             // set's own state (capacity and power), not for the latest model.
             let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
-            ctx.print(&v, Some(SET_TABLE_ONE))
+            ctx.print(&v, Some(SET_TABLE))
         }
         VmssCmd::UpdateInstances { set, ids } => {
             set_action(ctx, &set, "updateInstances", &ids.ids, Until::Created).await
