@@ -72,6 +72,19 @@ pub enum Command {
     /// Print generated reference material (docs/cli.md, docs/openapi.json).
     #[command(hide = true, subcommand)]
     Gen(GenCmd),
+    /// Internal: how the process driver starts an instance with its own hostname.
+    #[command(hide = true)]
+    InstanceInit(InstanceInitArgs),
+}
+
+/// `herd instance-init --hostname NAME -- PROGRAM [ARGS]`: enter a new UTS namespace, set the
+/// hostname, then exec PROGRAM (same pid, environment and working directory).
+#[derive(Debug, Args)]
+pub struct InstanceInitArgs {
+    #[arg(long)]
+    pub hostname: String,
+    #[arg(last = true, required = true)]
+    pub program: Vec<String>,
 }
 
 #[derive(Debug, Args)]

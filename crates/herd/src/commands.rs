@@ -82,6 +82,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", cli_docs());
             return Ok(());
         }
+        Command::InstanceInit(_) => unreachable!("handled in main before the runtime starts"),
         Command::Gen(GenCmd::Openapi) => {
             println!("{}", herd_api::openapi::document());
             return Ok(());

@@ -16,6 +16,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    if let cli::Command::InstanceInit(a) = &cli.command {
+        return instance_init(a);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "warn,herd=info".into()),
@@ -36,4 +39,20 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Runs before any thread or runtime exists: new UTS namespace, hostname, then exec.
+fn instance_init(a: &cli::InstanceInitArgs) -> std::process::ExitCode {
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS) {
+        eprintln!("herd instance-init: cannot create a UTS namespace: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if let Err(e) = nix::unistd::sethostname(&a.hostname) {
+        eprintln!("herd instance-init: cannot set the hostname to '{}': {e}", a.hostname);
+        return std::process::ExitCode::FAILURE;
+    }
+    let err = std::process::Command::new(&a.program[0]).args(&a.program[1..]).exec();
+    eprintln!("herd instance-init: cannot start {}: {err}", a.program[0]);
+    std::process::ExitCode::from(127)
 }

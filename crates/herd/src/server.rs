@@ -156,7 +156,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             let tag = format!("herd:{}", data_dir.display());
             Arc::new(
                 herd_driver_process::ProcessDriver::new(data_dir.join("instances"), tag)
-                    .map_err(|e| anyhow::anyhow!("process driver: {e}"))?,
+                    .map_err(|e| anyhow::anyhow!("process driver: {e}"))?
+                    .with_launcher(std::env::current_exe()?),
             )
         }
     };

@@ -92,3 +92,56 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
         instance_processes(&data).is_empty().then_some(())
     });
 }
+
+/// What an instance sees through the server: its id, computer name, address and, as root, its
+/// own hostname.
+#[test]
+fn process_instances_see_their_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start("process", &data, None);
+    let img = image_dir(
+        &dir.path().join("img"),
+        "echo \"$HERD_INSTANCE_ID $HERD_COMPUTER_NAME $HERD_ADDRESS $(hostname)\" > identity.tmp && mv identity.tmp identity\nexec sleep 3600",
+    );
+    s.ok(&["group", "create", "-n", "rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:Who:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "whoami",
+        "--image",
+        "Herd:Who:1:latest",
+        "--instance-count",
+        "2",
+        "--vm-sku",
+        "Standard_B1s",
+        "--quiet",
+    ]);
+    let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "whoami"]);
+    for i in list.as_array().unwrap() {
+        let id = i["instanceId"].as_str().unwrap();
+        let file = data.join("instances/rg/whoami").join(id).join("work/identity");
+        let text = wait_for("the instance to write its identity", Duration::from_secs(20), || {
+            std::fs::read_to_string(&file).ok()
+        });
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields[0], id);
+        assert_eq!(fields[1], i["computerName"].as_str().unwrap());
+        assert_eq!(fields[2], i["reachAddress"].as_str().unwrap());
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+        if root {
+            assert_eq!(fields[3], i["computerName"].as_str().unwrap(), "as root, hostname is the computer name");
+        }
+    }
+    s.ok(&["vmss", "delete", "-g", "rg", "-n", "whoami", "--quiet"]);
+    wait_for("no instance processes left", Duration::from_secs(30), || {
+        instance_processes(&data).is_empty().then_some(())
+    });
+}
