@@ -14,6 +14,7 @@ pub mod error;
 mod groups;
 mod images;
 mod instances;
+mod network;
 pub mod openapi;
 mod scale_sets;
 pub mod state;
@@ -49,6 +50,29 @@ pub fn router(state: AppState) -> Router {
             get(instances::instance_view),
         )
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", post(instances::action))
+        .route("/v1/resourceGroups/{group}/virtualNetworks", get(network::vnet_list))
+        .route(
+            "/v1/resourceGroups/{group}/virtualNetworks/{name}",
+            put(network::vnet_put).get(network::vnet_show).delete(network::vnet_delete),
+        )
+        .route(
+            "/v1/resourceGroups/{group}/virtualNetworks/{vnet}/subnets/{name}",
+            put(network::subnet_put).delete(network::subnet_delete),
+        )
+        .route("/v1/resourceGroups/{group}/publicIPAddresses", get(network::pip_list))
+        .route(
+            "/v1/resourceGroups/{group}/publicIPAddresses/{name}",
+            put(network::pip_put).get(network::pip_show).delete(network::pip_delete),
+        )
+        .route("/v1/resourceGroups/{group}/loadBalancers", get(network::lb_list))
+        .route(
+            "/v1/resourceGroups/{group}/loadBalancers/{name}",
+            put(network::lb_put).get(network::lb_show).delete(network::lb_delete),
+        )
+        .route(
+            "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}",
+            put(network::lb_child_put).delete(network::lb_child_delete),
+        )
         .route("/v1/images", get(images::list))
         .route("/v1/images/{urn}", put(images::import).get(images::show).delete(images::delete))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));

@@ -11,12 +11,14 @@
 mod string_enum;
 
 pub mod activity;
+pub mod cidr;
 pub mod clock;
 pub mod error;
 pub mod group;
 pub mod ids;
 pub mod image;
 pub mod instance;
+pub mod network;
 pub mod patch;
 pub mod scale_set;
 pub mod sku;

@@ -31,6 +31,9 @@ pub enum Kind {
     Secret,
     /// Allocators and other server-wide counters.
     Counter,
+    VirtualNetwork,
+    PublicIp,
+    LoadBalancer,
 }
 
 impl Kind {
@@ -43,6 +46,9 @@ impl Kind {
             Kind::Image => "image",
             Kind::Secret => "secret",
             Kind::Counter => "counter",
+            Kind::VirtualNetwork => "vnet",
+            Kind::PublicIp => "public-ip",
+            Kind::LoadBalancer => "lb",
         }
     }
 }

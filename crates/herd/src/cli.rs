@@ -58,6 +58,9 @@ pub enum Command {
     /// Manage virtual machine scale sets.
     #[command(subcommand)]
     Vmss(VmssCmd),
+    /// Manage virtual networks, public IPs and load balancers.
+    #[command(subcommand)]
+    Network(crate::network_cmds::NetworkCmd),
     /// Manage the local image gallery.
     #[command(subcommand)]
     Image(ImageCmd),

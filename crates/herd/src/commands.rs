@@ -101,6 +101,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Group(c) => group(&ctx, c).await,
         Command::Vmss(c) => vmss(&ctx, c).await,
         Command::Image(c) => image(&ctx, c).await,
+        Command::Network(c) => crate::network_cmds::run(&ctx.client, ctx.format, ctx.query.as_deref(), c).await,
         Command::Monitor(MonitorCmd::ActivityLog(ActivityLogCmd::List { group, resource, since, limit })) => {
             let mut q = vec![format!("limit={limit}")];
             if let Some(r) = resource {

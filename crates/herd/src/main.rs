@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod commands;
 mod demo;
+mod network_cmds;
 mod output;
 mod server;
 mod wait;

@@ -1,0 +1,501 @@
+//! Networks: virtual networks and subnets, public IP addresses, load balancers and their
+//! sub-resources (frontends, pools, probes, rules, NAT pools). Every write validates the whole
+//! resource (references, ranges, overlaps) and is a compare-and-swap, so nothing half-applies.
+
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+    views,
+};
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use herd_model::{
+    network::{network_id, LoadBalancer, PublicIpAddress, Subnet, VirtualNetwork, LB_COLLECTIONS},
+    scale_set::StoredScaleSet,
+    FieldError,
+};
+use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use std::net::Ipv4Addr;
+
+/// A network resource stored under `group/name`.
+trait NetResource: Serialize + DeserializeOwned + Clone {
+    const KIND: Kind;
+    /// Azure's collection name, as in resource ids (`virtualNetworks`).
+    const COLLECTION: &'static str;
+    /// What users call it in messages.
+    const NOUN: &'static str;
+}
+
+impl NetResource for VirtualNetwork {
+    const KIND: Kind = Kind::VirtualNetwork;
+    const COLLECTION: &'static str = "virtualNetworks";
+    const NOUN: &'static str = "virtual network";
+}
+impl NetResource for PublicIpAddress {
+    const KIND: Kind = Kind::PublicIp;
+    const COLLECTION: &'static str = "publicIPAddresses";
+    const NOUN: &'static str = "public IP address";
+}
+impl NetResource for LoadBalancer {
+    const KIND: Kind = Kind::LoadBalancer;
+    const COLLECTION: &'static str = "loadBalancers";
+    const NOUN: &'static str = "load balancer";
+}
+
+fn key(group: &str, name: &str) -> String {
+    format!("{group}/{name}")
+}
+
+fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Invalid(FieldError::new(if path == "." { String::new() } else { path }, e.into_inner().to_string()))
+    })
+}
+
+fn load<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<Object<T>, ApiError> {
+    views::load_group(state, group)?;
+    state
+        .store
+        .get_as::<T>(T::KIND, &key(group, name))?
+        .ok_or_else(|| ApiError::NotFound(format!("{} '{name}' does not exist in resource group '{group}'", T::NOUN)))
+}
+
+fn list_all<T: NetResource>(state: &AppState, group: &str) -> Result<Vec<T>, ApiError> {
+    views::load_group(state, group)?;
+    Ok(state.store.list_as::<T>(T::KIND, &format!("{group}/"))?.into_iter().map(|o| o.value).collect())
+}
+
+/// Writes `value` (already validated) as a create or a compare-and-swap update.
+fn save<T: NetResource>(
+    state: &AppState,
+    group: &str,
+    name: &str,
+    value: &T,
+    expect: Expect,
+    message: String,
+) -> Result<(), ApiError> {
+    state.store.txn(vec![
+        WriteOp::put(T::KIND, key(group, name), value, expect)?,
+        WriteOp::Activity(views::user_event(state, group, name, &format!("Write{}", T::COLLECTION), message)),
+    ])?;
+    Ok(())
+}
+
+/// Scale sets whose model mentions `id` (a network resource they use).
+fn users_of(state: &AppState, id: &str) -> Result<Vec<String>, ApiError> {
+    let needle = id.to_ascii_lowercase();
+    Ok(state
+        .store
+        .list_as::<StoredScaleSet>(Kind::ScaleSet, "")?
+        .into_iter()
+        .filter(|s| serde_json::to_string(&s.value.model).unwrap_or_default().to_ascii_lowercase().contains(&needle))
+        .map(|s| s.key)
+        .collect())
+}
+
+fn delete_resource<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<StatusCode, ApiError> {
+    let cur = load::<T>(state, group, name)?;
+    let id = network_id(group, T::COLLECTION, name);
+    let users = users_of(state, &id)?;
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "{} '{name}' is used by scale set(s) {}; change or delete them first",
+            T::NOUN,
+            users.join(", ")
+        )));
+    }
+    let mut ops = vec![WriteOp::delete(T::KIND, key(group, name), Expect::Revision(cur.revision))];
+    if T::KIND == Kind::PublicIp {
+        let lbs = state.store.list_as::<LoadBalancer>(Kind::LoadBalancer, "")?;
+        if let Some(lb) = lbs.iter().find(|l| {
+            l.value
+                .frontend_ip_configurations
+                .iter()
+                .any(|f| f.public_ip_address.as_ref().is_some_and(|p| p.id.eq_ignore_ascii_case(&id)))
+        }) {
+            return Err(ApiError::Conflict(format!(
+                "public IP address '{name}' is used by load balancer '{}'",
+                lb.value.name
+            )));
+        }
+    }
+    ops.push(WriteOp::Activity(views::user_event(
+        state,
+        group,
+        name,
+        &format!("Delete{}", T::COLLECTION),
+        format!("{} deleted", T::NOUN),
+    )));
+    state.store.txn(ops)?;
+    state.wake();
+    Ok(StatusCode::OK)
+}
+
+fn expect_for<T>(
+    headers: &HeaderMap,
+    existing: &Option<Object<T>>,
+    name: &str,
+    noun: &str,
+) -> Result<Expect, ApiError> {
+    let create_only = headers.get(axum::http::header::IF_NONE_MATCH).is_some_and(|v| v == "*");
+    match existing {
+        Some(_) if create_only => Err(ApiError::Conflict(format!("{noun} '{name}' already exists"))),
+        Some(o) => {
+            views::check_if_match(headers, o.revision)?;
+            Ok(Expect::Revision(o.revision))
+        }
+        None => Ok(Expect::Absent),
+    }
+}
+
+// ---- virtual networks and subnets ----
+
+/// Lists virtual networks.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualNetworks", tag = "networks",
+    params(("group" = String, Path)), responses((status = 200, body = Vec<VirtualNetwork>), (status = 404, body = ErrorBody)))]
+pub async fn vnet_list(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<VirtualNetwork>>, ApiError> {
+    Ok(Json(list_all(&s, &group)?))
+}
+
+/// Shows a virtual network.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualNetworks/{name}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200, body = VirtualNetwork), (status = 404, body = ErrorBody)))]
+pub async fn vnet_show(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<VirtualNetwork>, ApiError> {
+    Ok(Json(load::<VirtualNetwork>(&s, &group, &name)?.value))
+}
+
+/// Creates or replaces a virtual network (with its subnets).
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/virtualNetworks/{name}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path)), request_body = VirtualNetwork,
+    responses((status = 200, body = VirtualNetwork), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn vnet_put(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Json<VirtualNetwork>, ApiError> {
+    views::load_group(&s, &group)?;
+    views::check_child_name("name", &name)?;
+    let existing = s.store.get_as::<VirtualNetwork>(Kind::VirtualNetwork, &key(&group, &name))?;
+    let expect = expect_for(&headers, &existing, &name, "virtual network")?;
+    let mut v: VirtualNetwork = parse(body)?;
+    v.normalize(&group, &name)?;
+    check_vnet_overlaps(&s, &group, &name, &v)?;
+    save(
+        &s,
+        &group,
+        &name,
+        &v,
+        expect,
+        format!(
+            "virtual network {}",
+            v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    )?;
+    Ok(Json(v))
+}
+
+/// Vnets of one group must not overlap each other (they could not be bridged together).
+fn check_vnet_overlaps(s: &AppState, group: &str, name: &str, v: &VirtualNetwork) -> Result<(), ApiError> {
+    for other in list_all::<VirtualNetwork>(s, group)? {
+        if other.name == name {
+            continue;
+        }
+        for a in &v.address_space.address_prefixes {
+            for b in &other.address_space.address_prefixes {
+                if a.overlaps(b) {
+                    return Err(ApiError::invalid(
+                        "addressSpace.addressPrefixes",
+                        format!("{a} overlaps virtual network '{}' ({b})", other.name),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a virtual network, unless a scale set uses it.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/virtualNetworks/{name}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn vnet_delete(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    delete_resource::<VirtualNetwork>(&s, &group, &name)
+}
+
+/// Creates or replaces a subnet of a virtual network.
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/virtualNetworks/{vnet}/subnets/{name}", tag = "networks",
+    params(("group" = String, Path), ("vnet" = String, Path), ("name" = String, Path)), request_body = Subnet,
+    responses((status = 200, body = Subnet), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn subnet_put(
+    State(s): State<AppState>,
+    Path((group, vnet, name)): Path<(String, String, String)>,
+    Json(mut body): Json<Value>,
+) -> Result<Json<Subnet>, ApiError> {
+    let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("name".into(), Value::String(name.clone()));
+    }
+    let sub: Subnet = parse(body)?;
+    let mut v = cur.value.clone();
+    v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
+    v.subnets.push(sub);
+    v.normalize(&group, &vnet).map_err(|mut e| {
+        if e.field.starts_with("subnets[") {
+            e.field = e.field.split_once('.').map_or("addressPrefix".into(), |(_, f)| f.to_string());
+        }
+        ApiError::Invalid(e)
+    })?;
+    save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' written"))?;
+    let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
+    Ok(Json(out))
+}
+
+/// Deletes a subnet, unless a scale set uses it.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/virtualNetworks/{vnet}/subnets/{name}", tag = "networks",
+    params(("group" = String, Path), ("vnet" = String, Path), ("name" = String, Path)),
+    responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn subnet_delete(
+    State(s): State<AppState>,
+    Path((group, vnet, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
+    let Some(sub) = cur.value.subnets.iter().find(|x| x.name.eq_ignore_ascii_case(&name)) else {
+        return Err(ApiError::NotFound(format!("subnet '{name}' does not exist in virtual network '{vnet}'")));
+    };
+    let users = users_of(&s, &sub.id)?;
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!("subnet '{name}' is used by scale set(s) {}", users.join(", "))));
+    }
+    let mut v = cur.value.clone();
+    v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
+    save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' deleted"))?;
+    Ok(StatusCode::OK)
+}
+
+// ---- public IP addresses ----
+
+/// The first address public IPs are allocated from (127.64.0.0/10, skipping .0 and .255).
+fn public_ip_candidates() -> impl Iterator<Item = Ipv4Addr> {
+    let base = u32::from(Ipv4Addr::new(127, 64, 0, 0));
+    (0..(1u32 << 22)).map(move |n| Ipv4Addr::from(base + n)).filter(|a| a.octets()[3] != 0 && a.octets()[3] != 255)
+}
+
+/// Lists public IP addresses.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/publicIPAddresses", tag = "networks",
+    params(("group" = String, Path)), responses((status = 200, body = Vec<PublicIpAddress>), (status = 404, body = ErrorBody)))]
+pub async fn pip_list(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<PublicIpAddress>>, ApiError> {
+    Ok(Json(list_all(&s, &group)?))
+}
+
+/// Shows a public IP address.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/publicIPAddresses/{name}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200, body = PublicIpAddress), (status = 404, body = ErrorBody)))]
+pub async fn pip_show(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<PublicIpAddress>, ApiError> {
+    Ok(Json(load::<PublicIpAddress>(&s, &group, &name)?.value))
+}
+
+/// Creates a public IP address. Without `ipAddress`, herd allocates a loopback address from
+/// 127.64.0.0/10; a non-loopback address must be asked for explicitly.
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/publicIPAddresses/{name}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path)), request_body = PublicIpAddress,
+    responses((status = 200, body = PublicIpAddress), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn pip_put(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Json<PublicIpAddress>, ApiError> {
+    views::load_group(&s, &group)?;
+    views::check_child_name("name", &name)?;
+    let existing = s.store.get_as::<PublicIpAddress>(Kind::PublicIp, &key(&group, &name))?;
+    let expect = expect_for(&headers, &existing, &name, "public IP address")?;
+    let mut p: PublicIpAddress = parse(body)?;
+    p.id = network_id(&group, "publicIPAddresses", &name);
+    p.name = name.clone();
+    p.resource_group = group.clone();
+    p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
+    let used: Vec<String> = s
+        .store
+        .list_as::<PublicIpAddress>(Kind::PublicIp, "")?
+        .into_iter()
+        .filter(|o| o.key != key(&group, &name))
+        .filter_map(|o| o.value.ip_address)
+        .collect();
+    let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
+        Some(a) => {
+            let ip: Ipv4Addr =
+                a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
+            let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
+            if !ip.is_loopback() && !allow {
+                return Err(ApiError::invalid(
+                    "ipAddress",
+                    format!("{ip} is not a loopback address; binding a host address must be asked for explicitly (--allow-non-loopback)"),
+                ));
+            }
+            if used.contains(&ip.to_string()) {
+                return Err(ApiError::invalid(
+                    "ipAddress",
+                    format!("{ip} is already used by another public IP address"),
+                ));
+            }
+            ip
+        }
+        None => public_ip_candidates()
+            .find(|c| !used.contains(&c.to_string()))
+            .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
+    };
+    p.ip_address = Some(addr.to_string());
+    save(&s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
+    Ok(Json(p))
+}
+
+/// Deletes a public IP address, unless a load balancer uses it.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/publicIPAddresses/{name}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn pip_delete(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    delete_resource::<PublicIpAddress>(&s, &group, &name)
+}
+
+// ---- load balancers ----
+
+fn public_ip_ids(s: &AppState) -> Result<Vec<String>, ApiError> {
+    Ok(s.store.list_as::<PublicIpAddress>(Kind::PublicIp, "")?.into_iter().map(|o| o.value.id).collect())
+}
+
+/// Lists load balancers.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/loadBalancers", tag = "load balancers",
+    params(("group" = String, Path)), responses((status = 200, body = Vec<LoadBalancer>), (status = 404, body = ErrorBody)))]
+pub async fn lb_list(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<LoadBalancer>>, ApiError> {
+    Ok(Json(list_all(&s, &group)?))
+}
+
+/// Shows a load balancer.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/loadBalancers/{name}", tag = "load balancers",
+    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200, body = LoadBalancer), (status = 404, body = ErrorBody)))]
+pub async fn lb_show(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    Ok(Json(load::<LoadBalancer>(&s, &group, &name)?.value))
+}
+
+/// Creates or replaces a load balancer.
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/loadBalancers/{name}", tag = "load balancers",
+    params(("group" = String, Path), ("name" = String, Path)), request_body = LoadBalancer,
+    responses((status = 200, body = LoadBalancer), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn lb_put(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    views::load_group(&s, &group)?;
+    views::check_child_name("name", &name)?;
+    let existing = s.store.get_as::<LoadBalancer>(Kind::LoadBalancer, &key(&group, &name))?;
+    let expect = expect_for(&headers, &existing, &name, "load balancer")?;
+    let mut lb: LoadBalancer = parse(body)?;
+    lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+    save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
+    s.wake();
+    Ok(Json(lb))
+}
+
+/// Deletes a load balancer, unless a scale set uses it.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/loadBalancers/{name}", tag = "load balancers",
+    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn lb_delete(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    delete_resource::<LoadBalancer>(&s, &group, &name)
+}
+
+fn collection(c: &str) -> Result<&'static str, ApiError> {
+    LB_COLLECTIONS.iter().find(|x| x.eq_ignore_ascii_case(c)).copied().ok_or_else(|| {
+        ApiError::NotFound(format!("no collection '{c}'; load balancers have: {}", LB_COLLECTIONS.join(", ")))
+    })
+}
+
+/// Creates or replaces one sub-resource (probe, rule, pool, frontend, NAT pool). The whole load
+/// balancer is validated again, so a rule naming a missing probe is refused.
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}", tag = "load balancers",
+    params(("group" = String, Path), ("name" = String, Path),
+        ("collection" = String, Path, description = "frontendIPConfigurations, backendAddressPools, probes, loadBalancingRules or inboundNatPools"),
+        ("child" = String, Path)),
+    responses((status = 200, body = LoadBalancer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn lb_child_put(
+    State(s): State<AppState>,
+    Path((group, name, coll, child)): Path<(String, String, String, String)>,
+    Json(mut body): Json<Value>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    let coll = collection(&coll)?;
+    let cur = load::<LoadBalancer>(&s, &group, &name)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("name".into(), Value::String(child.clone()));
+    }
+    let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
+    list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
+    list.push(body);
+    let mut lb: LoadBalancer = parse(doc)?;
+    lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+    save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' written"))?;
+    s.wake();
+    Ok(Json(lb))
+}
+
+/// Deletes one sub-resource; refused while another sub-resource refers to it.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}", tag = "load balancers",
+    params(("group" = String, Path), ("name" = String, Path), ("collection" = String, Path), ("child" = String, Path)),
+    responses((status = 200, body = LoadBalancer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn lb_child_delete(
+    State(s): State<AppState>,
+    Path((group, name, coll, child)): Path<(String, String, String, String)>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    let coll = collection(&coll)?;
+    let cur = load::<LoadBalancer>(&s, &group, &name)?;
+    let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
+    let before = list.len();
+    list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
+    if list.len() == before {
+        return Err(ApiError::NotFound(format!("'{child}' does not exist in {coll} of load balancer '{name}'")));
+    }
+    let mut lb: LoadBalancer = parse(doc)?;
+    lb.normalize(&group, &name, &public_ip_ids(&s)?)
+        .map_err(|e| ApiError::Conflict(format!("'{child}' is still in use: {}", e.message)))?;
+    let users = users_of(&s, &cur.value.child_id(coll, &child))?;
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!("'{child}' is used by scale set(s) {}", users.join(", "))));
+    }
+    save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' deleted"))?;
+    s.wake();
+    Ok(Json(lb))
+}

@@ -1,0 +1,529 @@
+//! `herd network ...`: virtual networks, subnets, public IPs and load balancers, spelled as
+//! `az network ...`.
+
+use crate::client::{enc, is_not_found, Client};
+use crate::output::{self, Columns, Format};
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Virtual networks and their subnets.
+    #[command(subcommand)]
+    Vnet(VnetCmd),
+    /// Public IP addresses (the host addresses load-balancer frontends listen on).
+    #[command(subcommand, name = "public-ip")]
+    PublicIp(PublicIpCmd),
+    /// Load balancers, with their probes, rules, pools, frontends and NAT pools.
+    #[command(subcommand)]
+    Lb(LbCmd),
+}
+
+/// `-g` and `-n`.
+#[derive(Debug, Args, Clone)]
+pub struct Named {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(short, long)]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VnetCmd {
+    /// Create a virtual network (optionally with a first subnet).
+    Create {
+        #[command(flatten)]
+        r: Named,
+        /// Address prefixes, e.g. 10.0.0.0/16.
+        #[arg(long = "address-prefix", visible_alias = "address-prefixes", num_args = 1.., default_value = "10.0.0.0/16")]
+        prefixes: Vec<String>,
+        #[arg(long)]
+        subnet_name: Option<String>,
+        #[arg(long)]
+        subnet_prefix: Option<String>,
+        #[arg(short, long, default_value = "local")]
+        location: String,
+    },
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+    },
+    Show(Named),
+    Delete(Named),
+    /// Subnets of a virtual network.
+    #[command(subcommand)]
+    Subnet(SubnetCmd),
+}
+
+/// `-g`, `--vnet-name`, `-n`.
+#[derive(Debug, Args, Clone)]
+pub struct SubnetRef {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(long)]
+    pub vnet_name: String,
+    #[arg(short, long)]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubnetCmd {
+    /// Create or update a subnet.
+    Create {
+        #[command(flatten)]
+        r: SubnetRef,
+        /// The subnet's prefix, inside the vnet's address space, e.g. 10.0.0.0/24.
+        #[arg(long = "address-prefixes", visible_alias = "address-prefix")]
+        prefix: String,
+    },
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        vnet_name: String,
+    },
+    Show(SubnetRef),
+    Delete(SubnetRef),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublicIpCmd {
+    /// Create a public IP. By default herd picks a loopback address from 127.64.0.0/10.
+    Create {
+        #[command(flatten)]
+        r: Named,
+        /// A specific address to use.
+        #[arg(long)]
+        address: Option<String>,
+        /// Allow --address to be a non-loopback address of this host.
+        #[arg(long)]
+        allow_non_loopback: bool,
+    },
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+    },
+    Show(Named),
+    Delete(Named),
+}
+
+/// `-g`, `--lb-name`, `-n`.
+#[derive(Debug, Args, Clone)]
+pub struct ChildRef {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(long)]
+    pub lb_name: String,
+    #[arg(short, long)]
+    pub name: String,
+}
+
+/// `-g`, `--lb-name`.
+#[derive(Debug, Args, Clone)]
+pub struct LbRef {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(long)]
+    pub lb_name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChildCmd<C: Args> {
+    /// Create or update it.
+    Create(C),
+    List(LbRef),
+    Show(ChildRef),
+    Delete(ChildRef),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub r: ChildRef,
+    /// Tcp or Http (Https comes later).
+    #[arg(long)]
+    pub protocol: String,
+    #[arg(long)]
+    pub port: i64,
+    /// Path for Http probes (200 means healthy).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Seconds between probes.
+    #[arg(long, default_value_t = 15)]
+    pub interval: i64,
+    /// Consecutive results needed to change state.
+    #[arg(
+        long = "threshold",
+        visible_alias = "probe-threshold",
+        visible_alias = "number-of-probes",
+        default_value_t = 2
+    )]
+    pub threshold: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    #[command(flatten)]
+    pub r: ChildRef,
+    /// Tcp (Udp and All come later).
+    #[arg(long, default_value = "Tcp")]
+    pub protocol: String,
+    #[arg(long)]
+    pub frontend_port: i64,
+    #[arg(long)]
+    pub backend_port: i64,
+    #[arg(long, default_value = "loadBalancerFrontEnd")]
+    pub frontend_ip_name: String,
+    /// Default: <lb-name>BEPool.
+    #[arg(long)]
+    pub backend_pool_name: Option<String>,
+    #[arg(long)]
+    pub probe_name: Option<String>,
+    /// Default (5-tuple), SourceIP or SourceIPProtocol.
+    #[arg(long, default_value = "Default")]
+    pub load_distribution: String,
+    /// Minutes, 4 to 30.
+    #[arg(long, default_value_t = 4)]
+    pub idle_timeout: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(flatten)]
+    pub r: ChildRef,
+}
+
+#[derive(Debug, Args)]
+pub struct FrontendArgs {
+    #[command(flatten)]
+    pub r: ChildRef,
+    #[arg(long)]
+    pub public_ip_address: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NatPoolArgs {
+    #[command(flatten)]
+    pub r: ChildRef,
+    #[arg(long, default_value = "Tcp")]
+    pub protocol: String,
+    #[arg(long)]
+    pub frontend_port_range_start: i64,
+    #[arg(long)]
+    pub frontend_port_range_end: i64,
+    #[arg(long)]
+    pub backend_port: i64,
+    #[arg(long, default_value = "loadBalancerFrontEnd")]
+    pub frontend_ip_name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LbCmd {
+    /// Create a load balancer with one frontend and one backend pool (and the public IP if it
+    /// does not exist yet).
+    Create {
+        #[command(flatten)]
+        r: Named,
+        /// Public IP name for the frontend (created if absent).
+        #[arg(long)]
+        public_ip_address: Option<String>,
+        #[arg(long, default_value = "loadBalancerFrontEnd")]
+        frontend_ip_name: String,
+        /// Default: <name>BEPool.
+        #[arg(long)]
+        backend_pool_name: Option<String>,
+        /// Standard (accepted for az compatibility).
+        #[arg(long, default_value = "Standard")]
+        sku: String,
+    },
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+    },
+    Show(Named),
+    Delete(Named),
+    /// Health probes.
+    #[command(subcommand)]
+    Probe(ChildCmd<ProbeArgs>),
+    /// Load-balancing rules.
+    #[command(subcommand)]
+    Rule(ChildCmd<RuleArgs>),
+    /// Backend address pools.
+    #[command(subcommand, name = "address-pool")]
+    AddressPool(ChildCmd<PoolArgs>),
+    /// Frontend IP configurations.
+    #[command(subcommand, name = "frontend-ip")]
+    FrontendIp(ChildCmd<FrontendArgs>),
+    /// Inbound NAT pools: one frontend port per instance.
+    #[command(subcommand, name = "inbound-nat-pool")]
+    InboundNatPool(ChildCmd<NatPoolArgs>),
+}
+
+const VNET_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("ResourceGroup", "resourceGroup"),
+    ("Location", "location"),
+    ("AddressPrefixes", "join(' ', addressSpace.addressPrefixes)"),
+    ("Subnets", "length(subnets)"),
+];
+const SUBNET_TABLE: Columns<'static> =
+    &[("Name", "name"), ("AddressPrefix", "addressPrefix"), ("ProvisioningState", "provisioningState")];
+const PIP_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("ResourceGroup", "resourceGroup"),
+    ("IpAddress", "ipAddress"),
+    ("UsedBy", "ipConfiguration.id"),
+];
+const LB_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("ResourceGroup", "resourceGroup"),
+    ("Frontends", "length(frontendIPConfigurations)"),
+    ("Pools", "length(backendAddressPools)"),
+    ("Probes", "length(probes)"),
+    ("Rules", "length(loadBalancingRules)"),
+];
+
+fn base(group: &str) -> String {
+    format!("/v1/resourceGroups/{}", enc(group))
+}
+
+fn lb_id(group: &str, lb: &str) -> String {
+    herd_model::network::network_id(group, "loadBalancers", lb)
+}
+
+/// Runs a `herd network` command.
+pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: NetworkCmd) -> Result<()> {
+    let print = |v: &Value, cols: Option<Columns<'_>>| -> Result<()> {
+        print!("{}", output::render(v, fmt, query, cols)?);
+        Ok(())
+    };
+    match cmd {
+        NetworkCmd::Vnet(c) => match c {
+            VnetCmd::Create { r, prefixes, subnet_name, subnet_prefix, location } => {
+                let mut body =
+                    json!({"location": location, "addressSpace": {"addressPrefixes": prefixes}, "subnets": []});
+                match (subnet_name, subnet_prefix) {
+                    (Some(n), Some(p)) => body["subnets"] = json!([{"name": n, "addressPrefix": p}]),
+                    (None, None) => {}
+                    _ => return Err(anyhow!("--subnet-name and --subnet-prefix go together")),
+                }
+                let v = client
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.name)),
+                        Some(&body),
+                        &[("If-None-Match", "*")],
+                    )
+                    .await?;
+                print(&v, Some(VNET_TABLE))
+            }
+            VnetCmd::List { group } => {
+                print(&client.get(&format!("{}/virtualNetworks", base(&group))).await?, Some(VNET_TABLE))
+            }
+            VnetCmd::Show(r) => print(
+                &client.get(&format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.name))).await?,
+                Some(VNET_TABLE),
+            ),
+            VnetCmd::Delete(r) => {
+                client.delete(&format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.name))).await?;
+                Ok(())
+            }
+            VnetCmd::Subnet(s) => match s {
+                SubnetCmd::Create { r, prefix } => {
+                    let path =
+                        format!("{}/virtualNetworks/{}/subnets/{}", base(&r.group), enc(&r.vnet_name), enc(&r.name));
+                    print(&client.put(&path, &json!({"addressPrefix": prefix})).await?, Some(SUBNET_TABLE))
+                }
+                SubnetCmd::List { group, vnet_name } => {
+                    let v = client.get(&format!("{}/virtualNetworks/{}", base(&group), enc(&vnet_name))).await?;
+                    print(&v["subnets"], Some(SUBNET_TABLE))
+                }
+                SubnetCmd::Show(r) => {
+                    let v = client.get(&format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.vnet_name))).await?;
+                    let sub = v["subnets"]
+                        .as_array()
+                        .and_then(|a| {
+                            a.iter().find(|s| s["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&r.name)))
+                        })
+                        .cloned()
+                        .ok_or_else(|| {
+                            anyhow!("subnet '{}' does not exist in virtual network '{}'", r.name, r.vnet_name)
+                        })?;
+                    print(&sub, Some(SUBNET_TABLE))
+                }
+                SubnetCmd::Delete(r) => {
+                    client
+                        .delete(&format!(
+                            "{}/virtualNetworks/{}/subnets/{}",
+                            base(&r.group),
+                            enc(&r.vnet_name),
+                            enc(&r.name)
+                        ))
+                        .await?;
+                    Ok(())
+                }
+            },
+        },
+        NetworkCmd::PublicIp(c) => match c {
+            PublicIpCmd::Create { r, address, allow_non_loopback } => {
+                let mut body = json!({});
+                if let Some(a) = address {
+                    body["ipAddress"] = json!(a);
+                }
+                let allow = if allow_non_loopback { "true" } else { "false" };
+                let path = format!("{}/publicIPAddresses/{}", base(&r.group), enc(&r.name));
+                let v = client
+                    .call(reqwest::Method::PUT, &path, Some(&body), &[("x-herd-allow-non-loopback", allow)])
+                    .await?;
+                print(&v, Some(PIP_TABLE))
+            }
+            PublicIpCmd::List { group } => {
+                print(&client.get(&format!("{}/publicIPAddresses", base(&group))).await?, Some(PIP_TABLE))
+            }
+            PublicIpCmd::Show(r) => print(
+                &client.get(&format!("{}/publicIPAddresses/{}", base(&r.group), enc(&r.name))).await?,
+                Some(PIP_TABLE),
+            ),
+            PublicIpCmd::Delete(r) => {
+                client.delete(&format!("{}/publicIPAddresses/{}", base(&r.group), enc(&r.name))).await?;
+                Ok(())
+            }
+        },
+        NetworkCmd::Lb(c) => lb(client, c, &print).await,
+    }
+}
+
+/// Ensures a public IP named `name` exists (creating it as az does) and returns its id.
+pub async fn ensure_public_ip(client: &Client, group: &str, name: &str) -> Result<String> {
+    let path = format!("{}/publicIPAddresses/{}", base(group), enc(name));
+    match client.get(&path).await {
+        Ok(v) => Ok(v["id"].as_str().unwrap_or_default().to_string()),
+        Err(e) if is_not_found(&e) => {
+            Ok(client.put(&path, &json!({})).await?["id"].as_str().unwrap_or_default().to_string())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn child<C: Args>(
+    client: &Client,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    coll: &str,
+    cmd: ChildCmd<C>,
+    body: impl FnOnce(&C) -> Result<(ChildRef, Value)>,
+) -> Result<()> {
+    match cmd {
+        ChildCmd::Create(a) => {
+            let (r, b) = body(&a)?;
+            let path = format!("{}/loadBalancers/{}/{coll}/{}", base(&r.group), enc(&r.lb_name), enc(&r.name));
+            let v = client.put(&path, &b).await?;
+            let created =
+                v[coll].as_array().and_then(|a| a.iter().find(|x| x["name"] == r.name.as_str())).cloned().unwrap_or(v);
+            print(&created, None)
+        }
+        ChildCmd::List(r) => {
+            let v = client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.lb_name))).await?;
+            print(&v[coll], None)
+        }
+        ChildCmd::Show(r) => {
+            let v = client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.lb_name))).await?;
+            let found = v[coll]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&r.name))))
+                .cloned()
+                .ok_or_else(|| anyhow!("'{}' does not exist in {coll} of load balancer '{}'", r.name, r.lb_name))?;
+            print(&found, None)
+        }
+        ChildCmd::Delete(r) => {
+            client
+                .delete(&format!("{}/loadBalancers/{}/{coll}/{}", base(&r.group), enc(&r.lb_name), enc(&r.name)))
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+async fn lb(client: &Client, c: LbCmd, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>) -> Result<()> {
+    match c {
+        LbCmd::Create { r, public_ip_address, frontend_ip_name, backend_pool_name, sku: _ } => {
+            let mut fe = json!({"name": frontend_ip_name});
+            if let Some(p) = public_ip_address {
+                fe["publicIPAddress"] = json!({"id": ensure_public_ip(client, &r.group, &p).await?});
+            }
+            let pool = backend_pool_name.unwrap_or_else(|| format!("{}BEPool", r.name));
+            let body = json!({"frontendIPConfigurations": [fe], "backendAddressPools": [{"name": pool}]});
+            let path = format!("{}/loadBalancers/{}", base(&r.group), enc(&r.name));
+            let v = client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
+            print(&v, Some(LB_TABLE))
+        }
+        LbCmd::List { group } => print(&client.get(&format!("{}/loadBalancers", base(&group))).await?, Some(LB_TABLE)),
+        LbCmd::Show(r) => print(&client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.name))).await?, Some(LB_TABLE)),
+        LbCmd::Delete(r) => {
+            client.delete(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.name))).await?;
+            Ok(())
+        }
+        LbCmd::Probe(cmd) => {
+            child(client, print, "probes", cmd, |a: &ProbeArgs| {
+                let mut b = json!({"protocol": a.protocol, "port": a.port, "intervalInSeconds": a.interval, "probeThreshold": a.threshold});
+                if let Some(p) = &a.path {
+                    b["requestPath"] = json!(p);
+                }
+                Ok((a.r.clone(), b))
+            })
+            .await
+        }
+        LbCmd::Rule(cmd) => {
+            child(client, print, "loadBalancingRules", cmd, |a: &RuleArgs| {
+                let id = lb_id(&a.r.group, &a.r.lb_name);
+                let pool = a.backend_pool_name.clone().unwrap_or_else(|| format!("{}BEPool", a.r.lb_name));
+                let mut b = json!({
+                    "protocol": a.protocol, "frontendPort": a.frontend_port, "backendPort": a.backend_port,
+                    "frontendIPConfiguration": {"id": format!("{id}/frontendIPConfigurations/{}", a.frontend_ip_name)},
+                    "backendAddressPool": {"id": format!("{id}/backendAddressPools/{pool}")},
+                    "loadDistribution": a.load_distribution, "idleTimeoutInMinutes": a.idle_timeout,
+                });
+                if let Some(p) = &a.probe_name {
+                    b["probe"] = json!({"id": format!("{id}/probes/{p}")});
+                }
+                Ok((a.r.clone(), b))
+            })
+            .await
+        }
+        LbCmd::AddressPool(cmd) => child(client, print, "backendAddressPools", cmd, |a: &PoolArgs| Ok((a.r.clone(), json!({})))).await,
+        LbCmd::FrontendIp(cmd) => {
+            let (group, pip) = match &cmd {
+                ChildCmd::Create(a) => (a.r.group.clone(), a.public_ip_address.clone()),
+                _ => (String::new(), None),
+            };
+            let pip_id = match pip {
+                Some(p) => Some(ensure_public_ip(client, &group, &p).await?),
+                None => None,
+            };
+            child(client, print, "frontendIPConfigurations", cmd, move |a: &FrontendArgs| {
+                let mut b = json!({});
+                if let Some(id) = pip_id {
+                    b["publicIPAddress"] = json!({"id": id});
+                }
+                Ok((a.r.clone(), b))
+            })
+            .await
+        }
+        LbCmd::InboundNatPool(cmd) => {
+            child(client, print, "inboundNatPools", cmd, |a: &NatPoolArgs| {
+                let id = lb_id(&a.r.group, &a.r.lb_name);
+                Ok((
+                    a.r.clone(),
+                    json!({
+                        "protocol": a.protocol,
+                        "frontendIPConfiguration": {"id": format!("{id}/frontendIPConfigurations/{}", a.frontend_ip_name)},
+                        "frontendPortRangeStart": a.frontend_port_range_start,
+                        "frontendPortRangeEnd": a.frontend_port_range_end,
+                        "backendPort": a.backend_port,
+                    }),
+                ))
+            })
+            .await
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Networks and load-balancer resources through the real CLI: steps 1 and 3 of the walkthrough,
+//! and bad input that must be refused with the field named and nothing changed.
+
+mod common;
+
+use common::*;
+
+fn setup() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("sim", &dir.path().join("data"), Some(SIM_CONFIG));
+    s.ok(&["group", "create", "-n", "web-rg", "-l", "local"]);
+    (dir, s)
+}
+
+#[test]
+fn walkthrough_network_and_load_balancer_commands() {
+    let (_d, s) = setup();
+    s.ok(&["network", "vnet", "create", "-g", "web-rg", "-n", "mynet", "--address-prefix", "10.0.0.0/16"]);
+    s.ok(&[
+        "network",
+        "vnet",
+        "subnet",
+        "create",
+        "-g",
+        "web-rg",
+        "--vnet-name",
+        "mynet",
+        "-n",
+        "web",
+        "--address-prefixes",
+        "10.0.0.0/24",
+    ]);
+    let id = s.ok(&[
+        "network",
+        "vnet",
+        "subnet",
+        "show",
+        "-g",
+        "web-rg",
+        "--vnet-name",
+        "mynet",
+        "-n",
+        "web",
+        "--query",
+        "id",
+        "-o",
+        "tsv",
+    ]);
+    assert_eq!(id.trim(), "/resourceGroups/web-rg/providers/Microsoft.Network/virtualNetworks/mynet/subnets/web");
+
+    // The LB creates its public IP as az does, on its own loopback address.
+    s.ok(&["network", "lb", "create", "-g", "web-rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    let ip =
+        s.ok(&["network", "public-ip", "show", "-g", "web-rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
+    let ip: std::net::Ipv4Addr = ip.trim().parse().unwrap();
+    assert_eq!(ip.octets()[0], 127);
+    assert!((64..128).contains(&ip.octets()[1]), "from 127.64.0.0/10: {ip}");
+    let second = s.json(&["network", "public-ip", "create", "-g", "web-rg", "-n", "other-ip"]);
+    assert_ne!(second["ipAddress"].as_str().unwrap(), ip.to_string(), "each public IP gets its own address");
+
+    s.ok(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "web-rg",
+        "--lb-name",
+        "web-lb",
+        "--name",
+        "webprobe",
+        "--protocol",
+        "Http",
+        "--path",
+        "/",
+        "--port",
+        "80",
+        "--interval",
+        "5",
+        "--threshold",
+        "2",
+    ]);
+    s.ok(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "web-rg",
+        "--lb-name",
+        "web-lb",
+        "--name",
+        "myHTTPRule",
+        "--protocol",
+        "tcp",
+        "--frontend-port",
+        "80",
+        "--backend-port",
+        "80",
+        "--frontend-ip-name",
+        "loadBalancerFrontEnd",
+        "--backend-pool-name",
+        "web-lbBEPool",
+        "--probe-name",
+        "webprobe",
+    ]);
+    s.ok(&[
+        "network",
+        "lb",
+        "inbound-nat-pool",
+        "create",
+        "-g",
+        "web-rg",
+        "--lb-name",
+        "web-lb",
+        "--name",
+        "ssh",
+        "--frontend-port-range-start",
+        "50000",
+        "--frontend-port-range-end",
+        "50119",
+        "--backend-port",
+        "22",
+    ]);
+    let lb = s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]);
+    assert_eq!(lb["frontendIPConfigurations"][0]["name"], "loadBalancerFrontEnd");
+    assert_eq!(lb["backendAddressPools"][0]["name"], "web-lbBEPool");
+    let rule = &lb["loadBalancingRules"][0];
+    assert_eq!(rule["protocol"], "Tcp");
+    assert_eq!(rule["loadDistribution"], "Default");
+    assert_eq!(rule["probe"]["id"], format!("{}/probes/webprobe", lb["id"].as_str().unwrap()));
+    assert_eq!(lb["probes"][0]["intervalInSeconds"], 5);
+    let table = s.ok(&["network", "lb", "list", "-g", "web-rg", "-o", "table"]);
+    assert!(table.contains("web-lb"), "{table}");
+
+    // Cleanup order is enforced: a public IP in use cannot go.
+    assert!(s
+        .err(&["network", "public-ip", "delete", "-g", "web-rg", "-n", "web-lb-ip"])
+        .contains("used by load balancer"));
+    s.ok(&["network", "lb", "delete", "-g", "web-rg", "-n", "web-lb"]);
+    s.ok(&["network", "public-ip", "delete", "-g", "web-rg", "-n", "web-lb-ip"]);
+    s.ok(&["network", "vnet", "delete", "-g", "web-rg", "-n", "mynet"]);
+}
+
+#[test]
+fn bad_network_input_is_refused_and_changes_nothing() {
+    let (_d, s) = setup();
+    s.ok(&[
+        "network",
+        "vnet",
+        "create",
+        "-g",
+        "web-rg",
+        "-n",
+        "mynet",
+        "--address-prefix",
+        "10.0.0.0/16",
+        "--subnet-name",
+        "a",
+        "--subnet-prefix",
+        "10.0.0.0/24",
+    ]);
+    s.ok(&["network", "lb", "create", "-g", "web-rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    s.ok(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "web-rg",
+        "--lb-name",
+        "web-lb",
+        "--name",
+        "p",
+        "--protocol",
+        "Tcp",
+        "--port",
+        "80",
+    ]);
+    s.ok(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "web-rg",
+        "--lb-name",
+        "web-lb",
+        "--name",
+        "r",
+        "--frontend-port",
+        "80",
+        "--backend-port",
+        "80",
+        "--probe-name",
+        "p",
+    ]);
+    let before_lb = s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]);
+    let before_vnet = s.json(&["network", "vnet", "show", "-g", "web-rg", "-n", "mynet"]);
+    let sub = |n: &'static str, p: &'static str| -> Vec<&'static str> {
+        vec![
+            "network",
+            "vnet",
+            "subnet",
+            "create",
+            "-g",
+            "web-rg",
+            "--vnet-name",
+            "mynet",
+            "-n",
+            n,
+            "--address-prefixes",
+            p,
+        ]
+    };
+    let rule = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec![
+            "network",
+            "lb",
+            "rule",
+            "create",
+            "-g",
+            "web-rg",
+            "--lb-name",
+            "web-lb",
+            "--name",
+            "r2",
+            "--backend-port",
+            "80",
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let probe = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["network", "lb", "probe", "create", "-g", "web-rg", "--lb-name", "web-lb", "--name", "p2"];
+        v.extend_from_slice(extra);
+        v
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["network", "vnet", "create", "-g", "web-rg", "-n", "bad", "--address-prefix", "10.0.0.0/33"],
+            "IPv4 prefix",
+        ),
+        (
+            vec!["network", "vnet", "create", "-g", "web-rg", "-n", "bad", "--address-prefix", "10.0.5.0/16"],
+            "host bits",
+        ),
+        (
+            vec!["network", "vnet", "create", "-g", "web-rg", "-n", "bad", "--address-prefix", "10.0.128.0/17"],
+            "overlaps virtual network 'mynet'",
+        ),
+        (sub("b", "10.1.0.0/24"), "outside the virtual network"),
+        (sub("b", "10.0.0.128/25"), "overlaps subnet 'a'"),
+        (sub("b", "nonsense"), "addressPrefix"),
+        (probe(&["--protocol", "Icmp", "--port", "80"]), "Tcp, Http, Https"),
+        (probe(&["--protocol", "Tcp", "--port", "0"]), "probes[1].port"),
+        (probe(&["--protocol", "Tcp", "--port", "70000"]), "allowed 1 to 65535"),
+        (probe(&["--protocol", "Http", "--port", "80", "--path", "/", "--interval", "0"]), "intervalInSeconds"),
+        (probe(&["--protocol", "Http", "--port", "80", "--path", "/", "--threshold", "101"]), "probeThreshold"),
+        (probe(&["--protocol", "Http", "--port", "80"]), "needs a path"),
+        (rule(&["--frontend-port", "81", "--backend-pool-name", "nopool"]), "'nopool' does not exist"),
+        (rule(&["--frontend-port", "81", "--probe-name", "noprobe"]), "'noprobe' does not exist"),
+        (rule(&["--frontend-port", "80"]), "already used by 'r'"),
+        (rule(&["--frontend-port", "81", "--protocol", "Sctp"]), "Tcp, Udp, All"),
+        (
+            vec!["network", "lb", "probe", "delete", "-g", "web-rg", "--lb-name", "web-lb", "--name", "p"],
+            "still in use",
+        ),
+        (
+            vec!["network", "public-ip", "create", "-g", "web-rg", "-n", "x", "--address", "10.1.2.3"],
+            "not a loopback address",
+        ),
+        (vec!["network", "lb", "create", "-g", "web-rg", "-n", "web-lb"], "already exists"),
+        (vec!["network", "lb", "show", "-g", "web-rg", "-n", "nope"], "does not exist"),
+    ];
+    for (args, expect) in cases {
+        let err = s.err(&args);
+        assert!(err.contains(expect), "herd {}: expected '{expect}' in:\n{err}", args.join(" "));
+    }
+    assert_eq!(
+        s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]),
+        before_lb,
+        "the load balancer is unchanged"
+    );
+    assert_eq!(
+        s.json(&["network", "vnet", "show", "-g", "web-rg", "-n", "mynet"]),
+        before_vnet,
+        "the vnet is unchanged"
+    );
+}
