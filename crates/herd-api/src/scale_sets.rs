@@ -57,8 +57,90 @@ fn prepare(
     model.apply_defaults(name);
     model.validate(&state.validation())?;
     check_image(state, &model)?;
+    check_network(state, name, &model)?;
     let secrets = model.take_secrets();
     Ok((model, secrets))
+}
+
+/// Checks that the network profile's subnet and load-balancer pools exist, and that the subnet
+/// has room for the set (with its overprovisioning extras) next to the other sets using it.
+fn check_network(state: &AppState, name: &herd_model::ScaleSetName, model: &ScaleSetModel) -> Result<(), ApiError> {
+    use herd_model::network::{LoadBalancer, VirtualNetwork};
+    let Some(ip) = model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary()) else {
+        return Ok(());
+    };
+    let base = "virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].ipConfigurations[0]";
+    if let Some(sub) = &ip.subnet {
+        let vnets: Vec<VirtualNetwork> =
+            state.store.list_as(Kind::VirtualNetwork, "")?.into_iter().map(|o| o.value).collect();
+        let found = vnets.iter().flat_map(|v| v.subnets.iter()).find(|s| s.id.eq_ignore_ascii_case(&sub.id));
+        let Some(found) = found else {
+            return Err(ApiError::invalid(
+                format!("{base}.subnet"),
+                format!("subnet '{}' does not exist; create it with 'herd network vnet subnet create'", sub.id),
+            ));
+        };
+        let others: i64 = state
+            .store
+            .list_as::<StoredScaleSet>(Kind::ScaleSet, "")?
+            .into_iter()
+            .filter(|o| o.value.name != *name)
+            .filter(|o| {
+                o.value
+                    .model
+                    .virtual_machine_profile
+                    .network_profile
+                    .as_ref()
+                    .and_then(|n| n.primary())
+                    .and_then(|p| p.subnet.as_ref())
+                    .is_some_and(|s| s.id.eq_ignore_ascii_case(&sub.id))
+            })
+            .map(|o| o.value.model.sku.capacity)
+            .sum();
+        let room = found.address_prefix.size() as i64 - 5;
+        let want = model.sku.capacity + (model.sku.capacity * 20 + 99) / 100 + others;
+        if want > room {
+            return Err(ApiError::invalid(
+                "sku.capacity",
+                format!("subnet {} ({}) has {room} usable addresses; {want} are needed with overprovisioning and the other sets on it", found.name, found.address_prefix),
+            ));
+        }
+    }
+    let lbs: Vec<LoadBalancer> = state.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
+    let exists = |coll: &str, id: &str| {
+        lbs.iter().any(|l| {
+            l.id.len() < id.len() && id.to_ascii_lowercase().starts_with(&l.id.to_ascii_lowercase()) && {
+                let rest = &id[l.id.len()..];
+                let child = rest.trim_start_matches('/').split_once('/').map(|(c, n)| (c.to_string(), n.to_string()));
+                child.is_some_and(|(c, n)| {
+                    c.eq_ignore_ascii_case(coll)
+                        && match coll {
+                            "backendAddressPools" => {
+                                l.backend_address_pools.iter().any(|p| p.name.eq_ignore_ascii_case(&n))
+                            }
+                            _ => l.inbound_nat_pools.iter().any(|p| p.name.eq_ignore_ascii_case(&n)),
+                        }
+                })
+            }
+        })
+    };
+    for (i, p) in ip.load_balancer_backend_address_pools.iter().enumerate() {
+        if !exists("backendAddressPools", &p.id) {
+            return Err(ApiError::invalid(
+                format!("{base}.loadBalancerBackendAddressPools[{i}]"),
+                format!("backend pool '{}' does not exist", p.id),
+            ));
+        }
+    }
+    for (i, p) in ip.load_balancer_inbound_nat_pools.iter().enumerate() {
+        if !exists("inboundNatPools", &p.id) {
+            return Err(ApiError::invalid(
+                format!("{base}.loadBalancerInboundNatPools[{i}]"),
+                format!("inbound NAT pool '{}' does not exist", p.id),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes a changed model: bumps the generation if the VM model changed, merges secrets, logs.

@@ -156,6 +156,9 @@ pub struct InstanceRecord {
     pub overprovisioned: bool,
     /// The host-local address this instance is reached on.
     pub reach_address: String,
+    /// The private IP from the set's subnet (IPAM), when the set has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
     /// Provisioning attempts so far (for backoff).
     #[serde(default)]
     pub attempts: u32,
@@ -213,6 +216,7 @@ impl InstanceRecord {
             pending_action: self.pending,
             overprovisioned: self.overprovisioned,
             reach_address: self.reach_address.clone(),
+            private_ip_address: self.private_ip.clone(),
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at,
             last_error: self.last_error.clone(),
@@ -248,6 +252,9 @@ pub struct InstanceView {
     pub overprovisioned: bool,
     /// The address herd reaches this instance on.
     pub reach_address: String,
+    /// Its private IP in the set's subnet, if the set has a network profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_ip_address: Option<String>,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,

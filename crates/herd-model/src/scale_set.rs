@@ -6,7 +6,7 @@
 //! behaviour herd does not have yet are accepted by the parser only to be refused by
 //! [`ScaleSetModel::validate`] with a "not supported yet" error: never silently ignored.
 
-use crate::{ids::ImageUrn, sku::SkuTable, FieldError, GroupName, ScaleSetName};
+use crate::{ids::ImageUrn, network::SubResource, sku::SkuTable, FieldError, GroupName, ScaleSetName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -168,6 +168,60 @@ fn default_admin() -> String {
     "azureuser".into()
 }
 
+/// One IP configuration of a NIC: its subnet, and the load-balancer pools it joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpConfiguration {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<SubResource>,
+    #[serde(default)]
+    pub load_balancer_backend_address_pools: Vec<SubResource>,
+    #[serde(default)]
+    pub load_balancer_inbound_nat_pools: Vec<SubResource>,
+}
+
+/// One NIC of the VM model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkInterfaceConfiguration {
+    pub name: String,
+    #[serde(default = "yes")]
+    pub primary: bool,
+    pub ip_configurations: Vec<IpConfiguration>,
+}
+
+/// `virtualMachineProfile.networkProfile`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkProfile {
+    /// The probe that reports instance health (for rolling upgrades and repairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_probe: Option<SubResource>,
+    #[serde(default)]
+    pub network_interface_configurations: Vec<NetworkInterfaceConfiguration>,
+}
+
+impl NetworkProfile {
+    /// The one IP configuration herd supports today (one NIC, one IP configuration).
+    pub fn primary(&self) -> Option<&IpConfiguration> {
+        self.network_interface_configurations.first().and_then(|n| n.ip_configurations.first())
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        let f = "virtualMachineProfile.networkProfile.networkInterfaceConfigurations";
+        if self.network_interface_configurations.len() > 1 {
+            return Err(FieldError::not_supported(f, "more than one NIC per VM"));
+        }
+        if let Some(nic) = self.network_interface_configurations.first() {
+            if nic.ip_configurations.len() != 1 {
+                return Err(FieldError::new(format!("{f}[0].ipConfigurations"), "needs exactly one IP configuration"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `virtualMachineProfile`: everything that defines one VM. Changing it bumps `modelGeneration`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -177,8 +231,7 @@ pub struct VirtualMachineProfile {
     #[serde(default)]
     pub priority: Priority,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub network_profile: Option<Value>,
+    pub network_profile: Option<NetworkProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub extension_profile: Option<Value>,
@@ -367,6 +420,9 @@ impl ScaleSetModel {
             }
         }
         p.storage_profile.image_reference.urn()?;
+        if let Some(n) = &p.network_profile {
+            n.validate()?;
+        }
         if p.storage_profile.data_disks.as_ref().is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
             return Err(FieldError::not_supported("virtualMachineProfile.storageProfile.dataDisks", "data disks"));
         }
@@ -377,7 +433,6 @@ impl ScaleSetModel {
             ));
         }
         let unsupported = [
-            ("networkProfile", &p.network_profile, "networks and load balancers"),
             ("extensionProfile", &p.extension_profile, "extensions"),
             ("evictionPolicy", &p.eviction_policy, "eviction policies (Spot)"),
             ("billingProfile", &p.billing_profile, "billing profiles (Spot)"),

@@ -122,6 +122,51 @@ struct AddressCounter {
 
 const ADDRESS_COUNTER: &str = "hostlocal-address";
 
+/// Private IPs: which subnets exist and which of their addresses instances hold. Addresses are
+/// handed out lowest first from the 5th address of the subnet (Azure reserves the first four
+/// and the last), and return to the pool when the instance record is removed.
+#[derive(Debug, Default)]
+pub struct Ipam {
+    subnets: BTreeMap<String, herd_model::cidr::Cidr>,
+    used: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+}
+
+impl Ipam {
+    /// Builds the allocator from the virtual networks and every instance record.
+    pub fn new<'a>(
+        vnets: &[herd_model::network::VirtualNetwork],
+        records: impl Iterator<Item = (&'a StoredScaleSet, &'a InstanceRecord)>,
+    ) -> Self {
+        let mut ipam = Ipam::default();
+        for v in vnets {
+            for s in &v.subnets {
+                ipam.subnets.insert(s.id.to_ascii_lowercase(), s.address_prefix);
+            }
+        }
+        for (set, r) in records {
+            if let (Some(subnet), Some(ip)) = (subnet_of(set), r.private_ip.as_deref().and_then(|a| a.parse().ok())) {
+                ipam.used.entry(subnet).or_default().insert(ip);
+            }
+        }
+        ipam
+    }
+
+    /// The lowest free address of `subnet`, marked used; None if the subnet is unknown or full.
+    pub fn allocate(&mut self, subnet: &str) -> Option<Ipv4Addr> {
+        let cidr = *self.subnets.get(subnet)?;
+        let used = self.used.entry(subnet.to_string()).or_default();
+        let ip = (4..cidr.size().saturating_sub(1)).filter_map(|n| cidr.nth(n)).find(|ip| !used.contains(ip))?;
+        used.insert(ip);
+        Some(ip)
+    }
+}
+
+/// The subnet id (lower case) a set's instances live in, if it has one.
+fn subnet_of(set: &StoredScaleSet) -> Option<String> {
+    let p = set.model.virtual_machine_profile.network_profile.as_ref()?;
+    p.primary()?.subnet.as_ref().map(|s| s.id.to_ascii_lowercase())
+}
+
 /// The n-th host-local reach address in 127.128.0.0/9, skipping `.0` and `.255`.
 pub fn host_local_address(n: u64) -> Ipv4Addr {
     let base = u32::from(Ipv4Addr::new(127, 128, 0, 0));
@@ -322,10 +367,14 @@ impl Reconciler {
         let addr_before = next_addr;
         let mut calls: Vec<(usize, Step, InstanceKey, Result<InstanceSpec, String>)> = Vec::new();
         let images = self.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect::<Vec<_>>();
+        let vnets: Vec<herd_model::network::VirtualNetwork> =
+            self.store.list_as(Kind::VirtualNetwork, "")?.into_iter().map(|o| o.value).collect();
+        let mut ipam =
+            Ipam::new(&vnets, works.iter().flat_map(|w| w.records.values().map(move |r| (w.set, &r.record))));
         for (wi, w) in works.iter_mut().enumerate() {
             let steps = std::mem::take(&mut w.steps);
             for step in &steps {
-                self.intent(w, step, now, &mut next_addr);
+                self.intent(w, step, now, &mut next_addr, &mut ipam);
             }
             for step in steps.iter().filter(|s| s.calls_driver()) {
                 let Some(id) = step.instance() else { continue };
@@ -457,12 +506,23 @@ impl Reconciler {
     }
 
     /// Applies one step's intent to the working copies (Phase A).
-    fn intent(&self, w: &mut SetWork<'_>, step: &Step, now: DateTime<Utc>, next_addr: &mut u64) {
+    fn intent(&self, w: &mut SetWork<'_>, step: &Step, now: DateTime<Utc>, next_addr: &mut u64, ipam: &mut Ipam) {
         let limits = &self.config.limits;
         match step {
             Step::Create(new) => {
                 let prefix = w.set.model.virtual_machine_profile.os_profile.computer_name_prefix.clone();
+                let subnet = subnet_of(w.set);
                 for NewInstance { id, zone, overprovisioned } in new {
+                    let private_ip = match &subnet {
+                        Some(sn) => match ipam.allocate(sn) {
+                            Some(ip) => Some(ip.to_string()),
+                            None => {
+                                w.log.push(("CreateInstances".into(), format!("subnet {sn} has no free address (or does not exist); instance {id} not created")));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let addr = host_local_address(*next_addr);
                     *next_addr += 1;
                     let record = InstanceRecord {
@@ -475,6 +535,7 @@ impl Reconciler {
                         pending: None,
                         overprovisioned: *overprovisioned,
                         reach_address: addr.to_string(),
+                        private_ip,
                         attempts: 1,
                         next_attempt_at: None,
                         last_error: None,

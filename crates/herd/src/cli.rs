@@ -226,16 +226,20 @@ pub struct VmssCreate {
     /// Uniform (Flexible comes later).
     #[arg(long)]
     pub orchestration_mode: Option<String>,
-    /// Load balancer name ("" for none). Not supported yet.
+    /// Load balancer whose backend pool the instances join; created (with a frontend
+    /// 'loadBalancerFrontEnd' and a pool '<lb>BEPool') if it does not exist. "" for none.
     #[arg(long)]
     pub lb: Option<String>,
-    /// Public IP for the load balancer. Not supported yet.
+    /// Backend pool to join (default: <lb>BEPool; created if missing).
+    #[arg(long)]
+    pub backend_pool_name: Option<String>,
+    /// Public IP of a load balancer that --lb creates (created too if absent).
     #[arg(long)]
     pub public_ip_address: Option<String>,
-    /// Virtual network name. Not supported yet.
+    /// Virtual network of --subnet.
     #[arg(long)]
     pub vnet_name: Option<String>,
-    /// Subnet name or id. Not supported yet.
+    /// Subnet (a name with --vnet-name, or an id) the instances get private IPs from.
     #[arg(long)]
     pub subnet: Option<String>,
 }

@@ -176,16 +176,6 @@ fn read_text_or_file(s: &str) -> Result<String> {
 
 fn create_body(c: &VmssCreate) -> Result<Value> {
     let urn = herd_model::ImageUrn::parse(&c.image).map_err(|e| anyhow!("--image: {}", e.message))?;
-    for (flag, v) in [
-        ("--lb", &c.lb),
-        ("--public-ip-address", &c.public_ip_address),
-        ("--vnet-name", &c.vnet_name),
-        ("--subnet", &c.subnet),
-    ] {
-        if v.as_deref().is_some_and(|s| !s.is_empty()) {
-            bail!("{flag}: not supported yet: networks and load balancers arrive with the load-balancer work; omit it for now");
-        }
-    }
     let mut os = json!({"adminUsername": c.admin_username});
     if let Some(p) = &c.computer_name_prefix {
         os["computerNamePrefix"] = json!(p);
@@ -246,6 +236,63 @@ fn create_body(c: &VmssCreate) -> Result<Value> {
     Ok(body)
 }
 
+/// The network profile for `vmss create --vnet-name/--subnet/--lb/--public-ip-address`, creating
+/// the load balancer (and its public IP) when it does not exist yet, as az does.
+async fn network_profile(ctx: &Ctx, c: &VmssCreate) -> Result<Option<Value>> {
+    let g = &c.set.group;
+    let subnet = match (&c.subnet, &c.vnet_name) {
+        (Some(s), _) if s.starts_with('/') => Some(s.clone()),
+        (Some(s), Some(v)) => Some(format!("{}/subnets/{s}", herd_model::network::network_id(g, "virtualNetworks", v))),
+        (Some(s), None) => bail!("--subnet {s}: give the subnet's id, or its name with --vnet-name"),
+        (None, Some(v)) => bail!("--vnet-name {v}: also give --subnet"),
+        (None, None) => None,
+    };
+    let lb = c.lb.clone().filter(|l| !l.is_empty());
+    if lb.is_none() && c.public_ip_address.is_some() {
+        bail!("--public-ip-address is the load balancer's address: also give --lb");
+    }
+    let mut pools = Vec::new();
+    if let Some(lb) = &lb {
+        let path = format!("/v1/resourceGroups/{}/loadBalancers/{}", enc(g), enc(lb));
+        let pool = c.backend_pool_name.clone().unwrap_or_else(|| format!("{lb}BEPool"));
+        match ctx.client.get(&path).await {
+            Ok(existing) => {
+                let has = existing["backendAddressPools"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p["name"] == pool.as_str()));
+                if !has {
+                    ctx.client.put(&format!("{path}/backendAddressPools/{}", enc(&pool)), &json!({})).await?;
+                }
+            }
+            Err(e) if crate::client::is_not_found(&e) => {
+                let pip = c.public_ip_address.clone().unwrap_or_else(|| format!("{lb}PublicIP"));
+                let pip_id = crate::network_cmds::ensure_public_ip(&ctx.client, g, &pip).await?;
+                let body = json!({
+                    "frontendIPConfigurations": [{"name": "loadBalancerFrontEnd", "publicIPAddress": {"id": pip_id}}],
+                    "backendAddressPools": [{"name": pool}],
+                });
+                ctx.client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
+                if !ctx.quiet {
+                    eprintln!("created load balancer '{lb}' with frontend 'loadBalancerFrontEnd' on public IP '{pip}' and backend pool '{pool}'");
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        pools.push(json!({"id": format!("{}/backendAddressPools/{pool}", herd_model::network::network_id(g, "loadBalancers", lb))}));
+    }
+    if subnet.is_none() && pools.is_empty() {
+        return Ok(None);
+    }
+    let prefix: String = c.set.name.chars().take(9).collect();
+    let mut ipc = json!({"name": format!("{prefix}IPConfig"), "loadBalancerBackendAddressPools": pools});
+    if let Some(s) = subnet {
+        ipc["subnet"] = json!({"id": s});
+    }
+    Ok(Some(
+        json!({"networkInterfaceConfigurations": [{"name": format!("{prefix}Nic"), "primary": true, "ipConfigurations": [ipc]}]}),
+    ))
+}
+
 fn ids_body(ids: &[String]) -> Value {
     if ids.is_empty() {
         json!({})
@@ -265,7 +312,10 @@ async fn set_action(ctx: &Ctx, set: &SetRef, action: &str, ids: &[String], until
 async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
     match c {
         VmssCmd::Create(c) => {
-            let body = create_body(&c)?;
+            let mut body = create_body(&c)?;
+            if let Some(np) = network_profile(ctx, &c).await? {
+                body["virtualMachineProfile"]["networkProfile"] = np;
+            }
             let path = set_path(&c.set.group, &c.set.name);
             let v = ctx.client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
             let v = if ctx.no_wait { v } else { ctx.wait(&c.set, Until::Created).await?.unwrap_or(v) };

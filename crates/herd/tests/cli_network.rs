@@ -288,3 +288,118 @@ fn bad_network_input_is_refused_and_changes_nothing() {
         "the vnet is unchanged"
     );
 }
+
+#[test]
+fn scale_set_joins_a_subnet_and_a_pool_as_in_the_walkthrough() {
+    let (d, s) = setup();
+    let img = image_dir(&d.path().join("img"), "exec sleep 3600");
+    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&["network", "vnet", "create", "-g", "web-rg", "-n", "mynet", "--address-prefix", "10.0.0.0/16"]);
+    s.ok(&[
+        "network",
+        "vnet",
+        "subnet",
+        "create",
+        "-g",
+        "web-rg",
+        "--vnet-name",
+        "mynet",
+        "-n",
+        "web",
+        "--address-prefixes",
+        "10.0.0.0/24",
+    ]);
+    let subnet = s.ok(&[
+        "network",
+        "vnet",
+        "subnet",
+        "show",
+        "-g",
+        "web-rg",
+        "--vnet-name",
+        "mynet",
+        "-n",
+        "web",
+        "--query",
+        "id",
+        "-o",
+        "tsv",
+    ]);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-n",
+        "webscaleset",
+        "-g",
+        "web-rg",
+        "--image",
+        "Herd:TestGuest:1:1.0.0",
+        "--instance-count",
+        "2",
+        "--vm-sku",
+        "Standard_B1ms",
+        "--admin-username",
+        "labuser",
+        "--authentication-type",
+        "password",
+        "--admin-password",
+        "a-long-enough-password",
+        "--public-ip-address",
+        "web-lb-ip",
+        "--subnet",
+        subnet.trim(),
+        "--lb",
+        "web-lb",
+        "--upgrade-policy-mode",
+        "Manual",
+        "--quiet",
+    ]);
+    let lb = s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]);
+    assert_eq!(lb["frontendIPConfigurations"][0]["name"], "loadBalancerFrontEnd", "created implicitly, as az does");
+    assert_eq!(lb["backendAddressPools"][0]["name"], "web-lbBEPool");
+    let set = s.json(&["vmss", "show", "-g", "web-rg", "-n", "webscaleset"]);
+    let ipc =
+        &set["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"][0]["ipConfigurations"][0];
+    assert_eq!(ipc["subnet"]["id"], subnet.trim());
+    assert!(ipc["loadBalancerBackendAddressPools"][0]["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("/backendAddressPools/web-lbBEPool"));
+
+    let ips: Vec<String> = s
+        .json(&["vmss", "list-instances", "-g", "web-rg", "-n", "webscaleset", "--query", "[].privateIpAddress"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ips.len(), 2);
+    for ip in &ips {
+        let a: std::net::Ipv4Addr = ip.parse().unwrap();
+        assert_eq!(&a.octets()[..3], &[10, 0, 0]);
+        assert!(a.octets()[3] >= 4, "Azure reserves the first four addresses: {a}");
+    }
+    assert_ne!(ips[0], ips[1]);
+
+    assert!(s.err(&["network", "lb", "delete", "-g", "web-rg", "-n", "web-lb"]).contains("used by scale set"));
+    assert!(s
+        .err(&["network", "vnet", "subnet", "delete", "-g", "web-rg", "--vnet-name", "mynet", "-n", "web"])
+        .contains("used by scale set"));
+    let err = s.err(&[
+        "vmss",
+        "create",
+        "-n",
+        "other",
+        "-g",
+        "web-rg",
+        "--image",
+        "Herd:TestGuest:1:1.0.0",
+        "--vnet-name",
+        "mynet",
+        "--subnet",
+        "nope",
+    ]);
+    assert!(err.contains("does not exist"), "{err}");
+    s.ok(&["vmss", "delete", "-g", "web-rg", "-n", "webscaleset", "--quiet"]);
+    s.ok(&["network", "lb", "delete", "-g", "web-rg", "-n", "web-lb"]);
+}

@@ -43,6 +43,7 @@ fn rec(id: u64, state: InstanceState) -> InstanceRecord {
         pending: None,
         overprovisioned: false,
         reach_address: String::new(),
+        private_ip: None,
         attempts: 0,
         next_attempt_at: None,
         last_error: None,
