@@ -169,6 +169,9 @@ pub struct InstanceRecord {
     /// Why the instance is being deleted (scale-in, user request, overprovisioning...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_reason: Option<String>,
+    /// Set while the instance is out of its load-balancer pools ahead of a disruptive step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }
@@ -221,6 +224,7 @@ impl InstanceRecord {
             next_attempt_at: self.next_attempt_at,
             last_error: self.last_error.clone(),
             delete_reason: self.delete_reason.clone(),
+            draining: self.draining_since.is_some(),
             time_created: self.created_at,
             state_since: self.state_since,
         }
@@ -262,6 +266,8 @@ pub struct InstanceView {
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_reason: Option<String>,
+    /// Out of its load-balancer pools ahead of a stop, delete, restart or reimage.
+    pub draining: bool,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

@@ -299,7 +299,9 @@ impl Reconciler {
                 statuses.get(&key).map_or((ScaleSetStatus::default(), None), |o| (o.value.clone(), Some(o.revision)));
             let records: Vec<InstanceRecord> =
                 by_set.get(&key).map_or(vec![], |v| v.iter().map(|o| o.value.clone()).collect());
-            waiting |= records.iter().any(|r| r.state.is_transitional() || r.state == InstanceState::Failed);
+            waiting |= records
+                .iter()
+                .any(|r| r.state.is_transitional() || r.state == InstanceState::Failed || r.draining_since.is_some());
             let steps = plan(&SetInput {
                 set: &set.value,
                 set_revision: set.revision,
@@ -540,6 +542,7 @@ impl Reconciler {
                         next_attempt_at: None,
                         last_error: None,
                         delete_reason: None,
+                        draining_since: None,
                         created_at: now,
                         state_since: now,
                     };
@@ -568,6 +571,7 @@ impl Reconciler {
                 wr.dirty = true;
                 match ev {
                     Event::BootObserved => {
+                        wr.record.draining_since = None;
                         wr.record.last_error = None;
                         wr.record.attempts = 0;
                         wr.record.next_attempt_at = None;
@@ -643,6 +647,25 @@ impl Reconciler {
                 transition(w, *id, Event::DeleteRequested, InstanceState::Deleting, now);
                 if let Some(wr) = w.records.get_mut(id) {
                     wr.record.goal = InstanceGoal::Deleted;
+                }
+            }
+            Step::Drain(id) => {
+                if let Some(wr) = w.records.get_mut(id) {
+                    wr.record.draining_since = Some(now);
+                    wr.dirty = true;
+                }
+                w.log.push((
+                    "Drain".into(),
+                    format!(
+                        "instance {id} leaves its load-balancer pools; open connections get {}s before it is disrupted",
+                        limits.drain_timeout.num_seconds()
+                    ),
+                ));
+            }
+            Step::Undrain(id) => {
+                if let Some(wr) = w.records.get_mut(id) {
+                    wr.record.draining_since = None;
+                    wr.dirty = true;
                 }
             }
             Step::Suspend(reason) => {

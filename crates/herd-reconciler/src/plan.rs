@@ -28,6 +28,9 @@ pub struct Limits {
     /// An instance the driver still reports `Starting` after this long gets its (idempotent)
     /// start call again, in case the first one was lost in a crash.
     pub boot_recheck: Duration,
+    /// How long an instance in a load-balancer pool stops receiving new connections before it
+    /// is stopped, deleted, restarted or re-imaged.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +43,7 @@ impl Default for Limits {
             backoff_max: Duration::minutes(5),
             overprovision_percent: 20,
             boot_recheck: Duration::seconds(30),
+            drain_timeout: Duration::seconds(10),
         }
     }
 }
@@ -91,6 +95,10 @@ pub enum Step {
     Reimage(InstanceId),
     /// Call `destroy`, then remove the record.
     Destroy(InstanceId),
+    /// Take a serving instance out of its load-balancer pools before a disruptive step.
+    Drain(InstanceId),
+    /// The disruptive step was called off: the instance serves again.
+    Undrain(InstanceId),
     /// Stop creating: too many consecutive failures.
     Suspend(String),
     /// The set changed since suspension: try again.
@@ -103,7 +111,7 @@ impl Step {
     /// The instance this step acts on, if it is a per-instance step.
     pub fn instance(&self) -> Option<InstanceId> {
         match self {
-            Step::Observe { id, .. } | Step::MarkDelete { id, .. } => Some(*id),
+            Step::Observe { id, .. } | Step::MarkDelete { id, .. } | Step::Drain(id) | Step::Undrain(id) => Some(*id),
             Step::Ensure(id)
             | Step::Stop(id)
             | Step::Deallocate(id)
@@ -378,8 +386,41 @@ pub fn scale_in_victims(counted: &[&InstanceRecord], n: usize, rule: ScaleInRule
     out
 }
 
-/// The driver action that moves one record toward its goal, if any.
+/// True when the set's instances join a load-balancer backend pool.
+fn in_pool(set: &StoredScaleSet) -> bool {
+    set.model
+        .virtual_machine_profile
+        .network_profile
+        .as_ref()
+        .and_then(|n| n.primary())
+        .is_some_and(|ip| !ip.load_balancer_backend_address_pools.is_empty())
+}
+
+/// The next step for one record, with draining: a serving pool member first leaves its pools
+/// (`Drain`) and gets `drain_timeout` for open connections before anything disrupts it.
 fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: bool) -> Option<Step> {
+    let step = act_on(input, r, goal, suspended);
+    let id = r.instance_id;
+    let disruptive = matches!(
+        step,
+        Some(Step::Destroy(_) | Step::Stop(_) | Step::Deallocate(_) | Step::Restart(_) | Step::Reimage(_))
+    );
+    if !disruptive {
+        let serving = r.state == InstanceState::Running && goal != InstanceGoal::Deleted;
+        return if r.draining_since.is_some() && serving && step.is_none() { Some(Step::Undrain(id)) } else { step };
+    }
+    if r.state == InstanceState::Running && in_pool(input.set) {
+        match r.draining_since {
+            None => return Some(Step::Drain(id)),
+            Some(t) if input.now < t + input.limits.drain_timeout => return None,
+            Some(_) => {}
+        }
+    }
+    step
+}
+
+/// The driver action that moves one record toward its goal, if any.
+fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: bool) -> Option<Step> {
     use InstanceState as S;
     let id = r.instance_id;
     let seen = input.observed.get(&id);

@@ -41,6 +41,17 @@ pub struct ServerConfig {
     pub provisioning: ProvisioningConfig,
     #[serde(default)]
     pub sim: SimSettings,
+    #[serde(default)]
+    pub loadbalancer: LoadBalancerSettings,
+}
+
+/// `[loadbalancer]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerSettings {
+    /// Seconds a pool member drains (no new connections) before it is stopped, deleted,
+    /// restarted or re-imaged (default 10).
+    pub drain_timeout_secs: Option<u64>,
 }
 
 /// `[provisioning]`: the fail-safe on instance creation.
@@ -166,6 +177,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         max_in_flight_percent: cfg.provisioning.max_in_flight_percent.unwrap_or(defaults.max_in_flight_percent),
         min_in_flight: cfg.provisioning.min_in_flight.unwrap_or(defaults.min_in_flight),
         failure_threshold: cfg.provisioning.failure_threshold.unwrap_or(defaults.failure_threshold),
+        drain_timeout: cfg
+            .loadbalancer
+            .drain_timeout_secs
+            .map_or(defaults.drain_timeout, |s| chrono::Duration::seconds(s.min(86_400) as i64)),
         ..defaults
     };
     let driver_name = driver.name().to_string();

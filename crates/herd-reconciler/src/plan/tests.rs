@@ -48,6 +48,7 @@ fn rec(id: u64, state: InstanceState) -> InstanceRecord {
         next_attempt_at: None,
         last_error: None,
         delete_reason: None,
+        draining_since: None,
         created_at: t0(),
         state_since: t0(),
     }
@@ -332,4 +333,45 @@ fn a_boot_that_stays_starting_is_started_again() {
     let mut c = Case::new(set(1, &[], false), vec![r]);
     c.observed.insert(InstanceId(0), ObservedPower::Starting);
     assert_eq!(c.plan(), [Step::Ensure(InstanceId(0))]);
+}
+
+fn pooled(mut s: StoredScaleSet) -> StoredScaleSet {
+    let np: herd_model::scale_set::NetworkProfile = serde_json::from_value(json!({
+        "networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
+            "loadBalancerBackendAddressPools": [{"id": "/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/lb/backendAddressPools/be"}]}]}]
+    }))
+    .unwrap();
+    s.model.virtual_machine_profile.network_profile = Some(np);
+    s
+}
+
+#[test]
+fn pool_members_drain_before_disruption() {
+    let mut r = rec(0, InstanceState::Running);
+    r.goal = InstanceGoal::Stopped;
+    // Not in a pool: stop at once.
+    let c = Case::new(set(1, &[], false), vec![r.clone()]);
+    assert_eq!(c.plan(), [Step::Stop(InstanceId(0))]);
+    // In a pool: drain first, wait the drain timeout, then stop.
+    let c = Case::new(pooled(set(1, &[], false)), vec![r.clone()]);
+    assert_eq!(c.plan(), [Step::Drain(InstanceId(0))]);
+    r.draining_since = Some(t0() - Duration::seconds(3));
+    let c = Case::new(pooled(set(1, &[], false)), vec![r.clone()]);
+    assert!(c.plan().is_empty(), "still inside the drain timeout");
+    r.draining_since = Some(t0() - Duration::seconds(11));
+    let c = Case::new(pooled(set(1, &[], false)), vec![r.clone()]);
+    assert_eq!(c.plan(), [Step::Stop(InstanceId(0))]);
+    // Called off: the instance serves again.
+    r.goal = InstanceGoal::Running;
+    let c = Case::new(pooled(set(1, &[], false)), vec![r]);
+    assert_eq!(c.plan(), [Step::Undrain(InstanceId(0))]);
+}
+
+#[test]
+fn scale_in_of_pool_members_drains_first() {
+    let c = Case::new(pooled(set(1, &[], false)), vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running)]);
+    let steps = c.plan();
+    assert!(steps.contains(&Step::MarkDelete { id: InstanceId(1), reason: "scale-in".into() }));
+    assert!(steps.contains(&Step::Drain(InstanceId(1))), "{steps:?}");
+    assert!(!steps.contains(&Step::Destroy(InstanceId(1))));
 }
