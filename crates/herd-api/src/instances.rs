@@ -52,7 +52,7 @@ pub async fn list(
 ) -> Result<Json<Vec<InstanceView>>, ApiError> {
     let set = views::load_set(&state, &group, &name)?;
     let recs = views::load_instances(&state, &set.value)?;
-    Ok(Json(recs.iter().map(|o| o.value.view(&set.value)).collect()))
+    Ok(Json(recs.iter().map(|o| with_health(&state, &set.value, &o.value)).collect()))
 }
 
 fn find(
@@ -74,6 +74,13 @@ fn find(
     Ok((set.value, rec))
 }
 
+/// The instance's view with its probe health filled in.
+fn with_health(state: &AppState, set: &herd_model::scale_set::StoredScaleSet, r: &InstanceRecord) -> InstanceView {
+    let mut v = r.view(set);
+    v.health = state.health.get(&format!("{}/{}/{}", set.group, set.name, r.instance_id)).map(|h| h.health);
+    v
+}
+
 /// Shows one instance.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path)),
@@ -83,7 +90,7 @@ pub async fn show(
     Path((group, name, id)): Path<(String, String, String)>,
 ) -> Result<Json<InstanceView>, ApiError> {
     let (set, rec) = find(&state, &group, &name, &id)?;
-    Ok(Json(rec.view(&set)))
+    Ok(Json(with_health(&state, &set, &rec)))
 }
 
 /// The instance view: provisioning and power status lines, as `az vmss get-instance-view` shows.
@@ -95,7 +102,7 @@ pub async fn instance_view(
     Path((group, name, id)): Path<(String, String, String)>,
 ) -> Result<Json<InstanceViewDetail>, ApiError> {
     let (set, rec) = find(&state, &group, &name, &id)?;
-    let view = rec.view(&set);
+    let view = with_health(&state, &set, &rec);
     let prov = rec.state.provisioning_state();
     let failed = rec.state == InstanceState::Failed;
     let mut statuses = vec![
@@ -114,6 +121,15 @@ pub async fn instance_view(
             time: rec.state_since,
         },
     ];
+    if let Some(h) = &view.health {
+        statuses.push(StatusEntry {
+            code: format!("HealthState/{}", h.to_ascii_lowercase()),
+            level: if h == "Unhealthy" { "Warning".into() } else { "Info".into() },
+            display_status: format!("The VM is {}", h.to_ascii_lowercase()),
+            message: None,
+            time: rec.state_since,
+        });
+    }
     if let Some(p) = rec.pending {
         statuses.push(StatusEntry {
             code: format!("PendingAction/{}", p.as_str().to_ascii_lowercase()),

@@ -73,12 +73,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}",
             put(network::lb_child_put).delete(network::lb_child_delete),
         )
+        .route("/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}", get(network::pool_show))
         .route("/v1/images", get(images::list))
         .route("/v1/images/{urn}", put(images::import).get(images::show).delete(images::delete))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(network::metrics))
         .merge(api)
         .with_state(state)
 }

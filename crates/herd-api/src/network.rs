@@ -499,3 +499,87 @@ pub async fn lb_child_delete(
     s.wake();
     Ok(Json(lb))
 }
+
+/// One member of a backend pool, as `address-pool show` lists it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolMember {
+    pub scale_set: String,
+    pub instance_id: String,
+    pub computer_name: String,
+    pub reach_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_ip_address: Option<String>,
+    pub state: String,
+    /// `Healthy`, `Unhealthy`, `Unknown`; absent when no rule's probe covers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    pub draining: bool,
+    /// Receives new connections now: Running, healthy (or no probe) and not draining.
+    pub in_rotation: bool,
+}
+
+/// A backend pool with its members and their health.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolView {
+    pub id: String,
+    pub name: String,
+    pub members: Vec<PoolMember>,
+}
+
+/// Shows a backend pool: every instance that joins it, with health and whether it is in rotation.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}", tag = "load balancers",
+    params(("group" = String, Path), ("name" = String, Path), ("pool" = String, Path)),
+    responses((status = 200, body = PoolView), (status = 404, body = ErrorBody)))]
+pub async fn pool_show(
+    State(s): State<AppState>,
+    Path((group, name, pool)): Path<(String, String, String)>,
+) -> Result<Json<PoolView>, ApiError> {
+    use herd_model::instance::{InstanceRecord, InstanceState};
+    let lb = load::<LoadBalancer>(&s, &group, &name)?.value;
+    let p =
+        lb.backend_address_pools.iter().find(|p| p.name.eq_ignore_ascii_case(&pool)).ok_or_else(|| {
+            ApiError::NotFound(format!("backend pool '{pool}' does not exist in load balancer '{name}'"))
+        })?;
+    let probed = lb
+        .load_balancing_rules
+        .iter()
+        .any(|r| r.backend_address_pool.id.eq_ignore_ascii_case(&p.id) && r.probe.is_some());
+    let mut members = Vec::new();
+    for set in s.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")? {
+        let joins =
+            set.value.model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary()).is_some_and(
+                |ip| ip.load_balancer_backend_address_pools.iter().any(|x| x.id.eq_ignore_ascii_case(&p.id)),
+            );
+        if !joins {
+            continue;
+        }
+        for o in s.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key))? {
+            let r = o.value;
+            let key = format!("{}/{}", set.key, r.instance_id);
+            let health = s.health.get(&key).map(|h| h.health);
+            let draining = r.draining_since.is_some();
+            let running = r.state == InstanceState::Running;
+            let healthy = !probed || health.as_deref() == Some("Healthy");
+            members.push(PoolMember {
+                scale_set: set.value.name.to_string(),
+                instance_id: r.instance_id.to_string(),
+                computer_name: r.computer_name.clone(),
+                reach_address: r.reach_address.clone(),
+                private_ip_address: r.private_ip.clone(),
+                state: r.state.to_string(),
+                health,
+                draining,
+                in_rotation: running && healthy && !draining,
+            });
+        }
+    }
+    Ok(Json(PoolView { id: p.id.clone(), name: p.name.clone(), members }))
+}
+
+/// Load-balancer counters in Prometheus text format (no token needed; no secrets in it).
+#[utoipa::path(get, path = "/metrics", tag = "load balancers", responses((status = 200, body = String, content_type = "text/plain")))]
+pub async fn metrics(State(s): State<AppState>) -> String {
+    s.lb.metrics()
+}

@@ -40,6 +40,8 @@ use utoipa::OpenApi;
         crate::network::lb_delete,
         crate::network::lb_child_put,
         crate::network::lb_child_delete,
+        crate::network::pool_show,
+        crate::network::metrics,
         crate::images::list,
         crate::images::import,
         crate::images::show,

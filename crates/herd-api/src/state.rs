@@ -30,6 +30,10 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Seals write-only secrets before they reach the store.
     pub sealer: Arc<herd_store::seal::Sealer>,
+    /// Instance health as the load-balancer probes see it.
+    pub health: Arc<herd_model::health::HealthBoard>,
+    /// The load-balancer controller (metrics, counters).
+    pub lb: Arc<herd_lbctl::LbController>,
 }
 
 impl AppState {

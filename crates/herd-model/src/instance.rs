@@ -225,6 +225,7 @@ impl InstanceRecord {
             last_error: self.last_error.clone(),
             delete_reason: self.delete_reason.clone(),
             draining: self.draining_since.is_some(),
+            health: None,
             time_created: self.created_at,
             state_since: self.state_since,
         }
@@ -268,6 +269,9 @@ pub struct InstanceView {
     pub delete_reason: Option<String>,
     /// Out of its load-balancer pools ahead of a stop, delete, restart or reimage.
     pub draining: bool,
+    /// `Healthy`, `Unhealthy` or `Unknown` by its load-balancer probe; absent without a probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

@@ -15,6 +15,7 @@ pub mod cidr;
 pub mod clock;
 pub mod error;
 pub mod group;
+pub mod health;
 pub mod ids;
 pub mod image;
 pub mod instance;

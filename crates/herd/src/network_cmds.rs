@@ -426,6 +426,11 @@ async fn child<C: Args>(
             let v = client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.lb_name))).await?;
             print(&v[coll], None)
         }
+        ChildCmd::Show(r) if coll == "backendAddressPools" => {
+            let path =
+                format!("{}/loadBalancers/{}/backendAddressPools/{}", base(&r.group), enc(&r.lb_name), enc(&r.name));
+            print(&client.get(&path).await?, None)
+        }
         ChildCmd::Show(r) => {
             let v = client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.lb_name))).await?;
             let found = v[coll]

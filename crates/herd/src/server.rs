@@ -191,7 +191,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         ..Default::default()
     };
     let clock = Arc::new(SystemClock);
+    let drain = rec_config.limits.drain_timeout.to_std().unwrap_or(Duration::from_secs(10));
     let reconciler = Reconciler::new(store.clone(), driver, clock.clone(), rec_config);
+    let health = Arc::new(herd_model::health::HealthBoard::default());
+    let lb = Arc::new(herd_lbctl::LbController::new(store.clone(), health.clone(), drain));
     let image_dir = data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
     let state = AppState {
@@ -207,6 +210,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             driver: driver_name,
         }),
         sealer,
+        health,
+        lb: lb.clone(),
     };
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
@@ -217,6 +222,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let rec_rx = rx.clone();
     let reconcile_task = tokio::spawn(async move { reconciler.run(rec_rx).await });
+    let lb_rx = rx.clone();
+    let lb_task = tokio::spawn(async move { lb.run(lb_rx).await });
     let mut http_rx = rx;
     let app = herd_api::router(state);
     let http_task = tokio::spawn(async move {
@@ -227,7 +234,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    Ok(RunningServer { addr, token, shutdown: tx, tasks: vec![reconcile_task, http_task] })
+    Ok(RunningServer { addr, token, shutdown: tx, tasks: vec![reconcile_task, lb_task, http_task] })
 }
 
 /// Runs `herd server` in the foreground until Ctrl-C or SIGTERM.

@@ -1,0 +1,404 @@
+//! [`LoadBalancer`]: turns full configuration snapshots into running listeners.
+//!
+//! Why it exists: the control plane thinks in desired state; this module diffs each snapshot
+//! against what runs. Listeners are keyed by frontend address, so a rule that keeps its
+//! frontend keeps its socket and every established connection; only its routing snapshot (an
+//! `Arc` swapped under a short lock) changes. Backends are keyed by id within a frontend, so a
+//! backend keeps its counters and its connections across snapshots.
+//!
+//! Draining: a backend that is marked draining, or that disappears from the snapshot (or whose
+//! whole rule disappears), leaves the Maglev table at once, so it gets no new connections. Its
+//! connections carry on; each watches the backend's drain deadline (set once, when the backend
+//! stops being active: `now + drain_timeout`) and is closed when it passes. A backend that
+//! becomes active again before the deadline clears it and its connections stay.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{Distribution, LbConfig, LbOptions};
+use crate::error::{BindFailure, LbError};
+use crate::maglev::Maglev;
+use crate::metrics::{get, BackendStats, BackendStatus, Counters, LbStats, RuleCounters, RuleKind, RuleStats};
+
+/// The L4 load-balancer data plane: one TCP listener per frontend of the applied snapshot.
+///
+/// Dropping it stops the listeners; established connections run on until they end (or reach
+/// their idle timeout).
+pub struct LoadBalancer {
+    options: LbOptions,
+    apply_lock: tokio::sync::Mutex<()>,
+    frontends: Mutex<BTreeMap<SocketAddr, Frontend>>,
+}
+
+struct Frontend {
+    state: Arc<FrontendState>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Everything a listener and its connections share.
+pub(crate) struct FrontendState {
+    pub frontend: SocketAddr,
+    pub options: LbOptions,
+    pub counters: RuleCounters,
+    /// The hot path takes this read lock once per connection to clone the `Arc`.
+    pub snapshot: RwLock<Arc<Snapshot>>,
+    /// Control path only (apply, stats).
+    backends: Mutex<BTreeMap<String, Arc<BackendState>>>,
+}
+
+/// Routing state of one frontend between two applies.
+pub(crate) struct Snapshot {
+    pub name: String,
+    pub kind: RuleKind,
+    pub distribution: Distribution,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections: Option<u64>,
+    /// Backends that take new connections, sorted by id; the table indexes into this.
+    pub active: Vec<(Arc<BackendState>, SocketAddr)>,
+    /// `Some` when there are two or more active backends.
+    pub table: Option<Arc<Maglev>>,
+}
+
+/// One backend of one frontend, alive while it is configured or has connections.
+pub(crate) struct BackendState {
+    pub id: String,
+    pub counters: Counters,
+    /// Deadline after which this backend's connections are closed; `None` while active.
+    pub drain: watch::Sender<Option<Instant>>,
+    meta: Mutex<(BackendStatus, SocketAddr)>,
+}
+
+/// Backend of the desired state, after rule/NAT normalisation.
+struct DesiredBackend {
+    id: String,
+    addr: SocketAddr,
+    draining: bool,
+}
+
+struct Desired {
+    name: String,
+    kind: RuleKind,
+    distribution: Distribution,
+    idle_timeout: Duration,
+    drain_timeout: Duration,
+    max_connections: Option<u64>,
+    backends: Vec<DesiredBackend>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl BackendState {
+    fn new(id: &str, addr: SocketAddr) -> Self {
+        BackendState {
+            id: id.to_string(),
+            counters: Counters::default(),
+            drain: watch::Sender::new(None),
+            meta: Mutex::new((BackendStatus::Active, addr)),
+        }
+    }
+
+    /// Records the backend's new status; leaving `Active` starts the drain clock (once).
+    fn set(&self, status: BackendStatus, addr: SocketAddr, drain_deadline: Instant) {
+        *lock(&self.meta) = (status, addr);
+        if status == BackendStatus::Active {
+            self.drain.send_if_modified(|d| d.take().is_some());
+        } else {
+            self.drain.send_if_modified(|d| {
+                if d.is_none() {
+                    *d = Some(drain_deadline);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    fn retire(&self, drain_deadline: Instant) {
+        let addr = lock(&self.meta).1;
+        self.set(BackendStatus::Removed, addr, drain_deadline);
+    }
+
+    fn stats(&self) -> BackendStats {
+        let (status, addr) = *lock(&self.meta);
+        let c = &self.counters;
+        BackendStats {
+            id: self.id.clone(),
+            addr,
+            status,
+            active_connections: get(&c.active),
+            connections_total: get(&c.total),
+            failed_connects_total: get(&c.failed_connects),
+            bytes_in_total: get(&c.bytes_in),
+            bytes_out_total: get(&c.bytes_out),
+        }
+    }
+}
+
+impl FrontendState {
+    fn new(frontend: SocketAddr, options: LbOptions, desired: Desired, now: Instant) -> Self {
+        let state = FrontendState {
+            frontend,
+            options,
+            counters: RuleCounters::default(),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                name: desired.name.clone(),
+                kind: desired.kind,
+                distribution: desired.distribution,
+                idle_timeout: desired.idle_timeout,
+                drain_timeout: desired.drain_timeout,
+                max_connections: desired.max_connections,
+                active: Vec::new(),
+                table: None,
+            })),
+            backends: Mutex::new(BTreeMap::new()),
+        };
+        state.update(desired, now);
+        state
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Installs a new routing snapshot; see the module doc for the draining rules.
+    fn update(&self, desired: Desired, now: Instant) {
+        let old = self.load();
+        let deadline = now + desired.drain_timeout;
+        let mut active = Vec::new();
+        {
+            let mut map = lock(&self.backends);
+            let wanted: HashSet<&str> = desired.backends.iter().map(|b| b.id.as_str()).collect();
+            map.retain(|id, st| {
+                if wanted.contains(id.as_str()) {
+                    return true;
+                }
+                st.retire(deadline);
+                get(&st.counters.active) > 0
+            });
+            for b in &desired.backends {
+                let st = map.entry(b.id.clone()).or_insert_with(|| Arc::new(BackendState::new(&b.id, b.addr)));
+                let status = if b.draining { BackendStatus::Draining } else { BackendStatus::Active };
+                st.set(status, b.addr, deadline);
+                if !b.draining {
+                    active.push((st.clone(), b.addr));
+                }
+            }
+        }
+        active.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let same_set =
+            old.active.len() == active.len() && old.active.iter().zip(&active).all(|(a, b)| a.0.id == b.0.id);
+        let table = if active.len() < 2 {
+            None
+        } else if same_set && old.table.is_some() {
+            old.table.clone()
+        } else {
+            let ids: Vec<&str> = active.iter().map(|(b, _)| b.id.as_str()).collect();
+            Some(Arc::new(Maglev::new(&ids)))
+        };
+        let snapshot = Snapshot {
+            name: desired.name,
+            kind: desired.kind,
+            distribution: desired.distribution,
+            idle_timeout: desired.idle_timeout,
+            drain_timeout: desired.drain_timeout,
+            max_connections: desired.max_connections,
+            active,
+            table,
+        };
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
+    }
+
+    /// The frontend leaves the configuration: every backend starts draining.
+    fn retire(&self, now: Instant) {
+        let deadline = now + self.load().drain_timeout;
+        for st in lock(&self.backends).values() {
+            st.retire(deadline);
+        }
+    }
+
+    fn stats(&self) -> RuleStats {
+        let snap = self.load();
+        let c = &self.counters;
+        RuleStats {
+            name: snap.name.clone(),
+            kind: snap.kind,
+            frontend: self.frontend,
+            active_connections: get(&c.c.active),
+            connections_total: get(&c.c.total),
+            rejected_limit_total: get(&c.rejected_limit),
+            rejected_no_backend_total: get(&c.rejected_no_backend),
+            rejected_connect_failed_total: get(&c.rejected_connect_failed),
+            failed_connects_total: get(&c.c.failed_connects),
+            bytes_in_total: get(&c.c.bytes_in),
+            bytes_out_total: get(&c.c.bytes_out),
+            backends: lock(&self.backends).values().map(|b| b.stats()).collect(),
+        }
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+fn bind_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address in use".to_string(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this host".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+impl Default for LoadBalancer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LoadBalancer {
+    /// A data plane with default [`LbOptions`] and nothing configured.
+    pub fn new() -> Self {
+        Self::with_options(LbOptions::default())
+    }
+
+    pub fn with_options(options: LbOptions) -> Self {
+        LoadBalancer { options, apply_lock: tokio::sync::Mutex::new(()), frontends: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn options(&self) -> &LbOptions {
+        &self.options
+    }
+
+    /// Makes the running data plane match `config` (a full snapshot; anything not in it is
+    /// stopped). Concurrent calls are serialised.
+    ///
+    /// - An invalid snapshot ([`LbError::InvalidConfig`]) changes nothing.
+    /// - Otherwise the apply is **per rule**: frontends that are gone are stopped first (their
+    ///   connections drain), existing frontends get their new routing snapshot, new frontends
+    ///   are bound. A frontend that cannot be bound is reported in [`LbError::Bind`] (e.g.
+    ///   "frontend 127.64.0.1:80 of rule myHTTPRule: address in use") and its rule does not
+    ///   run; every other rule is applied. Applying the same snapshot again retries the bind.
+    ///   Per rule rather than all-or-nothing so one port conflict cannot freeze pool
+    ///   membership (health, draining) of every other rule.
+    pub async fn apply(&self, config: LbConfig) -> Result<(), LbError> {
+        config.validate()?;
+        let _serial = self.apply_lock.lock().await;
+        let now = Instant::now();
+        let default_drain = self.options.default_drain_timeout;
+
+        let mut desired: BTreeMap<SocketAddr, Desired> = BTreeMap::new();
+        for rule in config.rules {
+            let backend_port = rule.backend_port;
+            desired.insert(
+                rule.frontend,
+                Desired {
+                    name: rule.name,
+                    kind: RuleKind::Rule,
+                    distribution: rule.distribution,
+                    idle_timeout: rule.idle_timeout,
+                    drain_timeout: rule.drain_timeout.unwrap_or(default_drain),
+                    max_connections: rule.max_connections.map(|m| m as u64),
+                    backends: rule
+                        .backends
+                        .into_iter()
+                        .map(|b| DesiredBackend {
+                            id: b.id,
+                            addr: SocketAddr::new(b.addr, backend_port),
+                            draining: b.draining,
+                        })
+                        .collect(),
+                },
+            );
+        }
+        for nat in config.nat {
+            desired.insert(
+                nat.frontend,
+                Desired {
+                    name: nat.name,
+                    kind: RuleKind::Nat,
+                    distribution: Distribution::Default,
+                    idle_timeout: nat.idle_timeout,
+                    drain_timeout: default_drain,
+                    max_connections: None,
+                    backends: vec![DesiredBackend { id: nat.target.to_string(), addr: nat.target, draining: false }],
+                },
+            );
+        }
+
+        // 1. Stop frontends that are gone (before binding, so a freed port can be reused).
+        let gone: Vec<Frontend> = {
+            let mut map = lock(&self.frontends);
+            let keys: Vec<SocketAddr> = map.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for f in gone {
+            f.state.retire(now);
+            let _ = f.stop.send(());
+            let _ = f.task.await;
+            tracing::info!(frontend = %f.state.frontend, "load balancer frontend stopped");
+        }
+
+        // 2. Update running frontends, bind new ones.
+        let mut failures = Vec::new();
+        for (addr, d) in desired {
+            let running = lock(&self.frontends).get(&addr).map(|f| f.state.clone());
+            if let Some(state) = running {
+                state.update(d, now);
+                continue;
+            }
+            match bind(addr, self.options.listen_backlog) {
+                Ok(listener) => {
+                    let name = d.name.clone();
+                    let state = Arc::new(FrontendState::new(addr, self.options.clone(), d, now));
+                    let (stop, stopped) = oneshot::channel();
+                    let task = tokio::spawn(crate::proxy::accept_loop(listener, state.clone(), stopped));
+                    lock(&self.frontends).insert(addr, Frontend { state, stop, task });
+                    tracing::info!(frontend = %addr, rule = %name, "load balancer frontend listening");
+                }
+                Err(e) => {
+                    let failure = BindFailure { rule: d.name, frontend: addr, reason: bind_reason(&e) };
+                    tracing::warn!("{failure}");
+                    failures.push(failure);
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(LbError::Bind(failures))
+        }
+    }
+
+    /// Counters of every running rule, sorted by rule name.
+    pub fn stats(&self) -> LbStats {
+        let mut rules: Vec<RuleStats> = lock(&self.frontends).values().map(|f| f.state.stats()).collect();
+        rules.sort_by(|a, b| a.name.cmp(&b.name));
+        LbStats { rules }
+    }
+
+    /// [`LoadBalancer::stats`] in Prometheus text exposition format.
+    pub fn metrics(&self) -> String {
+        self.stats().to_prometheus()
+    }
+
+    /// Frontend addresses with a running listener.
+    pub fn frontends(&self) -> Vec<SocketAddr> {
+        lock(&self.frontends).keys().copied().collect()
+    }
+}

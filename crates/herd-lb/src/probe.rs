@@ -1,0 +1,434 @@
+//! Health probes (Azure Load Balancer semantics) and a runner that probes a set of targets.
+//!
+//! Why it exists: pool membership follows instance health. The control plane builds one
+//! [`ProbeRunner`] per LB probe, feeds it the pool's targets (instance id → reach address) and
+//! watches the published [`Health`] to decide which backends are active or draining. It is
+//! independent of the proxy, so the same runner can also feed automatic instance repairs.
+//!
+//! Semantics:
+//! - **Threshold**: a target flips state only after `threshold` consecutive results of the
+//!   opposite kind; the initial state is `Unknown` and flips after the first `threshold`
+//!   consecutive results of one kind (either way).
+//! - **Http**: healthy only on status 200 (any other status, a timeout, a reset = unhealthy).
+//!   A tiny HTTP/1.1 client sends `GET path` with `Connection: close` and parses the status line.
+//! - **Https**: not supported yet: [`ProbeRunner::new`] / [`Probe::validate`] reject it.
+//! - **Tcp**: the handshake must succeed **and** the connection must stay open for
+//!   `tcp_settle` (or the peer must send data, e.g. an SSH banner). An immediate EOF or reset
+//!   counts as unhealthy, because QEMU user networking accepts connections on the host side
+//!   even when nothing listens in the guest, then closes them at once.
+//! - Scheduling uses Tokio time (`interval` with delayed missed ticks), so tests may pause it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, MissedTickBehavior};
+
+/// What a probe speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeProtocol {
+    Tcp,
+    Http {
+        path: String,
+    },
+    /// Rejected by validation until herd has a TLS client.
+    Https {
+        path: String,
+    },
+}
+
+/// One health probe definition (Azure `probes[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub protocol: ProbeProtocol,
+    pub port: u16,
+    /// Time between the starts of two probes of one target (Azure `intervalInSeconds`).
+    pub interval: Duration,
+    /// Consecutive results needed to flip state (Azure `probeThreshold`).
+    pub threshold: u32,
+    /// Limit for one probe, connect included.
+    pub timeout: Duration,
+    /// Tcp only: how long a fresh connection must stay open to count as healthy.
+    pub tcp_settle: Duration,
+}
+
+impl Probe {
+    /// A Tcp probe with defaults: 15 s interval, threshold 2, 5 s timeout, 150 ms settle.
+    pub fn tcp(port: u16) -> Self {
+        Probe {
+            protocol: ProbeProtocol::Tcp,
+            port,
+            interval: Duration::from_secs(15),
+            threshold: 2,
+            timeout: Duration::from_secs(5),
+            tcp_settle: Duration::from_millis(150),
+        }
+    }
+
+    /// An Http probe with the same defaults as [`Probe::tcp`].
+    pub fn http(port: u16, path: impl Into<String>) -> Self {
+        Probe { protocol: ProbeProtocol::Http { path: path.into() }, ..Probe::tcp(port) }
+    }
+
+    /// Rejects unsupported or meaningless probes.
+    pub fn validate(&self) -> Result<(), ProbeError> {
+        let invalid = |m: &str| Err(ProbeError::Invalid(m.to_string()));
+        match &self.protocol {
+            ProbeProtocol::Https { .. } => return Err(ProbeError::HttpsNotSupported),
+            ProbeProtocol::Http { path } => {
+                if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return invalid("Http probe path must start with '/' and contain no spaces or control characters");
+                }
+            }
+            ProbeProtocol::Tcp => {
+                if self.tcp_settle >= self.timeout {
+                    return invalid("tcp_settle must be shorter than the probe timeout");
+                }
+            }
+        }
+        if self.port == 0 {
+            return invalid("probe port must not be 0");
+        }
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            return invalid("probe interval and timeout must be positive");
+        }
+        if self.threshold == 0 {
+            return invalid("probe threshold must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("Https probes are not supported yet (herd-lb has no TLS client); use Http or Tcp")]
+    HttpsNotSupported,
+    #[error("invalid probe: {0}")]
+    Invalid(String),
+}
+
+/// Health of one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Health {
+    /// Not yet `threshold` consecutive results of one kind since the target was added.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// The threshold state machine, separate from I/O so it can be tested on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthTracker {
+    pub health: Health,
+    threshold: u32,
+    last_ok: Option<bool>,
+    run: u32,
+}
+
+impl HealthTracker {
+    pub fn new(threshold: u32) -> Self {
+        HealthTracker { health: Health::Unknown, threshold: threshold.max(1), last_ok: None, run: 0 }
+    }
+
+    /// Consecutive identical results so far (the current run).
+    pub fn run(&self) -> u32 {
+        self.run
+    }
+
+    /// Records one probe result; returns true when the health changed.
+    pub fn record(&mut self, ok: bool) -> bool {
+        if self.last_ok == Some(ok) {
+            self.run = self.run.saturating_add(1);
+        } else {
+            self.last_ok = Some(ok);
+            self.run = 1;
+        }
+        let target = if ok { Health::Healthy } else { Health::Unhealthy };
+        if self.health != target && self.run >= self.threshold {
+            self.health = target;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the runner publishes per target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    pub addr: IpAddr,
+    pub health: Health,
+    /// Length of the current run of identical results.
+    pub consecutive: u32,
+    /// Probes completed since the target was added.
+    pub probes: u64,
+    /// Why the last probe failed; `None` after a success.
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    generation: u64,
+}
+
+type StatusMap = BTreeMap<String, TargetStatus>;
+
+struct TargetTask {
+    addr: IpAddr,
+    generation: u64,
+    handle: JoinHandle<()>,
+}
+
+/// Probes every target on its own schedule and publishes their health.
+///
+/// The watch channel is notified when a target's [`Health`] changes or targets are added or
+/// removed; the other fields (`probes`, `last_error`, ...) are updated silently and are visible
+/// on the next `borrow()`. Dropping the runner stops all probing.
+pub struct ProbeRunner {
+    probe: Arc<Probe>,
+    tx: Arc<watch::Sender<StatusMap>>,
+    tasks: Mutex<HashMap<String, TargetTask>>,
+    next_generation: AtomicU64,
+}
+
+impl ProbeRunner {
+    /// A runner with no targets. Fails for invalid probes and for Https (not supported yet).
+    pub fn new(probe: Probe) -> Result<Self, ProbeError> {
+        probe.validate()?;
+        Ok(ProbeRunner {
+            probe: Arc::new(probe),
+            tx: Arc::new(watch::Sender::new(BTreeMap::new())),
+            tasks: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+        })
+    }
+
+    pub fn probe(&self) -> &Probe {
+        &self.probe
+    }
+
+    /// Replaces the target set (full snapshot: id → address). Targets with the same id and
+    /// address keep their state and schedule; new ones (or an id whose address changed) start
+    /// `Unknown` and are probed at once; missing ones stop. Must be called within a Tokio
+    /// runtime.
+    pub fn set_targets(&self, targets: impl IntoIterator<Item = (String, IpAddr)>) {
+        let wanted: BTreeMap<String, IpAddr> = targets.into_iter().collect();
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|id, t| {
+            let keep = wanted.get(id) == Some(&t.addr);
+            if !keep {
+                t.handle.abort();
+            }
+            keep
+        });
+        let mut added = Vec::new();
+        for (id, addr) in wanted {
+            if !tasks.contains_key(&id) {
+                added.push((id, addr, self.next_generation.fetch_add(1, Ordering::Relaxed)));
+            }
+        }
+        self.tx.send_if_modified(|map| {
+            let before = map.len();
+            map.retain(|id, st| tasks.get(id).is_some_and(|t| t.generation == st.generation));
+            let mut changed = map.len() != before;
+            for (id, addr, generation) in &added {
+                let status = TargetStatus {
+                    addr: *addr,
+                    health: Health::Unknown,
+                    consecutive: 0,
+                    probes: 0,
+                    last_error: None,
+                    generation: *generation,
+                };
+                map.insert(id.clone(), status);
+                changed = true;
+            }
+            changed
+        });
+        for (id, addr, generation) in added {
+            let handle = tokio::spawn(run_target(self.probe.clone(), id.clone(), addr, generation, self.tx.clone()));
+            tasks.insert(id, TargetTask { addr, generation, handle });
+        }
+    }
+
+    /// A receiver of the per-target status map.
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<String, TargetStatus>> {
+        self.tx.subscribe()
+    }
+
+    /// The current status map.
+    pub fn statuses(&self) -> BTreeMap<String, TargetStatus> {
+        self.tx.borrow().clone()
+    }
+}
+
+impl Drop for ProbeRunner {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            t.handle.abort();
+        }
+    }
+}
+
+async fn run_target(probe: Arc<Probe>, id: String, addr: IpAddr, generation: u64, tx: Arc<watch::Sender<StatusMap>>) {
+    let mut ticker = tokio::time::interval(probe.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tracker = HealthTracker::new(probe.threshold);
+    loop {
+        ticker.tick().await;
+        let result = probe_once(&probe, addr).await;
+        let changed = tracker.record(result.is_ok());
+        if let Err(e) = &result {
+            tracing::debug!(target_id = %id, %addr, "probe failed: {e}");
+        }
+        tx.send_if_modified(|map| match map.get_mut(&id) {
+            Some(st) if st.generation == generation => {
+                st.health = tracker.health;
+                st.consecutive = tracker.run();
+                st.probes += 1;
+                st.last_error = result.err();
+                changed
+            }
+            _ => false,
+        });
+    }
+}
+
+/// Runs one probe against `ip` (the probe's port is appended). `Err` carries a short reason.
+pub async fn probe_once(probe: &Probe, ip: IpAddr) -> Result<(), String> {
+    let addr = SocketAddr::new(ip, probe.port);
+    let attempt = async {
+        match &probe.protocol {
+            ProbeProtocol::Tcp => tcp_probe(addr, probe.tcp_settle).await,
+            ProbeProtocol::Http { path } => http_probe(addr, path).await,
+            ProbeProtocol::Https { .. } => Err(ProbeError::HttpsNotSupported.to_string()),
+        }
+    };
+    match timeout(probe.timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {:?}", probe.timeout)),
+    }
+}
+
+async fn tcp_probe(addr: SocketAddr, settle: Duration) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let mut buf = [0u8; 64];
+    match timeout(settle, stream.read(&mut buf)).await {
+        Err(_) => Ok(()),             // still open and quiet: a real listener
+        Ok(Ok(n)) if n > 0 => Ok(()), // a banner (e.g. SSH): a real listener
+        Ok(Ok(_)) => Err("connection closed by peer right after connect".to_string()),
+        Ok(Err(e)) => Err(format!("connection reset right after connect: {e}")),
+    }
+}
+
+async fn http_probe(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: herd-probe/1\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send request: {e}"))?;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    let line_end = loop {
+        if let Some(pos) = buf[..len].windows(2).position(|w| w == b"\r\n") {
+            break pos;
+        }
+        if len == buf.len() {
+            return Err("status line too long".to_string());
+        }
+        let n = stream.read(&mut buf[len..]).await.map_err(|e| format!("read response: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before a status line".to_string());
+        }
+        len += n;
+    };
+    let status = parse_status_line(&buf[..line_end])?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("http status {status}"))
+    }
+}
+
+/// Parses `HTTP/1.x NNN reason` into the status code.
+fn parse_status_line(line: &[u8]) -> Result<u16, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "status line is not text".to_string())?;
+    let mut parts = text.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") || code.len() != 3 {
+        return Err(format!("malformed status line {text:?}"));
+    }
+    code.parse().map_err(|_| format!("malformed status line {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_needs_threshold_consecutive_results() {
+        let mut t = HealthTracker::new(3);
+        assert_eq!(t.health, Health::Unknown);
+        // Unknown: mixed results never reach a run of 3.
+        for ok in [true, true, false, false, true] {
+            assert!(!t.record(ok));
+        }
+        assert_eq!(t.health, Health::Unknown);
+        assert!(!t.record(true));
+        assert!(t.record(true)); // third success in a row
+        assert_eq!(t.health, Health::Healthy);
+        // Two failures, a success, three failures: flips only on the last.
+        for ok in [false, false, true, false, false] {
+            assert!(!t.record(ok));
+            assert_eq!(t.health, Health::Healthy);
+        }
+        assert!(t.record(false));
+        assert_eq!(t.health, Health::Unhealthy);
+        assert!(!t.record(false));
+    }
+
+    #[test]
+    fn unknown_flips_either_way_and_threshold_one_is_immediate() {
+        let mut t = HealthTracker::new(2);
+        t.record(false);
+        assert!(t.record(false));
+        assert_eq!(t.health, Health::Unhealthy);
+        let mut t = HealthTracker::new(1);
+        assert!(t.record(true));
+        assert!(t.record(false));
+        assert_eq!(t.health, Health::Unhealthy);
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Ok(200));
+        assert_eq!(parse_status_line(b"HTTP/1.0 500 Internal Server Error"), Ok(500));
+        assert_eq!(parse_status_line(b"HTTP/1.1 204"), Ok(204));
+        assert!(parse_status_line(b"SSH-2.0-OpenSSH_9").is_err());
+        assert!(parse_status_line(b"HTTP/1.1 2000 OK").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(
+            Probe { protocol: ProbeProtocol::Https { path: "/".into() }, ..Probe::tcp(443) }.validate(),
+            Err(ProbeError::HttpsNotSupported)
+        );
+        assert!(Probe::http(80, "health").validate().is_err());
+        assert!(Probe::http(80, "/a b").validate().is_err());
+        assert!(Probe::http(80, "/healthz?x=1").validate().is_ok());
+        assert!(Probe { threshold: 0, ..Probe::tcp(22) }.validate().is_err());
+        assert!(Probe::tcp(0).validate().is_err());
+        assert!(
+            ProbeRunner::new(Probe { protocol: ProbeProtocol::Https { path: "/".into() }, ..Probe::tcp(443) }).is_err()
+        );
+    }
+}

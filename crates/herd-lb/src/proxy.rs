@@ -1,0 +1,201 @@
+//! The per-connection hot path: accept, pick a backend, connect with fallback, splice bytes.
+//!
+//! Why it exists apart from `dataplane`: this is the code that runs per connection and per
+//! chunk, so it is kept small and lock-free: one `Arc` snapshot load per connection, relaxed
+//! atomic counter adds per chunk, two fixed buffers per connection (no per-chunk allocation),
+//! and a single task per connection that drives both directions, the idle timer and the drain
+//! deadline.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::dataplane::{BackendState, FrontendState};
+use crate::maglev::flow_hash;
+use crate::metrics::{inc, ActiveGuard};
+
+/// Accepts until `stop` fires (or its sender is dropped); the listener closes when this returns.
+/// Connections run in their own tasks and outlive the listener.
+pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<FrontendState>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle(state.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning.
+                    tracing::warn!(frontend = %state.frontend, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Why a proxied connection ended (for logs).
+#[derive(Debug)]
+enum End {
+    Done,
+    Error(io::Error),
+    Idle,
+    Drained,
+}
+
+async fn handle(state: Arc<FrontendState>, client: TcpStream, peer: SocketAddr) {
+    let rule = &state.counters;
+    inc(&rule.c.total);
+    let before = rule.c.active.fetch_add(1, Ordering::Relaxed);
+    let _rule_active = ActiveGuard(&rule.c.active);
+
+    let snap = state.load();
+    if snap.max_connections.is_some_and(|max| before >= max) {
+        inc(&rule.rejected_limit);
+        return; // dropping `client` closes it
+    }
+    if snap.active.is_empty() {
+        inc(&rule.rejected_no_backend);
+        return;
+    }
+    let candidates = match &snap.table {
+        Some(table) => table
+            .candidates(flow_hash(snap.distribution, peer, state.frontend), state.options.max_connect_attempts.max(1)),
+        None => vec![0],
+    };
+    let mut connected: Option<(Arc<BackendState>, TcpStream)> = None;
+    for i in candidates {
+        let (backend, addr) = &snap.active[i];
+        match timeout(state.options.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                connected = Some((backend.clone(), stream));
+                break;
+            }
+            Ok(Err(e)) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect failed: {e}"),
+            Err(_) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect timed out"),
+        }
+        inc(&backend.counters.failed_connects);
+        inc(&rule.c.failed_connects);
+    }
+    let idle_timeout = snap.idle_timeout;
+    drop(snap); // do not pin old tables for the life of the connection
+    let Some((backend, mut server)) = connected else {
+        inc(&rule.rejected_connect_failed);
+        return;
+    };
+    inc(&backend.counters.total);
+    backend.counters.active.fetch_add(1, Ordering::Relaxed);
+    let _backend_active = ActiveGuard(&backend.counters.active);
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let mut client = client;
+    let drain = backend.drain.subscribe();
+    let end = splice(&mut client, &mut server, idle_timeout, drain, &state, &backend).await;
+    match end {
+        End::Error(e) => tracing::trace!(%peer, backend = %backend.id, "connection ended with error: {e}"),
+        other => tracing::trace!(%peer, backend = %backend.id, "connection ended: {other:?}"),
+    }
+}
+
+/// Last activity, as milliseconds since `start`, shared by both directions of one connection.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+async fn splice(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+    drain: watch::Receiver<Option<Instant>>,
+    state: &FrontendState,
+    backend: &BackendState,
+) -> End {
+    let activity = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
+    let size = state.options.buffer_size.max(1024);
+    let (mut client_r, mut client_w) = client.split();
+    let (mut server_r, mut server_w) = server.split();
+    let rule = &state.counters.c;
+    let b = &backend.counters;
+    let upstream = pump(&mut client_r, &mut server_w, size, &activity, [&rule.bytes_in, &b.bytes_in]);
+    let downstream = pump(&mut server_r, &mut client_w, size, &activity, [&rule.bytes_out, &b.bytes_out]);
+    let idle_timer = async {
+        loop {
+            let deadline = activity.last() + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(upstream, downstream) } => match r {
+            Ok(_) => End::Done,
+            Err(e) => End::Error(e),
+        },
+        _ = idle_timer => End::Idle,
+        _ = drained(drain) => End::Drained,
+    }
+}
+
+/// Copies until EOF (then half-closes the writer) or error.
+async fn pump<R, W>(r: &mut R, w: &mut W, size: usize, activity: &Activity, bytes: [&AtomicU64; 2]) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; size];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(());
+        }
+        activity.touch();
+        w.write_all(&buf[..n]).await?;
+        activity.touch();
+        for c in bytes {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Resolves when the backend's drain deadline (if any) passes.
+async fn drained(mut rx: watch::Receiver<Option<Instant>>) {
+    loop {
+        let deadline = *rx.borrow_and_update();
+        match deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = sleep_until(deadline) => return,
+                    changed = rx.changed() => if changed.is_err() {
+                        sleep_until(deadline).await;
+                        return;
+                    },
+                }
+            }
+            None => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Instance health as load-balancer probes see it, shared between the controller that probes
+//! and the API that shows it (and, later, rolling upgrades and repairs that act on it).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+/// One instance's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceHealth {
+    /// The probe that decides it.
+    pub probe: String,
+    /// `Healthy`, `Unhealthy` or `Unknown` (not yet `threshold` results since it booted).
+    pub health: String,
+}
+
+/// Health of every instance that a probe covers, keyed by `group/set/id`.
+#[derive(Debug, Default)]
+pub struct HealthBoard(RwLock<BTreeMap<String, InstanceHealth>>);
+
+impl HealthBoard {
+    pub fn get(&self, key: &str) -> Option<InstanceHealth> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Replaces the whole board (the controller computes it in full each pass).
+    pub fn replace(&self, all: BTreeMap<String, InstanceHealth>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = all;
+    }
+}

@@ -1,0 +1,257 @@
+//! Traffic follows instance health, on real processes and real sockets (all on loopback): the
+//! load balancer spreads new connections over both instances, takes an instance whose app died
+//! out of rotation within interval × threshold (+ one interval) and brings it back, and a
+//! scale-in under steady load loses no request.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The app: `/api/version` answers `Version 1 from <hostname>`; `/` answers 200. init keeps it
+/// running, but waits 6 s after it dies, so a killed app stays down long enough to be noticed.
+const APP: &str = r#"cat > app.py <<'PY'
+import http.server, os, socket
+NAME = os.environ["HERD_COMPUTER_NAME"]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = (f"Version 1 from {NAME}" if self.path == "/api/version" else "ok").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+    allow_reuse_address = True
+S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
+PY
+while true; do python3 app.py; sleep 6; done"#;
+
+fn get(url: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let (host, path) = addr.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((addr, "/".into()));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&host.parse().map_err(|e| format!("{e}"))?, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if !out.starts_with("HTTP/1.0 200") && !out.starts_with("HTTP/1.1 200") {
+        return Err(format!("bad answer: {}", out.lines().next().unwrap_or("(empty)")));
+    }
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+fn pool(s: &Server) -> Vec<Value> {
+    s.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"])
+        ["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn in_rotation(s: &Server) -> Vec<String> {
+    pool(s)
+        .into_iter()
+        .filter(|m| m["inRotation"] == true)
+        .map(|m| m["computerName"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn traffic_follows_instance_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start("process", &data, Some("[loadbalancer]\ndrain_timeout_secs = 2\n"));
+    let img = image_dir(&dir.path().join("img"), APP);
+    s.ok(&["group", "create", "-n", "rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    s.ok(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "webprobe",
+        "--protocol",
+        "Http",
+        "--path",
+        "/",
+        "--port",
+        "8080",
+        "--interval",
+        "1",
+        "--threshold",
+        "2",
+    ]);
+    s.ok(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "http",
+        "--frontend-port",
+        "18080",
+        "--backend-port",
+        "8080",
+        "--probe-name",
+        "webprobe",
+    ]);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:App:1:1.0.0",
+        "--instance-count",
+        "2",
+        "--vm-sku",
+        "Standard_B1s",
+        "--lb",
+        "web-lb",
+        "--quiet",
+    ]);
+    let ip =
+        s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
+    let frontend = format!("http://{}:18080", ip.trim());
+    let names = wait_for("both instances in rotation", Duration::from_secs(60), || {
+        let r = in_rotation(&s);
+        (r.len() == 2).then_some(r)
+    });
+
+    // New connections reach both instances.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let body = get(&format!("{frontend}/api/version")).expect("the frontend answers");
+        seen.insert(body.trim_start_matches("Version 1 from ").to_string());
+    }
+    assert_eq!(
+        seen.iter().cloned().collect::<Vec<_>>(),
+        {
+            let mut n = names.clone();
+            n.sort();
+            n
+        },
+        "answers come from both instances"
+    );
+    let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+    assert!(list.as_array().unwrap().iter().all(|i| i["health"] == "Healthy"), "health is shown per instance: {list}");
+
+    // Kill one instance's app: it leaves rotation within interval × threshold + interval.
+    let victim = &list[0];
+    let key = format!("HERD_INSTANCE_KEY=rg/web/{}", victim["instanceId"].as_str().unwrap());
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("app.py") && env.split(|b| *b == 0).any(|v| v == key.as_bytes())
+        })
+        .collect();
+    assert_eq!(pids.len(), 1, "found the app process");
+    let killed = Instant::now();
+    std::process::Command::new("kill").arg("-9").arg(pids[0].to_string()).status().unwrap();
+    let victim_name = victim["computerName"].as_str().unwrap().to_string();
+    wait_for("the dead app to leave rotation", Duration::from_secs(10), || {
+        (!in_rotation(&s).contains(&victim_name)).then_some(())
+    });
+    let left = killed.elapsed();
+    assert!(
+        left <= Duration::from_millis(3000 + 1500),
+        "left rotation after {left:?}; the bound is interval × threshold + interval = 3 s (+ scheduling slack)"
+    );
+    for _ in 0..20 {
+        let body = get(&format!("{frontend}/api/version")).expect("the frontend keeps answering");
+        assert!(!body.ends_with(&victim_name), "no new connection reaches the dead instance");
+    }
+    wait_for("the app to come back into rotation", Duration::from_secs(30), || {
+        (in_rotation(&s).len() == 2).then_some(())
+    });
+
+    // Scale out to 4, then scale in to 2 under steady load: no request fails.
+    s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "4", "--quiet"]);
+    wait_for("four instances in rotation", Duration::from_secs(60), || (in_rotation(&s).len() == 4).then_some(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let completions = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failures, completions, frontend) =
+            (stop.clone(), ok.clone(), failures.clone(), completions.clone(), frontend.clone());
+        workers.push(std::thread::spawn(move || {
+            let start = Instant::now();
+            // Bounded: at most 5,000 requests per worker and 60 s.
+            for _ in 0..5000 {
+                if stop.load(Ordering::Relaxed) || start.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                match get(&format!("{frontend}/api/version")) {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        completions.lock().unwrap().push(Instant::now());
+                    }
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+    wait_for("load to be flowing", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > 20).then_some(()));
+    s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "2", "--no-wait"]);
+    let mut drain_start = None;
+    let drain_end;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let members = pool(&s);
+        let draining = members.iter().any(|m| m["draining"] == true);
+        if draining && drain_start.is_none() {
+            drain_start = Some(Instant::now());
+        }
+        if drain_start.is_some() && !draining && members.len() == 2 {
+            drain_end = Instant::now();
+            break;
+        }
+        assert!(Instant::now() < deadline, "scale-in did not finish: {members:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} requests failed during scale-in, e.g. {:?}", failures.len(), failures.first());
+    let (a, b) = (drain_start.unwrap(), drain_end);
+    let during = completions.lock().unwrap().iter().filter(|t| **t >= a && **t <= b).count();
+    assert!(during >= 50, "the load overlapped the draining: {during} requests completed while instances drained");
+    s.ok(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "60"]);
+    s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet"]);
+    let metrics = reqwest_blocking_get(&format!("{}/metrics", s.url));
+    assert!(metrics.contains("herd_lb_"), "Prometheus metrics are served: {}", &metrics[..metrics.len().min(200)]);
+}
+
+fn reqwest_blocking_get(url: &str) -> String {
+    get(url).unwrap_or_default()
+}
