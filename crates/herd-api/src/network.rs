@@ -382,6 +382,49 @@ pub async fn pip_delete(
 
 // ---- load balancers ----
 
+/// Refuses a rule or NAT pool whose frontend port another process on this host already holds.
+/// Ports herd's own data plane serves are fine (they are ours).
+fn check_ports_free(s: &AppState, lb: &LoadBalancer) -> Result<(), ApiError> {
+    let pips: Vec<PublicIpAddress> = s.store.list_as(Kind::PublicIp, "")?.into_iter().map(|o| o.value).collect();
+    let ours = s.lb.frontends();
+    let ip_of = |fe_id: &str| -> Option<std::net::IpAddr> {
+        let fe = lb.frontend_ip_configurations.iter().find(|f| f.id.eq_ignore_ascii_case(fe_id))?;
+        let pip = fe.public_ip_address.as_ref()?;
+        pips.iter().find(|p| p.id.eq_ignore_ascii_case(&pip.id))?.ip_address.as_ref()?.parse().ok()
+    };
+    let mut wanted: Vec<(String, std::net::SocketAddr)> = Vec::new();
+    for (i, r) in lb.load_balancing_rules.iter().enumerate() {
+        if let Some(ip) = ip_of(&r.frontend_ip_configuration.id) {
+            wanted.push((
+                format!("loadBalancingRules[{i}].frontendPort"),
+                std::net::SocketAddr::new(ip, r.frontend_port as u16),
+            ));
+        }
+    }
+    for (i, n) in lb.inbound_nat_pools.iter().enumerate() {
+        if let Some(ip) = ip_of(&n.frontend_ip_configuration.id) {
+            for port in n.frontend_port_range_start..=n.frontend_port_range_end {
+                wanted.push((
+                    format!("inboundNatPools[{i}].frontendPortRangeStart"),
+                    std::net::SocketAddr::new(ip, port as u16),
+                ));
+            }
+        }
+    }
+    for (field, addr) in wanted {
+        if ours.contains(&addr) {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(ApiError::invalid(
+                field,
+                format!("{addr} cannot be used on this host: {e} (another process holds it)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn public_ip_ids(s: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(s.store.list_as::<PublicIpAddress>(Kind::PublicIp, "")?.into_iter().map(|o| o.value.id).collect())
 }
@@ -422,6 +465,7 @@ pub async fn lb_put(
     let expect = expect_for(&headers, &existing, &name, "load balancer")?;
     let mut lb: LoadBalancer = parse(body)?;
     lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+    check_ports_free(&s, &lb)?;
     save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
     s.wake();
     Ok(Json(lb))
@@ -466,6 +510,7 @@ pub async fn lb_child_put(
     list.push(body);
     let mut lb: LoadBalancer = parse(doc)?;
     lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+    check_ports_free(&s, &lb)?;
     save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' written"))?;
     s.wake();
     Ok(Json(lb))

@@ -233,6 +233,11 @@ impl LbController {
         self.dataplane.metrics()
     }
 
+    /// The frontend addresses the data plane is listening on.
+    pub fn frontends(&self) -> Vec<std::net::SocketAddr> {
+        self.dataplane.frontends()
+    }
+
     /// The data plane's counters.
     pub fn stats(&self) -> herd_lb::LbStats {
         self.dataplane.stats()

@@ -132,6 +132,31 @@ fn traffic_follows_instance_health() {
         "web-lb",
         "--quiet",
     ]);
+    s.ok(&[
+        "network",
+        "lb",
+        "inbound-nat-pool",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "direct",
+        "--frontend-port-range-start",
+        "50000",
+        "--frontend-port-range-end",
+        "50009",
+        "--backend-port",
+        "8080",
+    ]);
+    let lb_id = s.json(&["network", "lb", "show", "-g", "rg", "-n", "web-lb", "--query", "id"]);
+    let nat_ref = format!("{{\"id\": \"{}/inboundNatPools/direct\"}}", lb_id.as_str().unwrap());
+    s.ok(&[
+        "vmss", "update", "-g", "rg", "-n", "web", "--add",
+        "virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].ipConfigurations[0].loadBalancerInboundNatPools",
+        &nat_ref, "--quiet",
+    ]);
     let ip =
         s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
     let frontend = format!("http://{}:18080", ip.trim());
@@ -157,6 +182,23 @@ fn traffic_follows_instance_health() {
     );
     let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
     assert!(list.as_array().unwrap().iter().all(|i| i["health"] == "Healthy"), "health is shown per instance: {list}");
+
+    // Inbound NAT: one frontend port per instance, in instance order.
+    let nat_names: Vec<String> = (50000..50002)
+        .map(|port| {
+            wait_for("the NAT port to answer", Duration::from_secs(10), || {
+                get(&format!("http://{}:{port}/api/version", ip.trim())).ok()
+            })
+        })
+        .collect();
+    let mut by_id: Vec<(u64, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["instanceId"].as_str().unwrap().parse().unwrap(), i["computerName"].as_str().unwrap().to_string()))
+        .collect();
+    by_id.sort();
+    assert_eq!(nat_names, by_id.iter().map(|(_, n)| format!("Version 1 from {n}")).collect::<Vec<_>>());
 
     // Kill one instance's app: it leaves rotation within interval × threshold + interval.
     let victim = &list[0];
