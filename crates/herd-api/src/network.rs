@@ -290,9 +290,12 @@ pub async fn subnet_delete(
 // ---- public IP addresses ----
 
 /// The first address public IPs are allocated from (127.64.0.0/10, skipping .0 and .255).
-fn public_ip_candidates() -> impl Iterator<Item = Ipv4Addr> {
+fn public_ip_candidates(block: u8) -> impl Iterator<Item = Ipv4Addr> {
     let base = u32::from(Ipv4Addr::new(127, 64, 0, 0));
-    (0..(1u32 << 22)).map(move |n| Ipv4Addr::from(base + n)).filter(|a| a.octets()[3] != 0 && a.octets()[3] != 255)
+    let start = u32::from(block % 64) << 16;
+    (0..(1u32 << 22))
+        .map(move |n| Ipv4Addr::from(base + ((start + n) % (1 << 22))))
+        .filter(|a| a.octets()[3] != 0 && a.octets()[3] != 255)
 }
 
 /// Lists public IP addresses.
@@ -361,7 +364,7 @@ pub async fn pip_put(
             }
             ip
         }
-        None => public_ip_candidates()
+        None => public_ip_candidates(s.config.public_ip_block)
             .find(|c| !used.contains(&c.to_string()))
             .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
     };

@@ -18,6 +18,8 @@ pub struct ApiConfig {
     pub image_dir: PathBuf,
     /// The driver's name, shown by `/v1/server`.
     pub driver: String,
+    /// Which /16 of 127.64.0.0/10 this server allocates public IPs from first (0–63).
+    pub public_ip_block: u8,
 }
 
 /// Shared handler state.

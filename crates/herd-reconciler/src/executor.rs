@@ -46,6 +46,8 @@ pub struct ReconcilerConfig {
     /// Pause between passes while instances are booting or stopping.
     pub busy_interval: Duration,
     pub skus: SkuTable,
+    /// Which /16 of 127.128.0.0/9 this server's reach addresses start in (0–127).
+    pub address_block: u8,
 }
 
 impl Default for ReconcilerConfig {
@@ -56,6 +58,7 @@ impl Default for ReconcilerConfig {
             idle_interval: Duration::from_secs(2),
             busy_interval: Duration::from_millis(50),
             skus: SkuTable::default(),
+            address_block: 0,
         }
     }
 }
@@ -167,13 +170,15 @@ fn subnet_of(set: &StoredScaleSet) -> Option<String> {
     p.primary()?.subnet.as_ref().map(|s| s.id.to_ascii_lowercase())
 }
 
-/// The n-th host-local reach address in 127.128.0.0/9, skipping `.0` and `.255`.
-pub fn host_local_address(n: u64) -> Ipv4Addr {
+/// The n-th host-local reach address of a server whose range starts at the /16 `block`
+/// (0–127) of 127.128.0.0/9, skipping `.0` and `.255`. Servers on one host use different
+/// blocks (the server derives its block from its data dir), so their instances never collide.
+pub fn host_local_address(block: u8, n: u64) -> Ipv4Addr {
     let base = u32::from(Ipv4Addr::new(127, 128, 0, 0));
-    // 254 usable addresses per /24.
-    let block = (n / 254) as u32;
+    // 254 usable addresses per /24; the 2^23 addresses of the /9 wrap around.
+    let subnet = (u64::from(block % 128) * 256 + n / 254) % (128 * 256);
     let host = (n % 254) as u32 + 1;
-    Ipv4Addr::from(base + block * 256 + host)
+    Ipv4Addr::from(base + subnet as u32 * 256 + host)
 }
 
 /// The instance store key: `group/set/` + zero-padded id, so keys sort by id.
@@ -525,7 +530,7 @@ impl Reconciler {
                         },
                         None => None,
                     };
-                    let addr = host_local_address(*next_addr);
+                    let addr = host_local_address(self.config.address_block, *next_addr);
                     *next_addr += 1;
                     let record = InstanceRecord {
                         instance_id: *id,
@@ -921,9 +926,11 @@ mod tests {
 
     #[test]
     fn addresses_skip_network_and_broadcast() {
-        assert_eq!(host_local_address(0), Ipv4Addr::new(127, 128, 0, 1));
-        assert_eq!(host_local_address(253), Ipv4Addr::new(127, 128, 0, 254));
-        assert_eq!(host_local_address(254), Ipv4Addr::new(127, 128, 1, 1));
+        assert_eq!(host_local_address(0, 0), Ipv4Addr::new(127, 128, 0, 1));
+        assert_eq!(host_local_address(0, 253), Ipv4Addr::new(127, 128, 0, 254));
+        assert_eq!(host_local_address(0, 254), Ipv4Addr::new(127, 128, 1, 1));
+        assert_eq!(host_local_address(5, 0), Ipv4Addr::new(127, 133, 0, 1));
+        assert_eq!(host_local_address(127, 254 * 256), Ipv4Addr::new(127, 128, 0, 1), "wraps inside 127.128.0.0/9");
     }
 
     #[test]

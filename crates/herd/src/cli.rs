@@ -427,6 +427,25 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         runs: u32,
     },
+    /// Throughput and p99 through herd's load balancer and through HAProxy, side by side
+    /// (needs `wrk` and `haproxy` installed), plus how fast a change reaches the data plane.
+    Lb {
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// A/B rounds (each runs herd then HAProxy).
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+    },
+    /// Internal: a minimal HTTP server used as the backend of `bench lb`.
+    #[command(hide = true)]
+    Backend {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+    },
     /// Latency of list-instances on a set of N instances (sim driver).
     Api {
         #[arg(long, default_value_t = 1000)]

@@ -43,6 +43,17 @@ pub struct ServerConfig {
     pub sim: SimSettings,
     #[serde(default)]
     pub loadbalancer: LoadBalancerSettings,
+    #[serde(default)]
+    pub network: NetworkSettings,
+}
+
+/// `[network]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Which /16 of 127.128.0.0/9 instance reach addresses start in (0–127), and of
+    /// 127.64.0.0/10 public IPs (this number mod 64). Default: derived from the data dir.
+    pub host_local_block: Option<u8>,
 }
 
 /// `[loadbalancer]`.
@@ -100,9 +111,9 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(&mut self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
     }
@@ -184,7 +195,17 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         ..defaults
     };
     let driver_name = driver.name().to_string();
+    // Each server takes its own block of loopback addresses, derived from its data dir unless
+    // the config names one, so two servers (or parallel tests) on a host never collide.
+    let block = cfg.network.host_local_block.unwrap_or_else(|| {
+        data_dir
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) as u8
+            % 128
+    });
     let rec_config = ReconcilerConfig {
+        address_block: block,
         limits,
         driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
         skus: skus.clone(),
@@ -208,6 +229,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             max_capacity: cfg.max_capacity.unwrap_or(herd_model::scale_set::MULTI_PLACEMENT_GROUP_MAX),
             image_dir,
             driver: driver_name,
+            public_ip_block: block % 64,
         }),
         sealer,
         health,
@@ -241,7 +263,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
 pub async fn run(opts: ServerOptions) -> Result<()> {
     let data_dir = opts.data_dir.clone();
     let driver = opts.driver;
-    let server = start(opts).await?;
+    let mut server = start(opts).await?;
     eprintln!(
         "herd server listening on {} (driver {:?}, data dir {}, API token in {})",
         server.url(),

@@ -118,6 +118,23 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // Instances outlive their server by design; a test that failed half-way must not leave
+        // them running (they would hold addresses and ports for the next test).
+        kill_instances(&self.data_dir);
+    }
+}
+
+/// Kills every process whose environment carries the process-driver tag of `data_dir`.
+pub fn kill_instances(data_dir: &Path) {
+    let Ok(dir) = data_dir.canonicalize() else { return };
+    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 
