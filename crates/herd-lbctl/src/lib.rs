@@ -27,6 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Server-wide settings applied to every rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a draining backend keeps its open connections.
+    pub drain_timeout: Duration,
+    /// Connections a rule accepts at once; beyond it new ones are refused (none: unlimited).
+    pub max_connections_per_rule: Option<usize>,
+}
+
 /// What the controller wants: the data-plane snapshot and the probe targets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Desired {
@@ -94,8 +103,9 @@ pub fn desired(
     pips: &[PublicIpAddress],
     members: &[Member<'_>],
     health: &dyn Fn(&str, &str) -> Health,
-    drain_timeout: Duration,
+    limits: &Limits,
 ) -> Desired {
+    let drain_timeout = limits.drain_timeout;
     let mut d = Desired::default();
     for lb in lbs {
         let frontend_ip = |fe_id: &str| -> Option<IpAddr> {
@@ -165,6 +175,7 @@ pub fn desired(
             };
             rc.idle_timeout = Duration::from_secs(rule.idle_timeout_in_minutes.max(1) as u64 * 60);
             rc.drain_timeout = Some(drain_timeout);
+            rc.max_connections = limits.max_connections_per_rule;
             d.config.rules.push(rc);
         }
         for nat in &lb.inbound_nat_pools {
@@ -205,12 +216,12 @@ pub struct LbController {
     health: Arc<HealthBoard>,
     wake: Arc<Notify>,
     last: Mutex<Option<LbConfig>>,
-    drain_timeout: Duration,
+    limits: Limits,
     interval: Duration,
 }
 
 impl LbController {
-    pub fn new(store: Arc<dyn Store>, health: Arc<HealthBoard>, drain_timeout: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, health: Arc<HealthBoard>, limits: Limits) -> Self {
         Self {
             store,
             dataplane: herd_lb::LoadBalancer::new(),
@@ -218,7 +229,7 @@ impl LbController {
             health,
             wake: Arc::new(Notify::new()),
             last: Mutex::new(None),
-            drain_timeout,
+            limits,
             interval: Duration::from_millis(50),
         }
     }
@@ -270,7 +281,7 @@ impl LbController {
         let health = |probe: &str, target: &str| {
             statuses.get(probe).and_then(|m| m.get(target)).map_or(Health::Unknown, |s| s.health)
         };
-        let want = desired(&lbs, &pips, &members, &health, self.drain_timeout);
+        let want = desired(&lbs, &pips, &members, &health, &self.limits);
         {
             let mut runners = self.runners.lock().unwrap_or_else(|p| p.into_inner());
             runners.retain(|k, (def, _)| want.probes.get(k).is_some_and(|(d, _)| d == def));
@@ -338,5 +349,135 @@ impl LbController {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_model::{instance::InstanceGoal, scale_set::ScaleSetModel, GroupName, InstanceId, ScaleSetName};
+    use serde_json::json;
+
+    const LB: &str = "/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/lb";
+
+    fn set() -> StoredScaleSet {
+        let model = ScaleSetModel::from_json(json!({
+            "sku": {"name": "Standard_B1ms", "capacity": 3},
+            "virtualMachineProfile": {
+                "osProfile": {"computerNamePrefix": "web"},
+                "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}},
+                "networkProfile": {"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
+                    "loadBalancerBackendAddressPools": [{"id": format!("{LB}/backendAddressPools/be")}],
+                    "loadBalancerInboundNatPools": [{"id": format!("{LB}/inboundNatPools/ssh")}]}]}]}
+            }
+        }))
+        .unwrap();
+        StoredScaleSet {
+            name: ScaleSetName::new("web").unwrap(),
+            group: GroupName::new("rg").unwrap(),
+            model_generation: 1,
+            time_created: chrono::Utc::now(),
+            deleting: false,
+            model,
+        }
+    }
+
+    fn rec(id: u64, state: InstanceState) -> InstanceRecord {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        InstanceRecord {
+            instance_id: InstanceId(id),
+            computer_name: format!("web{id}"),
+            zone: None,
+            model_generation: 1,
+            state,
+            goal: InstanceGoal::Running,
+            pending: None,
+            overprovisioned: false,
+            reach_address: format!("127.128.0.{}", id + 1),
+            private_ip: None,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            delete_reason: None,
+            draining_since: None,
+            created_at: now,
+            state_since: now,
+        }
+    }
+
+    fn lb(with_probe: bool) -> LoadBalancer {
+        let mut l: LoadBalancer = serde_json::from_value(json!({
+            "frontendIPConfigurations": [{"name": "fe", "publicIPAddress": {"id": "/resourceGroups/rg/providers/Microsoft.Network/publicIPAddresses/ip"}}],
+            "backendAddressPools": [{"name": "be"}],
+            "probes": [{"name": "p", "protocol": "Tcp", "port": 80, "intervalInSeconds": 1, "probeThreshold": 1}],
+            "loadBalancingRules": [{"name": "r", "frontendPort": 80, "backendPort": 8080,
+                "frontendIPConfiguration": {"id": format!("{LB}/frontendIPConfigurations/fe")},
+                "backendAddressPool": {"id": format!("{LB}/backendAddressPools/be")}}],
+            "inboundNatPools": [{"name": "ssh", "frontendIPConfiguration": {"id": format!("{LB}/frontendIPConfigurations/fe")},
+                "frontendPortRangeStart": 50000, "frontendPortRangeEnd": 50001, "backendPort": 22}]
+        }))
+        .unwrap();
+        if with_probe {
+            l.load_balancing_rules[0].probe = Some(herd_model::network::SubResource { id: format!("{LB}/probes/p") });
+        }
+        l.normalize("rg", "lb", &["/resourceGroups/rg/providers/Microsoft.Network/publicIPAddresses/ip".into()])
+            .unwrap();
+        l
+    }
+
+    fn pip() -> PublicIpAddress {
+        serde_json::from_value(json!({"id": "/resourceGroups/rg/providers/Microsoft.Network/publicIPAddresses/ip", "ipAddress": "127.64.0.1"})).unwrap()
+    }
+
+    fn limits() -> Limits {
+        Limits { drain_timeout: Duration::from_secs(5), max_connections_per_rule: Some(10) }
+    }
+
+    #[test]
+    fn membership_is_running_and_healthy_and_not_draining() {
+        let s = set();
+        let mut draining = rec(3, InstanceState::Running);
+        draining.draining_since = Some(chrono::Utc::now());
+        let records = [
+            rec(0, InstanceState::Running),
+            rec(1, InstanceState::Running),
+            rec(2, InstanceState::Running),
+            draining,
+            rec(4, InstanceState::Creating),
+        ];
+        let members: Vec<Member<'_>> = records.iter().map(|r| Member { set: &s, record: r }).collect();
+        let health = |_: &str, t: &str| match t.split('#').next().unwrap() {
+            "rg/web/0" | "rg/web/3" => Health::Healthy,
+            "rg/web/1" => Health::Unhealthy,
+            _ => Health::Unknown,
+        };
+        let d = desired(&[lb(true)], &[pip()], &members, &health, &limits());
+        let rule = &d.config.rules[0];
+        assert_eq!(rule.frontend, "127.64.0.1:80".parse().unwrap());
+        assert_eq!(rule.max_connections, Some(10));
+        let got: Vec<(&str, bool)> = rule.backends.iter().map(|b| (b.id.as_str(), b.draining)).collect();
+        assert_eq!(
+            got,
+            [("rg/web/0", false), ("rg/web/1", true), ("rg/web/3", true)],
+            "healthy active; unhealthy and draining drain; unknown and creating out"
+        );
+        let (def, targets) = &d.probes[&format!("{LB}/probes/p").to_ascii_lowercase()];
+        assert_eq!(def.threshold, 1);
+        assert_eq!(targets.len(), 4, "every Running instance is probed");
+        // NAT: one frontend port per instance in id order, until the range runs out.
+        let nat: Vec<(u16, String)> = d.config.nat.iter().map(|n| (n.frontend.port(), n.target.to_string())).collect();
+        assert_eq!(nat, [(50000, "127.128.0.1:22".to_string()), (50001, "127.128.0.2:22".to_string())]);
+        assert!(d.notes.iter().any(|n| n.contains("no frontend port left")));
+    }
+
+    #[test]
+    fn without_a_probe_running_instances_are_members() {
+        let s = set();
+        let records = [rec(0, InstanceState::Running), rec(1, InstanceState::Stopped)];
+        let members: Vec<Member<'_>> = records.iter().map(|r| Member { set: &s, record: r }).collect();
+        let d = desired(&[lb(false)], &[pip()], &members, &|_, _| Health::Unknown, &limits());
+        assert_eq!(d.config.rules[0].backends.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["rg/web/0"]);
+        let no_ip = desired(&[lb(false)], &[], &members, &|_, _| Health::Unknown, &limits());
+        assert!(no_ip.config.rules.is_empty() && no_ip.notes[0].contains("no public IP"));
     }
 }

@@ -63,6 +63,8 @@ pub struct LoadBalancerSettings {
     /// Seconds a pool member drains (no new connections) before it is stopped, deleted,
     /// restarted or re-imaged (default 10).
     pub drain_timeout_secs: Option<u64>,
+    /// Connections one rule accepts at once; beyond it new ones are refused (default: no limit).
+    pub max_connections_per_rule: Option<usize>,
 }
 
 /// `[provisioning]`: the fail-safe on instance creation.
@@ -215,7 +217,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let drain = rec_config.limits.drain_timeout.to_std().unwrap_or(Duration::from_secs(10));
     let reconciler = Reconciler::new(store.clone(), driver, clock.clone(), rec_config);
     let health = Arc::new(herd_model::health::HealthBoard::default());
-    let lb = Arc::new(herd_lbctl::LbController::new(store.clone(), health.clone(), drain));
+    let lb = Arc::new(herd_lbctl::LbController::new(
+        store.clone(),
+        health.clone(),
+        herd_lbctl::Limits {
+            drain_timeout: drain,
+            max_connections_per_rule: cfg.loadbalancer.max_connections_per_rule,
+        },
+    ));
     let image_dir = data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
     let state = AppState {
