@@ -113,6 +113,28 @@ impl InstanceDir {
         atomic_write(&self.file("exit"), format!("{} {} {}\n", id.pid, id.start, how.replace('\n', " ")).as_bytes())
     }
 
+    /// The bridged-network attachment recorded at create/reimage time, if any.
+    pub fn read_net(&self) -> Option<herd_driver::NetworkAttachment> {
+        let text = fs::read_to_string(self.file("net")).ok()?;
+        let mut it = text.split_whitespace();
+        Some(herd_driver::NetworkAttachment {
+            bridge: it.next()?.to_string(),
+            gateway: it.next()?.parse().ok()?,
+            prefix_len: it.next()?.parse().ok()?,
+            address: it.next()?.parse().ok()?,
+        })
+    }
+
+    pub fn write_net(&self, net: Option<&herd_driver::NetworkAttachment>) -> io::Result<()> {
+        match net {
+            Some(n) => atomic_write(
+                &self.file("net"),
+                format!("{} {} {} {}\n", n.bridge, n.gateway, n.prefix_len, n.address).as_bytes(),
+            ),
+            None => ignore_missing(fs::remove_file(self.file("net"))),
+        }
+    }
+
     pub fn read_env(&self) -> io::Result<Vec<(String, String)>> {
         let blob = fs::read(self.file("env"))?;
         Ok(blob

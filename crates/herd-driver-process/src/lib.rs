@@ -67,6 +67,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bridge;
 mod layout;
 mod procfs;
 mod spawn;
@@ -341,6 +342,10 @@ impl Driver for ProcessDriver {
                 tracing::info!(instance = %key, pid = id.pid, "killing a process of the instance found by its environment");
                 self.terminate(id).await?;
             }
+        }
+        if d.read_net().is_some() {
+            let ns = bridge::netns_name(&self.state.tag, &key.path());
+            blocking(move || bridge::remove(&ns)).await?;
         }
         let dir = d.dir.clone();
         blocking(move || {

@@ -108,7 +108,31 @@ pub(crate) fn launch(
     let console2 = console.try_clone().map_err(|e| format!("cannot open console.log: {e}"))?;
 
     let hostname = env.iter().find(|(k, _)| k == "HERD_COMPUTER_NAME").map(|(_, v)| v.clone()).unwrap_or_default();
-    let mut cmd = if let (true, Some(l)) = (set_hostname, launcher) {
+    // Bridged networking: enter the instance's own network namespace (set up idempotently).
+    let netns = match d.read_net() {
+        Some(att) => {
+            let ns = crate::bridge::netns_name(tag, &key.path());
+            crate::bridge::ensure(&att, &ns)?;
+            Some(ns)
+        }
+        None => None,
+    };
+    let mut cmd = if let Some(ns) = &netns {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        match (set_hostname, launcher) {
+            (true, Some(l)) => {
+                c.arg(l).args(launcher_args(&hostname));
+            }
+            (true, None) => {
+                c.args([UNSHARE, "--uts", "--", "/bin/sh", "-c", HOSTNAME_SCRIPT]);
+            }
+            _ => {
+                c.arg("./init");
+            }
+        }
+        c
+    } else if let (true, Some(l)) = (set_hostname, launcher) {
         let mut c = Command::new(l);
         c.args(launcher_args(&hostname));
         c

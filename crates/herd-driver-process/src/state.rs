@@ -159,6 +159,7 @@ pub(crate) fn install_work(
     remove_tree(&target.work()).map_err(|e| io("removing the old work directory", e))?;
     std::fs::rename(&staging, target.work()).map_err(|e| io("installing the work directory", e))?;
     let custom = spec.custom_data.as_ref().map(|_| final_dir.custom_data());
+    target.write_net(spec.network.as_ref()).map_err(|e| io("writing the network attachment", e))?;
     target.write_env(&spawn::spec_env(spec, custom.as_deref())).map_err(|e| io("writing the environment", e))
 }
 

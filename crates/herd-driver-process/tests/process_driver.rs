@@ -48,6 +48,7 @@ impl Fixture {
             admin_username: "azureuser".into(),
             custom_data: None,
             metadata: BTreeMap::new(),
+            network: None,
         }
     }
 

@@ -29,6 +29,21 @@ pub struct InstanceSpec {
     pub custom_data: Option<String>,
     /// Extra environment/metadata for the guest.
     pub metadata: BTreeMap<String, String>,
+    /// Bridged networking: the instance's own interface on a bridge carrying its subnet. None
+    /// in host-local networking (the reach address is a loopback address).
+    pub network: Option<NetworkAttachment>,
+}
+
+/// Where a bridged instance plugs in: the subnet's bridge and the instance's address on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// Linux bridge name (at most 15 characters).
+    pub bridge: String,
+    /// The bridge's own address in the subnet; the instance's default gateway.
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    /// The instance's private IP.
+    pub address: std::net::Ipv4Addr,
 }
 
 /// The power states a caller may ask for.

@@ -257,6 +257,7 @@ mod tests {
             admin_username: "u".into(),
             custom_data: None,
             metadata: Default::default(),
+            network: None,
         }
     }
 

@@ -48,6 +48,9 @@ pub struct ReconcilerConfig {
     pub skus: SkuTable,
     /// Which /16 of 127.128.0.0/9 this server's reach addresses start in (0–127).
     pub address_block: u8,
+    /// Bridged networking: instances with a subnet are reached on their private IP, through a
+    /// bridge per subnet, instead of on a host-local loopback address.
+    pub bridged: bool,
 }
 
 impl Default for ReconcilerConfig {
@@ -59,6 +62,7 @@ impl Default for ReconcilerConfig {
             busy_interval: Duration::from_millis(50),
             skus: SkuTable::default(),
             address_block: 0,
+            bridged: false,
         }
     }
 }
@@ -387,7 +391,7 @@ impl Reconciler {
                 let Some(id) = step.instance() else { continue };
                 let Some(r) = w.records.get(&id) else { continue };
                 let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id };
-                calls.push((wi, step.clone(), key, self.spec(w.set, &r.record, &images)));
+                calls.push((wi, step.clone(), key, self.spec(w.set, &r.record, &images, &ipam)));
             }
             // Creates also need an ensure call in this pass.
             for step in &steps {
@@ -395,7 +399,7 @@ impl Reconciler {
                     for n in new {
                         let Some(r) = w.records.get(&n.id) else { continue };
                         let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: n.id };
-                        calls.push((wi, Step::Ensure(n.id), key, self.spec(w.set, &r.record, &images)));
+                        calls.push((wi, Step::Ensure(n.id), key, self.spec(w.set, &r.record, &images, &ipam)));
                     }
                 }
             }
@@ -489,7 +493,13 @@ impl Reconciler {
         Ok(PassReport { steps: total, waiting: true })
     }
 
-    fn spec(&self, set: &StoredScaleSet, r: &InstanceRecord, images: &[Image]) -> Result<InstanceSpec, String> {
+    fn spec(
+        &self,
+        set: &StoredScaleSet,
+        r: &InstanceRecord,
+        images: &[Image],
+        ipam: &Ipam,
+    ) -> Result<InstanceSpec, String> {
         let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn().map_err(|e| e.to_string())?;
         let img = image::resolve(images, &urn).ok_or_else(|| format!("image {urn} is not in the gallery"))?;
         let size = self
@@ -509,6 +519,31 @@ impl Reconciler {
             admin_username: os.admin_username.clone(),
             custom_data: os.custom_data.clone(),
             metadata: Default::default(),
+            network: self.attachment(set, r, ipam),
+        })
+    }
+
+    /// In bridged mode, the bridge of the set's subnet and the instance's address on it.
+    fn attachment(
+        &self,
+        set: &StoredScaleSet,
+        r: &InstanceRecord,
+        ipam: &Ipam,
+    ) -> Option<herd_driver::NetworkAttachment> {
+        if !self.config.bridged {
+            return None;
+        }
+        let subnet = subnet_of(set)?;
+        let cidr = *ipam.subnets.get(&subnet)?;
+        let address: Ipv4Addr = r.private_ip.as_deref()?.parse().ok()?;
+        let h = format!("{}|{subnet}", self.config.address_block)
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        Some(herd_driver::NetworkAttachment {
+            bridge: format!("hb{:012x}", h & 0xffff_ffff_ffff),
+            gateway: cidr.nth(1)?,
+            prefix_len: cidr.len,
+            address,
         })
     }
 
@@ -530,8 +565,13 @@ impl Reconciler {
                         },
                         None => None,
                     };
-                    let addr = host_local_address(self.config.address_block, *next_addr);
-                    *next_addr += 1;
+                    let addr = match (&private_ip, self.config.bridged) {
+                        (Some(ip), true) => ip.clone(),
+                        _ => {
+                            *next_addr += 1;
+                            host_local_address(self.config.address_block, *next_addr - 1).to_string()
+                        }
+                    };
                     let record = InstanceRecord {
                         instance_id: *id,
                         computer_name: InstanceRecord::computer_name_for(&prefix, *id),
@@ -541,7 +581,7 @@ impl Reconciler {
                         goal: InstanceGoal::Running,
                         pending: None,
                         overprovisioned: *overprovisioned,
-                        reach_address: addr.to_string(),
+                        reach_address: addr,
                         private_ip,
                         attempts: 1,
                         next_attempt_at: None,

@@ -54,6 +54,10 @@ pub struct NetworkSettings {
     /// Which /16 of 127.128.0.0/9 instance reach addresses start in (0–127), and of
     /// 127.64.0.0/10 public IPs (this number mod 64). Default: derived from the data dir.
     pub host_local_block: Option<u8>,
+    /// `host-local` (default: instances are reached on their own loopback address) or `bridged`
+    /// (instances with a subnet live in their own network namespace on a bridge per subnet and
+    /// are reached on their private IP; root only; process driver).
+    pub mode: Option<String>,
 }
 
 /// `[loadbalancer]`.
@@ -206,8 +210,15 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) as u8
             % 128
     });
+    let bridged = match cfg.network.mode.as_deref() {
+        None | Some("host-local") => false,
+        Some("bridged") if opts.driver == DriverKind::Process && is_root() => true,
+        Some("bridged") => bail!("config: network.mode = \"bridged\" needs the process driver and root"),
+        Some(other) => bail!("config: network.mode '{other}' is not allowed; allowed values: host-local, bridged"),
+    };
     let rec_config = ReconcilerConfig {
         address_block: block,
+        bridged,
         limits,
         driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
         skus: skus.clone(),

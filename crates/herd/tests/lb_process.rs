@@ -203,6 +203,7 @@ fn traffic_follows_instance_health() {
     // Kill one instance's app: it leaves rotation within interval × threshold + interval.
     let victim = &list[0];
     let key = format!("HERD_INSTANCE_KEY=rg/web/{}", victim["instanceId"].as_str().unwrap());
+    let tag = format!("HERD_DRIVER_TAG=herd:{}", data.canonicalize().unwrap().display());
     let pids: Vec<u32> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -210,7 +211,10 @@ fn traffic_follows_instance_health() {
         .filter(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains("app.py") && env.split(|b| *b == 0).any(|v| v == key.as_bytes())
+            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+            String::from_utf8_lossy(&cmd).contains("app.py")
+                && vars.contains(&key.as_bytes())
+                && vars.contains(&tag.as_bytes())
         })
         .collect();
     assert_eq!(pids.len(), 1, "found the app process");
@@ -296,4 +300,158 @@ fn traffic_follows_instance_health() {
 
 fn reqwest_blocking_get(url: &str) -> String {
     get(url).unwrap_or_default()
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// Deletes the test's network namespace (and with it every bridge and veth end inside it).
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn instance_netns() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("hn")).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Bridged networking, entirely inside a network namespace this test creates: instances live
+/// in their own namespaces on a bridge carrying the subnet, are reached on their private IPs,
+/// and the load balancer serves them; deleting the set removes their namespaces.
+#[test]
+fn bridged_instances_behind_the_load_balancer_in_a_test_namespace() {
+    if !is_root() {
+        eprintln!("skipped: bridged networking needs root");
+        return;
+    }
+    let ns = format!("herdt{}", std::process::id());
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    let _guard = Netns(ns.clone());
+    assert!(std::process::Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]).status().unwrap().success());
+    let before = instance_netns();
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_in(
+        &ns,
+        "process",
+        &dir.path().join("data"),
+        Some("[network]\nmode = \"bridged\"\n[loadbalancer]\ndrain_timeout_secs = 1\n"),
+    );
+    let img = image_dir(&dir.path().join("img"), APP);
+    s.ok(&["group", "create", "-n", "rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&["network", "vnet", "create", "-g", "rg", "-n", "mynet", "--address-prefix", "10.0.0.0/16"]);
+    s.ok(&[
+        "network",
+        "vnet",
+        "subnet",
+        "create",
+        "-g",
+        "rg",
+        "--vnet-name",
+        "mynet",
+        "-n",
+        "web",
+        "--address-prefixes",
+        "10.0.0.0/24",
+    ]);
+    s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    s.ok(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "p",
+        "--protocol",
+        "Http",
+        "--path",
+        "/",
+        "--port",
+        "8080",
+        "--interval",
+        "1",
+        "--threshold",
+        "1",
+    ]);
+    s.ok(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "http",
+        "--frontend-port",
+        "80",
+        "--backend-port",
+        "8080",
+        "--probe-name",
+        "p",
+    ]);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:App:1:1.0.0",
+        "--instance-count",
+        "2",
+        "--vm-sku",
+        "Standard_B1s",
+        "--vnet-name",
+        "mynet",
+        "--subnet",
+        "web",
+        "--lb",
+        "web-lb",
+        "--quiet",
+    ]);
+    let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+    for i in list.as_array().unwrap() {
+        let reach = i["reachAddress"].as_str().unwrap();
+        assert_eq!(Some(reach), i["privateIpAddress"].as_str(), "bridged: reached on the private IP");
+        assert!(reach.starts_with("10.0.0."), "{reach}");
+    }
+    assert_eq!(instance_netns().difference(&before).count(), 2, "one namespace per instance");
+    wait_for("both instances in rotation", Duration::from_secs(60), || (in_rotation(&s).len() == 2).then_some(()));
+    let ip =
+        s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let out = s
+            .command("curl")
+            .args(["-s", "--max-time", "5", &format!("http://{}/api/version", ip.trim())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl through the frontend failed");
+        seen.insert(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert_eq!(seen.len(), 2, "both bridged instances answer through the load balancer: {seen:?}");
+    s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet"]);
+    assert!(
+        instance_netns().difference(&before).next().is_none(),
+        "instance namespaces are removed with the instances"
+    );
 }

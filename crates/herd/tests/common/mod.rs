@@ -16,24 +16,53 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub driver: String,
     config: Option<PathBuf>,
+    /// Run the server and every CLI call inside this network namespace.
+    pub netns: Option<String>,
 }
 
 impl Server {
     /// Starts `herd server` on a free loopback port and waits until it listens.
     pub fn start(driver: &str, data_dir: &Path, config: Option<&str>) -> Server {
+        Self::start_with(None, driver, data_dir, config)
+    }
+
+    /// Like [`start`](Self::start), inside network namespace `ns` (which must exist).
+    pub fn start_in(ns: &str, driver: &str, data_dir: &Path, config: Option<&str>) -> Server {
+        Self::start_with(Some(ns.to_string()), driver, data_dir, config)
+    }
+
+    fn start_with(netns: Option<String>, driver: &str, data_dir: &Path, config: Option<&str>) -> Server {
         let config = config.map(|c| {
             let p = data_dir.with_extension("toml");
             std::fs::write(&p, c).unwrap();
             p
         });
-        let mut s =
-            Server { child: None, url: String::new(), data_dir: data_dir.to_path_buf(), driver: driver.into(), config };
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            driver: driver.into(),
+            config,
+            netns,
+        };
         s.spawn();
         s
     }
 
+    /// A command for `program`, wrapped in `ip netns exec` when the server lives in a namespace.
+    pub fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
     fn spawn(&mut self) {
-        let mut cmd = Command::new(HERD);
+        let mut cmd = self.command(HERD);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--driver", &self.driver]).arg("--data-dir").arg(&self.data_dir);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
@@ -70,7 +99,7 @@ impl Server {
     }
 
     pub fn herd(&self, args: &[&str]) -> Output {
-        Command::new(HERD)
+        self.command(HERD)
             .args(args)
             .env("HERD_SERVER", &self.url)
             .env("HERD_DATA_DIR", &self.data_dir)
