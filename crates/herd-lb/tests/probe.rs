@@ -232,3 +232,65 @@ async fn replacing_targets_keeps_the_state_of_unchanged_ones() {
     runner.set_targets(Vec::new());
     assert!(runner.statuses().is_empty());
 }
+
+/// A TLS server with a self-signed certificate (made with the `openssl` CLI) that answers
+/// `/ok` with 200 and anything else with 503.
+fn tls_server(addr: IpAddr, dir: &std::path::Path) -> Task {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=backend"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl")
+        .status
+        .success();
+    assert!(ok, "openssl made a certificate");
+    let certs = vec![CertificateDer::from_pem_file(&cert).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = listen(addr);
+    Task(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = vec![0u8; 2048];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let status = if req.starts_with("GET /ok ") { "200 OK" } else { "503 Unavailable" };
+                let _ = tls
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    }))
+}
+
+#[tokio::test]
+async fn https_probe_speaks_tls_and_needs_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = ip(31, 1);
+    let _server = tls_server(addr, dir.path());
+    let ok = Probe { protocol: herd_lb::ProbeProtocol::Https { path: "/ok".into() }, ..Probe::tcp(PORT) };
+    assert_eq!(probe_once(&ok, addr).await, Ok(()), "a self-signed backend answering 200 is healthy");
+    let bad = Probe { protocol: herd_lb::ProbeProtocol::Https { path: "/other".into() }, ..Probe::tcp(PORT) };
+    let err = probe_once(&bad, addr).await.unwrap_err();
+    assert!(err.contains("503"), "{err}");
+    let plain = Probe::http(PORT, "/ok");
+    assert!(probe_once(&plain, addr).await.is_err(), "plain HTTP to a TLS port is not healthy");
+}

@@ -86,9 +86,13 @@ fn joins_nat(set: &StoredScaleSet, nat_id: &str) -> bool {
 
 fn to_probe(p: &herd_model::network::Probe) -> herd_lb::Probe {
     let port = p.port as u16;
+    let path = p.request_path.clone().unwrap_or_else(|| "/".into());
     let mut probe = match p.protocol {
         ProbeProtocol::Tcp => herd_lb::Probe::tcp(port),
-        _ => herd_lb::Probe::http(port, p.request_path.clone().unwrap_or_else(|| "/".into())),
+        ProbeProtocol::Http => herd_lb::Probe::http(port, path),
+        ProbeProtocol::Https => {
+            herd_lb::Probe { protocol: herd_lb::ProbeProtocol::Https { path }, ..herd_lb::Probe::tcp(port) }
+        }
     };
     probe.interval = Duration::from_secs(p.interval_in_seconds.max(1) as u64);
     probe.threshold = p.probe_threshold.max(1) as u32;

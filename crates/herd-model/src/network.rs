@@ -387,14 +387,11 @@ impl LoadBalancer {
             p.id = format!("{id}/probes/{}", p.name);
             let f = format!("probes[{i}]");
             port(format!("{f}.port"), p.port)?;
-            if p.protocol == ProbeProtocol::Https {
-                return Err(FieldError::not_supported(format!("{f}.protocol"), "Https probes; use Http or Tcp"));
-            }
             match (&p.protocol, &p.request_path) {
-                (ProbeProtocol::Http, None) => {
-                    return Err(FieldError::new(format!("{f}.requestPath"), "an Http probe needs a path, e.g. /"))
+                (ProbeProtocol::Http | ProbeProtocol::Https, None) => {
+                    return Err(FieldError::new(format!("{f}.requestPath"), "an Http(s) probe needs a path, e.g. /"))
                 }
-                (ProbeProtocol::Http, Some(path)) if !path.starts_with('/') => {
+                (ProbeProtocol::Http | ProbeProtocol::Https, Some(path)) if !path.starts_with('/') => {
                     return Err(FieldError::new(format!("{f}.requestPath"), format!("'{path}' must start with '/'")))
                 }
                 (ProbeProtocol::Tcp, Some(_)) => {

@@ -141,7 +141,7 @@ pub enum ChildCmd<C: Args> {
 pub struct ProbeArgs {
     #[command(flatten)]
     pub r: ChildRef,
-    /// Tcp or Http (Https comes later).
+    /// Tcp, Http or Https (Http(s): healthy only on 200; Https does not check the certificate).
     #[arg(long)]
     pub protocol: String,
     #[arg(long)]

@@ -258,6 +258,7 @@ fn bad_network_input_is_refused_and_changes_nothing() {
         (probe(&["--protocol", "Http", "--port", "80", "--path", "/", "--interval", "0"]), "intervalInSeconds"),
         (probe(&["--protocol", "Http", "--port", "80", "--path", "/", "--threshold", "101"]), "probeThreshold"),
         (probe(&["--protocol", "Http", "--port", "80"]), "needs a path"),
+        (probe(&["--protocol", "Https", "--port", "443", "--path", "health"]), "must start with '/'"),
         (rule(&["--frontend-port", "81", "--backend-pool-name", "nopool"]), "'nopool' does not exist"),
         (rule(&["--frontend-port", "81", "--probe-name", "noprobe"]), "'noprobe' does not exist"),
         (rule(&["--frontend-port", "80"]), "already used by 'r'"),
