@@ -209,16 +209,5 @@ pub fn user_event(state: &AppState, group: &str, resource: &str, operation: &str
 
 /// Checks the name of a network resource taken from the URL.
 pub fn check_child_name(field: &str, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 80
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            format!("'{name}' is not a valid name: 1 to 80 of letters, digits, '-', '_', '.'"),
-        ))
-    }
+    Ok(herd_model::network::check_child_name(field, name)?)
 }

@@ -30,7 +30,8 @@ pub fn network_id(group: &str, kind: &str, name: &str) -> String {
     format!("/resourceGroups/{group}/providers/Microsoft.Network/{kind}/{name}")
 }
 
-fn check_child_name(field: &str, name: &str) -> Result<(), FieldError> {
+/// Checks a network resource or sub-resource name (1–80 of letters, digits, `-_.`).
+pub fn check_child_name(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 80
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
