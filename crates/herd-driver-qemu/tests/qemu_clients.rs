@@ -439,6 +439,11 @@ fn testguest_out() -> PathBuf {
 }
 
 fn start_qemu(image: &Path) -> Vm {
+    start_qemu_with(image, "")
+}
+
+/// `netdev_extra` is appended to the user-networking netdev (e.g. `,hostfwd=...`).
+fn start_qemu_with(image: &Path, netdev_extra: &str) -> Vm {
     let dir = tempfile::Builder::new().prefix("herd-qemu-clients.").tempdir().unwrap();
     let cmdline = std::fs::read_to_string(image.join("cmdline")).unwrap();
     let out = std::fs::File::create(dir.path().join("qemu.out")).unwrap();
@@ -455,7 +460,7 @@ fn start_qemu(image: &Path) -> Vm {
         .args(["-device", "virtio-serial"])
         .args(["-chardev", &format!("socket,path={},server=on,wait=off,id=qga0", p("qga.sock"))])
         .args(["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"])
-        .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])
+        .args(["-netdev", &format!("user,id=n0{netdev_extra}"), "-device", "virtio-net-pci,netdev=n0"])
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -630,4 +635,32 @@ async fn boots_the_test_guest_over_qmp_and_qga() {
     assert!(matches!(qmp.wait_event("SHUTDOWN", T).await, Err(QmpError::Closed)));
     assert!(matches!(qga.ping().await, Err(QgaError::Closed)), "agent call after QEMU exit");
     step("done");
+}
+
+/// QEMU's user networking accepts a forwarded connection on the host side whether or not the
+/// guest listens, so a Tcp probe must count the immediate close as down; once a server really
+/// listens in the guest, the same probe passes.
+#[tokio::test]
+async fn tcp_probe_through_user_networking_needs_a_real_listener_in_the_guest() {
+    let out = testguest_out();
+    let host: std::net::IpAddr = "127.3.77.1".parse().unwrap();
+    let vm = start_qemu_with(&out.join("1.0.0"), ",hostfwd=tcp:127.3.77.1:18181-:8080");
+    let qga = Qga::wait_ready(&vm.dir.path().join("qga.sock"), Duration::from_secs(90)).await.expect("guest agent");
+    let probe = herd_lb::Probe { interval: Duration::from_secs(1), ..herd_lb::Probe::tcp(18181) };
+    let closed = herd_lb::probe::probe_once(&probe, host).await;
+    assert!(closed.is_err(), "nothing listens on the guest's port 8080, yet the probe passed");
+    let st = qga
+        .run("busybox", &["httpd", "-p", "8080", "-h", "/tmp"], &[] as &[&str], None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(st.success(), "httpd started in the guest: {}", String::from_utf8_lossy(&st.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if herd_lb::probe::probe_once(&probe, host).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the probe never passed with httpd listening in the guest");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(vm);
 }
