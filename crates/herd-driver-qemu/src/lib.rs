@@ -1,6 +1,7 @@
 //! The QEMU driver's building blocks: real VMs are herd's reason to exist.
 //!
 //! - [`accel`]: `auto` picks KVM only if a canary guest actually runs under it, else TCG.
+//! - [`disk`]: a qcow2 overlay per instance on the image's read-only disk, and data disks.
 //! - [`seed`]: the cloud-init NoCloud seed (`cidata`) as a disk image, built in Rust with no
 //!   external tools, so every guest learns its hostname, users and user-data.
 //! - [`qmp`]: a small client for the QEMU Machine Protocol over a Unix socket, keeping
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accel;
+pub mod disk;
 pub mod qga;
 pub mod qmp;
 pub mod seed;
