@@ -8,27 +8,18 @@ use common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Instance processes of this test's server: pids whose environment names our data dir's tag,
-/// grouped by instance key, counting only process-group leaders.
+/// Instance processes of this test's server: the process-group leaders carrying its tag, with
+/// their instance keys (zombies left out).
 fn instance_processes(data_dir: &std::path::Path) -> Vec<(u32, String)> {
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", data_dir.canonicalize().unwrap().display());
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.first() == Some(&"Z") || fields.get(2) != Some(&pid.to_string().as_str()) {
-            continue;
-        }
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        let vars: Vec<String> = env.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
-        if vars.contains(&tag) {
-            let key = vars.iter().find_map(|v| v.strip_prefix("HERD_INSTANCE_KEY=")).unwrap_or("").to_string();
-            out.push((pid, key));
-        }
-    }
-    out
+    tagged_processes(data_dir)
+        .into_iter()
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&p.pid.to_string().as_str())
+        })
+        .map(|p| (p.pid, p.var("HERD_INSTANCE_KEY").unwrap_or("").to_string()))
+        .collect()
 }
 
 #[test]

@@ -202,20 +202,11 @@ fn traffic_follows_instance_health() {
 
     // Kill one instance's app: it leaves rotation within interval × threshold + interval.
     let victim = &list[0];
-    let key = format!("HERD_INSTANCE_KEY=rg/web/{}", victim["instanceId"].as_str().unwrap());
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", data.canonicalize().unwrap().display());
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-            String::from_utf8_lossy(&cmd).contains("app.py")
-                && vars.contains(&key.as_bytes())
-                && vars.contains(&tag.as_bytes())
-        })
+    let key = format!("rg/web/{}", victim["instanceId"].as_str().unwrap());
+    let pids: Vec<u32> = tagged_processes(&data)
+        .into_iter()
+        .filter(|p| p.cmdline.contains("app.py") && p.var("HERD_INSTANCE_KEY") == Some(key.as_str()))
+        .map(|p| p.pid)
         .collect();
     assert_eq!(pids.len(), 1, "found the app process");
     let killed = Instant::now();

@@ -153,17 +153,42 @@ impl Drop for Server {
     }
 }
 
+/// A live process that carries the process-driver tag of a test server's data dir.
+pub struct TaggedProcess {
+    pub pid: u32,
+    pub env: Vec<String>,
+    pub cmdline: String,
+}
+
+impl TaggedProcess {
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env.iter().find_map(|v| v.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// Every process whose environment carries the process-driver tag of `data_dir`.
+pub fn tagged_processes(data_dir: &Path) -> Vec<TaggedProcess> {
+    let Ok(dir) = data_dir.canonicalize() else { return vec![] };
+    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let env: Vec<String> = raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+            env.contains(&tag).then(|| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                TaggedProcess { pid, env, cmdline: String::from_utf8_lossy(&cmd).into_owned() }
+            })
+        })
+        .collect()
+}
+
 /// Kills every process whose environment carries the process-driver tag of `data_dir`.
 pub fn kill_instances(data_dir: &Path) {
-    let Ok(dir) = data_dir.canonicalize() else { return };
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if env.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+    for p in tagged_processes(data_dir) {
+        let _ = Command::new("kill").args(["-9", &p.pid.to_string()]).status();
     }
 }
 
