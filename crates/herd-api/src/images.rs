@@ -101,6 +101,7 @@ pub async fn import(
         sku: u.sku.clone(),
         version: u.version.clone(),
         source: ImageSource::Directory { path: dest.to_string_lossy().into_owned() },
+        guest_agent: false,
         created_at: state.clock.now(),
     };
     state.store.txn(vec![
@@ -168,9 +169,15 @@ pub async fn delete(State(state): State<AppState>, Path(urn): Path<String>) -> R
         WriteOp::delete(Kind::Image, key, Expect::Revision(obj.revision)),
         WriteOp::Activity(views::user_event(&state, "", &obj.value.urn, "DeleteImage", "image deleted".into())),
     ])?;
-    let ImageSource::Directory { path } = &obj.value.source;
-    if PathBuf::from(path).starts_with(&state.config.image_dir) {
-        let _ = std::fs::remove_dir_all(path);
+    // The gallery keeps each image's files in a directory of its own: remove it.
+    let path = match &obj.value.source {
+        ImageSource::Directory { path } => PathBuf::from(path),
+        ImageSource::Disk { path, .. } | ImageSource::Kernel { kernel: path, .. } => {
+            PathBuf::from(path).parent().map(PathBuf::from).unwrap_or_default()
+        }
+    };
+    if path.starts_with(&state.config.image_dir) && path != state.config.image_dir {
+        let _ = std::fs::remove_dir_all(&path);
     }
     Ok(StatusCode::NO_CONTENT)
 }

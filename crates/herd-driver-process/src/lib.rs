@@ -74,7 +74,9 @@ mod spawn;
 mod state;
 
 use async_trait::async_trait;
-use herd_driver::{Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget};
+use herd_driver::{
+    Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
+};
 use herd_model::InstanceKey;
 use layout::{check_image, remove_tree, InstanceDir, Power};
 use nix::sys::signal::Signal;
@@ -306,7 +308,7 @@ impl Driver for ProcessDriver {
             self.stop(&d, &spec.key, Power::Stopped).await?;
             let (d2, spec2) = (d.clone(), spec.clone());
             blocking(move || {
-                let image = state::image_dir(&spec2);
+                let image = state::image_dir(&spec2)?;
                 check_image(&image).map_err(DriverError::Failed)?;
                 install_work(&d2, &d2, &spec2, &image)
             })
@@ -383,6 +385,22 @@ impl Driver for ProcessDriver {
             let ticks: u64 = members.iter().map(|p| p.utime.saturating_add(p.stime)).sum();
             let memory_bytes = members.iter().filter_map(|p| procfs::read_rss_bytes(p.pid)).sum();
             Some(InstanceStats { cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64, memory_bytes })
+        })
+        .await
+    }
+
+    async fn run_script(&self, key: &InstanceKey, _run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
+        Err(DriverError::Failed(format!("instance {key}: scripts are not supported by the process driver yet")))
+    }
+
+    async fn console_log(&self, key: &InstanceKey, max_bytes: usize) -> Result<Option<String>, DriverError> {
+        let d = self.state.instance(key);
+        blocking(move || {
+            if !d.exists() {
+                return None;
+            }
+            let bytes = std::fs::read(d.console()).unwrap_or_default();
+            Some(String::from_utf8_lossy(&herd_driver::keep_tail(bytes, max_bytes)).into_owned())
         })
         .await
     }

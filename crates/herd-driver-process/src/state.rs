@@ -75,7 +75,7 @@ impl State {
     /// renamed). Returns whether it already existed.
     pub fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
         let d = self.instance(&spec.key);
-        let image = image_dir(spec);
+        let image = image_dir(spec)?;
         if d.exists() {
             if !d.work().exists() {
                 // A crash in the middle of a reimage: finish it.
@@ -163,9 +163,14 @@ pub(crate) fn install_work(
     target.write_env(&spawn::spec_env(spec, custom.as_deref())).map_err(|e| io("writing the environment", e))
 }
 
-pub(crate) fn image_dir(spec: &InstanceSpec) -> PathBuf {
+/// The image directory of `spec`; the process driver runs directory images only.
+pub(crate) fn image_dir(spec: &InstanceSpec) -> Result<PathBuf, DriverError> {
     match &spec.image {
-        ImageSource::Directory { path } => PathBuf::from(path),
+        ImageSource::Directory { path } => Ok(PathBuf::from(path)),
+        other => Err(DriverError::Failed(format!(
+            "the process driver runs directory images only; this image is a {} image (use the qemu driver)",
+            other.kind()
+        ))),
     }
 }
 

@@ -49,6 +49,7 @@ impl Fixture {
             custom_data: None,
             metadata: BTreeMap::new(),
             network: None,
+            guest: Default::default(),
         }
     }
 

@@ -32,6 +32,88 @@ pub struct InstanceSpec {
     /// Bridged networking: the instance's own interface on a bridge carrying its subnet. None
     /// in host-local networking (the reach address is a loopback address).
     pub network: Option<NetworkAttachment>,
+    /// Guest setup beyond the basics: access, disks, forwarded ports, the agent.
+    pub guest: GuestSetup,
+}
+
+/// What a VM driver needs beyond what every driver needs. The process and sim drivers may
+/// ignore it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GuestSetup {
+    /// `ssh-ed25519 AAAA… comment` lines for the admin user.
+    pub ssh_public_keys: Vec<String>,
+    /// The admin password as a crypt(3) SHA-512 hash (`$6$…`); never the password itself.
+    pub admin_password_hash: Option<String>,
+    /// Data disks, by LUN; each instance gets its own, kept across reimage.
+    pub data_disks: Vec<DataDisk>,
+    /// Guest TCP ports forwarded from the reach address (host-local networking): the model's
+    /// LB backend and probe ports, NAT backend ports and the configured extra ports.
+    pub forward_ports: Vec<u16>,
+    /// The image runs the QEMU guest agent (see `Image::guest_agent`).
+    pub guest_agent: bool,
+}
+
+/// One data disk of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDisk {
+    pub lun: u32,
+    pub size_gb: u64,
+}
+
+/// A script to run inside a running instance: how the Custom Script extension is applied.
+#[derive(Clone, PartialEq)]
+pub struct ScriptRun {
+    /// The extension's name; its files go to a directory of that name in the instance
+    /// (`/var/lib/herd/extensions/<name>/` in a VM, `work/.herd/extensions/<name>/` for a
+    /// process instance), which is also the script's working directory.
+    pub name: String,
+    /// Files to place there first (name, content), fetched by the host from `fileUris`.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The shell command (`commandToExecute`). It may carry secrets: drivers write it to a
+    /// mode-0600 file in the instance and run `/bin/sh <file>`; it never appears in any argv,
+    /// log line or error message.
+    pub command: String,
+    /// The run is killed and reported failed after this long.
+    pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for ScriptRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptRun")
+            .field("name", &self.name)
+            .field("files", &self.files.iter().map(|(n, c)| (n, c.len())).collect::<Vec<_>>())
+            .field("command", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// How a script run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptOutcome {
+    /// The exit code; `None` when it was killed (timeout or signal).
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// The last bytes of its output (drivers keep at most [`SCRIPT_OUTPUT_TAIL`] of each).
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ScriptOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// How much of a script's stdout and stderr a driver keeps: the tail, this many bytes.
+pub const SCRIPT_OUTPUT_TAIL: usize = 4096;
+
+/// Keeps the last `max` bytes of `buf`.
+pub fn keep_tail(mut buf: Vec<u8>, max: usize) -> Vec<u8> {
+    if buf.len() > max {
+        buf.drain(..buf.len() - max);
+    }
+    buf
 }
 
 /// Where a bridged instance plugs in: the subnet's bridge and the instance's address on it.
@@ -120,4 +202,13 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Resource use of a running instance; `None` if it is absent or not running.
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError>;
+
+    /// Runs a script inside a running instance (extensions). `Err` means it could not be run
+    /// at all (not running, no agent, files could not be placed); a script that ran and failed
+    /// is `Ok` with its exit code.
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError>;
+
+    /// The last `max_bytes` of the instance's console (serial console of a VM, stdout and
+    /// stderr of a process instance). `None` if the instance does not exist.
+    async fn console_log(&self, key: &InstanceKey, max_bytes: usize) -> Result<Option<String>, DriverError>;
 }

@@ -5,7 +5,10 @@
 //! it at 10k+ scale, and fault injection ([`SimDriver::fail_call`]) makes any numbered call fail
 //! so every executor step can be broken and recovery checked.
 
-use crate::{Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget};
+use crate::{
+    Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget, ScriptOutcome,
+    ScriptRun,
+};
 use async_trait::async_trait;
 use herd_model::InstanceKey;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -53,6 +56,8 @@ struct State {
     ensures: u64,
     fail_calls: BTreeSet<u64>,
     fail_always: bool,
+    /// Script runs per instance: (extension name, command), in order.
+    scripts: BTreeMap<InstanceKey, Vec<(String, String)>>,
 }
 
 /// The simulated driver.
@@ -74,6 +79,7 @@ impl SimDriver {
                 ensures: 0,
                 fail_calls: BTreeSet::new(),
                 fail_always: false,
+                scripts: BTreeMap::new(),
             }),
         }
     }
@@ -109,6 +115,11 @@ impl SimDriver {
         if let Some(i) = self.lock().instances.get_mut(key) {
             i.cpu_percent = pct;
         }
+    }
+
+    /// The scripts run on an instance so far: (extension name, command).
+    pub fn script_runs(&self, key: &InstanceKey) -> Vec<(String, String)> {
+        self.lock().scripts.get(key).cloned().unwrap_or_default()
     }
 
     /// Makes a running instance crash, as a VM would on a guest panic.
@@ -235,6 +246,35 @@ impl Driver for SimDriver {
             .filter(|i| matches!(i.power, SimPower::Running))
             .map(|i| InstanceStats { cpu_seconds: i.cpu_percent / 100.0, memory_bytes: 256 << 20 }))
     }
+
+    /// Simulates a script: it "exits" with the number after the last `exit ` in the command
+    /// (0 without one) and prints the extension's name; runs are recorded for tests.
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
+        let mut s = self.lock();
+        match s.instances.get(key).map(|i| &i.power) {
+            None => return Err(DriverError::NotFound(key.clone())),
+            Some(SimPower::Running) => {}
+            Some(_) => return Err(DriverError::Failed(format!("instance {key} is not running"))),
+        }
+        s.scripts.entry(key.clone()).or_default().push((run.name.clone(), run.command.clone()));
+        let code = run
+            .command
+            .rsplit_once("exit ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Ok(ScriptOutcome {
+            exit_code: Some(code),
+            timed_out: false,
+            stdout: format!("simulated run of {}\n", run.name).into_bytes(),
+            stderr: Vec::new(),
+        })
+    }
+
+    async fn console_log(&self, key: &InstanceKey, _max_bytes: usize) -> Result<Option<String>, DriverError> {
+        let s = self.lock();
+        Ok(s.instances.get(key).map(|i| format!("simulated console: instance {key}, {:?}\n", i.power)))
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +298,7 @@ mod tests {
             custom_data: None,
             metadata: Default::default(),
             network: None,
+            guest: Default::default(),
         }
     }
 

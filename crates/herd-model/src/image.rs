@@ -3,13 +3,42 @@
 use crate::ids::{ImageUrn, Version};
 use serde::{Deserialize, Serialize};
 
-/// What an image holds. The process driver uses a directory; the QEMU driver will use a disk or
-/// a kernel + initrd.
+/// What an image holds. The process driver uses a directory; the QEMU driver uses a disk or a
+/// kernel + initrd. Paths point into the server's gallery directory, where `herd image import`
+/// copied the files; they are read-only from then on (instances get overlays).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum ImageSource {
     /// A directory copied into each instance's working directory; it must hold an executable `init`.
     Directory { path: String },
+    /// A bootable disk (with its own bootloader), used as the read-only backing file of each
+    /// instance's qcow2 overlay.
+    #[serde(rename_all = "camelCase")]
+    Disk {
+        path: String,
+        /// `qcow2` or `raw`.
+        format: String,
+    },
+    /// Direct kernel boot: each instance gets an empty OS disk of its own.
+    #[serde(rename_all = "camelCase")]
+    Kernel {
+        kernel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cmdline: Option<String>,
+    },
+}
+
+impl ImageSource {
+    /// A short word for tables: `directory`, `disk` or `kernel`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImageSource::Directory { .. } => "directory",
+            ImageSource::Disk { .. } => "disk",
+            ImageSource::Kernel { .. } => "kernel",
+        }
+    }
 }
 
 /// An image in the gallery.
@@ -24,6 +53,11 @@ pub struct Image {
     pub sku: String,
     pub version: String,
     pub source: ImageSource,
+    /// The image runs the QEMU guest agent (`org.qemu.guest_agent.0`): readiness waits for it and
+    /// extensions run in place through it. Without one, readiness is the boot-complete marker on
+    /// the serial console and an extension change falls back to a reimage.
+    #[serde(default)]
+    pub guest_agent: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -66,6 +100,7 @@ mod tests {
             sku: "S".into(),
             version: v.into(),
             source: ImageSource::Directory { path: "/x".into() },
+            guest_agent: false,
             created_at: chrono::Utc::now(),
         }
     }

@@ -520,6 +520,7 @@ impl Reconciler {
             custom_data: os.custom_data.clone(),
             metadata: Default::default(),
             network: self.attachment(set, r, ipam),
+            guest: Default::default(),
         })
     }
 
