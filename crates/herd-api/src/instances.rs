@@ -103,8 +103,8 @@ pub async fn instance_view(
 ) -> Result<Json<InstanceViewDetail>, ApiError> {
     let (set, rec) = find(&state, &group, &name, &id)?;
     let view = with_health(&state, &set, &rec);
-    let prov = rec.state.provisioning_state();
-    let failed = rec.state == InstanceState::Failed;
+    let prov = view.provisioning_state.as_str();
+    let failed = prov == "Failed";
     let mut statuses = vec![
         StatusEntry {
             code: format!("ProvisioningState/{}", prov.to_ascii_lowercase()),
@@ -140,6 +140,34 @@ pub async fn instance_view(
         });
     }
     Ok(Json(InstanceViewDetail { instance: view, statuses }))
+}
+
+/// The instance's console (serial console of a VM; stdout and stderr of a process instance),
+/// its last `tailBytes` bytes (default 64 KiB), as plain text.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/bootLog", tag = "instances",
+    params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path),
+        ("tailBytes" = Option<usize>, Query, description = "at most this many bytes from the end (default 65536, at most 16 MiB)")),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
+pub async fn boot_log(
+    State(state): State<AppState>,
+    Path((group, name, id)): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<BootLogQuery>,
+) -> Result<String, ApiError> {
+    let (set, rec) = find(&state, &group, &name, &id)?;
+    let key = herd_model::InstanceKey { group: set.group.clone(), set: set.name.clone(), id: rec.instance_id };
+    let max = q.tail_bytes.unwrap_or(64 << 10).min(16 << 20);
+    match state.driver.console_log(&key, max).await {
+        Ok(Some(text)) => Ok(text),
+        Ok(None) => Err(ApiError::NotFound(format!("instance {id} has no console log yet"))),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// Query of [`boot_log`].
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootLogQuery {
+    pub tail_bytes: Option<usize>,
 }
 
 const ACTIONS: &[&str] =
@@ -210,6 +238,8 @@ pub async fn action(
     let mut ops = Vec::new();
     let mut applied = Vec::new();
     let mut skipped = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let in_place = in_place_extensions(&state, &set.value)?;
     for id in &chosen {
         let o = live[id];
         let mut r = o.value.clone();
@@ -231,7 +261,15 @@ pub async fn action(
                     skipped.push(skip("already on the latest model"));
                     continue;
                 }
-                r.pending = Some(PendingAction::Reimage);
+                if r.pending != Some(PendingAction::Reimage) {
+                    let action = r.upgrade_action(&set.value, in_place);
+                    if action == PendingAction::Reimage && !in_place && r.upgrade_action(&set.value, true) != action {
+                        notes.push(format!(
+                            "{id}: the image has no guest agent, so the extension change is applied by a reimage"
+                        ));
+                    }
+                    r.pending = Some(action);
+                }
             }
             "deleteInstances" => {
                 r.goal = InstanceGoal::Deleted;
@@ -262,6 +300,9 @@ pub async fn action(
     if !skipped.is_empty() {
         message.push_str(&format!("; skipped {}", skipped.join("; ")));
     }
+    if let Some(n) = notes.first() {
+        message.push_str(&format!("; {}", n.split_once(": ").map_or(n.as_str(), |(_, t)| t)));
+    }
     let mut op = action.to_string();
     op[..1].make_ascii_uppercase();
     let mut ev = views::user_event(&state, &group, &name, &op, message);
@@ -277,6 +318,18 @@ pub async fn action(
             skipped,
         }),
     ))
+}
+
+/// Whether extension changes can run in place on this set's instances: every driver runs
+/// scripts, but the qemu driver needs the image's guest agent to do it.
+fn in_place_extensions(state: &AppState, set: &herd_model::scale_set::StoredScaleSet) -> Result<bool, ApiError> {
+    if state.config.driver != "qemu" {
+        return Ok(true);
+    }
+    let images: Vec<herd_model::image::Image> =
+        herd_store::StoreExt::list_as(&*state.store, Kind::Image, "")?.into_iter().map(|o| o.value).collect();
+    let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn()?;
+    Ok(herd_model::image::resolve(&images, &urn).is_some_and(|i| i.guest_agent))
 }
 
 /// With `zoneBalance=true`, a delete that leaves zones more than one instance apart is refused.

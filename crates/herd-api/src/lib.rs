@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod error;
+mod extensions;
 mod groups;
 mod images;
 mod instances;
@@ -43,11 +44,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/update", post(scale_sets::update))
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/scale", post(scale_sets::scale))
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions", get(extensions::list))
+        .route(
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions/{ext}",
+            put(extensions::put).get(extensions::show).delete(extensions::delete),
+        )
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines", get(instances::list))
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}", get(instances::show))
         .route(
             "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/instanceView",
             get(instances::instance_view),
+        )
+        .route(
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/bootLog",
+            get(instances::boot_log),
         )
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", post(instances::action))
         .route("/v1/resourceGroups/{group}/virtualNetworks", get(network::vnet_list))

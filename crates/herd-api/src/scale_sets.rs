@@ -20,7 +20,7 @@ use herd_model::{
 use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
 use serde_json::Value;
 
-fn with_etag(code: StatusCode, view: ScaleSetView) -> Response {
+pub(crate) fn with_etag(code: StatusCode, view: ScaleSetView) -> Response {
     let tag = HeaderValue::from_str(&view.etag).ok();
     let mut r = (code, Json(view)).into_response();
     if let Some(t) = tag {
@@ -48,7 +48,7 @@ fn check_image(state: &AppState, model: &ScaleSetModel) -> Result<(), ApiError> 
 }
 
 /// Parses, defaults and validates a model; returns it with its secrets taken out.
-fn prepare(
+pub(crate) fn prepare(
     state: &AppState,
     name: &herd_model::ScaleSetName,
     body: Value,
@@ -144,11 +144,25 @@ fn check_network(state: &AppState, name: &herd_model::ScaleSetName, model: &Scal
 }
 
 /// Writes a changed model: bumps the generation if the VM model changed, merges secrets, logs.
-fn commit(
+pub(crate) fn commit(
     state: &AppState,
     cur: &Object<StoredScaleSet>,
     model: ScaleSetModel,
     secrets: Secrets,
+    operation: &str,
+    message: String,
+) -> Result<Object<StoredScaleSet>, ApiError> {
+    commit_replacing(state, cur, model, secrets, &[], operation, message)
+}
+
+/// [`commit`], first dropping the stored protected settings of the extensions named in
+/// `replaced` (an extension PUT replaces the extension whole, as `az vmss extension set` does).
+pub(crate) fn commit_replacing(
+    state: &AppState,
+    cur: &Object<StoredScaleSet>,
+    model: ScaleSetModel,
+    secrets: Secrets,
+    replaced: &[String],
     operation: &str,
     mut message: String,
 ) -> Result<Object<StoredScaleSet>, ApiError> {
@@ -171,10 +185,18 @@ fn commit(
     next.model = model;
     let key = old.key();
     let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &next, Expect::Revision(cur.revision))?];
-    if !secrets.is_empty() {
-        let mut all: Secrets =
-            state.store.get(Kind::Secret, &key)?.map(|o| state.sealer.open(&o.value)).transpose()?.unwrap_or_default();
-        all.merge(secrets);
+    let stored: Option<Secrets> =
+        state.store.get(Kind::Secret, &key)?.map(|o| state.sealer.open(&o.value)).transpose()?;
+    let mut all = stored.clone().unwrap_or_default();
+    for r in replaced {
+        all.extension_protected_settings.remove(&r.to_ascii_lowercase());
+    }
+    all.merge(secrets);
+    all.retain_extensions(&next.model);
+    if let Some(p) = &next.model.virtual_machine_profile.extension_profile {
+        p.check_commands(&all.extension_protected_settings)?;
+    }
+    if stored.as_ref() != Some(&all) && !(stored.is_none() && all.is_empty()) {
         ops.push(WriteOp::Put {
             kind: Kind::Secret,
             key: key.clone(),
@@ -264,6 +286,9 @@ pub async fn create_or_replace(
                     .unwrap_or_default(),
                 set.model.upgrade_policy.mode
             );
+            if let Some(p) = &set.model.virtual_machine_profile.extension_profile {
+                p.check_commands(&secrets.extension_protected_settings)?;
+            }
             let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?];
             if !secrets.is_empty() {
                 ops.push(WriteOp::Put {

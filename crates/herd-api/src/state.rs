@@ -36,6 +36,8 @@ pub struct AppState {
     pub health: Arc<herd_model::health::HealthBoard>,
     /// The load-balancer controller (metrics, counters).
     pub lb: Arc<herd_lbctl::LbController>,
+    /// The driver, for reads only (console logs): handlers never change instances through it.
+    pub driver: Arc<dyn herd_driver::Driver>,
 }
 
 impl AppState {

@@ -83,7 +83,22 @@ pub struct GroupRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageImportRequest {
     /// A directory on the server's host holding an executable `init` (process driver images).
-    pub directory: String,
+    #[serde(default)]
+    pub directory: Option<String>,
+    /// A bootable disk image (qcow2 or raw) on the server's host (qemu driver).
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// A kernel for direct boot (qemu driver), with an optional initrd and command line.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Whether the image runs the QEMU guest agent. Absent: detected for kernel images (an
+    /// initrd holding `qemu-ga`), false for disks.
+    #[serde(default)]
+    pub guest_agent: Option<bool>,
 }
 
 /// What the server runs with.

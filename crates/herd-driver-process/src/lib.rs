@@ -64,12 +64,58 @@
 //! namespace through `unshare --uts -- /bin/sh -c 'hostname "$HERD_COMPUTER_NAME" && exec ./init'`,
 //! so `hostname` inside prints the computer name; otherwise `init` is executed directly
 //! (see [`ProcessDriver::sets_hostname`]). Either way the group leader's pid is `init`'s.
+//!
+//! # Extension runs (`run_script`)
+//!
+//! This is how the Custom Script extension runs on a process instance. Only a running instance
+//! runs scripts (`NotFound` if absent, `Failed("instance … is not running")` otherwise), and a
+//! run holds the instance's lock, so it never overlaps a stop, restart or destroy of the same
+//! instance.
+//!
+//! * **Files.** Everything goes to `work/.herd/extensions/<name>/`, created if needed; the
+//!   extension's name and every file name must be one ordinary path component (not empty, `.`
+//!   or `..`, no `/`), else the run is refused before anything is written. Each file of the run
+//!   is written there with mode 0700 (so `./install.sh` works), replacing what was there; a
+//!   later run of the same extension reuses the directory. The directory is also the script's
+//!   working directory.
+//! * **The command** may hold secrets. It is written to `.herd-command` in that directory
+//!   (mode 0600, created exclusively, so a symbolic link there is replaced, never followed) and
+//!   run as `/bin/sh ./.herd-command`: it is never in any process's argv, nor in a log line or
+//!   an error message. The file is removed when the run ends, however it ends (exit, timeout,
+//!   error, or the call being abandoned).
+//! * **Output.** stdout and stderr go to `.herd-stdout` and `.herd-stderr` there (mode 0600,
+//!   created anew for each run, kept afterwards like a VM's extension logs); the outcome holds
+//!   the last [`herd_driver::SCRIPT_OUTPUT_TAIL`] bytes of each. They are files rather than
+//!   pipes so that a service the script starts in the background can keep its inherited stdout
+//!   and stderr (a pipe would block or `SIGPIPE` it once nobody reads), and the run ends when
+//!   the script process itself exits, never waiting for its output to close. Output is not
+//!   copied to `console.log`.
+//! * **Environment.** Exactly the instance's (the table above: the `env` file, `PATH`, `HOME`
+//!   = `work/`, `HERD_DRIVER_TAG`, `HERD_INSTANCE_KEY`); stdin is `/dev/null`.
+//! * **Part of the instance.** The script joins the instance's process group (`setpgid` to the
+//!   recorded group), so whatever it starts in the background is stopped by
+//!   `set_power(Stopped)`, `restart` and `destroy` like the rest of the instance, and carries
+//!   the tag. When the instance has its own UTS (or network) namespace, the script is started
+//!   through `nsenter --target <init> --uts [--net] --no-fork -- /bin/sh ./.herd-command`, so
+//!   `hostname` prints the computer name there too (`nsenter` execs `sh` in place: the script's
+//!   pid is the one started). Without `/usr/bin/nsenter` it runs in the server's namespaces,
+//!   with `HOSTNAME` and `HERD_COMPUTER_NAME` still set. An instance re-adopted from a server
+//!   that ran in another session cannot be joined (`setpgid` does not cross sessions): the
+//!   script then runs in a group of its own, which is killed when the script ends, so nothing
+//!   it started outlives the run untracked (a warning is logged).
+//! * **Exit.** `exit_code` is the script's exit status, `None` if a signal killed it. After
+//!   `timeout`, the script and its descendants (found through parent pids in `/proc`; frozen
+//!   with `SIGSTOP` until no new one appears, then `SIGKILL`ed) are killed, and the outcome is
+//!   `timed_out` with `exit_code: None`. The instance's other processes are untouched. (A
+//!   process the script started that already left its parent, such as a double-forked daemon,
+//!   is not found; it stays with the instance as part of its group.)
 
 #![forbid(unsafe_code)]
 
 mod bridge;
 mod layout;
 mod procfs;
+mod script;
 mod spawn;
 mod state;
 
@@ -84,6 +130,8 @@ use procfs::{ProcId, Snapshot};
 use state::{install_work, State, NO_PROCESS};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
@@ -389,8 +437,91 @@ impl Driver for ProcessDriver {
         .await
     }
 
-    async fn run_script(&self, key: &InstanceKey, _run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
-        Err(DriverError::Failed(format!("instance {key}: scripts are not supported by the process driver yet")))
+    /// See the crate docs, "Extension runs".
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
+        script::check_names(&run.name, &run.files).map_err(|m| DriverError::Failed(format!("instance {key}: {m}")))?;
+        let _g = self.lock(key).await;
+        let d = self.state.instance(key);
+        let d2 = d.clone();
+        if !blocking(move || d2.exists()).await? {
+            return Err(DriverError::NotFound(key.clone()));
+        }
+        let Some(id) = self.live_group(key).await? else {
+            return Err(DriverError::Failed(format!("instance {key} is not running")));
+        };
+        let fail = |m: String| DriverError::Failed(format!("instance {key}: extension {}: {m}", run.name));
+        // The guard removes the command file however this ends, even if this call is abandoned
+        // while the file is still being written (then the writer removes it: see `gone`).
+        let gone = Arc::new(AtomicBool::new(false));
+        let mut guard = RunGuard {
+            command_file: script::extension_dir(&d, &run.name).join(script::COMMAND_FILE),
+            script: None,
+            gone: gone.clone(),
+        };
+        let (d2, name, files, command) = (d.clone(), run.name.clone(), run.files.clone(), run.command.clone());
+        let prepared = blocking(move || {
+            let prepared = script::prepare(&d2, &name, &files, &command);
+            if let Ok(p) = &prepared {
+                if gone.load(Ordering::SeqCst) {
+                    let _ = script::remove_command(&p.command_file());
+                }
+            }
+            prepared
+        })
+        .await?
+        .map_err(fail)?;
+        let (d2, k2, tag) = (d.clone(), key.clone(), self.state.tag.clone());
+        let (env, placement) = blocking(move || (spawn::instance_env(&d2, &k2, &tag), script::placement(id))).await?;
+        let env = env.map_err(|e| fail(format!("cannot read the instance environment: {e}")))?;
+        let (program, args) = script::argv(&placement);
+        let mut child = tokio::process::Command::new(&program)
+            .args(&args)
+            .current_dir(&prepared.dir)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(prepared.stdout)
+            .stderr(prepared.stderr)
+            .process_group(placement.join_group.unwrap_or(0))
+            .spawn()
+            .map_err(|e| fail(format!("cannot start {program}: {e}")))?;
+        // Not reaped until waited for, so its stat is readable even if it already exited.
+        let Some(script_id) = child.id().and_then(|pid| Some(ProcId { pid, start: procfs::read_stat(pid)?.starttime }))
+        else {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(fail("the script vanished at start".into()));
+        };
+        guard.script = Some(script_id);
+        // Wait for the script itself, not for its output: what it started in the background
+        // keeps running (and writing to the output files) after it exits.
+        let (exit_code, timed_out) = match tokio::time::timeout(run.timeout, child.wait()).await {
+            Ok(Ok(status)) => (status.code(), false),
+            Ok(Err(e)) => return Err(fail(format!("waiting for the script: {e}"))),
+            Err(_) => {
+                blocking(move || script::kill_tree(script_id)).await?;
+                let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
+                tracing::info!(instance = %key, extension = %run.name, timeout = ?run.timeout, "extension script timed out; killed");
+                (None, true)
+            }
+        };
+        guard.script = None;
+        if placement.join_group.is_none() {
+            // Ran in a group of its own: nothing of it may outlive the run untracked.
+            tracing::warn!(instance = %key, extension = %run.name, "the script could not join the instance's process group (another session); its background processes were killed");
+            blocking(move || procfs::signal_group(script_id, Signal::SIGKILL)).await?;
+        }
+        drop(guard);
+        let (out, err) = (prepared.dir.join(script::STDOUT_FILE), prepared.dir.join(script::STDERR_FILE));
+        let (stdout, stderr) = blocking(move || {
+            (
+                script::read_tail(&out, herd_driver::SCRIPT_OUTPUT_TAIL),
+                script::read_tail(&err, herd_driver::SCRIPT_OUTPUT_TAIL),
+            )
+        })
+        .await?;
+        tracing::debug!(instance = %key, extension = %run.name, ?exit_code, timed_out, "extension script ran");
+        Ok(ScriptOutcome { exit_code, timed_out, stdout, stderr })
     }
 
     async fn console_log(&self, key: &InstanceKey, max_bytes: usize) -> Result<Option<String>, DriverError> {
@@ -403,6 +534,27 @@ impl Driver for ProcessDriver {
             Some(String::from_utf8_lossy(&herd_driver::keep_tail(bytes, max_bytes)).into_owned())
         })
         .await
+    }
+}
+
+/// Removes an extension's command file however its run ends, and kills the script (with its
+/// descendants) if the run is abandoned while it still runs (the future dropped).
+struct RunGuard {
+    command_file: PathBuf,
+    script: Option<ProcId>,
+    /// Set when the guard is dropped; a `prepare` still running then removes the file itself.
+    gone: Arc<AtomicBool>,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.gone.store(true, Ordering::SeqCst);
+        if let Some(id) = self.script.take() {
+            script::kill_tree(id);
+        }
+        if let Err(e) = script::remove_command(&self.command_file) {
+            tracing::warn!(path = %self.command_file.display(), error = %e, "cannot remove an extension's command file");
+        }
     }
 }
 

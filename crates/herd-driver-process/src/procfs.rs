@@ -42,7 +42,9 @@ impl ProcId {
 pub(crate) struct ProcStat {
     pub pid: u32,
     pub state: char,
+    pub ppid: u32,
     pub pgrp: i64,
+    pub session: i64,
     pub utime: u64,
     pub stime: u64,
     pub starttime: u64,
@@ -74,7 +76,9 @@ pub(crate) fn parse_stat(s: &str) -> Option<ProcStat> {
     Some(ProcStat {
         pid,
         state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
         pgrp: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
         utime: field(14)?.parse().ok()?,
         stime: field(15)?.parse().ok()?,
         starttime: field(22)?.parse().ok()?,
@@ -199,6 +203,40 @@ impl Snapshot {
     pub fn group_alive(&self, id: ProcId) -> bool {
         !self.members(id).is_empty()
     }
+
+    /// `root` (if it is still the process started at `root.start`) and every live process
+    /// descending from it through parent pids. A process whose parent exited was reparented
+    /// (to pid 1 or a subreaper) and is no longer found.
+    pub fn descendants(&self, root: ProcId) -> Vec<&ProcStat> {
+        let Some(r) = self.get(root.pid).filter(|r| r.starttime == root.start) else {
+            return Vec::new();
+        };
+        let mut children: HashMap<u32, Vec<&ProcStat>> = HashMap::new();
+        for p in &self.procs {
+            children.entry(p.ppid).or_default().push(p);
+        }
+        let mut out = vec![r];
+        let mut i = 0;
+        while i < out.len() {
+            let pid = out[i].pid;
+            // A child starts after its parent; anything else is a stale entry of a reused pid.
+            out.extend(children.get(&pid).into_iter().flatten().filter(|c| c.starttime >= root.start && c.pid != pid));
+            i += 1;
+        }
+        out.retain(|p| !p.is_zombie());
+        out
+    }
+}
+
+/// The namespace `kind` (`uts`, `net`, …) of a process as the kernel names it
+/// (`uts:[4026531838]`); `None` if it cannot be read (gone, a zombie, no permission).
+pub(crate) fn namespace(pid: u32, kind: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
+}
+
+/// Our own namespace `kind`.
+pub(crate) fn own_namespace(kind: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/ns/{kind}")).ok()
 }
 
 /// Whether the group started by `id` has a live process. Cheap when the leader is alive or the
@@ -271,7 +309,10 @@ mod tests {
     #[test]
     fn stat_parses_odd_command_names() {
         let p = parse_stat(&stat_line(42, "we ird) (name", 'S', 40, 12345)).unwrap();
-        assert_eq!(p, ProcStat { pid: 42, state: 'S', pgrp: 40, utime: 7, stime: 5, starttime: 12345 });
+        assert_eq!(
+            p,
+            ProcStat { pid: 42, state: 'S', ppid: 1, pgrp: 40, session: 40, utime: 7, stime: 5, starttime: 12345 }
+        );
         assert!(!p.is_group_leader());
         assert!(parse_stat("").is_none());
         assert!(parse_stat("12 (x) S 1 2").is_none());
@@ -309,6 +350,28 @@ mod tests {
         assert!(!snap.group_alive(ProcId { pid: 200, start: 10 }));
         assert!(snap.group_alive(ProcId { pid: 200, start: 90 }));
         assert!(!snap.group_alive(ProcId { pid: 300, start: 1 }));
+    }
+
+    #[test]
+    fn descendants_follow_parent_pids() {
+        let line = |pid: u32, ppid: u32, state: char, start: u64| {
+            format!("{pid} (p) {state} {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 50")
+        };
+        let procs = [
+            line(10, 1, 'S', 100),
+            line(11, 10, 'S', 101),
+            line(12, 11, 'S', 102),
+            line(13, 11, 'Z', 103),
+            line(14, 1, 'S', 104),
+            // A stale entry: its parent's pid was reused after it started.
+            line(15, 10, 'S', 50),
+        ];
+        let snap = Snapshot::from_procs(procs.iter().map(|l| parse_stat(l).unwrap()).collect());
+        let mut pids: Vec<u32> = snap.descendants(ProcId { pid: 10, start: 100 }).iter().map(|p| p.pid).collect();
+        pids.sort();
+        assert_eq!(pids, vec![10, 11, 12]);
+        assert!(snap.descendants(ProcId { pid: 10, start: 99 }).is_empty());
+        assert!(snap.descendants(ProcId { pid: 99, start: 1 }).is_empty());
     }
 
     #[test]

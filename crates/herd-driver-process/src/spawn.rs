@@ -9,7 +9,9 @@ use crate::layout::{check_image, InstanceDir};
 use crate::procfs::{read_stat, ProcId};
 use herd_driver::InstanceSpec;
 use herd_model::InstanceKey;
+use std::ffi::OsString;
 use std::fs::OpenOptions;
+use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -88,6 +90,18 @@ pub(crate) fn spec_env(spec: &InstanceSpec, custom_data: Option<&Path>) -> Vec<(
     env.into_iter().map(|(k, v)| (k, v.replace('\0', ""))).collect()
 }
 
+/// Everything a process of the instance in `d` sees as its environment, in order (a later
+/// entry wins): `PATH` (the server's), `HOME` (`work/`), the `env` file, then the tag and the
+/// key. `init` is started with exactly this, and so are extension scripts.
+pub(crate) fn instance_env(d: &InstanceDir, key: &InstanceKey, tag: &str) -> io::Result<Vec<(OsString, OsString)>> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    let mut env = vec![("PATH".into(), path), ("HOME".into(), d.work().into_os_string())];
+    env.extend(d.read_env()?.into_iter().map(|(k, v)| (k.into(), v.into())));
+    env.push(("HERD_DRIVER_TAG".into(), tag.into()));
+    env.push(("HERD_INSTANCE_KEY".into(), key.path().into()));
+    Ok(env)
+}
+
 /// Starts the instance in `d`. Returns the group leader's identity and the child handle (to be
 /// waited on, so its exit status is recorded and no zombie is left).
 pub(crate) fn launch(
@@ -99,7 +113,7 @@ pub(crate) fn launch(
 ) -> Result<(ProcId, Child), String> {
     let work = d.work();
     check_image(&work)?;
-    let env = d.read_env().map_err(|e| format!("cannot read the instance environment: {e}"))?;
+    let env = instance_env(d, key, tag).map_err(|e| format!("cannot read the instance environment: {e}"))?;
     let console = OpenOptions::new()
         .create(true)
         .append(true)
@@ -107,7 +121,11 @@ pub(crate) fn launch(
         .map_err(|e| format!("cannot open console.log: {e}"))?;
     let console2 = console.try_clone().map_err(|e| format!("cannot open console.log: {e}"))?;
 
-    let hostname = env.iter().find(|(k, _)| k == "HERD_COMPUTER_NAME").map(|(_, v)| v.clone()).unwrap_or_default();
+    let hostname = env
+        .iter()
+        .find(|(k, _)| k == "HERD_COMPUTER_NAME")
+        .map(|(_, v)| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // Bridged networking: enter the instance's own network namespace (set up idempotently).
     let netns = match d.read_net() {
         Some(att) => {
@@ -143,18 +161,7 @@ pub(crate) fn launch(
     } else {
         Command::new(work.join("init"))
     };
-    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string());
-    cmd.current_dir(&work)
-        .env_clear()
-        .env("PATH", path)
-        .env("HOME", &work)
-        .envs(env)
-        .env("HERD_DRIVER_TAG", tag)
-        .env("HERD_INSTANCE_KEY", key.path())
-        .stdin(Stdio::null())
-        .stdout(console)
-        .stderr(console2)
-        .process_group(0);
+    cmd.current_dir(&work).env_clear().envs(env).stdin(Stdio::null()).stdout(console).stderr(console2).process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start init: {e}"))?;
     let Some(pid) = child.id() else {
         return Err("init vanished at start".into());

@@ -2,14 +2,15 @@
 //! `init` shell script, runs instances from it under a unique tag and root, and kills every
 //! process carrying its tag when it ends (even on failure).
 
-use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower, PowerTarget};
+use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower, PowerTarget, ScriptRun, SCRIPT_OUTPUT_TAIL};
 use herd_driver_process::ProcessDriver;
 use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -65,6 +66,11 @@ impl Fixture {
     fn pid(&self, id: u64) -> u32 {
         let s = std::fs::read_to_string(self.dir(id).join("pid")).unwrap();
         s.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// `work/.herd/extensions/<name>/` of an instance.
+    fn ext_dir(&self, id: u64, name: &str) -> PathBuf {
+        self.dir(id).join("work/.herd/extensions").join(name)
     }
 
     async fn power(&self, id: u64) -> Option<ObservedPower> {
@@ -143,6 +149,21 @@ where
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The process group of a live process (field 5 of its stat).
+fn pgrp(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(')').unwrap().1.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn script(name: &str, files: &[(&str, &str)], command: &str, timeout: Duration) -> ScriptRun {
+    ScriptRun {
+        name: name.into(),
+        files: files.iter().map(|(n, c)| (n.to_string(), c.as_bytes().to_vec())).collect(),
+        command: command.into(),
+        timeout,
     }
 }
 
@@ -502,4 +523,198 @@ async fn list_of_1000_instances_is_fast() {
     let t = Instant::now();
     fx.destroy_all().await;
     eprintln!("1000 destroys: {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn a_script_runs_in_the_instance_with_its_files_and_environment() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(20)).await.unwrap();
+    let init = fx.pid(20);
+    let b_sh = "echo from-b >&2\ni=0\nwhile [ $i -lt 500 ]; do echo \"filler line $i\" >&2; i=$((i+1)); done\necho stderr-end >&2\n";
+    let command = "cat a.txt\nsh ./b.sh\necho to-stdout\nenv > env.out\nhostname > hostname.out\n\
+                   stat -c %a .herd-command > mode.out\npwd > pwd.out\ncut -d' ' -f5 /proc/$$/stat > pgrp.out\nexit 3";
+    let run = script("setup", &[("a.txt", "alpha\n"), ("b.sh", b_sh)], command, DEADLINE);
+    let t = Instant::now();
+    let out = fx.driver.run_script(&key(20), &run).await.unwrap();
+    eprintln!("script run: {:?}", t.elapsed());
+
+    assert_eq!(out.exit_code, Some(3));
+    assert!(!out.timed_out && !out.succeeded());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alpha\nto-stdout\n");
+    // stderr is longer than the tail: only its last SCRIPT_OUTPUT_TAIL bytes are kept.
+    assert_eq!(out.stderr.len(), SCRIPT_OUTPUT_TAIL);
+    assert!(out.stderr.ends_with(b"filler line 499\nstderr-end\n"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("from-b"));
+
+    let dir = fx.ext_dir(20, "setup");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(read("a.txt"), "alpha\n");
+    assert_eq!(read("b.sh"), b_sh);
+    assert!(!dir.join(".herd-command").exists(), "the command file was left behind");
+    assert_eq!(read("mode.out").trim(), "600");
+    assert_eq!(Path::new(read("pwd.out").trim()), dir);
+    assert_eq!(read("pgrp.out").trim(), init.to_string(), "the script did not join the instance's group");
+
+    // Exactly the instance's environment: its variables, and nothing of the server's.
+    let env = read("env.out");
+    let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    let home = fx.dir(20).join("work");
+    for (k, v) in [
+        ("HERD_COMPUTER_NAME", "web000020"),
+        ("HOSTNAME", "web000020"),
+        ("HERD_INSTANCE_KEY", "rg/web/20"),
+        ("HERD_DRIVER_TAG", fx.tag.as_str()),
+        ("HERD_ADDRESS", "127.128.0.20"),
+        ("HOME", home.to_str().unwrap()),
+    ] {
+        assert_eq!(vars.get(k).copied(), Some(v), "{k} in\n{env}");
+    }
+    assert!(vars.contains_key("PATH"));
+    assert!(!vars.keys().any(|k| k.starts_with("CARGO")), "the server's environment leaked:\n{env}");
+    if fx.driver.sets_hostname() {
+        assert_eq!(read("hostname.out").trim(), "web000020");
+    } else {
+        eprintln!("not root or no working unshare: hostname not checked");
+    }
+
+    // A second run of the same extension: files are replaced, the directory reused.
+    let run = script("setup", &[("a.txt", "beta\n")], "cat a.txt", DEADLINE);
+    let out = fx.driver.run_script(&key(20), &run).await.unwrap();
+    assert!(out.succeeded());
+    assert_eq!(out.stdout, b"beta\n");
+    assert!(out.stderr.is_empty());
+    assert!(pid_alive(init));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn the_command_never_appears_in_any_command_line() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(21)).await.unwrap();
+    let secret = format!("s3cr3t-token-{}-q7x", std::process::id());
+    let command = format!("TOKEN='{secret}'\necho start\nsleep 1\necho done # {secret}\n");
+
+    // Sample every process's command line until the run is over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, secret) = (stop.clone(), secret.clone());
+        std::thread::spawn(move || {
+            let (mut rounds, mut saw_sleep, mut leaks) = (0u32, false, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+                    let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                    if text.contains(&secret) {
+                        leaks.push(text.clone());
+                    }
+                    saw_sleep |= text == "sleep 1 ";
+                }
+                rounds += 1;
+            }
+            (rounds, saw_sleep, leaks)
+        })
+    };
+    let out = fx.driver.run_script(&key(21), &script("secret", &[], &command, DEADLINE)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (rounds, saw_sleep, leaks) = sampler.join().unwrap();
+    let out = out.unwrap();
+
+    assert!(out.succeeded(), "{out:?}");
+    assert_eq!(out.stdout, b"start\ndone\n");
+    assert!(saw_sleep, "the sampler never saw the script's sleep ({rounds} rounds)");
+    assert!(leaks.is_empty(), "the secret appeared in command lines: {leaks:?}");
+    // Nor is it left on the instance's disk, nor in its console.
+    let dir = fx.ext_dir(21, "secret");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let content = std::fs::read(e.path()).unwrap();
+        assert!(!String::from_utf8_lossy(&content).contains(&secret), "{} holds the secret", e.path().display());
+    }
+    let console = fx.driver.console_log(&key(21), 1 << 20).await.unwrap().unwrap();
+    assert!(!console.contains(&secret));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn a_background_process_does_not_hold_the_run_and_stops_with_the_instance() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(22)).await.unwrap();
+    let init = fx.pid(22);
+    // The background sleep inherits the script's stdout and stderr.
+    let run = script("daemon", &[], "sleep 300 &\necho $! > bg.pid\necho launched\nexit 4", Duration::from_secs(60));
+    let t = Instant::now();
+    let out = fx.driver.run_script(&key(22), &run).await.unwrap();
+    let took = t.elapsed();
+    eprintln!("script with a background process: {took:?}");
+    assert!(took < Duration::from_secs(10), "the run waited for its background process: {took:?}");
+    assert_eq!(out.exit_code, Some(4));
+    assert!(!out.timed_out);
+    assert_eq!(out.stdout, b"launched\n");
+
+    let bg: u32 = std::fs::read_to_string(fx.ext_dir(22, "daemon").join("bg.pid")).unwrap().trim().parse().unwrap();
+    assert!(pid_alive(bg), "the background process died with the script");
+    assert_eq!(pgrp(bg), init, "the background process is not in the instance's group");
+
+    fx.driver.set_power(&key(22), PowerTarget::Stopped).await.unwrap();
+    assert!(!pid_alive(bg), "the background process survived stopping the instance");
+    assert!(!pid_alive(init));
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn a_script_that_overruns_its_timeout_is_killed_alone() {
+    let fx = Fixture::new("sleep 300 &\necho $! > child.tmp && mv child.tmp child.pid\nwait");
+    fx.driver.ensure(&fx.spec(23)).await.unwrap();
+    let init = fx.pid(23);
+    let init_child: u32 = wait_file(&fx.work_file(23, "child.pid")).await.trim().parse().unwrap();
+    let run = script("slow", &[], "echo started\nsleep 30 &\necho $! > sleeper.pid\nwait", Duration::from_millis(500));
+    let t = Instant::now();
+    let out = fx.driver.run_script(&key(23), &run).await.unwrap();
+    let took = t.elapsed();
+    eprintln!("timed-out run: {took:?}");
+    assert!(out.timed_out);
+    assert_eq!(out.exit_code, None);
+    assert!(!out.succeeded());
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(out.stdout, b"started\n");
+
+    let dir = fx.ext_dir(23, "slow");
+    let sleeper: u32 = std::fs::read_to_string(dir.join("sleeper.pid")).unwrap().trim().parse().unwrap();
+    assert!(!pid_alive(sleeper), "the script's child survived the timeout");
+    assert!(!dir.join(".herd-command").exists());
+    // The instance itself is untouched.
+    assert!(pid_alive(init) && pid_alive(init_child));
+    assert_eq!(fx.power(23).await, Some(ObservedPower::Running));
+    let mut left = tagged_pids(&fx.tag);
+    left.sort();
+    let mut expected = vec![init, init_child];
+    expected.sort();
+    assert_eq!(left, expected);
+    fx.destroy_all().await;
+}
+
+#[tokio::test]
+async fn scripts_need_a_running_instance_and_safe_names() {
+    let fx = Fixture::new("exec sleep 300");
+    let secret = "hunter2-secret";
+    let cmd = format!("echo {secret}");
+    let ok = script("ext", &[], &cmd, DEADLINE);
+    assert_eq!(fx.driver.run_script(&key(24), &ok).await, Err(DriverError::NotFound(key(24))));
+
+    fx.driver.ensure(&fx.spec(24)).await.unwrap();
+    for (name, file) in [("../x", "f"), ("", "f"), ("..", "f"), ("a/b", "f"), ("ext", "../x"), ("ext", ".herd-command")]
+    {
+        let run = script(name, &[(file, "data")], &cmd, DEADLINE);
+        let err = fx.driver.run_script(&key(24), &run).await.unwrap_err();
+        let DriverError::Failed(msg) = &err else { panic!("{err:?}") };
+        let bad = if name == "ext" { file } else { name };
+        assert!(msg.contains(&format!("{bad:?}")), "{msg}");
+        assert!(!msg.contains(secret), "{msg}");
+    }
+    assert!(!fx.dir(24).join("work/.herd/x").exists() && !fx.dir(24).join("work/.herd/extensions/x").exists());
+    assert!(!fx.dir(24).join("work/x").exists());
+
+    fx.driver.set_power(&key(24), PowerTarget::Stopped).await.unwrap();
+    let err = fx.driver.run_script(&key(24), &ok).await.unwrap_err();
+    assert!(matches!(&err, DriverError::Failed(m) if m.contains("not running") && !m.contains(secret)), "{err:?}");
+    fx.destroy_all().await;
 }

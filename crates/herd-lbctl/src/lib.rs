@@ -404,6 +404,8 @@ mod tests {
             last_error: None,
             delete_reason: None,
             draining_since: None,
+            base_fingerprint: None,
+            extensions: vec![],
             created_at: now,
             state_since: now,
         }

@@ -20,7 +20,7 @@
 //! One transition function, [`InstanceState::on`], holds every legal move; anything else is
 //! an [`InvalidTransition`] error rather than a silently inconsistent record.
 
-use crate::{ids::InstanceId, scale_set::StoredScaleSet};
+use crate::{extension::ExtensionStatus, ids::InstanceId, scale_set::StoredScaleSet};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -133,7 +133,7 @@ string_enum!(
 
 string_enum!(
     /// A one-shot action requested on an instance, done once and then cleared.
-    PendingAction { Restart = "Restart", Reimage = "Reimage" } default Restart
+    PendingAction { Restart = "Restart", Reimage = "Reimage", RunExtensions = "RunExtensions" } default Restart
 );
 
 /// One instance as herd stores it.
@@ -172,6 +172,13 @@ pub struct InstanceRecord {
     /// Set while the instance is out of its load-balancer pools ahead of a disruptive step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_since: Option<DateTime<Utc>>,
+    /// The set's base fingerprint (`ScaleSetModel::base_fingerprint`) when this instance was
+    /// built: equal to the model's, an update changed only extensions and applies in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_fingerprint: Option<String>,
+    /// What each extension's last run did on this instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<ExtensionStatus>,
     pub created_at: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }
@@ -190,6 +197,24 @@ impl InstanceRecord {
             self.state_since = now;
         }
         Ok(())
+    }
+
+    /// The failed extension, if one's last run failed (the instance's provisioningState is then
+    /// Failed, as in Azure).
+    pub fn failed_extension(&self) -> Option<&ExtensionStatus> {
+        self.extensions.iter().find(|e| e.state == crate::extension::ExtensionRunState::Failed)
+    }
+
+    /// What `update-instances` does to bring this instance to the set's latest model: re-run
+    /// extensions in place when only they changed (and the instance can run them), otherwise a
+    /// reimage.
+    pub fn upgrade_action(&self, set: &StoredScaleSet, in_place: bool) -> PendingAction {
+        let same_base = self.base_fingerprint.as_deref() == Some(set.model.base_fingerprint().as_str());
+        if same_base && in_place {
+            PendingAction::RunExtensions
+        } else {
+            PendingAction::Reimage
+        }
     }
 
     /// Counted toward capacity: not an extra and not on its way out.
@@ -212,7 +237,11 @@ impl InstanceRecord {
             sku: set.model.sku.name.clone(),
             latest_model_applied: self.model_generation == set.model_generation,
             model_generation: self.model_generation,
-            provisioning_state: self.state.provisioning_state().into(),
+            provisioning_state: if self.failed_extension().is_some() && self.state == InstanceState::Running {
+                "Failed".into()
+            } else {
+                self.state.provisioning_state().into()
+            },
             power_state: self.state.power_state().into(),
             state: self.state,
             goal: self.goal,
@@ -226,6 +255,7 @@ impl InstanceRecord {
             delete_reason: self.delete_reason.clone(),
             draining: self.draining_since.is_some(),
             health: None,
+            extensions: self.extensions.clone(),
             time_created: self.created_at,
             state_since: self.state_since,
         }
@@ -272,6 +302,9 @@ pub struct InstanceView {
     /// `Healthy`, `Unhealthy` or `Unknown` by its load-balancer probe; absent without a probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Extension statuses: state, exit code and the output tails (secrets redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<ExtensionStatus>,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

@@ -6,7 +6,10 @@
 //! behaviour herd does not have yet are accepted by the parser only to be refused by
 //! [`ScaleSetModel::validate`] with a "not supported yet" error: never silently ignored.
 
-use crate::{ids::ImageUrn, network::SubResource, sku::SkuTable, FieldError, GroupName, ScaleSetName};
+use crate::{
+    extension::ExtensionProfile, ids::ImageUrn, network::SubResource, sku::SkuTable, FieldError, GroupName,
+    ScaleSetName,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -115,10 +118,35 @@ pub struct StorageProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub os_disk: Option<Value>,
+    /// Empty data disks, one qcow2 file each per instance (kept across reimage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_disks: Vec<DataDisk>,
+}
+
+/// `storageProfile.dataDisks[]`: an empty disk per instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataDisk {
+    pub lun: u32,
+    #[serde(rename = "diskSizeGB")]
+    pub disk_size_gb: u64,
+    #[serde(default = "empty_option")]
+    pub create_option: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caching: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub data_disks: Option<Value>,
+    pub managed_disk: Option<Value>,
 }
+
+fn empty_option() -> String {
+    "Empty".into()
+}
+
+/// Largest data disk, in GB (qcow2 files are thin: only written blocks use space).
+pub const MAX_DATA_DISK_GB: u64 = 4095;
 
 /// One SSH public key for the admin user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -233,8 +261,7 @@ pub struct VirtualMachineProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_profile: Option<NetworkProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub extension_profile: Option<Value>,
+    pub extension_profile: Option<ExtensionProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub eviction_policy: Option<Value>,
@@ -423,8 +450,31 @@ impl ScaleSetModel {
         if let Some(n) = &p.network_profile {
             n.validate()?;
         }
-        if p.storage_profile.data_disks.as_ref().is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
-            return Err(FieldError::not_supported("virtualMachineProfile.storageProfile.dataDisks", "data disks"));
+        let mut luns = Vec::new();
+        for (i, d) in p.storage_profile.data_disks.iter().enumerate() {
+            let f = format!("virtualMachineProfile.storageProfile.dataDisks[{i}]");
+            if d.lun > 63 || luns.contains(&d.lun) {
+                return Err(FieldError::new(
+                    format!("{f}.lun"),
+                    format!("{} is not a free LUN; allowed: 0 to 63, each once", d.lun),
+                ));
+            }
+            luns.push(d.lun);
+            if !(1..=MAX_DATA_DISK_GB).contains(&d.disk_size_gb) {
+                return Err(FieldError::new(
+                    format!("{f}.diskSizeGB"),
+                    format!("{} is out of range; allowed: 1 to {MAX_DATA_DISK_GB}", d.disk_size_gb),
+                ));
+            }
+            if !d.create_option.eq_ignore_ascii_case("Empty") {
+                return Err(FieldError::not_supported(
+                    format!("{f}.createOption"),
+                    "data disks from images or attached disks; use Empty",
+                ));
+            }
+        }
+        if let Some(e) = &p.extension_profile {
+            e.validate()?;
         }
         if p.priority != Priority::Regular {
             return Err(FieldError::not_supported(
@@ -433,7 +483,6 @@ impl ScaleSetModel {
             ));
         }
         let unsupported = [
-            ("extensionProfile", &p.extension_profile, "extensions"),
             ("evictionPolicy", &p.eviction_policy, "eviction policies (Spot)"),
             ("billingProfile", &p.billing_profile, "billing profiles (Spot)"),
             ("scheduledEventsProfile", &p.scheduled_events_profile, "scheduled events"),
@@ -448,7 +497,33 @@ impl ScaleSetModel {
 
     /// Removes write-only secrets from the model, returning them for separate, encrypted storage.
     pub fn take_secrets(&mut self) -> Secrets {
-        Secrets { admin_password: self.virtual_machine_profile.os_profile.admin_password.take() }
+        let mut extension_protected_settings = BTreeMap::new();
+        if let Some(p) = &mut self.virtual_machine_profile.extension_profile {
+            for e in &mut p.extensions {
+                if let Some(v) = e.properties.protected_settings.take().filter(|v| !v.is_null()) {
+                    extension_protected_settings.insert(e.name.to_ascii_lowercase(), v);
+                }
+            }
+        }
+        Secrets {
+            admin_password: self.virtual_machine_profile.os_profile.admin_password.take(),
+            extension_protected_settings,
+        }
+    }
+
+    /// The extensions of the model (none without an extension profile).
+    pub fn extensions(&self) -> &[crate::extension::Extension] {
+        self.virtual_machine_profile.extension_profile.as_ref().map_or(&[], |p| &p.extensions)
+    }
+
+    /// A digest of what defines a VM apart from its extensions: the profile without
+    /// `extensionProfile`, and the size. Instances record it when built, so an update that
+    /// changed only extensions is applied in place instead of by a reimage.
+    pub fn base_fingerprint(&self) -> String {
+        let mut p = self.virtual_machine_profile.clone();
+        p.extension_profile = None;
+        let doc = serde_json::json!([p, self.sku.name.to_ascii_lowercase()]);
+        format!("{:016x}", crate::extension::fnv64(doc.to_string().as_bytes()))
     }
 
     /// True when `other` differs in what defines a VM: the profile or the SKU's size.
@@ -459,16 +534,28 @@ impl ScaleSetModel {
 }
 
 /// Write-only values kept apart from the model and never returned by the API.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Secrets {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_password: Option<String>,
+    /// `protectedSettings` per extension, keyed by the extension's name in lower case.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extension_protected_settings: BTreeMap<String, Value>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "<redacted>"))
+            .field("extension_protected_settings", &self.extension_protected_settings.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Secrets {
     pub fn is_empty(&self) -> bool {
-        self.admin_password.is_none()
+        self.admin_password.is_none() && self.extension_protected_settings.is_empty()
     }
 
     /// Overlays `newer` on `self`: a secret given again replaces the old one.
@@ -476,6 +563,13 @@ impl Secrets {
         if newer.admin_password.is_some() {
             self.admin_password = newer.admin_password;
         }
+        self.extension_protected_settings.extend(newer.extension_protected_settings);
+    }
+
+    /// Drops the protected settings of extensions the model no longer has.
+    pub fn retain_extensions(&mut self, model: &ScaleSetModel) {
+        let names: Vec<String> = model.extensions().iter().map(|e| e.name.to_ascii_lowercase()).collect();
+        self.extension_protected_settings.retain(|k, _| names.contains(k));
     }
 }
 

@@ -9,6 +9,7 @@
 //! a crash after B leaves results that the next pass re-observes through `Driver::list`.
 //! [`Faults`] injects exactly those crashes in tests.
 
+use crate::extensions::{ExtensionConfig, ExtensionRunner};
 use crate::plan::{plan, Limits, NewInstance, SetInput, Step};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -23,7 +24,7 @@ use herd_model::{
     sku::SkuTable,
     InstanceId, InstanceKey,
 };
-use herd_store::{Expect, Kind, Store, StoreError, StoreExt, WriteOp};
+use herd_store::{seal::Sealer, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -51,6 +52,12 @@ pub struct ReconcilerConfig {
     /// Bridged networking: instances with a subnet are reached on their private IP, through a
     /// bridge per subnet, instead of on a host-local loopback address.
     pub bridged: bool,
+    /// The driver runs real VMs (qemu): scripts go through the guest agent, so images without
+    /// one cannot run extensions in place (extension changes reimage them), and each guest's
+    /// seed gets the admin credentials, data disks and forwarded ports.
+    pub vm_driver: bool,
+    /// Guest ports forwarded to every instance besides the model's LB and NAT ports.
+    pub extra_ports: Vec<u16>,
 }
 
 impl Default for ReconcilerConfig {
@@ -63,6 +70,8 @@ impl Default for ReconcilerConfig {
             skus: SkuTable::default(),
             address_block: 0,
             bridged: false,
+            vm_driver: false,
+            extra_ports: vec![80],
         }
     }
 }
@@ -198,6 +207,8 @@ pub struct Reconciler {
     config: ReconcilerConfig,
     wake: Arc<Notify>,
     faults: Option<Arc<Faults>>,
+    extensions: Arc<ExtensionRunner>,
+    sealer: Arc<Sealer>,
 }
 
 struct Working {
@@ -224,7 +235,32 @@ impl Reconciler {
         clock: Arc<dyn Clock>,
         config: ReconcilerConfig,
     ) -> Self {
-        Self { store, driver, clock, config, wake: Arc::new(Notify::new()), faults: None }
+        let wake = Arc::new(Notify::new());
+        let sealer = Arc::new(Sealer::ephemeral());
+        let extensions = Arc::new(ExtensionRunner::new(
+            store.clone(),
+            driver.clone(),
+            clock.clone(),
+            sealer.clone(),
+            wake.clone(),
+            ExtensionConfig::default(),
+        ));
+        Self { store, driver, clock, config, wake, faults: None, extensions, sealer }
+    }
+
+    /// Opens secrets (admin passwords, protected settings) with the server's sealer, and runs
+    /// extensions with `config`.
+    pub fn with_secrets(mut self, sealer: Arc<Sealer>, config: ExtensionConfig) -> Self {
+        self.sealer = sealer.clone();
+        self.extensions = Arc::new(ExtensionRunner::new(
+            self.store.clone(),
+            self.driver.clone(),
+            self.clock.clone(),
+            sealer,
+            self.wake.clone(),
+            config,
+        ));
+        self
     }
 
     pub fn with_faults(mut self, faults: Arc<Faults>) -> Self {
@@ -301,7 +337,8 @@ impl Reconciler {
 
         let empty_obs = BTreeMap::new();
         let mut works = Vec::new();
-        let mut waiting = false;
+        let mut waiting = self.extensions.busy();
+        let images = self.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect::<Vec<_>>();
         for set in &sets {
             let key = set.key.clone();
             let (status, status_revision) =
@@ -311,7 +348,9 @@ impl Reconciler {
             waiting |= records
                 .iter()
                 .any(|r| r.state.is_transitional() || r.state == InstanceState::Failed || r.draining_since.is_some());
-            let steps = plan(&SetInput {
+            let in_place_extensions = self.in_place_extensions(&set.value, &images);
+            let mut steps = plan(&SetInput {
+                in_place_extensions,
                 set: &set.value,
                 set_revision: set.revision,
                 status: &status,
@@ -321,6 +360,15 @@ impl Reconciler {
                 limits: &self.config.limits,
             })
             .steps;
+            // A run under way is not a step: the runner wakes the loop when it is done.
+            steps.retain(|s| match s {
+                Step::RunExtensions(id) => !self.extensions.is_running(&InstanceKey {
+                    group: set.value.group.clone(),
+                    set: set.value.name.clone(),
+                    id: *id,
+                }),
+                _ => true,
+            });
             let records = by_set
                 .remove(&key)
                 .unwrap_or_default()
@@ -377,7 +425,7 @@ impl Reconciler {
         let mut next_addr = addr.as_ref().map_or(0, |o| o.value.next);
         let addr_before = next_addr;
         let mut calls: Vec<(usize, Step, InstanceKey, Result<InstanceSpec, String>)> = Vec::new();
-        let images = self.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect::<Vec<_>>();
+        let mut extension_runs = Vec::new();
         let vnets: Vec<herd_model::network::VirtualNetwork> =
             self.store.list_as(Kind::VirtualNetwork, "")?.into_iter().map(|o| o.value).collect();
         let mut ipam =
@@ -386,6 +434,11 @@ impl Reconciler {
             let steps = std::mem::take(&mut w.steps);
             for step in &steps {
                 self.intent(w, step, now, &mut next_addr, &mut ipam);
+            }
+            for step in &steps {
+                if let Step::RunExtensions(id) = step {
+                    extension_runs.push(InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: *id });
+                }
             }
             for step in steps.iter().filter(|s| s.calls_driver()) {
                 let Some(id) = step.instance() else { continue };
@@ -418,6 +471,9 @@ impl Reconciler {
         }
         let t_intent = t_start.elapsed();
         self.fault(FaultPoint::AfterIntent)?;
+        for key in extension_runs {
+            self.extensions.start(key);
+        }
 
         // Phase B: driver calls.
         let driver = self.driver.clone();
@@ -509,6 +565,7 @@ impl Reconciler {
             .map(|(_, s)| s)
             .ok_or_else(|| format!("unknown SKU {}", set.model.sku.name))?;
         let os = &set.model.virtual_machine_profile.os_profile;
+        let guest = if self.config.vm_driver { self.guest_setup(set, img)? } else { Default::default() };
         Ok(InstanceSpec {
             key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id },
             computer_name: r.computer_name.clone(),
@@ -520,8 +577,97 @@ impl Reconciler {
             custom_data: os.custom_data.clone(),
             metadata: Default::default(),
             network: self.attachment(set, r, ipam),
-            guest: Default::default(),
+            guest,
         })
+    }
+
+    /// What a VM's seed and command line need beyond the basics.
+    fn guest_setup(&self, set: &StoredScaleSet, img: &Image) -> Result<herd_driver::GuestSetup, String> {
+        let p = &set.model.virtual_machine_profile;
+        let ssh_public_keys = p
+            .os_profile
+            .linux_configuration
+            .as_ref()
+            .map(|l| l.ssh.public_keys.iter().map(|k| k.key_data.trim().to_string()).collect())
+            .unwrap_or_default();
+        let secrets: herd_model::scale_set::Secrets = match self.store.get(Kind::Secret, &set.key()) {
+            Ok(Some(o)) => self.sealer.open(&o.value).map_err(|e| e.to_string())?,
+            Ok(None) => Default::default(),
+            Err(e) => return Err(e.to_string()),
+        };
+        let admin_password_hash = match &secrets.admin_password {
+            Some(pw) => {
+                let params =
+                    sha_crypt::Sha512Params::new(5000).map_err(|_| "password hashing parameters".to_string())?;
+                Some(
+                    sha_crypt::sha512_simple(pw, &params)
+                        .map_err(|_| "the admin password could not be hashed".to_string())?,
+                )
+            }
+            None => None,
+        };
+        let data_disks = p
+            .storage_profile
+            .data_disks
+            .iter()
+            .map(|d| herd_driver::DataDisk { lun: d.lun, size_gb: d.disk_size_gb })
+            .collect();
+        let mut forward_ports: Vec<u16> = self.config.extra_ports.clone();
+        forward_ports.extend(self.model_ports(set));
+        forward_ports.sort_unstable();
+        forward_ports.dedup();
+        Ok(herd_driver::GuestSetup {
+            ssh_public_keys,
+            admin_password_hash,
+            data_disks,
+            forward_ports,
+            guest_agent: img.guest_agent,
+        })
+    }
+
+    /// Guest ports the model's load balancers reach: backend and probe ports of the rules on
+    /// the pools the set joins, and backend ports of its NAT pools.
+    fn model_ports(&self, set: &StoredScaleSet) -> Vec<u16> {
+        use herd_model::network::LoadBalancer;
+        let Some(ip) = set.model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary()) else {
+            return vec![];
+        };
+        let lbs: Vec<LoadBalancer> = match self.store.list_as(Kind::LoadBalancer, "") {
+            Ok(v) => v.into_iter().map(|o| o.value).collect(),
+            Err(_) => return vec![],
+        };
+        let refers = |ids: &[herd_model::network::SubResource], lb: &LoadBalancer, coll: &str, name: &str| {
+            ids.iter().any(|s| s.id.eq_ignore_ascii_case(&format!("{}/{coll}/{name}", lb.id)))
+        };
+        let mut out = Vec::new();
+        for lb in &lbs {
+            for rule in &lb.load_balancing_rules {
+                let pool = rule.backend_address_pool.id.rsplit('/').next().unwrap_or("");
+                if refers(&ip.load_balancer_backend_address_pools, lb, "backendAddressPools", pool) {
+                    out.extend(u16::try_from(rule.backend_port).ok());
+                    if let Some(probe) = rule.probe.as_ref().and_then(|p| p.id.rsplit('/').next()) {
+                        if let Some(pr) = lb.probes.iter().find(|x| x.name.eq_ignore_ascii_case(probe)) {
+                            out.extend(u16::try_from(pr.port).ok());
+                        }
+                    }
+                }
+            }
+            for nat in &lb.inbound_nat_pools {
+                if refers(&ip.load_balancer_inbound_nat_pools, lb, "inboundNatPools", &nat.name) {
+                    out.extend(u16::try_from(nat.backend_port).ok());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether this set's extensions can run in place (see `SetInput::in_place_extensions`).
+    fn in_place_extensions(&self, set: &StoredScaleSet, images: &[Image]) -> bool {
+        if !self.config.vm_driver {
+            return true;
+        }
+        let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn();
+        urn.ok().and_then(|u| image::resolve(images, &u).map(|i| i.guest_agent)).unwrap_or(false)
     }
 
     /// In bridged mode, the bridge of the set's subnet and the instance's address on it.
@@ -589,6 +735,8 @@ impl Reconciler {
                         last_error: None,
                         delete_reason: None,
                         draining_since: None,
+                        base_fingerprint: Some(w.set.model.base_fingerprint()),
+                        extensions: vec![],
                         created_at: now,
                         state_since: now,
                     };
@@ -624,6 +772,15 @@ impl Reconciler {
                         if was == InstanceState::Creating {
                             w.status.consecutive_create_failures = 0;
                             w.status_dirty = true;
+                        }
+                        // A freshly built disk runs the model's extensions on first boot.
+                        let built = matches!(was, InstanceState::Creating | InstanceState::Reimaging);
+                        if built
+                            && !w.set.model.extensions().is_empty()
+                            && wr.record.model_generation == w.set.model_generation
+                            && wr.record.pending.is_none()
+                        {
+                            wr.record.pending = Some(PendingAction::RunExtensions);
                         }
                         w.log.push(("InstanceRunning".into(), format!("instance {id} is running")));
                     }
@@ -726,7 +883,8 @@ impl Reconciler {
                 w.status_dirty = true;
                 w.log.push(("ProvisioningResumed".into(), "the scale set changed; creation resumes".into()));
             }
-            Step::RemoveSet => {}
+            // Started after the intents are persisted; the runner records the outcome.
+            Step::RemoveSet | Step::RunExtensions(_) => {}
         }
     }
 
@@ -770,6 +928,8 @@ impl Reconciler {
                         rec.pending = None;
                     }
                     rec.model_generation = set.model_generation;
+                    rec.base_fingerprint = Some(set.model.base_fingerprint());
+                    rec.extensions.clear();
                 }
                 (Step::Ensure(_) | Step::Start(_), Ok(())) => {}
                 (_, Err(e)) => {

@@ -9,14 +9,19 @@
 //!   make the idempotent driver calls, persist the results. A crash between any two phases is
 //!   repaired by the next pass, because the intent is already on disk and every driver call can
 //!   be repeated.
+//! - Extensions run in the background ([`extensions`]), after downloading their files on the
+//!   host ([`fetch`]), so a long script never holds up a pass.
 
 #![forbid(unsafe_code)]
 
 pub mod executor;
+pub mod extensions;
+pub mod fetch;
 pub mod plan;
 pub mod summary;
 
 pub use executor::{FaultPoint, Faults, PassReport, ReconcileError, Reconciler, ReconcilerConfig};
+pub use extensions::ExtensionConfig;
 
 pub use plan::{plan, Limits, Plan, SetInput, Step};
 pub use summary::{summarize, SetSummary};

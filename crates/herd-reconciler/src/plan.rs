@@ -93,6 +93,9 @@ pub enum Step {
     Restart(InstanceId),
     /// Recreate from the current model (`update-instances`, `reimage`, Automatic upgrades).
     Reimage(InstanceId),
+    /// Run the model's extensions in the running instance (after its first boot, or in place
+    /// when only extensions changed). Runs in the background; see `extensions`.
+    RunExtensions(InstanceId),
     /// Call `destroy`, then remove the record.
     Destroy(InstanceId),
     /// Take a serving instance out of its load-balancer pools before a disruptive step.
@@ -111,7 +114,11 @@ impl Step {
     /// The instance this step acts on, if it is a per-instance step.
     pub fn instance(&self) -> Option<InstanceId> {
         match self {
-            Step::Observe { id, .. } | Step::MarkDelete { id, .. } | Step::Drain(id) | Step::Undrain(id) => Some(*id),
+            Step::Observe { id, .. }
+            | Step::MarkDelete { id, .. }
+            | Step::Drain(id)
+            | Step::Undrain(id)
+            | Step::RunExtensions(id) => Some(*id),
             Step::Ensure(id)
             | Step::Stop(id)
             | Step::Deallocate(id)
@@ -156,6 +163,9 @@ pub struct SetInput<'a> {
     pub observed: &'a BTreeMap<InstanceId, ObservedPower>,
     pub now: DateTime<Utc>,
     pub limits: &'a Limits,
+    /// Extensions can run in a running instance (the driver can, and the image has the guest
+    /// agent where the driver needs one); otherwise an extension change means a reimage.
+    pub in_place_extensions: bool,
 }
 
 fn is_ready(r: &InstanceRecord) -> bool {
@@ -454,11 +464,15 @@ fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspende
         S::Starting if matches!(seen, Some(ObservedPower::Stopped) | None) => Some(Step::Start(id)),
         S::Running if r.pending == Some(PendingAction::Restart) => Some(Step::Restart(id)),
         S::Restarting if r.pending == Some(PendingAction::Restart) => Some(Step::Restart(id)),
+        S::Running if r.pending == Some(PendingAction::RunExtensions) => Some(Step::RunExtensions(id)),
         S::Running
             if input.set.model.upgrade_policy.mode == UpgradeMode::Automatic
                 && r.model_generation < input.set.model_generation =>
         {
-            Some(Step::Reimage(id))
+            Some(match r.upgrade_action(input.set, input.in_place_extensions) {
+                PendingAction::RunExtensions => Step::RunExtensions(id),
+                _ => Step::Reimage(id),
+            })
         }
         _ => None,
     }

@@ -17,6 +17,8 @@ use std::path::Path;
 /// Seals and opens secret values.
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
+    /// Derived from the key (not the key itself): the salt of [`Sealer::digest`].
+    digest_salt: [u8; 32],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -42,14 +44,30 @@ impl Sealer {
             }
             Err(e) => return Err(io(e)),
         };
-        Ok(Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) })
+        Ok(Self::from_key(&key))
+    }
+
+    fn from_key(key: &[u8]) -> Self {
+        use sha2::Digest;
+        let salt = sha2::Sha256::new().chain_update(b"herd digest salt v1").chain_update(key).finalize();
+        let mut digest_salt = [0u8; 32];
+        digest_salt.copy_from_slice(&salt);
+        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(key)), digest_salt }
+    }
+
+    /// A keyed, one-way digest of a secret (hex, 16 bytes): lets herd notice that a secret
+    /// changed (to re-run an extension) without keeping a comparable copy of it.
+    pub fn digest(&self, data: &[u8]) -> String {
+        use sha2::Digest;
+        let d = sha2::Sha256::new().chain_update(self.digest_salt).chain_update(data).finalize();
+        hex::encode(&d[..16])
     }
 
     /// A sealer with a random key that lives only in memory (tests).
     pub fn ephemeral() -> Self {
         let mut k = [0u8; 32];
         rand::rng().fill_bytes(&mut k);
-        Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&k)) }
+        Self::from_key(&k)
     }
 
     /// Encrypts `value` into `{"sealed": "<hex nonce><hex ciphertext>"}`.
@@ -93,6 +111,9 @@ mod tests {
         let v: Value = again.open(&sealed).unwrap();
         assert_eq!(v["adminPassword"], "hunter2-hunter2");
         assert!(Sealer::ephemeral().open::<Value>(&sealed).is_err(), "another key cannot open it");
+        assert_eq!(s.digest(b"pw"), again.digest(b"pw"), "same key, same digest");
+        assert_ne!(s.digest(b"pw"), Sealer::ephemeral().digest(b"pw"), "the digest is keyed");
+        assert_ne!(s.digest(b"pw"), s.digest(b"pw2"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }

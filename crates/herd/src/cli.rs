@@ -105,6 +105,18 @@ pub struct ServerArgs {
     /// Server settings file (TOML): zones, extra SKUs, provisioning limits, sim behaviour.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// QEMU acceleration (qemu driver): `auto` boots a tiny canary under KVM and uses KVM only
+    /// if it really runs, else TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+}
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,6 +254,9 @@ pub struct VmssCreate {
     /// Subnet (a name with --vnet-name, or an id) the instances get private IPs from.
     #[arg(long)]
     pub subnet: Option<String>,
+    /// Empty data disks per instance, sizes in GB (LUNs 0, 1, ...); kept across reimage.
+    #[arg(long, num_args = 1..)]
+    pub data_disk_sizes_gb: Vec<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,6 +354,19 @@ pub enum VmssCmd {
         #[arg(long)]
         instance_id: Option<String>,
     },
+    /// Print an instance's console log (the serial console of a VM).
+    GetBootLog {
+        #[command(flatten)]
+        set: SetRef,
+        #[arg(long)]
+        instance_id: String,
+        /// Print at most this many bytes from the end.
+        #[arg(long, default_value_t = 65536)]
+        tail_bytes: usize,
+    },
+    /// Manage the scale set's extensions (Custom Script).
+    #[command(subcommand)]
+    Extension(ExtensionCmd),
     /// Wait for a condition on a scale set.
     Wait {
         #[command(flatten)]
@@ -355,6 +383,71 @@ pub enum VmssCmd {
     },
 }
 
+/// A scale set named as `az vmss extension` names it (`--vmss-name`; `--name` is the extension).
+#[derive(Debug, Args, Clone)]
+pub struct VmssRef {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(long = "vmss-name")]
+    pub vmss_name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExtensionCmd {
+    /// Add or replace an extension. With a Manual upgrade policy, instances run it after
+    /// `vmss update-instances`.
+    #[command(disable_version_flag = true)]
+    Set {
+        #[command(flatten)]
+        set: VmssRef,
+        /// The extension type, e.g. CustomScript.
+        #[arg(short = 'n', long = "name")]
+        name: String,
+        /// Microsoft.Azure.Extensions or Herd.Extensions.
+        #[arg(long)]
+        publisher: String,
+        /// The handler version, e.g. 2.0.
+        #[arg(long)]
+        version: String,
+        /// The extension's name in the set (default: --name).
+        #[arg(long)]
+        extension_instance_name: Option<String>,
+        /// Public settings, JSON or '@FILE' (fileUris, commandToExecute, script).
+        #[arg(long)]
+        settings: Option<String>,
+        /// Protected settings, JSON or '@FILE': sealed at rest, never shown back.
+        #[arg(long)]
+        protected_settings: Option<String>,
+        /// Run it again even if nothing changed (sets a new forceUpdateTag).
+        #[arg(long)]
+        force_update: bool,
+        /// Do not upgrade minor versions automatically.
+        #[arg(long)]
+        no_auto_upgrade_minor_version: bool,
+        /// Extensions that must run before this one.
+        #[arg(long, num_args = 1..)]
+        provision_after_extensions: Vec<String>,
+    },
+    /// List the set's extensions.
+    List(VmssRef),
+    /// Show one extension.
+    Show {
+        #[command(flatten)]
+        set: VmssRef,
+        /// The extension's name.
+        #[arg(short = 'n', long = "name")]
+        name: String,
+    },
+    /// Remove an extension from the model (instances keep what it installed).
+    Delete {
+        #[command(flatten)]
+        set: VmssRef,
+        /// The extension's name.
+        #[arg(short = 'n', long = "name")]
+        name: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
     /// Import an image into the gallery.
@@ -363,8 +456,24 @@ pub enum ImageCmd {
         #[arg(long)]
         urn: String,
         /// A directory with an executable `init` (process-driver image).
+        #[arg(long, group = "source")]
+        dir: Option<PathBuf>,
+        /// A bootable disk image, qcow2 or raw, e.g. a cloud image (qemu driver).
+        #[arg(long, group = "source")]
+        disk: Option<PathBuf>,
+        /// A kernel for direct boot (qemu driver).
+        #[arg(long, group = "source")]
+        kernel: Option<PathBuf>,
+        /// The initrd that goes with --kernel.
+        #[arg(long, requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line that goes with --kernel ('@FILE' reads it from a file).
+        #[arg(long, requires = "kernel")]
+        cmdline: Option<String>,
+        /// Whether the image runs the QEMU guest agent (in-place extension runs need it).
+        /// Default: detected in the initrd for kernel images, false for disks.
         #[arg(long)]
-        dir: PathBuf,
+        guest_agent: Option<bool>,
     },
     /// List images.
     List,

@@ -39,8 +39,15 @@ const ACTIVITY_TABLE: Columns<'static> = &[
     ("Caller", "actor"),
     ("Message", "message"),
 ];
-const IMAGE_TABLE: Columns<'static> =
-    &[("Urn", "urn"), ("Publisher", "publisher"), ("Offer", "offer"), ("Sku", "sku"), ("Version", "version")];
+const IMAGE_TABLE: Columns<'static> = &[
+    ("Urn", "urn"),
+    ("Publisher", "publisher"),
+    ("Offer", "offer"),
+    ("Sku", "sku"),
+    ("Version", "version"),
+    ("Kind", "source.kind"),
+    ("GuestAgent", "guestAgent"),
+];
 const GROUP_TABLE: Columns<'static> = &[("Name", "name"), ("Location", "location"), ("State", "provisioningState")];
 
 struct Ctx {
@@ -233,7 +240,93 @@ fn create_body(c: &VmssCreate) -> Result<Value> {
     if let Some(m) = &c.orchestration_mode {
         body["orchestrationMode"] = json!(m);
     }
+    if !c.data_disk_sizes_gb.is_empty() {
+        let disks: Vec<Value> = c
+            .data_disk_sizes_gb
+            .iter()
+            .enumerate()
+            .map(|(lun, gb)| json!({"lun": lun, "diskSizeGB": gb, "createOption": "Empty"}))
+            .collect();
+        body["virtualMachineProfile"]["storageProfile"]["dataDisks"] = json!(disks);
+    }
     Ok(body)
+}
+
+/// A JSON argument given inline or as `@FILE`; the error names the flag.
+fn json_arg(flag: &str, s: &str) -> Result<Value> {
+    let text = match s.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: reading {path}"))?,
+        None => s.to_string(),
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{flag}: not valid JSON ({e})"))?;
+    if !v.is_object() {
+        bail!("{flag}: must be a JSON object such as '{{\"commandToExecute\": \"...\"}}'");
+    }
+    Ok(v)
+}
+
+const EXTENSION_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("Publisher", "properties.publisher"),
+    ("Type", "properties.type"),
+    ("Version", "properties.typeHandlerVersion"),
+    ("ForceUpdateTag", "properties.forceUpdateTag"),
+];
+
+async fn extension(ctx: &Ctx, c: ExtensionCmd) -> Result<()> {
+    let ext_path =
+        |set: &VmssRef, name: &str| format!("{}/extensions/{}", set_path(&set.group, &set.vmss_name), enc(name));
+    match c {
+        ExtensionCmd::Set {
+            set,
+            name,
+            publisher,
+            version,
+            extension_instance_name,
+            settings,
+            protected_settings,
+            force_update,
+            no_auto_upgrade_minor_version,
+            provision_after_extensions,
+        } => {
+            let instance_name = extension_instance_name.unwrap_or_else(|| name.clone());
+            let mut props = json!({
+                "publisher": publisher,
+                "type": name,
+                "typeHandlerVersion": version,
+                "autoUpgradeMinorVersion": !no_auto_upgrade_minor_version,
+            });
+            if let Some(s) = &settings {
+                props["settings"] = json_arg("--settings", s)?;
+            }
+            if let Some(s) = &protected_settings {
+                props["protectedSettings"] = json_arg("--protected-settings", s)?;
+            }
+            if force_update {
+                props["forceUpdateTag"] = json!(chrono::Utc::now().timestamp_millis().to_string());
+            } else if let Ok(cur) = ctx.client.get(&ext_path(&set, &instance_name)).await {
+                if let Some(tag) = cur["properties"].get("forceUpdateTag") {
+                    props["forceUpdateTag"] = tag.clone();
+                }
+            }
+            if !provision_after_extensions.is_empty() {
+                props["provisionAfterExtensions"] = json!(provision_after_extensions);
+            }
+            let v = ctx.client.put(&ext_path(&set, &instance_name), &json!({"properties": props})).await?;
+            ctx.print(&v, Some(EXTENSION_TABLE))
+        }
+        ExtensionCmd::List(set) => ctx.print(
+            &ctx.client.get(&format!("{}/extensions", set_path(&set.group, &set.vmss_name))).await?,
+            Some(EXTENSION_TABLE),
+        ),
+        ExtensionCmd::Show { set, name } => {
+            ctx.print(&ctx.client.get(&ext_path(&set, &name)).await?, Some(EXTENSION_TABLE))
+        }
+        ExtensionCmd::Delete { set, name } => {
+            ctx.client.delete(&ext_path(&set, &name)).await?;
+            Ok(())
+        }
+    }
 }
 
 /// The network profile for `vmss create --vnet-name/--subnet/--lb/--public-ip-address`, creating
@@ -418,6 +511,21 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
                 ctx.print(&json!({"provisioningState": v["provisioningState"], "modelGeneration": v["modelGeneration"], "instanceSummary": v["instanceSummary"]}), None)
             }
         },
+        VmssCmd::Extension(c) => extension(ctx, c).await,
+        VmssCmd::GetBootLog { set, instance_id, tail_bytes } => {
+            let path = format!(
+                "{}/virtualMachines/{}/bootLog?tailBytes={tail_bytes}",
+                set_path(&set.group, &set.name),
+                enc(&instance_id)
+            );
+            let v = ctx.client.get(&path).await?;
+            match v {
+                Value::String(text) => print!("{text}"),
+                Value::Null => {}
+                other => print!("{other}"),
+            }
+            Ok(())
+        }
         VmssCmd::Wait { set, created, updated, deleted } => {
             let until = if deleted {
                 Until::Deleted
@@ -436,10 +544,33 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
 
 async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
     match c {
-        ImageCmd::Import { urn, dir } => {
-            let dir = dir.canonicalize().with_context(|| format!("--dir {}", dir.display()))?;
-            let v = ctx.client.put(&format!("/v1/images/{}", enc(&urn)), &json!({"directory": dir})).await?;
-            ctx.print(&v, None)
+        ImageCmd::Import { urn, dir, disk, kernel, initrd, cmdline, guest_agent } => {
+            let abs =
+                |flag: &str, p: &std::path::Path| p.canonicalize().with_context(|| format!("--{flag} {}", p.display()));
+            let mut body = json!({});
+            match (&dir, &disk, &kernel) {
+                (Some(d), None, None) => body["directory"] = json!(abs("dir", d)?),
+                (None, Some(d), None) => body["disk"] = json!(abs("disk", d)?),
+                (None, None, Some(k)) => {
+                    body["kernel"] = json!(abs("kernel", k)?);
+                    if let Some(i) = &initrd {
+                        body["initrd"] = json!(abs("initrd", i)?);
+                    }
+                    if let Some(c) = &cmdline {
+                        let text = match c.strip_prefix('@') {
+                            Some(f) => std::fs::read_to_string(f).with_context(|| format!("--cmdline: reading {f}"))?,
+                            None => c.clone(),
+                        };
+                        body["cmdline"] = json!(text.trim());
+                    }
+                }
+                _ => bail!("give one of --dir (process driver), --disk or --kernel (qemu driver)"),
+            }
+            if let Some(g) = guest_agent {
+                body["guestAgent"] = json!(g);
+            }
+            let v = ctx.client.put(&format!("/v1/images/{}", enc(&urn)), &body).await?;
+            ctx.print(&v, Some(IMAGE_TABLE))
         }
         ImageCmd::List => ctx.print(&ctx.client.get("/v1/images").await?, Some(IMAGE_TABLE)),
         ImageCmd::Show { urn } => ctx.print(&ctx.client.get(&format!("/v1/images/{}", enc(&urn))).await?, None),

@@ -7,7 +7,7 @@ use herd_driver::{
     Driver,
 };
 use herd_model::{clock::SystemClock, sku::SkuSize, sku::SkuTable};
-use herd_reconciler::{Limits, Reconciler, ReconcilerConfig};
+use herd_reconciler::{ExtensionConfig, Limits, Reconciler, ReconcilerConfig};
 use herd_store::SqliteStore;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -45,6 +45,21 @@ pub struct ServerConfig {
     pub loadbalancer: LoadBalancerSettings,
     #[serde(default)]
     pub network: NetworkSettings,
+    #[serde(default)]
+    pub extensions: ExtensionSettings,
+}
+
+/// `[extensions]`: limits on Custom Script runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionSettings {
+    /// Largest file a `fileUris` entry may download, in MiB (default 64).
+    pub max_file_mib: Option<u64>,
+    /// Deadline for one download, in seconds (default 60).
+    pub fetch_timeout_secs: Option<u64>,
+    /// How long a script may run when the model sets no `extensionsTimeBudget`, in seconds
+    /// (default 1800).
+    pub run_timeout_secs: Option<u64>,
 }
 
 /// `[network]`.
@@ -226,7 +241,16 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     };
     let clock = Arc::new(SystemClock);
     let drain = rec_config.limits.drain_timeout.to_std().unwrap_or(Duration::from_secs(10));
-    let reconciler = Reconciler::new(store.clone(), driver, clock.clone(), rec_config);
+    let ext_defaults = ExtensionConfig::default();
+    let ext_config = ExtensionConfig {
+        fetch: herd_reconciler::fetch::FetchLimits {
+            max_bytes: cfg.extensions.max_file_mib.map_or(ext_defaults.fetch.max_bytes, |m| m.saturating_mul(1 << 20)),
+            timeout: cfg.extensions.fetch_timeout_secs.map_or(ext_defaults.fetch.timeout, Duration::from_secs),
+        },
+        run_timeout: cfg.extensions.run_timeout_secs.map_or(ext_defaults.run_timeout, Duration::from_secs),
+    };
+    let reconciler = Reconciler::new(store.clone(), driver.clone(), clock.clone(), rec_config)
+        .with_secrets(sealer.clone(), ext_config);
     let health = Arc::new(herd_model::health::HealthBoard::default());
     let lb = Arc::new(herd_lbctl::LbController::new(
         store.clone(),
@@ -254,6 +278,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         sealer,
         health,
         lb: lb.clone(),
+        driver,
     };
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;

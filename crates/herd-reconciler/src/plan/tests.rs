@@ -49,6 +49,8 @@ fn rec(id: u64, state: InstanceState) -> InstanceRecord {
         last_error: None,
         delete_reason: None,
         draining_since: None,
+        base_fingerprint: None,
+        extensions: vec![],
         created_at: t0(),
         state_since: t0(),
     }
@@ -86,6 +88,7 @@ impl Case {
 
     fn plan(&self) -> Vec<Step> {
         plan(&SetInput {
+            in_place_extensions: true,
             set: &self.set,
             set_revision: 5,
             status: &self.status,

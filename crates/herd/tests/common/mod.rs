@@ -18,6 +18,10 @@ pub struct Server {
     config: Option<PathBuf>,
     /// Run the server and every CLI call inside this network namespace.
     pub netns: Option<String>,
+    /// Every line the server wrote to stderr (its log), for tests that check what is logged.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// `HERD_LOG` (an env filter) for the server (default: the server's own default).
+    pub rust_log: Option<String>,
 }
 
 impl Server {
@@ -44,9 +48,24 @@ impl Server {
             driver: driver.into(),
             config,
             netns,
+            log: Default::default(),
+            rust_log: None,
         };
         s.spawn();
         s
+    }
+
+    /// Like [`start`](Self::start), with the server logging at `HERD_LOG=level`.
+    pub fn start_logged(driver: &str, data_dir: &Path, config: Option<&str>, level: &str) -> Server {
+        let mut s = Self::start(driver, data_dir, config);
+        s.rust_log = Some(level.into());
+        s.restart();
+        s
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     /// A command for `program`, wrapped in `ip netns exec` when the server lives in a namespace.
@@ -67,11 +86,16 @@ impl Server {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        if let Some(l) = &self.rust_log {
+            cmd.env("HERD_LOG", l);
+        }
+        let log = self.log.clone();
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn herd server");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                 }
@@ -215,3 +239,98 @@ pub fn image_dir(dir: &Path, body: &str) -> PathBuf {
 }
 
 pub const SIM_CONFIG: &str = "[sim]\nboot_min_ms = 5\nboot_max_ms = 30\n";
+
+/// A small HTTP file server on loopback for extension `fileUris`: serves `files` by name until
+/// dropped. Each connection is one request (Connection: close).
+pub struct FileServer {
+    pub base: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FileServer {
+    pub fn start(files: Vec<(&str, Vec<u8>)>) -> FileServer {
+        use std::io::{Read, Write};
+        let files: std::collections::BTreeMap<String, Vec<u8>> =
+            files.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+                match files.get(&path) {
+                    Some(body) => {
+                        let _ =
+                            write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                        let _ = s.write_all(body);
+                    }
+                    None => {
+                        let _ = write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    }
+                }
+            }
+        });
+        FileServer { base, stop }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Samples every `/proc/*/cmdline` in a background thread until dropped; `seen(needle)` tells
+/// whether any command line ever contained `needle`.
+pub struct CmdlineSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    samples: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CmdlineSampler {
+    pub fn start(needle: &str) -> CmdlineSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let samples = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, hits2, samples2, needle) =
+            (stop.clone(), hits.clone(), samples.clone(), needle.as_bytes().to_vec());
+        std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(entries) = std::fs::read_dir("/proc") {
+                    for e in entries.flatten() {
+                        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+                            if c.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                                hits2.lock().unwrap().push(String::from_utf8_lossy(&c).replace('\0', " "));
+                            }
+                        }
+                    }
+                }
+                samples2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        CmdlineSampler { stop, hits, samples }
+    }
+
+    /// Command lines that contained the needle (must be empty), and how many scans were made.
+    pub fn finish(self) -> (Vec<String>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (self.hits.lock().unwrap().clone(), self.samples.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}

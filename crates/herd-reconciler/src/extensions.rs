@@ -1,0 +1,306 @@
+//! Runs an instance's extensions in the background and records how they went.
+//!
+//! Why apart from the executor's driver calls: a script may run for minutes (installing an app
+//! and waiting for it to answer), and a reconcile pass must not wait for it. The planner asks
+//! for `RunExtensions` while an instance is `Running` with that pending action; the executor
+//! hands the instance to this runner, which runs at most one task per instance and skips the
+//! step while one is in flight. The task re-reads everything from the store (it takes no
+//! input), runs each extension whose fingerprint changed, in `provisionAfterExtensions` order,
+//! stopping at the first failure, and writes the statuses back with a compare-and-swap — only
+//! if the instance is still the one it ran on (same state, same `state_since`, still pending).
+//! A crash mid-run leaves the action pending, so the next server runs it again; Custom Script
+//! commands must be idempotent, as in Azure.
+//!
+//! Secrets: protected settings are opened here, passed to the driver in `ScriptRun::command`
+//! (which drivers never put in an argv), and redacted from every message written back.
+
+use crate::executor::instance_store_key;
+use crate::fetch::{self, FetchLimits};
+use base64::Engine;
+use herd_driver::{Driver, ScriptRun};
+use herd_model::{
+    activity::{ActivityEvent, Actor},
+    clock::Clock,
+    extension::{self, Command, Extension, ExtensionRunState, ExtensionStatus},
+    instance::{InstanceRecord, InstanceState, PendingAction},
+    scale_set::{Secrets, StoredScaleSet},
+    InstanceKey,
+};
+use herd_store::{seal::Sealer, Expect, Kind, Store, StoreExt, WriteOp};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Tunables of extension runs.
+#[derive(Debug, Clone)]
+pub struct ExtensionConfig {
+    pub fetch: FetchLimits,
+    /// How long one script may run when the model sets no `extensionsTimeBudget`.
+    pub run_timeout: Duration,
+}
+
+impl Default for ExtensionConfig {
+    fn default() -> Self {
+        Self { fetch: FetchLimits::default(), run_timeout: Duration::from_secs(30 * 60) }
+    }
+}
+
+/// Background extension runs, one per instance at most.
+pub struct ExtensionRunner {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn Driver>,
+    clock: Arc<dyn Clock>,
+    sealer: Arc<Sealer>,
+    wake: Arc<Notify>,
+    config: ExtensionConfig,
+    http: reqwest::Client,
+    in_flight: Mutex<BTreeSet<InstanceKey>>,
+}
+
+impl ExtensionRunner {
+    pub fn new(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        clock: Arc<dyn Clock>,
+        sealer: Arc<Sealer>,
+        wake: Arc<Notify>,
+        config: ExtensionConfig,
+    ) -> Self {
+        Self {
+            store,
+            driver,
+            clock,
+            sealer,
+            wake,
+            config,
+            http: reqwest::Client::new(),
+            in_flight: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, BTreeSet<InstanceKey>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while a run for `key` is under way.
+    pub fn is_running(&self, key: &InstanceKey) -> bool {
+        self.flights().contains(key)
+    }
+
+    /// Any run under way.
+    pub fn busy(&self) -> bool {
+        !self.flights().is_empty()
+    }
+
+    /// Starts a run for `key` unless one is under way.
+    pub fn start(self: &Arc<Self>, key: InstanceKey) {
+        if !self.flights().insert(key.clone()) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.run(&key).await {
+                tracing::warn!(instance = %key, error = %e, "extension run could not be recorded; it will be retried");
+            }
+            me.flights().remove(&key);
+            me.wake.notify_one();
+        });
+    }
+
+    async fn run(&self, key: &InstanceKey) -> Result<(), String> {
+        let set_key = format!("{}/{}", key.group, key.set);
+        let rec_key = instance_store_key(&set_key, key.id);
+        let err = |e: herd_store::StoreError| e.to_string();
+        let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key).map_err(err)? else {
+            return Ok(());
+        };
+        let Some(rec) = self.store.get_as::<InstanceRecord>(Kind::Instance, &rec_key).map_err(err)? else {
+            return Ok(());
+        };
+        if rec.value.state != InstanceState::Running || rec.value.pending != Some(PendingAction::RunExtensions) {
+            return Ok(());
+        }
+        let since = rec.value.state_since;
+        let generation = set.value.model_generation;
+        let secrets: Secrets = match self.store.get(Kind::Secret, &set_key).map_err(err)? {
+            Some(o) => self.sealer.open(&o.value).map_err(|e| e.to_string())?,
+            None => Secrets::default(),
+        };
+        let model = &set.value.model;
+        let timeout = model
+            .virtual_machine_profile
+            .extension_profile
+            .as_ref()
+            .and_then(|p| p.extensions_time_budget.as_deref())
+            .and_then(herd_model::duration::parse_iso8601)
+            .and_then(|d| d.to_std().ok())
+            .unwrap_or(self.config.run_timeout);
+        let ordered: Vec<&Extension> =
+            model.virtual_machine_profile.extension_profile.as_ref().map(|p| p.ordered()).unwrap_or_default();
+        let mut statuses: Vec<ExtensionStatus> =
+            rec.value.extensions.iter().filter(|s| ordered.iter().any(|e| e.name == s.name)).cloned().collect();
+        let mut ran = Vec::new();
+        let mut failure = None;
+        for e in ordered {
+            let prot = secrets.extension_protected_settings.get(&e.name.to_ascii_lowercase());
+            let fp = format!(
+                "{}-{}",
+                e.public_fingerprint(),
+                prot.map(|p| self.sealer.digest(p.to_string().as_bytes())).unwrap_or_default()
+            );
+            if statuses
+                .iter()
+                .any(|s| s.name == e.name && s.fingerprint == fp && s.state == ExtensionRunState::Succeeded)
+            {
+                continue;
+            }
+            let status = self.run_one(key, e, prot, fp, timeout).await;
+            let failed = status.state == ExtensionRunState::Failed;
+            if failed {
+                failure = Some(format!("extension {} failed: {}", e.name, first_line(&status.message)));
+            }
+            ran.push(e.name.clone());
+            statuses.retain(|s| s.name != e.name);
+            statuses.push(status);
+            if failed {
+                break;
+            }
+        }
+
+        for _ in 0..5 {
+            let Some(cur) = self.store.get_as::<InstanceRecord>(Kind::Instance, &rec_key).map_err(err)? else {
+                return Ok(());
+            };
+            let r = &cur.value;
+            if r.state != InstanceState::Running
+                || r.state_since != since
+                || r.pending != Some(PendingAction::RunExtensions)
+            {
+                return Ok(()); // The instance moved on (reimaged, stopped, deleted): the result is moot.
+            }
+            let mut next = r.clone();
+            next.extensions = statuses.clone();
+            next.pending = None;
+            next.model_generation = next.model_generation.max(generation);
+            let had_ext_error = r.last_error.as_deref().is_some_and(|m| m.starts_with("extension "));
+            if let Some(f) = &failure {
+                next.last_error = Some(f.clone());
+            } else if had_ext_error {
+                next.last_error = None;
+            }
+            let (status, message) = match &failure {
+                Some(f) => ("Failed", format!("instance {}: {f}", key.id)),
+                None if ran.is_empty() => ("Succeeded", format!("instance {}: extensions already up to date", key.id)),
+                None => ("Succeeded", format!("instance {}: extension(s) {} succeeded", key.id, ran.join(", "))),
+            };
+            let ev = ActivityEvent {
+                seq: 0,
+                time: self.clock.now(),
+                resource_group: key.group.to_string(),
+                resource: key.set.to_string(),
+                operation: "RunExtensions".into(),
+                status: status.into(),
+                actor: Actor::Reconciler,
+                message,
+            };
+            let ops = vec![
+                WriteOp::put(Kind::Instance, rec_key.clone(), &next, Expect::Revision(cur.revision)).map_err(err)?,
+                WriteOp::Activity(ev),
+            ];
+            match self.store.txn(ops) {
+                Ok(_) => return Ok(()),
+                Err(herd_store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the instance record kept changing".into())
+    }
+
+    /// Downloads the files and runs one extension's command; never fails, it reports.
+    async fn run_one(
+        &self,
+        key: &InstanceKey,
+        e: &Extension,
+        prot: Option<&Value>,
+        fingerprint: String,
+        timeout: Duration,
+    ) -> ExtensionStatus {
+        let uris = e.file_uris(prot);
+        let keep: Vec<String> = uris.iter().filter_map(|u| fetch::file_name(u)).collect();
+        let secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
+        let redact = |s: &str| extension::redact(s, &secrets, &keep);
+        let mut status = ExtensionStatus {
+            name: e.name.clone(),
+            kind: e.full_type(),
+            type_handler_version: e.properties.type_handler_version.clone(),
+            state: ExtensionRunState::Failed,
+            exit_code: None,
+            message: String::new(),
+            time: self.clock.now(),
+            fingerprint,
+        };
+        let mut files = Vec::new();
+        for u in &uris {
+            let Some(name) = fetch::file_name(u) else {
+                status.message = redact(&format!("Enable failed: cannot tell a file name from {u}"));
+                return status;
+            };
+            match fetch::fetch(&self.http, u, &self.config.fetch).await {
+                Ok(bytes) => files.push((name, bytes)),
+                Err(why) => {
+                    status.message = redact(&format!("Enable failed: downloading {u} failed: {why}"));
+                    return status;
+                }
+            }
+        }
+        let command = match e.command(prot) {
+            Some(Command::Shell(c)) => c,
+            Some(Command::Script(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+                Ok(script) => {
+                    files.push(("script.sh".into(), script));
+                    "/bin/sh ./script.sh".into()
+                }
+                Err(_) => {
+                    status.message = "Enable failed: settings.script is not valid base64".into();
+                    return status;
+                }
+            },
+            None => {
+                status.message = "Enable failed: no commandToExecute or script".into();
+                return status;
+            }
+        };
+        let run = ScriptRun { name: e.name.clone(), files, command, timeout };
+        match self.driver.run_script(key, &run).await {
+            Ok(out) => {
+                status.exit_code = out.exit_code;
+                let verdict = if out.succeeded() {
+                    status.state = ExtensionRunState::Succeeded;
+                    "Enable succeeded".to_string()
+                } else if out.timed_out {
+                    format!("Enable failed: timed out after {}s", timeout.as_secs())
+                } else {
+                    match out.exit_code {
+                        Some(c) => format!("Enable failed: exit code {c}"),
+                        None => "Enable failed: killed by a signal".into(),
+                    }
+                };
+                let text = format!(
+                    "{verdict}\n[stdout]\n{}\n[stderr]\n{}",
+                    String::from_utf8_lossy(&out.stdout).trim_end(),
+                    String::from_utf8_lossy(&out.stderr).trim_end()
+                );
+                status.message = redact(&text);
+            }
+            Err(why) => status.message = redact(&format!("Enable failed: {why}")),
+        }
+        status.time = self.clock.now();
+        status
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
