@@ -44,8 +44,10 @@ EPOCH=1700000000
 
 # Modules wanted in the guest; their dependencies are added automatically and
 # the load order is computed from each module's depends= field.
+# button + evdev: the ACPI power button as an input device, which busybox acpid
+# turns into a clean power-off (QMP system_powerdown stops the VM).
 MODULES="virtio_pci virtio_net virtio_console virtio_blk virtio_rng virtio_balloon
-         isofs vfat nls_cp437 nls_ascii nls_utf8"
+         isofs vfat nls_cp437 nls_ascii nls_utf8 button evdev"
 # Loaded only when no seed is found on a virtio disk: the seed as an IDE CD-ROM
 # (i440fx "pc" machine). The cloud kernel has no AHCI, so no q35 SATA CD-ROM.
 MODULES_CDROM="ata_piix sr_mod isofs"

@@ -1,4 +1,8 @@
-//! The QEMU driver's building blocks: real VMs are herd's reason to exist.
+//! The QEMU driver: real VMs are herd's reason to exist.
+//!
+//! [`QemuDriver`] implements `herd_driver::Driver` with one daemonized QEMU per instance (see
+//! the [`driver`] module for the lifecycle, readiness, stopping, host reboots and scripts). Its
+//! building blocks:
 //!
 //! - [`accel`]: `auto` picks KVM only if a canary guest actually runs under it, else TCG.
 //! - [`disk`]: a qcow2 overlay per instance on the image's read-only disk, and data disks.
@@ -8,13 +12,29 @@
 //!   asynchronous events apart from command replies (lifecycle: powerdown, stop, quit, status).
 //! - [`qga`]: a client for the QEMU guest agent on a virtio-serial channel (exec, file writes),
 //!   which runs extensions inside a running VM without a reboot.
+//! - `vm_dir` (the instance directory is the driver's state), `command_line` (QEMU's argv as a
+//!   pure function, with the marker that finds our processes in `/proc`) and `procfs` (liveness,
+//!   orphans, stats, and who holds a port QEMU could not forward).
 //!
-//! The `Driver` implementation that ties them to the reconciler comes next.
+//! Why state on disk and QEMU daemonized: a server restart (or crash) must neither stop nor
+//! lose a single VM. A new driver on the same root and tag re-adopts every VM from its
+//! directory and its QEMU's argv marker, and QEMU processes whose directory is gone are
+//! reported as orphans so the reconciler removes them.
 
 #![forbid(unsafe_code)]
 
 pub mod accel;
+mod command_line;
 pub mod disk;
+pub mod driver;
+mod procfs;
 pub mod qga;
 pub mod qmp;
 pub mod seed;
+mod vm_dir;
+
+pub use accel::Accel;
+pub use driver::{
+    QemuConfig, QemuDriver, DEFAULT_BOOT_TIMEOUT, DEFAULT_EXTRA_PORTS, DEFAULT_QEMU, DEFAULT_STOP_TIMEOUT,
+    GUEST_COMMAND_FILE, GUEST_EXTENSIONS_DIR, KERNEL_OS_DISK_GB,
+};

@@ -6,9 +6,10 @@
 //! channel, an agent that accepts but never answers, and the connection going away.
 //!
 //! `boots_the_test_guest_over_qmp_and_qga` boots herd's test guest (`images/testguest`,
-//! version 1.0.0, built into `$HERD_TESTGUEST_OUT`, default `/tmp/tg-out`, by `build.sh` if
-//! missing) under QEMU TCG once and checks both clients end to end, from boot to power-off
-//! (about 15 s on two cores). QEMU is always killed and its temp dir removed, even on failure.
+//! version 1.0.0, built into `$HERD_TESTGUEST_OUT`, default `/tmp/tg-out`, by `build.sh`,
+//! cached) under QEMU TCG once and checks both clients end to end, from boot to power-off by
+//! the ACPI power button (about 15 s on two cores). QEMU is always killed and its temp dir
+//! removed, even on failure.
 
 use herd_driver_qemu::qga::{Qga, QgaError};
 use herd_driver_qemu::qmp::{Qmp, QmpError, QmpEvent, VmStatus};
@@ -425,15 +426,19 @@ impl Drop for Vm {
     }
 }
 
-/// `$HERD_TESTGUEST_OUT` (default `/tmp/tg-out`), built with `images/testguest/build.sh` if
-/// the 1.0.0 image is missing (cached, ~20 s cold).
+/// `$HERD_TESTGUEST_OUT` (default `/tmp/tg-out`), brought up to date with
+/// `images/testguest/build.sh` (cached: a no-op rerun takes a fraction of a second, a cold
+/// build about 20 s). When the images exist but the build cannot run here, they are used as
+/// they are.
 fn testguest_out() -> PathBuf {
     let out = PathBuf::from(std::env::var_os("HERD_TESTGUEST_OUT").unwrap_or_else(|| "/tmp/tg-out".into()));
-    if !out.join("1.0.0/initrd.img").is_file() {
-        let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/testguest/build.sh");
-        eprintln!("building the test guest: {} {}", build.display(), out.display());
-        let status = Command::new(&build).arg(&out).status().expect("run build.sh");
-        assert!(status.success(), "{} failed", build.display());
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/testguest/build.sh");
+    let built = Command::new(&build).arg(&out).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let have = out.join("1.0.0/initrd.img").is_file();
+    match built {
+        Ok(s) if s.success() => {}
+        _ if have => eprintln!("warning: {} {} failed; using the images as they are", build.display(), out.display()),
+        other => panic!("{} {} failed: {other:?}", build.display(), out.display()),
     }
     out
 }
@@ -483,50 +488,6 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-/// The guest has no ACPI power-button handling (no `button`/`evdev` modules, no acpid), so
-/// `system_powerdown` does nothing. The kernel modules are in the build cache: upload them,
-/// load them and start busybox `acpid` with a `PWRF` action that powers off. `false` if the
-/// modules are not found.
-async fn enable_acpi_power_button(qga: &Qga, out: &Path) -> bool {
-    let info = std::fs::read_to_string(out.join("1.0.0/BUILD-INFO")).unwrap_or_default();
-    let get = |k: &str| info.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or("").to_string();
-    let cache = std::env::var_os("HERD_TESTGUEST_CACHE").map(PathBuf::from).unwrap_or_else(|| out.join(".cache"));
-    let drivers = cache
-        .join("kernel")
-        .join(get("kernel_package"))
-        .join("lib/modules")
-        .join(get("kernel_release"))
-        .join("kernel/drivers");
-    let modules = [drivers.join("input/evdev.ko"), drivers.join("acpi/button.ko")];
-    if !modules.iter().all(|m| m.is_file()) {
-        eprintln!("ACPI power button: modules not found under {}", drivers.display());
-        return false;
-    }
-    const NO_ENV: &[&str] = &[];
-    for m in &modules {
-        let guest = format!("/tmp/{}", m.file_name().unwrap().to_string_lossy());
-        qga.write_file(&guest, &std::fs::read(m).unwrap(), None).await.unwrap();
-        let st = qga.run("insmod", &[guest.as_str()], NO_ENV, None, T).await.unwrap();
-        assert!(st.success(), "insmod {guest}: {}", String::from_utf8_lossy(&st.stderr));
-    }
-    let st = qga.run("mkdir", &["-p", "/etc/acpi/PWRF"], NO_ENV, None, T).await.unwrap();
-    assert!(st.success());
-    qga.write_file("/etc/acpi/PWRF/00000080", b"#!/bin/sh\nexec poweroff\n", Some(0o755)).await.unwrap();
-    let st = qga.run("acpid", NO_ENV, NO_ENV, None, T).await.unwrap();
-    assert!(st.success(), "acpid: {}", String::from_utf8_lossy(&st.stderr));
-    // acpid opens the event devices after it forked: poll until it holds all of them.
-    let check = r#"p=$(pidof acpid) || exit 1
-n=$(ls /dev/input | grep -c '^event')
-m=$(ls -l /proc/$p/fd | grep -c /dev/input/event)
-[ "$n" -ge 1 ] && [ "$m" -ge "$n" ]"#;
-    let deadline = Instant::now() + T;
-    while !qga.run("sh", &["-c", check], NO_ENV, None, T).await.unwrap().success() {
-        assert!(Instant::now() < deadline, "acpid did not open /dev/input/event*");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    true
 }
 
 #[tokio::test]
@@ -599,33 +560,14 @@ async fn boots_the_test_guest_over_qmp_and_qga() {
     }
     assert_eq!(qmp.query_status().await.unwrap(), VmStatus::Running);
 
-    // Without a power-button handler in the guest, the button is ignored.
-    assert!(!qmp.powerdown_with_timeout(Duration::from_secs(2)).await.unwrap());
+    // The ACPI power button (busybox acpid in the guest) powers the guest off cleanly: the
+    // SHUTDOWN event says "guest-shutdown", well before the timeout, and QEMU exits.
+    let pressed = Instant::now();
+    assert!(qmp.powerdown_with_timeout(Duration::from_secs(30)).await.unwrap(), "guest did not power off");
+    assert!(pressed.elapsed() < Duration::from_secs(15), "power-off took {:?}", pressed.elapsed());
     let seen = drain(&mut events);
     assert!(seen.iter().any(|e| e.event == "POWERDOWN"), "{seen:?}");
-    assert!(!seen.iter().any(|e| e.event == "SHUTDOWN"), "{seen:?}");
-    step("system_powerdown ignored without a handler");
-
-    if enable_acpi_power_button(&qga, &out).await {
-        step("ACPI power button handler running in the guest");
-        assert_eq!(qmp.query_status().await.unwrap(), VmStatus::Running);
-        assert!(qmp.powerdown_with_timeout(Duration::from_secs(30)).await.unwrap(), "guest did not power off");
-    } else {
-        eprintln!("checking power-off through guest-shutdown instead");
-        let mut rx = qmp.events();
-        qga.shutdown().await.unwrap();
-        let ev = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match rx.recv().await.unwrap() {
-                    ev if ev.event == "SHUTDOWN" => return ev,
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("no SHUTDOWN after guest-shutdown");
-        assert_eq!(ev.data["reason"], "guest-shutdown");
-    }
+    step("system_powerdown: guest powered off");
     assert!(vm.wait_exit(Duration::from_secs(30)).await, "QEMU exited with an error");
     step("guest powered off, QEMU exited");
 

@@ -364,17 +364,18 @@ pub struct ExtensionStatus {
     pub fingerprint: String,
 }
 
-/// Replaces every secret (and every word of 4+ characters of a secret, except `keep` words such
-/// as file names) in `text` with `***`.
+/// Replaces every secret in `text` with `***`: each protected string whole, and each of its
+/// words of 4+ characters (split at blanks, quotes and `=`), except paths and URLs (they hold
+/// a `/`), `keep` words such as downloaded file names, and common command words.
 pub fn redact(text: &str, secrets: &[String], keep: &[String]) -> String {
     let mut words: Vec<&str> = Vec::new();
     for s in secrets {
         if !s.is_empty() {
             words.push(s);
         }
-        for w in s.split(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
-            let common = ["bash", "sudo", "exec", "python", "python3"].contains(&w);
-            if w.chars().count() >= 4 && !common && !keep.iter().any(|k| k == w) {
+        for w in s.split(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '=') {
+            let common = ["bash", "sudo", "exec", "python", "python3", "export"].contains(&w);
+            if w.chars().count() >= 4 && !common && !w.contains('/') && !keep.iter().any(|k| k == w) {
                 words.push(w);
             }
         }

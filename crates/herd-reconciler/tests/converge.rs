@@ -66,7 +66,10 @@ fn new_set(capacity: i64) -> StoredScaleSet {
         "zones": ["1", "2", "3"],
         "virtualMachineProfile": {
             "osProfile": {"computerNamePrefix": "web"},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}
+            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}},
+            "extensionProfile": {"extensions": [{"name": "setup", "properties": {
+                "publisher": "Herd.Extensions", "type": "CustomScript", "typeHandlerVersion": "2.1",
+                "settings": {"commandToExecute": "echo setup"}}}]}
         }
     }))
     .unwrap();
@@ -113,6 +116,10 @@ impl Env {
     async fn converge(&self, what: &str) {
         for _ in 0..300 {
             let _ = self.rec.pass().await;
+            // Extension runs are background tasks: let them get on.
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
             self.clock.advance(chrono::Duration::seconds(30));
             if self.converged().await {
                 return;
@@ -162,6 +169,16 @@ impl Env {
         self.insert_set(5);
         self.converge("create 5").await;
         check(&self.records(), 5);
+        for r in self.records() {
+            assert_eq!(r.extensions.len(), 1, "the extension ran on first boot: {r:#?}");
+            assert_eq!(r.extensions[0].state, herd_model::extension::ExtensionRunState::Succeeded);
+            let key = herd_model::InstanceKey {
+                group: GroupName::new("rg").unwrap(),
+                set: ScaleSetName::new("web").unwrap(),
+                id: r.instance_id,
+            };
+            assert!(!self.sim.script_runs(&key).is_empty());
+        }
         let first: BTreeSet<u64> = self.records().iter().map(|r| r.instance_id.0).collect();
 
         self.edit_set(|s| s.model.sku.capacity = 8);

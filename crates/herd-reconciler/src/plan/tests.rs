@@ -293,6 +293,45 @@ fn automatic_mode_reimages_old_generations_manual_does_not() {
 }
 
 #[test]
+fn extensions_run_in_place_only_on_running_instances_and_only_when_the_base_is_unchanged() {
+    // A pending run happens on a running instance, not on a stopped one.
+    let mut a = rec(0, InstanceState::Running);
+    a.pending = Some(PendingAction::RunExtensions);
+    let mut b = rec(1, InstanceState::Stopped);
+    b.goal = InstanceGoal::Stopped;
+    b.pending = Some(PendingAction::RunExtensions);
+    let mut c = Case::new(set(2, &[], false), vec![a, b]);
+    c.observed.insert(InstanceId(1), ObservedPower::Stopped);
+    assert_eq!(c.plan(), [Step::RunExtensions(InstanceId(0))]);
+
+    // Automatic mode: an extension-only change runs in place; a base change reimages; and an
+    // instance that cannot run scripts in place (no guest agent) reimages too.
+    let mut s = set(1, &[], false);
+    s.model.upgrade_policy.mode = UpgradeMode::Automatic;
+    s.model_generation = 2;
+    let mut same = rec(0, InstanceState::Running);
+    same.base_fingerprint = Some(s.model.base_fingerprint());
+    let c = Case::new(s.clone(), vec![same.clone()]);
+    assert_eq!(c.plan(), [Step::RunExtensions(InstanceId(0))]);
+    let mut other = same.clone();
+    other.base_fingerprint = Some("an older image".into());
+    assert_eq!(Case::new(s.clone(), vec![other]).plan(), [Step::Reimage(InstanceId(0))]);
+    let no_agent = Case::new(s, vec![same]);
+    let steps = plan(&SetInput {
+        in_place_extensions: false,
+        set: &no_agent.set,
+        set_revision: 5,
+        status: &no_agent.status,
+        instances: &no_agent.instances,
+        observed: &no_agent.observed,
+        now: t0(),
+        limits: &no_agent.limits,
+    })
+    .steps;
+    assert_eq!(steps, [Step::Reimage(InstanceId(0))]);
+}
+
+#[test]
 fn deleting_set_destroys_everything_then_removes_itself() {
     let mut s = set(2, &[], false);
     s.deleting = true;

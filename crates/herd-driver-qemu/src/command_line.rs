@@ -1,0 +1,257 @@
+//! The QEMU command line of one VM, as a pure function of its [`VmSpec`] and paths.
+//!
+//! Why a pure function: the command line decides everything the guest sees (machine, disks,
+//! NIC, forwarded ports, channels) and everything the host can later find out about the VM
+//! (the argv marker), so it is built in one place and table-tested without starting QEMU.
+//!
+//! - `-name herd:<tag id>:<group>/<set>/<id>`: the marker. The tag id is a 64-bit FNV-1a hash
+//!   of the driver's tag in hex (the tag is a path and may hold any character; the hash is
+//!   argv-safe), so `/proc/*/cmdline` tells which server and which instance a QEMU belongs to,
+//!   even when its directory is gone. The argv holds no secret.
+//! - `-daemonize -pidfile qemu.pid`: the QEMU we run returns once the VM is set up, with exit
+//!   status 0, or prints why it could not (a port already bound, a missing kernel) and exits 1;
+//!   the VM itself is reparented to init and survives the server.
+//! - `-D qemu.log -d plugin`: a daemonized QEMU sends its stderr to `/dev/null` unless logging
+//!   is enabled; `plugin` output exists only with TCG plugins (none are loaded), so this only
+//!   keeps QEMU's own messages (`terminating on signal 15 from pid …`, I/O errors) in
+//!   `qemu.log`, and nothing a guest does can grow that file (`guest_errors` or `unimp` would
+//!   let it). QEMU truncates the file when it starts. Only when this QEMU knows the item
+//!   (built with plugin support, see [`supports_plugin_log`]); otherwise `qemu.log` holds
+//!   just what QEMU said before it daemonized (startup errors).
+//! - `-machine pc`, `-nodefaults`: only the devices listed here. Disks, NIC, serial channel and
+//!   RNG are virtio; the OS disk has `bootindex=0` for disk images; data disks carry the serial
+//!   `herd-lun-<lun>` (`/dev/disk/by-id/virtio-herd-lun-<lun>` in the guest).
+//! - Serial console: a file chardev with `append=on` (`console.log` spans boots).
+//! - User networking with one `hostfwd=tcp:<reach address>:<port>-:<port>` per forwarded port;
+//!   the guest reaches the host's loopback services at 10.0.2.2 (QEMU's default).
+
+use crate::accel::Accel;
+use crate::vm_dir::{VmDir, VmSpec};
+use herd_model::image::ImageSource;
+use herd_model::InstanceKey;
+
+/// The kernel command line for kernel images that bring none.
+pub(crate) const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// 64-bit FNV-1a: small, stable across Rust versions and platforms (unlike `DefaultHasher`).
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The marker prefix of every QEMU this tag starts: `herd:<16 hex digits>:`.
+pub(crate) fn marker_prefix(tag: &str) -> String {
+    format!("herd:{:016x}:", fnv1a64(tag.as_bytes()))
+}
+
+/// A stable, locally administered unicast MAC for `key`: `52:54:` (QEMU's customary prefix,
+/// which has the locally-administered bit set) and 32 bits of a hash of the key.
+pub(crate) fn mac_for(key: &InstanceKey) -> String {
+    let h = fnv1a64(key.path().as_bytes()).to_be_bytes();
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
+}
+
+/// The guest ports forwarded from the reach address: the spec's and the driver's extra ports,
+/// deduplicated and sorted.
+pub(crate) fn forwarded_ports(spec_ports: &[u16], extra: &[u16]) -> Vec<u16> {
+    let mut ports: Vec<u16> = spec_ports.iter().chain(extra).copied().filter(|p| *p != 0).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Whether `qemu -d help` lists the `plugin` log item (QEMU built with TCG plugin support).
+pub(crate) fn supports_plugin_log(qemu: &std::path::Path) -> bool {
+    std::process::Command::new(qemu)
+        .args(["-d", "help"])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split_whitespace().next() == Some("plugin"))
+        })
+}
+
+/// A value inside a QEMU `key=value,...` option: commas are doubled.
+fn opt(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+fn path_opt(p: &std::path::Path) -> String {
+    opt(&p.to_string_lossy())
+}
+
+/// The full argv (without the program) that starts `spec` from `d`.
+pub(crate) fn qemu_args(marker: &str, accel: Accel, runtime_log: bool, spec: &VmSpec, d: &VmDir) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("{marker}{}", spec.key)]);
+    push(&["-machine", "pc"]);
+    match accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg,thread=multi"]),
+    }
+    push(&["-smp", &spec.vcpus.to_string(), "-m", &spec.memory_mib.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-daemonize", "-pidfile", &d.qemu_pidfile().to_string_lossy()]);
+    if runtime_log {
+        push(&["-D", &d.qemu_log().to_string_lossy(), "-d", "plugin"]);
+    }
+    // Serial console, appended across boots.
+    push(&["-chardev", &format!("file,id=serial0,path={},append=on", path_opt(&d.console()))]);
+    push(&["-serial", "chardev:serial0"]);
+    // QMP.
+    push(&["-chardev", &format!("socket,id=qmp0,path={},server=on,wait=off", path_opt(&d.qmp_socket()))]);
+    push(&["-mon", "chardev=qmp0,mode=control"]);
+    // Guest agent channel (harmless for guests without an agent).
+    push(&["-device", "virtio-serial-pci,id=vser0"]);
+    push(&["-chardev", &format!("socket,id=qga0,path={},server=on,wait=off", path_opt(&d.qga_socket()))]);
+    push(&["-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"]);
+    // Disks: OS, seed, data (by LUN).
+    push(&["-drive", &format!("file={},if=none,id=os,format=qcow2", path_opt(&d.os_disk()))]);
+    let os_dev = match spec.image {
+        ImageSource::Disk { .. } => "virtio-blk-pci,drive=os,bootindex=0",
+        _ => "virtio-blk-pci,drive=os",
+    };
+    push(&["-device", os_dev]);
+    push(&["-drive", &format!("file={},if=none,id=seed,format=raw,readonly=on", path_opt(&d.seed()))]);
+    push(&["-device", "virtio-blk-pci,drive=seed"]);
+    let mut disks = spec.data_disks.clone();
+    disks.sort_by_key(|dd| dd.lun);
+    for dd in &disks {
+        let id = format!("data{}", dd.lun);
+        push(&["-drive", &format!("file={},if=none,id={id},format=qcow2", path_opt(&d.data_disk(dd.lun)))]);
+        push(&["-device", &format!("virtio-blk-pci,drive={id},serial=herd-lun-{}", dd.lun)]);
+    }
+    // Network: user mode, one host forward per port on the reach address.
+    let mut netdev = String::from("user,id=net0");
+    for p in &spec.ports {
+        netdev.push_str(&format!(",hostfwd=tcp:{}:{p}-:{p}", spec.reach_address));
+    }
+    push(&["-netdev", &netdev]);
+    push(&["-device", &format!("virtio-net-pci,netdev=net0,mac={}", spec.mac)]);
+    push(&["-device", "virtio-rng-pci"]);
+    if let ImageSource::Kernel { kernel, initrd, cmdline } = &spec.image {
+        push(&["-kernel", kernel]);
+        if let Some(initrd) = initrd {
+            push(&["-initrd", initrd]);
+        }
+        push(&["-append", cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)]);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_driver::DataDisk;
+    use std::path::{Path, PathBuf};
+
+    fn key(s: &str) -> InstanceKey {
+        InstanceKey::parse_path(s).unwrap()
+    }
+
+    fn spec(image: ImageSource) -> VmSpec {
+        VmSpec {
+            key: "rg/web/3".into(),
+            computer_name: "web000003".into(),
+            image,
+            vcpus: 2,
+            memory_mib: 512,
+            reach_address: "127.200.0.3".parse().unwrap(),
+            ports: vec![80, 8080],
+            guest_agent: true,
+            data_disks: vec![DataDisk { lun: 1, size_gb: 2 }, DataDisk { lun: 0, size_gb: 1 }],
+            mac: mac_for(&key("rg/web/3")),
+            instance_id: "x".into(),
+            reimage_count: 0,
+            model_generation: 1,
+        }
+    }
+
+    fn dir(p: &str) -> VmDir {
+        VmDir { dir: PathBuf::from(p), socket_fallback: PathBuf::from("/run/x/y") }
+    }
+
+    /// The value after `flag`, for each occurrence.
+    fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn kernel_images_boot_directly_with_forwards_and_disks() {
+        let s = spec(ImageSource::Kernel {
+            kernel: "/g/vmlinuz".into(),
+            initrd: Some("/g/initrd.img".into()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+        });
+        let args = qemu_args("herd:00ff:", Accel::Tcg, true, &s, &dir("/r/rg/web/3"));
+        assert_eq!(values(&args, "-D"), ["/r/rg/web/3/qemu.log"]);
+        assert_eq!(values(&args, "-d"), ["plugin"]);
+        assert_eq!(values(&args, "-name"), ["herd:00ff:rg/web/3"]);
+        assert_eq!(values(&args, "-accel"), ["tcg,thread=multi"]);
+        assert_eq!(values(&args, "-smp"), ["2"]);
+        assert_eq!(values(&args, "-m"), ["512"]);
+        assert_eq!(values(&args, "-kernel"), ["/g/vmlinuz"]);
+        assert_eq!(values(&args, "-initrd"), ["/g/initrd.img"]);
+        assert_eq!(values(&args, "-append"), ["console=ttyS0 quiet"]);
+        assert_eq!(values(&args, "-pidfile"), ["/r/rg/web/3/qemu.pid"]);
+        assert!(args.contains(&"-daemonize".to_string()));
+        assert_eq!(
+            values(&args, "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.200.0.3:80-:80,hostfwd=tcp:127.200.0.3:8080-:8080"]
+        );
+        let devices = values(&args, "-device");
+        assert!(devices.contains(&"virtio-blk-pci,drive=os"), "{devices:?}");
+        assert!(devices.contains(&"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"));
+        assert!(devices.contains(&format!("virtio-net-pci,netdev=net0,mac={}", s.mac).as_str()));
+        let drives = values(&args, "-drive");
+        assert_eq!(drives.len(), 4, "os, seed, two data disks: {drives:?}");
+        assert!(drives[1].contains("seed.img") && drives[1].contains("readonly=on"));
+        assert!(drives[2].contains("data-0.qcow2") && drives[3].contains("data-1.qcow2"), "by LUN");
+        assert!(values(&args, "-chardev").iter().any(|c| c.contains("console.log,append=on")));
+    }
+
+    #[test]
+    fn disk_images_boot_from_the_os_disk_and_paths_are_escaped() {
+        let s = spec(ImageSource::Disk { path: "/g/disk.qcow2".into(), format: "qcow2".into() });
+        let args = qemu_args("herd:00ff:", Accel::Kvm, false, &s, &dir("/r,odd/rg/web/3"));
+        assert!(values(&args, "-D").is_empty() && values(&args, "-d").is_empty());
+        assert!(values(&args, "-kernel").is_empty());
+        assert!(values(&args, "-device").contains(&"virtio-blk-pci,drive=os,bootindex=0"));
+        assert_eq!(values(&args, "-accel"), ["kvm"]);
+        assert_eq!(values(&args, "-cpu"), ["host"]);
+        assert!(values(&args, "-drive")[0].starts_with("file=/r,,odd/rg/web/3/os.qcow2,"));
+        // Plain arguments (not key=value options) are not escaped.
+        assert_eq!(values(&args, "-pidfile"), ["/r,odd/rg/web/3/qemu.pid"]);
+        let no_initrd = spec(ImageSource::Kernel { kernel: "/k".into(), initrd: None, cmdline: None });
+        let args = qemu_args("m:", Accel::Tcg, false, &no_initrd, &dir("/r"));
+        assert!(values(&args, "-initrd").is_empty());
+        assert_eq!(values(&args, "-append"), [DEFAULT_CMDLINE]);
+        assert!(Path::new("/r").is_absolute());
+    }
+
+    #[test]
+    fn this_qemu_keeps_its_runtime_log() {
+        let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
+        if qemu.exists() {
+            assert!(supports_plugin_log(qemu), "Debian's QEMU is built with plugins");
+        }
+        assert!(!supports_plugin_log(std::path::Path::new("/nonexistent/qemu")));
+    }
+
+    #[test]
+    fn markers_macs_and_ports() {
+        assert_eq!(marker_prefix("herd:/var/lib/herd"), marker_prefix("herd:/var/lib/herd"));
+        assert_ne!(marker_prefix("herd:/a"), marker_prefix("herd:/b"));
+        assert_eq!(marker_prefix("x").len(), "herd:".len() + 16 + 1);
+        let mac = mac_for(&key("rg/web/3"));
+        assert_eq!(mac, mac_for(&key("rg/web/3")));
+        assert_ne!(mac, mac_for(&key("rg/web/4")));
+        assert!(mac.starts_with("52:54:") && mac.len() == 17);
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10, "locally administered, unicast");
+        assert_eq!(forwarded_ports(&[8080, 80, 22], &[80, 443]), vec![22, 80, 443, 8080]);
+        assert_eq!(forwarded_ports(&[], &[]), Vec::<u16>::new());
+    }
+}

@@ -1,0 +1,406 @@
+//! The on-disk layout of one VM and the small files in it.
+//!
+//! Why: the instance directory *is* the driver's state. Nothing that matters is kept in memory,
+//! so a new server on the same root sees exactly what the old one left (re-adoption), and every
+//! small file is written atomically (a uniquely named temporary file, then a rename) so a crash
+//! leaves either the old or the new content.
+//!
+//! ```text
+//! root/<group>/<set>/<id>/
+//!   spec.json      what starting the VM needs without the instance spec (VmSpec)
+//!   os.qcow2       OS disk: overlay on the image's disk, or an empty disk (kernel images)
+//!   data-<lun>.qcow2  data disks, kept across reimage
+//!   seed.img       NoCloud seed (FAT, label CIDATA), mode 0600: it may hold a password hash
+//!   power          desired power: running | stopped | deallocated
+//!   pid            "<pid> <starttime> <console offset>" of the current (or last) QEMU;
+//!                  "0 0 <offset>" while a start is under way
+//!   ready          "<pid> <starttime>" of the QEMU whose guest was seen ready
+//!   boot-id        the host's boot id when QEMU was last started
+//!   start-error    why the last start failed (removed by the next start)
+//!   console.log    serial console (appended across boots)
+//!   qemu.log       QEMU's own messages of its current (or last) run
+//!   qemu.pid       written by QEMU (-pidfile), removed by QEMU when it exits
+//!   qmp.sock       QMP socket          \  here when the path fits in a Unix socket address,
+//!   qga.sock       guest-agent socket  /  else in a private short directory (see below)
+//! ```
+
+use crate::procfs::ProcId;
+use herd_driver::DataDisk;
+use herd_model::image::ImageSource;
+use herd_model::{GroupName, InstanceId, InstanceKey, ScaleSetName};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The longest socket path QEMU and we can use (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Desired power, as kept in the `power` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Power {
+    Running,
+    Stopped,
+    Deallocated,
+}
+
+impl Power {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Power::Running => "running",
+            Power::Stopped => "stopped",
+            Power::Deallocated => "deallocated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "running" => Some(Power::Running),
+            "stopped" => Some(Power::Stopped),
+            "deallocated" => Some(Power::Deallocated),
+            _ => None,
+        }
+    }
+}
+
+/// What starting a VM needs, fixed at create and reimage time (`spec.json`). Secrets (password
+/// hash, custom data) are not kept here: they are in the seed image only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VmSpec {
+    pub key: String,
+    pub computer_name: String,
+    pub image: ImageSource,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub reach_address: std::net::Ipv4Addr,
+    /// Guest TCP ports forwarded from `reach_address` (same port on both sides), sorted.
+    pub ports: Vec<u16>,
+    pub guest_agent: bool,
+    pub data_disks: Vec<DataDisk>,
+    pub mac: String,
+    /// The seed's `instance-id`; new on every reimage.
+    pub instance_id: String,
+    /// How often the instance was reimaged (0: as created).
+    pub reimage_count: u64,
+    pub model_generation: u64,
+}
+
+/// The `pid` file: the QEMU of the current (or last) start and where its boot begins in
+/// `console.log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PidRecord {
+    /// `None` while a start is under way (or after it failed before QEMU ran).
+    pub id: Option<ProcId>,
+    pub console_offset: u64,
+}
+
+impl PidRecord {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split_whitespace();
+        let pid: u32 = it.next()?.parse().ok()?;
+        let start: u64 = it.next()?.parse().ok()?;
+        let console_offset = it.next().and_then(|o| o.parse().ok()).unwrap_or(0);
+        Some(Self { id: (pid != 0).then_some(ProcId { pid, start }), console_offset })
+    }
+
+    pub fn render(&self) -> String {
+        let (pid, start) = self.id.map_or((0, 0), |id| (id.pid, id.start));
+        format!("{pid} {start} {}\n", self.console_offset)
+    }
+}
+
+/// Paths and file access for one instance directory.
+#[derive(Debug, Clone)]
+pub(crate) struct VmDir {
+    pub dir: PathBuf,
+    /// Where the sockets go when `dir` is too long for a socket address (see [`VmDir::socket`]).
+    pub socket_fallback: PathBuf,
+}
+
+impl VmDir {
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    pub fn os_disk(&self) -> PathBuf {
+        self.file("os.qcow2")
+    }
+    pub fn data_disk(&self, lun: u32) -> PathBuf {
+        self.file(&format!("data-{lun}.qcow2"))
+    }
+    pub fn seed(&self) -> PathBuf {
+        self.file("seed.img")
+    }
+    pub fn console(&self) -> PathBuf {
+        self.file("console.log")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.file("qemu.log")
+    }
+    pub fn qemu_pidfile(&self) -> PathBuf {
+        self.file("qemu.pid")
+    }
+
+    /// A socket's path: in the instance directory when that fits in a Unix socket address,
+    /// else `<fallback>-<name>` in the driver's private socket directory.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        let here = self.file(name);
+        if here.as_os_str().len() <= MAX_SOCKET_PATH {
+            return here;
+        }
+        let stem = self.socket_fallback.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        self.socket_fallback.with_file_name(format!("{stem}-{name}"))
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.socket("qmp.sock")
+    }
+    pub fn qga_socket(&self) -> PathBuf {
+        self.socket("qga.sock")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    pub fn read_spec(&self) -> io::Result<VmSpec> {
+        let text = fs::read_to_string(self.file("spec.json"))?;
+        serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("spec.json: {e}")))
+    }
+
+    pub fn write_spec(&self, spec: &VmSpec) -> io::Result<()> {
+        let text = serde_json::to_string_pretty(spec).map_err(io::Error::other)?;
+        atomic_write(&self.file("spec.json"), format!("{text}\n").as_bytes())
+    }
+
+    pub fn read_power(&self) -> Option<Power> {
+        Power::parse(&fs::read_to_string(self.file("power")).ok()?)
+    }
+
+    pub fn write_power(&self, p: Power) -> io::Result<()> {
+        if self.read_power() == Some(p) {
+            return Ok(());
+        }
+        atomic_write(&self.file("power"), format!("{}\n", p.as_str()).as_bytes())
+    }
+
+    pub fn read_pid(&self) -> Option<PidRecord> {
+        PidRecord::parse(&fs::read_to_string(self.file("pid")).ok()?)
+    }
+
+    pub fn write_pid(&self, rec: PidRecord) -> io::Result<()> {
+        atomic_write(&self.file("pid"), rec.render().as_bytes())
+    }
+
+    /// The QEMU whose guest was seen ready.
+    pub fn read_ready(&self) -> Option<ProcId> {
+        PidRecord::parse(&fs::read_to_string(self.file("ready")).ok()?)?.id
+    }
+
+    /// Records that the guest of `id` is ready. Never creates the directory (it may have been
+    /// destroyed meanwhile).
+    pub fn write_ready(&self, id: ProcId) -> io::Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        atomic_write(&self.file("ready"), PidRecord { id: Some(id), console_offset: 0 }.render().as_bytes())
+    }
+
+    pub fn read_boot_id(&self) -> Option<String> {
+        Some(fs::read_to_string(self.file("boot-id")).ok()?.trim().to_string())
+    }
+
+    pub fn write_boot_id(&self, id: &str) -> io::Result<()> {
+        atomic_write(&self.file("boot-id"), format!("{id}\n").as_bytes())
+    }
+
+    pub fn read_start_error(&self) -> Option<String> {
+        Some(fs::read_to_string(self.file("start-error")).ok()?.trim().to_string())
+    }
+
+    pub fn write_start_error(&self, msg: &str) -> io::Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        atomic_write(&self.file("start-error"), format!("{msg}\n").as_bytes())
+    }
+
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        ignore_missing(fs::remove_file(self.file(name)))
+    }
+
+    /// The last non-empty line of a log file in the directory, shortened to `max_len` bytes.
+    pub fn last_line(&self, name: &str, max_len: usize) -> Option<String> {
+        let tail = read_tail(&self.file(name), 4096)?;
+        let text = String::from_utf8_lossy(&tail);
+        let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+        Some(shorten(line, max_len))
+    }
+}
+
+/// The last `max` bytes of a file.
+pub(crate) fn read_tail(path: &Path, max: u64) -> Option<Vec<u8>> {
+    let mut f = fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), with `…` when cut.
+pub(crate) fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Writes `bytes` to `path` through a uniquely named temporary file and a rename.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    atomic_write_mode(path, bytes, 0o644)
+}
+
+/// [`atomic_write`] creating the file with `mode` (the umask may only take bits away; they are
+/// set explicitly).
+pub(crate) fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp =
+        path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+pub(crate) fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Removes a tree; `Ok` if it is already gone.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    ignore_missing(fs::remove_dir_all(path))
+}
+
+/// Every instance directory under `root`, by key. Anything that is not a valid
+/// `<group>/<set>/<id>` (such as a `.N.creating` directory) is skipped.
+pub(crate) fn walk(root: &Path) -> Vec<(InstanceKey, PathBuf)> {
+    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
+        fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                if !e.file_type().ok()?.is_dir() {
+                    return None;
+                }
+                Some((e.file_name().into_string().ok()?, e.path()))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (g, gp) in subdirs(root) {
+        let Ok(group) = GroupName::new(g) else { continue };
+        for (s, sp) in subdirs(&gp) {
+            let Ok(set) = ScaleSetName::new(s) else { continue };
+            for (i, ip) in subdirs(&sp) {
+                let Ok(id) = i.parse::<u64>() else { continue };
+                if id.to_string() != i {
+                    continue;
+                }
+                out.push((InstanceKey { group: group.clone(), set: set.clone(), id: InstanceId(id) }, ip));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(p: &Path) -> VmDir {
+        VmDir { dir: p.to_path_buf(), socket_fallback: p.join("fallback") }
+    }
+
+    #[test]
+    fn files_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dir(t.path());
+        assert_eq!(d.read_power(), None);
+        d.write_power(Power::Deallocated).unwrap();
+        assert_eq!(d.read_power(), Some(Power::Deallocated));
+        let rec = PidRecord { id: Some(ProcId { pid: 5, start: 6 }), console_offset: 77 };
+        d.write_pid(rec).unwrap();
+        assert_eq!(d.read_pid(), Some(rec));
+        let starting = PidRecord { id: None, console_offset: 9 };
+        d.write_pid(starting).unwrap();
+        assert_eq!(d.read_pid(), Some(starting));
+        assert_eq!(
+            PidRecord::parse("12 34"),
+            Some(PidRecord { id: Some(ProcId { pid: 12, start: 34 }), console_offset: 0 })
+        );
+        d.write_ready(ProcId { pid: 5, start: 6 }).unwrap();
+        assert_eq!(d.read_ready(), Some(ProcId { pid: 5, start: 6 }));
+        d.write_boot_id("abc").unwrap();
+        assert_eq!(d.read_boot_id().as_deref(), Some("abc"));
+        assert!(fs::read_dir(t.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+    }
+
+    #[test]
+    fn writes_into_a_removed_directory_do_not_recreate_it() {
+        let t = tempfile::tempdir().unwrap();
+        let gone = t.path().join("gone");
+        let d = dir(&gone);
+        d.write_ready(ProcId { pid: 1, start: 2 }).unwrap();
+        d.write_start_error("x").unwrap();
+        assert!(!gone.exists());
+    }
+
+    #[test]
+    fn long_directories_put_sockets_in_the_fallback() {
+        let short = dir(Path::new("/var/lib/herd/instances/g/s/1"));
+        assert_eq!(short.qmp_socket(), Path::new("/var/lib/herd/instances/g/s/1/qmp.sock"));
+        let long_group = "g".repeat(90);
+        let long = VmDir {
+            dir: Path::new("/var/lib/herd/instances").join(&long_group).join("s").join("1"),
+            socket_fallback: PathBuf::from("/run/herd-qemu-x/0123456789abcdef"),
+        };
+        assert_eq!(long.qga_socket(), Path::new("/run/herd-qemu-x/0123456789abcdef-qga.sock"));
+    }
+
+    #[test]
+    fn last_lines_are_shortened() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dir(t.path());
+        assert_eq!(d.last_line("console.log", 100), None);
+        fs::write(d.console(), "first\nsecond line\n\n").unwrap();
+        assert_eq!(d.last_line("console.log", 100).as_deref(), Some("second line"));
+        assert_eq!(d.last_line("console.log", 6).as_deref(), Some("second…"));
+        assert_eq!(shorten("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn atomic_writes_set_the_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("secret");
+        atomic_write_mode(&p, b"x", 0o600).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
