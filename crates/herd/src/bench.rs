@@ -4,6 +4,7 @@
 //!   process driver the peer is the same number of bare process spawns (what any tool must pay).
 //! - `api`: latency of `list-instances` on a large set; the peer is `/healthz` on the same server
 //!   (the cost of an HTTP round trip with no work).
+//! - `qemu`: real VMs; the peer is hand-run QEMU booting the same image (see `bench_qemu`).
 
 use crate::cli::BenchCmd;
 use crate::client::{set_path, Client};
@@ -57,6 +58,7 @@ async fn setup(driver: DriverKind, max: u64) -> Result<Bench> {
         listen: "127.0.0.1:0".parse()?,
         driver,
         config: Some(config),
+        accel: crate::cli::AccelChoice::Tcg,
     })
     .await?;
     let client = Client::new(&server.url(), Some(server.token.clone()), None)?;
@@ -151,6 +153,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Backend { bind } => backend(bind).await,
+        BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
+            crate::bench_qemu::run(crate::bench_qemu::Options { rounds, counts, testguest, sku, json }).await
+        }
         BenchCmd::Lb { duration, connections, rounds } => lb_bench(duration, connections, rounds).await,
         BenchCmd::Api { instances, requests } => {
             let mut b = setup(DriverKind::Sim, instances).await?;

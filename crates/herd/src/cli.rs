@@ -562,6 +562,26 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 300)]
         requests: u32,
     },
+    /// Real VMs under QEMU (TCG) with the test guest: API call -> QEMU process (control-plane
+    /// overhead), API call -> app answering next to hand-run QEMU boots of the same image, and
+    /// each QEMU's memory beyond the guest's.
+    Qemu {
+        /// Repeat every measurement.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Scale set sizes (VMs created in parallel), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        counts: Vec<u32>,
+        /// The test guest build (images/testguest/build.sh OUT): OUT, using OUT/1.0.0.
+        #[arg(long, env = "HERD_TESTGUEST_OUT", hide_env_values = true, default_value = "/tmp/tg-out")]
+        testguest: std::path::PathBuf,
+        /// VM size (vCPUs and memory of herd's VMs and of the hand-run QEMUs).
+        #[arg(long, default_value = "Standard_B1ls")]
+        sku: String,
+        /// Print only the JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

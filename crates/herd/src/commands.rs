@@ -80,6 +80,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 listen: a.listen,
                 driver: a.driver,
                 config: a.config,
+                accel: a.accel,
             })
             .await
         }

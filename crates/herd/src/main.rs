@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_qemu;
 mod cli;
 mod client;
 mod commands;

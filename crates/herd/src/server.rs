@@ -24,6 +24,8 @@ pub enum DriverKind {
     Process,
     /// Simulated in-memory instances (tests, benchmarks, trying herd out).
     Sim,
+    /// Real virtual machines under QEMU (KVM or TCG).
+    Qemu,
 }
 
 /// `herd.toml`: server settings beyond the flags. Every field is optional.
@@ -47,6 +49,24 @@ pub struct ServerConfig {
     pub network: NetworkSettings,
     #[serde(default)]
     pub extensions: ExtensionSettings,
+    #[serde(default)]
+    pub qemu: QemuSettings,
+}
+
+/// `[qemu]`: how the qemu driver runs VMs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuSettings {
+    /// The QEMU binary (default /usr/bin/qemu-system-x86_64).
+    pub binary: Option<PathBuf>,
+    /// Seconds a guest gets to power off after the ACPI power button before QEMU is stopped
+    /// hard (default 30).
+    pub stop_timeout_secs: Option<u64>,
+    /// Seconds a guest may take to get ready before it counts as failed (default 300).
+    pub boot_timeout_secs: Option<u64>,
+    /// Guest TCP ports forwarded from every instance's address besides the model's load
+    /// balancer and NAT ports (default [80]).
+    pub forward_ports: Option<Vec<u16>>,
 }
 
 /// `[extensions]`: limits on Custom Script runs.
@@ -117,6 +137,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     pub driver: DriverKind,
     pub config: Option<PathBuf>,
+    /// QEMU acceleration for the qemu driver.
+    pub accel: crate::cli::AccelChoice,
 }
 
 /// A running server (used in-process by `herd bench` and tests).
@@ -195,6 +217,40 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
                 seed: cfg.sim.seed.unwrap_or(d.seed),
             }))
         }
+        DriverKind::Qemu => {
+            let mut qc =
+                herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), format!("herd:{}", data_dir.display()));
+            if let Some(b) = &cfg.qemu.binary {
+                qc.qemu = b.clone();
+            }
+            if !qc.qemu.exists() {
+                bail!(
+                    "the qemu driver needs {} (install it with 'apt-get install qemu-system-x86', or set [qemu] binary in the config)",
+                    qc.qemu.display()
+                );
+            }
+            qc.accel = match opts.accel {
+                crate::cli::AccelChoice::Kvm => herd_driver_qemu::Accel::Kvm,
+                crate::cli::AccelChoice::Tcg => herd_driver_qemu::Accel::Tcg,
+                crate::cli::AccelChoice::Auto => herd_driver_qemu::accel::auto(&qc.qemu, &data_dir).await,
+            };
+            if let Some(t) = cfg.qemu.stop_timeout_secs {
+                qc.stop_timeout = Duration::from_secs(t);
+            }
+            if let Some(t) = cfg.qemu.boot_timeout_secs {
+                qc.boot_timeout = Duration::from_secs(t);
+            }
+            if let Some(p) = &cfg.qemu.forward_ports {
+                qc.extra_ports = p.clone();
+            }
+            tracing::info!(accel = qc.accel.as_str(), "qemu driver");
+            let d = herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?;
+            let resumed = d.resume_after_host_reboot().await;
+            if resumed > 0 {
+                tracing::info!(resumed, "started VMs again after a host reboot");
+            }
+            Arc::new(d)
+        }
         DriverKind::Process => {
             let tag = format!("herd:{}", data_dir.display());
             Arc::new(
@@ -237,6 +293,12 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         limits,
         driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
         skus: skus.clone(),
+        vm_driver: opts.driver == DriverKind::Qemu,
+        extra_ports: if opts.driver == DriverKind::Qemu {
+            cfg.qemu.forward_ports.clone().unwrap_or_else(|| herd_driver_qemu::DEFAULT_EXTRA_PORTS.to_vec())
+        } else {
+            vec![]
+        },
         ..Default::default()
     };
     let clock = Arc::new(SystemClock);
