@@ -13,6 +13,10 @@ kmod
 genisoimage
 dosfstools
 mtools
+syslinux
+syslinux-common
+fdisk
+qemu-utils
 python3
 curl
 "

@@ -12,9 +12,13 @@
 # "#!/bin/sh" user-data script, even runs a VFAT seed with #cloud-config
 # (users + runcmd).
 #
+# Then boots the first version once more from its boot disk (disk.qcow2, through
+# a qcow2 overlay, no -kernel) and checks READY, the kernel command line and that
+# the image file is unchanged.
+#
 # Environment: HERD_SMOKE_ADDR (127.3.0.9), HERD_SMOKE_PORT (18080),
 # HERD_SMOKE_TIMEOUT (seconds to READY, 60), HERD_SMOKE_KEEP=1 (keep temp dir),
-# HERD_SMOKE_QEMU_EXTRA (extra qemu arguments).
+# HERD_SMOKE_QEMU_EXTRA (extra qemu arguments), HERD_SMOKE_DISK=0 (skip the disk boot).
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -123,6 +127,41 @@ HOSTSRV_PORT=$(cat "$TMP/hostsrv.port")
 
 qga() { python3 "$HERE/qga.py" "$CUR_DIR/qga.sock" "$@"; }
 
+# Waits (bounded) for the READY marker of $QEMU_PID (started at $B0) and checks
+# its hostname and version; sets READY (seconds).
+wait_ready() { # HOSTNAME VERSION
+    local marker=""
+    while [ -z "$marker" ]; do
+        marker=$(grep -a -o -m1 'HERD-GUEST-READY .*' "$CUR_DIR/console.log" 2>/dev/null || true)
+        [ -n "$marker" ] && break
+        kill -0 "$QEMU_PID" 2>/dev/null || fail "qemu exited: $(cat "$CUR_DIR/qemu.out")"
+        awk -v a="$B0" -v b="$(now)" -v t="$TIMEOUT" 'BEGIN { exit !(b - a > t) }' &&
+            fail "no HERD-GUEST-READY within ${TIMEOUT}s"
+        sleep 0.1
+    done
+    READY=$(elapsed "$B0")
+    say "$CUR: READY after ${READY}s: $marker"
+    marker=$(echo "$marker" | tr -d '\r')
+    case " $marker " in *" hostname=$1 "*) ;; *) fail "marker lacks hostname=$1" ;; esac
+    case " $marker " in *" version=$2 "*) ;; *) fail "marker lacks version=$2" ;; esac
+}
+
+# Clean shutdown through the agent (-no-reboot: QEMU exits on power-off); sets STOP.
+power_off() {
+    qga shutdown || fail "guest-shutdown"
+    local s0
+    s0=$(now)
+    while kill -0 "$QEMU_PID" 2>/dev/null; do
+        awk -v a="$s0" -v b="$(now)" 'BEGIN { exit !(b - a > 30) }' &&
+            fail "guest did not power off within 30s of guest-shutdown"
+        sleep 0.1
+    done
+    wait "$QEMU_PID" 2>/dev/null || true
+    QEMU_PID=""
+    STOP=$(elapsed "$s0")
+    grep -aq '^HERD-GUEST-SHUTDOWN' "$CUR_DIR/console.log" || fail "no shutdown marker"
+}
+
 SUMMARY=()
 i=0
 for v in "${VERSIONS[@]}"; do
@@ -152,22 +191,7 @@ for v in "${VERSIONS[@]}"; do
         </dev/null >"$CUR_DIR/qemu.out" 2>&1 &
     QEMU_PID=$!
     B0=$(now)
-
-    # Wait (bounded) for the READY marker.
-    marker=""
-    while [ -z "$marker" ]; do
-        marker=$(grep -a -o -m1 'HERD-GUEST-READY .*' "$CUR_DIR/console.log" 2>/dev/null || true)
-        [ -n "$marker" ] && break
-        kill -0 "$QEMU_PID" 2>/dev/null || fail "qemu exited: $(cat "$CUR_DIR/qemu.out")"
-        awk -v a="$B0" -v b="$(now)" -v t="$TIMEOUT" 'BEGIN { exit !(b - a > t) }' &&
-            fail "no HERD-GUEST-READY within ${TIMEOUT}s"
-        sleep 0.1
-    done
-    READY=$(elapsed "$B0")
-    say "$v: READY after ${READY}s: $marker"
-    marker=$(echo "$marker" | tr -d '\r')
-    case " $marker " in *" hostname=$host "*) ;; *) fail "marker lacks hostname=$host" ;; esac
-    case " $marker " in *" version=$v "*) ;; *) fail "marker lacks version=$v" ;; esac
+    wait_ready "$host" "$v"
 
     # Guest agent.
     [ "$(qga ping)" = pong ] || fail "guest-ping"
@@ -201,21 +225,55 @@ for v in "${VERSIONS[@]}"; do
     [ "$page" = "$(printf '%s\n%s' "$host" "$v")" ] || fail "unexpected page: $page"
     HTTP_OK=$(elapsed "$B0")
 
-    # Clean shutdown through the agent (-no-reboot: QEMU exits on power-off).
-    qga shutdown || fail "guest-shutdown"
-    S0=$(now)
-    while kill -0 "$QEMU_PID" 2>/dev/null; do
-        awk -v a="$S0" -v b="$(now)" 'BEGIN { exit !(b - a > 30) }' &&
-            fail "guest did not power off within 30s of guest-shutdown"
-        sleep 0.1
-    done
-    wait "$QEMU_PID" 2>/dev/null || true
-    QEMU_PID=""
-    STOP=$(elapsed "$S0")
-    grep -aq '^HERD-GUEST-SHUTDOWN' "$CUR_DIR/console.log" || fail "no shutdown marker"
+    power_off
     say "$v: ok ($kind): ready ${READY}s, agent checks done ${AGENT_OK}s, http ${HTTP_OK}s, power-off ${STOP}s"
     SUMMARY+=("$v ready=${READY}s http=${HTTP_OK}s poweroff=${STOP}s seed=$kind")
 done
 
+# The first version once more, from its boot disk (OUT/<version>/disk.qcow2:
+# SYSLINUX on an MBR disk) the way herd runs disk images: a qcow2 overlay on the
+# image as the first virtio disk with bootindex=0, no -kernel; the seed (VFAT,
+# like the boot partition) is the second virtio disk.
+PASSED=${#VERSIONS[@]}
+if [ "${HERD_SMOKE_DISK:-1}" = 1 ]; then
+    v=${VERSIONS[0]}
+    CUR="$v disk"
+    CUR_DIR=$TMP/$v-disk
+    mkdir -p "$CUR_DIR"
+    img=$OUT/$v/disk.qcow2
+    [ -f "$img" ] || fail "no $img"
+    img_sum=$(sha256sum "$img" | cut -d' ' -f1)
+    qemu-img create -q -f qcow2 -b "$img" -F qcow2 "$CUR_DIR/os.qcow2"
+    host="smoke-disk-${v//./-}"
+    make_seed "$CUR_DIR" vfat-cloud-config "$host"
+    # shellcheck disable=SC2086
+    qemu-system-x86_64 \
+        -accel tcg -m 256 -smp 1 \
+        -nodefaults -display none -monitor none -no-reboot \
+        -serial "file:$CUR_DIR/console.log" \
+        -device virtio-serial \
+        -chardev "socket,path=$CUR_DIR/qga.sock,server=on,wait=off,id=qga0" \
+        -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
+        -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+        -drive "file=$CUR_DIR/os.qcow2,if=none,id=os,format=qcow2" \
+        -device virtio-blk-pci,drive=os,bootindex=0 \
+        -drive "file=$CUR_DIR/seed.img,if=virtio,format=raw,readonly=on" \
+        ${HERD_SMOKE_QEMU_EXTRA:-} \
+        </dev/null >"$CUR_DIR/qemu.out" 2>&1 &
+    QEMU_PID=$!
+    B0=$(now)
+    wait_ready "$host" "$v"
+    grep -aq '^SYSLINUX ' "$CUR_DIR/console.log" || fail "no SYSLINUX banner: not booted from the disk?"
+    got=$(qga exec /bin/cat /proc/cmdline) || fail "guest-exec cat /proc/cmdline"
+    case " $got " in *" $(cat "$OUT/$v/cmdline") "*) ;; *) fail "kernel command line '$got' lacks $(cat "$OUT/$v/cmdline")" ;; esac
+    got=$(qga exec /bin/cat /etc/herd-image-version) || fail "guest-exec cat"
+    [ "$got" = "$v" ] || fail "/etc/herd-image-version is '$got', want '$v'"
+    power_off
+    [ "$(sha256sum "$img" | cut -d' ' -f1)" = "$img_sum" ] || fail "$img changed"
+    say "$CUR: ok (syslinux, vfat seed on vdb): ready ${READY}s, power-off ${STOP}s"
+    SUMMARY+=("$v disk ready=${READY}s poweroff=${STOP}s")
+    PASSED=$((PASSED + 1))
+fi
+
 say "build ${BUILD_TIME}s; $(printf '%s; ' "${SUMMARY[@]}")"
-echo "${#VERSIONS[@]} passed, $FAILED failed"
+echo "$PASSED passed, $FAILED failed"

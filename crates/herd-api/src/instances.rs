@@ -130,6 +130,32 @@ pub async fn instance_view(
             time: rec.state_since,
         });
     }
+    // The VM agent line: with the qemu driver and an image that has the guest agent, a running
+    // VM is one whose agent answered (that is what readiness waits for).
+    if state.config.driver == "qemu" {
+        let images: Vec<herd_model::image::Image> =
+            herd_store::StoreExt::list_as(&*state.store, Kind::Image, "")?.into_iter().map(|o| o.value).collect();
+        let agent = set
+            .model
+            .virtual_machine_profile
+            .storage_profile
+            .image_reference
+            .urn()
+            .ok()
+            .and_then(|u| herd_model::image::resolve(&images, &u).map(|i| i.guest_agent));
+        let (code, display, message) = match (agent, rec.state) {
+            (Some(true), InstanceState::Running) => ("ready", "Ready", "the QEMU guest agent answers"),
+            (Some(true), _) => ("notReady", "Not Ready", "the VM is not running"),
+            _ => ("none", "No agent", "the image has no guest agent: readiness is the boot-complete line on the console, extension changes reimage"),
+        };
+        statuses.push(StatusEntry {
+            code: format!("GuestAgent/{code}"),
+            level: "Info".into(),
+            display_status: display.into(),
+            message: Some(message.into()),
+            time: rec.state_since,
+        });
+    }
     if let Some(p) = rec.pending {
         statuses.push(StatusEntry {
             code: format!("PendingAction/{}", p.as_str().to_ascii_lowercase()),

@@ -17,6 +17,7 @@ mod images;
 mod instances;
 mod network;
 pub mod openapi;
+mod rolling;
 mod scale_sets;
 pub mod state;
 pub mod views;
@@ -48,6 +49,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions/{ext}",
             put(extensions::put).get(extensions::show).delete(extensions::delete),
+        )
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/latest", get(rolling::latest))
+        .route(
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/{action}",
+            post(rolling::action),
+        )
+        .route(
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/protectionPolicy",
+            put(rolling::protect),
         )
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines", get(instances::list))
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}", get(instances::show))

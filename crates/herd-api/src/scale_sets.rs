@@ -58,6 +58,18 @@ pub(crate) fn prepare(
     model.validate(&state.validation())?;
     check_image(state, &model)?;
     check_network(state, name, &model)?;
+    if model.upgrade_policy.mode == herd_model::scale_set::UpgradeMode::Rolling {
+        let lbs: Vec<herd_model::network::LoadBalancer> =
+            state.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
+        if !herd_model::network::has_health_source(&model, &lbs) {
+            return Err(ApiError::invalid(
+                "upgradePolicy.mode",
+                "Rolling needs a health source: a load-balancer rule with a probe on the set's backend pool \
+                 ('herd network lb probe create' and 'herd network lb rule create --probe-name'), or \
+                 virtualMachineProfile.networkProfile.healthProbe; allowed without one: Manual, Automatic",
+            ));
+        }
+    }
     let secrets = model.take_secrets();
     Ok((model, secrets))
 }
@@ -204,6 +216,10 @@ pub(crate) fn commit_replacing(
             expect: Expect::Any,
         });
     }
+    if bump {
+        let hk = herd_model::scale_set::model_history_key(&key, next.model_generation);
+        ops.push(WriteOp::put(Kind::ModelHistory, hk, &next.model, Expect::Any)?);
+    }
     ops.push(WriteOp::Activity(views::user_event(state, old.group.as_str(), old.name.as_str(), operation, message)));
     let rev = state.store.txn(ops)?;
     state.wake();
@@ -289,7 +305,15 @@ pub async fn create_or_replace(
             if let Some(p) = &set.model.virtual_machine_profile.extension_profile {
                 p.check_commands(&secrets.extension_protected_settings)?;
             }
-            let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?];
+            let mut ops = vec![
+                WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?,
+                WriteOp::put(
+                    Kind::ModelHistory,
+                    herd_model::scale_set::model_history_key(&key, 1),
+                    &set.model,
+                    Expect::Any,
+                )?,
+            ];
             if !secrets.is_empty() {
                 ops.push(WriteOp::Put {
                     kind: Kind::Secret,

@@ -33,6 +33,11 @@ pub struct ScaleSetView {
     #[serde(flatten)]
     pub model: ScaleSetModel,
     pub instance_summary: SetSummary,
+    /// The latest rolling upgrade's state (`RollingForward`, `Paused`, `Completed`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolling_upgrade_state: Option<String>,
+    /// A `rolling-upgrade` request waits for the reconciler's next pass.
+    pub upgrade_request_pending: bool,
 }
 
 /// `POST .../update`: az-style generic edits.
@@ -205,6 +210,8 @@ pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleS
         time_created: set.time_created,
         model: set.model.clone(),
         instance_summary: summary,
+        rolling_upgrade_state: status.as_ref().and_then(|s| s.rolling_upgrade.as_ref()).map(|u| u.state.to_string()),
+        upgrade_request_pending: status.as_ref().is_some_and(|s| s.upgrade_request.is_some()),
     })
 }
 

@@ -2,7 +2,7 @@
 //! (`images/testguest`, built into `$HERD_TESTGUEST_OUT`, default `/tmp/tg-out`, by its cached
 //! `build.sh`).
 //!
-//! Four tests, each with its own instance root, tag and reach addresses (`127.200.<test>.<n>`),
+//! Five tests, each with its own instance root, tag and reach addresses (`127.200.<test>.<n>`),
 //! so they run in parallel:
 //!
 //! - `two_vms_boot_serve_run_scripts_and_are_destroyed`: two agent VMs boot side by side to
@@ -25,6 +25,11 @@
 //!   process makes the start fail naming the address, port and pid (and list says Failed);
 //!   once free, the start works, and a guest not ready within the boot timeout is Failed;
 //!   bridged networking, directory images and missing image files are refused up front.
+//! - `disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages`: the test guest's boot
+//!   disk (`disk.qcow2`: SYSLINUX on an MBR disk, no `-kernel`) as an `ImageSource::Disk` boots
+//!   to Running with the computer name as hostname and version 1.0.0; a guest write to its OS
+//!   disk lands in the per-VM overlay only (the image keeps its bytes, size and mtime); a
+//!   reimage onto 1.0.1's disk gives 1.0.1 on a fresh overlay; destroy leaves nothing.
 //!
 //! Every wait polls a condition with a deadline. A guard kills every QEMU of the test's tag
 //! when the test ends, also on failure (then printing the end of each console).
@@ -73,6 +78,14 @@ fn kernel_image(out: &Path, version: &str) -> ImageSource {
         initrd: Some(dir.join("initrd.img").display().to_string()),
         cmdline: Some(cmdline.trim().to_string()),
     }
+}
+
+/// The test guest's boot disk of `version` (`OUT/<version>/disk.qcow2`, see
+/// images/testguest/README.md).
+fn disk_image(out: &Path, version: &str) -> ImageSource {
+    let path = out.join(version).join("disk.qcow2");
+    assert!(path.is_file(), "{} missing: run images/testguest/build.sh {}", path.display(), out.display());
+    ImageSource::Disk { path: path.display().to_string(), format: "qcow2".into() }
 }
 
 fn key(s: &str) -> InstanceKey {
@@ -618,4 +631,119 @@ async fn port_conflicts_and_unsupported_specs_fail_clearly() {
     let err = d.ensure(&missing).await.unwrap_err().to_string();
     assert!(err.contains("/nonexistent/disk.qcow2"), "{err}");
     assert!(d.list().await.unwrap().is_empty(), "nothing half-created");
+}
+
+/// A file's bytes, size and mtime: what must not change while VMs run on it as their image.
+fn file_state(p: &Path) -> (Vec<u8>, u64, i64, i64) {
+    let m = std::fs::metadata(p).unwrap();
+    (std::fs::read(p).unwrap(), m.len(), m.mtime(), m.mtime_nsec())
+}
+
+/// `qemu-img info` of a disk in use (`-U`: QEMU holds its lock).
+fn qemu_img_info(p: &Path) -> serde_json::Value {
+    let out = Command::new("qemu-img").args(["info", "-U", "--output", "json"]).arg(p).output().unwrap();
+    assert!(out.status.success(), "qemu-img info {}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The OS disk in the guest: the virtio disk with a partition (the boot disk's FAT partition;
+/// the seed and data disks have none) as `$dev`; exits 9 when there is none.
+const FIND_OS_DISK: &str =
+    "for b in /sys/block/vd*; do [ -e $b/${b##*/}1 ] && dev=/dev/${b##*/}; done; [ -b \"$dev\" ] || exit 9";
+/// A sector in the boot disk's gap between the MBR and the partition (sector 2048): never read
+/// by the bootloader, so writing it leaves the disk bootable.
+const GAP_SECTOR: u64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
+    let out = testguest_out();
+    let h = Harness::new("disk");
+    let d = h.driver();
+    let k = key("rg/disk/1");
+    let image = disk_image(&out, "1.0.0");
+    let ImageSource::Disk { path: image_path, .. } = &image else { unreachable!() };
+    let image_path = PathBuf::from(image_path);
+    let image_before = file_state(&image_path);
+    let s = spec(&k, "tgdisk000001", "127.200.5.1", image, true);
+    d.ensure(&s).await.unwrap();
+    wait_running(&d, &k).await;
+    h.step("Running from disk.qcow2");
+
+    // Booted by the disk's own bootloader: QEMU has no -kernel, the console shows SYSLINUX,
+    // and the guest got the image's kernel command line from the disk's syslinux.cfg.
+    let pid = d.pid(&k).unwrap();
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+    assert!(!argv.contains(&&b"-kernel"[..]), "a disk image boots without -kernel");
+    let console = d.console_log(&k, 1 << 20).await.unwrap().unwrap();
+    assert!(console.contains("SYSLINUX "), "{console}");
+    assert!(console.contains("HERD-GUEST-READY hostname=tgdisk000001 version=1.0.0"), "{console}");
+    let os_disk = d.instance_dir(&k).join("os.qcow2");
+    let info = qemu_img_info(&os_disk);
+    assert_eq!(info["backing-filename"], image_path.display().to_string(), "{info}");
+    assert_eq!(info["backing-filename-format"], "qcow2", "{info}");
+    let qga = agent(&d, &k).await;
+    assert_eq!(qga.get_host_name().await.unwrap(), "tgdisk000001", "hostname from the seed");
+    assert_eq!(qga.read_file("/etc/herd-image-version").await.unwrap(), b"1.0.0\n");
+    let proc_cmdline = String::from_utf8(qga.read_file("/proc/cmdline").await.unwrap()).unwrap();
+    let cmdline = std::fs::read_to_string(out.join("1.0.0/cmdline")).unwrap();
+    assert!(proc_cmdline.contains(cmdline.trim()), "guest cmdline {proc_cmdline:?} lacks {cmdline:?}");
+    drop(qga);
+
+    // The guest writes its OS disk: the write lands in the overlay, never in the image.
+    // (fsync makes the guest send a flush, so QEMU writes the overlay's qcow2 metadata out
+    // and `qemu-img compare` sees the new cluster; a bare `sync` flushes nothing here.)
+    let marker = "herd-os-disk-marker";
+    let (rc, _) = guest_sh(
+        &d,
+        &k,
+        &format!("{FIND_OS_DISK}; printf {marker} | dd of=$dev bs=512 seek={GAP_SECTOR} conv=sync,fsync 2>/dev/null"),
+    )
+    .await;
+    assert_eq!(rc, Some(0), "writing the OS disk in the guest");
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "qcow2", "-F", "qcow2"])
+        .arg(&image_path)
+        .arg(&os_disk)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&cmp.stdout).into_owned();
+    assert_eq!(cmp.status.code(), Some(1), "the overlay differs from its image: {said}");
+    assert!(said.contains(&format!("offset {}", GAP_SECTOR * 512)), "{said}");
+    assert!(file_state(&image_path) == image_before, "{} changed under a running VM", image_path.display());
+    h.step("guest writes go to the overlay; the image is unchanged");
+
+    // Reimage onto 1.0.1's disk: a new overlay on the new image (without the old write).
+    let os_inode = std::fs::metadata(&os_disk).unwrap().ino();
+    let mut s2 = s.clone();
+    s2.image = disk_image(&out, "1.0.1");
+    s2.model_generation = 2;
+    let ImageSource::Disk { path: image2_path, .. } = &s2.image else { unreachable!() };
+    let image2_path = PathBuf::from(image2_path);
+    let image2_before = file_state(&image2_path);
+    d.reimage(&s2).await.unwrap();
+    wait_running(&d, &k).await;
+    let qga = agent(&d, &k).await;
+    assert_eq!(qga.read_file("/etc/herd-image-version").await.unwrap(), b"1.0.1\n");
+    assert_eq!(qga.get_host_name().await.unwrap(), "tgdisk000001");
+    drop(qga);
+    assert_ne!(std::fs::metadata(&os_disk).unwrap().ino(), os_inode, "new OS disk");
+    assert_eq!(qemu_img_info(&os_disk)["backing-filename"], image2_path.display().to_string());
+    let (rc, back) = guest_sh(
+        &d,
+        &k,
+        &format!("{FIND_OS_DISK}; dd if=$dev bs=512 skip={GAP_SECTOR} count=1 2>/dev/null | tr -d '\\000'"),
+    )
+    .await;
+    assert_eq!((rc, back.as_str()), (Some(0), ""), "a reimaged OS disk starts from the image again");
+    h.step("reimaged onto 1.0.1's disk");
+
+    d.destroy(&k).await.unwrap();
+    assert!(d.processes().is_empty() && !d.instance_dir(&k).exists());
+    let left: Vec<PathBuf> = walk_files(&d.config().root);
+    assert!(left.is_empty(), "files left: {left:?}");
+    assert!(d.list().await.unwrap().is_empty());
+    assert!(file_state(&image_path) == image_before, "{} changed", image_path.display());
+    assert!(file_state(&image2_path) == image2_before, "{} changed", image2_path.display());
+    h.step("destroyed; both images unchanged");
 }

@@ -315,7 +315,8 @@ impl LbController {
                     Some(Health::Unhealthy) => "Unhealthy",
                     _ => "Unknown",
                 };
-                (inst.clone(), InstanceHealth { probe: probe.clone(), health: h.to_string() })
+                let boot = target.rsplit_once('#').and_then(|(_, b)| b.parse().ok()).unwrap_or(0);
+                (inst.clone(), InstanceHealth { probe: probe.clone(), health: h.to_string(), boot })
             })
             .collect();
         self.health.replace(board);
@@ -406,6 +407,8 @@ mod tests {
             draining_since: None,
             base_fingerprint: None,
             extensions: vec![],
+            protect_from_scale_in: false,
+            protect_from_scale_set_actions: false,
             created_at: now,
             state_since: now,
         }

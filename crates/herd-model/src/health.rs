@@ -13,6 +13,10 @@ pub struct InstanceHealth {
     pub probe: String,
     /// `Healthy`, `Unhealthy` or `Unknown` (not yet `threshold` results since it booted).
     pub health: String,
+    /// The boot this is about: the instance's `state_since` (ms) when it became Running. A
+    /// reader that sees another boot must treat the health as unknown.
+    #[serde(default)]
+    pub boot: i64,
 }
 
 /// Health of every instance that a probe covers, keyed by `group/set/id`.

@@ -179,6 +179,13 @@ pub struct InstanceRecord {
     /// What each extension's last run did on this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<ExtensionStatus>,
+    /// Azure's `protectionPolicy.protectFromScaleIn`: scale-in never picks this instance.
+    #[serde(default)]
+    pub protect_from_scale_in: bool,
+    /// Azure's `protectionPolicy.protectFromScaleSetActions`: upgrades, repairs and scale-in
+    /// leave it alone.
+    #[serde(default)]
+    pub protect_from_scale_set_actions: bool,
     pub created_at: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }
@@ -256,10 +263,22 @@ impl InstanceRecord {
             draining: self.draining_since.is_some(),
             health: None,
             extensions: self.extensions.clone(),
+            protection_policy: ProtectionPolicy {
+                protect_from_scale_in: self.protect_from_scale_in,
+                protect_from_scale_set_actions: self.protect_from_scale_set_actions,
+            },
             time_created: self.created_at,
             state_since: self.state_since,
         }
     }
+}
+
+/// Azure's `protectionPolicy` of an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectionPolicy {
+    pub protect_from_scale_in: bool,
+    pub protect_from_scale_set_actions: bool,
 }
 
 /// An instance as `list-instances` and `get-instance-view` show it.
@@ -305,6 +324,7 @@ pub struct InstanceView {
     /// Extension statuses: state, exit code and the output tails (secrets redacted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<ExtensionStatus>,
+    pub protection_policy: ProtectionPolicy,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

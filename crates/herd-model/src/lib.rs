@@ -25,6 +25,7 @@ pub mod network;
 pub mod patch;
 pub mod scale_set;
 pub mod sku;
+pub mod upgrade;
 
 pub use error::{FieldError, ModelError};
 pub use ids::{GroupName, ImageUrn, InstanceId, InstanceKey, ScaleSetName};

@@ -514,6 +514,25 @@ fn claim(
     Ok(())
 }
 
+/// Whether a scale set's instances have a health source for rolling upgrades and repairs: a
+/// `networkProfile.healthProbe`, or a probe on a load-balancing rule of a pool the set joins.
+pub fn has_health_source(model: &crate::scale_set::ScaleSetModel, lbs: &[LoadBalancer]) -> bool {
+    let Some(np) = model.virtual_machine_profile.network_profile.as_ref() else { return false };
+    if np.health_probe.is_some() {
+        return true;
+    }
+    let Some(ip) = np.primary() else { return false };
+    lbs.iter().any(|lb| {
+        lb.load_balancing_rules.iter().any(|rule| {
+            rule.probe.is_some()
+                && ip
+                    .load_balancer_backend_address_pools
+                    .iter()
+                    .any(|p| p.id.eq_ignore_ascii_case(&rule.backend_address_pool.id))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,8 +61,7 @@ pub struct UpgradePolicy {
     #[serde(default)]
     pub mode: UpgradeMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub rolling_upgrade_policy: Option<Value>,
+    pub rolling_upgrade_policy: Option<crate::upgrade::RollingUpgradePolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub automatic_os_upgrade_policy: Option<Value>,
@@ -387,11 +386,14 @@ impl ScaleSetModel {
         if self.orchestration_mode != OrchestrationMode::Uniform {
             return Err(FieldError::not_supported("orchestrationMode", "only Uniform scale sets"));
         }
-        if self.upgrade_policy.mode == UpgradeMode::Rolling {
-            return Err(FieldError::not_supported("upgradePolicy.mode", "Rolling upgrades; use Manual or Automatic"));
-        }
-        if self.upgrade_policy.rolling_upgrade_policy.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(FieldError::not_supported("upgradePolicy.rollingUpgradePolicy", "rolling upgrades"));
+        if let Some(p) = &self.upgrade_policy.rolling_upgrade_policy {
+            p.validate()?;
+            if p.max_surge {
+                return Err(FieldError::not_supported(
+                    "upgradePolicy.rollingUpgradePolicy.maxSurge",
+                    "surge upgrades; use false (instances are upgraded in place, batch by batch)",
+                ));
+            }
         }
         if self.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(FieldError::not_supported("upgradePolicy.automaticOSUpgradePolicy", "automatic OS upgrades"));
@@ -584,6 +586,12 @@ pub fn default_prefix(name: &str) -> String {
     }
 }
 
+/// The store key of one model generation of a set (`Kind::ModelHistory`), zero-padded so keys
+/// sort by generation.
+pub fn model_history_key(set_key: &str, generation: u64) -> String {
+    format!("{set_key}/{generation:010}")
+}
+
 /// The scale set as herd stores it: the user's model plus what the server owns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -625,6 +633,29 @@ pub struct ScaleSetStatus {
     /// Any later change to the set (a new revision) resumes creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// The latest rolling upgrade (active or finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_upgrade: Option<crate::upgrade::RollingUpgrade>,
+    /// Options for the next rolling upgrade, set by `rolling-upgrade start` before it begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_request: Option<UpgradeRequest>,
+}
+
+/// What `rolling-upgrade start|pause|resume|cancel|rollback` asks of the reconciler; it acts on
+/// it in its next pass and clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", tag = "action")]
+pub enum UpgradeRequest {
+    /// Start (or restart) an upgrade to the latest model; `canary` instances first, then pause
+    /// if `pause`.
+    Start {
+        canary: Option<u64>,
+        pause: bool,
+    },
+    Pause,
+    Resume,
+    Cancel,
+    Rollback,
 }
 
 /// Why creation stopped for a set.

@@ -11,6 +11,7 @@
 
 use crate::extensions::{ExtensionConfig, ExtensionRunner};
 use crate::plan::{plan, Limits, NewInstance, SetInput, Step};
+use crate::rolling::{plan_rolling, Health, RollingInput, RollingStep};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower};
@@ -209,6 +210,7 @@ pub struct Reconciler {
     faults: Option<Arc<Faults>>,
     extensions: Arc<ExtensionRunner>,
     sealer: Arc<Sealer>,
+    health: Option<Arc<herd_model::health::HealthBoard>>,
 }
 
 struct Working {
@@ -245,7 +247,32 @@ impl Reconciler {
             wake.clone(),
             ExtensionConfig::default(),
         ));
-        Self { store, driver, clock, config, wake, faults: None, extensions, sealer }
+        Self { store, driver, clock, config, wake, faults: None, extensions, sealer, health: None }
+    }
+
+    /// Reads instance health (load-balancer probes) from `board`, for rolling upgrades.
+    pub fn with_health(mut self, board: Arc<herd_model::health::HealthBoard>) -> Self {
+        self.health = Some(board);
+        self
+    }
+
+    /// This set's instance health as the probes see it.
+    fn health_of(&self, set: &StoredScaleSet, records: &[InstanceRecord]) -> BTreeMap<InstanceId, Health> {
+        let Some(board) = &self.health else { return BTreeMap::new() };
+        records
+            .iter()
+            .filter_map(|r| {
+                let h = board.get(&format!("{}/{}/{}", set.group, set.name, r.instance_id))?;
+                // Health from an earlier boot (the board lags a pass behind) says nothing yet.
+                let this_boot = h.boot == r.state_since.timestamp_millis();
+                let h = match h.health.as_str() {
+                    "Healthy" if this_boot => Health::Healthy,
+                    "Unhealthy" if this_boot => Health::Unhealthy,
+                    _ => Health::Unknown,
+                };
+                Some((r.instance_id, h))
+            })
+            .collect()
     }
 
     /// Opens secrets (admin passwords, protected settings) with the server's sealer, and runs
@@ -339,6 +366,8 @@ impl Reconciler {
         let mut works = Vec::new();
         let mut waiting = self.extensions.busy();
         let images = self.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect::<Vec<_>>();
+        let lbs: Vec<herd_model::network::LoadBalancer> =
+            self.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
         for set in &sets {
             let key = set.key.clone();
             let (status, status_revision) =
@@ -360,6 +389,25 @@ impl Reconciler {
                 limits: &self.config.limits,
             })
             .steps;
+            let rolling_relevant = set.value.model.upgrade_policy.mode == herd_model::scale_set::UpgradeMode::Rolling
+                || status.upgrade_request.is_some()
+                || status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
+            if rolling_relevant && !set.value.deleting {
+                let health = self.health_of(&set.value, &records);
+                let rolling = plan_rolling(&RollingInput {
+                    set: &set.value,
+                    upgrade: status.rolling_upgrade.as_ref(),
+                    request: status.upgrade_request.as_ref(),
+                    instances: &records,
+                    health: &health,
+                    has_health_source: herd_model::network::has_health_source(&set.value.model, &lbs),
+                    in_place_extensions,
+                    now,
+                    batch_timeout: self.config.limits.batch_timeout,
+                });
+                waiting |= status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
+                steps.extend(rolling.into_iter().map(Step::Rolling));
+            }
             // A run under way is not a step: the runner wakes the loop when it is done.
             steps.retain(|s| match s {
                 Step::RunExtensions(id) => !self.extensions.is_running(&InstanceKey {
@@ -433,7 +481,7 @@ impl Reconciler {
         for (wi, w) in works.iter_mut().enumerate() {
             let steps = std::mem::take(&mut w.steps);
             for step in &steps {
-                self.intent(w, step, now, &mut next_addr, &mut ipam);
+                self.intent(w, step, now, &mut next_addr, &mut ipam, &mut ops);
             }
             for step in &steps {
                 if let Step::RunExtensions(id) = step {
@@ -454,6 +502,12 @@ impl Reconciler {
                         let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: n.id };
                         calls.push((wi, Step::Ensure(n.id), key, self.spec(w.set, &r.record, &images, &ipam)));
                     }
+                }
+            }
+            if steps.contains(&Step::RemoveSet) {
+                let prefix = format!("{}/", w.set.key());
+                for o in self.store.list(Kind::ModelHistory, &prefix)? {
+                    ops.push(WriteOp::delete(Kind::ModelHistory, o.key, Expect::Any));
                 }
             }
             w.steps = steps;
@@ -695,7 +749,15 @@ impl Reconciler {
     }
 
     /// Applies one step's intent to the working copies (Phase A).
-    fn intent(&self, w: &mut SetWork<'_>, step: &Step, now: DateTime<Utc>, next_addr: &mut u64, ipam: &mut Ipam) {
+    fn intent(
+        &self,
+        w: &mut SetWork<'_>,
+        step: &Step,
+        now: DateTime<Utc>,
+        next_addr: &mut u64,
+        ipam: &mut Ipam,
+        ops_extra: &mut Vec<WriteOp>,
+    ) {
         let limits = &self.config.limits;
         match step {
             Step::Create(new) => {
@@ -737,6 +799,8 @@ impl Reconciler {
                         draining_since: None,
                         base_fingerprint: Some(w.set.model.base_fingerprint()),
                         extensions: vec![],
+                        protect_from_scale_in: false,
+                        protect_from_scale_set_actions: false,
                         created_at: now,
                         state_since: now,
                     };
@@ -883,8 +947,156 @@ impl Reconciler {
                 w.status_dirty = true;
                 w.log.push(("ProvisioningResumed".into(), "the scale set changed; creation resumes".into()));
             }
+            Step::Rolling(r) => self.rolling_intent(w, r, now, ops_extra),
             // Started after the intents are persisted; the runner records the outcome.
             Step::RemoveSet | Step::RunExtensions(_) => {}
+        }
+    }
+
+    /// Records a rolling-upgrade decision in the set's status and marks the instances it moves.
+    fn rolling_intent(&self, w: &mut SetWork<'_>, step: &RollingStep, now: DateTime<Utc>, ops: &mut Vec<WriteOp>) {
+        use herd_model::upgrade::{RollingBatch, RollingState};
+        w.status_dirty = true;
+        let ids = |v: &[InstanceId]| id_list(v);
+        match step {
+            RollingStep::ClearRequest => w.status.upgrade_request = None,
+            RollingStep::Begin(u) => {
+                let canary = u
+                    .canary
+                    .map(|c| format!(", canary of {c}{}", if u.pause_after_canary { " then pause" } else { "" }));
+                w.log.push((
+                    "RollingUpgrade".into(),
+                    format!(
+                        "rolling upgrade to model generation {} started ({}): batches of {}{}",
+                        u.target_generation,
+                        u.trigger,
+                        u.batch_size,
+                        canary.unwrap_or_default()
+                    ),
+                ));
+                w.status.rolling_upgrade = Some((**u).clone());
+            }
+            RollingStep::Canary { canary, pause } => {
+                if let Some(u) = w.status.rolling_upgrade.as_mut() {
+                    u.canary = *canary;
+                    u.pause_after_canary = *pause;
+                }
+            }
+            RollingStep::StartBatch(batch) => {
+                let Some(u) = w.status.rolling_upgrade.as_mut() else { return };
+                let mut chosen = Vec::new();
+                for (id, action) in batch {
+                    if let Some(wr) = w.records.get_mut(id) {
+                        wr.record.pending = Some(*action);
+                        wr.dirty = true;
+                        chosen.push(*id);
+                    }
+                }
+                u.batches.push(RollingBatch {
+                    instances: chosen.clone(),
+                    started_at: now,
+                    finished_at: None,
+                    unhealthy: vec![],
+                });
+                let what = if u.state == RollingState::RollingBack { "rollback batch" } else { "batch" };
+                w.log.push((
+                    "RollingUpgradeBatch".into(),
+                    format!("{what} {}: instance(s) {}", u.batches.len(), ids(&chosen)),
+                ));
+            }
+            RollingStep::FinishBatch { unhealthy } => {
+                let Some(u) = w.status.rolling_upgrade.as_mut() else { return };
+                let n = u.batches.len();
+                let Some(b) = u.batches.last_mut() else { return };
+                b.finished_at = Some(now);
+                b.unhealthy = unhealthy.clone();
+                let good: Vec<InstanceId> = b.instances.iter().filter(|i| !unhealthy.contains(i)).copied().collect();
+                u.succeeded.extend(good.iter().copied());
+                u.failed.extend(unhealthy.iter().copied());
+                let msg = if unhealthy.is_empty() {
+                    format!("batch {n} done: instance(s) {} healthy", ids(&good))
+                } else {
+                    format!("batch {n} done: instance(s) {} unhealthy", ids(unhealthy))
+                };
+                w.log.push(("RollingUpgradeBatch".into(), msg));
+            }
+            RollingStep::State { state, reason } => {
+                let Some(u) = w.status.rolling_upgrade.as_mut() else { return };
+                u.state = *state;
+                if reason.is_some() {
+                    u.error = reason.clone();
+                }
+                if !state.is_active() {
+                    u.ended_at = Some(now);
+                }
+                let mut msg = format!("rolling upgrade to generation {}: {state}", u.target_generation);
+                if let Some(r) = reason {
+                    msg.push_str(&format!(" ({r})"));
+                }
+                w.log.push(("RollingUpgrade".into(), msg));
+            }
+            RollingStep::Rollback { reason } => {
+                let Some(u) = w.status.rolling_upgrade.clone() else { return };
+                let hk = herd_model::scale_set::model_history_key(&w.set.key(), u.from_generation);
+                let old = match self.store.get_as::<herd_model::scale_set::ScaleSetModel>(Kind::ModelHistory, &hk) {
+                    Ok(Some(o)) => o.value,
+                    _ => {
+                        let why = format!(
+                            "{reason}; but model generation {} is not on record, so it cannot roll back",
+                            u.from_generation
+                        );
+                        if let Some(u) = w.status.rolling_upgrade.as_mut() {
+                            u.state = RollingState::Faulted;
+                            u.error = Some(why.clone());
+                            u.ended_at = Some(now);
+                        }
+                        w.log.push(("RollingUpgrade".into(), why));
+                        return;
+                    }
+                };
+                let mut next = w.set.clone();
+                next.model.virtual_machine_profile = old.virtual_machine_profile;
+                next.model.sku.name = old.sku.name;
+                next.model_generation += 1;
+                let new_gen = next.model_generation;
+                let set_key = w.set.key();
+                match WriteOp::put(Kind::ScaleSet, set_key.clone(), &next, Expect::Revision(w.set_revision)) {
+                    Ok(op) => ops.push(op),
+                    Err(_) => return,
+                }
+                if let Ok(op) = WriteOp::put(
+                    Kind::ModelHistory,
+                    herd_model::scale_set::model_history_key(&set_key, new_gen),
+                    &next.model,
+                    Expect::Any,
+                ) {
+                    ops.push(op);
+                }
+                // Instances the upgrade never touched already run that model.
+                let touched: Vec<InstanceId> = u.touched().collect();
+                for wr in w.records.values_mut() {
+                    if wr.record.model_generation == u.from_generation && !touched.contains(&wr.record.instance_id) {
+                        wr.record.model_generation = new_gen;
+                        wr.dirty = true;
+                    }
+                }
+                if let Some(st) = w.status.rolling_upgrade.as_mut() {
+                    if let Some(b) = st.batches.last_mut() {
+                        b.finished_at.get_or_insert(now);
+                    }
+                    st.state = RollingState::RollingBack;
+                    st.error = Some(reason.clone());
+                    st.target_generation = new_gen;
+                }
+                w.log.push((
+                    "RollingUpgrade".into(),
+                    format!(
+                        "{reason}: the model returns to generation {}'s (now generation {new_gen}); upgraded instance(s) {} are re-imaged back",
+                        u.from_generation,
+                        ids(&touched)
+                    ),
+                ));
+            }
         }
     }
 

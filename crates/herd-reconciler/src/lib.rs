@@ -18,6 +18,7 @@ pub mod executor;
 pub mod extensions;
 pub mod fetch;
 pub mod plan;
+pub mod rolling;
 pub mod summary;
 
 pub use executor::{FaultPoint, Faults, PassReport, ReconcileError, Reconciler, ReconcilerConfig};

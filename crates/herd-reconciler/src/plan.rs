@@ -31,6 +31,9 @@ pub struct Limits {
     /// How long an instance in a load-balancer pool stops receiving new connections before it
     /// is stopped, deleted, restarted or re-imaged.
     pub drain_timeout: Duration,
+    /// A rolling-upgrade batch whose health is still unknown after this long is judged as it
+    /// stands (unknown counts as unhealthy).
+    pub batch_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +47,7 @@ impl Default for Limits {
             overprovision_percent: 20,
             boot_recheck: Duration::seconds(30),
             drain_timeout: Duration::seconds(10),
+            batch_timeout: Duration::minutes(10),
         }
     }
 }
@@ -102,6 +106,8 @@ pub enum Step {
     Drain(InstanceId),
     /// The disruptive step was called off: the instance serves again.
     Undrain(InstanceId),
+    /// A rolling-upgrade decision (see `rolling`).
+    Rolling(crate::rolling::RollingStep),
     /// Stop creating: too many consecutive failures.
     Suspend(String),
     /// The set changed since suspension: try again.
@@ -359,9 +365,12 @@ pub fn place(zones: &[String], existing: &[&InstanceRecord], n: usize) -> Vec<Op
 
 /// Picks `n` instances to remove. Instances that never became ready go first; then, as Azure
 /// does, zones are balanced (take from the fullest zone) and within a zone the rule picks:
-/// `Default` and `NewestVM` the highest id, `OldestVM` the lowest.
+/// `Default` and `NewestVM` the highest id, `OldestVM` the lowest. Protected instances
+/// (`protectFromScaleIn` or `protectFromScaleSetActions`) are never picked, as in Azure, so the
+/// set may stay above capacity.
 pub fn scale_in_victims(counted: &[&InstanceRecord], n: usize, rule: ScaleInRule, zones: &[String]) -> Vec<InstanceId> {
-    let mut pool: Vec<&InstanceRecord> = counted.to_vec();
+    let mut pool: Vec<&InstanceRecord> =
+        counted.iter().copied().filter(|r| !r.protect_from_scale_in && !r.protect_from_scale_set_actions).collect();
     let mut out = Vec::new();
     for _ in 0..n {
         if pool.is_empty() {

@@ -34,6 +34,9 @@ pub enum Kind {
     VirtualNetwork,
     PublicIp,
     LoadBalancer,
+    /// Each model generation of a scale set as it was (`group/set/<generation>`), so a rolling
+    /// upgrade can roll back to the generation its instances came from.
+    ModelHistory,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
             Kind::VirtualNetwork => "vnet",
             Kind::PublicIp => "public-ip",
             Kind::LoadBalancer => "lb",
+            Kind::ModelHistory => "vmss-model",
         }
     }
 }

@@ -58,6 +58,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(25);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_PROBES: usize = 40;
 const LIST_POLL: Duration = Duration::from_millis(50);
+/// A run starts once all CPUs together are less busy than this over a second...
+const QUIET_BUSY: f64 = 0.15;
+/// ...or after this long.
+const QUIET_WAIT: Duration = Duration::from_secs(60);
 /// The goal for the control-plane overhead.
 const SPAWN_GOAL_MS: f64 = 100.0;
 
@@ -394,6 +398,8 @@ async fn after_boot(pid: u32, sock: Option<&Path>, console: Option<&Path>, guest
 struct HerdRun {
     round: u32,
     n: u32,
+    /// The machine's busy fraction (all CPUs) in the second before the run.
+    busy_before: f64,
     put_ms: f64,
     /// PUT returned → QEMU process exists, per VM (ms); VMs never seen are missing.
     spawn_ms: Vec<f64>,
@@ -409,6 +415,7 @@ struct HerdRun {
 struct HandRun {
     round: u32,
     n: u32,
+    busy_before: f64,
     via: Via,
     /// Spawn → the agent answered (agent variant only), per VM (s).
     agent_s: Vec<f64>,
@@ -549,6 +556,7 @@ impl Ctx {
         Ok(HerdRun {
             round,
             n,
+            busy_before: 0.0,
             put_ms: secs(t_put - t0) * 1000.0,
             spawn_ms,
             running_s: running.iter().map(|t| secs(*t - t0)).collect(),
@@ -712,6 +720,7 @@ impl Ctx {
         Ok(HandRun {
             round,
             n,
+            busy_before: 0.0,
             via,
             agent_s: times.iter().filter_map(|(a, _)| a.map(|a| secs(a - t0))).collect(),
             app_s: times.iter().map(|(_, a)| secs(*a - t0)).collect(),
@@ -828,19 +837,70 @@ async fn measure(ctx: &mut Ctx, opts: &Options) -> Result<(Vec<HerdRun>, Vec<Han
     let mut hand = Vec::new();
     for round in 1..=opts.rounds {
         for &n in &opts.counts {
-            eprintln!("round {round}, N={n}: herd");
-            let h = ctx.herd_run(round, n).await.with_context(|| format!("round {round}, herd, N={n}"))?;
-            eprintln!("  all apps answer after {:.2} s", h.app_s.iter().copied().fold(0.0, f64::max));
-            herd.push(h);
+            // herd first in odd rounds, last in even ones, so a drift in the machine's speed
+            // does not always favour the same side.
+            let herd_first = round % 2 == 1;
+            if herd_first {
+                herd.push(one_herd_run(ctx, round, n).await?);
+            }
             for via in [Via::UserData, Via::Agent] {
-                eprintln!("round {round}, N={n}: hand-run QEMU, app via {}", via.name());
-                let r = ctx.hand_run(round, n, via).await.with_context(|| format!("round {round}, hand, N={n}"))?;
-                eprintln!("  all apps answer after {:.2} s", r.app_s.iter().copied().fold(0.0, f64::max));
+                let busy = wait_quiet().await;
+                eprintln!(
+                    "round {round}, N={n}: hand-run QEMU, app via {} (machine busy {:.0} % before)",
+                    via.name(),
+                    busy * 100.0
+                );
+                let mut r = ctx.hand_run(round, n, via).await.with_context(|| format!("round {round}, hand, N={n}"))?;
+                r.busy_before = busy;
+                eprintln!("  all apps answer after {:.2} s", max(&r.app_s));
                 hand.push(r);
+            }
+            if !herd_first {
+                herd.push(one_herd_run(ctx, round, n).await?);
             }
         }
     }
     Ok((herd, hand))
+}
+
+async fn one_herd_run(ctx: &Ctx, round: u32, n: u32) -> Result<HerdRun> {
+    let busy = wait_quiet().await;
+    eprintln!("round {round}, N={n}: herd (machine busy {:.0} % before)", busy * 100.0);
+    let mut h = ctx.herd_run(round, n).await.with_context(|| format!("round {round}, herd, N={n}"))?;
+    h.busy_before = busy;
+    eprintln!("  all apps answer after {:.2} s", max(&h.app_s));
+    Ok(h)
+}
+
+/// Busy and total jiffies of all CPUs (`/proc/stat`).
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+/// Waits (at most [`QUIET_WAIT`]) until the machine is nearly idle, so a run does not share
+/// the CPUs with someone else's work; returns the busy fraction of the last second.
+async fn wait_quiet() -> f64 {
+    let start = Instant::now();
+    let mut warned = false;
+    loop {
+        let a = cpu_jiffies();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = match (a, cpu_jiffies()) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+            _ => 0.0,
+        };
+        if busy < QUIET_BUSY || start.elapsed() > QUIET_WAIT {
+            return busy;
+        }
+        if !warned {
+            eprintln!("  waiting for the machine to calm down ({:.0} % busy)", busy * 100.0);
+            warned = true;
+        }
+    }
 }
 
 fn max(v: &[f64]) -> f64 {
@@ -886,10 +946,15 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
             let herd_up = uptimes(&h.mem);
             let hand_up: Vec<f64> =
                 hand.iter().filter(|r| r.round == h.round && r.n == n).flat_map(|r| uptimes(&r.mem)).collect();
+            let busy = hand
+                .iter()
+                .filter(|r| r.round == h.round && r.n == n)
+                .map(|r| r.busy_before)
+                .fold(h.busy_before, f64::max);
             ratios_ud.push(herd_all / ud);
             ratios_ag.push(herd_all / ag);
             rows.push(format!(
-                "{:>5} {:>2} | {:>7.1} {:>7.1} {:>7.2} {:>7.2} {:>7.2} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>5.2} {:>5.2}",
+                "{:>5} {:>2} | {:>7.1} {:>7.1} {:>7.2} {:>7.2} {:>7.2} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>5.2} {:>5.2} | {:>4.0}",
                 h.round,
                 n,
                 h.put_ms,
@@ -902,7 +967,8 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
                 ag_ready,
                 ag,
                 herd_all / ud,
-                herd_all / ag
+                herd_all / ag,
+                busy * 100.0
             ));
             runs.push(json!({
                 "round": h.round, "putMs": h.put_ms, "spawnMs": h.spawn_ms, "runningSeconds": h.running_s,
@@ -910,6 +976,7 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
                 "guestReadyUptimeSeconds": herd_up, "handGuestReadyUptimeSeconds": hand_up,
                 "handUserDataAllSeconds": ud, "handAgentReadyAllSeconds": ag_ready, "handAgentAllSeconds": ag,
                 "ratioToHandUserData": herd_all / ud, "ratioToHandAgent": herd_all / ag,
+                "machineBusyBeforeMax": busy,
             }));
         }
         per_n.push(json!({
@@ -956,9 +1023,14 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
     println!();
     println!("API call -> app answering (seconds until the last of N answers HTTP 200)");
     println!("(spawnms: PUT returned -> last QEMU process, ms; uptime: guest uptime at HERD-GUEST-READY, median;");
-    println!(" running: state Running = agent answered; hand agent: agent answered / app via agent)");
-    println!("                 herd                                 | hand-run QEMU                     | herd / hand");
-    println!("round  N |  put ms spawnms  uptime running     app |  uptime userdata   agent app(ag) |    ud    ag");
+    println!(" running: state Running = agent answered; hand agent: agent answered / app via agent;");
+    println!(" busy: how busy the machine was (all CPUs, %) in the second before a run, worst of the row)");
+    println!(
+        "                 herd                                 | hand-run QEMU                     | herd / hand |"
+    );
+    println!(
+        "round  N |  put ms spawnms  uptime running     app |  uptime userdata   agent app(ag) |    ud    ag | busy"
+    );
     for r in &rows {
         println!("{r}");
     }

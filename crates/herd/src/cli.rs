@@ -295,7 +295,19 @@ pub enum VmssCmd {
         /// Only apply if the set's etag still matches.
         #[arg(long)]
         if_match: Option<String>,
+        /// Update one instance's protection policy instead of the model.
+        #[arg(long)]
+        instance_id: Option<String>,
+        /// With --instance-id: scale-in never picks the instance.
+        #[arg(long, requires = "instance_id")]
+        protect_from_scale_in: Option<bool>,
+        /// With --instance-id: upgrades, repairs and scale-in leave the instance alone.
+        #[arg(long, requires = "instance_id")]
+        protect_from_scale_set_actions: Option<bool>,
     },
+    /// Rolling upgrades: start (with a canary), pause, resume, cancel, roll back, show the latest.
+    #[command(subcommand)]
+    RollingUpgrade(RollingCmd),
     /// Bring instances to the latest model.
     UpdateInstances {
         #[command(flatten)]
@@ -381,6 +393,32 @@ pub enum VmssCmd {
         #[arg(long, group = "until")]
         deleted: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollingCmd {
+    /// Start a rolling upgrade to the latest model (under a Rolling policy a model change starts
+    /// one by itself; on one in progress, --canary/--pause apply if its first batch is running).
+    Start {
+        #[command(flatten)]
+        set: SetRef,
+        /// The first batch: N instances or P% of the capacity (herd's canary).
+        #[arg(long)]
+        canary: Option<String>,
+        /// Pause after the canary batch until `resume` or `rollback`.
+        #[arg(long)]
+        pause: bool,
+    },
+    /// Stop the upgrade; instances not yet upgraded stay on the old model.
+    Cancel(SetRef),
+    /// Pause after the batch in flight.
+    Pause(SetRef),
+    /// Continue a paused upgrade.
+    Resume(SetRef),
+    /// Return the upgraded instances to the model they came from.
+    Rollback(SetRef),
+    /// Show the latest upgrade: state, batches, counts, the failure reason.
+    GetLatest(SetRef),
 }
 
 /// A scale set named as `az vmss extension` names it (`--vmss-name`; `--name` is the extension).

@@ -266,6 +266,56 @@ fn json_arg(flag: &str, s: &str) -> Result<Value> {
     Ok(v)
 }
 
+const ROLLING_TABLE: Columns<'static> = &[
+    ("State", "state"),
+    ("Target", "targetGeneration"),
+    ("From", "fromGeneration"),
+    ("Trigger", "trigger"),
+    ("Batches", "length(batches)"),
+    ("Succeeded", "length(succeeded)"),
+    ("Failed", "length(failed)"),
+    ("Error", "error"),
+];
+
+async fn rolling(ctx: &Ctx, c: RollingCmd) -> Result<()> {
+    let base = |s: &SetRef| format!("{}/rollingUpgrades", set_path(&s.group, &s.name));
+    let (set, action, body) = match c {
+        RollingCmd::GetLatest(s) => {
+            return ctx.print(&ctx.client.get(&format!("{}/latest", base(&s))).await?, Some(ROLLING_TABLE));
+        }
+        RollingCmd::Start { set, canary, pause } => {
+            let mut b = json!({"pause": pause});
+            if let Some(c) = canary {
+                b["canary"] = json!(c);
+            }
+            (set, "start", b)
+        }
+        RollingCmd::Cancel(s) => (s, "cancel", json!({})),
+        RollingCmd::Pause(s) => (s, "pause", json!({})),
+        RollingCmd::Resume(s) => (s, "resume", json!({})),
+        RollingCmd::Rollback(s) => (s, "rollback", json!({})),
+    };
+    ctx.client.post(&format!("{}/{action}", base(&set)), &body).await?;
+    // Show where the upgrade stands once the reconciler has taken the request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = ctx.client.get(&format!("{}/latest", base(&set))).await;
+        let taken = ctx
+            .client
+            .get(&set_path(&set.group, &set.name))
+            .await
+            .ok()
+            .is_some_and(|v| v["upgradeRequestPending"] != true);
+        if taken || std::time::Instant::now() > deadline {
+            return match st {
+                Ok(v) => ctx.print(&v, Some(ROLLING_TABLE)),
+                Err(_) => Ok(()),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 const EXTENSION_TABLE: Columns<'static> = &[
     ("Name", "name"),
     ("Publisher", "properties.publisher"),
@@ -435,7 +485,21 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
             ctx.print(&v, Some(SET_TABLE))
         }
-        VmssCmd::Update { set, set_ops, add, remove, if_match } => {
+        VmssCmd::Update {
+            set, instance_id: Some(id), protect_from_scale_in, protect_from_scale_set_actions, ..
+        } => {
+            let path = format!("{}/virtualMachines/{}", set_path(&set.group, &set.name), enc(&id));
+            let cur = ctx.client.get(&path).await?;
+            let keep = |field: &str| cur["protectionPolicy"][field].as_bool().unwrap_or(false);
+            let body = json!({
+                "protectFromScaleIn": protect_from_scale_in.unwrap_or_else(|| keep("protectFromScaleIn")),
+                "protectFromScaleSetActions": protect_from_scale_set_actions.unwrap_or_else(|| keep("protectFromScaleSetActions")),
+            });
+            ctx.client.put(&format!("{path}/protectionPolicy"), &body).await?;
+            ctx.print(&ctx.client.get(&path).await?, Some(INSTANCE_TABLE))
+        }
+        VmssCmd::RollingUpgrade(c) => rolling(ctx, c).await,
+        VmssCmd::Update { set, set_ops, add, remove, if_match, .. } => {
             let mut ops = Vec::new();
             for s in &set_ops {
                 let (path, value) = s.split_once('=').ok_or_else(|| anyhow!("--set '{s}': expected PATH=VALUE"))?;

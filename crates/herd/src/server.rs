@@ -311,9 +311,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         },
         run_timeout: cfg.extensions.run_timeout_secs.map_or(ext_defaults.run_timeout, Duration::from_secs),
     };
-    let reconciler = Reconciler::new(store.clone(), driver.clone(), clock.clone(), rec_config)
-        .with_secrets(sealer.clone(), ext_config);
     let health = Arc::new(herd_model::health::HealthBoard::default());
+    let reconciler = Reconciler::new(store.clone(), driver.clone(), clock.clone(), rec_config)
+        .with_secrets(sealer.clone(), ext_config)
+        .with_health(health.clone());
     let lb = Arc::new(herd_lbctl::LbController::new(
         store.clone(),
         health.clone(),

@@ -201,6 +201,8 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     let addrs: Vec<String> = inst.iter().map(|i| i["reachAddress"].as_str().unwrap().to_string()).collect();
     assert_eq!(qemu_pids(&data).len(), 2, "one QEMU per VM");
 
+    let view = s.json(&with(&["vmss", "get-instance-view"], &["--instance-id", &ids[0]]));
+    assert!(view["statuses"].as_array().unwrap().iter().any(|st| st["code"] == "GuestAgent/ready"), "{view}");
     let boot_log = s.ok(&with(&["vmss", "get-boot-log"], &["--instance-id", &ids[0]]));
     assert!(boot_log.contains(&format!("HERD-GUEST-READY hostname={}", names[0])), "{boot_log}");
     assert!(boot_log.contains("version=1.0.0"), "{boot_log}");

@@ -51,6 +51,8 @@ fn rec(id: u64, state: InstanceState) -> InstanceRecord {
         draining_since: None,
         base_fingerprint: None,
         extensions: vec![],
+        protect_from_scale_in: false,
+        protect_from_scale_set_actions: false,
         created_at: t0(),
         state_since: t0(),
     }

@@ -1,0 +1,196 @@
+//! Rolling upgrades (`.../rollingUpgrades/latest`, `.../rollingUpgrades/{action}`) and instance
+//! protection (`.../virtualMachines/{id}/protectionPolicy`).
+//!
+//! A request is written into the set's status for the reconciler to act on in its next pass
+//! (handlers never move instances themselves); the status is the reconciler's, so the write is
+//! a compare-and-swap retried on conflict.
+
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+    views,
+};
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use herd_model::{
+    instance::{InstanceRecord, ProtectionPolicy},
+    scale_set::{ScaleSetStatus, UpgradeRequest},
+    upgrade::RollingUpgrade,
+    FieldError, InstanceId,
+};
+use herd_store::{Expect, Kind, StoreExt, WriteOp};
+use serde::Deserialize;
+
+/// `rolling-upgrade start` options (herd's canary, beyond Azure).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartRequest {
+    /// The first batch: `N` instances or `P%` of the capacity.
+    #[serde(default)]
+    pub canary: Option<String>,
+    /// Pause after the canary batch until `resume` or `rollback`.
+    #[serde(default)]
+    pub pause: bool,
+}
+
+/// The latest rolling upgrade: state, batches, counts and the failure reason.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/latest", tag = "rolling upgrades",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = RollingUpgrade), (status = 404, body = ErrorBody)))]
+pub async fn latest(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<RollingUpgrade>, ApiError> {
+    let set = views::load_set(&state, &group, &name)?;
+    let status = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.value.key())?;
+    status
+        .and_then(|s| s.value.rolling_upgrade)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("scale set '{name}' has had no rolling upgrade")))
+}
+
+const ACTIONS: &[&str] = &["start", "cancel", "pause", "resume", "rollback"];
+
+/// Asks the reconciler to start, pause, resume, cancel or roll back a rolling upgrade.
+#[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/{action}", tag = "rolling upgrades",
+    params(("group" = String, Path), ("name" = String, Path), ("action" = String, Path, description = "start, cancel, pause, resume or rollback")),
+    request_body = StartRequest,
+    responses((status = 202, description = "Accepted"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn action(
+    State(state): State<AppState>,
+    Path((group, name, action)): Path<(String, String, String)>,
+    body: Option<Json<StartRequest>>,
+) -> Result<StatusCode, ApiError> {
+    let action = ACTIONS.iter().find(|a| a.eq_ignore_ascii_case(&action)).ok_or_else(|| {
+        ApiError::NotFound(format!("no rolling-upgrade action '{action}'; actions: {}", ACTIONS.join(", ")))
+    })?;
+    let set = views::load_set(&state, &group, &name)?;
+    if set.value.deleting {
+        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+    }
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let capacity = set.value.model.sku.capacity.max(0) as u64;
+    let request = match *action {
+        "start" => {
+            let canary = match body.canary.as_deref() {
+                None => None,
+                Some(c) => Some(parse_canary(c, capacity)?),
+            };
+            UpgradeRequest::Start { canary, pause: body.pause }
+        }
+        "cancel" => UpgradeRequest::Cancel,
+        "pause" => UpgradeRequest::Pause,
+        "resume" => UpgradeRequest::Resume,
+        _ => UpgradeRequest::Rollback,
+    };
+    let key = set.value.key();
+    for _ in 0..10 {
+        let cur = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &key)?;
+        let (mut status, expect) = match cur {
+            Some(o) => (o.value, Expect::Revision(o.revision)),
+            None => (ScaleSetStatus::default(), Expect::Absent),
+        };
+        let active = status.rolling_upgrade.as_ref().filter(|u| u.state.is_active());
+        match (&request, active) {
+            (UpgradeRequest::Pause | UpgradeRequest::Cancel, None) => {
+                return Err(ApiError::Conflict(format!("scale set '{name}' has no rolling upgrade in progress")));
+            }
+            (UpgradeRequest::Resume, a) if a.is_none_or(|u| u.state.as_str() != "Paused") => {
+                return Err(ApiError::Conflict(format!("scale set '{name}' has no paused rolling upgrade")));
+            }
+            (UpgradeRequest::Rollback, _) if status.rolling_upgrade.is_none() => {
+                return Err(ApiError::Conflict(format!("scale set '{name}' has no rolling upgrade to roll back")));
+            }
+            _ => {}
+        }
+        status.upgrade_request = Some(request.clone());
+        let ev = views::user_event(
+            &state,
+            &group,
+            &name,
+            "RollingUpgradeRequest",
+            format!("rolling-upgrade {action} requested"),
+        );
+        match state
+            .store
+            .txn(vec![WriteOp::put(Kind::ScaleSetStatus, key.clone(), &status, expect)?, WriteOp::Activity(ev)])
+        {
+            Ok(_) => {
+                state.wake();
+                return Ok(StatusCode::ACCEPTED);
+            }
+            Err(herd_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict("the scale set's status kept changing; try again".into()))
+}
+
+/// `N` or `P%` of `capacity` (at least one).
+fn parse_canary(c: &str, capacity: u64) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::Invalid(FieldError::new(
+            "canary",
+            format!("'{c}' is not a count or a percentage; allowed: N (1 or more) or P% (1% to 100%)"),
+        ))
+    };
+    match c.trim().strip_suffix('%') {
+        Some(p) => {
+            let p: u64 = p.trim().parse().map_err(|_| bad())?;
+            if !(1..=100).contains(&p) {
+                return Err(bad());
+            }
+            Ok((capacity * p / 100).max(1))
+        }
+        None => {
+            let n: u64 = c.trim().parse().map_err(|_| bad())?;
+            if n == 0 {
+                return Err(bad());
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// Sets an instance's protection policy (`protectFromScaleIn`, `protectFromScaleSetActions`).
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/protectionPolicy", tag = "instances",
+    params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path)),
+    request_body = ProtectionPolicy,
+    responses((status = 200, body = ProtectionPolicy), (status = 404, body = ErrorBody)))]
+pub async fn protect(
+    State(state): State<AppState>,
+    Path((group, name, id)): Path<(String, String, String)>,
+    Json(policy): Json<ProtectionPolicy>,
+) -> Result<Json<ProtectionPolicy>, ApiError> {
+    let set = views::load_set(&state, &group, &name)?;
+    let n: u64 = id.parse().map_err(|_| {
+        ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
+    })?;
+    let key = herd_reconciler::executor::instance_store_key(&set.value.key(), InstanceId(n));
+    let cur = state
+        .store
+        .get_as::<InstanceRecord>(Kind::Instance, &key)?
+        .filter(|o| o.value.is_counted())
+        .ok_or_else(|| ApiError::NotFound(format!("instance {id} does not exist in scale set '{name}'")))?;
+    let mut rec = cur.value.clone();
+    rec.protect_from_scale_in = policy.protect_from_scale_in;
+    rec.protect_from_scale_set_actions = policy.protect_from_scale_set_actions;
+    let ev = views::user_event(
+        &state,
+        &group,
+        &name,
+        "SetProtectionPolicy",
+        format!(
+            "instance {id}: protectFromScaleIn={}, protectFromScaleSetActions={}",
+            policy.protect_from_scale_in, policy.protect_from_scale_set_actions
+        ),
+    );
+    state
+        .store
+        .txn(vec![WriteOp::put(Kind::Instance, key, &rec, Expect::Revision(cur.revision))?, WriteOp::Activity(ev)])?;
+    state.wake();
+    Ok(Json(policy))
+}

@@ -1,0 +1,325 @@
+//! Rolling upgrades on real processes behind the load balancer (all on loopback): batches of
+//! 20% under a bounded constant load lose no request; a model whose app fails its probe aborts
+//! after the first batch (and, with rollbackFailedInstancesOnPolicyBreach, goes back); a canary
+//! pauses after one instance until resume, and rollback reverts it; protected instances are
+//! left alone.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// An app answering `Version N from <name>` on /api/version and, unless broken, 200 on `/`
+/// (the probe path). A broken one answers 500 on `/`.
+fn app(version: u32, broken: bool) -> String {
+    let probe_status = if broken { 500 } else { 200 };
+    format!(
+        r#"cat > app.py <<'PY'
+import http.server, os
+NAME = os.environ["HERD_COMPUTER_NAME"]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        version = self.path == "/api/version"
+        body = (f"Version {version} from {{NAME}}" if version else "probe").encode()
+        self.send_response(200 if version else {probe_status})
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+    allow_reuse_address = True
+S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
+PY
+exec python3 app.py"#
+    )
+}
+
+fn get(url: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let (host, path) = addr.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((addr, "/".into()));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&host.parse().map_err(|e| format!("{e}"))?, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if !out.starts_with("HTTP/1.0 200") && !out.starts_with("HTTP/1.1 200") {
+        return Err(format!("bad answer: {}", out.lines().next().unwrap_or("(empty)")));
+    }
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+const SET: [&str; 4] = ["-g", "rg", "-n", "web"];
+
+fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = cmd.to_vec();
+    v.extend_from_slice(&SET);
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A server with images 1.0.0 (v1), 1.0.1 (v2) and 1.0.2 (v2, failing its probe), a load
+/// balancer with an HTTP probe on `/`, and a Rolling scale set of `count` on 1.0.0.
+fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
+    let s = Server::start("process", &dir.join("data"), Some("[loadbalancer]\ndrain_timeout_secs = 1\n"));
+    s.ok(&["group", "create", "-n", "rg"]);
+    for (v, version, broken) in [("1.0.0", 1, false), ("1.0.1", 2, false), ("1.0.2", 2, true)] {
+        let img = image_dir(&dir.join(format!("img-{v}")), &app(version, broken));
+        s.ok(&["image", "import", "--urn", &format!("Herd:App:1:{v}"), "--dir", img.to_str().unwrap()]);
+    }
+    s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    s.ok(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "webprobe",
+        "--protocol",
+        "Http",
+        "--path",
+        "/",
+        "--port",
+        "8080",
+        "--interval",
+        "1",
+        "--threshold",
+        "2",
+    ]);
+    s.ok(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "http",
+        "--frontend-port",
+        "18080",
+        "--backend-port",
+        "8080",
+        "--probe-name",
+        "webprobe",
+    ]);
+    // Rolling without a health source is refused with a clear error.
+    let e = s.err(&with(
+        &["vmss", "create"],
+        &["--image", "Herd:App:1:1.0.0", "--instance-count", "1", "--upgrade-policy-mode", "Rolling"],
+    ));
+    assert!(e.contains("Rolling needs a health source"), "{e}");
+    s.ok(&with(
+        &["vmss", "create"],
+        &[
+            "--image",
+            "Herd:App:1:1.0.0",
+            "--instance-count",
+            count,
+            "--vm-sku",
+            "Standard_B1s",
+            "--lb",
+            "web-lb",
+            "--upgrade-policy-mode",
+            "Rolling",
+            "--disable-overprovision",
+            "--quiet",
+        ],
+    ));
+    if !policy.is_empty() {
+        s.ok(&with(
+            &["vmss", "update"],
+            &["--set", &format!("upgradePolicy.rollingUpgradePolicy={policy}"), "--quiet"],
+        ));
+    }
+    let ip =
+        s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
+    let n: usize = count.parse().unwrap();
+    wait_for("every instance healthy", Duration::from_secs(60), || {
+        let list = s.json(&with(&["vmss", "list-instances"], &[]));
+        (list.as_array().unwrap().iter().filter(|i| i["health"] == "Healthy").count() == n).then_some(())
+    });
+    (s, format!("http://{}:18080", ip.trim()))
+}
+
+fn wait_state(s: &Server, want: &[&str], limit: Duration) -> Value {
+    wait_for(&format!("the rolling upgrade to reach {want:?}"), limit, || {
+        let out = s.herd(&with(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "json"]));
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        want.contains(&v["state"].as_str()?).then_some(v)
+    })
+}
+
+fn generations(s: &Server) -> Vec<(String, u64)> {
+    let list = s.json(&with(&["vmss", "list-instances"], &[]));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["instanceId"].as_str().unwrap().to_string(), i["modelGeneration"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_rolling_upgrade_under_load_loses_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, frontend) = setup(dir.path(), "6", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let completions = Arc::new(Mutex::new(Vec::<chrono::DateTime<chrono::Utc>>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failures, completions, frontend) =
+            (stop.clone(), ok.clone(), failures.clone(), completions.clone(), frontend.clone());
+        workers.push(std::thread::spawn(move || {
+            let start = Instant::now();
+            // Bounded: at most 20,000 requests per worker and 120 s.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || start.elapsed() > Duration::from_secs(120) {
+                    break;
+                }
+                match get(&format!("{frontend}/api/version")) {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        completions.lock().unwrap().push(chrono::Utc::now());
+                    }
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+    wait_for("load to be flowing", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > 20).then_some(()));
+    s.ok(&with(
+        &["vmss", "update"],
+        &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--quiet"],
+    ));
+    let done = wait_state(&s, &["Completed", "Faulted", "Cancelled"], Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(done["state"], "Completed", "{done}");
+    let batches = done["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 6, "20% of 6 is one instance per batch: {done}");
+    assert!(batches.iter().all(|b| b["instances"].as_array().unwrap().len() == 1));
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} requests failed during the upgrade, e.g. {:?}", failures.len(), failures.first());
+    let completions = completions.lock().unwrap();
+    for (i, b) in batches.iter().enumerate() {
+        let from: chrono::DateTime<chrono::Utc> = serde_json::from_value(b["startedAt"].clone()).unwrap();
+        let to: chrono::DateTime<chrono::Utc> = serde_json::from_value(b["finishedAt"].clone()).unwrap();
+        let during = completions.iter().filter(|t| **t >= from && **t <= to).count();
+        assert!(during >= 50, "batch {i}: only {during} requests completed during it; the load must overlap");
+    }
+    let gens = generations(&s);
+    assert!(gens.iter().all(|(_, g)| *g == 2), "every instance on the new model: {gens:?}");
+    for _ in 0..10 {
+        assert!(get(&format!("{frontend}/api/version")).unwrap().starts_with("Version 2 from"));
+    }
+    let log = s.ok(&["monitor", "activity-log", "list", "-g", "rg", "-o", "json"]);
+    assert!(log.contains("rolling upgrade to model generation 2 started (model change)"), "{log}");
+    assert!(log.contains("batch 6 done"), "{log}");
+}
+
+#[test]
+fn a_failing_model_aborts_after_the_first_batch_and_rolls_back_when_asked() {
+    for rollback in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = format!("{{\"rollbackFailedInstancesOnPolicyBreach\": {rollback}}}");
+        let (s, _frontend) = setup(dir.path(), "5", &policy);
+        let gen0 = s.json(&with(&["vmss", "show"], &[]))["modelGeneration"].as_u64().unwrap();
+        s.ok(&with(
+            &["vmss", "update"],
+            &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.2", "--quiet"],
+        ));
+        let end = if rollback { "RolledBack" } else { "Faulted" };
+        let done = wait_state(&s, &[end, "Completed"], Duration::from_secs(120));
+        assert_eq!(done["state"], end, "{done}");
+        assert!(done["error"].as_str().unwrap().contains("maxUnhealthyUpgradedInstancePercent"), "{done}");
+        let first = &done["batches"][0]["instances"];
+        assert_eq!(first.as_array().unwrap().len(), 1, "{done}");
+        let list = s.json(&with(&["vmss", "list-instances"], &[]));
+        let healthy = || {
+            let l = s.json(&with(&["vmss", "list-instances"], &[]));
+            l.as_array().unwrap().iter().filter(|i| i["health"] == "Healthy").count()
+        };
+        if rollback {
+            // The failed instance was re-imaged back: every instance runs the old model again
+            // (now as a new generation), and all are healthy.
+            let gen_now = s.json(&with(&["vmss", "show"], &[]))["modelGeneration"].as_u64().unwrap();
+            assert_eq!(gen_now, gen0 + 2, "the rollback is a new generation with the old model");
+            assert_eq!(
+                s.json(&with(&["vmss", "show"], &[]))["virtualMachineProfile"]["storageProfile"]["imageReference"]
+                    ["version"],
+                "1.0.0"
+            );
+            wait_for("all healthy after the rollback", Duration::from_secs(60), || (healthy() == 5).then_some(()));
+            assert!(generations(&s).iter().all(|(_, g)| *g == gen_now));
+        } else {
+            let on_old =
+                list.as_array().unwrap().iter().filter(|i| i["modelGeneration"].as_u64() == Some(gen0)).count();
+            assert_eq!(on_old, 4, "the rest stay on the old model: {list}");
+            assert!(healthy() * 100 / 5 >= 80, "at least 80% stay healthy");
+        }
+    }
+}
+
+#[test]
+fn a_canary_pauses_until_resumed_and_rollback_reverts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _frontend) = setup(dir.path(), "5", "");
+    // Protect one instance: upgrades leave it alone.
+    let first = generations(&s)[4].0.clone();
+    let shown =
+        s.json(&with(&["vmss", "update"], &["--instance-id", &first, "--protect-from-scale-set-actions", "true"]));
+    assert_eq!(shown["protectionPolicy"]["protectFromScaleSetActions"], true, "{shown}");
+
+    for (round, finish) in [(0, "resume"), (1, "rollback")] {
+        let version = if round == 0 { "1.0.1" } else { "1.0.0" };
+        // Hold the automatic start: switch to Manual, change the model, then start with a canary.
+        s.ok(&with(&["vmss", "update"], &["--set", "upgradePolicy.mode=Manual", "--quiet"]));
+        s.ok(&with(
+            &["vmss", "update"],
+            &["--set", &format!("virtualMachineProfile.storageProfile.imageReference.version={version}"), "--quiet"],
+        ));
+        s.ok(&with(&["vmss", "rolling-upgrade", "start"], &["--canary", "1", "--pause"]));
+        let paused = wait_state(&s, &["Paused"], Duration::from_secs(60));
+        assert_eq!(paused["batches"].as_array().unwrap().len(), 1, "{paused}");
+        assert!(paused["error"].as_str().unwrap().contains("canary"), "{paused}");
+        let target = paused["targetGeneration"].as_u64().unwrap();
+        let on_target = generations(&s).iter().filter(|(_, g)| *g == target).count();
+        assert_eq!(on_target, 1, "only the canary moved");
+        s.ok(&with(&["vmss", "rolling-upgrade", finish], &[]));
+        if finish == "resume" {
+            let done = wait_state(&s, &["Completed"], Duration::from_secs(90));
+            let gens = generations(&s);
+            let protected = gens.iter().find(|(id, _)| *id == first).unwrap().1;
+            assert!(protected < target, "the protected instance is left alone: {gens:?}");
+            assert_eq!(gens.iter().filter(|(_, g)| *g == target).count(), 4, "{done}");
+        } else {
+            let done = wait_state(&s, &["RolledBack"], Duration::from_secs(90));
+            let now = s.json(&with(&["vmss", "show"], &[]))["modelGeneration"].as_u64().unwrap();
+            assert_eq!(done["targetGeneration"].as_u64().unwrap(), now);
+            let canary = paused["batches"][0]["instances"][0].as_u64().unwrap().to_string();
+            let gens = generations(&s);
+            assert_eq!(gens.iter().find(|(id, _)| *id == canary).unwrap().1, now, "the canary went back: {gens:?}");
+        }
+    }
+    let e = s.err(&with(&["vmss", "rolling-upgrade", "start"], &["--canary", "0"]));
+    assert!(e.contains("canary") && e.contains("P%"), "{e}");
+    let e = s.err(&with(&["vmss", "rolling-upgrade", "resume"], &[]));
+    assert!(e.contains("no paused rolling upgrade"), "{e}");
+}
