@@ -322,3 +322,76 @@ async fn repeated_failures_suspend_creation_until_the_set_changes() {
     e.edit_set(|s| s.model.tags.insert("touch".into(), "1".into()).map_or((), |_| ()));
     e.converge("resume").await;
 }
+
+/// A rolling upgrade of 10 instances in batches of 2 (20%): it completes, every instance is
+/// rebuilt exactly once on the new generation, and no more than one batch is ever in flight.
+async fn rolling_scenario(e: &Env) {
+    e.insert_set(10);
+    e.edit_set(|s| {
+        s.model.overprovision = false;
+        s.model.upgrade_policy.mode = herd_model::scale_set::UpgradeMode::Rolling;
+    });
+    e.converge("create 10").await;
+    e.edit_set(|s| {
+        s.model.virtual_machine_profile.os_profile.admin_username = "newadmin".into();
+        s.model_generation = 2;
+    });
+    let mut max_in_flight = 0;
+    for _ in 0..400 {
+        let _ = e.rec.pass().await;
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        let in_flight = e
+            .records()
+            .iter()
+            .filter(|r| {
+                r.state == InstanceState::Reimaging
+                    || r.pending == Some(herd_model::instance::PendingAction::Reimage)
+                    || r.draining_since.is_some()
+            })
+            .count();
+        max_in_flight = max_in_flight.max(in_flight);
+        e.clock.advance(chrono::Duration::seconds(30));
+        let status = e.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, SET_KEY).unwrap().unwrap().value;
+        if status.rolling_upgrade.as_ref().is_some_and(|u| u.state == herd_model::upgrade::RollingState::Completed)
+            && e.converged().await
+        {
+            break;
+        }
+    }
+    let status = e.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, SET_KEY).unwrap().unwrap().value;
+    let u = status.rolling_upgrade.expect("an upgrade ran");
+    assert_eq!(u.state, herd_model::upgrade::RollingState::Completed, "{u:#?}");
+    assert!(max_in_flight <= 2, "a batch limit was exceeded: {max_in_flight} instances in flight at once");
+    let mut touched: Vec<u64> = u.touched().map(|i| i.0).collect();
+    touched.sort_unstable();
+    let before = touched.len();
+    touched.dedup();
+    assert_eq!(before, touched.len(), "no instance was upgraded twice: {u:#?}");
+    assert_eq!(touched.len(), 10);
+    for r in e.records() {
+        assert_eq!(r.model_generation, 2);
+        let key = herd_model::InstanceKey {
+            group: GroupName::new("rg").unwrap(),
+            set: ScaleSetName::new("web").unwrap(),
+            id: r.instance_id,
+        };
+        assert_eq!(e.sim.generation(&key), Some(2), "instance {} was really rebuilt", r.instance_id);
+    }
+}
+
+#[tokio::test]
+async fn rolling_upgrade_converges_after_a_crash_at_every_step() {
+    let faults = Arc::new(Faults::default());
+    let e = env(Some(faults.clone()));
+    rolling_scenario(&e).await;
+    let points = faults.hits();
+    assert!(points > 10, "the scenario reaches {points} fault points");
+    for k in 0..points {
+        let faults = Arc::new(Faults::default());
+        faults.fail_at(k);
+        let e = env(Some(faults.clone()));
+        rolling_scenario(&e).await;
+    }
+}
