@@ -52,6 +52,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/latest", get(rolling::latest))
         .route(
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/setOrchestrationServiceState",
+            post(rolling::orchestration_state),
+        )
+        .route(
             "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/{action}",
             post(rolling::action),
         )

@@ -28,6 +28,7 @@ use utoipa::OpenApi;
         crate::rolling::latest,
         crate::rolling::action,
         crate::rolling::protect,
+        crate::rolling::orchestration_state,
         crate::extensions::list,
         crate::extensions::show,
         crate::extensions::put,

@@ -1,5 +1,6 @@
-//! Rolling upgrades (`.../rollingUpgrades/latest`, `.../rollingUpgrades/{action}`) and instance
-//! protection (`.../virtualMachines/{id}/protectionPolicy`).
+//! Rolling upgrades (`.../rollingUpgrades/latest`, `.../rollingUpgrades/{action}`), instance
+//! protection (`.../virtualMachines/{id}/protectionPolicy`) and the automatic-repairs service
+//! (`.../setOrchestrationServiceState`): the requests that steer upgrades and repairs.
 //!
 //! A request is written into the set's status for the reconciler to act on in its next pass
 //! (handlers never move instances themselves); the status is the reconciler's, so the write is
@@ -79,7 +80,7 @@ pub async fn action(
                 None => None,
                 Some(c) => Some(parse_canary(c, capacity)?),
             };
-            UpgradeRequest::Start { canary, pause: body.pause }
+            UpgradeRequest::Start { canary, pause: body.pause, reimage: false }
         }
         "cancel" => UpgradeRequest::Cancel,
         "pause" => UpgradeRequest::Pause,
@@ -193,4 +194,72 @@ pub async fn protect(
         .txn(vec![WriteOp::put(Kind::Instance, key, &rec, Expect::Revision(cur.revision))?, WriteOp::Activity(ev)])?;
     state.wake();
     Ok(Json(policy))
+}
+
+/// `set-orchestration-service-state`: suspend or resume a set's automatic repairs.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchestrationServiceStateRequest {
+    /// `AutomaticRepairs`.
+    pub service_name: String,
+    /// `Suspend` or `Resume`.
+    pub action: String,
+}
+
+/// Suspends or resumes automatic repairs. Resuming also clears the circuit breaker's count.
+#[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/setOrchestrationServiceState", tag = "scale sets",
+    params(("group" = String, Path), ("name" = String, Path)),
+    request_body = OrchestrationServiceStateRequest,
+    responses((status = 200, description = "Done"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn orchestration_state(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    Json(req): Json<OrchestrationServiceStateRequest>,
+) -> Result<StatusCode, ApiError> {
+    if !req.service_name.eq_ignore_ascii_case("AutomaticRepairs") {
+        return Err(ApiError::invalid(
+            "serviceName",
+            format!("'{}' is not a service herd runs; allowed: AutomaticRepairs", req.service_name),
+        ));
+    }
+    let suspend = match req.action.to_ascii_lowercase().as_str() {
+        "suspend" => true,
+        "resume" => false,
+        _ => return Err(ApiError::invalid("action", format!("'{}' is not allowed; allowed: Suspend, Resume", req.action))),
+    };
+    let set = views::load_set(&state, &group, &name)?;
+    if !set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) {
+        return Err(ApiError::Conflict(format!(
+            "scale set '{name}' has automatic repairs off; enable them with --set automaticRepairsPolicy.enabled=true"
+        )));
+    }
+    let key = set.value.key();
+    for _ in 0..10 {
+        let cur = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &key)?;
+        let (mut status, expect) = match cur {
+            Some(o) => (o.value, Expect::Revision(o.revision)),
+            None => (ScaleSetStatus::default(), Expect::Absent),
+        };
+        if suspend {
+            status.repairs.suspended = Some(herd_model::repair::RepairSuspension {
+                reason: "suspended by user".into(),
+                since: state.clock.now(),
+                automatic: false,
+            });
+        } else {
+            status.repairs.suspended = None;
+            status.repairs.attempts.clear();
+        }
+        let verb = if suspend { "suspended" } else { "resumed" };
+        let ev = views::user_event(&state, &group, &name, "SetOrchestrationServiceState", format!("automatic repairs {verb}"));
+        match state.store.txn(vec![WriteOp::put(Kind::ScaleSetStatus, key.clone(), &status, expect)?, WriteOp::Activity(ev)]) {
+            Ok(_) => {
+                state.wake();
+                return Ok(StatusCode::OK);
+            }
+            Err(herd_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict("the scale set's status kept changing; try again".into()))
 }

@@ -58,9 +58,21 @@ pub(crate) fn prepare(
     model.validate(&state.validation())?;
     check_image(state, &model)?;
     check_network(state, name, &model)?;
-    if model.upgrade_policy.mode == herd_model::scale_set::UpgradeMode::Rolling {
-        let lbs: Vec<herd_model::network::LoadBalancer> =
-            state.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
+    let repairs = model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled);
+    let rolling = model.upgrade_policy.mode == herd_model::scale_set::UpgradeMode::Rolling;
+    let lbs: Vec<herd_model::network::LoadBalancer> = if rolling || repairs {
+        state.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect()
+    } else {
+        vec![]
+    };
+    if repairs && !herd_model::network::has_health_source(&model, &lbs) {
+        return Err(ApiError::invalid(
+            "automaticRepairsPolicy.enabled",
+            "automatic repairs need a health source: a load-balancer rule with a probe on the set's backend pool, \
+             or virtualMachineProfile.networkProfile.healthProbe",
+        ));
+    }
+    if rolling {
         if !herd_model::network::has_health_source(&model, &lbs) {
             return Err(ApiError::invalid(
                 "upgradePolicy.mode",

@@ -38,6 +38,22 @@ pub struct ScaleSetView {
     pub rolling_upgrade_state: Option<String>,
     /// A `rolling-upgrade` request waits for the reconciler's next pass.
     pub upgrade_request_pending: bool,
+    /// Azure's `orchestrationServices`: the automatic-repairs service and its state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orchestration_services: Vec<OrchestrationService>,
+}
+
+/// One orchestration service of a set (`AutomaticRepairs`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrchestrationService {
+    pub service_name: String,
+    /// `Running`, `Suspended` or `NotRunning`.
+    pub service_state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Repairs since an instance last became healthy on a fresh boot.
+    pub recent_repairs: usize,
 }
 
 /// `POST .../update`: az-style generic edits.
@@ -212,6 +228,22 @@ pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleS
         instance_summary: summary,
         rolling_upgrade_state: status.as_ref().and_then(|s| s.rolling_upgrade.as_ref()).map(|u| u.state.to_string()),
         upgrade_request_pending: status.as_ref().is_some_and(|s| s.upgrade_request.is_some()),
+        orchestration_services: match &set.model.automatic_repairs_policy {
+            Some(p) => {
+                let repairs = status.as_ref().map(|s| s.repairs.clone()).unwrap_or_default();
+                vec![OrchestrationService {
+                    service_name: "AutomaticRepairs".into(),
+                    service_state: match (&repairs.suspended, p.enabled) {
+                        (_, false) => "NotRunning".into(),
+                        (Some(_), true) => "Suspended".into(),
+                        (None, true) => "Running".into(),
+                    },
+                    reason: repairs.suspended.map(|s| s.reason),
+                    recent_repairs: repairs.attempts.len(),
+                }]
+            }
+            None => vec![],
+        },
     })
 }
 

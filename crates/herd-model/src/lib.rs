@@ -23,6 +23,7 @@ pub mod image;
 pub mod instance;
 pub mod network;
 pub mod patch;
+pub mod repair;
 pub mod scale_set;
 pub mod sku;
 pub mod upgrade;

@@ -62,9 +62,8 @@ pub struct UpgradePolicy {
     pub mode: UpgradeMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_upgrade_policy: Option<crate::upgrade::RollingUpgradePolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub automatic_os_upgrade_policy: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "automaticOSUpgradePolicy")]
+    pub automatic_os_upgrade_policy: Option<crate::upgrade::AutomaticOsUpgradePolicy>,
 }
 
 /// `scaleInPolicy`: which instances go first on scale-in.
@@ -298,8 +297,7 @@ pub struct ScaleSetModel {
     #[serde(default)]
     pub scale_in_policy: ScaleInPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub automatic_repairs_policy: Option<Value>,
+    pub automatic_repairs_policy: Option<crate::repair::AutomaticRepairsPolicy>,
     pub virtual_machine_profile: VirtualMachineProfile,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -395,8 +393,13 @@ impl ScaleSetModel {
                 ));
             }
         }
-        if self.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(FieldError::not_supported("upgradePolicy.automaticOSUpgradePolicy", "automatic OS upgrades"));
+        if self.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|p| p.enable_automatic_os_upgrade)
+            && !self.virtual_machine_profile.storage_profile.image_reference.version.eq_ignore_ascii_case("latest")
+        {
+            return Err(FieldError::new(
+                "upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
+                "needs the image reference at version 'latest' (a newer imported version is what gets rolled out)",
+            ));
         }
         if self.scale_in_policy.rules.is_empty() {
             return Err(FieldError::new(
@@ -413,8 +416,8 @@ impl ScaleSetModel {
         if self.scale_in_policy.force_deletion {
             return Err(FieldError::not_supported("scaleInPolicy.forceDeletion", "force deletion"));
         }
-        if self.automatic_repairs_policy.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(FieldError::not_supported("automaticRepairsPolicy", "automatic repairs"));
+        if let Some(p) = &self.automatic_repairs_policy {
+            p.validate()?;
         }
         self.validate_profile()
     }
@@ -636,9 +639,20 @@ pub struct ScaleSetStatus {
     /// The latest rolling upgrade (active or finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_upgrade: Option<crate::upgrade::RollingUpgrade>,
+    /// Automatic repairs: recent attempts (the circuit breaker's count) and a suspension.
+    #[serde(default, skip_serializing_if = "is_default_repairs")]
+    pub repairs: crate::repair::RepairState,
+    /// The image version `latest` resolved to when the set last took it (automatic OS upgrades
+    /// start when a newer one is imported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_image_version: Option<String>,
     /// Options for the next rolling upgrade, set by `rolling-upgrade start` before it begins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_request: Option<UpgradeRequest>,
+}
+
+fn is_default_repairs(r: &crate::repair::RepairState) -> bool {
+    r == &crate::repair::RepairState::default()
 }
 
 /// What `rolling-upgrade start|pause|resume|cancel|rollback` asks of the reconciler; it acts on
@@ -651,6 +665,9 @@ pub enum UpgradeRequest {
     Start {
         canary: Option<u64>,
         pause: bool,
+        /// An OS image upgrade: every instance is re-imaged.
+        #[serde(default)]
+        reimage: bool,
     },
     Pause,
     Resume,
@@ -745,8 +762,8 @@ mod tests {
         assert!(model(v).unwrap_err().message.contains("not supported yet"));
 
         let mut v = base();
-        v["automaticRepairsPolicy"] = json!({"enabled": true});
-        assert!(model(v).unwrap_err().message.contains("not supported yet"));
+        v["automaticRepairsPolicy"] = json!({"enabled": true, "gracePeriod": "PT5S"});
+        assert_eq!(model(v).unwrap_err().field, "automaticRepairsPolicy.gracePeriod");
     }
 
     #[test]

@@ -111,6 +111,21 @@ impl RollingUpgradePolicy {
     }
 }
 
+/// `upgradePolicy.automaticOSUpgradePolicy`: a newer version of the model's image (with the
+/// image reference at `latest`) is rolled out by itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutomaticOsUpgradePolicy {
+    #[serde(default, rename = "enableAutomaticOSUpgrade")]
+    pub enable_automatic_os_upgrade: bool,
+    /// Accepted for compatibility: herd rolls back only with `rollbackFailedInstancesOnPolicyBreach`.
+    #[serde(default)]
+    pub disable_automatic_rollback: bool,
+    /// Accepted for compatibility: the rollout always uses `rollingUpgradePolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_rolling_upgrade_policy: Option<bool>,
+}
+
 string_enum!(
     /// Where a rolling upgrade is (see the module diagram).
     RollingState {
@@ -168,6 +183,10 @@ pub struct RollingUpgrade {
     /// ...and the upgrade pauses after it, until `resume` or `rollback`.
     #[serde(default)]
     pub pause_after_canary: bool,
+    /// Every instance is re-imaged (an OS image upgrade: the model is unchanged but `latest`
+    /// now means a newer image), even where only extensions seem to differ.
+    #[serde(default)]
+    pub reimage: bool,
     pub batches: Vec<RollingBatch>,
     /// Upgraded and healthy.
     #[serde(default)]

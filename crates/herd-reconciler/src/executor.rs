@@ -11,6 +11,7 @@
 
 use crate::extensions::{ExtensionConfig, ExtensionRunner};
 use crate::plan::{plan, Limits, NewInstance, SetInput, Step};
+use crate::repair::{plan_repairs, RepairInput, RepairStep};
 use crate::rolling::{plan_rolling, Health, RollingInput, RollingStep};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -407,6 +408,36 @@ impl Reconciler {
                 });
                 waiting |= status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
                 steps.extend(rolling.into_iter().map(Step::Rolling));
+            }
+            if !set.value.deleting && status.upgrade_request.is_none() {
+                let latest = set
+                    .value
+                    .model
+                    .virtual_machine_profile
+                    .storage_profile
+                    .image_reference
+                    .urn()
+                    .ok()
+                    .and_then(|u| image::resolve(&images, &u).map(|i| i.version.clone()));
+                if let Some(st) =
+                    crate::rolling::plan_os_image(&set.value, status.os_image_version.as_deref(), latest.as_deref())
+                {
+                    steps.push(Step::Rolling(st));
+                }
+            }
+            if set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) && !set.value.deleting {
+                let health = self.health_of(&set.value, &records);
+                let repairs = plan_repairs(&RepairInput {
+                    set: &set.value,
+                    state: &status.repairs,
+                    instances: &records,
+                    health: &health,
+                    has_health_source: herd_model::network::has_health_source(&set.value.model, &lbs),
+                    upgrading: status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active()),
+                    now,
+                    max_attempts: self.config.limits.repair_max_attempts,
+                });
+                steps.extend(repairs.into_iter().map(Step::Repair));
             }
             // A run under way is not a step: the runner wakes the loop when it is done.
             steps.retain(|s| match s {
@@ -948,6 +979,7 @@ impl Reconciler {
                 w.log.push(("ProvisioningResumed".into(), "the scale set changed; creation resumes".into()));
             }
             Step::Rolling(r) => self.rolling_intent(w, r, now, ops_extra),
+            Step::Repair(r) => repair_intent(w, r, now),
             // Started after the intents are persisted; the runner records the outcome.
             Step::RemoveSet | Step::RunExtensions(_) => {}
         }
@@ -960,6 +992,39 @@ impl Reconciler {
         let ids = |v: &[InstanceId]| id_list(v);
         match step {
             RollingStep::ClearRequest => w.status.upgrade_request = None,
+            RollingStep::OsImage { version, upgrade } => {
+                let before = w.status.os_image_version.replace(version.clone());
+                if !upgrade {
+                    return;
+                }
+                let mut next = w.set.clone();
+                next.model_generation += 1;
+                let set_key = w.set.key();
+                let (Ok(put), Ok(hist)) = (
+                    WriteOp::put(Kind::ScaleSet, set_key.clone(), &next, Expect::Revision(w.set_revision)),
+                    WriteOp::put(
+                        Kind::ModelHistory,
+                        herd_model::scale_set::model_history_key(&set_key, next.model_generation),
+                        &next.model,
+                        Expect::Any,
+                    ),
+                ) else {
+                    return;
+                };
+                ops.push(put);
+                ops.push(hist);
+                w.status.upgrade_request =
+                    Some(herd_model::scale_set::UpgradeRequest::Start { canary: None, pause: false, reimage: true });
+                w.log.push((
+                    "AutomaticOSUpgrade".into(),
+                    format!(
+                        "image version {version} was published (was {}); model generation {} → {}: a rolling upgrade re-images every instance",
+                        before.unwrap_or_default(),
+                        w.set.model_generation,
+                        next.model_generation
+                    ),
+                ));
+            }
             RollingStep::Begin(u) => {
                 let canary = u
                     .canary
@@ -1196,6 +1261,37 @@ impl Reconciler {
             ops.push(WriteOp::Activity(event(now, g, n, "DriverCall", "Failed", f)));
         }
         Ok(())
+    }
+}
+
+/// Records an automatic-repair decision and marks the instance.
+fn repair_intent(w: &mut SetWork<'_>, step: &RepairStep, now: DateTime<Utc>) {
+    use herd_model::repair::{RepairAction, RepairAttempt, RepairSuspension};
+    w.status_dirty = true;
+    match step {
+        RepairStep::Reset => w.status.repairs.attempts.clear(),
+        RepairStep::Suspend(reason) => {
+            w.status.repairs.suspended = Some(RepairSuspension { reason: reason.clone(), since: now, automatic: true });
+            w.log.push(("AutomaticRepairsSuspended".into(), reason.clone()));
+        }
+        RepairStep::Repair { id, action, reason } => {
+            let Some(wr) = w.records.get_mut(id) else { return };
+            match action {
+                RepairAction::Replace => {
+                    wr.record.goal = InstanceGoal::Deleted;
+                    wr.record.delete_reason = Some(format!("automatic repair (Replace): {reason}"));
+                }
+                RepairAction::Restart => wr.record.pending = Some(PendingAction::Restart),
+                RepairAction::Reimage => wr.record.pending = Some(PendingAction::Reimage),
+            }
+            wr.dirty = true;
+            let attempts = &mut w.status.repairs.attempts;
+            attempts.push(RepairAttempt { instance: *id, action: *action, at: now });
+            if attempts.len() > 20 {
+                attempts.remove(0);
+            }
+            w.log.push(("AutomaticRepair".into(), format!("instance {id}: {action} ({reason})")));
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod executor;
 pub mod extensions;
 pub mod fetch;
 pub mod plan;
+pub mod repair;
 pub mod rolling;
 pub mod summary;
 

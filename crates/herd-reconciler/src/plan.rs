@@ -34,6 +34,9 @@ pub struct Limits {
     /// A rolling-upgrade batch whose health is still unknown after this long is judged as it
     /// stands (unknown counts as unhealthy).
     pub batch_timeout: Duration,
+    /// Automatic repairs in a row that bring no instance back to health before repairs
+    /// suspend themselves (the circuit breaker).
+    pub repair_max_attempts: usize,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             boot_recheck: Duration::seconds(30),
             drain_timeout: Duration::seconds(10),
             batch_timeout: Duration::minutes(10),
+            repair_max_attempts: 3,
         }
     }
 }
@@ -108,6 +112,8 @@ pub enum Step {
     Undrain(InstanceId),
     /// A rolling-upgrade decision (see `rolling`).
     Rolling(crate::rolling::RollingStep),
+    /// An automatic-repair decision (see `repair`).
+    Repair(crate::repair::RepairStep),
     /// Stop creating: too many consecutive failures.
     Suspend(String),
     /// The set changed since suspension: try again.
@@ -476,7 +482,9 @@ fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspende
         S::Running if r.pending == Some(PendingAction::RunExtensions) => Some(Step::RunExtensions(id)),
         S::Running
             if input.set.model.upgrade_policy.mode == UpgradeMode::Automatic
-                && r.model_generation < input.set.model_generation =>
+                && r.model_generation < input.set.model_generation
+                && input.status.upgrade_request.is_none()
+                && input.status.rolling_upgrade.as_ref().is_none_or(|u| !u.state.is_active()) =>
         {
             Some(match r.upgrade_action(input.set, input.in_place_extensions) {
                 PendingAction::RunExtensions => Step::RunExtensions(id),

@@ -63,6 +63,27 @@ pub enum RollingStep {
     Rollback { reason: String },
     /// The user's request has been acted on.
     ClearRequest,
+    /// `latest` now resolves to `version`: remember it, and with `upgrade` (a newer version
+    /// under an automatic OS upgrade policy) bump the model generation and roll it out.
+    OsImage { version: String, upgrade: bool },
+}
+
+/// Automatic OS image upgrades: compares the version `latest` resolves to now with the one the
+/// set last took.
+pub fn plan_os_image(set: &StoredScaleSet, known: Option<&str>, latest: Option<&str>) -> Option<RollingStep> {
+    let enabled = set.model.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|p| p.enable_automatic_os_upgrade);
+    let image = &set.model.virtual_machine_profile.storage_profile.image_reference;
+    if !enabled || !image.version.eq_ignore_ascii_case("latest") {
+        return None;
+    }
+    let latest = latest?;
+    match known {
+        None => Some(RollingStep::OsImage { version: latest.to_string(), upgrade: false }),
+        Some(k) if herd_model::ids::Version::parse(latest) > herd_model::ids::Version::parse(k) => {
+            Some(RollingStep::OsImage { version: latest.to_string(), upgrade: true })
+        }
+        _ => None,
+    }
 }
 
 fn policy(set: &StoredScaleSet) -> RollingUpgradePolicy {
@@ -110,13 +131,16 @@ pub fn plan_rolling(input: &RollingInput<'_>) -> Vec<RollingStep> {
     if let Some(req) = input.request {
         out.push(RollingStep::ClearRequest);
         match req {
-            UpgradeRequest::Start { canary, pause } => match active {
+            UpgradeRequest::Start { canary, pause, reimage } => match active {
                 Some(u) if u.target_generation == target && u.batches.iter().all(|b| b.finished_at.is_none()) => {
                     out.push(RollingStep::Canary { canary: *canary, pause: *pause });
                 }
                 Some(_) => {}
                 None if !outdated(input, target).is_empty() => {
-                    out.push(RollingStep::Begin(Box::new(begin(input, "user", *canary, *pause))));
+                    let trigger = if *reimage { "automatic OS upgrade" } else { "user" };
+                    let mut u = begin(input, trigger, *canary, *pause);
+                    u.reimage = *reimage;
+                    out.push(RollingStep::Begin(Box::new(u)));
                 }
                 None => {}
             },
@@ -267,7 +291,7 @@ pub fn plan_rolling(input: &RollingInput<'_>) -> Vec<RollingStep> {
         .into_iter()
         .take(size)
         .map(|r| {
-            let action = if u.state == RollingState::RollingBack {
+            let action = if u.state == RollingState::RollingBack || u.reimage {
                 PendingAction::Reimage
             } else {
                 r.upgrade_action(set, input.in_place_extensions)
@@ -298,6 +322,7 @@ fn begin(input: &RollingInput<'_>, trigger: &str, canary: Option<u64>, pause: bo
         batch_size: policy(set).batch_size(set.model.sku.capacity.max(0) as u64),
         canary,
         pause_after_canary: pause,
+        reimage: false,
         batches: vec![],
         succeeded: vec![],
         failed: vec![],

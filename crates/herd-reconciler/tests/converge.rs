@@ -395,3 +395,117 @@ async fn rolling_upgrade_converges_after_a_crash_at_every_step() {
         rolling_scenario(&e).await;
     }
 }
+
+/// Sets every instance's probe health (for its current boot) on `board`.
+fn set_health(e: &Env, board: &herd_model::health::HealthBoard, unhealthy: &dyn Fn(u64) -> bool) {
+    let all = e
+        .records()
+        .into_iter()
+        .map(|r| {
+            let h = if unhealthy(r.instance_id.0) { "Unhealthy" } else { "Healthy" };
+            (
+                format!("rg/web/{}", r.instance_id),
+                herd_model::health::InstanceHealth {
+                    probe: "p".into(),
+                    health: h.into(),
+                    boot: r.state_since.timestamp_millis(),
+                },
+            )
+        })
+        .collect();
+    board.replace(all);
+}
+
+fn repair_env(action: &str) -> (Env, Arc<herd_model::health::HealthBoard>) {
+    let board = Arc::new(herd_model::health::HealthBoard::default());
+    let mut e = env(None);
+    e.rec = Reconciler::new(e.store.clone(), e.sim.clone(), Arc::new(e.clock.clone()), ReconcilerConfig::default())
+        .with_health(board.clone());
+    e.insert_set(3);
+    let action = action.to_string();
+    e.edit_set(move |s| {
+        s.model.overprovision = false;
+        s.model.automatic_repairs_policy = Some(herd_model::repair::AutomaticRepairsPolicy {
+            enabled: true,
+            grace_period: "PT1M".into(),
+            repair_action: action.parse().unwrap(),
+        });
+        s.model.virtual_machine_profile.network_profile = Some(
+            serde_json::from_value(json!({"healthProbe": {"id": "/probes/p"}, "networkInterfaceConfigurations": []})).unwrap(),
+        );
+    });
+    (e, board)
+}
+
+async fn step(e: &Env) {
+    let _ = e.rec.pass().await;
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unhealthy_instance_is_replaced_after_the_grace_period_on_the_injected_clock() {
+    let (e, board) = repair_env("Replace");
+    e.converge("create").await;
+    let ids: Vec<u64> = e.records().iter().map(|r| r.instance_id.0).collect();
+    let victim = ids[1];
+    set_health(&e, &board, &|id| id == victim);
+    // The converge loop advanced the clock past every boot: make every boot start now.
+    let base = herd_model::clock::Clock::now(&e.clock);
+    e.edit_instances(move |r| r.state_since = base);
+    e.clock.advance(chrono::Duration::seconds(30));
+    set_health(&e, &board, &|id| id == victim);
+    step(&e).await;
+    assert_eq!(e.records().len(), 3, "inside the grace period nothing is repaired");
+    assert!(e.records().iter().all(|r| r.goal == InstanceGoal::Running));
+    e.clock.advance(chrono::Duration::seconds(31));
+    step(&e).await;
+    let marked = e.records().into_iter().find(|r| r.instance_id.0 == victim).unwrap();
+    assert_eq!(marked.goal, InstanceGoal::Deleted, "replaced after the grace period");
+    assert!(marked.delete_reason.unwrap().contains("automatic repair (Replace)"));
+    for _ in 0..50 {
+        set_health(&e, &board, &|_| false);
+        step(&e).await;
+        if e.converged().await {
+            break;
+        }
+    }
+    let now: Vec<u64> = e.records().iter().map(|r| r.instance_id.0).collect();
+    assert_eq!(now.len(), 3);
+    assert!(!now.contains(&victim), "the unhealthy instance is gone and replaced: {now:?}");
+    let log = e.store.activity(&Default::default()).unwrap();
+    assert!(log.iter().any(|a| a.operation == "AutomaticRepair" && a.message.contains(&format!("instance {victim}: Replace"))));
+}
+
+#[tokio::test]
+async fn a_model_that_never_gets_healthy_trips_the_circuit_breaker() {
+    let (e, board) = repair_env("Reimage");
+    e.converge("create").await;
+    let mut repairs_seen = 0;
+    for _ in 0..200 {
+        set_health(&e, &board, &|_| true);
+        step(&e).await;
+        e.clock.advance(chrono::Duration::seconds(20));
+        let status = e.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, SET_KEY).unwrap().unwrap().value;
+        if status.repairs.suspended.is_some() {
+            break;
+        }
+        repairs_seen = status.repairs.attempts.len();
+    }
+    let status = e.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, SET_KEY).unwrap().unwrap().value;
+    let s = status.repairs.suspended.expect("the breaker tripped");
+    assert!(s.automatic && s.reason.contains("3 repairs in a row"), "{s:?}");
+    assert_eq!(repairs_seen, 3, "exactly the configured number of attempts");
+    let log = e.store.activity(&Default::default()).unwrap();
+    assert_eq!(log.iter().filter(|a| a.operation == "AutomaticRepair").count(), 3);
+    assert!(log.iter().any(|a| a.operation == "AutomaticRepairsSuspended"));
+    // Suspended: no more repairs, however long it stays unhealthy.
+    let builds = e.sim.build_calls();
+    for _ in 0..20 {
+        set_health(&e, &board, &|_| true);
+        step(&e).await;
+        e.clock.advance(chrono::Duration::minutes(5));
+    }
+    assert_eq!(e.sim.build_calls(), builds, "no VM churn while suspended");
+}

@@ -322,6 +322,19 @@ pub enum VmssCmd {
         #[command(flatten)]
         ids: InstanceIds,
     },
+    /// Recreate every instance from the model's image.
+    ReimageAll(SetRef),
+    /// Suspend or resume the set's automatic repairs (resuming clears the circuit breaker).
+    SetOrchestrationServiceState {
+        #[command(flatten)]
+        set: SetRef,
+        /// AutomaticRepairs.
+        #[arg(long)]
+        service_name: String,
+        /// Suspend or Resume.
+        #[arg(long)]
+        action: String,
+    },
     /// Start instances.
     Start {
         #[command(flatten)]

@@ -535,6 +535,13 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             set_action(ctx, &set, "updateInstances", &ids.ids, Until::Created).await
         }
         VmssCmd::Reimage { set, ids } => set_action(ctx, &set, "reimage", &ids.ids, Until::Created).await,
+        VmssCmd::ReimageAll(set) => set_action(ctx, &set, "reimage", &[], Until::Created).await,
+        VmssCmd::SetOrchestrationServiceState { set, service_name, action } => {
+            let path = format!("{}/setOrchestrationServiceState", set_path(&set.group, &set.name));
+            ctx.client.post(&path, &json!({"serviceName": service_name, "action": action})).await?;
+            let v = ctx.client.get(&set_path(&set.group, &set.name)).await?;
+            ctx.print(&v["orchestrationServices"], None)
+        }
         VmssCmd::Start { set, ids } => set_action(ctx, &set, "start", &ids.ids, Until::Created).await,
         VmssCmd::Stop { set, ids } => set_action(ctx, &set, "stop", &ids.ids, Until::Created).await,
         VmssCmd::Deallocate { set, ids } => set_action(ctx, &set, "deallocate", &ids.ids, Until::Created).await,

@@ -229,7 +229,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         (with(&["vmss", "update"], &["--remove", "zones", "0"]), "changing the zones"),
         (
             with(&["vmss", "update"], &["--set", "sku.capacity=5", "--set", "automaticRepairsPolicy.enabled=true"]),
-            "not supported yet",
+            "automatic repairs need a health source",
         ),
         (with(&["vmss", "update"], &["--set", "sku.capacity=4", "--if-match", "\"1\""]), "If-Match"),
     ];
@@ -331,4 +331,50 @@ fn wait_fails_when_provisioning_is_suspended() {
     let n = instances(&s).len();
     std::thread::sleep(Duration::from_millis(10));
     assert!(n <= 3, "no runaway creation: {n} instances");
+}
+
+/// Automatic OS image upgrades: with the image at `latest`, importing a newer version rolls it
+/// out by itself, in batches, and the activity log says so. Repairs and rolling upgrades refuse
+/// to run without a health source.
+#[test]
+fn a_newer_image_is_rolled_out_by_itself() {
+    let (dir, s) = setup();
+    s.ok(&with(
+        &["vmss", "create"],
+        &["--image", "Herd:TestGuest:1:latest", "--instance-count", "4", "--disable-overprovision", "--quiet"],
+    ));
+    let e = s.err(&with(
+        &["vmss", "update"],
+        &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.0", "--set", "upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true"],
+    ));
+    assert!(e.contains("'latest'"), "{e}");
+    s.ok(&with(
+        &["vmss", "update"],
+        &[
+            "--set", "upgradePolicy.automaticOSUpgradePolicy={\"enableAutomaticOSUpgrade\": true}",
+            "--set", "upgradePolicy.rollingUpgradePolicy={\"maxBatchInstancePercent\": 50}",
+            "--quiet",
+        ],
+    ));
+    let gen0 = s.json(&with(&["vmss", "show"], &[]))["modelGeneration"].as_u64().unwrap();
+    let img = image_dir(&dir.path().join("img2"), "exec sleep 3600");
+    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.2", "--dir", img.to_str().unwrap()]);
+    let done = wait_for("the OS upgrade to finish", Duration::from_secs(60), || {
+        let out = s.herd(&with(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "json"]));
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["state"] == "Completed").then_some(v)
+    });
+    assert_eq!(done["trigger"], "automatic OS upgrade", "{done}");
+    assert_eq!(done["batches"].as_array().unwrap().len(), 2, "50% batches of 4: {done}");
+    assert_eq!(done["targetGeneration"].as_u64().unwrap(), gen0 + 1);
+    assert!(counted(&s).iter().all(|i| i["modelGeneration"].as_u64() == Some(gen0 + 1) && i["latestModelApplied"] == true));
+    let log = s.ok(&["monitor", "activity-log", "list", "-g", "web-rg", "-o", "json"]);
+    assert!(log.contains("image version 1.0.2 was published (was 1.0.1)"), "{log}");
+    let e = s.err(&with(
+        &["vmss", "set-orchestration-service-state"],
+        &["--service-name", "AutomaticRepairs", "--action", "Suspend"],
+    ));
+    assert!(e.contains("automatic repairs off"), "{e}");
+    let e = s.err(&with(&["vmss", "set-orchestration-service-state"], &["--service-name", "Backups", "--action", "Suspend"]));
+    assert!(e.contains("allowed: AutomaticRepairs"), "{e}");
 }

@@ -186,7 +186,7 @@ fn too_many_unhealthy_instances_stop_the_next_batch() {
 #[test]
 fn canary_pauses_until_resumed_and_pause_between_batches_waits() {
     let mut c = Case::new(set(5, 2, json!({"pauseTimeBetweenBatches": "PT1M"})), (0..5).map(|i| rec(i, 1)).collect());
-    c.request = Some(UpgradeRequest::Start { canary: Some(1), pause: true });
+    c.request = Some(UpgradeRequest::Start { canary: Some(1), pause: true, reimage: false });
     // Rolling mode begins by itself on the model change; the request then only sets the canary.
     c.set.model.upgrade_policy.mode = UpgradeMode::Manual;
     let s = c.plan();
