@@ -52,7 +52,8 @@ pub async fn list(
 ) -> Result<Json<Vec<InstanceView>>, ApiError> {
     let set = views::load_set(&state, &group, &name)?;
     let recs = views::load_instances(&state, &set.value)?;
-    Ok(Json(recs.iter().map(|o| with_health(&state, &set.value, &o.value)).collect()))
+    let in_place = in_place_extensions(&state, &set.value)?;
+    Ok(Json(recs.iter().map(|o| with_health(&state, &set.value, &o.value, in_place)).collect()))
 }
 
 fn find(
@@ -75,9 +76,19 @@ fn find(
 }
 
 /// The instance's view with its probe health filled in.
-fn with_health(state: &AppState, set: &herd_model::scale_set::StoredScaleSet, r: &InstanceRecord) -> InstanceView {
+/// The view with the probe's health and, when not on the latest model, what `update-instances`
+/// would do (`in_place`: extensions can run without a reimage).
+fn with_health(
+    state: &AppState,
+    set: &herd_model::scale_set::StoredScaleSet,
+    r: &InstanceRecord,
+    in_place: bool,
+) -> InstanceView {
     let mut v = r.view(set);
     v.health = state.health.get(&format!("{}/{}/{}", set.group, set.name, r.instance_id)).map(|h| h.health);
+    if r.model_generation < set.model_generation {
+        v.upgrade_action = Some(r.upgrade_action(set, in_place));
+    }
     v
 }
 
@@ -90,7 +101,8 @@ pub async fn show(
     Path((group, name, id)): Path<(String, String, String)>,
 ) -> Result<Json<InstanceView>, ApiError> {
     let (set, rec) = find(&state, &group, &name, &id)?;
-    Ok(Json(with_health(&state, &set, &rec)))
+    let in_place = in_place_extensions(&state, &set)?;
+    Ok(Json(with_health(&state, &set, &rec, in_place)))
 }
 
 /// The instance view: provisioning and power status lines, as `az vmss get-instance-view` shows.
@@ -102,7 +114,8 @@ pub async fn instance_view(
     Path((group, name, id)): Path<(String, String, String)>,
 ) -> Result<Json<InstanceViewDetail>, ApiError> {
     let (set, rec) = find(&state, &group, &name, &id)?;
-    let view = with_health(&state, &set, &rec);
+    let in_place = in_place_extensions(&state, &set)?;
+    let view = with_health(&state, &set, &rec, in_place);
     let prov = view.provisioning_state.as_str();
     let failed = prov == "Failed";
     let mut statuses = vec![

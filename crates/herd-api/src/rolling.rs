@@ -225,7 +225,12 @@ pub async fn orchestration_state(
     let suspend = match req.action.to_ascii_lowercase().as_str() {
         "suspend" => true,
         "resume" => false,
-        _ => return Err(ApiError::invalid("action", format!("'{}' is not allowed; allowed: Suspend, Resume", req.action))),
+        _ => {
+            return Err(ApiError::invalid(
+                "action",
+                format!("'{}' is not allowed; allowed: Suspend, Resume", req.action),
+            ))
+        }
     };
     let set = views::load_set(&state, &group, &name)?;
     if !set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) {
@@ -251,8 +256,17 @@ pub async fn orchestration_state(
             status.repairs.attempts.clear();
         }
         let verb = if suspend { "suspended" } else { "resumed" };
-        let ev = views::user_event(&state, &group, &name, "SetOrchestrationServiceState", format!("automatic repairs {verb}"));
-        match state.store.txn(vec![WriteOp::put(Kind::ScaleSetStatus, key.clone(), &status, expect)?, WriteOp::Activity(ev)]) {
+        let ev = views::user_event(
+            &state,
+            &group,
+            &name,
+            "SetOrchestrationServiceState",
+            format!("automatic repairs {verb}"),
+        );
+        match state
+            .store
+            .txn(vec![WriteOp::put(Kind::ScaleSetStatus, key.clone(), &status, expect)?, WriteOp::Activity(ev)])
+        {
             Ok(_) => {
                 state.wake();
                 return Ok(StatusCode::OK);

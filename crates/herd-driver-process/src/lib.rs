@@ -349,6 +349,25 @@ impl Driver for ProcessDriver {
         self.start(&d, key).await
     }
 
+    /// The size is advisory for a process (`HERD_VCPUS`, `HERD_MEMORY_MIB`): the environment is
+    /// rewritten with it and the instance restarted; `work/` is kept.
+    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let _g = self.lock(&spec.key).await;
+        let d = self.state.instance(&spec.key);
+        if !d.exists() {
+            return Err(DriverError::NotFound(spec.key.clone()));
+        }
+        self.stop(&d, &spec.key, Power::Stopped).await?;
+        let (d2, spec2) = (d.clone(), spec.clone());
+        blocking(move || {
+            let custom = spec2.custom_data.as_ref().map(|_| d2.custom_data());
+            d2.write_env(&spawn::spec_env(&spec2, custom.as_deref()))
+                .map_err(|e| DriverError::Failed(format!("instance {}: writing the environment: {e}", spec2.key)))
+        })
+        .await??;
+        self.start(&d, &spec.key).await
+    }
+
     async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);

@@ -1144,6 +1144,26 @@ impl Driver for QemuDriver {
         self.start(key, &d).await
     }
 
+    /// A graceful stop, the new vCPUs and memory in `spec.json`, and a start: the disks and
+    /// the seed are kept (the guest sees the same instance, bigger or smaller).
+    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        check_spec(spec)?;
+        let key = &spec.key;
+        let _g = self.locks.lock(key).await;
+        let d = self.shared.vm(key);
+        if !d.exists() {
+            return Err(DriverError::NotFound(key.clone()));
+        }
+        self.stop(key, &d, Power::Stopped).await?;
+        let io = |e: std::io::Error| DriverError::Failed(format!("instance {key}: spec.json: {e}"));
+        let mut vm = d.read_spec().map_err(io)?;
+        vm.vcpus = spec.size.vcpus;
+        vm.memory_mib = spec.size.memory_mib;
+        vm.model_generation = spec.model_generation;
+        d.write_spec(&vm).map_err(io)?;
+        self.start(key, &d).await
+    }
+
     async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         check_spec(spec)?;
         let key = &spec.key;

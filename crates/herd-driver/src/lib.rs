@@ -190,6 +190,10 @@ pub trait Driver: Send + Sync + 'static {
     /// Stops and starts an existing instance.
     async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError>;
 
+    /// Stops the instance, gives it `spec`'s size (vCPUs, memory) and starts it again, keeping
+    /// its disks: how a size-only model change is applied.
+    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError>;
+
     /// Discards the instance's OS disk (or working directory), recreates it from `spec`'s image
     /// and starts it. Creates the instance if it is absent.
     async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError>;

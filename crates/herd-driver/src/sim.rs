@@ -206,6 +206,15 @@ impl Driver for SimDriver {
         Ok(())
     }
 
+    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let mut s = self.call()?;
+        let booted = self.boot(&mut s);
+        let inst = s.instances.get_mut(&spec.key).ok_or_else(|| DriverError::NotFound(spec.key.clone()))?;
+        inst.power = booted;
+        inst.generation = spec.model_generation;
+        Ok(())
+    }
+
     async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         self.lock().ensures += 1;
         let mut s = self.call()?;

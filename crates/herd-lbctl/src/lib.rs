@@ -406,6 +406,7 @@ mod tests {
             delete_reason: None,
             draining_since: None,
             base_fingerprint: None,
+            sku: None,
             extensions: vec![],
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,

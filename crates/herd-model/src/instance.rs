@@ -133,7 +133,12 @@ string_enum!(
 
 string_enum!(
     /// A one-shot action requested on an instance, done once and then cleared.
-    PendingAction { Restart = "Restart", Reimage = "Reimage", RunExtensions = "RunExtensions" } default Restart
+    PendingAction {
+        Restart = "Restart",
+        Reimage = "Reimage",
+        RunExtensions = "RunExtensions",
+        Resize = "Resize",
+    } default Restart
 );
 
 /// One instance as herd stores it.
@@ -176,6 +181,9 @@ pub struct InstanceRecord {
     /// built: equal to the model's, an update changed only extensions and applies in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_fingerprint: Option<String>,
+    /// The SKU (size) this instance was built or last resized with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
     /// What each extension's last run did on this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<ExtensionStatus>,
@@ -212,16 +220,32 @@ impl InstanceRecord {
         self.extensions.iter().find(|e| e.state == crate::extension::ExtensionRunState::Failed)
     }
 
-    /// What `update-instances` does to bring this instance to the set's latest model: re-run
-    /// extensions in place when only they changed (and the instance can run them), otherwise a
-    /// reimage.
+    /// What `update-instances` (or an Automatic or Rolling upgrade) does to bring this instance
+    /// to the set's latest model: the least disruptive action that gets it there.
+    /// - only extensions changed: run them in place (if the instance can);
+    /// - only the size changed: restart with the new size, disks kept;
+    /// - anything else (image, OS profile, data disks, network): reimage.
     pub fn upgrade_action(&self, set: &StoredScaleSet, in_place: bool) -> PendingAction {
         let same_base = self.base_fingerprint.as_deref() == Some(set.model.base_fingerprint().as_str());
-        if same_base && in_place {
-            PendingAction::RunExtensions
-        } else {
-            PendingAction::Reimage
+        let same_size = self.sku.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(&set.model.sku.name));
+        match (same_base, same_size) {
+            (true, true) if in_place => PendingAction::RunExtensions,
+            (true, false) if self.extensions_match(set) => PendingAction::Resize,
+            _ => PendingAction::Reimage,
         }
+    }
+
+    /// Every extension of the model has run here as it is now (public settings and version).
+    pub fn extensions_match(&self, set: &StoredScaleSet) -> bool {
+        let model = set.model.extensions();
+        model.len() == self.extensions.len()
+            && model.iter().all(|e| {
+                self.extensions.iter().any(|s| {
+                    s.name == e.name
+                        && s.fingerprint.starts_with(&e.public_fingerprint())
+                        && s.state == crate::extension::ExtensionRunState::Succeeded
+                })
+            })
     }
 
     /// Counted toward capacity: not an extra and not on its way out.
@@ -241,7 +265,7 @@ impl InstanceRecord {
             name: format!("{}_{}", set.name, self.instance_id),
             computer_name: self.computer_name.clone(),
             zones: self.zone.iter().cloned().collect(),
-            sku: set.model.sku.name.clone(),
+            sku: self.sku.clone().unwrap_or_else(|| set.model.sku.name.clone()),
             latest_model_applied: self.model_generation == set.model_generation,
             model_generation: self.model_generation,
             provisioning_state: if self.failed_extension().is_some() && self.state == InstanceState::Running {
@@ -263,6 +287,7 @@ impl InstanceRecord {
             draining: self.draining_since.is_some(),
             health: None,
             extensions: self.extensions.clone(),
+            upgrade_action: None,
             protection_policy: ProtectionPolicy {
                 protect_from_scale_in: self.protect_from_scale_in,
                 protect_from_scale_set_actions: self.protect_from_scale_set_actions,
@@ -325,6 +350,10 @@ pub struct InstanceView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<ExtensionStatus>,
     pub protection_policy: ProtectionPolicy,
+    /// Not on the latest model: what `update-instances` would do (`RunExtensions` in place,
+    /// `Resize` with a restart, or `Reimage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_action: Option<PendingAction>,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

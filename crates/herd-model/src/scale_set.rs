@@ -521,13 +521,13 @@ impl ScaleSetModel {
         self.virtual_machine_profile.extension_profile.as_ref().map_or(&[], |p| &p.extensions)
     }
 
-    /// A digest of what defines a VM apart from its extensions: the profile without
-    /// `extensionProfile`, and the size. Instances record it when built, so an update that
-    /// changed only extensions is applied in place instead of by a reimage.
+    /// A digest of what defines a VM's disk apart from its extensions: the profile without
+    /// `extensionProfile` (the size is recorded apart). Instances record it when built, so an
+    /// update that changed only extensions or the size is applied without a reimage.
     pub fn base_fingerprint(&self) -> String {
         let mut p = self.virtual_machine_profile.clone();
         p.extension_profile = None;
-        let doc = serde_json::json!([p, self.sku.name.to_ascii_lowercase()]);
+        let doc = serde_json::json!([p]);
         format!("{:016x}", crate::extension::fnv64(doc.to_string().as_bytes()))
     }
 

@@ -829,6 +829,7 @@ impl Reconciler {
                         delete_reason: None,
                         draining_since: None,
                         base_fingerprint: Some(w.set.model.base_fingerprint()),
+                        sku: Some(w.set.model.sku.name.clone()),
                         extensions: vec![],
                         protect_from_scale_in: false,
                         protect_from_scale_set_actions: false,
@@ -931,7 +932,9 @@ impl Reconciler {
             Step::Stop(id) => transition(w, *id, Event::StopRequested, InstanceState::Stopping, now),
             Step::Deallocate(id) => transition(w, *id, Event::DeallocateRequested, InstanceState::Deallocating, now),
             Step::Start(id) => transition(w, *id, Event::StartRequested, InstanceState::Starting, now),
-            Step::Restart(id) => transition(w, *id, Event::RestartRequested, InstanceState::Restarting, now),
+            Step::Restart(id) | Step::Resize(id) => {
+                transition(w, *id, Event::RestartRequested, InstanceState::Restarting, now)
+            }
             Step::Reimage(id) => {
                 transition(w, *id, Event::ReimageRequested, InstanceState::Reimaging, now);
                 if let Some(wr) = w.records.get_mut(id) {
@@ -1206,21 +1209,31 @@ impl Reconciler {
                     }
                     rec.model_generation = set.model_generation;
                     rec.base_fingerprint = Some(set.model.base_fingerprint());
+                    rec.sku = Some(set.model.sku.name.clone());
                     rec.extensions.clear();
+                }
+                (Step::Resize(_), Ok(())) => {
+                    if rec.pending == Some(PendingAction::Resize) {
+                        rec.pending = None;
+                    }
+                    rec.model_generation = rec.model_generation.max(set.model_generation);
+                    rec.sku = Some(set.model.sku.name.clone());
                 }
                 (Step::Ensure(_) | Step::Start(_), Ok(())) => {}
                 (_, Err(e)) => {
                     let msg = e.to_string();
                     rec.last_error = Some(msg.clone());
                     rec.next_attempt_at = Some(now + self.config.limits.backoff(rec.attempts.max(1)));
-                    let provisioning =
-                        matches!(step, Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_));
+                    let provisioning = matches!(
+                        step,
+                        Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_) | Step::Resize(_)
+                    );
                     if provisioning {
                         let was = rec.state;
                         // A failed restart is not retried (the instance is recovered by the
                         // Failed → Creating path); a failed reimage stays pending and is.
                         if rec.apply(Event::ProvisionFailed, now).is_ok() {
-                            if rec.pending == Some(PendingAction::Restart) {
+                            if matches!(rec.pending, Some(PendingAction::Restart | PendingAction::Resize)) {
                                 rec.pending = None;
                             }
                             if was == InstanceState::Creating {
@@ -1302,6 +1315,7 @@ fn step_name(s: &Step) -> &'static str {
         Step::Deallocate(_) => "deallocate",
         Step::Start(_) => "start",
         Step::Restart(_) => "restart",
+        Step::Resize(_) => "resize",
         Step::Reimage(_) => "reimage",
         Step::Destroy(_) => "delete",
         _ => "step",
@@ -1388,6 +1402,7 @@ async fn call(
         Step::Stop(_) => driver.set_power(key, PowerTarget::Stopped).await,
         Step::Deallocate(_) => driver.set_power(key, PowerTarget::Deallocated).await,
         Step::Restart(_) => driver.restart(key).await,
+        Step::Resize(_) => driver.resize(&spec()?).await,
         Step::Destroy(_) => driver.destroy(key).await,
         _ => Ok(()),
     }

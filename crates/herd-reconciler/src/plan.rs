@@ -99,6 +99,8 @@ pub enum Step {
     Deallocate(InstanceId),
     Start(InstanceId),
     Restart(InstanceId),
+    /// Restart with the model's new size, disks kept (a size-only change).
+    Resize(InstanceId),
     /// Recreate from the current model (`update-instances`, `reimage`, Automatic upgrades).
     Reimage(InstanceId),
     /// Run the model's extensions in the running instance (after its first boot, or in place
@@ -136,6 +138,7 @@ impl Step {
             | Step::Deallocate(id)
             | Step::Start(id)
             | Step::Restart(id)
+            | Step::Resize(id)
             | Step::Reimage(id)
             | Step::Destroy(id) => Some(*id),
             _ => None,
@@ -151,6 +154,7 @@ impl Step {
                 | Step::Deallocate(_)
                 | Step::Start(_)
                 | Step::Restart(_)
+                | Step::Resize(_)
                 | Step::Reimage(_)
                 | Step::Destroy(_)
         )
@@ -428,7 +432,14 @@ fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: 
     let id = r.instance_id;
     let disruptive = matches!(
         step,
-        Some(Step::Destroy(_) | Step::Stop(_) | Step::Deallocate(_) | Step::Restart(_) | Step::Reimage(_))
+        Some(
+            Step::Destroy(_)
+                | Step::Stop(_)
+                | Step::Deallocate(_)
+                | Step::Restart(_)
+                | Step::Resize(_)
+                | Step::Reimage(_)
+        )
     );
     if !disruptive {
         let serving = r.state == InstanceState::Running && goal != InstanceGoal::Deleted;
@@ -479,6 +490,7 @@ fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspende
         S::Starting if matches!(seen, Some(ObservedPower::Stopped) | None) => Some(Step::Start(id)),
         S::Running if r.pending == Some(PendingAction::Restart) => Some(Step::Restart(id)),
         S::Restarting if r.pending == Some(PendingAction::Restart) => Some(Step::Restart(id)),
+        S::Running | S::Restarting if r.pending == Some(PendingAction::Resize) => Some(Step::Resize(id)),
         S::Running if r.pending == Some(PendingAction::RunExtensions) => Some(Step::RunExtensions(id)),
         S::Running
             if input.set.model.upgrade_policy.mode == UpgradeMode::Automatic
@@ -488,6 +500,7 @@ fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspende
         {
             Some(match r.upgrade_action(input.set, input.in_place_extensions) {
                 PendingAction::RunExtensions => Step::RunExtensions(id),
+                PendingAction::Resize => Step::Resize(id),
                 _ => Step::Reimage(id),
             })
         }

@@ -39,7 +39,11 @@ pub struct RepairInput<'a> {
 /// One repair decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepairStep {
-    Repair { id: InstanceId, action: RepairAction, reason: String },
+    Repair {
+        id: InstanceId,
+        action: RepairAction,
+        reason: String,
+    },
     /// An instance became healthy on a boot after the last repairs: the count starts over.
     Reset,
     /// The circuit breaker trips.
@@ -69,11 +73,8 @@ pub fn plan_repairs(input: &RepairInput<'_>) -> Vec<RepairStep> {
     let counted: Vec<&InstanceRecord> =
         input.instances.iter().filter(|r| r.is_counted() && r.goal == InstanceGoal::Running).collect();
     let limit = (input.set.model.sku.capacity.max(0) as usize * 5 / 100).max(1);
-    let recent = if attempts == 0 {
-        0
-    } else {
-        input.state.attempts.iter().filter(|a| input.now < a.at + grace).count()
-    };
+    let recent =
+        if attempts == 0 { 0 } else { input.state.attempts.iter().filter(|a| input.now < a.at + grace).count() };
     let mut budget = limit.saturating_sub(recent);
     for r in counted {
         if budget == 0 {
@@ -147,7 +148,13 @@ mod tests {
         .unwrap()
     }
 
-    fn plan(set: &StoredScaleSet, state: &RepairState, recs: &[InstanceRecord], sick: &[u64], now: DateTime<Utc>) -> Vec<RepairStep> {
+    fn plan(
+        set: &StoredScaleSet,
+        state: &RepairState,
+        recs: &[InstanceRecord],
+        sick: &[u64],
+        now: DateTime<Utc>,
+    ) -> Vec<RepairStep> {
         let health = recs
             .iter()
             .map(|r| (r.instance_id, if sick.contains(&r.instance_id.0) { Health::Unhealthy } else { Health::Healthy }))
@@ -174,7 +181,14 @@ mod tests {
         assert_eq!(steps.len(), 1, "one at a time: {steps:?}");
         assert!(matches!(steps[0], RepairStep::Repair { id: InstanceId(1), action: RepairAction::Reimage, .. }));
         // A repair just made uses up this grace period's budget.
-        let st = RepairState { attempts: vec![RepairAttempt { instance: InstanceId(1), action: RepairAction::Reimage, at: t0() + Duration::seconds(60) }], suspended: None };
+        let st = RepairState {
+            attempts: vec![RepairAttempt {
+                instance: InstanceId(1),
+                action: RepairAction::Reimage,
+                at: t0() + Duration::seconds(60),
+            }],
+            suspended: None,
+        };
         assert!(plan(&s, &st, &recs, &[2], t0() + Duration::seconds(90)).is_empty());
         assert_eq!(plan(&s, &st, &recs, &[2], t0() + Duration::seconds(121)).len(), 1);
     }
@@ -185,7 +199,10 @@ mod tests {
         let mut recs: Vec<_> = (0..40).map(rec).collect();
         recs[0].protect_from_scale_set_actions = true;
         let steps = plan(&s, &RepairState::default(), &recs, &[0, 1, 2, 3, 4], t0() + Duration::minutes(5));
-        let ids: Vec<u64> = steps.iter().filter_map(|s| if let RepairStep::Repair { id, .. } = s { Some(id.0) } else { None }).collect();
+        let ids: Vec<u64> = steps
+            .iter()
+            .filter_map(|s| if let RepairStep::Repair { id, .. } = s { Some(id.0) } else { None })
+            .collect();
         assert_eq!(ids, [1, 2], "5% of 40, never the protected one");
     }
 
@@ -194,7 +211,11 @@ mod tests {
         let s = set(5, "Replace");
         let recs: Vec<_> = (0..5).map(rec).collect();
         let attempts: Vec<RepairAttempt> = (0..3)
-            .map(|i| RepairAttempt { instance: InstanceId(10 + i), action: RepairAction::Replace, at: t0() + Duration::seconds(i as i64) })
+            .map(|i| RepairAttempt {
+                instance: InstanceId(10 + i),
+                action: RepairAction::Replace,
+                at: t0() + Duration::seconds(i as i64),
+            })
             .collect();
         let st = RepairState { attempts: attempts.clone(), suspended: None };
         let steps = plan(&s, &st, &recs, &[1], t0() + Duration::minutes(10));

@@ -71,7 +71,8 @@ pub enum RollingStep {
 /// Automatic OS image upgrades: compares the version `latest` resolves to now with the one the
 /// set last took.
 pub fn plan_os_image(set: &StoredScaleSet, known: Option<&str>, latest: Option<&str>) -> Option<RollingStep> {
-    let enabled = set.model.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|p| p.enable_automatic_os_upgrade);
+    let enabled =
+        set.model.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|p| p.enable_automatic_os_upgrade);
     let image = &set.model.virtual_machine_profile.storage_profile.image_reference;
     if !enabled || !image.version.eq_ignore_ascii_case("latest") {
         return None;

@@ -431,7 +431,8 @@ fn repair_env(action: &str) -> (Env, Arc<herd_model::health::HealthBoard>) {
             repair_action: action.parse().unwrap(),
         });
         s.model.virtual_machine_profile.network_profile = Some(
-            serde_json::from_value(json!({"healthProbe": {"id": "/probes/p"}, "networkInterfaceConfigurations": []})).unwrap(),
+            serde_json::from_value(json!({"healthProbe": {"id": "/probes/p"}, "networkInterfaceConfigurations": []}))
+                .unwrap(),
         );
     });
     (e, board)
@@ -475,7 +476,9 @@ async fn an_unhealthy_instance_is_replaced_after_the_grace_period_on_the_injecte
     assert_eq!(now.len(), 3);
     assert!(!now.contains(&victim), "the unhealthy instance is gone and replaced: {now:?}");
     let log = e.store.activity(&Default::default()).unwrap();
-    assert!(log.iter().any(|a| a.operation == "AutomaticRepair" && a.message.contains(&format!("instance {victim}: Replace"))));
+    assert!(log
+        .iter()
+        .any(|a| a.operation == "AutomaticRepair" && a.message.contains(&format!("instance {victim}: Replace"))));
 }
 
 #[tokio::test]

@@ -281,3 +281,81 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
     assert!(scans > 10, "the sampler ran ({scans} scans)");
     assert!(hits.is_empty(), "the secret appeared in a command line: {hits:?}");
 }
+
+/// Each change gets the least disruptive action, and the instance view says which before it
+/// happens: a size change restarts with the new size and keeps the disk; an image change
+/// reimages; a capacity change touches no existing instance.
+#[test]
+fn each_change_gets_the_least_disruptive_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("process", &dir.path().join("data"), None);
+    // The instance leaves a file on its "disk" at first boot; a reimage loses it, a restart not.
+    let img = image_dir(
+        &dir.path().join("img"),
+        "[ -f first-boot ] || cat /proc/sys/kernel/random/uuid > first-boot\nexec sleep 3600",
+    );
+    s.ok(&["group", "create", "-n", "ext-rg"]);
+    for v in ["1.0.0", "1.0.1"] {
+        s.ok(&["image", "import", "--urn", &format!("Herd:App:1:{v}"), "--dir", img.to_str().unwrap()]);
+    }
+    s.ok(&with(
+        &["vmss", "create"],
+        &[
+            "--image",
+            "Herd:App:1:1.0.0",
+            "--instance-count",
+            "1",
+            "--vm-sku",
+            "Standard_B1s",
+            "--disable-overprovision",
+            "--quiet",
+        ],
+    ));
+    let inst = counted(&s);
+    let id = inst[0]["instanceId"].as_str().unwrap().to_string();
+    let work = s.data_dir.join("instances/ext-rg/web").join(&id).join("work");
+    let first = std::fs::read_to_string(work.join("first-boot")).unwrap();
+    let pid0 = init_pid(&s, &id).unwrap();
+    let env_of =
+        |pid: u32| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).replace('\0', "\n");
+    assert!(env_of(pid0).contains("HERD_VCPUS=1\n"));
+
+    // A capacity change touches no existing instance.
+    s.ok(&with(&["vmss", "scale"], &["--new-capacity", "2", "--quiet"]));
+    assert_eq!(init_pid(&s, &id), Some(pid0));
+    s.ok(&with(&["vmss", "scale"], &["--new-capacity", "1", "--quiet"]));
+
+    // A size change: the view says Resize; update-instances restarts it with 2 vCPUs, disk kept.
+    s.ok(&with(&["vmss", "update"], &["--set", "sku.name=Standard_B2s", "--quiet"]));
+    let i = counted(&s).into_iter().find(|i| i["instanceId"] == id.as_str()).unwrap();
+    assert_eq!(i["upgradeAction"], "Resize", "{i}");
+    assert_eq!(i["sku"], "Standard_B1s", "the instance still has its old size");
+    s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", &id]));
+    let i = wait_for("the resize", Duration::from_secs(30), || {
+        counted(&s)
+            .into_iter()
+            .find(|i| i["instanceId"] == id.as_str() && i["latestModelApplied"] == true && i["state"] == "Running")
+    });
+    assert_eq!(i["sku"], "Standard_B2s");
+    let pid1 = wait_for("the restarted instance", Duration::from_secs(10), || init_pid(&s, &id).filter(|p| *p != pid0));
+    assert!(env_of(pid1).contains("HERD_VCPUS=2\n"), "restarted with the new size");
+    assert_eq!(std::fs::read_to_string(work.join("first-boot")).unwrap(), first, "the disk was kept");
+
+    // An image change: the view says Reimage, and the disk is new.
+    s.ok(&with(
+        &["vmss", "update"],
+        &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--quiet"],
+    ));
+    let i = counted(&s).into_iter().find(|i| i["instanceId"] == id.as_str()).unwrap();
+    assert_eq!(i["upgradeAction"], "Reimage", "{i}");
+    s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", &id]));
+    wait_for("the reimage", Duration::from_secs(30), || {
+        counted(&s)
+            .into_iter()
+            .find(|i| i["instanceId"] == id.as_str() && i["latestModelApplied"] == true && i["state"] == "Running")
+    });
+    let again = wait_for("the new disk's first boot", Duration::from_secs(10), || {
+        std::fs::read_to_string(work.join("first-boot")).ok()
+    });
+    assert_ne!(again, first, "a reimage gives a fresh disk");
+}

@@ -345,14 +345,21 @@ fn a_newer_image_is_rolled_out_by_itself() {
     ));
     let e = s.err(&with(
         &["vmss", "update"],
-        &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.0", "--set", "upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true"],
+        &[
+            "--set",
+            "virtualMachineProfile.storageProfile.imageReference.version=1.0.0",
+            "--set",
+            "upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true",
+        ],
     ));
     assert!(e.contains("'latest'"), "{e}");
     s.ok(&with(
         &["vmss", "update"],
         &[
-            "--set", "upgradePolicy.automaticOSUpgradePolicy={\"enableAutomaticOSUpgrade\": true}",
-            "--set", "upgradePolicy.rollingUpgradePolicy={\"maxBatchInstancePercent\": 50}",
+            "--set",
+            "upgradePolicy.automaticOSUpgradePolicy={\"enableAutomaticOSUpgrade\": true}",
+            "--set",
+            "upgradePolicy.rollingUpgradePolicy={\"maxBatchInstancePercent\": 50}",
             "--quiet",
         ],
     ));
@@ -367,7 +374,9 @@ fn a_newer_image_is_rolled_out_by_itself() {
     assert_eq!(done["trigger"], "automatic OS upgrade", "{done}");
     assert_eq!(done["batches"].as_array().unwrap().len(), 2, "50% batches of 4: {done}");
     assert_eq!(done["targetGeneration"].as_u64().unwrap(), gen0 + 1);
-    assert!(counted(&s).iter().all(|i| i["modelGeneration"].as_u64() == Some(gen0 + 1) && i["latestModelApplied"] == true));
+    assert!(counted(&s)
+        .iter()
+        .all(|i| i["modelGeneration"].as_u64() == Some(gen0 + 1) && i["latestModelApplied"] == true));
     let log = s.ok(&["monitor", "activity-log", "list", "-g", "web-rg", "-o", "json"]);
     assert!(log.contains("image version 1.0.2 was published (was 1.0.1)"), "{log}");
     let e = s.err(&with(
@@ -375,6 +384,9 @@ fn a_newer_image_is_rolled_out_by_itself() {
         &["--service-name", "AutomaticRepairs", "--action", "Suspend"],
     ));
     assert!(e.contains("automatic repairs off"), "{e}");
-    let e = s.err(&with(&["vmss", "set-orchestration-service-state"], &["--service-name", "Backups", "--action", "Suspend"]));
+    let e = s.err(&with(
+        &["vmss", "set-orchestration-service-state"],
+        &["--service-name", "Backups", "--action", "Suspend"],
+    ));
     assert!(e.contains("allowed: AutomaticRepairs"), "{e}");
 }

@@ -50,6 +50,7 @@ fn rec(id: u64, state: InstanceState) -> InstanceRecord {
         delete_reason: None,
         draining_since: None,
         base_fingerprint: None,
+        sku: None,
         extensions: vec![],
         protect_from_scale_in: false,
         protect_from_scale_set_actions: false,
