@@ -72,15 +72,13 @@ pub(crate) fn prepare(
              or virtualMachineProfile.networkProfile.healthProbe",
         ));
     }
-    if rolling {
-        if !herd_model::network::has_health_source(&model, &lbs) {
-            return Err(ApiError::invalid(
-                "upgradePolicy.mode",
-                "Rolling needs a health source: a load-balancer rule with a probe on the set's backend pool \
-                 ('herd network lb probe create' and 'herd network lb rule create --probe-name'), or \
-                 virtualMachineProfile.networkProfile.healthProbe; allowed without one: Manual, Automatic",
-            ));
-        }
+    if rolling && !herd_model::network::has_health_source(&model, &lbs) {
+        return Err(ApiError::invalid(
+            "upgradePolicy.mode",
+            "Rolling needs a health source: a load-balancer rule with a probe on the set's backend pool \
+             ('herd network lb probe create' and 'herd network lb rule create --probe-name'), or \
+             virtualMachineProfile.networkProfile.healthProbe; allowed without one: Manual, Automatic",
+        ));
     }
     let secrets = model.take_secrets();
     Ok((model, secrets))
