@@ -386,12 +386,6 @@ impl ScaleSetModel {
         }
         if let Some(p) = &self.upgrade_policy.rolling_upgrade_policy {
             p.validate()?;
-            if p.max_surge {
-                return Err(FieldError::not_supported(
-                    "upgradePolicy.rollingUpgradePolicy.maxSurge",
-                    "surge upgrades; use false (instances are upgraded in place, batch by batch)",
-                ));
-            }
         }
         if self.upgrade_policy.automatic_os_upgrade_policy.as_ref().is_some_and(|p| p.enable_automatic_os_upgrade)
             && !self.virtual_machine_profile.storage_profile.image_reference.version.eq_ignore_ascii_case("latest")

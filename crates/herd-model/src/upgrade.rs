@@ -40,7 +40,8 @@ pub struct RollingUpgradePolicy {
     /// Upgrade unhealthy instances first (default false).
     #[serde(default)]
     pub prioritize_unhealthy_instances: bool,
-    /// Create new instances on the new model first, then delete old ones (default false).
+    /// Create new instances on the new model first, then delete old ones (default false): no
+    /// instance is disrupted, at the cost of running more for a while.
     #[serde(default)]
     pub max_surge: bool,
     /// When the upgrade aborts on a breach, return the upgraded instances to the previous model.
@@ -183,6 +184,10 @@ pub struct RollingUpgrade {
     /// ...and the upgrade pauses after it, until `resume` or `rollback`.
     #[serde(default)]
     pub pause_after_canary: bool,
+    /// `maxSurge`: each batch first creates as many new instances on the target model, waits
+    /// for them to be healthy, then deletes the batch's old instances.
+    #[serde(default)]
+    pub surge: bool,
     /// Every instance is re-imaged (an OS image upgrade: the model is unchanged but `latest`
     /// now means a newer image), even where only extensions seem to differ.
     #[serde(default)]
@@ -202,6 +207,14 @@ pub struct RollingUpgrade {
 }
 
 impl RollingUpgrade {
+    /// Extra instances to run beyond capacity now: the old instances of a surge batch in flight.
+    pub fn surge_extra(&self) -> usize {
+        match self.current_batch() {
+            Some(b) if self.surge && self.state == RollingState::RollingForward => b.instances.len(),
+            _ => 0,
+        }
+    }
+
     /// The batch in progress, if any.
     pub fn current_batch(&self) -> Option<&RollingBatch> {
         self.batches.last().filter(|b| b.finished_at.is_none())

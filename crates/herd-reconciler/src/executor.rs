@@ -1072,6 +1072,33 @@ impl Reconciler {
                     format!("{what} {}: instance(s) {}", u.batches.len(), ids(&chosen)),
                 ));
             }
+            RollingStep::SurgeBatch(old) => {
+                let Some(u) = w.status.rolling_upgrade.as_mut() else { return };
+                u.batches.push(RollingBatch {
+                    instances: old.clone(),
+                    started_at: now,
+                    finished_at: None,
+                    unhealthy: vec![],
+                });
+                w.log.push((
+                    "RollingUpgradeBatch".into(),
+                    format!(
+                        "batch {} (maxSurge): {} new instance(s) on the new model first, then instance(s) {} go",
+                        u.batches.len(),
+                        old.len(),
+                        ids(old)
+                    ),
+                ));
+            }
+            RollingStep::RetireOld(old) => {
+                for id in old {
+                    if let Some(wr) = w.records.get_mut(id) {
+                        wr.record.goal = InstanceGoal::Deleted;
+                        wr.record.delete_reason = Some("rolling upgrade (maxSurge): replaced by a new instance".into());
+                        wr.dirty = true;
+                    }
+                }
+            }
             RollingStep::FinishBatch { unhealthy } => {
                 let Some(u) = w.status.rolling_upgrade.as_mut() else { return };
                 let n = u.batches.len();

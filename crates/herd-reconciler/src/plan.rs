@@ -283,7 +283,9 @@ fn membership(
     marked: &mut BTreeSet<InstanceId>,
 ) {
     let set = input.set;
-    let capacity = set.model.capacity() as usize;
+    // A surge batch runs its new instances beside the old ones until they are healthy.
+    let surge = input.status.rolling_upgrade.as_ref().map_or(0, |u| u.surge_extra());
+    let capacity = set.model.capacity() as usize + surge;
     let mut counted: Vec<&InstanceRecord> = live.iter().copied().filter(|r| !r.overprovisioned).collect();
     let extras: Vec<&InstanceRecord> = live.iter().copied().filter(|r| r.overprovisioned).collect();
 

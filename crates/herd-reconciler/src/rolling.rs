@@ -54,6 +54,11 @@ pub enum RollingStep {
     Canary { canary: Option<u64>, pause: bool },
     /// Start a batch: these instances get these pending actions.
     StartBatch(Vec<(InstanceId, PendingAction)>),
+    /// Start a surge batch: as many new instances are created beside these old ones, which
+    /// are deleted once the new ones are healthy.
+    SurgeBatch(Vec<InstanceId>),
+    /// A surge batch's new instances are healthy: delete its old ones.
+    RetireOld(Vec<InstanceId>),
     /// The batch in flight is done; these of its instances are unhealthy.
     FinishBatch { unhealthy: Vec<InstanceId> },
     /// Move the upgrade to `state` (with a reason for Faulted, Cancelled, Paused).
@@ -203,15 +208,27 @@ pub fn plan_rolling(input: &RollingInput<'_>) -> Vec<RollingStep> {
         let timed_out = input.now - batch.started_at > input.batch_timeout;
         let mut done = true;
         let mut unhealthy = Vec::new();
-        for id in &batch.instances {
-            let Some(r) = by_id.get(id) else { continue }; // deleted meanwhile: nothing to wait for
-            let moved = r.model_generation >= target || r.state == InstanceState::Failed;
-            if !moved || !(decided(input, r) || timed_out) {
-                done = false;
-                break;
-            }
-            if !healthy(input, r) {
-                unhealthy.push(*id);
+        if u.surge && u.state == RollingState::RollingForward {
+            // The new instances: on the target, created since the batch began.
+            let fresh: Vec<&InstanceRecord> = input
+                .instances
+                .iter()
+                .filter(|r| r.is_counted() && r.model_generation >= target && r.created_at >= batch.started_at)
+                .collect();
+            done = fresh.len() >= batch.instances.len() && fresh.iter().all(|r| decided(input, r) || timed_out);
+            done |= timed_out;
+            unhealthy.extend(fresh.iter().filter(|r| !healthy(input, r)).map(|r| r.instance_id));
+        } else {
+            for id in &batch.instances {
+                let Some(r) = by_id.get(id) else { continue }; // deleted meanwhile: nothing to wait for
+                let moved = r.model_generation >= target || r.state == InstanceState::Failed;
+                if !moved || !(decided(input, r) || timed_out) {
+                    done = false;
+                    break;
+                }
+                if !healthy(input, r) {
+                    unhealthy.push(*id);
+                }
             }
         }
         if !done {
@@ -235,6 +252,9 @@ pub fn plan_rolling(input: &RollingInput<'_>) -> Vec<RollingStep> {
                 out.push(RollingStep::State { state: RollingState::Faulted, reason: Some(reason) });
             }
             return out;
+        }
+        if u.surge && u.state == RollingState::RollingForward {
+            out.push(RollingStep::RetireOld(batch.instances.clone()));
         }
         let first = u.batches.len() == 1;
         let remaining =
@@ -288,6 +308,10 @@ pub fn plan_rolling(input: &RollingInput<'_>) -> Vec<RollingStep> {
         let sick = p.prioritize_unhealthy_instances && !healthy(input, r);
         (!sick, r.instance_id)
     });
+    if u.surge && u.state == RollingState::RollingForward {
+        out.push(RollingStep::SurgeBatch(order.into_iter().take(size).map(|r| r.instance_id).collect()));
+        return out;
+    }
     let batch: Vec<(InstanceId, PendingAction)> = order
         .into_iter()
         .take(size)
@@ -324,6 +348,7 @@ fn begin(input: &RollingInput<'_>, trigger: &str, canary: Option<u64>, pause: bo
         canary,
         pause_after_canary: pause,
         reimage: false,
+        surge: policy(set).max_surge,
         batches: vec![],
         succeeded: vec![],
         failed: vec![],

@@ -323,3 +323,44 @@ fn a_canary_pauses_until_resumed_and_rollback_reverts_it() {
     let e = s.err(&with(&["vmss", "rolling-upgrade", "resume"], &[]));
     assert!(e.contains("no paused rolling upgrade"), "{e}");
 }
+
+#[test]
+fn max_surge_brings_new_instances_up_before_the_old_ones_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, frontend) = setup(dir.path(), "3", "{\"maxSurge\": true, \"maxBatchInstancePercent\": 34}");
+    let before: Vec<String> = generations(&s).into_iter().map(|(id, _)| id).collect();
+    s.ok(&with(
+        &["vmss", "update"],
+        &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--no-wait"],
+    ));
+    let mut most = 0;
+    let mut fewest_healthy = usize::MAX;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let list = s.json(&with(&["vmss", "list-instances"], &[]));
+        let live: Vec<&Value> = list.as_array().unwrap().iter().filter(|i| i["goal"] != "Deleted").collect();
+        most = most.max(live.len());
+        fewest_healthy =
+            fewest_healthy.min(list.as_array().unwrap().iter().filter(|i| i["health"] == "Healthy").count());
+        assert!(get(&format!("{frontend}/api/version")).is_ok(), "the frontend keeps answering");
+        let out = s.herd(&with(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "json"]));
+        if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+            if ["Completed", "Faulted"].contains(&v["state"].as_str().unwrap_or("")) {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "the surge upgrade did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["state"], "Completed", "{done}");
+    assert_eq!(most, 4, "one extra instance at a time (a batch of 1)");
+    assert!(fewest_healthy >= 3, "never fewer healthy instances than the capacity: {fewest_healthy}");
+    let after = wait_for("the old instances gone", Duration::from_secs(30), || {
+        let g = generations(&s);
+        (g.len() == 3).then_some(g)
+    });
+    assert!(
+        after.iter().all(|(id, g)| *g == 2 && !before.contains(id)),
+        "all new instances on the new model: {after:?}"
+    );
+}

@@ -222,3 +222,33 @@ fn protected_and_stopped_instances_are_left_alone() {
     c.apply(&s);
     assert_eq!(batch_of(&c.plan()), [2]);
 }
+
+#[test]
+fn max_surge_creates_new_instances_first_then_retires_the_old_ones() {
+    let mut c = Case::new(set(5, 2, json!({"maxSurge": true})), (0..5).map(|i| rec(i, 1)).collect());
+    let s = c.plan();
+    assert!(matches!(&s[0], RollingStep::Begin(u) if u.surge), "{s:?}");
+    c.apply(&s);
+    let s = c.plan();
+    assert_eq!(s, [RollingStep::SurgeBatch(vec![InstanceId(0)])]);
+    // Recorded like a batch; the executor does the same.
+    c.upgrade.as_mut().unwrap().batches.push(RollingBatch {
+        instances: vec![InstanceId(0)],
+        started_at: c.now,
+        finished_at: None,
+        unhealthy: vec![],
+    });
+    assert_eq!(c.upgrade.as_ref().unwrap().surge_extra(), 1, "one extra instance may run now");
+    assert!(c.plan().is_empty(), "waiting for the new instance");
+    // The new instance appears (created after the batch began) and becomes healthy.
+    c.now += Duration::seconds(5);
+    let mut fresh = rec(5, 2);
+    fresh.created_at = c.now;
+    c.instances.push(fresh);
+    c.health.insert(InstanceId(5), Health::Unknown);
+    assert!(c.plan().is_empty(), "its health is not decided yet");
+    c.health.insert(InstanceId(5), Health::Healthy);
+    let s = c.plan();
+    assert!(matches!(&s[0], RollingStep::FinishBatch { unhealthy } if unhealthy.is_empty()), "{s:?}");
+    assert_eq!(s[1], RollingStep::RetireOld(vec![InstanceId(0)]));
+}
