@@ -405,6 +405,7 @@ impl Reconciler {
                     in_place_extensions,
                     now,
                     batch_timeout: self.config.limits.batch_timeout,
+                    health_grace: self.config.limits.health_grace,
                 });
                 waiting |= status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
                 steps.extend(rolling.into_iter().map(Step::Rolling));

@@ -34,6 +34,8 @@ pub struct Limits {
     /// A rolling-upgrade batch whose health is still unknown after this long is judged as it
     /// stands (unknown counts as unhealthy).
     pub batch_timeout: Duration,
+    /// In a rolling upgrade, a fresh boot failing its probe counts as unhealthy only after this.
+    pub health_grace: Duration,
     /// Automatic repairs in a row that bring no instance back to health before repairs
     /// suspend themselves (the circuit breaker).
     pub repair_max_attempts: usize,
@@ -51,6 +53,7 @@ impl Default for Limits {
             boot_recheck: Duration::seconds(30),
             drain_timeout: Duration::seconds(10),
             batch_timeout: Duration::minutes(10),
+            health_grace: Duration::seconds(30),
             repair_max_attempts: 3,
         }
     }

@@ -43,6 +43,9 @@ pub struct RollingInput<'a> {
     pub now: DateTime<Utc>,
     /// A batch whose health is still unknown after this long is judged as it stands.
     pub batch_timeout: Duration,
+    /// A fresh boot that fails its probe counts as unhealthy only after this long (an app
+    /// needs a moment to start listening); healthy counts at once.
+    pub health_grace: Duration,
 }
 
 /// One decision.
@@ -104,7 +107,8 @@ fn healthy(input: &RollingInput<'_>, r: &InstanceRecord) -> bool {
         && (!input.has_health_source || input.health.get(&r.instance_id) == Some(&Health::Healthy))
 }
 
-/// Health is decided: healthy, or clearly not (failed, failed extension, probe-unhealthy).
+/// Health is decided: healthy, or clearly not (failed, failed extension, or probe-unhealthy
+/// for longer than the health grace after its boot).
 fn decided(input: &RollingInput<'_>, r: &InstanceRecord) -> bool {
     healthy(input, r)
         || r.state == InstanceState::Failed
@@ -112,7 +116,8 @@ fn decided(input: &RollingInput<'_>, r: &InstanceRecord) -> bool {
         || (r.state == InstanceState::Running
             && r.pending.is_none()
             && input.has_health_source
-            && input.health.get(&r.instance_id) == Some(&Health::Unhealthy))
+            && input.health.get(&r.instance_id) == Some(&Health::Unhealthy)
+            && input.now >= r.state_since + input.health_grace)
 }
 
 /// Counted instances that an upgrade moves: not on the target, running (or failed), and not

@@ -5,6 +5,8 @@
 //! - `api`: latency of `list-instances` on a large set; the peer is `/healthz` on the same server
 //!   (the cost of an HTTP round trip with no work).
 //! - `qemu`: real VMs; the peer is hand-run QEMU booting the same image (see `bench_qemu`).
+//! - `rolling`: a rolling upgrade against the sum of its batches' health waits (see
+//!   `bench_rolling`).
 
 use crate::cli::BenchCmd;
 use crate::client::{set_path, Client};
@@ -153,6 +155,15 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Backend { bind } => backend(bind).await,
+        BenchCmd::Rolling { sim, process } => {
+            for (driver, count) in [(DriverKind::Sim, sim), (DriverKind::Process, process)] {
+                if count > 0 {
+                    let r = crate::bench_rolling::measure(driver, count).await?;
+                    println!("{}", serde_json::to_string(&r)?);
+                }
+            }
+            Ok(())
+        }
         BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
             crate::bench_qemu::run(crate::bench_qemu::Options { rounds, counts, testguest, sku, json }).await
         }

@@ -400,6 +400,9 @@ struct HerdRun {
     n: u32,
     /// The machine's busy fraction (all CPUs) in the second before the run.
     busy_before: f64,
+    /// CPU time of this process (the in-process server and the benchmark's own polling) from
+    /// the API call until every app answered.
+    cpu_s: f64,
     put_ms: f64,
     /// PUT returned → QEMU process exists, per VM (ms); VMs never seen are missing.
     spawn_ms: Vec<f64>,
@@ -416,6 +419,8 @@ struct HandRun {
     round: u32,
     n: u32,
     busy_before: f64,
+    /// CPU time of this process (the benchmark's polling) from spawn until every app answered.
+    cpu_s: f64,
     via: Via,
     /// Spawn → the agent answered (agent variant only), per VM (s).
     agent_s: Vec<f64>,
@@ -492,6 +497,7 @@ impl Ctx {
         let path = set_path(GROUP, &name);
         let list = format!("{path}/virtualMachines");
         let watch = SpawnWatch::start(self.vms_root.clone(), format!("{GROUP}/{name}/"), n as usize);
+        let cpu0 = self_cpu_s();
         let t0 = Instant::now();
         let put = self.client.call(reqwest::Method::PUT, &path, Some(&self.model(n)), &[("If-None-Match", "*")]).await;
         let t_put = Instant::now();
@@ -501,6 +507,7 @@ impl Ctx {
         }
         let deadline = t0 + BOOT_DEADLINE;
         let result = self.herd_wait(&list, n, t0, deadline).await;
+        let cpu_s = self_cpu_s() - cpu0;
         let spawned = watch.finish();
         let (running, apps) = result?;
         let mut spawn_ms: Vec<f64> = spawned.values().map(|t| signed_ms(t_put, *t)).collect();
@@ -557,6 +564,7 @@ impl Ctx {
             round,
             n,
             busy_before: 0.0,
+            cpu_s,
             put_ms: secs(t_put - t0) * 1000.0,
             spawn_ms,
             running_s: running.iter().map(|t| secs(*t - t0)).collect(),
@@ -649,6 +657,7 @@ impl Ctx {
             vms.push(Vm { dir, addr, args });
         }
         let qemu = herd_driver_qemu::DEFAULT_QEMU;
+        let cpu0 = self_cpu_s();
         let t0 = Instant::now();
         let mut children = Vec::new();
         for vm in &vms {
@@ -699,6 +708,7 @@ impl Ctx {
             r = boots => r?,
             e = exited => return Err(e),
         };
+        let cpu_s = self_cpu_s() - cpu0;
         let mut mem = Vec::new();
         for (vm, c) in vms.iter().zip(&children) {
             if let Some(pid) = c.id() {
@@ -721,6 +731,7 @@ impl Ctx {
             round,
             n,
             busy_before: 0.0,
+            cpu_s,
             via,
             agent_s: times.iter().filter_map(|(a, _)| a.map(|a| secs(a - t0))).collect(),
             app_s: times.iter().map(|(_, a)| secs(*a - t0)).collect(),
@@ -872,6 +883,15 @@ async fn one_herd_run(ctx: &Ctx, round: u32, n: u32) -> Result<HerdRun> {
     Ok(h)
 }
 
+/// User + system CPU time of this process so far, in seconds (`/proc/self/stat`, 100 ticks/s).
+fn self_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // After the command name: state is field 3, utime 14, stime 15.
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / 100.0
+}
+
 /// Busy and total jiffies of all CPUs (`/proc/stat`).
 fn cpu_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -934,6 +954,7 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
     let find_hand = |round: u32, n: u32, via: Via| hand.iter().find(|h| h.round == round && h.n == n && h.via == via);
     let mut per_n = Vec::new();
     let mut rows = Vec::new();
+    let mut medians = Vec::new();
     for &n in &opts.counts {
         let mut runs = Vec::new();
         let (mut ratios_ud, mut ratios_ag) = (Vec::new(), Vec::new());
@@ -977,12 +998,32 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
                 "handUserDataAllSeconds": ud, "handAgentReadyAllSeconds": ag_ready, "handAgentAllSeconds": ag,
                 "ratioToHandUserData": herd_all / ud, "ratioToHandAgent": herd_all / ag,
                 "machineBusyBeforeMax": busy,
+                "herdProcessCpuSeconds": h.cpu_s,
+                "handUserDataProcessCpuSeconds": find_hand(h.round, n, Via::UserData).map(|r| r.cpu_s),
+                "handAgentProcessCpuSeconds": find_hand(h.round, n, Via::Agent).map(|r| r.cpu_s),
             }));
         }
+        let all = |v: Vec<f64>| median(&v);
+        let herd_med = all(herd.iter().filter(|h| h.n == n).map(|h| max(&h.app_s)).collect());
+        let ud_med = all(hand.iter().filter(|r| r.n == n && r.via == Via::UserData).map(|r| max(&r.app_s)).collect());
+        let ag_med = all(hand.iter().filter(|r| r.n == n && r.via == Via::Agent).map(|r| max(&r.app_s)).collect());
+        let herd_cpu = all(herd.iter().filter(|h| h.n == n).map(|h| h.cpu_s).collect());
+        let hand_cpu = all(hand.iter().filter(|r| r.n == n).map(|r| r.cpu_s).collect());
+        medians.push(format!(
+            "N={n}: herd {herd_med:.2} s, hand user-data {ud_med:.2} s, hand agent {ag_med:.2} s; ratio herd/hand {:.2} (user-data), {:.2} (agent); median of per-round ratios {:.2}, {:.2}; this process's CPU during a run: herd {herd_cpu:.2} s, hand {hand_cpu:.2} s",
+            herd_med / ud_med,
+            herd_med / ag_med,
+            median(&ratios_ud),
+            median(&ratios_ag),
+        ));
         per_n.push(json!({
             "n": n, "runs": runs,
+            "herdAppAllSecondsMedian": herd_med, "handUserDataAllSecondsMedian": ud_med, "handAgentAllSecondsMedian": ag_med,
+            "ratioOfMediansToHandUserData": herd_med / ud_med, "ratioOfMediansToHandAgent": herd_med / ag_med,
+            "ratioToHandUserDataMedian": median(&ratios_ud), "ratioToHandAgentMedian": median(&ratios_ag),
             "ratioToHandUserDataMean": ratios_ud.iter().sum::<f64>() / ratios_ud.len().max(1) as f64,
             "ratioToHandAgentMean": ratios_ag.iter().sum::<f64>() / ratios_ag.len().max(1) as f64,
+            "herdProcessCpuSecondsMedian": herd_cpu, "handProcessCpuSecondsMedian": hand_cpu,
         }));
     }
     let herd_mem: Vec<&AfterBoot> = herd.iter().flat_map(|h| h.mem.iter()).collect();
@@ -1033,6 +1074,10 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
     );
     for r in &rows {
         println!("{r}");
+    }
+    println!("medians over rounds (time until all N answer):");
+    for m in &medians {
+        println!("  {m}");
     }
     println!();
     println!(

@@ -633,6 +633,16 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A rolling upgrade in 20% batches (100 sim instances, then 20 process instances behind
+    /// the load balancer): total time against the sum of the batches' rebuild and health waits.
+    Rolling {
+        /// Instances of the sim run (0 skips it).
+        #[arg(long, default_value_t = 100)]
+        sim: u64,
+        /// Instances of the process run (0 skips it).
+        #[arg(long, default_value_t = 20)]
+        process: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

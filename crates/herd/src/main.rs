@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_qemu;
+mod bench_rolling;
 mod cli;
 mod client;
 mod commands;

@@ -51,6 +51,23 @@ pub struct ServerConfig {
     pub extensions: ExtensionSettings,
     #[serde(default)]
     pub qemu: QemuSettings,
+    #[serde(default)]
+    pub upgrades: UpgradeSettings,
+}
+
+/// `[upgrades]`: rolling upgrades and repairs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSettings {
+    /// Seconds a freshly upgraded instance may fail its probe before it counts as unhealthy
+    /// (default 30).
+    pub health_grace_secs: Option<u64>,
+    /// Minutes a batch may wait for its instances' health before it is judged as it stands
+    /// (default 10).
+    pub batch_timeout_mins: Option<u64>,
+    /// Repairs in a row without an instance becoming healthy before repairs suspend
+    /// themselves (default 3).
+    pub repair_max_attempts: Option<usize>,
 }
 
 /// `[qemu]`: how the qemu driver runs VMs.
@@ -269,6 +286,15 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             .loadbalancer
             .drain_timeout_secs
             .map_or(defaults.drain_timeout, |s| chrono::Duration::seconds(s.min(86_400) as i64)),
+        health_grace: cfg
+            .upgrades
+            .health_grace_secs
+            .map_or(defaults.health_grace, |s| chrono::Duration::seconds(s.min(86_400) as i64)),
+        batch_timeout: cfg
+            .upgrades
+            .batch_timeout_mins
+            .map_or(defaults.batch_timeout, |m| chrono::Duration::minutes(m.clamp(1, 1440) as i64)),
+        repair_max_attempts: cfg.upgrades.repair_max_attempts.unwrap_or(defaults.repair_max_attempts).max(1),
         ..defaults
     };
     let driver_name = driver.name().to_string();

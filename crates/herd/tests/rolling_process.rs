@@ -69,7 +69,11 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 /// A server with images 1.0.0 (v1), 1.0.1 (v2) and 1.0.2 (v2, failing its probe), a load
 /// balancer with an HTTP probe on `/`, and a Rolling scale set of `count` on 1.0.0.
 fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
-    let s = Server::start("process", &dir.join("data"), Some("[loadbalancer]\ndrain_timeout_secs = 1\n"));
+    let s = Server::start(
+        "process",
+        &dir.join("data"),
+        Some("[loadbalancer]\ndrain_timeout_secs = 1\n[upgrades]\nhealth_grace_secs = 5\n"),
+    );
     s.ok(&["group", "create", "-n", "rg"]);
     for (v, version, broken) in [("1.0.0", 1, false), ("1.0.1", 2, false), ("1.0.2", 2, true)] {
         let img = image_dir(&dir.join(format!("img-{v}")), &app(version, broken));

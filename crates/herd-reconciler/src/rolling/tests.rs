@@ -66,6 +66,7 @@ impl Case {
             in_place_extensions: true,
             now: self.now,
             batch_timeout: Duration::minutes(10),
+            health_grace: Duration::seconds(30),
         })
     }
 
@@ -154,6 +155,8 @@ fn an_unhealthy_batch_aborts_and_rolls_back_when_asked() {
         assert_eq!(batch_of(&s), [0]);
         c.apply(&s);
         c.upgrade_batch(false);
+        assert!(c.plan().is_empty(), "a fresh boot gets the health grace before it counts as unhealthy");
+        c.now += Duration::seconds(30);
         let s = c.plan();
         assert!(matches!(&s[0], RollingStep::FinishBatch { unhealthy } if unhealthy == &[InstanceId(0)]), "{s:?}");
         if rollback {
