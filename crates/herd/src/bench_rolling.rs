@@ -98,9 +98,12 @@ pub async fn measure(driver: DriverKind, count: u64) -> Result<RollingRun> {
     })
     .await?;
     let cli = Cli { exe: std::env::current_exe()?, url: server.url(), token: server.token.clone() };
-    let result = tokio::task::spawn_blocking(move || run_upgrade(&cli, dir.path(), driver, count)).await?;
+    // The temporary directory lives until the instances are gone (they are found by it).
+    let root = dir.path().to_path_buf();
+    let result = tokio::task::spawn_blocking(move || run_upgrade(&cli, &root, driver, count)).await?;
     server.stop().await;
     kill_instances(&data);
+    drop(dir);
     result
 }
 
