@@ -451,7 +451,11 @@ impl Driver for ProcessDriver {
             }
             let ticks: u64 = members.iter().map(|p| p.utime.saturating_add(p.stime)).sum();
             let memory_bytes = members.iter().filter_map(|p| procfs::read_rss_bytes(p.pid)).sum();
-            Some(InstanceStats { cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64, memory_bytes })
+            Some(InstanceStats {
+                cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64,
+                memory_bytes,
+                cpu_percent: None,
+            })
         })
         .await
     }

@@ -1249,6 +1249,7 @@ impl Driver for QemuDriver {
             Some(InstanceStats {
                 cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64,
                 memory_bytes: procfs::read_rss_bytes(id.pid)?,
+                cpu_percent: None,
             })
         })
         .await

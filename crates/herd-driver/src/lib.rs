@@ -163,6 +163,10 @@ pub struct InstanceStats {
     /// CPU time consumed since start, in seconds (all vCPUs summed).
     pub cpu_seconds: f64,
     pub memory_bytes: u64,
+    /// The CPU use right now, when the driver knows it directly (the sim driver); otherwise the
+    /// sampler derives it from `cpu_seconds` between two samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
 }
 
 /// Driver failures. The message is shown to users: it must not contain secrets.

@@ -250,10 +250,11 @@ impl Driver for SimDriver {
 
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {
         let s = self.lock();
-        Ok(s.instances
-            .get(key)
-            .filter(|i| matches!(i.power, SimPower::Running))
-            .map(|i| InstanceStats { cpu_seconds: i.cpu_percent / 100.0, memory_bytes: 256 << 20 }))
+        Ok(s.instances.get(key).filter(|i| matches!(i.power, SimPower::Running)).map(|i| InstanceStats {
+            cpu_seconds: 0.0,
+            memory_bytes: 256 << 20,
+            cpu_percent: Some(i.cpu_percent),
+        }))
     }
 
     /// Simulates a script: it "exits" with the number after the last `exit ` in the command

@@ -37,6 +37,14 @@ pub enum Kind {
     /// Each model generation of a scale set as it was (`group/set/<generation>`), so a rolling
     /// upgrade can roll back to the generation its instances came from.
     ModelHistory,
+    /// Autoscale settings (`group/name`).
+    AutoscaleSetting,
+    /// Named metric sources for autoscale (`group/name`); their secrets live under `Secret`.
+    MetricSource,
+    /// Bounded metric time series (`<series key>`), so autoscale windows survive a restart.
+    MetricSeries,
+    /// The last evaluations of an autoscale setting (`group/name`).
+    AutoscaleHistory,
 }
 
 impl Kind {
@@ -53,6 +61,10 @@ impl Kind {
             Kind::PublicIp => "public-ip",
             Kind::LoadBalancer => "lb",
             Kind::ModelHistory => "vmss-model",
+            Kind::AutoscaleSetting => "autoscale",
+            Kind::MetricSource => "metric-source",
+            Kind::MetricSeries => "metric-series",
+            Kind::AutoscaleHistory => "autoscale-history",
         }
     }
 }
