@@ -31,10 +31,13 @@ pub fn series_key(set: &StoredScaleSet, metric: &str) -> String {
     format!("vmss/{}/{}/{}", set.group, set.name, metric.to_ascii_lowercase().replace(' ', "-"))
 }
 
+/// The previous CPU sample of an instance: its boot (`state_since`), when, and the CPU seconds.
+type LastSample = (DateTime<Utc>, DateTime<Utc>, f64);
+
 /// Remembers the previous CPU sample of each instance boot.
 #[derive(Debug, Default)]
 pub struct Sampler {
-    last: Mutex<BTreeMap<InstanceKey, (DateTime<Utc>, DateTime<Utc>, f64)>>,
+    last: Mutex<BTreeMap<InstanceKey, LastSample>>,
 }
 
 impl Sampler {
