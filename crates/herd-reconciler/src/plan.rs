@@ -500,6 +500,7 @@ fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspende
         S::Running
             if input.set.model.upgrade_policy.mode == UpgradeMode::Automatic
                 && r.model_generation < input.set.model_generation
+                && !r.protect_from_scale_set_actions
                 && input.status.upgrade_request.is_none()
                 && input.status.rolling_upgrade.as_ref().is_none_or(|u| !u.state.is_active()) =>
         {

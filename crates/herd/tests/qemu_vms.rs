@@ -170,6 +170,25 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
         assert_eq!(out["guestAgent"], true, "the agent is detected in the initrd: {out}");
         assert_eq!(out["source"]["kind"], "kernel");
     }
+    // A bootable disk (a cloud image's shape): copied into the gallery as a read-only qcow2.
+    if tg.join("1.0.0/disk.qcow2").exists() {
+        let disk = tg.join("1.0.0/disk.qcow2");
+        let out = s.json(&[
+            "image",
+            "import",
+            "--urn",
+            "Herd:TestGuestDisk:1:1.0.0",
+            "--disk",
+            disk.to_str().unwrap(),
+            "--guest-agent",
+            "true",
+        ]);
+        assert_eq!(out["source"]["kind"], "disk", "{out}");
+        assert_eq!(out["source"]["format"], "qcow2");
+        assert_eq!(out["guestAgent"], true);
+        let e = s.err(&["image", "import", "--urn", "Herd:Bad:1:1.0.0", "--disk", "/nonexistent.qcow2"]);
+        assert!(e.contains("--disk"), "{e}");
+    }
     s.ok(&with(
         &["vmss", "create"],
         &[

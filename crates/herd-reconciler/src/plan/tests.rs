@@ -286,13 +286,15 @@ fn power_goals_and_pending_actions() {
 
 #[test]
 fn automatic_mode_reimages_old_generations_manual_does_not() {
-    let mut s = set(1, &[], false);
+    let mut s = set(2, &[], false);
     s.model_generation = 2;
-    let c = Case::new(s.clone(), vec![rec(0, InstanceState::Running)]);
+    let c = Case::new(s.clone(), vec![rec(0, InstanceState::Running), rec(1, InstanceState::Running)]);
     assert!(c.plan().is_empty(), "Manual: nothing happens");
     s.model.upgrade_policy.mode = UpgradeMode::Automatic;
-    let c = Case::new(s, vec![rec(0, InstanceState::Running)]);
-    assert_eq!(c.plan(), [Step::Reimage(InstanceId(0))]);
+    let mut protected = rec(1, InstanceState::Running);
+    protected.protect_from_scale_set_actions = true;
+    let c = Case::new(s, vec![rec(0, InstanceState::Running), protected]);
+    assert_eq!(c.plan(), [Step::Reimage(InstanceId(0))], "protected instances are left alone");
 }
 
 #[test]
