@@ -1,0 +1,775 @@
+//! The evaluator: one pure function from (setting, time, capacity, metrics, cooldown state) to a
+//! [`Decision`], with Azure's semantics.
+//!
+//! Why pure: the live autoscaler, the what-if simulator and the tests must make the same
+//! decisions, so there is exactly one implementation and it does no I/O: metrics come through
+//! [`MetricQuery`], time through [`EvalInput::now`], and the caller persists [`AutoscaleState`].
+//!
+//! The order of a round:
+//! 1. A disabled setting changes nothing. The active profile is picked (fixed date, then
+//!    recurrence, then default; see [`crate::schedule`]).
+//! 2. Every rule is evaluated over its own window. "No data" is `None`, never zero.
+//! 3. Scale out (or up to the bounds) if anything asks for more: the minimum, the default when
+//!    metrics are missing (or when the profile has no rules at all), ANY scale-out rule that
+//!    fired and is out of its cooldown, or target tracking. The largest result wins.
+//! 4. Else clamp down to the maximum if above it.
+//! 5. Else scale in only if ALL scale-in voters agree (every scale-in rule fired and is out of
+//!    its cooldown; target tracking, if configured, wants fewer too), no metric is missing, and
+//!    the flapping guard allows it. The smallest reduction wins.
+//!
+//! Cooldown (Azure's): a rule may act only when its `cooldown` has passed since the last scale
+//! action in either direction, and since it last acted itself.
+//!
+//! Flapping guard (Azure's): before scaling in from `n` to `m`, each scale-out rule whose metric
+//! is per instance is re-checked with `value × n / m`; if one would fire, try `m+1 … n-1` and
+//! take the first that is safe, or skip. Totals (queue length) are never projected. A set whose
+//! rules read a per-instance metric is never taken to 0 (the projection would divide by zero and
+//! no instance would be left to report it); sets driven only by totals may go to 0.
+
+use crate::condition::{format_number, format_period};
+use crate::model::{
+    AutoscaleSetting, Dimension, Profile, Rule, ScaleDirection, ScaleType, Statistic, TargetTracking, TimeAggregation,
+};
+use crate::schedule::select_profile;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where metric values come from. Implementations read the store (live) or memory (tests,
+/// simulator). `None` means "no data" and is never treated as zero.
+pub trait MetricQuery {
+    /// The value of `metric` over `(window_start, window_end]`: samples are grouped into
+    /// `time_grain` buckets, combined across instances with `statistic`, then across buckets
+    /// with `time_aggregation`.
+    #[allow(clippy::too_many_arguments)]
+    fn aggregate(
+        &self,
+        metric: &str,
+        dimensions: &[Dimension],
+        statistic: Statistic,
+        time_grain: Duration,
+        window_start: DateTime<Utc>,
+        window_end: DateTime<Utc>,
+        time_aggregation: TimeAggregation,
+    ) -> Option<f64>;
+
+    /// Whether `metric` is measured per instance (CPU, requests per instance), so that a
+    /// different instance count changes it; totals (queue length) are not.
+    fn is_per_instance(&self, metric: &str) -> bool;
+}
+
+/// The last scale action this setting took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastScale {
+    pub at: DateTime<Utc>,
+    pub direction: ScaleDirection,
+}
+
+/// Everything one evaluation reads.
+pub struct EvalInput<'a> {
+    pub setting: &'a AutoscaleSetting,
+    pub now: DateTime<Utc>,
+    /// The set's capacity (desired count), including instances still booting.
+    pub current_capacity: u64,
+    /// Instances running and past target tracking's warm-up.
+    pub instance_count_ready: u64,
+    pub metrics: &'a dyn MetricQuery,
+    pub last_scale: Option<LastScale>,
+    /// When each rule of the active profile (by index) last acted.
+    pub rule_last_fired: &'a BTreeMap<usize, DateTime<Utc>>,
+}
+
+/// One rule (or target tracking) as evaluated this round, for history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleEvaluation {
+    /// Index of the rule in the profile; `None` for target tracking.
+    pub rule: Option<usize>,
+    pub metric: String,
+    /// The rule in the condition grammar (`Percentage CPU > 70 avg 5m`), or the target.
+    pub condition: String,
+    /// `None` = no data.
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub fired: bool,
+    /// Why it did or did not act (cooldown, bounds, flapping guard, ...).
+    pub note: String,
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// The active profile's name (empty when none applies).
+    pub profile: String,
+    pub current_capacity: u64,
+    pub new_capacity: u64,
+    /// Increase, Decrease or None (no change).
+    pub direction: ScaleDirection,
+    /// What users read in `autoscale history` and the activity log.
+    pub reason: String,
+    pub evaluations: Vec<RuleEvaluation>,
+    /// Some metric had no data this round (so the set never scaled in).
+    pub missing_data: bool,
+    /// Rules (by index in the profile) whose action produced the change.
+    pub acted_rules: Vec<usize>,
+    /// Target tracking produced the change.
+    pub target_tracking_acted: bool,
+}
+
+impl Decision {
+    pub fn changed(&self) -> bool {
+        self.new_capacity != self.current_capacity
+    }
+}
+
+/// What the caller keeps between rounds (and persists, so cooldowns survive a restart).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleState {
+    pub last_scale: Option<LastScale>,
+    pub rule_last_fired: BTreeMap<usize, DateTime<Utc>>,
+    /// The profile `rule_last_fired` refers to.
+    pub profile: Option<String>,
+}
+
+impl AutoscaleState {
+    /// Records a decision made at `now` (call it after the capacity was written).
+    pub fn record(&mut self, now: DateTime<Utc>, decision: &Decision) {
+        if self.profile.as_deref() != Some(decision.profile.as_str()) {
+            self.rule_last_fired.clear();
+            self.profile = Some(decision.profile.clone());
+        }
+        if decision.changed() {
+            self.last_scale = Some(LastScale { at: now, direction: decision.direction });
+            for &r in &decision.acted_rules {
+                self.rule_last_fired.insert(r, now);
+            }
+        }
+    }
+
+    /// The input for one round with this state.
+    pub fn input<'a>(
+        &'a self,
+        setting: &'a AutoscaleSetting,
+        now: DateTime<Utc>,
+        current_capacity: u64,
+        instance_count_ready: u64,
+        metrics: &'a dyn MetricQuery,
+    ) -> EvalInput<'a> {
+        EvalInput {
+            setting,
+            now,
+            current_capacity,
+            instance_count_ready,
+            metrics,
+            last_scale: self.last_scale,
+            rule_last_fired: &self.rule_last_fired,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Out,
+    In,
+    Neutral,
+}
+
+struct Evaluated<'a> {
+    idx: usize,
+    rule: &'a Rule,
+    value: Option<f64>,
+    fired: bool,
+    role: Role,
+    per_instance: bool,
+    /// Capacity the action asks for, clamped to the bounds.
+    result: u64,
+    /// The same before clamping to the maximum (to say "capped").
+    wanted: u64,
+    cooling_until: Option<DateTime<Utc>>,
+}
+
+fn hms(t: DateTime<Utc>) -> String {
+    t.format("%H:%M:%S UTC").to_string()
+}
+
+/// `Percentage CPU avg 5m`.
+fn rule_label(r: &Rule) -> String {
+    let m = &r.metric_trigger;
+    format!("{} {} {}", m.metric_name, m.time_aggregation.short(), format_period(m.window()))
+}
+
+/// `Percentage CPU avg 5m = 82.3 > 70`, `... = 45, not > 70`, `...: no data`.
+fn observation(e: &Evaluated<'_>) -> String {
+    let m = &e.rule.metric_trigger;
+    let label = rule_label(e.rule);
+    match e.value {
+        None => format!("{label}: no data"),
+        Some(v) if e.fired => {
+            format!("{label} = {} {} {}", format_number(v), m.operator.symbol(), format_number(m.threshold))
+        }
+        Some(v) => {
+            format!("{label} = {}, not {} {}", format_number(v), m.operator.symbol(), format_number(m.threshold))
+        }
+    }
+}
+
+/// `+1`, `-50%`, `to 5`.
+fn action_text(r: &Rule) -> String {
+    let a = &r.scale_action;
+    let sign = match a.direction {
+        ScaleDirection::Increase => "+",
+        ScaleDirection::Decrease => "-",
+        ScaleDirection::None => "",
+    };
+    match a.kind {
+        ScaleType::ChangeCount => format!("{sign}{}", a.value.trim()),
+        ScaleType::PercentChangeCount => format!("{sign}{}%", a.value.trim()),
+        ScaleType::ExactCount => format!("to {}", a.value.trim()),
+    }
+}
+
+/// The capacity a rule's action asks for from `cur` (unclamped). Percent changes round
+/// outwards when adding (ceil) and inwards when removing (floor), and always move by at least
+/// one instance, so `+20%` of 0 or 3 is still +1.
+fn action_result(r: &Rule, cur: u64) -> Option<u64> {
+    let a = &r.scale_action;
+    let n = a.amount()?;
+    let up = match a.direction {
+        ScaleDirection::Increase => true,
+        ScaleDirection::Decrease => false,
+        ScaleDirection::None => return (a.kind == ScaleType::ExactCount).then_some(n),
+    };
+    let delta = match a.kind {
+        ScaleType::ExactCount => return Some(n),
+        ScaleType::ChangeCount => n,
+        ScaleType::PercentChangeCount => {
+            let exact = cur as f64 * n as f64 / 100.0;
+            let d = if up { (exact - 1e-9).ceil() } else { (exact + 1e-9).floor() };
+            (d.max(1.0)) as u64
+        }
+    };
+    Some(if up { cur.saturating_add(delta) } else { cur.saturating_sub(delta) })
+}
+
+/// `ceil` that ignores float noise (`2.0000000001` is 2).
+fn ceil_count(x: f64) -> u64 {
+    if !x.is_finite() || x <= 0.0 {
+        return 0;
+    }
+    (x - 1e-9).ceil().max(0.0) as u64
+}
+
+/// The metric reads of one round, so that rules asking the same question (the usual
+/// "> 70 avg 5m" / "< 30 avg 5m" pair) read the store once.
+type QueryKey<'a> = (&'a str, &'a [Dimension], Statistic, Duration, Duration, TimeAggregation);
+
+#[derive(Default)]
+struct Reads<'a> {
+    done: Vec<(QueryKey<'a>, Option<f64>)>,
+}
+
+impl<'a> Reads<'a> {
+    fn get(&mut self, input: &EvalInput<'_>, rule: &'a Rule) -> Option<f64> {
+        let m = &rule.metric_trigger;
+        let key: QueryKey<'a> =
+            (m.metric_name.as_str(), m.dimensions.as_slice(), m.statistic, m.grain(), m.window(), m.time_aggregation);
+        if let Some((_, v)) = self.done.iter().find(|(k, _)| *k == key) {
+            return *v;
+        }
+        let v = input.metrics.aggregate(key.0, key.1, key.2, key.3, input.now - key.4, input.now, key.5);
+        self.done.push((key, v));
+        v
+    }
+}
+
+fn evaluate_rule<'a>(
+    input: &EvalInput<'_>,
+    reads: &mut Reads<'a>,
+    idx: usize,
+    rule: &'a Rule,
+    bounds: (u64, u64),
+) -> Evaluated<'a> {
+    let m = &rule.metric_trigger;
+    let cur = input.current_capacity;
+    let raw = reads.get(input, rule);
+    let divide = m.divide_per_instance == Some(true);
+    let value = raw.filter(|v| v.is_finite()).map(|v| if divide { v / cur.max(1) as f64 } else { v });
+    let fired = value.is_some_and(|v| m.operator.holds(v, m.threshold));
+    let asked = action_result(rule, cur);
+    // `to N` (direction None, what `az ... --scale to N` writes) has no direction of its own:
+    // when it fires it scales out below N and in above N; when it does not fire it does not
+    // vote (otherwise an idle "to 1 when the queue is not empty" would block every scale-in).
+    let role = match (rule.scale_action.direction, asked) {
+        (ScaleDirection::Increase, _) => Role::Out,
+        (ScaleDirection::Decrease, _) => Role::In,
+        (ScaleDirection::None, Some(n)) if fired && n > cur => Role::Out,
+        (ScaleDirection::None, Some(n)) if fired && n < cur => Role::In,
+        (ScaleDirection::None, _) => Role::Neutral,
+    };
+    let (min, max) = bounds;
+    let wanted = match (role, asked) {
+        (Role::Out, Some(n)) => n.max(cur),
+        (Role::In, Some(n)) => n.min(cur),
+        _ => cur,
+    };
+    let result = wanted.clamp(min, max);
+    let cd = rule.scale_action.cooldown_duration();
+    let from_last = input.last_scale.map(|l| l.at + cd);
+    let from_self = input.rule_last_fired.get(&idx).map(|t| *t + cd);
+    let until = from_last.into_iter().chain(from_self).max().filter(|u| *u > input.now);
+    Evaluated {
+        idx,
+        rule,
+        value,
+        fired,
+        role,
+        per_instance: divide || input.metrics.is_per_instance(&m.metric_name),
+        result,
+        wanted,
+        cooling_until: until,
+    }
+}
+
+struct Tracking {
+    value: Option<f64>,
+    per_instance: bool,
+    /// Desired count, clamped to the bounds (None when it cannot be computed).
+    desired: Option<u64>,
+    out_blocked_until: Option<DateTime<Utc>>,
+    in_blocked_until: Option<DateTime<Utc>>,
+    note: String,
+}
+
+fn evaluate_tracking(input: &EvalInput<'_>, tt: &TargetTracking, bounds: (u64, u64)) -> Tracking {
+    let now = input.now;
+    let value = input
+        .metrics
+        .aggregate(
+            &tt.metric_name,
+            &[],
+            Statistic::Average,
+            Duration::minutes(1).min(tt.window()),
+            now - tt.window(),
+            now,
+            TimeAggregation::Average,
+        )
+        .filter(|v| v.is_finite());
+    let per_instance = input.metrics.is_per_instance(&tt.metric_name);
+    let ready = input.instance_count_ready;
+    let (desired, note) = match value {
+        None => (None, "no data".to_string()),
+        Some(_) if per_instance && ready == 0 => (None, "no instance is past its warm-up yet".to_string()),
+        Some(v) => {
+            let raw = if per_instance { ceil_count(ready as f64 * v / tt.target) } else { ceil_count(v / tt.target) };
+            let d = raw.clamp(bounds.0, bounds.1);
+            let how = if per_instance {
+                format!("ceil({ready} ready × {} / {})", format_number(v), format_number(tt.target))
+            } else {
+                format!("ceil({} / {})", format_number(v), format_number(tt.target))
+            };
+            (
+                Some(d),
+                format!("desired {how} = {raw}{}", if d != raw { format!(", bounded to {d}") } else { String::new() }),
+            )
+        }
+    };
+    let out_blocked_until = input
+        .last_scale
+        .filter(|l| l.direction == ScaleDirection::Increase)
+        .map(|l| l.at + tt.scale_out_cooldown_duration())
+        .filter(|u| *u > now);
+    let in_blocked_until = input.last_scale.map(|l| l.at + tt.scale_in_cooldown_duration()).filter(|u| *u > now);
+    Tracking { value, per_instance, desired, out_blocked_until, in_blocked_until, note }
+}
+
+fn tracking_label(tt: &TargetTracking, per_instance: bool) -> String {
+    format!(
+        "{} avg {} target {}{}",
+        tt.metric_name,
+        format_period(tt.window()),
+        format_number(tt.target),
+        if per_instance { "" } else { " per instance" }
+    )
+}
+
+/// Evaluates one round. Pure: reads only `input`.
+pub fn evaluate(input: &EvalInput<'_>) -> Decision {
+    let cur = input.current_capacity;
+    let mut d = Decision {
+        profile: String::new(),
+        current_capacity: cur,
+        new_capacity: cur,
+        direction: ScaleDirection::None,
+        reason: String::new(),
+        evaluations: Vec::new(),
+        missing_data: false,
+        acted_rules: Vec::new(),
+        target_tracking_acted: false,
+    };
+    let Some((_, profile, _)) = select_profile(input.setting, input.now) else {
+        d.reason = format!("no profile applies at {}; capacity left at {cur}", input.now.format("%Y-%m-%d %H:%M UTC"));
+        return d;
+    };
+    d.profile = profile.name.clone();
+    if !input.setting.enabled {
+        d.reason = format!("autoscale setting is disabled; capacity left at {cur}");
+        return d;
+    }
+    decide(input, profile, d)
+}
+
+fn decide(input: &EvalInput<'_>, profile: &Profile, mut d: Decision) -> Decision {
+    let cur = input.current_capacity;
+    let now = input.now;
+    let (min, max, default) = profile.capacity.bounds();
+    let bounds = (min, max);
+
+    let mut reads = Reads::default();
+    let rules: Vec<Evaluated<'_>> =
+        profile.rules.iter().enumerate().map(|(i, r)| evaluate_rule(input, &mut reads, i, r, bounds)).collect();
+    let tt = input.setting.target_tracking.as_ref();
+    let tracking = tt.map(|t| evaluate_tracking(input, t, bounds));
+
+    let mut missing: Vec<String> = rules
+        .iter()
+        .filter(|e| e.value.is_none())
+        .map(|e| rule_label(e.rule))
+        .chain(
+            tracking
+                .iter()
+                .filter(|t| t.value.is_none())
+                .map(|_| tt.map(|t| t.metric_name.clone()).unwrap_or_default()),
+        )
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    missing.retain(|m| seen.insert(m.clone()));
+    d.missing_data = !missing.is_empty();
+
+    let mut notes: Vec<String> = rules
+        .iter()
+        .map(|e| match (e.value, e.fired, e.cooling_until) {
+            (None, _, _) => "no data".to_string(),
+            (Some(_), false, _) => "not fired".to_string(),
+            (Some(_), true, Some(u)) if e.role != Role::Neutral => format!("fired; cooling down until {}", hms(u)),
+            (Some(_), true, _) if e.role == Role::Neutral => "fired; already at that count".to_string(),
+            (Some(_), true, _) => "fired".to_string(),
+        })
+        .collect();
+    let mut tt_note = tracking.as_ref().map(|t| t.note.clone()).unwrap_or_default();
+
+    // ---- 3. Anything asking for more.
+    struct Up {
+        to: u64,
+        why: String,
+        rules: Vec<usize>,
+        tracking: bool,
+    }
+    let mut ups: Vec<Up> = Vec::new();
+    if cur < min {
+        ups.push(Up {
+            to: min,
+            why: format!("below the minimum {min} of profile '{}'", profile.name),
+            rules: vec![],
+            tracking: false,
+        });
+    }
+    if d.missing_data && cur < default {
+        ups.push(Up {
+            to: default,
+            why: format!("no data for {}; raised to the default {default}", missing.join(", ")),
+            rules: vec![],
+            tracking: false,
+        });
+    }
+    if profile.rules.is_empty() && tt.is_none() && cur < default {
+        ups.push(Up {
+            to: default,
+            why: format!("profile '{}' has no rules; holding the default {default}", profile.name),
+            rules: vec![],
+            tracking: false,
+        });
+    }
+    for e in rules.iter().filter(|e| e.role == Role::Out && e.fired && e.cooling_until.is_none()) {
+        if e.result > cur {
+            ups.push(Up {
+                to: e.wanted,
+                why: format!("{}: {}", observation(e), action_text(e.rule)),
+                rules: vec![e.idx],
+                tracking: false,
+            });
+        } else {
+            notes[e.idx] = format!("fired; {}", no_room(e, cur, max));
+        }
+    }
+    if let (Some(t), Some(tc)) = (tt, &tracking) {
+        if let Some(want) = tc.desired.filter(|w| *w > cur) {
+            match tc.out_blocked_until {
+                Some(u) => tt_note = format!("{}; scale-out cooling down until {}", tc.note, hms(u)),
+                None => ups.push(Up {
+                    to: want,
+                    why: format!(
+                        "{} = {}: {}",
+                        tracking_label(t, tc.per_instance),
+                        format_number(tc.value.unwrap_or(0.0)),
+                        tc.note
+                    ),
+                    rules: vec![],
+                    tracking: true,
+                }),
+            }
+        }
+    }
+    if let Some(best) = ups.iter().map(|u| u.to.min(max)).max().filter(|b| *b > cur) {
+        let winner = ups.iter().find(|u| u.to.min(max) == best).map(|u| u.why.clone()).unwrap_or_default();
+        let capped = ups.iter().any(|u| u.to > max) && best == max;
+        for u in ups.iter().filter(|u| u.to.min(max) == best) {
+            d.acted_rules.extend(&u.rules);
+            d.target_tracking_acted |= u.tracking;
+        }
+        d.acted_rules.sort_unstable();
+        d.acted_rules.dedup();
+        for &r in &d.acted_rules {
+            notes[r] = "fired; acted".into();
+        }
+        d.new_capacity = best;
+        d.direction = ScaleDirection::Increase;
+        d.reason = format!(
+            "{winner} ({cur} → {best}{})",
+            if capped { format!(", capped at the maximum {max}") } else { String::new() }
+        );
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+
+    // ---- 4. Above the maximum (or above the default of a profile without rules).
+    if cur > max {
+        d.new_capacity = max;
+        d.direction = ScaleDirection::Decrease;
+        d.reason = format!("above the maximum {max} of profile '{}' ({cur} → {max})", profile.name);
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+    if profile.rules.is_empty() && tt.is_none() && cur > default {
+        d.new_capacity = default;
+        d.direction = ScaleDirection::Decrease;
+        d.reason =
+            format!("profile '{}' has no rules; holding the default {default} ({cur} → {default})", profile.name);
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+
+    // ---- 5. Scale in: every voter must agree.
+    let in_rules: Vec<&Evaluated<'_>> = rules.iter().filter(|e| e.role == Role::In).collect();
+    let tt_votes = tt.is_some_and(|t| !t.disable_scale_in);
+    let out_fired_blocked: Vec<String> = rules
+        .iter()
+        .filter(|e| e.role == Role::Out && e.fired)
+        .map(|e| match e.cooling_until {
+            Some(u) => format!("{} but cooling down until {}", observation(e), hms(u)),
+            None => format!("{} but {}", observation(e), no_room(e, cur, max)),
+        })
+        .collect();
+    if !out_fired_blocked.is_empty() {
+        d.reason = format!("{}; capacity left at {cur}", out_fired_blocked.join("; "));
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+    if d.missing_data {
+        d.reason =
+            format!("no data for {}; capacity left at {cur} (never scales in on missing data)", missing.join(", "));
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+    if in_rules.is_empty() && !tt_votes {
+        let summary: Vec<String> = rules.iter().map(observation).collect();
+        let why = if summary.is_empty() {
+            format!("profile '{}' holds {cur}", profile.name)
+        } else {
+            format!("no scale-out rule fired ({}); capacity left at {cur}", summary.join("; "))
+        };
+        d.reason = why;
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+    if let Some(e) = in_rules.iter().find(|e| !e.fired) {
+        let summary: Vec<String> = rules.iter().filter(|e| e.role == Role::Out).map(|e| observation(e)).collect();
+        let mut why = format!("no scale-in: {}", observation(e));
+        if !summary.is_empty() {
+            why = format!("no scale-out rule fired ({}); {why}", summary.join("; "));
+        }
+        d.reason = format!("{why}; capacity left at {cur}");
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+    if let Some(e) = in_rules.iter().find(|e| e.cooling_until.is_some()) {
+        let u = e.cooling_until.unwrap_or(now);
+        d.reason = format!("{} but cooling down until {}; capacity left at {cur}", observation(e), hms(u));
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    }
+    let mut proposal: Option<u64> = None;
+    let mut causes: Vec<String> = in_rules.iter().map(|e| observation(e)).collect();
+    let mut winner_action = in_rules
+        .iter()
+        .max_by_key(|e| (e.result, std::cmp::Reverse(e.idx)))
+        .map(|e| action_text(e.rule))
+        .unwrap_or_default();
+    if !in_rules.is_empty() {
+        proposal = in_rules.iter().map(|e| e.result).max();
+    }
+    if let (true, Some(t), Some(tc)) = (tt_votes, tt, &tracking) {
+        let ready_all = input.instance_count_ready >= cur;
+        match tc.desired {
+            Some(want) if want < cur && !ready_all && tc.per_instance => {
+                tt_note = format!("{}; no scale-in while instances warm up", tc.note);
+                d.reason = format!("target tracking: instances are warming up; capacity left at {cur}");
+                return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+            }
+            Some(want) if want < cur => {
+                if let Some(u) = tc.in_blocked_until {
+                    tt_note = format!("{}; scale-in cooling down until {}", tc.note, hms(u));
+                    d.reason = format!(
+                        "target tracking wants {want} but scale-in is cooling down until {}; capacity left at {cur}",
+                        hms(u)
+                    );
+                    return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+                }
+                causes.push(format!(
+                    "{} = {}: {}",
+                    tracking_label(t, tc.per_instance),
+                    format_number(tc.value.unwrap_or(0.0)),
+                    tc.note
+                ));
+                if proposal.is_none_or(|p| want > p) {
+                    winner_action = format!("to {want}");
+                }
+                proposal = Some(proposal.map_or(want, |p| p.max(want)));
+            }
+            _ => {
+                let why = format!(
+                    "no scale-in: {} = {}: {}",
+                    tracking_label(t, tc.per_instance),
+                    tc.value.map(format_number).unwrap_or_else(|| "no data".into()),
+                    tc.note
+                );
+                d.reason = format!("{why}; capacity left at {cur}");
+                return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+            }
+        }
+    }
+    let Some(want) = proposal.filter(|p| *p < cur) else {
+        d.reason = format!("{}; already at the minimum {min}", causes.join(" and "));
+        return finish(d, &rules, notes, tt, tracking.as_ref(), tt_note);
+    };
+
+    // Flapping guard.
+    // Scale-out rules, plus `to N` rules already at N: below N they would scale out again.
+    let outs: Vec<&Evaluated<'_>> = rules
+        .iter()
+        .filter(|e| {
+            e.role == Role::Out || (e.role == Role::Neutral && e.rule.scale_action.kind == ScaleType::ExactCount)
+        })
+        .collect();
+    let zero_blocked = rules.iter().any(|e| e.per_instance) || tracking.as_ref().is_some_and(|t| t.per_instance);
+    let mut first_trip: Option<String> = None;
+    let mut chosen: Option<u64> = None;
+    for k in want..cur {
+        if k == 0 && zero_blocked {
+            first_trip.get_or_insert_with(|| {
+                "not to 0: the rules read a per-instance metric that no instance would be left to report".into()
+            });
+            continue;
+        }
+        let trip = outs.iter().find_map(|e| {
+            let v = e.value?;
+            // Only a rule that would actually add instances at k counts (`to 1` does not at 1).
+            if action_result(e.rule, k).is_none_or(|n| n.min(max) <= k) {
+                return None;
+            }
+            let projected = if e.per_instance { v * cur as f64 / k as f64 } else { v };
+            let m = &e.rule.metric_trigger;
+            m.operator.holds(projected, m.threshold).then(|| {
+                format!(
+                    "{cur} → {k} would project {} to {} {} {}",
+                    rule_label(e.rule),
+                    format_number(projected),
+                    m.operator.symbol(),
+                    format_number(m.threshold)
+                )
+            })
+        });
+        match trip {
+            Some(t) => {
+                first_trip.get_or_insert(t);
+            }
+            None => {
+                chosen = Some(k);
+                break;
+            }
+        }
+    }
+    let cause = causes.join(" and ");
+    match chosen {
+        None => {
+            let t = first_trip.unwrap_or_default();
+            d.reason = format!("{cause}: {winner_action} deferred by the flapping guard ({t}); capacity left at {cur}");
+            for e in &in_rules {
+                notes[e.idx] = "fired; deferred by the flapping guard".into();
+            }
+        }
+        Some(k) => {
+            d.new_capacity = k;
+            d.direction = ScaleDirection::Decrease;
+            d.acted_rules = in_rules.iter().map(|e| e.idx).collect();
+            d.target_tracking_acted = tt_votes && tracking.as_ref().is_some_and(|t| t.desired.is_some());
+            for e in &in_rules {
+                notes[e.idx] = "fired; acted".into();
+            }
+            let shrunk = match (k != want, first_trip) {
+                (true, Some(t)) => format!(", shrunk from {want} by the flapping guard: {t}"),
+                _ => String::new(),
+            };
+            d.reason = format!("{cause}: {winner_action} ({cur} → {k}{shrunk})");
+        }
+    }
+    finish(d, &rules, notes, tt, tracking.as_ref(), tt_note)
+}
+
+/// Why a fired scale-out rule adds nothing.
+fn no_room(e: &Evaluated<'_>, cur: u64, max: u64) -> String {
+    if cur >= max {
+        format!("already at the maximum {max}")
+    } else {
+        format!("already at {cur}, not below its target {}", e.wanted)
+    }
+}
+
+fn finish(
+    mut d: Decision,
+    rules: &[Evaluated<'_>],
+    notes: Vec<String>,
+    tt: Option<&TargetTracking>,
+    tracking: Option<&Tracking>,
+    tt_note: String,
+) -> Decision {
+    d.evaluations = rules
+        .iter()
+        .zip(notes)
+        .map(|(e, note)| RuleEvaluation {
+            rule: Some(e.idx),
+            metric: e.rule.metric_trigger.metric_name.clone(),
+            condition: crate::condition::format_condition(&e.rule.metric_trigger),
+            value: e.value,
+            threshold: e.rule.metric_trigger.threshold,
+            fired: e.fired,
+            note,
+        })
+        .collect();
+    if let (Some(t), Some(tc)) = (tt, tracking) {
+        d.evaluations.push(RuleEvaluation {
+            rule: None,
+            metric: t.metric_name.clone(),
+            condition: tracking_label(t, tc.per_instance),
+            value: tc.value,
+            threshold: t.target,
+            fired: tc.desired.is_some_and(|w| w != d.current_capacity),
+            note: tt_note,
+        });
+    }
+    d
+}
