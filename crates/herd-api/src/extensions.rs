@@ -112,6 +112,7 @@ pub async fn put(
         std::slice::from_ref(&ext),
         "WriteExtension",
         format!("extension {ext} {verb}"),
+        herd_model::activity::Actor::User,
     )?;
     let out = find(saved.value.model.extensions(), &ext, &name)?.clone();
     Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(out)))

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod autoscale;
 pub mod error;
 mod extensions;
 mod groups;
@@ -98,6 +99,18 @@ pub fn router(state: AppState) -> Router {
             put(network::lb_child_put).delete(network::lb_child_delete),
         )
         .route("/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}", get(network::pool_show))
+        .route("/v1/resourceGroups/{group}/autoscaleSettings", get(autoscale::list))
+        .route(
+            "/v1/resourceGroups/{group}/autoscaleSettings/{name}",
+            put(autoscale::put).get(autoscale::show).delete(autoscale::delete),
+        )
+        .route("/v1/resourceGroups/{group}/autoscaleSettings/{name}/history", get(autoscale::history))
+        .route("/v1/resourceGroups/{group}/metricSources", get(autoscale::source_list))
+        .route(
+            "/v1/resourceGroups/{group}/metricSources/{name}",
+            put(autoscale::source_put).get(autoscale::source_show).delete(autoscale::source_delete),
+        )
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/metrics", get(autoscale::metrics))
         .route("/v1/images", get(images::list))
         .route("/v1/images/{urn}", put(images::import).get(images::show).delete(images::delete))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));

@@ -174,11 +174,13 @@ pub(crate) fn commit(
     operation: &str,
     message: String,
 ) -> Result<Object<StoredScaleSet>, ApiError> {
-    commit_replacing(state, cur, model, secrets, &[], operation, message)
+    commit_replacing(state, cur, model, secrets, &[], operation, message, herd_model::activity::Actor::User)
 }
 
 /// [`commit`], first dropping the stored protected settings of the extensions named in
-/// `replaced` (an extension PUT replaces the extension whole, as `az vmss extension set` does).
+/// `replaced` (an extension PUT replaces the extension whole, as `az vmss extension set` does),
+/// logged as done by `actor` (a user, or the autoscaler).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn commit_replacing(
     state: &AppState,
     cur: &Object<StoredScaleSet>,
@@ -187,6 +189,7 @@ pub(crate) fn commit_replacing(
     replaced: &[String],
     operation: &str,
     mut message: String,
+    actor: herd_model::activity::Actor,
 ) -> Result<Object<StoredScaleSet>, ApiError> {
     let old = &cur.value;
     if model.zones != old.model.zones {
@@ -230,7 +233,9 @@ pub(crate) fn commit_replacing(
         let hk = herd_model::scale_set::model_history_key(&key, next.model_generation);
         ops.push(WriteOp::put(Kind::ModelHistory, hk, &next.model, Expect::Any)?);
     }
-    ops.push(WriteOp::Activity(views::user_event(state, old.group.as_str(), old.name.as_str(), operation, message)));
+    let mut ev = views::user_event(state, old.group.as_str(), old.name.as_str(), operation, message);
+    ev.actor = actor;
+    ops.push(WriteOp::Activity(ev));
     let rev = state.store.txn(ops)?;
     state.wake();
     Ok(Object { key, revision: rev, value: next })

@@ -8,5 +8,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod runner;
 pub mod sampler;
 pub mod series;

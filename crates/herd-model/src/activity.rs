@@ -9,6 +9,8 @@ pub enum Actor {
     User,
     /// herd's reconciler making reality match the model.
     Reconciler,
+    /// An autoscale setting changing a set's capacity.
+    Autoscale,
 }
 
 /// One entry of the activity log.

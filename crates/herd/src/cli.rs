@@ -545,6 +545,15 @@ pub enum MonitorCmd {
     /// The activity log.
     #[command(subcommand)]
     ActivityLog(ActivityLogCmd),
+    /// Autoscale settings: rules, target tracking, history, what-if simulation.
+    #[command(subcommand)]
+    Autoscale(crate::autoscale_cmds::AutoscaleCmd),
+    /// Named metric sources for autoscale (queue lengths, counts).
+    #[command(subcommand)]
+    MetricSource(crate::autoscale_cmds::SourceCmd),
+    /// Sampled metrics of a scale set or a source.
+    #[command(subcommand)]
+    Metrics(crate::autoscale_cmds::MetricsCmd),
 }
 
 #[derive(Debug, Subcommand)]

@@ -110,6 +110,15 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Vmss(c) => vmss(&ctx, c).await,
         Command::Image(c) => image(&ctx, c).await,
         Command::Network(c) => crate::network_cmds::run(&ctx.client, ctx.format, ctx.query.as_deref(), c).await,
+        Command::Monitor(MonitorCmd::Autoscale(c)) => {
+            crate::autoscale_cmds::autoscale(&ctx.client, &|v, t| ctx.print(v, t), c).await
+        }
+        Command::Monitor(MonitorCmd::MetricSource(c)) => {
+            crate::autoscale_cmds::source(&ctx.client, &|v, t| ctx.print(v, t), c).await
+        }
+        Command::Monitor(MonitorCmd::Metrics(c)) => {
+            crate::autoscale_cmds::metrics(&ctx.client, &|v, t| ctx.print(v, t), c).await
+        }
         Command::Monitor(MonitorCmd::ActivityLog(ActivityLogCmd::List { group, resource, since, limit })) => {
             let mut q = vec![format!("limit={limit}")];
             if let Some(r) = resource {

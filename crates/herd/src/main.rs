@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod autoscale_cmds;
 mod bench;
 mod bench_qemu;
 mod bench_rolling;

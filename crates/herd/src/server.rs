@@ -53,6 +53,20 @@ pub struct ServerConfig {
     pub qemu: QemuSettings,
     #[serde(default)]
     pub upgrades: UpgradeSettings,
+    #[serde(default)]
+    pub autoscale: AutoscaleSettings,
+}
+
+/// `[autoscale]`: the autoscaler's cadence.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSettings {
+    /// Seconds between evaluations of every autoscale setting (default 30, as Azure's 30–60 s).
+    pub interval_secs: Option<u64>,
+    /// Seconds between metric samples (default 15): the finest time grain rules can use.
+    pub sample_interval_secs: Option<u64>,
+    /// Deadline of one metric-source sample, in seconds (default 5).
+    pub source_timeout_secs: Option<u64>,
 }
 
 /// `[upgrades]`: rolling upgrades and repairs.
@@ -375,7 +389,32 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address without TLS: the API token crosses the network in clear text");
     }
+    let autoscale_defaults = herd_autoscaler::runner::RunnerConfig::default();
+    let autoscaler = herd_autoscaler::runner::Runner::new(
+        state.store.clone(),
+        state.driver.clone(),
+        state.clock.clone(),
+        state.sealer.clone(),
+        Arc::new(herd_api::autoscale::ApiCapacityWriter(state.clone())),
+        herd_autoscaler::runner::RunnerConfig {
+            interval: cfg
+                .autoscale
+                .interval_secs
+                .map_or(autoscale_defaults.interval, |s| Duration::from_secs(s.max(1))),
+            sample_interval: cfg
+                .autoscale
+                .sample_interval_secs
+                .map_or(autoscale_defaults.sample_interval, |s| Duration::from_secs(s.max(1))),
+            source_timeout: cfg
+                .autoscale
+                .source_timeout_secs
+                .map_or(autoscale_defaults.source_timeout, |s| Duration::from_secs(s.max(1))),
+            skus: state.config.skus.clone(),
+        },
+    );
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let autoscale_rx = rx.clone();
+    let autoscale_task = tokio::spawn(async move { autoscaler.run(autoscale_rx).await });
     let rec_rx = rx.clone();
     let reconcile_task = tokio::spawn(async move { reconciler.run(rec_rx).await });
     let lb_rx = rx.clone();
@@ -390,7 +429,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    Ok(RunningServer { addr, token, shutdown: tx, tasks: vec![reconcile_task, lb_task, http_task] })
+    Ok(RunningServer { addr, token, shutdown: tx, tasks: vec![reconcile_task, lb_task, http_task, autoscale_task] })
 }
 
 /// Runs `herd server` in the foreground until Ctrl-C or SIGTERM.

@@ -1,0 +1,359 @@
+//! Autoscale settings (`.../autoscaleSettings/{name}`, Azure's shape), their history, named
+//! metric sources (`.../metricSources/{name}`, secrets sealed apart), a set's metric series, and
+//! the capacity writer the autoscaler uses: the same validated, logged path as `scale`.
+
+use crate::{
+    error::{ApiError, ErrorBody},
+    scale_sets::commit_replacing,
+    state::AppState,
+    views,
+};
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use herd_autoscale::AutoscaleSetting;
+use herd_autoscaler::runner::{source_secret_key, CapacityWriter, HistoryEntry, SettingRuntime, StoredSource};
+use herd_model::{activity::Actor, scale_set::Secrets, FieldError};
+use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An autoscale setting as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleView {
+    pub id: String,
+    pub resource_group: String,
+    pub etag: String,
+    #[serde(flatten)]
+    pub setting: AutoscaleSetting,
+}
+
+fn view(group: &str, o: &Object<AutoscaleSetting>) -> AutoscaleView {
+    AutoscaleView {
+        id: format!("/resourceGroups/{group}/providers/microsoft.insights/autoscalesettings/{}", o.value.name),
+        resource_group: group.into(),
+        etag: views::etag(o.revision),
+        setting: o.value.clone(),
+    }
+}
+
+fn key(group: &str, name: &str) -> String {
+    format!("{}/{}", group.to_ascii_lowercase(), name.to_ascii_lowercase())
+}
+
+/// Lists a group's autoscale settings.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/autoscaleSettings", tag = "autoscale",
+    params(("group" = String, Path)), responses((status = 200, body = Vec<AutoscaleView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<AutoscaleView>>, ApiError> {
+    views::load_group(&state, &group)?;
+    let all =
+        state.store.list_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &format!("{}/", group.to_ascii_lowercase()))?;
+    Ok(Json(all.iter().map(|o| view(&group, o)).collect()))
+}
+
+/// Shows one autoscale setting.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = AutoscaleView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<AutoscaleView>, ApiError> {
+    Ok(Json(view(&group, &load(&state, &group, &name)?)))
+}
+
+fn load(state: &AppState, group: &str, name: &str) -> Result<Object<AutoscaleSetting>, ApiError> {
+    state.store.get_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &key(group, name))?.ok_or_else(|| {
+        ApiError::NotFound(format!("autoscale setting '{name}' does not exist in resource group '{group}'"))
+    })
+}
+
+/// Creates or replaces an autoscale setting (validated; its target must be a scale set of the group).
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = AutoscaleSetting,
+    responses((status = 200, body = AutoscaleView), (status = 201, body = AutoscaleView), (status = 400, body = ErrorBody)))]
+pub async fn put(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, Json<AutoscaleView>), ApiError> {
+    views::load_group(&state, &group)?;
+    views::check_child_name("name", &name)?;
+    let mut body = body;
+    if let Some(m) = body.as_object_mut() {
+        m.insert("name".into(), Value::String(name.clone()));
+    }
+    let setting: AutoscaleSetting = serde_path_to_error::deserialize(body)
+        .map_err(|e| ApiError::invalid(e.path().to_string(), e.inner().to_string()))?;
+    setting.validate()?;
+    let (g, n) = herd_autoscaler::runner::parse_target(&setting.target_resource_uri).ok_or_else(|| {
+        ApiError::invalid(
+            "targetResourceUri",
+            "must name a scale set: /resourceGroups/<group>/providers/Microsoft.Compute/virtualMachineScaleSets/<name>",
+        )
+    })?;
+    if !g.eq_ignore_ascii_case(&group) {
+        return Err(ApiError::invalid(
+            "targetResourceUri",
+            format!("the scale set must be in resource group '{group}'"),
+        ));
+    }
+    let set = views::load_set(&state, &g, &n).map_err(|_| {
+        ApiError::invalid("targetResourceUri", format!("scale set '{n}' does not exist in resource group '{g}'"))
+    })?;
+    for (i, p) in setting.profiles.iter().enumerate() {
+        let (_, max, _) = p.capacity.bounds();
+        if max > state.config.max_capacity {
+            return Err(ApiError::invalid(
+                format!("profiles[{i}].capacity.maximum"),
+                format!("{max} is above this server's capacity ceiling {}", state.config.max_capacity),
+            ));
+        }
+    }
+    let k = key(&group, &name);
+    let existing = state.store.get_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &k)?;
+    let expect = match &existing {
+        Some(o) => {
+            views::check_if_match(&headers, o.revision)?;
+            Expect::Revision(o.revision)
+        }
+        None => Expect::Absent,
+    };
+    let verb = if existing.is_some() { "updated" } else { "created" };
+    let ev = views::user_event(
+        &state,
+        &group,
+        set.value.name.as_str(),
+        "WriteAutoscaleSetting",
+        format!("autoscale setting '{name}' {verb} ({} profile(s))", setting.profiles.len()),
+    );
+    let rev = state
+        .store
+        .txn(vec![WriteOp::put(Kind::AutoscaleSetting, k.clone(), &setting, expect)?, WriteOp::Activity(ev)])?;
+    let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((code, Json(view(&group, &Object { key: k, revision: rev, value: setting }))))
+}
+
+/// Deletes an autoscale setting and its history.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let o = load(&state, &group, &name)?;
+    let ev = views::user_event(
+        &state,
+        &group,
+        &name,
+        "DeleteAutoscaleSetting",
+        format!("autoscale setting '{name}' deleted"),
+    );
+    state.store.txn(vec![
+        WriteOp::delete(Kind::AutoscaleSetting, o.key.clone(), Expect::Revision(o.revision)),
+        WriteOp::delete(Kind::AutoscaleHistory, o.key, Expect::Any),
+        WriteOp::Activity(ev),
+    ])?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every recent evaluation: metric values, the decision and its reason.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}/history", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = ErrorBody)))]
+pub async fn history(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    let o = load(&state, &group, &name)?;
+    let rt = state.store.get_as::<SettingRuntime>(Kind::AutoscaleHistory, &o.key)?.map(|x| x.value).unwrap_or_default();
+    Ok(Json(rt.history))
+}
+
+/// A metric source as written (protected settings are write-only).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceRequest {
+    /// `redis`, `nats-jetstream`, `postgresql`, `http-json`, `prometheus`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub endpoint: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub settings: Value,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub protected_settings: Value,
+}
+
+/// Lists a group's metric sources.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/metricSources", tag = "autoscale",
+    params(("group" = String, Path)), responses((status = 200, body = Vec<StoredSource>)))]
+pub async fn source_list(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<StoredSource>>, ApiError> {
+    let all = state.store.list_as::<StoredSource>(Kind::MetricSource, &format!("{}/", group.to_ascii_lowercase()))?;
+    Ok(Json(all.into_iter().map(|o| o.value).collect()))
+}
+
+/// Shows a metric source with its health (the last sample's outcome).
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/metricSources/{name}", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = StoredSource), (status = 404, body = ErrorBody)))]
+pub async fn source_show(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<StoredSource>, ApiError> {
+    state
+        .store
+        .get_as::<StoredSource>(Kind::MetricSource, &key(&group, &name))?
+        .map(|o| Json(o.value))
+        .ok_or_else(|| ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'")))
+}
+
+/// Creates or replaces a metric source (validated; secrets sealed apart, never returned).
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/metricSources/{name}", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path)),
+    request_body = SourceRequest,
+    responses((status = 200, body = StoredSource), (status = 400, body = ErrorBody)))]
+pub async fn source_put(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    Json(req): Json<SourceRequest>,
+) -> Result<Json<StoredSource>, ApiError> {
+    views::load_group(&state, &group)?;
+    views::check_child_name("name", &name)?;
+    let kind = req.kind.parse::<herd_metric_sources::SourceKind>().map_err(|e: FieldError| ApiError::Invalid(e))?;
+    let settings = if req.settings.is_null() { serde_json::json!({}) } else { req.settings };
+    let protected = if req.protected_settings.is_null() { serde_json::json!({}) } else { req.protected_settings };
+    let spec = herd_metric_sources::SourceSpec {
+        kind,
+        endpoint: req.endpoint.clone(),
+        settings: settings.clone(),
+        protected: protected.clone(),
+    };
+    herd_metric_sources::validate(&spec)?;
+    let src = StoredSource {
+        name: name.clone(),
+        group: group.clone(),
+        kind: kind.as_str().into(),
+        endpoint: req.endpoint,
+        settings,
+        health: "not sampled yet".into(),
+        last_value: None,
+        last_sample_at: None,
+    };
+    let ev = views::user_event(
+        &state,
+        &group,
+        &name,
+        "WriteMetricSource",
+        format!("metric source '{name}' ({kind}) written"),
+    );
+    state.store.txn(vec![
+        WriteOp::put(Kind::MetricSource, key(&group, &name), &src, Expect::Any)?,
+        WriteOp::Put {
+            kind: Kind::Secret,
+            key: source_secret_key(&group, &name),
+            value: state.sealer.seal(&protected)?,
+            expect: Expect::Any,
+        },
+        WriteOp::Activity(ev),
+    ])?;
+    Ok(Json(src))
+}
+
+/// Deletes a metric source and its secrets.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/metricSources/{name}", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn source_delete(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let k = key(&group, &name);
+    let o = state.store.get(Kind::MetricSource, &k)?.ok_or_else(|| {
+        ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
+    })?;
+    state.store.txn(vec![
+        WriteOp::delete(Kind::MetricSource, k, Expect::Revision(o.revision)),
+        WriteOp::delete(Kind::Secret, source_secret_key(&group, &name), Expect::Any),
+        WriteOp::Activity(views::user_event(
+            &state,
+            &group,
+            &name,
+            "DeleteMetricSource",
+            format!("metric source '{name}' deleted"),
+        )),
+    ])?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of [`metrics`].
+#[derive(Debug, Deserialize)]
+pub struct MetricsQuery {
+    pub metric: String,
+}
+
+/// A set's sampled metric series (`Percentage CPU`, `Memory Used Bytes`).
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/metrics", tag = "autoscale",
+    params(("group" = String, Path), ("name" = String, Path), ("metric" = String, Query)),
+    responses((status = 200, body = Vec<herd_autoscaler::series::Point>), (status = 404, body = ErrorBody)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+    Query(q): Query<MetricsQuery>,
+) -> Result<Json<Vec<herd_autoscaler::series::Point>>, ApiError> {
+    let set = views::load_set(&state, &group, &name)?;
+    let k = match q.metric.strip_prefix("source/") {
+        Some(src) => format!("source/{}/{}", set.value.group, src.to_ascii_lowercase()),
+        None => {
+            if !herd_autoscaler::sampler::INSTANCE_METRICS.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
+                return Err(ApiError::invalid(
+                    "metric",
+                    format!(
+                        "'{}' is not a metric herd samples; allowed: {}, or source/<name>",
+                        q.metric,
+                        herd_autoscaler::sampler::INSTANCE_METRICS.join(", ")
+                    ),
+                ));
+            }
+            herd_autoscaler::sampler::series_key(&set.value, &q.metric)
+        }
+    };
+    let series = state
+        .store
+        .get_as::<herd_autoscaler::series::Series>(Kind::MetricSeries, &k)?
+        .map(|o| o.value)
+        .unwrap_or_default();
+    Ok(Json(series.points.into_iter().collect()))
+}
+
+/// The autoscaler's capacity writes go through the same commit as `herd vmss scale`.
+pub struct ApiCapacityWriter(pub AppState);
+
+impl CapacityWriter for ApiCapacityWriter {
+    fn set_capacity(&self, group: &str, set: &str, capacity: u64, reason: &str) -> Result<(), String> {
+        let state = &self.0;
+        let cur = views::load_set(state, group, set).map_err(|e| e.to_string())?;
+        if cur.value.deleting {
+            return Err(format!("scale set '{set}' is being deleted"));
+        }
+        let mut model = cur.value.model.clone();
+        model.sku.capacity = capacity as i64;
+        model.validate(&state.validation()).map_err(|e| e.to_string())?;
+        commit_replacing(state, &cur, model, Secrets::default(), &[], "Autoscale", reason.to_string(), Actor::Autoscale)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

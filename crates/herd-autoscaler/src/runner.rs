@@ -1,0 +1,336 @@
+//! The autoscale loop: sample, evaluate each setting with the pure engine, write capacity.
+//!
+//! Each round re-reads everything from the store (settings, sets, instances, series, sources,
+//! each setting's persisted engine state), so it takes no input and survives restarts. The
+//! only write it makes to a scale set is its capacity, through a [`CapacityWriter`]: the same
+//! path a user's `herd vmss scale` takes (validation, compare-and-swap, activity log). Every
+//! evaluation is kept in the setting's history with its inputs and decision.
+
+use crate::sampler::{self, Sampler};
+use crate::series::{Aggregation, Series};
+use chrono::{DateTime, Utc};
+use herd_autoscale::{
+    evaluate,
+    model::{Dimension, Statistic, TimeAggregation},
+    AutoscaleSetting, AutoscaleState, Decision, MetricQuery,
+};
+use herd_driver::Driver;
+use herd_model::{
+    clock::Clock,
+    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    scale_set::StoredScaleSet,
+    sku::SkuTable,
+};
+use herd_store::{seal::Sealer, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Writes a set's capacity the way a user's `scale` does. Implemented by the API layer.
+pub trait CapacityWriter: Send + Sync {
+    fn set_capacity(&self, group: &str, set: &str, capacity: u64, reason: &str) -> Result<(), String>;
+}
+
+/// A named metric source as stored (its protected settings are sealed apart, under
+/// `Kind::Secret` at `source/<group>/<name>`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredSource {
+    pub name: String,
+    pub group: String,
+    /// `redis`, `nats-jetstream`, `postgresql`, `http-json`, `prometheus`.
+    pub kind: String,
+    pub endpoint: String,
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+    /// The last sample's outcome: `ok` or the error (never a secret).
+    #[serde(default)]
+    pub health: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sample_at: Option<DateTime<Utc>>,
+}
+
+/// The key of a source's sealed protected settings.
+pub fn source_secret_key(group: &str, name: &str) -> String {
+    format!("source/{group}/{}", name.to_ascii_lowercase())
+}
+
+/// One evaluation as `autoscale history` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub time: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub decision: Decision,
+    /// Set when the new capacity could not be written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A setting's persisted runtime state: the engine's state and the recent history.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingRuntime {
+    #[schema(value_type = Object)]
+    pub state: AutoscaleState,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Evaluations kept per setting.
+pub const HISTORY_LEN: usize = 200;
+
+/// Tunables of the loop.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// How often settings are evaluated (Azure: 30–60 s).
+    pub interval: Duration,
+    /// How often metrics are sampled (the finest time grain a rule can use).
+    pub sample_interval: Duration,
+    /// Deadline of one source sample.
+    pub source_timeout: Duration,
+    pub skus: SkuTable,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            sample_interval: Duration::from_secs(15),
+            source_timeout: Duration::from_secs(5),
+            skus: SkuTable::default(),
+        }
+    }
+}
+
+/// The loop.
+pub struct Runner {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn Driver>,
+    clock: Arc<dyn Clock>,
+    sealer: Arc<Sealer>,
+    writer: Arc<dyn CapacityWriter>,
+    config: RunnerConfig,
+    sampler: Sampler,
+}
+
+/// Where a setting's target lives: `.../resourceGroups/<g>/.../virtualMachineScaleSets/<n>`,
+/// or plain `<g>/<n>`.
+pub fn parse_target(uri: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = uri.trim_matches('/').split('/').collect();
+    let g = parts.iter().position(|p| p.eq_ignore_ascii_case("resourceGroups")).and_then(|i| parts.get(i + 1));
+    let n = parts.iter().position(|p| p.eq_ignore_ascii_case("virtualMachineScaleSets")).and_then(|i| parts.get(i + 1));
+    match (g, n) {
+        (Some(g), Some(n)) => Some((g.to_string(), n.to_string())),
+        _ if parts.len() == 2 => Some((parts[0].to_string(), parts[1].to_string())),
+        _ => None,
+    }
+}
+
+/// Metrics read from the stored series of one set (and the group's named sources).
+struct StoreMetrics<'a> {
+    store: &'a dyn Store,
+    set: &'a StoredScaleSet,
+}
+
+impl MetricQuery for StoreMetrics<'_> {
+    fn aggregate(
+        &self,
+        metric: &str,
+        _dimensions: &[Dimension],
+        statistic: Statistic,
+        _time_grain: chrono::Duration,
+        window_start: DateTime<Utc>,
+        window_end: DateTime<Utc>,
+        time_aggregation: TimeAggregation,
+    ) -> Option<f64> {
+        let key = match metric.strip_prefix("source/") {
+            Some(name) => format!("source/{}/{}", self.set.group, name.to_ascii_lowercase()),
+            None => sampler::series_key(self.set, metric),
+        };
+        let series = self.store.get_as::<Series>(Kind::MetricSeries, &key).ok()??.value;
+        // Each point is already the set's average over its instances at one sample time.
+        let how = match time_aggregation {
+            TimeAggregation::Average => Aggregation::Average,
+            TimeAggregation::Minimum => Aggregation::Minimum,
+            TimeAggregation::Maximum => Aggregation::Maximum,
+            TimeAggregation::Total => Aggregation::Total,
+            TimeAggregation::Count => Aggregation::Count,
+            TimeAggregation::Last => Aggregation::Last,
+        };
+        let scaled = Series {
+            points: series
+                .window(window_start, window_end)
+                .map(|p| {
+                    let mut q = *p;
+                    q.value = match statistic {
+                        Statistic::Sum => p.value * f64::from(p.count),
+                        Statistic::Count => f64::from(p.count),
+                        _ => p.value,
+                    };
+                    q
+                })
+                .collect(),
+        };
+        scaled.aggregate(window_start, window_end, how)
+    }
+
+    fn is_per_instance(&self, metric: &str) -> bool {
+        !metric.starts_with("source/")
+    }
+}
+
+impl Runner {
+    pub fn new(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        clock: Arc<dyn Clock>,
+        sealer: Arc<Sealer>,
+        writer: Arc<dyn CapacityWriter>,
+        config: RunnerConfig,
+    ) -> Self {
+        Self { store, driver, clock, sealer, writer, config, sampler: Sampler::default() }
+    }
+
+    /// Samples instance metrics and every named source once.
+    pub async fn sample_once(&self) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        self.sampler.sample(&*self.store, &*self.driver, &self.config.skus, now).await?;
+        for o in self.store.list_as::<StoredSource>(Kind::MetricSource, "")? {
+            let mut src = o.value.clone();
+            let protected: serde_json::Value =
+                match self.store.get(Kind::Secret, &source_secret_key(&src.group, &src.name))? {
+                    Some(s) => self.sealer.open(&s.value).unwrap_or(serde_json::Value::Null),
+                    None => serde_json::Value::Null,
+                };
+            let spec = herd_metric_sources::SourceSpec {
+                kind: match src.kind.parse() {
+                    Ok(k) => k,
+                    Err(_) => continue,
+                },
+                endpoint: src.endpoint.clone(),
+                settings: src.settings.clone(),
+                protected: if protected.is_null() { serde_json::json!({}) } else { protected },
+            };
+            let outcome = match herd_metric_sources::build(&spec, self.config.source_timeout) {
+                Ok(s) => s.sample().await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Some(v)) => {
+                    sampler::record_source(&*self.store, &src.group, &src.name, now, v)?;
+                    src.health = "ok".into();
+                    src.last_value = Some(v);
+                }
+                Ok(None) => src.health = "ok (no data)".into(),
+                Err(e) => src.health = e.to_string(),
+            }
+            src.last_sample_at = Some(now);
+            // Best effort: a concurrent edit of the source wins.
+            let _ = self.store.txn(vec![WriteOp::put(
+                Kind::MetricSource,
+                o.key.clone(),
+                &src,
+                Expect::Revision(o.revision),
+            )?]);
+        }
+        Ok(())
+    }
+
+    /// Evaluates every setting once; returns the decisions made.
+    pub fn evaluate_once(&self) -> Result<Vec<(String, Decision)>, StoreError> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for o in self.store.list_as::<AutoscaleSetting>(Kind::AutoscaleSetting, "")? {
+            let setting = o.value;
+            let Some((g, n)) = parse_target(&setting.target_resource_uri) else { continue };
+            let set_key = format!("{g}/{n}");
+            let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key)? else { continue };
+            if set.value.deleting {
+                continue;
+            }
+            let records = self.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{set_key}/"))?;
+            let warmup = setting
+                .target_tracking
+                .as_ref()
+                .and_then(|t| herd_model::duration::parse_iso8601(&t.warmup))
+                .unwrap_or_else(chrono::Duration::zero);
+            let ready = records
+                .iter()
+                .filter(|r| {
+                    let r = &r.value;
+                    r.is_counted()
+                        && r.goal != InstanceGoal::Deleted
+                        && r.state == InstanceState::Running
+                        && r.state_since + warmup <= now
+                })
+                .count() as u64;
+            let rt_key = o.key.clone();
+            let mut rt = self
+                .store
+                .get_as::<SettingRuntime>(Kind::AutoscaleHistory, &rt_key)?
+                .map(|x| x.value)
+                .unwrap_or_default();
+            let metrics = StoreMetrics { store: &*self.store, set: &set.value };
+            let current = set.value.model.sku.capacity.max(0) as u64;
+            let decision = evaluate(&rt.state.input(&setting, now, current, ready, &metrics));
+            let mut error = None;
+            if decision.changed() && setting.enabled {
+                let reason = format!("autoscale '{}': {}", setting.name, decision.reason);
+                if let Err(e) = self.writer.set_capacity(&g, &n, decision.new_capacity, &reason) {
+                    error = Some(e);
+                }
+            }
+            if error.is_none() {
+                rt.state.record(now, &decision);
+            }
+            rt.history.push(HistoryEntry { time: now, decision: decision.clone(), error });
+            if rt.history.len() > HISTORY_LEN {
+                let extra = rt.history.len() - HISTORY_LEN;
+                rt.history.drain(..extra);
+            }
+            self.store.txn(vec![WriteOp::put(Kind::AutoscaleHistory, rt_key, &rt, Expect::Any)?])?;
+            out.push((setting.name.clone(), decision));
+        }
+        Ok(out)
+    }
+
+    /// Runs sampling and evaluation on their cadences until `shutdown` flips.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut sample = tokio::time::interval(self.config.sample_interval);
+        let mut eval = tokio::time::interval(self.config.interval);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        eval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = sample.tick() => {
+                    if let Err(e) = self.sample_once().await {
+                        tracing::warn!(error = %e, "autoscale sampling failed");
+                    }
+                }
+                _ = eval.tick() => {
+                    if let Err(e) = self.evaluate_once() {
+                        tracing::warn!(error = %e, "autoscale evaluation failed");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_from_resource_ids_and_short_forms() {
+        assert_eq!(
+            parse_target("/subscriptions/x/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web"),
+            Some(("rg".into(), "web".into()))
+        );
+        assert_eq!(parse_target("rg/web"), Some(("rg".into(), "web".into())));
+        assert_eq!(parse_target("web"), None);
+    }
+}

@@ -1,0 +1,481 @@
+//! `herd monitor autoscale|metric-source|metrics`: autoscale as `az monitor autoscale` spells it.
+//!
+//! Rules are written in az's condition grammar and parsed here with the engine's parser, so a
+//! bad condition gets a caret under the bad token before anything is sent. Edits to a setting
+//! (rule create/delete, profile, target) are read-modify-write with `If-Match`, like az.
+
+use crate::client::{enc, Client};
+use crate::output::Columns;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Debug, Subcommand)]
+pub enum AutoscaleCmd {
+    /// Create an autoscale setting for a scale set, with a default profile.
+    Create {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        /// The scale set's name (or its resource id).
+        #[arg(long)]
+        resource: String,
+        /// Accepted for az compatibility: Microsoft.Compute/virtualMachineScaleSets.
+        #[arg(long)]
+        resource_type: Option<String>,
+        #[arg(short = 'n', long)]
+        name: String,
+        #[arg(long)]
+        min_count: i64,
+        #[arg(long)]
+        max_count: i64,
+        /// The default count (used when metrics are missing).
+        #[arg(long)]
+        count: i64,
+        /// Create it disabled (evaluated and recorded, but never scaling).
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Show a setting.
+    Show(SettingRef),
+    /// List the group's settings.
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+    },
+    /// Change a setting's default profile counts or enable/disable it.
+    Update {
+        #[command(flatten)]
+        s: SettingRef,
+        #[arg(long)]
+        min_count: Option<i64>,
+        #[arg(long)]
+        max_count: Option<i64>,
+        #[arg(long)]
+        count: Option<i64>,
+        #[arg(long)]
+        enabled: Option<bool>,
+    },
+    /// Delete a setting.
+    Delete(SettingRef),
+    /// Every recent evaluation: metric values, decision and reason.
+    History(SettingRef),
+    /// Rules of the default profile.
+    #[command(subcommand)]
+    Rule(RuleCmd),
+    /// Target tracking (herd extension): keep a metric near a target per instance.
+    #[command(subcommand)]
+    Target(TargetCmd),
+    /// What-if: replay a metric trace (CSV: time,value) against the setting with the same
+    /// evaluator, print capacity over time and the scale events, optionally plot an SVG.
+    Simulate {
+        #[command(flatten)]
+        s: SettingRef,
+        /// CSV of timestamp (RFC 3339 or unix seconds) and value.
+        #[arg(long)]
+        trace: std::path::PathBuf,
+        /// Write an SVG chart of the metric and the capacity here.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+        /// Capacity at the start of the trace (default: the default count).
+        #[arg(long)]
+        start_capacity: Option<u64>,
+        /// Seconds from creating an instance until it runs (default 60).
+        #[arg(long, default_value_t = 60)]
+        provisioning_latency: u64,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SettingRef {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(short = 'n', long = "name", visible_alias = "autoscale-name")]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCmd {
+    /// Add a rule: --condition "Percentage CPU > 70 avg 5m" --scale out 1 [--cooldown 5].
+    Create {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+        /// METRIC OP THRESHOLD AGG PERIOD [where DIM == V]; METRIC may be source/NAME.
+        #[arg(long)]
+        condition: String,
+        /// {in,out,to} N[%].
+        #[arg(long, num_args = 1..=2)]
+        scale: Vec<String>,
+        /// Minutes before another scale action (default 5).
+        #[arg(long)]
+        cooldown: Option<f64>,
+        /// AGG PERIOD of the samples, e.g. "avg 1m" (default).
+        #[arg(long)]
+        timegrain: Option<String>,
+    },
+    /// List rules (with their index).
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+    },
+    /// Delete rules by index (as `rule list` numbers them), or '*'.
+    Delete {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+        #[arg(long, num_args = 1..)]
+        index: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TargetCmd {
+    /// Keep METRIC near TARGET per instance (e.g. CPU 50, or 100 queue messages per instance).
+    Create {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+        #[arg(long)]
+        metric: String,
+        #[arg(long)]
+        target: f64,
+        /// Seconds before a new instance counts (default 120).
+        #[arg(long)]
+        warmup: Option<u64>,
+    },
+    /// Remove target tracking.
+    Delete {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceCmd {
+    /// Create or replace a named metric source (a queue's length, a query's count, ...).
+    Create {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(short = 'n', long)]
+        name: String,
+        /// redis, nats-jetstream, postgresql, http-json, prometheus.
+        #[arg(long = "type")]
+        kind: String,
+        #[arg(long)]
+        endpoint: String,
+        /// Redis list key (shorthand for --settings '{"key": ...}').
+        #[arg(long)]
+        key: Option<String>,
+        /// Public settings, JSON or @FILE.
+        #[arg(long)]
+        settings: Option<String>,
+        /// Secrets (password, token), JSON or @FILE: sealed, never shown back.
+        #[arg(long)]
+        protected_settings: Option<String>,
+    },
+    Show {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+    },
+    Delete {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetricsCmd {
+    /// A scale set's sampled metric (or a source's: --metric source/NAME).
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        resource: String,
+        #[arg(long, default_value = "Percentage CPU")]
+        metric: String,
+    },
+}
+
+const SETTING_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("Enabled", "enabled"),
+    ("Target", "targetResourceUri"),
+    ("Min", "profiles[0].capacity.minimum"),
+    ("Max", "profiles[0].capacity.maximum"),
+    ("Default", "profiles[0].capacity.default"),
+    ("Rules", "length(profiles[0].rules)"),
+];
+const HISTORY_TABLE: Columns<'static> = &[
+    ("Time", "time"),
+    ("Profile", "decision.profile"),
+    ("From", "decision.currentCapacity"),
+    ("To", "decision.newCapacity"),
+    ("Reason", "decision.reason"),
+];
+const SOURCE_TABLE: Columns<'static> =
+    &[("Name", "name"), ("Type", "kind"), ("Endpoint", "endpoint"), ("LastValue", "lastValue"), ("Health", "health")];
+
+fn setting_path(group: &str, name: &str) -> String {
+    format!("/v1/resourceGroups/{}/autoscaleSettings/{}", enc(group), enc(name))
+}
+
+fn json_arg(flag: &str, s: &str) -> Result<Value> {
+    let text = match s.strip_prefix('@') {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{flag}: reading {p}"))?,
+        None => s.to_string(),
+    };
+    serde_json::from_str(&text).map_err(|e| anyhow!("{flag}: not valid JSON ({e})"))
+}
+
+/// Reads a setting, lets `f` edit its JSON, writes it back if unchanged meanwhile.
+async fn edit(client: &Client, group: &str, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Value> {
+    let path = setting_path(group, name);
+    let mut cur = client.get(&path).await?;
+    let etag = cur["etag"].as_str().unwrap_or_default().to_string();
+    if let Some(m) = cur.as_object_mut() {
+        for k in ["id", "resourceGroup", "etag"] {
+            m.remove(k);
+        }
+    }
+    f(&mut cur)?;
+    client.call(reqwest::Method::PUT, &path, Some(&cur), &[("If-Match", &etag)]).await
+}
+
+/// The default profile (the one without recurrence or fixed date) of a setting's JSON.
+fn default_profile(v: &mut Value) -> Result<&mut Value> {
+    let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
+    profiles
+        .iter_mut()
+        .find(|p| p.get("recurrence").is_none_or(Value::is_null) && p.get("fixedDate").is_none_or(Value::is_null))
+        .ok_or_else(|| anyhow!("the setting has no default profile"))
+}
+
+pub async fn autoscale(
+    client: &Client,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    c: AutoscaleCmd,
+) -> Result<()> {
+    match c {
+        AutoscaleCmd::Create { group, resource, resource_type, name, min_count, max_count, count, disabled } => {
+            if let Some(t) = &resource_type {
+                if !t.eq_ignore_ascii_case("Microsoft.Compute/virtualMachineScaleSets") {
+                    bail!(
+                        "--resource-type: '{t}' is not supported; allowed: Microsoft.Compute/virtualMachineScaleSets"
+                    );
+                }
+            }
+            let target = if resource.contains('/') {
+                resource.clone()
+            } else {
+                format!("/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachineScaleSets/{resource}")
+            };
+            let body = json!({
+                "enabled": !disabled,
+                "targetResourceUri": target,
+                "profiles": [{"name": "default", "capacity": {"minimum": min_count.to_string(), "maximum": max_count.to_string(), "default": count.to_string()}, "rules": []}],
+            });
+            let path = setting_path(&group, &name);
+            let v = client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
+            print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Show(s) => print(&client.get(&setting_path(&s.group, &s.name)).await?, Some(SETTING_TABLE)),
+        AutoscaleCmd::List { group } => print(
+            &client.get(&format!("/v1/resourceGroups/{}/autoscaleSettings", enc(&group))).await?,
+            Some(SETTING_TABLE),
+        ),
+        AutoscaleCmd::Update { s, min_count, max_count, count, enabled } => {
+            let v = edit(client, &s.group, &s.name, |v| {
+                if let Some(e) = enabled {
+                    v["enabled"] = json!(e);
+                }
+                let p = default_profile(v)?;
+                for (k, val) in [("minimum", min_count), ("maximum", max_count), ("default", count)] {
+                    if let Some(n) = val {
+                        p["capacity"][k] = json!(n.to_string());
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Delete(s) => {
+            client.delete(&setting_path(&s.group, &s.name)).await?;
+            Ok(())
+        }
+        AutoscaleCmd::History(s) => {
+            print(&client.get(&format!("{}/history", setting_path(&s.group, &s.name))).await?, Some(HISTORY_TABLE))
+        }
+        AutoscaleCmd::Rule(RuleCmd::Create { group, autoscale_name, condition, scale, cooldown, timegrain }) => {
+            let rule = herd_autoscale::parse_rule(&condition, &scale.join(" "), cooldown, timegrain.as_deref())
+                .map_err(|e| anyhow!("{e}"))?;
+            let rule = serde_json::to_value(&rule)?;
+            let v = edit(client, &group, &autoscale_name, |v| {
+                let p = default_profile(v)?;
+                p["rules"].as_array_mut().ok_or_else(|| anyhow!("profile without rules"))?.push(rule);
+                Ok(())
+            })
+            .await?;
+            print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Rule(RuleCmd::List { group, autoscale_name }) => {
+            let mut v = client.get(&setting_path(&group, &autoscale_name)).await?;
+            let rules = default_profile(&mut v)?["rules"].as_array().cloned().unwrap_or_default();
+            let out: Vec<Value> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let cond =
+                        serde_json::from_value::<herd_autoscale::model::MetricTrigger>(r["metricTrigger"].clone())
+                            .map(|t| herd_autoscale::condition::format_condition(&t))
+                            .unwrap_or_default();
+                    json!({"index": i, "condition": cond, "scaleAction": r["scaleAction"]})
+                })
+                .collect();
+            print(
+                &Value::Array(out),
+                Some(&[
+                    ("Index", "index"),
+                    ("Condition", "condition"),
+                    ("Direction", "scaleAction.direction"),
+                    ("Type", "scaleAction.type"),
+                    ("Value", "scaleAction.value"),
+                    ("Cooldown", "scaleAction.cooldown"),
+                ]),
+            )
+        }
+        AutoscaleCmd::Rule(RuleCmd::Delete { group, autoscale_name, index }) => {
+            let v = edit(client, &group, &autoscale_name, |v| {
+                let p = default_profile(v)?;
+                let rules = p["rules"].as_array_mut().ok_or_else(|| anyhow!("profile without rules"))?;
+                if index.iter().any(|i| i == "*") {
+                    rules.clear();
+                    return Ok(());
+                }
+                let mut idx: Vec<usize> = index
+                    .iter()
+                    .map(|i| {
+                        i.parse().map_err(|_| anyhow!("--index: '{i}' is not a rule index (see 'rule list') or '*'"))
+                    })
+                    .collect::<Result<_>>()?;
+                idx.sort_unstable_by(|a, b| b.cmp(a));
+                for i in idx {
+                    if i >= rules.len() {
+                        bail!("--index: there is no rule {i}; the profile has {} rule(s)", rules.len());
+                    }
+                    rules.remove(i);
+                }
+                Ok(())
+            })
+            .await?;
+            print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Target(TargetCmd::Create { group, autoscale_name, metric, target, warmup }) => {
+            let v = edit(client, &group, &autoscale_name, |v| {
+                let mut t = json!({"metricName": metric, "target": target});
+                if let Some(w) = warmup {
+                    t["warmup"] = json!(format!("PT{w}S"));
+                }
+                v["targetTracking"] = t;
+                Ok(())
+            })
+            .await?;
+            print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Target(TargetCmd::Delete { group, autoscale_name }) => {
+            let v = edit(client, &group, &autoscale_name, |v| {
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("targetTracking");
+                }
+                Ok(())
+            })
+            .await?;
+            print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Simulate { s, trace, plot, start_capacity, provisioning_latency } => {
+            let mut v = client.get(&setting_path(&s.group, &s.name)).await?;
+            if let Some(m) = v.as_object_mut() {
+                for k in ["id", "resourceGroup", "etag"] {
+                    m.remove(k);
+                }
+            }
+            let setting: herd_autoscale::AutoscaleSetting = serde_json::from_value(v)?;
+            let text = std::fs::read_to_string(&trace).with_context(|| format!("--trace {}", trace.display()))?;
+            let points = herd_autoscale::parse_trace_csv(&text).map_err(|e| anyhow!("--trace: {e}"))?;
+            let start = start_capacity.unwrap_or_else(|| setting.profiles.first().map_or(1, |p| p.capacity.bounds().2));
+            let opts = herd_autoscale::SimOptions {
+                provisioning_latency: chrono::Duration::seconds(provisioning_latency as i64),
+                ..Default::default()
+            };
+            let result = herd_autoscale::simulate(&setting, &points, start, &opts);
+            if let Some(p) = &plot {
+                std::fs::write(p, herd_autoscale::svg_plot(&result, &result.metric_name))
+                    .with_context(|| format!("--plot {}", p.display()))?;
+            }
+            print(&serde_json::to_value(&result)?, None)
+        }
+    }
+}
+
+pub async fn source(
+    client: &Client,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    c: SourceCmd,
+) -> Result<()> {
+    let path = |g: &str, n: &str| format!("/v1/resourceGroups/{}/metricSources/{}", enc(g), enc(n));
+    match c {
+        SourceCmd::Create { group, name, kind, endpoint, key, settings, protected_settings } => {
+            let mut s = match &settings {
+                Some(x) => json_arg("--settings", x)?,
+                None => json!({}),
+            };
+            if let Some(k) = key {
+                s["key"] = json!(k);
+            }
+            let p = match &protected_settings {
+                Some(x) => json_arg("--protected-settings", x)?,
+                None => json!({}),
+            };
+            let body = json!({"type": kind, "endpoint": endpoint, "settings": s, "protectedSettings": p});
+            print(&client.put(&path(&group, &name), &body).await?, Some(SOURCE_TABLE))
+        }
+        SourceCmd::Show { group, name } => print(&client.get(&path(&group, &name)).await?, Some(SOURCE_TABLE)),
+        SourceCmd::List { group } => {
+            print(&client.get(&format!("/v1/resourceGroups/{}/metricSources", enc(&group))).await?, Some(SOURCE_TABLE))
+        }
+        SourceCmd::Delete { group, name } => {
+            client.delete(&path(&group, &name)).await?;
+            Ok(())
+        }
+    }
+}
+
+pub async fn metrics(
+    client: &Client,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    c: MetricsCmd,
+) -> Result<()> {
+    let MetricsCmd::List { group, resource, metric } = c;
+    let path = format!(
+        "/v1/resourceGroups/{}/virtualMachineScaleSets/{}/metrics?metric={}",
+        enc(&group),
+        enc(&resource),
+        metric.replace(' ', "%20").replace('/', "%2F")
+    );
+    print(&client.get(&path).await?, Some(&[("Time", "time"), ("Value", "value"), ("Instances", "count")]))
+}
