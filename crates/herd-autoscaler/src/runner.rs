@@ -278,8 +278,9 @@ impl Runner {
             let mut error = None;
             if decision.changed() && setting.enabled {
                 let reason = format!("autoscale '{}': {}", setting.name, decision.reason);
-                if let Err(e) = self.writer.set_capacity(&g, &n, decision.new_capacity, &reason) {
-                    error = Some(e);
+                match self.writer.set_capacity(&g, &n, decision.new_capacity, &reason) {
+                    Ok(()) => self.notify(&setting, &g, &n, &decision, now),
+                    Err(e) => error = Some(e),
                 }
             }
             if error.is_none() {
@@ -294,6 +295,67 @@ impl Runner {
             out.push((setting.name.clone(), decision));
         }
         Ok(out)
+    }
+
+    /// Calls the setting's webhooks about a scale action, in the background: a JSON POST each,
+    /// up to 3 attempts with a growing pause; a webhook that never answers 2xx is logged.
+    fn notify(&self, setting: &AutoscaleSetting, group: &str, set: &str, d: &Decision, now: DateTime<Utc>) {
+        let hooks: Vec<herd_autoscale::model::Webhook> =
+            setting.notifications.iter().flat_map(|n| n.webhooks.iter().cloned()).collect();
+        if hooks.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let payload = serde_json::json!({
+            "operation": "Scale",
+            "context": {
+                "autoscaleSettingName": setting.name,
+                "resourceGroupName": group,
+                "resourceName": set,
+                "resourceType": "Microsoft.Compute/virtualMachineScaleSets",
+                "oldCapacity": d.current_capacity.to_string(),
+                "newCapacity": d.new_capacity.to_string(),
+                "direction": d.direction.to_string(),
+                "reason": d.reason,
+                "timestamp": now,
+            },
+        });
+        let store = self.store.clone();
+        let (group, set) = (group.to_string(), set.to_string());
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+            for hook in hooks {
+                let mut body = payload.clone();
+                body["properties"] = serde_json::to_value(&hook.properties).unwrap_or_default();
+                let mut last = String::new();
+                let mut delivered = false;
+                for attempt in 0..3u32 {
+                    if attempt > 0 {
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    }
+                    match client.post(&hook.service_uri).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            delivered = true;
+                            break;
+                        }
+                        Ok(r) => last = format!("HTTP {}", r.status()),
+                        Err(e) => last = if e.is_timeout() { "timed out".into() } else { "could not connect".into() },
+                    }
+                }
+                if !delivered {
+                    let ev = herd_model::activity::ActivityEvent {
+                        seq: 0,
+                        time: Utc::now(),
+                        resource_group: group.clone(),
+                        resource: set.clone(),
+                        operation: "AutoscaleNotification".into(),
+                        status: "Failed".into(),
+                        actor: herd_model::activity::Actor::Autoscale,
+                        message: format!("webhook {} failed after 3 attempts: {last}", hook.service_uri),
+                    };
+                    let _ = store.txn(vec![WriteOp::Activity(ev)]);
+                }
+            }
+        });
     }
 
     /// Runs sampling and evaluation on their cadences until `shutdown` flips.

@@ -65,6 +65,12 @@ pub enum AutoscaleCmd {
     /// Target tracking (herd extension): keep a metric near a target per instance.
     #[command(subcommand)]
     Target(TargetCmd),
+    /// Schedule profiles (recurrence in a time zone, or a fixed date).
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Webhooks called on every scale action (with retries).
+    #[command(subcommand)]
+    Notification(NotificationCmd),
     /// What-if: replay a metric trace (CSV: time,value) against the setting with the same
     /// evaluator, print capacity over time and the scale events, optionally plot an SVG.
     Simulate {
@@ -129,6 +135,72 @@ pub enum RuleCmd {
         autoscale_name: String,
         #[arg(long, num_args = 1..)]
         index: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCmd {
+    /// A profile with its own counts: `--recurrence week mon tue ... --start 08:00 --end 18:00
+    /// --timezone Europe/Prague`, or `--start 2026-12-24T00:00 --end 2026-12-27T00:00` (fixed date).
+    /// It copies the default profile's rules unless --copy-rules none.
+    Create {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+        #[arg(short = 'n', long)]
+        name: String,
+        /// `week DAY...` (mon..sun).
+        #[arg(long, num_args = 1..)]
+        recurrence: Vec<String>,
+        /// HH:MM (recurrence) or a date-time (fixed date).
+        #[arg(long)]
+        start: String,
+        /// HH:MM (recurrence: back to the default profile then) or a date-time (fixed date).
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        #[arg(long)]
+        min_count: i64,
+        #[arg(long)]
+        max_count: i64,
+        #[arg(long)]
+        count: i64,
+        /// `default` (copy the default profile's rules) or `none`.
+        #[arg(long, default_value = "default")]
+        copy_rules: String,
+    },
+    /// List profiles.
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+    },
+    /// Delete a profile (and the one az writes to end it).
+    Delete {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotificationCmd {
+    /// Call URL (POST, JSON) on every scale action; `k=v` pairs go along in the payload.
+    Add {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        autoscale_name: String,
+        #[arg(long)]
+        webhook: String,
+        #[arg(long, num_args = 0..)]
+        properties: Vec<String>,
     },
 }
 
@@ -406,6 +478,128 @@ pub async fn autoscale(
             })
             .await?;
             print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Profile(ProfileCmd::Create {
+            group,
+            autoscale_name,
+            name,
+            recurrence,
+            start,
+            end,
+            timezone,
+            min_count,
+            max_count,
+            count,
+            copy_rules,
+        }) => {
+            let v = edit(client, &group, &autoscale_name, |v| {
+                let default: herd_autoscale::Profile = serde_json::from_value(default_profile(v)?.clone())?;
+                let rules = match copy_rules.as_str() {
+                    "default" => default.rules.clone(),
+                    "none" => vec![],
+                    other => bail!("--copy-rules: '{other}' is not allowed; allowed: default, none"),
+                };
+                let capacity = serde_json::from_value(json!({"minimum": min_count.to_string(), "maximum": max_count.to_string(), "default": count.to_string()}))?;
+                let mut profiles = vec![];
+                if recurrence.is_empty() {
+                    let end = end.clone().ok_or_else(|| anyhow!("--end is required for a fixed-date profile"))?;
+                    let p = json!({"name": name, "capacity": capacity, "rules": rules,
+                        "fixedDate": {"timeZone": timezone, "start": start, "end": end}});
+                    profiles.push(p);
+                } else {
+                    if !recurrence[0].eq_ignore_ascii_case("week") || recurrence.len() < 2 {
+                        bail!("--recurrence: give 'week' and the days, e.g. --recurrence week mon tue wed thu fri");
+                    }
+                    let hm = |flag: &str, t: &str| -> Result<(u32, u32)> {
+                        let (h, m) = t.split_once(':').ok_or_else(|| anyhow!("{flag}: '{t}' is not HH:MM"))?;
+                        match (h.parse::<u32>(), m.parse::<u32>()) {
+                            (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok((h, m)),
+                            _ => bail!("{flag}: '{t}' is not HH:MM (00:00 to 23:59)"),
+                        }
+                    };
+                    let (h, m) = hm("--start", &start)?;
+                    let schedule: herd_autoscale::model::RecurrentSchedule = serde_json::from_value(
+                        json!({"timeZone": timezone, "days": recurrence[1..].to_vec(), "hours": [h], "minutes": [m]}),
+                    )?;
+                    let p = herd_autoscale::Profile {
+                        name: name.clone(),
+                        capacity,
+                        rules,
+                        recurrence: Some(serde_json::from_value(json!({"frequency": "Week", "schedule": schedule}))?),
+                        fixed_date: None,
+                    };
+                    profiles.push(serde_json::to_value(&p)?);
+                    if let Some(e) = &end {
+                        let (eh, em) = hm("--end", e)?;
+                        let ender = herd_autoscale::schedule::end_profile(&default, &name, &schedule, eh, em);
+                        profiles.push(serde_json::to_value(&ender)?);
+                    }
+                }
+                v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?.extend(profiles);
+                Ok(())
+            })
+            .await?;
+            print(
+                &v["profiles"],
+                Some(&[
+                    ("Name", "name"),
+                    ("Min", "capacity.minimum"),
+                    ("Max", "capacity.maximum"),
+                    ("Default", "capacity.default"),
+                ]),
+            )
+        }
+        AutoscaleCmd::Profile(ProfileCmd::List { group, autoscale_name }) => {
+            let v = client.get(&setting_path(&group, &autoscale_name)).await?;
+            print(
+                &v["profiles"],
+                Some(&[
+                    ("Name", "name"),
+                    ("Min", "capacity.minimum"),
+                    ("Max", "capacity.maximum"),
+                    ("Default", "capacity.default"),
+                    ("Rules", "length(rules)"),
+                    ("TimeZone", "recurrence.schedule.timeZone || fixedDate.timeZone"),
+                ]),
+            )
+        }
+        AutoscaleCmd::Profile(ProfileCmd::Delete { group, autoscale_name, name }) => {
+            let v = edit(client, &group, &autoscale_name, |v| {
+                let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
+                let before = profiles.len();
+                let ender = |p: &Value| {
+                    p["name"]
+                        .as_str()
+                        .and_then(|n| serde_json::from_str::<Value>(n).ok())
+                        .is_some_and(|j| j["for"] == name.as_str())
+                };
+                profiles.retain(|p| p["name"] != name.as_str() && !ender(p));
+                if profiles.len() == before {
+                    bail!("there is no profile '{name}'");
+                }
+                Ok(())
+            })
+            .await?;
+            print(&v, Some(SETTING_TABLE))
+        }
+        AutoscaleCmd::Notification(NotificationCmd::Add { group, autoscale_name, webhook, properties }) => {
+            let mut props = serde_json::Map::new();
+            for kv in &properties {
+                let (k, val) = kv.split_once('=').ok_or_else(|| anyhow!("--properties: '{kv}' is not KEY=VALUE"))?;
+                props.insert(k.into(), json!(val));
+            }
+            let v = edit(client, &group, &autoscale_name, |v| {
+                let hook = json!({"serviceUri": webhook, "properties": props});
+                match v["notifications"].as_array_mut() {
+                    Some(n) if !n.is_empty() => {
+                        n[0]["webhooks"].as_array_mut().ok_or_else(|| anyhow!("bad notifications"))?.push(hook)
+                    }
+                    _ => v["notifications"] = json!([{"operation": "Scale", "webhooks": [hook]}]),
+                }
+                Ok(())
+            })
+            .await?;
+            print(&v["notifications"], None)
         }
         AutoscaleCmd::Simulate { s, trace, plot, start_capacity, provisioning_latency } => {
             let mut v = client.get(&setting_path(&s.group, &s.name)).await?;

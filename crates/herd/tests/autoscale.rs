@@ -178,6 +178,98 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
     let h = history(&s, "rg");
     assert!(h.iter().any(|e| e["decision"]["direction"] == "Increase"), "history has the scale-out");
     assert!(h.iter().any(|e| e["decision"]["direction"] == "Decrease"), "history has the scale-in");
+    // What if: the same setting against a trace, with the same evaluator.
+    let trace = dir.path().join("cpu.csv");
+    let mut csv = String::from("time,value\n");
+    for m in 0..120 {
+        let v = if (30..60).contains(&m) { 95.0 } else { 5.0 };
+        csv.push_str(&format!("{},{v}\n", 1_800_000_000 + m * 60));
+    }
+    std::fs::write(&trace, csv).unwrap();
+    let svg = dir.path().join("plot.svg");
+    let sim = s.json(&[
+        "monitor",
+        "autoscale",
+        "simulate",
+        "-g",
+        "rg",
+        "-n",
+        "web-autoscale",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        !sim["scaleEvents"].as_array().unwrap().is_empty(),
+        "the busy half hour scales out: {}",
+        sim["scaleEvents"]
+    );
+    assert!(
+        std::fs::read_to_string(&svg).unwrap().starts_with("<svg")
+            || std::fs::read_to_string(&svg).unwrap().contains("<svg")
+    );
+    // A workhours profile in a time zone.
+    s.ok(&[
+        "monitor",
+        "autoscale",
+        "profile",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "-n",
+        "workhours",
+        "--recurrence",
+        "week",
+        "mon",
+        "tue",
+        "wed",
+        "thu",
+        "fri",
+        "--start",
+        "08:00",
+        "--end",
+        "18:00",
+        "--timezone",
+        "Europe/Prague",
+        "--min-count",
+        "2",
+        "--max-count",
+        "3",
+        "--count",
+        "2",
+    ]);
+    let profiles =
+        s.json(&["monitor", "autoscale", "profile", "list", "-g", "rg", "--autoscale-name", "web-autoscale"]);
+    assert_eq!(profiles.as_array().unwrap().len(), 3, "default, workhours and the profile that ends it: {profiles}");
+    let e = s.err(&[
+        "monitor",
+        "autoscale",
+        "profile",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "-n",
+        "x",
+        "--recurrence",
+        "week",
+        "mon",
+        "--start",
+        "08:00",
+        "--timezone",
+        "Mars/Olympus",
+        "--min-count",
+        "1",
+        "--max-count",
+        "2",
+        "--count",
+        "1",
+    ]);
+    assert!(e.contains("Mars/Olympus"), "{e}");
     let log = s.ok(&["monitor", "activity-log", "list", "-g", "rg", "-o", "json"]);
     let log: Value = serde_json::from_str(&log).unwrap();
     assert!(
@@ -271,6 +363,40 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
             "max 1s",
         ]);
     }
+    // A webhook on loopback hears about every scale action.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_url = format!("http://{}/scaled", hook.local_addr().unwrap());
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let heard = heard.clone();
+        hook.set_nonblocking(false).unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            // Bounded: at most 50 calls.
+            for stream in hook.incoming().take(50) {
+                let Ok(mut st) = stream else { continue };
+                let _ = st.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = vec![0u8; 16384];
+                let n = st.read(&mut buf).unwrap_or(0);
+                heard.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = st.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+    }
+    s.ok(&[
+        "monitor",
+        "autoscale",
+        "notification",
+        "add",
+        "-g",
+        "q",
+        "--autoscale-name",
+        "web-autoscale",
+        "--webhook",
+        &hook_url,
+        "--properties",
+        "team=queue",
+    ]);
     let push = |n: usize| {
         rt.block_on(async {
             let mut c = herd_metric_sources::redis::Connection::connect(&redis.endpoint()).await.unwrap();
@@ -289,6 +415,12 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
     };
     push(100);
     wait_for("a scale-out on the queue", Duration::from_secs(60), || (capacity(&s, "q") >= 2).then_some(()));
+    let call = wait_for("the webhook call", Duration::from_secs(30), || heard.lock().unwrap().first().cloned());
+    assert!(call.starts_with("POST /scaled"), "{call}");
+    assert!(
+        call.contains("\"operation\":\"Scale\"") && call.contains("\"team\":\"queue\"") && call.contains("newCapacity"),
+        "{call}"
+    );
     let shown = s.json(&["monitor", "metric-source", "show", "-g", "q", "-n", "jobs"]);
     assert_eq!(shown["lastValue"], 100.0, "{shown}");
     drain();
