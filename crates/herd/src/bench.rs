@@ -5,6 +5,7 @@
 //! - `api`: latency of `list-instances` on a large set; the peer is `/healthz` on the same server
 //!   (the cost of an HTTP round trip with no work).
 //! - `qemu`: real VMs; the peer is hand-run QEMU booting the same image (see `bench_qemu`).
+//! - `autoscale`: reaction time, evaluation cost and simulation speed (see `bench_autoscale`).
 //! - `rolling`: a rolling upgrade against the sum of its batches' health waits (see
 //!   `bench_rolling`).
 
@@ -155,6 +156,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Backend { bind } => backend(bind).await,
+        BenchCmd::Autoscale { rounds, interval } => crate::bench_autoscale::run(rounds, interval).await,
         BenchCmd::Rolling { sim, process } => {
             for (driver, count) in [(DriverKind::Sim, sim), (DriverKind::Process, process)] {
                 if count > 0 {

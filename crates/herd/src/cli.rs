@@ -652,6 +652,16 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         process: u64,
     },
+    /// Autoscale: reaction time from a metric crossing its threshold to the capacity change
+    /// (against one evaluation interval plus a sample interval), an evaluation round over 100
+    /// settings × 10 rules × 1000 instances, and a 24 h what-if simulation.
+    Autoscale {
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Evaluation interval of the server under test, in seconds.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

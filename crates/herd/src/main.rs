@@ -5,6 +5,7 @@
 
 mod autoscale_cmds;
 mod bench;
+mod bench_autoscale;
 mod bench_qemu;
 mod bench_rolling;
 mod cli;
