@@ -109,6 +109,40 @@ pub async fn put(
     let set = views::load_set(&state, &g, &n).map_err(|_| {
         ApiError::invalid("targetResourceUri", format!("scale set '{n}' does not exist in resource group '{g}'"))
     })?;
+    // Every metric must be one herd samples, or a named source of this group.
+    let sources: Vec<String> = state
+        .store
+        .list_as::<StoredSource>(Kind::MetricSource, &format!("{}/", group.to_ascii_lowercase()))?
+        .into_iter()
+        .map(|o| o.value.name.to_ascii_lowercase())
+        .collect();
+    let known = |m: &str| match m.strip_prefix("source/") {
+        Some(src) => sources.contains(&src.to_ascii_lowercase()),
+        None => herd_autoscaler::sampler::INSTANCE_METRICS.iter().any(|x| x.eq_ignore_ascii_case(m)),
+    };
+    let allowed = || {
+        let mut a: Vec<String> = herd_autoscaler::sampler::INSTANCE_METRICS.iter().map(|s| s.to_string()).collect();
+        a.extend(sources.iter().map(|s| format!("source/{s}")));
+        a.join(", ")
+    };
+    for (i, p) in setting.profiles.iter().enumerate() {
+        for (j, r) in p.rules.iter().enumerate() {
+            if !known(&r.metric_trigger.metric_name) {
+                return Err(ApiError::invalid(
+                    format!("profiles[{i}].rules[{j}].metricTrigger.metricName"),
+                    format!("'{}' is not a metric herd has; allowed: {}", r.metric_trigger.metric_name, allowed()),
+                ));
+            }
+        }
+    }
+    if let Some(t) = &setting.target_tracking {
+        if !known(&t.metric_name) {
+            return Err(ApiError::invalid(
+                "targetTracking.metricName",
+                format!("'{}' is not a metric herd has; allowed: {}", t.metric_name, allowed()),
+            ));
+        }
+    }
     for (i, p) in setting.profiles.iter().enumerate() {
         let (_, max, _) = p.capacity.bounds();
         if max > state.config.max_capacity {

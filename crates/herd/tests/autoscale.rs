@@ -125,6 +125,24 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
         "1",
     ]);
     assert!(e.contains('^'), "a caret points at the bad token: {e}");
+    let e = s.err(&[
+        "monitor",
+        "autoscale",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--condition",
+        "Disk Queue > 5 avg 10s",
+        "--scale",
+        "out",
+        "1",
+        "--timegrain",
+        "avg 1s",
+    ]);
+    assert!(e.contains("Disk Queue") && e.contains("Percentage CPU"), "an unknown metric names the allowed ones: {e}");
     s.ok(&[
         "monitor",
         "autoscale",
