@@ -18,13 +18,19 @@
 //!    by the guest's own user-data script at boot (the fastest any tool can be with this image),
 //!    and the app started through the guest agent once it answers (herd's mechanism, by hand).
 //! 3. **QEMU memory beyond the guest**: each QEMU's `VmRSS` after the app answers, minus the
-//!    guest memory the guest has touched, estimated as configured memory − `MemFree` (the guest's
-//!    `/proc/meminfo`, read through the guest agent). Free pages the guest touched once and freed
-//!    (the compressed initrd, for one) still count as resident, so the estimate errs high.
+//!    resident pages of its guest-RAM mapping (`/proc/<pid>/smaps`), and minus what the guest
+//!    uses (configured memory − `MemFree` from the guest's `/proc/meminfo`, read through the
+//!    guest agent). The two differ by the pages the guest touched once and freed since (the
+//!    initramfs unpacking), which stay resident without a free-page-reporting balloon.
 //!
-//! Every wait has a deadline; all traffic goes to 127.0.0.0/8. On the way out (also on errors)
-//! the sets are deleted, the server stopped, every QEMU whose argv names the benchmark's
-//! temporary directory killed, and the directory removed.
+//! A shared machine skews all of this, so each run also records how much CPU other processes
+//! (not this one, not the run's QEMUs) used meanwhile; rounds where that stayed low are
+//! summarised apart as "quiet". Each run first waits (boundedly) for the machine to calm down.
+//!
+//! Every wait has a deadline; all traffic goes to 127.0.0.0/8. Each set is deleted (and its
+//! QEMUs awaited) after its run; on the way out, also after an error, the server is stopped,
+//! every QEMU whose argv names the benchmark's temporary directory killed, and the directory
+//! removed.
 
 use crate::client::{is_not_found, set_path, Client};
 use crate::server::{start, DriverKind, ServerOptions};
@@ -61,7 +67,10 @@ const LIST_POLL: Duration = Duration::from_millis(50);
 /// A run starts once all CPUs together are less busy than this over a second...
 const QUIET_BUSY: f64 = 0.15;
 /// ...or after this long.
-const QUIET_WAIT: Duration = Duration::from_secs(60);
+const QUIET_WAIT: Duration = Duration::from_secs(120);
+/// A round counts as quiet when other processes used less than this share of all CPUs during
+/// each of its runs.
+const QUIET_SHARE: f64 = 0.10;
 /// The goal for the control-plane overhead.
 const SPAWN_GOAL_MS: f64 = 100.0;
 
@@ -403,6 +412,9 @@ struct HerdRun {
     /// CPU time of this process (the in-process server and the benchmark's own polling) from
     /// the API call until every app answered.
     cpu_s: f64,
+    /// The share of all CPUs' time other processes (not this one, not the run's QEMUs) used
+    /// during the run: interference from the rest of the machine.
+    others_share: f64,
     put_ms: f64,
     /// PUT returned → QEMU process exists, per VM (ms); VMs never seen are missing.
     spawn_ms: Vec<f64>,
@@ -421,6 +433,9 @@ struct HandRun {
     busy_before: f64,
     /// CPU time of this process (the benchmark's polling) from spawn until every app answered.
     cpu_s: f64,
+    /// The share of all CPUs' time other processes (not this one, not the run's QEMUs) used
+    /// during the run: interference from the rest of the machine.
+    others_share: f64,
     via: Via,
     /// Spawn → the agent answered (agent variant only), per VM (s).
     agent_s: Vec<f64>,
@@ -497,7 +512,7 @@ impl Ctx {
         let path = set_path(GROUP, &name);
         let list = format!("{path}/virtualMachines");
         let watch = SpawnWatch::start(self.vms_root.clone(), format!("{GROUP}/{name}/"), n as usize);
-        let cpu0 = self_cpu_s();
+        let meter = CpuMeter::start();
         let t0 = Instant::now();
         let put = self.client.call(reqwest::Method::PUT, &path, Some(&self.model(n)), &[("If-None-Match", "*")]).await;
         let t_put = Instant::now();
@@ -507,7 +522,9 @@ impl Ctx {
         }
         let deadline = t0 + BOOT_DEADLINE;
         let result = self.herd_wait(&list, n, t0, deadline).await;
-        let cpu_s = self_cpu_s() - cpu0;
+        let set_qemus: Vec<u32> =
+            qemu_processes(&format!("{}/{GROUP}/{name}/", self.vms_root)).into_iter().map(|(p, _)| p).collect();
+        let (cpu_s, others_share) = meter.finish(&set_qemus);
         let spawned = watch.finish();
         let (running, apps) = result?;
         let mut spawn_ms: Vec<f64> = spawned.values().map(|t| signed_ms(t_put, *t)).collect();
@@ -565,6 +582,7 @@ impl Ctx {
             n,
             busy_before: 0.0,
             cpu_s,
+            others_share,
             put_ms: secs(t_put - t0) * 1000.0,
             spawn_ms,
             running_s: running.iter().map(|t| secs(*t - t0)).collect(),
@@ -657,7 +675,7 @@ impl Ctx {
             vms.push(Vm { dir, addr, args });
         }
         let qemu = herd_driver_qemu::DEFAULT_QEMU;
-        let cpu0 = self_cpu_s();
+        let meter = CpuMeter::start();
         let t0 = Instant::now();
         let mut children = Vec::new();
         for vm in &vms {
@@ -708,7 +726,8 @@ impl Ctx {
             r = boots => r?,
             e = exited => return Err(e),
         };
-        let cpu_s = self_cpu_s() - cpu0;
+        let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+        let (cpu_s, others_share) = meter.finish(&pids);
         let mut mem = Vec::new();
         for (vm, c) in vms.iter().zip(&children) {
             if let Some(pid) = c.id() {
@@ -732,6 +751,7 @@ impl Ctx {
             n,
             busy_before: 0.0,
             cpu_s,
+            others_share,
             via,
             agent_s: times.iter().filter_map(|(a, _)| a.map(|a| secs(a - t0))).collect(),
             app_s: times.iter().map(|(_, a)| secs(*a - t0)).collect(),
@@ -883,13 +903,40 @@ async fn one_herd_run(ctx: &Ctx, round: u32, n: u32) -> Result<HerdRun> {
     Ok(h)
 }
 
-/// User + system CPU time of this process so far, in seconds (`/proc/self/stat`, 100 ticks/s).
-fn self_cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// User + system CPU time of a process so far, in seconds (`/proc/<pid>/stat`, 100 ticks/s).
+fn proc_cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
     // After the command name: state is field 3, utime 14, stime 15.
     (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / 100.0
+}
+
+/// Who used the CPUs during a run: this process (the in-process server and the benchmark's
+/// polling), the run's QEMUs, and everyone else on the machine.
+struct CpuMeter {
+    self0: f64,
+    jiffies0: Option<(u64, u64)>,
+}
+
+impl CpuMeter {
+    fn start() -> CpuMeter {
+        CpuMeter { self0: proc_cpu_s("self"), jiffies0: cpu_jiffies() }
+    }
+
+    /// (this process's CPU seconds, the share of all CPUs' time used by other processes than
+    /// this one and `qemus`). QEMUs are counted over their whole life (they started in the run).
+    fn finish(&self, qemus: &[u32]) -> (f64, f64) {
+        let own = proc_cpu_s("self") - self.self0;
+        let vms: f64 = qemus.iter().map(|p| proc_cpu_s(&p.to_string())).sum();
+        let others = match (self.jiffies0, cpu_jiffies()) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                ((b1 - b0) as f64 / 100.0 - own - vms).max(0.0) / ((t1 - t0) as f64 / 100.0)
+            }
+            _ => f64::NAN,
+        };
+        (own, others)
+    }
 }
 
 /// Busy and total jiffies of all CPUs (`/proc/stat`).
@@ -957,7 +1004,8 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
     let mut medians = Vec::new();
     for &n in &opts.counts {
         let mut runs = Vec::new();
-        let (mut ratios_ud, mut ratios_ag) = (Vec::new(), Vec::new());
+        // (herd, hand user-data, hand agent, quiet) per round.
+        let mut triples: Vec<(f64, f64, f64, bool)> = Vec::new();
         for h in herd.iter().filter(|h| h.n == n) {
             let herd_all = max(&h.app_s);
             let ud = find_hand(h.round, n, Via::UserData).map(|r| max(&r.app_s)).unwrap_or(f64::NAN);
@@ -965,17 +1013,13 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
             let ag_ready = find_hand(h.round, n, Via::Agent).map(|r| max(&r.agent_s)).unwrap_or(f64::NAN);
             let uptimes = |m: &[AfterBoot]| m.iter().filter_map(|x| x.ready_uptime_s).collect::<Vec<f64>>();
             let herd_up = uptimes(&h.mem);
-            let hand_up: Vec<f64> =
-                hand.iter().filter(|r| r.round == h.round && r.n == n).flat_map(|r| uptimes(&r.mem)).collect();
-            let busy = hand
-                .iter()
-                .filter(|r| r.round == h.round && r.n == n)
-                .map(|r| r.busy_before)
-                .fold(h.busy_before, f64::max);
-            ratios_ud.push(herd_all / ud);
-            ratios_ag.push(herd_all / ag);
+            let same = || hand.iter().filter(|r| r.round == h.round && r.n == n);
+            let hand_up: Vec<f64> = same().flat_map(|r| uptimes(&r.mem)).collect();
+            let others = same().map(|r| r.others_share).fold(h.others_share, f64::max);
+            let quiet = others < QUIET_SHARE;
+            triples.push((herd_all, ud, ag, quiet));
             rows.push(format!(
-                "{:>5} {:>2} | {:>7.1} {:>7.1} {:>7.2} {:>7.2} {:>7.2} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>5.2} {:>5.2} | {:>4.0}",
+                "{:>5} {:>2} | {:>7.1} {:>7.1} {:>7.2} {:>7.2} {:>7.2} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>5.2} {:>5.2} | {:>5.0}{}",
                 h.round,
                 n,
                 h.put_ms,
@@ -989,7 +1033,8 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
                 ag,
                 herd_all / ud,
                 herd_all / ag,
-                busy * 100.0
+                others * 100.0,
+                if quiet { "" } else { " noisy" }
             ));
             runs.push(json!({
                 "round": h.round, "putMs": h.put_ms, "spawnMs": h.spawn_ms, "runningSeconds": h.running_s,
@@ -997,32 +1042,44 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
                 "guestReadyUptimeSeconds": herd_up, "handGuestReadyUptimeSeconds": hand_up,
                 "handUserDataAllSeconds": ud, "handAgentReadyAllSeconds": ag_ready, "handAgentAllSeconds": ag,
                 "ratioToHandUserData": herd_all / ud, "ratioToHandAgent": herd_all / ag,
-                "machineBusyBeforeMax": busy,
+                "othersCpuShareMax": others, "quiet": quiet,
+                "machineBusyBefore": same().map(|r| r.busy_before).fold(h.busy_before, f64::max),
                 "herdProcessCpuSeconds": h.cpu_s,
                 "handUserDataProcessCpuSeconds": find_hand(h.round, n, Via::UserData).map(|r| r.cpu_s),
                 "handAgentProcessCpuSeconds": find_hand(h.round, n, Via::Agent).map(|r| r.cpu_s),
             }));
         }
-        let all = |v: Vec<f64>| median(&v);
-        let herd_med = all(herd.iter().filter(|h| h.n == n).map(|h| max(&h.app_s)).collect());
-        let ud_med = all(hand.iter().filter(|r| r.n == n && r.via == Via::UserData).map(|r| max(&r.app_s)).collect());
-        let ag_med = all(hand.iter().filter(|r| r.n == n && r.via == Via::Agent).map(|r| max(&r.app_s)).collect());
-        let herd_cpu = all(herd.iter().filter(|h| h.n == n).map(|h| h.cpu_s).collect());
-        let hand_cpu = all(hand.iter().filter(|r| r.n == n).map(|r| r.cpu_s).collect());
+        let summarize = |only_quiet: bool| {
+            let t: Vec<&(f64, f64, f64, bool)> = triples.iter().filter(|t| t.3 || !only_quiet).collect();
+            let col = |f: fn(&(f64, f64, f64, bool)) -> f64| median(&t.iter().map(|x| f(x)).collect::<Vec<f64>>());
+            let (hm, um, am) = (col(|x| x.0), col(|x| x.1), col(|x| x.2));
+            json!({
+                "rounds": t.len(), "herdAppAllSecondsMedian": hm,
+                "handUserDataAllSecondsMedian": um, "handAgentAllSecondsMedian": am,
+                "ratioOfMediansToHandUserData": hm / um, "ratioOfMediansToHandAgent": hm / am,
+                "ratioToHandUserDataMedian": col(|x| x.0 / x.1), "ratioToHandAgentMedian": col(|x| x.0 / x.2),
+            })
+        };
+        let (all, quiet) = (summarize(false), summarize(true));
+        let herd_cpu = median(&herd.iter().filter(|h| h.n == n).map(|h| h.cpu_s).collect::<Vec<_>>());
+        let hand_cpu = median(&hand.iter().filter(|r| r.n == n).map(|r| r.cpu_s).collect::<Vec<_>>());
+        for (label, m) in [("all rounds", &all), ("quiet rounds", &quiet)] {
+            let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+            medians.push(format!(
+                "N={n}, {label} ({}): herd {:.2} s, hand user-data {:.2} s, hand agent {:.2} s; herd/hand {:.2} (user-data), {:.2} (agent)",
+                m["rounds"],
+                f("herdAppAllSecondsMedian"),
+                f("handUserDataAllSecondsMedian"),
+                f("handAgentAllSecondsMedian"),
+                f("ratioOfMediansToHandUserData"),
+                f("ratioOfMediansToHandAgent"),
+            ));
+        }
         medians.push(format!(
-            "N={n}: herd {herd_med:.2} s, hand user-data {ud_med:.2} s, hand agent {ag_med:.2} s; ratio herd/hand {:.2} (user-data), {:.2} (agent); median of per-round ratios {:.2}, {:.2}; this process's CPU during a run: herd {herd_cpu:.2} s, hand {hand_cpu:.2} s",
-            herd_med / ud_med,
-            herd_med / ag_med,
-            median(&ratios_ud),
-            median(&ratios_ag),
+            "N={n}: CPU of this process during a run (median): herd {herd_cpu:.2} s (server + polling), hand {hand_cpu:.2} s (polling)"
         ));
         per_n.push(json!({
-            "n": n, "runs": runs,
-            "herdAppAllSecondsMedian": herd_med, "handUserDataAllSecondsMedian": ud_med, "handAgentAllSecondsMedian": ag_med,
-            "ratioOfMediansToHandUserData": herd_med / ud_med, "ratioOfMediansToHandAgent": herd_med / ag_med,
-            "ratioToHandUserDataMedian": median(&ratios_ud), "ratioToHandAgentMedian": median(&ratios_ag),
-            "ratioToHandUserDataMean": ratios_ud.iter().sum::<f64>() / ratios_ud.len().max(1) as f64,
-            "ratioToHandAgentMean": ratios_ag.iter().sum::<f64>() / ratios_ag.len().max(1) as f64,
+            "n": n, "runs": runs, "allRounds": all, "quietRounds": quiet,
             "herdProcessCpuSecondsMedian": herd_cpu, "handProcessCpuSecondsMedian": hand_cpu,
         }));
     }
@@ -1065,17 +1122,20 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
     println!("API call -> app answering (seconds until the last of N answers HTTP 200)");
     println!("(spawnms: PUT returned -> last QEMU process, ms; uptime: guest uptime at HERD-GUEST-READY, median;");
     println!(" running: state Running = agent answered; hand agent: agent answered / app via agent;");
-    println!(" busy: how busy the machine was (all CPUs, %) in the second before a run, worst of the row)");
+    println!(
+        " others: % of all CPUs' time used by other processes during the row's runs, worst run; quiet < {:.0} %)",
+        QUIET_SHARE * 100.0
+    );
     println!(
         "                 herd                                 | hand-run QEMU                     | herd / hand |"
     );
     println!(
-        "round  N |  put ms spawnms  uptime running     app |  uptime userdata   agent app(ag) |    ud    ag | busy"
+        "round  N |  put ms spawnms  uptime running     app |  uptime userdata   agent app(ag) |    ud    ag | others"
     );
     for r in &rows {
         println!("{r}");
     }
-    println!("medians over rounds (time until all N answer):");
+    println!("medians over rounds (time until all N answer; ratios are of the medians):");
     for m in &medians {
         println!("  {m}");
     }
