@@ -393,15 +393,22 @@ impl Reconciler {
             let rolling_relevant = set.value.model.upgrade_policy.mode == herd_model::scale_set::UpgradeMode::Rolling
                 || status.upgrade_request.is_some()
                 || status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
+            let repairs_on =
+                set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) && !set.value.deleting;
+            // Health and the health source, read once for both planners that need them.
+            let (health, has_health_source) = if (rolling_relevant && !set.value.deleting) || repairs_on {
+                (self.health_of(&set.value, &records), herd_model::network::has_health_source(&set.value.model, &lbs))
+            } else {
+                (BTreeMap::new(), false)
+            };
             if rolling_relevant && !set.value.deleting {
-                let health = self.health_of(&set.value, &records);
                 let rolling = plan_rolling(&RollingInput {
                     set: &set.value,
                     upgrade: status.rolling_upgrade.as_ref(),
                     request: status.upgrade_request.as_ref(),
                     instances: &records,
                     health: &health,
-                    has_health_source: herd_model::network::has_health_source(&set.value.model, &lbs),
+                    has_health_source,
                     in_place_extensions,
                     now,
                     batch_timeout: self.config.limits.batch_timeout,
@@ -426,14 +433,13 @@ impl Reconciler {
                     steps.push(Step::Rolling(st));
                 }
             }
-            if set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) && !set.value.deleting {
-                let health = self.health_of(&set.value, &records);
+            if repairs_on {
                 let repairs = plan_repairs(&RepairInput {
                     set: &set.value,
                     state: &status.repairs,
                     instances: &records,
                     health: &health,
-                    has_health_source: herd_model::network::has_health_source(&set.value.model, &lbs),
+                    has_health_source,
                     upgrading: status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active()),
                     now,
                     max_attempts: self.config.limits.repair_max_attempts,

@@ -306,14 +306,6 @@ fn setting_path(group: &str, name: &str) -> String {
     format!("/v1/resourceGroups/{}/autoscaleSettings/{}", enc(group), enc(name))
 }
 
-fn json_arg(flag: &str, s: &str) -> Result<Value> {
-    let text = match s.strip_prefix('@') {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{flag}: reading {p}"))?,
-        None => s.to_string(),
-    };
-    serde_json::from_str(&text).map_err(|e| anyhow!("{flag}: not valid JSON ({e})"))
-}
-
 /// Reads a setting, lets `f` edit its JSON, writes it back if unchanged meanwhile.
 async fn edit(client: &Client, group: &str, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Value> {
     let path = setting_path(group, name);
@@ -635,14 +627,14 @@ pub async fn source(
     match c {
         SourceCmd::Create { group, name, kind, endpoint, key, settings, protected_settings } => {
             let mut s = match &settings {
-                Some(x) => json_arg("--settings", x)?,
+                Some(x) => crate::commands::json_arg("--settings", x)?,
                 None => json!({}),
             };
             if let Some(k) = key {
                 s["key"] = json!(k);
             }
             let p = match &protected_settings {
-                Some(x) => json_arg("--protected-settings", x)?,
+                Some(x) => crate::commands::json_arg("--protected-settings", x)?,
                 None => json!({}),
             };
             let body = json!({"type": kind, "endpoint": endpoint, "settings": s, "protectedSettings": p});

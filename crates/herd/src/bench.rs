@@ -35,15 +35,20 @@ struct Bench {
 impl Drop for Bench {
     /// A benchmark that fails half-way must not leave instance processes behind.
     fn drop(&mut self) {
-        let Ok(dir) = self._dir.path().join("data").canonicalize() else { return };
-        let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            if env.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
-                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
+        kill_instances(&self._dir.path().join("data"));
+    }
+}
+
+/// Kills every process carrying the process-driver tag of the server data dir `data`.
+pub fn kill_instances(data: &std::path::Path) {
+    let Ok(dir) = data.canonicalize() else { return };
+    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }
 }

@@ -66,20 +66,6 @@ fn image(dir: &Path, body: &str) -> Result<()> {
     Ok(())
 }
 
-/// Kills the process instances of a data dir (a benchmark that fails must not leave them).
-fn kill_instances(data: &Path) {
-    let Ok(dir) = data.canonicalize() else { return };
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if env.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
 /// Runs one rolling upgrade of `count` instances on `driver` and measures it.
 pub async fn measure(driver: DriverKind, count: u64) -> Result<RollingRun> {
     let dir = tempfile::tempdir()?;
@@ -102,7 +88,7 @@ pub async fn measure(driver: DriverKind, count: u64) -> Result<RollingRun> {
     let root = dir.path().to_path_buf();
     let result = tokio::task::spawn_blocking(move || run_upgrade(&cli, &root, driver, count)).await?;
     server.stop().await;
-    kill_instances(&data);
+    crate::bench::kill_instances(&data);
     drop(dir);
     result
 }

@@ -262,15 +262,15 @@ fn create_body(c: &VmssCreate) -> Result<Value> {
     Ok(body)
 }
 
-/// A JSON argument given inline or as `@FILE`; the error names the flag.
-fn json_arg(flag: &str, s: &str) -> Result<Value> {
+/// A JSON object argument given inline or as `@FILE`; the error names the flag.
+pub(crate) fn json_arg(flag: &str, s: &str) -> Result<Value> {
     let text = match s.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: reading {path}"))?,
         None => s.to_string(),
     };
     let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{flag}: not valid JSON ({e})"))?;
     if !v.is_object() {
-        bail!("{flag}: must be a JSON object such as '{{\"commandToExecute\": \"...\"}}'");
+        bail!("{flag}: must be a JSON object such as '{{\"key\": \"value\"}}'");
     }
     Ok(v)
 }
