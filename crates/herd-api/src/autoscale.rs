@@ -118,10 +118,10 @@ pub async fn put(
         .collect();
     let known = |m: &str| match m.strip_prefix("source/") {
         Some(src) => sources.contains(&src.to_ascii_lowercase()),
-        None => herd_autoscaler::sampler::INSTANCE_METRICS.iter().any(|x| x.eq_ignore_ascii_case(m)),
+        None => herd_autoscaler::sampler::METRIC_NAMES.iter().any(|x| x.eq_ignore_ascii_case(m)),
     };
     let allowed = || {
-        let mut a: Vec<String> = herd_autoscaler::sampler::INSTANCE_METRICS.iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = herd_autoscaler::sampler::METRIC_NAMES.iter().map(|s| s.to_string()).collect();
         a.extend(sources.iter().map(|s| format!("source/{s}")));
         a.join(", ")
     };
@@ -339,7 +339,11 @@ pub struct MetricsQuery {
     pub metric: String,
 }
 
-/// A set's sampled metric series (`Percentage CPU`, `Memory Used Bytes`).
+/// A set's sampled metric series, or a source's (`source/NAME`).
+///
+/// The metrics are `Percentage CPU`, `Memory Used Bytes`, `Network In Total`,
+/// `Network Out Total`, `LB New Connections Per Second` and `LB Active Connections`. A network
+/// point is each sample's increase per instance, with the seconds it covers.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/metrics", tag = "autoscale",
     params(("group" = String, Path), ("name" = String, Path), ("metric" = String, Query)),
     responses((status = 200, body = Vec<herd_autoscaler::series::Point>), (status = 404, body = ErrorBody)))]
@@ -352,13 +356,13 @@ pub async fn metrics(
     let k = match q.metric.strip_prefix("source/") {
         Some(src) => format!("source/{}/{}", set.value.group, src.to_ascii_lowercase()),
         None => {
-            if !herd_autoscaler::sampler::INSTANCE_METRICS.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
+            if !herd_autoscaler::sampler::METRIC_NAMES.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
                 return Err(ApiError::invalid(
                     "metric",
                     format!(
                         "'{}' is not a metric herd samples; allowed: {}, or source/<name>",
                         q.metric,
-                        herd_autoscaler::sampler::INSTANCE_METRICS.join(", ")
+                        herd_autoscaler::sampler::METRIC_NAMES.join(", ")
                     ),
                 ));
             }
@@ -371,6 +375,29 @@ pub async fn metrics(
         .map(|o| o.value)
         .unwrap_or_default();
     Ok(Json(series.points.into_iter().collect()))
+}
+
+/// The autoscaler's load-balancer metrics read the load-balancer controller's counters (never
+/// a driver). `Runner::with_lb_stats(Arc::new(ApiLbStats(state.lb.clone())))` wires it.
+pub struct ApiLbStats(pub std::sync::Arc<herd_lbctl::LbController>);
+
+impl herd_autoscaler::sampler::LbStatsProvider for ApiLbStats {
+    fn member_counters(
+        &self,
+    ) -> std::collections::BTreeMap<herd_model::InstanceKey, herd_autoscaler::sampler::LbCounters> {
+        self.0
+            .member_counters()
+            .into_iter()
+            .map(|(k, c)| {
+                let counters = herd_autoscaler::sampler::LbCounters {
+                    connections_total: c.connections_total,
+                    active_connections: c.active_connections,
+                    in_rotation: c.in_rotation,
+                };
+                (k, counters)
+            })
+            .collect()
+    }
 }
 
 /// The autoscaler's capacity writes go through the same commit as `herd vmss scale`.

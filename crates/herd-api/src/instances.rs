@@ -209,13 +209,22 @@ pub struct BootLogQuery {
     pub tail_bytes: Option<usize>,
 }
 
-const ACTIONS: &[&str] =
-    &["start", "stop", "powerOff", "deallocate", "restart", "reimage", "updateInstances", "deleteInstances"];
+const ACTIONS: &[&str] = &[
+    "start",
+    "stop",
+    "powerOff",
+    "deallocate",
+    "restart",
+    "reimage",
+    "updateInstances",
+    "deleteInstances",
+    "simulateEviction",
+];
 
 /// Runs an instance action on the given instances (`["*"]` or no body: all of them).
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path),
-        ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances or deleteInstances")),
+        ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances, deleteInstances or simulateEviction (Spot only)")),
     request_body = InstanceIdsRequest,
     responses((status = 202, body = ActionResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn action(
@@ -279,6 +288,12 @@ pub async fn action(
     let mut skipped = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let in_place = in_place_extensions(&state, &set.value)?;
+    if *action == "simulateEviction" && !herd_model::spot::is_spot(set.value.model.virtual_machine_profile.priority) {
+        return Err(ApiError::Invalid(FieldError::new(
+            "virtualMachineProfile.priority",
+            format!("simulate-eviction applies only to Spot (or Low) scale sets; '{name}' is Regular"),
+        )));
+    }
     for id in &chosen {
         let o = live[id];
         let mut r = o.value.clone();
@@ -313,6 +328,24 @@ pub async fn action(
             "deleteInstances" => {
                 r.goal = InstanceGoal::Deleted;
                 r.delete_reason = Some("deleted by user".into());
+            }
+            "simulateEviction" => {
+                use herd_model::spot::{EvictionReason, ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
+                if r.state == InstanceState::Deallocated || r.eviction.is_some() {
+                    skipped.push(skip("already evicted or deallocated"));
+                    continue;
+                }
+                if r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt) {
+                    skipped.push(skip("already has a Preempt event"));
+                    continue;
+                }
+                r.scheduled_events.push(ScheduledEvent::new(
+                    ScheduledEventType::Preempt,
+                    now,
+                    chrono::Duration::seconds(PREEMPT_NOTICE_SECS),
+                    "simulated eviction (simulate-eviction)",
+                    Some(EvictionReason::Simulated),
+                ));
             }
             _ => unreachable!("action list is closed"),
         }

@@ -11,9 +11,11 @@
 
 pub mod auth;
 pub mod autoscale;
+pub mod cost;
 pub mod error;
 mod extensions;
 mod groups;
+pub mod hosts;
 mod images;
 mod instances;
 mod network;
@@ -111,6 +113,9 @@ pub fn router(state: AppState) -> Router {
             put(autoscale::source_put).get(autoscale::source_show).delete(autoscale::source_delete),
         )
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/metrics", get(autoscale::metrics))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/cost", get(cost::total_cost))
+        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/cost", get(cost::set_cost))
         .route("/v1/images", get(images::list))
         .route("/v1/images/{urn}", put(images::import).get(images::show).delete(images::delete))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));

@@ -626,8 +626,14 @@ pub async fn pool_show(
     Ok(Json(PoolView { id: p.id.clone(), name: p.name.clone(), members }))
 }
 
-/// Load-balancer counters in Prometheus text format (no token needed; no secrets in it).
+/// Load-balancer counters and the cost meter in Prometheus text format (no token needed; no
+/// secrets in it).
 #[utoipa::path(get, path = "/metrics", tag = "load balancers", responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> String {
-    s.lb.metrics()
+    let mut out = s.lb.metrics();
+    match herd_billing::report(&*s.store, None, None, None) {
+        Ok(r) => out.push_str(&herd_billing::prometheus(&r)),
+        Err(e) => tracing::warn!(error = %e, "cost metrics unavailable"),
+    }
+    out
 }

@@ -198,6 +198,19 @@ pub(crate) fn commit_replacing(
             "changing the zones of an existing scale set",
         )));
     }
+    let (old_vp, new_vp) = (&old.model.virtual_machine_profile, &model.virtual_machine_profile);
+    if herd_model::spot::is_spot(old_vp.priority) != herd_model::spot::is_spot(new_vp.priority) {
+        return Err(ApiError::Invalid(FieldError::new(
+            "virtualMachineProfile.priority",
+            format!(
+                "cannot change from {} to {} on an existing scale set; create a new scale set",
+                old_vp.priority, new_vp.priority
+            ),
+        )));
+    }
+    if model.sku.capacity > old.model.sku.capacity && !herd_model::spot::is_spot(new_vp.priority) {
+        crate::hosts::check_room(state, old, model.sku.capacity - old.model.sku.capacity)?;
+    }
     let mut next = old.clone();
     let bump = old.model.vm_model_differs(&model) || !secrets.is_empty();
     if bump {
@@ -319,6 +332,9 @@ pub async fn create_or_replace(
             );
             if let Some(p) = &set.model.virtual_machine_profile.extension_profile {
                 p.check_commands(&secrets.extension_protected_settings)?;
+            }
+            if !herd_model::spot::is_spot(set.model.virtual_machine_profile.priority) {
+                crate::hosts::check_room(&state, &set, set.model.capacity() as i64)?;
             }
             let mut ops = vec![
                 WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?,

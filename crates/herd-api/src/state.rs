@@ -20,6 +20,10 @@ pub struct ApiConfig {
     pub driver: String,
     /// Which /16 of 127.64.0.0/10 this server allocates public IPs from first (0–63).
     pub public_ip_block: u8,
+    /// Declared (or detected) hosts; empty = unlimited capacity.
+    pub hosts: Vec<herd_model::spot::HostSpec>,
+    /// Prices per SKU (regular, spot).
+    pub prices: herd_model::spot::PriceTable,
 }
 
 /// Shared handler state.
@@ -38,6 +42,8 @@ pub struct AppState {
     pub lb: Arc<herd_lbctl::LbController>,
     /// The driver, for reads only (console logs): handlers never change instances through it.
     pub driver: Arc<dyn herd_driver::Driver>,
+    /// SKUs with a spot price (fixed or scheduled), for validation.
+    pub spot_priced: Arc<[String]>,
 }
 
 impl AppState {
@@ -46,6 +52,7 @@ impl AppState {
             skus: &self.config.skus,
             zones_offered: &self.config.zones,
             max_capacity: self.config.max_capacity,
+            spot_priced_skus: Some(&self.spot_priced),
         }
     }
 

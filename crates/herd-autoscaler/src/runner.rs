@@ -6,7 +6,7 @@
 //! path a user's `herd vmss scale` takes (validation, compare-and-swap, activity log). Every
 //! evaluation is kept in the setting's history with its inputs and decision.
 
-use crate::sampler::{self, Sampler};
+use crate::sampler::{self, LbStatsProvider, MetricKind, Sampler};
 use crate::series::{Aggregation, Series};
 use chrono::{DateTime, Utc};
 use herd_autoscale::{
@@ -129,9 +129,25 @@ pub fn parse_target(uri: &str) -> Option<(String, String)> {
 }
 
 /// Metrics read from the stored series of one set (and the group's named sources).
-struct StoreMetrics<'a> {
-    store: &'a dyn Store,
-    set: &'a StoredScaleSet,
+///
+/// A window counts only once the series covers it: its first point inside the window must lie
+/// within [`coverage_slack`] of the window's start. Until then (a new set, the first
+/// minutes after a gap in sampling such as a server restart) the rule reads "no data", so a
+/// `> 70 avg 5m` rule acts on five minutes of samples, never on the first one. No data never
+/// scales in, and raises the capacity to the default if it is below it.
+pub(crate) struct StoreMetrics<'a> {
+    pub(crate) store: &'a dyn Store,
+    pub(crate) set: &'a StoredScaleSet,
+    /// How late after the window's start its first point may be.
+    pub(crate) slack: chrono::Duration,
+}
+
+/// How late after a window's start its first sample may come for the window to count as
+/// covered: one and a half sample intervals (samples are one interval apart, plus jitter), and
+/// at least a second.
+pub fn coverage_slack(sample_interval: Duration) -> chrono::Duration {
+    let ms = (sample_interval.as_millis() as i64).saturating_mul(3) / 2;
+    chrono::Duration::milliseconds(ms.max(1000))
 }
 
 impl MetricQuery for StoreMetrics<'_> {
@@ -140,7 +156,7 @@ impl MetricQuery for StoreMetrics<'_> {
         metric: &str,
         _dimensions: &[Dimension],
         statistic: Statistic,
-        _time_grain: chrono::Duration,
+        time_grain: chrono::Duration,
         window_start: DateTime<Utc>,
         window_end: DateTime<Utc>,
         time_aggregation: TimeAggregation,
@@ -150,7 +166,14 @@ impl MetricQuery for StoreMetrics<'_> {
             None => sampler::series_key(self.set, metric),
         };
         let series = self.store.get_as::<Series>(Kind::MetricSeries, &key).ok()??.value;
-        // Each point is already the set's average over its instances at one sample time.
+        let first = series.window(window_start, window_end).next()?;
+        if first.time > window_start + self.slack {
+            return None; // the series does not cover the window yet
+        }
+        let kind = sampler::definition(metric).map_or(MetricKind::Gauge, |d| d.kind);
+        // Each point of a per-instance metric is already the set's average over its instances
+        // at one sample time (with their count); `Sum` and `Count` undo that average. A set
+        // total or a source is one value for the whole set: no statistic scales it.
         let how = match time_aggregation {
             TimeAggregation::Average => Aggregation::Average,
             TimeAggregation::Minimum => Aggregation::Minimum,
@@ -164,20 +187,23 @@ impl MetricQuery for StoreMetrics<'_> {
                 .window(window_start, window_end)
                 .map(|p| {
                     let mut q = *p;
-                    q.value = match statistic {
-                        Statistic::Sum => p.value * f64::from(p.count),
-                        Statistic::Count => f64::from(p.count),
+                    q.value = match (statistic, kind) {
+                        (Statistic::Count, _) => f64::from(p.count),
+                        (Statistic::Sum, MetricKind::Gauge | MetricKind::PerGrainTotal) => p.value * f64::from(p.count),
                         _ => p.value,
                     };
                     q
                 })
                 .collect(),
         };
-        scaled.aggregate(window_start, window_end, how)
+        match kind {
+            MetricKind::PerGrainTotal => scaled.aggregate_per_grain(window_start, window_end, time_grain, how),
+            MetricKind::Gauge | MetricKind::SetTotal => scaled.aggregate(window_start, window_end, how),
+        }
     }
 
     fn is_per_instance(&self, metric: &str) -> bool {
-        !metric.starts_with("source/")
+        sampler::is_per_instance(metric)
     }
 }
 
@@ -191,6 +217,14 @@ impl Runner {
         config: RunnerConfig,
     ) -> Self {
         Self { store, driver, clock, sealer, writer, config, sampler: Sampler::default() }
+    }
+
+    /// Also samples the load-balancer metrics (`LB New Connections Per Second`,
+    /// `LB Active Connections`) from `lb`: the server passes its load-balancer controller's
+    /// counters. Without it those metrics have no data.
+    pub fn with_lb_stats(mut self, lb: Arc<dyn LbStatsProvider>) -> Self {
+        self.sampler = Sampler::with_lb_stats(lb);
+        self
     }
 
     /// Samples instance metrics and every named source once.
@@ -272,7 +306,11 @@ impl Runner {
                 .get_as::<SettingRuntime>(Kind::AutoscaleHistory, &rt_key)?
                 .map(|x| x.value)
                 .unwrap_or_default();
-            let metrics = StoreMetrics { store: &*self.store, set: &set.value };
+            let metrics = StoreMetrics {
+                store: &*self.store,
+                set: &set.value,
+                slack: coverage_slack(self.config.sample_interval),
+            };
             let current = set.value.model.sku.capacity.max(0) as u64;
             let decision = evaluate(&rt.state.input(&setting, now, current, ready, &metrics));
             let mut error = None;

@@ -451,10 +451,15 @@ impl Driver for ProcessDriver {
             }
             let ticks: u64 = members.iter().map(|p| p.utime.saturating_add(p.stime)).sum();
             let memory_bytes = members.iter().filter_map(|p| procfs::read_rss_bytes(p.pid)).sum();
+            // Bridged instances have a network namespace of their own; host-local ones share
+            // the host's, whose counters are not theirs (no data then).
+            let net = members.iter().find_map(|p| procfs::read_own_netns_traffic(p.pid));
             Some(InstanceStats {
                 cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64,
                 memory_bytes,
                 cpu_percent: None,
+                net_rx_bytes: net.map(|n| n.0),
+                net_tx_bytes: net.map(|n| n.1),
             })
         })
         .await

@@ -97,6 +97,38 @@ pub(crate) fn read_rss_bytes(pid: u32) -> Option<u64> {
     Some(pages.saturating_mul(page_size()))
 }
 
+/// Bytes received and sent on every interface but loopback, from a `/proc/<pid>/net/dev` text.
+/// `None` when no line could be read (an empty or unknown format): no data, not zero.
+pub(crate) fn parse_net_dev(text: &str) -> Option<(u64, u64)> {
+    let mut total: Option<(u64, u64)> = None;
+    // Two header lines, then `iface: rx_bytes rx_packets ... (8 fields) tx_bytes ...`.
+    for line in text.lines().skip(2) {
+        let Some((name, fields)) = line.split_once(':') else { continue };
+        let f: Vec<u64> = fields.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        if f.len() < 16 {
+            continue;
+        }
+        let (rx, tx) = total.get_or_insert((0, 0));
+        if name.trim() == "lo" {
+            continue;
+        }
+        *rx = rx.saturating_add(f[0]);
+        *tx = tx.saturating_add(f[8]);
+    }
+    total
+}
+
+/// Network counters of `pid`'s network namespace, but only when it is not ours: in host-local
+/// networking an instance shares the host's namespace and its interfaces' counters are the
+/// host's, not the instance's, so there is no data.
+pub(crate) fn read_own_netns_traffic(pid: u32) -> Option<(u64, u64)> {
+    let ns = namespace(pid, "net")?;
+    if Some(&ns) == own_namespace("net").as_ref() {
+        return None;
+    }
+    parse_net_dev(&std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()?)
+}
+
 /// Every process that can be read right now. Entries that vanish mid-scan are skipped.
 pub(crate) fn scan() -> Vec<ProcStat> {
     scan_dir(Path::new("/proc"))
@@ -372,6 +404,51 @@ mod tests {
         assert_eq!(pids, vec![10, 11, 12]);
         assert!(snap.descendants(ProcId { pid: 10, start: 99 }).is_empty());
         assert!(snap.descendants(ProcId { pid: 99, start: 1 }).is_empty());
+    }
+
+    #[test]
+    fn net_dev_sums_every_interface_but_loopback() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:  5000      50    0    0    0     0          0         0     5000      50    0    0    0     0       0          0
+  eth0: 1200      10    0    0    0     0          0         0      800       9    0    0    0     0       0          0
+  eth1:  300       3    0    0    0     0          0         0      100       1    0    0    0     0       0          0
+";
+        assert_eq!(parse_net_dev(text), Some((1500, 900)));
+        let only_lo = text.lines().take(3).collect::<Vec<_>>().join("\n");
+        assert_eq!(parse_net_dev(&only_lo), Some((0, 0)), "a namespace with only loopback sent nothing");
+        assert_eq!(parse_net_dev(""), None, "nothing readable is no data");
+        // Our own namespace is the host's: no per-instance data there.
+        assert_eq!(read_own_netns_traffic(std::process::id()), None);
+    }
+
+    #[test]
+    fn a_process_in_its_own_network_namespace_has_its_own_counters() {
+        // As a bridged instance: a namespace of its own (here with loopback only, so it has
+        // sent nothing: zero, which is data). Needs root; skipped otherwise.
+        let Ok(mut child) = std::process::Command::new("unshare")
+            .args(["--net", "--", "sleep", "30"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return;
+        };
+        let pid = child.id();
+        let mut got = None;
+        for _ in 0..100 {
+            got = read_own_netns_traffic(pid);
+            if got.is_some() || child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let exited = child.try_wait().ok().flatten();
+        let _ = child.kill();
+        let _ = child.wait();
+        if exited.is_some() {
+            return; // unshare refused (not root)
+        }
+        assert_eq!(got, Some((0, 0)));
     }
 
     #[test]

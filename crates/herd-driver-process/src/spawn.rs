@@ -4,6 +4,13 @@
 //! is built from the spec once (at create and reimage time) and kept in the instance's `env`
 //! file, because `set_power` and `restart` get only a key and must still start the instance
 //! exactly as it was built.
+//!
+//! When the spec names a metadata endpoint (`InstanceSpec::metadata_endpoint`), the instance
+//! gets `HERD_METADATA_URL=http://<addr>/metadata`: its own instance metadata endpoint (herd's
+//! Azure IMDS), where `GET $HERD_METADATA_URL/scheduledevents?api-version=2020-07-01` with the
+//! header `Metadata: true` shows the events posted to this instance (a Spot eviction's
+//! Preempt, a Terminate) and `GET $HERD_METADATA_URL/instance?api-version=2021-02-01` its
+//! identity. A VM reaches the same service at a fixed address instead (see the qemu driver).
 
 use crate::layout::{check_image, InstanceDir};
 use crate::procfs::{read_stat, ProcId};
@@ -69,6 +76,12 @@ pub(crate) fn meta_var(key: &str) -> String {
     format!("HERD_META_{name}")
 }
 
+/// `HERD_METADATA_URL` for a metadata endpoint: `http://<addr>/metadata` (an IPv6 address in
+/// brackets, as URLs need).
+pub(crate) fn metadata_url(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}/metadata")
+}
+
 /// The spec-derived environment (see the crate docs for each variable). `custom_data` is the
 /// path the custom data was written to, if any.
 pub(crate) fn spec_env(spec: &InstanceSpec, custom_data: Option<&Path>) -> Vec<(String, String)> {
@@ -83,6 +96,9 @@ pub(crate) fn spec_env(spec: &InstanceSpec, custom_data: Option<&Path>) -> Vec<(
         ("HERD_MEMORY_MIB".into(), spec.size.memory_mib.to_string()),
     ];
     env.extend(spec.metadata.iter().map(|(k, v)| (meta_var(k), v.clone())));
+    if let Some(addr) = spec.metadata_endpoint {
+        env.push(("HERD_METADATA_URL".into(), metadata_url(addr)));
+    }
     if let Some(p) = custom_data {
         env.push(("HERD_CUSTOM_DATA".into(), p.display().to_string()));
     }
@@ -193,6 +209,37 @@ mod tests {
     fn metadata_names_are_safe() {
         assert_eq!(meta_var("role"), "HERD_META_ROLE");
         assert_eq!(meta_var("app.tier-1"), "HERD_META_APP_TIER_1");
+    }
+
+    fn spec(metadata_endpoint: Option<std::net::SocketAddr>) -> InstanceSpec {
+        use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, ScaleSetName};
+        InstanceSpec {
+            key: InstanceKey {
+                group: GroupName::new("rg").unwrap(),
+                set: ScaleSetName::new("web").unwrap(),
+                id: InstanceId(3),
+            },
+            computer_name: "web000003".into(),
+            image: ImageSource::Directory { path: "/img".into() },
+            size: SkuSize { vcpus: 1, memory_mib: 512 },
+            reach_address: "127.128.0.3".into(),
+            model_generation: 1,
+            admin_username: "azureuser".into(),
+            custom_data: None,
+            metadata: Default::default(),
+            network: None,
+            guest: Default::default(),
+            metadata_endpoint,
+        }
+    }
+
+    #[test]
+    fn metadata_url_only_with_an_endpoint() {
+        let var = |s: &InstanceSpec| spec_env(s, None).into_iter().find(|(k, _)| k == "HERD_METADATA_URL");
+        assert_eq!(var(&spec(None)), None);
+        let with = spec(Some("127.128.0.3:16925".parse().unwrap()));
+        assert_eq!(var(&with).map(|(_, v)| v).as_deref(), Some("http://127.128.0.3:16925/metadata"));
+        assert_eq!(metadata_url("[::1]:80".parse().unwrap()), "http://[::1]:80/metadata");
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl Fixture {
             admin_username: "azureuser".into(),
             custom_data: None,
             metadata: BTreeMap::new(),
+            metadata_endpoint: None,
             network: None,
             guest: Default::default(),
         }

@@ -24,6 +24,16 @@
 //! - Serial console: a file chardev with `append=on` (`console.log` spans boots).
 //! - User networking with one `hostfwd=tcp:<reach address>:<port>-:<port>` per forwarded port;
 //!   the guest reaches the host's loopback services at 10.0.2.2 (QEMU's default).
+//! - The instance metadata endpoint ([`add_metadata_forward`]): a
+//!   `guestfwd=tcp:10.0.2.100:80-cmd:'<herd>' metadata-relay '<endpoint>'` on the same netdev,
+//!   so the guest reaches its own metadata service at `http://10.0.2.100/metadata/...`. QEMU
+//!   runs the relay once per guest connection with the connection on its stdin and stdout
+//!   (the `-tcp:` form would connect once at startup and carry one stream only). Why not
+//!   Azure's 169.254.169.254: QEMU's user network only forwards guest addresses inside its
+//!   virtual network (10.0.2.0/24 by default) and refuses the option otherwise ("Conflicting/
+//!   invalid host:port in guest forwarding rule"). [`MetadataGuestAddress::LinkLocal`] gets
+//!   the Azure address by moving the whole user network to `net=169.254.169.0/24` (the host
+//!   is then 169.254.169.2, not 10.0.2.2), so it is a choice, not the default.
 
 use crate::accel::Accel;
 use crate::vm_dir::{VmDir, VmSpec};
@@ -79,6 +89,64 @@ fn opt(s: &str) -> String {
 
 fn path_opt(p: &std::path::Path) -> String {
     opt(&p.to_string_lossy())
+}
+
+/// Where the guest finds its metadata endpoint (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetadataGuestAddress {
+    /// `http://10.0.2.100/metadata`, inside QEMU's default network: nothing else changes.
+    #[default]
+    InDefaultNetwork,
+    /// Azure's `http://169.254.169.254/metadata`: the user network becomes 169.254.169.0/24
+    /// (guest 169.254.169.15, host 169.254.169.2, DNS 169.254.169.3).
+    LinkLocal,
+}
+
+impl MetadataGuestAddress {
+    /// The address the guest connects to (port 80).
+    pub fn ip(self) -> std::net::Ipv4Addr {
+        match self {
+            Self::InDefaultNetwork => std::net::Ipv4Addr::new(10, 0, 2, 100),
+            Self::LinkLocal => std::net::Ipv4Addr::new(169, 254, 169, 254),
+        }
+    }
+}
+
+/// A word for the command line QEMU splits with GLib's shell rules: single-quoted, a `'`
+/// inside written as `'\''`.
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `-netdev` options that send the guest's `http://<guest address>/` to `endpoint`
+/// through `relay metadata-relay <endpoint>` (`relay` is the herd executable), already
+/// escaped for a QEMU option value.
+pub(crate) fn metadata_netdev_options(
+    relay: &std::path::Path,
+    endpoint: std::net::SocketAddr,
+    at: MetadataGuestAddress,
+) -> String {
+    let cmd = format!("{} metadata-relay {}", shell_word(&relay.to_string_lossy()), shell_word(&endpoint.to_string()));
+    let net = match at {
+        MetadataGuestAddress::InDefaultNetwork => "",
+        MetadataGuestAddress::LinkLocal => ",net=169.254.169.0/24",
+    };
+    format!("{net},guestfwd=tcp:{}:80-cmd:{}", at.ip(), opt(&cmd))
+}
+
+/// Adds the metadata forward to the user netdev of `args` (from [`qemu_args`]). Returns false
+/// when there is no user netdev to add it to.
+pub(crate) fn add_metadata_forward(
+    args: &mut [String],
+    relay: &std::path::Path,
+    endpoint: std::net::SocketAddr,
+    at: MetadataGuestAddress,
+) -> bool {
+    let Some(i) = args.windows(2).position(|w| w[0] == "-netdev" && w[1].starts_with("user,")) else {
+        return false;
+    };
+    args[i + 1].push_str(&metadata_netdev_options(relay, endpoint, at));
+    true
 }
 
 /// The full argv (without the program) that starts `spec` from `d`.
@@ -166,6 +234,7 @@ mod tests {
             instance_id: "x".into(),
             reimage_count: 0,
             model_generation: 1,
+            metadata_endpoint: None,
         }
     }
 
@@ -238,6 +307,61 @@ mod tests {
             assert!(supports_plugin_log(qemu), "Debian's QEMU is built with plugins");
         }
         assert!(!supports_plugin_log(std::path::Path::new("/nonexistent/qemu")));
+    }
+
+    #[test]
+    fn metadata_is_forwarded_through_the_relay() {
+        let s = spec(ImageSource::Kernel { kernel: "/k".into(), initrd: None, cmdline: None });
+        let mut args = qemu_args("m:", Accel::Tcg, false, &s, &dir("/r"));
+        let endpoint = "127.200.0.3:16925".parse().unwrap();
+        assert!(add_metadata_forward(&mut args, Path::new("/usr/bin/herd"), endpoint, MetadataGuestAddress::default()));
+        assert_eq!(
+            values(&args, "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.200.0.3:80-:80,hostfwd=tcp:127.200.0.3:8080-:8080,\
+              guestfwd=tcp:10.0.2.100:80-cmd:'/usr/bin/herd' metadata-relay '127.200.0.3:16925'"]
+        );
+        // Odd paths survive both GLib's shell splitting and QEMU's option parsing.
+        let odd =
+            metadata_netdev_options(Path::new("/opt/my herd,v2/it's/herd"), endpoint, MetadataGuestAddress::LinkLocal);
+        assert_eq!(
+            odd,
+            ",net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-cmd:'/opt/my herd,,v2/it'\\''s/herd' metadata-relay '127.200.0.3:16925'"
+        );
+        let mut none: Vec<String> = vec!["-nodefaults".into()];
+        assert!(!add_metadata_forward(&mut none, Path::new("/h"), endpoint, MetadataGuestAddress::default()));
+    }
+
+    /// QEMU itself accepts the option (and refuses 169.254.169.254 in its default network,
+    /// which is why the default address is 10.0.2.100).
+    #[test]
+    fn this_qemu_accepts_the_metadata_forward() {
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        if !qemu.exists() {
+            return;
+        }
+        let endpoint = "127.200.0.3:16925".parse().unwrap();
+        let accepts = |netdev: String| {
+            let mut child = std::process::Command::new(qemu)
+                .args(["-S", "-display", "none", "-nodefaults", "-no-user-config", "-machine", "none"])
+                .args(["-netdev", &netdev, "-monitor", "stdio"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            let _ = child.stdin.take().unwrap().write_all(b"quit\n");
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            (out.status.success() && !err.contains("guest forwarding"), err)
+        };
+        for at in [MetadataGuestAddress::InDefaultNetwork, MetadataGuestAddress::LinkLocal] {
+            let (ok, err) =
+                accepts(format!("user,id=n{}", metadata_netdev_options(Path::new("/usr/bin/herd"), endpoint, at)));
+            assert!(ok, "{at:?}: {err}");
+        }
+        let (ok, _) = accepts("user,id=n,guestfwd=tcp:169.254.169.254:80-cmd:/bin/true".into());
+        assert!(!ok, "outside the virtual network QEMU refuses a guest forward");
     }
 
     #[test]

@@ -122,6 +122,10 @@ const EXIT_AFTER_KILL: Duration = Duration::from_secs(5);
 /// readiness task).
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on each setup step of a script run (mkdir, one file, removing the command).
+/// Bound on each guest-agent call made for `stats` (connect, then the interface list): the
+/// autoscaler samples every instance in turn, so a busy or silent agent must not hold it up.
+const STATS_AGENT_TIMEOUT: Duration = Duration::from_secs(2);
+
 const AGENT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// After killing a timed-out script, how long to wait for the agent to report it gone.
 const SCRIPT_KILL_WAIT: Duration = Duration::from_secs(10);
@@ -149,6 +153,11 @@ pub struct QemuConfig {
     pub boot_timeout: Duration,
     /// Guest TCP ports forwarded for every instance, besides the spec's `forward_ports`.
     pub extra_ports: Vec<u16>,
+    /// The herd executable, run as `herd metadata-relay ADDR` by QEMU for each guest
+    /// connection to the metadata address; `None`: VMs get no metadata endpoint.
+    pub metadata_relay: Option<PathBuf>,
+    /// Where guests reach the metadata endpoint.
+    pub metadata_address: crate::command_line::MetadataGuestAddress,
 }
 
 impl QemuConfig {
@@ -163,6 +172,8 @@ impl QemuConfig {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             extra_ports: DEFAULT_EXTRA_PORTS.to_vec(),
+            metadata_relay: None,
+            metadata_address: Default::default(),
         }
     }
 }
@@ -202,6 +213,12 @@ impl KeyLocks {
     async fn lock(&self, key: &InstanceKey) -> tokio::sync::OwnedMutexGuard<()> {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         m.lock_owned().await
+    }
+
+    /// The lock if nobody holds it now.
+    fn try_lock(&self, key: &InstanceKey) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        m.try_lock_owned().ok()
     }
 
     /// Forgets the lock of a destroyed instance unless someone else is waiting on it.
@@ -411,8 +428,11 @@ impl QemuDriver {
             .await?
             .map_err(|e| io_failed(key, "preparing the start", e))?;
 
-        let args =
+        let mut args =
             command_line::qemu_args(&self.shared.prefix, self.shared.cfg.accel, self.shared.runtime_log, &spec, d);
+        if let (Some(relay), Some(ep)) = (&self.shared.cfg.metadata_relay, spec.metadata_endpoint) {
+            command_line::add_metadata_forward(&mut args, relay, ep, self.shared.cfg.metadata_address);
+        }
         let outcome = self.spawn_qemu(key, d, &args).await;
         let id = match outcome {
             Ok(id) => id,
@@ -963,6 +983,7 @@ fn vm_spec(spec: &InstanceSpec, extra_ports: &[u16], reimage_count: u64) -> Resu
         instance_id: format!("herd-{}-{}-{}-{reimage_count}", key.group, key.set, key.id),
         reimage_count,
         model_generation: spec.model_generation,
+        metadata_endpoint: spec.metadata_endpoint,
     })
 }
 
@@ -1240,19 +1261,41 @@ impl Driver for QemuDriver {
         Ok(observed)
     }
 
+    /// CPU and memory from `/proc` (the QEMU process as the host sees it). Network counters come
+    /// from the guest agent (`guest-network-get-interfaces`), only when the image has one, the
+    /// guest is ready and no script holds the agent (it serves one client at a time); each of
+    /// those calls is bounded by [`STATS_AGENT_TIMEOUT`]. Otherwise there is no network data.
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {
-        let (shared, key) = (self.shared.clone(), key.clone());
-        blocking(move || {
-            let id = shared.live(&key)?;
+        let (shared, k) = (self.shared.clone(), key.clone());
+        let base = blocking(move || {
+            let id = shared.live(&k)?;
             let st = procfs::read_stat(id.pid).filter(|s| s.starttime == id.start)?;
             let ticks = st.utime.saturating_add(st.stime);
-            Some(InstanceStats {
+            let d = shared.vm(&k);
+            let agent = d.read_ready() == Some(id) && d.read_spec().is_ok_and(|s| s.guest_agent);
+            let stats = InstanceStats {
                 cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64,
                 memory_bytes: procfs::read_rss_bytes(id.pid)?,
                 cpu_percent: None,
-            })
+                net_rx_bytes: None,
+                net_tx_bytes: None,
+            };
+            Some((stats, agent.then(|| d.qga_socket())))
         })
-        .await
+        .await?;
+        let Some((mut stats, agent)) = base else { return Ok(None) };
+        if let (Some(sock), Some(_guard)) = (agent, self.script_locks.try_lock(key)) {
+            let traffic = match Qga::connect(&sock, STATS_AGENT_TIMEOUT).await {
+                Ok(qga) => qga.with_timeout(STATS_AGENT_TIMEOUT).network_traffic().await,
+                Err(e) => Err(e),
+            };
+            match traffic {
+                Ok(Some((rx, tx))) => (stats.net_rx_bytes, stats.net_tx_bytes) = (Some(rx), Some(tx)),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(instance = %key, error = %e, "no network counters from the guest agent"),
+            }
+        }
+        Ok(Some(stats))
     }
 
     async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {

@@ -34,6 +34,7 @@ pub mod seed;
 mod vm_dir;
 
 pub use accel::Accel;
+pub use command_line::MetadataGuestAddress;
 pub use driver::{
     QemuConfig, QemuDriver, DEFAULT_BOOT_TIMEOUT, DEFAULT_EXTRA_PORTS, DEFAULT_QEMU, DEFAULT_STOP_TIMEOUT,
     GUEST_COMMAND_FILE, GUEST_EXTENSIONS_DIR, KERNEL_OS_DISK_GB,

@@ -458,12 +458,51 @@ impl Qga {
             .ok_or_else(|| QgaError::Protocol("guest-get-host-name: no host-name".into()))
     }
 
+    /// `guest-network-get-interfaces`: bytes received and sent by the guest on every interface
+    /// but loopback (see [`network_traffic`]).
+    pub async fn network_traffic(&self) -> Result<Option<(u64, u64)>, QgaError> {
+        Ok(network_traffic(&self.execute("guest-network-get-interfaces", None).await?))
+    }
+
     /// `guest-shutdown` (mode `powerdown`): asks the guest to power off. The agent sends no
     /// reply on success, so none is awaited; watch QMP's `SHUTDOWN` event or the QEMU process
     /// (with `-no-reboot`, QEMU exits) to see it happen.
     pub async fn shutdown(&self) -> Result<(), QgaError> {
         self.call("guest-shutdown", Some(json!({ "mode": "powerdown" })), self.timeout, false).await.map(drop)
     }
+}
+
+/// Sums `statistics.rx-bytes` / `tx-bytes` of a `guest-network-get-interfaces` reply over every
+/// interface but loopback (`lo`, Windows' `Loopback Pseudo-Interface`, or one whose addresses
+/// are all loopback). `None` when no interface carries statistics (agents before QEMU 2.11
+/// send none): no data, not zero.
+pub fn network_traffic(reply: &Value) -> Option<(u64, u64)> {
+    let mut total: Option<(u64, u64)> = None;
+    for iface in reply.as_array()? {
+        let Some(stats) = iface.get("statistics") else { continue };
+        let (Some(rx), Some(tx)) =
+            (stats.get("rx-bytes").and_then(Value::as_u64), stats.get("tx-bytes").and_then(Value::as_u64))
+        else {
+            continue;
+        };
+        let (sum_rx, sum_tx) = total.get_or_insert((0, 0));
+        let name = iface.get("name").and_then(Value::as_str).unwrap_or_default();
+        let addrs: Vec<&str> = iface
+            .get("ip-addresses")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|x| x.get("ip-address").and_then(Value::as_str)).collect())
+            .unwrap_or_default();
+        let loopback_addr = |a: &&str| a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if name == "lo"
+            || name.to_ascii_lowercase().starts_with("loopback")
+            || (!addrs.is_empty() && addrs.iter().all(loopback_addr))
+        {
+            continue;
+        }
+        *sum_rx = sum_rx.saturating_add(rx);
+        *sum_tx = sum_tx.saturating_add(tx);
+    }
+    total
 }
 
 impl Conn {
@@ -604,6 +643,25 @@ mod tests {
         let b = random_id();
         assert_ne!(a, b);
         assert!(a < (1 << 53) && a > 0);
+    }
+
+    #[test]
+    fn network_traffic_sums_all_but_loopback() {
+        let reply = json!([
+            {"name": "lo", "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}],
+             "statistics": {"rx-bytes": 9000, "tx-bytes": 9000, "rx-packets": 1, "tx-packets": 1}},
+            {"name": "eth0", "hardware-address": "52:54:00:12:34:56",
+             "ip-addresses": [{"ip-address": "10.0.2.15", "ip-address-type": "ipv4", "prefix": 24}],
+             "statistics": {"rx-bytes": 1500, "tx-bytes": 700, "rx-packets": 10, "tx-packets": 7}},
+            {"name": "eth1", "statistics": {"rx-bytes": 500, "tx-bytes": 300}},
+            {"name": "Loopback Pseudo-Interface 1", "statistics": {"rx-bytes": 1, "tx-bytes": 1}}
+        ]);
+        assert_eq!(network_traffic(&reply), Some((2000, 1000)));
+        // Only loopback: the guest sent nothing (zero), which is data.
+        assert_eq!(network_traffic(&json!([reply[0].clone()])), Some((0, 0)));
+        // An old agent without statistics: no data.
+        assert_eq!(network_traffic(&json!([{"name": "eth0", "hardware-address": "52:54:00:12:34:56"}])), None);
+        assert_eq!(network_traffic(&json!({})), None);
     }
 
     #[test]

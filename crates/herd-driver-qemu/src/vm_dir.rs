@@ -86,6 +86,9 @@ pub(crate) struct VmSpec {
     /// How often the instance was reimaged (0: as created).
     pub reimage_count: u64,
     pub model_generation: u64,
+    /// The instance's metadata endpoint on the host, forwarded into the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_endpoint: Option<std::net::SocketAddr>,
 }
 
 /// The `pid` file: the QEMU of the current (or last) start and where its boot begins in

@@ -111,6 +111,7 @@ fn spec(key: &InstanceKey, name: &str, reach: &str, image: ImageSource, agent: b
             forward_ports: Vec::new(),
             guest_agent: agent,
         },
+        metadata_endpoint: None,
     }
 }
 
@@ -399,6 +400,8 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
 
     let stats = d.stats(&a).await.unwrap().expect("stats of a running VM");
     assert!(stats.cpu_seconds > 0.0 && stats.memory_bytes > 0, "{stats:?}");
+    // Network counters come from the guest agent: the HTTP answer above crossed eth0.
+    assert!(stats.net_rx_bytes.is_some_and(|b| b > 0) && stats.net_tx_bytes.is_some_and(|b| b > 0), "{stats:?}");
     assert!(d.stats(&key("rg/web/99")).await.unwrap().is_none());
 
     // destroy: no QEMU, no directory, no disk or seed left; idempotent.

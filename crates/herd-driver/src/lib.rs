@@ -34,6 +34,11 @@ pub struct InstanceSpec {
     pub network: Option<NetworkAttachment>,
     /// Guest setup beyond the basics: access, disks, forwarded ports, the agent.
     pub guest: GuestSetup,
+    /// This instance's own instance metadata endpoint (herd's equivalent of Azure IMDS, served
+    /// by `herd-metadata` on the reach address): scheduled events and identity. Process
+    /// instances get `HERD_METADATA_URL=http://<addr>/metadata`; VMs reach it through QEMU's
+    /// `guestfwd`. `None`: no endpoint is offered (the guest is told nothing).
+    pub metadata_endpoint: Option<std::net::SocketAddr>,
 }
 
 /// What a VM driver needs beyond what every driver needs. The process and sim drivers may
@@ -157,8 +162,8 @@ pub struct ObservedInstance {
     pub power: ObservedPower,
 }
 
-/// CPU and memory use of one instance.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// CPU, memory and network use of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct InstanceStats {
     /// CPU time consumed since start, in seconds (all vCPUs summed).
     pub cpu_seconds: f64,
@@ -167,6 +172,15 @@ pub struct InstanceStats {
     /// sampler derives it from `cpu_seconds` between two samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f64>,
+    /// Bytes received on the instance's network interfaces (loopback excluded), a counter
+    /// since some point the driver chose (boot of the guest, creation of the namespace); it
+    /// may restart from zero. `None` when the driver cannot see the instance's own traffic
+    /// (no guest agent, host-local process networking): no data, never zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes: Option<u64>,
+    /// Bytes sent, as `net_rx_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes: Option<u64>,
 }
 
 /// Driver failures. The message is shown to users: it must not contain secrets.

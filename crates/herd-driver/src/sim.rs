@@ -38,6 +38,14 @@ struct SimInstance {
     power: SimPower,
     generation: u64,
     cpu_percent: f64,
+    /// Network counters (received, sent bytes); `None` until a test sets them: no data.
+    net: Option<(u64, u64)>,
+}
+
+impl SimInstance {
+    fn new(power: SimPower, generation: u64) -> Self {
+        Self { power, generation, cpu_percent: 0.0, net: None }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +125,22 @@ impl SimDriver {
         }
     }
 
+    /// Sets the network counters `stats` reports for an instance (bytes received and sent since
+    /// it started). Until this is called, `stats` reports no network data (`None`), not zero.
+    pub fn set_net_bytes(&self, key: &InstanceKey, rx: u64, tx: u64) {
+        if let Some(i) = self.lock().instances.get_mut(key) {
+            i.net = Some((rx, tx));
+        }
+    }
+
+    /// Adds traffic to an instance's network counters (starting them at zero if unset).
+    pub fn add_net_bytes(&self, key: &InstanceKey, rx: u64, tx: u64) {
+        if let Some(i) = self.lock().instances.get_mut(key) {
+            let (r, t) = i.net.unwrap_or((0, 0));
+            i.net = Some((r.saturating_add(rx), t.saturating_add(tx)));
+        }
+    }
+
     /// The scripts run on an instance so far: (extension name, command).
     pub fn script_runs(&self, key: &InstanceKey) -> Vec<(String, String)> {
         self.lock().scripts.get(key).cloned().unwrap_or_default()
@@ -131,7 +155,7 @@ impl SimDriver {
 
     /// Adds an instance herd does not know about, as a crash could leave behind.
     pub fn plant_orphan(&self, key: InstanceKey) {
-        self.lock().instances.insert(key, SimInstance { power: SimPower::Running, generation: 0, cpu_percent: 0.0 });
+        self.lock().instances.insert(key, SimInstance::new(SimPower::Running, 0));
     }
 
     /// The model generation an instance was built with.
@@ -179,7 +203,7 @@ impl Driver for SimDriver {
             _ => self.boot(&mut s),
         };
         let generation = s.instances.get(&spec.key).map_or(spec.model_generation, |i| i.generation);
-        s.instances.insert(spec.key.clone(), SimInstance { power, generation, cpu_percent: 0.0 });
+        s.instances.insert(spec.key.clone(), SimInstance::new(power, generation));
         Ok(())
     }
 
@@ -219,8 +243,7 @@ impl Driver for SimDriver {
         self.lock().ensures += 1;
         let mut s = self.call()?;
         let power = self.boot(&mut s);
-        s.instances
-            .insert(spec.key.clone(), SimInstance { power, generation: spec.model_generation, cpu_percent: 0.0 });
+        s.instances.insert(spec.key.clone(), SimInstance::new(power, spec.model_generation));
         Ok(())
     }
 
@@ -254,6 +277,8 @@ impl Driver for SimDriver {
             cpu_seconds: 0.0,
             memory_bytes: 256 << 20,
             cpu_percent: Some(i.cpu_percent),
+            net_rx_bytes: i.net.map(|n| n.0),
+            net_tx_bytes: i.net.map(|n| n.1),
         }))
     }
 
@@ -309,6 +334,7 @@ mod tests {
             metadata: Default::default(),
             network: None,
             guest: Default::default(),
+            metadata_endpoint: None,
         }
     }
 

@@ -19,6 +19,7 @@ use herd_model::{
     instance::{InstanceGoal, InstanceRecord, InstanceState},
     network::{LoadBalancer, LoadDistribution, ProbeProtocol, PublicIpAddress},
     scale_set::StoredScaleSet,
+    InstanceKey,
 };
 use herd_store::{Kind, Store, StoreExt};
 use std::collections::BTreeMap;
@@ -212,6 +213,36 @@ pub fn desired(
     d
 }
 
+/// One instance's load-balancer counters, summed over the load-balancing rules it is a backend
+/// of (inbound NAT rules are not load balancing and are left out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberCounters {
+    /// Connections the data plane made to the instance since it became a backend (a counter:
+    /// it restarts from zero when the instance leaves every pool and comes back).
+    pub connections_total: u64,
+    /// Connections open to it now.
+    pub active_connections: u64,
+    /// In rotation (Active, receiving new connections) in at least one rule; false while only
+    /// draining.
+    pub in_rotation: bool,
+}
+
+/// Pure: per-instance counters from the data plane's stats. Backends are keyed by instance
+/// (`group/set/id`, see [`desired`]); ids that are not an instance key are skipped.
+pub fn member_counters(stats: &herd_lb::LbStats) -> BTreeMap<InstanceKey, MemberCounters> {
+    let mut out: BTreeMap<InstanceKey, MemberCounters> = BTreeMap::new();
+    for rule in stats.rules.iter().filter(|r| r.kind == herd_lb::RuleKind::Rule) {
+        for b in &rule.backends {
+            let Some(key) = InstanceKey::parse_path(&b.id) else { continue };
+            let c = out.entry(key).or_default();
+            c.connections_total = c.connections_total.saturating_add(b.connections_total);
+            c.active_connections = c.active_connections.saturating_add(b.active_connections);
+            c.in_rotation |= b.status == herd_lb::BackendStatus::Active;
+        }
+    }
+    out
+}
+
 /// Runs the controller: probers, membership, and the data plane.
 pub struct LbController {
     store: Arc<dyn Store>,
@@ -256,6 +287,12 @@ impl LbController {
     /// The data plane's counters.
     pub fn stats(&self) -> herd_lb::LbStats {
         self.dataplane.stats()
+    }
+
+    /// The data plane's counters per instance (what the autoscaler's load-balancer metrics
+    /// read; no driver is involved).
+    pub fn member_counters(&self) -> BTreeMap<InstanceKey, MemberCounters> {
+        member_counters(&self.dataplane.stats())
     }
 
     /// One pass: read, compute, apply.
@@ -410,6 +447,9 @@ mod tests {
             extensions: vec![],
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,
+            host: None,
+            scheduled_events: vec![],
+            eviction: None,
             created_at: now,
             state_since: now,
         }
@@ -478,6 +518,62 @@ mod tests {
         let nat: Vec<(u16, String)> = d.config.nat.iter().map(|n| (n.frontend.port(), n.target.to_string())).collect();
         assert_eq!(nat, [(50000, "127.128.0.1:22".to_string()), (50001, "127.128.0.2:22".to_string())]);
         assert!(d.notes.iter().any(|n| n.contains("no frontend port left")));
+    }
+
+    #[test]
+    fn member_counters_sum_rules_per_instance_and_skip_nat() {
+        use herd_lb::{BackendStats, BackendStatus, LbStats, RuleKind, RuleStats};
+        let backend = |id: &str, status, active, total| BackendStats {
+            id: id.into(),
+            addr: "127.128.0.2:80".parse().unwrap(),
+            status,
+            active_connections: active,
+            connections_total: total,
+            failed_connects_total: 0,
+            bytes_in_total: 0,
+            bytes_out_total: 0,
+        };
+        let rule = |name: &str, kind, backends| RuleStats {
+            name: name.into(),
+            kind,
+            frontend: "127.64.0.1:80".parse().unwrap(),
+            active_connections: 0,
+            connections_total: 0,
+            rejected_limit_total: 0,
+            rejected_no_backend_total: 0,
+            rejected_connect_failed_total: 0,
+            failed_connects_total: 0,
+            bytes_in_total: 0,
+            bytes_out_total: 0,
+            backends,
+        };
+        let stats = LbStats {
+            rules: vec![
+                rule(
+                    "lb/http",
+                    RuleKind::Rule,
+                    vec![
+                        backend("rg/web/0", BackendStatus::Active, 2, 10),
+                        backend("rg/web/1", BackendStatus::Draining, 1, 4),
+                    ],
+                ),
+                rule("lb/https", RuleKind::Rule, vec![backend("rg/web/0", BackendStatus::Active, 1, 5)]),
+                rule("lb/ssh/rg/web/0", RuleKind::Nat, vec![backend("rg/web/0", BackendStatus::Active, 7, 70)]),
+                rule("lb/odd", RuleKind::Rule, vec![backend("not-an-instance", BackendStatus::Active, 1, 1)]),
+            ],
+        };
+        let m = member_counters(&stats);
+        assert_eq!(m.len(), 2);
+        let k = |id| InstanceKey::parse_path(id).unwrap();
+        assert_eq!(
+            m[&k("rg/web/0")],
+            MemberCounters { connections_total: 15, active_connections: 3, in_rotation: true },
+            "both rules, not the NAT rule"
+        );
+        assert_eq!(
+            m[&k("rg/web/1")],
+            MemberCounters { connections_total: 4, active_connections: 1, in_rotation: false }
+        );
     }
 
     #[test]

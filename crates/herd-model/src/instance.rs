@@ -194,6 +194,15 @@ pub struct InstanceRecord {
     /// leave it alone.
     #[serde(default)]
     pub protect_from_scale_set_actions: bool,
+    /// The host this instance's compute is reserved on (declared hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Events posted to the instance ahead of what will take it away (metadata endpoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduled_events: Vec<crate::spot::ScheduledEvent>,
+    /// Set when a Spot instance was evicted with `Deallocate` (cleared when restored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction: Option<crate::spot::Eviction>,
     pub created_at: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }
@@ -292,6 +301,9 @@ impl InstanceRecord {
                 protect_from_scale_in: self.protect_from_scale_in,
                 protect_from_scale_set_actions: self.protect_from_scale_set_actions,
             },
+            host: self.host.clone(),
+            eviction: self.eviction.clone(),
+            scheduled_events: self.scheduled_events.clone(),
             time_created: self.created_at,
             state_since: self.state_since,
         }
@@ -354,6 +366,15 @@ pub struct InstanceView {
     /// `Resize` with a restart, or `Reimage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_action: Option<PendingAction>,
+    /// The host its compute is reserved on (declared hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Set while a Spot instance is deallocated by eviction: when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction: Option<crate::spot::Eviction>,
+    /// Events posted to it (Preempt, Terminate...) that its metadata endpoint serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduled_events: Vec<crate::spot::ScheduledEvent>,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

@@ -26,6 +26,7 @@ pub mod patch;
 pub mod repair;
 pub mod scale_set;
 pub mod sku;
+pub mod spot;
 pub mod upgrade;
 
 pub use error::{FieldError, ModelError};

@@ -260,15 +260,14 @@ pub struct VirtualMachineProfile {
     pub network_profile: Option<NetworkProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension_profile: Option<ExtensionProfile>,
+    /// Spot only: what eviction does (default Deallocate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub eviction_policy: Option<Value>,
+    pub eviction_policy: Option<crate::spot::EvictionPolicy>,
+    /// Spot only: `maxPrice` per hour (-1 = never evict for price).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub billing_profile: Option<Value>,
+    pub billing_profile: Option<crate::spot::BillingProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub scheduled_events_profile: Option<Value>,
+    pub scheduled_events_profile: Option<crate::spot::ScheduledEventsProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
 }
@@ -298,6 +297,9 @@ pub struct ScaleSetModel {
     pub scale_in_policy: ScaleInPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_repairs_policy: Option<crate::repair::AutomaticRepairsPolicy>,
+    /// Spot only: restore evicted instances when capacity (or a lower price) returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_restore_policy: Option<crate::spot::SpotRestorePolicy>,
     pub virtual_machine_profile: VirtualMachineProfile,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -315,6 +317,8 @@ pub struct ValidationContext<'a> {
     pub zones_offered: &'a [String],
     /// Capacity ceiling with `singlePlacementGroup=false` (1000 unless config raises it).
     pub max_capacity: u64,
+    /// SKUs the server has a spot price for; `None` = not checked.
+    pub spot_priced_skus: Option<&'a [String]>,
 }
 
 /// Top-level fields the server owns; a patch may not touch them.
@@ -413,10 +417,10 @@ impl ScaleSetModel {
         if let Some(p) = &self.automatic_repairs_policy {
             p.validate()?;
         }
-        self.validate_profile()
+        self.validate_profile(ctx)
     }
 
-    fn validate_profile(&self) -> Result<(), FieldError> {
+    fn validate_profile(&self, ctx: &ValidationContext<'_>) -> Result<(), FieldError> {
         let p = &self.virtual_machine_profile;
         let prefix = &p.os_profile.computer_name_prefix;
         let pf = "virtualMachineProfile.osProfile.computerNamePrefix";
@@ -475,22 +479,16 @@ impl ScaleSetModel {
         if let Some(e) = &p.extension_profile {
             e.validate()?;
         }
-        if p.priority != Priority::Regular {
-            return Err(FieldError::not_supported(
-                "virtualMachineProfile.priority",
-                "Low and Spot priority; use Regular",
-            ));
-        }
-        let unsupported = [
-            ("evictionPolicy", &p.eviction_policy, "eviction policies (Spot)"),
-            ("billingProfile", &p.billing_profile, "billing profiles (Spot)"),
-            ("scheduledEventsProfile", &p.scheduled_events_profile, "scheduled events"),
-        ];
-        for (field, value, what) in unsupported {
-            if value.as_ref().is_some_and(|v| !v.is_null()) {
-                return Err(FieldError::not_supported(format!("virtualMachineProfile.{field}"), what));
-            }
-        }
+        let spot = crate::spot::is_spot(p.priority);
+        crate::spot::validate(
+            spot,
+            p.eviction_policy,
+            p.billing_profile.as_ref(),
+            p.scheduled_events_profile.as_ref(),
+            self.spot_restore_policy.as_ref(),
+            &self.sku.name,
+            ctx.spot_priced_skus.map(|s| s.iter().any(|k| k.eq_ignore_ascii_case(&self.sku.name))),
+        )?;
         Ok(())
     }
 
@@ -643,6 +641,33 @@ pub struct ScaleSetStatus {
     /// Options for the next rolling upgrade, set by `rolling-upgrade start` before it begins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_request: Option<UpgradeRequest>,
+    /// Spot instances evicted with `Delete` that the set does not replace (see the planner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_eviction_gap: Option<SpotEvictionGap>,
+    /// What keeps the set below capacity on the hosts right now (no room, waiting for Spot
+    /// evictions, spot price above maxPrice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_note: Option<CapacityNote>,
+}
+
+/// Spot instances evicted with `Delete`: how many, since when, at which set revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpotEvictionGap {
+    pub deleted: u64,
+    pub since: chrono::DateTime<chrono::Utc>,
+    pub at_revision: u64,
+}
+
+/// A capacity shortfall as the set reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityNote {
+    pub message: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Only waiting for announced Spot evictions: the room is coming.
+    #[serde(default)]
+    pub waiting: bool,
 }
 
 fn is_default_repairs(r: &crate::repair::RepairState) -> bool {
@@ -689,7 +714,7 @@ mod tests {
 
     fn model(v: Value) -> Result<ScaleSetModel, FieldError> {
         let (skus, zones) = ctx_parts();
-        let ctx = ValidationContext { skus: &skus, zones_offered: &zones, max_capacity: 1000 };
+        let ctx = ValidationContext { skus: &skus, zones_offered: &zones, max_capacity: 1000, spot_priced_skus: None };
         let mut m = ScaleSetModel::from_json(v)?;
         m.apply_defaults(&ScaleSetName::new("webscaleset").unwrap());
         m.validate(&ctx)?;
@@ -753,7 +778,14 @@ mod tests {
 
         let mut v = base();
         v["virtualMachineProfile"]["priority"] = json!("Spot");
-        assert!(model(v).unwrap_err().message.contains("not supported yet"));
+        v["virtualMachineProfile"]["evictionPolicy"] = json!("Sometimes");
+        let e = model(v).unwrap_err();
+        assert_eq!(e.field, "virtualMachineProfile.evictionPolicy");
+        assert!(e.message.contains("Deallocate, Delete"), "{e:?}");
+
+        let mut v = base();
+        v["virtualMachineProfile"]["billingProfile"] = json!({"maxPrice": 0.5});
+        assert_eq!(model(v).unwrap_err().field, "virtualMachineProfile.billingProfile.maxPrice");
 
         let mut v = base();
         v["automaticRepairsPolicy"] = json!({"enabled": true, "gracePeriod": "PT5S"});

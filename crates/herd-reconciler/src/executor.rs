@@ -60,6 +60,12 @@ pub struct ReconcilerConfig {
     pub vm_driver: bool,
     /// Guest ports forwarded to every instance besides the model's LB and NAT ports.
     pub extra_ports: Vec<u16>,
+    /// The hosts whose capacity instances reserve; empty = unlimited.
+    pub hosts: Vec<herd_model::spot::HostSpec>,
+    /// The spot price of a SKU now (price evictions, spotRestorePolicy).
+    pub spot_price: crate::capacity::SpotPrice,
+    /// Each instance's metadata endpoint port (on its reach address); None = no endpoint.
+    pub metadata_port: Option<u16>,
 }
 
 impl Default for ReconcilerConfig {
@@ -74,6 +80,9 @@ impl Default for ReconcilerConfig {
             bridged: false,
             vm_driver: false,
             extra_ports: vec![80],
+            hosts: vec![],
+            spot_price: crate::capacity::SpotPrice::none(),
+            metadata_port: None,
         }
     }
 }
@@ -500,6 +509,20 @@ impl Reconciler {
             }
         }
 
+        // Capacity across sets: placement on hosts, Spot evictions and restores.
+        {
+            let mut parts: Vec<crate::capacity::SetSteps<'_>> = works
+                .iter_mut()
+                .map(|w| crate::capacity::SetSteps {
+                    set: w.set,
+                    records: w.records.values().map(|x| &x.record).collect(),
+                    steps: &mut w.steps,
+                    note: w.status.capacity_note.as_ref().map(|n| (n.message.clone(), n.waiting)),
+                })
+                .collect();
+            crate::capacity::arbitrate(&mut parts, &self.config.hosts, &self.config.skus, &self.config.spot_price, now);
+        }
+
         let total: usize = works.iter().map(|w| w.steps.len()).sum::<usize>() + orphans.len();
         if total == 0 {
             return Ok(PassReport { steps: 0, waiting });
@@ -668,6 +691,9 @@ impl Reconciler {
             admin_username: os.admin_username.clone(),
             custom_data: os.custom_data.clone(),
             metadata: Default::default(),
+            metadata_endpoint: self.config.metadata_port.and_then(|port| {
+                r.reach_address.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port))
+            }),
             network: self.attachment(set, r, ipam),
             guest,
         })
@@ -801,7 +827,7 @@ impl Reconciler {
             Step::Create(new) => {
                 let prefix = w.set.model.virtual_machine_profile.os_profile.computer_name_prefix.clone();
                 let subnet = subnet_of(w.set);
-                for NewInstance { id, zone, overprovisioned } in new {
+                for NewInstance { id, zone, overprovisioned, host } in new {
                     let private_ip = match &subnet {
                         Some(sn) => match ipam.allocate(sn) {
                             Some(ip) => Some(ip.to_string()),
@@ -840,6 +866,9 @@ impl Reconciler {
                         extensions: vec![],
                         protect_from_scale_in: false,
                         protect_from_scale_set_actions: false,
+                        host: host.clone(),
+                        scheduled_events: vec![],
+                        eviction: None,
                         created_at: now,
                         state_since: now,
                     };
@@ -938,7 +967,107 @@ impl Reconciler {
             }
             Step::Stop(id) => transition(w, *id, Event::StopRequested, InstanceState::Stopping, now),
             Step::Deallocate(id) => transition(w, *id, Event::DeallocateRequested, InstanceState::Deallocating, now),
-            Step::Start(id) => transition(w, *id, Event::StartRequested, InstanceState::Starting, now),
+            Step::Start(id) => {
+                transition(w, *id, Event::StartRequested, InstanceState::Starting, now);
+                // A started instance is no longer an evicted one.
+                if let Some(wr) = w.records.get_mut(id) {
+                    if wr.record.eviction.take().is_some() | !wr.record.scheduled_events.is_empty() {
+                        wr.record.scheduled_events.clear();
+                        wr.dirty = true;
+                    }
+                }
+            }
+            Step::PostEvent { id, kind, notice, reason, description } => {
+                let Some(wr) = w.records.get_mut(id) else { return };
+                if wr.record.scheduled_events.iter().any(|e| e.event_type == *kind) {
+                    return;
+                }
+                let ev = herd_model::spot::ScheduledEvent::new(*kind, now, *notice, description.clone(), *reason);
+                w.log.push((
+                    "ScheduledEvent".into(),
+                    format!(
+                        "{kind} event {} posted to instance {id}: {description}; not before {} ({}s notice, sooner if the instance acknowledges)",
+                        ev.event_id,
+                        ev.not_before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        notice.num_seconds()
+                    ),
+                ));
+                wr.record.scheduled_events.push(ev);
+                wr.dirty = true;
+            }
+            Step::Evict { id, reason, policy } => {
+                let Some(wr) = w.records.get_mut(id) else { return };
+                let mut detail = format!("{reason} eviction");
+                for e in &mut wr.record.scheduled_events {
+                    if e.event_type == herd_model::spot::ScheduledEventType::Preempt {
+                        e.status = herd_model::spot::ScheduledEventStatus::Started;
+                        detail = e.description.clone();
+                    }
+                }
+                wr.dirty = true;
+                match policy {
+                    herd_model::spot::EvictionPolicy::Deallocate => {
+                        wr.record.goal = InstanceGoal::Deallocated;
+                        wr.record.eviction =
+                            Some(herd_model::spot::Eviction { at: now, reason: *reason, detail: detail.clone() });
+                    }
+                    herd_model::spot::EvictionPolicy::Delete => {
+                        wr.record.goal = InstanceGoal::Deleted;
+                        wr.record.delete_reason = Some(format!("Spot eviction: {detail}"));
+                        let gap = match w.status.spot_eviction_gap.take() {
+                            Some(mut g) if g.at_revision == w.set_revision => {
+                                g.deleted += 1;
+                                g.since = now;
+                                g
+                            }
+                            _ => herd_model::scale_set::SpotEvictionGap {
+                                deleted: 1,
+                                since: now,
+                                at_revision: w.set_revision,
+                            },
+                        };
+                        w.status.spot_eviction_gap = Some(gap);
+                        w.status_dirty = true;
+                    }
+                }
+                w.log.push((
+                    "SpotEviction".into(),
+                    format!("instance {id} evicted ({detail}); evictionPolicy {policy}"),
+                ));
+            }
+            Step::Restore(id) => {
+                if let Some(wr) = w.records.get_mut(id) {
+                    wr.record.goal = InstanceGoal::Running;
+                    wr.record.eviction = None;
+                    wr.record.scheduled_events.clear();
+                    wr.dirty = true;
+                }
+                w.log.push(("SpotRestore".into(), format!("evicted instance {id} has room again and is restored")));
+            }
+            Step::Assign { id, host } => {
+                if let Some(wr) = w.records.get_mut(id) {
+                    if wr.record.host != *host {
+                        wr.record.host = host.clone();
+                        wr.dirty = true;
+                    }
+                }
+            }
+            Step::CapacityNote(note) => {
+                let before = w.status.capacity_note.as_ref().map(|n| (n.message.clone(), n.waiting));
+                if before == *note {
+                    return;
+                }
+                w.status.capacity_note = note.as_ref().map(|(m, waiting)| herd_model::scale_set::CapacityNote {
+                    message: m.clone(),
+                    since: now,
+                    waiting: *waiting,
+                });
+                w.status_dirty = true;
+                match note {
+                    Some((m, _)) => w.log.push(("CapacityShortfall".into(), m.clone())),
+                    None => w.log.push(("CapacityShortfall".into(), "the set has the room it needs again".into())),
+                }
+            }
             Step::Restart(id) | Step::Resize(id) => {
                 transition(w, *id, Event::RestartRequested, InstanceState::Restarting, now)
             }

@@ -9,11 +9,14 @@
 //!   make the idempotent driver calls, persist the results. A crash between any two phases is
 //!   repaired by the next pass, because the intent is already on disk and every driver call can
 //!   be repeated.
+//! - Capacity is the one cross-set decision ([`capacity`]): after every set is planned, the
+//!   pure arbiter in `herd-capacity` places new instances on hosts and picks Spot evictions.
 //! - Extensions run in the background ([`extensions`]), after downloading their files on the
 //!   host ([`fetch`]), so a long script never holds up a pass.
 
 #![forbid(unsafe_code)]
 
+pub mod capacity;
 pub mod executor;
 pub mod extensions;
 pub mod fetch;

@@ -4,8 +4,10 @@
 use chrono::{DateTime, Duration, Utc};
 use herd_driver::ObservedPower;
 use herd_model::{
+    duration::parse_iso8601,
     instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     scale_set::{ScaleInRule, ScaleSetStatus, StoredScaleSet, UpgradeMode},
+    spot::{is_spot, EvictionPolicy, EvictionReason, ScheduledEventType},
     InstanceId,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,6 +75,8 @@ pub struct NewInstance {
     pub id: InstanceId,
     pub zone: Option<String>,
     pub overprovisioned: bool,
+    /// The host whose capacity it reserves (set by the capacity arbiter; none without hosts).
+    pub host: Option<String>,
 }
 
 /// One thing to do. Record-only steps change the store; the others also call the driver.
@@ -119,6 +123,31 @@ pub enum Step {
     Rolling(crate::rolling::RollingStep),
     /// An automatic-repair decision (see `repair`).
     Repair(crate::repair::RepairStep),
+    /// Post a scheduled event to the instance (its metadata endpoint shows it) ahead of the
+    /// action it announces.
+    PostEvent {
+        id: InstanceId,
+        kind: ScheduledEventType,
+        notice: Duration,
+        reason: Option<EvictionReason>,
+        description: String,
+    },
+    /// A Spot instance's Preempt notice is over (or acknowledged): apply the eviction policy.
+    Evict {
+        id: InstanceId,
+        reason: EvictionReason,
+        policy: EvictionPolicy,
+    },
+    /// An evicted (deallocated) Spot instance gets its room back and starts (spotRestorePolicy).
+    Restore(InstanceId),
+    /// Reserve compute on a host for an instance about to start.
+    Assign {
+        id: InstanceId,
+        host: Option<String>,
+    },
+    /// What keeps the set below its capacity on the hosts, and whether it is only waiting for
+    /// announced evictions (None: nothing any more).
+    CapacityNote(Option<(String, bool)>),
     /// Stop creating: too many consecutive failures.
     Suspend(String),
     /// The set changed since suspension: try again.
@@ -133,8 +162,12 @@ impl Step {
         match self {
             Step::Observe { id, .. }
             | Step::MarkDelete { id, .. }
+            | Step::PostEvent { id, .. }
+            | Step::Evict { id, .. }
+            | Step::Assign { id, .. }
             | Step::Drain(id)
             | Step::Undrain(id)
+            | Step::Restore(id)
             | Step::RunExtensions(id) => Some(*id),
             Step::Ensure(id)
             | Step::Stop(id)
@@ -288,7 +321,7 @@ fn membership(
     let set = input.set;
     // A surge batch runs its new instances beside the old ones until they are healthy.
     let surge = input.status.rolling_upgrade.as_ref().map_or(0, |u| u.surge_extra());
-    let capacity = set.model.capacity() as usize + surge;
+    let capacity = (set.model.capacity() as usize + surge).saturating_sub(eviction_gap(input) as usize);
     let mut counted: Vec<&InstanceRecord> = live.iter().copied().filter(|r| !r.overprovisioned).collect();
     let extras: Vec<&InstanceRecord> = live.iter().copied().filter(|r| r.overprovisioned).collect();
 
@@ -342,12 +375,12 @@ fn membership(
             let mut next = input.status.next_instance_id;
             let mut new = Vec::new();
             for zone in zones {
-                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: false });
+                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: false, host: None });
                 next += 1;
             }
             let extra_zones = place(&set.model.zones, &counted, extra as usize);
             for zone in extra_zones {
-                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: true });
+                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: true, host: None });
                 next += 1;
             }
             steps.push(Step::Create(new));
@@ -360,6 +393,26 @@ fn membership(
             marked.insert(id);
         }
     }
+}
+
+/// Spot instances evicted with `Delete` leave a gap the set does not fill again: at once without
+/// `spotRestorePolicy`, or once its `restoreTimeout` has passed. Any change to the set (a new
+/// revision, such as a `scale`) closes the gap.
+fn eviction_gap(input: &SetInput<'_>) -> u64 {
+    let Some(gap) = &input.status.spot_eviction_gap else { return 0 };
+    if gap.at_revision != input.set_revision {
+        return 0;
+    }
+    match restore_window(input.set) {
+        Some(window) if input.now < gap.since + window => 0,
+        _ => gap.deleted,
+    }
+}
+
+/// How long evicted instances are restored for, when `spotRestorePolicy` is on.
+pub fn restore_window(set: &StoredScaleSet) -> Option<Duration> {
+    let p = set.model.spot_restore_policy.as_ref().filter(|p| p.enabled)?;
+    parse_iso8601(&p.restore_timeout)
 }
 
 /// Zones for `n` new instances: each goes to the zone with the fewest instances so far.
@@ -433,8 +486,43 @@ fn in_pool(set: &StoredScaleSet) -> bool {
 /// The next step for one record, with draining: a serving pool member first leaves its pools
 /// (`Drain`) and gets `drain_timeout` for open connections before anything disrupts it.
 fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: bool) -> Option<Step> {
-    let step = act_on(input, r, goal, suspended);
     let id = r.instance_id;
+    let vp = &input.set.model.virtual_machine_profile;
+    // A Spot instance whose Preempt notice is over (or acknowledged) is evicted.
+    if goal != InstanceGoal::Deleted && r.eviction.is_none() && is_spot(vp.priority) {
+        if let Some(ev) = r.scheduled_events.iter().find(|e| e.event_type == ScheduledEventType::Preempt) {
+            if ev.due(input.now) {
+                return Some(Step::Evict {
+                    id,
+                    reason: ev.reason.unwrap_or_default(),
+                    policy: vp.eviction_policy.unwrap_or_default(),
+                });
+            }
+        }
+    }
+    let step = act_on(input, r, goal, suspended);
+    // Terminate notification: a Regular instance about to be deleted first gets a Terminate
+    // event, and is kept until the guest acknowledges it or `notBeforeTimeout` passes.
+    if matches!(step, Some(Step::Destroy(_))) && r.state == InstanceState::Running && !r.overprovisioned {
+        if let Some(notice) = vp.scheduled_events_profile.as_ref().and_then(|p| p.terminate_notice()) {
+            match r.scheduled_events.iter().find(|e| e.event_type == ScheduledEventType::Terminate) {
+                None => {
+                    return Some(Step::PostEvent {
+                        id,
+                        kind: ScheduledEventType::Terminate,
+                        notice,
+                        reason: None,
+                        description: format!(
+                            "instance {id} will be deleted ({})",
+                            r.delete_reason.as_deref().unwrap_or("deletion")
+                        ),
+                    })
+                }
+                Some(e) if !e.due(input.now) => return None,
+                Some(_) => {}
+            }
+        }
+    }
     let disruptive = matches!(
         step,
         Some(
@@ -489,6 +577,16 @@ fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspende
         S::Running | S::Starting if goal == InstanceGoal::Stopped => Some(Step::Stop(id)),
         S::Running | S::Starting | S::Stopped if goal == InstanceGoal::Deallocated => Some(Step::Deallocate(id)),
         S::Stopped | S::Deallocated if goal == InstanceGoal::Running => Some(Step::Start(id)),
+        // spotRestorePolicy: an evicted instance asks for its room back within restoreTimeout
+        // (the capacity arbiter drops the step while there is no room or the price is too high).
+        S::Deallocated
+            if goal == InstanceGoal::Deallocated
+                && r.eviction
+                    .as_ref()
+                    .is_some_and(|e| restore_window(input.set).is_some_and(|w| input.now < e.at + w)) =>
+        {
+            Some(Step::Restore(id))
+        }
         // Crash recovery: an intent was persisted but the driver call may not have happened.
         S::Stopping if !matches!(seen, Some(ObservedPower::Stopped)) => Some(Step::Stop(id)),
         S::Deallocating if !matches!(seen, Some(ObservedPower::Stopped)) => Some(Step::Deallocate(id)),

@@ -31,6 +31,10 @@ pub struct SetSummary {
     /// Set when creation is suspended after repeated failures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// What keeps the set below capacity on the hosts (no room, waiting for Spot evictions,
+    /// the spot price above maxPrice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_note: Option<herd_model::scale_set::CapacityNote>,
 }
 
 fn at_goal(r: &InstanceRecord) -> bool {
@@ -71,7 +75,12 @@ pub fn summarize(set: &StoredScaleSet, status: Option<&ScaleSetStatus>, instance
         all_at_goal &= at_goal(r);
     }
     s.suspended = status.and_then(|st| st.suspended.clone());
-    s.converged =
-        !set.deleting && all_at_goal && s.instances == s.capacity && s.deleting == 0 && s.overprovisioned == 0;
+    s.capacity_note = status.and_then(|st| st.capacity_note.clone());
+    // Short of capacity but settled: the hosts have no room (not merely waiting for Spot
+    // evictions), or Spot instances evicted with Delete are not replaced.
+    let gap = status.and_then(|st| st.spot_eviction_gap.as_ref()).map_or(0, |g| g.deleted);
+    let settled_short = s.capacity_note.as_ref().is_some_and(|n| !n.waiting) && s.instances < s.capacity;
+    let full = s.instances == s.capacity || (gap > 0 && s.instances == s.capacity.saturating_sub(gap));
+    s.converged = !set.deleting && all_at_goal && (full || settled_short) && s.deleting == 0 && s.overprovisioned == 0;
     s
 }

@@ -45,6 +45,9 @@ pub enum Kind {
     MetricSeries,
     /// The last evaluations of an autoscale setting (`group/name`).
     AutoscaleHistory,
+    /// The cost meter of a scale set (`group/set`): per-instance billing marks and hourly usage.
+    /// Kept after the set is deleted, so costs stay reportable.
+    Meter,
 }
 
 impl Kind {
@@ -65,6 +68,7 @@ impl Kind {
             Kind::MetricSource => "metric-source",
             Kind::MetricSeries => "metric-series",
             Kind::AutoscaleHistory => "autoscale-history",
+            Kind::Meter => "meter",
         }
     }
 }

@@ -119,6 +119,10 @@ pub enum RuleCmd {
         /// AGG PERIOD of the samples, e.g. "avg 1m" (default).
         #[arg(long)]
         timegrain: Option<String>,
+        /// The profile to add the rule to (default: the default profile, the one without a
+        /// schedule).
+        #[arg(long)]
+        profile_name: Option<String>,
     },
     /// List rules (with their index).
     List {
@@ -126,6 +130,9 @@ pub enum RuleCmd {
         group: String,
         #[arg(long)]
         autoscale_name: String,
+        /// The profile whose rules to list (default: the default profile).
+        #[arg(long)]
+        profile_name: Option<String>,
     },
     /// Delete rules by index (as `rule list` numbers them), or '*'.
     Delete {
@@ -135,6 +142,9 @@ pub enum RuleCmd {
         autoscale_name: String,
         #[arg(long, num_args = 1..)]
         index: Vec<String>,
+        /// The profile to delete rules from (default: the default profile).
+        #[arg(long)]
+        profile_name: Option<String>,
     },
 }
 
@@ -278,8 +288,18 @@ pub enum MetricsCmd {
         group: String,
         #[arg(long)]
         resource: String,
+        /// Percentage CPU, Memory Used Bytes, Network In Total, Network Out Total,
+        /// LB New Connections Per Second, LB Active Connections, or source/NAME.
         #[arg(long, default_value = "Percentage CPU")]
         metric: String,
+    },
+    /// The metrics rules can use: those herd samples per scale set, and the group's sources.
+    ListDefinitions {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        /// A scale set of the group (checked to exist; every set has the same metrics).
+        #[arg(long)]
+        resource: Option<String>,
     },
 }
 
@@ -327,6 +347,66 @@ fn default_profile(v: &mut Value) -> Result<&mut Value> {
         .iter_mut()
         .find(|p| p.get("recurrence").is_none_or(Value::is_null) && p.get("fixedDate").is_none_or(Value::is_null))
         .ok_or_else(|| anyhow!("the setting has no default profile"))
+}
+
+/// Whether a profile is one `profile create --end` wrote to end a recurrence (named
+/// `{"name": "<default>", "for": "<profile>"}`, as az names it): a continuation of the default
+/// profile, not one users address by name.
+fn is_end_profile(p: &Value) -> bool {
+    p["name"].as_str().and_then(|n| serde_json::from_str::<Value>(n).ok()).is_some_and(|j| j.get("for").is_some())
+}
+
+/// The profile `--profile-name` names (the default profile without it), by index.
+fn profile_index(v: &Value, name: Option<&str>) -> Result<usize> {
+    let profiles = v["profiles"].as_array().ok_or_else(|| anyhow!("the setting has no profiles"))?;
+    let found = match name {
+        None => profiles.iter().position(|p| {
+            p.get("recurrence").is_none_or(Value::is_null) && p.get("fixedDate").is_none_or(Value::is_null)
+        }),
+        Some(n) => profiles.iter().position(|p| p["name"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(n))),
+    };
+    found.ok_or_else(|| {
+        let names: Vec<&str> =
+            profiles.iter().filter(|p| !is_end_profile(p)).filter_map(|p| p["name"].as_str()).collect();
+        match name {
+            Some(n) => anyhow!("--profile-name: there is no profile '{n}'; the profiles are: {}", names.join(", ")),
+            None => anyhow!(
+                "the setting has no default profile (one without a schedule); name one with --profile-name: {}",
+                names.join(", ")
+            ),
+        }
+    })
+}
+
+/// Edits the rules of the profile `--profile-name` names. Editing the default profile also
+/// edits the profiles that end a recurrence (`profile create --end`) while their rules are
+/// still the default's copy: they stand for the default profile after the recurrence ends, so
+/// a rule added to the default applies there too (az leaves them behind).
+fn edit_rules(v: &mut Value, name: Option<&str>, f: impl FnOnce(&mut Vec<Value>) -> Result<()>) -> Result<()> {
+    let idx = profile_index(v, name)?;
+    let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
+    let is_default = profiles[idx].get("recurrence").is_none_or(Value::is_null)
+        && profiles[idx].get("fixedDate").is_none_or(Value::is_null);
+    let before = profiles[idx]["rules"].clone();
+    if !profiles[idx]["rules"].is_array() {
+        profiles[idx]["rules"] = json!([]);
+    }
+    let rules = profiles[idx]["rules"].as_array_mut().ok_or_else(|| anyhow!("profile without rules"))?;
+    f(rules)?;
+    let after = profiles[idx]["rules"].clone();
+    if is_default {
+        let default_name = profiles[idx]["name"].as_str().unwrap_or_default().to_string();
+        for p in profiles.iter_mut().filter(|p| is_end_profile(p)) {
+            let of_default = p["name"]
+                .as_str()
+                .and_then(|n| serde_json::from_str::<Value>(n).ok())
+                .is_some_and(|j| j["name"] == default_name.as_str());
+            if of_default && p["rules"] == before {
+                p["rules"] = after.clone();
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn autoscale(
@@ -385,21 +465,31 @@ pub async fn autoscale(
         AutoscaleCmd::History(s) => {
             print(&client.get(&format!("{}/history", setting_path(&s.group, &s.name))).await?, Some(HISTORY_TABLE))
         }
-        AutoscaleCmd::Rule(RuleCmd::Create { group, autoscale_name, condition, scale, cooldown, timegrain }) => {
+        AutoscaleCmd::Rule(RuleCmd::Create {
+            group,
+            autoscale_name,
+            condition,
+            scale,
+            cooldown,
+            timegrain,
+            profile_name,
+        }) => {
             let rule = herd_autoscale::parse_rule(&condition, &scale.join(" "), cooldown, timegrain.as_deref())
                 .map_err(|e| anyhow!("{e}"))?;
             let rule = serde_json::to_value(&rule)?;
             let v = edit(client, &group, &autoscale_name, |v| {
-                let p = default_profile(v)?;
-                p["rules"].as_array_mut().ok_or_else(|| anyhow!("profile without rules"))?.push(rule);
-                Ok(())
+                edit_rules(v, profile_name.as_deref(), |rules| {
+                    rules.push(rule);
+                    Ok(())
+                })
             })
             .await?;
             print(&v, Some(SETTING_TABLE))
         }
-        AutoscaleCmd::Rule(RuleCmd::List { group, autoscale_name }) => {
-            let mut v = client.get(&setting_path(&group, &autoscale_name)).await?;
-            let rules = default_profile(&mut v)?["rules"].as_array().cloned().unwrap_or_default();
+        AutoscaleCmd::Rule(RuleCmd::List { group, autoscale_name, profile_name }) => {
+            let v = client.get(&setting_path(&group, &autoscale_name)).await?;
+            let idx = profile_index(&v, profile_name.as_deref())?;
+            let rules = v["profiles"][idx]["rules"].as_array().cloned().unwrap_or_default();
             let out: Vec<Value> = rules
                 .iter()
                 .enumerate()
@@ -423,28 +513,30 @@ pub async fn autoscale(
                 ]),
             )
         }
-        AutoscaleCmd::Rule(RuleCmd::Delete { group, autoscale_name, index }) => {
+        AutoscaleCmd::Rule(RuleCmd::Delete { group, autoscale_name, index, profile_name }) => {
             let v = edit(client, &group, &autoscale_name, |v| {
-                let p = default_profile(v)?;
-                let rules = p["rules"].as_array_mut().ok_or_else(|| anyhow!("profile without rules"))?;
-                if index.iter().any(|i| i == "*") {
-                    rules.clear();
-                    return Ok(());
-                }
-                let mut idx: Vec<usize> = index
-                    .iter()
-                    .map(|i| {
-                        i.parse().map_err(|_| anyhow!("--index: '{i}' is not a rule index (see 'rule list') or '*'"))
-                    })
-                    .collect::<Result<_>>()?;
-                idx.sort_unstable_by(|a, b| b.cmp(a));
-                for i in idx {
-                    if i >= rules.len() {
-                        bail!("--index: there is no rule {i}; the profile has {} rule(s)", rules.len());
+                edit_rules(v, profile_name.as_deref(), |rules| {
+                    if index.iter().any(|i| i == "*") {
+                        rules.clear();
+                        return Ok(());
                     }
-                    rules.remove(i);
-                }
-                Ok(())
+                    let mut idx: Vec<usize> = index
+                        .iter()
+                        .map(|i| {
+                            i.parse()
+                                .map_err(|_| anyhow!("--index: '{i}' is not a rule index (see 'rule list') or '*'"))
+                        })
+                        .collect::<Result<_>>()?;
+                    idx.sort_unstable_by(|a, b| b.cmp(a));
+                    idx.dedup();
+                    for i in idx {
+                        if i >= rules.len() {
+                            bail!("--index: there is no rule {i}; the profile has {} rule(s)", rules.len());
+                        }
+                        rules.remove(i);
+                    }
+                    Ok(())
+                })
             })
             .await?;
             print(&v, Some(SETTING_TABLE))
@@ -656,7 +748,42 @@ pub async fn metrics(
     print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
     c: MetricsCmd,
 ) -> Result<()> {
-    let MetricsCmd::List { group, resource, metric } = c;
+    let (group, resource, metric) = match c {
+        MetricsCmd::List { group, resource, metric } => (group, resource, metric),
+        MetricsCmd::ListDefinitions { group, resource } => {
+            if let Some(r) = &resource {
+                client.get(&format!("/v1/resourceGroups/{}/virtualMachineScaleSets/{}", enc(&group), enc(r))).await?;
+            }
+            let mut out: Vec<Value> = herd_autoscaler::sampler::METRICS
+                .iter()
+                .map(|d| {
+                    json!({"name": d.name, "unit": d.unit, "perInstance": d.per_instance,
+                        "aggregation": match d.kind {
+                            herd_autoscaler::sampler::MetricKind::PerGrainTotal => "total per time grain",
+                            herd_autoscaler::sampler::MetricKind::SetTotal => "set total",
+                            herd_autoscaler::sampler::MetricKind::Gauge => "sample",
+                        },
+                        "description": d.description})
+                })
+                .collect();
+            let sources = client.get(&format!("/v1/resourceGroups/{}/metricSources", enc(&group))).await?;
+            for src in sources.as_array().into_iter().flatten() {
+                let name = src["name"].as_str().unwrap_or_default();
+                out.push(json!({"name": format!("source/{name}"), "unit": "Count", "perInstance": false,
+                    "aggregation": "sample",
+                    "description": format!("metric source '{name}' ({})", src["kind"].as_str().unwrap_or_default())}));
+            }
+            return print(
+                &Value::Array(out),
+                Some(&[
+                    ("Name", "name"),
+                    ("Unit", "unit"),
+                    ("PerInstance", "perInstance"),
+                    ("Description", "description"),
+                ]),
+            );
+        }
+    };
     let path = format!(
         "/v1/resourceGroups/{}/virtualMachineScaleSets/{}/metrics?metric={}",
         enc(&group),

@@ -161,6 +161,11 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Backend { bind } => backend(bind).await,
+        BenchCmd::Spot(o) => {
+            let report = tokio::task::spawn_blocking(move || crate::bench_spot::run(&o)).await??;
+            print!("{report}");
+            Ok(())
+        }
         BenchCmd::Autoscale { rounds, interval } => crate::bench_autoscale::run(rounds, interval).await,
         BenchCmd::Rolling { sim, process } => {
             for (driver, count) in [(DriverKind::Sim, sim), (DriverKind::Process, process)] {

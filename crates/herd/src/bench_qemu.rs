@@ -830,7 +830,16 @@ pub async fn run(opts: Options) -> Result<()> {
     let _kill = KillQemus(tmp_path.display().to_string());
     let data = tmp_path.join("data");
     let config = tmp_path.join("herd.toml");
-    std::fs::write(&config, "[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 10\n")?;
+    // Up to 42 small VMs on this machine: vCPUs overcommitted as far as the bench needs.
+    let host = crate::server::detected_host();
+    std::fs::write(
+        &config,
+        format!(
+            "[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 10\n\n[[hosts]]\nname = \"bench\"\nvcpus = {}\nmemory_mib = {}\novercommit = 16.0\n",
+            host.vcpus.max(8),
+            host.memory_mib
+        ),
+    )?;
     let mut server = start(ServerOptions {
         data_dir: data.clone(),
         listen: "127.0.0.1:0".parse()?,

@@ -64,9 +64,14 @@ pub enum Command {
     /// Manage the local image gallery.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Activity log and (later) metrics and autoscale.
+    /// Activity log, metrics and autoscale.
     #[command(subcommand)]
     Monitor(MonitorCmd),
+    /// Hosts: capacity and what Regular and Spot instances reserve.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Instance-hours and cost of every scale set (or one group's), by SKU and priority.
+    Cost(crate::cost_cmds::CostArgs),
     /// Start a server and a 3-instance scale set on the process driver, and show it working.
     Demo(DemoArgs),
     /// Measure herd: provisioning speed and API latency.
@@ -78,6 +83,16 @@ pub enum Command {
     /// Internal: how the process driver starts an instance with its own hostname.
     #[command(hide = true)]
     InstanceInit(InstanceInitArgs),
+    /// Internal: QEMU runs this per guest connection to the metadata address; it relays the
+    /// connection (stdin/stdout) to the instance's metadata endpoint. Prints nothing.
+    #[command(hide = true)]
+    MetadataRelay { addr: std::net::SocketAddr },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Each host's capacity (vCPU, memory) and what is allocated to Regular and Spot instances.
+    Show,
 }
 
 /// `herd instance-init --hostname NAME -- PROGRAM [ARGS]`: enter a new UTS namespace, set the
@@ -229,9 +244,27 @@ pub struct VmssCreate {
     /// Default, OldestVM or NewestVM.
     #[arg(long)]
     pub scale_in_policy: Option<String>,
-    /// Regular (Low and Spot come later).
+    /// Regular, Spot, or Low (Spot's older name). Spot instances use the capacity Regular ones
+    /// leave free, cost the spot price, and are evicted when Regular demand needs the room.
     #[arg(long)]
     pub priority: Option<String>,
+    /// Spot: Deallocate (keep the disk and the record; stop billing) or Delete.
+    #[arg(long)]
+    pub eviction_policy: Option<String>,
+    /// Spot: the most to pay per hour; evicted when the spot price rises above it. -1 = never
+    /// evict for price.
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_price: Option<f64>,
+    /// Spot: restore evicted instances when capacity (or a lower price) returns.
+    #[arg(long)]
+    pub enable_spot_restore: bool,
+    /// Spot: how long to keep trying to restore, ISO 8601 (default PT1H).
+    #[arg(long)]
+    pub spot_restore_timeout: Option<String>,
+    /// Regular: post a Terminate scheduled event this many minutes (5 to 15) before an instance
+    /// is deleted; the guest may acknowledge it sooner.
+    #[arg(long)]
+    pub terminate_notification_time: Option<u32>,
     /// Tags as key=value.
     #[arg(long, num_args = 1..)]
     pub tags: Vec<String>,
@@ -372,6 +405,16 @@ pub enum VmssCmd {
     },
     /// List a set's instances.
     ListInstances(SetRef),
+    /// Instance-hours and cost of the set by SKU and priority, as the meter recorded them.
+    Cost(crate::cost_cmds::VmssCostArgs),
+    /// Evict a Spot instance as the platform would: a Preempt event first (30 s, or until the
+    /// instance acknowledges it), then the eviction policy.
+    SimulateEviction {
+        #[command(flatten)]
+        set: SetRef,
+        #[arg(long)]
+        instance_id: String,
+    },
     /// Show the instance view of one instance (or the set's summary without --instance-id).
     GetInstanceView {
         #[command(flatten)]
@@ -586,6 +629,9 @@ pub struct DemoArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// Spot eviction at scale: deciding and writing the evictions a Regular scale-out needs
+    /// across 10,000 instances on 50 hosts, next to a naive global youngest-first peer.
+    Spot(crate::bench_spot::SpotBenchOpts),
     /// Time from the API call to all instances running.
     Provision {
         #[arg(long, value_enum, default_value = "sim")]

@@ -20,6 +20,19 @@ const SET_TABLE: Columns<'static> = &[
     ("ProvisioningState", "provisioningState"),
     ("Running", "instanceSummary.running"),
 ];
+const HOST_TABLE: Columns<'static> = &[
+    ("Host", "name"),
+    ("Zone", "zone"),
+    ("vCPU", "vcpus"),
+    ("MemoryMiB", "memoryMib"),
+    ("RegularVcpu", "regularVcpus"),
+    ("SpotVcpu", "spotVcpus"),
+    ("FreeVcpu", "freeVcpus"),
+    ("FreeMemMiB", "freeMemoryMib"),
+    ("Regular", "regularInstances"),
+    ("Spot", "spotInstances"),
+];
+
 const INSTANCE_TABLE: Columns<'static> = &[
     ("InstanceId", "instanceId"),
     ("Name", "name"),
@@ -29,7 +42,7 @@ const INSTANCE_TABLE: Columns<'static> = &[
     ("ProvisioningState", "provisioningState"),
     ("PowerState", "powerState"),
     ("Address", "reachAddress"),
-    ("Note", "(overprovisioned && 'overprovisioned extra') || deleteReason || lastError"),
+    ("Note", "(overprovisioned && 'overprovisioned extra') || (eviction && join('', ['evicted: ', eviction.detail])) || (scheduledEvents[0] && join(' ', [scheduledEvents[0].eventType, 'event, not before', scheduledEvents[0].notBefore])) || deleteReason || lastError"),
 ];
 const ACTIVITY_TABLE: Columns<'static> = &[
     ("Time", "time"),
@@ -90,7 +103,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", cli_docs());
             return Ok(());
         }
-        Command::InstanceInit(_) => unreachable!("handled in main before the runtime starts"),
+        Command::InstanceInit(_) | Command::MetadataRelay { .. } => {
+            unreachable!("handled in main before the runtime starts")
+        }
         Command::Gen(GenCmd::Openapi) => {
             println!("{}", herd_api::openapi::document());
             return Ok(());
@@ -109,6 +124,15 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Group(c) => group(&ctx, c).await,
         Command::Vmss(c) => vmss(&ctx, c).await,
         Command::Image(c) => image(&ctx, c).await,
+        Command::Cost(a) => crate::cost_cmds::cost(&ctx.client, ctx.format, ctx.query.as_deref(), a).await,
+        Command::Host(HostCmd::Show) => {
+            let v = ctx.client.get("/v1/hosts").await?;
+            if v["unlimited"] == json!(true) && !matches!(ctx.format, Format::Json | Format::Jsonc) {
+                println!("No hosts declared: capacity is not limited (declare [[hosts]] in the server config).");
+                return Ok(());
+            }
+            ctx.print(&v["hosts"], Some(HOST_TABLE))
+        }
         Command::Network(c) => crate::network_cmds::run(&ctx.client, ctx.format, ctx.query.as_deref(), c).await,
         Command::Monitor(MonitorCmd::Autoscale(c)) => {
             crate::autoscale_cmds::autoscale(&ctx.client, &|v, t| ctx.print(v, t), c).await
@@ -246,6 +270,23 @@ fn create_body(c: &VmssCreate) -> Result<Value> {
     }
     if let Some(p) = &c.priority {
         body["virtualMachineProfile"]["priority"] = json!(p);
+    }
+    if let Some(p) = &c.eviction_policy {
+        body["virtualMachineProfile"]["evictionPolicy"] = json!(p);
+    }
+    if let Some(p) = c.max_price {
+        body["virtualMachineProfile"]["billingProfile"] = json!({"maxPrice": p});
+    }
+    if c.enable_spot_restore || c.spot_restore_timeout.is_some() {
+        let mut r = json!({"enabled": c.enable_spot_restore});
+        if let Some(t) = &c.spot_restore_timeout {
+            r["restoreTimeout"] = json!(t);
+        }
+        body["spotRestorePolicy"] = r;
+    }
+    if let Some(m) = c.terminate_notification_time {
+        body["virtualMachineProfile"]["scheduledEventsProfile"] =
+            json!({"terminateNotificationProfile": {"enable": true, "notBeforeTimeout": format!("PT{m}M")}});
     }
     if let Some(m) = &c.orchestration_mode {
         body["orchestrationMode"] = json!(m);
@@ -552,6 +593,12 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             ctx.print(&v["orchestrationServices"], None)
         }
         VmssCmd::Start { set, ids } => set_action(ctx, &set, "start", &ids.ids, Until::Created).await,
+        VmssCmd::Cost(a) => crate::cost_cmds::vmss_cost(&ctx.client, ctx.format, ctx.query.as_deref(), a).await,
+        VmssCmd::SimulateEviction { set, instance_id } => {
+            let path = format!("{}/simulateEviction", set_path(&set.group, &set.name));
+            let v = ctx.client.post(&path, &json!({"instanceIds": [instance_id]})).await?;
+            ctx.print(&v, None)
+        }
         VmssCmd::Stop { set, ids } => set_action(ctx, &set, "stop", &ids.ids, Until::Created).await,
         VmssCmd::Deallocate { set, ids } => set_action(ctx, &set, "deallocate", &ids.ids, Until::Created).await,
         VmssCmd::Restart { set, ids } => set_action(ctx, &set, "restart", &ids.ids, Until::Created).await,

@@ -8,9 +8,11 @@ mod bench;
 mod bench_autoscale;
 mod bench_qemu;
 mod bench_rolling;
+mod bench_spot;
 mod cli;
 mod client;
 mod commands;
+mod cost_cmds;
 mod demo;
 mod network_cmds;
 mod output;
@@ -23,6 +25,14 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     if let cli::Command::InstanceInit(a) = &cli.command {
         return instance_init(a);
+    }
+    if let cli::Command::MetadataRelay { addr } = &cli.command {
+        // The guest's connection is stdin/stdout: nothing may be printed.
+        return if herd_metadata::relay_stdio(*addr).is_ok() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -55,6 +55,80 @@ pub struct ServerConfig {
     pub upgrades: UpgradeSettings,
     #[serde(default)]
     pub autoscale: AutoscaleSettings,
+    /// `[[hosts]]`: each host's capacity. Without any, the qemu driver uses this machine's
+    /// detected CPUs and memory, and sim and process are unlimited.
+    #[serde(default)]
+    pub hosts: Vec<herd_model::spot::HostSpec>,
+    /// `[prices."Standard_B1ms"] regular = 0.0207, spot = 0.0041` (per hour), or
+    /// `spot_schedule = "spot-prices.csv"` (timestamp,price lines; watched).
+    #[serde(default)]
+    pub prices: herd_model::spot::PriceTable,
+    #[serde(default)]
+    pub metadata: MetadataSettings,
+    #[serde(default)]
+    pub billing: BillingSettings,
+}
+
+/// `[metadata]`: the per-instance metadata endpoint (identity and scheduled events).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataSettings {
+    /// The port each instance's endpoint listens on, on the instance's reach address.
+    pub port: Option<u16>,
+    /// Set false to run without metadata endpoints.
+    pub enabled: Option<bool>,
+}
+
+/// `[billing]`: the cost meter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSettings {
+    /// How often the meter bills instance time (its granularity). Default 15.
+    pub meter_interval_secs: Option<u64>,
+}
+
+/// The qemu driver's default host: this machine's memory, less 512 MiB for the host itself, so
+/// VMs never run it out of memory; vCPUs may be overcommitted 16 to 1 (idle guests cost little
+/// CPU; memory is what runs out). Declare `[[hosts]]` for exact figures.
+pub fn detected_host() -> herd_model::spot::HostSpec {
+    let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1 << 20);
+    herd_model::spot::HostSpec {
+        name: "local".into(),
+        zone: None,
+        vcpus,
+        memory_mib: (mem_kib / 1024).saturating_sub(512).max(256),
+        overcommit: 16.0,
+    }
+}
+
+/// Checks `[[hosts]]`: unique names, non-zero sizes, overcommit from 1 to 16, zones offered.
+fn check_hosts(hosts: &[herd_model::spot::HostSpec], zones: &[String]) -> Result<()> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, h) in hosts.iter().enumerate() {
+        if h.name.is_empty() || !names.insert(h.name.as_str()) {
+            bail!("config: hosts[{i}].name '{}' must be non-empty and unique", h.name);
+        }
+        if h.vcpus == 0 || h.memory_mib == 0 {
+            bail!("config: hosts[{i}] ({}) needs vcpus and memory_mib above 0", h.name);
+        }
+        if !(1.0..=16.0).contains(&h.overcommit) {
+            bail!("config: hosts[{i}].overcommit {} is out of range; allowed 1.0 to 16.0", h.overcommit);
+        }
+        if let Some(z) = &h.zone {
+            if !zones.contains(z) {
+                bail!("config: hosts[{i}].zone '{z}' is not one of the zones offered: {}", zones.join(", "));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[autoscale]`: the autoscaler's cadence.
@@ -98,6 +172,10 @@ pub struct QemuSettings {
     /// Guest TCP ports forwarded from every instance's address besides the model's load
     /// balancer and NAT ports (default [80]).
     pub forward_ports: Option<Vec<u16>>,
+    /// Where guests reach their metadata endpoint: 10.0.2.100 (default) or 169.254.169.254,
+    /// Azure's address, which moves the guest network to 169.254.169.0/24 (the host is then
+    /// 169.254.169.2 instead of 10.0.2.2).
+    pub metadata_address: Option<String>,
 }
 
 /// `[extensions]`: limits on Custom Script runs.
@@ -274,6 +352,16 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             if let Some(p) = &cfg.qemu.forward_ports {
                 qc.extra_ports = p.clone();
             }
+            if cfg.metadata.enabled != Some(false) {
+                qc.metadata_relay = Some(std::env::current_exe()?);
+            }
+            qc.metadata_address = match cfg.qemu.metadata_address.as_deref() {
+                None | Some("10.0.2.100") => herd_driver_qemu::MetadataGuestAddress::InDefaultNetwork,
+                Some("169.254.169.254") => herd_driver_qemu::MetadataGuestAddress::LinkLocal,
+                Some(other) => bail!(
+                    "config: qemu.metadata_address '{other}' is not allowed; allowed values: 10.0.2.100 (default), 169.254.169.254 (moves the guest network to 169.254.169.0/24)"
+                ),
+            };
             tracing::info!(accel = qc.accel.as_str(), "qemu driver");
             let d = herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?;
             let resumed = d.resume_after_host_reboot().await;
@@ -327,8 +415,36 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         Some("bridged") => bail!("config: network.mode = \"bridged\" needs the process driver and root"),
         Some(other) => bail!("config: network.mode '{other}' is not allowed; allowed values: host-local, bridged"),
     };
+    check_hosts(&cfg.hosts, &zones)?;
+    let hosts = if cfg.hosts.is_empty() && opts.driver == DriverKind::Qemu {
+        let h = detected_host();
+        tracing::info!(vcpus = h.vcpus, memory_mib = h.memory_mib, "no [[hosts]] declared: VMs fit this machine");
+        vec![h]
+    } else {
+        cfg.hosts.clone()
+    };
+    let config_dir = opts.config.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+    let prices = herd_billing::PriceBook::new(&cfg.prices, config_dir.as_deref())
+        .map_err(|e| anyhow::anyhow!("config: prices: {e}"))?;
+    let spot_priced: Arc<[String]> = Arc::from(prices.spot_priced_skus());
+    let prices = Arc::new(std::sync::Mutex::new(prices));
+    let spot_price = {
+        let prices = prices.clone();
+        herd_reconciler::capacity::SpotPrice(Arc::new(move |sku, at| {
+            prices.lock().unwrap_or_else(|e| e.into_inner()).spot_at(sku, at)
+        }))
+    };
+    // On by default, except for sim instances (nothing runs in them to ask, and a listener per
+    // instance would cost 10,000 sockets in a large simulation).
+    let metadata_port = match (cfg.metadata.enabled, opts.driver) {
+        (Some(false), _) | (None, DriverKind::Sim) => None,
+        _ => Some(cfg.metadata.port.unwrap_or(herd_metadata::DEFAULT_PORT)),
+    };
     let rec_config = ReconcilerConfig {
         address_block: block,
+        hosts: hosts.clone(),
+        spot_price,
+        metadata_port,
         bridged,
         limits,
         driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
@@ -377,11 +493,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             image_dir,
             driver: driver_name,
             public_ip_block: block % 64,
+            hosts,
+            prices: cfg.prices.clone(),
         }),
         sealer,
         health,
         lb: lb.clone(),
         driver,
+        spot_priced,
     };
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
@@ -411,7 +530,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
                 .map_or(autoscale_defaults.source_timeout, |s| Duration::from_secs(s.max(1))),
             skus: state.config.skus.clone(),
         },
-    );
+    )
+    .with_lb_stats(Arc::new(herd_api::autoscale::ApiLbStats(state.lb.clone())));
     let (tx, rx) = tokio::sync::watch::channel(false);
     let autoscale_rx = rx.clone();
     let autoscale_task = tokio::spawn(async move { autoscaler.run(autoscale_rx).await });
@@ -419,6 +539,17 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let reconcile_task = tokio::spawn(async move { reconciler.run(rec_rx).await });
     let lb_rx = rx.clone();
     let lb_task = tokio::spawn(async move { lb.run(lb_rx).await });
+    let mut tasks = vec![];
+    if let Some(port) = metadata_port {
+        let md =
+            herd_metadata::MetadataService::new(state.store.clone(), state.clock.clone(), state.wake.clone(), port);
+        let md_rx = rx.clone();
+        tasks.push(tokio::spawn(async move { md.run(md_rx).await }));
+    }
+    let meter = herd_billing::Meter::new(state.store.clone(), state.clock.clone(), prices);
+    let meter_every = Duration::from_secs(cfg.billing.meter_interval_secs.unwrap_or(15).clamp(1, 3600));
+    let meter_rx = rx.clone();
+    tasks.push(tokio::spawn(async move { meter.run(meter_every, meter_rx).await }));
     let mut http_rx = rx;
     let app = herd_api::router(state);
     let http_task = tokio::spawn(async move {
@@ -429,7 +560,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    Ok(RunningServer { addr, token, shutdown: tx, tasks: vec![reconcile_task, lb_task, http_task, autoscale_task] })
+    tasks.extend([reconcile_task, lb_task, http_task, autoscale_task]);
+    Ok(RunningServer { addr, token, shutdown: tx, tasks })
 }
 
 /// Runs `herd server` in the foreground until Ctrl-C or SIGTERM.

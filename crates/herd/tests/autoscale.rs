@@ -474,3 +474,345 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
     });
     assert_eq!(h["decision"]["newCapacity"].as_i64().unwrap(), before, "no scale decision on missing data");
 }
+
+#[test]
+fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("sim", &dir.path().join("data"), Some(FAST));
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.ok(&["group", "create", "-n", "rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:Web:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:Web:1:1.0.0",
+        "--instance-count",
+        "1",
+        "--quiet",
+    ]);
+    let a = |extra: &[&str]| {
+        let mut v = vec!["monitor", "autoscale"];
+        v.extend_from_slice(extra);
+        v.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| s.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let fail = |args: Vec<String>| s.err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let list = |profile: Option<&str>| {
+        let mut v = a(&["rule", "list", "-g", "rg", "--autoscale-name", "web-autoscale"]);
+        if let Some(p) = profile {
+            v.extend(["--profile-name".to_string(), p.to_string()]);
+        }
+        let out = s.json(&v.iter().map(String::as_str).collect::<Vec<_>>());
+        out.as_array().unwrap().iter().map(|r| r["condition"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    run(a(&[
+        "create",
+        "-g",
+        "rg",
+        "--resource",
+        "web",
+        "--name",
+        "web-autoscale",
+        "--min-count",
+        "1",
+        "--max-count",
+        "5",
+        "--count",
+        "1",
+    ]));
+    run(a(&[
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--condition",
+        "Percentage CPU > 70 avg 5m",
+        "--scale",
+        "out",
+        "1",
+    ]));
+    run(a(&[
+        "profile",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "-n",
+        "workhours",
+        "--recurrence",
+        "week",
+        "mon",
+        "tue",
+        "--start",
+        "08:00",
+        "--end",
+        "18:00",
+        "--timezone",
+        "Europe/Prague",
+        "--min-count",
+        "2",
+        "--max-count",
+        "6",
+        "--count",
+        "2",
+        "--copy-rules",
+        "none",
+    ]));
+
+    // A rule for the workhours profile only, on a new metric.
+    run(a(&[
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--profile-name",
+        "workhours",
+        "--condition",
+        "LB New Connections Per Second > 50 avg 5m",
+        "--scale",
+        "out",
+        "2",
+    ]));
+    assert_eq!(list(Some("workhours")), ["LB New Connections Per Second > 50 avg 5m"]);
+    assert_eq!(list(None), ["Percentage CPU > 70 avg 5m"], "the default profile is untouched");
+    assert_eq!(list(Some("default")), list(None));
+    // A rule added to the default profile also reaches the profile that ends the recurrence
+    // (the default profile's continuation after 18:00).
+    run(a(&[
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--condition",
+        "Network In Total > 1000000 avg 5m",
+        "--scale",
+        "out",
+        "1",
+    ]));
+    let setting =
+        s.json(&a(&["show", "-g", "rg", "-n", "web-autoscale"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let ender = setting["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str().unwrap().contains("\"for\""))
+        .unwrap()
+        .clone();
+    assert_eq!(ender["rules"], setting["profiles"][0]["rules"], "{setting}");
+    assert_eq!(ender["rules"].as_array().unwrap().len(), 2);
+
+    // An unknown profile names the ones there are (not the hidden end-of-recurrence one).
+    let e = fail(a(&["rule", "list", "-g", "rg", "--autoscale-name", "web-autoscale", "--profile-name", "nights"]));
+    assert!(e.contains("nights") && e.contains("default, workhours") && !e.contains("\"for\""), "{e}");
+    let e = fail(a(&[
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--profile-name",
+        "nights",
+        "--condition",
+        "Percentage CPU > 70 avg 5m",
+        "--scale",
+        "out",
+        "1",
+    ]));
+    assert!(e.contains("no profile 'nights'"), "{e}");
+    run(a(&[
+        "rule",
+        "delete",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--profile-name",
+        "workhours",
+        "--index",
+        "0",
+    ]));
+    assert!(list(Some("workhours")).is_empty());
+    assert_eq!(list(None).len(), 2, "deleting from workhours leaves the default alone");
+
+    // The new metrics are listed, and an unknown one names them.
+    let defs = s.json(&["monitor", "metrics", "list-definitions", "-g", "rg", "--resource", "web"]);
+    let names: Vec<&str> = defs.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    for m in [
+        "Percentage CPU",
+        "Network In Total",
+        "Network Out Total",
+        "LB New Connections Per Second",
+        "LB Active Connections",
+    ] {
+        assert!(names.contains(&m), "{m} in {names:?}");
+    }
+    let e = s.err(&["monitor", "metrics", "list", "-g", "rg", "--resource", "web", "--metric", "Disk Queue"]);
+    assert!(e.contains("Network In Total") && e.contains("LB Active Connections"), "{e}");
+    let e = fail(a(&[
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--condition",
+        "Disk Queue > 5 avg 5m",
+        "--scale",
+        "out",
+        "1",
+    ]));
+    assert!(e.contains("Network Out Total") && e.contains("LB New Connections Per Second"), "{e}");
+    // The sim reports no network counters unless told: no data, an empty series, never zeros.
+    let net = s.json(&["monitor", "metrics", "list", "-g", "rg", "--resource", "web", "--metric", "Network In Total"]);
+    assert_eq!(net, serde_json::json!([]));
+}
+
+/// A web app on the instance's own address, port 8080, answering every GET with `ok`.
+const WEB_APP: &str = r#"cat > app.py <<'PY'
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+    allow_reuse_address = True
+S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
+PY
+exec python3 app.py"#;
+
+/// One GET through the load balancer; true when it was answered.
+fn hit(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(addr) = addr.parse() else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return false };
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let mut out = String::new();
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_ok()
+        && s.read_to_string(&mut out).is_ok()
+        && out.ends_with("ok")
+}
+
+#[test]
+fn load_balancer_connections_are_metrics_that_scale_the_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("process", &dir.path().join("data"), Some(FAST));
+    let img = image_dir(&dir.path().join("img"), WEB_APP);
+    s.ok(&["group", "create", "-n", "rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:Web:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    s.ok(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "http",
+        "--frontend-port",
+        "18081",
+        "--backend-port",
+        "8080",
+    ]);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:Web:1:1.0.0",
+        "--instance-count",
+        "1",
+        "--vm-sku",
+        "Standard_B1s",
+        "--lb",
+        "web-lb",
+        "--disable-overprovision",
+        "--quiet",
+    ]);
+    s.ok(&[
+        "monitor",
+        "autoscale",
+        "create",
+        "-g",
+        "rg",
+        "--resource",
+        "web",
+        "--name",
+        "web-autoscale",
+        "--min-count",
+        "1",
+        "--max-count",
+        "2",
+        "--count",
+        "1",
+    ]);
+    s.ok(&[
+        "monitor",
+        "autoscale",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--autoscale-name",
+        "web-autoscale",
+        "--condition",
+        "LB New Connections Per Second > 2 avg 5s",
+        "--scale",
+        "out",
+        "1",
+        "--cooldown",
+        "0.05",
+        "--timegrain",
+        "avg 1s",
+    ]);
+    let ip =
+        s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
+    let frontend = format!("{}:18081", ip.trim());
+
+    // Steady traffic through the load balancer: the autoscaler reads the data plane's counters
+    // (no driver involved) and scales out on connections per second per instance.
+    let mut answered = 0;
+    wait_for("a scale-out on load-balancer connections", Duration::from_secs(90), || {
+        answered += (0..10).filter(|_| hit(&frontend)).count();
+        (capacity(&s, "rg") >= 2).then_some(())
+    });
+    assert!(answered > 10, "the app answered through the load balancer");
+    let metric = |m: &str| s.json(&["monitor", "metrics", "list", "-g", "rg", "--resource", "web", "--metric", m]);
+    let rate = metric("LB New Connections Per Second");
+    assert!(rate.as_array().unwrap().iter().any(|p| p["value"].as_f64().unwrap() > 2.0), "{rate}");
+    let active = metric("LB Active Connections");
+    assert!(!active.as_array().unwrap().is_empty(), "active connections are sampled: {active}");
+    // Host-local process instances share the host's network namespace: herd cannot tell their
+    // traffic apart, so there is no network data (not zeros).
+    assert_eq!(metric("Network In Total"), serde_json::json!([]));
+    let h = history(&s, "rg");
+    assert!(
+        h.iter().any(|e| e["decision"]["direction"] == "Increase"
+            && e["decision"]["reason"].as_str().unwrap().contains("LB New Connections Per Second")),
+        "history says why: {h:?}"
+    );
+}

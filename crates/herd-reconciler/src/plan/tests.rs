@@ -54,6 +54,9 @@ fn rec(id: u64, state: InstanceState) -> InstanceRecord {
         extensions: vec![],
         protect_from_scale_in: false,
         protect_from_scale_set_actions: false,
+        host: None,
+        scheduled_events: vec![],
+        eviction: None,
         created_at: t0(),
         state_since: t0(),
     }

@@ -1,0 +1,117 @@
+//! Hosts and their capacity: what `herd host show` reads, and the up-front refusal of a Regular
+//! scale-out that cannot fit even after every Spot instance is evicted.
+//!
+//! Why in the API and not only in the reconciler: a user who asks for more than the hosts hold
+//! should hear it at once, with what is missing, instead of watching a set stay short. The
+//! reconciler still arbitrates every pass (hosts can fill up between the check and the pass),
+//! and reports any shortfall in the set's status.
+
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+};
+use axum::{extract::State, Json};
+use herd_model::{instance::InstanceRecord, scale_set::StoredScaleSet, InstanceId};
+use herd_store::{Kind, StoreExt};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One host: its capacity and what instances reserve on it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostView {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// vCPUs instances may reserve (the host's vCPUs times its overcommit).
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub overcommit: f64,
+    pub regular_vcpus: u32,
+    pub regular_memory_mib: u64,
+    pub spot_vcpus: u32,
+    pub spot_memory_mib: u64,
+    pub free_vcpus: u32,
+    pub free_memory_mib: u64,
+    pub regular_instances: usize,
+    pub spot_instances: usize,
+}
+
+/// `GET /v1/hosts`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostsView {
+    /// No hosts declared (sim and process drivers by default): capacity is not limited.
+    pub unlimited: bool,
+    pub hosts: Vec<HostView>,
+}
+
+/// Every set and its records, as the capacity arbiter sees them.
+fn holders(state: &AppState) -> Result<Vec<herd_capacity::Holder>, ApiError> {
+    let sets: BTreeMap<String, StoredScaleSet> =
+        state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?.into_iter().map(|o| (o.key, o.value)).collect();
+    let unlimited = state.config.hosts.is_empty();
+    let mut out = Vec::new();
+    for o in state.store.list_as::<InstanceRecord>(Kind::Instance, "")? {
+        let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
+        if let Some(set) = sets.get(set_key) {
+            out.extend(herd_reconciler::capacity::holder(set, &o.value, &state.config.skus, unlimited));
+        }
+    }
+    Ok(out)
+}
+
+/// Lists the hosts with their capacity and what Regular and Spot instances reserve.
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
+    responses((status = 200, body = HostsView), (status = 401, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiError> {
+    let holders = holders(&state)?;
+    let hosts = herd_capacity::usage(&state.config.hosts, &holders)
+        .into_iter()
+        .map(|u| HostView {
+            name: u.name,
+            zone: u.zone,
+            vcpus: u.capacity.vcpus,
+            memory_mib: u.capacity.memory_mib,
+            overcommit: u.overcommit,
+            regular_vcpus: u.regular.vcpus,
+            regular_memory_mib: u.regular.memory_mib,
+            spot_vcpus: u.spot.vcpus,
+            spot_memory_mib: u.spot.memory_mib,
+            free_vcpus: u.free.vcpus,
+            free_memory_mib: u.free.memory_mib,
+            regular_instances: u.regular_instances as usize,
+            spot_instances: u.spot_instances as usize,
+        })
+        .collect();
+    Ok(Json(HostsView { unlimited: state.config.hosts.is_empty(), hosts }))
+}
+
+/// Refuses `extra` more Regular instances of `set` when the hosts cannot hold them even after
+/// evicting every Spot instance; the error says what is missing.
+pub(crate) fn check_room(state: &AppState, set: &StoredScaleSet, extra: i64) -> Result<(), ApiError> {
+    if state.config.hosts.is_empty() || extra <= 0 {
+        return Ok(());
+    }
+    let holders = holders(state)?;
+    let own: Vec<InstanceRecord> = state
+        .store
+        .list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key()))?
+        .into_iter()
+        .map(|o| o.value)
+        .filter(|r| r.is_counted())
+        .collect();
+    let refs: Vec<&InstanceRecord> = own.iter().collect();
+    let zones = herd_reconciler::plan::place(&set.model.zones, &refs, extra as usize);
+    let requests: Vec<herd_capacity::Request> = zones
+        .into_iter()
+        .enumerate()
+        .map(|(i, z)| herd_reconciler::capacity::request(set, InstanceId(u64::MAX - i as u64), z, &state.config.skus))
+        .collect();
+    herd_capacity::check_regular_room(&state.config.hosts, &holders, &requests).map_err(|s| {
+        ApiError::invalid(
+            "sku.capacity",
+            format!("{} more Regular instance(s) of {} do not fit on the hosts: {s}", extra, set.model.sku.name),
+        )
+    })
+}

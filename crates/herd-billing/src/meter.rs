@@ -1,0 +1,434 @@
+//! The meter: turns the instance records the reconciler keeps into billed instance-seconds and
+//! money, per hour, SKU and priority, kept in the store beside each scale set.
+//!
+//! # What bills (Azure's rule)
+//! An instance bills while it holds compute on a host:
+//!
+//! | state | bills | why |
+//! |---|---|---|
+//! | Creating, Starting, Running, Restarting, Reimaging | yes | the VM is allocated (and booting or running) |
+//! | Stopping, Stopped | yes | stopped but still allocated: Azure bills "Stopped" VMs, only "Stopped (deallocated)" ones are free |
+//! | Deallocating | yes | compute is held until deallocation completes |
+//! | Deallocated | no | the compute is released; only the disk remains |
+//! | Failed | no | herd failed to provision it or it crashed; herd re-creates it, and its failures are not the user's bill |
+//! | Deleting | no | as in Azure, billing ends when deletion starts |
+//!
+//! An overprovisioned extra never bills, whatever its state: Azure does not bill the extras it
+//! creates and deletes. When an extra is swapped in for a slower instance, the flags swap and
+//! so does the billing, so a set of capacity N never bills more than N instances at once.
+//!
+//! # How time is attributed
+//! Each tick (every `interval`, [`DEFAULT_INTERVAL`] = 15 s by default) the meter reads every set and its records and
+//! runs the pure [`accrue`]:
+//! ```text
+//!   marks (state seen at the previous tick)          records (state now)
+//!        │ billable? bill [mark.since, now)                │
+//!        ▼                                                 ▼
+//!   hourly buckets (hour, sku, priority) += seconds, cost   new marks {since: now, billable, ...}
+//! ```
+//! A state change is therefore attributed from the tick that saw it: the granularity is the
+//! tick interval. A new instance starts billing at the first tick that sees it, and a deleted
+//! one stops at the first tick that no longer sees it, so the two ends balance out. Intervals
+//! are split at hour boundaries and at spot price changes, so a schedule's new price applies
+//! from its exact instant.
+//!
+//! # Restarts and downtime
+//! The marks are stored, so a restarted server bills the gap by the last marks it wrote: a VM
+//! that kept running while the server was down kept billing, a deallocated one did not. The
+//! meter of a deleted set is kept (its marks billed up to the tick that noticed and cleared),
+//! so its costs stay reportable. Hourly buckets are kept for [`RETENTION_DAYS`]; lifetime totals
+//! per SKU and priority are kept forever (they back the Prometheus counters).
+
+use crate::prices::PriceBook;
+use chrono::{DateTime, Duration, Utc};
+use herd_model::{
+    clock::Clock,
+    instance::{InstanceRecord, InstanceState},
+    scale_set::{Priority, StoredScaleSet},
+};
+use herd_store::{Expect, Kind, Object, Store, StoreError, StoreExt, WriteOp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// How long hourly buckets are kept.
+pub const RETENTION_DAYS: i64 = 90;
+
+/// The default time between ticks: the meter's granularity.
+pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// True for the states in which an instance holds compute (see the module table). Exhaustive
+/// on purpose: a new state must decide whether it bills.
+pub fn holds_compute(state: InstanceState) -> bool {
+    use InstanceState as S;
+    match state {
+        S::Creating
+        | S::Starting
+        | S::Running
+        | S::Stopping
+        | S::Stopped
+        | S::Restarting
+        | S::Reimaging
+        | S::Deallocating => true,
+        S::Deallocated | S::Failed | S::Deleting => false,
+    }
+}
+
+/// True if `r` bills now: it holds compute and is not an overprovisioned extra.
+pub fn is_billable(r: &InstanceRecord) -> bool {
+    !r.overprovisioned && holds_compute(r.state)
+}
+
+/// One instance as the previous tick saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mark {
+    /// Billed up to here.
+    pub since: DateTime<Utc>,
+    pub billable: bool,
+    pub priority: Priority,
+    pub sku: String,
+}
+
+/// Usage in one hour at one SKU and priority.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bucket {
+    /// The start of the hour (UTC).
+    pub hour: DateTime<Utc>,
+    pub sku: String,
+    pub priority: Priority,
+    pub instance_seconds: f64,
+    /// USD.
+    pub cost: f64,
+}
+
+/// Usage since the meter began, per SKU and priority; never pruned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Total {
+    pub sku: String,
+    pub priority: Priority,
+    pub instance_seconds: f64,
+    pub cost: f64,
+}
+
+/// The meter of one scale set: the value of `Kind::Meter` at `group/set`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterDoc {
+    pub resource_group: String,
+    pub scale_set: String,
+    /// When the meter last billed this set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tick: Option<DateTime<Utc>>,
+    /// When the meter first found the set gone (cleared if a set of that name returns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_deleted_at: Option<DateTime<Utc>>,
+    /// Per instance id: its state at the last tick.
+    #[serde(default)]
+    pub marks: BTreeMap<u64, Mark>,
+    /// Hourly usage, sorted by hour, SKU and priority; at most [`RETENTION_DAYS`] old.
+    #[serde(default)]
+    pub hours: Vec<Bucket>,
+    /// Lifetime usage per SKU and priority.
+    #[serde(default)]
+    pub lifetime: Vec<Total>,
+}
+
+type UsageKey = (DateTime<Utc>, String, Priority);
+
+/// The doc's usage as maps while a tick adds to it.
+struct Ledger {
+    hours: BTreeMap<UsageKey, (f64, f64)>,
+    lifetime: BTreeMap<(String, Priority), (f64, f64)>,
+}
+
+/// The start of the hour `t` falls in.
+pub fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp().div_euclid(3600) * 3600, 0).unwrap_or(t)
+}
+
+impl Ledger {
+    fn of(doc: &MeterDoc) -> Self {
+        let mut hours = BTreeMap::new();
+        for b in &doc.hours {
+            let e = hours.entry((b.hour, b.sku.clone(), b.priority)).or_insert((0.0, 0.0));
+            e.0 += b.instance_seconds;
+            e.1 += b.cost;
+        }
+        let mut lifetime = BTreeMap::new();
+        for t in &doc.lifetime {
+            let e = lifetime.entry((t.sku.clone(), t.priority)).or_insert((0.0, 0.0));
+            e.0 += t.instance_seconds;
+            e.1 += t.cost;
+        }
+        Self { hours, lifetime }
+    }
+
+    /// Bills `[from, to)` of one instance, piece by piece: at every hour boundary (within the
+    /// retention window) and every price change.
+    fn bill(&mut self, mark: &Mark, to: DateTime<Utc>, prices: &PriceBook, cutoff: DateTime<Utc>) {
+        let from = mark.since;
+        if to <= from {
+            return;
+        }
+        let changes = prices.changes_between(&mark.sku, mark.priority, from, to);
+        let mut changes = changes.into_iter().peekable();
+        let mut x = from;
+        while x < to {
+            while changes.peek().is_some_and(|c| *c <= x) {
+                changes.next();
+            }
+            // Older than the retention window: only the lifetime total needs it, in one piece.
+            let boundary = if x < cutoff { cutoff } else { hour_of(x) + Duration::hours(1) };
+            let mut y = boundary.min(to);
+            if let Some(c) = changes.peek() {
+                y = y.min(*c);
+            }
+            let seconds = (y - x).num_milliseconds() as f64 / 1000.0;
+            let cost = prices.hourly(&mark.sku, mark.priority, x) * seconds / 3600.0;
+            let life = self.lifetime.entry((mark.sku.clone(), mark.priority)).or_insert((0.0, 0.0));
+            life.0 += seconds;
+            life.1 += cost;
+            if x >= cutoff {
+                let b = self.hours.entry((hour_of(x), mark.sku.clone(), mark.priority)).or_insert((0.0, 0.0));
+                b.0 += seconds;
+                b.1 += cost;
+            }
+            x = y;
+        }
+    }
+
+    fn write_into(self, doc: &mut MeterDoc, cutoff: DateTime<Utc>) {
+        doc.hours = self
+            .hours
+            .into_iter()
+            .filter(|((hour, _, _), _)| *hour >= cutoff)
+            .map(|((hour, sku, priority), (instance_seconds, cost))| Bucket {
+                hour,
+                sku,
+                priority,
+                instance_seconds,
+                cost,
+            })
+            .collect();
+        doc.lifetime = self
+            .lifetime
+            .into_iter()
+            .map(|((sku, priority), (instance_seconds, cost))| Total { sku, priority, instance_seconds, cost })
+            .collect();
+    }
+}
+
+/// The oldest hour bucket kept at `now`.
+pub fn retention_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    hour_of(now) - Duration::days(RETENTION_DAYS)
+}
+
+/// Bills every billable mark of `prev` up to `now` (never backwards: a clock that went back
+/// bills nothing until it passes the last tick again). Returns the ledger and the effective now.
+fn bill_marks(prev: &MeterDoc, prices: &PriceBook, now: DateTime<Utc>) -> (Ledger, DateTime<Utc>) {
+    let now = prev.last_tick.map_or(now, |t| now.max(t));
+    let cutoff = retention_start(now);
+    let mut ledger = Ledger::of(prev);
+    for mark in prev.marks.values().filter(|m| m.billable) {
+        ledger.bill(mark, now, prices, cutoff);
+    }
+    (ledger, now)
+}
+
+/// One tick of the meter for one set, pure: bills the previous marks up to `now` and renews
+/// the marks from `records` (see the module docs). Instances whose records disappeared are
+/// billed up to now if they were billable, and their marks dropped.
+pub fn accrue(
+    prev: &MeterDoc,
+    set: &StoredScaleSet,
+    records: &[InstanceRecord],
+    prices: &PriceBook,
+    now: DateTime<Utc>,
+) -> MeterDoc {
+    let (ledger, now) = bill_marks(prev, prices, now);
+    let mut doc = prev.clone();
+    doc.resource_group = set.group.to_string();
+    doc.scale_set = set.name.to_string();
+    doc.set_deleted_at = None;
+    let priority = set.model.virtual_machine_profile.priority;
+    doc.marks = records
+        .iter()
+        .map(|r| {
+            let sku = r.sku.as_deref().unwrap_or(&set.model.sku.name);
+            let sku = prices.canonical(sku).unwrap_or(sku).to_string();
+            (r.instance_id.0, Mark { since: now, billable: is_billable(r), priority, sku })
+        })
+        .collect();
+    doc.last_tick = Some(now);
+    ledger.write_into(&mut doc, retention_start(now));
+    doc
+}
+
+/// The tick for a set that no longer exists: bills its billable marks up to `now`, clears
+/// them, and keeps the usage.
+pub fn close(prev: &MeterDoc, prices: &PriceBook, now: DateTime<Utc>) -> MeterDoc {
+    let (ledger, now) = bill_marks(prev, prices, now);
+    let mut doc = prev.clone();
+    doc.marks.clear();
+    doc.set_deleted_at = prev.set_deleted_at.or(Some(now));
+    doc.last_tick = Some(now);
+    ledger.write_into(&mut doc, retention_start(now));
+    doc
+}
+
+/// Whether writing `next` over `prev` records anything: with no billable mark before or after
+/// and the same marks and usage, only the `since` stamps moved, and those matter only for
+/// billable marks. Skipping such writes keeps idle sets (capacity 0, all deallocated) free.
+fn worth_writing(prev: Option<&MeterDoc>, next: &MeterDoc) -> bool {
+    let Some(prev) = prev else { return true };
+    let idle = |d: &MeterDoc| d.marks.values().all(|m| !m.billable);
+    let same_marks = prev.marks.len() == next.marks.len()
+        && prev.marks.iter().zip(&next.marks).all(|((a, ma), (b, mb))| {
+            a == b && ma.billable == mb.billable && ma.sku == mb.sku && ma.priority == mb.priority
+        });
+    !(idle(prev)
+        && idle(next)
+        && same_marks
+        && prev.hours == next.hours
+        && prev.lifetime == next.lifetime
+        && prev.set_deleted_at == next.set_deleted_at
+        && prev.resource_group == next.resource_group
+        && prev.scale_set == next.scale_set)
+}
+
+/// Runs the meter against the store.
+pub struct Meter {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    prices: Arc<Mutex<PriceBook>>,
+}
+
+impl Meter {
+    /// `prices` is shared with whoever else reads prices (spot eviction, validation); the meter's
+    /// loop also reloads changed schedule files into it.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, prices: Arc<Mutex<PriceBook>>) -> Self {
+        Self { store, clock, prices }
+    }
+
+    /// One tick over every set (and every meter whose set is gone). Each meter is written with
+    /// a compare-and-swap on its revision; a meter someone else wrote meanwhile is left for the
+    /// next tick, which re-reads it. Returns how many meters were written.
+    pub fn tick(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let sets = self.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?;
+        let mut records: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
+        for o in self.store.list_as::<InstanceRecord>(Kind::Instance, "")? {
+            // Records live under `group/set/<id>`.
+            if let Some((set_key, _)) = o.key.rsplit_once('/') {
+                records.entry(set_key.to_string()).or_default().push(o.value);
+            }
+        }
+        let mut meters: BTreeMap<String, Object<Option<MeterDoc>>> = BTreeMap::new();
+        for o in self.store.list(Kind::Meter, "")? {
+            let doc = match serde_json::from_value::<MeterDoc>(o.value) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    // Left as it is, for someone to look at; this set is not metered meanwhile.
+                    tracing::warn!(key = %o.key, error = %e, "a cost meter cannot be decoded; skipping it");
+                    None
+                }
+            };
+            meters.insert(o.key.clone(), Object { key: o.key, revision: o.revision, value: doc });
+        }
+
+        let mut writes: Vec<(String, MeterDoc, Expect)> = Vec::new();
+        {
+            let prices = self.prices.lock().unwrap_or_else(|e| e.into_inner());
+            let empty = MeterDoc::default();
+            for set in &sets {
+                let key = set.value.key();
+                let (prev, expect) = match meters.remove(&key) {
+                    Some(Object { value: None, .. }) => continue,
+                    Some(Object { value: Some(d), revision, .. }) => (Some(d), Expect::Revision(revision)),
+                    None => (None, Expect::Absent),
+                };
+                let recs = records.get(&key).map_or(&[][..], Vec::as_slice);
+                let next = accrue(prev.as_ref().unwrap_or(&empty), &set.value, recs, &prices, now);
+                if worth_writing(prev.as_ref(), &next) {
+                    writes.push((key, next, expect));
+                }
+            }
+            // Meters whose set is gone.
+            for (key, o) in meters {
+                let Some(prev) = o.value else { continue };
+                if prev.marks.is_empty() && prev.set_deleted_at.is_some() {
+                    continue;
+                }
+                writes.push((key, close(&prev, &prices, now), Expect::Revision(o.revision)));
+            }
+        }
+
+        let mut written = 0;
+        for (key, doc, expect) in writes {
+            match self.store.txn(vec![WriteOp::put(Kind::Meter, key.clone(), &doc, expect)?]) {
+                Ok(_) => written += 1,
+                Err(StoreError::Conflict { .. }) => {
+                    tracing::debug!(%key, "cost meter changed meanwhile; the next tick re-reads it");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Reloads changed spot price schedules and ticks, every `interval`, until `shutdown` flips.
+    pub async fn run(&self, interval: std::time::Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut every = tokio::time::interval(interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    let problems = self.prices.lock().unwrap_or_else(|e| e.into_inner()).reload_if_changed();
+                    for p in problems {
+                        tracing::warn!(problem = %p, "spot price schedule not reloaded");
+                    }
+                    match self.tick() {
+                        Ok(n) => tracing::debug!(meters = n, "cost meter ticked"),
+                        Err(e) => tracing::warn!(error = %e, "cost meter tick failed"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_has_a_billing_decision() {
+        use InstanceState as S;
+        let billed = [
+            S::Creating,
+            S::Starting,
+            S::Running,
+            S::Stopping,
+            S::Stopped,
+            S::Restarting,
+            S::Reimaging,
+            S::Deallocating,
+        ];
+        for s in billed {
+            assert!(holds_compute(s), "{s}");
+        }
+        for s in [S::Deallocated, S::Failed, S::Deleting] {
+            assert!(!holds_compute(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn hours_floor() {
+        let t = DateTime::parse_from_rfc3339("2026-01-01T10:59:59.9Z").unwrap().with_timezone(&Utc);
+        assert_eq!(hour_of(t).to_rfc3339(), "2026-01-01T10:00:00+00:00");
+    }
+}

@@ -1,0 +1,369 @@
+//! The arbiter's working state: every declared host with what is reserved on it, and each
+//! host's Spot instances in eviction order.
+//!
+//! Why this shape: a decision touches at most a few hosts per request, so holders are indexed
+//! by host once (O(n log n) for the eviction order) and every request then costs
+//! O(hosts × log(instances per host)): the fewest evictions on a host is a binary search over
+//! the prefix sums of its youngest-first Spot list, and the instances chosen on a host are
+//! always the next ones of that list (a cursor), never a rescan of all holders.
+
+use crate::model::{Holder, Placement, Size, Tier};
+use herd_model::spot::HostSpec;
+use std::collections::BTreeMap;
+use std::ops::{Add, AddAssign, Sub, SubAssign};
+
+/// vCPUs and memory as signed numbers, so "free" may go below zero (a host over capacity).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Amount {
+    pub v: i64,
+    pub m: i64,
+}
+
+impl Amount {
+    pub fn of(s: Size) -> Self {
+        Self { v: i64::from(s.vcpus), m: i64::try_from(s.memory_mib).unwrap_or(i64::MAX) }
+    }
+
+    pub fn covers(self, s: Size) -> bool {
+        let need = Self::of(s);
+        self.v >= need.v && self.m >= need.m
+    }
+
+    /// Clamped at zero on each resource.
+    pub fn size(self) -> Size {
+        Size { vcpus: u32::try_from(self.v.max(0)).unwrap_or(u32::MAX), memory_mib: self.m.max(0) as u64 }
+    }
+
+    pub fn clamp0(self) -> Self {
+        Self { v: self.v.max(0), m: self.m.max(0) }
+    }
+
+    /// The order "more free first": vCPU, then memory.
+    pub fn key(self) -> (i64, i64) {
+        (self.v, self.m)
+    }
+}
+
+impl Add for Amount {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self { v: self.v + o.v, m: self.m + o.m }
+    }
+}
+
+impl Sub for Amount {
+    type Output = Self;
+    fn sub(self, o: Self) -> Self {
+        Self { v: self.v - o.v, m: self.m - o.m }
+    }
+}
+
+impl AddAssign for Amount {
+    fn add_assign(&mut self, o: Self) {
+        *self = *self + o;
+    }
+}
+
+impl SubAssign for Amount {
+    fn sub_assign(&mut self, o: Self) {
+        *self = *self - o;
+    }
+}
+
+/// One host's books.
+#[derive(Debug)]
+pub(crate) struct Host<'a> {
+    pub spec: &'a HostSpec,
+    pub cap: Amount,
+    /// Regular holders, plus Regular requests placed or waiting in this call.
+    pub committed: Amount,
+    /// Spot holders not leaving, plus Spot requests placed in this call.
+    pub spot: Amount,
+    /// Holders with a Preempt posted (before or in this call): still here, going away.
+    pub leaving: Amount,
+    /// As reported by `usage` (holders only, fixed after build).
+    pub alloc_regular: Amount,
+    pub alloc_spot: Amount,
+    pub alloc_preempting: Amount,
+    pub regular_n: u32,
+    pub spot_n: u32,
+    pub preempting_n: u32,
+    /// Spot holders on this host that are not leaving (holder indices), filled by `seal`.
+    pub spot_members: Vec<usize>,
+    /// `spot_members` youngest first, after `seal`.
+    pub evictable: Vec<usize>,
+    /// `prefix[i]` = total size of `evictable[..i]`.
+    pub prefix: Vec<Amount>,
+    /// `evictable[..cursor]` are chosen for eviction in this call.
+    pub cursor: usize,
+}
+
+impl Host<'_> {
+    /// Room a new instance can take now.
+    pub fn free_now(&self) -> Amount {
+        self.cap - self.committed - self.spot - self.leaving
+    }
+
+    /// Room once the announced Preempts complete.
+    pub fn room_after_leaving(&self) -> Amount {
+        self.cap - self.committed - self.spot
+    }
+
+    /// Room for Regular if every Spot instance not yet chosen were evicted too.
+    pub fn room_regular(&self) -> Amount {
+        self.room_after_leaving() + self.remaining_evictable()
+    }
+
+    fn remaining_evictable(&self) -> Amount {
+        match self.prefix.last() {
+            Some(last) => *last - self.prefix[self.cursor],
+            None => Amount::default(),
+        }
+    }
+
+    /// The fewest further evictions (youngest first) that make room for `size`, if any do.
+    pub fn evictions_needed(&self, size: Size) -> Option<usize> {
+        let base = self.room_after_leaving();
+        let need = Amount::of(size) - base;
+        if self.prefix.is_empty() {
+            return (need.v <= 0 && need.m <= 0).then_some(0);
+        }
+        let start = self.prefix[self.cursor];
+        let rest = &self.prefix[self.cursor..];
+        let iv = rest.partition_point(|p| p.v - start.v < need.v);
+        let im = rest.partition_point(|p| p.m - start.m < need.m);
+        let k = iv.max(im);
+        (k < rest.len()).then_some(k)
+    }
+}
+
+/// All hosts, and where each holder is counted.
+#[derive(Debug)]
+pub(crate) struct Cluster<'a> {
+    /// Sorted by name: index order is name order, which breaks every tie.
+    pub hosts: Vec<Host<'a>>,
+    by_name: BTreeMap<&'a str, usize>,
+    /// Per holder: the host it is counted on (None: unlimited, or an undeclared host).
+    pub holder_host: Vec<Option<usize>>,
+    /// Per holder: a Preempt is posted (before or in this call).
+    pub leaving: Vec<bool>,
+    pub adopted: Vec<Placement>,
+    pub warnings: Vec<String>,
+    eligible_cache: BTreeMap<Option<String>, Vec<usize>>,
+}
+
+/// `floor(vcpus × overcommit)`; a non-finite or negative overcommit counts as 1.
+pub(crate) fn vcpu_cap(h: &HostSpec) -> u32 {
+    let o = if h.overcommit.is_finite() && h.overcommit >= 0.0 { h.overcommit } else { 1.0 };
+    // The epsilon keeps 10 × 0.7 = 6.999… from flooring to 6.
+    let v = (f64::from(h.vcpus) * o + 1e-9).floor();
+    if v >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        v as u32
+    }
+}
+
+impl<'a> Cluster<'a> {
+    /// Counts every holder on its host and places holders that have none.
+    pub fn build(specs: &'a [HostSpec], holders: &'a [Holder]) -> Self {
+        let mut sorted: Vec<&HostSpec> = specs.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut warnings = Vec::new();
+        let mut hosts: Vec<Host<'a>> = Vec::with_capacity(sorted.len());
+        let mut by_name = BTreeMap::new();
+        for spec in sorted {
+            if by_name.contains_key(spec.name.as_str()) {
+                warnings.push(format!("host '{}' is declared more than once; the first declaration counts", spec.name));
+                continue;
+            }
+            by_name.insert(spec.name.as_str(), hosts.len());
+            hosts.push(Host {
+                spec,
+                cap: Amount { v: i64::from(vcpu_cap(spec)), m: i64::try_from(spec.memory_mib).unwrap_or(i64::MAX) },
+                committed: Amount::default(),
+                spot: Amount::default(),
+                leaving: Amount::default(),
+                alloc_regular: Amount::default(),
+                alloc_spot: Amount::default(),
+                alloc_preempting: Amount::default(),
+                regular_n: 0,
+                spot_n: 0,
+                preempting_n: 0,
+                spot_members: Vec::new(),
+                evictable: Vec::new(),
+                prefix: Vec::new(),
+                cursor: 0,
+            });
+        }
+        let mut c = Cluster {
+            hosts,
+            by_name,
+            holder_host: vec![None; holders.len()],
+            leaving: holders.iter().map(|h| h.preempting).collect(),
+            adopted: Vec::new(),
+            warnings,
+            eligible_cache: BTreeMap::new(),
+        };
+        let unlimited = c.hosts.is_empty();
+        let mut legacy = Vec::new();
+        let mut undeclared: BTreeMap<&str, u32> = BTreeMap::new();
+        for (i, h) in holders.iter().enumerate() {
+            match h.host.as_deref() {
+                _ if unlimited => {}
+                Some(name) => match c.by_name.get(name) {
+                    Some(&hi) => c.account(hi, i, h),
+                    None => *undeclared.entry(name).or_default() += 1,
+                },
+                None => legacy.push(i),
+            }
+        }
+        for (name, n) in undeclared {
+            c.warnings.push(format!(
+                "{n} instance(s) are on host '{name}', which is not declared; their room is not counted anywhere"
+            ));
+        }
+        // Regular before Spot, oldest first: those have held their room the longest.
+        legacy.sort_by(|&a, &b| {
+            let (x, y) = (&holders[a], &holders[b]);
+            (x.tier, x.created_at, &x.key).cmp(&(y.tier, y.created_at, &y.key))
+        });
+        for i in legacy {
+            c.adopt(i, &holders[i]);
+        }
+        c
+    }
+
+    fn account(&mut self, hi: usize, i: usize, h: &Holder) {
+        let a = Amount::of(h.size);
+        let host = &mut self.hosts[hi];
+        match h.tier {
+            Tier::Regular => {
+                host.alloc_regular += a;
+                host.regular_n += 1;
+            }
+            Tier::Spot => {
+                host.alloc_spot += a;
+                host.spot_n += 1;
+            }
+        }
+        if h.preempting {
+            host.leaving += a;
+            host.alloc_preempting += a;
+            host.preempting_n += 1;
+        } else {
+            match h.tier {
+                Tier::Regular => host.committed += a,
+                Tier::Spot => {
+                    host.spot += a;
+                    host.spot_members.push(i);
+                }
+            }
+        }
+        self.holder_host[i] = Some(hi);
+    }
+
+    /// Places a holder that has no host: where it fits, else on the least-loaded host.
+    fn adopt(&mut self, i: usize, h: &Holder) {
+        let eligible = self.eligible(h.zone.as_deref());
+        let no_zone_host = eligible.is_empty();
+        let pool: Vec<usize> = if no_zone_host { (0..self.hosts.len()).collect() } else { eligible };
+        let fits = if no_zone_host { None } else { self.best(&pool, h.size, |x| x.free_now()) };
+        let (hi, forced) = match fits {
+            Some(hi) => (hi, None),
+            None => {
+                // The least-loaded: most free now, even if that is below zero; tie → first by name.
+                let hi = pool
+                    .iter()
+                    .copied()
+                    .max_by(|&a, &b| {
+                        self.hosts[a].free_now().key().cmp(&self.hosts[b].free_now().key()).then(b.cmp(&a))
+                    })
+                    .unwrap_or(0);
+                let why = match (&h.zone, no_zone_host) {
+                    (Some(z), true) => format!("no declared host serves its zone {z}"),
+                    _ => "no eligible host has room for it".to_string(),
+                };
+                (hi, Some(why))
+            }
+        };
+        self.account(hi, i, h);
+        if let Some(why) = forced {
+            let free = self.hosts[hi].free_now();
+            let over = if free.v < 0 || free.m < 0 { ", which is now over capacity" } else { "" };
+            self.warnings.push(format!(
+                "instance {} had no host recorded and {why}; counted on host '{}' anyway{over}",
+                h.key, self.hosts[hi].spec.name
+            ));
+        }
+        self.adopted.push(Placement { key: h.key.clone(), host: self.hosts[hi].spec.name.clone() });
+    }
+
+    /// Marks a holder as leaving (a Preempt posted in this call) before `seal`.
+    pub fn mark_leaving(&mut self, i: usize, h: &Holder) {
+        if self.leaving[i] {
+            return;
+        }
+        self.leaving[i] = true;
+        if let Some(hi) = self.holder_host[i] {
+            let a = Amount::of(h.size);
+            let host = &mut self.hosts[hi];
+            host.spot -= a;
+            host.leaving += a;
+            host.spot_members.retain(|&x| x != i);
+        }
+    }
+
+    /// Orders each host's remaining Spot holders youngest first (tie: highest id, then key).
+    pub fn seal(&mut self, holders: &[Holder]) {
+        for host in &mut self.hosts {
+            let mut ev = std::mem::take(&mut host.spot_members);
+            ev.sort_by(|&a, &b| {
+                let (x, y) = (&holders[a], &holders[b]);
+                (y.created_at, y.key.id, &y.key).cmp(&(x.created_at, x.key.id, &x.key))
+            });
+            let mut prefix = Vec::with_capacity(ev.len() + 1);
+            let mut sum = Amount::default();
+            prefix.push(sum);
+            for &i in &ev {
+                sum += Amount::of(holders[i].size);
+                prefix.push(sum);
+            }
+            host.evictable = ev;
+            host.prefix = prefix;
+            host.cursor = 0;
+        }
+    }
+
+    /// Hosts that may take an instance of `zone`, in name order.
+    pub fn eligible(&mut self, zone: Option<&str>) -> Vec<usize> {
+        let key = zone.map(str::to_string);
+        if let Some(v) = self.eligible_cache.get(&key) {
+            return v.clone();
+        }
+        let v: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| match (zone, self.hosts[i].spec.zone.as_deref()) {
+                (None, _) | (_, None) => true,
+                (Some(z), Some(hz)) => z == hz,
+            })
+            .collect();
+        self.eligible_cache.insert(key, v.clone());
+        v
+    }
+
+    /// Of `pool`, the host whose `room` covers `size` with the most room (vCPU, then memory),
+    /// tie → first by name.
+    pub fn best(&self, pool: &[usize], size: Size, room: impl Fn(&Host) -> Amount) -> Option<usize> {
+        let mut best: Option<(usize, (i64, i64))> = None;
+        for &hi in pool {
+            let r = room(&self.hosts[hi]);
+            if !r.covers(size) {
+                continue;
+            }
+            if best.is_none_or(|(_, k)| r.key() > k) {
+                best = Some((hi, r.key()));
+            }
+        }
+        best.map(|(hi, _)| hi)
+    }
+}

@@ -1,0 +1,333 @@
+//! One listener per instance: which ones exist follows the store.
+
+use crate::http::{self, InstanceCtx};
+use herd_model::clock::Clock;
+use herd_model::instance::InstanceState;
+use herd_model::InstanceKey;
+use herd_store::{Kind, Store, StoreError};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// How often [`MetadataService::run`] re-reads the store, unless told otherwise.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The metadata listener of one instance: its address, for `addr`'s port on a reach address.
+/// `None` when the reach address is not an IP address (or is empty).
+pub fn addr_for(reach_address: &str, port: u16) -> Option<SocketAddr> {
+    let ip: IpAddr = reach_address.trim().parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// What every listener's handlers share. Listener tasks hold this, never the service itself,
+/// so dropping the service closes every listener (no reference cycle).
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub wake: Arc<Notify>,
+    /// `DocumentIncarnation` per instance store key: the digest of the events last served and
+    /// the number served with them.
+    incarnations: Mutex<HashMap<String, Incarnation>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("clock", &self.clock).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Incarnation {
+    digest: u64,
+    value: u64,
+}
+
+impl Shared {
+    /// The `DocumentIncarnation` for an instance whose served events have `digest`, read from a
+    /// record at store revision `revision`.
+    ///
+    /// It is the store revision at which this service first saw the current event list: store
+    /// revisions only grow, and any change to the events is a write to the record, so the
+    /// number grows whenever the list changes, also across server restarts (where it restarts
+    /// from the record's current revision, which is never below what was served before; at
+    /// worst a restart shows the same events under a higher number, which tells a guest only
+    /// to look again). Nothing is stored for it.
+    pub fn incarnation(&self, key: &str, digest: u64, revision: u64) -> u64 {
+        let mut m = self.incarnations.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(key) {
+            Some(i) if i.digest == digest => i.value,
+            Some(i) => {
+                *i = Incarnation { digest, value: revision.max(i.value + 1) };
+                i.value
+            }
+            None => {
+                let value = revision.max(1);
+                m.insert(key.to_string(), Incarnation { digest, value });
+                value
+            }
+        }
+    }
+}
+
+/// A running listener. Dropping it stops accepting at once; open connections finish their
+/// request and close.
+struct Listener {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Stops the listener and waits until its socket is closed.
+    async fn close(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// By instance store key.
+    listeners: HashMap<String, Listener>,
+    /// Instances whose listener could not be bound, and what was tried: warned about once
+    /// (again only if the address changes); retried on every sync.
+    failed: HashMap<String, String>,
+}
+
+/// What [`MetadataService::sync`] wants: store key → (instance, listen address, or the reach
+/// address that is not an IP address).
+type Wanted = HashMap<String, (InstanceKey, Result<SocketAddr, String>)>;
+
+/// The fields of an instance record that decide its listener.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Slim {
+    #[serde(default)]
+    reach_address: String,
+    state: InstanceState,
+}
+
+/// herd's instance metadata service. See the crate docs.
+#[derive(Clone)]
+pub struct MetadataService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    port: u16,
+    interval: Duration,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl std::fmt::Debug for MetadataService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataService").field("port", &self.inner.port).finish_non_exhaustive()
+    }
+}
+
+impl MetadataService {
+    /// A service that serves each instance on `(reach address, port)`. `wake` is the
+    /// reconciler's: an acknowledged event wakes it. Nothing listens until [`Self::sync`].
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, wake: Arc<Notify>, port: u16) -> Self {
+        Self::with_interval(store, clock, wake, port, DEFAULT_SYNC_INTERVAL)
+    }
+
+    /// As [`Self::new`], with the interval at which [`Self::run`] syncs.
+    pub fn with_interval(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+        port: u16,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared { store, clock, wake, incarnations: Mutex::new(HashMap::new()) }),
+                port,
+                interval,
+                state: tokio::sync::Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The port every listener uses.
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// The metadata endpoint of an instance on `reach_address` (what its `InstanceSpec` gets).
+    pub fn addr_for(&self, reach_address: &str) -> Option<SocketAddr> {
+        addr_for(reach_address, self.inner.port)
+    }
+
+    /// Makes the listeners match the store: one for every instance record that has a reach
+    /// address and is not Deallocated; records that are gone (or deallocated, or moved to
+    /// another address) lose theirs, and their sockets are closed when this returns. A bind
+    /// failure is logged once per instance and retried on the next sync; a store failure
+    /// leaves the listeners as they are.
+    pub async fn sync(&self) {
+        let wanted = match self.wanted() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata endpoint: cannot read the instances; listeners unchanged");
+                return;
+            }
+        };
+        let mut st = self.inner.state.lock().await;
+        let stale: Vec<String> = st
+            .listeners
+            .iter()
+            .filter(|(k, l)| wanted.get(*k).and_then(|(_, a)| a.as_ref().ok()) != Some(&l.addr))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(l) = st.listeners.remove(&k) {
+                tracing::debug!(instance = %k, addr = %l.addr, "metadata endpoint closed");
+                l.close().await;
+            }
+        }
+        for k in st.failed.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect::<Vec<_>>() {
+            st.failed.remove(&k);
+        }
+        self.inner.shared.incarnations.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| wanted.contains_key(k));
+        for (k, (instance, addr)) in wanted {
+            if st.listeners.contains_key(&k) {
+                continue;
+            }
+            let result = match addr {
+                Ok(addr) => self.bind(&k, instance, addr).await.map_err(|e| (addr.to_string(), e.to_string())),
+                Err(reach) => Err((reach.clone(), format!("reach address '{reach}' is not an IP address"))),
+            };
+            match result {
+                Ok(l) => {
+                    tracing::debug!(instance = %k, addr = %l.addr, "metadata endpoint listening");
+                    st.failed.remove(&k);
+                    st.listeners.insert(k, l);
+                }
+                Err((tried, error)) => {
+                    if st.failed.get(&k) != Some(&tried) {
+                        tracing::warn!(instance = %k, addr = %tried, %error, "metadata endpoint: cannot listen for this instance; it gets no scheduled events or identity until this is fixed (retrying)");
+                        st.failed.insert(k, tried);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every listening endpoint: instance key (`group/set/id`) → address.
+    pub async fn listening(&self) -> BTreeMap<String, SocketAddr> {
+        let st = self.inner.state.lock().await;
+        st.listeners
+            .iter()
+            .map(|(k, l)| (InstanceKey::parse_path(k).map_or_else(|| k.clone(), |i| i.path()), l.addr))
+            .collect()
+    }
+
+    /// Syncs every interval (and at once) until `shutdown` flips to true, then closes every
+    /// listener.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.inner.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = tick.tick() => self.sync().await,
+                r = shutdown.changed() => if r.is_err() { break },
+            }
+        }
+        self.close_all().await;
+    }
+
+    /// Closes every listener (a later [`Self::sync`] opens them again).
+    pub async fn close_all(&self) {
+        let mut st = self.inner.state.lock().await;
+        for (_, l) in st.listeners.drain() {
+            l.close().await;
+        }
+        st.failed.clear();
+    }
+
+    /// Store key → (instance, listen address or the unparseable reach address).
+    fn wanted(&self) -> Result<Wanted, StoreError> {
+        let mut out = HashMap::new();
+        for obj in self.inner.shared.store.list(Kind::Instance, "")? {
+            let Some(instance) = InstanceKey::parse_path(&obj.key) else { continue };
+            let Ok(slim) = Slim::deserialize(&obj.value) else { continue };
+            if slim.state == InstanceState::Deallocated || slim.reach_address.trim().is_empty() {
+                continue;
+            }
+            let addr = self.addr_for(&slim.reach_address).ok_or(slim.reach_address);
+            out.insert(obj.key, (instance, addr));
+        }
+        Ok(out)
+    }
+
+    async fn bind(&self, key: &str, instance: InstanceKey, addr: SocketAddr) -> std::io::Result<Listener> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let ctx = Arc::new(InstanceCtx { shared: self.inner.shared.clone(), key: key.to_string(), instance });
+        let app = http::router(ctx);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let signal = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
+                tracing::warn!(%addr, error = %e, "metadata endpoint stopped");
+            }
+        });
+        Ok(Listener { addr, stop: Some(stop), task: Some(task) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(addr_for("127.128.0.5", 16925), Some("127.128.0.5:16925".parse().unwrap()));
+        assert_eq!(addr_for(" 10.0.0.4 ", 80), Some("10.0.0.4:80".parse().unwrap()));
+        assert_eq!(addr_for("::1", 80), Some("[::1]:80".parse().unwrap()));
+        assert_eq!(addr_for("", 80), None);
+        assert_eq!(addr_for("web-3", 80), None);
+    }
+
+    #[test]
+    fn incarnation_grows_with_each_change() {
+        let s = Shared {
+            store: Arc::new(herd_store::SqliteStore::in_memory().unwrap()),
+            clock: Arc::new(herd_model::clock::SystemClock),
+            wake: Arc::new(Notify::new()),
+            incarnations: Mutex::new(HashMap::new()),
+        };
+        assert_eq!(s.incarnation("k", 1, 0), 1, "starts at 1 at least");
+        assert_eq!(s.incarnation("k", 1, 9), 1, "same events, same number, whatever else changed");
+        assert_eq!(s.incarnation("k", 2, 9), 9, "the revision of the change");
+        assert_eq!(s.incarnation("k", 3, 9), 10, "always grows, even if the revision did not");
+        assert_eq!(s.incarnation("other", 3, 4), 4);
+    }
+}

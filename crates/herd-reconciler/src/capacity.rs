@@ -1,0 +1,269 @@
+//! Capacity across scale sets: the one place a pass looks at every set at once.
+//!
+//! Per-set planning cannot see the hosts: two sets may each want the last free vCPU, and a
+//! Regular scale-out may need room that Spot instances of another set are using. So after every
+//! set is planned, this module turns the pass's instance-starting steps (`Create`, `Start` of a
+//! deallocated instance, `Restore`) into requests for the pure arbiter in `herd-capacity`, and
+//! rewrites the steps by its decision:
+//!
+//! ```text
+//!   placed   ──▶ the step stays, with the host recorded (Create's NewInstance.host, or Assign)
+//!   waiting  ──▶ dropped this pass; Spot instances got Preempt events and free the room later
+//!   refused  ──▶ dropped; the set's CapacityNote says what is missing
+//!   preempt  ──▶ PostEvent(Preempt, 30 s) on the chosen Spot instances (capacity or price)
+//! ```
+//! The arbiter is pure and the steps are data, so all of this is decided before any intent is
+//! persisted: a crash leaves nothing half-applied.
+
+use crate::plan::Step;
+use chrono::{DateTime, Duration, Utc};
+use herd_capacity::{Decision, Holder, Refusal, Request, Size, Tier, UNLIMITED_HOST};
+use herd_model::{
+    instance::{InstanceRecord, InstanceState},
+    scale_set::StoredScaleSet,
+    sku::SkuTable,
+    spot::{is_spot, HostSpec, ScheduledEventType, PREEMPT_NOTICE_SECS},
+    InstanceId, InstanceKey,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// A SKU's spot price at an instant (None: no spot price configured).
+pub type SpotPriceFn = dyn Fn(&str, DateTime<Utc>) -> Option<f64> + Send + Sync;
+
+/// The spot price of a SKU at an instant, shared with the server's price book.
+#[derive(Clone)]
+pub struct SpotPrice(pub Arc<SpotPriceFn>);
+
+impl SpotPrice {
+    /// No spot prices at all.
+    pub fn none() -> Self {
+        Self(Arc::new(|_, _| None))
+    }
+}
+
+impl std::fmt::Debug for SpotPrice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpotPrice(..)")
+    }
+}
+
+/// One set's part of the pass, as this module sees it.
+pub struct SetSteps<'a> {
+    pub set: &'a StoredScaleSet,
+    pub records: Vec<&'a InstanceRecord>,
+    pub steps: &'a mut Vec<Step>,
+    /// The status's current note (and whether it only waits for evictions), to clear it when
+    /// the shortfall is over.
+    pub note: Option<(String, bool)>,
+}
+
+fn tier_of(set: &StoredScaleSet) -> Tier {
+    if is_spot(set.model.virtual_machine_profile.priority) {
+        Tier::Spot
+    } else {
+        Tier::Regular
+    }
+}
+
+fn max_price(set: &StoredScaleSet) -> Option<f64> {
+    let vp = &set.model.virtual_machine_profile;
+    if !is_spot(vp.priority) {
+        return None;
+    }
+    vp.billing_profile.as_ref().map(|b| b.max_price).filter(|p| *p != -1.0)
+}
+
+fn size_of(skus: &SkuTable, sku: &str) -> Size {
+    skus.lookup(sku)
+        .map_or(Size { vcpus: 1, memory_mib: 512 }, |(_, s)| Size { vcpus: s.vcpus, memory_mib: s.memory_mib })
+}
+
+/// The compute an instance holds now: every record but a deallocated one (a record on its way
+/// out holds its room until it is gone).
+pub fn holder(set: &StoredScaleSet, r: &InstanceRecord, skus: &SkuTable, unlimited: bool) -> Option<Holder> {
+    if r.state == InstanceState::Deallocated {
+        return None;
+    }
+    let sku = r.sku.clone().unwrap_or_else(|| set.model.sku.name.clone());
+    Some(Holder {
+        key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id },
+        host: if unlimited { Some(UNLIMITED_HOST.to_string()) } else { r.host.clone() },
+        zone: r.zone.clone(),
+        size: size_of(skus, &sku),
+        tier: tier_of(set),
+        sku,
+        created_at: r.created_at,
+        max_price: max_price(set),
+        preempting: r.eviction.is_none()
+            && r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt),
+    })
+}
+
+/// A request for room for instance `id` of `set`.
+pub fn request(set: &StoredScaleSet, id: InstanceId, zone: Option<String>, skus: &SkuTable) -> Request {
+    Request {
+        key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id },
+        size: size_of(skus, &set.model.sku.name),
+        tier: tier_of(set),
+        zone,
+        sku: set.model.sku.name.clone(),
+        max_price: max_price(set),
+    }
+}
+
+/// Arbitrates the pass's instance-starting steps across all sets and rewrites them.
+pub fn arbitrate(
+    parts: &mut [SetSteps<'_>],
+    hosts: &[HostSpec],
+    skus: &SkuTable,
+    price: &SpotPrice,
+    now: DateTime<Utc>,
+) {
+    let unlimited = hosts.is_empty();
+    let mut holders = Vec::new();
+    let mut requests = Vec::new();
+    // Which part each key belongs to.
+    let mut owner: BTreeMap<InstanceKey, usize> = BTreeMap::new();
+    for (pi, p) in parts.iter().enumerate() {
+        let set = p.set;
+        let key = |id: InstanceId| InstanceKey { group: set.group.clone(), set: set.name.clone(), id };
+        for r in &p.records {
+            owner.insert(key(r.instance_id), pi);
+            holders.extend(holder(set, r, skus, unlimited));
+        }
+        let zone_of = |id: InstanceId| p.records.iter().find(|r| r.instance_id == id).and_then(|r| r.zone.clone());
+        for step in p.steps.iter() {
+            let mut want = |id: InstanceId, zone: Option<String>| {
+                owner.insert(key(id), pi);
+                requests.push(request(set, id, zone, skus));
+            };
+            match step {
+                Step::Create(new) => new.iter().for_each(|n| want(n.id, n.zone.clone())),
+                Step::Start(id) | Step::Restore(id)
+                    if p.records.iter().any(|r| r.instance_id == *id && r.state == InstanceState::Deallocated) =>
+                {
+                    want(*id, zone_of(*id))
+                }
+                _ => {}
+            }
+        }
+    }
+    let f = |sku: &str| (price.0)(sku, now);
+    let decision: Decision = herd_capacity::arbitrate(hosts, &holders, &requests, &f);
+    apply(parts, &owner, &decision, unlimited);
+}
+
+fn apply(parts: &mut [SetSteps<'_>], owner: &BTreeMap<InstanceKey, usize>, d: &Decision, unlimited: bool) {
+    let host = |h: &str| if unlimited || h == UNLIMITED_HOST { None } else { Some(h.to_string()) };
+    let placed: BTreeMap<&InstanceKey, Option<String>> = d.placements.iter().map(|p| (&p.key, host(&p.host))).collect();
+    let adopted: BTreeMap<&InstanceKey, Option<String>> = d.adopted.iter().map(|p| (&p.key, host(&p.host))).collect();
+    // Per part: the reasons, and whether every one of them is only a wait for evictions.
+    let mut notes: BTreeMap<usize, (Vec<String>, bool)> = BTreeMap::new();
+    for k in &d.waiting {
+        if let Some(pi) = owner.get(k) {
+            let e = notes.entry(*pi).or_insert((vec![], true));
+            e.0.push(format!("instance {} waits for Spot instances to be evicted", k.id));
+        }
+    }
+    for refused in &d.refused {
+        let k = &refused.key;
+        if let Some(pi) = owner.get(k) {
+            let msg = match &refused.reason {
+                Refusal::Capacity(s) => format!("no room for instance {}: {s}", k.id),
+                other => format!("instance {} not started: {other}", k.id),
+            };
+            let e = notes.entry(*pi).or_insert((vec![], true));
+            e.0.push(msg);
+            e.1 = false;
+        }
+    }
+    let mut preempt_by_part: BTreeMap<usize, Vec<(InstanceId, &herd_model::spot::EvictionReason, &String)>> =
+        BTreeMap::new();
+    for p in &d.preempt {
+        if let Some(pi) = owner.get(&p.key) {
+            preempt_by_part.entry(*pi).or_default().push((p.key.id, &p.reason, &p.detail));
+        }
+    }
+    for (pi, p) in parts.iter_mut().enumerate() {
+        let key = |id: InstanceId| InstanceKey { group: p.set.group.clone(), set: p.set.name.clone(), id };
+        let old = std::mem::take(p.steps);
+        let mut out = Vec::with_capacity(old.len());
+        for step in old {
+            match step {
+                Step::Create(new) => {
+                    let first = new.iter().map(|n| n.id.0).min().unwrap_or(0);
+                    let mut kept = Vec::new();
+                    for mut n in new {
+                        if let Some(h) = placed.get(&key(n.id)) {
+                            n.host = h.clone();
+                            kept.push(n);
+                        }
+                    }
+                    // Ids stay dense: the kept instances take the first ids of the batch.
+                    for (i, n) in kept.iter_mut().enumerate() {
+                        n.id = InstanceId(first + i as u64);
+                    }
+                    if !kept.is_empty() {
+                        out.push(Step::Create(kept));
+                    }
+                }
+                Step::Start(id) | Step::Restore(id) if is_deallocated(&p.records, id) => {
+                    // No room (or too dear): the step waits for a later pass.
+                    if let Some(h) = placed.get(&key(id)) {
+                        out.push(Step::Assign { id, host: h.clone() });
+                        if matches!(step, Step::Restore(_)) {
+                            out.push(Step::Restore(id));
+                        }
+                        out.push(Step::Start(id));
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        for (id, reason, detail) in preempt_by_part.remove(&pi).unwrap_or_default() {
+            let has = p.records.iter().any(|r| {
+                r.instance_id == id && r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt)
+            });
+            if !has {
+                out.push(Step::PostEvent {
+                    id,
+                    kind: ScheduledEventType::Preempt,
+                    notice: Duration::seconds(PREEMPT_NOTICE_SECS),
+                    reason: Some(*reason),
+                    description: detail.clone(),
+                });
+            }
+        }
+        // Holders placed now for the first time (records from before hosts were declared).
+        if !unlimited {
+            let assigned: BTreeSet<InstanceId> =
+                out.iter().filter_map(|s| if let Step::Assign { id, .. } = s { Some(*id) } else { None }).collect();
+            for r in &p.records {
+                if r.host.is_none() && r.state != InstanceState::Deallocated && !assigned.contains(&r.instance_id) {
+                    if let Some(Some(h)) = adopted.get(&key(r.instance_id)) {
+                        out.push(Step::Assign { id: r.instance_id, host: Some(h.clone()) });
+                    }
+                }
+            }
+        }
+        let note = notes.remove(&pi).map(|(v, waiting)| (summarize(&v), waiting));
+        if note != p.note {
+            out.push(Step::CapacityNote(note));
+        }
+        *p.steps = out;
+    }
+}
+
+fn is_deallocated(records: &[&InstanceRecord], id: InstanceId) -> bool {
+    records.iter().any(|r| r.instance_id == id && r.state == InstanceState::Deallocated)
+}
+
+/// One line for the set: the first reason, and how many more instances share the problem.
+fn summarize(v: &[String]) -> String {
+    match v {
+        [one] => one.clone(),
+        [first, rest @ ..] => format!("{first} (and {} more instance(s))", rest.len()),
+        [] => String::new(),
+    }
+}

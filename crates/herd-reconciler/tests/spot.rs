@@ -1,0 +1,338 @@
+//! Host capacity, Spot eviction, restore and scheduled events, on the simulated driver with
+//! explicit passes and an injected clock: a 30-second notice or a 5-minute Terminate timeout
+//! takes no real time.
+
+use chrono::{DateTime, Duration as Span, Utc};
+use herd_driver::sim::{SimConfig, SimDriver};
+use herd_model::{
+    clock::ManualClock,
+    image::{Image, ImageSource},
+    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    scale_set::{ScaleSetModel, ScaleSetStatus, StoredScaleSet},
+    spot::{EvictionReason, HostSpec, ScheduledEventType},
+    GroupName, ScaleSetName,
+};
+use herd_reconciler::{capacity::SpotPrice, Reconciler, ReconcilerConfig};
+use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+struct Env {
+    store: Arc<SqliteStore>,
+    clock: ManualClock,
+    rec: Reconciler,
+    price: Arc<Mutex<f64>>,
+}
+
+/// One host of 8 vCPU (Standard_B1s is 1 vCPU, 1 GiB).
+fn env() -> Env {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let sim = Arc::new(SimDriver::new(SimConfig {
+        boot_min: Duration::ZERO,
+        boot_max: Duration::ZERO,
+        ..Default::default()
+    }));
+    let clock = ManualClock::new(t0());
+    let price = Arc::new(Mutex::new(0.01));
+    let p = price.clone();
+    let config = ReconcilerConfig {
+        hosts: vec![HostSpec { name: "h1".into(), zone: None, vcpus: 8, memory_mib: 16384, overcommit: 1.0 }],
+        spot_price: SpotPrice(Arc::new(move |_, _| Some(*p.lock().unwrap()))),
+        ..Default::default()
+    };
+    let rec = Reconciler::new(store.clone(), sim, Arc::new(clock.clone()), config);
+    let image = Image {
+        id: "img".into(),
+        urn: "P:O:S:1.0.0".into(),
+        publisher: "P".into(),
+        offer: "O".into(),
+        sku: "S".into(),
+        version: "1.0.0".into(),
+        source: ImageSource::Directory { path: "/nowhere".into() },
+        guest_agent: false,
+        created_at: t0(),
+    };
+    store.txn(vec![WriteOp::put(Kind::Image, "p:o:s:1.0.0", &image, Expect::Absent).unwrap()]).unwrap();
+    Env { store, clock, rec, price }
+}
+
+fn set(name: &str, capacity: i64, extra: Value) -> StoredScaleSet {
+    let mut v = json!({
+        "sku": {"name": "Standard_B1s", "capacity": capacity},
+        "overprovision": false,
+        "virtualMachineProfile": {
+            "osProfile": {"computerNamePrefix": name},
+            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}
+        }
+    });
+    merge(&mut v, extra);
+    StoredScaleSet {
+        name: ScaleSetName::new(name).unwrap(),
+        group: GroupName::new("rg").unwrap(),
+        model_generation: 1,
+        time_created: t0(),
+        deleting: false,
+        model: ScaleSetModel::from_json(v).unwrap(),
+    }
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn spot(extra: Value) -> Value {
+    let mut v = json!({"virtualMachineProfile": {"priority": "Spot", "evictionPolicy": "Deallocate"}});
+    merge(&mut v, extra);
+    v
+}
+
+impl Env {
+    fn put_set(&self, s: &StoredScaleSet) {
+        self.store.txn(vec![WriteOp::put(Kind::ScaleSet, s.key(), s, Expect::Absent).unwrap()]).unwrap();
+    }
+
+    fn edit_set(&self, key: &str, f: impl Fn(&mut StoredScaleSet)) {
+        let cur = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, key).unwrap().unwrap();
+        let mut v = cur.value;
+        f(&mut v);
+        self.store.txn(vec![WriteOp::put(Kind::ScaleSet, key, &v, Expect::Revision(cur.revision)).unwrap()]).unwrap();
+    }
+
+    fn records(&self, set: &str) -> Vec<InstanceRecord> {
+        self.store
+            .list_as::<InstanceRecord>(Kind::Instance, &format!("rg/{set}/"))
+            .unwrap()
+            .into_iter()
+            .map(|o| o.value)
+            .collect()
+    }
+
+    fn status(&self, set: &str) -> ScaleSetStatus {
+        self.store
+            .get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &format!("rg/{set}"))
+            .unwrap()
+            .map(|o| o.value)
+            .unwrap_or_default()
+    }
+
+    fn running(&self, set: &str) -> Vec<u64> {
+        self.records(set)
+            .iter()
+            .filter(|r| r.state == InstanceState::Running && r.goal == InstanceGoal::Running)
+            .map(|r| r.instance_id.0)
+            .collect()
+    }
+
+    /// Passes without moving the clock, until nothing changes (bounded).
+    async fn settle(&self) {
+        for _ in 0..50 {
+            match self.rec.pass().await {
+                Ok(r) if r.steps == 0 => return,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+        panic!("no quiet pass within 50");
+    }
+
+    fn ack(&self, set: &str, id: u64, kind: ScheduledEventType) {
+        let key = format!("rg/{set}/{id:010}");
+        let cur = self.store.get_as::<InstanceRecord>(Kind::Instance, &key).unwrap().unwrap();
+        let mut r = cur.value;
+        let ev = r.scheduled_events.iter_mut().find(|e| e.event_type == kind).expect("an event to acknowledge");
+        ev.acknowledged_at = Some(self.clock.now_utc());
+        self.store.txn(vec![WriteOp::put(Kind::Instance, key, &r, Expect::Revision(cur.revision)).unwrap()]).unwrap();
+    }
+
+    fn activity(&self) -> Vec<String> {
+        self.store
+            .activity(&herd_store::ActivityFilter { resource_group: Some("rg".into()), ..Default::default() })
+            .unwrap()
+            .into_iter()
+            .map(|e| format!("{} {}", e.operation, e.message))
+            .collect()
+    }
+}
+
+trait NowUtc {
+    fn now_utc(&self) -> DateTime<Utc>;
+}
+
+impl NowUtc for ManualClock {
+    fn now_utc(&self) -> DateTime<Utc> {
+        use herd_model::clock::Clock;
+        self.now()
+    }
+}
+
+#[tokio::test]
+async fn a_regular_scale_out_evicts_exactly_the_two_youngest_spot_instances_after_a_preempt_notice() {
+    let e = env();
+    e.put_set(&set("reg", 4, json!({})));
+    e.settle().await;
+    // Spot instances created one by one, so their ages differ: 3 is the youngest.
+    e.put_set(&set("spot", 1, spot(json!({}))));
+    for n in 2..=4 {
+        e.settle().await;
+        e.clock.advance(Span::seconds(10));
+        e.edit_set("rg/spot", |s| s.model.sku.capacity = n);
+    }
+    e.settle().await;
+    assert_eq!(e.running("reg").len(), 4);
+    assert_eq!(e.running("spot"), vec![0, 1, 2, 3]);
+
+    // The host is full (8 of 8 vCPU): 2 more Regular instances need 2 Spot ones evicted.
+    e.edit_set("rg/reg", |s| s.model.sku.capacity = 6);
+    e.settle().await;
+    let spot = e.records("spot");
+    let noticed: Vec<u64> = spot
+        .iter()
+        .filter(|r| r.scheduled_events.iter().any(|ev| ev.event_type == ScheduledEventType::Preempt))
+        .map(|r| r.instance_id.0)
+        .collect();
+    assert_eq!(noticed, vec![2, 3], "the two youngest get a Preempt event first");
+    assert_eq!(e.running("spot"), vec![0, 1, 2, 3], "nothing is evicted before the notice is over");
+    assert_eq!(e.records("reg").len(), 4, "the Regular instances wait for the room");
+    let note = e.status("reg").capacity_note.expect("the set reports why it is short");
+    assert!(note.message.contains("waits for Spot"), "{}", note.message);
+
+    // Instance 2 acknowledges early; 3 waits out its 30 s.
+    e.ack("spot", 2, ScheduledEventType::Preempt);
+    e.settle().await;
+    let r2 = e.records("spot").into_iter().find(|r| r.instance_id.0 == 2).unwrap();
+    assert_eq!(r2.goal, InstanceGoal::Deallocated, "an acknowledged Preempt evicts at once");
+    assert_eq!(e.running("spot"), vec![0, 1, 3]);
+    e.clock.advance(Span::seconds(30));
+    e.settle().await;
+    assert_eq!(e.running("reg").len(), 6);
+    assert_eq!(e.running("spot"), vec![0, 1]);
+    for r in e.records("spot").iter().filter(|r| r.instance_id.0 >= 2) {
+        assert_eq!(r.state, InstanceState::Deallocated, "evictionPolicy Deallocate keeps the record");
+        assert_eq!(r.eviction.as_ref().unwrap().reason, EvictionReason::Capacity);
+    }
+    assert!(e.status("reg").capacity_note.is_none(), "the shortfall is over");
+    let log = e.activity();
+    assert_eq!(log.iter().filter(|l| l.starts_with("SpotEviction")).count(), 2, "{log:#?}");
+
+    // Regular demand beyond what evicting every Spot instance frees is refused by the arbiter.
+    e.edit_set("rg/reg", |s| s.model.sku.capacity = 9);
+    e.settle().await;
+    e.clock.advance(Span::seconds(31));
+    e.settle().await;
+    assert_eq!(e.running("reg").len(), 8);
+    assert!(e.running("spot").is_empty());
+    let note = e.status("reg").capacity_note.expect("a shortfall is reported");
+    assert!(note.message.contains("vCPU"), "{}", note.message);
+}
+
+#[tokio::test]
+async fn a_price_above_max_price_evicts_and_spot_restore_brings_the_instances_back() {
+    let e = env();
+    e.put_set(&set(
+        "spot",
+        3,
+        spot(json!({"virtualMachineProfile": {"billingProfile": {"maxPrice": 0.02}},
+                    "spotRestorePolicy": {"enabled": true, "restoreTimeout": "PT1H"}})),
+    ));
+    e.settle().await;
+    assert_eq!(e.running("spot").len(), 3);
+
+    *e.price.lock().unwrap() = 0.03;
+    e.settle().await;
+    assert!(e.records("spot").iter().all(|r| r
+        .scheduled_events
+        .iter()
+        .any(|ev| ev.event_type == ScheduledEventType::Preempt && ev.reason == Some(EvictionReason::Price))));
+    e.clock.advance(Span::seconds(30));
+    e.settle().await;
+    assert!(e.running("spot").is_empty());
+    assert!(e.records("spot").iter().all(|r| r.state == InstanceState::Deallocated));
+    let note = e.status("spot").capacity_note.expect("the price is the reason");
+    assert!(note.message.contains("price"), "{}", note.message);
+
+    // Still too dear: nothing comes back.
+    e.clock.advance(Span::minutes(5));
+    e.settle().await;
+    assert!(e.running("spot").is_empty());
+
+    *e.price.lock().unwrap() = 0.015;
+    e.settle().await;
+    assert_eq!(e.running("spot").len(), 3, "spotRestorePolicy restores them once the price falls");
+    assert!(e.records("spot").iter().all(|r| r.eviction.is_none() && r.scheduled_events.is_empty()));
+    assert!(e.activity().iter().any(|l| l.starts_with("SpotRestore")));
+}
+
+#[tokio::test]
+async fn evicted_with_delete_the_set_stays_short_without_restore() {
+    let e = env();
+    e.put_set(&set("reg", 6, json!({})));
+    e.put_set(&set("spot", 2, spot(json!({"virtualMachineProfile": {"evictionPolicy": "Delete"}}))));
+    e.settle().await;
+    assert_eq!(e.running("spot").len(), 2);
+    e.edit_set("rg/reg", |s| s.model.sku.capacity = 7);
+    e.settle().await;
+    e.clock.advance(Span::seconds(30));
+    e.settle().await;
+    assert_eq!(e.running("reg").len(), 7);
+    assert_eq!(e.records("spot").len(), 1, "evictionPolicy Delete removes the instance");
+    assert_eq!(e.status("spot").spot_eviction_gap.as_ref().map(|g| g.deleted), Some(1));
+    // Room returns, but without spotRestorePolicy the set does not re-create it.
+    e.edit_set("rg/reg", |s| s.model.sku.capacity = 5);
+    e.settle().await;
+    e.clock.advance(Span::minutes(10));
+    e.settle().await;
+    assert_eq!(e.records("spot").len(), 1);
+    // A scale of the Spot set is a new request: it fills up again.
+    e.edit_set("rg/spot", |s| s.model.sku.capacity = 2);
+    e.settle().await;
+    assert_eq!(e.running("spot").len(), 2);
+}
+
+#[tokio::test]
+async fn a_terminate_event_holds_a_scale_in_until_acknowledged_or_timed_out() {
+    let e = env();
+    e.put_set(&set(
+        "reg",
+        3,
+        json!({"virtualMachineProfile": {"scheduledEventsProfile": {"terminateNotificationProfile":
+            {"enable": true, "notBeforeTimeout": "PT5M"}}}}),
+    ));
+    e.settle().await;
+    assert_eq!(e.running("reg"), vec![0, 1, 2]);
+
+    e.edit_set("rg/reg", |s| s.model.sku.capacity = 2);
+    e.settle().await;
+    let r2 = e.records("reg").into_iter().find(|r| r.instance_id.0 == 2).unwrap();
+    let ev = r2.scheduled_events.iter().find(|ev| ev.event_type == ScheduledEventType::Terminate).expect("Terminate");
+    assert_eq!(ev.not_before, e.clock.now_utc() + Span::minutes(5));
+    e.clock.advance(Span::minutes(4));
+    e.settle().await;
+    assert_eq!(e.records("reg").len(), 3, "kept until the notice is over");
+    e.ack("reg", 2, ScheduledEventType::Terminate);
+    e.settle().await;
+    e.clock.advance(Span::seconds(1));
+    e.settle().await;
+    assert_eq!(e.running("reg"), vec![0, 1], "an acknowledged Terminate lets the delete go ahead");
+
+    // Without an acknowledgement the timeout decides.
+    e.edit_set("rg/reg", |s| s.model.sku.capacity = 1);
+    e.settle().await;
+    e.clock.advance(Span::minutes(4) + Span::seconds(59));
+    e.settle().await;
+    let ids = |e: &Env| e.records("reg").iter().map(|r| (r.instance_id.0, r.state)).collect::<Vec<_>>();
+    assert_eq!(ids(&e), vec![(0, InstanceState::Running), (1, InstanceState::Running)], "still serving");
+    e.clock.advance(Span::seconds(1));
+    e.settle().await;
+    assert_eq!(ids(&e), vec![(0, InstanceState::Running)]);
+}

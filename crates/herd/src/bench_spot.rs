@@ -1,0 +1,287 @@
+//! `herd bench spot`: how long it takes to decide and carry out the Spot evictions that a
+//! Regular scale-out needs (issue goal: < 1 s for 10,000 instances on 50 hosts).
+//!
+//! - **Decide**: [`herd_capacity::arbitrate`] over a nearly full cluster (Regular and Spot
+//!   mixed, several SKUs, 3 zones) for a Regular scale-out that only fits by evicting; timed
+//!   over R rounds (min / median / max), next to the obvious peer
+//!   ([`herd_capacity::bench::naive_global`]: one global youngest-first list walked per
+//!   request), so the report can state a ratio of times and of evictions.
+//! - **Carry out**, as the server does it: read every instance record from a SQLite store,
+//!   build the holders, decide, and write the Preempt events onto the chosen records in one
+//!   compare-and-swap transaction.
+//!
+//! Why no server: the decision is a pure function and the carry-out is one store transaction;
+//! a server with 10,000 sim instances would add only the wait for them to boot.
+
+use anyhow::{Context, Result};
+use herd_capacity::bench::{naive_global, scenario, spot_price, Scenario};
+use herd_capacity::{arbitrate, Holder, Size, Tier};
+use herd_model::instance::InstanceRecord;
+use herd_model::sku::SkuTable;
+use herd_model::spot::{ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
+use herd_model::InstanceKey;
+use herd_store::{Expect, Kind, Object, SqliteStore, Store, StoreExt, WriteOp};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// Options of `herd bench spot`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpotBenchOpts {
+    /// Instances holding compute (about 60% Regular, 40% Spot).
+    #[arg(long, default_value_t = 10_000)]
+    pub instances: usize,
+    /// Declared hosts (each sized to be nearly full).
+    #[arg(long, default_value_t = 50)]
+    pub hosts: usize,
+    /// Zones the hosts and the scale-out spread over.
+    #[arg(long, default_value_t = 3)]
+    pub zones: usize,
+    /// Regular instances in the scale-out (Standard_B2s).
+    #[arg(long, default_value_t = 500)]
+    pub scale_out: usize,
+    /// Timed rounds of each measurement.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u32,
+    /// Decide only: skip reading and writing the SQLite store.
+    #[arg(long)]
+    pub no_store: bool,
+}
+
+impl Default for SpotBenchOpts {
+    fn default() -> Self {
+        Self { instances: 10_000, hosts: 50, zones: 3, scale_out: 500, rounds: 20, no_store: false }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// (min, median, max) in milliseconds.
+fn spread(times: &mut [Duration]) -> (f64, f64, f64) {
+    times.sort();
+    if times.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    (ms(times[0]), ms(times[times.len() / 2]), ms(times[times.len() - 1]))
+}
+
+/// Runs the benchmark and returns the report.
+pub fn run(opts: &SpotBenchOpts) -> Result<String> {
+    let rounds = opts.rounds.max(1);
+    let s = scenario(opts.instances, opts.hosts, opts.zones, opts.scale_out);
+    let mut out = String::new();
+    writeln!(
+        out,
+        "spot arbitration: {} instances ({} Regular, {} Spot) on {} hosts in {} zones, nearly full; Regular scale-out of {} x Standard_B2s; {rounds} rounds",
+        s.holders.len(),
+        s.regular_holders(),
+        s.spot_holders(),
+        s.hosts.len(),
+        opts.zones.max(1),
+        s.requests.len(),
+    )?;
+
+    // Decide.
+    let mut times = Vec::new();
+    let mut decision = None;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let d = arbitrate(&s.hosts, &s.holders, &s.requests, &spot_price);
+        times.push(t0.elapsed());
+        decision = Some(d);
+    }
+    let d = decision.context("no round ran")?;
+    let (min, med, max) = spread(&mut times);
+    writeln!(
+        out,
+        "  decide (herd-capacity):      min {min:.2} ms, median {med:.2} ms, max {max:.2} ms; {} evictions chosen; {} waiting, {} placed, {} refused",
+        d.preempt.len(),
+        d.waiting.len(),
+        d.placements.len(),
+        d.refused.len()
+    )?;
+
+    // The naive peer.
+    let mut times = Vec::new();
+    let mut naive = None;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let n = naive_global(&s.hosts, &s.holders, &s.requests);
+        times.push(t0.elapsed());
+        naive = Some(n);
+    }
+    let n = naive.context("no round ran")?;
+    let (nmin, nmed, nmax) = spread(&mut times);
+    writeln!(
+        out,
+        "  naive global youngest-first: min {nmin:.2} ms, median {nmed:.2} ms, max {nmax:.2} ms; {} evictions; {} placed, {} refused",
+        n.evictions, n.placed, n.refused
+    )?;
+    writeln!(
+        out,
+        "decide {}-instance regular scale-out on {} instances / {} hosts: median {med:.2} ms (naive global sort: {nmed:.2} ms, ratio {:.1}x); evictions {} vs naive {}",
+        s.requests.len(),
+        s.holders.len(),
+        s.hosts.len(),
+        nmed / med.max(1e-6),
+        d.preempt.len(),
+        n.evictions
+    )?;
+
+    if opts.no_store {
+        writeln!(out, "carry out: skipped (--no-store)")?;
+    } else {
+        carry_out(&s, rounds, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The instance store key, as the reconciler writes it: `group/set/` + zero-padded id.
+fn store_key(k: &InstanceKey) -> String {
+    format!("{}/{}/{:010}", k.group, k.set, k.id.0)
+}
+
+/// Per instance, what the server knows from the set's model rather than the record: the tier
+/// (the set's priority) and `maxPrice`.
+struct SetFacts {
+    tier: Tier,
+    max_price: Option<f64>,
+}
+
+/// Seeds a SQLite store with the scenario, then times read → decide → write the way the server
+/// would, restoring the records between rounds.
+fn carry_out(s: &Scenario, rounds: u32, out: &mut String) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(&dir.path().join("herd.db")).context("opening the store")?;
+    let skus = SkuTable::default();
+    let mut facts = BTreeMap::new();
+    let mut seed = Vec::with_capacity(s.holders.len());
+    for h in &s.holders {
+        let mut v = json!({
+            "instanceId": h.key.id.0,
+            "computerName": format!("{}{}", h.key.set, h.key.id.base36()),
+            "zone": h.zone,
+            "modelGeneration": 1,
+            "state": "Running",
+            "goal": "Running",
+            "reachAddress": "127.128.0.1",
+            "sku": h.sku,
+            "host": h.host,
+            "createdAt": h.created_at,
+            "stateSince": h.created_at,
+        });
+        if h.preempting {
+            let ev = ScheduledEvent::new(
+                ScheduledEventType::Preempt,
+                s.now,
+                chrono::Duration::seconds(PREEMPT_NOTICE_SECS),
+                "announced before the benchmark",
+                None,
+            );
+            v["scheduledEvents"] = json!([ev]);
+        }
+        let rec: InstanceRecord = serde_json::from_value(v).context("building an instance record")?;
+        let key = store_key(&h.key);
+        facts.insert(key.clone(), SetFacts { tier: h.tier, max_price: h.max_price });
+        seed.push(WriteOp::put(Kind::Instance, key, &rec, Expect::Absent)?);
+    }
+    let t0 = Instant::now();
+    store.txn(seed)?;
+    let seeded = t0.elapsed();
+
+    let (mut reads, mut decides, mut writes, mut totals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut events = 0;
+    for _ in 0..rounds {
+        // Read every record and build the holders.
+        let t0 = Instant::now();
+        let records = store.list_as::<InstanceRecord>(Kind::Instance, "bench/")?;
+        let mut holders = Vec::with_capacity(records.len());
+        let mut by_key: BTreeMap<InstanceKey, &Object<InstanceRecord>> = BTreeMap::new();
+        for o in &records {
+            let Some(f) = facts.get(&o.key) else { continue };
+            // `group/set/0000000012`: the zero-padded id parses as the id.
+            let Some(key) = InstanceKey::parse_path(&o.key) else { continue };
+            let r = &o.value;
+            let size = r.sku.as_deref().and_then(|n| skus.lookup(n)).map(|(_, z)| Size::from(z)).unwrap_or_default();
+            holders.push(Holder {
+                key: key.clone(),
+                host: r.host.clone(),
+                zone: r.zone.clone(),
+                size,
+                tier: f.tier,
+                sku: r.sku.clone().unwrap_or_default(),
+                created_at: r.created_at,
+                max_price: f.max_price,
+                preempting: r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt),
+            });
+            by_key.insert(key, o);
+        }
+        let t_read = t0.elapsed();
+
+        // Decide.
+        let t1 = Instant::now();
+        let d = arbitrate(&s.hosts, &holders, &s.requests, &spot_price);
+        let t_decide = t1.elapsed();
+
+        // Write the Preempt events in one compare-and-swap transaction.
+        let t2 = Instant::now();
+        let mut ops = Vec::with_capacity(d.preempt.len());
+        let mut restore = Vec::with_capacity(d.preempt.len());
+        for p in &d.preempt {
+            let Some(o) = by_key.get(&p.key) else { continue };
+            let mut rec = o.value.clone();
+            rec.scheduled_events.push(ScheduledEvent::new(
+                ScheduledEventType::Preempt,
+                s.now,
+                chrono::Duration::seconds(PREEMPT_NOTICE_SECS),
+                p.detail.clone(),
+                Some(p.reason),
+            ));
+            ops.push(WriteOp::put(Kind::Instance, o.key.clone(), &rec, Expect::Revision(o.revision))?);
+            restore.push(WriteOp::put(Kind::Instance, o.key.clone(), &o.value, Expect::Any)?);
+        }
+        events = ops.len();
+        store.txn(ops)?;
+        let t_write = t2.elapsed();
+
+        reads.push(t_read);
+        decides.push(t_decide);
+        writes.push(t_write);
+        totals.push(t_read + t_decide + t_write);
+        // Untimed: put the records back, so every round starts from the same state.
+        store.txn(restore)?;
+    }
+    let (_, read, _) = spread(&mut reads);
+    let (_, decide, _) = spread(&mut decides);
+    let (wmin, write, wmax) = spread(&mut writes);
+    let (tmin, total, tmax) = spread(&mut totals);
+    writeln!(
+        out,
+        "carry out (SQLite store, seeded with {} records in {:.0} ms): read + build holders median {read:.1} ms, decide {decide:.2} ms, write {events} Preempt events in one transaction median {write:.1} ms (min {wmin:.1}, max {wmax:.1})",
+        s.holders.len(),
+        ms(seeded)
+    )?;
+    writeln!(
+        out,
+        "decide and carry out end to end: median {total:.1} ms (min {tmin:.1}, max {tmax:.1}); goal < 1000 ms: {}",
+        if tmax < 1000.0 { "met" } else { "NOT met" }
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_run_reports_every_line() {
+        let opts = SpotBenchOpts { instances: 600, hosts: 5, zones: 3, scale_out: 30, rounds: 2, no_store: false };
+        let report = run(&opts).unwrap();
+        for needle in ["decide (herd-capacity)", "naive global", "ratio", "Preempt events", "end to end"] {
+            assert!(report.contains(needle), "{needle}: {report}");
+        }
+    }
+}
