@@ -617,14 +617,28 @@ pub enum ActivityLogCmd {
     },
 }
 
+/// `herd demo`: play the walkthrough (docs/user-guide.md) end to end, printing each command and
+/// what came back, checking each step, and cleaning up at the end.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Leave the server and the scale set running at the end.
+    /// What runs the instances. Default: qemu when QEMU and a built test guest are there,
+    /// else process (with a note saying why).
+    #[arg(long, value_parser = ["qemu", "process"])]
+    pub driver: Option<String>,
+    /// Leave the server, the scale set and the database running at the end.
     #[arg(long)]
     pub keep: bool,
-    /// Port for the demo server.
-    #[arg(long, default_value_t = 7911)]
-    pub port: u16,
+    /// The built test guest (images/testguest/build.sh OUT): OUT/1.0.0, OUT/1.0.1.
+    /// Default: $HERD_TESTGUEST_OUT, else target/testguest or /tmp/tg-out when present.
+    #[arg(long, value_name = "DIR")]
+    pub testguest: Option<PathBuf>,
+    /// The built demo app (images/app/build.sh OUT): herd-todo and the install scripts.
+    /// Default: $HERD_APP_OUT, else target/guest-app-out.
+    #[arg(long, value_name = "DIR")]
+    pub app: Option<PathBuf>,
+    /// The autoscale rules' averaging window (the walkthrough's is 5m), e.g. 1m, 90s.
+    #[arg(long, default_value = "1m")]
+    pub window: String,
 }
 
 #[derive(Debug, Subcommand)]

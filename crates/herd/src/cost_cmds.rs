@@ -81,7 +81,7 @@ fn table(r: &CostReport, with_group: bool) -> Result<String> {
         m.insert("Set".into(), json!(set));
         m.insert("SKU".into(), json!(sku));
         m.insert("Priority".into(), json!(priority));
-        m.insert("Instance-hours".into(), json!(format!("{hours:.2}")));
+        m.insert("Instance-hours".into(), json!(format!("{hours:.4}")));
         m.insert(format!("Cost ({})", r.currency), json!(format!("{cost:.4}")));
         Value::Object(m)
     };

@@ -1,160 +1,90 @@
-//! `herd demo`: herd's main job in one command. It starts a real server on the process driver,
-//! creates a 3-instance scale set spread over zones, shows each instance answering on its own
-//! address, scales, deletes an instance, shows the activity log, and cleans up.
+//! `herd demo`: herd's main job in one command. It plays the walkthrough (the classic
+//! scale-set tutorial) end to end through the real CLI, on real VMs when QEMU and the test
+//! guest are there, else on the process driver, and cleans up (or keeps it all with
+//! `--keep`). The walkthrough itself lives in [`crate::walkthrough`], shared with the
+//! acceptance test, so the demo a newcomer runs is the one CI checks.
 
-use crate::bench::sleeper_image;
 use crate::cli::DemoArgs;
-use anyhow::{bail, Context, Result};
-use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use crate::walkthrough::{self, Driver, Options, Resources};
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-const DEMO_INIT: &str = r#"#!/bin/sh
-# herd demo image: each instance serves a page that names it.
-mkdir -p www
-echo "Hello from $HERD_COMPUTER_NAME (instance $HERD_INSTANCE_ID, hostname $(hostname)) on $HERD_ADDRESS" > www/index.html
-if command -v python3 >/dev/null 2>&1; then
-  exec python3 -m http.server 8080 --bind "$HERD_ADDRESS" --directory www
-fi
-exec sleep 86400
-"#;
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
-struct Demo {
-    exe: std::path::PathBuf,
-    env: Vec<(String, String)>,
+/// The repository this binary was built from (for the default test guest and app locations).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-impl Demo {
-    /// Prints a command as a user would type it, runs it, and shows what came back.
-    fn run(&self, args: &[&str]) -> Result<String> {
-        println!(
-            "\n$ herd {}",
-            args.iter()
-                .map(|a| if a.contains([' ', '*', '[', '?', '!', '\'']) { format!("'{a}'") } else { a.to_string() })
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        let out = std::process::Command::new(&self.exe)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running herd")?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        print!("{text}");
-        if !out.status.success() {
-            bail!("'herd {}' failed", args.join(" "));
-        }
-        Ok(text)
+fn first_existing(candidates: Vec<PathBuf>, marker: &str) -> Option<PathBuf> {
+    candidates.into_iter().find(|p| p.join(marker).exists())
+}
+
+fn default_testguest() -> Option<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(p) = std::env::var_os("HERD_TESTGUEST_OUT") {
+        c.push(PathBuf::from(p));
     }
+    c.extend([PathBuf::from("target/testguest"), repo().join("target/testguest"), PathBuf::from("/tmp/tg-out")]);
+    first_existing(c, "1.0.1/vmlinuz")
+}
+
+fn default_app() -> PathBuf {
+    let mut c = Vec::new();
+    if let Some(p) = std::env::var_os("HERD_APP_OUT") {
+        c.push(PathBuf::from(p));
+    }
+    c.extend([PathBuf::from("target/guest-app-out"), repo().join("target/guest-app-out")]);
+    first_existing(c.clone(), "herd-todo").unwrap_or_else(|| c[0].clone())
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let base = std::env::temp_dir().join(format!("herd-demo-{}", args.port));
-    let data = base.join("data");
-    let image = base.join("image");
-    let _ = std::fs::remove_dir_all(&base);
-    sleeper_image(&image)?;
-    std::fs::write(image.join("init"), DEMO_INIT)?;
-    std::fs::set_permissions(image.join("init"), std::fs::Permissions::from_mode(0o755))?;
-    let url = format!("http://127.0.0.1:{}", args.port);
-    println!("== herd demo: a scale set of 3 instances on the process driver ==");
-    println!("$ herd server --data-dir {} --listen 127.0.0.1:{} --driver process &", data.display(), args.port);
-    let mut server = std::process::Command::new(&exe)
-        .args(["server", "--driver", "process", "--listen", &format!("127.0.0.1:{}", args.port)])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting herd server")?;
-    let demo = Demo {
-        exe: exe.clone(),
-        env: vec![("HERD_SERVER".into(), url.clone()), ("HERD_DATA_DIR".into(), data.display().to_string())],
-    };
-    let result = play(&demo, &url, &image).await;
-    if args.keep && result.is_ok() {
-        println!("\nThe server keeps running (pid {}). Try:\n  export HERD_SERVER={url} HERD_DATA_DIR={}\n  herd vmss list-instances -g demo-rg -n web -o table", server.id(), data.display());
-        return Ok(());
-    }
-    if result.is_ok() {
-        let _ = demo.run(&["vmss", "delete", "-g", "demo-rg", "-n", "web"]);
-    }
-    let _ = std::process::Command::new("kill").arg(server.id().to_string()).status();
-    let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&base);
-    println!("\nDemo finished; server stopped and files removed.");
-    result
-}
-
-async fn play(demo: &Demo, url: &str, image: &std::path::Path) -> Result<()> {
-    let start = Instant::now();
-    while reqwest::get(format!("{url}/healthz")).await.is_err() {
-        if start.elapsed() > Duration::from_secs(20) {
-            bail!("the demo server did not start on {url}");
+    let testguest = args.testguest.clone().or_else(default_testguest);
+    let driver = match args.driver.as_deref() {
+        Some("qemu") => Driver::Qemu,
+        Some("process") => Driver::Process,
+        Some(other) => bail!("--driver {other}: use qemu or process"),
+        None => {
+            let qemu = Path::new(QEMU).exists();
+            let guest = testguest.as_ref().is_some_and(|t| t.join("1.0.1/vmlinuz").exists());
+            if qemu && guest {
+                Driver::Qemu
+            } else {
+                println!(
+                    "note: playing the walkthrough on the process driver, because {}. For real VMs: {}",
+                    if !qemu { format!("{QEMU} is not installed") } else { "no built test guest was found".into() },
+                    if !qemu {
+                        "apt-get install qemu-system-x86, then ./demo.sh"
+                    } else {
+                        "images/testguest/build.sh OUT, then herd demo --testguest OUT (./demo.sh does both)"
+                    }
+                );
+                Driver::Process
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let opts = Options {
+        driver,
+        testguest,
+        app: args.app.clone().unwrap_or_else(default_app),
+        window: args.window.clone(),
+        keep: args.keep,
+    };
+    if walkthrough::parse_window(&opts.window).is_none() {
+        bail!("--window {}: give a number and a unit, e.g. 1m, 90s, 5m", opts.window);
     }
-    demo.run(&["group", "create", "-n", "demo-rg", "-l", "local", "-o", "table"])?;
-    demo.run(&["image", "import", "--urn", "Herd:Demo:1:1.0.0", "--dir", &image.display().to_string(), "-o", "table"])?;
-    demo.run(&[
-        "vmss",
-        "create",
-        "-g",
-        "demo-rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:Demo:1:latest",
-        "--instance-count",
-        "3",
-        "--vm-sku",
-        "Standard_B1ms",
-        "--zones",
-        "1",
-        "2",
-        "3",
-        "--upgrade-policy-mode",
-        "Manual",
-        "-o",
-        "table",
-    ])?;
-    demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "-o", "table"])?;
-    let addrs =
-        demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "--query", "[].reachAddress", "-o", "tsv"])?;
-    println!("\n# each instance serves a page on its own loopback address:");
-    for addr in addrs.split_whitespace() {
-        let page = fetch(&format!("http://{addr}:8080/")).await;
-        println!("$ curl http://{addr}:8080/\n{page}");
-    }
-    demo.run(&["vmss", "scale", "-g", "demo-rg", "-n", "web", "--new-capacity", "5", "-o", "table"])?;
-    let ids = demo.run(&[
-        "vmss",
-        "list-instances",
-        "-g",
-        "demo-rg",
-        "-n",
-        "web",
-        "--query",
-        "[?!overprovisioned].instanceId",
-        "-o",
-        "tsv",
-    ])?;
-    let first = ids.split_whitespace().next().unwrap_or("0").to_string();
-    demo.run(&["vmss", "delete-instances", "-g", "demo-rg", "-n", "web", "--instance-ids", &first, "-o", "none"])?;
-    demo.run(&["vmss", "list-instances", "-g", "demo-rg", "-n", "web", "-o", "table"])?;
-    demo.run(&["monitor", "activity-log", "list", "-g", "demo-rg", "-o", "table"])?;
-    Ok(())
-}
-
-async fn fetch(url: &str) -> String {
-    let start = Instant::now();
-    loop {
-        match reqwest::get(url).await {
-            Ok(r) => return r.text().await.unwrap_or_default().trim().to_string(),
-            Err(e) if start.elapsed() > Duration::from_secs(10) => return format!("(no answer: {e})"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+    let res: walkthrough::Shared = Arc::new(Mutex::new(Resources::default()));
+    let res2 = res.clone();
+    let task = tokio::task::spawn_blocking(move || walkthrough::run(&opts, &res2));
+    tokio::select! {
+        r = task => r?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted: cleaning up");
+            let res = res.clone();
+            // The runner may hold the lock for a moment; tear down on a blocking thread.
+            let _ = tokio::task::spawn_blocking(move || res.lock().unwrap_or_else(|e| e.into_inner()).teardown(false)).await;
+            std::process::exit(130);
         }
     }
 }

@@ -18,6 +18,7 @@ mod network_cmds;
 mod output;
 mod server;
 mod wait;
+mod walkthrough;
 
 use clap::Parser;
 

@@ -192,6 +192,14 @@ fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
     let e = s.err(&["vmss", "simulate-eviction", "-g", "spot-rg", "-n", "reg", "--instance-id", "0"]);
     assert!(e.contains("only to Spot"), "{e}");
 
+    // A Regular scale-out that cannot fit, even with every Spot instance evicted, is refused
+    // up front with what is missing; the set keeps its capacity.
+    let e = s.err(&["vmss", "scale", "-g", "spot-rg", "-n", "reg", "--new-capacity", "6"]);
+    assert!(e.contains("sku.capacity") && e.contains("vCPU") && e.contains("h1"), "{e}");
+    let reg = s.json(&["vmss", "show", "-g", "spot-rg", "-n", "reg"]);
+    assert_eq!(reg["sku"]["capacity"], 1);
+    s.ok(&["vmss", "scale", "-g", "spot-rg", "-n", "reg", "--new-capacity", "3", "--quiet"]);
+
     // The meter billed the Spot instances at the spot price.
     let cost = wait_for("metered spot time", Duration::from_secs(30), || {
         let c = s.json(&with(&["vmss", "cost"], &[]));
