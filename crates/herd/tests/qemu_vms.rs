@@ -323,6 +323,38 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     assert_eq!(counted(&s).len(), 2);
     assert_eq!(qemu_pids(&data), before, "adopted, not duplicated or restarted");
 
+    // Each VM's own metadata endpoint, asked from inside the guest (QEMU's guestfwd runs `herd
+    // metadata-relay` to this instance's listener), after the adoption too.
+    let md = "wget -q -O - --header 'Metadata: true' 'http://10.0.2.100/metadata/instance/compute/name?api-version=2021-02-01&format=text'; echo; wget -q -O - --header 'Metadata: true' 'http://10.0.2.100/metadata/scheduledevents?api-version=2020-07-01'";
+    let settings = serde_json::json!({ "commandToExecute": md }).to_string();
+    s.ok(&[
+        "vmss",
+        "extension",
+        "set",
+        "-g",
+        "vm-rg",
+        "--vmss-name",
+        "web",
+        "--name",
+        "CustomScript",
+        "--extension-instance-name",
+        "Metadata",
+        "--publisher",
+        "Herd.Extensions",
+        "--version",
+        "2.1",
+        "--settings",
+        &settings,
+    ]);
+    s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", &ids[0]]));
+    let msg = wait_for("the metadata extension", BOOT, || {
+        let i = counted(&s).into_iter().find(|i| i["instanceId"] == ids[0].as_str())?;
+        let e = i["extensions"].as_array()?.iter().find(|e| e["name"] == "Metadata")?.clone();
+        (e["state"] != "Transitioning").then(|| e["message"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(msg.contains(&format!("web_{}", ids[0])), "the guest got its own identity: {msg}");
+    assert!(msg.contains("DocumentIncarnation"), "and its scheduled events: {msg}");
+
     // The secret: nowhere in what the API shows or the server logged.
     let shown = [
         s.ok(&with(&["vmss", "show"], &[])),
