@@ -1,16 +1,84 @@
 #!/usr/bin/env bash
-# herd's main job in one command: build herd, start a server on the process driver, create a
-# 3-instance scale set across zones, show each instance answering, scale, and clean up.
-# Pass --keep to leave it running.
+# herd's main job in one command, on a fresh Debian/Ubuntu machine: install what is missing,
+# build herd, the test guest image and the demo app, then play the whole walkthrough (the
+# classic scale-set tutorial: load balancer, Custom Script app, upgrades, rolling upgrade,
+# scale, autoscale) on real QEMU VMs, printing every command and what came back.
+#
+#   ./demo.sh                     # real VMs (QEMU; TCG when KVM is not usable)
+#   ./demo.sh --driver process    # process instances instead of VMs
+#   ./demo.sh --keep              # leave everything running at the end
+#   ./demo.sh --window 5m         # the autoscale window as in the tutorial (default 1m)
+#
+# Root (or sudo) is needed to install packages, and for ports 80 (as in the tutorial);
+# without root the app and the load balancer use port 8080.
 set -euo pipefail
 cd "$(dirname "$0")"
+REPO=$PWD
+
+say() { echo "demo.sh: $*" >&2; }
+
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "herd is written in Rust: install a Rust toolchain (https://rustup.rs or 'apt-get install cargo') and run ./demo.sh again." >&2
-  exit 1
+    say "herd is written in Rust and cargo is not installed."
+    say "Install a toolchain (https://rustup.rs, or 'apt-get install cargo' on a recent Debian/Ubuntu), then run ./demo.sh again."
+    exit 1
 fi
-if ! command -v python3 >/dev/null 2>&1; then
-  echo "note: python3 is not installed; the demo instances will run but not serve a web page ('apt-get install python3')." >&2
+
+# Host packages: QEMU and the test guest's build tools (images/testguest/deps.sh), PostgreSQL
+# for the demo app's database, util-linux for instance hostnames.
+PKGS="postgresql util-linux curl"
+missing=""
+if command -v dpkg-query >/dev/null 2>&1; then
+    for p in $PKGS qemu-system-x86 qemu-utils busybox-static qemu-guest-agent cpio kmod genisoimage dosfstools mtools syslinux fdisk; do
+        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"
+    done
 fi
-echo "Building herd (first build takes a few minutes)..." >&2
-cargo build --quiet --bin herd
-exec target/debug/herd demo "$@"
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        say "installing:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        images/testguest/deps.sh
+        # shellcheck disable=SC2086
+        apt-get install -y -q --no-install-recommends $PKGS >/dev/null ||
+            { apt-get update -q && apt-get install -y -q --no-install-recommends $PKGS >/dev/null; }
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        say "installing with sudo:$missing"
+        sudo images/testguest/deps.sh
+        # shellcheck disable=SC2086
+        sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $PKGS >/dev/null
+    else
+        say "these packages are missing:$missing"
+        say "install them, then run ./demo.sh again:"
+        echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends$missing" >&2
+        exit 1
+    fi
+elif ! command -v dpkg-query >/dev/null 2>&1; then
+    say "not a Debian/Ubuntu machine: make sure QEMU (qemu-system-x86_64), PostgreSQL and busybox-static are installed"
+fi
+
+# Debug builds are what the tests use, and build much faster than release on small machines.
+say "building herd (the first build takes several minutes)..."
+cargo build --quiet -p herd --bin herd
+HERD=$REPO/target/debug/herd
+
+args=("$@")
+driver=qemu
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case ${args[$i]} in
+        --driver) driver=${args[$((i + 1))]:-qemu} ;;
+        --driver=*) driver=${args[$i]#--driver=} ;;
+    esac
+done
+
+TG=${HERD_TESTGUEST_OUT:-$REPO/target/testguest}
+if [ "$driver" = qemu ]; then
+    say "building the test guest image into $TG (cached)..."
+    images/testguest/build.sh "$TG" >&2
+fi
+APP=${HERD_APP_OUT:-$REPO/target/guest-app-out}
+say "building the demo app into $APP (cached)..."
+images/app/build.sh "$APP" >&2
+
+if [ "$driver" = qemu ]; then
+    exec "$HERD" demo --testguest "$TG" --app "$APP" "$@"
+fi
+exec "$HERD" demo --app "$APP" "$@"

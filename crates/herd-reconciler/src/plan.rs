@@ -523,17 +523,22 @@ fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: 
             }
         }
     }
-    let disruptive = matches!(
-        step,
-        Some(
-            Step::Destroy(_)
-                | Step::Stop(_)
-                | Step::Deallocate(_)
-                | Step::Restart(_)
-                | Step::Resize(_)
-                | Step::Reimage(_)
-        )
-    );
+    // An in-place extension run that upgrades a serving instance (its script may restart the
+    // app) drains it too; the first run on a fresh boot does not (it is not serving yet).
+    let in_place_upgrade =
+        matches!(step, Some(Step::RunExtensions(_))) && r.model_generation < input.set.model_generation;
+    let disruptive = in_place_upgrade
+        || matches!(
+            step,
+            Some(
+                Step::Destroy(_)
+                    | Step::Stop(_)
+                    | Step::Deallocate(_)
+                    | Step::Restart(_)
+                    | Step::Resize(_)
+                    | Step::Reimage(_)
+            )
+        );
     if !disruptive {
         let serving = r.state == InstanceState::Running && goal != InstanceGoal::Deleted;
         return if r.draining_since.is_some() && serving && step.is_none() { Some(Step::Undrain(id)) } else { step };

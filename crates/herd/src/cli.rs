@@ -72,7 +72,8 @@ pub enum Command {
     Host(HostCmd),
     /// Instance-hours and cost of every scale set (or one group's), by SKU and priority.
     Cost(crate::cost_cmds::CostArgs),
-    /// Start a server and a 3-instance scale set on the process driver, and show it working.
+    /// Play the walkthrough (docs/user-guide.md) on real VMs, or process instances: every
+    /// command printed with what came back, checked, timed, and cleaned up (unless --keep).
     Demo(DemoArgs),
     /// Measure herd: provisioning speed and API latency.
     #[command(subcommand)]

@@ -141,8 +141,14 @@ fn show_opt(p: &Option<PathBuf>) -> String {
     p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
 }
 
+/// This `herd` binary. When it is rebuilt while the walkthrough runs (`cargo build` replaces
+/// the file), Linux names the running one `... (deleted)`: use the new file at the same path.
 fn exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("herd"))
+    let p = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("herd"));
+    match p.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(s) => PathBuf::from(s),
+        None => p,
+    }
 }
 
 /// QEMU processes whose command line names this data dir's VMs, and process-driver instances
@@ -249,6 +255,8 @@ impl Load {
                             }
                             Err(e) => failures.lock().unwrap().push(e),
                         }
+                        // A steady load, not a flood: the machine also runs the instances.
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                 })
             })
@@ -327,7 +335,11 @@ fn shell_word(a: &str) -> String {
     if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
         a.to_string()
     } else {
-        format!("'{}'", a.replace('\'', "'\\''"))
+        if a.contains('\'') && !a.contains(['"', '$', '`', '\\', '!']) {
+            format!("\"{a}\"")
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
     }
 }
 
@@ -500,13 +512,14 @@ fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<Option<T>>
 
 /// Asks the frontend until every name in `want` answered (`Version N from NAME` lines are
 /// matched as given); prints the first answers as a user's repeated curl would show them.
-fn answers_until(frontend: &str, want: &[String], limit: Duration, show: usize) -> Result<Vec<String>> {
+fn answers_until(frontend: &str, url: &str, want: &[String], limit: Duration, show: usize) -> Result<Vec<String>> {
     let start = Instant::now();
     let mut seen: Vec<String> = Vec::new();
     let mut shown = 0;
     let mut last_err = String::new();
-    // Bounded: at most 2,000 requests and `limit`.
-    for _ in 0..2000 {
+    // Bounded: at most 5,000 requests and `limit`, paced so a new instance has time to pass
+    // its probe.
+    for _ in 0..5000 {
         if want.iter().all(|w| seen.contains(w)) {
             return Ok(seen);
         }
@@ -516,12 +529,13 @@ fn answers_until(frontend: &str, want: &[String], limit: Duration, show: usize) 
         match get(frontend, "/api/version") {
             Ok(body) => {
                 if shown < show && (!seen.contains(&body) || shown < 2) {
-                    println!("$ curl http://{frontend}/api/version\n{body}");
+                    println!("$ curl {url}/api/version\n{body}");
                     shown += 1;
                 }
                 if !seen.contains(&body) {
                     seen.push(body);
                 }
+                std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
                 last_err = e;
@@ -777,9 +791,9 @@ fn print_times(times: &[(String, Duration)], driver: Driver) {
     println!("\n== Wall time per step ({} driver) ==", driver.name());
     let total: Duration = times.iter().map(|t| t.1).sum();
     for (name, t) in times {
-        println!("{:<58} {:>7.1}s", name, t.as_secs_f64());
+        println!("{:<78} {:>7.1}s", name, t.as_secs_f64());
     }
-    println!("{:<58} {:>7.1}s", "total", total.as_secs_f64());
+    println!("{:<78} {:>7.1}s", "total", total.as_secs_f64());
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1086,7 +1100,7 @@ fn walk(
         w.herd(&["network", "public-ip", "show", "-g", GROUP, "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"])?;
         w.note(&format!("repeated curl {frontend_url}/api/version (a new connection each time)"));
         let want: Vec<String> = names.iter().map(|n| format!("Version 1 from {n}")).collect();
-        answers_until(&frontend, &want, Duration::from_secs(120), 6)?;
+        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(120), 6)?;
         w.note(&format!("both computer names answered: {}", names.join(", ")));
         let body = serde_json::json!({ "title": TODO_TITLE }).to_string();
         println!("\n$ curl -H 'Content-Type: application/json' -d '{body}' {frontend_url}/api/todos");
@@ -1128,7 +1142,7 @@ fn walk(
         })?;
         let want = vec![format!("Version 2 from {upgraded}"), format!("Version 1 from {other}")];
         println!();
-        answers_until(&frontend, &want, Duration::from_secs(60), 6)?;
+        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(60), 6)?;
         let t1 = Instant::now();
         let (total, within, failures) = load.finish(t0, t1);
         run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
@@ -1137,7 +1151,7 @@ fn walk(
             (t1 - t0).as_secs_f64(),
             failures.len()
         ));
-        if !failures.is_empty() && std::env::var_os("TMP_TOLERATE").is_none() {
+        if !failures.is_empty() {
             bail!("{} requests through the frontend failed during the upgrade of one instance, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
         }
         if within < 50 {
@@ -1167,7 +1181,7 @@ fn walk(
         let want: Vec<String> =
             inst.iter().map(|i| format!("Version 2 from {}", i["computerName"].as_str().unwrap_or_default())).collect();
         println!();
-        answers_until(&frontend, &want, Duration::from_secs(120), 4)?;
+        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(120), 4)?;
         check_todo(&frontend, &frontend_url)?;
         Ok(())
     })?;
@@ -1231,7 +1245,7 @@ fn walk(
         let want: Vec<String> =
             inst.iter().map(|i| format!("Version 2 from {}", i["computerName"].as_str().unwrap_or_default())).collect();
         println!();
-        answers_until(&frontend, &want, Duration::from_secs(120), 3)?;
+        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(120), 3)?;
         w.note("3 instances, all answering through the load balancer");
         Ok(())
     })?;
@@ -1250,13 +1264,16 @@ fn walk(
         let cond_out = format!("Percentage CPU > 70 avg {window}");
         w.herd(&["monitor", "autoscale", "rule", "create", "-g", GROUP, "--autoscale-name", "autoscale", "--condition", &cond_in, "--scale", "in", "1", "-o", "table"])?;
         w.herd(&["monitor", "autoscale", "rule", "create", "-g", GROUP, "--autoscale-name", "autoscale", "--condition", &cond_out, "--scale", "out", "1", "-o", "table"])?;
-        w.note(&format!("waiting for the {window} window to fill and the autoscaler to act..."));
+        w.note(&format!(
+            "waiting for the autoscaler: it acts once it has {window} of CPU samples (herd samples every set since it exists)..."
+        ));
         let limit = parse_window(&window).unwrap_or(Duration::from_secs(300)) + Duration::from_secs(240);
         let started = Instant::now();
         let mut last_print = Instant::now();
         wait("autoscale to bring the set to 2 instances", limit, || {
             let cap = w.json(&["vmss", "show", "-g", GROUP, "-n", SET])?["sku"]["capacity"].as_u64();
-            let n = w.instances()?.len();
+            // Until the scaled-in instance is gone from list-instances, not only marked.
+            let n = w.json(&["vmss", "list-instances", "-g", GROUP, "-n", SET])?.as_array().map_or(0, Vec::len);
             if last_print.elapsed() > Duration::from_secs(15) {
                 println!("  ... {:.0}s: capacity {}, {n} instances", started.elapsed().as_secs_f64(), cap.unwrap_or(0));
                 last_print = Instant::now();
@@ -1265,11 +1282,12 @@ fn walk(
         })?;
         w.herd(&["monitor", "activity-log", "list", "-g", GROUP, "--resource", SET, "--query", "[?operation=='Autoscale']", "-o", "table"])?;
         let log = w.json(&["monitor", "activity-log", "list", "-g", GROUP, "--resource", SET])?;
-        let scaled_in = log.as_array().into_iter().flatten().any(|e| e["operation"] == "Autoscale" && e.to_string().contains('2'));
+        let scaled_in = log.as_array().into_iter().flatten().any(|e| {
+            e["operation"] == "Autoscale" && e["message"].as_str().is_some_and(|m| m.contains("capacity 3 → 2"))
+        });
         if !scaled_in {
             bail!("the activity log shows no autoscale scale-in: {log}");
         }
-        w.herd(&["monitor", "autoscale", "history", "-g", GROUP, "-n", "autoscale", "--query", "[-1:]", "-o", "table"]).ok();
         run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
         w.note("the activity log shows the autoscale scale-in; the set runs on 2 VMs");
         Ok(())
