@@ -11,7 +11,8 @@
 #   herd image import --urn Debian:Bookworm:12:1.0.0 --disk OUT_DIR/disk.qcow2 --guest-agent true
 #
 # Use it where the official image (https://cloud.debian.org/images/cloud/) cannot
-# be downloaded; the official one works with herd the same way.
+# be downloaded. herd takes the official image the same way (--disk); it was not
+# tested here because it could not be downloaded.
 #
 # How: debootstrap (minbase) into OUT_DIR/.cache/rootfs, then apt-get install the
 # packages inside it, then a few settings files (below). The disk is put together
@@ -39,7 +40,12 @@
 #   HERD_CLOUDIMAGE_EXTRA     more packages to install (space separated)
 #   HERD_CLOUDIMAGE_SIZE_GIB  size of the disk (default 4; the qcow2 is sparse)
 #   HERD_CLOUDIMAGE_CMDLINE   kernel command line (default below)
-#   HERD_CLOUDIMAGE_CACHE     cache directory (default OUT_DIR/.cache)
+#   HERD_CLOUDIMAGE_VERSION   written to /etc/herd-image-version (default 1.0.0)
+#   HERD_CLOUDIMAGE_CACHE     cache directory (default OUT_DIR/.cache); share one
+#                             between versions so the rootfs is installed once:
+#     for v in 1.0.0 1.0.1; do
+#         HERD_CLOUDIMAGE_CACHE=OUT/.cache HERD_CLOUDIMAGE_VERSION=$v build.sh OUT/$v
+#     done
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -57,6 +63,10 @@ mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 CACHE=${HERD_CLOUDIMAGE_CACHE:-$OUT/.cache}
 ROOTFS=$CACHE/rootfs
+# Everything below edits files under $ROOTFS as root: never let that be the host.
+case "$(readlink -m "$ROOTFS")" in
+    "" | / | /etc* | /usr* | /var | /tmp) die "refusing to build in $ROOTFS" ;;
+esac
 
 host_codename() {
     # shellcheck disable=SC1091
@@ -79,13 +89,17 @@ SECURITY=${HERD_CLOUDIMAGE_SECURITY:-${MIRROR%/debian}/debian-security}
 KERNEL=${HERD_CLOUDIMAGE_KERNEL:-linux-image-cloud-amd64}
 SIZE_GIB=${HERD_CLOUDIMAGE_SIZE_GIB:-4}
 CMDLINE=${HERD_CLOUDIMAGE_CMDLINE:-root=LABEL=cloudimg-rootfs ro console=ttyS0,115200n8 consoleblank=0}
+VERSION=${HERD_CLOUDIMAGE_VERSION:-1.0.0}
+case $VERSION in
+    *[!0-9A-Za-z.+~-]* | "") die "HERD_CLOUDIMAGE_VERSION '$VERSION': use letters, digits and . + ~ -" ;;
+esac
 # What Debian's genericcloud image has that matters to herd, and little else:
 # systemd, cloud-init (NoCloud seed: hostname, users, customData), the QEMU guest
 # agent (herd's readiness and in-place Custom Script runs), ifupdown + dhclient
 # (cloud-init's "eni" renderer, as in Debian's images), dbus (hostnamectl), ssh.
 PACKAGES="$KERNEL systemd-sysv udev dbus cloud-init qemu-guest-agent openssh-server sudo
           ifupdown isc-dhcp-client netbase iproute2 iputils-ping ca-certificates curl
-          procps less ${HERD_CLOUDIMAGE_EXTRA:-}"
+          procps less locales ${HERD_CLOUDIMAGE_EXTRA:-}"
 PACKAGES=$(echo "$PACKAGES" | tr -s ' \n' '  ' | sed 's/^ //; s/ $//')
 LABEL=cloudimg-rootfs
 SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
@@ -154,6 +168,7 @@ else
     mkdir -p "$ROOTFS/dev/pts"
     mount -t devpts devpts "$ROOTFS/dev/pts"
     log "rootfs: apt-get install $PACKAGES"
+    # shellcheck disable=SC2086 # $PACKAGES: one word per package
     {
         in_chroot apt-get update -q &&
             in_chroot apt-get install -y -q $PACKAGES &&
@@ -166,21 +181,44 @@ else
     log "rootfs: installed ($(du -sh --exclude=./proc "$ROOTFS" | cut -f1))"
 fi
 
-# --- 2. image settings (idempotent: every step writes a whole file) ----------------
-log "rootfs: writing the image settings (fstab, network, cloud-init, first-boot state)"
-cat >"$ROOTFS/etc/fstab" <<EOF
+# --- 2. image settings ------------------------------------------------------------
+# Idempotent without touching what is already right: put() rewrites a file only
+# when its content differs, so an unchanged tree keeps its mtimes and the disk
+# below stays cached.
+put() {
+    local f=$ROOTFS/$1 tmp
+    tmp=$(mktemp)
+    cat >"$tmp"
+    if [ -f "$f" ] && [ ! -L "$f" ] && cmp -s "$tmp" "$f"; then
+        rm -f "$tmp"
+    else
+        rm -f "$f"
+        mkdir -p "$(dirname "$f")"
+        mv "$tmp" "$f"
+        chmod 644 "$f"
+    fi
+}
+mask() {
+    [ "$(readlink "$ROOTFS/etc/systemd/system/$1" 2>/dev/null)" = /dev/null ] ||
+        ln -sfn /dev/null "$ROOTFS/etc/systemd/system/$1"
+}
+log "rootfs: image settings (fstab, network, cloud-init, first-boot state)"
+put etc/fstab <<EOF
 # Written by herd's images/cloudimage/build.sh
 LABEL=$LABEL / ext4 rw,discard,errors=remount-ro 0 1
 EOF
-echo localhost >"$ROOTFS/etc/hostname"
-cat >"$ROOTFS/etc/hosts" <<'EOF'
+echo localhost | put etc/hostname
+# The image's own version, as herd's test guest has it: the walkthrough reads it to
+# see a reimage land on the new image.
+echo "$VERSION" | put etc/herd-image-version
+put etc/hosts <<'EOF'
 127.0.0.1	localhost
 ::1		localhost ip6-localhost ip6-loopback
 ff02::1		ip6-allnodes
 ff02::2		ip6-allrouters
 EOF
 # cloud-init writes the NIC's stanza to interfaces.d/50-cloud-init.
-cat >"$ROOTFS/etc/network/interfaces" <<'EOF'
+put etc/network/interfaces <<'EOF'
 # Written by herd's images/cloudimage/build.sh; cloud-init adds interfaces.d/50-cloud-init.
 source /etc/network/interfaces.d/*
 
@@ -189,20 +227,29 @@ iface lo inet loopback
 EOF
 mkdir -p "$ROOTFS/etc/network/interfaces.d"
 # herd seeds NoCloud only; naming it skips probing for other clouds at boot.
-mkdir -p "$ROOTFS/etc/cloud/cloud.cfg.d"
-cat >"$ROOTFS/etc/cloud/cloud.cfg.d/90-herd.cfg" <<'EOF'
+# manage_etc_hosts: the hostname herd gives the VM resolves (sudo complains otherwise).
+put etc/cloud/cloud.cfg.d/90-herd.cfg <<'EOF'
 # Written by herd's images/cloudimage/build.sh: herd (and any NoCloud seed) only.
 datasource_list: [ NoCloud, None ]
+manage_etc_hosts: true
 EOF
+# cloud-init's locale module sets en_US.UTF-8, which must exist already, or the
+# module fails and `cloud-init status` says error.
+put etc/locale.gen <<'EOF'
+en_US.UTF-8 UTF-8
+EOF
+if ! in_chroot locale -a 2>/dev/null | grep -qx 'en_US.utf8'; then
+    in_chroot locale-gen >"$CACHE/locale-gen.log" 2>&1 || die "locale-gen failed; see $CACHE/locale-gen.log"
+fi
 # A guest should not reach the internet unless its own cloud-init config asks
 # for it (package_update, packages): no unattended apt runs.
-for unit in apt-daily.timer apt-daily-upgrade.timer; do
-    ln -sfn /dev/null "$ROOTFS/etc/systemd/system/$unit"
-done
+mask apt-daily.timer
+mask apt-daily-upgrade.timer
 # First-boot state: every VM makes its own machine id and SSH host keys.
-: >"$ROOTFS/etc/machine-id"
+[ ! -s "$ROOTFS/etc/machine-id" ] || : >"$ROOTFS/etc/machine-id"
 rm -f "$ROOTFS/var/lib/dbus/machine-id" "$ROOTFS"/etc/ssh/ssh_host_*
-rm -rf "$ROOTFS/var/lib/cloud" "$ROOTFS"/var/log/*.log "$ROOTFS/tmp"/* "$ROOTFS/root/.bash_history"
+rm -rf "$ROOTFS/var/lib/cloud" "$ROOTFS"/var/log/*.log "$ROOTFS/root/.bash_history"
+find "$ROOTFS/tmp" -mindepth 1 -delete
 # The host's resolv.conf came in with debootstrap; dhclient writes the guest's own.
 rm -f "$ROOTFS/etc/resolv.conf"
 for m in proc sys dev/pts; do
@@ -220,8 +267,8 @@ tree_fp() {
     # Every file's path, type, size, mode, owner and mtime (not the contents: fast).
     (cd "$ROOTFS" && find . -xdev -printf '%p %y %s %m %U %G %T@ %l\n' | LC_ALL=C sort | sha256sum | cut -c1-16)
 }
-DISK_FP=$(printf '%s\n' "$(sha256sum <"$SELF")" "$(tree_fp)" "$SIZE_GIB" "$CMDLINE" | sha256sum | cut -c1-16)
-if [ -f "$OUT/disk.qcow2" ] && [ -f "$CACHE/disk.fp" ] && [ "$(cat "$CACHE/disk.fp")" = "$DISK_FP" ]; then
+DISK_FP=$(printf '%s\n' "$(sha256sum <"$SELF")" "$(tree_fp)" "$SIZE_GIB" "$CMDLINE" "$VERSION" | sha256sum | cut -c1-16)
+if [ -f "$OUT/disk.qcow2" ] && [ -f "$OUT/.disk.fp" ] && [ "$(cat "$OUT/.disk.fp")" = "$DISK_FP" ]; then
     log "disk: cached ($OUT/disk.qcow2)"
     exit 0
 fi
@@ -278,10 +325,12 @@ rm -f "$raw" "$CACHE/syslinux.cfg"
 # A rename: a VM still running on the old image keeps its (unlinked) file.
 mv "$OUT/disk.qcow2.tmp" "$OUT/disk.qcow2"
 
+# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
 in_chroot dpkg-query -W -f='${Package} ${Version}\n' >"$OUT/packages.txt"
 ver() { awk -v p="$1" '$1 == p { print $2 }' "$OUT/packages.txt"; }
 {
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "version=$VERSION"
     echo "suite=$SUITE"
     echo "mirror=$MIRROR"
     echo "security=$SECURITY"
@@ -295,5 +344,5 @@ ver() { awk -v p="$1" '$1 == p { print $2 }' "$OUT/packages.txt"; }
     echo "disk_file_bytes=$(stat -c %s "$OUT/disk.qcow2")"
     echo "disk_sha256=$(sha256sum "$OUT/disk.qcow2" | cut -d' ' -f1)"
 } >"$OUT/BUILD-INFO"
-echo "$DISK_FP" >"$CACHE/disk.fp"
+echo "$DISK_FP" >"$OUT/.disk.fp"
 log "done: $OUT/disk.qcow2 ($(du -h "$OUT/disk.qcow2" | cut -f1)); kernel $KVER, cloud-init $(ver cloud-init)"
