@@ -218,7 +218,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             [&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--upgrade-policy-mode", "Sometimes"]].concat(),
             "Manual, Automatic, Rolling",
         ),
-        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--priority", "Spot"]].concat(), "not supported yet"),
+        ([&base[..], &["--image", "Herd:TestGuest:1:1.0.0", "--priority", "Spot"]].concat(), "Spot needs a spot price"),
         (with(&["vmss", "scale"], &["--new-capacity", "101"]), "sku.capacity"),
         (with(&["vmss", "delete-instances"], &["--instance-ids", "9999"]), "9999 do not exist"),
         (with(&["vmss", "stop"], &["--instance-ids", "abc"]), "instanceIds[0]"),
