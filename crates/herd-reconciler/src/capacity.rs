@@ -121,6 +121,11 @@ pub fn arbitrate(
     now: DateTime<Utc>,
 ) {
     let unlimited = hosts.is_empty();
+    // Without hosts and without Spot sets there is nothing to place, evict or restore, and no
+    // note to clear: skip building holders for every instance on every pass.
+    if unlimited && parts.iter().all(|p| p.note.is_none() && !is_spot(p.set.model.virtual_machine_profile.priority)) {
+        return;
+    }
     let mut holders = Vec::new();
     let mut requests = Vec::new();
     // Which part each key belongs to.

@@ -84,7 +84,6 @@ fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
         v.extend_from_slice(extra);
         v.iter().map(|x| x.to_string()).collect::<Vec<_>>()
     };
-    let refs = |v: &[String]| -> Vec<String> { v.to_vec() };
 
     // Bad input, each refused with the field and what is allowed; nothing is created.
     let cases: [(&[&str], &[&str]); 5] = [
@@ -95,7 +94,7 @@ fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
         (&["--priority", "Spot", "--vm-sku", "Standard_B2s"], &["spot price", "Standard_B2s"]),
     ];
     for (extra, want) in cases {
-        let args = refs(&create(extra));
+        let args = create(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let e = s.err(&args);
         for w in want {
@@ -106,7 +105,7 @@ fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
     assert_eq!(sets.as_array().unwrap().len(), 0, "a refused create leaves nothing behind");
 
     // Low is accepted as Spot's older name.
-    let args = refs(&create(&["--priority", "Low", "--eviction-policy", "Deallocate", "--instance-count", "2"]));
+    let args = create(&["--priority", "Low", "--eviction-policy", "Deallocate", "--instance-count", "2"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     s.ok(&args);
     let hosts = s.json(&["host", "show"]);
@@ -169,26 +168,21 @@ fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
     assert!(evicted_at >= not_before, "evicted at {evicted_at}, not before {not_before}");
 
     // simulate-eviction is for Spot sets only.
-    let args = refs(
-        &[
-            "vmss",
-            "create",
-            "-g",
-            "spot-rg",
-            "-n",
-            "reg",
-            "--image",
-            "Herd:App:1:1.0.0",
-            "--vm-sku",
-            "Standard_B1s",
-            "--instance-count",
-            "1",
-            "--quiet",
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    s.ok(&args);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "spot-rg",
+        "-n",
+        "reg",
+        "--image",
+        "Herd:App:1:1.0.0",
+        "--vm-sku",
+        "Standard_B1s",
+        "--instance-count",
+        "1",
+        "--quiet",
+    ]);
     let e = s.err(&["vmss", "simulate-eviction", "-g", "spot-rg", "-n", "reg", "--instance-id", "0"]);
     assert!(e.contains("only to Spot"), "{e}");
 
