@@ -26,13 +26,15 @@ fn over_price(max_price: Option<f64>, sku: &str, spot_price: &dyn Fn(&str) -> Op
     (max < price).then_some((price, max))
 }
 
-/// Regular first; larger first within a tier (hardest to fit); then by key.
+/// Overprovisioned extras last (they only take what is left); then Regular first; larger first
+/// within a tier (hardest to fit); then by key.
 fn request_order(requests: &[Request]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by(|&a, &b| {
         let (x, y) = (&requests[a], &requests[b]);
-        x.tier
-            .cmp(&y.tier)
+        x.extra
+            .cmp(&y.extra)
+            .then(x.tier.cmp(&y.tier))
             .then(y.size.vcpus.cmp(&x.size.vcpus))
             .then(y.size.memory_mib.cmp(&x.size.memory_mib))
             .then(x.key.cmp(&y.key))
@@ -73,19 +75,30 @@ pub fn arbitrate(
     let mut placements = Vec::new();
     let mut waiting = Vec::new();
     let mut refused = Vec::new();
+    let mut skipped = Vec::new();
     // Capacity refusals, grouped by (tier, zone) so each group gets one shared shortfall.
     let mut short: BTreeMap<(Tier, Option<String>), Vec<usize>> = BTreeMap::new();
 
     let mut regular_done = false;
+    let mut extras_started = false;
     for ri in request_order(requests) {
         let r = &requests[ri];
-        if r.tier == Tier::Spot && !regular_done {
+        if (r.tier == Tier::Spot || r.extra) && !regular_done {
             // Regular shortfalls are measured before Spot requests take any room.
             regular_done = true;
             flush_shortfalls(&mut c, &mut short, requests, &mut refused);
         }
+        if r.extra && !extras_started {
+            // Spot shortfalls too are measured before extras take any room.
+            extras_started = true;
+            flush_shortfalls(&mut c, &mut short, requests, &mut refused);
+        }
         if r.tier == Tier::Spot {
             if let Some((price, max_price)) = over_price(r.max_price, &r.sku, spot_price) {
+                if r.extra {
+                    skipped.push(r.key.clone());
+                    continue;
+                }
                 refused.push(Refused {
                     key: r.key.clone(),
                     reason: Refusal::Price { sku: r.sku.clone(), price, max_price },
@@ -107,6 +120,11 @@ pub fn arbitrate(
                 Tier::Spot => c.hosts[hi].spot += a,
             }
             placements.push(Placement { key: r.key.clone(), host: c.hosts[hi].spec.name.clone() });
+            continue;
+        }
+        // An extra only ever takes free room: it neither waits nor evicts.
+        if r.extra {
+            skipped.push(r.key.clone());
             continue;
         }
         if r.tier == Tier::Spot {
@@ -164,9 +182,10 @@ pub fn arbitrate(
     let mut adopted = std::mem::take(&mut c.adopted);
     adopted.sort_by(|a, b| by_key(&a.key, &b.key));
     waiting.sort();
+    skipped.sort();
     refused.sort_by(|a, b| by_key(&a.key, &b.key));
     preempt.sort_by(|a, b| by_key(&a.key, &b.key));
-    Decision { placements, adopted, waiting, refused, preempt, warnings: std::mem::take(&mut c.warnings) }
+    Decision { placements, adopted, waiting, refused, skipped, preempt, warnings: std::mem::take(&mut c.warnings) }
 }
 
 /// Turns the grouped capacity refusals into refusals sharing their group's shortfall.
@@ -246,7 +265,8 @@ pub fn usage(hosts: &[HostSpec], holders: &[Holder]) -> Vec<HostUsage> {
 /// the API's up-front refusal of a scale-out that can never fit, so nothing is half-applied.
 ///
 /// `extra` should hold every Regular instance wanted but not yet holding room (the new ones and
-/// any still waiting); Spot entries are ignored (they never make a request fail). Placement is
+/// any still waiting); Spot entries and overprovisioned extras are ignored (they never make a
+/// request fail). Placement is
 /// first-fit, largest first, on the host with the most room, as [`arbitrate`] does. On failure
 /// the shortfall is that of the first (by zone) group of instances that do not fit.
 pub fn check_regular_room(hosts: &[HostSpec], holders: &[Holder], extra: &[Request]) -> Result<(), Shortfall> {
@@ -258,7 +278,7 @@ pub fn check_regular_room(hosts: &[HostSpec], holders: &[Holder], extra: &[Reque
     let mut short: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
     for ri in request_order(extra) {
         let r = &extra[ri];
-        if r.tier != Tier::Regular {
+        if r.tier != Tier::Regular || r.extra {
             continue;
         }
         let pool = c.eligible(r.zone.as_deref());

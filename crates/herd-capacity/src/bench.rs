@@ -131,6 +131,7 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             zone: Some(zone_of(i, zones)),
             sku: "Standard_B2s".into(),
             max_price: None,
+            extra: false,
         })
         .collect();
     Scenario { hosts, holders, requests, now }

@@ -32,6 +32,11 @@
 //!
 //!   Room freed by earlier choices in the same call is counted, so a batch never evicts more
 //!   than it needs.
+//! - **Overprovisioned extras** (`Request::extra`) are optional: they are served last, after
+//!   every Regular and Spot request, and only from room that is free now. An extra never
+//!   evicts a Spot instance and never waits for room; without free room it is skipped
+//!   ([`Decision::skipped`], not reported as a shortfall). So a scale-out with `overprovision`
+//!   evicts exactly what its counted instances need, on one host or across several.
 //! - **Spot requests never evict**: no free room now → refused (the caller shows "waiting for
 //!   Spot capacity"). Room being freed by a Preempt is kept for the Regular instance that caused
 //!   it.
@@ -71,7 +76,7 @@
 //! - Create the instances in [`Decision::placements`] on their host; write the host of every
 //!   [`Decision::adopted`] record; post a Preempt event (with [`herd_model::spot::PREEMPT_NOTICE_SECS`])
 //!   on each of [`Decision::preempt`]; leave [`Decision::waiting`] for the next call; report
-//!   [`Decision::refused`].
+//!   [`Decision::refused`]; drop [`Decision::skipped`] silently.
 //!
 //! Where herd differs from Azure, deliberately: Azure does not say which Spot VM it evicts;
 //! herd evicts the youngest on one host, the fewest it can, and says so in the event's

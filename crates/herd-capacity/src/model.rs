@@ -103,6 +103,10 @@ pub struct Request {
     pub sku: String,
     /// Spot only: a request whose `maxPrice` is below the current price is refused for price.
     pub max_price: Option<f64>,
+    /// An overprovisioned extra (`overprovision`): it is optional, so it is served after every
+    /// other request, only from room that is free now. It never evicts a Spot instance and
+    /// never waits; without free room it is skipped ([`Decision::skipped`]).
+    pub extra: bool,
 }
 
 /// An instance and the host it goes on (or is recorded on).
@@ -151,6 +155,9 @@ pub struct Decision {
     pub waiting: Vec<InstanceKey>,
     /// Requests that get no room.
     pub refused: Vec<Refused>,
+    /// Overprovisioned extras left out for want of free room (not a shortfall: do not report
+    /// them, just do not create them).
+    pub skipped: Vec<InstanceKey>,
     /// Spot instances to post a Preempt event on now.
     pub preempt: Vec<Preemption>,
     /// Things the operator should know (a legacy holder that did not fit, an undeclared host).

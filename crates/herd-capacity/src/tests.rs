@@ -48,7 +48,13 @@ fn req(set: &str, id: u64, tier: Tier, size: (u32, u64), zone: Option<&str>) -> 
         zone: zone.map(Into::into),
         sku: "Standard_B1s".into(),
         max_price: None,
+        extra: false,
     }
+}
+
+/// An overprovisioned extra of a Regular set.
+fn extra(set: &str, id: u64, size: (u32, u64), zone: Option<&str>) -> Request {
+    Request { extra: true, ..req(set, id, Tier::Regular, size, zone) }
 }
 
 fn no_price(_: &str) -> Option<f64> {
@@ -436,4 +442,96 @@ fn ten_thousand_instances_decide_fast_and_evict_no_more_than_the_naive_peer() {
     assert!(d.preempt.iter().all(|p| p.reason == EvictionReason::Capacity));
     let naive = bench::naive_global(&s.hosts, &s.holders, &s.requests);
     assert!(d.preempt.len() <= naive.evictions, "{} > {}", d.preempt.len(), naive.evictions);
+}
+
+/// Issue 13, "Spot evicted for nothing": one host of 8 vCPU holding 4 Regular and 4 Spot
+/// instances (1 vCPU each). Scaling the Regular set 4 → 6 with `overprovision` asks for 2
+/// counted instances and 1 extra: exactly 2 Spot instances are evicted, never 3, and the extra
+/// is skipped in every round (it neither waits nor evicts).
+#[test]
+fn an_overprovisioned_extra_never_evicts_spot_on_one_host() {
+    let hosts = [host("h1", None, 8, 65536)];
+    let mut holders: Vec<Holder> = (0..4).map(|i| reg("web", i, "h1", (1, 1024), i as i64)).collect();
+    holders.extend((0..4).map(|i| spot("cheap", i, "h1", (1, 1024), 100 + 10 * i as i64)));
+    let requests = [
+        req("web", 4, Tier::Regular, (1, 1024), None),
+        req("web", 5, Tier::Regular, (1, 1024), None),
+        extra("web", 6, (1, 1024), None),
+    ];
+    let d = arbitrate(&hosts, &holders, &requests, &no_price);
+    assert_eq!(keys(&d.preempt), ["rg/cheap/2", "rg/cheap/3"], "only the counted instances evict");
+    assert_eq!(waiting(&d), ["rg/web/4", "rg/web/5"]);
+    assert_eq!(d.skipped, [key("web", 6)]);
+    assert!(d.placements.is_empty() && d.refused.is_empty(), "{d:?}");
+
+    // Preempts posted: still no third eviction, the extra does not wait on their room.
+    for h in holders.iter_mut().filter(|h| h.key.set.as_str() == "cheap" && h.key.id.0 >= 2) {
+        h.preempting = true;
+    }
+    let d = arbitrate(&hosts, &holders, &requests, &no_price);
+    assert!(d.preempt.is_empty(), "{:?}", d.preempt);
+    assert_eq!(waiting(&d), ["rg/web/4", "rg/web/5"]);
+    assert_eq!(d.skipped, [key("web", 6)]);
+
+    // The evicted ones are gone: the counted instances take their room, the extra gets none.
+    holders.retain(|h| !h.preempting);
+    let d = arbitrate(&hosts, &holders, &requests, &no_price);
+    assert_eq!(placed(&d), [("rg/web/4".into(), "h1".into()), ("rg/web/5".into(), "h1".into())]);
+    assert_eq!(d.skipped, [key("web", 6)]);
+    assert!(d.preempt.is_empty() && d.waiting.is_empty() && d.refused.is_empty());
+
+    // With free room left over, the extra is placed there (after the counted ones).
+    let hosts = [host("h1", None, 9, 65536)];
+    let d = arbitrate(&hosts, &holders, &requests, &no_price);
+    assert_eq!(placed(&d).len(), 3, "{d:?}");
+    assert!(d.skipped.is_empty() && d.preempt.is_empty());
+}
+
+/// The same rule across several hosts: counted instances take free room first, then evict the
+/// fewest Spot instances they need; the extras take only room that is still free, on any host.
+#[test]
+fn overprovisioned_extras_never_evict_spot_across_hosts() {
+    // h1, h2: 2 Regular + 2 Spot each (full); h3: 3 Regular, 1 vCPU free.
+    let hosts = [host("h1", None, 4, 65536), host("h2", None, 4, 65536), host("h3", None, 4, 65536)];
+    let mut holders = Vec::new();
+    for (n, h) in ["h1", "h2"].iter().enumerate() {
+        let base = 10 * n as u64;
+        holders.extend((0..2).map(|i| reg("web", base + i, h, (1, 1024), 0)));
+        holders.extend((0..2).map(|i| spot("cheap", base + i, h, (1, 1024), 100 + (base + i) as i64)));
+    }
+    holders.extend((0..3).map(|i| reg("web", 20 + i, "h3", (1, 1024), 0)));
+    // 3 counted + 2 extras (rounded up, as the planner does for small batches).
+    let requests = [
+        req("web", 30, Tier::Regular, (1, 1024), None),
+        req("web", 31, Tier::Regular, (1, 1024), None),
+        req("web", 32, Tier::Regular, (1, 1024), None),
+        extra("web", 33, (1, 1024), None),
+        extra("web", 34, (1, 1024), None),
+    ];
+    let d = arbitrate(&hosts, &holders, &requests, &no_price);
+    assert_eq!(placed(&d), [("rg/web/30".into(), "h3".into())], "the free vCPU goes to a counted instance");
+    assert_eq!(d.preempt.len(), 2, "exactly one eviction per counted instance without room: {:?}", d.preempt);
+    assert_eq!(waiting(&d), ["rg/web/31", "rg/web/32"]);
+    assert_eq!(d.skipped, [key("web", 33), key("web", 34)]);
+    assert!(d.refused.is_empty());
+
+    // A fourth, empty host of 3 vCPU: the counted instances need no eviction any more, and
+    // one extra takes the one vCPU still free; the other is skipped.
+    let hosts = [hosts[0].clone(), hosts[1].clone(), hosts[2].clone(), host("h4", None, 3, 65536)];
+    let d = arbitrate(&hosts, &holders, &requests, &no_price);
+    assert!(d.preempt.is_empty(), "{:?}", d.preempt);
+    assert!(d.waiting.is_empty() && d.refused.is_empty());
+    let p = placed(&d);
+    assert_eq!(p.len(), 4, "{p:?}");
+    assert!(p.iter().any(|(k, _)| k == "rg/web/33"), "{p:?}");
+    assert_eq!(d.skipped, [key("web", 34)]);
+
+    // Spot requests (restores) also come before extras: the one free vCPU (h3) is theirs.
+    let requests = [extra("web", 40, (1, 1024), None), req("cheap", 40, Tier::Spot, (1, 1024), None)];
+    let d = arbitrate(&hosts[..3], &holders, &requests, &no_price);
+    assert_eq!(d.skipped, [key("web", 40)]);
+    assert_eq!(placed(&d), [("rg/cheap/40".into(), "h3".into())]);
+    assert!(d.preempt.is_empty());
+    // An extra never makes the API refuse a scale-out.
+    assert!(check_regular_room(&hosts, &holders, &[extra("web", 50, (64, 1024), None)]).is_ok());
 }

@@ -10,6 +10,8 @@
 //!   placed   ──▶ the step stays, with the host recorded (Create's NewInstance.host, or Assign)
 //!   waiting  ──▶ dropped this pass; Spot instances got Preempt events and free the room later
 //!   refused  ──▶ dropped; the set's CapacityNote says what is missing
+//!   skipped  ──▶ an overprovisioned extra without free room: dropped, no note (it is optional;
+//!                it never evicts Spot instances nor waits for room)
 //!   preempt  ──▶ PostEvent(Preempt, 30 s) on the chosen Spot instances (capacity or price)
 //! ```
 //! The arbiter is pure and the steps are data, so all of this is decided before any intent is
@@ -109,6 +111,7 @@ pub fn request(set: &StoredScaleSet, id: InstanceId, zone: Option<String>, skus:
         zone,
         sku: set.model.sku.name.clone(),
         max_price: max_price(set),
+        extra: false,
     }
 }
 
@@ -139,16 +142,17 @@ pub fn arbitrate(
         }
         let zone_of = |id: InstanceId| p.records.iter().find(|r| r.instance_id == id).and_then(|r| r.zone.clone());
         for step in p.steps.iter() {
-            let mut want = |id: InstanceId, zone: Option<String>| {
+            let mut want = |id: InstanceId, zone: Option<String>, extra: bool| {
                 owner.insert(key(id), pi);
-                requests.push(request(set, id, zone, skus));
+                requests.push(Request { extra, ..request(set, id, zone, skus) });
             };
             match step {
-                Step::Create(new) => new.iter().for_each(|n| want(n.id, n.zone.clone())),
+                // An overprovisioned extra only takes free room (see herd-capacity's rules).
+                Step::Create(new) => new.iter().for_each(|n| want(n.id, n.zone.clone(), n.overprovisioned)),
                 Step::Start(id) | Step::Restore(id)
                     if p.records.iter().any(|r| r.instance_id == *id && r.state == InstanceState::Deallocated) =>
                 {
-                    want(*id, zone_of(*id))
+                    want(*id, zone_of(*id), false)
                 }
                 _ => {}
             }

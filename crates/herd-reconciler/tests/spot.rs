@@ -336,3 +336,53 @@ async fn a_terminate_event_holds_a_scale_in_until_acknowledged_or_timed_out() {
     e.settle().await;
     assert_eq!(ids(&e), vec![(0, InstanceState::Running)]);
 }
+
+/// Issue 13, "Spot evicted for nothing": with `overprovision` on the Regular set, scaling it
+/// 4 → 6 on a full 8-vCPU host (4 Regular + 4 Spot, 1 vCPU each) evicts exactly the 2 Spot
+/// instances the 2 new instances need. Before the fix the overprovisioned extra evicted a third
+/// one, and was then deleted as surplus.
+#[tokio::test]
+async fn an_overprovisioned_scale_out_evicts_only_what_its_counted_instances_need() {
+    let e = env();
+    e.put_set(&set("reg", 4, json!({"overprovision": true})));
+    e.settle().await;
+    assert_eq!(e.running("reg").len(), 4);
+    assert_eq!(e.records("reg").len(), 4, "the first extra is gone once the counted ones are ready");
+    e.put_set(&set("spot", 1, spot(json!({}))));
+    for n in 2..=4 {
+        e.settle().await;
+        e.clock.advance(Span::seconds(10));
+        e.edit_set("rg/spot", |s| s.model.sku.capacity = n);
+    }
+    e.settle().await;
+    assert_eq!(e.running("spot"), vec![0, 1, 2, 3]);
+
+    e.edit_set("rg/reg", |s| s.model.sku.capacity = 6);
+    let noticed = |e: &Env| -> Vec<u64> {
+        e.records("spot")
+            .iter()
+            .filter(|r| {
+                r.eviction.is_some() || r.scheduled_events.iter().any(|ev| ev.event_type == ScheduledEventType::Preempt)
+            })
+            .map(|r| r.instance_id.0)
+            .collect()
+    };
+    e.settle().await;
+    assert_eq!(noticed(&e), vec![2, 3], "only the two youngest get a Preempt event");
+    assert!(
+        e.records("reg").iter().all(|r| !r.overprovisioned),
+        "no extra is created without free room: {:?}",
+        e.records("reg").iter().map(|r| (r.instance_id.0, r.overprovisioned)).collect::<Vec<_>>()
+    );
+    for _ in 0..4 {
+        e.clock.advance(Span::seconds(10));
+        e.settle().await;
+        assert!(noticed(&e).len() <= 2, "a third Spot instance was chosen: {:?}", noticed(&e));
+    }
+    assert_eq!(e.running("reg").len(), 6);
+    assert_eq!(e.records("reg").len(), 6, "6 Regular instances and no extra left");
+    assert_eq!(e.running("spot"), vec![0, 1], "exactly 2 Spot instances were evicted");
+    let log = e.activity();
+    assert_eq!(log.iter().filter(|l| l.starts_with("SpotEviction")).count(), 2, "{log:#?}");
+    assert!(e.status("reg").capacity_note.is_none(), "a skipped extra is no shortfall");
+}
