@@ -10,8 +10,8 @@
 //!   work/          copy of the image directory (the "disk"); cwd of init
 //!   work/.herd/custom-data   spec.custom_data, when given (mode 0600)
 //!   work/.herd/extensions/<name>/   an extension's files and the cwd of its script (see the
-//!                  crate docs); .herd-command (mode 0600) only while it runs, .herd-stdout and
-//!                  .herd-stderr (mode 0600) its output
+//!                  crate docs); .herd-command (mode 0600), .herd-stdout and .herd-stderr
+//!                  (mode 0600, its output) only while it runs
 //!   env            the spec-derived environment, NUL-separated KEY=VALUE (like /proc/*/environ)
 //!   power          desired power: running | stopped | deallocated
 //!   pid            "<pid> <starttime>" of the process group leader

@@ -84,8 +84,9 @@
 //!   an error message. The file is removed when the run ends, however it ends (exit, timeout,
 //!   error, or the call being abandoned).
 //! * **Output.** stdout and stderr go to `.herd-stdout` and `.herd-stderr` there (mode 0600,
-//!   created anew for each run, kept afterwards like a VM's extension logs); the outcome holds
-//!   the last [`herd_driver::SCRIPT_OUTPUT_TAIL`] bytes of each. They are files rather than
+//!   created anew for each run); the outcome holds the last [`herd_driver::SCRIPT_OUTPUT_TAIL`]
+//!   bytes of each, and both files are removed once captured (a script may print a secret; the
+//!   server keeps only the masked tails). They are files rather than
 //!   pipes so that a service the script starts in the background can keep its inherited stdout
 //!   and stderr (a pipe would block or `SIGPIPE` it once nobody reads), and the run ends when
 //!   the script process itself exits, never waiting for its output to close. Output is not
@@ -540,14 +541,8 @@ impl Driver for ProcessDriver {
             blocking(move || procfs::signal_group(script_id, Signal::SIGKILL)).await?;
         }
         drop(guard);
-        let (out, err) = (prepared.dir.join(script::STDOUT_FILE), prepared.dir.join(script::STDERR_FILE));
-        let (stdout, stderr) = blocking(move || {
-            (
-                script::read_tail(&out, herd_driver::SCRIPT_OUTPUT_TAIL),
-                script::read_tail(&err, herd_driver::SCRIPT_OUTPUT_TAIL),
-            )
-        })
-        .await?;
+        let dir = prepared.dir.clone();
+        let (stdout, stderr) = blocking(move || script::take_output(&dir, herd_driver::SCRIPT_OUTPUT_TAIL)).await?;
         tracing::debug!(instance = %key, extension = %run.name, ?exit_code, timed_out, "extension script ran");
         Ok(ScriptOutcome { exit_code, timed_out, stdout, stderr })
     }

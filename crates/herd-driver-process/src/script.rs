@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 /// The command file, in the extension's directory; removed after every run.
 pub(crate) const COMMAND_FILE: &str = ".herd-command";
-/// Where the script's stdout and stderr go (kept after the run, like a VM's extension logs).
+/// Where the script's stdout and stderr go while it runs; removed once their tails are
+/// captured (the output may print a secret, and only the masked tails are kept, in the store).
 pub(crate) const STDOUT_FILE: &str = ".herd-stdout";
 pub(crate) const STDERR_FILE: &str = ".herd-stderr";
 const NSENTER: &str = "/usr/bin/nsenter";
@@ -144,6 +145,18 @@ pub(crate) fn read_tail(path: &Path, max: usize) -> Vec<u8> {
         let _ = f.read_to_end(&mut buf);
     }
     herd_driver::keep_tail(buf, max)
+}
+
+/// The last `max` bytes of the run's stdout and stderr in `dir`; both files are removed.
+pub(crate) fn take_output(dir: &Path, max: usize) -> (Vec<u8>, Vec<u8>) {
+    let (out, err) = (dir.join(STDOUT_FILE), dir.join(STDERR_FILE));
+    let tails = (read_tail(&out, max), read_tail(&err, max));
+    for f in [&out, &err] {
+        if let Err(e) = ignore_missing(fs::remove_file(f)) {
+            tracing::warn!(path = %f.display(), error = %e, "cannot remove an extension's output file");
+        }
+    }
+    tails
 }
 
 /// How the script is started so that it is part of the instance.

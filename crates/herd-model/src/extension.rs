@@ -364,28 +364,198 @@ pub struct ExtensionStatus {
     pub fingerprint: String,
 }
 
-/// Replaces every secret in `text` with `***`: each protected string whole, and each of its
-/// words of 4+ characters (split at blanks, quotes and `=`), except paths and URLs (they hold
-/// a `/`), `keep` words such as downloaded file names, and common command words.
-pub fn redact(text: &str, secrets: &[String], keep: &[String]) -> String {
-    let mut words: Vec<&str> = Vec::new();
-    for s in secrets {
-        if !s.is_empty() {
-            words.push(s);
+/// The shortest protected value herd masks: shorter ones would mangle ordinary output.
+pub const MIN_SECRET_CHARS: usize = 6;
+
+/// Command words that are never masked, even when they are arguments (`sudo bash x`).
+const COMMON_WORDS: &[&str] =
+    &["bash", "sudo", "exec", "python", "python3", "export", "source", "printf", "function", "readonly", "declare"];
+
+/// Masks protected values in script output before it is stored.
+///
+/// What is masked, every occurrence, whatever surrounds it (`;`, `&&`, quotes, newlines,
+/// `$()`), each only when it has at least [`MIN_SECRET_CHARS`] characters:
+/// - every protected string value whole (a `commandToExecute`, a `fileUris` entry, the
+///   decoded `script` when the caller passes it);
+/// - read as shell, the parts of each protected command that a script would print: the
+///   arguments of each simple command together (`echo V3 SEKRIT; echo end` masks `V3 SEKRIT`),
+///   each argument alone (quotes removed), and the value of each `NAME=value` or
+///   `--opt=value`. Not masked: command names, `-flags`, plain paths (only `[A-Za-z0-9._/~+-]`
+///   with a `/`), `keep` words such as downloaded file names, and a few common command words.
+///
+/// A secret the script computes or reads from elsewhere (not written in its settings) cannot
+/// be known, so it shows as the script prints it, as in Azure.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Longest first, so a value containing another is masked whole.
+    patterns: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    /// Never the values themselves.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} values)", self.patterns.len())
+    }
+}
+
+impl Redactor {
+    /// `values`: the protected string values (see [`secret_strings`]); `keep`: words never
+    /// masked (the names of downloaded files).
+    pub fn new(values: &[String], keep: &[String]) -> Self {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut add = |w: &str| {
+            let w = w.trim_matches(|c: char| c.is_whitespace());
+            if w.chars().count() >= MIN_SECRET_CHARS && !keep.iter().any(|k| k == w) && !COMMON_WORDS.contains(&w) {
+                patterns.push(w.to_string());
+            }
+        };
+        for v in values {
+            add(v);
+            for words in shell_commands(v) {
+                let first = words.iter().position(|w| !is_assignment(w)).unwrap_or(words.len());
+                let mut args = Vec::new();
+                for (i, w) in words.iter().enumerate() {
+                    if let Some((_, value)) = w.split_once('=').filter(|_| !w.starts_with('=')) {
+                        if !is_plain_path(value) {
+                            add(value);
+                        }
+                    }
+                    if i < first {
+                        continue; // NAME=value before the command: only the value counts.
+                    }
+                    if i == first {
+                        continue; // the command name
+                    }
+                    args.push(w.as_str());
+                    if !w.starts_with('-') && !is_plain_path(w) {
+                        add(w);
+                    }
+                }
+                if args.len() > 1 {
+                    add(&args.join(" "));
+                }
+            }
         }
-        for w in s.split(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '=') {
-            let common = ["bash", "sudo", "exec", "python", "python3", "export"].contains(&w);
-            if w.chars().count() >= 4 && !common && !w.contains('/') && !keep.iter().any(|k| k == w) {
-                words.push(w);
+        patterns.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        patterns.dedup();
+        Self { patterns }
+    }
+
+    /// `text` with every pattern replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for p in &self.patterns {
+            if out.contains(p.as_str()) {
+                out = out.replace(p.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
+/// Replaces protected values in `text` with `***` (see [`Redactor`]).
+pub fn redact(text: &str, secrets: &[String], keep: &[String]) -> String {
+    Redactor::new(secrets, keep).redact(text)
+}
+
+fn is_assignment(w: &str) -> bool {
+    w.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+    })
+}
+
+/// A file path and nothing else: a `/` and only characters paths usually have.
+fn is_plain_path(w: &str) -> bool {
+    w.contains('/') && w.chars().all(|c| c.is_ascii_alphanumeric() || "._/~+-".contains(c))
+}
+
+/// Reads `text` as POSIX shell, well enough to find what a script prints: the words (quotes
+/// and backslashes removed) of each simple command. Commands end at newlines, `;`, `&`, `|`,
+/// parentheses, backquotes, `$(` and redirections; `#` at a word's start comments out the
+/// rest of the line. Never fails: unbalanced quotes run to the end.
+fn shell_commands(text: &str) -> Vec<Vec<String>> {
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = text.chars().peekable();
+    fn end_word(words: &mut Vec<String>, word: &mut String, in_word: &mut bool) {
+        if *in_word {
+            words.push(std::mem::take(word));
+            *in_word = false;
+        }
+    }
+    fn end_command(commands: &mut Vec<Vec<String>>, words: &mut Vec<String>) {
+        if !words.is_empty() {
+            commands.push(std::mem::take(words));
+        }
+    }
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => end_word(&mut words, &mut word, &mut in_word),
+            '\n' | ';' | '&' | '|' | '(' | ')' | '`' | '<' | '>' => {
+                end_word(&mut words, &mut word, &mut in_word);
+                end_command(&mut commands, &mut words);
+            }
+            '$' if chars.peek() == Some(&'(') => {
+                chars.next();
+                end_word(&mut words, &mut word, &mut in_word);
+                end_command(&mut commands, &mut words);
+            }
+            '#' if !in_word => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+                end_command(&mut commands, &mut words);
+            }
+            '\'' => {
+                in_word = true;
+                for n in chars.by_ref() {
+                    if n == '\'' {
+                        break;
+                    }
+                    word.push(n);
+                }
+            }
+            '"' => {
+                in_word = true;
+                while let Some(n) = chars.next() {
+                    match n {
+                        '"' => break,
+                        '\\' => match chars.peek() {
+                            Some(&e @ ('"' | '\\' | '$' | '`')) => {
+                                word.push(e);
+                                chars.next();
+                            }
+                            Some('\n') => {
+                                chars.next();
+                            }
+                            _ => word.push('\\'),
+                        },
+                        _ => word.push(n),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some('\n') | None => {}
+                Some(n) => {
+                    in_word = true;
+                    word.push(n);
+                }
+            },
+            _ => {
+                in_word = true;
+                word.push(c);
             }
         }
     }
-    words.sort_by_key(|w| std::cmp::Reverse(w.len()));
-    let mut out = text.to_string();
-    for w in words {
-        out = out.replace(w, "***");
-    }
-    out
+    end_word(&mut words, &mut word, &mut in_word);
+    end_command(&mut commands, &mut words);
+    commands
 }
 
 /// Every string inside a JSON value (protected settings), for redaction.
@@ -497,6 +667,51 @@ mod tests {
         let out = redact("connecting as labuser with s3cr3t-pw via installapp-v1.sh", &secrets, &keep);
         assert!(!out.contains("s3cr3t-pw") && !out.contains("labuser"), "{out}");
         assert!(out.contains("installapp-v1.sh"));
+    }
+
+    /// Issue 13: `echo V3 SEKRIT; echo end` showed `V3 SEKRIT` (the `;` glued to the word).
+    /// Every protected command below prints its secret; the output must not hold it, whatever
+    /// surrounds it in the command or in the output.
+    #[test]
+    fn secrets_are_masked_whatever_surrounds_them() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("echo V3 SEKRIT; echo end", "V3 SEKRIT\nend\n", "V3 SEKRIT"),
+            ("echo V3 SEKRIT;echo end", "V3 SEKRIT\nend\n", "SEKRIT"),
+            ("echo hunter22&&echo end", "hunter22\nend\n", "hunter22"),
+            ("echo hunter22 && echo end", "hunter22\nend\n", "hunter22"),
+            ("echo 'pass word9'; true", "pass word9\n", "pass word9"),
+            ("echo \"dq-secret\"|cat", "dq-secret\n", "dq-secret"),
+            ("echo \"a=\\\"quoted1\\\"\"", "a=\"quoted1\"\n", "quoted1"),
+            ("echo line1\necho tok3n-xyz\n", "line1\ntok3n-xyz\n", "tok3n-xyz"),
+            ("echo $(echo subsh3ll)", "subsh3ll\n", "subsh3ll"),
+            ("echo pre$(printf inn3r-val)post", "preinn3r-valpost\n", "inn3r-val"),
+            ("echo `echo b4ckt1ck`", "b4ckt1ck\n", "b4ckt1ck"),
+            ("PASSWORD=pa55w0rd ./run.sh", "using pa55w0rd\n", "pa55w0rd"),
+            ("./run.sh --token=abcdef123", "token abcdef123;\n", "abcdef123"),
+            ("printf '%s\\n' 'x-SECRET-y' >out.txt; cat out.txt", "x-SECRET-y\n", "x-SECRET-y"),
+        ];
+        for (command, output, secret) in cases {
+            let out = redact(&format!("[stdout]\n{output}(;{output})"), &[command.to_string()], &[]);
+            assert!(!out.contains(secret), "{command:?}: {out:?}");
+            assert!(out.contains("***"), "{command:?}: {out:?}");
+        }
+        // A whole protected value, glued to anything, and every occurrence.
+        let out = redact("x;S3CRET-VALUE;S3CRET-VALUE&&", &["S3CRET-VALUE".into()], &[]);
+        assert_eq!(out, "x;***;***&&");
+    }
+
+    #[test]
+    fn short_values_names_flags_paths_and_kept_words_stay() {
+        let secrets = vec!["bash ./install.sh --verbose -x /opt/app/bin ab 12345".to_string()];
+        let keep = vec!["install.sh".to_string()];
+        let text = "bash ran ./install.sh --verbose in /opt/app/bin: ab 12345";
+        let r = Redactor::new(&secrets, &keep);
+        assert_eq!(r.redact(text), text);
+        assert_eq!(format!("{r:?}"), "Redactor(2 values)", "the whole value and the arguments together; never shown");
+        // But a URL holding a token is masked.
+        let out = redact("fetching https://h/x.sh?sig=AbC123", &["https://h/x.sh?sig=AbC123".into()], &[]);
+        assert_eq!(out, "fetching ***");
+        assert!(Redactor::new(&["ls; echo short".into()], &[]).redact("short").contains("short"));
     }
 
     #[test]

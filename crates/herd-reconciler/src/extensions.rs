@@ -12,7 +12,9 @@
 //! commands must be idempotent, as in Azure.
 //!
 //! Secrets: protected settings are opened here, passed to the driver in `ScriptRun::command`
-//! (which drivers never put in an argv), and redacted from every message written back.
+//! (which drivers never put in an argv), and masked in every message before it is written
+//! back (stdout and stderr tails included; see `herd_model::extension::Redactor` for what is
+//! masked), so neither the record nor the store's WAL ever holds them.
 
 use crate::executor::instance_store_key;
 use crate::fetch::{self, FetchLimits};
@@ -229,8 +231,15 @@ impl ExtensionRunner {
     ) -> ExtensionStatus {
         let uris = e.file_uris(prot);
         let keep: Vec<String> = uris.iter().filter_map(|u| fetch::file_name(u)).collect();
-        let secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
-        let redact = |s: &str| extension::redact(s, &secrets, &keep);
+        let mut secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
+        if let Some(Value::String(b64)) = prot.and_then(|p| p.get("script")) {
+            // A protected script is as secret as a protected command: mask what it would print.
+            if let Ok(script) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+                secrets.push(String::from_utf8_lossy(&script).into_owned());
+            }
+        }
+        let redactor = extension::Redactor::new(&secrets, &keep);
+        let redact = |s: &str| redactor.redact(s);
         let mut status = ExtensionStatus {
             name: e.name.clone(),
             kind: e.full_type(),
