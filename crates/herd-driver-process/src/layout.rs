@@ -10,8 +10,10 @@
 //!   work/          copy of the image directory (the "disk"); cwd of init
 //!   work/.herd/custom-data   spec.custom_data, when given (mode 0600)
 //!   work/.herd/extensions/<name>/   an extension's files and the cwd of its script (see the
-//!                  crate docs); .herd-command (mode 0600), .herd-stdout and .herd-stderr
-//!                  (mode 0600, its output) only while it runs
+//!                  crate docs); .herd-command (mode 0600), .herd-runner, .herd-exit,
+//!                  .herd-stdout and .herd-stderr (mode 0600, its output) only while it runs
+//!   script-run     the extension run in progress: name, identity, nonce, script pid (see
+//!                  the `runs` module), written before the script starts
 //!   env            the spec-derived environment, NUL-separated KEY=VALUE (like /proc/*/environ)
 //!   power          desired power: running | stopped | deallocated
 //!   pid            "<pid> <starttime>" of the process group leader
@@ -68,6 +70,10 @@ impl InstanceDir {
     }
     pub fn console(&self) -> PathBuf {
         self.dir.join("console.log")
+    }
+    /// The record of the extension run in progress (see the `runs` module).
+    pub fn script_run(&self) -> PathBuf {
+        self.dir.join("script-run")
     }
     pub fn custom_data(&self) -> PathBuf {
         self.work().join(".herd").join("custom-data")

@@ -104,7 +104,16 @@
 //!   that ran in another session cannot be joined (`setpgid` does not cross sessions): the
 //!   script then runs in a group of its own, which is killed when the script ends, so nothing
 //!   it started outlives the run untracked (a warning is logged).
-//! * **Exit.** `exit_code` is the script's exit status, `None` if a signal killed it. After
+//! * **Across a server crash.** Each run is recorded in the instance's `script-run` file
+//!   (extension name, the caller's `identity`, a nonce, then the script's pid) before the
+//!   script starts, and the script is started through `.herd-runner`, which writes the
+//!   command's exit status to `.herd-exit`. A new driver asked for the same name and identity
+//!   adopts the run still going (waits for it until its deadline, then takes its exit status
+//!   and output) or takes the result of one that ended unseen; a recorded run of another
+//!   identity is killed (its script and descendants) before the new one starts. So a script
+//!   never runs twice at once (see the `runs` module).
+//! * **Exit.** `exit_code` is the script's exit status (as the shell reports it: `128 + n` for
+//!   a command killed by signal `n`), `None` if the runner itself was killed. After
 //!   `timeout`, the script and its descendants (found through parent pids in `/proc`; frozen
 //!   with `SIGSTOP` until no new one appears, then `SIGKILL`ed) are killed, and the outcome is
 //!   `timed_out` with `exit_code: None`. The instance's other processes are untouched. (A
@@ -116,6 +125,7 @@
 mod bridge;
 mod layout;
 mod procfs;
+mod runs;
 mod script;
 mod spawn;
 mod state;
@@ -479,6 +489,19 @@ impl Driver for ProcessDriver {
             return Err(DriverError::Failed(format!("instance {key} is not running")));
         };
         let fail = |m: String| DriverError::Failed(format!("instance {key}: extension {}: {m}", run.name));
+        // A run recorded by a previous server: the same run is adopted (or its result taken),
+        // another one is killed first. Never two copies (see the `runs` module).
+        let (d2, name, identity) = (d.clone(), run.name.clone(), run.identity.clone());
+        match blocking(move || runs::settle(&d2, &name, &identity)).await? {
+            runs::Prior::Start => {}
+            runs::Prior::Adopt(rec) => return self.adopt(key, &d, rec).await,
+            runs::Prior::Finished(rec, code) => {
+                tracing::info!(instance = %key, extension = %rec.name, exit_code = code, "an extension run ended while no server watched; taking its result");
+                let d2 = d.clone();
+                let (stdout, stderr) = blocking(move || runs::finish(&d2, &rec.name)).await?;
+                return Ok(ScriptOutcome { exit_code: Some(code), timed_out: false, stdout, stderr });
+            }
+        }
         // The guard removes the command file however this ends, even if this call is abandoned
         // while the file is still being written (then the writer removes it: see `gone`).
         let gone = Arc::new(AtomicBool::new(false));
@@ -501,7 +524,13 @@ impl Driver for ProcessDriver {
         .map_err(fail)?;
         let (d2, k2, tag) = (d.clone(), key.clone(), self.state.tag.clone());
         let (env, placement) = blocking(move || (spawn::instance_env(&d2, &k2, &tag), script::placement(id))).await?;
-        let env = env.map_err(|e| fail(format!("cannot read the instance environment: {e}")))?;
+        let mut env = env.map_err(|e| fail(format!("cannot read the instance environment: {e}")))?;
+        // Recorded before the script starts, so a server killed at any point leaves a trace of it.
+        let mut rec = runs::RunRecord::new(&run.name, &run.identity, run.timeout);
+        rec.own_group = placement.join_group.is_none();
+        env.push((runs::RUN_ENV.into(), rec.nonce.clone().into()));
+        let (d2, r2) = (d.clone(), rec.clone());
+        blocking(move || runs::write(&d2, &r2)).await?.map_err(|e| fail(format!("cannot record the run: {e}")))?;
         let (program, args) = script::argv(&placement);
         let mut child = tokio::process::Command::new(&program)
             .args(&args)
@@ -522,6 +551,12 @@ impl Driver for ProcessDriver {
             return Err(fail("the script vanished at start".into()));
         };
         guard.script = Some(script_id);
+        rec.script = Some(script_id);
+        let d2 = d.clone();
+        if let Err(e) = blocking(move || runs::write(&d2, &rec)).await? {
+            // The nonce in its environment still finds it after a crash.
+            tracing::warn!(instance = %key, extension = %run.name, error = %e, "cannot record the script's pid");
+        }
         // Wait for the script itself, not for its output: what it started in the background
         // keeps running (and writing to the output files) after it exits.
         let (exit_code, timed_out) = match tokio::time::timeout(run.timeout, child.wait()).await {
@@ -541,8 +576,8 @@ impl Driver for ProcessDriver {
             blocking(move || procfs::signal_group(script_id, Signal::SIGKILL)).await?;
         }
         drop(guard);
-        let dir = prepared.dir.clone();
-        let (stdout, stderr) = blocking(move || script::take_output(&dir, herd_driver::SCRIPT_OUTPUT_TAIL)).await?;
+        let (d2, name) = (d.clone(), run.name.clone());
+        let (stdout, stderr) = blocking(move || runs::finish(&d2, &name)).await?;
         tracing::debug!(instance = %key, extension = %run.name, ?exit_code, timed_out, "extension script ran");
         Ok(ScriptOutcome { exit_code, timed_out, stdout, stderr })
     }
@@ -559,6 +594,47 @@ impl Driver for ProcessDriver {
         .await
     }
 }
+
+impl ProcessDriver {
+    /// Waits for a run a previous server started (until its own deadline, then kills it) and
+    /// takes its result. The caller holds the instance's lock.
+    async fn adopt(
+        &self,
+        key: &InstanceKey,
+        d: &InstanceDir,
+        rec: runs::RunRecord,
+    ) -> Result<ScriptOutcome, DriverError> {
+        let Some(root) = rec.script else {
+            return Err(DriverError::Failed(format!("instance {key}: extension {}: no script to adopt", rec.name)));
+        };
+        tracing::info!(instance = %key, extension = %rec.name, pid = root.pid, "adopting an extension run started by a previous server");
+        let deadline = Instant::now() + rec.remaining();
+        let mut timed_out = false;
+        while blocking(move || runs::alive(root)).await? {
+            if Instant::now() >= deadline {
+                blocking(move || script::kill_tree(root)).await?;
+                tracing::info!(instance = %key, extension = %rec.name, "adopted extension script timed out; killed");
+                timed_out = true;
+                break;
+            }
+            tokio::time::sleep(ADOPT_POLL).await;
+        }
+        if rec.own_group {
+            blocking(move || procfs::signal_group(root, Signal::SIGKILL)).await?;
+        }
+        let (d2, name) = (d.clone(), rec.name.clone());
+        let (code, (stdout, stderr)) = blocking(move || {
+            let code = runs::exit_status(&script::extension_dir(&d2, &name));
+            (code, runs::finish(&d2, &name))
+        })
+        .await?;
+        let exit_code = if timed_out { None } else { code };
+        Ok(ScriptOutcome { exit_code, timed_out, stdout, stderr })
+    }
+}
+
+/// How often an adopted run (not our child: no wait) is checked.
+const ADOPT_POLL: Duration = Duration::from_millis(100);
 
 /// Removes an extension's command file however its run ends, and kills the script (with its
 /// descendants) if the run is abandoned while it still runs (the future dropped).

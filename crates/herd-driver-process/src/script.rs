@@ -20,6 +20,12 @@ use std::time::{Duration, Instant};
 
 /// The command file, in the extension's directory; removed after every run.
 pub(crate) const COMMAND_FILE: &str = ".herd-command";
+/// What is started: runs the command file and records its exit status in [`EXIT_FILE`], so a
+/// server that did not start the script can still learn how it ended (see the `runs` module).
+pub(crate) const RUNNER_FILE: &str = ".herd-runner";
+/// The command's exit status, written by the runner when the command ends.
+pub(crate) const EXIT_FILE: &str = ".herd-exit";
+const RUNNER: &str = "/bin/sh ./.herd-command\ns=$?\necho \"$s\" > ./.herd-exit\nexit \"$s\"\n";
 /// Where the script's stdout and stderr go while it runs; removed once their tails are
 /// captured (the output may print a secret, and only the masked tails are kept, in the store).
 pub(crate) const STDOUT_FILE: &str = ".herd-stdout";
@@ -43,7 +49,7 @@ pub(crate) fn check_names(name: &str, files: &[(String, Vec<u8>)]) -> Result<(),
     check_component("extension name", name)?;
     for (file, _) in files {
         check_component("file name", file)?;
-        if [COMMAND_FILE, STDOUT_FILE, STDERR_FILE].contains(&file.as_str()) {
+        if [COMMAND_FILE, STDOUT_FILE, STDERR_FILE, RUNNER_FILE, EXIT_FILE].contains(&file.as_str()) {
             return Err(format!("file name {file:?} is reserved for the driver"));
         }
     }
@@ -99,6 +105,12 @@ pub(crate) fn prepare(
             .and_then(|mut f| f.write_all(content))
             .map_err(|e| format!("writing {}: {e}", shown(&work, &path)))?;
     }
+    let exit = dir.join(EXIT_FILE);
+    ignore_missing(fs::remove_file(&exit)).map_err(|e| format!("removing {}: {e}", shown(&work, &exit)))?;
+    let runner = dir.join(RUNNER_FILE);
+    create_fresh(&runner, 0o600)
+        .and_then(|mut f| f.write_all(RUNNER.as_bytes()))
+        .map_err(|e| format!("writing {}: {e}", shown(&work, &runner)))?;
     let path = dir.join(COMMAND_FILE);
     if let Err(e) = create_fresh(&path, 0o600).and_then(|mut f| f.write_all(command.as_bytes())) {
         let _ = fs::remove_file(&path);
@@ -193,10 +205,10 @@ pub(crate) fn placement(id: ProcId) -> Placement {
     Placement { join_group, enter }
 }
 
-/// The program and arguments that run the command file in `placement`. The command itself is
-/// never among them.
+/// The program and arguments that run the command file (through the runner) in `placement`.
+/// The command itself is never among them.
 pub(crate) fn argv(placement: &Placement) -> (String, Vec<String>) {
-    let sh = vec!["/bin/sh".to_string(), format!("./{COMMAND_FILE}")];
+    let sh = vec!["/bin/sh".to_string(), format!("./{RUNNER_FILE}")];
     match placement.enter {
         None => (sh[0].clone(), sh[1..].to_vec()),
         Some((pid, uts, net)) => {
@@ -273,10 +285,10 @@ mod tests {
     #[test]
     fn the_command_is_never_an_argument() {
         let (prog, args) = argv(&Placement { join_group: Some(5), enter: None });
-        assert_eq!((prog.as_str(), args), ("/bin/sh", vec!["./.herd-command".to_string()]));
+        assert_eq!((prog.as_str(), args), ("/bin/sh", vec!["./.herd-runner".to_string()]));
         let (prog, args) = argv(&Placement { join_group: None, enter: Some((42, true, false)) });
         assert_eq!(prog, NSENTER);
-        assert_eq!(args, ["--target", "42", "--uts", "--no-fork", "--", "/bin/sh", "./.herd-command"]);
+        assert_eq!(args, ["--target", "42", "--uts", "--no-fork", "--", "/bin/sh", "./.herd-runner"]);
     }
 
     #[test]

@@ -165,6 +165,7 @@ fn script(name: &str, files: &[(&str, &str)], command: &str, timeout: Duration) 
         files: files.iter().map(|(n, c)| (n.to_string(), c.as_bytes().to_vec())).collect(),
         command: command.into(),
         timeout,
+        identity: format!("test-{name}"),
     }
 }
 

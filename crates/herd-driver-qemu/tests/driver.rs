@@ -240,6 +240,7 @@ fn script(name: &str, files: Vec<(&str, &[u8])>, command: &str, timeout: Duratio
         files: files.into_iter().map(|(n, c)| (n.to_string(), c.to_vec())).collect(),
         command: command.into(),
         timeout,
+        identity: format!("test-{name}"),
     }
 }
 

@@ -80,6 +80,11 @@ pub struct ScriptRun {
     pub command: String,
     /// The run is killed and reported failed after this long.
     pub timeout: std::time::Duration,
+    /// Which run this is (the reconciler passes the extension's fingerprint). A driver records
+    /// it with a run in progress; asked again for the same name and identity (a new server
+    /// after a crash), it adopts the run still going instead of starting a second copy, and
+    /// a run of another identity left behind is killed before this one starts. No secrets.
+    pub identity: String,
 }
 
 impl std::fmt::Debug for ScriptRun {
@@ -89,6 +94,7 @@ impl std::fmt::Debug for ScriptRun {
             .field("files", &self.files.iter().map(|(n, c)| (n, c.len())).collect::<Vec<_>>())
             .field("command", &"<redacted>")
             .field("timeout", &self.timeout)
+            .field("identity", &self.identity)
             .finish()
     }
 }

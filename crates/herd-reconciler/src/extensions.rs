@@ -281,7 +281,8 @@ impl ExtensionRunner {
                 return status;
             }
         };
-        let run = ScriptRun { name: e.name.clone(), files, command, timeout };
+        let identity = status.fingerprint.clone();
+        let run = ScriptRun { name: e.name.clone(), files, command, timeout, identity };
         match self.driver.run_script(key, &run).await {
             Ok(out) => {
                 status.exit_code = out.exit_code;

@@ -4,6 +4,8 @@
 //!   `$()`) shows it masked in the instance view, the instance list and GET, and the secret is
 //!   in no row of `herd.db`, in no byte of `herd.db`/`herd.db-wal`, in the server's log nor in
 //!   the instance directory (the script's stdout/stderr files are removed once captured).
+//! - A run cut by `kill -9` of the server is adopted by the next server: the script is never
+//!   running twice at once, and its result (exit code, output) is the one recorded.
 
 mod common;
 
@@ -180,4 +182,97 @@ fn a_printed_secret_is_masked_everywhere_it_is_stored() {
     }
     assert!(ext_dir.is_dir(), "the extension's directory stays (its files may be needed again)");
     let _: Value = serde_json::from_str(&shown[2]).unwrap();
+}
+
+/// The tagged processes that are copies of the test script (its `sleep 6.5`).
+fn script_copies(data_dir: &std::path::Path) -> usize {
+    tagged_processes(data_dir).iter().filter(|p| p.cmdline.starts_with("sleep\u{0}6.5")).count()
+}
+
+#[test]
+fn a_run_cut_by_kill9_is_adopted_and_never_runs_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start("process", &dir.path().join("data"), None);
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.ok(&["group", "create", "-n", "sec-rg"]);
+    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.ok(&with(
+        &["vmss", "create"],
+        &[
+            "--image",
+            "Herd:App:1:1.0.0",
+            "--instance-count",
+            "1",
+            "--upgrade-policy-mode",
+            "Manual",
+            "--disable-overprovision",
+            "--quiet",
+        ],
+    ));
+    let id = s.json(&with(&["vmss", "list-instances"], &[]))[0]["instanceId"].as_str().unwrap().to_string();
+    let work = s.data_dir.join("instances/sec-rg/web").join(&id).join("work");
+    let starts = work.join("starts");
+    let command = "echo $$ >> \"$HOME/starts\"; sleep 6.5; echo finished >> \"$HOME/starts\"; echo run-output-ok";
+    let settings = serde_json::json!({ "commandToExecute": command }).to_string();
+    s.ok(&[
+        "vmss",
+        "extension",
+        "set",
+        "-g",
+        "sec-rg",
+        "--vmss-name",
+        "web",
+        "--name",
+        "CustomScript",
+        "--publisher",
+        "Herd.Extensions",
+        "--version",
+        "2.0",
+        "--settings",
+        &settings,
+    ]);
+    s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", "*", "--no-wait"]));
+    wait_for("the script to start", Duration::from_secs(30), || {
+        (std::fs::read_to_string(&starts).unwrap_or_default().lines().count() == 1 && script_copies(&s.data_dir) == 1)
+            .then_some(())
+    });
+
+    // Count the copies of the script all along, from before the crash until the run is over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, data) = (stop.clone(), s.data_dir.clone());
+        std::thread::spawn(move || {
+            let (mut most, mut scans) = (0, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(script_copies(&data));
+                scans += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (most, scans)
+        })
+    };
+    s.kill9();
+    s.restart();
+    let inst = wait_for("the extension to converge after the restart", Duration::from_secs(60), || {
+        let all = s.json(&with(&["vmss", "list-instances"], &[]));
+        let i = all.as_array()?.iter().find(|i| i["instanceId"] == id.as_str())?.clone();
+        (i["pendingAction"].is_null() && i["extensions"][0]["state"] == "Succeeded").then_some(i)
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (most, scans) = sampler.join().unwrap();
+    assert!(scans > 20, "the sampler ran ({scans} scans)");
+    assert_eq!(most, 1, "copies of the script seen at once (2 = the new server started a second copy)");
+    let log = std::fs::read_to_string(&starts).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "started once and finished once: {log:?}");
+    assert_eq!(lines[1], "finished", "{log:?}");
+    let st = &inst["extensions"][0];
+    assert_eq!(st["exitCode"], 0, "{st}");
+    assert!(st["message"].as_str().unwrap().contains("run-output-ok"), "the adopted run's output: {st}");
+    let ext_dir = work.join(".herd/extensions/CustomScript");
+    for f in [".herd-stdout", ".herd-stderr", ".herd-command", ".herd-runner", ".herd-exit"] {
+        assert!(!ext_dir.join(f).exists(), "{f} is removed once the adopted run is captured");
+    }
+    assert!(!work.parent().unwrap().join("script-run").exists(), "the run record is removed");
+    assert_eq!(script_copies(&s.data_dir), 0);
 }
