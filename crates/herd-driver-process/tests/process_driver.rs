@@ -720,3 +720,85 @@ async fn scripts_need_a_running_instance_and_safe_names() {
     assert!(matches!(&err, DriverError::Failed(m) if m.contains("not running") && !m.contains(secret)), "{err:?}");
     fx.destroy_all().await;
 }
+
+/// Starts `run` on a driver of its own (same root and tag: "the previous server") and then
+/// abandons that driver without dropping anything, as `kill -9` of the server leaves it: the
+/// script keeps running. Returns once the run is recorded with the script's pid.
+fn start_then_crash(fx: &Fixture, id: u64, run: ScriptRun) {
+    let (root, tag) = (fx.root.clone(), fx.tag.clone());
+    let record = fx.dir(id).join("script-run");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let old = Arc::new(ProcessDriver::new(root, tag).unwrap());
+        let o2 = old.clone();
+        rt.spawn(async move {
+            let _ = o2.run_script(&key(id), &run).await;
+        });
+        rt.block_on(wait_for("the old driver's script to be recorded", || async {
+            std::fs::read_to_string(&record)
+                .is_ok_and(|r| r.lines().any(|l| l.starts_with("script=") && l != "script=-"))
+        }));
+        // Never dropped: no guard runs, the script is not killed, the task is never resumed.
+        std::mem::forget(old);
+        std::mem::forget(rt);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Issue 13: after a server crash the next server must never run a second copy of a script.
+/// Asked for the same run, the new driver adopts the old script (waits, takes its exit code
+/// and output); asked for another run, it kills the old script before starting the new one.
+#[tokio::test]
+async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(25)).await.unwrap();
+    let starts = fx.ext_dir(25, "slow").join("starts");
+    let slow = |identity: &str| ScriptRun {
+        identity: identity.into(),
+        ..script("slow", &[], "echo $$ >> starts\nsleep 3\necho done >> starts\necho adopted-output\nexit 5", DEADLINE)
+    };
+    let lines = || std::fs::read_to_string(&starts).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>();
+
+    // Same identity: adopted.
+    start_then_crash(&fx, 25, slow("gen-1"));
+    let old: u32 = lines()[0].parse().unwrap();
+    assert!(pid_alive(old));
+    let t = Instant::now();
+    let out = fx.driver.run_script(&key(25), &slow("gen-1")).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "waited for the old run only");
+    assert_eq!(out.exit_code, Some(5), "the adopted run's exit status: {out:?}");
+    assert_eq!(out.stdout, b"adopted-output\n");
+    assert_eq!(lines(), [old.to_string(), "done".to_string()], "started once, finished once");
+    assert!(!fx.dir(25).join("script-run").exists(), "the record is removed");
+    for f in [".herd-command", ".herd-runner", ".herd-exit", ".herd-stdout", ".herd-stderr"] {
+        assert!(!fx.ext_dir(25, "slow").join(f).exists(), "{f} left behind");
+    }
+
+    // Another identity (the model changed while no server ran): the old run is killed first.
+    std::fs::remove_file(&starts).unwrap();
+    start_then_crash(&fx, 25, slow("gen-1"));
+    let old: u32 = lines()[0].parse().unwrap();
+    let quick = ScriptRun { identity: "gen-2".into(), ..script("slow", &[], "echo $$ >> starts\necho new", DEADLINE) };
+    let out = fx.driver.run_script(&key(25), &quick).await.unwrap();
+    assert!(!pid_alive(old), "the old script was killed");
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.stdout, b"new\n");
+    let l = lines();
+    assert_eq!(l.len(), 2, "the old run never finished, the new one ran once: {l:?}");
+    assert!(!l.contains(&"done".to_string()), "{l:?}");
+
+    // A run that ended while no driver watched: its result is taken, it does not run again.
+    std::fs::remove_file(&starts).unwrap();
+    let short = ScriptRun {
+        identity: "gen-3".into(),
+        ..script("slow", &[], "echo $$ >> starts\nsleep 0.3\necho unseen-result\nexit 2", DEADLINE)
+    };
+    start_then_crash(&fx, 25, short.clone());
+    wait_for("the unseen run to end", || async { fx.ext_dir(25, "slow").join(".herd-exit").exists() }).await;
+    let out = fx.driver.run_script(&key(25), &short).await.unwrap();
+    assert_eq!(out.exit_code, Some(2));
+    assert_eq!(out.stdout, b"unseen-result\n");
+    assert_eq!(lines().len(), 1, "not run again");
+    fx.destroy_all().await;
+}
