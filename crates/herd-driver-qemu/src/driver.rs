@@ -69,7 +69,16 @@
 //! its own session (`setsid`, so a timeout kills its whole process group). The command never
 //! appears in any argv, on the host or in the guest, nor in any log; `.herd-command` is removed
 //! afterwards. Output is captured by the agent until the script's stdout and stderr close:
-//! background processes a script starts must not keep them open.
+//! background processes a script starts must not keep them open. Nothing is written to a file
+//! in the guest but the files and the command.
+//!
+//! Across a server crash: once the agent gives the script's pid, the run is recorded in the
+//! VM's `script-run` (name, identity, pid, deadline). The next `run_script` looks there first:
+//! the same run (name and identity) still known to the agent is adopted (waited for until its
+//! own deadline; its exit code and output taken from `guest-exec-status`); another run still
+//! going is killed (its process group in the guest) before the new one starts. A pid the
+//! agent does not know (the VM rebooted) means the run is gone. (The one window left: a crash
+//! between `guest-exec` returning and the record being written.)
 
 use crate::accel::Accel;
 use crate::command_line::{self, forwarded_ports, mac_for, marker_prefix};
@@ -78,7 +87,7 @@ use crate::procfs::{self, ProcId};
 use crate::qga::{ExecStatus, Qga};
 use crate::qmp::Qmp;
 use crate::seed::{self, SeedFiles, UserDataInput};
-use crate::vm_dir::{self, remove_tree, walk, PidRecord, Power, VmDir, VmSpec};
+use crate::vm_dir::{self, remove_tree, walk, PidRecord, Power, ScriptRunRecord, VmDir, VmSpec};
 use async_trait::async_trait;
 use herd_driver::{
     keep_tail, Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget,
@@ -586,6 +595,25 @@ impl QemuDriver {
         let agent = |e: crate::qga::QgaError| DriverError::Failed(format!("instance {key}: guest agent: {e}"));
         let qga = Qga::wait_ready(&d.qga_socket(), AGENT_CONNECT_TIMEOUT).await.map_err(agent)?;
         let dir = format!("{GUEST_EXTENSIONS_DIR}/{}", run.name);
+        let command_file = format!("{dir}/{GUEST_COMMAND_FILE}");
+        // A run recorded by a previous server: the same run is adopted, another one is killed
+        // first, so the script never runs twice at once.
+        let d2 = d.clone();
+        if let Some(rec) = blocking(move || d2.read_script_run()).await? {
+            if let Some(outcome) = adopt_or_kill(&qga, key, run, &rec).await {
+                let outcome = outcome.map_err(agent);
+                if rec.name == run.name {
+                    let _ = qga.run("rm", &["-f", command_file.as_str()], NO_ENV, None, AGENT_STEP_TIMEOUT).await;
+                }
+                let d2 = d.clone();
+                blocking(move || d2.remove_script_run())
+                    .await?
+                    .map_err(|e| io_failed(key, "removing script-run", e))?;
+                return outcome;
+            }
+            let d2 = d.clone();
+            blocking(move || d2.remove_script_run()).await?.map_err(|e| io_failed(key, "removing script-run", e))?;
+        }
         let st = qga.run("mkdir", &["-p", dir.as_str()], NO_ENV, None, AGENT_STEP_TIMEOUT).await.map_err(agent)?;
         if !st.success() {
             return Err(DriverError::Failed(format!(
@@ -597,12 +625,25 @@ impl QemuDriver {
             // Executable, so `./script.sh` works; readable by root only (files may hold secrets).
             qga.write_file(&format!("{dir}/{name}"), content, Some(0o700)).await.map_err(agent)?;
         }
-        let command_file = format!("{dir}/{GUEST_COMMAND_FILE}");
         let written = qga.write_file(&command_file, run.command.as_bytes(), Some(0o600)).await;
         let outcome = match written {
-            Ok(()) => exec_script(&qga, &dir, run.timeout).await.map_err(agent),
+            Ok(()) => {
+                let (d2, k2, name, identity) = (d.clone(), key.clone(), run.name.clone(), run.identity.clone());
+                let timeout_ms = u64::try_from(run.timeout.as_millis()).unwrap_or(u64::MAX);
+                let record = move |pid: i64| {
+                    let rec = ScriptRunRecord { name, identity, pid, started_ms: now_ms(), timeout_ms };
+                    if let Err(e) = d2.write_script_run(&rec) {
+                        tracing::warn!(instance = %k2, error = %e, "cannot record the extension run");
+                    }
+                };
+                exec_script(&qga, &dir, run.timeout, record).await.map_err(agent)
+            }
             Err(e) => Err(agent(e)),
         };
+        let d2 = d.clone();
+        if let Err(e) = blocking(move || d2.remove_script_run()).await? {
+            tracing::warn!(instance = %key, error = %e, "cannot remove the extension run record");
+        }
         // Always try to remove the command (it may carry secrets), however the run ended.
         match qga.run("rm", &["-f", command_file.as_str()], NO_ENV, None, AGENT_STEP_TIMEOUT).await {
             Ok(st) if st.success() => {}
@@ -619,8 +660,55 @@ impl QemuDriver {
 
 const NO_ENV: &[&str] = &[];
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A run recorded by a previous server. The same run (name and identity) still known to the
+/// agent is adopted: `Some` with its outcome (waiting until its own deadline). Any other run
+/// still going is killed (its process group in the guest), and `None` says to start anew;
+/// so does a pid the agent does not know (the VM rebooted, or the result was already taken).
+async fn adopt_or_kill(
+    qga: &Qga,
+    key: &InstanceKey,
+    run: &ScriptRun,
+    rec: &ScriptRunRecord,
+) -> Option<Result<ScriptOutcome, crate::qga::QgaError>> {
+    let st = qga.exec_status(rec.pid).await.ok()?;
+    if rec.name == run.name && rec.identity == run.identity {
+        tracing::info!(instance = %key, extension = %rec.name, pid = rec.pid, "adopting an extension run started by a previous server");
+        if st.exited {
+            return Some(Ok(outcome(st, false)));
+        }
+        let left = rec.started_ms.saturating_add(rec.timeout_ms).saturating_sub(now_ms());
+        return Some(wait_script(qga, rec.pid, Duration::from_millis(left)).await);
+    }
+    if !st.exited {
+        tracing::warn!(instance = %key, extension = %rec.name, pid = rec.pid, "killing an extension run left by a previous server: another run is wanted now");
+        let kill = format!("kill -KILL -{0} 2>/dev/null; kill -KILL {0} 2>/dev/null; true", rec.pid);
+        let _ = qga.run("/bin/sh", &["-c", kill.as_str()], NO_ENV, None, AGENT_STEP_TIMEOUT).await;
+        // Reap it in the agent, so the next run starts only once it is gone.
+        let until = Instant::now() + SCRIPT_KILL_WAIT;
+        while Instant::now() < until {
+            match qga.exec_status(rec.pid).await {
+                Ok(st) if !st.exited => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => break,
+            }
+        }
+    }
+    None
+}
+
 /// Runs `./.herd-command` in `dir` in its own session; on `timeout` kills its process group.
-async fn exec_script(qga: &Qga, dir: &str, timeout: Duration) -> Result<ScriptOutcome, crate::qga::QgaError> {
+/// `started` records the guest pid as soon as the agent gives it.
+async fn exec_script(
+    qga: &Qga,
+    dir: &str,
+    timeout: Duration,
+    started: impl FnOnce(i64) + Send + 'static,
+) -> Result<ScriptOutcome, crate::qga::QgaError> {
     // `dir` is validated (no quotes); setsid keeps the pid (the agent's children are not group
     // leaders), so the pid is also the process group to kill on timeout.
     let wrapper = format!(
@@ -629,6 +717,12 @@ async fn exec_script(qga: &Qga, dir: &str, timeout: Duration) -> Result<ScriptOu
          exec /bin/sh ./{GUEST_COMMAND_FILE}"
     );
     let pid = qga.exec("/bin/sh", &["-c", wrapper.as_str()], NO_ENV, None, true).await?;
+    let _ = tokio::task::spawn_blocking(move || started(pid)).await;
+    wait_script(qga, pid, timeout).await
+}
+
+/// Waits for guest process `pid` up to `timeout`, then kills its process group.
+async fn wait_script(qga: &Qga, pid: i64, timeout: Duration) -> Result<ScriptOutcome, crate::qga::QgaError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut pause = Duration::from_millis(50);
     loop {

@@ -17,6 +17,9 @@
 //!   ready          "<pid> <starttime>" of the QEMU whose guest was seen ready
 //!   boot-id        the host's boot id when QEMU was last started
 //!   start-error    why the last start failed (removed by the next start)
+//!   script-run     the extension run in progress (ScriptRunRecord: name, identity, the
+//!                  guest-exec pid), written when the agent has started it, removed when its
+//!                  result is taken; a new server adopts or kills it (see the driver docs)
 //!   console.log    serial console (appended across boots)
 //!   qemu.log       QEMU's own messages of its current (or last) run
 //!   qemu.pid       written by QEMU (-pidfile), removed by QEMU when it exits
@@ -115,6 +118,19 @@ impl PidRecord {
     }
 }
 
+/// An extension run the guest agent started: enough for the next server to find it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ScriptRunRecord {
+    pub name: String,
+    /// The caller's identity of the run (`ScriptRun::identity`).
+    pub identity: String,
+    /// The guest-exec pid (also the process group of the script in the guest).
+    pub pid: i64,
+    /// When it started (ms since the epoch) and how long it may run.
+    pub started_ms: u64,
+    pub timeout_ms: u64,
+}
+
 /// Paths and file access for one instance directory.
 #[derive(Debug, Clone)]
 pub(crate) struct VmDir {
@@ -165,6 +181,23 @@ impl VmDir {
 
     pub fn exists(&self) -> bool {
         self.dir.is_dir()
+    }
+
+    /// The extension run in progress, if one is recorded (and readable).
+    pub fn read_script_run(&self) -> Option<ScriptRunRecord> {
+        serde_json::from_str(&fs::read_to_string(self.file("script-run")).ok()?).ok()
+    }
+
+    pub fn write_script_run(&self, r: &ScriptRunRecord) -> io::Result<()> {
+        let text = serde_json::to_string(r).map_err(io::Error::other)?;
+        atomic_write(&self.file("script-run"), format!("{text}\n").as_bytes())
+    }
+
+    pub fn remove_script_run(&self) -> io::Result<()> {
+        match fs::remove_file(self.file("script-run")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
     }
 
     pub fn read_spec(&self) -> io::Result<VmSpec> {

@@ -30,6 +30,10 @@
 //!   to Running with the computer name as hostname and version 1.0.0; a guest write to its OS
 //!   disk lands in the per-VM overlay only (the image keeps its bytes, size and mtime); a
 //!   reimage onto 1.0.1's disk gives 1.0.1 on a fresh overlay; destroy leaves nothing.
+//! - `an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled`: a run whose call
+//!   was abandoned after the agent started it (as `kill -9` of the server leaves it) is adopted
+//!   by a new driver asked for the same run (exit code and output, started once), and killed
+//!   before a run of another identity starts.
 //!
 //! Every wait polls a condition with a deadline. A guard kills every QEMU of the test's tag
 //! when the test ends, also on failure (then printing the end of each console).
@@ -750,4 +754,68 @@ async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
     assert!(file_state(&image_path) == image_before, "{} changed", image_path.display());
     assert!(file_state(&image2_path) == image2_before, "{} changed", image2_path.display());
     h.step("destroyed; both images unchanged");
+}
+
+/// Issue 13: a server killed during an extension run must not leave the next server starting
+/// a second copy. The first run's call is abandoned once the agent started it (its agent
+/// connection closes, the script keeps running in the guest, the `script-run` record stays),
+/// as `kill -9` of the server leaves it. A new driver asked for the same run adopts it (its
+/// exit code and output); asked for another run, it kills the old script first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
+    let out = testguest_out();
+    let h = Harness::new("extcrash");
+    let k = key("rg/extcrash/1");
+    let d = Arc::new(h.driver());
+    d.ensure(&spec(&k, "tgextcr000001", "127.200.9.1", kernel_image(&out, "1.0.0"), true)).await.unwrap();
+    wait_running(&d, &k).await;
+    h.step("booted");
+    let record = d.instance_dir(&k).join("script-run");
+    let slow = |identity: &str| ScriptRun {
+        identity: identity.into(),
+        ..script("slow", vec![], "echo $$ >> starts\nsleep 4\necho done >> starts\necho adopted-output\nexit 5", T)
+    };
+    let starts = || async {
+        let (_, text) = guest_sh(&d, &k, "cat /var/lib/herd/extensions/slow/starts 2>/dev/null; true").await;
+        text.lines().map(String::from).collect::<Vec<_>>()
+    };
+    let crash = |run: ScriptRun| {
+        let (d, k, record) = (d.clone(), k.clone(), record.clone());
+        async move {
+            let _ = std::fs::remove_file(&record);
+            let task = tokio::spawn(async move { d.run_script(&k, &run).await });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !record.exists() {
+                assert!(Instant::now() < deadline, "the run was never recorded");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            task.abort();
+            let _ = task.await;
+        }
+    };
+
+    // Same identity: adopted, run once.
+    crash(slow("gen-1")).await;
+    let d2 = h.driver();
+    let o = d2.run_script(&k, &slow("gen-1")).await.unwrap();
+    h.step("adopted");
+    assert_eq!(o.exit_code, Some(5), "{o:?}");
+    assert_eq!(o.stdout, b"adopted-output\n");
+    let l = starts().await;
+    assert_eq!(l.len(), 2, "started once, finished once: {l:?}");
+    assert_eq!(l[1], "done");
+    assert!(!record.exists(), "the record is removed");
+
+    // Another identity: the old script is killed before the new run starts.
+    let _ = guest_sh(&d2, &k, "rm -f /var/lib/herd/extensions/slow/starts").await;
+    crash(slow("gen-1")).await;
+    let quick = ScriptRun { identity: "gen-2".into(), ..script("slow", vec![], "echo $$ >> starts\necho new", T) };
+    let o = d2.run_script(&k, &quick).await.unwrap();
+    assert_eq!((o.exit_code, o.stdout.as_slice()), (Some(0), b"new\n".as_slice()));
+    let l = starts().await;
+    assert_eq!(l.len(), 2, "{l:?}");
+    let (_, state) = guest_sh(&d2, &k, &format!("kill -0 {} 2>/dev/null && echo alive || echo gone", l[0])).await;
+    assert_eq!(state.trim(), "gone", "the old script was killed");
+    assert!(!starts().await.contains(&"done".to_string()));
+    d2.destroy(&k).await.unwrap();
 }
