@@ -80,9 +80,11 @@
 //!   working directory.
 //! * **The command** may hold secrets. It is written to `.herd-command` in that directory
 //!   (mode 0600, created exclusively, so a symbolic link there is replaced, never followed) and
-//!   run as `/bin/sh ./.herd-command`: it is never in any process's argv, nor in a log line or
+//!   run by `/bin/sh ./.herd-runner` (which runs `/bin/sh ./.herd-command` and records its exit
+//!   status in `.herd-exit`): it is never in any process's argv, nor in a log line or
 //!   an error message. The file is removed when the run ends, however it ends (exit, timeout,
-//!   error, or the call being abandoned).
+//!   error, or the call being abandoned; after a server crash, when the next server takes the
+//!   run's result or kills it).
 //! * **Output.** stdout and stderr go to `.herd-stdout` and `.herd-stderr` there (mode 0600,
 //!   created anew for each run); the outcome holds the last [`herd_driver::SCRIPT_OUTPUT_TAIL`]
 //!   bytes of each, and both files are removed once captured (a script may print a secret; the
@@ -97,7 +99,7 @@
 //!   recorded group), so whatever it starts in the background is stopped by
 //!   `set_power(Stopped)`, `restart` and `destroy` like the rest of the instance, and carries
 //!   the tag. When the instance has its own UTS (or network) namespace, the script is started
-//!   through `nsenter --target <init> --uts [--net] --no-fork -- /bin/sh ./.herd-command`, so
+//!   through `nsenter --target <init> --uts [--net] --no-fork -- /bin/sh ./.herd-runner`, so
 //!   `hostname` prints the computer name there too (`nsenter` execs `sh` in place: the script's
 //!   pid is the one started). Without `/usr/bin/nsenter` it runs in the server's namespaces,
 //!   with `HOSTNAME` and `HERD_COMPUTER_NAME` still set. An instance re-adopted from a server

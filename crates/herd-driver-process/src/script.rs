@@ -3,8 +3,9 @@
 //!
 //! Why a module of its own: the command may carry secrets, and every step here is written so it
 //! never leaves the instance's disk. It is written to a mode-0600 file and run as
-//! `/bin/sh ./.herd-command`, so no argv (of `sh`, nor of `nsenter` when the instance has its
-//! own namespaces) and no error message ever holds it. The async orchestration is in `lib.rs`;
+//! `/bin/sh ./.herd-command` (through `.herd-runner`, which records the exit status), so no
+//! argv (of `sh`, nor of `nsenter` when the instance has its own namespaces) and no error
+//! message ever holds it. The async orchestration is in `lib.rs`;
 //! everything here is synchronous and runs on the blocking pool.
 
 use crate::layout::{ignore_missing, InstanceDir};
