@@ -15,7 +15,7 @@
 //! (which drivers never put in an argv), and redacted from every message written back.
 
 use crate::executor::instance_store_key;
-use crate::fetch::{self, FetchLimits};
+use crate::fetch::{self, FetchLimits, Fetcher};
 use base64::Engine;
 use herd_driver::{Driver, ScriptRun};
 use herd_model::{
@@ -55,7 +55,7 @@ pub struct ExtensionRunner {
     sealer: Arc<Sealer>,
     wake: Arc<Notify>,
     config: ExtensionConfig,
-    http: reqwest::Client,
+    fetcher: Fetcher,
     in_flight: Mutex<BTreeSet<InstanceKey>>,
 }
 
@@ -74,8 +74,8 @@ impl ExtensionRunner {
             clock,
             sealer,
             wake,
+            fetcher: Fetcher::new(config.fetch.clone()),
             config,
-            http: reqwest::Client::new(),
             in_flight: Mutex::new(BTreeSet::new()),
         }
     }
@@ -218,6 +218,23 @@ impl ExtensionRunner {
         Err("the instance record kept changing".into())
     }
 
+    /// The virtual networks' address spaces, refused to `fileUris` downloads (unless allowed):
+    /// an instance's script must not reach other instances through the host.
+    fn vnet_ranges(&self) -> Vec<(herd_egress::Net, String)> {
+        let vnets =
+            self.store.list_as::<herd_model::network::VirtualNetwork>(Kind::VirtualNetwork, "").unwrap_or_default();
+        vnets
+            .into_iter()
+            .flat_map(|o| {
+                let name = o.value.name.clone();
+                o.value.address_space.address_prefixes.into_iter().filter_map(move |p| {
+                    let net = herd_egress::Net::parse(&p.to_string()).ok()?;
+                    Some((net, format!("herd virtual network '{name}'")))
+                })
+            })
+            .collect()
+    }
+
     /// Downloads the files and runs one extension's command; never fails, it reports.
     async fn run_one(
         &self,
@@ -242,12 +259,13 @@ impl ExtensionRunner {
             fingerprint,
         };
         let mut files = Vec::new();
+        let fetcher = if uris.is_empty() { self.fetcher.clone() } else { self.fetcher.refusing(self.vnet_ranges()) };
         for u in &uris {
             let Some(name) = fetch::file_name(u) else {
                 status.message = redact(&format!("Enable failed: cannot tell a file name from {u}"));
                 return status;
             };
-            match fetch::fetch(&self.http, u, &self.config.fetch).await {
+            match fetcher.fetch(u).await {
                 Ok(bytes) => files.push((name, bytes)),
                 Err(why) => {
                     status.message = redact(&format!("Enable failed: downloading {u} failed: {why}"));
