@@ -681,11 +681,12 @@ async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
             let mut uploads: Vec<(&str, &str, std::path::PathBuf)> = vec![];
             let mut file =
                 |body: &mut Value, field: &'static str, flag: &'static str, p: &std::path::Path| -> Result<()> {
-                    let p = abs(flag, p)?;
                     if server_path {
+                        // As named (not canonicalised): the server resolves it below its roots.
+                        let p = std::path::absolute(p).with_context(|| format!("--{flag} {}", p.display()))?;
                         body[field] = json!(p);
                     } else {
-                        uploads.push((field, flag, p));
+                        uploads.push((field, flag, abs(flag, p)?));
                     }
                     Ok(())
                 };

@@ -58,11 +58,14 @@ fn init_pid(s: &Server, id: &str) -> Option<u32> {
         .map(|p| p.pid)
 }
 
+const ALLOW_LOOPBACK: &str = "[extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n";
+
 #[test]
 fn custom_script_runs_in_place_and_keeps_its_secret() {
     let dir = tempfile::tempdir().unwrap();
     let sampler = CmdlineSampler::start(SECRET);
-    let s = Server::start_logged("process", &dir.path().join("data"), None, "debug");
+    // The file server is on loopback, which fileUris may reach only when allowed.
+    let s = Server::start_logged("process", &dir.path().join("data"), Some(ALLOW_LOOPBACK), "debug");
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     // On the process driver the script's own children run on the host, so the command hands
     // the password over in the environment, not as an argument.
