@@ -350,7 +350,7 @@ fn detect(kind: FileKind, f: &mut std::fs::File, len: u64) -> Result<&'static st
             Ok("qcow2")
         }
         FileKind::Disk => {
-            if len < 1 << 20 || len % 512 != 0 {
+            if len < 1 << 20 || !len.is_multiple_of(512) {
                 return Err(format!(
                     "is neither qcow2 nor a raw disk ({len} bytes; a raw disk is at least 1 MiB and a multiple of 512 bytes)"
                 ));

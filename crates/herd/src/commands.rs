@@ -760,7 +760,7 @@ async fn upload_image_file(ctx: &Ctx, urn: &str, field: &str, flag: &str, path: 
             return;
         }
         let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
-        let pct = if len == 0 { 100 } else { sent * 100 / len };
+        let pct = (sent * 100).checked_div(len).unwrap_or(100);
         let due = if tty { l.0.elapsed() >= std::time::Duration::from_millis(200) } else { pct >= l.1 + 10 };
         if due || sent == len {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;

@@ -125,11 +125,12 @@ async fn the_size_limit_counts_bytes_read_not_metadata() {
     assert!(e.contains("limit of 1048576 bytes"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5), "read past the limit: {:?}", started.elapsed());
     // The reader itself stops at limit + 1 bytes whatever the metadata says.
-    let e = read_beneath(&[root.clone()], &root.join("big.bin"), 1000, Instant::now() + Duration::from_secs(5))
-        .unwrap_err();
+    let e =
+        read_beneath(std::slice::from_ref(&root), &root.join("big.bin"), 1000, Instant::now() + Duration::from_secs(5))
+            .unwrap_err();
     assert!(matches!(e, FileFetchError::TooBig(1000)), "{e}");
     // A deadline in the past stops the read before any byte.
-    let e = read_beneath(&[root.clone()], &root.join("big.bin"), u64::MAX, Instant::now()).unwrap_err();
+    let e = read_beneath(std::slice::from_ref(&root), &root.join("big.bin"), u64::MAX, Instant::now()).unwrap_err();
     assert!(matches!(e, FileFetchError::TimedOut), "{e}");
 }
 
@@ -146,5 +147,5 @@ fn roots_may_not_hold_or_lie_in_the_data_dir() {
     assert!(check_roots(s, &["relative".into()], &data).unwrap_err().contains("absolute"));
     let ok = dir.path().join("scripts");
     std::fs::create_dir(&ok).unwrap();
-    assert_eq!(check_roots(s, &[ok.clone()], &data).unwrap(), vec![ok.canonicalize().unwrap()]);
+    assert_eq!(check_roots(s, std::slice::from_ref(&ok), &data).unwrap(), vec![ok.canonicalize().unwrap()]);
 }
