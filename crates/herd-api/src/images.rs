@@ -704,5 +704,12 @@ pub async fn delete(State(state): State<AppState>, Path(urn): Path<String>) -> R
     if path.starts_with(&state.config.image_dir) && path != state.config.image_dir {
         let _ = std::fs::remove_dir_all(&path);
     }
+    let _ = std::fs::remove_dir_all(upload_dir(&state.config.image_dir, &Image::key(&u)));
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drops uploads that never became an image (a client that stopped between its uploads and its
+/// import). Called at server start, when no upload can be under way.
+pub fn clear_uploads(image_dir: &FsPath) {
+    let _ = std::fs::remove_dir_all(image_dir.join(UPLOADS));
 }

@@ -512,6 +512,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     ));
     let image_dir = data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
+    herd_api::images::clear_uploads(&image_dir);
     let state = AppState {
         store,
         wake: reconciler.waker(),

@@ -149,3 +149,31 @@ fn roots_may_not_hold_or_lie_in_the_data_dir() {
     std::fs::create_dir(&ok).unwrap();
     assert_eq!(check_roots(s, std::slice::from_ref(&ok), &data).unwrap(), vec![ok.canonicalize().unwrap()]);
 }
+
+#[tokio::test]
+async fn the_deadline_covers_a_stalled_body() {
+    // Headers at once, then a body that never comes: the whole fetch still ends at its deadline.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nstart");
+            let _ = rx.recv(); // holds the connection open until the test ends
+        }
+    });
+    let f = Fetcher::new(FetchLimits {
+        timeout: Duration::from_secs(1),
+        ..FetchLimits {
+            addresses: AddressPolicy::new(ALLOW_SETTING, vec![herd_egress::Net::parse("127.0.0.1/32").unwrap()]),
+            ..FetchLimits::default()
+        }
+    });
+    let started = std::time::Instant::now();
+    let e = f.fetch(&format!("http://{addr}/slow.sh")).await.unwrap_err();
+    assert!(e.contains("timed out"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the fetch outlived its deadline: {:?}", started.elapsed());
+    drop(tx);
+}
