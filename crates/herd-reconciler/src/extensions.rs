@@ -218,9 +218,19 @@ impl ExtensionRunner {
         Err("the instance record kept changing".into())
     }
 
-    /// The virtual networks' address spaces, refused to `fileUris` downloads (unless allowed):
-    /// an instance's script must not reach other instances through the host.
+    /// The virtual networks' address spaces and the public IPs' addresses, refused to
+    /// `fileUris` downloads (unless allowed): an instance's script must not reach other
+    /// instances or their frontends through the host.
     fn vnet_ranges(&self) -> Vec<(herd_egress::Net, String)> {
+        let pips = self
+            .store
+            .list_as::<herd_model::network::PublicIpAddress>(Kind::PublicIp, "")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| {
+                let net = herd_egress::Net::parse(o.value.ip_address.as_deref()?).ok()?;
+                Some((net, format!("herd public IP '{}'", o.value.name)))
+            });
         let vnets =
             self.store.list_as::<herd_model::network::VirtualNetwork>(Kind::VirtualNetwork, "").unwrap_or_default();
         vnets
@@ -232,6 +242,7 @@ impl ExtensionRunner {
                     Some((net, format!("herd virtual network '{name}'")))
                 })
             })
+            .chain(pips)
             .collect()
     }
 
