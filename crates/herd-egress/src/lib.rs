@@ -184,6 +184,9 @@ pub enum EgressError {
     Scheme(String),
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// The HTTP client could not be built (its TLS backend failed to start, say): nothing is sent.
+    #[error("the HTTP client could not be set up: {0}")]
+    Client(String),
 }
 
 /// A host name whose every address the policy refuses.
@@ -233,7 +236,8 @@ pub const MAX_REDIRECTS: usize = 10;
 #[derive(Clone)]
 pub struct Egress {
     policy: Arc<AddressPolicy>,
-    client: reqwest::Client,
+    /// Never a client without the policy: if building fails, every request fails.
+    client: Result<reqwest::Client, String>,
 }
 
 impl Egress {
@@ -261,7 +265,7 @@ impl Egress {
             .redirect(redirect)
             .timeout(timeout)
             .build()
-            .unwrap_or_default();
+            .map_err(|e| e.to_string());
         Self { policy, client }
     }
 
@@ -277,7 +281,8 @@ impl Egress {
             return Err(EgressError::Scheme(parsed.scheme().to_string()));
         }
         self.policy.check_url(&parsed)?;
-        Ok(self.client.request(method, parsed))
+        let client = self.client.as_ref().map_err(|e| EgressError::Client(e.clone()))?;
+        Ok(client.request(method, parsed))
     }
 }
 
