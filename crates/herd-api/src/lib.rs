@@ -16,7 +16,7 @@ pub mod error;
 mod extensions;
 mod groups;
 pub mod hosts;
-mod images;
+pub mod images;
 mod instances;
 mod network;
 pub mod openapi;
@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/cost", get(cost::set_cost))
         .route("/v1/images", get(images::list))
         .route("/v1/images/{urn}", put(images::import).get(images::show).delete(images::delete))
+        .route("/v1/images/{urn}/files/{file}", put(images::upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

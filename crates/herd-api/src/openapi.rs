@@ -66,6 +66,7 @@ use utoipa::OpenApi;
         crate::cost::total_cost,
         crate::images::list,
         crate::images::import,
+        crate::images::upload,
         crate::images::show,
         crate::images::delete,
     ),

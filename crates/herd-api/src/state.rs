@@ -24,6 +24,8 @@ pub struct ApiConfig {
     pub hosts: Vec<herd_model::spot::HostSpec>,
     /// Prices per SKU (regular, spot).
     pub prices: herd_model::spot::PriceTable,
+    /// Where image imports may read server-side files, and upload limits.
+    pub images: crate::images::ImportConfig,
 }
 
 /// Shared handler state.

@@ -106,7 +106,12 @@ pub struct ImageImportRequest {
     /// A directory on the server's host holding an executable `init` (process driver images).
     #[serde(default)]
     pub directory: Option<String>,
-    /// A bootable disk image (qcow2 or raw) on the server's host (qemu driver).
+    /// Import the files uploaded ahead with `PUT /v1/images/{urn}/files/{disk|kernel|initrd}`
+    /// (what `herd image import` does) instead of naming server-side paths.
+    #[serde(default)]
+    pub uploaded: Option<bool>,
+    /// A bootable disk image (qcow2 or raw) on the server's host (qemu driver), below a
+    /// directory of `[images] import_roots`.
     #[serde(default)]
     pub disk: Option<String>,
     /// A kernel for direct boot (qemu driver), with an optional initrd and command line.

@@ -91,7 +91,13 @@ pub struct RunnerConfig {
     /// Deadline of one source sample.
     pub source_timeout: Duration,
     pub skus: SkuTable,
+    /// Where webhook notifications may connect (loopback, link-local and herd's own ranges are
+    /// refused unless `[autoscale] allow_webhooks_to` allows them).
+    pub webhooks: herd_egress::AddressPolicy,
 }
+
+/// The config setting that allows more webhook addresses, named in refusals.
+pub const WEBHOOK_ALLOW_SETTING: &str = "[autoscale] allow_webhooks_to";
 
 impl Default for RunnerConfig {
     fn default() -> Self {
@@ -100,6 +106,7 @@ impl Default for RunnerConfig {
             sample_interval: Duration::from_secs(15),
             source_timeout: Duration::from_secs(5),
             skus: SkuTable::default(),
+            webhooks: herd_egress::AddressPolicy::new(WEBHOOK_ALLOW_SETTING, vec![]),
         }
     }
 }
@@ -359,8 +366,9 @@ impl Runner {
         });
         let store = self.store.clone();
         let (group, set) = (group.to_string(), set.to_string());
+        let policy = self.config.webhooks.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+            let client = herd_egress::Egress::new(policy, Duration::from_secs(5));
             for hook in hooks {
                 let mut body = payload.clone();
                 body["properties"] = serde_json::to_value(&hook.properties).unwrap_or_default();
@@ -370,13 +378,30 @@ impl Runner {
                     if attempt > 0 {
                         tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
                     }
-                    match client.post(&hook.service_uri).json(&body).send().await {
+                    let req = match client.request(reqwest::Method::POST, &hook.service_uri) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // Refused before any traffic: retrying cannot help.
+                            last = format!("refused: {e}");
+                            break;
+                        }
+                    };
+                    match req.json(&body).send().await {
                         Ok(r) if r.status().is_success() => {
                             delivered = true;
                             break;
                         }
                         Ok(r) => last = format!("HTTP {}", r.status()),
-                        Err(e) => last = if e.is_timeout() { "timed out".into() } else { "could not connect".into() },
+                        Err(e) => {
+                            last = match herd_egress::refusal_in(&e) {
+                                Some(why) => format!("refused: {why}"),
+                                None if e.is_timeout() => "timed out".into(),
+                                None => "could not connect".into(),
+                            };
+                            if last.starts_with("refused") {
+                                break;
+                            }
+                        }
                     }
                 }
                 if !delivered {
@@ -388,7 +413,11 @@ impl Runner {
                         operation: "AutoscaleNotification".into(),
                         status: "Failed".into(),
                         actor: herd_model::activity::Actor::Autoscale,
-                        message: format!("webhook {} failed after 3 attempts: {last}", hook.service_uri),
+                        message: if last.starts_with("refused") {
+                            format!("webhook {} not called: {last}", hook.service_uri)
+                        } else {
+                            format!("webhook {} failed after 3 attempts: {last}", hook.service_uri)
+                        },
                     };
                     let _ = store.txn(vec![WriteOp::Activity(ev)]);
                 }

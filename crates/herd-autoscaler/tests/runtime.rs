@@ -242,3 +242,42 @@ async fn a_gap_in_sampling_makes_the_window_uncovered_again() {
     let (cap, d) = w.step().await;
     assert_eq!(cap, 2, "five fresh minutes: {}", d.reason);
 }
+
+/// A webhook on loopback is refused by default (no connection is made) and the activity log
+/// says why, naming the setting that would allow it.
+#[tokio::test]
+async fn a_webhook_to_a_refused_address_is_not_called() {
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    hook.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/scaled", hook.local_addr().unwrap());
+    let mut w = World::new(&[("Percentage CPU > 70 avg 5m", "out 1")], 1, 3, 1).await;
+    let o = w.store.get_as::<AutoscaleSetting>(Kind::AutoscaleSetting, "rg/web-autoscale").unwrap().unwrap();
+    let mut setting = o.value;
+    setting.notifications =
+        serde_json::from_value(json!([{"operation": "Scale", "webhooks": [{"serviceUri": url}]}])).unwrap();
+    w.store
+        .txn(vec![
+            WriteOp::put(Kind::AutoscaleSetting, "rg/web-autoscale", &setting, Expect::Revision(o.revision)).unwrap()
+        ])
+        .unwrap();
+    w.set_cpu(90.0).await;
+    for _ in 0..5 {
+        w.step().await;
+    }
+    assert_eq!(capacity(&*w.store), 2, "the scale-out that notifies");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let event = loop {
+        let events = w.store.activity(&herd_store::ActivityFilter::default()).unwrap();
+        if let Some(e) = events.into_iter().find(|e| e.operation == "AutoscaleNotification") {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no AutoscaleNotification event within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        event.message.contains("not called") && event.message.contains("[autoscale] allow_webhooks_to"),
+        "{}",
+        event.message
+    );
+    assert!(hook.accept().is_err(), "the refused webhook was connected to");
+}

@@ -17,7 +17,7 @@
 //! masked), so neither the record nor the store's WAL ever holds them.
 
 use crate::executor::instance_store_key;
-use crate::fetch::{self, FetchLimits};
+use crate::fetch::{self, FetchLimits, Fetcher};
 use base64::Engine;
 use herd_driver::{Driver, ScriptRun};
 use herd_model::{
@@ -57,7 +57,7 @@ pub struct ExtensionRunner {
     sealer: Arc<Sealer>,
     wake: Arc<Notify>,
     config: ExtensionConfig,
-    http: reqwest::Client,
+    fetcher: Fetcher,
     in_flight: Mutex<BTreeSet<InstanceKey>>,
 }
 
@@ -76,8 +76,8 @@ impl ExtensionRunner {
             clock,
             sealer,
             wake,
+            fetcher: Fetcher::new(config.fetch.clone()),
             config,
-            http: reqwest::Client::new(),
             in_flight: Mutex::new(BTreeSet::new()),
         }
     }
@@ -220,6 +220,34 @@ impl ExtensionRunner {
         Err("the instance record kept changing".into())
     }
 
+    /// The virtual networks' address spaces and the public IPs' addresses, refused to
+    /// `fileUris` downloads (unless allowed): an instance's script must not reach other
+    /// instances or their frontends through the host.
+    fn vnet_ranges(&self) -> Vec<(herd_egress::Net, String)> {
+        let pips = self
+            .store
+            .list_as::<herd_model::network::PublicIpAddress>(Kind::PublicIp, "")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| {
+                let net = herd_egress::Net::parse(o.value.ip_address.as_deref()?).ok()?;
+                Some((net, format!("herd public IP '{}'", o.value.name)))
+            });
+        let vnets =
+            self.store.list_as::<herd_model::network::VirtualNetwork>(Kind::VirtualNetwork, "").unwrap_or_default();
+        vnets
+            .into_iter()
+            .flat_map(|o| {
+                let name = o.value.name.clone();
+                o.value.address_space.address_prefixes.into_iter().filter_map(move |p| {
+                    let net = herd_egress::Net::parse(&p.to_string()).ok()?;
+                    Some((net, format!("herd virtual network '{name}'")))
+                })
+            })
+            .chain(pips)
+            .collect()
+    }
+
     /// Downloads the files and runs one extension's command; never fails, it reports.
     async fn run_one(
         &self,
@@ -251,12 +279,13 @@ impl ExtensionRunner {
             fingerprint,
         };
         let mut files = Vec::new();
+        let fetcher = if uris.is_empty() { self.fetcher.clone() } else { self.fetcher.refusing(self.vnet_ranges()) };
         for u in &uris {
             let Some(name) = fetch::file_name(u) else {
                 status.message = redact(&format!("Enable failed: cannot tell a file name from {u}"));
                 return status;
             };
-            match fetch::fetch(&self.http, u, &self.config.fetch).await {
+            match fetcher.fetch(u).await {
                 Ok(bytes) => files.push((name, bytes)),
                 Err(why) => {
                     status.message = redact(&format!("Enable failed: downloading {u} failed: {why}"));

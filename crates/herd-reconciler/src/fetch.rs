@@ -2,22 +2,52 @@
 //!
 //! Why on the host: a VM may have no route out and no download tool, and the host can apply one
 //! size limit and one timeout to every file, with an error that names the URL (redacted by the
-//! caller when it came from protected settings). `http`, `https` and `file` URLs are accepted.
+//! caller when it came from protected settings).
+//!
+//! Why so guarded: the host fetches what an API user names, with the server's privileges.
+//! - `http(s)` goes through [`herd_egress::Egress`]: no loopback, link-local or herd-owned
+//!   address (nor the virtual networks' address spaces) unless `[extensions] allow_fetch_from`
+//!   allows it, checked on the address actually connected to, after DNS and on every redirect.
+//! - `file://` is off unless `[extensions] file_roots` names directories. A path is opened with
+//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` relative to the root's descriptor (never
+//!   canonicalised first: a symlink swapped in between would win that race), non-blocking, and
+//!   only a regular file is read.
+//! - The size limit counts bytes as they are read (metadata can lie: `/proc` files and devices
+//!   report 0), and one deadline covers the whole fetch: connect, redirects and body, or every
+//!   read of a file.
 
-use std::time::Duration;
+use herd_egress::{AddressPolicy, Egress};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
-/// Limits on one download.
+/// The config setting that turns `file://` on, named in refusals.
+pub const FILE_ROOTS_SETTING: &str = "[extensions] file_roots";
+/// The config setting that allows more addresses, named in refusals.
+pub const ALLOW_SETTING: &str = "[extensions] allow_fetch_from";
+
+/// Limits on one download, and where downloads may come from.
 #[derive(Debug, Clone)]
 pub struct FetchLimits {
     /// Largest file accepted, in bytes.
     pub max_bytes: u64,
     /// Whole-download deadline.
     pub timeout: Duration,
+    /// Directories `file://` URIs may read below (absolute, without symlinks). Empty: `file://`
+    /// is refused.
+    pub file_roots: Vec<PathBuf>,
+    /// Where `http(s)` URIs may connect.
+    pub addresses: AddressPolicy,
 }
 
 impl Default for FetchLimits {
     fn default() -> Self {
-        Self { max_bytes: 64 << 20, timeout: Duration::from_secs(60) }
+        Self {
+            max_bytes: 64 << 20,
+            timeout: Duration::from_secs(60),
+            file_roots: vec![],
+            addresses: AddressPolicy::new(ALLOW_SETTING, vec![]),
+        }
     }
 }
 
@@ -29,47 +59,237 @@ pub fn file_name(url: &str) -> Option<String> {
     ok.then(|| name.to_string())
 }
 
-/// Fetches `url` within `limits`.
-pub async fn fetch(client: &reqwest::Client, url: &str, limits: &FetchLimits) -> Result<Vec<u8>, String> {
-    let too_big = || format!("is larger than the limit of {} bytes", limits.max_bytes);
-    if let Some(path) = url.strip_prefix("file://") {
-        let path = path.to_string();
-        let max = limits.max_bytes;
-        return tokio::task::spawn_blocking(move || {
-            let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
-            if meta.len() > max {
-                return Err(format!("is larger than the limit of {max} bytes"));
-            }
-            std::fs::read(&path).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+/// Downloads within limits; one per extension runner (it holds the HTTP client).
+#[derive(Clone)]
+pub struct Fetcher {
+    limits: FetchLimits,
+    http: Egress,
+}
+
+impl Fetcher {
+    pub fn new(limits: FetchLimits) -> Self {
+        let http = Egress::new(limits.addresses.clone(), limits.timeout);
+        Self { limits, http }
     }
-    let work = async {
-        let mut resp = client.get(url).send().await.map_err(|e| describe(&e))?;
-        if !resp.status().is_success() {
-            return Err(format!("answered HTTP {}", resp.status()));
+
+    /// A fetcher that also refuses `extra` ranges (the virtual networks' address spaces).
+    pub fn refusing(&self, extra: Vec<(herd_egress::Net, String)>) -> Self {
+        if extra.is_empty() {
+            return self.clone();
         }
-        if resp.content_length().is_some_and(|n| n > limits.max_bytes) {
-            return Err(too_big());
+        let mut limits = self.limits.clone();
+        for (net, why) in extra {
+            limits.addresses = limits.addresses.refuse(net, why);
         }
-        let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
-            if out.len() as u64 + chunk.len() as u64 > limits.max_bytes {
+        Self::new(limits)
+    }
+
+    /// Fetches `url`; the error says why, without repeating the URL.
+    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
+        let limits = &self.limits;
+        let deadline = Instant::now() + limits.timeout;
+        if url.starts_with("file:") {
+            let path = file_path(url)?;
+            let (roots, max) = (limits.file_roots.clone(), limits.max_bytes);
+            let read = tokio::task::spawn_blocking(move || read_beneath(&roots, &path, max, deadline));
+            return match tokio::time::timeout(limits.timeout, read).await {
+                Ok(r) => r.map_err(|e| e.to_string())?.map_err(|e| match e {
+                    FileFetchError::Off { .. } => format!(
+                        "file:// URIs are off on this server; an operator can allow directories with {FILE_ROOTS_SETTING} in herd.toml"
+                    ),
+                    other => other.to_string(),
+                }),
+                Err(_) => Err(timed_out(limits.timeout)),
+            };
+        }
+        let too_big = || format!("is larger than the limit of {} bytes", limits.max_bytes);
+        let work = async {
+            let req = self.http.request(reqwest::Method::GET, url).map_err(|e| e.to_string())?;
+            let mut resp = req.send().await.map_err(|e| describe(&e))?;
+            if !resp.status().is_success() {
+                return Err(format!("answered HTTP {}", resp.status()));
+            }
+            if resp.content_length().is_some_and(|n| n > limits.max_bytes) {
                 return Err(too_big());
             }
-            out.extend_from_slice(&chunk);
+            let mut out = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+                if out.len() as u64 + chunk.len() as u64 > limits.max_bytes {
+                    return Err(too_big());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(out)
+        };
+        match tokio::time::timeout(limits.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out(limits.timeout)),
         }
-        Ok(out)
-    };
-    match tokio::time::timeout(limits.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}s", limits.timeout.as_secs())),
     }
 }
 
-/// reqwest's error without the URL (the caller names it, redacted if need be).
+fn timed_out(t: Duration) -> String {
+    format!("timed out after {}s", t.as_secs())
+}
+
+/// The absolute path a `file:` URL names: `file:///a/b` or `file://localhost/a/b`,
+/// percent-decoded; `.` and `..` segments are refused (no URL needs them).
+fn file_path(url: &str) -> Result<PathBuf, String> {
+    let rest = url.strip_prefix("file://").ok_or("a file URI is written file:///absolute/path")?;
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !rest.starts_with('/') {
+        return Err("a file URI needs an absolute path (file:///dir/file); it has a host or a relative path".into());
+    }
+    let decoded = percent_decode(rest).ok_or("has a bad percent-escape")?;
+    let path = PathBuf::from(decoded);
+    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err("may not contain '.' or '..' segments".into());
+    }
+    Ok(path)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    if out.contains(&0) {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Why a `file://` read was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileFetchError {
+    #[error("reading server-side files is off on this server; an operator can allow directories with {setting} in herd.toml")]
+    Off { setting: &'static str },
+    #[error("{path} is not below a directory allowed by {setting} ({roots})")]
+    NotBelowRoot { path: String, roots: String, setting: &'static str },
+    #[error("{path} cannot be opened below its allowed root (symlinks and escapes are refused): {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("{path} is not a regular file (it is {kind})")]
+    NotRegular { path: String, kind: &'static str },
+    #[error("is larger than the limit of {0} bytes")]
+    TooBig(u64),
+    #[error("reading {path} failed: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("timed out while reading")]
+    TimedOut,
+}
+
+/// Reads `path`, which must lie below one of `roots`, opened safely (see the module doc).
+pub fn read_beneath(roots: &[PathBuf], path: &Path, max: u64, deadline: Instant) -> Result<Vec<u8>, FileFetchError> {
+    let mut file = open_beneath(FILE_ROOTS_SETTING, roots, path)?;
+    let shown = path.display().to_string();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if Instant::now() > deadline {
+            return Err(FileFetchError::TimedOut);
+        }
+        let n = file.read(&mut buf).map_err(|source| FileFetchError::Read { path: shown.clone(), source })?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() as u64 + n as u64 > max {
+            return Err(FileFetchError::TooBig(max));
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Opens `path` for reading below one of `roots` (see the module doc): the regular file, or why
+/// not. `setting` names the config setting that holds `roots`, for errors.
+pub fn open_beneath(setting: &'static str, roots: &[PathBuf], path: &Path) -> Result<std::fs::File, FileFetchError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    if roots.is_empty() {
+        return Err(FileFetchError::Off { setting });
+    }
+    let shown = path.display().to_string();
+    let Some((root, rel)) = roots.iter().find_map(|r| path.strip_prefix(r).ok().map(|rel| (r, rel))) else {
+        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        return Err(FileFetchError::NotBelowRoot { path: shown, roots: list.join(", "), setting });
+    };
+    if rel.as_os_str().is_empty() {
+        return Err(FileFetchError::NotRegular { path: shown, kind: "a directory" });
+    }
+    let open_err = |e: rustix::io::Errno| FileFetchError::Open { path: shown.clone(), source: e.into() };
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    // The root itself is the operator's; it is still walked without following symlinks.
+    let root_fd = rustix::fs::openat2(
+        rustix::fs::CWD,
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(open_err)?;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat2(&root_fd, rel, flags, Mode::empty(), resolve).map_err(open_err)?;
+    let st = rustix::fs::fstat(&fd).map_err(open_err)?;
+    let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::RegularFile => return Ok(std::fs::File::from(fd)),
+        rustix::fs::FileType::Directory => "a directory",
+        rustix::fs::FileType::Fifo => "a FIFO",
+        rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => "a device",
+        rustix::fs::FileType::Socket => "a socket",
+        _ => "not a regular file",
+    };
+    Err(FileFetchError::NotRegular { path: shown, kind })
+}
+
+/// Checks the operator's `file_roots`-like setting at startup: each entry must be an existing
+/// absolute directory, is canonicalised (the operator's own path, read once), and may neither
+/// hold nor lie inside `data_dir` (the token, the sealing key and the store live there), nor
+/// lie in `/proc`, `/sys` or `/dev`. `setting` names the setting in errors.
+pub fn check_roots(setting: &str, roots: &[PathBuf], data_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let data = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut out = Vec::new();
+    for (i, r) in roots.iter().enumerate() {
+        if !r.is_absolute() {
+            return Err(format!("{setting}[{i}] '{}' must be an absolute path", r.display()));
+        }
+        let c = r.canonicalize().map_err(|e| format!("{setting}[{i}] '{}' cannot be used: {e}", r.display()))?;
+        if !c.is_dir() {
+            return Err(format!("{setting}[{i}] '{}' is not a directory", r.display()));
+        }
+        if data.starts_with(&c) || c.starts_with(&data) {
+            return Err(format!(
+                "{setting}[{i}] '{}' holds or lies inside the server's data dir {} (its API token, sealing key and store); name a directory apart from it",
+                r.display(),
+                data.display()
+            ));
+        }
+        for special in ["/proc", "/sys", "/dev"] {
+            if c.starts_with(special) {
+                return Err(format!(
+                    "{setting}[{i}] '{}' lies in {special}; name a directory of plain files",
+                    r.display()
+                ));
+            }
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// reqwest's error without the URL (the caller names it, redacted if need be); a refusal by the
+/// address policy is told as such.
 fn describe(e: &reqwest::Error) -> String {
+    if let Some(why) = herd_egress::refusal_in(e) {
+        return format!("refused: {why}");
+    }
     let mut msg = e.without_url_ref().to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -98,47 +318,4 @@ impl WithoutUrl for reqwest::Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-
-    #[test]
-    fn names_come_from_the_last_segment() {
-        assert_eq!(file_name("http://h:8000/a/installapp-v1.sh?sig=x").as_deref(), Some("installapp-v1.sh"));
-        assert_eq!(file_name("http://h/dir/"), None);
-        assert_eq!(file_name("file:///tmp/.herd-command"), None);
-    }
-
-    /// A one-shot HTTP server on loopback that answers with `body`.
-    fn serve(body: Vec<u8>) -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                let _ = s.write_all(&body);
-            }
-        });
-        format!("http://{addr}/file.sh")
-    }
-
-    #[tokio::test]
-    async fn http_and_file_downloads_within_limits() {
-        let client = reqwest::Client::new();
-        let url = serve(b"echo hi\n".to_vec());
-        assert_eq!(fetch(&client, &url, &FetchLimits::default()).await.unwrap(), b"echo hi\n");
-        let url = serve(vec![b'x'; 2000]);
-        let small = FetchLimits { max_bytes: 1000, timeout: Duration::from_secs(5) };
-        assert!(fetch(&client, &url, &small).await.unwrap_err().contains("limit of 1000 bytes"));
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.sh");
-        std::fs::write(&p, b"true").unwrap();
-        assert_eq!(fetch(&client, &format!("file://{}", p.display()), &small).await.unwrap(), b"true");
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let closed = format!("http://{}/x", l.local_addr().unwrap());
-        drop(l);
-        assert!(fetch(&client, &closed, &small).await.unwrap_err().contains("connect"));
-    }
-}
+mod tests;

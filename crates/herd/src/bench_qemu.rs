@@ -108,6 +108,14 @@ impl Guest {
     }
 }
 
+/// The distinct parent directories of `files`, as a TOML array of strings.
+fn toml_paths(files: &[&Path]) -> String {
+    let mut dirs: Vec<String> =
+        files.iter().filter_map(|f| f.parent()).map(|d| format!("{:?}", d.display().to_string())).collect();
+    dirs.dedup();
+    format!("[{}]", dirs.join(", "))
+}
+
 /// Kills every QEMU whose argv names the benchmark's directory (herd's VMs and the hand-run
 /// ones), so a benchmark that fails half-way leaves no VM behind.
 struct KillQemus(String);
@@ -835,7 +843,9 @@ pub async fn run(opts: Options) -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 10\n\n[[hosts]]\nname = \"bench\"\nvcpus = {}\nmemory_mib = {}\novercommit = 16.0\n",
+            "[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 10\n\n[images]\nimport_roots = {}\n\n[[hosts]]\nname = \"bench\"\nvcpus = {}\nmemory_mib = {}\novercommit = 16.0\n",
+            // The server reads the test guest's kernel and initrd where they are.
+            toml_paths(&[&guest.kernel, &guest.initrd]),
             host.vcpus.max(8),
             host.memory_mib
         ),

@@ -550,6 +550,10 @@ pub enum ImageCmd {
         /// publisher:offer:sku:version
         #[arg(long)]
         urn: String,
+        /// Send --disk/--kernel/--initrd as paths for the server to read (it must allow their
+        /// directory in [images] import_roots) instead of uploading the files.
+        #[arg(long)]
+        server_path: bool,
         /// A directory with an executable `init` (process-driver image).
         #[arg(long, group = "source")]
         dir: Option<PathBuf>,

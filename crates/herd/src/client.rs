@@ -60,6 +60,11 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.send(req, &url).await
+    }
+
+    /// Sends a built request and decodes the answer (an API error becomes an [`ApiFailure`]).
+    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Value> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow!(
@@ -118,6 +123,49 @@ impl Client {
 
     pub async fn delete(&self, path: &str) -> Result<Value> {
         self.call(Method::DELETE, path, None, &[]).await
+    }
+
+    /// PUTs `file`'s bytes to `path`, streamed, with its length and SHA-256 (`sha256`, hex);
+    /// `progress` hears the bytes sent so far. No overall timeout: a large image takes long.
+    pub async fn upload(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        sha256: &str,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<Value> {
+        use tokio::io::AsyncReadExt;
+        let f = tokio::fs::File::open(file).await?;
+        let len = f.metadata().await?.len();
+        let progress = std::sync::Arc::new(progress);
+        let stream = futures::stream::unfold((f, 0u64), move |(mut f, sent)| {
+            let progress = progress.clone();
+            async move {
+                let mut buf = vec![0u8; 1 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        progress(sent + n as u64);
+                        Some((Ok::<_, std::io::Error>(buf), (f, sent + n as u64)))
+                    }
+                    Err(e) => Some((Err(e), (f, sent))),
+                }
+            }
+        });
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .put(&url)
+            .timeout(std::time::Duration::from_secs(7 * 24 * 3600))
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(herd_api::images::DIGEST_HEADER, sha256)
+            .body(reqwest::Body::wrap_stream(stream));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req, &url).await
     }
 }
 

@@ -67,6 +67,19 @@ pub struct ServerConfig {
     pub metadata: MetadataSettings,
     #[serde(default)]
     pub billing: BillingSettings,
+    #[serde(default)]
+    pub images: ImageSettings,
+}
+
+/// `[images]`: image imports.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSettings {
+    /// Directories whose files `PUT /v1/images/{urn}` may name as a server-side `disk`,
+    /// `kernel` or `initrd` path (default none: the CLI uploads the bytes instead).
+    pub import_roots: Option<Vec<PathBuf>>,
+    /// Largest uploaded image file, in GiB (default 64).
+    pub max_upload_gib: Option<u64>,
 }
 
 /// `[metadata]`: the per-instance metadata endpoint (identity and scheduled events).
@@ -141,6 +154,9 @@ pub struct AutoscaleSettings {
     pub sample_interval_secs: Option<u64>,
     /// Deadline of one metric-source sample, in seconds (default 5).
     pub source_timeout_secs: Option<u64>,
+    /// Address ranges webhook notifications may reach although refused by default (loopback,
+    /// link-local, herd's own ranges), e.g. ["127.0.0.1/32"].
+    pub allow_webhooks_to: Option<Vec<herd_egress::Net>>,
 }
 
 /// `[upgrades]`: rolling upgrades and repairs.
@@ -189,6 +205,11 @@ pub struct ExtensionSettings {
     /// How long a script may run when the model sets no `extensionsTimeBudget`, in seconds
     /// (default 1800).
     pub run_timeout_secs: Option<u64>,
+    /// Directories `file://` fileUris may read below (default none: `file://` is refused).
+    pub file_roots: Option<Vec<PathBuf>>,
+    /// Address ranges http(s) fileUris may reach although refused by default (loopback,
+    /// link-local, herd's own ranges), e.g. ["127.0.0.1/32"].
+    pub allow_fetch_from: Option<Vec<herd_egress::Net>>,
 }
 
 /// `[network]`.
@@ -464,6 +485,16 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         fetch: herd_reconciler::fetch::FetchLimits {
             max_bytes: cfg.extensions.max_file_mib.map_or(ext_defaults.fetch.max_bytes, |m| m.saturating_mul(1 << 20)),
             timeout: cfg.extensions.fetch_timeout_secs.map_or(ext_defaults.fetch.timeout, Duration::from_secs),
+            file_roots: herd_reconciler::fetch::check_roots(
+                "config: extensions.file_roots",
+                cfg.extensions.file_roots.as_deref().unwrap_or_default(),
+                &data_dir,
+            )
+            .map_err(anyhow::Error::msg)?,
+            addresses: herd_egress::AddressPolicy::new(
+                herd_reconciler::fetch::ALLOW_SETTING,
+                cfg.extensions.allow_fetch_from.clone().unwrap_or_default(),
+            ),
         },
         run_timeout: cfg.extensions.run_timeout_secs.map_or(ext_defaults.run_timeout, Duration::from_secs),
     };
@@ -481,6 +512,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     ));
     let image_dir = data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
+    herd_api::images::clear_uploads(&image_dir);
     let state = AppState {
         store,
         wake: reconciler.waker(),
@@ -495,6 +527,15 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             public_ip_block: block % 64,
             hosts,
             prices: cfg.prices.clone(),
+            images: herd_api::images::ImportConfig {
+                import_roots: herd_reconciler::fetch::check_roots(
+                    "config: images.import_roots",
+                    cfg.images.import_roots.as_deref().unwrap_or_default(),
+                    &data_dir,
+                )
+                .map_err(anyhow::Error::msg)?,
+                max_upload_bytes: cfg.images.max_upload_gib.map_or(64 << 30, |g| g.saturating_mul(1 << 30)),
+            },
         }),
         sealer,
         health,
@@ -529,6 +570,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
                 .source_timeout_secs
                 .map_or(autoscale_defaults.source_timeout, |s| Duration::from_secs(s.max(1))),
             skus: state.config.skus.clone(),
+            webhooks: herd_egress::AddressPolicy::new(
+                herd_autoscaler::runner::WEBHOOK_ALLOW_SETTING,
+                cfg.autoscale.allow_webhooks_to.clone().unwrap_or_default(),
+            ),
         },
     )
     .with_lb_stats(Arc::new(herd_api::autoscale::ApiLbStats(state.lb.clone())));

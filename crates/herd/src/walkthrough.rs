@@ -720,7 +720,9 @@ fn play(opts: &Options, res: &Shared) -> Result<()> {
         "# herd demo: short timings so the walkthrough runs in minutes\n\
          [loadbalancer]\ndrain_timeout_secs = 2\n\
          [upgrades]\nhealth_grace_secs = 60\n\
-         [autoscale]\ninterval_secs = 5\nsample_interval_secs = 5\n",
+         [autoscale]\ninterval_secs = 5\nsample_interval_secs = 5\n\
+         # the Custom Script's files are served on loopback, which fileUris may not reach by default\n\
+         [extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n",
     );
     if driver == Driver::Qemu {
         conf.push_str("[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 10\n");

@@ -9,7 +9,7 @@ use common::*;
 use serde_json::Value;
 use std::time::Duration;
 
-const FAST: &str = "[autoscale]\ninterval_secs = 1\nsample_interval_secs = 1\nsource_timeout_secs = 2\n[sim]\nboot_min_ms = 5\nboot_max_ms = 30\n";
+const FAST: &str = "[autoscale]\ninterval_secs = 1\nsample_interval_secs = 1\nsource_timeout_secs = 2\nallow_webhooks_to = [\"127.0.0.1/32\"]\n[sim]\nboot_min_ms = 5\nboot_max_ms = 30\n";
 
 fn capacity(s: &Server, group: &str) -> i64 {
     s.json(&["vmss", "show", "-g", group, "-n", "web"])["sku"]["capacity"].as_i64().unwrap()

@@ -58,11 +58,14 @@ fn init_pid(s: &Server, id: &str) -> Option<u32> {
         .map(|p| p.pid)
 }
 
+const ALLOW_LOOPBACK: &str = "[extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n";
+
 #[test]
 fn custom_script_runs_in_place_and_keeps_its_secret() {
     let dir = tempfile::tempdir().unwrap();
     let sampler = CmdlineSampler::start(SECRET);
-    let s = Server::start_logged("process", &dir.path().join("data"), None, "debug");
+    // The file server is on loopback, which fileUris may reach only when allowed.
+    let s = Server::start_logged("process", &dir.path().join("data"), Some(ALLOW_LOOPBACK), "debug");
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     // On the process driver the script's own children run on the host, so the command hands
     // the password over in the environment, not as an argument.
@@ -230,6 +233,27 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
     assert_eq!(failed["extensions"][0]["exitCode"], 3);
     assert!(failed["lastError"].as_str().unwrap().contains("exit code 3"), "{failed}");
     assert_eq!(failed["powerState"], "running", "a failed extension does not stop the VM");
+
+    // file:// reads no host file unless the operator allows a directory: not /etc/shadow, not
+    // the server's own sealing key.
+    let key = s.data_dir.canonicalize().unwrap().join("secret.key");
+    let steal = format!(
+        "{{\"fileUris\": [\"file:///etc/shadow\", \"file://{}\"], \"commandToExecute\": \"cat shadow secret.key\"}}",
+        key.display()
+    );
+    s.ok(&ext(
+        "set",
+        &["--name", "CustomScript", "--publisher", "Herd.Extensions", "--version", "2.1", "--settings", &steal],
+    ));
+    s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", &one]));
+    let refused = wait_for("the refused file:// download", Duration::from_secs(60), || {
+        counted(&s).into_iter().find(|i| {
+            i["instanceId"] == one.as_str() && i["lastError"].as_str().is_some_and(|e| e.contains("file_roots"))
+        })
+    });
+    let msg = refused["extensions"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("file:///etc/shadow") && msg.contains("[extensions] file_roots"), "{msg}");
+    assert!(!msg.contains("root:"), "{msg}");
 
     // Reimage: a fresh disk runs the (now passing) extension again on first boot.
     std::fs::write(&prot, format!("{{\"commandToExecute\": \"PW='{SECRET}' sh install.sh 2\"}}")).unwrap();

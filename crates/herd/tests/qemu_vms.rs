@@ -150,7 +150,7 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     let data = dir.path().join("data");
     let _guard = VmGuard(data.clone());
     std::fs::create_dir_all(&data).unwrap();
-    let config = "[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 20\n";
+    let config = "[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 20\n[extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n";
     let mut s = Server::start_logged("qemu", &data, Some(config), "info,herd_reconciler=debug");
     s.ok(&["group", "create", "-n", "vm-rg"]);
     for v in ["1.0.0", "1.0.1"] {

@@ -1,0 +1,211 @@
+//! Image imports read nothing the API user could not give: uploads are checked (digest, format
+//! by content) and a server-side path is read only below `[images] import_roots`.
+
+mod common;
+use common::Server;
+use std::path::{Path, PathBuf};
+
+/// Every regular file under the gallery (uploads included).
+fn gallery_files(data: &Path) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(&data.join("images"), &mut out);
+    out
+}
+
+/// A raw disk: 2 MiB of zeros with a boot signature.
+fn raw_disk(p: &Path) {
+    let mut b = vec![0u8; 2 << 20];
+    b[510] = 0x55;
+    b[511] = 0xaa;
+    std::fs::write(p, b).unwrap();
+}
+
+/// A qcow2 header (version 3) whose backing file is `backing`.
+fn qcow2_with_backing(p: &Path, backing: &str) {
+    let mut b = vec![0u8; 65536];
+    b[..4].copy_from_slice(b"QFI\xfb");
+    b[4..8].copy_from_slice(&3u32.to_be_bytes());
+    b[8..16].copy_from_slice(&1024u64.to_be_bytes());
+    b[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+    b[1024..1024 + backing.len()].copy_from_slice(backing.as_bytes());
+    std::fs::write(p, b).unwrap();
+}
+
+#[test]
+fn a_server_side_path_is_refused_without_import_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start("sim", &data, None);
+    for (flag, path) in [("--disk", "/etc/shadow"), ("--kernel", "/etc/shadow"), ("--disk", "/etc/passwd")] {
+        let e = s.err(&["image", "import", "--urn", "Bad:Img:1:1.0.0", "--server-path", flag, path]);
+        assert!(e.contains(&flag[2..]) && e.contains("[images] import_roots"), "{e}");
+    }
+    // The server's own secrets are no image either, whatever the request says.
+    let token = data.join("api-token");
+    let e = s.err(&["image", "import", "--urn", "Bad:Img:1:1.0.0", "--server-path", "--disk", token.to_str().unwrap()]);
+    assert!(e.contains("import_roots"), "{e}");
+    assert!(s.json(&["image", "list"]).as_array().unwrap().is_empty());
+    assert!(gallery_files(&data).is_empty(), "{:?}", gallery_files(&data));
+}
+
+#[test]
+fn import_roots_allow_regular_files_below_them_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let root = dir.path().join("images-in");
+    std::fs::create_dir(&root).unwrap();
+    let config = format!("[images]\nimport_roots = [\"{}\"]\n", root.display());
+    let s = Server::start("sim", &data, Some(&config));
+    std::os::unix::fs::symlink("/etc/shadow", root.join("shadow.raw")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(root.join("pipe.raw")).status().unwrap().success(), "mkfifo");
+    qcow2_with_backing(&root.join("backed.qcow2"), "/etc/shadow");
+    raw_disk(&root.join("good.raw"));
+    let import = |name: &str| {
+        let p = root.join(name);
+        s.herd(&[
+            "image",
+            "import",
+            "--urn",
+            &format!("T:{}:1:1.0.0", name.replace('.', "-")),
+            "--server-path",
+            "--disk",
+            p.to_str().unwrap(),
+        ])
+    };
+    for (name, want) in
+        [("shadow.raw", "cannot be opened"), ("pipe.raw", "not a regular file"), ("backed.qcow2", "backing file")]
+    {
+        let started = std::time::Instant::now();
+        let out = import(name);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains("disk") && e.contains(want), "{name}: {e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name} held the import");
+    }
+    // Nothing of the refused imports stayed on disk (the qcow2 was copied, then refused).
+    assert!(gallery_files(&data).is_empty(), "{:?}", gallery_files(&data));
+    let e = s.err(&["image", "import", "--urn", "T:Out:1:1.0.0", "--server-path", "--disk", "/etc/passwd"]);
+    assert!(e.contains("not below a directory allowed by [images] import_roots"), "{e}");
+    let out = import("good.raw");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let img = s.json(&["image", "show", "--urn", "T:good-raw:1:1.0.0"]);
+    assert_eq!(img["source"]["format"], "raw", "{img}");
+}
+
+#[test]
+fn a_root_holding_the_data_dir_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for setting in ["[images]\nimport_roots", "[extensions]\nfile_roots"] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, format!("{setting} = [\"{}\"]\n", dir.path().display())).unwrap();
+        let out = std::process::Command::new(common::HERD)
+            .args(["server", "--listen", "127.0.0.1:0", "--driver", "sim", "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains("data dir"), "{setting}: {e}");
+    }
+}
+
+#[test]
+fn uploads_are_checked_by_digest_and_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start("sim", &data, None);
+    // Not an image: text, and a file too small to be a raw disk.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "root:$6$hash:19000:0:99999:7:::\n").unwrap();
+    let e = s.err(&["image", "import", "--urn", "T:Txt:1:1.0.0", "--disk", notes.to_str().unwrap()]);
+    assert!(e.contains("disk") && e.contains("neither qcow2 nor a raw disk"), "{e}");
+    let backed = dir.path().join("backed.qcow2");
+    qcow2_with_backing(&backed, "/etc/shadow");
+    let e = s.err(&["image", "import", "--urn", "T:Backed:1:1.0.0", "--disk", backed.to_str().unwrap()]);
+    assert!(e.contains("backing file"), "{e}");
+    let e = s.err(&["image", "import", "--urn", "T:Kern:1:1.0.0", "--kernel", notes.to_str().unwrap()]);
+    assert!(e.contains("kernel") && e.contains("not a Linux kernel"), "{e}");
+    assert!(gallery_files(&data).is_empty(), "{:?}", gallery_files(&data));
+
+    // A digest that does not match the body: refused, nothing kept.
+    let disk = dir.path().join("disk.raw");
+    raw_disk(&disk);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("{}/v1/images/T:Raw:1:1.0.0/files/disk", s.url);
+    let body = std::fs::read(&disk).unwrap();
+    let (status, text) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .put(&url)
+            .bearer_auth(s.token())
+            .header("X-Content-SHA256", "0".repeat(64))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("X-Content-SHA256") && text.contains("nothing was kept"), "{text}");
+    assert!(gallery_files(&data).is_empty(), "{:?}", gallery_files(&data));
+    // No digest at all: refused.
+    let status = rt.block_on(async {
+        reqwest::Client::new().put(&url).bearer_auth(s.token()).body(body.clone()).send().await.unwrap().status()
+    });
+    assert_eq!(status, 400);
+    // Importing with nothing uploaded names what is missing.
+    let (status, text) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .put(format!("{}/v1/images/T:Raw:1:1.0.0", s.url))
+            .bearer_auth(s.token())
+            .json(&serde_json::json!({"uploaded": true}))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("nothing was uploaded"), "{text}");
+
+    // A real upload works, and only the image's file stays.
+    let out = s.json(&["image", "import", "--urn", "T:Raw:1:1.0.0", "--disk", disk.to_str().unwrap()]);
+    assert_eq!(out["source"]["format"], "raw", "{out}");
+    let files = gallery_files(&data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), body);
+    assert_eq!(out["source"]["path"], files[0].to_str().unwrap());
+    // A kernel with its initrd.
+    let mut kernel = vec![0u8; 8192];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(dir.path().join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(dir.path().join("initrd.img"), b"070701 a cpio archive").unwrap();
+    let out = s.json(&[
+        "image",
+        "import",
+        "--urn",
+        "T:Kernel:1:1.0.0",
+        "--kernel",
+        dir.path().join("vmlinuz").to_str().unwrap(),
+        "--initrd",
+        dir.path().join("initrd.img").to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0",
+    ]);
+    assert_eq!(out["source"]["kind"], "kernel", "{out}");
+    assert_eq!(out["source"]["cmdline"], "console=ttyS0");
+    assert_eq!(std::fs::read(out["source"]["kernel"].as_str().unwrap()).unwrap(), kernel);
+    // Deleting the images leaves an empty gallery.
+    s.ok(&["image", "delete", "--urn", "T:Raw:1:1.0.0"]);
+    s.ok(&["image", "delete", "--urn", "T:Kernel:1:1.0.0"]);
+    assert!(gallery_files(&data).is_empty(), "{:?}", gallery_files(&data));
+}
