@@ -7,7 +7,10 @@ use herd_metric_sources::{build, validate, ErrorKind, MetricSource, SourceError,
 use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-Http-s3cret";
-const T: Duration = Duration::from_secs(5);
+/// Each request's timeout (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(5))
+}
 
 fn source(url: &str, pointer: &str) -> Box<dyn MetricSource> {
     let s = SourceSpec {
@@ -17,7 +20,7 @@ fn source(url: &str, pointer: &str) -> Box<dyn MetricSource> {
         protected: json!({"headers": {"Authorization": format!("Bearer {TOKEN}")}}),
     };
     validate(&s).unwrap();
-    build(&s, T).unwrap()
+    build(&s, t()).unwrap()
 }
 
 async fn error(src: &dyn MetricSource) -> SourceError {
