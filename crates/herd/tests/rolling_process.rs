@@ -69,10 +69,15 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 /// A server with images 1.0.0 (v1), 1.0.1 (v2) and 1.0.2 (v2, failing its probe), a load
 /// balancer with an HTTP probe on `/`, and a Rolling scale set of `count` on 1.0.0.
 fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
+    // How long an upgraded instance may stay probe-unhealthy after its boot before the upgrade
+    // counts it as failed. Under `stress-ng --cpu 2` beside other builds (load 15-19 on 2
+    // cores) instances took up to 7.8 s from creation to healthy, and a 5 s grace failed a good
+    // canary (the upgrade went Faulted instead of Paused); 20 s is 2.5 times the worst measured.
+    let grace = (20.0 * herd_test_support::time_scale()).ceil() as u64;
     let s = Server::start(
         "process",
         &dir.join("data"),
-        Some("[loadbalancer]\ndrain_timeout_secs = 1\n[upgrades]\nhealth_grace_secs = 5\n"),
+        Some(&format!("[loadbalancer]\ndrain_timeout_secs = 1\n[upgrades]\nhealth_grace_secs = {grace}\n")),
     );
     s.ok(&["group", "create", "-n", "rg"]);
     for (v, version, broken) in [("1.0.0", 1, false), ("1.0.1", 2, false), ("1.0.2", 2, true)] {
@@ -152,6 +157,10 @@ fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
     let ip =
         s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
     let n: usize = count.parse().unwrap();
+    // Measured with `stress-ng --cpu 2` beside five other builds on 2 cores (load 15-19), the
+    // four tests of this binary in parallel: 3.6-6.1 s. 60 s is ten times that. The timeouts
+    // once seen here were two parallel tests sharing instance addresses (now excluded by
+    // `common::with_address_block`), not slowness.
     wait_all_healthy(&s, n, "every instance healthy", Duration::from_secs(60));
     (s, format!("http://{}:18080", ip.trim()))
 }
@@ -186,6 +195,7 @@ fn wait_all_healthy(s: &Server, n: usize, what: &str, limit: Duration) {
 }
 
 fn wait_state(s: &Server, want: &[&str], limit: Duration) -> Value {
+    let mut seen_running = false;
     wait_observing(&format!("the rolling upgrade to reach {want:?}"), limit, || {
         let out = s.herd(&with(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "json"]));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -193,6 +203,19 @@ fn wait_state(s: &Server, want: &[&str], limit: Duration) -> Value {
             return Ok(v);
         }
         let list = s.json(&with(&["vmss", "list-instances"], &[]));
+        // An upgrade seen running that then finished never changes state again: fail now, not
+        // at the deadline. (A finished state seen first may be the previous upgrade's.)
+        let st = v["state"].as_str().unwrap_or("");
+        let finished = ["Completed", "Faulted", "Cancelled", "RolledBack"].contains(&st);
+        if !finished && !st.is_empty() {
+            seen_running = true;
+        }
+        if finished && seen_running {
+            panic!(
+                "the rolling upgrade ended {st} while the test waited for {want:?}:\n{v}\n{}",
+                instances_summary(&list)
+            );
+        }
         Err(format!(
             "rolling upgrade: {}\n{}",
             if v.is_null() { String::from_utf8_lossy(&out.stderr).trim().to_string() } else { v.to_string() },
