@@ -23,36 +23,14 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# Host packages: QEMU and the test guest's build tools (images/testguest/deps.sh), PostgreSQL
-# for the demo app's database, util-linux for instance hostnames.
-PKGS="postgresql util-linux curl"
-missing=""
-if command -v dpkg-query >/dev/null 2>&1; then
-    for p in $PKGS qemu-system-x86 qemu-utils busybox-static qemu-guest-agent cpio kmod genisoimage dosfstools mtools syslinux fdisk; do
-        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"
-    done
-fi
-if [ -n "$missing" ]; then
-    if [ "$(id -u)" -eq 0 ]; then
-        say "installing:$missing"
-        export DEBIAN_FRONTEND=noninteractive
-        images/testguest/deps.sh
-        # shellcheck disable=SC2086
-        apt-get install -y -q --no-install-recommends $PKGS >/dev/null ||
-            { apt-get update -q && apt-get install -y -q --no-install-recommends $PKGS >/dev/null; }
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        say "installing with sudo:$missing"
-        sudo images/testguest/deps.sh
-        # shellcheck disable=SC2086
-        sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $PKGS >/dev/null
-    else
-        say "these packages are missing:$missing"
-        say "install them, then run ./demo.sh again:"
-        echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends$missing" >&2
-        exit 1
-    fi
-elif ! command -v dpkg-query >/dev/null 2>&1; then
-    say "not a Debian/Ubuntu machine: make sure QEMU (qemu-system-x86_64), PostgreSQL and busybox-static are installed"
+# Host packages (the "demo" group of scripts/packages.txt, the project's one list): QEMU and
+# the test guest's build tools, PostgreSQL for the demo app's database, util-linux for instance
+# hostnames. Installs what is missing as root (or with passwordless sudo) and checks every tool
+# afterwards; otherwise it prints the apt-get command and stops.
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo scripts/packages.sh demo
+else
+    scripts/packages.sh demo || { say "install the packages above, then run ./demo.sh again"; exit 1; }
 fi
 
 # Debug builds are what the tests use, and build much faster than release on small machines.

@@ -140,15 +140,17 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds; fails the test after `DEADLINE`.
+/// Polls `cond` every 20 ms until it holds; fails the test after `DEADLINE` (times
+/// `HERD_TEST_TIME_SCALE`).
 async fn wait_for<F, Fut>(what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
+    let limit = herd_test_support::scaled(DEADLINE);
+    let deadline = Instant::now() + limit;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -504,7 +506,7 @@ async fn stats_report_memory_and_cpu() {
 /// `list` must stay cheap at the scale one host runs. Slow (starts 1000 processes): run with
 /// `cargo test -p herd-driver-process -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "slow: starts 1000 processes; run with cargo test -p herd-driver-process -- --ignored"]
 async fn list_of_1000_instances_is_fast() {
     let fx = Fixture::new("exec sleep 300");
     let t = Instant::now();
@@ -535,7 +537,7 @@ async fn a_script_runs_in_the_instance_with_its_files_and_environment() {
     let b_sh = "echo from-b >&2\ni=0\nwhile [ $i -lt 500 ]; do echo \"filler line $i\" >&2; i=$((i+1)); done\necho stderr-end >&2\n";
     let command = "cat a.txt\nsh ./b.sh\necho to-stdout\nenv > env.out\nhostname > hostname.out\n\
                    stat -c %a .herd-command > mode.out\npwd > pwd.out\ncut -d' ' -f5 /proc/$$/stat > pgrp.out\nexit 3";
-    let run = script("setup", &[("a.txt", "alpha\n"), ("b.sh", b_sh)], command, DEADLINE);
+    let run = script("setup", &[("a.txt", "alpha\n"), ("b.sh", b_sh)], command, herd_test_support::scaled(DEADLINE));
     let t = Instant::now();
     let out = fx.driver.run_script(&key(20), &run).await.unwrap();
     eprintln!("script run: {:?}", t.elapsed());
@@ -580,7 +582,7 @@ async fn a_script_runs_in_the_instance_with_its_files_and_environment() {
     }
 
     // A second run of the same extension: files are replaced, the directory reused.
-    let run = script("setup", &[("a.txt", "beta\n")], "cat a.txt", DEADLINE);
+    let run = script("setup", &[("a.txt", "beta\n")], "cat a.txt", herd_test_support::scaled(DEADLINE));
     let out = fx.driver.run_script(&key(20), &run).await.unwrap();
     assert!(out.succeeded());
     assert_eq!(out.stdout, b"beta\n");
@@ -616,7 +618,8 @@ async fn the_command_never_appears_in_any_command_line() {
             (rounds, saw_sleep, leaks)
         })
     };
-    let out = fx.driver.run_script(&key(21), &script("secret", &[], &command, DEADLINE)).await;
+    let out =
+        fx.driver.run_script(&key(21), &script("secret", &[], &command, herd_test_support::scaled(DEADLINE))).await;
     stop.store(true, Ordering::SeqCst);
     let (rounds, saw_sleep, leaks) = sampler.join().unwrap();
     let out = out.unwrap();
@@ -647,7 +650,10 @@ async fn a_background_process_does_not_hold_the_run_and_stops_with_the_instance(
     let out = fx.driver.run_script(&key(22), &run).await.unwrap();
     let took = t.elapsed();
     eprintln!("script with a background process: {took:?}");
-    assert!(took < Duration::from_secs(10), "the run waited for its background process: {took:?}");
+    assert!(
+        took < herd_test_support::scaled(Duration::from_secs(10)),
+        "the run waited for its background process: {took:?}"
+    );
     assert_eq!(out.exit_code, Some(4));
     assert!(!out.timed_out);
     assert_eq!(out.stdout, b"launched\n");
@@ -676,7 +682,7 @@ async fn a_script_that_overruns_its_timeout_is_killed_alone() {
     assert!(out.timed_out);
     assert_eq!(out.exit_code, None);
     assert!(!out.succeeded());
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(5), "{took:?}");
+    assert!(took >= Duration::from_millis(500) && took < herd_test_support::scaled(Duration::from_secs(5)), "{took:?}");
     assert_eq!(out.stdout, b"started\n");
 
     let dir = fx.ext_dir(23, "slow");
@@ -699,13 +705,13 @@ async fn scripts_need_a_running_instance_and_safe_names() {
     let fx = Fixture::new("exec sleep 300");
     let secret = "hunter2-secret";
     let cmd = format!("echo {secret}");
-    let ok = script("ext", &[], &cmd, DEADLINE);
+    let ok = script("ext", &[], &cmd, herd_test_support::scaled(DEADLINE));
     assert_eq!(fx.driver.run_script(&key(24), &ok).await, Err(DriverError::NotFound(key(24))));
 
     fx.driver.ensure(&fx.spec(24)).await.unwrap();
     for (name, file) in [("../x", "f"), ("", "f"), ("..", "f"), ("a/b", "f"), ("ext", "../x"), ("ext", ".herd-command")]
     {
-        let run = script(name, &[(file, "data")], &cmd, DEADLINE);
+        let run = script(name, &[(file, "data")], &cmd, herd_test_support::scaled(DEADLINE));
         let err = fx.driver.run_script(&key(24), &run).await.unwrap_err();
         let DriverError::Failed(msg) = &err else { panic!("{err:?}") };
         let bad = if name == "ext" { file } else { name };

@@ -92,25 +92,20 @@ mod tests {
         assert_eq!(&img[..4], &[0xB0, CANARY_VALUE, 0xE6, 0xF4]);
     }
 
-    fn qemu() -> Option<std::path::PathBuf> {
-        let p = std::path::PathBuf::from("/usr/bin/qemu-system-x86_64");
-        p.exists().then_some(p)
-    }
-
     #[tokio::test]
     async fn the_canary_runs_under_tcg_and_auto_decides_within_the_timeout() {
-        let Some(q) = qemu() else {
-            eprintln!("SKIP: qemu-system-x86_64 is not installed");
-            return;
-        };
+        let q = herd_test_support::require_tool("qemu-system-x86_64", "qemu-system-x86");
         let dir = tempfile::tempdir().unwrap();
         assert!(
-            canary_passes(&q, Accel::Tcg, dir.path(), Duration::from_secs(20)).await,
+            canary_passes(&q, Accel::Tcg, dir.path(), herd_test_support::scaled(Duration::from_secs(20))).await,
             "TCG runs the canary to its exit"
         );
         let start = std::time::Instant::now();
         let choice = auto(&q, dir.path()).await;
-        assert!(start.elapsed() < Duration::from_secs(10), "auto never waits past its canary timeout");
+        assert!(
+            start.elapsed() < herd_test_support::scaled(Duration::from_secs(10)),
+            "auto never waits past its canary timeout"
+        );
         if !Path::new("/dev/kvm").exists() {
             assert_eq!(choice, Accel::Tcg);
         }

@@ -1,6 +1,7 @@
 //! The QEMU driver end to end: real QEMU under TCG booting herd's test guest
-//! (`images/testguest`, built into `$HERD_TESTGUEST_OUT`, default `/tmp/tg-out`, by its cached
-//! `build.sh`).
+//! (`images/testguest`, built into `$HERD_TESTGUEST_OUT`, default `target/testguest`, by
+//! `./scripts/test.sh`; each run brings it up to date with the cached `build.sh`). Every
+//! deadline here is multiplied by `HERD_TEST_TIME_SCALE`.
 //!
 //! Five tests, each with its own instance root, tag and reach addresses (`127.200.<test>.<n>`),
 //! so they run in parallel:
@@ -55,14 +56,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herd_test_support::scaled;
+
 /// Bound on any one boot (parallel TCG boots on two cores take 5–20 s).
 const BOOT: Duration = Duration::from_secs(180);
-const T: Duration = Duration::from_secs(10);
+/// A guest command's timeout (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    scaled(Duration::from_secs(10))
+}
 const NO_ENV: &[&str] = &[];
 
 /// `$HERD_TESTGUEST_OUT`, brought up to date by the cached `build.sh` (see qemu_clients.rs).
 fn testguest_out() -> PathBuf {
-    let out = PathBuf::from(std::env::var_os("HERD_TESTGUEST_OUT").unwrap_or_else(|| "/tmp/tg-out".into()));
+    let out = herd_test_support::testguest_dir();
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/testguest/build.sh");
     let built = Command::new(&build).arg(&out).stdout(Stdio::null()).stderr(Stdio::null()).status();
     let have = out.join("1.0.0/initrd.img").is_file() && out.join("1.0.1/initrd.img").is_file();
@@ -191,6 +197,7 @@ async fn wait_power(
     limit: Duration,
     want: impl Fn(&ObservedPower) -> bool,
 ) -> ObservedPower {
+    let limit = scaled(limit);
     let deadline = Instant::now() + limit;
     loop {
         let p = power_of(d, k).await;
@@ -220,6 +227,7 @@ fn alive(pid: u32) -> bool {
 }
 
 async fn wait_gone(pid: u32, limit: Duration) {
+    let limit = scaled(limit);
     let deadline = Instant::now() + limit;
     while alive(pid) {
         assert!(Instant::now() < deadline, "pid {pid} still alive after {limit:?}");
@@ -228,13 +236,13 @@ async fn wait_gone(pid: u32, limit: Duration) {
 }
 
 async fn agent(d: &QemuDriver, k: &InstanceKey) -> Qga {
-    Qga::wait_ready(&d.qga_socket(k), Duration::from_secs(30)).await.expect("guest agent")
+    Qga::wait_ready(&d.qga_socket(k), scaled(Duration::from_secs(30))).await.expect("guest agent")
 }
 
 /// Runs a shell command in the guest through the agent; returns (exit code, stdout).
 async fn guest_sh(d: &QemuDriver, k: &InstanceKey, script: &str) -> (Option<i64>, String) {
     let qga = agent(d, k).await;
-    let st = qga.run("/bin/sh", &["-c", script], NO_ENV, None, Duration::from_secs(30)).await.unwrap();
+    let st = qga.run("/bin/sh", &["-c", script], NO_ENV, None, scaled(Duration::from_secs(30))).await.unwrap();
     (st.exitcode, String::from_utf8_lossy(&st.stdout).into_owned())
 }
 
@@ -251,6 +259,7 @@ fn script(name: &str, files: Vec<(&str, &[u8])>, command: &str, timeout: Duratio
 /// GET / over HTTP/1.0 from the host, retried until the body holds `want` or `limit` passes.
 async fn http_get_until(addr: &str, want: &str, limit: Duration) -> String {
     let (addr, want) = (addr.to_string(), want.to_string());
+    let limit = scaled(limit);
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + limit;
         let mut last = String::new();
@@ -359,7 +368,7 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     let command = format!(
         "TOKEN='{token}'\nexport TOKEN\ncat data.txt\nsh ./check.sh\necho \"token-length ${{#TOKEN}}\"\necho to-stderr >&2\n"
     );
-    let run = script("secret", vec![("check.sh", check), ("data.txt", b"data-file-content\n")], &command, T * 3);
+    let run = script("secret", vec![("check.sh", check), ("data.txt", b"data-file-content\n")], &command, t() * 3);
     assert!(!format!("{run:?}").contains(&token), "ScriptRun's Debug redacts the command");
     let o = d.run_script(&b, &run).await.unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -373,14 +382,18 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     );
     assert_eq!(o.stderr, b"to-stderr\n");
     // A failing command is a script that ran: Ok, with its exit code.
-    let o = d.run_script(&b, &script("secret", vec![], "echo failing; exit 7", T)).await.unwrap();
+    let o = d.run_script(&b, &script("secret", vec![], "echo failing; exit 7", t())).await.unwrap();
     assert_eq!((o.exit_code, o.timed_out, o.stdout.as_slice()), (Some(7), false, &b"failing\n"[..]));
     // A script that outlives its timeout is killed (with what it started) and reported.
     let started = Instant::now();
     let slow = script("secret", vec![], "sleep 300 & sleep 301; echo never", Duration::from_secs(2));
     let o = d.run_script(&b, &slow).await.unwrap();
     assert!(o.timed_out && o.exit_code.is_none(), "{o:?}");
-    assert!(started.elapsed() < Duration::from_secs(20), "timeout took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < herd_test_support::scaled(Duration::from_secs(20)),
+        "timeout took {:?}",
+        started.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     let (samples, leaks) = sampler.join().unwrap();
     assert!(leaks.is_empty(), "secret in a host argv: {leaks:?}");
@@ -388,7 +401,7 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     let qga = agent(&d, &b).await;
     assert!(qga.read_file("/var/lib/herd/extensions/secret/.herd-command").await.is_err(), ".herd-command removed");
     assert_eq!(qga.read_file("/var/lib/herd/extensions/secret/data.txt").await.unwrap(), b"data-file-content\n");
-    let st = qga.run("/bin/sh", &["-c", "ps | grep -c '[s]leep 30'"], NO_ENV, None, T).await.unwrap();
+    let st = qga.run("/bin/sh", &["-c", "ps | grep -c '[s]leep 30'"], NO_ENV, None, t()).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), "0", "the timed-out script's children were killed");
     drop(qga);
     for f in walk_files(&d.config().root) {
@@ -400,7 +413,7 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     h.step("scripts: output, exit codes, timeout; the secret stayed out of every argv");
 
     // Bad names are refused before anything runs.
-    let err = d.run_script(&b, &script("../etc", vec![], "true", T)).await.unwrap_err();
+    let err = d.run_script(&b, &script("../etc", vec![], "true", t())).await.unwrap_err();
     assert!(err.to_string().contains("extension name"), "{err}");
 
     let stats = d.stats(&a).await.unwrap().expect("stats of a running VM");
@@ -468,7 +481,7 @@ async fn stop_start_restart_and_reimage_keep_the_data_disk() {
     d.set_power(&k, PowerTarget::Deallocated).await.unwrap();
     assert_eq!(power_of(&d, &k).await, Some(ObservedPower::Stopped));
     h.step(&format!("stopped by ACPI power-off in {:.1}s", took.as_secs_f64()));
-    let err = d.run_script(&k, &script("x", vec![], "true", T)).await.unwrap_err();
+    let err = d.run_script(&k, &script("x", vec![], "true", t())).await.unwrap_err();
     assert!(err.to_string().contains("not running"), "{err}");
 
     // ensure starts it again, with the same disks.
@@ -544,7 +557,7 @@ async fn adoption_orphans_and_host_reboots() {
     d.ensure(&s1).await.unwrap();
     assert_eq!(d.pid(&c1), Some(pid1));
     assert_eq!(d.processes().iter().filter(|(k, _)| *k == c1).count(), 1, "{:?}", d.processes());
-    let err = d.run_script(&c2, &script("x", vec![], "true", T)).await.unwrap_err();
+    let err = d.run_script(&c2, &script("x", vec![], "true", t())).await.unwrap_err();
     assert!(err.to_string().contains("no guest agent"), "{err}");
     assert!(d.console_log(&c2, 1 << 16).await.unwrap().unwrap().contains("HERD-GUEST-READY hostname=tgadopt000002"));
     assert!(d.console_log(&key("rg/adopt/9"), 100).await.unwrap().is_none());
@@ -561,7 +574,7 @@ async fn adoption_orphans_and_host_reboots() {
 
     // A host reboot: QEMU gone and the recorded boot id is another one.
     let _ = Command::new("kill").args(["-KILL", &pid1.to_string()]).status();
-    wait_gone(pid1, T).await;
+    wait_gone(pid1, Duration::from_secs(10)).await;
     let p = power_of(&d, &c1).await;
     assert!(matches!(&p, Some(ObservedPower::Failed(m)) if m.contains("QEMU exited")), "{p:?}");
     std::fs::write(d.instance_dir(&c1).join("boot-id"), "00000000-0000-0000-0000-000000000000\n").unwrap();
@@ -575,7 +588,7 @@ async fn adoption_orphans_and_host_reboots() {
 
     // A crash under the current boot id is not a reboot: left Failed.
     let _ = Command::new("kill").args(["-KILL", &pid1b.to_string()]).status();
-    wait_gone(pid1b, T).await;
+    wait_gone(pid1b, Duration::from_secs(10)).await;
     assert_eq!(d.resume_after_host_reboot().await, 0);
     let p = power_of(&d, &c1).await;
     assert!(matches!(&p, Some(ObservedPower::Failed(m)) if m.contains("QEMU exited")), "{p:?}");
@@ -612,7 +625,10 @@ async fn port_conflicts_and_unsupported_specs_fail_clearly() {
     let d1 = QemuDriver::new(impatient).unwrap();
     d1.ensure(&s).await.unwrap();
     assert!(d1.pid(&k).is_some());
-    let p = wait_power(&d1, &k, T, |p| matches!(p, ObservedPower::Failed(_) | ObservedPower::Running)).await;
+    let p = wait_power(&d1, &k, Duration::from_secs(10), |p| {
+        matches!(p, ObservedPower::Failed(_) | ObservedPower::Running)
+    })
+    .await;
     assert!(matches!(&p, ObservedPower::Failed(m) if m.contains("boot timed out")), "{p:?}");
     d1.destroy(&k).await.unwrap();
     assert!(d.processes().is_empty());

@@ -6,10 +6,10 @@
 //! channel, an agent that accepts but never answers, and the connection going away.
 //!
 //! `boots_the_test_guest_over_qmp_and_qga` boots herd's test guest (`images/testguest`,
-//! version 1.0.0, built into `$HERD_TESTGUEST_OUT`, default `/tmp/tg-out`, by `build.sh`,
-//! cached) under QEMU TCG once and checks both clients end to end, from boot to power-off by
-//! the ACPI power button (about 15 s on two cores). QEMU is always killed and its temp dir
-//! removed, even on failure.
+//! version 1.0.0, built into `$HERD_TESTGUEST_OUT`, default `target/testguest`, by
+//! `./scripts/test.sh` and brought up to date by the cached `build.sh`) under QEMU TCG once
+//! and checks both clients end to end, from boot to power-off by the ACPI power button (about 15 s on two cores). QEMU is always killed and its temp dir
+//! removed, even on failure. Every deadline is multiplied by `HERD_TEST_TIME_SCALE`.
 
 use herd_driver_qemu::qga::{Qga, QgaError};
 use herd_driver_qemu::qmp::{Qmp, QmpError, QmpEvent, VmStatus};
@@ -22,7 +22,12 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::TryRecvError;
 
-const T: Duration = Duration::from_secs(5);
+use herd_test_support::scaled;
+
+/// A bound on one request (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    scaled(Duration::from_secs(5))
+}
 
 /// One accepted connection of a fake server: JSON lines in (any `0xFF` stripped), raw out.
 struct Peer {
@@ -32,7 +37,7 @@ struct Peer {
 
 impl Peer {
     async fn accept(listener: &UnixListener) -> Peer {
-        let (stream, _) = tokio::time::timeout(T, listener.accept()).await.expect("no client").unwrap();
+        let (stream, _) = tokio::time::timeout(t(), listener.accept()).await.expect("no client").unwrap();
         Peer::new(stream)
     }
 
@@ -46,7 +51,7 @@ impl Peer {
         loop {
             let mut line = Vec::new();
             let n =
-                tokio::time::timeout(T, self.reader.read_until(b'\n', &mut line)).await.expect("no request").unwrap();
+                tokio::time::timeout(t(), self.reader.read_until(b'\n', &mut line)).await.expect("no request").unwrap();
             if n == 0 {
                 return None;
             }
@@ -133,7 +138,7 @@ async fn qmp_matches_out_of_order_replies_by_id_and_keeps_events_apart() {
         assert_eq!(hang["execute"], "hang");
     });
 
-    let qmp = Qmp::connect(&path, T).await.unwrap();
+    let qmp = Qmp::connect(&path, t()).await.unwrap();
     assert_eq!(qmp.greeting()["QMP"]["version"]["qemu"]["major"], 7);
     let mut events = qmp.events();
     let (status, b, c) =
@@ -145,7 +150,7 @@ async fn qmp_matches_out_of_order_replies_by_id_and_keeps_events_apart() {
     }
     assert_eq!(c.unwrap(), json!({"c": true}));
 
-    let shutdown = tokio::time::timeout(T, async {
+    let shutdown = tokio::time::timeout(t(), async {
         loop {
             let ev = events.recv().await.unwrap();
             if ev.event == "SHUTDOWN" {
@@ -164,7 +169,7 @@ async fn qmp_matches_out_of_order_replies_by_id_and_keeps_events_apart() {
     assert!(matches!(hang, Err(QmpError::Closed)), "{hang:?}");
     server.await.unwrap();
     assert!(matches!(qmp.query_status().await, Err(QmpError::Closed)));
-    assert!(matches!(qmp.wait_event("SHUTDOWN", T).await, Err(QmpError::Closed)));
+    assert!(matches!(qmp.wait_event("SHUTDOWN", t()).await, Err(QmpError::Closed)));
     assert!(qmp.is_closed());
     let mut late = qmp.events();
     assert!(matches!(late.recv().await, Err(tokio::sync::broadcast::error::RecvError::Closed)));
@@ -183,7 +188,7 @@ async fn qmp_late_reply_after_a_timeout_is_not_taken_for_the_next_one() {
         peer.send_json(json!({"return": {"who": "next"}, "id": next["id"]})).await;
         peer.recv_raw().await // waits for the client to go away
     });
-    let qmp = Qmp::connect(&path, T).await.unwrap();
+    let qmp = Qmp::connect(&path, t()).await.unwrap();
     let slow = qmp.execute_with_timeout("slow", None, Duration::from_millis(200)).await;
     assert!(matches!(slow, Err(QmpError::Timeout { .. })), "{slow:?}");
     assert_eq!(qmp.execute("next", None).await.unwrap(), json!({"who": "next"}));
@@ -213,12 +218,12 @@ async fn qmp_powerdown_reports_whether_the_guest_shut_down() {
         peer.send_json(event("SHUTDOWN", json!({"guest": true, "reason": "guest-reset"}))).await;
         peer.recv_raw().await
     });
-    let qmp = Qmp::connect(&path, T).await.unwrap();
-    assert!(qmp.powerdown_with_timeout(T).await.unwrap());
+    let qmp = Qmp::connect(&path, t()).await.unwrap();
+    assert!(qmp.powerdown_with_timeout(t()).await.unwrap());
     let started = Instant::now();
     assert!(!qmp.powerdown_with_timeout(Duration::from_millis(300)).await.unwrap());
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert!(!qmp.powerdown_with_timeout(T).await.unwrap());
+    assert!(!qmp.powerdown_with_timeout(t()).await.unwrap());
     drop(qmp);
     assert!(server.await.unwrap().is_none());
 }
@@ -307,7 +312,7 @@ async fn qga_resyncs_past_stale_data_on_the_0xff_delimiter() {
         // Then the agent goes away.
     });
 
-    let qga = Qga::connect(&path, T).await.unwrap();
+    let qga = Qga::connect(&path, t()).await.unwrap();
     qga.ping().await.unwrap();
     let pid =
         qga.exec("/bin/cat", &["-"], &["SECRET_KIND=test"], Some(&[0, 255, 1, 2, b'h', b'i']), true).await.unwrap();
@@ -363,12 +368,12 @@ async fn qga_silent_agent_times_out_and_wait_ready_retries_until_it_answers() {
     let started = Instant::now();
     let err = Qga::connect(&path, Duration::from_millis(400)).await.unwrap_err();
     assert!(matches!(err, QgaError::Timeout { .. }), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < herd_test_support::scaled(Duration::from_secs(2)));
 
     let qga = Qga::wait_ready(&path, Duration::from_secs(10)).await.unwrap().with_timeout(Duration::from_millis(300));
     let slow = qga.ping().await;
     assert!(matches!(slow, Err(QgaError::Timeout { .. })), "{slow:?}");
-    let qga = qga.with_timeout(T);
+    let qga = qga.with_timeout(t());
     assert_eq!(qga.get_host_name().await.unwrap(), "h");
     drop(qga);
     assert!(server.await.unwrap().is_none());
@@ -394,6 +399,7 @@ impl Vm {
 
     /// Waits (bounded) for QEMU to exit and returns whether it exited successfully.
     async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().expect("QEMU already reaped");
         loop {
@@ -426,12 +432,12 @@ impl Drop for Vm {
     }
 }
 
-/// `$HERD_TESTGUEST_OUT` (default `/tmp/tg-out`), brought up to date with
+/// `$HERD_TESTGUEST_OUT` (default `target/testguest`), brought up to date with
 /// `images/testguest/build.sh` (cached: a no-op rerun takes a fraction of a second, a cold
 /// build about 20 s). When the images exist but the build cannot run here, they are used as
 /// they are.
 fn testguest_out() -> PathBuf {
-    let out = PathBuf::from(std::env::var_os("HERD_TESTGUEST_OUT").unwrap_or_else(|| "/tmp/tg-out".into()));
+    let out = herd_test_support::testguest_dir();
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/testguest/build.sh");
     let built = Command::new(&build).arg(&out).stdout(Stdio::null()).stderr(Stdio::null()).status();
     let have = out.join("1.0.0/initrd.img").is_file();
@@ -500,41 +506,41 @@ async fn boots_the_test_guest_over_qmp_and_qga() {
     const NO_ARGS: &[&str] = &[];
 
     // QMP: connect (retries until QEMU has created the socket) and status.
-    let qmp = Qmp::connect(&vm.path("qmp.sock"), Duration::from_secs(10)).await.unwrap();
+    let qmp = Qmp::connect(&vm.path("qmp.sock"), scaled(Duration::from_secs(10))).await.unwrap();
     let mut events = qmp.events();
     assert_eq!(qmp.query_status().await.unwrap(), VmStatus::Running);
     step("QMP connected, VM running");
 
     // QGA: the guest boots while wait_ready resends the sync.
-    let qga = Qga::wait_ready(&vm.path("qga.sock"), Duration::from_secs(60)).await.unwrap();
+    let qga = Qga::wait_ready(&vm.path("qga.sock"), scaled(Duration::from_secs(60))).await.unwrap();
     step("guest agent ready");
     qga.ping().await.unwrap();
 
-    let st = qga.run("/bin/cat", &["/etc/herd-image-version"], NO_ENV, None, T).await.unwrap();
+    let st = qga.run("/bin/cat", &["/etc/herd-image-version"], NO_ENV, None, t()).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), "1.0.0");
     assert_eq!((st.exited, st.exitcode, st.signal, st.truncated), (true, Some(0), None, false));
     assert!(st.stderr.is_empty());
 
     // stdin round trip, small and 100 KiB (every byte value included).
     let small = b"secret\0\xff\nline two".to_vec();
-    let st = qga.run("/bin/cat", NO_ARGS, NO_ENV, Some(&small), T).await.unwrap();
+    let st = qga.run("/bin/cat", NO_ARGS, NO_ENV, Some(&small), t()).await.unwrap();
     assert!(st.success());
     assert_eq!(st.stdout, small);
     let big = payload(100 * 1024, 0x5eed);
-    let st = qga.run("/bin/cat", NO_ARGS, NO_ENV, Some(&big), Duration::from_secs(60)).await.unwrap();
+    let st = qga.run("/bin/cat", NO_ARGS, NO_ENV, Some(&big), scaled(Duration::from_secs(60))).await.unwrap();
     assert!(st.success() && !st.truncated);
     assert_eq!(st.stdout.len(), big.len());
     assert!(st.stdout == big, "100 KiB stdin did not round-trip");
     // The environment, when given, replaces the agent's.
-    let st = qga.run("/bin/sh", &["-c", "echo \"$HERD_X\""], &["HERD_X=from-env"], None, T).await.unwrap();
+    let st = qga.run("/bin/sh", &["-c", "echo \"$HERD_X\""], &["HERD_X=from-env"], None, t()).await.unwrap();
     assert_eq!(st.stdout, b"from-env\n");
     step("guest-exec: stdin/stdout round trips");
 
-    let st = qga.run("/bin/sh", &["-c", "echo to-stderr >&2; exit 3"], NO_ENV, None, T).await.unwrap();
+    let st = qga.run("/bin/sh", &["-c", "echo to-stderr >&2; exit 3"], NO_ENV, None, t()).await.unwrap();
     assert_eq!((st.exited, st.exitcode, st.signal), (true, Some(3), None));
     assert_eq!(st.stderr, b"to-stderr\n");
     assert!(st.stdout.is_empty());
-    let err = qga.run("/nonexistent/cmd", NO_ARGS, NO_ENV, None, T).await.unwrap_err();
+    let err = qga.run("/nonexistent/cmd", NO_ARGS, NO_ENV, None, t()).await.unwrap_err();
     assert!(matches!(err, QgaError::Command { .. }), "{err:?}");
 
     // Files: 200 KiB of binary data both ways (several chunks), mode applied.
@@ -543,7 +549,7 @@ async fn boots_the_test_guest_over_qmp_and_qga() {
     let back = qga.read_file("/tmp/herd-blob").await.unwrap();
     assert_eq!(back.len(), blob.len());
     assert!(back == blob, "200 KiB file did not round-trip");
-    let st = qga.run("/bin/stat", &["-c", "%a %s", "/tmp/herd-blob"], NO_ENV, None, T).await.unwrap();
+    let st = qga.run("/bin/stat", &["-c", "%a %s", "/tmp/herd-blob"], NO_ENV, None, t()).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), format!("600 {}", blob.len()));
     qga.write_file("/tmp/herd-empty", b"", None).await.unwrap();
     assert!(qga.read_file("/tmp/herd-empty").await.unwrap().is_empty());
@@ -563,8 +569,8 @@ async fn boots_the_test_guest_over_qmp_and_qga() {
     // The ACPI power button (busybox acpid in the guest) powers the guest off cleanly: the
     // SHUTDOWN event says "guest-shutdown", well before the timeout, and QEMU exits.
     let pressed = Instant::now();
-    assert!(qmp.powerdown_with_timeout(Duration::from_secs(30)).await.unwrap(), "guest did not power off");
-    assert!(pressed.elapsed() < Duration::from_secs(15), "power-off took {:?}", pressed.elapsed());
+    assert!(qmp.powerdown_with_timeout(scaled(Duration::from_secs(30))).await.unwrap(), "guest did not power off");
+    assert!(pressed.elapsed() < scaled(Duration::from_secs(15)), "power-off took {:?}", pressed.elapsed());
     let seen = drain(&mut events);
     assert!(seen.iter().any(|e| e.event == "POWERDOWN"), "{seen:?}");
     step("system_powerdown: guest powered off");
@@ -574,7 +580,7 @@ async fn boots_the_test_guest_over_qmp_and_qga() {
     // QEMU is gone: calls fail with Closed.
     assert!(matches!(qmp.query_status().await, Err(QmpError::Closed)));
     assert!(matches!(qmp.system_powerdown().await, Err(QmpError::Closed)));
-    assert!(matches!(qmp.wait_event("SHUTDOWN", T).await, Err(QmpError::Closed)));
+    assert!(matches!(qmp.wait_event("SHUTDOWN", t()).await, Err(QmpError::Closed)));
     assert!(matches!(qga.ping().await, Err(QgaError::Closed)), "agent call after QEMU exit");
     step("done");
 }
@@ -587,16 +593,17 @@ async fn tcp_probe_through_user_networking_needs_a_real_listener_in_the_guest() 
     let out = testguest_out();
     let host: std::net::IpAddr = "127.3.77.1".parse().unwrap();
     let vm = start_qemu_with(&out.join("1.0.0"), ",hostfwd=tcp:127.3.77.1:18181-:8080");
-    let qga = Qga::wait_ready(&vm.dir.path().join("qga.sock"), Duration::from_secs(90)).await.expect("guest agent");
+    let qga =
+        Qga::wait_ready(&vm.dir.path().join("qga.sock"), scaled(Duration::from_secs(90))).await.expect("guest agent");
     let probe = herd_lb::Probe { interval: Duration::from_secs(1), ..herd_lb::Probe::tcp(18181) };
     let closed = herd_lb::probe::probe_once(&probe, host).await;
     assert!(closed.is_err(), "nothing listens on the guest's port 8080, yet the probe passed");
     let st = qga
-        .run("busybox", &["httpd", "-p", "8080", "-h", "/tmp"], &[] as &[&str], None, Duration::from_secs(10))
+        .run("busybox", &["httpd", "-p", "8080", "-h", "/tmp"], &[] as &[&str], None, scaled(Duration::from_secs(10)))
         .await
         .unwrap();
     assert!(st.success(), "httpd started in the guest: {}", String::from_utf8_lossy(&st.stderr));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + scaled(Duration::from_secs(20));
     loop {
         if herd_lb::probe::probe_once(&probe, host).await.is_ok() {
             break;

@@ -3,9 +3,10 @@
 //! schema checker and its NoCloud data source, fed with the files copied out of the image), and
 //! the herd test guest booted under QEMU with the seed as a virtio disk.
 //!
-//! A test whose tool is missing prints `SKIP ...` and passes. The boot tests need
-//! `qemu-system-x86_64` and the test guest (`images/testguest/build.sh`, built into
-//! `$HERD_TESTGUEST_OUT` or `/tmp/tg-out` when absent); they take about 10 s each under TCG.
+//! A test whose tool is missing fails naming the package and `./scripts/test.sh`, which
+//! installs it. The boot tests need `qemu-system-x86_64` and the test guest
+//! (`images/testguest/build.sh`, built into `$HERD_TESTGUEST_OUT`, default `target/testguest`);
+//! they take about 10 s each under TCG.
 
 use std::fs;
 use std::io::Read as _;
@@ -20,19 +21,7 @@ use herd_driver_qemu::seed::{
 };
 use serde_json::Value;
 
-/// The path of `name` in `$PATH` or the sbin directories (not always in a test's `$PATH`).
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn skip(test: &str, what: &str) {
-    println!("SKIP {test}: {what} not available");
-    eprintln!("SKIP {test}: {what} not available");
-}
+use herd_test_support::{install_hint, require_tool, scaled};
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
@@ -103,7 +92,7 @@ fn write_variant(dir: &Path, name: &str, files: &SeedFiles) -> PathBuf {
 
 #[test]
 fn fsck_fat_reports_no_errors() {
-    let Some(fsck) = tool("fsck.fat") else { return skip("fsck_fat_reports_no_errors", "fsck.fat") };
+    let fsck = require_tool("fsck.fat", "dosfstools");
     let dir = tempfile::tempdir().unwrap();
     for (name, files) in variants() {
         let img = write_variant(dir.path(), name, &files);
@@ -128,9 +117,7 @@ fn fsck_fat_reports_no_errors() {
 
 #[test]
 fn mtools_sees_long_names_and_reads_content_back() {
-    let (Some(mdir), Some(mtype)) = (tool("mdir"), tool("mtype")) else {
-        return skip("mtools_sees_long_names_and_reads_content_back", "mtools");
-    };
+    let (mdir, mtype) = (require_tool("mdir", "mtools"), require_tool("mtype", "mtools"));
     let dir = tempfile::tempdir().unwrap();
     for (name, files) in variants() {
         let img = write_variant(dir.path(), name, &files);
@@ -162,7 +149,7 @@ fn mtools_sees_long_names_and_reads_content_back() {
 
 #[test]
 fn blkid_reads_label_cidata() {
-    let Some(blkid) = tool("blkid") else { return skip("blkid_reads_label_cidata", "blkid") };
+    let blkid = require_tool("blkid", "util-linux");
     let dir = tempfile::tempdir().unwrap();
     for (name, files) in variants() {
         let img = write_variant(dir.path(), name, &files);
@@ -179,9 +166,7 @@ fn blkid_reads_label_cidata() {
 
 #[test]
 fn cloud_init_schema_accepts_plain_user_data() {
-    let Some(cloud_init) = tool("cloud-init") else {
-        return skip("cloud_init_schema_accepts_plain_user_data", "cloud-init");
-    };
+    let cloud_init = require_tool("cloud-init", "cloud-init");
     let dir = tempfile::tempdir().unwrap();
     let keys = keys();
     let nasty = "ssh-rsa AAAA \"quoted\" \\ back\nslash: [x]\t# not a comment é";
@@ -212,13 +197,21 @@ fn cloud_init_schema_accepts_plain_user_data() {
     assert!(!out.status.success(), "cloud-init schema accepted an invalid document");
 }
 
-/// cloud-init's own Python (the interpreter of the `cloud-init` script) when it can import
+/// cloud-init's own Python (the interpreter of the `cloud-init` script), which must import
 /// `cloudinit`.
-fn cloud_init_python() -> Option<String> {
-    let script = fs::read_to_string(tool("cloud-init")?).ok()?;
-    let interp = script.lines().next()?.strip_prefix("#!")?.split_whitespace().next()?.to_string();
-    let ok = Command::new(&interp).args(["-c", "import cloudinit"]).output().ok()?.status.success();
-    ok.then_some(interp)
+fn cloud_init_python() -> String {
+    let path = require_tool("cloud-init", "cloud-init");
+    let script = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let interp = script
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("#!"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{} has no #! line naming its Python", path.display()))
+        .to_string();
+    let ok = Command::new(&interp).args(["-c", "import cloudinit"]).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "{interp} (cloud-init's interpreter) cannot import cloudinit: {}", install_hint("cloud-init"));
+    interp
 }
 
 /// Reads a seed directory with cloud-init's NoCloud data source (devices off), processes the
@@ -291,9 +284,8 @@ fn cloud_init_reads(python: &str, mcopy: &Path, img: &Path, dir: &Path) -> Value
 
 #[test]
 fn cloud_init_nocloud_reads_the_seed_and_merges_custom_data() {
-    let test = "cloud_init_nocloud_reads_the_seed_and_merges_custom_data";
-    let Some(python) = cloud_init_python() else { return skip(test, "cloud-init (python module)") };
-    let Some(mcopy) = tool("mcopy") else { return skip(test, "mcopy") };
+    let python = cloud_init_python();
+    let mcopy = require_tool("mcopy", "mtools");
     let keys = keys();
     let input = |custom| UserDataInput {
         admin_username: "azureuser",
@@ -390,22 +382,26 @@ fn cloud_init_nocloud_reads_the_seed_and_merges_custom_data() {
 
 static GUEST_BUILD: Mutex<()> = Mutex::new(());
 
-/// The built test guest (`vmlinuz`, `initrd.img`, `cmdline`), building it when absent.
-fn test_guest() -> Option<PathBuf> {
+/// The built test guest (`vmlinuz`, `initrd.img`, `cmdline`), building it when absent; a
+/// failed build fails the test with the install hint.
+fn test_guest() -> PathBuf {
     let _one_build = GUEST_BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let out = std::env::var_os("HERD_TESTGUEST_OUT").map(PathBuf::from).unwrap_or_else(|| "/tmp/tg-out".into());
+    let out = herd_test_support::testguest_dir();
     let dir = out.join("1.0.0");
     let ready = |d: &Path| ["vmlinuz", "initrd.img", "cmdline"].iter().all(|f| d.join(f).is_file());
     if !ready(&dir) {
         let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/testguest/build.sh");
         eprintln!("building the test guest: {} {}", build.display(), out.display());
-        let status = Command::new(&build).arg(&out).status().ok()?;
-        if !status.success() {
-            eprintln!("test guest build failed: {status}");
-            return None;
-        }
+        let status = Command::new(&build).arg(&out).status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{} {} failed ({status:?}): {}",
+            build.display(),
+            out.display(),
+            install_hint("the test guest's build tools")
+        );
     }
-    ready(&dir).then_some(dir)
+    herd_test_support::require_testguest("1.0.0")
 }
 
 /// A QEMU process, killed and reaped when dropped (also when a test panics).
@@ -418,7 +414,8 @@ impl Drop for Qemu {
     }
 }
 
-/// Boots the test guest with `seed` as a read-only virtio disk and waits (at most 90 s) until
+/// Boots the test guest with `seed` as a read-only virtio disk and waits (at most 90 s times
+/// `HERD_TEST_TIME_SCALE`) until
 /// the serial console shows every one of `wanted`; returns the console log.
 fn boot_until(guest: &Path, seed: &Path, dir: &Path, wanted: &[&str]) -> String {
     let log = dir.join("console.log");
@@ -443,7 +440,8 @@ fn boot_until(guest: &Path, seed: &Path, dir: &Path, wanted: &[&str]) -> String 
         .expect("start qemu-system-x86_64");
     let mut qemu = Qemu(child);
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(90);
+    let limit = scaled(Duration::from_secs(90));
+    let deadline = start + limit;
     loop {
         let text = fs::read(&log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         if wanted.iter().all(|w| text.contains(w)) {
@@ -457,27 +455,20 @@ fn boot_until(guest: &Path, seed: &Path, dir: &Path, wanted: &[&str]) -> String 
             }
             panic!("QEMU exited ({status}) before {wanted:?}:\n{err}\n--- console ---\n{text}");
         }
-        assert!(Instant::now() < deadline, "no {wanted:?} within 90 s; console:\n{text}");
+        assert!(Instant::now() < deadline, "no {wanted:?} within {limit:?}; console:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn boot_prerequisites(test: &str) -> Option<PathBuf> {
-    if tool("qemu-system-x86_64").is_none() {
-        skip(test, "qemu-system-x86_64");
-        return None;
-    }
-    let guest = test_guest();
-    if guest.is_none() {
-        skip(test, "the test guest (images/testguest/build.sh)");
-    }
-    guest
+/// QEMU and the built test guest, or a failure naming what is missing and how to get it.
+fn boot_prerequisites() -> PathBuf {
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    test_guest()
 }
 
 #[test]
 fn test_guest_boots_with_script_user_data() {
-    let test = "test_guest_boots_with_script_user_data";
-    let Some(guest) = boot_prerequisites(test) else { return };
+    let guest = boot_prerequisites();
     let dir = tempfile::tempdir().unwrap();
     // Padded past 4 clusters: the last line runs only if Linux's vfat read the whole chain.
     let mut script = String::from("#!/bin/sh\n");
@@ -511,8 +502,7 @@ fn test_guest_boots_with_script_user_data() {
 
 #[test]
 fn test_guest_boots_with_cloud_config_user_data() {
-    let test = "test_guest_boots_with_cloud_config_user_data";
-    let Some(guest) = boot_prerequisites(test) else { return };
+    let guest = boot_prerequisites();
     let dir = tempfile::tempdir().unwrap();
     let keys = keys();
     // meta-data says one hostname, user-data another: the guest (like cloud-init) takes the

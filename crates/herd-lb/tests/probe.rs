@@ -15,7 +15,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 const PORT: u16 = 18090;
-const LIMIT: Duration = Duration::from_secs(20);
+/// The bound on every wait here (times `HERD_TEST_TIME_SCALE`).
+fn limit() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(20))
+}
 
 fn ip(t: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 95, t, host))
@@ -109,7 +112,7 @@ async fn wait_for(
     cond: impl Fn(&BTreeMap<String, TargetStatus>) -> bool,
 ) -> BTreeMap<String, TargetStatus> {
     let mut rx = runner.subscribe();
-    let deadline = Instant::now() + LIMIT;
+    let deadline = Instant::now() + limit();
     loop {
         {
             let map = rx.borrow_and_update();

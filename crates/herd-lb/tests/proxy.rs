@@ -19,7 +19,10 @@ use tokio::time::{timeout, Instant};
 
 const FRONT_PORT: u16 = 18080;
 const BACK_PORT: u16 = 18081;
-const LIMIT: Duration = Duration::from_secs(20);
+/// The bound on every wait here (times `HERD_TEST_TIME_SCALE`).
+fn limit() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(20))
+}
 
 fn ip(t: u8, block: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, block, t, host))
@@ -99,7 +102,7 @@ impl Conn {
             assert_eq!(echoed, line);
             Ok(id.to_string())
         };
-        timeout(LIMIT, fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply"))?
+        timeout(limit(), fut).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply"))?
     }
 
     /// True when the proxy closes the connection within `within` (EOF or reset).
@@ -116,7 +119,7 @@ async fn request(front: SocketAddr) -> io::Result<String> {
 
 /// Polls `cond` until it holds or the deadline passes.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
+    let deadline = Instant::now() + limit();
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -226,7 +229,7 @@ async fn draining_backend_connection_is_closed_after_drain_timeout() {
         assert_ne!(request(frontend(t)).await.unwrap(), victim);
     }
     assert_eq!(backend_stats(&lb, "web", &victim).unwrap().status, BackendStatus::Draining);
-    assert!(open.closed_within(LIMIT).await, "draining connection was not closed");
+    assert!(open.closed_within(limit()).await, "draining connection was not closed");
     let waited = drain_start.elapsed();
     assert!(waited >= Duration::from_millis(350), "closed too early: {waited:?}");
 }
@@ -292,7 +295,7 @@ async fn idle_connection_is_closed_after_idle_timeout() {
         idle_from = Instant::now();
     }
     // ...and silence closes it.
-    assert!(conn.closed_within(LIMIT).await, "idle connection stayed open");
+    assert!(conn.closed_within(limit()).await, "idle connection stayed open");
     let waited = idle_from.elapsed();
     assert!(waited >= Duration::from_millis(280), "closed after only {waited:?}");
 }
@@ -364,7 +367,7 @@ async fn no_backends_closes_at_once_and_removed_rule_stops_listening() {
     let lb = LoadBalancer::new();
     lb.apply(config(vec![rule(t, vec![])])).await.unwrap();
     let mut conn = Conn::open(frontend(t)).await.unwrap();
-    assert!(conn.closed_within(LIMIT).await);
+    assert!(conn.closed_within(limit()).await);
     assert_eq!(lb.stats().rules[0].rejected_no_backend_total, 1);
 
     lb.apply(LbConfig::default()).await.unwrap();

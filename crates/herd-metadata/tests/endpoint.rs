@@ -297,7 +297,7 @@ async fn acknowledging_starts_only_this_instances_event_and_wakes_the_reconciler
     assert_eq!(rec1.scheduled_events[0].acknowledged_at, Some(t0() + Duration::seconds(5)));
     assert!(rec1.scheduled_events[0].due(t0() + Duration::seconds(5)));
     assert_eq!(env.record(2), (rev2, before2), "the other instance is untouched");
-    tokio::time::timeout(std::time::Duration::from_secs(1), env.wake.notified())
+    tokio::time::timeout(herd_test_support::scaled(std::time::Duration::from_secs(1)), env.wake.notified())
         .await
         .expect("the reconciler was woken");
     let log = env.store.activity(&ActivityFilter::default()).unwrap();
@@ -412,15 +412,17 @@ async fn run_syncs_until_shutdown() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), up).await.expect("listeners up");
+    tokio::time::timeout(herd_test_support::scaled(std::time::Duration::from_secs(5)), up).await.expect("listeners up");
     env.store.txn(vec![WriteOp::delete(Kind::Instance, key(1), Expect::Any)]).unwrap();
     let down = async {
         while svc.listening().await.len() > 1 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), down).await.expect("removed record's listener closed");
+    tokio::time::timeout(herd_test_support::scaled(std::time::Duration::from_secs(5)), down)
+        .await
+        .expect("removed record's listener closed");
     tx.send(true).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(5), task).await.unwrap().unwrap();
+    tokio::time::timeout(herd_test_support::scaled(std::time::Duration::from_secs(5)), task).await.unwrap().unwrap();
     assert!(refused(env.addr(2)).await, "shutdown closes every listener");
 }

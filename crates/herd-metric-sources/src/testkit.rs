@@ -24,8 +24,13 @@ use tempfile::TempDir;
 
 use crate::nats::{Auth, Client};
 
-/// How long a server may take to come up.
+/// How long a server may take to come up (times `HERD_TEST_TIME_SCALE`).
 const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `d` stretched by `HERD_TEST_TIME_SCALE` (see herd-test-support), for tests and the servers here.
+pub fn scaled(d: Duration) -> Duration {
+    herd_test_support::scaled(d)
+}
 /// How many free ports to try when another process grabs one between choice and bind.
 const PORT_TRIES: usize = 5;
 
@@ -34,12 +39,14 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Polls `f` until it returns `Some`, or fails after `deadline` naming `what`.
+/// Polls `f` until it returns `Some`, or fails after `deadline` (times `HERD_TEST_TIME_SCALE`)
+/// naming `what`.
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    let deadline = scaled(deadline);
     let end = Instant::now() + deadline;
     let mut pause = Duration::from_millis(5);
     loop {
@@ -79,7 +86,7 @@ fn which(program: &str) -> io::Result<PathBuf> {
     on_path.or_else(|| Some(Path::new("/usr/sbin").join(program)).filter(|f| f.is_file())).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
-            format!("{program} is not installed (Debian: apt-get install {program})"),
+            format!("{program} is not installed: {}", herd_test_support::install_hint(program)),
         )
     })
 }
@@ -121,7 +128,8 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let end = Instant::now() + START_DEADLINE;
+    let deadline = scaled(START_DEADLINE);
+    let end = Instant::now() + deadline;
     let mut pause = Duration::from_millis(5);
     loop {
         proc_.check_alive().map_err(|e| format!("{what} {e}"))?;
@@ -129,7 +137,7 @@ where
             return Ok(());
         }
         if Instant::now() >= end {
-            return Err(format!("{what} was not ready within {START_DEADLINE:?}:\n{}", log_tail(&proc_.log)));
+            return Err(format!("{what} was not ready within {deadline:?}:\n{}", log_tail(&proc_.log)));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));

@@ -7,7 +7,10 @@ use herd_metric_sources::{build, validate, ErrorKind, MetricSource, SourceError,
 use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-Http-s3cret";
-const T: Duration = Duration::from_secs(5);
+/// Each request's timeout (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(5))
+}
 
 fn source(url: &str, pointer: &str) -> Box<dyn MetricSource> {
     let s = SourceSpec {
@@ -17,7 +20,7 @@ fn source(url: &str, pointer: &str) -> Box<dyn MetricSource> {
         protected: json!({"headers": {"Authorization": format!("Bearer {TOKEN}")}}),
     };
     validate(&s).unwrap();
-    build(&s, T).unwrap()
+    build(&s, t()).unwrap()
 }
 
 async fn error(src: &dyn MetricSource) -> SourceError {
@@ -108,7 +111,7 @@ async fn unreachable_and_silent_servers() {
     let src = source(&format!("http://127.0.0.1:{port}/stats"), "/depth");
     let start = Instant::now();
     let e = error(src.as_ref()).await;
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(start.elapsed() < herd_test_support::scaled(Duration::from_secs(1)));
     assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
     assert!(e.to_string().ends_with("pointer /depth: connection refused"), "{e}");
 
@@ -124,7 +127,7 @@ async fn unreachable_and_silent_servers() {
     let src = build(&s, Duration::from_millis(300)).unwrap();
     let start = Instant::now();
     let e = error(src.as_ref()).await;
-    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(start.elapsed() < herd_test_support::scaled(Duration::from_secs(2)));
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert!(e.to_string().ends_with("timed out after 300ms"), "{e}");
 }

@@ -10,7 +10,10 @@ use herd_metric_sources::{build, validate, ErrorKind, SourceKind, SourceSpec};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-Nats-s3cret";
-const T: Duration = Duration::from_secs(5);
+/// Each request's timeout (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(5))
+}
 
 fn spec(endpoint: &str, settings: Value, protected: Value) -> SourceSpec {
     SourceSpec { kind: SourceKind::NatsJetstream, endpoint: endpoint.into(), settings, protected }
@@ -55,7 +58,7 @@ async fn consumer_pending_counts_published_messages_with_token_auth() {
 
     let s = spec(&srv.endpoint(), json!({"stream": "JOBS", "consumer": "workers"}), json!({"token": TOKEN}));
     validate(&s).unwrap();
-    let src = build(&s, T).unwrap();
+    let src = build(&s, t()).unwrap();
     assert_eq!(src.describe(), format!("nats-jetstream 127.0.0.1:{} stream JOBS consumer workers", srv.port()));
     assert_eq!(src.sample().await.unwrap(), Some(0.0));
 
@@ -69,7 +72,7 @@ async fn consumer_pending_counts_published_messages_with_token_auth() {
     assert_eq!(src.sample().await.unwrap(), Some(23.0));
     let mut with_pending = s.clone();
     with_pending.settings["includePending"] = json!(true);
-    let src2 = build(&with_pending, T).unwrap();
+    let src2 = build(&with_pending, t()).unwrap();
     assert_eq!(src2.sample().await.unwrap(), Some(25.0));
     assert!(src2.describe().ends_with("(pending + ack pending)"));
 }
@@ -84,11 +87,11 @@ async fn user_password_auth_and_bad_credentials() {
     publish(&mut c, 4).await;
     let settings = json!({"stream": "JOBS", "consumer": "workers"});
 
-    let ok = build(&spec(&srv.endpoint(), settings.clone(), json!({"user": "herd", "password": pw})), T).unwrap();
+    let ok = build(&spec(&srv.endpoint(), settings.clone(), json!({"user": "herd", "password": pw})), t()).unwrap();
     assert_eq!(ok.sample().await.unwrap(), Some(4.0));
 
     let wrong = "wrong-Nats-pw";
-    let bad = build(&spec(&srv.endpoint(), settings.clone(), json!({"user": "herd", "password": wrong})), T).unwrap();
+    let bad = build(&spec(&srv.endpoint(), settings.clone(), json!({"user": "herd", "password": wrong})), t()).unwrap();
     let e = bad.sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.to_string().contains("authentication failed: Authorization Violation"), "{e}");
@@ -96,10 +99,10 @@ async fn user_password_auth_and_bad_credentials() {
         assert!(!text.contains(wrong) && !text.contains(pw), "{text}");
     }
 
-    let none = build(&spec(&srv.endpoint(), settings.clone(), json!(null)), T).unwrap();
+    let none = build(&spec(&srv.endpoint(), settings.clone(), json!(null)), t()).unwrap();
     assert_eq!(none.sample().await.unwrap_err().kind(), ErrorKind::Auth);
 
-    let token = build(&spec(&srv.endpoint(), settings, json!({"token": TOKEN})), T).unwrap();
+    let token = build(&spec(&srv.endpoint(), settings, json!({"token": TOKEN})), t()).unwrap();
     let e = token.sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth);
     assert!(!e.to_string().contains(TOKEN) && !token.describe().contains(TOKEN), "{e}");
@@ -110,14 +113,14 @@ async fn missing_stream_or_consumer_is_not_found() {
     let srv = NatsServer::start(&Auth::None).await.unwrap();
     let mut c = Client::connect(&srv.endpoint(), &Auth::None).await.unwrap();
     setup(&mut c).await;
-    let e = build(&spec(&srv.endpoint(), json!({"stream": "JOBS", "consumer": "nobody"}), json!(null)), T)
+    let e = build(&spec(&srv.endpoint(), json!({"stream": "JOBS", "consumer": "nobody"}), json!(null)), t())
         .unwrap()
         .sample()
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.to_string().contains("consumer nobody: JetStream error 404: consumer not found"), "{e}");
-    let e = build(&spec(&srv.endpoint(), json!({"stream": "NOPE", "consumer": "workers"}), json!(null)), T)
+    let e = build(&spec(&srv.endpoint(), json!({"stream": "NOPE", "consumer": "workers"}), json!(null)), t())
         .unwrap()
         .sample()
         .await
@@ -131,12 +134,12 @@ async fn unreachable_port_fails_fast_with_connection_refused() {
     let port = free_port().unwrap();
     let src = build(
         &spec(&format!("nats://127.0.0.1:{port}"), json!({"stream": "S", "consumer": "C"}), json!({"token": TOKEN})),
-        T,
+        t(),
     )
     .unwrap();
     let start = Instant::now();
     let e = src.sample().await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(start.elapsed() < herd_test_support::scaled(Duration::from_secs(1)));
     assert_eq!(e.to_string(), format!("nats-jetstream 127.0.0.1:{port} stream S consumer C: connection refused"));
 }
 
@@ -151,7 +154,7 @@ async fn a_server_that_is_not_nats_is_a_protocol_error() {
         }
     });
     let s = spec(&format!("nats://127.0.0.1:{port}"), json!({"stream": "S", "consumer": "C"}), json!({"token": TOKEN}));
-    let e = build(&s, T).unwrap().sample().await.unwrap_err();
+    let e = build(&s, t()).unwrap().sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
     assert!(e.message().contains("is this a NATS server?"), "{e}");
     assert!(!e.to_string().contains(TOKEN));
@@ -161,7 +164,7 @@ async fn a_server_that_is_not_nats_is_a_protocol_error() {
 async fn a_server_without_jetstream_says_so() {
     let srv = NatsServer::start_without_jetstream(&Auth::None).await.unwrap();
     let s = spec(&srv.endpoint(), json!({"stream": "S", "consumer": "C"}), json!(null));
-    let e = build(&s, T).unwrap().sample().await.unwrap_err();
+    let e = build(&s, t()).unwrap().sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Server, "{e}");
     assert!(
         e.message().contains("no responders for $JS.API.CONSUMER.INFO.S.C; is JetStream enabled on the server (-js)?"),

@@ -9,7 +9,10 @@ use herd_metric_sources::{build, validate, ErrorKind, MetricSource, SourceError,
 use serde_json::{json, Value};
 
 const PW: &str = "pw-Pg-s3cret";
-const T: Duration = Duration::from_secs(5);
+/// Each request's timeout (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(5))
+}
 
 fn spec(endpoint: &str, query: &str, protected: Value) -> SourceSpec {
     SourceSpec {
@@ -23,7 +26,7 @@ fn spec(endpoint: &str, query: &str, protected: Value) -> SourceSpec {
 fn source(pg: &PostgresCluster, query: &str) -> Box<dyn MetricSource> {
     let s = spec(&pg.endpoint(), query, json!({"password": PW}));
     validate(&s).unwrap();
-    build(&s, T).unwrap()
+    build(&s, t()).unwrap()
 }
 
 async fn value(pg: &PostgresCluster, query: &str) -> Option<f64> {
@@ -111,7 +114,7 @@ async fn wrong_results_and_writes_are_clear_errors() {
     let fe = validate(&multi).unwrap_err();
     assert_eq!(fe.field, "settings.query");
     assert!(fe.message.contains("single statement"), "{fe}");
-    let be = build(&multi, T).err().unwrap();
+    let be = build(&multi, t()).err().unwrap();
     assert_eq!(be.kind(), ErrorKind::Config);
     assert!(!be.to_string().contains(PW));
     let fe = validate(&spec(&pg.endpoint(), "DELETE FROM jobs", json!(null))).unwrap_err();
@@ -123,7 +126,7 @@ async fn wrong_results_and_writes_are_clear_errors() {
 async fn bad_password_or_database_without_the_password() {
     let pg = PostgresCluster::start("app", PW, "jobs").unwrap();
     let wrong = "wrong-Pg-pw";
-    let src = build(&spec(&pg.endpoint(), "SELECT 1", json!({"password": wrong})), T).unwrap();
+    let src = build(&spec(&pg.endpoint(), "SELECT 1", json!({"password": wrong})), t()).unwrap();
     let e = src.sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.to_string().contains("authentication failed: password authentication failed for user \"app\""), "{e}");
@@ -131,12 +134,12 @@ async fn bad_password_or_database_without_the_password() {
         assert!(!text.contains(wrong) && !text.contains(PW), "{text}");
     }
 
-    let e = build(&spec(&pg.endpoint(), "SELECT 1", json!(null)), T).unwrap().sample().await.unwrap_err();
+    let e = build(&spec(&pg.endpoint(), "SELECT 1", json!(null)), t()).unwrap().sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.message().contains("protected.password"), "{e}");
 
     let other_db = format!("postgresql://127.0.0.1:{}/nodb", pg.port());
-    let e = build(&spec(&other_db, "SELECT 1", json!({"password": PW})), T).unwrap().sample().await.unwrap_err();
+    let e = build(&spec(&other_db, "SELECT 1", json!({"password": PW})), t()).unwrap().sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.message().contains("\"nodb\" does not exist"), "{e}");
     assert!(!e.to_string().contains(PW));
@@ -146,10 +149,10 @@ async fn bad_password_or_database_without_the_password() {
 async fn unreachable_port_fails_fast_with_connection_refused() {
     let port = free_port().unwrap();
     let src =
-        build(&spec(&format!("postgresql://127.0.0.1:{port}/jobs"), "SELECT 1", json!({"password": PW})), T).unwrap();
+        build(&spec(&format!("postgresql://127.0.0.1:{port}/jobs"), "SELECT 1", json!({"password": PW})), t()).unwrap();
     let start = Instant::now();
     let e = src.sample().await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(start.elapsed() < herd_test_support::scaled(Duration::from_secs(1)));
     assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
     assert_eq!(
         e.to_string(),

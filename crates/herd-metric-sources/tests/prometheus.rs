@@ -9,7 +9,10 @@ use herd_metric_sources::{build, validate, ErrorKind, MetricSource, SourceError,
 use serde_json::json;
 
 const TOKEN: &str = "tok-Prom-s3cret";
-const T: Duration = Duration::from_secs(5);
+/// Each request's timeout (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(5))
+}
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(60);
 
 fn source(prom: &PrometheusServer, query: &str) -> Box<dyn MetricSource> {
@@ -20,7 +23,7 @@ fn source(prom: &PrometheusServer, query: &str) -> Box<dyn MetricSource> {
         protected: json!({"headers": {"Authorization": format!("Bearer {TOKEN}")}}),
     };
     validate(&s).unwrap();
-    build(&s, T).unwrap()
+    build(&s, t()).unwrap()
 }
 
 fn metrics(jobs: u32, other: u32) -> String {
@@ -95,7 +98,7 @@ async fn unreachable_prometheus_is_connection_refused() {
         settings: json!({"query": "up"}),
         protected: json!({"headers": {"Authorization": format!("Bearer {TOKEN}")}}),
     };
-    let e = error(build(&s, T).unwrap().as_ref()).await;
+    let e = error(build(&s, t()).unwrap().as_ref()).await;
     assert_eq!(e.kind(), ErrorKind::Unreachable);
     assert!(e.to_string().ends_with("query \"up\": connection refused"), "{e}");
 }

@@ -9,7 +9,10 @@ use herd_metric_sources::{build, validate, ErrorKind, MetricSource, SourceError,
 use serde_json::json;
 
 const PW: &str = "pw-Redis-s3cret";
-const T: Duration = Duration::from_secs(5);
+/// Each request's timeout (times `HERD_TEST_TIME_SCALE`).
+fn t() -> Duration {
+    herd_test_support::scaled(Duration::from_secs(5))
+}
 
 fn spec(endpoint: &str, settings: serde_json::Value, protected: serde_json::Value) -> SourceSpec {
     SourceSpec { kind: SourceKind::Redis, endpoint: endpoint.into(), settings, protected }
@@ -18,7 +21,7 @@ fn spec(endpoint: &str, settings: serde_json::Value, protected: serde_json::Valu
 fn source(endpoint: &str, settings: serde_json::Value) -> Box<dyn MetricSource> {
     let s = spec(endpoint, settings, json!({"password": PW}));
     validate(&s).unwrap();
-    build(&s, T).unwrap()
+    build(&s, t()).unwrap()
 }
 
 async fn client(srv: &RedisServer) -> Connection {
@@ -150,7 +153,7 @@ async fn stream_lag_is_counted_when_redis_reports_it_as_nil() {
 async fn wrong_or_missing_password_is_an_auth_error_without_the_password() {
     let srv = RedisServer::start(PW).await.unwrap();
     let wrong = "wrong-pw-Zq81";
-    let src = build(&spec(&srv.endpoint(), json!({"key": "jobs"}), json!({"password": wrong})), T).unwrap();
+    let src = build(&spec(&srv.endpoint(), json!({"key": "jobs"}), json!({"password": wrong})), t()).unwrap();
     let e = src.sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.to_string().contains("authentication failed"), "{e}");
@@ -158,7 +161,7 @@ async fn wrong_or_missing_password_is_an_auth_error_without_the_password() {
     assert_no_secret(&e, src.as_ref(), wrong);
     assert_no_secret(&e, src.as_ref(), PW);
 
-    let src = build(&spec(&srv.endpoint(), json!({"key": "jobs"}), json!(null)), T).unwrap();
+    let src = build(&spec(&srv.endpoint(), json!({"key": "jobs"}), json!(null)), t()).unwrap();
     let e = src.sample().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.to_string().contains("NOAUTH"), "{e}");
@@ -181,7 +184,7 @@ async fn unreachable_port_fails_fast_with_connection_refused() {
     let src = source(&format!("127.0.0.1:{port}"), json!({"key": "jobs"}));
     let start = Instant::now();
     let e = src.sample().await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(start.elapsed() < herd_test_support::scaled(Duration::from_secs(1)), "{:?}", start.elapsed());
     assert_eq!(e.kind(), ErrorKind::Unreachable);
     assert_eq!(e.to_string(), format!("redis 127.0.0.1:{port} list jobs: connection refused"));
     assert_no_secret(&e, src.as_ref(), PW);
@@ -196,7 +199,7 @@ async fn a_server_that_never_answers_times_out() {
     let src = build(&s, Duration::from_millis(300)).unwrap();
     let start = Instant::now();
     let e = src.sample().await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(start.elapsed() < herd_test_support::scaled(Duration::from_secs(2)), "{:?}", start.elapsed());
     assert_eq!(e.kind(), ErrorKind::Timeout);
     assert!(e.to_string().ends_with("timed out after 300ms"), "{e}");
     drop(listener);

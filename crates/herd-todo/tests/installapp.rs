@@ -109,15 +109,10 @@ fn check(out: &Output, what: &str) {
     );
 }
 
-/// `busybox sh` when busybox is installed (the guest's shell), else `sh`.
+/// `busybox sh`: the guest's shell, so the script is tested with the shell that runs it.
 fn guest_shell() -> Vec<&'static str> {
-    let has_busybox = Command::new("busybox").arg("true").output().is_ok_and(|o| o.status.success());
-    if has_busybox {
-        vec!["busybox", "sh"]
-    } else {
-        eprintln!("busybox is not installed: running installapp-v2.sh with sh");
-        vec!["sh"]
-    }
+    herd_test_support::require_tool("busybox", "busybox-static");
+    vec!["busybox", "sh"]
 }
 
 #[test]

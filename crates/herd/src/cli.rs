@@ -634,7 +634,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
     /// The built test guest (images/testguest/build.sh OUT): OUT/1.0.0, OUT/1.0.1.
-    /// Default: $HERD_TESTGUEST_OUT, else target/testguest or /tmp/tg-out when present.
+    /// Default: $HERD_TESTGUEST_OUT, else target/testguest when present.
     #[arg(long, value_name = "DIR")]
     pub testguest: Option<PathBuf>,
     /// The built demo app (images/app/build.sh OUT): herd-todo and the install scripts.
@@ -698,7 +698,7 @@ pub enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         counts: Vec<u32>,
         /// The test guest build (images/testguest/build.sh OUT): OUT, using OUT/1.0.0.
-        #[arg(long, env = "HERD_TESTGUEST_OUT", hide_env_values = true, default_value = "/tmp/tg-out")]
+        #[arg(long, env = "HERD_TESTGUEST_OUT", hide_env_values = true, default_value = "target/testguest")]
         testguest: std::path::PathBuf,
         /// VM size (vCPUs and memory of herd's VMs and of the hand-run QEMUs).
         #[arg(long, default_value = "Standard_B1ls")]

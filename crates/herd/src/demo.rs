@@ -26,7 +26,7 @@ fn default_testguest() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HERD_TESTGUEST_OUT") {
         c.push(PathBuf::from(p));
     }
-    c.extend([PathBuf::from("target/testguest"), repo().join("target/testguest"), PathBuf::from("/tmp/tg-out")]);
+    c.extend([PathBuf::from("target/testguest"), repo().join("target/testguest")]);
     first_existing(c, "1.0.1/vmlinuz")
 }
 

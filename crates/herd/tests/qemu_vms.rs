@@ -6,8 +6,8 @@
 //! any host process's command line, the API's output or the server's log.
 //!
 //! Needs the test guest (`images/testguest/build.sh`, `HERD_TESTGUEST_OUT`, default
-//! `/tmp/tg-out`), PostgreSQL, and the static app (`images/app/build.sh`; `HERD_APP_OUT`, built
-//! into `target/guest-app-out` when unset).
+//! `target/testguest`; `./scripts/test.sh` builds it), PostgreSQL, and the static app
+//! (`images/app/build.sh`; `HERD_APP_OUT`, built into `target/guest-app-out` when unset).
 
 mod common;
 #[path = "../../herd-todo/tests/support/postgres.rs"]
@@ -34,13 +34,9 @@ fn repo() -> PathBuf {
 }
 
 fn testguest() -> PathBuf {
-    let p = PathBuf::from(std::env::var("HERD_TESTGUEST_OUT").unwrap_or_else(|_| "/tmp/tg-out".into()));
-    assert!(
-        p.join("1.0.1/vmlinuz").exists(),
-        "the test guest is missing at {}: run images/testguest/build.sh {0} (or set HERD_TESTGUEST_OUT)",
-        p.display()
-    );
-    p
+    herd_test_support::require_testguest("1.0.0");
+    herd_test_support::require_testguest("1.0.1");
+    herd_test_support::testguest_dir()
 }
 
 /// The static app and its install scripts, built once (cached by cargo).

@@ -69,10 +69,15 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 /// A server with images 1.0.0 (v1), 1.0.1 (v2) and 1.0.2 (v2, failing its probe), a load
 /// balancer with an HTTP probe on `/`, and a Rolling scale set of `count` on 1.0.0.
 fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
+    // How long an upgraded instance may stay probe-unhealthy after its boot before the upgrade
+    // counts it as failed. Under `stress-ng --cpu 2` beside other builds (load 15-19 on 2
+    // cores) instances took up to 7.8 s from creation to healthy, and a 5 s grace failed a good
+    // canary (the upgrade went Faulted instead of Paused); 20 s is 2.5 times the worst measured.
+    let grace = (20.0 * herd_test_support::time_scale()).ceil() as u64;
     let s = Server::start(
         "process",
         &dir.join("data"),
-        Some("[loadbalancer]\ndrain_timeout_secs = 1\n[upgrades]\nhealth_grace_secs = 5\n"),
+        Some(&format!("[loadbalancer]\ndrain_timeout_secs = 1\n[upgrades]\nhealth_grace_secs = {grace}\n")),
     );
     s.ok(&["group", "create", "-n", "rg"]);
     for (v, version, broken) in [("1.0.0", 1, false), ("1.0.1", 2, false), ("1.0.2", 2, true)] {
@@ -152,18 +157,70 @@ fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
     let ip =
         s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
     let n: usize = count.parse().unwrap();
-    wait_for("every instance healthy", Duration::from_secs(60), || {
-        let list = s.json(&with(&["vmss", "list-instances"], &[]));
-        (list.as_array().unwrap().iter().filter(|i| i["health"] == "Healthy").count() == n).then_some(())
-    });
+    // Measured with `stress-ng --cpu 2` beside five other builds on 2 cores (load 15-19), the
+    // four tests of this binary in parallel: 3.6-6.1 s. 60 s is ten times that. The timeouts
+    // once seen here were two parallel tests sharing instance addresses (now excluded by
+    // `common::with_address_block`), not slowness.
+    wait_all_healthy(&s, n, "every instance healthy", Duration::from_secs(60));
     (s, format!("http://{}:18080", ip.trim()))
 }
 
+/// Waits until `n` instances are healthy; on timeout shows each instance's power,
+/// provisioning and health state, and what its app answers on `/` right now (the probe's
+/// question), as the reason it is not healthy.
+fn wait_all_healthy(s: &Server, n: usize, what: &str, limit: Duration) {
+    wait_observing(&format!("{what} ({n} healthy)"), limit, || {
+        let list = s.json(&with(&["vmss", "list-instances"], &[]));
+        let healthy = list.as_array().unwrap().iter().filter(|i| i["health"] == "Healthy").count();
+        if healthy == n {
+            return Ok(());
+        }
+        let probes: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["health"] != "Healthy")
+            .map(|i| {
+                let addr = i["reachAddress"].as_str().unwrap_or("?");
+                let answer = get(&format!("http://{addr}:8080/")).map(|b| format!("200 {}", b.trim()));
+                format!(
+                    "instance {}: GET http://{addr}:8080/ -> {}",
+                    i["instanceId"].as_str().unwrap_or("?"),
+                    answer.unwrap_or_else(|e| e)
+                )
+            })
+            .collect();
+        Err(format!("{healthy} of {n} healthy\n{}\n{}", instances_summary(&list), probes.join("\n")))
+    });
+}
+
 fn wait_state(s: &Server, want: &[&str], limit: Duration) -> Value {
-    wait_for(&format!("the rolling upgrade to reach {want:?}"), limit, || {
+    let mut seen_running = false;
+    wait_observing(&format!("the rolling upgrade to reach {want:?}"), limit, || {
         let out = s.herd(&with(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "json"]));
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        want.contains(&v["state"].as_str()?).then_some(v)
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v["state"].as_str().is_some_and(|st| want.contains(&st)) {
+            return Ok(v);
+        }
+        let list = s.json(&with(&["vmss", "list-instances"], &[]));
+        // An upgrade seen running that then finished never changes state again: fail now, not
+        // at the deadline. (A finished state seen first may be the previous upgrade's.)
+        let st = v["state"].as_str().unwrap_or("");
+        let finished = ["Completed", "Faulted", "Cancelled", "RolledBack"].contains(&st);
+        if !finished && !st.is_empty() {
+            seen_running = true;
+        }
+        if finished && seen_running {
+            panic!(
+                "the rolling upgrade ended {st} while the test waited for {want:?}:\n{v}\n{}",
+                instances_summary(&list)
+            );
+        }
+        Err(format!(
+            "rolling upgrade: {}\n{}",
+            if v.is_null() { String::from_utf8_lossy(&out.stderr).trim().to_string() } else { v.to_string() },
+            instances_summary(&list)
+        ))
     })
 }
 
@@ -192,7 +249,8 @@ fn a_rolling_upgrade_under_load_loses_no_request() {
             let start = Instant::now();
             // Bounded: at most 20,000 requests per worker and 120 s.
             for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) || start.elapsed() > Duration::from_secs(120) {
+                if stop.load(Ordering::Relaxed) || start.elapsed() > herd_test_support::scaled(Duration::from_secs(120))
+                {
                     break;
                 }
                 match get(&format!("{frontend}/api/version")) {
@@ -270,7 +328,7 @@ fn a_failing_model_aborts_after_the_first_batch_and_rolls_back_when_asked() {
                     ["version"],
                 "1.0.0"
             );
-            wait_for("all healthy after the rollback", Duration::from_secs(60), || (healthy() == 5).then_some(()));
+            wait_all_healthy(&s, 5, "all healthy after the rollback", Duration::from_secs(60));
             assert!(generations(&s).iter().all(|(_, g)| *g == gen_now));
         } else {
             let on_old =
@@ -339,7 +397,7 @@ fn max_surge_brings_new_instances_up_before_the_old_ones_go() {
     ));
     let mut most = 0;
     let mut fewest_healthy = usize::MAX;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + herd_test_support::scaled(Duration::from_secs(120));
     let done = loop {
         let list = s.json(&with(&["vmss", "list-instances"], &[]));
         let live: Vec<&Value> = list.as_array().unwrap().iter().filter(|i| i["goal"] != "Deleted").collect();
@@ -354,6 +412,7 @@ fn max_surge_brings_new_instances_up_before_the_old_ones_go() {
             }
         }
         assert!(Instant::now() < deadline, "the surge upgrade did not finish");
+        // The poll interval of this sampling loop, not a synchronisation.
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(done["state"], "Completed", "{done}");

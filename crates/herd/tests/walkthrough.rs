@@ -5,9 +5,9 @@
 //!
 //! Needs PostgreSQL (the TODO app's database), the demo app (`images/app/build.sh`;
 //! `HERD_APP_OUT`, else built into `target/guest-app-out`) and, for qemu, QEMU and the test
-//! guest (`images/testguest/build.sh`; `HERD_TESTGUEST_OUT`, else `target/testguest` or
-//! `/tmp/tg-out`). Outside CI a missing test guest skips the qemu test loudly; in CI
-//! (`CI` set) it fails.
+//! guest (`images/testguest/build.sh`; `HERD_TESTGUEST_OUT`, else `target/testguest`):
+//! `./scripts/test.sh` installs and builds all of it, and a missing piece fails the test with
+//! that hint. Deadlines are multiplied by `HERD_TEST_TIME_SCALE`.
 
 mod common;
 
@@ -24,10 +24,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 /// The static app and its install scripts, built once (cached by cargo).
 fn app_out() -> PathBuf {
     if let Ok(p) = std::env::var("HERD_APP_OUT") {
@@ -39,18 +35,10 @@ fn app_out() -> PathBuf {
     out
 }
 
-fn testguest() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("HERD_TESTGUEST_OUT") {
-        return Some(PathBuf::from(p));
-    }
-    [repo().join("target/testguest"), PathBuf::from("/tmp/tg-out")]
-        .into_iter()
-        .find(|p| p.join("1.0.1/vmlinuz").exists())
-}
-
-/// Runs `herd demo ARGS` with its output in a file, bounded by `limit`; returns (success,
-/// output).
+/// Runs `herd demo ARGS` with its output in a file, bounded by `limit` (times
+/// `HERD_TEST_TIME_SCALE`); returns (success, output).
 fn demo(args: &[&str], limit: Duration) -> (bool, String) {
+    let limit = herd_test_support::scaled(limit);
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("demo.out");
     let out = std::fs::File::create(&out_path).unwrap();
@@ -73,7 +61,7 @@ fn demo(args: &[&str], limit: Duration) -> (bool, String) {
         if start.elapsed() > limit {
             // SIGINT: the demo tears down its server, instances and database.
             let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = Instant::now() + herd_test_support::scaled(Duration::from_secs(60));
             while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -81,6 +69,7 @@ fn demo(args: &[&str], limit: Duration) -> (bool, String) {
             let _ = child.wait();
             break None;
         }
+        // Polls the child's exit every 200 ms against the limit above.
         std::thread::sleep(Duration::from_millis(200));
     };
     let text = std::fs::read_to_string(&out_path).unwrap_or_default();
@@ -122,19 +111,9 @@ fn walkthrough_on_process() {
 #[test]
 fn walkthrough_on_qemu() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let qemu = Path::new("/usr/bin/qemu-system-x86_64").exists();
-    let tg = testguest();
-    if !qemu || tg.is_none() {
-        let why = if !qemu {
-            "QEMU is not installed (apt-get install qemu-system-x86)".to_string()
-        } else {
-            "the test guest is not built (images/testguest/build.sh OUT; set HERD_TESTGUEST_OUT=OUT)".to_string()
-        };
-        assert!(!in_ci(), "walkthrough_on_qemu cannot run in CI: {why}");
-        eprintln!("\n!!!!!!!! SKIPPED walkthrough_on_qemu: {why} !!!!!!!!\n");
-        return;
-    }
-    let tg = tg.unwrap();
+    herd_test_support::require_tool("qemu-system-x86_64", "qemu-system-x86");
+    herd_test_support::require_testguest("1.0.1");
+    let tg = herd_test_support::testguest_dir();
     let app = app_out();
     let (ok, out) = demo(
         &["--driver", "qemu", "--testguest", tg.to_str().unwrap(), "--app", app.to_str().unwrap(), "--window", "1m"],

@@ -13,8 +13,10 @@ pub fn app_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_herd-todo"))
 }
 
-/// Calls `f` every 20 ms until it returns `Some`, or panics after `limit` naming `what`.
+/// Calls `f` every 20 ms until it returns `Some`, or panics after `limit` (times
+/// `HERD_TEST_TIME_SCALE`) naming `what`.
 pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let limit = herd_test_support::scaled(limit);
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {

@@ -36,9 +36,10 @@ impl Server {
     }
 
     fn start_with(netns: Option<String>, driver: &str, data_dir: &Path, config: Option<&str>) -> Server {
-        let config = config.map(|c| {
+        let config = with_address_block(config.unwrap_or(""));
+        let config = Some({
             let p = data_dir.with_extension("toml");
-            std::fs::write(&p, c).unwrap();
+            std::fs::write(&p, config).unwrap();
             p
         });
         let mut s = Server {
@@ -104,7 +105,8 @@ impl Server {
                 }
             }
         });
-        self.url = rx.recv_timeout(Duration::from_secs(30)).expect("server announced its address");
+        self.url =
+            rx.recv_timeout(herd_test_support::scaled(Duration::from_secs(30))).expect("server announced its address");
         self.child = Some(child);
     }
 
@@ -168,6 +170,31 @@ impl Server {
     }
 }
 
+/// The address block (`[network] host_local_block`) of the next server this test binary
+/// starts. A server left to itself derives its block from a hash of its data dir, so two of
+/// the parallel tests in one binary share a block about once in 128 pairs: their instances then
+/// get the same reach addresses (and public IPs) and one set never becomes healthy. Blocks
+/// below 64 keep both the reach block (block % 128) and the public-IP block (block % 64)
+/// distinct for the first 64 servers of a binary; the start varies with the pid so binaries run
+/// side by side rarely meet either.
+static NEXT_BLOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `config` with a `host_local_block` of its own, unless it names one already.
+fn with_address_block(config: &str) -> String {
+    if config.contains("host_local_block") {
+        return config.to_string();
+    }
+    let n = NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let block = (std::process::id() + n) % 64;
+    match config.find("[network]\n") {
+        Some(at) => {
+            let end = at + "[network]\n".len();
+            format!("{}host_local_block = {block}\n{}", &config[..end], &config[end..])
+        }
+        None => format!("{config}\n[network]\nhost_local_block = {block}\n"),
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
@@ -216,16 +243,69 @@ pub fn kill_instances(data_dir: &Path) {
     }
 }
 
-/// Polls `f` until it returns Some, or panics after `timeout`.
+/// Polls `f` until it returns Some, or panics after `timeout` (times `HERD_TEST_TIME_SCALE`)
+/// naming `what`. Use [`wait_observing`] when the failure should show the last state seen.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    wait_observing(what, timeout, || f().ok_or_else(|| "(not recorded)".to_string()))
+}
+
+/// Polls `f` until it returns `Ok`, or panics after `timeout` (times `HERD_TEST_TIME_SCALE`)
+/// naming `what`, how long it waited and `f`'s last `Err`: the state it last observed.
+pub fn wait_observing<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let timeout = herd_test_support::scaled(timeout);
     let start = Instant::now();
     loop {
-        if let Some(v) = f() {
-            return v;
+        let last = match f() {
+            Ok(v) => {
+                // Shown with the test's output (on failure, or with --nocapture): how long each
+                // wait really took, the measurement every deadline here is sized from.
+                eprintln!("waited {:.1}s for {what}", start.elapsed().as_secs_f64());
+                return v;
+            }
+            Err(observed) => observed,
+        };
+        if start.elapsed() >= timeout {
+            panic!(
+                "timed out after {:.1}s (deadline {timeout:?}, HERD_TEST_TIME_SCALE={}) waiting for {what}; last observed:\n{last}",
+                start.elapsed().as_secs_f64(),
+                herd_test_support::time_scale()
+            );
         }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        // The poll interval, not a synchronisation.
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One line per instance of a `list-instances -o json` answer: id, power state, provisioning
+/// state, health, and the last error when there is one (for timeout messages).
+pub fn instances_summary(list: &Value) -> String {
+    let Some(items) = list.as_array() else { return format!("not a list: {list}") };
+    if items.is_empty() {
+        return "no instances".into();
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    items
+        .iter()
+        .map(|i| {
+            let mut line = format!(
+                "instance {}: power {}, provisioning {}, state {}, goal {}, health {}",
+                s(&i["instanceId"]),
+                s(&i["powerState"]),
+                s(&i["provisioningState"]),
+                s(&i["state"]),
+                s(&i["goal"]),
+                i["health"].as_str().unwrap_or("none (no probe result)")
+            );
+            if i["draining"] == true {
+                line.push_str(", draining");
+            }
+            if let Some(e) = i["lastError"].as_str() {
+                line.push_str(&format!(", last error: {e}"));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Writes an image directory whose `init` runs `body`.
@@ -260,6 +340,7 @@ impl FileServer {
         std::thread::spawn(move || {
             while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
                 let Ok((mut s, _)) = l.accept() else {
+                    // Pacing of the non-blocking accept loop (it must notice `stop`).
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
@@ -322,6 +403,7 @@ impl CmdlineSampler {
                     }
                 }
                 samples2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Pacing of the sampling loop.
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
