@@ -110,8 +110,9 @@ fn source_path(field: &str, p: &str, dir: bool) -> Result<PathBuf, ApiError> {
 
 /// Checks the request and copies its files into `dest` (the image's own directory in the
 /// gallery, so later changes to the sources do not change instances). Returns the source as
-/// stored, whether the image has the guest agent, and where it came from (for the log).
-async fn stage(req: &ImageImportRequest, dest: &FsPath) -> Result<(ImageSource, bool, String), ApiError> {
+/// stored, whether the image has the guest agent (`None`: detected when its VMs boot), and
+/// where it came from (for the log).
+async fn stage(req: &ImageImportRequest, dest: &FsPath) -> Result<(ImageSource, Option<bool>, String), ApiError> {
     let given = [req.directory.is_some(), req.disk.is_some(), req.kernel.is_some()].iter().filter(|x| **x).count();
     if given != 1 {
         return Err(ApiError::invalid(
@@ -147,7 +148,8 @@ async fn stage(req: &ImageImportRequest, dest: &FsPath) -> Result<(ImageSource, 
         }))
         .await?;
         let source = ImageSource::Directory { path: dest.to_string_lossy().into_owned() };
-        return Ok((source, req.guest_agent.unwrap_or(false), src.display().to_string()));
+        // A process image runs no QEMU guest agent.
+        return Ok((source, Some(req.guest_agent.unwrap_or(false)), src.display().to_string()));
     }
     if let Some(d) = &req.disk {
         let src = source_path("disk", d, false)?;
@@ -167,7 +169,8 @@ async fn stage(req: &ImageImportRequest, dest: &FsPath) -> Result<(ImageSource, 
         }))
         .await?;
         let source = ImageSource::Disk { path: target.to_string_lossy().into_owned(), format: format.into() };
-        return Ok((source, req.guest_agent.unwrap_or(false), src.display().to_string()));
+        // Unless told, the agent is detected when the image's first VM boots.
+        return Ok((source, req.guest_agent, src.display().to_string()));
     }
     let kernel = source_path("kernel", req.kernel.as_deref().unwrap_or_default(), false)?;
     let initrd = req.initrd.as_deref().map(|p| source_path("initrd", p, false)).transpose()?;
@@ -176,13 +179,15 @@ async fn stage(req: &ImageImportRequest, dest: &FsPath) -> Result<(ImageSource, 
             return Err(ApiError::invalid("cmdline", "must be one line of at most 4096 characters"));
         }
     }
+    // Unless told: `qemu-ga` in the initrd says present; otherwise it is detected at boot (an
+    // agent elsewhere, e.g. on a data disk, is not ruled out by a look at the initrd).
     let guest_agent = match (req.guest_agent, &initrd) {
-        (Some(g), _) => g,
+        (Some(g), _) => Some(g),
         (None, Some(i)) => {
             let i = i.clone();
-            tokio::task::spawn_blocking(move || initrd_has_agent(&i)).await.unwrap_or(false)
+            tokio::task::spawn_blocking(move || initrd_has_agent(&i)).await.unwrap_or(false).then_some(true)
         }
-        (None, None) => false,
+        (None, None) => None,
     };
     let (k_to, i_to) = (dest.join("vmlinuz"), initrd.as_ref().map(|_| dest.join("initrd.img")));
     let (k_from, i_from, dir, k2, i2) = (kernel.clone(), initrd.clone(), dest.clone(), k_to.clone(), i_to.clone());

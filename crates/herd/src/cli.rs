@@ -637,7 +637,8 @@ pub enum ImageCmd {
         #[arg(long, requires = "kernel")]
         cmdline: Option<String>,
         /// Whether the image runs the QEMU guest agent (in-place extension runs need it).
-        /// Default: detected in the initrd for kernel images, false for disks.
+        /// Default: detected: in the initrd for kernel images, else at boot (the first VM whose
+        /// agent answers records it on the image; no answer records nothing).
         #[arg(long)]
         guest_agent: Option<bool>,
     },
