@@ -306,10 +306,7 @@ impl QemuDriver {
             }),
             locks: KeyLocks::default(),
         })
-        .map(|driver| {
-            driver.shared.load_answered();
-            driver
-        })
+        .inspect(|driver| driver.shared.load_answered())
     }
 
     /// The configuration, with `root` made absolute.
