@@ -15,11 +15,22 @@ fn repo() -> PathBuf {
 
 /// The commands of the first `sh` block under "## A first scale set", continuation lines joined.
 fn first_example() -> Vec<String> {
-    let guide = std::fs::read_to_string(repo().join("docs/user-guide.md")).unwrap();
-    let section = &guide[guide.find("## A first scale set").expect("the guide has 'A first scale set'")..];
+    sh_block("docs/user-guide.md", "## A first scale set")
+}
+
+/// The commands of the first `sh` block under `heading` in `file`, continuation lines joined.
+fn sh_block(file: &str, heading: &str) -> Vec<String> {
+    let guide = std::fs::read_to_string(repo().join(file)).unwrap();
+    let section = &guide[guide.find(heading).unwrap_or_else(|| panic!("{file} has no '{heading}'"))..];
     let block = &section[section.find("```sh\n").expect("an sh block") + 6..];
     let block = &block[..block.find("```").unwrap()];
     block.replace("\\\n", " ").lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+}
+
+/// A server config with its own block of instance addresses: both tests serve port 8080 on
+/// their instances' addresses, and the block a data dir hashes to may be another's.
+fn block(n: u8) -> String {
+    format!("[network]\nhost_local_block = {n}\n")
 }
 
 /// GET http://addr:port/ ; the body of a 200, else why not.
@@ -57,7 +68,7 @@ fn the_guides_first_example_runs_as_written_on_the_sample_image() {
         "the guide starts the server with the defaults; this test runs it on a free port and a temporary data dir"
     );
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("process", &dir.path().join("data"), None);
+    let s = Server::start("process", &dir.path().join("data"), Some(&block(121)));
     let bin_dir = Path::new(HERD).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let run = |cmd: &str| {
@@ -102,5 +113,40 @@ fn the_guides_first_example_runs_as_written_on_the_sample_image() {
             get(addr, 8080).ok()
         });
         assert!(body.contains(&format!("Hello from {name} (instance {}", i["instanceId"].as_str().unwrap())), "{body}");
+    }
+}
+
+#[test]
+fn the_readmes_use_it_commands_run_as_written() {
+    let commands = sh_block("README.md", "## Use it");
+    assert!(commands[0].starts_with("cargo install --locked --path crates/herd "), "{commands:?}");
+    assert!(commands[1].starts_with("herd server --driver process &"), "{commands:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("process", &dir.path().join("data"), Some(&block(122)));
+    let path = format!("{}:{}", Path::new(HERD).parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    for cmd in &commands[2..] {
+        let out = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(repo())
+            .env("PATH", &path)
+            .env("HERD_SERVER", &s.url)
+            .env("HERD_DATA_DIR", &s.data_dir)
+            .env_remove("HERD_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the README's `{cmd}` failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let instances = s.json(&["vmss", "list-instances", "-g", "web-rg", "-n", "web"]);
+    for i in instances.as_array().unwrap() {
+        let (addr, name) = (i["reachAddress"].as_str().unwrap(), i["computerName"].as_str().unwrap());
+        let body = wait_for(&format!("{name} to answer on http://{addr}:8080/"), Duration::from_secs(60), || {
+            get(addr, 8080).ok()
+        });
+        assert!(body.contains(&format!("Hello from {name}")), "{body}");
     }
 }
