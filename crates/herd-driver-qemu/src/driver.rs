@@ -623,8 +623,9 @@ impl QemuDriver {
         let known = blocking(move || agent_known(&d2, &spec2)).await?;
         if known == Some(false) {
             return Err(DriverError::Failed(format!(
-                "instance {key}: the image was imported with --guest-agent false; scripts run through the QEMU \
-                 guest agent (qemu-ga): import it with --guest-agent true, or without the flag to detect it at boot"
+                "instance {key}: the image has no guest agent (imported with --guest-agent false); scripts run \
+                 through the QEMU guest agent (qemu-ga): import it with --guest-agent true, or without the flag to \
+                 detect it at boot"
             )));
         }
         if self.live(key).await?.is_none() {

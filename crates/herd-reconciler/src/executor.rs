@@ -375,8 +375,11 @@ impl Reconciler {
         let empty_obs = BTreeMap::new();
         let mut works = Vec::new();
         let mut waiting = self.extensions.busy();
-        self.record_guest_agents(now)?;
-        let images = self.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect::<Vec<_>>();
+        let mut image_objects = self.store.list_as::<Image>(Kind::Image, "")?;
+        if self.record_guest_agents(now, &image_objects)? {
+            image_objects = self.store.list_as::<Image>(Kind::Image, "")?;
+        }
+        let images = image_objects.into_iter().map(|o| o.value).collect::<Vec<_>>();
         let lbs: Vec<herd_model::network::LoadBalancer> =
             self.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
         for set in &sets {
@@ -780,15 +783,17 @@ impl Reconciler {
         out
     }
 
-    /// Records on their images the guest agents the driver saw answer (see `guest_agent`). A
-    /// write that loses its compare-and-swap is retried by the next pass.
-    fn record_guest_agents(&self, now: DateTime<Utc>) -> Result<(), ReconcileError> {
+    /// Records on their images the guest agents the driver saw answer (see `guest_agent`);
+    /// returns whether it wrote any. A write that loses its compare-and-swap is retried by the
+    /// next pass.
+    fn record_guest_agents(
+        &self,
+        now: DateTime<Utc>,
+        images: &[herd_store::Object<Image>],
+    ) -> Result<bool, ReconcileError> {
         let answered = self.driver.guest_agents_answered();
-        if answered.is_empty() {
-            return Ok(());
-        }
-        let images = self.store.list_as::<Image>(Kind::Image, "")?;
-        for r in crate::guest_agent::records(&images, &answered) {
+        let mut wrote = false;
+        for r in crate::guest_agent::records(images, &answered) {
             let message = format!(
                 "the QEMU guest agent answered on instance {} at boot: recorded on the image; its VMs now wait for \
                  the agent, and extension changes run in place",
@@ -799,14 +804,17 @@ impl Reconciler {
                 WriteOp::Activity(event(now, "", &r.image.urn, "GuestAgentDetected", "Succeeded", message)),
             ];
             match self.store.txn(ops) {
-                Ok(_) => tracing::info!(image = %r.image.urn, instance = %r.instance, "guest agent detected"),
+                Ok(_) => {
+                    wrote = true;
+                    tracing::info!(image = %r.image.urn, instance = %r.instance, "guest agent detected")
+                }
                 Err(StoreError::Conflict { .. }) => {
                     tracing::debug!(image = %r.image.urn, "recording the guest agent lost a race: next pass")
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// Whether this set's extensions can run in place (see `SetInput::in_place_extensions`).
