@@ -541,7 +541,7 @@ async fn stage(
     dest: &FsPath,
     staged: &FsPath,
     config: &ApiConfig,
-) -> Result<(ImageSource, bool, String), ImportError> {
+) -> Result<(ImageSource, Option<bool>, String), ImportError> {
     let uploaded = req.uploaded == Some(true);
     let given =
         [req.directory.is_some(), req.disk.is_some(), req.kernel.is_some(), uploaded].iter().filter(|x| **x).count();
@@ -582,7 +582,8 @@ async fn stage(
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(|e| ApiError::Internal(format!("copying the image into the gallery failed: {e}")))?;
         let source = ImageSource::Directory { path: dest.to_string_lossy().into_owned() };
-        return Ok((source, req.guest_agent.unwrap_or(false), src.display().to_string()));
+        // A process image runs no QEMU guest agent.
+        return Ok((source, Some(req.guest_agent.unwrap_or(false)), src.display().to_string()));
     }
     std::fs::create_dir_all(dest).map_err(|e| ApiError::Internal(format!("creating {}: {e}", dest.display())))?;
     let (req, dest, staged, config) = (req.clone(), dest.to_path_buf(), staged.to_path_buf(), config.clone());
@@ -593,7 +594,8 @@ async fn stage(
             let (format, target) = place(FileKind::Disk, req.disk.as_deref(), &staged, &config, &dest, "disk")?;
             let source = ImageSource::Disk { path: target.to_string_lossy().into_owned(), format: format.into() };
             let from = req.disk.clone().unwrap_or_else(|| "an upload".into());
-            return Ok((source, req.guest_agent.unwrap_or(false), from));
+            // Unless told, the agent is detected when the image's first VM boots.
+            return Ok((source, req.guest_agent, from));
         }
         if uploaded && !has_staged(FileKind::Kernel) {
             return Err(ApiError::invalid(
@@ -608,10 +610,12 @@ async fn stage(
         } else {
             None
         };
+        // Unless told: `qemu-ga` in the initrd says present; otherwise it is detected at boot (an
+        // agent elsewhere, e.g. on a data disk, is not ruled out by a look at the initrd).
         let guest_agent = match (req.guest_agent, &initrd) {
-            (Some(g), _) => g,
-            (None, Some(i)) => initrd_has_agent(i),
-            (None, None) => false,
+            (Some(g), _) => Some(g),
+            (None, Some(i)) => initrd_has_agent(i).then_some(true),
+            (None, None) => None,
         };
         let source = ImageSource::Kernel {
             kernel: kernel.to_string_lossy().into_owned(),

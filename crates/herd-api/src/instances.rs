@@ -157,8 +157,9 @@ pub async fn instance_view(
             .ok()
             .and_then(|u| herd_model::image::resolve(&images, &u).map(|i| i.guest_agent));
         let (code, display, message) = match (agent, rec.state) {
-            (Some(true), InstanceState::Running) => ("ready", "Ready", "the QEMU guest agent answers"),
-            (Some(true), _) => ("notReady", "Not Ready", "the VM is not running"),
+            (Some(Some(true)), InstanceState::Running) => ("ready", "Ready", "the QEMU guest agent answers"),
+            (Some(Some(true)), _) => ("notReady", "Not Ready", "the VM is not running"),
+            (Some(None), _) => ("detecting", "Not Detected Yet", "the image did not say whether it runs the guest agent: each boot probes it until the boot deadline, and the first answer is recorded on the image; until then extension changes reimage"),
             _ => ("none", "No agent", "the image has no guest agent: readiness is the boot-complete line on the console, extension changes reimage"),
         };
         statuses.push(StatusEntry {
@@ -401,7 +402,7 @@ fn in_place_extensions(state: &AppState, set: &herd_model::scale_set::StoredScal
     let images: Vec<herd_model::image::Image> =
         herd_store::StoreExt::list_as(&*state.store, Kind::Image, "")?.into_iter().map(|o| o.value).collect();
     let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn()?;
-    Ok(herd_model::image::resolve(&images, &urn).is_some_and(|i| i.guest_agent))
+    Ok(herd_model::image::resolve(&images, &urn).is_some_and(herd_model::image::Image::has_guest_agent))
 }
 
 /// With `zoneBalance=true`, a delete that leaves zones more than one instance apart is refused.

@@ -121,8 +121,9 @@ pub struct ImageImportRequest {
     pub initrd: Option<String>,
     #[serde(default)]
     pub cmdline: Option<String>,
-    /// Whether the image runs the QEMU guest agent. Absent: detected for kernel images (an
-    /// initrd holding `qemu-ga`), false for disks.
+    /// Whether the image runs the QEMU guest agent. Absent: detected, from an initrd holding
+    /// `qemu-ga` for kernel images, else when the image's VMs boot (the first answer of
+    /// `guest-ping` records it; no answer records nothing).
     #[serde(default)]
     pub guest_agent: Option<bool>,
 }

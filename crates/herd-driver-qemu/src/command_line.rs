@@ -228,7 +228,7 @@ mod tests {
             memory_mib: 512,
             reach_address: "127.200.0.3".parse().unwrap(),
             ports: vec![80, 8080],
-            guest_agent: true,
+            guest_agent: Some(true),
             data_disks: vec![DataDisk { lun: 1, size_gb: 2 }, DataDisk { lun: 0, size_gb: 1 }],
             mac: mac_for(&key("rg/web/3")),
             instance_id: "x".into(),

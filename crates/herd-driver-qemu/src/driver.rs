@@ -49,6 +49,14 @@
 //! cloud-init's `Cloud-init v. … finished at …`. A new driver starts these tasks lazily from
 //! `list` for adopted VMs that are not ready yet.
 //!
+//! When the image's agent is not known (`guest_agent: None`, e.g. a disk imported without
+//! `--guest-agent`), the task detects it ([`Readiness::Detect`]): ready is whichever comes
+//! first, the console line or an agent answer, and `guest-ping` is probed on until the boot
+//! deadline (`boot_timeout` after QEMU started). The first answer is recorded in the
+//! instance's `guest-agent` file and reported by [`Driver::guest_agents_answered`], so the
+//! reconciler records it on the image. No answer records nothing: a slow agent is not an
+//! absent one. A script on such an instance waits for the agent up to its own timeout.
+//!
 //! # Stopping
 //!
 //! The guest gets the ACPI power button (QMP `system_powerdown`) and `stop_timeout` to power
@@ -130,6 +138,8 @@ const EXIT_AFTER_KILL: Duration = Duration::from_secs(5);
 /// How long `run_script` waits for the agent to answer (it may just have been released by the
 /// readiness task).
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one try of the agent detection probe (connect, sync, `guest-ping`).
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on each setup step of a script run (mkdir, one file, removing the command).
 /// Bound on each guest-agent call made for `stats` (connect, then the interface list): the
 /// autoscaler samples every instance in turn, so a busy or silent agent must not hold it up.
@@ -193,9 +203,6 @@ pub struct QemuDriver {
     shared: Arc<Shared>,
     /// One lock per instance, so concurrent lifecycle calls on one key cannot interleave.
     locks: KeyLocks,
-    /// One lock per instance for scripts: the agent serves one client at a time, and a long
-    /// script must not hold up `destroy`.
-    script_locks: KeyLocks,
 }
 
 /// What the driver and its readiness tasks share.
@@ -213,6 +220,41 @@ struct Shared {
     closed: AtomicBool,
     /// Readiness tasks running, by instance and the QEMU they watch.
     watching: Mutex<HashMap<InstanceKey, ProcId>>,
+    /// One lock per instance for the guest agent: it serves one client at a time (scripts,
+    /// stats, the detection probe), and a long script must not hold up `destroy`.
+    script_locks: KeyLocks,
+    /// Instances of images with an unknown agent whose agent answered, with their image (see
+    /// [`Driver::guest_agents_answered`]).
+    answered: Mutex<HashMap<InstanceKey, ImageSource>>,
+}
+
+/// How a readiness task decides that a boot is done, from what is known of the image's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// The agent answers `guest-ping`.
+    Agent,
+    /// A ready line on the serial console.
+    Console,
+    /// The agent is not known: the console line or an agent answer, whichever comes first;
+    /// the agent is probed on until the boot deadline and its first answer recorded.
+    Detect,
+}
+
+impl Readiness {
+    /// `agent`: the image's flag, or `Some(true)` once the agent answered on this disk.
+    fn of(agent: Option<bool>) -> Self {
+        match agent {
+            Some(true) => Readiness::Agent,
+            Some(false) => Readiness::Console,
+            None => Readiness::Detect,
+        }
+    }
+}
+
+/// What is known of `spec`'s guest agent: the image's flag, else whether it answered on this
+/// instance's disk (`Some(true)`) or not yet (`None`; never `Some(false)`).
+fn agent_known(d: &VmDir, spec: &VmSpec) -> Option<bool> {
+    spec.guest_agent.or_else(|| d.agent_answered(spec).then_some(true))
 }
 
 #[derive(Debug, Default)]
@@ -268,10 +310,12 @@ impl QemuDriver {
                 runtime_log,
                 closed: AtomicBool::new(false),
                 watching: Mutex::new(HashMap::new()),
+                script_locks: KeyLocks::default(),
+                answered: Mutex::new(HashMap::new()),
             }),
             locks: KeyLocks::default(),
-            script_locks: KeyLocks::default(),
         })
+        .inspect(|driver| driver.shared.load_answered())
     }
 
     /// The configuration, with `root` made absolute.
@@ -457,7 +501,8 @@ impl QemuDriver {
             .await?
             .map_err(|e| io_failed(key, "writing the pid file", e))?;
         tracing::debug!(instance = %key, pid = id.pid, "QEMU started");
-        self.shared.watch(key, d, id, spec.guest_agent, offset);
+        let readiness = Readiness::of(agent_known(d, &spec));
+        self.shared.watch(key, d, id, readiness, offset);
         Ok(())
     }
 
@@ -583,17 +628,38 @@ impl QemuDriver {
             None => return Err(DriverError::NotFound(key.clone())),
             Some(s) => s.map_err(|e| io_failed(key, "reading spec.json", e))?,
         };
-        if !spec.guest_agent {
+        let (d2, spec2) = (d.clone(), spec.clone());
+        let known = blocking(move || agent_known(&d2, &spec2)).await?;
+        if known == Some(false) {
             return Err(DriverError::Failed(format!(
-                "instance {key}: image has no guest agent; scripts run through the QEMU guest agent (qemu-ga), \
-                 so mark the image as having one once it does"
+                "instance {key}: the image has no guest agent (imported with --guest-agent false); scripts run \
+                 through the QEMU guest agent (qemu-ga): import it with --guest-agent true, or without the flag to \
+                 detect it at boot"
             )));
         }
         if self.live(key).await?.is_none() {
             return Err(DriverError::Failed(format!("instance {key} is not running; scripts need a running VM")));
         }
         let agent = |e: crate::qga::QgaError| DriverError::Failed(format!("instance {key}: guest agent: {e}"));
-        let qga = Qga::wait_ready(&d.qga_socket(), AGENT_CONNECT_TIMEOUT).await.map_err(agent)?;
+        let started = Instant::now();
+        let qga = match known {
+            Some(_) => Qga::wait_ready(&d.qga_socket(), AGENT_CONNECT_TIMEOUT).await.map_err(agent)?,
+            // Not known yet (it may still be starting): wait for it up to the script's own timeout.
+            None => match Qga::wait_ready(&d.qga_socket(), run.timeout).await {
+                Ok(qga) => {
+                    self.shared.record_agent(key, &d).await;
+                    qga
+                }
+                Err(e) => {
+                    return Err(DriverError::Failed(format!(
+                    "instance {key}: the guest agent did not answer within the script's timeout ({} s): scripts run \
+                         through the QEMU guest agent (qemu-ga); install and enable it in the image ({e})",
+                    run.timeout.as_secs()
+                )))
+                }
+            },
+        };
+        let timeout = run.timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
         let dir = format!("{GUEST_EXTENSIONS_DIR}/{}", run.name);
         let command_file = format!("{dir}/{GUEST_COMMAND_FILE}");
         // A run recorded by a previous server: the same run is adopted, another one is killed
@@ -636,7 +702,7 @@ impl QemuDriver {
                         tracing::warn!(instance = %k2, error = %e, "cannot record the extension run");
                     }
                 };
-                exec_script(&qga, &dir, run.timeout, record).await.map_err(agent)
+                exec_script(&qga, &dir, timeout, record).await.map_err(agent)
             }
             Err(e) => Err(agent(e)),
         };
@@ -791,7 +857,7 @@ impl Shared {
     }
 
     /// Starts a readiness task for QEMU `id` of `key` unless one runs.
-    fn watch(self: &Arc<Self>, key: &InstanceKey, d: &VmDir, id: ProcId, agent: bool, offset: u64) {
+    fn watch(self: &Arc<Self>, key: &InstanceKey, d: &VmDir, id: ProcId, readiness: Readiness, offset: u64) {
         {
             let mut w = self.watching.lock().unwrap_or_else(|e| e.into_inner());
             if w.get(key) == Some(&id) {
@@ -802,18 +868,119 @@ impl Shared {
         let (shared, key, d) = (self.clone(), key.clone(), d.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let ready =
-                if agent { shared.wait_for_agent(&d, id).await } else { shared.wait_for_console(&d, id, offset).await };
+            let ready = match readiness {
+                Readiness::Agent => shared.wait_for_agent(&d, id).await,
+                Readiness::Console => shared.wait_for_console(&d, id, offset).await,
+                Readiness::Detect => shared.detect(&key, &d, id, offset, started).await,
+            };
             if ready {
-                let d2 = d.clone();
-                let _ = blocking(move || d2.write_ready(id)).await;
-                tracing::debug!(instance = %key, pid = id.pid, secs = started.elapsed().as_secs_f64(), "guest ready");
+                shared.mark_ready(&key, &d, id, started).await;
             }
             let mut w = shared.watching.lock().unwrap_or_else(|e| e.into_inner());
             if w.get(&key) == Some(&id) {
                 w.remove(&key);
             }
         });
+    }
+
+    async fn mark_ready(&self, key: &InstanceKey, d: &VmDir, id: ProcId, started: Instant) {
+        let d2 = d.clone();
+        let _ = blocking(move || d2.write_ready(id)).await;
+        tracing::debug!(instance = %key, pid = id.pid, secs = started.elapsed().as_secs_f64(), "guest ready");
+    }
+
+    /// [`Readiness::Detect`]: marks the guest ready at the console line or the first agent
+    /// answer, whichever comes first, and probes the agent until it answers or the boot
+    /// deadline passes. Returns false (nothing to mark) when it marked the guest ready itself
+    /// or the guest never got ready.
+    async fn detect(&self, key: &InstanceKey, d: &VmDir, id: ProcId, offset: u64, started: Instant) -> bool {
+        let age = procfs::age_secs(id).map_or(Duration::ZERO, Duration::from_secs_f64);
+        let deadline = started + self.cfg.boot_timeout.saturating_sub(age);
+        let console = self.wait_for_console(d, id, offset);
+        let agent = self.probe_agent(key, d, id, deadline);
+        tokio::pin!(console, agent);
+        let (mut ready, mut console_done, mut agent_done) = (false, false, false);
+        while !(agent_done && (ready || console_done)) {
+            tokio::select! {
+                r = &mut console, if !console_done => {
+                    console_done = true;
+                    if r && !ready {
+                        ready = true;
+                        self.mark_ready(key, d, id, started).await;
+                    }
+                }
+                r = &mut agent, if !agent_done => {
+                    agent_done = true;
+                    if r && !ready {
+                        ready = true;
+                        self.mark_ready(key, d, id, started).await;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Probes `guest-ping` on `id`'s agent until it answers (recorded, true), the deadline
+    /// passes or QEMU is gone (false). Each try holds the agent lock briefly; while a script
+    /// holds it, the script waits for the agent itself and records its answer.
+    async fn probe_agent(&self, key: &InstanceKey, d: &VmDir, id: ProcId, deadline: Instant) -> bool {
+        let sock = d.qga_socket();
+        loop {
+            if self.watch_over(id) || Instant::now() >= deadline {
+                return false;
+            }
+            if let Some(_guard) = self.script_locks.try_lock(key) {
+                let left = deadline.saturating_duration_since(Instant::now()).min(AGENT_PROBE_TIMEOUT);
+                if let Ok(qga) = Qga::wait_ready(&sock, left).await {
+                    if qga.ping().await.is_ok() {
+                        drop(qga);
+                        self.record_agent(key, d).await;
+                        return true;
+                    }
+                }
+            } else {
+                let d2 = d.clone();
+                if blocking(move || d2.read_spec().is_ok_and(|s| d2.agent_answered(&s))).await.unwrap_or(false) {
+                    return true;
+                }
+            }
+            tokio::time::sleep(READY_POLL.max(Duration::from_secs(1))).await;
+        }
+    }
+
+    /// Records that `key`'s agent answered: its `guest-agent` file, and the image it runs for
+    /// [`Driver::guest_agents_answered`].
+    async fn record_agent(&self, key: &InstanceKey, d: &VmDir) {
+        let d2 = d.clone();
+        let spec = blocking(move || {
+            let spec = d2.read_spec()?;
+            d2.write_agent_answered(&spec)?;
+            Ok::<_, std::io::Error>(spec)
+        })
+        .await;
+        match spec {
+            Ok(Ok(spec)) => {
+                tracing::info!(instance = %key, "the guest agent answered; recording it on the image");
+                self.answered.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), spec.image);
+            }
+            Ok(Err(e)) => tracing::warn!(instance = %key, error = %e, "could not record that the guest agent answered"),
+            Err(e) => tracing::warn!(instance = %key, error = %e, "could not record that the guest agent answered"),
+        }
+    }
+
+    /// After a restart: the answers recorded in instance directories (images with an unknown
+    /// agent only).
+    fn load_answered(&self) {
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, _) in walk(&self.cfg.root) {
+            let d = self.vm(&key);
+            if let Ok(spec) = d.read_spec() {
+                if spec.guest_agent.is_none() && d.agent_answered(&spec) {
+                    answered.insert(key, spec.image);
+                }
+            }
+        }
     }
 
     /// Whether the task watching `id` should give up: the driver is gone, or so is QEMU.
@@ -891,14 +1058,14 @@ impl Shared {
                         ObservedPower::Running
                     } else {
                         let spec = d.read_spec().ok();
-                        let agent = spec.as_ref().is_some_and(|s| s.guest_agent);
+                        let readiness = Readiness::of(spec.as_ref().and_then(|s| agent_known(&d, s)));
                         if watching.get(&key) != Some(&id) {
                             let offset = d.read_pid().filter(|r| r.id == Some(id)).map_or(0, |r| r.console_offset);
-                            to_watch.push((key.clone(), d.clone(), id, agent, offset));
+                            to_watch.push((key.clone(), d.clone(), id, readiness, offset));
                         }
                         match procfs::age_secs(id) {
                             Some(age) if age > self.cfg.boot_timeout.as_secs_f64() => {
-                                ObservedPower::Failed(boot_timed_out(&d, agent, self.cfg.boot_timeout))
+                                ObservedPower::Failed(boot_timed_out(&d, readiness, self.cfg.boot_timeout))
                             }
                             _ => ObservedPower::Starting,
                         }
@@ -950,8 +1117,12 @@ impl Shared {
     }
 }
 
-fn boot_timed_out(d: &VmDir, agent: bool, timeout: Duration) -> String {
-    let what = if agent { "the guest agent did not answer" } else { "no ready line on the console" };
+fn boot_timed_out(d: &VmDir, readiness: Readiness, timeout: Duration) -> String {
+    let what = match readiness {
+        Readiness::Agent => "the guest agent did not answer",
+        Readiness::Console => "no ready line on the console",
+        Readiness::Detect => "no ready line on the console and no answer from a guest agent",
+    };
     let mut msg = format!("boot timed out: {what} within {} s", timeout.as_secs());
     if let Some(line) = d.last_line("console.log", MAX_QUOTED) {
         msg = format!("{msg}; last console line: {line}");
@@ -959,8 +1130,8 @@ fn boot_timed_out(d: &VmDir, agent: bool, timeout: Duration) -> String {
     msg
 }
 
-/// A readiness task `list` found missing: instance, directory, QEMU, agent flag, console offset.
-type WatchRequest = (InstanceKey, VmDir, ProcId, bool, u64);
+/// A readiness task `list` found missing: instance, directory, QEMU, how to wait, console offset.
+type WatchRequest = (InstanceKey, VmDir, ProcId, Readiness, u64);
 
 /// Whether console output says the guest finished booting: herd's test guest's ready line, or
 /// cloud-init's final message (`Cloud-init v. 23.1 finished at …`).
@@ -1342,6 +1513,7 @@ impl Driver for QemuDriver {
         .await?
         .map_err(|e| io_failed(key, "removing its directory", e))?;
         self.locks.forget(key);
+        self.shared.answered.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         tracing::debug!(instance = %key, "destroyed");
         Ok(())
     }
@@ -1349,8 +1521,8 @@ impl Driver for QemuDriver {
     async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError> {
         let shared = self.shared.clone();
         let (observed, to_watch) = blocking(move || shared.observe()).await?;
-        for (key, d, id, agent, offset) in to_watch {
-            self.shared.watch(&key, &d, id, agent, offset);
+        for (key, d, id, readiness, offset) in to_watch {
+            self.shared.watch(&key, &d, id, readiness, offset);
         }
         Ok(observed)
     }
@@ -1366,7 +1538,7 @@ impl Driver for QemuDriver {
             let st = procfs::read_stat(id.pid).filter(|s| s.starttime == id.start)?;
             let ticks = st.utime.saturating_add(st.stime);
             let d = shared.vm(&k);
-            let agent = d.read_ready() == Some(id) && d.read_spec().is_ok_and(|s| s.guest_agent);
+            let agent = d.read_ready() == Some(id) && d.read_spec().is_ok_and(|s| agent_known(&d, &s) == Some(true));
             let stats = InstanceStats {
                 cpu_seconds: ticks as f64 / procfs::clock_ticks() as f64,
                 memory_bytes: procfs::read_rss_bytes(id.pid)?,
@@ -1378,7 +1550,7 @@ impl Driver for QemuDriver {
         })
         .await?;
         let Some((mut stats, agent)) = base else { return Ok(None) };
-        if let (Some(sock), Some(_guard)) = (agent, self.script_locks.try_lock(key)) {
+        if let (Some(sock), Some(_guard)) = (agent, self.shared.script_locks.try_lock(key)) {
             let traffic = match Qga::connect(&sock, STATS_AGENT_TIMEOUT).await {
                 Ok(qga) => qga.with_timeout(STATS_AGENT_TIMEOUT).network_traffic().await,
                 Err(e) => Err(e),
@@ -1397,8 +1569,13 @@ impl Driver for QemuDriver {
         for (name, _) in &run.files {
             check_component("script file name", name, true)?;
         }
-        let _g = self.script_locks.lock(key).await;
+        let _g = self.shared.script_locks.lock(key).await;
         self.run_script_locked(key, run).await
+    }
+
+    fn guest_agents_answered(&self) -> Vec<(InstanceKey, ImageSource)> {
+        let answered = self.shared.answered.lock().unwrap_or_else(|e| e.into_inner());
+        answered.iter().map(|(k, i)| (k.clone(), i.clone())).collect()
     }
 
     async fn console_log(&self, key: &InstanceKey, max_bytes: usize) -> Result<Option<String>, DriverError> {
@@ -1417,6 +1594,46 @@ impl Driver for QemuDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_follows_what_is_known_of_the_agent() {
+        assert_eq!(Readiness::of(Some(true)), Readiness::Agent);
+        assert_eq!(Readiness::of(Some(false)), Readiness::Console, "--guest-agent false: never probed");
+        assert_eq!(Readiness::of(None), Readiness::Detect);
+    }
+
+    #[test]
+    fn an_agent_answer_counts_for_the_disk_it_answered_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = VmDir { dir: dir.path().to_path_buf(), socket_fallback: dir.path().to_path_buf() };
+        let mut spec = VmSpec {
+            key: "g/s/1".into(),
+            computer_name: "s000001".into(),
+            image: ImageSource::Disk { path: "/img/disk.qcow2".into(), format: "qcow2".into() },
+            vcpus: 1,
+            memory_mib: 256,
+            reach_address: "127.128.0.1".parse().unwrap(),
+            ports: vec![],
+            guest_agent: None,
+            data_disks: vec![],
+            mac: "52:54:00:00:00:01".into(),
+            instance_id: "herd-g-s-1-0".into(),
+            reimage_count: 0,
+            model_generation: 1,
+            metadata_endpoint: None,
+        };
+        assert_eq!(agent_known(&d, &spec), None, "unknown until it answers; a timeout records nothing");
+        d.write_agent_answered(&spec).unwrap();
+        assert_eq!(agent_known(&d, &spec), Some(true));
+        assert_eq!(Readiness::of(agent_known(&d, &spec)), Readiness::Agent, "the next boot waits for it");
+        spec.instance_id = "herd-g-s-1-1".into();
+        assert_eq!(agent_known(&d, &spec), None, "a reimage starts over");
+        spec.guest_agent = Some(false);
+        assert_eq!(agent_known(&d, &spec), Some(false), "the import's answer wins");
+        // An old spec.json with a plain boolean still reads.
+        let old = serde_json::to_string(&spec).unwrap().replace("\"guestAgent\":false", "\"guestAgent\":true");
+        assert_eq!(serde_json::from_str::<VmSpec>(&old).unwrap().guest_agent, Some(true));
+    }
 
     #[test]
     fn ready_lines_are_recognised() {

@@ -81,7 +81,10 @@ pub(crate) struct VmSpec {
     pub reach_address: std::net::Ipv4Addr,
     /// Guest TCP ports forwarded from `reach_address` (same port on both sides), sorted.
     pub ports: Vec<u16>,
-    pub guest_agent: bool,
+    /// Whether the image runs the QEMU guest agent; `None`: not known, detected at boot (the
+    /// `guest-agent` file records an answer). Older `spec.json` files hold a plain boolean.
+    #[serde(default)]
+    pub guest_agent: Option<bool>,
     pub data_disks: Vec<DataDisk>,
     pub mac: String,
     /// The seed's `instance-id`; new on every reimage.
@@ -241,6 +244,22 @@ impl VmDir {
             return Ok(());
         }
         atomic_write(&self.file("ready"), PidRecord { id: Some(id), console_offset: 0 }.render().as_bytes())
+    }
+
+    /// Whether the guest agent has answered on this instance's current OS disk: the
+    /// `guest-agent` file names the seed `instance_id` it answered under (a reimage changes it,
+    /// so an answer from an earlier image does not count).
+    pub fn agent_answered(&self, spec: &VmSpec) -> bool {
+        fs::read_to_string(self.file("guest-agent")).is_ok_and(|s| s.trim() == spec.instance_id)
+    }
+
+    /// Records that the guest agent answered on the OS disk `spec` describes. Never creates
+    /// the directory.
+    pub fn write_agent_answered(&self, spec: &VmSpec) -> io::Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        atomic_write(&self.file("guest-agent"), format!("{}\n", spec.instance_id).as_bytes())
     }
 
     pub fn read_boot_id(&self) -> Option<String> {

@@ -3,7 +3,7 @@
 //! `./scripts/test.sh`; each run brings it up to date with the cached `build.sh`). Every
 //! deadline here is multiplied by `HERD_TEST_TIME_SCALE`.
 //!
-//! Five tests, each with its own instance root, tag and reach addresses (`127.200.<test>.<n>`),
+//! Six tests, each with its own instance root, tag and reach addresses (`127.200.<test>.<n>`),
 //! so they run in parallel:
 //!
 //! - `two_vms_boot_serve_run_scripts_and_are_destroyed`: two agent VMs boot side by side to
@@ -35,6 +35,9 @@
 //!   was abandoned after the agent started it (as `kill -9` of the server leaves it) is adopted
 //!   by a new driver asked for the same run (exit code and output, started once), and killed
 //!   before a run of another identity starts.
+//! - `disk_image_with_an_unknown_agent_detects_it_at_boot`: the same disk with the agent not
+//!   declared: detected at boot and reported with its image, scripts run through it; declared
+//!   absent, scripts are refused at once.
 //!
 //! Every wait polls a condition with a deadline. A guard kills every QEMU of the test's tag
 //! when the test ends, also on failure (then printing the end of each console).
@@ -119,7 +122,7 @@ fn spec(key: &InstanceKey, name: &str, reach: &str, image: ImageSource, agent: b
             admin_password_hash: Some("$6$herdsalt$notarealhash".into()),
             data_disks: Vec::new(),
             forward_ports: Vec::new(),
-            guest_agent: agent,
+            guest_agent: Some(agent),
         },
         metadata_endpoint: None,
     }
@@ -834,4 +837,63 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     assert_eq!(state.trim(), "gone", "the old script was killed");
     assert!(!starts().await.contains(&"done".to_string()));
     d2.destroy(&k).await.unwrap();
+}
+
+/// A disk imported without saying whether it runs the guest agent (`guest_agent: None`): the
+/// test guest's disk has one. The VM gets ready, its agent is detected while it boots and
+/// reported for the image it runs (also by a new driver on the same root, after a restart),
+/// and a script runs through the agent. The same disk declared agent-less (`Some(false)`)
+/// refuses scripts at once, naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_image_with_an_unknown_agent_detects_it_at_boot() {
+    let out = testguest_out();
+    let h = Harness::new("detect");
+    let d = h.driver();
+    let k = key("rg/detect/1");
+    let image = disk_image(&out, "1.0.0");
+    let mut s = spec(&k, "tgdetect00001", "127.200.6.1", image.clone(), true);
+    s.guest.guest_agent = None;
+    assert!(d.guest_agents_answered().is_empty());
+    d.ensure(&s).await.unwrap();
+    wait_running(&d, &k).await;
+    h.step("Running (console line or agent, whichever first)");
+    let deadline = Instant::now() + BOOT;
+    loop {
+        if d.guest_agents_answered().contains(&(k.clone(), image.clone())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the driver to report the guest agent of {k}: {:?}",
+            d.guest_agents_answered()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.step("agent detected and reported with its image");
+    assert!(d.instance_dir(&k).join("guest-agent").is_file(), "the answer is recorded in the instance");
+    assert_eq!(
+        h.driver().guest_agents_answered(),
+        vec![(k.clone(), image.clone())],
+        "a new driver on the same root reports it too"
+    );
+
+    let out_run = d.run_script(&k, &script("detect", vec![], "echo agent-ran; hostname", BOOT)).await.unwrap();
+    assert!(out_run.succeeded(), "{out_run:?}");
+    assert_eq!(String::from_utf8_lossy(&out_run.stdout), "agent-ran\ntgdetect00001\n");
+    h.step("a script ran through the detected agent");
+
+    // Declared without an agent: scripts are refused at once, naming the override.
+    let k2 = key("rg/detect/2");
+    let mut s2 = spec(&k2, "tgdetect00002", "127.200.6.2", image.clone(), false);
+    s2.guest.guest_agent = Some(false);
+    d.ensure(&s2).await.unwrap();
+    let started = Instant::now();
+    let err = d.run_script(&k2, &script("detect", vec![], "true", BOOT)).await.unwrap_err();
+    assert!(err.to_string().contains("--guest-agent false"), "{err}");
+    assert!(started.elapsed() < T, "refused at once, not after a wait");
+    d.destroy(&k2).await.unwrap();
+
+    d.destroy(&k).await.unwrap();
+    assert!(d.guest_agents_answered().is_empty(), "a destroyed instance is no longer reported");
+    assert!(d.processes().is_empty());
 }

@@ -54,8 +54,10 @@ pub struct GuestSetup {
     /// Guest TCP ports forwarded from the reach address (host-local networking): the model's
     /// LB backend and probe ports, NAT backend ports and the configured extra ports.
     pub forward_ports: Vec<u16>,
-    /// The image runs the QEMU guest agent (see `Image::guest_agent`).
-    pub guest_agent: bool,
+    /// Whether the image runs the QEMU guest agent (see `Image::guest_agent`); `None`: not
+    /// known yet, so a VM driver detects it at boot and reports it through
+    /// [`Driver::guest_agents_answered`].
+    pub guest_agent: Option<bool>,
 }
 
 /// One data disk of an instance.
@@ -235,6 +237,14 @@ pub trait Driver: Send + Sync + 'static {
     /// at all (not running, no agent, files could not be placed); a script that ran and failed
     /// is `Ok` with its exit code.
     async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError>;
+
+    /// Instances whose image's guest agent was not known (`GuestSetup::guest_agent` `None`) and
+    /// whose agent has answered, with the image they were built from: the reconciler records
+    /// the agent on that image. Never lists an agent that did not answer. Drivers without
+    /// guest agents list nothing.
+    fn guest_agents_answered(&self) -> Vec<(InstanceKey, ImageSource)> {
+        Vec::new()
+    }
 
     /// The last `max_bytes` of the instance's console (serial console of a VM, stdout and
     /// stderr of a process instance). `None` if the instance does not exist.

@@ -53,11 +53,16 @@ pub struct Image {
     pub sku: String,
     pub version: String,
     pub source: ImageSource,
-    /// The image runs the QEMU guest agent (`org.qemu.guest_agent.0`): readiness waits for it and
-    /// extensions run in place through it. Without one, readiness is the boot-complete marker on
-    /// the serial console and an extension change falls back to a reimage.
+    /// Whether the image runs the QEMU guest agent (`org.qemu.guest_agent.0`).
+    ///
+    /// `true`: readiness waits for it and extensions run in place through it. `false`:
+    /// readiness is the boot-complete line on the serial console and an extension change falls
+    /// back to a reimage. `null`: not known yet (a disk imported without `--guest-agent`, a kernel
+    /// whose initrd shows no `qemu-ga`): each VM of it probes `guest-ping` until its boot
+    /// deadline, and the first answer records `true` here.
+    /// Nothing records `false`: only the import does, when told so.
     #[serde(default)]
-    pub guest_agent: bool,
+    pub guest_agent: Option<bool>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -68,6 +73,24 @@ impl Image {
             offer: self.offer.clone(),
             sku: self.sku.clone(),
             version: self.version.clone(),
+        }
+    }
+
+    /// Whether the guest agent is known to be there: extension runs happen in place.
+    pub fn has_guest_agent(&self) -> bool {
+        self.guest_agent == Some(true)
+    }
+
+    /// Records that the guest agent answered on a VM booted from this image. Only an unknown
+    /// agent becomes known (`true`); an explicit answer given at import is the user's and stays.
+    /// Returns whether the image changed (and must be written).
+    pub fn agent_answered(&mut self) -> bool {
+        match self.guest_agent {
+            None => {
+                self.guest_agent = Some(true);
+                true
+            }
+            Some(_) => false,
         }
     }
 
@@ -100,9 +123,23 @@ mod tests {
             sku: "S".into(),
             version: v.into(),
             source: ImageSource::Directory { path: "/x".into() },
-            guest_agent: false,
+            guest_agent: None,
             created_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn an_answering_agent_is_recorded_only_when_unknown() {
+        let mut unknown = img("1.0.0");
+        assert!(unknown.agent_answered(), "unknown becomes known");
+        assert_eq!(unknown.guest_agent, Some(true));
+        assert!(unknown.has_guest_agent());
+        assert!(!unknown.agent_answered(), "recorded once");
+        let mut declared_absent = Image { guest_agent: Some(false), ..img("1.0.0") };
+        assert!(!declared_absent.agent_answered(), "--guest-agent false is the user's override");
+        assert_eq!(declared_absent.guest_agent, Some(false));
+        assert!(!declared_absent.has_guest_agent());
+        assert!(!img("1.0.0").has_guest_agent(), "unknown is not present: extension changes reimage");
     }
 
     #[test]

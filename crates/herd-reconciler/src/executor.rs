@@ -375,7 +375,11 @@ impl Reconciler {
         let empty_obs = BTreeMap::new();
         let mut works = Vec::new();
         let mut waiting = self.extensions.busy();
-        let images = self.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect::<Vec<_>>();
+        let mut image_objects = self.store.list_as::<Image>(Kind::Image, "")?;
+        if self.record_guest_agents(now, &image_objects)? {
+            image_objects = self.store.list_as::<Image>(Kind::Image, "")?;
+        }
+        let images = image_objects.into_iter().map(|o| o.value).collect::<Vec<_>>();
         let lbs: Vec<herd_model::network::LoadBalancer> =
             self.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
         for set in &sets {
@@ -779,13 +783,47 @@ impl Reconciler {
         out
     }
 
+    /// Records on their images the guest agents the driver saw answer (see `guest_agent`);
+    /// returns whether it wrote any. A write that loses its compare-and-swap is retried by the
+    /// next pass.
+    fn record_guest_agents(
+        &self,
+        now: DateTime<Utc>,
+        images: &[herd_store::Object<Image>],
+    ) -> Result<bool, ReconcileError> {
+        let answered = self.driver.guest_agents_answered();
+        let mut wrote = false;
+        for r in crate::guest_agent::records(images, &answered) {
+            let message = format!(
+                "the QEMU guest agent answered on instance {} at boot: recorded on the image; its VMs now wait for \
+                 the agent, and extension changes run in place",
+                r.instance
+            );
+            let ops = vec![
+                WriteOp::put(Kind::Image, r.key.clone(), &r.image, Expect::Revision(r.revision))?,
+                WriteOp::Activity(event(now, "", &r.image.urn, "GuestAgentDetected", "Succeeded", message)),
+            ];
+            match self.store.txn(ops) {
+                Ok(_) => {
+                    wrote = true;
+                    tracing::info!(image = %r.image.urn, instance = %r.instance, "guest agent detected")
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    tracing::debug!(image = %r.image.urn, "recording the guest agent lost a race: next pass")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(wrote)
+    }
+
     /// Whether this set's extensions can run in place (see `SetInput::in_place_extensions`).
     fn in_place_extensions(&self, set: &StoredScaleSet, images: &[Image]) -> bool {
         if !self.config.vm_driver {
             return true;
         }
         let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn();
-        urn.ok().and_then(|u| image::resolve(images, &u).map(|i| i.guest_agent)).unwrap_or(false)
+        urn.ok().and_then(|u| image::resolve(images, &u)).is_some_and(Image::has_guest_agent)
     }
 
     /// In bridged mode, the bridge of the set's subnet and the instance's address on it.

@@ -20,6 +20,7 @@ pub mod capacity;
 pub mod executor;
 pub mod extensions;
 pub mod fetch;
+pub mod guest_agent;
 pub mod plan;
 pub mod repair;
 pub mod rolling;

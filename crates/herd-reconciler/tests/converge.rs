@@ -53,7 +53,7 @@ fn env(faults: Option<Arc<Faults>>) -> Env {
         sku: "S".into(),
         version: "1.0.0".into(),
         source: ImageSource::Directory { path: "/nowhere".into() },
-        guest_agent: false,
+        guest_agent: Some(false),
         created_at: t0(),
     };
     store.txn(vec![WriteOp::put(Kind::Image, "p:o:s:1.0.0", &image, Expect::Absent).unwrap()]).unwrap();

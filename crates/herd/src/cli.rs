@@ -19,32 +19,102 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The help heading of the options every client command takes; clap lists it after the
+/// command's own options.
+pub const GLOBAL_OPTIONS: &str = "Global options";
+
+/// Commands that talk to no server, so the client options are hidden from their help and
+/// refused on their command line.
+const SERVERLESS: &[&str] = &["server", "demo", "bench"];
+
+/// The ids of [`Global`]'s options (clap derives them from the field names).
+const CLIENT_OPTIONS: &[&str] = &["server", "token", "token_dir", "output", "query", "no_wait", "timeout", "quiet"];
+
+/// The command line as `herd` parses it: [`Cli`], with the client options hidden from the
+/// commands in [`SERVERLESS`]. clap propagates global options to every subcommand when the
+/// command is built, so they are hidden after that (in place: argument order is kept).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    fn hide_client_options(c: clap::Command) -> clap::Command {
+        c.mut_args(|a| if CLIENT_OPTIONS.contains(&a.get_id().as_str()) { a.hide(true) } else { a })
+            .mut_subcommands(hide_client_options)
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    cmd.mut_subcommands(|s| if SERVERLESS.contains(&s.get_name()) { hide_client_options(s) } else { s })
+}
+
+/// Parses the process's arguments (exits with clap's message on bad input, or on a client
+/// option given to a command that talks to no server).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let matches = cmd.clone().get_matches();
+    if let Some((name, sub)) = matches.subcommand().filter(|(n, _)| SERVERLESS.contains(n)) {
+        if let Some(flag) = client_option_given(&cmd, &matches, sub) {
+            let sub_cmd = cmd.find_subcommand_mut(name).expect("a subcommand clap just matched");
+            sub_cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("{flag} is an option of the client commands; 'herd {name}' talks to no server and does not take it"),
+            )
+            .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+}
+
+/// The first client option given on the command line (not through the environment), as the
+/// user spells it (`--query`).
+fn client_option_given(cmd: &clap::Command, top: &clap::ArgMatches, sub: &clap::ArgMatches) -> Option<String> {
+    use clap::parser::ValueSource;
+    let mut all = vec![top];
+    let mut m = sub;
+    all.push(m);
+    while let Some((_, next)) = m.subcommand() {
+        all.push(next);
+        m = next;
+    }
+    CLIENT_OPTIONS.iter().find_map(|id| {
+        let given = all.iter().any(|m| {
+            m.try_get_raw(id).ok().flatten().is_some() && m.value_source(id) == Some(ValueSource::CommandLine)
+        });
+        given.then(|| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == *id)
+                .and_then(|a| a.get_long())
+                .map_or_else(|| id.to_string(), |l| format!("--{l}"))
+        })
+    })
+}
+
 /// Options every client command takes.
 #[derive(Debug, Args)]
 pub struct Global {
     /// The herd server's URL.
-    #[arg(long, global = true, env = "HERD_SERVER", hide_env_values = true, default_value = "http://127.0.0.1:7900")]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, env = "HERD_SERVER", hide_env_values = true, default_value = "http://127.0.0.1:7900")]
     pub server: String,
     /// API token. Default: read from the server's data dir (api-token).
-    #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Where to find the token file when --token is not given (the server's --data-dir).
-    #[arg(long = "token-dir", global = true, env = "HERD_DATA_DIR", hide_env_values = true)]
+    /// Where to find the token file when --token is not given: the server's --data-dir.
+    /// Default, as the server's: /var/lib/herd as root, else $XDG_DATA_HOME/herd or
+    /// ~/.local/share/herd.
+    #[arg(long = "token-dir", global = true, help_heading = GLOBAL_OPTIONS, env = "HERD_DATA_DIR", hide_env_values = true)]
     pub token_dir: Option<PathBuf>,
     /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value = "json")]
+    #[arg(short, long, global = true, help_heading = GLOBAL_OPTIONS, value_enum, default_value = "json")]
     pub output: Format,
     /// JMESPath query applied to the result, as in az (e.g. --query id -o tsv).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS)]
     pub query: Option<String>,
     /// Return as soon as the request is accepted instead of waiting for it to take effect.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS)]
     pub no_wait: bool,
     /// Seconds to wait for a change to take effect.
-    #[arg(long, global = true, default_value_t = 600)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, default_value_t = 600)]
     pub timeout: u64,
     /// Do not show progress while waiting.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS)]
     pub quiet: bool,
 }
 
@@ -109,7 +179,8 @@ pub struct InstanceInitArgs {
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Where the store, the API token, images and instance data live.
-    /// Default: /var/lib/herd as root, else ~/.local/share/herd.
+    /// Default: /var/lib/herd as root, else $XDG_DATA_HOME/herd or ~/.local/share/herd (the
+    /// client commands look for the token there too).
     #[arg(long, env = "HERD_DATA_DIR", hide_env_values = true)]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on. A non-loopback address sends the token in clear text: herd warns.
@@ -570,7 +641,8 @@ pub enum ImageCmd {
         #[arg(long, requires = "kernel")]
         cmdline: Option<String>,
         /// Whether the image runs the QEMU guest agent (in-place extension runs need it).
-        /// Default: detected in the initrd for kernel images, false for disks.
+        /// Default: detected: in the initrd for kernel images, else at boot (the first VM whose
+        /// agent answers records it on the image; no answer records nothing).
         #[arg(long)]
         guest_agent: Option<bool>,
     },

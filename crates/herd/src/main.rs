@@ -20,10 +20,8 @@ mod server;
 mod wait;
 mod walkthrough;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     if let cli::Command::InstanceInit(a) = &cli.command {
         return instance_init(a);
     }
