@@ -792,7 +792,7 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     let record = d.instance_dir(&k).join("script-run");
     let slow = |identity: &str| ScriptRun {
         identity: identity.into(),
-        ..script("slow", vec![], "echo $$ >> starts\nsleep 4\necho done >> starts\necho adopted-output\nexit 5", T)
+        ..script("slow", vec![], "echo $$ >> starts\nsleep 4\necho done >> starts\necho adopted-output\nexit 5", t())
     };
     let starts = || async {
         let (_, text) = guest_sh(&d, &k, "cat /var/lib/herd/extensions/slow/starts 2>/dev/null; true").await;
@@ -828,7 +828,7 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     // Another identity: the old script is killed before the new run starts.
     let _ = guest_sh(&d2, &k, "rm -f /var/lib/herd/extensions/slow/starts").await;
     crash(slow("gen-1")).await;
-    let quick = ScriptRun { identity: "gen-2".into(), ..script("slow", vec![], "echo $$ >> starts\necho new", T) };
+    let quick = ScriptRun { identity: "gen-2".into(), ..script("slow", vec![], "echo $$ >> starts\necho new", t()) };
     let o = d2.run_script(&k, &quick).await.unwrap();
     assert_eq!((o.exit_code, o.stdout.as_slice()), (Some(0), b"new\n".as_slice()));
     let l = starts().await;
@@ -890,7 +890,7 @@ async fn disk_image_with_an_unknown_agent_detects_it_at_boot() {
     let started = Instant::now();
     let err = d.run_script(&k2, &script("detect", vec![], "true", BOOT)).await.unwrap_err();
     assert!(err.to_string().contains("--guest-agent false"), "{err}");
-    assert!(started.elapsed() < T, "refused at once, not after a wait");
+    assert!(started.elapsed() < t(), "refused at once, not after a wait");
     d.destroy(&k2).await.unwrap();
 
     d.destroy(&k).await.unwrap();
