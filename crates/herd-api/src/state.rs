@@ -24,6 +24,8 @@ pub struct ApiConfig {
     pub hosts: Vec<herd_model::spot::HostSpec>,
     /// Prices per SKU (regular, spot).
     pub prices: herd_model::spot::PriceTable,
+    /// The cluster id recorded in the data dir and in every instance (`/v1/server/status`).
+    pub cluster_id: String,
 }
 
 /// Shared handler state.
@@ -44,6 +46,8 @@ pub struct AppState {
     pub driver: Arc<dyn herd_driver::Driver>,
     /// SKUs with a spot price (fixed or scheduled), for validation.
     pub spot_priced: Arc<[String]>,
+    /// A token that opens `/metrics` only (`[metrics] token_file`); the API token opens it too.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 impl AppState {

@@ -203,7 +203,16 @@ pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleS
     let set = &obj.value;
     let status = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.key())?.map(|o| o.value);
     let records: Vec<InstanceRecord> = load_instances(state, set)?.into_iter().map(|o| o.value).collect();
-    let summary = summarize(set, status.as_ref(), &records);
+    let mut summary = summarize(set, status.as_ref(), &records);
+    // A set with a quarantined record is not reconciled: Failed, with the reason.
+    if let Some(q) = herd_reconciler::orphans::quarantined_sets(&*state.store).get(&set.key()) {
+        summary.suspended = Some(herd_model::scale_set::Suspension {
+            reason: herd_reconciler::orphans::failure_reason(q),
+            at_revision: obj.revision,
+            since: q.iter().map(|r| r.since).min().unwrap_or_else(|| state.clock.now()),
+        });
+        summary.converged = false;
+    }
     let provisioning_state = if set.deleting {
         "Deleting"
     } else if summary.suspended.is_some() {

@@ -20,6 +20,7 @@ pub mod capacity;
 pub mod executor;
 pub mod extensions;
 pub mod fetch;
+pub mod orphans;
 pub mod plan;
 pub mod repair;
 pub mod rolling;

@@ -67,6 +67,8 @@ async fn setup(driver: DriverKind, max: u64) -> Result<Bench> {
         driver,
         config: Some(config),
         accel: crate::cli::AccelChoice::Tcg,
+        orphans: Default::default(),
+        seal_key_file: None,
     })
     .await?;
     let client = Client::new(&server.url(), Some(server.token.clone()), None)?;

@@ -22,6 +22,8 @@ pub struct Server {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// `HERD_LOG` (an env filter) for the server (default: the server's own default).
     pub rust_log: Option<String>,
+    /// Extra `herd server` arguments (such as `--keep-orphans`), used from the next (re)start.
+    pub extra_args: Vec<String>,
 }
 
 impl Server {
@@ -50,6 +52,7 @@ impl Server {
             netns,
             log: Default::default(),
             rust_log: None,
+            extra_args: vec![],
         };
         s.spawn();
         s
@@ -89,6 +92,7 @@ impl Server {
         if let Some(l) = &self.rust_log {
             cmd.env("HERD_LOG", l);
         }
+        cmd.args(&self.extra_args);
         let log = self.log.clone();
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn herd server");
         let stderr = child.stderr.take().unwrap();
@@ -192,8 +196,9 @@ impl TaggedProcess {
 
 /// Every process whose environment carries the process-driver tag of `data_dir`.
 pub fn tagged_processes(data_dir: &Path) -> Vec<TaggedProcess> {
-    let Ok(dir) = data_dir.canonicalize() else { return vec![] };
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
+    // The server tags its instances with its cluster id (the data dir's `cluster-id` file).
+    let Ok(id) = std::fs::read_to_string(data_dir.join("cluster-id")) else { return vec![] };
+    let tag = format!("HERD_DRIVER_TAG=herd:{}", id.trim());
     let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
     entries
         .flatten()
