@@ -33,44 +33,74 @@ pub enum OrphanStart {
     Destroy,
 }
 
-/// Reads the data dir's cluster id, creating a random one (mode 0600) on first start.
-/// Returns the id and whether it was created now.
-pub fn load_or_create(data_dir: &Path) -> Result<(String, bool)> {
+/// A data dir's cluster identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// 32 hex digits, random, created once.
+    pub id: String,
+    /// The driver tag: `herd:<id>`, except for a data dir that already had instances when it
+    /// got its cluster id (an upgrade), which keeps the tag its running instances were started
+    /// with (`herd:<data dir>`), so they stay recognised (a QEMU's argv marker cannot change).
+    pub tag: String,
+    /// Created by this start.
+    pub created: bool,
+}
+
+/// Reads the data dir's cluster id, creating a random one (mode 0600) on first start. When
+/// it is created for a store that already records instances, `legacy_tag` is kept as the
+/// cluster's driver tag (second line `legacy-tag <tag>`).
+pub fn load_or_create(data_dir: &Path, legacy_tag: Option<String>) -> Result<Cluster> {
     let path = data_dir.join(CLUSTER_ID_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let id = text.trim().to_string();
+            let mut lines = text.lines();
+            let id = lines.next().unwrap_or("").trim().to_string();
             if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!(
                     "{} does not hold a cluster id (32 hex digits); restore it from a backup, or remove it only if no instance of this server runs",
                     path.display()
                 );
             }
+            let tag = lines.find_map(|l| l.strip_prefix("legacy-tag ")).map_or_else(|| driver_tag(&id), str::to_string);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            Ok((id, false))
+            Ok(Cluster { id, tag, created: false })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut b = [0u8; 16];
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
             let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            let mut text = format!("{id}\n");
+            if let Some(t) = &legacy_tag {
+                text.push_str(&format!("legacy-tag {t}\n"));
+            }
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(format!("{id}\n").as_bytes())?;
+            f.write_all(text.as_bytes())?;
             f.sync_all()?;
-            Ok((id, true))
+            let tag = legacy_tag.unwrap_or_else(|| driver_tag(&id));
+            Ok(Cluster { id, tag, created: true })
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
-/// The driver tag of a cluster: in every process instance's environment, every instance
-/// directory, and (hashed) every QEMU's argv marker.
+/// The driver tag of a new cluster: in every process instance's environment and directory,
+/// and (hashed) in every QEMU's argv marker.
 pub fn driver_tag(cluster_id: &str) -> String {
     format!("herd:{cluster_id}")
+}
+
+/// The driver tag of the cluster whose data dir is `data_dir`, if it has a cluster id (for
+/// finding its process instances in `/proc`).
+pub fn tag_of(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(CLUSTER_ID_FILE)).ok()?;
+    let mut lines = text.lines();
+    let id = lines.next()?.trim().to_string();
+    Some(lines.find_map(|l| l.strip_prefix("legacy-tag ")).map_or_else(|| driver_tag(&id), str::to_string))
 }
 
 /// Keys of every instance record in the store, including quarantined ones (which still count

@@ -345,7 +345,13 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let (token, _) = herd_api::auth::load_or_create_token(&data_dir).context("writing the API token")?;
     let db_path = data_dir.join("herd.db");
     let store = Arc::new(SqliteStore::open(&db_path).context("opening the store")?);
-    let (cluster_id, new_cluster) = crate::cluster::load_or_create(&data_dir)?;
+    // A store that already records instances but has no cluster id yet is an upgrade: its
+    // instances were started with the data-dir tag, which the cluster keeps.
+    let legacy_tag = (!data_dir.join(crate::cluster::CLUSTER_ID_FILE).exists()
+        && !herd_store::Store::list(&*store, herd_store::Kind::Instance, "")?.is_empty())
+    .then(|| format!("herd:{}", data_dir.display()));
+    let cluster = crate::cluster::load_or_create(&data_dir, legacy_tag)?;
+    let (cluster_id, new_cluster) = (cluster.id.clone(), cluster.created);
     let seal_key = opts
         .seal_key_file
         .clone()
@@ -378,8 +384,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             }))
         }
         DriverKind::Qemu => {
-            let mut qc =
-                herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), crate::cluster::driver_tag(&cluster_id));
+            let mut qc = herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), cluster.tag.clone());
             if let Some(b) = &cfg.qemu.binary {
                 qc.qemu = b.clone();
             }
@@ -422,8 +427,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             Arc::new(d)
         }
         DriverKind::Process => {
-            let tag = crate::cluster::driver_tag(&cluster_id);
-            let d = herd_driver_process::ProcessDriver::new(data_dir.join("instances"), tag)
+            let d = herd_driver_process::ProcessDriver::new(data_dir.join("instances"), cluster.tag.clone())
                 .map_err(|e| anyhow::anyhow!("process driver: {e}"))?
                 .with_launcher(std::env::current_exe()?);
             if new_cluster {

@@ -170,6 +170,26 @@ impl Server {
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("api-token")).unwrap().trim().to_string()
     }
+
+    /// `GET /metrics` with the API token (it needs one); the body, or "" on any failure.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let Ok(mut c) = std::net::TcpStream::connect(&addr) else { return String::new() };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let req = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.token()
+        );
+        let mut out = String::new();
+        if c.write_all(req.as_bytes()).is_err()
+            || c.read_to_string(&mut out).is_err()
+            || !out.starts_with("HTTP/1.1 200")
+        {
+            return String::new();
+        }
+        out.split_once("\r\n\r\n").map_or(String::new(), |x| x.1.to_string())
+    }
 }
 
 impl Drop for Server {
