@@ -56,7 +56,8 @@ impl SqliteStore {
     }
 
     /// Opens an existing database read-only, for offline checks (`herd store check`). Runs no
-    /// migration and writes nothing.
+    /// migration and changes no record (SQLite may create the empty `-wal`/`-shm` files a
+    /// reader of a WAL database needs, with the database's mode).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Backend(format!("no database at {}", path.display())));
