@@ -236,8 +236,12 @@ fn a_corrupt_record_is_quarantined_and_other_sets_keep_reconciling() {
     let s = Server::start("process", &data, Some(config));
     create_set(&s, &img, "a", "2");
     create_set(&s, &img, "b", "1");
+    create_set(&s, &img, "c", "1");
     let a0 = wait_for("rg/a/0 running", Duration::from_secs(60), || {
         leaders(&data).into_iter().find(|(_, k)| k == "rg/a/0").map(|(p, _)| p)
+    });
+    let c0 = wait_for("rg/c/0 running", Duration::from_secs(60), || {
+        leaders(&data).into_iter().find(|(_, k)| k == "rg/c/0").map(|(p, _)| p)
     });
 
     let conn = rusqlite::Connection::open(data.join("herd.db")).unwrap();
@@ -249,6 +253,10 @@ fn a_corrupt_record_is_quarantined_and_other_sets_keep_reconciling() {
         )
         .unwrap();
     assert_eq!(n, 1, "the row was corrupted");
+    // And set c's own record: wrong shape (its instance records must not be taken for strays).
+    let n =
+        conn.execute("UPDATE objects SET value = '{\"name\": 42}' WHERE kind = 'vmss' AND key = 'rg/c'", []).unwrap();
+    assert_eq!(n, 1, "the set record was corrupted");
     drop(conn);
 
     // The other set keeps reconciling.
@@ -257,7 +265,9 @@ fn a_corrupt_record_is_quarantined_and_other_sets_keep_reconciling() {
 
     // The API answers for the group and the set (no 500); the set is Failed with the reason.
     let list = s.json(&["vmss", "list", "-g", "rg"]);
-    assert_eq!(list.as_array().unwrap().len(), 2, "both sets listed");
+    assert_eq!(list.as_array().unwrap().len(), 2, "a and b listed (c's record is unreadable)");
+    let err = s.err(&["vmss", "show", "-g", "rg", "-n", "c"]);
+    assert!(err.contains("quarantined") && !err.contains("internal error"), "a clear error for c: {err}");
     let a = s.json(&["vmss", "show", "-g", "rg", "-n", "a"]);
     assert_eq!(a["provisioningState"], "Failed", "{a:#}");
     let reason = a["instanceSummary"]["suspended"]["reason"].as_str().unwrap_or_default();
@@ -272,10 +282,11 @@ fn a_corrupt_record_is_quarantined_and_other_sets_keep_reconciling() {
     let q = status["quarantined"].as_array().unwrap();
     assert!(q.iter().any(|r| r["key"] == "rg/a/0000000000" && r["kind"] == "instance"), "{status:#}");
     let metrics = http_get(&s.url, "/metrics", Some(&s.token()));
-    assert!(metrics.contains("herd_store_quarantined_records 1"), "{metrics}");
+    assert!(metrics.contains("herd_store_quarantined_records 2"), "the instance row and the set record: {metrics}");
 
     // Never destroyed, even with a zero orphan grace, across reconcile passes (b scaled above).
     assert!(alive(a0), "the instance of the quarantined record still runs");
+    assert!(alive(c0), "the instance of the set with a quarantined record still runs");
 
     // herd store check: online and offline, non-zero exit, the key named.
     let out = s.herd(&["store", "check", "-o", "table"]);
@@ -323,6 +334,7 @@ fn metrics_need_the_api_token_or_the_metrics_token() {
     assert!(r.starts_with("HTTP/1.1 200") && r.contains("herd_store_quarantined_records 0"), "metrics token: {r}");
     let r = http_get(&s.url, "/metrics", Some(&s.token()));
     assert!(r.starts_with("HTTP/1.1 200"), "API token: {r}");
+    assert_eq!(mode(&data.join("secret.key")), 0o600, "the default seal key is private");
     // The metrics token opens nothing else.
     let r = http_get(&s.url, "/v1/resourceGroups", Some("prometheus-scrape-token-0123456789"));
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
