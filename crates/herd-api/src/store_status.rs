@@ -155,11 +155,15 @@ fn quarantined(q: herd_store::quarantine::Quarantined) -> QuarantinedRecord {
 /// The cluster id, quarantined records and unmanaged instances.
 #[utoipa::path(get, path = "/v1/server/status", tag = "server", responses((status = 200, body = ServerStatus)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<ServerStatus>, ApiError> {
-    let unmanaged = state
+    // If the list itself is corrupt, it shows up among the quarantined records instead.
+    let unmanaged = match state
         .store
-        .get_as::<herd_reconciler::orphans::Unmanaged>(Kind::Counter, herd_reconciler::orphans::UNMANAGED_KEY)?
-        .map(|o| o.value)
-        .unwrap_or_default();
+        .get_as::<herd_reconciler::orphans::Unmanaged>(Kind::Counter, herd_reconciler::orphans::UNMANAGED_KEY)
+    {
+        Ok(o) => o.map(|o| o.value).unwrap_or_default(),
+        Err(herd_store::StoreError::Codec(_)) => Default::default(),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(ServerStatus {
         cluster_id: state.config.cluster_id.clone(),
         driver: state.config.driver.clone(),

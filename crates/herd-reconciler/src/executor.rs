@@ -395,12 +395,19 @@ impl Reconciler {
         let mut orphans = if unrecorded.is_empty() {
             self.orphan_guard.ready(now, vec![], &Default::default(), self.config.orphans)
         } else {
-            let unmanaged = self
-                .store
-                .get_as::<crate::orphans::Unmanaged>(Kind::Counter, crate::orphans::UNMANAGED_KEY)?
-                .map(|o| o.value)
-                .unwrap_or_default();
-            self.orphan_guard.ready(now, unrecorded, &unmanaged, self.config.orphans)
+            match self.store.get_as::<crate::orphans::Unmanaged>(Kind::Counter, crate::orphans::UNMANAGED_KEY) {
+                Ok(u) => self.orphan_guard.ready(
+                    now,
+                    unrecorded,
+                    &u.map(|o| o.value).unwrap_or_default(),
+                    self.config.orphans,
+                ),
+                Err(e) => {
+                    // Without the list of kept instances, destroy none.
+                    tracing::warn!(error = %e, "cannot read the unmanaged-instance list; no orphan is destroyed");
+                    vec![]
+                }
+            }
         };
 
         let empty_obs = BTreeMap::new();
