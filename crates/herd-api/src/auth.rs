@@ -52,6 +52,38 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     Ok(next.run(req).await)
 }
 
+/// Middleware for `/metrics`: 401 unless the request carries the API token or the metrics
+/// token (`[metrics] token_file`), so a Prometheus server can scrape without the API token.
+pub async fn require_metrics_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let api = same(given.as_bytes(), state.token.as_bytes());
+    let metrics = state.metrics_token.as_deref().is_some_and(|t| same(given.as_bytes(), t.as_bytes()));
+    if !(api | metrics) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(next.run(req).await)
+}
+
+/// Reads a token file (`[metrics] token_file`): the first line, trimmed; at least 16
+/// characters, so a guessable token is refused at start.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = text.lines().next().unwrap_or("").trim().to_string();
+    if t.len() < 16 {
+        return Err(format!("{}: the token must be at least 16 characters on the first line", path.display()));
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ pub mod openapi;
 mod rolling;
 mod scale_sets;
 pub mod state;
+pub mod store_status;
 pub mod views;
 
 pub use error::ApiError;
@@ -34,10 +35,13 @@ use axum::{
     Router,
 };
 
-/// Every route, with token authentication on all but `/healthz` and `/openapi.json`.
+/// Every route, with token authentication on all but `/healthz` and `/openapi.json`
+/// (`/metrics` also takes the metrics token).
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/server", get(groups::server_info))
+        .route("/v1/server/status", get(store_status::status))
+        .route("/v1/store/check", get(store_status::store_check))
         .route("/v1/resourceGroups", get(groups::list))
         .route("/v1/resourceGroups/{group}", put(groups::create).get(groups::show).delete(groups::delete))
         .route("/v1/resourceGroups/{group}/activityLog", get(groups::activity_log))
@@ -123,7 +127,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi::serve))
-        .route("/metrics", get(network::metrics))
+        .route(
+            "/metrics",
+            get(network::metrics).layer(middleware::from_fn_with_state(state.clone(), auth::require_metrics_token)),
+        )
         .merge(api)
         .with_state(state)
 }

@@ -628,12 +628,13 @@ pub async fn pool_show(
 
 /// Load-balancer counters and the cost meter in Prometheus text format (no token needed; no
 /// secrets in it).
-#[utoipa::path(get, path = "/metrics", tag = "load balancers", responses((status = 200, body = String, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "load balancers", responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = crate::error::ErrorBody, description = "Neither the API token nor the metrics token was given")))]
 pub async fn metrics(State(s): State<AppState>) -> String {
     let mut out = s.lb.metrics();
     match herd_billing::report(&*s.store, None, None, None) {
         Ok(r) => out.push_str(&herd_billing::prometheus(&r)),
         Err(e) => tracing::warn!(error = %e, "cost metrics unavailable"),
     }
+    out.push_str(&crate::store_status::metrics(&*s.store));
     out
 }

@@ -9,6 +9,8 @@ use utoipa::OpenApi;
     info(title = "herd API", description = "Scale sets of full virtual machines on your own Linux hosts."),
     paths(
         crate::groups::server_info,
+        crate::store_status::status,
+        crate::store_status::store_check,
         crate::groups::list,
         crate::groups::create,
         crate::groups::show,

@@ -26,6 +26,8 @@ pub struct ApiConfig {
     pub prices: herd_model::spot::PriceTable,
     /// Where image imports may read server-side files, and upload limits.
     pub images: crate::images::ImportConfig,
+    /// The cluster id recorded in the data dir and in every instance (`/v1/server/status`).
+    pub cluster_id: String,
 }
 
 /// Shared handler state.
@@ -46,6 +48,8 @@ pub struct AppState {
     pub driver: Arc<dyn herd_driver::Driver>,
     /// SKUs with a spot price (fixed or scheduled), for validation.
     pub spot_priced: Arc<[String]>,
+    /// A token that opens `/metrics` only (`[metrics] token_file`); the API token opens it too.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 impl AppState {

@@ -183,11 +183,25 @@ pub fn set_name(n: &str) -> Result<ScaleSetName, ApiError> {
     Ok(ScaleSetName::new(n)?)
 }
 
+/// A read of one object whose stored record cannot be decoded (quarantined) is a 409 naming
+/// it, not a 500: the server is fine, that record is not.
+fn quarantined(what: String) -> impl FnOnce(herd_store::StoreError) -> ApiError {
+    move |e| {
+        match e {
+        herd_store::StoreError::Codec(_) => ApiError::Conflict(format!(
+            "{what} cannot be read: its stored record is corrupt and quarantined (see 'herd server status' and 'herd store check')"
+        )),
+        other => other.into(),
+    }
+    }
+}
+
 pub fn load_group(state: &AppState, g: &str) -> Result<Object<ResourceGroup>, ApiError> {
     let name = group_name(g)?;
     state
         .store
-        .get_as::<ResourceGroup>(Kind::Group, name.as_str())?
+        .get_as::<ResourceGroup>(Kind::Group, name.as_str())
+        .map_err(quarantined(format!("resource group '{g}'")))?
         .ok_or_else(|| ApiError::NotFound(format!("resource group '{g}' does not exist")))
 }
 
@@ -196,7 +210,8 @@ pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScale
     let key = StoredScaleSet::store_key(&group_name(g)?, &set_name(n)?);
     state
         .store
-        .get_as::<StoredScaleSet>(Kind::ScaleSet, &key)?
+        .get_as::<StoredScaleSet>(Kind::ScaleSet, &key)
+        .map_err(quarantined(format!("scale set '{n}'")))?
         .ok_or_else(|| ApiError::NotFound(format!("scale set '{n}' does not exist in resource group '{g}'")))
 }
 
@@ -207,9 +222,23 @@ pub fn load_instances(state: &AppState, set: &StoredScaleSet) -> Result<Vec<Obje
 /// Builds the API view of a set from its stored record, status and instances.
 pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleSetView, ApiError> {
     let set = &obj.value;
-    let status = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.key())?.map(|o| o.value);
+    // A quarantined status reads as none; the set is then shown Failed below.
+    let status = match state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.key()) {
+        Ok(o) => o.map(|o| o.value),
+        Err(herd_store::StoreError::Codec(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let records: Vec<InstanceRecord> = load_instances(state, set)?.into_iter().map(|o| o.value).collect();
-    let summary = summarize(set, status.as_ref(), &records);
+    let mut summary = summarize(set, status.as_ref(), &records);
+    // A set with a quarantined record is not reconciled: Failed, with the reason.
+    if let Some(q) = herd_reconciler::orphans::quarantined_sets(&*state.store).get(&set.key()) {
+        summary.suspended = Some(herd_model::scale_set::Suspension {
+            reason: herd_reconciler::orphans::failure_reason(q),
+            at_revision: obj.revision,
+            since: q.iter().map(|r| r.since).min().unwrap_or_else(|| state.clock.now()),
+        });
+        summary.converged = false;
+    }
     let provisioning_state = if set.deleting {
         "Deleting"
     } else if summary.suspended.is_some() {

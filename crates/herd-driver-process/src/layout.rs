@@ -16,6 +16,8 @@
 //!                  the `runs` module), written before the script starts
 //!   env            the spec-derived environment, NUL-separated KEY=VALUE (like /proc/*/environ)
 //!   power          desired power: running | stopped | deallocated
+//!   tag            the driver tag (it names the herd cluster) of the driver that created it;
+//!                  a directory without ours is another cluster's and is never touched
 //!   pid            "<pid> <starttime>" of the process group leader
 //!   exit           "<pid> <starttime> <how it ended>", written when init is reaped
 //!   console.log    stdout + stderr of the instance (appended)
@@ -92,6 +94,15 @@ impl InstanceDir {
 
     pub fn write_power(&self, p: Power) -> io::Result<()> {
         atomic_write(&self.file("power"), format!("{}\n", p.as_str()).as_bytes())
+    }
+
+    /// The tag of the cluster that owns this instance, if recorded.
+    pub fn read_tag(&self) -> Option<String> {
+        fs::read_to_string(self.file("tag")).ok().map(|t| t.trim_end_matches('\n').to_string())
+    }
+
+    pub fn write_tag(&self, tag: &str) -> io::Result<()> {
+        atomic_write(&self.file("tag"), format!("{tag}\n").as_bytes())
     }
 
     pub fn read_pid(&self) -> Option<ProcId> {

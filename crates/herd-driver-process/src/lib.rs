@@ -37,6 +37,15 @@
 //! An instance created but not yet spawned (no `pid` file, no failed start recorded) is
 //! reported `Starting`.
 //!
+//! # Whose instance
+//!
+//! The tag names the herd cluster (the server passes `herd:<cluster id>`). Every instance
+//! directory records the tag of the driver that created it in its `tag` file, and every process
+//! carries it in `HERD_DRIVER_TAG`. A directory whose `tag` is another (or missing: created
+//! before cluster ids) belongs to another cluster: `list` leaves it out, and every call that
+//! would change it fails instead. So two clusters on one kernel never touch each other's
+//! instances, even if their directories meet.
+//!
 //! # What an instance sees
 //!
 //! The working directory is `work/`, stdin is `/dev/null`, and the server's environment is
@@ -337,6 +346,7 @@ impl Driver for ProcessDriver {
     async fn set_power(&self, key: &InstanceKey, target: PowerTarget) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
+        self.state.check_owned(&d, key)?;
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
         }
@@ -355,6 +365,7 @@ impl Driver for ProcessDriver {
     async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
+        self.state.check_owned(&d, key)?;
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
         }
@@ -367,6 +378,7 @@ impl Driver for ProcessDriver {
     async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
+        self.state.check_owned(&d, &spec.key)?;
         if !d.exists() {
             return Err(DriverError::NotFound(spec.key.clone()));
         }
@@ -384,6 +396,7 @@ impl Driver for ProcessDriver {
     async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
+        self.state.check_owned(&d, &spec.key)?;
         if d.exists() {
             self.stop(&d, &spec.key, Power::Stopped).await?;
             let (d2, spec2) = (d.clone(), spec.clone());
@@ -403,6 +416,7 @@ impl Driver for ProcessDriver {
     async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
+        self.state.check_owned(&d, key)?;
         let d2 = d.clone();
         let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
         if recorded {
@@ -483,6 +497,7 @@ impl Driver for ProcessDriver {
         script::check_names(&run.name, &run.files).map_err(|m| DriverError::Failed(format!("instance {key}: {m}")))?;
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
+        self.state.check_owned(&d, key)?;
         let d2 = d.clone();
         if !blocking(move || d2.exists()).await? {
             return Err(DriverError::NotFound(key.clone()));
@@ -692,4 +707,19 @@ fn io_failed(what: &str, e: std::io::Error) -> DriverError {
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DriverError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Failed(format!("internal task failed: {e}")))
+}
+
+impl ProcessDriver {
+    /// Claims an instance directory created before cluster ids (no `tag` file) for this
+    /// driver's cluster. The server calls it once, when it first gives its data dir a cluster
+    /// id, for the instances its store records. Returns whether the directory was claimed; one
+    /// carrying any tag is left alone.
+    pub fn claim_unstamped(&self, key: &InstanceKey) -> Result<bool, DriverError> {
+        let d = self.state.instance(key);
+        if !d.exists() || d.read_tag().is_some() {
+            return Ok(false);
+        }
+        d.write_tag(&self.state.tag).map_err(|e| io_failed(&format!("instance {key}: writing its tag file"), e))?;
+        Ok(true)
+    }
 }

@@ -34,6 +34,25 @@ impl State {
         InstanceDir::new(self.instance_dir(key))
     }
 
+    /// Whether an existing instance directory is ours: its `tag` file holds our tag. One
+    /// without (it predates cluster ids) or with another is another cluster's: never touched.
+    pub fn owns(&self, d: &InstanceDir) -> bool {
+        d.read_tag().as_deref() == Some(self.tag.as_str())
+    }
+
+    /// `Ok` unless `d` exists and belongs to another cluster.
+    pub fn check_owned(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
+        if !d.exists() || self.owns(d) {
+            return Ok(());
+        }
+        Err(DriverError::Failed(format!(
+            "instance {key}: its directory {} belongs to another herd cluster (tag {}, ours {}); not touched",
+            d.dir.display(),
+            d.read_tag().unwrap_or_else(|| "none: it predates cluster ids".into()),
+            self.tag
+        )))
+    }
+
     /// The live group of an instance. Without a `pid` file (a crash between spawn and writing
     /// it), finds the group by its environment and records it.
     pub fn live_group(&self, key: &InstanceKey) -> Option<ProcId> {
@@ -76,6 +95,7 @@ impl State {
     pub fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
         let d = self.instance(&spec.key);
         let image = image_dir(spec)?;
+        self.check_owned(&d, &spec.key)?;
         if d.exists() {
             if !d.work().exists() {
                 // A crash in the middle of a reimage: finish it.
@@ -91,6 +111,7 @@ impl State {
         std::fs::create_dir_all(&parent).map_err(|e| io("creating its directory", e))?;
         remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
         std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
+        tmp.write_tag(&self.tag).map_err(|e| io("writing the tag file", e))?;
         install_work(&tmp, &d, spec, &image)?;
         tmp.write_power(Power::Running).map_err(|e| io("writing the power file", e))?;
         std::fs::rename(&tmp.dir, &d.dir).map_err(|e| io("creating its directory", e))?;
@@ -103,6 +124,11 @@ impl State {
         let mut down: BTreeMap<InstanceKey, (InstanceDir, Option<ProcId>)> = BTreeMap::new();
         let mut claimed = HashSet::new();
         for (key, d) in walk(&self.root) {
+            if !self.owns(&d) {
+                // Another cluster's (or older than cluster ids): not listed, so never touched.
+                // (Its processes carry another tag, so the scan below skips them too.)
+                continue;
+            }
             match d.read_pid() {
                 Some(id) if snap.group_alive(id) => {
                     claimed.insert(id.pid);

@@ -25,7 +25,9 @@
 //! `list` reports `Starting` until the guest is ready, `Running` once it is, `Stopped` for
 //! stopped and deallocated instances, and `Failed(reason)` when the desired power is running
 //! but QEMU is gone (with the last line QEMU or the console printed), when the start failed, or
-//! when the guest did not get ready within `boot_timeout`. QEMU processes that carry our tag's
+//! when the guest did not get ready within `boot_timeout`. A directory whose `tag` file names
+//! another cluster is not listed and never changed (one without a `tag` predates cluster ids
+//! and is ours). QEMU processes that carry our tag's
 //! marker but have no directory are orphans: reported `Running` under their key, so the
 //! reconciler destroys them.
 //!
@@ -359,7 +361,7 @@ impl QemuDriver {
         let candidates = blocking(move || {
             walk(&shared.cfg.root)
                 .into_iter()
-                .filter(|(key, _)| shared.needs_resume(key, &cur))
+                .filter(|(key, _)| !shared.vm(key).is_foreign(&shared.cfg.tag) && shared.needs_resume(key, &cur))
                 .map(|(key, _)| key)
                 .collect::<Vec<_>>()
         })
@@ -397,7 +399,15 @@ impl QemuDriver {
         let key = &spec.key;
         let d = self.shared.vm(key);
         let d2 = d.clone();
-        let (exists, has_spec) = blocking(move || (d2.exists(), d2.read_spec().is_ok())).await?;
+        let tag = self.shared.cfg.tag.clone();
+        let (exists, has_spec, foreign) =
+            blocking(move || (d2.exists(), d2.read_spec().is_ok(), d2.is_foreign(&tag))).await?;
+        if exists && foreign {
+            return Err(DriverError::Failed(format!(
+                "instance {key}: its directory {} belongs to another herd cluster (another tag); not touched",
+                d.dir.display()
+            )));
+        }
         if exists {
             if !has_spec {
                 tracing::info!(instance = %key, "completing an instance directory without spec.json");
@@ -408,13 +418,14 @@ impl QemuDriver {
         let parent = d.dir.parent().unwrap_or(&self.shared.cfg.root).to_path_buf();
         let tmp =
             VmDir { dir: parent.join(format!(".{}.creating", key.id)), socket_fallback: d.socket_fallback.clone() };
-        let t2 = tmp.clone();
+        let (t2, tag) = (tmp.clone(), self.shared.cfg.tag.clone());
         blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&parent)?;
             remove_tree(&t2.dir)?;
             std::fs::create_dir(&t2.dir)?;
             // The seed may hold a password hash and the console whatever the guest prints.
-            std::fs::set_permissions(&t2.dir, std::fs::Permissions::from_mode(0o700))
+            std::fs::set_permissions(&t2.dir, std::fs::Permissions::from_mode(0o700))?;
+            t2.write_tag(&tag)
         })
         .await?
         .map_err(|e| io_failed(key, "creating its directory", e))?;
@@ -1045,6 +1056,9 @@ impl Shared {
         let mut to_watch = Vec::new();
         for (key, _) in walk(&self.cfg.root) {
             let d = self.vm(&key);
+            if d.is_foreign(&self.cfg.tag) {
+                continue; // another cluster's VM: not listed, never touched
+            }
             let desired = d.read_power();
             let stopped = matches!(desired, Some(Power::Stopped | Power::Deallocated));
             let mut live = procs.remove(&key);
@@ -1470,6 +1484,12 @@ impl Driver for QemuDriver {
     async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
         let d = self.shared.vm(key);
+        if d.exists() && d.is_foreign(&self.shared.cfg.tag) {
+            return Err(DriverError::Failed(format!(
+                "instance {key}: its directory {} belongs to another herd cluster (another tag); not touched",
+                d.dir.display()
+            )));
+        }
         // The recorded QEMU and any other carrying the instance's marker (an orphan, or a
         // crash between starting QEMU and recording it).
         let (shared, k, d2) = (self.shared.clone(), key.clone(), d.clone());

@@ -8,6 +8,8 @@
 //! ```text
 //! root/<group>/<set>/<id>/
 //!   spec.json      what starting the VM needs without the instance spec (VmSpec)
+//!   tag            the driver tag (it names the herd cluster) of the driver that created it;
+//!                  a directory with another tag is another cluster's and is never touched
 //!   os.qcow2       OS disk: overlay on the image's disk, or an empty disk (kernel images)
 //!   data-<lun>.qcow2  data disks, kept across reimage
 //!   seed.img       NoCloud seed (FAT, label CIDATA), mode 0600: it may hold a password hash
@@ -213,6 +215,21 @@ impl VmDir {
         atomic_write(&self.file("spec.json"), format!("{text}\n").as_bytes())
     }
 
+    /// The tag of the cluster that created this VM (absent in directories made before
+    /// cluster ids, which the driver takes as its own).
+    pub fn read_tag(&self) -> Option<String> {
+        fs::read_to_string(self.file("tag")).ok().map(|t| t.trim_end_matches('\n').to_string())
+    }
+
+    pub fn write_tag(&self, tag: &str) -> io::Result<()> {
+        atomic_write(&self.file("tag"), format!("{tag}\n").as_bytes())
+    }
+
+    /// Whether this directory is another cluster's: it records a tag other than `tag`.
+    pub fn is_foreign(&self, tag: &str) -> bool {
+        self.read_tag().is_some_and(|t| t != tag)
+    }
+
     pub fn read_power(&self) -> Option<Power> {
         Power::parse(&fs::read_to_string(self.file("power")).ok()?)
     }
@@ -392,6 +409,17 @@ mod tests {
 
     fn dir(p: &Path) -> VmDir {
         VmDir { dir: p.to_path_buf(), socket_fallback: p.join("fallback") }
+    }
+
+    #[test]
+    fn a_directory_with_another_clusters_tag_is_foreign() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dir(t.path());
+        assert!(!d.is_foreign("herd:ours"), "no tag (older than cluster ids): ours");
+        d.write_tag("herd:ours").unwrap();
+        assert_eq!(d.read_tag().as_deref(), Some("herd:ours"));
+        assert!(!d.is_foreign("herd:ours"));
+        assert!(d.is_foreign("herd:theirs"));
     }
 
     #[test]

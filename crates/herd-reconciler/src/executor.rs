@@ -66,6 +66,8 @@ pub struct ReconcilerConfig {
     pub spot_price: crate::capacity::SpotPrice,
     /// Each instance's metadata endpoint port (on its reach address); None = no endpoint.
     pub metadata_port: Option<u16>,
+    /// When unrecorded instances are destroyed (see [`crate::orphans`]).
+    pub orphans: crate::orphans::OrphanPolicy,
 }
 
 impl Default for ReconcilerConfig {
@@ -83,6 +85,7 @@ impl Default for ReconcilerConfig {
             hosts: vec![],
             spot_price: crate::capacity::SpotPrice::none(),
             metadata_port: None,
+            orphans: Default::default(),
         }
     }
 }
@@ -221,6 +224,7 @@ pub struct Reconciler {
     extensions: Arc<ExtensionRunner>,
     sealer: Arc<Sealer>,
     health: Option<Arc<herd_model::health::HealthBoard>>,
+    orphan_guard: crate::orphans::OrphanGuard,
 }
 
 struct Working {
@@ -257,7 +261,18 @@ impl Reconciler {
             wake.clone(),
             ExtensionConfig::default(),
         ));
-        Self { store, driver, clock, config, wake, faults: None, extensions, sealer, health: None }
+        Self {
+            store,
+            driver,
+            clock,
+            config,
+            wake,
+            faults: None,
+            extensions,
+            sealer,
+            health: None,
+            orphan_guard: Default::default(),
+        }
     }
 
     /// Reads instance health (load-balancer probes) from `board`, for rolling upgrades.
@@ -361,16 +376,39 @@ impl Reconciler {
         let observed = self.driver.list().await?;
         let t_list = t_start.elapsed();
         let mut observed_by_set: BTreeMap<String, BTreeMap<InstanceId, ObservedPower>> = BTreeMap::new();
-        let mut orphans = Vec::new();
+        // Sets with a record that cannot be decoded are left alone (and shown Failed); their
+        // instances are not orphans. See `crate::orphans`.
+        let quarantined = crate::orphans::quarantined_sets(&*self.store);
+        let mut unrecorded = Vec::new();
         for o in observed {
             let set_key = format!("{}/{}", o.key.group, o.key.set);
+            if quarantined.contains_key(&set_key) {
+                continue;
+            }
             let known = by_set.get(&set_key).is_some_and(|v| v.iter().any(|r| r.value.instance_id == o.key.id));
             if known {
                 observed_by_set.entry(set_key).or_default().insert(o.key.id, o.power);
             } else {
-                orphans.push(o.key);
+                unrecorded.push(o.key);
             }
         }
+        let mut orphans = if unrecorded.is_empty() {
+            self.orphan_guard.ready(now, vec![], &Default::default(), self.config.orphans)
+        } else {
+            match self.store.get_as::<crate::orphans::Unmanaged>(Kind::Counter, crate::orphans::UNMANAGED_KEY) {
+                Ok(u) => self.orphan_guard.ready(
+                    now,
+                    unrecorded,
+                    &u.map(|o| o.value).unwrap_or_default(),
+                    self.config.orphans,
+                ),
+                Err(e) => {
+                    // Without the list of kept instances, destroy none.
+                    tracing::warn!(error = %e, "cannot read the unmanaged-instance list; no orphan is destroyed");
+                    vec![]
+                }
+            }
+        };
 
         let empty_obs = BTreeMap::new();
         let mut works = Vec::new();
@@ -384,6 +422,10 @@ impl Reconciler {
             self.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
         for set in &sets {
             let key = set.key.clone();
+            if quarantined.contains_key(&key) {
+                by_set.remove(&key);
+                continue;
+            }
             let (status, status_revision) =
                 statuses.get(&key).map_or((ScaleSetStatus::default(), None), |o| (o.value.clone(), Some(o.revision)));
             let records: Vec<InstanceRecord> =
@@ -487,6 +529,9 @@ impl Reconciler {
         }
         // Instance records whose set is gone (a crash mid-delete) are removed along with their instances.
         for (set_key, stray) in by_set {
+            if quarantined.contains_key(&set_key) {
+                continue; // the set's record is quarantined, not gone
+            }
             for o in stray {
                 if let Some(k) = parse_instance_key(&set_key, o.value.instance_id) {
                     orphans.push(k);

@@ -21,6 +21,7 @@ pub mod executor;
 pub mod extensions;
 pub mod fetch;
 pub mod guest_agent;
+pub mod orphans;
 pub mod plan;
 pub mod repair;
 pub mod rolling;

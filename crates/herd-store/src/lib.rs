@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod quarantine;
 pub mod seal;
 mod sqlite;
 
@@ -167,16 +168,53 @@ pub trait Store: Send + Sync + 'static {
     /// The newest revision committed.
     fn revision(&self) -> Result<u64, StoreError>;
     fn activity(&self, filter: &ActivityFilter) -> Result<Vec<ActivityEvent>, StoreError>;
+    /// The records this store could not decode (see [`quarantine`]); `None` for a backend
+    /// without quarantine, whose reads then fail on such a record.
+    fn quarantine(&self) -> Option<&quarantine::Quarantine> {
+        None
+    }
+    /// The backend's own consistency check (SQLite `PRAGMA integrity_check`): the problems
+    /// found, empty when none.
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        Ok(vec![])
+    }
 }
 
 /// Typed reads on top of any [`Store`].
 pub trait StoreExt: Store {
+    /// One object, decoded. A record that does not decode is quarantined (when the backend
+    /// keeps a quarantine) and reported as [`StoreError::Codec`].
     fn get_as<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<Object<T>>, StoreError> {
-        self.get(kind, key)?.map(decode).transpose()
+        let Some(o) = self.get(kind, key)? else { return Ok(None) };
+        match decode(o) {
+            Ok(o) => Ok(Some(o)),
+            Err(e) => {
+                if let Some(q) = self.quarantine() {
+                    q.add(kind, key, &e.to_string());
+                }
+                Err(e)
+            }
+        }
     }
 
+    /// Every object of `kind` under `prefix`, decoded. With a quarantine, a record that does
+    /// not decode is quarantined and skipped, so one corrupt record never stops a reader;
+    /// without one, it fails the read. (A record leaves quarantine when it is next written or
+    /// deleted, or at the next start.)
     fn list_as<T: DeserializeOwned>(&self, kind: Kind, prefix: &str) -> Result<Vec<Object<T>>, StoreError> {
-        self.list(kind, prefix)?.into_iter().map(decode).collect()
+        let q = self.quarantine();
+        let mut out = Vec::new();
+        for o in self.list(kind, prefix)? {
+            let key = o.key.clone();
+            match decode(o) {
+                Ok(o) => out.push(o),
+                Err(e) => match q {
+                    Some(q) => q.add(kind, &key, &e.to_string()),
+                    None => return Err(e),
+                },
+            }
+        }
+        Ok(out)
     }
 }
 

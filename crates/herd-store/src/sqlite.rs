@@ -1,5 +1,6 @@
 //! The embedded SQLite backend: one file under the data dir, WAL mode, ordered migrations.
 
+use crate::quarantine::Quarantine;
 use crate::{ActivityFilter, Expect, Kind, Object, Store, StoreError, WriteOp};
 use herd_model::activity::ActivityEvent;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -29,6 +30,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE objects (
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    quarantine: Quarantine,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -37,9 +39,32 @@ fn backend(e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    ///
+    /// The database and its `-wal` and `-shm` files are private to the owner (mode 0600): the
+    /// file is created 0600 before SQLite opens it (SQLite gives its journal files the
+    /// database's mode), and existing files are narrowed to 0600.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        make_private(path)?;
         let conn = Connection::open(path).map_err(backend)?;
-        Self::init(conn)
+        let store = Self::init(conn)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            narrow(Path::new(&p))?;
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing database read-only, for offline checks (`herd store check`). Runs no
+    /// migration and changes no record (SQLite may create the empty `-wal`/`-shm` files a
+    /// reader of a WAL database needs, with the database's mode).
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Backend(format!("no database at {}", path.display())));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        Ok(Self { conn: Mutex::new(conn), quarantine: Quarantine::default() })
     }
 
     /// A private in-memory store, for tests.
@@ -64,11 +89,34 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), quarantine: Quarantine::default() })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates `path` with mode 0600 if absent, or narrows it to 0600.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => narrow(path),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Sets an existing file's mode to 0600 (nothing if it does not exist).
+fn narrow(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o777 != 0o600 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -124,7 +172,14 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(backend)?;
-        row.map(|(rev, v)| row_object(key.to_string(), rev, v)).transpose()
+        drop(conn);
+        match row.map(|(rev, v)| row_object(key.to_string(), rev, v)).transpose() {
+            Err(StoreError::Codec(e)) => {
+                self.quarantine.add(kind, key, &format!("not JSON: {e}"));
+                Err(StoreError::Codec(format!("{} '{key}' is corrupt (quarantined): {e}", kind.as_str())))
+            }
+            other => other,
+        }
     }
 
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError> {
@@ -139,7 +194,16 @@ impl Store for SqliteStore {
             if !key.starts_with(prefix) {
                 break;
             }
-            out.push(row_object(key, r.get(1).map_err(backend)?, r.get(2).map_err(backend)?)?);
+            // A row that is not even text (a blob written by hand) is as corrupt as bad JSON.
+            let text: Result<String, _> = r.get(2);
+            match text
+                .map_err(|e| StoreError::Codec(e.to_string()))
+                .and_then(|t| row_object(key.clone(), r.get(1).map_err(backend)?, t))
+            {
+                Ok(o) => out.push(o),
+                Err(StoreError::Codec(e)) => self.quarantine.add(kind, &key, &format!("not JSON: {e}")),
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
@@ -166,10 +230,12 @@ impl Store for SqliteStore {
                         precondition(&mut find, *kind, key, *expect)?;
                         let text = serde_json::to_string(value).map_err(|e| StoreError::Codec(e.to_string()))?;
                         put.execute(params![kind.as_str(), key, rev, text]).map_err(backend)?;
+                        self.quarantine.clear(*kind, key);
                     }
                     WriteOp::Delete { kind, key, expect } => {
                         precondition(&mut find, *kind, key, *expect)?;
                         del.execute(params![kind.as_str(), key]).map_err(backend)?;
+                        self.quarantine.clear(*kind, key);
                     }
                     WriteOp::Activity(ev) => {
                         let body = serde_json::to_string(ev).map_err(|e| StoreError::Codec(e.to_string()))?;
@@ -182,6 +248,24 @@ impl Store for SqliteStore {
         tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", params![rev]).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(rev as u64)
+    }
+
+    fn quarantine(&self) -> Option<&Quarantine> {
+        Some(&self.quarantine)
+    }
+
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(backend)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+        let mut problems = Vec::new();
+        for row in rows {
+            let line = row.map_err(backend)?;
+            if line != "ok" {
+                problems.push(line);
+            }
+        }
+        Ok(problems)
     }
 
     fn revision(&self) -> Result<u64, StoreError> {

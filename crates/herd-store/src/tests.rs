@@ -94,3 +94,58 @@ fn activity_filters_and_survives_reopen() {
         .unwrap();
     assert!(future.is_empty());
 }
+
+/// A record that is not JSON, and one of the wrong shape, are skipped by `list_as` and
+/// quarantined (with their keys) instead of failing the read; `get_as` reports them; writing or
+/// deleting releases them. Regression: one bad row used to fail every list of its kind.
+#[test]
+fn undecodable_records_are_quarantined_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let put = |k: &str, v: serde_json::Value| WriteOp::Put {
+        kind: Kind::Group,
+        key: k.into(),
+        value: v,
+        expect: Expect::Any,
+    };
+    s.txn(vec![put("a", json!({"n": 1})), put("b", json!({"n": 2})), put("c", json!({"n": 3}))]).unwrap();
+    // Corrupt "b" behind the store's back: not JSON. And "c": JSON of the wrong shape.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE objects SET value = '{broken' WHERE key = 'b'", []).unwrap();
+    raw.execute("UPDATE objects SET value = '{\"n\": \"three\"}' WHERE key = 'c'", []).unwrap();
+    drop(raw);
+    #[derive(serde::Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let got = s.list_as::<N>(Kind::Group, "").unwrap();
+    assert_eq!(got.iter().map(|o| (o.key.as_str(), o.value.n)).collect::<Vec<_>>(), vec![("a", 1)]);
+    let q = s.quarantine().unwrap();
+    let keys: Vec<String> = q.list().into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(q.total(), 2);
+    assert!(matches!(s.get_as::<N>(Kind::Group, "b"), Err(StoreError::Codec(_))));
+    assert!(matches!(s.get_as::<N>(Kind::Group, "c"), Err(StoreError::Codec(_))));
+    // Rewriting one and deleting the other releases both.
+    s.txn(vec![put("b", json!({"n": 2})), WriteOp::delete(Kind::Group, "c", Expect::Any)]).unwrap();
+    assert!(q.list().is_empty());
+    assert_eq!(s.list_as::<N>(Kind::Group, "").unwrap().len(), 2);
+    assert!(s.integrity_check().unwrap().is_empty(), "a healthy database passes PRAGMA integrity_check");
+}
+
+/// The database and its WAL files are created 0600, and an existing 0644 database is narrowed.
+#[test]
+fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = SqliteStore::open(&path).unwrap();
+    s.txn(vec![WriteOp::Put { kind: Kind::Group, key: "g".into(), value: json!(1), expect: Expect::Absent }]).unwrap();
+    for f in ["herd.db", "herd.db-wal", "herd.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+}

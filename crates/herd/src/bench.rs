@@ -42,7 +42,8 @@ impl Drop for Bench {
 /// Kills every process carrying the process-driver tag of the server data dir `data`.
 pub fn kill_instances(data: &std::path::Path) {
     let Ok(dir) = data.canonicalize() else { return };
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
+    let Some(tag) = crate::cluster::tag_of(&dir) else { return };
+    let tag = format!("HERD_DRIVER_TAG={tag}");
     let Ok(entries) = std::fs::read_dir("/proc") else { return };
     for e in entries.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
@@ -67,6 +68,8 @@ async fn setup(driver: DriverKind, max: u64) -> Result<Bench> {
         driver,
         config: Some(config),
         accel: crate::cli::AccelChoice::Tcg,
+        orphans: Default::default(),
+        seal_key_file: None,
     })
     .await?;
     let client = Client::new(&server.url(), Some(server.token.clone()), None)?;

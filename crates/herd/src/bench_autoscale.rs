@@ -48,6 +48,8 @@ pub async fn reaction(rounds: u32, interval_secs: u64) -> Result<Vec<f64>> {
         driver: DriverKind::Sim,
         config: Some(config),
         accel: crate::cli::AccelChoice::Tcg,
+        orphans: Default::default(),
+        seal_key_file: None,
     })
     .await?;
     let c = Client::new(&server.url(), Some(server.token.clone()), None)?;

@@ -856,6 +856,8 @@ pub async fn run(opts: Options) -> Result<()> {
         driver: DriverKind::Qemu,
         config: Some(config),
         accel: crate::cli::AccelChoice::Tcg,
+        orphans: Default::default(),
+        seal_key_file: None,
     })
     .await?;
     let client = Client::new(&server.url(), Some(server.token.clone()), None)?;

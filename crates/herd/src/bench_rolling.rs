@@ -81,6 +81,8 @@ pub async fn measure(driver: DriverKind, count: u64) -> Result<RollingRun> {
         driver,
         config: Some(config),
         accel: crate::cli::AccelChoice::Tcg,
+        orphans: Default::default(),
+        seal_key_file: None,
     })
     .await?;
     let cli = Cli { exe: std::env::current_exe()?, url: server.url(), token: server.token.clone() };

@@ -142,6 +142,9 @@ pub enum Command {
     Host(HostCmd),
     /// Instance-hours and cost of every scale set (or one group's), by SKU and priority.
     Cost(crate::cost_cmds::CostArgs),
+    /// Check the store: every record decodes, and the database's own integrity check.
+    #[command(subcommand)]
+    Store(crate::store_cmds::StoreCmd),
     /// Play the walkthrough (docs/user-guide.md) on real VMs, or process instances: every
     /// command printed with what came back, checked, timed, and cleaned up (unless --keep).
     Demo(DemoArgs),
@@ -196,6 +199,30 @@ pub struct ServerArgs {
     /// if it really runs, else TCG.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
+    /// Start even though the store is empty while instances of this cluster exist: they keep
+    /// running, listed as unmanaged (`herd server status`), and herd never destroys them.
+    #[arg(long, conflicts_with = "destroy_orphans")]
+    pub keep_orphans: bool,
+    /// Destroy every instance of this cluster that the store has no record of (and the
+    /// unmanaged ones) before starting.
+    #[arg(long)]
+    pub destroy_orphans: bool,
+    /// The key that seals protected settings and passwords (32 bytes; created 0600 if absent
+    /// and nothing is sealed yet). Keep it off the data dir's disk or backups to keep a copy of
+    /// the database useless without it. Default: `secret.key` in the data dir, or
+    /// `[secrets] seal_key_file` in the config.
+    #[arg(long)]
+    pub seal_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: Option<ServerCmd>,
+}
+
+/// `herd server <command>`: questions to a running server.
+#[derive(Debug, Subcommand)]
+pub enum ServerCmd {
+    /// The running server's cluster id, quarantined records (cannot be decoded) and unmanaged
+    /// instances (kept with --keep-orphans).
+    Status,
 }
 
 /// `--accel`.

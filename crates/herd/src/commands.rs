@@ -87,15 +87,24 @@ impl Ctx {
 pub async fn dispatch(cli: Cli) -> Result<()> {
     let g = cli.global;
     match cli.command {
-        Command::Server(a) => {
+        Command::Server(a) if a.action.is_none() => {
             return crate::server::run(crate::server::ServerOptions {
                 data_dir: a.data_dir.unwrap_or_else(crate::server::default_data_dir),
                 listen: a.listen,
                 driver: a.driver,
                 config: a.config,
                 accel: a.accel,
+                orphans: match (a.keep_orphans, a.destroy_orphans) {
+                    (true, _) => crate::cluster::OrphanStart::Keep,
+                    (_, true) => crate::cluster::OrphanStart::Destroy,
+                    _ => crate::cluster::OrphanStart::Refuse,
+                },
+                seal_key_file: a.seal_key_file,
             })
             .await
+        }
+        Command::Store(crate::store_cmds::StoreCmd::Check { data_dir: Some(dir) }) => {
+            return crate::store_cmds::check_offline(&dir, g.output)
         }
         Command::Demo(a) => return crate::demo::run(a).await,
         Command::Bench(b) => return crate::bench::run(b).await,
@@ -156,6 +165,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             let v = ctx.client.get(&format!("/v1/resourceGroups/{}/activityLog?{}", enc(&group), q.join("&"))).await?;
             ctx.print(&v, Some(ACTIVITY_TABLE))
+        }
+        Command::Server(_) => {
+            let v = ctx.client.get("/v1/server/status").await?;
+            crate::store_cmds::print_status(&v, ctx.format, &|v, t| ctx.print(v, t))
+        }
+        Command::Store(crate::store_cmds::StoreCmd::Check { data_dir: None }) => {
+            let v = ctx.client.get("/v1/store/check").await?;
+            crate::store_cmds::print_check(&v, ctx.format, &|v, t| ctx.print(v, t))
         }
         _ => unreachable!("handled above"),
     }

@@ -11,12 +11,14 @@ mod bench_rolling;
 mod bench_spot;
 mod cli;
 mod client;
+mod cluster;
 mod commands;
 mod cost_cmds;
 mod demo;
 mod network_cmds;
 mod output;
 mod server;
+mod store_cmds;
 mod wait;
 mod walkthrough;
 

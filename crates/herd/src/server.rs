@@ -6,7 +6,7 @@ use herd_driver::{
     sim::{SimConfig, SimDriver},
     Driver,
 };
-use herd_model::{clock::SystemClock, sku::SkuSize, sku::SkuTable};
+use herd_model::{clock::SystemClock, sku::SkuSize, sku::SkuTable, InstanceKey};
 use herd_reconciler::{ExtensionConfig, Limits, Reconciler, ReconcilerConfig};
 use herd_store::SqliteStore;
 use serde::Deserialize;
@@ -69,6 +69,12 @@ pub struct ServerConfig {
     pub billing: BillingSettings,
     #[serde(default)]
     pub images: ImageSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub secrets: SecretSettings,
+    #[serde(default)]
+    pub reconciler: ReconcilerSettings,
 }
 
 /// `[images]`: image imports.
@@ -80,6 +86,34 @@ pub struct ImageSettings {
     pub import_roots: Option<Vec<PathBuf>>,
     /// Largest uploaded image file, in GiB (default 64).
     pub max_upload_gib: Option<u64>,
+}
+
+/// `[metrics]`: who may scrape `/metrics`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// A file holding a token that opens `/metrics` only (for Prometheus' `bearer_token_file`);
+    /// the API token opens it too. Default: only the API token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[secrets]`: where the key that seals protected settings lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSettings {
+    /// The sealing key's file (32 bytes, created 0600 on first start if absent and nothing is
+    /// sealed yet). Default: `secret.key` in the data dir. `--seal-key-file` overrides it.
+    pub seal_key_file: Option<PathBuf>,
+}
+
+/// `[reconciler]`: how unrecorded (orphan) instances are treated.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcilerSettings {
+    /// Seconds an instance must be unrecorded before it is destroyed (default 600).
+    pub orphan_grace_secs: Option<u64>,
+    /// Orphans destroyed per hour at most (default 5; 0 = never destroy orphans).
+    pub orphan_max_per_hour: Option<u32>,
 }
 
 /// `[metadata]`: the per-instance metadata endpoint (identity and scheduled events).
@@ -269,6 +303,10 @@ pub struct ServerOptions {
     pub config: Option<PathBuf>,
     /// QEMU acceleration for the qemu driver.
     pub accel: crate::cli::AccelChoice,
+    /// What to do at start with instances the store has no record of.
+    pub orphans: crate::cluster::OrphanStart,
+    /// The sealing key's file (`--seal-key-file`); overrides `[secrets] seal_key_file`.
+    pub seal_key_file: Option<PathBuf>,
 }
 
 /// A running server (used in-process by `herd bench` and tests).
@@ -326,8 +364,27 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
     let data_dir = opts.data_dir.canonicalize()?;
     let (token, _) = herd_api::auth::load_or_create_token(&data_dir).context("writing the API token")?;
-    let store = Arc::new(SqliteStore::open(&data_dir.join("herd.db")).context("opening the store")?);
-    let sealer = Arc::new(herd_store::seal::Sealer::load_or_create(&data_dir.join("secret.key"))?);
+    let db_path = data_dir.join("herd.db");
+    let store = Arc::new(SqliteStore::open(&db_path).context("opening the store")?);
+    // A store that already records instances but has no cluster id yet is an upgrade: its
+    // instances were started with the data-dir tag, which the cluster keeps.
+    let legacy_tag = (!data_dir.join(crate::cluster::CLUSTER_ID_FILE).exists()
+        && !herd_store::Store::list(&*store, herd_store::Kind::Instance, "")?.is_empty())
+    .then(|| format!("herd:{}", data_dir.display()));
+    let cluster = crate::cluster::load_or_create(&data_dir, legacy_tag)?;
+    let (cluster_id, new_cluster) = (cluster.id.clone(), cluster.created);
+    let seal_key = opts
+        .seal_key_file
+        .clone()
+        .or_else(|| cfg.secrets.seal_key_file.clone())
+        .unwrap_or_else(|| data_dir.join("secret.key"));
+    let sealer = Arc::new(load_sealer(&*store, &seal_key)?);
+    let metrics_token = match &cfg.metrics.token_file {
+        Some(p) => Some(Arc::<str>::from(
+            herd_api::auth::read_token_file(p).map_err(|e| anyhow::anyhow!("config: metrics.token_file: {e}"))?,
+        )),
+        None => None,
+    };
 
     let mut skus = SkuTable::default();
     for (name, size) in cfg.skus {
@@ -348,8 +405,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             }))
         }
         DriverKind::Qemu => {
-            let mut qc =
-                herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), format!("herd:{}", data_dir.display()));
+            let mut qc = herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), cluster.tag.clone());
             if let Some(b) = &cfg.qemu.binary {
                 qc.qemu = b.clone();
             }
@@ -392,14 +448,26 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             Arc::new(d)
         }
         DriverKind::Process => {
-            let tag = format!("herd:{}", data_dir.display());
-            Arc::new(
-                herd_driver_process::ProcessDriver::new(data_dir.join("instances"), tag)
-                    .map_err(|e| anyhow::anyhow!("process driver: {e}"))?
-                    .with_launcher(std::env::current_exe()?),
-            )
+            let d = herd_driver_process::ProcessDriver::new(data_dir.join("instances"), cluster.tag.clone())
+                .map_err(|e| anyhow::anyhow!("process driver: {e}"))?
+                .with_launcher(std::env::current_exe()?);
+            if new_cluster {
+                // First start with cluster ids on a data dir that has a store: the instances
+                // the store records are this cluster's.
+                let mut claimed = 0;
+                for o in herd_store::Store::list(&*store, herd_store::Kind::Instance, "")? {
+                    if let Some(k) = InstanceKey::parse_path(&o.key) {
+                        claimed += usize::from(d.claim_unstamped(&k).map_err(|e| anyhow::anyhow!("{e}"))?);
+                    }
+                }
+                if claimed > 0 {
+                    tracing::info!(claimed, cluster_id = %cluster_id, "recorded instances stamped with the new cluster id");
+                }
+            }
+            Arc::new(d)
         }
     };
+    crate::cluster::check_orphans_at_start(&*store, &*driver, opts.orphans, &cluster_id, &db_path).await?;
     let defaults = Limits::default();
     let limits = Limits {
         max_in_flight_percent: cfg.provisioning.max_in_flight_percent.unwrap_or(defaults.max_in_flight_percent),
@@ -461,7 +529,16 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         (Some(false), _) | (None, DriverKind::Sim) => None,
         _ => Some(cfg.metadata.port.unwrap_or(herd_metadata::DEFAULT_PORT)),
     };
+    let orphan_defaults = herd_reconciler::orphans::OrphanPolicy::default();
+    let orphans = herd_reconciler::orphans::OrphanPolicy {
+        grace: cfg
+            .reconciler
+            .orphan_grace_secs
+            .map_or(orphan_defaults.grace, |s| chrono::Duration::seconds(s.min(30 * 86_400) as i64)),
+        max_per_hour: cfg.reconciler.orphan_max_per_hour.unwrap_or(orphan_defaults.max_per_hour),
+    };
     let rec_config = ReconcilerConfig {
+        orphans,
         address_block: block,
         hosts: hosts.clone(),
         spot_price,
@@ -536,12 +613,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
                 .map_err(anyhow::Error::msg)?,
                 max_upload_bytes: cfg.images.max_upload_gib.map_or(64 << 30, |g| g.saturating_mul(1 << 30)),
             },
+            cluster_id: cluster_id.clone(),
         }),
         sealer,
         health,
         lb: lb.clone(),
         driver,
         spot_priced,
+        metrics_token,
     };
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
@@ -609,10 +688,40 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     Ok(RunningServer { addr, token, shutdown: tx, tasks })
 }
 
+/// What `herd server --driver process` prints first: process instances isolate nothing yet.
+pub const PROCESS_DRIVER_WARNING: &str = "WARNING: process instances run as root on this host (as the user running herd) and isolate nothing yet: an instance's init and extension scripts can read and change anything on the host, including this server's data dir (API token, seal key, database). Run only images and scripts you trust with --driver process; use --driver qemu to isolate instances.";
+
+/// Opens the sealing key at `path`. A missing key is created only while nothing is sealed: with
+/// sealed data in the store, a missing or wrong key is an error, never a silent new key.
+fn load_sealer(store: &dyn herd_store::Store, path: &Path) -> Result<herd_store::seal::Sealer> {
+    let sealed = store.list(herd_store::Kind::Secret, "")?;
+    if !path.exists() && !sealed.is_empty() {
+        bail!(
+            "the seal key {} is missing, but the store holds {} sealed secret(s) made with it; restore the key file (or pass --seal-key-file with its location). herd will not create a new key, which would make them unreadable",
+            path.display(),
+            sealed.len()
+        );
+    }
+    let sealer = herd_store::seal::Sealer::load_or_create(path).map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making the seal key {} private", path.display()))?;
+    if !sealed.is_empty() && !sealed.iter().any(|o| sealer.open::<serde_json::Value>(&o.value).is_ok()) {
+        bail!(
+            "the seal key {} does not open any of the {} sealed secret(s) in the store: it is not the key they were sealed with (wrong --seal-key-file?)",
+            path.display(),
+            sealed.len()
+        );
+    }
+    Ok(sealer)
+}
+
 /// Runs `herd server` in the foreground until Ctrl-C or SIGTERM.
 pub async fn run(opts: ServerOptions) -> Result<()> {
     let data_dir = opts.data_dir.clone();
     let driver = opts.driver;
+    if driver == DriverKind::Process {
+        eprintln!("{PROCESS_DRIVER_WARNING}");
+    }
     let mut server = start(opts).await?;
     eprintln!(
         "herd server listening on {} (driver {:?}, data dir {}, API token in {})",

@@ -156,7 +156,7 @@ fn exe() -> PathBuf {
 fn leftover_pids(data: &Path) -> Vec<u32> {
     let Ok(dir) = data.canonicalize() else { return vec![] };
     let vms = dir.join("vms").display().to_string();
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
+    let tag = format!("HERD_DRIVER_TAG={}", crate::cluster::tag_of(&dir).unwrap_or_default());
     let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
     entries
         .flatten()

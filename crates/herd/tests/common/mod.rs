@@ -22,6 +22,8 @@ pub struct Server {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// `HERD_LOG` (an env filter) for the server (default: the server's own default).
     pub rust_log: Option<String>,
+    /// Extra `herd server` arguments (such as `--keep-orphans`), used from the next (re)start.
+    pub extra_args: Vec<String>,
 }
 
 impl Server {
@@ -51,6 +53,7 @@ impl Server {
             netns,
             log: Default::default(),
             rust_log: None,
+            extra_args: vec![],
         };
         s.spawn();
         s
@@ -90,6 +93,7 @@ impl Server {
         if let Some(l) = &self.rust_log {
             cmd.env("HERD_LOG", l);
         }
+        cmd.args(&self.extra_args);
         let log = self.log.clone();
         let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn herd server");
         let stderr = child.stderr.take().unwrap();
@@ -168,6 +172,26 @@ impl Server {
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("api-token")).unwrap().trim().to_string()
     }
+
+    /// `GET /metrics` with the API token (it needs one); the body, or "" on any failure.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let Ok(mut c) = std::net::TcpStream::connect(&addr) else { return String::new() };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let req = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.token()
+        );
+        let mut out = String::new();
+        if c.write_all(req.as_bytes()).is_err()
+            || c.read_to_string(&mut out).is_err()
+            || !out.starts_with("HTTP/1.1 200")
+        {
+            return String::new();
+        }
+        out.split_once("\r\n\r\n").map_or(String::new(), |x| x.1.to_string())
+    }
 }
 
 /// The address block (`[network] host_local_block`) of the next server this test binary
@@ -219,8 +243,9 @@ impl TaggedProcess {
 
 /// Every process whose environment carries the process-driver tag of `data_dir`.
 pub fn tagged_processes(data_dir: &Path) -> Vec<TaggedProcess> {
-    let Ok(dir) = data_dir.canonicalize() else { return vec![] };
-    let tag = format!("HERD_DRIVER_TAG=herd:{}", dir.display());
+    // The server tags its instances with its cluster id (the data dir's `cluster-id` file).
+    let Ok(id) = std::fs::read_to_string(data_dir.join("cluster-id")) else { return vec![] };
+    let tag = format!("HERD_DRIVER_TAG=herd:{}", id.trim());
     let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
     entries
         .flatten()

@@ -1,0 +1,99 @@
+//! `herd store check` and `herd server status`: the store's health, for the operator.
+//!
+//! Why offline too: the moment a store is in doubt is often the moment its server does not
+//! start (or should not), so `herd store check --data-dir DIR` opens the database read-only
+//! and runs the same check as the API's `GET /v1/store/check`, without a server.
+
+use crate::output::{Columns, Format};
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// Verify that every stored record decodes and run SQLite's `PRAGMA integrity_check`.
+    /// Exits non-zero when anything is wrong. Records that fail are named with their key (a
+    /// running server quarantines them: see `herd server status`).
+    Check {
+        /// Check the database in this data dir directly (read-only; the server may be stopped)
+        /// instead of asking the server.
+        #[arg(long = "data-dir")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+const PROBLEM_TABLE: Columns<'static> = &[("Kind", "kind"), ("Key", "key"), ("Reason", "reason")];
+const UNMANAGED_TABLE: Columns<'static> = &[("Instance", "key"), ("Since", "since")];
+
+/// `herd store check --data-dir DIR`.
+pub fn check_offline(dir: &Path, format: Format) -> Result<()> {
+    let db = dir.join("herd.db");
+    let store = herd_store::SqliteStore::open_read_only(&db).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report =
+        herd_api::store_status::check(&store).map_err(|e| anyhow::anyhow!("checking {}: {e}", db.display()))?;
+    print_check(&serde_json::to_value(report)?, format, &|v, t| {
+        print!("{}", crate::output::render(v, format, None, t)?);
+        Ok(())
+    })
+}
+
+/// Prints a store check; an error (non-zero exit) when it found problems.
+pub fn print_check(v: &Value, format: Format, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>) -> Result<()> {
+    if matches!(format, Format::Json | Format::Jsonc) {
+        print(v, None)?;
+    } else {
+        println!("Records checked: {}", v["records"]);
+        let integrity = v["integrity"].as_array().cloned().unwrap_or_default();
+        if integrity.is_empty() {
+            println!("SQLite integrity_check: ok");
+        } else {
+            println!("SQLite integrity_check found {} problem(s):", integrity.len());
+            for l in &integrity {
+                println!("  {}", l.as_str().unwrap_or_default());
+            }
+        }
+        let bad = v["undecodable"].as_array().cloned().unwrap_or_default();
+        if bad.is_empty() {
+            println!("Every record decodes.");
+        } else {
+            println!("{} record(s) cannot be decoded:", bad.len());
+            print(&v["undecodable"], Some(PROBLEM_TABLE))?;
+        }
+    }
+    if v["ok"] != Value::Bool(true) {
+        bail!("the store check found problems");
+    }
+    Ok(())
+}
+
+/// Prints `herd server status`.
+pub fn print_status(
+    v: &Value,
+    format: Format,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+) -> Result<()> {
+    if matches!(format, Format::Json | Format::Jsonc) {
+        return print(v, None);
+    }
+    println!("Cluster id: {}", v["clusterId"].as_str().unwrap_or_default());
+    println!("Driver: {}", v["driver"].as_str().unwrap_or_default());
+    let q = v["quarantined"].as_array().cloned().unwrap_or_default();
+    if q.is_empty() {
+        println!("Quarantined records: none");
+    } else {
+        println!(
+            "Quarantined records ({}): cannot be decoded; their scale sets are Failed and not reconciled",
+            q.len()
+        );
+        print(&v["quarantined"], Some(PROBLEM_TABLE))?;
+    }
+    let u = v["unmanagedInstances"].as_array().cloned().unwrap_or_default();
+    if u.is_empty() {
+        println!("Unmanaged instances: none");
+    } else {
+        println!("Unmanaged instances ({}): running without a record, never destroyed by herd", u.len());
+        print(&v["unmanagedInstances"], Some(UNMANAGED_TABLE))?;
+    }
+    Ok(())
+}
