@@ -127,7 +127,7 @@ async fn stage(req: &ImageImportRequest, dest: &FsPath) -> Result<(ImageSource, 
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(format!("copying the image into the gallery failed: {e}")))
+            .map_err(|e| ApiError::io("copying the image into the gallery failed", &e))
     };
     if let Some(d) = &req.directory {
         let src = source_path("directory", d, true)?;

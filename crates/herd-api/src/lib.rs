@@ -15,6 +15,7 @@ pub mod cost;
 pub mod error;
 mod extensions;
 mod groups;
+pub mod guard;
 pub mod hosts;
 mod images;
 mod instances;
@@ -124,5 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(network::metrics))
         .merge(api)
+        .fallback(guard::not_found)
+        .layer(middleware::from_fn(guard::guard))
         .with_state(state)
 }

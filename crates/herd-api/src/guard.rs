@@ -1,0 +1,273 @@
+//! Request guards that run before routing, and the JSON error body for answers axum makes itself.
+//!
+//! Why: a request must never take the server down, and every failure must carry the documented
+//! error body. serde_json stops at 128 levels, but much of what follows (typed
+//! deserialisation from a `Value`, patching, cloning, dropping) recurses without a limit, so a
+//! JSON body is checked for nesting depth here, by a flat scan, before anything parses it. The
+//! same layer answers over-long URIs with 414, and rewrites the plain-text or empty bodies of
+//! axum's own rejections (malformed JSON, a missing content type, a body over the limit, an
+//! unknown route or method) into the `{"error": {...}}` body every handler uses.
+
+use crate::error::{ErrorBody, ErrorDetail};
+use axum::{
+    body::{Body, Bytes},
+    extract::Request,
+    http::{header, HeaderValue, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    Json,
+};
+
+/// The deepest JSON nesting a request body may have (objects and lists).
+pub const MAX_JSON_DEPTH: usize = 64;
+/// The largest JSON request body, in bytes (axum's default limit, stated once here).
+pub const MAX_JSON_BODY: usize = 2 << 20;
+/// The longest path and query a request may have, in bytes.
+pub const MAX_URI_LEN: usize = 8 << 10;
+
+fn error(status: StatusCode, code: &str, message: String, target: Option<String>) -> Response {
+    (status, Json(ErrorBody { error: ErrorDetail { code: code.into(), message, target } })).into_response()
+}
+
+fn is_json(ct: Option<&HeaderValue>) -> bool {
+    ct.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    })
+}
+
+/// Where a body nests deeper than `max`: the path to the first container past the limit,
+/// shortened to its first segments. A flat scan: it never recurses, whatever the input.
+pub fn too_deep(body: &[u8], max: usize) -> Option<String> {
+    enum Seg {
+        Key(String),
+        Index(usize),
+    }
+    let mut stack: Vec<Seg> = Vec::new();
+    let mut pending_key: Option<String> = None;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < body.len() && body[i] != b'"' {
+                    if body[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                // A string directly inside an object, before ':', is a key.
+                if matches!(stack.last(), Some(Seg::Key(_))) {
+                    let mut j = i + 1;
+                    while j < body.len() && body[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if j < body.len() && body[j] == b':' {
+                        let end = i.min(body.len());
+                        pending_key = Some(String::from_utf8_lossy(&body[start..end]).into_owned());
+                    }
+                }
+            }
+            open @ (b'{' | b'[') => {
+                // An object parent records the key this container sits under.
+                if let Some(Seg::Key(k)) = stack.last_mut() {
+                    *k = pending_key.take().unwrap_or_default();
+                }
+                if stack.len() >= max {
+                    let mut shown = String::new();
+                    for seg in stack.iter().take(8) {
+                        match seg {
+                            Seg::Key(k) if k.is_empty() => {}
+                            Seg::Key(k) => {
+                                if !shown.is_empty() {
+                                    shown.push('.');
+                                }
+                                shown.push_str(k);
+                            }
+                            Seg::Index(n) => shown.push_str(&format!("[{n}]")),
+                        }
+                    }
+                    if stack.len() > 8 {
+                        shown.push_str("...");
+                    }
+                    return Some(shown);
+                }
+                stack.push(if open == b'{' { Seg::Key(String::new()) } else { Seg::Index(0) });
+            }
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => {
+                if let Some(Seg::Index(n)) = stack.last_mut() {
+                    *n += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Checks URI length and JSON nesting before routing; gives axum's own error answers the JSON body.
+pub async fn guard(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI_LEN {
+        return error(
+            StatusCode::URI_TOO_LONG,
+            "UriTooLong",
+            format!("the request path and query are {uri_len} bytes; the limit is {MAX_URI_LEN}"),
+            None,
+        );
+    }
+    let req = if is_json(req.headers().get(header::CONTENT_TYPE)) {
+        let (parts, body) = req.into_parts();
+        let bytes: Bytes = match axum::body::to_bytes(body, MAX_JSON_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                let mut r = error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    format!("the request body is larger than {MAX_JSON_BODY} bytes"),
+                    None,
+                );
+                // The rest of the body is not read: the connection cannot carry another request.
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+        };
+        if let Some(at) = too_deep(&bytes, MAX_JSON_DEPTH) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                format!("the JSON body nests deeper than {MAX_JSON_DEPTH} levels (at '{at}'); the limit is {MAX_JSON_DEPTH}"),
+                Some(at),
+            );
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        req
+    };
+    let resp = next.run(req).await;
+    rewrite_error(resp, &method, &path).await
+}
+
+/// The answer for a path no route matches.
+pub async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    error(StatusCode::NOT_FOUND, "NotFound", format!("no such resource: {method} {}", uri.path()), None)
+}
+
+/// Gives an error answer that is not JSON (axum's rejections, the fallback's 404, a 405) the
+/// documented body. A JSON body that fails to parse or fit the type is a 400, as in Azure.
+async fn rewrite_error(resp: Response, method: &Method, path: &str) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    if resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+    {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let text = match axum::body::to_bytes(resp.into_body(), 64 << 10).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let (status, code, message, target) = match status {
+        StatusCode::NOT_FOUND => (
+            status,
+            "NotFound",
+            if text.is_empty() { format!("no such resource: {method} {path}") } else { text },
+            None,
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = allow.as_ref().and_then(|a| a.to_str().ok()).unwrap_or("").to_string();
+            (status, "MethodNotAllowed", format!("{method} is not allowed on {path}; allowed: {allowed}"), None)
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            (status, "RequestEntityTooLarge", format!("the request body is larger than {MAX_JSON_BODY} bytes"), None)
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            status,
+            "UnsupportedMediaType",
+            "send the body as JSON with 'Content-Type: application/json'".to_string(),
+            None,
+        ),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            let (message, target) = rejection_message(&text);
+            (StatusCode::BAD_REQUEST, "InvalidRequestContent", message, target)
+        }
+        _ => {
+            let code = status.canonical_reason().unwrap_or("Error").replace(' ', "");
+            let message = if text.is_empty() { status.to_string() } else { text };
+            (status, leak(code), message, None)
+        }
+    };
+    let mut out = error(status, code, message, target);
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
+}
+
+fn leak(code: String) -> &'static str {
+    match code.as_str() {
+        "Forbidden" => "Forbidden",
+        "Conflict" => "Conflict",
+        "PreconditionFailed" => "PreconditionFailed",
+        "TooManyRequests" => "TooManyRequests",
+        "RequestHeaderFieldsTooLarge" => "RequestHeaderFieldsTooLarge",
+        _ => "Error",
+    }
+}
+
+/// axum's rejection text, e.g. `Failed to deserialize the JSON body into the target type:
+/// operations[0]: missing field `path` at line 1 column 30`: the message, and the field path.
+fn rejection_message(text: &str) -> (String, Option<String>) {
+    if let Some(rest) = text.strip_prefix("Failed to deserialize the JSON body into the target type: ") {
+        if let Some((path, why)) = rest.split_once(": ") {
+            if !path.contains(' ') && path != "." {
+                return (format!("{path}: {why}"), Some(path.to_string()));
+            }
+        }
+        return (rest.to_string(), None);
+    }
+    if let Some(rest) = text.strip_prefix("Failed to parse the JSON body: ") {
+        return (format!("the body is not valid JSON: {rest}"), None);
+    }
+    if text.is_empty() {
+        return ("bad request".into(), None);
+    }
+    (text.to_string(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_is_measured_flat() {
+        assert_eq!(too_deep(br#"{"a": [1, {"b": 2}]}"#, 3), None);
+        assert_eq!(too_deep(br#"{"a": [1, {"b": [2]}]}"#, 3).as_deref(), Some("a[1].b"));
+        assert_eq!(too_deep(br#"{"a": "[[[[[[[[[[["}"#, 2), None, "brackets in strings do not count");
+        assert_eq!(too_deep(br#"{"a\"{": {"b": 1}}"#, 2), None, "escaped quotes do not end a string");
+        let deep = "[".repeat(100_000);
+        assert!(too_deep(deep.as_bytes(), MAX_JSON_DEPTH).is_some());
+    }
+
+    #[test]
+    fn rejection_text_names_the_field() {
+        let (m, t) = rejection_message(
+            "Failed to deserialize the JSON body into the target type: operations[0]: missing field `path` at line 1 column 30",
+        );
+        assert_eq!(t.as_deref(), Some("operations[0]"));
+        assert!(m.contains("missing field"));
+    }
+}
