@@ -145,6 +145,7 @@ pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) ->
 
 /// Query of the activity log.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityQuery {
     /// Only events of this resource (a scale set name).

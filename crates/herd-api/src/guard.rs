@@ -123,6 +123,9 @@ pub async fn guard(req: Request, next: Next) -> Response {
             None,
         );
     }
+    if let Some(e) = check_path_names(&path) {
+        return crate::ApiError::Invalid(e).into_response();
+    }
     let req = if is_json(req.headers().get(header::CONTENT_TYPE)) {
         let (parts, body) = req.into_parts();
         let bytes: Bytes = match axum::body::to_bytes(body, MAX_JSON_BODY).await {
@@ -153,6 +156,47 @@ pub async fn guard(req: Request, next: Next) -> Response {
     };
     let resp = next.run(req).await;
     rewrite_error(resp, &method, &path).await
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The resource group and scale set names in a path, checked once for every route (so a list
+/// under an invalid group name is a 400 naming it, not an empty list).
+fn check_path_names(path: &str) -> Option<herd_model::FieldError> {
+    let segs: Vec<&str> = path.split('/').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        let Some(next) = segs.get(i + 1) else { break };
+        let value = percent_decode(next);
+        let checked = match *seg {
+            "resourceGroups" if i == 2 && segs[1] == "v1" => herd_model::GroupName::new(value).err(),
+            "virtualMachineScaleSets" if i == 4 => herd_model::ScaleSetName::new(value).err(),
+            _ => None,
+        };
+        if let Some(mut e) = checked {
+            if *seg == "resourceGroups" {
+                e.field = "resourceGroup".into();
+            }
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// The answer for a path no route matches.

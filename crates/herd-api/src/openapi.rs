@@ -138,7 +138,7 @@ impl utoipa::Modify for CommonAnswers {
                 add("400", "Bad input: the body, a name or a parameter; `target` names the field");
                 add("404", "The resource (or its group) does not exist");
                 add("414", "The request path and query are too long");
-                if op.request_body.is_some() {
+                if op.request_body.is_some() || writes {
                     add("413", "The body is larger than the limit");
                     add("415", "The body is not sent as application/json");
                 }
@@ -147,6 +147,11 @@ impl utoipa::Modify for CommonAnswers {
                 }
                 for p in op.parameters.iter_mut().flatten() {
                     if !matches!(p.parameter_in, ParameterIn::Path) {
+                        if p.name == "group" {
+                            let mut o = utoipa::openapi::schema::Object::with_type(SchemaType::Type(Type::String));
+                            o.pattern = Some(GROUP_PATTERN.to_string());
+                            p.schema = Some(Schema::Object(o).into());
+                        }
                         continue;
                     }
                     let pattern = match p.name.as_str() {

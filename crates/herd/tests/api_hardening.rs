@@ -285,3 +285,58 @@ fn cli_names_a_dot_dot_name_instead_of_printing_null() {
         assert!(err.contains("not a valid name"), "{err}");
     }
 }
+
+/// A real full disk: the server's data dir on a 4 MiB tmpfs in a private mount namespace.
+/// Writes that no longer fit answer 507 naming the cause, and the server stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_answers_507_and_the_server_stays_up() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=4m tmpfs {m} && exec {herd} server --listen 127.0.0.1:0 --driver sim --data-dir {m}/data",
+        m = mnt.display(),
+        herd = HERD
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) is needed for this test");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).expect("the server on the small disk announced its address");
+    // The token lives inside the private mount: read it through the server's own root.
+    let token_path = format!("/proc/{pid}/root{}/data/api-token", mnt.display());
+    let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
+    let api = Api { http: reqwest::Client::new(), base: url, token };
+    let mut full = None;
+    for i in 0..200 {
+        let tags: serde_json::Map<String, Value> =
+            (0..200).map(|k| (format!("t{i}k{k}"), Value::String("x".repeat(1000)))).collect();
+        let (st, v) = api.json(Method::PUT, &format!("/v1/resourceGroups/fill{i}"), &json!({"tags": tags})).await;
+        if st == 507 {
+            full = Some(v);
+            break;
+        }
+        assert!(st.is_success(), "before the disk fills, writes succeed: {st} {v}");
+    }
+    let v = full.expect("the 4 MiB disk filled up and a write answered 507");
+    assert_eq!(v["error"]["code"], "InsufficientStorage", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("disk is full"), "{v}");
+    api.alive("a full disk").await;
+    let (st, _) = api.json(Method::GET, "/v1/resourceGroups", &Value::Null).await;
+    assert_eq!(st, 200, "reads still work on a full disk");
+    let _ = child.kill();
+    let _ = child.wait();
+}
