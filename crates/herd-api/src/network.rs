@@ -246,23 +246,26 @@ pub async fn subnet_put(
     Path((group, vnet, name)): Path<(String, String, String)>,
     Json(mut body): Json<Value>,
 ) -> Result<Json<Subnet>, ApiError> {
-    let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
     if let Some(o) = body.as_object_mut() {
         o.insert("name".into(), Value::String(name.clone()));
     }
-    let sub: Subnet = parse(body)?;
-    let mut v = cur.value.clone();
-    v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
-    v.subnets.push(sub);
-    v.normalize(&group, &vnet).map_err(|mut e| {
-        if e.field.starts_with("subnets[") {
-            e.field = e.field.split_once('.').map_or("addressPrefix".into(), |(_, f)| f.to_string());
-        }
-        ApiError::Invalid(e)
-    })?;
-    save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' written"))?;
-    let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
-    Ok(Json(out))
+    // Subnets share their vnet's revision: a concurrent write to a sibling is re-applied.
+    views::retry(&HeaderMap::new(), || {
+        let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
+        let sub: Subnet = parse(body.clone())?;
+        let mut v = cur.value.clone();
+        v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
+        v.subnets.push(sub);
+        v.normalize(&group, &vnet).map_err(|mut e| {
+            if e.field.starts_with("subnets[") {
+                e.field = e.field.split_once('.').map_or("addressPrefix".into(), |(_, f)| f.to_string());
+            }
+            ApiError::Invalid(e)
+        })?;
+        save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' written"))?;
+        let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
+        Ok(Json(out))
+    })
 }
 
 /// Deletes a subnet, unless a scale set uses it.
@@ -503,20 +506,25 @@ pub async fn lb_child_put(
     Json(mut body): Json<Value>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
     let coll = collection(&coll)?;
-    let cur = load::<LoadBalancer>(&s, &group, &name)?;
     if let Some(o) = body.as_object_mut() {
         o.insert("name".into(), Value::String(child.clone()));
     }
-    let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
-    list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
-    list.push(body);
-    let mut lb: LoadBalancer = parse(doc)?;
-    lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-    check_ports_free(&s, &lb)?;
-    save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' written"))?;
-    s.wake();
-    Ok(Json(lb))
+    // Children share their load balancer's revision: a concurrent write to a sibling is
+    // re-applied to a fresh read rather than answered 409.
+    views::retry(&HeaderMap::new(), || {
+        let body = body.clone();
+        let cur = load::<LoadBalancer>(&s, &group, &name)?;
+        let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
+        list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
+        list.push(body);
+        let mut lb: LoadBalancer = parse(doc)?;
+        lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+        check_ports_free(&s, &lb)?;
+        save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' written"))?;
+        s.wake();
+        Ok(Json(lb))
+    })
 }
 
 /// Deletes one sub-resource; refused while another sub-resource refers to it.

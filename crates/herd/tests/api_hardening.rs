@@ -263,6 +263,22 @@ async fn concurrent_writes_without_if_match_all_apply() {
         .await
         .unwrap();
     assert_eq!(r.status(), 412);
+    // Subnets share their vnet's revision: 20 created at once all land.
+    s.ok(&["network", "vnet", "create", "-g", "g", "-n", "v", "--address-prefix", "10.0.0.0/16"]);
+    let mut tasks = vec![];
+    for i in 0..20 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"addressPrefix": format!("10.0.{i}.0/24")});
+            api.json(Method::PUT, &format!("/v1/resourceGroups/g/virtualNetworks/v/subnets/s{i}"), &body).await
+        }));
+    }
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+    }
+    let (_, v) = api.json(Method::GET, "/v1/resourceGroups/g/virtualNetworks/v", &Value::Null).await;
+    assert_eq!(v["subnets"].as_array().unwrap().len(), 20, "{v}");
     // Concurrent instance actions without If-Match apply too.
     let mut tasks = vec![];
     for i in 0..20 {
