@@ -188,23 +188,25 @@ pub async fn vnet_put(
 ) -> Result<Json<VirtualNetwork>, ApiError> {
     views::load_group(&s, &group)?;
     views::check_child_name("name", &name)?;
-    let existing = s.store.get_as::<VirtualNetwork>(Kind::VirtualNetwork, &key(&group, &name))?;
-    let expect = expect_for(&headers, &existing, &name, "virtual network")?;
-    let mut v: VirtualNetwork = parse(body)?;
-    v.normalize(&group, &name)?;
-    check_vnet_overlaps(&s, &group, &name, &v)?;
-    save(
-        &s,
-        &group,
-        &name,
-        &v,
-        expect,
-        format!(
-            "virtual network {}",
-            v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-        ),
-    )?;
-    Ok(Json(v))
+    views::retry(&headers, || {
+        let existing = s.store.get_as::<VirtualNetwork>(Kind::VirtualNetwork, &key(&group, &name))?;
+        let expect = expect_for(&headers, &existing, &name, "virtual network")?;
+        let mut v: VirtualNetwork = parse(body.clone())?;
+        v.normalize(&group, &name)?;
+        check_vnet_overlaps(&s, &group, &name, &v)?;
+        save(
+            &s,
+            &group,
+            &name,
+            &v,
+            expect,
+            format!(
+                "virtual network {}",
+                v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        )?;
+        Ok(Json(v))
+    })
 }
 
 /// Vnets of one group must not overlap each other (they could not be bridged together).
@@ -334,46 +336,48 @@ pub async fn pip_put(
 ) -> Result<Json<PublicIpAddress>, ApiError> {
     views::load_group(&s, &group)?;
     views::check_child_name("name", &name)?;
-    let existing = s.store.get_as::<PublicIpAddress>(Kind::PublicIp, &key(&group, &name))?;
-    let expect = expect_for(&headers, &existing, &name, "public IP address")?;
-    let mut p: PublicIpAddress = parse(body)?;
-    p.id = network_id(&group, "publicIPAddresses", &name);
-    p.name = name.clone();
-    p.resource_group = group.clone();
-    p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
-    let used: Vec<String> = s
-        .store
-        .list_as::<PublicIpAddress>(Kind::PublicIp, "")?
-        .into_iter()
-        .filter(|o| o.key != key(&group, &name))
-        .filter_map(|o| o.value.ip_address)
-        .collect();
-    let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
-        Some(a) => {
-            let ip: Ipv4Addr =
-                a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
-            let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
-            if !ip.is_loopback() && !allow {
-                return Err(ApiError::invalid(
+    views::retry(&headers, || {
+        let existing = s.store.get_as::<PublicIpAddress>(Kind::PublicIp, &key(&group, &name))?;
+        let expect = expect_for(&headers, &existing, &name, "public IP address")?;
+        let mut p: PublicIpAddress = parse(body.clone())?;
+        p.id = network_id(&group, "publicIPAddresses", &name);
+        p.name = name.clone();
+        p.resource_group = group.clone();
+        p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
+        let used: Vec<String> = s
+            .store
+            .list_as::<PublicIpAddress>(Kind::PublicIp, "")?
+            .into_iter()
+            .filter(|o| o.key != key(&group, &name))
+            .filter_map(|o| o.value.ip_address)
+            .collect();
+        let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
+            Some(a) => {
+                let ip: Ipv4Addr =
+                    a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
+                let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
+                if !ip.is_loopback() && !allow {
+                    return Err(ApiError::invalid(
                     "ipAddress",
                     format!("{ip} is not a loopback address; binding a host address must be asked for explicitly (--allow-non-loopback)"),
                 ));
+                }
+                if used.contains(&ip.to_string()) {
+                    return Err(ApiError::invalid(
+                        "ipAddress",
+                        format!("{ip} is already used by another public IP address"),
+                    ));
+                }
+                ip
             }
-            if used.contains(&ip.to_string()) {
-                return Err(ApiError::invalid(
-                    "ipAddress",
-                    format!("{ip} is already used by another public IP address"),
-                ));
-            }
-            ip
-        }
-        None => public_ip_candidates(s.config.public_ip_block)
-            .find(|c| !used.contains(&c.to_string()))
-            .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
-    };
-    p.ip_address = Some(addr.to_string());
-    save(&s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
-    Ok(Json(p))
+            None => public_ip_candidates(s.config.public_ip_block)
+                .find(|c| !used.contains(&c.to_string()))
+                .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
+        };
+        p.ip_address = Some(addr.to_string());
+        save(&s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
+        Ok(Json(p))
+    })
 }
 
 /// Deletes a public IP address, unless a load balancer uses it.
@@ -467,14 +471,16 @@ pub async fn lb_put(
 ) -> Result<Json<LoadBalancer>, ApiError> {
     views::load_group(&s, &group)?;
     views::check_child_name("name", &name)?;
-    let existing = s.store.get_as::<LoadBalancer>(Kind::LoadBalancer, &key(&group, &name))?;
-    let expect = expect_for(&headers, &existing, &name, "load balancer")?;
-    let mut lb: LoadBalancer = parse(body)?;
-    lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-    check_ports_free(&s, &lb)?;
-    save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
-    s.wake();
-    Ok(Json(lb))
+    views::retry(&headers, || {
+        let existing = s.store.get_as::<LoadBalancer>(Kind::LoadBalancer, &key(&group, &name))?;
+        let expect = expect_for(&headers, &existing, &name, "load balancer")?;
+        let mut lb: LoadBalancer = parse(body.clone())?;
+        lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+        check_ports_free(&s, &lb)?;
+        save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
+        s.wake();
+        Ok(Json(lb))
+    })
 }
 
 /// Deletes a load balancer, unless a scale set uses it.
