@@ -292,6 +292,133 @@ fn rejection_message(text: &str) -> (String, Option<String>) {
     (text.to_string(), None)
 }
 
+/// A listener whose connections answer hyper's own protocol errors with the JSON error body.
+///
+/// hyper answers a request line over 64 KiB (414), a head over its buffer (431) or an
+/// unparsable request (400) itself, with an empty body, before any middleware runs. Those are
+/// the only responses with an error status and `content-length: 0` (every handler and the
+/// guard above send a JSON body), so the connection rewrites exactly those as they are written.
+pub struct JsonErrorListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for JsonErrorListener {
+    type Io = JsonErrorIo<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        (JsonErrorIo { inner: io, pending: Vec::new(), sent: 0 }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection that replaces hyper's empty error answers (see [`JsonErrorListener`]).
+pub struct JsonErrorIo<T> {
+    inner: T,
+    /// A replacement answer still to be written, and how much of it is.
+    pending: Vec<u8>,
+    sent: usize,
+}
+
+/// The JSON answer for hyper's empty error response in `head`, if it is one.
+fn replace_protocol_error(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let rest = text.strip_prefix("HTTP/1.1 ")?;
+    let code: u16 = rest.get(..3)?.parse().ok()?;
+    let lower = text.to_ascii_lowercase();
+    if code < 400 || !lower.contains("\r\ncontent-length: 0\r\n") || lower.contains("\r\ncontent-type:") {
+        return None;
+    }
+    let (code_name, message) = match code {
+        414 => ("UriTooLong", "the request line is longer than the server reads (64 KiB)".to_string()),
+        431 => ("RequestHeaderFieldsTooLarge", "the request head is larger than the server reads".to_string()),
+        400 => ("BadRequest", "the request is not valid HTTP/1.1".to_string()),
+        other => ("Error", format!("the request could not be read ({other})")),
+    };
+    let body =
+        serde_json::to_string(&ErrorBody { error: ErrorDetail { code: code_name.into(), message, target: None } })
+            .ok()?;
+    let reason = StatusCode::from_u16(code).ok()?.canonical_reason().unwrap_or("Error");
+    Some(
+        format!(
+            "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> JsonErrorIo<T> {
+    fn poll_pending(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while self.sent < self.pending.len() {
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonErrorIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonErrorIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match self.poll_pending(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        // Only hyper's own error answers are a whole head starting a write.
+        if let Some(rep) = replace_protocol_error(buf) {
+            self.pending = rep;
+            self.sent = 0;
+            return match self.poll_pending(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                // The rest is written by the next flush or shutdown.
+                _ => Poll::Ready(Ok(buf.len())),
+            };
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +431,18 @@ mod tests {
         assert_eq!(too_deep(br#"{"a\"{": {"b": 1}}"#, 2), None, "escaped quotes do not end a string");
         let deep = "[".repeat(100_000);
         assert!(too_deep(deep.as_bytes(), MAX_JSON_DEPTH).is_some());
+    }
+
+    #[test]
+    fn only_hypers_empty_error_answers_are_replaced() {
+        let hyper = b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let out = String::from_utf8(replace_protocol_error(hyper).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json"), "{out}");
+        assert!(out.ends_with("}}"), "{out}");
+        let ours = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
+        assert!(replace_protocol_error(ours).is_none());
+        assert!(replace_protocol_error(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(replace_protocol_error(b"{\"a\": 1}").is_none());
     }
 
     #[test]
