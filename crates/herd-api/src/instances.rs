@@ -209,7 +209,7 @@ pub struct BootLogQuery {
     pub tail_bytes: Option<usize>,
 }
 
-const ACTIONS: &[&str] = &[
+pub(crate) const ACTIONS: &[&str] = &[
     "start",
     "stop",
     "powerOff",

@@ -101,7 +101,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}",
             put(network::lb_child_put).delete(network::lb_child_delete),
         )
-        .route("/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}", get(network::pool_show))
+        .route(
+            "/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}",
+            get(network::pool_show).put(network::pool_put).delete(network::pool_delete),
+        )
         .route("/v1/resourceGroups/{group}/autoscaleSettings", get(autoscale::list))
         .route(
             "/v1/resourceGroups/{group}/autoscaleSettings/{name}",

@@ -533,6 +533,24 @@ pub async fn lb_child_put(
     })
 }
 
+/// `PUT .../backendAddressPools/{pool}`: the static segment routes here, not to
+/// [`lb_child_put`], so the pool route carries the child writes too.
+pub async fn pool_put(
+    s: State<AppState>,
+    Path((group, name, pool)): Path<(String, String, String)>,
+    body: Json<Value>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    lb_child_put(s, Path((group, name, "backendAddressPools".into(), pool)), body).await
+}
+
+/// `DELETE .../backendAddressPools/{pool}` (see [`pool_put`]).
+pub async fn pool_delete(
+    s: State<AppState>,
+    Path((group, name, pool)): Path<(String, String, String)>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    lb_child_delete(s, Path((group, name, "backendAddressPools".into(), pool))).await
+}
+
 /// Deletes one sub-resource; refused while another sub-resource refers to it.
 #[utoipa::path(delete, path = "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}", tag = "load balancers",
     params(("group" = String, Path), ("name" = String, Path), ("collection" = String, Path), ("child" = String, Path)),

@@ -161,6 +161,17 @@ impl utoipa::Modify for CommonAnswers {
                         "id" => Some(r"^[0-9]{1,19}$"),
                         _ => None,
                     };
+                    let choices: Option<&[&str]> = match p.name.as_str() {
+                        "action" if path.contains("rollingUpgrades") => Some(crate::rolling::ACTIONS),
+                        "action" => Some(crate::instances::ACTIONS),
+                        "collection" => Some(herd_model::network::LB_COLLECTIONS),
+                        _ => None,
+                    };
+                    if let Some(values) = choices {
+                        let mut o = utoipa::openapi::schema::Object::with_type(SchemaType::Type(Type::String));
+                        o.enum_values = Some(values.iter().map(|v| serde_json::Value::from(*v)).collect());
+                        p.schema = Some(Schema::Object(o).into());
+                    }
                     if let Some(pat) = pattern {
                         let mut o = utoipa::openapi::schema::Object::with_type(SchemaType::Type(Type::String));
                         o.pattern = Some(pat.to_string());

@@ -375,3 +375,22 @@ async fn a_full_disk_answers_507_and_the_server_stays_up() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `.../backendAddressPools/{pool}` had only GET: its static segment shadowed the generic
+/// child route, so PUT and DELETE of a pool answered 405 (found by schemathesis).
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_pools_can_be_written_through_their_own_path() {
+    let (_d, s) = setup();
+    let api = Api::new(&s);
+    s.ok(&["network", "lb", "create", "-g", "g", "-n", "lb1", "--public-ip-address", "lb1-ip"]);
+    let pool = "/v1/resourceGroups/g/loadBalancers/lb1/backendAddressPools/extra";
+    let (st, v) = api.json(Method::PUT, pool, &json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["backendAddressPools"].as_array().unwrap().iter().any(|p| p["name"] == "extra"), "{v}");
+    let (st, v) = api.json(Method::GET, pool, &Value::Null).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, text) = api.send(Method::DELETE, pool, None).await;
+    assert_eq!(st, 200, "{text}");
+    let (st, _) = api.json(Method::GET, pool, &Value::Null).await;
+    assert_eq!(st, 404);
+}

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SEED: &str = "20261206";
-const MAX_EXAMPLES: &str = "25";
+const MAX_EXAMPLES: &str = "60";
 const BUDGET: Duration = Duration::from_secs(300);
 
 fn schemathesis() -> PathBuf {
