@@ -153,27 +153,29 @@ pub async fn put(
         }
     }
     let k = key(&group, &name);
-    let existing = state.store.get_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &k)?;
-    let expect = match &existing {
-        Some(o) => {
-            views::check_if_match(&headers, o.revision)?;
-            Expect::Revision(o.revision)
-        }
-        None => Expect::Absent,
-    };
-    let verb = if existing.is_some() { "updated" } else { "created" };
-    let ev = views::user_event(
-        &state,
-        &group,
-        set.value.name.as_str(),
-        "WriteAutoscaleSetting",
-        format!("autoscale setting '{name}' {verb} ({} profile(s))", setting.profiles.len()),
-    );
-    let rev = state
-        .store
-        .txn(vec![WriteOp::put(Kind::AutoscaleSetting, k.clone(), &setting, expect)?, WriteOp::Activity(ev)])?;
-    let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((code, Json(view(&group, &Object { key: k, revision: rev, value: setting }))))
+    views::retry(&headers, || {
+        let existing = state.store.get_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &k)?;
+        let expect = match &existing {
+            Some(o) => {
+                views::check_if_match(&headers, o.revision)?;
+                Expect::Revision(o.revision)
+            }
+            None => Expect::Absent,
+        };
+        let verb = if existing.is_some() { "updated" } else { "created" };
+        let ev = views::user_event(
+            &state,
+            &group,
+            set.value.name.as_str(),
+            "WriteAutoscaleSetting",
+            format!("autoscale setting '{name}' {verb} ({} profile(s))", setting.profiles.len()),
+        );
+        let rev = state
+            .store
+            .txn(vec![WriteOp::put(Kind::AutoscaleSetting, k.clone(), &setting, expect)?, WriteOp::Activity(ev)])?;
+        let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+        Ok((code, Json(view(&group, &Object { key: k.clone(), revision: rev, value: setting.clone() }))))
+    })
 }
 
 /// Deletes an autoscale setting and its history.

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 /// Query of [`set_cost`].
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct SetCostQuery {
     /// The period: a duration back from now (`90m`, `24h`, `7d`) or an RFC 3339 time; it is
@@ -31,6 +32,7 @@ pub struct SetCostQuery {
 
 /// Query of [`total_cost`].
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct CostQuery {
     /// Only this resource group's scale sets.

@@ -20,7 +20,9 @@ pub struct ErrorBody {
 /// Code, message and, for bad input, the field path.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// `InvalidParameter`, `NotFound`, `Conflict`, `PreconditionFailed`, `Unauthorized`, `InternalError`.
+    /// `InvalidParameter`, `InvalidRequestContent`, `NotFound`, `MethodNotAllowed`, `Conflict`,
+    /// `PreconditionFailed`, `Unauthorized`, `RequestEntityTooLarge`, `UriTooLong`,
+    /// `UnsupportedMediaType`, `InsufficientStorage`, `InternalError`.
     pub code: String,
     pub message: String,
     /// The JSON path of the offending field, for `InvalidParameter`.
@@ -37,17 +39,32 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A compare-and-swap lost to a concurrent write: re-applied by [`crate::views::retry`].
+    #[error("{0}")]
+    Changed(String),
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("a valid API token is required (Authorization: Bearer <token>)")]
     Unauthorized,
     #[error("internal error")]
     Internal(String),
+    /// The data dir's disk is full: the cause is told, as it helps the operator and leaks nothing.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid(FieldError::new(field, message))
+    }
+
+    /// An I/O failure while writing under the data dir: 507 when the disk is full, else 500.
+    pub fn io(what: &str, e: &std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+            ApiError::InsufficientStorage(format!("the data dir's disk is full: {what}: {e}"))
+        } else {
+            ApiError::Internal(format!("{what}: {e}"))
+        }
     }
 }
 
@@ -60,9 +77,10 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { .. } => ApiError::Conflict(format!(
+            StoreError::Conflict { .. } => ApiError::Changed(format!(
                 "the resource changed while this request was applied ({e}); read it again and retry"
             )),
+            StoreError::Full(_) => ApiError::InsufficientStorage(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -71,11 +89,17 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, target) = match &self {
-            ApiError::Invalid(f) => (StatusCode::BAD_REQUEST, "InvalidParameter", Some(f.field.clone())),
+            ApiError::Invalid(f) => {
+                (StatusCode::BAD_REQUEST, "InvalidParameter", Some(f.field.clone()).filter(|f| !f.is_empty()))
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound", None),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict", None),
+            ApiError::Conflict(_) | ApiError::Changed(_) => (StatusCode::CONFLICT, "Conflict", None),
             ApiError::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed", None),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
+            ApiError::InsufficientStorage(detail) => {
+                tracing::error!(%detail, "disk full");
+                (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", None)
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None)

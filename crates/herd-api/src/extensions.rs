@@ -81,41 +81,43 @@ pub async fn put(
     if body.name.as_deref().is_some_and(|n| !n.eq_ignore_ascii_case(&ext)) {
         return Err(ApiError::invalid("name", format!("must match the extension name in the path ('{ext}')")));
     }
-    let cur = views::load_set(&state, &group, &name)?;
-    views::check_if_match(&headers, cur.revision)?;
-    if cur.value.deleting {
-        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
-    }
-    let mut model = cur.value.model.clone();
-    let profile = model.virtual_machine_profile.extension_profile.get_or_insert_with(ExtensionProfile::default);
-    let new = Extension { name: ext.clone(), properties: body.properties };
-    let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&ext)) {
-        Some(slot) => {
-            *slot = Extension { name: slot.name.clone(), ..new };
-            true
+    views::retry(&headers, || {
+        let cur = views::load_set(&state, &group, &name)?;
+        views::check_if_match(&headers, cur.revision)?;
+        if cur.value.deleting {
+            return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
         }
-        None => {
-            profile.extensions.push(new);
-            false
-        }
-    };
-    let doc = serde_json::to_value(&model).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
-    let verb = if existed { "replaced" } else { "added" };
-    // Like `az vmss extension set`, a PUT replaces the extension whole: protected settings not
-    // given again are dropped (the generic `update` keeps them).
-    let saved = commit_replacing(
-        &state,
-        &cur,
-        model,
-        secrets,
-        std::slice::from_ref(&ext),
-        "WriteExtension",
-        format!("extension {ext} {verb}"),
-        herd_model::activity::Actor::User,
-    )?;
-    let out = find(saved.value.model.extensions(), &ext, &name)?.clone();
-    Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(out)))
+        let mut model = cur.value.model.clone();
+        let profile = model.virtual_machine_profile.extension_profile.get_or_insert_with(ExtensionProfile::default);
+        let new = Extension { name: ext.clone(), properties: body.properties.clone() };
+        let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&ext)) {
+            Some(slot) => {
+                *slot = Extension { name: slot.name.clone(), ..new };
+                true
+            }
+            None => {
+                profile.extensions.push(new);
+                false
+            }
+        };
+        let doc = serde_json::to_value(&model).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
+        let verb = if existed { "replaced" } else { "added" };
+        // Like `az vmss extension set`, a PUT replaces the extension whole: protected settings not
+        // given again are dropped (the generic `update` keeps them).
+        let saved = commit_replacing(
+            &state,
+            &cur,
+            model,
+            secrets,
+            std::slice::from_ref(&ext),
+            "WriteExtension",
+            format!("extension {ext} {verb}"),
+            herd_model::activity::Actor::User,
+        )?;
+        let out = find(saved.value.model.extensions(), &ext, &name)?.clone();
+        Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(out)))
+    })
 }
 
 /// Removes an extension from the model. Instances keep what it installed, as in Azure.
@@ -127,18 +129,20 @@ pub async fn delete(
     Path((group, name, ext)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let cur = views::load_set(&state, &group, &name)?;
-    views::check_if_match(&headers, cur.revision)?;
-    find(cur.value.model.extensions(), &ext, &name)?;
-    let mut model = cur.value.model.clone();
-    if let Some(p) = &mut model.virtual_machine_profile.extension_profile {
-        p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(&ext));
-        if p.extensions.is_empty() && p.extensions_time_budget.is_none() {
-            model.virtual_machine_profile.extension_profile = None;
+    views::retry(&headers, || {
+        let cur = views::load_set(&state, &group, &name)?;
+        views::check_if_match(&headers, cur.revision)?;
+        find(cur.value.model.extensions(), &ext, &name)?;
+        let mut model = cur.value.model.clone();
+        if let Some(p) = &mut model.virtual_machine_profile.extension_profile {
+            p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(&ext));
+            if p.extensions.is_empty() && p.extensions_time_budget.is_none() {
+                model.virtual_machine_profile.extension_profile = None;
+            }
         }
-    }
-    let doc = serde_json::to_value(&model).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
-    commit(&state, &cur, model, secrets, "DeleteExtension", format!("extension {ext} removed"))?;
-    Ok(StatusCode::NO_CONTENT)
+        let doc = serde_json::to_value(&model).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
+        commit(&state, &cur, model, secrets, "DeleteExtension", format!("extension {ext} removed"))?;
+        Ok(StatusCode::NO_CONTENT)
+    })
 }

@@ -45,10 +45,33 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ResourceGrou
 pub async fn create(
     State(state): State<AppState>,
     Path(group): Path<String>,
-    body: Option<Json<GroupRequest>>,
+    body: Option<Json<serde_json::Value>>,
 ) -> Result<(StatusCode, Json<ResourceGroup>), ApiError> {
     let name = views::group_name(&group)?;
-    let req = body.map(|b| b.0).unwrap_or_default();
+    // As in Azure, the body is required and is an object (`az group create` sends
+    // `{"location": ...}`); herd has one location, so `{}` means `local`.
+    let req: GroupRequest = match body.map(|b| b.0) {
+        None => {
+            return Err(ApiError::invalid(
+                "",
+                "the request needs a JSON object body, for example {\"location\": \"local\"}",
+            ))
+        }
+        Some(v @ serde_json::Value::Object(_)) => views::from_body(v)?,
+        Some(_) => {
+            return Err(ApiError::invalid("", "the body must be a JSON object, for example {\"location\": \"local\"}"))
+        }
+    };
+    views::retry(&axum::http::HeaderMap::new(), || create_once(&state, &group, &name, &req))
+}
+
+fn create_once(
+    state: &AppState,
+    group: &str,
+    name: &herd_model::GroupName,
+    req: &GroupRequest,
+) -> Result<(StatusCode, Json<ResourceGroup>), ApiError> {
+    let req = req.clone();
     let existing = state.store.get_as::<ResourceGroup>(Kind::Group, name.as_str())?;
     if let Some(e) = &existing {
         if e.value.provisioning_state == "Deleting" {
@@ -72,7 +95,7 @@ pub async fn create(
     state.store.txn(vec![
         WriteOp::put(Kind::Group, name.as_str(), &rg, expect)?,
         WriteOp::Activity(views::user_event(
-            &state,
+            state,
             name.as_str(),
             "",
             "WriteResourceGroup",
@@ -122,6 +145,7 @@ pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) ->
 
 /// Query of the activity log.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityQuery {
     /// Only events of this resource (a scale set name).

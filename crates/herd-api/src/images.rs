@@ -273,11 +273,11 @@ pub async fn upload(
     let dir = upload_dir(&state.config.image_dir, &key);
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
+        .map_err(|e| ApiError::io(&format!("creating {}", dir.display()), &e))?;
     check_free_space(&dir, len)?;
     let tmp = dir.join(format!("{}.{}.part", kind.name(), nonce()));
     let guard = Cleanup(Some(tmp.clone()));
-    let internal = |e: std::io::Error| ImportError::from(ApiError::Internal(format!("writing an upload: {e}")));
+    let internal = |e: std::io::Error| ImportError::from(ApiError::io("writing an upload", &e));
     let mut out = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).await.map_err(internal)?;
     let mut hasher = sha2::Sha256::new();
     let mut got: u64 = 0;
@@ -488,10 +488,10 @@ fn copy_server_file(field: &str, p: &str, config: &ApiConfig, to: &FsPath) -> Re
         .write(true)
         .create_new(true)
         .open(to)
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", to.display())))?;
+        .map_err(|e| ApiError::io(&format!("creating {}", to.display()), &e))?;
     // The cap holds while copying, whatever the metadata said.
     let copied = std::io::copy(&mut (&mut src).take(max + 1), &mut out)
-        .map_err(|e| ApiError::Internal(format!("copying {} into the gallery: {e}", path.display())))?;
+        .map_err(|e| ApiError::io(&format!("copying {} into the gallery", path.display()), &e))?;
     if copied > max {
         return Err(too_large(field, copied, max));
     }
@@ -580,12 +580,12 @@ async fn stage(
         tokio::task::spawn_blocking(move || copy_dir(&from, &to))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(format!("copying the image into the gallery failed: {e}")))?;
+            .map_err(|e| ApiError::io("copying the image into the gallery failed", &e))?;
         let source = ImageSource::Directory { path: dest.to_string_lossy().into_owned() };
         // A process image runs no QEMU guest agent.
         return Ok((source, Some(req.guest_agent.unwrap_or(false)), src.display().to_string()));
     }
-    std::fs::create_dir_all(dest).map_err(|e| ApiError::Internal(format!("creating {}: {e}", dest.display())))?;
+    std::fs::create_dir_all(dest).map_err(|e| ApiError::io(&format!("creating {}", dest.display()), &e))?;
     let (req, dest, staged, config) = (req.clone(), dest.to_path_buf(), staged.to_path_buf(), config.clone());
     tokio::task::spawn_blocking(move || {
         let has_staged = |k: FileKind| staged.join(k.name()).is_file();

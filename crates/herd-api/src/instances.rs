@@ -210,7 +210,7 @@ pub struct BootLogQuery {
     pub tail_bytes: Option<usize>,
 }
 
-const ACTIONS: &[&str] = &[
+pub(crate) const ACTIONS: &[&str] = &[
     "start",
     "stop",
     "powerOff",
@@ -222,7 +222,8 @@ const ACTIONS: &[&str] = &[
     "simulateEviction",
 ];
 
-/// Runs an instance action on the given instances (`["*"]` or no body: all of them).
+/// Runs an instance action on the given instances (`["*"]`, no `instanceIds` or no body: all of
+/// them; an empty list is refused).
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path),
         ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances, deleteInstances or simulateEviction (Spot only)")),
@@ -238,20 +239,40 @@ pub async fn action(
         .iter()
         .find(|a| a.eq_ignore_ascii_case(&action))
         .ok_or_else(|| ApiError::NotFound(format!("no action '{action}'; actions: {}", ACTIONS.join(", "))))?;
-    let set = views::load_set(&state, &group, &name)?;
-    views::check_if_match(&headers, set.revision)?;
+    let ids = body.and_then(|b| b.0.instance_ids);
+    views::retry(&headers, || action_once(&state, &group, &name, &headers, action, ids.as_deref()))
+}
+
+/// One attempt at an instance action, on a fresh read of the set and its instances.
+fn action_once(
+    state: &AppState,
+    group: &str,
+    name: &str,
+    headers: &HeaderMap,
+    action: &&'static str,
+    ids: Option<&[String]>,
+) -> Result<(axum::http::StatusCode, Json<ActionResult>), ApiError> {
+    let set = views::load_set(state, group, name)?;
+    views::check_if_match(headers, set.revision)?;
     if set.value.deleting {
         return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
     }
-    let records = views::load_instances(&state, &set.value)?;
+    let records = views::load_instances(state, &set.value)?;
     let live: BTreeMap<u64, &Object<InstanceRecord>> = records
         .iter()
         .filter(|o| o.value.goal != InstanceGoal::Deleted && !o.value.overprovisioned)
         .map(|o| (o.value.instance_id.0, o))
         .collect();
-    let ids = body.and_then(|b| b.0.instance_ids);
-    let chosen: Vec<u64> = match ids.as_deref() {
-        None | Some([]) => live.keys().copied().collect(),
+    let chosen: Vec<u64> = match ids {
+        // As in az: leaving the ids out means every instance; an empty list is a mistake
+        // (a script's empty variable), never "all".
+        None => live.keys().copied().collect(),
+        Some([]) => {
+            return Err(ApiError::invalid(
+                "instanceIds",
+                "is empty; give instance ids (as list-instances shows them), [\"*\"] for all, or leave instanceIds out for all",
+            ))
+        }
         Some([star]) if star == "*" => live.keys().copied().collect(),
         Some(list) => {
             let mut out = Vec::new();
@@ -288,7 +309,7 @@ pub async fn action(
     let mut applied = Vec::new();
     let mut skipped = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    let in_place = in_place_extensions(&state, &set.value)?;
+    let in_place = in_place_extensions(state, &set.value)?;
     if *action == "simulateEviction" && !herd_model::spot::is_spot(set.value.model.virtual_machine_profile.priority) {
         return Err(ApiError::Invalid(FieldError::new(
             "virtualMachineProfile.priority",
@@ -378,7 +399,7 @@ pub async fn action(
     }
     let mut op = action.to_string();
     op[..1].make_ascii_uppercase();
-    let mut ev = views::user_event(&state, &group, &name, &op, message);
+    let mut ev = views::user_event(state, group, name, &op, message);
     ev.time = now;
     ops.push(WriteOp::Activity(ev));
     state.store.txn(ops)?;

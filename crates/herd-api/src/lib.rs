@@ -15,6 +15,7 @@ pub mod cost;
 pub mod error;
 mod extensions;
 mod groups;
+pub mod guard;
 pub mod hosts;
 pub mod images;
 mod instances;
@@ -104,7 +105,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}",
             put(network::lb_child_put).delete(network::lb_child_delete),
         )
-        .route("/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}", get(network::pool_show))
+        .route(
+            "/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}",
+            get(network::pool_show).put(network::pool_put).delete(network::pool_delete),
+        )
         .route("/v1/resourceGroups/{group}/autoscaleSettings", get(autoscale::list))
         .route(
             "/v1/resourceGroups/{group}/autoscaleSettings/{name}",
@@ -132,5 +136,7 @@ pub fn router(state: AppState) -> Router {
             get(network::metrics).layer(middleware::from_fn_with_state(state.clone(), auth::require_metrics_token)),
         )
         .merge(api)
+        .fallback(guard::not_found)
+        .layer(middleware::from_fn(guard::guard))
         .with_state(state)
 }

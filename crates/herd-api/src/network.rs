@@ -188,23 +188,25 @@ pub async fn vnet_put(
 ) -> Result<Json<VirtualNetwork>, ApiError> {
     views::load_group(&s, &group)?;
     views::check_child_name("name", &name)?;
-    let existing = s.store.get_as::<VirtualNetwork>(Kind::VirtualNetwork, &key(&group, &name))?;
-    let expect = expect_for(&headers, &existing, &name, "virtual network")?;
-    let mut v: VirtualNetwork = parse(body)?;
-    v.normalize(&group, &name)?;
-    check_vnet_overlaps(&s, &group, &name, &v)?;
-    save(
-        &s,
-        &group,
-        &name,
-        &v,
-        expect,
-        format!(
-            "virtual network {}",
-            v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-        ),
-    )?;
-    Ok(Json(v))
+    views::retry(&headers, || {
+        let existing = s.store.get_as::<VirtualNetwork>(Kind::VirtualNetwork, &key(&group, &name))?;
+        let expect = expect_for(&headers, &existing, &name, "virtual network")?;
+        let mut v: VirtualNetwork = parse(body.clone())?;
+        v.normalize(&group, &name)?;
+        check_vnet_overlaps(&s, &group, &name, &v)?;
+        save(
+            &s,
+            &group,
+            &name,
+            &v,
+            expect,
+            format!(
+                "virtual network {}",
+                v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        )?;
+        Ok(Json(v))
+    })
 }
 
 /// Vnets of one group must not overlap each other (they could not be bridged together).
@@ -246,23 +248,26 @@ pub async fn subnet_put(
     Path((group, vnet, name)): Path<(String, String, String)>,
     Json(mut body): Json<Value>,
 ) -> Result<Json<Subnet>, ApiError> {
-    let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
     if let Some(o) = body.as_object_mut() {
         o.insert("name".into(), Value::String(name.clone()));
     }
-    let sub: Subnet = parse(body)?;
-    let mut v = cur.value.clone();
-    v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
-    v.subnets.push(sub);
-    v.normalize(&group, &vnet).map_err(|mut e| {
-        if e.field.starts_with("subnets[") {
-            e.field = e.field.split_once('.').map_or("addressPrefix".into(), |(_, f)| f.to_string());
-        }
-        ApiError::Invalid(e)
-    })?;
-    save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' written"))?;
-    let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
-    Ok(Json(out))
+    // Subnets share their vnet's revision: a concurrent write to a sibling is re-applied.
+    views::retry(&HeaderMap::new(), || {
+        let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
+        let sub: Subnet = parse(body.clone())?;
+        let mut v = cur.value.clone();
+        v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
+        v.subnets.push(sub);
+        v.normalize(&group, &vnet).map_err(|mut e| {
+            if e.field.starts_with("subnets[") {
+                e.field = e.field.split_once('.').map_or("addressPrefix".into(), |(_, f)| f.to_string());
+            }
+            ApiError::Invalid(e)
+        })?;
+        save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' written"))?;
+        let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
+        Ok(Json(out))
+    })
 }
 
 /// Deletes a subnet, unless a scale set uses it.
@@ -331,46 +336,48 @@ pub async fn pip_put(
 ) -> Result<Json<PublicIpAddress>, ApiError> {
     views::load_group(&s, &group)?;
     views::check_child_name("name", &name)?;
-    let existing = s.store.get_as::<PublicIpAddress>(Kind::PublicIp, &key(&group, &name))?;
-    let expect = expect_for(&headers, &existing, &name, "public IP address")?;
-    let mut p: PublicIpAddress = parse(body)?;
-    p.id = network_id(&group, "publicIPAddresses", &name);
-    p.name = name.clone();
-    p.resource_group = group.clone();
-    p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
-    let used: Vec<String> = s
-        .store
-        .list_as::<PublicIpAddress>(Kind::PublicIp, "")?
-        .into_iter()
-        .filter(|o| o.key != key(&group, &name))
-        .filter_map(|o| o.value.ip_address)
-        .collect();
-    let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
-        Some(a) => {
-            let ip: Ipv4Addr =
-                a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
-            let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
-            if !ip.is_loopback() && !allow {
-                return Err(ApiError::invalid(
+    views::retry(&headers, || {
+        let existing = s.store.get_as::<PublicIpAddress>(Kind::PublicIp, &key(&group, &name))?;
+        let expect = expect_for(&headers, &existing, &name, "public IP address")?;
+        let mut p: PublicIpAddress = parse(body.clone())?;
+        p.id = network_id(&group, "publicIPAddresses", &name);
+        p.name = name.clone();
+        p.resource_group = group.clone();
+        p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
+        let used: Vec<String> = s
+            .store
+            .list_as::<PublicIpAddress>(Kind::PublicIp, "")?
+            .into_iter()
+            .filter(|o| o.key != key(&group, &name))
+            .filter_map(|o| o.value.ip_address)
+            .collect();
+        let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
+            Some(a) => {
+                let ip: Ipv4Addr =
+                    a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
+                let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
+                if !ip.is_loopback() && !allow {
+                    return Err(ApiError::invalid(
                     "ipAddress",
                     format!("{ip} is not a loopback address; binding a host address must be asked for explicitly (--allow-non-loopback)"),
                 ));
+                }
+                if used.contains(&ip.to_string()) {
+                    return Err(ApiError::invalid(
+                        "ipAddress",
+                        format!("{ip} is already used by another public IP address"),
+                    ));
+                }
+                ip
             }
-            if used.contains(&ip.to_string()) {
-                return Err(ApiError::invalid(
-                    "ipAddress",
-                    format!("{ip} is already used by another public IP address"),
-                ));
-            }
-            ip
-        }
-        None => public_ip_candidates(s.config.public_ip_block)
-            .find(|c| !used.contains(&c.to_string()))
-            .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
-    };
-    p.ip_address = Some(addr.to_string());
-    save(&s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
-    Ok(Json(p))
+            None => public_ip_candidates(s.config.public_ip_block)
+                .find(|c| !used.contains(&c.to_string()))
+                .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
+        };
+        p.ip_address = Some(addr.to_string());
+        save(&s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
+        Ok(Json(p))
+    })
 }
 
 /// Deletes a public IP address, unless a load balancer uses it.
@@ -464,14 +471,16 @@ pub async fn lb_put(
 ) -> Result<Json<LoadBalancer>, ApiError> {
     views::load_group(&s, &group)?;
     views::check_child_name("name", &name)?;
-    let existing = s.store.get_as::<LoadBalancer>(Kind::LoadBalancer, &key(&group, &name))?;
-    let expect = expect_for(&headers, &existing, &name, "load balancer")?;
-    let mut lb: LoadBalancer = parse(body)?;
-    lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-    check_ports_free(&s, &lb)?;
-    save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
-    s.wake();
-    Ok(Json(lb))
+    views::retry(&headers, || {
+        let existing = s.store.get_as::<LoadBalancer>(Kind::LoadBalancer, &key(&group, &name))?;
+        let expect = expect_for(&headers, &existing, &name, "load balancer")?;
+        let mut lb: LoadBalancer = parse(body.clone())?;
+        lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+        check_ports_free(&s, &lb)?;
+        save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
+        s.wake();
+        Ok(Json(lb))
+    })
 }
 
 /// Deletes a load balancer, unless a scale set uses it.
@@ -503,20 +512,43 @@ pub async fn lb_child_put(
     Json(mut body): Json<Value>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
     let coll = collection(&coll)?;
-    let cur = load::<LoadBalancer>(&s, &group, &name)?;
     if let Some(o) = body.as_object_mut() {
         o.insert("name".into(), Value::String(child.clone()));
     }
-    let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
-    list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
-    list.push(body);
-    let mut lb: LoadBalancer = parse(doc)?;
-    lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-    check_ports_free(&s, &lb)?;
-    save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' written"))?;
-    s.wake();
-    Ok(Json(lb))
+    // Children share their load balancer's revision: a concurrent write to a sibling is
+    // re-applied to a fresh read rather than answered 409.
+    views::retry(&HeaderMap::new(), || {
+        let body = body.clone();
+        let cur = load::<LoadBalancer>(&s, &group, &name)?;
+        let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
+        list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
+        list.push(body);
+        let mut lb: LoadBalancer = parse(doc)?;
+        lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
+        check_ports_free(&s, &lb)?;
+        save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' written"))?;
+        s.wake();
+        Ok(Json(lb))
+    })
+}
+
+/// `PUT .../backendAddressPools/{pool}`: the static segment routes here, not to
+/// [`lb_child_put`], so the pool route carries the child writes too.
+pub async fn pool_put(
+    s: State<AppState>,
+    Path((group, name, pool)): Path<(String, String, String)>,
+    body: Json<Value>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    lb_child_put(s, Path((group, name, "backendAddressPools".into(), pool)), body).await
+}
+
+/// `DELETE .../backendAddressPools/{pool}` (see [`pool_put`]).
+pub async fn pool_delete(
+    s: State<AppState>,
+    Path((group, name, pool)): Path<(String, String, String)>,
+) -> Result<Json<LoadBalancer>, ApiError> {
+    lb_child_delete(s, Path((group, name, "backendAddressPools".into(), pool))).await
 }
 
 /// Deletes one sub-resource; refused while another sub-resource refers to it.

@@ -73,7 +73,7 @@ use utoipa::OpenApi;
         crate::images::delete,
     ),
     components(schemas(herd_model::patch::PatchOp, herd_model::instance::InstanceState)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonAnswers),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -88,6 +88,119 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Resource group names: Azure's rule, 1–90 of letters, digits and `-_.()`, starting with a
+/// letter or digit, not ending with `.` (as `herd_model::GroupName` checks).
+pub const GROUP_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9_.()-]{0,88}[A-Za-z0-9_()-])?$";
+/// Scale set names: 1–64 of letters, digits and `-_.`, starting with a letter or digit, not
+/// ending with `.` (as `herd_model::ScaleSetName` checks).
+pub const SET_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9_-])?$";
+/// Network resources, their children, extensions, autoscale settings and metric sources: 1–80
+/// of letters, digits and `-_.`, starting with a letter or digit (`check_child_name`).
+pub const CHILD_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$";
+
+/// What every operation can answer besides its own results, added to each one so the document
+/// is complete: 401 (every route but `/healthz` and `/openapi.json` needs the token), 400 for a
+/// malformed name or body, 404, 413/415 for a body that is too large or not JSON, 414 and 507.
+/// Name parameters and the `name` fields of bodies get their patterns.
+struct CommonAnswers;
+
+impl utoipa::Modify for CommonAnswers {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            path::ParameterIn, schema::SchemaType, ContentBuilder, Ref, ResponseBuilder, Schema, Type,
+        };
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = path == "/healthz" || path == "/openapi.json";
+            let ops = [
+                (false, item.get.as_mut()),
+                (true, item.put.as_mut()),
+                (true, item.post.as_mut()),
+                (true, item.delete.as_mut()),
+                (true, item.patch.as_mut()),
+            ];
+            for (writes, op) in ops {
+                let Some(op) = op else { continue };
+                let mut add = |code: &str, what: &str| {
+                    op.responses.responses.entry(code.to_string()).or_insert_with(|| error(what).into());
+                };
+                if !public {
+                    add("401", "A valid API token is required (Authorization: Bearer <token>)");
+                }
+                add("400", "Bad input: the body, a name or a parameter; `target` names the field");
+                add("404", "The resource (or its group) does not exist");
+                add("414", "The request path and query are too long");
+                if op.request_body.is_some() || writes {
+                    add("413", "The body is larger than the limit");
+                    add("415", "The body is not sent as application/json");
+                }
+                if writes {
+                    add("507", "The data dir's disk is full; the message says which file");
+                }
+                for p in op.parameters.iter_mut().flatten() {
+                    if !matches!(p.parameter_in, ParameterIn::Path) {
+                        if p.name == "group" {
+                            let mut o = utoipa::openapi::schema::Object::with_type(SchemaType::Type(Type::String));
+                            o.pattern = Some(GROUP_PATTERN.to_string());
+                            p.schema = Some(Schema::Object(o).into());
+                        }
+                        continue;
+                    }
+                    let pattern = match p.name.as_str() {
+                        "group" => Some(GROUP_PATTERN),
+                        "name" if path.contains("/virtualMachineScaleSets/{name}") => Some(SET_PATTERN),
+                        "name" | "vnet" | "pool" | "child" | "ext" => Some(CHILD_PATTERN),
+                        "id" => Some(r"^[0-9]{1,19}$"),
+                        _ => None,
+                    };
+                    let choices: Option<&[&str]> = match p.name.as_str() {
+                        "action" if path.contains("rollingUpgrades") => Some(crate::rolling::ACTIONS),
+                        "action" => Some(crate::instances::ACTIONS),
+                        "collection" => Some(herd_model::network::LB_COLLECTIONS),
+                        _ => None,
+                    };
+                    if let Some(values) = choices {
+                        let mut o = utoipa::openapi::schema::Object::with_type(SchemaType::Type(Type::String));
+                        o.enum_values = Some(values.iter().map(|v| serde_json::Value::from(*v)).collect());
+                        p.schema = Some(Schema::Object(o).into());
+                    }
+                    if let Some(pat) = pattern {
+                        let mut o = utoipa::openapi::schema::Object::with_type(SchemaType::Type(Type::String));
+                        o.pattern = Some(pat.to_string());
+                        p.schema = Some(Schema::Object(o).into());
+                    }
+                }
+            }
+        }
+        // `name` fields that are checked as child names.
+        if let Some(c) = doc.components.as_mut() {
+            for (schema, pattern) in [
+                ("Subnet", CHILD_PATTERN),
+                ("Extension", CHILD_PATTERN),
+                ("FrontendIpConfiguration", CHILD_PATTERN),
+                ("BackendAddressPool", CHILD_PATTERN),
+                ("Probe", CHILD_PATTERN),
+                ("LoadBalancingRule", CHILD_PATTERN),
+                ("InboundNatPool", CHILD_PATTERN),
+            ] {
+                if let Some(utoipa::openapi::RefOr::T(Schema::Object(o))) = c.schemas.get_mut(schema) {
+                    if let Some(utoipa::openapi::RefOr::T(Schema::Object(n))) = o.properties.get_mut("name") {
+                        n.pattern = Some(pattern.to_string());
+                    }
+                }
+            }
+        }
     }
 }
 

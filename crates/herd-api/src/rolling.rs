@@ -53,7 +53,7 @@ pub async fn latest(
         .ok_or_else(|| ApiError::NotFound(format!("scale set '{name}' has had no rolling upgrade")))
 }
 
-const ACTIONS: &[&str] = &["start", "cancel", "pause", "resume", "rollback"];
+pub(crate) const ACTIONS: &[&str] = &["start", "cancel", "pause", "resume", "rollback"];
 
 /// Asks the reconciler to start, pause, resume, cancel or roll back a rolling upgrade.
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/{action}", tag = "rolling upgrades",

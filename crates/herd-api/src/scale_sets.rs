@@ -288,9 +288,23 @@ pub async fn create_or_replace(
     let gname = views::group_name(&group)?;
     let sname = views::set_name(&name)?;
     let key = StoredScaleSet::store_key(&gname, &sname);
-    let existing = state.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &key)?;
+    views::retry(&headers, || put_once(&state, &group, &name, &gname, &sname, &key, &headers, body.clone()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn put_once(
+    state: &AppState,
+    group: &str,
+    name: &str,
+    gname: &herd_model::GroupName,
+    sname: &herd_model::ScaleSetName,
+    key: &str,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let existing = state.store.get_as::<StoredScaleSet>(Kind::ScaleSet, key)?;
     let create_only = headers.get(axum::http::header::IF_NONE_MATCH).is_some_and(|v| v == "*");
-    let (model, secrets) = prepare(&state, &sname, body)?;
+    let (model, secrets) = prepare(state, sname, body)?;
     match existing {
         Some(cur) => {
             if create_only {
@@ -301,9 +315,9 @@ pub async fn create_or_replace(
             if cur.value.deleting {
                 return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
             }
-            views::check_if_match(&headers, cur.revision)?;
-            let saved = commit(&state, &cur, model, secrets, "WriteScaleSet", "model replaced".into())?;
-            Ok(with_etag(StatusCode::OK, views::set_view(&state, &saved)?))
+            views::check_if_match(headers, cur.revision)?;
+            let saved = commit(state, &cur, model, secrets, "WriteScaleSet", "model replaced".into())?;
+            Ok(with_etag(StatusCode::OK, views::set_view(state, &saved)?))
         }
         None => {
             if headers.get(axum::http::header::IF_MATCH).is_some() {
@@ -334,13 +348,13 @@ pub async fn create_or_replace(
                 p.check_commands(&secrets.extension_protected_settings)?;
             }
             if !herd_model::spot::is_spot(set.model.virtual_machine_profile.priority) {
-                crate::hosts::check_room(&state, &set, set.model.capacity() as i64)?;
+                crate::hosts::check_room(state, &set, set.model.capacity() as i64)?;
             }
             let mut ops = vec![
-                WriteOp::put(Kind::ScaleSet, key.clone(), &set, Expect::Absent)?,
+                WriteOp::put(Kind::ScaleSet, key, &set, Expect::Absent)?,
                 WriteOp::put(
                     Kind::ModelHistory,
-                    herd_model::scale_set::model_history_key(&key, 1),
+                    herd_model::scale_set::model_history_key(key, 1),
                     &set.model,
                     Expect::Any,
                 )?,
@@ -348,12 +362,12 @@ pub async fn create_or_replace(
             if !secrets.is_empty() {
                 ops.push(WriteOp::Put {
                     kind: Kind::Secret,
-                    key: key.clone(),
+                    key: key.to_string(),
                     value: state.sealer.seal(&secrets)?,
                     expect: Expect::Any,
                 });
             }
-            ops.push(WriteOp::Activity(views::user_event(&state, &group, &name, "CreateScaleSet", msg)));
+            ops.push(WriteOp::Activity(views::user_event(state, group, name, "CreateScaleSet", msg)));
             let rev = state.store.txn(ops).map_err(|e| match e {
                 herd_store::StoreError::Conflict { .. } => {
                     ApiError::Conflict(format!("scale set '{name}' already exists in resource group '{group}'"))
@@ -361,8 +375,8 @@ pub async fn create_or_replace(
                 other => other.into(),
             })?;
             state.wake();
-            let obj = Object { key, revision: rev, value: set };
-            Ok(with_etag(StatusCode::CREATED, views::set_view(&state, &obj)?))
+            let obj = Object { key: key.to_string(), revision: rev, value: set };
+            Ok(with_etag(StatusCode::CREATED, views::set_view(state, &obj)?))
         }
     }
 }
@@ -388,8 +402,12 @@ pub async fn delete(
     Path((group, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let cur = views::load_set(&state, &group, &name)?;
-    views::check_if_match(&headers, cur.revision)?;
+    views::retry(&headers, || delete_once(&state, &group, &name, &headers))
+}
+
+fn delete_once(state: &AppState, group: &str, name: &str, headers: &HeaderMap) -> Result<StatusCode, ApiError> {
+    let cur = views::load_set(state, group, name)?;
+    views::check_if_match(headers, cur.revision)?;
     if cur.value.deleting {
         return Ok(StatusCode::ACCEPTED);
     }
@@ -397,13 +415,7 @@ pub async fn delete(
     next.deleting = true;
     state.store.txn(vec![
         WriteOp::put(Kind::ScaleSet, cur.key.clone(), &next, Expect::Revision(cur.revision))?,
-        WriteOp::Activity(views::user_event(
-            &state,
-            &group,
-            &name,
-            "DeleteScaleSet",
-            "scale set deletion started".into(),
-        )),
+        WriteOp::Activity(views::user_event(state, group, name, "DeleteScaleSet", "scale set deletion started".into())),
     ])?;
     state.wake();
     Ok(StatusCode::ACCEPTED)
@@ -422,13 +434,29 @@ pub async fn update(
     headers: HeaderMap,
     Json(req): Json<UpdateRequest>,
 ) -> Result<Response, ApiError> {
-    let cur = views::load_set(&state, &group, &name)?;
-    views::check_if_match(&headers, cur.revision)?;
+    views::retry(&headers, || update_once(&state, &group, &name, &headers, &req))
+}
+
+fn update_once(
+    state: &AppState,
+    group: &str,
+    name: &str,
+    headers: &HeaderMap,
+    req: &UpdateRequest,
+) -> Result<Response, ApiError> {
+    let cur = views::load_set(state, group, name)?;
+    views::check_if_match(headers, cur.revision)?;
     if cur.value.deleting {
         return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
     }
     if req.operations.is_empty() {
         return Err(ApiError::invalid("operations", "give at least one --set, --add or --remove"));
+    }
+    if req.operations.len() > patch::MAX_OPERATIONS {
+        return Err(ApiError::invalid(
+            "operations",
+            format!("{} operations given; the limit is {} per update", req.operations.len(), patch::MAX_OPERATIONS),
+        ));
     }
     let doc = serde_json::to_value(&cur.value.model).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut patched = patch::apply(&doc, &req.operations, READ_ONLY_FIELDS)?;
@@ -457,7 +485,7 @@ pub async fn update(
             _ => break,
         }
     }
-    let (model, secrets) = prepare(&state, &cur.value.name, patched)?;
+    let (model, secrets) = prepare(state, &cur.value.name, patched)?;
     let described: Vec<String> = req
         .operations
         .iter()
@@ -467,8 +495,8 @@ pub async fn update(
             patch::PatchOp::Remove { path, .. } => format!("remove from {path}"),
         })
         .collect();
-    let saved = commit(&state, &cur, model, secrets, "UpdateScaleSet", format!("update: {}", described.join(", ")))?;
-    Ok(with_etag(StatusCode::OK, views::set_view(&state, &saved)?))
+    let saved = commit(state, &cur, model, secrets, "UpdateScaleSet", format!("update: {}", described.join(", ")))?;
+    Ok(with_etag(StatusCode::OK, views::set_view(state, &saved)?))
 }
 
 /// Sets the capacity (0 keeps the model and removes every instance).
@@ -482,14 +510,24 @@ pub async fn scale(
     headers: HeaderMap,
     Json(req): Json<ScaleRequest>,
 ) -> Result<Response, ApiError> {
-    let cur = views::load_set(&state, &group, &name)?;
-    views::check_if_match(&headers, cur.revision)?;
+    views::retry(&headers, || scale_once(&state, &group, &name, &headers, &req))
+}
+
+fn scale_once(
+    state: &AppState,
+    group: &str,
+    name: &str,
+    headers: &HeaderMap,
+    req: &ScaleRequest,
+) -> Result<Response, ApiError> {
+    let cur = views::load_set(state, group, name)?;
+    views::check_if_match(headers, cur.revision)?;
     if cur.value.deleting {
         return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
     }
     let mut model = cur.value.model.clone();
     model.sku.capacity = req.capacity;
     model.validate(&state.validation())?;
-    let saved = commit(&state, &cur, model, Secrets::default(), "Scale", "scale requested".into())?;
-    Ok(with_etag(StatusCode::OK, views::set_view(&state, &saved)?))
+    let saved = commit(state, &cur, model, Secrets::default(), "Scale", "scale requested".into())?;
+    Ok(with_etag(StatusCode::OK, views::set_view(state, &saved)?))
 }

@@ -74,7 +74,9 @@ pub struct ScaleRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InstanceIdsRequest {
+    /// Instance ids, or `["*"]`; leave the field out for every instance. An empty list is refused.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub instance_ids: Option<Vec<String>>,
 }
 
@@ -87,6 +89,15 @@ pub struct ActionResult {
     pub instance_ids: Vec<String>,
     /// Instances left alone, with why (e.g. already on the latest model).
     pub skipped: Vec<String>,
+}
+
+/// Decodes a request body, naming the path of the first bad field.
+pub fn from_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ApiError::invalid(field, e.into_inner().to_string())
+    })
 }
 
 /// `PUT /v1/resourceGroups/{g}`.
@@ -153,6 +164,35 @@ pub fn etag(revision: u64) -> String {
 }
 
 /// Honours `If-Match` (a revision in quotes, or `*`).
+/// How many times a write without `If-Match` is re-applied after losing to a concurrent write.
+pub const WRITE_RETRIES: usize = 5;
+
+/// Runs a read-modify-write `f`. When its compare-and-swap loses to a concurrent change and the
+/// request named no etag, `f` runs again on a fresh read (a patch re-applies its patch), up to
+/// [`WRITE_RETRIES`] more times, then the answer is 409. A request with `If-Match: <etag>` is
+/// never re-applied: the change it raced makes its etag stale, so it gets 412.
+pub fn retry<T>(headers: &HeaderMap, mut f: impl FnMut() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    let pinned =
+        headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "*");
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(ApiError::Changed(m)) if pinned => {
+                return Err(ApiError::PreconditionFailed(format!(
+                    "the resource changed after If-Match was checked ({m}); read it again"
+                )))
+            }
+            Err(ApiError::Changed(_)) if attempt < WRITE_RETRIES => attempt += 1,
+            Err(ApiError::Changed(m)) => {
+                return Err(ApiError::Conflict(format!(
+                    "{m} (re-applied {WRITE_RETRIES} times, each time a concurrent write came first)"
+                )))
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn check_if_match(headers: &HeaderMap, revision: u64) -> Result<(), ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
         return Ok(());

@@ -28,8 +28,47 @@ enum Seg {
     Index(usize),
 }
 
+/// The most segments a patch path may have (`a.b[0].c` has 4). The deepest real model path
+/// has about a dozen.
+pub const MAX_PATH_DEPTH: usize = 32;
+/// The most operations one update may carry.
+pub const MAX_OPERATIONS: usize = 256;
+/// The deepest nesting a patched document may reach (objects and lists), as for request bodies.
+pub const MAX_DEPTH: usize = 64;
+
+/// How deeply `v` nests (a scalar is 0, `[]` is 1). Iterative, so any input is safe.
+pub fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut todo: Vec<(&Value, usize)> = vec![(v, 0)];
+    while let Some((v, d)) = todo.pop() {
+        match v {
+            Value::Array(a) => {
+                max = max.max(d + 1);
+                todo.extend(a.iter().map(|x| (x, d + 1)));
+            }
+            Value::Object(m) => {
+                max = max.max(d + 1);
+                todo.extend(m.values().map(|x| (x, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
 fn parse_path(path: &str) -> Result<Vec<Seg>, FieldError> {
     let bad = || FieldError::new(path, "is not a valid path; write it like a.b[0].c");
+    let too_deep = || {
+        let shown: String = path.chars().take(60).collect();
+        FieldError::new(
+            format!("{shown}{}", if shown.len() < path.len() { "..." } else { "" }),
+            format!("the path has more than {MAX_PATH_DEPTH} segments; the limit is {MAX_PATH_DEPTH}"),
+        )
+    };
+    // Counted before anything else, so a huge path costs no more than its length.
+    if path.split('.').count() + path.matches('[').count() > MAX_PATH_DEPTH * 2 {
+        return Err(too_deep());
+    }
     let mut segs = Vec::new();
     for part in path.split('.') {
         let (name, mut rest) = match part.find('[') {
@@ -56,6 +95,9 @@ fn parse_path(path: &str) -> Result<Vec<Seg>, FieldError> {
     }
     if segs.is_empty() {
         return Err(bad());
+    }
+    if segs.len() > MAX_PATH_DEPTH {
+        return Err(too_deep());
     }
     Ok(segs)
 }
@@ -214,8 +256,28 @@ pub fn apply(doc: &Value, ops: &[PatchOp], read_only: &[&str]) -> Result<Value, 
                 }
             },
         }
+        if depth(&out) > MAX_DEPTH {
+            // `out` may already nest too deep to drop by recursion: take it apart flat.
+            drop_flat(out);
+            return Err(FieldError::new(
+                path.as_str(),
+                format!("the result nests deeper than {MAX_DEPTH} levels; the limit is {MAX_DEPTH}"),
+            ));
+        }
     }
     Ok(out)
+}
+
+/// Drops a value without recursion (serde_json's own drop recurses once per level).
+pub fn drop_flat(v: Value) {
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Array(a) => todo.extend(a),
+            Value::Object(m) => todo.extend(m.into_iter().map(|(_, x)| x)),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +307,26 @@ mod tests {
         assert_eq!(out["zones"], json!(["3"]));
         let out = apply(&doc, &[set("SKU.Capacity", "5")], &[]).unwrap();
         assert_eq!(out["sku"]["capacity"], json!(5), "keys match case-insensitively");
+    }
+
+    #[test]
+    fn deep_paths_and_values_are_refused_not_recursed() {
+        let doc = json!({"tags": {}});
+        let deep = vec!["a"; 5000].join(".");
+        let e = apply(&doc, &[set(&deep, "1")], &[]).unwrap_err();
+        assert!(e.message.contains("more than 32 segments"), "{e}");
+        assert!(e.field.len() < 80, "the field is shortened: {}", e.field);
+        let path33 = vec!["a"; 33].join(".");
+        assert!(apply(&doc, &[set(&path33, "1")], &[]).unwrap_err().message.contains("32"));
+        let path32 = vec!["a"; 32].join(".");
+        assert!(apply(&doc, &[set(&path32, "1")], &[]).is_ok());
+        let idx = format!("tags{}", "[0]".repeat(40));
+        assert!(apply(&doc, &[set(&idx, "1")], &[]).unwrap_err().message.contains("32 segments"));
+        let value = format!("{}{}", "[".repeat(60), "]".repeat(60));
+        let e = apply(&doc, &[set("tags.a.b.c.d.e", &value)], &[]).unwrap_err();
+        assert!(e.message.contains("deeper than 64"), "{e}");
+        assert_eq!(depth(&json!([[1], {"a": {"b": []}}])), 4);
+        assert_eq!(depth(&json!(1)), 0);
     }
 
     #[test]

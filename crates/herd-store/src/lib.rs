@@ -150,6 +150,9 @@ pub enum StoreError {
     Codec(String),
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The disk under the store is full (SQLITE_FULL or ENOSPC). Maps to HTTP 507.
+    #[error("the data dir's disk is full: {0}")]
+    Full(String),
 }
 
 impl StoreError {

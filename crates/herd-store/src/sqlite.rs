@@ -34,7 +34,12 @@ pub struct SqliteStore {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+            StoreError::Full(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 impl SqliteStore {

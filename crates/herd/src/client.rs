@@ -49,6 +49,18 @@ impl Client {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<Value> {
+        // `.` and `..` are never valid names, and a URL resolves them as "here" and "up", so
+        // the request would reach another resource (or none): refuse before sending.
+        let route = path.split('?').next().unwrap_or(path);
+        if let Some(seg) = route.split('/').find(|s| {
+            let l = s.to_ascii_lowercase();
+            matches!(l.as_str(), "." | ".." | "%2e" | ".%2e" | "%2e." | "%2e%2e")
+        }) {
+            let shown = seg.to_ascii_lowercase().replace("%2e", ".");
+            return Err(anyhow!(
+                "'{shown}' is not a valid name: names start with a letter or digit and do not end with '.'"
+            ));
+        }
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -88,11 +100,15 @@ impl Client {
         }
         let err = value.get("error");
         let code = err.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("Error").to_string();
-        let mut message = err
-            .and_then(|e| e.get("message"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| value.to_string());
+        let mut message =
+            err.and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
+                match &value {
+                    // An empty answer (or one from something that is not herd): say what came back.
+                    Value::Null => format!("the server answered {status} with no error details"),
+                    Value::String(t) => format!("the server answered {status}: {t}"),
+                    other => format!("the server answered {status}: {other}"),
+                }
+            });
         if let Some(target) = err.and_then(|e| e.get("target")).and_then(Value::as_str).filter(|t| !t.is_empty()) {
             if !message.starts_with(target) {
                 message = format!("{target}: {message}");

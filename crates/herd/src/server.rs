@@ -680,6 +680,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         let shutdown = async move {
             let _ = http_rx.wait_for(|v| *v).await;
         };
+        let listener = herd_api::guard::JsonErrorListener(listener);
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
