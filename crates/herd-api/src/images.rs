@@ -271,9 +271,7 @@ pub async fn upload(
         return Err(too_large(kind.name(), len, max));
     }
     let dir = upload_dir(&state.config.image_dir, &key);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| ApiError::io(&format!("creating {}", dir.display()), &e))?;
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::io(&format!("creating {}", dir.display()), &e))?;
     check_free_space(&dir, len)?;
     let tmp = dir.join(format!("{}.{}.part", kind.name(), nonce()));
     let guard = Cleanup(Some(tmp.clone()));
