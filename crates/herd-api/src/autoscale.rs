@@ -186,20 +186,23 @@ pub async fn delete(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let o = load(&state, &group, &name)?;
-    let ev = views::user_event(
-        &state,
-        &group,
-        &name,
-        "DeleteAutoscaleSetting",
-        format!("autoscale setting '{name}' deleted"),
-    );
-    state.store.txn(vec![
-        WriteOp::delete(Kind::AutoscaleSetting, o.key.clone(), Expect::Revision(o.revision)),
-        WriteOp::delete(Kind::AutoscaleHistory, o.key, Expect::Any),
-        WriteOp::Activity(ev),
-    ])?;
-    Ok(StatusCode::NO_CONTENT)
+    // The runtime writes the setting's state too: a concurrent write is re-applied.
+    views::retry(&HeaderMap::new(), || {
+        let o = load(&state, &group, &name)?;
+        let ev = views::user_event(
+            &state,
+            &group,
+            &name,
+            "DeleteAutoscaleSetting",
+            format!("autoscale setting '{name}' deleted"),
+        );
+        state.store.txn(vec![
+            WriteOp::delete(Kind::AutoscaleSetting, o.key.clone(), Expect::Revision(o.revision)),
+            WriteOp::delete(Kind::AutoscaleHistory, o.key, Expect::Any),
+            WriteOp::Activity(ev),
+        ])?;
+        Ok(StatusCode::NO_CONTENT)
+    })
 }
 
 /// Every recent evaluation: metric values, the decision and its reason.
@@ -318,21 +321,24 @@ pub async fn source_delete(
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let k = key(&group, &name);
-    let o = state.store.get(Kind::MetricSource, &k)?.ok_or_else(|| {
-        ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
-    })?;
-    state.store.txn(vec![
-        WriteOp::delete(Kind::MetricSource, k, Expect::Revision(o.revision)),
-        WriteOp::delete(Kind::Secret, source_secret_key(&group, &name), Expect::Any),
-        WriteOp::Activity(views::user_event(
-            &state,
-            &group,
-            &name,
-            "DeleteMetricSource",
-            format!("metric source '{name}' deleted"),
-        )),
-    ])?;
-    Ok(StatusCode::NO_CONTENT)
+    // The sampler writes the source's health: a concurrent write is re-applied.
+    views::retry(&HeaderMap::new(), || {
+        let o = state.store.get(Kind::MetricSource, &k)?.ok_or_else(|| {
+            ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
+        })?;
+        state.store.txn(vec![
+            WriteOp::delete(Kind::MetricSource, k.clone(), Expect::Revision(o.revision)),
+            WriteOp::delete(Kind::Secret, source_secret_key(&group, &name), Expect::Any),
+            WriteOp::Activity(views::user_event(
+                &state,
+                &group,
+                &name,
+                "DeleteMetricSource",
+                format!("metric source '{name}' deleted"),
+            )),
+        ])?;
+        Ok(StatusCode::NO_CONTENT)
+    })
 }
 
 /// Query of [`metrics`].

@@ -100,6 +100,11 @@ fn users_of(state: &AppState, id: &str) -> Result<Vec<String>, ApiError> {
 }
 
 fn delete_resource<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<StatusCode, ApiError> {
+    // A concurrent write to the resource is re-applied to a fresh read (no If-Match here).
+    views::retry(&HeaderMap::new(), || delete_resource_once::<T>(state, group, name))
+}
+
+fn delete_resource_once<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<StatusCode, ApiError> {
     let cur = load::<T>(state, group, name)?;
     let id = network_id(group, T::COLLECTION, name);
     let users = users_of(state, &id)?;
@@ -278,17 +283,21 @@ pub async fn subnet_delete(
     State(s): State<AppState>,
     Path((group, vnet, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
+    views::retry(&HeaderMap::new(), || subnet_delete_once(&s, &group, &vnet, &name))
+}
+
+fn subnet_delete_once(s: &AppState, group: &str, vnet: &str, name: &str) -> Result<StatusCode, ApiError> {
+    let cur = load::<VirtualNetwork>(s, group, vnet)?;
     let Some(sub) = cur.value.subnets.iter().find(|x| x.name.eq_ignore_ascii_case(&name)) else {
         return Err(ApiError::NotFound(format!("subnet '{name}' does not exist in virtual network '{vnet}'")));
     };
-    let users = users_of(&s, &sub.id)?;
+    let users = users_of(s, &sub.id)?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!("subnet '{name}' is used by scale set(s) {}", users.join(", "))));
     }
     let mut v = cur.value.clone();
-    v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
-    save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' deleted"))?;
+    v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(name));
+    save(s, group, vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' deleted"))?;
     Ok(StatusCode::OK)
 }
 
@@ -560,24 +569,35 @@ pub async fn lb_child_delete(
     Path((group, name, coll, child)): Path<(String, String, String, String)>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
     let coll = collection(&coll)?;
-    let cur = load::<LoadBalancer>(&s, &group, &name)?;
+    let lb = views::retry(&HeaderMap::new(), || lb_child_delete_once(&s, &group, &name, coll, &child))?;
+    s.wake();
+    Ok(Json(lb))
+}
+
+fn lb_child_delete_once(
+    s: &AppState,
+    group: &str,
+    name: &str,
+    coll: &'static str,
+    child: &str,
+) -> Result<LoadBalancer, ApiError> {
+    let cur = load::<LoadBalancer>(s, group, name)?;
     let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
     let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
     let before = list.len();
-    list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
+    list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(child)));
     if list.len() == before {
         return Err(ApiError::NotFound(format!("'{child}' does not exist in {coll} of load balancer '{name}'")));
     }
     let mut lb: LoadBalancer = parse(doc)?;
-    lb.normalize(&group, &name, &public_ip_ids(&s)?)
+    lb.normalize(group, name, &public_ip_ids(s)?)
         .map_err(|e| ApiError::Conflict(format!("'{child}' is still in use: {}", e.message)))?;
-    let users = users_of(&s, &cur.value.child_id(coll, &child))?;
+    let users = users_of(s, &cur.value.child_id(coll, child))?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!("'{child}' is used by scale set(s) {}", users.join(", "))));
     }
-    save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' deleted"))?;
-    s.wake();
-    Ok(Json(lb))
+    save(s, group, name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' deleted"))?;
+    Ok(lb)
 }
 
 /// One member of a backend pool, as `address-pool show` lists it.

@@ -13,7 +13,7 @@ use crate::{
 };
 use axum::{
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     Json,
 };
 use herd_model::{
@@ -171,27 +171,32 @@ pub async fn protect(
         ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
     })?;
     let key = herd_reconciler::executor::instance_store_key(&set.value.key(), InstanceId(n));
-    let cur = state
-        .store
-        .get_as::<InstanceRecord>(Kind::Instance, &key)?
-        .filter(|o| o.value.is_counted())
-        .ok_or_else(|| ApiError::NotFound(format!("instance {id} does not exist in scale set '{name}'")))?;
-    let mut rec = cur.value.clone();
-    rec.protect_from_scale_in = policy.protect_from_scale_in;
-    rec.protect_from_scale_set_actions = policy.protect_from_scale_set_actions;
-    let ev = views::user_event(
-        &state,
-        &group,
-        &name,
-        "SetProtectionPolicy",
-        format!(
-            "instance {id}: protectFromScaleIn={}, protectFromScaleSetActions={}",
-            policy.protect_from_scale_in, policy.protect_from_scale_set_actions
-        ),
-    );
-    state
-        .store
-        .txn(vec![WriteOp::put(Kind::Instance, key, &rec, Expect::Revision(cur.revision))?, WriteOp::Activity(ev)])?;
+    // The reconciler writes instance records all the time: a concurrent write is re-applied.
+    views::retry(&HeaderMap::new(), || {
+        let cur = state
+            .store
+            .get_as::<InstanceRecord>(Kind::Instance, &key)?
+            .filter(|o| o.value.is_counted())
+            .ok_or_else(|| ApiError::NotFound(format!("instance {id} does not exist in scale set '{name}'")))?;
+        let mut rec = cur.value.clone();
+        rec.protect_from_scale_in = policy.protect_from_scale_in;
+        rec.protect_from_scale_set_actions = policy.protect_from_scale_set_actions;
+        let ev = views::user_event(
+            &state,
+            &group,
+            &name,
+            "SetProtectionPolicy",
+            format!(
+                "instance {id}: protectFromScaleIn={}, protectFromScaleSetActions={}",
+                policy.protect_from_scale_in, policy.protect_from_scale_set_actions
+            ),
+        );
+        state.store.txn(vec![
+            WriteOp::put(Kind::Instance, key.clone(), &rec, Expect::Revision(cur.revision))?,
+            WriteOp::Activity(ev),
+        ])?;
+        Ok(())
+    })?;
     state.wake();
     Ok(Json(policy))
 }

@@ -2,9 +2,16 @@
 //! `/dev/kvm`. On some hosts `/dev/kvm` exists but guests hang under it (this project's CI
 //! machines are such hosts), so the only honest test is to run guest code.
 //!
-//! The canary is a 512-byte boot sector whose code writes to QEMU's `isa-debug-exit` port;
-//! QEMU then exits with status `(value << 1) | 1`. If that happens within the timeout under
-//! KVM, KVM works; otherwise herd uses TCG. The answer is cached for the server's lifetime.
+//! The canary is a 512-byte boot sector that does what every guest kernel does first: it
+//! enters 32-bit protected mode, turns paging on (one identity-mapped 4 MiB page), and only
+//! then writes to QEMU's `isa-debug-exit` port; QEMU exits with status `(value << 1) | 1`. If
+//! that happens within the timeout under KVM, KVM works; otherwise herd uses TCG. The answer is
+//! cached for the server's lifetime.
+//!
+//! Why paging: on hosts with a broken nested KVM (seen on this project's machines with QEMU
+//! 10), a real-mode canary that only writes the port passes, but enabling paging triple-faults
+//! and no kernel ever boots. A canary that stops short of paging chose KVM there and every VM
+//! then hung at boot.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -30,10 +37,49 @@ impl Accel {
 /// The value the canary writes; QEMU exits with `(CANARY_VALUE << 1) | 1`.
 const CANARY_VALUE: u8 = 0x21;
 
-/// The canary boot sector: `mov al, 0x21; out 0xf4, al; cli; hlt; jmp $-1`, padded, 0x55AA.
+/// Where the BIOS loads a boot sector.
+const BOOT_ADDR: u16 = 0x7c00;
+
+/// The canary boot sector (16-bit real mode at 0x7c00, hand-assembled):
+///
+/// ```text
+///   cli; xor ax,ax; mov ds,ax; lgdt [gdt_desc]
+///   mov eax,cr0; or eax,1; mov cr0,eax; jmp 0x08:pm          ; protected mode
+/// pm: (32-bit) mov ax,0x10; mov ds,ax; mov es,ax
+///   mov dword [0x1000], 0x83                                 ; PDE 0: 4 MiB page at 0, present, rw
+///   mov eax,cr4; or eax,0x10; mov cr4,eax                    ; PSE
+///   mov eax,0x1000; mov cr3,eax
+///   mov eax,cr0; or eax,0x80000000; mov cr0,eax; jmp $+2     ; paging on
+///   mov al,CANARY_VALUE; out 0xf4,al; hlt; jmp $-1
+/// gdt: null, code 0x08 (flat 4 GiB, 32-bit), data 0x10 (flat 4 GiB); gdt_desc: limit, base
+/// ```
 pub fn canary_image() -> [u8; 512] {
+    let mut code: Vec<u8> = vec![0xFA, 0x31, 0xC0, 0x8E, 0xD8];
+    let lgdt_at = code.len();
+    code.extend([0x0F, 0x01, 0x16, 0, 0]); // lgdt [disp16], patched below
+    code.extend([0x0F, 0x20, 0xC0, 0x66, 0x83, 0xC8, 0x01, 0x0F, 0x22, 0xC0]);
+    let jmp_at = code.len();
+    code.extend([0xEA, 0, 0, 0x08, 0x00]); // jmp 0x08:pm, offset patched below
+    let pm = code.len();
+    code.extend([0x66, 0xB8, 0x10, 0x00, 0x8E, 0xD8, 0x8E, 0xC0]);
+    code.extend([0xC7, 0x05, 0x00, 0x10, 0x00, 0x00, 0x83, 0x00, 0x00, 0x00]);
+    code.extend([0x0F, 0x20, 0xE0, 0x83, 0xC8, 0x10, 0x0F, 0x22, 0xE0]);
+    code.extend([0xB8, 0x00, 0x10, 0x00, 0x00, 0x0F, 0x22, 0xD8]);
+    code.extend([0x0F, 0x20, 0xC0, 0x0D, 0x00, 0x00, 0x00, 0x80, 0x0F, 0x22, 0xC0, 0xEB, 0x00]);
+    code.extend([0xB0, CANARY_VALUE, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD]);
+    while code.len() % 8 != 0 {
+        code.push(0x90);
+    }
+    let gdt = code.len();
+    for descriptor in [0u64, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF] {
+        code.extend(descriptor.to_le_bytes());
+    }
+    let gdt_desc = code.len();
+    code.extend(23u16.to_le_bytes());
+    code.extend(u32::from(BOOT_ADDR + gdt as u16).to_le_bytes());
+    code[lgdt_at + 3..lgdt_at + 5].copy_from_slice(&(BOOT_ADDR + gdt_desc as u16).to_le_bytes());
+    code[jmp_at + 1..jmp_at + 3].copy_from_slice(&(BOOT_ADDR + pm as u16).to_le_bytes());
     let mut img = [0u8; 512];
-    let code = [0xB0, CANARY_VALUE, 0xE6, 0xF4, 0xFA, 0xF4, 0xEB, 0xFD];
     img[..code.len()].copy_from_slice(&code);
     img[510] = 0x55;
     img[511] = 0xAA;
@@ -89,7 +135,10 @@ mod tests {
     fn canary_is_a_boot_sector() {
         let img = canary_image();
         assert_eq!(&img[510..], &[0x55, 0xAA]);
-        assert_eq!(&img[..4], &[0xB0, CANARY_VALUE, 0xE6, 0xF4]);
+        let has = |seq: &[u8]| img.windows(seq.len()).any(|w| w == seq);
+        assert!(has(&[0x0F, 0x22, 0xE0]), "sets CR4 (PSE)");
+        assert!(has(&[0x0D, 0x00, 0x00, 0x00, 0x80, 0x0F, 0x22, 0xC0]), "turns paging on (CR0.PG)");
+        assert!(has(&[0xB0, CANARY_VALUE, 0xE6, 0xF4]), "then writes the canary to the exit port");
     }
 
     #[tokio::test]

@@ -35,9 +35,10 @@ const CLIENT_OPTIONS: &[&str] = &["server", "token", "token_dir", "output", "que
 /// command is built, so they are hidden after that (in place: argument order is kept).
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
+    // Only on the serverless command itself: its own subcommands (`herd server status`) are
+    // clients of a running server and keep the client options.
     fn hide_client_options(c: clap::Command) -> clap::Command {
         c.mut_args(|a| if CLIENT_OPTIONS.contains(&a.get_id().as_str()) { a.hide(true) } else { a })
-            .mut_subcommands(hide_client_options)
     }
     let mut cmd = Cli::command();
     cmd.build();
@@ -50,7 +51,9 @@ pub fn parse() -> Cli {
     use clap::FromArgMatches;
     let mut cmd = command();
     let matches = cmd.clone().get_matches();
-    if let Some((name, sub)) = matches.subcommand().filter(|(n, _)| SERVERLESS.contains(n)) {
+    // `herd server status` (a nested subcommand) is a client command: it takes them.
+    let serverless = matches.subcommand().filter(|(n, sub)| SERVERLESS.contains(n) && sub.subcommand().is_none());
+    if let Some((name, sub)) = serverless {
         if let Some(flag) = client_option_given(&cmd, &matches, sub) {
             let sub_cmd = cmd.find_subcommand_mut(name).expect("a subcommand clap just matched");
             sub_cmd.error(

@@ -102,7 +102,8 @@ async fn body_operations(api: &Api) -> Vec<(Method, String)> {
                 .replace("{collection}", "probes")
                 .replace("{child}", "c1")
                 .replace("{id}", "0")
-                .replace("{urn}", "Herd:TestGuest:1:9.9.9");
+                .replace("{urn}", "Herd:TestGuest:1:9.9.9")
+                .replace("{file}", "disk");
             assert!(!filled.contains('{'), "unfilled parameter in {filled}");
             out.push((method.to_uppercase().parse().unwrap(), filled));
         }
@@ -298,6 +299,21 @@ async fn concurrent_writes_without_if_match_all_apply() {
     }
     let (_, v) = api.json(Method::GET, "/v1/resourceGroups/g/virtualNetworks/v", &Value::Null).await;
     assert_eq!(v["subnets"].as_array().unwrap().len(), 20, "{v}");
+    // ... and 20 deleted at once all go (each delete re-applied to a fresh read of the vnet).
+    let mut tasks = vec![];
+    for i in 0..20 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            api.json(Method::DELETE, &format!("/v1/resourceGroups/g/virtualNetworks/v/subnets/s{i}"), &Value::Null)
+                .await
+        }));
+    }
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "every subnet delete without If-Match applies: {v}");
+    }
+    let (_, v) = api.json(Method::GET, "/v1/resourceGroups/g/virtualNetworks/v", &Value::Null).await;
+    assert_eq!(v["subnets"].as_array().map_or(0, Vec::len), 0, "{v}");
     // Concurrent instance actions without If-Match apply too.
     let mut tasks = vec![];
     for i in 0..20 {
