@@ -288,7 +288,7 @@ pub async fn subnet_delete(
 
 fn subnet_delete_once(s: &AppState, group: &str, vnet: &str, name: &str) -> Result<StatusCode, ApiError> {
     let cur = load::<VirtualNetwork>(s, group, vnet)?;
-    let Some(sub) = cur.value.subnets.iter().find(|x| x.name.eq_ignore_ascii_case(&name)) else {
+    let Some(sub) = cur.value.subnets.iter().find(|x| x.name.eq_ignore_ascii_case(name)) else {
         return Err(ApiError::NotFound(format!("subnet '{name}' does not exist in virtual network '{vnet}'")));
     };
     let users = users_of(s, &sub.id)?;
