@@ -120,8 +120,17 @@ struct VmGuard(PathBuf);
 
 impl Drop for VmGuard {
     fn drop(&mut self) {
-        for pid in qemu_pids(&self.0) {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        // A server killed mid-spawn can still daemonize one QEMU after a first scan: keep killing
+        // until three scans in a row (100 ms apart, a poll interval) find none, for at most 10 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut clean_scans = 0;
+        while clean_scans < 3 && std::time::Instant::now() < deadline {
+            let pids = qemu_pids(&self.0);
+            clean_scans = if pids.is_empty() { clean_scans + 1 } else { 0 };
+            for pid in pids {
+                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 }
