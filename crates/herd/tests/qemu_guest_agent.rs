@@ -29,43 +29,6 @@ fn testguest_disk() -> PathBuf {
     disk
 }
 
-fn qemu_pids(data_dir: &Path) -> Vec<u32> {
-    let needle = data_dir.canonicalize().unwrap().join("vms").display().to_string();
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("qemu-system") && c.contains(&needle)
-            })
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
-/// Kills this test's QEMU processes, whatever happened.
-struct VmGuard(PathBuf);
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        // A server killed mid-spawn can still daemonize one QEMU after a first scan: keep killing
-        // until three scans in a row (100 ms apart, a poll interval) find none, for at most 10 s.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut clean_scans = 0;
-        while clean_scans < 3 && std::time::Instant::now() < deadline {
-            let pids = qemu_pids(&self.0);
-            clean_scans = if pids.is_empty() { clean_scans + 1 } else { 0 };
-            for pid in pids {
-                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-}
-
 #[test]
 fn a_disk_images_guest_agent_is_detected_at_first_boot_and_runs_the_custom_script() {
     let disk = testguest_disk();
