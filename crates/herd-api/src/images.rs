@@ -9,10 +9,13 @@
 //! and only as a regular file. Content decides the format: a disk is qcow2 (without a backing
 //! file or an external data file, which would make QEMU read another host file) or raw (not
 //! qcow2, at least 1 MiB and a multiple of 512 bytes); a kernel is a Linux bzImage or arm64
-//! Image; an initrd is a cpio archive, plain or compressed. A failed import leaves no file behind.
+//! Image; an initrd is a cpio archive, plain or compressed. A process image (a directory) is
+//! uploaded as a tar archive (`files/directory`) or read below `import_roots`, and keeps only
+//! regular files and directories ([`crate::image_tree`]). A failed import leaves no file behind.
 
 use crate::{
     error::{ApiError, ErrorBody},
+    image_tree,
     state::{ApiConfig, AppState},
     views::{self, ImageImportRequest},
 };
@@ -41,24 +44,6 @@ fn parse_urn(urn: &str) -> Result<ImageUrn, ApiError> {
         e.field = e.field.replace("image", "urn");
         e
     })?)
-}
-
-fn copy_dir(from: &FsPath, to: &FsPath) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let dest = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_dir(&entry.path(), &dest)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &dest)?;
-        }
-        // FIFOs, sockets and devices are not image content (and reading a FIFO would block).
-    }
-    Ok(())
 }
 
 /// Where imports may read server-side files, and how large an upload may be.
@@ -127,6 +112,8 @@ enum FileKind {
     Disk,
     Kernel,
     Initrd,
+    /// A process-driver image directory, packed as a tar archive (see [`crate::image_tree`]).
+    Directory,
 }
 
 impl FileKind {
@@ -135,6 +122,7 @@ impl FileKind {
             "disk" => Some(FileKind::Disk),
             "kernel" => Some(FileKind::Kernel),
             "initrd" => Some(FileKind::Initrd),
+            "directory" => Some(FileKind::Directory),
             _ => None,
         }
     }
@@ -144,6 +132,7 @@ impl FileKind {
             FileKind::Disk => "disk",
             FileKind::Kernel => "kernel",
             FileKind::Initrd => "initrd",
+            FileKind::Directory => "directory",
         }
     }
 }
@@ -152,11 +141,11 @@ impl FileKind {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadedFile {
-    /// disk, kernel or initrd.
+    /// disk, kernel, initrd or directory.
     pub file: String,
     pub size: u64,
     pub sha256: String,
-    /// What the content is: qcow2 or raw (disks), kernel, initrd.
+    /// What the content is: qcow2 or raw (disks), kernel, initrd, tar (directories).
     pub format: String,
 }
 
@@ -215,13 +204,13 @@ impl Drop for Cleanup {
     }
 }
 
-/// Uploads one file of an image (disk, kernel or initrd) ahead of its import. The body is the
-/// file's bytes; `Content-Length` and `X-Content-SHA256` (lowercase hex) are required. The file
+/// Uploads one file of an image (disk, kernel or initrd; or a process image's directory as a tar
+/// archive) ahead of its import. The body is the file's bytes; `Content-Length` and `X-Content-SHA256` (lowercase hex) are required. The file
 /// is checked (size cap, free space, digest, format by content) and kept only when all hold.
 #[utoipa::path(put, path = "/v1/images/{urn}/files/{file}", tag = "images",
     params(
         ("urn" = String, Path, description = "publisher:offer:sku:version"),
-        ("file" = String, Path, description = "disk, kernel or initrd"),
+        ("file" = String, Path, description = "disk, kernel, initrd or directory (a tar archive)"),
         ("X-Content-SHA256" = String, Header, description = "SHA-256 of the body, lowercase hex"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
@@ -243,7 +232,10 @@ pub async fn upload(
         );
     }
     let kind = FileKind::parse(&file).ok_or_else(|| {
-        ApiError::invalid("file", format!("'{file}' is not an image file; allowed values: disk, kernel, initrd"))
+        ApiError::invalid(
+            "file",
+            format!("'{file}' is not an image file; allowed values: disk, kernel, initrd, directory"),
+        )
     })?;
     let key = Image::key(&u);
     if state.store.get(Kind::Image, &key)?.is_some() {
@@ -380,6 +372,16 @@ fn detect(kind: FileKind, f: &mut std::fs::File, len: u64) -> Result<&'static st
             }
             Ok("initrd")
         }
+        FileKind::Directory => {
+            // POSIX ustar ("ustar\0") and GNU ("ustar ") headers both start so at offset 257.
+            if !len.is_multiple_of(512) || head.get(257..262) != Some(b"ustar") {
+                return Err(
+                    "is not a tar archive (pack the directory with 'tar -cf', or let 'herd image import --dir' do it)"
+                        .into(),
+                );
+            }
+            Ok("tar")
+        }
     }
 }
 
@@ -440,23 +442,6 @@ pub async fn import(
         let _ = tokio::fs::remove_dir_all(&staged).await;
     }
     Ok((StatusCode::CREATED, Json(img)))
-}
-
-/// An absolute path to an existing directory, checked for `field`.
-fn source_dir(field: &str, p: &str, data_dir: &FsPath) -> Result<PathBuf, ApiError> {
-    let path = PathBuf::from(p);
-    if !path.is_absolute() {
-        return Err(ApiError::invalid(field, "must be an absolute path on the server's host"));
-    }
-    if !path.is_dir() {
-        return Err(ApiError::invalid(field, format!("'{}' is not a directory", path.display())));
-    }
-    let real = path.canonicalize().map_err(|e| ApiError::invalid(field, format!("'{}': {e}", path.display())))?;
-    let data = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
-    if real.starts_with(&data) || data.starts_with(&real) {
-        return Err(ApiError::invalid(field, "may not hold or lie inside the server's data dir"));
-    }
-    Ok(path)
 }
 
 /// Copies the server-side file `p` (below `[images] import_roots`, opened safely) to `to`,
@@ -561,27 +546,58 @@ async fn stage(
             return Err(ApiError::invalid("cmdline", "must be one line of at most 4096 characters").into());
         }
     }
-    let data_dir = config.image_dir.parent().unwrap_or(&config.image_dir).to_path_buf();
-    if let Some(d) = &req.directory {
-        let src = source_dir("directory", d, &data_dir)?;
-        let init = src.join("init");
+    let staged_tree = staged.join(FileKind::Directory.name());
+    if req.directory.is_some() || (uploaded && staged_tree.is_file()) {
+        if uploaded && [FileKind::Disk, FileKind::Kernel].iter().any(|k| staged.join(k.name()).is_file()) {
+            return Err(ApiError::invalid(
+                "uploaded",
+                "both a directory and disk or kernel files were uploaded for this image; an image is one or the other (delete the image's uploads by importing under a new version)",
+            )
+            .into());
+        }
+        let limits = image_tree::TreeLimits::with_max_bytes(config.images.max_upload_bytes);
+        let (dir, to, roots) = (req.directory.clone(), dest.to_path_buf(), config.images.import_roots.clone());
+        let from = dir.clone().unwrap_or_else(|| "an upload".into());
+        tokio::task::spawn_blocking(move || match dir {
+            Some(d) => {
+                let path = PathBuf::from(&d);
+                if !path.is_absolute() {
+                    return Err(ApiError::invalid("directory", "must be an absolute path on the server's host"));
+                }
+                image_tree::copy_beneath(IMPORT_ROOTS_SETTING, &roots, &path, &to, limits).map(drop).map_err(|e| {
+                    match e {
+                        image_tree::BeneathError::Off { .. } => ApiError::invalid(
+                            "directory",
+                            format!("reading '{d}' on the server is off: the server reads only directories below {IMPORT_ROOTS_SETTING} (none are set); 'herd image import --dir' uploads the directory instead"),
+                        ),
+                        image_tree::BeneathError::Tree(t) if !t.is_input() => ApiError::Internal(t.to_string()),
+                        other => ApiError::invalid("directory", other.to_string()),
+                    }
+                })
+            }
+            None => image_tree::unpack_tar(&staged_tree, &to, limits).map(drop).map_err(|e| {
+                if e.is_input() {
+                    ApiError::invalid("directory", e.to_string())
+                } else {
+                    ApiError::Internal(e.to_string())
+                }
+            }),
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let init = dest.join("init");
         let executable =
             std::fs::metadata(&init).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
         if !executable {
             return Err(ApiError::Invalid(FieldError::new(
                 "directory",
-                format!("'{}' must hold an executable file named 'init' (the instance's first process)", src.display()),
+                format!("{from} must hold an executable file named 'init' (the instance's first process)"),
             ))
             .into());
         }
-        let (from, to) = (src.clone(), dest.to_path_buf());
-        tokio::task::spawn_blocking(move || copy_dir(&from, &to))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::io("copying the image into the gallery failed", &e))?;
         let source = ImageSource::Directory { path: dest.to_string_lossy().into_owned() };
         // A process image runs no QEMU guest agent.
-        return Ok((source, Some(req.guest_agent.unwrap_or(false)), src.display().to_string()));
+        return Ok((source, Some(req.guest_agent.unwrap_or(false)), from));
     }
     std::fs::create_dir_all(dest).map_err(|e| ApiError::io(&format!("creating {}", dest.display()), &e))?;
     let (req, dest, staged, config) = (req.clone(), dest.to_path_buf(), staged.to_path_buf(), config.clone());

@@ -17,6 +17,7 @@ mod extensions;
 mod groups;
 pub mod guard;
 pub mod hosts;
+pub mod image_tree;
 pub mod images;
 mod instances;
 mod network;

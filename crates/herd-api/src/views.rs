@@ -114,10 +114,12 @@ pub struct GroupRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageImportRequest {
-    /// A directory on the server's host holding an executable `init` (process driver images).
+    /// A directory on the server's host holding an executable `init` (process driver images),
+    /// below a directory of `[images] import_roots`. Without roots, upload it instead
+    /// (`PUT /v1/images/{urn}/files/directory` with a tar archive, then `uploaded: true`).
     #[serde(default)]
     pub directory: Option<String>,
-    /// Import the files uploaded ahead with `PUT /v1/images/{urn}/files/{disk|kernel|initrd}`
+    /// Import the files uploaded ahead with `PUT /v1/images/{urn}/files/{disk|kernel|initrd|directory}`
     /// (what `herd image import` does) instead of naming server-side paths.
     #[serde(default)]
     pub uploaded: Option<bool>,

@@ -180,6 +180,9 @@ pub enum FileFetchError {
     Open { path: String, source: std::io::Error },
     #[error("{path} is not a regular file (it is {kind})")]
     NotRegular { path: String, kind: &'static str },
+    /// A second name for a file may point at one outside the root (the server's own key, say).
+    #[error("{path} has {links} hard links; a file read by the server may have only one name")]
+    HardLinked { path: String, links: u64 },
     #[error("is larger than the limit of {0} bytes")]
     TooBig(u64),
     #[error("reading {path} failed: {source}")]
@@ -239,6 +242,9 @@ pub fn open_beneath(setting: &'static str, roots: &[PathBuf], path: &Path) -> Re
     let fd = rustix::fs::openat2(&root_fd, rel, flags, Mode::empty(), resolve).map_err(open_err)?;
     let st = rustix::fs::fstat(&fd).map_err(open_err)?;
     let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::RegularFile if st.st_nlink > 1 => {
+            return Err(FileFetchError::HardLinked { path: shown, links: st.st_nlink as u64 })
+        }
         rustix::fs::FileType::RegularFile => return Ok(std::fs::File::from(fd)),
         rustix::fs::FileType::Directory => "a directory",
         rustix::fs::FileType::Fifo => "a FIFO",

@@ -76,7 +76,7 @@ async fn setup(driver: DriverKind, max: u64) -> Result<Bench> {
     client.put("/v1/resourceGroups/bench", &json!({})).await?;
     let img = dir.path().join("image");
     sleeper_image(&img)?;
-    client.put("/v1/images/Herd:Bench:1:1.0.0", &json!({"directory": img})).await?;
+    crate::image_upload::import_directory(&client, "Herd:Bench:1:1.0.0", &img, json!({})).await?;
     Ok(Bench { _dir: dir, server, client })
 }
 
@@ -308,7 +308,7 @@ async fn lb_bench(duration: u64, connections: u32, rounds: u32) -> Result<()> {
     )?;
     std::fs::set_permissions(img.join("init"), std::fs::Permissions::from_mode(0o755))?;
     let c = &b.client;
-    c.put("/v1/images/Herd:Backend:1:1.0.0", &json!({"directory": img})).await?;
+    crate::image_upload::import_directory(c, "Herd:Backend:1:1.0.0", &img, json!({})).await?;
     c.put("/v1/resourceGroups/bench/publicIPAddresses/ip", &json!({})).await?;
     let lbp = "/v1/resourceGroups/bench/loadBalancers/lb";
     let pip = herd_model::network::network_id("bench", "publicIPAddresses", "ip");

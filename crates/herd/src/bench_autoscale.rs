@@ -58,7 +58,7 @@ pub async fn reaction(rounds: u32, interval_secs: u64) -> Result<Vec<f64>> {
     c.put("/v1/resourceGroups/b", &json!({})).await?;
     let img = dir.path().join("img");
     crate::bench::sleeper_image(&img)?;
-    c.put("/v1/images/B:B:1:1.0.0", &json!({"directory": img})).await?;
+    crate::image_upload::import_directory(&c, "B:B:1:1.0.0", &img, json!({})).await?;
     let set = json!({"sku": {"name": "Standard_B1ms", "capacity": 1}, "overprovision": false,
         "virtualMachineProfile": {"osProfile": {"computerNamePrefix": "b"},
             "storageProfile": {"imageReference": {"publisher": "B", "offer": "B", "sku": "1", "version": "1.0.0"}}}});

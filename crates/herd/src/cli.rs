@@ -651,11 +651,12 @@ pub enum ImageCmd {
         /// publisher:offer:sku:version
         #[arg(long)]
         urn: String,
-        /// Send --disk/--kernel/--initrd as paths for the server to read (it must allow their
-        /// directory in [images] import_roots) instead of uploading the files.
+        /// Send --dir/--disk/--kernel/--initrd as paths for the server to read (it must allow
+        /// them in [images] import_roots) instead of uploading the files.
         #[arg(long)]
         server_path: bool,
-        /// A directory with an executable `init` (process-driver image).
+        /// A directory with an executable `init` (process-driver image). Uploaded as a tar
+        /// archive; it may hold only regular files and directories.
         #[arg(long, group = "source")]
         dir: Option<PathBuf>,
         /// A bootable disk image, qcow2 or raw, e.g. a cloud image (qemu driver).

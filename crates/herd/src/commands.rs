@@ -708,7 +708,15 @@ async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
                     Ok(())
                 };
             match (&dir, &disk, &kernel) {
-                (Some(d), None, None) => body["directory"] = json!(abs("dir", d)?),
+                // A directory is packed and uploaded unless the server is to read its own.
+                (Some(d), None, None) if server_path => {
+                    body["directory"] = json!(std::path::absolute(d).with_context(|| format!("--dir {}", d.display()))?)
+                }
+                (Some(d), None, None) => {
+                    let extra = guest_agent.map_or(json!({}), |g| json!({"guestAgent": g}));
+                    let v = crate::image_upload::import_directory(&ctx.client, &urn, &abs("dir", d)?, extra).await?;
+                    return ctx.print(&v, Some(IMAGE_TABLE));
+                }
                 (None, Some(d), None) => file(&mut body, "disk", "disk", d)?,
                 (None, None, Some(k)) => {
                     file(&mut body, "kernel", "kernel", k)?;
@@ -726,7 +734,7 @@ async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
                 _ => bail!("give one of --dir (process driver), --disk or --kernel (qemu driver)"),
             }
             for (field, flag, path) in &uploads {
-                upload_image_file(ctx, &urn, field, flag, path).await?;
+                crate::image_upload::upload_file(&ctx.client, &urn, field, flag, path).await?;
             }
             if !uploads.is_empty() {
                 body["uploaded"] = json!(true);
@@ -744,60 +752,6 @@ async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Uploads one image file (`field`: disk, kernel or initrd) for `urn`: hashes it, then streams
-/// it with its SHA-256, showing progress on a terminal (and every 10% of a large file otherwise).
-async fn upload_image_file(ctx: &Ctx, urn: &str, field: &str, flag: &str, path: &std::path::Path) -> Result<()> {
-    use sha2::Digest;
-    use std::io::{IsTerminal, Read};
-    let len = std::fs::metadata(path).with_context(|| format!("--{flag} {}", path.display()))?.len();
-    let tty = std::io::stderr().is_terminal();
-    let show = tty || len >= 256 << 20;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let p = path.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut f = std::fs::File::open(&p)?;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(hex::encode(h.finalize()));
-            }
-            h.update(&buf[..n]);
-        }
-    })
-    .await?
-    .with_context(|| format!("--{flag} {}: reading", path.display()))?;
-    let last = std::sync::Mutex::new((std::time::Instant::now(), 0u64));
-    let label = format!("uploading {field} {name}");
-    let progress = move |sent: u64| {
-        if !show {
-            return;
-        }
-        let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
-        let pct = (sent * 100).checked_div(len).unwrap_or(100);
-        let due = if tty { l.0.elapsed() >= std::time::Duration::from_millis(200) } else { pct >= l.1 + 10 };
-        if due || sent == len {
-            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-            if tty {
-                eprint!("\r{label}: {:.1}/{:.1} MiB ({pct}%)", mib(sent), mib(len));
-                if sent == len {
-                    eprintln!();
-                }
-            } else {
-                eprintln!("{label}: {:.1}/{:.1} MiB ({pct}%)", mib(sent), mib(len));
-            }
-            *l = (std::time::Instant::now(), pct);
-        }
-    };
-    let route = format!("/v1/images/{}/files/{field}", enc(urn));
-    ctx.client
-        .upload(&route, path, &digest, progress)
-        .await
-        .with_context(|| format!("uploading --{flag} {}", path.display()))?;
-    Ok(())
 }
 
 /// The CLI reference, generated from the clap definitions (docs/cli.md).

@@ -15,6 +15,7 @@ mod cluster;
 mod commands;
 mod cost_cmds;
 mod demo;
+mod image_upload;
 mod network_cmds;
 mod output;
 mod server;

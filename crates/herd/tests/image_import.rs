@@ -209,3 +209,121 @@ fn uploads_are_checked_by_digest_and_content() {
     s.ok(&["image", "delete", "--urn", "T:Kernel:1:1.0.0"]);
     assert!(gallery_files(&data).is_empty(), "{:?}", gallery_files(&data));
 }
+
+/// A process image: an executable `init` and a page.
+fn process_image(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("init"), "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(dir.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("www/index.html"), "hello").unwrap();
+}
+
+#[test]
+fn a_directory_is_uploaded_and_a_server_side_one_needs_import_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start("sim", &data, None);
+    let img = dir.path().join("img");
+    process_image(&img);
+
+    // The server reads no directory of the client's choosing: not /etc, not its own data dir.
+    for path in ["/etc", data.to_str().unwrap(), img.to_str().unwrap()] {
+        let e = s.err(&["image", "import", "--urn", "Bad:Dir:1:1.0.0", "--server-path", "--dir", path]);
+        assert!(e.contains("directory") && e.contains("[images] import_roots"), "{path}: {e}");
+    }
+    assert!(gallery_files(&data).is_empty(), "{:?}", gallery_files(&data));
+
+    // Uploaded, the tree arrives whole, with its permissions.
+    let v = s.json(&["image", "import", "--urn", "Good:Dir:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    assert_eq!(v["source"]["kind"], "directory", "{v}");
+    let files = gallery_files(&data);
+    let page = files.iter().find(|p| p.ends_with("www/index.html")).expect("the page is in the gallery");
+    assert_eq!(std::fs::read_to_string(page).unwrap(), "hello");
+
+    // A symlink in the tree is refused by the CLI before anything is sent, naming it.
+    std::os::unix::fs::symlink("/etc/shadow", img.join("www/shadow")).unwrap();
+    let e = s.err(&["image", "import", "--urn", "Bad:Link:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    assert!(e.contains("www/shadow") && e.contains("symbolic link"), "{e}");
+    assert_eq!(s.json(&["image", "list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_uploaded_tar_with_a_link_or_an_escape_is_refused_and_leaves_nothing() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start("sim", &data, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let send = |r: reqwest::RequestBuilder| {
+        rt.block_on(async {
+            let r = r.bearer_auth(s.token()).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let http = reqwest::Client::new();
+    let upload = |urn: &str, body: Vec<u8>| {
+        let digest = hex::encode(sha2::Sha256::digest(&body));
+        send(
+            http.put(format!("{}/v1/images/{urn}/files/directory", s.url))
+                .header("X-Content-SHA256", digest)
+                .body(body),
+        )
+    };
+    let import =
+        |urn: &str| send(http.put(format!("{}/v1/images/{urn}", s.url)).json(&serde_json::json!({"uploaded": true})));
+    let tar_with = |link: bool| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o755);
+        b.append_data(&mut h, "init", &b"#!x"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        if link {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, "key", data.join("secret.key")).unwrap();
+        } else {
+            h.set_size(1);
+            h.set_mode(0o644);
+            h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    for (urn, link, says) in [("T:Link:1:1.0.0", true, "symbolic link"), ("T:Esc:1:1.0.0", false, "leaves the image")] {
+        let (status, body) = upload(urn, tar_with(link));
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = import(urn);
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(says) && body.contains("\"directory\""), "{body}");
+    }
+    // Not a tar at all: refused at upload.
+    let (status, body) = upload("T:Junk:1:1.0.0", vec![0xff; 4096]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a tar archive"), "{body}");
+    assert!(!dir.path().join("escape").exists());
+    let left: Vec<_> = gallery_files(&data).into_iter().filter(|p| !p.to_string_lossy().contains("uploads")).collect();
+    assert!(left.is_empty(), "a refused import leaves nothing in the gallery: {left:?}");
+}
+
+#[test]
+fn a_server_side_directory_below_import_roots_is_copied_without_its_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let root = dir.path().join("images-in");
+    let img = root.join("img");
+    process_image(&img);
+    let config = format!("[images]\nimport_roots = [\"{}\"]\n", root.display());
+    let s = Server::start("sim", &data, Some(&config));
+    let v = s.json(&["image", "import", "--urn", "Srv:Dir:1:1.0.0", "--server-path", "--dir", img.to_str().unwrap()]);
+    assert_eq!(v["source"]["kind"], "directory", "{v}");
+    std::os::unix::fs::symlink(data.join("api-token"), img.join("www/token")).unwrap();
+    let e = s.err(&["image", "import", "--urn", "Srv:Dir:1:2.0.0", "--server-path", "--dir", img.to_str().unwrap()]);
+    assert!(e.contains("www/token") && e.contains("symbolic link"), "{e}");
+    let token = s.token();
+    for f in gallery_files(&data) {
+        assert_ne!(std::fs::read_to_string(&f).unwrap_or_default().trim(), token, "{f:?} holds the API token");
+    }
+}

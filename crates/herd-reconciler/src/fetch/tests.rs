@@ -86,6 +86,8 @@ async fn file_roots_refuse_escapes_symlinks_fifos_and_devices() {
     std::os::unix::fs::symlink(&outside, root.join("link.sh")).unwrap();
     std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
     std::fs::create_dir(root.join("sub")).unwrap();
+    // A hard link is a second name for the file outside the root.
+    std::fs::hard_link(&outside, root.join("hard.sh")).unwrap();
     let f = loopback_allowed(1 << 20, vec![root.clone()]);
     let r = root.display();
     for (url, want) in [
@@ -94,6 +96,7 @@ async fn file_roots_refuse_escapes_symlinks_fifos_and_devices() {
         (format!("file://{r}/link.sh"), "cannot be opened"),
         (format!("file://{r}/etc/passwd"), "cannot be opened"),
         (format!("file://{r}/sub"), "not a regular file"),
+        (format!("file://{r}/hard.sh"), "2 hard links"),
         (format!("file://{r}"), "not a regular file"),
         ("file:///etc/shadow".to_string(), "not below a directory allowed"),
         (format!("file://{}/secret", dir.path().display()), "not below a directory allowed"),
