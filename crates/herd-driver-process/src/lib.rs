@@ -37,6 +37,15 @@
 //! An instance created but not yet spawned (no `pid` file, no failed start recorded) is
 //! reported `Starting`.
 //!
+//! # Fencing
+//!
+//! Every acting call checks its fence (`herd_driver::fence`) under the instance's lock before it
+//! does anything: a call with a lower term or incarnation than the instance directory's `fence`
+//! file records is refused with `DriverError::Fenced`, and a higher one is recorded first
+//! (atomically: temporary file, fsync, rename). A new instance gets its `fence` file before its
+//! directory appears under its name; a directory without one (created before fencing) accepts
+//! the first call and records it. `destroy` removes the record with the directory.
+//!
 //! # Whose instance
 //!
 //! The tag names the herd cluster (the server passes `herd:<cluster id>`). Every instance
@@ -143,7 +152,7 @@ mod state;
 
 use async_trait::async_trait;
 use herd_driver::{
-    Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
+    Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
 use herd_model::InstanceKey;
 use layout::{check_image, remove_tree, InstanceDir, Power};
@@ -321,9 +330,22 @@ impl ProcessDriver {
         Err(DriverError::Failed(format!("process group {} did not exit after SIGKILL", id.pid)))
     }
 
-    async fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
+    async fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
         let spec = spec.clone();
-        self.blocking(move |st| st.materialize(&spec)).await?
+        self.blocking(move |st| st.materialize(&spec, fence)).await?
+    }
+
+    /// The fence check every acting call starts with, under the instance's lock: another
+    /// cluster's directory is refused first (nothing is written into it), then `fence` is
+    /// checked against the instance's record and recorded if higher (see `herd_driver::fence`).
+    async fn admit(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
+        let key = key.clone();
+        self.blocking(move |st| {
+            let d = st.instance(&key);
+            st.check_owned(&d, &key)?;
+            herd_driver::fence::admit_in_dir(&key, &d.dir, fence)
+        })
+        .await?
     }
 }
 
@@ -333,20 +355,21 @@ impl Driver for ProcessDriver {
         "process"
     }
 
-    async fn ensure(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        let existed = self.materialize(spec).await?;
+        self.admit(&spec.key, fence).await?;
+        let existed = self.materialize(spec, fence).await?;
         if existed && self.live_group(&spec.key).await?.is_some() {
             return Ok(());
         }
         self.start(&d, &spec.key).await
     }
 
-    async fn set_power(&self, key: &InstanceKey, target: PowerTarget) -> Result<(), DriverError> {
+    async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
         }
@@ -362,10 +385,10 @@ impl Driver for ProcessDriver {
         }
     }
 
-    async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError> {
+    async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
         }
@@ -375,10 +398,10 @@ impl Driver for ProcessDriver {
 
     /// The size is advisory for a process (`HERD_VCPUS`, `HERD_MEMORY_MIB`): the environment is
     /// rewritten with it and the instance restarted; `work/` is kept.
-    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        self.state.check_owned(&d, &spec.key)?;
+        self.admit(&spec.key, fence).await?;
         if !d.exists() {
             return Err(DriverError::NotFound(spec.key.clone()));
         }
@@ -393,10 +416,10 @@ impl Driver for ProcessDriver {
         self.start(&d, &spec.key).await
     }
 
-    async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        self.state.check_owned(&d, &spec.key)?;
+        self.admit(&spec.key, fence).await?;
         if d.exists() {
             self.stop(&d, &spec.key, Power::Stopped).await?;
             let (d2, spec2) = (d.clone(), spec.clone());
@@ -408,15 +431,15 @@ impl Driver for ProcessDriver {
             .await??;
             tracing::debug!(instance = %spec.key, "reimaged");
         } else {
-            self.materialize(spec).await?;
+            self.materialize(spec, fence).await?;
         }
         self.start(&d, &spec.key).await
     }
 
-    async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
+    async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         let d2 = d.clone();
         let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
         if recorded {
@@ -493,11 +516,11 @@ impl Driver for ProcessDriver {
     }
 
     /// See the crate docs, "Extension runs".
-    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
         script::check_names(&run.name, &run.files).map_err(|m| DriverError::Failed(format!("instance {key}: {m}")))?;
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         let d2 = d.clone();
         if !blocking(move || d2.exists()).await? {
             return Err(DriverError::NotFound(key.clone()));
@@ -706,7 +729,7 @@ fn io_failed(what: &str, e: std::io::Error) -> DriverError {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DriverError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Failed(format!("internal task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Task(std::sync::Arc::new(e)))
 }
 
 impl ProcessDriver {

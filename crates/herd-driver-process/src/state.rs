@@ -92,7 +92,9 @@ impl State {
 
     /// Creates the instance directory from `spec` if absent (atomically: built beside it and
     /// renamed). Returns whether it already existed.
-    pub fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
+    /// Builds the instance directory if absent (recording `fence` in it before it appears under
+    /// its name, so a new instance is never without its fence). Returns whether it existed.
+    pub fn materialize(&self, spec: &InstanceSpec, fence: herd_driver::Fence) -> Result<bool, DriverError> {
         let d = self.instance(&spec.key);
         let image = image_dir(spec)?;
         self.check_owned(&d, &spec.key)?;
@@ -114,6 +116,9 @@ impl State {
         tmp.write_tag(&self.tag).map_err(|e| io("writing the tag file", e))?;
         install_work(&tmp, &d, spec, &image)?;
         tmp.write_power(Power::Running).map_err(|e| io("writing the power file", e))?;
+        if fence.incarnation != herd_driver::Incarnation::ANY {
+            herd_driver::fence::write_record(&tmp.dir, fence).map_err(|e| io("recording the fence", e))?;
+        }
         std::fs::rename(&tmp.dir, &d.dir).map_err(|e| io("creating its directory", e))?;
         Ok(false)
     }
