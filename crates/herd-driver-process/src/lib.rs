@@ -155,7 +155,7 @@ use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
 use herd_model::InstanceKey;
-use layout::{check_image, remove_tree, InstanceDir, Power};
+use layout::{remove_tree, InstanceDir, Power};
 use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
 use state::{install_work, State, NO_PROCESS};
@@ -271,7 +271,7 @@ impl ProcessDriver {
     async fn start(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
         let d2 = d.clone();
         // Without a pid file, a crash before the new one is written is recognisable (see live_group).
-        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed("removing the pid file", e))?;
+        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed(key, "removing the pid file", e))?;
         let (id, child) = match spawn::launch(d, key, &self.state.tag, self.set_hostname, self.launcher.as_deref()) {
             Ok(v) => v,
             Err(msg) => {
@@ -298,7 +298,7 @@ impl ProcessDriver {
         .await?;
         if let Err(e) = written {
             procfs::signal_group(id, Signal::SIGKILL);
-            return Err(io_failed("writing the pid file", e));
+            return Err(io_failed(key, "writing the pid file", e));
         }
         tracing::debug!(instance = %key, pid = id.pid, "started");
         Ok(())
@@ -306,7 +306,7 @@ impl ProcessDriver {
 
     async fn stop(&self, d: &InstanceDir, key: &InstanceKey, power: Power) -> Result<(), DriverError> {
         let d2 = d.clone();
-        blocking(move || d2.write_power(power)).await?.map_err(|e| io_failed("writing the power file", e))?;
+        blocking(move || d2.write_power(power)).await?.map_err(|e| io_failed(key, "writing the power file", e))?;
         if let Some(id) = self.live_group(key).await? {
             self.terminate(id).await?;
             tracing::debug!(instance = %key, pid = id.pid, power = power.as_str(), "stopped");
@@ -425,7 +425,7 @@ impl Driver for ProcessDriver {
             let (d2, spec2) = (d.clone(), spec.clone());
             blocking(move || {
                 let image = state::image_dir(&spec2)?;
-                check_image(&image).map_err(DriverError::Failed)?;
+                state::image_usable(&spec2.key, &image)?;
                 install_work(&d2, &d2, &spec2, &image)
             })
             .await??;
@@ -480,7 +480,7 @@ impl Driver for ProcessDriver {
             last
         })
         .await?
-        .map_err(|e| io_failed(&format!("instance {key}: removing its directory"), e))?;
+        .map_err(|e| io_failed(key, "removing its directory", e))?;
         self.forget_lock(key);
         tracing::debug!(instance = %key, "destroyed");
         Ok(())
@@ -724,8 +724,8 @@ async fn wait_gone(id: ProcId, limit: Duration) -> Result<bool, DriverError> {
     }
 }
 
-fn io_failed(what: &str, e: std::io::Error) -> DriverError {
-    DriverError::Failed(format!("{what}: {e}"))
+fn io_failed(key: &InstanceKey, what: &str, e: std::io::Error) -> DriverError {
+    DriverError::io(key, what, e)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DriverError> {
@@ -742,7 +742,7 @@ impl ProcessDriver {
         if !d.exists() || d.read_tag().is_some() {
             return Ok(false);
         }
-        d.write_tag(&self.state.tag).map_err(|e| io_failed(&format!("instance {key}: writing its tag file"), e))?;
+        d.write_tag(&self.state.tag).map_err(|e| io_failed(key, "writing its tag file", e))?;
         Ok(true)
     }
 }

@@ -101,15 +101,15 @@ impl State {
         if d.exists() {
             if !d.work().exists() {
                 // A crash in the middle of a reimage: finish it.
-                check_image(&image).map_err(DriverError::Failed)?;
+                image_usable(&spec.key, &image)?;
                 install_work(&d, &d, spec, &image)?;
             }
             return Ok(true);
         }
-        check_image(&image).map_err(DriverError::Failed)?;
+        image_usable(&spec.key, &image)?;
         let parent = d.dir.parent().unwrap_or(&self.root).to_path_buf();
         let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
-        let io = |what: &str, e: std::io::Error| io_failed(&format!("instance {}: {what}", spec.key), e);
+        let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
         std::fs::create_dir_all(&parent).map_err(|e| io("creating its directory", e))?;
         remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
         std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
@@ -180,7 +180,7 @@ pub(crate) fn install_work(
     spec: &InstanceSpec,
     image: &Path,
 ) -> Result<(), DriverError> {
-    let io = |what: &str, e: std::io::Error| io_failed(&format!("instance {}: {what}", spec.key), e);
+    let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
     let staging = target.dir.join("work.new");
     remove_tree(&staging).map_err(|e| io("clearing a half-copied image", e))?;
     copy_tree(image, &staging).map_err(|e| io(&format!("copying image {}", image.display()), e))?;
@@ -198,11 +198,27 @@ pub(crate) fn install_work(
 pub(crate) fn image_dir(spec: &InstanceSpec) -> Result<PathBuf, DriverError> {
     match &spec.image {
         ImageSource::Directory { path } => Ok(PathBuf::from(path)),
-        other => Err(DriverError::Failed(format!(
-            "the process driver runs directory images only; this image is a {} image (use the qemu driver)",
-            other.kind()
-        ))),
+        other => Err(DriverError::InvalidSpec {
+            key: spec.key.clone(),
+            reason: format!(
+                "the process driver runs directory images only; this image is a {} image (use the qemu driver)",
+                other.kind()
+            ),
+        }),
     }
+}
+
+/// Checks the image directory has an executable `init`. A directory that is gone altogether
+/// is a missing image (`ImageUnavailable`, permanent until the image is restored); one that is
+/// there but unusable stays an unclassified failure.
+pub(crate) fn image_usable(key: &InstanceKey, image: &Path) -> Result<(), DriverError> {
+    check_image(image).map_err(|reason| {
+        if image.is_dir() {
+            DriverError::Failed(reason)
+        } else {
+            DriverError::ImageUnavailable { key: key.clone(), reason }
+        }
+    })
 }
 
 /// Why an instance that should run does not: `init exited (exit status 3): <last console line>`.
@@ -251,8 +267,4 @@ fn walk(root: &Path) -> Vec<(InstanceKey, InstanceDir)> {
         }
     }
     out
-}
-
-fn io_failed(what: &str, e: std::io::Error) -> DriverError {
-    DriverError::Failed(format!("{what}: {e}"))
 }

@@ -1,6 +1,7 @@
-//! Fencing in the process driver: a call with a lower term or incarnation than the instance's
+//! Fencing and error kinds in the process driver: a call with a lower term or incarnation than the instance's
 //! record is refused and changes nothing; equal and higher pass; the record lives in the
 //! instance directory and survives a new driver object on the same root (a server restart).
+//! A missing image is a permanent error.
 
 use herd_driver::{Driver, DriverError, Fence, Incarnation, InstanceSpec, ObservedPower, PowerTarget, ScriptRun, Term};
 use herd_driver_process::ProcessDriver;
@@ -170,4 +171,21 @@ async fn an_instance_without_a_record_accepts_the_first_call() {
     std::fs::remove_file(d.instance_dir(&k).join(herd_driver::fence::FENCE_FILE)).unwrap();
     d.destroy(&k, Fence::FIRST).await.unwrap();
     assert!(d.list().await.unwrap().is_empty());
+}
+
+/// Error kinds the reconciler's backoff relies on: an image directory that is gone is
+/// permanent; a wrong kind of image is an invalid spec; neither leaves anything behind.
+#[tokio::test]
+async fn a_missing_image_is_permanent() {
+    let rig = Rig::new();
+    let d = rig.driver();
+    let gone = spec(&rig.image.join("gone"), 3);
+    let e = d.ensure(&gone, Fence::FIRST).await.unwrap_err();
+    assert!(matches!(&e, DriverError::ImageUnavailable { .. }) && !e.retryable(), "{e:?}");
+    assert!(e.to_string().contains("init"), "{e}");
+    let mut disk = spec(&rig.image, 3);
+    disk.image = ImageSource::Disk { path: "/x.qcow2".into(), format: "qcow2".into() };
+    let e = d.reimage(&disk, Fence::FIRST).await.unwrap_err();
+    assert!(matches!(&e, DriverError::InvalidSpec { .. }) && !e.retryable(), "{e:?}");
+    assert!(!d.instance_dir(&key(3)).exists());
 }

@@ -681,7 +681,8 @@ impl QemuDriver {
         if self.live(key).await?.is_none() {
             return Err(DriverError::Failed(format!("instance {key} is not running; scripts need a running VM")));
         }
-        let agent = |e: crate::qga::QgaError| DriverError::Failed(format!("instance {key}: guest agent: {e}"));
+        let agent =
+            |e: crate::qga::QgaError| DriverError::GuestAgent { key: key.clone(), source: std::sync::Arc::new(e) };
         let started = Instant::now();
         let qga = match known {
             Some(_) => Qga::wait_ready(&d.qga_socket(), AGENT_CONNECT_TIMEOUT).await.map_err(agent)?,
@@ -1491,7 +1492,7 @@ impl Driver for QemuDriver {
             return Err(DriverError::NotFound(key.clone()));
         }
         self.stop(key, &d, Power::Stopped).await?;
-        let io = |e: std::io::Error| DriverError::Failed(format!("instance {key}: spec.json: {e}"));
+        let io = |e: std::io::Error| io_failed(key, "spec.json", e);
         let mut vm = d.read_spec().map_err(io)?;
         vm.vcpus = spec.size.vcpus;
         vm.memory_mib = spec.size.memory_mib;

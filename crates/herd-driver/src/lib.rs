@@ -244,6 +244,14 @@ pub enum DriverError {
     /// A blocking task of the driver died (panicked or was cancelled). Transient.
     #[error("internal task failed: {0}")]
     Task(#[source] Arc<tokio::task::JoinError>),
+    /// Talking to the guest agent inside the instance failed (connect, timeout, protocol).
+    /// Transient: the guest may still be booting or busy.
+    #[error("instance {key}: guest agent: {source}")]
+    GuestAgent {
+        key: InstanceKey,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl DriverError {
@@ -257,7 +265,7 @@ impl DriverError {
     /// reconcile pass re-observes before it acts again.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::NotFound(_) | Self::Failed(_) | Self::Io { .. } | Self::Task(_) => true,
+            Self::NotFound(_) | Self::Failed(_) | Self::Io { .. } | Self::Task(_) | Self::GuestAgent { .. } => true,
             Self::Fenced(_) | Self::FenceRecord { .. } | Self::InvalidSpec { .. } | Self::ImageUnavailable { .. } => {
                 false
             }
