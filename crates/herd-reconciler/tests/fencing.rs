@@ -117,6 +117,11 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_with(json!(null))
+}
+
+/// An environment whose set has `extension_profile` (JSON null: none).
+fn env_with(extension_profile: serde_json::Value) -> Env {
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let sim = Arc::new(SimDriver::new(SimConfig {
         boot_min: Duration::ZERO,
@@ -140,15 +145,18 @@ fn env() -> Env {
         created_at: t0(),
     };
     store.txn(vec![WriteOp::put(Kind::Image, "p:o:s:1.0.0", &image, Expect::Absent).unwrap()]).unwrap();
-    let model = ScaleSetModel::from_json(json!({
+    let mut model = json!({
         "sku": {"name": "Standard_B1ms", "capacity": 2},
         "overprovision": false,
         "virtualMachineProfile": {
             "osProfile": {"computerNamePrefix": "web"},
             "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}
         }
-    }))
-    .unwrap();
+    });
+    if !extension_profile.is_null() {
+        model["virtualMachineProfile"]["extensionProfile"] = extension_profile;
+    }
+    let model = ScaleSetModel::from_json(model).unwrap();
     let set = StoredScaleSet {
         name: ScaleSetName::new("web").unwrap(),
         group: GroupName::new("rg").unwrap(),
@@ -336,5 +344,30 @@ impl Env {
     fn clock_now(&self) -> DateTime<Utc> {
         use herd_model::clock::Clock;
         self.clock.now()
+    }
+}
+
+#[tokio::test]
+async fn extension_runs_carry_the_fence_too() {
+    let e = env_with(json!({"extensions": [{"name": "setup", "properties": {
+        "publisher": "Herd.Extensions", "type": "CustomScript", "typeHandlerVersion": "2.1",
+        "settings": {"commandToExecute": "echo setup"}}}]}));
+    e.term.raise(Term(2));
+    e.until_all(InstanceState::Running, "creation").await;
+    // Extension runs are background tasks started by a pass: poll for both, passing time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let runs = loop {
+        let runs: Vec<Seen> = e.witness.seen().into_iter().filter(|s| s.call == "run_script").collect();
+        if runs.len() >= 2 {
+            break runs;
+        }
+        assert!(std::time::Instant::now() < deadline, "two extension runs never happened: {:?}", e.witness.seen());
+        e.rec.pass().await.unwrap();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for s in &runs {
+        assert_eq!(s.fence, Fence::new(Term(2), Incarnation::FIRST), "{s:?}");
+        assert_eq!(s.stored, Some(1), "{s:?}");
     }
 }
