@@ -130,7 +130,7 @@ impl World {
             ops.push(WriteOp::put(Kind::Instance, format!("{SET}/{id:010}"), &rec, Expect::Absent).unwrap());
         }
         for o in records.iter().rev().take(records.len().saturating_sub(want as usize)) {
-            self.sim.destroy(&key(o.value.instance_id.0)).await.unwrap();
+            self.sim.destroy(&key(o.value.instance_id.0), herd_driver::Fence::FIRST).await.unwrap();
             ops.push(WriteOp::delete(Kind::Instance, o.key.clone(), Expect::Revision(o.revision)));
         }
         if !ops.is_empty() {

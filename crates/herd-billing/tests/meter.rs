@@ -105,6 +105,7 @@ fn record(id: u64, state: InstanceState, overprovisioned: bool, now: DateTime<Ut
         host: None,
         scheduled_events: vec![],
         eviction: None,
+        incarnation: 1,
         created_at: now,
         state_since: now,
     }

@@ -37,6 +37,15 @@
 //! An instance created but not yet spawned (no `pid` file, no failed start recorded) is
 //! reported `Starting`.
 //!
+//! # Fencing
+//!
+//! Every acting call checks its fence (`herd_driver::fence`) under the instance's lock before it
+//! does anything: a call with a lower term or incarnation than the instance directory's `fence`
+//! file records is refused with `DriverError::Fenced`, and a higher one is recorded first
+//! (atomically: temporary file, fsync, rename). A new instance gets its `fence` file before its
+//! directory appears under its name; a directory without one (created before fencing) accepts
+//! the first call and records it. `destroy` removes the record with the directory.
+//!
 //! # Whose instance
 //!
 //! The tag names the herd cluster (the server passes `herd:<cluster id>`). Every instance
@@ -143,10 +152,10 @@ mod state;
 
 use async_trait::async_trait;
 use herd_driver::{
-    Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
+    Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
 use herd_model::InstanceKey;
-use layout::{check_image, remove_tree, InstanceDir, Power};
+use layout::{remove_tree, InstanceDir, Power};
 use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
 use state::{install_work, State, NO_PROCESS};
@@ -262,7 +271,7 @@ impl ProcessDriver {
     async fn start(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
         let d2 = d.clone();
         // Without a pid file, a crash before the new one is written is recognisable (see live_group).
-        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed("removing the pid file", e))?;
+        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed(key, "removing the pid file", e))?;
         let (id, child) = match spawn::launch(d, key, &self.state.tag, self.set_hostname, self.launcher.as_deref()) {
             Ok(v) => v,
             Err(msg) => {
@@ -289,7 +298,7 @@ impl ProcessDriver {
         .await?;
         if let Err(e) = written {
             procfs::signal_group(id, Signal::SIGKILL);
-            return Err(io_failed("writing the pid file", e));
+            return Err(io_failed(key, "writing the pid file", e));
         }
         tracing::debug!(instance = %key, pid = id.pid, "started");
         Ok(())
@@ -297,7 +306,7 @@ impl ProcessDriver {
 
     async fn stop(&self, d: &InstanceDir, key: &InstanceKey, power: Power) -> Result<(), DriverError> {
         let d2 = d.clone();
-        blocking(move || d2.write_power(power)).await?.map_err(|e| io_failed("writing the power file", e))?;
+        blocking(move || d2.write_power(power)).await?.map_err(|e| io_failed(key, "writing the power file", e))?;
         if let Some(id) = self.live_group(key).await? {
             self.terminate(id).await?;
             tracing::debug!(instance = %key, pid = id.pid, power = power.as_str(), "stopped");
@@ -321,9 +330,22 @@ impl ProcessDriver {
         Err(DriverError::Failed(format!("process group {} did not exit after SIGKILL", id.pid)))
     }
 
-    async fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
+    async fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
         let spec = spec.clone();
-        self.blocking(move |st| st.materialize(&spec)).await?
+        self.blocking(move |st| st.materialize(&spec, fence)).await?
+    }
+
+    /// The fence check every acting call starts with, under the instance's lock: another
+    /// cluster's directory is refused first (nothing is written into it), then `fence` is
+    /// checked against the instance's record and recorded if higher (see `herd_driver::fence`).
+    async fn admit(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
+        let key = key.clone();
+        self.blocking(move |st| {
+            let d = st.instance(&key);
+            st.check_owned(&d, &key)?;
+            herd_driver::fence::admit_in_dir(&key, &d.dir, fence)
+        })
+        .await?
     }
 }
 
@@ -333,20 +355,21 @@ impl Driver for ProcessDriver {
         "process"
     }
 
-    async fn ensure(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        let existed = self.materialize(spec).await?;
+        self.admit(&spec.key, fence).await?;
+        let existed = self.materialize(spec, fence).await?;
         if existed && self.live_group(&spec.key).await?.is_some() {
             return Ok(());
         }
         self.start(&d, &spec.key).await
     }
 
-    async fn set_power(&self, key: &InstanceKey, target: PowerTarget) -> Result<(), DriverError> {
+    async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
         }
@@ -362,10 +385,10 @@ impl Driver for ProcessDriver {
         }
     }
 
-    async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError> {
+    async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
         }
@@ -375,10 +398,10 @@ impl Driver for ProcessDriver {
 
     /// The size is advisory for a process (`HERD_VCPUS`, `HERD_MEMORY_MIB`): the environment is
     /// rewritten with it and the instance restarted; `work/` is kept.
-    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        self.state.check_owned(&d, &spec.key)?;
+        self.admit(&spec.key, fence).await?;
         if !d.exists() {
             return Err(DriverError::NotFound(spec.key.clone()));
         }
@@ -393,30 +416,30 @@ impl Driver for ProcessDriver {
         self.start(&d, &spec.key).await
     }
 
-    async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        self.state.check_owned(&d, &spec.key)?;
+        self.admit(&spec.key, fence).await?;
         if d.exists() {
             self.stop(&d, &spec.key, Power::Stopped).await?;
             let (d2, spec2) = (d.clone(), spec.clone());
             blocking(move || {
                 let image = state::image_dir(&spec2)?;
-                check_image(&image).map_err(DriverError::Failed)?;
+                state::image_usable(&spec2.key, &image)?;
                 install_work(&d2, &d2, &spec2, &image)
             })
             .await??;
             tracing::debug!(instance = %spec.key, "reimaged");
         } else {
-            self.materialize(spec).await?;
+            self.materialize(spec, fence).await?;
         }
         self.start(&d, &spec.key).await
     }
 
-    async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
+    async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         let d2 = d.clone();
         let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
         if recorded {
@@ -457,7 +480,7 @@ impl Driver for ProcessDriver {
             last
         })
         .await?
-        .map_err(|e| io_failed(&format!("instance {key}: removing its directory"), e))?;
+        .map_err(|e| io_failed(key, "removing its directory", e))?;
         self.forget_lock(key);
         tracing::debug!(instance = %key, "destroyed");
         Ok(())
@@ -493,11 +516,11 @@ impl Driver for ProcessDriver {
     }
 
     /// See the crate docs, "Extension runs".
-    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
         script::check_names(&run.name, &run.files).map_err(|m| DriverError::Failed(format!("instance {key}: {m}")))?;
         let _g = self.lock(key).await;
         let d = self.state.instance(key);
-        self.state.check_owned(&d, key)?;
+        self.admit(key, fence).await?;
         let d2 = d.clone();
         if !blocking(move || d2.exists()).await? {
             return Err(DriverError::NotFound(key.clone()));
@@ -701,12 +724,12 @@ async fn wait_gone(id: ProcId, limit: Duration) -> Result<bool, DriverError> {
     }
 }
 
-fn io_failed(what: &str, e: std::io::Error) -> DriverError {
-    DriverError::Failed(format!("{what}: {e}"))
+fn io_failed(key: &InstanceKey, what: &str, e: std::io::Error) -> DriverError {
+    DriverError::io(key, what, e)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DriverError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Failed(format!("internal task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Task(std::sync::Arc::new(e)))
 }
 
 impl ProcessDriver {
@@ -719,7 +742,7 @@ impl ProcessDriver {
         if !d.exists() || d.read_tag().is_some() {
             return Ok(false);
         }
-        d.write_tag(&self.state.tag).map_err(|e| io_failed(&format!("instance {key}: writing its tag file"), e))?;
+        d.write_tag(&self.state.tag).map_err(|e| io_failed(key, "writing its tag file", e))?;
         Ok(true)
     }
 }

@@ -92,28 +92,33 @@ impl State {
 
     /// Creates the instance directory from `spec` if absent (atomically: built beside it and
     /// renamed). Returns whether it already existed.
-    pub fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
+    /// Builds the instance directory if absent (recording `fence` in it before it appears under
+    /// its name, so a new instance is never without its fence). Returns whether it existed.
+    pub fn materialize(&self, spec: &InstanceSpec, fence: herd_driver::Fence) -> Result<bool, DriverError> {
         let d = self.instance(&spec.key);
         let image = image_dir(spec)?;
         self.check_owned(&d, &spec.key)?;
         if d.exists() {
             if !d.work().exists() {
                 // A crash in the middle of a reimage: finish it.
-                check_image(&image).map_err(DriverError::Failed)?;
+                image_usable(&spec.key, &image)?;
                 install_work(&d, &d, spec, &image)?;
             }
             return Ok(true);
         }
-        check_image(&image).map_err(DriverError::Failed)?;
+        image_usable(&spec.key, &image)?;
         let parent = d.dir.parent().unwrap_or(&self.root).to_path_buf();
         let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
-        let io = |what: &str, e: std::io::Error| io_failed(&format!("instance {}: {what}", spec.key), e);
+        let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
         std::fs::create_dir_all(&parent).map_err(|e| io("creating its directory", e))?;
         remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
         std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
         tmp.write_tag(&self.tag).map_err(|e| io("writing the tag file", e))?;
         install_work(&tmp, &d, spec, &image)?;
         tmp.write_power(Power::Running).map_err(|e| io("writing the power file", e))?;
+        if fence.incarnation != herd_driver::Incarnation::ANY {
+            herd_driver::fence::write_record(&tmp.dir, fence).map_err(|e| io("recording the fence", e))?;
+        }
         std::fs::rename(&tmp.dir, &d.dir).map_err(|e| io("creating its directory", e))?;
         Ok(false)
     }
@@ -175,7 +180,7 @@ pub(crate) fn install_work(
     spec: &InstanceSpec,
     image: &Path,
 ) -> Result<(), DriverError> {
-    let io = |what: &str, e: std::io::Error| io_failed(&format!("instance {}: {what}", spec.key), e);
+    let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
     let staging = target.dir.join("work.new");
     remove_tree(&staging).map_err(|e| io("clearing a half-copied image", e))?;
     copy_tree(image, &staging).map_err(|e| io(&format!("copying image {}", image.display()), e))?;
@@ -193,11 +198,27 @@ pub(crate) fn install_work(
 pub(crate) fn image_dir(spec: &InstanceSpec) -> Result<PathBuf, DriverError> {
     match &spec.image {
         ImageSource::Directory { path } => Ok(PathBuf::from(path)),
-        other => Err(DriverError::Failed(format!(
-            "the process driver runs directory images only; this image is a {} image (use the qemu driver)",
-            other.kind()
-        ))),
+        other => Err(DriverError::InvalidSpec {
+            key: spec.key.clone(),
+            reason: format!(
+                "the process driver runs directory images only; this image is a {} image (use the qemu driver)",
+                other.kind()
+            ),
+        }),
     }
+}
+
+/// Checks the image directory has an executable `init`. A directory that is gone altogether
+/// is a missing image (`ImageUnavailable`, permanent until the image is restored); one that is
+/// there but unusable stays an unclassified failure.
+pub(crate) fn image_usable(key: &InstanceKey, image: &Path) -> Result<(), DriverError> {
+    check_image(image).map_err(|reason| {
+        if image.is_dir() {
+            DriverError::Failed(reason)
+        } else {
+            DriverError::ImageUnavailable { key: key.clone(), reason }
+        }
+    })
 }
 
 /// Why an instance that should run does not: `init exited (exit status 3): <last console line>`.
@@ -246,8 +267,4 @@ fn walk(root: &Path) -> Vec<(InstanceKey, InstanceDir)> {
         }
     }
     out
-}
-
-fn io_failed(what: &str, e: std::io::Error) -> DriverError {
-    DriverError::Failed(format!("{what}: {e}"))
 }

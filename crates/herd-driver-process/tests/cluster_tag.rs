@@ -3,7 +3,7 @@
 //! change the other's; a directory without a tag (made before cluster ids) is nobody's until
 //! claimed.
 
-use herd_driver::{Driver, InstanceSpec, PowerTarget};
+use herd_driver::{Driver, Fence, InstanceSpec, PowerTarget};
 use herd_driver_process::ProcessDriver;
 use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
 use std::os::unix::fs::PermissionsExt;
@@ -49,7 +49,7 @@ async fn a_driver_never_touches_another_clusters_instances() {
     let a = ProcessDriver::new(root.clone(), tag("a")).unwrap().with_stop_grace(Duration::from_secs(1));
     let b = ProcessDriver::new(root.clone(), tag("b")).unwrap().with_stop_grace(Duration::from_secs(1));
 
-    a.ensure(&spec(&image, 0)).await.unwrap();
+    a.ensure(&spec(&image, 0), Fence::FIRST).await.unwrap();
     let pid: u32 = std::fs::read_to_string(a.instance_dir(&key(0)).join("pid"))
         .unwrap()
         .split_whitespace()
@@ -61,10 +61,10 @@ async fn a_driver_never_touches_another_clusters_instances() {
     assert_eq!(a.list().await.unwrap().len(), 1);
     assert!(b.list().await.unwrap().is_empty(), "b does not list a's instance");
     for (what, r) in [
-        ("ensure", b.ensure(&spec(&image, 0)).await),
-        ("set_power", b.set_power(&key(0), PowerTarget::Stopped).await),
-        ("restart", b.restart(&key(0)).await),
-        ("destroy", b.destroy(&key(0)).await),
+        ("ensure", b.ensure(&spec(&image, 0), Fence::FIRST).await),
+        ("set_power", b.set_power(&key(0), PowerTarget::Stopped, Fence::FIRST).await),
+        ("restart", b.restart(&key(0), Fence::FIRST).await),
+        ("destroy", b.destroy(&key(0), Fence::FIRST).await),
     ] {
         let e = r.expect_err(what).to_string();
         assert!(e.contains("another herd cluster"), "{what}: {e}");
@@ -75,11 +75,11 @@ async fn a_driver_never_touches_another_clusters_instances() {
     // A directory without a tag (older than cluster ids) is nobody's until claimed.
     std::fs::remove_file(a.instance_dir(&key(0)).join("tag")).unwrap();
     assert!(a.list().await.unwrap().is_empty() && b.list().await.unwrap().is_empty());
-    assert!(a.destroy(&key(0)).await.is_err(), "an untagged directory is not destroyed");
+    assert!(a.destroy(&key(0), Fence::FIRST).await.is_err(), "an untagged directory is not destroyed");
     assert!(alive(pid));
     assert!(a.claim_unstamped(&key(0)).unwrap(), "claimed by a");
     assert!(!b.claim_unstamped(&key(0)).unwrap(), "a tagged directory is not claimed again");
     assert_eq!(a.list().await.unwrap().len(), 1);
-    a.destroy(&key(0)).await.unwrap();
+    a.destroy(&key(0), Fence::FIRST).await.unwrap();
     assert!(!alive(pid), "destroyed by its own cluster");
 }

@@ -2,7 +2,9 @@
 //! `init` shell script, runs instances from it under a unique tag and root, and kills every
 //! process carrying its tag when it ends (even on failure).
 
-use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower, PowerTarget, ScriptRun, SCRIPT_OUTPUT_TAIL};
+use herd_driver::{
+    Driver, DriverError, Fence, InstanceSpec, ObservedPower, PowerTarget, ScriptRun, SCRIPT_OUTPUT_TAIL,
+};
 use herd_driver_process::ProcessDriver;
 use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
 use std::collections::BTreeMap;
@@ -81,7 +83,7 @@ impl Fixture {
     /// Destroys everything the driver lists and checks that nothing is left.
     async fn destroy_all(&self) {
         for o in self.driver.list().await.unwrap() {
-            self.driver.destroy(&o.key).await.unwrap();
+            self.driver.destroy(&o.key, Fence::FIRST).await.unwrap();
         }
         assert!(self.driver.list().await.unwrap().is_empty());
         assert!(tagged_pids(&self.tag).is_empty(), "processes left behind");
@@ -185,7 +187,7 @@ async fn ensure_starts_init_with_the_documented_environment() {
     spec.metadata.insert("role".into(), "frontend".into());
     spec.metadata.insert("app.tier".into(), "1".into());
     spec.custom_data = Some("#cloud-config\nsecret: x\n".into());
-    fx.driver.ensure(&spec).await.unwrap();
+    fx.driver.ensure(&spec, Fence::FIRST).await.unwrap();
 
     let env = wait_file(&fx.work_file(5, "env.out")).await;
     let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
@@ -238,9 +240,9 @@ async fn ensure_starts_init_with_the_documented_environment() {
 #[tokio::test]
 async fn ensure_twice_is_idempotent() {
     let fx = Fixture::new("exec sleep 300");
-    fx.driver.ensure(&fx.spec(1)).await.unwrap();
+    fx.driver.ensure(&fx.spec(1), Fence::FIRST).await.unwrap();
     let pid = fx.pid(1);
-    fx.driver.ensure(&fx.spec(1)).await.unwrap();
+    fx.driver.ensure(&fx.spec(1), Fence::FIRST).await.unwrap();
     assert_eq!(fx.pid(1), pid);
     assert!(pid_alive(pid));
     let list = fx.driver.list().await.unwrap();
@@ -252,21 +254,21 @@ async fn ensure_twice_is_idempotent() {
 #[tokio::test]
 async fn stop_kills_the_whole_tree_and_start_brings_it_back() {
     let fx = Fixture::new("sleep 300 &\necho $! > child.tmp && mv child.tmp child.pid\nwait");
-    fx.driver.ensure(&fx.spec(2)).await.unwrap();
+    fx.driver.ensure(&fx.spec(2), Fence::FIRST).await.unwrap();
     let init = fx.pid(2);
     let child: u32 = wait_file(&fx.work_file(2, "child.pid")).await.trim().parse().unwrap();
     assert!(pid_alive(init) && pid_alive(child));
 
-    fx.driver.set_power(&key(2), PowerTarget::Stopped).await.unwrap();
+    fx.driver.set_power(&key(2), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
     assert!(!pid_alive(init), "init survived stop");
     assert!(!pid_alive(child), "init's child survived stop");
     assert_eq!(fx.power(2).await, Some(ObservedPower::Stopped));
     assert_eq!(fx.driver.stats(&key(2)).await.unwrap(), None);
     // Stopping again is a no-op.
-    fx.driver.set_power(&key(2), PowerTarget::Stopped).await.unwrap();
+    fx.driver.set_power(&key(2), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
 
     std::fs::remove_file(fx.work_file(2, "child.pid")).unwrap();
-    fx.driver.set_power(&key(2), PowerTarget::Running).await.unwrap();
+    fx.driver.set_power(&key(2), PowerTarget::Running, Fence::FIRST).await.unwrap();
     let init2 = fx.pid(2);
     assert_ne!(init2, init);
     assert!(pid_alive(init2));
@@ -280,11 +282,11 @@ async fn stop_kills_an_init_that_ignores_sigterm_after_the_grace_period() {
     let mut fx = Fixture::new("trap '' TERM\necho ready > ready\nwhile true; do sleep 1; done");
     fx.driver =
         ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap().with_stop_grace(Duration::from_millis(300));
-    fx.driver.ensure(&fx.spec(3)).await.unwrap();
+    fx.driver.ensure(&fx.spec(3), Fence::FIRST).await.unwrap();
     wait_file(&fx.work_file(3, "ready")).await;
     let init = fx.pid(3);
     let t = Instant::now();
-    fx.driver.set_power(&key(3), PowerTarget::Stopped).await.unwrap();
+    fx.driver.set_power(&key(3), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300), "stopped before the grace period: {:?}", t.elapsed());
     assert!(!pid_alive(init));
     assert_eq!(fx.power(3).await, Some(ObservedPower::Stopped));
@@ -294,21 +296,21 @@ async fn stop_kills_an_init_that_ignores_sigterm_after_the_grace_period() {
 #[tokio::test]
 async fn deallocate_keeps_the_disk_and_restart_reboots() {
     let fx = Fixture::new("echo boot >> boots.txt\nexec sleep 300");
-    fx.driver.ensure(&fx.spec(4)).await.unwrap();
+    fx.driver.ensure(&fx.spec(4), Fence::FIRST).await.unwrap();
     let boots = fx.work_file(4, "boots.txt");
     wait_for("first boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1) }).await;
     std::fs::write(fx.work_file(4, "user-data.txt"), "kept").unwrap();
 
-    fx.driver.set_power(&key(4), PowerTarget::Deallocated).await.unwrap();
+    fx.driver.set_power(&key(4), PowerTarget::Deallocated, Fence::FIRST).await.unwrap();
     assert_eq!(std::fs::read_to_string(fx.dir(4).join("power")).unwrap().trim(), "deallocated");
     assert_eq!(fx.power(4).await, Some(ObservedPower::Stopped));
     assert_eq!(std::fs::read_to_string(fx.work_file(4, "user-data.txt")).unwrap(), "kept");
 
     // ensure on a deallocated instance starts it again, on the same disk.
-    fx.driver.ensure(&fx.spec(4)).await.unwrap();
+    fx.driver.ensure(&fx.spec(4), Fence::FIRST).await.unwrap();
     wait_for("second boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 2) }).await;
     let pid = fx.pid(4);
-    fx.driver.restart(&key(4)).await.unwrap();
+    fx.driver.restart(&key(4), Fence::FIRST).await.unwrap();
     assert_ne!(fx.pid(4), pid);
     assert!(!pid_alive(pid));
     wait_for("third boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 3) }).await;
@@ -319,17 +321,17 @@ async fn deallocate_keeps_the_disk_and_restart_reboots() {
 #[tokio::test]
 async fn reimage_resets_the_work_directory() {
     let fx = Fixture::new("echo boot >> boots.txt\nexec sleep 300");
-    fx.driver.ensure(&fx.spec(6)).await.unwrap();
+    fx.driver.ensure(&fx.spec(6), Fence::FIRST).await.unwrap();
     let boots = fx.work_file(6, "boots.txt");
     wait_for("first boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1) }).await;
-    fx.driver.restart(&key(6)).await.unwrap();
+    fx.driver.restart(&key(6), Fence::FIRST).await.unwrap();
     wait_for("second boot", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 2) }).await;
     std::fs::write(fx.work_file(6, "user-data.txt"), "lost").unwrap();
     let pid = fx.pid(6);
 
     let mut spec = fx.spec(6);
     spec.model_generation = 8;
-    fx.driver.reimage(&spec).await.unwrap();
+    fx.driver.reimage(&spec, Fence::FIRST).await.unwrap();
     assert!(!pid_alive(pid));
     assert!(!fx.work_file(6, "user-data.txt").exists());
     wait_for("boot after reimage", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1) })
@@ -340,7 +342,7 @@ async fn reimage_resets_the_work_directory() {
     assert_eq!(fx.power(6).await, Some(ObservedPower::Running));
 
     // Reimage of an absent instance creates it.
-    fx.driver.reimage(&fx.spec(7)).await.unwrap();
+    fx.driver.reimage(&fx.spec(7), Fence::FIRST).await.unwrap();
     assert!(pid_alive(fx.pid(7)));
     fx.destroy_all().await;
 }
@@ -348,17 +350,20 @@ async fn reimage_resets_the_work_directory() {
 #[tokio::test]
 async fn destroy_removes_directory_and_processes() {
     let fx = Fixture::new("sleep 300 &\necho $! > child.tmp && mv child.tmp child.pid\nwait");
-    fx.driver.ensure(&fx.spec(8)).await.unwrap();
+    fx.driver.ensure(&fx.spec(8), Fence::FIRST).await.unwrap();
     let init = fx.pid(8);
     let child: u32 = wait_file(&fx.work_file(8, "child.pid")).await.trim().parse().unwrap();
-    fx.driver.destroy(&key(8)).await.unwrap();
+    fx.driver.destroy(&key(8), Fence::FIRST).await.unwrap();
     assert!(!fx.dir(8).exists());
     assert!(!pid_alive(init) && !pid_alive(child));
     assert_eq!(fx.power(8).await, None);
-    fx.driver.destroy(&key(8)).await.unwrap();
-    fx.driver.destroy(&key(9)).await.unwrap();
-    assert_eq!(fx.driver.set_power(&key(8), PowerTarget::Running).await, Err(DriverError::NotFound(key(8))));
-    assert_eq!(fx.driver.restart(&key(8)).await, Err(DriverError::NotFound(key(8))));
+    fx.driver.destroy(&key(8), Fence::FIRST).await.unwrap();
+    fx.driver.destroy(&key(9), Fence::FIRST).await.unwrap();
+    assert_eq!(
+        fx.driver.set_power(&key(8), PowerTarget::Running, Fence::FIRST).await,
+        Err(DriverError::NotFound(key(8)))
+    );
+    assert_eq!(fx.driver.restart(&key(8), Fence::FIRST).await, Err(DriverError::NotFound(key(8))));
     assert_eq!(fx.driver.stats(&key(8)).await.unwrap(), None);
     fx.destroy_all().await;
 }
@@ -366,7 +371,7 @@ async fn destroy_removes_directory_and_processes() {
 #[tokio::test]
 async fn an_init_that_exits_is_reported_failed() {
     let fx = Fixture::new("echo boom happened\nexit 3");
-    fx.driver.ensure(&fx.spec(10)).await.unwrap();
+    fx.driver.ensure(&fx.spec(10), Fence::FIRST).await.unwrap();
     wait_for("Failed with the exit status", || async {
         matches!(fx.power(10).await, Some(ObservedPower::Failed(m)) if m.contains("exit status 3"))
     })
@@ -378,7 +383,7 @@ async fn an_init_that_exits_is_reported_failed() {
 
     // ensure restarts a failed instance.
     let pid = fx.pid(10);
-    fx.driver.ensure(&fx.spec(10)).await.unwrap();
+    fx.driver.ensure(&fx.spec(10), Fence::FIRST).await.unwrap();
     assert_ne!(fx.pid(10), pid);
     fx.destroy_all().await;
 }
@@ -387,7 +392,7 @@ async fn an_init_that_exits_is_reported_failed() {
 async fn an_image_without_init_is_an_error() {
     let fx = Fixture::new("exit 0");
     std::fs::remove_file(fx.image.join("init")).unwrap();
-    let err = fx.driver.ensure(&fx.spec(11)).await.unwrap_err();
+    let err = fx.driver.ensure(&fx.spec(11), Fence::FIRST).await.unwrap_err();
     assert!(matches!(&err, DriverError::Failed(m) if m.contains("init")), "{err:?}");
     assert!(!fx.dir(11).exists());
     fx.destroy_all().await;
@@ -396,16 +401,16 @@ async fn an_image_without_init_is_an_error() {
 #[tokio::test]
 async fn a_new_driver_readopts_running_instances() {
     let fx = Fixture::new("exec sleep 300");
-    fx.driver.ensure(&fx.spec(12)).await.unwrap();
+    fx.driver.ensure(&fx.spec(12), Fence::FIRST).await.unwrap();
     let pid = fx.pid(12);
     let again = ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap();
     let list = again.list().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].power, ObservedPower::Running);
-    again.ensure(&fx.spec(12)).await.unwrap();
+    again.ensure(&fx.spec(12), Fence::FIRST).await.unwrap();
     assert_eq!(fx.pid(12), pid);
     assert!(pid_alive(pid));
-    again.set_power(&key(12), PowerTarget::Stopped).await.unwrap();
+    again.set_power(&key(12), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
     assert!(!pid_alive(pid));
     fx.destroy_all().await;
 }
@@ -414,7 +419,7 @@ async fn a_new_driver_readopts_running_instances() {
 async fn orphans_are_listed_and_destroyed() {
     let fx = Fixture::new("echo ready > ready\nexec sleep 300");
     // An instance whose directory vanished (as after a crash mid-destroy).
-    fx.driver.ensure(&fx.spec(13)).await.unwrap();
+    fx.driver.ensure(&fx.spec(13), Fence::FIRST).await.unwrap();
     wait_file(&fx.work_file(13, "ready")).await;
     let pid = fx.pid(13);
     std::fs::remove_dir_all(fx.dir(13)).unwrap();
@@ -443,9 +448,9 @@ async fn orphans_are_listed_and_destroyed() {
     let keys: Vec<(u64, ObservedPower)> = list.iter().map(|o| (o.key.id.0, o.power.clone())).collect();
     assert_eq!(keys, vec![(13, ObservedPower::Running), (14, ObservedPower::Running)]);
 
-    fx.driver.destroy(&key(13)).await.unwrap();
+    fx.driver.destroy(&key(13), Fence::FIRST).await.unwrap();
     assert!(!pid_alive(pid));
-    fx.driver.destroy(&key(14)).await.unwrap();
+    fx.driver.destroy(&key(14), Fence::FIRST).await.unwrap();
     let status = stray.0.wait().unwrap();
     assert!(!status.success());
     assert!(pid_alive(foreign.0.id()));
@@ -456,19 +461,19 @@ async fn orphans_are_listed_and_destroyed() {
 #[tokio::test]
 async fn a_process_without_pid_file_is_adopted_not_duplicated() {
     let fx = Fixture::new("echo ready > ready\nexec sleep 300");
-    fx.driver.ensure(&fx.spec(16)).await.unwrap();
+    fx.driver.ensure(&fx.spec(16), Fence::FIRST).await.unwrap();
     let pid = fx.pid(16);
     // As if the server crashed between spawning init and writing the pid file.
     std::fs::remove_file(fx.dir(16).join("pid")).unwrap();
     assert_eq!(fx.power(16).await, Some(ObservedPower::Running));
-    fx.driver.ensure(&fx.spec(16)).await.unwrap();
+    fx.driver.ensure(&fx.spec(16), Fence::FIRST).await.unwrap();
     assert_eq!(fx.pid(16), pid);
     // Once booted, the instance is one process: nothing was started twice.
     wait_file(&fx.work_file(16, "ready")).await;
     assert_eq!(tagged_pids(&fx.tag), vec![pid]);
     // destroy finds it by its environment too.
     std::fs::remove_file(fx.dir(16).join("pid")).unwrap();
-    fx.driver.destroy(&key(16)).await.unwrap();
+    fx.driver.destroy(&key(16), Fence::FIRST).await.unwrap();
     assert!(!pid_alive(pid));
     assert!(!fx.dir(16).exists());
     fx.destroy_all().await;
@@ -477,17 +482,17 @@ async fn a_process_without_pid_file_is_adopted_not_duplicated() {
 #[tokio::test]
 async fn a_process_that_left_its_group_is_caught_as_an_orphan() {
     let fx = Fixture::new("setsid sleep 300 &\necho $! > escaped.tmp && mv escaped.tmp escaped.pid\nexec sleep 300");
-    fx.driver.ensure(&fx.spec(18)).await.unwrap();
+    fx.driver.ensure(&fx.spec(18), Fence::FIRST).await.unwrap();
     let escaped: u32 = wait_file(&fx.work_file(18, "escaped.pid")).await.trim().parse().unwrap();
     wait_for("the escaped process to lead its own session", || async {
         std::fs::read_to_string(format!("/proc/{escaped}/stat"))
             .is_ok_and(|s| s.rsplit_once(')').unwrap().1.split_whitespace().nth(2) == Some(&escaped.to_string()))
     })
     .await;
-    fx.driver.destroy(&key(18)).await.unwrap();
+    fx.driver.destroy(&key(18), Fence::FIRST).await.unwrap();
     assert!(pid_alive(escaped));
     assert_eq!(fx.power(18).await, Some(ObservedPower::Running));
-    fx.driver.destroy(&key(18)).await.unwrap();
+    fx.driver.destroy(&key(18), Fence::FIRST).await.unwrap();
     assert!(!pid_alive(escaped));
     assert_eq!(fx.power(18).await, None);
 }
@@ -495,7 +500,7 @@ async fn a_process_that_left_its_group_is_caught_as_an_orphan() {
 #[tokio::test]
 async fn stats_report_memory_and_cpu() {
     let fx = Fixture::new("i=0\nwhile [ $i -lt 100000 ]; do i=$((i+1)); done\necho busy-done > done\nexec sleep 300");
-    fx.driver.ensure(&fx.spec(17)).await.unwrap();
+    fx.driver.ensure(&fx.spec(17), Fence::FIRST).await.unwrap();
     wait_file(&fx.work_file(17, "done")).await;
     let stats = fx.driver.stats(&key(17)).await.unwrap().expect("stats of a running instance");
     assert!(stats.memory_bytes > 0);
@@ -511,7 +516,7 @@ async fn list_of_1000_instances_is_fast() {
     let fx = Fixture::new("exec sleep 300");
     let t = Instant::now();
     for id in 0..1000 {
-        fx.driver.ensure(&fx.spec(id)).await.unwrap();
+        fx.driver.ensure(&fx.spec(id), Fence::FIRST).await.unwrap();
     }
     eprintln!("1000 ensures: {:?}", t.elapsed());
     let mut best = Duration::MAX;
@@ -532,14 +537,14 @@ async fn list_of_1000_instances_is_fast() {
 #[tokio::test]
 async fn a_script_runs_in_the_instance_with_its_files_and_environment() {
     let fx = Fixture::new("exec sleep 300");
-    fx.driver.ensure(&fx.spec(20)).await.unwrap();
+    fx.driver.ensure(&fx.spec(20), Fence::FIRST).await.unwrap();
     let init = fx.pid(20);
     let b_sh = "echo from-b >&2\ni=0\nwhile [ $i -lt 500 ]; do echo \"filler line $i\" >&2; i=$((i+1)); done\necho stderr-end >&2\n";
     let command = "cat a.txt\nsh ./b.sh\necho to-stdout\nenv > env.out\nhostname > hostname.out\n\
                    stat -c %a .herd-command > mode.out\npwd > pwd.out\ncut -d' ' -f5 /proc/$$/stat > pgrp.out\nexit 3";
     let run = script("setup", &[("a.txt", "alpha\n"), ("b.sh", b_sh)], command, herd_test_support::scaled(DEADLINE));
     let t = Instant::now();
-    let out = fx.driver.run_script(&key(20), &run).await.unwrap();
+    let out = fx.driver.run_script(&key(20), &run, Fence::FIRST).await.unwrap();
     eprintln!("script run: {:?}", t.elapsed());
 
     assert_eq!(out.exit_code, Some(3));
@@ -583,7 +588,7 @@ async fn a_script_runs_in_the_instance_with_its_files_and_environment() {
 
     // A second run of the same extension: files are replaced, the directory reused.
     let run = script("setup", &[("a.txt", "beta\n")], "cat a.txt", herd_test_support::scaled(DEADLINE));
-    let out = fx.driver.run_script(&key(20), &run).await.unwrap();
+    let out = fx.driver.run_script(&key(20), &run, Fence::FIRST).await.unwrap();
     assert!(out.succeeded());
     assert_eq!(out.stdout, b"beta\n");
     assert!(out.stderr.is_empty());
@@ -594,7 +599,7 @@ async fn a_script_runs_in_the_instance_with_its_files_and_environment() {
 #[tokio::test]
 async fn the_command_never_appears_in_any_command_line() {
     let fx = Fixture::new("exec sleep 300");
-    fx.driver.ensure(&fx.spec(21)).await.unwrap();
+    fx.driver.ensure(&fx.spec(21), Fence::FIRST).await.unwrap();
     let secret = format!("s3cr3t-token-{}-q7x", std::process::id());
     let command = format!("TOKEN='{secret}'\necho start\nsleep 1\necho done # {secret}\n");
 
@@ -618,8 +623,10 @@ async fn the_command_never_appears_in_any_command_line() {
             (rounds, saw_sleep, leaks)
         })
     };
-    let out =
-        fx.driver.run_script(&key(21), &script("secret", &[], &command, herd_test_support::scaled(DEADLINE))).await;
+    let out = fx
+        .driver
+        .run_script(&key(21), &script("secret", &[], &command, herd_test_support::scaled(DEADLINE)), Fence::FIRST)
+        .await;
     stop.store(true, Ordering::SeqCst);
     let (rounds, saw_sleep, leaks) = sampler.join().unwrap();
     let out = out.unwrap();
@@ -642,12 +649,12 @@ async fn the_command_never_appears_in_any_command_line() {
 #[tokio::test]
 async fn a_background_process_does_not_hold_the_run_and_stops_with_the_instance() {
     let fx = Fixture::new("exec sleep 300");
-    fx.driver.ensure(&fx.spec(22)).await.unwrap();
+    fx.driver.ensure(&fx.spec(22), Fence::FIRST).await.unwrap();
     let init = fx.pid(22);
     // The background sleep inherits the script's stdout and stderr.
     let run = script("daemon", &[], "sleep 300 &\necho $! > bg.pid\necho launched\nexit 4", Duration::from_secs(60));
     let t = Instant::now();
-    let out = fx.driver.run_script(&key(22), &run).await.unwrap();
+    let out = fx.driver.run_script(&key(22), &run, Fence::FIRST).await.unwrap();
     let took = t.elapsed();
     eprintln!("script with a background process: {took:?}");
     assert!(
@@ -662,7 +669,7 @@ async fn a_background_process_does_not_hold_the_run_and_stops_with_the_instance(
     assert!(pid_alive(bg), "the background process died with the script");
     assert_eq!(pgrp(bg), init, "the background process is not in the instance's group");
 
-    fx.driver.set_power(&key(22), PowerTarget::Stopped).await.unwrap();
+    fx.driver.set_power(&key(22), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
     assert!(!pid_alive(bg), "the background process survived stopping the instance");
     assert!(!pid_alive(init));
     fx.destroy_all().await;
@@ -671,12 +678,12 @@ async fn a_background_process_does_not_hold_the_run_and_stops_with_the_instance(
 #[tokio::test]
 async fn a_script_that_overruns_its_timeout_is_killed_alone() {
     let fx = Fixture::new("sleep 300 &\necho $! > child.tmp && mv child.tmp child.pid\nwait");
-    fx.driver.ensure(&fx.spec(23)).await.unwrap();
+    fx.driver.ensure(&fx.spec(23), Fence::FIRST).await.unwrap();
     let init = fx.pid(23);
     let init_child: u32 = wait_file(&fx.work_file(23, "child.pid")).await.trim().parse().unwrap();
     let run = script("slow", &[], "echo started\nsleep 30 &\necho $! > sleeper.pid\nwait", Duration::from_millis(500));
     let t = Instant::now();
-    let out = fx.driver.run_script(&key(23), &run).await.unwrap();
+    let out = fx.driver.run_script(&key(23), &run, Fence::FIRST).await.unwrap();
     let took = t.elapsed();
     eprintln!("timed-out run: {took:?}");
     assert!(out.timed_out);
@@ -706,13 +713,13 @@ async fn scripts_need_a_running_instance_and_safe_names() {
     let secret = "hunter2-secret";
     let cmd = format!("echo {secret}");
     let ok = script("ext", &[], &cmd, herd_test_support::scaled(DEADLINE));
-    assert_eq!(fx.driver.run_script(&key(24), &ok).await, Err(DriverError::NotFound(key(24))));
+    assert_eq!(fx.driver.run_script(&key(24), &ok, Fence::FIRST).await, Err(DriverError::NotFound(key(24))));
 
-    fx.driver.ensure(&fx.spec(24)).await.unwrap();
+    fx.driver.ensure(&fx.spec(24), Fence::FIRST).await.unwrap();
     for (name, file) in [("../x", "f"), ("", "f"), ("..", "f"), ("a/b", "f"), ("ext", "../x"), ("ext", ".herd-command")]
     {
         let run = script(name, &[(file, "data")], &cmd, herd_test_support::scaled(DEADLINE));
-        let err = fx.driver.run_script(&key(24), &run).await.unwrap_err();
+        let err = fx.driver.run_script(&key(24), &run, Fence::FIRST).await.unwrap_err();
         let DriverError::Failed(msg) = &err else { panic!("{err:?}") };
         let bad = if name == "ext" { file } else { name };
         assert!(msg.contains(&format!("{bad:?}")), "{msg}");
@@ -721,8 +728,8 @@ async fn scripts_need_a_running_instance_and_safe_names() {
     assert!(!fx.dir(24).join("work/.herd/x").exists() && !fx.dir(24).join("work/.herd/extensions/x").exists());
     assert!(!fx.dir(24).join("work/x").exists());
 
-    fx.driver.set_power(&key(24), PowerTarget::Stopped).await.unwrap();
-    let err = fx.driver.run_script(&key(24), &ok).await.unwrap_err();
+    fx.driver.set_power(&key(24), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
+    let err = fx.driver.run_script(&key(24), &ok, Fence::FIRST).await.unwrap_err();
     assert!(matches!(&err, DriverError::Failed(m) if m.contains("not running") && !m.contains(secret)), "{err:?}");
     fx.destroy_all().await;
 }
@@ -738,7 +745,7 @@ fn start_then_crash(fx: &Fixture, id: u64, run: ScriptRun) {
         let old = Arc::new(ProcessDriver::new(root, tag).unwrap());
         let o2 = old.clone();
         rt.spawn(async move {
-            let _ = o2.run_script(&key(id), &run).await;
+            let _ = o2.run_script(&key(id), &run, Fence::FIRST).await;
         });
         rt.block_on(wait_for("the old driver's script to be recorded", || async {
             std::fs::read_to_string(&record)
@@ -758,7 +765,7 @@ fn start_then_crash(fx: &Fixture, id: u64, run: ScriptRun) {
 #[tokio::test]
 async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
     let fx = Fixture::new("exec sleep 300");
-    fx.driver.ensure(&fx.spec(25)).await.unwrap();
+    fx.driver.ensure(&fx.spec(25), Fence::FIRST).await.unwrap();
     let starts = fx.ext_dir(25, "slow").join("starts");
     let slow = |identity: &str| ScriptRun {
         identity: identity.into(),
@@ -771,7 +778,7 @@ async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
     let old: u32 = lines()[0].parse().unwrap();
     assert!(pid_alive(old));
     let t = Instant::now();
-    let out = fx.driver.run_script(&key(25), &slow("gen-1")).await.unwrap();
+    let out = fx.driver.run_script(&key(25), &slow("gen-1"), Fence::FIRST).await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(10), "waited for the old run only");
     assert_eq!(out.exit_code, Some(5), "the adopted run's exit status: {out:?}");
     assert_eq!(out.stdout, b"adopted-output\n");
@@ -786,7 +793,7 @@ async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
     start_then_crash(&fx, 25, slow("gen-1"));
     let old: u32 = lines()[0].parse().unwrap();
     let quick = ScriptRun { identity: "gen-2".into(), ..script("slow", &[], "echo $$ >> starts\necho new", DEADLINE) };
-    let out = fx.driver.run_script(&key(25), &quick).await.unwrap();
+    let out = fx.driver.run_script(&key(25), &quick, Fence::FIRST).await.unwrap();
     assert!(!pid_alive(old), "the old script was killed");
     assert_eq!(out.exit_code, Some(0));
     assert_eq!(out.stdout, b"new\n");
@@ -802,7 +809,7 @@ async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
     };
     start_then_crash(&fx, 25, short.clone());
     wait_for("the unseen run to end", || async { fx.ext_dir(25, "slow").join(".herd-exit").exists() }).await;
-    let out = fx.driver.run_script(&key(25), &short).await.unwrap();
+    let out = fx.driver.run_script(&key(25), &short, Fence::FIRST).await.unwrap();
     assert_eq!(out.exit_code, Some(2));
     assert_eq!(out.stdout, b"unseen-result\n");
     assert_eq!(lines().len(), 1, "not run again");

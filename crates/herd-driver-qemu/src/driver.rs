@@ -31,6 +31,17 @@
 //! marker but have no directory are orphans: reported `Running` under their key, so the
 //! reconciler destroys them.
 //!
+//! # Fencing
+//!
+//! Every acting call first checks its fence (`herd_driver::fence`) under the instance's lock:
+//! one with a lower term or incarnation than the `fence` file in the instance directory records
+//! is refused with `DriverError::Fenced` before anything happens, and a higher one is recorded
+//! (atomically and durably) before the call acts, so the record survives a server restart. A
+//! new instance's directory holds its `fence` before it appears under its name; a directory
+//! without one (made before fencing) accepts the first call and records it. `destroy` removes the
+//! record with the directory. `resume_after_host_reboot` is the driver's own act, not a caller's,
+//! and carries no fence (the host-failure work makes it wait for the server's word).
+//!
 //! # Disks and the seed
 //!
 //! A disk image gets a qcow2 overlay per instance (`os.qcow2`, backed by the read-only image);
@@ -100,7 +111,7 @@ use crate::seed::{self, SeedFiles, UserDataInput};
 use crate::vm_dir::{self, remove_tree, walk, PidRecord, Power, ScriptRunRecord, VmDir, VmSpec};
 use async_trait::async_trait;
 use herd_driver::{
-    keep_tail, Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget,
+    keep_tail, Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget,
     ScriptOutcome, ScriptRun, SCRIPT_OUTPUT_TAIL,
 };
 use herd_model::image::ImageSource;
@@ -395,7 +406,21 @@ impl QemuDriver {
     /// it and renamed, so a crash never leaves a half-made instance under its real name).
     /// Returns whether it already existed. An existing directory without a readable
     /// `spec.json` (not made by this driver, or damaged) is completed from `spec`.
-    async fn materialize(&self, spec: &InstanceSpec) -> Result<bool, DriverError> {
+    /// The fence check every acting call starts with, under the instance's lock (see
+    /// `herd_driver::fence`): refused if lower than the instance directory's record, recorded
+    /// first if higher. Another cluster's directory gets nothing written into it.
+    async fn admit(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
+        let (d, k, tag) = (self.shared.vm(key), key.clone(), self.shared.cfg.tag.clone());
+        blocking(move || {
+            if d.exists() && d.is_foreign(&tag) {
+                return Ok(());
+            }
+            herd_driver::fence::admit_in_dir(&k, &d.dir, fence)
+        })
+        .await?
+    }
+
+    async fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
         let key = &spec.key;
         let d = self.shared.vm(key);
         let d2 = d.clone();
@@ -425,7 +450,12 @@ impl QemuDriver {
             std::fs::create_dir(&t2.dir)?;
             // The seed may hold a password hash and the console whatever the guest prints.
             std::fs::set_permissions(&t2.dir, std::fs::Permissions::from_mode(0o700))?;
-            t2.write_tag(&tag)
+            t2.write_tag(&tag)?;
+            // The fence is in place before the directory appears under its name.
+            if fence.incarnation != herd_driver::Incarnation::ANY {
+                herd_driver::fence::write_record(&t2.dir, fence)?;
+            }
+            Ok(())
         })
         .await?
         .map_err(|e| io_failed(key, "creating its directory", e))?;
@@ -651,7 +681,8 @@ impl QemuDriver {
         if self.live(key).await?.is_none() {
             return Err(DriverError::Failed(format!("instance {key} is not running; scripts need a running VM")));
         }
-        let agent = |e: crate::qga::QgaError| DriverError::Failed(format!("instance {key}: guest agent: {e}"));
+        let agent =
+            |e: crate::qga::QgaError| DriverError::GuestAgent { key: key.clone(), source: std::sync::Arc::new(e) };
         let started = Instant::now();
         let qga = match known {
             Some(_) => Qga::wait_ready(&d.qga_socket(), AGENT_CONNECT_TIMEOUT).await.map_err(agent)?,
@@ -1268,7 +1299,9 @@ fn vm_spec(spec: &InstanceSpec, extra_ports: &[u16], reimage_count: u64) -> Resu
 
 fn check_spec(spec: &InstanceSpec) -> Result<(), DriverError> {
     let key = &spec.key;
-    let fail = |msg: String| Err(DriverError::Failed(format!("instance {key}: {msg}")));
+    let fail =
+        |msg: String| Err(DriverError::InvalidSpec { key: key.clone(), reason: format!("instance {key}: {msg}") });
+    let missing = |reason: String| Err(DriverError::ImageUnavailable { key: key.clone(), reason });
     if spec.network.is_some() {
         return Err(DriverError::Failed(
             "bridged networking is not supported by the qemu driver yet; use host-local".into(),
@@ -1283,7 +1316,7 @@ fn check_spec(spec: &InstanceSpec) -> Result<(), DriverError> {
         }
         ImageSource::Disk { path, format } => {
             if !Path::new(path).is_file() {
-                return fail(format!("image disk {path} does not exist"));
+                return missing(format!("image disk {path} does not exist"));
             }
             if format != "qcow2" && format != "raw" {
                 return fail(format!("image disk format '{format}' is not supported; use qcow2 or raw"));
@@ -1292,7 +1325,7 @@ fn check_spec(spec: &InstanceSpec) -> Result<(), DriverError> {
         ImageSource::Kernel { kernel, initrd, .. } => {
             for p in std::iter::once(kernel).chain(initrd) {
                 if !Path::new(p).is_file() {
-                    return fail(format!("image file {p} does not exist"));
+                    return missing(format!("image file {p} does not exist"));
                 }
             }
         }
@@ -1393,11 +1426,11 @@ fn check_component(what: &str, s: &str, allow_dot: bool) -> Result<(), DriverErr
 }
 
 fn io_failed(key: &InstanceKey, what: &str, e: std::io::Error) -> DriverError {
-    DriverError::Failed(format!("instance {key}: {what}: {e}"))
+    DriverError::io(key, what, e)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DriverError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Failed(format!("internal task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Task(std::sync::Arc::new(e)))
 }
 
 #[async_trait]
@@ -1406,18 +1439,20 @@ impl Driver for QemuDriver {
         "qemu"
     }
 
-    async fn ensure(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
-        check_spec(spec)?;
+    async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(&spec.key).await;
-        let existed = self.materialize(spec).await?;
+        self.admit(&spec.key, fence).await?;
+        check_spec(spec)?;
+        let existed = self.materialize(spec, fence).await?;
         if existed && self.live(&spec.key).await?.is_some() {
             return Ok(());
         }
         self.start(&spec.key, &self.shared.vm(&spec.key)).await
     }
 
-    async fn set_power(&self, key: &InstanceKey, target: PowerTarget) -> Result<(), DriverError> {
+    async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
+        self.admit(key, fence).await?;
         let d = self.shared.vm(key);
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
@@ -1434,8 +1469,9 @@ impl Driver for QemuDriver {
         }
     }
 
-    async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError> {
+    async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
+        self.admit(key, fence).await?;
         let d = self.shared.vm(key);
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
@@ -1446,16 +1482,17 @@ impl Driver for QemuDriver {
 
     /// A graceful stop, the new vCPUs and memory in `spec.json`, and a start: the disks and
     /// the seed are kept (the guest sees the same instance, bigger or smaller).
-    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
-        check_spec(spec)?;
+    async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let key = &spec.key;
         let _g = self.locks.lock(key).await;
+        self.admit(key, fence).await?;
+        check_spec(spec)?;
         let d = self.shared.vm(key);
         if !d.exists() {
             return Err(DriverError::NotFound(key.clone()));
         }
         self.stop(key, &d, Power::Stopped).await?;
-        let io = |e: std::io::Error| DriverError::Failed(format!("instance {key}: spec.json: {e}"));
+        let io = |e: std::io::Error| io_failed(key, "spec.json", e);
         let mut vm = d.read_spec().map_err(io)?;
         vm.vcpus = spec.size.vcpus;
         vm.memory_mib = spec.size.memory_mib;
@@ -1464,13 +1501,14 @@ impl Driver for QemuDriver {
         self.start(key, &d).await
     }
 
-    async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
-        check_spec(spec)?;
+    async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let key = &spec.key;
         let _g = self.locks.lock(key).await;
+        self.admit(key, fence).await?;
+        check_spec(spec)?;
         let d = self.shared.vm(key);
         if !d.exists() {
-            self.materialize(spec).await?;
+            self.materialize(spec, fence).await?;
             return self.start(key, &d).await;
         }
         self.stop(key, &d, Power::Stopped).await?;
@@ -1481,7 +1519,7 @@ impl Driver for QemuDriver {
         self.start(key, &d).await
     }
 
-    async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
+    async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
         let d = self.shared.vm(key);
         if d.exists() && d.is_foreign(&self.shared.cfg.tag) {
@@ -1490,6 +1528,7 @@ impl Driver for QemuDriver {
                 d.dir.display()
             )));
         }
+        self.admit(key, fence).await?;
         // The recorded QEMU and any other carrying the instance's marker (an orphan, or a
         // crash between starting QEMU and recording it).
         let (shared, k, d2) = (self.shared.clone(), key.clone(), d.clone());
@@ -1584,10 +1623,16 @@ impl Driver for QemuDriver {
         Ok(Some(stats))
     }
 
-    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
         check_component("extension name", &run.name, false)?;
         for (name, _) in &run.files {
             check_component("script file name", name, true)?;
+        }
+        // The fence is checked under the instance lock (which every other acting call holds),
+        // released before the script lock is taken: a script may run for minutes.
+        {
+            let _l = self.locks.lock(key).await;
+            self.admit(key, fence).await?;
         }
         let _g = self.shared.script_locks.lock(key).await;
         self.run_script_locked(key, run).await
@@ -1614,6 +1659,91 @@ impl Driver for QemuDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fence(term: u64, incarnation: u64) -> Fence {
+        Fence::new(herd_driver::Term(term), herd_driver::Incarnation(incarnation))
+    }
+
+    fn fenced_with(e: DriverError, call: Fence, seen: Fence) {
+        assert!(matches!(&e, DriverError::Fenced(x) if x.call == call && x.seen == seen), "{e:?}");
+        assert!(!e.retryable());
+        let msg = e.to_string();
+        assert!(msg.contains(&call.to_string()) && msg.contains(&seen.to_string()), "{msg}");
+    }
+
+    /// No VM is needed: an instance directory with a record and no QEMU is enough to show that
+    /// a lower fence is refused before anything happens, that a higher one is recorded, and that
+    /// the record is read back by a new driver object on the same root.
+    #[tokio::test]
+    async fn lower_fences_are_refused_and_the_record_survives_a_new_driver() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = QemuConfig::new(tmp.path().join("vms"), "fence-test");
+        let key = InstanceKey {
+            group: herd_model::GroupName::new("rg").unwrap(),
+            set: herd_model::ScaleSetName::new("vm").unwrap(),
+            id: herd_model::InstanceId(4),
+        };
+        let d = QemuDriver::new(cfg.clone()).unwrap();
+        let dir = d.instance_dir(&key);
+        std::fs::create_dir_all(&dir).unwrap();
+        let vm = d.shared.vm(&key);
+        vm.write_tag(&cfg.tag).unwrap();
+        vm.write_power(Power::Stopped).unwrap();
+        herd_driver::fence::write_record(&dir, fence(2, 3)).unwrap();
+        let spec = InstanceSpec {
+            key: key.clone(),
+            computer_name: "vm000004".into(),
+            image: ImageSource::Directory { path: "/nonexistent".into() },
+            size: herd_model::sku::SkuSize { vcpus: 1, memory_mib: 64 },
+            reach_address: "127.200.9.4".into(),
+            model_generation: 1,
+            admin_username: "u".into(),
+            custom_data: None,
+            metadata: Default::default(),
+            network: None,
+            guest: Default::default(),
+            metadata_endpoint: None,
+        };
+        let run = ScriptRun {
+            name: "x".into(),
+            files: vec![],
+            command: "true".into(),
+            timeout: Duration::from_secs(1),
+            identity: "x".into(),
+        };
+        drop(d);
+        let d = QemuDriver::new(cfg.clone()).unwrap();
+        for low in [fence(1, 3), fence(2, 2), fence(5, 1)] {
+            // The fence is checked before the spec (this one could never build): nothing is tried.
+            fenced_with(d.ensure(&spec, low).await.unwrap_err(), low, fence(2, 3));
+            fenced_with(d.resize(&spec, low).await.unwrap_err(), low, fence(2, 3));
+            fenced_with(d.reimage(&spec, low).await.unwrap_err(), low, fence(2, 3));
+            fenced_with(d.set_power(&key, PowerTarget::Running, low).await.unwrap_err(), low, fence(2, 3));
+            fenced_with(d.restart(&key, low).await.unwrap_err(), low, fence(2, 3));
+            fenced_with(d.run_script(&key, &run, low).await.unwrap_err(), low, fence(2, 3));
+            fenced_with(d.destroy(&key, low).await.unwrap_err(), low, fence(2, 3));
+        }
+        assert!(dir.is_dir() && d.pid(&key).is_none(), "a refused call changed nothing");
+        // Equal passes (the spec error comes from the spec check behind the fence).
+        let e = d.ensure(&spec, fence(2, 3)).await.unwrap_err();
+        assert!(matches!(e, DriverError::InvalidSpec { .. }) && !e.retryable(), "{e:?}");
+        // Higher passes and is recorded, durably: a new driver refuses the old fence.
+        d.set_power(&key, PowerTarget::Stopped, fence(3, 3)).await.unwrap();
+        assert_eq!(herd_driver::fence::read_record(&dir).unwrap(), Some(fence(3, 3)));
+        drop(d);
+        let d = QemuDriver::new(cfg.clone()).unwrap();
+        fenced_with(d.set_power(&key, PowerTarget::Stopped, fence(2, 3)).await.unwrap_err(), fence(2, 3), fence(3, 3));
+        // An orphan sweep checks the term only; destroy takes the record with the directory.
+        d.destroy(&key, Fence::sweep(herd_driver::Term(3))).await.unwrap();
+        assert!(!dir.exists());
+        // A directory made before fencing (no record) accepts the first call and records it.
+        std::fs::create_dir_all(&dir).unwrap();
+        vm.write_tag(&cfg.tag).unwrap();
+        vm.write_power(Power::Stopped).unwrap();
+        d.set_power(&key, PowerTarget::Stopped, fence(1, 0)).await.unwrap();
+        assert_eq!(herd_driver::fence::read_record(&dir).unwrap(), Some(fence(1, 0)));
+        d.destroy(&key, Fence::FIRST).await.unwrap();
+    }
 
     #[test]
     fn readiness_follows_what_is_known_of_the_agent() {

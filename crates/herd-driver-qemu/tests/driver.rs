@@ -43,7 +43,8 @@
 //! when the test ends, also on failure (then printing the end of each console).
 
 use herd_driver::{
-    DataDisk, Driver, DriverError, GuestSetup, InstanceSpec, NetworkAttachment, ObservedPower, PowerTarget, ScriptRun,
+    DataDisk, Driver, DriverError, Fence, GuestSetup, InstanceSpec, NetworkAttachment, ObservedPower, PowerTarget,
+    ScriptRun,
 };
 use herd_driver_qemu::qga::Qga;
 use herd_driver_qemu::{QemuConfig, QemuDriver};
@@ -320,14 +321,14 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     let (a, b) = (key("rg/web/1"), key("rg/web/2"));
     let sa = spec(&a, "tgweb000001", "127.200.1.1", kernel_image(&out, "1.0.0"), true);
     let sb = spec(&b, "tgweb000002", "127.200.1.2", kernel_image(&out, "1.0.0"), true);
-    let (ra, rb) = tokio::join!(d.ensure(&sa), d.ensure(&sb));
+    let (ra, rb) = tokio::join!(d.ensure(&sa, Fence::FIRST), d.ensure(&sb, Fence::FIRST));
     ra.unwrap();
     rb.unwrap();
     h.step("both QEMUs started");
     let pid_a = d.pid(&a).expect("QEMU of a runs");
     assert!(matches!(power_of(&d, &a).await, Some(ObservedPower::Starting | ObservedPower::Running)));
     // Idempotent: a second ensure neither fails nor starts another QEMU.
-    d.ensure(&sa).await.unwrap();
+    d.ensure(&sa, Fence::FIRST).await.unwrap();
     assert_eq!(d.pid(&a), Some(pid_a));
     tokio::join!(wait_running(&d, &a), wait_running(&d, &b));
     h.step("both Running");
@@ -356,7 +357,7 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
         "httpd -p 80 -h /var/lib/herd/extensions/web && echo started",
         Duration::from_secs(30),
     );
-    let o = d.run_script(&a, &web).await.unwrap();
+    let o = d.run_script(&a, &web, Fence::FIRST).await.unwrap();
     assert!(o.succeeded(), "{o:?}");
     assert_eq!(o.stdout, b"started\n");
     let body = http_get_until("127.200.1.1:80", "hello from tgweb000001", Duration::from_secs(30)).await;
@@ -373,7 +374,7 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     );
     let run = script("secret", vec![("check.sh", check), ("data.txt", b"data-file-content\n")], &command, t() * 3);
     assert!(!format!("{run:?}").contains(&token), "ScriptRun's Debug redacts the command");
-    let o = d.run_script(&b, &run).await.unwrap();
+    let o = d.run_script(&b, &run, Fence::FIRST).await.unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(o.exit_code, Some(0), "{o:?}");
     assert!(!o.timed_out);
@@ -385,12 +386,12 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     );
     assert_eq!(o.stderr, b"to-stderr\n");
     // A failing command is a script that ran: Ok, with its exit code.
-    let o = d.run_script(&b, &script("secret", vec![], "echo failing; exit 7", t())).await.unwrap();
+    let o = d.run_script(&b, &script("secret", vec![], "echo failing; exit 7", t()), Fence::FIRST).await.unwrap();
     assert_eq!((o.exit_code, o.timed_out, o.stdout.as_slice()), (Some(7), false, &b"failing\n"[..]));
     // A script that outlives its timeout is killed (with what it started) and reported.
     let started = Instant::now();
     let slow = script("secret", vec![], "sleep 300 & sleep 301; echo never", Duration::from_secs(2));
-    let o = d.run_script(&b, &slow).await.unwrap();
+    let o = d.run_script(&b, &slow, Fence::FIRST).await.unwrap();
     assert!(o.timed_out && o.exit_code.is_none(), "{o:?}");
     assert!(
         started.elapsed() < herd_test_support::scaled(Duration::from_secs(20)),
@@ -416,7 +417,7 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     h.step("scripts: output, exit codes, timeout; the secret stayed out of every argv");
 
     // Bad names are refused before anything runs.
-    let err = d.run_script(&b, &script("../etc", vec![], "true", t())).await.unwrap_err();
+    let err = d.run_script(&b, &script("../etc", vec![], "true", t()), Fence::FIRST).await.unwrap_err();
     assert!(err.to_string().contains("extension name"), "{err}");
 
     let stats = d.stats(&a).await.unwrap().expect("stats of a running VM");
@@ -427,7 +428,7 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
 
     // destroy: no QEMU, no directory, no disk or seed left; idempotent.
     let pid_b = d.pid(&b).unwrap();
-    let (ra, rb) = tokio::join!(d.destroy(&a), d.destroy(&b));
+    let (ra, rb) = tokio::join!(d.destroy(&a, Fence::FIRST), d.destroy(&b, Fence::FIRST));
     ra.unwrap();
     rb.unwrap();
     assert!(!alive(pid_a) && !alive(pid_b));
@@ -436,9 +437,9 @@ async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
     let left: Vec<PathBuf> = walk_files(&d.config().root);
     assert!(left.is_empty(), "files left: {left:?}");
     assert!(d.list().await.unwrap().is_empty());
-    d.destroy(&a).await.unwrap();
+    d.destroy(&a, Fence::FIRST).await.unwrap();
     assert!(d.console_log(&a, 100).await.unwrap().is_none());
-    assert!(matches!(d.set_power(&a, PowerTarget::Running).await, Err(DriverError::NotFound(_))));
+    assert!(matches!(d.set_power(&a, PowerTarget::Running, Fence::FIRST).await, Err(DriverError::NotFound(_))));
     h.step("destroyed");
 }
 
@@ -454,7 +455,7 @@ async fn stop_start_restart_and_reimage_keep_the_data_disk() {
     let k = key("rg/life/1");
     let mut s = spec(&k, "tglife000001", "127.200.2.1", kernel_image(&out, "1.0.0"), true);
     s.guest.data_disks = vec![DataDisk { lun: 0, size_gb: 1 }];
-    d.ensure(&s).await.unwrap();
+    d.ensure(&s, Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
     h.step("Running");
     let data = d.instance_dir(&k).join("data-0.qcow2");
@@ -474,21 +475,21 @@ async fn stop_start_restart_and_reimage_keep_the_data_disk() {
     let shutdowns = |p: &Path| std::fs::read_to_string(p).unwrap_or_default().matches("HERD-GUEST-SHUTDOWN").count();
     let before = shutdowns(&console);
     let started = Instant::now();
-    d.set_power(&k, PowerTarget::Stopped).await.unwrap();
+    d.set_power(&k, PowerTarget::Stopped, Fence::FIRST).await.unwrap();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(30), "stop took {took:?}: killed at the timeout, not powered off?");
     assert_eq!(shutdowns(&console), before + 1, "the guest ran its shutdown (ACPI power-off)");
     assert!(!alive(pid1));
     assert_eq!(power_of(&d, &k).await, Some(ObservedPower::Stopped));
     assert!(d.stats(&k).await.unwrap().is_none());
-    d.set_power(&k, PowerTarget::Deallocated).await.unwrap();
+    d.set_power(&k, PowerTarget::Deallocated, Fence::FIRST).await.unwrap();
     assert_eq!(power_of(&d, &k).await, Some(ObservedPower::Stopped));
     h.step(&format!("stopped by ACPI power-off in {:.1}s", took.as_secs_f64()));
-    let err = d.run_script(&k, &script("x", vec![], "true", t())).await.unwrap_err();
+    let err = d.run_script(&k, &script("x", vec![], "true", t()), Fence::FIRST).await.unwrap_err();
     assert!(err.to_string().contains("not running"), "{err}");
 
     // ensure starts it again, with the same disks.
-    d.ensure(&s).await.unwrap();
+    d.ensure(&s, Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
     let pid2 = d.pid(&k).unwrap();
     assert_ne!(pid1, pid2);
@@ -496,7 +497,7 @@ async fn stop_start_restart_and_reimage_keep_the_data_disk() {
     assert_eq!(back, marker, "data survives a stop");
     h.step("started again by ensure");
 
-    d.restart(&k).await.unwrap();
+    d.restart(&k, Fence::FIRST).await.unwrap();
     assert_eq!(shutdowns(&console), before + 2, "restart powers the guest off gracefully");
     wait_running(&d, &k).await;
     let pid3 = d.pid(&k).unwrap();
@@ -511,7 +512,7 @@ async fn stop_start_restart_and_reimage_keep_the_data_disk() {
     let mut s2 = s.clone();
     s2.image = kernel_image(&out, "1.0.1");
     s2.model_generation = 2;
-    d.reimage(&s2).await.unwrap();
+    d.reimage(&s2, Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
     let qga = agent(&d, &k).await;
     assert_eq!(qga.read_file("/etc/herd-image-version").await.unwrap(), b"1.0.1\n");
@@ -528,7 +529,7 @@ async fn stop_start_restart_and_reimage_keep_the_data_disk() {
     assert_eq!(back, marker, "data survives a reimage");
     h.step("reimaged onto 1.0.1, data disk kept");
 
-    d.destroy(&k).await.unwrap();
+    d.destroy(&k, Fence::FIRST).await.unwrap();
     assert!(d.processes().is_empty() && !d.instance_dir(&k).exists());
 }
 
@@ -542,7 +543,7 @@ async fn adoption_orphans_and_host_reboots() {
     let s2 = spec(&c2, "tgadopt000002", "127.200.3.2", kernel_image(&out, "1.0.0"), false);
     {
         let d1 = h.driver();
-        let (r1, r2) = tokio::join!(d1.ensure(&s1), d1.ensure(&s2));
+        let (r1, r2) = tokio::join!(d1.ensure(&s1, Fence::FIRST), d1.ensure(&s2, Fence::FIRST));
         r1.unwrap();
         r2.unwrap();
         // Dropped while both boot: its readiness tasks end with it.
@@ -557,10 +558,10 @@ async fn adoption_orphans_and_host_reboots() {
     let d = h.driver();
     assert_eq!(power_of(&d, &c1).await, Some(ObservedPower::Running));
     assert_eq!(d.pid(&c1), Some(pid1));
-    d.ensure(&s1).await.unwrap();
+    d.ensure(&s1, Fence::FIRST).await.unwrap();
     assert_eq!(d.pid(&c1), Some(pid1));
     assert_eq!(d.processes().iter().filter(|(k, _)| *k == c1).count(), 1, "{:?}", d.processes());
-    let err = d.run_script(&c2, &script("x", vec![], "true", t())).await.unwrap_err();
+    let err = d.run_script(&c2, &script("x", vec![], "true", t()), Fence::FIRST).await.unwrap_err();
     assert!(err.to_string().contains("no guest agent"), "{err}");
     assert!(d.console_log(&c2, 1 << 16).await.unwrap().unwrap().contains("HERD-GUEST-READY hostname=tgadopt000002"));
     assert!(d.console_log(&key("rg/adopt/9"), 100).await.unwrap().is_none());
@@ -570,7 +571,7 @@ async fn adoption_orphans_and_host_reboots() {
     let pid2 = d.pid(&c2).unwrap();
     std::fs::remove_dir_all(d.instance_dir(&c2)).unwrap();
     assert_eq!(power_of(&d, &c2).await, Some(ObservedPower::Running), "orphans are listed as Running");
-    d.destroy(&c2).await.unwrap();
+    d.destroy(&c2, Fence::FIRST).await.unwrap();
     assert!(!alive(pid2), "destroy killed the orphan");
     assert_eq!(power_of(&d, &c2).await, None);
     h.step("orphan listed and destroyed");
@@ -597,9 +598,9 @@ async fn adoption_orphans_and_host_reboots() {
     assert!(matches!(&p, Some(ObservedPower::Failed(m)) if m.contains("QEMU exited")), "{p:?}");
     assert!(d.pid(&c1).is_none());
     // ensure repairs it.
-    d.ensure(&s1).await.unwrap();
+    d.ensure(&s1, Fence::FIRST).await.unwrap();
     wait_running(&d, &c1).await;
-    d.destroy(&c1).await.unwrap();
+    d.destroy(&c1, Fence::FIRST).await.unwrap();
     assert!(d.processes().is_empty());
     h.step("a crash stays Failed until ensure");
 }
@@ -612,7 +613,7 @@ async fn port_conflicts_and_unsupported_specs_fail_clearly() {
     let k = key("rg/ports/1");
     let s = spec(&k, "tgports000001", "127.200.4.1", kernel_image(&out, "1.0.0"), true);
     let holder = std::net::TcpListener::bind("127.200.4.1:80").unwrap();
-    let err = d.ensure(&s).await.unwrap_err().to_string();
+    let err = d.ensure(&s, Fence::FIRST).await.unwrap_err().to_string();
     assert!(err.contains("127.200.4.1:80"), "{err}");
     assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
     let p = power_of(&d, &k).await;
@@ -626,14 +627,14 @@ async fn port_conflicts_and_unsupported_specs_fail_clearly() {
     let mut impatient = h.cfg.clone();
     impatient.boot_timeout = Duration::from_secs(1);
     let d1 = QemuDriver::new(impatient).unwrap();
-    d1.ensure(&s).await.unwrap();
+    d1.ensure(&s, Fence::FIRST).await.unwrap();
     assert!(d1.pid(&k).is_some());
     let p = wait_power(&d1, &k, Duration::from_secs(10), |p| {
         matches!(p, ObservedPower::Failed(_) | ObservedPower::Running)
     })
     .await;
     assert!(matches!(&p, ObservedPower::Failed(m) if m.contains("boot timed out")), "{p:?}");
-    d1.destroy(&k).await.unwrap();
+    d1.destroy(&k, Fence::FIRST).await.unwrap();
     assert!(d.processes().is_empty());
     drop(d1);
 
@@ -644,18 +645,18 @@ async fn port_conflicts_and_unsupported_specs_fail_clearly() {
         prefix_len: 24,
         address: "10.0.0.5".parse().unwrap(),
     });
-    let err = d.ensure(&bridged).await.unwrap_err();
+    let err = d.ensure(&bridged, Fence::FIRST).await.unwrap_err();
     assert_eq!(
         err,
         DriverError::Failed("bridged networking is not supported by the qemu driver yet; use host-local".into())
     );
     let mut dir_image = spec(&key("rg/ports/3"), "tgports000003", "127.200.4.3", kernel_image(&out, "1.0.0"), true);
     dir_image.image = ImageSource::Directory { path: "/tmp".into() };
-    let err = d.ensure(&dir_image).await.unwrap_err().to_string();
+    let err = d.ensure(&dir_image, Fence::FIRST).await.unwrap_err().to_string();
     assert!(err.contains("directory image"), "{err}");
     let mut missing = spec(&key("rg/ports/4"), "tgports000004", "127.200.4.4", kernel_image(&out, "1.0.0"), true);
     missing.image = ImageSource::Disk { path: "/nonexistent/disk.qcow2".into(), format: "qcow2".into() };
-    let err = d.ensure(&missing).await.unwrap_err().to_string();
+    let err = d.ensure(&missing, Fence::FIRST).await.unwrap_err().to_string();
     assert!(err.contains("/nonexistent/disk.qcow2"), "{err}");
     assert!(d.list().await.unwrap().is_empty(), "nothing half-created");
 }
@@ -692,7 +693,7 @@ async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
     let image_path = PathBuf::from(image_path);
     let image_before = file_state(&image_path);
     let s = spec(&k, "tgdisk000001", "127.200.5.1", image, true);
-    d.ensure(&s).await.unwrap();
+    d.ensure(&s, Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
     h.step("Running from disk.qcow2");
 
@@ -748,7 +749,7 @@ async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
     let ImageSource::Disk { path: image2_path, .. } = &s2.image else { unreachable!() };
     let image2_path = PathBuf::from(image2_path);
     let image2_before = file_state(&image2_path);
-    d.reimage(&s2).await.unwrap();
+    d.reimage(&s2, Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
     let qga = agent(&d, &k).await;
     assert_eq!(qga.read_file("/etc/herd-image-version").await.unwrap(), b"1.0.1\n");
@@ -765,7 +766,7 @@ async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
     assert_eq!((rc, back.as_str()), (Some(0), ""), "a reimaged OS disk starts from the image again");
     h.step("reimaged onto 1.0.1's disk");
 
-    d.destroy(&k).await.unwrap();
+    d.destroy(&k, Fence::FIRST).await.unwrap();
     assert!(d.processes().is_empty() && !d.instance_dir(&k).exists());
     let left: Vec<PathBuf> = walk_files(&d.config().root);
     assert!(left.is_empty(), "files left: {left:?}");
@@ -786,7 +787,7 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     let h = Harness::new("extcrash");
     let k = key("rg/extcrash/1");
     let d = Arc::new(h.driver());
-    d.ensure(&spec(&k, "tgextcr000001", "127.200.9.1", kernel_image(&out, "1.0.0"), true)).await.unwrap();
+    d.ensure(&spec(&k, "tgextcr000001", "127.200.9.1", kernel_image(&out, "1.0.0"), true), Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
     h.step("booted");
     let record = d.instance_dir(&k).join("script-run");
@@ -802,7 +803,7 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
         let (d, k, record) = (d.clone(), k.clone(), record.clone());
         async move {
             let _ = std::fs::remove_file(&record);
-            let task = tokio::spawn(async move { d.run_script(&k, &run).await });
+            let task = tokio::spawn(async move { d.run_script(&k, &run, Fence::FIRST).await });
             let deadline = Instant::now() + Duration::from_secs(60);
             while !record.exists() {
                 assert!(Instant::now() < deadline, "the run was never recorded");
@@ -816,7 +817,7 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     // Same identity: adopted, run once.
     crash(slow("gen-1")).await;
     let d2 = h.driver();
-    let o = d2.run_script(&k, &slow("gen-1")).await.unwrap();
+    let o = d2.run_script(&k, &slow("gen-1"), Fence::FIRST).await.unwrap();
     h.step("adopted");
     assert_eq!(o.exit_code, Some(5), "{o:?}");
     assert_eq!(o.stdout, b"adopted-output\n");
@@ -829,14 +830,14 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     let _ = guest_sh(&d2, &k, "rm -f /var/lib/herd/extensions/slow/starts").await;
     crash(slow("gen-1")).await;
     let quick = ScriptRun { identity: "gen-2".into(), ..script("slow", vec![], "echo $$ >> starts\necho new", t()) };
-    let o = d2.run_script(&k, &quick).await.unwrap();
+    let o = d2.run_script(&k, &quick, Fence::FIRST).await.unwrap();
     assert_eq!((o.exit_code, o.stdout.as_slice()), (Some(0), b"new\n".as_slice()));
     let l = starts().await;
     assert_eq!(l.len(), 2, "{l:?}");
     let (_, state) = guest_sh(&d2, &k, &format!("kill -0 {} 2>/dev/null && echo alive || echo gone", l[0])).await;
     assert_eq!(state.trim(), "gone", "the old script was killed");
     assert!(!starts().await.contains(&"done".to_string()));
-    d2.destroy(&k).await.unwrap();
+    d2.destroy(&k, Fence::FIRST).await.unwrap();
 }
 
 /// A disk imported without saying whether it runs the guest agent (`guest_agent: None`): the
@@ -854,7 +855,7 @@ async fn disk_image_with_an_unknown_agent_detects_it_at_boot() {
     let mut s = spec(&k, "tgdetect00001", "127.200.6.1", image.clone(), true);
     s.guest.guest_agent = None;
     assert!(d.guest_agents_answered().is_empty());
-    d.ensure(&s).await.unwrap();
+    d.ensure(&s, Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
     h.step("Running (console line or agent, whichever first)");
     let deadline = Instant::now() + BOOT;
@@ -877,7 +878,8 @@ async fn disk_image_with_an_unknown_agent_detects_it_at_boot() {
         "a new driver on the same root reports it too"
     );
 
-    let out_run = d.run_script(&k, &script("detect", vec![], "echo agent-ran; hostname", BOOT)).await.unwrap();
+    let out_run =
+        d.run_script(&k, &script("detect", vec![], "echo agent-ran; hostname", BOOT), Fence::FIRST).await.unwrap();
     assert!(out_run.succeeded(), "{out_run:?}");
     assert_eq!(String::from_utf8_lossy(&out_run.stdout), "agent-ran\ntgdetect00001\n");
     h.step("a script ran through the detected agent");
@@ -886,14 +888,14 @@ async fn disk_image_with_an_unknown_agent_detects_it_at_boot() {
     let k2 = key("rg/detect/2");
     let mut s2 = spec(&k2, "tgdetect00002", "127.200.6.2", image.clone(), false);
     s2.guest.guest_agent = Some(false);
-    d.ensure(&s2).await.unwrap();
+    d.ensure(&s2, Fence::FIRST).await.unwrap();
     let started = Instant::now();
-    let err = d.run_script(&k2, &script("detect", vec![], "true", BOOT)).await.unwrap_err();
+    let err = d.run_script(&k2, &script("detect", vec![], "true", BOOT), Fence::FIRST).await.unwrap_err();
     assert!(err.to_string().contains("--guest-agent false"), "{err}");
     assert!(started.elapsed() < t(), "refused at once, not after a wait");
-    d.destroy(&k2).await.unwrap();
+    d.destroy(&k2, Fence::FIRST).await.unwrap();
 
-    d.destroy(&k).await.unwrap();
+    d.destroy(&k, Fence::FIRST).await.unwrap();
     assert!(d.guest_agents_answered().is_empty(), "a destroyed instance is no longer reported");
     assert!(d.processes().is_empty());
 }

@@ -5,15 +5,25 @@
 //! repeat any call after a crash and converge: `ensure` on an existing instance is a no-op,
 //! `destroy` on a missing one is `Ok`. `list` is the observation that planning starts from, and
 //! also how orphans left by a crash are found.
+//!
+//! Every call that acts on an instance carries a [`Fence`] (term, incarnation; see [`fence`]),
+//! and a driver refuses a call lower than the highest it has seen for that instance. Errors are
+//! typed, and [`DriverError::retryable`] tells the reconciler's backoff a transient failure (an
+//! I/O hiccup, a busy host) from a permanent one (an invalid spec, a missing image, a fenced
+//! call).
 
 #![forbid(unsafe_code)]
 
+pub mod fence;
 pub mod sim;
+
+pub use fence::{Fence, Fenced, Incarnation, LeaderTerm, Term};
 
 use async_trait::async_trait;
 use herd_model::{image::ImageSource, sku::SkuSize, InstanceKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Everything a driver needs to build one instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,15 +202,98 @@ pub struct InstanceStats {
 }
 
 /// Driver failures. The message is shown to users: it must not contain secrets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// [`retryable`](Self::retryable) classifies them for backoff: the reconciler retries a
+/// transient failure soon and a permanent one rarely (see `herd_reconciler::plan::Limits`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DriverError {
     #[error("instance {0} does not exist")]
     NotFound(InstanceKey),
+    /// A failure not classified further; treated as transient.
     #[error("{0}")]
     Failed(String),
+    /// The call carries a lower term or incarnation than the driver has seen: the caller is
+    /// stale. Permanent.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    /// The instance's fence record exists but cannot be read; the driver refuses to guess.
+    /// Permanent until someone repairs it.
+    #[error("instance {key}: {source}")]
+    FenceRecord {
+        key: InstanceKey,
+        #[source]
+        source: Arc<fence::FenceRecordError>,
+    },
+    /// A file-system or process operation on the host failed. Transient.
+    #[error("instance {key}: {context}: {source}")]
+    Io {
+        key: InstanceKey,
+        context: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The spec asks for something this driver cannot build, or cannot be built at all (an
+    /// image not in the gallery, an unknown size, an unsupported network). Permanent: the same
+    /// spec fails the same way.
+    #[error("{reason}")]
+    InvalidSpec { key: InstanceKey, reason: String },
+    /// The image the spec names is missing or unusable on this host. Permanent until the image
+    /// is fixed.
+    #[error("instance {key}: {reason}")]
+    ImageUnavailable { key: InstanceKey, reason: String },
+    /// A blocking task of the driver died (panicked or was cancelled). Transient.
+    #[error("internal task failed: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
+    /// Talking to the guest agent inside the instance failed (connect, timeout, protocol).
+    /// Transient: the guest may still be booting or busy.
+    #[error("instance {key}: guest agent: {source}")]
+    GuestAgent {
+        key: InstanceKey,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
+impl DriverError {
+    /// An I/O failure of `context` (what was being done) on instance `key`.
+    pub fn io(key: &InstanceKey, context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { key: key.clone(), context: context.into(), source: Arc::new(source) }
+    }
+
+    /// Whether repeating the same call later may succeed without anyone changing anything.
+    /// `NotFound` counts as retryable: the caller's observation may be stale, and the next
+    /// reconcile pass re-observes before it acts again.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::NotFound(_) | Self::Failed(_) | Self::Io { .. } | Self::Task(_) | Self::GuestAgent { .. } => true,
+            Self::Fenced(_) | Self::FenceRecord { .. } | Self::InvalidSpec { .. } | Self::ImageUnavailable { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// Errors compare by kind and message (the typed sources are neither `Clone` nor `Eq`).
+impl PartialEq for DriverError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::NotFound(a), Self::NotFound(b)) => a == b,
+            (Self::Failed(a), Self::Failed(b)) => a == b,
+            (Self::Fenced(a), Self::Fenced(b)) => a == b,
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b) && a.to_string() == b.to_string(),
+        }
+    }
+}
+
+impl Eq for DriverError {}
+
 /// A backend that runs instances. See the crate docs for the idempotency contract.
+///
+/// Every method that acts on an instance takes the caller's [`Fence`] and first checks it
+/// against the highest fence the driver has seen for the instance, refusing a lower one with
+/// [`DriverError::Fenced`] before doing anything; an accepted higher fence is recorded before the
+/// call acts. The reads (`list`, `stats`, `console_log`, `guest_agents_answered`) take none:
+/// they change nothing.
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     /// A short name for logs and `herd server` output.
@@ -208,24 +301,24 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Creates the instance if absent and starts it. On an existing instance: starts it if
     /// stopped, otherwise does nothing.
-    async fn ensure(&self, spec: &InstanceSpec) -> Result<(), DriverError>;
+    async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError>;
 
     /// Changes the power state of an existing instance.
-    async fn set_power(&self, key: &InstanceKey, target: PowerTarget) -> Result<(), DriverError>;
+    async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError>;
 
     /// Stops and starts an existing instance.
-    async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError>;
+    async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError>;
 
     /// Stops the instance, gives it `spec`'s size (vCPUs, memory) and starts it again, keeping
     /// its disks: how a size-only model change is applied.
-    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError>;
+    async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError>;
 
     /// Discards the instance's OS disk (or working directory), recreates it from `spec`'s image
     /// and starts it. Creates the instance if it is absent.
-    async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError>;
+    async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError>;
 
     /// Removes the instance and everything it owns. `Ok` if it does not exist.
-    async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError>;
+    async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError>;
 
     /// Every instance this driver has, including ones herd no longer knows (orphans).
     async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError>;
@@ -236,7 +329,7 @@ pub trait Driver: Send + Sync + 'static {
     /// Runs a script inside a running instance (extensions). `Err` means it could not be run
     /// at all (not running, no agent, files could not be placed); a script that ran and failed
     /// is `Ok` with its exit code.
-    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError>;
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError>;
 
     /// Instances whose image's guest agent was not known (`GuestSetup::guest_agent` `None`) and
     /// whose agent has answered, with the image they were built from: the reconciler records

@@ -6,8 +6,8 @@
 //! so every executor step can be broken and recovery checked.
 
 use crate::{
-    Driver, DriverError, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget, ScriptOutcome,
-    ScriptRun,
+    fence::Admission, Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower,
+    PowerTarget, ScriptOutcome, ScriptRun,
 };
 use async_trait::async_trait;
 use herd_model::InstanceKey;
@@ -66,6 +66,11 @@ struct State {
     fail_always: bool,
     /// Script runs per instance: (extension name, command), in order.
     scripts: BTreeMap<InstanceKey, Vec<(String, String)>>,
+    /// The error injected failures return; `None`: a transient `Failed`.
+    injected: Option<DriverError>,
+    /// The highest fence seen per instance (removed with the instance, as a real driver's
+    /// record goes with its directory).
+    fences: BTreeMap<InstanceKey, Fence>,
 }
 
 /// The simulated driver.
@@ -88,6 +93,8 @@ impl SimDriver {
                 fail_calls: BTreeSet::new(),
                 fail_always: false,
                 scripts: BTreeMap::new(),
+                injected: None,
+                fences: BTreeMap::new(),
             }),
         }
     }
@@ -106,6 +113,18 @@ impl SimDriver {
     /// Makes every mutating call fail until turned off: a host that cannot create anything.
     pub fn fail_always(&self, on: bool) {
         self.lock().fail_always = on;
+    }
+
+    /// Makes injected failures ([`fail_call`](Self::fail_call), [`fail_always`](Self::fail_always))
+    /// return `error` instead of a transient `Failed`: for example a permanent
+    /// [`DriverError::ImageUnavailable`], to test how callers back off. `None` restores the default.
+    pub fn inject_error(&self, error: Option<DriverError>) {
+        self.lock().injected = error;
+    }
+
+    /// The highest fence this driver has seen for an instance.
+    pub fn fence_of(&self, key: &InstanceKey) -> Option<Fence> {
+        self.lock().fences.get(key).copied()
     }
 
     /// Mutating calls made so far.
@@ -163,12 +182,18 @@ impl SimDriver {
         self.lock().instances.get(key).map(|i| i.generation)
     }
 
-    fn call(&self) -> Result<std::sync::MutexGuard<'_, State>, DriverError> {
+    /// Starts a mutating call on `key`: checks and records the fence (a refused call counts as
+    /// a call but changes nothing), then applies injected failures.
+    fn call(&self, key: &InstanceKey, fence: Fence) -> Result<std::sync::MutexGuard<'_, State>, DriverError> {
         let mut s = self.lock();
         let n = s.calls;
         s.calls += 1;
+        admit(&mut s, key, fence)?;
         if s.fail_always || s.fail_calls.remove(&n) {
-            return Err(DriverError::Failed(format!("injected failure on call {n}")));
+            return Err(s
+                .injected
+                .clone()
+                .unwrap_or_else(|| DriverError::Failed(format!("injected failure on call {n}"))));
         }
         Ok(s)
     }
@@ -179,6 +204,17 @@ impl SimDriver {
         let fails = self.config.failure_rate > 0.0 && s.rng.random::<f64>() < self.config.failure_rate;
         SimPower::Booting { ready_at: Instant::now() + self.config.boot_min + extra, fails }
     }
+}
+
+/// Checks `fence` against the highest seen for `key` and records it if higher, for an instance
+/// that exists (nothing is recorded for an absent one, as a real driver has no directory).
+fn admit(s: &mut State, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
+    if let Admission::Raise(f) = fence.admit(key, s.fences.get(key).copied())? {
+        if s.instances.contains_key(key) {
+            s.fences.insert(key.clone(), f);
+        }
+    }
+    Ok(())
 }
 
 fn settle(i: &mut SimInstance, now: Instant) {
@@ -195,20 +231,20 @@ impl Driver for SimDriver {
         "sim"
     }
 
-    async fn ensure(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         self.lock().ensures += 1;
-        let mut s = self.call()?;
+        let mut s = self.call(&spec.key, fence)?;
         let power = match s.instances.get(&spec.key).map(|i| &i.power) {
             Some(SimPower::Running | SimPower::Booting { .. }) => return Ok(()),
             _ => self.boot(&mut s),
         };
         let generation = s.instances.get(&spec.key).map_or(spec.model_generation, |i| i.generation);
         s.instances.insert(spec.key.clone(), SimInstance::new(power, generation));
-        Ok(())
+        admit(&mut s, &spec.key, fence)
     }
 
-    async fn set_power(&self, key: &InstanceKey, target: PowerTarget) -> Result<(), DriverError> {
-        let mut s = self.call()?;
+    async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
+        let mut s = self.call(key, fence)?;
         let booted = self.boot(&mut s);
         let inst = s.instances.get_mut(key).ok_or_else(|| DriverError::NotFound(key.clone()))?;
         match target {
@@ -222,16 +258,16 @@ impl Driver for SimDriver {
         Ok(())
     }
 
-    async fn restart(&self, key: &InstanceKey) -> Result<(), DriverError> {
-        let mut s = self.call()?;
+    async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
+        let mut s = self.call(key, fence)?;
         let booted = self.boot(&mut s);
         let inst = s.instances.get_mut(key).ok_or_else(|| DriverError::NotFound(key.clone()))?;
         inst.power = booted;
         Ok(())
     }
 
-    async fn resize(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
-        let mut s = self.call()?;
+    async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
+        let mut s = self.call(&spec.key, fence)?;
         let booted = self.boot(&mut s);
         let inst = s.instances.get_mut(&spec.key).ok_or_else(|| DriverError::NotFound(spec.key.clone()))?;
         inst.power = booted;
@@ -239,17 +275,18 @@ impl Driver for SimDriver {
         Ok(())
     }
 
-    async fn reimage(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+    async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         self.lock().ensures += 1;
-        let mut s = self.call()?;
+        let mut s = self.call(&spec.key, fence)?;
         let power = self.boot(&mut s);
         s.instances.insert(spec.key.clone(), SimInstance::new(power, spec.model_generation));
-        Ok(())
+        admit(&mut s, &spec.key, fence)
     }
 
-    async fn destroy(&self, key: &InstanceKey) -> Result<(), DriverError> {
-        let mut s = self.call()?;
+    async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
+        let mut s = self.call(key, fence)?;
         s.instances.remove(key);
+        s.fences.remove(key);
         Ok(())
     }
 
@@ -284,8 +321,9 @@ impl Driver for SimDriver {
 
     /// Simulates a script: it "exits" with the number after the last `exit ` in the command
     /// (0 without one) and prints the extension's name; runs are recorded for tests.
-    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun) -> Result<ScriptOutcome, DriverError> {
+    async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
         let mut s = self.lock();
+        admit(&mut s, key, fence)?;
         match s.instances.get(key).map(|i| &i.power) {
             None => return Err(DriverError::NotFound(key.clone())),
             Some(SimPower::Running) => {}
@@ -341,17 +379,20 @@ mod tests {
     #[tokio::test]
     async fn idempotent_lifecycle_and_injected_failure() {
         let d = SimDriver::new(SimConfig { boot_min: Duration::ZERO, boot_max: Duration::ZERO, ..Default::default() });
-        d.ensure(&spec(1)).await.unwrap();
-        d.ensure(&spec(1)).await.unwrap();
+        d.ensure(&spec(1), Fence::FIRST).await.unwrap();
+        d.ensure(&spec(1), Fence::FIRST).await.unwrap();
         let l = d.list().await.unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].power, ObservedPower::Running);
         d.fail_call(0);
-        assert!(d.destroy(&spec(1).key).await.is_err());
-        d.destroy(&spec(1).key).await.unwrap();
-        d.destroy(&spec(1).key).await.unwrap();
+        assert!(d.destroy(&spec(1).key, Fence::FIRST).await.is_err());
+        d.destroy(&spec(1).key, Fence::FIRST).await.unwrap();
+        d.destroy(&spec(1).key, Fence::FIRST).await.unwrap();
         assert!(d.list().await.unwrap().is_empty());
-        assert_eq!(d.set_power(&spec(1).key, PowerTarget::Stopped).await, Err(DriverError::NotFound(spec(1).key)));
+        assert_eq!(
+            d.set_power(&spec(1).key, PowerTarget::Stopped, Fence::FIRST).await,
+            Err(DriverError::NotFound(spec(1).key))
+        );
     }
 
     #[tokio::test]
@@ -361,7 +402,7 @@ mod tests {
         for _ in 0..2 {
             let d = SimDriver::new(cfg.clone());
             for i in 0..20 {
-                d.ensure(&spec(i)).await.unwrap();
+                d.ensure(&spec(i), Fence::FIRST).await.unwrap();
             }
             let failed: Vec<u64> = d
                 .list()
@@ -375,5 +416,74 @@ mod tests {
         }
         assert_eq!(outcomes[0], outcomes[1]);
         assert!(!outcomes[0].is_empty() && outcomes[0].len() < 20);
+    }
+
+    fn f(term: u64, incarnation: u64) -> Fence {
+        Fence::new(crate::Term(term), crate::Incarnation(incarnation))
+    }
+
+    #[tokio::test]
+    async fn lower_fences_are_refused_equal_and_higher_pass() {
+        let d = SimDriver::new(SimConfig { boot_min: Duration::ZERO, boot_max: Duration::ZERO, ..Default::default() });
+        let k = spec(1).key;
+        let run = ScriptRun {
+            name: "e".into(),
+            files: vec![],
+            command: "true".into(),
+            timeout: Duration::from_secs(1),
+            identity: "i".into(),
+        };
+        d.ensure(&spec(1), f(2, 3)).await.unwrap();
+        assert_eq!(d.fence_of(&k), Some(f(2, 3)));
+        // A lower term, then a lower incarnation: refused on every acting call, naming both.
+        for low in [f(1, 3), f(2, 2), f(9, 1)] {
+            let refusals = [
+                d.ensure(&spec(1), low).await.unwrap_err(),
+                d.set_power(&k, PowerTarget::Stopped, low).await.unwrap_err(),
+                d.restart(&k, low).await.unwrap_err(),
+                d.resize(&spec(1), low).await.unwrap_err(),
+                d.reimage(&spec(1), low).await.unwrap_err(),
+                d.run_script(&k, &run, low).await.unwrap_err(),
+                d.destroy(&k, low).await.unwrap_err(),
+            ];
+            for e in refusals {
+                assert!(matches!(&e, DriverError::Fenced(x) if x.call == low && x.seen == f(2, 3)), "{e:?}");
+                assert!(!e.retryable());
+                assert!(
+                    e.to_string().contains(&low.to_string()) && e.to_string().contains("term 2 incarnation 3"),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(d.list().await.unwrap()[0].power, ObservedPower::Running, "refused calls changed nothing");
+        assert_eq!(d.generation(&k), Some(1));
+        // Equal passes; higher passes and is remembered.
+        d.restart(&k, f(2, 3)).await.unwrap();
+        d.set_power(&k, PowerTarget::Stopped, f(3, 3)).await.unwrap();
+        assert_eq!(d.fence_of(&k), Some(f(3, 3)));
+        assert!(matches!(d.ensure(&spec(1), f(2, 3)).await, Err(DriverError::Fenced(_))));
+        d.ensure(&spec(1), f(3, 4)).await.unwrap();
+        assert_eq!(d.fence_of(&k), Some(f(3, 4)));
+        // An orphan sweep checks the term only.
+        assert!(matches!(d.destroy(&k, Fence::sweep(crate::Term(2))).await, Err(DriverError::Fenced(_))));
+        d.destroy(&k, Fence::sweep(crate::Term(3))).await.unwrap();
+        // The record goes with the instance; a call on an absent instance records nothing.
+        assert_eq!(d.fence_of(&k), None);
+        assert_eq!(d.restart(&k, f(7, 7)).await, Err(DriverError::NotFound(k.clone())));
+        assert_eq!(d.fence_of(&k), None);
+        d.ensure(&spec(1), Fence::FIRST).await.unwrap();
+        assert_eq!(d.fence_of(&k), Some(Fence::FIRST));
+    }
+
+    #[tokio::test]
+    async fn injected_errors_keep_their_kind() {
+        let d = SimDriver::new(SimConfig::default());
+        d.inject_error(Some(DriverError::ImageUnavailable { key: spec(1).key, reason: "gone".into() }));
+        d.fail_call(0);
+        let e = d.ensure(&spec(1), Fence::FIRST).await.unwrap_err();
+        assert!(!e.retryable(), "{e:?}");
+        d.inject_error(None);
+        d.fail_call(0);
+        assert!(d.ensure(&spec(1), Fence::FIRST).await.unwrap_err().retryable());
     }
 }

@@ -450,6 +450,7 @@ mod tests {
             host: None,
             scheduled_events: vec![],
             eviction: None,
+            incarnation: 1,
             created_at: now,
             state_since: now,
         }

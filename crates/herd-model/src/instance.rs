@@ -203,8 +203,20 @@ pub struct InstanceRecord {
     /// Set when a Spot instance was evicted with `Deallocate` (cleared when restored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eviction: Option<crate::spot::Eviction>,
+    /// The placement this record describes (`herd_driver::Incarnation`, the fence every driver
+    /// call for the instance carries with the leader's term). 1 from creation; raised, and
+    /// written here before any driver call for it, only when the instance is placed anew (built
+    /// on another host: replacement, redeploy). Restart, power, resize and reimage keep it.
+    /// 0 in records written before fencing (absent in their JSON; a driver with no record
+    /// accepts it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
     pub created_at: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl InstanceRecord {

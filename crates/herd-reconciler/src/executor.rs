@@ -15,7 +15,7 @@ use crate::repair::{plan_repairs, RepairInput, RepairStep};
 use crate::rolling::{plan_rolling, Health, RollingInput, RollingStep};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower};
+use herd_driver::{Driver, DriverError, Fence, Incarnation, InstanceSpec, LeaderTerm, ObservedPower};
 use herd_model::{
     activity::{ActivityEvent, Actor},
     clock::Clock,
@@ -37,6 +37,10 @@ use tokio::sync::Notify;
 
 /// A driver step and how it went.
 type StepResult = (Step, Result<(), DriverError>);
+
+/// A driver call to make in Phase B: the set it belongs to (index), the step, the instance, the
+/// fence it carries and the spec (or why none could be made).
+type DriverCall = (usize, Step, InstanceKey, Fence, Result<InstanceSpec, DriverError>);
 
 /// Tunables of the reconcile loop.
 #[derive(Debug, Clone)]
@@ -68,6 +72,9 @@ pub struct ReconcilerConfig {
     pub metadata_port: Option<u16>,
     /// When unrecorded instances are destroyed (see [`crate::orphans`]).
     pub orphans: crate::orphans::OrphanPolicy,
+    /// The leadership term every driver call carries in its fence (with the instance record's
+    /// incarnation). The server owns the one [`LeaderTerm`]; leader election raises it.
+    pub term: LeaderTerm,
 }
 
 impl Default for ReconcilerConfig {
@@ -86,6 +93,7 @@ impl Default for ReconcilerConfig {
             spot_price: crate::capacity::SpotPrice::none(),
             metadata_port: None,
             orphans: Default::default(),
+            term: LeaderTerm::single_server(),
         }
     }
 }
@@ -133,6 +141,19 @@ pub enum ReconcileError {
     Driver(#[from] DriverError),
     #[error("injected fault at {0:?}")]
     Injected(FaultPoint),
+}
+
+impl ReconcileError {
+    /// Whether the next pass may succeed with nothing changed: a driver error by its own kind
+    /// ([`DriverError::retryable`]); a store error is retried by the next pass (which re-reads
+    /// everything); an injected crash always is.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Store(_) => true,
+            Self::Driver(e) => e.retryable(),
+            Self::Injected(_) => true,
+        }
+    }
 }
 
 /// What one pass did.
@@ -260,6 +281,7 @@ impl Reconciler {
             sealer.clone(),
             wake.clone(),
             ExtensionConfig::default(),
+            config.term.clone(),
         ));
         Self {
             store,
@@ -311,6 +333,7 @@ impl Reconciler {
             sealer,
             self.wake.clone(),
             config,
+            self.config.term.clone(),
         ));
         self
     }
@@ -333,7 +356,7 @@ impl Reconciler {
                 Ok(r) if r.waiting => self.config.busy_interval,
                 Ok(_) => self.config.idle_interval,
                 Err(e) => {
-                    tracing::warn!(error = %e, "reconcile pass failed; retrying");
+                    tracing::warn!(error = %e, retryable = e.retryable(), "reconcile pass failed; retrying");
                     self.config.busy_interval.max(Duration::from_millis(200))
                 }
             };
@@ -582,7 +605,7 @@ impl Reconciler {
         let mut addr = self.store.get_as::<AddressCounter>(Kind::Counter, ADDRESS_COUNTER)?;
         let mut next_addr = addr.as_ref().map_or(0, |o| o.value.next);
         let addr_before = next_addr;
-        let mut calls: Vec<(usize, Step, InstanceKey, Result<InstanceSpec, String>)> = Vec::new();
+        let mut calls: Vec<DriverCall> = Vec::new();
         let mut extension_runs = Vec::new();
         let vnets: Vec<herd_model::network::VirtualNetwork> =
             self.store.list_as(Kind::VirtualNetwork, "")?.into_iter().map(|o| o.value).collect();
@@ -602,7 +625,8 @@ impl Reconciler {
                 let Some(id) = step.instance() else { continue };
                 let Some(r) = w.records.get(&id) else { continue };
                 let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id };
-                calls.push((wi, step.clone(), key, self.spec(w.set, &r.record, &images, &ipam)));
+                let fence = self.config.term.fence(Incarnation(r.record.incarnation));
+                calls.push((wi, step.clone(), key, fence, self.spec(w.set, &r.record, &images, &ipam)));
             }
             // Creates also need an ensure call in this pass.
             for step in &steps {
@@ -610,7 +634,8 @@ impl Reconciler {
                     for n in new {
                         let Some(r) = w.records.get(&n.id) else { continue };
                         let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: n.id };
-                        calls.push((wi, Step::Ensure(n.id), key, self.spec(w.set, &r.record, &images, &ipam)));
+                        let fence = self.config.term.fence(Incarnation(r.record.incarnation));
+                        calls.push((wi, Step::Ensure(n.id), key, fence, self.spec(w.set, &r.record, &images, &ipam)));
                     }
                 }
             }
@@ -642,21 +667,23 @@ impl Reconciler {
         // Phase B: driver calls.
         let driver = self.driver.clone();
         let results: Vec<(usize, Step, Result<(), DriverError>)> = futures::stream::iter(calls)
-            .map(|(wi, step, key, spec)| {
+            .map(|(wi, step, key, fence, spec)| {
                 let driver = driver.clone();
                 async move {
-                    let r = call(&*driver, &step, &key, spec).await;
+                    let r = call(&*driver, &step, &key, fence, spec).await;
                     (wi, step, r)
                 }
             })
             .buffer_unordered(self.config.driver_concurrency.max(1))
             .collect()
             .await;
+        // An orphan has no record, hence no incarnation: its destroy is fenced by the term only.
+        let sweep = Fence::sweep(self.config.term.current());
         let orphan_results: Vec<(InstanceKey, Result<(), DriverError>)> = futures::stream::iter(orphans)
             .map(|k| {
                 let driver = driver.clone();
                 async move {
-                    let r = driver.destroy(&k).await;
+                    let r = driver.destroy(&k, sweep).await;
                     (k, r)
                 }
             })
@@ -719,19 +746,33 @@ impl Reconciler {
         r: &InstanceRecord,
         images: &[Image],
         ipam: &Ipam,
-    ) -> Result<InstanceSpec, String> {
-        let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn().map_err(|e| e.to_string())?;
-        let img = image::resolve(images, &urn).ok_or_else(|| format!("image {urn} is not in the gallery"))?;
+    ) -> Result<InstanceSpec, DriverError> {
+        let key = InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id };
+        // What the model itself gets wrong fails the same way every time: permanent.
+        let invalid = |reason: String| DriverError::InvalidSpec { key: key.clone(), reason };
+        let urn = set
+            .model
+            .virtual_machine_profile
+            .storage_profile
+            .image_reference
+            .urn()
+            .map_err(|e| invalid(e.to_string()))?;
+        let img = image::resolve(images, &urn).ok_or_else(|| invalid(format!("image {urn} is not in the gallery")))?;
         let size = self
             .config
             .skus
             .lookup(&set.model.sku.name)
             .map(|(_, s)| s)
-            .ok_or_else(|| format!("unknown SKU {}", set.model.sku.name))?;
+            .ok_or_else(|| invalid(format!("unknown SKU {}", set.model.sku.name)))?;
         let os = &set.model.virtual_machine_profile.os_profile;
-        let guest = if self.config.vm_driver { self.guest_setup(set, img)? } else { Default::default() };
+        // Reading and opening the secrets can fail for a moment (the store): not classified.
+        let guest = if self.config.vm_driver {
+            self.guest_setup(set, img).map_err(DriverError::Failed)?
+        } else {
+            Default::default()
+        };
         Ok(InstanceSpec {
-            key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id },
+            key,
             computer_name: r.computer_name.clone(),
             image: img.source.clone(),
             size,
@@ -952,6 +993,9 @@ impl Reconciler {
                         host: host.clone(),
                         scheduled_events: vec![],
                         eviction: None,
+                        // The first placement, in the store with this intent (Phase A) before
+                        // the driver is called for it.
+                        incarnation: Incarnation::FIRST.0,
                         created_at: now,
                         state_since: now,
                     };
@@ -1469,7 +1513,8 @@ impl Reconciler {
                 (_, Err(e)) => {
                     let msg = e.to_string();
                     rec.last_error = Some(msg.clone());
-                    rec.next_attempt_at = Some(now + self.config.limits.backoff(rec.attempts.max(1)));
+                    let delay = self.config.limits.retry_delay(e.retryable(), rec.attempts.max(1));
+                    rec.next_attempt_at = Some(now + delay);
                     let provisioning = matches!(
                         step,
                         Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_) | Step::Resize(_)
@@ -1632,24 +1677,26 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc
     Ok(())
 }
 
-/// Makes the driver call for `step`. Calls that build an instance need its spec; the others
-/// only its key, so an instance can be stopped or deleted even if its image is gone.
+/// Makes the driver call for `step`, fenced by `fence` (the leader's term and the record's
+/// incarnation). Calls that build an instance need its spec; the others only its key, so an
+/// instance can be stopped or deleted even if its image is gone.
 async fn call(
     driver: &dyn Driver,
     step: &Step,
     key: &InstanceKey,
-    spec: Result<InstanceSpec, String>,
+    fence: Fence,
+    spec: Result<InstanceSpec, DriverError>,
 ) -> Result<(), DriverError> {
     use herd_driver::PowerTarget;
-    let spec = || spec.clone().map_err(DriverError::Failed);
+    let spec = || spec.clone();
     match step {
-        Step::Ensure(_) | Step::Start(_) => driver.ensure(&spec()?).await,
-        Step::Reimage(_) => driver.reimage(&spec()?).await,
-        Step::Stop(_) => driver.set_power(key, PowerTarget::Stopped).await,
-        Step::Deallocate(_) => driver.set_power(key, PowerTarget::Deallocated).await,
-        Step::Restart(_) => driver.restart(key).await,
-        Step::Resize(_) => driver.resize(&spec()?).await,
-        Step::Destroy(_) => driver.destroy(key).await,
+        Step::Ensure(_) | Step::Start(_) => driver.ensure(&spec()?, fence).await,
+        Step::Reimage(_) => driver.reimage(&spec()?, fence).await,
+        Step::Stop(_) => driver.set_power(key, PowerTarget::Stopped, fence).await,
+        Step::Deallocate(_) => driver.set_power(key, PowerTarget::Deallocated, fence).await,
+        Step::Restart(_) => driver.restart(key, fence).await,
+        Step::Resize(_) => driver.resize(&spec()?, fence).await,
+        Step::Destroy(_) => driver.destroy(key, fence).await,
         _ => Ok(()),
     }
 }

@@ -19,7 +19,7 @@
 use crate::executor::instance_store_key;
 use crate::fetch::{self, FetchLimits, Fetcher};
 use base64::Engine;
-use herd_driver::{Driver, ScriptRun};
+use herd_driver::{Driver, Fence, Incarnation, LeaderTerm, ScriptRun};
 use herd_model::{
     activity::{ActivityEvent, Actor},
     clock::Clock,
@@ -59,6 +59,8 @@ pub struct ExtensionRunner {
     config: ExtensionConfig,
     fetcher: Fetcher,
     in_flight: Mutex<BTreeSet<InstanceKey>>,
+    /// The leader's term, for the fence of each script run.
+    term: LeaderTerm,
 }
 
 impl ExtensionRunner {
@@ -69,6 +71,7 @@ impl ExtensionRunner {
         sealer: Arc<Sealer>,
         wake: Arc<Notify>,
         config: ExtensionConfig,
+        term: LeaderTerm,
     ) -> Self {
         Self {
             store,
@@ -79,6 +82,7 @@ impl ExtensionRunner {
             fetcher: Fetcher::new(config.fetch.clone()),
             config,
             in_flight: Mutex::new(BTreeSet::new()),
+            term,
         }
     }
 
@@ -125,6 +129,7 @@ impl ExtensionRunner {
             return Ok(());
         }
         let since = rec.value.state_since;
+        let fence = self.term.fence(Incarnation(rec.value.incarnation));
         let generation = set.value.model_generation;
         let secrets: Secrets = match self.store.get(Kind::Secret, &set_key).map_err(err)? {
             Some(o) => self.sealer.open(&o.value).map_err(|e| e.to_string())?,
@@ -158,7 +163,7 @@ impl ExtensionRunner {
             {
                 continue;
             }
-            let status = self.run_one(key, e, prot, fp, timeout).await;
+            let status = self.run_one(key, fence, e, prot, fp, timeout).await;
             let failed = status.state == ExtensionRunState::Failed;
             if failed {
                 failure = Some(format!("extension {} failed: {}", e.name, first_line(&status.message)));
@@ -252,6 +257,7 @@ impl ExtensionRunner {
     async fn run_one(
         &self,
         key: &InstanceKey,
+        fence: Fence,
         e: &Extension,
         prot: Option<&Value>,
         fingerprint: String,
@@ -312,7 +318,7 @@ impl ExtensionRunner {
         };
         let identity = status.fingerprint.clone();
         let run = ScriptRun { name: e.name.clone(), files, command, timeout, identity };
-        match self.driver.run_script(key, &run).await {
+        match self.driver.run_script(key, &run, fence).await {
             Ok(out) => {
                 status.exit_code = out.exit_code;
                 let verdict = if out.succeeded() {

@@ -22,8 +22,10 @@ pub struct Limits {
     pub min_in_flight: u64,
     /// Consecutive failed creations after which the set stops creating.
     pub failure_threshold: u32,
-    /// First retry delay; doubles per attempt up to `backoff_max`.
+    /// First retry delay after a transient failure; doubles per attempt up to `backoff_max`.
     pub backoff_base: Duration,
+    /// The longest retry delay, and the delay after a permanent failure (see
+    /// [`Limits::retry_delay`]).
     pub backoff_max: Duration,
     /// Extra instances created on scale-out when `overprovision` is on.
     pub overprovision_percent: u64,
@@ -66,6 +68,20 @@ impl Limits {
     pub fn backoff(&self, attempts: u32) -> Duration {
         let factor = 1i64 << attempts.saturating_sub(1).min(20);
         (self.backoff_base * factor as i32).min(self.backoff_max)
+    }
+
+    /// Delay before attempt number `attempts + 1` after a failed driver call, by the failure's
+    /// kind (`herd_driver::DriverError::retryable`): a transient one (an I/O hiccup, a busy
+    /// host) backs off exponentially from `backoff_base`; a permanent one (an invalid spec, a
+    /// missing image, a fenced call) cannot succeed by repetition, so it waits `backoff_max` at
+    /// once instead of hammering the host at 2, 4, 8 s. (An instance action such as reimage, or
+    /// a model change that plans new work, is how a user gets an earlier attempt.)
+    pub fn retry_delay(&self, retryable: bool, attempts: u32) -> Duration {
+        if retryable {
+            self.backoff(attempts)
+        } else {
+            self.backoff_max
+        }
     }
 }
 

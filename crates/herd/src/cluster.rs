@@ -127,6 +127,7 @@ pub async fn check_orphans_at_start(
     policy: OrphanStart,
     cluster_id: &str,
     db: &Path,
+    term: herd_driver::Term,
 ) -> Result<()> {
     let (recorded, store_empty) = recorded(store)?;
     let listed = driver.list().await.map_err(|e| anyhow::anyhow!("listing instances at start: {e}"))?;
@@ -168,7 +169,8 @@ pub async fn check_orphans_at_start(
             let mut failed = 0;
             for k in &unrecorded {
                 tracing::warn!(instance = %k, "destroying an instance without a record (--destroy-orphans)");
-                if let Err(e) = driver.destroy(k).await {
+                // No record, so no incarnation: fenced by the term only.
+                if let Err(e) = driver.destroy(k, herd_driver::Fence::sweep(term)).await {
                     tracing::error!(instance = %k, error = %e, "could not destroy an instance without a record");
                     failed += 1;
                 }

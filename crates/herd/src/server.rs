@@ -467,7 +467,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             Arc::new(d)
         }
     };
-    crate::cluster::check_orphans_at_start(&*store, &*driver, opts.orphans, &cluster_id, &db_path).await?;
+    // The leadership term every driver call carries (see herd_driver::fence): 1 for the only
+    // server. This is the one place it comes from; leader election (HA) will raise it here.
+    let term = herd_driver::LeaderTerm::single_server();
+    crate::cluster::check_orphans_at_start(&*store, &*driver, opts.orphans, &cluster_id, &db_path, term.current())
+        .await?;
     let defaults = Limits::default();
     let limits = Limits {
         max_in_flight_percent: cfg.provisioning.max_in_flight_percent.unwrap_or(defaults.max_in_flight_percent),
@@ -553,6 +557,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         } else {
             vec![]
         },
+        term: term.clone(),
         ..Default::default()
     };
     let clock = Arc::new(SystemClock);

@@ -57,6 +57,7 @@ fn rec(id: u64, state: InstanceState) -> InstanceRecord {
         host: None,
         scheduled_events: vec![],
         eviction: None,
+        incarnation: 1,
         created_at: t0(),
         state_since: t0(),
     }

@@ -1,0 +1,191 @@
+//! Fencing and error kinds in the process driver: a call with a lower term or incarnation than the instance's
+//! record is refused and changes nothing; equal and higher pass; the record lives in the
+//! instance directory and survives a new driver object on the same root (a server restart).
+//! A missing image is a permanent error.
+
+use herd_driver::{Driver, DriverError, Fence, Incarnation, InstanceSpec, ObservedPower, PowerTarget, ScriptRun, Term};
+use herd_driver_process::ProcessDriver;
+use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn f(term: u64, incarnation: u64) -> Fence {
+    Fence::new(Term(term), Incarnation(incarnation))
+}
+
+fn key(id: u64) -> InstanceKey {
+    InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("fence").unwrap(), id: InstanceId(id) }
+}
+
+fn spec(image: &Path, id: u64) -> InstanceSpec {
+    InstanceSpec {
+        key: key(id),
+        computer_name: format!("fence{id:06}"),
+        image: ImageSource::Directory { path: image.display().to_string() },
+        size: SkuSize { vcpus: 1, memory_mib: 256 },
+        reach_address: format!("127.128.9.{id}"),
+        model_generation: 1,
+        admin_username: "azureuser".into(),
+        custom_data: None,
+        metadata: Default::default(),
+        metadata_endpoint: None,
+        network: None,
+        guest: Default::default(),
+    }
+}
+
+struct Rig {
+    _tmp: tempfile::TempDir,
+    image: PathBuf,
+    root: PathBuf,
+    tag: String,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        let init = image.join("init");
+        std::fs::write(&init, "#!/bin/sh\nexec sleep 300\n").unwrap();
+        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().join("instances");
+        let tag = format!("fence-test-{}", std::process::id());
+        Self { _tmp: tmp, image, root, tag }
+    }
+
+    fn driver(&self) -> ProcessDriver {
+        ProcessDriver::new(self.root.clone(), self.tag.clone()).unwrap().with_stop_grace(Duration::from_secs(2))
+    }
+}
+
+impl Drop for Rig {
+    /// Safety net for a failed test: kills the process group of every instance left.
+    fn drop(&mut self) {
+        let Ok(groups) = std::fs::read_dir(self.root.join("rg/fence")) else { return };
+        for dir in groups.flatten() {
+            let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap_or_default();
+            if let Some(pid) = pid.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+async fn power(d: &ProcessDriver, k: &InstanceKey) -> Option<ObservedPower> {
+    d.list().await.unwrap().into_iter().find(|o| &o.key == k).map(|o| o.power)
+}
+
+async fn wait_running(d: &ProcessDriver, k: &InstanceKey) {
+    let deadline = Instant::now() + herd_test_support::scaled(Duration::from_secs(15));
+    while power(d, k).await != Some(ObservedPower::Running) {
+        assert!(Instant::now() < deadline, "instance {k} never reported Running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn recorded(d: &ProcessDriver, k: &InstanceKey) -> Option<Fence> {
+    herd_driver::fence::read_record(&d.instance_dir(k)).unwrap()
+}
+
+fn assert_fenced(e: DriverError, call: Fence, seen: Fence) {
+    match &e {
+        DriverError::Fenced(x) => assert_eq!((x.call, x.seen), (call, seen)),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert!(!e.retryable());
+    let msg = e.to_string();
+    assert!(msg.contains(&call.to_string()) && msg.contains(&seen.to_string()), "{msg}");
+}
+
+#[tokio::test]
+async fn lower_fences_are_refused_and_the_record_survives_a_new_driver() {
+    let rig = Rig::new();
+    let d = rig.driver();
+    let k = key(1);
+    d.ensure(&spec(&rig.image, 1), f(2, 3)).await.unwrap();
+    assert_eq!(recorded(&d, &k), Some(f(2, 3)), "the new instance's directory holds its fence");
+    wait_running(&d, &k).await;
+    let pid = std::fs::read_to_string(d.instance_dir(&k).join("pid")).unwrap();
+    let run = ScriptRun {
+        name: "x".into(),
+        files: vec![],
+        command: "touch ran".into(),
+        timeout: Duration::from_secs(5),
+        identity: "x1".into(),
+    };
+
+    // A new driver object on the same root: the record is read from disk.
+    drop(d);
+    let d = rig.driver();
+    for low in [f(1, 3), f(2, 2), f(3, 1)] {
+        assert_fenced(d.ensure(&spec(&rig.image, 1), low).await.unwrap_err(), low, f(2, 3));
+        assert_fenced(d.set_power(&k, PowerTarget::Stopped, low).await.unwrap_err(), low, f(2, 3));
+        assert_fenced(d.restart(&k, low).await.unwrap_err(), low, f(2, 3));
+        assert_fenced(d.resize(&spec(&rig.image, 1), low).await.unwrap_err(), low, f(2, 3));
+        assert_fenced(d.reimage(&spec(&rig.image, 1), low).await.unwrap_err(), low, f(2, 3));
+        assert_fenced(d.run_script(&k, &run, low).await.unwrap_err(), low, f(2, 3));
+        assert_fenced(d.destroy(&k, low).await.unwrap_err(), low, f(2, 3));
+    }
+    // Nothing a refused call could have done happened: same process, no script ran.
+    assert_eq!(std::fs::read_to_string(d.instance_dir(&k).join("pid")).unwrap(), pid);
+    assert_eq!(power(&d, &k).await, Some(ObservedPower::Running));
+    assert!(!d.instance_dir(&k).join("work/.herd/extensions/x/ran").exists());
+    assert_eq!(recorded(&d, &k), Some(f(2, 3)));
+
+    // Equal passes and records nothing new; higher passes and is recorded before it acts.
+    let outcome = d.run_script(&k, &run, f(2, 3)).await.unwrap();
+    assert!(outcome.succeeded(), "{outcome:?}");
+    d.set_power(&k, PowerTarget::Stopped, f(4, 3)).await.unwrap();
+    assert_eq!(recorded(&d, &k), Some(f(4, 3)));
+    drop(d);
+    let d = rig.driver();
+    assert_fenced(d.set_power(&k, PowerTarget::Running, f(2, 3)).await.unwrap_err(), f(2, 3), f(4, 3));
+    d.ensure(&spec(&rig.image, 1), f(4, 5)).await.unwrap();
+    assert_eq!(recorded(&d, &k), Some(f(4, 5)));
+    // Destroying an orphan checks the term only.
+    assert_fenced(d.destroy(&k, Fence::sweep(Term(3))).await.unwrap_err(), Fence::sweep(Term(3)), f(4, 5));
+    d.destroy(&k, Fence::sweep(Term(4))).await.unwrap();
+    assert!(!d.instance_dir(&k).exists());
+}
+
+#[tokio::test]
+async fn an_instance_without_a_record_accepts_the_first_call() {
+    let rig = Rig::new();
+    let d = rig.driver();
+    let k = key(2);
+    d.ensure(&spec(&rig.image, 2), Fence::FIRST).await.unwrap();
+    wait_running(&d, &k).await;
+    // As an instance created before fencing: no record.
+    std::fs::remove_file(d.instance_dir(&k).join(herd_driver::fence::FENCE_FILE)).unwrap();
+    let d = rig.driver();
+    d.set_power(&k, PowerTarget::Stopped, Fence::new(Term(1), Incarnation::UNRECORDED)).await.unwrap();
+    assert_eq!(recorded(&d, &k), Some(Fence::new(Term(1), Incarnation::UNRECORDED)));
+    d.set_power(&k, PowerTarget::Running, Fence::FIRST).await.unwrap();
+    assert_eq!(recorded(&d, &k), Some(Fence::FIRST));
+    // A record that cannot be read refuses every call rather than guess.
+    std::fs::write(d.instance_dir(&k).join(herd_driver::fence::FENCE_FILE), "garbage").unwrap();
+    let e = d.restart(&k, Fence::FIRST).await.unwrap_err();
+    assert!(matches!(e, DriverError::FenceRecord { .. }) && !e.retryable(), "{e:?}");
+    std::fs::remove_file(d.instance_dir(&k).join(herd_driver::fence::FENCE_FILE)).unwrap();
+    d.destroy(&k, Fence::FIRST).await.unwrap();
+    assert!(d.list().await.unwrap().is_empty());
+}
+
+/// Error kinds the reconciler's backoff relies on: an image directory that is gone is
+/// permanent; a wrong kind of image is an invalid spec; neither leaves anything behind.
+#[tokio::test]
+async fn a_missing_image_is_permanent() {
+    let rig = Rig::new();
+    let d = rig.driver();
+    let gone = spec(&rig.image.join("gone"), 3);
+    let e = d.ensure(&gone, Fence::FIRST).await.unwrap_err();
+    assert!(matches!(&e, DriverError::ImageUnavailable { .. }) && !e.retryable(), "{e:?}");
+    assert!(e.to_string().contains("init"), "{e}");
+    let mut disk = spec(&rig.image, 3);
+    disk.image = ImageSource::Disk { path: "/x.qcow2".into(), format: "qcow2".into() };
+    let e = d.reimage(&disk, Fence::FIRST).await.unwrap_err();
+    assert!(matches!(&e, DriverError::InvalidSpec { .. }) && !e.retryable(), "{e:?}");
+    assert!(!d.instance_dir(&key(3)).exists());
+}
