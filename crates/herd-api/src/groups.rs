@@ -11,6 +11,7 @@ use axum::{
     Json,
 };
 use herd_model::{activity::ActivityEvent, group::ResourceGroup, scale_set::StoredScaleSet};
+use herd_state::keys::GroupKey;
 use herd_store::{ActivityFilter, Expect, Kind, StoreExt, WriteOp};
 use serde::Deserialize;
 
@@ -120,7 +121,7 @@ pub async fn show(State(state): State<AppState>, Path(group): Path<String>) -> R
     responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) -> Result<StatusCode, ApiError> {
     let g = views::load_group(&state, &group)?;
-    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &format!("{group}/"))?;
+    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &GroupKey::new(group.as_str()).children())?;
     let mut ops = Vec::new();
     for s in &sets {
         if !s.value.deleting {

@@ -15,7 +15,8 @@ use herd_model::{
     instance::{InstanceGoal, InstanceRecord, InstanceState, InstanceView, PendingAction},
     FieldError, InstanceId,
 };
-use herd_reconciler::executor::{id_list, instance_store_key};
+use herd_reconciler::executor::id_list;
+use herd_state::keys::{HealthKey, SetKey};
 use herd_store::{Expect, Kind, Object, WriteOp};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -66,7 +67,7 @@ fn find(
     let n: u64 = id.parse().map_err(|_| {
         ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
     })?;
-    let key = instance_store_key(&set.value.key(), InstanceId(n));
+    let key = SetKey::of(&set.value).instance(InstanceId(n)).to_string();
     let rec = state
         .store
         .get(Kind::Instance, &key)?
@@ -85,7 +86,7 @@ fn with_health(
     in_place: bool,
 ) -> InstanceView {
     let mut v = r.view(set);
-    v.health = state.health.get(&format!("{}/{}/{}", set.group, set.name, r.instance_id)).map(|h| h.health);
+    v.health = state.health.get(&HealthKey::of(set, r.instance_id).to_string()).map(|h| h.health);
     if r.model_generation < set.model_generation {
         v.upgrade_action = Some(r.upgrade_action(set, in_place));
     }

@@ -17,6 +17,7 @@ use herd_model::{
     scale_set::StoredScaleSet,
     FieldError,
 };
+use herd_state::keys::{GroupKey, HealthKey, ResourceKey, SetKey};
 use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
@@ -48,7 +49,7 @@ impl NetResource for LoadBalancer {
 }
 
 fn key(group: &str, name: &str) -> String {
-    format!("{group}/{name}")
+    ResourceKey::new(group, name).to_string()
 }
 
 fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
@@ -68,7 +69,7 @@ fn load<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<Obj
 
 fn list_all<T: NetResource>(state: &AppState, group: &str) -> Result<Vec<T>, ApiError> {
     views::load_group(state, group)?;
-    Ok(state.store.list_as::<T>(T::KIND, &format!("{group}/"))?.into_iter().map(|o| o.value).collect())
+    Ok(state.store.list_as::<T>(T::KIND, &GroupKey::new(group).children())?.into_iter().map(|o| o.value).collect())
 }
 
 /// Writes `value` (already validated) as a create or a compare-and-swap update.
@@ -655,9 +656,9 @@ pub async fn pool_show(
         if !joins {
             continue;
         }
-        for o in s.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key))? {
+        for o in s.store.list_as::<InstanceRecord>(Kind::Instance, &SetKey::of(&set.value).children())? {
             let r = o.value;
-            let key = format!("{}/{}", set.key, r.instance_id);
+            let key = HealthKey::of(&set.value, r.instance_id).to_string();
             let health = s.health.get(&key).map(|h| h.health);
             let draining = r.draining_since.is_some();
             let running = r.state == InstanceState::Running;

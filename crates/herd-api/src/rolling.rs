@@ -170,7 +170,7 @@ pub async fn protect(
     let n: u64 = id.parse().map_err(|_| {
         ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
     })?;
-    let key = herd_reconciler::executor::instance_store_key(&set.value.key(), InstanceId(n));
+    let key = herd_state::keys::SetKey::of(&set.value).instance(InstanceId(n)).to_string();
     // The reconciler writes instance records all the time: a concurrent write is re-applied.
     views::retry(&HeaderMap::new(), || {
         let cur = state

@@ -54,7 +54,7 @@ pub struct StoredSource {
 
 /// The key of a source's sealed protected settings.
 pub fn source_secret_key(group: &str, name: &str) -> String {
-    format!("source/{group}/{}", name.to_ascii_lowercase())
+    herd_state::keys::SourceSecretKey::new(group, name).to_string()
 }
 
 /// One evaluation as `autoscale history` shows it.
@@ -286,12 +286,15 @@ impl Runner {
         for o in self.store.list_as::<AutoscaleSetting>(Kind::AutoscaleSetting, "")? {
             let setting = o.value;
             let Some((g, n)) = parse_target(&setting.target_resource_uri) else { continue };
-            let set_key = format!("{g}/{n}");
-            let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key)? else { continue };
+            // A target that is not a valid set name cannot name a stored set.
+            let Ok(set_key) = herd_state::keys::SetKey::from_parts(&g, &n) else { continue };
+            let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key.to_string())? else {
+                continue;
+            };
             if set.value.deleting {
                 continue;
             }
-            let records = self.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{set_key}/"))?;
+            let records = self.store.list_as::<InstanceRecord>(Kind::Instance, &set_key.children())?;
             let warmup = setting
                 .target_tracking
                 .as_ref()

@@ -136,7 +136,7 @@ pub fn is_per_instance(metric: &str) -> bool {
 
 /// The store key of a set's series for `metric`.
 pub fn series_key(set: &StoredScaleSet, metric: &str) -> String {
-    format!("vmss/{}/{}/{}", set.group, set.name, metric.to_ascii_lowercase().replace(' ', "-"))
+    herd_state::keys::SeriesKey::new(herd_state::keys::SetKey::of(set), metric).to_string()
 }
 
 /// One instance's load-balancer counters, summed over the rules it is a backend of.
@@ -234,7 +234,8 @@ impl Sampler {
         for set in sets.iter().filter(|s| !s.value.deleting) {
             let set = &set.value;
             let vcpus = skus.lookup(&set.model.sku.name).map_or(1, |(_, s)| s.vcpus.max(1)) as f64;
-            let records = store.list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key()))?;
+            let records =
+                store.list_as::<InstanceRecord>(Kind::Instance, &herd_state::keys::SetKey::of(set).children())?;
             let mut round = Round::default();
             for r in records.iter().map(|o| &o.value) {
                 if r.state != InstanceState::Running || r.goal == InstanceGoal::Deleted || r.overprovisioned {

@@ -11,6 +11,7 @@
 use crate::meter::{hour_of, retention_start, MeterDoc, RETENTION_DAYS};
 use chrono::{DateTime, Duration, Utc};
 use herd_model::scale_set::Priority;
+use herd_state::keys::{GroupKey, SetKey};
 use herd_store::{Kind, Store, StoreError, StoreExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -78,10 +79,14 @@ pub fn report(
 ) -> Result<CostReport, StoreError> {
     let docs: Vec<MeterDoc> = match (group, set) {
         (Some(g), Some(s)) => {
-            store.get_as::<MeterDoc>(Kind::Meter, &format!("{g}/{s}"))?.map(|o| o.value).into_iter().collect()
+            // Names that are not valid cannot have a meter.
+            match SetKey::from_parts(g, s) {
+                Ok(k) => store.get_as::<MeterDoc>(Kind::Meter, &k.to_string())?.map(|o| o.value).into_iter().collect(),
+                Err(_) => Vec::new(),
+            }
         }
         (Some(g), None) => {
-            store.list_as::<MeterDoc>(Kind::Meter, &format!("{g}/"))?.into_iter().map(|o| o.value).collect()
+            store.list_as::<MeterDoc>(Kind::Meter, &GroupKey::new(g).children())?.into_iter().map(|o| o.value).collect()
         }
         (None, s) => store
             .list_as::<MeterDoc>(Kind::Meter, "")?

@@ -21,6 +21,7 @@ use herd_model::{
     scale_set::StoredScaleSet,
     InstanceKey,
 };
+use herd_state::keys::{HealthKey, SetKey};
 use herd_store::{Kind, Store, StoreExt};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,11 +57,11 @@ pub struct Member<'a> {
 }
 
 fn target_id(set: &StoredScaleSet, r: &InstanceRecord) -> String {
-    format!("{}/{}/{}#{}", set.group, set.name, r.instance_id, r.state_since.timestamp_millis())
+    format!("{}#{}", HealthKey::of(set, r.instance_id), r.state_since.timestamp_millis())
 }
 
 fn instance_key(set: &StoredScaleSet, r: &InstanceRecord) -> String {
-    format!("{}/{}/{}", set.group, set.name, r.instance_id)
+    HealthKey::of(set, r.instance_id).to_string()
 }
 
 fn serving(r: &InstanceRecord) -> bool {
@@ -305,8 +306,7 @@ impl LbController {
         let sets: Vec<StoredScaleSet> =
             self.store.list_as(Kind::ScaleSet, "").map_err(e)?.into_iter().map(|o| o.value).collect();
         let records = self.store.list_as::<InstanceRecord>(Kind::Instance, "").map_err(e)?;
-        let by_key: BTreeMap<String, &StoredScaleSet> =
-            sets.iter().map(|s| (format!("{}/{}", s.group, s.name), s)).collect();
+        let by_key: BTreeMap<String, &StoredScaleSet> = sets.iter().map(|s| (SetKey::of(s).to_string(), s)).collect();
         let mut members = Vec::new();
         for o in &records {
             // Records live under `group/set/<padded id>`.

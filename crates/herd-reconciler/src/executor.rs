@@ -26,6 +26,7 @@ use herd_model::{
     sku::SkuTable,
     InstanceId, InstanceKey,
 };
+use herd_state::keys::{CounterKey, HealthKey, SetKey};
 use herd_store::{seal::Sealer, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,7 +151,7 @@ struct AddressCounter {
     next: u64,
 }
 
-const ADDRESS_COUNTER: &str = "hostlocal-address";
+const ADDRESS_COUNTER: &str = CounterKey::HostlocalAddress.as_str();
 
 /// Private IPs: which subnets exist and which of their addresses instances hold. Addresses are
 /// handed out lowest first from the 5th address of the subnet (Azure reserves the first four
@@ -206,11 +207,6 @@ pub fn host_local_address(block: u8, n: u64) -> Ipv4Addr {
     let subnet = (u64::from(block % 128) * 256 + n / 254) % (128 * 256);
     let host = (n % 254) as u32 + 1;
     Ipv4Addr::from(base + subnet as u32 * 256 + host)
-}
-
-/// The instance store key: `group/set/` + zero-padded id, so keys sort by id.
-pub fn instance_store_key(set_key: &str, id: InstanceId) -> String {
-    format!("{set_key}/{:010}", id.0)
 }
 
 /// Runs passes against a store and a driver.
@@ -287,7 +283,7 @@ impl Reconciler {
         records
             .iter()
             .filter_map(|r| {
-                let h = board.get(&format!("{}/{}/{}", set.group, set.name, r.instance_id))?;
+                let h = board.get(&HealthKey::of(set, r.instance_id).to_string())?;
                 // Health from an earlier boot (the board lags a pass behind) says nothing yet.
                 let this_boot = h.boot == r.state_since.timestamp_millis();
                 let h = match h.health.as_str() {
@@ -381,7 +377,7 @@ impl Reconciler {
         let quarantined = crate::orphans::quarantined_sets(&*self.store);
         let mut unrecorded = Vec::new();
         for o in observed {
-            let set_key = format!("{}/{}", o.key.group, o.key.set);
+            let set_key = SetKey::of_instance(&o.key).to_string();
             if quarantined.contains_key(&set_key) {
                 continue;
             }
@@ -615,7 +611,7 @@ impl Reconciler {
                 }
             }
             if steps.contains(&Step::RemoveSet) {
-                let prefix = format!("{}/", w.set.key());
+                let prefix = SetKey::of(w.set).children();
                 for o in self.store.list(Kind::ModelHistory, &prefix)? {
                     ops.push(WriteOp::delete(Kind::ModelHistory, o.key, Expect::Any));
                 }
@@ -1226,7 +1222,7 @@ impl Reconciler {
                     WriteOp::put(Kind::ScaleSet, set_key.clone(), &next, Expect::Revision(w.set_revision)),
                     WriteOp::put(
                         Kind::ModelHistory,
-                        herd_model::scale_set::model_history_key(&set_key, next.model_generation),
+                        SetKey::of(w.set).history(next.model_generation).to_string(),
                         &next.model,
                         Expect::Any,
                     ),
@@ -1351,7 +1347,7 @@ impl Reconciler {
             }
             RollingStep::Rollback { reason } => {
                 let Some(u) = w.status.rolling_upgrade.clone() else { return };
-                let hk = herd_model::scale_set::model_history_key(&w.set.key(), u.from_generation);
+                let hk = SetKey::of(w.set).history(u.from_generation).to_string();
                 let old = match self.store.get_as::<herd_model::scale_set::ScaleSetModel>(Kind::ModelHistory, &hk) {
                     Ok(Some(o)) => o.value,
                     _ => {
@@ -1380,7 +1376,7 @@ impl Reconciler {
                 }
                 if let Ok(op) = WriteOp::put(
                     Kind::ModelHistory,
-                    herd_model::scale_set::model_history_key(&set_key, new_gen),
+                    SetKey::of(w.set).history(new_gen).to_string(),
                     &next.model,
                     Expect::Any,
                 ) {
@@ -1429,7 +1425,7 @@ impl Reconciler {
         let mut failures = Vec::new();
         for (step, r) in res {
             let Some(id) = step.instance() else { continue };
-            let key = instance_store_key(&set_key, id);
+            let key = SetKey::of(set).instance(id).to_string();
             let Some(cur) = self.store.get_as::<InstanceRecord>(Kind::Instance, &key)? else { continue };
             let mut rec = cur.value.clone();
             match (step, r) {
@@ -1585,7 +1581,7 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc
             continue;
         }
         let expect = wr.revision.map_or(Expect::Absent, Expect::Revision);
-        ops.push(WriteOp::put(Kind::Instance, instance_store_key(&set_key, *id), &wr.record, expect)?);
+        ops.push(WriteOp::put(Kind::Instance, SetKey::of(w.set).instance(*id).to_string(), &wr.record, expect)?);
     }
     if w.steps.contains(&Step::RemoveSet) {
         ops.push(WriteOp::delete(Kind::ScaleSet, set_key.clone(), Expect::Revision(w.set_revision)));
