@@ -12,6 +12,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     Json,
 };
+use herd_model::health::HealthState;
 use herd_model::{
     network::{network_id, LoadBalancer, PublicIpAddress, Subnet, VirtualNetwork, LB_COLLECTIONS},
     scale_set::StoredScaleSet,
@@ -614,7 +615,8 @@ pub struct PoolMember {
     pub state: String,
     /// `Healthy`, `Unhealthy`, `Unknown`; absent when no rule's probe covers it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub health: Option<HealthState>,
     pub draining: bool,
     /// Receives new connections now: Running, healthy (or no probe) and not draining.
     pub in_rotation: bool,
@@ -662,7 +664,7 @@ pub async fn pool_show(
             let health = s.health.get(&key).map(|h| h.health);
             let draining = r.draining_since.is_some();
             let running = r.state == InstanceState::Running;
-            let healthy = !probed || health.as_deref() == Some("Healthy");
+            let healthy = !probed || health == Some(HealthState::Healthy);
             members.push(PoolMember {
                 scale_set: set.value.name.to_string(),
                 instance_id: r.instance_id.to_string(),

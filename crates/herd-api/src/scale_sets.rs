@@ -283,7 +283,7 @@ pub async fn create_or_replace(
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     let rg = views::load_group(&state, &group)?;
-    if rg.value.provisioning_state == "Deleting" {
+    if rg.value.provisioning_state == herd_model::group::GroupProvisioningState::Deleting {
         return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
     }
     let gname = views::group_name(&group)?;

@@ -15,7 +15,7 @@
 
 use herd_lb::{Backend, Distribution, Health, LbConfig, NatConfig, ProbeRunner, RuleConfig};
 use herd_model::{
-    health::{HealthBoard, InstanceHealth},
+    health::{HealthBoard, HealthState, InstanceHealth},
     instance::{InstanceGoal, InstanceRecord, InstanceState},
     network::{LoadBalancer, LoadDistribution, ProbeProtocol, PublicIpAddress},
     scale_set::StoredScaleSet,
@@ -348,12 +348,12 @@ impl LbController {
             .iter()
             .map(|(inst, (probe, target))| {
                 let h = match statuses.values().find_map(|m| m.get(target)).map(|s| s.health) {
-                    Some(Health::Healthy) => "Healthy",
-                    Some(Health::Unhealthy) => "Unhealthy",
-                    _ => "Unknown",
+                    Some(Health::Healthy) => HealthState::Healthy,
+                    Some(Health::Unhealthy) => HealthState::Unhealthy,
+                    Some(Health::Unknown) | None => HealthState::Unknown,
                 };
                 let boot = target.rsplit_once('#').and_then(|(_, b)| b.parse().ok()).unwrap_or(0);
-                (inst.clone(), InstanceHealth { probe: probe.clone(), health: h.to_string(), boot })
+                (inst.clone(), InstanceHealth { probe: probe.clone(), health: h, boot })
             })
             .collect();
         self.health.replace(board);

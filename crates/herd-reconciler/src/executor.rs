@@ -19,7 +19,7 @@ use herd_driver::{Driver, DriverError, InstanceSpec, ObservedPower};
 use herd_model::{
     activity::{ActivityEvent, Actor},
     clock::Clock,
-    group::ResourceGroup,
+    group::{GroupProvisioningState, ResourceGroup},
     image::{self, Image},
     instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     scale_set::{ScaleSetStatus, StoredScaleSet, Suspension},
@@ -286,11 +286,7 @@ impl Reconciler {
                 let h = board.get(&HealthKey::of(set, r.instance_id).to_string())?;
                 // Health from an earlier boot (the board lags a pass behind) says nothing yet.
                 let this_boot = h.boot == r.state_since.timestamp_millis();
-                let h = match h.health.as_str() {
-                    "Healthy" if this_boot => Health::Healthy,
-                    "Unhealthy" if this_boot => Health::Unhealthy,
-                    _ => Health::Unknown,
-                };
+                let h = if this_boot { h.health } else { Health::Unknown };
                 Some((r.instance_id, h))
             })
             .collect()
@@ -539,7 +535,7 @@ impl Reconciler {
         // A resource group being deleted goes once its last scale set is gone.
         for g in self.store.list_as::<ResourceGroup>(Kind::Group, "")? {
             let has_sets = sets.iter().any(|s| s.value.group.as_str() == g.value.name);
-            if g.value.provisioning_state == "Deleting" && !has_sets {
+            if g.value.provisioning_state == GroupProvisioningState::Deleting && !has_sets {
                 self.store.txn(vec![
                     WriteOp::delete(Kind::Group, g.key.clone(), Expect::Revision(g.revision)),
                     WriteOp::Activity(event(

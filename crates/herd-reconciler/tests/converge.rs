@@ -6,6 +6,7 @@ use herd_driver::{
     sim::{SimConfig, SimDriver},
     Driver, ObservedPower,
 };
+use herd_model::health::HealthState;
 use herd_model::{
     clock::ManualClock,
     image::{Image, ImageSource},
@@ -402,12 +403,12 @@ fn set_health(e: &Env, board: &herd_model::health::HealthBoard, unhealthy: &dyn 
         .records()
         .into_iter()
         .map(|r| {
-            let h = if unhealthy(r.instance_id.0) { "Unhealthy" } else { "Healthy" };
+            let h = if unhealthy(r.instance_id.0) { HealthState::Unhealthy } else { HealthState::Healthy };
             (
                 format!("rg/web/{}", r.instance_id),
                 herd_model::health::InstanceHealth {
                     probe: "p".into(),
-                    health: h.into(),
+                    health: h,
                     boot: r.state_since.timestamp_millis(),
                 },
             )

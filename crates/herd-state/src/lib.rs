@@ -15,7 +15,9 @@
 //! ```
 //!
 //! - [`keys`] owns every key format (and pins the stored strings in tests).
+//! - [`actions`]: the user's instance and rolling-upgrade actions as enums, parsed at the edge.
 
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod keys;
