@@ -691,5 +691,6 @@ pub async fn metrics(State(s): State<AppState>) -> String {
         Err(e) => tracing::warn!(error = %e, "cost metrics unavailable"),
     }
     out.push_str(&crate::store_status::metrics(&*s.store));
+    out.push_str(&s.invalid_transitions.prometheus());
     out
 }

@@ -27,6 +27,7 @@ use herd_model::{
     InstanceId, InstanceKey,
 };
 use herd_state::keys::{CounterKey, HealthKey, SetKey};
+use herd_state::transitions::{apply_event, InvalidTransitions};
 use herd_store::{seal::Sealer, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -221,6 +222,8 @@ pub struct Reconciler {
     sealer: Arc<Sealer>,
     health: Option<Arc<herd_model::health::HealthBoard>>,
     orphan_guard: crate::orphans::OrphanGuard,
+    /// Lifecycle events refused as invalid (logged and counted, served on `/metrics`).
+    transitions: InvalidTransitions,
 }
 
 struct Working {
@@ -238,6 +241,7 @@ struct SetWork<'a> {
     records: BTreeMap<InstanceId, Working>,
     steps: Vec<Step>,
     log: Vec<(String, String)>,
+    transitions: &'a InvalidTransitions,
 }
 
 impl Reconciler {
@@ -268,7 +272,14 @@ impl Reconciler {
             sealer,
             health: None,
             orphan_guard: Default::default(),
+            transitions: InvalidTransitions::default(),
         }
+    }
+
+    /// The count of lifecycle events this reconciler refused as invalid (a shared handle, for
+    /// `/metrics`).
+    pub fn invalid_transitions(&self) -> InvalidTransitions {
+        self.transitions.clone()
     }
 
     /// Reads instance health (load-balancer probes) from `board`, for rolling upgrades.
@@ -517,6 +528,7 @@ impl Reconciler {
                 records,
                 steps,
                 log: vec![],
+                transitions: &self.transitions,
             });
         }
         // Instance records whose set is gone (a crash mid-delete) are removed along with their instances.
@@ -966,7 +978,7 @@ impl Reconciler {
             Step::Observe { id, event: ev, detail } => {
                 let Some(wr) = w.records.get_mut(id) else { return };
                 let was = wr.record.state;
-                if wr.record.apply(*ev, now).is_err() {
+                if apply_event(w.transitions, w.set, &mut wr.record, *ev, now).is_err() {
                     return;
                 }
                 wr.dirty = true;
@@ -1034,7 +1046,8 @@ impl Reconciler {
             Step::Ensure(id) => {
                 if let Some(wr) = w.records.get_mut(id) {
                     if wr.record.state == InstanceState::Failed {
-                        let _ = wr.record.apply(Event::Retry, now);
+                        // A refusal is logged and counted by apply_event.
+                        let _ = apply_event(w.transitions, w.set, &mut wr.record, Event::Retry, now);
                         wr.record.attempts += 1;
                         wr.dirty = true;
                     }
@@ -1431,10 +1444,11 @@ impl Reconciler {
                     continue;
                 }
                 (Step::Stop(_), Ok(())) => {
-                    let _ = rec.apply(Event::StopDone, now);
+                    // A refusal is logged and counted by apply_event.
+                    let _ = apply_event(&self.transitions, set, &mut rec, Event::StopDone, now);
                 }
                 (Step::Deallocate(_), Ok(())) => {
-                    let _ = rec.apply(Event::DeallocateDone, now);
+                    let _ = apply_event(&self.transitions, set, &mut rec, Event::DeallocateDone, now);
                 }
                 (Step::Restart(_), Ok(())) => {
                     if rec.pending == Some(PendingAction::Restart) {
@@ -1470,7 +1484,7 @@ impl Reconciler {
                         let was = rec.state;
                         // A failed restart is not retried (the instance is recovered by the
                         // Failed → Creating path); a failed reimage stays pending and is.
-                        if rec.apply(Event::ProvisionFailed, now).is_ok() {
+                        if apply_event(&self.transitions, set, &mut rec, Event::ProvisionFailed, now).is_ok() {
                             if matches!(rec.pending, Some(PendingAction::Restart | PendingAction::Resize)) {
                                 rec.pending = None;
                             }
@@ -1562,7 +1576,7 @@ fn step_name(s: &Step) -> &'static str {
 
 fn transition(w: &mut SetWork<'_>, id: InstanceId, ev: Event, target: InstanceState, now: DateTime<Utc>) {
     if let Some(wr) = w.records.get_mut(&id) {
-        if wr.record.state != target && wr.record.apply(ev, now).is_ok() {
+        if wr.record.state != target && apply_event(w.transitions, w.set, &mut wr.record, ev, now).is_ok() {
             wr.dirty = true;
         }
     }

@@ -513,3 +513,14 @@ async fn a_model_that_never_gets_healthy_trips_the_circuit_breaker() {
     }
     assert_eq!(e.sim.build_calls(), builds, "no VM churn while suspended");
 }
+
+/// A whole lifecycle applies every event it plans: the counter `/metrics` serves stays at zero
+/// (a refused event is logged at WARN and counted; see `herd_state::transitions`).
+#[tokio::test]
+async fn a_full_lifecycle_refuses_no_transition() {
+    let e = env(None);
+    let count = e.rec.invalid_transitions();
+    e.scenario().await;
+    assert_eq!(count.count(), 0, "refused transitions in a clean lifecycle");
+    assert!(count.prometheus().contains("\nherd_reconciler_invalid_transitions_total 0\n"));
+}

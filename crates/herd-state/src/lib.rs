@@ -16,8 +16,10 @@
 //!
 //! - [`keys`] owns every key format (and pins the stored strings in tests).
 //! - [`actions`]: the user's instance and rolling-upgrade actions as enums, parsed at the edge.
+//! - [`transitions`]: lifecycle events applied so that a refused one is logged and counted.
 
 #![forbid(unsafe_code)]
 
 pub mod actions;
 pub mod keys;
+pub mod transitions;
