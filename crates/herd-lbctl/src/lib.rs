@@ -21,8 +21,8 @@ use herd_model::{
     scale_set::StoredScaleSet,
     InstanceKey,
 };
-use herd_state::keys::{HealthKey, SetKey};
-use herd_store::{Kind, Store, StoreExt};
+use herd_state::keys::{HealthKey, InstanceRecordKey, SetKey};
+use herd_state::{Records, State};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -246,7 +246,7 @@ pub fn member_counters(stats: &herd_lb::LbStats) -> BTreeMap<InstanceKey, Member
 
 /// Runs the controller: probers, membership, and the data plane.
 pub struct LbController {
-    store: Arc<dyn Store>,
+    state: State,
     dataplane: herd_lb::LoadBalancer,
     runners: Mutex<BTreeMap<String, (herd_lb::Probe, ProbeRunner)>>,
     health: Arc<HealthBoard>,
@@ -257,9 +257,10 @@ pub struct LbController {
 }
 
 impl LbController {
-    pub fn new(store: Arc<dyn Store>, health: Arc<HealthBoard>, limits: Limits) -> Self {
+    /// `state` is the store (an `Arc<dyn Store>` converts), read through typed operations.
+    pub fn new(state: impl Into<State>, health: Arc<HealthBoard>, limits: Limits) -> Self {
         Self {
-            store,
+            state: state.into(),
             dataplane: herd_lb::LoadBalancer::new(),
             runners: Mutex::new(BTreeMap::new()),
             health,
@@ -298,20 +299,17 @@ impl LbController {
 
     /// One pass: read, compute, apply.
     pub async fn pass(&self) -> Result<(), String> {
-        let e = |x: herd_store::StoreError| x.to_string();
-        let lbs: Vec<LoadBalancer> =
-            self.store.list_as(Kind::LoadBalancer, "").map_err(e)?.into_iter().map(|o| o.value).collect();
-        let pips: Vec<PublicIpAddress> =
-            self.store.list_as(Kind::PublicIp, "").map_err(e)?.into_iter().map(|o| o.value).collect();
-        let sets: Vec<StoredScaleSet> =
-            self.store.list_as(Kind::ScaleSet, "").map_err(e)?.into_iter().map(|o| o.value).collect();
-        let records = self.store.list_as::<InstanceRecord>(Kind::Instance, "").map_err(e)?;
+        let e = |x: herd_state::StateError| x.to_string();
+        let lbs: Vec<LoadBalancer> = self.state.load_balancers().map_err(e)?.into_iter().map(|o| o.value).collect();
+        let pips: Vec<PublicIpAddress> = self.state.public_ips().map_err(e)?.into_iter().map(|o| o.value).collect();
+        let sets: Vec<StoredScaleSet> = self.state.scale_sets().map_err(e)?.into_iter().map(|o| o.value).collect();
+        let records = self.state.instances().map_err(e)?;
         let by_key: BTreeMap<String, &StoredScaleSet> = sets.iter().map(|s| (SetKey::of(s).to_string(), s)).collect();
         let mut members = Vec::new();
         for o in &records {
             // Records live under `group/set/<padded id>`.
-            let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
-            if let Some(set) = by_key.get(set_key) {
+            let Ok(key) = o.key.parse::<InstanceRecordKey>() else { continue };
+            if let Some(set) = by_key.get(&key.set().to_string()) {
                 members.push(Member { set, record: &o.value });
             }
         }

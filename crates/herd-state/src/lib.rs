@@ -16,10 +16,15 @@
 //!
 //! - [`keys`] owns every key format (and pins the stored strings in tests).
 //! - [`actions`]: the user's instance and rolling-upgrade actions as enums, parsed at the edge.
+//! - [`records`]: typed reads and compare-and-swap writes per record type ([`records::Records`],
+//!   on the [`records::State`] handle or any store), with [`records::StateError`].
 //! - [`transitions`]: lifecycle events applied so that a refused one is logged and counted.
 
 #![forbid(unsafe_code)]
 
 pub mod actions;
 pub mod keys;
+pub mod records;
 pub mod transitions;
+
+pub use records::{Expected, Records, State, StateError, Store, Versioned};
