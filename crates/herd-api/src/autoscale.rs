@@ -362,7 +362,7 @@ pub async fn metrics(
 ) -> Result<Json<Vec<herd_autoscaler::series::Point>>, ApiError> {
     let set = views::load_set(&state, &group, &name)?;
     let k = match q.metric.strip_prefix("source/") {
-        Some(src) => format!("source/{}/{}", set.value.group, src.to_ascii_lowercase()),
+        Some(src) => herd_state::keys::SourceSeriesKey::new(set.value.group.as_str(), src).to_string(),
         None => {
             if !herd_autoscaler::sampler::METRIC_NAMES.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
                 return Err(ApiError::invalid(

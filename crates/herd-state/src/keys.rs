@@ -16,6 +16,7 @@
 //! | [`AutoscaleKey`]    | `AutoscaleSetting`, `AutoscaleHistory`, `MetricSource` | `group/name`, lower-cased |
 //! | [`SourceSecretKey`] | `Secret`                                         | `source/group/<name lower-cased>` |
 //! | [`SeriesKey`]       | `MetricSeries`                                   | `vmss/group/set/<metric>`       |
+//! | [`SourceSeriesKey`] | `MetricSeries`                                   | `source/group/<name lower-cased>` |
 //! | [`ImageKey`]        | `Image`                                          | the URN, lower-cased            |
 //! | [`CounterKey`]      | `Counter`                                        | a fixed name per counter        |
 //!
@@ -418,6 +419,30 @@ impl FromStr for SeriesKey {
     }
 }
 
+/// A named metric source's time series (`Kind::MetricSeries`): `source/group/<name
+/// lower-cased>` (the same string as the source's [`SourceSecretKey`], under another kind).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceSeriesKey(SourceSecretKey);
+
+impl SourceSeriesKey {
+    pub fn new(group: &str, name: &str) -> Self {
+        Self(SourceSecretKey::new(group, name))
+    }
+}
+
+impl fmt::Display for SourceSeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for SourceSeriesKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        s.parse::<SourceSecretKey>().map(Self).map_err(|e| KeyError { what: "metric source series", ..e })
+    }
+}
+
 /// A gallery image (`Kind::Image`): its URN, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ImageKey(String);
@@ -501,6 +526,8 @@ mod tests {
         roundtrip(&SourceSecretKey::new("Web-RG", "queue"), "source/Web-RG/queue");
         assert_eq!(SourceSecretKey::new("Web-RG", "Queue").to_string(), "source/Web-RG/queue");
         roundtrip(&SeriesKey::new(set(), "percentage-cpu"), "vmss/Web-RG/web/percentage-cpu");
+        roundtrip(&SourceSeriesKey::new("Web-RG", "queue"), "source/Web-RG/queue");
+        assert_eq!(SourceSeriesKey::new("Web-RG", "Queue").to_string(), "source/Web-RG/queue");
         assert_eq!(SeriesKey::new(set(), "Percentage CPU").to_string(), "vmss/Web-RG/web/percentage-cpu");
         let urn = ImageUrn::parse("Canonical:Ubuntu:22_04-LTS:22.04.1").unwrap();
         assert_eq!(ImageKey::new(&urn).to_string(), "canonical:ubuntu:22_04-lts:22.04.1");

@@ -27,4 +27,5 @@ pub mod keys;
 pub mod records;
 pub mod transitions;
 
-pub use records::{Expected, Records, State, StateError, Store, Versioned};
+pub use herd_store::seal;
+pub use records::{AutoscaleRecords, Expected, Records, State, StateError, Store, Versioned};

@@ -12,7 +12,9 @@
 //! quarantined and skipped by lists. Writes are compare-and-swap on the revision read
 //! ([`Expected`]), as every write in herd is.
 
-use crate::keys::{GroupKey, InstanceRecordKey, KeyError, SetKey, ALL};
+use crate::keys::{
+    AutoscaleKey, GroupKey, InstanceRecordKey, KeyError, SeriesKey, SetKey, SourceSecretKey, SourceSeriesKey, ALL,
+};
 use herd_model::activity::ActivityEvent;
 use herd_model::instance::InstanceRecord;
 use herd_model::network::{LoadBalancer, PublicIpAddress};
@@ -50,6 +52,9 @@ pub enum Expected {
     Absent,
     /// The record at exactly this revision (compare-and-swap).
     Revision(u64),
+    /// No check: only for server-owned records with one writer (metric series, autoscale
+    /// history), as the store's `Expect::Any` says.
+    Any,
 }
 
 impl From<Expected> for Expect {
@@ -57,6 +62,7 @@ impl From<Expected> for Expect {
         match e {
             Expected::Absent => Expect::Absent,
             Expected::Revision(r) => Expect::Revision(r),
+            Expected::Any => Expect::Any,
         }
     }
 }
@@ -212,6 +218,66 @@ pub trait Records: Store {
 
 impl<S: Store + ?Sized> Records for S {}
 
+/// The keys a metric time series lives under: a set's metric or a named source.
+pub trait MetricSeriesKey: std::fmt::Display {}
+impl MetricSeriesKey for SeriesKey {}
+impl MetricSeriesKey for SourceSeriesKey {}
+
+/// Typed operations on autoscale's records (their types are the autoscale crates'; the kinds
+/// and keys are here).
+pub trait AutoscaleRecords: Store {
+    fn autoscale_settings<T: DeserializeOwned>(&self) -> Result<Vec<Versioned<T>>, StateError> {
+        Ok(self.list_as(Kind::AutoscaleSetting, ALL)?)
+    }
+
+    /// A setting's evaluation history (the runner's own record).
+    fn autoscale_runtime<T: DeserializeOwned>(&self, key: &AutoscaleKey) -> Result<Option<Versioned<T>>, StateError> {
+        Ok(self.get_as(Kind::AutoscaleHistory, &key.to_string())?)
+    }
+
+    fn put_autoscale_runtime<T: Serialize>(&self, key: &AutoscaleKey, runtime: &T) -> Result<u64, StateError> {
+        Ok(self.txn(vec![WriteOp::put(Kind::AutoscaleHistory, key.to_string(), runtime, Expect::Any)?])?)
+    }
+
+    fn metric_sources<T: DeserializeOwned>(&self) -> Result<Vec<Versioned<T>>, StateError> {
+        Ok(self.list_as(Kind::MetricSource, ALL)?)
+    }
+
+    fn update_metric_source<T: Serialize>(
+        &self,
+        key: &AutoscaleKey,
+        source: &T,
+        expected: Expected,
+    ) -> Result<u64, StateError> {
+        Ok(self.txn(vec![WriteOp::put(Kind::MetricSource, key.to_string(), source, expected.into())?])?)
+    }
+
+    /// A source's protected settings as stored: sealed, for the caller's sealer to open.
+    fn sealed_source_secret(&self, key: &SourceSecretKey) -> Result<Option<serde_json::Value>, StateError> {
+        Ok(self.get(Kind::Secret, &key.to_string())?.map(|o| o.value))
+    }
+
+    fn series<T: DeserializeOwned, K: MetricSeriesKey>(&self, key: &K) -> Result<Option<Versioned<T>>, StateError> {
+        Ok(self.get_as(Kind::MetricSeries, &key.to_string())?)
+    }
+
+    /// Writes series (their one writer is the sampler) in one commit.
+    fn put_series<T: Serialize, K: MetricSeriesKey>(&self, series: &[(K, T)]) -> Result<u64, StateError> {
+        let ops = series
+            .iter()
+            .map(|(k, v)| WriteOp::put(Kind::MetricSeries, k.to_string(), v, Expect::Any))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.txn(ops)?)
+    }
+
+    /// Appends to the activity log on its own (an event no state change goes with).
+    fn log_activity(&self, event: ActivityEvent) -> Result<u64, StateError> {
+        Ok(self.txn(vec![WriteOp::Activity(event)])?)
+    }
+}
+
+impl<S: Store + ?Sized> AutoscaleRecords for S {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +337,21 @@ mod tests {
         assert_eq!(state.meter::<serde_json::Value>(&set_key()).unwrap().unwrap().value["n"], 1);
         assert_eq!(state.meters_of_group::<Doc>(&GroupKey::new("rg")).unwrap().len(), 1, "the bad one is skipped");
         assert_eq!(state.meters::<Doc>().unwrap().len(), 1, "the bad one is skipped");
+    }
+
+    #[test]
+    fn series_and_autoscale_runtime_live_under_their_pinned_keys() {
+        let state = State::from(Arc::new(SqliteStore::in_memory().unwrap()));
+        let src = SourceSeriesKey::new("RG", "Queue");
+        let vm = SeriesKey::new(set_key(), "Percentage CPU");
+        state.put_series(&[(src.clone(), serde_json::json!([1]))]).unwrap();
+        state.put_series(&[(vm.clone(), serde_json::json!([2]))]).unwrap();
+        assert!(state.get(Kind::MetricSeries, "source/RG/queue").unwrap().is_some());
+        assert!(state.get(Kind::MetricSeries, "vmss/rg/web/percentage-cpu").unwrap().is_some());
+        assert_eq!(state.series::<serde_json::Value, _>(&vm).unwrap().unwrap().value, serde_json::json!([2]));
+        let k = AutoscaleKey::new("RG", "Cpu");
+        state.put_autoscale_runtime(&k, &serde_json::json!({"n": 3})).unwrap();
+        assert!(state.get(Kind::AutoscaleHistory, "rg/cpu").unwrap().is_some());
+        assert_eq!(state.autoscale_runtime::<serde_json::Value>(&k).unwrap().unwrap().value["n"], 3);
     }
 }
