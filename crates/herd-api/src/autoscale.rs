@@ -16,6 +16,7 @@ use axum::{
 use herd_autoscale::AutoscaleSetting;
 use herd_autoscaler::runner::{source_secret_key, CapacityWriter, HistoryEntry, SettingRuntime, StoredSource};
 use herd_model::{activity::Actor, scale_set::Secrets, FieldError};
+use herd_state::keys::AutoscaleKey;
 use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,7 +42,7 @@ fn view(group: &str, o: &Object<AutoscaleSetting>) -> AutoscaleView {
 }
 
 fn key(group: &str, name: &str) -> String {
-    format!("{}/{}", group.to_ascii_lowercase(), name.to_ascii_lowercase())
+    AutoscaleKey::new(group, name).to_string()
 }
 
 /// Lists a group's autoscale settings.
@@ -52,8 +53,7 @@ pub async fn list(
     Path(group): Path<String>,
 ) -> Result<Json<Vec<AutoscaleView>>, ApiError> {
     views::load_group(&state, &group)?;
-    let all =
-        state.store.list_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &format!("{}/", group.to_ascii_lowercase()))?;
+    let all = state.store.list_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &AutoscaleKey::group_prefix(&group))?;
     Ok(Json(all.iter().map(|o| view(&group, o)).collect()))
 }
 
@@ -112,7 +112,7 @@ pub async fn put(
     // Every metric must be one herd samples, or a named source of this group.
     let sources: Vec<String> = state
         .store
-        .list_as::<StoredSource>(Kind::MetricSource, &format!("{}/", group.to_ascii_lowercase()))?
+        .list_as::<StoredSource>(Kind::MetricSource, &AutoscaleKey::group_prefix(&group))?
         .into_iter()
         .map(|o| o.value.name.to_ascii_lowercase())
         .collect();
@@ -241,7 +241,7 @@ pub async fn source_list(
     State(state): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<StoredSource>>, ApiError> {
-    let all = state.store.list_as::<StoredSource>(Kind::MetricSource, &format!("{}/", group.to_ascii_lowercase()))?;
+    let all = state.store.list_as::<StoredSource>(Kind::MetricSource, &AutoscaleKey::group_prefix(&group))?;
     Ok(Json(all.into_iter().map(|o| o.value).collect()))
 }
 
@@ -362,7 +362,7 @@ pub async fn metrics(
 ) -> Result<Json<Vec<herd_autoscaler::series::Point>>, ApiError> {
     let set = views::load_set(&state, &group, &name)?;
     let k = match q.metric.strip_prefix("source/") {
-        Some(src) => format!("source/{}/{}", set.value.group, src.to_ascii_lowercase()),
+        Some(src) => herd_state::keys::SourceSeriesKey::new(set.value.group.as_str(), src).to_string(),
         None => {
             if !herd_autoscaler::sampler::METRIC_NAMES.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
                 return Err(ApiError::invalid(

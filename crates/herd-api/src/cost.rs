@@ -16,7 +16,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use herd_billing::CostReport;
-use herd_model::scale_set::StoredScaleSet;
+use herd_state::keys::{GroupKey, SetKey};
 use herd_store::Kind;
 use serde::Deserialize;
 
@@ -58,7 +58,7 @@ pub async fn set_cost(
     let g = views::group_name(&group)?;
     let n = views::set_name(&name)?;
     let since = since(&state, q.since.as_deref())?;
-    let key = StoredScaleSet::store_key(&g, &n);
+    let key = SetKey::new(g.clone(), n.clone()).to_string();
     if state.store.get(Kind::ScaleSet, &key)?.is_none() && state.store.get(Kind::Meter, &key)?.is_none() {
         return Err(ApiError::NotFound(format!(
             "scale set '{name}' does not exist in resource group '{group}' and has no cost recorded"
@@ -81,8 +81,8 @@ pub async fn total_cost(
     let report = herd_billing::report(&*state.store, g.as_ref().map(|g| g.as_str()), None, since)?;
     if let Some(g) = &g {
         if report.rows.is_empty()
-            && state.store.get(Kind::Group, g.as_str())?.is_none()
-            && state.store.list(Kind::Meter, &format!("{g}/"))?.is_empty()
+            && state.store.get(Kind::Group, &GroupKey::new(g.as_str()).to_string())?.is_none()
+            && state.store.list(Kind::Meter, &GroupKey::new(g.as_str()).children())?.is_empty()
         {
             return Err(ApiError::NotFound(format!("resource group '{g}' does not exist and has no cost recorded")));
         }

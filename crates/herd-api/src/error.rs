@@ -86,6 +86,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<herd_state::StateError> for ApiError {
+    fn from(e: herd_state::StateError) -> Self {
+        match e {
+            herd_state::StateError::Store(e) => e.into(),
+            herd_state::StateError::Key(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, target) = match &self {

@@ -10,7 +10,9 @@ use axum::{
     http::StatusCode,
     Json,
 };
+use herd_model::group::GroupProvisioningState;
 use herd_model::{activity::ActivityEvent, group::ResourceGroup, scale_set::StoredScaleSet};
+use herd_state::keys::GroupKey;
 use herd_store::{ActivityFilter, Expect, Kind, StoreExt, WriteOp};
 use serde::Deserialize;
 
@@ -74,7 +76,7 @@ fn create_once(
     let req = req.clone();
     let existing = state.store.get_as::<ResourceGroup>(Kind::Group, name.as_str())?;
     if let Some(e) = &existing {
-        if e.value.provisioning_state == "Deleting" {
+        if e.value.provisioning_state == GroupProvisioningState::Deleting {
             return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
         }
     }
@@ -88,7 +90,7 @@ fn create_once(
         name: name.to_string(),
         location,
         tags: req.tags,
-        provisioning_state: "Succeeded".into(),
+        provisioning_state: GroupProvisioningState::Succeeded,
     };
     let expect = existing.as_ref().map_or(Expect::Absent, |e| Expect::Revision(e.revision));
     let verb = if existing.is_some() { "updated" } else { "created" };
@@ -120,7 +122,7 @@ pub async fn show(State(state): State<AppState>, Path(group): Path<String>) -> R
     responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) -> Result<StatusCode, ApiError> {
     let g = views::load_group(&state, &group)?;
-    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &format!("{group}/"))?;
+    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &GroupKey::new(group.as_str()).children())?;
     let mut ops = Vec::new();
     for s in &sets {
         if !s.value.deleting {
@@ -133,7 +135,7 @@ pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) ->
         ops.push(WriteOp::delete(Kind::Group, group.clone(), Expect::Revision(g.revision)));
     } else {
         let mut rg = g.value.clone();
-        rg.provisioning_state = "Deleting".into();
+        rg.provisioning_state = GroupProvisioningState::Deleting;
         ops.push(WriteOp::put(Kind::Group, group.clone(), &rg, Expect::Revision(g.revision))?);
     }
     let msg = format!("resource group deletion started ({} scale set(s) to delete)", sets.len());

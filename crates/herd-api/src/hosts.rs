@@ -96,7 +96,7 @@ pub(crate) fn check_room(state: &AppState, set: &StoredScaleSet, extra: i64) -> 
     let holders = holders(state)?;
     let own: Vec<InstanceRecord> = state
         .store
-        .list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key()))?
+        .list_as::<InstanceRecord>(Kind::Instance, &herd_state::keys::SetKey::of(set).children())?
         .into_iter()
         .map(|o| o.value)
         .filter(|r| r.is_counted())

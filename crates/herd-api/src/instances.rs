@@ -11,11 +11,14 @@ use axum::{
     http::HeaderMap,
     Json,
 };
+use herd_model::health::HealthState;
 use herd_model::{
     instance::{InstanceGoal, InstanceRecord, InstanceState, InstanceView, PendingAction},
     FieldError, InstanceId,
 };
-use herd_reconciler::executor::{id_list, instance_store_key};
+use herd_reconciler::executor::id_list;
+use herd_state::actions::{InstanceAction, UnknownAction};
+use herd_state::keys::{HealthKey, SetKey};
 use herd_store::{Expect, Kind, Object, WriteOp};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -66,7 +69,7 @@ fn find(
     let n: u64 = id.parse().map_err(|_| {
         ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
     })?;
-    let key = instance_store_key(&set.value.key(), InstanceId(n));
+    let key = SetKey::of(&set.value).instance(InstanceId(n)).to_string();
     let rec = state
         .store
         .get(Kind::Instance, &key)?
@@ -85,7 +88,7 @@ fn with_health(
     in_place: bool,
 ) -> InstanceView {
     let mut v = r.view(set);
-    v.health = state.health.get(&format!("{}/{}/{}", set.group, set.name, r.instance_id)).map(|h| h.health);
+    v.health = state.health.get(&HealthKey::of(set, r.instance_id).to_string()).map(|h| h.health);
     if r.model_generation < set.model_generation {
         v.upgrade_action = Some(r.upgrade_action(set, in_place));
     }
@@ -134,11 +137,11 @@ pub async fn instance_view(
             time: rec.state_since,
         },
     ];
-    if let Some(h) = &view.health {
+    if let Some(h) = view.health {
         statuses.push(StatusEntry {
-            code: format!("HealthState/{}", h.to_ascii_lowercase()),
-            level: if h == "Unhealthy" { "Warning".into() } else { "Info".into() },
-            display_status: format!("The VM is {}", h.to_ascii_lowercase()),
+            code: format!("HealthState/{}", h.as_str().to_ascii_lowercase()),
+            level: if h == HealthState::Unhealthy { "Warning".into() } else { "Info".into() },
+            display_status: format!("The VM is {}", h.as_str().to_ascii_lowercase()),
             message: None,
             time: rec.state_since,
         });
@@ -210,17 +213,7 @@ pub struct BootLogQuery {
     pub tail_bytes: Option<usize>,
 }
 
-pub(crate) const ACTIONS: &[&str] = &[
-    "start",
-    "stop",
-    "powerOff",
-    "deallocate",
-    "restart",
-    "reimage",
-    "updateInstances",
-    "deleteInstances",
-    "simulateEviction",
-];
+pub(crate) const ACTIONS: &[&str] = InstanceAction::NAMES;
 
 /// Runs an instance action on the given instances (`["*"]`, no `instanceIds` or no body: all of
 /// them; an empty list is refused).
@@ -235,10 +228,7 @@ pub async fn action(
     headers: HeaderMap,
     body: Option<Json<InstanceIdsRequest>>,
 ) -> Result<(axum::http::StatusCode, Json<ActionResult>), ApiError> {
-    let action = ACTIONS
-        .iter()
-        .find(|a| a.eq_ignore_ascii_case(&action))
-        .ok_or_else(|| ApiError::NotFound(format!("no action '{action}'; actions: {}", ACTIONS.join(", "))))?;
+    let action: InstanceAction = action.parse().map_err(|e: UnknownAction| ApiError::NotFound(e.to_string()))?;
     let ids = body.and_then(|b| b.0.instance_ids);
     views::retry(&headers, || action_once(&state, &group, &name, &headers, action, ids.as_deref()))
 }
@@ -249,7 +239,7 @@ fn action_once(
     group: &str,
     name: &str,
     headers: &HeaderMap,
-    action: &&'static str,
+    action: InstanceAction,
     ids: Option<&[String]>,
 ) -> Result<(axum::http::StatusCode, Json<ActionResult>), ApiError> {
     let set = views::load_set(state, group, name)?;
@@ -310,7 +300,9 @@ fn action_once(
     let mut skipped = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let in_place = in_place_extensions(state, &set.value)?;
-    if *action == "simulateEviction" && !herd_model::spot::is_spot(set.value.model.virtual_machine_profile.priority) {
+    if action == InstanceAction::SimulateEviction
+        && !herd_model::spot::is_spot(set.value.model.virtual_machine_profile.priority)
+    {
         return Err(ApiError::Invalid(FieldError::new(
             "virtualMachineProfile.priority",
             format!("simulate-eviction applies only to Spot (or Low) scale sets; '{name}' is Regular"),
@@ -320,19 +312,19 @@ fn action_once(
         let o = live[id];
         let mut r = o.value.clone();
         let skip = |why: &str| format!("{id}: {why}");
-        match *action {
-            "start" => r.goal = InstanceGoal::Running,
-            "stop" | "powerOff" => r.goal = InstanceGoal::Stopped,
-            "deallocate" => r.goal = InstanceGoal::Deallocated,
-            "restart" => {
+        match action {
+            InstanceAction::Start => r.goal = InstanceGoal::Running,
+            InstanceAction::Stop | InstanceAction::PowerOff => r.goal = InstanceGoal::Stopped,
+            InstanceAction::Deallocate => r.goal = InstanceGoal::Deallocated,
+            InstanceAction::Restart => {
                 if r.state != InstanceState::Running {
                     skipped.push(skip("not running"));
                     continue;
                 }
                 r.pending = Some(PendingAction::Restart);
             }
-            "reimage" => r.pending = Some(PendingAction::Reimage),
-            "updateInstances" => {
+            InstanceAction::Reimage => r.pending = Some(PendingAction::Reimage),
+            InstanceAction::UpdateInstances => {
                 if r.model_generation == set.value.model_generation && r.pending != Some(PendingAction::Reimage) {
                     skipped.push(skip("already on the latest model"));
                     continue;
@@ -347,11 +339,11 @@ fn action_once(
                     r.pending = Some(action);
                 }
             }
-            "deleteInstances" => {
+            InstanceAction::DeleteInstances => {
                 r.goal = InstanceGoal::Deleted;
                 r.delete_reason = Some("deleted by user".into());
             }
-            "simulateEviction" => {
+            InstanceAction::SimulateEviction => {
                 use herd_model::spot::{EvictionReason, ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
                 if r.state == InstanceState::Deallocated || r.eviction.is_some() {
                     skipped.push(skip("already evicted or deallocated"));
@@ -369,7 +361,6 @@ fn action_once(
                     Some(EvictionReason::Simulated),
                 ));
             }
-            _ => unreachable!("action list is closed"),
         }
         r.next_attempt_at = None;
         if r != o.value {
@@ -380,7 +371,7 @@ fn action_once(
 
     let mut message =
         format!("{action} instance(s) {}", if applied.is_empty() { "none".into() } else { id_list(&applied) });
-    if *action == "deleteInstances" && !applied.is_empty() {
+    if action == InstanceAction::DeleteInstances && !applied.is_empty() {
         // As in Azure, deleting instances lowers the capacity by as many.
         let mut next = set.value.clone();
         let before = next.model.sku.capacity;
@@ -397,9 +388,7 @@ fn action_once(
     if let Some(n) = notes.first() {
         message.push_str(&format!("; {}", n.split_once(": ").map_or(n.as_str(), |(_, t)| t)));
     }
-    let mut op = action.to_string();
-    op[..1].make_ascii_uppercase();
-    let mut ev = views::user_event(state, group, name, &op, message);
+    let mut ev = views::user_event(state, group, name, &action.operation(), message);
     ev.time = now;
     ops.push(WriteOp::Activity(ev));
     state.store.txn(ops)?;
@@ -407,7 +396,7 @@ fn action_once(
     Ok((
         axum::http::StatusCode::ACCEPTED,
         Json(ActionResult {
-            action: action.to_string(),
+            action: action.as_str().to_string(),
             instance_ids: applied.iter().map(|i| i.to_string()).collect(),
             skipped,
         }),

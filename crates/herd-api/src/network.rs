@@ -12,11 +12,13 @@ use axum::{
     http::{HeaderMap, StatusCode},
     Json,
 };
+use herd_model::health::HealthState;
 use herd_model::{
     network::{network_id, LoadBalancer, PublicIpAddress, Subnet, VirtualNetwork, LB_COLLECTIONS},
     scale_set::StoredScaleSet,
     FieldError,
 };
+use herd_state::keys::{GroupKey, HealthKey, ResourceKey, SetKey};
 use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
@@ -48,7 +50,7 @@ impl NetResource for LoadBalancer {
 }
 
 fn key(group: &str, name: &str) -> String {
-    format!("{group}/{name}")
+    ResourceKey::new(group, name).to_string()
 }
 
 fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
@@ -68,7 +70,7 @@ fn load<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<Obj
 
 fn list_all<T: NetResource>(state: &AppState, group: &str) -> Result<Vec<T>, ApiError> {
     views::load_group(state, group)?;
-    Ok(state.store.list_as::<T>(T::KIND, &format!("{group}/"))?.into_iter().map(|o| o.value).collect())
+    Ok(state.store.list_as::<T>(T::KIND, &GroupKey::new(group).children())?.into_iter().map(|o| o.value).collect())
 }
 
 /// Writes `value` (already validated) as a create or a compare-and-swap update.
@@ -613,7 +615,8 @@ pub struct PoolMember {
     pub state: String,
     /// `Healthy`, `Unhealthy`, `Unknown`; absent when no rule's probe covers it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub health: Option<HealthState>,
     pub draining: bool,
     /// Receives new connections now: Running, healthy (or no probe) and not draining.
     pub in_rotation: bool,
@@ -655,13 +658,13 @@ pub async fn pool_show(
         if !joins {
             continue;
         }
-        for o in s.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key))? {
+        for o in s.store.list_as::<InstanceRecord>(Kind::Instance, &SetKey::of(&set.value).children())? {
             let r = o.value;
-            let key = format!("{}/{}", set.key, r.instance_id);
+            let key = HealthKey::of(&set.value, r.instance_id).to_string();
             let health = s.health.get(&key).map(|h| h.health);
             let draining = r.draining_since.is_some();
             let running = r.state == InstanceState::Running;
-            let healthy = !probed || health.as_deref() == Some("Healthy");
+            let healthy = !probed || health == Some(HealthState::Healthy);
             members.push(PoolMember {
                 scale_set: set.value.name.to_string(),
                 instance_id: r.instance_id.to_string(),
@@ -688,5 +691,6 @@ pub async fn metrics(State(s): State<AppState>) -> String {
         Err(e) => tracing::warn!(error = %e, "cost metrics unavailable"),
     }
     out.push_str(&crate::store_status::metrics(&*s.store));
+    out.push_str(&s.invalid_transitions.prometheus());
     out
 }

@@ -22,6 +22,7 @@ use herd_model::{
     upgrade::RollingUpgrade,
     FieldError, InstanceId,
 };
+use herd_state::actions::{RollingAction, UnknownAction};
 use herd_store::{Expect, Kind, StoreExt, WriteOp};
 use serde::Deserialize;
 
@@ -53,7 +54,7 @@ pub async fn latest(
         .ok_or_else(|| ApiError::NotFound(format!("scale set '{name}' has had no rolling upgrade")))
 }
 
-pub(crate) const ACTIONS: &[&str] = &["start", "cancel", "pause", "resume", "rollback"];
+pub(crate) const ACTIONS: &[&str] = RollingAction::NAMES;
 
 /// Asks the reconciler to start, pause, resume, cancel or roll back a rolling upgrade.
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/{action}", tag = "rolling upgrades",
@@ -65,27 +66,25 @@ pub async fn action(
     Path((group, name, action)): Path<(String, String, String)>,
     body: Option<Json<StartRequest>>,
 ) -> Result<StatusCode, ApiError> {
-    let action = ACTIONS.iter().find(|a| a.eq_ignore_ascii_case(&action)).ok_or_else(|| {
-        ApiError::NotFound(format!("no rolling-upgrade action '{action}'; actions: {}", ACTIONS.join(", ")))
-    })?;
+    let action: RollingAction = action.parse().map_err(|e: UnknownAction| ApiError::NotFound(e.to_string()))?;
     let set = views::load_set(&state, &group, &name)?;
     if set.value.deleting {
         return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
     }
     let body = body.map(|b| b.0).unwrap_or_default();
     let capacity = set.value.model.sku.capacity.max(0) as u64;
-    let request = match *action {
-        "start" => {
+    let request = match action {
+        RollingAction::Start => {
             let canary = match body.canary.as_deref() {
                 None => None,
                 Some(c) => Some(parse_canary(c, capacity)?),
             };
             UpgradeRequest::Start { canary, pause: body.pause, reimage: false }
         }
-        "cancel" => UpgradeRequest::Cancel,
-        "pause" => UpgradeRequest::Pause,
-        "resume" => UpgradeRequest::Resume,
-        _ => UpgradeRequest::Rollback,
+        RollingAction::Cancel => UpgradeRequest::Cancel,
+        RollingAction::Pause => UpgradeRequest::Pause,
+        RollingAction::Resume => UpgradeRequest::Resume,
+        RollingAction::Rollback => UpgradeRequest::Rollback,
     };
     let key = set.value.key();
     for _ in 0..10 {
@@ -99,7 +98,7 @@ pub async fn action(
             (UpgradeRequest::Pause | UpgradeRequest::Cancel, None) => {
                 return Err(ApiError::Conflict(format!("scale set '{name}' has no rolling upgrade in progress")));
             }
-            (UpgradeRequest::Resume, a) if a.is_none_or(|u| u.state.as_str() != "Paused") => {
+            (UpgradeRequest::Resume, a) if a.is_none_or(|u| u.state != herd_model::upgrade::RollingState::Paused) => {
                 return Err(ApiError::Conflict(format!("scale set '{name}' has no paused rolling upgrade")));
             }
             (UpgradeRequest::Rollback, _) if status.rolling_upgrade.is_none() => {
@@ -170,7 +169,7 @@ pub async fn protect(
     let n: u64 = id.parse().map_err(|_| {
         ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
     })?;
-    let key = herd_reconciler::executor::instance_store_key(&set.value.key(), InstanceId(n));
+    let key = herd_state::keys::SetKey::of(&set.value).instance(InstanceId(n)).to_string();
     // The reconciler writes instance records all the time: a concurrent write is re-applied.
     views::retry(&HeaderMap::new(), || {
         let cur = state

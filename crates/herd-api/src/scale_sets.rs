@@ -17,6 +17,7 @@ use herd_model::{
     scale_set::{ScaleSetModel, Secrets, StoredScaleSet, READ_ONLY_FIELDS},
     FieldError,
 };
+use herd_state::keys::{GroupKey, SetKey};
 use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
 use serde_json::Value;
 
@@ -243,7 +244,7 @@ pub(crate) fn commit_replacing(
         });
     }
     if bump {
-        let hk = herd_model::scale_set::model_history_key(&key, next.model_generation);
+        let hk = SetKey::of(old).history(next.model_generation).to_string();
         ops.push(WriteOp::put(Kind::ModelHistory, hk, &next.model, Expect::Any)?);
     }
     let mut ev = views::user_event(state, old.group.as_str(), old.name.as_str(), operation, message);
@@ -263,7 +264,7 @@ pub async fn list(
     Path(group): Path<String>,
 ) -> Result<Json<Vec<ScaleSetView>>, ApiError> {
     views::load_group(&state, &group)?;
-    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &format!("{group}/"))?;
+    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &GroupKey::new(group.as_str()).children())?;
     Ok(Json(sets.iter().map(|s| views::set_view(&state, s)).collect::<Result<_, _>>()?))
 }
 
@@ -282,7 +283,7 @@ pub async fn create_or_replace(
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     let rg = views::load_group(&state, &group)?;
-    if rg.value.provisioning_state == "Deleting" {
+    if rg.value.provisioning_state == herd_model::group::GroupProvisioningState::Deleting {
         return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
     }
     let gname = views::group_name(&group)?;
@@ -354,7 +355,7 @@ fn put_once(
                 WriteOp::put(Kind::ScaleSet, key, &set, Expect::Absent)?,
                 WriteOp::put(
                     Kind::ModelHistory,
-                    herd_model::scale_set::model_history_key(key, 1),
+                    SetKey::new(gname.clone(), sname.clone()).history(1).to_string(),
                     &set.model,
                     Expect::Any,
                 )?,

@@ -50,6 +50,8 @@ pub struct AppState {
     pub spot_priced: Arc<[String]>,
     /// A token that opens `/metrics` only (`[metrics] token_file`); the API token opens it too.
     pub metrics_token: Option<Arc<str>>,
+    /// The reconciler's count of refused lifecycle events, for `/metrics`.
+    pub invalid_transitions: herd_state::transitions::InvalidTransitions,
 }
 
 impl AppState {

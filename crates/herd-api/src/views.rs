@@ -11,6 +11,7 @@ use herd_model::{
     GroupName, ScaleSetName,
 };
 use herd_reconciler::{summarize, SetSummary};
+use herd_state::keys::SetKey;
 use herd_store::{Kind, Object, StoreExt};
 use serde::{Deserialize, Serialize};
 
@@ -249,7 +250,7 @@ pub fn load_group(state: &AppState, g: &str) -> Result<Object<ResourceGroup>, Ap
 
 pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScaleSet>, ApiError> {
     load_group(state, g)?;
-    let key = StoredScaleSet::store_key(&group_name(g)?, &set_name(n)?);
+    let key = SetKey::new(group_name(g)?, set_name(n)?).to_string();
     state
         .store
         .get_as::<StoredScaleSet>(Kind::ScaleSet, &key)
@@ -258,7 +259,7 @@ pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScale
 }
 
 pub fn load_instances(state: &AppState, set: &StoredScaleSet) -> Result<Vec<Object<InstanceRecord>>, ApiError> {
-    Ok(state.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key()))?)
+    Ok(state.store.list_as::<InstanceRecord>(Kind::Instance, &SetKey::of(set).children())?)
 }
 
 /// Builds the API view of a set from its stored record, status and instances.

@@ -17,11 +17,12 @@ use herd_autoscale::{
 use herd_driver::Driver;
 use herd_model::{
     clock::Clock,
-    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    instance::{InstanceGoal, InstanceState},
     scale_set::StoredScaleSet,
     sku::SkuTable,
 };
-use herd_store::{seal::Sealer, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
+use herd_state::keys::{AutoscaleKey, SeriesKey, SetKey, SourceSecretKey, SourceSeriesKey};
+use herd_state::{seal::Sealer, AutoscaleRecords, Expected, Records, StateError, Store};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +55,7 @@ pub struct StoredSource {
 
 /// The key of a source's sealed protected settings.
 pub fn source_secret_key(group: &str, name: &str) -> String {
-    format!("source/{group}/{}", name.to_ascii_lowercase())
+    herd_state::keys::SourceSecretKey::new(group, name).to_string()
 }
 
 /// One evaluation as `autoscale history` shows it.
@@ -168,11 +169,11 @@ impl MetricQuery for StoreMetrics<'_> {
         window_end: DateTime<Utc>,
         time_aggregation: TimeAggregation,
     ) -> Option<f64> {
-        let key = match metric.strip_prefix("source/") {
-            Some(name) => format!("source/{}/{}", self.set.group, name.to_ascii_lowercase()),
-            None => sampler::series_key(self.set, metric),
+        let series = match metric.strip_prefix("source/") {
+            Some(name) => self.store.series::<Series, _>(&SourceSeriesKey::new(self.set.group.as_str(), name)),
+            None => self.store.series::<Series, _>(&SeriesKey::new(SetKey::of(self.set), metric)),
         };
-        let series = self.store.get_as::<Series>(Kind::MetricSeries, &key).ok()??.value;
+        let series = series.ok()??.value;
         let first = series.window(window_start, window_end).next()?;
         if first.time > window_start + self.slack {
             return None; // the series does not cover the window yet
@@ -235,14 +236,14 @@ impl Runner {
     }
 
     /// Samples instance metrics and every named source once.
-    pub async fn sample_once(&self) -> Result<(), StoreError> {
+    pub async fn sample_once(&self) -> Result<(), StateError> {
         let now = self.clock.now();
         self.sampler.sample(&*self.store, &*self.driver, &self.config.skus, now).await?;
-        for o in self.store.list_as::<StoredSource>(Kind::MetricSource, "")? {
+        for o in self.store.metric_sources::<StoredSource>()? {
             let mut src = o.value.clone();
             let protected: serde_json::Value =
-                match self.store.get(Kind::Secret, &source_secret_key(&src.group, &src.name))? {
-                    Some(s) => self.sealer.open(&s.value).unwrap_or(serde_json::Value::Null),
+                match self.store.sealed_source_secret(&SourceSecretKey::new(&src.group, &src.name))? {
+                    Some(sealed) => self.sealer.open(&sealed).unwrap_or(serde_json::Value::Null),
                     None => serde_json::Value::Null,
                 };
             let spec = herd_metric_sources::SourceSpec {
@@ -269,29 +270,29 @@ impl Runner {
             }
             src.last_sample_at = Some(now);
             // Best effort: a concurrent edit of the source wins.
-            let _ = self.store.txn(vec![WriteOp::put(
-                Kind::MetricSource,
-                o.key.clone(),
-                &src,
-                Expect::Revision(o.revision),
-            )?]);
+            if let Ok(key) = o.key.parse::<AutoscaleKey>() {
+                let _ = self.store.update_metric_source(&key, &src, Expected::Revision(o.revision));
+            }
         }
         Ok(())
     }
 
     /// Evaluates every setting once; returns the decisions made.
-    pub fn evaluate_once(&self) -> Result<Vec<(String, Decision)>, StoreError> {
+    pub fn evaluate_once(&self) -> Result<Vec<(String, Decision)>, StateError> {
         let now = self.clock.now();
         let mut out = Vec::new();
-        for o in self.store.list_as::<AutoscaleSetting>(Kind::AutoscaleSetting, "")? {
+        for o in self.store.autoscale_settings::<AutoscaleSetting>()? {
             let setting = o.value;
             let Some((g, n)) = parse_target(&setting.target_resource_uri) else { continue };
-            let set_key = format!("{g}/{n}");
-            let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key)? else { continue };
+            // A target that is not a valid set name cannot name a stored set.
+            let Ok(set_key) = SetKey::from_parts(&g, &n) else { continue };
+            let Some(set) = self.store.scale_set(&set_key)? else {
+                continue;
+            };
             if set.value.deleting {
                 continue;
             }
-            let records = self.store.list_as::<InstanceRecord>(Kind::Instance, &format!("{set_key}/"))?;
+            let records = self.store.instances_of(&set_key)?;
             let warmup = setting
                 .target_tracking
                 .as_ref()
@@ -307,12 +308,11 @@ impl Runner {
                         && r.state_since + warmup <= now
                 })
                 .count() as u64;
-            let rt_key = o.key.clone();
-            let mut rt = self
-                .store
-                .get_as::<SettingRuntime>(Kind::AutoscaleHistory, &rt_key)?
-                .map(|x| x.value)
-                .unwrap_or_default();
+            let Ok(rt_key) = o.key.parse::<AutoscaleKey>() else {
+                tracing::warn!(key = %o.key, "an autoscale setting's key is not group/name; skipping it");
+                continue;
+            };
+            let mut rt = self.store.autoscale_runtime::<SettingRuntime>(&rt_key)?.map(|x| x.value).unwrap_or_default();
             let metrics = StoreMetrics {
                 store: &*self.store,
                 set: &set.value,
@@ -336,7 +336,7 @@ impl Runner {
                 let extra = rt.history.len() - HISTORY_LEN;
                 rt.history.drain(..extra);
             }
-            self.store.txn(vec![WriteOp::put(Kind::AutoscaleHistory, rt_key, &rt, Expect::Any)?])?;
+            self.store.put_autoscale_runtime(&rt_key, &rt)?;
             out.push((setting.name.clone(), decision));
         }
         Ok(out)
@@ -419,7 +419,7 @@ impl Runner {
                             format!("webhook {} failed after 3 attempts: {last}", hook.service_uri)
                         },
                     };
-                    let _ = store.txn(vec![WriteOp::Activity(ev)]);
+                    let _ = store.log_activity(ev);
                 }
             }
         });

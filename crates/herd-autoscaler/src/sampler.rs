@@ -30,12 +30,13 @@ use crate::series::{Point, Series};
 use chrono::{DateTime, Utc};
 use herd_driver::Driver;
 use herd_model::{
-    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    instance::{InstanceGoal, InstanceState},
     scale_set::StoredScaleSet,
     sku::SkuTable,
     InstanceKey,
 };
-use herd_store::{Expect, Kind, Store, StoreError, StoreExt, WriteOp};
+use herd_state::keys::{SeriesKey, SetKey, SourceSeriesKey};
+use herd_state::{AutoscaleRecords, Records, StateError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -136,7 +137,7 @@ pub fn is_per_instance(metric: &str) -> bool {
 
 /// The store key of a set's series for `metric`.
 pub fn series_key(set: &StoredScaleSet, metric: &str) -> String {
-    format!("vmss/{}/{}/{}", set.group, set.name, metric.to_ascii_lowercase().replace(' ', "-"))
+    herd_state::keys::SeriesKey::new(herd_state::keys::SetKey::of(set), metric).to_string()
 }
 
 /// One instance's load-balancer counters, summed over the rules it is a backend of.
@@ -219,14 +220,14 @@ impl Sampler {
 
     /// Samples every set once at `now` and appends to their series. Returns how many sets got a
     /// CPU point.
-    pub async fn sample(
+    pub async fn sample<S: Records + ?Sized>(
         &self,
-        store: &dyn Store,
+        store: &S,
         driver: &dyn Driver,
         skus: &SkuTable,
         now: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
-        let sets = store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?;
+    ) -> Result<usize, StateError> {
+        let sets = store.scale_sets()?;
         let lb = self.lb.as_ref().map(|p| p.member_counters());
         let mut ops = Vec::new();
         let mut sampled = 0;
@@ -234,7 +235,7 @@ impl Sampler {
         for set in sets.iter().filter(|s| !s.value.deleting) {
             let set = &set.value;
             let vcpus = skus.lookup(&set.model.sku.name).map_or(1, |(_, s)| s.vcpus.max(1)) as f64;
-            let records = store.list_as::<InstanceRecord>(Kind::Instance, &format!("{}/", set.key()))?;
+            let records = store.instances_of(&SetKey::of(set))?;
             let mut round = Round::default();
             for r in records.iter().map(|o| &o.value) {
                 if r.state != InstanceState::Running || r.goal == InstanceGoal::Deleted || r.overprovisioned {
@@ -305,10 +306,10 @@ impl Sampler {
                 }
             }
             for (metric, point) in points {
-                let key = series_key(set, metric);
-                let mut series = store.get_as::<Series>(Kind::MetricSeries, &key)?.map(|o| o.value).unwrap_or_default();
+                let key = SeriesKey::new(SetKey::of(set), metric);
+                let mut series = store.series::<Series, _>(&key)?.map(|o| o.value).unwrap_or_default();
                 series.push(point);
-                ops.push(WriteOp::put(Kind::MetricSeries, key, &series, Expect::Any)?);
+                ops.push((key, series));
             }
             if !round.cpu.is_empty() {
                 sampled += 1;
@@ -318,24 +319,24 @@ impl Sampler {
         self.last.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| seen.contains(k));
         self.lb_last.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| seen.contains(k));
         if !ops.is_empty() {
-            store.txn(ops)?;
+            store.put_series(&ops)?;
         }
         Ok(sampled)
     }
 }
 
 /// Appends one sample of a named source to its series (`source/<group>/<name>`).
-pub fn record_source(
-    store: &dyn Store,
+pub fn record_source<S: Records + ?Sized>(
+    store: &S,
     group: &str,
     name: &str,
     now: DateTime<Utc>,
     value: f64,
-) -> Result<(), StoreError> {
-    let key = format!("source/{group}/{}", name.to_ascii_lowercase());
-    let mut series = store.get_as::<Series>(Kind::MetricSeries, &key)?.map(|o| o.value).unwrap_or_default();
+) -> Result<(), StateError> {
+    let key = SourceSeriesKey::new(group, name);
+    let mut series = store.series::<Series, _>(&key)?.map(|o| o.value).unwrap_or_default();
     series.push(Point::new(now, value, 1));
-    store.txn(vec![WriteOp::put(Kind::MetricSeries, key, &series, Expect::Any)?])?;
+    store.put_series(&[(key, series)])?;
     Ok(())
 }
 
@@ -348,7 +349,8 @@ mod tests {
         MetricQuery,
     };
     use herd_driver::sim::{SimConfig, SimDriver};
-    use herd_store::SqliteStore;
+    use herd_model::instance::InstanceRecord;
+    use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
     use serde_json::json;
 
     fn t(s: i64) -> DateTime<Utc> {

@@ -46,7 +46,8 @@ use herd_model::{
     instance::{InstanceRecord, InstanceState},
     scale_set::{Priority, StoredScaleSet},
 };
-use herd_store::{Expect, Kind, Object, Store, StoreError, StoreExt, WriteOp};
+use herd_state::keys::{InstanceRecordKey, SetKey};
+use herd_state::{Expected, Records, State, StateError, Versioned};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -301,7 +302,7 @@ fn worth_writing(prev: Option<&MeterDoc>, next: &MeterDoc) -> bool {
 
 /// Runs the meter against the store.
 pub struct Meter {
-    store: Arc<dyn Store>,
+    store: State,
     clock: Arc<dyn Clock>,
     prices: Arc<Mutex<PriceBook>>,
 }
@@ -309,46 +310,41 @@ pub struct Meter {
 impl Meter {
     /// `prices` is shared with whoever else reads prices (spot eviction, validation); the meter's
     /// loop also reloads changed schedule files into it.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, prices: Arc<Mutex<PriceBook>>) -> Self {
-        Self { store, clock, prices }
+    /// `store`: an `Arc<dyn Store>` (or any store handle) converts.
+    pub fn new(store: impl Into<State>, clock: Arc<dyn Clock>, prices: Arc<Mutex<PriceBook>>) -> Self {
+        Self { store: store.into(), clock, prices }
     }
 
     /// One tick over every set (and every meter whose set is gone). Each meter is written with
     /// a compare-and-swap on its revision; a meter someone else wrote meanwhile is left for the
     /// next tick, which re-reads it. Returns how many meters were written.
-    pub fn tick(&self) -> Result<usize, StoreError> {
+    pub fn tick(&self) -> Result<usize, StateError> {
         let now = self.clock.now();
-        let sets = self.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?;
+        let sets = self.store.scale_sets()?;
         let mut records: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
-        for o in self.store.list_as::<InstanceRecord>(Kind::Instance, "")? {
+        for o in self.store.instances()? {
             // Records live under `group/set/<id>`.
-            if let Some((set_key, _)) = o.key.rsplit_once('/') {
-                records.entry(set_key.to_string()).or_default().push(o.value);
+            if let Ok(key) = o.key.parse::<InstanceRecordKey>() {
+                records.entry(key.set().to_string()).or_default().push(o.value);
             }
         }
-        let mut meters: BTreeMap<String, Object<Option<MeterDoc>>> = BTreeMap::new();
-        for o in self.store.list(Kind::Meter, "")? {
-            let doc = match serde_json::from_value::<MeterDoc>(o.value) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    // Left as it is, for someone to look at; this set is not metered meanwhile.
-                    tracing::warn!(key = %o.key, error = %e, "a cost meter cannot be decoded; skipping it");
-                    None
-                }
-            };
-            meters.insert(o.key.clone(), Object { key: o.key, revision: o.revision, value: doc });
+        // A meter that does not decode is left as it is, for someone to look at; its set is not
+        // metered meanwhile.
+        let mut meters: BTreeMap<String, Versioned<Option<MeterDoc>>> = BTreeMap::new();
+        for o in self.store.meters_or_undecodable::<MeterDoc>()? {
+            meters.insert(o.key.clone(), o);
         }
 
-        let mut writes: Vec<(String, MeterDoc, Expect)> = Vec::new();
+        let mut writes: Vec<(String, MeterDoc, Expected)> = Vec::new();
         {
             let prices = self.prices.lock().unwrap_or_else(|e| e.into_inner());
             let empty = MeterDoc::default();
             for set in &sets {
                 let key = set.value.key();
                 let (prev, expect) = match meters.remove(&key) {
-                    Some(Object { value: None, .. }) => continue,
-                    Some(Object { value: Some(d), revision, .. }) => (Some(d), Expect::Revision(revision)),
-                    None => (None, Expect::Absent),
+                    Some(Versioned { value: None, .. }) => continue,
+                    Some(Versioned { value: Some(d), revision, .. }) => (Some(d), Expected::Revision(revision)),
+                    None => (None, Expected::Absent),
                 };
                 let recs = records.get(&key).map_or(&[][..], Vec::as_slice);
                 let next = accrue(prev.as_ref().unwrap_or(&empty), &set.value, recs, &prices, now);
@@ -362,15 +358,20 @@ impl Meter {
                 if prev.marks.is_empty() && prev.set_deleted_at.is_some() {
                     continue;
                 }
-                writes.push((key, close(&prev, &prices, now), Expect::Revision(o.revision)));
+                writes.push((key, close(&prev, &prices, now), Expected::Revision(o.revision)));
             }
         }
 
         let mut written = 0;
         for (key, doc, expect) in writes {
-            match self.store.txn(vec![WriteOp::put(Kind::Meter, key.clone(), &doc, expect)?]) {
+            // A meter under a key that is not a set's was not written by herd: left alone.
+            let Ok(set) = key.parse::<SetKey>() else {
+                tracing::warn!(%key, "a cost meter's key is not a scale set's; skipping it");
+                continue;
+            };
+            match self.store.put_meter(&set, &doc, expect) {
                 Ok(_) => written += 1,
-                Err(StoreError::Conflict { .. }) => {
+                Err(e) if e.is_conflict() => {
                     tracing::debug!(%key, "cost meter changed meanwhile; the next tick re-reads it");
                 }
                 Err(e) => return Err(e),

@@ -11,7 +11,8 @@
 use crate::meter::{hour_of, retention_start, MeterDoc, RETENTION_DAYS};
 use chrono::{DateTime, Duration, Utc};
 use herd_model::scale_set::Priority;
-use herd_store::{Kind, Store, StoreError, StoreExt};
+use herd_state::keys::{GroupKey, SetKey};
+use herd_state::{Records, StateError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -70,21 +71,23 @@ fn round(v: f64, decimals: i32) -> f64 {
 
 /// Reads the meters of every set (`group`: of one group; `group` and `set`: of one set) and
 /// sums their usage at or after the hour of `since` (None: lifetime totals).
-pub fn report(
-    store: &dyn Store,
+pub fn report<S: Records + ?Sized>(
+    store: &S,
     group: Option<&str>,
     set: Option<&str>,
     since: Option<DateTime<Utc>>,
-) -> Result<CostReport, StoreError> {
+) -> Result<CostReport, StateError> {
     let docs: Vec<MeterDoc> = match (group, set) {
         (Some(g), Some(s)) => {
-            store.get_as::<MeterDoc>(Kind::Meter, &format!("{g}/{s}"))?.map(|o| o.value).into_iter().collect()
+            // Names that are not valid cannot have a meter.
+            match SetKey::from_parts(g, s) {
+                Ok(k) => store.meter::<MeterDoc>(&k)?.map(|o| o.value).into_iter().collect(),
+                Err(_) => Vec::new(),
+            }
         }
-        (Some(g), None) => {
-            store.list_as::<MeterDoc>(Kind::Meter, &format!("{g}/"))?.into_iter().map(|o| o.value).collect()
-        }
+        (Some(g), None) => store.meters_of_group::<MeterDoc>(&GroupKey::new(g))?.into_iter().map(|o| o.value).collect(),
         (None, s) => store
-            .list_as::<MeterDoc>(Kind::Meter, "")?
+            .meters::<MeterDoc>()?
             .into_iter()
             .map(|o| o.value)
             .filter(|d| s.is_none_or(|s| d.scale_set == s))

@@ -15,13 +15,14 @@
 
 use herd_lb::{Backend, Distribution, Health, LbConfig, NatConfig, ProbeRunner, RuleConfig};
 use herd_model::{
-    health::{HealthBoard, InstanceHealth},
+    health::{HealthBoard, HealthState, InstanceHealth},
     instance::{InstanceGoal, InstanceRecord, InstanceState},
     network::{LoadBalancer, LoadDistribution, ProbeProtocol, PublicIpAddress},
     scale_set::StoredScaleSet,
     InstanceKey,
 };
-use herd_store::{Kind, Store, StoreExt};
+use herd_state::keys::{HealthKey, InstanceRecordKey, SetKey};
+use herd_state::{Records, State};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -56,11 +57,11 @@ pub struct Member<'a> {
 }
 
 fn target_id(set: &StoredScaleSet, r: &InstanceRecord) -> String {
-    format!("{}/{}/{}#{}", set.group, set.name, r.instance_id, r.state_since.timestamp_millis())
+    format!("{}#{}", HealthKey::of(set, r.instance_id), r.state_since.timestamp_millis())
 }
 
 fn instance_key(set: &StoredScaleSet, r: &InstanceRecord) -> String {
-    format!("{}/{}/{}", set.group, set.name, r.instance_id)
+    HealthKey::of(set, r.instance_id).to_string()
 }
 
 fn serving(r: &InstanceRecord) -> bool {
@@ -245,7 +246,7 @@ pub fn member_counters(stats: &herd_lb::LbStats) -> BTreeMap<InstanceKey, Member
 
 /// Runs the controller: probers, membership, and the data plane.
 pub struct LbController {
-    store: Arc<dyn Store>,
+    state: State,
     dataplane: herd_lb::LoadBalancer,
     runners: Mutex<BTreeMap<String, (herd_lb::Probe, ProbeRunner)>>,
     health: Arc<HealthBoard>,
@@ -256,9 +257,10 @@ pub struct LbController {
 }
 
 impl LbController {
-    pub fn new(store: Arc<dyn Store>, health: Arc<HealthBoard>, limits: Limits) -> Self {
+    /// `state` is the store (an `Arc<dyn Store>` converts), read through typed operations.
+    pub fn new(state: impl Into<State>, health: Arc<HealthBoard>, limits: Limits) -> Self {
         Self {
-            store,
+            state: state.into(),
             dataplane: herd_lb::LoadBalancer::new(),
             runners: Mutex::new(BTreeMap::new()),
             health,
@@ -297,21 +299,17 @@ impl LbController {
 
     /// One pass: read, compute, apply.
     pub async fn pass(&self) -> Result<(), String> {
-        let e = |x: herd_store::StoreError| x.to_string();
-        let lbs: Vec<LoadBalancer> =
-            self.store.list_as(Kind::LoadBalancer, "").map_err(e)?.into_iter().map(|o| o.value).collect();
-        let pips: Vec<PublicIpAddress> =
-            self.store.list_as(Kind::PublicIp, "").map_err(e)?.into_iter().map(|o| o.value).collect();
-        let sets: Vec<StoredScaleSet> =
-            self.store.list_as(Kind::ScaleSet, "").map_err(e)?.into_iter().map(|o| o.value).collect();
-        let records = self.store.list_as::<InstanceRecord>(Kind::Instance, "").map_err(e)?;
-        let by_key: BTreeMap<String, &StoredScaleSet> =
-            sets.iter().map(|s| (format!("{}/{}", s.group, s.name), s)).collect();
+        let e = |x: herd_state::StateError| x.to_string();
+        let lbs: Vec<LoadBalancer> = self.state.load_balancers().map_err(e)?.into_iter().map(|o| o.value).collect();
+        let pips: Vec<PublicIpAddress> = self.state.public_ips().map_err(e)?.into_iter().map(|o| o.value).collect();
+        let sets: Vec<StoredScaleSet> = self.state.scale_sets().map_err(e)?.into_iter().map(|o| o.value).collect();
+        let records = self.state.instances().map_err(e)?;
+        let by_key: BTreeMap<String, &StoredScaleSet> = sets.iter().map(|s| (SetKey::of(s).to_string(), s)).collect();
         let mut members = Vec::new();
         for o in &records {
             // Records live under `group/set/<padded id>`.
-            let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
-            if let Some(set) = by_key.get(set_key) {
+            let Ok(key) = o.key.parse::<InstanceRecordKey>() else { continue };
+            if let Some(set) = by_key.get(&key.set().to_string()) {
                 members.push(Member { set, record: &o.value });
             }
         }
@@ -348,12 +346,12 @@ impl LbController {
             .iter()
             .map(|(inst, (probe, target))| {
                 let h = match statuses.values().find_map(|m| m.get(target)).map(|s| s.health) {
-                    Some(Health::Healthy) => "Healthy",
-                    Some(Health::Unhealthy) => "Unhealthy",
-                    _ => "Unknown",
+                    Some(Health::Healthy) => HealthState::Healthy,
+                    Some(Health::Unhealthy) => HealthState::Unhealthy,
+                    Some(Health::Unknown) | None => HealthState::Unknown,
                 };
                 let boot = target.rsplit_once('#').and_then(|(_, b)| b.parse().ok()).unwrap_or(0);
-                (inst.clone(), InstanceHealth { probe: probe.clone(), health: h.to_string(), boot })
+                (inst.clone(), InstanceHealth { probe: probe.clone(), health: h, boot })
             })
             .collect();
         self.health.replace(board);

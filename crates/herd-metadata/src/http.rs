@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use herd_model::activity::{ActivityEvent, Actor};
 use herd_model::instance::InstanceRecord;
-use herd_model::scale_set::StoredScaleSet;
 use herd_model::InstanceKey;
-use herd_store::{Expect, Kind, Object, StoreError, StoreExt, WriteOp};
+use herd_state::keys::{InstanceRecordKey, SetKey};
+use herd_state::{Expected, Records, StateError, Versioned};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -85,7 +85,7 @@ fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, format!("Bad request. {}", message.into()))
 }
 
-fn internal(ctx: &InstanceCtx, e: StoreError) -> Response {
+fn internal(ctx: &InstanceCtx, e: StateError) -> Response {
     tracing::warn!(instance = %ctx.instance, error = %e, "metadata endpoint: store read failed");
     error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error. The metadata service could not read this instance; retry")
 }
@@ -183,8 +183,8 @@ async fn handle(
 }
 
 /// The instance record and its revision, or the response to give.
-fn record(ctx: &InstanceCtx) -> Result<Object<InstanceRecord>, Box<Response>> {
-    match ctx.shared.store.get_as::<InstanceRecord>(Kind::Instance, &ctx.key) {
+fn record(ctx: &InstanceCtx) -> Result<Versioned<InstanceRecord>, Box<Response>> {
+    match ctx.shared.store.instance(&InstanceRecordKey::new(ctx.instance.clone())) {
         Ok(Some(o)) => Ok(o),
         Ok(None) => Err(Box::new(error(StatusCode::NOT_FOUND, "Not found. This instance no longer exists"))),
         Err(e) => Err(Box::new(internal(ctx, e))),
@@ -229,7 +229,7 @@ fn start_events(ctx: &InstanceCtx, body: &[u8]) -> Response {
     };
     let ids: Vec<String> = req.start_requests.into_iter().map(|r| r.event_id).collect();
     for _ in 0..ACK_ATTEMPTS {
-        let Object { revision, value: mut rec, .. } = match record(ctx) {
+        let Versioned { revision, value: mut rec, .. } = match record(ctx) {
             Ok(r) => r,
             Err(r) => return *r,
         };
@@ -271,16 +271,13 @@ fn start_events(ctx: &InstanceCtx, body: &[u8]) -> Response {
                 acked.join(", ")
             ),
         };
-        let put = match WriteOp::put(Kind::Instance, ctx.key.clone(), &rec, Expect::Revision(revision)) {
-            Ok(p) => p,
-            Err(e) => return internal(ctx, e),
-        };
-        match ctx.shared.store.txn(vec![put, WriteOp::Activity(activity)]) {
+        let key = InstanceRecordKey::new(ctx.instance.clone());
+        match ctx.shared.store.update_instance(&key, &rec, Expected::Revision(revision), Some(activity)) {
             Ok(_) => {
                 ctx.shared.wake.notify_one();
                 return StatusCode::OK.into_response();
             }
-            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) if e.is_conflict() => continue,
             Err(e) => return internal(ctx, e),
         }
     }
@@ -298,8 +295,7 @@ fn instance(ctx: &InstanceCtx, sub: &str, query: &[(String, String)]) -> Respons
         Ok(r) => r.value,
         Err(r) => return *r,
     };
-    let set_key = StoredScaleSet::store_key(&ctx.instance.group, &ctx.instance.set);
-    let set = match ctx.shared.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key) {
+    let set = match ctx.shared.store.scale_set(&SetKey::of_instance(&ctx.instance)) {
         Ok(s) => s.map(|o| o.value),
         Err(e) => return internal(ctx, e),
     };

@@ -4,7 +4,7 @@ use crate::http::{self, InstanceCtx};
 use herd_model::clock::Clock;
 use herd_model::instance::InstanceState;
 use herd_model::InstanceKey;
-use herd_store::{Kind, Store, StoreError};
+use herd_state::{Records, StateError, Store};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -271,11 +271,11 @@ impl MetadataService {
     }
 
     /// Store key → (instance, listen address or the unparseable reach address).
-    fn wanted(&self) -> Result<Wanted, StoreError> {
+    fn wanted(&self) -> Result<Wanted, StateError> {
         let mut out = HashMap::new();
-        for obj in self.inner.shared.store.list(Kind::Instance, "")? {
+        for obj in self.inner.shared.store.instance_views::<Slim>()? {
             let Some(instance) = InstanceKey::parse_path(&obj.key) else { continue };
-            let Ok(slim) = Slim::deserialize(&obj.value) else { continue };
+            let slim = obj.value;
             if slim.state == InstanceState::Deallocated || slim.reach_address.trim().is_empty() {
                 continue;
             }

@@ -24,7 +24,7 @@ fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-03-02T10:00:00Z").unwrap().with_timezone(&Utc)
 }
 
-/// `herd_reconciler::executor::instance_store_key("rg/web", id)`.
+/// `herd_state::keys::InstanceRecordKey` of `rg/web/<id>`.
 fn key(id: u64) -> String {
     format!("rg/web/{id:010}")
 }

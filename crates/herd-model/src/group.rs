@@ -2,6 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
+string_enum!(
+    /// Where a resource group is in its life: `Succeeded` once created, `Deleting` from
+    /// `DELETE` until the reconciler has removed its scale sets and then the group.
+    ///
+    /// ```text
+    ///   (PUT) ──▶ Succeeded ──DELETE──▶ Deleting ──last set removed──▶ (gone)
+    /// ```
+    GroupProvisioningState {
+        Succeeded = "Succeeded",
+        Deleting = "Deleting",
+    } default Succeeded
+);
+
 /// A resource group as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -12,7 +25,8 @@ pub struct ResourceGroup {
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
     /// `Succeeded`, or `Deleting` while its resources are being removed.
-    pub provisioning_state: String,
+    #[schema(value_type = String)]
+    pub provisioning_state: GroupProvisioningState,
 }
 
 impl ResourceGroup {

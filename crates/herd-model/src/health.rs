@@ -5,6 +5,23 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
+string_enum!(
+    /// What an instance's load-balancer probe says about it. The same three words on the wire
+    /// (`health` of an instance) as when it was a string.
+    ///
+    /// ```text
+    ///   Unknown ──threshold successes──▶ Healthy
+    ///      │   ◀──── a new boot ────────┘  │ ▲
+    ///      └──threshold failures──▶ Unhealthy ┘ (threshold results of the other kind)
+    /// ```
+    HealthState {
+        Healthy = "Healthy",
+        Unhealthy = "Unhealthy",
+        /// Not yet `threshold` results of one kind since the instance booted.
+        Unknown = "Unknown",
+    } default Unknown
+);
+
 /// One instance's health.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -12,7 +29,8 @@ pub struct InstanceHealth {
     /// The probe that decides it.
     pub probe: String,
     /// `Healthy`, `Unhealthy` or `Unknown` (not yet `threshold` results since it booted).
-    pub health: String,
+    #[schema(value_type = String)]
+    pub health: HealthState,
     /// The boot this is about: the instance's `state_since` (ms) when it became Running. A
     /// reader that sees another boot must treat the health as unknown.
     #[serde(default)]

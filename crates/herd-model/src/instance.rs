@@ -369,7 +369,8 @@ pub struct InstanceView {
     pub draining: bool,
     /// `Healthy`, `Unhealthy` or `Unknown` by its load-balancer probe; absent without a probe.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub health: Option<crate::health::HealthState>,
     /// Extension statuses: state, exit code and the output tails (secrets redacted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<ExtensionStatus>,

@@ -581,12 +581,6 @@ pub fn default_prefix(name: &str) -> String {
     }
 }
 
-/// The store key of one model generation of a set (`Kind::ModelHistory`), zero-padded so keys
-/// sort by generation.
-pub fn model_history_key(set_key: &str, generation: u64) -> String {
-    format!("{set_key}/{generation:010}")
-}
-
 /// The scale set as herd stores it: the user's model plus what the server owns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -19,13 +19,15 @@ use herd_driver::{Driver, DriverError, Fence, Incarnation, InstanceSpec, LeaderT
 use herd_model::{
     activity::{ActivityEvent, Actor},
     clock::Clock,
-    group::ResourceGroup,
+    group::{GroupProvisioningState, ResourceGroup},
     image::{self, Image},
     instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     scale_set::{ScaleSetStatus, StoredScaleSet, Suspension},
     sku::SkuTable,
     InstanceId, InstanceKey,
 };
+use herd_state::keys::{CounterKey, HealthKey, SetKey};
+use herd_state::transitions::{apply_event, InvalidTransitions};
 use herd_store::{seal::Sealer, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,7 +173,7 @@ struct AddressCounter {
     next: u64,
 }
 
-const ADDRESS_COUNTER: &str = "hostlocal-address";
+const ADDRESS_COUNTER: &str = CounterKey::HostlocalAddress.as_str();
 
 /// Private IPs: which subnets exist and which of their addresses instances hold. Addresses are
 /// handed out lowest first from the 5th address of the subnet (Azure reserves the first four
@@ -229,11 +231,6 @@ pub fn host_local_address(block: u8, n: u64) -> Ipv4Addr {
     Ipv4Addr::from(base + subnet as u32 * 256 + host)
 }
 
-/// The instance store key: `group/set/` + zero-padded id, so keys sort by id.
-pub fn instance_store_key(set_key: &str, id: InstanceId) -> String {
-    format!("{set_key}/{:010}", id.0)
-}
-
 /// Runs passes against a store and a driver.
 pub struct Reconciler {
     store: Arc<dyn Store>,
@@ -246,6 +243,8 @@ pub struct Reconciler {
     sealer: Arc<Sealer>,
     health: Option<Arc<herd_model::health::HealthBoard>>,
     orphan_guard: crate::orphans::OrphanGuard,
+    /// Lifecycle events refused as invalid (logged and counted, served on `/metrics`).
+    transitions: InvalidTransitions,
 }
 
 struct Working {
@@ -263,6 +262,7 @@ struct SetWork<'a> {
     records: BTreeMap<InstanceId, Working>,
     steps: Vec<Step>,
     log: Vec<(String, String)>,
+    transitions: &'a InvalidTransitions,
 }
 
 impl Reconciler {
@@ -294,7 +294,14 @@ impl Reconciler {
             sealer,
             health: None,
             orphan_guard: Default::default(),
+            transitions: InvalidTransitions::default(),
         }
+    }
+
+    /// The count of lifecycle events this reconciler refused as invalid (a shared handle, for
+    /// `/metrics`).
+    pub fn invalid_transitions(&self) -> InvalidTransitions {
+        self.transitions.clone()
     }
 
     /// Reads instance health (load-balancer probes) from `board`, for rolling upgrades.
@@ -309,14 +316,10 @@ impl Reconciler {
         records
             .iter()
             .filter_map(|r| {
-                let h = board.get(&format!("{}/{}/{}", set.group, set.name, r.instance_id))?;
+                let h = board.get(&HealthKey::of(set, r.instance_id).to_string())?;
                 // Health from an earlier boot (the board lags a pass behind) says nothing yet.
                 let this_boot = h.boot == r.state_since.timestamp_millis();
-                let h = match h.health.as_str() {
-                    "Healthy" if this_boot => Health::Healthy,
-                    "Unhealthy" if this_boot => Health::Unhealthy,
-                    _ => Health::Unknown,
-                };
+                let h = if this_boot { h.health } else { Health::Unknown };
                 Some((r.instance_id, h))
             })
             .collect()
@@ -404,7 +407,7 @@ impl Reconciler {
         let quarantined = crate::orphans::quarantined_sets(&*self.store);
         let mut unrecorded = Vec::new();
         for o in observed {
-            let set_key = format!("{}/{}", o.key.group, o.key.set);
+            let set_key = SetKey::of_instance(&o.key).to_string();
             if quarantined.contains_key(&set_key) {
                 continue;
             }
@@ -548,6 +551,7 @@ impl Reconciler {
                 records,
                 steps,
                 log: vec![],
+                transitions: &self.transitions,
             });
         }
         // Instance records whose set is gone (a crash mid-delete) are removed along with their instances.
@@ -566,7 +570,7 @@ impl Reconciler {
         // A resource group being deleted goes once its last scale set is gone.
         for g in self.store.list_as::<ResourceGroup>(Kind::Group, "")? {
             let has_sets = sets.iter().any(|s| s.value.group.as_str() == g.value.name);
-            if g.value.provisioning_state == "Deleting" && !has_sets {
+            if g.value.provisioning_state == GroupProvisioningState::Deleting && !has_sets {
                 self.store.txn(vec![
                     WriteOp::delete(Kind::Group, g.key.clone(), Expect::Revision(g.revision)),
                     WriteOp::Activity(event(
@@ -640,7 +644,7 @@ impl Reconciler {
                 }
             }
             if steps.contains(&Step::RemoveSet) {
-                let prefix = format!("{}/", w.set.key());
+                let prefix = SetKey::of(w.set).children();
                 for o in self.store.list(Kind::ModelHistory, &prefix)? {
                     ops.push(WriteOp::delete(Kind::ModelHistory, o.key, Expect::Any));
                 }
@@ -1018,7 +1022,7 @@ impl Reconciler {
             Step::Observe { id, event: ev, detail } => {
                 let Some(wr) = w.records.get_mut(id) else { return };
                 let was = wr.record.state;
-                if wr.record.apply(*ev, now).is_err() {
+                if apply_event(w.transitions, w.set, &mut wr.record, *ev, now).is_err() {
                     return;
                 }
                 wr.dirty = true;
@@ -1086,7 +1090,8 @@ impl Reconciler {
             Step::Ensure(id) => {
                 if let Some(wr) = w.records.get_mut(id) {
                     if wr.record.state == InstanceState::Failed {
-                        let _ = wr.record.apply(Event::Retry, now);
+                        // A refusal is logged and counted by apply_event.
+                        let _ = apply_event(w.transitions, w.set, &mut wr.record, Event::Retry, now);
                         wr.record.attempts += 1;
                         wr.dirty = true;
                     }
@@ -1270,7 +1275,7 @@ impl Reconciler {
                     WriteOp::put(Kind::ScaleSet, set_key.clone(), &next, Expect::Revision(w.set_revision)),
                     WriteOp::put(
                         Kind::ModelHistory,
-                        herd_model::scale_set::model_history_key(&set_key, next.model_generation),
+                        SetKey::of(w.set).history(next.model_generation).to_string(),
                         &next.model,
                         Expect::Any,
                     ),
@@ -1395,7 +1400,7 @@ impl Reconciler {
             }
             RollingStep::Rollback { reason } => {
                 let Some(u) = w.status.rolling_upgrade.clone() else { return };
-                let hk = herd_model::scale_set::model_history_key(&w.set.key(), u.from_generation);
+                let hk = SetKey::of(w.set).history(u.from_generation).to_string();
                 let old = match self.store.get_as::<herd_model::scale_set::ScaleSetModel>(Kind::ModelHistory, &hk) {
                     Ok(Some(o)) => o.value,
                     _ => {
@@ -1424,7 +1429,7 @@ impl Reconciler {
                 }
                 if let Ok(op) = WriteOp::put(
                     Kind::ModelHistory,
-                    herd_model::scale_set::model_history_key(&set_key, new_gen),
+                    SetKey::of(w.set).history(new_gen).to_string(),
                     &next.model,
                     Expect::Any,
                 ) {
@@ -1473,7 +1478,7 @@ impl Reconciler {
         let mut failures = Vec::new();
         for (step, r) in res {
             let Some(id) = step.instance() else { continue };
-            let key = instance_store_key(&set_key, id);
+            let key = SetKey::of(set).instance(id).to_string();
             let Some(cur) = self.store.get_as::<InstanceRecord>(Kind::Instance, &key)? else { continue };
             let mut rec = cur.value.clone();
             match (step, r) {
@@ -1483,10 +1488,11 @@ impl Reconciler {
                     continue;
                 }
                 (Step::Stop(_), Ok(())) => {
-                    let _ = rec.apply(Event::StopDone, now);
+                    // A refusal is logged and counted by apply_event.
+                    let _ = apply_event(&self.transitions, set, &mut rec, Event::StopDone, now);
                 }
                 (Step::Deallocate(_), Ok(())) => {
-                    let _ = rec.apply(Event::DeallocateDone, now);
+                    let _ = apply_event(&self.transitions, set, &mut rec, Event::DeallocateDone, now);
                 }
                 (Step::Restart(_), Ok(())) => {
                     if rec.pending == Some(PendingAction::Restart) {
@@ -1523,7 +1529,7 @@ impl Reconciler {
                         let was = rec.state;
                         // A failed restart is not retried (the instance is recovered by the
                         // Failed → Creating path); a failed reimage stays pending and is.
-                        if rec.apply(Event::ProvisionFailed, now).is_ok() {
+                        if apply_event(&self.transitions, set, &mut rec, Event::ProvisionFailed, now).is_ok() {
                             if matches!(rec.pending, Some(PendingAction::Restart | PendingAction::Resize)) {
                                 rec.pending = None;
                             }
@@ -1615,7 +1621,7 @@ fn step_name(s: &Step) -> &'static str {
 
 fn transition(w: &mut SetWork<'_>, id: InstanceId, ev: Event, target: InstanceState, now: DateTime<Utc>) {
     if let Some(wr) = w.records.get_mut(&id) {
-        if wr.record.state != target && wr.record.apply(ev, now).is_ok() {
+        if wr.record.state != target && apply_event(w.transitions, w.set, &mut wr.record, ev, now).is_ok() {
             wr.dirty = true;
         }
     }
@@ -1630,7 +1636,7 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc
             continue;
         }
         let expect = wr.revision.map_or(Expect::Absent, Expect::Revision);
-        ops.push(WriteOp::put(Kind::Instance, instance_store_key(&set_key, *id), &wr.record, expect)?);
+        ops.push(WriteOp::put(Kind::Instance, SetKey::of(w.set).instance(*id).to_string(), &wr.record, expect)?);
     }
     if w.steps.contains(&Step::RemoveSet) {
         ops.push(WriteOp::delete(Kind::ScaleSet, set_key.clone(), Expect::Revision(w.set_revision)));

@@ -16,7 +16,6 @@
 //! back (stdout and stderr tails included; see `herd_model::extension::Redactor` for what is
 //! masked), so neither the record nor the store's WAL ever holds them.
 
-use crate::executor::instance_store_key;
 use crate::fetch::{self, FetchLimits, Fetcher};
 use base64::Engine;
 use herd_driver::{Driver, Fence, Incarnation, LeaderTerm, ScriptRun};
@@ -28,6 +27,7 @@ use herd_model::{
     scale_set::{Secrets, StoredScaleSet},
     InstanceKey,
 };
+use herd_state::keys::InstanceRecordKey;
 use herd_store::{seal::Sealer, Expect, Kind, Store, StoreExt, WriteOp};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -116,8 +116,9 @@ impl ExtensionRunner {
     }
 
     async fn run(&self, key: &InstanceKey) -> Result<(), String> {
-        let set_key = format!("{}/{}", key.group, key.set);
-        let rec_key = instance_store_key(&set_key, key.id);
+        let rec_key = InstanceRecordKey::new(key.clone());
+        let set_key = rec_key.set().to_string();
+        let rec_key = rec_key.to_string();
         let err = |e: herd_store::StoreError| e.to_string();
         let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key).map_err(err)? else {
             return Ok(());

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 
 /// The store key (under [`Kind::Counter`]) of the [`Unmanaged`] list.
-pub const UNMANAGED_KEY: &str = "unmanaged-instances";
+pub const UNMANAGED_KEY: &str = herd_state::keys::CounterKey::UnmanagedInstances.as_str();
 
 /// How unrecorded instances are treated in normal operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,14 +19,8 @@ use herd_model::{
 };
 use std::collections::BTreeMap;
 
-/// An instance's health as its load-balancer probe sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Healthy,
-    Unhealthy,
-    /// Not yet enough probe results since it booted.
-    Unknown,
-}
+/// An instance's health as its load-balancer probe sees it: the model's one health enum.
+pub use herd_model::health::HealthState as Health;
 
 /// What the rolling planner reads.
 #[derive(Debug, Clone, Copy)]

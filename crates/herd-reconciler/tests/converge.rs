@@ -6,6 +6,7 @@ use herd_driver::{
     sim::{SimConfig, SimDriver},
     Driver, ObservedPower,
 };
+use herd_model::health::HealthState;
 use herd_model::{
     clock::ManualClock,
     image::{Image, ImageSource},
@@ -402,12 +403,12 @@ fn set_health(e: &Env, board: &herd_model::health::HealthBoard, unhealthy: &dyn 
         .records()
         .into_iter()
         .map(|r| {
-            let h = if unhealthy(r.instance_id.0) { "Unhealthy" } else { "Healthy" };
+            let h = if unhealthy(r.instance_id.0) { HealthState::Unhealthy } else { HealthState::Healthy };
             (
                 format!("rg/web/{}", r.instance_id),
                 herd_model::health::InstanceHealth {
                     probe: "p".into(),
-                    health: h.into(),
+                    health: h,
                     boot: r.state_since.timestamp_millis(),
                 },
             )
@@ -511,4 +512,15 @@ async fn a_model_that_never_gets_healthy_trips_the_circuit_breaker() {
         e.clock.advance(chrono::Duration::minutes(5));
     }
     assert_eq!(e.sim.build_calls(), builds, "no VM churn while suspended");
+}
+
+/// A whole lifecycle applies every event it plans: the counter `/metrics` serves stays at zero
+/// (a refused event is logged at WARN and counted; see `herd_state::transitions`).
+#[tokio::test]
+async fn a_full_lifecycle_refuses_no_transition() {
+    let e = env(None);
+    let count = e.rec.invalid_transitions();
+    e.scenario().await;
+    assert_eq!(count.count(), 0, "refused transitions in a clean lifecycle");
+    assert!(count.prometheus().contains("\nherd_reconciler_invalid_transitions_total 0\n"));
 }

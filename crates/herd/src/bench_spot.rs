@@ -141,7 +141,7 @@ pub fn run(opts: &SpotBenchOpts) -> Result<String> {
 
 /// The instance store key, as the reconciler writes it: `group/set/` + zero-padded id.
 fn store_key(k: &InstanceKey) -> String {
-    format!("{}/{}/{:010}", k.group, k.set, k.id.0)
+    herd_state::keys::InstanceRecordKey::new(k.clone()).to_string()
 }
 
 /// Per instance, what the server knows from the set's model rather than the record: the tier

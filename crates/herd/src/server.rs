@@ -626,6 +626,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         driver,
         spot_priced,
         metrics_token,
+        invalid_transitions: reconciler.invalid_transitions(),
     };
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;

@@ -1,0 +1,31 @@
+//! The typed state layer: what herd keeps in its store, in types.
+//!
+//! Why: the store ([`herd_store::Store`]) is deliberately dumb — a `Kind`, a string key and a
+//! JSON value, with revisions for compare-and-swap — so that another backend (etcd) can serve
+//! it. Everything above it (API handlers, the reconciler, the load-balancer controller, the
+//! autoscaler, billing, metadata) needs more: which key holds a set's instances, how an id is
+//! padded, which record type lives under which kind. This crate is the one place that knows.
+//!
+//! ```text
+//!   herd-api handlers   reconciler   lbctl   autoscaler   billing   metadata
+//!            \              |          |          |          |         /
+//!             └──────────── herd-state: keys, typed records, operations ┘
+//!                                       │ Kind + key + JSON, CAS on revision
+//!                                  herd-store (SQLite now, etcd later)
+//! ```
+//!
+//! - [`keys`] owns every key format (and pins the stored strings in tests).
+//! - [`actions`]: the user's instance and rolling-upgrade actions as enums, parsed at the edge.
+//! - [`records`]: typed reads and compare-and-swap writes per record type ([`records::Records`],
+//!   on the [`records::State`] handle or any store), with [`records::StateError`].
+//! - [`transitions`]: lifecycle events applied so that a refused one is logged and counted.
+
+#![forbid(unsafe_code)]
+
+pub mod actions;
+pub mod keys;
+pub mod records;
+pub mod transitions;
+
+pub use herd_store::seal;
+pub use records::{AutoscaleRecords, Expected, Records, State, StateError, Store, Versioned};
