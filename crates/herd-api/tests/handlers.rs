@@ -1343,6 +1343,85 @@ fn handler_cases() -> Vec<Case> {
             h.world().await;
             h.post(&set_uri("/rollingUpgrades/pause"), json!({})).await.says("no rolling upgrade")
         }),
+        // ---- statuses the handlers answered but the document missed (annotations fixed) ----
+        case!("PUT", "/v1/resourceGroups/{group}", 409, "the group is being deleted", |h| {
+            h.world().await;
+            h.delete("/v1/resourceGroups/rg").await.expect(202);
+            h.put("/v1/resourceGroups/rg", json!({})).await.says("being deleted")
+        }),
+        case!("PUT", vmss!(""), 412, "a stale If-Match", |h| {
+            h.world().await;
+            h.call_with(Method::PUT, &set_uri(""), Some(set_body(2)), &[STALE]).await.says("etag")
+        }),
+        case!("DELETE", vmss!(""), 412, "a stale If-Match", |h| {
+            h.world().await;
+            let r = h.call_with(Method::DELETE, &set_uri(""), None, &[STALE]).await;
+            assert_ne!(h.get(&set_uri("")).await.json()["provisioningState"], "Deleting");
+            r
+        }),
+        case!("POST", vmss!("/scale"), 409, "the set is being deleted", |h| {
+            h.world().await;
+            h.delete(&set_uri("")).await.expect(202);
+            h.post(&set_uri("/scale"), json!({"capacity": 3})).await.says("being deleted")
+        }),
+        case!("POST", vmss!("/scale"), 412, "a stale If-Match", |h| {
+            h.world().await;
+            let r = h.call_with(Method::POST, &set_uri("/scale"), Some(json!({"capacity": 3})), &[STALE]).await;
+            assert_eq!(h.get(&set_uri("")).await.json()["sku"]["capacity"], 2, "nothing applied");
+            r
+        }),
+        case!("PUT", vmss!("/extensions/{ext}"), 409, "the set is being deleted", |h| {
+            h.world().await;
+            h.delete(&set_uri("")).await.expect(202);
+            h.put(&set_uri("/extensions/two"), ext_body()).await.says("being deleted")
+        }),
+        case!("DELETE", vmss!("/extensions/{ext}"), 412, "a stale If-Match", |h| {
+            h.world().await;
+            let r = h.call_with(Method::DELETE, &set_uri("/extensions/setup"), None, &[STALE]).await;
+            h.get(&set_uri("/extensions/setup")).await.expect(200);
+            r
+        }),
+        case!("POST", vmss!("/{action}"), 409, "the set is being deleted", |h| {
+            h.world().await;
+            h.delete(&set_uri("")).await.expect(202);
+            h.post(&set_uri("/restart"), json!({})).await.says("being deleted")
+        }),
+        case!("POST", vmss!("/{action}"), 412, "a stale If-Match", |h| {
+            h.world().await;
+            let r = h.call_with(Method::POST, &set_uri("/deallocate"), Some(json!({})), &[STALE]).await;
+            assert_eq!(h.get(&set_uri("/virtualMachines/0")).await.json()["goal"], "Running", "nothing applied");
+            r
+        }),
+        case!("POST", vmss!("/setOrchestrationServiceState"), 409, "automatic repairs are off", |h| {
+            h.world().await;
+            h.post(
+                &set_uri("/update"),
+                json!({"operations": [{"op": "set", "path": "automaticRepairsPolicy.enabled", "value": "false"}]}),
+            )
+            .await
+            .expect(200);
+            h.post(
+                &set_uri("/setOrchestrationServiceState"),
+                json!({"serviceName": "AutomaticRepairs", "action": "Suspend"}),
+            )
+            .await
+            .says("automatic repairs off")
+        }),
+        case!(
+            "DELETE",
+            "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}",
+            409,
+            "the set's health probe",
+            |h| {
+                h.world().await;
+                h.delete("/v1/resourceGroups/rg/loadBalancers/lb1/probes/probe1").await
+            }
+        ),
+        case!("PUT", "/v1/resourceGroups/{group}/autoscaleSettings/{name}", 412, "a stale If-Match", |h| {
+            h.world().await;
+            h.call_with(Method::PUT, "/v1/resourceGroups/rg/autoscaleSettings/auto", Some(autoscale_body()), &[STALE])
+                .await
+        }),
         // ---- instances ----
         case!("GET", vmss!("/virtualMachines"), 200, "both instances", |h| {
             h.world().await;
