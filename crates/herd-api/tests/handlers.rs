@@ -348,6 +348,14 @@ fn shared_cases() -> Vec<Case> {
                     let r = h.send(request(m, uri).body(Body::empty()).unwrap()).await;
                     assert_eq!(r.status, 401, "{m} {uri} without a token: {}", r.text());
                     assert_eq!(r.error().0, "Unauthorized");
+                    if uri != "/metrics" {
+                        let req = request(m, uri)
+                            .header(header::AUTHORIZATION, format!("Bearer {METRICS_TOKEN}"))
+                            .body(Body::empty())
+                            .unwrap();
+                        let r = h.send(req).await;
+                        assert_eq!(r.status, 401, "{m} {uri}: the metrics token opens only /metrics: {}", r.text());
+                    }
                     h.send(
                         request(m, uri)
                             .header(header::AUTHORIZATION, "Bearer not-the-token")
@@ -1179,7 +1187,9 @@ fn handler_cases() -> Vec<Case> {
         }),
         case!("DELETE", vmss!(""), 202, "marks it deleting", |h| {
             h.world().await;
+            h.woken();
             let r = h.delete(&set_uri("")).await;
+            assert!(h.woken(), "the reconciler is woken");
             assert_eq!(h.get(&set_uri("")).await.json()["provisioningState"], "Deleting");
             r
         }),
@@ -1223,8 +1233,10 @@ fn handler_cases() -> Vec<Case> {
         }),
         case!("POST", vmss!("/scale"), 200, "sets the capacity", |h| {
             h.world().await;
+            h.woken();
             let r = h.post(&set_uri("/scale"), json!({"capacity": 3})).await;
             assert_eq!(r.json()["sku"]["capacity"], 3);
+            assert!(h.woken(), "the reconciler is woken");
             r
         }),
         case!("POST", vmss!("/scale"), 400, "a negative capacity", |h| {
@@ -1366,7 +1378,9 @@ fn handler_cases() -> Vec<Case> {
         }),
         case!("POST", vmss!("/scale"), 412, "a stale If-Match", |h| {
             h.world().await;
+            h.woken();
             let r = h.call_with(Method::POST, &set_uri("/scale"), Some(json!({"capacity": 3})), &[STALE]).await;
+            assert!(!h.woken(), "a refused request wakes nothing");
             assert_eq!(h.get(&set_uri("")).await.json()["sku"]["capacity"], 2, "nothing applied");
             r
         }),
@@ -1504,7 +1518,9 @@ fn handler_cases() -> Vec<Case> {
         }),
         case!("POST", vmss!("/{action}"), 202, "deallocate instance 1 only", |h| {
             h.world().await;
+            h.woken();
             let r = h.post(&set_uri("/deallocate"), json!({"instanceIds": ["1"]})).await;
+            assert!(h.woken(), "the reconciler is woken");
             assert_eq!(r.json()["instanceIds"], json!(["1"]));
             assert_eq!(h.get(&set_uri("/virtualMachines/1")).await.json()["goal"], "Deallocated");
             assert_eq!(h.get(&set_uri("/virtualMachines/0")).await.json()["goal"], "Running");

@@ -184,6 +184,12 @@ impl Harness {
         Harness { state, router, sim, clock, dir: Arc::new(dir) }
     }
 
+    /// Whether a handler woke the reconciler since the last call (takes the stored wake-up).
+    pub fn woken(&self) -> bool {
+        use futures::FutureExt;
+        self.state.wake.notified().now_or_never().is_some()
+    }
+
     /// The directory server-side imports may read (`[images] import_roots`).
     pub fn roots(&self) -> PathBuf {
         self.dir.path().join("roots").canonicalize().unwrap()
