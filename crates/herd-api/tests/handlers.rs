@@ -102,7 +102,7 @@ const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
         "GET",
         "/v1/resourceGroups/{group}/metricSources",
         404,
-        "lists without reading the group: a missing group answers 200 []; reported to the lead",
+        "lists without reading the group: a missing group answers 200 [] (see the ignored metric_sources_of_a_missing_group_are_not_found; reported)",
     ),
 ];
 
@@ -1745,4 +1745,11 @@ async fn metric_source_type_error_names_the_body_field() {
     let mut b = source_body();
     b["type"] = json!("carrier-pigeon");
     h.put("/v1/resourceGroups/rg/metricSources/q2", b).await.expect(400).target("type");
+}
+
+#[tokio::test]
+#[ignore = "reported to the lead: listing the metric sources of a missing group answers 200 [] where every other list answers 404"]
+async fn metric_sources_of_a_missing_group_are_not_found() {
+    let h = Harness::new();
+    h.get("/v1/resourceGroups/nope/metricSources").await.expect(404).says("nope");
 }
