@@ -78,7 +78,8 @@ fn load(state: &AppState, group: &str, name: &str) -> Result<Object<AutoscaleSet
 #[utoipa::path(put, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}", tag = "autoscale",
     params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = AutoscaleSetting,
-    responses((status = 200, body = AutoscaleView), (status = 201, body = AutoscaleView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = AutoscaleView), (status = 201, body = AutoscaleView), (status = 400, body = ErrorBody),
+        (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
 pub async fn put(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,

@@ -69,7 +69,8 @@ fn find<'a>(all: &'a [Extension], ext: &str, set: &str) -> Result<&'a Extension,
     params(("group" = String, Path), ("name" = String, Path), ("ext" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = ExtensionPut,
     responses((status = 201, body = Extension), (status = 200, body = Extension), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The set is being deleted"),
+        (status = 412, body = ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
     Path((group, name, ext)): Path<(String, String, String)>,
@@ -123,7 +124,8 @@ pub async fn put(
 /// Removes an extension from the model. Instances keep what it installed, as in Azure.
 #[utoipa::path(delete, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions/{ext}", tag = "extensions",
     params(("group" = String, Path), ("name" = String, Path), ("ext" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody),
+        (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
 pub async fn delete(
     State(state): State<AppState>,
     Path((group, name, ext)): Path<(String, String, String)>,

@@ -43,7 +43,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ResourceGrou
 #[utoipa::path(put, path = "/v1/resourceGroups/{group}", tag = "groups",
     params(("group" = String, Path, description = "Resource group name")),
     request_body = GroupRequest,
-    responses((status = 201, body = ResourceGroup), (status = 200, body = ResourceGroup), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = ResourceGroup), (status = 200, body = ResourceGroup), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The group is being deleted")))]
 pub async fn create(
     State(state): State<AppState>,
     Path(group): Path<String>,

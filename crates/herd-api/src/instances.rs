@@ -219,9 +219,12 @@ pub(crate) const ACTIONS: &[&str] = InstanceAction::NAMES;
 /// them; an empty list is refused).
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path),
-        ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances, deleteInstances or simulateEviction (Spot only)")),
+        ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances, deleteInstances or simulateEviction (Spot only)"),
+        ("If-Match" = Option<String>, Header, description = "act only at this etag of the scale set")),
     request_body = InstanceIdsRequest,
-    responses((status = 202, body = ActionResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = ActionResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The set is being deleted"),
+        (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
 pub async fn action(
     State(state): State<AppState>,
     Path((group, name, action)): Path<(String, String, String)>,

@@ -565,7 +565,8 @@ pub async fn pool_delete(
 /// Deletes one sub-resource; refused while another sub-resource refers to it.
 #[utoipa::path(delete, path = "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}", tag = "load balancers",
     params(("group" = String, Path), ("name" = String, Path), ("collection" = String, Path), ("child" = String, Path)),
-    responses((status = 200, body = LoadBalancer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LoadBalancer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Another sub-resource or a scale set uses it")))]
 pub async fn lb_child_delete(
     State(s): State<AppState>,
     Path((group, name, coll, child)): Path<(String, String, String, String)>,

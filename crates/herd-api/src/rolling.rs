@@ -214,7 +214,8 @@ pub struct OrchestrationServiceStateRequest {
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/setOrchestrationServiceState", tag = "scale sets",
     params(("group" = String, Path), ("name" = String, Path)),
     request_body = OrchestrationServiceStateRequest,
-    responses((status = 200, description = "Done"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Done"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The set has automatic repairs off")))]
 pub async fn orchestration_state(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,

@@ -275,7 +275,8 @@ pub async fn list(
         ("If-Match" = Option<String>, Header, description = "replace only at this etag")),
     request_body = ScaleSetModel,
     responses((status = 201, body = ScaleSetView), (status = 200, body = ScaleSetView),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 412, body = ErrorBody, description = "If-Match names another etag, or the set does not exist")))]
 pub async fn create_or_replace(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
@@ -397,7 +398,8 @@ pub async fn show(
 /// Deletes a scale set: every instance is removed, then the set.
 #[utoipa::path(delete, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", tag = "scale sets",
     params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody)))]
+    responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody),
+        (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
 pub async fn delete(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
@@ -504,7 +506,9 @@ fn update_once(
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/scale", tag = "scale sets",
     params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = ScaleRequest,
-    responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The set is being deleted"),
+        (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
 pub async fn scale(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
