@@ -179,6 +179,7 @@ impl Harness {
             driver: sim.clone(),
             spot_priced: Arc::from(Vec::<String>::new()),
             metrics_token: Some(METRICS_TOKEN.into()),
+            invalid_transitions: Default::default(),
         };
         let router = herd_api::router(state.clone());
         Harness { state, router, sim, clock, dir: Arc::new(dir) }
