@@ -51,7 +51,10 @@ impl Rig {
         std::fs::write(&init, "#!/bin/sh\nexec sleep 300\n").unwrap();
         std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = tmp.path().join("instances");
-        let tag = format!("fence-test-{}", std::process::id());
+        // One tag per rig: `list` also finds the tag's processes, and the tests run in parallel.
+        static RIGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("fence-test-{}-{n}", std::process::id());
         Self { _tmp: tmp, image, root, tag }
     }
 
