@@ -153,7 +153,10 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
         "--autoscale-name",
         "web-autoscale",
         "--condition",
-        "Percentage CPU > 50 avg 10s",
+        // 15 %, not 50 %: on the 2-core machine with the load average at 10-12 (the suite plus a
+        // CPU hog), a burning shell got 40 % of a core (202 of 500 ticks in 5 s) and a 50 %
+        // rule never fired; an idle instance measures near 0 %, so 15 % still tells them apart.
+        "Percentage CPU > 15 avg 10s",
         "--scale",
         "out",
         "1",
@@ -172,7 +175,7 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
         "--autoscale-name",
         "web-autoscale",
         "--condition",
-        "Percentage CPU < 20 avg 10s",
+        "Percentage CPU < 5 avg 10s",
         "--scale",
         "in",
         "1",
@@ -188,7 +191,7 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
     wait_for("a scale-out on CPU", Duration::from_secs(90), || (capacity(&s, "rg") >= 2).then_some(()));
     let metric = s.json(&["monitor", "metrics", "list", "-g", "rg", "--resource", "web", "--metric", "Percentage CPU"]);
     assert!(
-        metric.as_array().unwrap().iter().any(|p| p["value"].as_f64().unwrap() > 50.0),
+        metric.as_array().unwrap().iter().any(|p| p["value"].as_f64().unwrap() > 15.0),
         "CPU was sampled high: {metric}"
     );
     std::fs::remove_file(&burn).unwrap();
