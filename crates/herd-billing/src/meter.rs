@@ -336,7 +336,10 @@ impl Meter {
                     None
                 }
             };
-            meters.insert(o.key.clone(), Object { key: o.key, revision: o.revision, value: doc });
+            meters.insert(
+                o.key.clone(),
+                Object { key: o.key, revision: o.revision, create_revision: o.create_revision, value: doc },
+            );
         }
 
         let mut writes: Vec<(String, MeterDoc, Expect)> = Vec::new();
