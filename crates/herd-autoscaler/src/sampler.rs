@@ -317,8 +317,10 @@ impl Sampler {
         // Forget instances that are gone.
         self.last.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| seen.contains(k));
         self.lb_last.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| seen.contains(k));
-        if !ops.is_empty() {
-            store.txn(ops)?;
+        // Each series is its own key, written whole (`Expect::Any`): over the transaction limit
+        // (many sets), the round commits in chunks, each independent of the others.
+        for chunk in herd_store::chunks(ops, 0)? {
+            store.txn(chunk)?;
         }
         Ok(sampled)
     }

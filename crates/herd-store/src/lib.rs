@@ -30,7 +30,7 @@ mod sqlite;
 pub mod watch;
 
 pub use sqlite::SqliteStore;
-pub use watch::{Change, ChangeEvent, WatchBatch, Watcher};
+pub use watch::{run_compaction, Change, ChangeEvent, WatchBatch, Watcher, COMPACTION_INTERVAL};
 
 use herd_model::activity::ActivityEvent;
 use serde::{de::DeserializeOwned, Serialize};

@@ -206,3 +206,31 @@ fn old_data_dir_migrates() {
     assert_eq!(s.get(Kind::Group, "g").unwrap().unwrap().revision, 8);
     assert_eq!(s.watch(8, 10).unwrap().changes.len(), 1, "the feed survives a restart");
 }
+
+/// The periodic compaction compacts to the head of the tick before, and stops on shutdown.
+#[test]
+fn periodic_compaction_follows_the_previous_tick() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().unwrap();
+    rt.block_on(async {
+        let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(SqliteStore::in_memory().unwrap());
+        for i in 0..5 {
+            s.txn(vec![WriteOp::put(Kind::Group, format!("g{i}"), &i, Expect::Any).unwrap()]).unwrap();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(crate::run_compaction(s.clone(), std::time::Duration::from_millis(20), rx));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.compacted().unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no compaction within 10 s of 20 ms ticks");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Compacted to the head seen one tick earlier: revision 5 is still watchable.
+        assert_eq!(s.compacted().unwrap(), 5);
+        assert_eq!(s.watch(5, 10).unwrap().changes.len(), 1);
+        assert!(matches!(s.watch(4, 10), Err(StoreError::Compacted { requested: 4, compacted: 5 })));
+        tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the compaction task stops on shutdown")
+            .unwrap();
+    });
+}
