@@ -53,6 +53,9 @@ pub struct SqliteStore {
     quarantine: Quarantine,
     /// The newest revision, for [`Store::subscribe`]; sent after every commit.
     head: tokio::sync::watch::Sender<u64>,
+    /// The column read as an object's create revision: `create_revision`, or `revision` in a
+    /// database of schema 1 opened read-only (not migrated) by `herd store check`.
+    create_col: &'static str,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -121,10 +124,12 @@ impl SqliteStore {
 
     fn with_conn(conn: Connection) -> Result<Self, StoreError> {
         let rev = head_revision(&conn)?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
         Ok(Self {
             conn: Mutex::new(conn),
             quarantine: Quarantine::default(),
             head: tokio::sync::watch::Sender::new(rev),
+            create_col: if version >= 2 { "create_revision" } else { "revision" },
         })
     }
 
@@ -236,7 +241,7 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let row: Option<(i64, i64, String)> = conn
             .query_row(
-                "SELECT revision, create_revision, value FROM objects WHERE kind = ?1 AND key = ?2",
+                &format!("SELECT revision, {}, value FROM objects WHERE kind = ?1 AND key = ?2", self.create_col),
                 params![kind.as_str(), key],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -255,9 +260,10 @@ impl Store for SqliteStore {
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT key, revision, value, create_revision FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
-            )
+            .prepare_cached(&format!(
+                "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
+                self.create_col
+            ))
             .map_err(backend)?;
         let mut out = Vec::new();
         let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;

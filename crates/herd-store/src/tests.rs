@@ -188,6 +188,11 @@ fn old_data_dir_migrates() {
         )
         .unwrap();
     }
+    // `herd store check` reads it read-only, unmigrated.
+    let ro = SqliteStore::open_read_only(&path).unwrap();
+    assert_eq!(ro.get(Kind::Group, "g").unwrap().unwrap().create_revision, 3);
+    assert_eq!(ro.list(Kind::Instance, "").unwrap().len(), 1);
+    drop(ro);
     let s = SqliteStore::open(&path).unwrap();
     let g = s.get(Kind::Group, "g").unwrap().unwrap();
     assert_eq!((g.revision, g.create_revision, g.value), (3, 3, json!({"n": 1})));
