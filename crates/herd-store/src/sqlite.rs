@@ -8,6 +8,13 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Mutex;
 
+/// A change's row id in the `changes` table: its revision and its place in the transaction
+/// (`revision * 256 + seq`). A transaction holds at most `MAX_TXN_OPS` (128) ops, so `seq`
+/// fits; as a rowid, the table is one B-tree appended at its end and scanned by revision range.
+fn change_id(revision: i64, seq: i64) -> i64 {
+    revision * 256 + seq
+}
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE objects (
@@ -34,14 +41,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE objects ADD COLUMN create_revision INTEGER NOT NULL DEFAULT 0;
      UPDATE objects SET create_revision = revision;
      CREATE TABLE changes (
-        revision INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
+        id INTEGER PRIMARY KEY,
         kind TEXT NOT NULL,
         key TEXT NOT NULL,
         create_revision INTEGER NOT NULL,
-        value TEXT,
-        PRIMARY KEY (revision, seq)
-     ) WITHOUT ROWID;
+        value TEXT
+     );
      INSERT INTO meta (name, value)
         SELECT 'compacted', CASE WHEN value = 0 THEN 0 ELSE value + 1 END FROM meta WHERE name = 'revision';",
 ];
@@ -180,16 +185,16 @@ fn compaction_point(conn: &Connection) -> Result<u64, StoreError> {
     Ok(rev.unwrap_or(0) as u64)
 }
 
-/// Reads one row of the `changes` table (revision, seq, kind, key, create_revision, value).
+/// Reads one row of the `changes` table (id, kind, key, create_revision, value).
 fn row_change(r: &rusqlite::Row<'_>) -> Result<(i64, Change), StoreError> {
-    let revision: i64 = r.get(0).map_err(backend)?;
-    let seq: i64 = r.get(1).map_err(backend)?;
-    let kind: String = r.get(2).map_err(backend)?;
+    let id: i64 = r.get(0).map_err(backend)?;
+    let revision = id / 256;
+    let kind: String = r.get(1).map_err(backend)?;
     let kind =
         Kind::parse(&kind).ok_or_else(|| StoreError::Codec(format!("unknown kind '{kind}' in the change feed")))?;
-    let key: String = r.get(3).map_err(backend)?;
-    let create_revision: i64 = r.get(4).map_err(backend)?;
-    let value: Option<String> = r.get(5).map_err(backend)?;
+    let key: String = r.get(2).map_err(backend)?;
+    let create_revision: i64 = r.get(3).map_err(backend)?;
+    let value: Option<String> = r.get(4).map_err(backend)?;
     let event = match value {
         None => ChangeEvent::Delete,
         Some(v) => ChangeEvent::Put {
@@ -197,7 +202,7 @@ fn row_change(r: &rusqlite::Row<'_>) -> Result<(i64, Change), StoreError> {
             value: serde_json::from_str(&v).map_err(|e| StoreError::Codec(format!("change of {key}: {e}")))?,
         },
     };
-    Ok((seq, Change { revision: revision as u64, kind, key, event }))
+    Ok((id, Change { revision: revision as u64, kind, key, event }))
 }
 
 fn check(kind: Kind, key: &str, expect: Expect, found: Option<i64>) -> Result<(), StoreError> {
@@ -327,7 +332,7 @@ impl Store for SqliteStore {
             let mut del = tx.prepare_cached("DELETE FROM objects WHERE kind = ?1 AND key = ?2").map_err(backend)?;
             let mut change = tx
                 .prepare_cached(
-                    "INSERT INTO changes (revision, seq, kind, key, create_revision, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO changes (id, kind, key, create_revision, value) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(backend)?;
             let mut act = tx
@@ -341,7 +346,9 @@ impl Store for SqliteStore {
                         let text = text.as_deref().unwrap_or_default();
                         let created: i64 =
                             put.query_row(params![kind.as_str(), key, rev, text], |r| r.get(0)).map_err(backend)?;
-                        change.execute(params![rev, seq, kind.as_str(), key, created, text]).map_err(backend)?;
+                        change
+                            .execute(params![change_id(rev, seq), kind.as_str(), key, created, text])
+                            .map_err(backend)?;
                         seq += 1;
                         self.quarantine.clear(*kind, key);
                     }
@@ -349,7 +356,7 @@ impl Store for SqliteStore {
                         precondition(&mut find, *kind, key, *expect)?;
                         if del.execute(params![kind.as_str(), key]).map_err(backend)? > 0 {
                             change
-                                .execute(params![rev, seq, kind.as_str(), key, 0, Option::<&str>::None])
+                                .execute(params![change_id(rev, seq), kind.as_str(), key, 0, Option::<&str>::None])
                                 .map_err(backend)?;
                             seq += 1;
                         }
@@ -395,18 +402,17 @@ impl Store for SqliteStore {
         }
         let head = head_revision(&conn)?;
         let mut changes = Vec::new();
-        let mut last_seq = 0;
+        let mut last_id = 0;
         {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT revision, seq, kind, key, create_revision, value FROM changes
-                     WHERE revision >= ?1 ORDER BY revision, seq LIMIT ?2",
+                    "SELECT id, kind, key, create_revision, value FROM changes WHERE id >= ?1 ORDER BY id LIMIT ?2",
                 )
                 .map_err(backend)?;
-            let mut rows = stmt.query(params![from_revision as i64, limit as i64]).map_err(backend)?;
+            let mut rows = stmt.query(params![change_id(from_revision as i64, 0), limit as i64]).map_err(backend)?;
             while let Some(r) = rows.next().map_err(backend)? {
-                let (seq, c) = row_change(r)?;
-                last_seq = seq;
+                let (id, c) = row_change(r)?;
+                last_id = id;
                 changes.push(c);
             }
         }
@@ -418,11 +424,10 @@ impl Store for SqliteStore {
         let last = changes.last().map_or(from_revision, |c| c.revision);
         let mut stmt = conn
             .prepare_cached(
-                "SELECT revision, seq, kind, key, create_revision, value FROM changes
-                 WHERE revision = ?1 AND seq > ?2 ORDER BY seq",
+                "SELECT id, kind, key, create_revision, value FROM changes WHERE id > ?1 AND id < ?2 ORDER BY id",
             )
             .map_err(backend)?;
-        let mut rows = stmt.query(params![last as i64, last_seq]).map_err(backend)?;
+        let mut rows = stmt.query(params![last_id, change_id(last as i64 + 1, 0)]).map_err(backend)?;
         while let Some(r) = rows.next().map_err(backend)? {
             changes.push(row_change(r)?.1);
         }
@@ -443,7 +448,7 @@ impl Store for SqliteStore {
         if revision <= compaction_point(&tx)? {
             return Ok(());
         }
-        tx.execute("DELETE FROM changes WHERE revision < ?1", params![revision as i64]).map_err(backend)?;
+        tx.execute("DELETE FROM changes WHERE id < ?1", params![change_id(revision as i64, 0)]).map_err(backend)?;
         tx.execute(
             "INSERT INTO meta (name, value) VALUES ('compacted', ?1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             params![revision as i64],
