@@ -175,7 +175,18 @@ pub async fn put(
             .store
             .txn(vec![WriteOp::put(Kind::AutoscaleSetting, k.clone(), &setting, expect)?, WriteOp::Activity(ev)])?;
         let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-        Ok((code, Json(view(&group, &Object { key: k.clone(), revision: rev, value: setting.clone() }))))
+        Ok((
+            code,
+            Json(view(
+                &group,
+                &Object {
+                    key: k.clone(),
+                    revision: rev,
+                    create_revision: existing.as_ref().map_or(rev, |o| o.create_revision),
+                    value: setting.clone(),
+                },
+            )),
+        ))
     })
 }
 

@@ -141,7 +141,54 @@ pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) ->
     }
     let msg = format!("resource group deletion started ({} scale set(s) to delete)", sets.len());
     ops.push(WriteOp::Activity(views::user_event(&state, &group, "", "DeleteResourceGroup", msg)));
-    state.store.txn(ops)?;
+    if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
+        state.store.txn(ops)?;
+    } else {
+        // More scale sets than one transaction holds: the group (marked Deleting, so no set is
+        // created in it meanwhile) and the activity line first, then the sets in chunks. Each
+        // write is idempotent (a set already marked is left alone), so a retry of a request
+        // cut short completes it; a chunk that meets a concurrent write is re-read and re-marked.
+        let n_sets = ops.len() - 2;
+        let head = ops.split_off(n_sets);
+        state.store.txn(head)?;
+        for chunk in herd_store::chunks(ops, 0)? {
+            let keys: Vec<String> = chunk
+                .iter()
+                .filter_map(|op| match op {
+                    WriteOp::Put { key, .. } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect();
+            let mut chunk = chunk;
+            let mut attempt = 0;
+            loop {
+                match state.store.txn(chunk) {
+                    Ok(_) => break,
+                    Err(herd_store::StoreError::Conflict { .. }) if attempt < views::WRITE_RETRIES => {
+                        attempt += 1;
+                        chunk = Vec::new();
+                        for key in &keys {
+                            let Some(s) = state.store.get_as::<StoredScaleSet>(Kind::ScaleSet, key)? else { continue };
+                            if !s.value.deleting {
+                                let mut v = s.value.clone();
+                                v.deleting = true;
+                                chunk.push(WriteOp::put(
+                                    Kind::ScaleSet,
+                                    key.clone(),
+                                    &v,
+                                    Expect::Revision(s.revision),
+                                )?);
+                            }
+                        }
+                        if chunk.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
     state.wake();
     Ok(StatusCode::ACCEPTED)
 }

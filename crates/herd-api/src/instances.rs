@@ -19,7 +19,7 @@ use herd_model::{
 use herd_reconciler::executor::id_list;
 use herd_state::actions::{InstanceAction, UnknownAction};
 use herd_state::keys::{HealthKey, SetKey};
-use herd_store::{Expect, Kind, Object, WriteOp};
+use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -314,63 +314,22 @@ fn action_once(
     for id in &chosen {
         let o = live[id];
         let mut r = o.value.clone();
-        let skip = |why: &str| format!("{id}: {why}");
-        match action {
-            InstanceAction::Start => r.goal = InstanceGoal::Running,
-            InstanceAction::Stop | InstanceAction::PowerOff => r.goal = InstanceGoal::Stopped,
-            InstanceAction::Deallocate => r.goal = InstanceGoal::Deallocated,
-            InstanceAction::Restart => {
-                if r.state != InstanceState::Running {
-                    skipped.push(skip("not running"));
-                    continue;
-                }
-                r.pending = Some(PendingAction::Restart);
-            }
-            InstanceAction::Reimage => r.pending = Some(PendingAction::Reimage),
-            InstanceAction::UpdateInstances => {
-                if r.model_generation == set.value.model_generation && r.pending != Some(PendingAction::Reimage) {
-                    skipped.push(skip("already on the latest model"));
-                    continue;
-                }
-                if r.pending != Some(PendingAction::Reimage) {
-                    let action = r.upgrade_action(&set.value, in_place);
-                    if action == PendingAction::Reimage && !in_place && r.upgrade_action(&set.value, true) != action {
-                        notes.push(format!(
-                            "{id}: the image has no guest agent, so the extension change is applied by a reimage"
-                        ));
-                    }
-                    r.pending = Some(action);
-                }
-            }
-            InstanceAction::DeleteInstances => {
-                r.goal = InstanceGoal::Deleted;
-                r.delete_reason = Some("deleted by user".into());
-            }
-            InstanceAction::SimulateEviction => {
-                use herd_model::spot::{EvictionReason, ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
-                if r.state == InstanceState::Deallocated || r.eviction.is_some() {
-                    skipped.push(skip("already evicted or deallocated"));
-                    continue;
-                }
-                if r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt) {
-                    skipped.push(skip("already has a Preempt event"));
-                    continue;
-                }
-                r.scheduled_events.push(ScheduledEvent::new(
-                    ScheduledEventType::Preempt,
-                    now,
-                    chrono::Duration::seconds(PREEMPT_NOTICE_SECS),
-                    "simulated eviction (simulate-eviction)",
-                    Some(EvictionReason::Simulated),
-                ));
+        match apply_action(action, &mut r, &set.value, in_place, now) {
+            Ok(Some(note)) => notes.push(format!("{id}: {note}")),
+            Ok(None) => {}
+            Err(why) => {
+                skipped.push(format!("{id}: {why}"));
+                continue;
             }
         }
-        r.next_attempt_at = None;
         if r != o.value {
             ops.push(WriteOp::put(Kind::Instance, o.key.clone(), &r, Expect::Revision(o.revision))?);
         }
         applied.push(InstanceId(*id));
     }
+    // The writes that close the request (the capacity, the activity line) go last.
+    let n_instance_ops = ops.len();
+    let mut lowered = None;
 
     let mut message =
         format!("{action} instance(s) {}", if applied.is_empty() { "none".into() } else { id_list(&applied) });
@@ -379,6 +338,7 @@ fn action_once(
         let mut next = set.value.clone();
         let before = next.model.sku.capacity;
         next.model.sku.capacity = (before - applied.len() as i64).max(0);
+        lowered = Some(before - next.model.sku.capacity);
         if next.model.zone_balance {
             check_zone_balance(&next, &records, &applied)?;
         }
@@ -394,7 +354,11 @@ fn action_once(
     let mut ev = views::user_event(state, group, name, &action.operation(), message);
     ev.time = now;
     ops.push(WriteOp::Activity(ev));
-    state.store.txn(ops)?;
+    if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
+        state.store.txn(ops)?;
+    } else {
+        write_in_chunks(state, action, &set.value, in_place, now, ops, n_instance_ops, lowered)?;
+    }
     state.wake();
     Ok((
         axum::http::StatusCode::ACCEPTED,
@@ -404,6 +368,143 @@ fn action_once(
             skipped,
         }),
     ))
+}
+
+/// What `action` does to one instance record, in place: `Ok` with an optional note when it
+/// applies (the record may be unchanged: it already had what the action asks), `Err` with the
+/// reason when the instance is skipped. Applying it twice is applying it once, so a request
+/// written in chunks can be re-applied (see [`write_in_chunks`]).
+fn apply_action(
+    action: InstanceAction,
+    r: &mut InstanceRecord,
+    set: &herd_model::scale_set::StoredScaleSet,
+    in_place: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<&'static str>, &'static str> {
+    let mut note = None;
+    match action {
+        InstanceAction::Start => r.goal = InstanceGoal::Running,
+        InstanceAction::Stop | InstanceAction::PowerOff => r.goal = InstanceGoal::Stopped,
+        InstanceAction::Deallocate => r.goal = InstanceGoal::Deallocated,
+        InstanceAction::Restart => {
+            if r.state != InstanceState::Running {
+                return Err("not running");
+            }
+            r.pending = Some(PendingAction::Restart);
+        }
+        InstanceAction::Reimage => r.pending = Some(PendingAction::Reimage),
+        InstanceAction::UpdateInstances => {
+            if r.model_generation == set.model_generation && r.pending != Some(PendingAction::Reimage) {
+                return Err("already on the latest model");
+            }
+            if r.pending != Some(PendingAction::Reimage) {
+                let action = r.upgrade_action(set, in_place);
+                if action == PendingAction::Reimage && !in_place && r.upgrade_action(set, true) != action {
+                    note = Some("the image has no guest agent, so the extension change is applied by a reimage");
+                }
+                r.pending = Some(action);
+            }
+        }
+        InstanceAction::DeleteInstances => {
+            r.goal = InstanceGoal::Deleted;
+            r.delete_reason = Some("deleted by user".into());
+        }
+        InstanceAction::SimulateEviction => {
+            use herd_model::spot::{EvictionReason, ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
+            if r.state == InstanceState::Deallocated || r.eviction.is_some() {
+                return Err("already evicted or deallocated");
+            }
+            if r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt) {
+                return Err("already has a Preempt event");
+            }
+            r.scheduled_events.push(ScheduledEvent::new(
+                ScheduledEventType::Preempt,
+                now,
+                chrono::Duration::seconds(PREEMPT_NOTICE_SECS),
+                "simulated eviction (simulate-eviction)",
+                Some(EvictionReason::Simulated),
+            ));
+        }
+    }
+    r.next_attempt_at = None;
+    Ok(note)
+}
+
+/// Writes an instance action that is over the store's transaction limit (more than 126
+/// instances) in chunks: the instance records first, each chunk atomic, and last the writes
+/// that close the request (the capacity a deletion lowers, the activity line), after every
+/// instance is marked. A chunk that meets a concurrent write (the reconciler moving an
+/// instance on) is re-read and re-applied, up to [`views::WRITE_RETRIES`] times. The rule, in
+/// docs/architecture.md ("Transaction limits"): a request over the limit is not atomic, but each
+/// of its writes is idempotent, so repeating a half-applied request completes it.
+#[allow(clippy::too_many_arguments)]
+fn write_in_chunks(
+    state: &AppState,
+    action: InstanceAction,
+    set: &herd_model::scale_set::StoredScaleSet,
+    in_place: bool,
+    now: chrono::DateTime<chrono::Utc>,
+    mut ops: Vec<WriteOp>,
+    n_instance_ops: usize,
+    lowered: Option<i64>,
+) -> Result<(), ApiError> {
+    let tail = ops.split_off(n_instance_ops);
+    for chunk in herd_store::chunks(ops, 0)? {
+        let keys: Vec<String> = chunk
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Put { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut chunk = chunk;
+        let mut attempt = 0;
+        loop {
+            match state.store.txn(chunk) {
+                Ok(_) => break,
+                Err(herd_store::StoreError::Conflict { .. }) if attempt < views::WRITE_RETRIES => {
+                    attempt += 1;
+                    // Re-read the chunk's records and apply the action again to each.
+                    chunk = Vec::new();
+                    for key in &keys {
+                        let Some(o) = state.store.get_as::<InstanceRecord>(Kind::Instance, key)? else { continue };
+                        let mut r = o.value.clone();
+                        if apply_action(action, &mut r, set, in_place, now).is_ok() && r != o.value {
+                            chunk.push(WriteOp::put(Kind::Instance, key.clone(), &r, Expect::Revision(o.revision))?);
+                        }
+                    }
+                    if chunk.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    // The closing writes. A deletion's capacity is a compare-and-swap on the set: if the set
+    // changed meanwhile, lower the capacity as fresh read by as many.
+    let mut attempt = 0;
+    let mut tail = tail;
+    loop {
+        match state.store.txn(tail.clone()) {
+            Ok(_) => return Ok(()),
+            Err(herd_store::StoreError::Conflict { .. }) if attempt < views::WRITE_RETRIES && lowered.is_some() => {
+                attempt += 1;
+                let cur = views::load_set(state, set.group.as_str(), set.name.as_str())?;
+                if cur.value.deleting {
+                    return Err(ApiError::Conflict(format!("scale set '{}' is being deleted", set.name)));
+                }
+                let mut next = cur.value.clone();
+                next.model.sku.capacity = (next.model.sku.capacity - lowered.unwrap_or(0)).max(0);
+                for op in &mut tail {
+                    if let WriteOp::Put { kind: Kind::ScaleSet, .. } = op {
+                        *op = WriteOp::put(Kind::ScaleSet, cur.key.clone(), &next, Expect::Revision(cur.revision))?;
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Whether extension changes can run in place on this set's instances: every driver runs

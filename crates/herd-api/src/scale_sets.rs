@@ -252,7 +252,7 @@ pub(crate) fn commit_replacing(
     ops.push(WriteOp::Activity(ev));
     let rev = state.store.txn(ops)?;
     state.wake();
-    Ok(Object { key, revision: rev, value: next })
+    Ok(Object { key, revision: rev, create_revision: cur.create_revision, value: next })
 }
 
 /// Lists the scale sets of a resource group.
@@ -377,7 +377,7 @@ fn put_once(
                 other => other.into(),
             })?;
             state.wake();
-            let obj = Object { key: key.to_string(), revision: rev, value: set };
+            let obj = Object { key: key.to_string(), revision: rev, create_revision: rev, value: set };
             Ok(with_etag(StatusCode::CREATED, views::set_view(state, &obj)?))
         }
     }

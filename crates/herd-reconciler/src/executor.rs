@@ -7,6 +7,8 @@
 //! ```
 //! A crash after A leaves intents that the next pass repeats (driver calls are idempotent);
 //! a crash after B leaves results that the next pass re-observes through `Driver::list`.
+//! Intents over the store's transaction limit commit in ordered chunks (`commit_intents`): a
+//! failure between chunks is the same as a crash after part of A.
 //! [`Faults`] injects exactly those crashes in tests.
 
 use crate::extensions::{ExtensionConfig, ExtensionRunner};
@@ -660,7 +662,7 @@ impl Reconciler {
         let _ = addr;
         let n_calls = calls.len();
         if !ops.is_empty() {
-            self.store.txn(ops)?;
+            commit_intents(&*self.store, ops)?;
         }
         let t_intent = t_start.elapsed();
         self.fault(FaultPoint::AfterIntent)?;
@@ -725,8 +727,10 @@ impl Reconciler {
             if ops.is_empty() {
                 break;
             }
-            match self.store.txn(ops) {
-                Ok(_) => break,
+            // Over the transaction limit, results commit in chunks; after a conflict the next
+            // attempt re-reads, and the results already committed then change nothing.
+            match commit_in_chunks(&*self.store, ops) {
+                Ok(()) => break,
                 Err(StoreError::Conflict { .. }) if attempt < 4 => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -1679,6 +1683,44 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc
             "Succeeded",
             format!("instance(s) {} running", id_list(&ids)),
         )));
+    }
+    Ok(())
+}
+
+/// Commits `ops` in one transaction when they fit the store's limits, else in order in chunks
+/// that each do (see [`herd_store::chunks`]).
+fn commit_in_chunks(store: &dyn Store, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
+        return store.txn(ops).map(drop);
+    }
+    for chunk in herd_store::chunks(ops, 0)? {
+        store.txn(chunk)?;
+    }
+    Ok(())
+}
+
+/// Commits Phase A's intents: one transaction when they fit the store's limits, else in
+/// chunks (10,000 creates are 79 transactions). Chunks are ordered so that every prefix of them
+/// is a state the next pass converges from, exactly as after a crash between them:
+/// - first the allocators and set-level writes (the address counter, each set's status with its
+///   instance-id counter, a set's model bump and its history), so a committed record never
+///   holds an id or address its counter has not passed (a lost later chunk only skips some);
+/// - then the instance records, each a self-contained intent the next pass carries on;
+/// - last the removals of sets (after their records) and the activity lines.
+///
+/// A chunk that fails (a conflict) fails the pass before any driver call; the next pass
+/// re-reads and plans again from what was committed.
+fn commit_intents(store: &dyn Store, mut ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
+        return store.txn(ops).map(drop);
+    }
+    ops.sort_by_key(|op| match op {
+        WriteOp::Put { kind: Kind::Counter | Kind::ScaleSetStatus | Kind::ScaleSet | Kind::ModelHistory, .. } => 0,
+        WriteOp::Put { .. } | WriteOp::Delete { kind: Kind::Instance, .. } => 1,
+        WriteOp::Delete { .. } | WriteOp::Activity(_) | WriteOp::Guard { .. } => 2,
+    });
+    for chunk in herd_store::chunks(ops, 0)? {
+        store.txn(chunk)?;
     }
     Ok(())
 }

@@ -49,6 +49,7 @@ mod tests {
         Object {
             key: urn.to_ascii_lowercase(),
             revision: 7,
+            create_revision: 7,
             value: Image {
                 id: format!("/images/{urn}"),
                 urn,

@@ -144,7 +144,7 @@ pub trait Records: Store {
             .into_iter()
             .filter_map(|o| {
                 let value = T::deserialize(&o.value).ok()?;
-                Some(Versioned { key: o.key, revision: o.revision, value })
+                Some(Versioned { key: o.key, revision: o.revision, create_revision: o.create_revision, value })
             })
             .collect())
     }
@@ -196,7 +196,7 @@ pub trait Records: Store {
                         None
                     }
                 };
-                Versioned { key: o.key, revision: o.revision, value }
+                Versioned { key: o.key, revision: o.revision, create_revision: o.create_revision, value }
             })
             .collect())
     }
@@ -261,13 +261,19 @@ pub trait AutoscaleRecords: Store {
         Ok(self.get_as(Kind::MetricSeries, &key.to_string())?)
     }
 
-    /// Writes series (their one writer is the sampler) in one commit.
+    /// Writes series (their one writer is the sampler). Each series is its own key, written
+    /// whole (`Expect::Any`): over the transaction limit (many sets) they commit in chunks, each
+    /// independent of the others. Returns the last commit's revision (0 when there was nothing).
     fn put_series<T: Serialize, K: MetricSeriesKey>(&self, series: &[(K, T)]) -> Result<u64, StateError> {
         let ops = series
             .iter()
             .map(|(k, v)| WriteOp::put(Kind::MetricSeries, k.to_string(), v, Expect::Any))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.txn(ops)?)
+        let mut revision = 0;
+        for chunk in herd_store::chunks(ops, 0)? {
+            revision = self.txn(chunk)?;
+        }
+        Ok(revision)
     }
 
     /// Appends to the activity log on its own (an event no state change goes with).

@@ -6,14 +6,31 @@
 //! creates 10,000 instance records is one commit, not 10,000. The [`Store`] trait hides the
 //! backend: SQLite (embedded, the default) now, etcd for HA later. Revisions are global and
 //! increase with every transaction, like etcd's `mod_revision`, and serve as the API's ETag.
+//!
+//! The contract is etcd's, so an etcd backend can meet it later (see [`conformance`], the suite
+//! every backend passes):
+//! - **Revisions.** Each object carries the revision of its last write (`revision`, etcd's
+//!   `mod_revision`) and of the write that created it (`create_revision`).
+//! - **Transactions** ([`Store::txn`]) apply every op or none and hold at most
+//!   [`MAX_TXN_OPS`] operations and [`MAX_TXN_BYTES`] bytes ([`check_txn`], the one check every
+//!   backend applies); a caller with more writes splits them with [`chunks`].
+//! - **Guards** ([`WriteOp::Guard`]): a transaction may require a key to exist with a given
+//!   create revision (etcd's `CreateRevision` compare), as a leader key is held.
+//! - **Watch** ([`Store::watch`], [`Watcher`]): an ordered, resumable feed of every put and
+//!   delete since a revision, which answers [`StoreError::Compacted`] below the compaction
+//!   point ([`Store::compact`]). See [`watch`](mod@watch) for how controllers use it.
 
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod quarantine;
 pub mod seal;
 mod sqlite;
+pub mod watch;
 
 pub use sqlite::SqliteStore;
+pub use watch::{run_compaction, Change, ChangeEvent, WatchBatch, Watcher, COMPACTION_INTERVAL};
 
 use herd_model::activity::ActivityEvent;
 use serde::{de::DeserializeOwned, Serialize};
@@ -72,13 +89,53 @@ impl Kind {
             Kind::Meter => "meter",
         }
     }
+
+    /// Every kind, for parsing a stored name back.
+    pub const ALL: [Kind; 16] = [
+        Kind::Group,
+        Kind::ScaleSet,
+        Kind::ScaleSetStatus,
+        Kind::Instance,
+        Kind::Image,
+        Kind::Secret,
+        Kind::Counter,
+        Kind::VirtualNetwork,
+        Kind::PublicIp,
+        Kind::LoadBalancer,
+        Kind::ModelHistory,
+        Kind::AutoscaleSetting,
+        Kind::MetricSource,
+        Kind::MetricSeries,
+        Kind::AutoscaleHistory,
+        Kind::Meter,
+    ];
+
+    /// The kind whose [`Kind::as_str`] is `s`.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
-/// A stored object: its key, the revision of its last write, and its JSON value.
+/// The most operations one transaction holds (etcd's `--max-txn-ops` default).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// The most bytes one transaction holds, counted as [`WriteOp::size`] sums them. etcd refuses
+/// requests over `--max-request-bytes` (1.5 MiB by default); 1 MiB of keys and values leaves
+/// room under it for the request's framing and compares.
+pub const MAX_TXN_BYTES: usize = 1024 * 1024;
+
+/// A stored object: its key, the revision of its last write, the revision of the write that
+/// created it, and its JSON value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Object<T = Value> {
     pub key: String,
+    /// The revision of the last write (etcd's `mod_revision`): the compare-and-swap token.
     pub revision: u64,
+    /// The revision of the write that created the key (etcd's `create_revision`); a key deleted
+    /// and created again gets a new one. Guards ([`WriteOp::Guard`]) compare it. Objects stored
+    /// before this was recorded (a data dir from an older herd) carry their last write's
+    /// revision here, the oldest one known.
+    pub create_revision: u64,
     pub value: T,
 }
 
@@ -108,7 +165,17 @@ pub enum WriteOp {
         expect: Expect,
     },
     /// Appends to the activity log in the same commit as the state change it describes.
+    /// (Not a key: it is not in the [`watch`](Store::watch) feed.)
     Activity(ActivityEvent),
+    /// Writes nothing: the transaction applies only if `kind`/`key` exists and was created at
+    /// `create_revision` (etcd's `CreateRevision` compare), else it fails with
+    /// [`StoreError::GuardFailed`]. A leader holds its leader key this way: its writes carry the
+    /// key's create revision, so they fail once the key was lost and taken by another.
+    Guard {
+        kind: Kind,
+        key: String,
+        create_revision: u64,
+    },
 }
 
 impl WriteOp {
@@ -129,6 +196,135 @@ impl WriteOp {
     pub fn delete(kind: Kind, key: impl Into<String>, expect: Expect) -> Self {
         WriteOp::Delete { kind, key: key.into(), expect }
     }
+
+    /// A guard: see [`WriteOp::Guard`].
+    pub fn guard(kind: Kind, key: impl Into<String>, create_revision: u64) -> Self {
+        WriteOp::Guard { kind, key: key.into(), create_revision }
+    }
+
+    /// The bytes this op counts against [`MAX_TXN_BYTES`]: its kind and key, plus its value's
+    /// JSON (an activity event's JSON body). Encodes the value to count it (without keeping it).
+    pub fn size(&self) -> usize {
+        let (kind, key) = match self {
+            WriteOp::Put { kind, key, .. } | WriteOp::Delete { kind, key, .. } | WriteOp::Guard { kind, key, .. } => {
+                (kind.as_str().len(), key.len())
+            }
+            WriteOp::Activity(ev) => (0, ev.resource_group.len() + ev.resource.len()),
+        };
+        let value = match self {
+            WriteOp::Put { value, .. } => json_len(value),
+            WriteOp::Activity(ev) => json_len(ev),
+            WriteOp::Delete { .. } | WriteOp::Guard { .. } => 0,
+        };
+        kind + key + value
+    }
+}
+
+/// At least the length of `v`'s JSON encoding, found without encoding it: a string counts 6
+/// bytes per byte (the longest escape, `\u001f`), a number 24.
+fn json_len_bound(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => 2 + 6 * s.len(),
+        Value::Array(a) => 2 + a.iter().map(|x| json_len_bound(x) + 1).sum::<usize>(),
+        Value::Object(m) => 2 + m.iter().map(|(k, x)| 4 + 6 * k.len() + json_len_bound(x)).sum::<usize>(),
+    }
+}
+
+/// The length of `v`'s JSON encoding, counted without building it.
+fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail; a value that cannot encode fails later, in the txn.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// Which transaction limit a transaction broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnLimit {
+    /// [`MAX_TXN_OPS`] operations.
+    Operations,
+    /// [`MAX_TXN_BYTES`] bytes.
+    Bytes,
+}
+
+impl std::fmt::Display for TxnLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxnLimit::Operations => write!(f, "{MAX_TXN_OPS} operations"),
+            TxnLimit::Bytes => write!(f, "{MAX_TXN_BYTES} bytes"),
+        }
+    }
+}
+
+/// The one transaction-size check every backend applies before it writes anything: at most
+/// [`MAX_TXN_OPS`] operations and [`MAX_TXN_BYTES`] bytes (`ops` operations of `bytes` bytes in
+/// all, as [`WriteOp::size`] counts them).
+pub fn check_txn_size(ops: usize, bytes: usize) -> Result<(), StoreError> {
+    if ops > MAX_TXN_OPS {
+        return Err(StoreError::TxnTooLarge { limit: TxnLimit::Operations, actual: ops });
+    }
+    if bytes > MAX_TXN_BYTES {
+        return Err(StoreError::TxnTooLarge { limit: TxnLimit::Bytes, actual: bytes });
+    }
+    Ok(())
+}
+
+/// [`check_txn_size`] on a list of ops.
+pub fn check_txn(ops: &[WriteOp]) -> Result<(), StoreError> {
+    if ops.len() > MAX_TXN_OPS {
+        return check_txn_size(ops.len(), 0);
+    }
+    check_txn_size(ops.len(), ops.iter().map(WriteOp::size).sum())
+}
+
+/// Splits `ops`, in order, into the fewest consecutive transactions that each fit the limits
+/// (each at most `MAX_TXN_OPS - reserve` ops, so a caller can add `reserve` ops of its own to
+/// one chunk). Each chunk is atomic; the whole is not, so a caller that splits must make its
+/// writes safe to repeat (see docs/architecture.md, "Transaction limits"). Fails with
+/// [`StoreError::TxnTooLarge`] when one op alone is over [`MAX_TXN_BYTES`].
+pub fn chunks(ops: Vec<WriteOp>, reserve: usize) -> Result<Vec<Vec<WriteOp>>, StoreError> {
+    let max_ops = MAX_TXN_OPS.saturating_sub(reserve).max(1);
+    let mut out = Vec::new();
+    let mut cur: Vec<WriteOp> = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = match &op {
+            // An upper bound first, which needs no encoding: 10,000 records are chunked every
+            // pass, and encoding them only to count would cost as much as writing them.
+            WriteOp::Put { kind, key, value, .. } => {
+                let bound = kind.as_str().len() + key.len() + json_len_bound(value);
+                if bound <= MAX_TXN_BYTES {
+                    bound
+                } else {
+                    op.size()
+                }
+            }
+            _ => op.size(),
+        };
+        check_txn_size(1, size)?;
+        if !cur.is_empty() && (cur.len() == max_ops || bytes + size > MAX_TXN_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += size;
+        cur.push(op);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    Ok(out)
 }
 
 /// Filter for reading the activity log.
@@ -153,6 +349,20 @@ pub enum StoreError {
     /// The disk under the store is full (SQLITE_FULL or ENOSPC). Maps to HTTP 507.
     #[error("the data dir's disk is full: {0}")]
     Full(String),
+    /// A transaction over a limit (see [`check_txn`]); nothing was written. A caller bug: split
+    /// the writes with [`chunks`].
+    #[error("a transaction holds at most {limit}; this one has {actual}")]
+    TxnTooLarge { limit: TxnLimit, actual: usize },
+    /// A [`WriteOp::Guard`] did not hold; nothing was written.
+    #[error("guard failed on {kind} '{key}': expected create revision {expected}, found {}", found.map_or("no object".to_string(), |f| format!("create revision {f}")))]
+    GuardFailed { kind: &'static str, key: String, expected: u64, found: Option<u64> },
+    /// A watch asked for changes the store no longer keeps: start again from a fresh read
+    /// (list, then watch from the revision after it).
+    #[error("revision {requested} is compacted: changes are kept from revision {compacted} on")]
+    Compacted { requested: u64, compacted: u64 },
+    /// A compaction asked for a revision not yet written.
+    #[error("cannot compact to revision {requested}: the newest revision is {head}")]
+    FutureRevision { requested: u64, head: u64 },
 }
 
 impl StoreError {
@@ -170,6 +380,22 @@ pub trait Store: Send + Sync + 'static {
     fn txn(&self, ops: Vec<WriteOp>) -> Result<u64, StoreError>;
     /// The newest revision committed.
     fn revision(&self) -> Result<u64, StoreError>;
+    /// The pull form of the change feed: the puts and deletes at revisions `from_revision` and
+    /// on, in revision order (and in op order within a revision), at most about `limit` of them
+    /// (a batch ends on a revision boundary, so it may hold up to one revision's changes, at
+    /// most [`MAX_TXN_OPS`], more). Resume with [`WatchBatch::next`]. Below the compaction
+    /// point it answers [`StoreError::Compacted`]. See [`watch`](mod@watch).
+    fn watch(&self, from_revision: u64, limit: usize) -> Result<WatchBatch, StoreError>;
+    /// The newest revision committed, as a `tokio::sync::watch` channel that changes after
+    /// every commit: async code waits on it instead of polling (see [`Watcher`]).
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Discards the changes below `revision`: watches from below it answer
+    /// [`StoreError::Compacted`] from then on. Compacting to or below the current compaction
+    /// point does nothing; past the newest revision + 1 is [`StoreError::FutureRevision`].
+    /// Objects are not touched (the store keeps only their latest version anyway).
+    fn compact(&self, revision: u64) -> Result<(), StoreError>;
+    /// The compaction point: the lowest revision a watch can start from.
+    fn compacted(&self) -> Result<u64, StoreError>;
     fn activity(&self, filter: &ActivityFilter) -> Result<Vec<ActivityEvent>, StoreError>;
     /// The records this store could not decode (see [`quarantine`]); `None` for a backend
     /// without quarantine, whose reads then fail on such a record.
@@ -225,7 +451,7 @@ impl<S: Store + ?Sized> StoreExt for S {}
 
 fn decode<T: DeserializeOwned>(o: Object) -> Result<Object<T>, StoreError> {
     let value = serde_json::from_value(o.value).map_err(|e| StoreError::Codec(format!("{}: {e}", o.key)))?;
-    Ok(Object { key: o.key, revision: o.revision, value })
+    Ok(Object { key: o.key, revision: o.revision, create_revision: o.create_revision, value })
 }
 
 #[cfg(test)]

@@ -1,14 +1,23 @@
 //! The embedded SQLite backend: one file under the data dir, WAL mode, ordered migrations.
 
 use crate::quarantine::Quarantine;
-use crate::{ActivityFilter, Expect, Kind, Object, Store, StoreError, WriteOp};
+use crate::watch::{Change, ChangeEvent, WatchBatch};
+use crate::{check_txn_size, ActivityFilter, Expect, Kind, Object, Store, StoreError, WriteOp};
 use herd_model::activity::ActivityEvent;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Mutex;
 
+/// A change's row id in the `changes` table: its revision and its place in the transaction
+/// (`revision * 256 + seq`). A transaction holds at most `MAX_TXN_OPS` (128) ops, so `seq`
+/// fits; as a rowid, the table is one B-tree appended at its end and scanned by revision range.
+fn change_id(revision: i64, seq: i64) -> i64 {
+    revision * 256 + seq
+}
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE objects (
+pub(crate) const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE objects (
         kind TEXT NOT NULL,
         key TEXT NOT NULL,
         revision INTEGER NOT NULL,
@@ -24,13 +33,34 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE objects (
         resource TEXT NOT NULL,
         body TEXT NOT NULL
      );
-     CREATE INDEX activity_by_resource ON activity (resource_group, resource, seq);"];
+     CREATE INDEX activity_by_resource ON activity (resource_group, resource, seq);",
+    // 2: create revisions and the change feed (see `crate::watch`). Objects from before keep
+    // their last write's revision as create revision (the oldest one known), and the feed of an
+    // existing store starts after its current revision: older changes were never recorded, so
+    // they read as compacted.
+    "ALTER TABLE objects ADD COLUMN create_revision INTEGER NOT NULL DEFAULT 0;
+     UPDATE objects SET create_revision = revision;
+     CREATE TABLE changes (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        create_revision INTEGER NOT NULL,
+        value TEXT
+     );
+     INSERT INTO meta (name, value)
+        SELECT 'compacted', CASE WHEN value = 0 THEN 0 ELSE value + 1 END FROM meta WHERE name = 'revision';",
+];
 
 /// The SQLite-backed [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     quarantine: Quarantine,
+    /// The newest revision, for [`Store::subscribe`]; sent after every commit.
+    head: tokio::sync::watch::Sender<u64>,
+    /// The column read as an object's create revision: `create_revision`, or `revision` in a
+    /// database of schema 1 opened read-only (not migrated) by `herd store check`.
+    create_col: &'static str,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -69,7 +99,7 @@ impl SqliteStore {
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
-        Ok(Self { conn: Mutex::new(conn), quarantine: Quarantine::default() })
+        Self::with_conn(conn)
     }
 
     /// A private in-memory store, for tests.
@@ -94,7 +124,18 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        Ok(Self { conn: Mutex::new(conn), quarantine: Quarantine::default() })
+        Self::with_conn(conn)
+    }
+
+    fn with_conn(conn: Connection) -> Result<Self, StoreError> {
+        let rev = head_revision(&conn)?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            quarantine: Quarantine::default(),
+            head: tokio::sync::watch::Sender::new(rev),
+            create_col: if version >= 2 { "create_revision" } else { "revision" },
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -125,9 +166,43 @@ fn narrow(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn row_object(key: String, revision: i64, value: String) -> Result<Object, StoreError> {
+fn row_object(key: String, revision: i64, create_revision: i64, value: String) -> Result<Object, StoreError> {
     let value = serde_json::from_str(&value).map_err(|e| StoreError::Codec(e.to_string()))?;
-    Ok(Object { key, revision: revision as u64, value })
+    Ok(Object { key, revision: revision as u64, create_revision: create_revision as u64, value })
+}
+
+fn head_revision(conn: &Connection) -> Result<u64, StoreError> {
+    let rev: i64 =
+        conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0)).map_err(backend)?;
+    Ok(rev as u64)
+}
+
+fn compaction_point(conn: &Connection) -> Result<u64, StoreError> {
+    let rev: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    Ok(rev.unwrap_or(0) as u64)
+}
+
+/// Reads one row of the `changes` table (id, kind, key, create_revision, value).
+fn row_change(r: &rusqlite::Row<'_>) -> Result<(i64, Change), StoreError> {
+    let id: i64 = r.get(0).map_err(backend)?;
+    let revision = id / 256;
+    let kind: String = r.get(1).map_err(backend)?;
+    let kind =
+        Kind::parse(&kind).ok_or_else(|| StoreError::Codec(format!("unknown kind '{kind}' in the change feed")))?;
+    let key: String = r.get(2).map_err(backend)?;
+    let create_revision: i64 = r.get(3).map_err(backend)?;
+    let value: Option<String> = r.get(4).map_err(backend)?;
+    let event = match value {
+        None => ChangeEvent::Delete,
+        Some(v) => ChangeEvent::Put {
+            create_revision: create_revision as u64,
+            value: serde_json::from_str(&v).map_err(|e| StoreError::Codec(format!("change of {key}: {e}")))?,
+        },
+    };
+    Ok((id, Change { revision: revision as u64, kind, key, event }))
 }
 
 fn check(kind: Kind, key: &str, expect: Expect, found: Option<i64>) -> Result<(), StoreError> {
@@ -169,16 +244,16 @@ fn precondition(
 impl Store for SqliteStore {
     fn get(&self, kind: Kind, key: &str) -> Result<Option<Object>, StoreError> {
         let conn = self.lock();
-        let row: Option<(i64, String)> = conn
+        let row: Option<(i64, i64, String)> = conn
             .query_row(
-                "SELECT revision, value FROM objects WHERE kind = ?1 AND key = ?2",
+                &format!("SELECT revision, {}, value FROM objects WHERE kind = ?1 AND key = ?2", self.create_col),
                 params![kind.as_str(), key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(backend)?;
         drop(conn);
-        match row.map(|(rev, v)| row_object(key.to_string(), rev, v)).transpose() {
+        match row.map(|(rev, created, v)| row_object(key.to_string(), rev, created, v)).transpose() {
             Err(StoreError::Codec(e)) => {
                 self.quarantine.add(kind, key, &format!("not JSON: {e}"));
                 Err(StoreError::Codec(format!("{} '{key}' is corrupt (quarantined): {e}", kind.as_str())))
@@ -190,7 +265,10 @@ impl Store for SqliteStore {
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT key, revision, value FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key")
+            .prepare_cached(&format!(
+                "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
+                self.create_col
+            ))
             .map_err(backend)?;
         let mut out = Vec::new();
         let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
@@ -203,7 +281,7 @@ impl Store for SqliteStore {
             let text: Result<String, _> = r.get(2);
             match text
                 .map_err(|e| StoreError::Codec(e.to_string()))
-                .and_then(|t| row_object(key.clone(), r.get(1).map_err(backend)?, t))
+                .and_then(|t| row_object(key.clone(), r.get(1).map_err(backend)?, r.get(3).map_err(backend)?, t))
             {
                 Ok(o) => out.push(o),
                 Err(StoreError::Codec(e)) => self.quarantine.add(kind, &key, &format!("not JSON: {e}")),
@@ -214,6 +292,28 @@ impl Store for SqliteStore {
     }
 
     fn txn(&self, ops: Vec<WriteOp>) -> Result<u64, StoreError> {
+        // Encode first (outside the lock): the texts are both what the limit counts and what
+        // is written.
+        let mut texts: Vec<Option<String>> = Vec::with_capacity(ops.len());
+        let mut bytes = 0;
+        for op in &ops {
+            let (text, size) = match op {
+                WriteOp::Put { kind, key, value, .. } => {
+                    let t = serde_json::to_string(value).map_err(|e| StoreError::Codec(e.to_string()))?;
+                    let n = kind.as_str().len() + key.len() + t.len();
+                    (Some(t), n)
+                }
+                WriteOp::Activity(ev) => {
+                    let t = serde_json::to_string(ev).map_err(|e| StoreError::Codec(e.to_string()))?;
+                    let n = ev.resource_group.len() + ev.resource.len() + t.len();
+                    (Some(t), n)
+                }
+                WriteOp::Delete { .. } | WriteOp::Guard { .. } => (None, op.size()),
+            };
+            texts.push(text);
+            bytes += size;
+        }
+        check_txn_size(ops.len(), bytes)?;
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
         let rev: i64 =
@@ -223,36 +323,142 @@ impl Store for SqliteStore {
             let mut find =
                 tx.prepare_cached("SELECT revision FROM objects WHERE kind = ?1 AND key = ?2").map_err(backend)?;
             let mut put = tx
-                .prepare_cached("INSERT OR REPLACE INTO objects (kind, key, revision, value) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached(
+                    "INSERT INTO objects (kind, key, revision, create_revision, value) VALUES (?1, ?2, ?3, ?3, ?4)
+                     ON CONFLICT (kind, key) DO UPDATE SET revision = excluded.revision, value = excluded.value
+                     RETURNING create_revision",
+                )
                 .map_err(backend)?;
             let mut del = tx.prepare_cached("DELETE FROM objects WHERE kind = ?1 AND key = ?2").map_err(backend)?;
+            let mut change = tx
+                .prepare_cached(
+                    "INSERT INTO changes (id, kind, key, create_revision, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(backend)?;
             let mut act = tx
                 .prepare_cached("INSERT INTO activity (time, resource_group, resource, body) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(backend)?;
-            for op in &ops {
+            let mut seq = 0i64;
+            for (op, text) in ops.iter().zip(&texts) {
                 match op {
-                    WriteOp::Put { kind, key, value, expect } => {
+                    WriteOp::Put { kind, key, expect, .. } => {
                         precondition(&mut find, *kind, key, *expect)?;
-                        let text = serde_json::to_string(value).map_err(|e| StoreError::Codec(e.to_string()))?;
-                        put.execute(params![kind.as_str(), key, rev, text]).map_err(backend)?;
+                        let text = text.as_deref().unwrap_or_default();
+                        let created: i64 =
+                            put.query_row(params![kind.as_str(), key, rev, text], |r| r.get(0)).map_err(backend)?;
+                        change
+                            .execute(params![change_id(rev, seq), kind.as_str(), key, created, text])
+                            .map_err(backend)?;
+                        seq += 1;
                         self.quarantine.clear(*kind, key);
                     }
                     WriteOp::Delete { kind, key, expect } => {
                         precondition(&mut find, *kind, key, *expect)?;
-                        del.execute(params![kind.as_str(), key]).map_err(backend)?;
+                        if del.execute(params![kind.as_str(), key]).map_err(backend)? > 0 {
+                            change
+                                .execute(params![change_id(rev, seq), kind.as_str(), key, 0, Option::<&str>::None])
+                                .map_err(backend)?;
+                            seq += 1;
+                        }
                         self.quarantine.clear(*kind, key);
                     }
                     WriteOp::Activity(ev) => {
-                        let body = serde_json::to_string(ev).map_err(|e| StoreError::Codec(e.to_string()))?;
+                        let body = text.as_deref().unwrap_or_default();
                         act.execute(params![ev.time.to_rfc3339(), ev.resource_group, ev.resource, body])
                             .map_err(backend)?;
+                    }
+                    WriteOp::Guard { kind, key, create_revision } => {
+                        let found: Option<i64> = tx
+                            .prepare_cached("SELECT create_revision FROM objects WHERE kind = ?1 AND key = ?2")
+                            .map_err(backend)?
+                            .query_row(params![kind.as_str(), key], |r| r.get(0))
+                            .optional()
+                            .map_err(backend)?;
+                        if found != Some(*create_revision as i64) {
+                            return Err(StoreError::GuardFailed {
+                                kind: kind.as_str(),
+                                key: key.clone(),
+                                expected: *create_revision,
+                                found: found.map(|f| f as u64),
+                            });
+                        }
                     }
                 }
             }
         }
         tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", params![rev]).map_err(backend)?;
         tx.commit().map_err(backend)?;
+        drop(conn);
+        self.head.send_replace(rev as u64);
         Ok(rev as u64)
+    }
+
+    fn watch(&self, from_revision: u64, limit: usize) -> Result<WatchBatch, StoreError> {
+        let limit = limit.max(1);
+        let conn = self.lock();
+        let compacted = compaction_point(&conn)?;
+        if from_revision < compacted {
+            return Err(StoreError::Compacted { requested: from_revision, compacted });
+        }
+        let head = head_revision(&conn)?;
+        let mut changes = Vec::new();
+        let mut last_id = 0;
+        {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, kind, key, create_revision, value FROM changes WHERE id >= ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt.query(params![change_id(from_revision as i64, 0), limit as i64]).map_err(backend)?;
+            while let Some(r) = rows.next().map_err(backend)? {
+                let (id, c) = row_change(r)?;
+                last_id = id;
+                changes.push(c);
+            }
+        }
+        if changes.len() < limit {
+            // Everything up to the head was read.
+            return Ok(WatchBatch { changes, next: from_revision.max(head + 1) });
+        }
+        // End on a revision boundary: the rest of the last revision's changes.
+        let last = changes.last().map_or(from_revision, |c| c.revision);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, kind, key, create_revision, value FROM changes WHERE id > ?1 AND id < ?2 ORDER BY id",
+            )
+            .map_err(backend)?;
+        let mut rows = stmt.query(params![last_id, change_id(last as i64 + 1, 0)]).map_err(backend)?;
+        while let Some(r) = rows.next().map_err(backend)? {
+            changes.push(row_change(r)?.1);
+        }
+        Ok(WatchBatch { changes, next: last + 1 })
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let head = head_revision(&tx)?;
+        if revision > head + 1 {
+            return Err(StoreError::FutureRevision { requested: revision, head });
+        }
+        if revision <= compaction_point(&tx)? {
+            return Ok(());
+        }
+        tx.execute("DELETE FROM changes WHERE id < ?1", params![change_id(revision as i64, 0)]).map_err(backend)?;
+        tx.execute(
+            "INSERT INTO meta (name, value) VALUES ('compacted', ?1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![revision as i64],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn compacted(&self) -> Result<u64, StoreError> {
+        compaction_point(&self.lock())
     }
 
     fn quarantine(&self) -> Option<&Quarantine> {
@@ -274,10 +480,7 @@ impl Store for SqliteStore {
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
-        let conn = self.lock();
-        let rev: i64 =
-            conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0)).map_err(backend)?;
-        Ok(rev as u64)
+        head_revision(&self.lock())
     }
 
     fn activity(&self, filter: &ActivityFilter) -> Result<Vec<ActivityEvent>, StoreError> {

@@ -57,7 +57,10 @@ fn list_by_prefix_and_kind() {
         })
         .chain([WriteOp::Put { kind: Kind::Instance, key: "g/t/1".into(), value: json!(0), expect: Expect::Absent }])
         .collect();
-    s.txn(ops).unwrap();
+    // Over the transaction limit: in chunks.
+    for c in chunks(ops, 0).unwrap() {
+        s.txn(c).unwrap();
+    }
     assert_eq!(s.list(Kind::Instance, "g/s/").unwrap().len(), 1000);
     assert_eq!(s.list(Kind::Instance, "g/").unwrap().len(), 1001);
     assert!(s.list(Kind::Group, "").unwrap().is_empty());
@@ -148,4 +151,91 @@ fn database_files_are_private() {
         let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
+}
+
+/// The conformance suite on an in-memory SQLite store.
+#[test]
+fn conformance_in_memory() {
+    crate::conformance::run_all(&|| std::sync::Arc::new(SqliteStore::in_memory().unwrap()) as _);
+}
+
+/// The conformance suite on an on-disk SQLite store (WAL mode, as the server opens it).
+#[test]
+fn conformance_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    crate::conformance::run_all(&|| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::sync::Arc::new(SqliteStore::open(&dir.path().join(format!("herd-{i}.db"))).unwrap()) as _
+    });
+}
+
+/// A data dir written by a herd before the change feed (schema version 1) opens: the schema
+/// migrates, objects keep their values and get their last revision as create revision, the
+/// old history reads as compacted, and new writes appear in the feed.
+#[test]
+fn old_data_dir_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(super::sqlite::MIGRATIONS[0]).unwrap();
+        raw.execute_batch(
+            "INSERT INTO objects (kind, key, revision, value) VALUES ('group', 'g', 3, '{\"n\":1}');
+             INSERT INTO objects (kind, key, revision, value) VALUES ('instance', 'g/s/1', 7, '{\"n\":2}');
+             UPDATE meta SET value = 7 WHERE name = 'revision';
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    // `herd store check` reads it read-only, unmigrated.
+    let ro = SqliteStore::open_read_only(&path).unwrap();
+    assert_eq!(ro.get(Kind::Group, "g").unwrap().unwrap().create_revision, 3);
+    assert_eq!(ro.list(Kind::Instance, "").unwrap().len(), 1);
+    drop(ro);
+    let s = SqliteStore::open(&path).unwrap();
+    let g = s.get(Kind::Group, "g").unwrap().unwrap();
+    assert_eq!((g.revision, g.create_revision, g.value), (3, 3, json!({"n": 1})));
+    assert_eq!(s.list(Kind::Instance, "").unwrap()[0].create_revision, 7);
+    assert_eq!(s.revision().unwrap(), 7);
+    assert_eq!(s.compacted().unwrap(), 8, "changes before the migration were never recorded");
+    assert!(matches!(s.watch(1, 10), Err(StoreError::Compacted { requested: 1, compacted: 8 })));
+    let r = s.txn(vec![WriteOp::put(Kind::Group, "g", &json!({"n": 5}), Expect::Revision(3)).unwrap()]).unwrap();
+    assert_eq!(r, 8);
+    let b = s.watch(8, 10).unwrap();
+    assert_eq!(b.changes.len(), 1);
+    assert_eq!(b.changes[0].event, ChangeEvent::Put { create_revision: 3, value: json!({"n": 5}) });
+    drop(s);
+    // And it opens again (no migration runs twice).
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.get(Kind::Group, "g").unwrap().unwrap().revision, 8);
+    assert_eq!(s.watch(8, 10).unwrap().changes.len(), 1, "the feed survives a restart");
+}
+
+/// The periodic compaction compacts to the head of the tick before, and stops on shutdown.
+#[test]
+fn periodic_compaction_follows_the_previous_tick() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_time().build().unwrap();
+    rt.block_on(async {
+        let s: std::sync::Arc<dyn Store> = std::sync::Arc::new(SqliteStore::in_memory().unwrap());
+        for i in 0..5 {
+            s.txn(vec![WriteOp::put(Kind::Group, format!("g{i}"), &i, Expect::Any).unwrap()]).unwrap();
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(crate::run_compaction(s.clone(), std::time::Duration::from_millis(20), rx));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while s.compacted().unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no compaction within 10 s of 20 ms ticks");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Compacted to the head seen one tick earlier: revision 5 is still watchable.
+        assert_eq!(s.compacted().unwrap(), 5);
+        assert_eq!(s.watch(5, 10).unwrap().changes.len(), 1);
+        assert!(matches!(s.watch(4, 10), Err(StoreError::Compacted { requested: 4, compacted: 5 })));
+        tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the compaction task stops on shutdown")
+            .unwrap();
+    });
 }

@@ -680,6 +680,12 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let meter_every = Duration::from_secs(cfg.billing.meter_interval_secs.unwrap_or(15).clamp(1, 3600));
     let meter_rx = rx.clone();
     tasks.push(tokio::spawn(async move { meter.run(meter_every, meter_rx).await }));
+    // The change feed keeps 5 to 10 minutes of history (see herd_store::COMPACTION_INTERVAL).
+    let compact_rx = rx.clone();
+    let compact_store = state.store.clone();
+    tasks.push(tokio::spawn(async move {
+        herd_store::run_compaction(compact_store, herd_store::COMPACTION_INTERVAL, compact_rx).await
+    }));
     let mut http_rx = rx;
     let app = herd_api::router(state);
     let http_task = tokio::spawn(async move {
