@@ -253,6 +253,8 @@ pub async fn source_list(
     State(state): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<StoredSource>>, ApiError> {
+    // A missing group is a 404, as for every other list.
+    views::load_group(&state, &group)?;
     let all = state.store.list_as::<StoredSource>(Kind::MetricSource, &AutoscaleKey::group_prefix(&group))?;
     Ok(Json(all.into_iter().map(|o| o.value).collect()))
 }
@@ -284,7 +286,11 @@ pub async fn source_put(
 ) -> Result<Json<StoredSource>, ApiError> {
     views::load_group(&state, &group)?;
     views::check_child_name("name", &name)?;
-    let kind = req.kind.parse::<herd_metric_sources::SourceKind>().map_err(|e: FieldError| ApiError::Invalid(e))?;
+    // The body names the field `type` (the Rust field is `kind`): the error names the body's.
+    let kind = req.kind.parse::<herd_metric_sources::SourceKind>().map_err(|mut e: FieldError| {
+        e.field = "type".into();
+        ApiError::Invalid(e)
+    })?;
     let settings = if req.settings.is_null() { serde_json::json!({}) } else { req.settings };
     let protected = if req.protected_settings.is_null() { serde_json::json!({}) } else { req.protected_settings };
     let spec = herd_metric_sources::SourceSpec {
