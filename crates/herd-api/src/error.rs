@@ -21,8 +21,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// `InvalidParameter`, `InvalidRequestContent`, `NotFound`, `MethodNotAllowed`, `Conflict`,
-    /// `PreconditionFailed`, `Unauthorized`, `RequestEntityTooLarge`, `UriTooLong`,
-    /// `UnsupportedMediaType`, `InsufficientStorage`, `InternalError`.
+    /// `PreconditionFailed`, `Unauthorized`, `LengthRequired`, `RequestEntityTooLarge`,
+    /// `UriTooLong`, `UnsupportedMediaType`, `InsufficientStorage`, `InternalError`.
     pub code: String,
     pub message: String,
     /// The JSON path of the offending field, for `InvalidParameter`.

@@ -176,7 +176,7 @@ fn check_free_space(dir: &FsPath, len: u64) -> Result<(), ImportError> {
 fn too_large(field: &str, len: u64, max: u64) -> ImportError {
     ImportError::Status {
         status: StatusCode::PAYLOAD_TOO_LARGE,
-        code: "PayloadTooLarge",
+        code: "RequestEntityTooLarge",
         message: format!(
             "{field}: {len} bytes is more than the limit of {max} bytes; an operator can raise [images] max_upload_gib"
         ),

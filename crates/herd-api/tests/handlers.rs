@@ -1564,9 +1564,8 @@ fn codes_for(status: u16) -> &'static [&'static str] {
         409 => &["Conflict"],
         411 => &["LengthRequired"],
         412 => &["PreconditionFailed"],
-        // The upload's own size check says `PayloadTooLarge`; the guard says
-        // `RequestEntityTooLarge` (reported: one code would be clearer).
-        413 => &["RequestEntityTooLarge", "PayloadTooLarge"],
+        // One code for 413, whether the body guard or an upload's own size check refuses.
+        413 => &["RequestEntityTooLarge"],
         414 => &["UriTooLong"],
         415 => &["UnsupportedMediaType"],
         507 => &["InsufficientStorage"],
