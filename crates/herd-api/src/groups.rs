@@ -151,43 +151,15 @@ pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) ->
         let n_sets = ops.len() - 2;
         let head = ops.split_off(n_sets);
         state.store.txn(head)?;
-        for chunk in herd_store::chunks(ops, 0)? {
-            let keys: Vec<String> = chunk
-                .iter()
-                .filter_map(|op| match op {
-                    WriteOp::Put { key, .. } => Some(key.clone()),
-                    _ => None,
-                })
-                .collect();
-            let mut chunk = chunk;
-            let mut attempt = 0;
-            loop {
-                match state.store.txn(chunk) {
-                    Ok(_) => break,
-                    Err(herd_store::StoreError::Conflict { .. }) if attempt < views::WRITE_RETRIES => {
-                        attempt += 1;
-                        chunk = Vec::new();
-                        for key in &keys {
-                            let Some(s) = state.store.get_as::<StoredScaleSet>(Kind::ScaleSet, key)? else { continue };
-                            if !s.value.deleting {
-                                let mut v = s.value.clone();
-                                v.deleting = true;
-                                chunk.push(WriteOp::put(
-                                    Kind::ScaleSet,
-                                    key.clone(),
-                                    &v,
-                                    Expect::Revision(s.revision),
-                                )?);
-                            }
-                        }
-                        if chunk.is_empty() {
-                            break;
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        views::commit_chunks_reapplying(&state, ops, |key| {
+            let Some(s) = state.store.get_as::<StoredScaleSet>(Kind::ScaleSet, key)? else { return Ok(None) };
+            if s.value.deleting {
+                return Ok(None);
             }
-        }
+            let mut v = s.value.clone();
+            v.deleting = true;
+            Ok(Some(WriteOp::put(Kind::ScaleSet, key, &v, Expect::Revision(s.revision))?))
+        })?;
     }
     state.wake();
     Ok(StatusCode::ACCEPTED)

@@ -449,38 +449,15 @@ fn write_in_chunks(
     lowered: Option<i64>,
 ) -> Result<(), ApiError> {
     let tail = ops.split_off(n_instance_ops);
-    for chunk in herd_store::chunks(ops, 0)? {
-        let keys: Vec<String> = chunk
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::Put { key, .. } => Some(key.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut chunk = chunk;
-        let mut attempt = 0;
-        loop {
-            match state.store.txn(chunk) {
-                Ok(_) => break,
-                Err(herd_store::StoreError::Conflict { .. }) if attempt < views::WRITE_RETRIES => {
-                    attempt += 1;
-                    // Re-read the chunk's records and apply the action again to each.
-                    chunk = Vec::new();
-                    for key in &keys {
-                        let Some(o) = state.store.get_as::<InstanceRecord>(Kind::Instance, key)? else { continue };
-                        let mut r = o.value.clone();
-                        if apply_action(action, &mut r, set, in_place, now).is_ok() && r != o.value {
-                            chunk.push(WriteOp::put(Kind::Instance, key.clone(), &r, Expect::Revision(o.revision))?);
-                        }
-                    }
-                    if chunk.is_empty() {
-                        break;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+    // Re-read a record and apply the action again to it.
+    views::commit_chunks_reapplying(state, ops, |key| {
+        let Some(o) = state.store.get_as::<InstanceRecord>(Kind::Instance, key)? else { return Ok(None) };
+        let mut r = o.value.clone();
+        if apply_action(action, &mut r, set, in_place, now).is_ok() && r != o.value {
+            return Ok(Some(WriteOp::put(Kind::Instance, key, &r, Expect::Revision(o.revision))?));
         }
-    }
+        Ok(None)
+    })?;
     // The closing writes. A deletion's capacity is a compare-and-swap on the set: if the set
     // changed meanwhile, lower the capacity as fresh read by as many.
     let mut attempt = 0;

@@ -12,7 +12,7 @@ use herd_model::{
 };
 use herd_reconciler::{summarize, SetSummary};
 use herd_state::keys::SetKey;
-use herd_store::{Kind, Object, StoreExt};
+use herd_store::{Kind, Object, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 
 /// A scale set as the API returns it: the model plus what the server owns.
@@ -194,6 +194,46 @@ pub fn retry<T>(headers: &HeaderMap, mut f: impl FnMut() -> Result<T, ApiError>)
             other => return other,
         }
     }
+}
+
+/// Commits `ops` (puts of one request's records) in chunks that each fit a transaction. A chunk
+/// that loses to a concurrent write is rebuilt from a fresh read: `reapply(key)` gives the write
+/// for that key again, or `None` when it has nothing left to do; up to [`WRITE_RETRIES`] times,
+/// after which the store's conflict is the answer. Each write must be idempotent, so a request
+/// cut short and sent again completes.
+pub fn commit_chunks_reapplying(
+    state: &AppState,
+    ops: Vec<WriteOp>,
+    reapply: impl Fn(&str) -> Result<Option<WriteOp>, ApiError>,
+) -> Result<(), ApiError> {
+    for chunk in herd_store::chunks(ops, 0)? {
+        let keys: Vec<String> = chunk
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Put { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut chunk = chunk;
+        let mut attempt = 0;
+        loop {
+            match state.store.txn(chunk) {
+                Ok(_) => break,
+                Err(herd_store::StoreError::Conflict { .. }) if attempt < WRITE_RETRIES => {
+                    attempt += 1;
+                    chunk = Vec::new();
+                    for key in &keys {
+                        chunk.extend(reapply(key)?);
+                    }
+                    if chunk.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn check_if_match(headers: &HeaderMap, revision: u64) -> Result<(), ApiError> {

@@ -1743,3 +1743,41 @@ async fn metric_sources_of_a_missing_group_are_not_found() {
     let h = Harness::new();
     h.get("/v1/resourceGroups/nope/metricSources").await.expect(404).says("nope");
 }
+
+/// A request too large for one transaction commits in chunks; a chunk that loses to a concurrent
+/// write is rebuilt from a fresh read of each of its keys and committed again, and the chunks
+/// before it are not redone.
+#[tokio::test]
+async fn a_chunk_that_loses_a_race_is_reapplied_from_a_fresh_read() {
+    use herd_store::{Expect, Kind, StoreExt, WriteOp};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let h = Harness::new();
+    let store = h.state.store.clone();
+    let keys: Vec<String> = (0..200).map(|i| format!("race/{i:03}")).collect();
+    let create: Vec<WriteOp> =
+        keys.iter().map(|k| WriteOp::put(Kind::Counter, k.clone(), &json!("new"), Expect::Absent).unwrap()).collect();
+    for chunk in herd_store::chunks(create, 0).unwrap() {
+        store.txn(chunk).unwrap();
+    }
+    let ops: Vec<WriteOp> = keys
+        .iter()
+        .map(|k| {
+            let o = store.get(Kind::Counter, k).unwrap().unwrap();
+            WriteOp::put(Kind::Counter, k.clone(), &json!("done"), Expect::Revision(o.revision)).unwrap()
+        })
+        .collect();
+    // A concurrent writer changes one record of the second chunk (records 128..199).
+    store.txn(vec![WriteOp::put(Kind::Counter, "race/150", &json!("other"), Expect::Any).unwrap()]).unwrap();
+    let reapplied = AtomicUsize::new(0);
+    herd_api::views::commit_chunks_reapplying(&h.state, ops, |key| {
+        reapplied.fetch_add(1, Ordering::Relaxed);
+        let o = store.get_as::<Value>(Kind::Counter, key)?.expect("the record exists");
+        Ok((o.value != json!("done"))
+            .then(|| WriteOp::put(Kind::Counter, key, &json!("done"), Expect::Revision(o.revision)).unwrap()))
+    })
+    .unwrap();
+    assert_eq!(reapplied.load(Ordering::Relaxed), 72, "only the second chunk's 72 records are read again");
+    for k in &keys {
+        assert_eq!(store.get(Kind::Counter, k).unwrap().unwrap().value, json!("done"), "{k}");
+    }
+}
