@@ -61,26 +61,6 @@ pub struct StoreCheck {
     pub integrity: Vec<String>,
 }
 
-/// Every kind and whether (and as what) its records must decode beyond being JSON.
-const KINDS: &[Kind] = &[
-    Kind::Group,
-    Kind::ScaleSet,
-    Kind::ScaleSetStatus,
-    Kind::Instance,
-    Kind::Image,
-    Kind::Secret,
-    Kind::Counter,
-    Kind::VirtualNetwork,
-    Kind::PublicIp,
-    Kind::LoadBalancer,
-    Kind::ModelHistory,
-    Kind::AutoscaleSetting,
-    Kind::MetricSource,
-    Kind::MetricSeries,
-    Kind::AutoscaleHistory,
-    Kind::Meter,
-];
-
 /// Decodes `v` as the type the server reads `kind` as; `Err(reason)` if it does not.
 fn decode(kind: Kind, v: serde_json::Value) -> Result<(), String> {
     use herd_model::{group, image, instance, network, scale_set};
@@ -113,7 +93,7 @@ fn decode(kind: Kind, v: serde_json::Value) -> Result<(), String> {
 /// found through the store's quarantine (the backend skips them when listing).
 pub fn check(store: &dyn Store) -> Result<StoreCheck, herd_store::StoreError> {
     let mut out = StoreCheck { integrity: store.integrity_check()?, ..Default::default() };
-    for kind in KINDS {
+    for kind in &Kind::ALL {
         for o in store.list(*kind, "")? {
             out.records += 1;
             let key = o.key.clone();
