@@ -36,6 +36,9 @@ pub enum StateError {
     /// A stored key does not have the shape of its kind.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The blocking task that ran the store call panicked or was cancelled.
+    #[error("a store call on the blocking pool did not finish: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
 }
 
 impl StateError {
@@ -80,6 +83,22 @@ impl State {
     /// The store underneath, for the code not yet moved onto typed operations.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.0
+    }
+
+    /// Runs `f` (typed operations on the store) on tokio's blocking pool and awaits it.
+    ///
+    /// Why: the store is synchronous (SQLite behind a mutex; a commit waits on fsync), and an
+    /// async task that calls it directly stalls its runtime worker, and every task queued on
+    /// that worker, for as long as the call takes. Every async caller (API handlers,
+    /// controllers) goes through here; synchronous code (a controller's pass already on the
+    /// blocking pool, tests) calls the operations directly.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        F: FnOnce(&dyn Store) -> Result<T, StateError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&*store)).await.map_err(|e| StateError::Task(Arc::new(e)))?
     }
 }
 
@@ -323,6 +342,22 @@ mod tests {
         let again = state.update_instance(&k, &record(7), Expected::Absent, None).unwrap_err();
         assert!(again.is_conflict(), "a create over an existing record conflicts");
         state.update_instance(&k, &record(7), Expected::Revision(rev), None).unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_calls_the_store_off_the_async_thread_and_reports_a_panic_as_an_error() {
+        let state = State::from(Arc::new(SqliteStore::in_memory().unwrap()));
+        let caller = std::thread::current().id();
+        let k = set_key().instance(InstanceId(3));
+        let (rev, thread) = state
+            .run(move |s| Ok((s.update_instance(&k, &record(3), Expected::Absent, None)?, std::thread::current().id())))
+            .await
+            .unwrap();
+        assert_ne!(thread, caller, "the store call ran on the async task's own thread");
+        let got = state.run(|s| s.instance(&set_key().instance(InstanceId(3)))).await.unwrap().unwrap();
+        assert_eq!(got.revision, rev);
+        let err = state.run(|_| -> Result<(), StateError> { panic!("boom") }).await.unwrap_err();
+        assert!(matches!(err, StateError::Task(_)), "{err:?}");
     }
 
     #[test]
