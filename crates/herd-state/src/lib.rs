@@ -18,11 +18,13 @@
 //! - [`actions`]: the user's instance and rolling-upgrade actions as enums, parsed at the edge.
 //! - [`records`]: typed reads and compare-and-swap writes per record type ([`records::Records`],
 //!   on the [`records::State`] handle or any store), with [`records::StateError`].
+//! - [`feed`]: the change feed as controllers use it (which kinds changed; when changes were lost).
 //! - [`transitions`]: lifecycle events applied so that a refused one is logged and counted.
 
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod feed;
 pub mod keys;
 pub mod records;
 pub mod transitions;

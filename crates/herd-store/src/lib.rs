@@ -37,7 +37,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 /// The kinds of object herd stores. Each kind is its own key space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Group,
     ScaleSet,

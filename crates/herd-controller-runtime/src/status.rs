@@ -1,0 +1,161 @@
+//! The status board: what each controller did last and what it waits for now.
+//!
+//! Why: a background loop that fails quietly is the hardest fault to see. The board is what
+//! `GET /v1/server/controllers` and `herd server status` show, updated by the runtime around
+//! every pass; it is in memory (it describes this process, and a restart begins it anew).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where a controller is in its lifecycle (see the crate docs for the diagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// Registered; its first pass has not begun.
+    Starting,
+    /// A pass is running.
+    Running,
+    /// Waiting for a change to what it watches, or for its resync.
+    Idle,
+    /// Waiting a delay it asked for (a wake runs it sooner).
+    Waiting,
+    /// Waiting out the backoff after a failed pass.
+    BackingOff,
+    /// The server is shutting down; it will not run again.
+    Stopped,
+}
+
+/// One controller's line on the board.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerStatus {
+    pub name: String,
+    /// The record kinds whose changes wake it.
+    pub watches: Vec<String>,
+    /// Its safety-net period, in seconds.
+    pub resync_seconds: f64,
+    pub phase: Phase,
+    /// What it waits for, in words (`a change to instance, vmss; resync by 12:00:03Z`).
+    pub waiting_for: Option<String>,
+    /// When it runs next at the latest (absent while running or stopped).
+    pub next_run_by: Option<DateTime<Utc>>,
+    /// Passes completed (successful or not).
+    pub runs: u64,
+    /// Passes that failed, in all.
+    pub failures: u64,
+    /// Passes that failed in a row, up to the last one.
+    pub consecutive_failures: u32,
+    /// When the last pass began.
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// How long the last completed pass took, in milliseconds.
+    pub last_run_ms: Option<f64>,
+    /// When the last successful pass ended.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// The last failure's message (with its sources), kept after later successes.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+/// Every controller's status, shared between the runtime (which writes it) and the API (which
+/// reads it).
+#[derive(Debug, Clone, Default)]
+pub struct StatusBoard(Arc<Mutex<BTreeMap<&'static str, ControllerStatus>>>);
+
+impl StatusBoard {
+    /// Every controller's status, by name.
+    pub fn snapshot(&self) -> Vec<ControllerStatus> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// One controller's status.
+    pub fn get(&self, name: &str) -> Option<ControllerStatus> {
+        self.lock().get(name).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, ControllerStatus>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn register(&self, name: &'static str, watches: Vec<String>, resync: Duration) {
+        self.lock().insert(
+            name,
+            ControllerStatus {
+                name: name.to_string(),
+                watches,
+                resync_seconds: resync.as_secs_f64(),
+                phase: Phase::Starting,
+                waiting_for: None,
+                next_run_by: None,
+                runs: 0,
+                failures: 0,
+                consecutive_failures: 0,
+                last_run_at: None,
+                last_run_ms: None,
+                last_success_at: None,
+                last_error: None,
+                last_error_at: None,
+            },
+        );
+    }
+
+    pub(crate) fn update(&self, name: &'static str, f: impl FnOnce(&mut ControllerStatus)) {
+        if let Some(s) = self.lock().get_mut(name) {
+            f(s);
+        }
+    }
+}
+
+/// An error and its chain of sources, on one line.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        // A transparent wrapper repeats its source's text: say it once.
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("reading the image")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_is_shown_with_its_sources() {
+        let e = Outer(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"));
+        assert_eq!(error_chain(&e), "reading the image: no such file");
+    }
+
+    #[test]
+    fn the_board_serializes_in_camel_case_with_its_phase() {
+        let board = StatusBoard::default();
+        board.register("lb", vec!["instance".into()], Duration::from_secs(5));
+        board.update("lb", |s| s.phase = Phase::BackingOff);
+        let v = serde_json::to_value(board.snapshot()).unwrap();
+        assert_eq!(v[0]["name"], "lb");
+        assert_eq!(v[0]["phase"], "backingOff");
+        assert_eq!(v[0]["resyncSeconds"], 5.0);
+        assert!(board.get("nope").is_none());
+    }
+}

@@ -1,0 +1,102 @@
+//! The change feed as controllers use it: "records of these kinds changed", in commit order,
+//! without polling, and never silently lossy.
+//!
+//! Why: the controller runtime wakes each controller when something it watches changes,
+//! instead of every controller re-reading the whole store on a short timer. It needs only the
+//! kinds that changed (a controller's pass reads what it needs itself: reconcilers take no
+//! input), and it must learn when changes were lost so it can wake everyone.
+//!
+//! ```text
+//!   start ──► Following(next revision) ──commit──► Changed(kinds) ──► Following
+//!                    │
+//!                    └─ fell below the compaction point ──► Lost ──► Following(head + 1)
+//! ```
+//!
+//! The store's reads run on the blocking pool ([`State::run`]).
+
+use crate::{State, StateError};
+use herd_store::{StoreError, Watcher};
+use std::collections::BTreeSet;
+
+pub use herd_store::Kind;
+
+/// What the feed says next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// These kinds had a put or a delete since the previous event.
+    Changed(BTreeSet<Kind>),
+    /// The feed fell behind the store's compaction point: changes were discarded unseen, so
+    /// anything may have changed. The feed continues from the newest revision.
+    Lost,
+}
+
+/// The change feed of one store, from the revision it was started at.
+pub struct ChangeFeed {
+    state: State,
+    watcher: Watcher,
+}
+
+impl ChangeFeed {
+    /// A feed of the changes committed after now.
+    pub async fn start(state: &State) -> Result<Self, StateError> {
+        let head = state.run(|s| Ok(s.revision()?)).await?;
+        Ok(Self { state: state.clone(), watcher: Watcher::new(state.store().clone(), head + 1) })
+    }
+
+    /// The revision the next event starts at.
+    pub fn next_revision(&self) -> u64 {
+        self.watcher.next_revision()
+    }
+
+    /// The next event, waiting (on the store's commit signal, not a timer) while nothing is
+    /// committed.
+    pub async fn next(&mut self) -> Result<FeedEvent, StateError> {
+        match self.watcher.next().await {
+            Ok(changes) => Ok(FeedEvent::Changed(changes.into_iter().map(|c| c.kind).collect())),
+            Err(StoreError::Compacted { requested, compacted }) => {
+                tracing::warn!(requested, compacted, "the change feed fell behind compaction; waking every controller");
+                let head = self.state.run(|s| Ok(s.revision()?)).await?;
+                self.watcher = Watcher::new(self.state.store().clone(), head + 1);
+                Ok(FeedEvent::Lost)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_store::{Expect, SqliteStore, WriteOp};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn put(kind: Kind, key: &str) -> WriteOp {
+        WriteOp::Put { kind, key: key.into(), value: serde_json::json!({"k": key}), expect: Expect::Any }
+    }
+
+    #[tokio::test]
+    async fn it_names_the_kinds_each_commit_changed_and_says_when_changes_were_lost() {
+        let state = State::from(Arc::new(SqliteStore::in_memory().unwrap()));
+        state.txn(vec![put(Kind::Group, "before")]).unwrap();
+        let mut feed = ChangeFeed::start(&state).await.unwrap();
+        // Nothing committed since the start: the feed waits.
+        assert!(tokio::time::timeout(Duration::from_millis(50), feed.next()).await.is_err(), "woke with no commit");
+
+        state.txn(vec![put(Kind::Instance, "rg/web/1"), put(Kind::ScaleSet, "rg/web")]).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), feed.next()).await.expect("a change event").unwrap();
+        assert_eq!(got, FeedEvent::Changed([Kind::Instance, Kind::ScaleSet].into_iter().collect()));
+
+        // Two commits, then a compaction past them before the feed reads: the feed says Lost,
+        // then follows new commits.
+        state.txn(vec![put(Kind::Image, "a")]).unwrap();
+        let head = state.txn(vec![put(Kind::Image, "b")]).unwrap();
+        state.compact(head + 1).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), feed.next()).await.expect("a lost event").unwrap();
+        assert_eq!(got, FeedEvent::Lost);
+        state.txn(vec![put(Kind::LoadBalancer, "rg/lb")]).unwrap();
+        let got =
+            tokio::time::timeout(Duration::from_secs(10), feed.next()).await.expect("a change after the loss").unwrap();
+        assert_eq!(got, FeedEvent::Changed([Kind::LoadBalancer].into_iter().collect()));
+    }
+}
