@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod runner;
 pub mod sampler;
 pub mod series;

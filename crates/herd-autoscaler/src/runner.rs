@@ -235,6 +235,11 @@ impl Runner {
         self
     }
 
+    /// Its periods and limits (the controller runtime reads them).
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
     /// Samples instance metrics and every named source once.
     pub async fn sample_once(&self) -> Result<(), StateError> {
         let now = self.clock.now();

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod meter;
 pub mod prices;
 pub mod report;

@@ -315,6 +315,18 @@ impl Meter {
         Self { store: store.into(), clock, prices }
     }
 
+    /// Reloads the spot price schedule files that changed since the last call; returns the
+    /// problems of those that could not be reloaded (their old prices stay).
+    pub fn reload_prices(&self) -> Vec<String> {
+        self.prices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reload_if_changed()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
     /// One tick over every set (and every meter whose set is gone). Each meter is written with
     /// a compare-and-swap on its revision; a meter someone else wrote meanwhile is left for the
     /// next tick, which re-reads it. Returns how many meters were written.

@@ -95,4 +95,38 @@ pub trait Controller: Send + Sync + 'static {
     fn error_policy(&self, _error: &ControllerError, consecutive_failures: u32) -> Duration {
         Backoff::DEFAULT.delay(consecutive_failures)
     }
+
+    /// Runs once when the server shuts down, after the last pass (close listeners, flush).
+    fn stopped(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Keeps the store's change feed short ([`herd_state::feed::Compactor`]) every `every`.
+pub struct CompactionController {
+    state: herd_state::State,
+    compactor: std::sync::Arc<herd_state::feed::Compactor>,
+    every: Duration,
+}
+
+impl CompactionController {
+    pub fn new(state: herd_state::State, every: Duration) -> Self {
+        Self { state, compactor: Default::default(), every }
+    }
+}
+
+impl Controller for CompactionController {
+    fn name(&self) -> &'static str {
+        "feed-compaction"
+    }
+
+    fn resync(&self) -> Duration {
+        self.every
+    }
+
+    async fn reconcile(&self) -> Result<Next, ControllerError> {
+        let compactor = self.compactor.clone();
+        self.state.run(move |store| compactor.compact(store)).await?;
+        Ok(Next::Idle)
+    }
 }

@@ -216,6 +216,7 @@ async fn drive<C: Controller>(
             }
         }
     }
+    controller.stopped().await;
     board.update(name, |s| {
         s.phase = Phase::Stopped;
         s.waiting_for = None;

@@ -244,6 +244,17 @@ pub fn member_counters(stats: &herd_lb::LbStats) -> BTreeMap<InstanceKey, Member
     out
 }
 
+/// Wakes the controller whenever one of `runner`'s targets changes health (or targets come and
+/// go), so membership follows probes without a timer. The task ends with the runner.
+fn wake_on_health_change(runner: &ProbeRunner, wake: Arc<Notify>) {
+    let mut changes = runner.subscribe();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            wake.notify_one();
+        }
+    });
+}
+
 /// Runs the controller: probers, membership, and the data plane.
 pub struct LbController {
     state: State,
@@ -328,6 +339,7 @@ impl LbController {
                 if !runners.contains_key(k) {
                     match ProbeRunner::new(def.clone()) {
                         Ok(r) => {
+                            wake_on_health_change(&r, self.wake.clone());
                             runners.insert(k.clone(), (def.clone(), r));
                         }
                         Err(err) => {
@@ -391,6 +403,8 @@ impl LbController {
         }
     }
 }
+
+mod controller;
 
 #[cfg(test)]
 mod tests {

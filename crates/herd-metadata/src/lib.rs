@@ -54,6 +54,7 @@
 
 #![forbid(unsafe_code)]
 
+mod controller;
 mod document;
 mod http;
 mod relay;

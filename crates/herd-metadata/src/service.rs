@@ -181,6 +181,11 @@ impl MetadataService {
         addr_for(reach_address, self.inner.port)
     }
 
+    /// How often [`Self::run`] syncs (the controller runtime's resync for it).
+    pub fn interval(&self) -> Duration {
+        self.inner.interval
+    }
+
     /// Makes the listeners match the store: one for every instance record that has a reach
     /// address and is not Deallocated; records that are gone (or deallocated, or moved to
     /// another address) lose theirs, and their sockets are closed when this returns. A bind

@@ -13,6 +13,7 @@ mod string_enum;
 pub mod activity;
 pub mod cidr;
 pub mod clock;
+pub mod controller;
 pub mod duration;
 pub mod error;
 pub mod extension;

@@ -353,6 +353,11 @@ impl Reconciler {
         self.wake.clone()
     }
 
+    /// Its timing settings (the controller runtime reads them).
+    pub fn config(&self) -> &ReconcilerConfig {
+        &self.config
+    }
+
     /// Runs passes until `shutdown` flips to true.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod controller;
 pub mod executor;
 pub mod extensions;
 pub mod fetch;

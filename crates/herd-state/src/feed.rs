@@ -64,6 +64,29 @@ impl ChangeFeed {
     }
 }
 
+/// Keeps the change feed short: each call discards the changes up to the head revision that
+/// the call before saw, so a consumer that lags by less than one period (the server's is
+/// [`herd_store::COMPACTION_INTERVAL`]) still resumes without a relist. Synchronous: run it
+/// on the blocking pool.
+#[derive(Debug, Default)]
+pub struct Compactor {
+    previous_head: std::sync::Mutex<Option<u64>>,
+}
+
+impl Compactor {
+    /// Compacts to the head seen last time (nothing the first time); returns the new head.
+    pub fn compact(&self, store: &dyn herd_store::Store) -> Result<u64, StateError> {
+        let head = store.revision()?;
+        let mut previous = self.previous_head.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = *previous {
+            store.compact(p)?;
+            tracing::debug!(compacted_to = p, head, "change feed compacted");
+        }
+        *previous = Some(head);
+        Ok(head)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +121,18 @@ mod tests {
         let got =
             tokio::time::timeout(Duration::from_secs(10), feed.next()).await.expect("a change after the loss").unwrap();
         assert_eq!(got, FeedEvent::Changed([Kind::LoadBalancer].into_iter().collect()));
+    }
+
+    #[test]
+    fn the_compactor_discards_up_to_the_head_it_saw_the_time_before() {
+        let state = State::from(Arc::new(SqliteStore::in_memory().unwrap()));
+        let c = Compactor::default();
+        let first = state.txn(vec![put(Kind::Group, "a")]).unwrap();
+        assert_eq!(c.compact(&*state).unwrap(), first);
+        assert!(state.watch(first, 10).is_ok(), "the first call compacts nothing");
+        let second = state.txn(vec![put(Kind::Group, "b")]).unwrap();
+        assert_eq!(c.compact(&*state).unwrap(), second);
+        assert!(matches!(state.watch(first - 1, 10), Err(StoreError::Compacted { .. })));
+        assert_eq!(state.watch(first, 10).unwrap().changes.len(), 2, "changes from the head seen before are kept");
     }
 }

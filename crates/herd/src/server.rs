@@ -662,30 +662,32 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         },
     )
     .with_lb_stats(Arc::new(herd_api::autoscale::ApiLbStats(state.lb.clone())));
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let autoscale_rx = rx.clone();
-    let autoscale_task = tokio::spawn(async move { autoscaler.run(autoscale_rx).await });
-    let rec_rx = rx.clone();
-    let reconcile_task = tokio::spawn(async move { reconciler.run(rec_rx).await });
-    let lb_rx = rx.clone();
-    let lb_task = tokio::spawn(async move { lb.run(lb_rx).await });
-    let mut tasks = vec![];
+    // Every background concern runs as a controller of one runtime (herd-controller-runtime):
+    // woken by the store's change feed, resynced on a timer, backed off on failure, and shown
+    // on the status board (`GET /v1/server/controllers`).
+    let mut runtime = herd_controller_runtime::Runtime::new(state.store.clone().into(), state.clock.clone());
+    let autoscaler = Arc::new(autoscaler);
+    runtime.add(Arc::new(herd_autoscaler::controller::SamplerController(autoscaler.clone())));
+    runtime.add(Arc::new(herd_autoscaler::controller::EvaluatorController(autoscaler)));
+    let reconciler_wake = reconciler.waker();
+    runtime.add_with_wake(Arc::new(reconciler), reconciler_wake);
+    let lb_wake = lb.waker();
+    runtime.add_with_wake(lb, lb_wake);
     if let Some(port) = metadata_port {
         let md =
             herd_metadata::MetadataService::new(state.store.clone(), state.clock.clone(), state.wake.clone(), port);
-        let md_rx = rx.clone();
-        tasks.push(tokio::spawn(async move { md.run(md_rx).await }));
+        runtime.add(Arc::new(md));
     }
     let meter = herd_billing::Meter::new(state.store.clone(), state.clock.clone(), prices);
     let meter_every = Duration::from_secs(cfg.billing.meter_interval_secs.unwrap_or(15).clamp(1, 3600));
-    let meter_rx = rx.clone();
-    tasks.push(tokio::spawn(async move { meter.run(meter_every, meter_rx).await }));
+    runtime.add(Arc::new(herd_billing::controller::MeterController::new(meter, meter_every)));
     // The change feed keeps 5 to 10 minutes of history (see herd_store::COMPACTION_INTERVAL).
-    let compact_rx = rx.clone();
-    let compact_store = state.store.clone();
-    tasks.push(tokio::spawn(async move {
-        herd_store::run_compaction(compact_store, herd_store::COMPACTION_INTERVAL, compact_rx).await
-    }));
+    runtime.add(Arc::new(herd_controller_runtime::CompactionController::new(
+        state.store.clone().into(),
+        herd_store::COMPACTION_INTERVAL,
+    )));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = runtime.start(rx.clone()).await;
     let mut http_rx = rx;
     let app = herd_api::router(state);
     let http_task = tokio::spawn(async move {
@@ -697,7 +699,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    tasks.extend([reconcile_task, lb_task, http_task, autoscale_task]);
+    tasks.push(http_task);
     Ok(RunningServer { addr, token, shutdown: tx, tasks })
 }
 
