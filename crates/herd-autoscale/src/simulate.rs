@@ -455,28 +455,17 @@ pub fn svg_plot(result: &SimResult, metric_name: &str) -> String {
             y = ym(th)
         ));
     }
-    // Metric line.
-    let mut d = String::new();
-    for (i, p) in pts.iter().enumerate() {
-        d.push_str(&format!("{}{:.1},{:.1} ", if i == 0 { "M" } else { "L" }, x(p.time), ym(seen(p))));
-    }
-    svg.push_str(&format!("<path d=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.2\"/>\n", d.trim_end()));
-    // Capacity step line.
-    let mut d = String::new();
-    let mut prev: Option<f64> = None;
-    for (i, p) in pts.iter().enumerate() {
-        let y = yc(p.capacity as f64);
-        if i == 0 {
-            d.push_str(&format!("M{:.1},{y:.1} ", x(p.time)));
-        } else {
-            if prev != Some(y) {
-                d.push_str(&format!("L{:.1},{:.1} ", x(p.time), prev.unwrap_or(y)));
-            }
-            d.push_str(&format!("L{:.1},{y:.1} ", x(p.time)));
-        }
-        prev = Some(y);
-    }
-    svg.push_str(&format!("<path d=\"{}\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\"/>\n", d.trim_end()));
+    // The metric as a line, the capacity as steps.
+    let metric: Vec<(f64, f64)> = pts.iter().map(|p| (x(p.time), ym(seen(p)))).collect();
+    svg.push_str(&format!(
+        "<path d=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.2\"/>\n",
+        svg_path(&metric, false)
+    ));
+    let capacity: Vec<(f64, f64)> = pts.iter().map(|p| (x(p.time), yc(p.capacity as f64))).collect();
+    svg.push_str(&format!(
+        "<path d=\"{}\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\"/>\n",
+        svg_path(&capacity, true)
+    ));
     // Legend and summary.
     let summary = format!(
         "{} scale events · {} above threshold · {:.1} instance-hours",
@@ -491,6 +480,25 @@ pub fn svg_plot(result: &SimResult, metric_name: &str) -> String {
     ));
     svg.push_str("</svg>\n");
     svg
+}
+
+/// An SVG path through `points`: straight segments, or (`steps`) a horizontal run at the old
+/// value before each change, so a count reads as the step function it is.
+fn svg_path(points: &[(f64, f64)], steps: bool) -> String {
+    let mut d = String::new();
+    let mut prev: Option<f64> = None;
+    for (i, &(x, y)) in points.iter().enumerate() {
+        if i == 0 {
+            d.push_str(&format!("M{x:.1},{y:.1} "));
+        } else {
+            if steps && prev != Some(y) {
+                d.push_str(&format!("L{x:.1},{:.1} ", prev.unwrap_or(y)));
+            }
+            d.push_str(&format!("L{x:.1},{y:.1} "));
+        }
+        prev = Some(y);
+    }
+    d.trim_end().to_string()
 }
 
 /// 1, 2 or 5 times a power of ten, at or above `v`.
