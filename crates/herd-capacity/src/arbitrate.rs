@@ -53,22 +53,8 @@ pub fn arbitrate(
     spot_price: &dyn Fn(&str) -> Option<f64>,
 ) -> Decision {
     let mut c = Cluster::build(hosts, holders);
-    let mut preempt = Vec::new();
-
     // Price evictions first: the room they free can be waited on by Regular requests.
-    for (i, h) in holders.iter().enumerate() {
-        if h.tier != Tier::Spot || c.leaving[i] {
-            continue;
-        }
-        if let Some((price, max)) = over_price(h.max_price, &h.sku, spot_price) {
-            c.mark_leaving(i, h);
-            preempt.push(Preemption {
-                key: h.key.clone(),
-                reason: EvictionReason::Price,
-                detail: format!("spot price {price:.4} for {} is above maxPrice {max:.4}", h.sku),
-            });
-        }
-    }
+    let mut preempt = price_evictions(&mut c, holders, spot_price);
     c.seal(holders);
 
     let unlimited = c.hosts.is_empty();
@@ -138,41 +124,12 @@ pub fn arbitrate(
             continue;
         }
         // 3. Fits after evicting the youngest Spot instances of one host: the fewest evictions.
-        let mut choice: Option<(usize, usize)> = None;
-        for &hi in &pool {
-            if let Some(k) = c.hosts[hi].evictions_needed(size) {
-                if choice.is_none_or(|(_, best)| k < best) {
-                    choice = Some((hi, k));
-                }
-            }
-        }
-        let Some((hi, k)) = choice else {
+        if evict_for(&mut c, holders, &pool, r, &mut preempt) {
+            waiting.push(r.key.clone());
+        } else {
             // 4. Not even then.
             short.entry((r.tier, r.zone.clone())).or_default().push(ri);
-            continue;
-        };
-        let spec = c.hosts[hi].spec;
-        let name = &spec.name;
-        let host = &mut c.hosts[hi];
-        for j in host.cursor..host.cursor + k {
-            let i = host.evictable[j];
-            let victim = &holders[i];
-            let va = Amount::of(victim.size);
-            host.spot -= va;
-            host.leaving += va;
-            c.leaving[i] = true;
-            preempt.push(Preemption {
-                key: victim.key.clone(),
-                reason: EvictionReason::Capacity,
-                detail: format!(
-                    "evicted to make room for Regular instance {} ({size}) on host {name}; the youngest Spot instances there go first",
-                    r.key
-                ),
-            });
         }
-        host.cursor += k;
-        host.committed += a;
-        waiting.push(r.key.clone());
     }
 
     flush_shortfalls(&mut c, &mut short, requests, &mut refused);
@@ -186,6 +143,73 @@ pub fn arbitrate(
     refused.sort_by(|a, b| by_key(&a.key, &b.key));
     preempt.sort_by(|a, b| by_key(&a.key, &b.key));
     Decision { placements, adopted, waiting, refused, skipped, preempt, warnings: std::mem::take(&mut c.warnings) }
+}
+
+/// Marks every Spot holder whose SKU's price is above its max price as leaving.
+fn price_evictions(
+    c: &mut Cluster<'_>,
+    holders: &[Holder],
+    spot_price: &dyn Fn(&str) -> Option<f64>,
+) -> Vec<Preemption> {
+    let mut preempt = Vec::new();
+    for (i, h) in holders.iter().enumerate() {
+        if h.tier != Tier::Spot || c.leaving[i] {
+            continue;
+        }
+        if let Some((price, max)) = over_price(h.max_price, &h.sku, spot_price) {
+            c.mark_leaving(i, h);
+            preempt.push(Preemption {
+                key: h.key.clone(),
+                reason: EvictionReason::Price,
+                detail: format!("spot price {price:.4} for {} is above maxPrice {max:.4}", h.sku),
+            });
+        }
+    }
+    preempt
+}
+
+/// Makes room for Regular request `r` by evicting the youngest Spot instances of the host in
+/// `pool` that needs the fewest evictions, and commits the room to `r`. False when no host can
+/// make room that way.
+fn evict_for(
+    c: &mut Cluster<'_>,
+    holders: &[Holder],
+    pool: &[usize],
+    r: &Request,
+    preempt: &mut Vec<Preemption>,
+) -> bool {
+    let size = r.size;
+    let mut choice: Option<(usize, usize)> = None;
+    for &hi in pool {
+        if let Some(k) = c.hosts[hi].evictions_needed(size) {
+            if choice.is_none_or(|(_, best)| k < best) {
+                choice = Some((hi, k));
+            }
+        }
+    }
+    let Some((hi, k)) = choice else { return false };
+    let spec = c.hosts[hi].spec;
+    let name = &spec.name;
+    let host = &mut c.hosts[hi];
+    for j in host.cursor..host.cursor + k {
+        let i = host.evictable[j];
+        let victim = &holders[i];
+        let va = Amount::of(victim.size);
+        host.spot -= va;
+        host.leaving += va;
+        c.leaving[i] = true;
+        preempt.push(Preemption {
+            key: victim.key.clone(),
+            reason: EvictionReason::Capacity,
+            detail: format!(
+                "evicted to make room for Regular instance {} ({size}) on host {name}; the youngest Spot instances there go first",
+                r.key
+            ),
+        });
+    }
+    host.cursor += k;
+    host.committed += Amount::of(size);
+    true
 }
 
 /// Turns the grouped capacity refusals into refusals sharing their group's shortfall.
