@@ -386,32 +386,7 @@ impl LoadBalancer {
         }
         for (i, p) in self.probes.iter_mut().enumerate() {
             p.id = format!("{id}/probes/{}", p.name);
-            let f = format!("probes[{i}]");
-            port(format!("{f}.port"), p.port)?;
-            match (&p.protocol, &p.request_path) {
-                (ProbeProtocol::Http | ProbeProtocol::Https, None) => {
-                    return Err(FieldError::new(format!("{f}.requestPath"), "an Http(s) probe needs a path, e.g. /"))
-                }
-                (ProbeProtocol::Http | ProbeProtocol::Https, Some(path)) if !path.starts_with('/') => {
-                    return Err(FieldError::new(format!("{f}.requestPath"), format!("'{path}' must start with '/'")))
-                }
-                (ProbeProtocol::Tcp, Some(_)) => {
-                    return Err(FieldError::new(format!("{f}.requestPath"), "a Tcp probe takes no path"))
-                }
-                _ => {}
-            }
-            if !(1..=3600).contains(&p.interval_in_seconds) {
-                return Err(FieldError::new(
-                    format!("{f}.intervalInSeconds"),
-                    format!("{} is out of range; allowed 1 to 3600", p.interval_in_seconds),
-                ));
-            }
-            if !(1..=100).contains(&p.probe_threshold) {
-                return Err(FieldError::new(
-                    format!("{f}.probeThreshold"),
-                    format!("{} is out of range; allowed 1 to 100", p.probe_threshold),
-                ));
-            }
+            check_probe(&format!("probes[{i}]"), p)?;
         }
         let fe: Vec<String> = self.frontend_ip_configurations.iter().map(|f| f.name.clone()).collect();
         let fe: Vec<&str> = fe.iter().map(String::as_str).collect();
@@ -493,6 +468,36 @@ impl LoadBalancer {
         }
         Ok(())
     }
+}
+
+/// Checks one probe's port, path, interval and threshold; `f` is its field path.
+fn check_probe(f: &str, p: &Probe) -> Result<(), FieldError> {
+    port(format!("{f}.port"), p.port)?;
+    match (&p.protocol, &p.request_path) {
+        (ProbeProtocol::Http | ProbeProtocol::Https, None) => {
+            return Err(FieldError::new(format!("{f}.requestPath"), "an Http(s) probe needs a path, e.g. /"))
+        }
+        (ProbeProtocol::Http | ProbeProtocol::Https, Some(path)) if !path.starts_with('/') => {
+            return Err(FieldError::new(format!("{f}.requestPath"), format!("'{path}' must start with '/'")))
+        }
+        (ProbeProtocol::Tcp, Some(_)) => {
+            return Err(FieldError::new(format!("{f}.requestPath"), "a Tcp probe takes no path"))
+        }
+        _ => {}
+    }
+    if !(1..=3600).contains(&p.interval_in_seconds) {
+        return Err(FieldError::new(
+            format!("{f}.intervalInSeconds"),
+            format!("{} is out of range; allowed 1 to 3600", p.interval_in_seconds),
+        ));
+    }
+    if !(1..=100).contains(&p.probe_threshold) {
+        return Err(FieldError::new(
+            format!("{f}.probeThreshold"),
+            format!("{} is out of range; allowed 1 to 100", p.probe_threshold),
+        ));
+    }
+    Ok(())
 }
 
 /// Records that `owner` uses ports `lo..=hi` on `frontend`, failing if another already does.
