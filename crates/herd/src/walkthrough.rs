@@ -644,32 +644,9 @@ pub fn run(opts: &Options, res: &Shared) -> Result<()> {
     result
 }
 
-fn play(opts: &Options, res: &Shared) -> Result<()> {
-    let root = is_root();
-    // Ports below 1024 need root; otherwise the app and the load balancer use 8080.
-    let port: u16 = if root { 80 } else { 8080 };
-    let driver = opts.driver;
-
-    // ---- Setup: files, database, server --------------------------------------------------
-    let base = tempfile::Builder::new()
-        .prefix(&format!("herd-demo-{}-", driver.name()))
-        .tempdir()
-        .context("creating a temporary directory")?
-        .keep();
-    // The postgres user must be able to reach its cluster directory below this one.
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))?;
-    let data = base.join("data");
-    std::fs::create_dir_all(&data)?;
-    {
-        let mut r = res.lock().unwrap();
-        r.base = Some(base.clone());
-        r.data = Some(data.clone());
-    }
-    println!("== herd walkthrough on the {} driver (files in {}) ==", driver.name(), base.display());
-
-    // PostgreSQL for the TODO app, outside the instances.
-    let pg_password = format!("pg-{}", random_hex());
-    let admin_password = format!("Lab-{}-Pw1!", random_hex());
+/// Starts the TODO app's PostgreSQL cluster below `base` on a free loopback port (retried on
+/// another port if one was taken meanwhile); returns the port.
+fn start_postgres(base: &Path, res: &Shared, pg_password: &str) -> Result<u16> {
     let pg_dir = base.join("pg");
     let pg_script = base.join("pg-test-cluster.sh");
     std::fs::write(&pg_script, PG_SCRIPT)?;
@@ -704,17 +681,12 @@ fn play(opts: &Options, res: &Shared) -> Result<()> {
     if pg_port == 0 {
         bail!("cannot start PostgreSQL for the TODO app: {last}");
     }
+    Ok(pg_port)
+}
 
-    // The Custom Script's files and the app binary, on 127.0.0.1.
-    let files = ["installapp-v1.sh", "installapp-v2.sh", "herd-todo"]
-        .iter()
-        .map(|f| Ok((f.to_string(), std::fs::read(opts.app.join(f)).with_context(|| format!("reading {f}"))?)))
-        .collect::<Result<Vec<_>>>()?;
-    let (file_port, stop) = start_file_server(files)?;
-    res.lock().unwrap().files_stop = Some(stop);
-    println!("# the Custom Script's files are served on http://127.0.0.1:{file_port}/ (installapp-v1.sh, installapp-v2.sh, herd-todo)");
-
-    // The server, as a child process logging to a file.
+/// Starts `herd server` as a child process (its own process group, logging to a file below
+/// `base`) with the demo's short timings; returns its URL and the log's path once it listens.
+fn start_server(driver: Driver, res: &Shared, base: &Path, data: &Path) -> Result<(String, PathBuf)> {
     let config = base.join("herd.toml");
     let mut conf = String::from(
         "# herd demo: short timings so the walkthrough runs in minutes\n\
@@ -740,7 +712,7 @@ fn play(opts: &Options, res: &Shared) -> Result<()> {
     let child = Command::new(exe())
         .args(["server", "--driver", driver.name(), "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .arg("--config")
         .arg(&config)
         .env("HERD_LOG", "info")
@@ -769,6 +741,47 @@ fn play(opts: &Options, res: &Shared) -> Result<()> {
     let url = if url.starts_with("http") { url } else { format!("http://{url}") };
     println!("$ export HERD_SERVER={url} HERD_DATA_DIR={}", data.display());
     res.lock().unwrap().server_url = Some(url.clone());
+    Ok((url, log_path))
+}
+
+fn play(opts: &Options, res: &Shared) -> Result<()> {
+    let root = is_root();
+    // Ports below 1024 need root; otherwise the app and the load balancer use 8080.
+    let port: u16 = if root { 80 } else { 8080 };
+    let driver = opts.driver;
+
+    // ---- Setup: files, database, server --------------------------------------------------
+    let base = tempfile::Builder::new()
+        .prefix(&format!("herd-demo-{}-", driver.name()))
+        .tempdir()
+        .context("creating a temporary directory")?
+        .keep();
+    // The postgres user must be able to reach its cluster directory below this one.
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))?;
+    let data = base.join("data");
+    std::fs::create_dir_all(&data)?;
+    {
+        let mut r = res.lock().unwrap();
+        r.base = Some(base.clone());
+        r.data = Some(data.clone());
+    }
+    println!("== herd walkthrough on the {} driver (files in {}) ==", driver.name(), base.display());
+
+    // PostgreSQL for the TODO app, outside the instances.
+    let pg_password = format!("pg-{}", random_hex());
+    let admin_password = format!("Lab-{}-Pw1!", random_hex());
+    let pg_port = start_postgres(&base, res, &pg_password)?;
+
+    // The Custom Script's files and the app binary, on 127.0.0.1.
+    let files = ["installapp-v1.sh", "installapp-v2.sh", "herd-todo"]
+        .iter()
+        .map(|f| Ok((f.to_string(), std::fs::read(opts.app.join(f)).with_context(|| format!("reading {f}"))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (file_port, stop) = start_file_server(files)?;
+    res.lock().unwrap().files_stop = Some(stop);
+    println!("# the Custom Script's files are served on http://127.0.0.1:{file_port}/ (installapp-v1.sh, installapp-v2.sh, herd-todo)");
+
+    let (url, log_path) = start_server(driver, res, &base, &data)?;
 
     let mut w = Walk {
         driver,
@@ -783,8 +796,21 @@ fn play(opts: &Options, res: &Shared) -> Result<()> {
     let host_from_guest = if driver == Driver::Qemu { "10.0.2.2" } else { "127.0.0.1" };
     let boot = if driver == Driver::Qemu { Duration::from_secs(300) } else { Duration::from_secs(60) };
 
-    let result =
-        walk(&mut w, opts, res, port, pg_port, file_port, host_from_guest, boot, &pg_password, &admin_password);
+    let mut tour = Tour {
+        opts,
+        res,
+        port,
+        pg_port,
+        file_port,
+        host_from_guest,
+        boot,
+        pg_password: &pg_password,
+        admin_password: &admin_password,
+        names: Vec::new(),
+        frontend: String::new(),
+        frontend_url: String::new(),
+    };
+    let result = walk(&mut w, &mut tour);
     print_times(&w.times, driver);
     result
 }
@@ -798,36 +824,131 @@ fn print_times(times: &[(String, Duration)], driver: Driver) {
     println!("{:<78} {:>7.1}s", "total", total.as_secs_f64());
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    w: &mut Walk,
-    opts: &Options,
-    res: &Shared,
+/// What the walk's steps share: its settings, and what earlier steps found.
+struct Tour<'a> {
+    opts: &'a Options,
+    res: &'a Shared,
+    /// The load balancer's frontend port.
     port: u16,
     pg_port: u16,
+    /// Where the Custom Script's files are served, on 127.0.0.1.
     file_port: u16,
-    host_from_guest: &str,
+    /// Where the guest finds the host (10.0.2.2 from a VM, 127.0.0.1 from a process).
+    host_from_guest: &'a str,
+    /// How long an instance may take to boot and converge.
     boot: Duration,
-    pg_password: &str,
-    admin_password: &str,
-) -> Result<()> {
-    let driver = opts.driver;
-    let set = ["-g", GROUP, "-n", SET];
-    let with = |cmd: &[&'static str], extra: &[&str]| -> Vec<String> {
-        cmd.iter().chain(set.iter()).chain(extra.iter()).map(|s| s.to_string()).collect()
-    };
-    let run = |w: &Walk, args: Vec<String>| -> Result<String> {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        w.herd(&a)
-    };
-    let port_s = port.to_string();
+    pg_password: &'a str,
+    admin_password: &'a str,
+    /// The instances' computer names once the app is installed (step 4).
+    names: Vec<String>,
+    /// The load balancer's frontend, `ip:port`, and its URL (found after step 4).
+    frontend: String,
+    frontend_url: String,
+}
 
-    w.step("step 0: import the test guest image (1.0.0 and 1.0.1)", |w| {
+/// The walkthrough's steps in order, each timed and printed by [`Walk::step`].
+fn walk(w: &mut Walk, tour: &mut Tour<'_>) -> Result<()> {
+    w.step("step 0: import the test guest image (1.0.0 and 1.0.1)", |w| tour.import_images(w))?;
+    w.step("step 1: resource group, virtual network, subnet", |w| tour.group_and_network(w))?;
+    w.step("step 2: a scale set of 2 behind a new load balancer, Manual upgrades", |w| tour.scale_set(w))?;
+    w.step("step 3: health probe and load-balancing rule", |w| tour.probe_and_rule(w))?;
+    w.step("step 4: install the app with a Custom Script extension", |w| tour.install_app(w))?;
+    tour.find_frontend(w)?;
+    w.step("step 5: both instances answer through the load balancer; add a TODO item", |w| tour.first_answers(w))?;
+    w.step("step 6: version 2 on ONE instance, under load", |w| tour.one_instance_v2(w))?;
+    w.step("step 7: a newer image version, update-instances '*' (reimage)", |w| tour.new_image(w))?;
+    w.step("step 7 (rolling variant): Rolling policy, image move in batches under load", |w| tour.rolling_image(w))?;
+    w.step("step 8: scale to 3", |w| tour.scale_to_three(w))?;
+    w.step("step 9: autoscale min 2 max 10 count 3; CPU is low, so it scales in to 2", |w| tour.autoscale_in(w))?;
+    w.step("finally: the TODO item from step 5 is still there; no secret leaked", |w| tour.no_secret_leaked(w))?;
+    println!("\n== The walkthrough passed on the {} driver ==", tour.opts.driver.name());
+    Ok(())
+}
+
+/// `cmd` on the walkthrough's scale set (`-g GROUP -n SET`), then `extra`.
+fn set_args(cmd: &[&str], extra: &[&str]) -> Vec<String> {
+    cmd.iter().chain(["-g", GROUP, "-n", SET].iter()).chain(extra.iter()).map(|s| s.to_string()).collect()
+}
+
+/// Runs `herd` with owned arguments, printed as the walkthrough prints every command.
+fn herd_args(w: &Walk, args: Vec<String>) -> Result<String> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    w.herd(&a)
+}
+
+impl Tour<'_> {
+    /// The Custom Script: installapp-vN.sh with the database's name, user and password.
+    fn set_extension(&self, w: &Walk, v: u32) -> Result<()> {
+        let (port, pg_port, file_port, host_from_guest) =
+            (self.port, self.pg_port, self.file_port, self.host_from_guest);
+        let pg_password = self.pg_password;
+        let mut env_prefix =
+            format!("TODO_DB_PORT={pg_port} TODO_APP_URL=http://{host_from_guest}:{file_port}/herd-todo");
+        if port != 80 {
+            env_prefix.push_str(&format!(" TODO_PORT={port}"));
+        }
+        let protected = serde_json::json!({
+            "commandToExecute": format!("{env_prefix} bash installapp-v{v}.sh todo todo '{pg_password}'")
+        })
+        .to_string();
+        let settings =
+            serde_json::json!({"fileUris": [format!("http://127.0.0.1:{file_port}/installapp-v{v}.sh")]}).to_string();
+        w.herd(&[
+            "vmss",
+            "extension",
+            "set",
+            "--vmss-name",
+            SET,
+            "--name",
+            "CustomScript",
+            "-g",
+            GROUP,
+            "--version",
+            "2.0",
+            "--publisher",
+            "Microsoft.Azure.Extensions",
+            "--protected-settings",
+            &protected,
+            "--settings",
+            &settings,
+            "-o",
+            "none",
+        ])?;
+        Ok(())
+    }
+
+    /// The load balancer's public IP, as the frontend the later steps send requests to.
+    fn find_frontend(&mut self, w: &Walk) -> Result<()> {
+        let ip = w.quiet(&[
+            "network",
+            "public-ip",
+            "show",
+            "-g",
+            GROUP,
+            "-n",
+            "web-lb-ip",
+            "--query",
+            "ipAddress",
+            "-o",
+            "tsv",
+        ])?;
+        let port = self.port;
+        self.frontend = format!("{}:{port}", ip.trim());
+        self.frontend_url =
+            if port == 80 { format!("http://{}", ip.trim()) } else { format!("http://{}", self.frontend) };
+        Ok(())
+    }
+
+    /// Step 0: import the test guest image (1.0.0 and 1.0.1).
+    fn import_images(&self, w: &mut Walk) -> Result<()> {
+        let driver = self.opts.driver;
+        let opts = self.opts;
+        let res = self.res;
         match driver {
             Driver::Qemu => {
                 let tg = opts.testguest.clone().unwrap_or_default();
                 for v in ["1.0.0", "1.0.1"] {
-                    run(w, kernel_image_args(&tg, v))?;
+                    herd_args(w, kernel_image_args(&tg, v))?;
                 }
             }
             Driver::Process => {
@@ -835,14 +956,25 @@ fn walk(
                 for v in ["1.0.0", "1.0.1"] {
                     let dir = show_opt(&res.lock().unwrap().base) + "/image-" + v;
                     process_image(Path::new(&dir), v)?;
-                    w.herd(&["image", "import", "--urn", &format!("Herd:TestGuest:1:{v}"), "--dir", &dir, "-o", "table"])?;
+                    w.herd(&[
+                        "image",
+                        "import",
+                        "--urn",
+                        &format!("Herd:TestGuest:1:{v}"),
+                        "--dir",
+                        &dir,
+                        "-o",
+                        "table",
+                    ])?;
                 }
             }
         }
         Ok(())
-    })?;
+    }
 
-    w.step("step 1: resource group, virtual network, subnet", |w| {
+    /// Step 1: resource group, virtual network, subnet.
+    fn group_and_network(&self, w: &mut Walk) -> Result<()> {
+        let res = self.res;
         w.herd(&["group", "create", "-n", GROUP, "-l", "local", "-o", "table"])?;
         res.lock().unwrap().group_created = true;
         w.herd(&[
@@ -875,9 +1007,12 @@ fn walk(
             "table",
         ])?;
         Ok(())
-    })?;
+    }
 
-    w.step("step 2: a scale set of 2 behind a new load balancer, Manual upgrades", |w| {
+    /// Step 2: a scale set of 2 behind a new load balancer, Manual upgrades.
+    fn scale_set(&self, w: &mut Walk) -> Result<()> {
+        let boot = self.boot;
+        let admin_password = self.admin_password;
         let subnet = w.herd(&[
             "network",
             "vnet",
@@ -927,7 +1062,7 @@ fn walk(
             "-o",
             "table",
         ])?;
-        run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
         let inst = w.instances()?;
         if inst.len() != 2 {
             bail!("list-instances shows {} instances (not counting overprovisioned extras), expected 2", inst.len());
@@ -937,9 +1072,11 @@ fn walk(
         }
         w.note("2 instances, both on the latest model (any overprovisioned extras are deleted and never billed)");
         Ok(())
-    })?;
+    }
 
-    w.step("step 3: health probe and load-balancing rule", |w| {
+    /// Step 3: health probe and load-balancing rule.
+    fn probe_and_rule(&self, w: &mut Walk) -> Result<()> {
+        let port_s = self.port.to_string();
         w.note("--interval 5 (default 15) only makes the walkthrough quicker");
         w.herd(&[
             "network",
@@ -990,51 +1127,14 @@ fn walk(
             "table",
         ])?;
         Ok(())
-    })?;
+    }
 
-    // The Custom Script: installapp-vN.sh with the database's name, user and password.
-    let env_prefix = {
-        let mut e = format!("TODO_DB_PORT={pg_port} TODO_APP_URL=http://{host_from_guest}:{file_port}/herd-todo");
-        if port != 80 {
-            e.push_str(&format!(" TODO_PORT={port}"));
-        }
-        e
-    };
-    let set_extension = |w: &Walk, v: u32| -> Result<()> {
-        let protected = serde_json::json!({
-            "commandToExecute": format!("{env_prefix} bash installapp-v{v}.sh todo todo '{pg_password}'")
-        })
-        .to_string();
-        let settings =
-            serde_json::json!({"fileUris": [format!("http://127.0.0.1:{file_port}/installapp-v{v}.sh")]}).to_string();
-        w.herd(&[
-            "vmss",
-            "extension",
-            "set",
-            "--vmss-name",
-            SET,
-            "--name",
-            "CustomScript",
-            "-g",
-            GROUP,
-            "--version",
-            "2.0",
-            "--publisher",
-            "Microsoft.Azure.Extensions",
-            "--protected-settings",
-            &protected,
-            "--settings",
-            &settings,
-            "-o",
-            "none",
-        ])?;
-        Ok(())
-    };
-
-    let mut names: Vec<String> = Vec::new();
-    w.step("step 4: install the app with a Custom Script extension", |w| {
-        set_extension(w, 1)?;
-        run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
+    /// Step 4: install the app with a Custom Script extension.
+    fn install_app(&mut self, w: &mut Walk) -> Result<()> {
+        let boot = self.boot;
+        let pg_password = self.pg_password;
+        self.set_extension(w, 1)?;
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
         let inst = w.instances()?;
         if let Some(i) = inst.iter().find(|i| i["latestModelApplied"] != false) {
             bail!(
@@ -1045,11 +1145,11 @@ fn walk(
         w.note("Manual policy: nothing changed on the instances yet; they are not on the latest model");
         w.herd(&["vmss", "update-instances", "--instance-ids", "*", "-n", SET, "-g", GROUP, "-o", "none"])?;
         let inst = w.wait_converged(2, boot)?;
-        run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
         let id = inst[0]["instanceId"].as_str().unwrap_or("0").to_string();
-        run(
+        herd_args(
             w,
-            with(
+            set_args(
                 &["vmss", "get-instance-view"],
                 &[
                     "--instance-id",
@@ -1061,7 +1161,7 @@ fn walk(
                 ],
             ),
         )?;
-        names = inst.iter().filter_map(|i| i["computerName"].as_str().map(String::from)).collect();
+        self.names = inst.iter().filter_map(|i| i["computerName"].as_str().map(String::from)).collect();
         let shown = w.quiet(&[
             "vmss",
             "extension",
@@ -1080,57 +1180,56 @@ fn walk(
         }
         w.note("the protected settings (with the database password) are never shown back");
         Ok(())
-    })?;
+    }
 
-    let ip = w.quiet(&[
-        "network",
-        "public-ip",
-        "show",
-        "-g",
-        GROUP,
-        "-n",
-        "web-lb-ip",
-        "--query",
-        "ipAddress",
-        "-o",
-        "tsv",
-    ])?;
-    let frontend = format!("{}:{port}", ip.trim());
-    let frontend_url = if port == 80 { format!("http://{}", ip.trim()) } else { format!("http://{frontend}") };
-
-    w.step("step 5: both instances answer through the load balancer; add a TODO item", |w| {
+    /// Step 5: both instances answer through the load balancer; add a TODO item.
+    fn first_answers(&self, w: &mut Walk) -> Result<()> {
+        let frontend = self.frontend.as_str();
+        let frontend_url = self.frontend_url.as_str();
+        let names = &self.names;
         w.herd(&["network", "public-ip", "show", "-g", GROUP, "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"])?;
         w.note(&format!("repeated curl {frontend_url}/api/version (a new connection each time)"));
         let want: Vec<String> = names.iter().map(|n| format!("Version 1 from {n}")).collect();
-        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(120), 6)?;
+        answers_until(frontend, frontend_url, &want, Duration::from_secs(120), 6)?;
         w.note(&format!("both computer names answered: {}", names.join(", ")));
         let body = serde_json::json!({ "title": TODO_TITLE }).to_string();
         println!("\n$ curl -H 'Content-Type: application/json' -d '{body}' {frontend_url}/api/todos");
-        let (code, answer) = http(&frontend, "POST", "/api/todos", Some(&body)).map_err(|e| anyhow!("{e}"))?;
+        let (code, answer) = http(frontend, "POST", "/api/todos", Some(&body)).map_err(|e| anyhow!("{e}"))?;
         println!("{answer}");
         if code != 201 {
             bail!("adding a TODO item answered HTTP {code}: {answer}");
         }
         println!("\n$ curl {frontend_url}/api/todos");
-        let list = get(&frontend, "/api/todos").map_err(|e| anyhow!("{e}"))?;
+        let list = get(frontend, "/api/todos").map_err(|e| anyhow!("{e}"))?;
         println!("{list}");
         if !list.contains(TODO_TITLE) {
             bail!("the TODO item is not in the list: {list}");
         }
         Ok(())
-    })?;
+    }
 
-    w.step("step 6: version 2 on ONE instance, under load", |w| {
-        set_extension(w, 2)?;
-        let ids = run(w, with(&["vmss", "list-instances"], &["--query", "[?!overprovisioned].instanceId", "-o", "tsv"]))?;
-        let id = ids.split_whitespace().filter_map(|s| s.parse::<u64>().ok()).max().ok_or_else(|| anyhow!("no instance ids"))?;
+    /// Step 6: version 2 on ONE instance, under load.
+    fn one_instance_v2(&self, w: &mut Walk) -> Result<()> {
+        let boot = self.boot;
+        let frontend = self.frontend.as_str();
+        let frontend_url = self.frontend_url.as_str();
+        self.set_extension(w, 2)?;
+        let ids = herd_args(
+            w,
+            set_args(&["vmss", "list-instances"], &["--query", "[?!overprovisioned].instanceId", "-o", "tsv"]),
+        )?;
+        let id = ids
+            .split_whitespace()
+            .filter_map(|s| s.parse::<u64>().ok())
+            .max()
+            .ok_or_else(|| anyhow!("no instance ids"))?;
         let id = id.to_string();
         let inst = w.instances()?;
         let name_of = |i: &Value| i["computerName"].as_str().unwrap_or_default().to_string();
         let upgraded = inst.iter().find(|i| i["instanceId"] == id.as_str()).map(name_of).unwrap_or_default();
         let other = inst.iter().find(|i| i["instanceId"] != id.as_str()).map(name_of).unwrap_or_default();
         w.note(&format!("a load loop sends requests through {frontend_url} while instance {id} ({upgraded}) upgrades"));
-        let load = Load::start(&frontend, 2, 20_000, Duration::from_secs(600));
+        let load = Load::start(frontend, 2, 20_000, Duration::from_secs(600));
         let t0 = Instant::now();
         w.herd(&["vmss", "update-instances", "--instance-ids", &id, "-n", SET, "-g", GROUP, "-o", "none"])?;
         let gen = w.generation()?;
@@ -1140,30 +1239,41 @@ fn walk(
             if i["extensions"][0]["state"] == "Failed" {
                 bail!("the extension failed on instance {id}: {}", w.mask(&i["extensions"][0]["message"].to_string()));
             }
-            Ok((i["modelGeneration"].as_u64() == Some(gen) && i["pendingAction"].is_null() && i["extensions"][0]["state"] == "Succeeded").then_some(()))
+            Ok((i["modelGeneration"].as_u64() == Some(gen)
+                && i["pendingAction"].is_null()
+                && i["extensions"][0]["state"] == "Succeeded")
+                .then_some(()))
         })?;
         let want = vec![format!("Version 2 from {upgraded}"), format!("Version 1 from {other}")];
         println!();
-        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(60), 6)?;
+        answers_until(frontend, frontend_url, &want, Duration::from_secs(60), 6)?;
         let t1 = Instant::now();
         let (total, within, failures) = load.finish(t0, t1);
-        run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
         w.note(&format!(
-            "load during the upgrade: {within} requests completed while instance {id} upgraded ({:.1}s), {total} in all, {} failed",
-            (t1 - t0).as_secs_f64(),
-            failures.len()
-        ));
+        "load during the upgrade: {within} requests completed while instance {id} upgraded ({:.1}s), {total} in all, {} failed",
+        (t1 - t0).as_secs_f64(),
+        failures.len()
+    ));
         if !failures.is_empty() {
-            bail!("{} requests through the frontend failed during the upgrade of one instance, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+            bail!(
+                "{} requests through the frontend failed during the upgrade of one instance, e.g. {:?}",
+                failures.len(),
+                &failures[..failures.len().min(5)]
+            );
         }
         if within < 50 {
             bail!("only {within} requests completed during the upgrade (at least 50 are needed to call it proven)");
         }
         w.note("answers are now a mix of version 2 and version 1; the app never stopped answering");
         Ok(())
-    })?;
+    }
 
-    w.step("step 7: a newer image version, update-instances '*' (reimage)", |w| {
+    /// Step 7: a newer image version, update-instances '*' (reimage).
+    fn new_image(&self, w: &mut Walk) -> Result<()> {
+        let boot = self.boot;
+        let frontend = self.frontend.as_str();
+        let frontend_url = self.frontend_url.as_str();
         w.herd(&[
             "vmss",
             "update",
@@ -1178,34 +1288,51 @@ fn walk(
         ])?;
         w.herd(&["vmss", "update-instances", "--instance-ids", "*", "-n", SET, "-g", GROUP, "-o", "none"])?;
         let inst = w.wait_converged(2, boot)?;
-        run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
         w.check_image_version("1.0.1")?;
         let want: Vec<String> =
             inst.iter().map(|i| format!("Version 2 from {}", i["computerName"].as_str().unwrap_or_default())).collect();
         println!();
-        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(120), 4)?;
-        check_todo(&frontend, &frontend_url)?;
+        answers_until(frontend, frontend_url, &want, Duration::from_secs(120), 4)?;
+        check_todo(frontend, frontend_url)?;
         Ok(())
-    })?;
+    }
 
-    w.step("step 7 (rolling variant): Rolling policy, image move in batches under load", |w| {
+    /// Step 7 (rolling variant): Rolling policy, image move in batches under load.
+    fn rolling_image(&self, w: &mut Walk) -> Result<()> {
+        let boot = self.boot;
+        let frontend = self.frontend.as_str();
+        let frontend_url = self.frontend_url.as_str();
         w.herd(&["vmss", "update", "-n", SET, "-g", GROUP, "--set", "upgradePolicy.mode=Rolling", "-o", "none"])?;
         w.note("with a Rolling policy a model change rolls through by itself, in batches gated by the probe; the test guest has two versions, so this move goes back to 1.0.0");
-        let load = Load::start(&frontend, 2, 50_000, Duration::from_secs(900));
+        let load = Load::start(frontend, 2, 50_000, Duration::from_secs(900));
         let t0 = Instant::now();
-        w.herd(&["vmss", "update", "-n", SET, "-g", GROUP, "--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.0", "-o", "none"])?;
+        w.herd(&[
+            "vmss",
+            "update",
+            "-n",
+            SET,
+            "-g",
+            GROUP,
+            "--set",
+            "virtualMachineProfile.storageProfile.imageReference.version=1.0.0",
+            "-o",
+            "none",
+        ])?;
         let latest = wait("the rolling upgrade to finish", boot * 3, || {
             let v = w.json(&["vmss", "rolling-upgrade", "get-latest", "-g", GROUP, "-n", SET])?;
             match v["state"].as_str() {
                 Some("Completed") => Ok(Some(v)),
-                Some(s @ ("Faulted" | "Cancelled" | "Aborted" | "Failed")) => bail!("the rolling upgrade ended {s}: {v}"),
+                Some(s @ ("Faulted" | "Cancelled" | "Aborted" | "Failed")) => {
+                    bail!("the rolling upgrade ended {s}: {v}")
+                }
                 _ => Ok(None),
             }
         })?;
         w.wait_converged(2, boot)?;
         let t1 = Instant::now();
         let (total, within, failures) = load.finish(t0, t1);
-        run(w, with(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "table"]))?;
+        herd_args(w, set_args(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "table"]))?;
         let _ = latest;
         w.check_image_version("1.0.0")?;
         w.note(&format!(
@@ -1214,16 +1341,24 @@ fn walk(
             failures.len()
         ));
         if !failures.is_empty() {
-            bail!("{} requests through the frontend failed during the rolling upgrade, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+            bail!(
+                "{} requests through the frontend failed during the rolling upgrade, e.g. {:?}",
+                failures.len(),
+                &failures[..failures.len().min(5)]
+            );
         }
         if within < 50 {
             bail!("only {within} requests completed during the rolling upgrade (at least 50 are needed)");
         }
-        check_todo(&frontend, &frontend_url)?;
+        check_todo(frontend, frontend_url)?;
         Ok(())
-    })?;
+    }
 
-    w.step("step 8: scale to 3", |w| {
+    /// Step 8: scale to 3.
+    fn scale_to_three(&self, w: &mut Walk) -> Result<()> {
+        let boot = self.boot;
+        let frontend = self.frontend.as_str();
+        let frontend_url = self.frontend_url.as_str();
         w.herd(&[
             "vmss",
             "scale",
@@ -1239,7 +1374,7 @@ fn walk(
             "none",
         ])?;
         let inst = w.wait_converged(3, boot)?;
-        run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
         let cap = w.json(&["vmss", "show", "-g", GROUP, "-n", SET])?["sku"]["capacity"].as_u64();
         if cap != Some(3) || inst.len() != 3 {
             bail!("after scale: capacity {cap:?} and {} instances, expected 3", inst.len());
@@ -1247,28 +1382,77 @@ fn walk(
         let want: Vec<String> =
             inst.iter().map(|i| format!("Version 2 from {}", i["computerName"].as_str().unwrap_or_default())).collect();
         println!();
-        answers_until(&frontend, &frontend_url, &want, Duration::from_secs(120), 3)?;
+        answers_until(frontend, frontend_url, &want, Duration::from_secs(120), 3)?;
         w.note("3 instances, all answering through the load balancer");
         Ok(())
-    })?;
+    }
 
-    let window = opts.window.clone();
-    w.step("step 9: autoscale min 2 max 10 count 3; CPU is low, so it scales in to 2", |w| {
+    /// Step 9: autoscale min 2 max 10 count 3; CPU is low, so it scales in to 2.
+    fn autoscale_in(&self, w: &mut Walk) -> Result<()> {
+        let window = self.opts.window.clone();
         w.note(&format!(
-            "the walkthrough's window is 5m; this run uses avg {window} (--window) and the server evaluates every 5 s ([autoscale] interval_secs, sample_interval_secs)"
-        ));
+        "the walkthrough's window is 5m; this run uses avg {window} (--window) and the server evaluates every 5 s ([autoscale] interval_secs, sample_interval_secs)"
+    ));
         w.herd(&[
-            "monitor", "autoscale", "create", "-g", GROUP, "--resource", SET, "--resource-type",
-            "Microsoft.Compute/virtualMachineScaleSets", "--name", "autoscale", "--min-count", "2",
-            "--max-count", "10", "--count", "3", "-o", "table",
+            "monitor",
+            "autoscale",
+            "create",
+            "-g",
+            GROUP,
+            "--resource",
+            SET,
+            "--resource-type",
+            "Microsoft.Compute/virtualMachineScaleSets",
+            "--name",
+            "autoscale",
+            "--min-count",
+            "2",
+            "--max-count",
+            "10",
+            "--count",
+            "3",
+            "-o",
+            "table",
         ])?;
         let cond_in = format!("Percentage CPU < 30 avg {window}");
         let cond_out = format!("Percentage CPU > 70 avg {window}");
-        w.herd(&["monitor", "autoscale", "rule", "create", "-g", GROUP, "--autoscale-name", "autoscale", "--condition", &cond_in, "--scale", "in", "1", "-o", "table"])?;
-        w.herd(&["monitor", "autoscale", "rule", "create", "-g", GROUP, "--autoscale-name", "autoscale", "--condition", &cond_out, "--scale", "out", "1", "-o", "table"])?;
+        w.herd(&[
+            "monitor",
+            "autoscale",
+            "rule",
+            "create",
+            "-g",
+            GROUP,
+            "--autoscale-name",
+            "autoscale",
+            "--condition",
+            &cond_in,
+            "--scale",
+            "in",
+            "1",
+            "-o",
+            "table",
+        ])?;
+        w.herd(&[
+            "monitor",
+            "autoscale",
+            "rule",
+            "create",
+            "-g",
+            GROUP,
+            "--autoscale-name",
+            "autoscale",
+            "--condition",
+            &cond_out,
+            "--scale",
+            "out",
+            "1",
+            "-o",
+            "table",
+        ])?;
         w.note(&format!(
-            "waiting for the autoscaler: it acts once it has {window} of CPU samples (herd samples every set since it exists)..."
-        ));
+        "waiting for the autoscaler: it acts once it has {window} of CPU samples (herd samples every set since it exists)..."
+    ));
         let limit = parse_window(&window).unwrap_or(Duration::from_secs(300)) + Duration::from_secs(240);
         let started = Instant::now();
         let mut last_print = Instant::now();
@@ -1282,7 +1466,19 @@ fn walk(
             }
             Ok((cap == Some(2) && n == 2).then_some(()))
         })?;
-        w.herd(&["monitor", "activity-log", "list", "-g", GROUP, "--resource", SET, "--query", "[?operation=='Autoscale']", "-o", "table"])?;
+        w.herd(&[
+            "monitor",
+            "activity-log",
+            "list",
+            "-g",
+            GROUP,
+            "--resource",
+            SET,
+            "--query",
+            "[?operation=='Autoscale']",
+            "-o",
+            "table",
+        ])?;
         let log = w.json(&["monitor", "activity-log", "list", "-g", GROUP, "--resource", SET])?;
         let scaled_in = log.as_array().into_iter().flatten().any(|e| {
             e["operation"] == "Autoscale" && e["message"].as_str().is_some_and(|m| m.contains("capacity 3 → 2"))
@@ -1290,13 +1486,18 @@ fn walk(
         if !scaled_in {
             bail!("the activity log shows no autoscale scale-in: {log}");
         }
-        run(w, with(&["vmss", "list-instances"], &["-o", "table"]))?;
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
         w.note("the activity log shows the autoscale scale-in; the set runs on 2 VMs");
         Ok(())
-    })?;
+    }
 
-    w.step("finally: the TODO item from step 5 is still there; no secret leaked", |w| {
-        check_todo(&frontend, &frontend_url)?;
+    /// Finally: the TODO item from step 5 is still there; no secret leaked.
+    fn no_secret_leaked(&self, w: &mut Walk) -> Result<()> {
+        let frontend = self.frontend.as_str();
+        let frontend_url = self.frontend_url.as_str();
+        let pg_password = self.pg_password;
+        let admin_password = self.admin_password;
+        check_todo(frontend, frontend_url)?;
         let shown = [
             w.quiet(&["vmss", "show", "-g", GROUP, "-n", SET, "-o", "json"])?,
             w.quiet(&["vmss", "list-instances", "-g", GROUP, "-n", SET, "-o", "json"])?,
@@ -1315,9 +1516,7 @@ fn walk(
         }
         w.note("neither password appears in what the API returns or in the server's log");
         Ok(())
-    })?;
-    println!("\n== The walkthrough passed on the {} driver ==", driver.name());
-    Ok(())
+    }
 }
 
 fn check_todo(frontend: &str, url: &str) -> Result<()> {
