@@ -520,6 +520,81 @@ async fn set_action(ctx: &Ctx, set: &SetRef, action: &str, ids: &[String], until
     ctx.print(&v, None)
 }
 
+/// `vmss update --set/--add/--remove`: the model change as JSON-patch-like operations.
+async fn vmss_update(
+    ctx: &Ctx,
+    set: &SetRef,
+    set_ops: &[String],
+    add: &[String],
+    remove: &[String],
+    if_match: Option<&str>,
+) -> Result<()> {
+    let mut ops = Vec::new();
+    for s in set_ops {
+        let (path, value) = s.split_once('=').ok_or_else(|| anyhow!("--set '{s}': expected PATH=VALUE"))?;
+        ops.push(json!({"op": "set", "path": path, "value": value}));
+    }
+    for a in add.chunks(2) {
+        let [path, value] = a else { bail!("--add takes PATH VALUE") };
+        ops.push(json!({"op": "add", "path": path, "value": value}));
+    }
+    // --remove PATH [INDEX] may repeat; clap hands the values over flat, and a path is
+    // never a bare number, so a number is the index of the path before it.
+    for token in remove {
+        match token.parse::<usize>() {
+            Ok(i) => match ops.last_mut() {
+                Some(op) if op["op"] == "remove" && op.get("index").is_none() => op["index"] = json!(i),
+                _ => bail!("--remove {i}: an INDEX must follow a PATH"),
+            },
+            Err(_) => ops.push(json!({"op": "remove", "path": token})),
+        }
+    }
+    if ops.is_empty() {
+        bail!("nothing to update: give --set, --add or --remove");
+    }
+    let headers: Vec<(&str, &str)> = if_match.map(|m| vec![("If-Match", m)]).unwrap_or_default();
+    let path = format!("{}/update", set_path(&set.group, &set.name));
+    let v = ctx.client.call(reqwest::Method::POST, &path, Some(&json!({"operations": ops})), &headers).await?;
+    // A model change in Manual mode leaves instances as they are, so wait only for the
+    // set's own state (capacity and power), not for the latest model.
+    let v = if ctx.no_wait { v } else { ctx.wait(set, Until::Created).await?.unwrap_or(v) };
+    ctx.print(&v, Some(SET_TABLE))
+}
+
+/// `vmss get-instance-view`: one instance's view, every instance (`*`), or the set's summary.
+async fn get_instance_view(ctx: &Ctx, set: &SetRef, instance_id: Option<String>) -> Result<()> {
+    match instance_id {
+        Some(id) if id != "*" => {
+            let v = ctx
+                .client
+                .get(&format!("{}/virtualMachines/{}/instanceView", set_path(&set.group, &set.name), enc(&id)))
+                .await?;
+            ctx.print(
+                &v,
+                Some(&[
+                    ("InstanceId", "instanceId"),
+                    ("ComputerName", "computerName"),
+                    ("Zone", "join(' ', zones)"),
+                    ("ProvisioningState", "provisioningState"),
+                    ("PowerState", "powerState"),
+                    ("LatestModelApplied", "latestModelApplied"),
+                    ("ModelGeneration", "modelGeneration"),
+                    ("Address", "reachAddress"),
+                    ("LastError", "lastError"),
+                ]),
+            )
+        }
+        Some(_) => {
+            let v = ctx.client.get(&format!("{}/virtualMachines", set_path(&set.group, &set.name))).await?;
+            ctx.print(&v, Some(INSTANCE_TABLE))
+        }
+        None => {
+            let v = ctx.client.get(&set_path(&set.group, &set.name)).await?;
+            ctx.print(&json!({"provisioningState": v["provisioningState"], "modelGeneration": v["modelGeneration"], "instanceSummary": v["instanceSummary"]}), None)
+        }
+    }
+}
+
 async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
     match c {
         VmssCmd::Create(c) => {
@@ -567,36 +642,7 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
         }
         VmssCmd::RollingUpgrade(c) => rolling(ctx, c).await,
         VmssCmd::Update { set, set_ops, add, remove, if_match, .. } => {
-            let mut ops = Vec::new();
-            for s in &set_ops {
-                let (path, value) = s.split_once('=').ok_or_else(|| anyhow!("--set '{s}': expected PATH=VALUE"))?;
-                ops.push(json!({"op": "set", "path": path, "value": value}));
-            }
-            for a in add.chunks(2) {
-                let [path, value] = a else { bail!("--add takes PATH VALUE") };
-                ops.push(json!({"op": "add", "path": path, "value": value}));
-            }
-            // --remove PATH [INDEX] may repeat; clap hands the values over flat, and a path is
-            // never a bare number, so a number is the index of the path before it.
-            for token in &remove {
-                match token.parse::<usize>() {
-                    Ok(i) => match ops.last_mut() {
-                        Some(op) if op["op"] == "remove" && op.get("index").is_none() => op["index"] = json!(i),
-                        _ => bail!("--remove {i}: an INDEX must follow a PATH"),
-                    },
-                    Err(_) => ops.push(json!({"op": "remove", "path": token})),
-                }
-            }
-            if ops.is_empty() {
-                bail!("nothing to update: give --set, --add or --remove");
-            }
-            let headers: Vec<(&str, &str)> = if_match.as_deref().map(|m| vec![("If-Match", m)]).unwrap_or_default();
-            let path = format!("{}/update", set_path(&set.group, &set.name));
-            let v = ctx.client.call(reqwest::Method::POST, &path, Some(&json!({"operations": ops})), &headers).await?;
-            // A model change in Manual mode leaves instances as they are, so wait only for the
-            // set's own state (capacity and power), not for the latest model.
-            let v = if ctx.no_wait { v } else { ctx.wait(&set, Until::Created).await?.unwrap_or(v) };
-            ctx.print(&v, Some(SET_TABLE))
+            vmss_update(ctx, &set, &set_ops, &add, &remove, if_match.as_deref()).await
         }
         VmssCmd::UpdateInstances { set, ids } => {
             set_action(ctx, &set, "updateInstances", &ids.ids, Until::Created).await
@@ -626,36 +672,7 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
             &ctx.client.get(&format!("{}/virtualMachines", set_path(&s.group, &s.name))).await?,
             Some(INSTANCE_TABLE),
         ),
-        VmssCmd::GetInstanceView { set, instance_id } => match instance_id {
-            Some(id) if id != "*" => {
-                let v = ctx
-                    .client
-                    .get(&format!("{}/virtualMachines/{}/instanceView", set_path(&set.group, &set.name), enc(&id)))
-                    .await?;
-                ctx.print(
-                    &v,
-                    Some(&[
-                        ("InstanceId", "instanceId"),
-                        ("ComputerName", "computerName"),
-                        ("Zone", "join(' ', zones)"),
-                        ("ProvisioningState", "provisioningState"),
-                        ("PowerState", "powerState"),
-                        ("LatestModelApplied", "latestModelApplied"),
-                        ("ModelGeneration", "modelGeneration"),
-                        ("Address", "reachAddress"),
-                        ("LastError", "lastError"),
-                    ]),
-                )
-            }
-            Some(_) => {
-                let v = ctx.client.get(&format!("{}/virtualMachines", set_path(&set.group, &set.name))).await?;
-                ctx.print(&v, Some(INSTANCE_TABLE))
-            }
-            None => {
-                let v = ctx.client.get(&set_path(&set.group, &set.name)).await?;
-                ctx.print(&json!({"provisioningState": v["provisioningState"], "modelGeneration": v["modelGeneration"], "instanceSummary": v["instanceSummary"]}), None)
-            }
-        },
+        VmssCmd::GetInstanceView { set, instance_id } => get_instance_view(ctx, &set, instance_id).await,
         VmssCmd::Extension(c) => extension(ctx, c).await,
         VmssCmd::GetBootLog { set, instance_id, tail_bytes } => {
             let path = format!(
