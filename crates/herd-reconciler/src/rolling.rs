@@ -130,59 +130,11 @@ fn outdated<'a>(input: &'a RollingInput<'_>, target: u64) -> Vec<&'a InstanceRec
 pub fn plan_rolling(input: &RollingInput<'_>) -> Vec<RollingStep> {
     let set = input.set;
     let target = set.model_generation;
-    let mut out = Vec::new();
     let active = input.upgrade.filter(|u| u.state.is_active());
 
     if let Some(req) = input.request {
-        out.push(RollingStep::ClearRequest);
-        match req {
-            UpgradeRequest::Start { canary, pause, reimage } => match active {
-                Some(u) if u.target_generation == target && u.batches.iter().all(|b| b.finished_at.is_none()) => {
-                    out.push(RollingStep::Canary { canary: *canary, pause: *pause });
-                }
-                Some(_) => {}
-                None if !outdated(input, target).is_empty() => {
-                    let trigger = if *reimage { "automatic OS upgrade" } else { "user" };
-                    let mut u = begin(input, trigger, *canary, *pause);
-                    u.reimage = *reimage;
-                    out.push(RollingStep::Begin(Box::new(u)));
-                }
-                None => {}
-            },
-            UpgradeRequest::Pause => {
-                if active.is_some_and(|u| u.state == RollingState::RollingForward) {
-                    out.push(RollingStep::State { state: RollingState::Paused, reason: Some("paused by user".into()) });
-                }
-            }
-            UpgradeRequest::Resume => {
-                if active.is_some_and(|u| u.state == RollingState::Paused) {
-                    out.push(RollingStep::State { state: RollingState::RollingForward, reason: None });
-                }
-            }
-            UpgradeRequest::Cancel => {
-                if active.is_some() {
-                    out.push(RollingStep::State {
-                        state: RollingState::Cancelled,
-                        reason: Some("cancelled by user; instances not yet upgraded stay on the old model".into()),
-                    });
-                }
-            }
-            UpgradeRequest::Rollback => {
-                let can = input.upgrade.is_some_and(|u| {
-                    matches!(
-                        u.state,
-                        RollingState::RollingForward
-                            | RollingState::Paused
-                            | RollingState::Faulted
-                            | RollingState::Cancelled
-                    ) && u.target_generation == target
-                        && u.touched().next().is_some()
-                });
-                if can {
-                    out.push(RollingStep::Rollback { reason: "rollback requested by user".into() });
-                }
-            }
-        }
+        let mut out = vec![RollingStep::ClearRequest];
+        out.extend(user_request(input, req, active));
         return out;
     }
 
@@ -190,86 +142,161 @@ pub fn plan_rolling(input: &RollingInput<'_>) -> Vec<RollingStep> {
     let Some(u) = active else {
         let newer = input.upgrade.is_none_or(|u| u.target_generation < target);
         if set.model.upgrade_policy.mode == UpgradeMode::Rolling && newer && !outdated(input, target).is_empty() {
-            out.push(RollingStep::Begin(Box::new(begin(input, "model change", None, false))));
+            return vec![RollingStep::Begin(Box::new(begin(input, "model change", None, false)))];
         }
-        return out;
+        return Vec::new();
     };
     if u.state == RollingState::Paused {
-        return out;
+        return Vec::new();
     }
+    match u.current_batch() {
+        Some(batch) => batch_in_flight(input, u, batch),
+        None => next_batch(input, u),
+    }
+}
+
+/// What the user asked of the upgrade (start, pause, resume, cancel, roll back), when it can
+/// be done now.
+fn user_request(input: &RollingInput<'_>, req: &UpgradeRequest, active: Option<&RollingUpgrade>) -> Vec<RollingStep> {
+    let target = input.set.model_generation;
+    let mut out = Vec::new();
+    match req {
+        UpgradeRequest::Start { canary, pause, reimage } => match active {
+            Some(u) if u.target_generation == target && u.batches.iter().all(|b| b.finished_at.is_none()) => {
+                out.push(RollingStep::Canary { canary: *canary, pause: *pause });
+            }
+            Some(_) => {}
+            None if !outdated(input, target).is_empty() => {
+                let trigger = if *reimage { "automatic OS upgrade" } else { "user" };
+                let mut u = begin(input, trigger, *canary, *pause);
+                u.reimage = *reimage;
+                out.push(RollingStep::Begin(Box::new(u)));
+            }
+            None => {}
+        },
+        UpgradeRequest::Pause => {
+            if active.is_some_and(|u| u.state == RollingState::RollingForward) {
+                out.push(RollingStep::State { state: RollingState::Paused, reason: Some("paused by user".into()) });
+            }
+        }
+        UpgradeRequest::Resume => {
+            if active.is_some_and(|u| u.state == RollingState::Paused) {
+                out.push(RollingStep::State { state: RollingState::RollingForward, reason: None });
+            }
+        }
+        UpgradeRequest::Cancel => {
+            if active.is_some() {
+                out.push(RollingStep::State {
+                    state: RollingState::Cancelled,
+                    reason: Some("cancelled by user; instances not yet upgraded stay on the old model".into()),
+                });
+            }
+        }
+        UpgradeRequest::Rollback => {
+            let can = input.upgrade.is_some_and(|u| {
+                matches!(
+                    u.state,
+                    RollingState::RollingForward
+                        | RollingState::Paused
+                        | RollingState::Faulted
+                        | RollingState::Cancelled
+                ) && u.target_generation == target
+                    && u.touched().next().is_some()
+            });
+            if can {
+                out.push(RollingStep::Rollback { reason: "rollback requested by user".into() });
+            }
+        }
+    }
+    out
+}
+
+/// The batch in flight: when every instance in it has moved and its health is decided (or the
+/// batch timed out), finish it, then fault, roll back, finish, or pause after the canary.
+fn batch_in_flight(
+    input: &RollingInput<'_>,
+    u: &RollingUpgrade,
+    batch: &herd_model::upgrade::RollingBatch,
+) -> Vec<RollingStep> {
+    let mut out = Vec::new();
     let target = u.target_generation;
-    let p = policy(set);
+    let p = policy(input.set);
     let by_id: BTreeMap<InstanceId, &InstanceRecord> = input.instances.iter().map(|r| (r.instance_id, r)).collect();
     let finish_state =
         if u.state == RollingState::RollingBack { RollingState::RolledBack } else { RollingState::Completed };
-
-    if let Some(batch) = u.current_batch() {
-        let timed_out = input.now - batch.started_at > input.batch_timeout;
-        let mut done = true;
-        let mut unhealthy = Vec::new();
-        if u.surge && u.state == RollingState::RollingForward {
-            // The new instances: on the target, created since the batch began.
-            let fresh: Vec<&InstanceRecord> = input
-                .instances
-                .iter()
-                .filter(|r| r.is_counted() && r.model_generation >= target && r.created_at >= batch.started_at)
-                .collect();
-            done = fresh.len() >= batch.instances.len() && fresh.iter().all(|r| decided(input, r) || timed_out);
-            done |= timed_out;
-            unhealthy.extend(fresh.iter().filter(|r| !healthy(input, r)).map(|r| r.instance_id));
-        } else {
-            for id in &batch.instances {
-                let Some(r) = by_id.get(id) else { continue }; // deleted meanwhile: nothing to wait for
-                let moved = r.model_generation >= target || r.state == InstanceState::Failed;
-                if !moved || !(decided(input, r) || timed_out) {
-                    done = false;
-                    break;
-                }
-                if !healthy(input, r) {
-                    unhealthy.push(*id);
-                }
+    let timed_out = input.now - batch.started_at > input.batch_timeout;
+    let mut done = true;
+    let mut unhealthy = Vec::new();
+    if u.surge && u.state == RollingState::RollingForward {
+        // The new instances: on the target, created since the batch began.
+        let fresh: Vec<&InstanceRecord> = input
+            .instances
+            .iter()
+            .filter(|r| r.is_counted() && r.model_generation >= target && r.created_at >= batch.started_at)
+            .collect();
+        done = fresh.len() >= batch.instances.len() && fresh.iter().all(|r| decided(input, r) || timed_out);
+        done |= timed_out;
+        unhealthy.extend(fresh.iter().filter(|r| !healthy(input, r)).map(|r| r.instance_id));
+    } else {
+        for id in &batch.instances {
+            let Some(r) = by_id.get(id) else { continue }; // deleted meanwhile: nothing to wait for
+            let moved = r.model_generation >= target || r.state == InstanceState::Failed;
+            if !moved || !(decided(input, r) || timed_out) {
+                done = false;
+                break;
+            }
+            if !healthy(input, r) {
+                unhealthy.push(*id);
             }
         }
-        if !done {
-            return out;
-        }
-        out.push(RollingStep::FinishBatch { unhealthy: unhealthy.clone() });
-        let upgraded: Vec<InstanceId> = u.touched().collect();
-        let bad = u.failed.len() + unhealthy.len();
-        let pct = if upgraded.is_empty() { 0 } else { bad * 100 / upgraded.len() };
-        if u.state == RollingState::RollingForward && pct > p.max_unhealthy_upgraded_instance_percent as usize {
-            let reason = format!(
-                "{bad} of {} upgraded instance(s) unhealthy ({pct}%) exceeds maxUnhealthyUpgradedInstancePercent {}%",
-                upgraded.len(),
-                p.max_unhealthy_upgraded_instance_percent
-            );
-            if p.rollback_failed_instances_on_policy_breach {
-                out.push(RollingStep::Rollback {
-                    reason: format!("{reason}; rolling back (rollbackFailedInstancesOnPolicyBreach)"),
-                });
-            } else {
-                out.push(RollingStep::State { state: RollingState::Faulted, reason: Some(reason) });
-            }
-            return out;
-        }
-        if u.surge && u.state == RollingState::RollingForward {
-            out.push(RollingStep::RetireOld(batch.instances.clone()));
-        }
-        let first = u.batches.len() == 1;
-        let remaining =
-            outdated(input, target).into_iter().filter(|r| !batch.instances.contains(&r.instance_id)).count();
-        if remaining == 0 {
-            out.push(RollingStep::State { state: finish_state, reason: None });
-        } else if first && u.pause_after_canary && u.state == RollingState::RollingForward {
-            out.push(RollingStep::State {
-                state: RollingState::Paused,
-                reason: Some("canary batch done; 'rolling-upgrade resume' continues, 'rollback' reverts it".into()),
+    }
+    if !done {
+        return out;
+    }
+    out.push(RollingStep::FinishBatch { unhealthy: unhealthy.clone() });
+    let upgraded: Vec<InstanceId> = u.touched().collect();
+    let bad = u.failed.len() + unhealthy.len();
+    let pct = if upgraded.is_empty() { 0 } else { bad * 100 / upgraded.len() };
+    if u.state == RollingState::RollingForward && pct > p.max_unhealthy_upgraded_instance_percent as usize {
+        let reason = format!(
+            "{bad} of {} upgraded instance(s) unhealthy ({pct}%) exceeds maxUnhealthyUpgradedInstancePercent {}%",
+            upgraded.len(),
+            p.max_unhealthy_upgraded_instance_percent
+        );
+        if p.rollback_failed_instances_on_policy_breach {
+            out.push(RollingStep::Rollback {
+                reason: format!("{reason}; rolling back (rollbackFailedInstancesOnPolicyBreach)"),
             });
+        } else {
+            out.push(RollingStep::State { state: RollingState::Faulted, reason: Some(reason) });
         }
         return out;
     }
+    if u.surge && u.state == RollingState::RollingForward {
+        out.push(RollingStep::RetireOld(batch.instances.clone()));
+    }
+    let first = u.batches.len() == 1;
+    let remaining = outdated(input, target).into_iter().filter(|r| !batch.instances.contains(&r.instance_id)).count();
+    if remaining == 0 {
+        out.push(RollingStep::State { state: finish_state, reason: None });
+    } else if first && u.pause_after_canary && u.state == RollingState::RollingForward {
+        out.push(RollingStep::State {
+            state: RollingState::Paused,
+            reason: Some("canary batch done; 'rolling-upgrade resume' continues, 'rollback' reverts it".into()),
+        });
+    }
+    out
+}
 
-    // No batch in flight: finished, waiting out the pause, or time for the next one.
+/// No batch in flight: finished, waiting out the pause between batches, faulted by unhealthy
+/// instances, or the next batch.
+fn next_batch(input: &RollingInput<'_>, u: &RollingUpgrade) -> Vec<RollingStep> {
+    let mut out = Vec::new();
+    let set = input.set;
+    let target = u.target_generation;
+    let p = policy(set);
+    let finish_state =
+        if u.state == RollingState::RollingBack { RollingState::RolledBack } else { RollingState::Completed };
     let todo = outdated(input, target);
     if todo.is_empty() {
         out.push(RollingStep::State { state: finish_state, reason: None });
