@@ -100,6 +100,22 @@
 //! going is killed (its process group in the guest) before the new one starts. A pid the
 //! agent does not know (the VM rebooted) means the run is gone. (The one window left: a crash
 //! between `guest-exec` returning and the record being written.)
+//!
+//! The rule, as the adoption decides it from the record and `guest-exec-status`:
+//!
+//! ```text
+//!  record?  agent knows pid?  same run?  still going?   ->
+//!  no       -                 -          -                 start the new run
+//!  yes      no                -          -                 start the new run (the old one is gone)
+//!  yes      yes               yes        either            adopt: wait, take its outcome; no new run
+//!  yes      yes               no         yes               kill its group, wait until reaped, start
+//!  yes      yes               no         no                start the new run
+//! ```
+//!
+//! So a cut run is either adopted or killed, never doubled, and a run is started at most once
+//! per call. The record is written when the agent gives the pid, which may be before the
+//! guest's shell has reached the script's first line: a run adopted then still starts exactly
+//! once (the adopter waits for it), and a run killed then never runs its command at all.
 
 use crate::accel::Accel;
 use crate::command_line::{self, forwarded_ports, mac_for, marker_prefix};
@@ -148,6 +164,8 @@ const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const EXIT_AFTER_POWEROFF: Duration = Duration::from_secs(10);
 const EXIT_AFTER_QUIT: Duration = Duration::from_secs(5);
 const EXIT_AFTER_KILL: Duration = Duration::from_secs(5);
+/// How long a start waits for the instance's previous QEMU to finish exiting.
+const PREVIOUS_EXIT_WAIT: Duration = Duration::from_secs(20);
 /// How long `run_script` waits for the agent to answer (it may just have been released by the
 /// readiness task).
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -510,6 +528,7 @@ impl QemuDriver {
 
     /// Starts QEMU for the instance in `d` as `spec.json` describes it.
     async fn start(&self, key: &InstanceKey, d: &VmDir) -> Result<(), DriverError> {
+        self.wait_previous_exit(key, d).await?;
         let d2 = d.clone();
         let spec = blocking(move || d2.read_spec()).await?.map_err(|e| io_failed(key, "reading spec.json", e))?;
         // A crash in the middle of a reimage may have left the OS disk missing; data disks
@@ -545,6 +564,23 @@ impl QemuDriver {
         let readiness = Readiness::of(agent_known(d, &spec));
         self.shared.watch(key, d, id, readiness, offset);
         Ok(())
+    }
+
+    /// Waits (up to [`PREVIOUS_EXIT_WAIT`]) until the QEMU last recorded for the instance has
+    /// exited with all its threads: one killed a moment ago may still hold its disks' locks,
+    /// and a second QEMU on them would fail to start. Callers hold the instance lock, so no
+    /// other QEMU can be started for it meanwhile.
+    async fn wait_previous_exit(&self, key: &InstanceKey, d: &VmDir) -> Result<(), DriverError> {
+        let d2 = d.clone();
+        let Some(prev) = blocking(move || d2.read_pid().and_then(|r| r.id)).await? else { return Ok(()) };
+        if wait_gone(prev, PREVIOUS_EXIT_WAIT).await {
+            return Ok(());
+        }
+        Err(DriverError::Failed(format!(
+            "instance {key}: its previous QEMU (pid {}) has not exited after {} s; not starting another on its disks",
+            prev.pid,
+            PREVIOUS_EXIT_WAIT.as_secs()
+        )))
     }
 
     /// Runs QEMU with `args` and returns the daemon's identity, or why it did not start.
@@ -795,7 +831,10 @@ async fn adopt_or_kill(
     }
     if !st.exited {
         tracing::warn!(instance = %key, extension = %rec.name, pid = rec.pid, "killing an extension run left by a previous server: another run is wanted now");
-        let kill = format!("kill -KILL -{0} 2>/dev/null; kill -KILL {0} 2>/dev/null; true", rec.pid);
+        // The process first, then its group: a shell killed before its `setsid` has no group
+        // yet (and forks nothing before it); one killed after it leaves its children in the
+        // group, which the second kill ends. The other order could miss a child forked between.
+        let kill = format!("kill -KILL {0} 2>/dev/null; kill -KILL -{0} 2>/dev/null; true", rec.pid);
         let _ = qga.run("/bin/sh", &["-c", kill.as_str()], NO_ENV, None, AGENT_STEP_TIMEOUT).await;
         // Reap it in the agent, so the next run starts only once it is gone.
         let until = Instant::now() + SCRIPT_KILL_WAIT;

@@ -132,9 +132,27 @@ pub(crate) fn is_instance_qemu(id: ProcId, prefix: &str, key: &InstanceKey) -> b
     std::fs::read(format!("/proc/{}/cmdline", id.pid)).ok().and_then(|c| marker_key(&c, prefix)).as_ref() == Some(key)
 }
 
-/// Whether `id` is gone (exited, a zombie, or its pid now belongs to another process).
+/// Whether `id` is gone: exited with all its threads (a zombie left for its parent to reap
+/// counts), or its pid now belongs to another process.
+///
+/// A zombie *leader* is not enough: when QEMU is killed, its main thread may be a zombie while
+/// another thread still finishes disk I/O, and until that thread exits the process keeps its
+/// files open, the qcow2 locks with them. A QEMU started on the same disks then fails with
+/// `Failed to get "write" lock`.
 pub(crate) fn is_gone(id: ProcId) -> bool {
-    !matches!(read_stat(id.pid), Some(st) if st.starttime == id.start && !st.is_zombie())
+    match read_stat(id.pid) {
+        Some(st) if st.starttime == id.start => st.is_zombie() && !other_threads_left(id.pid),
+        _ => true,
+    }
+}
+
+/// Whether `/proc/<pid>/task` lists a thread besides the leader (threads that exit leave the
+/// list at once; a zombie leader stays in it until reaped).
+fn other_threads_left(pid: u32) -> bool {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).any(|tid| tid != pid)
 }
 
 /// Sends `sig` to `id` if it is still that process. Never signals pid 0 or 1, nor ourselves.
@@ -336,6 +354,40 @@ mod tests {
         assert_eq!(pid, std::process::id());
         assert!(!comm.is_empty());
         assert!(port_holder("127.200.254.8".parse().unwrap(), port).is_none());
+    }
+
+    /// Regression: a process whose main thread has exited while another thread runs shows
+    /// its leader as a zombie, yet still holds its files (for QEMU: the disk locks). It is not
+    /// gone until that thread ends too.
+    #[test]
+    fn a_zombie_leader_with_a_live_thread_is_not_gone() {
+        // The main thread leaves with the raw `exit` syscall (that thread only); a second
+        // thread sleeps on. Needs python3 (scripts/packages.txt).
+        let code = "import ctypes, os, threading, time\n\
+                    nr = {'x86_64': 60, 'aarch64': 93}[os.uname().machine]\n\
+                    threading.Thread(target=time.sleep, args=(120,), daemon=True).start()\n\
+                    ctypes.CDLL(None).syscall(nr, 0)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", code])
+            .spawn()
+            .expect("python3 (apt-get install python3)");
+        let pid = child.id();
+        let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !cond() {
+                assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        wait_for("the leader is a zombie", &|| read_stat(pid).is_some_and(|s| s.is_zombie()));
+        let st = read_stat(pid).unwrap();
+        let id = ProcId { pid, start: st.starttime };
+        assert!(other_threads_left(pid), "the sleeping thread is still listed");
+        assert!(!is_gone(id), "a zombie leader with a running thread is not gone");
+        let _ = child.kill();
+        wait_for("the last thread exited", &|| is_gone(id));
+        let _ = child.wait();
+        assert!(is_gone(id));
     }
 
     #[test]
