@@ -91,6 +91,7 @@ impl From<herd_state::StateError> for ApiError {
         match e {
             herd_state::StateError::Store(e) => e.into(),
             herd_state::StateError::Key(e) => ApiError::Internal(e.to_string()),
+            herd_state::StateError::Task(e) => ApiError::Internal(e.to_string()),
         }
     }
 }
