@@ -126,6 +126,7 @@ use crate::qmp::Qmp;
 use crate::seed::{self, SeedFiles, UserDataInput};
 use crate::vm_dir::{self, remove_tree, walk, PidRecord, Power, ScriptRunRecord, VmDir, VmSpec};
 use async_trait::async_trait;
+use herd_driver::host::locks::InstanceLocks;
 use herd_driver::{
     keep_tail, Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget,
     ScriptOutcome, ScriptRun, SCRIPT_OUTPUT_TAIL,
@@ -233,7 +234,7 @@ impl QemuConfig {
 pub struct QemuDriver {
     shared: Arc<Shared>,
     /// One lock per instance, so concurrent lifecycle calls on one key cannot interleave.
-    locks: KeyLocks,
+    locks: InstanceLocks,
 }
 
 /// What the driver and its readiness tasks share.
@@ -253,7 +254,7 @@ struct Shared {
     watching: Mutex<HashMap<InstanceKey, ProcId>>,
     /// One lock per instance for the guest agent: it serves one client at a time (scripts,
     /// stats, the detection probe), and a long script must not hold up `destroy`.
-    script_locks: KeyLocks,
+    script_locks: InstanceLocks,
     /// Instances of images with an unknown agent whose agent answered, with their image (see
     /// [`Driver::guest_agents_answered`]).
     answered: Mutex<HashMap<InstanceKey, ImageSource>>,
@@ -288,31 +289,6 @@ fn agent_known(d: &VmDir, spec: &VmSpec) -> Option<bool> {
     spec.guest_agent.or_else(|| d.agent_answered(spec).then_some(true))
 }
 
-#[derive(Debug, Default)]
-struct KeyLocks(Mutex<HashMap<InstanceKey, Arc<tokio::sync::Mutex<()>>>>);
-
-impl KeyLocks {
-    async fn lock(&self, key: &InstanceKey) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        m.lock_owned().await
-    }
-
-    /// The lock if nobody holds it now.
-    fn try_lock(&self, key: &InstanceKey) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        m.try_lock_owned().ok()
-    }
-
-    /// Forgets the lock of a destroyed instance unless someone else is waiting on it.
-    fn forget(&self, key: &InstanceKey) {
-        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // The map and the caller's guard hold one reference each.
-        if locks.get(key).is_some_and(|m| Arc::strong_count(m) <= 2) {
-            locks.remove(key);
-        }
-    }
-}
-
 impl Drop for QemuDriver {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
@@ -341,10 +317,10 @@ impl QemuDriver {
                 runtime_log,
                 closed: AtomicBool::new(false),
                 watching: Mutex::new(HashMap::new()),
-                script_locks: KeyLocks::default(),
+                script_locks: InstanceLocks::default(),
                 answered: Mutex::new(HashMap::new()),
             }),
-            locks: KeyLocks::default(),
+            locks: InstanceLocks::default(),
         })
         .inspect(|driver| driver.shared.load_answered())
     }
@@ -436,6 +412,26 @@ impl QemuDriver {
             herd_driver::fence::admit_in_dir(&k, &d.dir, fence)
         })
         .await?
+    }
+
+    /// The instance's lock, once `fence` is admitted under it.
+    async fn lock_admitted(
+        &self,
+        key: &InstanceKey,
+        fence: Fence,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, DriverError> {
+        let guard = self.locks.lock(key).await;
+        self.admit(key, fence).await?;
+        Ok(guard)
+    }
+
+    /// The instance's directory, which must exist (else `NotFound`).
+    fn existing(&self, key: &InstanceKey) -> Result<VmDir, DriverError> {
+        let d = self.shared.vm(key);
+        if !d.exists() {
+            return Err(DriverError::NotFound(key.clone()));
+        }
+        Ok(d)
     }
 
     async fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
@@ -912,7 +908,7 @@ fn outcome(st: ExecStatus, timed_out: bool) -> ScriptOutcome {
 impl Shared {
     /// The directory of `key`, and where its sockets go if that path is too long.
     fn vm(&self, key: &InstanceKey) -> VmDir {
-        let dir = self.cfg.root.join(key.group.as_str()).join(key.set.as_str()).join(key.id.0.to_string());
+        let dir = herd_driver::host::instance_dir::instance_path(&self.cfg.root, key);
         let socket_fallback = self.socket_dir.join(format!("{:016x}", command_line::fnv1a64(key.path().as_bytes())));
         VmDir { dir, socket_fallback }
     }
@@ -1479,8 +1475,7 @@ impl Driver for QemuDriver {
     }
 
     async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.locks.lock(&spec.key).await;
-        self.admit(&spec.key, fence).await?;
+        let _g = self.lock_admitted(&spec.key, fence).await?;
         check_spec(spec)?;
         let existed = self.materialize(spec, fence).await?;
         if existed && self.live(&spec.key).await?.is_some() {
@@ -1490,12 +1485,8 @@ impl Driver for QemuDriver {
     }
 
     async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
-        let d = self.shared.vm(key);
-        if !d.exists() {
-            return Err(DriverError::NotFound(key.clone()));
-        }
+        let _g = self.lock_admitted(key, fence).await?;
+        let d = self.existing(key)?;
         match target {
             PowerTarget::Running => {
                 if self.live(key).await?.is_none() {
@@ -1509,12 +1500,8 @@ impl Driver for QemuDriver {
     }
 
     async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
-        let d = self.shared.vm(key);
-        if !d.exists() {
-            return Err(DriverError::NotFound(key.clone()));
-        }
+        let _g = self.lock_admitted(key, fence).await?;
+        let d = self.existing(key)?;
         self.stop(key, &d, Power::Stopped).await?;
         self.start(key, &d).await
     }
@@ -1523,13 +1510,9 @@ impl Driver for QemuDriver {
     /// the seed are kept (the guest sees the same instance, bigger or smaller).
     async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let key = &spec.key;
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
+        let _g = self.lock_admitted(key, fence).await?;
         check_spec(spec)?;
-        let d = self.shared.vm(key);
-        if !d.exists() {
-            return Err(DriverError::NotFound(key.clone()));
-        }
+        let d = self.existing(key)?;
         self.stop(key, &d, Power::Stopped).await?;
         let io = |e: std::io::Error| io_failed(key, "spec.json", e);
         let mut vm = d.read_spec().map_err(io)?;
@@ -1542,8 +1525,7 @@ impl Driver for QemuDriver {
 
     async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let key = &spec.key;
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
+        let _g = self.lock_admitted(key, fence).await?;
         check_spec(spec)?;
         let d = self.shared.vm(key);
         if !d.exists() {
@@ -1669,10 +1651,7 @@ impl Driver for QemuDriver {
         }
         // The fence is checked under the instance lock (which every other acting call holds),
         // released before the script lock is taken: a script may run for minutes.
-        {
-            let _l = self.locks.lock(key).await;
-            self.admit(key, fence).await?;
-        }
+        drop(self.lock_admitted(key, fence).await?);
         let _g = self.shared.script_locks.lock(key).await;
         self.run_script_locked(key, run).await
     }
