@@ -13,10 +13,7 @@ const SECRET: &str = "pw-7f3a9c1e-never-shown";
 const SET: [&str; 4] = ["-g", "ext-rg", "-n", "web"];
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 /// `az vmss extension ...` names the set with --vmss-name.
@@ -27,13 +24,7 @@ fn ext<'a>(cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn counted(s: &Server) -> Vec<Value> {
-    let all = s.json(&with(&["vmss", "list-instances"], &[]));
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["overprovisioned"] == false && i["goal"] != "Deleted")
-        .cloned()
-        .collect()
+    counted_instances(s, &SET)
 }
 
 /// The extension status of every counted instance, once each has one for `name` in a final state.
@@ -74,8 +65,7 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
         ("install.sh", install.as_bytes().to_vec()),
         ("fail.sh", b"echo about to fail with $1\nexit 3\n".to_vec()),
     ]);
-    s.ok(&["group", "create", "-n", "ext-rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.group_with_image("ext-rg", "Herd:App:1:1.0.0", &img);
     s.ok(&with(
         &["vmss", "create"],
         &["--image", "Herd:App:1:1.0.0", "--instance-count", "2", "--upgrade-policy-mode", "Manual", "--quiet"],

@@ -20,10 +20,7 @@ fn setup() -> (tempfile::TempDir, Server) {
 const SET: [&str; 4] = ["-g", "web-rg", "-n", "webscaleset"];
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 fn create(s: &Server, count: &str) {
@@ -305,8 +302,7 @@ fn wait_fails_when_provisioning_is_suspended() {
         Some("[sim]\nboot_min_ms = 1\nboot_max_ms = 2\nfailure_rate = 1.0\n[provisioning]\nfailure_threshold = 3\n"),
     );
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "web-rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.group_with_image("web-rg", "Herd:TestGuest:1:1.0.0", &img);
     let out = s.herd(&with(
         &["vmss", "create"],
         &[

@@ -72,84 +72,14 @@ fn traffic_follows_instance_health() {
     let data = dir.path().join("data");
     let s = Server::start("process", &data, Some("[loadbalancer]\ndrain_timeout_secs = 2\n"));
     let img = image_dir(&dir.path().join("img"), APP);
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.group_with_image("rg", "Herd:App:1:1.0.0", &img);
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "webprobe",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "2",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "18080",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "webprobe",
-    ]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:App:1:1.0.0",
-        "--instance-count",
-        "2",
-        "--vm-sku",
-        "Standard_B1s",
-        "--lb",
-        "web-lb",
-        "--quiet",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "inbound-nat-pool",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "direct",
-        "--frontend-port-range-start",
-        "50000",
-        "--frontend-port-range-end",
-        "50009",
-        "--backend-port",
-        "8080",
-    ]);
+    ProbedRule::default().create(&s);
+    s.create_set("rg", "web", "Herd:App:1:1.0.0", "2", &words("--vm-sku Standard_B1s --lb web-lb"));
+    s.ok(&words(
+        "network lb inbound-nat-pool create -g rg --lb-name web-lb -n direct --frontend-port-range-start 50000 \
+         --frontend-port-range-end 50009 --backend-port 8080",
+    ));
     let lb_id = s.json(&["network", "lb", "show", "-g", "rg", "-n", "web-lb", "--query", "id"]);
     let nat_ref = format!("{{\"id\": \"{}/inboundNatPools/direct\"}}", lb_id.as_str().unwrap());
     s.ok(&[
@@ -338,85 +268,18 @@ fn bridged_instances_behind_the_load_balancer_in_a_test_namespace() {
         Some("[network]\nmode = \"bridged\"\n[loadbalancer]\ndrain_timeout_secs = 1\n"),
     );
     let img = image_dir(&dir.path().join("img"), APP);
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.group_with_image("rg", "Herd:App:1:1.0.0", &img);
     s.ok(&["network", "vnet", "create", "-g", "rg", "-n", "mynet", "--address-prefix", "10.0.0.0/16"]);
-    s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "create",
-        "-g",
-        "rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--address-prefixes",
-        "10.0.0.0/24",
-    ]);
+    s.ok(&words("network vnet subnet create -g rg --vnet-name mynet -n web --address-prefixes 10.0.0.0/24"));
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
+    ProbedRule { probe: "p", threshold: "1", frontend_port: "80", ..Default::default() }.create(&s);
+    s.create_set(
         "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "p",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "1",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "80",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "p",
-    ]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
         "web",
-        "--image",
         "Herd:App:1:1.0.0",
-        "--instance-count",
         "2",
-        "--vm-sku",
-        "Standard_B1s",
-        "--vnet-name",
-        "mynet",
-        "--subnet",
-        "web",
-        "--lb",
-        "web-lb",
-        "--quiet",
-    ]);
+        &words("--vm-sku Standard_B1s --vnet-name mynet --subnet web --lb web-lb"),
+    );
     let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
     for i in list.as_array().unwrap() {
         let reach = i["reachAddress"].as_str().unwrap();

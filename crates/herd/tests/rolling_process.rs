@@ -60,10 +60,7 @@ fn get(url: &str) -> Result<String, String> {
 const SET: [&str; 4] = ["-g", "rg", "-n", "web"];
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 /// A server with images 1.0.0 (v1), 1.0.1 (v2) and 1.0.2 (v2, failing its probe), a load
@@ -85,46 +82,7 @@ fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
         s.ok(&["image", "import", "--urn", &format!("Herd:App:1:{v}"), "--dir", img.to_str().unwrap()]);
     }
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "webprobe",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "2",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "18080",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "webprobe",
-    ]);
+    ProbedRule::default().create(&s);
     // Rolling without a health source is refused with a clear error.
     let e = s.err(&with(
         &["vmss", "create"],

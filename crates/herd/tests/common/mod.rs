@@ -479,3 +479,125 @@ impl Drop for VmGuard {
         }
     }
 }
+
+/// A command line written as one string: `words("vmss show -g rg -n web")`, split on
+/// whitespace, where an argument in single quotes keeps its spaces (`--timegrain 'avg 1s'`).
+/// There is no escaping: an argument holding a single quote is passed on its own.
+pub fn words(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        let (arg, after) = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.split_once('\'').unwrap_or_else(|| panic!("unclosed quote in {line:?}")),
+            None => rest.split_once(char::is_whitespace).unwrap_or((rest, "")),
+        };
+        out.push(arg);
+        rest = after.trim_start();
+    }
+    out
+}
+
+/// `cmd`, then a scale set's `-g <group> -n <name>` (`set`), then `extra`: the shape of every
+/// `vmss` command on one set.
+pub fn on_set<'a>(set: &[&'a str], cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = cmd.to_vec();
+    v.extend_from_slice(set);
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The instances of a set (`set` as in [`on_set`]) that count toward its capacity: not
+/// overprovisioned extras, not being deleted.
+pub fn counted_instances(s: &Server, set: &[&str]) -> Vec<Value> {
+    let all = s.json(&on_set(set, &["vmss", "list-instances"], &[]));
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["overprovisioned"] == false && i["goal"] != "Deleted")
+        .cloned()
+        .collect()
+}
+
+impl Server {
+    /// Creates resource group `group` and imports the image directory `img` as `urn`.
+    pub fn group_with_image(&self, group: &str, urn: &str, img: &Path) {
+        self.ok(&["group", "create", "-n", group]);
+        self.ok(&["image", "import", "--urn", urn, "--dir", img.to_str().unwrap()]);
+    }
+
+    /// `vmss create -g <group> -n <name> --image <urn> --instance-count <count> <extra> --quiet`.
+    pub fn create_set(&self, group: &str, name: &str, urn: &str, count: &str, extra: &[&str]) -> String {
+        let mut args = vec!["vmss", "create", "-g", group, "-n", name, "--image", urn, "--instance-count", count];
+        args.extend_from_slice(extra);
+        args.push("--quiet");
+        self.ok(&args)
+    }
+
+    /// `vmss extension set -g <group> --vmss-name <set> --name <name> --publisher <publisher>
+    /// --version <version> <extra>`, which must succeed; its stdout.
+    pub fn set_extension(&self, on: [&str; 2], name: &str, publisher: &str, version: &str, extra: &[&str]) -> String {
+        let [group, set] = on;
+        let mut args = vec!["vmss", "extension", "set", "-g", group, "--vmss-name", set];
+        args.extend_from_slice(&["--name", name, "--publisher", publisher, "--version", version]);
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+}
+
+/// A load-balancing rule with its own HTTP health probe, as the load-balancer tests make them.
+/// [`ProbedRule::default`] is the common one: on `web-lb` in `rg`, probe `webprobe` on `/` at
+/// port 8080 every second with threshold 2, and rule `http` from port 18080 to 8080.
+pub struct ProbedRule<'a> {
+    pub group: &'a str,
+    pub lb: &'a str,
+    pub probe: &'a str,
+    pub backend_port: &'a str,
+    pub interval: &'a str,
+    pub threshold: &'a str,
+    pub rule: &'a str,
+    pub frontend_port: &'a str,
+}
+
+impl Default for ProbedRule<'_> {
+    fn default() -> Self {
+        ProbedRule {
+            group: "rg",
+            lb: "web-lb",
+            probe: "webprobe",
+            backend_port: "8080",
+            interval: "1",
+            threshold: "2",
+            rule: "http",
+            frontend_port: "18080",
+        }
+    }
+}
+
+impl ProbedRule<'_> {
+    /// Creates the probe, then the rule that uses it.
+    pub fn create(&self, s: &Server) {
+        let on_lb = ["-g", self.group, "--lb-name", self.lb];
+        let mut probe = on_set(&on_lb, &["network", "lb", "probe", "create"], &["-n", self.probe]);
+        probe.extend_from_slice(&["--protocol", "Http", "--path", "/", "--port", self.backend_port]);
+        probe.extend_from_slice(&["--interval", self.interval, "--threshold", self.threshold]);
+        s.ok(&probe);
+        let mut rule = on_set(&on_lb, &["network", "lb", "rule", "create"], &["-n", self.rule]);
+        rule.extend_from_slice(&["--frontend-port", self.frontend_port, "--backend-port", self.backend_port]);
+        rule.extend_from_slice(&["--probe-name", self.probe]);
+        s.ok(&rule);
+    }
+}
+
+/// The process-group leaders among a test server's instance processes (see
+/// [`tagged_processes`]), with their instance keys; zombies left out.
+pub fn instance_group_leaders(data_dir: &Path) -> Vec<(u32, String)> {
+    tagged_processes(data_dir)
+        .into_iter()
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&p.pid.to_string().as_str())
+        })
+        .map(|p| (p.pid, p.var("HERD_INSTANCE_KEY").unwrap_or("").to_string()))
+        .collect()
+}
