@@ -18,7 +18,6 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use herd_model::FieldError;
 use reqwest::Url;
 use tokio_postgres::types::{FromSql, ToSql, Type};
@@ -26,7 +25,7 @@ use tokio_postgres::NoTls;
 
 use crate::error::{chain_text, find_io_error, io_failure};
 use crate::spec::{redact_url_text, shorten, Fields};
-use crate::{bounded, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// A validated PostgreSQL source.
 #[derive(Clone)]
@@ -408,16 +407,7 @@ impl PostgresSource {
     }
 }
 
-#[async_trait]
-impl MetricSource for PostgresSource {
-    async fn sample(&self) -> Result<Option<f64>, SourceError> {
-        bounded(&self.describe, self.timeout, &self.secrets, self.sample_now()).await
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
+bounded_metric_source!(PostgresSource, secrets);
 
 #[cfg(test)]
 mod tests {
