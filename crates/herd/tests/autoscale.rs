@@ -352,23 +352,9 @@ fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
 }
 
 /// A web app on the instance's own address, port 8080, answering every GET with `ok`.
-const WEB_APP: &str = r#"cat > app.py <<'PY'
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    request_queue_size = 256
-    allow_reuse_address = True
-S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
-PY
-exec python3 app.py"#;
+fn web_app() -> String {
+    python_http_app("        status, body = 200, b\"ok\"", "exec python3 app.py")
+}
 
 /// One GET through the load balancer; true when it was answered.
 fn hit(addr: &str) -> bool {
@@ -386,7 +372,7 @@ fn hit(addr: &str) -> bool {
 fn load_balancer_connections_are_metrics_that_scale_the_set() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start("process", &dir.path().join("data"), Some(FAST));
-    let img = image_dir(&dir.path().join("img"), WEB_APP);
+    let img = image_dir(&dir.path().join("img"), &web_app());
     s.group_with_image("rg", "Herd:Web:1:1.0.0", &img);
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
     s.ok(&words("network lb rule create -g rg --lb-name web-lb -n http --frontend-port 18081 --backend-port 8080"));

@@ -26,23 +26,7 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 fn create(s: &Server, count: &str) {
     s.ok(&with(
         &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:TestGuest:1:1.0.0",
-            "--instance-count",
-            count,
-            "--vm-sku",
-            "Standard_B1ms",
-            "--zones",
-            "1",
-            "2",
-            "3",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--admin-password",
-            "correct-horse-battery",
-            "--quiet",
-        ],
+        &[words("--image Herd:TestGuest:1:1.0.0 --instance-count"), vec![count], words("--vm-sku Standard_B1ms --zones 1 2 3 --upgrade-policy-mode Manual --admin-password correct-horse-battery --quiet")].concat(),
     ));
 }
 
@@ -258,23 +242,11 @@ async fn tokens_etags_and_conflicts_over_http() {
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let body = serde_json::json!({"operations": [{"op": "set", "path": "tags.a", "value": "1"}]});
-    let r = http
-        .post(format!("{url}/update"))
-        .bearer_auth(&token)
-        .header("If-Match", &etag)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    // The same update twice, both with the etag read first.
+    let update = || http.post(format!("{url}/update")).bearer_auth(&token).header("If-Match", &etag).json(&body).send();
+    let r = update().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .post(format!("{url}/update"))
-        .bearer_auth(&token)
-        .header("If-Match", &etag)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = update().await.unwrap();
     assert_eq!(r.status(), 412, "a stale etag is refused");
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["code"], "PreconditionFailed");
@@ -305,17 +277,7 @@ fn wait_fails_when_provisioning_is_suspended() {
     s.group_with_image("web-rg", "Herd:TestGuest:1:1.0.0", &img);
     let out = s.herd(&with(
         &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:TestGuest:1:1.0.0",
-            "--instance-count",
-            "2",
-            "--vm-sku",
-            "Standard_B1ms",
-            "--quiet",
-            "--timeout",
-            "120",
-        ],
+        &words("--image Herd:TestGuest:1:1.0.0 --instance-count 2 --vm-sku Standard_B1ms --quiet --timeout 120"),
     ));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -340,12 +302,10 @@ fn a_newer_image_is_rolled_out_by_itself() {
     ));
     let e = s.err(&with(
         &["vmss", "update"],
-        &[
-            "--set",
-            "virtualMachineProfile.storageProfile.imageReference.version=1.0.0",
-            "--set",
-            "upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true",
-        ],
+        &words(
+            "--set virtualMachineProfile.storageProfile.imageReference.version=1.0.0 --set \
+             upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true",
+        ),
     ));
     assert!(e.contains("'latest'"), "{e}");
     s.ok(&with(

@@ -15,6 +15,12 @@ use std::time::Duration;
 
 const SET: [&str; 4] = ["-g", "sec-rg", "-n", "web"];
 
+/// The set every test here runs on: one instance of Herd:App:1:1.0.0, Manual upgrades.
+fn create_manual_set(s: &Server) {
+    let extra = words("--upgrade-policy-mode Manual --disable-overprovision");
+    s.create_set("sec-rg", "web", "Herd:App:1:1.0.0", "1", &extra);
+}
+
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     on_set(&SET, cmd, extra)
 }
@@ -86,19 +92,7 @@ fn a_printed_secret_is_masked_everywhere_it_is_stored() {
     let s = Server::start_logged("process", &dir.path().join("data"), None, "debug");
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     s.group_with_image("sec-rg", "Herd:App:1:1.0.0", &img);
-    s.ok(&with(
-        &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:App:1:1.0.0",
-            "--instance-count",
-            "1",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--disable-overprovision",
-            "--quiet",
-        ],
-    ));
+    create_manual_set(&s);
     // The command, then each way a secret sits in a shell line.
     let secrets = [
         "SEKRIT-9d2f",      // `echo V3 SEKRIT-9d2f; ...`: the `;` right after it
@@ -175,19 +169,7 @@ fn a_run_cut_by_kill9_is_adopted_and_never_runs_twice() {
     let mut s = Server::start("process", &dir.path().join("data"), None);
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     s.group_with_image("sec-rg", "Herd:App:1:1.0.0", &img);
-    s.ok(&with(
-        &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:App:1:1.0.0",
-            "--instance-count",
-            "1",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--disable-overprovision",
-            "--quiet",
-        ],
-    ));
+    create_manual_set(&s);
     let id = s.json(&with(&["vmss", "list-instances"], &[]))[0]["instanceId"].as_str().unwrap().to_string();
     let work = s.data_dir.join("instances/sec-rg/web").join(&id).join("work");
     let starts = work.join("starts");

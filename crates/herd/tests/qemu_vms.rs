@@ -148,26 +148,12 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     }
     s.ok(&with(
         &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:TestGuest:1:1.0.0",
-            "--instance-count",
-            "2",
-            "--vm-sku",
-            "Standard_B1ms",
-            "--admin-username",
-            "labuser",
-            "--ssh-key-value",
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHerdTestKeyOnlyForTheSeedXXXXXXXXXXXXXXXXXX test@herd",
-            "--disable-overprovision",
-            "--data-disk-sizes-gb",
-            "1",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--quiet",
-            "--timeout",
-            "300",
-        ],
+        &words(
+            "--image Herd:TestGuest:1:1.0.0 --instance-count 2 --vm-sku Standard_B1ms --admin-username labuser \
+             --ssh-key-value \
+             'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHerdTestKeyOnlyForTheSeedXXXXXXXXXXXXXXXXXX test@herd' \
+             --disable-overprovision --data-disk-sizes-gb 1 --upgrade-policy-mode Manual --quiet --timeout 300",
+        ),
     ));
     let inst = counted(&s);
     assert_eq!(inst.len(), 2);

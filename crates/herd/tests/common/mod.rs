@@ -138,6 +138,22 @@ impl Server {
             .expect("run herd")
     }
 
+    /// `sh -c cmd` in `dir`, as a user would type it: the built `herd` first on `PATH`, pointed
+    /// at this server (no token in the environment).
+    pub fn shell(&self, cmd: &str, dir: &Path) -> Output {
+        let bin_dir = Path::new(HERD).parent().unwrap();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(dir)
+            .env("PATH", &path)
+            .env("HERD_SERVER", &self.url)
+            .env("HERD_DATA_DIR", &self.data_dir)
+            .env_remove("HERD_TOKEN")
+            .output()
+            .unwrap()
+    }
+
     /// Runs a command that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.herd(args);
@@ -600,4 +616,123 @@ pub fn instance_group_leaders(data_dir: &Path) -> Vec<(u32, String)> {
         })
         .map(|p| (p.pid, p.var("HERD_INSTANCE_KEY").unwrap_or("").to_string()))
         .collect()
+}
+
+/// An image `init` body serving HTTP with Python on `$HERD_ADDRESS:8080`. `respond` is the
+/// body of `do_GET` (Python, indented 8 spaces) and sets `status` and `body` (bytes); `NAME`
+/// holds the instance's computer name. `run` starts the app (`exec python3 app.py`).
+pub fn python_http_app(respond: &str, run: &str) -> String {
+    format!(
+        r#"cat > app.py <<'PY'
+import http.server, os
+NAME = os.environ["HERD_COMPUTER_NAME"]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+{respond}
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+    allow_reuse_address = True
+S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
+PY
+{run}"#
+    )
+}
+
+/// One HTTP/1.1 GET of `url` (`http://ADDR:PORT/path`) on a fresh connection: the body of a
+/// 200 answer, or what went wrong.
+pub fn get_ok_body(url: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let (host, path) = addr.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((addr, "/".into()));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&host.parse().map_err(|e| format!("{e}"))?, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if !out.starts_with("HTTP/1.0 200") && !out.starts_with("HTTP/1.1 200") {
+        return Err(format!("bad answer: {}", out.lines().next().unwrap_or("(empty)")));
+    }
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// When a request of a [`Load`] was answered, on both clocks.
+pub type Completion = (Instant, chrono::DateTime<chrono::Utc>);
+
+/// Steady HTTP load on `url`: `workers` threads GET it one request after another (a 200 is a
+/// success) until [`Load::finish`], each for at most `max_requests` requests and `max_time`
+/// (times `HERD_TEST_TIME_SCALE`). It counts successes and keeps every failure and the time of
+/// every success (on both clocks: `Instant` for the test's own timing, UTC to compare with
+/// the server's timestamps).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    completions: std::sync::Arc<std::sync::Mutex<Vec<Completion>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: &str, workers: usize, max_requests: usize, max_time: Duration) -> Load {
+        use std::sync::atomic::Ordering;
+        let load = Load {
+            stop: Default::default(),
+            ok: Default::default(),
+            failures: Default::default(),
+            completions: Default::default(),
+            workers: Vec::new(),
+        };
+        let max_time = herd_test_support::scaled(max_time);
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, ok, failures, completions, url) = (
+                    load.stop.clone(),
+                    load.ok.clone(),
+                    load.failures.clone(),
+                    load.completions.clone(),
+                    url.to_string(),
+                );
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    for _ in 0..max_requests {
+                        if stop.load(Ordering::Relaxed) || start.elapsed() > max_time {
+                            break;
+                        }
+                        match get_ok_body(&url) {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                completions.lock().unwrap().push((Instant::now(), chrono::Utc::now()));
+                            }
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { workers, ..load }
+    }
+
+    /// Requests answered so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the workers and waits for them: the failures and the completion times.
+    pub fn finish(self) -> (Vec<String>, Vec<Completion>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.workers {
+            w.join().unwrap();
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        let completions = std::mem::take(&mut *self.completions.lock().unwrap());
+        (failures, completions)
+    }
 }
