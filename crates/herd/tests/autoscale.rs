@@ -156,10 +156,7 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
     let redis = rt
         .block_on(herd_metric_sources::testkit::RedisServer::start(password))
         .expect("redis-server (apt-get install redis-server)");
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(FAST));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.group_with_image("q", "Herd:Worker:1:1.0.0", &img);
+    let (dir, s) = server_with_sleeper("sim", Some(FAST), "q", "Herd:Worker:1:1.0.0");
     s.ok(&words(
         "vmss create -g q -n web --image Herd:Worker:1:1.0.0 --instance-count 0 --disable-overprovision --quiet",
     ));
@@ -261,10 +258,7 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
 
 #[test]
 fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(FAST));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.group_with_image("rg", "Herd:Web:1:1.0.0", &img);
+    let (_dir, s) = server_with_sleeper("sim", Some(FAST), "rg", "Herd:Web:1:1.0.0");
     s.ok(&words("vmss create -g rg -n web --image Herd:Web:1:1.0.0 --instance-count 1 --quiet"));
     let a = |extra: &[&str]| {
         let mut v = vec!["monitor", "autoscale"];

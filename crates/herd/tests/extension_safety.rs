@@ -165,10 +165,7 @@ fn script_copies(data_dir: &std::path::Path) -> usize {
 
 #[test]
 fn a_run_cut_by_kill9_is_adopted_and_never_runs_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Server::start("process", &dir.path().join("data"), None);
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.group_with_image("sec-rg", "Herd:App:1:1.0.0", &img);
+    let (_dir, mut s) = server_with_sleeper("process", None, "sec-rg", "Herd:App:1:1.0.0");
     create_manual_set(&s);
     let id = s.json(&with(&["vmss", "list-instances"], &[]))[0]["instanceId"].as_str().unwrap().to_string();
     let work = s.data_dir.join("instances/sec-rg/web").join(&id).join("work");

@@ -67,10 +67,7 @@ const EVENTS: &str = "/scheduledevents?api-version=2020-07-01";
 
 #[test]
 fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("process", &dir.path().join("data"), Some(CONFIG));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.group_with_image("spot-rg", "Herd:App:1:1.0.0", &img);
+    let (_dir, s) = server_with_sleeper("process", Some(CONFIG), "spot-rg", "Herd:App:1:1.0.0");
     let base = ["--image", "Herd:App:1:1.0.0", "--disable-overprovision", "--quiet"];
     let create = |extra: &[&str]| {
         let mut v = with(&["vmss", "create"], &base);

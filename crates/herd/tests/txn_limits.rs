@@ -29,10 +29,7 @@ fn power_counts(list: &[Value]) -> std::collections::BTreeMap<String, usize> {
 
 #[test]
 fn thousand_instance_scale_out_and_actions_fit_the_transaction_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(CONFIG));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.group_with_image("rg", "Herd:T:1:1.0.0", &img);
+    let (_dir, s) = server_with_sleeper("sim", Some(CONFIG), "rg", "Herd:T:1:1.0.0");
 
     // Scale-out from 0 to 1,000: the reconciler's intents are ~1,000 writes in one pass.
     s.ok(&with(

@@ -736,3 +736,13 @@ impl Load {
         (failures, completions)
     }
 }
+
+/// A temporary directory holding a server with `driver` and `config`, and in it resource group
+/// `group` with the image `urn` (an image directory whose `init` sleeps).
+pub fn server_with_sleeper(driver: &str, config: Option<&str>, group: &str, urn: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(driver, &dir.path().join("data"), config);
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.group_with_image(group, urn, &img);
+    (dir, s)
+}
