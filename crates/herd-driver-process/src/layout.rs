@@ -24,37 +24,13 @@
 //! ```
 
 use crate::procfs::ProcId;
+use herd_driver::host::instance_dir;
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Desired power, as kept in the `power` file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Power {
-    Running,
-    Stopped,
-    Deallocated,
-}
-
-impl Power {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Power::Running => "running",
-            Power::Stopped => "stopped",
-            Power::Deallocated => "deallocated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            "running" => Some(Power::Running),
-            "stopped" => Some(Power::Stopped),
-            "deallocated" => Some(Power::Deallocated),
-            _ => None,
-        }
-    }
-}
+pub(crate) use herd_driver::host::instance_dir::{atomic_write, ignore_missing, remove_tree, Power};
 
 /// Paths and file access for one instance directory.
 #[derive(Debug, Clone)]
@@ -89,20 +65,20 @@ impl InstanceDir {
     }
 
     pub fn read_power(&self) -> Option<Power> {
-        Power::parse(&fs::read_to_string(self.file("power")).ok()?)
+        instance_dir::read_power(&self.dir)
     }
 
     pub fn write_power(&self, p: Power) -> io::Result<()> {
-        atomic_write(&self.file("power"), format!("{}\n", p.as_str()).as_bytes())
+        instance_dir::write_power(&self.dir, p)
     }
 
     /// The tag of the cluster that owns this instance, if recorded.
     pub fn read_tag(&self) -> Option<String> {
-        fs::read_to_string(self.file("tag")).ok().map(|t| t.trim_end_matches('\n').to_string())
+        instance_dir::read_tag(&self.dir)
     }
 
     pub fn write_tag(&self, tag: &str) -> io::Result<()> {
-        atomic_write(&self.file("tag"), format!("{tag}\n").as_bytes())
+        instance_dir::write_tag(&self.dir, tag)
     }
 
     pub fn read_pid(&self) -> Option<ProcId> {
@@ -188,30 +164,7 @@ impl InstanceDir {
 
     /// The last non-empty line of `console.log`, if it is short enough to quote in a status.
     pub fn last_console_line(&self, max_len: usize) -> Option<String> {
-        let mut f = fs::File::open(self.console()).ok()?;
-        let len = f.metadata().ok()?.len();
-        let from = len.saturating_sub(4096);
-        f.seek(SeekFrom::Start(from)).ok()?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
-        (line.len() <= max_len).then(|| line.to_string())
-    }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
-}
-
-pub(crate) fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
+        instance_dir::last_log_line(&self.console()).filter(|line| line.len() <= max_len)
     }
 }
 
@@ -243,11 +196,6 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Removes a tree; `Ok` if it is already gone.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
-    ignore_missing(fs::remove_dir_all(path))
 }
 
 #[cfg(test)]

@@ -151,6 +151,7 @@ mod spawn;
 mod state;
 
 use async_trait::async_trait;
+use herd_driver::host::locks::InstanceLocks;
 use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
@@ -159,11 +160,11 @@ use layout::{remove_tree, InstanceDir, Power};
 use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
 use state::{install_work, State, NO_PROCESS};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 
@@ -182,7 +183,7 @@ pub struct ProcessDriver {
     /// A program that sets the hostname and execs `init` (see [`ProcessDriver::with_launcher`]).
     launcher: Option<PathBuf>,
     /// One lock per instance, so concurrent calls on one key cannot start it twice.
-    locks: Mutex<HashMap<InstanceKey, Arc<tokio::sync::Mutex<()>>>>,
+    locks: InstanceLocks,
 }
 
 impl ProcessDriver {
@@ -200,7 +201,7 @@ impl ProcessDriver {
             stop_grace: DEFAULT_STOP_GRACE,
             set_hostname: spawn::can_set_hostname(),
             launcher: None,
-            locks: Mutex::new(HashMap::new()),
+            locks: InstanceLocks::default(),
         })
     }
 
@@ -238,20 +239,6 @@ impl ProcessDriver {
     /// Whether instances get their own hostname (root, and `unshare --uts` works here).
     pub fn sets_hostname(&self) -> bool {
         self.set_hostname
-    }
-
-    async fn lock(&self, key: &InstanceKey) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        m.lock_owned().await
-    }
-
-    /// Forgets the lock of a destroyed instance unless someone else is waiting on it.
-    fn forget_lock(&self, key: &InstanceKey) {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        // The map and the caller's guard hold one reference each.
-        if locks.get(key).is_some_and(|m| Arc::strong_count(m) <= 2) {
-            locks.remove(key);
-        }
     }
 
     /// Runs `f` with a copy of the state on the blocking pool.
@@ -356,7 +343,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.lock(&spec.key).await;
+        let _g = self.locks.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
         self.admit(&spec.key, fence).await?;
         let existed = self.materialize(spec, fence).await?;
@@ -367,7 +354,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.lock(key).await;
+        let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
         self.admit(key, fence).await?;
         if !d.exists() {
@@ -386,7 +373,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.lock(key).await;
+        let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
         self.admit(key, fence).await?;
         if !d.exists() {
@@ -399,7 +386,7 @@ impl Driver for ProcessDriver {
     /// The size is advisory for a process (`HERD_VCPUS`, `HERD_MEMORY_MIB`): the environment is
     /// rewritten with it and the instance restarted; `work/` is kept.
     async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.lock(&spec.key).await;
+        let _g = self.locks.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
         self.admit(&spec.key, fence).await?;
         if !d.exists() {
@@ -417,7 +404,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.lock(&spec.key).await;
+        let _g = self.locks.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
         self.admit(&spec.key, fence).await?;
         if d.exists() {
@@ -437,7 +424,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.lock(key).await;
+        let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
         self.admit(key, fence).await?;
         let d2 = d.clone();
@@ -481,7 +468,7 @@ impl Driver for ProcessDriver {
         })
         .await?
         .map_err(|e| io_failed(key, "removing its directory", e))?;
-        self.forget_lock(key);
+        self.locks.forget(key);
         tracing::debug!(instance = %key, "destroyed");
         Ok(())
     }
@@ -518,7 +505,7 @@ impl Driver for ProcessDriver {
     /// See the crate docs, "Extension runs".
     async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
         script::check_names(&run.name, &run.files).map_err(|m| DriverError::Failed(format!("instance {key}: {m}")))?;
-        let _g = self.lock(key).await;
+        let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
         self.admit(key, fence).await?;
         let d2 = d.clone();

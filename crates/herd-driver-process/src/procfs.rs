@@ -13,89 +13,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::{getpgrp, Pid};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
 
-/// A process as identified across time: pid plus its start time (field 22 of `stat`, in clock
-/// ticks since boot). The pair is what the `pid` file holds, so a reused pid is recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ProcId {
-    pub pid: u32,
-    pub start: u64,
-}
-
-impl ProcId {
-    /// `"<pid> <starttime>"`, the `pid` file format.
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut it = s.split_whitespace();
-        let pid = it.next()?.parse().ok()?;
-        let start = it.next()?.parse().ok()?;
-        Some(Self { pid, start })
-    }
-
-    pub fn render(self) -> String {
-        format!("{} {}\n", self.pid, self.start)
-    }
-}
-
-/// The fields of `/proc/<pid>/stat` this crate uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ProcStat {
-    pub pid: u32,
-    pub state: char,
-    pub ppid: u32,
-    pub pgrp: i64,
-    pub session: i64,
-    pub utime: u64,
-    pub stime: u64,
-    pub starttime: u64,
-}
-
-impl ProcStat {
-    pub fn is_zombie(&self) -> bool {
-        // `X` (dead) is as good as gone too.
-        matches!(self.state, 'Z' | 'X')
-    }
-
-    pub fn is_group_leader(&self) -> bool {
-        i64::from(self.pid) == self.pgrp
-    }
-}
-
-/// Parses one `stat` line. The command name (field 2) is in parentheses and may itself hold
-/// spaces and parentheses, so the fields after it are found from the *last* `)`.
-pub(crate) fn parse_stat(s: &str) -> Option<ProcStat> {
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    if close < open {
-        return None;
-    }
-    let pid = s[..open].trim().parse().ok()?;
-    // Fields from 3 (state) on; index = field number - 3.
-    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
-    let field = |n: usize| rest.get(n - 3).copied();
-    Some(ProcStat {
-        pid,
-        state: field(3)?.chars().next()?,
-        ppid: field(4)?.parse().ok()?,
-        pgrp: field(5)?.parse().ok()?,
-        session: field(6)?.parse().ok()?,
-        utime: field(14)?.parse().ok()?,
-        stime: field(15)?.parse().ok()?,
-        starttime: field(22)?.parse().ok()?,
-    })
-}
-
-pub(crate) fn read_stat(pid: u32) -> Option<ProcStat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&s).filter(|p| p.pid == pid)
-}
-
-/// Resident memory of one process in bytes (`statm` field 2 × page size).
-pub(crate) fn read_rss_bytes(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages.saturating_mul(page_size()))
-}
+pub(crate) use herd_driver::host::procfs::{clock_ticks, parse_stat, read_rss_bytes, read_stat, ProcId, ProcStat};
 
 /// Bytes received and sent on every interface but loopback, from a `/proc/<pid>/net/dev` text.
 /// `None` when no line could be read (an empty or unknown format): no data, not zero.
@@ -310,25 +229,6 @@ pub(crate) fn signal_group(id: ProcId, sig: Signal) {
     }
 }
 
-/// Resident memory page size, from `sysconf` (4096 when unknown).
-pub(crate) fn page_size() -> u64 {
-    static V: OnceLock<u64> = OnceLock::new();
-    *V.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::PAGE_SIZE, 4096))
-}
-
-/// Clock ticks per second for `stat` times, from `sysconf` (100 when unknown).
-pub(crate) fn clock_ticks() -> u64 {
-    static V: OnceLock<u64> = OnceLock::new();
-    *V.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::CLK_TCK, 100))
-}
-
-fn sysconf_or(var: nix::unistd::SysconfVar, default: u64) -> u64 {
-    match nix::unistd::sysconf(var) {
-        Ok(Some(v)) if v > 0 => v as u64,
-        _ => default,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,28 +236,6 @@ mod tests {
     fn stat_line(pid: u32, comm: &str, state: char, pgrp: i64, start: u64) -> String {
         // Fields 1..=22 with utime=7, stime=5.
         format!("{pid} ({comm}) {state} 1 {pgrp} {pgrp} 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 {start} 1000 50")
-    }
-
-    #[test]
-    fn stat_parses_odd_command_names() {
-        let p = parse_stat(&stat_line(42, "we ird) (name", 'S', 40, 12345)).unwrap();
-        assert_eq!(
-            p,
-            ProcStat { pid: 42, state: 'S', ppid: 1, pgrp: 40, session: 40, utime: 7, stime: 5, starttime: 12345 }
-        );
-        assert!(!p.is_group_leader());
-        assert!(parse_stat("").is_none());
-        assert!(parse_stat("12 (x) S 1 2").is_none());
-        assert!(parse_stat(") 12 (x").is_none());
-        assert!(parse_stat("abc (x) S 1 2 2 0 -1 0 0 0 0 0 1 1 0 0 0 0 1 0 9").is_none());
-    }
-
-    #[test]
-    fn pid_file_round_trips() {
-        let id = ProcId { pid: 10, start: 99 };
-        assert_eq!(ProcId::parse(&id.render()), Some(id));
-        assert_eq!(ProcId::parse("10"), None);
-        assert_eq!(ProcId::parse("x 1"), None);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 use crate::layout::{check_image, copy_tree, remove_tree, InstanceDir, Power};
 use crate::procfs::{self, ProcId, Snapshot};
 use crate::spawn;
+use herd_driver::host::instance_dir;
 use herd_driver::{DriverError, InstanceSpec, ObservedInstance, ObservedPower};
-use herd_model::{image::ImageSource, GroupName, InstanceId, InstanceKey, ScaleSetName};
+use herd_model::{image::ImageSource, InstanceKey};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -27,7 +28,7 @@ pub(crate) struct State {
 impl State {
     /// Where one instance lives: `root/<group>/<set>/<id>`.
     pub fn instance_dir(&self, key: &InstanceKey) -> PathBuf {
-        self.root.join(key.group.as_str()).join(key.set.as_str()).join(key.id.0.to_string())
+        instance_dir::instance_path(&self.root, key)
     }
 
     pub fn instance(&self, key: &InstanceKey) -> InstanceDir {
@@ -235,36 +236,7 @@ fn failure(d: &InstanceDir, pid: Option<ProcId>) -> String {
     msg
 }
 
-/// Every instance directory under `root`, by key. Anything that is not a valid
-/// `<group>/<set>/<id>` (such as a `.N.creating` directory) is skipped.
+/// Every instance directory under `root`, by key (see [`instance_dir::walk`]).
 fn walk(root: &Path) -> Vec<(InstanceKey, InstanceDir)> {
-    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
-        std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let e = e.ok()?;
-                if !e.file_type().ok()?.is_dir() {
-                    return None;
-                }
-                Some((e.file_name().into_string().ok()?, e.path()))
-            })
-            .collect()
-    };
-    let mut out = Vec::new();
-    for (g, gp) in subdirs(root) {
-        let Ok(group) = GroupName::new(g) else { continue };
-        for (s, sp) in subdirs(&gp) {
-            let Ok(set) = ScaleSetName::new(s) else { continue };
-            for (i, ip) in subdirs(&sp) {
-                let Ok(id) = i.parse::<u64>() else { continue };
-                if id.to_string() != i {
-                    continue;
-                }
-                let key = InstanceKey { group: group.clone(), set: set.clone(), id: InstanceId(id) };
-                out.push((key, InstanceDir::new(ip)));
-            }
-        }
-    }
-    out
+    instance_dir::walk(root).into_iter().map(|(key, dir)| (key, InstanceDir::new(dir))).collect()
 }

@@ -3,31 +3,20 @@
 //! change the other's; a directory without a tag (made before cluster ids) is nobody's until
 //! claimed.
 
+mod common;
+
 use herd_driver::{Driver, Fence, InstanceSpec, PowerTarget};
 use herd_driver_process::ProcessDriver;
-use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
+use herd_model::{sku::SkuSize, InstanceKey};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 fn key(id: u64) -> InstanceKey {
-    InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id: InstanceId(id) }
+    common::key("web", id)
 }
 
 fn spec(image: &std::path::Path, id: u64) -> InstanceSpec {
-    InstanceSpec {
-        key: key(id),
-        computer_name: format!("web{id:06}"),
-        image: ImageSource::Directory { path: image.display().to_string() },
-        size: SkuSize { vcpus: 1, memory_mib: 512 },
-        reach_address: format!("127.128.0.{}", id + 1),
-        model_generation: 1,
-        admin_username: "azureuser".into(),
-        custom_data: None,
-        metadata: Default::default(),
-        metadata_endpoint: None,
-        network: None,
-        guest: Default::default(),
-    }
+    common::dir_spec("web", id, image, SkuSize { vcpus: 1, memory_mib: 512 }, format!("127.128.0.{}", id + 1))
 }
 
 fn alive(pid: u32) -> bool {

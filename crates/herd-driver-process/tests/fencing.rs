@@ -3,9 +3,11 @@
 //! instance directory and survives a new driver object on the same root (a server restart).
 //! A missing image is a permanent error.
 
+mod common;
+
 use herd_driver::{Driver, DriverError, Fence, Incarnation, InstanceSpec, ObservedPower, PowerTarget, ScriptRun, Term};
 use herd_driver_process::ProcessDriver;
-use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
+use herd_model::{image::ImageSource, sku::SkuSize, InstanceKey};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,24 +17,11 @@ fn f(term: u64, incarnation: u64) -> Fence {
 }
 
 fn key(id: u64) -> InstanceKey {
-    InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("fence").unwrap(), id: InstanceId(id) }
+    common::key("fence", id)
 }
 
 fn spec(image: &Path, id: u64) -> InstanceSpec {
-    InstanceSpec {
-        key: key(id),
-        computer_name: format!("fence{id:06}"),
-        image: ImageSource::Directory { path: image.display().to_string() },
-        size: SkuSize { vcpus: 1, memory_mib: 256 },
-        reach_address: format!("127.128.9.{id}"),
-        model_generation: 1,
-        admin_username: "azureuser".into(),
-        custom_data: None,
-        metadata: Default::default(),
-        metadata_endpoint: None,
-        network: None,
-        guest: Default::default(),
-    }
+    common::dir_spec("fence", id, image, SkuSize { vcpus: 1, memory_mib: 256 }, format!("127.128.9.{id}"))
 }
 
 struct Rig {

@@ -2,11 +2,13 @@
 //! `init` shell script, runs instances from it under a unique tag and root, and kills every
 //! process carrying its tag when it ends (even on failure).
 
+mod common;
+
 use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, ObservedPower, PowerTarget, ScriptRun, SCRIPT_OUTPUT_TAIL,
 };
 use herd_driver_process::ProcessDriver;
-use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, InstanceKey, ScaleSetName};
+use herd_model::{sku::SkuSize, InstanceKey};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -41,19 +43,10 @@ impl Fixture {
     }
 
     fn spec(&self, id: u64) -> InstanceSpec {
+        let size = SkuSize { vcpus: 2, memory_mib: 1024 };
         InstanceSpec {
-            key: key(id),
-            computer_name: format!("web{:06}", id),
-            image: ImageSource::Directory { path: self.image.display().to_string() },
-            size: SkuSize { vcpus: 2, memory_mib: 1024 },
-            reach_address: format!("127.128.0.{id}"),
             model_generation: 7,
-            admin_username: "azureuser".into(),
-            custom_data: None,
-            metadata: BTreeMap::new(),
-            metadata_endpoint: None,
-            network: None,
-            guest: Default::default(),
+            ..common::dir_spec("web", id, &self.image, size, format!("127.128.0.{id}"))
         }
     }
 
@@ -110,7 +103,7 @@ impl Drop for KillOnDrop {
 }
 
 fn key(id: u64) -> InstanceKey {
-    InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id: InstanceId(id) }
+    common::key("web", id)
 }
 
 fn write_init(dir: &Path, script: &str) {

@@ -100,6 +100,22 @@
 //! going is killed (its process group in the guest) before the new one starts. A pid the
 //! agent does not know (the VM rebooted) means the run is gone. (The one window left: a crash
 //! between `guest-exec` returning and the record being written.)
+//!
+//! The rule, as the adoption decides it from the record and `guest-exec-status`:
+//!
+//! ```text
+//!  record?  agent knows pid?  same run?  still going?   ->
+//!  no       -                 -          -                 start the new run
+//!  yes      no                -          -                 start the new run (the old one is gone)
+//!  yes      yes               yes        either            adopt: wait, take its outcome; no new run
+//!  yes      yes               no         yes               kill its group, wait until reaped, start
+//!  yes      yes               no         no                start the new run
+//! ```
+//!
+//! So a cut run is either adopted or killed, never doubled, and a run is started at most once
+//! per call. The record is written when the agent gives the pid, which may be before the
+//! guest's shell has reached the script's first line: a run adopted then still starts exactly
+//! once (the adopter waits for it), and a run killed then never runs its command at all.
 
 use crate::accel::Accel;
 use crate::command_line::{self, forwarded_ports, mac_for, marker_prefix};
@@ -110,6 +126,7 @@ use crate::qmp::Qmp;
 use crate::seed::{self, SeedFiles, UserDataInput};
 use crate::vm_dir::{self, remove_tree, walk, PidRecord, Power, ScriptRunRecord, VmDir, VmSpec};
 use async_trait::async_trait;
+use herd_driver::host::locks::InstanceLocks;
 use herd_driver::{
     keep_tail, Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget,
     ScriptOutcome, ScriptRun, SCRIPT_OUTPUT_TAIL,
@@ -148,6 +165,8 @@ const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const EXIT_AFTER_POWEROFF: Duration = Duration::from_secs(10);
 const EXIT_AFTER_QUIT: Duration = Duration::from_secs(5);
 const EXIT_AFTER_KILL: Duration = Duration::from_secs(5);
+/// How long a start waits for the instance's previous QEMU to finish exiting.
+const PREVIOUS_EXIT_WAIT: Duration = Duration::from_secs(20);
 /// How long `run_script` waits for the agent to answer (it may just have been released by the
 /// readiness task).
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -215,7 +234,7 @@ impl QemuConfig {
 pub struct QemuDriver {
     shared: Arc<Shared>,
     /// One lock per instance, so concurrent lifecycle calls on one key cannot interleave.
-    locks: KeyLocks,
+    locks: InstanceLocks,
 }
 
 /// What the driver and its readiness tasks share.
@@ -235,7 +254,7 @@ struct Shared {
     watching: Mutex<HashMap<InstanceKey, ProcId>>,
     /// One lock per instance for the guest agent: it serves one client at a time (scripts,
     /// stats, the detection probe), and a long script must not hold up `destroy`.
-    script_locks: KeyLocks,
+    script_locks: InstanceLocks,
     /// Instances of images with an unknown agent whose agent answered, with their image (see
     /// [`Driver::guest_agents_answered`]).
     answered: Mutex<HashMap<InstanceKey, ImageSource>>,
@@ -270,31 +289,6 @@ fn agent_known(d: &VmDir, spec: &VmSpec) -> Option<bool> {
     spec.guest_agent.or_else(|| d.agent_answered(spec).then_some(true))
 }
 
-#[derive(Debug, Default)]
-struct KeyLocks(Mutex<HashMap<InstanceKey, Arc<tokio::sync::Mutex<()>>>>);
-
-impl KeyLocks {
-    async fn lock(&self, key: &InstanceKey) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        m.lock_owned().await
-    }
-
-    /// The lock if nobody holds it now.
-    fn try_lock(&self, key: &InstanceKey) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        m.try_lock_owned().ok()
-    }
-
-    /// Forgets the lock of a destroyed instance unless someone else is waiting on it.
-    fn forget(&self, key: &InstanceKey) {
-        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // The map and the caller's guard hold one reference each.
-        if locks.get(key).is_some_and(|m| Arc::strong_count(m) <= 2) {
-            locks.remove(key);
-        }
-    }
-}
-
 impl Drop for QemuDriver {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Relaxed);
@@ -323,10 +317,10 @@ impl QemuDriver {
                 runtime_log,
                 closed: AtomicBool::new(false),
                 watching: Mutex::new(HashMap::new()),
-                script_locks: KeyLocks::default(),
+                script_locks: InstanceLocks::default(),
                 answered: Mutex::new(HashMap::new()),
             }),
-            locks: KeyLocks::default(),
+            locks: InstanceLocks::default(),
         })
         .inspect(|driver| driver.shared.load_answered())
     }
@@ -420,6 +414,26 @@ impl QemuDriver {
         .await?
     }
 
+    /// The instance's lock, once `fence` is admitted under it.
+    async fn lock_admitted(
+        &self,
+        key: &InstanceKey,
+        fence: Fence,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, DriverError> {
+        let guard = self.locks.lock(key).await;
+        self.admit(key, fence).await?;
+        Ok(guard)
+    }
+
+    /// The instance's directory, which must exist (else `NotFound`).
+    fn existing(&self, key: &InstanceKey) -> Result<VmDir, DriverError> {
+        let d = self.shared.vm(key);
+        if !d.exists() {
+            return Err(DriverError::NotFound(key.clone()));
+        }
+        Ok(d)
+    }
+
     async fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
         let key = &spec.key;
         let d = self.shared.vm(key);
@@ -510,6 +524,7 @@ impl QemuDriver {
 
     /// Starts QEMU for the instance in `d` as `spec.json` describes it.
     async fn start(&self, key: &InstanceKey, d: &VmDir) -> Result<(), DriverError> {
+        self.wait_previous_exit(key, d).await?;
         let d2 = d.clone();
         let spec = blocking(move || d2.read_spec()).await?.map_err(|e| io_failed(key, "reading spec.json", e))?;
         // A crash in the middle of a reimage may have left the OS disk missing; data disks
@@ -545,6 +560,23 @@ impl QemuDriver {
         let readiness = Readiness::of(agent_known(d, &spec));
         self.shared.watch(key, d, id, readiness, offset);
         Ok(())
+    }
+
+    /// Waits (up to [`PREVIOUS_EXIT_WAIT`]) until the QEMU last recorded for the instance has
+    /// exited with all its threads: one killed a moment ago may still hold its disks' locks,
+    /// and a second QEMU on them would fail to start. Callers hold the instance lock, so no
+    /// other QEMU can be started for it meanwhile.
+    async fn wait_previous_exit(&self, key: &InstanceKey, d: &VmDir) -> Result<(), DriverError> {
+        let d2 = d.clone();
+        let Some(prev) = blocking(move || d2.read_pid().and_then(|r| r.id)).await? else { return Ok(()) };
+        if wait_gone(prev, PREVIOUS_EXIT_WAIT).await {
+            return Ok(());
+        }
+        Err(DriverError::Failed(format!(
+            "instance {key}: its previous QEMU (pid {}) has not exited after {} s; not starting another on its disks",
+            prev.pid,
+            PREVIOUS_EXIT_WAIT.as_secs()
+        )))
     }
 
     /// Runs QEMU with `args` and returns the daemon's identity, or why it did not start.
@@ -795,7 +827,10 @@ async fn adopt_or_kill(
     }
     if !st.exited {
         tracing::warn!(instance = %key, extension = %rec.name, pid = rec.pid, "killing an extension run left by a previous server: another run is wanted now");
-        let kill = format!("kill -KILL -{0} 2>/dev/null; kill -KILL {0} 2>/dev/null; true", rec.pid);
+        // The process first, then its group: a shell killed before its `setsid` has no group
+        // yet (and forks nothing before it); one killed after it leaves its children in the
+        // group, which the second kill ends. The other order could miss a child forked between.
+        let kill = format!("kill -KILL {0} 2>/dev/null; kill -KILL -{0} 2>/dev/null; true", rec.pid);
         let _ = qga.run("/bin/sh", &["-c", kill.as_str()], NO_ENV, None, AGENT_STEP_TIMEOUT).await;
         // Reap it in the agent, so the next run starts only once it is gone.
         let until = Instant::now() + SCRIPT_KILL_WAIT;
@@ -873,7 +908,7 @@ fn outcome(st: ExecStatus, timed_out: bool) -> ScriptOutcome {
 impl Shared {
     /// The directory of `key`, and where its sockets go if that path is too long.
     fn vm(&self, key: &InstanceKey) -> VmDir {
-        let dir = self.cfg.root.join(key.group.as_str()).join(key.set.as_str()).join(key.id.0.to_string());
+        let dir = herd_driver::host::instance_dir::instance_path(&self.cfg.root, key);
         let socket_fallback = self.socket_dir.join(format!("{:016x}", command_line::fnv1a64(key.path().as_bytes())));
         VmDir { dir, socket_fallback }
     }
@@ -1440,8 +1475,7 @@ impl Driver for QemuDriver {
     }
 
     async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.locks.lock(&spec.key).await;
-        self.admit(&spec.key, fence).await?;
+        let _g = self.lock_admitted(&spec.key, fence).await?;
         check_spec(spec)?;
         let existed = self.materialize(spec, fence).await?;
         if existed && self.live(&spec.key).await?.is_some() {
@@ -1451,12 +1485,8 @@ impl Driver for QemuDriver {
     }
 
     async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
-        let d = self.shared.vm(key);
-        if !d.exists() {
-            return Err(DriverError::NotFound(key.clone()));
-        }
+        let _g = self.lock_admitted(key, fence).await?;
+        let d = self.existing(key)?;
         match target {
             PowerTarget::Running => {
                 if self.live(key).await?.is_none() {
@@ -1470,12 +1500,8 @@ impl Driver for QemuDriver {
     }
 
     async fn restart(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
-        let d = self.shared.vm(key);
-        if !d.exists() {
-            return Err(DriverError::NotFound(key.clone()));
-        }
+        let _g = self.lock_admitted(key, fence).await?;
+        let d = self.existing(key)?;
         self.stop(key, &d, Power::Stopped).await?;
         self.start(key, &d).await
     }
@@ -1484,13 +1510,9 @@ impl Driver for QemuDriver {
     /// the seed are kept (the guest sees the same instance, bigger or smaller).
     async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let key = &spec.key;
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
+        let _g = self.lock_admitted(key, fence).await?;
         check_spec(spec)?;
-        let d = self.shared.vm(key);
-        if !d.exists() {
-            return Err(DriverError::NotFound(key.clone()));
-        }
+        let d = self.existing(key)?;
         self.stop(key, &d, Power::Stopped).await?;
         let io = |e: std::io::Error| io_failed(key, "spec.json", e);
         let mut vm = d.read_spec().map_err(io)?;
@@ -1503,8 +1525,7 @@ impl Driver for QemuDriver {
 
     async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let key = &spec.key;
-        let _g = self.locks.lock(key).await;
-        self.admit(key, fence).await?;
+        let _g = self.lock_admitted(key, fence).await?;
         check_spec(spec)?;
         let d = self.shared.vm(key);
         if !d.exists() {
@@ -1630,10 +1651,7 @@ impl Driver for QemuDriver {
         }
         // The fence is checked under the instance lock (which every other acting call holds),
         // released before the script lock is taken: a script may run for minutes.
-        {
-            let _l = self.locks.lock(key).await;
-            self.admit(key, fence).await?;
-        }
+        drop(self.lock_admitted(key, fence).await?);
         let _g = self.shared.script_locks.lock(key).await;
         self.run_script_locked(key, run).await
     }

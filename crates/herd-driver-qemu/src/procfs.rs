@@ -19,56 +19,9 @@ use nix::unistd::Pid;
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::sync::OnceLock;
 
-/// A process as identified across time: pid plus its start time (field 22 of `stat`, in clock
-/// ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ProcId {
-    pub pid: u32,
-    pub start: u64,
-}
-
-/// The fields of `/proc/<pid>/stat` this crate uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ProcStat {
-    pub pid: u32,
-    pub state: char,
-    pub utime: u64,
-    pub stime: u64,
-    pub starttime: u64,
-}
-
-impl ProcStat {
-    pub fn is_zombie(&self) -> bool {
-        matches!(self.state, 'Z' | 'X')
-    }
-}
-
-/// Parses one `stat` line. The command name (field 2) may hold spaces and parentheses, so the
-/// fields after it are found from the *last* `)`.
-pub(crate) fn parse_stat(s: &str) -> Option<ProcStat> {
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    if close < open {
-        return None;
-    }
-    let pid = s[..open].trim().parse().ok()?;
-    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
-    let field = |n: usize| rest.get(n - 3).copied();
-    Some(ProcStat {
-        pid,
-        state: field(3)?.chars().next()?,
-        utime: field(14)?.parse().ok()?,
-        stime: field(15)?.parse().ok()?,
-        starttime: field(22)?.parse().ok()?,
-    })
-}
-
-pub(crate) fn read_stat(pid: u32) -> Option<ProcStat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&s).filter(|p| p.pid == pid)
-}
+use herd_driver::host::procfs::parse_stat;
+pub(crate) use herd_driver::host::procfs::{clock_ticks, is_gone, read_rss_bytes, read_stat, ProcId};
 
 /// The short command name (`comm`) of a process.
 pub(crate) fn read_comm(pid: u32) -> Option<String> {
@@ -132,11 +85,6 @@ pub(crate) fn is_instance_qemu(id: ProcId, prefix: &str, key: &InstanceKey) -> b
     std::fs::read(format!("/proc/{}/cmdline", id.pid)).ok().and_then(|c| marker_key(&c, prefix)).as_ref() == Some(key)
 }
 
-/// Whether `id` is gone (exited, a zombie, or its pid now belongs to another process).
-pub(crate) fn is_gone(id: ProcId) -> bool {
-    !matches!(read_stat(id.pid), Some(st) if st.starttime == id.start && !st.is_zombie())
-}
-
 /// Sends `sig` to `id` if it is still that process. Never signals pid 0 or 1, nor ourselves.
 pub(crate) fn signal(id: ProcId, sig: Signal) {
     let Ok(raw) = i32::try_from(id.pid) else { return };
@@ -148,13 +96,6 @@ pub(crate) fn signal(id: ProcId, sig: Signal) {
             tracing::warn!(pid = id.pid, %sig, error = %e, "signalling QEMU failed");
         }
     }
-}
-
-/// Resident memory of one process in bytes (`statm` field 2 × page size).
-pub(crate) fn read_rss_bytes(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages.saturating_mul(page_size()))
 }
 
 /// Seconds since the host booted (`/proc/uptime`).
@@ -171,23 +112,6 @@ pub(crate) fn age_secs(id: ProcId) -> Option<f64> {
 /// one tells "QEMU crashed" (same boot) from "the host rebooted" (another boot).
 pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-pub(crate) fn page_size() -> u64 {
-    static V: OnceLock<u64> = OnceLock::new();
-    *V.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::PAGE_SIZE, 4096))
-}
-
-pub(crate) fn clock_ticks() -> u64 {
-    static V: OnceLock<u64> = OnceLock::new();
-    *V.get_or_init(|| sysconf_or(nix::unistd::SysconfVar::CLK_TCK, 100))
-}
-
-fn sysconf_or(var: nix::unistd::SysconfVar, default: u64) -> u64 {
-    match nix::unistd::sysconf(var) {
-        Ok(Some(v)) if v > 0 => v as u64,
-        _ => default,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,18 +198,6 @@ pub(crate) fn port_holder(addr: Ipv4Addr, port: u16) -> Option<(u32, String)> {
 mod tests {
     use super::*;
 
-    fn stat_line(pid: u32, comm: &str, state: char, start: u64) -> String {
-        format!("{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 {start} 1000 50")
-    }
-
-    #[test]
-    fn stat_parses_odd_command_names() {
-        let p = parse_stat(&stat_line(42, "we ird) (name", 'S', 12345)).unwrap();
-        assert_eq!(p, ProcStat { pid: 42, state: 'S', utime: 7, stime: 5, starttime: 12345 });
-        assert!(parse_stat("").is_none());
-        assert!(parse_stat("12 (x) S 1 2").is_none());
-    }
-
     #[test]
     fn markers_name_the_instance() {
         let prefix = "herd:0123456789abcdef:";
@@ -339,12 +251,9 @@ mod tests {
     }
 
     #[test]
-    fn own_process_is_readable() {
+    fn own_age_and_boot_id_are_readable() {
         let me = std::process::id();
         let st = read_stat(me).unwrap();
-        assert!(!is_gone(ProcId { pid: me, start: st.starttime }));
-        assert!(is_gone(ProcId { pid: me, start: st.starttime + 1 }));
-        assert!(read_rss_bytes(me).unwrap() > 0);
         assert!(age_secs(ProcId { pid: me, start: st.starttime }).unwrap() >= 0.0);
         assert_eq!(boot_id().len(), 36);
     }

@@ -30,45 +30,18 @@
 //! ```
 
 use crate::procfs::ProcId;
+use herd_driver::host::instance_dir;
 use herd_driver::DataDisk;
 use herd_model::image::ImageSource;
-use herd_model::{GroupName, InstanceId, InstanceKey, ScaleSetName};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io;
+use std::path::PathBuf;
 
 /// The longest socket path QEMU and we can use (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Desired power, as kept in the `power` file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Power {
-    Running,
-    Stopped,
-    Deallocated,
-}
-
-impl Power {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Power::Running => "running",
-            Power::Stopped => "stopped",
-            Power::Deallocated => "deallocated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            "running" => Some(Power::Running),
-            "stopped" => Some(Power::Stopped),
-            "deallocated" => Some(Power::Deallocated),
-            _ => None,
-        }
-    }
-}
+pub(crate) use herd_driver::host::instance_dir::{atomic_write, ignore_missing, read_tail, remove_tree, walk, Power};
 
 /// What starting a VM needs, fixed at create and reimage time (`spec.json`). Secrets (password
 /// hash, custom data) are not kept here: they are in the seed image only.
@@ -199,10 +172,7 @@ impl VmDir {
     }
 
     pub fn remove_script_run(&self) -> io::Result<()> {
-        match fs::remove_file(self.file("script-run")) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            r => r,
-        }
+        self.remove("script-run")
     }
 
     pub fn read_spec(&self) -> io::Result<VmSpec> {
@@ -218,11 +188,11 @@ impl VmDir {
     /// The tag of the cluster that created this VM (absent in directories made before
     /// cluster ids, which the driver takes as its own).
     pub fn read_tag(&self) -> Option<String> {
-        fs::read_to_string(self.file("tag")).ok().map(|t| t.trim_end_matches('\n').to_string())
+        instance_dir::read_tag(&self.dir)
     }
 
     pub fn write_tag(&self, tag: &str) -> io::Result<()> {
-        atomic_write(&self.file("tag"), format!("{tag}\n").as_bytes())
+        instance_dir::write_tag(&self.dir, tag)
     }
 
     /// Whether this directory is another cluster's: it records a tag other than `tag`.
@@ -231,14 +201,14 @@ impl VmDir {
     }
 
     pub fn read_power(&self) -> Option<Power> {
-        Power::parse(&fs::read_to_string(self.file("power")).ok()?)
+        instance_dir::read_power(&self.dir)
     }
 
     pub fn write_power(&self, p: Power) -> io::Result<()> {
         if self.read_power() == Some(p) {
             return Ok(());
         }
-        atomic_write(&self.file("power"), format!("{}\n", p.as_str()).as_bytes())
+        instance_dir::write_power(&self.dir, p)
     }
 
     pub fn read_pid(&self) -> Option<PidRecord> {
@@ -304,21 +274,8 @@ impl VmDir {
 
     /// The last non-empty line of a log file in the directory, shortened to `max_len` bytes.
     pub fn last_line(&self, name: &str, max_len: usize) -> Option<String> {
-        let tail = read_tail(&self.file(name), 4096)?;
-        let text = String::from_utf8_lossy(&tail);
-        let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
-        Some(shorten(line, max_len))
+        Some(shorten(&instance_dir::last_log_line(&self.file(name))?, max_len))
     }
-}
-
-/// The last `max` bytes of a file.
-pub(crate) fn read_tail(path: &Path, max: u64) -> Option<Vec<u8>> {
-    let mut f = fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    Some(buf)
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), with `…` when cut.
@@ -333,79 +290,10 @@ pub(crate) fn shorten(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Writes `bytes` to `path` through a uniquely named temporary file and a rename.
-pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    atomic_write_mode(path, bytes, 0o644)
-}
-
-/// [`atomic_write`] creating the file with `mode` (the umask may only take bits away; they are
-/// set explicitly).
-pub(crate) fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp =
-        path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let written = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
-}
-
-pub(crate) fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-/// Removes a tree; `Ok` if it is already gone.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
-    ignore_missing(fs::remove_dir_all(path))
-}
-
-/// Every instance directory under `root`, by key. Anything that is not a valid
-/// `<group>/<set>/<id>` (such as a `.N.creating` directory) is skipped.
-pub(crate) fn walk(root: &Path) -> Vec<(InstanceKey, PathBuf)> {
-    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
-        fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let e = e.ok()?;
-                if !e.file_type().ok()?.is_dir() {
-                    return None;
-                }
-                Some((e.file_name().into_string().ok()?, e.path()))
-            })
-            .collect()
-    };
-    let mut out = Vec::new();
-    for (g, gp) in subdirs(root) {
-        let Ok(group) = GroupName::new(g) else { continue };
-        for (s, sp) in subdirs(&gp) {
-            let Ok(set) = ScaleSetName::new(s) else { continue };
-            for (i, ip) in subdirs(&sp) {
-                let Ok(id) = i.parse::<u64>() else { continue };
-                if id.to_string() != i {
-                    continue;
-                }
-                out.push((InstanceKey { group: group.clone(), set: set.clone(), id: InstanceId(id) }, ip));
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn dir(p: &Path) -> VmDir {
         VmDir { dir: p.to_path_buf(), socket_fallback: p.join("fallback") }
@@ -477,13 +365,5 @@ mod tests {
         assert_eq!(d.last_line("console.log", 100).as_deref(), Some("second line"));
         assert_eq!(d.last_line("console.log", 6).as_deref(), Some("second…"));
         assert_eq!(shorten("ééé", 3), "é…");
-    }
-
-    #[test]
-    fn atomic_writes_set_the_mode() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("secret");
-        atomic_write_mode(&p, b"x", 0o600).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

@@ -781,6 +781,12 @@ async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
 /// connection closes, the script keeps running in the guest, the `script-run` record stays),
 /// as `kill -9` of the server leaves it. A new driver asked for the same run adopts it (its
 /// exit code and output); asked for another run, it kills the old script first.
+///
+/// The call is cut only once the script runs its command: the host records the run as soon as
+/// the agent gives its pid, which under TCG can be well before the guest's shell reaches the
+/// first line, and a run killed then never writes its start line. The script announces itself
+/// on the serial console (the agent cannot be asked: QEMU serves one agent client at a time,
+/// and the cut call still holds it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     let out = testguest_out();
@@ -793,7 +799,17 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
     let record = d.instance_dir(&k).join("script-run");
     let slow = |identity: &str| ScriptRun {
         identity: identity.into(),
-        ..script("slow", vec![], "echo $$ >> starts\nsleep 4\necho done >> starts\necho adopted-output\nexit 5", t())
+        ..script(
+            "slow",
+            vec![],
+            "echo $$ >> starts\necho herd-slow-started > /dev/console\nsleep 4\necho done >> starts\n\
+             echo adopted-output\nexit 5",
+            t(),
+        )
+    };
+    let console_starts = || async {
+        let console = d.console_log(&k, 1 << 20).await.unwrap().unwrap_or_default();
+        console.matches("herd-slow-started").count()
     };
     let starts = || async {
         let (_, text) = guest_sh(&d, &k, "cat /var/lib/herd/extensions/slow/starts 2>/dev/null; true").await;
@@ -803,12 +819,18 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
         let (d, k, record) = (d.clone(), k.clone(), record.clone());
         async move {
             let _ = std::fs::remove_file(&record);
+            let before = console_starts().await;
             let task = tokio::spawn(async move { d.run_script(&k, &run, Fence::FIRST).await });
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = Instant::now() + scaled(Duration::from_secs(60));
             while !record.exists() {
                 assert!(Instant::now() < deadline, "the run was never recorded");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            while console_starts().await == before {
+                assert!(Instant::now() < deadline, "the script never announced its start on the console");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!task.is_finished(), "the run ended before it was cut");
             task.abort();
             let _ = task.await;
         }

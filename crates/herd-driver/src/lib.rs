@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fence;
+pub mod host;
 pub mod sim;
 
 pub use fence::{Fence, Fenced, Incarnation, LeaderTerm, Term};

@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use herd_model::FieldError;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -18,7 +17,7 @@ use serde_json::Value;
 
 use crate::error::{chain_text, find_io_error, io_failure};
 use crate::spec::{display_url, parse_http_url, Fields};
-use crate::{bounded, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// The largest response body read.
 const MAX_BODY: usize = 8 << 20;
@@ -246,16 +245,7 @@ impl HttpJsonSource {
     }
 }
 
-#[async_trait]
-impl MetricSource for HttpJsonSource {
-    async fn sample(&self) -> Result<Option<f64>, SourceError> {
-        bounded(&self.describe, self.timeout, &self.config.secrets, self.sample_now()).await
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
+bounded_metric_source!(HttpJsonSource, config.secrets);
 
 #[cfg(test)]
 mod tests {

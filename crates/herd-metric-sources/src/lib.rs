@@ -26,6 +26,24 @@
 //! queues with them. The `testkit` feature starts real throw-away servers for tests.
 #![forbid(unsafe_code)]
 
+/// The [`MetricSource`] impl every source shares: a source struct with `describe`, `timeout`
+/// and its secrets (the field path given) and an async `sample_now`; each sample is bounded by
+/// the timeout and its errors are scrubbed of the secrets (see [`bounded`]).
+macro_rules! bounded_metric_source {
+    ($source:ty, $($secrets:ident).+) => {
+        #[async_trait::async_trait]
+        impl $crate::MetricSource for $source {
+            async fn sample(&self) -> Result<Option<f64>, $crate::SourceError> {
+                $crate::bounded(&self.describe, self.timeout, &self.$($secrets).+, self.sample_now()).await
+            }
+
+            fn describe(&self) -> String {
+                self.describe.clone()
+            }
+        }
+    };
+}
+
 mod error;
 mod http_json;
 pub mod nats;

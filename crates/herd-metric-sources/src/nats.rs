@@ -17,7 +17,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use herd_model::FieldError;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -25,7 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::error::io_failure;
 use crate::spec::{parse_host_port, Fields};
-use crate::{bounded, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// The longest control line accepted.
 const MAX_LINE: u64 = 64 << 10;
@@ -414,16 +413,7 @@ impl JetStreamSource {
     }
 }
 
-#[async_trait]
-impl MetricSource for JetStreamSource {
-    async fn sample(&self) -> Result<Option<f64>, SourceError> {
-        bounded(&self.describe, self.timeout, &self.secrets, self.sample_now()).await
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
+bounded_metric_source!(JetStreamSource, secrets);
 
 #[cfg(test)]
 mod tests {

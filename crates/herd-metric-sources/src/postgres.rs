@@ -18,7 +18,6 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use herd_model::FieldError;
 use reqwest::Url;
 use tokio_postgres::types::{FromSql, ToSql, Type};
@@ -26,7 +25,7 @@ use tokio_postgres::NoTls;
 
 use crate::error::{chain_text, find_io_error, io_failure};
 use crate::spec::{redact_url_text, shorten, Fields};
-use crate::{bounded, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// A validated PostgreSQL source.
 #[derive(Clone)]
@@ -107,6 +106,22 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
+/// The index just past the quoted text starting at `b[start]` (its quote character), where a
+/// doubled quote stands for itself and, with `escapes`, a backslash escapes the next byte;
+/// `None` if it never ends.
+fn skip_quoted(b: &[u8], start: usize, escapes: bool) -> Option<usize> {
+    let quote = b[start];
+    let mut i = start + 1;
+    loop {
+        match b.get(i)? {
+            b'\\' if escapes => i += 2,
+            c if *c == quote && b.get(i + 1) == Some(&quote) => i += 2,
+            c if *c == quote => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
 /// Accepts exactly one `SELECT` or `WITH` statement, optionally ending with `;`.
 pub(crate) fn check_query(q: &str) -> Result<(), String> {
     let b = q.as_bytes();
@@ -174,43 +189,9 @@ pub(crate) fn check_query(q: &str) -> Result<(), String> {
             b'\'' => {
                 // E'...' strings take backslash escapes.
                 let escapes = i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
-                i += 1;
-                loop {
-                    if i >= n {
-                        return Err("an unterminated string literal".into());
-                    }
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                    } else if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                        } else {
-                            i += 1;
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
+                i = skip_quoted(b, i, escapes).ok_or("an unterminated string literal")?;
             }
-            b'"' => {
-                i += 1;
-                loop {
-                    if i >= n {
-                        return Err("an unterminated quoted identifier".into());
-                    }
-                    if b[i] == b'"' {
-                        if b.get(i + 1) == Some(&b'"') {
-                            i += 2;
-                        } else {
-                            i += 1;
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            b'"' => i = skip_quoted(b, i, false).ok_or("an unterminated quoted identifier")?,
             b'$' if i == 0 || !is_ident(b[i - 1]) => {
                 // $tag$ ... $tag$ (a dollar quote), or $1 (a parameter).
                 let mut j = i + 1;
@@ -408,16 +389,7 @@ impl PostgresSource {
     }
 }
 
-#[async_trait]
-impl MetricSource for PostgresSource {
-    async fn sample(&self) -> Result<Option<f64>, SourceError> {
-        bounded(&self.describe, self.timeout, &self.secrets, self.sample_now()).await
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
+bounded_metric_source!(PostgresSource, secrets);
 
 #[cfg(test)]
 mod tests {

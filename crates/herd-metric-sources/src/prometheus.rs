@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use herd_model::FieldError;
 use reqwest::header::HeaderMap;
 use reqwest::Url;
@@ -17,7 +16,7 @@ use serde_json::Value;
 
 use crate::http_json::{client, get, json_type, parse_headers, status_error};
 use crate::spec::{display_url, parse_http_url, shorten, Fields};
-use crate::{bounded, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// A validated Prometheus source.
 #[derive(Clone)]
@@ -121,16 +120,7 @@ impl PrometheusSource {
     }
 }
 
-#[async_trait]
-impl MetricSource for PrometheusSource {
-    async fn sample(&self) -> Result<Option<f64>, SourceError> {
-        bounded(&self.describe, self.timeout, &self.config.secrets, self.sample_now()).await
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
+bounded_metric_source!(PrometheusSource, config.secrets);
 
 #[cfg(test)]
 mod tests {

@@ -21,14 +21,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use herd_model::FieldError;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::error::io_failure;
 use crate::spec::{parse_host_port, Fields};
-use crate::{bounded, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// The longest reply line and bulk string accepted (a queue probe needs far less).
 const MAX_BULK: usize = 64 << 20;
@@ -423,16 +422,7 @@ async fn count_after(conn: &mut Connection, stream: &str, last: &str) -> Result<
     }
 }
 
-#[async_trait]
-impl MetricSource for RedisSource {
-    async fn sample(&self) -> Result<Option<f64>, SourceError> {
-        bounded(&self.describe, self.timeout, &self.secrets, self.sample_now()).await
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
+bounded_metric_source!(RedisSource, secrets);
 
 #[cfg(test)]
 mod tests {

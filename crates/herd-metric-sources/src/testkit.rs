@@ -144,65 +144,79 @@ where
     }
 }
 
-/// `redis-server` on a free loopback port, no persistence, with a password.
-pub struct RedisServer {
+/// A server process listening on a loopback port, with its scratch directory (both kept until
+/// dropped).
+struct Listening {
     _proc: Proc,
     port: u16,
     _dir: TempDir,
 }
 
+/// Starts a server on a free loopback port: `spawn(dir, port)` writes its configuration and
+/// starts it, `ready(port)` says whether it serves. Another process may take the port between
+/// picking and binding it, so a server that does not get ready is tried again on another port
+/// (up to `PORT_TRIES` times); the last failure is returned.
+async fn start_on_free_port<S, R, Fut>(what: &str, dir: TempDir, mut spawn: S, ready: R) -> io::Result<Listening>
+where
+    S: FnMut(&Path, u16) -> io::Result<Proc>,
+    R: Fn(u16) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut last = String::new();
+    for _ in 0..PORT_TRIES {
+        let port = free_port()?;
+        let mut p = spawn(dir.path(), port)?;
+        match wait_ready(&mut p, what, || ready(port)).await {
+            Ok(()) => return Ok(Listening { _proc: p, port, _dir: dir }),
+            Err(e) => last = e,
+        }
+    }
+    Err(io::Error::other(last))
+}
+
+/// `redis-server` on a free loopback port, no persistence, with a password.
+pub struct RedisServer(Listening);
+
 impl RedisServer {
-    /// Starts it and waits until it answers.
+    /// Starts it with `requirepass password` and waits until it answers.
     pub async fn start(password: &str) -> io::Result<Self> {
         let program = which("redis-server")?;
-        let dir = tmpdir("herd-redis-")?;
-        let mut last = String::new();
-        for _ in 0..PORT_TRIES {
-            let port = free_port()?;
-            let conf = dir.path().join("redis.conf");
-            let quoted = serde_json::to_string(password).map_err(io::Error::other)?;
+        let quoted = serde_json::to_string(password).map_err(io::Error::other)?;
+        let spawn = |dir: &Path, port: u16| {
+            let conf = dir.join("redis.conf");
             write_private(
                 &conf,
                 &format!(
                     "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\nlogfile \"\"\n\
                      dir {}\nrequirepass {quoted}\n",
-                    dir.path().display()
+                    dir.display()
                 ),
             )?;
-            let mut p = Proc::spawn(Command::new(&program).arg(&conf), dir.path().join("redis.log"))?;
-            let ready = wait_ready(&mut p, "redis-server", || async move {
-                // Any reply (-NOAUTH included) means it serves.
-                let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 1];
-                s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).map(|n| n == 1).unwrap_or(false)
-            })
-            .await;
-            match ready {
-                Ok(()) => return Ok(Self { _proc: p, port, _dir: dir }),
-                Err(e) => last = e,
-            }
-        }
-        Err(io::Error::other(last))
+            Proc::spawn(Command::new(&program).arg(&conf), dir.join("redis.log"))
+        };
+        let ready = |port: u16| async move {
+            // Any reply (-NOAUTH included) means it serves.
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 1];
+            s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).map(|n| n == 1).unwrap_or(false)
+        };
+        Ok(Self(start_on_free_port("redis-server", tmpdir("herd-redis-")?, spawn, ready).await?))
     }
 
     /// Its port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// `redis://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.0.port)
     }
 }
 
 /// `nats-server` with JetStream on a free loopback port, with optional auth.
-pub struct NatsServer {
-    _proc: Proc,
-    port: u16,
-    _dir: TempDir,
-}
+pub struct NatsServer(Listening);
 
 impl NatsServer {
     /// Starts it and waits until JetStream answers `$JS.API.INFO`.
@@ -217,7 +231,6 @@ impl NatsServer {
 
     async fn start_with(auth: &Auth, jetstream: bool) -> io::Result<Self> {
         let program = which("nats-server")?;
-        let dir = tmpdir("herd-nats-")?;
         let q = |s: &str| serde_json::to_string(s).map_err(io::Error::other);
         let authz = match auth {
             Auth::None => String::new(),
@@ -226,49 +239,37 @@ impl NatsServer {
                 format!("authorization {{ user: {}, password: {} }}\n", q(user)?, q(password)?)
             }
         };
-        let mut last = String::new();
-        for _ in 0..PORT_TRIES {
-            let port = free_port()?;
-            let conf = dir.path().join("nats.conf");
-            let store = dir.path().join("js");
+        let spawn = |dir: &Path, port: u16| {
+            let conf = dir.join("nats.conf");
             let js = if jetstream {
-                format!("jetstream {{ store_dir: {} }}\n", q(&store.display().to_string())?)
+                format!("jetstream {{ store_dir: {} }}\n", q(&dir.join("js").display().to_string())?)
             } else {
                 String::new()
             };
             write_private(&conf, &format!("listen: \"127.0.0.1:{port}\"\n{js}{authz}"))?;
-            let mut p = Proc::spawn(Command::new(&program).arg("-c").arg(&conf), dir.path().join("nats.log"))?;
+            Proc::spawn(Command::new(&program).arg("-c").arg(&conf), dir.join("nats.log"))
+        };
+        let ready = |port: u16| {
             let auth = auth.clone();
-            let ready = wait_ready(&mut p, "nats-server", || {
-                let auth = auth.clone();
-                async move {
-                    let Ok(mut c) = Client::connect(&format!("127.0.0.1:{port}"), &auth).await else { return false };
-                    if !jetstream {
-                        return true;
-                    }
-                    matches!(
-                        tokio::time::timeout(Duration::from_secs(2), c.request("$JS.API.INFO", b"")).await,
-                        Ok(Ok(_))
-                    )
+            async move {
+                let Ok(mut c) = Client::connect(&format!("127.0.0.1:{port}"), &auth).await else { return false };
+                if !jetstream {
+                    return true;
                 }
-            })
-            .await;
-            match ready {
-                Ok(()) => return Ok(Self { _proc: p, port, _dir: dir }),
-                Err(e) => last = e,
+                matches!(tokio::time::timeout(Duration::from_secs(2), c.request("$JS.API.INFO", b"")).await, Ok(Ok(_)))
             }
-        }
-        Err(io::Error::other(last))
+        };
+        Ok(Self(start_on_free_port("nats-server", tmpdir("herd-nats-")?, spawn, ready).await?))
     }
 
     /// Its port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// `nats://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.0.port)
     }
 }
 
@@ -379,11 +380,7 @@ impl Drop for PostgresCluster {
 }
 
 /// `prometheus` on a free loopback port, scraping one target every second.
-pub struct PrometheusServer {
-    _proc: Proc,
-    port: u16,
-    _dir: TempDir,
-}
+pub struct PrometheusServer(Listening);
 
 impl PrometheusServer {
     /// Starts it scraping `http://TARGET/metrics` (`target` is `host:port`) and waits until
@@ -400,36 +397,28 @@ impl PrometheusServer {
                 serde_json::to_string(target).map_err(io::Error::other)?
             ),
         )?;
-        let mut last = String::new();
-        for _ in 0..PORT_TRIES {
-            let port = free_port()?;
-            let mut p = Proc::spawn(
+        let spawn = |dir: &Path, port: u16| {
+            Proc::spawn(
                 Command::new(&program)
                     .arg(format!("--config.file={}", conf.display()))
-                    .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                    .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
                     .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                     .arg("--log.level=warn"),
-                dir.path().join("prometheus.log"),
-            )?;
-            let ready =
-                wait_ready(&mut p, "prometheus", || async move { http_get_status(port, "/-/ready") == Some(200) })
-                    .await;
-            match ready {
-                Ok(()) => return Ok(Self { _proc: p, port, _dir: dir }),
-                Err(e) => last = e,
-            }
-        }
-        Err(io::Error::other(last))
+                dir.join("prometheus.log"),
+            )
+        };
+        let ready = |port: u16| async move { http_get_status(port, "/-/ready") == Some(200) };
+        Ok(Self(start_on_free_port("prometheus", dir, spawn, ready).await?))
     }
 
     /// Its port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.0.port)
     }
 }
 

@@ -6,24 +6,30 @@
 //!   over R rounds (min / median / max), next to the obvious peer
 //!   ([`herd_capacity::bench::naive_global`]: one global youngest-first list walked per
 //!   request), so the report can state a ratio of times and of evictions.
-//! - **Carry out**, as the server does it: read every instance record from a SQLite store,
-//!   build the holders, decide, and write the Preempt events onto the chosen records as
-//!   compare-and-swap writes (in transactions of at most 128, the store's limit).
+//! - **Carry out**, through the server's own code: read every instance record from a SQLite
+//!   store, run the reconciler's capacity pass (`herd_reconciler::capacity::arbitrate`: the
+//!   holders from `capacity::holder`, the arbiter, the steps rewritten) with the scale-out as
+//!   the planner's `Create` step, and write the Preempt events it posts onto the chosen
+//!   records as compare-and-swap writes (in transactions of at most 128, the store's limit).
 //!
 //! Why no server: the decision is a pure function and the carry-out is store writes;
 //! a server with 10,000 sim instances would add only the wait for them to boot.
 
 use anyhow::{Context, Result};
 use herd_capacity::bench::{naive_global, scenario, spot_price, Scenario};
-use herd_capacity::{arbitrate, Holder, Size, Tier};
+use herd_capacity::{arbitrate, Tier};
 use herd_model::instance::InstanceRecord;
+use herd_model::scale_set::{ScaleSetModel, StoredScaleSet};
 use herd_model::sku::SkuTable;
 use herd_model::spot::{ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
-use herd_model::InstanceKey;
+use herd_model::{GroupName, InstanceKey, ScaleSetName};
+use herd_reconciler::capacity::{self, SetSteps, SpotPrice};
+use herd_reconciler::plan::{NewInstance, Step};
 use herd_store::{Expect, Kind, Object, SqliteStore, Store, StoreExt, WriteOp};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Options of `herd bench spot`.
@@ -144,20 +150,49 @@ fn store_key(k: &InstanceKey) -> String {
     herd_state::keys::InstanceRecordKey::new(k.clone()).to_string()
 }
 
-/// Per instance, what the server knows from the set's model rather than the record: the tier
-/// (the set's priority) and `maxPrice`.
-struct SetFacts {
-    tier: Tier,
-    max_price: Option<f64>,
+/// The scale sets of the scenario as the server stores them: each holder's set with its tier
+/// (priority) and SKU, and the `scaleout` set the requests grow (Regular, Standard_B2s). What
+/// an instance holds is then worked out by the reconciler's own `capacity::holder` from the
+/// set and the record (Deallocated instances hold nothing; an evicted one's Preempt does not
+/// count as announced). The scenario's per-instance `maxPrice` has no set-level equivalent
+/// and is left out here (it is below no price of the scenario, so it decides nothing).
+fn scenario_sets(s: &Scenario) -> Result<BTreeMap<ScaleSetName, StoredScaleSet>> {
+    let mut facts: BTreeMap<ScaleSetName, (Tier, String)> = BTreeMap::new();
+    for h in &s.holders {
+        facts.entry(h.key.set.clone()).or_insert((h.tier, h.sku.clone()));
+    }
+    for r in &s.requests {
+        facts.entry(r.key.set.clone()).or_insert((r.tier, r.sku.clone()));
+    }
+    let group = GroupName::new("bench").context("group name")?;
+    let mut sets = BTreeMap::new();
+    for (name, (tier, sku)) in facts {
+        let mut profile = json!({
+            "osProfile": {"computerNamePrefix": name.as_str()},
+            "storageProfile": {"imageReference": {"publisher": "Bench", "offer": "Spot", "sku": "1", "version": "1"}}
+        });
+        if tier == Tier::Spot {
+            profile["priority"] = json!("Spot");
+            profile["evictionPolicy"] = json!("Delete");
+        }
+        let model =
+            ScaleSetModel::from_json(json!({"sku": {"name": sku, "capacity": 0}, "virtualMachineProfile": profile}))
+                .context("building a scale set model")?;
+        let set = StoredScaleSet {
+            name: name.clone(),
+            group: group.clone(),
+            model_generation: 1,
+            time_created: s.now,
+            deleting: false,
+            model,
+        };
+        sets.insert(name, set);
+    }
+    Ok(sets)
 }
 
-/// Seeds a SQLite store with the scenario, then times read → decide → write the way the server
-/// would, restoring the records between rounds.
-fn carry_out(s: &Scenario, rounds: u32, out: &mut String) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(&dir.path().join("herd.db")).context("opening the store")?;
-    let skus = SkuTable::default();
-    let mut facts = BTreeMap::new();
+/// Seeds a SQLite store with the scenario's instance records.
+fn seed_store(s: &Scenario, store: &SqliteStore) -> Result<()> {
     let mut seed = Vec::with_capacity(s.holders.len());
     for h in &s.holders {
         let mut v = json!({
@@ -184,76 +219,104 @@ fn carry_out(s: &Scenario, rounds: u32, out: &mut String) -> Result<()> {
             v["scheduledEvents"] = json!([ev]);
         }
         let rec: InstanceRecord = serde_json::from_value(v).context("building an instance record")?;
-        let key = store_key(&h.key);
-        facts.insert(key.clone(), SetFacts { tier: h.tier, max_price: h.max_price });
-        seed.push(WriteOp::put(Kind::Instance, key, &rec, Expect::Absent)?);
+        seed.push(WriteOp::put(Kind::Instance, store_key(&h.key), &rec, Expect::Absent)?);
     }
-    let t0 = Instant::now();
     // Over the store's transaction limit: in chunks (each record is independent).
     for chunk in herd_store::chunks(seed, 0)? {
         store.txn(chunk)?;
     }
+    Ok(())
+}
+
+/// The scale-out as the planner hands it to the capacity pass: one `Create` step of the
+/// `scaleout` set.
+fn scale_out_steps(s: &Scenario) -> Vec<Step> {
+    let new = s.requests.iter().map(|r| NewInstance {
+        id: r.key.id,
+        zone: r.zone.clone(),
+        overprovisioned: false,
+        host: None,
+    });
+    vec![Step::Create(new.collect())]
+}
+
+/// One timed round: read every record, run the reconciler's capacity pass over every set
+/// (`herd_reconciler::capacity::arbitrate`: holders from the records, the arbiter, the steps
+/// rewritten), then write its Preempt events as compare-and-swap writes. Returns the three
+/// durations, the number of events and the writes that undo them.
+fn carry_out_round(
+    s: &Scenario,
+    store: &SqliteStore,
+    sets: &BTreeMap<ScaleSetName, StoredScaleSet>,
+) -> Result<([Duration; 3], usize, Vec<WriteOp>)> {
+    let skus = SkuTable::default();
+    let price = SpotPrice(Arc::new(|sku: &str, _| spot_price(sku)));
+    let t0 = Instant::now();
+    let records = store.list_as::<InstanceRecord>(Kind::Instance, "bench/")?;
+    let mut by_set: BTreeMap<&ScaleSetName, Vec<&Object<InstanceRecord>>> = BTreeMap::new();
+    for o in &records {
+        let Some(key) = InstanceKey::parse_path(&o.key) else { continue };
+        if let Some((name, _)) = sets.get_key_value(&key.set) {
+            by_set.entry(name).or_default().push(o);
+        }
+    }
+    let t_read = t0.elapsed();
+
+    let t1 = Instant::now();
+    let mut steps: Vec<Vec<Step>> =
+        sets.keys().map(|n| if n.as_str() == "scaleout" { scale_out_steps(s) } else { Vec::new() }).collect();
+    let mut parts: Vec<SetSteps<'_>> = sets
+        .iter()
+        .zip(steps.iter_mut())
+        .map(|((name, set), steps)| SetSteps {
+            set,
+            records: by_set.get(name).map(|v| v.iter().map(|o| &o.value).collect()).unwrap_or_default(),
+            steps,
+            note: None,
+        })
+        .collect();
+    capacity::arbitrate(&mut parts, &s.hosts, &skus, &price, s.now);
+    drop(parts);
+    let t_decide = t1.elapsed();
+
+    let t2 = Instant::now();
+    let (mut ops, mut restore) = (Vec::new(), Vec::new());
+    for ((name, _), steps) in sets.iter().zip(&steps) {
+        for step in steps {
+            let Step::PostEvent { id, kind, notice, reason, description } = step else { continue };
+            let Some(o) = by_set.get(name).and_then(|v| v.iter().find(|o| o.value.instance_id == *id)) else {
+                continue;
+            };
+            let mut rec = o.value.clone();
+            rec.scheduled_events.push(ScheduledEvent::new(*kind, s.now, *notice, description.clone(), *reason));
+            ops.push(WriteOp::put(Kind::Instance, o.key.clone(), &rec, Expect::Revision(o.revision))?);
+            restore.push(WriteOp::put(Kind::Instance, o.key.clone(), &o.value, Expect::Any)?);
+        }
+    }
+    let events = ops.len();
+    // Each Preempt event is a compare-and-swap of its own record; in chunks that fit the
+    // store's transaction limit.
+    for chunk in herd_store::chunks(ops, 0)? {
+        store.txn(chunk)?;
+    }
+    Ok(([t_read, t_decide, t2.elapsed()], events, restore))
+}
+
+/// Seeds a SQLite store with the scenario, then times read → decide → write the way the server
+/// does, restoring the records between rounds.
+fn carry_out(s: &Scenario, rounds: u32, out: &mut String) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(&dir.path().join("herd.db")).context("opening the store")?;
+    let sets = scenario_sets(s)?;
+    let t0 = Instant::now();
+    seed_store(s, &store)?;
     let seeded = t0.elapsed();
 
     let (mut reads, mut decides, mut writes, mut totals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut events = 0;
     for _ in 0..rounds {
-        // Read every record and build the holders.
-        let t0 = Instant::now();
-        let records = store.list_as::<InstanceRecord>(Kind::Instance, "bench/")?;
-        let mut holders = Vec::with_capacity(records.len());
-        let mut by_key: BTreeMap<InstanceKey, &Object<InstanceRecord>> = BTreeMap::new();
-        for o in &records {
-            let Some(f) = facts.get(&o.key) else { continue };
-            // `group/set/0000000012`: the zero-padded id parses as the id.
-            let Some(key) = InstanceKey::parse_path(&o.key) else { continue };
-            let r = &o.value;
-            let size = r.sku.as_deref().and_then(|n| skus.lookup(n)).map(|(_, z)| Size::from(z)).unwrap_or_default();
-            holders.push(Holder {
-                key: key.clone(),
-                host: r.host.clone(),
-                zone: r.zone.clone(),
-                size,
-                tier: f.tier,
-                sku: r.sku.clone().unwrap_or_default(),
-                created_at: r.created_at,
-                max_price: f.max_price,
-                preempting: r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt),
-            });
-            by_key.insert(key, o);
-        }
-        let t_read = t0.elapsed();
-
-        // Decide.
-        let t1 = Instant::now();
-        let d = arbitrate(&s.hosts, &holders, &s.requests, &spot_price);
-        let t_decide = t1.elapsed();
-
-        // Write the Preempt events.
-        let t2 = Instant::now();
-        let mut ops = Vec::with_capacity(d.preempt.len());
-        let mut restore = Vec::with_capacity(d.preempt.len());
-        for p in &d.preempt {
-            let Some(o) = by_key.get(&p.key) else { continue };
-            let mut rec = o.value.clone();
-            rec.scheduled_events.push(ScheduledEvent::new(
-                ScheduledEventType::Preempt,
-                s.now,
-                chrono::Duration::seconds(PREEMPT_NOTICE_SECS),
-                p.detail.clone(),
-                Some(p.reason),
-            ));
-            ops.push(WriteOp::put(Kind::Instance, o.key.clone(), &rec, Expect::Revision(o.revision))?);
-            restore.push(WriteOp::put(Kind::Instance, o.key.clone(), &o.value, Expect::Any)?);
-        }
-        events = ops.len();
-        // Each Preempt event is a compare-and-swap of its own record; in chunks that fit the
-        // store's transaction limit.
-        for chunk in herd_store::chunks(ops, 0)? {
-            store.txn(chunk)?;
-        }
-        let t_write = t2.elapsed();
-
+        let ([t_read, t_decide, t_write], n, restore) = carry_out_round(s, &store, &sets)?;
+        events = n;
         reads.push(t_read);
         decides.push(t_decide);
         writes.push(t_write);
@@ -269,7 +332,7 @@ fn carry_out(s: &Scenario, rounds: u32, out: &mut String) -> Result<()> {
     let (tmin, total, tmax) = spread(&mut totals);
     writeln!(
         out,
-        "carry out (SQLite store, seeded with {} records in {:.0} ms): read + build holders median {read:.1} ms, decide {decide:.2} ms, write {events} Preempt events in transactions of at most 128 median {write:.1} ms (min {wmin:.1}, max {wmax:.1})",
+        "carry out (SQLite store, seeded with {} records in {:.0} ms): read median {read:.1} ms, the reconciler's capacity pass (holders, arbiter, steps) {decide:.2} ms, write {events} Preempt events in transactions of at most 128 median {write:.1} ms (min {wmin:.1}, max {wmax:.1})",
         s.holders.len(),
         ms(seeded)
     )?;

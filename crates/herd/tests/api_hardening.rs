@@ -15,23 +15,10 @@ fn setup() -> (tempfile::TempDir, Server) {
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     s.ok(&["group", "create", "-n", "g", "-l", "local"]);
     s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "g",
-        "-n",
-        "s",
-        "--image",
-        "Herd:TestGuest:1:1.0.0",
-        "--instance-count",
-        "2",
-        "--vm-sku",
-        "Standard_B1ms",
-        "--upgrade-policy-mode",
-        "Manual",
-        "--quiet",
-    ]);
+    s.ok(&words(
+        "vmss create -g g -n s --image Herd:TestGuest:1:1.0.0 --instance-count 2 --vm-sku Standard_B1ms \
+         --upgrade-policy-mode Manual --quiet",
+    ));
     (dir, s)
 }
 

@@ -33,115 +33,34 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
         b = burn.display()
     );
     let img = image_dir(&dir.path().join("img"), &body);
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:Burn:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:Burn:1:1.0.0",
-        "--instance-count",
-        "1",
-        "--vm-sku",
-        "Standard_B1s",
-        "--disable-overprovision",
-        "--quiet",
-    ]);
+    s.group_with_image("rg", "Herd:Burn:1:1.0.0", &img);
+    s.ok(&words(
+        "vmss create -g rg -n web --image Herd:Burn:1:1.0.0 --instance-count 1 --vm-sku Standard_B1s \
+         --disable-overprovision --quiet",
+    ));
 
     // Bad input is refused with the field or the token.
-    let e = s.err(&[
-        "monitor",
-        "autoscale",
-        "create",
-        "-g",
-        "rg",
-        "--resource",
-        "web",
-        "--name",
-        "x",
-        "--min-count",
-        "3",
-        "--max-count",
-        "2",
-        "--count",
-        "2",
-    ]);
+    let e =
+        s.err(&words("monitor autoscale create -g rg --resource web --name x --min-count 3 --max-count 2 --count 2"));
     assert!(e.contains("minimum") || e.contains("min"), "{e}");
-    let e = s.err(&[
-        "monitor",
-        "autoscale",
-        "create",
-        "-g",
-        "rg",
-        "--resource",
-        "nosuchset",
-        "--name",
-        "x",
-        "--min-count",
-        "1",
-        "--max-count",
-        "2",
-        "--count",
-        "1",
-    ]);
+    let e = s.err(&words(
+        "monitor autoscale create -g rg --resource nosuchset --name x --min-count 1 --max-count 2 --count 1",
+    ));
     assert!(e.contains("nosuchset"), "{e}");
 
-    s.ok(&[
-        "monitor",
-        "autoscale",
-        "create",
-        "-g",
-        "rg",
-        "--resource",
-        "web",
-        "--resource-type",
-        "Microsoft.Compute/virtualMachineScaleSets",
-        "--name",
-        "web-autoscale",
-        "--min-count",
-        "1",
-        "--max-count",
-        "3",
-        "--count",
-        "1",
-    ]);
-    let e = s.err(&[
-        "monitor",
-        "autoscale",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--condition",
-        "Percentage CPU >> 50 avg 10s",
-        "--scale",
-        "out",
-        "1",
-    ]);
+    s.ok(&words(
+        "monitor autoscale create -g rg --resource web --resource-type Microsoft.Compute/virtualMachineScaleSets \
+         --name web-autoscale --min-count 1 --max-count 3 --count 1",
+    ));
+    let e = s.err(&words(
+        "monitor autoscale rule create -g rg --autoscale-name web-autoscale --condition \
+         'Percentage CPU >> 50 avg 10s' --scale out 1",
+    ));
     assert!(e.contains('^'), "a caret points at the bad token: {e}");
-    let e = s.err(&[
-        "monitor",
-        "autoscale",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--condition",
-        "Disk Queue > 5 avg 10s",
-        "--scale",
-        "out",
-        "1",
-        "--timegrain",
-        "avg 1s",
-    ]);
+    let e = s.err(&words(
+        "monitor autoscale rule create -g rg --autoscale-name web-autoscale --condition 'Disk Queue > 5 avg 10s' \
+         --scale out 1 --timegrain 'avg 1s'",
+    ));
     assert!(e.contains("Disk Queue") && e.contains("Percentage CPU"), "an unknown metric names the allowed ones: {e}");
     s.ok(&[
         "monitor",
@@ -165,25 +84,10 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
         "--timegrain",
         "avg 1s",
     ]);
-    s.ok(&[
-        "monitor",
-        "autoscale",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--condition",
-        "Percentage CPU < 5 avg 10s",
-        "--scale",
-        "in",
-        "1",
-        "--cooldown",
-        "0.05",
-        "--timegrain",
-        "avg 1s",
-    ]);
+    s.ok(&words(
+        "monitor autoscale rule create -g rg --autoscale-name web-autoscale --condition 'Percentage CPU < 5 avg 10s' \
+         --scale in 1 --cooldown 0.05 --timegrain 'avg 1s'",
+    ));
     let rules = s.json(&["monitor", "autoscale", "rule", "list", "-g", "rg", "--autoscale-name", "web-autoscale"]);
     assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
 
@@ -208,19 +112,13 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
     }
     std::fs::write(&trace, csv).unwrap();
     let svg = dir.path().join("plot.svg");
-    let sim = s.json(&[
-        "monitor",
-        "autoscale",
-        "simulate",
-        "-g",
-        "rg",
-        "-n",
-        "web-autoscale",
-        "--trace",
-        trace.to_str().unwrap(),
-        "--plot",
-        svg.to_str().unwrap(),
-    ]);
+    let sim = s.json(
+        &[
+            words("monitor autoscale simulate -g rg -n web-autoscale --trace"),
+            vec![trace.to_str().unwrap(), "--plot", svg.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     assert!(
         !sim["scaleEvents"].as_array().unwrap().is_empty(),
         "the busy half hour scales out: {}",
@@ -231,65 +129,17 @@ fn cpu_burners_scale_out_and_idle_instances_scale_back_in() {
             || std::fs::read_to_string(&svg).unwrap().contains("<svg")
     );
     // A workhours profile in a time zone.
-    s.ok(&[
-        "monitor",
-        "autoscale",
-        "profile",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "-n",
-        "workhours",
-        "--recurrence",
-        "week",
-        "mon",
-        "tue",
-        "wed",
-        "thu",
-        "fri",
-        "--start",
-        "08:00",
-        "--end",
-        "18:00",
-        "--timezone",
-        "Europe/Prague",
-        "--min-count",
-        "2",
-        "--max-count",
-        "3",
-        "--count",
-        "2",
-    ]);
+    s.ok(&words(
+        "monitor autoscale profile create -g rg --autoscale-name web-autoscale -n workhours --recurrence week mon tue \
+         wed thu fri --start 08:00 --end 18:00 --timezone Europe/Prague --min-count 2 --max-count 3 --count 2",
+    ));
     let profiles =
         s.json(&["monitor", "autoscale", "profile", "list", "-g", "rg", "--autoscale-name", "web-autoscale"]);
     assert_eq!(profiles.as_array().unwrap().len(), 3, "default, workhours and the profile that ends it: {profiles}");
-    let e = s.err(&[
-        "monitor",
-        "autoscale",
-        "profile",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "-n",
-        "x",
-        "--recurrence",
-        "week",
-        "mon",
-        "--start",
-        "08:00",
-        "--timezone",
-        "Mars/Olympus",
-        "--min-count",
-        "1",
-        "--max-count",
-        "2",
-        "--count",
-        "1",
-    ]);
+    let e = s.err(&words(
+        "monitor autoscale profile create -g rg --autoscale-name web-autoscale -n x --recurrence week mon --start \
+         08:00 --timezone Mars/Olympus --min-count 1 --max-count 2 --count 1",
+    ));
     assert!(e.contains("Mars/Olympus"), "{e}");
     let log = s.ok(&["monitor", "activity-log", "list", "-g", "rg", "-o", "json"]);
     let log: Value = serde_json::from_str(&log).unwrap();
@@ -306,83 +156,34 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
     let redis = rt
         .block_on(herd_metric_sources::testkit::RedisServer::start(password))
         .expect("redis-server (apt-get install redis-server)");
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(FAST));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "q"]);
-    s.ok(&["image", "import", "--urn", "Herd:Worker:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "q",
-        "-n",
-        "web",
-        "--image",
-        "Herd:Worker:1:1.0.0",
-        "--instance-count",
-        "0",
-        "--disable-overprovision",
-        "--quiet",
-    ]);
+    let (dir, s) = server_with_sleeper("sim", Some(FAST), "q", "Herd:Worker:1:1.0.0");
+    s.ok(&words(
+        "vmss create -g q -n web --image Herd:Worker:1:1.0.0 --instance-count 0 --disable-overprovision --quiet",
+    ));
     let prot = dir.path().join("prot.json");
     std::fs::write(&prot, format!("{{\"password\": \"{password}\"}}")).unwrap();
-    let src = s.json(&[
-        "monitor",
-        "metric-source",
-        "create",
-        "-g",
-        "q",
-        "-n",
-        "jobs",
-        "--type",
-        "redis",
-        "--endpoint",
-        &redis.endpoint(),
-        "--key",
-        "jobs",
-        "--protected-settings",
-        &format!("@{}", prot.display()),
-    ]);
+    let src = s.json(
+        &[
+            words("monitor metric-source create -g q -n jobs --type redis --endpoint"),
+            vec![&redis.endpoint()],
+            words("--key jobs --protected-settings"),
+            vec![&format!("@{}", prot.display())],
+        ]
+        .concat(),
+    );
     assert!(!src.to_string().contains(password), "the password is never shown");
-    s.ok(&[
-        "monitor",
-        "autoscale",
-        "create",
-        "-g",
-        "q",
-        "--resource",
-        "web",
-        "--name",
-        "web-autoscale",
-        "--min-count",
-        "0",
-        "--max-count",
-        "4",
-        "--count",
-        "0",
-    ]);
+    s.ok(&words(
+        "monitor autoscale create -g q --resource web --name web-autoscale --min-count 0 --max-count 4 --count 0",
+    ));
     for (cond, scale) in
         [("source/jobs > 10 max 3s", "out 2"), ("source/jobs > 0 max 3s", "to 1"), ("source/jobs == 0 max 3s", "to 0")]
     {
         s.ok(&[
-            "monitor",
-            "autoscale",
-            "rule",
-            "create",
-            "-g",
-            "q",
-            "--autoscale-name",
-            "web-autoscale",
-            "--condition",
-            cond,
-            "--scale",
-            scale,
-            "--cooldown",
-            "0.02",
-            "--timegrain",
-            "max 1s",
-        ]);
+            words("monitor autoscale rule create -g q --autoscale-name web-autoscale --condition"),
+            vec![cond, "--scale", scale],
+            words("--cooldown 0.02 --timegrain 'max 1s'"),
+        ]
+        .concat());
     }
     // A webhook on loopback hears about every scale action.
     let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -405,19 +206,10 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
         });
     }
     s.ok(&[
-        "monitor",
-        "autoscale",
-        "notification",
-        "add",
-        "-g",
-        "q",
-        "--autoscale-name",
-        "web-autoscale",
-        "--webhook",
-        &hook_url,
-        "--properties",
-        "team=queue",
-    ]);
+        words("monitor autoscale notification add -g q --autoscale-name web-autoscale --webhook"),
+        vec![&hook_url, "--properties", "team=queue"],
+    ]
+    .concat());
     let push = |n: usize| {
         rt.block_on(async {
             let mut c = herd_metric_sources::redis::Connection::connect(&redis.endpoint()).await.unwrap();
@@ -451,21 +243,7 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
     assert!(!s.log_text().contains(password), "the password is never logged");
 
     // An unreachable endpoint is reported, and no decision is made on missing data.
-    s.ok(&[
-        "monitor",
-        "metric-source",
-        "create",
-        "-g",
-        "q",
-        "-n",
-        "jobs",
-        "--type",
-        "redis",
-        "--endpoint",
-        "redis://127.0.0.1:9",
-        "--key",
-        "jobs",
-    ]);
+    s.ok(&words("monitor metric-source create -g q -n jobs --type redis --endpoint redis://127.0.0.1:9 --key jobs"));
     let health = wait_for("the source's health to show the error", Duration::from_secs(30), || {
         let v = s.json(&["monitor", "metric-source", "show", "-g", "q", "-n", "jobs"]);
         v["health"].as_str().filter(|h| h.contains("refused") || h.contains("connect")).map(String::from)
@@ -480,24 +258,8 @@ fn a_redis_queue_scales_out_to_zero_and_back() {
 
 #[test]
 fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(FAST));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:Web:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:Web:1:1.0.0",
-        "--instance-count",
-        "1",
-        "--quiet",
-    ]);
+    let (_dir, s) = server_with_sleeper("sim", Some(FAST), "rg", "Herd:Web:1:1.0.0");
+    s.ok(&words("vmss create -g rg -n web --image Herd:Web:1:1.0.0 --instance-count 1 --quiet"));
     let a = |extra: &[&str]| {
         let mut v = vec!["monitor", "autoscale"];
         v.extend_from_slice(extra);
@@ -513,97 +275,29 @@ fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
         let out = s.json(&v.iter().map(String::as_str).collect::<Vec<_>>());
         out.as_array().unwrap().iter().map(|r| r["condition"].as_str().unwrap().to_string()).collect::<Vec<_>>()
     };
-    run(a(&[
-        "create",
-        "-g",
-        "rg",
-        "--resource",
-        "web",
-        "--name",
-        "web-autoscale",
-        "--min-count",
-        "1",
-        "--max-count",
-        "5",
-        "--count",
-        "1",
-    ]));
-    run(a(&[
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--condition",
-        "Percentage CPU > 70 avg 5m",
-        "--scale",
-        "out",
-        "1",
-    ]));
-    run(a(&[
-        "profile",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "-n",
-        "workhours",
-        "--recurrence",
-        "week",
-        "mon",
-        "tue",
-        "--start",
-        "08:00",
-        "--end",
-        "18:00",
-        "--timezone",
-        "Europe/Prague",
-        "--min-count",
-        "2",
-        "--max-count",
-        "6",
-        "--count",
-        "2",
-        "--copy-rules",
-        "none",
-    ]));
+    run(a(&words("create -g rg --resource web --name web-autoscale --min-count 1 --max-count 5 --count 1")));
+    run(a(&words(
+        "rule create -g rg --autoscale-name web-autoscale --condition 'Percentage CPU > 70 avg 5m' --scale out 1",
+    )));
+    run(a(&words(
+        "profile create -g rg --autoscale-name web-autoscale -n workhours --recurrence week mon tue --start 08:00 \
+         --end 18:00 --timezone Europe/Prague --min-count 2 --max-count 6 --count 2 --copy-rules none",
+    )));
 
     // A rule for the workhours profile only, on a new metric.
-    run(a(&[
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--profile-name",
-        "workhours",
-        "--condition",
-        "LB New Connections Per Second > 50 avg 5m",
-        "--scale",
-        "out",
-        "2",
-    ]));
+    run(a(&words(
+        "rule create -g rg --autoscale-name web-autoscale --profile-name workhours --condition \
+         'LB New Connections Per Second > 50 avg 5m' --scale out 2",
+    )));
     assert_eq!(list(Some("workhours")), ["LB New Connections Per Second > 50 avg 5m"]);
     assert_eq!(list(None), ["Percentage CPU > 70 avg 5m"], "the default profile is untouched");
     assert_eq!(list(Some("default")), list(None));
     // A rule added to the default profile also reaches the profile that ends the recurrence
     // (the default profile's continuation after 18:00).
-    run(a(&[
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--condition",
-        "Network In Total > 1000000 avg 5m",
-        "--scale",
-        "out",
-        "1",
-    ]));
+    run(a(&words(
+        "rule create -g rg --autoscale-name web-autoscale --condition 'Network In Total > 1000000 avg 5m' --scale out \
+         1",
+    )));
     let setting =
         s.json(&a(&["show", "-g", "rg", "-n", "web-autoscale"]).iter().map(String::as_str).collect::<Vec<_>>());
     let ender = setting["profiles"]
@@ -619,34 +313,12 @@ fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
     // An unknown profile names the ones there are (not the hidden end-of-recurrence one).
     let e = fail(a(&["rule", "list", "-g", "rg", "--autoscale-name", "web-autoscale", "--profile-name", "nights"]));
     assert!(e.contains("nights") && e.contains("default, workhours") && !e.contains("\"for\""), "{e}");
-    let e = fail(a(&[
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--profile-name",
-        "nights",
-        "--condition",
-        "Percentage CPU > 70 avg 5m",
-        "--scale",
-        "out",
-        "1",
-    ]));
+    let e = fail(a(&words(
+        "rule create -g rg --autoscale-name web-autoscale --profile-name nights --condition \
+         'Percentage CPU > 70 avg 5m' --scale out 1",
+    )));
     assert!(e.contains("no profile 'nights'"), "{e}");
-    run(a(&[
-        "rule",
-        "delete",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--profile-name",
-        "workhours",
-        "--index",
-        "0",
-    ]));
+    run(a(&words("rule delete -g rg --autoscale-name web-autoscale --profile-name workhours --index 0")));
     assert!(list(Some("workhours")).is_empty());
     assert_eq!(list(None).len(), 2, "deleting from workhours leaves the default alone");
 
@@ -664,19 +336,9 @@ fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
     }
     let e = s.err(&["monitor", "metrics", "list", "-g", "rg", "--resource", "web", "--metric", "Disk Queue"]);
     assert!(e.contains("Network In Total") && e.contains("LB Active Connections"), "{e}");
-    let e = fail(a(&[
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--condition",
-        "Disk Queue > 5 avg 5m",
-        "--scale",
-        "out",
-        "1",
-    ]));
+    let e = fail(a(&words(
+        "rule create -g rg --autoscale-name web-autoscale --condition 'Disk Queue > 5 avg 5m' --scale out 1",
+    )));
     assert!(e.contains("Network Out Total") && e.contains("LB New Connections Per Second"), "{e}");
     // The sim reports no network counters unless told: no data, an empty series, never zeros.
     let net = s.json(&["monitor", "metrics", "list", "-g", "rg", "--resource", "web", "--metric", "Network In Total"]);
@@ -684,23 +346,9 @@ fn rules_go_to_the_profile_named_and_new_metrics_are_listed() {
 }
 
 /// A web app on the instance's own address, port 8080, answering every GET with `ok`.
-const WEB_APP: &str = r#"cat > app.py <<'PY'
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    request_queue_size = 256
-    allow_reuse_address = True
-S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
-PY
-exec python3 app.py"#;
+fn web_app() -> String {
+    python_http_app("        status, body = 200, b\"ok\"", "exec python3 app.py")
+}
 
 /// One GET through the load balancer; true when it was answered.
 fn hit(addr: &str) -> bool {
@@ -718,80 +366,21 @@ fn hit(addr: &str) -> bool {
 fn load_balancer_connections_are_metrics_that_scale_the_set() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start("process", &dir.path().join("data"), Some(FAST));
-    let img = image_dir(&dir.path().join("img"), WEB_APP);
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:Web:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    let img = image_dir(&dir.path().join("img"), &web_app());
+    s.group_with_image("rg", "Herd:Web:1:1.0.0", &img);
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "18081",
-        "--backend-port",
-        "8080",
-    ]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:Web:1:1.0.0",
-        "--instance-count",
-        "1",
-        "--vm-sku",
-        "Standard_B1s",
-        "--lb",
-        "web-lb",
-        "--disable-overprovision",
-        "--quiet",
-    ]);
-    s.ok(&[
-        "monitor",
-        "autoscale",
-        "create",
-        "-g",
-        "rg",
-        "--resource",
-        "web",
-        "--name",
-        "web-autoscale",
-        "--min-count",
-        "1",
-        "--max-count",
-        "2",
-        "--count",
-        "1",
-    ]);
-    s.ok(&[
-        "monitor",
-        "autoscale",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--autoscale-name",
-        "web-autoscale",
-        "--condition",
-        "LB New Connections Per Second > 2 avg 5s",
-        "--scale",
-        "out",
-        "1",
-        "--cooldown",
-        "0.05",
-        "--timegrain",
-        "avg 1s",
-    ]);
+    s.ok(&words("network lb rule create -g rg --lb-name web-lb -n http --frontend-port 18081 --backend-port 8080"));
+    s.ok(&words(
+        "vmss create -g rg -n web --image Herd:Web:1:1.0.0 --instance-count 1 --vm-sku Standard_B1s --lb web-lb \
+         --disable-overprovision --quiet",
+    ));
+    s.ok(&words(
+        "monitor autoscale create -g rg --resource web --name web-autoscale --min-count 1 --max-count 2 --count 1",
+    ));
+    s.ok(&words(
+        "monitor autoscale rule create -g rg --autoscale-name web-autoscale --condition \
+         'LB New Connections Per Second > 2 avg 5s' --scale out 1 --cooldown 0.05 --timegrain 'avg 1s'",
+    ));
     let ip =
         s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
     let frontend = format!("{}:18081", ip.trim());

@@ -13,10 +13,7 @@ const SECRET: &str = "pw-7f3a9c1e-never-shown";
 const SET: [&str; 4] = ["-g", "ext-rg", "-n", "web"];
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 /// `az vmss extension ...` names the set with --vmss-name.
@@ -27,13 +24,7 @@ fn ext<'a>(cmd: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn counted(s: &Server) -> Vec<Value> {
-    let all = s.json(&with(&["vmss", "list-instances"], &[]));
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["overprovisioned"] == false && i["goal"] != "Deleted")
-        .cloned()
-        .collect()
+    counted_instances(s, &SET)
 }
 
 /// The extension status of every counted instance, once each has one for `name` in a final state.
@@ -74,8 +65,7 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
         ("install.sh", install.as_bytes().to_vec()),
         ("fail.sh", b"echo about to fail with $1\nexit 3\n".to_vec()),
     ]);
-    s.ok(&["group", "create", "-n", "ext-rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.group_with_image("ext-rg", "Herd:App:1:1.0.0", &img);
     s.ok(&with(
         &["vmss", "create"],
         &["--image", "Herd:App:1:1.0.0", "--instance-count", "2", "--upgrade-policy-mode", "Manual", "--quiet"],
@@ -89,15 +79,10 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
     let e = s.err(&ext(
         "set",
         &[
-            "--name",
-            "CustomScript",
-            "--publisher",
-            "Acme.Tools",
-            "--version",
-            "2.0",
-            "--settings",
-            "{\"commandToExecute\":\"true\"}",
-        ],
+            words("--name CustomScript --publisher Acme.Tools --version 2.0 --settings"),
+            vec!["{\"commandToExecute\":\"true\"}"],
+        ]
+        .concat(),
     ));
     assert!(e.contains("publisher") && e.contains("Microsoft.Azure.Extensions"), "{e}");
     let e = s.err(&ext("set", &["--name", "CustomScript", "--publisher", "Herd.Extensions", "--version", "2.0"]));
@@ -105,15 +90,10 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
     let e = s.err(&ext(
         "set",
         &[
-            "--name",
-            "CustomScript",
-            "--publisher",
-            "Herd.Extensions",
-            "--version",
-            "2.0",
-            "--settings",
-            "{\"fileUris\": \"x\"}",
-        ],
+            words("--name CustomScript --publisher Herd.Extensions --version 2.0 --settings"),
+            vec!["{\"fileUris\": \"x\"}"],
+        ]
+        .concat(),
     ));
     assert!(e.contains("fileUris"), "{e}");
     assert_eq!(s.json(&with(&["vmss", "show"], &[]))["etag"], etag, "a refused change changes nothing");
@@ -125,17 +105,10 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
     let out = s.json(&ext(
         "set",
         &[
-            "--name",
-            "CustomScript",
-            "--publisher",
-            "Microsoft.Azure.Extensions",
-            "--version",
-            "2.0",
-            "--settings",
-            &settings,
-            "--protected-settings",
-            &format!("@{}", prot.display()),
-        ],
+            words("--name CustomScript --publisher Microsoft.Azure.Extensions --version 2.0 --settings"),
+            vec![&settings, "--protected-settings", &format!("@{}", prot.display())],
+        ]
+        .concat(),
     ));
     assert_eq!(out["name"], "CustomScript");
     assert!(out["properties"].get("protectedSettings").is_none());
@@ -179,33 +152,19 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
     let e = s.err(&ext(
         "set",
         &[
-            "--name",
-            "CustomScript",
-            "--publisher",
-            "Microsoft.Azure.Extensions",
-            "--version",
-            "2.0",
-            "--settings",
-            &settings,
-            "--force-update",
-        ],
+            words("--name CustomScript --publisher Microsoft.Azure.Extensions --version 2.0 --settings"),
+            vec![&settings, "--force-update"],
+        ]
+        .concat(),
     ));
     assert!(e.contains("(0 given)"), "a set replaces the extension whole, protected settings too: {e}");
     s.ok(&ext(
         "set",
         &[
-            "--name",
-            "CustomScript",
-            "--publisher",
-            "Microsoft.Azure.Extensions",
-            "--version",
-            "2.0",
-            "--settings",
-            &settings,
-            "--protected-settings",
-            &format!("@{}", prot.display()),
-            "--force-update",
-        ],
+            words("--name CustomScript --publisher Microsoft.Azure.Extensions --version 2.0 --settings"),
+            vec![&settings, "--protected-settings", &format!("@{}", prot.display()), "--force-update"],
+        ]
+        .concat(),
     ));
     let gen2 = gen1 + 1;
     s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", &one]));
@@ -260,17 +219,10 @@ fn custom_script_runs_in_place_and_keeps_its_secret() {
     s.ok(&ext(
         "set",
         &[
-            "--name",
-            "CustomScript",
-            "--publisher",
-            "Herd.Extensions",
-            "--version",
-            "2.1",
-            "--settings",
-            &settings,
-            "--protected-settings",
-            &format!("@{}", prot.display()),
-        ],
+            words("--name CustomScript --publisher Herd.Extensions --version 2.1 --settings"),
+            vec![&settings, "--protected-settings", &format!("@{}", prot.display())],
+        ]
+        .concat(),
     ));
     s.ok(&with(&["vmss", "reimage"], &["--instance-ids", &one]));
     let re = wait_for("the reimaged instance's extension", Duration::from_secs(60), || {
@@ -324,16 +276,7 @@ fn each_change_gets_the_least_disruptive_action() {
     }
     s.ok(&with(
         &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:App:1:1.0.0",
-            "--instance-count",
-            "1",
-            "--vm-sku",
-            "Standard_B1s",
-            "--disable-overprovision",
-            "--quiet",
-        ],
+        &words("--image Herd:App:1:1.0.0 --instance-count 1 --vm-sku Standard_B1s --disable-overprovision --quiet"),
     ));
     let inst = counted(&s);
     let id = inst[0]["instanceId"].as_str().unwrap().to_string();

@@ -16,36 +16,8 @@ fn setup() -> (tempfile::TempDir, Server) {
 fn walkthrough_network_and_load_balancer_commands() {
     let (_d, s) = setup();
     s.ok(&["network", "vnet", "create", "-g", "web-rg", "-n", "mynet", "--address-prefix", "10.0.0.0/16"]);
-    s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "create",
-        "-g",
-        "web-rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--address-prefixes",
-        "10.0.0.0/24",
-    ]);
-    let id = s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "show",
-        "-g",
-        "web-rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--query",
-        "id",
-        "-o",
-        "tsv",
-    ]);
+    s.ok(&words("network vnet subnet create -g web-rg --vnet-name mynet -n web --address-prefixes 10.0.0.0/24"));
+    let id = s.ok(&words("network vnet subnet show -g web-rg --vnet-name mynet -n web --query id -o tsv"));
     assert_eq!(id.trim(), "/resourceGroups/web-rg/providers/Microsoft.Network/virtualNetworks/mynet/subnets/web");
 
     // The LB creates its public IP as az does, on its own loopback address.
@@ -58,70 +30,19 @@ fn walkthrough_network_and_load_balancer_commands() {
     let second = s.json(&["network", "public-ip", "create", "-g", "web-rg", "-n", "other-ip"]);
     assert_ne!(second["ipAddress"].as_str().unwrap(), ip.to_string(), "each public IP gets its own address");
 
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "web-rg",
-        "--lb-name",
-        "web-lb",
-        "--name",
-        "webprobe",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "80",
-        "--interval",
-        "5",
-        "--threshold",
-        "2",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "web-rg",
-        "--lb-name",
-        "web-lb",
-        "--name",
-        "myHTTPRule",
-        "--protocol",
-        "tcp",
-        "--frontend-port",
-        "80",
-        "--backend-port",
-        "80",
-        "--frontend-ip-name",
-        "loadBalancerFrontEnd",
-        "--backend-pool-name",
-        "web-lbBEPool",
-        "--probe-name",
-        "webprobe",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "inbound-nat-pool",
-        "create",
-        "-g",
-        "web-rg",
-        "--lb-name",
-        "web-lb",
-        "--name",
-        "ssh",
-        "--frontend-port-range-start",
-        "50000",
-        "--frontend-port-range-end",
-        "50119",
-        "--backend-port",
-        "22",
-    ]);
+    s.ok(&words(
+        "network lb probe create -g web-rg --lb-name web-lb --name webprobe --protocol Http --path / --port 80 \
+         --interval 5 --threshold 2",
+    ));
+    s.ok(&words(
+        "network lb rule create -g web-rg --lb-name web-lb --name myHTTPRule --protocol tcp --frontend-port 80 \
+         --backend-port 80 --frontend-ip-name loadBalancerFrontEnd --backend-pool-name web-lbBEPool --probe-name \
+         webprobe",
+    ));
+    s.ok(&words(
+        "network lb inbound-nat-pool create -g web-rg --lb-name web-lb --name ssh --frontend-port-range-start 50000 \
+         --frontend-port-range-end 50119 --backend-port 22",
+    ));
     let lb = s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]);
     assert_eq!(lb["frontendIPConfigurations"][0]["name"], "loadBalancerFrontEnd");
     assert_eq!(lb["backendAddressPools"][0]["name"], "web-lbBEPool");
@@ -145,56 +66,16 @@ fn walkthrough_network_and_load_balancer_commands() {
 #[test]
 fn bad_network_input_is_refused_and_changes_nothing() {
     let (_d, s) = setup();
-    s.ok(&[
-        "network",
-        "vnet",
-        "create",
-        "-g",
-        "web-rg",
-        "-n",
-        "mynet",
-        "--address-prefix",
-        "10.0.0.0/16",
-        "--subnet-name",
-        "a",
-        "--subnet-prefix",
-        "10.0.0.0/24",
-    ]);
+    s.ok(&words(
+        "network vnet create -g web-rg -n mynet --address-prefix 10.0.0.0/16 --subnet-name a --subnet-prefix \
+         10.0.0.0/24",
+    ));
     s.ok(&["network", "lb", "create", "-g", "web-rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "web-rg",
-        "--lb-name",
-        "web-lb",
-        "--name",
-        "p",
-        "--protocol",
-        "Tcp",
-        "--port",
-        "80",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "web-rg",
-        "--lb-name",
-        "web-lb",
-        "--name",
-        "r",
-        "--frontend-port",
-        "80",
-        "--backend-port",
-        "80",
-        "--probe-name",
-        "p",
-    ]);
+    s.ok(&words("network lb probe create -g web-rg --lb-name web-lb --name p --protocol Tcp --port 80"));
+    s.ok(&words(
+        "network lb rule create -g web-rg --lb-name web-lb --name r --frontend-port 80 --backend-port 80 --probe-name \
+         p",
+    ));
     let before_lb = s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]);
     let before_vnet = s.json(&["network", "vnet", "show", "-g", "web-rg", "-n", "mynet"]);
     let sub = |n: &'static str, p: &'static str| -> Vec<&'static str> {
@@ -296,65 +177,9 @@ fn scale_set_joins_a_subnet_and_a_pool_as_in_the_walkthrough() {
     let img = image_dir(&d.path().join("img"), "exec sleep 3600");
     s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
     s.ok(&["network", "vnet", "create", "-g", "web-rg", "-n", "mynet", "--address-prefix", "10.0.0.0/16"]);
-    s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "create",
-        "-g",
-        "web-rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--address-prefixes",
-        "10.0.0.0/24",
-    ]);
-    let subnet = s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "show",
-        "-g",
-        "web-rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--query",
-        "id",
-        "-o",
-        "tsv",
-    ]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-n",
-        "webscaleset",
-        "-g",
-        "web-rg",
-        "--image",
-        "Herd:TestGuest:1:1.0.0",
-        "--instance-count",
-        "2",
-        "--vm-sku",
-        "Standard_B1ms",
-        "--admin-username",
-        "labuser",
-        "--authentication-type",
-        "password",
-        "--admin-password",
-        "a-long-enough-password",
-        "--public-ip-address",
-        "web-lb-ip",
-        "--subnet",
-        subnet.trim(),
-        "--lb",
-        "web-lb",
-        "--upgrade-policy-mode",
-        "Manual",
-        "--quiet",
-    ]);
+    s.ok(&words("network vnet subnet create -g web-rg --vnet-name mynet -n web --address-prefixes 10.0.0.0/24"));
+    let subnet = s.ok(&words("network vnet subnet show -g web-rg --vnet-name mynet -n web --query id -o tsv"));
+    s.ok(&[words("vmss create -n webscaleset -g web-rg --image Herd:TestGuest:1:1.0.0 --instance-count 2 --vm-sku Standard_B1ms --admin-username labuser --authentication-type password --admin-password a-long-enough-password --public-ip-address web-lb-ip --subnet"), vec![subnet.trim()], words("--lb web-lb --upgrade-policy-mode Manual --quiet")].concat());
     let lb = s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]);
     assert_eq!(lb["frontendIPConfigurations"][0]["name"], "loadBalancerFrontEnd", "created implicitly, as az does");
     assert_eq!(lb["backendAddressPools"][0]["name"], "web-lbBEPool");
@@ -386,20 +211,8 @@ fn scale_set_joins_a_subnet_and_a_pool_as_in_the_walkthrough() {
     assert!(s
         .err(&["network", "vnet", "subnet", "delete", "-g", "web-rg", "--vnet-name", "mynet", "-n", "web"])
         .contains("used by scale set"));
-    let err = s.err(&[
-        "vmss",
-        "create",
-        "-n",
-        "other",
-        "-g",
-        "web-rg",
-        "--image",
-        "Herd:TestGuest:1:1.0.0",
-        "--vnet-name",
-        "mynet",
-        "--subnet",
-        "nope",
-    ]);
+    let err =
+        s.err(&words("vmss create -n other -g web-rg --image Herd:TestGuest:1:1.0.0 --vnet-name mynet --subnet nope"));
     assert!(err.contains("does not exist"), "{err}");
     s.ok(&["vmss", "delete", "-g", "web-rg", "-n", "webscaleset", "--quiet"]);
     s.ok(&["network", "lb", "delete", "-g", "web-rg", "-n", "web-lb"]);

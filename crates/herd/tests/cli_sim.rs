@@ -20,32 +20,13 @@ fn setup() -> (tempfile::TempDir, Server) {
 const SET: [&str; 4] = ["-g", "web-rg", "-n", "webscaleset"];
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 fn create(s: &Server, count: &str) {
     s.ok(&with(
         &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:TestGuest:1:1.0.0",
-            "--instance-count",
-            count,
-            "--vm-sku",
-            "Standard_B1ms",
-            "--zones",
-            "1",
-            "2",
-            "3",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--admin-password",
-            "correct-horse-battery",
-            "--quiet",
-        ],
+        &[words("--image Herd:TestGuest:1:1.0.0 --instance-count"), vec![count], words("--vm-sku Standard_B1ms --zones 1 2 3 --upgrade-policy-mode Manual --admin-password correct-horse-battery --quiet")].concat(),
     ));
 }
 
@@ -261,23 +242,11 @@ async fn tokens_etags_and_conflicts_over_http() {
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let body = serde_json::json!({"operations": [{"op": "set", "path": "tags.a", "value": "1"}]});
-    let r = http
-        .post(format!("{url}/update"))
-        .bearer_auth(&token)
-        .header("If-Match", &etag)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    // The same update twice, both with the etag read first.
+    let update = || http.post(format!("{url}/update")).bearer_auth(&token).header("If-Match", &etag).json(&body).send();
+    let r = update().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .post(format!("{url}/update"))
-        .bearer_auth(&token)
-        .header("If-Match", &etag)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = update().await.unwrap();
     assert_eq!(r.status(), 412, "a stale etag is refused");
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["error"]["code"], "PreconditionFailed");
@@ -305,21 +274,10 @@ fn wait_fails_when_provisioning_is_suspended() {
         Some("[sim]\nboot_min_ms = 1\nboot_max_ms = 2\nfailure_rate = 1.0\n[provisioning]\nfailure_threshold = 3\n"),
     );
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "web-rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    s.group_with_image("web-rg", "Herd:TestGuest:1:1.0.0", &img);
     let out = s.herd(&with(
         &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:TestGuest:1:1.0.0",
-            "--instance-count",
-            "2",
-            "--vm-sku",
-            "Standard_B1ms",
-            "--quiet",
-            "--timeout",
-            "120",
-        ],
+        &words("--image Herd:TestGuest:1:1.0.0 --instance-count 2 --vm-sku Standard_B1ms --quiet --timeout 120"),
     ));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -344,12 +302,10 @@ fn a_newer_image_is_rolled_out_by_itself() {
     ));
     let e = s.err(&with(
         &["vmss", "update"],
-        &[
-            "--set",
-            "virtualMachineProfile.storageProfile.imageReference.version=1.0.0",
-            "--set",
-            "upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true",
-        ],
+        &words(
+            "--set virtualMachineProfile.storageProfile.imageReference.version=1.0.0 --set \
+             upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true",
+        ),
     ));
     assert!(e.contains("'latest'"), "{e}");
     s.ok(&with(

@@ -8,20 +8,6 @@ use common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Instance processes of this test's server: the process-group leaders carrying its tag, with
-/// their instance keys (zombies left out).
-fn instance_processes(data_dir: &std::path::Path) -> Vec<(u32, String)> {
-    tagged_processes(data_dir)
-        .into_iter()
-        .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
-            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
-            fields.first() != Some(&"Z") && fields.get(2) == Some(&p.pid.to_string().as_str())
-        })
-        .map(|p| (p.pid, p.var("HERD_INSTANCE_KEY").unwrap_or("").to_string()))
-        .collect()
-}
-
 #[test]
 fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,33 +15,19 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     let mut s =
         Server::start("process", &data, Some("[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 10\n"));
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:Sleeper:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:Sleeper:1:1.0.0",
-        "--instance-count",
-        "0",
-        "--vm-sku",
-        "Standard_B1s",
-        "--single-placement-group",
-        "false",
-        "--quiet",
-    ]);
+    s.group_with_image("rg", "Herd:Sleeper:1:1.0.0", &img);
+    s.ok(&words(
+        "vmss create -g rg -n web --image Herd:Sleeper:1:1.0.0 --instance-count 0 --vm-sku Standard_B1s \
+         --single-placement-group false --quiet",
+    ));
     s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "200", "--no-wait"]);
     // Kill on observed state, not on a timer.
     let seen = wait_for("20 or more instances", Duration::from_secs(120), || {
-        let n = instance_processes(&data).len();
+        let n = instance_group_leaders(&data).len();
         (n >= 20).then_some(n)
     });
     s.kill9();
-    let after_kill = instance_processes(&data).len();
+    let after_kill = instance_group_leaders(&data).len();
     assert!(
         (20..200).contains(&seen) && after_kill < 200,
         "the crash happened mid-way: {seen} seen, {after_kill} after the kill"
@@ -70,7 +42,7 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     assert_eq!(ids.len(), 200, "no duplicate ids");
     assert!(list.iter().all(|i| i["powerState"] == "running"));
     let procs = wait_for("exactly 200 instance processes", Duration::from_secs(60), || {
-        let p = instance_processes(&data);
+        let p = instance_group_leaders(&data);
         (p.len() == 200).then_some(p)
     });
     let keys: BTreeSet<String> = procs.iter().map(|(_, k)| k.clone()).collect();
@@ -80,7 +52,7 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
 
     s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet", "--timeout", "300"]);
     wait_for("no instance processes left", Duration::from_secs(60), || {
-        instance_processes(&data).is_empty().then_some(())
+        instance_group_leaders(&data).is_empty().then_some(())
     });
 }
 
@@ -95,23 +67,10 @@ fn process_instances_see_their_identity() {
         &dir.path().join("img"),
         "echo \"$HERD_INSTANCE_ID $HERD_COMPUTER_NAME $HERD_ADDRESS $(hostname)\" > identity.tmp && mv identity.tmp identity\nexec sleep 3600",
     );
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:Who:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "whoami",
-        "--image",
-        "Herd:Who:1:latest",
-        "--instance-count",
-        "2",
-        "--vm-sku",
-        "Standard_B1s",
-        "--quiet",
-    ]);
+    s.group_with_image("rg", "Herd:Who:1:1.0.0", &img);
+    s.ok(&words(
+        "vmss create -g rg -n whoami --image Herd:Who:1:latest --instance-count 2 --vm-sku Standard_B1s --quiet",
+    ));
     let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "whoami"]);
     for i in list.as_array().unwrap() {
         let id = i["instanceId"].as_str().unwrap();
@@ -133,6 +92,6 @@ fn process_instances_see_their_identity() {
     }
     s.ok(&["vmss", "delete", "-g", "rg", "-n", "whoami", "--quiet"]);
     wait_for("no instance processes left", Duration::from_secs(30), || {
-        instance_processes(&data).is_empty().then_some(())
+        instance_group_leaders(&data).is_empty().then_some(())
     });
 }

@@ -15,11 +15,14 @@ use std::time::Duration;
 
 const SET: [&str; 4] = ["-g", "sec-rg", "-n", "web"];
 
+/// The set every test here runs on: one instance of Herd:App:1:1.0.0, Manual upgrades.
+fn create_manual_set(s: &Server) {
+    let extra = words("--upgrade-policy-mode Manual --disable-overprovision");
+    s.create_set("sec-rg", "web", "Herd:App:1:1.0.0", "1", &extra);
+}
+
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 /// `GET` on the API with the server's token; the body.
@@ -88,21 +91,8 @@ fn a_printed_secret_is_masked_everywhere_it_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_logged("process", &dir.path().join("data"), None, "debug");
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "sec-rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&with(
-        &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:App:1:1.0.0",
-            "--instance-count",
-            "1",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--disable-overprovision",
-            "--quiet",
-        ],
-    ));
+    s.group_with_image("sec-rg", "Herd:App:1:1.0.0", &img);
+    create_manual_set(&s);
     // The issue's command, then each way a secret sits in a shell line.
     let secrets = [
         "SEKRIT-9d2f",      // `echo V3 SEKRIT-9d2f; ...`: the `;` right after it
@@ -117,23 +107,7 @@ fn a_printed_secret_is_masked_everywhere_it_is_stored() {
                    echo second-line-77ab\necho $(echo subst-0c3d9e) && echo stderr-2b8f41 >&2; echo end";
     let prot = dir.path().join("prot.json");
     std::fs::write(&prot, serde_json::json!({ "commandToExecute": command }).to_string()).unwrap();
-    s.ok(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "sec-rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--publisher",
-        "Microsoft.Azure.Extensions",
-        "--version",
-        "2.0",
-        "--protected-settings",
-        &format!("@{}", prot.display()),
-    ]);
+    s.ok(&[words("vmss extension set -g sec-rg --vmss-name web --name CustomScript --publisher Microsoft.Azure.Extensions --version 2.0 --protected-settings"), vec![&format!("@{}", prot.display())]].concat());
     s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", "*"]));
     let inst = wait_for("the extension to succeed", Duration::from_secs(60), || {
         let all = s.json(&with(&["vmss", "list-instances"], &[]));
@@ -191,46 +165,14 @@ fn script_copies(data_dir: &std::path::Path) -> usize {
 
 #[test]
 fn a_run_cut_by_kill9_is_adopted_and_never_runs_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Server::start("process", &dir.path().join("data"), None);
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "sec-rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&with(
-        &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:App:1:1.0.0",
-            "--instance-count",
-            "1",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--disable-overprovision",
-            "--quiet",
-        ],
-    ));
+    let (_dir, mut s) = server_with_sleeper("process", None, "sec-rg", "Herd:App:1:1.0.0");
+    create_manual_set(&s);
     let id = s.json(&with(&["vmss", "list-instances"], &[]))[0]["instanceId"].as_str().unwrap().to_string();
     let work = s.data_dir.join("instances/sec-rg/web").join(&id).join("work");
     let starts = work.join("starts");
     let command = "echo $$ >> \"$HOME/starts\"; sleep 6.5; echo finished >> \"$HOME/starts\"; echo run-output-ok";
     let settings = serde_json::json!({ "commandToExecute": command }).to_string();
-    s.ok(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "sec-rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--publisher",
-        "Herd.Extensions",
-        "--version",
-        "2.0",
-        "--settings",
-        &settings,
-    ]);
+    s.ok(&[words("vmss extension set -g sec-rg --vmss-name web --name CustomScript --publisher Herd.Extensions --version 2.0 --settings"), vec![&settings]].concat());
     s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", "*", "--no-wait"]));
     wait_for("the script to start", Duration::from_secs(30), || {
         (std::fs::read_to_string(&starts).unwrap_or_default().lines().count() == 1 && script_copies(&s.data_dir) == 1)

@@ -7,47 +7,16 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The app: `/api/version` answers `Version 1 from <hostname>`; `/` answers 200. init keeps it
 /// running, but waits 6 s after it dies, so a killed app stays down long enough to be noticed.
-const APP: &str = r#"cat > app.py <<'PY'
-import http.server, os, socket
-NAME = os.environ["HERD_COMPUTER_NAME"]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = (f"Version 1 from {NAME}" if self.path == "/api/version" else "ok").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    request_queue_size = 256
-    allow_reuse_address = True
-S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
-PY
-while true; do python3 app.py; sleep 6; done"#;
-
-fn get(url: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let (host, path) = addr.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((addr, "/".into()));
-    let mut s =
-        std::net::TcpStream::connect_timeout(&host.parse().map_err(|e| format!("{e}"))?, Duration::from_secs(3))
-            .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    if !out.starts_with("HTTP/1.0 200") && !out.starts_with("HTTP/1.1 200") {
-        return Err(format!("bad answer: {}", out.lines().next().unwrap_or("(empty)")));
-    }
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+fn app() -> String {
+    python_http_app(
+        r#"        body = (f"Version 1 from {NAME}" if self.path == "/api/version" else "ok").encode()
+        status = 200"#,
+        "while true; do python3 app.py; sleep 6; done",
+    )
 }
 
 fn pool(s: &Server) -> Vec<Value> {
@@ -71,85 +40,15 @@ fn traffic_follows_instance_health() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = Server::start("process", &data, Some("[loadbalancer]\ndrain_timeout_secs = 2\n"));
-    let img = image_dir(&dir.path().join("img"), APP);
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    let img = image_dir(&dir.path().join("img"), &app());
+    s.group_with_image("rg", "Herd:App:1:1.0.0", &img);
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "webprobe",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "2",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "18080",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "webprobe",
-    ]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:App:1:1.0.0",
-        "--instance-count",
-        "2",
-        "--vm-sku",
-        "Standard_B1s",
-        "--lb",
-        "web-lb",
-        "--quiet",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "inbound-nat-pool",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "direct",
-        "--frontend-port-range-start",
-        "50000",
-        "--frontend-port-range-end",
-        "50009",
-        "--backend-port",
-        "8080",
-    ]);
+    ProbedRule::default().create(&s);
+    s.create_set("rg", "web", "Herd:App:1:1.0.0", "2", &words("--vm-sku Standard_B1s --lb web-lb"));
+    s.ok(&words(
+        "network lb inbound-nat-pool create -g rg --lb-name web-lb -n direct --frontend-port-range-start 50000 \
+         --frontend-port-range-end 50009 --backend-port 8080",
+    ));
     let lb_id = s.json(&["network", "lb", "show", "-g", "rg", "-n", "web-lb", "--query", "id"]);
     let nat_ref = format!("{{\"id\": \"{}/inboundNatPools/direct\"}}", lb_id.as_str().unwrap());
     s.ok(&[
@@ -168,7 +67,7 @@ fn traffic_follows_instance_health() {
     // New connections reach both instances.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        let body = get(&format!("{frontend}/api/version")).expect("the frontend answers");
+        let body = get_ok_body(&format!("{frontend}/api/version")).expect("the frontend answers");
         seen.insert(body.trim_start_matches("Version 1 from ").to_string());
     }
     assert_eq!(
@@ -187,7 +86,7 @@ fn traffic_follows_instance_health() {
     let nat_names: Vec<String> = (50000..50002)
         .map(|port| {
             wait_for("the NAT port to answer", Duration::from_secs(10), || {
-                get(&format!("http://{}:{port}/api/version", ip.trim())).ok()
+                get_ok_body(&format!("http://{}:{port}/api/version", ip.trim())).ok()
             })
         })
         .collect();
@@ -221,7 +120,7 @@ fn traffic_follows_instance_health() {
         "left rotation after {left:?}; the bound is interval × threshold + interval = 3 s (+ scheduling slack)"
     );
     for _ in 0..20 {
-        let body = get(&format!("{frontend}/api/version")).expect("the frontend keeps answering");
+        let body = get_ok_body(&format!("{frontend}/api/version")).expect("the frontend keeps answering");
         assert!(!body.ends_with(&victim_name), "no new connection reaches the dead instance");
     }
     wait_for("the app to come back into rotation", Duration::from_secs(30), || {
@@ -231,33 +130,9 @@ fn traffic_follows_instance_health() {
     // Scale out to 4, then scale in to 2 under steady load: no request fails.
     s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "4", "--quiet"]);
     wait_for("four instances in rotation", Duration::from_secs(60), || (in_rotation(&s).len() == 4).then_some(()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let completions = Arc::new(Mutex::new(Vec::<Instant>::new()));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failures, completions, frontend) =
-            (stop.clone(), ok.clone(), failures.clone(), completions.clone(), frontend.clone());
-        workers.push(std::thread::spawn(move || {
-            let start = Instant::now();
-            // Bounded: at most 5,000 requests per worker and 60 s.
-            for _ in 0..5000 {
-                if stop.load(Ordering::Relaxed) || start.elapsed() > herd_test_support::scaled(Duration::from_secs(60))
-                {
-                    break;
-                }
-                match get(&format!("{frontend}/api/version")) {
-                    Ok(_) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        completions.lock().unwrap().push(Instant::now());
-                    }
-                    Err(e) => failures.lock().unwrap().push(e),
-                }
-            }
-        }));
-    }
-    wait_for("load to be flowing", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > 20).then_some(()));
+    // Bounded: at most 5,000 requests per worker and 60 s.
+    let load = Load::start(&format!("{frontend}/api/version"), 4, 5000, Duration::from_secs(60));
+    wait_for("load to be flowing", Duration::from_secs(10), || (load.ok() > 20).then_some(()));
     s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "2", "--no-wait"]);
     let mut drain_start = None;
     let drain_end;
@@ -276,14 +151,10 @@ fn traffic_follows_instance_health() {
         // The poll interval of this sampling loop (it times the drain), not a synchronisation.
         std::thread::sleep(Duration::from_millis(50));
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
+    let (failures, completions) = load.finish();
     assert!(failures.is_empty(), "{} requests failed during scale-in, e.g. {:?}", failures.len(), failures.first());
     let (a, b) = (drain_start.unwrap(), drain_end);
-    let during = completions.lock().unwrap().iter().filter(|t| **t >= a && **t <= b).count();
+    let during = completions.iter().filter(|(t, _)| *t >= a && *t <= b).count();
     assert!(during >= 50, "the load overlapped the draining: {during} requests completed while instances drained");
     s.ok(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "60"]);
     s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet"]);
@@ -337,86 +208,19 @@ fn bridged_instances_behind_the_load_balancer_in_a_test_namespace() {
         &dir.path().join("data"),
         Some("[network]\nmode = \"bridged\"\n[loadbalancer]\ndrain_timeout_secs = 1\n"),
     );
-    let img = image_dir(&dir.path().join("img"), APP);
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    let img = image_dir(&dir.path().join("img"), &app());
+    s.group_with_image("rg", "Herd:App:1:1.0.0", &img);
     s.ok(&["network", "vnet", "create", "-g", "rg", "-n", "mynet", "--address-prefix", "10.0.0.0/16"]);
-    s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "create",
-        "-g",
-        "rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--address-prefixes",
-        "10.0.0.0/24",
-    ]);
+    s.ok(&words("network vnet subnet create -g rg --vnet-name mynet -n web --address-prefixes 10.0.0.0/24"));
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
+    ProbedRule { probe: "p", threshold: "1", frontend_port: "80", ..Default::default() }.create(&s);
+    s.create_set(
         "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "p",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "1",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "80",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "p",
-    ]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
         "web",
-        "--image",
         "Herd:App:1:1.0.0",
-        "--instance-count",
         "2",
-        "--vm-sku",
-        "Standard_B1s",
-        "--vnet-name",
-        "mynet",
-        "--subnet",
-        "web",
-        "--lb",
-        "web-lb",
-        "--quiet",
-    ]);
+        &words("--vm-sku Standard_B1s --vnet-name mynet --subnet web --lb web-lb"),
+    );
     let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
     for i in list.as_array().unwrap() {
         let reach = i["reachAddress"].as_str().unwrap();

@@ -43,26 +43,7 @@ fn a_disk_images_guest_agent_is_detected_at_first_boot_and_runs_the_custom_scrip
     assert_eq!(img["guestAgent"], Value::Null, "not said, not known yet: {img}");
 
     s.ok(&["group", "create", "-n", "ga-rg"]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "ga-rg",
-        "-n",
-        "web",
-        "--image",
-        urn,
-        "--instance-count",
-        "1",
-        "--vm-sku",
-        "Standard_B1ms",
-        "--disable-overprovision",
-        "--upgrade-policy-mode",
-        "Manual",
-        "--quiet",
-        "--timeout",
-        "300",
-    ]);
+    s.ok(&[words("vmss create -g ga-rg -n web --image"), vec![urn], words("--instance-count 1 --vm-sku Standard_B1ms --disable-overprovision --upgrade-policy-mode Manual --quiet --timeout 300")].concat());
     let recorded = wait_for("the guest agent to be recorded on the image", BOOT, || {
         let v = s.json(&["image", "show", "--urn", urn]);
         (v["guestAgent"] == true).then_some(v)
@@ -74,23 +55,7 @@ fn a_disk_images_guest_agent_is_detected_at_first_boot_and_runs_the_custom_scrip
 
     // A Custom Script now runs in place through the detected agent: no reimage, same QEMU.
     let settings = serde_json::json!({"commandToExecute": "echo ran-through-the-agent; cat /etc/herd-image-version"});
-    s.ok(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "ga-rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--publisher",
-        "Microsoft.Azure.Extensions",
-        "--version",
-        "2.0",
-        "--settings",
-        &settings.to_string(),
-    ]);
+    s.ok(&[words("vmss extension set -g ga-rg --vmss-name web --name CustomScript --publisher Microsoft.Azure.Extensions --version 2.0 --settings"), vec![&settings.to_string()]].concat());
     s.ok(&["vmss", "update-instances", "-g", "ga-rg", "-n", "web", "--instance-ids", "*", "--timeout", "300"]);
     let inst = wait_for("the Custom Script to finish", BOOT, || {
         let all = s.json(&["vmss", "list-instances", "-g", "ga-rg", "-n", "web"]);
@@ -103,16 +68,10 @@ fn a_disk_images_guest_agent_is_detected_at_first_boot_and_runs_the_custom_scrip
     let msg = ext["message"].as_str().unwrap_or_default();
     assert!(msg.contains("ran-through-the-agent") && msg.contains("1.0.0"), "{msg}");
     assert_eq!(qemu_pids(&data), pids, "the script ran in place: same QEMU, no reimage");
-    let view = s.json(&[
-        "vmss",
-        "get-instance-view",
-        "-g",
-        "ga-rg",
-        "-n",
-        "web",
-        "--instance-id",
-        inst["instanceId"].as_str().unwrap(),
-    ]);
+    let view = s.json(
+        &[words("vmss get-instance-view -g ga-rg -n web --instance-id"), vec![inst["instanceId"].as_str().unwrap()]]
+            .concat(),
+    );
     assert!(view["statuses"].as_array().unwrap().iter().any(|st| st["code"] == "GuestAgent/ready"), "{view}");
 
     s.ok(&["vmss", "delete", "-g", "ga-rg", "-n", "web", "--timeout", "300"]);

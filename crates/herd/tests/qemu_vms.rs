@@ -23,10 +23,7 @@ const SET: [&str; 4] = ["-g", "vm-rg", "-n", "web"];
 const BOOT: Duration = Duration::from_secs(240);
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 fn repo() -> PathBuf {
@@ -61,13 +58,7 @@ fn get(url: &str) -> Option<String> {
 }
 
 fn counted(s: &Server) -> Vec<Value> {
-    let all = s.json(&with(&["vmss", "list-instances"], &[]));
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["goal"] != "Deleted" && i["overprovisioned"] == false)
-        .cloned()
-        .collect()
+    counted_instances(s, &SET)
 }
 
 /// Waits until every instance in `ids` has run the extension at `generation`, and returns them.
@@ -121,34 +112,34 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     s.ok(&["group", "create", "-n", "vm-rg"]);
     for v in ["1.0.0", "1.0.1"] {
         let d = tg.join(v);
-        let out = s.json(&[
-            "image",
-            "import",
-            "--urn",
-            &format!("Herd:TestGuest:1:{v}"),
-            "--kernel",
-            d.join("vmlinuz").to_str().unwrap(),
-            "--initrd",
-            d.join("initrd.img").to_str().unwrap(),
-            "--cmdline",
-            &format!("@{}", d.join("cmdline").display()),
-        ]);
+        let out = s.json(
+            &[
+                words("image import --urn"),
+                vec![
+                    &format!("Herd:TestGuest:1:{v}"),
+                    "--kernel",
+                    d.join("vmlinuz").to_str().unwrap(),
+                    "--initrd",
+                    d.join("initrd.img").to_str().unwrap(),
+                    "--cmdline",
+                    &format!("@{}", d.join("cmdline").display()),
+                ],
+            ]
+            .concat(),
+        );
         assert_eq!(out["guestAgent"], true, "the agent is detected in the initrd: {out}");
         assert_eq!(out["source"]["kind"], "kernel");
     }
     // A bootable disk (a cloud image's shape): copied into the gallery as a read-only qcow2.
     if tg.join("1.0.0/disk.qcow2").exists() {
         let disk = tg.join("1.0.0/disk.qcow2");
-        let out = s.json(&[
-            "image",
-            "import",
-            "--urn",
-            "Herd:TestGuestDisk:1:1.0.0",
-            "--disk",
-            disk.to_str().unwrap(),
-            "--guest-agent",
-            "true",
-        ]);
+        let out = s.json(
+            &[
+                words("image import --urn Herd:TestGuestDisk:1:1.0.0 --disk"),
+                vec![disk.to_str().unwrap(), "--guest-agent", "true"],
+            ]
+            .concat(),
+        );
         assert_eq!(out["source"]["kind"], "disk", "{out}");
         assert_eq!(out["source"]["format"], "qcow2");
         assert_eq!(out["guestAgent"], true);
@@ -157,26 +148,12 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     }
     s.ok(&with(
         &["vmss", "create"],
-        &[
-            "--image",
-            "Herd:TestGuest:1:1.0.0",
-            "--instance-count",
-            "2",
-            "--vm-sku",
-            "Standard_B1ms",
-            "--admin-username",
-            "labuser",
-            "--ssh-key-value",
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHerdTestKeyOnlyForTheSeedXXXXXXXXXXXXXXXXXX test@herd",
-            "--disable-overprovision",
-            "--data-disk-sizes-gb",
-            "1",
-            "--upgrade-policy-mode",
-            "Manual",
-            "--quiet",
-            "--timeout",
-            "300",
-        ],
+        &words(
+            "--image Herd:TestGuest:1:1.0.0 --instance-count 2 --vm-sku Standard_B1ms --admin-username labuser \
+             --ssh-key-value \
+             'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHerdTestKeyOnlyForTheSeedXXXXXXXXXXXXXXXXXX test@herd' \
+             --disable-overprovision --data-disk-sizes-gb 1 --upgrade-policy-mode Manual --quiet --timeout 300",
+        ),
     ));
     let inst = counted(&s);
     assert_eq!(inst.len(), 2);
@@ -204,25 +181,7 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     let set_ext = |s: &Server, v: u32| {
         std::fs::write(&prot, serde_json::json!({"commandToExecute": command(v)}).to_string()).unwrap();
         let settings = serde_json::json!({"fileUris": [files.url(&format!("installapp-v{v}.sh"))]}).to_string();
-        s.ok(&[
-            "vmss",
-            "extension",
-            "set",
-            "-g",
-            "vm-rg",
-            "--vmss-name",
-            "web",
-            "--name",
-            "CustomScript",
-            "--publisher",
-            "Microsoft.Azure.Extensions",
-            "--version",
-            "2.0",
-            "--settings",
-            &settings,
-            "--protected-settings",
-            &format!("@{}", prot.display()),
-        ]);
+        s.ok(&[words("vmss extension set -g vm-rg --vmss-name web --name CustomScript --publisher Microsoft.Azure.Extensions --version 2.0 --settings"), vec![&settings, "--protected-settings", &format!("@{}", prot.display())]].concat());
         s.json(&with(&["vmss", "show"], &[]))["modelGeneration"].as_u64().unwrap()
     };
     let gen1 = set_ext(&s, 1);
@@ -293,25 +252,7 @@ fn two_vms_run_the_app_upgrade_in_place_reimage_survive_a_crash_and_leave_nothin
     // metadata-relay` to this instance's listener), after the adoption too.
     let md = "wget -q -O - --header 'Metadata: true' 'http://10.0.2.100/metadata/instance/compute/name?api-version=2021-02-01&format=text'; echo; wget -q -O - --header 'Metadata: true' 'http://10.0.2.100/metadata/scheduledevents?api-version=2020-07-01'";
     let settings = serde_json::json!({ "commandToExecute": md }).to_string();
-    s.ok(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "vm-rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--extension-instance-name",
-        "Metadata",
-        "--publisher",
-        "Herd.Extensions",
-        "--version",
-        "2.1",
-        "--settings",
-        &settings,
-    ]);
+    s.ok(&[words("vmss extension set -g vm-rg --vmss-name web --name CustomScript --extension-instance-name Metadata --publisher Herd.Extensions --version 2.1 --settings"), vec![&settings]].concat());
     s.ok(&with(&["vmss", "update-instances"], &["--instance-ids", &ids[0]]));
     let msg = wait_for("the metadata extension", BOOT, || {
         let i = counted(&s).into_iter().find(|i| i["instanceId"] == ids[0].as_str())?;

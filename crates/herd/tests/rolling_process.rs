@@ -8,62 +8,26 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// An app answering `Version N from <name>` on /api/version and, unless broken, 200 on `/`
 /// (the probe path). A broken one answers 500 on `/`.
 fn app(version: u32, broken: bool) -> String {
     let probe_status = if broken { 500 } else { 200 };
-    format!(
-        r#"cat > app.py <<'PY'
-import http.server, os
-NAME = os.environ["HERD_COMPUTER_NAME"]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        version = self.path == "/api/version"
+    python_http_app(
+        &format!(
+            r#"        version = self.path == "/api/version"
         body = (f"Version {version} from {{NAME}}" if version else "probe").encode()
-        self.send_response(200 if version else {probe_status})
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    request_queue_size = 256
-    allow_reuse_address = True
-S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
-PY
-exec python3 app.py"#
+        status = 200 if version else {probe_status}"#
+        ),
+        "exec python3 app.py",
     )
-}
-
-fn get(url: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let (host, path) = addr.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((addr, "/".into()));
-    let mut s =
-        std::net::TcpStream::connect_timeout(&host.parse().map_err(|e| format!("{e}"))?, Duration::from_secs(3))
-            .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    if !out.starts_with("HTTP/1.0 200") && !out.starts_with("HTTP/1.1 200") {
-        return Err(format!("bad answer: {}", out.lines().next().unwrap_or("(empty)")));
-    }
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
 const SET: [&str; 4] = ["-g", "rg", "-n", "web"];
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 /// A server with images 1.0.0 (v1), 1.0.1 (v2) and 1.0.2 (v2, failing its probe), a load
@@ -85,46 +49,7 @@ fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
         s.ok(&["image", "import", "--urn", &format!("Herd:App:1:{v}"), "--dir", img.to_str().unwrap()]);
     }
     s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    s.ok(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "webprobe",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "2",
-    ]);
-    s.ok(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "18080",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "webprobe",
-    ]);
+    ProbedRule::default().create(&s);
     // Rolling without a health source is refused with a clear error.
     let e = s.err(&with(
         &["vmss", "create"],
@@ -134,19 +59,11 @@ fn setup(dir: &std::path::Path, count: &str, policy: &str) -> (Server, String) {
     s.ok(&with(
         &["vmss", "create"],
         &[
-            "--image",
-            "Herd:App:1:1.0.0",
-            "--instance-count",
-            count,
-            "--vm-sku",
-            "Standard_B1s",
-            "--lb",
-            "web-lb",
-            "--upgrade-policy-mode",
-            "Rolling",
-            "--disable-overprovision",
-            "--quiet",
-        ],
+            words("--image Herd:App:1:1.0.0 --instance-count"),
+            vec![count],
+            words("--vm-sku Standard_B1s --lb web-lb --upgrade-policy-mode Rolling --disable-overprovision --quiet"),
+        ]
+        .concat(),
     ));
     if !policy.is_empty() {
         s.ok(&with(
@@ -182,7 +99,7 @@ fn wait_all_healthy(s: &Server, n: usize, what: &str, limit: Duration) {
             .filter(|i| i["health"] != "Healthy")
             .map(|i| {
                 let addr = i["reachAddress"].as_str().unwrap_or("?");
-                let answer = get(&format!("http://{addr}:8080/")).map(|b| format!("200 {}", b.trim()));
+                let answer = get_ok_body(&format!("http://{addr}:8080/")).map(|b| format!("200 {}", b.trim()));
                 format!(
                     "instance {}: GET http://{addr}:8080/ -> {}",
                     i["instanceId"].as_str().unwrap_or("?"),
@@ -237,59 +154,30 @@ fn generations(s: &Server) -> Vec<(String, u64)> {
 fn a_rolling_upgrade_under_load_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let (s, frontend) = setup(dir.path(), "6", "");
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let completions = Arc::new(Mutex::new(Vec::<chrono::DateTime<chrono::Utc>>::new()));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failures, completions, frontend) =
-            (stop.clone(), ok.clone(), failures.clone(), completions.clone(), frontend.clone());
-        workers.push(std::thread::spawn(move || {
-            let start = Instant::now();
-            // Bounded: at most 20,000 requests per worker and 120 s.
-            for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) || start.elapsed() > herd_test_support::scaled(Duration::from_secs(120))
-                {
-                    break;
-                }
-                match get(&format!("{frontend}/api/version")) {
-                    Ok(_) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        completions.lock().unwrap().push(chrono::Utc::now());
-                    }
-                    Err(e) => failures.lock().unwrap().push(e),
-                }
-            }
-        }));
-    }
-    wait_for("load to be flowing", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > 20).then_some(()));
+    // Bounded: at most 20,000 requests per worker and 120 s.
+    let load = Load::start(&format!("{frontend}/api/version"), 4, 20_000, Duration::from_secs(120));
+    wait_for("load to be flowing", Duration::from_secs(10), || (load.ok() > 20).then_some(()));
     s.ok(&with(
         &["vmss", "update"],
         &["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--quiet"],
     ));
     let done = wait_state(&s, &["Completed", "Faulted", "Cancelled"], Duration::from_secs(120));
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
+    let (failures, completions) = load.finish();
     assert_eq!(done["state"], "Completed", "{done}");
     let batches = done["batches"].as_array().unwrap();
     assert_eq!(batches.len(), 6, "20% of 6 is one instance per batch: {done}");
     assert!(batches.iter().all(|b| b["instances"].as_array().unwrap().len() == 1));
-    let failures = failures.lock().unwrap();
     assert!(failures.is_empty(), "{} requests failed during the upgrade, e.g. {:?}", failures.len(), failures.first());
-    let completions = completions.lock().unwrap();
     for (i, b) in batches.iter().enumerate() {
         let from: chrono::DateTime<chrono::Utc> = serde_json::from_value(b["startedAt"].clone()).unwrap();
         let to: chrono::DateTime<chrono::Utc> = serde_json::from_value(b["finishedAt"].clone()).unwrap();
-        let during = completions.iter().filter(|t| **t >= from && **t <= to).count();
+        let during = completions.iter().filter(|(_, t)| *t >= from && *t <= to).count();
         assert!(during >= 50, "batch {i}: only {during} requests completed during it; the load must overlap");
     }
     let gens = generations(&s);
     assert!(gens.iter().all(|(_, g)| *g == 2), "every instance on the new model: {gens:?}");
     for _ in 0..10 {
-        assert!(get(&format!("{frontend}/api/version")).unwrap().starts_with("Version 2 from"));
+        assert!(get_ok_body(&format!("{frontend}/api/version")).unwrap().starts_with("Version 2 from"));
     }
     let log = s.ok(&["monitor", "activity-log", "list", "-g", "rg", "-o", "json"]);
     assert!(log.contains("rolling upgrade to model generation 2 started (model change)"), "{log}");
@@ -404,7 +292,7 @@ fn max_surge_brings_new_instances_up_before_the_old_ones_go() {
         most = most.max(live.len());
         fewest_healthy =
             fewest_healthy.min(list.as_array().unwrap().iter().filter(|i| i["health"] == "Healthy").count());
-        assert!(get(&format!("{frontend}/api/version")).is_ok(), "the frontend keeps answering");
+        assert!(get_ok_body(&format!("{frontend}/api/version")).is_ok(), "the frontend keeps answering");
         let out = s.herd(&with(&["vmss", "rolling-upgrade", "get-latest"], &["-o", "json"]));
         if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
             if ["Completed", "Faulted"].contains(&v["state"].as_str().unwrap_or("")) {

@@ -69,19 +69,7 @@ fn the_guides_first_example_runs_as_written_on_the_sample_image() {
     );
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start("process", &dir.path().join("data"), Some(&block(121)));
-    let bin_dir = Path::new(HERD).parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let run = |cmd: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .current_dir(repo())
-            .env("PATH", &path)
-            .env("HERD_SERVER", &s.url)
-            .env("HERD_DATA_DIR", &s.data_dir)
-            .env_remove("HERD_TOKEN")
-            .output()
-            .unwrap()
-    };
+    let run = |cmd: &str| s.shell(cmd, &repo());
     let mut page = None;
     for cmd in &commands[1..] {
         if cmd.starts_with("curl ") {
@@ -123,17 +111,8 @@ fn the_readmes_use_it_commands_run_as_written() {
     assert!(commands[1].starts_with("herd server --driver process &"), "{commands:?}");
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start("process", &dir.path().join("data"), Some(&block(122)));
-    let path = format!("{}:{}", Path::new(HERD).parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     for cmd in &commands[2..] {
-        let out = std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .current_dir(repo())
-            .env("PATH", &path)
-            .env("HERD_SERVER", &s.url)
-            .env("HERD_DATA_DIR", &s.data_dir)
-            .env_remove("HERD_TOKEN")
-            .output()
-            .unwrap();
+        let out = s.shell(cmd, &repo());
         assert!(
             out.status.success(),
             "the README's `{cmd}` failed:\n{}\n{}",

@@ -25,10 +25,7 @@ meter_interval_secs = 1
 const SET: [&str; 4] = ["-g", "spot-rg", "-n", "batch"];
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 /// The instance's metadata URL, as its own environment has it.
@@ -70,11 +67,7 @@ const EVENTS: &str = "/scheduledevents?api-version=2020-07-01";
 
 #[test]
 fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("process", &dir.path().join("data"), Some(CONFIG));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "spot-rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:App:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    let (_dir, s) = server_with_sleeper("process", Some(CONFIG), "spot-rg", "Herd:App:1:1.0.0");
     let base = ["--image", "Herd:App:1:1.0.0", "--disable-overprovision", "--quiet"];
     let create = |extra: &[&str]| {
         let mut v = with(&["vmss", "create"], &base);
@@ -168,21 +161,9 @@ fn simulate_eviction_posts_a_preempt_event_on_that_instance_only_then_evicts() {
     assert!(evicted_at >= not_before, "evicted at {evicted_at}, not before {not_before}");
 
     // simulate-eviction is for Spot sets only.
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "spot-rg",
-        "-n",
-        "reg",
-        "--image",
-        "Herd:App:1:1.0.0",
-        "--vm-sku",
-        "Standard_B1s",
-        "--instance-count",
-        "1",
-        "--quiet",
-    ]);
+    s.ok(&words(
+        "vmss create -g spot-rg -n reg --image Herd:App:1:1.0.0 --vm-sku Standard_B1s --instance-count 1 --quiet",
+    ));
     let e = s.err(&["vmss", "simulate-eviction", "-g", "spot-rg", "-n", "reg", "--instance-id", "0"]);
     assert!(e.contains("only to Spot"), "{e}");
 

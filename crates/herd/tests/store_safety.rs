@@ -56,15 +56,7 @@ fn alive(pid: u32) -> bool {
 
 /// The instance process-group leaders of `data`'s cluster: (pid, instance key).
 fn leaders(data: &Path) -> Vec<(u32, String)> {
-    let mut v: Vec<(u32, String)> = tagged_processes(data)
-        .into_iter()
-        .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
-            let f: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
-            f.first() != Some(&"Z") && f.get(2) == Some(&p.pid.to_string().as_str())
-        })
-        .map(|p| (p.pid, p.var("HERD_INSTANCE_KEY").unwrap_or("").to_string()))
-        .collect();
+    let mut v = instance_group_leaders(data);
     v.sort();
     v
 }
@@ -77,20 +69,13 @@ fn create_set(s: &Server, img: &Path, name: &str, count: &str) {
         s.ok(&["image", "import", "--urn", "Herd:Sleeper:1:1.0.0", "--dir", img.to_str().unwrap()]);
     }
     s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        name,
-        "--image",
-        "Herd:Sleeper:1:1.0.0",
-        "--instance-count",
-        count,
-        "--vm-sku",
-        "Standard_B1s",
-        "--quiet",
-    ]);
+        words("vmss create -g rg -n"),
+        vec![name],
+        words("--image Herd:Sleeper:1:1.0.0 --instance-count"),
+        vec![count],
+        words("--vm-sku Standard_B1s --quiet"),
+    ]
+    .concat());
     s.ok(&["vmss", "wait", "-g", "rg", "-n", name, "--created", "--quiet", "--timeout", "120"]);
 }
 
@@ -360,23 +345,10 @@ fn private_files_and_a_seal_key_outside_the_data_dir() {
     s.ok(&["group", "create", "-n", "rg"]);
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     s.ok(&["image", "import", "--urn", "Herd:Sim:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:Sim:1:1.0.0",
-        "--instance-count",
-        "1",
-        "--admin-username",
-        "azureuser",
-        "--admin-password",
-        "Sup3r-Secret-Passw0rd!",
-        "--quiet",
-    ]);
+    s.ok(&words(
+        "vmss create -g rg -n web --image Herd:Sim:1:1.0.0 --instance-count 1 --admin-username azureuser \
+         --admin-password Sup3r-Secret-Passw0rd! --quiet",
+    ));
     for f in ["herd.db", "herd.db-wal", "herd.db-shm", "api-token", "cluster-id"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f} is private");
     }

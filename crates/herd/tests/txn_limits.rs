@@ -11,21 +11,12 @@ const SET: [&str; 4] = ["-g", "rg", "-n", "big"];
 const CONFIG: &str = "max_capacity = 2000\n[sim]\nboot_min_ms = 5\nboot_max_ms = 30\n";
 
 fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = cmd.to_vec();
-    v.extend_from_slice(&SET);
-    v.extend_from_slice(extra);
-    v
+    on_set(&SET, cmd, extra)
 }
 
 /// The instances that count toward capacity (not overprovisioned, not being deleted).
 fn counted(s: &Server) -> Vec<Value> {
-    let all = s.json(&with(&["vmss", "list-instances"], &[]));
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["overprovisioned"] == false && i["goal"] != "Deleted")
-        .cloned()
-        .collect()
+    counted_instances(s, &SET)
 }
 
 fn power_counts(list: &[Value]) -> std::collections::BTreeMap<String, usize> {
@@ -38,11 +29,7 @@ fn power_counts(list: &[Value]) -> std::collections::BTreeMap<String, usize> {
 
 #[test]
 fn thousand_instance_scale_out_and_actions_fit_the_transaction_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(CONFIG));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "rg"]);
-    s.ok(&["image", "import", "--urn", "Herd:T:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    let (_dir, s) = server_with_sleeper("sim", Some(CONFIG), "rg", "Herd:T:1:1.0.0");
 
     // Scale-out from 0 to 1,000: the reconciler's intents are ~1,000 writes in one pass.
     s.ok(&with(

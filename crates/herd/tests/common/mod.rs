@@ -138,6 +138,22 @@ impl Server {
             .expect("run herd")
     }
 
+    /// `sh -c cmd` in `dir`, as a user would type it: the built `herd` first on `PATH`, pointed
+    /// at this server (no token in the environment).
+    pub fn shell(&self, cmd: &str, dir: &Path) -> Output {
+        let bin_dir = Path::new(HERD).parent().unwrap();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(dir)
+            .env("PATH", &path)
+            .env("HERD_SERVER", &self.url)
+            .env("HERD_DATA_DIR", &self.data_dir)
+            .env_remove("HERD_TOKEN")
+            .output()
+            .unwrap()
+    }
+
     /// Runs a command that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.herd(args);
@@ -478,4 +494,255 @@ impl Drop for VmGuard {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A command line written as one string: `words("vmss show -g rg -n web")`, split on
+/// whitespace, where an argument in single quotes keeps its spaces (`--timegrain 'avg 1s'`).
+/// There is no escaping: an argument holding a single quote is passed on its own.
+pub fn words(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        let (arg, after) = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.split_once('\'').unwrap_or_else(|| panic!("unclosed quote in {line:?}")),
+            None => rest.split_once(char::is_whitespace).unwrap_or((rest, "")),
+        };
+        out.push(arg);
+        rest = after.trim_start();
+    }
+    out
+}
+
+/// `cmd`, then a scale set's `-g <group> -n <name>` (`set`), then `extra`: the shape of every
+/// `vmss` command on one set.
+pub fn on_set<'a>(set: &[&'a str], cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = cmd.to_vec();
+    v.extend_from_slice(set);
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The instances of a set (`set` as in [`on_set`]) that count toward its capacity: not
+/// overprovisioned extras, not being deleted.
+pub fn counted_instances(s: &Server, set: &[&str]) -> Vec<Value> {
+    let all = s.json(&on_set(set, &["vmss", "list-instances"], &[]));
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["overprovisioned"] == false && i["goal"] != "Deleted")
+        .cloned()
+        .collect()
+}
+
+impl Server {
+    /// Creates resource group `group` and imports the image directory `img` as `urn`.
+    pub fn group_with_image(&self, group: &str, urn: &str, img: &Path) {
+        self.ok(&["group", "create", "-n", group]);
+        self.ok(&["image", "import", "--urn", urn, "--dir", img.to_str().unwrap()]);
+    }
+
+    /// `vmss create -g <group> -n <name> --image <urn> --instance-count <count> <extra> --quiet`.
+    pub fn create_set(&self, group: &str, name: &str, urn: &str, count: &str, extra: &[&str]) -> String {
+        let mut args = vec!["vmss", "create", "-g", group, "-n", name, "--image", urn, "--instance-count", count];
+        args.extend_from_slice(extra);
+        args.push("--quiet");
+        self.ok(&args)
+    }
+
+    /// `vmss extension set -g <group> --vmss-name <set> --name <name> --publisher <publisher>
+    /// --version <version> <extra>`, which must succeed; its stdout.
+    pub fn set_extension(&self, on: [&str; 2], name: &str, publisher: &str, version: &str, extra: &[&str]) -> String {
+        let [group, set] = on;
+        let mut args = vec!["vmss", "extension", "set", "-g", group, "--vmss-name", set];
+        args.extend_from_slice(&["--name", name, "--publisher", publisher, "--version", version]);
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+}
+
+/// A load-balancing rule with its own HTTP health probe, as the load-balancer tests make them.
+/// [`ProbedRule::default`] is the common one: on `web-lb` in `rg`, probe `webprobe` on `/` at
+/// port 8080 every second with threshold 2, and rule `http` from port 18080 to 8080.
+pub struct ProbedRule<'a> {
+    pub group: &'a str,
+    pub lb: &'a str,
+    pub probe: &'a str,
+    pub backend_port: &'a str,
+    pub interval: &'a str,
+    pub threshold: &'a str,
+    pub rule: &'a str,
+    pub frontend_port: &'a str,
+}
+
+impl Default for ProbedRule<'_> {
+    fn default() -> Self {
+        ProbedRule {
+            group: "rg",
+            lb: "web-lb",
+            probe: "webprobe",
+            backend_port: "8080",
+            interval: "1",
+            threshold: "2",
+            rule: "http",
+            frontend_port: "18080",
+        }
+    }
+}
+
+impl ProbedRule<'_> {
+    /// Creates the probe, then the rule that uses it.
+    pub fn create(&self, s: &Server) {
+        let on_lb = ["-g", self.group, "--lb-name", self.lb];
+        let mut probe = on_set(&on_lb, &["network", "lb", "probe", "create"], &["-n", self.probe]);
+        probe.extend_from_slice(&["--protocol", "Http", "--path", "/", "--port", self.backend_port]);
+        probe.extend_from_slice(&["--interval", self.interval, "--threshold", self.threshold]);
+        s.ok(&probe);
+        let mut rule = on_set(&on_lb, &["network", "lb", "rule", "create"], &["-n", self.rule]);
+        rule.extend_from_slice(&["--frontend-port", self.frontend_port, "--backend-port", self.backend_port]);
+        rule.extend_from_slice(&["--probe-name", self.probe]);
+        s.ok(&rule);
+    }
+}
+
+/// The process-group leaders among a test server's instance processes (see
+/// [`tagged_processes`]), with their instance keys; zombies left out.
+pub fn instance_group_leaders(data_dir: &Path) -> Vec<(u32, String)> {
+    tagged_processes(data_dir)
+        .into_iter()
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&p.pid.to_string().as_str())
+        })
+        .map(|p| (p.pid, p.var("HERD_INSTANCE_KEY").unwrap_or("").to_string()))
+        .collect()
+}
+
+/// An image `init` body serving HTTP with Python on `$HERD_ADDRESS:8080`. `respond` is the
+/// body of `do_GET` (Python, indented 8 spaces) and sets `status` and `body` (bytes); `NAME`
+/// holds the instance's computer name. `run` starts the app (`exec python3 app.py`).
+pub fn python_http_app(respond: &str, run: &str) -> String {
+    format!(
+        r#"cat > app.py <<'PY'
+import http.server, os
+NAME = os.environ["HERD_COMPUTER_NAME"]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+{respond}
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+    allow_reuse_address = True
+S((os.environ["HERD_ADDRESS"], 8080), H).serve_forever()
+PY
+{run}"#
+    )
+}
+
+/// One HTTP/1.1 GET of `url` (`http://ADDR:PORT/path`) on a fresh connection: the body of a
+/// 200 answer, or what went wrong.
+pub fn get_ok_body(url: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let (host, path) = addr.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((addr, "/".into()));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&host.parse().map_err(|e| format!("{e}"))?, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if !out.starts_with("HTTP/1.0 200") && !out.starts_with("HTTP/1.1 200") {
+        return Err(format!("bad answer: {}", out.lines().next().unwrap_or("(empty)")));
+    }
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// When a request of a [`Load`] was answered, on both clocks.
+pub type Completion = (Instant, chrono::DateTime<chrono::Utc>);
+
+/// Steady HTTP load on `url`: `workers` threads GET it one request after another (a 200 is a
+/// success) until [`Load::finish`], each for at most `max_requests` requests and `max_time`
+/// (times `HERD_TEST_TIME_SCALE`). It counts successes and keeps every failure and the time of
+/// every success (on both clocks: `Instant` for the test's own timing, UTC to compare with
+/// the server's timestamps).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    completions: std::sync::Arc<std::sync::Mutex<Vec<Completion>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: &str, workers: usize, max_requests: usize, max_time: Duration) -> Load {
+        use std::sync::atomic::Ordering;
+        let load = Load {
+            stop: Default::default(),
+            ok: Default::default(),
+            failures: Default::default(),
+            completions: Default::default(),
+            workers: Vec::new(),
+        };
+        let max_time = herd_test_support::scaled(max_time);
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, ok, failures, completions, url) = (
+                    load.stop.clone(),
+                    load.ok.clone(),
+                    load.failures.clone(),
+                    load.completions.clone(),
+                    url.to_string(),
+                );
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    for _ in 0..max_requests {
+                        if stop.load(Ordering::Relaxed) || start.elapsed() > max_time {
+                            break;
+                        }
+                        match get_ok_body(&url) {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                completions.lock().unwrap().push((Instant::now(), chrono::Utc::now()));
+                            }
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { workers, ..load }
+    }
+
+    /// Requests answered so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the workers and waits for them: the failures and the completion times.
+    pub fn finish(self) -> (Vec<String>, Vec<Completion>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.workers {
+            w.join().unwrap();
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        let completions = std::mem::take(&mut *self.completions.lock().unwrap());
+        (failures, completions)
+    }
+}
+
+/// A temporary directory holding a server with `driver` and `config`, and in it resource group
+/// `group` with the image `urn` (an image directory whose `init` sleeps).
+pub fn server_with_sleeper(driver: &str, config: Option<&str>, group: &str, urn: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(driver, &dir.path().join("data"), config);
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.group_with_image(group, urn, &img);
+    (dir, s)
 }
