@@ -23,7 +23,9 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod intents;
 pub mod keys;
+pub mod quarantine;
 pub mod records;
 pub mod transitions;
 

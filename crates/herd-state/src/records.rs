@@ -13,17 +13,23 @@
 //! ([`Expected`]), as every write in herd is.
 
 use crate::keys::{
-    AutoscaleKey, GroupKey, InstanceRecordKey, KeyError, SeriesKey, SetKey, SourceSecretKey, SourceSeriesKey, ALL,
+    AutoscaleKey, CounterKey, GroupKey, InstanceRecordKey, KeyError, ModelHistoryKey, SeriesKey, SetKey,
+    SourceSecretKey, SourceSeriesKey, ALL,
 };
 use herd_model::activity::ActivityEvent;
+use herd_model::group::ResourceGroup;
+use herd_model::image::Image;
 use herd_model::instance::InstanceRecord;
+use herd_model::network::VirtualNetwork;
 use herd_model::network::{LoadBalancer, PublicIpAddress};
 use herd_model::scale_set::StoredScaleSet;
+use herd_model::scale_set::{ScaleSetModel, ScaleSetStatus};
 use herd_store::{Expect, Kind, StoreError, StoreExt, WriteOp};
 use serde::{de::DeserializeOwned, Serialize};
 use std::ops::Deref;
 use std::sync::Arc;
 
+pub use herd_store::quarantine::Quarantined;
 pub use herd_store::{Object as Versioned, Store};
 
 /// What a typed state operation can fail with.
@@ -184,6 +190,49 @@ pub trait Records: Store {
         let mut ops = vec![WriteOp::put(Kind::Instance, key.to_string(), record, expected.into())?];
         ops.extend(activity.map(WriteOp::Activity));
         Ok(self.txn(ops)?)
+    }
+
+    /// Every set's reconciler status, by key.
+    fn scale_set_statuses(&self) -> Result<Vec<Versioned<ScaleSetStatus>>, StateError> {
+        Ok(self.list_as(Kind::ScaleSetStatus, ALL)?)
+    }
+
+    fn scale_set_status(&self, key: &SetKey) -> Result<Option<Versioned<ScaleSetStatus>>, StateError> {
+        Ok(self.get_as(Kind::ScaleSetStatus, &key.to_string())?)
+    }
+
+    /// A set's secrets as stored: sealed, for the caller's sealer to open.
+    fn sealed_set_secrets(&self, key: &SetKey) -> Result<Option<serde_json::Value>, StateError> {
+        Ok(self.get(Kind::Secret, &key.to_string())?.map(|o| o.value))
+    }
+
+    /// The model a set had at one generation, if it is on record.
+    fn model_at(&self, key: &ModelHistoryKey) -> Result<Option<Versioned<ScaleSetModel>>, StateError> {
+        Ok(self.get_as(Kind::ModelHistory, &key.to_string())?)
+    }
+
+    /// The keys of every generation on record for a set.
+    fn model_history_keys(&self, set: &SetKey) -> Result<Vec<ModelHistoryKey>, StateError> {
+        self.list(Kind::ModelHistory, &set.children())?.into_iter().map(|o| Ok(o.key.parse()?)).collect()
+    }
+
+    /// Every image in the gallery, by key.
+    fn images(&self) -> Result<Vec<Versioned<Image>>, StateError> {
+        Ok(self.list_as(Kind::Image, ALL)?)
+    }
+
+    /// Every resource group.
+    fn groups(&self) -> Result<Vec<Versioned<ResourceGroup>>, StateError> {
+        Ok(self.list_as(Kind::Group, ALL)?)
+    }
+
+    fn virtual_networks(&self) -> Result<Vec<Versioned<VirtualNetwork>>, StateError> {
+        Ok(self.list_as(Kind::VirtualNetwork, ALL)?)
+    }
+
+    /// A server-wide counter (its type is its writer's).
+    fn counter<T: DeserializeOwned>(&self, key: CounterKey) -> Result<Option<Versioned<T>>, StateError> {
+        Ok(self.get_as(Kind::Counter, key.as_str())?)
     }
 
     fn load_balancers(&self) -> Result<Vec<Versioned<LoadBalancer>>, StateError> {
