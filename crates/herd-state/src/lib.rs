@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod call_threads;
 pub mod intents;
 pub mod keys;
 pub mod quarantine;
