@@ -114,7 +114,8 @@ pub struct Total {
     pub cost: f64,
 }
 
-/// The meter of one scale set: stored beside it under its set key (`group/set`, see `herd_state::Records::put_meter`).
+/// The meter of one scale set, stored under its set key (`group/set`; see
+/// `herd_state::Records::put_meter`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterDoc {
