@@ -86,6 +86,11 @@ impl State {
         Self(store)
     }
 
+    /// A handle on a fresh in-memory SQLite store (tests, tools).
+    pub fn in_memory() -> Result<Self, StateError> {
+        Ok(Self(Arc::new(herd_store::SqliteStore::in_memory()?)))
+    }
+
     /// The store underneath, for the code not yet moved onto typed operations.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.0
