@@ -592,7 +592,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_pass_reads_the_store_off_the_async_worker() {
         use herd_state::{call_threads::CallThreads, intents::Writes, Expected, Records};
-        let store = Arc::new(CallThreads::new(herd_store::SqliteStore::in_memory().unwrap()));
+        let store = Arc::new(CallThreads::in_memory().unwrap());
         let key = SetKey::of(&set());
         let mut w = Writes::new();
         w.put_scale_set(&key, &set(), Expected::Absent).unwrap();

@@ -40,6 +40,13 @@ impl<S: Store> CallThreads<S> {
     }
 }
 
+impl CallThreads<herd_store::SqliteStore> {
+    /// Over a fresh in-memory SQLite store.
+    pub fn in_memory() -> Result<Self, crate::StateError> {
+        Ok(Self::new(herd_store::SqliteStore::in_memory()?))
+    }
+}
+
 impl<S: Store> Store for CallThreads<S> {
     fn get(&self, kind: Kind, key: &str) -> Result<Option<Object>, StoreError> {
         self.note();
@@ -89,12 +96,11 @@ impl<S: Store> Store for CallThreads<S> {
 mod tests {
     use super::*;
     use crate::records::{Records, State};
-    use herd_store::SqliteStore;
     use std::sync::Arc;
 
     #[tokio::test]
     async fn calls_through_run_are_off_the_async_thread_and_direct_calls_are_not() {
-        let store = Arc::new(CallThreads::new(SqliteStore::in_memory().unwrap()));
+        let store = Arc::new(CallThreads::in_memory().unwrap());
         let state = State::from(store.clone());
         let me = std::thread::current().id();
         state.run(|s| s.scale_sets()).await.unwrap();
