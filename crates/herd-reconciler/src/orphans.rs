@@ -22,13 +22,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 use herd_model::InstanceKey;
-pub use herd_state::quarantine::{quarantined_set_key, quarantined_sets};
-use herd_state::records::Quarantined;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 
-/// The store key (a counter's) of the [`Unmanaged`] list.
+/// The store key of the [`Unmanaged`] list (`CounterKey::UnmanagedInstances`).
 pub const UNMANAGED_KEY: &str = herd_state::keys::CounterKey::UnmanagedInstances.as_str();
 
 /// How unrecorded instances are treated in normal operation.
@@ -55,14 +53,7 @@ pub struct Unmanaged {
     pub instances: BTreeMap<String, DateTime<Utc>>,
 }
 
-/// Why a set with quarantined records is Failed, for its status and `herd vmss show`.
-pub fn failure_reason(records: &[Quarantined]) -> String {
-    let list: Vec<String> = records.iter().map(|q| format!("{} '{}' ({})", q.kind.as_str(), q.key, q.reason)).collect();
-    format!(
-        "stored record(s) cannot be decoded and are quarantined: {}; this set is not reconciled until they are repaired or deleted (see 'herd server status' and 'herd store check')",
-        list.join("; ")
-    )
-}
+pub use herd_state::quarantine::{failure_reason, quarantined_set_key, quarantined_sets};
 
 /// The in-memory part: when each unrecorded instance was first seen, and recent destroys.
 #[derive(Debug, Default)]

@@ -1,12 +1,10 @@
-//! Which scale sets a quarantined record blocks.
+//! Records in quarantine, seen per scale set: a set with a stored record that does not decode
+//! (its model, its status or one of its instances) is not reconciled and shows as Failed.
 //!
-//! Why: a record that cannot be decoded is quarantined by the store and skipped by lists (see
-//! `herd_store::quarantine`). When it is a set's model, its status or one of its instances, the
-//! set is not reconciled and its instances are not orphans: they have a record, just not a
-//! readable one. Which kinds belong to a set, and how their keys name it, is this module's.
+//! Why here: both the reconciler (which skips such a set) and the API (which shows it Failed,
+//! with the reason) derive this from the store's quarantine; one definition keeps them agreeing.
 
-use crate::records::{Quarantined, Store};
-use herd_store::Kind;
+use herd_store::{quarantine::Quarantined, Kind, Store};
 use std::collections::BTreeMap;
 
 /// The set key (`group/set`) a quarantined record blocks, if it belongs to a scale set: the
@@ -30,27 +28,11 @@ pub fn quarantined_sets(store: &dyn Store) -> BTreeMap<String, Vec<Quarantined>>
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::records::Records;
-    use herd_store::{Expect, SqliteStore, WriteOp};
-
-    #[test]
-    fn undecodable_records_block_their_set() {
-        let s = SqliteStore::in_memory().unwrap();
-        let bad = serde_json::json!("not a record");
-        s.txn(vec![
-            WriteOp::put(Kind::Instance, "rg/web/0000000001", &bad, Expect::Absent).unwrap(),
-            WriteOp::put(Kind::ScaleSetStatus, "rg/api", &bad, Expect::Absent).unwrap(),
-            WriteOp::put(Kind::Image, "a:b:c:1", &bad, Expect::Absent).unwrap(),
-        ])
-        .unwrap();
-        assert!(s.instances().unwrap().is_empty());
-        assert!(s.scale_set_statuses().unwrap().is_empty());
-        assert!(s.images().unwrap().is_empty());
-        let q = quarantined_sets(&s);
-        assert_eq!(q.keys().map(String::as_str).collect::<Vec<_>>(), ["rg/api", "rg/web"], "images block no set");
-        assert_eq!(q["rg/web"][0].key, "rg/web/0000000001");
-    }
+/// Why a set with quarantined records is Failed, for its status and `herd vmss show`.
+pub fn failure_reason(records: &[Quarantined]) -> String {
+    let list: Vec<String> = records.iter().map(|q| format!("{} '{}' ({})", q.kind.as_str(), q.key, q.reason)).collect();
+    format!(
+        "stored record(s) cannot be decoded and are quarantined: {}; this set is not reconciled until they are repaired or deleted (see 'herd server status' and 'herd store check')",
+        list.join("; ")
+    )
 }

@@ -197,6 +197,29 @@ pub trait Records: Store {
         Ok(self.txn(ops)?)
     }
 
+    /// The keys of every scale set, as stored (not decoded: a set in quarantine is listed).
+    fn scale_set_keys(&self) -> Result<Vec<String>, StateError> {
+        Ok(self.list(Kind::ScaleSet, ALL)?.into_iter().map(|o| o.key).collect())
+    }
+
+    /// Every sealed secret in the store (sets' and metric sources'), as stored: for checking
+    /// that a seal key opens them.
+    fn sealed_secrets(&self) -> Result<Vec<serde_json::Value>, StateError> {
+        Ok(self.list(Kind::Secret, ALL)?.into_iter().map(|o| o.value).collect())
+    }
+
+    /// The keys of every quarantined instance record, as stored (such an instance has a
+    /// record, just not a readable one).
+    fn quarantined_instance_keys(&self) -> Vec<String> {
+        let list = self.quarantine().map(|q| q.list()).unwrap_or_default();
+        list.into_iter().filter(|q| q.kind == Kind::Instance).map(|q| q.key).collect()
+    }
+
+    /// Whether any record at all is in quarantine.
+    fn any_quarantined(&self) -> bool {
+        self.quarantine().is_some_and(|q| !q.list().is_empty())
+    }
+
     /// Every set's reconciler status, by key.
     fn scale_set_statuses(&self) -> Result<Vec<Versioned<ScaleSetStatus>>, StateError> {
         Ok(self.list_as(Kind::ScaleSetStatus, ALL)?)
@@ -412,6 +435,27 @@ mod tests {
         assert_eq!(got.revision, rev);
         let err = state.run(|_| -> Result<(), StateError> { panic!("boom") }).await.unwrap_err();
         assert!(matches!(err, StateError::Task(_)), "{err:?}");
+    }
+
+    #[test]
+    fn raw_listings_include_records_that_do_not_decode() {
+        let state = State::in_memory().unwrap();
+        let bad = serde_json::json!("not a record");
+        state
+            .txn(vec![
+                WriteOp::put(Kind::ScaleSet, "rg/web", &bad, Expect::Absent).unwrap(),
+                WriteOp::put(Kind::Instance, "rg/web/0000000001", &bad, Expect::Absent).unwrap(),
+                WriteOp::put(Kind::Secret, "rg/web", &serde_json::json!({"sealed": "x"}), Expect::Absent).unwrap(),
+            ])
+            .unwrap();
+        assert!(state.scale_sets().unwrap().is_empty(), "a set that does not decode is skipped by the typed list");
+        assert_eq!(state.scale_set_keys().unwrap(), ["rg/web"]);
+        assert_eq!(state.instance_keys().unwrap(), ["rg/web/0000000001"]);
+        assert_eq!(state.sealed_secrets().unwrap(), [serde_json::json!({"sealed": "x"})]);
+        assert!(!state.any_quarantined(), "raw listings quarantine nothing");
+        assert!(state.instances().unwrap().is_empty());
+        assert_eq!(state.quarantined_instance_keys(), ["rg/web/0000000001"]);
+        assert!(state.any_quarantined());
     }
 
     #[test]
