@@ -448,11 +448,11 @@ mod tests {
                 WriteOp::put(Kind::Secret, "rg/web", &serde_json::json!({"sealed": "x"}), Expect::Absent).unwrap(),
             ])
             .unwrap();
-        assert!(state.scale_sets().unwrap().is_empty(), "a set that does not decode is skipped by the typed list");
         assert_eq!(state.scale_set_keys().unwrap(), ["rg/web"]);
         assert_eq!(state.instance_keys().unwrap(), ["rg/web/0000000001"]);
         assert_eq!(state.sealed_secrets().unwrap(), [serde_json::json!({"sealed": "x"})]);
         assert!(!state.any_quarantined(), "raw listings quarantine nothing");
+        assert!(state.scale_sets().unwrap().is_empty(), "a set that does not decode is skipped by the typed list");
         assert!(state.instances().unwrap().is_empty());
         assert_eq!(state.quarantined_instance_keys(), ["rg/web/0000000001"]);
         assert!(state.any_quarantined());
