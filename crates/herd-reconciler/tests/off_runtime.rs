@@ -6,13 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use herd_driver::sim::{SimConfig, SimDriver};
-use herd_model::{
-    clock::ManualClock,
-    image::{Image, ImageSource},
-    instance::InstanceState,
-    scale_set::{ScaleSetModel, StoredScaleSet},
-    GroupName, ImageUrn, ScaleSetName,
-};
+use herd_model::{clock::ManualClock, image::Image, instance::InstanceState, scale_set::StoredScaleSet, ImageUrn};
 use herd_reconciler::{Reconciler, ReconcilerConfig};
 use herd_state::call_threads::CallThreads;
 use herd_state::intents::Writes;
@@ -38,34 +32,21 @@ async fn a_pass_calls_the_store_only_off_the_async_worker() {
     let clock = ManualClock::new(t0());
     let rec = Reconciler::new(store.clone(), sim, Arc::new(clock.clone()), ReconcilerConfig::default());
 
+    // An image and a set of 3 on it, as the API stores them.
     let urn = ImageUrn::parse("P:O:S:1.0.0").unwrap();
-    let image = Image {
-        id: "img".into(),
-        urn: urn.to_string(),
-        publisher: "P".into(),
-        offer: "O".into(),
-        sku: "S".into(),
-        version: "1.0.0".into(),
-        source: ImageSource::Directory { path: "/nowhere".into() },
-        guest_agent: Some(false),
-        created_at: t0(),
-    };
-    let model = ScaleSetModel::from_json(json!({
-        "sku": {"name": "Standard_B1ms", "capacity": 3},
-        "virtualMachineProfile": {
-            "osProfile": {"computerNamePrefix": "web"},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}},
-        }
+    let image: Image = serde_json::from_value(json!({
+        "id": "img", "urn": "P:O:S:1.0.0", "publisher": "P", "offer": "O", "sku": "S", "version": "1.0.0",
+        "source": {"kind": "directory", "path": "/nowhere"}, "guestAgent": false, "createdAt": t0(),
     }))
     .unwrap();
-    let set = StoredScaleSet {
-        name: ScaleSetName::new("web").unwrap(),
-        group: GroupName::new("rg").unwrap(),
-        model_generation: 1,
-        time_created: t0(),
-        deleting: false,
-        model,
-    };
+    let set: StoredScaleSet = serde_json::from_value(json!({
+        "name": "web", "group": "rg", "modelGeneration": 1, "timeCreated": t0(), "model": {
+            "sku": {"name": "Standard_B1ms", "capacity": 3},
+            "virtualMachineProfile": {"osProfile": {"computerNamePrefix": "web"}, "storageProfile":
+                {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}},
+        },
+    }))
+    .unwrap();
     let key = SetKey::of(&set);
     let mut w = Writes::new();
     w.put_image(&ImageKey::new(&urn), &image, Expected::Absent).unwrap();

@@ -180,27 +180,12 @@ impl Writes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::tests::{record, set_key};
     use crate::records::{Records, State};
-    use herd_model::instance::{InstanceGoal, InstanceState};
-    use herd_model::{GroupName, InstanceId, ScaleSetName};
-    use herd_store::SqliteStore;
-    use std::sync::Arc;
-
-    fn set_key() -> SetKey {
-        SetKey::new(GroupName::new("rg").unwrap(), ScaleSetName::new("web").unwrap())
-    }
-
-    fn record(id: u64) -> InstanceRecord {
-        serde_json::from_value(serde_json::json!({
-            "instanceId": id, "computerName": format!("web{id:06}"), "modelGeneration": 1,
-            "state": InstanceState::Creating, "goal": InstanceGoal::Running, "reachAddress": "127.128.0.4",
-            "createdAt": "2026-01-01T00:00:00Z", "stateSince": "2026-01-01T00:00:00Z",
-        }))
-        .unwrap()
-    }
+    use herd_model::InstanceId;
 
     fn state() -> State {
-        State::from(Arc::new(SqliteStore::in_memory().unwrap()))
+        State::in_memory().unwrap()
     }
 
     #[derive(Serialize, serde::Deserialize)]

@@ -381,17 +381,18 @@ pub trait AutoscaleRecords: Store {
 impl<S: Store + ?Sized> AutoscaleRecords for S {}
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use herd_model::instance::{InstanceGoal, InstanceState};
     use herd_model::{GroupName, InstanceId, ScaleSetName};
     use herd_store::SqliteStore;
 
-    fn set_key() -> SetKey {
+    pub(crate) fn set_key() -> SetKey {
         SetKey::new(GroupName::new("rg").unwrap(), ScaleSetName::new("web").unwrap())
     }
 
-    fn record(id: u64) -> InstanceRecord {
+    /// A Running instance record of set `rg/web`.
+    pub(crate) fn record(id: u64) -> InstanceRecord {
         serde_json::from_value(serde_json::json!({
             "instanceId": id, "computerName": format!("web{id:06}"), "modelGeneration": 1,
             "state": InstanceState::Running, "goal": InstanceGoal::Running, "reachAddress": "127.128.0.4",
