@@ -332,4 +332,18 @@ mod tests {
         assert_eq!(s.incarnation("k", 3, 9), 10, "always grows, even if the revision did not");
         assert_eq!(s.incarnation("other", 3, 4), 4);
     }
+
+    /// The listener sync reads the store on the blocking pool: on a current-thread runtime
+    /// (this thread is its one async worker) no store call lands here.
+    #[tokio::test(flavor = "current_thread")]
+    async fn sync_reads_the_store_off_the_async_worker() {
+        let store = Arc::new(herd_state::call_threads::CallThreads::in_memory().unwrap());
+        let svc = MetadataService::new(store.clone(), Arc::new(herd_model::clock::SystemClock), Arc::default(), 0);
+        let me = std::thread::current().id();
+        svc.sync().await;
+        svc.sync().await;
+        assert_eq!(store.calls(), 2, "each sync lists the instances once");
+        assert_eq!(store.calls_on(me), 0, "a sync called the store on the async worker");
+        assert!(svc.listening().await.is_empty());
+    }
 }
