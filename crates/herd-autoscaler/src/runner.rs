@@ -33,7 +33,7 @@ pub trait CapacityWriter: Send + Sync {
 }
 
 /// A named metric source as stored (its protected settings are sealed apart, under
-/// its `herd_state::keys::SourceSecretKey`).
+/// `Kind::Secret` at `source/<group>/<name>`).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredSource {
