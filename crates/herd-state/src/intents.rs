@@ -125,8 +125,10 @@ impl Writes {
         self.ops.push((Tier::Last, WriteOp::Activity(event)));
     }
 
-    fn fits(ops: &[WriteOp]) -> bool {
-        ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(ops).is_ok()
+    /// Whether the writes fit one transaction (the store's op and byte limits).
+    fn fits(&self) -> bool {
+        let bytes = || self.ops.iter().map(|(_, op)| op.size()).sum();
+        self.ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn_size(self.ops.len(), bytes()).is_ok()
     }
 
     fn commit_chunks(store: &dyn Store, ops: Vec<WriteOp>) -> Result<u64, StateError> {
@@ -146,11 +148,10 @@ impl Writes {
     /// chunks that each do (see [`herd_store::chunks`]): each chunk is atomic, the whole is
     /// not, so the writes must be safe to repeat (a re-read and a retry after a conflict).
     pub fn commit_in_chunks(self, store: &dyn Store) -> Result<(), StateError> {
-        let ops: Vec<WriteOp> = self.ops.into_iter().map(|(_, op)| op).collect();
-        if Self::fits(&ops) {
-            return store.txn(ops).map(drop).map_err(Into::into);
+        if self.fits() {
+            return self.commit(store).map(drop);
         }
-        Self::commit_chunks(store, ops).map(drop)
+        Self::commit_chunks(store, self.ops.into_iter().map(|(_, op)| op).collect()).map(drop)
     }
 
     /// Commits a reconcile pass's intents: one transaction when they fit the store's limits,
@@ -167,13 +168,13 @@ impl Writes {
     /// A chunk that fails (a conflict) fails the commit; the caller re-reads and plans again
     /// from what was committed.
     pub fn commit_intents(mut self, store: &dyn Store) -> Result<(), StateError> {
+        if self.fits() {
+            // One transaction: the writes in the order they were made.
+            return self.commit(store).map(drop);
+        }
         // Stable: writes keep their order within a tier.
         self.ops.sort_by_key(|(tier, _)| *tier);
-        let ops: Vec<WriteOp> = self.ops.into_iter().map(|(_, op)| op).collect();
-        if Self::fits(&ops) {
-            return store.txn(ops).map(drop).map_err(Into::into);
-        }
-        Self::commit_chunks(store, ops).map(drop)
+        Self::commit_chunks(store, self.ops.into_iter().map(|(_, op)| op).collect()).map(drop)
     }
 }
 
@@ -233,6 +234,19 @@ mod tests {
         let feed = s.watch(before, 10).unwrap();
         let first = feed.changes.first().expect("a change");
         assert_eq!((first.kind, first.key.as_str()), (Kind::Counter, "hostlocal-address"), "the counter comes first");
+    }
+
+    #[test]
+    fn intents_that_fit_commit_in_one_transaction_in_the_order_made() {
+        let s = state();
+        let mut w = Writes::new();
+        w.put_instance(&set_key().instance(InstanceId(0)), &record(0), Expected::Absent).unwrap();
+        w.put_counter(CounterKey::HostlocalAddress, &Counter { next: 1 }, Expected::Absent).unwrap();
+        let before = s.revision().unwrap();
+        w.commit_intents(&*s).unwrap();
+        assert_eq!(s.revision().unwrap() - before, 1, "one transaction");
+        let kinds: Vec<Kind> = s.watch(before, 10).unwrap().changes.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [Kind::Instance, Kind::Counter], "not reordered when not chunked");
     }
 
     #[test]
