@@ -22,7 +22,7 @@ use herd_model::{
     sku::SkuTable,
 };
 use herd_state::keys::{AutoscaleKey, SeriesKey, SetKey, SourceSecretKey, SourceSeriesKey};
-use herd_state::{seal::Sealer, AutoscaleRecords, Expected, Records, StateError, Store};
+use herd_state::{seal::Sealer, AutoscaleRecords, Expected, Records, State, StateError, Store};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,14 +113,15 @@ impl Default for RunnerConfig {
 }
 
 /// The loop.
+#[derive(Clone)]
 pub struct Runner {
-    store: Arc<dyn Store>,
+    store: State,
     driver: Arc<dyn Driver>,
     clock: Arc<dyn Clock>,
     sealer: Arc<Sealer>,
     writer: Arc<dyn CapacityWriter>,
     config: RunnerConfig,
-    sampler: Sampler,
+    sampler: Arc<Sampler>,
 }
 
 /// Where a setting's target lives: `.../resourceGroups/<g>/.../virtualMachineScaleSets/<n>`,
@@ -216,22 +217,23 @@ impl MetricQuery for StoreMetrics<'_> {
 }
 
 impl Runner {
+    /// `store`: an `Arc<dyn Store>` (or any store handle) converts.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: impl Into<State>,
         driver: Arc<dyn Driver>,
         clock: Arc<dyn Clock>,
         sealer: Arc<Sealer>,
         writer: Arc<dyn CapacityWriter>,
         config: RunnerConfig,
     ) -> Self {
-        Self { store, driver, clock, sealer, writer, config, sampler: Sampler::default() }
+        Self { store: store.into(), driver, clock, sealer, writer, config, sampler: Arc::default() }
     }
 
     /// Also samples the load-balancer metrics (`LB New Connections Per Second`,
     /// `LB Active Connections`) from `lb`: the server passes its load-balancer controller's
     /// counters. Without it those metrics have no data.
     pub fn with_lb_stats(mut self, lb: Arc<dyn LbStatsProvider>) -> Self {
-        self.sampler = Sampler::with_lb_stats(lb);
+        self.sampler = Arc::new(Sampler::with_lb_stats(lb));
         self
     }
 
@@ -240,17 +242,26 @@ impl Runner {
         &self.config
     }
 
-    /// Samples instance metrics and every named source once.
+    /// Samples instance metrics and every named source once. The store is read and written on
+    /// the blocking pool; the sources are asked here.
     pub async fn sample_once(&self) -> Result<(), StateError> {
         let now = self.clock.now();
-        self.sampler.sample(&*self.store, &*self.driver, &self.config.skus, now).await?;
-        for o in self.store.metric_sources::<StoredSource>()? {
+        self.sampler.sample(&self.store, &*self.driver, &self.config.skus, now).await?;
+        let sources = self
+            .store
+            .run(|s| {
+                let sources = s.metric_sources::<StoredSource>()?.into_iter();
+                sources
+                    .map(|o| Ok((s.sealed_source_secret(&SourceSecretKey::new(&o.value.group, &o.value.name))?, o)))
+                    .collect::<Result<Vec<_>, StateError>>()
+            })
+            .await?;
+        for (sealed, o) in sources {
             let mut src = o.value.clone();
-            let protected: serde_json::Value =
-                match self.store.sealed_source_secret(&SourceSecretKey::new(&src.group, &src.name))? {
-                    Some(sealed) => self.sealer.open(&sealed).unwrap_or(serde_json::Value::Null),
-                    None => serde_json::Value::Null,
-                };
+            let protected: serde_json::Value = match sealed {
+                Some(sealed) => self.sealer.open(&sealed).unwrap_or(serde_json::Value::Null),
+                None => serde_json::Value::Null,
+            };
             let spec = herd_metric_sources::SourceSpec {
                 kind: match src.kind.parse() {
                     Ok(k) => k,
@@ -264,20 +275,36 @@ impl Runner {
                 Ok(s) => s.sample().await,
                 Err(e) => Err(e),
             };
-            match outcome {
+            let value = match outcome {
                 Ok(Some(v)) => {
-                    sampler::record_source(&*self.store, &src.group, &src.name, now, v)?;
                     src.health = "ok".into();
                     src.last_value = Some(v);
+                    Some(v)
                 }
-                Ok(None) => src.health = "ok (no data)".into(),
-                Err(e) => src.health = e.to_string(),
-            }
+                Ok(None) => {
+                    src.health = "ok (no data)".into();
+                    None
+                }
+                Err(e) => {
+                    src.health = e.to_string();
+                    None
+                }
+            };
             src.last_sample_at = Some(now);
-            // Best effort: a concurrent edit of the source wins.
-            if let Ok(key) = o.key.parse::<AutoscaleKey>() {
-                let _ = self.store.update_metric_source(&key, &src, Expected::Revision(o.revision));
-            }
+            self.store
+                .run(move |s| {
+                    if let Some(v) = value {
+                        sampler::record_source(s, &src.group, &src.name, now, v)?;
+                    }
+                    // Best effort: a concurrent edit of the source wins.
+                    if let Ok(key) = o.key.parse::<AutoscaleKey>() {
+                        if let Err(e) = s.update_metric_source(&key, &src, Expected::Revision(o.revision)) {
+                            tracing::debug!(source = %key, error = %e, "metric source health not recorded");
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
         }
         Ok(())
     }
@@ -424,7 +451,9 @@ impl Runner {
                             format!("webhook {} failed after 3 attempts: {last}", hook.service_uri)
                         },
                     };
-                    let _ = store.log_activity(ev);
+                    if let Err(e) = store.run(move |s| s.log_activity(ev)).await {
+                        tracing::warn!(error = %e, "a failed webhook could not be logged");
+                    }
                 }
             }
         });
@@ -444,8 +473,13 @@ impl Runner {
                     }
                 }
                 _ = eval.tick() => {
-                    if let Err(e) = self.evaluate_once() {
-                        tracing::warn!(error = %e, "autoscale evaluation failed");
+                    // Evaluation reads and writes the store throughout: it runs whole on the
+                    // blocking pool (its webhooks are spawned from there onto the runtime).
+                    let me = self.clone();
+                    match tokio::task::spawn_blocking(move || me.evaluate_once()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "autoscale evaluation failed"),
+                        Err(e) => tracing::warn!(error = %e, "autoscale evaluation did not finish"),
                     }
                 }
                 _ = shutdown.changed() => return,

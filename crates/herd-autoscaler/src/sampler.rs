@@ -36,7 +36,7 @@ use herd_model::{
     InstanceKey,
 };
 use herd_state::keys::{SeriesKey, SetKey, SourceSeriesKey};
-use herd_state::{AutoscaleRecords, Records, StateError};
+use herd_state::{AutoscaleRecords, Records, State, StateError, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -219,23 +219,27 @@ impl Sampler {
     }
 
     /// Samples every set once at `now` and appends to their series. Returns how many sets got a
-    /// CPU point.
-    pub async fn sample<S: Records + ?Sized>(
+    /// CPU point. The store is read and written on the blocking pool ([`State::run`]); the
+    /// driver is asked here.
+    pub async fn sample(
         &self,
-        store: &S,
+        state: &State,
         driver: &dyn Driver,
         skus: &SkuTable,
         now: DateTime<Utc>,
     ) -> Result<usize, StateError> {
-        let sets = store.scale_sets()?;
+        let sets = state
+            .run(|s| {
+                let sets = s.scale_sets()?.into_iter().map(|o| o.value).filter(|set| !set.deleting);
+                sets.map(|set| Ok((s.instances_of(&SetKey::of(&set))?, set))).collect::<Result<Vec<_>, StateError>>()
+            })
+            .await?;
         let lb = self.lb.as_ref().map(|p| p.member_counters());
-        let mut ops = Vec::new();
+        let mut points_by_series: Vec<(SeriesKey, Point)> = Vec::new();
         let mut sampled = 0;
         let mut seen = BTreeSet::new();
-        for set in sets.iter().filter(|s| !s.value.deleting) {
-            let set = &set.value;
+        for (records, set) in &sets {
             let vcpus = skus.lookup(&set.model.sku.name).map_or(1, |(_, s)| s.vcpus.max(1)) as f64;
-            let records = store.instances_of(&SetKey::of(set))?;
             let mut round = Round::default();
             for r in records.iter().map(|o| &o.value) {
                 if r.state != InstanceState::Running || r.goal == InstanceGoal::Deleted || r.overprovisioned {
@@ -305,12 +309,7 @@ impl Sampler {
                     points.push((LB_ACTIVE_CONNECTIONS, Point::new(now, active as f64, members.len() as u32)));
                 }
             }
-            for (metric, point) in points {
-                let key = SeriesKey::new(SetKey::of(set), metric);
-                let mut series = store.series::<Series, _>(&key)?.map(|o| o.value).unwrap_or_default();
-                series.push(point);
-                ops.push((key, series));
-            }
+            points_by_series.extend(points.into_iter().map(|(metric, p)| (SeriesKey::new(SetKey::of(set), metric), p)));
             if !round.cpu.is_empty() {
                 sampled += 1;
             }
@@ -318,11 +317,22 @@ impl Sampler {
         // Forget instances that are gone.
         self.last.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| seen.contains(k));
         self.lb_last.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| seen.contains(k));
-        if !ops.is_empty() {
-            store.put_series(&ops)?;
+        if !points_by_series.is_empty() {
+            state.run(move |s| append_points(s, points_by_series)).await?;
         }
         Ok(sampled)
     }
+}
+
+/// Appends each point to its series (read, pushed, written whole: the sampler is their one writer).
+fn append_points(store: &dyn Store, points: Vec<(SeriesKey, Point)>) -> Result<u64, StateError> {
+    let mut out = Vec::with_capacity(points.len());
+    for (key, point) in points {
+        let mut series = store.series::<Series, _>(&key)?.map(|o| o.value).unwrap_or_default();
+        series.push(point);
+        out.push((key, series));
+    }
+    store.put_series(&out)
 }
 
 /// Appends one sample of a named source to its series (`source/<group>/<name>`).
@@ -350,7 +360,8 @@ mod tests {
     };
     use herd_driver::sim::{SimConfig, SimDriver};
     use herd_model::instance::InstanceRecord;
-    use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
+    use herd_model::InstanceId;
+    use herd_state::{intents::Writes, Expected};
     use serde_json::json;
 
     fn t(s: i64) -> DateTime<Utc> {
@@ -359,8 +370,8 @@ mod tests {
 
     /// A store holding scale set `rg/web` with Running instances `ids`, each also running in
     /// the sim driver.
-    async fn fixture(ids: &[u64]) -> (SqliteStore, SimDriver, StoredScaleSet) {
-        let store = SqliteStore::in_memory().unwrap();
+    async fn fixture(ids: &[u64]) -> (State, SimDriver, StoredScaleSet) {
+        let store = State::in_memory().unwrap();
         let sim = SimDriver::new(SimConfig {
             boot_min: std::time::Duration::ZERO,
             boot_max: std::time::Duration::ZERO,
@@ -375,7 +386,8 @@ mod tests {
             }
         }))
         .unwrap();
-        let mut ops = vec![WriteOp::put(Kind::ScaleSet, set.key(), &set, Expect::Absent).unwrap()];
+        let mut ops = Writes::new();
+        ops.put_scale_set(&SetKey::of(&set), &set, Expected::Absent).unwrap();
         for &id in ids {
             sim.plant_orphan(key(id)); // a running sim instance; the sampler needs no spec
             let rec: InstanceRecord = serde_json::from_value(json!({
@@ -383,9 +395,9 @@ mod tests {
                 "goal": "Running", "reachAddress": "", "createdAt": t(0), "stateSince": t(0)
             }))
             .unwrap();
-            ops.push(WriteOp::put(Kind::Instance, format!("rg/web/{id:010}"), &rec, Expect::Absent).unwrap());
+            ops.put_instance(&SetKey::of(&set).instance(InstanceId(id)), &rec, Expected::Absent).unwrap();
         }
-        store.txn(ops).unwrap();
+        ops.commit(&*store).unwrap();
         sim.list().await.unwrap(); // the sim boots instances when it is observed
         (store, sim, set)
     }
@@ -394,9 +406,9 @@ mod tests {
         InstanceKey::parse_path(&format!("rg/web/{id}")).unwrap()
     }
 
-    fn series(store: &SqliteStore, set: &StoredScaleSet, metric: &str) -> Series {
+    fn series(store: &State, set: &StoredScaleSet, metric: &str) -> Series {
         store
-            .get_as::<Series>(Kind::MetricSeries, &series_key(set, metric))
+            .series::<Series, _>(&SeriesKey::new(SetKey::of(set), metric))
             .unwrap()
             .map(|o| o.value)
             .unwrap_or_default()
@@ -404,7 +416,7 @@ mod tests {
 
     /// The live autoscaler's view: `metric` over `(start, end]`, sampled every 15 s.
     fn query(
-        store: &SqliteStore,
+        store: &State,
         set: &StoredScaleSet,
         metric: &str,
         statistic: Statistic,
@@ -413,8 +425,30 @@ mod tests {
         agg: TimeAggregation,
     ) -> Option<f64> {
         let slack = crate::runner::coverage_slack(std::time::Duration::from_secs(15));
-        let m = StoreMetrics { store, set, slack };
+        let m = StoreMetrics { store: &**store, set, slack };
         m.aggregate(metric, &[], statistic, chrono::Duration::seconds(grain), t(start), t(end), agg)
+    }
+
+    /// A round reads and writes the store on the blocking pool: on a current-thread runtime
+    /// (this thread is its one async worker) no store call lands here.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_round_calls_the_store_off_the_async_worker() {
+        let (fixture_store, sim, set) = fixture(&[0, 1]).await;
+        let counted = Arc::new(herd_state::call_threads::CallThreads::in_memory().unwrap());
+        let mut ops = Writes::new();
+        ops.put_scale_set(&SetKey::of(&set), &set, Expected::Absent).unwrap();
+        for o in fixture_store.instances().unwrap() {
+            ops.put_instance(&o.key.parse().unwrap(), &o.value, Expected::Absent).unwrap();
+        }
+        ops.commit(&*counted).unwrap();
+        let store = State::from(counted.clone());
+        let me = std::thread::current().id();
+        let (here, before) = (counted.calls_on(me), counted.calls());
+        let sampler = Sampler::default();
+        sampler.sample(&store, &sim, &SkuTable::default(), t(60)).await.unwrap();
+        assert_eq!(sampler.sample(&store, &sim, &SkuTable::default(), t(120)).await.unwrap(), 1);
+        assert!(counted.calls() - before >= 4, "two rounds read sets and instances and wrote series");
+        assert_eq!(counted.calls_on(me), here, "a round called the store on the async worker");
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@
 //! scheduled spot price), applied with Azure's billing rules.
 //!
 //! Why a crate of its own: the meter is a background loop beside the reconciler, not part of
-//! it. It only reads the records the reconciler writes and writes its own `Kind::Meter`
-//! objects, so it can never slow down or disturb provisioning, and its core ([`accrue`]) is a
+//! it. It only reads the records the reconciler writes and writes its own meter records,
+//! so it can never slow down or disturb provisioning, and its core ([`accrue`]) is a
 //! pure function tested with an injected clock.
 //!
 //! - [`prices`]: the [`PriceBook`], with watched spot price schedule files.

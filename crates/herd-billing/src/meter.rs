@@ -114,7 +114,8 @@ pub struct Total {
     pub cost: f64,
 }
 
-/// The meter of one scale set: the value of `Kind::Meter` at `group/set`.
+/// The meter of one scale set, stored under its set key (`group/set`; see
+/// `herd_state::Records::put_meter`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeterDoc {
@@ -301,6 +302,7 @@ fn worth_writing(prev: Option<&MeterDoc>, next: &MeterDoc) -> bool {
 }
 
 /// Runs the meter against the store.
+#[derive(Clone)]
 pub struct Meter {
     store: State,
     clock: Arc<dyn Clock>,
@@ -399,13 +401,20 @@ impl Meter {
         loop {
             tokio::select! {
                 _ = every.tick() => {
-                    let problems = self.prices.lock().unwrap_or_else(|e| e.into_inner()).reload_if_changed();
-                    for p in problems {
-                        tracing::warn!(problem = %p, "spot price schedule not reloaded");
-                    }
-                    match self.tick() {
-                        Ok(n) => tracing::debug!(meters = n, "cost meter ticked"),
-                        Err(e) => tracing::warn!(error = %e, "cost meter tick failed"),
+                    // The schedule files and the store are synchronous: the whole tick runs on
+                    // the blocking pool, never on the async worker.
+                    let me = self.clone();
+                    let tick = tokio::task::spawn_blocking(move || {
+                        let problems = me.prices.lock().unwrap_or_else(|e| e.into_inner()).reload_if_changed();
+                        for p in problems {
+                            tracing::warn!(problem = %p, "spot price schedule not reloaded");
+                        }
+                        me.tick()
+                    });
+                    match tick.await {
+                        Ok(Ok(n)) => tracing::debug!(meters = n, "cost meter ticked"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cost meter tick failed"),
+                        Err(e) => tracing::warn!(error = %e, "cost meter tick did not finish"),
                     }
                 }
                 _ = shutdown.changed() => return,

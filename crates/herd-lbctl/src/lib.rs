@@ -308,13 +308,14 @@ impl LbController {
         member_counters(&self.dataplane.stats())
     }
 
-    /// One pass: read, compute, apply.
+    /// One pass: read (on the blocking pool), compute, apply.
     pub async fn pass(&self) -> Result<(), String> {
-        let e = |x: herd_state::StateError| x.to_string();
-        let lbs: Vec<LoadBalancer> = self.state.load_balancers().map_err(e)?.into_iter().map(|o| o.value).collect();
-        let pips: Vec<PublicIpAddress> = self.state.public_ips().map_err(e)?.into_iter().map(|o| o.value).collect();
-        let sets: Vec<StoredScaleSet> = self.state.scale_sets().map_err(e)?.into_iter().map(|o| o.value).collect();
-        let records = self.state.instances().map_err(e)?;
+        let scan =
+            |s: &dyn herd_state::Store| Ok((s.load_balancers()?, s.public_ips()?, s.scale_sets()?, s.instances()?));
+        let (lbs, pips, sets, records) = self.state.run(scan).await.map_err(|x| x.to_string())?;
+        let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
+        let pips: Vec<PublicIpAddress> = pips.into_iter().map(|o| o.value).collect();
+        let sets: Vec<StoredScaleSet> = sets.into_iter().map(|o| o.value).collect();
         let by_key: BTreeMap<String, &StoredScaleSet> = sets.iter().map(|s| (SetKey::of(s).to_string(), s)).collect();
         let mut members = Vec::new();
         for o in &records {
@@ -598,5 +599,26 @@ mod tests {
         assert_eq!(d.config.rules[0].backends.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["rg/web/0"]);
         let no_ip = desired(&[lb(false)], &[], &members, &|_, _| Health::Unknown, &limits());
         assert!(no_ip.config.rules.is_empty() && no_ip.notes[0].contains("no public IP"));
+    }
+
+    /// Every store read of a pass runs on the blocking pool: on a current-thread runtime (the
+    /// test's own thread is its one async worker) no call lands on this thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pass_reads_the_store_off_the_async_worker() {
+        use herd_state::{call_threads::CallThreads, intents::Writes, Expected, Records};
+        let store = Arc::new(CallThreads::in_memory().unwrap());
+        let key = SetKey::of(&set());
+        let mut w = Writes::new();
+        w.put_scale_set(&key, &set(), Expected::Absent).unwrap();
+        w.put_instance(&key.instance(InstanceId(0)), &rec(0, InstanceState::Running), Expected::Absent).unwrap();
+        w.commit(&*store).unwrap();
+        assert_eq!(store.instances_of(&key).unwrap().len(), 1);
+        let ctl = LbController::new(store.clone(), Arc::new(HealthBoard::default()), limits());
+        let me = std::thread::current().id();
+        let (here, before) = (store.calls_on(me), store.calls());
+        ctl.pass().await.unwrap();
+        ctl.pass().await.unwrap();
+        assert_eq!(store.calls() - before, 8, "each pass reads load balancers, public IPs, sets and instances");
+        assert_eq!(store.calls_on(me), here, "a pass called the store on the async worker");
     }
 }

@@ -3,7 +3,7 @@
 //! Why apart from the HTTP layer: what a guest sees is decided here and table-tested without a
 //! listener, and this is the one place that chooses which stored fields may leave the host.
 //! Nothing secret is read: the admin password and extension protected settings are not in the
-//! records at all (they live sealed under `Kind::Secret`), and `customData` and `userData`,
+//! records at all (they live sealed apart, in the set's secrets), and `customData` and `userData`,
 //! which are in the model, are never copied into a document.
 
 use chrono::{DateTime, Utc};

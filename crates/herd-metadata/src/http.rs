@@ -159,8 +159,8 @@ async fn handle(
             return *r;
         }
         return match method {
-            Method::GET => scheduled_events(&ctx),
-            Method::POST => start_events(&ctx, &body),
+            Method::GET => off_runtime(move || scheduled_events(&ctx)).await,
+            Method::POST => off_runtime(move || start_events(&ctx, &body)).await,
             _ => method_not_allowed("GET, POST"),
         };
     }
@@ -171,7 +171,8 @@ async fn handle(
         if let Err(r) = check_api_version(&query) {
             return *r;
         }
-        return instance(&ctx, sub, &query);
+        let sub = sub.to_string();
+        return off_runtime(move || instance(&ctx, &sub, &query)).await;
     }
     if let Some(why) = not_offered(path) {
         return error(StatusCode::NOT_FOUND, format!("Not found. {why}"));
@@ -180,6 +181,18 @@ async fn handle(
         StatusCode::NOT_FOUND,
         "Not found. herd's metadata service serves /metadata/instance, /metadata/scheduledevents and /metadata/versions",
     )
+}
+
+/// Runs a handler body that reads or writes the (synchronous) store on the blocking pool, so
+/// that it never stalls the async worker serving every other instance's endpoint.
+async fn off_runtime(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "metadata endpoint: a request did not finish");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error. The request did not finish; retry")
+        }
+    }
 }
 
 /// The instance record and its revision, or the response to give.

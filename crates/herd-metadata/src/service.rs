@@ -26,7 +26,7 @@ pub fn addr_for(reach_address: &str, port: u16) -> Option<SocketAddr> {
 /// What every listener's handlers share. Listener tasks hold this, never the service itself,
 /// so dropping the service closes every listener (no reference cycle).
 pub(crate) struct Shared {
-    pub store: Arc<dyn Store>,
+    pub store: herd_state::State,
     pub clock: Arc<dyn Clock>,
     pub wake: Arc<Notify>,
     /// `DocumentIncarnation` per instance store key: the digest of the events last served and
@@ -163,7 +163,7 @@ impl MetadataService {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                shared: Arc::new(Shared { store, clock, wake, incarnations: Mutex::new(HashMap::new()) }),
+                shared: Arc::new(Shared { store: store.into(), clock, wake, incarnations: Mutex::new(HashMap::new()) }),
                 port,
                 interval,
                 state: tokio::sync::Mutex::new(State::default()),
@@ -192,7 +192,8 @@ impl MetadataService {
     /// failure is logged once per instance and retried on the next sync; a store failure
     /// leaves the listeners as they are.
     pub async fn sync(&self) {
-        let wanted = match self.wanted() {
+        let port = self.inner.port;
+        let wanted = match self.inner.shared.store.run(move |s| wanted(s, port)).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "metadata endpoint: cannot read the instances; listeners unchanged");
@@ -275,21 +276,6 @@ impl MetadataService {
         st.failed.clear();
     }
 
-    /// Store key → (instance, listen address or the unparseable reach address).
-    fn wanted(&self) -> Result<Wanted, StateError> {
-        let mut out = HashMap::new();
-        for obj in self.inner.shared.store.instance_views::<Slim>()? {
-            let Some(instance) = InstanceKey::parse_path(&obj.key) else { continue };
-            let slim = obj.value;
-            if slim.state == InstanceState::Deallocated || slim.reach_address.trim().is_empty() {
-                continue;
-            }
-            let addr = self.addr_for(&slim.reach_address).ok_or(slim.reach_address);
-            out.insert(obj.key, (instance, addr));
-        }
-        Ok(out)
-    }
-
     async fn bind(&self, key: &str, instance: InstanceKey, addr: SocketAddr) -> std::io::Result<Listener> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -308,6 +294,22 @@ impl MetadataService {
     }
 }
 
+/// Store key → (instance, listen address or the unparseable reach address), for endpoints on
+/// `port`.
+fn wanted(store: &dyn Store, port: u16) -> Result<Wanted, StateError> {
+    let mut out = HashMap::new();
+    for obj in store.instance_views::<Slim>()? {
+        let Some(instance) = InstanceKey::parse_path(&obj.key) else { continue };
+        let slim = obj.value;
+        if slim.state == InstanceState::Deallocated || slim.reach_address.trim().is_empty() {
+            continue;
+        }
+        let addr = addr_for(&slim.reach_address, port).ok_or(slim.reach_address);
+        out.insert(obj.key, (instance, addr));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +326,7 @@ mod tests {
     #[test]
     fn incarnation_grows_with_each_change() {
         let s = Shared {
-            store: Arc::new(herd_store::SqliteStore::in_memory().unwrap()),
+            store: herd_state::State::in_memory().unwrap(),
             clock: Arc::new(herd_model::clock::SystemClock),
             wake: Arc::new(Notify::new()),
             incarnations: Mutex::new(HashMap::new()),
@@ -334,5 +336,19 @@ mod tests {
         assert_eq!(s.incarnation("k", 2, 9), 9, "the revision of the change");
         assert_eq!(s.incarnation("k", 3, 9), 10, "always grows, even if the revision did not");
         assert_eq!(s.incarnation("other", 3, 4), 4);
+    }
+
+    /// The listener sync reads the store on the blocking pool: on a current-thread runtime
+    /// (this thread is its one async worker) no store call lands here.
+    #[tokio::test(flavor = "current_thread")]
+    async fn sync_reads_the_store_off_the_async_worker() {
+        let store = Arc::new(herd_state::call_threads::CallThreads::in_memory().unwrap());
+        let svc = MetadataService::new(store.clone(), Arc::new(herd_model::clock::SystemClock), Arc::default(), 0);
+        let me = std::thread::current().id();
+        svc.sync().await;
+        svc.sync().await;
+        assert_eq!(store.calls(), 2, "each sync lists the instances once");
+        assert_eq!(store.calls_on(me), 0, "a sync called the store on the async worker");
+        assert!(svc.listening().await.is_empty());
     }
 }

@@ -7,8 +7,10 @@
 //! ```
 //! A crash after A leaves intents that the next pass repeats (driver calls are idempotent);
 //! a crash after B leaves results that the next pass re-observes through `Driver::list`.
-//! Intents over the store's transaction limit commit in ordered chunks (`commit_intents`): a
-//! failure between chunks is the same as a crash after part of A.
+//! Intents over the store's transaction limit commit in ordered chunks
+//! ([`Writes::commit_intents`]): a failure between chunks is the same as a crash after part of A.
+//! Every store call runs on tokio's blocking pool ([`State::run`]), never on the async worker
+//! that plans and drives.
 //! [`Faults`] injects exactly those crashes in tests.
 
 use crate::extensions::{ExtensionConfig, ExtensionRunner};
@@ -18,19 +20,24 @@ use crate::rolling::{plan_rolling, Health, RollingInput, RollingStep};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use herd_driver::{Driver, DriverError, Fence, Incarnation, InstanceSpec, LeaderTerm, ObservedPower};
+use herd_model::network::{LoadBalancer, VirtualNetwork};
+use herd_model::scale_set::ScaleSetModel;
 use herd_model::{
     activity::{ActivityEvent, Actor},
     clock::Clock,
-    group::{GroupProvisioningState, ResourceGroup},
+    group::GroupProvisioningState,
     image::{self, Image},
     instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     scale_set::{ScaleSetStatus, StoredScaleSet, Suspension},
     sku::SkuTable,
     InstanceId, InstanceKey,
 };
-use herd_state::keys::{CounterKey, HealthKey, SetKey};
+use herd_state::intents::Writes;
+use herd_state::keys::{CounterKey, GroupKey, HealthKey, ImageKey, InstanceRecordKey, ModelHistoryKey, SetKey};
+use herd_state::records::Quarantined;
+use herd_state::seal::Sealer;
 use herd_state::transitions::{apply_event, InvalidTransitions};
-use herd_store::{seal::Sealer, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
+use herd_state::{Expected, Records, State, StateError, Store, Versioned};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -140,7 +147,7 @@ impl Faults {
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StateError),
     #[error("driver: {0}")]
     Driver(#[from] DriverError),
     #[error("injected fault at {0:?}")]
@@ -174,8 +181,6 @@ pub struct PassReport {
 struct AddressCounter {
     next: u64,
 }
-
-const ADDRESS_COUNTER: &str = CounterKey::HostlocalAddress.as_str();
 
 /// Private IPs: which subnets exist and which of their addresses instances hold. Addresses are
 /// handed out lowest first from the 5th address of the subnet (Azure reserves the first four
@@ -235,7 +240,7 @@ pub fn host_local_address(block: u8, n: u64) -> Ipv4Addr {
 
 /// Runs passes against a store and a driver.
 pub struct Reconciler {
-    store: Arc<dyn Store>,
+    state: State,
     driver: Arc<dyn Driver>,
     clock: Arc<dyn Clock>,
     config: ReconcilerConfig,
@@ -265,19 +270,67 @@ struct SetWork<'a> {
     steps: Vec<Step>,
     log: Vec<(String, String)>,
     transitions: &'a InvalidTransitions,
+    /// The model a rollback returns to, read before Phase A (None: not on record).
+    rollback_model: Option<ScaleSetModel>,
+    /// The set's model history, read before Phase A when the set is removed.
+    history: Vec<ModelHistoryKey>,
+}
+
+/// What a pass reads first, in one call on the blocking pool.
+struct Snapshot {
+    sets: Vec<Versioned<StoredScaleSet>>,
+    /// Each set's status, by set key.
+    statuses: BTreeMap<String, Versioned<ScaleSetStatus>>,
+    /// Each set's instance records, by set key (a set that is gone may still have some).
+    by_set: BTreeMap<String, Vec<Versioned<InstanceRecord>>>,
+    /// Sets with a record that cannot be decoded are left alone (and shown Failed); their
+    /// instances are not orphans. See `crate::orphans`.
+    quarantined: BTreeMap<String, Vec<Quarantined>>,
+}
+
+impl Snapshot {
+    fn read(store: &dyn Store) -> Result<Self, StateError> {
+        let sets = store.scale_sets()?;
+        let statuses = store.scale_set_statuses()?.into_iter().map(|o| (o.key.clone(), o)).collect();
+        let mut by_set: BTreeMap<String, Vec<Versioned<InstanceRecord>>> = BTreeMap::new();
+        for o in store.instances()? {
+            let set_key = o.key.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap_or_default();
+            by_set.entry(set_key).or_default().push(o);
+        }
+        // After the lists: a record they could not decode is in quarantine now.
+        let quarantined = crate::orphans::quarantined_sets(store);
+        Ok(Self { sets, statuses, by_set, quarantined })
+    }
+}
+
+/// What Phase A reads besides the snapshot (see [`Reconciler::prefetch`]).
+struct Prefetched {
+    address: Option<Versioned<AddressCounter>>,
+    vnets: Vec<VirtualNetwork>,
+    /// Sealed secrets by set key, for the sets whose instances a VM driver seeds.
+    secrets: BTreeMap<String, Result<Option<serde_json::Value>, String>>,
+}
+
+/// What an instance spec is built from besides the set and the record.
+struct SpecInputs<'a> {
+    images: &'a [Image],
+    lbs: &'a [LoadBalancer],
+    secrets: &'a BTreeMap<String, Result<Option<serde_json::Value>, String>>,
 }
 
 impl Reconciler {
+    /// `store`: an `Arc<dyn Store>` (or any store handle) converts.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: impl Into<State>,
         driver: Arc<dyn Driver>,
         clock: Arc<dyn Clock>,
         config: ReconcilerConfig,
     ) -> Self {
+        let state = store.into();
         let wake = Arc::new(Notify::new());
         let sealer = Arc::new(Sealer::ephemeral());
         let extensions = Arc::new(ExtensionRunner::new(
-            store.clone(),
+            state.clone(),
             driver.clone(),
             clock.clone(),
             sealer.clone(),
@@ -286,7 +339,7 @@ impl Reconciler {
             config.term.clone(),
         ));
         Self {
-            store,
+            state,
             driver,
             clock,
             config,
@@ -332,7 +385,7 @@ impl Reconciler {
     pub fn with_secrets(mut self, sealer: Arc<Sealer>, config: ExtensionConfig) -> Self {
         self.sealer = sealer.clone();
         self.extensions = Arc::new(ExtensionRunner::new(
-            self.store.clone(),
+            self.state.clone(),
             self.driver.clone(),
             self.clock.clone(),
             sealer,
@@ -389,29 +442,16 @@ impl Reconciler {
         self.faults.as_ref().map_or(Ok(()), |f| f.check(p))
     }
 
-    /// One pass: observe, plan, and apply.
+    /// One pass: observe, plan, and apply. Every store call runs on the blocking pool
+    /// ([`State::run`]); planning and driver calls run here.
     pub async fn pass(&self) -> Result<PassReport, ReconcileError> {
         let t_start = std::time::Instant::now();
         let now = self.clock.now();
-        let sets = self.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?;
-        let statuses: BTreeMap<String, herd_store::Object<ScaleSetStatus>> = self
-            .store
-            .list_as::<ScaleSetStatus>(Kind::ScaleSetStatus, "")?
-            .into_iter()
-            .map(|o| (o.key.clone(), o))
-            .collect();
-        let mut by_set: BTreeMap<String, Vec<herd_store::Object<InstanceRecord>>> = BTreeMap::new();
-        for o in self.store.list_as::<InstanceRecord>(Kind::Instance, "")? {
-            let set_key = o.key.rsplit_once('/').map(|(s, _)| s.to_string()).unwrap_or_default();
-            by_set.entry(set_key).or_default().push(o);
-        }
+        let Snapshot { sets, statuses, mut by_set, quarantined } = self.state.run(Snapshot::read).await?;
         let t_read = t_start.elapsed();
         let observed = self.driver.list().await?;
         let t_list = t_start.elapsed();
         let mut observed_by_set: BTreeMap<String, BTreeMap<InstanceId, ObservedPower>> = BTreeMap::new();
-        // Sets with a record that cannot be decoded are left alone (and shown Failed); their
-        // instances are not orphans. See `crate::orphans`.
-        let quarantined = crate::orphans::quarantined_sets(&*self.store);
         let mut unrecorded = Vec::new();
         for o in observed {
             let set_key = SetKey::of_instance(&o.key).to_string();
@@ -425,172 +465,35 @@ impl Reconciler {
                 unrecorded.push(o.key);
             }
         }
-        let mut orphans = if unrecorded.is_empty() {
-            self.orphan_guard.ready(now, vec![], &Default::default(), self.config.orphans)
-        } else {
-            match self.store.get_as::<crate::orphans::Unmanaged>(Kind::Counter, crate::orphans::UNMANAGED_KEY) {
-                Ok(u) => self.orphan_guard.ready(
-                    now,
-                    unrecorded,
-                    &u.map(|o| o.value).unwrap_or_default(),
-                    self.config.orphans,
-                ),
-                Err(e) => {
-                    // Without the list of kept instances, destroy none.
-                    tracing::warn!(error = %e, "cannot read the unmanaged-instance list; no orphan is destroyed");
-                    vec![]
-                }
-            }
-        };
+        let mut orphans = self.ready_orphans(now, unrecorded).await;
 
-        let empty_obs = BTreeMap::new();
-        let mut works = Vec::new();
+        let answered = self.driver.guest_agents_answered();
+        let (images, lbs) = self
+            .state
+            .run(move |s| {
+                let mut images = s.images()?;
+                if record_guest_agents(s, now, &images, &answered)? {
+                    images = s.images()?;
+                }
+                Ok((images.into_iter().map(|o| o.value).collect::<Vec<_>>(), s.load_balancers()?))
+            })
+            .await?;
+        let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
         let mut waiting = self.extensions.busy();
-        let mut image_objects = self.store.list_as::<Image>(Kind::Image, "")?;
-        if self.record_guest_agents(now, &image_objects)? {
-            image_objects = self.store.list_as::<Image>(Kind::Image, "")?;
-        }
-        let images = image_objects.into_iter().map(|o| o.value).collect::<Vec<_>>();
-        let lbs: Vec<herd_model::network::LoadBalancer> =
-            self.store.list_as(Kind::LoadBalancer, "")?.into_iter().map(|o| o.value).collect();
+        let mut works = Vec::new();
         for set in &sets {
-            let key = set.key.clone();
-            if quarantined.contains_key(&key) {
-                by_set.remove(&key);
+            if quarantined.contains_key(&set.key) {
+                by_set.remove(&set.key);
                 continue;
             }
-            let (status, status_revision) =
-                statuses.get(&key).map_or((ScaleSetStatus::default(), None), |o| (o.value.clone(), Some(o.revision)));
-            let records: Vec<InstanceRecord> =
-                by_set.get(&key).map_or(vec![], |v| v.iter().map(|o| o.value.clone()).collect());
-            waiting |= records
-                .iter()
-                .any(|r| r.state.is_transitional() || r.state == InstanceState::Failed || r.draining_since.is_some());
-            let in_place_extensions = self.in_place_extensions(&set.value, &images);
-            let mut steps = plan(&SetInput {
-                in_place_extensions,
-                set: &set.value,
-                set_revision: set.revision,
-                status: &status,
-                instances: &records,
-                observed: observed_by_set.get(&key).unwrap_or(&empty_obs),
-                now,
-                limits: &self.config.limits,
-            })
-            .steps;
-            let rolling_relevant = set.value.model.upgrade_policy.mode == herd_model::scale_set::UpgradeMode::Rolling
-                || status.upgrade_request.is_some()
-                || status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
-            let repairs_on =
-                set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) && !set.value.deleting;
-            // Health and the health source, read once for both planners that need them.
-            let (health, has_health_source) = if (rolling_relevant && !set.value.deleting) || repairs_on {
-                (self.health_of(&set.value, &records), herd_model::network::has_health_source(&set.value.model, &lbs))
-            } else {
-                (BTreeMap::new(), false)
-            };
-            if rolling_relevant && !set.value.deleting {
-                let rolling = plan_rolling(&RollingInput {
-                    set: &set.value,
-                    upgrade: status.rolling_upgrade.as_ref(),
-                    request: status.upgrade_request.as_ref(),
-                    instances: &records,
-                    health: &health,
-                    has_health_source,
-                    in_place_extensions,
-                    now,
-                    batch_timeout: self.config.limits.batch_timeout,
-                    health_grace: self.config.limits.health_grace,
-                });
-                waiting |= status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
-                steps.extend(rolling.into_iter().map(Step::Rolling));
-            }
-            if !set.value.deleting && status.upgrade_request.is_none() {
-                let latest = set
-                    .value
-                    .model
-                    .virtual_machine_profile
-                    .storage_profile
-                    .image_reference
-                    .urn()
-                    .ok()
-                    .and_then(|u| image::resolve(&images, &u).map(|i| i.version.clone()));
-                if let Some(st) =
-                    crate::rolling::plan_os_image(&set.value, status.os_image_version.as_deref(), latest.as_deref())
-                {
-                    steps.push(Step::Rolling(st));
-                }
-            }
-            if repairs_on {
-                let repairs = plan_repairs(&RepairInput {
-                    set: &set.value,
-                    state: &status.repairs,
-                    instances: &records,
-                    health: &health,
-                    has_health_source,
-                    upgrading: status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active()),
-                    now,
-                    max_attempts: self.config.limits.repair_max_attempts,
-                });
-                steps.extend(repairs.into_iter().map(Step::Repair));
-            }
-            // A run under way is not a step: the runner wakes the loop when it is done.
-            steps.retain(|s| match s {
-                Step::RunExtensions(id) => !self.extensions.is_running(&InstanceKey {
-                    group: set.value.group.clone(),
-                    set: set.value.name.clone(),
-                    id: *id,
-                }),
-                _ => true,
-            });
-            let records = by_set
-                .remove(&key)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|o| (o.value.instance_id, Working { record: o.value, revision: Some(o.revision), dirty: false }))
-                .collect();
-            works.push(SetWork {
-                set: &set.value,
-                set_revision: set.revision,
-                status,
-                status_revision,
-                status_dirty: status_revision.is_none(),
-                records,
-                steps,
-                log: vec![],
-                transitions: &self.transitions,
-            });
+            let status = statuses.get(&set.key);
+            let records = by_set.remove(&set.key).unwrap_or_default();
+            let observed = observed_by_set.get(&set.key);
+            let (work, busy) = self.plan_set(set, status, records, observed, &images, &lbs, now);
+            waiting |= busy;
+            works.push(work);
         }
-        // Instance records whose set is gone (a crash mid-delete) are removed along with their instances.
-        for (set_key, stray) in by_set {
-            if quarantined.contains_key(&set_key) {
-                continue; // the set's record is quarantined, not gone
-            }
-            for o in stray {
-                if let Some(k) = parse_instance_key(&set_key, o.value.instance_id) {
-                    orphans.push(k);
-                }
-                self.store.txn(vec![WriteOp::delete(Kind::Instance, o.key, Expect::Revision(o.revision))])?;
-            }
-        }
-
-        // A resource group being deleted goes once its last scale set is gone.
-        for g in self.store.list_as::<ResourceGroup>(Kind::Group, "")? {
-            let has_sets = sets.iter().any(|s| s.value.group.as_str() == g.value.name);
-            if g.value.provisioning_state == GroupProvisioningState::Deleting && !has_sets {
-                self.store.txn(vec![
-                    WriteOp::delete(Kind::Group, g.key.clone(), Expect::Revision(g.revision)),
-                    WriteOp::Activity(event(
-                        now,
-                        &g.value.name,
-                        "",
-                        "DeleteResourceGroup",
-                        "Succeeded",
-                        "resource group deleted".into(),
-                    )),
-                ])?;
-            }
-        }
+        self.remove_strays_and_groups(by_set, &quarantined, &sets, &mut orphans, now).await?;
 
         // Capacity across sets: placement on hosts, Spot evictions and restores.
         {
@@ -612,16 +515,252 @@ impl Reconciler {
         }
 
         // Phase A: intents.
-        let mut ops = Vec::new();
-        let mut addr = self.store.get_as::<AddressCounter>(Kind::Counter, ADDRESS_COUNTER)?;
-        let mut next_addr = addr.as_ref().map_or(0, |o| o.value.next);
+        let (calls, extension_runs) = self.intents(&mut works, now, &images, &lbs).await?;
+        let n_calls = calls.len();
+        let t_intent = t_start.elapsed();
+        self.fault(FaultPoint::AfterIntent)?;
+        for key in extension_runs {
+            self.extensions.start(key);
+        }
+
+        // Phase B: driver calls.
+        let (results, orphan_results) = self.driver_calls(calls, orphans).await;
+        let t_driver = t_start.elapsed();
+        self.fault(FaultPoint::AfterDriver)?;
+
+        // Phase C: results, re-read and compare-and-swap so a concurrent user write is kept.
+        let mut per_set: BTreeMap<usize, (StoredScaleSet, Vec<StepResult>)> = BTreeMap::new();
+        for (wi, step, r) in results {
+            per_set.entry(wi).or_insert_with(|| (works[wi].set.clone(), vec![])).1.push((step, r));
+        }
+        let (transitions, limits) = (self.transitions.clone(), self.config.limits.clone());
+        self.state
+            .run(move |s| {
+                persist_results(s, &transitions, &limits, per_set.into_values().collect(), &orphan_results, now)
+            })
+            .await?;
+        tracing::debug!(
+            steps = total,
+            driver_calls = n_calls,
+            read_ms = t_read.as_millis() as u64,
+            list_ms = (t_list - t_read).as_millis() as u64,
+            intent_ms = (t_intent - t_list).as_millis() as u64,
+            driver_ms = (t_driver - t_intent).as_millis() as u64,
+            results_ms = (t_start.elapsed() - t_driver).as_millis() as u64,
+            "reconcile pass"
+        );
+        Ok(PassReport { steps: total, waiting: true })
+    }
+
+    /// The unrecorded instances whose time has come (see [`crate::orphans`]). Without the list
+    /// of kept instances, none is.
+    async fn ready_orphans(&self, now: DateTime<Utc>, unrecorded: Vec<InstanceKey>) -> Vec<InstanceKey> {
+        if unrecorded.is_empty() {
+            return self.orphan_guard.ready(now, vec![], &Default::default(), self.config.orphans);
+        }
+        match self.state.run(|s| s.counter::<crate::orphans::Unmanaged>(CounterKey::UnmanagedInstances)).await {
+            Ok(u) => {
+                self.orphan_guard.ready(now, unrecorded, &u.map(|o| o.value).unwrap_or_default(), self.config.orphans)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the unmanaged-instance list; no orphan is destroyed");
+                vec![]
+            }
+        }
+    }
+
+    /// Plans one set: its steps (scale, rolling upgrade, OS image, repairs) and its working
+    /// copies. Also returns whether something in it is under way.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_set<'a>(
+        &'a self,
+        set: &'a Versioned<StoredScaleSet>,
+        status: Option<&Versioned<ScaleSetStatus>>,
+        records: Vec<Versioned<InstanceRecord>>,
+        observed: Option<&BTreeMap<InstanceId, ObservedPower>>,
+        images: &[Image],
+        lbs: &[LoadBalancer],
+        now: DateTime<Utc>,
+    ) -> (SetWork<'a>, bool) {
+        let empty_obs = BTreeMap::new();
+        let (status, status_revision) =
+            status.map_or((ScaleSetStatus::default(), None), |o| (o.value.clone(), Some(o.revision)));
+        let values: Vec<InstanceRecord> = records.iter().map(|o| o.value.clone()).collect();
+        let mut waiting = values
+            .iter()
+            .any(|r| r.state.is_transitional() || r.state == InstanceState::Failed || r.draining_since.is_some());
+        let in_place_extensions = self.in_place_extensions(&set.value, images);
+        let mut steps = plan(&SetInput {
+            in_place_extensions,
+            set: &set.value,
+            set_revision: set.revision,
+            status: &status,
+            instances: &values,
+            observed: observed.unwrap_or(&empty_obs),
+            now,
+            limits: &self.config.limits,
+        })
+        .steps;
+        let rolling_relevant = set.value.model.upgrade_policy.mode == herd_model::scale_set::UpgradeMode::Rolling
+            || status.upgrade_request.is_some()
+            || status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
+        let repairs_on =
+            set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) && !set.value.deleting;
+        // Health and the health source, read once for both planners that need them.
+        let (health, has_health_source) = if (rolling_relevant && !set.value.deleting) || repairs_on {
+            (self.health_of(&set.value, &values), herd_model::network::has_health_source(&set.value.model, lbs))
+        } else {
+            (BTreeMap::new(), false)
+        };
+        if rolling_relevant && !set.value.deleting {
+            let rolling = plan_rolling(&RollingInput {
+                set: &set.value,
+                upgrade: status.rolling_upgrade.as_ref(),
+                request: status.upgrade_request.as_ref(),
+                instances: &values,
+                health: &health,
+                has_health_source,
+                in_place_extensions,
+                now,
+                batch_timeout: self.config.limits.batch_timeout,
+                health_grace: self.config.limits.health_grace,
+            });
+            waiting |= status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active());
+            steps.extend(rolling.into_iter().map(Step::Rolling));
+        }
+        if !set.value.deleting && status.upgrade_request.is_none() {
+            let latest = set
+                .value
+                .model
+                .virtual_machine_profile
+                .storage_profile
+                .image_reference
+                .urn()
+                .ok()
+                .and_then(|u| image::resolve(images, &u).map(|i| i.version.clone()));
+            if let Some(st) =
+                crate::rolling::plan_os_image(&set.value, status.os_image_version.as_deref(), latest.as_deref())
+            {
+                steps.push(Step::Rolling(st));
+            }
+        }
+        if repairs_on {
+            let repairs = plan_repairs(&RepairInput {
+                set: &set.value,
+                state: &status.repairs,
+                instances: &values,
+                health: &health,
+                has_health_source,
+                upgrading: status.rolling_upgrade.as_ref().is_some_and(|u| u.state.is_active()),
+                now,
+                max_attempts: self.config.limits.repair_max_attempts,
+            });
+            steps.extend(repairs.into_iter().map(Step::Repair));
+        }
+        // A run under way is not a step: the runner wakes the loop when it is done.
+        steps.retain(|s| match s {
+            Step::RunExtensions(id) => !self.extensions.is_running(&InstanceKey {
+                group: set.value.group.clone(),
+                set: set.value.name.clone(),
+                id: *id,
+            }),
+            _ => true,
+        });
+        let records = records
+            .into_iter()
+            .map(|o| (o.value.instance_id, Working { record: o.value, revision: Some(o.revision), dirty: false }))
+            .collect();
+        let work = SetWork {
+            set: &set.value,
+            set_revision: set.revision,
+            status,
+            status_revision,
+            status_dirty: status_revision.is_none(),
+            records,
+            steps,
+            log: vec![],
+            transitions: &self.transitions,
+            rollback_model: None,
+            history: vec![],
+        };
+        (work, waiting)
+    }
+
+    /// Removes instance records whose set is gone (a crash mid-delete), adding their instances
+    /// to `orphans`, and resource groups being deleted whose last set is gone.
+    async fn remove_strays_and_groups(
+        &self,
+        strays: BTreeMap<String, Vec<Versioned<InstanceRecord>>>,
+        quarantined: &BTreeMap<String, Vec<Quarantined>>,
+        sets: &[Versioned<StoredScaleSet>],
+        orphans: &mut Vec<InstanceKey>,
+        now: DateTime<Utc>,
+    ) -> Result<(), ReconcileError> {
+        let mut removals = Vec::new();
+        for (set_key, stray) in strays {
+            if quarantined.contains_key(&set_key) {
+                continue; // the set's record is quarantined, not gone
+            }
+            for o in stray {
+                if let Some(k) = parse_instance_key(&set_key, o.value.instance_id) {
+                    orphans.push(k);
+                }
+                match o.key.parse::<InstanceRecordKey>() {
+                    Ok(k) => removals.push((k, o.revision)),
+                    Err(e) => tracing::warn!(error = %e, "a stray instance record has a malformed key; left alone"),
+                }
+            }
+        }
+        let groups_with_sets: BTreeSet<String> = sets.iter().map(|s| s.value.group.to_string()).collect();
+        self.state
+            .run(move |s| {
+                for (k, revision) in removals {
+                    let mut w = Writes::new();
+                    w.delete_instance(&k, Expected::Revision(revision));
+                    w.commit(s)?;
+                }
+                // A resource group being deleted goes once its last scale set is gone.
+                for g in s.groups()? {
+                    let has_sets = groups_with_sets.contains(&g.value.name);
+                    if g.value.provisioning_state == GroupProvisioningState::Deleting && !has_sets {
+                        let mut w = Writes::new();
+                        w.remove_group(&GroupKey::new(g.key.clone()), Expected::Revision(g.revision));
+                        w.activity(event(
+                            now,
+                            &g.value.name,
+                            "",
+                            "DeleteResourceGroup",
+                            "Succeeded",
+                            "resource group deleted".into(),
+                        ));
+                        w.commit(s)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Phase A: applies every step's intent to the working copies and commits them (with the
+    /// address counter) before any driver call. Returns the driver calls to make and the
+    /// extension runs to start.
+    async fn intents(
+        &self,
+        works: &mut [SetWork<'_>],
+        now: DateTime<Utc>,
+        images: &[Image],
+        lbs: &[LoadBalancer],
+    ) -> Result<(Vec<DriverCall>, Vec<InstanceKey>), ReconcileError> {
+        let pre = self.prefetch(works).await?;
+        let mut ops = Writes::new();
+        let mut next_addr = pre.address.as_ref().map_or(0, |o| o.value.next);
         let addr_before = next_addr;
         let mut calls: Vec<DriverCall> = Vec::new();
         let mut extension_runs = Vec::new();
-        let vnets: Vec<herd_model::network::VirtualNetwork> =
-            self.store.list_as(Kind::VirtualNetwork, "")?.into_iter().map(|o| o.value).collect();
         let mut ipam =
-            Ipam::new(&vnets, works.iter().flat_map(|w| w.records.values().map(move |r| (w.set, &r.record))));
+            Ipam::new(&pre.vnets, works.iter().flat_map(|w| w.records.values().map(move |r| (w.set, &r.record))));
+        let ctx = SpecInputs { images, lbs, secrets: &pre.secrets };
         for (wi, w) in works.iter_mut().enumerate() {
             let steps = std::mem::take(&mut w.steps);
             for step in &steps {
@@ -637,7 +776,7 @@ impl Reconciler {
                 let Some(r) = w.records.get(&id) else { continue };
                 let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id };
                 let fence = self.config.term.fence(Incarnation(r.record.incarnation));
-                calls.push((wi, step.clone(), key, fence, self.spec(w.set, &r.record, &images, &ipam)));
+                calls.push((wi, step.clone(), key, fence, self.spec(w.set, &r.record, &ctx, &ipam)));
             }
             // Creates also need an ensure call in this pass.
             for step in &steps {
@@ -646,38 +785,82 @@ impl Reconciler {
                         let Some(r) = w.records.get(&n.id) else { continue };
                         let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: n.id };
                         let fence = self.config.term.fence(Incarnation(r.record.incarnation));
-                        calls.push((wi, Step::Ensure(n.id), key, fence, self.spec(w.set, &r.record, &images, &ipam)));
+                        calls.push((wi, Step::Ensure(n.id), key, fence, self.spec(w.set, &r.record, &ctx, &ipam)));
                     }
                 }
             }
             if steps.contains(&Step::RemoveSet) {
-                let prefix = SetKey::of(w.set).children();
-                for o in self.store.list(Kind::ModelHistory, &prefix)? {
-                    ops.push(WriteOp::delete(Kind::ModelHistory, o.key, Expect::Any));
+                for h in std::mem::take(&mut w.history) {
+                    ops.forget_model(&h);
                 }
             }
             w.steps = steps;
             collect_writes(w, &mut ops, now)?;
         }
         if next_addr != addr_before {
-            let expect = addr.as_ref().map_or(Expect::Absent, |o| Expect::Revision(o.revision));
-            ops.push(WriteOp::put(Kind::Counter, ADDRESS_COUNTER, &AddressCounter { next: next_addr }, expect)?);
-            addr = None;
+            let expected = pre.address.as_ref().map_or(Expected::Absent, |o| Expected::Revision(o.revision));
+            ops.put_counter(CounterKey::HostlocalAddress, &AddressCounter { next: next_addr }, expected)?;
         }
-        let _ = addr;
-        let n_calls = calls.len();
         if !ops.is_empty() {
-            commit_intents(&*self.store, ops)?;
+            self.state.run(move |s| ops.commit_intents(s)).await?;
         }
-        let t_intent = t_start.elapsed();
-        self.fault(FaultPoint::AfterIntent)?;
-        for key in extension_runs {
-            self.extensions.start(key);
-        }
+        Ok((calls, extension_runs))
+    }
 
-        // Phase B: driver calls.
+    /// What Phase A reads besides the snapshot, in one call on the blocking pool: the address
+    /// counter, the virtual networks, the sealed secrets of sets that will make driver calls
+    /// (VM drivers seed them), the model a rollback returns to, and the model history of sets
+    /// being removed. The last two are put on their set's work.
+    async fn prefetch(&self, works: &mut [SetWork<'_>]) -> Result<Prefetched, ReconcileError> {
+        let vm_driver = self.config.vm_driver;
+        let wanted: Vec<(SetKey, bool, Option<u64>, bool)> = works
+            .iter()
+            .map(|w| {
+                let rollback = w.steps.iter().any(|s| matches!(s, Step::Rolling(RollingStep::Rollback { .. })));
+                (
+                    SetKey::of(w.set),
+                    vm_driver && !w.steps.is_empty(),
+                    w.status.rolling_upgrade.as_ref().filter(|_| rollback).map(|u| u.from_generation),
+                    w.steps.contains(&Step::RemoveSet),
+                )
+            })
+            .collect();
+        let (pre, per_set) = self
+            .state
+            .run(move |s| {
+                let mut pre = Prefetched {
+                    address: s.counter(CounterKey::HostlocalAddress)?,
+                    vnets: s.virtual_networks()?.into_iter().map(|o| o.value).collect(),
+                    secrets: BTreeMap::new(),
+                };
+                let mut per_set = Vec::new();
+                for (key, secrets, rollback, removed) in wanted {
+                    if secrets {
+                        pre.secrets.insert(key.to_string(), s.sealed_set_secrets(&key).map_err(|e| e.to_string()));
+                    }
+                    // A model not on record (or not readable) cannot be rolled back to.
+                    let model = rollback.and_then(|g| s.model_at(&key.history(g)).ok().flatten()).map(|o| o.value);
+                    let history = if removed { s.model_history_keys(&key)? } else { vec![] };
+                    per_set.push((model, history));
+                }
+                Ok((pre, per_set))
+            })
+            .await?;
+        for (w, (model, history)) in works.iter_mut().zip(per_set) {
+            w.rollback_model = model;
+            w.history = history;
+        }
+        Ok(pre)
+    }
+
+    /// Phase B: the driver calls, and the destroys of orphans, `driver_concurrency` at a time.
+    async fn driver_calls(
+        &self,
+        calls: Vec<DriverCall>,
+        orphans: Vec<InstanceKey>,
+    ) -> (Vec<(usize, Step, Result<(), DriverError>)>, Vec<(InstanceKey, Result<(), DriverError>)>) {
         let driver = self.driver.clone();
-        let results: Vec<(usize, Step, Result<(), DriverError>)> = futures::stream::iter(calls)
+        let results = futures::stream::iter(calls)
             .map(|(wi, step, key, fence, spec)| {
                 let driver = driver.clone();
                 async move {
@@ -690,7 +873,7 @@ impl Reconciler {
             .await;
         // An orphan has no record, hence no incarnation: its destroy is fenced by the term only.
         let sweep = Fence::sweep(self.config.term.current());
-        let orphan_results: Vec<(InstanceKey, Result<(), DriverError>)> = futures::stream::iter(orphans)
+        let orphan_results = futures::stream::iter(orphans)
             .map(|k| {
                 let driver = driver.clone();
                 async move {
@@ -701,63 +884,14 @@ impl Reconciler {
             .buffer_unordered(self.config.driver_concurrency.max(1))
             .collect()
             .await;
-        let t_driver = t_start.elapsed();
-        self.fault(FaultPoint::AfterDriver)?;
-
-        // Phase C: results, re-read and compare-and-swap so a concurrent user write is kept.
-        let mut per_set: BTreeMap<usize, Vec<StepResult>> = BTreeMap::new();
-        for (wi, step, r) in results {
-            per_set.entry(wi).or_default().push((step, r));
-        }
-        for attempt in 0..5 {
-            let mut ops = Vec::new();
-            for (wi, res) in &per_set {
-                let w = &works[*wi];
-                self.results(w.set, res, now, &mut ops)?;
-            }
-            for (k, r) in &orphan_results {
-                let (status, message) = match r {
-                    Ok(()) => ("Succeeded", format!("removed orphan instance {k} that herd had no record of")),
-                    Err(e) => ("Failed", format!("could not remove orphan instance {k}: {e}")),
-                };
-                ops.push(WriteOp::Activity(event(
-                    now,
-                    k.group.as_str(),
-                    k.set.as_str(),
-                    "OrphanCleanup",
-                    status,
-                    message,
-                )));
-            }
-            if ops.is_empty() {
-                break;
-            }
-            // Over the transaction limit, results commit in chunks; after a conflict the next
-            // attempt re-reads, and the results already committed then change nothing.
-            match commit_in_chunks(&*self.store, ops) {
-                Ok(()) => break,
-                Err(StoreError::Conflict { .. }) if attempt < 4 => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        tracing::debug!(
-            steps = total,
-            driver_calls = n_calls,
-            read_ms = t_read.as_millis() as u64,
-            list_ms = (t_list - t_read).as_millis() as u64,
-            intent_ms = (t_intent - t_list).as_millis() as u64,
-            driver_ms = (t_driver - t_intent).as_millis() as u64,
-            results_ms = (t_start.elapsed() - t_driver).as_millis() as u64,
-            "reconcile pass"
-        );
-        Ok(PassReport { steps: total, waiting: true })
+        (results, orphan_results)
     }
 
     fn spec(
         &self,
         set: &StoredScaleSet,
         r: &InstanceRecord,
-        images: &[Image],
+        inputs: &SpecInputs<'_>,
         ipam: &Ipam,
     ) -> Result<InstanceSpec, DriverError> {
         let key = InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id };
@@ -770,7 +904,8 @@ impl Reconciler {
             .image_reference
             .urn()
             .map_err(|e| invalid(e.to_string()))?;
-        let img = image::resolve(images, &urn).ok_or_else(|| invalid(format!("image {urn} is not in the gallery")))?;
+        let img =
+            image::resolve(inputs.images, &urn).ok_or_else(|| invalid(format!("image {urn} is not in the gallery")))?;
         let size = self
             .config
             .skus
@@ -780,7 +915,7 @@ impl Reconciler {
         let os = &set.model.virtual_machine_profile.os_profile;
         // Reading and opening the secrets can fail for a moment (the store): not classified.
         let guest = if self.config.vm_driver {
-            self.guest_setup(set, img).map_err(DriverError::Failed)?
+            self.guest_setup(set, img, inputs).map_err(DriverError::Failed)?
         } else {
             Default::default()
         };
@@ -803,7 +938,12 @@ impl Reconciler {
     }
 
     /// What a VM's seed and command line need beyond the basics.
-    fn guest_setup(&self, set: &StoredScaleSet, img: &Image) -> Result<herd_driver::GuestSetup, String> {
+    fn guest_setup(
+        &self,
+        set: &StoredScaleSet,
+        img: &Image,
+        inputs: &SpecInputs<'_>,
+    ) -> Result<herd_driver::GuestSetup, String> {
         let p = &set.model.virtual_machine_profile;
         let ssh_public_keys = p
             .os_profile
@@ -811,10 +951,10 @@ impl Reconciler {
             .as_ref()
             .map(|l| l.ssh.public_keys.iter().map(|k| k.key_data.trim().to_string()).collect())
             .unwrap_or_default();
-        let secrets: herd_model::scale_set::Secrets = match self.store.get(Kind::Secret, &set.key()) {
-            Ok(Some(o)) => self.sealer.open(&o.value).map_err(|e| e.to_string())?,
-            Ok(None) => Default::default(),
-            Err(e) => return Err(e.to_string()),
+        let secrets: herd_model::scale_set::Secrets = match inputs.secrets.get(&set.key()) {
+            Some(Ok(Some(sealed))) => self.sealer.open(sealed).map_err(|e| e.to_string())?,
+            Some(Ok(None)) | None => Default::default(),
+            Some(Err(e)) => return Err(e.clone()),
         };
         let admin_password_hash = match &secrets.admin_password {
             Some(pw) => {
@@ -834,7 +974,7 @@ impl Reconciler {
             .map(|d| herd_driver::DataDisk { lun: d.lun, size_gb: d.disk_size_gb })
             .collect();
         let mut forward_ports: Vec<u16> = self.config.extra_ports.clone();
-        forward_ports.extend(self.model_ports(set));
+        forward_ports.extend(model_ports(set, inputs.lbs));
         forward_ports.sort_unstable();
         forward_ports.dedup();
         Ok(herd_driver::GuestSetup {
@@ -844,76 +984,6 @@ impl Reconciler {
             forward_ports,
             guest_agent: img.guest_agent,
         })
-    }
-
-    /// Guest ports the model's load balancers reach: backend and probe ports of the rules on
-    /// the pools the set joins, and backend ports of its NAT pools.
-    fn model_ports(&self, set: &StoredScaleSet) -> Vec<u16> {
-        use herd_model::network::LoadBalancer;
-        let Some(ip) = set.model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary()) else {
-            return vec![];
-        };
-        let lbs: Vec<LoadBalancer> = match self.store.list_as(Kind::LoadBalancer, "") {
-            Ok(v) => v.into_iter().map(|o| o.value).collect(),
-            Err(_) => return vec![],
-        };
-        let refers = |ids: &[herd_model::network::SubResource], lb: &LoadBalancer, coll: &str, name: &str| {
-            ids.iter().any(|s| s.id.eq_ignore_ascii_case(&format!("{}/{coll}/{name}", lb.id)))
-        };
-        let mut out = Vec::new();
-        for lb in &lbs {
-            for rule in &lb.load_balancing_rules {
-                let pool = rule.backend_address_pool.id.rsplit('/').next().unwrap_or("");
-                if refers(&ip.load_balancer_backend_address_pools, lb, "backendAddressPools", pool) {
-                    out.extend(u16::try_from(rule.backend_port).ok());
-                    if let Some(probe) = rule.probe.as_ref().and_then(|p| p.id.rsplit('/').next()) {
-                        if let Some(pr) = lb.probes.iter().find(|x| x.name.eq_ignore_ascii_case(probe)) {
-                            out.extend(u16::try_from(pr.port).ok());
-                        }
-                    }
-                }
-            }
-            for nat in &lb.inbound_nat_pools {
-                if refers(&ip.load_balancer_inbound_nat_pools, lb, "inboundNatPools", &nat.name) {
-                    out.extend(u16::try_from(nat.backend_port).ok());
-                }
-            }
-        }
-        out
-    }
-
-    /// Records on their images the guest agents the driver saw answer (see `guest_agent`);
-    /// returns whether it wrote any. A write that loses its compare-and-swap is retried by the
-    /// next pass.
-    fn record_guest_agents(
-        &self,
-        now: DateTime<Utc>,
-        images: &[herd_store::Object<Image>],
-    ) -> Result<bool, ReconcileError> {
-        let answered = self.driver.guest_agents_answered();
-        let mut wrote = false;
-        for r in crate::guest_agent::records(images, &answered) {
-            let message = format!(
-                "the QEMU guest agent answered on instance {} at boot: recorded on the image; its VMs now wait for \
-                 the agent, and extension changes run in place",
-                r.instance
-            );
-            let ops = vec![
-                WriteOp::put(Kind::Image, r.key.clone(), &r.image, Expect::Revision(r.revision))?,
-                WriteOp::Activity(event(now, "", &r.image.urn, "GuestAgentDetected", "Succeeded", message)),
-            ];
-            match self.store.txn(ops) {
-                Ok(_) => {
-                    wrote = true;
-                    tracing::info!(image = %r.image.urn, instance = %r.instance, "guest agent detected")
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    tracing::debug!(image = %r.image.urn, "recording the guest agent lost a race: next pass")
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(wrote)
     }
 
     /// Whether this set's extensions can run in place (see `SetInput::in_place_extensions`).
@@ -957,7 +1027,7 @@ impl Reconciler {
         now: DateTime<Utc>,
         next_addr: &mut u64,
         ipam: &mut Ipam,
-        ops_extra: &mut Vec<WriteOp>,
+        ops_extra: &mut Writes,
     ) {
         let limits = &self.config.limits;
         match step {
@@ -1266,7 +1336,7 @@ impl Reconciler {
     }
 
     /// Records a rolling-upgrade decision in the set's status and marks the instances it moves.
-    fn rolling_intent(&self, w: &mut SetWork<'_>, step: &RollingStep, now: DateTime<Utc>, ops: &mut Vec<WriteOp>) {
+    fn rolling_intent(&self, w: &mut SetWork<'_>, step: &RollingStep, now: DateTime<Utc>, ops: &mut Writes) {
         use herd_model::upgrade::{RollingBatch, RollingState};
         w.status_dirty = true;
         let ids = |v: &[InstanceId]| id_list(v);
@@ -1279,20 +1349,13 @@ impl Reconciler {
                 }
                 let mut next = w.set.clone();
                 next.model_generation += 1;
-                let set_key = w.set.key();
-                let (Ok(put), Ok(hist)) = (
-                    WriteOp::put(Kind::ScaleSet, set_key.clone(), &next, Expect::Revision(w.set_revision)),
-                    WriteOp::put(
-                        Kind::ModelHistory,
-                        SetKey::of(w.set).history(next.model_generation).to_string(),
-                        &next.model,
-                        Expect::Any,
-                    ),
-                ) else {
+                let set_key = SetKey::of(w.set);
+                let written = ops
+                    .put_scale_set(&set_key, &next, Expected::Revision(w.set_revision))
+                    .and_then(|()| ops.record_model(&set_key.history(next.model_generation), &next.model));
+                if written.is_err() {
                     return;
-                };
-                ops.push(put);
-                ops.push(hist);
+                }
                 w.status.upgrade_request =
                     Some(herd_model::scale_set::UpgradeRequest::Start { canary: None, pause: false, reimage: true });
                 w.log.push((
@@ -1409,10 +1472,9 @@ impl Reconciler {
             }
             RollingStep::Rollback { reason } => {
                 let Some(u) = w.status.rolling_upgrade.clone() else { return };
-                let hk = SetKey::of(w.set).history(u.from_generation).to_string();
-                let old = match self.store.get_as::<herd_model::scale_set::ScaleSetModel>(Kind::ModelHistory, &hk) {
-                    Ok(Some(o)) => o.value,
-                    _ => {
+                let old = match w.rollback_model.take() {
+                    Some(model) => model,
+                    None => {
                         let why = format!(
                             "{reason}; but model generation {} is not on record, so it cannot roll back",
                             u.from_generation
@@ -1431,18 +1493,12 @@ impl Reconciler {
                 next.model.sku.name = old.sku.name;
                 next.model_generation += 1;
                 let new_gen = next.model_generation;
-                let set_key = w.set.key();
-                match WriteOp::put(Kind::ScaleSet, set_key.clone(), &next, Expect::Revision(w.set_revision)) {
-                    Ok(op) => ops.push(op),
-                    Err(_) => return,
+                let set_key = SetKey::of(w.set);
+                if ops.put_scale_set(&set_key, &next, Expected::Revision(w.set_revision)).is_err() {
+                    return;
                 }
-                if let Ok(op) = WriteOp::put(
-                    Kind::ModelHistory,
-                    SetKey::of(w.set).history(new_gen).to_string(),
-                    &next.model,
-                    Expect::Any,
-                ) {
-                    ops.push(op);
+                if let Err(e) = ops.record_model(&set_key.history(new_gen), &next.model) {
+                    tracing::warn!(set = %set_key, error = %e, "the rolled-back model could not be recorded in the history");
                 }
                 // Instances the upgrade never touched already run that model.
                 let touched: Vec<InstanceId> = u.touched().collect();
@@ -1471,116 +1527,224 @@ impl Reconciler {
             }
         }
     }
+}
 
-    /// Persists driver results (Phase C) on fresh reads of each record.
-    fn results(
-        &self,
-        set: &StoredScaleSet,
-        res: &[StepResult],
-        now: DateTime<Utc>,
-        ops: &mut Vec<WriteOp>,
-    ) -> Result<(), StoreError> {
-        let set_key = set.key();
-        let mut status = self.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set_key)?;
-        let mut status_dirty = false;
-        let mut deleted = Vec::new();
-        let mut failures = Vec::new();
-        for (step, r) in res {
-            let Some(id) = step.instance() else { continue };
-            let key = SetKey::of(set).instance(id).to_string();
-            let Some(cur) = self.store.get_as::<InstanceRecord>(Kind::Instance, &key)? else { continue };
-            let mut rec = cur.value.clone();
-            match (step, r) {
-                (Step::Destroy(_), Ok(())) => {
-                    ops.push(WriteOp::delete(Kind::Instance, key, Expect::Revision(cur.revision)));
-                    deleted.push((id, rec.delete_reason.clone().unwrap_or_default()));
-                    continue;
+/// Phase C: persists the driver results of each set and the orphan cleanups, on fresh reads
+/// of each record. Over the transaction limit, results commit in chunks; after a conflict the
+/// next attempt re-reads, and the results already committed then change nothing.
+fn persist_results(
+    store: &dyn Store,
+    transitions: &InvalidTransitions,
+    limits: &Limits,
+    per_set: Vec<(StoredScaleSet, Vec<StepResult>)>,
+    orphan_results: &[(InstanceKey, Result<(), DriverError>)],
+    now: DateTime<Utc>,
+) -> Result<(), StateError> {
+    for attempt in 0..5 {
+        let mut ops = Writes::new();
+        for (set, res) in &per_set {
+            results(store, transitions, limits, set, res, now, &mut ops)?;
+        }
+        for (k, r) in orphan_results {
+            let (status, message) = match r {
+                Ok(()) => ("Succeeded", format!("removed orphan instance {k} that herd had no record of")),
+                Err(e) => ("Failed", format!("could not remove orphan instance {k}: {e}")),
+            };
+            ops.activity(event(now, k.group.as_str(), k.set.as_str(), "OrphanCleanup", status, message));
+        }
+        if ops.is_empty() {
+            break;
+        }
+        match ops.commit_in_chunks(store) {
+            Ok(()) => break,
+            Err(e) if e.is_conflict() && attempt < 4 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Persists driver results (Phase C) on fresh reads of each record.
+fn results(
+    store: &dyn Store,
+    transitions: &InvalidTransitions,
+    limits: &Limits,
+    set: &StoredScaleSet,
+    res: &[StepResult],
+    now: DateTime<Utc>,
+    ops: &mut Writes,
+) -> Result<(), StateError> {
+    let set_key = SetKey::of(set);
+    let mut status = store.scale_set_status(&set_key)?;
+    let mut status_dirty = false;
+    let mut deleted = Vec::new();
+    let mut failures = Vec::new();
+    for (step, r) in res {
+        let Some(id) = step.instance() else { continue };
+        let key = set_key.instance(id);
+        let Some(cur) = store.instance(&key)? else { continue };
+        let mut rec = cur.value.clone();
+        match (step, r) {
+            (Step::Destroy(_), Ok(())) => {
+                ops.delete_instance(&key, Expected::Revision(cur.revision));
+                deleted.push((id, rec.delete_reason.clone().unwrap_or_default()));
+                continue;
+            }
+            (Step::Stop(_), Ok(())) => {
+                // A refusal is logged and counted by apply_event.
+                let _ = apply_event(transitions, set, &mut rec, Event::StopDone, now);
+            }
+            (Step::Deallocate(_), Ok(())) => {
+                let _ = apply_event(transitions, set, &mut rec, Event::DeallocateDone, now);
+            }
+            (Step::Restart(_), Ok(())) => {
+                if rec.pending == Some(PendingAction::Restart) {
+                    rec.pending = None;
                 }
-                (Step::Stop(_), Ok(())) => {
-                    // A refusal is logged and counted by apply_event.
-                    let _ = apply_event(&self.transitions, set, &mut rec, Event::StopDone, now);
+            }
+            (Step::Reimage(_), Ok(())) => {
+                if rec.pending == Some(PendingAction::Reimage) {
+                    rec.pending = None;
                 }
-                (Step::Deallocate(_), Ok(())) => {
-                    let _ = apply_event(&self.transitions, set, &mut rec, Event::DeallocateDone, now);
+                rec.model_generation = set.model_generation;
+                rec.base_fingerprint = Some(set.model.base_fingerprint());
+                rec.sku = Some(set.model.sku.name.clone());
+                rec.extensions.clear();
+            }
+            (Step::Resize(_), Ok(())) => {
+                if rec.pending == Some(PendingAction::Resize) {
+                    rec.pending = None;
                 }
-                (Step::Restart(_), Ok(())) => {
-                    if rec.pending == Some(PendingAction::Restart) {
-                        rec.pending = None;
-                    }
-                }
-                (Step::Reimage(_), Ok(())) => {
-                    if rec.pending == Some(PendingAction::Reimage) {
-                        rec.pending = None;
-                    }
-                    rec.model_generation = set.model_generation;
-                    rec.base_fingerprint = Some(set.model.base_fingerprint());
-                    rec.sku = Some(set.model.sku.name.clone());
-                    rec.extensions.clear();
-                }
-                (Step::Resize(_), Ok(())) => {
-                    if rec.pending == Some(PendingAction::Resize) {
-                        rec.pending = None;
-                    }
-                    rec.model_generation = rec.model_generation.max(set.model_generation);
-                    rec.sku = Some(set.model.sku.name.clone());
-                }
-                (Step::Ensure(_) | Step::Start(_), Ok(())) => {}
-                (_, Err(e)) => {
-                    let msg = e.to_string();
-                    rec.last_error = Some(msg.clone());
-                    let delay = self.config.limits.retry_delay(e.retryable(), rec.attempts.max(1));
-                    rec.next_attempt_at = Some(now + delay);
-                    let provisioning = matches!(
-                        step,
-                        Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_) | Step::Resize(_)
-                    );
-                    if provisioning {
-                        let was = rec.state;
-                        // A failed restart is not retried (the instance is recovered by the
-                        // Failed → Creating path); a failed reimage stays pending and is.
-                        if apply_event(&self.transitions, set, &mut rec, Event::ProvisionFailed, now).is_ok() {
-                            if matches!(rec.pending, Some(PendingAction::Restart | PendingAction::Resize)) {
-                                rec.pending = None;
-                            }
-                            if was == InstanceState::Creating {
-                                if let Some(s) = status.as_mut() {
-                                    s.value.consecutive_create_failures += 1;
-                                    status_dirty = true;
-                                }
+                rec.model_generation = rec.model_generation.max(set.model_generation);
+                rec.sku = Some(set.model.sku.name.clone());
+            }
+            (Step::Ensure(_) | Step::Start(_), Ok(())) => {}
+            (_, Err(e)) => {
+                let msg = e.to_string();
+                rec.last_error = Some(msg.clone());
+                let delay = limits.retry_delay(e.retryable(), rec.attempts.max(1));
+                rec.next_attempt_at = Some(now + delay);
+                let provisioning = matches!(
+                    step,
+                    Step::Ensure(_) | Step::Start(_) | Step::Reimage(_) | Step::Restart(_) | Step::Resize(_)
+                );
+                if provisioning {
+                    let was = rec.state;
+                    // A failed restart is not retried (the instance is recovered by the
+                    // Failed → Creating path); a failed reimage stays pending and is.
+                    if apply_event(transitions, set, &mut rec, Event::ProvisionFailed, now).is_ok() {
+                        if matches!(rec.pending, Some(PendingAction::Restart | PendingAction::Resize)) {
+                            rec.pending = None;
+                        }
+                        if was == InstanceState::Creating {
+                            if let Some(s) = status.as_mut() {
+                                s.value.consecutive_create_failures += 1;
+                                status_dirty = true;
                             }
                         }
                     }
-                    failures.push(format!("instance {id}: {step_name} failed: {msg}", step_name = step_name(step)));
                 }
-                _ => continue,
+                failures.push(format!("instance {id}: {step_name} failed: {msg}", step_name = step_name(step)));
             }
-            if rec != cur.value {
-                ops.push(WriteOp::put(Kind::Instance, key, &rec, Expect::Revision(cur.revision))?);
-            }
+            _ => continue,
         }
-        if status_dirty {
-            if let Some(s) = status {
-                ops.push(WriteOp::put(Kind::ScaleSetStatus, set_key.clone(), &s.value, Expect::Revision(s.revision))?);
-            }
+        if rec != cur.value {
+            ops.put_instance(&key, &rec, Expected::Revision(cur.revision))?;
         }
-        let (g, n) = (set.group.as_str(), set.name.as_str());
-        let mut by_reason: BTreeMap<String, Vec<InstanceId>> = BTreeMap::new();
-        for (id, reason) in deleted {
-            by_reason.entry(reason).or_default().push(id);
-        }
-        for (reason, ids) in by_reason {
-            let msg = format!(
-                "deleted instance(s) {} ({})",
-                id_list(&ids),
-                if reason.is_empty() { "requested" } else { &reason }
-            );
-            ops.push(WriteOp::Activity(event(now, g, n, "DeleteInstances", "Succeeded", msg)));
-        }
-        for f in failures {
-            ops.push(WriteOp::Activity(event(now, g, n, "DriverCall", "Failed", f)));
-        }
-        Ok(())
     }
+    if status_dirty {
+        if let Some(s) = status {
+            ops.put_status(&set_key, &s.value, Expected::Revision(s.revision))?;
+        }
+    }
+    let (g, n) = (set.group.as_str(), set.name.as_str());
+    let mut by_reason: BTreeMap<String, Vec<InstanceId>> = BTreeMap::new();
+    for (id, reason) in deleted {
+        by_reason.entry(reason).or_default().push(id);
+    }
+    for (reason, ids) in by_reason {
+        let msg = format!(
+            "deleted instance(s) {} ({})",
+            id_list(&ids),
+            if reason.is_empty() { "requested" } else { &reason }
+        );
+        ops.activity(event(now, g, n, "DeleteInstances", "Succeeded", msg));
+    }
+    for f in failures {
+        ops.activity(event(now, g, n, "DriverCall", "Failed", f));
+    }
+    Ok(())
+}
+
+/// Guest ports the model's load balancers reach: backend and probe ports of the rules on
+/// the pools the set joins, and backend ports of its NAT pools.
+fn model_ports(set: &StoredScaleSet, lbs: &[LoadBalancer]) -> Vec<u16> {
+    let Some(ip) = set.model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary()) else {
+        return vec![];
+    };
+    let refers = |ids: &[herd_model::network::SubResource], lb: &LoadBalancer, coll: &str, name: &str| {
+        ids.iter().any(|s| s.id.eq_ignore_ascii_case(&format!("{}/{coll}/{name}", lb.id)))
+    };
+    let mut out = Vec::new();
+    for lb in lbs {
+        for rule in &lb.load_balancing_rules {
+            let pool = rule.backend_address_pool.id.rsplit('/').next().unwrap_or("");
+            if refers(&ip.load_balancer_backend_address_pools, lb, "backendAddressPools", pool) {
+                out.extend(u16::try_from(rule.backend_port).ok());
+                if let Some(probe) = rule.probe.as_ref().and_then(|p| p.id.rsplit('/').next()) {
+                    if let Some(pr) = lb.probes.iter().find(|x| x.name.eq_ignore_ascii_case(probe)) {
+                        out.extend(u16::try_from(pr.port).ok());
+                    }
+                }
+            }
+        }
+        for nat in &lb.inbound_nat_pools {
+            if refers(&ip.load_balancer_inbound_nat_pools, lb, "inboundNatPools", &nat.name) {
+                out.extend(u16::try_from(nat.backend_port).ok());
+            }
+        }
+    }
+    out
+}
+
+/// Records on their images the guest agents the driver saw answer (`answered`, see
+/// `guest_agent`); returns whether it wrote any. A write that loses its compare-and-swap is
+/// retried by the next pass.
+fn record_guest_agents(
+    store: &dyn Store,
+    now: DateTime<Utc>,
+    images: &[Versioned<Image>],
+    answered: &[(InstanceKey, herd_model::image::ImageSource)],
+) -> Result<bool, StateError> {
+    let mut wrote = false;
+    for r in crate::guest_agent::records(images, answered) {
+        let message = format!(
+            "the QEMU guest agent answered on instance {} at boot: recorded on the image; its VMs now wait for \
+         the agent, and extension changes run in place",
+            r.instance
+        );
+        let key = match herd_model::ImageUrn::parse(&r.image.urn) {
+            Ok(urn) => ImageKey::new(&urn),
+            Err(e) => {
+                tracing::warn!(image = %r.key, error = %e, "an image's URN does not parse; its guest agent is not recorded");
+                continue;
+            }
+        };
+        let mut w = Writes::new();
+        w.put_image(&key, &r.image, Expected::Revision(r.revision))?;
+        w.activity(event(now, "", &r.image.urn, "GuestAgentDetected", "Succeeded", message));
+        match w.commit(store) {
+            Ok(_) => {
+                wrote = true;
+                tracing::info!(image = %r.image.urn, instance = %r.instance, "guest agent detected")
+            }
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(image = %r.image.urn, "recording the guest agent lost a race: next pass")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(wrote)
 }
 
 /// Records an automatic-repair decision and marks the instance.
@@ -1637,24 +1801,22 @@ fn transition(w: &mut SetWork<'_>, id: InstanceId, ev: Event, target: InstanceSt
 }
 
 /// Turns a set's working copies into writes (Phase A), plus its activity log lines.
-fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let set_key = w.set.key();
+fn collect_writes(w: &mut SetWork<'_>, ops: &mut Writes, now: DateTime<Utc>) -> Result<(), StateError> {
+    let set_key = SetKey::of(w.set);
     let (g, n) = (w.set.group.as_str(), w.set.name.as_str());
     for (id, wr) in &w.records {
         if !wr.dirty {
             continue;
         }
-        let expect = wr.revision.map_or(Expect::Absent, Expect::Revision);
-        ops.push(WriteOp::put(Kind::Instance, SetKey::of(w.set).instance(*id).to_string(), &wr.record, expect)?);
+        let expected = wr.revision.map_or(Expected::Absent, Expected::Revision);
+        ops.put_instance(&set_key.instance(*id), &wr.record, expected)?;
     }
     if w.steps.contains(&Step::RemoveSet) {
-        ops.push(WriteOp::delete(Kind::ScaleSet, set_key.clone(), Expect::Revision(w.set_revision)));
-        ops.push(WriteOp::delete(Kind::ScaleSetStatus, set_key.clone(), Expect::Any));
-        ops.push(WriteOp::delete(Kind::Secret, set_key.clone(), Expect::Any));
-        ops.push(WriteOp::Activity(event(now, g, n, "DeleteScaleSet", "Succeeded", "scale set deleted".into())));
+        ops.remove_scale_set(&set_key, Expected::Revision(w.set_revision));
+        ops.activity(event(now, g, n, "DeleteScaleSet", "Succeeded", "scale set deleted".into()));
     } else if w.status_dirty {
-        let expect = w.status_revision.map_or(Expect::Absent, Expect::Revision);
-        ops.push(WriteOp::put(Kind::ScaleSetStatus, set_key.clone(), &w.status, expect)?);
+        let expected = w.status_revision.map_or(Expected::Absent, Expected::Revision);
+        ops.put_status(&set_key, &w.status, expected)?;
     }
     let marked: Vec<(InstanceId, String)> = w
         .steps
@@ -1676,56 +1838,18 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Vec<WriteOp>, now: DateTime<Utc
             continue;
         }
         let status = if op == "InstanceFailed" || op == "ProvisioningSuspended" { "Failed" } else { "Started" };
-        ops.push(WriteOp::Activity(event(now, g, n, &op, status, msg)));
+        ops.activity(event(now, g, n, &op, status, msg));
     }
     if !running.is_empty() {
         let ids: Vec<InstanceId> = running.iter().filter_map(|s| s.parse().ok().map(InstanceId)).collect();
-        ops.push(WriteOp::Activity(event(
+        ops.activity(event(
             now,
             g,
             n,
             "InstanceRunning",
             "Succeeded",
             format!("instance(s) {} running", id_list(&ids)),
-        )));
-    }
-    Ok(())
-}
-
-/// Commits `ops` in one transaction when they fit the store's limits, else in order in chunks
-/// that each do (see [`herd_store::chunks`]).
-fn commit_in_chunks(store: &dyn Store, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-    if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
-        return store.txn(ops).map(drop);
-    }
-    for chunk in herd_store::chunks(ops, 0)? {
-        store.txn(chunk)?;
-    }
-    Ok(())
-}
-
-/// Commits Phase A's intents: one transaction when they fit the store's limits, else in
-/// chunks (10,000 creates are 79 transactions). Chunks are ordered so that every prefix of them
-/// is a state the next pass converges from, exactly as after a crash between them:
-/// - first the allocators and set-level writes (the address counter, each set's status with its
-///   instance-id counter, a set's model bump and its history), so a committed record never
-///   holds an id or address its counter has not passed (a lost later chunk only skips some);
-/// - then the instance records, each a self-contained intent the next pass carries on;
-/// - last the removals of sets (after their records) and the activity lines.
-///
-/// A chunk that fails (a conflict) fails the pass before any driver call; the next pass
-/// re-reads and plans again from what was committed.
-fn commit_intents(store: &dyn Store, mut ops: Vec<WriteOp>) -> Result<(), StoreError> {
-    if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
-        return store.txn(ops).map(drop);
-    }
-    ops.sort_by_key(|op| match op {
-        WriteOp::Put { kind: Kind::Counter | Kind::ScaleSetStatus | Kind::ScaleSet | Kind::ModelHistory, .. } => 0,
-        WriteOp::Put { .. } | WriteOp::Delete { kind: Kind::Instance, .. } => 1,
-        WriteOp::Delete { .. } | WriteOp::Activity(_) | WriteOp::Guard { .. } => 2,
-    });
-    for chunk in herd_store::chunks(ops, 0)? {
-        store.txn(chunk)?;
+        ));
     }
     Ok(())
 }

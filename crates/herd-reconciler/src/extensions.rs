@@ -28,7 +28,8 @@ use herd_model::{
     InstanceKey,
 };
 use herd_state::keys::InstanceRecordKey;
-use herd_store::{seal::Sealer, Expect, Kind, Store, StoreExt, WriteOp};
+use herd_state::seal::Sealer;
+use herd_state::{Expected, Records, State, StateError, Store};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -51,7 +52,7 @@ impl Default for ExtensionConfig {
 
 /// Background extension runs, one per instance at most.
 pub struct ExtensionRunner {
-    store: Arc<dyn Store>,
+    state: State,
     driver: Arc<dyn Driver>,
     clock: Arc<dyn Clock>,
     sealer: Arc<Sealer>,
@@ -65,7 +66,7 @@ pub struct ExtensionRunner {
 
 impl ExtensionRunner {
     pub fn new(
-        store: Arc<dyn Store>,
+        state: State,
         driver: Arc<dyn Driver>,
         clock: Arc<dyn Clock>,
         sealer: Arc<Sealer>,
@@ -74,7 +75,7 @@ impl ExtensionRunner {
         term: LeaderTerm,
     ) -> Self {
         Self {
-            store,
+            state,
             driver,
             clock,
             sealer,
@@ -117,23 +118,15 @@ impl ExtensionRunner {
 
     async fn run(&self, key: &InstanceKey) -> Result<(), String> {
         let rec_key = InstanceRecordKey::new(key.clone());
-        let set_key = rec_key.set().to_string();
-        let rec_key = rec_key.to_string();
-        let err = |e: herd_store::StoreError| e.to_string();
-        let Some(set) = self.store.get_as::<StoredScaleSet>(Kind::ScaleSet, &set_key).map_err(err)? else {
-            return Ok(());
-        };
-        let Some(rec) = self.store.get_as::<InstanceRecord>(Kind::Instance, &rec_key).map_err(err)? else {
-            return Ok(());
-        };
-        if rec.value.state != InstanceState::Running || rec.value.pending != Some(PendingAction::RunExtensions) {
-            return Ok(());
-        }
+        let err = |e: StateError| e.to_string();
+        let k = rec_key.clone();
+        let read = self.state.run(move |s| read_run(s, &k)).await.map_err(err)?;
+        let Some((set, rec, sealed)) = read else { return Ok(()) };
         let since = rec.value.state_since;
         let fence = self.term.fence(Incarnation(rec.value.incarnation));
         let generation = set.value.model_generation;
-        let secrets: Secrets = match self.store.get(Kind::Secret, &set_key).map_err(err)? {
-            Some(o) => self.sealer.open(&o.value).map_err(|e| e.to_string())?,
+        let secrets: Secrets = match sealed {
+            Some(v) => self.sealer.open(&v).map_err(|e| e.to_string())?,
             None => Secrets::default(),
         };
         let model = &set.value.model;
@@ -177,70 +170,23 @@ impl ExtensionRunner {
             }
         }
 
-        for _ in 0..5 {
-            let Some(cur) = self.store.get_as::<InstanceRecord>(Kind::Instance, &rec_key).map_err(err)? else {
-                return Ok(());
-            };
-            let r = &cur.value;
-            if r.state != InstanceState::Running
-                || r.state_since != since
-                || r.pending != Some(PendingAction::RunExtensions)
-            {
-                return Ok(()); // The instance moved on (reimaged, stopped, deleted): the result is moot.
-            }
-            let mut next = r.clone();
-            next.extensions = statuses.clone();
-            next.pending = None;
-            next.model_generation = next.model_generation.max(generation);
-            let had_ext_error = r.last_error.as_deref().is_some_and(|m| m.starts_with("extension "));
-            if let Some(f) = &failure {
-                next.last_error = Some(f.clone());
-            } else if had_ext_error {
-                next.last_error = None;
-            }
-            let (status, message) = match &failure {
-                Some(f) => ("Failed", format!("instance {}: {f}", key.id)),
-                None if ran.is_empty() => ("Succeeded", format!("instance {}: extensions already up to date", key.id)),
-                None => ("Succeeded", format!("instance {}: extension(s) {} succeeded", key.id, ran.join(", "))),
-            };
-            let ev = ActivityEvent {
-                seq: 0,
-                time: self.clock.now(),
-                resource_group: key.group.to_string(),
-                resource: key.set.to_string(),
-                operation: "RunExtensions".into(),
-                status: status.into(),
-                actor: Actor::Reconciler,
-                message,
-            };
-            let ops = vec![
-                WriteOp::put(Kind::Instance, rec_key.clone(), &next, Expect::Revision(cur.revision)).map_err(err)?,
-                WriteOp::Activity(ev),
-            ];
-            match self.store.txn(ops) {
-                Ok(_) => return Ok(()),
-                Err(herd_store::StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("the instance record kept changing".into())
+        let outcome = RunOutcome { statuses, failure, ran, since, generation };
+        let clock = self.clock.clone();
+        let key = key.clone();
+        self.state.run(move |s| record_run(s, &rec_key, &key, &outcome, &*clock)).await.map_err(err)?
     }
 
     /// The virtual networks' address spaces and the public IPs' addresses, refused to
     /// `fileUris` downloads (unless allowed): an instance's script must not reach other
     /// instances or their frontends through the host.
-    fn vnet_ranges(&self) -> Vec<(herd_egress::Net, String)> {
-        let pips = self
-            .store
-            .list_as::<herd_model::network::PublicIpAddress>(Kind::PublicIp, "")
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|o| {
-                let net = herd_egress::Net::parse(o.value.ip_address.as_deref()?).ok()?;
-                Some((net, format!("herd public IP '{}'", o.value.name)))
-            });
-        let vnets =
-            self.store.list_as::<herd_model::network::VirtualNetwork>(Kind::VirtualNetwork, "").unwrap_or_default();
+    async fn vnet_ranges(&self) -> Vec<(herd_egress::Net, String)> {
+        let read =
+            self.state.run(|s| Ok((s.public_ips().unwrap_or_default(), s.virtual_networks().unwrap_or_default())));
+        let (pips, vnets) = read.await.unwrap_or_default();
+        let pips = pips.into_iter().filter_map(|o| {
+            let net = herd_egress::Net::parse(o.value.ip_address.as_deref()?).ok()?;
+            Some((net, format!("herd public IP '{}'", o.value.name)))
+        });
         vnets
             .into_iter()
             .flat_map(|o| {
@@ -286,7 +232,8 @@ impl ExtensionRunner {
             fingerprint,
         };
         let mut files = Vec::new();
-        let fetcher = if uris.is_empty() { self.fetcher.clone() } else { self.fetcher.refusing(self.vnet_ranges()) };
+        let fetcher =
+            if uris.is_empty() { self.fetcher.clone() } else { self.fetcher.refusing(self.vnet_ranges().await) };
         for u in &uris {
             let Some(name) = fetch::file_name(u) else {
                 status.message = redact(&format!("Enable failed: cannot tell a file name from {u}"));
@@ -349,4 +296,82 @@ impl ExtensionRunner {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
+}
+
+/// What a run starts from: the set, the instance record (when it is running and waits for its
+/// extensions), and the set's sealed secrets. None when there is nothing to run.
+type RunStart = Option<(herd_state::Versioned<StoredScaleSet>, herd_state::Versioned<InstanceRecord>, Option<Value>)>;
+
+fn read_run(store: &dyn Store, key: &InstanceRecordKey) -> Result<RunStart, StateError> {
+    let Some(set) = store.scale_set(&key.set())? else { return Ok(None) };
+    let Some(rec) = store.instance(key)? else { return Ok(None) };
+    if rec.value.state != InstanceState::Running || rec.value.pending != Some(PendingAction::RunExtensions) {
+        return Ok(None);
+    }
+    let sealed = store.sealed_set_secrets(&key.set())?;
+    Ok(Some((set, rec, sealed)))
+}
+
+/// How a run went, to record on the instance.
+struct RunOutcome {
+    statuses: Vec<ExtensionStatus>,
+    failure: Option<String>,
+    ran: Vec<String>,
+    /// The instance's `state_since` when the run started: a record that moved on since is left.
+    since: chrono::DateTime<chrono::Utc>,
+    generation: u64,
+}
+
+/// Records a run's outcome on the instance (compare-and-swap, re-read after a conflict), with
+/// its activity line. Returns the error text when it could not.
+fn record_run(
+    store: &dyn Store,
+    rec_key: &InstanceRecordKey,
+    key: &InstanceKey,
+    o: &RunOutcome,
+    clock: &dyn Clock,
+) -> Result<Result<(), String>, StateError> {
+    for _ in 0..5 {
+        let Some(cur) = store.instance(rec_key)? else {
+            return Ok(Ok(()));
+        };
+        let r = &cur.value;
+        if r.state != InstanceState::Running
+            || r.state_since != o.since
+            || r.pending != Some(PendingAction::RunExtensions)
+        {
+            return Ok(Ok(())); // The instance moved on (reimaged, stopped, deleted): the result is moot.
+        }
+        let mut next = r.clone();
+        next.extensions = o.statuses.clone();
+        next.pending = None;
+        next.model_generation = next.model_generation.max(o.generation);
+        let had_ext_error = r.last_error.as_deref().is_some_and(|m| m.starts_with("extension "));
+        if let Some(f) = &o.failure {
+            next.last_error = Some(f.clone());
+        } else if had_ext_error {
+            next.last_error = None;
+        }
+        let (status, message) = match &o.failure {
+            Some(f) => ("Failed", format!("instance {}: {f}", key.id)),
+            None if o.ran.is_empty() => ("Succeeded", format!("instance {}: extensions already up to date", key.id)),
+            None => ("Succeeded", format!("instance {}: extension(s) {} succeeded", key.id, o.ran.join(", "))),
+        };
+        let ev = ActivityEvent {
+            seq: 0,
+            time: clock.now(),
+            resource_group: key.group.to_string(),
+            resource: key.set.to_string(),
+            operation: "RunExtensions".into(),
+            status: status.into(),
+            actor: Actor::Reconciler,
+            message,
+        };
+        match store.update_instance(rec_key, &next, Expected::Revision(cur.revision), Some(ev)) {
+            Ok(_) => return Ok(Ok(())),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+    Ok(Err("the instance record kept changing".into()))
 }

@@ -10,7 +10,7 @@
 
 use herd_model::image::{Image, ImageSource};
 use herd_model::InstanceKey;
-use herd_store::Object;
+use herd_state::Versioned as Object;
 
 /// One image write: the image as it becomes, its store key and the revision it was read at,
 /// and the instance whose agent answered (for the activity log).

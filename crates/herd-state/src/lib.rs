@@ -24,8 +24,11 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod call_threads;
 pub mod feed;
+pub mod intents;
 pub mod keys;
+pub mod quarantine;
 pub mod records;
 pub mod transitions;
 

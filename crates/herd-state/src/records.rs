@@ -13,17 +13,23 @@
 //! ([`Expected`]), as every write in herd is.
 
 use crate::keys::{
-    AutoscaleKey, GroupKey, InstanceRecordKey, KeyError, SeriesKey, SetKey, SourceSecretKey, SourceSeriesKey, ALL,
+    AutoscaleKey, CounterKey, GroupKey, InstanceRecordKey, KeyError, ModelHistoryKey, SeriesKey, SetKey,
+    SourceSecretKey, SourceSeriesKey, ALL,
 };
 use herd_model::activity::ActivityEvent;
+use herd_model::group::ResourceGroup;
+use herd_model::image::Image;
 use herd_model::instance::InstanceRecord;
+use herd_model::network::VirtualNetwork;
 use herd_model::network::{LoadBalancer, PublicIpAddress};
 use herd_model::scale_set::StoredScaleSet;
+use herd_model::scale_set::{ScaleSetModel, ScaleSetStatus};
 use herd_store::{Expect, Kind, StoreError, StoreExt, WriteOp};
 use serde::{de::DeserializeOwned, Serialize};
 use std::ops::Deref;
 use std::sync::Arc;
 
+pub use herd_store::quarantine::Quarantined;
 pub use herd_store::{Object as Versioned, Store};
 
 /// What a typed state operation can fail with.
@@ -78,6 +84,11 @@ pub struct State(Arc<dyn Store>);
 impl State {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self(store)
+    }
+
+    /// A handle on a fresh in-memory SQLite store (tests, tools).
+    pub fn in_memory() -> Result<Self, StateError> {
+        Ok(Self(Arc::new(herd_store::SqliteStore::in_memory()?)))
     }
 
     /// The store underneath, for the code not yet moved onto typed operations.
@@ -184,6 +195,72 @@ pub trait Records: Store {
         let mut ops = vec![WriteOp::put(Kind::Instance, key.to_string(), record, expected.into())?];
         ops.extend(activity.map(WriteOp::Activity));
         Ok(self.txn(ops)?)
+    }
+
+    /// The keys of every scale set, as stored (not decoded: a set in quarantine is listed).
+    fn scale_set_keys(&self) -> Result<Vec<String>, StateError> {
+        Ok(self.list(Kind::ScaleSet, ALL)?.into_iter().map(|o| o.key).collect())
+    }
+
+    /// Every sealed secret in the store (sets' and metric sources'), as stored: for checking
+    /// that a seal key opens them.
+    fn sealed_secrets(&self) -> Result<Vec<serde_json::Value>, StateError> {
+        Ok(self.list(Kind::Secret, ALL)?.into_iter().map(|o| o.value).collect())
+    }
+
+    /// The keys of every quarantined instance record, as stored (such an instance has a
+    /// record, just not a readable one).
+    fn quarantined_instance_keys(&self) -> Vec<String> {
+        let list = self.quarantine().map(|q| q.list()).unwrap_or_default();
+        list.into_iter().filter(|q| q.kind == Kind::Instance).map(|q| q.key).collect()
+    }
+
+    /// Whether any record at all is in quarantine.
+    fn any_quarantined(&self) -> bool {
+        self.quarantine().is_some_and(|q| !q.list().is_empty())
+    }
+
+    /// Every set's reconciler status, by key.
+    fn scale_set_statuses(&self) -> Result<Vec<Versioned<ScaleSetStatus>>, StateError> {
+        Ok(self.list_as(Kind::ScaleSetStatus, ALL)?)
+    }
+
+    fn scale_set_status(&self, key: &SetKey) -> Result<Option<Versioned<ScaleSetStatus>>, StateError> {
+        Ok(self.get_as(Kind::ScaleSetStatus, &key.to_string())?)
+    }
+
+    /// A set's secrets as stored: sealed, for the caller's sealer to open.
+    fn sealed_set_secrets(&self, key: &SetKey) -> Result<Option<serde_json::Value>, StateError> {
+        Ok(self.get(Kind::Secret, &key.to_string())?.map(|o| o.value))
+    }
+
+    /// The model a set had at one generation, if it is on record.
+    fn model_at(&self, key: &ModelHistoryKey) -> Result<Option<Versioned<ScaleSetModel>>, StateError> {
+        Ok(self.get_as(Kind::ModelHistory, &key.to_string())?)
+    }
+
+    /// The keys of every generation on record for a set.
+    fn model_history_keys(&self, set: &SetKey) -> Result<Vec<ModelHistoryKey>, StateError> {
+        self.list(Kind::ModelHistory, &set.children())?.into_iter().map(|o| Ok(o.key.parse()?)).collect()
+    }
+
+    /// Every image in the gallery, by key.
+    fn images(&self) -> Result<Vec<Versioned<Image>>, StateError> {
+        Ok(self.list_as(Kind::Image, ALL)?)
+    }
+
+    /// Every resource group.
+    fn groups(&self) -> Result<Vec<Versioned<ResourceGroup>>, StateError> {
+        Ok(self.list_as(Kind::Group, ALL)?)
+    }
+
+    fn virtual_networks(&self) -> Result<Vec<Versioned<VirtualNetwork>>, StateError> {
+        Ok(self.list_as(Kind::VirtualNetwork, ALL)?)
+    }
+
+    /// A server-wide counter (its type is its writer's).
+    fn counter<T: DeserializeOwned>(&self, key: CounterKey) -> Result<Option<Versioned<T>>, StateError> {
+        Ok(self.get_as(Kind::Counter, key.as_str())?)
     }
 
     fn load_balancers(&self) -> Result<Vec<Versioned<LoadBalancer>>, StateError> {
@@ -304,17 +381,18 @@ pub trait AutoscaleRecords: Store {
 impl<S: Store + ?Sized> AutoscaleRecords for S {}
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use herd_model::instance::{InstanceGoal, InstanceState};
     use herd_model::{GroupName, InstanceId, ScaleSetName};
     use herd_store::SqliteStore;
 
-    fn set_key() -> SetKey {
+    pub(crate) fn set_key() -> SetKey {
         SetKey::new(GroupName::new("rg").unwrap(), ScaleSetName::new("web").unwrap())
     }
 
-    fn record(id: u64) -> InstanceRecord {
+    /// A Running instance record of set `rg/web`.
+    pub(crate) fn record(id: u64) -> InstanceRecord {
         serde_json::from_value(serde_json::json!({
             "instanceId": id, "computerName": format!("web{id:06}"), "modelGeneration": 1,
             "state": InstanceState::Running, "goal": InstanceGoal::Running, "reachAddress": "127.128.0.4",
@@ -358,6 +436,27 @@ mod tests {
         assert_eq!(got.revision, rev);
         let err = state.run(|_| -> Result<(), StateError> { panic!("boom") }).await.unwrap_err();
         assert!(matches!(err, StateError::Task(_)), "{err:?}");
+    }
+
+    #[test]
+    fn raw_listings_include_records_that_do_not_decode() {
+        let state = State::in_memory().unwrap();
+        let bad = serde_json::json!("not a record");
+        state
+            .txn(vec![
+                WriteOp::put(Kind::ScaleSet, "rg/web", &bad, Expect::Absent).unwrap(),
+                WriteOp::put(Kind::Instance, "rg/web/0000000001", &bad, Expect::Absent).unwrap(),
+                WriteOp::put(Kind::Secret, "rg/web", &serde_json::json!({"sealed": "x"}), Expect::Absent).unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(state.scale_set_keys().unwrap(), ["rg/web"]);
+        assert_eq!(state.instance_keys().unwrap(), ["rg/web/0000000001"]);
+        assert_eq!(state.sealed_secrets().unwrap(), [serde_json::json!({"sealed": "x"})]);
+        assert!(!state.any_quarantined(), "raw listings quarantine nothing");
+        assert!(state.scale_sets().unwrap().is_empty(), "a set that does not decode is skipped by the typed list");
+        assert!(state.instances().unwrap().is_empty());
+        assert_eq!(state.quarantined_instance_keys(), ["rg/web/0000000001"]);
+        assert!(state.any_quarantined());
     }
 
     #[test]

@@ -11,8 +11,10 @@
 use anyhow::{bail, Context, Result};
 use herd_driver::Driver;
 use herd_model::InstanceKey;
-use herd_reconciler::orphans::{Unmanaged, UNMANAGED_KEY};
-use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
+use herd_reconciler::orphans::Unmanaged;
+use herd_state::intents::Writes;
+use herd_state::keys::CounterKey;
+use herd_state::{Expected, Records, State, StateError, Store};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -105,35 +107,30 @@ pub fn tag_of(data_dir: &Path) -> Option<String> {
 
 /// Keys of every instance record in the store, including quarantined ones (which still count
 /// as records), and whether the store holds no scale set and no instance at all.
-fn recorded(store: &dyn Store) -> Result<(std::collections::BTreeSet<String>, bool)> {
+fn recorded(store: &dyn Store) -> Result<(std::collections::BTreeSet<String>, bool), StateError> {
     // Store keys zero-pad the id (`rg/web/0000000007`); compare as `rg/web/7`.
     let norm = |k: &str| InstanceKey::parse_path(k).map_or_else(|| k.to_string(), |k| k.path());
-    let mut keys: std::collections::BTreeSet<String> =
-        store.list(Kind::Instance, "")?.into_iter().map(|o| norm(&o.key)).collect();
-    let sets = store.list(Kind::ScaleSet, "")?.len();
-    for q in store.quarantine().map(|q| q.list()).unwrap_or_default() {
-        if q.kind == Kind::Instance {
-            keys.insert(norm(&q.key));
-        }
-    }
-    let quarantined_any = store.quarantine().is_some_and(|q| !q.list().is_empty());
+    let mut keys: std::collections::BTreeSet<String> = store.instance_keys()?.iter().map(|k| norm(k)).collect();
+    let sets = store.scale_set_keys()?.len();
+    keys.extend(store.quarantined_instance_keys().iter().map(|k| norm(k)));
+    let quarantined_any = store.any_quarantined();
     Ok((keys.clone(), keys.is_empty() && sets == 0 && !quarantined_any))
 }
 
 /// Checks the store against the instances the driver lists, before anything reconciles.
 pub async fn check_orphans_at_start(
-    store: &dyn Store,
+    state: &State,
     driver: &dyn Driver,
     policy: OrphanStart,
     cluster_id: &str,
     db: &Path,
     term: herd_driver::Term,
 ) -> Result<()> {
-    let (recorded, store_empty) = recorded(store)?;
+    let (recorded, store_empty) = state.run(recorded).await?;
     let listed = driver.list().await.map_err(|e| anyhow::anyhow!("listing instances at start: {e}"))?;
     let unrecorded: Vec<InstanceKey> =
         listed.into_iter().map(|o| o.key).filter(|k| !recorded.contains(&k.path())).collect();
-    let mut unmanaged_obj = store.get_as::<Unmanaged>(Kind::Counter, UNMANAGED_KEY)?;
+    let mut unmanaged_obj = state.run(|s| s.counter::<Unmanaged>(CounterKey::UnmanagedInstances)).await?;
     match policy {
         OrphanStart::Refuse if store_empty && !unrecorded.is_empty() => {
             let sample: Vec<String> = unrecorded.iter().take(5).map(|k| k.path()).collect();
@@ -158,8 +155,10 @@ pub async fn check_orphans_at_start(
                     tracing::warn!(instance = %k, "keeping an instance without a record: it runs unmanaged (--keep-orphans)");
                 }
             }
-            let expect = unmanaged_obj.as_ref().map_or(Expect::Absent, |o| Expect::Revision(o.revision));
-            store.txn(vec![WriteOp::put(Kind::Counter, UNMANAGED_KEY, &list, expect)?])?;
+            let expected = unmanaged_obj.as_ref().map_or(Expected::Absent, |o| Expected::Revision(o.revision));
+            let mut w = Writes::new();
+            w.put_counter(CounterKey::UnmanagedInstances, &list, expected)?;
+            state.run(move |s| w.commit(s)).await?;
             eprintln!(
                 "herd server: {} instance(s) without a record keep running unmanaged (--keep-orphans); see 'herd server status'",
                 unrecorded.len()
@@ -176,7 +175,9 @@ pub async fn check_orphans_at_start(
                 }
             }
             if let Some(o) = unmanaged_obj.take() {
-                store.txn(vec![WriteOp::delete(Kind::Counter, UNMANAGED_KEY, Expect::Revision(o.revision))])?;
+                let mut w = Writes::new();
+                w.remove_counter(CounterKey::UnmanagedInstances, Expected::Revision(o.revision));
+                state.run(move |s| w.commit(s)).await?;
             }
             if failed > 0 {
                 bail!("--destroy-orphans: {failed} of {} instance(s) without a record could not be destroyed (see the log)", unrecorded.len());

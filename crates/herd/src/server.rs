@@ -8,6 +8,7 @@ use herd_driver::{
 };
 use herd_model::{clock::SystemClock, sku::SkuSize, sku::SkuTable, InstanceKey};
 use herd_reconciler::{ExtensionConfig, Limits, Reconciler, ReconcilerConfig};
+use herd_state::Records;
 use herd_store::SqliteStore;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -366,11 +367,13 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let (token, _) = herd_api::auth::load_or_create_token(&data_dir).context("writing the API token")?;
     let db_path = data_dir.join("herd.db");
     let store = Arc::new(SqliteStore::open(&db_path).context("opening the store")?);
+    // Startup reads go through the typed layer on the blocking pool, as every async caller's do.
+    let start_state = herd_state::State::from(store.clone());
+    let recorded_keys = start_state.run(|s| s.instance_keys()).await?;
     // A store that already records instances but has no cluster id yet is an upgrade: its
     // instances were started with the data-dir tag, which the cluster keeps.
-    let legacy_tag = (!data_dir.join(crate::cluster::CLUSTER_ID_FILE).exists()
-        && !herd_store::Store::list(&*store, herd_store::Kind::Instance, "")?.is_empty())
-    .then(|| format!("herd:{}", data_dir.display()));
+    let legacy_tag = (!data_dir.join(crate::cluster::CLUSTER_ID_FILE).exists() && !recorded_keys.is_empty())
+        .then(|| format!("herd:{}", data_dir.display()));
     let cluster = crate::cluster::load_or_create(&data_dir, legacy_tag)?;
     let (cluster_id, new_cluster) = (cluster.id.clone(), cluster.created);
     let seal_key = opts
@@ -378,7 +381,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         .clone()
         .or_else(|| cfg.secrets.seal_key_file.clone())
         .unwrap_or_else(|| data_dir.join("secret.key"));
-    let sealer = Arc::new(load_sealer(&*store, &seal_key)?);
+    let sealed = start_state.run(|s| s.sealed_secrets()).await?;
+    let sealer = Arc::new(load_sealer(&sealed, &seal_key)?);
     let metrics_token = match &cfg.metrics.token_file {
         Some(p) => Some(Arc::<str>::from(
             herd_api::auth::read_token_file(p).map_err(|e| anyhow::anyhow!("config: metrics.token_file: {e}"))?,
@@ -455,8 +459,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
                 // First start with cluster ids on a data dir that has a store: the instances
                 // the store records are this cluster's.
                 let mut claimed = 0;
-                for o in herd_store::Store::list(&*store, herd_store::Kind::Instance, "")? {
-                    if let Some(k) = InstanceKey::parse_path(&o.key) {
+                for key in &recorded_keys {
+                    if let Some(k) = InstanceKey::parse_path(key) {
                         claimed += usize::from(d.claim_unstamped(&k).map_err(|e| anyhow::anyhow!("{e}"))?);
                     }
                 }
@@ -470,7 +474,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     // The leadership term every driver call carries (see herd_driver::fence): 1 for the only
     // server. This is the one place it comes from; leader election (HA) will raise it here.
     let term = herd_driver::LeaderTerm::single_server();
-    crate::cluster::check_orphans_at_start(&*store, &*driver, opts.orphans, &cluster_id, &db_path, term.current())
+    crate::cluster::check_orphans_at_start(&start_state, &*driver, opts.orphans, &cluster_id, &db_path, term.current())
         .await?;
     let defaults = Limits::default();
     let limits = Limits {
@@ -708,8 +712,7 @@ pub const PROCESS_DRIVER_WARNING: &str = "WARNING: process instances run as root
 
 /// Opens the sealing key at `path`. A missing key is created only while nothing is sealed: with
 /// sealed data in the store, a missing or wrong key is an error, never a silent new key.
-fn load_sealer(store: &dyn herd_store::Store, path: &Path) -> Result<herd_store::seal::Sealer> {
-    let sealed = store.list(herd_store::Kind::Secret, "")?;
+fn load_sealer(sealed: &[serde_json::Value], path: &Path) -> Result<herd_state::seal::Sealer> {
     if !path.exists() && !sealed.is_empty() {
         bail!(
             "the seal key {} is missing, but the store holds {} sealed secret(s) made with it; restore the key file (or pass --seal-key-file with its location). herd will not create a new key, which would make them unreadable",
@@ -717,10 +720,10 @@ fn load_sealer(store: &dyn herd_store::Store, path: &Path) -> Result<herd_store:
             sealed.len()
         );
     }
-    let sealer = herd_store::seal::Sealer::load_or_create(path).map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
+    let sealer = herd_state::seal::Sealer::load_or_create(path).map_err(|e| anyhow::anyhow!("seal key: {e}"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making the seal key {} private", path.display()))?;
-    if !sealed.is_empty() && !sealed.iter().any(|o| sealer.open::<serde_json::Value>(&o.value).is_ok()) {
+    if !sealed.is_empty() && !sealed.iter().any(|v| sealer.open::<serde_json::Value>(v).is_ok()) {
         bail!(
             "the seal key {} does not open any of the {} sealed secret(s) in the store: it is not the key they were sealed with (wrong --seal-key-file?)",
             path.display(),
