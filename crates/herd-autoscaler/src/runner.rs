@@ -458,34 +458,6 @@ impl Runner {
             }
         });
     }
-
-    /// Runs sampling and evaluation on their cadences until `shutdown` flips.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut sample = tokio::time::interval(self.config.sample_interval);
-        let mut eval = tokio::time::interval(self.config.interval);
-        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        eval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = sample.tick() => {
-                    if let Err(e) = self.sample_once().await {
-                        tracing::warn!(error = %e, "autoscale sampling failed");
-                    }
-                }
-                _ = eval.tick() => {
-                    // Evaluation reads and writes the store throughout: it runs whole on the
-                    // blocking pool (its webhooks are spawned from there onto the runtime).
-                    let me = self.clone();
-                    match tokio::task::spawn_blocking(move || me.evaluate_once()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "autoscale evaluation failed"),
-                        Err(e) => tracing::warn!(error = %e, "autoscale evaluation did not finish"),
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -393,34 +393,6 @@ impl Meter {
         }
         Ok(written)
     }
-
-    /// Reloads changed spot price schedules and ticks, every `interval`, until `shutdown` flips.
-    pub async fn run(&self, interval: std::time::Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut every = tokio::time::interval(interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {
-                    // The schedule files and the store are synchronous: the whole tick runs on
-                    // the blocking pool, never on the async worker.
-                    let me = self.clone();
-                    let tick = tokio::task::spawn_blocking(move || {
-                        let problems = me.prices.lock().unwrap_or_else(|e| e.into_inner()).reload_if_changed();
-                        for p in problems {
-                            tracing::warn!(problem = %p, "spot price schedule not reloaded");
-                        }
-                        me.tick()
-                    });
-                    match tick.await {
-                        Ok(Ok(n)) => tracing::debug!(meters = n, "cost meter ticked"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "cost meter tick failed"),
-                        Err(e) => tracing::warn!(error = %e, "cost meter tick did not finish"),
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

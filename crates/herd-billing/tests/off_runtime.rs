@@ -1,10 +1,13 @@
-//! The meter's loop ticks on the blocking pool: on a current-thread runtime (the test's own
+//! The meter's controller ticks on the blocking pool: on a current-thread runtime (the test's own
 //! thread is its one async worker) no store call lands on this thread.
 
+use herd_billing::controller::MeterController;
 use herd_billing::{Meter, PriceBook};
+use herd_controller_runtime::Runtime;
 use herd_model::clock::ManualClock;
 use herd_model::spot::PriceTable;
 use herd_state::call_threads::CallThreads;
+use herd_state::State;
 use herd_store::SqliteStore;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,11 +16,17 @@ use std::time::{Duration, Instant};
 async fn the_meter_loop_calls_the_store_off_the_async_worker() {
     let store = Arc::new(CallThreads::new(SqliteStore::in_memory().unwrap()));
     let prices = Arc::new(Mutex::new(PriceBook::new(&PriceTable::new(), None).unwrap()));
-    let meter = Meter::new(store.clone(), Arc::new(ManualClock::new(chrono::Utc::now())), prices);
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let meter = Meter::new(store.clone(), clock.clone(), prices);
+    let mut runtime = Runtime::new(State::from(store.clone()), clock);
+    runtime.add(Arc::new(MeterController::new(meter, Duration::from_millis(5))));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let me = std::thread::current().id();
+    let tasks = runtime.start(shutdown).await;
     let run = async {
-        meter.run(Duration::from_millis(5), shutdown).await;
+        for t in tasks {
+            t.await.expect("the meter's controller task ended cleanly");
+        }
     };
     let watch = async {
         // Three ticks read sets, instances and meters each.

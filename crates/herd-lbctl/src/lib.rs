@@ -380,29 +380,6 @@ impl LbController {
         }
         Ok(())
     }
-
-    /// Runs passes until `shutdown` flips to true.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut last_err = String::new();
-        loop {
-            if let Err(e) = self.pass().await {
-                if e != last_err {
-                    tracing::warn!(error = %e, "load-balancer controller pass failed");
-                    last_err = e;
-                }
-            } else {
-                last_err.clear();
-            }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = shutdown.changed() => return,
-            }
-            if *shutdown.borrow() {
-                return;
-            }
-        }
-    }
 }
 
 mod controller;

@@ -48,7 +48,8 @@
 //!        (sync closes the socket before it returns; open requests finish)
 //! ```
 //!
-//! [`MetadataService::run`] syncs every 500 ms; the server may also call
+//! The server runs the service as a controller (`controller.rs`): it syncs when an instance
+//! record changes and at least every 500 ms; the server may also call
 //! [`MetadataService::sync`] right after a reconcile pass so a new instance's endpoint is up
 //! before it boots.
 

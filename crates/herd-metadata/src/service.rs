@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-/// How often [`MetadataService::run`] re-reads the store, unless told otherwise.
+/// How often the service re-reads the store at the latest (its controller's resync), unless
+/// told otherwise.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The metadata listener of one instance: its address, for `addr`'s port on a reach address.
@@ -153,7 +154,7 @@ impl MetadataService {
         Self::with_interval(store, clock, wake, port, DEFAULT_SYNC_INTERVAL)
     }
 
-    /// As [`Self::new`], with the interval at which [`Self::run`] syncs.
+    /// As [`Self::new`], with the interval at which it syncs at the latest.
     pub fn with_interval(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -181,7 +182,7 @@ impl MetadataService {
         addr_for(reach_address, self.inner.port)
     }
 
-    /// How often [`Self::run`] syncs (the controller runtime's resync for it).
+    /// How often it syncs at the latest (the controller runtime's resync for it).
     pub fn interval(&self) -> Duration {
         self.inner.interval
     }
@@ -248,23 +249,6 @@ impl MetadataService {
             .iter()
             .map(|(k, l)| (InstanceKey::parse_path(k).map_or_else(|| k.clone(), |i| i.path()), l.addr))
             .collect()
-    }
-
-    /// Syncs every interval (and at once) until `shutdown` flips to true, then closes every
-    /// listener.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.inner.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            tokio::select! {
-                _ = tick.tick() => self.sync().await,
-                r = shutdown.changed() => if r.is_err() { break },
-            }
-        }
-        self.close_all().await;
     }
 
     /// Closes every listener (a later [`Self::sync`] opens them again).

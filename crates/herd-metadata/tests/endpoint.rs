@@ -393,7 +393,7 @@ async fn listeners_follow_the_records() {
 }
 
 #[tokio::test]
-async fn run_syncs_until_shutdown() {
+async fn the_runtime_syncs_it_until_shutdown() {
     let env = Env::new(6).await;
     let svc = MetadataService::with_interval(
         env.store.clone(),
@@ -403,10 +403,9 @@ async fn run_syncs_until_shutdown() {
         std::time::Duration::from_millis(20),
     );
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn({
-        let svc = svc.clone();
-        async move { svc.run(rx).await }
-    });
+    let mut runtime = herd_controller_runtime::Runtime::new(env.store.clone().into(), Arc::new(env.clock.clone()));
+    runtime.add(Arc::new(svc.clone()));
+    let tasks = runtime.start(rx).await;
     let up = async {
         while svc.listening().await.len() < 2 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -423,6 +422,11 @@ async fn run_syncs_until_shutdown() {
         .await
         .expect("removed record's listener closed");
     tx.send(true).unwrap();
-    tokio::time::timeout(herd_test_support::scaled(std::time::Duration::from_secs(5)), task).await.unwrap().unwrap();
+    for task in tasks {
+        tokio::time::timeout(herd_test_support::scaled(std::time::Duration::from_secs(5)), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
     assert!(refused(env.addr(2)).await, "shutdown closes every listener");
 }

@@ -411,33 +411,6 @@ impl Reconciler {
         &self.config
     }
 
-    /// Runs passes until `shutdown` flips to true.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            let pause = match self.pass().await {
-                Ok(r) if r.steps > 0 => Duration::ZERO,
-                Ok(r) if r.waiting => self.config.busy_interval,
-                Ok(_) => self.config.idle_interval,
-                Err(e) => {
-                    tracing::warn!(error = %e, retryable = e.retryable(), "reconcile pass failed; retrying");
-                    self.config.busy_interval.max(Duration::from_millis(200))
-                }
-            };
-            if *shutdown.borrow() {
-                return;
-            }
-            if pause.is_zero() {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-
     fn fault(&self, p: FaultPoint) -> Result<(), ReconcileError> {
         self.faults.as_ref().map_or(Ok(()), |f| f.check(p))
     }
