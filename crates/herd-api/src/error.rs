@@ -90,7 +90,30 @@ impl From<herd_state::StateError> for ApiError {
     fn from(e: herd_state::StateError) -> Self {
         match e {
             herd_state::StateError::Store(e) => e.into(),
-            herd_state::StateError::Key(e) => ApiError::Internal(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<herd_state::lookup::LookupError> for ApiError {
+    fn from(e: herd_state::lookup::LookupError) -> Self {
+        use herd_state::lookup::LookupError as L;
+        match e {
+            L::NoGroup(_) | L::NoSet { .. } => ApiError::NotFound(e.to_string()),
+            L::Quarantined { .. } => ApiError::Conflict(e.to_string()),
+            L::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::groups::GroupError> for ApiError {
+    fn from(e: herd_state::groups::GroupError) -> Self {
+        use herd_state::groups::GroupError as G;
+        match e {
+            G::Deleting(_) => ApiError::Conflict(e.to_string()),
+            G::Location => ApiError::invalid("location", e.to_string()),
+            G::Lookup(e) => e.into(),
+            G::State(e) => e.into(),
         }
     }
 }

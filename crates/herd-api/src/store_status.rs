@@ -167,11 +167,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<ServerStatus>,
 /// fail are quarantined).
 #[utoipa::path(get, path = "/v1/store/check", tag = "server", responses((status = 200, body = StoreCheck)))]
 pub async fn store_check(State(state): State<AppState>) -> Result<Json<StoreCheck>, ApiError> {
-    let store = state.store.clone();
-    let r = tokio::task::spawn_blocking(move || check(&*store))
-        .await
-        .map_err(|e| ApiError::Internal(format!("store check task: {e}")))??;
-    Ok(Json(r))
+    Ok(Json(state.run(|s| Ok(check(s)?)).await?))
 }
 
 /// Prometheus lines for the quarantine.

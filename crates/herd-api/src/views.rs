@@ -3,7 +3,7 @@
 use crate::{error::ApiError, state::AppState};
 use axum::http::HeaderMap;
 use herd_model::{
-    activity::{ActivityEvent, Actor},
+    activity::ActivityEvent,
     group::ResourceGroup,
     instance::InstanceRecord,
     patch::PatchOp,
@@ -12,6 +12,7 @@ use herd_model::{
 };
 use herd_reconciler::{summarize, SetSummary};
 use herd_state::keys::SetKey;
+use herd_state::lookup;
 use herd_store::{Kind, Object, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 
@@ -196,44 +197,14 @@ pub fn retry<T>(headers: &HeaderMap, mut f: impl FnMut() -> Result<T, ApiError>)
     }
 }
 
-/// Commits `ops` (puts of one request's records) in chunks that each fit a transaction. A chunk
-/// that loses to a concurrent write is rebuilt from a fresh read: `reapply(key)` gives the write
-/// for that key again, or `None` when it has nothing left to do; up to [`WRITE_RETRIES`] times,
-/// after which the store's conflict is the answer. Each write must be idempotent, so a request
-/// cut short and sent again completes.
+/// Commits `ops` in chunks that each fit a transaction, re-applying a chunk that lost a race
+/// ([`herd_state::batch::commit_chunks_reapplying`]).
 pub fn commit_chunks_reapplying(
     state: &AppState,
     ops: Vec<WriteOp>,
     reapply: impl Fn(&str) -> Result<Option<WriteOp>, ApiError>,
 ) -> Result<(), ApiError> {
-    for chunk in herd_store::chunks(ops, 0)? {
-        let keys: Vec<String> = chunk
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::Put { key, .. } => Some(key.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut chunk = chunk;
-        let mut attempt = 0;
-        loop {
-            match state.store.txn(chunk) {
-                Ok(_) => break,
-                Err(herd_store::StoreError::Conflict { .. }) if attempt < WRITE_RETRIES => {
-                    attempt += 1;
-                    chunk = Vec::new();
-                    for key in &keys {
-                        chunk.extend(reapply(key)?);
-                    }
-                    if chunk.is_empty() {
-                        break;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
+    herd_state::batch::commit_chunks_reapplying(&*state.store, ops, reapply)
 }
 
 pub fn check_if_match(headers: &HeaderMap, revision: u64) -> Result<(), ApiError> {
@@ -266,36 +237,16 @@ pub fn set_name(n: &str) -> Result<ScaleSetName, ApiError> {
     Ok(ScaleSetName::new(n)?)
 }
 
-/// A read of one object whose stored record cannot be decoded (quarantined) is a 409 naming
-/// it, not a 500: the server is fine, that record is not.
-fn quarantined(what: String) -> impl FnOnce(herd_store::StoreError) -> ApiError {
-    move |e| {
-        match e {
-        herd_store::StoreError::Codec(_) => ApiError::Conflict(format!(
-            "{what} cannot be read: its stored record is corrupt and quarantined (see 'herd server status' and 'herd store check')"
-        )),
-        other => other.into(),
-    }
-    }
-}
-
+/// The group named in the URL (a bad name is a 400 on `resourceGroup`; a missing group 404; a
+/// record in quarantine 409).
 pub fn load_group(state: &AppState, g: &str) -> Result<Object<ResourceGroup>, ApiError> {
-    let name = group_name(g)?;
-    state
-        .store
-        .get_as::<ResourceGroup>(Kind::Group, name.as_str())
-        .map_err(quarantined(format!("resource group '{g}'")))?
-        .ok_or_else(|| ApiError::NotFound(format!("resource group '{g}' does not exist")))
+    Ok(lookup::group(&*state.store, &group_name(g)?)?)
 }
 
+/// The set named in the URL, after its group.
 pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScaleSet>, ApiError> {
     load_group(state, g)?;
-    let key = SetKey::new(group_name(g)?, set_name(n)?).to_string();
-    state
-        .store
-        .get_as::<StoredScaleSet>(Kind::ScaleSet, &key)
-        .map_err(quarantined(format!("scale set '{n}'")))?
-        .ok_or_else(|| ApiError::NotFound(format!("scale set '{n}' does not exist in resource group '{g}'")))
+    Ok(lookup::scale_set(&*state.store, &group_name(g)?, &set_name(n)?)?)
 }
 
 pub fn load_instances(state: &AppState, set: &StoredScaleSet) -> Result<Vec<Object<InstanceRecord>>, ApiError> {
@@ -367,16 +318,7 @@ pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleS
 
 /// An activity-log entry for something a user asked for.
 pub fn user_event(state: &AppState, group: &str, resource: &str, operation: &str, message: String) -> ActivityEvent {
-    ActivityEvent {
-        seq: 0,
-        time: state.clock.now(),
-        resource_group: group.into(),
-        resource: resource.into(),
-        operation: operation.into(),
-        status: "Accepted".into(),
-        actor: Actor::User,
-        message,
-    }
+    herd_state::activity::user_event(state.clock.now(), group, resource, operation, message)
 }
 
 /// Checks the name of a network resource taken from the URL.

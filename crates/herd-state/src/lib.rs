@@ -23,8 +23,14 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod activity;
+pub mod batch;
+pub mod groups;
 pub mod keys;
+pub mod lookup;
 pub mod records;
+#[cfg(test)]
+mod testkit;
 pub mod transitions;
 
 pub use herd_store::seal;

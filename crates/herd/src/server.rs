@@ -596,7 +596,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     std::fs::create_dir_all(&image_dir)?;
     herd_api::images::clear_uploads(&image_dir);
     let state = AppState {
-        store,
+        store: store.into(),
         wake: reconciler.waker(),
         token: token.clone().into(),
         clock,
