@@ -118,6 +118,27 @@ impl From<herd_state::groups::GroupError> for ApiError {
     }
 }
 
+impl From<herd_state::model_refs::RefError> for ApiError {
+    fn from(e: herd_state::model_refs::RefError) -> Self {
+        match e {
+            herd_state::model_refs::RefError::Invalid(f) => ApiError::Invalid(f),
+            herd_state::model_refs::RefError::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::scale_sets::ScaleSetError> for ApiError {
+    fn from(e: herd_state::scale_sets::ScaleSetError) -> Self {
+        use herd_state::scale_sets::ScaleSetError as S;
+        match e {
+            S::Invalid(f) => ApiError::Invalid(f),
+            S::Exists { .. } => ApiError::Conflict(e.to_string()),
+            S::Lookup(e) => e.into(),
+            S::State(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, target) = match &self {

@@ -76,6 +76,18 @@ impl AppState {
         self.store.run(move |s| Ok(f(s))).await?
     }
 
+    /// Runs `f` with this state on tokio's blocking pool: for a handler whose whole request
+    /// (validation against the stored records, the operation, the view of the result) reads and
+    /// writes the store, so none of it stalls the async runtime.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let me = self.clone();
+        self.run(move |_| f(&me)).await
+    }
+
     /// Starts a reconcile pass soon.
     pub fn wake(&self) {
         self.wake.notify_one();

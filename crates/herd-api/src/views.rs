@@ -7,12 +7,13 @@ use herd_model::{
     group::ResourceGroup,
     instance::InstanceRecord,
     patch::PatchOp,
-    scale_set::{ScaleSetModel, ScaleSetStatus, StoredScaleSet},
+    scale_set::{ScaleSetModel, StoredScaleSet},
     GroupName, ScaleSetName,
 };
-use herd_reconciler::{summarize, SetSummary};
 use herd_state::keys::SetKey;
 use herd_state::lookup;
+use herd_state::scale_sets::{observe, Observed, SetProvisioningState};
+use herd_state::summary::SetSummary;
 use herd_store::{Kind, Object, StoreExt, WriteOp};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +31,8 @@ pub struct ScaleSetView {
     /// Bumped only by changes to `virtualMachineProfile` or the SKU's size.
     pub model_generation: u64,
     /// `Creating`, `Updating`, `Succeeded`, `Failed` (creation suspended) or `Deleting`.
-    pub provisioning_state: String,
+    #[schema(value_type = String)]
+    pub provisioning_state: SetProvisioningState,
     pub time_created: chrono::DateTime<chrono::Utc>,
     #[serde(flatten)]
     pub model: ScaleSetModel,
@@ -256,34 +258,7 @@ pub fn load_instances(state: &AppState, set: &StoredScaleSet) -> Result<Vec<Obje
 /// Builds the API view of a set from its stored record, status and instances.
 pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleSetView, ApiError> {
     let set = &obj.value;
-    // A quarantined status reads as none; the set is then shown Failed below.
-    let status = match state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.key()) {
-        Ok(o) => o.map(|o| o.value),
-        Err(herd_store::StoreError::Codec(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let records: Vec<InstanceRecord> = load_instances(state, set)?.into_iter().map(|o| o.value).collect();
-    let mut summary = summarize(set, status.as_ref(), &records);
-    // A set with a quarantined record is not reconciled: Failed, with the reason.
-    if let Some(q) = herd_reconciler::orphans::quarantined_sets(&*state.store).get(&set.key()) {
-        summary.suspended = Some(herd_model::scale_set::Suspension {
-            reason: herd_reconciler::orphans::failure_reason(q),
-            at_revision: obj.revision,
-            since: q.iter().map(|r| r.since).min().unwrap_or_else(|| state.clock.now()),
-        });
-        summary.converged = false;
-    }
-    let provisioning_state = if set.deleting {
-        "Deleting"
-    } else if summary.suspended.is_some() {
-        "Failed"
-    } else if summary.converged {
-        "Succeeded"
-    } else if status.is_none() || (summary.running == 0 && set.model_generation == 1 && summary.capacity > 0) {
-        "Creating"
-    } else {
-        "Updating"
-    };
+    let Observed { status, summary, provisioning_state } = observe(&*state.store, obj, state.clock.now())?;
     Ok(ScaleSetView {
         id: StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str()),
         name: set.name.to_string(),
@@ -291,7 +266,7 @@ pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleS
         resource_group: set.group.to_string(),
         etag: etag(obj.revision),
         model_generation: set.model_generation,
-        provisioning_state: provisioning_state.into(),
+        provisioning_state,
         time_created: set.time_created,
         model: set.model.clone(),
         instance_summary: summary,

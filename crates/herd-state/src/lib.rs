@@ -28,7 +28,11 @@ pub mod batch;
 pub mod groups;
 pub mod keys;
 pub mod lookup;
+pub mod model_refs;
+pub mod quarantine;
 pub mod records;
+pub mod scale_sets;
+pub mod summary;
 #[cfg(test)]
 mod testkit;
 pub mod transitions;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use herd_model::scale_set::{ScaleSetModel, StoredScaleSet};
 use herd_model::{GroupName, ScaleSetName};
-use herd_store::{SqliteStore, Store};
+use herd_store::{Kind, SqliteStore, Store, StoreExt};
 
 pub fn store() -> SqliteStore {
     SqliteStore::in_memory().expect("in-memory store")
@@ -50,4 +50,9 @@ pub fn stored_set(group_name: &str, name: &str, capacity: i64) -> StoredScaleSet
 /// How many activity-log entries the store holds.
 pub fn activity_count(store: &dyn Store) -> usize {
     store.activity(&Default::default()).unwrap().len()
+}
+
+/// The stored value of a record, raw.
+pub fn raw(store: &dyn Store, kind: Kind, key: &str) -> Option<serde_json::Value> {
+    store.get_as::<serde_json::Value>(kind, key).unwrap().map(|o| o.value)
 }
