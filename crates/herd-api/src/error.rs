@@ -139,6 +139,30 @@ impl From<herd_state::scale_sets::ScaleSetError> for ApiError {
     }
 }
 
+impl From<herd_state::images::ImageError> for ApiError {
+    fn from(e: herd_state::images::ImageError) -> Self {
+        use herd_state::images::ImageError as I;
+        match e {
+            I::NotInGallery(_) => ApiError::NotFound(e.to_string()),
+            I::Exists(_) | I::InUse { .. } => ApiError::Conflict(e.to_string()),
+            I::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::instance_actions::ActionError> for ApiError {
+    fn from(e: herd_state::instance_actions::ActionError) -> Self {
+        use herd_state::instance_actions::ActionError as A;
+        match e {
+            A::Invalid(f) => ApiError::Invalid(f),
+            A::SetDeleting(_) => ApiError::Conflict(e.to_string()),
+            A::NoInstances { .. } | A::NoInstance { .. } => ApiError::NotFound(e.to_string()),
+            A::Lookup(e) => e.into(),
+            A::State(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, target) = match &self {

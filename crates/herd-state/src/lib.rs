@@ -26,6 +26,8 @@ pub mod actions;
 pub mod activity;
 pub mod batch;
 pub mod groups;
+pub mod images;
+pub mod instance_actions;
 pub mod keys;
 pub mod lookup;
 pub mod model_refs;

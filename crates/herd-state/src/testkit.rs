@@ -56,3 +56,27 @@ pub fn activity_count(store: &dyn Store) -> usize {
 pub fn raw(store: &dyn Store, kind: Kind, key: &str) -> Option<serde_json::Value> {
     store.get_as::<serde_json::Value>(kind, key).unwrap().map(|o| o.value)
 }
+
+/// A running instance record `id` of set `web`.
+pub fn record(id: u64) -> herd_model::instance::InstanceRecord {
+    serde_json::from_value(serde_json::json!({
+        "instanceId": id, "computerName": format!("web{id:06}"), "modelGeneration": 1,
+        "state": "Running", "goal": "Running", "reachAddress": "127.128.0.4",
+        "createdAt": now(), "stateSince": now(),
+    }))
+    .unwrap()
+}
+
+/// Stores `set` and `n` running instances of it (ids 0..n); returns the stored set.
+pub fn set_with_instances(store: &dyn Store, set: &StoredScaleSet, n: u64) -> crate::Versioned<StoredScaleSet> {
+    use crate::keys::SetKey;
+    use herd_store::{Expect, WriteOp};
+    let key = SetKey::of(set);
+    let mut ops = vec![WriteOp::put(Kind::ScaleSet, key.to_string(), set, Expect::Absent).unwrap()];
+    ops.extend((0..n).map(|i| {
+        WriteOp::put(Kind::Instance, key.instance(herd_model::InstanceId(i)).to_string(), &record(i), Expect::Absent)
+            .unwrap()
+    }));
+    crate::batch::commit_chunks_reapplying(store, ops, |_| -> Result<_, crate::StateError> { Ok(None) }).unwrap();
+    store.get_as::<StoredScaleSet>(Kind::ScaleSet, &key.to_string()).unwrap().unwrap()
+}

@@ -636,7 +636,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     }
     let autoscale_defaults = herd_autoscaler::runner::RunnerConfig::default();
     let autoscaler = herd_autoscaler::runner::Runner::new(
-        state.store.clone(),
+        state.store.store().clone(),
         state.driver.clone(),
         state.clock.clone(),
         state.sealer.clone(),
@@ -671,8 +671,12 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let lb_task = tokio::spawn(async move { lb.run(lb_rx).await });
     let mut tasks = vec![];
     if let Some(port) = metadata_port {
-        let md =
-            herd_metadata::MetadataService::new(state.store.clone(), state.clock.clone(), state.wake.clone(), port);
+        let md = herd_metadata::MetadataService::new(
+            state.store.store().clone(),
+            state.clock.clone(),
+            state.wake.clone(),
+            port,
+        );
         let md_rx = rx.clone();
         tasks.push(tokio::spawn(async move { md.run(md_rx).await }));
     }
@@ -682,7 +686,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     tasks.push(tokio::spawn(async move { meter.run(meter_every, meter_rx).await }));
     // The change feed keeps 5 to 10 minutes of history (see herd_store::COMPACTION_INTERVAL).
     let compact_rx = rx.clone();
-    let compact_store = state.store.clone();
+    let compact_store = state.store.store().clone();
     tasks.push(tokio::spawn(async move {
         herd_store::run_compaction(compact_store, herd_store::COMPACTION_INTERVAL, compact_rx).await
     }));
