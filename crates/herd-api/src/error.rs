@@ -163,6 +163,17 @@ impl From<herd_state::instance_actions::ActionError> for ApiError {
     }
 }
 
+impl From<herd_state::networks::NetError> for ApiError {
+    fn from(e: herd_state::networks::NetError) -> Self {
+        use herd_state::networks::NetError as N;
+        match e {
+            N::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            N::UsedBySets { .. } | N::UsedByLoadBalancer { .. } => ApiError::Conflict(e.to_string()),
+            N::State(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, target) = match &self {

@@ -31,6 +31,7 @@ pub mod instance_actions;
 pub mod keys;
 pub mod lookup;
 pub mod model_refs;
+pub mod networks;
 pub mod quarantine;
 pub mod records;
 pub mod scale_sets;
