@@ -89,7 +89,7 @@ pub async fn vnet_list(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<VirtualNetwork>>, ApiError> {
-    s.blocking(move |s| Ok(Json(list_all(&s, &group)?))).await
+    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
 }
 
 /// Shows a virtual network.
@@ -99,7 +99,7 @@ pub async fn vnet_show(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<VirtualNetwork>, ApiError> {
-    s.blocking(move |s| Ok(Json(load::<VirtualNetwork>(&s, &group, &name)?.value))).await
+    s.blocking(move |s| Ok(Json(load::<VirtualNetwork>(s, &group, &name)?.value))).await
 }
 
 /// Creates or replaces a virtual network (with its subnets).
@@ -113,16 +113,16 @@ pub async fn vnet_put(
     Json(body): Json<Value>,
 ) -> Result<Json<VirtualNetwork>, ApiError> {
     s.blocking(move |s| {
-        views::load_group(&s, &group)?;
+        views::load_group(s, &group)?;
         views::check_child_name("name", &name)?;
         views::retry(&headers, || {
             let existing = networks::find_resource::<VirtualNetwork>(&*s.store, &group, &name)?;
             let expect = expect_for(&headers, &existing, &name, "virtual network")?;
             let mut v: VirtualNetwork = parse(body.clone())?;
             v.normalize(&group, &name)?;
-            check_vnet_overlaps(&s, &group, &name, &v)?;
+            check_vnet_overlaps(s, &group, &name, &v)?;
             save(
-                &s,
+                s,
                 &group,
                 &name,
                 &v,
@@ -165,7 +165,7 @@ pub async fn vnet_delete(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    s.blocking(move |s| delete_resource::<VirtualNetwork>(&s, &group, &name)).await
+    s.blocking(move |s| delete_resource::<VirtualNetwork>(s, &group, &name)).await
 }
 
 /// Creates or replaces a subnet of a virtual network.
@@ -183,7 +183,7 @@ pub async fn subnet_put(
         }
         // Subnets share their vnet's revision: a concurrent write to a sibling is re-applied.
         views::retry(&HeaderMap::new(), || {
-            let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
+            let cur = load::<VirtualNetwork>(s, &group, &vnet)?;
             let sub: Subnet = parse(body.clone())?;
             let mut v = cur.value.clone();
             v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
@@ -194,7 +194,7 @@ pub async fn subnet_put(
                 }
                 ApiError::Invalid(e)
             })?;
-            save(&s, &group, &vnet, &v, Expected::Revision(cur.revision), format!("subnet '{name}' written"))?;
+            save(s, &group, &vnet, &v, Expected::Revision(cur.revision), format!("subnet '{name}' written"))?;
             let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
             Ok(Json(out))
         })
@@ -210,7 +210,7 @@ pub async fn subnet_delete(
     State(s): State<AppState>,
     Path((group, vnet, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    s.blocking(move |s| views::retry(&HeaderMap::new(), || subnet_delete_once(&s, &group, &vnet, &name))).await
+    s.blocking(move |s| views::retry(&HeaderMap::new(), || subnet_delete_once(s, &group, &vnet, &name))).await
 }
 
 fn subnet_delete_once(s: &AppState, group: &str, vnet: &str, name: &str) -> Result<StatusCode, ApiError> {
@@ -246,7 +246,7 @@ pub async fn pip_list(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<PublicIpAddress>>, ApiError> {
-    s.blocking(move |s| Ok(Json(list_all(&s, &group)?))).await
+    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
 }
 
 /// Shows a public IP address.
@@ -256,7 +256,7 @@ pub async fn pip_show(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<PublicIpAddress>, ApiError> {
-    s.blocking(move |s| Ok(Json(load::<PublicIpAddress>(&s, &group, &name)?.value))).await
+    s.blocking(move |s| Ok(Json(load::<PublicIpAddress>(s, &group, &name)?.value))).await
 }
 
 /// Creates a public IP address. Without `ipAddress`, herd allocates a loopback address from
@@ -271,7 +271,7 @@ pub async fn pip_put(
     Json(body): Json<Value>,
 ) -> Result<Json<PublicIpAddress>, ApiError> {
     s.blocking(move |s| {
-        views::load_group(&s, &group)?;
+        views::load_group(s, &group)?;
         views::check_child_name("name", &name)?;
         views::retry(&headers, || {
             let existing = networks::find_resource::<PublicIpAddress>(&*s.store, &group, &name)?;
@@ -306,7 +306,7 @@ pub async fn pip_put(
                     .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
             };
             p.ip_address = Some(addr.to_string());
-            save(&s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
+            save(s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
             Ok(Json(p))
         })
     })
@@ -320,7 +320,7 @@ pub async fn pip_delete(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    s.blocking(move |s| delete_resource::<PublicIpAddress>(&s, &group, &name)).await
+    s.blocking(move |s| delete_resource::<PublicIpAddress>(s, &group, &name)).await
 }
 
 // ---- load balancers ----
@@ -379,7 +379,7 @@ pub async fn lb_list(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<LoadBalancer>>, ApiError> {
-    s.blocking(move |s| Ok(Json(list_all(&s, &group)?))).await
+    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
 }
 
 /// Shows a load balancer.
@@ -389,7 +389,7 @@ pub async fn lb_show(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
-    s.blocking(move |s| Ok(Json(load::<LoadBalancer>(&s, &group, &name)?.value))).await
+    s.blocking(move |s| Ok(Json(load::<LoadBalancer>(s, &group, &name)?.value))).await
 }
 
 /// Creates or replaces a load balancer.
@@ -403,15 +403,15 @@ pub async fn lb_put(
     Json(body): Json<Value>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
     s.blocking(move |s| {
-        views::load_group(&s, &group)?;
+        views::load_group(s, &group)?;
         views::check_child_name("name", &name)?;
         views::retry(&headers, || {
             let existing = networks::find_resource::<LoadBalancer>(&*s.store, &group, &name)?;
             let expect = expect_for(&headers, &existing, &name, "load balancer")?;
             let mut lb: LoadBalancer = parse(body.clone())?;
-            lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-            check_ports_free(&s, &lb)?;
-            save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
+            lb.normalize(&group, &name, &public_ip_ids(s)?)?;
+            check_ports_free(s, &lb)?;
+            save(s, &group, &name, &lb, expect, "load balancer written".into())?;
             s.wake();
             Ok(Json(lb))
         })
@@ -426,7 +426,7 @@ pub async fn lb_delete(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    s.blocking(move |s| delete_resource::<LoadBalancer>(&s, &group, &name)).await
+    s.blocking(move |s| delete_resource::<LoadBalancer>(s, &group, &name)).await
 }
 
 fn collection(c: &str) -> Result<&'static str, ApiError> {
@@ -456,15 +456,15 @@ pub async fn lb_child_put(
         // re-applied to a fresh read rather than answered 409.
         views::retry(&HeaderMap::new(), || {
             let body = body.clone();
-            let cur = load::<LoadBalancer>(&s, &group, &name)?;
+            let cur = load::<LoadBalancer>(s, &group, &name)?;
             let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
             let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
             list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
             list.push(body);
             let mut lb: LoadBalancer = parse(doc)?;
-            lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-            check_ports_free(&s, &lb)?;
-            save(&s, &group, &name, &lb, Expected::Revision(cur.revision), format!("{coll} '{child}' written"))?;
+            lb.normalize(&group, &name, &public_ip_ids(s)?)?;
+            check_ports_free(s, &lb)?;
+            save(s, &group, &name, &lb, Expected::Revision(cur.revision), format!("{coll} '{child}' written"))?;
             s.wake();
             Ok(Json(lb))
         })
@@ -501,7 +501,7 @@ pub async fn lb_child_delete(
 ) -> Result<Json<LoadBalancer>, ApiError> {
     s.blocking(move |s| {
         let coll = collection(&coll)?;
-        let lb = views::retry(&HeaderMap::new(), || lb_child_delete_once(&s, &group, &name, coll, &child))?;
+        let lb = views::retry(&HeaderMap::new(), || lb_child_delete_once(s, &group, &name, coll, &child))?;
         s.wake();
         Ok(Json(lb))
     })
@@ -573,7 +573,7 @@ pub async fn pool_show(
 ) -> Result<Json<PoolView>, ApiError> {
     s.blocking(move |s| {
         use herd_model::instance::InstanceState;
-        let lb = load::<LoadBalancer>(&s, &group, &name)?.value;
+        let lb = load::<LoadBalancer>(s, &group, &name)?.value;
         let p = lb.backend_address_pools.iter().find(|p| p.name.eq_ignore_ascii_case(&pool)).ok_or_else(|| {
             ApiError::NotFound(format!("backend pool '{pool}' does not exist in load balancer '{name}'"))
         })?;
