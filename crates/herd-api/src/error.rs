@@ -174,6 +174,15 @@ impl From<herd_state::networks::NetError> for ApiError {
     }
 }
 
+impl From<herd_state::set_status::StatusError> for ApiError {
+    fn from(e: herd_state::set_status::StatusError) -> Self {
+        match e {
+            herd_state::set_status::StatusError::State(e) => e.into(),
+            other => ApiError::Conflict(other.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, target) = match &self {

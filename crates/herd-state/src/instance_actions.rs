@@ -12,9 +12,9 @@ use crate::activity::user_event;
 use crate::batch::{commit_chunks_reapplying, CHUNK_RETRIES};
 use crate::keys::SetKey;
 use crate::lookup::{self, LookupError};
-use crate::records::{Records, StateError, Versioned};
+use crate::records::{Expected, Records, StateError, Versioned};
 use chrono::{DateTime, Utc};
-use herd_model::instance::{InstanceGoal, InstanceRecord, InstanceState, PendingAction};
+use herd_model::instance::{InstanceGoal, InstanceRecord, InstanceState, PendingAction, ProtectionPolicy};
 use herd_model::scale_set::StoredScaleSet;
 use herd_model::{FieldError, InstanceId, ScaleSetName};
 use herd_store::{Expect, Kind, Store, StoreError, StoreExt, WriteOp};
@@ -76,6 +76,33 @@ pub fn instance(
         .get(Kind::Instance, &key)?
         .ok_or_else(|| ActionError::NoInstance { set: set.name.clone(), id: raw_id.to_string() })?;
     Ok(serde_json::from_value(o.value).map_err(|e| StoreError::Codec(format!("{key}: {e}")))?)
+}
+
+/// Sets the protection policy of instance `id` of `set` (`raw_id` as the request named it) as
+/// a compare-and-swap with its log line; an instance that is not counted (being deleted, an
+/// overprovisioned extra) does not exist for this.
+pub fn set_protection(
+    store: &dyn Store,
+    set: &StoredScaleSet,
+    (id, raw_id): (InstanceId, &str),
+    policy: &ProtectionPolicy,
+    now: DateTime<Utc>,
+) -> Result<(), ActionError> {
+    let key = SetKey::of(set).instance(id);
+    let cur = store
+        .instance(&key)?
+        .filter(|o| o.value.is_counted())
+        .ok_or_else(|| ActionError::NoInstance { set: set.name.clone(), id: raw_id.to_string() })?;
+    let mut rec = cur.value.clone();
+    rec.protect_from_scale_in = policy.protect_from_scale_in;
+    rec.protect_from_scale_set_actions = policy.protect_from_scale_set_actions;
+    let message = format!(
+        "instance {raw_id}: protectFromScaleIn={}, protectFromScaleSetActions={}",
+        policy.protect_from_scale_in, policy.protect_from_scale_set_actions
+    );
+    let ev = user_event(now, set.group.as_str(), set.name.as_str(), "SetProtectionPolicy", message);
+    store.update_instance(&key, &rec, Expected::Revision(cur.revision), Some(ev))?;
+    Ok(())
 }
 
 /// Whether extension changes can run in place on this set's instances: every driver runs

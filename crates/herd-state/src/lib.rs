@@ -35,6 +35,7 @@ pub mod networks;
 pub mod quarantine;
 pub mod records;
 pub mod scale_sets;
+pub mod set_status;
 pub mod summary;
 #[cfg(test)]
 mod testkit;
