@@ -8,7 +8,7 @@ use axum::{
     Json,
 };
 use herd_model::FieldError;
-use herd_store::StoreError;
+use herd_state::failure::Failure;
 use serde::{Deserialize, Serialize};
 
 /// The error body every failed request returns.
@@ -74,24 +74,22 @@ impl From<FieldError> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict { .. } => ApiError::Changed(format!(
+impl From<herd_state::StateError> for ApiError {
+    fn from(e: herd_state::StateError) -> Self {
+        match herd_state::failure::failure(&e) {
+            Failure::Conflict => ApiError::Changed(format!(
                 "the resource changed while this request was applied ({e}); read it again and retry"
             )),
-            StoreError::Full(_) => ApiError::InsufficientStorage(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
+            Failure::Full => ApiError::InsufficientStorage(e.to_string()),
+            Failure::Undecodable | Failure::Internal => ApiError::Internal(e.to_string()),
         }
     }
 }
 
-impl From<herd_state::StateError> for ApiError {
-    fn from(e: herd_state::StateError) -> Self {
-        match e {
-            herd_state::StateError::Store(e) => e.into(),
-            other => ApiError::Internal(other.to_string()),
-        }
+/// For the handlers not yet moved onto typed operations (autoscale, store status).
+impl From<herd_store::StoreError> for ApiError {
+    fn from(e: herd_store::StoreError) -> Self {
+        herd_state::StateError::from(e).into()
     }
 }
 

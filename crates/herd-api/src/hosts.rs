@@ -16,7 +16,6 @@ use herd_model::{instance::InstanceRecord, scale_set::StoredScaleSet, InstanceId
 use herd_state::keys::SetKey;
 use herd_state::scale_sets::{Room, ScaleSetError};
 use herd_state::{Records, StateError, Store};
-use herd_store::{Kind, StoreExt};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -52,11 +51,10 @@ pub struct HostsView {
 
 /// Every set and its records, as the capacity arbiter sees them.
 fn holders(store: &dyn Store, config: &ApiConfig) -> Result<Vec<herd_capacity::Holder>, StateError> {
-    let sets: BTreeMap<String, StoredScaleSet> =
-        store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?.into_iter().map(|o| (o.key, o.value)).collect();
+    let sets: BTreeMap<String, StoredScaleSet> = store.scale_sets()?.into_iter().map(|o| (o.key, o.value)).collect();
     let unlimited = config.hosts.is_empty();
     let mut out = Vec::new();
-    for o in store.list_as::<InstanceRecord>(Kind::Instance, "")? {
+    for o in store.instances()? {
         let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
         if let Some(set) = sets.get(set_key) {
             out.extend(herd_reconciler::capacity::holder(set, &o.value, &config.skus, unlimited));

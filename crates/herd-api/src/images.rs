@@ -87,12 +87,6 @@ impl From<FieldError> for ImportError {
     }
 }
 
-impl From<herd_store::StoreError> for ImportError {
-    fn from(e: herd_store::StoreError) -> Self {
-        ImportError::Api(e.into())
-    }
-}
-
 impl axum::response::IntoResponse for ImportError {
     fn into_response(self) -> axum::response::Response {
         match self {

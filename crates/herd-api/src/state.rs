@@ -41,7 +41,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ApiConfig>,
     /// Seals write-only secrets before they reach the store.
-    pub sealer: Arc<herd_store::seal::Sealer>,
+    pub sealer: Arc<herd_state::seal::Sealer>,
     /// Instance health as the load-balancer probes see it.
     pub health: Arc<herd_model::health::HealthBoard>,
     /// The load-balancer controller (metrics, counters).

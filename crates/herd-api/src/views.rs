@@ -5,16 +5,14 @@ use axum::http::HeaderMap;
 use herd_model::{
     activity::ActivityEvent,
     group::ResourceGroup,
-    instance::InstanceRecord,
     patch::PatchOp,
     scale_set::{ScaleSetModel, StoredScaleSet},
     GroupName, ScaleSetName,
 };
-use herd_state::keys::SetKey;
 use herd_state::lookup;
 use herd_state::scale_sets::{observe, Observed, SetProvisioningState};
 use herd_state::summary::SetSummary;
-use herd_store::{Kind, Object, StoreExt, WriteOp};
+use herd_state::Versioned as Object;
 use serde::{Deserialize, Serialize};
 
 /// A scale set as the API returns it: the model plus what the server owns.
@@ -199,16 +197,6 @@ pub fn retry<T>(headers: &HeaderMap, mut f: impl FnMut() -> Result<T, ApiError>)
     }
 }
 
-/// Commits `ops` in chunks that each fit a transaction, re-applying a chunk that lost a race
-/// ([`herd_state::batch::commit_chunks_reapplying`]).
-pub fn commit_chunks_reapplying(
-    state: &AppState,
-    ops: Vec<WriteOp>,
-    reapply: impl Fn(&str) -> Result<Option<WriteOp>, ApiError>,
-) -> Result<(), ApiError> {
-    herd_state::batch::commit_chunks_reapplying(&*state.store, ops, reapply)
-}
-
 pub fn check_if_match(headers: &HeaderMap, revision: u64) -> Result<(), ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
         return Ok(());
@@ -249,10 +237,6 @@ pub fn load_group(state: &AppState, g: &str) -> Result<Object<ResourceGroup>, Ap
 pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScaleSet>, ApiError> {
     load_group(state, g)?;
     Ok(lookup::scale_set(&*state.store, &group_name(g)?, &set_name(n)?)?)
-}
-
-pub fn load_instances(state: &AppState, set: &StoredScaleSet) -> Result<Vec<Object<InstanceRecord>>, ApiError> {
-    Ok(state.store.list_as::<InstanceRecord>(Kind::Instance, &SetKey::of(set).children())?)
 }
 
 /// Builds the API view of a set from its stored record, status and instances.

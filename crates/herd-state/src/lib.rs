@@ -25,6 +25,8 @@
 pub mod actions;
 pub mod activity;
 pub mod batch;
+pub mod cost_records;
+pub mod failure;
 pub mod groups;
 pub mod images;
 pub mod instance_actions;
