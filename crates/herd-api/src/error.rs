@@ -86,13 +86,6 @@ impl From<herd_state::StateError> for ApiError {
     }
 }
 
-/// For the handlers not yet moved onto typed operations (autoscale, store status).
-impl From<herd_store::StoreError> for ApiError {
-    fn from(e: herd_store::StoreError) -> Self {
-        herd_state::StateError::from(e).into()
-    }
-}
-
 impl From<herd_state::lookup::LookupError> for ApiError {
     fn from(e: herd_state::lookup::LookupError) -> Self {
         use herd_state::lookup::LookupError as L;

@@ -136,7 +136,7 @@ fn put_once(
         Ok(cur) => Some(cur),
         Err(LookupError::NoSet { .. }) => None,
         Err(LookupError::State(e)) => return Err(e.into()),
-        Err(LookupError::Quarantined { source, .. }) => return Err(source.into()),
+        Err(LookupError::Quarantined { source, .. }) => return Err(herd_state::StateError::from(source).into()),
         Err(e) => return Err(e.into()),
     };
     let create_only = headers.get(axum::http::header::IF_NONE_MATCH).is_some_and(|v| v == "*");

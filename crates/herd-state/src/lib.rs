@@ -24,6 +24,7 @@
 
 pub mod actions;
 pub mod activity;
+pub mod admin;
 pub mod autoscale_config;
 pub mod batch;
 pub mod cost_records;
