@@ -403,17 +403,7 @@ pub async fn import(
     let guard = Cleanup(Some(dest.clone()));
     let staged = upload_dir(&state.config.image_dir, &key);
     let (source, guest_agent, from) = stage(&req, &dest, &staged, &state.config).await?;
-    let img = Image {
-        id: format!("/images/{u}"),
-        urn: u.to_string(),
-        publisher: u.publisher.clone(),
-        offer: u.offer.clone(),
-        sku: u.sku.clone(),
-        version: u.version.clone(),
-        source,
-        guest_agent,
-        created_at: state.clock.now(),
-    };
+    let img = images::image_record(&u, source, guest_agent, state.clock.now());
     let (record, now) = (img.clone(), state.clock.now());
     state.run(move |s| Ok(images::add_image(s, &record, &from, now)?)).await?;
     guard.disarm();

@@ -9,7 +9,7 @@ use crate::activity::user_event;
 use crate::keys::{ImageKey, ALL};
 use crate::records::StateError;
 use chrono::{DateTime, Utc};
-use herd_model::image::{self, Image};
+use herd_model::image::{self, Image, ImageSource};
 use herd_model::scale_set::{ScaleSetModel, StoredScaleSet};
 use herd_model::ImageUrn;
 use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
@@ -31,6 +31,27 @@ impl From<herd_store::StoreError> for ImageError {
     fn from(e: herd_store::StoreError) -> Self {
         ImageError::State(e.into())
     }
+}
+
+/// The gallery record of an image imported as `urn` from `source`.
+pub fn image_record(urn: &ImageUrn, source: ImageSource, guest_agent: Option<bool>, now: DateTime<Utc>) -> Image {
+    Image {
+        id: format!("/images/{urn}"),
+        urn: urn.to_string(),
+        publisher: urn.publisher.clone(),
+        offer: urn.offer.clone(),
+        sku: urn.sku.clone(),
+        version: urn.version.clone(),
+        source,
+        guest_agent,
+        created_at: now,
+    }
+}
+
+/// The image of `all` a model names (`latest` resolved), if the gallery has it.
+fn image_of<'a>(all: &'a [Image], model: &ScaleSetModel) -> Option<&'a Image> {
+    let urn = model.virtual_machine_profile.storage_profile.image_reference.urn().ok()?;
+    image::resolve(all, &urn)
 }
 
 /// Every image in the gallery.
@@ -65,9 +86,7 @@ pub fn add_image(store: &dyn Store, img: &Image, from: &str, now: DateTime<Utc>)
 /// Whether the model's image runs the QEMU guest agent: `None` when the image is not in the
 /// gallery, `Some(None)` when that is not known yet.
 pub fn guest_agent_of(store: &dyn Store, model: &ScaleSetModel) -> Result<Option<Option<bool>>, StateError> {
-    let all = images(store)?;
-    let urn = model.virtual_machine_profile.storage_profile.image_reference.urn().ok();
-    Ok(urn.and_then(|u| image::resolve(&all, &u).map(|i| i.guest_agent)))
+    Ok(image_of(&images(store)?, model).map(|i| i.guest_agent))
 }
 
 /// Deletes image `urn` (exactly that version), unless a scale set's model uses it. Returns the
@@ -79,17 +98,7 @@ pub fn delete_image(store: &dyn Store, urn: &ImageUrn, now: DateTime<Utc>) -> Re
     let sets: Vec<String> = store
         .list_as::<StoredScaleSet>(Kind::ScaleSet, ALL)?
         .into_iter()
-        .filter(|s| {
-            s.value
-                .model
-                .virtual_machine_profile
-                .storage_profile
-                .image_reference
-                .urn()
-                .ok()
-                .and_then(|r| image::resolve(&all, &r).map(|i| ImageKey::new(&i.urn()).to_string() == key))
-                .unwrap_or(false)
-        })
+        .filter(|s| image_of(&all, &s.value.model).is_some_and(|i| ImageKey::new(&i.urn()).to_string() == key))
         .map(|s| s.key)
         .collect();
     if !sets.is_empty() {
@@ -106,21 +115,10 @@ pub fn delete_image(store: &dyn Store, urn: &ImageUrn, now: DateTime<Utc>) -> Re
 mod tests {
     use super::*;
     use crate::testkit::{activity_count, now, store, stored_set};
-    use herd_model::image::ImageSource;
 
     fn image(urn: &str) -> Image {
-        let u = ImageUrn::parse(urn).unwrap();
-        Image {
-            id: format!("/images/{u}"),
-            urn: u.to_string(),
-            publisher: u.publisher.clone(),
-            offer: u.offer.clone(),
-            sku: u.sku.clone(),
-            version: u.version.clone(),
-            source: ImageSource::Directory { path: "/nowhere".into() },
-            guest_agent: Some(true),
-            created_at: now(),
-        }
+        let source = ImageSource::Directory { path: "/nowhere".into() };
+        image_record(&ImageUrn::parse(urn).unwrap(), source, Some(true), now())
     }
 
     #[test]
