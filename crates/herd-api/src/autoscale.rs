@@ -14,10 +14,11 @@ use axum::{
     Json,
 };
 use herd_autoscale::AutoscaleSetting;
-use herd_autoscaler::runner::{source_secret_key, CapacityWriter, HistoryEntry, SettingRuntime, StoredSource};
+use herd_autoscaler::runner::{CapacityWriter, HistoryEntry, SettingRuntime, StoredSource};
 use herd_model::{activity::Actor, scale_set::Secrets, FieldError};
-use herd_state::keys::AutoscaleKey;
-use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
+use herd_state::autoscale_config::{self, Logged};
+use herd_state::keys::{SeriesKey, SetKey, SourceSeriesKey};
+use herd_state::{AutoscaleRecords, Expected, Versioned as Object};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -41,10 +42,6 @@ fn view(group: &str, o: &Object<AutoscaleSetting>) -> AutoscaleView {
     }
 }
 
-fn key(group: &str, name: &str) -> String {
-    AutoscaleKey::new(group, name).to_string()
-}
-
 /// Lists a group's autoscale settings.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/autoscaleSettings", tag = "autoscale",
     params(("group" = String, Path)), responses((status = 200, body = Vec<AutoscaleView>)))]
@@ -52,9 +49,13 @@ pub async fn list(
     State(state): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<AutoscaleView>>, ApiError> {
-    views::load_group(&state, &group)?;
-    let all = state.store.list_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &AutoscaleKey::group_prefix(&group))?;
-    Ok(Json(all.iter().map(|o| view(&group, o)).collect()))
+    state
+        .blocking(move |st| {
+            views::load_group(st, &group)?;
+            let all = autoscale_config::settings_of::<AutoscaleSetting>(&*st.store, &group)?;
+            Ok(Json(all.iter().map(|o| view(&group, o)).collect()))
+        })
+        .await
 }
 
 /// Shows one autoscale setting.
@@ -65,11 +66,11 @@ pub async fn show(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<AutoscaleView>, ApiError> {
-    Ok(Json(view(&group, &load(&state, &group, &name)?)))
+    state.blocking(move |st| Ok(Json(view(&group, &load(st, &group, &name)?)))).await
 }
 
 fn load(state: &AppState, group: &str, name: &str) -> Result<Object<AutoscaleSetting>, ApiError> {
-    state.store.get_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &key(group, name))?.ok_or_else(|| {
+    autoscale_config::setting::<AutoscaleSetting>(&*state.store, group, name)?.ok_or_else(|| {
         ApiError::NotFound(format!("autoscale setting '{name}' does not exist in resource group '{group}'"))
     })
 }
@@ -86,108 +87,104 @@ pub async fn put(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<(StatusCode, Json<AutoscaleView>), ApiError> {
-    views::load_group(&state, &group)?;
-    views::check_child_name("name", &name)?;
-    let mut body = body;
-    if let Some(m) = body.as_object_mut() {
-        m.insert("name".into(), Value::String(name.clone()));
-    }
-    let setting: AutoscaleSetting = serde_path_to_error::deserialize(body)
-        .map_err(|e| ApiError::invalid(e.path().to_string(), e.inner().to_string()))?;
-    setting.validate()?;
-    let (g, n) = herd_autoscaler::runner::parse_target(&setting.target_resource_uri).ok_or_else(|| {
-        ApiError::invalid(
-            "targetResourceUri",
-            "must name a scale set: /resourceGroups/<group>/providers/Microsoft.Compute/virtualMachineScaleSets/<name>",
-        )
-    })?;
-    if !g.eq_ignore_ascii_case(&group) {
-        return Err(ApiError::invalid(
-            "targetResourceUri",
-            format!("the scale set must be in resource group '{group}'"),
-        ));
-    }
-    let set = views::load_set(&state, &g, &n).map_err(|_| {
-        ApiError::invalid("targetResourceUri", format!("scale set '{n}' does not exist in resource group '{g}'"))
-    })?;
-    // Every metric must be one herd samples, or a named source of this group.
-    let sources: Vec<String> = state
-        .store
-        .list_as::<StoredSource>(Kind::MetricSource, &AutoscaleKey::group_prefix(&group))?
-        .into_iter()
-        .map(|o| o.value.name.to_ascii_lowercase())
-        .collect();
-    let known = |m: &str| match m.strip_prefix("source/") {
-        Some(src) => sources.contains(&src.to_ascii_lowercase()),
-        None => herd_autoscaler::sampler::METRIC_NAMES.iter().any(|x| x.eq_ignore_ascii_case(m)),
-    };
-    let allowed = || {
-        let mut a: Vec<String> = herd_autoscaler::sampler::METRIC_NAMES.iter().map(|s| s.to_string()).collect();
-        a.extend(sources.iter().map(|s| format!("source/{s}")));
-        a.join(", ")
-    };
-    for (i, p) in setting.profiles.iter().enumerate() {
-        for (j, r) in p.rules.iter().enumerate() {
-            if !known(&r.metric_trigger.metric_name) {
+    state.blocking(move |state| {
+        views::load_group(state, &group)?;
+        views::check_child_name("name", &name)?;
+        let mut body = body;
+        if let Some(m) = body.as_object_mut() {
+            m.insert("name".into(), Value::String(name.clone()));
+        }
+        let setting: AutoscaleSetting = serde_path_to_error::deserialize(body)
+            .map_err(|e| ApiError::invalid(e.path().to_string(), e.inner().to_string()))?;
+        setting.validate()?;
+        let (g, n) = herd_autoscaler::runner::parse_target(&setting.target_resource_uri).ok_or_else(|| {
+            ApiError::invalid(
+                "targetResourceUri",
+                "must name a scale set: /resourceGroups/<group>/providers/Microsoft.Compute/virtualMachineScaleSets/<name>",
+            )
+        })?;
+        if !g.eq_ignore_ascii_case(&group) {
+            return Err(ApiError::invalid(
+                "targetResourceUri",
+                format!("the scale set must be in resource group '{group}'"),
+            ));
+        }
+        let set = views::load_set(state, &g, &n).map_err(|_| {
+            ApiError::invalid("targetResourceUri", format!("scale set '{n}' does not exist in resource group '{g}'"))
+        })?;
+        // Every metric must be one herd samples, or a named source of this group.
+        let sources: Vec<String> = autoscale_config::sources_of::<StoredSource>(&*state.store, &group)?
+            .into_iter()
+            .map(|o| o.value.name.to_ascii_lowercase())
+            .collect();
+        let known = |m: &str| match m.strip_prefix("source/") {
+            Some(src) => sources.contains(&src.to_ascii_lowercase()),
+            None => herd_autoscaler::sampler::METRIC_NAMES.iter().any(|x| x.eq_ignore_ascii_case(m)),
+        };
+        let allowed = || {
+            let mut a: Vec<String> = herd_autoscaler::sampler::METRIC_NAMES.iter().map(|s| s.to_string()).collect();
+            a.extend(sources.iter().map(|s| format!("source/{s}")));
+            a.join(", ")
+        };
+        for (i, p) in setting.profiles.iter().enumerate() {
+            for (j, r) in p.rules.iter().enumerate() {
+                if !known(&r.metric_trigger.metric_name) {
+                    return Err(ApiError::invalid(
+                        format!("profiles[{i}].rules[{j}].metricTrigger.metricName"),
+                        format!("'{}' is not a metric herd has; allowed: {}", r.metric_trigger.metric_name, allowed()),
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &setting.target_tracking {
+            if !known(&t.metric_name) {
                 return Err(ApiError::invalid(
-                    format!("profiles[{i}].rules[{j}].metricTrigger.metricName"),
-                    format!("'{}' is not a metric herd has; allowed: {}", r.metric_trigger.metric_name, allowed()),
+                    "targetTracking.metricName",
+                    format!("'{}' is not a metric herd has; allowed: {}", t.metric_name, allowed()),
                 ));
             }
         }
-    }
-    if let Some(t) = &setting.target_tracking {
-        if !known(&t.metric_name) {
-            return Err(ApiError::invalid(
-                "targetTracking.metricName",
-                format!("'{}' is not a metric herd has; allowed: {}", t.metric_name, allowed()),
-            ));
-        }
-    }
-    for (i, p) in setting.profiles.iter().enumerate() {
-        let (_, max, _) = p.capacity.bounds();
-        if max > state.config.max_capacity {
-            return Err(ApiError::invalid(
-                format!("profiles[{i}].capacity.maximum"),
-                format!("{max} is above this server's capacity ceiling {}", state.config.max_capacity),
-            ));
-        }
-    }
-    let k = key(&group, &name);
-    views::retry(&headers, || {
-        let existing = state.store.get_as::<AutoscaleSetting>(Kind::AutoscaleSetting, &k)?;
-        let expect = match &existing {
-            Some(o) => {
-                views::check_if_match(&headers, o.revision)?;
-                Expect::Revision(o.revision)
+        for (i, p) in setting.profiles.iter().enumerate() {
+            let (_, max, _) = p.capacity.bounds();
+            if max > state.config.max_capacity {
+                return Err(ApiError::invalid(
+                    format!("profiles[{i}].capacity.maximum"),
+                    format!("{max} is above this server's capacity ceiling {}", state.config.max_capacity),
+                ));
             }
-            None => Expect::Absent,
-        };
-        let verb = if existing.is_some() { "updated" } else { "created" };
-        let ev = views::user_event(
-            &state,
-            &group,
-            set.value.name.as_str(),
-            "WriteAutoscaleSetting",
-            format!("autoscale setting '{name}' {verb} ({} profile(s))", setting.profiles.len()),
-        );
-        let rev = state
-            .store
-            .txn(vec![WriteOp::put(Kind::AutoscaleSetting, k.clone(), &setting, expect)?, WriteOp::Activity(ev)])?;
-        let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-        Ok((
-            code,
-            Json(view(
-                &group,
-                &Object {
-                    key: k.clone(),
-                    revision: rev,
-                    create_revision: existing.as_ref().map_or(rev, |o| o.create_revision),
-                    value: setting.clone(),
-                },
-            )),
-        ))
+        }
+        views::retry(&headers, || {
+            let existing = autoscale_config::setting::<AutoscaleSetting>(&*state.store, &group, &name)?;
+            let expect = match &existing {
+                Some(o) => {
+                    views::check_if_match(&headers, o.revision)?;
+                    Expected::Revision(o.revision)
+                }
+                None => Expected::Absent,
+            };
+            let verb = if existing.is_some() { "updated" } else { "created" };
+            let log = Logged {
+                resource: set.value.name.as_str(),
+                message: format!("autoscale setting '{name}' {verb} ({} profile(s))", setting.profiles.len()),
+                now: state.clock.now(),
+            };
+            let rev = autoscale_config::put_setting(&*state.store, (&group, &name), &setting, expect, log)?;
+            let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+            Ok((
+                code,
+                Json(view(
+                    &group,
+                    &Object {
+                        key: herd_state::keys::AutoscaleKey::new(&group, &name).to_string(),
+                        revision: rev,
+                        create_revision: existing.as_ref().map_or(rev, |o| o.create_revision),
+                        value: setting.clone(),
+                    },
+                )),
+            ))
+        })
     })
+    .await
 }
 
 /// Deletes an autoscale setting and its history.
@@ -199,22 +196,15 @@ pub async fn delete(
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     // The runtime writes the setting's state too: a concurrent write is re-applied.
-    views::retry(&HeaderMap::new(), || {
-        let o = load(&state, &group, &name)?;
-        let ev = views::user_event(
-            &state,
-            &group,
-            &name,
-            "DeleteAutoscaleSetting",
-            format!("autoscale setting '{name}' deleted"),
-        );
-        state.store.txn(vec![
-            WriteOp::delete(Kind::AutoscaleSetting, o.key.clone(), Expect::Revision(o.revision)),
-            WriteOp::delete(Kind::AutoscaleHistory, o.key, Expect::Any),
-            WriteOp::Activity(ev),
-        ])?;
-        Ok(StatusCode::NO_CONTENT)
-    })
+    state
+        .blocking(move |st| {
+            views::retry(&HeaderMap::new(), || {
+                let o = load(st, &group, &name)?;
+                autoscale_config::delete_setting(&*st.store, &group, &name, &o, st.clock.now())?;
+                Ok(StatusCode::NO_CONTENT)
+            })
+        })
+        .await
 }
 
 /// Every recent evaluation: metric values, the decision and its reason.
@@ -225,9 +215,14 @@ pub async fn history(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
-    let o = load(&state, &group, &name)?;
-    let rt = state.store.get_as::<SettingRuntime>(Kind::AutoscaleHistory, &o.key)?.map(|x| x.value).unwrap_or_default();
-    Ok(Json(rt.history))
+    state
+        .blocking(move |st| {
+            load(st, &group, &name)?;
+            let key = herd_state::keys::AutoscaleKey::new(&group, &name);
+            let rt = st.store.autoscale_runtime::<SettingRuntime>(&key)?.map(|x| x.value).unwrap_or_default();
+            Ok(Json(rt.history))
+        })
+        .await
 }
 
 /// A metric source as written (protected settings are write-only).
@@ -254,9 +249,13 @@ pub async fn source_list(
     Path(group): Path<String>,
 ) -> Result<Json<Vec<StoredSource>>, ApiError> {
     // A missing group is a 404, as for every other list.
-    views::load_group(&state, &group)?;
-    let all = state.store.list_as::<StoredSource>(Kind::MetricSource, &AutoscaleKey::group_prefix(&group))?;
-    Ok(Json(all.into_iter().map(|o| o.value).collect()))
+    state
+        .blocking(move |st| {
+            views::load_group(st, &group)?;
+            let all = autoscale_config::sources_of::<StoredSource>(&*st.store, &group)?;
+            Ok(Json(all.into_iter().map(|o| o.value).collect()))
+        })
+        .await
 }
 
 /// Shows a metric source with its health (the last sample's outcome).
@@ -268,10 +267,12 @@ pub async fn source_show(
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<StoredSource>, ApiError> {
     state
-        .store
-        .get_as::<StoredSource>(Kind::MetricSource, &key(&group, &name))?
-        .map(|o| Json(o.value))
-        .ok_or_else(|| ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'")))
+        .run(move |s| {
+            autoscale_config::source::<StoredSource>(s, &group, &name)?.map(|o| Json(o.value)).ok_or_else(|| {
+                ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
+            })
+        })
+        .await
 }
 
 /// Creates or replaces a metric source (validated; secrets sealed apart, never returned).
@@ -284,50 +285,45 @@ pub async fn source_put(
     Path((group, name)): Path<(String, String)>,
     Json(req): Json<SourceRequest>,
 ) -> Result<Json<StoredSource>, ApiError> {
-    views::load_group(&state, &group)?;
-    views::check_child_name("name", &name)?;
-    // The body names the field `type` (the Rust field is `kind`): the error names the body's.
-    let kind = req.kind.parse::<herd_metric_sources::SourceKind>().map_err(|mut e: FieldError| {
-        e.field = "type".into();
-        ApiError::Invalid(e)
-    })?;
-    let settings = if req.settings.is_null() { serde_json::json!({}) } else { req.settings };
-    let protected = if req.protected_settings.is_null() { serde_json::json!({}) } else { req.protected_settings };
-    let spec = herd_metric_sources::SourceSpec {
-        kind,
-        endpoint: req.endpoint.clone(),
-        settings: settings.clone(),
-        protected: protected.clone(),
-    };
-    herd_metric_sources::validate(&spec)?;
-    let src = StoredSource {
-        name: name.clone(),
-        group: group.clone(),
-        kind: kind.as_str().into(),
-        endpoint: req.endpoint,
-        settings,
-        health: "not sampled yet".into(),
-        last_value: None,
-        last_sample_at: None,
-    };
-    let ev = views::user_event(
-        &state,
-        &group,
-        &name,
-        "WriteMetricSource",
-        format!("metric source '{name}' ({kind}) written"),
-    );
-    state.store.txn(vec![
-        WriteOp::put(Kind::MetricSource, key(&group, &name), &src, Expect::Any)?,
-        WriteOp::Put {
-            kind: Kind::Secret,
-            key: source_secret_key(&group, &name),
-            value: state.sealer.seal(&protected)?,
-            expect: Expect::Any,
-        },
-        WriteOp::Activity(ev),
-    ])?;
-    Ok(Json(src))
+    state
+        .clone()
+        .blocking(move |state| {
+            views::load_group(state, &group)?;
+            views::check_child_name("name", &name)?;
+            // The body names the field `type` (the Rust field is `kind`): the error names the body's.
+            let kind = req.kind.parse::<herd_metric_sources::SourceKind>().map_err(|mut e: FieldError| {
+                e.field = "type".into();
+                ApiError::Invalid(e)
+            })?;
+            let settings = if req.settings.is_null() { serde_json::json!({}) } else { req.settings };
+            let protected =
+                if req.protected_settings.is_null() { serde_json::json!({}) } else { req.protected_settings };
+            let spec = herd_metric_sources::SourceSpec {
+                kind,
+                endpoint: req.endpoint.clone(),
+                settings: settings.clone(),
+                protected: protected.clone(),
+            };
+            herd_metric_sources::validate(&spec)?;
+            let src = StoredSource {
+                name: name.clone(),
+                group: group.clone(),
+                kind: kind.as_str().into(),
+                endpoint: req.endpoint,
+                settings,
+                health: "not sampled yet".into(),
+                last_value: None,
+                last_sample_at: None,
+            };
+            let log = Logged {
+                resource: &name,
+                message: format!("metric source '{name}' ({kind}) written"),
+                now: state.clock.now(),
+            };
+            autoscale_config::put_source(&*state.store, &state.sealer, (&group, &name), &src, &protected, log)?;
+            Ok(Json(src))
+        })
+        .await
 }
 
 /// Deletes a metric source and its secrets.
@@ -338,25 +334,20 @@ pub async fn source_delete(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let k = key(&group, &name);
     // The sampler writes the source's health: a concurrent write is re-applied.
-    views::retry(&HeaderMap::new(), || {
-        let o = state.store.get(Kind::MetricSource, &k)?.ok_or_else(|| {
-            ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
-        })?;
-        state.store.txn(vec![
-            WriteOp::delete(Kind::MetricSource, k.clone(), Expect::Revision(o.revision)),
-            WriteOp::delete(Kind::Secret, source_secret_key(&group, &name), Expect::Any),
-            WriteOp::Activity(views::user_event(
-                &state,
-                &group,
-                &name,
-                "DeleteMetricSource",
-                format!("metric source '{name}' deleted"),
-            )),
-        ])?;
-        Ok(StatusCode::NO_CONTENT)
-    })
+    let now = state.clock.now();
+    state
+        .run(move |s| {
+            views::retry(&HeaderMap::new(), || {
+                if !autoscale_config::delete_source(s, &group, &name, now)? {
+                    return Err(ApiError::NotFound(format!(
+                        "metric source '{name}' does not exist in resource group '{group}'"
+                    )));
+                }
+                Ok(StatusCode::NO_CONTENT)
+            })
+        })
+        .await
 }
 
 /// Query of [`metrics`].
@@ -378,29 +369,41 @@ pub async fn metrics(
     Path((group, name)): Path<(String, String)>,
     Query(q): Query<MetricsQuery>,
 ) -> Result<Json<Vec<herd_autoscaler::series::Point>>, ApiError> {
-    let set = views::load_set(&state, &group, &name)?;
-    let k = match q.metric.strip_prefix("source/") {
-        Some(src) => herd_state::keys::SourceSeriesKey::new(set.value.group.as_str(), src).to_string(),
-        None => {
-            if !herd_autoscaler::sampler::METRIC_NAMES.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
-                return Err(ApiError::invalid(
-                    "metric",
-                    format!(
-                        "'{}' is not a metric herd samples; allowed: {}, or source/<name>",
-                        q.metric,
-                        herd_autoscaler::sampler::METRIC_NAMES.join(", ")
-                    ),
-                ));
+    state
+        .clone()
+        .blocking(move |state| {
+            let set = views::load_set(state, &group, &name)?;
+            let k = match q.metric.strip_prefix("source/") {
+                Some(src) => SeriesOf::Source(SourceSeriesKey::new(set.value.group.as_str(), src)),
+                None => {
+                    if !herd_autoscaler::sampler::METRIC_NAMES.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
+                        return Err(ApiError::invalid(
+                            "metric",
+                            format!(
+                                "'{}' is not a metric herd samples; allowed: {}, or source/<name>",
+                                q.metric,
+                                herd_autoscaler::sampler::METRIC_NAMES.join(", ")
+                            ),
+                        ));
+                    }
+                    SeriesOf::Set(SeriesKey::new(SetKey::of(&set.value), &q.metric))
+                }
+            };
+            let series = match k {
+                SeriesOf::Source(k) => state.store.series::<herd_autoscaler::series::Series, _>(&k)?,
+                SeriesOf::Set(k) => state.store.series::<herd_autoscaler::series::Series, _>(&k)?,
             }
-            herd_autoscaler::sampler::series_key(&set.value, &q.metric)
-        }
-    };
-    let series = state
-        .store
-        .get_as::<herd_autoscaler::series::Series>(Kind::MetricSeries, &k)?
-        .map(|o| o.value)
-        .unwrap_or_default();
-    Ok(Json(series.points.into_iter().collect()))
+            .map(|o| o.value)
+            .unwrap_or_default();
+            Ok(Json(series.points.into_iter().collect()))
+        })
+        .await
+}
+
+/// Which series a metrics request reads: a set's own metric, or a named source's.
+enum SeriesOf {
+    Set(SeriesKey),
+    Source(SourceSeriesKey),
 }
 
 /// The autoscaler's load-balancer metrics read the load-balancer controller's counters (never

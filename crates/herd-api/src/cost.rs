@@ -16,8 +16,8 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use herd_billing::CostReport;
+use herd_state::cost_records;
 use herd_state::keys::{GroupKey, SetKey};
-use herd_store::Kind;
 use serde::Deserialize;
 
 /// Query of [`set_cost`].
@@ -58,13 +58,16 @@ pub async fn set_cost(
     let g = views::group_name(&group)?;
     let n = views::set_name(&name)?;
     let since = since(&state, q.since.as_deref())?;
-    let key = SetKey::new(g.clone(), n.clone()).to_string();
-    if state.store.get(Kind::ScaleSet, &key)?.is_none() && state.store.get(Kind::Meter, &key)?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "scale set '{name}' does not exist in resource group '{group}' and has no cost recorded"
-        )));
-    }
-    Ok(Json(herd_billing::report(&*state.store, Some(g.as_str()), Some(n.as_str()), since)?))
+    state
+        .run(move |s| {
+            if !cost_records::set_has_cost_records(s, &SetKey::new(g.clone(), n.clone()))? {
+                return Err(ApiError::NotFound(format!(
+                    "scale set '{name}' does not exist in resource group '{group}' and has no cost recorded"
+                )));
+            }
+            Ok(Json(herd_billing::report(s, Some(g.as_str()), Some(n.as_str()), since)?))
+        })
+        .await
 }
 
 /// Instance-hours and cost of every scale set (or one group's), by set, SKU and priority,
@@ -78,14 +81,17 @@ pub async fn total_cost(
 ) -> Result<Json<CostReport>, ApiError> {
     let g = q.group.as_deref().map(views::group_name).transpose()?;
     let since = since(&state, q.since.as_deref())?;
-    let report = herd_billing::report(&*state.store, g.as_ref().map(|g| g.as_str()), None, since)?;
-    if let Some(g) = &g {
-        if report.rows.is_empty()
-            && state.store.get(Kind::Group, &GroupKey::new(g.as_str()).to_string())?.is_none()
-            && state.store.list(Kind::Meter, &GroupKey::new(g.as_str()).children())?.is_empty()
-        {
-            return Err(ApiError::NotFound(format!("resource group '{g}' does not exist and has no cost recorded")));
-        }
-    }
-    Ok(Json(report))
+    state
+        .run(move |s| {
+            let report = herd_billing::report(s, g.as_ref().map(|g| g.as_str()), None, since)?;
+            if let Some(g) = &g {
+                if report.rows.is_empty() && !cost_records::group_has_cost_records(s, &GroupKey::new(g.as_str()))? {
+                    return Err(ApiError::NotFound(format!(
+                        "resource group '{g}' does not exist and has no cost recorded"
+                    )));
+                }
+            }
+            Ok(Json(report))
+        })
+        .await
 }

@@ -8,7 +8,7 @@ use axum::{
     Json,
 };
 use herd_model::FieldError;
-use herd_store::StoreError;
+use herd_state::failure::Failure;
 use serde::{Deserialize, Serialize};
 
 /// The error body every failed request returns.
@@ -74,24 +74,102 @@ impl From<FieldError> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict { .. } => ApiError::Changed(format!(
+impl From<herd_state::StateError> for ApiError {
+    fn from(e: herd_state::StateError) -> Self {
+        match herd_state::failure::failure(&e) {
+            Failure::Conflict => ApiError::Changed(format!(
                 "the resource changed while this request was applied ({e}); read it again and retry"
             )),
-            StoreError::Full(_) => ApiError::InsufficientStorage(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
+            Failure::Full => ApiError::InsufficientStorage(e.to_string()),
+            Failure::Undecodable | Failure::Internal => ApiError::Internal(e.to_string()),
         }
     }
 }
 
-impl From<herd_state::StateError> for ApiError {
-    fn from(e: herd_state::StateError) -> Self {
+impl From<herd_state::lookup::LookupError> for ApiError {
+    fn from(e: herd_state::lookup::LookupError) -> Self {
+        use herd_state::lookup::LookupError as L;
         match e {
-            herd_state::StateError::Store(e) => e.into(),
-            herd_state::StateError::Key(e) => ApiError::Internal(e.to_string()),
-            e @ herd_state::StateError::Task(_) => ApiError::Internal(e.to_string()),
+            L::NoGroup(_) | L::NoSet { .. } => ApiError::NotFound(e.to_string()),
+            L::Quarantined { .. } => ApiError::Conflict(e.to_string()),
+            L::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::groups::GroupError> for ApiError {
+    fn from(e: herd_state::groups::GroupError) -> Self {
+        use herd_state::groups::GroupError as G;
+        match e {
+            G::Deleting(_) => ApiError::Conflict(e.to_string()),
+            G::Location => ApiError::invalid("location", e.to_string()),
+            G::Lookup(e) => e.into(),
+            G::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::model_refs::RefError> for ApiError {
+    fn from(e: herd_state::model_refs::RefError) -> Self {
+        match e {
+            herd_state::model_refs::RefError::Invalid(f) => ApiError::Invalid(f),
+            herd_state::model_refs::RefError::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::scale_sets::ScaleSetError> for ApiError {
+    fn from(e: herd_state::scale_sets::ScaleSetError) -> Self {
+        use herd_state::scale_sets::ScaleSetError as S;
+        match e {
+            S::Invalid(f) => ApiError::Invalid(f),
+            S::Exists { .. } => ApiError::Conflict(e.to_string()),
+            S::Lookup(e) => e.into(),
+            S::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::images::ImageError> for ApiError {
+    fn from(e: herd_state::images::ImageError) -> Self {
+        use herd_state::images::ImageError as I;
+        match e {
+            I::NotInGallery(_) => ApiError::NotFound(e.to_string()),
+            I::Exists(_) | I::InUse { .. } => ApiError::Conflict(e.to_string()),
+            I::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::instance_actions::ActionError> for ApiError {
+    fn from(e: herd_state::instance_actions::ActionError) -> Self {
+        use herd_state::instance_actions::ActionError as A;
+        match e {
+            A::Invalid(f) => ApiError::Invalid(f),
+            A::SetDeleting(_) => ApiError::Conflict(e.to_string()),
+            A::NoInstances { .. } | A::NoInstance { .. } => ApiError::NotFound(e.to_string()),
+            A::Lookup(e) => e.into(),
+            A::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::networks::NetError> for ApiError {
+    fn from(e: herd_state::networks::NetError) -> Self {
+        use herd_state::networks::NetError as N;
+        match e {
+            N::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            N::UsedBySets { .. } | N::UsedByLoadBalancer { .. } => ApiError::Conflict(e.to_string()),
+            N::State(e) => e.into(),
+        }
+    }
+}
+
+impl From<herd_state::set_status::StatusError> for ApiError {
+    fn from(e: herd_state::set_status::StatusError) -> Self {
+        match e {
+            herd_state::set_status::StatusError::State(e) => e.into(),
+            other => ApiError::Conflict(other.to_string()),
         }
     }
 }

@@ -10,10 +10,8 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use herd_model::group::GroupProvisioningState;
-use herd_model::{activity::ActivityEvent, group::ResourceGroup, scale_set::StoredScaleSet};
-use herd_state::keys::GroupKey;
-use herd_store::{ActivityFilter, Expect, Kind, StoreExt, WriteOp};
+use herd_model::{activity::ActivityEvent, group::ResourceGroup};
+use herd_state::{groups, lookup};
 use serde::Deserialize;
 
 /// What this server runs with: driver, zones, SKUs.
@@ -36,7 +34,7 @@ pub async fn server_info(State(state): State<AppState>) -> Json<ServerInfo> {
 /// Lists resource groups.
 #[utoipa::path(get, path = "/v1/resourceGroups", tag = "groups", responses((status = 200, body = Vec<ResourceGroup>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ResourceGroup>>, ApiError> {
-    Ok(Json(state.store.list_as::<ResourceGroup>(Kind::Group, "")?.into_iter().map(|o| o.value).collect()))
+    Ok(Json(state.run(|s| Ok(groups::groups(s)?)).await?))
 }
 
 /// Creates a resource group (or updates its tags).
@@ -65,47 +63,15 @@ pub async fn create(
             return Err(ApiError::invalid("", "the body must be a JSON object, for example {\"location\": \"local\"}"))
         }
     };
-    views::retry(&axum::http::HeaderMap::new(), || create_once(&state, &group, &name, &req))
-}
-
-fn create_once(
-    state: &AppState,
-    group: &str,
-    name: &herd_model::GroupName,
-    req: &GroupRequest,
-) -> Result<(StatusCode, Json<ResourceGroup>), ApiError> {
-    let req = req.clone();
-    let existing = state.store.get_as::<ResourceGroup>(Kind::Group, name.as_str())?;
-    if let Some(e) = &existing {
-        if e.value.provisioning_state == GroupProvisioningState::Deleting {
-            return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
-        }
-    }
-    let location =
-        req.location.unwrap_or_else(|| existing.as_ref().map_or("local".into(), |e| e.value.location.clone()));
-    if location.is_empty() || !location.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(ApiError::invalid("location", "use letters, digits and '-' (for example 'local')"));
-    }
-    let rg = ResourceGroup {
-        id: ResourceGroup::resource_id(name.as_str()),
-        name: name.to_string(),
-        location,
-        tags: req.tags,
-        provisioning_state: GroupProvisioningState::Succeeded,
-    };
-    let expect = existing.as_ref().map_or(Expect::Absent, |e| Expect::Revision(e.revision));
-    let verb = if existing.is_some() { "updated" } else { "created" };
-    state.store.txn(vec![
-        WriteOp::put(Kind::Group, name.as_str(), &rg, expect)?,
-        WriteOp::Activity(views::user_event(
-            state,
-            name.as_str(),
-            "",
-            "WriteResourceGroup",
-            format!("resource group {verb}"),
-        )),
-    ])?;
-    let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    let now = state.clock.now();
+    let (written, rg) = state
+        .run(move |s| {
+            views::retry(&axum::http::HeaderMap::new(), || {
+                Ok(groups::put_group(s, &name, req.location.clone(), req.tags.clone(), now)?)
+            })
+        })
+        .await?;
+    let code = if written == groups::Written::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((code, Json(rg)))
 }
 
@@ -114,7 +80,8 @@ fn create_once(
     params(("group" = String, Path)),
     responses((status = 200, body = ResourceGroup), (status = 404, body = ErrorBody)))]
 pub async fn show(State(state): State<AppState>, Path(group): Path<String>) -> Result<Json<ResourceGroup>, ApiError> {
-    Ok(Json(views::load_group(&state, &group)?.value))
+    let name = views::group_name(&group)?;
+    Ok(Json(state.run(move |s| Ok(lookup::group(s, &name)?.value)).await?))
 }
 
 /// Deletes a resource group and everything in it (its scale sets are deleted first).
@@ -122,45 +89,9 @@ pub async fn show(State(state): State<AppState>, Path(group): Path<String>) -> R
     params(("group" = String, Path)),
     responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(group): Path<String>) -> Result<StatusCode, ApiError> {
-    let g = views::load_group(&state, &group)?;
-    let sets = state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, &GroupKey::new(group.as_str()).children())?;
-    let mut ops = Vec::new();
-    for s in &sets {
-        if !s.value.deleting {
-            let mut v = s.value.clone();
-            v.deleting = true;
-            ops.push(WriteOp::put(Kind::ScaleSet, s.key.clone(), &v, Expect::Revision(s.revision))?);
-        }
-    }
-    if sets.is_empty() {
-        ops.push(WriteOp::delete(Kind::Group, group.clone(), Expect::Revision(g.revision)));
-    } else {
-        let mut rg = g.value.clone();
-        rg.provisioning_state = GroupProvisioningState::Deleting;
-        ops.push(WriteOp::put(Kind::Group, group.clone(), &rg, Expect::Revision(g.revision))?);
-    }
-    let msg = format!("resource group deletion started ({} scale set(s) to delete)", sets.len());
-    ops.push(WriteOp::Activity(views::user_event(&state, &group, "", "DeleteResourceGroup", msg)));
-    if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
-        state.store.txn(ops)?;
-    } else {
-        // More scale sets than one transaction holds: the group (marked Deleting, so no set is
-        // created in it meanwhile) and the activity line first, then the sets in chunks. Each
-        // write is idempotent (a set already marked is left alone), so a retry of a request
-        // cut short completes it; a chunk that meets a concurrent write is re-read and re-marked.
-        let n_sets = ops.len() - 2;
-        let head = ops.split_off(n_sets);
-        state.store.txn(head)?;
-        views::commit_chunks_reapplying(&state, ops, |key| {
-            let Some(s) = state.store.get_as::<StoredScaleSet>(Kind::ScaleSet, key)? else { return Ok(None) };
-            if s.value.deleting {
-                return Ok(None);
-            }
-            let mut v = s.value.clone();
-            v.deleting = true;
-            Ok(Some(WriteOp::put(Kind::ScaleSet, key, &v, Expect::Revision(s.revision))?))
-        })?;
-    }
+    let name = views::group_name(&group)?;
+    let now = state.clock.now();
+    state.run(move |s| Ok(groups::delete_group(s, &name, now)?)).await?;
     state.wake();
     Ok(StatusCode::ACCEPTED)
 }
@@ -187,13 +118,7 @@ pub async fn activity_log(
     Path(group): Path<String>,
     Query(q): Query<ActivityQuery>,
 ) -> Result<Json<Vec<ActivityEvent>>, ApiError> {
-    views::group_name(&group)?;
-    let exists = state.store.get(Kind::Group, &group)?.is_some();
-    let filter =
-        ActivityFilter { resource_group: Some(group.clone()), resource: q.resource, since: q.since, limit: q.limit };
-    let events = state.store.activity(&filter)?;
-    if !exists && events.is_empty() {
-        return Err(ApiError::NotFound(format!("resource group '{group}' does not exist")));
-    }
-    Ok(Json(events))
+    let name = views::group_name(&group)?;
+    let q = groups::ActivityQuery { resource: q.resource, since: q.since, limit: q.limit };
+    Ok(Json(state.run(move |s| Ok(groups::activity_log(s, &name, q)?)).await?))
 }

@@ -8,11 +8,14 @@
 
 use crate::{
     error::{ApiError, ErrorBody},
-    state::AppState,
+    state::{ApiConfig, AppState},
 };
 use axum::{extract::State, Json};
+use herd_model::FieldError;
 use herd_model::{instance::InstanceRecord, scale_set::StoredScaleSet, InstanceId};
-use herd_store::{Kind, StoreExt};
+use herd_state::keys::SetKey;
+use herd_state::scale_sets::{Room, ScaleSetError};
+use herd_state::{Records, StateError, Store};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -47,15 +50,14 @@ pub struct HostsView {
 }
 
 /// Every set and its records, as the capacity arbiter sees them.
-fn holders(state: &AppState) -> Result<Vec<herd_capacity::Holder>, ApiError> {
-    let sets: BTreeMap<String, StoredScaleSet> =
-        state.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")?.into_iter().map(|o| (o.key, o.value)).collect();
-    let unlimited = state.config.hosts.is_empty();
+fn holders(store: &dyn Store, config: &ApiConfig) -> Result<Vec<herd_capacity::Holder>, StateError> {
+    let sets: BTreeMap<String, StoredScaleSet> = store.scale_sets()?.into_iter().map(|o| (o.key, o.value)).collect();
+    let unlimited = config.hosts.is_empty();
     let mut out = Vec::new();
-    for o in state.store.list_as::<InstanceRecord>(Kind::Instance, "")? {
+    for o in store.instances()? {
         let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
         if let Some(set) = sets.get(set_key) {
-            out.extend(herd_reconciler::capacity::holder(set, &o.value, &state.config.skus, unlimited));
+            out.extend(herd_reconciler::capacity::holder(set, &o.value, &config.skus, unlimited));
         }
     }
     Ok(out)
@@ -65,7 +67,8 @@ fn holders(state: &AppState) -> Result<Vec<herd_capacity::Holder>, ApiError> {
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
     responses((status = 200, body = HostsView), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiError> {
-    let holders = holders(&state)?;
+    let config = state.config.clone();
+    let holders = state.run(move |s| Ok(holders(s, &config)?)).await?;
     let hosts = herd_capacity::usage(&state.config.hosts, &holders)
         .into_iter()
         .map(|u| HostView {
@@ -87,31 +90,32 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiE
     Ok(Json(HostsView { unlimited: state.config.hosts.is_empty(), hosts }))
 }
 
-/// Refuses `extra` more Regular instances of `set` when the hosts cannot hold them even after
-/// evicting every Spot instance; the error says what is missing.
-pub(crate) fn check_room(state: &AppState, set: &StoredScaleSet, extra: i64) -> Result<(), ApiError> {
-    if state.config.hosts.is_empty() || extra <= 0 {
-        return Ok(());
+/// The hosts' room for a scale-out: refuses `extra` more Regular instances of a set when the
+/// hosts cannot hold them even after evicting every Spot instance; the error says what is
+/// missing. Without declared hosts, room is unlimited.
+pub(crate) struct HostRoom<'a>(pub &'a ApiConfig);
+
+impl Room for HostRoom<'_> {
+    fn check(&self, store: &dyn Store, set: &StoredScaleSet, extra: i64) -> Result<(), ScaleSetError> {
+        let config = self.0;
+        if config.hosts.is_empty() || extra <= 0 {
+            return Ok(());
+        }
+        let holders = holders(store, config)?;
+        let own: Vec<InstanceRecord> =
+            store.instances_of(&SetKey::of(set))?.into_iter().map(|o| o.value).filter(|r| r.is_counted()).collect();
+        let refs: Vec<&InstanceRecord> = own.iter().collect();
+        let zones = herd_reconciler::plan::place(&set.model.zones, &refs, extra as usize);
+        let requests: Vec<herd_capacity::Request> = zones
+            .into_iter()
+            .enumerate()
+            .map(|(i, z)| herd_reconciler::capacity::request(set, InstanceId(u64::MAX - i as u64), z, &config.skus))
+            .collect();
+        herd_capacity::check_regular_room(&config.hosts, &holders, &requests).map_err(|s| {
+            ScaleSetError::Invalid(FieldError::new(
+                "sku.capacity",
+                format!("{} more Regular instance(s) of {} do not fit on the hosts: {s}", extra, set.model.sku.name),
+            ))
+        })
     }
-    let holders = holders(state)?;
-    let own: Vec<InstanceRecord> = state
-        .store
-        .list_as::<InstanceRecord>(Kind::Instance, &herd_state::keys::SetKey::of(set).children())?
-        .into_iter()
-        .map(|o| o.value)
-        .filter(|r| r.is_counted())
-        .collect();
-    let refs: Vec<&InstanceRecord> = own.iter().collect();
-    let zones = herd_reconciler::plan::place(&set.model.zones, &refs, extra as usize);
-    let requests: Vec<herd_capacity::Request> = zones
-        .into_iter()
-        .enumerate()
-        .map(|(i, z)| herd_reconciler::capacity::request(set, InstanceId(u64::MAX - i as u64), z, &state.config.skus))
-        .collect();
-    herd_capacity::check_regular_room(&state.config.hosts, &holders, &requests).map_err(|s| {
-        ApiError::invalid(
-            "sku.capacity",
-            format!("{} more Regular instance(s) of {} do not fit on the hosts: {s}", extra, set.model.sku.name),
-        )
-    })
 }

@@ -17,7 +17,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     image_tree,
     state::{ApiConfig, AppState},
-    views::{self, ImageImportRequest},
+    views::ImageImportRequest,
 };
 use axum::{
     extract::{Path, State},
@@ -25,18 +25,17 @@ use axum::{
     Json,
 };
 use herd_model::{
-    image::{self, Image, ImageSource},
-    scale_set::StoredScaleSet,
+    image::{Image, ImageSource},
     FieldError, ImageUrn,
 };
-use herd_store::{Expect, Kind, StoreExt, WriteOp};
+use herd_state::images;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path as FsPath, PathBuf};
 
 /// Lists images.
 #[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = Vec<Image>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Image>>, ApiError> {
-    Ok(Json(state.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect()))
+    Ok(Json(state.run(|s| Ok(images::images(s)?)).await?))
 }
 
 fn parse_urn(urn: &str) -> Result<ImageUrn, ApiError> {
@@ -84,12 +83,6 @@ impl From<ApiError> for ImportError {
 
 impl From<FieldError> for ImportError {
     fn from(e: FieldError) -> Self {
-        ImportError::Api(e.into())
-    }
-}
-
-impl From<herd_store::StoreError> for ImportError {
-    fn from(e: herd_store::StoreError) -> Self {
         ImportError::Api(e.into())
     }
 }
@@ -238,11 +231,8 @@ pub async fn upload(
         )
     })?;
     let key = Image::key(&u);
-    if state.store.get(Kind::Image, &key)?.is_some() {
-        return Err(
-            ApiError::Conflict(format!("image {u} already exists; delete it first or use a new version")).into()
-        );
-    }
+    let urn = u.clone();
+    state.run(move |s| Ok(images::check_new_image(s, &urn)?)).await?;
     let want = headers
         .get(DIGEST_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -405,38 +395,17 @@ pub async fn import(
         );
     }
     let key = Image::key(&u);
-    if state.store.get(Kind::Image, &key)?.is_some() {
-        return Err(
-            ApiError::Conflict(format!("image {u} already exists; delete it first or use a new version")).into()
-        );
-    }
+    let urn = u.clone();
+    state.run(move |s| Ok(images::check_new_image(s, &urn)?)).await?;
     // Each import writes a directory of its own: two imports never touch each other's files,
     // and a failed one removes its directory whole.
     let dest = state.config.image_dir.join(format!("{}.{}", key.replace(':', "_"), nonce()));
     let guard = Cleanup(Some(dest.clone()));
     let staged = upload_dir(&state.config.image_dir, &key);
     let (source, guest_agent, from) = stage(&req, &dest, &staged, &state.config).await?;
-    let img = Image {
-        id: format!("/images/{u}"),
-        urn: u.to_string(),
-        publisher: u.publisher.clone(),
-        offer: u.offer.clone(),
-        sku: u.sku.clone(),
-        version: u.version.clone(),
-        source,
-        guest_agent,
-        created_at: state.clock.now(),
-    };
-    state.store.txn(vec![
-        WriteOp::put(Kind::Image, key, &img, Expect::Absent)?,
-        WriteOp::Activity(views::user_event(
-            &state,
-            "",
-            &img.urn,
-            "ImportImage",
-            format!("{} image imported from {from}", img.source.kind()),
-        )),
-    ])?;
+    let img = images::image_record(&u, source, guest_agent, state.clock.now());
+    let (record, now) = (img.clone(), state.clock.now());
+    state.run(move |s| Ok(images::add_image(s, &record, &from, now)?)).await?;
     guard.disarm();
     if req.uploaded == Some(true) {
         let _ = tokio::fs::remove_dir_all(&staged).await;
@@ -666,11 +635,7 @@ fn initrd_has_agent(path: &FsPath) -> bool {
     responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
 pub async fn show(State(state): State<AppState>, Path(urn): Path<String>) -> Result<Json<Image>, ApiError> {
     let u = parse_urn(&urn)?;
-    let all: Vec<Image> = state.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect();
-    image::resolve(&all, &u)
-        .cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("image {u} is not in the gallery")))
+    Ok(Json(state.run(move |s| Ok(images::resolve_image(s, &u)?)).await?))
 }
 
 /// Deletes an image, unless a scale set's model uses it.
@@ -679,41 +644,10 @@ pub async fn show(State(state): State<AppState>, Path(urn): Path<String>) -> Res
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(urn): Path<String>) -> Result<StatusCode, ApiError> {
     let u = parse_urn(&urn)?;
-    let key = Image::key(&u);
-    let obj = state
-        .store
-        .get_as::<Image>(Kind::Image, &key)?
-        .ok_or_else(|| ApiError::NotFound(format!("image {u} is not in the gallery")))?;
-    let all: Vec<Image> = state.store.list_as::<Image>(Kind::Image, "")?.into_iter().map(|o| o.value).collect();
-    let users: Vec<String> = state
-        .store
-        .list_as::<StoredScaleSet>(Kind::ScaleSet, "")?
-        .into_iter()
-        .filter(|s| {
-            s.value
-                .model
-                .virtual_machine_profile
-                .storage_profile
-                .image_reference
-                .urn()
-                .ok()
-                .and_then(|r| image::resolve(&all, &r).map(|i| Image::key(&i.urn()) == key))
-                .unwrap_or(false)
-        })
-        .map(|s| s.key)
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::Conflict(format!(
-            "image {u} is in use by scale set(s) {}; change their image first",
-            users.join(", ")
-        )));
-    }
-    state.store.txn(vec![
-        WriteOp::delete(Kind::Image, key, Expect::Revision(obj.revision)),
-        WriteOp::Activity(views::user_event(&state, "", &obj.value.urn, "DeleteImage", "image deleted".into())),
-    ])?;
+    let (urn, now) = (u.clone(), state.clock.now());
+    let deleted = state.run(move |s| Ok(images::delete_image(s, &urn, now)?)).await?;
     // The gallery keeps each image's files in a directory of its own: remove it.
-    let path = match &obj.value.source {
+    let path = match &deleted.source {
         ImageSource::Directory { path } => PathBuf::from(path),
         ImageSource::Disk { path, .. } | ImageSource::Kernel { kernel: path, .. } => {
             PathBuf::from(path).parent().map(PathBuf::from).unwrap_or_default()

@@ -15,43 +15,14 @@ use axum::{
 use herd_model::health::HealthState;
 use herd_model::{
     network::{network_id, LoadBalancer, PublicIpAddress, Subnet, VirtualNetwork, LB_COLLECTIONS},
-    scale_set::StoredScaleSet,
     FieldError,
 };
-use herd_state::keys::{GroupKey, HealthKey, ResourceKey, SetKey};
-use herd_store::{Expect, Kind, Object, StoreExt, WriteOp};
+use herd_state::keys::HealthKey;
+use herd_state::networks::{self, NetResource};
+use herd_state::{Expected, Records, Versioned as Object};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 use std::net::Ipv4Addr;
-
-/// A network resource stored under `group/name`.
-trait NetResource: Serialize + DeserializeOwned + Clone {
-    const KIND: Kind;
-    /// Azure's collection name, as in resource ids (`virtualNetworks`).
-    const COLLECTION: &'static str;
-    /// What users call it in messages.
-    const NOUN: &'static str;
-}
-
-impl NetResource for VirtualNetwork {
-    const KIND: Kind = Kind::VirtualNetwork;
-    const COLLECTION: &'static str = "virtualNetworks";
-    const NOUN: &'static str = "virtual network";
-}
-impl NetResource for PublicIpAddress {
-    const KIND: Kind = Kind::PublicIp;
-    const COLLECTION: &'static str = "publicIPAddresses";
-    const NOUN: &'static str = "public IP address";
-}
-impl NetResource for LoadBalancer {
-    const KIND: Kind = Kind::LoadBalancer;
-    const COLLECTION: &'static str = "loadBalancers";
-    const NOUN: &'static str = "load balancer";
-}
-
-fn key(group: &str, name: &str) -> String {
-    ResourceKey::new(group, name).to_string()
-}
 
 fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
@@ -62,15 +33,12 @@ fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
 
 fn load<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<Object<T>, ApiError> {
     views::load_group(state, group)?;
-    state
-        .store
-        .get_as::<T>(T::KIND, &key(group, name))?
-        .ok_or_else(|| ApiError::NotFound(format!("{} '{name}' does not exist in resource group '{group}'", T::NOUN)))
+    Ok(networks::resource::<T>(&*state.store, group, name)?)
 }
 
 fn list_all<T: NetResource>(state: &AppState, group: &str) -> Result<Vec<T>, ApiError> {
     views::load_group(state, group)?;
-    Ok(state.store.list_as::<T>(T::KIND, &GroupKey::new(group).children())?.into_iter().map(|o| o.value).collect())
+    Ok(networks::resources_of::<T>(&*state.store, group)?)
 }
 
 /// Writes `value` (already validated) as a create or a compare-and-swap update.
@@ -79,69 +47,20 @@ fn save<T: NetResource>(
     group: &str,
     name: &str,
     value: &T,
-    expect: Expect,
+    expected: Expected,
     message: String,
 ) -> Result<(), ApiError> {
-    state.store.txn(vec![
-        WriteOp::put(T::KIND, key(group, name), value, expect)?,
-        WriteOp::Activity(views::user_event(state, group, name, &format!("Write{}", T::COLLECTION), message)),
-    ])?;
-    Ok(())
-}
-
-/// Scale sets whose model mentions `id` (a network resource they use).
-fn users_of(state: &AppState, id: &str) -> Result<Vec<String>, ApiError> {
-    let needle = id.to_ascii_lowercase();
-    Ok(state
-        .store
-        .list_as::<StoredScaleSet>(Kind::ScaleSet, "")?
-        .into_iter()
-        .filter(|s| serde_json::to_string(&s.value.model).unwrap_or_default().to_ascii_lowercase().contains(&needle))
-        .map(|s| s.key)
-        .collect())
+    Ok(networks::put_resource(&*state.store, group, name, value, expected, message, state.clock.now())?)
 }
 
 fn delete_resource<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<StatusCode, ApiError> {
     // A concurrent write to the resource is re-applied to a fresh read (no If-Match here).
-    views::retry(&HeaderMap::new(), || delete_resource_once::<T>(state, group, name))
-}
-
-fn delete_resource_once<T: NetResource>(state: &AppState, group: &str, name: &str) -> Result<StatusCode, ApiError> {
-    let cur = load::<T>(state, group, name)?;
-    let id = network_id(group, T::COLLECTION, name);
-    let users = users_of(state, &id)?;
-    if !users.is_empty() {
-        return Err(ApiError::Conflict(format!(
-            "{} '{name}' is used by scale set(s) {}; change or delete them first",
-            T::NOUN,
-            users.join(", ")
-        )));
-    }
-    let mut ops = vec![WriteOp::delete(T::KIND, key(group, name), Expect::Revision(cur.revision))];
-    if T::KIND == Kind::PublicIp {
-        let lbs = state.store.list_as::<LoadBalancer>(Kind::LoadBalancer, "")?;
-        if let Some(lb) = lbs.iter().find(|l| {
-            l.value
-                .frontend_ip_configurations
-                .iter()
-                .any(|f| f.public_ip_address.as_ref().is_some_and(|p| p.id.eq_ignore_ascii_case(&id)))
-        }) {
-            return Err(ApiError::Conflict(format!(
-                "public IP address '{name}' is used by load balancer '{}'",
-                lb.value.name
-            )));
-        }
-    }
-    ops.push(WriteOp::Activity(views::user_event(
-        state,
-        group,
-        name,
-        &format!("Delete{}", T::COLLECTION),
-        format!("{} deleted", T::NOUN),
-    )));
-    state.store.txn(ops)?;
-    state.wake();
-    Ok(StatusCode::OK)
+    views::retry(&HeaderMap::new(), || {
+        views::load_group(state, group)?;
+        networks::delete_resource::<T>(&*state.store, group, name, state.clock.now())?;
+        state.wake();
+        Ok(StatusCode::OK)
+    })
 }
 
 fn expect_for<T>(
@@ -149,15 +68,15 @@ fn expect_for<T>(
     existing: &Option<Object<T>>,
     name: &str,
     noun: &str,
-) -> Result<Expect, ApiError> {
+) -> Result<Expected, ApiError> {
     let create_only = headers.get(axum::http::header::IF_NONE_MATCH).is_some_and(|v| v == "*");
     match existing {
         Some(_) if create_only => Err(ApiError::Conflict(format!("{noun} '{name}' already exists"))),
         Some(o) => {
             views::check_if_match(headers, o.revision)?;
-            Ok(Expect::Revision(o.revision))
+            Ok(Expected::Revision(o.revision))
         }
-        None => Ok(Expect::Absent),
+        None => Ok(Expected::Absent),
     }
 }
 
@@ -170,7 +89,7 @@ pub async fn vnet_list(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<VirtualNetwork>>, ApiError> {
-    Ok(Json(list_all(&s, &group)?))
+    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
 }
 
 /// Shows a virtual network.
@@ -180,7 +99,7 @@ pub async fn vnet_show(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<VirtualNetwork>, ApiError> {
-    Ok(Json(load::<VirtualNetwork>(&s, &group, &name)?.value))
+    s.blocking(move |s| Ok(Json(load::<VirtualNetwork>(s, &group, &name)?.value))).await
 }
 
 /// Creates or replaces a virtual network (with its subnets).
@@ -193,27 +112,30 @@ pub async fn vnet_put(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Json<VirtualNetwork>, ApiError> {
-    views::load_group(&s, &group)?;
-    views::check_child_name("name", &name)?;
-    views::retry(&headers, || {
-        let existing = s.store.get_as::<VirtualNetwork>(Kind::VirtualNetwork, &key(&group, &name))?;
-        let expect = expect_for(&headers, &existing, &name, "virtual network")?;
-        let mut v: VirtualNetwork = parse(body.clone())?;
-        v.normalize(&group, &name)?;
-        check_vnet_overlaps(&s, &group, &name, &v)?;
-        save(
-            &s,
-            &group,
-            &name,
-            &v,
-            expect,
-            format!(
-                "virtual network {}",
-                v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        )?;
-        Ok(Json(v))
+    s.blocking(move |s| {
+        views::load_group(s, &group)?;
+        views::check_child_name("name", &name)?;
+        views::retry(&headers, || {
+            let existing = networks::find_resource::<VirtualNetwork>(&*s.store, &group, &name)?;
+            let expect = expect_for(&headers, &existing, &name, "virtual network")?;
+            let mut v: VirtualNetwork = parse(body.clone())?;
+            v.normalize(&group, &name)?;
+            check_vnet_overlaps(s, &group, &name, &v)?;
+            save(
+                s,
+                &group,
+                &name,
+                &v,
+                expect,
+                format!(
+                    "virtual network {}",
+                    v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            )?;
+            Ok(Json(v))
+        })
     })
+    .await
 }
 
 /// Vnets of one group must not overlap each other (they could not be bridged together).
@@ -243,7 +165,7 @@ pub async fn vnet_delete(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_resource::<VirtualNetwork>(&s, &group, &name)
+    s.blocking(move |s| delete_resource::<VirtualNetwork>(s, &group, &name)).await
 }
 
 /// Creates or replaces a subnet of a virtual network.
@@ -255,26 +177,29 @@ pub async fn subnet_put(
     Path((group, vnet, name)): Path<(String, String, String)>,
     Json(mut body): Json<Value>,
 ) -> Result<Json<Subnet>, ApiError> {
-    if let Some(o) = body.as_object_mut() {
-        o.insert("name".into(), Value::String(name.clone()));
-    }
-    // Subnets share their vnet's revision: a concurrent write to a sibling is re-applied.
-    views::retry(&HeaderMap::new(), || {
-        let cur = load::<VirtualNetwork>(&s, &group, &vnet)?;
-        let sub: Subnet = parse(body.clone())?;
-        let mut v = cur.value.clone();
-        v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
-        v.subnets.push(sub);
-        v.normalize(&group, &vnet).map_err(|mut e| {
-            if e.field.starts_with("subnets[") {
-                e.field = e.field.split_once('.').map_or("addressPrefix".into(), |(_, f)| f.to_string());
-            }
-            ApiError::Invalid(e)
-        })?;
-        save(&s, &group, &vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' written"))?;
-        let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
-        Ok(Json(out))
+    s.blocking(move |s| {
+        if let Some(o) = body.as_object_mut() {
+            o.insert("name".into(), Value::String(name.clone()));
+        }
+        // Subnets share their vnet's revision: a concurrent write to a sibling is re-applied.
+        views::retry(&HeaderMap::new(), || {
+            let cur = load::<VirtualNetwork>(s, &group, &vnet)?;
+            let sub: Subnet = parse(body.clone())?;
+            let mut v = cur.value.clone();
+            v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(&name));
+            v.subnets.push(sub);
+            v.normalize(&group, &vnet).map_err(|mut e| {
+                if e.field.starts_with("subnets[") {
+                    e.field = e.field.split_once('.').map_or("addressPrefix".into(), |(_, f)| f.to_string());
+                }
+                ApiError::Invalid(e)
+            })?;
+            save(s, &group, &vnet, &v, Expected::Revision(cur.revision), format!("subnet '{name}' written"))?;
+            let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
+            Ok(Json(out))
+        })
     })
+    .await
 }
 
 /// Deletes a subnet, unless a scale set uses it.
@@ -285,7 +210,7 @@ pub async fn subnet_delete(
     State(s): State<AppState>,
     Path((group, vnet, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    views::retry(&HeaderMap::new(), || subnet_delete_once(&s, &group, &vnet, &name))
+    s.blocking(move |s| views::retry(&HeaderMap::new(), || subnet_delete_once(s, &group, &vnet, &name))).await
 }
 
 fn subnet_delete_once(s: &AppState, group: &str, vnet: &str, name: &str) -> Result<StatusCode, ApiError> {
@@ -293,13 +218,13 @@ fn subnet_delete_once(s: &AppState, group: &str, vnet: &str, name: &str) -> Resu
     let Some(sub) = cur.value.subnets.iter().find(|x| x.name.eq_ignore_ascii_case(name)) else {
         return Err(ApiError::NotFound(format!("subnet '{name}' does not exist in virtual network '{vnet}'")));
     };
-    let users = users_of(s, &sub.id)?;
+    let users = networks::users_of(&*s.store, &sub.id)?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!("subnet '{name}' is used by scale set(s) {}", users.join(", "))));
     }
     let mut v = cur.value.clone();
     v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(name));
-    save(s, group, vnet, &v, Expect::Revision(cur.revision), format!("subnet '{name}' deleted"))?;
+    save(s, group, vnet, &v, Expected::Revision(cur.revision), format!("subnet '{name}' deleted"))?;
     Ok(StatusCode::OK)
 }
 
@@ -321,7 +246,7 @@ pub async fn pip_list(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<PublicIpAddress>>, ApiError> {
-    Ok(Json(list_all(&s, &group)?))
+    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
 }
 
 /// Shows a public IP address.
@@ -331,7 +256,7 @@ pub async fn pip_show(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<PublicIpAddress>, ApiError> {
-    Ok(Json(load::<PublicIpAddress>(&s, &group, &name)?.value))
+    s.blocking(move |s| Ok(Json(load::<PublicIpAddress>(s, &group, &name)?.value))).await
 }
 
 /// Creates a public IP address. Without `ipAddress`, herd allocates a loopback address from
@@ -345,50 +270,47 @@ pub async fn pip_put(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Json<PublicIpAddress>, ApiError> {
-    views::load_group(&s, &group)?;
-    views::check_child_name("name", &name)?;
-    views::retry(&headers, || {
-        let existing = s.store.get_as::<PublicIpAddress>(Kind::PublicIp, &key(&group, &name))?;
-        let expect = expect_for(&headers, &existing, &name, "public IP address")?;
-        let mut p: PublicIpAddress = parse(body.clone())?;
-        p.id = network_id(&group, "publicIPAddresses", &name);
-        p.name = name.clone();
-        p.resource_group = group.clone();
-        p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
-        let used: Vec<String> = s
-            .store
-            .list_as::<PublicIpAddress>(Kind::PublicIp, "")?
-            .into_iter()
-            .filter(|o| o.key != key(&group, &name))
-            .filter_map(|o| o.value.ip_address)
-            .collect();
-        let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
-            Some(a) => {
-                let ip: Ipv4Addr =
-                    a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
-                let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
-                if !ip.is_loopback() && !allow {
-                    return Err(ApiError::invalid(
-                    "ipAddress",
-                    format!("{ip} is not a loopback address; binding a host address must be asked for explicitly (--allow-non-loopback)"),
-                ));
-                }
-                if used.contains(&ip.to_string()) {
-                    return Err(ApiError::invalid(
+    s.blocking(move |s| {
+        views::load_group(s, &group)?;
+        views::check_child_name("name", &name)?;
+        views::retry(&headers, || {
+            let existing = networks::find_resource::<PublicIpAddress>(&*s.store, &group, &name)?;
+            let expect = expect_for(&headers, &existing, &name, "public IP address")?;
+            let mut p: PublicIpAddress = parse(body.clone())?;
+            p.id = network_id(&group, "publicIPAddresses", &name);
+            p.name = name.clone();
+            p.resource_group = group.clone();
+            p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
+            let used = networks::public_ip_addresses_except(&*s.store, &group, &name)?;
+            let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
+                Some(a) => {
+                    let ip: Ipv4Addr =
+                        a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
+                    let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
+                    if !ip.is_loopback() && !allow {
+                        return Err(ApiError::invalid(
                         "ipAddress",
-                        format!("{ip} is already used by another public IP address"),
+                        format!("{ip} is not a loopback address; binding a host address must be asked for explicitly (--allow-non-loopback)"),
                     ));
+                    }
+                    if used.contains(&ip.to_string()) {
+                        return Err(ApiError::invalid(
+                            "ipAddress",
+                            format!("{ip} is already used by another public IP address"),
+                        ));
+                    }
+                    ip
                 }
-                ip
-            }
-            None => public_ip_candidates(s.config.public_ip_block)
-                .find(|c| !used.contains(&c.to_string()))
-                .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
-        };
-        p.ip_address = Some(addr.to_string());
-        save(&s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
-        Ok(Json(p))
+                None => public_ip_candidates(s.config.public_ip_block)
+                    .find(|c| !used.contains(&c.to_string()))
+                    .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
+            };
+            p.ip_address = Some(addr.to_string());
+            save(s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
+            Ok(Json(p))
+        })
     })
+    .await
 }
 
 /// Deletes a public IP address, unless a load balancer uses it.
@@ -398,7 +320,7 @@ pub async fn pip_delete(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_resource::<PublicIpAddress>(&s, &group, &name)
+    s.blocking(move |s| delete_resource::<PublicIpAddress>(s, &group, &name)).await
 }
 
 // ---- load balancers ----
@@ -406,7 +328,7 @@ pub async fn pip_delete(
 /// Refuses a rule or NAT pool whose frontend port another process on this host already holds.
 /// Ports herd's own data plane serves are fine (they are ours).
 fn check_ports_free(s: &AppState, lb: &LoadBalancer) -> Result<(), ApiError> {
-    let pips: Vec<PublicIpAddress> = s.store.list_as(Kind::PublicIp, "")?.into_iter().map(|o| o.value).collect();
+    let pips: Vec<PublicIpAddress> = s.store.public_ips()?.into_iter().map(|o| o.value).collect();
     let ours = s.lb.frontends();
     let ip_of = |fe_id: &str| -> Option<std::net::IpAddr> {
         let fe = lb.frontend_ip_configurations.iter().find(|f| f.id.eq_ignore_ascii_case(fe_id))?;
@@ -447,7 +369,7 @@ fn check_ports_free(s: &AppState, lb: &LoadBalancer) -> Result<(), ApiError> {
 }
 
 fn public_ip_ids(s: &AppState) -> Result<Vec<String>, ApiError> {
-    Ok(s.store.list_as::<PublicIpAddress>(Kind::PublicIp, "")?.into_iter().map(|o| o.value.id).collect())
+    Ok(s.store.public_ips()?.into_iter().map(|o| o.value.id).collect())
 }
 
 /// Lists load balancers.
@@ -457,7 +379,7 @@ pub async fn lb_list(
     State(s): State<AppState>,
     Path(group): Path<String>,
 ) -> Result<Json<Vec<LoadBalancer>>, ApiError> {
-    Ok(Json(list_all(&s, &group)?))
+    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
 }
 
 /// Shows a load balancer.
@@ -467,7 +389,7 @@ pub async fn lb_show(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
-    Ok(Json(load::<LoadBalancer>(&s, &group, &name)?.value))
+    s.blocking(move |s| Ok(Json(load::<LoadBalancer>(s, &group, &name)?.value))).await
 }
 
 /// Creates or replaces a load balancer.
@@ -480,18 +402,21 @@ pub async fn lb_put(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
-    views::load_group(&s, &group)?;
-    views::check_child_name("name", &name)?;
-    views::retry(&headers, || {
-        let existing = s.store.get_as::<LoadBalancer>(Kind::LoadBalancer, &key(&group, &name))?;
-        let expect = expect_for(&headers, &existing, &name, "load balancer")?;
-        let mut lb: LoadBalancer = parse(body.clone())?;
-        lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-        check_ports_free(&s, &lb)?;
-        save(&s, &group, &name, &lb, expect, "load balancer written".into())?;
-        s.wake();
-        Ok(Json(lb))
+    s.blocking(move |s| {
+        views::load_group(s, &group)?;
+        views::check_child_name("name", &name)?;
+        views::retry(&headers, || {
+            let existing = networks::find_resource::<LoadBalancer>(&*s.store, &group, &name)?;
+            let expect = expect_for(&headers, &existing, &name, "load balancer")?;
+            let mut lb: LoadBalancer = parse(body.clone())?;
+            lb.normalize(&group, &name, &public_ip_ids(s)?)?;
+            check_ports_free(s, &lb)?;
+            save(s, &group, &name, &lb, expect, "load balancer written".into())?;
+            s.wake();
+            Ok(Json(lb))
+        })
     })
+    .await
 }
 
 /// Deletes a load balancer, unless a scale set uses it.
@@ -501,7 +426,7 @@ pub async fn lb_delete(
     State(s): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_resource::<LoadBalancer>(&s, &group, &name)
+    s.blocking(move |s| delete_resource::<LoadBalancer>(s, &group, &name)).await
 }
 
 fn collection(c: &str) -> Result<&'static str, ApiError> {
@@ -522,26 +447,29 @@ pub async fn lb_child_put(
     Path((group, name, coll, child)): Path<(String, String, String, String)>,
     Json(mut body): Json<Value>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
-    let coll = collection(&coll)?;
-    if let Some(o) = body.as_object_mut() {
-        o.insert("name".into(), Value::String(child.clone()));
-    }
-    // Children share their load balancer's revision: a concurrent write to a sibling is
-    // re-applied to a fresh read rather than answered 409.
-    views::retry(&HeaderMap::new(), || {
-        let body = body.clone();
-        let cur = load::<LoadBalancer>(&s, &group, &name)?;
-        let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
-        list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
-        list.push(body);
-        let mut lb: LoadBalancer = parse(doc)?;
-        lb.normalize(&group, &name, &public_ip_ids(&s)?)?;
-        check_ports_free(&s, &lb)?;
-        save(&s, &group, &name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' written"))?;
-        s.wake();
-        Ok(Json(lb))
+    s.blocking(move |s| {
+        let coll = collection(&coll)?;
+        if let Some(o) = body.as_object_mut() {
+            o.insert("name".into(), Value::String(child.clone()));
+        }
+        // Children share their load balancer's revision: a concurrent write to a sibling is
+        // re-applied to a fresh read rather than answered 409.
+        views::retry(&HeaderMap::new(), || {
+            let body = body.clone();
+            let cur = load::<LoadBalancer>(s, &group, &name)?;
+            let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
+            list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
+            list.push(body);
+            let mut lb: LoadBalancer = parse(doc)?;
+            lb.normalize(&group, &name, &public_ip_ids(s)?)?;
+            check_ports_free(s, &lb)?;
+            save(s, &group, &name, &lb, Expected::Revision(cur.revision), format!("{coll} '{child}' written"))?;
+            s.wake();
+            Ok(Json(lb))
+        })
     })
+    .await
 }
 
 /// `PUT .../backendAddressPools/{pool}`: the static segment routes here, not to
@@ -571,10 +499,13 @@ pub async fn lb_child_delete(
     State(s): State<AppState>,
     Path((group, name, coll, child)): Path<(String, String, String, String)>,
 ) -> Result<Json<LoadBalancer>, ApiError> {
-    let coll = collection(&coll)?;
-    let lb = views::retry(&HeaderMap::new(), || lb_child_delete_once(&s, &group, &name, coll, &child))?;
-    s.wake();
-    Ok(Json(lb))
+    s.blocking(move |s| {
+        let coll = collection(&coll)?;
+        let lb = views::retry(&HeaderMap::new(), || lb_child_delete_once(s, &group, &name, coll, &child))?;
+        s.wake();
+        Ok(Json(lb))
+    })
+    .await
 }
 
 fn lb_child_delete_once(
@@ -595,11 +526,11 @@ fn lb_child_delete_once(
     let mut lb: LoadBalancer = parse(doc)?;
     lb.normalize(group, name, &public_ip_ids(s)?)
         .map_err(|e| ApiError::Conflict(format!("'{child}' is still in use: {}", e.message)))?;
-    let users = users_of(s, &cur.value.child_id(coll, child))?;
+    let users = networks::users_of(&*s.store, &cur.value.child_id(coll, child))?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!("'{child}' is used by scale set(s) {}", users.join(", "))));
     }
-    save(s, group, name, &lb, Expect::Revision(cur.revision), format!("{coll} '{child}' deleted"))?;
+    save(s, group, name, &lb, Expected::Revision(cur.revision), format!("{coll} '{child}' deleted"))?;
     Ok(lb)
 }
 
@@ -640,46 +571,40 @@ pub async fn pool_show(
     State(s): State<AppState>,
     Path((group, name, pool)): Path<(String, String, String)>,
 ) -> Result<Json<PoolView>, ApiError> {
-    use herd_model::instance::{InstanceRecord, InstanceState};
-    let lb = load::<LoadBalancer>(&s, &group, &name)?.value;
-    let p =
-        lb.backend_address_pools.iter().find(|p| p.name.eq_ignore_ascii_case(&pool)).ok_or_else(|| {
+    s.blocking(move |s| {
+        use herd_model::instance::InstanceState;
+        let lb = load::<LoadBalancer>(s, &group, &name)?.value;
+        let p = lb.backend_address_pools.iter().find(|p| p.name.eq_ignore_ascii_case(&pool)).ok_or_else(|| {
             ApiError::NotFound(format!("backend pool '{pool}' does not exist in load balancer '{name}'"))
         })?;
-    let probed = lb
-        .load_balancing_rules
-        .iter()
-        .any(|r| r.backend_address_pool.id.eq_ignore_ascii_case(&p.id) && r.probe.is_some());
-    let mut members = Vec::new();
-    for set in s.store.list_as::<StoredScaleSet>(Kind::ScaleSet, "")? {
-        let joins =
-            set.value.model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary()).is_some_and(
-                |ip| ip.load_balancer_backend_address_pools.iter().any(|x| x.id.eq_ignore_ascii_case(&p.id)),
-            );
-        if !joins {
-            continue;
+        let probed = lb
+            .load_balancing_rules
+            .iter()
+            .any(|r| r.backend_address_pool.id.eq_ignore_ascii_case(&p.id) && r.probe.is_some());
+        let mut members = Vec::new();
+        for (set, records) in networks::pool_sets(&*s.store, &p.id)? {
+            for r in records {
+                let key = HealthKey::of(&set, r.instance_id).to_string();
+                let health = s.health.get(&key).map(|h| h.health);
+                let draining = r.draining_since.is_some();
+                let running = r.state == InstanceState::Running;
+                let healthy = !probed || health == Some(HealthState::Healthy);
+                members.push(PoolMember {
+                    scale_set: set.name.to_string(),
+                    instance_id: r.instance_id.to_string(),
+                    computer_name: r.computer_name.clone(),
+                    reach_address: r.reach_address.clone(),
+                    private_ip_address: r.private_ip.clone(),
+                    state: r.state.to_string(),
+                    health,
+                    draining,
+                    in_rotation: running && healthy && !draining,
+                });
+            }
         }
-        for o in s.store.list_as::<InstanceRecord>(Kind::Instance, &SetKey::of(&set.value).children())? {
-            let r = o.value;
-            let key = HealthKey::of(&set.value, r.instance_id).to_string();
-            let health = s.health.get(&key).map(|h| h.health);
-            let draining = r.draining_since.is_some();
-            let running = r.state == InstanceState::Running;
-            let healthy = !probed || health == Some(HealthState::Healthy);
-            members.push(PoolMember {
-                scale_set: set.value.name.to_string(),
-                instance_id: r.instance_id.to_string(),
-                computer_name: r.computer_name.clone(),
-                reach_address: r.reach_address.clone(),
-                private_ip_address: r.private_ip.clone(),
-                state: r.state.to_string(),
-                health,
-                draining,
-                in_rotation: running && healthy && !draining,
-            });
-        }
-    }
-    Ok(Json(PoolView { id: p.id.clone(), name: p.name.clone(), members }))
+        Ok(Json(PoolView { id: p.id.clone(), name: p.name.clone(), members }))
+    })
+    .await
 }
 
 /// Load-balancer counters and the cost meter in Prometheus text format (no token needed; no
@@ -687,11 +612,20 @@ pub async fn pool_show(
 #[utoipa::path(get, path = "/metrics", tag = "load balancers", responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = crate::error::ErrorBody, description = "Neither the API token nor the metrics token was given")))]
 pub async fn metrics(State(s): State<AppState>) -> String {
     let mut out = s.lb.metrics();
-    match herd_billing::report(&*s.store, None, None, None) {
-        Ok(r) => out.push_str(&herd_billing::prometheus(&r)),
-        Err(e) => tracing::warn!(error = %e, "cost metrics unavailable"),
+    // The cost report and the quarantine read the store: on the blocking pool.
+    let stored = s.run(|store| {
+        let mut text = String::new();
+        match herd_billing::report(store, None, None, None) {
+            Ok(r) => text.push_str(&herd_billing::prometheus(&r)),
+            Err(e) => tracing::warn!(error = %e, "cost metrics unavailable"),
+        }
+        text.push_str(&crate::store_status::metrics(store));
+        Ok(text)
+    });
+    match stored.await {
+        Ok(text) => out.push_str(&text),
+        Err(e) => tracing::warn!(error = %e, "stored metrics unavailable"),
     }
-    out.push_str(&crate::store_status::metrics(&*s.store));
     out.push_str(&s.invalid_transitions.prometheus());
     out
 }

@@ -17,13 +17,10 @@ use axum::{
     Json,
 };
 use herd_model::{
-    instance::{InstanceRecord, ProtectionPolicy},
-    scale_set::{ScaleSetStatus, UpgradeRequest},
-    upgrade::RollingUpgrade,
-    FieldError, InstanceId,
+    instance::ProtectionPolicy, scale_set::UpgradeRequest, upgrade::RollingUpgrade, FieldError, InstanceId,
 };
 use herd_state::actions::{RollingAction, UnknownAction};
-use herd_store::{Expect, Kind, StoreExt, WriteOp};
+use herd_state::{instance_actions, set_status};
 use serde::Deserialize;
 
 /// `rolling-upgrade start` options (herd's canary, beyond Azure).
@@ -46,12 +43,14 @@ pub async fn latest(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
 ) -> Result<Json<RollingUpgrade>, ApiError> {
-    let set = views::load_set(&state, &group, &name)?;
-    let status = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.value.key())?;
-    status
-        .and_then(|s| s.value.rolling_upgrade)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("scale set '{name}' has had no rolling upgrade")))
+    state
+        .blocking(move |st| {
+            let set = views::load_set(st, &group, &name)?;
+            set_status::latest_rolling_upgrade(&*st.store, &set.value)?
+                .map(Json)
+                .ok_or_else(|| ApiError::NotFound(format!("scale set '{name}' has had no rolling upgrade")))
+        })
+        .await
 }
 
 pub(crate) const ACTIONS: &[&str] = RollingAction::NAMES;
@@ -67,66 +66,34 @@ pub async fn action(
     body: Option<Json<StartRequest>>,
 ) -> Result<StatusCode, ApiError> {
     let action: RollingAction = action.parse().map_err(|e: UnknownAction| ApiError::NotFound(e.to_string()))?;
-    let set = views::load_set(&state, &group, &name)?;
-    if set.value.deleting {
-        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
-    }
     let body = body.map(|b| b.0).unwrap_or_default();
-    let capacity = set.value.model.sku.capacity.max(0) as u64;
-    let request = match action {
-        RollingAction::Start => {
-            let canary = match body.canary.as_deref() {
-                None => None,
-                Some(c) => Some(parse_canary(c, capacity)?),
+    let now = state.clock.now();
+    state
+        .blocking(move |st| {
+            let set = views::load_set(st, &group, &name)?;
+            if set.value.deleting {
+                return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+            }
+            let capacity = set.value.model.sku.capacity.max(0) as u64;
+            let request = match action {
+                RollingAction::Start => {
+                    let canary = match body.canary.as_deref() {
+                        None => None,
+                        Some(c) => Some(parse_canary(c, capacity)?),
+                    };
+                    UpgradeRequest::Start { canary, pause: body.pause, reimage: false }
+                }
+                RollingAction::Cancel => UpgradeRequest::Cancel,
+                RollingAction::Pause => UpgradeRequest::Pause,
+                RollingAction::Resume => UpgradeRequest::Resume,
+                RollingAction::Rollback => UpgradeRequest::Rollback,
             };
-            UpgradeRequest::Start { canary, pause: body.pause, reimage: false }
-        }
-        RollingAction::Cancel => UpgradeRequest::Cancel,
-        RollingAction::Pause => UpgradeRequest::Pause,
-        RollingAction::Resume => UpgradeRequest::Resume,
-        RollingAction::Rollback => UpgradeRequest::Rollback,
-    };
-    let key = set.value.key();
-    for _ in 0..10 {
-        let cur = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &key)?;
-        let (mut status, expect) = match cur {
-            Some(o) => (o.value, Expect::Revision(o.revision)),
-            None => (ScaleSetStatus::default(), Expect::Absent),
-        };
-        let active = status.rolling_upgrade.as_ref().filter(|u| u.state.is_active());
-        match (&request, active) {
-            (UpgradeRequest::Pause | UpgradeRequest::Cancel, None) => {
-                return Err(ApiError::Conflict(format!("scale set '{name}' has no rolling upgrade in progress")));
-            }
-            (UpgradeRequest::Resume, a) if a.is_none_or(|u| u.state != herd_model::upgrade::RollingState::Paused) => {
-                return Err(ApiError::Conflict(format!("scale set '{name}' has no paused rolling upgrade")));
-            }
-            (UpgradeRequest::Rollback, _) if status.rolling_upgrade.is_none() => {
-                return Err(ApiError::Conflict(format!("scale set '{name}' has no rolling upgrade to roll back")));
-            }
-            _ => {}
-        }
-        status.upgrade_request = Some(request.clone());
-        let ev = views::user_event(
-            &state,
-            &group,
-            &name,
-            "RollingUpgradeRequest",
-            format!("rolling-upgrade {action} requested"),
-        );
-        match state
-            .store
-            .txn(vec![WriteOp::put(Kind::ScaleSetStatus, key.clone(), &status, expect)?, WriteOp::Activity(ev)])
-        {
-            Ok(_) => {
-                state.wake();
-                return Ok(StatusCode::ACCEPTED);
-            }
-            Err(herd_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::Conflict("the scale set's status kept changing; try again".into()))
+            set_status::request_rolling_upgrade(&*st.store, &set.value, &request, &action.to_string(), now)?;
+            Ok(())
+        })
+        .await?;
+    state.wake();
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// `N` or `P%` of `capacity` (at least one).
@@ -165,37 +132,19 @@ pub async fn protect(
     Path((group, name, id)): Path<(String, String, String)>,
     Json(policy): Json<ProtectionPolicy>,
 ) -> Result<Json<ProtectionPolicy>, ApiError> {
-    let set = views::load_set(&state, &group, &name)?;
-    let n: u64 = id.parse().map_err(|_| {
-        ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
-    })?;
-    let key = herd_state::keys::SetKey::of(&set.value).instance(InstanceId(n)).to_string();
-    // The reconciler writes instance records all the time: a concurrent write is re-applied.
-    views::retry(&HeaderMap::new(), || {
-        let cur = state
-            .store
-            .get_as::<InstanceRecord>(Kind::Instance, &key)?
-            .filter(|o| o.value.is_counted())
-            .ok_or_else(|| ApiError::NotFound(format!("instance {id} does not exist in scale set '{name}'")))?;
-        let mut rec = cur.value.clone();
-        rec.protect_from_scale_in = policy.protect_from_scale_in;
-        rec.protect_from_scale_set_actions = policy.protect_from_scale_set_actions;
-        let ev = views::user_event(
-            &state,
-            &group,
-            &name,
-            "SetProtectionPolicy",
-            format!(
-                "instance {id}: protectFromScaleIn={}, protectFromScaleSetActions={}",
-                policy.protect_from_scale_in, policy.protect_from_scale_set_actions
-            ),
-        );
-        state.store.txn(vec![
-            WriteOp::put(Kind::Instance, key.clone(), &rec, Expect::Revision(cur.revision))?,
-            WriteOp::Activity(ev),
-        ])?;
-        Ok(())
-    })?;
+    let now = state.clock.now();
+    state
+        .blocking(move |st| {
+            let set = views::load_set(st, &group, &name)?;
+            let n: u64 = id.parse().map_err(|_| {
+                ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
+            })?;
+            // The reconciler writes instance records all the time: a concurrent write is re-applied.
+            views::retry(&HeaderMap::new(), || {
+                Ok(instance_actions::set_protection(&*st.store, &set.value, (InstanceId(n), &id), &policy, now)?)
+            })
+        })
+        .await?;
     state.wake();
     Ok(Json(policy))
 }
@@ -237,48 +186,18 @@ pub async fn orchestration_state(
             ))
         }
     };
-    let set = views::load_set(&state, &group, &name)?;
-    if !set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) {
-        return Err(ApiError::Conflict(format!(
-            "scale set '{name}' has automatic repairs off; enable them with --set automaticRepairsPolicy.enabled=true"
-        )));
-    }
-    let key = set.value.key();
-    for _ in 0..10 {
-        let cur = state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &key)?;
-        let (mut status, expect) = match cur {
-            Some(o) => (o.value, Expect::Revision(o.revision)),
-            None => (ScaleSetStatus::default(), Expect::Absent),
-        };
-        if suspend {
-            status.repairs.suspended = Some(herd_model::repair::RepairSuspension {
-                reason: "suspended by user".into(),
-                since: state.clock.now(),
-                automatic: false,
-            });
-        } else {
-            status.repairs.suspended = None;
-            status.repairs.attempts.clear();
-        }
-        let verb = if suspend { "suspended" } else { "resumed" };
-        let ev = views::user_event(
-            &state,
-            &group,
-            &name,
-            "SetOrchestrationServiceState",
-            format!("automatic repairs {verb}"),
-        );
-        match state
-            .store
-            .txn(vec![WriteOp::put(Kind::ScaleSetStatus, key.clone(), &status, expect)?, WriteOp::Activity(ev)])
-        {
-            Ok(_) => {
-                state.wake();
-                return Ok(StatusCode::OK);
+    let now = state.clock.now();
+    state
+        .blocking(move |st| {
+            let set = views::load_set(st, &group, &name)?;
+            if !set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) {
+                return Err(ApiError::Conflict(format!(
+                    "scale set '{name}' has automatic repairs off; enable them with --set automaticRepairsPolicy.enabled=true"
+                )));
             }
-            Err(herd_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::Conflict("the scale set's status kept changing; try again".into()))
+            Ok(set_status::set_repairs_suspended(&*st.store, &set.value, suspend, now)?)
+        })
+        .await?;
+    state.wake();
+    Ok(StatusCode::OK)
 }

@@ -1,8 +1,9 @@
 //! What every handler shares: the store, the reconciler's wake signal, the token and the
 //! server's configuration (SKUs, zones, limits).
 
+use crate::error::ApiError;
 use herd_model::{clock::Clock, scale_set::ValidationContext, sku::SkuTable};
-use herd_store::Store;
+use herd_state::{State, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -33,13 +34,14 @@ pub struct ApiConfig {
 /// Shared handler state.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
+    /// The typed state layer: handlers call its operations through [`AppState::run`].
+    pub store: State,
     pub wake: Arc<Notify>,
     pub token: Arc<str>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ApiConfig>,
     /// Seals write-only secrets before they reach the store.
-    pub sealer: Arc<herd_store::seal::Sealer>,
+    pub sealer: Arc<herd_state::seal::Sealer>,
     /// Instance health as the load-balancer probes see it.
     pub health: Arc<herd_model::health::HealthBoard>,
     /// The load-balancer controller (metrics, counters).
@@ -62,6 +64,28 @@ impl AppState {
             max_capacity: self.config.max_capacity,
             spot_priced_skus: Some(&self.spot_priced),
         }
+    }
+
+    /// Runs `f` (typed state operations) on tokio's blocking pool, so a store call never
+    /// stalls the async runtime, and answers its result.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&dyn Store) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.store.run(move |s| Ok(f(s))).await?
+    }
+
+    /// Runs `f` with this state on tokio's blocking pool: for a handler whose whole request
+    /// (validation against the stored records, the operation, the view of the result) reads and
+    /// writes the store, so none of it stalls the async runtime.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let me = self.clone();
+        self.run(move |_| f(&me)).await
     }
 
     /// Starts a reconcile pass soon.

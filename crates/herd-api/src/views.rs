@@ -3,16 +3,16 @@
 use crate::{error::ApiError, state::AppState};
 use axum::http::HeaderMap;
 use herd_model::{
-    activity::{ActivityEvent, Actor},
+    activity::ActivityEvent,
     group::ResourceGroup,
-    instance::InstanceRecord,
     patch::PatchOp,
-    scale_set::{ScaleSetModel, ScaleSetStatus, StoredScaleSet},
+    scale_set::{ScaleSetModel, StoredScaleSet},
     GroupName, ScaleSetName,
 };
-use herd_reconciler::{summarize, SetSummary};
-use herd_state::keys::SetKey;
-use herd_store::{Kind, Object, StoreExt, WriteOp};
+use herd_state::lookup;
+use herd_state::scale_sets::{observe, Observed, SetProvisioningState};
+use herd_state::summary::SetSummary;
+use herd_state::Versioned as Object;
 use serde::{Deserialize, Serialize};
 
 /// A scale set as the API returns it: the model plus what the server owns.
@@ -29,7 +29,8 @@ pub struct ScaleSetView {
     /// Bumped only by changes to `virtualMachineProfile` or the SKU's size.
     pub model_generation: u64,
     /// `Creating`, `Updating`, `Succeeded`, `Failed` (creation suspended) or `Deleting`.
-    pub provisioning_state: String,
+    #[schema(value_type = String)]
+    pub provisioning_state: SetProvisioningState,
     pub time_created: chrono::DateTime<chrono::Utc>,
     #[serde(flatten)]
     pub model: ScaleSetModel,
@@ -196,46 +197,6 @@ pub fn retry<T>(headers: &HeaderMap, mut f: impl FnMut() -> Result<T, ApiError>)
     }
 }
 
-/// Commits `ops` (puts of one request's records) in chunks that each fit a transaction. A chunk
-/// that loses to a concurrent write is rebuilt from a fresh read: `reapply(key)` gives the write
-/// for that key again, or `None` when it has nothing left to do; up to [`WRITE_RETRIES`] times,
-/// after which the store's conflict is the answer. Each write must be idempotent, so a request
-/// cut short and sent again completes.
-pub fn commit_chunks_reapplying(
-    state: &AppState,
-    ops: Vec<WriteOp>,
-    reapply: impl Fn(&str) -> Result<Option<WriteOp>, ApiError>,
-) -> Result<(), ApiError> {
-    for chunk in herd_store::chunks(ops, 0)? {
-        let keys: Vec<String> = chunk
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::Put { key, .. } => Some(key.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut chunk = chunk;
-        let mut attempt = 0;
-        loop {
-            match state.store.txn(chunk) {
-                Ok(_) => break,
-                Err(herd_store::StoreError::Conflict { .. }) if attempt < WRITE_RETRIES => {
-                    attempt += 1;
-                    chunk = Vec::new();
-                    for key in &keys {
-                        chunk.extend(reapply(key)?);
-                    }
-                    if chunk.is_empty() {
-                        break;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
-}
-
 pub fn check_if_match(headers: &HeaderMap, revision: u64) -> Result<(), ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
         return Ok(());
@@ -266,73 +227,22 @@ pub fn set_name(n: &str) -> Result<ScaleSetName, ApiError> {
     Ok(ScaleSetName::new(n)?)
 }
 
-/// A read of one object whose stored record cannot be decoded (quarantined) is a 409 naming
-/// it, not a 500: the server is fine, that record is not.
-fn quarantined(what: String) -> impl FnOnce(herd_store::StoreError) -> ApiError {
-    move |e| {
-        match e {
-        herd_store::StoreError::Codec(_) => ApiError::Conflict(format!(
-            "{what} cannot be read: its stored record is corrupt and quarantined (see 'herd server status' and 'herd store check')"
-        )),
-        other => other.into(),
-    }
-    }
-}
-
+/// The group named in the URL (a bad name is a 400 on `resourceGroup`; a missing group 404; a
+/// record in quarantine 409).
 pub fn load_group(state: &AppState, g: &str) -> Result<Object<ResourceGroup>, ApiError> {
-    let name = group_name(g)?;
-    state
-        .store
-        .get_as::<ResourceGroup>(Kind::Group, name.as_str())
-        .map_err(quarantined(format!("resource group '{g}'")))?
-        .ok_or_else(|| ApiError::NotFound(format!("resource group '{g}' does not exist")))
+    Ok(lookup::group(&*state.store, &group_name(g)?)?)
 }
 
+/// The set named in the URL, after its group.
 pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScaleSet>, ApiError> {
     load_group(state, g)?;
-    let key = SetKey::new(group_name(g)?, set_name(n)?).to_string();
-    state
-        .store
-        .get_as::<StoredScaleSet>(Kind::ScaleSet, &key)
-        .map_err(quarantined(format!("scale set '{n}'")))?
-        .ok_or_else(|| ApiError::NotFound(format!("scale set '{n}' does not exist in resource group '{g}'")))
-}
-
-pub fn load_instances(state: &AppState, set: &StoredScaleSet) -> Result<Vec<Object<InstanceRecord>>, ApiError> {
-    Ok(state.store.list_as::<InstanceRecord>(Kind::Instance, &SetKey::of(set).children())?)
+    Ok(lookup::scale_set(&*state.store, &group_name(g)?, &set_name(n)?)?)
 }
 
 /// Builds the API view of a set from its stored record, status and instances.
 pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleSetView, ApiError> {
     let set = &obj.value;
-    // A quarantined status reads as none; the set is then shown Failed below.
-    let status = match state.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, &set.key()) {
-        Ok(o) => o.map(|o| o.value),
-        Err(herd_store::StoreError::Codec(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let records: Vec<InstanceRecord> = load_instances(state, set)?.into_iter().map(|o| o.value).collect();
-    let mut summary = summarize(set, status.as_ref(), &records);
-    // A set with a quarantined record is not reconciled: Failed, with the reason.
-    if let Some(q) = herd_reconciler::orphans::quarantined_sets(&*state.store).get(&set.key()) {
-        summary.suspended = Some(herd_model::scale_set::Suspension {
-            reason: herd_reconciler::orphans::failure_reason(q),
-            at_revision: obj.revision,
-            since: q.iter().map(|r| r.since).min().unwrap_or_else(|| state.clock.now()),
-        });
-        summary.converged = false;
-    }
-    let provisioning_state = if set.deleting {
-        "Deleting"
-    } else if summary.suspended.is_some() {
-        "Failed"
-    } else if summary.converged {
-        "Succeeded"
-    } else if status.is_none() || (summary.running == 0 && set.model_generation == 1 && summary.capacity > 0) {
-        "Creating"
-    } else {
-        "Updating"
-    };
+    let Observed { status, summary, provisioning_state } = observe(&*state.store, obj, state.clock.now())?;
     Ok(ScaleSetView {
         id: StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str()),
         name: set.name.to_string(),
@@ -340,7 +250,7 @@ pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleS
         resource_group: set.group.to_string(),
         etag: etag(obj.revision),
         model_generation: set.model_generation,
-        provisioning_state: provisioning_state.into(),
+        provisioning_state,
         time_created: set.time_created,
         model: set.model.clone(),
         instance_summary: summary,
@@ -367,16 +277,7 @@ pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleS
 
 /// An activity-log entry for something a user asked for.
 pub fn user_event(state: &AppState, group: &str, resource: &str, operation: &str, message: String) -> ActivityEvent {
-    ActivityEvent {
-        seq: 0,
-        time: state.clock.now(),
-        resource_group: group.into(),
-        resource: resource.into(),
-        operation: operation.into(),
-        status: "Accepted".into(),
-        actor: Actor::User,
-        message,
-    }
+    herd_state::activity::user_event(state.clock.now(), group, resource, operation, message)
 }
 
 /// Checks the name of a network resource taken from the URL.

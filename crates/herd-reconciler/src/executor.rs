@@ -1868,24 +1868,7 @@ fn parse_instance_key(set_key: &str, id: InstanceId) -> Option<InstanceKey> {
     InstanceKey::parse_path(&format!("{set_key}/{id}"))
 }
 
-/// `0-4, 7, 9-10`: a compact list of ids for log lines.
-pub fn id_list(ids: &[InstanceId]) -> String {
-    let mut v: Vec<u64> = ids.iter().map(|i| i.0).collect();
-    v.sort_unstable();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let start = v[i];
-        let mut end = start;
-        while i + 1 < v.len() && v[i + 1] == end + 1 {
-            i += 1;
-            end = v[i];
-        }
-        parts.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
-        i += 1;
-    }
-    parts.join(", ")
-}
+pub use herd_state::instance_actions::id_list;
 
 #[cfg(test)]
 mod tests {

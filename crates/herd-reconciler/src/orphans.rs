@@ -22,12 +22,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 use herd_model::InstanceKey;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 
-/// The store key of the [`Unmanaged`] list (`CounterKey::UnmanagedInstances`).
-pub const UNMANAGED_KEY: &str = herd_state::keys::CounterKey::UnmanagedInstances.as_str();
+pub use herd_state::admin::{Unmanaged, UNMANAGED_KEY};
 
 /// How unrecorded instances are treated in normal operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +40,6 @@ impl Default for OrphanPolicy {
     fn default() -> Self {
         Self { grace: Duration::minutes(10), max_per_hour: 5 }
     }
-}
-
-/// Instances kept running without a record at the operator's request (`--keep-orphans`):
-/// listed by `herd server status`, never destroyed by the reconciler. Key: `group/set/id`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Unmanaged {
-    /// Each instance and when it was left unmanaged.
-    pub instances: BTreeMap<String, DateTime<Utc>>,
 }
 
 pub use herd_state::quarantine::{failure_reason, quarantined_set_key, quarantined_sets};

@@ -24,12 +24,29 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod activity;
+pub mod admin;
+pub mod autoscale_config;
+pub mod batch;
 pub mod call_threads;
+pub mod cost_records;
+pub mod failure;
 pub mod feed;
+pub mod groups;
+pub mod images;
+pub mod instance_actions;
 pub mod intents;
 pub mod keys;
+pub mod lookup;
+pub mod model_refs;
+pub mod networks;
 pub mod quarantine;
 pub mod records;
+pub mod scale_sets;
+pub mod set_status;
+pub mod summary;
+#[cfg(test)]
+mod testkit;
 pub mod transitions;
 
 pub use herd_store::seal;

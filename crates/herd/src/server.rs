@@ -600,7 +600,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     std::fs::create_dir_all(&image_dir)?;
     herd_api::images::clear_uploads(&image_dir);
     let state = AppState {
-        store,
+        store: store.into(),
         wake: reconciler.waker(),
         token: token.clone().into(),
         clock,
@@ -640,7 +640,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     }
     let autoscale_defaults = herd_autoscaler::runner::RunnerConfig::default();
     let autoscaler = herd_autoscaler::runner::Runner::new(
-        state.store.clone(),
+        state.store.store().clone(),
         state.driver.clone(),
         state.clock.clone(),
         state.sealer.clone(),
@@ -678,8 +678,12 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let lb_wake = lb.waker();
     runtime.add_with_wake(lb, lb_wake);
     if let Some(port) = metadata_port {
-        let md =
-            herd_metadata::MetadataService::new(state.store.clone(), state.clock.clone(), state.wake.clone(), port);
+        let md = herd_metadata::MetadataService::new(
+            state.store.store().clone(),
+            state.clock.clone(),
+            state.wake.clone(),
+            port,
+        );
         runtime.add(Arc::new(md));
     }
     let meter = herd_billing::Meter::new(state.store.clone(), state.clock.clone(), prices);

@@ -154,7 +154,7 @@ impl Harness {
             herd_lbctl::Limits { drain_timeout: Duration::from_secs(1), max_connections_per_rule: None },
         ));
         let state = AppState {
-            store,
+            store: store.into(),
             wake: Arc::new(tokio::sync::Notify::new()),
             token: TOKEN.into(),
             clock: Arc::new(clock.clone()),
@@ -284,7 +284,7 @@ impl Harness {
     /// tests assert what the handler itself does.)
     pub async fn reconcile(&self) {
         let rec = herd_reconciler::Reconciler::new(
-            self.state.store.clone(),
+            self.state.store.store().clone(),
             self.sim.clone(),
             self.state.clock.clone(),
             herd_reconciler::ReconcilerConfig::default(),

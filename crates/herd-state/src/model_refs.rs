@@ -1,0 +1,208 @@
+//! Checking what a scale-set model refers to against what is stored: its image in the
+//! gallery, its subnet (and the room left in it), its load-balancer pools, and a health source
+//! when rolling upgrades or automatic repairs need one.
+//!
+//! Why here: these are not properties of the model alone (the model crate checks those) but of
+//! the model next to the other stored records, so they read the store; a request is refused,
+//! naming the field, before anything is written.
+
+use crate::keys::ALL;
+use crate::records::StateError;
+use herd_model::image::{self, Image};
+use herd_model::network::{LoadBalancer, VirtualNetwork};
+use herd_model::scale_set::{ScaleSetModel, StoredScaleSet, UpgradeMode};
+use herd_model::{FieldError, ScaleSetName};
+use herd_store::{Kind, Store, StoreExt};
+
+/// Why a model's references do not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum RefError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl From<herd_store::StoreError> for RefError {
+    fn from(e: herd_store::StoreError) -> Self {
+        RefError::State(e.into())
+    }
+}
+
+const IP_CONFIG: &str = "virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].ipConfigurations[0]";
+
+fn values<T: serde::de::DeserializeOwned>(store: &dyn Store, kind: Kind) -> Result<Vec<T>, RefError> {
+    Ok(store.list_as::<T>(kind, ALL)?.into_iter().map(|o| o.value).collect())
+}
+
+/// Checks every reference of set `name`'s `model` (the model is already valid on its own).
+pub fn check_references(store: &dyn Store, name: &ScaleSetName, model: &ScaleSetModel) -> Result<(), RefError> {
+    check_image(store, model)?;
+    check_network(store, name, model)?;
+    check_health_source(store, model)
+}
+
+/// The model's image is in the gallery.
+fn check_image(store: &dyn Store, model: &ScaleSetModel) -> Result<(), RefError> {
+    let field = "virtualMachineProfile.storageProfile.imageReference";
+    let urn = model.virtual_machine_profile.storage_profile.image_reference.urn()?;
+    let images: Vec<Image> = values(store, Kind::Image)?;
+    if image::resolve(&images, &urn).is_none() {
+        let mut known: Vec<String> = images.iter().map(|i| i.urn.clone()).collect();
+        known.sort();
+        let hint = if known.is_empty() {
+            "the gallery is empty; add one with 'herd image import'".to_string()
+        } else {
+            format!("available: {}", known.join(", "))
+        };
+        return Err(FieldError::new(field, format!("image {urn} is not in the gallery; {hint}")).into());
+    }
+    Ok(())
+}
+
+/// Rolling upgrades and automatic repairs need a health source.
+fn check_health_source(store: &dyn Store, model: &ScaleSetModel) -> Result<(), RefError> {
+    let repairs = model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled);
+    let rolling = model.upgrade_policy.mode == UpgradeMode::Rolling;
+    let lbs: Vec<LoadBalancer> = if rolling || repairs { values(store, Kind::LoadBalancer)? } else { vec![] };
+    if repairs && !herd_model::network::has_health_source(model, &lbs) {
+        return Err(FieldError::new(
+            "automaticRepairsPolicy.enabled",
+            "automatic repairs need a health source: a load-balancer rule with a probe on the set's backend pool, \
+             or virtualMachineProfile.networkProfile.healthProbe",
+        )
+        .into());
+    }
+    if rolling && !herd_model::network::has_health_source(model, &lbs) {
+        return Err(FieldError::new(
+            "upgradePolicy.mode",
+            "Rolling needs a health source: a load-balancer rule with a probe on the set's backend pool \
+             ('herd network lb probe create' and 'herd network lb rule create --probe-name'), or \
+             virtualMachineProfile.networkProfile.healthProbe; allowed without one: Manual, Automatic",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The network profile's subnet and load-balancer pools exist, and the subnet has room for the
+/// set (with its overprovisioning extras) next to the other sets using it.
+fn check_network(store: &dyn Store, name: &ScaleSetName, model: &ScaleSetModel) -> Result<(), RefError> {
+    let Some(ip) = model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary()) else {
+        return Ok(());
+    };
+    if let Some(sub) = &ip.subnet {
+        check_subnet_room(store, name, model, &sub.id)?;
+    }
+    let lbs: Vec<LoadBalancer> = values(store, Kind::LoadBalancer)?;
+    for (i, p) in ip.load_balancer_backend_address_pools.iter().enumerate() {
+        if !pool_exists(&lbs, "backendAddressPools", &p.id) {
+            return Err(FieldError::new(
+                format!("{IP_CONFIG}.loadBalancerBackendAddressPools[{i}]"),
+                format!("backend pool '{}' does not exist", p.id),
+            )
+            .into());
+        }
+    }
+    for (i, p) in ip.load_balancer_inbound_nat_pools.iter().enumerate() {
+        if !pool_exists(&lbs, "inboundNatPools", &p.id) {
+            return Err(FieldError::new(
+                format!("{IP_CONFIG}.loadBalancerInboundNatPools[{i}]"),
+                format!("inbound NAT pool '{}' does not exist", p.id),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The subnet `subnet_id` exists and holds the set next to the other sets on it.
+fn check_subnet_room(
+    store: &dyn Store,
+    name: &ScaleSetName,
+    model: &ScaleSetModel,
+    subnet_id: &str,
+) -> Result<(), RefError> {
+    let vnets: Vec<VirtualNetwork> = values(store, Kind::VirtualNetwork)?;
+    let found = vnets.iter().flat_map(|v| v.subnets.iter()).find(|s| s.id.eq_ignore_ascii_case(subnet_id));
+    let Some(found) = found else {
+        return Err(FieldError::new(
+            format!("{IP_CONFIG}.subnet"),
+            format!("subnet '{subnet_id}' does not exist; create it with 'herd network vnet subnet create'"),
+        )
+        .into());
+    };
+    let others: i64 = values::<StoredScaleSet>(store, Kind::ScaleSet)?
+        .into_iter()
+        .filter(|s| s.name != *name)
+        .filter(|s| {
+            s.model
+                .virtual_machine_profile
+                .network_profile
+                .as_ref()
+                .and_then(|n| n.primary())
+                .and_then(|p| p.subnet.as_ref())
+                .is_some_and(|s| s.id.eq_ignore_ascii_case(subnet_id))
+        })
+        .map(|s| s.model.sku.capacity)
+        .sum();
+    let room = found.address_prefix.size() as i64 - 5;
+    let want = model.sku.capacity + (model.sku.capacity * 20 + 99) / 100 + others;
+    if want > room {
+        return Err(FieldError::new(
+            "sku.capacity",
+            format!(
+                "subnet {} ({}) has {room} usable addresses; {want} are needed with overprovisioning and the other sets on it",
+                found.name, found.address_prefix
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `id` names a child of collection `coll` (`backendAddressPools`, `inboundNatPools`)
+/// of one of `lbs`.
+fn pool_exists(lbs: &[LoadBalancer], coll: &str, id: &str) -> bool {
+    lbs.iter().any(|l| {
+        l.id.len() < id.len() && id.to_ascii_lowercase().starts_with(&l.id.to_ascii_lowercase()) && {
+            let rest = &id[l.id.len()..];
+            let child = rest.trim_start_matches('/').split_once('/').map(|(c, n)| (c.to_string(), n.to_string()));
+            child.is_some_and(|(c, n)| {
+                c.eq_ignore_ascii_case(coll)
+                    && match coll {
+                        "backendAddressPools" => {
+                            l.backend_address_pools.iter().any(|p| p.name.eq_ignore_ascii_case(&n))
+                        }
+                        _ => l.inbound_nat_pools.iter().any(|p| p.name.eq_ignore_ascii_case(&n)),
+                    }
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{model, set_name, store};
+    use serde_json::json;
+
+    #[test]
+    fn a_missing_image_or_subnet_is_refused_naming_the_field() {
+        let store = store();
+        let err = check_references(&store, &set_name("web"), &model(1, json!({}))).unwrap_err();
+        let RefError::Invalid(f) = err else { panic!("{err:?}") };
+        assert_eq!(f.field, "virtualMachineProfile.storageProfile.imageReference");
+        assert!(f.message.contains("the gallery is empty"), "{}", f.message);
+
+        let with_subnet = model(1, json!({}));
+        let mut doc = serde_json::to_value(&with_subnet).unwrap();
+        doc["virtualMachineProfile"]["networkProfile"] = json!({"networkInterfaceConfigurations": [{"name": "nic",
+            "ipConfigurations": [{"name": "ip", "subnet": {"id": "/resourceGroups/rg/virtualNetworks/v/subnets/s"}}]}]});
+        let m = ScaleSetModel::from_json(doc).unwrap();
+        let err = check_network(&store, &set_name("web"), &m).unwrap_err();
+        let RefError::Invalid(f) = err else { panic!("{err:?}") };
+        assert!(f.field.ends_with("ipConfigurations[0].subnet"), "{}", f.field);
+        assert!(f.message.contains("does not exist"), "{}", f.message);
+    }
+}
