@@ -669,7 +669,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     // Every background concern runs as a controller of one runtime (herd-controller-runtime):
     // woken by the store's change feed, resynced on a timer, backed off on failure, and shown
     // on the status board (`GET /v1/server/controllers`).
-    let mut runtime = herd_controller_runtime::Runtime::new(state.store.clone().into(), state.clock.clone());
+    let mut runtime = herd_controller_runtime::Runtime::new(state.store.clone(), state.clock.clone());
     let autoscaler = Arc::new(autoscaler);
     runtime.add(Arc::new(herd_autoscaler::controller::SamplerController(autoscaler.clone())));
     runtime.add(Arc::new(herd_autoscaler::controller::EvaluatorController(autoscaler)));
@@ -691,7 +691,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     runtime.add(Arc::new(herd_billing::controller::MeterController::new(meter, meter_every)));
     // The change feed keeps 5 to 10 minutes of history (see herd_store::COMPACTION_INTERVAL).
     runtime.add(Arc::new(herd_controller_runtime::CompactionController::new(
-        state.store.clone().into(),
+        state.store.clone(),
         herd_store::COMPACTION_INTERVAL,
     )));
     let (tx, rx) = tokio::sync::watch::channel(false);
