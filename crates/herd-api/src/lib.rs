@@ -29,7 +29,7 @@ pub mod store_status;
 pub mod views;
 
 pub use error::ApiError;
-pub use state::{ApiConfig, AppState};
+pub use state::{ApiConfig, AppState, ControllerBoard};
 
 use axum::{
     middleware,
@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/server", get(groups::server_info))
         .route("/v1/server/status", get(store_status::status))
+        .route("/v1/server/controllers", get(store_status::controllers))
         .route("/v1/store/check", get(store_status::store_check))
         .route("/v1/resourceGroups", get(groups::list))
         .route("/v1/resourceGroups/{group}", put(groups::create).get(groups::show).delete(groups::delete))

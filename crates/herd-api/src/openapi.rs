@@ -10,6 +10,7 @@ use utoipa::OpenApi;
     paths(
         crate::groups::server_info,
         crate::store_status::status,
+        crate::store_status::controllers,
         crate::store_status::store_check,
         crate::groups::list,
         crate::groups::create,

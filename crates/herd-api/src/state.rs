@@ -54,6 +54,29 @@ pub struct AppState {
     pub metrics_token: Option<Arc<str>>,
     /// The reconciler's count of refused lifecycle events, for `/metrics`.
     pub invalid_transitions: herd_state::transitions::InvalidTransitions,
+    /// What each background controller is doing (`GET /v1/server/controllers`).
+    pub controllers: ControllerBoard,
+}
+
+/// A view of the server's controller status board. The API shows it and does not know the
+/// runtime that fills it in: the server hands over a function that reads the board.
+#[derive(Clone)]
+pub struct ControllerBoard(Arc<dyn Fn() -> Vec<herd_model::controller::ControllerStatus> + Send + Sync>);
+
+impl ControllerBoard {
+    pub fn new(read: impl Fn() -> Vec<herd_model::controller::ControllerStatus> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(read))
+    }
+
+    /// A board with no controllers (a server that runs none, as in-process handler tests).
+    pub fn empty() -> Self {
+        Self::new(Vec::new)
+    }
+
+    /// Every controller's status, by name.
+    pub fn snapshot(&self) -> Vec<herd_model::controller::ControllerStatus> {
+        (self.0)()
+    }
 }
 
 impl AppState {

@@ -25,7 +25,12 @@ pub struct ServerStatus {
     /// Instances kept running without a record (`herd server --keep-orphans`): never destroyed
     /// by the reconciler, not managed.
     pub unmanaged_instances: Vec<UnmanagedInstance>,
+    /// Each background controller: its last run, how long it took, its last error and what it
+    /// waits for (also `GET /v1/server/controllers`).
+    pub controllers: Vec<ControllerStatus>,
 }
+
+pub use herd_model::controller::ControllerStatus;
 
 pub use herd_state::admin::{QuarantinedRecord, StoreCheck};
 
@@ -67,7 +72,16 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<ServerStatus>,
             .into_iter()
             .map(|(key, since)| UnmanagedInstance { key, since })
             .collect(),
+        controllers: state.controllers.snapshot(),
     }))
+}
+
+/// Each background controller of the server (reconciler, load balancer, metadata, billing,
+/// autoscale, feed compaction): its phase, last run and duration, failures and last error, and
+/// what it waits for.
+#[utoipa::path(get, path = "/v1/server/controllers", tag = "server", responses((status = 200, body = [ControllerStatus])))]
+pub async fn controllers(State(state): State<AppState>) -> Json<Vec<ControllerStatus>> {
+    Json(state.controllers.snapshot())
 }
 
 /// Decodes every stored record and runs the store's integrity check (read-only; records that

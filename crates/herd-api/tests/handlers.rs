@@ -94,6 +94,7 @@ const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
     ("GET", "/v1/resourceGroups", 404, NO_RESOURCE),
     ("GET", "/v1/server", 404, NO_RESOURCE),
     ("GET", "/v1/server/status", 404, NO_RESOURCE),
+    ("GET", "/v1/server/controllers", 404, NO_RESOURCE),
     ("GET", "/v1/store/check", 404, NO_RESOURCE),
     ("PUT", "/v1/resourceGroups/{group}", 404, "creates the group: a missing one is not an error"),
     ("PUT", "/v1/images/{urn}", 404, "creates the image: a missing one is not an error"),
@@ -308,6 +309,7 @@ const OPS: &[Op] = &[
     ),
     op("GET", "/v1/server", "/v1/server", false, false),
     op("GET", "/v1/server/status", "/v1/server/status", false, false),
+    op("GET", "/v1/server/controllers", "/v1/server/controllers", false, false),
     op("GET", "/v1/store/check", "/v1/store/check", false, false),
 ];
 
@@ -517,10 +519,17 @@ fn handler_cases() -> Vec<Case> {
             assert_eq!(r.json()["zones"], json!(["1", "2", "3"]));
             r
         }),
-        case!("GET", "/v1/server/status", 200, "cluster id, nothing quarantined", |h| {
+        case!("GET", "/v1/server/status", 200, "cluster id, nothing quarantined, the controllers", |h| {
             let r = h.get("/v1/server/status").await;
             assert_eq!(r.json()["clusterId"], "test-cluster");
             assert_eq!(r.json()["quarantined"], json!([]));
+            assert_eq!(r.json()["controllers"][0]["name"], "reconciler");
+            r
+        }),
+        case!("GET", "/v1/server/controllers", 200, "the board as the server's runtime fills it in", |h| {
+            let r = h.get("/v1/server/controllers").await;
+            assert_eq!(r.json(), serde_json::to_value(vec![support::idle_controller()]).unwrap());
+            assert_eq!(r.json()[0]["phase"], "idle");
             r
         }),
         case!("GET", "/v1/store/check", 200, "every record decodes", |h| {

@@ -223,8 +223,9 @@ pub struct ServerArgs {
 /// `herd server <command>`: questions to a running server.
 #[derive(Debug, Subcommand)]
 pub enum ServerCmd {
-    /// The running server's cluster id, quarantined records (cannot be decoded) and unmanaged
-    /// instances (kept with --keep-orphans).
+    /// The running server's cluster id, quarantined records (cannot be decoded), unmanaged
+    /// instances (kept with --keep-orphans), and each background controller: its phase, last
+    /// run and duration, failures, last error and what it waits for.
     Status,
 }
 

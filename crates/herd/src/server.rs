@@ -599,6 +599,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let image_dir = data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
     herd_api::images::clear_uploads(&image_dir);
+    // Every background concern runs as a controller of one runtime (herd-controller-runtime):
+    // woken by the store's change feed, resynced on a timer, backed off on failure, and shown
+    // on the status board (`GET /v1/server/controllers`).
+    let mut runtime = herd_controller_runtime::Runtime::new(herd_state::State::from(store.clone()), clock.clone());
+    let board = runtime.board();
     let state = AppState {
         store: store.into(),
         wake: reconciler.waker(),
@@ -631,6 +636,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         spot_priced,
         metrics_token,
         invalid_transitions: reconciler.invalid_transitions(),
+        controllers: herd_api::ControllerBoard::new(move || board.snapshot()),
     };
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
@@ -666,10 +672,6 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         },
     )
     .with_lb_stats(Arc::new(herd_api::autoscale::ApiLbStats(state.lb.clone())));
-    // Every background concern runs as a controller of one runtime (herd-controller-runtime):
-    // woken by the store's change feed, resynced on a timer, backed off on failure, and shown
-    // on the status board (`GET /v1/server/controllers`).
-    let mut runtime = herd_controller_runtime::Runtime::new(state.store.clone(), state.clock.clone());
     let autoscaler = Arc::new(autoscaler);
     runtime.add(Arc::new(herd_autoscaler::controller::SamplerController(autoscaler.clone())));
     runtime.add(Arc::new(herd_autoscaler::controller::EvaluatorController(autoscaler)));

@@ -25,6 +25,16 @@ pub enum StoreCmd {
 
 const PROBLEM_TABLE: Columns<'static> = &[("Kind", "kind"), ("Key", "key"), ("Reason", "reason")];
 const UNMANAGED_TABLE: Columns<'static> = &[("Instance", "key"), ("Since", "since")];
+const CONTROLLER_TABLE: Columns<'static> = &[
+    ("Controller", "name"),
+    ("Phase", "phase"),
+    ("Runs", "runs"),
+    ("Failures", "failures"),
+    ("LastRun", "lastRunAt"),
+    ("LastRunMs", "lastRunMs"),
+    ("WaitingFor", "waitingFor"),
+    ("LastError", "lastError"),
+];
 
 /// `herd store check --data-dir DIR`.
 pub fn check_offline(dir: &Path, format: Format) -> Result<()> {
@@ -95,5 +105,7 @@ pub fn print_status(
         println!("Unmanaged instances ({}): running without a record, never destroyed by herd", u.len());
         print(&v["unmanagedInstances"], Some(UNMANAGED_TABLE))?;
     }
-    Ok(())
+    let c = v["controllers"].as_array().map_or(0, Vec::len);
+    println!("Controllers ({c}): each background concern, its last run and what it waits for");
+    print(&v["controllers"], Some(CONTROLLER_TABLE))
 }

@@ -345,3 +345,32 @@ fn a_newer_image_is_rolled_out_by_itself() {
     ));
     assert!(e.contains("allowed: AutomaticRepairs"), "{e}");
 }
+
+#[test]
+fn server_status_lists_every_controller_with_its_last_run() {
+    let (_dir, s) = setup();
+    create(&s, "2");
+    let every = ["autoscale", "autoscale-sampler", "billing", "feed-compaction", "load-balancer", "reconciler"];
+    let status = wait_for("every controller to have run once", Duration::from_secs(60), || {
+        let v = s.json(&["server", "status"]);
+        let all_ran = v["controllers"].as_array()?.iter().all(|c| c["runs"].as_u64() >= Some(1));
+        all_ran.then_some(v)
+    });
+    let controllers = status["controllers"].as_array().unwrap();
+    let names: Vec<&str> = controllers.iter().filter_map(|c| c["name"].as_str()).collect();
+    for want in every {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for c in controllers {
+        assert!(c["lastRunAt"].is_string() && c["lastRunMs"].is_number(), "no last run: {c}");
+        assert_eq!(c["failures"], 0, "a controller failed on a healthy sim server: {c}");
+    }
+    let reconciler = controllers.iter().find(|c| c["name"] == "reconciler").unwrap();
+    assert!(reconciler["watches"].as_array().unwrap().iter().any(|k| k == "vmss"), "{reconciler}");
+    // The table names each controller and says what it waits for.
+    let table = s.ok(&["server", "status", "-o", "table"]);
+    assert!(table.contains("Controllers (") && table.contains("WaitingFor"), "{table}");
+    for want in every {
+        assert!(table.contains(want), "{want} missing from the table:\n{table}");
+    }
+}

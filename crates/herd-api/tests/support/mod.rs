@@ -180,6 +180,7 @@ impl Harness {
             spot_priced: Arc::from(Vec::<String>::new()),
             metrics_token: Some(METRICS_TOKEN.into()),
             invalid_transitions: Default::default(),
+            controllers: herd_api::ControllerBoard::new(|| vec![idle_controller()]),
         };
         let router = herd_api::router(state.clone());
         Harness { state, router, sim, clock, dir: Arc::new(dir) }
@@ -354,4 +355,15 @@ pub fn autoscale_body() -> Value {
             "scaleAction": {"direction": "Increase", "type": "ChangeCount", "value": "1", "cooldown": "PT5M"}
         }]}]
     })
+}
+
+/// The one controller the harness's board shows: idle after one run.
+pub fn idle_controller() -> herd_model::controller::ControllerStatus {
+    serde_json::from_value(serde_json::json!({
+        "name": "reconciler", "watches": ["vmss"], "resyncSeconds": 2.0, "phase": "idle",
+        "waitingFor": "a change to vmss; resync by 2026-01-01T00:00:02Z", "nextRunBy": "2026-01-01T00:00:02Z",
+        "runs": 1, "failures": 0, "consecutiveFailures": 0, "lastRunAt": "2026-01-01T00:00:00Z",
+        "lastRunMs": 1.5, "lastSuccessAt": "2026-01-01T00:00:00Z", "lastError": null, "lastErrorAt": null,
+    }))
+    .expect("a controller status")
 }
