@@ -12,7 +12,8 @@
 //!
 //! - **Woken by the change feed.** A controller names the record kinds it watches
 //!   ([`Controller::watches`]); a commit that changes one of them wakes it
-//!   ([`herd_state::feed`]). Wakes that arrive while it runs coalesce into one more run.
+//!   ([`herd_state::feed`]). Wakes that arrive while it runs coalesce into one more run;
+//!   [`Controller::min_interval`] spaces the passes of a burst.
 //! - **A safety net.** It also runs at least every [`Controller::resync`], so a missed wake (or
 //!   state outside the store, such as probe health) is never missed for long.
 //! - **Takes no input.** A pass reads what it needs and returns [`Next`]: run again now, after
@@ -81,8 +82,10 @@ pub trait Controller: Send + Sync + 'static {
     /// controller that watches nothing.
     fn resync(&self) -> Duration;
 
-    /// The shortest time between the starts of two passes, so that a burst of commits (a
-    /// thousand instances created) coalesces into few passes. Zero by default.
+    /// The shortest pause between the end of one pass and the start of the next, so that a
+    /// burst of commits (a thousand instances created) coalesces into few passes and a slow
+    /// pass (a full scan of a large store) leaves the store to others in between. Zero by
+    /// default.
     fn min_interval(&self) -> Duration {
         Duration::ZERO
     }

@@ -137,21 +137,20 @@ async fn drive<C: Controller>(
 ) {
     let name = controller.name();
     let mut failures: u32 = 0;
-    let mut last_start: Option<Instant> = None;
+    let mut last_end: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
         }
-        // A burst of wakes runs at most one pass per min_interval.
+        // A burst of wakes waits min_interval after the last pass ended.
         let min = controller.min_interval();
-        if let Some(at) = last_start.map(|t| t + min).filter(|at| *at > Instant::now()) {
+        if let Some(at) = last_end.map(|t| t + min).filter(|at| *at > Instant::now()) {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
                 _ = shutdown.wait_for(|v| *v) => break,
             }
         }
         let started = Instant::now();
-        last_start = Some(started);
         let started_at = clock.now();
         board.update(name, |s| {
             s.phase = Phase::Running;
@@ -161,6 +160,7 @@ async fn drive<C: Controller>(
         });
         let result = run_pass(controller.clone()).await;
         let took = started.elapsed();
+        last_end = Some(Instant::now());
         let (phase, wait) = match &result {
             Ok(Next::Now) => (Phase::Running, Duration::ZERO),
             Ok(Next::After(d)) => (Phase::Waiting, *d),

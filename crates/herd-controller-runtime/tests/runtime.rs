@@ -164,7 +164,7 @@ async fn wakes_during_a_pass_coalesce_into_one_more_pass() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_burst_of_wakes_runs_at_most_one_pass_per_min_interval() {
+async fn a_burst_of_wakes_waits_min_interval_after_the_last_pass() {
     let (mut c, mut rx) = Scripted::new("scripted", vec![]);
     c.min_interval = Duration::from_millis(100);
     let (_board, _stop, _tasks, wake) = start(c).await;

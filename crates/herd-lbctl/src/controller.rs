@@ -5,8 +5,9 @@
 //! the change feed) and its probers' results (each prober wakes it when a target's health
 //! changes, see `LbController::pass`). With every input waking it, the timer is only a safety
 //! net (1 s), and a membership change reaches the data plane as soon as the pass that sees it
-//! ends. `min_interval` keeps a burst of commits (a thousand instances created) to one pass per
-//! 50 ms, the old rate.
+//! ends. `min_interval` pauses 50 ms after each pass before the next, as the old loop slept
+//! between passes: during a burst of commits (a thousand instances created) the controller's
+//! full scans leave the store to the reconciler in between.
 
 use crate::LbController;
 use herd_controller_runtime::{Controller, ControllerError, Next};

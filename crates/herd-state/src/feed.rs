@@ -12,10 +12,10 @@
 //!                    └─ fell below the compaction point ──► Lost ──► Following(head + 1)
 //! ```
 //!
-//! The store's reads run on the blocking pool ([`State::run`]).
+//! The store's reads run on the blocking pool ([`State::run`]) and read no values.
 
 use crate::{State, StateError};
-use herd_store::{StoreError, Watcher};
+use herd_store::StoreError;
 use std::collections::BTreeSet;
 
 pub use herd_store::Kind;
@@ -31,35 +31,59 @@ pub enum FeedEvent {
 }
 
 /// The change feed of one store, from the revision it was started at.
+///
+/// It reads only which kinds changed ([`herd_store::Store::changed_kinds`]: no values are
+/// read or decoded), on the blocking pool, after the store's head-revision channel says a
+/// commit happened: a provisioning run of 12,000 instance writes costs the feed one small
+/// index scan per wake, not a decode of every value written.
 pub struct ChangeFeed {
     state: State,
-    watcher: Watcher,
+    head: tokio::sync::watch::Receiver<u64>,
+    next: u64,
 }
 
 impl ChangeFeed {
     /// A feed of the changes committed after now.
     pub async fn start(state: &State) -> Result<Self, StateError> {
-        let head = state.run(|s| Ok(s.revision()?)).await?;
-        Ok(Self { state: state.clone(), watcher: Watcher::new(state.store().clone(), head + 1) })
+        let head = state.store().subscribe();
+        let now = state.run(|s| Ok(s.revision()?)).await?;
+        Ok(Self { state: state.clone(), head, next: now + 1 })
     }
 
     /// The revision the next event starts at.
     pub fn next_revision(&self) -> u64 {
-        self.watcher.next_revision()
+        self.next
     }
 
     /// The next event, waiting (on the store's commit signal, not a timer) while nothing is
     /// committed.
     pub async fn next(&mut self) -> Result<FeedEvent, StateError> {
-        match self.watcher.next().await {
-            Ok(changes) => Ok(FeedEvent::Changed(changes.into_iter().map(|c| c.kind).collect())),
-            Err(StoreError::Compacted { requested, compacted }) => {
-                tracing::warn!(requested, compacted, "the change feed fell behind compaction; waking every controller");
-                let head = self.state.run(|s| Ok(s.revision()?)).await?;
-                self.watcher = Watcher::new(self.state.store().clone(), head + 1);
-                Ok(FeedEvent::Lost)
+        loop {
+            // Mark the current head seen before reading, so a commit after the read wakes us.
+            let head = *self.head.borrow_and_update();
+            if head >= self.next {
+                let from = self.next;
+                match self.state.run(move |s| Ok(s.changed_kinds(from)?)).await {
+                    Ok(changed) => {
+                        self.next = changed.next.max(from);
+                        if !changed.kinds.is_empty() {
+                            return Ok(FeedEvent::Changed(changed.kinds));
+                        }
+                        continue;
+                    }
+                    Err(StateError::Store(StoreError::Compacted { requested, compacted })) => {
+                        tracing::warn!(
+                            requested,
+                            compacted,
+                            "the change feed fell behind compaction; waking every controller"
+                        );
+                        self.next = self.state.run(|s| Ok(s.revision()?)).await? + 1;
+                        return Ok(FeedEvent::Lost);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) => Err(e.into()),
+            self.head.changed().await.map_err(|_| StoreError::Backend("the store's revision channel closed".into()))?;
         }
     }
 }

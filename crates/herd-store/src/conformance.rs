@@ -34,6 +34,33 @@ pub fn run_all(fresh: Factory<'_>) {
     watch_resumes(fresh);
     compaction(fresh);
     watcher_wakes_on_commit(fresh);
+    changed_kinds_match_the_feed(fresh);
+}
+
+/// `changed_kinds` names exactly the kinds the feed has in the range, continues past the head,
+/// skips activity-only revisions, and answers `Compacted` below the compaction point.
+pub fn changed_kinds_match_the_feed(fresh: Factory<'_>) {
+    let s = fresh();
+    let start = s.revision().unwrap() + 1;
+    let nothing = s.changed_kinds(start).unwrap();
+    assert!(nothing.kinds.is_empty() && nothing.next == start, "{nothing:?}");
+    s.txn(vec![put(Kind::Instance, "g/s/1", json!(1), Expect::Any), put(Kind::ScaleSet, "g/s", json!(1), Expect::Any)])
+        .unwrap();
+    s.txn(vec![WriteOp::Activity(activity("only activity"))]).unwrap();
+    let mid = s.txn(vec![put(Kind::Image, "i", json!(1), Expect::Any)]).unwrap();
+    s.txn(vec![WriteOp::delete(Kind::Image, "i", Expect::Any)]).unwrap();
+    let head = s.revision().unwrap();
+    let all = s.changed_kinds(start).unwrap();
+    assert_eq!(all.kinds, [Kind::Instance, Kind::ScaleSet, Kind::Image].into_iter().collect());
+    assert_eq!(all.next, head + 1);
+    let watched: std::collections::BTreeSet<Kind> =
+        s.watch(start, 100).unwrap().changes.iter().map(|c| c.kind).collect();
+    assert_eq!(all.kinds, watched, "the same kinds as the full feed");
+    let later = s.changed_kinds(mid).unwrap();
+    assert_eq!(later.kinds, [Kind::Image].into_iter().collect(), "from a revision on only");
+    assert_eq!(s.changed_kinds(head + 1).unwrap().kinds.len(), 0);
+    s.compact(mid).unwrap();
+    assert!(matches!(s.changed_kinds(start), Err(StoreError::Compacted { .. })));
 }
 
 fn put(kind: Kind, key: &str, v: Value, expect: Expect) -> WriteOp {

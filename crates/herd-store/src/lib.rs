@@ -30,7 +30,7 @@ mod sqlite;
 pub mod watch;
 
 pub use sqlite::SqliteStore;
-pub use watch::{run_compaction, Change, ChangeEvent, WatchBatch, Watcher, COMPACTION_INTERVAL};
+pub use watch::{run_compaction, Change, ChangeEvent, KindsChanged, WatchBatch, Watcher, COMPACTION_INTERVAL};
 
 use herd_model::activity::ActivityEvent;
 use serde::{de::DeserializeOwned, Serialize};
@@ -386,6 +386,24 @@ pub trait Store: Send + Sync + 'static {
     /// most [`MAX_TXN_OPS`], more). Resume with [`WatchBatch::next`]. Below the compaction
     /// point it answers [`StoreError::Compacted`]. See [`watch`](mod@watch).
     fn watch(&self, from_revision: u64, limit: usize) -> Result<WatchBatch, StoreError>;
+    /// Which kinds had a put or a delete from `from_revision` up to the newest revision, and
+    /// where to continue, without the changes' values: what a consumer that only needs to know
+    /// *what* changed reads (the controller runtime wakes controllers by kind). Answers
+    /// [`StoreError::Compacted`] below the compaction point, as [`Store::watch`] does.
+    ///
+    /// The default reads the feed through [`Store::watch`]; a backend that can skip the values
+    /// (SQLite reads one column of an index range) should.
+    fn changed_kinds(&self, from_revision: u64) -> Result<KindsChanged, StoreError> {
+        let head = self.revision()?;
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut next = from_revision;
+        while next <= head {
+            let batch = self.watch(next, 1000)?;
+            kinds.extend(batch.changes.iter().map(|c| c.kind));
+            next = batch.next.max(next + 1);
+        }
+        Ok(KindsChanged { kinds, next: next.max(from_revision) })
+    }
     /// The newest revision committed, as a `tokio::sync::watch` channel that changes after
     /// every commit: async code waits on it instead of polling (see [`Watcher`]).
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;

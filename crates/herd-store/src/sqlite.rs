@@ -434,6 +434,29 @@ impl Store for SqliteStore {
         Ok(WatchBatch { changes, next: last + 1 })
     }
 
+    fn changed_kinds(&self, from_revision: u64) -> Result<crate::KindsChanged, StoreError> {
+        let conn = self.lock();
+        let compacted = compaction_point(&conn)?;
+        if from_revision < compacted {
+            return Err(StoreError::Compacted { requested: from_revision, compacted });
+        }
+        let head = head_revision(&conn)?;
+        // One column of an index range: the values (most of each row) are never read.
+        let mut stmt =
+            conn.prepare_cached("SELECT DISTINCT kind FROM changes WHERE id >= ?1 AND id < ?2").map_err(backend)?;
+        let mut rows =
+            stmt.query(params![change_id(from_revision as i64, 0), change_id(head as i64 + 1, 0)]).map_err(backend)?;
+        let mut kinds = std::collections::BTreeSet::new();
+        while let Some(r) = rows.next().map_err(backend)? {
+            let kind: String = r.get(0).map_err(backend)?;
+            kinds.insert(
+                Kind::parse(&kind)
+                    .ok_or_else(|| StoreError::Codec(format!("unknown kind '{kind}' in the change feed")))?,
+            );
+        }
+        Ok(crate::KindsChanged { kinds, next: from_revision.max(head + 1) })
+    }
+
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.head.subscribe()
     }

@@ -66,6 +66,16 @@ pub struct WatchBatch {
     pub next: u64,
 }
 
+/// What [`Store::changed_kinds`] answers: the kinds changed, and where to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindsChanged {
+    /// Each kind with at least one put or delete in the range read.
+    pub kinds: std::collections::BTreeSet<Kind>,
+    /// Where the next call continues: past the newest revision read, never below the
+    /// `from_revision` asked.
+    pub next: u64,
+}
+
 /// The async form of the feed: see the module docs.
 pub struct Watcher {
     store: Arc<dyn Store>,
