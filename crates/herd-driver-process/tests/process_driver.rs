@@ -766,8 +766,13 @@ async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
     };
     let lines = || std::fs::read_to_string(&starts).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>();
 
+    // The run record is written when the script's process exists, which (on a loaded
+    // machine) can be before the script's first line ran: wait for that line.
+    let started = || async { !lines().is_empty() };
+
     // Same identity: adopted.
     start_then_crash(&fx, 25, slow("gen-1"));
+    wait_for("the old script's first line", started).await;
     let old: u32 = lines()[0].parse().unwrap();
     assert!(pid_alive(old));
     let t = Instant::now();
@@ -784,6 +789,7 @@ async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
     // Another identity (the model changed while no server ran): the old run is killed first.
     std::fs::remove_file(&starts).unwrap();
     start_then_crash(&fx, 25, slow("gen-1"));
+    wait_for("the old script's first line", started).await;
     let old: u32 = lines()[0].parse().unwrap();
     let quick = ScriptRun { identity: "gen-2".into(), ..script("slow", &[], "echo $$ >> starts\necho new", DEADLINE) };
     let out = fx.driver.run_script(&key(25), &quick, Fence::FIRST).await.unwrap();
