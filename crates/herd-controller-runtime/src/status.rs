@@ -58,21 +58,8 @@ impl StatusBoard {
     }
 }
 
-/// An error and its chain of sources, on one line.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        // A transparent wrapper repeats its source's text: say it once.
-        if !text.ends_with(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
+/// An error and its chain of sources, on one line (one formatter for all of herd).
+pub(crate) use herd_model::error::chain_text as error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -148,21 +148,7 @@ pub(crate) fn find_io_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Opt
     None
 }
 
-/// An error and its sources joined with ": ", skipping a source whose text the previous one
-/// already contains.
-pub(crate) fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let t = err.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = err.source();
-    }
-    out
-}
+pub(crate) use herd_model::error::chain_text;
 
 #[cfg(test)]
 mod tests {

@@ -33,3 +33,19 @@ pub enum ModelError {
     #[error("{0}")]
     Invalid(#[from] FieldError),
 }
+
+/// An error and its sources joined with ": ", skipping a source whose text the previous one
+/// already contains.
+pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let t = err.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = err.source();
+    }
+    out
+}
