@@ -104,6 +104,7 @@ async fn pump(
         };
         match event {
             Ok(FeedEvent::Changed(kinds)) => {
+                tracing::trace!(?kinds, next = feed.next_revision(), "change feed");
                 for (watched, wake) in &routes {
                     if watched.iter().any(|k| kinds.contains(k)) {
                         wake.notify_one();
@@ -161,6 +162,7 @@ async fn drive<C: Controller>(
         let result = run_pass(controller.clone()).await;
         let took = started.elapsed();
         last_end = Some(Instant::now());
+        tracing::debug!(controller = name, took_us = took.as_micros() as u64, ok = result.is_ok(), "controller pass");
         let (phase, wait) = match &result {
             Ok(Next::Now) => (Phase::Running, Duration::ZERO),
             Ok(Next::After(d)) => (Phase::Waiting, *d),

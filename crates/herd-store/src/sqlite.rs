@@ -263,25 +263,34 @@ impl Store for SqliteStore {
     }
 
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
-                self.create_col
-            ))
-            .map_err(backend)?;
-        let mut out = Vec::new();
-        let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
-        while let Some(r) = rows.next().map_err(backend)? {
-            let key: String = r.get(0).map_err(backend)?;
-            if !key.starts_with(prefix) {
-                break;
+        // Rows are copied out under the lock and decoded after it: decoding ten thousand
+        // records takes far longer than reading them, and a writer waits for the lock.
+        let rows = {
+            let conn = self.lock();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
+                    self.create_col
+                ))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
+            while let Some(r) = rows.next().map_err(backend)? {
+                let key: String = r.get(0).map_err(backend)?;
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                // A row that is not even text (a blob written by hand) is as corrupt as bad JSON.
+                let text: Result<String, rusqlite::Error> = r.get(2);
+                out.push((key, r.get::<_, i64>(1).map_err(backend)?, r.get::<_, i64>(3).map_err(backend)?, text));
             }
-            // A row that is not even text (a blob written by hand) is as corrupt as bad JSON.
-            let text: Result<String, _> = r.get(2);
+            out
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (key, revision, created, text) in rows {
             match text
                 .map_err(|e| StoreError::Codec(e.to_string()))
-                .and_then(|t| row_object(key.clone(), r.get(1).map_err(backend)?, r.get(3).map_err(backend)?, t))
+                .and_then(|t| row_object(key.clone(), revision, created, t))
             {
                 Ok(o) => out.push(o),
                 Err(StoreError::Codec(e)) => self.quarantine.add(kind, &key, &format!("not JSON: {e}")),
