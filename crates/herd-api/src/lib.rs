@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod auth_limit;
 pub mod autoscale;
 pub mod cost;
 pub mod error;
