@@ -8,6 +8,7 @@
 //! - [`ca`]: the CA itself: create, load, sign a server or agent certificate, rotate.
 //! - [`files`]: where the material lives in a data dir, written atomically, keys 0600.
 //! - [`serve`]: a server configuration whose certificate can be replaced without a restart.
+//! - [`listener`]: TCP in, finished handshakes out, so a stalled handshake blocks nobody.
 //! - [`trust`]: a client configuration that trusts the cluster CA bundle, and the hint a user
 //!   gets when a server's certificate does not chain to it.
 //!
@@ -26,11 +27,13 @@
 
 pub mod ca;
 pub mod files;
+pub mod listener;
 pub mod serve;
 pub mod trust;
 
 pub use ca::{ClusterCa, Fingerprint, Issued, Leaf};
 pub use files::{Rotation, TlsFiles};
+pub use listener::TlsListener;
 pub use serve::ServerCerts;
 pub use trust::{client_config, untrusted_hint};
 

@@ -2,7 +2,7 @@
 //! only the bundle they are given.
 
 use herd_tls::files::Material;
-use herd_tls::{client_config, untrusted_hint, ClusterCa, Leaf, Rotation, ServerCerts, TlsFiles};
+use herd_tls::{client_config, untrusted_hint, ClusterCa, Leaf, Rotation, ServerCerts, TlsFiles, TlsListener};
 use rustls_pki_types::ServerName;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -14,20 +14,17 @@ fn leaf() -> Leaf {
     Leaf::Server { names: vec!["localhost".into()], addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)] }
 }
 
-/// A TLS server on 127.0.0.1 that answers every connection with "ok" and closes it.
+/// A TLS server on 127.0.0.1 (through [`TlsListener`]) that answers every connection with
+/// "ok" and closes it.
 async fn serve(certs: Arc<ServerCerts>) -> SocketAddr {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.config().unwrap()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut listener = TlsListener::new(tcp, Arc::new(certs.config().unwrap())).unwrap();
+    let addr = listener.local_addr();
     tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
+        while let Some((mut tls, _)) = listener.accept().await {
             tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"ok").await;
-                    let _ = tls.shutdown().await;
-                }
+                let _ = tls.write_all(b"ok").await;
+                let _ = tls.shutdown().await;
             });
         }
     });
@@ -215,4 +212,21 @@ fn openssl_verifies_the_server_chain_against_the_bundle() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "openssl trusted a certificate from another CA");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_blocks_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, m) = start(dir.path());
+    let addr = serve(ServerCerts::new(&m.chain_pem, &m.key_pem).unwrap()).await;
+    // Open connections that send nothing (a slow or hostile client).
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), ask(addr, &m.bundle_pem))
+        .await
+        .expect("a real client waited behind stalled handshakes for 30 s");
+    assert_eq!(answer.unwrap(), "ok");
+    drop(stalled);
 }
