@@ -17,7 +17,9 @@
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod concerns;
 pub mod controller;
+pub mod draft;
 pub mod executor;
 pub mod extensions;
 pub mod fetch;
@@ -27,7 +29,11 @@ pub mod plan;
 pub mod repair;
 pub mod rolling;
 pub mod summary;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
+pub use concerns::{Concern, ConcernBoard};
+pub use controller::register;
 pub use executor::{FaultPoint, Faults, PassReport, ReconcileError, Reconciler, ReconcilerConfig};
 pub use extensions::ExtensionConfig;
 

@@ -12,10 +12,11 @@
 //! - the breaker: a repair counts until some instance is healthy on a boot that began after
 //!   it; `max` repairs in a row without that suspend repairs with the reason.
 
+use crate::draft::SetDraft;
 use crate::rolling::Health;
 use chrono::{DateTime, Duration, Utc};
 use herd_model::{
-    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    instance::{InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     repair::{RepairAction, RepairState},
     scale_set::StoredScaleSet,
     InstanceId,
@@ -108,6 +109,38 @@ pub fn plan_repairs(input: &RepairInput<'_>) -> Vec<RepairStep> {
         budget -= 1;
     }
     out
+}
+
+/// Records an automatic-repair decision in the set's status and marks the instance (pure: see
+/// [`crate::draft`]). The last 20 repairs are kept.
+pub fn apply_step(w: &mut SetDraft<'_>, step: &RepairStep, now: DateTime<Utc>) {
+    use herd_model::repair::{RepairAttempt, RepairSuspension};
+    w.status_dirty = true;
+    match step {
+        RepairStep::Reset => w.status.repairs.attempts.clear(),
+        RepairStep::Suspend(reason) => {
+            w.status.repairs.suspended = Some(RepairSuspension { reason: reason.clone(), since: now, automatic: true });
+            w.note("AutomaticRepairsSuspended", reason.clone());
+        }
+        RepairStep::Repair { id, action, reason } => {
+            let Some(wr) = w.records.get_mut(id) else { return };
+            match action {
+                RepairAction::Replace => {
+                    wr.record.goal = InstanceGoal::Deleted;
+                    wr.record.delete_reason = Some(format!("automatic repair (Replace): {reason}"));
+                }
+                RepairAction::Restart => wr.record.pending = Some(PendingAction::Restart),
+                RepairAction::Reimage => wr.record.pending = Some(PendingAction::Reimage),
+            }
+            wr.dirty = true;
+            let attempts = &mut w.status.repairs.attempts;
+            attempts.push(RepairAttempt { instance: *id, action: *action, at: now });
+            if attempts.len() > 20 {
+                attempts.remove(0);
+            }
+            w.note("AutomaticRepair", format!("instance {id}: {action} ({reason})"));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ use herd_model::{
 };
 use std::collections::BTreeMap;
 
+mod apply;
+pub use apply::apply_step;
+
 /// An instance's health as its load-balancer probe sees it: the model's one health enum.
 pub use herd_model::health::HealthState as Health;
 

@@ -1,0 +1,123 @@
+//! Fixtures shared by the reconciler's tests (its unit tests, its integration tests, and other
+//! crates' tests that drive a reconciler): a fixed instant, a scale-set model from a JSON
+//! overlay, stored sets, instance records and a gallery image.
+//!
+//! Why a module: the same model and record literals had been written again in every test file.
+//! It is compiled for this crate's tests and, for other crates, with the `testkit` feature.
+
+use chrono::{DateTime, Utc};
+use herd_model::{
+    image::{Image, ImageSource},
+    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    scale_set::{ScaleSetModel, StoredScaleSet},
+    GroupName, InstanceId, ScaleSetName,
+};
+use serde_json::{json, Value};
+
+/// The instant tests start at: 2026-01-01T00:00:00Z.
+pub fn t0() -> DateTime<Utc> {
+    at("2026-01-01T00:00:00Z")
+}
+
+/// An RFC 3339 instant.
+pub fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339).expect("an RFC 3339 instant").with_timezone(&Utc)
+}
+
+/// Merges `b` into `a`: objects key by key, anything else replaced.
+pub fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// A model of `capacity` Standard_B1ms instances named `web…` on image `P:O:S:1`, with `extra`
+/// merged over it (JSON null: nothing).
+pub fn model(capacity: i64, extra: Value) -> ScaleSetModel {
+    let mut v = json!({
+        "sku": {"name": "Standard_B1ms", "capacity": capacity},
+        "virtualMachineProfile": {
+            "osProfile": {"computerNamePrefix": "web"},
+            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}}
+        }
+    });
+    if !extra.is_null() {
+        merge(&mut v, extra);
+    }
+    ScaleSetModel::from_json(v).expect("a valid test model")
+}
+
+/// Set `name` of group `rg` with `model` at `generation`, created at [`t0`].
+pub fn stored_set(name: &str, generation: u64, model: ScaleSetModel) -> StoredScaleSet {
+    StoredScaleSet {
+        name: ScaleSetName::new(name).expect("a valid set name"),
+        group: GroupName::new("rg").expect("a valid group name"),
+        model_generation: generation,
+        time_created: t0(),
+        deleting: false,
+        model,
+    }
+}
+
+/// Instance `id` (computer name `web{id}`) in `state`, goal Running, on `generation`, since
+/// [`t0`], first incarnation.
+pub fn record(id: u64, generation: u64, state: InstanceState) -> InstanceRecord {
+    InstanceRecord {
+        instance_id: InstanceId(id),
+        computer_name: format!("web{id}"),
+        zone: None,
+        model_generation: generation,
+        state,
+        goal: InstanceGoal::Running,
+        pending: None,
+        overprovisioned: false,
+        reach_address: String::new(),
+        private_ip: None,
+        attempts: 0,
+        next_attempt_at: None,
+        last_error: None,
+        delete_reason: None,
+        draining_since: None,
+        base_fingerprint: None,
+        sku: None,
+        extensions: vec![],
+        protect_from_scale_in: false,
+        protect_from_scale_set_actions: false,
+        host: None,
+        scheduled_events: vec![],
+        eviction: None,
+        incarnation: 1,
+        created_at: t0(),
+        state_since: t0(),
+    }
+}
+
+/// Gallery image `P:O:S:1.0.0` (a directory that need not exist; no guest agent), created at
+/// `created_at`.
+pub fn image(created_at: DateTime<Utc>) -> Image {
+    Image {
+        id: "img".into(),
+        urn: "P:O:S:1.0.0".into(),
+        publisher: "P".into(),
+        offer: "O".into(),
+        sku: "S".into(),
+        version: "1.0.0".into(),
+        source: ImageSource::Directory { path: "/nowhere".into() },
+        guest_agent: Some(false),
+        created_at,
+    }
+}
+
+/// A draft of `set` (revision 7, no status on record) with `records` as read at revision 1.
+pub fn draft<'a>(
+    set: &'a StoredScaleSet,
+    records: Vec<InstanceRecord>,
+    transitions: &'a herd_state::transitions::InvalidTransitions,
+) -> crate::draft::SetDraft<'a> {
+    crate::draft::SetDraft::new(set, 7, None, records.into_iter().map(|r| (r, Some(1))), transitions)
+}
