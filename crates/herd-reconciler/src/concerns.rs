@@ -174,15 +174,19 @@ impl ConcernBoard {
                         s.last_success_at = Some(now);
                     }
                 }
+                let what = summary(&r.waiting);
                 let (phase, waiting) = if error.is_some() && r.steps > 0 {
                     (Phase::BackingOff, "the reconciler's retry after its failed pass".to_string())
-                } else if let Some(w) = summary(&r.waiting) {
+                } else if r.steps > 0 {
+                    // The reconciler runs again at once after a pass that made steps.
+                    (Phase::Running, what.unwrap_or_else(|| "the next pass, at once".to_string()))
+                } else if let Some(w) = what {
                     (Phase::Waiting, w)
                 } else {
-                    (Phase::Idle, format!("the next reconciler pass (the last made {} step(s))", r.steps))
+                    (Phase::Idle, "a change, or the reconciler's next pass".to_string())
                 };
                 s.phase = phase;
-                s.waiting_for = Some(waiting);
+                s.waiting_for = Some(format!("{waiting} (its last pass made {} step(s))", r.steps));
             });
         }
     }

@@ -121,3 +121,45 @@ pub fn draft<'a>(
 ) -> crate::draft::SetDraft<'a> {
     crate::draft::SetDraft::new(set, 7, None, records.into_iter().map(|r| (r, Some(1))), transitions)
 }
+
+/// What a reconciler test runs against: an in-memory store holding image `P:O:S:1.0.0`, a
+/// simulated driver whose instances boot at once, and a manual clock.
+pub struct SimEnv {
+    pub store: std::sync::Arc<herd_store::SqliteStore>,
+    pub sim: std::sync::Arc<herd_driver::sim::SimDriver>,
+    pub clock: herd_model::clock::ManualClock,
+}
+
+impl SimEnv {
+    /// The environment with its clock at `start`.
+    pub fn new(start: DateTime<Utc>) -> Self {
+        use herd_driver::sim::{SimConfig, SimDriver};
+        use std::time::Duration;
+        let store = std::sync::Arc::new(herd_store::SqliteStore::in_memory().expect("an in-memory store"));
+        let sim = std::sync::Arc::new(SimDriver::new(SimConfig {
+            boot_min: Duration::ZERO,
+            boot_max: Duration::ZERO,
+            ..Default::default()
+        }));
+        let clock = herd_model::clock::ManualClock::new(start);
+        let img = image(start);
+        let urn = herd_model::ImageUrn::parse(&img.urn).expect("a valid URN");
+        let mut w = herd_state::intents::Writes::new();
+        w.put_image(&herd_state::keys::ImageKey::new(&urn), &img, herd_state::Expected::Absent).expect("an image");
+        w.commit(&*store).expect("the image is stored");
+        Self { store, sim, clock }
+    }
+
+    /// A reconciler on this store, driver and clock.
+    pub fn reconciler(&self, config: crate::ReconcilerConfig) -> crate::Reconciler {
+        crate::Reconciler::new(self.store.clone(), self.sim.clone(), std::sync::Arc::new(self.clock.clone()), config)
+    }
+
+    /// Stores a new scale set.
+    pub fn put_set(&self, set: &StoredScaleSet) {
+        let mut w = herd_state::intents::Writes::new();
+        let key = herd_state::keys::SetKey::of(set);
+        w.put_scale_set(&key, set, herd_state::Expected::Absent).expect("a set");
+        w.commit(&*self.store).expect("the set is stored");
+    }
+}
