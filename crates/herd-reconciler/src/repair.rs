@@ -146,39 +146,17 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &RepairStep, now: DateTime<Utc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herd_model::{repair::RepairAttempt, scale_set::ScaleSetModel, GroupName, ScaleSetName};
+    use crate::testkit::{model, record, stored_set, t0};
+    use herd_model::repair::RepairAttempt;
     use serde_json::json;
 
-    fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
-    }
-
     fn set(capacity: i64, action: &str) -> StoredScaleSet {
-        let model = ScaleSetModel::from_json(json!({
-            "sku": {"name": "Standard_B1ms", "capacity": capacity},
-            "automaticRepairsPolicy": {"enabled": true, "gracePeriod": "PT1M", "repairAction": action},
-            "virtualMachineProfile": {
-                "osProfile": {"computerNamePrefix": "web"},
-                "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}}
-            }
-        }))
-        .unwrap();
-        StoredScaleSet {
-            name: ScaleSetName::new("web").unwrap(),
-            group: GroupName::new("rg").unwrap(),
-            model_generation: 1,
-            time_created: t0(),
-            deleting: false,
-            model,
-        }
+        let policy = json!({"enabled": true, "gracePeriod": "PT1M", "repairAction": action});
+        stored_set("web", 1, model(capacity, json!({"automaticRepairsPolicy": policy})))
     }
 
     fn rec(id: u64) -> InstanceRecord {
-        serde_json::from_value(json!({
-            "instanceId": id, "computerName": format!("web{id}"), "modelGeneration": 1,
-            "state": "Running", "goal": "Running", "reachAddress": "", "createdAt": t0(), "stateSince": t0()
-        }))
-        .unwrap()
+        record(id, 1, InstanceState::Running)
     }
 
     fn plan(

@@ -125,7 +125,7 @@ pub fn draft<'a>(
 /// What a reconciler test runs against: an in-memory store holding image `P:O:S:1.0.0`, a
 /// simulated driver whose instances boot at once, and a manual clock.
 pub struct SimEnv {
-    pub store: std::sync::Arc<herd_store::SqliteStore>,
+    pub store: std::sync::Arc<dyn herd_state::Store>,
     pub sim: std::sync::Arc<herd_driver::sim::SimDriver>,
     pub clock: herd_model::clock::ManualClock,
 }
@@ -135,7 +135,7 @@ impl SimEnv {
     pub fn new(start: DateTime<Utc>) -> Self {
         use herd_driver::sim::{SimConfig, SimDriver};
         use std::time::Duration;
-        let store = std::sync::Arc::new(herd_store::SqliteStore::in_memory().expect("an in-memory store"));
+        let store = herd_state::State::in_memory().expect("an in-memory store").store().clone();
         let sim = std::sync::Arc::new(SimDriver::new(SimConfig {
             boot_min: Duration::ZERO,
             boot_max: Duration::ZERO,
@@ -162,4 +162,21 @@ impl SimEnv {
         w.put_scale_set(&key, set, herd_state::Expected::Absent).expect("a set");
         w.commit(&*self.store).expect("the set is stored");
     }
+}
+
+/// Changes every record of set `rg/<set>` with `f`, in one transaction, compare-and-swap on
+/// each record's revision.
+pub fn edit_instances(store: &dyn herd_state::Store, set: &str, f: impl Fn(&mut InstanceRecord)) {
+    use herd_state::Records;
+    let key = herd_state::keys::SetKey::new(
+        GroupName::new("rg").expect("a valid group name"),
+        ScaleSetName::new(set).expect("a valid set name"),
+    );
+    let mut w = herd_state::intents::Writes::new();
+    for o in store.instances_of(&key).expect("the set's records") {
+        let mut r = o.value;
+        f(&mut r);
+        w.put_instance(&key.instance(r.instance_id), &r, herd_state::Expected::Revision(o.revision)).expect("a record");
+    }
+    w.commit(store).expect("the records are stored");
 }
