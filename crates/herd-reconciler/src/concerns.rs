@@ -10,8 +10,9 @@
 //! executor runs the concern planners in a fixed order inside one pass (see the executor's
 //! diagram), and each concern reports what it did in that pass here:
 //!
-//! - `runs` / last run: the passes in which its planner ran (a concern with nothing to look at,
-//!   such as repairs when no set has a repair policy, does not run);
+//! - `runs` / last run: the passes in which it ran: it looks at every set in every pass and
+//!   plans the sets it applies to (repairs only where a repair policy is on, rolling upgrades
+//!   where the policy is Rolling or an upgrade is asked for or in flight);
 //! - duration: the time its planning took in the pass (carrying the steps out is the shared
 //!   executor's work, shown on the `reconciler` entry);
 //! - last error: the pass's error when it failed with this concern's steps in it, or the

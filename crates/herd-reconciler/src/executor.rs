@@ -271,6 +271,10 @@ impl Reconciler {
             .await?;
         let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
         let mut waiting = self.extensions.busy();
+        // The per-set concerns look at every set in every pass (and plan those they apply to).
+        for c in [Concern::Scale, Concern::RollingUpgrade, Concern::OsImage, Concern::Repair] {
+            concerns.run(c);
+        }
         let mut works = Vec::new();
         for set in &sets {
             if quarantined.contains_key(&set.key) {

@@ -10,7 +10,7 @@ use herd_model::{
     image::{Image, ImageSource},
     instance::{InstanceGoal, InstanceRecord, InstanceState},
     scale_set::{ScaleSetModel, StoredScaleSet},
-    GroupName, InstanceId, ScaleSetName,
+    GroupName, ScaleSetName,
 };
 use serde_json::{json, Value};
 
@@ -67,34 +67,13 @@ pub fn stored_set(name: &str, generation: u64, model: ScaleSetModel) -> StoredSc
 /// Instance `id` (computer name `web{id}`) in `state`, goal Running, on `generation`, since
 /// [`t0`], first incarnation.
 pub fn record(id: u64, generation: u64, state: InstanceState) -> InstanceRecord {
-    InstanceRecord {
-        instance_id: InstanceId(id),
-        computer_name: format!("web{id}"),
-        zone: None,
-        model_generation: generation,
-        state,
-        goal: InstanceGoal::Running,
-        pending: None,
-        overprovisioned: false,
-        reach_address: String::new(),
-        private_ip: None,
-        attempts: 0,
-        next_attempt_at: None,
-        last_error: None,
-        delete_reason: None,
-        draining_since: None,
-        base_fingerprint: None,
-        sku: None,
-        extensions: vec![],
-        protect_from_scale_in: false,
-        protect_from_scale_set_actions: false,
-        host: None,
-        scheduled_events: vec![],
-        eviction: None,
-        incarnation: 1,
-        created_at: t0(),
-        state_since: t0(),
-    }
+    // Every other field takes its default: no zone, host, address, error or pending action.
+    serde_json::from_value(json!({
+        "instanceId": id, "computerName": format!("web{id}"), "modelGeneration": generation,
+        "state": state, "goal": InstanceGoal::Running, "reachAddress": "", "incarnation": 1,
+        "createdAt": t0(), "stateSince": t0()
+    }))
+    .expect("a valid test record")
 }
 
 /// Gallery image `P:O:S:1.0.0` (a directory that need not exist; no guest agent), created at
@@ -179,4 +158,19 @@ pub fn edit_instances(store: &dyn herd_state::Store, set: &str, f: impl Fn(&mut 
         w.put_instance(&key.instance(r.instance_id), &r, herd_state::Expected::Revision(o.revision)).expect("a record");
     }
     w.commit(store).expect("the records are stored");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_record_has_only_the_fields_it_names() {
+        let r = record(7, 3, InstanceState::Stopped);
+        assert_eq!((r.instance_id.0, r.computer_name.as_str(), r.model_generation), (7, "web7", 3));
+        assert_eq!((r.state, r.goal, r.incarnation, r.attempts), (InstanceState::Stopped, InstanceGoal::Running, 1, 0));
+        assert!(r.zone.is_none() && r.host.is_none() && r.pending.is_none() && r.private_ip.is_none());
+        assert!(!r.overprovisioned && r.extensions.is_empty() && r.scheduled_events.is_empty());
+        assert_eq!((r.created_at, r.state_since), (t0(), t0()));
+    }
 }

@@ -62,13 +62,16 @@ async fn the_entries_show_what_each_concern_did_and_waits_for() {
     assert_eq!((scale.runs, scale.phase, scale.last_run_at), (1, Phase::Running, Some(t0())));
     assert!(scale.last_run_ms.is_some() && scale.last_error.is_none());
     assert_eq!(scale.waiting_for.as_deref(), Some("the next pass, at once (its last pass made 1 step(s))"));
-    // Concerns with nothing to plan do not run: no set has a rolling policy or repairs.
-    for c in [Concern::RollingUpgrade, Concern::Repair] {
-        let s = board.get(c.name()).unwrap();
-        assert_eq!((s.runs, s.phase), (0, Phase::Starting), "{}", c.name());
-    }
-    // The ones that look at every pass ran, with nothing in flight.
-    for c in [Concern::OsImage, Concern::Capacity, Concern::Strays, Concern::Orphans] {
+    // The other concerns ran too, and found nothing to do: no set has a rolling policy or
+    // repairs, no image is newer, no host is short, nothing is stray or unrecorded.
+    for c in [
+        Concern::RollingUpgrade,
+        Concern::Repair,
+        Concern::OsImage,
+        Concern::Capacity,
+        Concern::Strays,
+        Concern::Orphans,
+    ] {
         let s = board.get(c.name()).unwrap();
         assert_eq!((s.runs, s.phase), (1, Phase::Idle), "{}", c.name());
     }
