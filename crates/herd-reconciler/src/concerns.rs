@@ -212,3 +212,38 @@ fn summary(lines: &[String]) -> Option<String> {
         [first, rest @ ..] => Some(format!("{first} (and {} more)", rest.len())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repair::RepairStep;
+    use herd_model::InstanceId;
+
+    #[test]
+    fn each_step_belongs_to_the_concern_that_decides_it() {
+        let os = Step::Rolling(RollingStep::OsImage { version: "2".into(), upgrade: true });
+        assert_eq!(Concern::of(&os), Concern::OsImage);
+        assert_eq!(Concern::of(&Step::Rolling(RollingStep::ClearRequest)), Concern::RollingUpgrade);
+        assert_eq!(Concern::of(&Step::Repair(RepairStep::Reset)), Concern::Repair);
+        assert_eq!(Concern::of(&Step::Restore(InstanceId(1))), Concern::Capacity);
+        assert_eq!(Concern::of(&Step::CapacityNote(None)), Concern::Capacity);
+        // A reimage is carried out by the lifecycle planner, whoever asked for it.
+        assert_eq!(Concern::of(&Step::Reimage(InstanceId(1))), Concern::Scale);
+        assert_eq!(Concern::of(&Step::Create(vec![])), Concern::Scale);
+    }
+
+    #[test]
+    fn a_publish_counts_a_run_only_for_the_concerns_that_ran() {
+        let board = StatusBoard::default();
+        let concerns = ConcernBoard::register(board.clone(), &[], Duration::from_secs(2));
+        let mut run = PassConcerns::default();
+        run.run(Concern::Strays).failures.push("could not remove".into());
+        let t = chrono::DateTime::<Utc>::UNIX_EPOCH;
+        concerns.publish(&run, t, t, None);
+        let strays = board.get(Concern::Strays.name()).unwrap();
+        assert_eq!((strays.runs, strays.failures, strays.last_error.as_deref()), (1, 1, Some("could not remove")));
+        assert_eq!(board.get(Concern::Scale.name()).unwrap().runs, 0);
+        concerns.stopped();
+        assert_eq!(board.get(Concern::Scale.name()).unwrap().phase, Phase::Stopped);
+    }
+}

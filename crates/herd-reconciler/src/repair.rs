@@ -238,4 +238,36 @@ mod tests {
         assert_eq!(steps[0], RepairStep::Reset);
         assert!(matches!(steps[1], RepairStep::Repair { id: InstanceId(1), .. }), "{steps:?}");
     }
+
+    #[test]
+    fn applying_repairs_marks_the_instance_and_keeps_the_last_twenty_attempts() {
+        let set = set(3, "Replace");
+        let t = herd_state::transitions::InvalidTransitions::default();
+        let mut w = crate::testkit::draft(&set, vec![rec(0), rec(1)], &t);
+        w.status.repairs.attempts = (0..20)
+            .map(|i| RepairAttempt {
+                instance: InstanceId(9),
+                action: RepairAction::Restart,
+                at: t0() - Duration::minutes(i),
+            })
+            .collect();
+        let repair = |id, action| RepairStep::Repair { id: InstanceId(id), action, reason: "probe unhealthy".into() };
+        apply_step(&mut w, &repair(0, RepairAction::Replace), t0());
+        apply_step(&mut w, &repair(1, RepairAction::Reimage), t0());
+        let r0 = &w.records[&InstanceId(0)].record;
+        assert_eq!(r0.goal, InstanceGoal::Deleted);
+        assert_eq!(r0.delete_reason.as_deref(), Some("automatic repair (Replace): probe unhealthy"));
+        assert_eq!(w.records[&InstanceId(1)].record.pending, Some(PendingAction::Reimage));
+        let attempts = &w.status.repairs.attempts;
+        assert_eq!(attempts.len(), 20, "the oldest attempts make room");
+        let last: Vec<_> = attempts[18..].iter().map(|a| (a.instance, a.action, a.at)).collect();
+        assert_eq!(last, [(InstanceId(0), RepairAction::Replace, t0()), (InstanceId(1), RepairAction::Reimage, t0())]);
+        assert_eq!(w.log[0], ("AutomaticRepair".to_string(), "instance 0: Replace (probe unhealthy)".to_string()));
+
+        apply_step(&mut w, &RepairStep::Suspend("3 repairs in a row".into()), t0());
+        let s = w.status.repairs.suspended.clone().expect("suspended");
+        assert_eq!((s.reason.as_str(), s.since, s.automatic), ("3 repairs in a row", t0(), true));
+        apply_step(&mut w, &RepairStep::Reset, t0());
+        assert!(w.status.repairs.attempts.is_empty() && w.status_dirty);
+    }
 }
