@@ -1,7 +1,7 @@
 //! A set's draft: the working copies of its records and status that a pass's steps change
 //! before anything is written.
 //!
-//! Why: the planners decide *which* steps to take ([`crate::plan`], [`crate::rolling`],
+//! Why: the planners decide *which* steps to take ([`crate::plan`](mod@crate::plan), [`crate::rolling`],
 //! [`crate::repair`], [`crate::capacity`]); applying a step to the records (which instance gets
 //! which goal, state or pending action, the counters in the set's status, the Spot eviction
 //! gap, the activity lines) is a domain decision too, so it is also pure: each planner module

@@ -4,7 +4,7 @@
 //! - It takes no input. Every pass re-reads the desired state (the store) and the observed state
 //!   (the driver's `list`), so a missed signal or a crash only delays convergence.
 //! - Deciding is pure, in two halves, both table-tested without I/O: the planners choose the
-//!   steps ([`plan`] for scale and the instance lifecycle, [`rolling`], [`repair`], and
+//!   steps ([`plan`](mod@plan) for scale and the instance lifecycle, [`rolling`], [`repair`], and
 //!   [`capacity`] across sets), and each planner module's `apply_step` applies a step to the
 //!   set's [`draft`] (which record gets which goal, state, address or pending action; the
 //!   set's counters; the Spot eviction gap; the activity lines).
