@@ -29,7 +29,10 @@ impl StatusBoard {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn register(&self, name: &'static str, watches: Vec<String>, resync: Duration) {
+    /// Adds an entry. The runtime adds one per controller; a controller whose pass carries
+    /// several concerns may add one per concern and report them itself (see `herd-reconciler`'s
+    /// `concerns`).
+    pub fn register(&self, name: &'static str, watches: Vec<String>, resync: Duration) {
         self.lock().insert(
             name,
             ControllerStatus {
@@ -51,7 +54,8 @@ impl StatusBoard {
         );
     }
 
-    pub(crate) fn update(&self, name: &'static str, f: impl FnOnce(&mut ControllerStatus)) {
+    /// Changes an entry (none if `name` is not registered).
+    pub fn update(&self, name: &'static str, f: impl FnOnce(&mut ControllerStatus)) {
         if let Some(s) = self.lock().get_mut(name) {
             f(s);
         }

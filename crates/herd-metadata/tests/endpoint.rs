@@ -10,10 +10,9 @@ use herd_metadata::{MetadataService, DEFAULT_PORT};
 use herd_model::{
     clock::{Clock, ManualClock},
     instance::{InstanceRecord, InstanceState},
-    scale_set::{ScaleSetModel, StoredScaleSet},
     spot::{EvictionReason, ScheduledEvent, ScheduledEventType},
-    GroupName, ScaleSetName,
 };
+use herd_reconciler::testkit::{model, stored_set};
 use herd_store::{ActivityFilter, Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -44,26 +43,18 @@ impl Env {
     async fn new(net: u8) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("herd.db")).unwrap());
-        let model = ScaleSetModel::from_json(json!({
+        let overlay = json!({
             "location": "lab",
-            "sku": {"name": "Standard_B1ms", "capacity": 2},
             "zones": ["1", "2"],
             "tags": {"team": "web"},
             "virtualMachineProfile": {
                 "priority": "Spot",
-                "osProfile": {"computerNamePrefix": "web", "adminPassword": "Sup3r-Secret!", "customData": "Y3VzdG9t"},
-                "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1.0.0"}}
+                "osProfile": {"adminPassword": "Sup3r-Secret!", "customData": "Y3VzdG9t"},
+                "storageProfile": {"imageReference": {"version": "1.0.0"}}
             }
-        }))
-        .unwrap();
-        let set = StoredScaleSet {
-            name: ScaleSetName::new("web").unwrap(),
-            group: GroupName::new("rg").unwrap(),
-            model_generation: 4,
-            time_created: t0(),
-            deleting: false,
-            model,
-        };
+        });
+        let mut set = stored_set("web", 4, model(2, overlay));
+        set.time_created = t0();
         let mut ops = vec![WriteOp::put(Kind::ScaleSet, "rg/web", &set, Expect::Absent).unwrap()];
         for id in [1u64, 2] {
             let rec = record(id, &format!("127.20.{net}.{id}"));

@@ -18,6 +18,11 @@
 //! persisted: a crash leaves nothing half-applied.
 
 use crate::plan::Step;
+
+mod apply;
+pub use apply::{apply_step, eviction_gap};
+#[cfg(test)]
+mod tests;
 use chrono::{DateTime, Duration, Utc};
 use herd_capacity::{Decision, Holder, Refusal, Request, Size, Tier, UNLIMITED_HOST};
 use herd_model::{
@@ -160,10 +165,11 @@ pub fn arbitrate(
     }
     let f = |sku: &str| (price.0)(sku, now);
     let decision: Decision = herd_capacity::arbitrate(hosts, &holders, &requests, &f);
-    apply(parts, &owner, &decision, unlimited);
+    rewrite_steps(parts, &owner, &decision, unlimited);
 }
 
-fn apply(parts: &mut [SetSteps<'_>], owner: &BTreeMap<InstanceKey, usize>, d: &Decision, unlimited: bool) {
+/// Rewrites each part's steps by the arbiter's decision (see the table above).
+fn rewrite_steps(parts: &mut [SetSteps<'_>], owner: &BTreeMap<InstanceKey, usize>, d: &Decision, unlimited: bool) {
     let host = |h: &str| if unlimited || h == UNLIMITED_HOST { None } else { Some(h.to_string()) };
     let placed: BTreeMap<&InstanceKey, Option<String>> = d.placements.iter().map(|p| (&p.key, host(&p.host))).collect();
     let adopted: BTreeMap<&InstanceKey, Option<String>> = d.adopted.iter().map(|p| (&p.key, host(&p.host))).collect();

@@ -12,11 +12,27 @@
 //! - A failed pass is retried after `busy_interval` (at least 200 ms) when it may succeed
 //!   unchanged ([`ReconcileError::retryable`]: a busy host, a store conflict), and with
 //!   exponential backoff up to 30 s when it cannot (a missing image).
+//! - Its concerns (scale, rolling upgrade, OS image, repair, capacity, strays, orphans) run in
+//!   that one pass and show as entries of their own on the status board ([`crate::concerns`]);
+//!   [`register`] adds the controller and those entries to a runtime.
 
+use crate::concerns::ConcernBoard;
 use crate::executor::{ReconcileError, Reconciler};
-use herd_controller_runtime::{Backoff, Controller, ControllerError, Next};
+use herd_controller_runtime::{Backoff, Controller, ControllerError, Next, Runtime};
 use herd_state::feed::Kind;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Registers the reconciler with `runtime`: its one pass as the `reconciler` controller (woken
+/// also through [`Reconciler::waker`], which the API holds), and an entry per concern that the
+/// pass reports ([`crate::concerns::Concern`]).
+pub fn register(runtime: &mut Runtime, reconciler: Reconciler) {
+    let watches: Vec<String> = reconciler.watches().iter().map(|k| k.as_str().to_string()).collect();
+    let board = ConcernBoard::register(runtime.board(), &watches, reconciler.resync());
+    let reconciler = reconciler.with_concern_board(board);
+    let wake = reconciler.waker();
+    runtime.add_with_wake(Arc::new(reconciler), wake);
+}
 
 impl Controller for Reconciler {
     fn name(&self) -> &'static str {
@@ -49,5 +65,9 @@ impl Controller for Reconciler {
         } else {
             Backoff::DEFAULT.delay(consecutive_failures)
         }
+    }
+
+    async fn stopped(&self) {
+        self.concerns_stopped();
     }
 }

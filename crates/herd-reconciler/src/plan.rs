@@ -12,6 +12,8 @@ use herd_model::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod apply;
+
 /// Safety limits on provisioning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {

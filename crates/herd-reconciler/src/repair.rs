@@ -12,10 +12,11 @@
 //! - the breaker: a repair counts until some instance is healthy on a boot that began after
 //!   it; `max` repairs in a row without that suspend repairs with the reason.
 
+use crate::draft::SetDraft;
 use crate::rolling::Health;
 use chrono::{DateTime, Duration, Utc};
 use herd_model::{
-    instance::{InstanceGoal, InstanceRecord, InstanceState},
+    instance::{InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     repair::{RepairAction, RepairState},
     scale_set::StoredScaleSet,
     InstanceId,
@@ -110,42 +111,52 @@ pub fn plan_repairs(input: &RepairInput<'_>) -> Vec<RepairStep> {
     out
 }
 
+/// Records an automatic-repair decision in the set's status and marks the instance (pure: see
+/// [`crate::draft`]). The last 20 repairs are kept.
+pub fn apply_step(w: &mut SetDraft<'_>, step: &RepairStep, now: DateTime<Utc>) {
+    use herd_model::repair::{RepairAttempt, RepairSuspension};
+    w.status_dirty = true;
+    match step {
+        RepairStep::Reset => w.status.repairs.attempts.clear(),
+        RepairStep::Suspend(reason) => {
+            w.status.repairs.suspended = Some(RepairSuspension { reason: reason.clone(), since: now, automatic: true });
+            w.note("AutomaticRepairsSuspended", reason.clone());
+        }
+        RepairStep::Repair { id, action, reason } => {
+            let Some(wr) = w.records.get_mut(id) else { return };
+            match action {
+                RepairAction::Replace => {
+                    wr.record.goal = InstanceGoal::Deleted;
+                    wr.record.delete_reason = Some(format!("automatic repair (Replace): {reason}"));
+                }
+                RepairAction::Restart => wr.record.pending = Some(PendingAction::Restart),
+                RepairAction::Reimage => wr.record.pending = Some(PendingAction::Reimage),
+            }
+            wr.dirty = true;
+            let attempts = &mut w.status.repairs.attempts;
+            attempts.push(RepairAttempt { instance: *id, action: *action, at: now });
+            if attempts.len() > 20 {
+                attempts.remove(0);
+            }
+            w.note("AutomaticRepair", format!("instance {id}: {action} ({reason})"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herd_model::{repair::RepairAttempt, scale_set::ScaleSetModel, GroupName, ScaleSetName};
+    use crate::testkit::{model, record, stored_set, t0};
+    use herd_model::repair::RepairAttempt;
     use serde_json::json;
 
-    fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
-    }
-
     fn set(capacity: i64, action: &str) -> StoredScaleSet {
-        let model = ScaleSetModel::from_json(json!({
-            "sku": {"name": "Standard_B1ms", "capacity": capacity},
-            "automaticRepairsPolicy": {"enabled": true, "gracePeriod": "PT1M", "repairAction": action},
-            "virtualMachineProfile": {
-                "osProfile": {"computerNamePrefix": "web"},
-                "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}}
-            }
-        }))
-        .unwrap();
-        StoredScaleSet {
-            name: ScaleSetName::new("web").unwrap(),
-            group: GroupName::new("rg").unwrap(),
-            model_generation: 1,
-            time_created: t0(),
-            deleting: false,
-            model,
-        }
+        let policy = json!({"enabled": true, "gracePeriod": "PT1M", "repairAction": action});
+        stored_set("web", 1, model(capacity, json!({"automaticRepairsPolicy": policy})))
     }
 
     fn rec(id: u64) -> InstanceRecord {
-        serde_json::from_value(json!({
-            "instanceId": id, "computerName": format!("web{id}"), "modelGeneration": 1,
-            "state": "Running", "goal": "Running", "reachAddress": "", "createdAt": t0(), "stateSince": t0()
-        }))
-        .unwrap()
+        record(id, 1, InstanceState::Running)
     }
 
     fn plan(
@@ -226,5 +237,37 @@ mod tests {
         let steps = plan(&s, &st, &recs2, &[1], t0() + Duration::minutes(10));
         assert_eq!(steps[0], RepairStep::Reset);
         assert!(matches!(steps[1], RepairStep::Repair { id: InstanceId(1), .. }), "{steps:?}");
+    }
+
+    #[test]
+    fn applying_repairs_marks_the_instance_and_keeps_the_last_twenty_attempts() {
+        let set = set(3, "Replace");
+        let t = herd_state::transitions::InvalidTransitions::default();
+        let mut w = crate::testkit::draft(&set, vec![rec(0), rec(1)], &t);
+        w.status.repairs.attempts = (0..20)
+            .map(|i| RepairAttempt {
+                instance: InstanceId(9),
+                action: RepairAction::Restart,
+                at: t0() - Duration::minutes(i),
+            })
+            .collect();
+        let repair = |id, action| RepairStep::Repair { id: InstanceId(id), action, reason: "probe unhealthy".into() };
+        apply_step(&mut w, &repair(0, RepairAction::Replace), t0());
+        apply_step(&mut w, &repair(1, RepairAction::Reimage), t0());
+        let r0 = &w.records[&InstanceId(0)].record;
+        assert_eq!(r0.goal, InstanceGoal::Deleted);
+        assert_eq!(r0.delete_reason.as_deref(), Some("automatic repair (Replace): probe unhealthy"));
+        assert_eq!(w.records[&InstanceId(1)].record.pending, Some(PendingAction::Reimage));
+        let attempts = &w.status.repairs.attempts;
+        assert_eq!(attempts.len(), 20, "the oldest attempts make room");
+        let last: Vec<_> = attempts[18..].iter().map(|a| (a.instance, a.action, a.at)).collect();
+        assert_eq!(last, [(InstanceId(0), RepairAction::Replace, t0()), (InstanceId(1), RepairAction::Reimage, t0())]);
+        assert_eq!(w.log[0], ("AutomaticRepair".to_string(), "instance 0: Replace (probe unhealthy)".to_string()));
+
+        apply_step(&mut w, &RepairStep::Suspend("3 repairs in a row".into()), t0());
+        let s = w.status.repairs.suspended.clone().expect("suspended");
+        assert_eq!((s.reason.as_str(), s.since, s.automatic), ("3 repairs in a row", t0(), true));
+        apply_step(&mut w, &RepairStep::Reset, t0());
+        assert!(w.status.repairs.attempts.is_empty() && w.status_dirty);
     }
 }

@@ -1,4 +1,4 @@
-//! The rolling-upgrade planner: pure, like [`crate::plan`], from the set, its status, its
+//! The rolling-upgrade planner: pure, like [`crate::plan`](mod@crate::plan), from the set, its status, its
 //! instances and their health to the next rolling step.
 //!
 //! Why a module of its own: a rolling upgrade is a small state machine layered over the
@@ -18,6 +18,9 @@ use herd_model::{
     InstanceId,
 };
 use std::collections::BTreeMap;
+
+mod apply;
+pub use apply::apply_step;
 
 /// An instance's health as its load-balancer probe sees it: the model's one health enum.
 pub use herd_model::health::HealthState as Health;

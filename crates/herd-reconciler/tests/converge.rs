@@ -1,32 +1,23 @@
 //! The reconciler against the simulated driver: it converges, and it converges again after a
 //! crash or a driver failure at every step of the way.
 
-use chrono::{DateTime, Utc};
-use herd_driver::{
-    sim::{SimConfig, SimDriver},
-    Driver, ObservedPower,
-};
+use herd_driver::{sim::SimDriver, Driver, ObservedPower};
 use herd_model::health::HealthState;
 use herd_model::{
     clock::ManualClock,
-    image::{Image, ImageSource},
     instance::{InstanceGoal, InstanceRecord, InstanceState},
-    scale_set::{ScaleSetModel, ScaleSetStatus, StoredScaleSet},
+    scale_set::{ScaleSetStatus, StoredScaleSet},
     GroupName, ScaleSetName,
 };
+use herd_reconciler::testkit::{edit_instances, model, stored_set, t0, SimEnv};
 use herd_reconciler::{summarize, Faults, Reconciler, ReconcilerConfig};
-use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
+use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
-
-fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
-}
 
 struct Env {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     sim: Arc<SimDriver>,
     clock: ManualClock,
     rec: Reconciler,
@@ -35,53 +26,25 @@ struct Env {
 const SET_KEY: &str = "rg/web";
 
 fn env(faults: Option<Arc<Faults>>) -> Env {
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let sim = Arc::new(SimDriver::new(SimConfig {
-        boot_min: Duration::ZERO,
-        boot_max: Duration::ZERO,
-        ..Default::default()
-    }));
-    let clock = ManualClock::new(t0());
+    let SimEnv { store, sim, clock } = SimEnv::new(t0());
     let mut rec = Reconciler::new(store.clone(), sim.clone(), Arc::new(clock.clone()), ReconcilerConfig::default());
     if let Some(f) = faults {
         rec = rec.with_faults(f);
     }
-    let image = Image {
-        id: "img".into(),
-        urn: "P:O:S:1.0.0".into(),
-        publisher: "P".into(),
-        offer: "O".into(),
-        sku: "S".into(),
-        version: "1.0.0".into(),
-        source: ImageSource::Directory { path: "/nowhere".into() },
-        guest_agent: Some(false),
-        created_at: t0(),
-    };
-    store.txn(vec![WriteOp::put(Kind::Image, "p:o:s:1.0.0", &image, Expect::Absent).unwrap()]).unwrap();
     Env { store, sim, clock, rec }
 }
 
 fn new_set(capacity: i64) -> StoredScaleSet {
-    let model = ScaleSetModel::from_json(json!({
-        "sku": {"name": "Standard_B1ms", "capacity": capacity},
+    let extra = json!({
         "zones": ["1", "2", "3"],
         "virtualMachineProfile": {
-            "osProfile": {"computerNamePrefix": "web"},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}},
+            "storageProfile": {"imageReference": {"version": "latest"}},
             "extensionProfile": {"extensions": [{"name": "setup", "properties": {
                 "publisher": "Herd.Extensions", "type": "CustomScript", "typeHandlerVersion": "2.1",
                 "settings": {"commandToExecute": "echo setup"}}}]}
         }
-    }))
-    .unwrap();
-    StoredScaleSet {
-        name: ScaleSetName::new("web").unwrap(),
-        group: GroupName::new("rg").unwrap(),
-        model_generation: 1,
-        time_created: t0(),
-        deleting: false,
-        model,
-    }
+    });
+    stored_set("web", 1, model(capacity, extra))
 }
 
 impl Env {
@@ -95,18 +58,7 @@ impl Env {
     }
 
     fn edit_instances(&self, f: impl Fn(&mut InstanceRecord)) {
-        let ops = self
-            .store
-            .list_as::<InstanceRecord>(Kind::Instance, "rg/web/")
-            .unwrap()
-            .into_iter()
-            .map(|o| {
-                let mut r = o.value;
-                f(&mut r);
-                WriteOp::put(Kind::Instance, o.key, &r, Expect::Revision(o.revision)).unwrap()
-            })
-            .collect();
-        self.store.txn(ops).unwrap();
+        edit_instances(&*self.store, "web", f);
     }
 
     fn records(&self) -> Vec<InstanceRecord> {

@@ -6,26 +6,20 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use herd_driver::{
-    sim::{SimConfig, SimDriver},
-    Driver, DriverError, Fence, Incarnation, InstanceSpec, InstanceStats, LeaderTerm, ObservedInstance, PowerTarget,
-    ScriptOutcome, ScriptRun, Term,
+    sim::SimDriver, Driver, DriverError, Fence, Incarnation, InstanceSpec, InstanceStats, LeaderTerm, ObservedInstance,
+    PowerTarget, ScriptOutcome, ScriptRun, Term,
 };
 use herd_model::{
     clock::ManualClock,
-    image::{Image, ImageSource},
     instance::{InstanceGoal, InstanceRecord, InstanceState},
-    scale_set::{ScaleSetModel, StoredScaleSet},
     GroupName, InstanceKey, ScaleSetName,
 };
+use herd_reconciler::testkit::{edit_instances, model, stored_set, t0, SimEnv};
 use herd_reconciler::{Limits, Reconciler, ReconcilerConfig};
-use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
+use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
-}
 
 const PREFIX: &str = "rg/web/";
 
@@ -42,7 +36,7 @@ struct Seen {
 /// before passing the call on.
 struct Witness {
     inner: Arc<SimDriver>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -108,7 +102,7 @@ impl Driver for Witness {
 }
 
 struct Env {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     sim: Arc<SimDriver>,
     clock: ManualClock,
     term: LeaderTerm,
@@ -122,50 +116,20 @@ fn env() -> Env {
 
 /// An environment whose set has `extension_profile` (JSON null: none).
 fn env_with(extension_profile: serde_json::Value) -> Env {
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let sim = Arc::new(SimDriver::new(SimConfig {
-        boot_min: Duration::ZERO,
-        boot_max: Duration::ZERO,
-        ..Default::default()
-    }));
+    let mut extra = json!({
+        "overprovision": false,
+        "virtualMachineProfile": {"storageProfile": {"imageReference": {"version": "latest"}}}
+    });
+    if !extension_profile.is_null() {
+        extra["virtualMachineProfile"]["extensionProfile"] = extension_profile;
+    }
+    let sim_env = SimEnv::new(t0());
+    sim_env.put_set(&stored_set("web", 1, model(2, extra)));
+    let SimEnv { store, sim, clock } = sim_env;
     let witness = Arc::new(Witness { inner: sim.clone(), store: store.clone(), seen: Mutex::new(vec![]) });
-    let clock = ManualClock::new(t0());
     let term = LeaderTerm::single_server();
     let config = ReconcilerConfig { term: term.clone(), ..Default::default() };
     let rec = Reconciler::new(store.clone(), witness.clone(), Arc::new(clock.clone()), config);
-    let image = Image {
-        id: "img".into(),
-        urn: "P:O:S:1.0.0".into(),
-        publisher: "P".into(),
-        offer: "O".into(),
-        sku: "S".into(),
-        version: "1.0.0".into(),
-        source: ImageSource::Directory { path: "/nowhere".into() },
-        guest_agent: Some(false),
-        created_at: t0(),
-    };
-    store.txn(vec![WriteOp::put(Kind::Image, "p:o:s:1.0.0", &image, Expect::Absent).unwrap()]).unwrap();
-    let mut model = json!({
-        "sku": {"name": "Standard_B1ms", "capacity": 2},
-        "overprovision": false,
-        "virtualMachineProfile": {
-            "osProfile": {"computerNamePrefix": "web"},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}
-        }
-    });
-    if !extension_profile.is_null() {
-        model["virtualMachineProfile"]["extensionProfile"] = extension_profile;
-    }
-    let model = ScaleSetModel::from_json(model).unwrap();
-    let set = StoredScaleSet {
-        name: ScaleSetName::new("web").unwrap(),
-        group: GroupName::new("rg").unwrap(),
-        model_generation: 1,
-        time_created: t0(),
-        deleting: false,
-        model,
-    };
-    store.txn(vec![WriteOp::put(Kind::ScaleSet, "rg/web", &set, Expect::Absent).unwrap()]).unwrap();
     Env { store, sim, clock, term, witness, rec }
 }
 
@@ -175,18 +139,7 @@ impl Env {
     }
 
     fn edit_instances(&self, f: impl Fn(&mut InstanceRecord)) {
-        let ops = self
-            .store
-            .list_as::<InstanceRecord>(Kind::Instance, PREFIX)
-            .unwrap()
-            .into_iter()
-            .map(|o| {
-                let mut r = o.value;
-                f(&mut r);
-                WriteOp::put(Kind::Instance, o.key, &r, Expect::Revision(o.revision)).unwrap()
-            })
-            .collect();
-        self.store.txn(ops).unwrap();
+        edit_instances(&*self.store, "web", f);
     }
 
     /// Runs passes until every record is in `state`, or panics naming what was awaited.

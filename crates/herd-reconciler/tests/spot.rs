@@ -3,27 +3,24 @@
 //! takes no real time.
 
 use chrono::{DateTime, Duration as Span, Utc};
-use herd_driver::sim::{SimConfig, SimDriver};
 use herd_model::{
     clock::ManualClock,
-    image::{Image, ImageSource},
     instance::{InstanceGoal, InstanceRecord, InstanceState},
-    scale_set::{ScaleSetModel, ScaleSetStatus, StoredScaleSet},
+    scale_set::{ScaleSetStatus, StoredScaleSet},
     spot::{EvictionReason, HostSpec, ScheduledEventType},
-    GroupName, ScaleSetName,
 };
+use herd_reconciler::testkit::{at, merge, model, stored_set, SimEnv};
 use herd_reconciler::{capacity::SpotPrice, Reconciler, ReconcilerConfig};
-use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
+use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").unwrap().with_timezone(&Utc)
+    at("2026-03-01T00:00:00Z")
 }
 
 struct Env {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     clock: ManualClock,
     rec: Reconciler,
     price: Arc<Mutex<f64>>,
@@ -31,13 +28,7 @@ struct Env {
 
 /// One host of 8 vCPU (Standard_B1s is 1 vCPU, 1 GiB).
 fn env() -> Env {
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let sim = Arc::new(SimDriver::new(SimConfig {
-        boot_min: Duration::ZERO,
-        boot_max: Duration::ZERO,
-        ..Default::default()
-    }));
-    let clock = ManualClock::new(t0());
+    let SimEnv { store, sim, clock } = SimEnv::new(t0());
     let price = Arc::new(Mutex::new(0.01));
     let p = price.clone();
     let config = ReconcilerConfig {
@@ -46,50 +37,22 @@ fn env() -> Env {
         ..Default::default()
     };
     let rec = Reconciler::new(store.clone(), sim, Arc::new(clock.clone()), config);
-    let image = Image {
-        id: "img".into(),
-        urn: "P:O:S:1.0.0".into(),
-        publisher: "P".into(),
-        offer: "O".into(),
-        sku: "S".into(),
-        version: "1.0.0".into(),
-        source: ImageSource::Directory { path: "/nowhere".into() },
-        guest_agent: Some(false),
-        created_at: t0(),
-    };
-    store.txn(vec![WriteOp::put(Kind::Image, "p:o:s:1.0.0", &image, Expect::Absent).unwrap()]).unwrap();
     Env { store, clock, rec, price }
 }
 
 fn set(name: &str, capacity: i64, extra: Value) -> StoredScaleSet {
     let mut v = json!({
-        "sku": {"name": "Standard_B1s", "capacity": capacity},
+        "sku": {"name": "Standard_B1s"},
         "overprovision": false,
         "virtualMachineProfile": {
             "osProfile": {"computerNamePrefix": name},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}
+            "storageProfile": {"imageReference": {"version": "latest"}}
         }
     });
     merge(&mut v, extra);
-    StoredScaleSet {
-        name: ScaleSetName::new(name).unwrap(),
-        group: GroupName::new("rg").unwrap(),
-        model_generation: 1,
-        time_created: t0(),
-        deleting: false,
-        model: ScaleSetModel::from_json(v).unwrap(),
-    }
-}
-
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
+    let mut set = stored_set(name, 1, model(capacity, v));
+    set.time_created = t0();
+    set
 }
 
 fn spot(extra: Value) -> Value {
@@ -136,6 +99,18 @@ impl Env {
     }
 
     /// Passes without moving the clock, until nothing changes (bounded).
+    /// Spot set `spot` grows to 4 instances one at a time, 10 s apart, so their ages differ
+    /// (3 is the youngest).
+    async fn spot_instances_of_different_ages(&self) {
+        self.put_set(&set("spot", 1, spot(json!({}))));
+        for n in 2..=4 {
+            self.settle().await;
+            self.clock.advance(Span::seconds(10));
+            self.edit_set("rg/spot", |s| s.model.sku.capacity = n);
+        }
+        self.settle().await;
+    }
+
     async fn settle(&self) {
         for _ in 0..50 {
             match self.rec.pass().await {
@@ -182,13 +157,7 @@ async fn a_regular_scale_out_evicts_exactly_the_two_youngest_spot_instances_afte
     e.put_set(&set("reg", 4, json!({})));
     e.settle().await;
     // Spot instances created one by one, so their ages differ: 3 is the youngest.
-    e.put_set(&set("spot", 1, spot(json!({}))));
-    for n in 2..=4 {
-        e.settle().await;
-        e.clock.advance(Span::seconds(10));
-        e.edit_set("rg/spot", |s| s.model.sku.capacity = n);
-    }
-    e.settle().await;
+    e.spot_instances_of_different_ages().await;
     assert_eq!(e.running("reg").len(), 4);
     assert_eq!(e.running("spot"), vec![0, 1, 2, 3]);
 
@@ -348,13 +317,7 @@ async fn an_overprovisioned_scale_out_evicts_only_what_its_counted_instances_nee
     e.settle().await;
     assert_eq!(e.running("reg").len(), 4);
     assert_eq!(e.records("reg").len(), 4, "the first extra is gone once the counted ones are ready");
-    e.put_set(&set("spot", 1, spot(json!({}))));
-    for n in 2..=4 {
-        e.settle().await;
-        e.clock.advance(Span::seconds(10));
-        e.edit_set("rg/spot", |s| s.model.sku.capacity = n);
-    }
-    e.settle().await;
+    e.spot_instances_of_different_ages().await;
     assert_eq!(e.running("spot"), vec![0, 1, 2, 3]);
 
     e.edit_set("rg/reg", |s| s.model.sku.capacity = 6);

@@ -675,8 +675,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let autoscaler = Arc::new(autoscaler);
     runtime.add(Arc::new(herd_autoscaler::controller::SamplerController(autoscaler.clone())));
     runtime.add(Arc::new(herd_autoscaler::controller::EvaluatorController(autoscaler)));
-    let reconciler_wake = reconciler.waker();
-    runtime.add_with_wake(Arc::new(reconciler), reconciler_wake);
+    // The reconciler's pass, and an entry per concern of it (scale, rolling upgrade, ...).
+    herd_reconciler::register(&mut runtime, reconciler);
     let lb_wake = lb.waker();
     runtime.add_with_wake(lb, lb_wake);
     if let Some(port) = metadata_port {

@@ -1,66 +1,16 @@
 //! Table tests of the pure planner.
 
 use super::*;
-use herd_model::{
-    scale_set::{ScaleSetModel, Suspension},
-    GroupName, ScaleSetName,
-};
+use crate::testkit::{model, record, stored_set, t0};
+use herd_model::scale_set::Suspension;
 use serde_json::json;
 
-fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
-}
-
 fn set(capacity: i64, zones: &[&str], overprovision: bool) -> StoredScaleSet {
-    let model = ScaleSetModel::from_json(json!({
-        "sku": {"name": "Standard_B1ms", "capacity": capacity},
-        "zones": zones,
-        "overprovision": overprovision,
-        "virtualMachineProfile": {
-            "osProfile": {"computerNamePrefix": "web"},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}}
-        }
-    }))
-    .unwrap();
-    StoredScaleSet {
-        name: ScaleSetName::new("web").unwrap(),
-        group: GroupName::new("rg").unwrap(),
-        model_generation: 1,
-        time_created: t0(),
-        deleting: false,
-        model,
-    }
+    stored_set("web", 1, model(capacity, json!({"zones": zones, "overprovision": overprovision})))
 }
 
 fn rec(id: u64, state: InstanceState) -> InstanceRecord {
-    InstanceRecord {
-        instance_id: InstanceId(id),
-        computer_name: format!("web{id}"),
-        zone: None,
-        model_generation: 1,
-        state,
-        goal: InstanceGoal::Running,
-        pending: None,
-        overprovisioned: false,
-        reach_address: String::new(),
-        private_ip: None,
-        attempts: 0,
-        next_attempt_at: None,
-        last_error: None,
-        delete_reason: None,
-        draining_since: None,
-        base_fingerprint: None,
-        sku: None,
-        extensions: vec![],
-        protect_from_scale_in: false,
-        protect_from_scale_set_actions: false,
-        host: None,
-        scheduled_events: vec![],
-        eviction: None,
-        incarnation: 1,
-        created_at: t0(),
-        state_since: t0(),
-    }
+    record(id, 1, state)
 }
 
 fn zoned(mut r: InstanceRecord, z: &str) -> InstanceRecord {

@@ -1,43 +1,17 @@
 //! Table tests of the rolling planner.
 
 use super::*;
-use herd_model::{
-    scale_set::{ScaleSetModel, StoredScaleSet},
-    upgrade::RollingBatch,
-    GroupName, ScaleSetName,
-};
+use crate::testkit::{model, record, stored_set, t0};
+use herd_model::{scale_set::StoredScaleSet, upgrade::RollingBatch};
 use serde_json::json;
 
-fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
-}
-
 fn set(capacity: i64, generation: u64, policy: serde_json::Value) -> StoredScaleSet {
-    let model = ScaleSetModel::from_json(json!({
-        "sku": {"name": "Standard_B1ms", "capacity": capacity},
-        "upgradePolicy": {"mode": "Rolling", "rollingUpgradePolicy": policy},
-        "virtualMachineProfile": {
-            "osProfile": {"computerNamePrefix": "web"},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}}
-        }
-    }))
-    .unwrap();
-    StoredScaleSet {
-        name: ScaleSetName::new("web").unwrap(),
-        group: GroupName::new("rg").unwrap(),
-        model_generation: generation,
-        time_created: t0(),
-        deleting: false,
-        model,
-    }
+    let upgrade = json!({"upgradePolicy": {"mode": "Rolling", "rollingUpgradePolicy": policy}});
+    stored_set("web", generation, model(capacity, upgrade))
 }
 
 fn rec(id: u64, generation: u64) -> InstanceRecord {
-    serde_json::from_value(json!({
-        "instanceId": id, "computerName": format!("web{id}"), "modelGeneration": generation,
-        "state": "Running", "goal": "Running", "reachAddress": "", "createdAt": t0(), "stateSince": t0()
-    }))
-    .unwrap()
+    record(id, generation, InstanceState::Running)
 }
 
 struct Case {

@@ -1,0 +1,124 @@
+//! The reconciler's settings, why a pass fails, and the fault points tests crash it at.
+
+use crate::plan::Limits;
+use herd_driver::{DriverError, LeaderTerm};
+use herd_model::sku::SkuTable;
+use herd_state::StateError;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Tunables of the reconcile loop.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    pub limits: Limits,
+    /// Driver calls in flight at once.
+    pub driver_concurrency: usize,
+    /// Pause between passes when nothing is changing (crash detection still happens).
+    pub idle_interval: Duration,
+    /// Pause between passes while instances are booting or stopping.
+    pub busy_interval: Duration,
+    pub skus: SkuTable,
+    /// Which /16 of 127.128.0.0/9 this server's reach addresses start in (0–127).
+    pub address_block: u8,
+    /// Bridged networking: instances with a subnet are reached on their private IP, through a
+    /// bridge per subnet, instead of on a host-local loopback address.
+    pub bridged: bool,
+    /// The driver runs real VMs (qemu): scripts go through the guest agent, so images without
+    /// one cannot run extensions in place (extension changes reimage them), and each guest's
+    /// seed gets the admin credentials, data disks and forwarded ports.
+    pub vm_driver: bool,
+    /// Guest ports forwarded to every instance besides the model's LB and NAT ports.
+    pub extra_ports: Vec<u16>,
+    /// The hosts whose capacity instances reserve; empty = unlimited.
+    pub hosts: Vec<herd_model::spot::HostSpec>,
+    /// The spot price of a SKU now (price evictions, spotRestorePolicy).
+    pub spot_price: crate::capacity::SpotPrice,
+    /// Each instance's metadata endpoint port (on its reach address); None = no endpoint.
+    pub metadata_port: Option<u16>,
+    /// When unrecorded instances are destroyed (see [`crate::orphans`]).
+    pub orphans: crate::orphans::OrphanPolicy,
+    /// The leadership term every driver call carries in its fence (with the instance record's
+    /// incarnation). The server owns the one [`LeaderTerm`]; leader election raises it.
+    pub term: LeaderTerm,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            driver_concurrency: 64,
+            idle_interval: Duration::from_secs(2),
+            busy_interval: Duration::from_millis(50),
+            skus: SkuTable::default(),
+            address_block: 0,
+            bridged: false,
+            vm_driver: false,
+            extra_ports: vec![80],
+            hosts: vec![],
+            spot_price: crate::capacity::SpotPrice::none(),
+            metadata_port: None,
+            orphans: Default::default(),
+            term: LeaderTerm::single_server(),
+        }
+    }
+}
+
+/// Where a test may make a pass crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Intents are persisted, no driver call made yet.
+    AfterIntent,
+    /// Driver calls made, results not persisted yet.
+    AfterDriver,
+}
+
+/// Fault injection: makes the `n`th fault point reached fail the pass, as a crash would.
+#[derive(Debug, Default)]
+pub struct Faults {
+    hits: AtomicU64,
+    fail_at: Mutex<BTreeSet<u64>>,
+}
+
+impl Faults {
+    pub fn fail_at(&self, n: u64) {
+        self.fail_at.lock().unwrap_or_else(|e| e.into_inner()).insert(n);
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn check(&self, point: FaultPoint) -> Result<(), ReconcileError> {
+        let n = self.hits.fetch_add(1, Ordering::SeqCst);
+        if self.fail_at.lock().unwrap_or_else(|e| e.into_inner()).remove(&n) {
+            return Err(ReconcileError::Injected(point));
+        }
+        Ok(())
+    }
+}
+
+/// Why a pass failed. The next pass starts over from the store and the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StateError),
+    #[error("driver: {0}")]
+    Driver(#[from] DriverError),
+    #[error("injected fault at {0:?}")]
+    Injected(FaultPoint),
+}
+
+impl ReconcileError {
+    /// Whether the next pass may succeed with nothing changed: a driver error by its own kind
+    /// ([`DriverError::retryable`]); a store error is retried by the next pass (which re-reads
+    /// everything); an injected crash always is.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Store(_) => true,
+            Self::Driver(e) => e.retryable(),
+            Self::Injected(_) => true,
+        }
+    }
+}
