@@ -37,11 +37,7 @@ pub enum ScaleSetError {
     State(#[from] StateError),
 }
 
-impl From<StoreError> for ScaleSetError {
-    fn from(e: StoreError) -> Self {
-        ScaleSetError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(ScaleSetError);
 
 impl From<RefError> for ScaleSetError {
     fn from(e: RefError) -> Self {
