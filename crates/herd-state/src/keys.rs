@@ -107,6 +107,16 @@ macro_rules! group_name_key {
     };
 }
 
+/// `group/set/<id>` (the id padded or not) as an instance key.
+fn instance_key(what: &'static str, key: &str) -> Result<InstanceKey, KeyError> {
+    let p = split(what, key, 3)?;
+    Ok(InstanceKey {
+        group: group(what, key, p[0])?,
+        set: set_name(what, key, p[1])?,
+        id: InstanceId(number(what, key, p[2])?),
+    })
+}
+
 fn group(what: &'static str, key: &str, part: &str) -> Result<GroupName, KeyError> {
     GroupName::new(part).map_err(|source| KeyError {
         what,
@@ -238,13 +248,7 @@ impl fmt::Display for InstanceRecordKey {
 impl FromStr for InstanceRecordKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "instance record";
-        let p = split(W, s, 3)?;
-        Ok(Self(InstanceKey {
-            group: group(W, s, p[0])?,
-            set: set_name(W, s, p[1])?,
-            id: InstanceId(number(W, s, p[2])?),
-        }))
+        instance_key("instance record", s).map(Self)
     }
 }
 
@@ -294,13 +298,7 @@ impl fmt::Display for HealthKey {
 impl FromStr for HealthKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "health";
-        let p = split(W, s, 3)?;
-        Ok(Self(InstanceKey {
-            group: group(W, s, p[0])?,
-            set: set_name(W, s, p[1])?,
-            id: InstanceId(number(W, s, p[2])?),
-        }))
+        instance_key("health", s).map(Self)
     }
 }
 
