@@ -389,7 +389,7 @@ impl Runner {
                         resource_group: group.clone(),
                         resource: set.clone(),
                         operation: "AutoscaleNotification".into(),
-                        status: "Failed".into(),
+                        status: herd_model::activity::ActivityStatus::Failed,
                         actor: herd_model::activity::Actor::Autoscale,
                         message: if last.starts_with("refused") {
                             format!("webhook {} not called: {last}", hook.service_uri)

@@ -23,7 +23,7 @@ use herd_driver::{Driver, DriverError, Fence, Incarnation, InstanceSpec, LeaderT
 use herd_model::network::{LoadBalancer, VirtualNetwork};
 use herd_model::scale_set::ScaleSetModel;
 use herd_model::{
-    activity::{ActivityEvent, Actor},
+    activity::{ActivityEvent, ActivityStatus, Actor},
     clock::Clock,
     group::GroupProvisioningState,
     image::{self, Image},
@@ -703,7 +703,7 @@ impl Reconciler {
                             &g.value.name,
                             "",
                             "DeleteResourceGroup",
-                            "Succeeded",
+                            ActivityStatus::Succeeded,
                             "resource group deleted".into(),
                         ));
                         w.commit(s)?;
@@ -1520,8 +1520,10 @@ fn persist_results(
         }
         for (k, r) in orphan_results {
             let (status, message) = match r {
-                Ok(()) => ("Succeeded", format!("removed orphan instance {k} that herd had no record of")),
-                Err(e) => ("Failed", format!("could not remove orphan instance {k}: {e}")),
+                Ok(()) => {
+                    (ActivityStatus::Succeeded, format!("removed orphan instance {k} that herd had no record of"))
+                }
+                Err(e) => (ActivityStatus::Failed, format!("could not remove orphan instance {k}: {e}")),
             };
             ops.activity(event(now, k.group.as_str(), k.set.as_str(), "OrphanCleanup", status, message));
         }
@@ -1641,10 +1643,10 @@ fn results(
             id_list(&ids),
             if reason.is_empty() { "requested" } else { &reason }
         );
-        ops.activity(event(now, g, n, "DeleteInstances", "Succeeded", msg));
+        ops.activity(event(now, g, n, "DeleteInstances", ActivityStatus::Succeeded, msg));
     }
     for f in failures {
-        ops.activity(event(now, g, n, "DriverCall", "Failed", f));
+        ops.activity(event(now, g, n, "DriverCall", ActivityStatus::Failed, f));
     }
     Ok(())
 }
@@ -1705,7 +1707,7 @@ fn record_guest_agents(
         };
         let mut w = Writes::new();
         w.put_image(&key, &r.image, Expected::Revision(r.revision))?;
-        w.activity(event(now, "", &r.image.urn, "GuestAgentDetected", "Succeeded", message));
+        w.activity(event(now, "", &r.image.urn, "GuestAgentDetected", ActivityStatus::Succeeded, message));
         match w.commit(store) {
             Ok(_) => {
                 wrote = true;
@@ -1786,7 +1788,7 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Writes, now: DateTime<Utc>) -> 
     }
     if w.steps.contains(&Step::RemoveSet) {
         ops.remove_scale_set(&set_key, Expected::Revision(w.set_revision));
-        ops.activity(event(now, g, n, "DeleteScaleSet", "Succeeded", "scale set deleted".into()));
+        ops.activity(event(now, g, n, "DeleteScaleSet", ActivityStatus::Succeeded, "scale set deleted".into()));
     } else if w.status_dirty {
         let expected = w.status_revision.map_or(Expected::Absent, Expected::Revision);
         ops.put_status(&set_key, &w.status, expected)?;
@@ -1810,7 +1812,11 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Writes, now: DateTime<Utc>) -> 
             running.push(msg.trim_start_matches("instance ").trim_end_matches(" is running").to_string());
             continue;
         }
-        let status = if op == "InstanceFailed" || op == "ProvisioningSuspended" { "Failed" } else { "Started" };
+        let status = if op == "InstanceFailed" || op == "ProvisioningSuspended" {
+            ActivityStatus::Failed
+        } else {
+            ActivityStatus::Started
+        };
         ops.activity(event(now, g, n, &op, status, msg));
     }
     if !running.is_empty() {
@@ -1820,7 +1826,7 @@ fn collect_writes(w: &mut SetWork<'_>, ops: &mut Writes, now: DateTime<Utc>) -> 
             g,
             n,
             "InstanceRunning",
-            "Succeeded",
+            ActivityStatus::Succeeded,
             format!("instance(s) {} running", id_list(&ids)),
         ));
     }
@@ -1851,14 +1857,21 @@ async fn call(
     }
 }
 
-fn event(now: DateTime<Utc>, group: &str, resource: &str, op: &str, status: &str, message: String) -> ActivityEvent {
+fn event(
+    now: DateTime<Utc>,
+    group: &str,
+    resource: &str,
+    op: &str,
+    status: ActivityStatus,
+    message: String,
+) -> ActivityEvent {
     ActivityEvent {
         seq: 0,
         time: now,
         resource_group: group.into(),
         resource: resource.into(),
         operation: op.into(),
-        status: status.into(),
+        status,
         actor: Actor::Reconciler,
         message,
     }

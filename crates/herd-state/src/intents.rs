@@ -278,7 +278,7 @@ mod tests {
             resource_group: "rg".into(),
             resource: "web".into(),
             operation: "DeleteScaleSet".into(),
-            status: "Succeeded".into(),
+            status: herd_model::activity::ActivityStatus::Succeeded,
             actor: herd_model::activity::Actor::Reconciler,
             message: "scale set deleted".into(),
         });

@@ -9,7 +9,7 @@ fn ev(group: &str, resource: &str, op: &str) -> ActivityEvent {
         resource_group: group.into(),
         resource: resource.into(),
         operation: op.into(),
-        status: "Succeeded".into(),
+        status: herd_model::activity::ActivityStatus::Succeeded,
         actor: Actor::User,
         message: String::new(),
     }
