@@ -38,14 +38,18 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Middleware: 401 unless the request carries the server's token.
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
-    let given = req
-        .headers()
+/// The request's bearer token (empty if none).
+fn bearer(req: &Request) -> &str {
+    req.headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+/// Middleware: 401 unless the request carries the server's token.
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let given = bearer(&req);
     if !same(given.as_bytes(), state.token.as_bytes()) {
         return Err(ApiError::Unauthorized);
     }
@@ -59,12 +63,7 @@ pub async fn require_metrics_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let given = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = bearer(&req);
     let api = same(given.as_bytes(), state.token.as_bytes());
     let metrics = state.metrics_token.as_deref().is_some_and(|t| same(given.as_bytes(), t.as_bytes()));
     if !(api | metrics) {

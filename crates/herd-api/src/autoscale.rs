@@ -5,6 +5,7 @@
 use crate::{
     error::{ApiError, ErrorBody},
     scale_sets::commit_replacing,
+    services::{SourceDraft, SourceRefusal},
     state::AppState,
     views,
 };
@@ -13,11 +14,12 @@ use axum::{
     http::{HeaderMap, StatusCode},
     Json,
 };
-use herd_autoscale::AutoscaleSetting;
-use herd_autoscaler::runner::{CapacityWriter, HistoryEntry, SettingRuntime, StoredSource};
-use herd_model::{activity::Actor, scale_set::Secrets, FieldError};
+use herd_model::{activity::Actor, scale_set::Secrets};
+use herd_state::autoscale_config::AutoscaleSetting;
 use herd_state::autoscale_config::{self, Logged};
+use herd_state::autoscale_records::{self, HistoryEntry, SettingRuntime, StoredSource, METRIC_NAMES};
 use herd_state::keys::{SeriesKey, SetKey, SourceSeriesKey};
+use herd_state::metric_series::{Point, Series};
 use herd_state::{AutoscaleRecords, Expected, Versioned as Object};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -97,7 +99,7 @@ pub async fn put(
         let setting: AutoscaleSetting = serde_path_to_error::deserialize(body)
             .map_err(|e| ApiError::invalid(e.path().to_string(), e.inner().to_string()))?;
         setting.validate()?;
-        let (g, n) = herd_autoscaler::runner::parse_target(&setting.target_resource_uri).ok_or_else(|| {
+        let (g, n) = autoscale_records::parse_target(&setting.target_resource_uri).ok_or_else(|| {
             ApiError::invalid(
                 "targetResourceUri",
                 "must name a scale set: /resourceGroups/<group>/providers/Microsoft.Compute/virtualMachineScaleSets/<name>",
@@ -119,10 +121,10 @@ pub async fn put(
             .collect();
         let known = |m: &str| match m.strip_prefix("source/") {
             Some(src) => sources.contains(&src.to_ascii_lowercase()),
-            None => herd_autoscaler::sampler::METRIC_NAMES.iter().any(|x| x.eq_ignore_ascii_case(m)),
+            None => autoscale_records::is_sampled_metric(m),
         };
         let allowed = || {
-            let mut a: Vec<String> = herd_autoscaler::sampler::METRIC_NAMES.iter().map(|s| s.to_string()).collect();
+            let mut a: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
             a.extend(sources.iter().map(|s| format!("source/{s}")));
             a.join(", ")
         };
@@ -290,25 +292,23 @@ pub async fn source_put(
         .blocking(move |state| {
             views::load_group(state, &group)?;
             views::check_child_name("name", &name)?;
-            // The body names the field `type` (the Rust field is `kind`): the error names the body's.
-            let kind = req.kind.parse::<herd_metric_sources::SourceKind>().map_err(|mut e: FieldError| {
-                e.field = "type".into();
-                ApiError::Invalid(e)
-            })?;
             let settings = if req.settings.is_null() { serde_json::json!({}) } else { req.settings };
             let protected =
                 if req.protected_settings.is_null() { serde_json::json!({}) } else { req.protected_settings };
-            let spec = herd_metric_sources::SourceSpec {
-                kind,
-                endpoint: req.endpoint.clone(),
-                settings: settings.clone(),
-                protected: protected.clone(),
-            };
-            herd_metric_sources::validate(&spec)?;
+            let draft =
+                SourceDraft { kind: &req.kind, endpoint: &req.endpoint, settings: &settings, protected: &protected };
+            let kind = state.sources.check(draft).map_err(|e| match e {
+                // The body names the field `type` (the Rust field is `kind`): the error names the body's.
+                SourceRefusal::Kind(mut e) => {
+                    e.field = "type".into();
+                    ApiError::Invalid(e)
+                }
+                SourceRefusal::Spec(e) => ApiError::Invalid(e),
+            })?;
             let src = StoredSource {
                 name: name.clone(),
                 group: group.clone(),
-                kind: kind.as_str().into(),
+                kind: kind.clone(),
                 endpoint: req.endpoint,
                 settings,
                 health: "not sampled yet".into(),
@@ -363,12 +363,12 @@ pub struct MetricsQuery {
 /// point is each sample's increase per instance, with the seconds it covers.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/metrics", tag = "autoscale",
     params(("group" = String, Path), ("name" = String, Path), ("metric" = String, Query)),
-    responses((status = 200, body = Vec<herd_autoscaler::series::Point>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<Point>), (status = 404, body = ErrorBody)))]
 pub async fn metrics(
     State(state): State<AppState>,
     Path((group, name)): Path<(String, String)>,
     Query(q): Query<MetricsQuery>,
-) -> Result<Json<Vec<herd_autoscaler::series::Point>>, ApiError> {
+) -> Result<Json<Vec<Point>>, ApiError> {
     state
         .clone()
         .blocking(move |state| {
@@ -376,13 +376,13 @@ pub async fn metrics(
             let k = match q.metric.strip_prefix("source/") {
                 Some(src) => SeriesOf::Source(SourceSeriesKey::new(set.value.group.as_str(), src)),
                 None => {
-                    if !herd_autoscaler::sampler::METRIC_NAMES.iter().any(|m| m.eq_ignore_ascii_case(&q.metric)) {
+                    if !autoscale_records::is_sampled_metric(&q.metric) {
                         return Err(ApiError::invalid(
                             "metric",
                             format!(
                                 "'{}' is not a metric herd samples; allowed: {}, or source/<name>",
                                 q.metric,
-                                herd_autoscaler::sampler::METRIC_NAMES.join(", ")
+                                METRIC_NAMES.join(", ")
                             ),
                         ));
                     }
@@ -390,8 +390,8 @@ pub async fn metrics(
                 }
             };
             let series = match k {
-                SeriesOf::Source(k) => state.store.series::<herd_autoscaler::series::Series, _>(&k)?,
-                SeriesOf::Set(k) => state.store.series::<herd_autoscaler::series::Series, _>(&k)?,
+                SeriesOf::Source(k) => state.store.series::<Series, _>(&k)?,
+                SeriesOf::Set(k) => state.store.series::<Series, _>(&k)?,
             }
             .map(|o| o.value)
             .unwrap_or_default();
@@ -406,34 +406,13 @@ enum SeriesOf {
     Source(SourceSeriesKey),
 }
 
-/// The autoscaler's load-balancer metrics read the load-balancer controller's counters (never
-/// a driver). `Runner::with_lb_stats(Arc::new(ApiLbStats(state.lb.clone())))` wires it.
-pub struct ApiLbStats(pub std::sync::Arc<herd_lbctl::LbController>);
-
-impl herd_autoscaler::sampler::LbStatsProvider for ApiLbStats {
-    fn member_counters(
-        &self,
-    ) -> std::collections::BTreeMap<herd_model::InstanceKey, herd_autoscaler::sampler::LbCounters> {
-        self.0
-            .member_counters()
-            .into_iter()
-            .map(|(k, c)| {
-                let counters = herd_autoscaler::sampler::LbCounters {
-                    connections_total: c.connections_total,
-                    active_connections: c.active_connections,
-                    in_rotation: c.in_rotation,
-                };
-                (k, counters)
-            })
-            .collect()
-    }
-}
-
 /// The autoscaler's capacity writes go through the same commit as `herd vmss scale`.
+/// (The server wires it into the autoscaler's `CapacityWriter`.)
 pub struct ApiCapacityWriter(pub AppState);
 
-impl CapacityWriter for ApiCapacityWriter {
-    fn set_capacity(&self, group: &str, set: &str, capacity: u64, reason: &str) -> Result<(), String> {
+impl ApiCapacityWriter {
+    /// Sets the set's capacity as `herd vmss scale` would, logged as the autoscaler's, for `reason`.
+    pub fn set_capacity(&self, group: &str, set: &str, capacity: u64, reason: &str) -> Result<(), String> {
         let state = &self.0;
         let cur = views::load_set(state, group, set).map_err(|e| e.to_string())?;
         if cur.value.deleting {

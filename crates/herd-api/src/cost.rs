@@ -15,8 +15,8 @@ use axum::{
     Json,
 };
 use chrono::{DateTime, Utc};
-use herd_billing::CostReport;
 use herd_state::cost_records;
+use herd_state::costs::CostReport;
 use herd_state::keys::{GroupKey, SetKey};
 use serde::Deserialize;
 
@@ -42,8 +42,10 @@ pub struct CostQuery {
 }
 
 fn since(state: &AppState, s: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    s.map(|s| herd_billing::parse_since(s, state.clock.now()).map_err(|e| ApiError::invalid("since", e.to_string())))
-        .transpose()
+    s.map(|s| {
+        herd_state::costs::parse_since(s, state.clock.now()).map_err(|e| ApiError::invalid("since", e.to_string()))
+    })
+    .transpose()
 }
 
 /// A scale set's instance-hours and cost by SKU and priority (a deleted set's too).
@@ -65,7 +67,7 @@ pub async fn set_cost(
                     "scale set '{name}' does not exist in resource group '{group}' and has no cost recorded"
                 )));
             }
-            Ok(Json(herd_billing::report(s, Some(g.as_str()), Some(n.as_str()), since)?))
+            Ok(Json(herd_state::costs::report(s, Some(g.as_str()), Some(n.as_str()), since)?))
         })
         .await
 }
@@ -83,7 +85,7 @@ pub async fn total_cost(
     let since = since(&state, q.since.as_deref())?;
     state
         .run(move |s| {
-            let report = herd_billing::report(s, g.as_ref().map(|g| g.as_str()), None, since)?;
+            let report = herd_state::costs::report(s, g.as_ref().map(|g| g.as_str()), None, since)?;
             if let Some(g) = &g {
                 if report.rows.is_empty() && !cost_records::group_has_cost_records(s, &GroupKey::new(g.as_str()))? {
                     return Err(ApiError::NotFound(format!(

@@ -46,8 +46,9 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("a valid API token is required (Authorization: Bearer <token>)")]
     Unauthorized,
+    /// A failure of the server itself: its source is logged, the client hears only "internal error".
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The data dir's disk is full: the cause is told, as it helps the operator and leaks nothing.
     #[error("{0}")]
     InsufficientStorage(String),
@@ -63,8 +64,13 @@ impl ApiError {
         if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
             ApiError::InsufficientStorage(format!("the data dir's disk is full: {what}: {e}"))
         } else {
-            ApiError::Internal(format!("{what}: {e}"))
+            ApiError::internal(format!("{what}: {e}"))
         }
+    }
+
+    /// An internal failure with `source` as its cause (logged, never shown).
+    pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApiError::Internal(source.into())
     }
 }
 
@@ -81,7 +87,7 @@ impl From<herd_state::StateError> for ApiError {
                 "the resource changed while this request was applied ({e}); read it again and retry"
             )),
             Failure::Full => ApiError::InsufficientStorage(e.to_string()),
-            Failure::Undecodable | Failure::Internal => ApiError::Internal(e.to_string()),
+            Failure::Undecodable | Failure::Internal => ApiError::internal(e),
         }
     }
 }
@@ -188,7 +194,8 @@ impl IntoResponse for ApiError {
                 tracing::error!(%detail, "disk full");
                 (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", None)
             }
-            ApiError::Internal(detail) => {
+            ApiError::Internal(source) => {
+                let detail = herd_model::error::chain_text(source.as_ref());
                 tracing::error!(%detail, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None)
             }

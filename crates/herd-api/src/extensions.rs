@@ -101,7 +101,7 @@ pub async fn put(
                 false
             }
         };
-        let doc = serde_json::to_value(&model).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
         let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
         let verb = if existed { "replaced" } else { "added" };
         // Like `az vmss extension set`, a PUT replaces the extension whole: protected settings not
@@ -142,7 +142,7 @@ pub async fn delete(
                 model.virtual_machine_profile.extension_profile = None;
             }
         }
-        let doc = serde_json::to_value(&model).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
         let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
         commit(&state, &cur, model, secrets, "DeleteExtension", format!("extension {ext} removed"))?;
         Ok(StatusCode::NO_CONTENT)

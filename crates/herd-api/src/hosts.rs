@@ -11,13 +11,8 @@ use crate::{
     state::{ApiConfig, AppState},
 };
 use axum::{extract::State, Json};
-use herd_model::FieldError;
-use herd_model::{instance::InstanceRecord, scale_set::StoredScaleSet, InstanceId};
-use herd_state::keys::SetKey;
-use herd_state::scale_sets::{Room, ScaleSetError};
-use herd_state::{Records, StateError, Store};
+use herd_state::placement::{self, HostRoom};
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// One host: its capacity and what instances reserve on it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -49,27 +44,13 @@ pub struct HostsView {
     pub hosts: Vec<HostView>,
 }
 
-/// Every set and its records, as the capacity arbiter sees them.
-fn holders(store: &dyn Store, config: &ApiConfig) -> Result<Vec<herd_capacity::Holder>, StateError> {
-    let sets: BTreeMap<String, StoredScaleSet> = store.scale_sets()?.into_iter().map(|o| (o.key, o.value)).collect();
-    let unlimited = config.hosts.is_empty();
-    let mut out = Vec::new();
-    for o in store.instances()? {
-        let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
-        if let Some(set) = sets.get(set_key) {
-            out.extend(herd_reconciler::capacity::holder(set, &o.value, &config.skus, unlimited));
-        }
-    }
-    Ok(out)
-}
-
 /// Lists the hosts with their capacity and what Regular and Spot instances reserve.
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
     responses((status = 200, body = HostsView), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiError> {
     let config = state.config.clone();
-    let holders = state.run(move |s| Ok(holders(s, &config)?)).await?;
-    let hosts = herd_capacity::usage(&state.config.hosts, &holders)
+    let usage = state.run(move |s| Ok(placement::host_usage(s, &config.hosts, &config.skus)?)).await?;
+    let hosts = usage
         .into_iter()
         .map(|u| HostView {
             name: u.name,
@@ -90,32 +71,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiE
     Ok(Json(HostsView { unlimited: state.config.hosts.is_empty(), hosts }))
 }
 
-/// The hosts' room for a scale-out: refuses `extra` more Regular instances of a set when the
-/// hosts cannot hold them even after evicting every Spot instance; the error says what is
-/// missing. Without declared hosts, room is unlimited.
-pub(crate) struct HostRoom<'a>(pub &'a ApiConfig);
-
-impl Room for HostRoom<'_> {
-    fn check(&self, store: &dyn Store, set: &StoredScaleSet, extra: i64) -> Result<(), ScaleSetError> {
-        let config = self.0;
-        if config.hosts.is_empty() || extra <= 0 {
-            return Ok(());
-        }
-        let holders = holders(store, config)?;
-        let own: Vec<InstanceRecord> =
-            store.instances_of(&SetKey::of(set))?.into_iter().map(|o| o.value).filter(|r| r.is_counted()).collect();
-        let refs: Vec<&InstanceRecord> = own.iter().collect();
-        let zones = herd_reconciler::plan::place(&set.model.zones, &refs, extra as usize);
-        let requests: Vec<herd_capacity::Request> = zones
-            .into_iter()
-            .enumerate()
-            .map(|(i, z)| herd_reconciler::capacity::request(set, InstanceId(u64::MAX - i as u64), z, &config.skus))
-            .collect();
-        herd_capacity::check_regular_room(&config.hosts, &holders, &requests).map_err(|s| {
-            ScaleSetError::Invalid(FieldError::new(
-                "sku.capacity",
-                format!("{} more Regular instance(s) of {} do not fit on the hosts: {s}", extra, set.model.sku.name),
-            ))
-        })
-    }
+/// The hosts' room for a scale-out under this server's hosts and SKUs (see
+/// [`placement::HostRoom`]).
+pub(crate) fn room(config: &ApiConfig) -> HostRoom<'_> {
+    HostRoom { hosts: &config.hosts, skus: &config.skus }
 }

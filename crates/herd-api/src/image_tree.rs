@@ -211,24 +211,15 @@ pub fn copy_beneath(
     dest: &Path,
     limits: TreeLimits,
 ) -> Result<TreeSummary, BeneathError> {
+    use herd_state::beneath::Outside;
     use rustix::fs::{Mode, OFlags, ResolveFlags};
-    if roots.is_empty() {
-        return Err(BeneathError::Off { setting });
-    }
     let shown = path.display().to_string();
-    let Some((root, rel)) = roots.iter().find_map(|r| path.strip_prefix(r).ok().map(|rel| (r, rel))) else {
-        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        return Err(BeneathError::NotBelowRoot { path: shown, roots: list.join(", "), setting });
-    };
+    let (root, rel) = herd_state::beneath::locate(roots, path).map_err(|e| match e {
+        Outside::Off => BeneathError::Off { setting },
+        Outside::NotBelowRoot { roots } => BeneathError::NotBelowRoot { path: shown.clone(), roots, setting },
+    })?;
     let open_err = |e: rustix::io::Errno| BeneathError::Tree(TreeError::io(format!("opening {shown}"), e.into()));
-    let root_fd = rustix::fs::openat2(
-        rustix::fs::CWD,
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(open_err)?;
+    let root_fd = herd_state::beneath::open_root(root).map_err(open_err)?;
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let top = rustix::fs::openat2(
         &root_fd,

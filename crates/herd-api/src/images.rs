@@ -154,7 +154,7 @@ fn upload_dir(image_dir: &FsPath, key: &str) -> PathBuf {
 
 /// Refuses a write of `len` bytes when the gallery's file system has less room.
 fn check_free_space(dir: &FsPath, len: u64) -> Result<(), ImportError> {
-    let st = rustix::fs::statvfs(dir).map_err(|e| ApiError::Internal(format!("statvfs {}: {e}", dir.display())))?;
+    let st = rustix::fs::statvfs(dir).map_err(|e| ApiError::internal(format!("statvfs {}: {e}", dir.display())))?;
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     if free < len {
         return Err(ImportError::Status {
@@ -290,7 +290,7 @@ pub async fn upload(
         Ok::<_, std::io::Error>(detect(kind, &mut f, len))
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::internal)?
     .map_err(internal)?
     .map_err(|why| ApiError::invalid(kind.name(), why))?;
     tokio::fs::rename(&tmp, dir.join(kind.name())).await.map_err(internal)?;
@@ -423,8 +423,8 @@ fn copy_server_file(field: &str, p: &str, config: &ApiConfig, to: &FsPath) -> Re
         return Err(refuse("must be an absolute path on the server's host".into()));
     }
     let roots = &config.images.import_roots;
-    let mut src = herd_reconciler::fetch::open_beneath(IMPORT_ROOTS_SETTING, roots, &path).map_err(|e| match e {
-        herd_reconciler::fetch::FileFetchError::Off { .. } => refuse(format!(
+    let mut src = herd_state::beneath::open_beneath(IMPORT_ROOTS_SETTING, roots, &path).map_err(|e| match e {
+        herd_state::beneath::FileFetchError::Off { .. } => refuse(format!(
             "reading '{}' on the server is off: the server reads only paths below {IMPORT_ROOTS_SETTING} (none are set); 'herd image import' uploads the file instead",
             path.display()
         )),
@@ -475,13 +475,12 @@ fn place(
             std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0)
         }
     };
-    let mut f = std::fs::File::open(&tmp).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut f = std::fs::File::open(&tmp).map_err(ApiError::internal)?;
     let format = detect(kind, &mut f, len).map_err(|why| ApiError::invalid(field, why))?;
     let name = if kind == FileKind::Disk { format!("disk.{format}") } else { name.to_string() };
     let target = dest.join(name);
-    std::fs::rename(&tmp, &target).map_err(|e| ApiError::Internal(e.to_string()))?;
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    std::fs::rename(&tmp, &target).map_err(ApiError::internal)?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).map_err(ApiError::internal)?;
     Ok((format, target))
 }
 
@@ -493,7 +492,32 @@ async fn stage(
     dest: &FsPath,
     staged: &FsPath,
     config: &ApiConfig,
-) -> Result<(ImageSource, Option<bool>, String), ImportError> {
+) -> Result<Staged, ImportError> {
+    check_request(req)?;
+    let uploaded = req.uploaded == Some(true);
+    let staging = Staging { req, dest, staged, config };
+    if req.directory.is_some() || (uploaded && staged.join(FileKind::Directory.name()).is_file()) {
+        return stage_directory(staging).await;
+    }
+    stage_files(staging).await
+}
+
+/// One import being staged: the request, the import's directory in the gallery, where its
+/// uploads wait, and the server's configuration.
+#[derive(Clone, Copy)]
+struct Staging<'a> {
+    req: &'a ImageImportRequest,
+    dest: &'a FsPath,
+    staged: &'a FsPath,
+    config: &'a ApiConfig,
+}
+
+/// What a staged import is: its source, whether it has a guest agent (None: detected at the
+/// first boot), and where it came from (for the log).
+type Staged = (ImageSource, Option<bool>, String);
+
+/// Refuses a request that names no source, more than one, or options of another kind.
+fn check_request(req: &ImageImportRequest) -> Result<(), ImportError> {
     let uploaded = req.uploaded == Some(true);
     let given =
         [req.directory.is_some(), req.disk.is_some(), req.kernel.is_some(), uploaded].iter().filter(|x| **x).count();
@@ -515,59 +539,68 @@ async fn stage(
             return Err(ApiError::invalid("cmdline", "must be one line of at most 4096 characters").into());
         }
     }
+    Ok(())
+}
+
+/// Stages a process image: a server-side directory copied, or an uploaded tar unpacked.
+async fn stage_directory(Staging { req, dest, staged, config }: Staging<'_>) -> Result<Staged, ImportError> {
+    let uploaded = req.uploaded == Some(true);
     let staged_tree = staged.join(FileKind::Directory.name());
-    if req.directory.is_some() || (uploaded && staged_tree.is_file()) {
-        if uploaded && [FileKind::Disk, FileKind::Kernel].iter().any(|k| staged.join(k.name()).is_file()) {
-            return Err(ApiError::invalid(
-                "uploaded",
-                "both a directory and disk or kernel files were uploaded for this image; an image is one or the other (delete the image's uploads by importing under a new version)",
-            )
-            .into());
-        }
-        let limits = image_tree::TreeLimits::with_max_bytes(config.images.max_upload_bytes);
-        let (dir, to, roots) = (req.directory.clone(), dest.to_path_buf(), config.images.import_roots.clone());
-        let from = dir.clone().unwrap_or_else(|| "an upload".into());
-        tokio::task::spawn_blocking(move || match dir {
-            Some(d) => {
-                let path = PathBuf::from(&d);
-                if !path.is_absolute() {
-                    return Err(ApiError::invalid("directory", "must be an absolute path on the server's host"));
-                }
-                image_tree::copy_beneath(IMPORT_ROOTS_SETTING, &roots, &path, &to, limits).map(drop).map_err(|e| {
-                    match e {
-                        image_tree::BeneathError::Off { .. } => ApiError::invalid(
-                            "directory",
-                            format!("reading '{d}' on the server is off: the server reads only directories below {IMPORT_ROOTS_SETTING} (none are set); 'herd image import --dir' uploads the directory instead"),
-                        ),
-                        image_tree::BeneathError::Tree(t) if !t.is_input() => ApiError::Internal(t.to_string()),
-                        other => ApiError::invalid("directory", other.to_string()),
-                    }
-                })
-            }
-            None => image_tree::unpack_tar(&staged_tree, &to, limits).map(drop).map_err(|e| {
-                if e.is_input() {
-                    ApiError::invalid("directory", e.to_string())
-                } else {
-                    ApiError::Internal(e.to_string())
-                }
-            }),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-        let init = dest.join("init");
-        let executable =
-            std::fs::metadata(&init).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
-        if !executable {
-            return Err(ApiError::Invalid(FieldError::new(
-                "directory",
-                format!("{from} must hold an executable file named 'init' (the instance's first process)"),
-            ))
-            .into());
-        }
-        let source = ImageSource::Directory { path: dest.to_string_lossy().into_owned() };
-        // A process image runs no QEMU guest agent.
-        return Ok((source, Some(req.guest_agent.unwrap_or(false)), from));
+    if uploaded && [FileKind::Disk, FileKind::Kernel].iter().any(|k| staged.join(k.name()).is_file()) {
+        return Err(ApiError::invalid(
+            "uploaded",
+            "both a directory and disk or kernel files were uploaded for this image; an image is one or the other (delete the image's uploads by importing under a new version)",
+        )
+        .into());
     }
+    let limits = image_tree::TreeLimits::with_max_bytes(config.images.max_upload_bytes);
+    let (dir, to, roots) = (req.directory.clone(), dest.to_path_buf(), config.images.import_roots.clone());
+    let from = dir.clone().unwrap_or_else(|| "an upload".into());
+    tokio::task::spawn_blocking(move || match dir {
+        Some(d) => {
+            let path = PathBuf::from(&d);
+            if !path.is_absolute() {
+                return Err(ApiError::invalid("directory", "must be an absolute path on the server's host"));
+            }
+            image_tree::copy_beneath(IMPORT_ROOTS_SETTING, &roots, &path, &to, limits).map(drop).map_err(|e| {
+                match e {
+                    image_tree::BeneathError::Off { .. } => ApiError::invalid(
+                        "directory",
+                        format!("reading '{d}' on the server is off: the server reads only directories below {IMPORT_ROOTS_SETTING} (none are set); 'herd image import --dir' uploads the directory instead"),
+                    ),
+                    image_tree::BeneathError::Tree(t) if !t.is_input() => ApiError::internal(t),
+                    other => ApiError::invalid("directory", other.to_string()),
+                }
+            })
+        }
+        None => image_tree::unpack_tar(&staged_tree, &to, limits).map(drop).map_err(|e| {
+            if e.is_input() {
+                ApiError::invalid("directory", e.to_string())
+            } else {
+                ApiError::internal(e)
+            }
+        }),
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let init = dest.join("init");
+    let executable =
+        std::fs::metadata(&init).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if !executable {
+        return Err(ApiError::Invalid(FieldError::new(
+            "directory",
+            format!("{from} must hold an executable file named 'init' (the instance's first process)"),
+        ))
+        .into());
+    }
+    let source = ImageSource::Directory { path: dest.to_string_lossy().into_owned() };
+    // A process image runs no QEMU guest agent.
+    Ok((source, Some(req.guest_agent.unwrap_or(false)), from))
+}
+
+/// Stages a qemu image: a disk, or a kernel with an optional initrd.
+async fn stage_files(Staging { req, dest, staged, config }: Staging<'_>) -> Result<Staged, ImportError> {
+    let uploaded = req.uploaded == Some(true);
     std::fs::create_dir_all(dest).map_err(|e| ApiError::io(&format!("creating {}", dest.display()), &e))?;
     let (req, dest, staged, config) = (req.clone(), dest.to_path_buf(), staged.to_path_buf(), config.clone());
     tokio::task::spawn_blocking(move || {
@@ -609,7 +642,7 @@ async fn stage(
         Ok((source, guest_agent, from))
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::internal)?
 }
 
 /// True if a (gzip'd or plain) cpio initrd contains the QEMU guest agent binary.

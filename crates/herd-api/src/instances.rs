@@ -206,10 +206,10 @@ pub async fn boot_log(
     let (set, rec) = state.blocking(move |st| find(st, &group, &name, &raw_id)).await?;
     let key = herd_model::InstanceKey { group: set.group.clone(), set: set.name.clone(), id: rec.instance_id };
     let max = q.tail_bytes.unwrap_or(64 << 10).min(16 << 20);
-    match state.driver.console_log(&key, max).await {
+    match state.consoles.console_log(&key, max).await {
         Ok(Some(text)) => Ok(text),
         Ok(None) => Err(ApiError::NotFound(format!("instance {id} has no console log yet"))),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
+        Err(e) => Err(ApiError::internal(e)),
     }
 }
 

@@ -25,6 +25,7 @@ mod network;
 pub mod openapi;
 mod rolling;
 mod scale_sets;
+pub mod services;
 pub mod state;
 pub mod store_status;
 pub mod views;

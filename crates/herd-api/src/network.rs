@@ -457,8 +457,8 @@ pub async fn lb_child_put(
         views::retry(&HeaderMap::new(), || {
             let body = body.clone();
             let cur = load::<LoadBalancer>(s, &group, &name)?;
-            let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
-            let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
+            let mut doc = serde_json::to_value(&cur.value).map_err(ApiError::internal)?;
+            let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::internal(format!("{coll} is not a list")))?;
             list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&child)));
             list.push(body);
             let mut lb: LoadBalancer = parse(doc)?;
@@ -516,8 +516,8 @@ fn lb_child_delete_once(
     child: &str,
 ) -> Result<LoadBalancer, ApiError> {
     let cur = load::<LoadBalancer>(s, group, name)?;
-    let mut doc = serde_json::to_value(&cur.value).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::Internal(format!("{coll} is not a list")))?;
+    let mut doc = serde_json::to_value(&cur.value).map_err(ApiError::internal)?;
+    let list = doc[coll].as_array_mut().ok_or_else(|| ApiError::internal(format!("{coll} is not a list")))?;
     let before = list.len();
     list.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(child)));
     if list.len() == before {
@@ -615,8 +615,8 @@ pub async fn metrics(State(s): State<AppState>) -> String {
     // The cost report and the quarantine read the store: on the blocking pool.
     let stored = s.run(|store| {
         let mut text = String::new();
-        match herd_billing::report(store, None, None, None) {
-            Ok(r) => text.push_str(&herd_billing::prometheus(&r)),
+        match herd_state::costs::report(store, None, None, None) {
+            Ok(r) => text.push_str(&herd_state::costs::prometheus(&r)),
             Err(e) => tracing::warn!(error = %e, "cost metrics unavailable"),
         }
         text.push_str(&crate::store_status::metrics(store));

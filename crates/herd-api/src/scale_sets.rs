@@ -1,6 +1,6 @@
 //! Scale sets: create, show, list, the generic update, scale, delete.
 
-use crate::hosts::HostRoom;
+use crate::hosts::room;
 use crate::{
     error::{ApiError, ErrorBody},
     state::AppState,
@@ -72,7 +72,7 @@ pub(crate) fn commit_replacing(
     message: String,
     actor: herd_model::activity::Actor,
 ) -> Result<Object<StoredScaleSet>, ApiError> {
-    let room = HostRoom(&state.config);
+    let room = room(&state.config);
     let ctx = Ctx { sealer: &state.sealer, room: &room, now: state.clock.now() };
     let change = ModelChange { model, secrets, replaced, operation, message, actor };
     let saved = herd_state::scale_sets::commit_model(&*state.store, ctx, cur, change)?;
@@ -159,7 +159,7 @@ fn put_once(
             if headers.get(axum::http::header::IF_MATCH).is_some() {
                 return Err(ApiError::PreconditionFailed(format!("scale set '{name}' does not exist")));
             }
-            let room = HostRoom(&state.config);
+            let room = room(&state.config);
             let ctx = Ctx { sealer: &state.sealer, room: &room, now: state.clock.now() };
             let obj = herd_state::scale_sets::create_scale_set(&*state.store, ctx, group, name, model, &secrets)?;
             state.wake();
@@ -243,7 +243,7 @@ fn update_once(
             format!("{} operations given; the limit is {} per update", req.operations.len(), patch::MAX_OPERATIONS),
         ));
     }
-    let doc = serde_json::to_value(&cur.value.model).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let doc = serde_json::to_value(&cur.value.model).map_err(ApiError::internal)?;
     let mut patched = patch::apply(&doc, &req.operations, READ_ONLY_FIELDS)?;
     // `--set tags.build=42` means the text "42" where the model wants text: as az does, a
     // value that parsed as a number or boolean becomes a string when only a string fits.

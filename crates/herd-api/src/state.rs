@@ -44,10 +44,12 @@ pub struct AppState {
     pub sealer: Arc<herd_state::seal::Sealer>,
     /// Instance health as the load-balancer probes see it.
     pub health: Arc<herd_model::health::HealthBoard>,
-    /// The load-balancer controller (metrics, counters).
-    pub lb: Arc<herd_lbctl::LbController>,
-    /// The driver, for reads only (console logs): handlers never change instances through it.
-    pub driver: Arc<dyn herd_driver::Driver>,
+    /// The load balancer's data plane (frontends, counters).
+    pub lb: Arc<dyn crate::services::LoadBalancerView>,
+    /// Instance consoles, read through the driver: handlers never change instances through it.
+    pub consoles: Arc<dyn crate::services::ConsoleLogs>,
+    /// Validates metric sources (each kind's settings) without contacting them.
+    pub sources: Arc<dyn crate::services::MetricSourceCheck>,
     /// SKUs with a spot price (fixed or scheduled), for validation.
     pub spot_priced: Arc<[String]>,
     /// A token that opens `/metrics` only (`[metrics] token_file`); the API token opens it too.

@@ -45,8 +45,8 @@ pub struct UnmanagedInstance {
 
 /// The autoscaler's record types, which the state layer cannot name.
 const AUTOSCALER_DECODERS: UpperDecoders = UpperDecoders {
-    metric_source: |v| decode_as::<herd_autoscaler::runner::StoredSource>(v),
-    autoscale_history: |v| decode_as::<herd_autoscaler::runner::SettingRuntime>(v),
+    metric_source: |v| decode_as::<herd_state::autoscale_records::StoredSource>(v),
+    autoscale_history: |v| decode_as::<herd_state::autoscale_records::SettingRuntime>(v),
 };
 
 fn decode_as<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<(), String> {

@@ -861,19 +861,7 @@ fn handler_cases() -> Vec<Case> {
                 .await
             }
         ),
-        case!("DELETE", "/v1/resourceGroups/{group}/virtualNetworks/{name}", 200, "an unused vnet", |h| {
-            h.world().await;
-            h.put("/v1/resourceGroups/rg/virtualNetworks/vnet2", vnet_body("10.1.0.0/16")).await.expect(200);
-            h.delete("/v1/resourceGroups/rg/virtualNetworks/vnet2").await
-        }),
-        case!("DELETE", "/v1/resourceGroups/{group}/virtualNetworks/{name}", 404, "no such vnet", |h| {
-            h.world().await;
-            h.delete("/v1/resourceGroups/rg/virtualNetworks/nope").await
-        }),
-        case!("DELETE", "/v1/resourceGroups/{group}/virtualNetworks/{name}", 409, "the scale set uses it", |h| {
-            h.world().await;
-            h.delete("/v1/resourceGroups/rg/virtualNetworks/vnet1").await.says("web")
-        }),
+        // (DELETE of vnets, public IPs and load balancers: `network_delete_cases`.)
         case!("PUT", "/v1/resourceGroups/{group}/virtualNetworks/{vnet}/subnets/{name}", 200, "adds a subnet", |h| {
             h.world().await;
             let r = h
@@ -993,19 +981,6 @@ fn handler_cases() -> Vec<Case> {
                 .await
             }
         ),
-        case!("DELETE", "/v1/resourceGroups/{group}/publicIPAddresses/{name}", 200, "an unused address", |h| {
-            h.world().await;
-            h.put("/v1/resourceGroups/rg/publicIPAddresses/pip2", json!({})).await.expect(200);
-            h.delete("/v1/resourceGroups/rg/publicIPAddresses/pip2").await
-        }),
-        case!("DELETE", "/v1/resourceGroups/{group}/publicIPAddresses/{name}", 404, "no such address", |h| {
-            h.world().await;
-            h.delete("/v1/resourceGroups/rg/publicIPAddresses/nope").await
-        }),
-        case!("DELETE", "/v1/resourceGroups/{group}/publicIPAddresses/{name}", 409, "the load balancer uses it", |h| {
-            h.world().await;
-            h.delete("/v1/resourceGroups/rg/publicIPAddresses/pip1").await.says("lb1")
-        }),
         // ---- load balancers ----
         case!("GET", "/v1/resourceGroups/{group}/loadBalancers", 200, "lists lb1", |h| {
             h.world().await;
@@ -1043,19 +1018,6 @@ fn handler_cases() -> Vec<Case> {
                 &[("if-none-match", "*")],
             )
             .await
-        }),
-        case!("DELETE", "/v1/resourceGroups/{group}/loadBalancers/{name}", 200, "an unused load balancer", |h| {
-            h.world().await;
-            h.put("/v1/resourceGroups/rg/loadBalancers/lb2", json!({})).await.expect(200);
-            h.delete("/v1/resourceGroups/rg/loadBalancers/lb2").await
-        }),
-        case!("DELETE", "/v1/resourceGroups/{group}/loadBalancers/{name}", 404, "no such load balancer", |h| {
-            h.world().await;
-            h.delete("/v1/resourceGroups/rg/loadBalancers/nope").await
-        }),
-        case!("DELETE", "/v1/resourceGroups/{group}/loadBalancers/{name}", 409, "the scale set uses it", |h| {
-            h.world().await;
-            h.delete("/v1/resourceGroups/rg/loadBalancers/lb1").await.says("web")
         }),
         case!(
             "GET",
@@ -1558,9 +1520,94 @@ fn upload(uri: &str, body: &[u8], len: Option<u64>) -> Request<Body> {
     b.body(Body::from(body.to_vec())).unwrap()
 }
 
+/// One network collection's DELETE cases: an unused resource goes (200), a missing one is 404,
+/// one in use is refused naming its user (409).
+struct NetDelete {
+    template: &'static str,
+    /// The collection's path in group `rg`.
+    path: &'static str,
+    noun: &'static str,
+    /// A resource nobody uses, created first, and its body.
+    unused: (&'static str, fn() -> Value),
+    /// A resource of the world in use, and who uses it.
+    in_use: (&'static str, &'static str, &'static str),
+}
+
+/// A case's run: `f` after the world is built.
+fn in_world<F, Fut>(f: F) -> Box<dyn FnOnce(Harness) -> BoxFut + Send>
+where
+    F: FnOnce(Harness) -> Fut + Send + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
+    Box::new(move |h: Harness| -> BoxFut {
+        Box::pin(async move {
+            h.world().await;
+            f(h).await
+        })
+    })
+}
+
+fn network_delete_cases() -> Vec<Case> {
+    let collections = [
+        NetDelete {
+            template: "/v1/resourceGroups/{group}/virtualNetworks/{name}",
+            path: "/v1/resourceGroups/rg/virtualNetworks",
+            noun: "vnet",
+            unused: ("vnet2", || vnet_body("10.1.0.0/16")),
+            in_use: ("vnet1", "web", "the scale set uses it"),
+        },
+        NetDelete {
+            template: "/v1/resourceGroups/{group}/publicIPAddresses/{name}",
+            path: "/v1/resourceGroups/rg/publicIPAddresses",
+            noun: "address",
+            unused: ("pip2", || json!({})),
+            in_use: ("pip1", "lb1", "the load balancer uses it"),
+        },
+        NetDelete {
+            template: "/v1/resourceGroups/{group}/loadBalancers/{name}",
+            path: "/v1/resourceGroups/rg/loadBalancers",
+            noun: "load balancer",
+            unused: ("lb2", || json!({})),
+            in_use: ("lb1", "web", "the scale set uses it"),
+        },
+    ];
+    let mut v = Vec::new();
+    for c in collections {
+        let (path, (unused, body), (used, user, why)) = (c.path, c.unused, c.in_use);
+        let case = |status, what: String, run: Box<dyn FnOnce(Harness) -> BoxFut + Send>| Case {
+            method: "DELETE",
+            template: c.template,
+            status,
+            what,
+            run,
+        };
+        let unused = format!("{path}/{unused}");
+        v.push(case(
+            200,
+            format!("an unused {}", c.noun),
+            in_world(move |h| async move {
+                h.put(&unused, body()).await.expect(200);
+                h.delete(&unused).await
+            }),
+        ));
+        v.push(case(
+            404,
+            format!("no such {}", c.noun),
+            in_world(move |h| async move { h.delete(&format!("{path}/nope")).await }),
+        ));
+        v.push(case(
+            409,
+            why.into(),
+            in_world(move |h| async move { h.delete(&format!("{path}/{used}")).await.says(user) }),
+        ));
+    }
+    v
+}
+
 fn all_cases() -> Vec<Case> {
     let mut v = shared_cases();
     v.extend(handler_cases());
+    v.extend(network_delete_cases());
     v
 }
 

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use herd_autoscale::{
     evaluate,
     model::{Dimension, Statistic, TimeAggregation},
-    AutoscaleSetting, AutoscaleState, Decision, MetricQuery,
+    AutoscaleSetting, Decision, MetricQuery,
 };
 use herd_driver::Driver;
 use herd_model::{
@@ -21,9 +21,10 @@ use herd_model::{
     scale_set::StoredScaleSet,
     sku::SkuTable,
 };
+// The stored autoscale records are the state layer's (the API shows them).
+pub use herd_state::autoscale_records::{parse_target, HistoryEntry, SettingRuntime, StoredSource};
 use herd_state::keys::{AutoscaleKey, SeriesKey, SetKey, SourceSecretKey, SourceSeriesKey};
 use herd_state::{seal::Sealer, AutoscaleRecords, Expected, Records, State, StateError, Store};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,51 +33,9 @@ pub trait CapacityWriter: Send + Sync {
     fn set_capacity(&self, group: &str, set: &str, capacity: u64, reason: &str) -> Result<(), String>;
 }
 
-/// A named metric source as stored (its protected settings are sealed apart, under
-/// `Kind::Secret` at `source/<group>/<name>`).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredSource {
-    pub name: String,
-    pub group: String,
-    /// `redis`, `nats-jetstream`, `postgresql`, `http-json`, `prometheus`.
-    pub kind: String,
-    pub endpoint: String,
-    #[schema(value_type = Object)]
-    pub settings: serde_json::Value,
-    /// The last sample's outcome: `ok` or the error (never a secret).
-    #[serde(default)]
-    pub health: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_value: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sample_at: Option<DateTime<Utc>>,
-}
-
 /// The key of a source's sealed protected settings.
 pub fn source_secret_key(group: &str, name: &str) -> String {
     herd_state::keys::SourceSecretKey::new(group, name).to_string()
-}
-
-/// One evaluation as `autoscale history` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HistoryEntry {
-    pub time: DateTime<Utc>,
-    #[schema(value_type = Object)]
-    pub decision: Decision,
-    /// Set when the new capacity could not be written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// A setting's persisted runtime state: the engine's state and the recent history.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SettingRuntime {
-    #[schema(value_type = Object)]
-    pub state: AutoscaleState,
-    pub history: Vec<HistoryEntry>,
 }
 
 /// Evaluations kept per setting.
@@ -122,19 +81,6 @@ pub struct Runner {
     writer: Arc<dyn CapacityWriter>,
     config: RunnerConfig,
     sampler: Arc<Sampler>,
-}
-
-/// Where a setting's target lives: `.../resourceGroups/<g>/.../virtualMachineScaleSets/<n>`,
-/// or plain `<g>/<n>`.
-pub fn parse_target(uri: &str) -> Option<(String, String)> {
-    let parts: Vec<&str> = uri.trim_matches('/').split('/').collect();
-    let g = parts.iter().position(|p| p.eq_ignore_ascii_case("resourceGroups")).and_then(|i| parts.get(i + 1));
-    let n = parts.iter().position(|p| p.eq_ignore_ascii_case("virtualMachineScaleSets")).and_then(|i| parts.get(i + 1));
-    match (g, n) {
-        (Some(g), Some(n)) => Some((g.to_string(), n.to_string())),
-        _ if parts.len() == 2 => Some((parts[0].to_string(), parts[1].to_string())),
-        _ => None,
-    }
 }
 
 /// Metrics read from the stored series of one set (and the group's named sources).
@@ -443,7 +389,7 @@ impl Runner {
                         resource_group: group.clone(),
                         resource: set.clone(),
                         operation: "AutoscaleNotification".into(),
-                        status: "Failed".into(),
+                        status: herd_model::activity::ActivityStatus::Failed,
                         actor: herd_model::activity::Actor::Autoscale,
                         message: if last.starts_with("refused") {
                             format!("webhook {} not called: {last}", hook.service_uri)

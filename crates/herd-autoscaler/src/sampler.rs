@@ -40,13 +40,8 @@ use herd_state::{AutoscaleRecords, Records, State, StateError, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-/// The metrics herd samples per scale set.
-pub const CPU: &str = "Percentage CPU";
-pub const MEMORY: &str = "Memory Used Bytes";
-pub const NET_IN: &str = "Network In Total";
-pub const NET_OUT: &str = "Network Out Total";
-pub const LB_NEW_CONNECTIONS: &str = "LB New Connections Per Second";
-pub const LB_ACTIVE_CONNECTIONS: &str = "LB Active Connections";
+// The metric names are the state layer's (the API validates settings against them).
+pub use herd_state::autoscale_records::{CPU, LB_ACTIVE_CONNECTIONS, LB_NEW_CONNECTIONS, MEMORY, NET_IN, NET_OUT};
 
 /// How a metric's points are combined over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +113,7 @@ pub const METRICS: &[MetricDefinition] = &[
     },
 ];
 
-/// The names of [`METRICS`], in order.
-pub const METRIC_NAMES: &[&str] = &[CPU, MEMORY, NET_IN, NET_OUT, LB_NEW_CONNECTIONS, LB_ACTIVE_CONNECTIONS];
+pub use herd_state::autoscale_records::METRIC_NAMES;
 
 /// The definition of a metric herd samples (names compare without case).
 pub fn definition(metric: &str) -> Option<&'static MetricDefinition> {

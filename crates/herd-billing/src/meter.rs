@@ -48,12 +48,11 @@ use herd_model::{
 };
 use herd_state::keys::{InstanceRecordKey, SetKey};
 use herd_state::{Expected, Records, State, StateError, Versioned};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// How long hourly buckets are kept.
-pub const RETENTION_DAYS: i64 = 90;
+// The stored meter and its time buckets are the state layer's (cost reports read them there).
+pub use herd_state::costs::{hour_of, retention_start, Bucket, Mark, MeterDoc, Total, RETENTION_DAYS};
 
 /// The default time between ticks: the meter's granularity.
 pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
@@ -80,75 +79,12 @@ pub fn is_billable(r: &InstanceRecord) -> bool {
     !r.overprovisioned && holds_compute(r.state)
 }
 
-/// One instance as the previous tick saw it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Mark {
-    /// Billed up to here.
-    pub since: DateTime<Utc>,
-    pub billable: bool,
-    pub priority: Priority,
-    pub sku: String,
-}
-
-/// Usage in one hour at one SKU and priority.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Bucket {
-    /// The start of the hour (UTC).
-    pub hour: DateTime<Utc>,
-    pub sku: String,
-    pub priority: Priority,
-    pub instance_seconds: f64,
-    /// USD.
-    pub cost: f64,
-}
-
-/// Usage since the meter began, per SKU and priority; never pruned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Total {
-    pub sku: String,
-    pub priority: Priority,
-    pub instance_seconds: f64,
-    pub cost: f64,
-}
-
-/// The meter of one scale set, stored under its set key (`group/set`; see
-/// `herd_state::Records::put_meter`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeterDoc {
-    pub resource_group: String,
-    pub scale_set: String,
-    /// When the meter last billed this set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_tick: Option<DateTime<Utc>>,
-    /// When the meter first found the set gone (cleared if a set of that name returns).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_deleted_at: Option<DateTime<Utc>>,
-    /// Per instance id: its state at the last tick.
-    #[serde(default)]
-    pub marks: BTreeMap<u64, Mark>,
-    /// Hourly usage, sorted by hour, SKU and priority; at most [`RETENTION_DAYS`] old.
-    #[serde(default)]
-    pub hours: Vec<Bucket>,
-    /// Lifetime usage per SKU and priority.
-    #[serde(default)]
-    pub lifetime: Vec<Total>,
-}
-
 type UsageKey = (DateTime<Utc>, String, Priority);
 
 /// The doc's usage as maps while a tick adds to it.
 struct Ledger {
     hours: BTreeMap<UsageKey, (f64, f64)>,
     lifetime: BTreeMap<(String, Priority), (f64, f64)>,
-}
-
-/// The start of the hour `t` falls in.
-pub fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.timestamp().div_euclid(3600) * 3600, 0).unwrap_or(t)
 }
 
 impl Ledger {
@@ -221,11 +157,6 @@ impl Ledger {
             .map(|((sku, priority), (instance_seconds, cost))| Total { sku, priority, instance_seconds, cost })
             .collect();
     }
-}
-
-/// The oldest hour bucket kept at `now`.
-pub fn retention_start(now: DateTime<Utc>) -> DateTime<Utc> {
-    hour_of(now) - Duration::days(RETENTION_DAYS)
 }
 
 /// Bills every billable mark of `prev` up to `now` (never backwards: a clock that went back

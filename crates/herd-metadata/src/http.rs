@@ -276,7 +276,7 @@ fn start_events(ctx: &InstanceCtx, body: &[u8]) -> Response {
             resource_group: ctx.instance.group.to_string(),
             resource: ctx.instance.set.to_string(),
             operation: "AcknowledgeScheduledEvent".into(),
-            status: "Succeeded".into(),
+            status: herd_model::activity::ActivityStatus::Succeeded,
             actor: Actor::User,
             message: format!(
                 "instance {} acknowledged {} through its metadata endpoint; the action may start now",

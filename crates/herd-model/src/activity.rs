@@ -13,6 +13,17 @@ pub enum Actor {
     Autoscale,
 }
 
+/// How an operation stands when its entry is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum ActivityStatus {
+    /// A user's request was accepted (the change is stored; the reconciler carries it out).
+    Accepted,
+    /// The reconciler started the operation.
+    Started,
+    Succeeded,
+    Failed,
+}
+
 /// One entry of the activity log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -26,8 +37,11 @@ pub struct ActivityEvent {
     pub resource: String,
     /// What happened, e.g. `Microsoft.Compute/virtualMachineScaleSets/write`, `Scale`, `InstanceCreated`.
     pub operation: String,
+    // A user's request is `Accepted` too (see `ActivityStatus`); the documented text is kept as the
+    // OpenAPI document has it.
     /// `Started`, `Succeeded` or `Failed`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: ActivityStatus,
     pub actor: Actor,
     /// Human-readable detail: why, how many, which instances.
     pub message: String,

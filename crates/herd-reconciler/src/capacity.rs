@@ -24,7 +24,7 @@ pub use apply::{apply_step, eviction_gap};
 #[cfg(test)]
 mod tests;
 use chrono::{DateTime, Duration, Utc};
-use herd_capacity::{Decision, Holder, Refusal, Request, Size, Tier, UNLIMITED_HOST};
+use herd_capacity::{Decision, Refusal, Request, UNLIMITED_HOST};
 use herd_model::{
     instance::{InstanceRecord, InstanceState},
     scale_set::StoredScaleSet,
@@ -65,60 +65,9 @@ pub struct SetSteps<'a> {
     pub note: Option<(String, bool)>,
 }
 
-fn tier_of(set: &StoredScaleSet) -> Tier {
-    if is_spot(set.model.virtual_machine_profile.priority) {
-        Tier::Spot
-    } else {
-        Tier::Regular
-    }
-}
-
-fn max_price(set: &StoredScaleSet) -> Option<f64> {
-    let vp = &set.model.virtual_machine_profile;
-    if !is_spot(vp.priority) {
-        return None;
-    }
-    vp.billing_profile.as_ref().map(|b| b.max_price).filter(|p| *p != -1.0)
-}
-
-fn size_of(skus: &SkuTable, sku: &str) -> Size {
-    skus.lookup(sku)
-        .map_or(Size { vcpus: 1, memory_mib: 512 }, |(_, s)| Size { vcpus: s.vcpus, memory_mib: s.memory_mib })
-}
-
-/// The compute an instance holds now: every record but a deallocated one (a record on its way
-/// out holds its room until it is gone).
-pub fn holder(set: &StoredScaleSet, r: &InstanceRecord, skus: &SkuTable, unlimited: bool) -> Option<Holder> {
-    if r.state == InstanceState::Deallocated {
-        return None;
-    }
-    let sku = r.sku.clone().unwrap_or_else(|| set.model.sku.name.clone());
-    Some(Holder {
-        key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id },
-        host: if unlimited { Some(UNLIMITED_HOST.to_string()) } else { r.host.clone() },
-        zone: r.zone.clone(),
-        size: size_of(skus, &sku),
-        tier: tier_of(set),
-        sku,
-        created_at: r.created_at,
-        max_price: max_price(set),
-        preempting: r.eviction.is_none()
-            && r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt),
-    })
-}
-
-/// A request for room for instance `id` of `set`.
-pub fn request(set: &StoredScaleSet, id: InstanceId, zone: Option<String>, skus: &SkuTable) -> Request {
-    Request {
-        key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id },
-        size: size_of(skus, &set.model.sku.name),
-        tier: tier_of(set),
-        zone,
-        sku: set.model.sku.name.clone(),
-        max_price: max_price(set),
-        extra: false,
-    }
-}
+// The arbiter's view of stored sets and instances lives in the state layer (the API's room
+// check reads them the same way).
+pub use herd_state::placement::{holder, max_price, request, size_of, tier_of};
 
 /// Arbitrates the pass's instance-starting steps across all sets and rewrites them.
 pub fn arbitrate(

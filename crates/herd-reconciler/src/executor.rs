@@ -40,6 +40,7 @@ use crate::rolling::Health;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use herd_driver::{Driver, DriverError, Fence, InstanceSpec, ObservedPower};
+use herd_model::activity::ActivityStatus;
 use herd_model::{
     clock::Clock,
     group::GroupProvisioningState,
@@ -463,7 +464,7 @@ impl Reconciler {
                             &g.value.name,
                             "",
                             "DeleteResourceGroup",
-                            "Succeeded",
+                            ActivityStatus::Succeeded,
                             "resource group deleted".into(),
                         ));
                         w.commit(s)?;

@@ -20,7 +20,7 @@ use crate::fetch::{self, FetchLimits, Fetcher};
 use base64::Engine;
 use herd_driver::{Driver, Fence, Incarnation, LeaderTerm, ScriptRun};
 use herd_model::{
-    activity::{ActivityEvent, Actor},
+    activity::{ActivityEvent, ActivityStatus, Actor},
     clock::Clock,
     extension::{self, Command, Extension, ExtensionRunState, ExtensionStatus},
     instance::{InstanceRecord, InstanceState, PendingAction},
@@ -353,9 +353,13 @@ fn record_run(
             next.last_error = None;
         }
         let (status, message) = match &o.failure {
-            Some(f) => ("Failed", format!("instance {}: {f}", key.id)),
-            None if o.ran.is_empty() => ("Succeeded", format!("instance {}: extensions already up to date", key.id)),
-            None => ("Succeeded", format!("instance {}: extension(s) {} succeeded", key.id, o.ran.join(", "))),
+            Some(f) => (ActivityStatus::Failed, format!("instance {}: {f}", key.id)),
+            None if o.ran.is_empty() => {
+                (ActivityStatus::Succeeded, format!("instance {}: extensions already up to date", key.id))
+            }
+            None => {
+                (ActivityStatus::Succeeded, format!("instance {}: extension(s) {} succeeded", key.id, o.ran.join(", ")))
+            }
         };
         let ev = ActivityEvent {
             seq: 0,
@@ -363,7 +367,7 @@ fn record_run(
             resource_group: key.group.to_string(),
             resource: key.set.to_string(),
             operation: "RunExtensions".into(),
-            status: status.into(),
+            status,
             actor: Actor::Reconciler,
             message,
         };

@@ -169,27 +169,8 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Why a `file://` read was refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FileFetchError {
-    #[error("reading server-side files is off on this server; an operator can allow directories with {setting} in herd.toml")]
-    Off { setting: &'static str },
-    #[error("{path} is not below a directory allowed by {setting} ({roots})")]
-    NotBelowRoot { path: String, roots: String, setting: &'static str },
-    #[error("{path} cannot be opened below its allowed root (symlinks and escapes are refused): {source}")]
-    Open { path: String, source: std::io::Error },
-    #[error("{path} is not a regular file (it is {kind})")]
-    NotRegular { path: String, kind: &'static str },
-    /// A second name for a file may point at one outside the root (the server's own key, say).
-    #[error("{path} has {links} hard links; a file read by the server may have only one name")]
-    HardLinked { path: String, links: u64 },
-    #[error("is larger than the limit of {0} bytes")]
-    TooBig(u64),
-    #[error("reading {path} failed: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("timed out while reading")]
-    TimedOut,
-}
+// Opening a file below allowed roots is shared with the API's server-side image imports.
+pub use herd_state::beneath::{open_beneath, FileFetchError};
 
 /// Reads `path`, which must lie below one of `roots`, opened safely (see the module doc).
 pub fn read_beneath(roots: &[PathBuf], path: &Path, max: u64, deadline: Instant) -> Result<Vec<u8>, FileFetchError> {
@@ -210,49 +191,6 @@ pub fn read_beneath(roots: &[PathBuf], path: &Path, max: u64, deadline: Instant)
         }
         out.extend_from_slice(&buf[..n]);
     }
-}
-
-/// Opens `path` for reading below one of `roots` (see the module doc): the regular file, or why
-/// not. `setting` names the config setting that holds `roots`, for errors.
-pub fn open_beneath(setting: &'static str, roots: &[PathBuf], path: &Path) -> Result<std::fs::File, FileFetchError> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    if roots.is_empty() {
-        return Err(FileFetchError::Off { setting });
-    }
-    let shown = path.display().to_string();
-    let Some((root, rel)) = roots.iter().find_map(|r| path.strip_prefix(r).ok().map(|rel| (r, rel))) else {
-        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        return Err(FileFetchError::NotBelowRoot { path: shown, roots: list.join(", "), setting });
-    };
-    if rel.as_os_str().is_empty() {
-        return Err(FileFetchError::NotRegular { path: shown, kind: "a directory" });
-    }
-    let open_err = |e: rustix::io::Errno| FileFetchError::Open { path: shown.clone(), source: e.into() };
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    // The root itself is the operator's; it is still walked without following symlinks.
-    let root_fd = rustix::fs::openat2(
-        rustix::fs::CWD,
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(open_err)?;
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat2(&root_fd, rel, flags, Mode::empty(), resolve).map_err(open_err)?;
-    let st = rustix::fs::fstat(&fd).map_err(open_err)?;
-    let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-        rustix::fs::FileType::RegularFile if st.st_nlink > 1 => {
-            return Err(FileFetchError::HardLinked { path: shown, links: st.st_nlink as u64 })
-        }
-        rustix::fs::FileType::RegularFile => return Ok(std::fs::File::from(fd)),
-        rustix::fs::FileType::Directory => "a directory",
-        rustix::fs::FileType::Fifo => "a FIFO",
-        rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => "a device",
-        rustix::fs::FileType::Socket => "a socket",
-        _ => "not a regular file",
-    };
-    Err(FileFetchError::NotRegular { path: shown, kind })
 }
 
 /// Checks the operator's `file_roots`-like setting at startup: each entry must be an existing

@@ -433,21 +433,7 @@ pub fn restore_window(set: &StoredScaleSet) -> Option<Duration> {
     parse_iso8601(&p.restore_timeout)
 }
 
-/// Zones for `n` new instances: each goes to the zone with the fewest instances so far.
-pub fn place(zones: &[String], existing: &[&InstanceRecord], n: usize) -> Vec<Option<String>> {
-    if zones.is_empty() {
-        return vec![None; n];
-    }
-    let mut counts: Vec<usize> =
-        zones.iter().map(|z| existing.iter().filter(|r| r.zone.as_deref() == Some(z.as_str())).count()).collect();
-    (0..n)
-        .map(|_| {
-            let (i, _) = counts.iter().enumerate().min_by_key(|(i, c)| (**c, *i)).expect("zones not empty");
-            counts[i] += 1;
-            Some(zones[i].clone())
-        })
-        .collect()
-}
+pub use herd_state::placement::place;
 
 /// Picks `n` instances to remove. Instances that never became ready go first; then, as Azure
 /// does, zones are balanced (take from the fullest zone) and within a zone the rule picks:

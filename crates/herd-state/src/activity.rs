@@ -5,7 +5,7 @@
 //! uniform.
 
 use chrono::{DateTime, Utc};
-use herd_model::activity::{ActivityEvent, Actor};
+use herd_model::activity::{ActivityEvent, ActivityStatus, Actor};
 
 /// An entry for something a user asked for, at `now`.
 pub fn user_event(now: DateTime<Utc>, group: &str, resource: &str, operation: &str, message: String) -> ActivityEvent {
@@ -15,7 +15,7 @@ pub fn user_event(now: DateTime<Utc>, group: &str, resource: &str, operation: &s
         resource_group: group.into(),
         resource: resource.into(),
         operation: operation.into(),
-        status: "Accepted".into(),
+        status: ActivityStatus::Accepted,
         actor: Actor::User,
         message,
     }

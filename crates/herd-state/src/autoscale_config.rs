@@ -14,9 +14,27 @@ use herd_store::seal::Sealer;
 use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
 use serde::{de::DeserializeOwned, Serialize};
 
+/// The setting as a user writes it (`herd-autoscale`'s model), named here for the API.
+pub use herd_autoscale::AutoscaleSetting;
+
 /// Every autoscale setting of group `group`.
 pub fn settings_of<T: DeserializeOwned>(store: &dyn Store, group: &str) -> Result<Vec<Versioned<T>>, StateError> {
-    Ok(store.list_as::<T>(Kind::AutoscaleSetting, &AutoscaleKey::group_prefix(group))?)
+    of_group(store, Kind::AutoscaleSetting, group)
+}
+
+/// Every record of `kind` (settings or sources, both keyed `group/name`) of group `group`.
+fn of_group<T: DeserializeOwned>(store: &dyn Store, kind: Kind, group: &str) -> Result<Vec<Versioned<T>>, StateError> {
+    Ok(store.list_as::<T>(kind, &AutoscaleKey::group_prefix(group))?)
+}
+
+/// Record `name` of `kind` of group `group`, if stored.
+fn named<T: DeserializeOwned>(
+    store: &dyn Store,
+    kind: Kind,
+    group: &str,
+    name: &str,
+) -> Result<Option<Versioned<T>>, StateError> {
+    Ok(store.get_as::<T>(kind, &AutoscaleKey::new(group, name).to_string())?)
 }
 
 /// Setting `name` of group `group`, if stored.
@@ -25,7 +43,7 @@ pub fn setting<T: DeserializeOwned>(
     group: &str,
     name: &str,
 ) -> Result<Option<Versioned<T>>, StateError> {
-    Ok(store.get_as::<T>(Kind::AutoscaleSetting, &AutoscaleKey::new(group, name).to_string())?)
+    named(store, Kind::AutoscaleSetting, group, name)
 }
 
 /// What a write logs: the resource it is about, and the message.
@@ -70,7 +88,7 @@ pub fn delete_setting<T>(
 
 /// Every metric source of group `group`.
 pub fn sources_of<T: DeserializeOwned>(store: &dyn Store, group: &str) -> Result<Vec<Versioned<T>>, StateError> {
-    Ok(store.list_as::<T>(Kind::MetricSource, &AutoscaleKey::group_prefix(group))?)
+    of_group(store, Kind::MetricSource, group)
 }
 
 /// Source `name` of group `group`, if stored.
@@ -79,7 +97,7 @@ pub fn source<T: DeserializeOwned>(
     group: &str,
     name: &str,
 ) -> Result<Option<Versioned<T>>, StateError> {
-    Ok(store.get_as::<T>(Kind::MetricSource, &AutoscaleKey::new(group, name).to_string())?)
+    named(store, Kind::MetricSource, group, name)
 }
 
 /// Writes source `name` of `group` whole, with its protected settings sealed apart.

@@ -37,8 +37,10 @@ mod tests {
 
     #[test]
     fn store_errors_are_classified() {
-        assert_eq!(failure(&StoreError::Full("disk".into()).into()), Failure::Full);
-        assert_eq!(failure(&StoreError::Codec("x".into()).into()), Failure::Undecodable);
-        assert_eq!(failure(&StoreError::Backend("x".into()).into()), Failure::Internal);
+        let full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        assert_eq!(failure(&StoreError::Full(herd_store::DiskFull(full)).into()), Failure::Full);
+        let codec = herd_store::CodecError::UnknownKind("x".into());
+        assert_eq!(failure(&StoreError::Codec(codec).into()), Failure::Undecodable);
+        assert_eq!(failure(&StoreError::Backend(herd_store::BackendError::Closed).into()), Failure::Internal);
     }
 }

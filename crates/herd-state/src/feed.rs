@@ -83,7 +83,7 @@ impl ChangeFeed {
                     Err(e) => return Err(e),
                 }
             }
-            self.head.changed().await.map_err(|_| StoreError::Backend("the store's revision channel closed".into()))?;
+            self.head.changed().await.map_err(|_| StoreError::Backend(herd_store::BackendError::Closed))?;
         }
     }
 }

@@ -32,11 +32,7 @@ pub enum GroupError {
     State(#[from] StateError),
 }
 
-impl From<herd_store::StoreError> for GroupError {
-    fn from(e: herd_store::StoreError) -> Self {
-        GroupError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(GroupError);
 
 /// What [`put_group`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,11 +27,7 @@ pub enum ImageError {
     State(#[from] StateError),
 }
 
-impl From<herd_store::StoreError> for ImageError {
-    fn from(e: herd_store::StoreError) -> Self {
-        ImageError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(ImageError);
 
 /// The gallery record of an image imported as `urn` from `source`.
 pub fn image_record(urn: &ImageUrn, source: ImageSource, guest_agent: Option<bool>, now: DateTime<Utc>) -> Image {

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use herd_model::instance::{InstanceGoal, InstanceRecord, InstanceState, PendingAction, ProtectionPolicy};
 use herd_model::scale_set::StoredScaleSet;
 use herd_model::{FieldError, InstanceId, ScaleSetName};
-use herd_store::{Expect, Kind, Store, StoreError, StoreExt, WriteOp};
+use herd_store::{CodecError, Expect, Kind, Store, StoreError, StoreExt, WriteOp};
 use std::collections::BTreeMap;
 
 /// Why an instance action, or a read of one instance, was refused.
@@ -38,11 +38,7 @@ pub enum ActionError {
     State(#[from] StateError),
 }
 
-impl From<StoreError> for ActionError {
-    fn from(e: StoreError) -> Self {
-        ActionError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(ActionError);
 
 /// `0-4, 7, 9-10`: a compact list of ids for log lines and messages.
 pub fn id_list(ids: &[InstanceId]) -> String {
@@ -75,7 +71,7 @@ pub fn instance(
     let o = store
         .get(Kind::Instance, &key)?
         .ok_or_else(|| ActionError::NoInstance { set: set.name.clone(), id: raw_id.to_string() })?;
-    Ok(serde_json::from_value(o.value).map_err(|e| StoreError::Codec(format!("{key}: {e}")))?)
+    Ok(serde_json::from_value(o.value).map_err(|source| StoreError::from(CodecError::JsonAt { what: key, source }))?)
 }
 
 /// Sets the protection policy of instance `id` of `set` (`raw_id` as the request named it) as

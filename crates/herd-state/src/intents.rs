@@ -194,12 +194,18 @@ mod tests {
         next: u64,
     }
 
-    #[test]
-    fn a_batch_is_all_or_nothing_and_each_write_is_compare_and_swap() {
-        let s = state();
+    /// Intents that create instance 0 and the address counter.
+    fn instance_and_counter() -> Writes {
         let mut w = Writes::new();
         w.put_instance(&set_key().instance(InstanceId(0)), &record(0), Expected::Absent).unwrap();
         w.put_counter(CounterKey::HostlocalAddress, &Counter { next: 1 }, Expected::Absent).unwrap();
+        w
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing_and_each_write_is_compare_and_swap() {
+        let s = state();
+        let w = instance_and_counter();
         let rev = w.commit(&*s).unwrap();
         assert_eq!(s.instances_of(&set_key()).unwrap().len(), 1);
 
@@ -239,9 +245,7 @@ mod tests {
     #[test]
     fn intents_that_fit_commit_in_one_transaction_in_the_order_made() {
         let s = state();
-        let mut w = Writes::new();
-        w.put_instance(&set_key().instance(InstanceId(0)), &record(0), Expected::Absent).unwrap();
-        w.put_counter(CounterKey::HostlocalAddress, &Counter { next: 1 }, Expected::Absent).unwrap();
+        let w = instance_and_counter();
         let before = s.revision().unwrap();
         w.commit_intents(&*s).unwrap();
         assert_eq!(s.revision().unwrap() - before, 1, "one transaction");
@@ -274,7 +278,7 @@ mod tests {
             resource_group: "rg".into(),
             resource: "web".into(),
             operation: "DeleteScaleSet".into(),
-            status: "Succeeded".into(),
+            status: herd_model::activity::ActivityStatus::Succeeded,
             actor: herd_model::activity::Actor::Reconciler,
             message: "scale set deleted".into(),
         });

@@ -73,6 +73,50 @@ fn split<'a>(what: &'static str, key: &'a str, n: usize) -> Result<Vec<&'a str>,
     Ok(parts)
 }
 
+/// [`split`] of what follows `prefix` (errors name the whole key).
+fn split_prefixed<'a>(
+    what: &'static str,
+    key: &'a str,
+    prefix: &'static str,
+    n: usize,
+) -> Result<Vec<&'a str>, KeyError> {
+    let rest = key.strip_prefix(prefix).ok_or_else(|| KeyError {
+        what,
+        key: key.into(),
+        reason: KeyErrorReason::Prefix(prefix),
+    })?;
+    split(what, rest, n).map_err(|e| KeyError { key: key.into(), ..e })
+}
+
+/// `Display` and `FromStr` for a key of two free-form parts, `group/name`, made with `new`.
+macro_rules! group_name_key {
+    ($key:ty, $what:literal) => {
+        impl fmt::Display for $key {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.group, self.name)
+            }
+        }
+
+        impl FromStr for $key {
+            type Err = KeyError;
+            fn from_str(s: &str) -> Result<Self, KeyError> {
+                let p = split($what, s, 2)?;
+                Ok(Self::new(p[0], p[1]))
+            }
+        }
+    };
+}
+
+/// `group/set/<id>` (the id padded or not) as an instance key.
+fn instance_key(what: &'static str, key: &str) -> Result<InstanceKey, KeyError> {
+    let p = split(what, key, 3)?;
+    Ok(InstanceKey {
+        group: group(what, key, p[0])?,
+        set: set_name(what, key, p[1])?,
+        id: InstanceId(number(what, key, p[2])?),
+    })
+}
+
 fn group(what: &'static str, key: &str, part: &str) -> Result<GroupName, KeyError> {
     GroupName::new(part).map_err(|source| KeyError {
         what,
@@ -204,13 +248,7 @@ impl fmt::Display for InstanceRecordKey {
 impl FromStr for InstanceRecordKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "instance record";
-        let p = split(W, s, 3)?;
-        Ok(Self(InstanceKey {
-            group: group(W, s, p[0])?,
-            set: set_name(W, s, p[1])?,
-            id: InstanceId(number(W, s, p[2])?),
-        }))
+        instance_key("instance record", s).map(Self)
     }
 }
 
@@ -260,13 +298,7 @@ impl fmt::Display for HealthKey {
 impl FromStr for HealthKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "health";
-        let p = split(W, s, 3)?;
-        Ok(Self(InstanceKey {
-            group: group(W, s, p[0])?,
-            set: set_name(W, s, p[1])?,
-            id: InstanceId(number(W, s, p[2])?),
-        }))
+        instance_key("health", s).map(Self)
     }
 }
 
@@ -283,19 +315,7 @@ impl ResourceKey {
     }
 }
 
-impl fmt::Display for ResourceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.group, self.name)
-    }
-}
-
-impl FromStr for ResourceKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        let p = split("network resource", s, 2)?;
-        Ok(Self::new(p[0], p[1]))
-    }
-}
+group_name_key!(ResourceKey, "network resource");
 
 /// An autoscale setting, its evaluation history, or a metric source: `group/name`, both
 /// lower-cased (names are case-insensitive there, as in Azure).
@@ -324,19 +344,7 @@ impl AutoscaleKey {
     }
 }
 
-impl fmt::Display for AutoscaleKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.group, self.name)
-    }
-}
-
-impl FromStr for AutoscaleKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        let p = split("autoscale", s, 2)?;
-        Ok(Self::new(p[0], p[1]))
-    }
-}
+group_name_key!(AutoscaleKey, "autoscale");
 
 /// A metric source's protected settings (`Kind::Secret`): `source/group/<name lower-cased>`.
 /// The group keeps its case, as it always has.
@@ -363,13 +371,7 @@ impl fmt::Display for SourceSecretKey {
 impl FromStr for SourceSecretKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "metric source secret";
-        let rest = s.strip_prefix(Self::PREFIX).ok_or_else(|| KeyError {
-            what: W,
-            key: s.into(),
-            reason: KeyErrorReason::Prefix(Self::PREFIX),
-        })?;
-        let p = split(W, rest, 2).map_err(|e| KeyError { key: s.into(), ..e })?;
+        let p = split_prefixed("metric source secret", s, Self::PREFIX, 2)?;
         Ok(Self::new(p[0], p[1]))
     }
 }
@@ -408,12 +410,7 @@ impl FromStr for SeriesKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
         const W: &str = "metric series";
-        let rest = s.strip_prefix(Self::PREFIX).ok_or_else(|| KeyError {
-            what: W,
-            key: s.into(),
-            reason: KeyErrorReason::Prefix(Self::PREFIX),
-        })?;
-        let p = split(W, rest, 3).map_err(|e| KeyError { key: s.into(), ..e })?;
+        let p = split_prefixed(W, s, Self::PREFIX, 3)?;
         let set = SetKey { group: group(W, s, p[0])?, set: set_name(W, s, p[1])? };
         Ok(Self::new(set, p[2]))
     }

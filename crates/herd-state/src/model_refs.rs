@@ -23,11 +23,7 @@ pub enum RefError {
     State(#[from] StateError),
 }
 
-impl From<herd_store::StoreError> for RefError {
-    fn from(e: herd_store::StoreError) -> Self {
-        RefError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(RefError);
 
 const IP_CONFIG: &str = "virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].ipConfigurations[0]";
 
@@ -95,22 +91,22 @@ fn check_network(store: &dyn Store, name: &ScaleSetName, model: &ScaleSetModel) 
         check_subnet_room(store, name, model, &sub.id)?;
     }
     let lbs: Vec<LoadBalancer> = values(store, Kind::LoadBalancer)?;
-    for (i, p) in ip.load_balancer_backend_address_pools.iter().enumerate() {
-        if !pool_exists(&lbs, "backendAddressPools", &p.id) {
-            return Err(FieldError::new(
-                format!("{IP_CONFIG}.loadBalancerBackendAddressPools[{i}]"),
-                format!("backend pool '{}' does not exist", p.id),
-            )
-            .into());
-        }
-    }
-    for (i, p) in ip.load_balancer_inbound_nat_pools.iter().enumerate() {
-        if !pool_exists(&lbs, "inboundNatPools", &p.id) {
-            return Err(FieldError::new(
-                format!("{IP_CONFIG}.loadBalancerInboundNatPools[{i}]"),
-                format!("inbound NAT pool '{}' does not exist", p.id),
-            )
-            .into());
+    let pools = [
+        (
+            "loadBalancerBackendAddressPools",
+            "backendAddressPools",
+            "backend pool",
+            &ip.load_balancer_backend_address_pools,
+        ),
+        ("loadBalancerInboundNatPools", "inboundNatPools", "inbound NAT pool", &ip.load_balancer_inbound_nat_pools),
+    ];
+    for (field, collection, what, refs) in pools {
+        for (i, p) in refs.iter().enumerate() {
+            if !pool_exists(&lbs, collection, &p.id) {
+                let e =
+                    FieldError::new(format!("{IP_CONFIG}.{field}[{i}]"), format!("{what} '{}' does not exist", p.id));
+                return Err(e.into());
+            }
         }
     }
     Ok(())

@@ -57,11 +57,7 @@ pub enum NetError {
     State(#[from] StateError),
 }
 
-impl From<herd_store::StoreError> for NetError {
-    fn from(e: herd_store::StoreError) -> Self {
-        NetError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(NetError);
 
 fn key(group: &str, name: &str) -> String {
     ResourceKey::new(group, name).to_string()

@@ -32,6 +32,19 @@ use std::sync::Arc;
 pub use herd_store::quarantine::Quarantined;
 pub use herd_store::{Object as Versioned, Store};
 
+/// `From<StoreError>` for a module's error enum with a `State(StateError)` variant, so its
+/// operations use `?` on store calls directly.
+macro_rules! store_error_via_state {
+    ($error:ty) => {
+        impl From<herd_store::StoreError> for $error {
+            fn from(e: herd_store::StoreError) -> Self {
+                Self::State(e.into())
+            }
+        }
+    };
+}
+pub(crate) use store_error_via_state;
+
 /// What a typed state operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -37,11 +37,7 @@ pub enum ScaleSetError {
     State(#[from] StateError),
 }
 
-impl From<StoreError> for ScaleSetError {
-    fn from(e: StoreError) -> Self {
-        ScaleSetError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(ScaleSetError);
 
 impl From<RefError> for ScaleSetError {
     fn from(e: RefError) -> Self {
@@ -359,16 +355,19 @@ mod tests {
         }
     }
 
+    /// Creates `rg/web` of `capacity` with `secrets`, as far as `room` allows.
+    fn create(
+        store: &dyn Store,
+        sealer: &Sealer,
+        room: &dyn Room,
+        capacity: i64,
+        secrets: &Secrets,
+    ) -> Result<Versioned<StoredScaleSet>, ScaleSetError> {
+        create_scale_set(store, ctx(sealer, room), &group("rg"), &set_name("web"), model(capacity, json!({})), secrets)
+    }
+
     fn created(store: &dyn Store, sealer: &Sealer) -> Versioned<StoredScaleSet> {
-        create_scale_set(
-            store,
-            ctx(sealer, &Unlimited),
-            &group("rg"),
-            &set_name("web"),
-            model(2, json!({})),
-            &password("s3cret"),
-        )
-        .unwrap()
+        create(store, sealer, &Unlimited, 2, &password("s3cret")).unwrap()
     }
 
     #[test]
@@ -381,15 +380,7 @@ mod tests {
         assert!(!sealed.to_string().contains("s3cret"), "the secret is sealed at rest");
         assert_eq!(sealer.open::<Secrets>(&sealed).unwrap().admin_password.as_deref(), Some("s3cret"));
         assert_eq!(activity_count(&store), 1);
-        let again = create_scale_set(
-            &store,
-            ctx(&sealer, &Unlimited),
-            &group("rg"),
-            &set_name("web"),
-            model(1, json!({})),
-            &Secrets::default(),
-        )
-        .unwrap_err();
+        let again = create(&store, &sealer, &Unlimited, 1, &Secrets::default()).unwrap_err();
         assert_eq!(again.to_string(), "scale set 'web' already exists in resource group 'rg'");
         assert_eq!(activity_count(&store), 1, "the refused create wrote nothing");
     }
@@ -397,15 +388,7 @@ mod tests {
     #[test]
     fn a_create_refused_for_room_writes_nothing() {
         let (store, sealer) = (store(), Sealer::ephemeral());
-        let err = create_scale_set(
-            &store,
-            ctx(&sealer, &Full),
-            &group("rg"),
-            &set_name("web"),
-            model(3, json!({})),
-            &password("p"),
-        )
-        .unwrap_err();
+        let err = create(&store, &sealer, &Full, 3, &password("p")).unwrap_err();
         assert!(matches!(&err, ScaleSetError::Invalid(f) if f.field == "sku.capacity"), "{err:?}");
         assert!(raw(&store, Kind::ScaleSet, "rg/web").is_none());
         assert!(raw(&store, Kind::Secret, "rg/web").is_none());

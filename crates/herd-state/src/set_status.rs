@@ -33,11 +33,7 @@ pub enum StatusError {
     State(#[from] StateError),
 }
 
-impl From<StoreError> for StatusError {
-    fn from(e: StoreError) -> Self {
-        StatusError::State(e.into())
-    }
-}
+crate::records::store_error_via_state!(StatusError);
 
 /// The set's latest rolling upgrade, if it had one.
 pub fn latest_rolling_upgrade(store: &dyn Store, set: &StoredScaleSet) -> Result<Option<RollingUpgrade>, StateError> {

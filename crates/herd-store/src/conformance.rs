@@ -74,7 +74,7 @@ fn activity(op: &str) -> ActivityEvent {
         resource_group: "g".into(),
         resource: "r".into(),
         operation: op.into(),
-        status: "Succeeded".into(),
+        status: herd_model::activity::ActivityStatus::Succeeded,
         actor: Actor::User,
         message: String::new(),
     }

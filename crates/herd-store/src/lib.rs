@@ -343,12 +343,12 @@ pub enum StoreError {
     #[error("conflict on {kind} '{key}': expected {expected}, found {found}")]
     Conflict { kind: &'static str, key: String, expected: String, found: String },
     #[error("stored data could not be encoded or decoded: {0}")]
-    Codec(String),
+    Codec(#[from] CodecError),
     #[error("storage backend failed: {0}")]
-    Backend(String),
-    /// The disk under the store is full (SQLITE_FULL or ENOSPC). Maps to HTTP 507.
+    Backend(#[from] BackendError),
+    /// The disk under the store is full (SQLITE_FULL). Maps to HTTP 507.
     #[error("the data dir's disk is full: {0}")]
-    Full(String),
+    Full(#[from] DiskFull),
     /// A transaction over a limit (see [`check_txn`]); nothing was written. A caller bug: split
     /// the writes with [`chunks`].
     #[error("a transaction holds at most {limit}; this one has {actual}")]
@@ -367,9 +367,89 @@ pub enum StoreError {
 
 impl StoreError {
     fn encode(e: serde_json::Error) -> Self {
-        StoreError::Codec(e.to_string())
+        StoreError::Codec(CodecError::Json(e))
+    }
+
+    /// Whether repeating the same operation later may succeed with nothing else changed: a
+    /// conflict (re-read and retry), a busy or locked database, or a watch below the
+    /// compaction point (start again from a fresh read). A full disk, undecodable data, a
+    /// transaction over the limit, a failed guard or a closed store stay as they are until
+    /// someone changes something.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Conflict { .. } | Self::Compacted { .. } => true,
+            Self::Backend(BackendError::Sqlite(e)) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            Self::Backend(_)
+            | Self::Codec(_)
+            | Self::Full(_)
+            | Self::TxnTooLarge { .. }
+            | Self::GuardFailed { .. }
+            | Self::FutureRevision { .. } => false,
+        }
     }
 }
+
+/// Why stored data could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A value that is not (or does not decode as) the expected JSON.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The same, naming the record (`what`: its key, or `change of KEY`).
+    #[error("{what}: {source}")]
+    JsonAt {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored value that is not even text (a blob written by hand).
+    #[error("{0}")]
+    NotText(#[source] rusqlite::Error),
+    #[error("unknown kind '{0}' in the change feed")]
+    UnknownKind(String),
+    #[error("sealing failed")]
+    Seal,
+    #[error("a sealed secret could not be opened (wrong key or damaged data)")]
+    Unseal,
+    /// A corrupt record, set aside in the quarantine.
+    #[error("{kind} '{key}' is corrupt (quarantined): {source}")]
+    Quarantined {
+        kind: &'static str,
+        key: String,
+        #[source]
+        source: Box<CodecError>,
+    },
+}
+
+/// Why the storage backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file of the store (`what` names it) could not be read, created or narrowed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no database at {}", .0.display())]
+    NoDatabase(std::path::PathBuf),
+    #[error("database schema version {found} is newer than this herd ({known}); upgrade herd")]
+    SchemaTooNew { found: usize, known: usize },
+    #[error("secret key {} is not 32 bytes", .0.display())]
+    SecretKeySize(std::path::PathBuf),
+    #[error("the store's revision channel closed")]
+    Closed,
+}
+
+/// The backend's report that the disk under the store is full.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DiskFull(pub rusqlite::Error);
 
 /// A revisioned key-value store with multi-key compare-and-swap transactions.
 pub trait Store: Send + Sync + 'static {
@@ -468,7 +548,7 @@ pub trait StoreExt: Store {
 impl<S: Store + ?Sized> StoreExt for S {}
 
 fn decode<T: DeserializeOwned>(o: Object) -> Result<Object<T>, StoreError> {
-    let value = serde_json::from_value(o.value).map_err(|e| StoreError::Codec(format!("{}: {e}", o.key)))?;
+    let value = serde_json::from_value(o.value).map_err(|source| CodecError::JsonAt { what: o.key.clone(), source })?;
     Ok(Object { key: o.key, revision: o.revision, create_revision: o.create_revision, value })
 }
 

@@ -2,7 +2,7 @@
 //! ChaCha20-Poly1305 under a key kept in a 0600 file beside the database, so the database alone
 //! (or a backup of it) reveals nothing.
 
-use crate::StoreError;
+use crate::{BackendError, CodecError, StoreError};
 use chacha20poly1305::{
     aead::{Aead, KeyInit},
     ChaCha20Poly1305, Key, Nonce,
@@ -30,10 +30,10 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// Reads the key from `path`, creating a new random key (mode 0600) if the file is absent.
     pub fn load_or_create(path: &Path) -> Result<Self, StoreError> {
-        let io = |e: std::io::Error| StoreError::Backend(format!("secret key {}: {e}", path.display()));
+        let io = |source| StoreError::from(BackendError::Io { what: format!("secret key {}", path.display()), source });
         let key = match std::fs::read(path) {
             Ok(k) if k.len() == 32 => k,
-            Ok(_) => return Err(StoreError::Backend(format!("secret key {} is not 32 bytes", path.display()))),
+            Ok(_) => return Err(BackendError::SecretKeySize(path.to_path_buf()).into()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut k = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut k);
@@ -72,19 +72,19 @@ impl Sealer {
 
     /// Encrypts `value` into `{"sealed": "<hex nonce><hex ciphertext>"}`.
     pub fn seal<T: Serialize>(&self, value: &T) -> Result<Value, StoreError> {
-        let plain = serde_json::to_vec(value).map_err(|e| StoreError::Codec(e.to_string()))?;
+        let plain = serde_json::to_vec(value).map_err(CodecError::Json)?;
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let ct = self
             .cipher
             .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
-            .map_err(|_| StoreError::Codec("sealing failed".into()))?;
+            .map_err(|_| StoreError::Codec(CodecError::Seal))?;
         Ok(json!({ "sealed": format!("{}{}", hex::encode(nonce), hex::encode(ct)) }))
     }
 
     /// Decrypts what [`seal`](Self::seal) produced.
     pub fn open<T: DeserializeOwned>(&self, sealed: &Value) -> Result<T, StoreError> {
-        let bad = || StoreError::Codec("a sealed secret could not be opened (wrong key or damaged data)".into());
+        let bad = || StoreError::Codec(CodecError::Unseal);
         let text = sealed.get("sealed").and_then(Value::as_str).ok_or_else(bad)?;
         let bytes = hex::decode(text).map_err(|_| bad())?;
         if bytes.len() < 12 {

@@ -2,7 +2,10 @@
 
 use crate::quarantine::Quarantine;
 use crate::watch::{Change, ChangeEvent, WatchBatch};
-use crate::{check_txn_size, ActivityFilter, Expect, Kind, Object, Store, StoreError, WriteOp};
+use crate::{
+    check_txn_size, ActivityFilter, BackendError, CodecError, DiskFull, Expect, Kind, Object, Store, StoreError,
+    WriteOp,
+};
 use herd_model::activity::ActivityEvent;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -66,9 +69,9 @@ pub struct SqliteStore {
 fn backend(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
-            StoreError::Full(e.to_string())
+            StoreError::Full(DiskFull(e))
         }
-        _ => StoreError::Backend(e.to_string()),
+        _ => StoreError::Backend(BackendError::Sqlite(e)),
     }
 }
 
@@ -95,7 +98,7 @@ impl SqliteStore {
     /// reader of a WAL database needs, with the database's mode).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         if !path.is_file() {
-            return Err(StoreError::Backend(format!("no database at {}", path.display())));
+            return Err(BackendError::NoDatabase(path.to_path_buf()).into());
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
@@ -113,10 +116,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
         let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
         if done > MIGRATIONS.len() {
-            return Err(StoreError::Backend(format!(
-                "database schema version {done} is newer than this herd ({}); upgrade herd",
-                MIGRATIONS.len()
-            )));
+            return Err(BackendError::SchemaTooNew { found: done, known: MIGRATIONS.len() }.into());
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
             let tx = conn.transaction().map_err(backend)?;
@@ -146,7 +146,7 @@ impl SqliteStore {
 /// Creates `path` with mode 0600 if absent, or narrows it to 0600.
 fn make_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+    let io = |source| StoreError::from(BackendError::Io { what: path.display().to_string(), source });
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => narrow(path),
@@ -160,14 +160,14 @@ fn narrow(path: &Path) -> Result<(), StoreError> {
     match std::fs::metadata(path) {
         Ok(m) if m.permissions().mode() & 0o777 != 0o600 => {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))
+                .map_err(|source| BackendError::Io { what: path.display().to_string(), source }.into())
         }
         _ => Ok(()),
     }
 }
 
 fn row_object(key: String, revision: i64, create_revision: i64, value: String) -> Result<Object, StoreError> {
-    let value = serde_json::from_str(&value).map_err(|e| StoreError::Codec(e.to_string()))?;
+    let value = serde_json::from_str(&value).map_err(CodecError::Json)?;
     Ok(Object { key, revision: revision as u64, create_revision: create_revision as u64, value })
 }
 
@@ -190,8 +190,7 @@ fn row_change(r: &rusqlite::Row<'_>) -> Result<(i64, Change), StoreError> {
     let id: i64 = r.get(0).map_err(backend)?;
     let revision = id / 256;
     let kind: String = r.get(1).map_err(backend)?;
-    let kind =
-        Kind::parse(&kind).ok_or_else(|| StoreError::Codec(format!("unknown kind '{kind}' in the change feed")))?;
+    let kind = Kind::parse(&kind).ok_or_else(|| StoreError::from(CodecError::UnknownKind(kind.clone())))?;
     let key: String = r.get(2).map_err(backend)?;
     let create_revision: i64 = r.get(3).map_err(backend)?;
     let value: Option<String> = r.get(4).map_err(backend)?;
@@ -199,7 +198,8 @@ fn row_change(r: &rusqlite::Row<'_>) -> Result<(i64, Change), StoreError> {
         None => ChangeEvent::Delete,
         Some(v) => ChangeEvent::Put {
             create_revision: create_revision as u64,
-            value: serde_json::from_str(&v).map_err(|e| StoreError::Codec(format!("change of {key}: {e}")))?,
+            value: serde_json::from_str(&v)
+                .map_err(|source| CodecError::JsonAt { what: format!("change of {key}"), source })?,
         },
     };
     Ok((id, Change { revision: revision as u64, kind, key, event }))
@@ -256,7 +256,8 @@ impl Store for SqliteStore {
         match row.map(|(rev, created, v)| row_object(key.to_string(), rev, created, v)).transpose() {
             Err(StoreError::Codec(e)) => {
                 self.quarantine.add(kind, key, &format!("not JSON: {e}"));
-                Err(StoreError::Codec(format!("{} '{key}' is corrupt (quarantined): {e}", kind.as_str())))
+                let source = Box::new(e);
+                Err(CodecError::Quarantined { kind: kind.as_str(), key: key.to_string(), source }.into())
             }
             other => other,
         }
@@ -289,7 +290,7 @@ impl Store for SqliteStore {
         let mut out = Vec::with_capacity(rows.len());
         for (key, revision, created, text) in rows {
             match text
-                .map_err(|e| StoreError::Codec(e.to_string()))
+                .map_err(|e| StoreError::Codec(CodecError::NotText(e)))
                 .and_then(|t| row_object(key.clone(), revision, created, t))
             {
                 Ok(o) => out.push(o),
@@ -308,12 +309,12 @@ impl Store for SqliteStore {
         for op in &ops {
             let (text, size) = match op {
                 WriteOp::Put { kind, key, value, .. } => {
-                    let t = serde_json::to_string(value).map_err(|e| StoreError::Codec(e.to_string()))?;
+                    let t = serde_json::to_string(value).map_err(CodecError::Json)?;
                     let n = kind.as_str().len() + key.len() + t.len();
                     (Some(t), n)
                 }
                 WriteOp::Activity(ev) => {
-                    let t = serde_json::to_string(ev).map_err(|e| StoreError::Codec(e.to_string()))?;
+                    let t = serde_json::to_string(ev).map_err(CodecError::Json)?;
                     let n = ev.resource_group.len() + ev.resource.len() + t.len();
                     (Some(t), n)
                 }
@@ -458,10 +459,7 @@ impl Store for SqliteStore {
         let mut kinds = std::collections::BTreeSet::new();
         while let Some(r) = rows.next().map_err(backend)? {
             let kind: String = r.get(0).map_err(backend)?;
-            kinds.insert(
-                Kind::parse(&kind)
-                    .ok_or_else(|| StoreError::Codec(format!("unknown kind '{kind}' in the change feed")))?,
-            );
+            kinds.insert(Kind::parse(&kind).ok_or_else(|| StoreError::from(CodecError::UnknownKind(kind.clone())))?);
         }
         Ok(crate::KindsChanged { kinds, next: from_revision.max(head + 1) })
     }
@@ -542,7 +540,7 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (seq, body) = row.map_err(backend)?;
-            let mut ev: ActivityEvent = serde_json::from_str(&body).map_err(|e| StoreError::Codec(e.to_string()))?;
+            let mut ev: ActivityEvent = serde_json::from_str(&body).map_err(CodecError::Json)?;
             ev.seq = seq as u64;
             out.push(ev);
         }

@@ -9,7 +9,7 @@ fn ev(group: &str, resource: &str, op: &str) -> ActivityEvent {
         resource_group: group.into(),
         resource: resource.into(),
         operation: op.into(),
-        status: "Succeeded".into(),
+        status: herd_model::activity::ActivityStatus::Succeeded,
         actor: Actor::User,
         message: String::new(),
     }
@@ -130,6 +130,13 @@ fn undecodable_records_are_quarantined_not_fatal() {
     assert_eq!(q.total(), 2);
     assert!(matches!(s.get_as::<N>(Kind::Group, "b"), Err(StoreError::Codec(_))));
     assert!(matches!(s.get_as::<N>(Kind::Group, "c"), Err(StoreError::Codec(_))));
+    // The errors keep their typed sources: a corrupt row's read is quarantined over the JSON error.
+    let e = s.get(Kind::Group, "b").unwrap_err();
+    let StoreError::Codec(CodecError::Quarantined { source, .. }) = &e else { panic!("{e:?}") };
+    assert!(matches!(**source, CodecError::Json(_)), "{source:?}");
+    let json = std::error::Error::source(&e).and_then(std::error::Error::source).and_then(std::error::Error::source);
+    assert!(json.is_some_and(|j| j.is::<serde_json::Error>()), "the chain ends at serde_json's error: {e}");
+    assert!(!e.is_transient(), "corrupt data stays corrupt");
     // Rewriting one and deleting the other releases both.
     s.txn(vec![put("b", json!({"n": 2})), WriteOp::delete(Kind::Group, "c", Expect::Any)]).unwrap();
     assert!(q.list().is_empty());
@@ -238,4 +245,21 @@ fn periodic_compaction_follows_the_previous_tick() {
             .expect("the compaction task stops on shutdown")
             .unwrap();
     });
+}
+
+/// Which store errors a retry may cure with nothing else changed.
+#[test]
+fn transient_errors() {
+    let sqlite = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+    let conflict = StoreError::Conflict { kind: "group", key: "a".into(), expected: "1".into(), found: "2".into() };
+    assert!(conflict.is_transient());
+    assert!(StoreError::Compacted { requested: 1, compacted: 5 }.is_transient());
+    assert!(StoreError::Backend(BackendError::Sqlite(sqlite(rusqlite::ffi::SQLITE_BUSY))).is_transient());
+    assert!(StoreError::Backend(BackendError::Sqlite(sqlite(rusqlite::ffi::SQLITE_LOCKED))).is_transient());
+    assert!(!StoreError::Backend(BackendError::Sqlite(sqlite(rusqlite::ffi::SQLITE_CORRUPT))).is_transient());
+    let full = StoreError::Full(DiskFull(sqlite(rusqlite::ffi::SQLITE_FULL)));
+    assert!(!full.is_transient(), "a full disk needs someone to free space");
+    assert!(std::error::Error::source(&full).is_some_and(|e| e.is::<DiskFull>()));
+    assert!(!StoreError::Backend(BackendError::Closed).is_transient());
+    assert!(!StoreError::TxnTooLarge { limit: TxnLimit::Operations, actual: MAX_TXN_OPS + 1 }.is_transient());
 }

@@ -127,7 +127,7 @@ impl Watcher {
                 }
                 continue;
             }
-            self.head.changed().await.map_err(|_| StoreError::Backend("the store's revision channel closed".into()))?;
+            self.head.changed().await.map_err(|_| StoreError::Backend(crate::BackendError::Closed))?;
         }
     }
 }

@@ -19,6 +19,7 @@ mod image_upload;
 mod network_cmds;
 mod output;
 mod server;
+mod services;
 mod store_cmds;
 mod wait;
 mod walkthrough;

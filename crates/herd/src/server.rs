@@ -357,9 +357,84 @@ fn load_config(path: Option<&Path>) -> Result<ServerConfig> {
     toml::from_str(&text).with_context(|| format!("config {}", path.display()))
 }
 
-/// Starts the server's tasks and returns once it is listening.
+/// Starts the server's tasks and returns once it is listening. The steps, in order: open the
+/// data dir and the store ([`open_store`]), start the driver ([`build_driver`]), check for
+/// orphans, build the reconciler's and the API's settings ([`build_settings`]), build the
+/// controllers and the API state ([`build_controllers`], [`build_api`]), then bind and serve
+/// ([`serve`]; [`RunningServer::stop`] shuts it down).
 pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let cfg = load_config(opts.config.as_deref())?;
+    let opened = open_store(&opts, &cfg).await?;
+    let (skus, zones) = skus_and_zones(&cfg)?;
+    let driver = build_driver(&opts, &cfg, &opened).await?;
+    // The leadership term every driver call carries (see herd_driver::fence): 1 for the only
+    // server. This is the one place it comes from; leader election (HA) will raise it here.
+    let term = herd_driver::LeaderTerm::single_server();
+    crate::cluster::check_orphans_at_start(
+        &opened.start_state,
+        &*driver,
+        opts.orphans,
+        &opened.cluster_id,
+        &opened.db_path,
+        term.current(),
+    )
+    .await?;
+    let settings = build_settings(&opts, &cfg, &opened.data_dir, &zones, &skus, term)?;
+    let parts = build_controllers(&cfg, &opened, &driver, settings.rec_config, settings.ext_config)?;
+    let image_dir = opened.data_dir.join("images");
+    std::fs::create_dir_all(&image_dir)?;
+    herd_api::images::clear_uploads(&image_dir);
+    let api_config = ApiConfig {
+        skus,
+        zones,
+        max_capacity: cfg.max_capacity.unwrap_or(herd_model::scale_set::MULTI_PLACEMENT_GROUP_MAX),
+        image_dir,
+        driver: driver.name().to_string(),
+        public_ip_block: settings.block % 64,
+        hosts: settings.hosts,
+        prices: cfg.prices.clone(),
+        images: herd_api::images::ImportConfig {
+            import_roots: herd_reconciler::fetch::check_roots(
+                "config: images.import_roots",
+                cfg.images.import_roots.as_deref().unwrap_or_default(),
+                &opened.data_dir,
+            )
+            .map_err(anyhow::Error::msg)?,
+            max_upload_bytes: cfg.images.max_upload_gib.map_or(64 << 30, |g| g.saturating_mul(1 << 30)),
+        },
+        cluster_id: opened.cluster_id.clone(),
+    };
+    let state = build_api(opened, api_config, &driver, &parts, settings.spot_priced);
+    let listener =
+        tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening on a non-loopback address without TLS: the API token crosses the network in clear text");
+    }
+    let runtime = register_controllers(&cfg, &state, driver, parts, settings.prices, settings.metadata_port);
+    serve(listener, state, runtime).await
+}
+
+/// What opening the data dir yields: the token, the store, the cluster and the sealer.
+struct Opened {
+    data_dir: PathBuf,
+    db_path: PathBuf,
+    token: String,
+    store: Arc<SqliteStore>,
+    /// The typed layer over `store`, for startup reads.
+    start_state: herd_state::State,
+    /// Keys of the instances the store records.
+    recorded_keys: Vec<String>,
+    cluster: crate::cluster::Cluster,
+    cluster_id: String,
+    new_cluster: bool,
+    sealer: Arc<herd_state::seal::Sealer>,
+    metrics_token: Option<Arc<str>>,
+}
+
+/// Creates the data dir (0700), the API token and the store; loads the cluster id, the sealing
+/// key and the metrics token.
+async fn open_store(opts: &ServerOptions, cfg: &ServerConfig) -> Result<Opened> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
     std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -389,16 +464,37 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         )),
         None => None,
     };
+    Ok(Opened {
+        data_dir,
+        db_path,
+        token,
+        store,
+        start_state,
+        recorded_keys,
+        cluster,
+        cluster_id,
+        new_cluster,
+        sealer,
+        metrics_token,
+    })
+}
 
+/// The configured SKUs and zones (at least one zone).
+fn skus_and_zones(cfg: &ServerConfig) -> Result<(SkuTable, Vec<String>)> {
     let mut skus = SkuTable::default();
-    for (name, size) in cfg.skus {
+    for (name, size) in cfg.skus.clone() {
         skus.insert(name, size);
     }
-    let zones = cfg.zones.unwrap_or_else(|| vec!["1".into(), "2".into(), "3".into()]);
+    let zones = cfg.zones.clone().unwrap_or_else(|| vec!["1".into(), "2".into(), "3".into()]);
     if zones.is_empty() {
         bail!("config: zones must list at least one zone");
     }
-    let driver: Arc<dyn Driver> = match opts.driver {
+    Ok((skus, zones))
+}
+
+/// Starts the driver `--driver` names.
+async fn build_driver(opts: &ServerOptions, cfg: &ServerConfig, opened: &Opened) -> Result<Arc<dyn Driver>> {
+    Ok(match opts.driver {
         DriverKind::Sim => {
             let d = SimConfig::default();
             Arc::new(SimDriver::new(SimConfig {
@@ -408,76 +504,86 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
                 seed: cfg.sim.seed.unwrap_or(d.seed),
             }))
         }
-        DriverKind::Qemu => {
-            let mut qc = herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), cluster.tag.clone());
-            if let Some(b) = &cfg.qemu.binary {
-                qc.qemu = b.clone();
-            }
-            if !qc.qemu.exists() {
-                bail!(
-                    "the qemu driver needs {} (install it with 'apt-get install qemu-system-x86', or set [qemu] binary in the config)",
-                    qc.qemu.display()
-                );
-            }
-            qc.accel = match opts.accel {
-                crate::cli::AccelChoice::Kvm => herd_driver_qemu::Accel::Kvm,
-                crate::cli::AccelChoice::Tcg => herd_driver_qemu::Accel::Tcg,
-                crate::cli::AccelChoice::Auto => herd_driver_qemu::accel::auto(&qc.qemu, &data_dir).await,
-            };
-            if let Some(t) = cfg.qemu.stop_timeout_secs {
-                qc.stop_timeout = Duration::from_secs(t);
-            }
-            if let Some(t) = cfg.qemu.boot_timeout_secs {
-                qc.boot_timeout = Duration::from_secs(t);
-            }
-            if let Some(p) = &cfg.qemu.forward_ports {
-                qc.extra_ports = p.clone();
-            }
-            if cfg.metadata.enabled != Some(false) {
-                qc.metadata_relay = Some(std::env::current_exe()?);
-            }
-            qc.metadata_address = match cfg.qemu.metadata_address.as_deref() {
-                None | Some("10.0.2.100") => herd_driver_qemu::MetadataGuestAddress::InDefaultNetwork,
-                Some("169.254.169.254") => herd_driver_qemu::MetadataGuestAddress::LinkLocal,
-                Some(other) => bail!(
-                    "config: qemu.metadata_address '{other}' is not allowed; allowed values: 10.0.2.100 (default), 169.254.169.254 (moves the guest network to 169.254.169.0/24)"
-                ),
-            };
-            tracing::info!(accel = qc.accel.as_str(), "qemu driver");
-            let d = herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?;
-            let resumed = d.resume_after_host_reboot().await;
-            if resumed > 0 {
-                tracing::info!(resumed, "started VMs again after a host reboot");
-            }
-            Arc::new(d)
-        }
-        DriverKind::Process => {
-            let d = herd_driver_process::ProcessDriver::new(data_dir.join("instances"), cluster.tag.clone())
-                .map_err(|e| anyhow::anyhow!("process driver: {e}"))?
-                .with_launcher(std::env::current_exe()?);
-            if new_cluster {
-                // First start with cluster ids on a data dir that has a store: the instances
-                // the store records are this cluster's.
-                let mut claimed = 0;
-                for key in &recorded_keys {
-                    if let Some(k) = InstanceKey::parse_path(key) {
-                        claimed += usize::from(d.claim_unstamped(&k).map_err(|e| anyhow::anyhow!("{e}"))?);
-                    }
-                }
-                if claimed > 0 {
-                    tracing::info!(claimed, cluster_id = %cluster_id, "recorded instances stamped with the new cluster id");
-                }
-            }
-            Arc::new(d)
-        }
+        DriverKind::Qemu => Arc::new(qemu_driver(opts, cfg, opened).await?),
+        DriverKind::Process => Arc::new(process_driver(opened)?),
+    })
+}
+
+/// The qemu driver as `[qemu]` configures it; VMs that ran before a host reboot start again.
+async fn qemu_driver(
+    opts: &ServerOptions,
+    cfg: &ServerConfig,
+    opened: &Opened,
+) -> Result<herd_driver_qemu::QemuDriver> {
+    let data_dir = &opened.data_dir;
+    let mut qc = herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), opened.cluster.tag.clone());
+    if let Some(b) = &cfg.qemu.binary {
+        qc.qemu = b.clone();
+    }
+    if !qc.qemu.exists() {
+        bail!(
+            "the qemu driver needs {} (install it with 'apt-get install qemu-system-x86', or set [qemu] binary in the config)",
+            qc.qemu.display()
+        );
+    }
+    qc.accel = match opts.accel {
+        crate::cli::AccelChoice::Kvm => herd_driver_qemu::Accel::Kvm,
+        crate::cli::AccelChoice::Tcg => herd_driver_qemu::Accel::Tcg,
+        crate::cli::AccelChoice::Auto => herd_driver_qemu::accel::auto(&qc.qemu, data_dir).await,
     };
-    // The leadership term every driver call carries (see herd_driver::fence): 1 for the only
-    // server. This is the one place it comes from; leader election (HA) will raise it here.
-    let term = herd_driver::LeaderTerm::single_server();
-    crate::cluster::check_orphans_at_start(&start_state, &*driver, opts.orphans, &cluster_id, &db_path, term.current())
-        .await?;
+    if let Some(t) = cfg.qemu.stop_timeout_secs {
+        qc.stop_timeout = Duration::from_secs(t);
+    }
+    if let Some(t) = cfg.qemu.boot_timeout_secs {
+        qc.boot_timeout = Duration::from_secs(t);
+    }
+    if let Some(p) = &cfg.qemu.forward_ports {
+        qc.extra_ports = p.clone();
+    }
+    if cfg.metadata.enabled != Some(false) {
+        qc.metadata_relay = Some(std::env::current_exe()?);
+    }
+    qc.metadata_address = match cfg.qemu.metadata_address.as_deref() {
+        None | Some("10.0.2.100") => herd_driver_qemu::MetadataGuestAddress::InDefaultNetwork,
+        Some("169.254.169.254") => herd_driver_qemu::MetadataGuestAddress::LinkLocal,
+        Some(other) => bail!(
+            "config: qemu.metadata_address '{other}' is not allowed; allowed values: 10.0.2.100 (default), 169.254.169.254 (moves the guest network to 169.254.169.0/24)"
+        ),
+    };
+    tracing::info!(accel = qc.accel.as_str(), "qemu driver");
+    let d = herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?;
+    let resumed = d.resume_after_host_reboot().await;
+    if resumed > 0 {
+        tracing::info!(resumed, "started VMs again after a host reboot");
+    }
+    Ok(d)
+}
+
+/// The process driver; on a new cluster it stamps the instances the store records as its own.
+fn process_driver(opened: &Opened) -> Result<herd_driver_process::ProcessDriver> {
+    let d = herd_driver_process::ProcessDriver::new(opened.data_dir.join("instances"), opened.cluster.tag.clone())
+        .map_err(|e| anyhow::anyhow!("process driver: {e}"))?
+        .with_launcher(std::env::current_exe()?);
+    if opened.new_cluster {
+        // First start with cluster ids on a data dir that has a store: the instances
+        // the store records are this cluster's.
+        let mut claimed = 0;
+        for key in &opened.recorded_keys {
+            if let Some(k) = InstanceKey::parse_path(key) {
+                claimed += usize::from(d.claim_unstamped(&k).map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+        }
+        if claimed > 0 {
+            tracing::info!(claimed, cluster_id = %opened.cluster_id, "recorded instances stamped with the new cluster id");
+        }
+    }
+    Ok(d)
+}
+
+/// The reconciler's limits as `[provisioning]`, `[loadbalancer]` and `[upgrades]` set them.
+fn reconciler_limits(cfg: &ServerConfig) -> Limits {
     let defaults = Limits::default();
-    let limits = Limits {
+    Limits {
         max_in_flight_percent: cfg.provisioning.max_in_flight_percent.unwrap_or(defaults.max_in_flight_percent),
         min_in_flight: cfg.provisioning.min_in_flight.unwrap_or(defaults.min_in_flight),
         failure_threshold: cfg.provisioning.failure_threshold.unwrap_or(defaults.failure_threshold),
@@ -495,8 +601,32 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             .map_or(defaults.batch_timeout, |m| chrono::Duration::minutes(m.clamp(1, 1440) as i64)),
         repair_max_attempts: cfg.upgrades.repair_max_attempts.unwrap_or(defaults.repair_max_attempts).max(1),
         ..defaults
-    };
-    let driver_name = driver.name().to_string();
+    }
+}
+
+/// What the configuration decides before any component is built.
+struct Settings {
+    /// This server's block of loopback addresses.
+    block: u8,
+    hosts: Vec<herd_model::spot::HostSpec>,
+    prices: Arc<std::sync::Mutex<herd_billing::PriceBook>>,
+    spot_priced: Arc<[String]>,
+    metadata_port: Option<u16>,
+    rec_config: ReconcilerConfig,
+    ext_config: ExtensionConfig,
+}
+
+/// Reads the network, hosts, prices, metadata and extension settings into the reconciler's
+/// configuration (and what the API and the controllers need of them).
+fn build_settings(
+    opts: &ServerOptions,
+    cfg: &ServerConfig,
+    data_dir: &Path,
+    zones: &[String],
+    skus: &SkuTable,
+    term: herd_driver::LeaderTerm,
+) -> Result<Settings> {
+    let limits = reconciler_limits(cfg);
     // Each server takes its own block of loopback addresses, derived from its data dir unless
     // the config names one, so two servers (or parallel tests) on a host never collide.
     let block = cfg.network.host_local_block.unwrap_or_else(|| {
@@ -512,7 +642,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         Some("bridged") => bail!("config: network.mode = \"bridged\" needs the process driver and root"),
         Some(other) => bail!("config: network.mode '{other}' is not allowed; allowed values: host-local, bridged"),
     };
-    check_hosts(&cfg.hosts, &zones)?;
+    check_hosts(&cfg.hosts, zones)?;
     let hosts = if cfg.hosts.is_empty() && opts.driver == DriverKind::Qemu {
         let h = detected_host();
         tracing::info!(vcpus = h.vcpus, memory_mib = h.memory_mib, "no [[hosts]] declared: VMs fit this machine");
@@ -561,20 +691,24 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         } else {
             vec![]
         },
-        term: term.clone(),
+        term,
         ..Default::default()
     };
-    let clock = Arc::new(SystemClock);
-    let drain = rec_config.limits.drain_timeout.to_std().unwrap_or(Duration::from_secs(10));
+    let ext_config = extension_config(cfg, data_dir)?;
+    Ok(Settings { block, hosts, prices, spot_priced, metadata_port, rec_config, ext_config })
+}
+
+/// `[extensions]`: fetch limits, the roots `file://` may read, the addresses downloads may reach.
+fn extension_config(cfg: &ServerConfig, data_dir: &Path) -> Result<ExtensionConfig> {
     let ext_defaults = ExtensionConfig::default();
-    let ext_config = ExtensionConfig {
+    Ok(ExtensionConfig {
         fetch: herd_reconciler::fetch::FetchLimits {
             max_bytes: cfg.extensions.max_file_mib.map_or(ext_defaults.fetch.max_bytes, |m| m.saturating_mul(1 << 20)),
             timeout: cfg.extensions.fetch_timeout_secs.map_or(ext_defaults.fetch.timeout, Duration::from_secs),
             file_roots: herd_reconciler::fetch::check_roots(
                 "config: extensions.file_roots",
                 cfg.extensions.file_roots.as_deref().unwrap_or_default(),
-                &data_dir,
+                data_dir,
             )
             .map_err(anyhow::Error::msg)?,
             addresses: herd_egress::AddressPolicy::new(
@@ -583,10 +717,33 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             ),
         },
         run_timeout: cfg.extensions.run_timeout_secs.map_or(ext_defaults.run_timeout, Duration::from_secs),
-    };
+    })
+}
+
+/// The reconciler, the load-balancer controller and what they share with the API.
+struct Parts {
+    clock: Arc<SystemClock>,
+    health: Arc<herd_model::health::HealthBoard>,
+    reconciler: Reconciler,
+    lb: Arc<herd_lbctl::LbController>,
+    /// The runtime the controllers run in; its status board is shown by the API.
+    runtime: herd_controller_runtime::Runtime,
+}
+
+/// Builds the reconciler, the load-balancer controller and the controller runtime.
+fn build_controllers(
+    cfg: &ServerConfig,
+    opened: &Opened,
+    driver: &Arc<dyn Driver>,
+    rec_config: ReconcilerConfig,
+    ext_config: ExtensionConfig,
+) -> Result<Parts> {
+    let store = &opened.store;
+    let clock = Arc::new(SystemClock);
+    let drain = rec_config.limits.drain_timeout.to_std().unwrap_or(Duration::from_secs(10));
     let health = Arc::new(herd_model::health::HealthBoard::default());
     let reconciler = Reconciler::new(store.clone(), driver.clone(), clock.clone(), rec_config)
-        .with_secrets(sealer.clone(), ext_config)
+        .with_secrets(opened.sealer.clone(), ext_config)
         .with_health(health.clone());
     let lb = Arc::new(herd_lbctl::LbController::new(
         store.clone(),
@@ -596,82 +753,81 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             max_connections_per_rule: cfg.loadbalancer.max_connections_per_rule,
         },
     ));
-    let image_dir = data_dir.join("images");
-    std::fs::create_dir_all(&image_dir)?;
-    herd_api::images::clear_uploads(&image_dir);
     // Every background concern runs as a controller of one runtime (herd-controller-runtime):
     // woken by the store's change feed, resynced on a timer, backed off on failure, and shown
     // on the status board (`GET /v1/server/controllers`).
-    let mut runtime = herd_controller_runtime::Runtime::new(herd_state::State::from(store.clone()), clock.clone());
-    let board = runtime.board();
-    let state = AppState {
-        store: store.into(),
-        wake: reconciler.waker(),
-        token: token.clone().into(),
-        clock,
-        config: Arc::new(ApiConfig {
-            skus,
-            zones,
-            max_capacity: cfg.max_capacity.unwrap_or(herd_model::scale_set::MULTI_PLACEMENT_GROUP_MAX),
-            image_dir,
-            driver: driver_name,
-            public_ip_block: block % 64,
-            hosts,
-            prices: cfg.prices.clone(),
-            images: herd_api::images::ImportConfig {
-                import_roots: herd_reconciler::fetch::check_roots(
-                    "config: images.import_roots",
-                    cfg.images.import_roots.as_deref().unwrap_or_default(),
-                    &data_dir,
-                )
-                .map_err(anyhow::Error::msg)?,
-                max_upload_bytes: cfg.images.max_upload_gib.map_or(64 << 30, |g| g.saturating_mul(1 << 30)),
-            },
-            cluster_id: cluster_id.clone(),
-        }),
-        sealer,
-        health,
-        lb: lb.clone(),
-        driver,
+    let runtime = herd_controller_runtime::Runtime::new(herd_state::State::from(store.clone()), clock.clone());
+    Ok(Parts { clock, health, reconciler, lb, runtime })
+}
+
+/// The API's state over the store, the controllers' shared parts and the server's services.
+fn build_api(
+    opened: Opened,
+    config: ApiConfig,
+    driver: &Arc<dyn Driver>,
+    parts: &Parts,
+    spot_priced: Arc<[String]>,
+) -> AppState {
+    let board = parts.runtime.board();
+    AppState {
+        store: opened.store.into(),
+        wake: parts.reconciler.waker(),
+        token: opened.token.into(),
+        clock: parts.clock.clone(),
+        config: Arc::new(config),
+        sealer: opened.sealer,
+        health: parts.health.clone(),
+        lb: Arc::new(crate::services::Lb(parts.lb.clone())),
+        consoles: Arc::new(crate::services::Consoles(driver.clone())),
+        sources: Arc::new(crate::services::SourceCheck),
         spot_priced,
-        metrics_token,
-        invalid_transitions: reconciler.invalid_transitions(),
+        metrics_token: opened.metrics_token,
+        invalid_transitions: parts.reconciler.invalid_transitions(),
         controllers: herd_api::ControllerBoard::new(move || board.snapshot()),
-    };
-    let listener =
-        tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
-    let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening on a non-loopback address without TLS: the API token crosses the network in clear text");
     }
+}
+
+/// `[autoscale]`: the loop's intervals, the SKUs and where webhooks may connect.
+fn autoscale_config(cfg: &ServerConfig, skus: &SkuTable) -> herd_autoscaler::runner::RunnerConfig {
     let autoscale_defaults = herd_autoscaler::runner::RunnerConfig::default();
+    herd_autoscaler::runner::RunnerConfig {
+        interval: cfg.autoscale.interval_secs.map_or(autoscale_defaults.interval, |s| Duration::from_secs(s.max(1))),
+        sample_interval: cfg
+            .autoscale
+            .sample_interval_secs
+            .map_or(autoscale_defaults.sample_interval, |s| Duration::from_secs(s.max(1))),
+        source_timeout: cfg
+            .autoscale
+            .source_timeout_secs
+            .map_or(autoscale_defaults.source_timeout, |s| Duration::from_secs(s.max(1))),
+        skus: skus.clone(),
+        webhooks: herd_egress::AddressPolicy::new(
+            herd_autoscaler::runner::WEBHOOK_ALLOW_SETTING,
+            cfg.autoscale.allow_webhooks_to.clone().unwrap_or_default(),
+        ),
+    }
+}
+
+/// Registers every background controller with the runtime: the autoscaler's, the reconciler,
+/// the load balancer, the metadata service, the meter and the change feed's compaction.
+fn register_controllers(
+    cfg: &ServerConfig,
+    state: &AppState,
+    driver: Arc<dyn Driver>,
+    parts: Parts,
+    prices: Arc<std::sync::Mutex<herd_billing::PriceBook>>,
+    metadata_port: Option<u16>,
+) -> herd_controller_runtime::Runtime {
+    let Parts { reconciler, lb, mut runtime, .. } = parts;
     let autoscaler = herd_autoscaler::runner::Runner::new(
         state.store.store().clone(),
-        state.driver.clone(),
+        driver,
         state.clock.clone(),
         state.sealer.clone(),
-        Arc::new(herd_api::autoscale::ApiCapacityWriter(state.clone())),
-        herd_autoscaler::runner::RunnerConfig {
-            interval: cfg
-                .autoscale
-                .interval_secs
-                .map_or(autoscale_defaults.interval, |s| Duration::from_secs(s.max(1))),
-            sample_interval: cfg
-                .autoscale
-                .sample_interval_secs
-                .map_or(autoscale_defaults.sample_interval, |s| Duration::from_secs(s.max(1))),
-            source_timeout: cfg
-                .autoscale
-                .source_timeout_secs
-                .map_or(autoscale_defaults.source_timeout, |s| Duration::from_secs(s.max(1))),
-            skus: state.config.skus.clone(),
-            webhooks: herd_egress::AddressPolicy::new(
-                herd_autoscaler::runner::WEBHOOK_ALLOW_SETTING,
-                cfg.autoscale.allow_webhooks_to.clone().unwrap_or_default(),
-            ),
-        },
+        Arc::new(crate::services::CapacityWriter(herd_api::autoscale::ApiCapacityWriter(state.clone()))),
+        autoscale_config(cfg, &state.config.skus),
     )
-    .with_lb_stats(Arc::new(herd_api::autoscale::ApiLbStats(state.lb.clone())));
+    .with_lb_stats(Arc::new(crate::services::Lb(lb.clone())));
     let autoscaler = Arc::new(autoscaler);
     runtime.add(Arc::new(herd_autoscaler::controller::SamplerController(autoscaler.clone())));
     runtime.add(Arc::new(herd_autoscaler::controller::EvaluatorController(autoscaler)));
@@ -696,6 +852,17 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         state.store.clone(),
         herd_store::COMPACTION_INTERVAL,
     )));
+    runtime
+}
+
+/// Starts the controllers and the HTTP server; both stop when [`RunningServer::stop`] is called.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    runtime: herd_controller_runtime::Runtime,
+) -> Result<RunningServer> {
+    let addr = listener.local_addr()?;
+    let token = state.token.to_string();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut tasks = runtime.start(rx.clone()).await;
     let mut http_rx = rx;

@@ -12,6 +12,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request};
 use axum::Router;
 use chrono::{TimeZone, Utc};
+use futures::future::BoxFuture;
+use herd_api::services::{ConsoleLogs, LoadBalancerView, MetricSourceCheck, ServiceError, SourceDraft, SourceRefusal};
 use herd_api::{images::ImportConfig, ApiConfig, AppState};
 use herd_driver::sim::{SimConfig, SimDriver};
 use herd_model::clock::ManualClock;
@@ -132,6 +134,45 @@ impl Resp {
     }
 }
 
+/// The API's service traits over the real components a server wires in (`herd`'s `services`):
+/// the load-balancer controller (no data plane runs in process: no frontends), the sim
+/// driver's console and the metric-source clients' own validation.
+struct Lb(Arc<herd_lbctl::LbController>);
+
+impl LoadBalancerView for Lb {
+    fn frontends(&self) -> Vec<std::net::SocketAddr> {
+        self.0.frontends()
+    }
+
+    fn metrics(&self) -> String {
+        self.0.metrics()
+    }
+}
+
+struct Consoles(Arc<SimDriver>);
+
+impl ConsoleLogs for Consoles {
+    fn console_log<'a>(
+        &'a self,
+        key: &'a herd_model::InstanceKey,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Option<String>, ServiceError>> {
+        use herd_driver::Driver;
+        Box::pin(async move { self.0.console_log(key, max_bytes).await.map_err(|e| ServiceError(Box::new(e))) })
+    }
+}
+
+struct Sources;
+
+impl MetricSourceCheck for Sources {
+    fn check(&self, d: SourceDraft<'_>) -> Result<String, SourceRefusal> {
+        let kind: herd_metric_sources::SourceKind = d.kind.parse().map_err(SourceRefusal::Kind)?;
+        let (endpoint, settings, protected) = (d.endpoint.into(), d.settings.clone(), d.protected.clone());
+        let spec = herd_metric_sources::SourceSpec { kind, endpoint, settings, protected };
+        herd_metric_sources::validate(&spec).map(|()| kind.to_string()).map_err(SourceRefusal::Spec)
+    }
+}
+
 impl Harness {
     /// The one place an [`AppState`] is built for these tests.
     pub fn new() -> Self {
@@ -175,8 +216,9 @@ impl Harness {
             }),
             sealer: Arc::new(herd_store::seal::Sealer::ephemeral()),
             health,
-            lb,
-            driver: sim.clone(),
+            lb: Arc::new(Lb(lb)),
+            consoles: Arc::new(Consoles(sim.clone())),
+            sources: Arc::new(Sources),
             spot_priced: Arc::from(Vec::<String>::new()),
             metrics_token: Some(METRICS_TOKEN.into()),
             invalid_transitions: Default::default(),

@@ -11,7 +11,7 @@ use crate::rolling::RollingStep;
 use chrono::{DateTime, Utc};
 use herd_driver::Incarnation;
 use herd_model::{
-    activity::{ActivityEvent, Actor},
+    activity::{ActivityEvent, ActivityStatus, Actor},
     image::Image,
     network::{LoadBalancer, VirtualNetwork},
     InstanceId, InstanceKey,
@@ -209,7 +209,7 @@ pub(super) fn record_guest_agents(
         };
         let mut w = Writes::new();
         w.put_image(&key, &r.image, Expected::Revision(r.revision))?;
-        w.activity(event(now, "", &r.image.urn, "GuestAgentDetected", "Succeeded", message));
+        w.activity(event(now, "", &r.image.urn, "GuestAgentDetected", ActivityStatus::Succeeded, message));
         match w.commit(store) {
             Ok(_) => {
                 wrote = true;
@@ -237,7 +237,7 @@ fn collect_writes(w: &mut SetDraft<'_>, ops: &mut Writes, now: DateTime<Utc>) ->
     }
     if w.steps.contains(&Step::RemoveSet) {
         ops.remove_scale_set(&set_key, Expected::Revision(w.set_revision));
-        ops.activity(event(now, g, n, "DeleteScaleSet", "Succeeded", "scale set deleted".into()));
+        ops.activity(event(now, g, n, "DeleteScaleSet", ActivityStatus::Succeeded, "scale set deleted".into()));
     } else if w.status_dirty {
         let expected = w.status_revision.map_or(Expected::Absent, Expected::Revision);
         ops.put_status(&set_key, &w.status, expected)?;
@@ -261,7 +261,11 @@ fn collect_writes(w: &mut SetDraft<'_>, ops: &mut Writes, now: DateTime<Utc>) ->
             running.push(msg.trim_start_matches("instance ").trim_end_matches(" is running").to_string());
             continue;
         }
-        let status = if op == "InstanceFailed" || op == "ProvisioningSuspended" { "Failed" } else { "Started" };
+        let status = if op == "InstanceFailed" || op == "ProvisioningSuspended" {
+            ActivityStatus::Failed
+        } else {
+            ActivityStatus::Started
+        };
         ops.activity(event(now, g, n, &op, status, msg));
     }
     if !running.is_empty() {
@@ -271,7 +275,7 @@ fn collect_writes(w: &mut SetDraft<'_>, ops: &mut Writes, now: DateTime<Utc>) ->
             g,
             n,
             "InstanceRunning",
-            "Succeeded",
+            ActivityStatus::Succeeded,
             format!("instance(s) {} running", id_list(&ids)),
         ));
     }
@@ -283,7 +287,7 @@ pub(super) fn event(
     group: &str,
     resource: &str,
     op: &str,
-    status: &str,
+    status: ActivityStatus,
     message: String,
 ) -> ActivityEvent {
     ActivityEvent {
@@ -292,7 +296,7 @@ pub(super) fn event(
         resource_group: group.into(),
         resource: resource.into(),
         operation: op.into(),
-        status: status.into(),
+        status,
         actor: Actor::Reconciler,
         message,
     }

@@ -5,6 +5,7 @@ use super::StepResult;
 use crate::plan::{Limits, Step};
 use chrono::{DateTime, Utc};
 use herd_driver::DriverError;
+use herd_model::activity::ActivityStatus;
 use herd_model::{
     instance::{Event, InstanceState, PendingAction},
     scale_set::StoredScaleSet,
@@ -35,8 +36,10 @@ pub(super) fn persist_results(
         }
         for (k, r) in orphan_results {
             let (status, message) = match r {
-                Ok(()) => ("Succeeded", format!("removed orphan instance {k} that herd had no record of")),
-                Err(e) => ("Failed", format!("could not remove orphan instance {k}: {e}")),
+                Ok(()) => {
+                    (ActivityStatus::Succeeded, format!("removed orphan instance {k} that herd had no record of"))
+                }
+                Err(e) => (ActivityStatus::Failed, format!("could not remove orphan instance {k}: {e}")),
             };
             ops.activity(event(now, k.group.as_str(), k.set.as_str(), "OrphanCleanup", status, message));
         }
@@ -156,10 +159,10 @@ fn results(
             id_list(&ids),
             if reason.is_empty() { "requested" } else { &reason }
         );
-        ops.activity(event(now, g, n, "DeleteInstances", "Succeeded", msg));
+        ops.activity(event(now, g, n, "DeleteInstances", ActivityStatus::Succeeded, msg));
     }
     for f in failures {
-        ops.activity(event(now, g, n, "DriverCall", "Failed", f));
+        ops.activity(event(now, g, n, "DriverCall", ActivityStatus::Failed, f));
     }
     Ok(())
 }

@@ -1,0 +1,195 @@
+//! Where instances go and whether they fit: zone placement, and the capacity arbiter's view of
+//! stored sets and instances (holders, requests, the hosts' usage, the room check).
+//!
+//! Why here: the reconciler arbitrates every pass and the API refuses, up front, a Regular
+//! scale-out the hosts can never hold. Both must see a set and its instances the same way (the
+//! same size per SKU, the same tier, the same zones for new instances), so the translation from
+//! stored records to `herd-capacity`'s pure inputs lives once, next to the records it reads.
+
+use crate::keys::SetKey;
+use crate::records::{Records, StateError};
+use crate::scale_sets::{Room, ScaleSetError};
+use herd_capacity::{Holder, HostUsage, Request, Size, Tier, UNLIMITED_HOST};
+use herd_model::{
+    instance::{InstanceRecord, InstanceState},
+    scale_set::StoredScaleSet,
+    sku::SkuTable,
+    spot::{is_spot, HostSpec, ScheduledEventType},
+    FieldError, InstanceId, InstanceKey,
+};
+use herd_store::Store;
+use std::collections::BTreeMap;
+
+/// Zones for `n` new instances: each goes to the zone with the fewest instances so far.
+pub fn place(zones: &[String], existing: &[&InstanceRecord], n: usize) -> Vec<Option<String>> {
+    if zones.is_empty() {
+        return vec![None; n];
+    }
+    let mut counts: Vec<usize> =
+        zones.iter().map(|z| existing.iter().filter(|r| r.zone.as_deref() == Some(z.as_str())).count()).collect();
+    (0..n)
+        .map(|_| {
+            let (i, _) = counts.iter().enumerate().min_by_key(|(i, c)| (**c, *i)).expect("zones not empty");
+            counts[i] += 1;
+            Some(zones[i].clone())
+        })
+        .collect()
+}
+
+/// A set's tier: Spot sets are evicted to make room for Regular ones.
+pub fn tier_of(set: &StoredScaleSet) -> Tier {
+    if is_spot(set.model.virtual_machine_profile.priority) {
+        Tier::Spot
+    } else {
+        Tier::Regular
+    }
+}
+
+/// A Spot set's `billingProfile.maxPrice` (None: not Spot, or -1, "up to the regular price").
+pub fn max_price(set: &StoredScaleSet) -> Option<f64> {
+    let vp = &set.model.virtual_machine_profile;
+    if !is_spot(vp.priority) {
+        return None;
+    }
+    vp.billing_profile.as_ref().map(|b| b.max_price).filter(|p| *p != -1.0)
+}
+
+/// The compute a SKU reserves (an unknown SKU: 1 vCPU, 512 MiB).
+pub fn size_of(skus: &SkuTable, sku: &str) -> Size {
+    skus.lookup(sku)
+        .map_or(Size { vcpus: 1, memory_mib: 512 }, |(_, s)| Size { vcpus: s.vcpus, memory_mib: s.memory_mib })
+}
+
+/// The compute an instance holds now: every record but a deallocated one (a record on its way
+/// out holds its room until it is gone).
+pub fn holder(set: &StoredScaleSet, r: &InstanceRecord, skus: &SkuTable, unlimited: bool) -> Option<Holder> {
+    if r.state == InstanceState::Deallocated {
+        return None;
+    }
+    let sku = r.sku.clone().unwrap_or_else(|| set.model.sku.name.clone());
+    Some(Holder {
+        key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id: r.instance_id },
+        host: if unlimited { Some(UNLIMITED_HOST.to_string()) } else { r.host.clone() },
+        zone: r.zone.clone(),
+        size: size_of(skus, &sku),
+        tier: tier_of(set),
+        sku,
+        created_at: r.created_at,
+        max_price: max_price(set),
+        preempting: r.eviction.is_none()
+            && r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt),
+    })
+}
+
+/// A request for room for instance `id` of `set`.
+pub fn request(set: &StoredScaleSet, id: InstanceId, zone: Option<String>, skus: &SkuTable) -> Request {
+    Request {
+        key: InstanceKey { group: set.group.clone(), set: set.name.clone(), id },
+        size: size_of(skus, &set.model.sku.name),
+        tier: tier_of(set),
+        zone,
+        sku: set.model.sku.name.clone(),
+        max_price: max_price(set),
+        extra: false,
+    }
+}
+
+/// Every stored instance that holds compute, as the capacity arbiter sees it (`hosts` empty:
+/// unlimited capacity, every holder on one pseudo-host).
+pub fn holders(store: &dyn Store, hosts: &[HostSpec], skus: &SkuTable) -> Result<Vec<Holder>, StateError> {
+    let sets: BTreeMap<String, StoredScaleSet> = store.scale_sets()?.into_iter().map(|o| (o.key, o.value)).collect();
+    let unlimited = hosts.is_empty();
+    let mut out = Vec::new();
+    for o in store.instances()? {
+        let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
+        if let Some(set) = sets.get(set_key) {
+            out.extend(holder(set, &o.value, skus, unlimited));
+        }
+    }
+    Ok(out)
+}
+
+/// Per declared host: its capacity and what the stored instances reserve on it (empty when no
+/// hosts are declared).
+pub fn host_usage(store: &dyn Store, hosts: &[HostSpec], skus: &SkuTable) -> Result<Vec<HostUsage>, StateError> {
+    Ok(herd_capacity::usage(hosts, &holders(store, hosts, skus)?))
+}
+
+/// The hosts' room for a scale-out: refuses `extra` more Regular instances of a set when the
+/// hosts cannot hold them even after evicting every Spot instance; the error says what is
+/// missing. Without declared hosts, room is unlimited.
+pub struct HostRoom<'a> {
+    pub hosts: &'a [HostSpec],
+    pub skus: &'a SkuTable,
+}
+
+impl Room for HostRoom<'_> {
+    fn check(&self, store: &dyn Store, set: &StoredScaleSet, extra: i64) -> Result<(), ScaleSetError> {
+        if self.hosts.is_empty() || extra <= 0 {
+            return Ok(());
+        }
+        let holders = holders(store, self.hosts, self.skus)?;
+        let own: Vec<InstanceRecord> =
+            store.instances_of(&SetKey::of(set))?.into_iter().map(|o| o.value).filter(|r| r.is_counted()).collect();
+        let refs: Vec<&InstanceRecord> = own.iter().collect();
+        let zones = place(&set.model.zones, &refs, extra as usize);
+        let requests: Vec<Request> = zones
+            .into_iter()
+            .enumerate()
+            .map(|(i, z)| request(set, InstanceId(u64::MAX - i as u64), z, self.skus))
+            .collect();
+        herd_capacity::check_regular_room(self.hosts, &holders, &requests).map_err(|s| {
+            ScaleSetError::Invalid(FieldError::new(
+                "sku.capacity",
+                format!("{} more Regular instance(s) of {} do not fit on the hosts: {s}", extra, set.model.sku.name),
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{record, set_with_instances, store, stored_set};
+
+    fn host(vcpus: u32) -> HostSpec {
+        HostSpec { name: "h1".into(), zone: None, vcpus, memory_mib: 1 << 20, overcommit: 1.0 }
+    }
+
+    #[test]
+    fn place_fills_the_emptiest_zone_first() {
+        let zones: Vec<String> = vec!["1".into(), "2".into()];
+        let mut r = record(0);
+        r.zone = Some("1".into());
+        assert_eq!(place(&zones, &[&r], 3), vec![Some("2".into()), Some("1".into()), Some("2".into())]);
+        assert_eq!(place(&[], &[&r], 2), vec![None, None]);
+    }
+
+    #[test]
+    fn holders_and_usage_read_every_stored_instance() {
+        let s = store();
+        set_with_instances(&s, &stored_set("rg", "web", 3), 3);
+        let skus = SkuTable::default();
+        let unlimited = holders(&s, &[], &skus).unwrap();
+        assert_eq!(unlimited.len(), 3);
+        assert!(unlimited.iter().all(|h| h.host.as_deref() == Some(UNLIMITED_HOST)));
+        assert!(host_usage(&s, &[], &skus).unwrap().is_empty(), "no hosts declared: no usage rows");
+        let usage = host_usage(&s, &[host(64)], &skus).unwrap();
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].regular_instances, 3, "{usage:?}");
+    }
+
+    #[test]
+    fn host_room_refuses_a_scale_out_that_cannot_fit() {
+        let s = store();
+        let set = set_with_instances(&s, &stored_set("rg", "web", 2), 2).value;
+        let skus = SkuTable::default();
+        let per = size_of(&skus, &set.model.sku.name).vcpus;
+        let hosts = [host(per * 3)];
+        let room = HostRoom { hosts: &hosts, skus: &skus };
+        room.check(&s, &set, 1).expect("one more fits");
+        let e = room.check(&s, &set, 2).unwrap_err();
+        assert!(matches!(&e, ScaleSetError::Invalid(f) if f.field == "sku.capacity"), "{e:?}");
+        HostRoom { hosts: &[], skus: &skus }.check(&s, &set, 1000).expect("no hosts: unlimited");
+    }
+}
