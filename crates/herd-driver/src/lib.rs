@@ -17,6 +17,7 @@
 pub mod fence;
 pub mod host;
 pub mod sim;
+pub mod tag;
 
 pub use fence::{Fence, Fenced, Incarnation, LeaderTerm, Term};
 

@@ -4,10 +4,10 @@
 //! bad condition gets a caret under the bad token before anything is sent. Edits to a setting
 //! (rule create/delete, profile, target) are read-modify-write with `If-Match`, like az.
 
-use crate::client::{enc, Client};
 use crate::output::Columns;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
+use herd_client::{enc, Client};
 use serde_json::{json, Value};
 
 #[derive(Debug, Subcommand)]

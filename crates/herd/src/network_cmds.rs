@@ -1,10 +1,10 @@
 //! `herd network ...`: virtual networks, subnets, public IPs and load balancers, spelled as
 //! `az network ...`.
 
-use crate::client::{enc, is_not_found, Client};
 use crate::output::{self, Columns, Format};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
+use herd_client::{enc, is_not_found, Client};
 use serde_json::{json, Value};
 
 #[derive(Debug, Subcommand)]

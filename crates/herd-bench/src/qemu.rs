@@ -32,9 +32,9 @@
 //! every QEMU whose argv names the benchmark's temporary directory killed, and the directory
 //! removed.
 
-use crate::client::{is_not_found, set_path, Client};
-use crate::server::{start, DriverKind, ServerOptions};
+use crate::{Driver, Launch, ServerSpec};
 use anyhow::{anyhow, bail, Context, Result};
+use herd_client::{is_not_found, set_path, Client};
 use herd_driver_qemu::qga::Qga;
 use herd_driver_qemu::seed::{self, SeedFiles, UserDataInput};
 use herd_model::sku::{SkuSize, SkuTable};
@@ -822,7 +822,7 @@ impl Ctx {
 }
 
 /// Runs the benchmark and prints a table and a JSON summary (only the JSON with `--json`).
-pub async fn run(opts: Options) -> Result<()> {
+pub async fn run(launch: &dyn Launch, opts: Options) -> Result<()> {
     if opts.rounds == 0 || opts.counts.is_empty() || opts.counts.contains(&0) {
         bail!("--rounds and every --counts value must be at least 1");
     }
@@ -839,7 +839,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let data = tmp_path.join("data");
     let config = tmp_path.join("herd.toml");
     // Up to 42 small VMs on this machine: vCPUs overcommitted as far as the bench needs.
-    let host = crate::server::detected_host();
+    let host = launch.host();
     std::fs::write(
         &config,
         format!(
@@ -850,17 +850,9 @@ pub async fn run(opts: Options) -> Result<()> {
             host.memory_mib
         ),
     )?;
-    let mut server = start(ServerOptions {
-        data_dir: data.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        driver: DriverKind::Qemu,
-        config: Some(config),
-        accel: crate::cli::AccelChoice::Tcg,
-        orphans: Default::default(),
-        seal_key_file: None,
-    })
-    .await?;
-    let client = Client::new(&server.url(), Some(server.token.clone()), None)?;
+    let mut server =
+        launch.start(ServerSpec { data_dir: data.clone(), driver: Driver::Qemu, config: Some(config) }).await?;
+    let client = server.client()?;
     let http = reqwest::Client::builder().no_proxy().timeout(PROBE_TIMEOUT).pool_max_idle_per_host(0).build()?;
     let mut ctx = Ctx {
         client,

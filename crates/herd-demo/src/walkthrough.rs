@@ -156,21 +156,20 @@ fn exe() -> PathBuf {
 fn leftover_pids(data: &Path) -> Vec<u32> {
     let Ok(dir) = data.canonicalize() else { return vec![] };
     let vms = dir.join("vms").display().to_string();
-    let tag = format!("HERD_DRIVER_TAG={}", crate::cluster::tag_of(&dir).unwrap_or_default());
     let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
+    let mut pids: Vec<u32> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
         .filter(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("qemu-system") && cmd.contains(&vms) {
-                return true;
-            }
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            env.split(|b| *b == 0).any(|v| v == tag.as_bytes())
+            cmd.contains("qemu-system") && cmd.contains(&vms)
         })
-        .collect()
+        .collect();
+    if let Some(tag) = herd_driver::tag::tag_of(&dir) {
+        pids.extend(herd_driver_process::tagged_pids(&tag));
+    }
+    pids
 }
 
 /// 16 random hex digits (std only: the hasher's keys are random per process).

@@ -9,10 +9,9 @@
 //! The server runs in this process; setup goes through the `herd` CLI itself (this binary),
 //! pointed at it, as a user would.
 
-use crate::server::{start, DriverKind, ServerOptions};
+use crate::{script_image as image, start_in, Driver, Launch};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -58,44 +57,24 @@ impl Cli {
     }
 }
 
-fn image(dir: &Path, body: &str) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let init = dir.join("init");
-    std::fs::write(&init, format!("#!/bin/sh\n{body}\n"))?;
-    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
-}
-
 /// Runs one rolling upgrade of `count` instances on `driver` and measures it.
-pub async fn measure(driver: DriverKind, count: u64) -> Result<RollingRun> {
+pub async fn measure(launch: &dyn Launch, driver: Driver, count: u64) -> Result<RollingRun> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let config = dir.path().join("herd.toml");
-    std::fs::write(
-        &config,
-        "[sim]\nboot_min_ms = 50\nboot_max_ms = 200\n[loadbalancer]\ndrain_timeout_secs = 1\n[provisioning]\ndriver_concurrency = 256\n",
-    )?;
-    let mut server = start(ServerOptions {
-        data_dir: data.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        driver,
-        config: Some(config),
-        accel: crate::cli::AccelChoice::Tcg,
-        orphans: Default::default(),
-        seal_key_file: None,
-    })
-    .await?;
-    let cli = Cli { exe: std::env::current_exe()?, url: server.url(), token: server.token.clone() };
+    let config =
+        "[sim]\nboot_min_ms = 50\nboot_max_ms = 200\n[loadbalancer]\ndrain_timeout_secs = 1\n[provisioning]\ndriver_concurrency = 256\n";
+    let mut server = start_in(launch, dir.path(), driver, config).await?;
+    let cli = Cli { exe: std::env::current_exe()?, url: server.url.clone(), token: server.token.clone() };
     // The temporary directory lives until the instances are gone (they are found by it).
     let root = dir.path().to_path_buf();
     let result = tokio::task::spawn_blocking(move || run_upgrade(&cli, &root, driver, count)).await?;
     server.stop().await;
-    crate::bench::kill_instances(&data);
+    crate::kill_instances(&data);
     drop(dir);
     result
 }
 
-fn run_upgrade(cli: &Cli, dir: &Path, driver: DriverKind, count: u64) -> Result<RollingRun> {
+fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<RollingRun> {
     let set = ["-g", "bench", "-n", "roll"];
     let n = count.to_string();
     cli.run(&["group", "create", "-n", "bench"])?;
@@ -104,7 +83,7 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: DriverKind, count: u64) -> Result<
     };
     for (v, version) in [("1.0.0", 1), ("1.0.1", 2)] {
         let d = dir.join(format!("img-{v}"));
-        image(&d, &if driver == DriverKind::Sim { "exec sleep 3600".to_string() } else { http(version) })?;
+        image(&d, &if driver == Driver::Sim { "exec sleep 3600".to_string() } else { http(version) })?;
         cli.run(&["image", "import", "--urn", &format!("Herd:Bench:1:{v}"), "--dir", d.to_str().unwrap_or_default()])?;
     }
     let mut create = vec!["vmss", "create"];
@@ -118,7 +97,7 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: DriverKind, count: u64) -> Result<
         "--timeout",
         "600",
     ]);
-    if driver == DriverKind::Sim {
+    if driver == Driver::Sim {
         // No load balancer: instances are healthy once running (the planner's rule without a
         // health source); the upgrade is started by hand.
         cli.run(&create)?;
@@ -183,7 +162,7 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: DriverKind, count: u64) -> Result<
     update.extend_from_slice(&set);
     update.extend(["--set", "virtualMachineProfile.storageProfile.imageReference.version=1.0.1", "--no-wait"]);
     cli.run(&update)?;
-    if driver == DriverKind::Sim {
+    if driver == Driver::Sim {
         let mut start = vec!["vmss", "rolling-upgrade", "start"];
         start.extend_from_slice(&set);
         cli.run(&start)?;
