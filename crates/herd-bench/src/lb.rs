@@ -85,15 +85,55 @@ async fn wrk(url: &str, duration: u64, connections: u32) -> Result<WrkResult> {
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// `herd bench lb`: `rounds` A/B rounds of `wrk` through herd's load balancer and through
+/// HAProxy over the same two backends, then how fast a new rule serves; prints JSON lines.
 pub async fn lb_bench(launch: &dyn Launch, duration: u64, connections: u32, rounds: u32) -> Result<()> {
     let mut b = Bench::setup(launch, Driver::Process, 10).await?;
+    let c = &b.client;
+    let (lbp, path) = ("/v1/resourceGroups/bench/loadBalancers/lb", set_path("bench", "web"));
+    let (ip, addrs) = backends_in_rotation(&b, lbp, &path).await?;
+    let mut haproxy = start_haproxy(b.dir.path(), &addrs)?;
+    let herd_url = format!("http://{ip}:18090/");
+    let haproxy_url = "http://127.0.99.1:18091/".to_string();
+    for u in [&herd_url, &haproxy_url] {
+        let t = Instant::now();
+        while reqwest::get(u.as_str()).await.is_err() {
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("{u} does not answer");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let ((hr, hp), (ar, ap)) = ab_rounds(&herd_url, &haproxy_url, duration, connections, rounds).await?;
+    let propagation_ms = rule_propagation_ms(c, lbp, &ip).await?;
+    println!(
+        "{}",
+        json!({"bench": "lb-summary", "rounds": rounds, "seconds": duration, "connections": connections,
+        "herdRps": hr, "haproxyRps": ar, "rpsRatio": hr / ar.max(1e-9),
+        "herdP99Ms": hp, "haproxyP99Ms": ap, "p99Ratio": hp / ap.max(1e-9),
+        "failureDetectionSeconds": 1.0, "probeIntervalSeconds": 1, "probeThreshold": 1,
+        "changeToDataPlaneMs": propagation_ms})
+    );
+    let _ = haproxy.kill().await;
+    c.delete(&path).await?;
+    let t = Instant::now();
+    while c.get(&path).await.is_ok() && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.server.stop().await;
+    Ok(())
+}
+
+/// Imports the backend image, creates the load balancer `lb` (probe on 8080, rule 18090 ->
+/// 8080) and the set `web` of two backends in its pool, and waits until both are in rotation.
+/// Returns the frontend IP and the backends' reach addresses.
+async fn backends_in_rotation(b: &Bench, lbp: &str, path: &str) -> Result<(String, Vec<String>)> {
     let exe = std::env::current_exe()?;
     let img = b.dir.path().join("backend-image");
     crate::script_image(&img, &format!("exec {} bench backend --bind \"$HERD_ADDRESS:8080\"", exe.display()))?;
     let c = &b.client;
     herd_client::image_upload::import_directory(c, "Herd:Backend:1:1.0.0", &img, json!({})).await?;
     c.put("/v1/resourceGroups/bench/publicIPAddresses/ip", &json!({})).await?;
-    let lbp = "/v1/resourceGroups/bench/loadBalancers/lb";
     let pip = herd_model::network::network_id("bench", "publicIPAddresses", "ip");
     let lbid = herd_model::network::network_id("bench", "loadBalancers", "lb");
     c.put(
@@ -113,9 +153,8 @@ pub async fn lb_bench(launch: &dyn Launch, duration: u64, connections: u32, roun
     m["virtualMachineProfile"]["storageProfile"]["imageReference"]["offer"] = json!("Backend");
     m["virtualMachineProfile"]["networkProfile"] = json!({"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
         "loadBalancerBackendAddressPools": [{"id": format!("{lbid}/backendAddressPools/be")}]}]}]});
-    let path = set_path("bench", "web");
-    c.call(reqwest::Method::PUT, &path, Some(&m), &[("If-None-Match", "*")]).await?;
-    wait_converged(c, &path, Duration::from_secs(120)).await?;
+    c.call(reqwest::Method::PUT, path, Some(&m), &[("If-None-Match", "*")]).await?;
+    wait_converged(c, path, Duration::from_secs(120)).await?;
     let t = Instant::now();
     loop {
         let pool = c.get(&format!("{lbp}/backendAddressPools/be")).await?;
@@ -138,11 +177,16 @@ pub async fn lb_bench(launch: &dyn Launch, duration: u64, connections: u32, roun
         .as_array()
         .map(|a| a.iter().filter_map(|i| i["reachAddress"].as_str().map(String::from)).collect())
         .unwrap_or_default();
-    // HAProxy on another loopback address, same backends, TCP mode like herd's L4 proxy.
-    let hcfg = b.dir.path().join("haproxy.cfg");
+    Ok((ip, addrs))
+}
+
+/// HAProxy on another loopback address (127.0.99.1:18091), same backends, TCP mode like
+/// herd's L4 proxy; its config goes to `dir`.
+fn start_haproxy(dir: &std::path::Path, addrs: &[String]) -> Result<tokio::process::Child> {
+    let hcfg = dir.join("haproxy.cfg");
     let servers: String = addrs.iter().enumerate().map(|(i, a)| format!("  server s{i} {a}:8080\n")).collect();
     std::fs::write(&hcfg, format!("global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\nfrontend f\n  bind 127.0.99.1:18091\n  default_backend b\nbackend b\n  balance roundrobin\n{servers}"))?;
-    let mut haproxy = tokio::process::Command::new("haproxy")
+    tokio::process::Command::new("haproxy")
         .arg("-db")
         .arg("-f")
         .arg(&hcfg)
@@ -150,23 +194,23 @@ pub async fn lb_bench(launch: &dyn Launch, duration: u64, connections: u32, roun
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("starting haproxy (apt-get install haproxy): {e}"))?;
-    let herd_url = format!("http://{ip}:18090/");
-    let haproxy_url = "http://127.0.99.1:18091/".to_string();
-    for u in [&herd_url, &haproxy_url] {
-        let t = Instant::now();
-        while reqwest::get(u.as_str()).await.is_err() {
-            if t.elapsed() > Duration::from_secs(10) {
-                bail!("{u} does not answer");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+        .map_err(|e| anyhow::anyhow!("starting haproxy (apt-get install haproxy): {e}"))
+}
+
+/// `rounds` A/B rounds of `wrk` (herd, then HAProxy), each printed as JSON; returns the
+/// averages ((herd rps, herd p99 ms), (HAProxy rps, HAProxy p99 ms)).
+async fn ab_rounds(
+    herd_url: &str,
+    haproxy_url: &str,
+    duration: u64,
+    connections: u32,
+    rounds: u32,
+) -> Result<((f64, f64), (f64, f64))> {
     let mut herd_runs = Vec::new();
     let mut ha_runs = Vec::new();
     for round in 1..=rounds {
-        let h = wrk(&herd_url, duration, connections).await?;
-        let a = wrk(&haproxy_url, duration, connections).await?;
+        let h = wrk(herd_url, duration, connections).await?;
+        let a = wrk(haproxy_url, duration, connections).await?;
         println!(
             "{}",
             json!({"bench": "lb", "round": round, "herdRps": h.rps, "herdP99Ms": h.p99_ms, "herdErrors": h.errors,
@@ -176,13 +220,15 @@ pub async fn lb_bench(launch: &dyn Launch, duration: u64, connections: u32, roun
         ha_runs.push(a);
     }
     let avg = |v: &[WrkResult], f: fn(&WrkResult) -> f64| v.iter().map(f).sum::<f64>() / v.len().max(1) as f64;
-    let (hr, hp, ar, ap) = (
-        avg(&herd_runs, |r| r.rps),
-        avg(&herd_runs, |r| r.p99_ms),
-        avg(&ha_runs, |r| r.rps),
-        avg(&ha_runs, |r| r.p99_ms),
-    );
-    // How fast a change reaches the data plane: add a rule, time until its frontend answers.
+    Ok((
+        (avg(&herd_runs, |r| r.rps), avg(&herd_runs, |r| r.p99_ms)),
+        (avg(&ha_runs, |r| r.rps), avg(&ha_runs, |r| r.p99_ms)),
+    ))
+}
+
+/// How fast a change reaches the data plane: adds a rule (frontend port 18092), returns the
+/// milliseconds until its frontend on `ip` answers.
+async fn rule_propagation_ms(c: &herd_client::Client, lbp: &str, ip: &str) -> Result<f64> {
     let mut lb = c.get(lbp).await?;
     let rules = lb["loadBalancingRules"].as_array_mut().ok_or_else(|| anyhow::anyhow!("no rules"))?;
     let mut extra = rules[0].clone();
@@ -200,21 +246,5 @@ pub async fn lb_bench(launch: &dyn Launch, duration: u64, connections: u32, roun
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let propagation_ms = t.elapsed().as_secs_f64() * 1000.0;
-    println!(
-        "{}",
-        json!({"bench": "lb-summary", "rounds": rounds, "seconds": duration, "connections": connections,
-        "herdRps": hr, "haproxyRps": ar, "rpsRatio": hr / ar.max(1e-9),
-        "herdP99Ms": hp, "haproxyP99Ms": ap, "p99Ratio": hp / ap.max(1e-9),
-        "failureDetectionSeconds": 1.0, "probeIntervalSeconds": 1, "probeThreshold": 1,
-        "changeToDataPlaneMs": propagation_ms})
-    );
-    let _ = haproxy.kill().await;
-    c.delete(&path).await?;
-    let t = Instant::now();
-    while c.get(&path).await.is_ok() && t.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    b.server.stop().await;
-    Ok(())
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
 }

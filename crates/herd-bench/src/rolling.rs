@@ -78,14 +78,7 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<Roll
     let set = ["-g", "bench", "-n", "roll"];
     let n = count.to_string();
     cli.run(&["group", "create", "-n", "bench"])?;
-    let http = |v: u32| {
-        format!("mkdir -p www && echo 'version {v}' > www/index.html\nexec python3 -m http.server --bind \"$HERD_ADDRESS\" --directory www 8080")
-    };
-    for (v, version) in [("1.0.0", 1), ("1.0.1", 2)] {
-        let d = dir.join(format!("img-{v}"));
-        image(&d, &if driver == Driver::Sim { "exec sleep 3600".to_string() } else { http(version) })?;
-        cli.run(&["image", "import", "--urn", &format!("Herd:Bench:1:{v}"), "--dir", d.to_str().unwrap_or_default()])?;
-    }
+    import_images(cli, dir, driver)?;
     let mut create = vec!["vmss", "create"];
     create.extend_from_slice(&set);
     create.extend([
@@ -102,61 +95,10 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<Roll
         // health source); the upgrade is started by hand.
         cli.run(&create)?;
     } else {
-        cli.run(&["network", "lb", "create", "-g", "bench", "-n", "lb", "--public-ip-address", "lb-ip"])?;
-        cli.run(&[
-            "network",
-            "lb",
-            "probe",
-            "create",
-            "-g",
-            "bench",
-            "--lb-name",
-            "lb",
-            "-n",
-            "p",
-            "--protocol",
-            "Http",
-            "--path",
-            "/",
-            "--port",
-            "8080",
-            "--interval",
-            "1",
-            "--threshold",
-            "2",
-        ])?;
-        cli.run(&[
-            "network",
-            "lb",
-            "rule",
-            "create",
-            "-g",
-            "bench",
-            "--lb-name",
-            "lb",
-            "-n",
-            "r",
-            "--frontend-port",
-            "18099",
-            "--backend-port",
-            "8080",
-            "--probe-name",
-            "p",
-        ])?;
+        create_load_balancer(cli)?;
         create.extend(["--lb", "lb", "--upgrade-policy-mode", "Rolling"]);
         cli.run(&create)?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let list = cli.json(&["vmss", "list-instances", "-g", "bench", "-n", "roll"])?;
-            let healthy = list.as_array().map_or(0, |a| a.iter().filter(|i| i["health"] == "Healthy").count());
-            if healthy as u64 == count {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("only {healthy} of {count} instances became healthy");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_healthy(cli, count)?;
     }
     let mut update = vec!["vmss", "update"];
     update.extend_from_slice(&set);
@@ -167,13 +109,114 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<Roll
         start.extend_from_slice(&set);
         cli.run(&start)?;
     }
+    let done = wait_upgrade(cli, dir, &set)?;
+    let ts = |v: &Value| -> Result<chrono::DateTime<chrono::Utc>> { Ok(serde_json::from_value(v.clone())?) };
+    let total = (ts(&done["endedAt"])? - ts(&done["startedAt"])?).num_milliseconds() as f64 / 1000.0;
+    let batches = done["batches"].as_array().cloned().unwrap_or_default();
+    let mut sum = 0.0;
+    for b in &batches {
+        sum += (ts(&b["finishedAt"])? - ts(&b["startedAt"])?).num_milliseconds() as f64 / 1000.0;
+    }
+    let mut del = vec!["vmss", "delete"];
+    del.extend_from_slice(&set);
+    let _ = cli.run(&del);
+    Ok(RollingRun {
+        driver: format!("{driver:?}").to_lowercase(),
+        instances: count,
+        batches: batches.len(),
+        total_s: total,
+        batch_sum_s: sum,
+        ratio: if sum > 0.0 { total / sum } else { f64::NAN },
+    })
+}
+
+/// Imports `Herd:Bench:1:1.0.0` and `1.0.1`: a sleeper on the sim driver, else an HTTP server
+/// answering its version.
+fn import_images(cli: &Cli, dir: &Path, driver: Driver) -> Result<()> {
+    let http = |v: u32| {
+        format!("mkdir -p www && echo 'version {v}' > www/index.html\nexec python3 -m http.server --bind \"$HERD_ADDRESS\" --directory www 8080")
+    };
+    for (v, version) in [("1.0.0", 1), ("1.0.1", 2)] {
+        let d = dir.join(format!("img-{v}"));
+        image(&d, &if driver == Driver::Sim { "exec sleep 3600".to_string() } else { http(version) })?;
+        cli.run(&["image", "import", "--urn", &format!("Herd:Bench:1:{v}"), "--dir", d.to_str().unwrap_or_default()])?;
+    }
+    Ok(())
+}
+
+/// The load balancer `lb` with an HTTP probe on port 8080 and a rule 18099 -> 8080.
+fn create_load_balancer(cli: &Cli) -> Result<()> {
+    cli.run(&["network", "lb", "create", "-g", "bench", "-n", "lb", "--public-ip-address", "lb-ip"])?;
+    cli.run(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "bench",
+        "--lb-name",
+        "lb",
+        "-n",
+        "p",
+        "--protocol",
+        "Http",
+        "--path",
+        "/",
+        "--port",
+        "8080",
+        "--interval",
+        "1",
+        "--threshold",
+        "2",
+    ])?;
+    cli.run(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "bench",
+        "--lb-name",
+        "lb",
+        "-n",
+        "r",
+        "--frontend-port",
+        "18099",
+        "--backend-port",
+        "8080",
+        "--probe-name",
+        "p",
+    ])?;
+    Ok(())
+}
+
+/// Waits (up to 2 minutes) until all `count` instances are healthy.
+fn wait_healthy(cli: &Cli, count: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = cli.json(&["vmss", "list-instances", "-g", "bench", "-n", "roll"])?;
+        let healthy = list.as_array().map_or(0, |a| a.iter().filter(|i| i["health"] == "Healthy").count());
+        if healthy as u64 == count {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {healthy} of {count} instances became healthy");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Waits (up to 15 minutes) for the latest rolling upgrade of `set` to complete; returns it.
+/// A faulted or cancelled upgrade fails naming its unhealthy instances' last console lines.
+fn wait_upgrade(cli: &Cli, dir: &Path, set: &[&str]) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(900);
-    let done = loop {
+    loop {
         let mut get = vec!["vmss", "rolling-upgrade", "get-latest"];
-        get.extend_from_slice(&set);
+        get.extend_from_slice(set);
         if let Ok(v) = cli.json(&get) {
             match v["state"].as_str() {
-                Some("Completed") => break v,
+                Some("Completed") => return Ok(v),
                 Some("Faulted" | "Cancelled") => {
                     let mut why = String::new();
                     for b in v["batches"].as_array().into_iter().flatten() {
@@ -193,23 +236,5 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<Roll
             bail!("the upgrade did not finish in 15 minutes");
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let ts = |v: &Value| -> Result<chrono::DateTime<chrono::Utc>> { Ok(serde_json::from_value(v.clone())?) };
-    let total = (ts(&done["endedAt"])? - ts(&done["startedAt"])?).num_milliseconds() as f64 / 1000.0;
-    let batches = done["batches"].as_array().cloned().unwrap_or_default();
-    let mut sum = 0.0;
-    for b in &batches {
-        sum += (ts(&b["finishedAt"])? - ts(&b["startedAt"])?).num_milliseconds() as f64 / 1000.0;
     }
-    let mut del = vec!["vmss", "delete"];
-    del.extend_from_slice(&set);
-    let _ = cli.run(&del);
-    Ok(RollingRun {
-        driver: format!("{driver:?}").to_lowercase(),
-        instances: count,
-        batches: batches.len(),
-        total_s: total,
-        batch_sum_s: sum,
-        ratio: if sum > 0.0 { total / sum } else { f64::NAN },
-    })
 }

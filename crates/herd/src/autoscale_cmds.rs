@@ -465,15 +465,51 @@ pub async fn autoscale(
         AutoscaleCmd::History(s) => {
             print(&client.get(&format!("{}/history", setting_path(&s.group, &s.name))).await?, Some(HISTORY_TABLE))
         }
-        AutoscaleCmd::Rule(RuleCmd::Create {
-            group,
-            autoscale_name,
-            condition,
-            scale,
-            cooldown,
-            timegrain,
-            profile_name,
-        }) => {
+        AutoscaleCmd::Rule(c) => rule(client, print, c).await,
+        AutoscaleCmd::Target(c) => target(client, print, c).await,
+        AutoscaleCmd::Profile(c) => profile(client, print, c).await,
+        AutoscaleCmd::Notification(c) => notification(client, print, c).await,
+        AutoscaleCmd::Simulate { s, trace, plot, start_capacity, provisioning_latency } => {
+            let v = client.get(&setting_path(&s.group, &s.name)).await?;
+            print(&simulate(v, &trace, plot.as_deref(), start_capacity, provisioning_latency)?, None)
+        }
+    }
+}
+
+/// `autoscale simulate`: the setting `v` (as the API returns it) replayed over the CSV trace
+/// in `trace`, its plot written to `plot`; returns the result.
+fn simulate(
+    mut v: Value,
+    trace: &std::path::Path,
+    plot: Option<&std::path::Path>,
+    start_capacity: Option<u64>,
+    provisioning_latency: u64,
+) -> Result<Value> {
+    if let Some(m) = v.as_object_mut() {
+        for k in ["id", "resourceGroup", "etag"] {
+            m.remove(k);
+        }
+    }
+    let setting: herd_autoscale::AutoscaleSetting = serde_json::from_value(v)?;
+    let text = std::fs::read_to_string(trace).with_context(|| format!("--trace {}", trace.display()))?;
+    let points = herd_autoscale::parse_trace_csv(&text).map_err(|e| anyhow!("--trace: {e}"))?;
+    let start = start_capacity.unwrap_or_else(|| setting.profiles.first().map_or(1, |p| p.capacity.bounds().2));
+    let opts = herd_autoscale::SimOptions {
+        provisioning_latency: chrono::Duration::seconds(provisioning_latency as i64),
+        ..Default::default()
+    };
+    let result = herd_autoscale::simulate(&setting, &points, start, &opts);
+    if let Some(p) = plot {
+        std::fs::write(p, herd_autoscale::svg_plot(&result, &result.metric_name))
+            .with_context(|| format!("--plot {}", p.display()))?;
+    }
+    Ok(serde_json::to_value(&result)?)
+}
+
+/// `herd monitor autoscale rule ...`: rules of a profile, read-modify-write.
+async fn rule(client: &Client, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>, c: RuleCmd) -> Result<()> {
+    match c {
+        RuleCmd::Create { group, autoscale_name, condition, scale, cooldown, timegrain, profile_name } => {
             let rule = herd_autoscale::parse_rule(&condition, &scale.join(" "), cooldown, timegrain.as_deref())
                 .map_err(|e| anyhow!("{e}"))?;
             let rule = serde_json::to_value(&rule)?;
@@ -486,7 +522,7 @@ pub async fn autoscale(
             .await?;
             print(&v, Some(SETTING_TABLE))
         }
-        AutoscaleCmd::Rule(RuleCmd::List { group, autoscale_name, profile_name }) => {
+        RuleCmd::List { group, autoscale_name, profile_name } => {
             let v = client.get(&setting_path(&group, &autoscale_name)).await?;
             let idx = profile_index(&v, profile_name.as_deref())?;
             let rules = v["profiles"][idx]["rules"].as_array().cloned().unwrap_or_default();
@@ -513,7 +549,7 @@ pub async fn autoscale(
                 ]),
             )
         }
-        AutoscaleCmd::Rule(RuleCmd::Delete { group, autoscale_name, index, profile_name }) => {
+        RuleCmd::Delete { group, autoscale_name, index, profile_name } => {
             let v = edit(client, &group, &autoscale_name, |v| {
                 edit_rules(v, profile_name.as_deref(), |rules| {
                     if index.iter().any(|i| i == "*") {
@@ -541,7 +577,17 @@ pub async fn autoscale(
             .await?;
             print(&v, Some(SETTING_TABLE))
         }
-        AutoscaleCmd::Target(TargetCmd::Create { group, autoscale_name, metric, target, warmup }) => {
+    }
+}
+
+/// `herd monitor autoscale target ...`: the setting's target tracking.
+async fn target(
+    client: &Client,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    c: TargetCmd,
+) -> Result<()> {
+    match c {
+        TargetCmd::Create { group, autoscale_name, metric, target, warmup } => {
             let v = edit(client, &group, &autoscale_name, |v| {
                 let mut t = json!({"metricName": metric, "target": target});
                 if let Some(w) = warmup {
@@ -553,7 +599,7 @@ pub async fn autoscale(
             .await?;
             print(&v, Some(SETTING_TABLE))
         }
-        AutoscaleCmd::Target(TargetCmd::Delete { group, autoscale_name }) => {
+        TargetCmd::Delete { group, autoscale_name } => {
             let v = edit(client, &group, &autoscale_name, |v| {
                 if let Some(m) = v.as_object_mut() {
                     m.remove("targetTracking");
@@ -563,7 +609,17 @@ pub async fn autoscale(
             .await?;
             print(&v, Some(SETTING_TABLE))
         }
-        AutoscaleCmd::Profile(ProfileCmd::Create {
+    }
+}
+
+/// `herd monitor autoscale profile ...`: recurrent and fixed-date profiles.
+async fn profile(
+    client: &Client,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    c: ProfileCmd,
+) -> Result<()> {
+    match c {
+        ProfileCmd::Create {
             group,
             autoscale_name,
             name,
@@ -575,7 +631,7 @@ pub async fn autoscale(
             max_count,
             count,
             copy_rules,
-        }) => {
+        } => {
             let v = edit(client, &group, &autoscale_name, |v| {
                 let default: herd_autoscale::Profile = serde_json::from_value(default_profile(v)?.clone())?;
                 let rules = match copy_rules.as_str() {
@@ -591,33 +647,8 @@ pub async fn autoscale(
                         "fixedDate": {"timeZone": timezone, "start": start, "end": end}});
                     profiles.push(p);
                 } else {
-                    if !recurrence[0].eq_ignore_ascii_case("week") || recurrence.len() < 2 {
-                        bail!("--recurrence: give 'week' and the days, e.g. --recurrence week mon tue wed thu fri");
-                    }
-                    let hm = |flag: &str, t: &str| -> Result<(u32, u32)> {
-                        let (h, m) = t.split_once(':').ok_or_else(|| anyhow!("{flag}: '{t}' is not HH:MM"))?;
-                        match (h.parse::<u32>(), m.parse::<u32>()) {
-                            (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok((h, m)),
-                            _ => bail!("{flag}: '{t}' is not HH:MM (00:00 to 23:59)"),
-                        }
-                    };
-                    let (h, m) = hm("--start", &start)?;
-                    let schedule: herd_autoscale::model::RecurrentSchedule = serde_json::from_value(
-                        json!({"timeZone": timezone, "days": recurrence[1..].to_vec(), "hours": [h], "minutes": [m]}),
-                    )?;
-                    let p = herd_autoscale::Profile {
-                        name: name.clone(),
-                        capacity,
-                        rules,
-                        recurrence: Some(serde_json::from_value(json!({"frequency": "Week", "schedule": schedule}))?),
-                        fixed_date: None,
-                    };
-                    profiles.push(serde_json::to_value(&p)?);
-                    if let Some(e) = &end {
-                        let (eh, em) = hm("--end", e)?;
-                        let ender = herd_autoscale::schedule::end_profile(&default, &name, &schedule, eh, em);
-                        profiles.push(serde_json::to_value(&ender)?);
-                    }
+                    let when = Weekly { days: &recurrence, start: &start, end: end.as_deref(), timezone: &timezone };
+                    profiles.extend(weekly_profiles(&default, &name, capacity, rules, &when)?);
                 }
                 v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?.extend(profiles);
                 Ok(())
@@ -633,7 +664,7 @@ pub async fn autoscale(
                 ]),
             )
         }
-        AutoscaleCmd::Profile(ProfileCmd::List { group, autoscale_name }) => {
+        ProfileCmd::List { group, autoscale_name } => {
             let v = client.get(&setting_path(&group, &autoscale_name)).await?;
             print(
                 &v["profiles"],
@@ -647,26 +678,86 @@ pub async fn autoscale(
                 ]),
             )
         }
-        AutoscaleCmd::Profile(ProfileCmd::Delete { group, autoscale_name, name }) => {
-            let v = edit(client, &group, &autoscale_name, |v| {
-                let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
-                let before = profiles.len();
-                let ender = |p: &Value| {
-                    p["name"]
-                        .as_str()
-                        .and_then(|n| serde_json::from_str::<Value>(n).ok())
-                        .is_some_and(|j| j["for"] == name.as_str())
-                };
-                profiles.retain(|p| p["name"] != name.as_str() && !ender(p));
-                if profiles.len() == before {
-                    bail!("there is no profile '{name}'");
-                }
-                Ok(())
-            })
-            .await?;
+        ProfileCmd::Delete { group, autoscale_name, name } => {
+            let v = edit(client, &group, &autoscale_name, |v| remove_profile(v, &name)).await?;
             print(&v, Some(SETTING_TABLE))
         }
-        AutoscaleCmd::Notification(NotificationCmd::Add { group, autoscale_name, webhook, properties }) => {
+    }
+}
+
+/// A weekly profile's schedule as `profile create` takes it.
+struct Weekly<'a> {
+    /// `week` then the days.
+    days: &'a [String],
+    start: &'a str,
+    end: Option<&'a str>,
+    timezone: &'a str,
+}
+
+/// `HH:MM` of `flag`.
+fn hh_mm(flag: &str, t: &str) -> Result<(u32, u32)> {
+    let (h, m) = t.split_once(':').ok_or_else(|| anyhow!("{flag}: '{t}' is not HH:MM"))?;
+    match (h.parse::<u32>(), m.parse::<u32>()) {
+        (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok((h, m)),
+        _ => bail!("{flag}: '{t}' is not HH:MM (00:00 to 23:59)"),
+    }
+}
+
+/// A recurrent profile starting at `when.start` on `when.days`, and, with an end time, the
+/// profile that returns to `default` then.
+fn weekly_profiles(
+    default: &herd_autoscale::Profile,
+    name: &str,
+    capacity: herd_autoscale::model::Capacity,
+    rules: Vec<herd_autoscale::model::Rule>,
+    when: &Weekly<'_>,
+) -> Result<Vec<Value>> {
+    let recurrence = when.days;
+    if !recurrence[0].eq_ignore_ascii_case("week") || recurrence.len() < 2 {
+        bail!("--recurrence: give 'week' and the days, e.g. --recurrence week mon tue wed thu fri");
+    }
+    let (h, m) = hh_mm("--start", when.start)?;
+    let schedule: herd_autoscale::model::RecurrentSchedule = serde_json::from_value(
+        json!({"timeZone": when.timezone, "days": recurrence[1..].to_vec(), "hours": [h], "minutes": [m]}),
+    )?;
+    let p = herd_autoscale::Profile {
+        name: name.to_string(),
+        capacity,
+        rules,
+        recurrence: Some(serde_json::from_value(json!({"frequency": "Week", "schedule": schedule}))?),
+        fixed_date: None,
+    };
+    let mut profiles = vec![serde_json::to_value(&p)?];
+    if let Some(e) = when.end {
+        let (eh, em) = hh_mm("--end", e)?;
+        let ender = herd_autoscale::schedule::end_profile(default, name, &schedule, eh, em);
+        profiles.push(serde_json::to_value(&ender)?);
+    }
+    Ok(profiles)
+}
+
+/// Removes the profile `name` and the profile that ends it.
+fn remove_profile(v: &mut Value, name: &str) -> Result<()> {
+    let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
+    let before = profiles.len();
+    let ender = |p: &Value| {
+        p["name"].as_str().and_then(|n| serde_json::from_str::<Value>(n).ok()).is_some_and(|j| j["for"] == name)
+    };
+    profiles.retain(|p| p["name"] != name && !ender(p));
+    if profiles.len() == before {
+        bail!("there is no profile '{name}'");
+    }
+    Ok(())
+}
+
+/// `herd monitor autoscale notification ...`: webhooks called on a scale action.
+async fn notification(
+    client: &Client,
+    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    c: NotificationCmd,
+) -> Result<()> {
+    match c {
+        NotificationCmd::Add { group, autoscale_name, webhook, properties } => {
             let mut props = serde_json::Map::new();
             for kv in &properties {
                 let (k, val) = kv.split_once('=').ok_or_else(|| anyhow!("--properties: '{kv}' is not KEY=VALUE"))?;
@@ -684,28 +775,6 @@ pub async fn autoscale(
             })
             .await?;
             print(&v["notifications"], None)
-        }
-        AutoscaleCmd::Simulate { s, trace, plot, start_capacity, provisioning_latency } => {
-            let mut v = client.get(&setting_path(&s.group, &s.name)).await?;
-            if let Some(m) = v.as_object_mut() {
-                for k in ["id", "resourceGroup", "etag"] {
-                    m.remove(k);
-                }
-            }
-            let setting: herd_autoscale::AutoscaleSetting = serde_json::from_value(v)?;
-            let text = std::fs::read_to_string(&trace).with_context(|| format!("--trace {}", trace.display()))?;
-            let points = herd_autoscale::parse_trace_csv(&text).map_err(|e| anyhow!("--trace: {e}"))?;
-            let start = start_capacity.unwrap_or_else(|| setting.profiles.first().map_or(1, |p| p.capacity.bounds().2));
-            let opts = herd_autoscale::SimOptions {
-                provisioning_latency: chrono::Duration::seconds(provisioning_latency as i64),
-                ..Default::default()
-            };
-            let result = herd_autoscale::simulate(&setting, &points, start, &opts);
-            if let Some(p) = &plot {
-                std::fs::write(p, herd_autoscale::svg_plot(&result, &result.metric_name))
-                    .with_context(|| format!("--plot {}", p.display()))?;
-            }
-            print(&serde_json::to_value(&result)?, None)
         }
     }
 }
