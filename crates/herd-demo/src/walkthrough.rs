@@ -1254,16 +1254,7 @@ impl Tour<'_> {
         (t1 - t0).as_secs_f64(),
         failures.len()
     ));
-        if !failures.is_empty() {
-            bail!(
-                "{} requests through the frontend failed during the upgrade of one instance, e.g. {:?}",
-                failures.len(),
-                &failures[..failures.len().min(5)]
-            );
-        }
-        if within < 50 {
-            bail!("only {within} requests completed during the upgrade (at least 50 are needed to call it proven)");
-        }
+        check_load("the upgrade of one instance", "the upgrade", " to call it proven", within, &failures)?;
         w.note("answers are now a mix of version 2 and version 1; the app never stopped answering");
         Ok(())
     }
@@ -1273,18 +1264,7 @@ impl Tour<'_> {
         let boot = self.boot;
         let frontend = self.frontend.as_str();
         let frontend_url = self.frontend_url.as_str();
-        w.herd(&[
-            "vmss",
-            "update",
-            "-n",
-            SET,
-            "-g",
-            GROUP,
-            "--set",
-            "virtualMachineProfile.storageProfile.imageReference.version=1.0.1",
-            "-o",
-            "none",
-        ])?;
+        set_image_version(w, "1.0.1")?;
         w.herd(&["vmss", "update-instances", "--instance-ids", "*", "-n", SET, "-g", GROUP, "-o", "none"])?;
         let inst = w.wait_converged(2, boot)?;
         herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
@@ -1306,18 +1286,7 @@ impl Tour<'_> {
         w.note("with a Rolling policy a model change rolls through by itself, in batches gated by the probe; the test guest has two versions, so this move goes back to 1.0.0");
         let load = Load::start(frontend, 2, 50_000, Duration::from_secs(900));
         let t0 = Instant::now();
-        w.herd(&[
-            "vmss",
-            "update",
-            "-n",
-            SET,
-            "-g",
-            GROUP,
-            "--set",
-            "virtualMachineProfile.storageProfile.imageReference.version=1.0.0",
-            "-o",
-            "none",
-        ])?;
+        set_image_version(w, "1.0.0")?;
         let latest = wait("the rolling upgrade to finish", boot * 3, || {
             let v = w.json(&["vmss", "rolling-upgrade", "get-latest", "-g", GROUP, "-n", SET])?;
             match v["state"].as_str() {
@@ -1339,16 +1308,7 @@ impl Tour<'_> {
             (t1 - t0).as_secs_f64(),
             failures.len()
         ));
-        if !failures.is_empty() {
-            bail!(
-                "{} requests through the frontend failed during the rolling upgrade, e.g. {:?}",
-                failures.len(),
-                &failures[..failures.len().min(5)]
-            );
-        }
-        if within < 50 {
-            bail!("only {within} requests completed during the rolling upgrade (at least 50 are needed)");
-        }
+        check_load("the rolling upgrade", "the rolling upgrade", "", within, &failures)?;
         check_todo(frontend, frontend_url)?;
         Ok(())
     }
@@ -1415,40 +1375,25 @@ impl Tour<'_> {
         ])?;
         let cond_in = format!("Percentage CPU < 30 avg {window}");
         let cond_out = format!("Percentage CPU > 70 avg {window}");
-        w.herd(&[
-            "monitor",
-            "autoscale",
-            "rule",
-            "create",
-            "-g",
-            GROUP,
-            "--autoscale-name",
-            "autoscale",
-            "--condition",
-            &cond_in,
-            "--scale",
-            "in",
-            "1",
-            "-o",
-            "table",
-        ])?;
-        w.herd(&[
-            "monitor",
-            "autoscale",
-            "rule",
-            "create",
-            "-g",
-            GROUP,
-            "--autoscale-name",
-            "autoscale",
-            "--condition",
-            &cond_out,
-            "--scale",
-            "out",
-            "1",
-            "-o",
-            "table",
-        ])?;
+        for (condition, direction) in [(&cond_in, "in"), (&cond_out, "out")] {
+            w.herd(&[
+                "monitor",
+                "autoscale",
+                "rule",
+                "create",
+                "-g",
+                GROUP,
+                "--autoscale-name",
+                "autoscale",
+                "--condition",
+                condition,
+                "--scale",
+                direction,
+                "1",
+                "-o",
+                "table",
+            ])?;
+        }
         w.note(&format!(
         "waiting for the autoscaler: it acts once it has {window} of CPU samples (herd samples every set since it exists)..."
     ));
@@ -1540,4 +1485,26 @@ pub fn parse_window(s: &str) -> Option<Duration> {
         "h" => Some(Duration::from_secs(n * 3600)),
         _ => None,
     }
+}
+
+/// `herd vmss update --set ...imageReference.version=VERSION` on the walkthrough's set.
+fn set_image_version(w: &Walk, version: &str) -> Result<()> {
+    let set = format!("virtualMachineProfile.storageProfile.imageReference.version={version}");
+    w.herd(&["vmss", "update", "-n", SET, "-g", GROUP, "--set", &set, "-o", "none"]).map(drop)
+}
+
+/// Fails unless every request of a load run `during` an upgrade succeeded and at least 50
+/// completed within it (`within`; `proven` ends that message).
+fn check_load(during: &str, within_what: &str, proven: &str, within: usize, failures: &[String]) -> Result<()> {
+    if !failures.is_empty() {
+        bail!(
+            "{} requests through the frontend failed during {during}, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+    if within < 50 {
+        bail!("only {within} requests completed during {within_what} (at least 50 are needed{proven})");
+    }
+    Ok(())
 }
