@@ -278,8 +278,10 @@ impl Load {
 // ---------------------------------------------------------------------------------------------
 // A tiny file server for the extension's fileUris and the app binary.
 
-/// Serves `files` by name on 127.0.0.1 until `stop` is set; one thread per connection.
-fn start_file_server(files: Vec<(String, Vec<u8>)>) -> Result<(u16, Arc<AtomicBool>)> {
+/// Serves `files` by name on 127.0.0.1 until `stop` is set; one thread per connection, one
+/// request per connection. Returns the port and `stop`. (The CLI tests serve their extension
+/// files with it too.)
+pub fn start_file_server(files: Vec<(String, Vec<u8>)>) -> Result<(u16, Arc<AtomicBool>)> {
     let files: Arc<std::collections::BTreeMap<String, Vec<u8>>> = Arc::new(files.into_iter().collect());
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding the file server")?;
     l.set_nonblocking(true)?;
