@@ -4,7 +4,7 @@
 //! bad condition gets a caret under the bad token before anything is sent. Edits to a setting
 //! (rule create/delete, profile, target) are read-modify-write with `If-Match`, like az.
 
-use crate::output::Columns;
+use crate::output::{Columns, Print};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use herd_client::{enc, Client};
@@ -327,6 +327,18 @@ fn setting_path(group: &str, name: &str) -> String {
 }
 
 /// Reads a setting, lets `f` edit its JSON, writes it back if unchanged meanwhile.
+/// [`edit`], then shows the setting as a table.
+async fn edit_show(
+    client: &Client,
+    print: Print<'_>,
+    group: &str,
+    name: &str,
+    f: impl FnOnce(&mut Value) -> Result<()>,
+) -> Result<()> {
+    let v = edit(client, group, name, f).await?;
+    print(&v, Some(SETTING_TABLE))
+}
+
 async fn edit(client: &Client, group: &str, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Value> {
     let path = setting_path(group, name);
     let mut cur = client.get(&path).await?;
@@ -409,11 +421,7 @@ fn edit_rules(v: &mut Value, name: Option<&str>, f: impl FnOnce(&mut Vec<Value>)
     Ok(())
 }
 
-pub async fn autoscale(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: AutoscaleCmd,
-) -> Result<()> {
+pub async fn autoscale(client: &Client, print: Print<'_>, c: AutoscaleCmd) -> Result<()> {
     match c {
         AutoscaleCmd::Create { group, resource, resource_type, name, min_count, max_count, count, disabled } => {
             if let Some(t) = &resource_type {
@@ -443,7 +451,7 @@ pub async fn autoscale(
             Some(SETTING_TABLE),
         ),
         AutoscaleCmd::Update { s, min_count, max_count, count, enabled } => {
-            let v = edit(client, &s.group, &s.name, |v| {
+            edit_show(client, print, &s.group, &s.name, |v| {
                 if let Some(e) = enabled {
                     v["enabled"] = json!(e);
                 }
@@ -455,8 +463,7 @@ pub async fn autoscale(
                 }
                 Ok(())
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
         AutoscaleCmd::Delete(s) => {
             client.delete(&setting_path(&s.group, &s.name)).await?;
@@ -507,20 +514,19 @@ fn simulate(
 }
 
 /// `herd monitor autoscale rule ...`: rules of a profile, read-modify-write.
-async fn rule(client: &Client, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>, c: RuleCmd) -> Result<()> {
+async fn rule(client: &Client, print: Print<'_>, c: RuleCmd) -> Result<()> {
     match c {
         RuleCmd::Create { group, autoscale_name, condition, scale, cooldown, timegrain, profile_name } => {
             let rule = herd_autoscale::parse_rule(&condition, &scale.join(" "), cooldown, timegrain.as_deref())
                 .map_err(|e| anyhow!("{e}"))?;
             let rule = serde_json::to_value(&rule)?;
-            let v = edit(client, &group, &autoscale_name, |v| {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 edit_rules(v, profile_name.as_deref(), |rules| {
                     rules.push(rule);
                     Ok(())
                 })
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
         RuleCmd::List { group, autoscale_name, profile_name } => {
             let v = client.get(&setting_path(&group, &autoscale_name)).await?;
@@ -550,7 +556,7 @@ async fn rule(client: &Client, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Re
             )
         }
         RuleCmd::Delete { group, autoscale_name, index, profile_name } => {
-            let v = edit(client, &group, &autoscale_name, |v| {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 edit_rules(v, profile_name.as_deref(), |rules| {
                     if index.iter().any(|i| i == "*") {
                         rules.clear();
@@ -574,21 +580,16 @@ async fn rule(client: &Client, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Re
                     Ok(())
                 })
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
     }
 }
 
 /// `herd monitor autoscale target ...`: the setting's target tracking.
-async fn target(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: TargetCmd,
-) -> Result<()> {
+async fn target(client: &Client, print: Print<'_>, c: TargetCmd) -> Result<()> {
     match c {
         TargetCmd::Create { group, autoscale_name, metric, target, warmup } => {
-            let v = edit(client, &group, &autoscale_name, |v| {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 let mut t = json!({"metricName": metric, "target": target});
                 if let Some(w) = warmup {
                     t["warmup"] = json!(format!("PT{w}S"));
@@ -596,28 +597,22 @@ async fn target(
                 v["targetTracking"] = t;
                 Ok(())
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
         TargetCmd::Delete { group, autoscale_name } => {
-            let v = edit(client, &group, &autoscale_name, |v| {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 if let Some(m) = v.as_object_mut() {
                     m.remove("targetTracking");
                 }
                 Ok(())
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
     }
 }
 
 /// `herd monitor autoscale profile ...`: recurrent and fixed-date profiles.
-async fn profile(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: ProfileCmd,
-) -> Result<()> {
+async fn profile(client: &Client, print: Print<'_>, c: ProfileCmd) -> Result<()> {
     match c {
         ProfileCmd::Create {
             group,
@@ -679,8 +674,7 @@ async fn profile(
             )
         }
         ProfileCmd::Delete { group, autoscale_name, name } => {
-            let v = edit(client, &group, &autoscale_name, |v| remove_profile(v, &name)).await?;
-            print(&v, Some(SETTING_TABLE))
+            edit_show(client, print, &group, &autoscale_name, |v| remove_profile(v, &name)).await
         }
     }
 }
@@ -751,11 +745,7 @@ fn remove_profile(v: &mut Value, name: &str) -> Result<()> {
 }
 
 /// `herd monitor autoscale notification ...`: webhooks called on a scale action.
-async fn notification(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: NotificationCmd,
-) -> Result<()> {
+async fn notification(client: &Client, print: Print<'_>, c: NotificationCmd) -> Result<()> {
     match c {
         NotificationCmd::Add { group, autoscale_name, webhook, properties } => {
             let mut props = serde_json::Map::new();
@@ -779,11 +769,7 @@ async fn notification(
     }
 }
 
-pub async fn source(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: SourceCmd,
-) -> Result<()> {
+pub async fn source(client: &Client, print: Print<'_>, c: SourceCmd) -> Result<()> {
     let path = |g: &str, n: &str| format!("/v1/resourceGroups/{}/metricSources/{}", enc(g), enc(n));
     match c {
         SourceCmd::Create { group, name, kind, endpoint, key, settings, protected_settings } => {
@@ -812,11 +798,7 @@ pub async fn source(
     }
 }
 
-pub async fn metrics(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: MetricsCmd,
-) -> Result<()> {
+pub async fn metrics(client: &Client, print: Print<'_>, c: MetricsCmd) -> Result<()> {
     let (group, resource, metric) = match c {
         MetricsCmd::List { group, resource, metric } => (group, resource, metric),
         MetricsCmd::ListDefinitions { group, resource } => {
