@@ -77,6 +77,19 @@ fn spread(times: &mut [Duration]) -> (f64, f64, f64) {
     (ms(times[0]), ms(times[times.len() / 2]), ms(times[times.len() - 1]))
 }
 
+/// Runs `f` `rounds` times (at least once); returns each run's duration and the last result.
+fn timed<T>(rounds: u32, mut f: impl FnMut() -> T) -> Result<(Vec<Duration>, T)> {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let r = f();
+        times.push(t0.elapsed());
+        last = Some(r);
+    }
+    Ok((times, last.context("no round ran")?))
+}
+
 /// Runs the benchmark and returns the report.
 pub fn run(opts: &SpotBenchOpts) -> Result<String> {
     let rounds = opts.rounds.max(1);
@@ -94,15 +107,7 @@ pub fn run(opts: &SpotBenchOpts) -> Result<String> {
     )?;
 
     // Decide.
-    let mut times = Vec::new();
-    let mut decision = None;
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        let d = arbitrate(&s.hosts, &s.holders, &s.requests, &spot_price);
-        times.push(t0.elapsed());
-        decision = Some(d);
-    }
-    let d = decision.context("no round ran")?;
+    let (mut times, d) = timed(rounds, || arbitrate(&s.hosts, &s.holders, &s.requests, &spot_price))?;
     let (min, med, max) = spread(&mut times);
     writeln!(
         out,
@@ -114,15 +119,7 @@ pub fn run(opts: &SpotBenchOpts) -> Result<String> {
     )?;
 
     // The naive peer.
-    let mut times = Vec::new();
-    let mut naive = None;
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        let n = naive_global(&s.hosts, &s.holders, &s.requests);
-        times.push(t0.elapsed());
-        naive = Some(n);
-    }
-    let n = naive.context("no round ran")?;
+    let (mut times, n) = timed(rounds, || naive_global(&s.hosts, &s.holders, &s.requests))?;
     let (nmin, nmed, nmax) = spread(&mut times);
     writeln!(
         out,
