@@ -95,6 +95,26 @@ pub async fn start_in(launch: &dyn Launch, dir: &Path, driver: Driver, config_te
     launch.start(ServerSpec { data_dir: dir.join("data"), driver, config: Some(config) }).await
 }
 
+/// Deletes `path` and polls every `poll` until it is gone (404), at most `timeout` (then fails
+/// saying "`what` did not finish"); returns how long that took.
+pub async fn delete_and_wait(
+    client: &Client,
+    path: &str,
+    timeout: std::time::Duration,
+    poll: std::time::Duration,
+    what: &str,
+) -> Result<std::time::Duration> {
+    client.delete(path).await?;
+    let t = std::time::Instant::now();
+    loop {
+        match client.get(path).await {
+            Err(e) if herd_client::is_not_found(&e) => return Ok(t.elapsed()),
+            _ if t.elapsed() > timeout => anyhow::bail!("{what} did not finish"),
+            _ => tokio::time::sleep(poll).await,
+        }
+    }
+}
+
 /// Writes an image directory whose `init` is `#!/bin/sh` then `body`.
 pub fn script_image(dir: &Path, body: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;

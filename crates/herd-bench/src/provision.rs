@@ -4,7 +4,7 @@
 
 use crate::{Bench, Driver, Launch};
 use anyhow::{bail, Result};
-use herd_client::{is_not_found, set_path, Client};
+use herd_client::{set_path, Client};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -66,16 +66,9 @@ pub async fn provision(launch: &dyn Launch, driver: Driver, count: u64, runs: u3
         let v = wait_converged(&b.client, &path, Duration::from_secs(600)).await?;
         let took = t.elapsed();
         let running = v["instanceSummary"]["running"].as_u64().unwrap_or(0);
-        b.client.delete(&path).await?;
-        let t_del = Instant::now();
-        loop {
-            match b.client.get(&path).await {
-                Err(e) if is_not_found(&e) => break,
-                _ if t_del.elapsed() > Duration::from_secs(600) => bail!("delete did not finish"),
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        let delete = t_del.elapsed();
+        let delete =
+            crate::delete_and_wait(&b.client, &path, Duration::from_secs(600), Duration::from_millis(50), "delete")
+                .await?;
         b.server.stop().await;
         let mut out = json!({
             "bench": "provision", "driver": format!("{driver:?}").to_lowercase(), "run": run, "count": count,

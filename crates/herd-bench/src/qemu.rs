@@ -34,7 +34,7 @@
 
 use crate::{Driver, Launch, ServerSpec};
 use anyhow::{anyhow, bail, Context, Result};
-use herd_client::{is_not_found, set_path, Client};
+use herd_client::{set_path, Client};
 use herd_driver_qemu::qga::Qga;
 use herd_driver_qemu::seed::{self, SeedFiles, UserDataInput};
 use herd_model::sku::{SkuSize, SkuTable};
@@ -570,15 +570,9 @@ impl Ctx {
         }
 
         // Delete, and wait until the VMs are gone so the next run has the CPUs.
-        self.client.delete(&path).await?;
+        let what = format!("deleting {name}");
         let t = Instant::now();
-        loop {
-            match self.client.get(&path).await {
-                Err(e) if is_not_found(&e) => break,
-                _ if t.elapsed() > Duration::from_secs(120) => bail!("deleting {name} did not finish"),
-                _ => tokio::time::sleep(LIST_POLL).await,
-            }
-        }
+        crate::delete_and_wait(&self.client, &path, Duration::from_secs(120), LIST_POLL, &what).await?;
         while !qemu_processes(&format!("{}/{GROUP}/{name}/", self.vms_root)).is_empty() {
             if t.elapsed() > Duration::from_secs(120) {
                 bail!("QEMU processes of {name} still run after the delete");
