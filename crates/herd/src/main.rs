@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod autoscale_cmds;
+mod autoscale_setting;
 mod bench_cmds;
 mod cli;
 mod cluster;
