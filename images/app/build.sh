@@ -12,6 +12,8 @@
 # build, and cargo skips it while nothing changed. Files in OUT_DIR are replaced only when
 # their content changed.
 set -euo pipefail
+# How installapp-v2.sh is made from installapp-v1.sh (crates/herd-todo/tests/installapp.rs runs the same).
+V2_SED='s/^APP_VERSION=1$/APP_VERSION=2/'
 
 if [ $# -ne 1 ]; then
     echo "usage: $0 OUT_DIR" >&2
@@ -59,5 +61,8 @@ install_file() {
 }
 install_file "$BIN" "$OUT/herd-todo" 755
 install_file "$HERE/installapp-v1.sh" "$OUT/installapp-v1.sh" 755
-install_file "$HERE/installapp-v2.sh" "$OUT/installapp-v2.sh" 755
+# installapp-v2.sh is installapp-v1.sh with the version line changed (one source, two versions).
+sed "$V2_SED" "$HERE/installapp-v1.sh" >"$OUT/installapp-v2.sh.new"
+install_file "$OUT/installapp-v2.sh.new" "$OUT/installapp-v2.sh" 755
+rm -f "$OUT/installapp-v2.sh.new"
 echo "build.sh: $OUT/herd-todo ($(wc -c <"$OUT/herd-todo") bytes, static), installapp-v1.sh, installapp-v2.sh"

@@ -4,8 +4,8 @@
 #
 #   bash installapp-v1.sh <db> <user> <password>      (any POSIX sh works: sh, busybox ash)
 #
-# installapp-v1.sh and installapp-v2.sh are identical except for APP_VERSION (a test checks
-# it), so each works when it alone is downloaded. Where things are:
+# installapp-v2.sh is this file with APP_VERSION=2 (build.sh writes it; a test checks that
+# they differ only there), so each works when it alone is downloaded. Where things are:
 #
 # - Under herd's process driver (HERD_ADDRESS is set: the instance is a process sandbox on the
 #   host) the database is on 127.0.0.1, the app listens on $HERD_ADDRESS:${TODO_PORT:-80},

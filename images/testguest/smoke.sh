@@ -129,6 +129,29 @@ qga() { python3 "$HERE/qga.py" "$CUR_DIR/qga.sock" "$@"; }
 
 # Waits (bounded) for the READY marker of $QEMU_PID (started at $B0) and checks
 # its hostname and version; sets READY (seconds).
+# boot HOST VERSION QEMU_ARGS...: starts QEMU (TCG, 256 MiB, the console to
+# $CUR_DIR/console.log, the guest agent on $CUR_DIR/qga.sock, the seed image, then QEMU_ARGS
+# and $HERD_SMOKE_QEMU_EXTRA) in the background as $QEMU_PID, and waits until HOST is ready.
+boot() {
+    local host=$1 v=$2
+    shift 2
+    # shellcheck disable=SC2086
+    qemu-system-x86_64 \
+        -accel tcg -m 256 -smp 1 \
+        -display none -monitor none -no-reboot \
+        -serial "file:$CUR_DIR/console.log" \
+        -device virtio-serial \
+        -chardev "socket,path=$CUR_DIR/qga.sock,server=on,wait=off,id=qga0" \
+        -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
+        "$@" \
+        -drive "file=$CUR_DIR/seed.img,if=virtio,format=raw,readonly=on" \
+        ${HERD_SMOKE_QEMU_EXTRA:-} \
+        </dev/null >"$CUR_DIR/qemu.out" 2>&1 &
+    QEMU_PID=$!
+    B0=$(now)
+    wait_ready "$host" "$v"
+}
+
 wait_ready() { # HOSTNAME VERSION
     local marker=""
     while [ -z "$marker" ]; do
@@ -175,23 +198,10 @@ for v in "${VERSIONS[@]}"; do
     if [ $((i % 2)) = 1 ]; then kind=iso-script; else kind=vfat-cloud-config; fi
     make_seed "$CUR_DIR" "$kind" "$host"
 
-    # shellcheck disable=SC2086
-    qemu-system-x86_64 \
-        -accel tcg -m 256 -smp 1 \
-        -display none -monitor none -no-reboot \
+    boot "$host" "$v" \
         -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "$(cat "$img/cmdline")" \
-        -serial "file:$CUR_DIR/console.log" \
-        -device virtio-serial \
-        -chardev "socket,path=$CUR_DIR/qga.sock,server=on,wait=off,id=qga0" \
-        -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
         -netdev "user,id=n0,hostfwd=tcp:$ADDR:$PORT-:8080" \
-        -device virtio-net-pci,netdev=n0 \
-        -drive "file=$CUR_DIR/seed.img,if=virtio,format=raw,readonly=on" \
-        ${HERD_SMOKE_QEMU_EXTRA:-} \
-        </dev/null >"$CUR_DIR/qemu.out" 2>&1 &
-    QEMU_PID=$!
-    B0=$(now)
-    wait_ready "$host" "$v"
+        -device virtio-net-pci,netdev=n0
 
     # Guest agent.
     [ "$(qga ping)" = pong ] || fail "guest-ping"
@@ -246,23 +256,10 @@ if [ "${HERD_SMOKE_DISK:-1}" = 1 ]; then
     qemu-img create -q -f qcow2 -b "$img" -F qcow2 "$CUR_DIR/os.qcow2"
     host="smoke-disk-${v//./-}"
     make_seed "$CUR_DIR" vfat-cloud-config "$host"
-    # shellcheck disable=SC2086
-    qemu-system-x86_64 \
-        -accel tcg -m 256 -smp 1 \
-        -nodefaults -display none -monitor none -no-reboot \
-        -serial "file:$CUR_DIR/console.log" \
-        -device virtio-serial \
-        -chardev "socket,path=$CUR_DIR/qga.sock,server=on,wait=off,id=qga0" \
-        -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
+    boot "$host" "$v" -nodefaults \
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
         -drive "file=$CUR_DIR/os.qcow2,if=none,id=os,format=qcow2" \
-        -device virtio-blk-pci,drive=os,bootindex=0 \
-        -drive "file=$CUR_DIR/seed.img,if=virtio,format=raw,readonly=on" \
-        ${HERD_SMOKE_QEMU_EXTRA:-} \
-        </dev/null >"$CUR_DIR/qemu.out" 2>&1 &
-    QEMU_PID=$!
-    B0=$(now)
-    wait_ready "$host" "$v"
+        -device virtio-blk-pci,drive=os,bootindex=0
     grep -aq '^SYSLINUX ' "$CUR_DIR/console.log" || fail "no SYSLINUX banner: not booted from the disk?"
     got=$(qga exec /bin/cat /proc/cmdline) || fail "guest-exec cat /proc/cmdline"
     case " $got " in *" $(cat "$OUT/$v/cmdline") "*) ;; *) fail "kernel command line '$got' lacks $(cat "$OUT/$v/cmdline")" ;; esac

@@ -7,37 +7,14 @@
 
 use crate::evaluate::{evaluate, EvalInput};
 use crate::memory::InMemoryMetrics;
-use crate::model::{
-    AutoscaleSetting, Capacity, ComparisonOperator, MetricTrigger, Profile, Rule, ScaleAction, ScaleDirection,
-    ScaleType, Statistic, TimeAggregation,
-};
+use crate::model::{AutoscaleSetting, Capacity, ComparisonOperator, Profile, Rule, ScaleDirection, ScaleType};
 use crate::simulate::{simulate, SimOptions};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 fn rule(metric: &str, op: ComparisonOperator, threshold: f64, direction: ScaleDirection) -> Rule {
-    Rule {
-        metric_trigger: MetricTrigger {
-            metric_name: metric.into(),
-            metric_namespace: None,
-            metric_resource_uri: None,
-            time_grain: "PT1M".into(),
-            statistic: Statistic::Average,
-            time_window: "PT5M".into(),
-            time_aggregation: TimeAggregation::Average,
-            operator: op,
-            threshold,
-            dimensions: vec![],
-            divide_per_instance: None,
-        },
-        scale_action: ScaleAction {
-            direction,
-            kind: ScaleType::ChangeCount,
-            value: "1".into(),
-            cooldown: "PT5M".into(),
-        },
-    }
+    Rule::avg_5m(metric, op, threshold, direction, ScaleType::ChangeCount, 1)
 }
 
 fn setting(name: &str, rules: Vec<Rule>, min: i64, max: i64, default: i64) -> AutoscaleSetting {

@@ -529,6 +529,34 @@ impl Profile {
 }
 
 impl Rule {
+    /// A rule on the average of `metric` in 1-minute grains over 5 minutes, with a 5-minute
+    /// cooldown: the shape of most rules (the benchmarks' and the tests').
+    pub fn avg_5m(
+        metric: &str,
+        operator: ComparisonOperator,
+        threshold: f64,
+        direction: ScaleDirection,
+        kind: ScaleType,
+        value: u64,
+    ) -> Rule {
+        Rule {
+            metric_trigger: MetricTrigger {
+                metric_name: metric.into(),
+                metric_namespace: None,
+                metric_resource_uri: None,
+                time_grain: "PT1M".into(),
+                statistic: Statistic::Average,
+                time_window: "PT5M".into(),
+                time_aggregation: TimeAggregation::Average,
+                operator,
+                threshold,
+                dimensions: vec![],
+                divide_per_instance: None,
+            },
+            scale_action: ScaleAction { direction, kind, value: value.to_string(), cooldown: "PT5M".into() },
+        }
+    }
+
     fn validate(&self, f: &str) -> Result<(), FieldError> {
         let m = &self.metric_trigger;
         let mf = format!("{f}.metricTrigger");

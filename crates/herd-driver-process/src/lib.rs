@@ -159,6 +159,8 @@ use herd_model::InstanceKey;
 use layout::{remove_tree, InstanceDir, Power};
 use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
+
+pub use procfs::tagged_pids;
 use state::{install_work, State, NO_PROCESS};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -86,6 +86,20 @@ pub(crate) fn parse_environ(blob: &[u8]) -> HerdEnv {
     env
 }
 
+/// Every readable process whose environment carries `HERD_DRIVER_TAG=<tag>`: how the
+/// benchmarks and the walkthrough runner find the process instances a data dir left behind.
+/// (One read per process: a process caught mid-`exec` is missed, and found by the next scan.)
+pub fn tagged_pids(tag: &str) -> Vec<u32> {
+    scan()
+        .into_iter()
+        .filter(|p| {
+            let blob = std::fs::read(format!("/proc/{}/environ", p.pid)).unwrap_or_default();
+            parse_environ(&blob).tag.as_deref() == Some(tag)
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// The herd variables of a process. `environ` reads empty while the process is in the middle of
 /// an `exec` (the file holds the old, released address space), and an instance's leader execs
 /// up to three times as it starts (`unshare`, `sh`, `init`), so an empty read is retried.

@@ -213,23 +213,17 @@ mod tests {
 
     fn spec(metadata_endpoint: Option<std::net::SocketAddr>) -> InstanceSpec {
         use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, ScaleSetName};
+        let key = InstanceKey {
+            group: GroupName::new("rg").unwrap(),
+            set: ScaleSetName::new("web").unwrap(),
+            id: InstanceId(3),
+        };
+        let image = ImageSource::Directory { path: "/img".into() };
+        let size = SkuSize { vcpus: 1, memory_mib: 512 };
         InstanceSpec {
-            key: InstanceKey {
-                group: GroupName::new("rg").unwrap(),
-                set: ScaleSetName::new("web").unwrap(),
-                id: InstanceId(3),
-            },
-            computer_name: "web000003".into(),
-            image: ImageSource::Directory { path: "/img".into() },
-            size: SkuSize { vcpus: 1, memory_mib: 512 },
-            reach_address: "127.128.0.3".into(),
-            model_generation: 1,
             admin_username: "azureuser".into(),
-            custom_data: None,
-            metadata: Default::default(),
-            network: None,
-            guest: Default::default(),
             metadata_endpoint,
+            ..InstanceSpec::new(key, "web000003", image, size, "127.128.0.3")
         }
     }
 

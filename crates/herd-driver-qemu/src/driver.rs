@@ -1708,20 +1708,9 @@ mod tests {
         vm.write_tag(&cfg.tag).unwrap();
         vm.write_power(Power::Stopped).unwrap();
         herd_driver::fence::write_record(&dir, fence(2, 3)).unwrap();
-        let spec = InstanceSpec {
-            key: key.clone(),
-            computer_name: "vm000004".into(),
-            image: ImageSource::Directory { path: "/nonexistent".into() },
-            size: herd_model::sku::SkuSize { vcpus: 1, memory_mib: 64 },
-            reach_address: "127.200.9.4".into(),
-            model_generation: 1,
-            admin_username: "u".into(),
-            custom_data: None,
-            metadata: Default::default(),
-            network: None,
-            guest: Default::default(),
-            metadata_endpoint: None,
-        };
+        let image = ImageSource::Directory { path: "/nonexistent".into() };
+        let size = herd_model::sku::SkuSize { vcpus: 1, memory_mib: 64 };
+        let spec = InstanceSpec::new(key.clone(), "vm000004", image, size, "127.200.9.4");
         let run = ScriptRun {
             name: "x".into(),
             files: vec![],

@@ -17,6 +17,7 @@
 pub mod fence;
 pub mod host;
 pub mod sim;
+pub mod tag;
 
 pub use fence::{Fence, Fenced, Incarnation, LeaderTerm, Term};
 
@@ -50,6 +51,28 @@ pub struct InstanceSpec {
     /// instances get `HERD_METADATA_URL=http://<addr>/metadata`; VMs reach it through QEMU's
     /// `guestfwd`. `None`: no endpoint is offered (the guest is told nothing).
     pub metadata_endpoint: Option<std::net::SocketAddr>,
+}
+
+impl InstanceSpec {
+    /// An instance of `size` from `image` reached on `reach_address`, with nothing else: model
+    /// generation 1, admin user `u`, no custom data, metadata, bridge, guest setup or metadata
+    /// endpoint (set the fields that matter afterwards).
+    pub fn new(key: InstanceKey, computer_name: &str, image: ImageSource, size: SkuSize, reach_address: &str) -> Self {
+        InstanceSpec {
+            key,
+            computer_name: computer_name.into(),
+            image,
+            size,
+            reach_address: reach_address.into(),
+            model_generation: 1,
+            admin_username: "u".into(),
+            custom_data: None,
+            metadata: BTreeMap::new(),
+            network: None,
+            guest: GuestSetup::default(),
+            metadata_endpoint: None,
+        }
+    }
 }
 
 /// What a VM driver needs beyond what every driver needs. The process and sim drivers may

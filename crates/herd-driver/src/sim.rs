@@ -356,24 +356,13 @@ mod tests {
     use herd_model::{image::ImageSource, sku::SkuSize, GroupName, InstanceId, ScaleSetName};
 
     fn spec(id: u64) -> InstanceSpec {
-        InstanceSpec {
-            key: InstanceKey {
-                group: GroupName::new("g").unwrap(),
-                set: ScaleSetName::new("s").unwrap(),
-                id: InstanceId(id),
-            },
-            computer_name: format!("s{id}"),
-            image: ImageSource::Directory { path: "/img".into() },
-            size: SkuSize { vcpus: 1, memory_mib: 512 },
-            reach_address: "127.128.0.1".into(),
-            model_generation: 1,
-            admin_username: "u".into(),
-            custom_data: None,
-            metadata: Default::default(),
-            network: None,
-            guest: Default::default(),
-            metadata_endpoint: None,
-        }
+        let key = InstanceKey {
+            group: GroupName::new("g").unwrap(),
+            set: ScaleSetName::new("s").unwrap(),
+            id: InstanceId(id),
+        };
+        let image = ImageSource::Directory { path: "/img".into() };
+        InstanceSpec::new(key, &format!("s{id}"), image, SkuSize { vcpus: 1, memory_mib: 512 }, "127.128.0.1")
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::error::io_failure;
-use crate::spec::{parse_host_port, Fields};
+use crate::spec::{connect_host_port, parse_host_port, Fields};
 use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// The longest control line accepted.
@@ -92,14 +92,7 @@ impl Client {
     /// Connects to `nats://host:port` (or `host:port`), sends CONNECT with `auth`, and waits
     /// for the PONG that proves the server accepted it.
     pub async fn connect(endpoint: &str, auth: &Auth) -> Result<Self, SourceError> {
-        let hp = parse_host_port(endpoint, "nats", &["tls"], 4222, "pass them as Auth")
-            .map_err(|e| SourceError::new(ErrorKind::Config, "nats", e.to_string()))?;
-        let context = format!("nats {}", hp.addr);
-        let tcp = TcpStream::connect(&hp.addr).await.map_err(|e| {
-            let (kind, msg) = io_failure(&e);
-            SourceError::new(kind, &context, msg)
-        })?;
-        let _ = tcp.set_nodelay(true);
+        let (tcp, context) = connect_host_port(endpoint, "nats", &["tls"], 4222, "pass them as Auth").await?;
         let mut c = Client {
             stream: BufReader::new(tcp),
             context,

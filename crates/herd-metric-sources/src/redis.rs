@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::error::io_failure;
-use crate::spec::{parse_host_port, Fields};
+use crate::spec::{connect_host_port, parse_host_port, Fields};
 use crate::{ErrorKind, SourceError, SourceKind, SourceSpec};
 
 /// The longest reply line and bulk string accepted (a queue probe needs far less).
@@ -78,14 +78,7 @@ pub struct Connection {
 impl Connection {
     /// Connects to `host:port` or `redis://host:port`.
     pub async fn connect(endpoint: &str) -> Result<Self, SourceError> {
-        let hp = parse_host_port(endpoint, "redis", &["rediss"], 6379, "send AUTH as a command")
-            .map_err(|e| SourceError::new(ErrorKind::Config, "redis", e.to_string()))?;
-        let context = format!("redis {}", hp.addr);
-        let tcp = TcpStream::connect(&hp.addr).await.map_err(|e| {
-            let (kind, msg) = io_failure(&e);
-            SourceError::new(kind, &context, msg)
-        })?;
-        let _ = tcp.set_nodelay(true);
+        let (tcp, context) = connect_host_port(endpoint, "redis", &["rediss"], 6379, "send AUTH as a command").await?;
         Ok(Self { stream: BufReader::new(tcp), context })
     }
 

@@ -241,6 +241,28 @@ pub(crate) struct HostPort {
     pub(crate) path: String,
 }
 
+/// Connects to a line-protocol source's endpoint (Redis, NATS), parsed as [`parse_host_port`]
+/// does: a bad endpoint is a `Config` error of `scheme`, a failed connect is named
+/// `scheme host:port` (the context every later error of the connection carries). Returns the
+/// stream, without Nagle's delay, and that context.
+pub(crate) async fn connect_host_port(
+    endpoint: &str,
+    scheme: &str,
+    tls_schemes: &[&str],
+    default_port: u16,
+    credentials_go: &str,
+) -> Result<(tokio::net::TcpStream, String), crate::SourceError> {
+    let hp = parse_host_port(endpoint, scheme, tls_schemes, default_port, credentials_go)
+        .map_err(|e| crate::SourceError::new(crate::ErrorKind::Config, scheme, e.to_string()))?;
+    let context = format!("{scheme} {}", hp.addr);
+    let tcp = tokio::net::TcpStream::connect(&hp.addr).await.map_err(|e| {
+        let (kind, msg) = crate::error::io_failure(&e);
+        crate::SourceError::new(kind, &context, msg)
+    })?;
+    let _ = tcp.set_nodelay(true);
+    Ok((tcp, context))
+}
+
 /// Parses `scheme://host[:port][/path]` or a bare `host[:port]`. `tls_schemes` are known but
 /// refused; credentials in the endpoint are refused with a pointer to where they belong.
 pub(crate) fn parse_host_port(

@@ -34,6 +34,25 @@ pub fn scaled(d: Duration) -> Duration {
 /// How many free ports to try when another process grabs one between choice and bind.
 const PORT_TRIES: usize = 5;
 
+/// A validated source of `kind` at `endpoint` with `settings`, sending
+/// `Authorization: Bearer <token>` (the HTTP sources' tests), each request bounded by `timeout`.
+pub fn bearer_source(
+    kind: crate::SourceKind,
+    endpoint: &str,
+    settings: serde_json::Value,
+    token: &str,
+    timeout: Duration,
+) -> Box<dyn crate::MetricSource> {
+    let s = crate::SourceSpec {
+        kind,
+        endpoint: endpoint.into(),
+        settings,
+        protected: serde_json::json!({"headers": {"Authorization": format!("Bearer {token}")}}),
+    };
+    crate::validate(&s).unwrap();
+    crate::build(&s, timeout).unwrap()
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

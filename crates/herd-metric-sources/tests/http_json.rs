@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use herd_metric_sources::testkit::{free_port, HttpServer};
-use herd_metric_sources::{build, validate, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use herd_metric_sources::testkit::{bearer_source, free_port, HttpServer};
+use herd_metric_sources::{build, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-Http-s3cret";
@@ -13,14 +13,7 @@ fn t() -> Duration {
 }
 
 fn source(url: &str, pointer: &str) -> Box<dyn MetricSource> {
-    let s = SourceSpec {
-        kind: SourceKind::HttpJson,
-        endpoint: url.into(),
-        settings: json!({"pointer": pointer}),
-        protected: json!({"headers": {"Authorization": format!("Bearer {TOKEN}")}}),
-    };
-    validate(&s).unwrap();
-    build(&s, t()).unwrap()
+    bearer_source(SourceKind::HttpJson, url, json!({"pointer": pointer}), TOKEN, t())
 }
 
 async fn error(src: &dyn MetricSource) -> SourceError {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use herd_metric_sources::testkit::{eventually, HttpServer, PrometheusServer};
-use herd_metric_sources::{build, validate, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
+use herd_metric_sources::testkit::{bearer_source, eventually, HttpServer, PrometheusServer};
+use herd_metric_sources::{build, ErrorKind, MetricSource, SourceError, SourceKind, SourceSpec};
 use serde_json::json;
 
 const TOKEN: &str = "tok-Prom-s3cret";
@@ -16,14 +16,7 @@ fn t() -> Duration {
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(60);
 
 fn source(prom: &PrometheusServer, query: &str) -> Box<dyn MetricSource> {
-    let s = SourceSpec {
-        kind: SourceKind::Prometheus,
-        endpoint: prom.endpoint(),
-        settings: json!({"query": query}),
-        protected: json!({"headers": {"Authorization": format!("Bearer {TOKEN}")}}),
-    };
-    validate(&s).unwrap();
-    build(&s, t()).unwrap()
+    bearer_source(SourceKind::Prometheus, &prom.endpoint(), json!({"query": query}), TOKEN, t())
 }
 
 fn metrics(jobs: u32, other: u32) -> String {

@@ -13,8 +13,29 @@ use std::process::{Command, Output};
 use support::app::{alive, app_binary, cmdline, get, post, read};
 use support::postgres::{free_port, random_hex, PgCluster};
 
+/// `images/app/NAME`, except `installapp-v2.sh`, which is not in the repository: `build.sh`
+/// writes it from `installapp-v1.sh` with its `V2_SED` expression, and so does this, into the
+/// test's scratch directory.
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/app").join(name)
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/app");
+    if name != "installapp-v2.sh" {
+        return app.join(name);
+    }
+    let build = read(&app.join("build.sh"));
+    let expr = build
+        .lines()
+        .find_map(|l| l.strip_prefix("V2_SED='")?.strip_suffix('\''))
+        .expect("build.sh defines V2_SED");
+    let out = Command::new("sed").arg(expr).arg(app.join("installapp-v1.sh")).output().expect("run sed");
+    assert!(out.status.success(), "sed {expr}: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("installapp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::NamedTempFile::new_in(&dir).unwrap();
+    std::fs::write(tmp.path(), &out.stdout).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join(name);
+    tmp.persist(&path).unwrap();
+    path
 }
 
 /// A loopback address of our own in 127.0.0.0/8 (as the process driver gives each instance),

@@ -4,10 +4,13 @@
 //! bad condition gets a caret under the bad token before anything is sent. Edits to a setting
 //! (rule create/delete, profile, target) are read-modify-write with `If-Match`, like az.
 
-use crate::client::{enc, Client};
-use crate::output::Columns;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::autoscale_setting::{
+    default_profile, edit_rules, profile_index, remove_profile, simulate, weekly_profiles, Weekly,
+};
+use crate::output::{Columns, Print};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use herd_client::{enc, Client};
 use serde_json::{json, Value};
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +329,18 @@ fn setting_path(group: &str, name: &str) -> String {
     format!("/v1/resourceGroups/{}/autoscaleSettings/{}", enc(group), enc(name))
 }
 
+/// [`edit`], then shows the setting as a table.
+async fn edit_show(
+    client: &Client,
+    print: Print<'_>,
+    group: &str,
+    name: &str,
+    f: impl FnOnce(&mut Value) -> Result<()>,
+) -> Result<()> {
+    let v = edit(client, group, name, f).await?;
+    print(&v, Some(SETTING_TABLE))
+}
+
 /// Reads a setting, lets `f` edit its JSON, writes it back if unchanged meanwhile.
 async fn edit(client: &Client, group: &str, name: &str, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<Value> {
     let path = setting_path(group, name);
@@ -340,80 +355,7 @@ async fn edit(client: &Client, group: &str, name: &str, f: impl FnOnce(&mut Valu
     client.call(reqwest::Method::PUT, &path, Some(&cur), &[("If-Match", &etag)]).await
 }
 
-/// The default profile (the one without recurrence or fixed date) of a setting's JSON.
-fn default_profile(v: &mut Value) -> Result<&mut Value> {
-    let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
-    profiles
-        .iter_mut()
-        .find(|p| p.get("recurrence").is_none_or(Value::is_null) && p.get("fixedDate").is_none_or(Value::is_null))
-        .ok_or_else(|| anyhow!("the setting has no default profile"))
-}
-
-/// Whether a profile is one `profile create --end` wrote to end a recurrence (named
-/// `{"name": "<default>", "for": "<profile>"}`, as az names it): a continuation of the default
-/// profile, not one users address by name.
-fn is_end_profile(p: &Value) -> bool {
-    p["name"].as_str().and_then(|n| serde_json::from_str::<Value>(n).ok()).is_some_and(|j| j.get("for").is_some())
-}
-
-/// The profile `--profile-name` names (the default profile without it), by index.
-fn profile_index(v: &Value, name: Option<&str>) -> Result<usize> {
-    let profiles = v["profiles"].as_array().ok_or_else(|| anyhow!("the setting has no profiles"))?;
-    let found = match name {
-        None => profiles.iter().position(|p| {
-            p.get("recurrence").is_none_or(Value::is_null) && p.get("fixedDate").is_none_or(Value::is_null)
-        }),
-        Some(n) => profiles.iter().position(|p| p["name"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(n))),
-    };
-    found.ok_or_else(|| {
-        let names: Vec<&str> =
-            profiles.iter().filter(|p| !is_end_profile(p)).filter_map(|p| p["name"].as_str()).collect();
-        match name {
-            Some(n) => anyhow!("--profile-name: there is no profile '{n}'; the profiles are: {}", names.join(", ")),
-            None => anyhow!(
-                "the setting has no default profile (one without a schedule); name one with --profile-name: {}",
-                names.join(", ")
-            ),
-        }
-    })
-}
-
-/// Edits the rules of the profile `--profile-name` names. Editing the default profile also
-/// edits the profiles that end a recurrence (`profile create --end`) while their rules are
-/// still the default's copy: they stand for the default profile after the recurrence ends, so
-/// a rule added to the default applies there too (az leaves them behind).
-fn edit_rules(v: &mut Value, name: Option<&str>, f: impl FnOnce(&mut Vec<Value>) -> Result<()>) -> Result<()> {
-    let idx = profile_index(v, name)?;
-    let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
-    let is_default = profiles[idx].get("recurrence").is_none_or(Value::is_null)
-        && profiles[idx].get("fixedDate").is_none_or(Value::is_null);
-    let before = profiles[idx]["rules"].clone();
-    if !profiles[idx]["rules"].is_array() {
-        profiles[idx]["rules"] = json!([]);
-    }
-    let rules = profiles[idx]["rules"].as_array_mut().ok_or_else(|| anyhow!("profile without rules"))?;
-    f(rules)?;
-    let after = profiles[idx]["rules"].clone();
-    if is_default {
-        let default_name = profiles[idx]["name"].as_str().unwrap_or_default().to_string();
-        for p in profiles.iter_mut().filter(|p| is_end_profile(p)) {
-            let of_default = p["name"]
-                .as_str()
-                .and_then(|n| serde_json::from_str::<Value>(n).ok())
-                .is_some_and(|j| j["name"] == default_name.as_str());
-            if of_default && p["rules"] == before {
-                p["rules"] = after.clone();
-            }
-        }
-    }
-    Ok(())
-}
-
-pub async fn autoscale(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: AutoscaleCmd,
-) -> Result<()> {
+pub async fn autoscale(client: &Client, print: Print<'_>, c: AutoscaleCmd) -> Result<()> {
     match c {
         AutoscaleCmd::Create { group, resource, resource_type, name, min_count, max_count, count, disabled } => {
             if let Some(t) = &resource_type {
@@ -443,7 +385,7 @@ pub async fn autoscale(
             Some(SETTING_TABLE),
         ),
         AutoscaleCmd::Update { s, min_count, max_count, count, enabled } => {
-            let v = edit(client, &s.group, &s.name, |v| {
+            edit_show(client, print, &s.group, &s.name, |v| {
                 if let Some(e) = enabled {
                     v["enabled"] = json!(e);
                 }
@@ -455,8 +397,7 @@ pub async fn autoscale(
                 }
                 Ok(())
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
         AutoscaleCmd::Delete(s) => {
             client.delete(&setting_path(&s.group, &s.name)).await?;
@@ -465,28 +406,33 @@ pub async fn autoscale(
         AutoscaleCmd::History(s) => {
             print(&client.get(&format!("{}/history", setting_path(&s.group, &s.name))).await?, Some(HISTORY_TABLE))
         }
-        AutoscaleCmd::Rule(RuleCmd::Create {
-            group,
-            autoscale_name,
-            condition,
-            scale,
-            cooldown,
-            timegrain,
-            profile_name,
-        }) => {
+        AutoscaleCmd::Rule(c) => rule(client, print, c).await,
+        AutoscaleCmd::Target(c) => target(client, print, c).await,
+        AutoscaleCmd::Profile(c) => profile(client, print, c).await,
+        AutoscaleCmd::Notification(c) => notification(client, print, c).await,
+        AutoscaleCmd::Simulate { s, trace, plot, start_capacity, provisioning_latency } => {
+            let v = client.get(&setting_path(&s.group, &s.name)).await?;
+            print(&simulate(v, &trace, plot.as_deref(), start_capacity, provisioning_latency)?, None)
+        }
+    }
+}
+
+/// `herd monitor autoscale rule ...`: rules of a profile, read-modify-write.
+async fn rule(client: &Client, print: Print<'_>, c: RuleCmd) -> Result<()> {
+    match c {
+        RuleCmd::Create { group, autoscale_name, condition, scale, cooldown, timegrain, profile_name } => {
             let rule = herd_autoscale::parse_rule(&condition, &scale.join(" "), cooldown, timegrain.as_deref())
                 .map_err(|e| anyhow!("{e}"))?;
             let rule = serde_json::to_value(&rule)?;
-            let v = edit(client, &group, &autoscale_name, |v| {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 edit_rules(v, profile_name.as_deref(), |rules| {
                     rules.push(rule);
                     Ok(())
                 })
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
-        AutoscaleCmd::Rule(RuleCmd::List { group, autoscale_name, profile_name }) => {
+        RuleCmd::List { group, autoscale_name, profile_name } => {
             let v = client.get(&setting_path(&group, &autoscale_name)).await?;
             let idx = profile_index(&v, profile_name.as_deref())?;
             let rules = v["profiles"][idx]["rules"].as_array().cloned().unwrap_or_default();
@@ -513,8 +459,8 @@ pub async fn autoscale(
                 ]),
             )
         }
-        AutoscaleCmd::Rule(RuleCmd::Delete { group, autoscale_name, index, profile_name }) => {
-            let v = edit(client, &group, &autoscale_name, |v| {
+        RuleCmd::Delete { group, autoscale_name, index, profile_name } => {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 edit_rules(v, profile_name.as_deref(), |rules| {
                     if index.iter().any(|i| i == "*") {
                         rules.clear();
@@ -538,11 +484,16 @@ pub async fn autoscale(
                     Ok(())
                 })
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
-        AutoscaleCmd::Target(TargetCmd::Create { group, autoscale_name, metric, target, warmup }) => {
-            let v = edit(client, &group, &autoscale_name, |v| {
+    }
+}
+
+/// `herd monitor autoscale target ...`: the setting's target tracking.
+async fn target(client: &Client, print: Print<'_>, c: TargetCmd) -> Result<()> {
+    match c {
+        TargetCmd::Create { group, autoscale_name, metric, target, warmup } => {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 let mut t = json!({"metricName": metric, "target": target});
                 if let Some(w) = warmup {
                     t["warmup"] = json!(format!("PT{w}S"));
@@ -550,20 +501,24 @@ pub async fn autoscale(
                 v["targetTracking"] = t;
                 Ok(())
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
-        AutoscaleCmd::Target(TargetCmd::Delete { group, autoscale_name }) => {
-            let v = edit(client, &group, &autoscale_name, |v| {
+        TargetCmd::Delete { group, autoscale_name } => {
+            edit_show(client, print, &group, &autoscale_name, |v| {
                 if let Some(m) = v.as_object_mut() {
                     m.remove("targetTracking");
                 }
                 Ok(())
             })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+            .await
         }
-        AutoscaleCmd::Profile(ProfileCmd::Create {
+    }
+}
+
+/// `herd monitor autoscale profile ...`: recurrent and fixed-date profiles.
+async fn profile(client: &Client, print: Print<'_>, c: ProfileCmd) -> Result<()> {
+    match c {
+        ProfileCmd::Create {
             group,
             autoscale_name,
             name,
@@ -575,7 +530,7 @@ pub async fn autoscale(
             max_count,
             count,
             copy_rules,
-        }) => {
+        } => {
             let v = edit(client, &group, &autoscale_name, |v| {
                 let default: herd_autoscale::Profile = serde_json::from_value(default_profile(v)?.clone())?;
                 let rules = match copy_rules.as_str() {
@@ -591,33 +546,8 @@ pub async fn autoscale(
                         "fixedDate": {"timeZone": timezone, "start": start, "end": end}});
                     profiles.push(p);
                 } else {
-                    if !recurrence[0].eq_ignore_ascii_case("week") || recurrence.len() < 2 {
-                        bail!("--recurrence: give 'week' and the days, e.g. --recurrence week mon tue wed thu fri");
-                    }
-                    let hm = |flag: &str, t: &str| -> Result<(u32, u32)> {
-                        let (h, m) = t.split_once(':').ok_or_else(|| anyhow!("{flag}: '{t}' is not HH:MM"))?;
-                        match (h.parse::<u32>(), m.parse::<u32>()) {
-                            (Ok(h), Ok(m)) if h < 24 && m < 60 => Ok((h, m)),
-                            _ => bail!("{flag}: '{t}' is not HH:MM (00:00 to 23:59)"),
-                        }
-                    };
-                    let (h, m) = hm("--start", &start)?;
-                    let schedule: herd_autoscale::model::RecurrentSchedule = serde_json::from_value(
-                        json!({"timeZone": timezone, "days": recurrence[1..].to_vec(), "hours": [h], "minutes": [m]}),
-                    )?;
-                    let p = herd_autoscale::Profile {
-                        name: name.clone(),
-                        capacity,
-                        rules,
-                        recurrence: Some(serde_json::from_value(json!({"frequency": "Week", "schedule": schedule}))?),
-                        fixed_date: None,
-                    };
-                    profiles.push(serde_json::to_value(&p)?);
-                    if let Some(e) = &end {
-                        let (eh, em) = hm("--end", e)?;
-                        let ender = herd_autoscale::schedule::end_profile(&default, &name, &schedule, eh, em);
-                        profiles.push(serde_json::to_value(&ender)?);
-                    }
+                    let when = Weekly { days: &recurrence, start: &start, end: end.as_deref(), timezone: &timezone };
+                    profiles.extend(weekly_profiles(&default, &name, capacity, rules, &when)?);
                 }
                 v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?.extend(profiles);
                 Ok(())
@@ -633,7 +563,7 @@ pub async fn autoscale(
                 ]),
             )
         }
-        AutoscaleCmd::Profile(ProfileCmd::List { group, autoscale_name }) => {
+        ProfileCmd::List { group, autoscale_name } => {
             let v = client.get(&setting_path(&group, &autoscale_name)).await?;
             print(
                 &v["profiles"],
@@ -647,26 +577,16 @@ pub async fn autoscale(
                 ]),
             )
         }
-        AutoscaleCmd::Profile(ProfileCmd::Delete { group, autoscale_name, name }) => {
-            let v = edit(client, &group, &autoscale_name, |v| {
-                let profiles = v["profiles"].as_array_mut().ok_or_else(|| anyhow!("the setting has no profiles"))?;
-                let before = profiles.len();
-                let ender = |p: &Value| {
-                    p["name"]
-                        .as_str()
-                        .and_then(|n| serde_json::from_str::<Value>(n).ok())
-                        .is_some_and(|j| j["for"] == name.as_str())
-                };
-                profiles.retain(|p| p["name"] != name.as_str() && !ender(p));
-                if profiles.len() == before {
-                    bail!("there is no profile '{name}'");
-                }
-                Ok(())
-            })
-            .await?;
-            print(&v, Some(SETTING_TABLE))
+        ProfileCmd::Delete { group, autoscale_name, name } => {
+            edit_show(client, print, &group, &autoscale_name, |v| remove_profile(v, &name)).await
         }
-        AutoscaleCmd::Notification(NotificationCmd::Add { group, autoscale_name, webhook, properties }) => {
+    }
+}
+
+/// `herd monitor autoscale notification ...`: webhooks called on a scale action.
+async fn notification(client: &Client, print: Print<'_>, c: NotificationCmd) -> Result<()> {
+    match c {
+        NotificationCmd::Add { group, autoscale_name, webhook, properties } => {
             let mut props = serde_json::Map::new();
             for kv in &properties {
                 let (k, val) = kv.split_once('=').ok_or_else(|| anyhow!("--properties: '{kv}' is not KEY=VALUE"))?;
@@ -685,36 +605,10 @@ pub async fn autoscale(
             .await?;
             print(&v["notifications"], None)
         }
-        AutoscaleCmd::Simulate { s, trace, plot, start_capacity, provisioning_latency } => {
-            let mut v = client.get(&setting_path(&s.group, &s.name)).await?;
-            if let Some(m) = v.as_object_mut() {
-                for k in ["id", "resourceGroup", "etag"] {
-                    m.remove(k);
-                }
-            }
-            let setting: herd_autoscale::AutoscaleSetting = serde_json::from_value(v)?;
-            let text = std::fs::read_to_string(&trace).with_context(|| format!("--trace {}", trace.display()))?;
-            let points = herd_autoscale::parse_trace_csv(&text).map_err(|e| anyhow!("--trace: {e}"))?;
-            let start = start_capacity.unwrap_or_else(|| setting.profiles.first().map_or(1, |p| p.capacity.bounds().2));
-            let opts = herd_autoscale::SimOptions {
-                provisioning_latency: chrono::Duration::seconds(provisioning_latency as i64),
-                ..Default::default()
-            };
-            let result = herd_autoscale::simulate(&setting, &points, start, &opts);
-            if let Some(p) = &plot {
-                std::fs::write(p, herd_autoscale::svg_plot(&result, &result.metric_name))
-                    .with_context(|| format!("--plot {}", p.display()))?;
-            }
-            print(&serde_json::to_value(&result)?, None)
-        }
     }
 }
 
-pub async fn source(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: SourceCmd,
-) -> Result<()> {
+pub async fn source(client: &Client, print: Print<'_>, c: SourceCmd) -> Result<()> {
     let path = |g: &str, n: &str| format!("/v1/resourceGroups/{}/metricSources/{}", enc(g), enc(n));
     match c {
         SourceCmd::Create { group, name, kind, endpoint, key, settings, protected_settings } => {
@@ -743,11 +637,7 @@ pub async fn source(
     }
 }
 
-pub async fn metrics(
-    client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-    c: MetricsCmd,
-) -> Result<()> {
+pub async fn metrics(client: &Client, print: Print<'_>, c: MetricsCmd) -> Result<()> {
     let (group, resource, metric) = match c {
         MetricsCmd::List { group, resource, metric } => (group, resource, metric),
         MetricsCmd::ListDefinitions { group, resource } => {

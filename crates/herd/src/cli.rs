@@ -3,6 +3,7 @@
 use crate::output::Format;
 use crate::server::DriverKind;
 use clap::{Args, Parser, Subcommand};
+pub use herd_demo::DemoArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -726,35 +727,11 @@ pub enum ActivityLogCmd {
     },
 }
 
-/// `herd demo`: play the walkthrough (docs/user-guide.md) end to end, printing each command and
-/// what came back, checking each step, and cleaning up at the end.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// What runs the instances. Default: qemu when QEMU and a built test guest are there,
-    /// else process (with a note saying why).
-    #[arg(long, value_parser = ["qemu", "process"])]
-    pub driver: Option<String>,
-    /// Leave the server, the scale set and the database running at the end.
-    #[arg(long)]
-    pub keep: bool,
-    /// The built test guest (images/testguest/build.sh OUT): OUT/1.0.0, OUT/1.0.1.
-    /// Default: $HERD_TESTGUEST_OUT, else target/testguest when present.
-    #[arg(long, value_name = "DIR")]
-    pub testguest: Option<PathBuf>,
-    /// The built demo app (images/app/build.sh OUT): herd-todo and the install scripts.
-    /// Default: $HERD_APP_OUT, else target/guest-app-out.
-    #[arg(long, value_name = "DIR")]
-    pub app: Option<PathBuf>,
-    /// The autoscale rules' averaging window (the walkthrough's is 5m), e.g. 1m, 90s.
-    #[arg(long, default_value = "1m")]
-    pub window: String,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Spot eviction at scale: deciding and writing the evictions a Regular scale-out needs
     /// across 10,000 instances on 50 hosts, next to a naive global youngest-first peer.
-    Spot(crate::bench_spot::SpotBenchOpts),
+    Spot(herd_bench::spot::SpotBenchOpts),
     /// Time from the API call to all instances running.
     Provision {
         #[arg(long, value_enum, default_value = "sim")]

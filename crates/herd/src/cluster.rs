@@ -19,8 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// The cluster id's file in the data dir.
-pub const CLUSTER_ID_FILE: &str = "cluster-id";
+pub use herd_driver::tag::{driver_tag, CLUSTER_ID_FILE};
 
 /// What to do at start with instances of this cluster that the store has no record of.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,15 +54,13 @@ pub fn load_or_create(data_dir: &Path, legacy_tag: Option<String>) -> Result<Clu
     let path = data_dir.join(CLUSTER_ID_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let mut lines = text.lines();
-            let id = lines.next().unwrap_or("").trim().to_string();
+            let (id, tag) = herd_driver::tag::parse_cluster_file(&text);
             if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!(
                     "{} does not hold a cluster id (32 hex digits); restore it from a backup, or remove it only if no instance of this server runs",
                     path.display()
                 );
             }
-            let tag = lines.find_map(|l| l.strip_prefix("legacy-tag ")).map_or_else(|| driver_tag(&id), str::to_string);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             Ok(Cluster { id, tag, created: false })
         }
@@ -88,21 +85,6 @@ pub fn load_or_create(data_dir: &Path, legacy_tag: Option<String>) -> Result<Clu
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-/// The driver tag of a new cluster: in every process instance's environment and directory,
-/// and (hashed) in every QEMU's argv marker.
-pub fn driver_tag(cluster_id: &str) -> String {
-    format!("herd:{cluster_id}")
-}
-
-/// The driver tag of the cluster whose data dir is `data_dir`, if it has a cluster id (for
-/// finding its process instances in `/proc`).
-pub fn tag_of(data_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(data_dir.join(CLUSTER_ID_FILE)).ok()?;
-    let mut lines = text.lines();
-    let id = lines.next()?.trim().to_string();
-    Some(lines.find_map(|l| l.strip_prefix("legacy-tag ")).map_or_else(|| driver_tag(&id), str::to_string))
 }
 
 /// Keys of every instance record in the store, including quarantined ones (which still count

@@ -1,10 +1,10 @@
 //! What each subcommand does: build the request, send it, wait for convergence, print.
 
 use crate::cli::*;
-use crate::client::{enc, set_path, Client};
 use crate::output::{self, Columns, Format};
 use crate::wait::{self, Until};
 use anyhow::{anyhow, bail, Context, Result};
+use herd_client::{enc, set_path, Client};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -106,8 +106,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Store(crate::store_cmds::StoreCmd::Check { data_dir: Some(dir) }) => {
             return crate::store_cmds::check_offline(&dir, g.output)
         }
-        Command::Demo(a) => return crate::demo::run(a).await,
-        Command::Bench(b) => return crate::bench::run(b).await,
+        Command::Demo(a) => return herd_demo::run(a).await,
+        Command::Bench(b) => return crate::bench_cmds::run(b).await,
         Command::Gen(GenCmd::CliDocs) => {
             print!("{}", cli_docs());
             return Ok(());
@@ -122,7 +122,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         _ => {}
     }
     let ctx = Ctx {
-        client: Client::new(&g.server, g.token, g.token_dir)?,
+        client: Client::new(&g.server, g.token, g.token_dir.unwrap_or_else(crate::server::default_data_dir))?,
         format: g.output,
         query: g.query,
         no_wait: g.no_wait,
@@ -212,7 +212,7 @@ async fn group(ctx: &Ctx, c: GroupCmd) -> Result<()> {
             let start = std::time::Instant::now();
             loop {
                 match ctx.client.get(&path).await {
-                    Err(e) if crate::client::is_not_found(&e) => return Ok(()),
+                    Err(e) if herd_client::is_not_found(&e) => return Ok(()),
                     Err(e) => return Err(e),
                     Ok(_) if start.elapsed() > ctx.timeout => {
                         bail!("timed out waiting for resource group '{name}' to be deleted")
@@ -475,7 +475,7 @@ async fn network_profile(ctx: &Ctx, c: &VmssCreate) -> Result<Option<Value>> {
                     ctx.client.put(&format!("{path}/backendAddressPools/{}", enc(&pool)), &json!({})).await?;
                 }
             }
-            Err(e) if crate::client::is_not_found(&e) => {
+            Err(e) if herd_client::is_not_found(&e) => {
                 let pip = c.public_ip_address.clone().unwrap_or_else(|| format!("{lb}PublicIP"));
                 let pip_id = crate::network_cmds::ensure_public_ip(&ctx.client, g, &pip).await?;
                 let body = json!({
@@ -731,7 +731,8 @@ async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
                 }
                 (Some(d), None, None) => {
                     let extra = guest_agent.map_or(json!({}), |g| json!({"guestAgent": g}));
-                    let v = crate::image_upload::import_directory(&ctx.client, &urn, &abs("dir", d)?, extra).await?;
+                    let v =
+                        herd_client::image_upload::import_directory(&ctx.client, &urn, &abs("dir", d)?, extra).await?;
                     return ctx.print(&v, Some(IMAGE_TABLE));
                 }
                 (None, Some(d), None) => file(&mut body, "disk", "disk", d)?,
@@ -751,7 +752,7 @@ async fn image(ctx: &Ctx, c: ImageCmd) -> Result<()> {
                 _ => bail!("give one of --dir (process driver), --disk or --kernel (qemu driver)"),
             }
             for (field, flag, path) in &uploads {
-                crate::image_upload::upload_file(&ctx.client, &urn, field, flag, path).await?;
+                herd_client::image_upload::upload_file(&ctx.client, &urn, field, flag, path).await?;
             }
             if !uploads.is_empty() {
                 body["uploaded"] = json!(true);

@@ -6,11 +6,11 @@
 //! get the API's report untouched, with its exact figures.
 
 use crate::cli::SetRef;
-use crate::client::{enc, set_path, Client};
 use crate::output::{self, Format};
 use anyhow::{Context, Result};
 use clap::Args;
 use herd_billing::CostReport;
+use herd_client::{enc, set_path, Client};
 use serde_json::{json, Map, Value};
 
 /// `herd vmss cost -g RG -n NAME [--since 24h]`.

@@ -4,25 +4,18 @@
 #![forbid(unsafe_code)]
 
 mod autoscale_cmds;
-mod bench;
-mod bench_autoscale;
-mod bench_qemu;
-mod bench_rolling;
-mod bench_spot;
+mod autoscale_setting;
+mod bench_cmds;
 mod cli;
-mod client;
 mod cluster;
 mod commands;
 mod cost_cmds;
-mod demo;
-mod image_upload;
 mod network_cmds;
 mod output;
 mod server;
 mod services;
 mod store_cmds;
 mod wait;
-mod walkthrough;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::parse();

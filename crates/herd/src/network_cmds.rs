@@ -1,10 +1,10 @@
 //! `herd network ...`: virtual networks, subnets, public IPs and load balancers, spelled as
 //! `az network ...`.
 
-use crate::client::{enc, is_not_found, Client};
-use crate::output::{self, Columns, Format};
+use crate::output::{self, Columns, Format, Print};
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
+use herd_client::{enc, is_not_found, Client};
 use serde_json::{json, Value};
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +284,27 @@ const LB_TABLE: Columns<'static> = &[
     ("Rules", "length(loadBalancingRules)"),
 ];
 
+/// List, show or delete: the same for every top-level network resource.
+enum Plain<'a> {
+    List(&'a str),
+    Show(&'a Named),
+    Delete(&'a Named),
+}
+
+/// Lists the group's resources of `kind` (`virtualNetworks`, ...), shows one, or deletes one.
+async fn plain(client: &Client, print: Print<'_>, kind: &str, table: Columns<'_>, op: Plain<'_>) -> Result<()> {
+    match op {
+        Plain::List(group) => print(&client.get(&format!("{}/{kind}", base(group))).await?, Some(table)),
+        Plain::Show(r) => print(&client.get(&path(&r.group, kind, &r.name)).await?, Some(table)),
+        Plain::Delete(r) => client.delete(&path(&r.group, kind, &r.name)).await.map(drop),
+    }
+}
+
+/// The path of the network resource `name` of `kind` (`virtualNetworks`, ...) in `group`.
+fn path(group: &str, kind: &str, name: &str) -> String {
+    format!("{}/{kind}/{}", base(group), enc(name))
+}
+
 fn base(group: &str) -> String {
     format!("/v1/resourceGroups/{}", enc(group))
 }
@@ -294,10 +315,11 @@ fn lb_id(group: &str, lb: &str) -> String {
 
 /// Runs a `herd network` command.
 pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: NetworkCmd) -> Result<()> {
-    let print = |v: &Value, cols: Option<Columns<'_>>| -> Result<()> {
+    let show = |v: &Value, cols: Option<Columns<'_>>| -> Result<()> {
         print!("{}", output::render(v, fmt, query, cols)?);
         Ok(())
     };
+    let print: Print<'_> = &show;
     match cmd {
         NetworkCmd::Vnet(c) => match c {
             VnetCmd::Create { r, prefixes, subnet_name, subnet_prefix, location } => {
@@ -311,24 +333,16 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
                 let v = client
                     .call(
                         reqwest::Method::PUT,
-                        &format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.name)),
+                        &path(&r.group, "virtualNetworks", &r.name),
                         Some(&body),
                         &[("If-None-Match", "*")],
                     )
                     .await?;
                 print(&v, Some(VNET_TABLE))
             }
-            VnetCmd::List { group } => {
-                print(&client.get(&format!("{}/virtualNetworks", base(&group))).await?, Some(VNET_TABLE))
-            }
-            VnetCmd::Show(r) => print(
-                &client.get(&format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.name))).await?,
-                Some(VNET_TABLE),
-            ),
-            VnetCmd::Delete(r) => {
-                client.delete(&format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.name))).await?;
-                Ok(())
-            }
+            VnetCmd::List { group } => plain(client, print, "virtualNetworks", VNET_TABLE, Plain::List(&group)).await,
+            VnetCmd::Show(r) => plain(client, print, "virtualNetworks", VNET_TABLE, Plain::Show(&r)).await,
+            VnetCmd::Delete(r) => plain(client, print, "virtualNetworks", VNET_TABLE, Plain::Delete(&r)).await,
             VnetCmd::Subnet(s) => match s {
                 SubnetCmd::Create { r, prefix } => {
                     let path =
@@ -336,11 +350,11 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
                     print(&client.put(&path, &json!({"addressPrefix": prefix})).await?, Some(SUBNET_TABLE))
                 }
                 SubnetCmd::List { group, vnet_name } => {
-                    let v = client.get(&format!("{}/virtualNetworks/{}", base(&group), enc(&vnet_name))).await?;
+                    let v = client.get(&path(&group, "virtualNetworks", &vnet_name)).await?;
                     print(&v["subnets"], Some(SUBNET_TABLE))
                 }
                 SubnetCmd::Show(r) => {
-                    let v = client.get(&format!("{}/virtualNetworks/{}", base(&r.group), enc(&r.vnet_name))).await?;
+                    let v = client.get(&path(&r.group, "virtualNetworks", &r.vnet_name)).await?;
                     let sub = v["subnets"]
                         .as_array()
                         .and_then(|a| {
@@ -372,25 +386,19 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
                     body["ipAddress"] = json!(a);
                 }
                 let allow = if allow_non_loopback { "true" } else { "false" };
-                let path = format!("{}/publicIPAddresses/{}", base(&r.group), enc(&r.name));
+                let path = path(&r.group, "publicIPAddresses", &r.name);
                 let v = client
                     .call(reqwest::Method::PUT, &path, Some(&body), &[("x-herd-allow-non-loopback", allow)])
                     .await?;
                 print(&v, Some(PIP_TABLE))
             }
             PublicIpCmd::List { group } => {
-                print(&client.get(&format!("{}/publicIPAddresses", base(&group))).await?, Some(PIP_TABLE))
+                plain(client, print, "publicIPAddresses", PIP_TABLE, Plain::List(&group)).await
             }
-            PublicIpCmd::Show(r) => print(
-                &client.get(&format!("{}/publicIPAddresses/{}", base(&r.group), enc(&r.name))).await?,
-                Some(PIP_TABLE),
-            ),
-            PublicIpCmd::Delete(r) => {
-                client.delete(&format!("{}/publicIPAddresses/{}", base(&r.group), enc(&r.name))).await?;
-                Ok(())
-            }
+            PublicIpCmd::Show(r) => plain(client, print, "publicIPAddresses", PIP_TABLE, Plain::Show(&r)).await,
+            PublicIpCmd::Delete(r) => plain(client, print, "publicIPAddresses", PIP_TABLE, Plain::Delete(&r)).await,
         },
-        NetworkCmd::Lb(c) => lb(client, c, &print).await,
+        NetworkCmd::Lb(c) => lb(client, c, print).await,
     }
 }
 
@@ -408,7 +416,7 @@ pub async fn ensure_public_ip(client: &Client, group: &str, name: &str) -> Resul
 
 async fn child<C: Args>(
     client: &Client,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
+    print: Print<'_>,
     coll: &str,
     cmd: ChildCmd<C>,
     body: impl FnOnce(&C) -> Result<(ChildRef, Value)>,
@@ -423,7 +431,7 @@ async fn child<C: Args>(
             print(&created, None)
         }
         ChildCmd::List(r) => {
-            let v = client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.lb_name))).await?;
+            let v = client.get(&path(&r.group, "loadBalancers", &r.lb_name)).await?;
             print(&v[coll], None)
         }
         ChildCmd::Show(r) if coll == "backendAddressPools" => {
@@ -432,7 +440,7 @@ async fn child<C: Args>(
             print(&client.get(&path).await?, None)
         }
         ChildCmd::Show(r) => {
-            let v = client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.lb_name))).await?;
+            let v = client.get(&path(&r.group, "loadBalancers", &r.lb_name)).await?;
             let found = v[coll]
                 .as_array()
                 .and_then(|a| a.iter().find(|x| x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&r.name))))
@@ -449,7 +457,7 @@ async fn child<C: Args>(
     }
 }
 
-async fn lb(client: &Client, c: LbCmd, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>) -> Result<()> {
+async fn lb(client: &Client, c: LbCmd, print: Print<'_>) -> Result<()> {
     match c {
         LbCmd::Create { r, public_ip_address, frontend_ip_name, backend_pool_name, sku: _ } => {
             let mut fe = json!({"name": frontend_ip_name});
@@ -458,16 +466,13 @@ async fn lb(client: &Client, c: LbCmd, print: &dyn Fn(&Value, Option<Columns<'_>
             }
             let pool = backend_pool_name.unwrap_or_else(|| format!("{}BEPool", r.name));
             let body = json!({"frontendIPConfigurations": [fe], "backendAddressPools": [{"name": pool}]});
-            let path = format!("{}/loadBalancers/{}", base(&r.group), enc(&r.name));
+            let path = path(&r.group, "loadBalancers", &r.name);
             let v = client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
             print(&v, Some(LB_TABLE))
         }
-        LbCmd::List { group } => print(&client.get(&format!("{}/loadBalancers", base(&group))).await?, Some(LB_TABLE)),
-        LbCmd::Show(r) => print(&client.get(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.name))).await?, Some(LB_TABLE)),
-        LbCmd::Delete(r) => {
-            client.delete(&format!("{}/loadBalancers/{}", base(&r.group), enc(&r.name))).await?;
-            Ok(())
-        }
+        LbCmd::List { group } => plain(client, print, "loadBalancers", LB_TABLE, Plain::List(&group)).await,
+        LbCmd::Show(r) => plain(client, print, "loadBalancers", LB_TABLE, Plain::Show(&r)).await,
+        LbCmd::Delete(r) => plain(client, print, "loadBalancers", LB_TABLE, Plain::Delete(&r)).await,
         LbCmd::Probe(cmd) => {
             child(client, print, "probes", cmd, |a: &ProbeArgs| {
                 let mut b = json!({"protocol": a.protocol, "port": a.port, "intervalInSeconds": a.interval, "probeThreshold": a.threshold});

@@ -20,6 +20,10 @@ pub enum Format {
     None,
 }
 
+/// How a command shows its result (the `-o` format and `--query` applied), given the table
+/// columns to use for `-o table`.
+pub type Print<'a> = &'a dyn Fn(&Value, Option<Columns<'_>>) -> anyhow::Result<()>;
+
 /// Applies `query` (JMESPath) to `value`.
 pub fn apply_query(value: &Value, query: &str) -> Result<Value> {
     let expr = jmespath::compile(query).map_err(|e| anyhow!("--query: {e}"))?;

@@ -4,7 +4,7 @@
 //! start (or should not), so `herd store check --data-dir DIR` opens the database read-only
 //! and runs the same check as the API's `GET /v1/store/check`, without a server.
 
-use crate::output::{Columns, Format};
+use crate::output::{Columns, Format, Print};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::Value;
@@ -49,7 +49,7 @@ pub fn check_offline(dir: &Path, format: Format) -> Result<()> {
 }
 
 /// Prints a store check; an error (non-zero exit) when it found problems.
-pub fn print_check(v: &Value, format: Format, print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>) -> Result<()> {
+pub fn print_check(v: &Value, format: Format, print: Print<'_>) -> Result<()> {
     if matches!(format, Format::Json | Format::Jsonc) {
         print(v, None)?;
     } else {
@@ -78,11 +78,7 @@ pub fn print_check(v: &Value, format: Format, print: &dyn Fn(&Value, Option<Colu
 }
 
 /// Prints `herd server status`.
-pub fn print_status(
-    v: &Value,
-    format: Format,
-    print: &dyn Fn(&Value, Option<Columns<'_>>) -> Result<()>,
-) -> Result<()> {
+pub fn print_status(v: &Value, format: Format, print: Print<'_>) -> Result<()> {
     if matches!(format, Format::Json | Format::Jsonc) {
         return print(v, None);
     }

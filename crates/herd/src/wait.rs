@@ -1,7 +1,7 @@
 //! Waiting for convergence with a progress line, for every mutating command and `vmss wait`.
 
-use crate::client::{is_not_found, set_path, Client};
 use anyhow::{bail, Result};
+use herd_client::{is_not_found, set_path, Client};
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};

@@ -10,11 +10,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn setup() -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(SIM_CONFIG));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "g", "-l", "local"]);
-    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
+    let (dir, s) = sim_with_image("g", &["1.0.0"]);
     s.ok(&words(
         "vmss create -g g -n s --image Herd:TestGuest:1:1.0.0 --instance-count 2 --vm-sku Standard_B1ms \
          --upgrade-policy-mode Manual --quiet",

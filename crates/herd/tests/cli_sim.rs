@@ -8,13 +8,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn setup() -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start("sim", &dir.path().join("data"), Some(SIM_CONFIG));
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    s.ok(&["group", "create", "-n", "web-rg", "-l", "local"]);
-    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.0", "--dir", img.to_str().unwrap()]);
-    s.ok(&["image", "import", "--urn", "Herd:TestGuest:1:1.0.1", "--dir", img.to_str().unwrap()]);
-    (dir, s)
+    sim_with_image("web-rg", &["1.0.0", "1.0.1"])
 }
 
 const SET: [&str; 4] = ["-g", "web-rg", "-n", "webscaleset"];

@@ -1,7 +1,7 @@
 //! The acceptance test: the whole walkthrough (`herd demo`, which plays every step of the
 //! classic scale-set tutorial through the real CLI and checks what a user would see) on real
 //! VMs (`qemu`, TCG here) and on the `process` driver. One implementation serves the demo and
-//! this test (`src/walkthrough.rs`); here we run it as a user would and check it passed.
+//! this test (`crates/herd-demo/src/walkthrough.rs`); here we run it as a user would and check it passed.
 //!
 //! Needs PostgreSQL (the TODO app's database), the demo app (`images/app/build.sh`;
 //! `HERD_APP_OUT`, else built into `target/guest-app-out`) and, for qemu, QEMU and the test

@@ -64,22 +64,7 @@ pub fn rule(
     kind: ScaleType,
     value: u64,
 ) -> Rule {
-    Rule {
-        metric_trigger: MetricTrigger {
-            metric_name: metric.into(),
-            metric_namespace: None,
-            metric_resource_uri: None,
-            time_grain: "PT1M".into(),
-            statistic: Statistic::Average,
-            time_window: "PT5M".into(),
-            time_aggregation: TimeAggregation::Average,
-            operator: op,
-            threshold,
-            dimensions: vec![],
-            divide_per_instance: None,
-        },
-        scale_action: ScaleAction { direction, kind, value: value.to_string(), cooldown: "PT5M".into() },
-    }
+    Rule::avg_5m(metric, op, threshold, direction, kind, value)
 }
 
 pub fn out(metric: &str, threshold: f64, by: u64) -> Rule {

@@ -361,6 +361,19 @@ pub fn image_dir(dir: &Path, body: &str) -> PathBuf {
 
 pub const SIM_CONFIG: &str = "[sim]\nboot_min_ms = 5\nboot_max_ms = 30\n";
 
+/// A sim server (with [`SIM_CONFIG`]) in a new temporary directory, with the resource group
+/// `group` and a sleeper image imported as `Herd:TestGuest:1:<version>` for each of `versions`.
+pub fn sim_with_image(group: &str, versions: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start("sim", &dir.path().join("data"), Some(SIM_CONFIG));
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.ok(&["group", "create", "-n", group, "-l", "local"]);
+    for v in versions {
+        s.ok(&["image", "import", "--urn", &format!("Herd:TestGuest:1:{v}"), "--dir", img.to_str().unwrap()]);
+    }
+    (dir, s)
+}
+
 /// A small HTTP file server on loopback for extension `fileUris`: serves `files` by name until
 /// dropped. Each connection is one request (Connection: close).
 pub struct FileServer {
@@ -370,40 +383,9 @@ pub struct FileServer {
 
 impl FileServer {
     pub fn start(files: Vec<(&str, Vec<u8>)>) -> FileServer {
-        use std::io::{Read, Write};
-        let files: std::collections::BTreeMap<String, Vec<u8>> =
-            files.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let base = format!("http://{}", l.local_addr().unwrap());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        std::thread::spawn(move || {
-            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
-                let Ok((mut s, _)) = l.accept() else {
-                    // Pacing of the non-blocking accept loop (it must notice `stop`).
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = vec![0u8; 8192];
-                let n = s.read(&mut buf).unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
-                match files.get(&path) {
-                    Some(body) => {
-                        let _ =
-                            write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                        let _ = s.write_all(body);
-                    }
-                    None => {
-                        let _ = write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    }
-                }
-            }
-        });
-        FileServer { base, stop }
+        let files = files.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+        let (port, stop) = herd_demo::walkthrough::start_file_server(files).unwrap();
+        FileServer { base: format!("http://127.0.0.1:{port}"), stop }
     }
 
     pub fn url(&self, name: &str) -> String {

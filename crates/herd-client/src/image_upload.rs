@@ -6,7 +6,7 @@
 //! (regular files and directories), so a tree with a symbolic link, a FIFO or a device is refused
 //! before anything is sent, naming the entry.
 
-use crate::client::{enc, Client};
+use crate::{enc, Client};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;

@@ -156,21 +156,20 @@ fn exe() -> PathBuf {
 fn leftover_pids(data: &Path) -> Vec<u32> {
     let Ok(dir) = data.canonicalize() else { return vec![] };
     let vms = dir.join("vms").display().to_string();
-    let tag = format!("HERD_DRIVER_TAG={}", crate::cluster::tag_of(&dir).unwrap_or_default());
     let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
+    let mut pids: Vec<u32> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
         .filter(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("qemu-system") && cmd.contains(&vms) {
-                return true;
-            }
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            env.split(|b| *b == 0).any(|v| v == tag.as_bytes())
+            cmd.contains("qemu-system") && cmd.contains(&vms)
         })
-        .collect()
+        .collect();
+    if let Some(tag) = herd_driver::tag::tag_of(&dir) {
+        pids.extend(herd_driver_process::tagged_pids(&tag));
+    }
+    pids
 }
 
 /// 16 random hex digits (std only: the hasher's keys are random per process).
@@ -279,8 +278,10 @@ impl Load {
 // ---------------------------------------------------------------------------------------------
 // A tiny file server for the extension's fileUris and the app binary.
 
-/// Serves `files` by name on 127.0.0.1 until `stop` is set; one thread per connection.
-fn start_file_server(files: Vec<(String, Vec<u8>)>) -> Result<(u16, Arc<AtomicBool>)> {
+/// Serves `files` by name on 127.0.0.1 until `stop` is set; one thread per connection, one
+/// request per connection. Returns the port and `stop`. (The CLI tests serve their extension
+/// files with it too.)
+pub fn start_file_server(files: Vec<(String, Vec<u8>)>) -> Result<(u16, Arc<AtomicBool>)> {
     let files: Arc<std::collections::BTreeMap<String, Vec<u8>>> = Arc::new(files.into_iter().collect());
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding the file server")?;
     l.set_nonblocking(true)?;
@@ -1255,16 +1256,7 @@ impl Tour<'_> {
         (t1 - t0).as_secs_f64(),
         failures.len()
     ));
-        if !failures.is_empty() {
-            bail!(
-                "{} requests through the frontend failed during the upgrade of one instance, e.g. {:?}",
-                failures.len(),
-                &failures[..failures.len().min(5)]
-            );
-        }
-        if within < 50 {
-            bail!("only {within} requests completed during the upgrade (at least 50 are needed to call it proven)");
-        }
+        check_load("the upgrade of one instance", "the upgrade", " to call it proven", within, &failures)?;
         w.note("answers are now a mix of version 2 and version 1; the app never stopped answering");
         Ok(())
     }
@@ -1274,18 +1266,7 @@ impl Tour<'_> {
         let boot = self.boot;
         let frontend = self.frontend.as_str();
         let frontend_url = self.frontend_url.as_str();
-        w.herd(&[
-            "vmss",
-            "update",
-            "-n",
-            SET,
-            "-g",
-            GROUP,
-            "--set",
-            "virtualMachineProfile.storageProfile.imageReference.version=1.0.1",
-            "-o",
-            "none",
-        ])?;
+        set_image_version(w, "1.0.1")?;
         w.herd(&["vmss", "update-instances", "--instance-ids", "*", "-n", SET, "-g", GROUP, "-o", "none"])?;
         let inst = w.wait_converged(2, boot)?;
         herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
@@ -1307,18 +1288,7 @@ impl Tour<'_> {
         w.note("with a Rolling policy a model change rolls through by itself, in batches gated by the probe; the test guest has two versions, so this move goes back to 1.0.0");
         let load = Load::start(frontend, 2, 50_000, Duration::from_secs(900));
         let t0 = Instant::now();
-        w.herd(&[
-            "vmss",
-            "update",
-            "-n",
-            SET,
-            "-g",
-            GROUP,
-            "--set",
-            "virtualMachineProfile.storageProfile.imageReference.version=1.0.0",
-            "-o",
-            "none",
-        ])?;
+        set_image_version(w, "1.0.0")?;
         let latest = wait("the rolling upgrade to finish", boot * 3, || {
             let v = w.json(&["vmss", "rolling-upgrade", "get-latest", "-g", GROUP, "-n", SET])?;
             match v["state"].as_str() {
@@ -1340,16 +1310,7 @@ impl Tour<'_> {
             (t1 - t0).as_secs_f64(),
             failures.len()
         ));
-        if !failures.is_empty() {
-            bail!(
-                "{} requests through the frontend failed during the rolling upgrade, e.g. {:?}",
-                failures.len(),
-                &failures[..failures.len().min(5)]
-            );
-        }
-        if within < 50 {
-            bail!("only {within} requests completed during the rolling upgrade (at least 50 are needed)");
-        }
+        check_load("the rolling upgrade", "the rolling upgrade", "", within, &failures)?;
         check_todo(frontend, frontend_url)?;
         Ok(())
     }
@@ -1416,40 +1377,25 @@ impl Tour<'_> {
         ])?;
         let cond_in = format!("Percentage CPU < 30 avg {window}");
         let cond_out = format!("Percentage CPU > 70 avg {window}");
-        w.herd(&[
-            "monitor",
-            "autoscale",
-            "rule",
-            "create",
-            "-g",
-            GROUP,
-            "--autoscale-name",
-            "autoscale",
-            "--condition",
-            &cond_in,
-            "--scale",
-            "in",
-            "1",
-            "-o",
-            "table",
-        ])?;
-        w.herd(&[
-            "monitor",
-            "autoscale",
-            "rule",
-            "create",
-            "-g",
-            GROUP,
-            "--autoscale-name",
-            "autoscale",
-            "--condition",
-            &cond_out,
-            "--scale",
-            "out",
-            "1",
-            "-o",
-            "table",
-        ])?;
+        for (condition, direction) in [(&cond_in, "in"), (&cond_out, "out")] {
+            w.herd(&[
+                "monitor",
+                "autoscale",
+                "rule",
+                "create",
+                "-g",
+                GROUP,
+                "--autoscale-name",
+                "autoscale",
+                "--condition",
+                condition,
+                "--scale",
+                direction,
+                "1",
+                "-o",
+                "table",
+            ])?;
+        }
         w.note(&format!(
         "waiting for the autoscaler: it acts once it has {window} of CPU samples (herd samples every set since it exists)..."
     ));
@@ -1541,4 +1487,26 @@ pub fn parse_window(s: &str) -> Option<Duration> {
         "h" => Some(Duration::from_secs(n * 3600)),
         _ => None,
     }
+}
+
+/// `herd vmss update --set ...imageReference.version=VERSION` on the walkthrough's set.
+fn set_image_version(w: &Walk, version: &str) -> Result<()> {
+    let set = format!("virtualMachineProfile.storageProfile.imageReference.version={version}");
+    w.herd(&["vmss", "update", "-n", SET, "-g", GROUP, "--set", &set, "-o", "none"]).map(drop)
+}
+
+/// Fails unless every request of a load run `during` an upgrade succeeded and at least 50
+/// completed within it (`within`; `proven` ends that message).
+fn check_load(during: &str, within_what: &str, proven: &str, within: usize, failures: &[String]) -> Result<()> {
+    if !failures.is_empty() {
+        bail!(
+            "{} requests through the frontend failed during {during}, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+    if within < 50 {
+        bail!("only {within} requests completed during {within_what} (at least 50 are needed{proven})");
+    }
+    Ok(())
 }

@@ -1,14 +1,24 @@
 //! `herd demo`: herd's main job in one command. It plays the walkthrough (the classic
 //! scale-set tutorial) end to end through the real CLI, on real VMs when QEMU and the test
 //! guest are there, else on the process driver, and cleans up (or keeps it all with
-//! `--keep`). The walkthrough itself lives in [`crate::walkthrough`], shared with the
-//! acceptance test, so the demo a newcomer runs is the one CI checks.
+//! `--keep`). The walkthrough itself lives in [`walkthrough`], shared with the acceptance
+//! test, so the demo a newcomer runs is the one CI checks.
+//!
+//! Why a crate of its own: the demo family (this runner, the demo app `herd-todo`, the app's
+//! install scripts in `images/app`) is not part of the control plane. The runner drives the
+//! `herd` binary as a subprocess, exactly as a user in a terminal would, so it depends on no
+//! herd crate but the driver's tag helpers (to clean up what a run left behind). Errors are
+//! `anyhow` ones: the runner ends at the terminal of the user who ran it.
 
-use crate::cli::DemoArgs;
-use crate::walkthrough::{self, Driver, Options, Resources};
+#![forbid(unsafe_code)]
+
+pub mod walkthrough;
+
 use anyhow::{bail, Result};
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use walkthrough::{Driver, Options, Resources};
 
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
@@ -39,6 +49,31 @@ fn default_app() -> PathBuf {
     first_existing(c.clone(), "herd-todo").unwrap_or_else(|| c[0].clone())
 }
 
+/// `herd demo`: play the walkthrough (docs/user-guide.md) end to end, printing each command and
+/// what came back, checking each step, and cleaning up at the end.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// What runs the instances. Default: qemu when QEMU and a built test guest are there,
+    /// else process (with a note saying why).
+    #[arg(long, value_parser = ["qemu", "process"])]
+    pub driver: Option<String>,
+    /// Leave the server, the scale set and the database running at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// The built test guest (images/testguest/build.sh OUT): OUT/1.0.0, OUT/1.0.1.
+    /// Default: $HERD_TESTGUEST_OUT, else target/testguest when present.
+    #[arg(long, value_name = "DIR")]
+    pub testguest: Option<PathBuf>,
+    /// The built demo app (images/app/build.sh OUT): herd-todo and the install scripts.
+    /// Default: $HERD_APP_OUT, else target/guest-app-out.
+    #[arg(long, value_name = "DIR")]
+    pub app: Option<PathBuf>,
+    /// The autoscale rules' averaging window (the walkthrough's is 5m), e.g. 1m, 90s.
+    #[arg(long, default_value = "1m")]
+    pub window: String,
+}
+
+/// Plays the walkthrough as `args` say; on Ctrl-C tears everything down and exits 130.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let testguest = args.testguest.clone().or_else(default_testguest);
     let driver = match args.driver.as_deref() {

@@ -32,9 +32,9 @@
 //! every QEMU whose argv names the benchmark's temporary directory killed, and the directory
 //! removed.
 
-use crate::client::{is_not_found, set_path, Client};
-use crate::server::{start, DriverKind, ServerOptions};
+use crate::{Driver, Launch, ServerSpec};
 use anyhow::{anyhow, bail, Context, Result};
+use herd_client::{set_path, Client};
 use herd_driver_qemu::qga::Qga;
 use herd_driver_qemu::seed::{self, SeedFiles, UserDataInput};
 use herd_model::sku::{SkuSize, SkuTable};
@@ -570,15 +570,9 @@ impl Ctx {
         }
 
         // Delete, and wait until the VMs are gone so the next run has the CPUs.
-        self.client.delete(&path).await?;
+        let what = format!("deleting {name}");
         let t = Instant::now();
-        loop {
-            match self.client.get(&path).await {
-                Err(e) if is_not_found(&e) => break,
-                _ if t.elapsed() > Duration::from_secs(120) => bail!("deleting {name} did not finish"),
-                _ => tokio::time::sleep(LIST_POLL).await,
-            }
-        }
+        crate::delete_and_wait(&self.client, &path, Duration::from_secs(120), LIST_POLL, &what).await?;
         while !qemu_processes(&format!("{}/{GROUP}/{name}/", self.vms_root)).is_empty() {
             if t.elapsed() > Duration::from_secs(120) {
                 bail!("QEMU processes of {name} still run after the delete");
@@ -822,7 +816,7 @@ impl Ctx {
 }
 
 /// Runs the benchmark and prints a table and a JSON summary (only the JSON with `--json`).
-pub async fn run(opts: Options) -> Result<()> {
+pub async fn run(launch: &dyn Launch, opts: Options) -> Result<()> {
     if opts.rounds == 0 || opts.counts.is_empty() || opts.counts.contains(&0) {
         bail!("--rounds and every --counts value must be at least 1");
     }
@@ -839,7 +833,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let data = tmp_path.join("data");
     let config = tmp_path.join("herd.toml");
     // Up to 42 small VMs on this machine: vCPUs overcommitted as far as the bench needs.
-    let host = crate::server::detected_host();
+    let host = launch.host();
     std::fs::write(
         &config,
         format!(
@@ -850,17 +844,9 @@ pub async fn run(opts: Options) -> Result<()> {
             host.memory_mib
         ),
     )?;
-    let mut server = start(ServerOptions {
-        data_dir: data.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        driver: DriverKind::Qemu,
-        config: Some(config),
-        accel: crate::cli::AccelChoice::Tcg,
-        orphans: Default::default(),
-        seal_key_file: None,
-    })
-    .await?;
-    let client = Client::new(&server.url(), Some(server.token.clone()), None)?;
+    let mut server =
+        launch.start(ServerSpec { data_dir: data.clone(), driver: Driver::Qemu, config: Some(config) }).await?;
+    let client = server.client()?;
     let http = reqwest::Client::builder().no_proxy().timeout(PROBE_TIMEOUT).pool_max_idle_per_host(0).build()?;
     let mut ctx = Ctx {
         client,
@@ -1015,94 +1001,111 @@ fn mem_summary(samples: &[&AfterBoot]) -> Value {
     })
 }
 
+/// One herd run next to the hand-run QEMUs of its round: a table row, its JSON, and (herd,
+/// hand user-data, hand agent, quiet) for the medians.
+fn compare_run(h: &HerdRun, n: u32, hand: &[HandRun]) -> (String, Value, (f64, f64, f64, bool)) {
+    let find_hand = |round: u32, n: u32, via: Via| hand.iter().find(|h| h.round == round && h.n == n && h.via == via);
+    let herd_all = max(&h.app_s);
+    let ud = find_hand(h.round, n, Via::UserData).map(|r| max(&r.app_s)).unwrap_or(f64::NAN);
+    let ag = find_hand(h.round, n, Via::Agent).map(|r| max(&r.app_s)).unwrap_or(f64::NAN);
+    let ag_ready = find_hand(h.round, n, Via::Agent).map(|r| max(&r.agent_s)).unwrap_or(f64::NAN);
+    let uptimes = |m: &[AfterBoot]| m.iter().filter_map(|x| x.ready_uptime_s).collect::<Vec<f64>>();
+    let herd_up = uptimes(&h.mem);
+    let same = || hand.iter().filter(|r| r.round == h.round && r.n == n);
+    let hand_up: Vec<f64> = same().flat_map(|r| uptimes(&r.mem)).collect();
+    let others = same().map(|r| r.others_share).fold(h.others_share, f64::max);
+    let quiet = others < QUIET_SHARE;
+    let row = format!(
+        "{:>5} {:>2} | {:>7.1} {:>7.1} {:>7.2} {:>7.2} {:>7.2} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>5.2} {:>5.2} | {:>5.0}{}",
+        h.round,
+        n,
+        h.put_ms,
+        max(&h.spawn_ms),
+        median(&herd_up),
+        max(&h.running_s),
+        herd_all,
+        median(&hand_up),
+        ud,
+        ag_ready,
+        ag,
+        herd_all / ud,
+        herd_all / ag,
+        others * 100.0,
+        if quiet { "" } else { " noisy" }
+    );
+    let run = json!({
+        "round": h.round, "putMs": h.put_ms, "spawnMs": h.spawn_ms, "runningSeconds": h.running_s,
+        "appSeconds": h.app_s, "appAllSeconds": herd_all,
+        "guestReadyUptimeSeconds": herd_up, "handGuestReadyUptimeSeconds": hand_up,
+        "handUserDataAllSeconds": ud, "handAgentReadyAllSeconds": ag_ready, "handAgentAllSeconds": ag,
+        "ratioToHandUserData": herd_all / ud, "ratioToHandAgent": herd_all / ag,
+        "othersCpuShareMax": others, "quiet": quiet,
+        "machineBusyBefore": same().map(|r| r.busy_before).fold(h.busy_before, f64::max),
+        "herdProcessCpuSeconds": h.cpu_s,
+        "handUserDataProcessCpuSeconds": find_hand(h.round, n, Via::UserData).map(|r| r.cpu_s),
+        "handAgentProcessCpuSeconds": find_hand(h.round, n, Via::Agent).map(|r| r.cpu_s),
+    });
+    (row, run, (herd_all, ud, ag, quiet))
+}
+
+/// The runs with N VMs: their JSON (with the medians over all and over quiet rounds), table
+/// rows and median lines.
+fn compare_count(n: u32, herd: &[HerdRun], hand: &[HandRun]) -> (Value, Vec<String>, Vec<String>) {
+    let (mut runs, mut rows, mut medians) = (Vec::new(), Vec::new(), Vec::new());
+    // (herd, hand user-data, hand agent, quiet) per round.
+    let mut triples: Vec<(f64, f64, f64, bool)> = Vec::new();
+    for h in herd.iter().filter(|h| h.n == n) {
+        let (row, run, triple) = compare_run(h, n, hand);
+        rows.push(row);
+        runs.push(run);
+        triples.push(triple);
+    }
+    let summarize = |only_quiet: bool| {
+        let t: Vec<&(f64, f64, f64, bool)> = triples.iter().filter(|t| t.3 || !only_quiet).collect();
+        let col = |f: fn(&(f64, f64, f64, bool)) -> f64| median(&t.iter().map(|x| f(x)).collect::<Vec<f64>>());
+        let (hm, um, am) = (col(|x| x.0), col(|x| x.1), col(|x| x.2));
+        json!({
+            "rounds": t.len(), "herdAppAllSecondsMedian": hm,
+            "handUserDataAllSecondsMedian": um, "handAgentAllSecondsMedian": am,
+            "ratioOfMediansToHandUserData": hm / um, "ratioOfMediansToHandAgent": hm / am,
+            "ratioToHandUserDataMedian": col(|x| x.0 / x.1), "ratioToHandAgentMedian": col(|x| x.0 / x.2),
+        })
+    };
+    let (all, quiet) = (summarize(false), summarize(true));
+    let herd_cpu = median(&herd.iter().filter(|h| h.n == n).map(|h| h.cpu_s).collect::<Vec<_>>());
+    let hand_cpu = median(&hand.iter().filter(|r| r.n == n).map(|r| r.cpu_s).collect::<Vec<_>>());
+    for (label, m) in [("all rounds", &all), ("quiet rounds", &quiet)] {
+        let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+        medians.push(format!(
+            "N={n}, {label} ({}): herd {:.2} s, hand user-data {:.2} s, hand agent {:.2} s; herd/hand {:.2} (user-data), {:.2} (agent)",
+            m["rounds"],
+            f("herdAppAllSecondsMedian"),
+            f("handUserDataAllSecondsMedian"),
+            f("handAgentAllSecondsMedian"),
+            f("ratioOfMediansToHandUserData"),
+            f("ratioOfMediansToHandAgent"),
+        ));
+    }
+    medians.push(format!(
+        "N={n}: CPU of this process during a run (median): herd {herd_cpu:.2} s (server + polling), hand {hand_cpu:.2} s (polling)"
+    ));
+    let per_n = json!({
+        "n": n, "runs": runs, "allRounds": all, "quietRounds": quiet,
+        "herdProcessCpuSecondsMedian": herd_cpu, "handProcessCpuSecondsMedian": hand_cpu,
+    });
+    (per_n, rows, medians)
+}
+
 fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
     let spawn: Vec<f64> = herd.iter().flat_map(|h| h.spawn_ms.iter().copied()).collect();
     let expected: u32 = herd.iter().map(|h| h.n).sum();
     let (smin, smax) = min_max(&spawn);
-    let find_hand = |round: u32, n: u32, via: Via| hand.iter().find(|h| h.round == round && h.n == n && h.via == via);
-    let mut per_n = Vec::new();
-    let mut rows = Vec::new();
-    let mut medians = Vec::new();
+    let (mut per_n, mut rows, mut medians) = (Vec::new(), Vec::new(), Vec::new());
     for &n in &opts.counts {
-        let mut runs = Vec::new();
-        // (herd, hand user-data, hand agent, quiet) per round.
-        let mut triples: Vec<(f64, f64, f64, bool)> = Vec::new();
-        for h in herd.iter().filter(|h| h.n == n) {
-            let herd_all = max(&h.app_s);
-            let ud = find_hand(h.round, n, Via::UserData).map(|r| max(&r.app_s)).unwrap_or(f64::NAN);
-            let ag = find_hand(h.round, n, Via::Agent).map(|r| max(&r.app_s)).unwrap_or(f64::NAN);
-            let ag_ready = find_hand(h.round, n, Via::Agent).map(|r| max(&r.agent_s)).unwrap_or(f64::NAN);
-            let uptimes = |m: &[AfterBoot]| m.iter().filter_map(|x| x.ready_uptime_s).collect::<Vec<f64>>();
-            let herd_up = uptimes(&h.mem);
-            let same = || hand.iter().filter(|r| r.round == h.round && r.n == n);
-            let hand_up: Vec<f64> = same().flat_map(|r| uptimes(&r.mem)).collect();
-            let others = same().map(|r| r.others_share).fold(h.others_share, f64::max);
-            let quiet = others < QUIET_SHARE;
-            triples.push((herd_all, ud, ag, quiet));
-            rows.push(format!(
-                "{:>5} {:>2} | {:>7.1} {:>7.1} {:>7.2} {:>7.2} {:>7.2} | {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>5.2} {:>5.2} | {:>5.0}{}",
-                h.round,
-                n,
-                h.put_ms,
-                max(&h.spawn_ms),
-                median(&herd_up),
-                max(&h.running_s),
-                herd_all,
-                median(&hand_up),
-                ud,
-                ag_ready,
-                ag,
-                herd_all / ud,
-                herd_all / ag,
-                others * 100.0,
-                if quiet { "" } else { " noisy" }
-            ));
-            runs.push(json!({
-                "round": h.round, "putMs": h.put_ms, "spawnMs": h.spawn_ms, "runningSeconds": h.running_s,
-                "appSeconds": h.app_s, "appAllSeconds": herd_all,
-                "guestReadyUptimeSeconds": herd_up, "handGuestReadyUptimeSeconds": hand_up,
-                "handUserDataAllSeconds": ud, "handAgentReadyAllSeconds": ag_ready, "handAgentAllSeconds": ag,
-                "ratioToHandUserData": herd_all / ud, "ratioToHandAgent": herd_all / ag,
-                "othersCpuShareMax": others, "quiet": quiet,
-                "machineBusyBefore": same().map(|r| r.busy_before).fold(h.busy_before, f64::max),
-                "herdProcessCpuSeconds": h.cpu_s,
-                "handUserDataProcessCpuSeconds": find_hand(h.round, n, Via::UserData).map(|r| r.cpu_s),
-                "handAgentProcessCpuSeconds": find_hand(h.round, n, Via::Agent).map(|r| r.cpu_s),
-            }));
-        }
-        let summarize = |only_quiet: bool| {
-            let t: Vec<&(f64, f64, f64, bool)> = triples.iter().filter(|t| t.3 || !only_quiet).collect();
-            let col = |f: fn(&(f64, f64, f64, bool)) -> f64| median(&t.iter().map(|x| f(x)).collect::<Vec<f64>>());
-            let (hm, um, am) = (col(|x| x.0), col(|x| x.1), col(|x| x.2));
-            json!({
-                "rounds": t.len(), "herdAppAllSecondsMedian": hm,
-                "handUserDataAllSecondsMedian": um, "handAgentAllSecondsMedian": am,
-                "ratioOfMediansToHandUserData": hm / um, "ratioOfMediansToHandAgent": hm / am,
-                "ratioToHandUserDataMedian": col(|x| x.0 / x.1), "ratioToHandAgentMedian": col(|x| x.0 / x.2),
-            })
-        };
-        let (all, quiet) = (summarize(false), summarize(true));
-        let herd_cpu = median(&herd.iter().filter(|h| h.n == n).map(|h| h.cpu_s).collect::<Vec<_>>());
-        let hand_cpu = median(&hand.iter().filter(|r| r.n == n).map(|r| r.cpu_s).collect::<Vec<_>>());
-        for (label, m) in [("all rounds", &all), ("quiet rounds", &quiet)] {
-            let f = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
-            medians.push(format!(
-                "N={n}, {label} ({}): herd {:.2} s, hand user-data {:.2} s, hand agent {:.2} s; herd/hand {:.2} (user-data), {:.2} (agent)",
-                m["rounds"],
-                f("herdAppAllSecondsMedian"),
-                f("handUserDataAllSecondsMedian"),
-                f("handAgentAllSecondsMedian"),
-                f("ratioOfMediansToHandUserData"),
-                f("ratioOfMediansToHandAgent"),
-            ));
-        }
-        medians.push(format!(
-            "N={n}: CPU of this process during a run (median): herd {herd_cpu:.2} s (server + polling), hand {hand_cpu:.2} s (polling)"
-        ));
-        per_n.push(json!({
-            "n": n, "runs": runs, "allRounds": all, "quietRounds": quiet,
-            "herdProcessCpuSecondsMedian": herd_cpu, "handProcessCpuSecondsMedian": hand_cpu,
-        }));
+        let (json, r, m) = compare_count(n, herd, hand);
+        per_n.push(json);
+        rows.extend(r);
+        medians.extend(m);
     }
     let herd_mem: Vec<&AfterBoot> = herd.iter().flat_map(|h| h.mem.iter()).collect();
     let hand_mem: Vec<&AfterBoot> = hand.iter().flat_map(|h| h.mem.iter()).collect();
@@ -1125,6 +1128,23 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
         println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
         return;
     }
+    let table = Table { spawn: &spawn, expected, rows: &rows, medians: &medians };
+    print_report(ctx, opts, &summary, &table);
+}
+
+/// What the human-readable report prints beyond the summary.
+struct Table<'a> {
+    /// PUT returned -> QEMU process, ms, every VM.
+    spawn: &'a [f64],
+    expected: u32,
+    rows: &'a [String],
+    medians: &'a [String],
+}
+
+/// The human-readable report: control plane, the table of runs, the medians and memory.
+fn print_report(ctx: &Ctx, opts: &Options, summary: &Value, t: &Table<'_>) {
+    let (spawn, expected, rows, medians) = (t.spawn, t.expected, t.rows, t.medians);
+    let (smin, smax) = min_max(spawn);
     println!(
         "herd bench qemu: {} ({} vCPU, {} MiB), TCG, {} round(s), N in {:?}",
         ctx.sku, ctx.size.vcpus, ctx.size.memory_mib, opts.rounds, opts.counts
@@ -1135,7 +1155,7 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
         spawn.len(),
         expected,
         smin,
-        median(&spawn),
+        median(spawn),
         smax,
         if smax < SPAWN_GOAL_MS && spawn.len() == expected as usize { "met" } else { "missed" }
     );
@@ -1153,11 +1173,11 @@ fn report(ctx: &Ctx, opts: &Options, herd: &[HerdRun], hand: &[HandRun]) {
     println!(
         "round  N |  put ms spawnms  uptime running     app |  uptime userdata   agent app(ag) |    ud    ag | others"
     );
-    for r in &rows {
+    for r in rows {
         println!("{r}");
     }
     println!("medians over rounds (time until all N answer; ratios are of the medians):");
-    for m in &medians {
+    for m in medians {
         println!("  {m}");
     }
     println!();

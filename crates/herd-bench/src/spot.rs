@@ -25,7 +25,10 @@ use herd_model::spot::{ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
 use herd_model::{GroupName, InstanceKey, ScaleSetName};
 use herd_reconciler::capacity::{self, SetSteps, SpotPrice};
 use herd_reconciler::plan::{NewInstance, Step};
-use herd_store::{Expect, Kind, Object, SqliteStore, Store, StoreExt, WriteOp};
+use herd_state::intents::Writes;
+use herd_state::keys::InstanceRecordKey;
+use herd_state::{Expected, Records, Versioned};
+use herd_store::SqliteStore;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -74,6 +77,19 @@ fn spread(times: &mut [Duration]) -> (f64, f64, f64) {
     (ms(times[0]), ms(times[times.len() / 2]), ms(times[times.len() - 1]))
 }
 
+/// Runs `f` `rounds` times (at least once); returns each run's duration and the last result.
+fn timed<T>(rounds: u32, mut f: impl FnMut() -> T) -> Result<(Vec<Duration>, T)> {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let r = f();
+        times.push(t0.elapsed());
+        last = Some(r);
+    }
+    Ok((times, last.context("no round ran")?))
+}
+
 /// Runs the benchmark and returns the report.
 pub fn run(opts: &SpotBenchOpts) -> Result<String> {
     let rounds = opts.rounds.max(1);
@@ -91,15 +107,7 @@ pub fn run(opts: &SpotBenchOpts) -> Result<String> {
     )?;
 
     // Decide.
-    let mut times = Vec::new();
-    let mut decision = None;
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        let d = arbitrate(&s.hosts, &s.holders, &s.requests, &spot_price);
-        times.push(t0.elapsed());
-        decision = Some(d);
-    }
-    let d = decision.context("no round ran")?;
+    let (mut times, d) = timed(rounds, || arbitrate(&s.hosts, &s.holders, &s.requests, &spot_price))?;
     let (min, med, max) = spread(&mut times);
     writeln!(
         out,
@@ -111,15 +119,7 @@ pub fn run(opts: &SpotBenchOpts) -> Result<String> {
     )?;
 
     // The naive peer.
-    let mut times = Vec::new();
-    let mut naive = None;
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        let n = naive_global(&s.hosts, &s.holders, &s.requests);
-        times.push(t0.elapsed());
-        naive = Some(n);
-    }
-    let n = naive.context("no round ran")?;
+    let (mut times, n) = timed(rounds, || naive_global(&s.hosts, &s.holders, &s.requests))?;
     let (nmin, nmed, nmax) = spread(&mut times);
     writeln!(
         out,
@@ -143,11 +143,6 @@ pub fn run(opts: &SpotBenchOpts) -> Result<String> {
         carry_out(&s, rounds, &mut out)?;
     }
     Ok(out)
-}
-
-/// The instance store key, as the reconciler writes it: `group/set/` + zero-padded id.
-fn store_key(k: &InstanceKey) -> String {
-    herd_state::keys::InstanceRecordKey::new(k.clone()).to_string()
 }
 
 /// The scale sets of the scenario as the server stores them: each holder's set with its tier
@@ -193,7 +188,7 @@ fn scenario_sets(s: &Scenario) -> Result<BTreeMap<ScaleSetName, StoredScaleSet>>
 
 /// Seeds a SQLite store with the scenario's instance records.
 fn seed_store(s: &Scenario, store: &SqliteStore) -> Result<()> {
-    let mut seed = Vec::with_capacity(s.holders.len());
+    let mut seed = Writes::new();
     for h in &s.holders {
         let mut v = json!({
             "instanceId": h.key.id.0,
@@ -219,12 +214,10 @@ fn seed_store(s: &Scenario, store: &SqliteStore) -> Result<()> {
             v["scheduledEvents"] = json!([ev]);
         }
         let rec: InstanceRecord = serde_json::from_value(v).context("building an instance record")?;
-        seed.push(WriteOp::put(Kind::Instance, store_key(&h.key), &rec, Expect::Absent)?);
+        seed.put_instance(&InstanceRecordKey::new(h.key.clone()), &rec, Expected::Absent)?;
     }
     // Over the store's transaction limit: in chunks (each record is independent).
-    for chunk in herd_store::chunks(seed, 0)? {
-        store.txn(chunk)?;
-    }
+    seed.commit_in_chunks(store)?;
     Ok(())
 }
 
@@ -248,12 +241,12 @@ fn carry_out_round(
     s: &Scenario,
     store: &SqliteStore,
     sets: &BTreeMap<ScaleSetName, StoredScaleSet>,
-) -> Result<([Duration; 3], usize, Vec<WriteOp>)> {
+) -> Result<([Duration; 3], usize, Writes)> {
     let skus = SkuTable::default();
     let price = SpotPrice(Arc::new(|sku: &str, _| spot_price(sku)));
     let t0 = Instant::now();
-    let records = store.list_as::<InstanceRecord>(Kind::Instance, "bench/")?;
-    let mut by_set: BTreeMap<&ScaleSetName, Vec<&Object<InstanceRecord>>> = BTreeMap::new();
+    let records = store.instances()?;
+    let mut by_set: BTreeMap<&ScaleSetName, Vec<&Versioned<InstanceRecord>>> = BTreeMap::new();
     for o in &records {
         let Some(key) = InstanceKey::parse_path(&o.key) else { continue };
         if let Some((name, _)) = sets.get_key_value(&key.set) {
@@ -280,7 +273,7 @@ fn carry_out_round(
     let t_decide = t1.elapsed();
 
     let t2 = Instant::now();
-    let (mut ops, mut restore) = (Vec::new(), Vec::new());
+    let (mut ops, mut restore) = (Writes::new(), Writes::new());
     for ((name, _), steps) in sets.iter().zip(&steps) {
         for step in steps {
             let Step::PostEvent { id, kind, notice, reason, description } = step else { continue };
@@ -289,16 +282,15 @@ fn carry_out_round(
             };
             let mut rec = o.value.clone();
             rec.scheduled_events.push(ScheduledEvent::new(*kind, s.now, *notice, description.clone(), *reason));
-            ops.push(WriteOp::put(Kind::Instance, o.key.clone(), &rec, Expect::Revision(o.revision))?);
-            restore.push(WriteOp::put(Kind::Instance, o.key.clone(), &o.value, Expect::Any)?);
+            let key = InstanceRecordKey::new(InstanceKey::parse_path(&o.key).context("an instance key")?);
+            ops.put_instance(&key, &rec, Expected::Revision(o.revision))?;
+            restore.put_instance(&key, &o.value, Expected::Any)?;
         }
     }
     let events = ops.len();
     // Each Preempt event is a compare-and-swap of its own record; in chunks that fit the
     // store's transaction limit.
-    for chunk in herd_store::chunks(ops, 0)? {
-        store.txn(chunk)?;
-    }
+    ops.commit_in_chunks(store)?;
     Ok(([t_read, t_decide, t2.elapsed()], events, restore))
 }
 
@@ -322,9 +314,7 @@ fn carry_out(s: &Scenario, rounds: u32, out: &mut String) -> Result<()> {
         writes.push(t_write);
         totals.push(t_read + t_decide + t_write);
         // Untimed: put the records back, so every round starts from the same state.
-        for chunk in herd_store::chunks(restore, 0)? {
-            store.txn(chunk)?;
-        }
+        restore.commit_in_chunks(&store)?;
     }
     let (_, read, _) = spread(&mut reads);
     let (_, decide, _) = spread(&mut decides);

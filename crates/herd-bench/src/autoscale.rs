@@ -8,8 +8,7 @@
 //!   engine's in-memory metrics (goal < 50 ms).
 //! - **Simulate**: a 24 h trace at 1-minute grain (goal < 1 s).
 
-use crate::client::Client;
-use crate::server::{start, DriverKind, ServerOptions};
+use crate::{start_in, Driver, Launch};
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::io::{Read, Write};
@@ -35,30 +34,19 @@ fn serve_depth(depth: Arc<AtomicU64>) -> Result<String> {
 }
 
 /// Measures the reaction time `rounds` times with an evaluation interval of `interval_secs`.
-pub async fn reaction(rounds: u32, interval_secs: u64) -> Result<Vec<f64>> {
+pub async fn reaction(launch: &dyn Launch, rounds: u32, interval_secs: u64) -> Result<Vec<f64>> {
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("herd.toml");
-    std::fs::write(
-        &config,
-        format!("[autoscale]\ninterval_secs = {interval_secs}\nsample_interval_secs = 1\n[sim]\nboot_min_ms = 5\nboot_max_ms = 20\n"),
-    )?;
-    let mut server = start(ServerOptions {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse()?,
-        driver: DriverKind::Sim,
-        config: Some(config),
-        accel: crate::cli::AccelChoice::Tcg,
-        orphans: Default::default(),
-        seal_key_file: None,
-    })
-    .await?;
-    let c = Client::new(&server.url(), Some(server.token.clone()), None)?;
+    let config = format!(
+        "[autoscale]\ninterval_secs = {interval_secs}\nsample_interval_secs = 1\n[sim]\nboot_min_ms = 5\nboot_max_ms = 20\n"
+    );
+    let mut server = start_in(launch, dir.path(), Driver::Sim, &config).await?;
+    let c = server.client()?;
     let depth = Arc::new(AtomicU64::new(0));
     let url = serve_depth(depth.clone())?;
     c.put("/v1/resourceGroups/b", &json!({})).await?;
     let img = dir.path().join("img");
-    crate::bench::sleeper_image(&img)?;
-    crate::image_upload::import_directory(&c, "B:B:1:1.0.0", &img, json!({})).await?;
+    crate::sleeper_image(&img)?;
+    herd_client::image_upload::import_directory(&c, "B:B:1:1.0.0", &img, json!({})).await?;
     let set = json!({"sku": {"name": "Standard_B1ms", "capacity": 1}, "overprovision": false,
         "virtualMachineProfile": {"osProfile": {"computerNamePrefix": "b"},
             "storageProfile": {"imageReference": {"publisher": "B", "offer": "B", "sku": "1", "version": "1.0.0"}}}});
@@ -115,10 +103,10 @@ pub async fn reaction(rounds: u32, interval_secs: u64) -> Result<Vec<f64>> {
 }
 
 /// Runs all three and prints one JSON object.
-pub async fn run(rounds: u32, interval_secs: u64) -> Result<()> {
+pub async fn run(launch: &dyn Launch, rounds: u32, interval_secs: u64) -> Result<()> {
     let eval = herd_autoscale::bench::bench_evaluation(100, 10, 1000);
     let sim = herd_autoscale::bench::bench_simulate_24h();
-    let reaction = reaction(rounds, interval_secs).await?;
+    let reaction = reaction(launch, rounds, interval_secs).await?;
     let max = reaction.iter().copied().fold(0.0, f64::max);
     let bound = interval_secs as f64 + 1.0;
     println!(

@@ -1,5 +1,14 @@
 //! The CLI's HTTP client: finds the server and its token, and turns API errors into messages
 //! that name the field and the allowed values.
+//!
+//! Why a crate of its own: the `herd` binary's commands, the benchmarks (`herd-bench`) and the
+//! walkthrough runner (`herd-demo`) all talk to a server through it, and none of them may
+//! depend on the `herd` binary crate. Its errors are `anyhow` ones ending at the user's
+//! terminal, with the API's own failure kept as a typed [`ApiFailure`] to react to (404, 409).
+
+#![forbid(unsafe_code)]
+
+pub mod image_upload;
 
 use anyhow::{anyhow, Result};
 use reqwest::{Method, StatusCode};
@@ -26,17 +35,25 @@ pub struct ApiFailure {
 
 impl Client {
     /// `server` and `token` come from flags or the environment; without a token the token file in
-    /// `data_dir` (or the default data dir) is read.
-    pub fn new(server: &str, token: Option<String>, data_dir: Option<PathBuf>) -> Result<Self> {
+    /// `data_dir` is read (the CLI passes its default data dir when none was given).
+    pub fn new(server: &str, token: Option<String>, data_dir: PathBuf) -> Result<Self> {
         let (token, token_source) = match token {
             Some(t) => (Some(t), "--token/HERD_TOKEN".to_string()),
             None => {
-                let dir = data_dir.unwrap_or_else(crate::server::default_data_dir);
-                let path = dir.join(herd_api::auth::TOKEN_FILE);
+                let path = data_dir.join(herd_api::auth::TOKEN_FILE);
                 let t = std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
                 (t, path.display().to_string())
             }
         };
+        Self::build(server, token, token_source)
+    }
+
+    /// A client of a server whose token is known (an in-process server under test).
+    pub fn with_token(server: &str, token: String) -> Result<Self> {
+        Self::build(server, Some(token), "--token/HERD_TOKEN".to_string())
+    }
+
+    fn build(server: &str, token: Option<String>, token_source: String) -> Result<Self> {
         let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?;
         Ok(Self { base: server.trim_end_matches('/').to_string(), token, token_source, http })
     }

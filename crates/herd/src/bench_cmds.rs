@@ -1,0 +1,79 @@
+//! `herd bench`: the benchmarks live in `herd-bench`; this module gives them the real server,
+//! started in this process by [`crate::server::start`], and maps the command line onto them.
+
+use crate::cli::BenchCmd;
+use crate::server::{detected_host, start, DriverKind, ServerOptions};
+use anyhow::Result;
+use herd_bench::{BoxFuture, Driver, Launch, Server, ServerSpec};
+
+/// Starts the server this binary runs, on an ephemeral loopback port, QEMU under TCG.
+struct InProcess;
+
+impl Launch for InProcess {
+    fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Server>> {
+        Box::pin(async move {
+            let driver = match spec.driver {
+                Driver::Process => DriverKind::Process,
+                Driver::Sim => DriverKind::Sim,
+                Driver::Qemu => DriverKind::Qemu,
+            };
+            let mut running = start(ServerOptions {
+                data_dir: spec.data_dir,
+                listen: "127.0.0.1:0".parse()?,
+                driver,
+                config: spec.config,
+                accel: crate::cli::AccelChoice::Tcg,
+                orphans: Default::default(),
+                seal_key_file: None,
+            })
+            .await?;
+            let (url, token) = (running.url(), running.token.clone());
+            Ok(Server::new(url, token, async move { running.stop().await }))
+        })
+    }
+
+    fn host(&self) -> herd_model::spot::HostSpec {
+        detected_host()
+    }
+}
+
+fn driver(kind: DriverKind) -> Driver {
+    match kind {
+        DriverKind::Process => Driver::Process,
+        DriverKind::Sim => Driver::Sim,
+        DriverKind::Qemu => Driver::Qemu,
+    }
+}
+
+/// Runs a benchmark and prints its result.
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    let launch = &InProcess;
+    match cmd {
+        BenchCmd::Provision { driver: d, count, runs } => {
+            herd_bench::provision::provision(launch, driver(d), count, runs).await
+        }
+        BenchCmd::Backend { bind } => herd_bench::lb::backend(bind).await,
+        BenchCmd::Spot(o) => {
+            let report = tokio::task::spawn_blocking(move || herd_bench::spot::run(&o)).await??;
+            print!("{report}");
+            Ok(())
+        }
+        BenchCmd::Autoscale { rounds, interval } => herd_bench::autoscale::run(launch, rounds, interval).await,
+        BenchCmd::Rolling { sim, process } => {
+            for (d, count) in [(Driver::Sim, sim), (Driver::Process, process)] {
+                if count > 0 {
+                    let r = herd_bench::rolling::measure(launch, d, count).await?;
+                    println!("{}", serde_json::to_string(&r)?);
+                }
+            }
+            Ok(())
+        }
+        BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
+            herd_bench::qemu::run(launch, herd_bench::qemu::Options { rounds, counts, testguest, sku, json }).await
+        }
+        BenchCmd::Lb { duration, connections, rounds } => {
+            herd_bench::lb::lb_bench(launch, duration, connections, rounds).await
+        }
+        BenchCmd::Api { instances, requests } => herd_bench::provision::api(launch, instances, requests).await,
+    }
+}
