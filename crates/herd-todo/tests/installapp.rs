@@ -22,10 +22,8 @@ fn script(name: &str) -> PathBuf {
         return app.join(name);
     }
     let build = read(&app.join("build.sh"));
-    let expr = build
-        .lines()
-        .find_map(|l| l.strip_prefix("V2_SED='")?.strip_suffix('\''))
-        .expect("build.sh defines V2_SED");
+    let expr =
+        build.lines().find_map(|l| l.strip_prefix("V2_SED='")?.strip_suffix('\'')).expect("build.sh defines V2_SED");
     let out = Command::new("sed").arg(expr).arg(app.join("installapp-v1.sh")).output().expect("run sed");
     assert!(out.status.success(), "sed {expr}: {}", String::from_utf8_lossy(&out.stderr));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("installapp-{}", std::process::id()));

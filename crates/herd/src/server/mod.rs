@@ -1,4 +1,6 @@
-//! `herd server`: the API, the reconciler and the embedded store in one process.
+//! `herd server`: the API, the reconciler and the embedded store in one process. Its settings
+//! (`herd.toml`) are in [`config`]; this module opens the store, builds the driver, the
+//! controllers and the API, and serves.
 
 use anyhow::{bail, Context, Result};
 use herd_api::{ApiConfig, AppState};
@@ -6,294 +8,18 @@ use herd_driver::{
     sim::{SimConfig, SimDriver},
     Driver,
 };
-use herd_model::{clock::SystemClock, sku::SkuSize, sku::SkuTable, InstanceKey};
+use herd_model::{clock::SystemClock, sku::SkuTable, InstanceKey};
 use herd_reconciler::{ExtensionConfig, Limits, Reconciler, ReconcilerConfig};
 use herd_state::Records;
 use herd_store::SqliteStore;
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Which driver runs instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DriverKind {
-    /// Each instance is a process tree started from an image directory.
-    Process,
-    /// Simulated in-memory instances (tests, benchmarks, trying herd out).
-    Sim,
-    /// Real virtual machines under QEMU (KVM or TCG).
-    Qemu,
-}
-
-/// `herd.toml`: server settings beyond the flags. Every field is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Zones this server offers (logical labels on one host). Default: 1 2 3.
-    pub zones: Option<Vec<String>>,
-    /// Capacity ceiling with singlePlacementGroup=false. Default: 1000.
-    pub max_capacity: Option<u64>,
-    /// Extra VM sizes: `[skus.Custom_Big] vcpus = 16, memory_mib = 65536`.
-    #[serde(default)]
-    pub skus: BTreeMap<String, SkuSize>,
-    #[serde(default)]
-    pub provisioning: ProvisioningConfig,
-    #[serde(default)]
-    pub sim: SimSettings,
-    #[serde(default)]
-    pub loadbalancer: LoadBalancerSettings,
-    #[serde(default)]
-    pub network: NetworkSettings,
-    #[serde(default)]
-    pub extensions: ExtensionSettings,
-    #[serde(default)]
-    pub qemu: QemuSettings,
-    #[serde(default)]
-    pub upgrades: UpgradeSettings,
-    #[serde(default)]
-    pub autoscale: AutoscaleSettings,
-    /// `[[hosts]]`: each host's capacity. Without any, the qemu driver uses this machine's
-    /// detected CPUs and memory, and sim and process are unlimited.
-    #[serde(default)]
-    pub hosts: Vec<herd_model::spot::HostSpec>,
-    /// `[prices."Standard_B1ms"] regular = 0.0207, spot = 0.0041` (per hour), or
-    /// `spot_schedule = "spot-prices.csv"` (timestamp,price lines; watched).
-    #[serde(default)]
-    pub prices: herd_model::spot::PriceTable,
-    #[serde(default)]
-    pub metadata: MetadataSettings,
-    #[serde(default)]
-    pub billing: BillingSettings,
-    #[serde(default)]
-    pub images: ImageSettings,
-    #[serde(default)]
-    pub metrics: MetricsSettings,
-    #[serde(default)]
-    pub secrets: SecretSettings,
-    #[serde(default)]
-    pub reconciler: ReconcilerSettings,
-}
-
-/// `[images]`: image imports.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageSettings {
-    /// Directories whose files `PUT /v1/images/{urn}` may name as a server-side `disk`,
-    /// `kernel` or `initrd` path (default none: the CLI uploads the bytes instead).
-    pub import_roots: Option<Vec<PathBuf>>,
-    /// Largest uploaded image file, in GiB (default 64).
-    pub max_upload_gib: Option<u64>,
-}
-
-/// `[metrics]`: who may scrape `/metrics`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// A file holding a token that opens `/metrics` only (for Prometheus' `bearer_token_file`);
-    /// the API token opens it too. Default: only the API token.
-    pub token_file: Option<PathBuf>,
-}
-
-/// `[secrets]`: where the key that seals protected settings lives.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretSettings {
-    /// The sealing key's file (32 bytes, created 0600 on first start if absent and nothing is
-    /// sealed yet). Default: `secret.key` in the data dir. `--seal-key-file` overrides it.
-    pub seal_key_file: Option<PathBuf>,
-}
-
-/// `[reconciler]`: how unrecorded (orphan) instances are treated.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcilerSettings {
-    /// Seconds an instance must be unrecorded before it is destroyed (default 600).
-    pub orphan_grace_secs: Option<u64>,
-    /// Orphans destroyed per hour at most (default 5; 0 = never destroy orphans).
-    pub orphan_max_per_hour: Option<u32>,
-}
-
-/// `[metadata]`: the per-instance metadata endpoint (identity and scheduled events).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetadataSettings {
-    /// The port each instance's endpoint listens on, on the instance's reach address.
-    pub port: Option<u16>,
-    /// Set false to run without metadata endpoints.
-    pub enabled: Option<bool>,
-}
-
-/// `[billing]`: the cost meter.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BillingSettings {
-    /// How often the meter bills instance time (its granularity). Default 15.
-    pub meter_interval_secs: Option<u64>,
-}
-
-/// The qemu driver's default host: this machine's memory, less 512 MiB for the host itself, so
-/// VMs never run it out of memory; vCPUs may be overcommitted 16 to 1 (idle guests cost little
-/// CPU; memory is what runs out). Declare `[[hosts]]` for exact figures.
-pub fn detected_host() -> herd_model::spot::HostSpec {
-    let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(1 << 20);
-    herd_model::spot::HostSpec {
-        name: "local".into(),
-        zone: None,
-        vcpus,
-        memory_mib: (mem_kib / 1024).saturating_sub(512).max(256),
-        overcommit: 16.0,
-    }
-}
-
-/// Checks `[[hosts]]`: unique names, non-zero sizes, overcommit from 1 to 16, zones offered.
-fn check_hosts(hosts: &[herd_model::spot::HostSpec], zones: &[String]) -> Result<()> {
-    let mut names = std::collections::BTreeSet::new();
-    for (i, h) in hosts.iter().enumerate() {
-        if h.name.is_empty() || !names.insert(h.name.as_str()) {
-            bail!("config: hosts[{i}].name '{}' must be non-empty and unique", h.name);
-        }
-        if h.vcpus == 0 || h.memory_mib == 0 {
-            bail!("config: hosts[{i}] ({}) needs vcpus and memory_mib above 0", h.name);
-        }
-        if !(1.0..=16.0).contains(&h.overcommit) {
-            bail!("config: hosts[{i}].overcommit {} is out of range; allowed 1.0 to 16.0", h.overcommit);
-        }
-        if let Some(z) = &h.zone {
-            if !zones.contains(z) {
-                bail!("config: hosts[{i}].zone '{z}' is not one of the zones offered: {}", zones.join(", "));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `[autoscale]`: the autoscaler's cadence.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AutoscaleSettings {
-    /// Seconds between evaluations of every autoscale setting (default 30, as Azure's 30–60 s).
-    pub interval_secs: Option<u64>,
-    /// Seconds between metric samples (default 15): the finest time grain rules can use.
-    pub sample_interval_secs: Option<u64>,
-    /// Deadline of one metric-source sample, in seconds (default 5).
-    pub source_timeout_secs: Option<u64>,
-    /// Address ranges webhook notifications may reach although refused by default (loopback,
-    /// link-local, herd's own ranges), e.g. ["127.0.0.1/32"].
-    pub allow_webhooks_to: Option<Vec<herd_egress::Net>>,
-}
-
-/// `[upgrades]`: rolling upgrades and repairs.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpgradeSettings {
-    /// Seconds a freshly upgraded instance may fail its probe before it counts as unhealthy
-    /// (default 30).
-    pub health_grace_secs: Option<u64>,
-    /// Minutes a batch may wait for its instances' health before it is judged as it stands
-    /// (default 10).
-    pub batch_timeout_mins: Option<u64>,
-    /// Repairs in a row without an instance becoming healthy before repairs suspend
-    /// themselves (default 3).
-    pub repair_max_attempts: Option<usize>,
-}
-
-/// `[qemu]`: how the qemu driver runs VMs.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QemuSettings {
-    /// The QEMU binary (default /usr/bin/qemu-system-x86_64).
-    pub binary: Option<PathBuf>,
-    /// Seconds a guest gets to power off after the ACPI power button before QEMU is stopped
-    /// hard (default 30).
-    pub stop_timeout_secs: Option<u64>,
-    /// Seconds a guest may take to get ready before it counts as failed (default 300).
-    pub boot_timeout_secs: Option<u64>,
-    /// Guest TCP ports forwarded from every instance's address besides the model's load
-    /// balancer and NAT ports (default [80]).
-    pub forward_ports: Option<Vec<u16>>,
-    /// Where guests reach their metadata endpoint: 10.0.2.100 (default) or 169.254.169.254,
-    /// Azure's address, which moves the guest network to 169.254.169.0/24 (the host is then
-    /// 169.254.169.2 instead of 10.0.2.2).
-    pub metadata_address: Option<String>,
-}
-
-/// `[extensions]`: limits on Custom Script runs.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtensionSettings {
-    /// Largest file a `fileUris` entry may download, in MiB (default 64).
-    pub max_file_mib: Option<u64>,
-    /// Deadline for one download, in seconds (default 60).
-    pub fetch_timeout_secs: Option<u64>,
-    /// How long a script may run when the model sets no `extensionsTimeBudget`, in seconds
-    /// (default 1800).
-    pub run_timeout_secs: Option<u64>,
-    /// Directories `file://` fileUris may read below (default none: `file://` is refused).
-    pub file_roots: Option<Vec<PathBuf>>,
-    /// Address ranges http(s) fileUris may reach although refused by default (loopback,
-    /// link-local, herd's own ranges), e.g. ["127.0.0.1/32"].
-    pub allow_fetch_from: Option<Vec<herd_egress::Net>>,
-}
-
-/// `[network]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkSettings {
-    /// Which /16 of 127.128.0.0/9 instance reach addresses start in (0–127), and of
-    /// 127.64.0.0/10 public IPs (this number mod 64). Default: derived from the data dir.
-    pub host_local_block: Option<u8>,
-    /// `host-local` (default: instances are reached on their own loopback address) or `bridged`
-    /// (instances with a subnet live in their own network namespace on a bridge per subnet and
-    /// are reached on their private IP; root only; process driver).
-    pub mode: Option<String>,
-}
-
-/// `[loadbalancer]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoadBalancerSettings {
-    /// Seconds a pool member drains (no new connections) before it is stopped, deleted,
-    /// restarted or re-imaged (default 10).
-    pub drain_timeout_secs: Option<u64>,
-    /// Connections one rule accepts at once; beyond it new ones are refused (default: no limit).
-    pub max_connections_per_rule: Option<usize>,
-}
-
-/// `[provisioning]`: the fail-safe on instance creation.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisioningConfig {
-    /// Creations in flight, as a percentage of capacity (default 100).
-    pub max_in_flight_percent: Option<u64>,
-    /// ...but at least this many (default 20).
-    pub min_in_flight: Option<u64>,
-    /// Consecutive failed creations before a set stops creating (default 10).
-    pub failure_threshold: Option<u32>,
-    /// Driver calls in flight at once (default 64).
-    pub driver_concurrency: Option<usize>,
-}
-
-/// `[sim]`: how simulated instances behave.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimSettings {
-    pub boot_min_ms: Option<u64>,
-    pub boot_max_ms: Option<u64>,
-    pub failure_rate: Option<f64>,
-    pub seed: Option<u64>,
-}
+mod config;
+pub use config::*;
 
 /// Everything `herd server` needs to start.
 #[derive(Debug, Clone)]
@@ -349,12 +75,6 @@ pub fn is_root() -> bool {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
-}
-
-fn load_config(path: Option<&Path>) -> Result<ServerConfig> {
-    let Some(path) = path else { return Ok(ServerConfig::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
 }
 
 /// Starts the server's tasks and returns once it is listening. The steps, in order: open the
