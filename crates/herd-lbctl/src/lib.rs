@@ -310,8 +310,13 @@ impl LbController {
 
     /// One pass: read (on the blocking pool), compute, apply.
     pub async fn pass(&self) -> Result<(), String> {
-        let scan =
-            |s: &dyn herd_state::Store| Ok((s.load_balancers()?, s.public_ips()?, s.scale_sets()?, s.instances()?));
+        // With no load balancer nothing can be a member, so the instances (the costly read:
+        // every record decoded) are not read at all.
+        let scan = |s: &dyn herd_state::Store| {
+            let lbs = s.load_balancers()?;
+            let records = if lbs.is_empty() { Vec::new() } else { s.instances()? };
+            Ok((lbs, s.public_ips()?, s.scale_sets()?, records))
+        };
         let (lbs, pips, sets, records) = self.state.run(scan).await.map_err(|x| x.to_string())?;
         let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
         let pips: Vec<PublicIpAddress> = pips.into_iter().map(|o| o.value).collect();
@@ -589,6 +594,16 @@ mod tests {
         w.put_scale_set(&key, &set(), Expected::Absent).unwrap();
         w.put_instance(&key.instance(InstanceId(0)), &rec(0, InstanceState::Running), Expected::Absent).unwrap();
         w.commit(&*store).unwrap();
+        herd_state::networks::put_resource(
+            &*store,
+            "rg",
+            "lb",
+            &lb(false),
+            Expected::Absent,
+            "test".into(),
+            chrono::Utc::now(),
+        )
+        .unwrap();
         assert_eq!(store.instances_of(&key).unwrap().len(), 1);
         let ctl = LbController::new(store.clone(), Arc::new(HealthBoard::default()), limits());
         let me = std::thread::current().id();
@@ -597,5 +612,23 @@ mod tests {
         ctl.pass().await.unwrap();
         assert_eq!(store.calls() - before, 8, "each pass reads load balancers, public IPs, sets and instances");
         assert_eq!(store.calls_on(me), here, "a pass called the store on the async worker");
+    }
+
+    /// With no load balancer there is nothing to be a member of: a pass reads the load
+    /// balancers, public IPs and sets, and not the instances (the read that decodes every
+    /// record, which ran every 50 ms during a 10,000-instance provisioning).
+    #[tokio::test]
+    async fn without_a_load_balancer_a_pass_reads_no_instance() {
+        use herd_state::{call_threads::CallThreads, intents::Writes, Expected};
+        let store = Arc::new(CallThreads::in_memory().unwrap());
+        let key = SetKey::of(&set());
+        let mut w = Writes::new();
+        w.put_scale_set(&key, &set(), Expected::Absent).unwrap();
+        w.put_instance(&key.instance(InstanceId(0)), &rec(0, InstanceState::Running), Expected::Absent).unwrap();
+        w.commit(&*store).unwrap();
+        let ctl = LbController::new(store.clone(), Arc::new(HealthBoard::default()), limits());
+        let before = store.calls();
+        ctl.pass().await.unwrap();
+        assert_eq!(store.calls() - before, 3, "a pass with no load balancer read the instances");
     }
 }
