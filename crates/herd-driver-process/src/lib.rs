@@ -197,7 +197,7 @@ impl ProcessDriver {
         }
         let root = std::fs::create_dir_all(&root)
             .and_then(|_| root.canonicalize())
-            .map_err(|e| DriverError::Failed(format!("instance root {}: {e}", root.display())))?;
+            .map_err(|e| DriverError::host(format!("instance root {}", root.display()), e))?;
         Ok(Self {
             state: State { root, tag },
             stop_grace: DEFAULT_STOP_GRACE,
@@ -399,7 +399,7 @@ impl Driver for ProcessDriver {
         blocking(move || {
             let custom = spec2.custom_data.as_ref().map(|_| d2.custom_data());
             d2.write_env(&spawn::spec_env(&spec2, custom.as_deref()))
-                .map_err(|e| DriverError::Failed(format!("instance {}: writing the environment: {e}", spec2.key)))
+                .map_err(|e| DriverError::io(&spec2.key, "writing the environment", e))
         })
         .await??;
         self.start(&d, &spec.key).await

@@ -303,7 +303,7 @@ impl QemuDriver {
         }
         let root = std::fs::create_dir_all(&config.root)
             .and_then(|_| config.root.canonicalize())
-            .map_err(|e| DriverError::Failed(format!("instance root {}: {e}", config.root.display())))?;
+            .map_err(|e| DriverError::host(format!("instance root {}", config.root.display()), e))?;
         let prefix = marker_prefix(&config.tag);
         let tag_id = prefix.trim_start_matches("herd:").trim_end_matches(':').to_string();
         let socket_dir = std::env::temp_dir().join(format!("herd-qemu-{}-{tag_id}", nix::unistd::geteuid().as_raw()));
@@ -1406,7 +1406,7 @@ async fn create_os_disk(key: &InstanceKey, image: &ImageSource, path: &Path) -> 
             return Err(DriverError::Failed(format!("instance {key}: a directory image has no OS disk")))
         }
     };
-    made.map_err(|e| DriverError::Failed(format!("instance {key}: OS disk: {e}")))
+    made.map_err(|e| DriverError::host(format!("instance {key}: OS disk"), e))
 }
 
 async fn ensure_os_disk(key: &InstanceKey, image: &ImageSource, path: &Path) -> Result<(), DriverError> {
@@ -1422,7 +1422,7 @@ async fn ensure_data_disks(key: &InstanceKey, vm: &VmSpec, d: &VmDir) -> Result<
             .map_err(|_| DriverError::Failed(format!("instance {key}: data disk at LUN {} is too large", dd.lun)))?;
         disk::ensure_data_disk(&d.data_disk(dd.lun), size)
             .await
-            .map_err(|e| DriverError::Failed(format!("instance {key}: data disk at LUN {}: {e}", dd.lun)))?;
+            .map_err(|e| DriverError::host(format!("instance {key}: data disk at LUN {}", dd.lun), e))?;
     }
     Ok(())
 }

@@ -265,6 +265,14 @@ pub enum DriverError {
     /// is fixed.
     #[error("instance {key}: {reason}")]
     ImageUnavailable { key: InstanceKey, reason: String },
+    /// A host-side step failed with a typed cause that belongs to no one instance file (the
+    /// driver's own directory, a disk image made by `qemu-img`). Transient, as `Failed`.
+    #[error("{context}: {source}")]
+    Host {
+        context: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// A blocking task of the driver died (panicked or was cancelled). Transient.
     #[error("internal task failed: {0}")]
     Task(#[source] Arc<tokio::task::JoinError>),
@@ -284,12 +292,22 @@ impl DriverError {
         Self::Io { key: key.clone(), context: context.into(), source: Arc::new(source) }
     }
 
+    /// A host-side failure of `context` (what was being done), keeping its cause.
+    pub fn host(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Host { context: context.into(), source: Arc::new(source) }
+    }
+
     /// Whether repeating the same call later may succeed without anyone changing anything.
     /// `NotFound` counts as retryable: the caller's observation may be stale, and the next
     /// reconcile pass re-observes before it acts again.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::NotFound(_) | Self::Failed(_) | Self::Io { .. } | Self::Task(_) | Self::GuestAgent { .. } => true,
+            Self::NotFound(_)
+            | Self::Failed(_)
+            | Self::Io { .. }
+            | Self::Host { .. }
+            | Self::Task(_)
+            | Self::GuestAgent { .. } => true,
             Self::Fenced(_) | Self::FenceRecord { .. } | Self::InvalidSpec { .. } | Self::ImageUnavailable { .. } => {
                 false
             }
