@@ -12,7 +12,7 @@
 # build, and cargo skips it while nothing changed. Files in OUT_DIR are replaced only when
 # their content changed.
 set -euo pipefail
-# How installapp-v2.sh is made from installapp-v1.sh (crates/herd-todo/tests/installapp.rs runs the same).
+# How installapp-v2.sh is made from installapp-v1.sh (crates/demo/herd-todo/tests/installapp.rs runs the same).
 V2_SED='s/^APP_VERSION=1$/APP_VERSION=2/'
 
 if [ $# -ne 1 ]; then
