@@ -269,32 +269,9 @@ impl TlsFiles {
     }
 }
 
+/// `der` as PEM with LF line endings (as rcgen writes its own).
 fn pem(tag: &str, der: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let b64 = base64(der);
-    let mut out = format!("-----BEGIN {tag}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", std::str::from_utf8(line).expect("base64 is ASCII"));
-    }
-    let _ = writeln!(out, "-----END {tag}-----");
-    out
-}
-
-fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    pem::encode_config(&pem::Pem::new(tag, der), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
