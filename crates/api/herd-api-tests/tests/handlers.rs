@@ -36,6 +36,15 @@ struct Case {
 
 /// Documented answers no in-process request can provoke, and why.
 const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
+    // The harness serves the cluster CA; only a plain-HTTP server (--insecure-http) has no
+    // certificate to rotate. crates/cli/herd/tests/tls.rs exercises it on a real server.
+    ("POST", "/v1/server/tls/rotateCertificate", 409, "a plain-HTTP server"),
+    ("GET", "/v1/server/tls", 404, NO_RESOURCE),
+    ("POST", "/v1/server/tls/rotateCertificate", 404, NO_RESOURCE),
+    ("POST", "/v1/server/tls/rotateCa", 404, NO_RESOURCE),
+    ("POST", "/v1/server/tls/rotateCertificate", 415, NO_BODY),
+    ("POST", "/v1/server/tls/rotateCertificate", 507, DISK_FULL),
+    ("POST", "/v1/server/tls/rotateCa", 507, DISK_FULL),
     // 507 from the store: SQLite answers SQLITE_FULL only when the data dir's disk is full.
     // Filling a real disk is not done in a unit test; the mapping StoreError::Full → 507 is in
     // herd-api's error.rs. (Image uploads and imports check free space themselves: their 507
@@ -311,6 +320,9 @@ const OPS: &[Op] = &[
     op("GET", "/v1/server/status", "/v1/server/status", false, false),
     op("GET", "/v1/server/controllers", "/v1/server/controllers", false, false),
     op("GET", "/v1/store/check", "/v1/store/check", false, false),
+    op("GET", "/v1/server/tls", "/v1/server/tls", false, false),
+    op("POST", "/v1/server/tls/rotateCertificate", "/v1/server/tls/rotateCertificate", false, false),
+    op("POST", "/v1/server/tls/rotateCa", "/v1/server/tls/rotateCa", true, false),
 ];
 
 fn method(m: &str) -> Method {
@@ -359,6 +371,36 @@ fn shared_cases() -> Vec<Case> {
                             .unwrap(),
                     )
                     .await
+                })
+            }),
+        ));
+        out.push(case(
+            429,
+            "an address past its budget of failed authentications; another address is not",
+            Box::new(move |h| {
+                Box::pin(async move {
+                    let wrong = || {
+                        request(m, uri)
+                            .header(header::AUTHORIZATION, "Bearer not-the-token")
+                            .body(Body::empty())
+                            .unwrap()
+                    };
+                    let (a, b) = ("192.0.2.7:40000".parse().unwrap(), "192.0.2.8:40000".parse().unwrap());
+                    let burst = herd_api::auth_limit::FailureBudget::default().burst;
+                    for i in 0..burst {
+                        let r = h.send_from(a, wrong()).await;
+                        assert_eq!(r.status, 401, "{m} {uri}: failure {} of the burst of {burst}: {}", i + 1, r.text());
+                    }
+                    let r = h.send_from(b, wrong()).await;
+                    assert_eq!(r.status, 401, "{m} {uri}: another address is not limited: {}", r.text());
+                    let r = h.send_from(a, wrong()).await;
+                    assert_eq!(
+                        r.headers.get(header::RETRY_AFTER).map(|v| v.to_str().unwrap()),
+                        Some("1"),
+                        "{}",
+                        r.text()
+                    );
+                    r
                 })
             }),
         ));
@@ -513,6 +555,40 @@ const STALE: (&str, &str) = ("if-match", "\"1\"");
 fn handler_cases() -> Vec<Case> {
     vec![
         // ---- server ----
+        case!("GET", "/v1/server/tls", 200, "the cluster CA's bundle and fingerprint, no key", |h| {
+            let r = h.get("/v1/server/tls").await;
+            let v = r.json();
+            assert_eq!(v["mode"], "ClusterCa");
+            assert_eq!(v["caFingerprint"].as_str().map(str::len), Some(95), "{v}");
+            assert!(v["caBundle"].as_str().is_some_and(|b| b.starts_with("-----BEGIN CERTIFICATE-----")), "{v}");
+            assert!(!r.text().contains("PRIVATE KEY"), "no key leaves the server: {}", r.text());
+            assert_eq!(v["certificate"]["names"], json!(["localhost", "127.0.0.1", "::1"]));
+            r
+        }),
+        case!("POST", "/v1/server/tls/rotateCertificate", 200, "a new certificate under the same CA", |h| {
+            let before = h.get("/v1/server/tls").await.json();
+            let r = h.post("/v1/server/tls/rotateCertificate", json!({})).await;
+            let after = r.json();
+            assert_eq!(after["caFingerprint"], before["caFingerprint"], "the same CA");
+            assert_ne!(after["certificate"]["fingerprint"], before["certificate"]["fingerprint"], "a new certificate");
+            r
+        }),
+        case!("POST", "/v1/server/tls/rotateCa", 200, "a new CA, the old one trusted through the overlap", |h| {
+            let before = h.get("/v1/server/tls").await.json();
+            let r = h.post("/v1/server/tls/rotateCa", json!({"overlapSeconds": 3600})).await;
+            let after = r.json();
+            assert_ne!(after["caFingerprint"], before["caFingerprint"], "a new CA");
+            assert_eq!(after["rotation"]["retiringFingerprint"], before["caFingerprint"]);
+            assert_eq!(after["caBundle"].as_str().unwrap().matches("BEGIN CERTIFICATE").count(), 2, "old and new");
+            r
+        }),
+        case!("POST", "/v1/server/tls/rotateCa", 400, "an overlap out of range", |h| {
+            h.post("/v1/server/tls/rotateCa", json!({"overlapSeconds": 0})).await.target("overlapSeconds")
+        }),
+        case!("POST", "/v1/server/tls/rotateCa", 409, "a rotation while one overlaps", |h| {
+            h.post("/v1/server/tls/rotateCa", json!({})).await.expect(200);
+            h.post("/v1/server/tls/rotateCa", json!({})).await.says("already in its overlap")
+        }),
         case!("GET", "/v1/server", 200, "driver, zones and SKUs", |h| {
             let r = h.get("/v1/server").await;
             assert_eq!(r.json()["driver"], "sim");
@@ -1616,6 +1692,7 @@ fn codes_for(status: u16) -> &'static [&'static str] {
     match status {
         400 => &["InvalidParameter", "InvalidRequestContent"],
         401 => &["Unauthorized"],
+        429 => &["TooManyRequests"],
         404 => &["NotFound"],
         409 => &["Conflict"],
         411 => &["LengthRequired"],

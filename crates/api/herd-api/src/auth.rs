@@ -1,14 +1,23 @@
 //! API tokens: a random token written at first start to a 0600 file in the data dir; every
 //! request must present it as `Authorization: Bearer <token>`.
+//!
+//! Failed authentications are counted per source address ([`crate::auth_limit`]): an address
+//! past its budget is answered 429 with `Retry-After` before its token is looked at, so a token
+//! cannot be guessed at the speed of the network, and other addresses are not affected.
 
-use crate::{error::ApiError, state::AppState};
+use crate::auth_limit::Admission;
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::state::AppState;
 use axum::{
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
+    http::{header, StatusCode},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
+    Json,
 };
 use rand::Rng;
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -47,10 +56,15 @@ fn bearer(req: &Request) -> &str {
         .unwrap_or("")
 }
 
-/// Middleware: 401 unless the request carries the server's token.
+/// Middleware: 401 unless the request carries the server's token (429 for an address that
+/// failed too often).
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
-    let given = bearer(&req);
-    if !same(given.as_bytes(), state.token.as_bytes()) {
+    let from = source(&req);
+    if let Some(limited) = limited(&state, from) {
+        return Ok(limited);
+    }
+    if !same(bearer(&req).as_bytes(), state.token.as_bytes()) {
+        state.auth_limit.failed(from);
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(req).await)
@@ -63,13 +77,41 @@ pub async fn require_metrics_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let from = source(&req);
+    if let Some(limited) = limited(&state, from) {
+        return Ok(limited);
+    }
     let given = bearer(&req);
     let api = same(given.as_bytes(), state.token.as_bytes());
     let metrics = state.metrics_token.as_deref().is_some_and(|t| same(given.as_bytes(), t.as_bytes()));
     if !(api | metrics) {
+        state.auth_limit.failed(from);
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(req).await)
+}
+
+/// The request's source address; a request that came through no listener (an in-process
+/// test calling the router) counts as `0.0.0.0`.
+fn source(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<crate::guard::ClientAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(a)| a.0.ip())
+}
+
+/// The 429 answer for an address whose failure budget is spent, if it is.
+fn limited(state: &AppState, from: IpAddr) -> Option<Response> {
+    let Admission::Limited { retry_after } = state.auth_limit.admit(from) else { return None };
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    tracing::debug!(%from, secs, "authentication refused: too many failures from this address");
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: "TooManyRequests".into(),
+            message: format!("too many failed authentications from {from}; retry after {secs} s"),
+            target: None,
+        },
+    };
+    Some((StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, secs.to_string())], Json(body)).into_response())
 }
 
 /// Reads a token file (`[metrics] token_file`): the first line, trimmed; at least 16

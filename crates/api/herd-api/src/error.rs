@@ -22,7 +22,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// `InvalidParameter`, `InvalidRequestContent`, `NotFound`, `MethodNotAllowed`, `Conflict`,
     /// `PreconditionFailed`, `Unauthorized`, `LengthRequired`, `RequestEntityTooLarge`,
-    /// `UriTooLong`, `UnsupportedMediaType`, `InsufficientStorage`, `InternalError`.
+    /// `UriTooLong`, `UnsupportedMediaType`, `TooManyRequests`, `InsufficientStorage`, `InternalError`.
     pub code: String,
     pub message: String,
     /// The JSON path of the offending field, for `InvalidParameter`.

@@ -298,19 +298,39 @@ fn rejection_message(text: &str) -> (String, Option<String>) {
 /// unparsable request (400) itself, with an empty body, before any middleware runs. Those are
 /// the only responses with an error status and `content-length: 0` (every handler and the
 /// guard above send a JSON body), so the connection rewrites exactly those as they are written.
-pub struct JsonErrorListener(pub tokio::net::TcpListener);
+///
+/// It wraps any listener whose address is a `SocketAddr`: TCP (`--insecure-http`) or TLS (the
+/// rewrite then sees the plaintext, below the encryption).
+pub struct JsonErrorListener<L>(pub L);
 
-impl axum::serve::Listener for JsonErrorListener {
-    type Io = JsonErrorIo<tokio::net::TcpStream>;
+impl<L> axum::serve::Listener for JsonErrorListener<L>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    type Io = JsonErrorIo<L::Io>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let (io, addr) = self.0.accept().await;
         (JsonErrorIo { inner: io, pending: Vec::new(), sent: 0 }, addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.0.local_addr()
+    }
+}
+
+/// The client's address (`ConnectInfo<ClientAddr>`), the same over TLS and plain HTTP, so
+/// the authentication rate limit need not know which the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, JsonErrorListener<L>>> for ClientAddr
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, JsonErrorListener<L>>) -> Self {
+        Self(*stream.remote_addr())
     }
 }
 

@@ -25,6 +25,7 @@ mod network;
 pub mod openapi;
 mod rolling;
 mod scale_sets;
+pub mod server_tls;
 pub mod services;
 pub mod state;
 pub mod store_status;
@@ -47,6 +48,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/server/status", get(store_status::status))
         .route("/v1/server/controllers", get(store_status::controllers))
         .route("/v1/store/check", get(store_status::store_check))
+        .route("/v1/server/tls", get(server_tls::show))
+        .route("/v1/server/tls/rotateCertificate", post(server_tls::rotate_certificate))
+        .route("/v1/server/tls/rotateCa", post(server_tls::rotate_ca))
         .route("/v1/resourceGroups", get(groups::list))
         .route("/v1/resourceGroups/{group}", put(groups::create).get(groups::show).delete(groups::delete))
         .route("/v1/resourceGroups/{group}/activityLog", get(groups::activity_log))

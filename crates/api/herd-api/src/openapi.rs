@@ -12,6 +12,9 @@ use utoipa::OpenApi;
         crate::store_status::status,
         crate::store_status::controllers,
         crate::store_status::store_check,
+        crate::server_tls::show,
+        crate::server_tls::rotate_certificate,
+        crate::server_tls::rotate_ca,
         crate::groups::list,
         crate::groups::create,
         crate::groups::show,
@@ -138,6 +141,7 @@ impl utoipa::Modify for CommonAnswers {
                 };
                 if !public {
                     add("401", "A valid API token is required (Authorization: Bearer <token>)");
+                    add("429", "Too many failed authentications from this address; retry after `Retry-After` seconds");
                 }
                 add("400", "Bad input: the body, a name or a parameter; `target` names the field");
                 add("404", "The resource (or its group) does not exist");

@@ -59,3 +59,5 @@ pub trait MetricSourceCheck: Send + Sync {
     /// The kind's canonical name (`redis`, `postgresql`, ...), or why the draft is refused.
     fn check(&self, draft: SourceDraft<'_>) -> Result<String, SourceRefusal>;
 }
+
+pub use herd_model::tls::{CaRotation, CertificateView, PlainHttp, ServerTls, TlsMode, TlsRefusal, TlsStatus};

@@ -58,6 +58,10 @@ pub struct AppState {
     pub invalid_transitions: herd_state::transitions::InvalidTransitions,
     /// What each background controller is doing (`GET /v1/server/controllers`).
     pub controllers: ControllerBoard,
+    /// Failed authentications per source address (429 past the budget).
+    pub auth_limit: crate::auth_limit::AuthLimiter,
+    /// The server's TLS: what it presents, and its rotation.
+    pub tls: Arc<dyn crate::services::ServerTls>,
 }
 
 /// A view of the server's controller status board. The API shows it and does not know the

@@ -5,6 +5,11 @@
 //! walkthrough runner (`herd-demo`) all talk to a server through it, and none of them may
 //! depend on the `herd` binary crate. Its errors are `anyhow` ones ending at the user's
 //! terminal, with the API's own failure kept as a typed [`ApiFailure`] to react to (404, 409).
+//!
+//! Trust: an `https://` server must present a certificate that chains to the cluster CA bundle
+//! (`--ca-file`/`HERD_CA_FILE`, else `tls/ca.pem` in the data dir), and to nothing else; with
+//! no bundle at all, to the platform's public roots (an operator's certificate from a public
+//! CA). A refused certificate ends in a message that says how to fetch and pin the right CA.
 
 #![forbid(unsafe_code)]
 
@@ -21,7 +26,45 @@ pub struct Client {
     base: String,
     token: Option<String>,
     token_source: String,
+    /// The CA bundle file this client trusts (for the hint when a certificate is refused).
+    trust: Trust,
     http: reqwest::Client,
+}
+
+/// What an `https://` server's certificate must chain to.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The CA bundle read from this file.
+    File(PathBuf),
+    /// A bundle handed over in memory (an in-process server under test or benchmark).
+    Bundle(String),
+    /// No bundle was found (at this path): the platform's public roots.
+    PublicRoots(PathBuf),
+}
+
+impl Trust {
+    /// The bundle `ca_file` names, else `tls/ca.pem` in `data_dir` if it exists, else the
+    /// platform's roots.
+    pub fn find(ca_file: Option<PathBuf>, data_dir: &std::path::Path) -> Self {
+        match ca_file {
+            Some(f) => Trust::File(f),
+            None => {
+                let f = data_dir.join("tls").join("ca.pem");
+                if f.exists() {
+                    Trust::File(f)
+                } else {
+                    Trust::PublicRoots(f)
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> std::path::PathBuf {
+        match self {
+            Trust::File(p) | Trust::PublicRoots(p) => p.clone(),
+            Trust::Bundle(_) => PathBuf::from("(the bundle of the server under test)"),
+        }
+    }
 }
 
 /// An error the API returned, kept apart so callers can react to 404 and 409.
@@ -36,7 +79,8 @@ pub struct ApiFailure {
 impl Client {
     /// `server` and `token` come from flags or the environment; without a token the token file in
     /// `data_dir` is read (the CLI passes its default data dir when none was given).
-    pub fn new(server: &str, token: Option<String>, data_dir: PathBuf) -> Result<Self> {
+    pub fn new(server: &str, token: Option<String>, data_dir: PathBuf, ca_file: Option<PathBuf>) -> Result<Self> {
+        let trust = Trust::find(ca_file, &data_dir);
         let (token, token_source) = match token {
             Some(t) => (Some(t), "--token/HERD_TOKEN".to_string()),
             None => {
@@ -45,17 +89,27 @@ impl Client {
                 (t, path.display().to_string())
             }
         };
-        Self::build(server, token, token_source)
+        Self::build(server, token, token_source, trust)
     }
 
-    /// A client of a server whose token is known (an in-process server under test).
-    pub fn with_token(server: &str, token: String) -> Result<Self> {
-        Self::build(server, Some(token), "--token/HERD_TOKEN".to_string())
+    /// A client of a server whose token and CA bundle are known (an in-process server under
+    /// test or benchmark; `ca_bundle` is `None` for plain HTTP).
+    pub fn with_token(server: &str, token: String, ca_bundle: Option<&str>) -> Result<Self> {
+        let trust = ca_bundle.map_or(Trust::PublicRoots(PathBuf::new()), |b| Trust::Bundle(b.to_string()));
+        Self::build(server, Some(token), "--token/HERD_TOKEN".to_string(), trust)
     }
 
-    fn build(server: &str, token: Option<String>, token_source: String) -> Result<Self> {
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120)).build()?;
-        Ok(Self { base: server.trim_end_matches('/').to_string(), token, token_source, http })
+    fn build(server: &str, token: Option<String>, token_source: String, trust: Trust) -> Result<Self> {
+        let http = http_client(&trust)?.timeout(std::time::Duration::from_secs(120)).build()?;
+        Ok(Self { base: server.trim_end_matches('/').to_string(), token, token_source, trust, http })
+    }
+
+    /// The same client opening a new connection (and, over HTTPS, a new TLS handshake) for
+    /// every request, as separate CLI invocations do.
+    pub fn one_connection_per_request(&self) -> Result<Self> {
+        let http =
+            http_client(&self.trust)?.pool_max_idle_per_host(0).timeout(std::time::Duration::from_secs(120)).build()?;
+        Ok(Self { http, ..self.clone() })
     }
 
     /// Sends a request; returns the JSON body (Null for empty bodies).
@@ -95,7 +149,9 @@ impl Client {
     /// Sends a built request and decodes the answer (an API error becomes an [`ApiFailure`]).
     async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Value> {
         let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(hint) = untrusted(&e, &self.trust) {
+                anyhow!("cannot talk to the herd server at {}: {hint}", self.base)
+            } else if e.is_connect() {
                 anyhow!(
                     "cannot reach the herd server at {} ({}); is 'herd server' running? Point to it with --server or HERD_SERVER",
                     self.base,
@@ -200,6 +256,52 @@ impl Client {
         }
         self.send(req, &url).await
     }
+}
+
+/// A reqwest client builder that trusts `trust` (and nothing else) for `https://` servers.
+pub fn http_client(trust: &Trust) -> Result<reqwest::ClientBuilder> {
+    let bundle = match trust {
+        Trust::File(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow!("cannot read the CA bundle {} (--ca-file/HERD_CA_FILE): {e}", path.display()))?,
+        ),
+        Trust::Bundle(b) => Some(b.clone()),
+        Trust::PublicRoots(_) => None,
+    };
+    let builder = reqwest::Client::builder().no_proxy();
+    Ok(match bundle {
+        Some(b) => {
+            let config = herd_tls::client_config(&b)
+                .map_err(|e| anyhow!("the CA bundle {}: {e}", trust.describe().display()))?;
+            builder.use_preconfigured_tls(config)
+        }
+        None => builder,
+    })
+}
+
+/// The hint for a request that failed because the server's certificate was refused.
+fn untrusted(e: &reqwest::Error, trust: &Trust) -> Option<String> {
+    let tls = rustls_cause(e)?;
+    herd_tls::untrusted_hint(tls, &trust.describe()).map(|h| match trust {
+        Trust::PublicRoots(p) => {
+            format!("{h} (no CA bundle was found at {}, so the platform's public roots were tried)", p.display())
+        }
+        _ => h,
+    })
+}
+
+/// The TLS error under `e`: through its sources, and through the I/O errors that wrap one
+/// another without being each other's source (an `io::Error`'s `source()` skips what it wraps).
+fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(t) = rustls_cause(inner) {
+            return Some(t);
+        }
+    }
+    e.source().and_then(rustls_cause)
 }
 
 /// True if `e` is an API 404.

@@ -6,35 +6,43 @@ use crate::server::{detected_host, start, DriverKind, ServerOptions};
 use anyhow::Result;
 use herd_bench::{BoxFuture, Driver, Launch, Server, ServerSpec};
 
-/// Starts the server this binary runs, on an ephemeral loopback port, QEMU under TCG.
+/// Starts the server this binary runs (see [`in_process`]).
 struct InProcess;
 
 impl Launch for InProcess {
     fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Server>> {
-        Box::pin(async move {
-            let driver = match spec.driver {
-                Driver::Process => DriverKind::Process,
-                Driver::Sim => DriverKind::Sim,
-                Driver::Qemu => DriverKind::Qemu,
-            };
-            let mut running = start(ServerOptions {
-                data_dir: spec.data_dir,
-                listen: "127.0.0.1:0".parse()?,
-                driver,
-                config: spec.config,
-                accel: crate::cli::AccelChoice::Tcg,
-                orphans: Default::default(),
-                seal_key_file: None,
-            })
-            .await?;
-            let (url, token) = (running.url(), running.token.clone());
-            Ok(Server::new(url, token, async move { running.stop().await }))
-        })
+        Box::pin(in_process(spec, crate::server::Transport::default()))
+    }
+
+    fn start_insecure_http(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Server>> {
+        Box::pin(in_process(spec, crate::server::Transport::InsecureHttp))
     }
 
     fn host(&self) -> herd_model::spot::HostSpec {
         detected_host()
     }
+}
+
+/// The server of this binary in this process, on an ephemeral loopback port, QEMU under TCG.
+async fn in_process(spec: ServerSpec, transport: crate::server::Transport) -> Result<Server> {
+    let driver = match spec.driver {
+        Driver::Process => DriverKind::Process,
+        Driver::Sim => DriverKind::Sim,
+        Driver::Qemu => DriverKind::Qemu,
+    };
+    let mut running = start(ServerOptions {
+        data_dir: spec.data_dir,
+        listen: "127.0.0.1:0".parse()?,
+        driver,
+        config: spec.config,
+        accel: crate::cli::AccelChoice::Tcg,
+        orphans: Default::default(),
+        seal_key_file: None,
+        transport,
+    })
+    .await?;
+    let (url, token, ca) = (running.url(), running.token.clone(), running.ca_bundle.clone());
+    Ok(Server::new(url, token, ca, async move { running.stop().await }))
 }
 
 fn driver(kind: DriverKind) -> Driver {
@@ -75,5 +83,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             herd_bench::lb::lb_bench(launch, duration, connections, rounds).await
         }
         BenchCmd::Api { instances, requests } => herd_bench::provision::api(launch, instances, requests).await,
+        BenchCmd::Tls { instances, requests, rounds } => {
+            herd_bench::tls::run(launch, instances, requests, rounds).await
+        }
     }
 }

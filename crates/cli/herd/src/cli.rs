@@ -29,7 +29,8 @@ pub const GLOBAL_OPTIONS: &str = "Global options";
 const SERVERLESS: &[&str] = &["server", "demo", "bench"];
 
 /// The ids of [`Global`]'s options (clap derives them from the field names).
-const CLIENT_OPTIONS: &[&str] = &["server", "token", "token_dir", "output", "query", "no_wait", "timeout", "quiet"];
+const CLIENT_OPTIONS: &[&str] =
+    &["server", "token", "token_dir", "ca_file", "output", "query", "no_wait", "timeout", "quiet"];
 
 /// The command line as `herd` parses it: [`Cli`], with the client options hidden from the
 /// commands in [`SERVERLESS`]. clap propagates global options to every subcommand when the
@@ -95,8 +96,14 @@ fn client_option_given(cmd: &clap::Command, top: &clap::ArgMatches, sub: &clap::
 #[derive(Debug, Args)]
 pub struct Global {
     /// The herd server's URL.
-    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, env = "HERD_SERVER", hide_env_values = true, default_value = "http://127.0.0.1:7900")]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, env = "HERD_SERVER", hide_env_values = true, default_value = "https://127.0.0.1:7900")]
     pub server: String,
+    /// The CA bundle (PEM) that the server's certificate must chain to. Default: the cluster
+    /// CA in the data dir (`tls/ca.pem` under --token-dir); without one, the platform's public
+    /// roots (for a server using an operator's certificate from a public CA). Get it on the
+    /// server with `herd server ca show`.
+    #[arg(long = "ca-file", global = true, help_heading = GLOBAL_OPTIONS, env = "HERD_CA_FILE", hide_env_values = true)]
+    pub ca_file: Option<PathBuf>,
     /// API token. Default: read from the server's data dir (api-token).
     #[arg(long, global = true, help_heading = GLOBAL_OPTIONS, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -190,9 +197,31 @@ pub struct ServerArgs {
     /// client commands look for the token there too).
     #[arg(long, env = "HERD_DATA_DIR", hide_env_values = true)]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on. A non-loopback address sends the token in clear text: herd warns.
+    /// Address to listen on (HTTPS; plain HTTP only with --insecure-http, on loopback).
     #[arg(long, default_value = "127.0.0.1:7900")]
     pub listen: SocketAddr,
+    /// Another name or address the server's certificate must be valid for (a DNS name, or the
+    /// address of a load balancer in front of the server); repeat or separate with commas. The
+    /// listen address, localhost, the loopback addresses (and, listening on 0.0.0.0, every
+    /// address and the host name of this machine) are always included.
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// The cluster CA's private key (created 0600 at first start if absent). Keep it off the
+    /// data dir's disk and backups: whoever holds it can sign server and agent certificates.
+    /// Default: tls/ca-key.pem in the data dir.
+    #[arg(long = "ca-key-file", conflicts_with_all = ["tls_cert", "insecure_http"])]
+    pub ca_key_file: Option<PathBuf>,
+    /// Serve your own certificate chain (PEM, leaf first) instead of one from the cluster CA;
+    /// `herd server rotate-cert` reads the files again. Needs --tls-key.
+    #[arg(long = "tls-cert", requires = "tls_key", conflicts_with_all = ["tls_san", "insecure_http"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long = "tls-key", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS. Refused unless --listen is a loopback address: the API
+    /// token must not cross a network in clear text.
+    #[arg(long = "insecure-http", conflicts_with = "tls_san")]
+    pub insecure_http: bool,
     /// What runs instances.
     #[arg(long, value_enum, default_value = "process")]
     pub driver: DriverKind,
@@ -228,6 +257,37 @@ pub enum ServerCmd {
     /// instances (kept with --keep-orphans), and each background controller: its phase, last
     /// run and duration, failures, last error and what it waits for.
     Status,
+    /// How the running server serves its API: the mode (ClusterCa, OperatorCertificate or
+    /// InsecureHttp), the CA's fingerprint and bundle, a CA rotation's overlap, and the
+    /// certificate it presents (fingerprint, end, names).
+    Tls,
+    /// The cluster CA.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Renew the server's certificate under the same CA (with --tls-cert: read the files
+    /// again). No restart; clients and open connections are not affected.
+    RotateCert,
+    /// Make a new cluster CA. The old one stays trusted for --overlap (the server presents the
+    /// new CA cross-signed by the old, so clients that know only the old one keep working), then
+    /// is retired. Clients on other machines fetch the new bundle with `herd server ca show`.
+    RotateCa {
+        /// How long the old CA stays trusted (e.g. 30m, 24h, 7d; at most a year).
+        #[arg(long, default_value = "24h")]
+        overlap: String,
+    },
+}
+
+/// `herd server ca <command>`.
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Print the cluster CA bundle (PEM) and each CA's SHA-256 fingerprint, read from the
+    /// server's data dir, so a user on another machine can check and pin it
+    /// (`--ca-file`/HERD_CA_FILE). Run it where the server runs.
+    Show {
+        /// The server's data dir. Default: as `herd server`'s.
+        #[arg(long, env = "HERD_DATA_DIR", hide_env_values = true)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// `--accel`.
@@ -767,6 +827,18 @@ pub enum BenchCmd {
         instances: u64,
         #[arg(long, default_value_t = 300)]
         requests: u32,
+    },
+    /// What TLS costs the API: list-instances on a set of sim instances over HTTPS next to
+    /// the same server on --insecure-http, alternating rounds, with a kept connection and with
+    /// a new connection (and handshake) per request. Prints p50/p99 and the p99 ratio.
+    Tls {
+        #[arg(long, default_value_t = 1000)]
+        instances: u64,
+        /// Requests per round and shape, on each server.
+        #[arg(long, default_value_t = 200)]
+        requests: u32,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
     },
     /// Real VMs under QEMU (TCG) with the test guest: API call -> QEMU process (control-plane
     /// overhead), API call -> app answering next to hand-run QEMU boots of the same image, and

@@ -100,8 +100,17 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                     _ => crate::cluster::OrphanStart::Refuse,
                 },
                 seal_key_file: a.seal_key_file,
+                transport: match (a.insecure_http, a.tls_cert, a.tls_key) {
+                    (true, _, _) => crate::server::Transport::InsecureHttp,
+                    (_, Some(cert), Some(key)) => crate::server::Transport::OperatorCertificate { cert, key },
+                    _ => crate::server::Transport::ClusterCa { sans: a.tls_san, ca_key_file: a.ca_key_file },
+                },
             })
             .await
+        }
+        Command::Server(ServerArgs { action: Some(ServerCmd::Ca(CaCmd::Show { data_dir })), .. }) => {
+            let dir = data_dir.unwrap_or_else(crate::server::default_data_dir);
+            return crate::tls_cmds::ca_show(&dir, g.output, g.query.as_deref());
         }
         Command::Store(crate::store_cmds::StoreCmd::Check { data_dir: Some(dir) }) => {
             return crate::store_cmds::check_offline(&dir, g.output)
@@ -122,7 +131,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         _ => {}
     }
     let ctx = Ctx {
-        client: Client::new(&g.server, g.token, g.token_dir.unwrap_or_else(crate::server::default_data_dir))?,
+        client: Client::new(
+            &g.server,
+            g.token,
+            g.token_dir.unwrap_or_else(crate::server::default_data_dir),
+            g.ca_file,
+        )?,
         format: g.output,
         query: g.query,
         no_wait: g.no_wait,
@@ -165,6 +179,18 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             let v = ctx.client.get(&format!("/v1/resourceGroups/{}/activityLog?{}", enc(&group), q.join("&"))).await?;
             ctx.print(&v, Some(ACTIVITY_TABLE))
+        }
+        Command::Server(ServerArgs { action: Some(ServerCmd::Tls), .. }) => {
+            let v = ctx.client.get("/v1/server/tls").await?;
+            ctx.print(&v, Some(crate::tls_cmds::table()))
+        }
+        Command::Server(ServerArgs { action: Some(ServerCmd::RotateCert), .. }) => {
+            let v = crate::tls_cmds::rotate_cert(&ctx.client).await?;
+            ctx.print(&v, Some(crate::tls_cmds::table()))
+        }
+        Command::Server(ServerArgs { action: Some(ServerCmd::RotateCa { overlap }), .. }) => {
+            let v = crate::tls_cmds::rotate_ca(&ctx.client, &overlap).await?;
+            ctx.print(&v, Some(crate::tls_cmds::table()))
         }
         Command::Server(_) => {
             let v = ctx.client.get("/v1/server/status").await?;

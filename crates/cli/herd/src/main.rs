@@ -15,6 +15,7 @@ mod output;
 mod server;
 mod services;
 mod store_cmds;
+mod tls_cmds;
 mod wait;
 
 fn main() -> std::process::ExitCode {

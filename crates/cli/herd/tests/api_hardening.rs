@@ -28,7 +28,7 @@ struct Api {
 
 impl Api {
     fn new(s: &Server) -> Api {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let http = s.http().timeout(Duration::from_secs(60)).build().unwrap();
         Api { http, base: s.url.clone(), token: s.token() }
     }
 
@@ -185,9 +185,14 @@ async fn every_error_answer_has_the_json_body() {
     // the close a reset that can drop the answer, so only the unit test checks that rewrite.)
     for (what, n, want) in [("a URI over 64 KiB", 70_000, "414")] {
         use std::io::{Read, Write};
-        let addr = api.base.trim_start_matches("http://").to_string();
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let addr = api.base.trim_start_matches("https://").to_string();
+        let tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // TLS by hand, trusting the server's cluster CA, as the client does.
+        let bundle = std::fs::read_to_string(s.ca_file()).unwrap();
+        let config = std::sync::Arc::new(herd_tls::client_config(&bundle).unwrap());
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut c = rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
         let req = format!("GET {SET}?x={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(n));
         let _ = c.write_all(req.as_bytes());
         let mut got = Vec::new();
@@ -364,7 +369,10 @@ async fn a_full_disk_answers_507_and_the_server_stays_up() {
     // The token lives inside the private mount: read it through the server's own root.
     let token_path = format!("/proc/{pid}/root{}/data/api-token", mnt.display());
     let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
-    let api = Api { http: reqwest::Client::new(), base: url, token };
+    // So does the cluster CA the client must trust.
+    let ca = std::path::PathBuf::from(format!("/proc/{pid}/root{}/data/tls/ca.pem", mnt.display()));
+    let http = herd_client::http_client(&herd_client::Trust::File(ca)).unwrap().build().unwrap();
+    let api = Api { http, base: url, token };
     let mut full = None;
     for i in 0..200 {
         let tags: serde_json::Map<String, Value> =

@@ -225,7 +225,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 async fn tokens_etags_and_conflicts_over_http() {
     let (_d, s) = setup();
     create(&s, "1");
-    let http = reqwest::Client::new();
+    let http = s.http().build().unwrap();
     let url = format!("{}/v1/resourceGroups/web-rg/virtualMachineScaleSets/webscaleset", s.url);
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401, "no token, no access");

@@ -28,7 +28,9 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 /// `GET` on the API with the server's token; the body.
 fn api_get(s: &Server, path: &str) -> String {
     let out = std::process::Command::new("curl")
-        .args(["-sf", "-H", &format!("Authorization: Bearer {}", s.token()), &format!("{}{path}", s.url)])
+        .args(["-sf", "--cacert"])
+        .arg(s.ca_file())
+        .args(["-H", &format!("Authorization: Bearer {}", s.token()), &format!("{}{path}", s.url)])
         .output()
         .expect("curl (apt-get install curl)");
     assert!(out.status.success(), "GET {path} failed: {}", String::from_utf8_lossy(&out.stderr));

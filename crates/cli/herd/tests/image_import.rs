@@ -145,7 +145,10 @@ fn uploads_are_checked_by_digest_and_content() {
     let url = format!("{}/v1/images/T:Raw:1:1.0.0/files/disk", s.url);
     let body = std::fs::read(&disk).unwrap();
     let (status, text) = rt.block_on(async {
-        let r = reqwest::Client::new()
+        let r = s
+            .http()
+            .build()
+            .unwrap()
             .put(&url)
             .bearer_auth(s.token())
             .header("X-Content-SHA256", "0".repeat(64))
@@ -161,12 +164,15 @@ fn uploads_are_checked_by_digest_and_content() {
     // No digest at all: refused. (A short body: the server answers before reading any of it, so
     // a 2 MiB body could still be in flight and meet a closed connection instead of the answer.)
     let status = rt.block_on(async {
-        reqwest::Client::new().put(&url).bearer_auth(s.token()).body(vec![0u8; 512]).send().await.unwrap().status()
+        s.http().build().unwrap().put(&url).bearer_auth(s.token()).body(vec![0u8; 512]).send().await.unwrap().status()
     });
     assert_eq!(status, 400);
     // Importing with nothing uploaded names what is missing.
     let (status, text) = rt.block_on(async {
-        let r = reqwest::Client::new()
+        let r = s
+            .http()
+            .build()
+            .unwrap()
             .put(format!("{}/v1/images/T:Raw:1:1.0.0", s.url))
             .bearer_auth(s.token())
             .json(&serde_json::json!({"uploaded": true}))
@@ -262,7 +268,7 @@ fn an_uploaded_tar_with_a_link_or_an_escape_is_refused_and_leaves_nothing() {
             (r.status().as_u16(), r.text().await.unwrap())
         })
     };
-    let http = reqwest::Client::new();
+    let http = s.http().build().unwrap();
     let upload = |urn: &str, body: Vec<u8>| {
         let digest = hex::encode(sha2::Sha256::digest(&body));
         send(

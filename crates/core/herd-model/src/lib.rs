@@ -28,6 +28,7 @@ pub mod repair;
 pub mod scale_set;
 pub mod sku;
 pub mod spot;
+pub mod tls;
 pub mod upgrade;
 
 pub use error::{FieldError, ModelError};

@@ -216,6 +216,44 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// What a certificate says, for people: its subject, end, fingerprint and names.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub subject: String,
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    pub fingerprint: Fingerprint,
+    /// Its DNS names and IP addresses.
+    pub names: Vec<String>,
+}
+
+/// Reads the certificate `der` for display.
+pub fn describe(der: &[u8]) -> Result<Summary, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::invalid("a certificate", e.to_string()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::IPAddress(b) => names.push(match <[u8; 4]>::try_from(*b) {
+                    Ok(v4) => IpAddr::from(v4).to_string(),
+                    Err(_) => {
+                        <[u8; 16]>::try_from(*b).map_or_else(|_| hex::encode(b), |v6| IpAddr::from(v6).to_string())
+                    }
+                }),
+                _ => {}
+            }
+        }
+    }
+    Ok(Summary {
+        subject: cert.subject().to_string(),
+        not_after: chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0).unwrap_or_default(),
+        fingerprint: Fingerprint::of(der),
+        names,
+    })
+}
+
 /// When the certificate `der` stops being valid.
 pub fn not_after(der: &[u8]) -> Result<OffsetDateTime, TlsError> {
     let (_, cert) =

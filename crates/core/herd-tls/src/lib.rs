@@ -8,6 +8,9 @@
 //! - [`ca`]: the CA itself: create, load, sign a server or agent certificate, rotate.
 //! - [`files`]: where the material lives in a data dir, written atomically, keys 0600.
 //! - [`serve`]: a server configuration whose certificate can be replaced without a restart.
+//! - [`names`]: the names and addresses the server's certificate is valid for.
+//! - [`served`]: what a running server presents, its renewal and the CA's rotation, behind
+//!   the model's `ServerTls` contract that the API drives.
 //! - [`listener`]: TCP in, finished handshakes out, so a stalled handshake blocks nobody.
 //! - [`trust`]: a client configuration that trusts the cluster CA bundle, and the hint a user
 //!   gets when a server's certificate does not chain to it.
@@ -28,13 +31,17 @@
 pub mod ca;
 pub mod files;
 pub mod listener;
+pub mod names;
 pub mod serve;
+pub mod served;
 pub mod trust;
 
 pub use ca::{ClusterCa, Fingerprint, Issued, Leaf};
 pub use files::{Rotation, TlsFiles};
 pub use listener::TlsListener;
+pub use names::server_leaf;
 pub use serve::ServerCerts;
+pub use served::ServedTls;
 pub use trust::{client_config, untrusted_hint};
 
 /// What can go wrong with TLS material.

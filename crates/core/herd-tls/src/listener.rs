@@ -87,7 +87,8 @@ async fn accept_loop(
 }
 
 /// `axum::serve(listener, app)` over TLS: connections are handed to axum once their handshake
-/// is done, and `ConnectInfo<SocketAddr>` is the client's address.
+/// is done, and `ConnectInfo<SocketAddr>` (axum's own, for any listener whose address is a
+/// `SocketAddr`) is the client's address.
 #[cfg(feature = "axum")]
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
@@ -103,26 +104,5 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
-    }
-}
-
-/// The client's address as the API sees it (`ConnectInfo<ClientAddr>`), the same over TLS and
-/// over plain HTTP (`--insecure-http`), so a handler or middleware (the authentication rate
-/// limit) need not know which the server runs.
-#[cfg(feature = "axum")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-#[cfg(feature = "axum")]
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-#[cfg(feature = "axum")]
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Self(*stream.remote_addr())
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! - `provision`: API call → all instances running, against an in-process server. With the
 //!   process driver the peer is the same number of bare process spawns (what any tool must pay).
-//! - `api`: latency of `list-instances` on a large set; the peer is `/healthz` on the same server
-//!   (the cost of an HTTP round trip with no work).
+//! - `api`: latency of `list-instances` on a large set; the peer is `/v1/server` on the same
+//!   server (the cost of an HTTPS round trip with no work).
+//! - `tls`: the same `list-instances` over HTTPS next to a server on `--insecure-http` (see
+//!   [`tls`]).
 //! - `lb`: throughput and p99 through herd's load balancer next to HAProxy (see [`lb`]).
 //! - `qemu`: real VMs; the peer is hand-run QEMU booting the same image (see [`qemu`]).
 //! - `autoscale`: reaction time, evaluation cost and simulation speed (see [`autoscale`]).
@@ -24,6 +26,7 @@ pub mod provision;
 pub mod qemu;
 pub mod rolling;
 pub mod spot;
+pub mod tls;
 
 use anyhow::Result;
 use herd_client::Client;
@@ -56,27 +59,37 @@ pub struct ServerSpec {
 
 /// Starts the real herd server in this process (implemented by the `herd` binary).
 pub trait Launch: Send + Sync {
+    /// The server as users run it: HTTPS under its cluster CA.
     fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Server>>;
+    /// The same server on plain HTTP (`--insecure-http`), as the peer of the TLS benchmark.
+    fn start_insecure_http(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Server>>;
     /// The host the server would detect (CPUs, memory), for sizing a benchmark's hosts.
     fn host(&self) -> herd_model::spot::HostSpec;
 }
 
-/// A server under test: its URL and token, and how to stop it.
+/// A server under test: its URL, token and CA bundle, and how to stop it.
 pub struct Server {
     pub url: String,
     pub token: String,
+    /// The cluster CA bundle its certificate chains to (`None` on plain HTTP).
+    pub ca_bundle: Option<String>,
     stop: Option<BoxFuture<'static, ()>>,
 }
 
 impl Server {
     /// `stop` runs once, at [`Server::stop`].
-    pub fn new(url: String, token: String, stop: impl Future<Output = ()> + Send + 'static) -> Self {
-        Self { url, token, stop: Some(Box::pin(stop)) }
+    pub fn new(
+        url: String,
+        token: String,
+        ca_bundle: Option<String>,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Self { url, token, ca_bundle, stop: Some(Box::pin(stop)) }
     }
 
-    /// A client holding the server's token.
+    /// A client holding the server's token and trusting its CA.
     pub fn client(&self) -> Result<Client> {
-        Client::with_token(&self.url, self.token.clone())
+        Client::with_token(&self.url, self.token.clone(), self.ca_bundle.as_deref())
     }
 
     /// Stops the server and waits for its tasks; later calls do nothing.
@@ -90,9 +103,31 @@ impl Server {
 /// Starts a server on `driver` with the data dir `dir/data` and `config_text` as its
 /// `dir/herd.toml`.
 pub async fn start_in(launch: &dyn Launch, dir: &Path, driver: Driver, config_text: &str) -> Result<Server> {
+    start_on(launch, dir, driver, config_text, Transport::Tls).await
+}
+
+/// How a benchmark's server serves its API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    InsecureHttp,
+}
+
+/// [`start_in`] on either transport.
+pub async fn start_on(
+    launch: &dyn Launch,
+    dir: &Path,
+    driver: Driver,
+    config_text: &str,
+    transport: Transport,
+) -> Result<Server> {
     let config = dir.join("herd.toml");
     std::fs::write(&config, config_text)?;
-    launch.start(ServerSpec { data_dir: dir.join("data"), driver, config: Some(config) }).await
+    let spec = ServerSpec { data_dir: dir.join("data"), driver, config: Some(config) };
+    match transport {
+        Transport::Tls => launch.start(spec).await,
+        Transport::InsecureHttp => launch.start_insecure_http(spec).await,
+    }
 }
 
 /// Deletes `path` and polls every `poll` until it is gone (404), at most `timeout` (then fails
@@ -140,10 +175,10 @@ pub fn kill_instances(data: &Path) {
 
 /// A server with resource group `bench` and the sleeper image `Herd:Bench:1:1.0.0`, in a
 /// temporary directory; its process instances are killed when it is dropped.
-struct Bench {
+pub(crate) struct Bench {
     dir: tempfile::TempDir,
-    server: Server,
-    client: Client,
+    pub(crate) server: Server,
+    pub(crate) client: Client,
 }
 
 impl Drop for Bench {
@@ -155,10 +190,14 @@ impl Drop for Bench {
 
 impl Bench {
     async fn setup(launch: &dyn Launch, driver: Driver, max: u64) -> Result<Bench> {
+        Self::setup_on(launch, driver, max, Transport::Tls).await
+    }
+
+    pub(crate) async fn setup_on(launch: &dyn Launch, driver: Driver, max: u64, transport: Transport) -> Result<Bench> {
         let dir = tempfile::tempdir()?;
         let concurrency = if driver == Driver::Sim { 4096 } else { 64 };
         let config = format!("max_capacity = {}\n[provisioning]\ndriver_concurrency = {concurrency}\n", max.max(1000));
-        let server = start_in(launch, dir.path(), driver, &config).await?;
+        let server = start_on(launch, dir.path(), driver, &config, transport).await?;
         let client = server.client()?;
         client.put("/v1/resourceGroups/bench", &json!({})).await?;
         let img = dir.path().join("image");

@@ -223,6 +223,16 @@ impl Harness {
             metrics_token: Some(METRICS_TOKEN.into()),
             invalid_transitions: Default::default(),
             controllers: herd_api::ControllerBoard::new(|| vec![idle_controller()]),
+            auth_limit: herd_api::auth_limit::AuthLimiter::new(Default::default(), Arc::new(clock.clone())),
+            tls: Arc::new(
+                herd_tls::ServedTls::cluster(
+                    herd_tls::TlsFiles::new(&dir.path().join("tls-data"), None),
+                    herd_tls::server_leaf("127.0.0.1:7900".parse().unwrap(), &[]).unwrap(),
+                    "test-cluster",
+                    Arc::new(clock.clone()),
+                )
+                .unwrap(),
+            ),
         };
         let router = herd_api::router(state.clone());
         Harness { state, router, sim, clock, dir: Arc::new(dir) }
@@ -248,6 +258,12 @@ impl Harness {
         let headers = resp.headers().clone();
         let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("response body");
         Resp { method, path, status, headers, body }
+    }
+
+    /// Sends one request as if it came from `from` (what the listener tells the router).
+    pub async fn send_from(&self, from: std::net::SocketAddr, mut req: Request<Body>) -> Resp {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(herd_api::guard::ClientAddr(from)));
+        self.send(req).await
     }
 
     /// A request with the API token and, when given, a JSON body.

@@ -65,6 +65,35 @@ pub struct ServerConfig {
     pub secrets: SecretSettings,
     #[serde(default)]
     pub reconciler: ReconcilerSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+/// `[auth]`: how failed authentications are limited per source address.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Failed authentications an address may make at once before it is answered 429
+    /// (default 20; 1 to 1000000).
+    pub failure_burst: Option<u32>,
+    /// Seconds for one more failure to be allowed again (default 1; 1 to 3600).
+    pub failure_refill_secs: Option<u64>,
+}
+
+impl AuthSettings {
+    /// The budget, or which setting is out of range.
+    pub fn budget(&self) -> Result<herd_api::auth_limit::FailureBudget> {
+        let d = herd_api::auth_limit::FailureBudget::default();
+        let burst = self.failure_burst.unwrap_or(d.burst);
+        if !(1..=1_000_000).contains(&burst) {
+            bail!("config: auth.failure_burst {burst} is out of range; allowed 1 to 1000000");
+        }
+        let refill = self.failure_refill_secs.map_or(d.refill, std::time::Duration::from_secs);
+        if !(1..=3600).contains(&refill.as_secs()) {
+            bail!("config: auth.failure_refill_secs {} is out of range; allowed 1 to 3600", refill.as_secs());
+        }
+        Ok(herd_api::auth_limit::FailureBudget { burst, refill })
+    }
 }
 
 /// `[images]`: image imports.
@@ -287,5 +316,7 @@ pub struct SimSettings {
 pub(super) fn load_config(path: Option<&Path>) -> Result<ServerConfig> {
     let Some(path) = path else { return Ok(ServerConfig::default()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    let cfg: ServerConfig = toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+    cfg.auth.budget()?;
+    Ok(cfg)
 }

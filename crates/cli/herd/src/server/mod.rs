@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod config;
+mod tls;
 pub use config::*;
+pub use tls::Transport;
 
 /// Everything `herd server` needs to start.
 #[derive(Debug, Clone)]
@@ -34,19 +36,25 @@ pub struct ServerOptions {
     pub orphans: crate::cluster::OrphanStart,
     /// The sealing key's file (`--seal-key-file`); overrides `[secrets] seal_key_file`.
     pub seal_key_file: Option<PathBuf>,
+    /// HTTPS under the cluster CA (default), the operator's certificate, or plain HTTP.
+    pub transport: Transport,
 }
 
 /// A running server (used in-process by `herd bench` and tests).
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub token: String,
+    /// The CA bundle clients trust (PEM); `None` for plain HTTP or the operator's certificate.
+    pub ca_bundle: Option<String>,
+    /// True when the API is served over TLS.
+    pub https: bool,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.addr)
     }
 
     pub async fn stop(&mut self) {
@@ -83,6 +91,7 @@ pub fn is_root() -> bool {
 /// controllers and the API state ([`build_controllers`], [`build_api`]), then bind and serve
 /// ([`serve`]; [`RunningServer::stop`] shuts it down).
 pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
+    tls::check(&opts.transport, opts.listen)?;
     let cfg = load_config(opts.config.as_deref())?;
     let opened = open_store(&opts, &cfg).await?;
     let (skus, zones) = skus_and_zones(&cfg)?;
@@ -124,15 +133,16 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         },
         cluster_id: opened.cluster_id.clone(),
     };
-    let state = build_api(opened, api_config, &driver, &parts, settings.spot_priced);
+    let tls = tls::prepare(&opts.transport, opts.listen, &opened.data_dir, &opened.cluster_id, parts.clock.clone())?;
+    let limiter = herd_api::auth_limit::AuthLimiter::new(cfg.auth.budget()?, parts.clock.clone());
+    let state = build_api(opened, api_config, &driver, &parts, settings.spot_priced, (tls.service.clone(), limiter));
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
-    let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening on a non-loopback address without TLS: the API token crosses the network in clear text");
+    let mut runtime = register_controllers(&cfg, &state, driver, parts, settings.prices, settings.metadata_port);
+    if let Some((controller, wake)) = tls.controller {
+        runtime.add_with_wake(controller, wake);
     }
-    let runtime = register_controllers(&cfg, &state, driver, parts, settings.prices, settings.metadata_port);
-    serve(listener, state, runtime).await
+    serve(listener, tls.config, state, runtime).await
 }
 
 /// What opening the data dir yields: the token, the store, the cluster and the sealer.
@@ -487,6 +497,7 @@ fn build_api(
     driver: &Arc<dyn Driver>,
     parts: &Parts,
     spot_priced: Arc<[String]>,
+    (tls, auth_limit): (Arc<dyn herd_api::services::ServerTls>, herd_api::auth_limit::AuthLimiter),
 ) -> AppState {
     let board = parts.runtime.board();
     AppState {
@@ -504,6 +515,8 @@ fn build_api(
         metrics_token: opened.metrics_token,
         invalid_transitions: parts.reconciler.invalid_transitions(),
         controllers: herd_api::ControllerBoard::new(move || board.snapshot()),
+        auth_limit,
+        tls,
     }
 }
 
@@ -575,29 +588,45 @@ fn register_controllers(
     runtime
 }
 
-/// Starts the controllers and the HTTP server; both stop when [`RunningServer::stop`] is called.
+/// Starts the controllers and the API server (HTTPS with `tls`, else plain HTTP); both stop
+/// when [`RunningServer::stop`] is called.
 async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
     runtime: herd_controller_runtime::Runtime,
 ) -> Result<RunningServer> {
     let addr = listener.local_addr()?;
     let token = state.token.to_string();
+    let ca_bundle = state.tls.status().ok().and_then(|s| s.ca_bundle);
+    let https = tls.is_some();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut tasks = runtime.start(rx.clone()).await;
     let mut http_rx = rx;
-    let app = herd_api::router(state);
+    let app = herd_api::router(state).into_make_service_with_connect_info::<herd_api::guard::ClientAddr>();
     let http_task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = http_rx.wait_for(|v| *v).await;
         };
-        let listener = herd_api::guard::JsonErrorListener(listener);
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        let served = match tls {
+            Some(config) => match herd_tls::TlsListener::new(listener, config) {
+                Ok(l) => {
+                    let l = herd_api::guard::JsonErrorListener(l);
+                    axum::serve(l, app).with_graceful_shutdown(shutdown).await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                let l = herd_api::guard::JsonErrorListener(listener);
+                axum::serve(l, app).with_graceful_shutdown(shutdown).await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
     tasks.push(http_task);
-    Ok(RunningServer { addr, token, shutdown: tx, tasks })
+    Ok(RunningServer { addr, token, ca_bundle, https, shutdown: tx, tasks })
 }
 
 /// What `herd server --driver process` prints first: process instances isolate nothing yet.

@@ -189,24 +189,29 @@ impl Server {
         std::fs::read_to_string(self.data_dir.join("api-token")).unwrap().trim().to_string()
     }
 
-    /// `GET /metrics` with the API token (it needs one); the body, or "" on any failure.
+    /// The cluster CA bundle the server made in its data dir: what the CLI trusts.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
+    }
+
+    /// An HTTP client that trusts this server's cluster CA (and nothing else), as the CLI does.
+    pub fn http(&self) -> reqwest::ClientBuilder {
+        herd_client::http_client(&herd_client::Trust::File(self.ca_file())).expect("the server's CA bundle")
+    }
+
+    /// `GET /metrics` with the API token (it needs one), over HTTPS with the server's CA; the
+    /// body, or "" on any failure.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let addr = self.url.trim_start_matches("http://").to_string();
-        let Ok(mut c) = std::net::TcpStream::connect(&addr) else { return String::new() };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-        let req = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            self.token()
-        );
-        let mut out = String::new();
-        if c.write_all(req.as_bytes()).is_err()
-            || c.read_to_string(&mut out).is_err()
-            || !out.starts_with("HTTP/1.1 200")
-        {
-            return String::new();
+        let out = self
+            .command("curl")
+            .args(["-sf", "-m", "10", "--cacert"])
+            .arg(self.ca_file())
+            .args(["-H", &format!("Authorization: Bearer {}", self.token()), &format!("{}/metrics", self.url)])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+            _ => String::new(),
         }
-        out.split_once("\r\n\r\n").map_or(String::new(), |x| x.1.to_string())
     }
 }
 
