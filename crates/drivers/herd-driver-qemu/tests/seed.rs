@@ -94,9 +94,9 @@ fn write_variant(dir: &Path, name: &str, files: &SeedFiles) -> PathBuf {
 
 /// Writes each of [`variants`] as an image in `dir` and runs `check` on its name, files and
 /// image path.
-fn for_each_variant_image(dir: &Path, mut check: impl FnMut(&str, &SeedFiles, &Path)) {
+fn for_each_variant_image(dir: &Path, mut check: impl FnMut(&str, &SeedFiles, PathBuf)) {
     for (name, files) in variants() {
-        check(name, &files, &write_variant(dir, name, &files));
+        check(name, &files, write_variant(dir, name, &files));
     }
 }
 
