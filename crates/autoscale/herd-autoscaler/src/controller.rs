@@ -8,7 +8,7 @@
 //! blocking pool.
 
 use crate::runner::Runner;
-use herd_controller_runtime::{Controller, ControllerError, Next};
+use herd_controller_runtime::{ControllerError, Periodic};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,43 +18,29 @@ pub struct SamplerController(pub Arc<Runner>);
 /// Evaluates every autoscale setting and applies its decisions.
 pub struct EvaluatorController(pub Arc<Runner>);
 
-impl Controller for SamplerController {
-    fn name(&self) -> &'static str {
-        "autoscale-sampler"
-    }
+impl Periodic for SamplerController {
+    const NAME: &'static str = "autoscale-sampler";
 
-    fn resync(&self) -> Duration {
+    fn period(&self) -> Duration {
         self.0.config().sample_interval
     }
 
-    /// A failed pass is retried at the next period, as before the runtime.
-    fn error_policy(&self, _error: &ControllerError, _consecutive_failures: u32) -> Duration {
-        self.resync()
-    }
-
-    async fn reconcile(&self) -> Result<Next, ControllerError> {
+    async fn pass(&self) -> Result<(), ControllerError> {
         self.0.sample_once().await?;
-        Ok(Next::Idle)
+        Ok(())
     }
 }
 
-impl Controller for EvaluatorController {
-    fn name(&self) -> &'static str {
-        "autoscale"
-    }
+impl Periodic for EvaluatorController {
+    const NAME: &'static str = "autoscale";
 
-    fn resync(&self) -> Duration {
+    fn period(&self) -> Duration {
         self.0.config().interval
     }
 
-    /// A failed pass is retried at the next period, as before the runtime.
-    fn error_policy(&self, _error: &ControllerError, _consecutive_failures: u32) -> Duration {
-        self.resync()
-    }
-
-    async fn reconcile(&self) -> Result<Next, ControllerError> {
+    async fn pass(&self) -> Result<(), ControllerError> {
         let runner = self.0.clone();
         tokio::task::spawn_blocking(move || runner.evaluate_once()).await??;
-        Ok(Next::Idle)
+        Ok(())
     }
 }

@@ -134,6 +134,20 @@ fn parse_len(s: &[u8]) -> Result<i64, Fail> {
         .ok_or_else(|| (ErrorKind::Protocol, format!("bad length in reply: {}", String::from_utf8_lossy(s))))
 }
 
+/// The length of a bulk or array reply: `None` for RESP's null (a negative length), an error
+/// beyond `max` (`kind` and `unit` name the reply and what it counts in that error).
+fn parse_count(s: &[u8], max: usize, kind: &str, unit: &str) -> Result<Option<usize>, Fail> {
+    let n = parse_len(s)?;
+    if n < 0 {
+        return Ok(None);
+    }
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n > max {
+        return Err((ErrorKind::Protocol, format!("{kind} reply of {n} {unit} is too large")));
+    }
+    Ok(Some(n))
+}
+
 fn read_value(
     r: &mut BufReader<TcpStream>,
     depth: usize,
@@ -151,14 +165,9 @@ fn read_value(
             b'-' => Ok(Value::Error(String::from_utf8_lossy(rest).into_owned())),
             b':' => Ok(Value::Int(parse_len(rest)?)),
             b'$' => {
-                let n = parse_len(rest)?;
-                if n < 0 {
+                let Some(n) = parse_count(rest, MAX_BULK, "bulk", "bytes")? else {
                     return Ok(Value::Nil);
-                }
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                if n > MAX_BULK {
-                    return Err((ErrorKind::Protocol, format!("bulk reply of {n} bytes is too large")));
-                }
+                };
                 let mut data = vec![0u8; n + 2];
                 r.read_exact(&mut data).await.map_err(|e| io_failure(&e))?;
                 if !data.ends_with(b"\r\n") {
@@ -168,14 +177,9 @@ fn read_value(
                 Ok(Value::Bulk(data))
             }
             b'*' => {
-                let n = parse_len(rest)?;
-                if n < 0 {
+                let Some(n) = parse_count(rest, MAX_ARRAY, "array", "elements")? else {
                     return Ok(Value::Nil);
-                }
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                if n > MAX_ARRAY {
-                    return Err((ErrorKind::Protocol, format!("array reply of {n} elements is too large")));
-                }
+                };
                 let mut items = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     items.push(read_value(r, depth + 1).await?);

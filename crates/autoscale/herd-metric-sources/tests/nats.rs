@@ -113,20 +113,15 @@ async fn missing_stream_or_consumer_is_not_found() {
     let srv = NatsServer::start(&Auth::None).await.unwrap();
     let mut c = Client::connect(&srv.endpoint(), &Auth::None).await.unwrap();
     setup(&mut c).await;
-    let e = build(&spec(&srv.endpoint(), json!({"stream": "JOBS", "consumer": "nobody"}), json!(null)), t())
-        .unwrap()
-        .sample()
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    assert!(e.to_string().contains("consumer nobody: JetStream error 404: consumer not found"), "{e}");
-    let e = build(&spec(&srv.endpoint(), json!({"stream": "NOPE", "consumer": "workers"}), json!(null)), t())
-        .unwrap()
-        .sample()
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    assert!(e.to_string().contains("stream not found"), "{e}");
+    let cases = [
+        (json!({"stream": "JOBS", "consumer": "nobody"}), "consumer nobody: JetStream error 404: consumer not found"),
+        (json!({"stream": "NOPE", "consumer": "workers"}), "stream not found"),
+    ];
+    for (settings, message) in cases {
+        let e = build(&spec(&srv.endpoint(), settings, json!(null)), t()).unwrap().sample().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains(message), "{e}");
+    }
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! blocking pool.
 
 use crate::meter::Meter;
-use herd_controller_runtime::{Controller, ControllerError, Next};
+use herd_controller_runtime::{ControllerError, Periodic};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,21 +22,14 @@ impl MeterController {
     }
 }
 
-impl Controller for MeterController {
-    fn name(&self) -> &'static str {
-        "billing"
-    }
+impl Periodic for MeterController {
+    const NAME: &'static str = "billing";
 
-    fn resync(&self) -> Duration {
+    fn period(&self) -> Duration {
         self.every
     }
 
-    /// A failed pass is retried at the next period, as before the runtime.
-    fn error_policy(&self, _error: &ControllerError, _consecutive_failures: u32) -> Duration {
-        self.resync()
-    }
-
-    async fn reconcile(&self) -> Result<Next, ControllerError> {
+    async fn pass(&self) -> Result<(), ControllerError> {
         let meter = self.meter.clone();
         let written = tokio::task::spawn_blocking(move || {
             for p in meter.reload_prices() {
@@ -46,6 +39,6 @@ impl Controller for MeterController {
         })
         .await??;
         tracing::debug!(meters = written, "cost meter ticked");
-        Ok(Next::Idle)
+        Ok(())
     }
 }

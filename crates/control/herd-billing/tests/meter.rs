@@ -5,11 +5,11 @@ use chrono::{DateTime, Duration, Utc};
 use herd_billing::{report, Meter, MeterDoc, PriceBook};
 use herd_model::{
     clock::ManualClock,
-    instance::{InstanceGoal, InstanceRecord, InstanceState},
-    scale_set::{ScaleSetModel, StoredScaleSet},
+    instance::{InstanceRecord, InstanceState},
+    scale_set::StoredScaleSet,
     spot::{PriceTable, SkuPrice},
-    GroupName, InstanceId, ScaleSetName,
 };
+use herd_reconciler::testkit::{self, at as t, model, stored_set, t0};
 use herd_store::{Expect, Kind, SqliteStore, Store, StoreExt, WriteOp};
 use serde_json::json;
 use std::path::Path;
@@ -17,14 +17,6 @@ use std::sync::{Arc, Mutex};
 
 const REGULAR: f64 = 0.0207;
 const SPOT: f64 = 0.0041;
-
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn t0() -> DateTime<Utc> {
-    t("2026-01-01T00:00:00Z")
-}
 
 fn table(schedule: Option<&Path>) -> PriceTable {
     let mut p = PriceTable::new();
@@ -61,57 +53,34 @@ fn env() -> Env {
 }
 
 fn set(name: &str, capacity: i64, priority: &str) -> StoredScaleSet {
-    let model = ScaleSetModel::from_json(json!({
-        "sku": {"name": "Standard_B1ms", "capacity": capacity},
-        "virtualMachineProfile": {
-            "priority": priority,
-            "osProfile": {"computerNamePrefix": name},
-            "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "latest"}}
-        }
-    }))
-    .unwrap();
-    StoredScaleSet {
-        name: ScaleSetName::new(name).unwrap(),
-        group: GroupName::new("rg").unwrap(),
-        model_generation: 1,
-        time_created: t0(),
-        deleting: false,
-        model,
-    }
+    let overlay = json!({"virtualMachineProfile": {
+        "priority": priority,
+        "osProfile": {"computerNamePrefix": name},
+        "storageProfile": {"imageReference": {"version": "latest"}}
+    }});
+    stored_set(name, 1, model(capacity, overlay))
 }
 
 fn record(id: u64, state: InstanceState, overprovisioned: bool, now: DateTime<Utc>) -> InstanceRecord {
     InstanceRecord {
-        instance_id: InstanceId(id),
         computer_name: format!("web{id:06}"),
-        zone: None,
-        model_generation: 1,
-        state,
-        goal: InstanceGoal::Running,
-        pending: None,
         overprovisioned,
         reach_address: format!("127.128.0.{}", id + 2),
-        private_ip: None,
-        attempts: 0,
-        next_attempt_at: None,
-        last_error: None,
-        delete_reason: None,
-        draining_since: None,
-        base_fingerprint: None,
         sku: Some("Standard_B1ms".into()),
-        extensions: vec![],
-        protect_from_scale_in: false,
-        protect_from_scale_set_actions: false,
-        host: None,
-        scheduled_events: vec![],
-        eviction: None,
-        incarnation: 1,
         created_at: now,
         state_since: now,
+        ..testkit::record(id, 1, state)
     }
 }
 
 impl Env {
+    /// Set `web` of one Regular instance, running from now, and a first tick.
+    fn start_one_regular(&self) {
+        self.put_set(&set("web", 1, "Regular"));
+        self.put("web", &record(0, InstanceState::Running, false, self.now()));
+        self.tick();
+    }
+
     fn now(&self) -> DateTime<Utc> {
         use herd_model::clock::Clock;
         self.clock.now()
@@ -298,9 +267,7 @@ fn spot_schedule_changes_the_price_at_its_instant() {
 fn intervals_split_into_hour_buckets() {
     let e = env();
     e.clock.advance(Duration::minutes(30)); // 00:30
-    e.put_set(&set("web", 1, "Regular"));
-    e.put("web", &record(0, InstanceState::Running, false, e.now()));
-    e.tick();
+    e.start_one_regular();
     e.advance(6300); // 02:15
     e.tick();
     let d = e.doc("web").unwrap();
@@ -418,9 +385,7 @@ fn since_filters_by_hour_and_deleted_sets_stay_reportable() {
 #[test]
 fn two_meters_never_bill_an_interval_twice() {
     let e = env();
-    e.put_set(&set("web", 1, "Regular"));
-    e.put("web", &record(0, InstanceState::Running, false, e.now()));
-    e.tick();
+    e.start_one_regular();
     e.advance(60);
     // Another meter (a second replica, or a restarted one) ticks first; each tick re-reads the
     // stored marks, so the same interval is not billed again.
@@ -433,9 +398,7 @@ fn two_meters_never_bill_an_interval_twice() {
 #[test]
 fn hourly_buckets_are_bounded() {
     let e = env();
-    e.put_set(&set("web", 1, "Regular"));
-    e.put("web", &record(0, InstanceState::Running, false, e.now()));
-    e.tick();
+    e.start_one_regular();
     // A long outage: 200 days with nothing ticking, then one tick.
     e.advance(200 * 86_400);
     e.tick();

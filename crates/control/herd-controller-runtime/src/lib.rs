@@ -105,6 +105,40 @@ pub trait Controller: Send + Sync + 'static {
     }
 }
 
+/// A controller that watches nothing and makes one pass every period (its windows are time:
+/// sampling, evaluating, metering). Every such controller had the same [`Controller`] impl;
+/// this trait says only what differs, and the blanket impl below supplies the rest.
+pub trait Periodic: Send + Sync + 'static {
+    /// The controller's stable name ([`Controller::name`]).
+    const NAME: &'static str;
+
+    /// How often it runs; also how long after a failed pass it retries.
+    fn period(&self) -> Duration;
+
+    /// One pass; it always ends [`Next::Idle`] (the next one is a period away).
+    fn pass(&self) -> impl Future<Output = Result<(), ControllerError>> + Send;
+}
+
+impl<P: Periodic> Controller for P {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn resync(&self) -> Duration {
+        self.period()
+    }
+
+    /// A failed pass is retried at the next period, as before the runtime.
+    fn error_policy(&self, _error: &ControllerError, _consecutive_failures: u32) -> Duration {
+        self.period()
+    }
+
+    async fn reconcile(&self) -> Result<Next, ControllerError> {
+        self.pass().await?;
+        Ok(Next::Idle)
+    }
+}
+
 /// Keeps the store's change feed short ([`herd_state::feed::Compactor`]) every `every`.
 pub struct CompactionController {
     state: herd_state::State,

@@ -187,6 +187,18 @@ impl Step {
             | Step::Undrain(id)
             | Step::Restore(id)
             | Step::RunExtensions(id) => Some(*id),
+            _ => self.driver_instance(),
+        }
+    }
+
+    /// True for steps that call the driver.
+    pub fn calls_driver(&self) -> bool {
+        self.driver_instance().is_some()
+    }
+
+    /// The instance of a step that calls the driver; `None` for every other step.
+    fn driver_instance(&self) -> Option<InstanceId> {
+        match self {
             Step::Ensure(id)
             | Step::Stop(id)
             | Step::Deallocate(id)
@@ -197,21 +209,6 @@ impl Step {
             | Step::Destroy(id) => Some(*id),
             _ => None,
         }
-    }
-
-    /// True for steps that call the driver.
-    pub fn calls_driver(&self) -> bool {
-        matches!(
-            self,
-            Step::Ensure(_)
-                | Step::Stop(_)
-                | Step::Deallocate(_)
-                | Step::Start(_)
-                | Step::Restart(_)
-                | Step::Resize(_)
-                | Step::Reimage(_)
-                | Step::Destroy(_)
-        )
     }
 }
 
@@ -531,18 +528,10 @@ fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: 
     // app) drains it too; the first run on a fresh boot does not (it is not serving yet).
     let in_place_upgrade =
         matches!(step, Some(Step::RunExtensions(_))) && r.model_generation < input.set.model_generation;
+    // Every driver step but a create or a start (stop, deallocate, restart, resize, reimage,
+    // destroy) takes it out of service.
     let disruptive = in_place_upgrade
-        || matches!(
-            step,
-            Some(
-                Step::Destroy(_)
-                    | Step::Stop(_)
-                    | Step::Deallocate(_)
-                    | Step::Restart(_)
-                    | Step::Resize(_)
-                    | Step::Reimage(_)
-            )
-        );
+        || step.as_ref().is_some_and(|s| s.calls_driver() && !matches!(s, Step::Ensure(_) | Step::Start(_)));
     if !disruptive {
         let serving = r.state == InstanceState::Running && goal != InstanceGoal::Deleted;
         return if r.draining_since.is_some() && serving && step.is_none() { Some(Step::Undrain(id)) } else { step };

@@ -14,6 +14,8 @@ use herd_reconciler::{summarize, Faults, Reconciler, ReconcilerConfig};
 use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
 use serde_json::json;
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 struct Env {
@@ -32,6 +34,11 @@ fn env(faults: Option<Arc<Faults>>) -> Env {
         rec = rec.with_faults(f);
     }
     Env { store, sim, clock, rec }
+}
+
+/// Instance `id` of set `web` in group `rg`.
+fn web_key(id: herd_model::InstanceId) -> herd_model::InstanceKey {
+    herd_model::InstanceKey { group: GroupName::new("rg").unwrap(), set: ScaleSetName::new("web").unwrap(), id }
 }
 
 fn new_set(capacity: i64) -> StoredScaleSet {
@@ -125,11 +132,7 @@ impl Env {
         for r in self.records() {
             assert_eq!(r.extensions.len(), 1, "the extension ran on first boot: {r:#?}");
             assert_eq!(r.extensions[0].state, herd_model::extension::ExtensionRunState::Succeeded);
-            let key = herd_model::InstanceKey {
-                group: GroupName::new("rg").unwrap(),
-                set: ScaleSetName::new("web").unwrap(),
-                id: r.instance_id,
-            };
+            let key = web_key(r.instance_id);
             assert!(!self.sim.script_runs(&key).is_empty());
         }
         let first: BTreeSet<u64> = self.records().iter().map(|r| r.instance_id.0).collect();
@@ -159,11 +162,7 @@ impl Env {
         self.converge("reimage").await;
         for r in self.records() {
             assert_eq!(r.model_generation, 2);
-            let key = herd_model::InstanceKey {
-                group: GroupName::new("rg").unwrap(),
-                set: ScaleSetName::new("web").unwrap(),
-                id: r.instance_id,
-            };
+            let key = web_key(r.instance_id);
             assert_eq!(self.sim.generation(&key), Some(2), "the driver really rebuilt instance {}", r.instance_id);
         }
 
@@ -201,20 +200,25 @@ async fn overprovisioned_extras_are_removed_and_never_counted() {
     assert_eq!(e.records().len(), 10);
 }
 
-#[tokio::test]
-async fn crash_at_every_executor_step_then_converge() {
-    // Count the fault points a clean run reaches.
+/// Counts the fault points a clean run of `scenario` reaches (more than `min_points`), then
+/// runs it again failing at each point in turn; the scenario asserts that it converges.
+async fn crash_at_every_step(min_points: u64, scenario: impl Fn(&Env) -> Pin<Box<dyn Future<Output = ()> + '_>>) {
     let faults = Arc::new(Faults::default());
     let e = env(Some(faults.clone()));
-    e.scenario().await;
+    scenario(&e).await;
     let points = faults.hits();
-    assert!(points > 20, "the scenario reaches {points} fault points");
+    assert!(points > min_points, "the scenario reaches {points} fault points");
     for k in 0..points {
         let faults = Arc::new(Faults::default());
         faults.fail_at(k);
         let e = env(Some(faults.clone()));
-        e.scenario().await;
+        scenario(&e).await;
     }
+}
+
+#[tokio::test]
+async fn crash_at_every_executor_step_then_converge() {
+    crash_at_every_step(20, |e| Box::pin(e.scenario())).await;
 }
 
 #[tokio::test]
@@ -236,11 +240,7 @@ async fn orphans_are_destroyed() {
     let e = env(None);
     e.insert_set(1);
     e.converge("create").await;
-    let orphan = herd_model::InstanceKey {
-        group: GroupName::new("rg").unwrap(),
-        set: ScaleSetName::new("web").unwrap(),
-        id: herd_model::InstanceId(999),
-    };
+    let orphan = web_key(herd_model::InstanceId(999));
     e.sim.plant_orphan(orphan.clone());
     e.converge("orphan cleanup").await;
     assert!(e.sim.list().await.unwrap().iter().all(|o| o.key != orphan));
@@ -325,28 +325,14 @@ async fn rolling_scenario(e: &Env) {
     assert_eq!(touched.len(), 10);
     for r in e.records() {
         assert_eq!(r.model_generation, 2);
-        let key = herd_model::InstanceKey {
-            group: GroupName::new("rg").unwrap(),
-            set: ScaleSetName::new("web").unwrap(),
-            id: r.instance_id,
-        };
+        let key = web_key(r.instance_id);
         assert_eq!(e.sim.generation(&key), Some(2), "instance {} was really rebuilt", r.instance_id);
     }
 }
 
 #[tokio::test]
 async fn rolling_upgrade_converges_after_a_crash_at_every_step() {
-    let faults = Arc::new(Faults::default());
-    let e = env(Some(faults.clone()));
-    rolling_scenario(&e).await;
-    let points = faults.hits();
-    assert!(points > 10, "the scenario reaches {points} fault points");
-    for k in 0..points {
-        let faults = Arc::new(Faults::default());
-        faults.fail_at(k);
-        let e = env(Some(faults.clone()));
-        rolling_scenario(&e).await;
-    }
+    crash_at_every_step(10, |e| Box::pin(rolling_scenario(e))).await;
 }
 
 /// Sets every instance's probe health (for its current boot) on `board`.

@@ -147,46 +147,17 @@ fn import_images(cli: &Cli, dir: &Path, driver: Driver) -> Result<()> {
 /// The load balancer `lb` with an HTTP probe on port 8080 and a rule 18099 -> 8080.
 fn create_load_balancer(cli: &Cli) -> Result<()> {
     cli.run(&["network", "lb", "create", "-g", "bench", "-n", "lb", "--public-ip-address", "lb-ip"])?;
-    cli.run(&[
-        "network",
-        "lb",
+    let create_child = |kind: &str, name: &str, rest: &[&str]| {
+        let mut args = vec!["network", "lb", kind, "create", "-g", "bench", "--lb-name", "lb", "-n", name];
+        args.extend_from_slice(rest);
+        cli.run(&args).map(drop)
+    };
+    create_child(
         "probe",
-        "create",
-        "-g",
-        "bench",
-        "--lb-name",
-        "lb",
-        "-n",
         "p",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "2",
-    ])?;
-    cli.run(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "bench",
-        "--lb-name",
-        "lb",
-        "-n",
-        "r",
-        "--frontend-port",
-        "18099",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "p",
-    ])?;
+        &["--protocol", "Http", "--path", "/", "--port", "8080", "--interval", "1", "--threshold", "2"],
+    )?;
+    create_child("rule", "r", &["--frontend-port", "18099", "--backend-port", "8080", "--probe-name", "p"])?;
     Ok(())
 }
 

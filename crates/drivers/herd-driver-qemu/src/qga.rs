@@ -33,7 +33,7 @@
 //! from [`Qga::write_file`] are created with the agent's umask; with `mode` given, they are
 //! chmod-ed while still empty, before any byte is written.
 
-use crate::qmp::read_line_limited;
+use crate::qmp::{command_line, read_line_limited};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -233,14 +233,7 @@ impl Qga {
             return Err(QgaError::Closed);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut msg = Map::new();
-        msg.insert("execute".into(), Value::from(command));
-        if let Some(args) = args {
-            msg.insert("arguments".into(), args);
-        }
-        msg.insert("id".into(), Value::from(id));
-        let mut line = serde_json::to_vec(&Value::Object(msg)).map_err(|e| QgaError::Protocol(e.to_string()))?;
-        line.push(b'\n');
+        let line = command_line(command, args, id).map_err(|e| QgaError::Protocol(e.to_string()))?;
         tracing::debug!(command, id, "qga: execute");
 
         let round_trip = async {

@@ -345,14 +345,7 @@ impl Qmp {
         timeout: Duration,
     ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut msg = Map::new();
-        msg.insert("execute".into(), Value::from(command));
-        if let Some(args) = args {
-            msg.insert("arguments".into(), args);
-        }
-        msg.insert("id".into(), Value::from(id));
-        let mut line = serde_json::to_vec(&Value::Object(msg)).map_err(|e| QmpError::Protocol(e.to_string()))?;
-        line.push(b'\n');
+        let line = command_line(command, args, id).map_err(|e| QmpError::Protocol(e.to_string()))?;
 
         let (tx, rx) = oneshot::channel();
         {
@@ -577,6 +570,20 @@ pub(crate) async fn read_line_limited<R: AsyncBufRead + Unpin>(
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("line longer than {max} bytes")));
     }
     Ok(true)
+}
+
+/// One command as a JSON line, `{"execute", "arguments" (when given), "id"}`: the framing
+/// QMP and the guest agent share.
+pub(crate) fn command_line(command: &str, args: Option<Value>, id: u64) -> serde_json::Result<Vec<u8>> {
+    let mut msg = Map::new();
+    msg.insert("execute".into(), Value::from(command));
+    if let Some(args) = args {
+        msg.insert("arguments".into(), args);
+    }
+    msg.insert("id".into(), Value::from(id));
+    let mut line = serde_json::to_vec(&Value::Object(msg))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// `QmpError::Command` from a reply object's `error` member.

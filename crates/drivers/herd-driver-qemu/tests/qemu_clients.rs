@@ -14,6 +14,7 @@
 use herd_driver_qemu::qga::{Qga, QgaError};
 use herd_driver_qemu::qmp::{Qmp, QmpError, QmpEvent, VmStatus};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,8 +22,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::TryRecvError;
+use tokio::task::JoinHandle;
 
 use herd_test_support::scaled;
+
+mod support;
 
 /// A bound on one request (times `HERD_TEST_TIME_SCALE`).
 fn t() -> Duration {
@@ -94,6 +98,30 @@ async fn qmp_handshake(listener: &UnixListener) -> Peer {
     peer
 }
 
+/// A fake server on socket `name` in a fresh temp dir, running `script` on its listener.
+/// Returns the dir (keep it until the end), the socket's path and the server task.
+fn fake_server<F, Fut>(name: &str, script: F) -> (tempfile::TempDir, PathBuf, JoinHandle<Fut::Output>)
+where
+    F: FnOnce(UnixListener) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let (path, listener) = socket_in(&dir, name);
+    (dir, path, tokio::spawn(script(listener)))
+}
+
+/// A fake QEMU on `qmp.sock` ([`fake_server`]): it greets the client, takes
+/// `qmp_capabilities`, then runs `script` on the connection.
+fn fake_qemu<F, Fut>(script: F) -> (tempfile::TempDir, PathBuf, JoinHandle<Fut::Output>)
+where
+    F: FnOnce(Peer) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    fake_server("qmp.sock", |listener| async move { script(qmp_handshake(&listener).await).await })
+}
+
 fn event(name: &str, data: Value) -> Value {
     json!({"event": name, "data": data, "timestamp": {"seconds": 1_700_000_000, "microseconds": 250}})
 }
@@ -111,10 +139,7 @@ fn drain(rx: &mut tokio::sync::broadcast::Receiver<QmpEvent>) -> Vec<QmpEvent> {
 
 #[tokio::test]
 async fn qmp_matches_out_of_order_replies_by_id_and_keeps_events_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, listener) = socket_in(&dir, "qmp.sock");
-    let server = tokio::spawn(async move {
-        let mut peer = qmp_handshake(&listener).await;
+    let (_dir, path, server) = fake_qemu(|mut peer| async move {
         let mut reqs = Vec::new();
         for _ in 0..3 {
             reqs.push(peer.recv().await);
@@ -177,10 +202,7 @@ async fn qmp_matches_out_of_order_replies_by_id_and_keeps_events_apart() {
 
 #[tokio::test]
 async fn qmp_late_reply_after_a_timeout_is_not_taken_for_the_next_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, listener) = socket_in(&dir, "qmp.sock");
-    let server = tokio::spawn(async move {
-        let mut peer = qmp_handshake(&listener).await;
+    let (_dir, path, server) = fake_qemu(|mut peer| async move {
         let slow = peer.recv().await;
         // Answer only once the client has given up and sent the next command.
         let next = peer.recv().await;
@@ -198,10 +220,7 @@ async fn qmp_late_reply_after_a_timeout_is_not_taken_for_the_next_one() {
 
 #[tokio::test]
 async fn qmp_powerdown_reports_whether_the_guest_shut_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, listener) = socket_in(&dir, "qmp.sock");
-    let server = tokio::spawn(async move {
-        let mut peer = qmp_handshake(&listener).await;
+    let (_dir, path, server) = fake_qemu(|mut peer| async move {
         // A fast guest: SHUTDOWN even before the command's reply.
         let req = peer.recv().await;
         assert_eq!(req["execute"], "system_powerdown");
@@ -255,9 +274,7 @@ fn sync_reply(sid: u64) -> Vec<u8> {
 
 #[tokio::test]
 async fn qga_resyncs_past_stale_data_on_the_0xff_delimiter() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, listener) = socket_in(&dir, "qga.sock");
-    let server = tokio::spawn(async move {
+    let (_dir, path, server) = fake_server("qga.sock", |listener| async move {
         let mut peer = Peer::accept(&listener).await;
         let (delimited, sync) = peer.recv_raw().await.unwrap();
         assert!(delimited, "the sync request is preceded by 0xFF to reset the agent's parser");
@@ -334,9 +351,7 @@ async fn qga_resyncs_past_stale_data_on_the_0xff_delimiter() {
 
 #[tokio::test]
 async fn qga_silent_agent_times_out_and_wait_ready_retries_until_it_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, listener) = socket_in(&dir, "qga.sock");
-    let server = tokio::spawn(async move {
+    let (dir, path, server) = fake_server("qga.sock", |listener| async move {
         // 1: an agent that is not up: the connection is open, nothing answers.
         let mut peer = Peer::accept(&listener).await;
         let mut unanswered = 0;
@@ -456,17 +471,9 @@ fn start_qemu(image: &Path) -> Vm {
 /// `netdev_extra` is appended to the user-networking netdev (e.g. `,hostfwd=...`).
 fn start_qemu_with(image: &Path, netdev_extra: &str) -> Vm {
     let dir = tempfile::Builder::new().prefix("herd-qemu-clients.").tempdir().unwrap();
-    let cmdline = std::fs::read_to_string(image.join("cmdline")).unwrap();
     let out = std::fs::File::create(dir.path().join("qemu.out")).unwrap();
     let p = |name: &str| dir.path().join(name).display().to_string();
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(image.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(image.join("initrd.img"))
-        .args(["-append", cmdline.trim()])
-        .args(["-serial", &format!("file:{}", p("console.log"))])
+    let child = support::direct_boot(image, &dir.path().join("console.log"))
         .args(["-qmp", &format!("unix:{},server=on,wait=off", p("qmp.sock"))])
         .args(["-device", "virtio-serial"])
         .args(["-chardev", &format!("socket,path={},server=on,wait=off,id=qga0", p("qga.sock"))])

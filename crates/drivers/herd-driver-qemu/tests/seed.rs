@@ -23,6 +23,8 @@ use serde_json::Value;
 
 use herd_test_support::{install_hint, require_tool, scaled};
 
+mod support;
+
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     eprintln!(
@@ -90,12 +92,19 @@ fn write_variant(dir: &Path, name: &str, files: &SeedFiles) -> PathBuf {
     path
 }
 
+/// Writes each of [`variants`] as an image in `dir` and runs `check` on its name, files and
+/// image path.
+fn for_each_variant_image(dir: &Path, mut check: impl FnMut(&str, &SeedFiles, PathBuf)) {
+    for (name, files) in variants() {
+        check(name, &files, write_variant(dir, name, &files));
+    }
+}
+
 #[test]
 fn fsck_fat_reports_no_errors() {
     let fsck = require_tool("fsck.fat", "dosfstools");
     let dir = tempfile::tempdir().unwrap();
-    for (name, files) in variants() {
-        let img = write_variant(dir.path(), name, &files);
+    for_each_variant_image(dir.path(), |name, files, img| {
         let out = run(Command::new(&fsck).arg("-n").arg(&img));
         let text = stdout(&out);
         assert!(out.status.success(), "{name}: fsck.fat failed:\n{text}");
@@ -104,7 +113,7 @@ fn fsck_fat_reports_no_errors() {
         // fsck.fat counts the volume label entry as a file.
         let files_count = if files.network_config.is_some() { 4 } else { 3 };
         assert!(text.contains(&format!(": {files_count} files, ")), "{name}: {text}");
-    }
+    });
 
     // The same check on a broken image fails: the test can tell.
     let mut broken = build_vfat(&typical()).unwrap();
@@ -119,8 +128,7 @@ fn fsck_fat_reports_no_errors() {
 fn mtools_sees_long_names_and_reads_content_back() {
     let (mdir, mtype) = (require_tool("mdir", "mtools"), require_tool("mtype", "mtools"));
     let dir = tempfile::tempdir().unwrap();
-    for (name, files) in variants() {
-        let img = write_variant(dir.path(), name, &files);
+    for_each_variant_image(dir.path(), |name, files, img| {
         let listing = stdout(&run(Command::new(&mdir).arg("-i").arg(&img).arg("::")));
         assert!(listing.contains("Volume in drive : is CIDATA"), "{name}: {listing}");
         // mdir shows "SHORT    EXT  size date time  long-name".
@@ -144,15 +152,14 @@ fn mtools_sees_long_names_and_reads_content_back() {
                 want.len()
             );
         }
-    }
+    });
 }
 
 #[test]
 fn blkid_reads_label_cidata() {
     let blkid = require_tool("blkid", "util-linux");
     let dir = tempfile::tempdir().unwrap();
-    for (name, files) in variants() {
-        let img = write_variant(dir.path(), name, &files);
+    for_each_variant_image(dir.path(), |name, _, img| {
         for tag in ["LABEL", "TYPE"] {
             let out = run(Command::new(&blkid).args(["-p", "-o", "value", "-s", tag]).arg(&img));
             let value = stdout(&out).trim().to_string();
@@ -161,7 +168,7 @@ fn blkid_reads_label_cidata() {
         // blkid (not low-level probing) too: what findfs/cloud-init's find_devs_with use.
         let out = run(Command::new(&blkid).args(["-o", "value", "-s", "LABEL"]).arg(&img));
         assert_eq!(stdout(&out).trim(), "CIDATA", "{name}");
-    }
+    });
 }
 
 #[test]
@@ -419,17 +426,7 @@ impl Drop for Qemu {
 /// the serial console shows every one of `wanted`; returns the console log.
 fn boot_until(guest: &Path, seed: &Path, dir: &Path, wanted: &[&str]) -> String {
     let log = dir.join("console.log");
-    let cmdline = fs::read_to_string(guest.join("cmdline")).unwrap();
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(guest.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(guest.join("initrd.img"))
-        .arg("-append")
-        .arg(cmdline.trim())
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
+    let child = support::direct_boot(guest, &log)
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw,readonly=on", seed.display()))
         .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"])

@@ -98,6 +98,13 @@ fn slamming_server(addr: IpAddr) -> Task {
     }))
 }
 
+/// A runner of `probe` already watching `targets`.
+fn runner<const N: usize>(probe: Probe, targets: [(&str, IpAddr); N]) -> ProbeRunner {
+    let runner = ProbeRunner::new(probe).unwrap();
+    runner.set_targets(targets.map(|(id, addr)| (id.to_string(), addr)));
+    runner
+}
+
 fn fast(mut p: Probe, threshold: u32) -> Probe {
     p.interval = Duration::from_millis(40);
     p.timeout = Duration::from_secs(2);
@@ -137,8 +144,7 @@ async fn http_200_is_healthy_500_unhealthy_after_threshold_results() {
     let status = Arc::new(AtomicU16::new(200));
     let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let _server = http_server(ip(t, 1), status.clone(), served.clone());
-    let runner = ProbeRunner::new(fast(Probe::http(PORT, "/healthz"), 3)).unwrap();
-    runner.set_targets([("vm-1".to_string(), ip(t, 1))]);
+    let runner = runner(fast(Probe::http(PORT, "/healthz"), 3), [("vm-1", ip(t, 1))]);
     assert_eq!(runner.statuses()["vm-1"].health, Health::Unknown);
 
     let map = wait_for(&runner, "healthy", |m| health(m, "vm-1") == Some(Health::Healthy)).await;
@@ -162,8 +168,7 @@ async fn alternating_results_never_reach_the_threshold() {
     let t = 2;
     let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let _server = http_server(ip(t, 1), Arc::new(AtomicU16::new(0)), served);
-    let runner = ProbeRunner::new(fast(Probe::http(PORT, "/healthz"), 2)).unwrap();
-    runner.set_targets([("vm-1".to_string(), ip(t, 1))]);
+    let runner = runner(fast(Probe::http(PORT, "/healthz"), 2), [("vm-1", ip(t, 1))]);
     let map = wait_for(&runner, "8 probes", |m| m["vm-1"].probes >= 8).await;
     assert_eq!(map["vm-1"].health, Health::Unknown, "{map:?}");
     assert_eq!(map["vm-1"].consecutive, 1);
@@ -174,12 +179,7 @@ async fn tcp_accept_then_close_is_unhealthy_and_open_listener_is_healthy() {
     let t = 3;
     let _slam = slamming_server(ip(t, 1));
     let _hold = holding_server(ip(t, 2));
-    let runner = ProbeRunner::new(fast(Probe::tcp(PORT), 2)).unwrap();
-    runner.set_targets([
-        ("slam".to_string(), ip(t, 1)),
-        ("hold".to_string(), ip(t, 2)),
-        ("closed".to_string(), ip(t, 3)),
-    ]);
+    let runner = runner(fast(Probe::tcp(PORT), 2), [("slam", ip(t, 1)), ("hold", ip(t, 2)), ("closed", ip(t, 3))]);
     let map = wait_for(&runner, "all three decided", |m| m.values().all(|s| s.health != Health::Unknown)).await;
     assert_eq!(map["hold"].health, Health::Healthy, "{map:?}");
     assert_eq!(map["slam"].health, Health::Unhealthy, "{map:?}");
@@ -209,8 +209,7 @@ async fn replacing_targets_keeps_the_state_of_unchanged_ones() {
     let t = 5;
     let _hold = holding_server(ip(t, 1));
     let _hold2 = holding_server(ip(t, 4));
-    let runner = ProbeRunner::new(fast(Probe::tcp(PORT), 2)).unwrap();
-    runner.set_targets([("a".to_string(), ip(t, 1)), ("b".to_string(), ip(t, 2)), ("moved".to_string(), ip(t, 3))]);
+    let runner = runner(fast(Probe::tcp(PORT), 2), [("a", ip(t, 1)), ("b", ip(t, 2)), ("moved", ip(t, 3))]);
     let before = wait_for(&runner, "a healthy, b and moved unhealthy", |m| {
         health(m, "a") == Some(Health::Healthy)
             && health(m, "b") == Some(Health::Unhealthy)

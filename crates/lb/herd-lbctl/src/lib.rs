@@ -68,21 +68,18 @@ fn serving(r: &InstanceRecord) -> bool {
     r.state == InstanceState::Running && r.goal != InstanceGoal::Deleted || r.draining_since.is_some()
 }
 
+/// The set's one IP configuration, which names the pools it joins.
+fn primary_ip(set: &StoredScaleSet) -> Option<&herd_model::scale_set::IpConfiguration> {
+    set.model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.primary())
+}
+
 fn joins(set: &StoredScaleSet, pool_id: &str) -> bool {
-    set.model
-        .virtual_machine_profile
-        .network_profile
-        .as_ref()
-        .and_then(|n| n.primary())
+    primary_ip(set)
         .is_some_and(|ip| ip.load_balancer_backend_address_pools.iter().any(|p| p.id.eq_ignore_ascii_case(pool_id)))
 }
 
 fn joins_nat(set: &StoredScaleSet, nat_id: &str) -> bool {
-    set.model
-        .virtual_machine_profile
-        .network_profile
-        .as_ref()
-        .and_then(|n| n.primary())
+    primary_ip(set)
         .is_some_and(|ip| ip.load_balancer_inbound_nat_pools.iter().any(|p| p.id.eq_ignore_ascii_case(nat_id)))
 }
 
@@ -392,63 +389,41 @@ mod controller;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herd_model::{instance::InstanceGoal, scale_set::ScaleSetModel, GroupName, InstanceId, ScaleSetName};
+    use herd_model::InstanceId;
+    use herd_reconciler::testkit::{model, record, stored_set};
     use serde_json::json;
 
     const LB: &str = "/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/lb";
 
     fn set() -> StoredScaleSet {
-        let model = ScaleSetModel::from_json(json!({
-            "sku": {"name": "Standard_B1ms", "capacity": 3},
-            "virtualMachineProfile": {
-                "osProfile": {"computerNamePrefix": "web"},
-                "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}},
-                "networkProfile": {"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
-                    "loadBalancerBackendAddressPools": [{"id": format!("{LB}/backendAddressPools/be")}],
-                    "loadBalancerInboundNatPools": [{"id": format!("{LB}/inboundNatPools/ssh")}]}]}]}
-            }
-        }))
-        .unwrap();
-        StoredScaleSet {
-            name: ScaleSetName::new("web").unwrap(),
-            group: GroupName::new("rg").unwrap(),
-            model_generation: 1,
-            time_created: chrono::Utc::now(),
-            deleting: false,
-            model,
-        }
+        stored_set(
+            "web",
+            1,
+            model(
+                3,
+                json!({"virtualMachineProfile": {
+                    "networkProfile": {"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
+                        "loadBalancerBackendAddressPools": [{"id": format!("{LB}/backendAddressPools/be")}],
+                        "loadBalancerInboundNatPools": [{"id": format!("{LB}/inboundNatPools/ssh")}]}]}]}
+                }}),
+            ),
+        )
     }
 
     fn rec(id: u64, state: InstanceState) -> InstanceRecord {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
-        InstanceRecord {
-            instance_id: InstanceId(id),
-            computer_name: format!("web{id}"),
-            zone: None,
-            model_generation: 1,
-            state,
-            goal: InstanceGoal::Running,
-            pending: None,
-            overprovisioned: false,
-            reach_address: format!("127.128.0.{}", id + 1),
-            private_ip: None,
-            attempts: 0,
-            next_attempt_at: None,
-            last_error: None,
-            delete_reason: None,
-            draining_since: None,
-            base_fingerprint: None,
-            sku: None,
-            extensions: vec![],
-            protect_from_scale_in: false,
-            protect_from_scale_set_actions: false,
-            host: None,
-            scheduled_events: vec![],
-            eviction: None,
-            incarnation: 1,
-            created_at: now,
-            state_since: now,
-        }
+        InstanceRecord { reach_address: format!("127.128.0.{}", id + 1), ..record(id, 1, state) }
+    }
+
+    /// A store that counts its calls, holding [`set`] with instance 0 running.
+    fn store_with_one_running() -> Arc<herd_state::call_threads::CallThreads<impl herd_state::Store>> {
+        use herd_state::{call_threads::CallThreads, intents::Writes, Expected};
+        let store = Arc::new(CallThreads::in_memory().unwrap());
+        let key = SetKey::of(&set());
+        let mut w = Writes::new();
+        w.put_scale_set(&key, &set(), Expected::Absent).unwrap();
+        w.put_instance(&key.instance(InstanceId(0)), &rec(0, InstanceState::Running), Expected::Absent).unwrap();
+        w.commit(&*store).unwrap();
+        store
     }
 
     fn lb(with_probe: bool) -> LoadBalancer {
@@ -587,13 +562,9 @@ mod tests {
     /// test's own thread is its one async worker) no call lands on this thread.
     #[tokio::test(flavor = "current_thread")]
     async fn a_pass_reads_the_store_off_the_async_worker() {
-        use herd_state::{call_threads::CallThreads, intents::Writes, Expected, Records};
-        let store = Arc::new(CallThreads::in_memory().unwrap());
+        use herd_state::{Expected, Records};
+        let store = store_with_one_running();
         let key = SetKey::of(&set());
-        let mut w = Writes::new();
-        w.put_scale_set(&key, &set(), Expected::Absent).unwrap();
-        w.put_instance(&key.instance(InstanceId(0)), &rec(0, InstanceState::Running), Expected::Absent).unwrap();
-        w.commit(&*store).unwrap();
         herd_state::networks::put_resource(
             &*store,
             "rg",
@@ -619,13 +590,7 @@ mod tests {
     /// record, which ran every 50 ms during a 10,000-instance provisioning).
     #[tokio::test]
     async fn without_a_load_balancer_a_pass_reads_no_instance() {
-        use herd_state::{call_threads::CallThreads, intents::Writes, Expected};
-        let store = Arc::new(CallThreads::in_memory().unwrap());
-        let key = SetKey::of(&set());
-        let mut w = Writes::new();
-        w.put_scale_set(&key, &set(), Expected::Absent).unwrap();
-        w.put_instance(&key.instance(InstanceId(0)), &rec(0, InstanceState::Running), Expected::Absent).unwrap();
-        w.commit(&*store).unwrap();
+        let store = store_with_one_running();
         let ctl = LbController::new(store.clone(), Arc::new(HealthBoard::default()), limits());
         let before = store.calls();
         ctl.pass().await.unwrap();

@@ -486,18 +486,6 @@ fn disabled_setting_and_no_profile() {
     assert!(d.reason.starts_with("no profile applies"), "{}", d.reason);
 }
 
-fn tracking(metric: &str, target: f64) -> TargetTracking {
-    TargetTracking {
-        metric_name: metric.into(),
-        target,
-        warmup: "PT2M".into(),
-        scale_in_cooldown: "PT5M".into(),
-        scale_out_cooldown: "PT3M".into(),
-        time_window: "PT5M".into(),
-        disable_scale_in: false,
-    }
-}
-
 #[test]
 fn target_tracking_per_instance_with_warmup() {
     let mut s = one(1, 20, 2, vec![]);

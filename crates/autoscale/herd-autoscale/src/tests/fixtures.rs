@@ -48,6 +48,20 @@ impl MetricQuery for Fixed {
 pub const CPU: &str = "Percentage CPU";
 pub const JOBS: &str = "source/jobs";
 
+/// Target tracking of `metric` at `target`: warm-up 2 min, cooldowns 5 min in and 3 min out,
+/// a 5-minute window.
+pub fn tracking(metric: &str, target: f64) -> TargetTracking {
+    TargetTracking {
+        metric_name: metric.into(),
+        target,
+        warmup: "PT2M".into(),
+        scale_in_cooldown: "PT5M".into(),
+        scale_out_cooldown: "PT3M".into(),
+        time_window: "PT5M".into(),
+        disable_scale_in: false,
+    }
+}
+
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).unwrap()
 }

@@ -112,13 +112,10 @@ fn queue_scales_to_zero_and_back() {
 fn target_tracking_simulation_settles_on_the_target() {
     let mut s = one(1, 20, 1, vec![]);
     s.target_tracking = Some(TargetTracking {
-        metric_name: CPU.into(),
-        target: 50.0,
         warmup: "PT1M".into(),
-        scale_in_cooldown: "PT5M".into(),
         scale_out_cooldown: "PT1M".into(),
         time_window: "PT2M".into(),
-        disable_scale_in: false,
+        ..tracking(CPU, 50.0)
     });
     s.validate().unwrap();
     let trace: Vec<_> = (0..=120).map(|m| (t0() + Duration::minutes(m), if m < 60 { 400.0 } else { 100.0 })).collect();
@@ -190,15 +187,8 @@ fn live_loop(
 #[test]
 fn simulate_makes_the_same_decisions_as_the_live_loop() {
     let mut tracking = one(1, 20, 1, vec![]);
-    tracking.target_tracking = Some(TargetTracking {
-        metric_name: CPU.into(),
-        target: 50.0,
-        warmup: "PT2M".into(),
-        scale_in_cooldown: "PT5M".into(),
-        scale_out_cooldown: "PT2M".into(),
-        time_window: "PT5M".into(),
-        disable_scale_in: false,
-    });
+    tracking.target_tracking =
+        Some(TargetTracking { scale_out_cooldown: "PT2M".into(), ..super::fixtures::tracking(CPU, 50.0) });
     let mut flappy = cpu_setting();
     flappy.profiles[0].rules[1] = cooldown(inn(CPU, 45.0, 3), "PT2M");
     flappy.profiles[0].rules[0] = cooldown(out(CPU, 60.0, 2), "PT3M");

@@ -187,17 +187,7 @@ fn validation_errors_name_the_field_and_the_allowed_values() {
             "not supported yet",
         ),
         (
-            |s| {
-                s.target_tracking = Some(TargetTracking {
-                    metric_name: CPU.into(),
-                    target: 0.0,
-                    warmup: "PT2M".into(),
-                    scale_in_cooldown: "PT5M".into(),
-                    scale_out_cooldown: "PT5M".into(),
-                    time_window: "PT5M".into(),
-                    disable_scale_in: false,
-                })
-            },
+            |s| s.target_tracking = Some(TargetTracking { scale_out_cooldown: "PT5M".into(), ..tracking(CPU, 0.0) }),
             "targetTracking.target",
             "must be a number above 0",
         ),
