@@ -83,11 +83,7 @@ pub async fn put(
         return Err(ApiError::invalid("name", format!("must match the extension name in the path ('{ext}')")));
     }
     views::retry(&headers, || {
-        let cur = views::load_set(&state, &group, &name)?;
-        views::check_if_match(&headers, cur.revision)?;
-        if cur.value.deleting {
-            return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
-        }
+        let cur = views::load_set_for_change(&state, &headers, &group, &name)?;
         let mut model = cur.value.model.clone();
         let profile = model.virtual_machine_profile.extension_profile.get_or_insert_with(ExtensionProfile::default);
         let new = Extension { name: ext.clone(), properties: body.properties.clone() };

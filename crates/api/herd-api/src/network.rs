@@ -80,62 +80,138 @@ fn expect_for<T>(
     }
 }
 
+/// What [`put_resource`] hands a resource's `fill`: the request and the stored resource.
+struct PutCtx<'a, T> {
+    s: &'a AppState,
+    group: &'a str,
+    name: &'a str,
+    headers: &'a HeaderMap,
+    existing: Option<&'a Object<T>>,
+}
+
+/// The PUT of a top-level network resource: the group must exist and the name be valid; then,
+/// under `If-None-Match`/`If-Match` ([`expect_for`]), the body is decoded, completed and
+/// checked by `fill` (which answers the log message), and written as a create or a
+/// compare-and-swap, re-applied on a concurrent write.
+fn put_resource<T: NetResource>(
+    s: &AppState,
+    (group, name): (&str, &str),
+    headers: &HeaderMap,
+    body: &Value,
+    fill: fn(&PutCtx<'_, T>, &mut T) -> Result<String, ApiError>,
+) -> Result<Json<T>, ApiError> {
+    views::load_group(s, group)?;
+    views::check_child_name("name", name)?;
+    views::retry(headers, || {
+        let existing = networks::find_resource::<T>(&*s.store, group, name)?;
+        let expect = expect_for(headers, &existing, name, T::NOUN)?;
+        let mut v: T = parse(body.clone())?;
+        let message = fill(&PutCtx { s, group, name, headers, existing: existing.as_ref() }, &mut v)?;
+        save(s, group, name, &v, expect, message)?;
+        Ok(Json(v))
+    })
+}
+
+/// The handlers of the top-level network resources (virtual networks, public IPs, load
+/// balancers), one table row each: list, show, create-or-replace and delete are the same for
+/// every one but for its type, paths, tag and docs; what a PUT fills in and checks is the
+/// row's `fill` function, and `then wake` wakes the reconciler after it.
+macro_rules! network_resources {
+    ($(
+        $(#[$list_doc:meta])* list $list:ident,
+        $(#[$show_doc:meta])* show $show:ident,
+        $(#[$put_doc:meta])* put $put:ident = $fill:ident $(then $wake:ident)?,
+        $(#[$delete_doc:meta])* delete $delete:ident,
+        of $t:ident, tag $tag:literal, at ($list_path:literal, $one_path:literal);
+    )*) => {$(
+        $(#[$list_doc])*
+        #[utoipa::path(get, path = $list_path, tag = $tag,
+            params(("group" = String, Path)), responses((status = 200, body = Vec<$t>), (status = 404, body = ErrorBody)))]
+        pub async fn $list(State(s): State<AppState>, Path(group): Path<String>) -> Result<Json<Vec<$t>>, ApiError> {
+            s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
+        }
+
+        $(#[$show_doc])*
+        #[utoipa::path(get, path = $one_path, tag = $tag,
+            params(("group" = String, Path), ("name" = String, Path)), responses((status = 200, body = $t), (status = 404, body = ErrorBody)))]
+        pub async fn $show(
+            State(s): State<AppState>,
+            Path((group, name)): Path<(String, String)>,
+        ) -> Result<Json<$t>, ApiError> {
+            s.blocking(move |s| Ok(Json(load::<$t>(s, &group, &name)?.value))).await
+        }
+
+        $(#[$put_doc])*
+        #[utoipa::path(put, path = $one_path, tag = $tag,
+            params(("group" = String, Path), ("name" = String, Path)), request_body = $t,
+            responses((status = 200, body = $t), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        pub async fn $put(
+            State(s): State<AppState>,
+            Path((group, name)): Path<(String, String)>,
+            headers: HeaderMap,
+            Json(body): Json<Value>,
+        ) -> Result<Json<$t>, ApiError> {
+            s.blocking(move |s| {
+                let out = put_resource(s, (&group, &name), &headers, &body, $fill)?;
+                $(s.$wake();)?
+                Ok(out)
+            })
+            .await
+        }
+
+        $(#[$delete_doc])*
+        #[utoipa::path(delete, path = $one_path, tag = $tag,
+            params(("group" = String, Path), ("name" = String, Path)), responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        pub async fn $delete(
+            State(s): State<AppState>,
+            Path((group, name)): Path<(String, String)>,
+        ) -> Result<StatusCode, ApiError> {
+            s.blocking(move |s| delete_resource::<$t>(s, &group, &name)).await
+        }
+    )*};
+}
+
+network_resources! {
+    /// Lists virtual networks.
+    list vnet_list,
+    /// Shows a virtual network.
+    show vnet_show,
+    /// Creates or replaces a virtual network (with its subnets).
+    put vnet_put = fill_vnet,
+    /// Deletes a virtual network, unless a scale set uses it.
+    delete vnet_delete,
+    of VirtualNetwork, tag "networks", at ("/v1/resourceGroups/{group}/virtualNetworks", "/v1/resourceGroups/{group}/virtualNetworks/{name}");
+
+    /// Lists public IP addresses.
+    list pip_list,
+    /// Shows a public IP address.
+    show pip_show,
+    /// Creates a public IP address. Without `ipAddress`, herd allocates a loopback address from
+    /// 127.64.0.0/10; a non-loopback address must be asked for explicitly.
+    put pip_put = fill_pip,
+    /// Deletes a public IP address, unless a load balancer uses it.
+    delete pip_delete,
+    of PublicIpAddress, tag "networks", at ("/v1/resourceGroups/{group}/publicIPAddresses", "/v1/resourceGroups/{group}/publicIPAddresses/{name}");
+
+    /// Lists load balancers.
+    list lb_list,
+    /// Shows a load balancer.
+    show lb_show,
+    /// Creates or replaces a load balancer.
+    put lb_put = fill_lb then wake,
+    /// Deletes a load balancer, unless a scale set uses it.
+    delete lb_delete,
+    of LoadBalancer, tag "load balancers", at ("/v1/resourceGroups/{group}/loadBalancers", "/v1/resourceGroups/{group}/loadBalancers/{name}");
+}
+
 // ---- virtual networks and subnets ----
 
-/// Lists virtual networks.
-#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualNetworks", tag = "networks",
-    params(("group" = String, Path)), responses((status = 200, body = Vec<VirtualNetwork>), (status = 404, body = ErrorBody)))]
-pub async fn vnet_list(
-    State(s): State<AppState>,
-    Path(group): Path<String>,
-) -> Result<Json<Vec<VirtualNetwork>>, ApiError> {
-    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
-}
-
-/// Shows a virtual network.
-#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualNetworks/{name}", tag = "networks",
-    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200, body = VirtualNetwork), (status = 404, body = ErrorBody)))]
-pub async fn vnet_show(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<VirtualNetwork>, ApiError> {
-    s.blocking(move |s| Ok(Json(load::<VirtualNetwork>(s, &group, &name)?.value))).await
-}
-
-/// Creates or replaces a virtual network (with its subnets).
-#[utoipa::path(put, path = "/v1/resourceGroups/{group}/virtualNetworks/{name}", tag = "networks",
-    params(("group" = String, Path), ("name" = String, Path)), request_body = VirtualNetwork,
-    responses((status = 200, body = VirtualNetwork), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn vnet_put(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Result<Json<VirtualNetwork>, ApiError> {
-    s.blocking(move |s| {
-        views::load_group(s, &group)?;
-        views::check_child_name("name", &name)?;
-        views::retry(&headers, || {
-            let existing = networks::find_resource::<VirtualNetwork>(&*s.store, &group, &name)?;
-            let expect = expect_for(&headers, &existing, &name, "virtual network")?;
-            let mut v: VirtualNetwork = parse(body.clone())?;
-            v.normalize(&group, &name)?;
-            check_vnet_overlaps(s, &group, &name, &v)?;
-            save(
-                s,
-                &group,
-                &name,
-                &v,
-                expect,
-                format!(
-                    "virtual network {}",
-                    v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            )?;
-            Ok(Json(v))
-        })
-    })
-    .await
+/// A virtual network's PUT: normalized, and not overlapping the group's other vnets.
+fn fill_vnet(c: &PutCtx<'_, VirtualNetwork>, v: &mut VirtualNetwork) -> Result<String, ApiError> {
+    v.normalize(c.group, c.name)?;
+    check_vnet_overlaps(c.s, c.group, c.name, v)?;
+    let prefixes: Vec<String> = v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect();
+    Ok(format!("virtual network {}", prefixes.join(", ")))
 }
 
 /// Vnets of one group must not overlap each other (they could not be bridged together).
@@ -156,16 +232,6 @@ fn check_vnet_overlaps(s: &AppState, group: &str, name: &str, v: &VirtualNetwork
         }
     }
     Ok(())
-}
-
-/// Deletes a virtual network, unless a scale set uses it.
-#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/virtualNetworks/{name}", tag = "networks",
-    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn vnet_delete(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    s.blocking(move |s| delete_resource::<VirtualNetwork>(s, &group, &name)).await
 }
 
 /// Creates or replaces a subnet of a virtual network.
@@ -239,88 +305,40 @@ fn public_ip_candidates(block: u8) -> impl Iterator<Item = Ipv4Addr> {
         .filter(|a| a.octets()[3] != 0 && a.octets()[3] != 255)
 }
 
-/// Lists public IP addresses.
-#[utoipa::path(get, path = "/v1/resourceGroups/{group}/publicIPAddresses", tag = "networks",
-    params(("group" = String, Path)), responses((status = 200, body = Vec<PublicIpAddress>), (status = 404, body = ErrorBody)))]
-pub async fn pip_list(
-    State(s): State<AppState>,
-    Path(group): Path<String>,
-) -> Result<Json<Vec<PublicIpAddress>>, ApiError> {
-    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
-}
-
-/// Shows a public IP address.
-#[utoipa::path(get, path = "/v1/resourceGroups/{group}/publicIPAddresses/{name}", tag = "networks",
-    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200, body = PublicIpAddress), (status = 404, body = ErrorBody)))]
-pub async fn pip_show(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<PublicIpAddress>, ApiError> {
-    s.blocking(move |s| Ok(Json(load::<PublicIpAddress>(s, &group, &name)?.value))).await
-}
-
-/// Creates a public IP address. Without `ipAddress`, herd allocates a loopback address from
-/// 127.64.0.0/10; a non-loopback address must be asked for explicitly.
-#[utoipa::path(put, path = "/v1/resourceGroups/{group}/publicIPAddresses/{name}", tag = "networks",
-    params(("group" = String, Path), ("name" = String, Path)), request_body = PublicIpAddress,
-    responses((status = 200, body = PublicIpAddress), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn pip_put(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Result<Json<PublicIpAddress>, ApiError> {
-    s.blocking(move |s| {
-        views::load_group(s, &group)?;
-        views::check_child_name("name", &name)?;
-        views::retry(&headers, || {
-            let existing = networks::find_resource::<PublicIpAddress>(&*s.store, &group, &name)?;
-            let expect = expect_for(&headers, &existing, &name, "public IP address")?;
-            let mut p: PublicIpAddress = parse(body.clone())?;
-            p.id = network_id(&group, "publicIPAddresses", &name);
-            p.name = name.clone();
-            p.resource_group = group.clone();
-            p.ip_configuration = existing.as_ref().and_then(|e| e.value.ip_configuration.clone());
-            let used = networks::public_ip_addresses_except(&*s.store, &group, &name)?;
-            let addr = match p.ip_address.clone().or_else(|| existing.as_ref().and_then(|e| e.value.ip_address.clone())) {
-                Some(a) => {
-                    let ip: Ipv4Addr =
-                        a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
-                    let allow = headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
-                    if !ip.is_loopback() && !allow {
-                        return Err(ApiError::invalid(
-                        "ipAddress",
-                        format!("{ip} is not a loopback address; binding a host address must be asked for explicitly (--allow-non-loopback)"),
-                    ));
-                    }
-                    if used.contains(&ip.to_string()) {
-                        return Err(ApiError::invalid(
-                            "ipAddress",
-                            format!("{ip} is already used by another public IP address"),
-                        ));
-                    }
-                    ip
-                }
-                None => public_ip_candidates(s.config.public_ip_block)
-                    .find(|c| !used.contains(&c.to_string()))
-                    .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
-            };
-            p.ip_address = Some(addr.to_string());
-            save(s, &group, &name, &p, expect, format!("public IP address {addr}"))?;
-            Ok(Json(p))
-        })
-    })
-    .await
-}
-
-/// Deletes a public IP address, unless a load balancer uses it.
-#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/publicIPAddresses/{name}", tag = "networks",
-    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn pip_delete(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    s.blocking(move |s| delete_resource::<PublicIpAddress>(s, &group, &name)).await
+/// A public IP's PUT: its ids, the load balancer using it (kept), and its address: the one
+/// asked for (loopback unless allowed, and not another's) or the stored one, else a free one.
+fn fill_pip(c: &PutCtx<'_, PublicIpAddress>, p: &mut PublicIpAddress) -> Result<String, ApiError> {
+    let (s, group, name, existing) = (c.s, c.group, c.name, c.existing);
+    p.id = network_id(group, "publicIPAddresses", name);
+    p.name = name.to_string();
+    p.resource_group = group.to_string();
+    p.ip_configuration = existing.and_then(|e| e.value.ip_configuration.clone());
+    let used = networks::public_ip_addresses_except(&*s.store, group, name)?;
+    let addr = match p.ip_address.clone().or_else(|| existing.and_then(|e| e.value.ip_address.clone())) {
+        Some(a) => {
+            let ip: Ipv4Addr =
+                a.parse().map_err(|_| ApiError::invalid("ipAddress", format!("'{a}' is not an IPv4 address")))?;
+            let allow = c.headers.get("x-herd-allow-non-loopback").is_some_and(|v| v == "true");
+            if !ip.is_loopback() && !allow {
+                return Err(ApiError::invalid(
+                    "ipAddress",
+                    format!("{ip} is not a loopback address; binding a host address must be asked for explicitly (--allow-non-loopback)"),
+                ));
+            }
+            if used.contains(&ip.to_string()) {
+                return Err(ApiError::invalid(
+                    "ipAddress",
+                    format!("{ip} is already used by another public IP address"),
+                ));
+            }
+            ip
+        }
+        None => public_ip_candidates(s.config.public_ip_block)
+            .find(|c| !used.contains(&c.to_string()))
+            .ok_or_else(|| ApiError::Conflict("no free address left in 127.64.0.0/10".into()))?,
+    };
+    p.ip_address = Some(addr.to_string());
+    Ok(format!("public IP address {addr}"))
 }
 
 // ---- load balancers ----
@@ -372,61 +390,11 @@ fn public_ip_ids(s: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(s.store.public_ips()?.into_iter().map(|o| o.value.id).collect())
 }
 
-/// Lists load balancers.
-#[utoipa::path(get, path = "/v1/resourceGroups/{group}/loadBalancers", tag = "load balancers",
-    params(("group" = String, Path)), responses((status = 200, body = Vec<LoadBalancer>), (status = 404, body = ErrorBody)))]
-pub async fn lb_list(
-    State(s): State<AppState>,
-    Path(group): Path<String>,
-) -> Result<Json<Vec<LoadBalancer>>, ApiError> {
-    s.blocking(move |s| Ok(Json(list_all(s, &group)?))).await
-}
-
-/// Shows a load balancer.
-#[utoipa::path(get, path = "/v1/resourceGroups/{group}/loadBalancers/{name}", tag = "load balancers",
-    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200, body = LoadBalancer), (status = 404, body = ErrorBody)))]
-pub async fn lb_show(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<LoadBalancer>, ApiError> {
-    s.blocking(move |s| Ok(Json(load::<LoadBalancer>(s, &group, &name)?.value))).await
-}
-
-/// Creates or replaces a load balancer.
-#[utoipa::path(put, path = "/v1/resourceGroups/{group}/loadBalancers/{name}", tag = "load balancers",
-    params(("group" = String, Path), ("name" = String, Path)), request_body = LoadBalancer,
-    responses((status = 200, body = LoadBalancer), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn lb_put(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Result<Json<LoadBalancer>, ApiError> {
-    s.blocking(move |s| {
-        views::load_group(s, &group)?;
-        views::check_child_name("name", &name)?;
-        views::retry(&headers, || {
-            let existing = networks::find_resource::<LoadBalancer>(&*s.store, &group, &name)?;
-            let expect = expect_for(&headers, &existing, &name, "load balancer")?;
-            let mut lb: LoadBalancer = parse(body.clone())?;
-            lb.normalize(&group, &name, &public_ip_ids(s)?)?;
-            check_ports_free(s, &lb)?;
-            save(s, &group, &name, &lb, expect, "load balancer written".into())?;
-            s.wake();
-            Ok(Json(lb))
-        })
-    })
-    .await
-}
-
-/// Deletes a load balancer, unless a scale set uses it.
-#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/loadBalancers/{name}", tag = "load balancers",
-    params(("group" = String, Path), ("name" = String, Path)), responses((status = 200), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn lb_delete(
-    State(s): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    s.blocking(move |s| delete_resource::<LoadBalancer>(s, &group, &name)).await
+/// A load balancer's PUT: normalized against the stored public IPs, its frontend ports free.
+fn fill_lb(c: &PutCtx<'_, LoadBalancer>, lb: &mut LoadBalancer) -> Result<String, ApiError> {
+    lb.normalize(c.group, c.name, &public_ip_ids(c.s)?)?;
+    check_ports_free(c.s, lb)?;
+    Ok("load balancer written".into())
 }
 
 fn collection(c: &str) -> Result<&'static str, ApiError> {

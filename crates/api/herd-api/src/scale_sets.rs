@@ -219,21 +219,35 @@ pub async fn update(
     headers: HeaderMap,
     Json(req): Json<UpdateRequest>,
 ) -> Result<Response, ApiError> {
-    state.blocking(move |st| views::retry(&headers, || update_once(st, &group, &name, &headers, &req))).await
+    change_set(state, (group, name), headers, move |st, cur| updated(st, cur, &req)).await
 }
 
-fn update_once(
-    state: &AppState,
-    group: &str,
-    name: &str,
-    headers: &HeaderMap,
-    req: &UpdateRequest,
+/// A change to a set's model (`update`, `scale`): `change` commits a new model built from the
+/// stored set ([`views::load_set_for_change`]), re-applied on a concurrent write; the answer is
+/// the set's view with its etag.
+async fn change_set(
+    state: AppState,
+    (group, name): (String, String),
+    headers: HeaderMap,
+    change: impl Fn(&AppState, &Object<StoredScaleSet>) -> Result<Object<StoredScaleSet>, ApiError> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let cur = views::load_set(state, group, name)?;
-    views::check_if_match(headers, cur.revision)?;
-    if cur.value.deleting {
-        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
-    }
+    state
+        .blocking(move |st| {
+            views::retry(&headers, || {
+                let cur = views::load_set_for_change(st, &headers, &group, &name)?;
+                let saved = change(st, &cur)?;
+                Ok(with_etag(StatusCode::OK, views::set_view(st, &saved)?))
+            })
+        })
+        .await
+}
+
+/// The update's operations applied to `cur`'s model, validated and committed.
+fn updated(
+    state: &AppState,
+    cur: &Object<StoredScaleSet>,
+    req: &UpdateRequest,
+) -> Result<Object<StoredScaleSet>, ApiError> {
     if req.operations.is_empty() {
         return Err(ApiError::invalid("operations", "give at least one --set, --add or --remove"));
     }
@@ -280,8 +294,7 @@ fn update_once(
             patch::PatchOp::Remove { path, .. } => format!("remove from {path}"),
         })
         .collect();
-    let saved = commit(state, &cur, model, secrets, "UpdateScaleSet", format!("update: {}", described.join(", ")))?;
-    Ok(with_etag(StatusCode::OK, views::set_view(state, &saved)?))
+    commit(state, cur, model, secrets, "UpdateScaleSet", format!("update: {}", described.join(", ")))
 }
 
 /// Sets the capacity (0 keeps the model and removes every instance).
@@ -297,24 +310,11 @@ pub async fn scale(
     headers: HeaderMap,
     Json(req): Json<ScaleRequest>,
 ) -> Result<Response, ApiError> {
-    state.blocking(move |st| views::retry(&headers, || scale_once(st, &group, &name, &headers, &req))).await
-}
-
-fn scale_once(
-    state: &AppState,
-    group: &str,
-    name: &str,
-    headers: &HeaderMap,
-    req: &ScaleRequest,
-) -> Result<Response, ApiError> {
-    let cur = views::load_set(state, group, name)?;
-    views::check_if_match(headers, cur.revision)?;
-    if cur.value.deleting {
-        return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
-    }
-    let mut model = cur.value.model.clone();
-    model.sku.capacity = req.capacity;
-    model.validate(&state.validation())?;
-    let saved = commit(state, &cur, model, Secrets::default(), "Scale", "scale requested".into())?;
-    Ok(with_etag(StatusCode::OK, views::set_view(state, &saved)?))
+    change_set(state, (group, name), headers, move |st, cur| {
+        let mut model = cur.value.model.clone();
+        model.sku.capacity = req.capacity;
+        model.validate(&st.validation())?;
+        commit(st, cur, model, Secrets::default(), "Scale", "scale requested".into())
+    })
+    .await
 }

@@ -239,6 +239,22 @@ pub fn load_set(state: &AppState, g: &str, n: &str) -> Result<Object<StoredScale
     Ok(lookup::scale_set(&*state.store, &group_name(g)?, &set_name(n)?)?)
 }
 
+/// The set a model change is written to: loaded, at the `If-Match` etag if one is given, and
+/// not being deleted (409).
+pub fn load_set_for_change(
+    state: &AppState,
+    headers: &HeaderMap,
+    g: &str,
+    n: &str,
+) -> Result<Object<StoredScaleSet>, ApiError> {
+    let cur = load_set(state, g, n)?;
+    check_if_match(headers, cur.revision)?;
+    if cur.value.deleting {
+        return Err(ApiError::Conflict(format!("scale set '{n}' is being deleted")));
+    }
+    Ok(cur)
+}
+
 /// Builds the API view of a set from its stored record, status and instances.
 pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleSetView, ApiError> {
     let set = &obj.value;

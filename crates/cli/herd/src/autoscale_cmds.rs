@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 #[derive(Debug, Subcommand)]
 pub enum AutoscaleCmd {
     /// Create an autoscale setting for a scale set, with a default profile.
+    #[command(mut_arg("count", |a| a.help("The default count (used when metrics are missing)")))]
     Create {
         #[arg(short = 'g', long = "resource-group")]
         group: String,
@@ -27,13 +28,8 @@ pub enum AutoscaleCmd {
         resource_type: Option<String>,
         #[arg(short = 'n', long)]
         name: String,
-        #[arg(long)]
-        min_count: i64,
-        #[arg(long)]
-        max_count: i64,
-        /// The default count (used when metrics are missing).
-        #[arg(long)]
-        count: i64,
+        #[command(flatten)]
+        counts: Counts,
         /// Create it disabled (evaluated and recorded, but never scaling).
         #[arg(long)]
         disabled: bool,
@@ -102,14 +98,39 @@ pub struct SettingRef {
     pub name: String,
 }
 
+/// `-g` and `--autoscale-name`: the setting a rule, profile, target or notification belongs to.
+#[derive(Debug, Args, Clone)]
+pub struct OfSetting {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(long)]
+    pub autoscale_name: String,
+}
+
+/// A profile's capacity: `--min-count`, `--max-count`, `--count` (the default).
+#[derive(Debug, Args, Clone)]
+pub struct Counts {
+    #[arg(long)]
+    pub min_count: i64,
+    #[arg(long)]
+    pub max_count: i64,
+    #[arg(long)]
+    pub count: i64,
+}
+
+impl Counts {
+    /// The profile's `capacity` object (counts as strings, as Azure writes them).
+    fn capacity(&self) -> Value {
+        json!({"minimum": self.min_count.to_string(), "maximum": self.max_count.to_string(), "default": self.count.to_string()})
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RuleCmd {
     /// Add a rule: --condition "Percentage CPU > 70 avg 5m" --scale out 1 [--cooldown 5].
     Create {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
         /// METRIC OP THRESHOLD AGG PERIOD [where DIM == V]; METRIC may be source/NAME.
         #[arg(long)]
         condition: String,
@@ -129,20 +150,16 @@ pub enum RuleCmd {
     },
     /// List rules (with their index).
     List {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
         /// The profile whose rules to list (default: the default profile).
         #[arg(long)]
         profile_name: Option<String>,
     },
     /// Delete rules by index (as `rule list` numbers them), or '*'.
     Delete {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
         #[arg(long, num_args = 1..)]
         index: Vec<String>,
         /// The profile to delete rules from (default: the default profile).
@@ -157,10 +174,8 @@ pub enum ProfileCmd {
     /// --timezone Europe/Prague`, or `--start 2026-12-24T00:00 --end 2026-12-27T00:00` (fixed date).
     /// It copies the default profile's rules unless --copy-rules none.
     Create {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
         #[arg(short = 'n', long)]
         name: String,
         /// `week DAY...` (mon..sun).
@@ -174,29 +189,21 @@ pub enum ProfileCmd {
         end: Option<String>,
         #[arg(long, default_value = "UTC")]
         timezone: String,
-        #[arg(long)]
-        min_count: i64,
-        #[arg(long)]
-        max_count: i64,
-        #[arg(long)]
-        count: i64,
+        #[command(flatten)]
+        counts: Counts,
         /// `default` (copy the default profile's rules) or `none`.
         #[arg(long, default_value = "default")]
         copy_rules: String,
     },
     /// List profiles.
     List {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
     },
     /// Delete a profile (and the one az writes to end it).
     Delete {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
         #[arg(short = 'n', long)]
         name: String,
     },
@@ -206,10 +213,8 @@ pub enum ProfileCmd {
 pub enum NotificationCmd {
     /// Call URL (POST, JSON) on every scale action; `k=v` pairs go along in the payload.
     Add {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
         #[arg(long)]
         webhook: String,
         #[arg(long, num_args = 0..)]
@@ -221,10 +226,8 @@ pub enum NotificationCmd {
 pub enum TargetCmd {
     /// Keep METRIC near TARGET per instance (e.g. CPU 50, or 100 queue messages per instance).
     Create {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
         #[arg(long)]
         metric: String,
         #[arg(long)]
@@ -235,10 +238,8 @@ pub enum TargetCmd {
     },
     /// Remove target tracking.
     Delete {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-        #[arg(long)]
-        autoscale_name: String,
+        #[command(flatten)]
+        s: OfSetting,
     },
 }
 
@@ -322,6 +323,9 @@ const HISTORY_TABLE: Columns<'static> = &[
     ("To", "decision.newCapacity"),
     ("Reason", "decision.reason"),
 ];
+/// A profile's name and counts (`profile list` adds more columns).
+const PROFILE_TABLE: Columns<'static> =
+    &[("Name", "name"), ("Min", "capacity.minimum"), ("Max", "capacity.maximum"), ("Default", "capacity.default")];
 const SOURCE_TABLE: Columns<'static> =
     &[("Name", "name"), ("Type", "kind"), ("Endpoint", "endpoint"), ("LastValue", "lastValue"), ("Health", "health")];
 
@@ -357,7 +361,7 @@ async fn edit(client: &Client, group: &str, name: &str, f: impl FnOnce(&mut Valu
 
 pub async fn autoscale(client: &Client, print: Print<'_>, c: AutoscaleCmd) -> Result<()> {
     match c {
-        AutoscaleCmd::Create { group, resource, resource_type, name, min_count, max_count, count, disabled } => {
+        AutoscaleCmd::Create { group, resource, resource_type, name, counts, disabled } => {
             if let Some(t) = &resource_type {
                 if !t.eq_ignore_ascii_case("Microsoft.Compute/virtualMachineScaleSets") {
                     bail!(
@@ -373,7 +377,7 @@ pub async fn autoscale(client: &Client, print: Print<'_>, c: AutoscaleCmd) -> Re
             let body = json!({
                 "enabled": !disabled,
                 "targetResourceUri": target,
-                "profiles": [{"name": "default", "capacity": {"minimum": min_count.to_string(), "maximum": max_count.to_string(), "default": count.to_string()}, "rules": []}],
+                "profiles": [{"name": "default", "capacity": counts.capacity(), "rules": []}],
             });
             let path = setting_path(&group, &name);
             let v = client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
@@ -420,11 +424,11 @@ pub async fn autoscale(client: &Client, print: Print<'_>, c: AutoscaleCmd) -> Re
 /// `herd monitor autoscale rule ...`: rules of a profile, read-modify-write.
 async fn rule(client: &Client, print: Print<'_>, c: RuleCmd) -> Result<()> {
     match c {
-        RuleCmd::Create { group, autoscale_name, condition, scale, cooldown, timegrain, profile_name } => {
+        RuleCmd::Create { s, condition, scale, cooldown, timegrain, profile_name } => {
             let rule = herd_autoscale::parse_rule(&condition, &scale.join(" "), cooldown, timegrain.as_deref())
                 .map_err(|e| anyhow!("{e}"))?;
             let rule = serde_json::to_value(&rule)?;
-            edit_show(client, print, &group, &autoscale_name, |v| {
+            edit_show(client, print, &s.group, &s.autoscale_name, |v| {
                 edit_rules(v, profile_name.as_deref(), |rules| {
                     rules.push(rule);
                     Ok(())
@@ -432,8 +436,8 @@ async fn rule(client: &Client, print: Print<'_>, c: RuleCmd) -> Result<()> {
             })
             .await
         }
-        RuleCmd::List { group, autoscale_name, profile_name } => {
-            let v = client.get(&setting_path(&group, &autoscale_name)).await?;
+        RuleCmd::List { s, profile_name } => {
+            let v = client.get(&setting_path(&s.group, &s.autoscale_name)).await?;
             let idx = profile_index(&v, profile_name.as_deref())?;
             let rules = v["profiles"][idx]["rules"].as_array().cloned().unwrap_or_default();
             let out: Vec<Value> = rules
@@ -459,8 +463,8 @@ async fn rule(client: &Client, print: Print<'_>, c: RuleCmd) -> Result<()> {
                 ]),
             )
         }
-        RuleCmd::Delete { group, autoscale_name, index, profile_name } => {
-            edit_show(client, print, &group, &autoscale_name, |v| {
+        RuleCmd::Delete { s, index, profile_name } => {
+            edit_show(client, print, &s.group, &s.autoscale_name, |v| {
                 edit_rules(v, profile_name.as_deref(), |rules| {
                     if index.iter().any(|i| i == "*") {
                         rules.clear();
@@ -492,8 +496,8 @@ async fn rule(client: &Client, print: Print<'_>, c: RuleCmd) -> Result<()> {
 /// `herd monitor autoscale target ...`: the setting's target tracking.
 async fn target(client: &Client, print: Print<'_>, c: TargetCmd) -> Result<()> {
     match c {
-        TargetCmd::Create { group, autoscale_name, metric, target, warmup } => {
-            edit_show(client, print, &group, &autoscale_name, |v| {
+        TargetCmd::Create { s, metric, target, warmup } => {
+            edit_show(client, print, &s.group, &s.autoscale_name, |v| {
                 let mut t = json!({"metricName": metric, "target": target});
                 if let Some(w) = warmup {
                     t["warmup"] = json!(format!("PT{w}S"));
@@ -503,8 +507,8 @@ async fn target(client: &Client, print: Print<'_>, c: TargetCmd) -> Result<()> {
             })
             .await
         }
-        TargetCmd::Delete { group, autoscale_name } => {
-            edit_show(client, print, &group, &autoscale_name, |v| {
+        TargetCmd::Delete { s } => {
+            edit_show(client, print, &s.group, &s.autoscale_name, |v| {
                 if let Some(m) = v.as_object_mut() {
                     m.remove("targetTracking");
                 }
@@ -518,27 +522,15 @@ async fn target(client: &Client, print: Print<'_>, c: TargetCmd) -> Result<()> {
 /// `herd monitor autoscale profile ...`: recurrent and fixed-date profiles.
 async fn profile(client: &Client, print: Print<'_>, c: ProfileCmd) -> Result<()> {
     match c {
-        ProfileCmd::Create {
-            group,
-            autoscale_name,
-            name,
-            recurrence,
-            start,
-            end,
-            timezone,
-            min_count,
-            max_count,
-            count,
-            copy_rules,
-        } => {
-            let v = edit(client, &group, &autoscale_name, |v| {
+        ProfileCmd::Create { s, name, recurrence, start, end, timezone, counts, copy_rules } => {
+            let v = edit(client, &s.group, &s.autoscale_name, |v| {
                 let default: herd_autoscale::Profile = serde_json::from_value(default_profile(v)?.clone())?;
                 let rules = match copy_rules.as_str() {
                     "default" => default.rules.clone(),
                     "none" => vec![],
                     other => bail!("--copy-rules: '{other}' is not allowed; allowed: default, none"),
                 };
-                let capacity = serde_json::from_value(json!({"minimum": min_count.to_string(), "maximum": max_count.to_string(), "default": count.to_string()}))?;
+                let capacity = serde_json::from_value(counts.capacity())?;
                 let mut profiles = vec![];
                 if recurrence.is_empty() {
                     let end = end.clone().ok_or_else(|| anyhow!("--end is required for a fixed-date profile"))?;
@@ -553,18 +545,10 @@ async fn profile(client: &Client, print: Print<'_>, c: ProfileCmd) -> Result<()>
                 Ok(())
             })
             .await?;
-            print(
-                &v["profiles"],
-                Some(&[
-                    ("Name", "name"),
-                    ("Min", "capacity.minimum"),
-                    ("Max", "capacity.maximum"),
-                    ("Default", "capacity.default"),
-                ]),
-            )
+            print(&v["profiles"], Some(PROFILE_TABLE))
         }
-        ProfileCmd::List { group, autoscale_name } => {
-            let v = client.get(&setting_path(&group, &autoscale_name)).await?;
+        ProfileCmd::List { s } => {
+            let v = client.get(&setting_path(&s.group, &s.autoscale_name)).await?;
             print(
                 &v["profiles"],
                 Some(&[
@@ -577,8 +561,8 @@ async fn profile(client: &Client, print: Print<'_>, c: ProfileCmd) -> Result<()>
                 ]),
             )
         }
-        ProfileCmd::Delete { group, autoscale_name, name } => {
-            edit_show(client, print, &group, &autoscale_name, |v| remove_profile(v, &name)).await
+        ProfileCmd::Delete { s, name } => {
+            edit_show(client, print, &s.group, &s.autoscale_name, |v| remove_profile(v, &name)).await
         }
     }
 }
@@ -586,13 +570,13 @@ async fn profile(client: &Client, print: Print<'_>, c: ProfileCmd) -> Result<()>
 /// `herd monitor autoscale notification ...`: webhooks called on a scale action.
 async fn notification(client: &Client, print: Print<'_>, c: NotificationCmd) -> Result<()> {
     match c {
-        NotificationCmd::Add { group, autoscale_name, webhook, properties } => {
+        NotificationCmd::Add { s, webhook, properties } => {
             let mut props = serde_json::Map::new();
             for kv in &properties {
                 let (k, val) = kv.split_once('=').ok_or_else(|| anyhow!("--properties: '{kv}' is not KEY=VALUE"))?;
                 props.insert(k.into(), json!(val));
             }
-            let v = edit(client, &group, &autoscale_name, |v| {
+            let v = edit(client, &s.group, &s.autoscale_name, |v| {
                 let hook = json!({"serviceUri": webhook, "properties": props});
                 match v["notifications"].as_array_mut() {
                     Some(n) if !n.is_empty() => {

@@ -29,6 +29,17 @@ pub struct Named {
     pub name: String,
 }
 
+/// List, show or delete: the same subcommands for every top-level network resource.
+#[derive(Debug, Subcommand)]
+pub enum Plain {
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+    },
+    Show(Named),
+    Delete(Named),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VnetCmd {
     /// Create a virtual network (optionally with a first subnet).
@@ -45,12 +56,8 @@ pub enum VnetCmd {
         #[arg(short, long, default_value = "local")]
         location: String,
     },
-    List {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-    },
-    Show(Named),
-    Delete(Named),
+    #[command(flatten)]
+    Plain(Plain),
     /// Subnets of a virtual network.
     #[command(subcommand)]
     Subnet(SubnetCmd),
@@ -100,12 +107,8 @@ pub enum PublicIpCmd {
         #[arg(long)]
         allow_non_loopback: bool,
     },
-    List {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-    },
-    Show(Named),
-    Delete(Named),
+    #[command(flatten)]
+    Plain(Plain),
 }
 
 /// `-g`, `--lb-name`, `-n`.
@@ -237,12 +240,8 @@ pub enum LbCmd {
         #[arg(long, default_value = "Standard")]
         sku: String,
     },
-    List {
-        #[arg(short = 'g', long = "resource-group")]
-        group: String,
-    },
-    Show(Named),
-    Delete(Named),
+    #[command(flatten)]
+    Plain(Plain),
     /// Health probes.
     #[command(subcommand)]
     Probe(ChildCmd<ProbeArgs>),
@@ -284,17 +283,10 @@ const LB_TABLE: Columns<'static> = &[
     ("Rules", "length(loadBalancingRules)"),
 ];
 
-/// List, show or delete: the same for every top-level network resource.
-enum Plain<'a> {
-    List(&'a str),
-    Show(&'a Named),
-    Delete(&'a Named),
-}
-
 /// Lists the group's resources of `kind` (`virtualNetworks`, ...), shows one, or deletes one.
-async fn plain(client: &Client, print: Print<'_>, kind: &str, table: Columns<'_>, op: Plain<'_>) -> Result<()> {
+async fn plain(client: &Client, print: Print<'_>, kind: &str, table: Columns<'_>, op: Plain) -> Result<()> {
     match op {
-        Plain::List(group) => print(&client.get(&format!("{}/{kind}", base(group))).await?, Some(table)),
+        Plain::List { group } => print(&client.get(&format!("{}/{kind}", base(&group))).await?, Some(table)),
         Plain::Show(r) => print(&client.get(&path(&r.group, kind, &r.name)).await?, Some(table)),
         Plain::Delete(r) => client.delete(&path(&r.group, kind, &r.name)).await.map(drop),
     }
@@ -340,9 +332,7 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
                     .await?;
                 print(&v, Some(VNET_TABLE))
             }
-            VnetCmd::List { group } => plain(client, print, "virtualNetworks", VNET_TABLE, Plain::List(&group)).await,
-            VnetCmd::Show(r) => plain(client, print, "virtualNetworks", VNET_TABLE, Plain::Show(&r)).await,
-            VnetCmd::Delete(r) => plain(client, print, "virtualNetworks", VNET_TABLE, Plain::Delete(&r)).await,
+            VnetCmd::Plain(op) => plain(client, print, "virtualNetworks", VNET_TABLE, op).await,
             VnetCmd::Subnet(s) => match s {
                 SubnetCmd::Create { r, prefix } => {
                     let path =
@@ -392,11 +382,7 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
                     .await?;
                 print(&v, Some(PIP_TABLE))
             }
-            PublicIpCmd::List { group } => {
-                plain(client, print, "publicIPAddresses", PIP_TABLE, Plain::List(&group)).await
-            }
-            PublicIpCmd::Show(r) => plain(client, print, "publicIPAddresses", PIP_TABLE, Plain::Show(&r)).await,
-            PublicIpCmd::Delete(r) => plain(client, print, "publicIPAddresses", PIP_TABLE, Plain::Delete(&r)).await,
+            PublicIpCmd::Plain(op) => plain(client, print, "publicIPAddresses", PIP_TABLE, op).await,
         },
         NetworkCmd::Lb(c) => lb(client, c, print).await,
     }
@@ -470,9 +456,7 @@ async fn lb(client: &Client, c: LbCmd, print: Print<'_>) -> Result<()> {
             let v = client.call(reqwest::Method::PUT, &path, Some(&body), &[("If-None-Match", "*")]).await?;
             print(&v, Some(LB_TABLE))
         }
-        LbCmd::List { group } => plain(client, print, "loadBalancers", LB_TABLE, Plain::List(&group)).await,
-        LbCmd::Show(r) => plain(client, print, "loadBalancers", LB_TABLE, Plain::Show(&r)).await,
-        LbCmd::Delete(r) => plain(client, print, "loadBalancers", LB_TABLE, Plain::Delete(&r)).await,
+        LbCmd::Plain(op) => plain(client, print, "loadBalancers", LB_TABLE, op).await,
         LbCmd::Probe(cmd) => {
             child(client, print, "probes", cmd, |a: &ProbeArgs| {
                 let mut b = json!({"protocol": a.protocol, "port": a.port, "intervalInSeconds": a.interval, "probeThreshold": a.threshold});

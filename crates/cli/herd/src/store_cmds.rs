@@ -63,16 +63,30 @@ pub fn print_check(v: &Value, format: Format, print: Print<'_>) -> Result<()> {
                 println!("  {}", l.as_str().unwrap_or_default());
             }
         }
-        let bad = v["undecodable"].as_array().cloned().unwrap_or_default();
-        if bad.is_empty() {
-            println!("Every record decodes.");
-        } else {
-            println!("{} record(s) cannot be decoded:", bad.len());
-            print(&v["undecodable"], Some(PROBLEM_TABLE))?;
-        }
+        let header = |n| format!("{n} record(s) cannot be decoded:");
+        print_rows(print, &v["undecodable"], "Every record decodes.", header, PROBLEM_TABLE)?;
     }
     if v["ok"] != Value::Bool(true) {
         bail!("the store check found problems");
+    }
+    Ok(())
+}
+
+/// Prints the array `rows` as a table under the line `header(count)`, or the line `none` when
+/// it is empty (or absent).
+fn print_rows(
+    print: Print<'_>,
+    rows: &Value,
+    none: &str,
+    header: impl FnOnce(usize) -> String,
+    table: Columns<'_>,
+) -> Result<()> {
+    match rows.as_array().map_or(0, Vec::len) {
+        0 => println!("{none}"),
+        n => {
+            println!("{}", header(n));
+            print(rows, Some(table))?;
+        }
     }
     Ok(())
 }
@@ -84,23 +98,11 @@ pub fn print_status(v: &Value, format: Format, print: Print<'_>) -> Result<()> {
     }
     println!("Cluster id: {}", v["clusterId"].as_str().unwrap_or_default());
     println!("Driver: {}", v["driver"].as_str().unwrap_or_default());
-    let q = v["quarantined"].as_array().cloned().unwrap_or_default();
-    if q.is_empty() {
-        println!("Quarantined records: none");
-    } else {
-        println!(
-            "Quarantined records ({}): cannot be decoded; their scale sets are Failed and not reconciled",
-            q.len()
-        );
-        print(&v["quarantined"], Some(PROBLEM_TABLE))?;
-    }
-    let u = v["unmanagedInstances"].as_array().cloned().unwrap_or_default();
-    if u.is_empty() {
-        println!("Unmanaged instances: none");
-    } else {
-        println!("Unmanaged instances ({}): running without a record, never destroyed by herd", u.len());
-        print(&v["unmanagedInstances"], Some(UNMANAGED_TABLE))?;
-    }
+    let header =
+        |n| format!("Quarantined records ({n}): cannot be decoded; their scale sets are Failed and not reconciled");
+    print_rows(print, &v["quarantined"], "Quarantined records: none", header, PROBLEM_TABLE)?;
+    let header = |n| format!("Unmanaged instances ({n}): running without a record, never destroyed by herd");
+    print_rows(print, &v["unmanagedInstances"], "Unmanaged instances: none", header, UNMANAGED_TABLE)?;
     let c = v["controllers"].as_array().map_or(0, Vec::len);
     println!("Controllers ({c}): each background concern, its last run and what it waits for");
     print(&v["controllers"], Some(CONTROLLER_TABLE))

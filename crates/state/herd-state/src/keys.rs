@@ -88,23 +88,39 @@ fn split_prefixed<'a>(
     split(what, rest, n).map_err(|e| KeyError { key: key.into(), ..e })
 }
 
-/// `Display` and `FromStr` for a key of two free-form parts, `group/name`, made with `new`.
-macro_rules! group_name_key {
-    ($key:ty, $what:literal) => {
+/// A key type's text both ways: `Display` writes the key (`|key, f| ...`, the key as `key`)
+/// and `FromStr` parses it back (`|s| ...`, answering `Result<Self, KeyError>`).
+macro_rules! key_text {
+    ($key:ty, |$k:ident, $f:ident| $write:expr, |$s:ident| $parse:expr) => {
         impl fmt::Display for $key {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}/{}", self.group, self.name)
+            fn fmt(&self, $f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let $k = self;
+                $write
             }
         }
 
         impl FromStr for $key {
             type Err = KeyError;
-            fn from_str(s: &str) -> Result<Self, KeyError> {
-                let p = split($what, s, 2)?;
-                Ok(Self::new(p[0], p[1]))
+            fn from_str($s: &str) -> Result<Self, KeyError> {
+                $parse
             }
         }
     };
+}
+
+/// [`key_text!`] for a key of two free-form parts, `group/name`, made with `new`.
+macro_rules! group_name_key {
+    ($key:ty, $what:literal) => {
+        key_text!($key, |k, f| write!(f, "{}/{}", k.group, k.name), |s| {
+            let p = split($what, s, 2)?;
+            Ok(Self::new(p[0], p[1]))
+        });
+    };
+}
+
+/// The set named by the parts `group` and `set` of `key`.
+fn set_key(what: &'static str, key: &str, group: &str, set: &str) -> Result<SetKey, KeyError> {
+    Ok(SetKey { group: self::group(what, key, group)?, set: set_name(what, key, set)? })
 }
 
 /// `group/set/<id>` (the id padded or not) as an instance key.
@@ -181,9 +197,7 @@ impl SetKey {
     /// The key of a set named by unvalidated strings (a URI, a query): an error when either is
     /// not a valid name, and so cannot be stored.
     pub fn from_parts(group: &str, set: &str) -> Result<Self, KeyError> {
-        const W: &str = "scale set";
-        let key = format!("{group}/{set}");
-        Ok(Self { group: self::group(W, &key, group)?, set: set_name(W, &key, set)? })
+        set_key("scale set", &format!("{group}/{set}"), group, set)
     }
 
     pub fn of(set: &StoredScaleSet) -> Self {
@@ -209,20 +223,10 @@ impl SetKey {
     }
 }
 
-impl fmt::Display for SetKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.group, self.set)
-    }
-}
-
-impl FromStr for SetKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "scale set";
-        let p = split(W, s, 2)?;
-        Ok(Self { group: group(W, s, p[0])?, set: set_name(W, s, p[1])? })
-    }
-}
+key_text!(SetKey, |k, f| write!(f, "{}/{}", k.group, k.set), |s| {
+    let p = split("scale set", s, 2)?;
+    set_key("scale set", s, p[0], p[1])
+});
 
 /// An instance record (`Kind::Instance`): `group/set/<id>` with the id zero-padded to 10
 /// digits, so a set's records list in id order.
@@ -239,18 +243,9 @@ impl InstanceRecordKey {
     }
 }
 
-impl fmt::Display for InstanceRecordKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{:010}", self.0.group, self.0.set, self.0.id.0)
-    }
-}
-
-impl FromStr for InstanceRecordKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        instance_key("instance record", s).map(Self)
-    }
-}
+key_text!(InstanceRecordKey, |k, f| write!(f, "{}/{}/{:010}", k.0.group, k.0.set, k.0.id.0), |s| {
+    instance_key("instance record", s).map(Self)
+});
 
 /// One model generation of a set as it was (`Kind::ModelHistory`): `group/set/<generation>`,
 /// zero-padded to 10 digits so keys sort by generation.
@@ -260,23 +255,11 @@ pub struct ModelHistoryKey {
     pub generation: u64,
 }
 
-impl fmt::Display for ModelHistoryKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{:010}", self.set, self.generation)
-    }
-}
-
-impl FromStr for ModelHistoryKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "model history";
-        let p = split(W, s, 3)?;
-        Ok(Self {
-            set: SetKey { group: group(W, s, p[0])?, set: set_name(W, s, p[1])? },
-            generation: number(W, s, p[2])?,
-        })
-    }
-}
+key_text!(ModelHistoryKey, |k, f| write!(f, "{}/{:010}", k.set, k.generation), |s| {
+    const W: &str = "model history";
+    let p = split(W, s, 3)?;
+    Ok(Self { set: set_key(W, s, p[0], p[1])?, generation: number(W, s, p[2])? })
+});
 
 /// An instance's entry on the health board: `group/set/<id>`, the id not padded (the same string
 /// as [`InstanceKey::path`]).
@@ -289,18 +272,9 @@ impl HealthKey {
     }
 }
 
-impl fmt::Display for HealthKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.0.group, self.0.set, self.0.id)
-    }
-}
-
-impl FromStr for HealthKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        instance_key("health", s).map(Self)
-    }
-}
+key_text!(HealthKey, |k, f| write!(f, "{}/{}/{}", k.0.group, k.0.set, k.0.id), |s| {
+    instance_key("health", s).map(Self)
+});
 
 /// A network resource (`VirtualNetwork`, `PublicIp`, `LoadBalancer`): `group/name` as given.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -362,19 +336,10 @@ impl SourceSecretKey {
     }
 }
 
-impl fmt::Display for SourceSecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}/{}", Self::PREFIX, self.group, self.name)
-    }
-}
-
-impl FromStr for SourceSecretKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        let p = split_prefixed("metric source secret", s, Self::PREFIX, 2)?;
-        Ok(Self::new(p[0], p[1]))
-    }
-}
+key_text!(SourceSecretKey, |k, f| write!(f, "{}{}/{}", Self::PREFIX, k.group, k.name), |s| {
+    let p = split_prefixed("metric source secret", s, Self::PREFIX, 2)?;
+    Ok(Self::new(p[0], p[1]))
+});
 
 /// A scale set's metric time series (`Kind::MetricSeries`): `vmss/group/set/<metric>`, the
 /// metric lower-cased with spaces as dashes (`Percentage CPU` → `percentage-cpu`).
@@ -400,21 +365,11 @@ impl SeriesKey {
     }
 }
 
-impl fmt::Display for SeriesKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}/{}", Self::PREFIX, self.set, self.metric)
-    }
-}
-
-impl FromStr for SeriesKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        const W: &str = "metric series";
-        let p = split_prefixed(W, s, Self::PREFIX, 3)?;
-        let set = SetKey { group: group(W, s, p[0])?, set: set_name(W, s, p[1])? };
-        Ok(Self::new(set, p[2]))
-    }
-}
+key_text!(SeriesKey, |k, f| write!(f, "{}{}/{}", Self::PREFIX, k.set, k.metric), |s| {
+    const W: &str = "metric series";
+    let p = split_prefixed(W, s, Self::PREFIX, 3)?;
+    Ok(Self::new(set_key(W, s, p[0], p[1])?, p[2]))
+});
 
 /// A named metric source's time series (`Kind::MetricSeries`): `source/group/<name
 /// lower-cased>` (the same string as the source's [`SourceSecretKey`], under another kind).
@@ -427,18 +382,9 @@ impl SourceSeriesKey {
     }
 }
 
-impl fmt::Display for SourceSeriesKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for SourceSeriesKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        s.parse::<SourceSecretKey>().map(Self).map_err(|e| KeyError { what: "metric source series", ..e })
-    }
-}
+key_text!(SourceSeriesKey, |k, f| k.0.fmt(f), |s| {
+    s.parse::<SourceSecretKey>().map(Self).map_err(|e| KeyError { what: "metric source series", ..e })
+});
 
 /// A gallery image (`Kind::Image`): its URN, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -476,22 +422,13 @@ impl CounterKey {
     }
 }
 
-impl fmt::Display for CounterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CounterKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| KeyError {
-            what: "counter",
-            key: s.into(),
-            reason: KeyErrorReason::UnknownCounter,
-        })
-    }
-}
+key_text!(CounterKey, |k, f| f.write_str(k.as_str()), |s| {
+    Self::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| KeyError {
+        what: "counter",
+        key: s.into(),
+        reason: KeyErrorReason::UnknownCounter,
+    })
+});
 
 #[cfg(test)]
 mod tests {
