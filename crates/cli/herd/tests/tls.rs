@@ -64,6 +64,53 @@ fn a_fresh_server_is_https_and_the_cli_trusts_it_with_no_flag() {
     assert!(!data2.join("tls/ca-key.pem").exists(), "no CA key in the data dir");
 }
 
+/// As a user runs it: `herd server` with no flag (default data dir, 127.0.0.1:7900), then
+/// `herd group list` with no flag and no HERD_* variable. In a private mount namespace (a tmpfs
+/// over /var/lib, where root's default data dir is) and network namespace (its own 7900), so
+/// the host's own /var/lib/herd and port are never touched.
+#[test]
+fn the_cli_beside_a_default_server_needs_no_flag_and_no_variable() {
+    let script = format!("mount -t tmpfs tmpfs /var/lib && ip link set lo up && exec {HERD} server --driver sim");
+    let mut child = Command::new("unshare")
+        .args(["-m", "-n", "--propagation", "private", "sh", "-c", &script])
+        .env("HERD_LOG", "warn")
+        .env_remove("HERD_DATA_DIR")
+        .env_remove("HERD_SERVER")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + herd_test_support::scaled(Duration::from_secs(30));
+    let announced = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).expect("the default server to announce where it listens");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.to_string();
+        }
+    };
+    assert!(announced.starts_with("https://127.0.0.1:7900 "), "{announced}");
+    assert!(announced.contains("data dir /var/lib/herd"), "{announced}");
+    let out = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "-n", HERD, "group", "list"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("nsenter (util-linux)");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
 #[test]
 fn a_server_of_another_ca_is_refused_with_the_hint() {
     let dir = tempfile::tempdir().unwrap();
