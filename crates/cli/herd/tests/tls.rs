@@ -294,3 +294,38 @@ async fn failed_authentications_are_limited_per_address() {
     let r = two.get(&url).bearer_auth("not-the-token").send().await.unwrap();
     assert_eq!(r.status(), 401, "another address gets its own budget");
 }
+
+#[test]
+fn the_operators_own_certificate_is_served_and_read_again_by_rotate_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    // The operator's own CA (made here with the same library; any CA would do) and a leaf.
+    let ca = herd_tls::ClusterCa::create("operator", now).unwrap();
+    let leaf =
+        herd_tls::Leaf::Server { names: vec!["localhost".into()], addresses: vec!["127.0.0.1".parse().unwrap()] };
+    let (cert, key, ca_file) = (dir.path().join("chain.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+    let write = |issued: herd_tls::Issued| {
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+    };
+    write(ca.issue(&leaf, now).unwrap());
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let mut s = Server::start("sim", &dir.path().join("data"), Some(SIM_CONFIG));
+    s.extra_args = vec!["--tls-cert".into(), cert.display().to_string(), "--tls-key".into(), key.display().to_string()];
+    s.restart();
+    let pinned = ["--ca-file", ca_file.to_str().unwrap()];
+    let show = |s: &Server| s.json(&[&["server", "tls"][..], &pinned[..]].concat());
+    let first = show(&s);
+    assert_eq!(first["mode"], "OperatorCertificate", "{first}");
+    assert!(first["caBundle"].is_null(), "no cluster CA is served: {first}");
+    // The cluster CA left in the data dir is not the operator's: without --ca-file, refused.
+    let err = s.err(&["group", "list"]);
+    assert!(err.contains("not signed by the cluster CA this client trusts"), "{err}");
+    // New files, then rotate-cert: the next connection sees the new certificate.
+    write(ca.issue(&leaf, now).unwrap());
+    s.ok(&[&["server", "rotate-cert"][..], &pinned[..]].concat());
+    let second = show(&s);
+    assert_ne!(first["certificate"]["fingerprint"], second["certificate"]["fingerprint"]);
+    let err = s.err(&[&["server", "rotate-ca"][..], &pinned[..]].concat());
+    assert!(err.contains("operator's certificate (--tls-cert)"), "{err}");
+}
