@@ -43,8 +43,8 @@ const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
     ("POST", "/v1/server/tls/rotateCertificate", 404, NO_RESOURCE),
     ("POST", "/v1/server/tls/rotateCa", 404, NO_RESOURCE),
     ("POST", "/v1/server/tls/rotateCertificate", 415, NO_BODY),
-    ("POST", "/v1/server/tls/rotateCertificate", 507, DISK_FULL),
-    ("POST", "/v1/server/tls/rotateCa", 507, DISK_FULL),
+    ("POST", "/v1/server/tls/rotateCertificate", 507, TLS_DISK_FULL),
+    ("POST", "/v1/server/tls/rotateCa", 507, TLS_DISK_FULL),
     // 507 from the store: SQLite answers SQLITE_FULL only when the data dir's disk is full.
     // Filling a real disk is not done in a unit test; the mapping StoreError::Full → 507 is in
     // herd-api's error.rs. (Image uploads and imports check free space themselves: their 507
@@ -111,6 +111,8 @@ const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
 ];
 
 const DISK_FULL: &str = "needs the data dir's disk to be full (StoreError::Full)";
+const TLS_DISK_FULL: &str =
+    "needs the data dir's disk to be full while tls/ is written (an I/O error of kind StorageFull; server_tls::refused)";
 const NO_BODY: &str = "the handler reads no body, so no content type is refused";
 const RAW_BODY: &str = "the upload streams raw bytes of any content type";
 const NO_RESOURCE: &str = "names no resource; the route always matches";
