@@ -59,15 +59,8 @@ fn bearer(req: &Request) -> &str {
 /// Middleware: 401 unless the request carries the server's token (429 for an address that
 /// failed too often).
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
-    let from = source(&req);
-    if let Some(limited) = limited(&state, from) {
-        return Ok(limited);
-    }
-    if !same(bearer(&req).as_bytes(), state.token.as_bytes()) {
-        state.auth_limit.failed(from);
-        return Err(ApiError::Unauthorized);
-    }
-    Ok(next.run(req).await)
+    let token = state.token.clone();
+    authenticate(&state, req, next, |given| same(given.as_bytes(), token.as_bytes())).await
 }
 
 /// Middleware for `/metrics`: 401 unless the request carries the API token or the metrics
@@ -77,14 +70,28 @@ pub async fn require_metrics_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let (token, metrics) = (state.token.clone(), state.metrics_token.clone());
+    authenticate(&state, req, next, |given| {
+        let api = same(given.as_bytes(), token.as_bytes());
+        let metrics = metrics.as_deref().is_some_and(|t| same(given.as_bytes(), t.as_bytes()));
+        api | metrics
+    })
+    .await
+}
+
+/// The one authentication step: 429 for an address past its failure budget, else 401 (and a
+/// failure counted) unless `accepts` the bearer token, else the request goes on.
+async fn authenticate(
+    state: &AppState,
+    req: Request,
+    next: Next,
+    accepts: impl Fn(&str) -> bool,
+) -> Result<Response, ApiError> {
     let from = source(&req);
-    if let Some(limited) = limited(&state, from) {
+    if let Some(limited) = limited(state, from) {
         return Ok(limited);
     }
-    let given = bearer(&req);
-    let api = same(given.as_bytes(), state.token.as_bytes());
-    let metrics = state.metrics_token.as_deref().is_some_and(|t| same(given.as_bytes(), t.as_bytes()));
-    if !(api | metrics) {
+    if !accepts(bearer(&req)) {
         state.auth_limit.failed(from);
         return Err(ApiError::Unauthorized);
     }

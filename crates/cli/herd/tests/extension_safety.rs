@@ -27,14 +27,10 @@ fn with<'a>(cmd: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
 
 /// `GET` on the API with the server's token; the body.
 fn api_get(s: &Server, path: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", "--cacert"])
-        .arg(s.ca_file())
-        .args(["-H", &format!("Authorization: Bearer {}", s.token()), &format!("{}{path}", s.url)])
-        .output()
-        .expect("curl (apt-get install curl)");
-    assert!(out.status.success(), "GET {path} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    let answer = s.https_get(path, Some(&s.token()));
+    let (status, body) = answer.split_once('\n').unwrap_or((&answer, ""));
+    assert!(status.starts_with("HTTP/1.1 200"), "GET {path} failed: {answer:.300}");
+    body.to_string()
 }
 
 /// Every text and blob of every row of every table of the SQLite store, read with rusqlite.

@@ -266,7 +266,7 @@ fn a_corrupt_record_is_quarantined_and_other_sets_keep_reconciling() {
     let status = s.json(&["server", "status"]);
     let q = status["quarantined"].as_array().unwrap();
     assert!(q.iter().any(|r| r["key"] == "rg/a/0000000000" && r["kind"] == "instance"), "{status:#}");
-    let metrics = http_get(&s, "/metrics", Some(&s.token()));
+    let metrics = s.https_get("/metrics", Some(&s.token()));
     assert!(metrics.contains("herd_store_quarantined_records 2"), "the instance row and the set record: {metrics}");
 
     // Never destroyed, even with a zero orphan grace, across reconcile passes (b scaled above).
@@ -286,20 +286,6 @@ fn a_corrupt_record_is_quarantined_and_other_sets_keep_reconciling() {
     assert!(v["integrity"].as_array().unwrap().is_empty());
 }
 
-/// A GET on the server over HTTPS (trusting its cluster CA), on a new connection; returns
-/// "<status line>\n<body>".
-fn http_get(s: &Server, path: &str, token: Option<&str>) -> String {
-    let mut c = s.command("curl");
-    c.args(["-s", "-i", "-m", "10", "--cacert"]).arg(s.ca_file());
-    if let Some(t) = token {
-        c.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    let out = c.arg(format!("{}{path}", s.url)).output().expect("curl (apt-get install curl)");
-    let out = String::from_utf8_lossy(&out.stdout).to_string();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    format!("{}\n{}", head.lines().next().unwrap_or(""), body)
-}
-
 /// `/metrics` answers 401 (with the JSON error body) without a token or with a wrong one, and
 /// 200 with the metrics token or the API token.
 #[test]
@@ -311,18 +297,18 @@ fn metrics_need_the_api_token_or_the_metrics_token() {
     let config = format!("{SIM_CONFIG}[metrics]\ntoken_file = \"{}\"\n", tok.display());
     let s = Server::start("sim", &data, Some(&config));
     for (token, what) in [(None, "no token"), (Some("wrong-token-wrong-token"), "a wrong token")] {
-        let r = http_get(&s, "/metrics", token);
+        let r = s.https_get("/metrics", token);
         assert!(r.starts_with("HTTP/1.1 401"), "{what}: {r}");
         let body: serde_json::Value = serde_json::from_str(r.split_once('\n').unwrap().1).expect("a JSON error body");
         assert_eq!(body["error"]["code"], "Unauthorized", "{what}: {body}");
     }
-    let r = http_get(&s, "/metrics", Some("prometheus-scrape-token-0123456789"));
+    let r = s.https_get("/metrics", Some("prometheus-scrape-token-0123456789"));
     assert!(r.starts_with("HTTP/1.1 200") && r.contains("herd_store_quarantined_records 0"), "metrics token: {r}");
-    let r = http_get(&s, "/metrics", Some(&s.token()));
+    let r = s.https_get("/metrics", Some(&s.token()));
     assert!(r.starts_with("HTTP/1.1 200"), "API token: {r}");
     assert_eq!(mode(&data.join("secret.key")), 0o600, "the default seal key is private");
     // The metrics token opens nothing else.
-    let r = http_get(&s, "/v1/resourceGroups", Some("prometheus-scrape-token-0123456789"));
+    let r = s.https_get("/v1/resourceGroups", Some("prometheus-scrape-token-0123456789"));
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
 }
 

@@ -98,12 +98,15 @@ impl ServedTls {
         let Source::Cluster { files, leaf, cluster, clock } = &self.source else { return Ok(None) };
         let _busy = self.lock();
         let now = to_time(clock.now());
-        let before = self.certs.leaf();
         let retired = files.retire_if_due(now)?;
-        files.ensure(cluster, leaf, now)?;
-        self.reload(files)?;
-        if retired || self.certs.leaf() != before {
-            tracing::info!(retired, "the server certificate was renewed");
+        let m = files.ensure(cluster, leaf, now)?;
+        // Swap only what changed: a retirement drops the cross-signed CA from the chain, a
+        // reissue brings a new leaf; otherwise the served certificate is already the file's.
+        let reissued =
+            crate::trust::certificates(&m.chain_pem, "the server certificate chain")?[0] != self.certs.leaf();
+        if retired || reissued {
+            self.certs.replace(&m.chain_pem, &m.key_pem)?;
+            tracing::info!(retired, reissued, "the server certificate was renewed");
         }
         Ok(match files.rotation()? {
             Rotation::Overlap { until, .. } => {

@@ -199,17 +199,26 @@ impl Server {
         herd_client::http_client(&herd_client::Trust::File(self.ca_file())).expect("the server's CA bundle")
     }
 
-    /// `GET /metrics` with the API token (it needs one), over HTTPS with the server's CA; the
-    /// body, or "" on any failure.
+    /// A GET of `path` with curl over HTTPS (trusting the server's cluster CA, in its network
+    /// namespace), with `token` if given, on a new connection: "<status line>\n<body>", or ""
+    /// when curl could not talk to the server.
+    pub fn https_get(&self, path: &str, token: Option<&str>) -> String {
+        let mut c = self.command("curl");
+        c.args(["-s", "-i", "-m", "10", "--cacert"]).arg(self.ca_file());
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = c.arg(format!("{}{path}", self.url)).output().expect("curl (apt-get install curl)");
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        format!("{}\n{}", head.lines().next().unwrap_or(""), body)
+    }
+
+    /// `GET /metrics` with the API token (it needs one); the body, or "" on any failure.
     pub fn metrics(&self) -> String {
-        let out = self
-            .command("curl")
-            .args(["-sf", "-m", "10", "--cacert"])
-            .arg(self.ca_file())
-            .args(["-H", &format!("Authorization: Bearer {}", self.token()), &format!("{}/metrics", self.url)])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+        let answer = self.https_get("/metrics", Some(&self.token()));
+        match answer.split_once('\n') {
+            Some((status, body)) if status.starts_with("HTTP/1.1 200") => body.to_string(),
             _ => String::new(),
         }
     }
