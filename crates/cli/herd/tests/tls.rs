@@ -57,6 +57,8 @@ fn a_fresh_server_is_https_and_the_cli_trusts_it_with_no_flag() {
     s.kill9();
     let mut s2 = Server::start("sim", &data2, Some(SIM_CONFIG));
     s2.extra_args = vec!["--ca-key-file".into(), key.display().to_string()];
+    // Stopped first: its tls controller would make a new CA in tls/ while it is removed.
+    s2.kill9();
     std::fs::remove_dir_all(data2.join("tls")).unwrap();
     s2.restart();
     assert_eq!(s2.json(&["group", "list"]), serde_json::json!([]));
