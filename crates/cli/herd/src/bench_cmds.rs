@@ -79,8 +79,11 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
             herd_bench::qemu::run(launch, herd_bench::qemu::Options { rounds, counts, testguest, sku, json }).await
         }
-        BenchCmd::Lb { duration, connections, rounds } => {
-            herd_bench::lb::lb_bench(launch, duration, connections, rounds).await
+        BenchCmd::Lb { duration, shapes, rounds, in_place, inside, load_cpus } => {
+            let shapes = if shapes.is_empty() { herd_bench::lb::load::Shape::DEFAULT.to_vec() } else { shapes };
+            let inside = inside.then_some(load_cpus);
+            herd_bench::lb::lb_bench(launch, herd_bench::lb::Options { duration, rounds, shapes, in_place, inside })
+                .await
         }
         BenchCmd::Api { instances, requests } => herd_bench::provision::api(launch, instances, requests).await,
         BenchCmd::Tls { instances, requests, rounds } => {

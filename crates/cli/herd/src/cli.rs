@@ -802,18 +802,32 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         runs: u32,
     },
-    /// Throughput and p99 through herd's load balancer and through HAProxy, side by side
-    /// (needs `wrk` and `haproxy` installed), plus how fast a change reaches the data plane.
+    /// Throughput, p99 and errors through herd's load balancer and through HAProxy over the
+    /// same backends, side by side in alternating rounds, per connection shape; plus how fast a
+    /// change reaches the data plane. Needs `wrk` and `haproxy`. As root it runs in a network
+    /// namespace of its own (widened port range, TIME_WAIT reuse, `ulimit -n 65536`); the load
+    /// balancer under test is pinned to one CPU, `wrk` and the backends to the others.
     Lb {
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 5)]
         duration: u64,
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 64)]
-        connections: u32,
-        /// A/B rounds (each runs herd then HAProxy).
-        #[arg(long, default_value_t = 2)]
+        /// A connection shape: CONNECTIONS (keep-alive) or CONNECTIONS:close (one request per
+        /// connection). Repeat for several; default: 64, 1000, 10000 and 64:close.
+        #[arg(long = "shape", value_name = "SHAPE")]
+        shapes: Vec<herd_bench::lb::load::Shape>,
+        /// Alternating rounds per shape (each runs herd, then HAProxy); the median and the
+        /// spread are reported.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
         rounds: u32,
+        /// Measure in this process as it is: no namespace, no file limit, no CPU pinning.
+        #[arg(long)]
+        in_place: bool,
+        /// Internal: set by the isolated re-run of the bench.
+        #[arg(long, hide = true)]
+        inside: bool,
+        /// Internal: the CPUs for wrk and the backends in the isolated re-run.
+        #[arg(long, hide = true)]
+        load_cpus: Option<String>,
     },
     /// Internal: a minimal HTTP server used as the backend of `bench lb`.
     #[command(hide = true)]

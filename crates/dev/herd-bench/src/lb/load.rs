@@ -1,0 +1,269 @@
+//! The load side of `herd bench lb`: the connection shapes, one `wrk` run per shape and load
+//! balancer, what `wrk` reports (throughput, p99, every kind of error), and the median and
+//! spread over the rounds.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+/// One shape of load: how many connections `wrk` holds open, and whether each carries many
+/// requests (keep-alive) or one (`Connection: close`, where per-connection cost dominates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub connections: u32,
+    pub keep_alive: bool,
+}
+
+impl Shape {
+    /// The shapes issue 17 asks for: 64, 1,000 and 10,000 keep-alive connections, and 64
+    /// short-lived ones.
+    pub const DEFAULT: [Shape; 4] = [
+        Shape { connections: 64, keep_alive: true },
+        Shape { connections: 1000, keep_alive: true },
+        Shape { connections: 10_000, keep_alive: true },
+        Shape { connections: 64, keep_alive: false },
+    ];
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.connections, if self.keep_alive { "" } else { ":close" })
+    }
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, keep_alive) = match s.strip_suffix(":close") {
+            Some(n) => (n, false),
+            None => (s, true),
+        };
+        let bad = || format!("shape '{s}': expected CONNECTIONS or CONNECTIONS:close, CONNECTIONS from 1 to 30000");
+        let connections: u32 = n.parse().map_err(|_| bad())?;
+        if !(1..=30_000).contains(&connections) {
+            return Err(bad());
+        }
+        Ok(Shape { connections, keep_alive })
+    }
+}
+
+/// What one `wrk` run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub rps: f64,
+    pub p99_ms: f64,
+    pub requests: u64,
+    /// CPU time (user + system) the load balancer under test spent per request in this run.
+    pub cpu_us_per_request: Option<f64>,
+    pub connect_errors: u64,
+    /// Read, write and timeout errors.
+    pub other_errors: u64,
+    pub non_2xx: u64,
+}
+
+impl Run {
+    pub fn errors(&self) -> u64 {
+        self.connect_errors + self.other_errors + self.non_2xx
+    }
+}
+
+/// Parses `wrk --latency` output.
+pub fn parse_wrk(out: &str) -> Result<Run> {
+    let field = |prefix: &str| out.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim));
+    let Some(rps) = field("Requests/sec:") else { bail!("no Requests/sec in wrk output: {out}") };
+    let Some(p99) = field("99%") else { bail!("no 99% latency in wrk output: {out}") };
+    let p99_ms = latency_ms(p99)?;
+    // "Socket errors: connect 0, read 12, write 0, timeout 3"
+    let socket = |kind: &str| {
+        field("Socket errors:").and_then(|s| {
+            s.split(',').find_map(|part| part.trim().strip_prefix(kind).and_then(|n| n.trim().parse::<u64>().ok()))
+        })
+    };
+    let non_2xx = field("Non-2xx or 3xx responses:").and_then(|n| n.parse().ok()).unwrap_or(0);
+    // "  181230 requests in 5.00s, 15.21MB read"
+    let requests = out.lines().find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()));
+    Ok(Run {
+        rps: rps.parse()?,
+        p99_ms,
+        requests: requests.unwrap_or(0),
+        cpu_us_per_request: None,
+        connect_errors: socket("connect").unwrap_or(0),
+        other_errors: ["read", "write", "timeout"].iter().filter_map(|k| socket(k)).sum(),
+        non_2xx,
+    })
+}
+
+fn latency_ms(v: &str) -> Result<f64> {
+    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        bail!("unknown latency unit in '{v}'")
+    };
+    Ok(number.parse::<f64>()? * scale)
+}
+
+/// CPU time (user + system, all threads) process `pid` has used, in microseconds.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) ": state is field 3, utime 14 and stime 15 (in clock ticks).
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1_000_000 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// `sysconf(_SC_CLK_TCK)`, which Linux fixes at 100 for user space.
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
+
+/// Runs `wrk` against `url` in `shape` for `seconds`, with `threads` threads, pinned to
+/// `cpus` (a `taskset` list) when given; `lb_pid` is the load balancer under test, whose CPU
+/// time per request is recorded.
+pub async fn wrk(
+    url: &str,
+    shape: Shape,
+    seconds: u64,
+    threads: u32,
+    cpus: Option<&str>,
+    lb_pid: Option<u32>,
+) -> Result<Run> {
+    let mut cmd = match cpus {
+        Some(cpus) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", cpus, "wrk"]);
+            c
+        }
+        None => tokio::process::Command::new("wrk"),
+    };
+    let threads = threads.clamp(1, shape.connections);
+    cmd.args([format!("-t{threads}"), format!("-c{}", shape.connections), format!("-d{seconds}s")]);
+    cmd.args(["--latency", "--timeout", "5s"]);
+    if !shape.keep_alive {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let cpu_before = lb_pid.and_then(cpu_us);
+    let out = cmd.arg(url).output().await.map_err(|e| anyhow::anyhow!("running wrk (apt-get install wrk): {e}"))?;
+    let cpu_after = lb_pid.and_then(cpu_us);
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut run = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        run.cpu_us_per_request = Some(b.saturating_sub(a) as f64 / run.requests.max(1) as f64);
+    }
+    Ok(run)
+}
+
+/// The median and the spread (lowest, highest) of some rounds' figures.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Spread { median: 0.0, min: 0.0, max: 0.0 };
+        }
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
+        Spread { median, min: v[0], max: v[v.len() - 1] }
+    }
+}
+
+/// One load balancer's rounds in one shape, summarised.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub rps: Spread,
+    pub p99_ms: Spread,
+    pub cpu_us_per_request: Spread,
+    pub connect_errors: u64,
+    pub other_errors: u64,
+    pub non_2xx: u64,
+}
+
+impl Summary {
+    pub fn of(runs: &[Run]) -> Summary {
+        Summary {
+            rps: Spread::of(runs.iter().map(|r| r.rps)),
+            p99_ms: Spread::of(runs.iter().map(|r| r.p99_ms)),
+            cpu_us_per_request: Spread::of(runs.iter().filter_map(|r| r.cpu_us_per_request)),
+            connect_errors: runs.iter().map(|r| r.connect_errors).sum(),
+            other_errors: runs.iter().map(|r| r.other_errors).sum(),
+            non_2xx: runs.iter().map(|r| r.non_2xx).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 5s test @ http://127.0.99.1:18091/
+  1 threads and 64 connections
+  Latency Distribution
+     50%  751.00us
+     75%    1.02ms
+     90%    1.35ms
+     99%    3.28ms
+  181230 requests in 5.00s, 15.21MB read
+  Socket errors: connect 7, read 12, write 1, timeout 3
+  Non-2xx or 3xx responses: 4
+Requests/sec:  36241.52
+Transfer/sec:      3.04MB
+";
+
+    #[test]
+    fn wrk_output_gives_throughput_p99_and_each_error_kind() {
+        let r = parse_wrk(WRK).unwrap();
+        assert_eq!(r.rps, 36241.52);
+        assert_eq!(r.p99_ms, 3.28);
+        assert_eq!(r.requests, 181230);
+        assert_eq!((r.connect_errors, r.other_errors, r.non_2xx), (7, 16, 4));
+        let clean = WRK.replace("  Socket errors: connect 7, read 12, write 1, timeout 3\n", "");
+        let clean = clean.replace("  Non-2xx or 3xx responses: 4\n", "").replace("3.28ms", "980.5us");
+        let r = parse_wrk(&clean).unwrap();
+        assert_eq!(r.errors(), 0);
+        assert!((r.p99_ms - 0.9805).abs() < 1e-9);
+        assert!(parse_wrk("nothing").is_err());
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_read() {
+        let before = cpu_us(std::process::id()).unwrap();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_us(std::process::id()).unwrap() >= before);
+        assert_eq!(cpu_us(u32::MAX), None);
+    }
+
+    #[test]
+    fn shapes_parse_and_print_the_same() {
+        for s in Shape::DEFAULT {
+            assert_eq!(s.to_string().parse::<Shape>().unwrap(), s);
+        }
+        assert_eq!("64:close".parse::<Shape>().unwrap(), Shape { connections: 64, keep_alive: false });
+        for bad in ["", "0", "x", "64:keep", "40000"] {
+            assert!(bad.parse::<Shape>().unwrap_err().contains("CONNECTIONS:close"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn median_and_spread() {
+        let s = Spread::of([3.0, 1.0, 2.0, 10.0, 4.0]);
+        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 10.0));
+        assert_eq!(Spread::of([1.0, 2.0]).median, 1.5);
+    }
+}

@@ -1,0 +1,276 @@
+//! `herd bench lb` (and its hidden backend, `herd bench backend`): throughput, p99 and errors
+//! through herd's load balancer and through HAProxy over the same process-driver backends, side
+//! by side in alternating rounds, in several connection shapes, plus how fast a load-balancing
+//! rule reaches the data plane.
+//!
+//! - [`isolate`]: the bench's own network namespace, file limit and CPU pinning;
+//! - [`load`]: the shapes, `wrk` and the median and spread of the rounds;
+//! - [`backend`]: the backends' minimal HTTP server.
+
+pub mod backend;
+pub mod isolate;
+pub mod load;
+
+pub use backend::backend;
+
+use crate::provision::{model, wait_converged};
+use crate::{Bench, Driver, Launch};
+use anyhow::{bail, Result};
+use herd_client::set_path;
+use load::{Run, Shape, Summary};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// What `herd bench lb` was asked.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds per `wrk` run.
+    pub duration: u64,
+    /// Alternating rounds per shape (each runs herd, then HAProxy).
+    pub rounds: u32,
+    pub shapes: Vec<Shape>,
+    /// Measure in this process as it is: no namespace, no file limit, no pinning.
+    pub in_place: bool,
+    /// Set by the re-executed bench inside its namespace: the CPUs for the load (`taskset`
+    /// list; the bench itself already runs pinned to the load balancer's CPU), if pinned.
+    pub inside: Option<Option<String>>,
+}
+
+impl Options {
+    /// The arguments of the re-executed bench.
+    fn inner_args(&self, load_cpus: Option<String>) -> Vec<String> {
+        let mut a: Vec<String> =
+            ["bench", "lb", "--duration", &self.duration.to_string()].into_iter().map(String::from).collect();
+        a.extend(["--rounds".into(), self.rounds.to_string(), "--inside".into()]);
+        a.extend(load_cpus.map(|c| format!("--load-cpus={c}")));
+        for s in &self.shapes {
+            a.extend(["--shape".into(), s.to_string()]);
+        }
+        a
+    }
+}
+
+/// `herd bench lb`: unless `in_place`, runs itself again isolated (see [`isolate`]), which
+/// then measures.
+pub async fn lb_bench(launch: &dyn Launch, o: Options) -> Result<()> {
+    match &o.inside {
+        Some(load_cpus) => measure(launch, &o, load_cpus.as_deref()).await,
+        None if o.in_place => measure(launch, &o, None).await,
+        None => {
+            let cpus = isolate::Cpus::split(&isolate::allowed_cpus()?);
+            isolate::reexec(&o.inner_args(cpus.load_list())).await
+        }
+    }
+}
+
+/// Sets up the backends, both load balancers, then every shape's rounds; prints JSON lines.
+async fn measure(launch: &dyn Launch, o: &Options, load_cpus: Option<&str>) -> Result<()> {
+    let mut b = Bench::setup(launch, Driver::Process, 10).await?;
+    let c = &b.client;
+    let (lbp, path) = ("/v1/resourceGroups/bench/loadBalancers/lb", set_path("bench", "web"));
+    let (ip, addrs) = backends_in_rotation(&b, lbp, &path).await?;
+    let lb_cpu = match load_cpus {
+        Some(load) => {
+            let pinned = isolate::pin_processes("bench backend", load)?;
+            if pinned != addrs.len() {
+                bail!("pinned {pinned} backend processes to CPUs {load}, expected {}", addrs.len());
+            }
+            isolate::allowed_cpus()?.first().map(usize::to_string)
+        }
+        None => None,
+    };
+    // A proxied connection holds two descriptors in the load balancer; keep 200 for the rest.
+    let open_files = open_files_limit().unwrap_or(1024);
+    let max_connections = (open_files.saturating_sub(200) / 2).clamp(1, 30_000) as u32;
+    let mut haproxy = start_haproxy(b.dir.path(), &addrs, lb_cpu.as_deref(), max_connections)?;
+    let herd_url = format!("http://{ip}:18090/");
+    let haproxy_url = "http://127.0.99.1:18091/".to_string();
+    for u in [&herd_url, &haproxy_url] {
+        let t = Instant::now();
+        while reqwest::get(u.as_str()).await.is_err() {
+            if t.elapsed() > Duration::from_secs(10) {
+                let log = std::fs::read_to_string(b.dir.path().join("haproxy.log")).unwrap_or_default();
+                bail!("{u} does not answer (HAProxy's log: {log})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "{}",
+        json!({"bench": "lb-setup", "lbCpu": lb_cpu, "loadCpus": load_cpus, "isolated": o.inside.is_some(),
+            "openFiles": open_files, "maxConnections": max_connections, "backends": addrs.len()})
+    );
+    let wrk_threads = load_cpus.map_or(2, |l| l.split(',').count() as u32);
+    let mut shapes = Vec::new();
+    for &requested in &o.shapes {
+        let shape = Shape { connections: requested.connections.min(max_connections), ..requested };
+        if shape != requested {
+            eprintln!(
+                "herd bench lb: shape {requested} runs as {shape}: `ulimit -n` is {open_files} here and a proxied \
+                 connection holds two descriptors (raise the hard limit, which needs CAP_SYS_RESOURCE, for the full shape)"
+            );
+        }
+        let pids = (std::process::id(), haproxy.id());
+        let (h, a) = ab_rounds([&herd_url, &haproxy_url], pids, shape, o, wrk_threads, load_cpus).await?;
+        let line = json!({"bench": "lb-shape", "shape": requested.to_string(), "connections": shape.connections,
+            "keepAlive": shape.keep_alive, "rounds": o.rounds, "seconds": o.duration, "herd": h, "haproxy": a,
+            "rpsRatio": h.rps.median / a.rps.median.max(1e-9), "p99Ratio": h.p99_ms.median / a.p99_ms.median.max(1e-9),
+            "cpuPerRequestRatio": h.cpu_us_per_request.median / a.cpu_us_per_request.median.max(1e-9)});
+        println!("{line}");
+        shapes.push(line);
+    }
+    let propagation_ms = rule_propagation_ms(c, lbp, &ip).await?;
+    println!(
+        "{}",
+        json!({"bench": "lb-summary", "shapes": shapes.iter().map(|s| json!({"shape": s["shape"],
+            "rpsRatio": s["rpsRatio"], "p99Ratio": s["p99Ratio"], "cpuPerRequestRatio": s["cpuPerRequestRatio"]}))
+            .collect::<Vec<_>>(),
+        "failureDetectionSeconds": 1.0, "probeIntervalSeconds": 1, "probeThreshold": 1,
+        "changeToDataPlaneMs": propagation_ms})
+    );
+    let _ = haproxy.kill().await;
+    c.delete(&path).await?;
+    let t = Instant::now();
+    while c.get(&path).await.is_ok() && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.server.stop().await;
+    Ok(())
+}
+
+/// The soft limit on open files (`ulimit -n`).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Imports the backend image, creates the load balancer `lb` (probe on 8080, rule 18090 ->
+/// 8080) and the set `web` of two backends in its pool, and waits until both are in rotation.
+/// Returns the frontend IP and the backends' reach addresses.
+async fn backends_in_rotation(b: &Bench, lbp: &str, path: &str) -> Result<(String, Vec<String>)> {
+    let exe = std::env::current_exe()?;
+    let img = b.dir.path().join("backend-image");
+    crate::script_image(&img, &format!("exec {} bench backend --bind \"$HERD_ADDRESS:8080\"", exe.display()))?;
+    let c = &b.client;
+    herd_client::image_upload::import_directory(c, "Herd:Backend:1:1.0.0", &img, json!({})).await?;
+    c.put("/v1/resourceGroups/bench/publicIPAddresses/ip", &json!({})).await?;
+    let pip = herd_model::network::network_id("bench", "publicIPAddresses", "ip");
+    let lbid = herd_model::network::network_id("bench", "loadBalancers", "lb");
+    c.put(
+        lbp,
+        &json!({
+            "frontendIPConfigurations": [{"name": "fe", "publicIPAddress": {"id": pip}}],
+            "backendAddressPools": [{"name": "be"}],
+            "probes": [{"name": "tcp", "protocol": "Tcp", "port": 8080, "intervalInSeconds": 1, "probeThreshold": 1}],
+            "loadBalancingRules": [{"name": "r", "frontendPort": 18090, "backendPort": 8080,
+                "frontendIPConfiguration": {"id": format!("{lbid}/frontendIPConfigurations/fe")},
+                "backendAddressPool": {"id": format!("{lbid}/backendAddressPools/be")},
+                "probe": {"id": format!("{lbid}/probes/tcp")}}]
+        }),
+    )
+    .await?;
+    let mut m = model(2);
+    m["virtualMachineProfile"]["storageProfile"]["imageReference"]["offer"] = json!("Backend");
+    m["virtualMachineProfile"]["networkProfile"] = json!({"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
+        "loadBalancerBackendAddressPools": [{"id": format!("{lbid}/backendAddressPools/be")}]}]}]});
+    c.call(reqwest::Method::PUT, path, Some(&m), &[("If-None-Match", "*")]).await?;
+    wait_converged(c, path, Duration::from_secs(120)).await?;
+    let t = Instant::now();
+    loop {
+        let pool = c.get(&format!("{lbp}/backendAddressPools/be")).await?;
+        let n = pool["members"].as_array().map_or(0, |a| a.iter().filter(|x| x["inRotation"] == true).count());
+        if n == 2 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("backends never came into rotation: {pool}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ip = c.get("/v1/resourceGroups/bench/publicIPAddresses/ip").await?["ipAddress"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let addrs: Vec<String> = c
+        .get(&format!("{path}/virtualMachines"))
+        .await?
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["reachAddress"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    Ok((ip, addrs))
+}
+
+/// HAProxy on another loopback address (127.0.99.1:18091), same backends, TCP mode like
+/// herd's L4 proxy, one thread, pinned to `cpu` when given; its config goes to `dir`.
+fn start_haproxy(
+    dir: &std::path::Path,
+    addrs: &[String],
+    cpu: Option<&str>,
+    maxconn: u32,
+) -> Result<tokio::process::Child> {
+    let hcfg = dir.join("haproxy.cfg");
+    let servers: String = addrs.iter().enumerate().map(|(i, a)| format!("  server s{i} {a}:8080\n")).collect();
+    std::fs::write(&hcfg, format!("global\n  maxconn {maxconn}\n  nbthread 1\ndefaults\n  mode tcp\n  maxconn {maxconn}\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\nfrontend f\n  bind 127.0.99.1:18091\n  default_backend b\nbackend b\n  balance roundrobin\n{servers}"))?;
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", cpu, "haproxy"]);
+            c
+        }
+        None => tokio::process::Command::new("haproxy"),
+    };
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(&hcfg)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("haproxy.log"))?)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting haproxy (apt-get install haproxy): {e}"))
+}
+
+/// `o.rounds` A/B rounds of `wrk` in `shape` (herd, then HAProxy: `urls` and the `pids` of
+/// the processes that serve them), each printed as JSON; returns each side's summary.
+async fn ab_rounds(
+    [herd_url, haproxy_url]: [&str; 2],
+    (herd_pid, haproxy_pid): (u32, Option<u32>),
+    shape: Shape,
+    o: &Options,
+    threads: u32,
+    load_cpus: Option<&str>,
+) -> Result<(Summary, Summary)> {
+    let mut herd_runs: Vec<Run> = Vec::new();
+    let mut ha_runs: Vec<Run> = Vec::new();
+    for round in 1..=o.rounds {
+        let h = load::wrk(herd_url, shape, o.duration, threads, load_cpus, Some(herd_pid)).await?;
+        let a = load::wrk(haproxy_url, shape, o.duration, threads, load_cpus, haproxy_pid).await?;
+        println!("{}", json!({"bench": "lb", "shape": shape.to_string(), "round": round, "herd": h, "haproxy": a}));
+        herd_runs.push(h);
+        ha_runs.push(a);
+    }
+    Ok((Summary::of(&herd_runs), Summary::of(&ha_runs)))
+}
+
+/// How fast a change reaches the data plane: adds a rule (frontend port 18092), returns the
+/// milliseconds until its frontend on `ip` answers.
+async fn rule_propagation_ms(c: &herd_client::Client, lbp: &str, ip: &str) -> Result<f64> {
+    let mut lb = c.get(lbp).await?;
+    let rules = lb["loadBalancingRules"].as_array_mut().ok_or_else(|| anyhow::anyhow!("no rules"))?;
+    let mut extra = rules[0].clone();
+    extra["name"] = json!("r2");
+    extra["frontendPort"] = json!(18092);
+    if let Some(o) = extra.as_object_mut() {
+        o.remove("id");
+    }
+    let t = Instant::now();
+    c.put(&format!("{lbp}/loadBalancingRules/r2"), &extra).await?;
+    let url2 = format!("http://{ip}:18092/");
+    while reqwest::get(url2.as_str()).await.is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("the new rule never served");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
