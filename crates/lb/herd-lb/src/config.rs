@@ -133,6 +133,9 @@ pub struct LbOptions {
     pub buffer_size: usize,
     /// `listen(2)` backlog of frontend sockets.
     pub listen_backlog: u32,
+    /// Data-plane threads (each with its own listener per frontend); `None`: one per CPU
+    /// this process may run on.
+    pub threads: Option<usize>,
 }
 
 impl Default for LbOptions {
@@ -143,6 +146,7 @@ impl Default for LbOptions {
             default_drain_timeout: Duration::from_secs(30),
             buffer_size: 16 * 1024,
             listen_backlog: 1024,
+            threads: None,
         }
     }
 }

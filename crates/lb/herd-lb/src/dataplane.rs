@@ -18,12 +18,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Distribution, LbConfig, LbOptions};
+use crate::engine::{AcceptLoops, Engine};
 use crate::error::{BindFailure, LbError};
 use crate::maglev::Maglev;
 use crate::metrics::{get, BackendStats, BackendStatus, Counters, LbStats, RuleCounters, RuleKind, RuleStats};
@@ -34,14 +33,14 @@ use crate::metrics::{get, BackendStats, BackendStatus, Counters, LbStats, RuleCo
 /// their idle timeout).
 pub struct LoadBalancer {
     options: LbOptions,
+    engine: Engine,
     apply_lock: tokio::sync::Mutex<()>,
     frontends: Mutex<BTreeMap<SocketAddr, Frontend>>,
 }
 
 struct Frontend {
     state: Arc<FrontendState>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    accepting: AcceptLoops,
 }
 
 /// Everything a listener and its connections share.
@@ -249,13 +248,6 @@ impl FrontendState {
     }
 }
 
-fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
-}
-
 fn bind_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::AddrInUse => "address in use".to_string(),
@@ -277,8 +269,23 @@ impl LoadBalancer {
         Self::with_options(LbOptions::default())
     }
 
+    /// # Panics
+    /// When the data-plane threads cannot be started (the process is out of threads or
+    /// memory).
     pub fn with_options(options: LbOptions) -> Self {
-        LoadBalancer { options, apply_lock: tokio::sync::Mutex::new(()), frontends: Mutex::new(BTreeMap::new()) }
+        let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let engine = Engine::start(threads).expect("starting the load balancer's data-plane threads");
+        LoadBalancer {
+            options,
+            engine,
+            apply_lock: tokio::sync::Mutex::new(()),
+            frontends: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// How many data-plane threads carry connections.
+    pub fn threads(&self) -> usize {
+        self.engine.threads()
     }
 
     pub fn options(&self) -> &LbOptions {
@@ -349,8 +356,7 @@ impl LoadBalancer {
         };
         for f in gone {
             f.state.retire(now);
-            let _ = f.stop.send(());
-            let _ = f.task.await;
+            f.accepting.stop().await;
             tracing::info!(frontend = %f.state.frontend, "load balancer frontend stopped");
         }
 
@@ -362,17 +368,15 @@ impl LoadBalancer {
                 state.update(d, now);
                 continue;
             }
-            match bind(addr, self.options.listen_backlog) {
-                Ok(listener) => {
-                    let name = d.name.clone();
-                    let state = Arc::new(FrontendState::new(addr, self.options.clone(), d, now));
-                    let (stop, stopped) = oneshot::channel();
-                    let task = tokio::spawn(crate::proxy::accept_loop(listener, state.clone(), stopped));
-                    lock(&self.frontends).insert(addr, Frontend { state, stop, task });
+            let name = d.name.clone();
+            let state = Arc::new(FrontendState::new(addr, self.options.clone(), d, now));
+            match self.engine.listen(addr, self.options.listen_backlog, &state) {
+                Ok(accepting) => {
+                    lock(&self.frontends).insert(addr, Frontend { state, accepting });
                     tracing::info!(frontend = %addr, rule = %name, "load balancer frontend listening");
                 }
                 Err(e) => {
-                    let failure = BindFailure { rule: d.name, frontend: addr, reason: bind_reason(&e) };
+                    let failure = BindFailure { rule: name, frontend: addr, reason: bind_reason(&e) };
                     tracing::warn!("{failure}");
                     failures.push(failure);
                 }

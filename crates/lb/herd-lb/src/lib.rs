@@ -12,12 +12,15 @@
 //! - [`maglev`]: the Maglev consistent-hash lookup table and flow hashing.
 //! - [`metrics`]: per-rule and per-backend counters, `LbStats` and Prometheus text.
 //! - [`probe`]: Tcp/Http health probes with threshold semantics.
-//! - `dataplane` / `proxy` (private): listeners, snapshot swaps, connection splicing.
+//! - `dataplane` / `engine` / `proxy` / `buffers` (private): snapshot swaps, the data-plane
+//!   threads and their listeners, connection splicing, the copy buffers reused per thread.
 
 #![forbid(unsafe_code)]
 
+mod buffers;
 pub mod config;
 mod dataplane;
+mod engine;
 pub mod error;
 pub mod maglev;
 pub mod metrics;

@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::dataplane::{BackendState, FrontendState};
+use crate::buffers::Buffer;
+use crate::dataplane::{BackendState, FrontendState, Snapshot};
 use crate::maglev::flow_hash;
 use crate::metrics::{inc, ActiveGuard};
 
@@ -65,25 +66,7 @@ async fn handle(state: Arc<FrontendState>, client: TcpStream, peer: SocketAddr) 
         inc(&rule.rejected_no_backend);
         return;
     }
-    let candidates = match &snap.table {
-        Some(table) => table
-            .candidates(flow_hash(snap.distribution, peer, state.frontend), state.options.max_connect_attempts.max(1)),
-        None => vec![0],
-    };
-    let mut connected: Option<(Arc<BackendState>, TcpStream)> = None;
-    for i in candidates {
-        let (backend, addr) = &snap.active[i];
-        match timeout(state.options.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                connected = Some((backend.clone(), stream));
-                break;
-            }
-            Ok(Err(e)) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect failed: {e}"),
-            Err(_) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect timed out"),
-        }
-        inc(&backend.counters.failed_connects);
-        inc(&rule.c.failed_connects);
-    }
+    let connected = connect_backend(&state, &snap, peer).await;
     let idle_timeout = snap.idle_timeout;
     drop(snap); // do not pin old tables for the life of the connection
     let Some((backend, mut server)) = connected else {
@@ -93,7 +76,7 @@ async fn handle(state: Arc<FrontendState>, client: TcpStream, peer: SocketAddr) 
     inc(&backend.counters.total);
     backend.counters.active.fetch_add(1, Ordering::Relaxed);
     let _backend_active = ActiveGuard(&backend.counters.active);
-    let _ = client.set_nodelay(true);
+    // The client's socket has TCP_NODELAY from its listener (see `engine`).
     let _ = server.set_nodelay(true);
     let mut client = client;
     let drain = backend.drain.subscribe();
@@ -102,6 +85,45 @@ async fn handle(state: Arc<FrontendState>, client: TcpStream, peer: SocketAddr) 
         End::Error(e) => tracing::trace!(%peer, backend = %backend.id, "connection ended with error: {e}"),
         other => tracing::trace!(%peer, backend = %backend.id, "connection ended: {other:?}"),
     }
+}
+
+/// Connects to the flow's backend; when that fails, to the next distinct backends in table
+/// order, up to `max_connect_attempts` in all. The fallbacks are listed only on a failure, so
+/// the usual path allocates nothing.
+async fn connect_backend(
+    state: &FrontendState,
+    snap: &Snapshot,
+    peer: SocketAddr,
+) -> Option<(Arc<BackendState>, TcpStream)> {
+    let attempts = state.options.max_connect_attempts.max(1);
+    let hash = flow_hash(snap.distribution, peer, state.frontend);
+    let first = snap.table.as_ref().and_then(|t| t.lookup(hash)).unwrap_or(0);
+    if let Some(ok) = connect_one(state, snap, first).await {
+        return Some(ok);
+    }
+    let fallbacks = match &snap.table {
+        Some(table) if attempts > 1 => table.candidates(hash, attempts),
+        _ => return None,
+    };
+    for i in fallbacks.into_iter().skip(1) {
+        if let Some(ok) = connect_one(state, snap, i).await {
+            return Some(ok);
+        }
+    }
+    None
+}
+
+/// One connection attempt to `snap.active[i]`, counted as failed when it fails.
+async fn connect_one(state: &FrontendState, snap: &Snapshot, i: usize) -> Option<(Arc<BackendState>, TcpStream)> {
+    let (backend, addr) = &snap.active[i];
+    match timeout(state.options.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => return Some((backend.clone(), stream)),
+        Ok(Err(e)) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect failed: {e}"),
+        Err(_) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect timed out"),
+    }
+    inc(&backend.counters.failed_connects);
+    inc(&state.counters.c.failed_connects);
+    None
 }
 
 /// Last activity, as milliseconds since `start`, shared by both directions of one connection.
@@ -161,16 +183,19 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; size];
+    let mut buf = Buffer::take(size);
+    let buf = buf.vec();
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = r.read_buf(buf).await?;
         if n == 0 {
             w.shutdown().await?;
             return Ok(());
         }
+        // Idle means no bytes in either direction, so a read marks activity; a slow write
+        // that completes later is not new traffic.
         activity.touch();
-        w.write_all(&buf[..n]).await?;
-        activity.touch();
+        w.write_all(buf).await?;
+        buf.clear();
         for c in bytes {
             c.fetch_add(n as u64, Ordering::Relaxed);
         }
