@@ -16,7 +16,7 @@ use axum::{
 };
 use herd_model::{activity::Actor, scale_set::Secrets};
 use herd_state::autoscale_config::AutoscaleSetting;
-use herd_state::autoscale_config::{self, Logged};
+use herd_state::autoscale_config::{self, Config, Logged};
 use herd_state::autoscale_records::{self, HistoryEntry, SettingRuntime, StoredSource, METRIC_NAMES};
 use herd_state::keys::{SeriesKey, SetKey, SourceSeriesKey};
 use herd_state::metric_series::{Point, Series};
@@ -54,7 +54,7 @@ pub async fn list(
     state
         .blocking(move |st| {
             views::load_group(st, &group)?;
-            let all = autoscale_config::settings_of::<AutoscaleSetting>(&*st.store, &group)?;
+            let all = autoscale_config::of_group::<AutoscaleSetting>(&*st.store, Config::Setting, &group)?;
             Ok(Json(all.iter().map(|o| view(&group, o)).collect()))
         })
         .await
@@ -72,7 +72,7 @@ pub async fn show(
 }
 
 fn load(state: &AppState, group: &str, name: &str) -> Result<Object<AutoscaleSetting>, ApiError> {
-    autoscale_config::setting::<AutoscaleSetting>(&*state.store, group, name)?.ok_or_else(|| {
+    autoscale_config::named::<AutoscaleSetting>(&*state.store, Config::Setting, group, name)?.ok_or_else(|| {
         ApiError::NotFound(format!("autoscale setting '{name}' does not exist in resource group '{group}'"))
     })
 }
@@ -115,7 +115,7 @@ pub async fn put(
             ApiError::invalid("targetResourceUri", format!("scale set '{n}' does not exist in resource group '{g}'"))
         })?;
         // Every metric must be one herd samples, or a named source of this group.
-        let sources: Vec<String> = autoscale_config::sources_of::<StoredSource>(&*state.store, &group)?
+        let sources: Vec<String> = autoscale_config::of_group::<StoredSource>(&*state.store, Config::Source, &group)?
             .into_iter()
             .map(|o| o.value.name.to_ascii_lowercase())
             .collect();
@@ -156,7 +156,7 @@ pub async fn put(
             }
         }
         views::retry(&headers, || {
-            let existing = autoscale_config::setting::<AutoscaleSetting>(&*state.store, &group, &name)?;
+            let existing = autoscale_config::named::<AutoscaleSetting>(&*state.store, Config::Setting, &group, &name)?;
             let expect = match &existing {
                 Some(o) => {
                     views::check_if_match(&headers, o.revision)?;
@@ -254,7 +254,7 @@ pub async fn source_list(
     state
         .blocking(move |st| {
             views::load_group(st, &group)?;
-            let all = autoscale_config::sources_of::<StoredSource>(&*st.store, &group)?;
+            let all = autoscale_config::of_group::<StoredSource>(&*st.store, Config::Source, &group)?;
             Ok(Json(all.into_iter().map(|o| o.value).collect()))
         })
         .await
@@ -270,9 +270,11 @@ pub async fn source_show(
 ) -> Result<Json<StoredSource>, ApiError> {
     state
         .run(move |s| {
-            autoscale_config::source::<StoredSource>(s, &group, &name)?.map(|o| Json(o.value)).ok_or_else(|| {
-                ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
-            })
+            autoscale_config::named::<StoredSource>(s, Config::Source, &group, &name)?
+                .map(|o| Json(o.value))
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
+                })
         })
         .await
 }
