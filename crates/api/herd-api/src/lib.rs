@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod image_tree;
 pub mod images;
 mod instances;
+pub mod named;
 mod network;
 pub mod openapi;
 mod rolling;
