@@ -11,10 +11,7 @@ use crate::{
     scale_sets::{commit, commit_replacing, prepare},
     views,
 };
-use axum::{
-    http::{HeaderMap, StatusCode},
-    Json,
-};
+use axum::{http::StatusCode, Json};
 use herd_model::extension::{Extension, ExtensionProfile, ExtensionProperties};
 use serde::Deserialize;
 
@@ -64,7 +61,6 @@ fn find<'a>(all: &'a [Extension], ext: &str, set: &str) -> Result<&'a Extension,
         (status = 412, body = ErrorBody)))]
 pub async fn put(
     n: Named<(String, String, String)>,
-    headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<Extension>), ApiError> {
     let body: ExtensionPut = serde_path_to_error::deserialize(body)
@@ -73,40 +69,38 @@ pub async fn put(
     if body.name.as_deref().is_some_and(|n| !n.eq_ignore_ascii_case(ext)) {
         return Err(ApiError::invalid("name", format!("must match the extension name in the path ('{ext}')")));
     }
-    n.blocking(move |state, (group, name, ext)| {
-        views::retry(&headers, || {
-            let cur = views::load_set_for_change(state, &headers, &group, &name)?;
-            let mut model = cur.value.model.clone();
-            let profile = model.virtual_machine_profile.extension_profile.get_or_insert_with(ExtensionProfile::default);
-            let new = Extension { name: ext.clone(), properties: body.properties.clone() };
-            let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&ext)) {
-                Some(slot) => {
-                    *slot = Extension { name: slot.name.clone(), ..new };
-                    true
-                }
-                None => {
-                    profile.extensions.push(new);
-                    false
-                }
-            };
-            let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
-            let (model, secrets) = prepare(state, &cur.value.name, doc)?;
-            let verb = if existed { "replaced" } else { "added" };
-            // Like `az vmss extension set`, a PUT replaces the extension whole: protected settings not
-            // given again are dropped (the generic `update` keeps them).
-            let saved = commit_replacing(
-                state,
-                &cur,
-                model,
-                secrets,
-                std::slice::from_ref(&ext),
-                "WriteExtension",
-                format!("extension {ext} {verb}"),
-                herd_model::activity::Actor::User,
-            )?;
-            let out = find(saved.value.model.extensions(), &ext, &name)?.clone();
-            Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(out)))
-        })
+    n.write(move |state, (group, name, ext), headers| {
+        let cur = views::load_set_for_change(state, headers, group, name)?;
+        let mut model = cur.value.model.clone();
+        let profile = model.virtual_machine_profile.extension_profile.get_or_insert_with(ExtensionProfile::default);
+        let new = Extension { name: ext.clone(), properties: body.properties.clone() };
+        let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&ext)) {
+            Some(slot) => {
+                *slot = Extension { name: slot.name.clone(), ..new };
+                true
+            }
+            None => {
+                profile.extensions.push(new);
+                false
+            }
+        };
+        let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
+        let (model, secrets) = prepare(state, &cur.value.name, doc)?;
+        let verb = if existed { "replaced" } else { "added" };
+        // Like `az vmss extension set`, a PUT replaces the extension whole: protected settings not
+        // given again are dropped (the generic `update` keeps them).
+        let saved = commit_replacing(
+            state,
+            &cur,
+            model,
+            secrets,
+            std::slice::from_ref(ext),
+            "WriteExtension",
+            format!("extension {ext} {verb}"),
+            herd_model::activity::Actor::User,
+        )?;
+        let out = find(saved.value.model.extensions(), ext, name)?.clone();
+        Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(out)))
     })
     .await
 }
@@ -116,24 +110,22 @@ pub async fn put(
     params(("group" = String, Path), ("name" = String, Path), ("ext" = String, Path), ("If-Match" = Option<String>, Header)),
     responses((status = 204), (status = 404, body = ErrorBody),
         (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
-pub async fn delete(n: Named<(String, String, String)>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
-    n.blocking(move |state, (group, name, ext)| {
-        views::retry(&headers, || {
-            let cur = views::load_set(state, &group, &name)?;
-            views::check_if_match(&headers, cur.revision)?;
-            find(cur.value.model.extensions(), &ext, &name)?;
-            let mut model = cur.value.model.clone();
-            if let Some(p) = &mut model.virtual_machine_profile.extension_profile {
-                p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(&ext));
-                if p.extensions.is_empty() && p.extensions_time_budget.is_none() {
-                    model.virtual_machine_profile.extension_profile = None;
-                }
+pub async fn delete(n: Named<(String, String, String)>) -> Result<StatusCode, ApiError> {
+    n.write(|state, (group, name, ext), headers| {
+        let cur = views::load_set(state, group, name)?;
+        views::check_if_match(headers, cur.revision)?;
+        find(cur.value.model.extensions(), ext, name)?;
+        let mut model = cur.value.model.clone();
+        if let Some(p) = &mut model.virtual_machine_profile.extension_profile {
+            p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(&ext));
+            if p.extensions.is_empty() && p.extensions_time_budget.is_none() {
+                model.virtual_machine_profile.extension_profile = None;
             }
-            let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
-            let (model, secrets) = prepare(state, &cur.value.name, doc)?;
-            commit(state, &cur, model, secrets, "DeleteExtension", format!("extension {ext} removed"))?;
-            Ok(StatusCode::NO_CONTENT)
-        })
+        }
+        let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
+        let (model, secrets) = prepare(state, &cur.value.name, doc)?;
+        commit(state, &cur, model, secrets, "DeleteExtension", format!("extension {ext} removed"))?;
+        Ok(StatusCode::NO_CONTENT)
     })
     .await
 }

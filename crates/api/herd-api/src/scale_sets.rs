@@ -101,11 +101,8 @@ pub async fn list(n: Named<String>) -> Result<Json<Vec<ScaleSetView>>, ApiError>
     responses((status = 201, body = ScaleSetView), (status = 200, body = ScaleSetView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 412, body = ErrorBody, description = "If-Match names another etag, or the set does not exist")))]
-pub async fn create_or_replace(
-    n: Named<(String, String)>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Result<Response, ApiError> {
+pub async fn create_or_replace(n: Named<(String, String)>, Json(body): Json<Value>) -> Result<Response, ApiError> {
+    let headers = n.headers.clone();
     n.blocking(move |st, (group, name)| {
         let rg = views::load_group(st, &group)?;
         if rg.value.provisioning_state == herd_model::group::GroupProvisioningState::Deleting {
@@ -174,8 +171,8 @@ pub async fn show(n: Named<(String, String)>) -> Result<Response, ApiError> {
     params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
     responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody),
         (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
-pub async fn delete(n: Named<(String, String)>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
-    n.blocking(move |st, (group, name)| views::retry(&headers, || delete_once(st, &group, &name, &headers))).await
+pub async fn delete(n: Named<(String, String)>) -> Result<StatusCode, ApiError> {
+    n.write(|st, (group, name), headers| delete_once(st, group, name, headers)).await
 }
 
 fn delete_once(state: &AppState, group: &str, name: &str, headers: &HeaderMap) -> Result<StatusCode, ApiError> {
@@ -194,12 +191,8 @@ fn delete_once(state: &AppState, group: &str, name: &str, headers: &HeaderMap) -
     request_body = UpdateRequest,
     responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn update(
-    n: Named<(String, String)>,
-    headers: HeaderMap,
-    Json(req): Json<UpdateRequest>,
-) -> Result<Response, ApiError> {
-    change_set(n, headers, move |st, cur| updated(st, cur, &req)).await
+pub async fn update(n: Named<(String, String)>, Json(req): Json<UpdateRequest>) -> Result<Response, ApiError> {
+    change_set(n, move |st, cur| updated(st, cur, &req)).await
 }
 
 /// A change to a set's model (`update`, `scale`): `change` commits a new model built from the
@@ -207,15 +200,12 @@ pub async fn update(
 /// the set's view with its etag.
 async fn change_set(
     n: Named<(String, String)>,
-    headers: HeaderMap,
     change: impl Fn(&AppState, &Object<StoredScaleSet>) -> Result<Object<StoredScaleSet>, ApiError> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    n.blocking(move |st, (group, name)| {
-        views::retry(&headers, || {
-            let cur = views::load_set_for_change(st, &headers, &group, &name)?;
-            let saved = change(st, &cur)?;
-            Ok(with_etag(StatusCode::OK, views::set_view(st, &saved)?))
-        })
+    n.write(move |st, (group, name), headers| {
+        let cur = views::load_set_for_change(st, headers, group, name)?;
+        let saved = change(st, &cur)?;
+        Ok(with_etag(StatusCode::OK, views::set_view(st, &saved)?))
     })
     .await
 }
@@ -282,12 +272,8 @@ fn updated(
     responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The set is being deleted"),
         (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
-pub async fn scale(
-    n: Named<(String, String)>,
-    headers: HeaderMap,
-    Json(req): Json<ScaleRequest>,
-) -> Result<Response, ApiError> {
-    change_set(n, headers, move |st, cur| {
+pub async fn scale(n: Named<(String, String)>, Json(req): Json<ScaleRequest>) -> Result<Response, ApiError> {
+    change_set(n, move |st, cur| {
         let mut model = cur.value.model.clone();
         model.sku.capacity = req.capacity;
         model.validate(&st.validation())?;
