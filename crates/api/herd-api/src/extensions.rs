@@ -74,7 +74,7 @@ pub async fn put(
         let mut model = cur.value.model.clone();
         let profile = model.virtual_machine_profile.extension_profile.get_or_insert_with(ExtensionProfile::default);
         let new = Extension { name: ext.clone(), properties: body.properties.clone() };
-        let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&ext)) {
+        let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(ext)) {
             Some(slot) => {
                 *slot = Extension { name: slot.name.clone(), ..new };
                 true
@@ -117,7 +117,7 @@ pub async fn delete(n: Named<(String, String, String)>) -> Result<StatusCode, Ap
         find(cur.value.model.extensions(), ext, name)?;
         let mut model = cur.value.model.clone();
         if let Some(p) = &mut model.virtual_machine_profile.extension_profile {
-            p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(&ext));
+            p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(ext));
             if p.extensions.is_empty() && p.extensions_time_budget.is_none() {
                 model.virtual_machine_profile.extension_profile = None;
             }
