@@ -4,6 +4,7 @@
 
 use crate::{
     error::{ApiError, ErrorBody},
+    named::Named,
     scale_sets::commit_replacing,
     services::{SourceDraft, SourceRefusal},
     state::AppState,
@@ -16,7 +17,7 @@ use axum::{
 };
 use herd_model::{activity::Actor, scale_set::Secrets};
 use herd_state::autoscale_config::AutoscaleSetting;
-use herd_state::autoscale_config::{self, Logged};
+use herd_state::autoscale_config::{self, Config, Logged};
 use herd_state::autoscale_records::{self, HistoryEntry, SettingRuntime, StoredSource, METRIC_NAMES};
 use herd_state::keys::{SeriesKey, SetKey, SourceSeriesKey};
 use herd_state::metric_series::{Point, Series};
@@ -47,32 +48,24 @@ fn view(group: &str, o: &Object<AutoscaleSetting>) -> AutoscaleView {
 /// Lists a group's autoscale settings.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/autoscaleSettings", tag = "autoscale",
     params(("group" = String, Path)), responses((status = 200, body = Vec<AutoscaleView>)))]
-pub async fn list(
-    State(state): State<AppState>,
-    Path(group): Path<String>,
-) -> Result<Json<Vec<AutoscaleView>>, ApiError> {
-    state
-        .blocking(move |st| {
-            views::load_group(st, &group)?;
-            let all = autoscale_config::settings_of::<AutoscaleSetting>(&*st.store, &group)?;
-            Ok(Json(all.iter().map(|o| view(&group, o)).collect()))
-        })
-        .await
+pub async fn list(n: Named<String>) -> Result<Json<Vec<AutoscaleView>>, ApiError> {
+    n.in_group(|st, _, group| {
+        let all = autoscale_config::of_group::<AutoscaleSetting>(&*st.store, Config::Setting, &group)?;
+        Ok(Json(all.iter().map(|o| view(&group, o)).collect()))
+    })
+    .await
 }
 
 /// Shows one autoscale setting.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}", tag = "autoscale",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = AutoscaleView), (status = 404, body = ErrorBody)))]
-pub async fn show(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<AutoscaleView>, ApiError> {
-    state.blocking(move |st| Ok(Json(view(&group, &load(st, &group, &name)?)))).await
+pub async fn show(n: Named<(String, String)>) -> Result<Json<AutoscaleView>, ApiError> {
+    n.blocking(|st, (group, name)| Ok(Json(view(&group, &load(st, &group, &name)?)))).await
 }
 
 fn load(state: &AppState, group: &str, name: &str) -> Result<Object<AutoscaleSetting>, ApiError> {
-    autoscale_config::setting::<AutoscaleSetting>(&*state.store, group, name)?.ok_or_else(|| {
+    autoscale_config::named::<AutoscaleSetting>(&*state.store, Config::Setting, group, name)?.ok_or_else(|| {
         ApiError::NotFound(format!("autoscale setting '{name}' does not exist in resource group '{group}'"))
     })
 }
@@ -115,7 +108,7 @@ pub async fn put(
             ApiError::invalid("targetResourceUri", format!("scale set '{n}' does not exist in resource group '{g}'"))
         })?;
         // Every metric must be one herd samples, or a named source of this group.
-        let sources: Vec<String> = autoscale_config::sources_of::<StoredSource>(&*state.store, &group)?
+        let sources: Vec<String> = autoscale_config::of_group::<StoredSource>(&*state.store, Config::Source, &group)?
             .into_iter()
             .map(|o| o.value.name.to_ascii_lowercase())
             .collect();
@@ -156,7 +149,7 @@ pub async fn put(
             }
         }
         views::retry(&headers, || {
-            let existing = autoscale_config::setting::<AutoscaleSetting>(&*state.store, &group, &name)?;
+            let existing = autoscale_config::named::<AutoscaleSetting>(&*state.store, Config::Setting, &group, &name)?;
             let expect = match &existing {
                 Some(o) => {
                     views::check_if_match(&headers, o.revision)?;
@@ -193,38 +186,30 @@ pub async fn put(
 #[utoipa::path(delete, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}", tag = "autoscale",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn delete(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete(n: Named<(String, String)>) -> Result<StatusCode, ApiError> {
     // The runtime writes the setting's state too: a concurrent write is re-applied.
-    state
-        .blocking(move |st| {
-            views::retry(&HeaderMap::new(), || {
-                let o = load(st, &group, &name)?;
-                autoscale_config::delete_setting(&*st.store, &group, &name, &o, st.clock.now())?;
-                Ok(StatusCode::NO_CONTENT)
-            })
+    n.blocking(|st, (group, name)| {
+        views::retry(&HeaderMap::new(), || {
+            let o = load(st, &group, &name)?;
+            autoscale_config::delete_setting(&*st.store, &group, &name, &o, st.clock.now())?;
+            Ok(StatusCode::NO_CONTENT)
         })
-        .await
+    })
+    .await
 }
 
 /// Every recent evaluation: metric values, the decision and its reason.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/autoscaleSettings/{name}/history", tag = "autoscale",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = ErrorBody)))]
-pub async fn history(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
-    state
-        .blocking(move |st| {
-            load(st, &group, &name)?;
-            let key = herd_state::keys::AutoscaleKey::new(&group, &name);
-            let rt = st.store.autoscale_runtime::<SettingRuntime>(&key)?.map(|x| x.value).unwrap_or_default();
-            Ok(Json(rt.history))
-        })
-        .await
+pub async fn history(n: Named<(String, String)>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    n.blocking(|st, (group, name)| {
+        load(st, &group, &name)?;
+        let key = herd_state::keys::AutoscaleKey::new(&group, &name);
+        let rt = st.store.autoscale_runtime::<SettingRuntime>(&key)?.map(|x| x.value).unwrap_or_default();
+        Ok(Json(rt.history))
+    })
+    .await
 }
 
 /// A metric source as written (protected settings are write-only).
@@ -246,18 +231,13 @@ pub struct SourceRequest {
 /// Lists a group's metric sources.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/metricSources", tag = "autoscale",
     params(("group" = String, Path)), responses((status = 200, body = Vec<StoredSource>)))]
-pub async fn source_list(
-    State(state): State<AppState>,
-    Path(group): Path<String>,
-) -> Result<Json<Vec<StoredSource>>, ApiError> {
+pub async fn source_list(n: Named<String>) -> Result<Json<Vec<StoredSource>>, ApiError> {
     // A missing group is a 404, as for every other list.
-    state
-        .blocking(move |st| {
-            views::load_group(st, &group)?;
-            let all = autoscale_config::sources_of::<StoredSource>(&*st.store, &group)?;
-            Ok(Json(all.into_iter().map(|o| o.value).collect()))
-        })
-        .await
+    n.in_group(|st, _, group| {
+        let all = autoscale_config::of_group::<StoredSource>(&*st.store, Config::Source, &group)?;
+        Ok(Json(all.into_iter().map(|o| o.value).collect()))
+    })
+    .await
 }
 
 /// Shows a metric source with its health (the last sample's outcome).
@@ -270,9 +250,11 @@ pub async fn source_show(
 ) -> Result<Json<StoredSource>, ApiError> {
     state
         .run(move |s| {
-            autoscale_config::source::<StoredSource>(s, &group, &name)?.map(|o| Json(o.value)).ok_or_else(|| {
-                ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
-            })
+            autoscale_config::named::<StoredSource>(s, Config::Source, &group, &name)?
+                .map(|o| Json(o.value))
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("metric source '{name}' does not exist in resource group '{group}'"))
+                })
         })
         .await
 }
@@ -364,40 +346,33 @@ pub struct MetricsQuery {
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/metrics", tag = "autoscale",
     params(("group" = String, Path), ("name" = String, Path), ("metric" = String, Query)),
     responses((status = 200, body = Vec<Point>), (status = 404, body = ErrorBody)))]
-pub async fn metrics(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    Query(q): Query<MetricsQuery>,
-) -> Result<Json<Vec<Point>>, ApiError> {
-    state
-        .clone()
-        .blocking(move |state| {
-            let set = views::load_set(state, &group, &name)?;
-            let k = match q.metric.strip_prefix("source/") {
-                Some(src) => SeriesOf::Source(SourceSeriesKey::new(set.value.group.as_str(), src)),
-                None => {
-                    if !autoscale_records::is_sampled_metric(&q.metric) {
-                        return Err(ApiError::invalid(
-                            "metric",
-                            format!(
-                                "'{}' is not a metric herd samples; allowed: {}, or source/<name>",
-                                q.metric,
-                                METRIC_NAMES.join(", ")
-                            ),
-                        ));
-                    }
-                    SeriesOf::Set(SeriesKey::new(SetKey::of(&set.value), &q.metric))
+pub async fn metrics(n: Named<(String, String)>, Query(q): Query<MetricsQuery>) -> Result<Json<Vec<Point>>, ApiError> {
+    n.with_set(move |state, set, _| {
+        let k = match q.metric.strip_prefix("source/") {
+            Some(src) => SeriesOf::Source(SourceSeriesKey::new(set.value.group.as_str(), src)),
+            None => {
+                if !autoscale_records::is_sampled_metric(&q.metric) {
+                    return Err(ApiError::invalid(
+                        "metric",
+                        format!(
+                            "'{}' is not a metric herd samples; allowed: {}, or source/<name>",
+                            q.metric,
+                            METRIC_NAMES.join(", ")
+                        ),
+                    ));
                 }
-            };
-            let series = match k {
-                SeriesOf::Source(k) => state.store.series::<Series, _>(&k)?,
-                SeriesOf::Set(k) => state.store.series::<Series, _>(&k)?,
+                SeriesOf::Set(SeriesKey::new(SetKey::of(&set.value), &q.metric))
             }
-            .map(|o| o.value)
-            .unwrap_or_default();
-            Ok(Json(series.points.into_iter().collect()))
-        })
-        .await
+        };
+        let series = match k {
+            SeriesOf::Source(k) => state.store.series::<Series, _>(&k)?,
+            SeriesOf::Set(k) => state.store.series::<Series, _>(&k)?,
+        }
+        .map(|o| o.value)
+        .unwrap_or_default();
+        Ok(Json(series.points.into_iter().collect()))
+    })
+    .await
 }
 
 /// Which series a metrics request reads: a set's own metric, or a named source's.

@@ -7,15 +7,11 @@
 
 use crate::{
     error::{ApiError, ErrorBody},
+    named::Named,
     scale_sets::{commit, commit_replacing, prepare},
-    state::AppState,
     views,
 };
-use axum::{
-    extract::{Path, State},
-    http::{HeaderMap, StatusCode},
-    Json,
-};
+use axum::{http::StatusCode, Json};
 use herd_model::extension::{Extension, ExtensionProfile, ExtensionProperties};
 use serde::Deserialize;
 
@@ -33,24 +29,16 @@ pub struct ExtensionPut {
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions", tag = "extensions",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = Vec<Extension>), (status = 404, body = ErrorBody)))]
-pub async fn list(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<Vec<Extension>>, ApiError> {
-    let set = views::load_set(&state, &group, &name)?;
-    Ok(Json(set.value.model.extensions().to_vec()))
+pub async fn list(n: Named<(String, String)>) -> Result<Json<Vec<Extension>>, ApiError> {
+    n.with_set(|_, set, _| Ok(Json(set.value.model.extensions().to_vec()))).await
 }
 
 /// Shows one extension.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions/{ext}", tag = "extensions",
     params(("group" = String, Path), ("name" = String, Path), ("ext" = String, Path)),
     responses((status = 200, body = Extension), (status = 404, body = ErrorBody)))]
-pub async fn show(
-    State(state): State<AppState>,
-    Path((group, name, ext)): Path<(String, String, String)>,
-) -> Result<Json<Extension>, ApiError> {
-    let set = views::load_set(&state, &group, &name)?;
-    find(set.value.model.extensions(), &ext, &name).cloned().map(Json)
+pub async fn show(n: Named<(String, String, String)>) -> Result<Json<Extension>, ApiError> {
+    n.with_set(|_, set, (_, name, ext)| find(set.value.model.extensions(), &ext, &name).cloned().map(Json)).await
 }
 
 fn find<'a>(all: &'a [Extension], ext: &str, set: &str) -> Result<&'a Extension, ApiError> {
@@ -72,22 +60,21 @@ fn find<'a>(all: &'a [Extension], ext: &str, set: &str) -> Result<&'a Extension,
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "The set is being deleted"),
         (status = 412, body = ErrorBody)))]
 pub async fn put(
-    State(state): State<AppState>,
-    Path((group, name, ext)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    n: Named<(String, String, String)>,
     Json(body): Json<serde_json::Value>,
 ) -> Result<(StatusCode, Json<Extension>), ApiError> {
     let body: ExtensionPut = serde_path_to_error::deserialize(body)
         .map_err(|e| ApiError::invalid(e.path().to_string(), format!("{}", e.inner())))?;
-    if body.name.as_deref().is_some_and(|n| !n.eq_ignore_ascii_case(&ext)) {
+    let ext = &n.path.2;
+    if body.name.as_deref().is_some_and(|n| !n.eq_ignore_ascii_case(ext)) {
         return Err(ApiError::invalid("name", format!("must match the extension name in the path ('{ext}')")));
     }
-    views::retry(&headers, || {
-        let cur = views::load_set_for_change(&state, &headers, &group, &name)?;
+    n.write(move |state, (group, name, ext), headers| {
+        let cur = views::load_set_for_change(state, headers, group, name)?;
         let mut model = cur.value.model.clone();
         let profile = model.virtual_machine_profile.extension_profile.get_or_insert_with(ExtensionProfile::default);
         let new = Extension { name: ext.clone(), properties: body.properties.clone() };
-        let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(&ext)) {
+        let existed = match profile.extensions.iter_mut().find(|e| e.name.eq_ignore_ascii_case(ext)) {
             Some(slot) => {
                 *slot = Extension { name: slot.name.clone(), ..new };
                 true
@@ -98,23 +85,24 @@ pub async fn put(
             }
         };
         let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
-        let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
+        let (model, secrets) = prepare(state, &cur.value.name, doc)?;
         let verb = if existed { "replaced" } else { "added" };
         // Like `az vmss extension set`, a PUT replaces the extension whole: protected settings not
         // given again are dropped (the generic `update` keeps them).
         let saved = commit_replacing(
-            &state,
+            state,
             &cur,
             model,
             secrets,
-            std::slice::from_ref(&ext),
+            std::slice::from_ref(ext),
             "WriteExtension",
             format!("extension {ext} {verb}"),
             herd_model::activity::Actor::User,
         )?;
-        let out = find(saved.value.model.extensions(), &ext, &name)?.clone();
+        let out = find(saved.value.model.extensions(), ext, name)?.clone();
         Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(out)))
     })
+    .await
 }
 
 /// Removes an extension from the model. Instances keep what it installed, as in Azure.
@@ -122,25 +110,22 @@ pub async fn put(
     params(("group" = String, Path), ("name" = String, Path), ("ext" = String, Path), ("If-Match" = Option<String>, Header)),
     responses((status = 204), (status = 404, body = ErrorBody),
         (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
-pub async fn delete(
-    State(state): State<AppState>,
-    Path((group, name, ext)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    views::retry(&headers, || {
-        let cur = views::load_set(&state, &group, &name)?;
-        views::check_if_match(&headers, cur.revision)?;
-        find(cur.value.model.extensions(), &ext, &name)?;
+pub async fn delete(n: Named<(String, String, String)>) -> Result<StatusCode, ApiError> {
+    n.write(|state, (group, name, ext), headers| {
+        let cur = views::load_set(state, group, name)?;
+        views::check_if_match(headers, cur.revision)?;
+        find(cur.value.model.extensions(), ext, name)?;
         let mut model = cur.value.model.clone();
         if let Some(p) = &mut model.virtual_machine_profile.extension_profile {
-            p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(&ext));
+            p.extensions.retain(|e| !e.name.eq_ignore_ascii_case(ext));
             if p.extensions.is_empty() && p.extensions_time_budget.is_none() {
                 model.virtual_machine_profile.extension_profile = None;
             }
         }
         let doc = serde_json::to_value(&model).map_err(ApiError::internal)?;
-        let (model, secrets) = prepare(&state, &cur.value.name, doc)?;
-        commit(&state, &cur, model, secrets, "DeleteExtension", format!("extension {ext} removed"))?;
+        let (model, secrets) = prepare(state, &cur.value.name, doc)?;
+        commit(state, &cur, model, secrets, "DeleteExtension", format!("extension {ext} removed"))?;
         Ok(StatusCode::NO_CONTENT)
     })
+    .await
 }

@@ -385,6 +385,16 @@ impl<T: tokio::io::AsyncWrite + Unpin> JsonErrorIo<T> {
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
+
+    /// Writes what is pending first, then `then` (a flush or a shutdown) on the inner stream.
+    fn after_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        then: fn(std::pin::Pin<&mut T>, &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        then(std::pin::Pin::new(&mut self.inner), cx)
+    }
 }
 
 impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonErrorIo<T> {
@@ -426,16 +436,14 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonErrorIo<T> 
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::ready!(self.poll_pending(cx))?;
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        self.after_pending(cx, T::poll_flush)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::ready!(self.poll_pending(cx))?;
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.after_pending(cx, T::poll_shutdown)
     }
 }
 

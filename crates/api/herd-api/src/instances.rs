@@ -3,6 +3,7 @@
 
 use crate::{
     error::{ApiError, ErrorBody},
+    named::Named,
     state::AppState,
     views::{self, ActionResult, InstanceIdsRequest},
 };
@@ -48,33 +49,26 @@ pub struct InstanceViewDetail {
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = Vec<InstanceView>), (status = 404, body = ErrorBody)))]
-pub async fn list(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<Vec<InstanceView>>, ApiError> {
-    state
-        .blocking(move |st| {
-            let set = views::load_set(st, &group, &name)?;
-            let recs = st.store.instances_of(&SetKey::of(&set.value))?;
-            let in_place = in_place(st, &set.value)?;
-            Ok(Json(recs.iter().map(|o| with_health(st, &set.value, &o.value, in_place)).collect()))
-        })
-        .await
+pub async fn list(n: Named<(String, String)>) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    n.with_set(|st, set, _| {
+        let recs = st.store.instances_of(&SetKey::of(&set.value))?;
+        let in_place = in_place(st, &set.value)?;
+        Ok(Json(recs.iter().map(|o| with_health(st, &set.value, &o.value, in_place)).collect()))
+    })
+    .await
 }
 
-/// The set and instance `id` named in the URL.
-fn find(
-    state: &AppState,
-    group: &str,
-    name: &str,
-    id: &str,
-) -> Result<(herd_model::scale_set::StoredScaleSet, InstanceRecord), ApiError> {
-    let set = views::load_set(state, group, name)?;
+/// The instance id `id` of a URL (a 400 naming `instanceId` when it is no number).
+pub(crate) fn instance_id(id: &str) -> Result<InstanceId, ApiError> {
     let n: u64 = id.parse().map_err(|_| {
         ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
     })?;
-    let rec = instance_actions::instance(&*state.store, &set.value, InstanceId(n), id)?;
-    Ok((set.value, rec))
+    Ok(InstanceId(n))
+}
+
+/// Instance `id` of `set`, as the URL names it.
+fn find(state: &AppState, set: &herd_model::scale_set::StoredScaleSet, id: &str) -> Result<InstanceRecord, ApiError> {
+    Ok(instance_actions::instance(&*state.store, set, instance_id(id)?, id)?)
 }
 
 /// Whether extension changes run in place on `set`'s instances.
@@ -103,30 +97,24 @@ fn with_health(
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody)))]
-pub async fn show(
-    State(state): State<AppState>,
-    Path((group, name, id)): Path<(String, String, String)>,
-) -> Result<Json<InstanceView>, ApiError> {
-    state
-        .blocking(move |st| {
-            let (set, rec) = find(st, &group, &name, &id)?;
-            let in_place = in_place(st, &set)?;
-            Ok(Json(with_health(st, &set, &rec, in_place)))
-        })
-        .await
+pub async fn show(n: Named<(String, String, String)>) -> Result<Json<InstanceView>, ApiError> {
+    n.with_set(|st, set, (_, _, id)| {
+        let rec = find(st, &set.value, &id)?;
+        let in_place = in_place(st, &set.value)?;
+        Ok(Json(with_health(st, &set.value, &rec, in_place)))
+    })
+    .await
 }
 
 /// The instance view: provisioning and power status lines, as `az vmss get-instance-view` shows.
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/instanceView", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = InstanceViewDetail), (status = 404, body = ErrorBody)))]
-pub async fn instance_view(
-    State(state): State<AppState>,
-    Path((group, name, id)): Path<(String, String, String)>,
-) -> Result<Json<InstanceViewDetail>, ApiError> {
-    let (rec, view, guest_agent) = state
-        .blocking(move |st| {
-            let (set, rec) = find(st, &group, &name, &id)?;
+pub async fn instance_view(n: Named<(String, String, String)>) -> Result<Json<InstanceViewDetail>, ApiError> {
+    let (rec, view, guest_agent) = n
+        .with_set(|st, set, (_, _, id)| {
+            let rec = find(st, &set.value, &id)?;
+            let set = set.value;
             let in_place = in_place(st, &set)?;
             let view = with_health(st, &set, &rec, in_place);
             // The VM agent line needs the image's guest agent (with the qemu driver only).
@@ -198,12 +186,11 @@ pub async fn instance_view(
         ("tailBytes" = Option<usize>, Query, description = "at most this many bytes from the end (default 65536, at most 16 MiB)")),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
 pub async fn boot_log(
-    State(state): State<AppState>,
-    Path((group, name, id)): Path<(String, String, String)>,
+    n: Named<(String, String, String)>,
     axum::extract::Query(q): axum::extract::Query<BootLogQuery>,
 ) -> Result<String, ApiError> {
-    let raw_id = id.clone();
-    let (set, rec) = state.blocking(move |st| find(st, &group, &name, &raw_id)).await?;
+    let (state, id) = (n.state.clone(), n.path.2.clone());
+    let (rec, set) = n.with_set(|st, set, (_, _, id)| Ok((find(st, &set.value, &id)?, set.value))).await?;
     let key = herd_model::InstanceKey { group: set.group.clone(), set: set.name.clone(), id: rec.instance_id };
     let max = q.tail_bytes.unwrap_or(64 << 10).min(16 << 20);
     match state.consoles.console_log(&key, max).await {

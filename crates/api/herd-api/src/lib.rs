@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod image_tree;
 pub mod images;
 mod instances;
+pub mod named;
 mod network;
 pub mod openapi;
 mod rolling;
@@ -40,6 +41,20 @@ use axum::{
     Router,
 };
 
+/// A route below resource group `{group}`.
+macro_rules! group_path {
+    ($rest:expr) => {
+        concat!("/v1/resourceGroups/{group}", $rest)
+    };
+}
+
+/// A route below scale set `{name}` of resource group `{group}`.
+macro_rules! set_path {
+    ($rest:literal) => {
+        group_path!(concat!("/virtualMachineScaleSets/{name}", $rest))
+    };
+}
+
 /// Every route, with token authentication on all but `/healthz` and `/openapi.json`
 /// (`/metrics` also takes the metrics token).
 pub fn router(state: AppState) -> Router {
@@ -53,85 +68,52 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/server/tls/rotateCa", post(server_tls::rotate_ca))
         .route("/v1/resourceGroups", get(groups::list))
         .route("/v1/resourceGroups/{group}", put(groups::create).get(groups::show).delete(groups::delete))
-        .route("/v1/resourceGroups/{group}/activityLog", get(groups::activity_log))
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets", get(scale_sets::list))
+        .route(group_path!("/activityLog"), get(groups::activity_log))
+        .route(group_path!("/virtualMachineScaleSets"), get(scale_sets::list))
+        .route(set_path!(""), put(scale_sets::create_or_replace).get(scale_sets::show).delete(scale_sets::delete))
+        .route(set_path!("/update"), post(scale_sets::update))
+        .route(set_path!("/scale"), post(scale_sets::scale))
+        .route(set_path!("/extensions"), get(extensions::list))
+        .route(set_path!("/extensions/{ext}"), put(extensions::put).get(extensions::show).delete(extensions::delete))
+        .route(set_path!("/rollingUpgrades/latest"), get(rolling::latest))
+        .route(set_path!("/setOrchestrationServiceState"), post(rolling::orchestration_state))
+        .route(set_path!("/rollingUpgrades/{action}"), post(rolling::action))
+        .route(set_path!("/virtualMachines/{id}/protectionPolicy"), put(rolling::protect))
+        .route(set_path!("/virtualMachines"), get(instances::list))
+        .route(set_path!("/virtualMachines/{id}"), get(instances::show))
+        .route(set_path!("/virtualMachines/{id}/instanceView"), get(instances::instance_view))
+        .route(set_path!("/virtualMachines/{id}/bootLog"), get(instances::boot_log))
+        .route(set_path!("/{action}"), post(instances::action))
+        .merge(network::vnet_routes())
         .route(
-            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}",
-            put(scale_sets::create_or_replace).get(scale_sets::show).delete(scale_sets::delete),
-        )
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/update", post(scale_sets::update))
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/scale", post(scale_sets::scale))
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions", get(extensions::list))
-        .route(
-            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions/{ext}",
-            put(extensions::put).get(extensions::show).delete(extensions::delete),
-        )
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/latest", get(rolling::latest))
-        .route(
-            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/setOrchestrationServiceState",
-            post(rolling::orchestration_state),
-        )
-        .route(
-            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/{action}",
-            post(rolling::action),
-        )
-        .route(
-            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/protectionPolicy",
-            put(rolling::protect),
-        )
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines", get(instances::list))
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}", get(instances::show))
-        .route(
-            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/instanceView",
-            get(instances::instance_view),
-        )
-        .route(
-            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/bootLog",
-            get(instances::boot_log),
-        )
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", post(instances::action))
-        .route("/v1/resourceGroups/{group}/virtualNetworks", get(network::vnet_list))
-        .route(
-            "/v1/resourceGroups/{group}/virtualNetworks/{name}",
-            put(network::vnet_put).get(network::vnet_show).delete(network::vnet_delete),
-        )
-        .route(
-            "/v1/resourceGroups/{group}/virtualNetworks/{vnet}/subnets/{name}",
+            group_path!("/virtualNetworks/{vnet}/subnets/{name}"),
             put(network::subnet_put).delete(network::subnet_delete),
         )
-        .route("/v1/resourceGroups/{group}/publicIPAddresses", get(network::pip_list))
+        .merge(network::pip_routes())
+        .merge(network::lb_routes())
         .route(
-            "/v1/resourceGroups/{group}/publicIPAddresses/{name}",
-            put(network::pip_put).get(network::pip_show).delete(network::pip_delete),
-        )
-        .route("/v1/resourceGroups/{group}/loadBalancers", get(network::lb_list))
-        .route(
-            "/v1/resourceGroups/{group}/loadBalancers/{name}",
-            put(network::lb_put).get(network::lb_show).delete(network::lb_delete),
-        )
-        .route(
-            "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}",
+            group_path!("/loadBalancers/{name}/{collection}/{child}"),
             put(network::lb_child_put).delete(network::lb_child_delete),
         )
         .route(
-            "/v1/resourceGroups/{group}/loadBalancers/{name}/backendAddressPools/{pool}",
+            group_path!("/loadBalancers/{name}/backendAddressPools/{pool}"),
             get(network::pool_show).put(network::pool_put).delete(network::pool_delete),
         )
-        .route("/v1/resourceGroups/{group}/autoscaleSettings", get(autoscale::list))
+        .route(group_path!("/autoscaleSettings"), get(autoscale::list))
         .route(
-            "/v1/resourceGroups/{group}/autoscaleSettings/{name}",
+            group_path!("/autoscaleSettings/{name}"),
             put(autoscale::put).get(autoscale::show).delete(autoscale::delete),
         )
-        .route("/v1/resourceGroups/{group}/autoscaleSettings/{name}/history", get(autoscale::history))
-        .route("/v1/resourceGroups/{group}/metricSources", get(autoscale::source_list))
+        .route(group_path!("/autoscaleSettings/{name}/history"), get(autoscale::history))
+        .route(group_path!("/metricSources"), get(autoscale::source_list))
         .route(
-            "/v1/resourceGroups/{group}/metricSources/{name}",
+            group_path!("/metricSources/{name}"),
             put(autoscale::source_put).get(autoscale::source_show).delete(autoscale::source_delete),
         )
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/metrics", get(autoscale::metrics))
+        .route(set_path!("/metrics"), get(autoscale::metrics))
         .route("/v1/hosts", get(hosts::list))
         .route("/v1/cost", get(cost::total_cost))
-        .route("/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/cost", get(cost::set_cost))
+        .route(set_path!("/cost"), get(cost::set_cost))
         .route("/v1/images", get(images::list))
         .route("/v1/images/{urn}", put(images::import).get(images::show).delete(images::delete))
         .route("/v1/images/{urn}/files/{file}", put(images::upload).layer(axum::extract::DefaultBodyLimit::disable()))

@@ -115,15 +115,23 @@ fn put_resource<T: NetResource>(
 /// The handlers of the top-level network resources (virtual networks, public IPs, load
 /// balancers), one table row each: list, show, create-or-replace and delete are the same for
 /// every one but for its type, paths, tag and docs; what a PUT fills in and checks is the
-/// row's `fill` function, and `then wake` wakes the reconciler after it.
+/// row's `fill` function, and `then wake` wakes the reconciler after it. `routes` names the
+/// function that routes the row's two paths to its handlers.
 macro_rules! network_resources {
     ($(
         $(#[$list_doc:meta])* list $list:ident,
         $(#[$show_doc:meta])* show $show:ident,
         $(#[$put_doc:meta])* put $put:ident = $fill:ident $(then $wake:ident)?,
         $(#[$delete_doc:meta])* delete $delete:ident,
-        of $t:ident, tag $tag:literal, at ($list_path:literal, $one_path:literal);
+        of $t:ident, tag $tag:literal, at ($list_path:literal, $one_path:literal), routes $routes:ident;
     )*) => {$(
+        /// The collection's routes, at the paths its handlers document: the list, and one
+        /// resource's PUT, GET and DELETE.
+        pub fn $routes() -> axum::Router<AppState> {
+            use axum::routing::{get, put};
+            axum::Router::new().route($list_path, get($list)).route($one_path, put($put).get($show).delete($delete))
+        }
+
         $(#[$list_doc])*
         #[utoipa::path(get, path = $list_path, tag = $tag,
             params(("group" = String, Path)), responses((status = 200, body = Vec<$t>), (status = 404, body = ErrorBody)))]
@@ -180,7 +188,7 @@ network_resources! {
     put vnet_put = fill_vnet,
     /// Deletes a virtual network, unless a scale set uses it.
     delete vnet_delete,
-    of VirtualNetwork, tag "networks", at ("/v1/resourceGroups/{group}/virtualNetworks", "/v1/resourceGroups/{group}/virtualNetworks/{name}");
+    of VirtualNetwork, tag "networks", at ("/v1/resourceGroups/{group}/virtualNetworks", "/v1/resourceGroups/{group}/virtualNetworks/{name}"), routes vnet_routes;
 
     /// Lists public IP addresses.
     list pip_list,
@@ -191,7 +199,7 @@ network_resources! {
     put pip_put = fill_pip,
     /// Deletes a public IP address, unless a load balancer uses it.
     delete pip_delete,
-    of PublicIpAddress, tag "networks", at ("/v1/resourceGroups/{group}/publicIPAddresses", "/v1/resourceGroups/{group}/publicIPAddresses/{name}");
+    of PublicIpAddress, tag "networks", at ("/v1/resourceGroups/{group}/publicIPAddresses", "/v1/resourceGroups/{group}/publicIPAddresses/{name}"), routes pip_routes;
 
     /// Lists load balancers.
     list lb_list,
@@ -201,7 +209,7 @@ network_resources! {
     put lb_put = fill_lb then wake,
     /// Deletes a load balancer, unless a scale set uses it.
     delete lb_delete,
-    of LoadBalancer, tag "load balancers", at ("/v1/resourceGroups/{group}/loadBalancers", "/v1/resourceGroups/{group}/loadBalancers/{name}");
+    of LoadBalancer, tag "load balancers", at ("/v1/resourceGroups/{group}/loadBalancers", "/v1/resourceGroups/{group}/loadBalancers/{name}"), routes lb_routes;
 }
 
 // ---- virtual networks and subnets ----

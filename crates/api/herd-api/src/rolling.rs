@@ -8,17 +8,14 @@
 
 use crate::{
     error::{ApiError, ErrorBody},
-    state::AppState,
+    named::Named,
     views,
 };
 use axum::{
-    extract::{Path, State},
     http::{HeaderMap, StatusCode},
     Json,
 };
-use herd_model::{
-    instance::ProtectionPolicy, scale_set::UpgradeRequest, upgrade::RollingUpgrade, FieldError, InstanceId,
-};
+use herd_model::{instance::ProtectionPolicy, scale_set::UpgradeRequest, upgrade::RollingUpgrade, FieldError};
 use herd_state::actions::{RollingAction, UnknownAction};
 use herd_state::{instance_actions, set_status};
 use serde::Deserialize;
@@ -39,18 +36,13 @@ pub struct StartRequest {
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/rollingUpgrades/latest", tag = "rolling upgrades",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = RollingUpgrade), (status = 404, body = ErrorBody)))]
-pub async fn latest(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Json<RollingUpgrade>, ApiError> {
-    state
-        .blocking(move |st| {
-            let set = views::load_set(st, &group, &name)?;
-            set_status::latest_rolling_upgrade(&*st.store, &set.value)?
-                .map(Json)
-                .ok_or_else(|| ApiError::NotFound(format!("scale set '{name}' has had no rolling upgrade")))
-        })
-        .await
+pub async fn latest(n: Named<(String, String)>) -> Result<Json<RollingUpgrade>, ApiError> {
+    n.with_set(|st, set, (_, name)| {
+        set_status::latest_rolling_upgrade(&*st.store, &set.value)?
+            .map(Json)
+            .ok_or_else(|| ApiError::NotFound(format!("scale set '{name}' has had no rolling upgrade")))
+    })
+    .await
 }
 
 pub(crate) const ACTIONS: &[&str] = RollingAction::NAMES;
@@ -61,37 +53,34 @@ pub(crate) const ACTIONS: &[&str] = RollingAction::NAMES;
     request_body = StartRequest,
     responses((status = 202, description = "Accepted"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn action(
-    State(state): State<AppState>,
-    Path((group, name, action)): Path<(String, String, String)>,
+    n: Named<(String, String, String)>,
     body: Option<Json<StartRequest>>,
 ) -> Result<StatusCode, ApiError> {
-    let action: RollingAction = action.parse().map_err(|e: UnknownAction| ApiError::NotFound(e.to_string()))?;
+    let action: RollingAction = n.path.2.parse().map_err(|e: UnknownAction| ApiError::NotFound(e.to_string()))?;
     let body = body.map(|b| b.0).unwrap_or_default();
-    let now = state.clock.now();
-    state
-        .blocking(move |st| {
-            let set = views::load_set(st, &group, &name)?;
-            if set.value.deleting {
-                return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+    let (state, now) = (n.state.clone(), n.state.clock.now());
+    n.with_set(move |st, set, (_, name, _)| {
+        if set.value.deleting {
+            return Err(ApiError::Conflict(format!("scale set '{name}' is being deleted")));
+        }
+        let capacity = set.value.model.sku.capacity.max(0) as u64;
+        let request = match action {
+            RollingAction::Start => {
+                let canary = match body.canary.as_deref() {
+                    None => None,
+                    Some(c) => Some(parse_canary(c, capacity)?),
+                };
+                UpgradeRequest::Start { canary, pause: body.pause, reimage: false }
             }
-            let capacity = set.value.model.sku.capacity.max(0) as u64;
-            let request = match action {
-                RollingAction::Start => {
-                    let canary = match body.canary.as_deref() {
-                        None => None,
-                        Some(c) => Some(parse_canary(c, capacity)?),
-                    };
-                    UpgradeRequest::Start { canary, pause: body.pause, reimage: false }
-                }
-                RollingAction::Cancel => UpgradeRequest::Cancel,
-                RollingAction::Pause => UpgradeRequest::Pause,
-                RollingAction::Resume => UpgradeRequest::Resume,
-                RollingAction::Rollback => UpgradeRequest::Rollback,
-            };
-            set_status::request_rolling_upgrade(&*st.store, &set.value, &request, &action.to_string(), now)?;
-            Ok(())
-        })
-        .await?;
+            RollingAction::Cancel => UpgradeRequest::Cancel,
+            RollingAction::Pause => UpgradeRequest::Pause,
+            RollingAction::Resume => UpgradeRequest::Resume,
+            RollingAction::Rollback => UpgradeRequest::Rollback,
+        };
+        set_status::request_rolling_upgrade(&*st.store, &set.value, &request, &action.to_string(), now)?;
+        Ok(())
+    })
+    .await?;
     state.wake();
     Ok(StatusCode::ACCEPTED)
 }
@@ -128,23 +117,18 @@ fn parse_canary(c: &str, capacity: u64) -> Result<u64, ApiError> {
     request_body = ProtectionPolicy,
     responses((status = 200, body = ProtectionPolicy), (status = 404, body = ErrorBody)))]
 pub async fn protect(
-    State(state): State<AppState>,
-    Path((group, name, id)): Path<(String, String, String)>,
+    n: Named<(String, String, String)>,
     Json(policy): Json<ProtectionPolicy>,
 ) -> Result<Json<ProtectionPolicy>, ApiError> {
-    let now = state.clock.now();
-    state
-        .blocking(move |st| {
-            let set = views::load_set(st, &group, &name)?;
-            let n: u64 = id.parse().map_err(|_| {
-                ApiError::Invalid(FieldError::new("instanceId", format!("'{id}' is not an instance id (a number)")))
-            })?;
-            // The reconciler writes instance records all the time: a concurrent write is re-applied.
-            views::retry(&HeaderMap::new(), || {
-                Ok(instance_actions::set_protection(&*st.store, &set.value, (InstanceId(n), &id), &policy, now)?)
-            })
+    let (state, now) = (n.state.clone(), n.state.clock.now());
+    n.with_set(move |st, set, (_, _, id)| {
+        let n = crate::instances::instance_id(&id)?;
+        // The reconciler writes instance records all the time: a concurrent write is re-applied.
+        views::retry(&HeaderMap::new(), || {
+            Ok(instance_actions::set_protection(&*st.store, &set.value, (n, &id), &policy, now)?)
         })
-        .await?;
+    })
+    .await?;
     state.wake();
     Ok(Json(policy))
 }
@@ -166,8 +150,7 @@ pub struct OrchestrationServiceStateRequest {
     responses((status = 200, description = "Done"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The set has automatic repairs off")))]
 pub async fn orchestration_state(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
+    n: Named<(String, String)>,
     Json(req): Json<OrchestrationServiceStateRequest>,
 ) -> Result<StatusCode, ApiError> {
     if !req.service_name.eq_ignore_ascii_case("AutomaticRepairs") {
@@ -186,10 +169,8 @@ pub async fn orchestration_state(
             ))
         }
     };
-    let now = state.clock.now();
-    state
-        .blocking(move |st| {
-            let set = views::load_set(st, &group, &name)?;
+    let (state, now) = (n.state.clone(), n.state.clock.now());
+    n.with_set(move |st, set, (_, name)| {
             if !set.value.model.automatic_repairs_policy.as_ref().is_some_and(|p| p.enabled) {
                 return Err(ApiError::Conflict(format!(
                     "scale set '{name}' has automatic repairs off; enable them with --set automaticRepairsPolicy.enabled=true"
@@ -197,7 +178,7 @@ pub async fn orchestration_state(
             }
             Ok(set_status::set_repairs_suspended(&*st.store, &set.value, suspend, now)?)
         })
-        .await?;
+    .await?;
     state.wake();
     Ok(StatusCode::OK)
 }

@@ -3,11 +3,11 @@
 use crate::hosts::room;
 use crate::{
     error::{ApiError, ErrorBody},
+    named::Named,
     state::AppState,
     views::{self, ScaleRequest, ScaleSetView, UpdateRequest},
 };
 use axum::{
-    extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -84,17 +84,12 @@ pub(crate) fn commit_replacing(
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets", tag = "scale sets",
     params(("group" = String, Path)),
     responses((status = 200, body = Vec<ScaleSetView>), (status = 404, body = ErrorBody)))]
-pub async fn list(
-    State(state): State<AppState>,
-    Path(group): Path<String>,
-) -> Result<Json<Vec<ScaleSetView>>, ApiError> {
-    state
-        .blocking(move |st| {
-            let g = views::load_group(st, &group)?;
-            let sets = herd_state::scale_sets::scale_sets_of(&*st.store, &views::group_name(&g.value.name)?)?;
-            Ok(Json(sets.iter().map(|s| views::set_view(st, s)).collect::<Result<_, _>>()?))
-        })
-        .await
+pub async fn list(n: Named<String>) -> Result<Json<Vec<ScaleSetView>>, ApiError> {
+    n.in_group(|st, g, _| {
+        let sets = herd_state::scale_sets::scale_sets_of(&*st.store, &views::group_name(&g.value.name)?)?;
+        Ok(Json(sets.iter().map(|s| views::set_view(st, s)).collect::<Result<_, _>>()?))
+    })
+    .await
 }
 
 /// Creates a scale set (with `If-None-Match: *`, fails if it exists) or replaces its model.
@@ -106,23 +101,18 @@ pub async fn list(
     responses((status = 201, body = ScaleSetView), (status = 200, body = ScaleSetView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 412, body = ErrorBody, description = "If-Match names another etag, or the set does not exist")))]
-pub async fn create_or_replace(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Result<Response, ApiError> {
-    state
-        .blocking(move |st| {
-            let rg = views::load_group(st, &group)?;
-            if rg.value.provisioning_state == herd_model::group::GroupProvisioningState::Deleting {
-                return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
-            }
-            let gname = views::group_name(&group)?;
-            let sname = views::set_name(&name)?;
-            views::retry(&headers, || put_once(st, &gname, &sname, &headers, body.clone()))
-        })
-        .await
+pub async fn create_or_replace(n: Named<(String, String)>, Json(body): Json<Value>) -> Result<Response, ApiError> {
+    let headers = n.headers.clone();
+    n.blocking(move |st, (group, name)| {
+        let rg = views::load_group(st, &group)?;
+        if rg.value.provisioning_state == herd_model::group::GroupProvisioningState::Deleting {
+            return Err(ApiError::Conflict(format!("resource group '{group}' is being deleted")));
+        }
+        let gname = views::group_name(&group)?;
+        let sname = views::set_name(&name)?;
+        views::retry(&headers, || put_once(st, &gname, &sname, &headers, body.clone()))
+    })
+    .await
 }
 
 fn put_once(
@@ -172,16 +162,8 @@ fn put_once(
 #[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", tag = "scale sets",
     params(("group" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = ScaleSetView), (status = 404, body = ErrorBody)))]
-pub async fn show(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    state
-        .blocking(move |st| {
-            let cur = views::load_set(st, &group, &name)?;
-            Ok(with_etag(StatusCode::OK, views::set_view(st, &cur)?))
-        })
-        .await
+pub async fn show(n: Named<(String, String)>) -> Result<Response, ApiError> {
+    n.with_set(|st, cur, _| Ok(with_etag(StatusCode::OK, views::set_view(st, &cur)?))).await
 }
 
 /// Deletes a scale set: every instance is removed, then the set.
@@ -189,12 +171,8 @@ pub async fn show(
     params(("group" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
     responses((status = 202, description = "Deletion started"), (status = 404, body = ErrorBody),
         (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
-pub async fn delete(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    state.blocking(move |st| views::retry(&headers, || delete_once(st, &group, &name, &headers))).await
+pub async fn delete(n: Named<(String, String)>) -> Result<StatusCode, ApiError> {
+    n.write(|st, (group, name), headers| delete_once(st, group, name, headers)).await
 }
 
 fn delete_once(state: &AppState, group: &str, name: &str, headers: &HeaderMap) -> Result<StatusCode, ApiError> {
@@ -213,33 +191,23 @@ fn delete_once(state: &AppState, group: &str, name: &str, headers: &HeaderMap) -
     request_body = UpdateRequest,
     responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn update(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    Json(req): Json<UpdateRequest>,
-) -> Result<Response, ApiError> {
-    change_set(state, (group, name), headers, move |st, cur| updated(st, cur, &req)).await
+pub async fn update(n: Named<(String, String)>, Json(req): Json<UpdateRequest>) -> Result<Response, ApiError> {
+    change_set(n, move |st, cur| updated(st, cur, &req)).await
 }
 
 /// A change to a set's model (`update`, `scale`): `change` commits a new model built from the
 /// stored set ([`views::load_set_for_change`]), re-applied on a concurrent write; the answer is
 /// the set's view with its etag.
 async fn change_set(
-    state: AppState,
-    (group, name): (String, String),
-    headers: HeaderMap,
+    n: Named<(String, String)>,
     change: impl Fn(&AppState, &Object<StoredScaleSet>) -> Result<Object<StoredScaleSet>, ApiError> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    state
-        .blocking(move |st| {
-            views::retry(&headers, || {
-                let cur = views::load_set_for_change(st, &headers, &group, &name)?;
-                let saved = change(st, &cur)?;
-                Ok(with_etag(StatusCode::OK, views::set_view(st, &saved)?))
-            })
-        })
-        .await
+    n.write(move |st, (group, name), headers| {
+        let cur = views::load_set_for_change(st, headers, group, name)?;
+        let saved = change(st, &cur)?;
+        Ok(with_etag(StatusCode::OK, views::set_view(st, &saved)?))
+    })
+    .await
 }
 
 /// The update's operations applied to `cur`'s model, validated and committed.
@@ -304,13 +272,8 @@ fn updated(
     responses((status = 200, body = ScaleSetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The set is being deleted"),
         (status = 412, body = ErrorBody, description = "If-Match names another etag")))]
-pub async fn scale(
-    State(state): State<AppState>,
-    Path((group, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    Json(req): Json<ScaleRequest>,
-) -> Result<Response, ApiError> {
-    change_set(state, (group, name), headers, move |st, cur| {
+pub async fn scale(n: Named<(String, String)>, Json(req): Json<ScaleRequest>) -> Result<Response, ApiError> {
+    change_set(n, move |st, cur| {
         let mut model = cur.value.model.clone();
         model.sku.capacity = req.capacity;
         model.validate(&st.validation())?;

@@ -41,23 +41,23 @@ use std::collections::BTreeMap;
 
 mod rules;
 
+/// How a metric's samples become one value: over `(window_start, window_end]`, samples are
+/// grouped into `time_grain` buckets, combined across instances with `statistic`, then across
+/// buckets with `time_aggregation` (Azure's two levels).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricAggregation {
+    pub statistic: Statistic,
+    pub time_grain: Duration,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub time_aggregation: TimeAggregation,
+}
+
 /// Where metric values come from. Implementations read the store (live) or memory (tests,
 /// simulator). `None` means "no data" and is never treated as zero.
 pub trait MetricQuery {
-    /// The value of `metric` over `(window_start, window_end]`: samples are grouped into
-    /// `time_grain` buckets, combined across instances with `statistic`, then across buckets
-    /// with `time_aggregation`.
-    #[allow(clippy::too_many_arguments)]
-    fn aggregate(
-        &self,
-        metric: &str,
-        dimensions: &[Dimension],
-        statistic: Statistic,
-        time_grain: Duration,
-        window_start: DateTime<Utc>,
-        window_end: DateTime<Utc>,
-        time_aggregation: TimeAggregation,
-    ) -> Option<f64>;
+    /// The value of `metric` (its series that match `dimensions`), aggregated as `how` says.
+    fn aggregate(&self, metric: &str, dimensions: &[Dimension], how: MetricAggregation) -> Option<f64>;
 
     /// Whether `metric` is measured per instance (CPU, requests per instance), so that a
     /// different instance count changes it; totals (queue length) are not.

@@ -34,7 +34,9 @@ pub mod schedule;
 pub mod simulate;
 
 pub use condition::{parse_condition, parse_rule, parse_scale, ConditionError};
-pub use evaluate::{evaluate, AutoscaleState, Decision, EvalInput, LastScale, MetricQuery, RuleEvaluation};
+pub use evaluate::{
+    evaluate, AutoscaleState, Decision, EvalInput, LastScale, MetricAggregation, MetricQuery, RuleEvaluation,
+};
 pub use memory::InMemoryMetrics;
 pub use model::{AutoscaleSetting, Capacity, MetricTrigger, Profile, Rule, ScaleAction, TargetTracking};
 pub use simulate::{parse_trace_csv, simulate, svg_plot, SimOptions, SimResult};

@@ -6,9 +6,9 @@
 //! database. The live store can reuse [`aggregate_series`] on the series it loads, so both
 //! compute windows the same way.
 
-use crate::evaluate::MetricQuery;
+use crate::evaluate::{MetricAggregation, MetricQuery};
 use crate::model::{Dimension, DimensionOperator, Statistic, TimeAggregation};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
 /// Whether a metric is per instance when nothing says otherwise: metric sources
@@ -129,16 +129,7 @@ impl InMemoryMetrics {
 }
 
 impl MetricQuery for InMemoryMetrics {
-    fn aggregate(
-        &self,
-        metric: &str,
-        dimensions: &[Dimension],
-        statistic: Statistic,
-        time_grain: Duration,
-        window_start: DateTime<Utc>,
-        window_end: DateTime<Utc>,
-        time_aggregation: TimeAggregation,
-    ) -> Option<f64> {
+    fn aggregate(&self, metric: &str, dimensions: &[Dimension], how: MetricAggregation) -> Option<f64> {
         let m = self.metrics.get(metric)?;
         let mut filters = Vec::new();
         for d in dimensions {
@@ -162,7 +153,7 @@ impl MetricQuery for InMemoryMetrics {
             .iter()
             .filter(|s| filters.is_empty() || matches(&s.name))
             .map(|s| (s.times.as_slice(), s.values.as_slice()));
-        aggregate_series(series, statistic, time_grain, window_start, window_end, time_aggregation)
+        aggregate_series(series, how)
     }
 
     fn is_per_instance(&self, metric: &str) -> bool {
@@ -219,12 +210,9 @@ fn mean(sum: f64, cnt: u64) -> f64 {
 /// latest grain). `None` when no sample falls in the window.
 pub fn aggregate_series<'a>(
     series: impl Iterator<Item = (&'a [i64], &'a [f64])>,
-    statistic: Statistic,
-    time_grain: Duration,
-    window_start: DateTime<Utc>,
-    window_end: DateTime<Utc>,
-    time_aggregation: TimeAggregation,
+    how: MetricAggregation,
 ) -> Option<f64> {
+    let MetricAggregation { statistic, time_grain, window_start, window_end, time_aggregation } = how;
     let start = window_start.timestamp_millis();
     let end = window_end.timestamp_millis();
     let grain = time_grain.num_milliseconds().max(1);
@@ -290,10 +278,21 @@ pub fn aggregate_series<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{Duration, TimeZone};
 
     fn t(min: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::minutes(min)
+    }
+
+    /// One-minute grains over `(t(start), t(end)]`.
+    fn over(statistic: Statistic, (start, end): (i64, i64), time_aggregation: TimeAggregation) -> MetricAggregation {
+        MetricAggregation {
+            statistic,
+            time_grain: Duration::minutes(1),
+            window_start: t(start),
+            window_end: t(end),
+            time_aggregation,
+        }
     }
 
     #[test]
@@ -304,7 +303,7 @@ mod tests {
             m.record("cpu", "a", t(i), 10.0 * i as f64);
             m.record("cpu", "b", t(i), 30.0);
         }
-        let q = |stat, agg| m.aggregate("cpu", &[], stat, Duration::minutes(1), t(0), t(5), agg);
+        let q = |stat, agg| m.aggregate("cpu", &[], over(stat, (0, 5), agg));
         // Per-grain averages: 20, 25, 30, 35, 40.
         assert_eq!(q(Statistic::Average, TimeAggregation::Average), Some(30.0));
         assert_eq!(q(Statistic::Average, TimeAggregation::Maximum), Some(40.0));
@@ -314,19 +313,10 @@ mod tests {
         assert_eq!(q(Statistic::Sum, TimeAggregation::Total), Some(150.0 + 150.0));
         assert_eq!(q(Statistic::Average, TimeAggregation::Count), Some(10.0));
         // The window is (start, end]: a sample at the start is outside.
-        assert_eq!(
-            m.aggregate("cpu", &[], Statistic::Average, Duration::minutes(1), t(4), t(5), TimeAggregation::Average),
-            Some(40.0)
-        );
+        assert_eq!(m.aggregate("cpu", &[], over(Statistic::Average, (4, 5), TimeAggregation::Average)), Some(40.0));
         // No data is None, never zero.
-        assert_eq!(
-            m.aggregate("cpu", &[], Statistic::Average, Duration::minutes(1), t(10), t(15), TimeAggregation::Average),
-            None
-        );
-        assert_eq!(
-            m.aggregate("mem", &[], Statistic::Average, Duration::minutes(1), t(0), t(5), TimeAggregation::Average),
-            None
-        );
+        assert_eq!(m.aggregate("cpu", &[], over(Statistic::Average, (10, 15), TimeAggregation::Average)), None);
+        assert_eq!(m.aggregate("mem", &[], over(Statistic::Average, (0, 5), TimeAggregation::Average)), None);
         // Instance dimension filters; unknown dimensions match nothing.
         let only_a = Dimension {
             dimension_name: "VMName".into(),
@@ -334,31 +324,12 @@ mod tests {
             values: vec!["a".into()],
         };
         assert_eq!(
-            m.aggregate(
-                "cpu",
-                &[only_a],
-                Statistic::Average,
-                Duration::minutes(1),
-                t(0),
-                t(5),
-                TimeAggregation::Maximum
-            ),
+            m.aggregate("cpu", &[only_a], over(Statistic::Average, (0, 5), TimeAggregation::Maximum)),
             Some(50.0)
         );
         let other =
             Dimension { dimension_name: "Zone".into(), operator: DimensionOperator::Equals, values: vec!["1".into()] };
-        assert_eq!(
-            m.aggregate(
-                "cpu",
-                &[other],
-                Statistic::Average,
-                Duration::minutes(1),
-                t(0),
-                t(5),
-                TimeAggregation::Maximum
-            ),
-            None
-        );
+        assert_eq!(m.aggregate("cpu", &[other], over(Statistic::Average, (0, 5), TimeAggregation::Maximum)), None);
         assert!(m.is_per_instance("cpu"));
         assert!(!m.is_per_instance("source/jobs"));
         m.prune_before(t(3));
@@ -372,13 +343,7 @@ mod tests {
         m.record("cpu", "a", t(1), 100.0);
         m.record("cpu", "b", t(1), 20.0);
         // a's grain mean is 50, b's 20: the instance average is 35, not (0+100+20)/3.
-        assert_eq!(
-            m.aggregate("cpu", &[], Statistic::Average, Duration::minutes(1), t(0), t(1), TimeAggregation::Average),
-            Some(35.0)
-        );
-        assert_eq!(
-            m.aggregate("cpu", &[], Statistic::Count, Duration::minutes(1), t(0), t(1), TimeAggregation::Average),
-            Some(3.0)
-        );
+        assert_eq!(m.aggregate("cpu", &[], over(Statistic::Average, (0, 1), TimeAggregation::Average)), Some(35.0));
+        assert_eq!(m.aggregate("cpu", &[], over(Statistic::Count, (0, 1), TimeAggregation::Average)), Some(3.0));
     }
 }

@@ -571,20 +571,12 @@ impl Rule {
                 ));
             }
         }
-        let grain = duration_field(
-            &format!("{mf}.timeGrain"),
-            &m.time_grain,
-            Duration::seconds(1),
-            Duration::hours(12),
-            "PT1S to PT12H (Azure: PT1M to PT12H)",
-        )?;
-        let window = duration_field(
-            &format!("{mf}.timeWindow"),
-            &m.time_window,
-            Duration::seconds(1),
-            Duration::hours(24),
-            "PT1S to P1D (Azure: PT5M to PT12H)",
-        )?;
+        // Grain and window: both at least a second, named below the trigger.
+        let span = |name: &str, value: &str, max, range| {
+            duration_field(&format!("{mf}.{name}"), value, Duration::seconds(1), max, range)
+        };
+        let grain = span("timeGrain", &m.time_grain, Duration::hours(12), "PT1S to PT12H (Azure: PT1M to PT12H)")?;
+        let window = span("timeWindow", &m.time_window, Duration::hours(24), "PT1S to P1D (Azure: PT5M to PT12H)")?;
         if window < grain {
             return Err(FieldError::new(
                 format!("{mf}.timeWindow"),
@@ -768,29 +760,17 @@ impl TargetTracking {
                 format!("{} is not allowed; must be a number above 0", self.target),
             ));
         }
-        let week = Duration::weeks(1);
-        duration_field(&format!("{f}.warmup"), &self.warmup, Duration::zero(), Duration::hours(12), "PT0S to PT12H")?;
-        duration_field(
-            &format!("{f}.scaleInCooldown"),
-            &self.scale_in_cooldown,
-            Duration::zero(),
-            week,
-            "PT0S to P7D",
-        )?;
-        duration_field(
-            &format!("{f}.scaleOutCooldown"),
-            &self.scale_out_cooldown,
-            Duration::zero(),
-            week,
-            "PT0S to P7D",
-        )?;
-        duration_field(
-            &format!("{f}.timeWindow"),
-            &self.time_window,
-            Duration::seconds(1),
-            Duration::hours(24),
-            "PT1S to P1D",
-        )?;
+        let (zero, week) = (Duration::zero(), Duration::weeks(1));
+        // (field, value, min, max, the allowed range as the error says it), in this order.
+        let spans = [
+            ("warmup", &self.warmup, zero, Duration::hours(12), "PT0S to PT12H"),
+            ("scaleInCooldown", &self.scale_in_cooldown, zero, week, "PT0S to P7D"),
+            ("scaleOutCooldown", &self.scale_out_cooldown, zero, week, "PT0S to P7D"),
+            ("timeWindow", &self.time_window, Duration::seconds(1), Duration::hours(24), "PT1S to P1D"),
+        ];
+        for (name, value, min, max, range) in spans {
+            duration_field(&format!("{f}.{name}"), value, min, max, range)?;
+        }
         Ok(())
     }
 }

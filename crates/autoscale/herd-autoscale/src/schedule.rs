@@ -98,19 +98,9 @@ pub fn parse_time_zone(name: &str) -> Option<Tz> {
     chrono_tz::TZ_VARIANTS.iter().copied().find(|tz| tz.name().eq_ignore_ascii_case(name))
 }
 
-/// `Monday` or `Mon` (any case).
+/// `Monday` or `Mon` (any case): chrono's own weekday names.
 pub fn parse_day(day: &str) -> Option<Weekday> {
-    let d = day.trim().to_ascii_lowercase();
-    let all = [
-        ("monday", Weekday::Mon),
-        ("tuesday", Weekday::Tue),
-        ("wednesday", Weekday::Wed),
-        ("thursday", Weekday::Thu),
-        ("friday", Weekday::Fri),
-        ("saturday", Weekday::Sat),
-        ("sunday", Weekday::Sun),
-    ];
-    all.iter().find(|(full, _)| *full == d || (d.len() == 3 && full.starts_with(&d))).map(|(_, w)| *w)
+    day.trim().parse().ok()
 }
 
 /// A `fixedDate.start/end`: RFC 3339 with an offset is absolute; a date-time without one

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use herd_autoscale::{
     evaluate,
     model::{Dimension, Statistic, TimeAggregation},
-    AutoscaleSetting, Decision, MetricQuery,
+    AutoscaleSetting, Decision, MetricAggregation, MetricQuery,
 };
 use herd_driver::Driver;
 use herd_model::{
@@ -106,16 +106,8 @@ pub fn coverage_slack(sample_interval: Duration) -> chrono::Duration {
 }
 
 impl MetricQuery for StoreMetrics<'_> {
-    fn aggregate(
-        &self,
-        metric: &str,
-        _dimensions: &[Dimension],
-        statistic: Statistic,
-        time_grain: chrono::Duration,
-        window_start: DateTime<Utc>,
-        window_end: DateTime<Utc>,
-        time_aggregation: TimeAggregation,
-    ) -> Option<f64> {
+    fn aggregate(&self, metric: &str, _dimensions: &[Dimension], how: MetricAggregation) -> Option<f64> {
+        let MetricAggregation { statistic, time_grain, window_start, window_end, time_aggregation } = how;
         let series = match metric.strip_prefix("source/") {
             Some(name) => self.store.series::<Series, _>(&SourceSeriesKey::new(self.set.group.as_str(), name)),
             None => self.store.series::<Series, _>(&SeriesKey::new(SetKey::of(self.set), metric)),

@@ -420,7 +420,14 @@ mod tests {
     ) -> Option<f64> {
         let slack = crate::runner::coverage_slack(std::time::Duration::from_secs(15));
         let m = StoreMetrics { store: &**store, set, slack };
-        m.aggregate(metric, &[], statistic, chrono::Duration::seconds(grain), t(start), t(end), agg)
+        let how = herd_autoscale::MetricAggregation {
+            statistic,
+            time_grain: chrono::Duration::seconds(grain),
+            window_start: t(start),
+            window_end: t(end),
+            time_aggregation: agg,
+        };
+        m.aggregate(metric, &[], how)
     }
 
     /// A round reads and writes the store on the blocking pool: on a current-thread runtime

@@ -24,6 +24,18 @@ async fn error(src: &dyn MetricSource) -> SourceError {
     e
 }
 
+/// The error of reading `pointer` from `path` of `http` (checked for leaks by [`error`]).
+async fn read_error(http: &HttpServer, path: &str, pointer: &str) -> SourceError {
+    error(source(&http.url(path), pointer).as_ref()).await
+}
+
+/// A server that answers `path` with `status` and the JSON `body`.
+fn serving(path: &str, status: u16, body: impl Into<String>) -> HttpServer {
+    let http = HttpServer::start().unwrap();
+    http.set(path, status, body);
+    http
+}
+
 fn stats() -> Value {
     json!({
         "queue": {"depth": 17, "name": "jobs", "paused": false, "oldest": null},
@@ -33,8 +45,7 @@ fn stats() -> Value {
 
 #[tokio::test]
 async fn numbers_at_nested_pointers_with_the_auth_header() {
-    let http = HttpServer::start().unwrap();
-    http.set("/stats", 200, stats().to_string());
+    let http = serving("/stats", 200, stats().to_string());
     let src = source(&http.url("/stats"), "/queue/depth");
     assert_eq!(src.describe(), format!("http-json http://127.0.0.1:{}/stats pointer /queue/depth", http.port()));
     assert_eq!(src.sample().await.unwrap(), Some(17.0));
@@ -52,44 +63,41 @@ async fn numbers_at_nested_pointers_with_the_auth_header() {
 
 #[tokio::test]
 async fn missing_and_non_numeric_values_are_errors() {
-    let http = HttpServer::start().unwrap();
-    http.set("/stats", 200, stats().to_string());
-    let e = error(source(&http.url("/stats"), "/queue/size").as_ref()).await;
+    let http = serving("/stats", 200, stats().to_string());
+    let e = read_error(&http, "/stats", "/queue/size").await;
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.to_string().ends_with("pointer /queue/size not found: /queue has no member \"size\""), "{e}");
-    let e = error(source(&http.url("/stats"), "/workers/5/busy").as_ref()).await;
+    let e = read_error(&http, "/stats", "/workers/5/busy").await;
     assert!(e.message().contains("/workers has 2 elements, no index 5"), "{e}");
-    let e = error(source(&http.url("/stats"), "/queue/name").as_ref()).await;
+    let e = read_error(&http, "/stats", "/queue/name").await;
     assert_eq!(e.kind(), ErrorKind::NotANumber);
     assert!(e.message().contains("the value at /queue/name is the string \"jobs\", not a number"), "{e}");
-    let e = error(source(&http.url("/stats"), "/queue").as_ref()).await;
+    let e = read_error(&http, "/stats", "/queue").await;
     assert!(e.message().contains("is an object, not a number"), "{e}");
-    let e = error(source(&http.url("/stats"), "/queue/paused").as_ref()).await;
+    let e = read_error(&http, "/stats", "/queue/paused").await;
     assert!(e.message().contains("is a boolean"), "{e}");
 
     http.set_typed("/html", 200, "text/html", "<html>busy</html>");
-    let e = error(source(&http.url("/html"), "/x").as_ref()).await;
+    let e = read_error(&http, "/html", "/x").await;
     assert_eq!(e.kind(), ErrorKind::Protocol);
     assert!(e.message().contains("the response is not JSON"), "{e}");
 }
 
 #[tokio::test]
 async fn http_errors_name_the_status() {
-    let http = HttpServer::start().unwrap();
-    http.set("/boom", 500, r#"{"error": "database down"}"#);
-    let e = error(source(&http.url("/boom"), "/depth").as_ref()).await;
+    let http = serving("/boom", 500, r#"{"error": "database down"}"#);
+    let e = read_error(&http, "/boom", "/depth").await;
     assert_eq!(e.kind(), ErrorKind::Server);
     assert!(e.message().starts_with("HTTP 500 Internal Server Error"), "{e}");
     assert!(e.message().contains("database down"), "{e}");
-    let e = error(source(&http.url("/nothing-here"), "/depth").as_ref()).await;
+    let e = read_error(&http, "/nothing-here", "/depth").await;
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.message().starts_with("HTTP 404"), "{e}");
 }
 
 #[tokio::test]
 async fn a_key_in_the_query_string_is_never_shown() {
-    let http = HttpServer::start().unwrap();
-    http.set("/boom", 500, "");
+    let http = serving("/boom", 500, "");
     let key = "Key-In-Url-42";
     let src = source(&http.url(&format!("/boom?api_key={key}")), "/depth");
     assert_eq!(src.describe(), format!("http-json http://127.0.0.1:{}/boom?… pointer /depth", http.port()));

@@ -41,11 +41,24 @@ fn qcow2_with_backing(p: &Path, backing: &str) {
     std::fs::write(p, b).unwrap();
 }
 
-#[test]
-fn a_server_side_path_is_refused_without_import_roots() {
+/// A sim server on `data/` of a new temporary directory. With `fill`, `images-in/` is made,
+/// filled by `fill` and named the server's `[images] import_roots` before the server starts.
+fn sim_server(fill: Option<fn(&Path)>) -> (tempfile::TempDir, PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let s = Server::start("sim", &data, None);
+    let config = fill.map(|fill| {
+        let root = dir.path().join("images-in");
+        std::fs::create_dir(&root).unwrap();
+        fill(&root);
+        format!("[images]\nimport_roots = [\"{}\"]\n", root.display())
+    });
+    let s = Server::start("sim", &data, config.as_deref());
+    (dir, data, s)
+}
+
+#[test]
+fn a_server_side_path_is_refused_without_import_roots() {
+    let (_dir, data, s) = sim_server(None);
     for (flag, path) in [("--disk", "/etc/shadow"), ("--kernel", "/etc/shadow"), ("--disk", "/etc/passwd")] {
         let e = s.err(&["image", "import", "--urn", "Bad:Img:1:1.0.0", "--server-path", flag, path]);
         assert!(e.contains(&flag[2..]) && e.contains("[images] import_roots"), "{e}");
@@ -60,12 +73,8 @@ fn a_server_side_path_is_refused_without_import_roots() {
 
 #[test]
 fn import_roots_allow_regular_files_below_them_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let (dir, data, s) = sim_server(Some(|_| {}));
     let root = dir.path().join("images-in");
-    std::fs::create_dir(&root).unwrap();
-    let config = format!("[images]\nimport_roots = [\"{}\"]\n", root.display());
-    let s = Server::start("sim", &data, Some(&config));
     std::os::unix::fs::symlink("/etc/shadow", root.join("shadow.raw")).unwrap();
     assert!(std::process::Command::new("mkfifo").arg(root.join("pipe.raw")).status().unwrap().success(), "mkfifo");
     qcow2_with_backing(&root.join("backed.qcow2"), "/etc/shadow");
@@ -122,9 +131,7 @@ fn a_root_holding_the_data_dir_is_refused_at_startup() {
 
 #[test]
 fn uploads_are_checked_by_digest_and_content() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let s = Server::start("sim", &data, None);
+    let (dir, data, s) = sim_server(None);
     // Not an image: text, and a file too small to be a raw disk.
     let notes = dir.path().join("notes.txt");
     std::fs::write(&notes, "root:$6$hash:19000:0:99999:7:::\n").unwrap();
@@ -228,9 +235,7 @@ fn process_image(dir: &Path) {
 
 #[test]
 fn a_directory_is_uploaded_and_a_server_side_one_needs_import_roots() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let s = Server::start("sim", &data, None);
+    let (dir, data, s) = sim_server(None);
     let img = dir.path().join("img");
     process_image(&img);
 
@@ -258,9 +263,7 @@ fn a_directory_is_uploaded_and_a_server_side_one_needs_import_roots() {
 #[test]
 fn an_uploaded_tar_with_a_link_or_an_escape_is_refused_and_leaves_nothing() {
     use sha2::Digest;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let s = Server::start("sim", &data, None);
+    let (dir, data, s) = sim_server(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let send = |r: reqwest::RequestBuilder| {
         rt.block_on(async {
@@ -317,13 +320,8 @@ fn an_uploaded_tar_with_a_link_or_an_escape_is_refused_and_leaves_nothing() {
 
 #[test]
 fn a_server_side_directory_below_import_roots_is_copied_without_its_links() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let root = dir.path().join("images-in");
-    let img = root.join("img");
-    process_image(&img);
-    let config = format!("[images]\nimport_roots = [\"{}\"]\n", root.display());
-    let s = Server::start("sim", &data, Some(&config));
+    let (dir, data, s) = sim_server(Some(|root| process_image(&root.join("img"))));
+    let img = dir.path().join("images-in/img");
     let v = s.json(&["image", "import", "--urn", "Srv:Dir:1:1.0.0", "--server-path", "--dir", img.to_str().unwrap()]);
     assert_eq!(v["source"]["kind"], "directory", "{v}");
     std::os::unix::fs::symlink(data.join("api-token"), img.join("www/token")).unwrap();

@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,19 @@ fn remove_wal(data: &Path) {
     }
 }
 
+/// A zero orphan grace: an instance a server counted as unrecorded would be destroyed on its
+/// first pass.
+const NO_ORPHAN_GRACE: &str = "[reconciler]\norphan_grace_secs = 0\norphan_max_per_hour = 100\n";
+
+/// A new temporary directory with a sleeper image in `img/` and a process-driver server with
+/// [`NO_ORPHAN_GRACE`] on `data/`.
+fn process_server_without_orphan_grace() -> (tempfile::TempDir, PathBuf, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    let s = Server::start("process", &dir.path().join("data"), Some(NO_ORPHAN_GRACE));
+    (dir, img, s)
+}
+
 /// A store emptied (truncated to 0 bytes) and then deleted, with process instances running:
 /// the server refuses to start, naming the count and the ways out, and every instance still
 /// runs; `--keep-orphans` starts and keeps them (unmanaged, even with a zero orphan grace);
@@ -93,12 +106,9 @@ fn remove_wal(data: &Path) {
 /// with no isolation.
 #[test]
 fn an_emptied_store_never_destroys_running_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     // A zero grace: if unmanaged instances were not protected, the first pass would kill them.
-    let config = "[reconciler]\norphan_grace_secs = 0\norphan_max_per_hour = 100\n";
-    let mut s = Server::start("process", &data, Some(config));
+    let (_dir, img, mut s) = process_server_without_orphan_grace();
+    let data = s.data_dir.clone();
     assert!(
         s.log_text().contains("process instances run as root on this host") && s.log_text().contains("isolate nothing"),
         "the process driver warns plainly at start; log:\n{}",
@@ -168,10 +178,9 @@ fn an_emptied_store_never_destroys_running_instances() {
 fn two_clusters_on_one_kernel_never_touch_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    let config = "[reconciler]\norphan_grace_secs = 0\norphan_max_per_hour = 100\n";
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let mut a = Server::start("process", &da, Some(config));
-    let b = Server::start("process", &db, Some(config));
+    let mut a = Server::start("process", &da, Some(NO_ORPHAN_GRACE));
+    let b = Server::start("process", &db, Some(NO_ORPHAN_GRACE));
     assert_ne!(
         std::fs::read_to_string(da.join("cluster-id")).unwrap(),
         std::fs::read_to_string(db.join("cluster-id")).unwrap()
@@ -214,11 +223,8 @@ fn two_clusters_on_one_kernel_never_touch_each_other() {
 /// and offline) names it.
 #[test]
 fn a_corrupt_record_is_quarantined_and_other_sets_keep_reconciling() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
-    let config = "[reconciler]\norphan_grace_secs = 0\norphan_max_per_hour = 100\n";
-    let s = Server::start("process", &data, Some(config));
+    let (_dir, img, s) = process_server_without_orphan_grace();
+    let data = s.data_dir.clone();
     create_set(&s, &img, "a", "2");
     create_set(&s, &img, "b", "1");
     create_set(&s, &img, "c", "1");

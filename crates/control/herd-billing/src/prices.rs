@@ -312,17 +312,19 @@ mod tests {
 
     #[test]
     fn schedule_errors_name_the_line() {
+        // (schedule, the line named, or none for the whole file, and what is wrong)
         let cases = [
-            ("2026-01-01T00:00:00Z,0.01\nyesterday,0.02\n", "s.csv:2", "RFC 3339"),
-            ("2026-01-01T00:00:00Z,abc\n", "s.csv:1", "not a price"),
-            ("2026-01-01T00:00:00Z,-1\n", "s.csv:1", "at least 0"),
-            ("2026-01-01T00:00:00Z,0.1,x\n", "s.csv:1", "found 3 field(s)"),
-            ("timestamp,price\nts,price\n", "s.csv:2", "RFC 3339"),
-            ("# nothing\n", "s.csv", "holds no prices"),
+            ("2026-01-01T00:00:00Z,0.01\nyesterday,0.02\n", Some(2), "RFC 3339"),
+            ("2026-01-01T00:00:00Z,abc\n", Some(1), "not a price"),
+            ("2026-01-01T00:00:00Z,-1\n", Some(1), "at least 0"),
+            ("2026-01-01T00:00:00Z,0.1,x\n", Some(1), "found 3 field(s)"),
+            ("timestamp,price\nts,price\n", Some(2), "RFC 3339"),
+            ("# nothing\n", None, "holds no prices"),
         ];
-        for (text, at, what) in cases {
+        for (text, line, what) in cases {
+            let at = line.map_or("s.csv".to_string(), |n| format!("s.csv:{n}"));
             let e = parse_schedule(Path::new("s.csv"), text).unwrap_err().to_string();
-            assert!(e.contains(at) && e.contains(what), "{text:?}: {e}");
+            assert!(e.contains(&at) && e.contains(what), "{text:?}: {e}");
         }
     }
 

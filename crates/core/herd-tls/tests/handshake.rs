@@ -56,14 +56,22 @@ fn start(dir: &std::path::Path) -> (TlsFiles, Material) {
     (files, m)
 }
 
+/// A server (see [`serve`]) presenting what [`start`] writes under `dir`: the files, their
+/// material, the certificates it serves (replaceable in place) and its address.
+async fn start_serving(dir: &std::path::Path) -> (TlsFiles, Material, Arc<ServerCerts>, SocketAddr) {
+    let (files, m) = start(dir);
+    let certs = ServerCerts::new(&m.chain_pem, &m.key_pem).unwrap();
+    let addr = serve(certs.clone()).await;
+    (files, m, certs, addr)
+}
+
 #[tokio::test]
 async fn a_client_trusting_the_bundle_connects_and_one_trusting_another_ca_is_refused_with_the_hint() {
     let dir = tempfile::tempdir().unwrap();
-    let (files, m) = start(dir.path());
+    let (files, m, _, addr) = start_serving(dir.path()).await;
     assert_eq!(mode(files.ca_key_path()), 0o600);
     assert_eq!(mode(&files.key_path()), 0o600);
     assert_eq!(m.rotation, Rotation::Single);
-    let addr = serve(ServerCerts::new(&m.chain_pem, &m.key_pem).unwrap()).await;
     assert_eq!(ask(addr, &m.bundle_pem).await.unwrap(), "ok");
 
     let other = ClusterCa::create("elsewhere", OffsetDateTime::now_utc()).unwrap();
@@ -102,9 +110,7 @@ async fn a_ca_key_without_its_certificate_is_refused_not_replaced() {
 #[tokio::test]
 async fn rotate_cert_under_a_stream_of_connections_fails_none() {
     let dir = tempfile::tempdir().unwrap();
-    let (files, m) = start(dir.path());
-    let certs = ServerCerts::new(&m.chain_pem, &m.key_pem).unwrap();
-    let addr = serve(certs.clone()).await;
+    let (files, m, certs, addr) = start_serving(dir.path()).await;
     let before = certs.leaf();
     let bundle = m.bundle_pem.clone();
     let asking = tokio::spawn(async move {
@@ -148,9 +154,7 @@ async fn a_bad_replacement_leaves_the_served_certificate_in_place() {
 #[tokio::test]
 async fn rotate_ca_trusts_old_and_new_clients_through_the_overlap_then_only_new_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (files, old) = start(dir.path());
-    let certs = ServerCerts::new(&old.chain_pem, &old.key_pem).unwrap();
-    let addr = serve(certs.clone()).await;
+    let (files, old, certs, addr) = start_serving(dir.path()).await;
 
     let now = OffsetDateTime::now_utc();
     let new = files.rotate_ca("cluster-1", &leaf(), time::Duration::hours(24), now).unwrap();
@@ -217,8 +221,7 @@ fn openssl_verifies_the_server_chain_against_the_bundle() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_blocks_no_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, m) = start(dir.path());
-    let addr = serve(ServerCerts::new(&m.chain_pem, &m.key_pem).unwrap()).await;
+    let (_, m, _, addr) = start_serving(dir.path()).await;
     // Open connections that send nothing (a slow or hostile client).
     let mut stalled = Vec::new();
     for _ in 0..20 {

@@ -121,7 +121,7 @@ use crate::accel::Accel;
 use crate::command_line::{self, forwarded_ports, mac_for, marker_prefix};
 use crate::disk;
 use crate::procfs::{self, ProcId};
-use crate::qga::{ExecStatus, Qga};
+use crate::qga::{ExecStatus, GuestCommand, Qga};
 use crate::qmp::Qmp;
 use crate::seed::{self, SeedFiles, UserDataInput};
 use crate::vm_dir::{self, remove_tree, walk, PidRecord, Power, ScriptRunRecord, VmDir, VmSpec};
@@ -859,7 +859,8 @@ async fn exec_script(
          if command -v setsid >/dev/null 2>&1; then exec setsid /bin/sh ./{GUEST_COMMAND_FILE}; fi\n\
          exec /bin/sh ./{GUEST_COMMAND_FILE}"
     );
-    let pid = qga.exec("/bin/sh", &["-c", wrapper.as_str()], NO_ENV, None, true).await?;
+    let cmd = GuestCommand { path: "/bin/sh", args: &["-c", wrapper.as_str()], env: NO_ENV, input: None };
+    let pid = qga.exec(cmd, true).await?;
     let _ = tokio::task::spawn_blocking(move || started(pid)).await;
     wait_script(qga, pid, timeout).await
 }

@@ -90,6 +90,17 @@ pub enum QgaError {
     Guest(String),
 }
 
+/// What [`Qga::exec`] starts in the guest: `path` with `args`. `env` (`KEY=VALUE` entries),
+/// when not empty, replaces the agent's environment. `input` is written to the process's
+/// standard input (then closed): the channel for secrets, never logged (so no `Debug`).
+#[derive(Clone, Copy)]
+pub struct GuestCommand<'a, A, E> {
+    pub path: &'a str,
+    pub args: &'a [A],
+    pub env: &'a [E],
+    pub input: Option<&'a [u8]>,
+}
+
 /// The state of a process started by [`Qga::exec`] (`guest-exec-status`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecStatus {
@@ -273,18 +284,14 @@ impl Qga {
         self.execute("guest-ping", None).await.map(drop)
     }
 
-    /// `guest-exec`: starts `path` with `args` in the guest and returns its pid. `env`
-    /// (`KEY=VALUE` entries), when not empty, replaces the agent's environment. `input` is
-    /// written to the process's standard input (then closed): the channel for secrets, never
-    /// logged. With `capture`, standard output and error are kept for [`Qga::exec_status`].
+    /// `guest-exec`: starts `cmd` in the guest and returns its pid. With `capture`, standard
+    /// output and error are kept for [`Qga::exec_status`].
     pub async fn exec<A: AsRef<str>, E: AsRef<str>>(
         &self,
-        path: &str,
-        args: &[A],
-        env: &[E],
-        input: Option<&[u8]>,
+        cmd: GuestCommand<'_, A, E>,
         capture: bool,
     ) -> Result<i64, QgaError> {
+        let GuestCommand { path, args, env, input } = cmd;
         let mut a = Map::new();
         a.insert("path".into(), Value::from(path));
         a.insert("arg".into(), args.iter().map(|s| Value::from(s.as_ref())).collect());
@@ -336,7 +343,7 @@ impl Qga {
     ) -> Result<ExecStatus, QgaError> {
         let deadline = Instant::now() + timeout;
         let remaining = || deadline.saturating_duration_since(Instant::now());
-        let pid = tokio::time::timeout_at(deadline, self.exec(path, args, env, input, true))
+        let pid = tokio::time::timeout_at(deadline, self.exec(GuestCommand { path, args, env, input }, true))
             .await
             .map_err(|_| QgaError::Timeout { what: format!("guest-exec {path}"), timeout })??;
         let mut delay = Duration::from_millis(10);

@@ -177,6 +177,25 @@ impl Drop for Harness {
     }
 }
 
+/// Reimages `s.key` to `s`, waits until it runs, and checks through the agent that the guest
+/// runs image `version` under the computer name of `s`.
+async fn reimage_to(d: &QemuDriver, s: &InstanceSpec, version: &str) {
+    d.reimage(s, Fence::FIRST).await.unwrap();
+    wait_running(d, &s.key).await;
+    let qga = agent(d, &s.key).await;
+    assert_eq!(qga.read_file("/etc/herd-image-version").await.unwrap(), format!("{version}\n").into_bytes());
+    assert_eq!(qga.get_host_name().await.unwrap(), s.computer_name);
+}
+
+/// What most tests here start with: the test guest's images ([`testguest_out`]), a harness
+/// named `name` and its driver.
+fn start(name: &str) -> (PathBuf, Harness, QemuDriver) {
+    let out = testguest_out();
+    let h = Harness::new(name);
+    let d = h.driver();
+    (out, h, d)
+}
+
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -314,9 +333,7 @@ fn cmdline_sampler(needle: String, stop: Arc<AtomicBool>) -> std::thread::JoinHa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_vms_boot_serve_run_scripts_and_are_destroyed() {
-    let out = testguest_out();
-    let h = Harness::new("basic");
-    let d = h.driver();
+    let (out, h, d) = start("basic");
     assert_eq!(d.name(), "qemu");
     let (a, b) = (key("rg/web/1"), key("rg/web/2"));
     let sa = spec(&a, "tgweb000001", "127.200.1.1", kernel_image(&out, "1.0.0"), true);
@@ -449,9 +466,7 @@ const FIND_LUN0: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_start_restart_and_reimage_keep_the_data_disk() {
-    let out = testguest_out();
-    let h = Harness::new("lifecycle");
-    let d = h.driver();
+    let (out, h, d) = start("lifecycle");
     let k = key("rg/life/1");
     let mut s = spec(&k, "tglife000001", "127.200.2.1", kernel_image(&out, "1.0.0"), true);
     s.guest.data_disks = vec![DataDisk { lun: 0, size_gb: 1 }];
@@ -512,12 +527,7 @@ async fn stop_start_restart_and_reimage_keep_the_data_disk() {
     let mut s2 = s.clone();
     s2.image = kernel_image(&out, "1.0.1");
     s2.model_generation = 2;
-    d.reimage(&s2, Fence::FIRST).await.unwrap();
-    wait_running(&d, &k).await;
-    let qga = agent(&d, &k).await;
-    assert_eq!(qga.read_file("/etc/herd-image-version").await.unwrap(), b"1.0.1\n");
-    assert_eq!(qga.get_host_name().await.unwrap(), "tglife000001");
-    drop(qga);
+    reimage_to(&d, &s2, "1.0.1").await;
     let (_, iid) = guest_sh(&d, &k, "cat /run/herd/instance-id").await;
     assert!(iid.trim().ends_with("-1"), "a reimage gets a new instance id: {iid}");
     assert_ne!(std::fs::metadata(d.instance_dir(&k).join("os.qcow2")).unwrap().ino(), os_inode, "new OS disk");
@@ -607,9 +617,7 @@ async fn adoption_orphans_and_host_reboots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_conflicts_and_unsupported_specs_fail_clearly() {
-    let out = testguest_out();
-    let h = Harness::new("ports");
-    let d = h.driver();
+    let (out, h, d) = start("ports");
     let k = key("rg/ports/1");
     let s = spec(&k, "tgports000001", "127.200.4.1", kernel_image(&out, "1.0.0"), true);
     let holder = std::net::TcpListener::bind("127.200.4.1:80").unwrap();
@@ -684,9 +692,7 @@ const GAP_SECTOR: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
-    let out = testguest_out();
-    let h = Harness::new("disk");
-    let d = h.driver();
+    let (out, h, d) = start("disk");
     let k = key("rg/disk/1");
     let image = disk_image(&out, "1.0.0");
     let ImageSource::Disk { path: image_path, .. } = &image else { unreachable!() };
@@ -749,12 +755,7 @@ async fn disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages() {
     let ImageSource::Disk { path: image2_path, .. } = &s2.image else { unreachable!() };
     let image2_path = PathBuf::from(image2_path);
     let image2_before = file_state(&image2_path);
-    d.reimage(&s2, Fence::FIRST).await.unwrap();
-    wait_running(&d, &k).await;
-    let qga = agent(&d, &k).await;
-    assert_eq!(qga.read_file("/etc/herd-image-version").await.unwrap(), b"1.0.1\n");
-    assert_eq!(qga.get_host_name().await.unwrap(), "tgdisk000001");
-    drop(qga);
+    reimage_to(&d, &s2, "1.0.1").await;
     assert_ne!(std::fs::metadata(&os_disk).unwrap().ino(), os_inode, "new OS disk");
     assert_eq!(qemu_img_info(&os_disk)["backing-filename"], image2_path.display().to_string());
     let (rc, back) = guest_sh(
@@ -869,9 +870,7 @@ async fn an_extension_run_cut_by_a_crash_is_adopted_or_killed_never_doubled() {
 /// refuses scripts at once, naming the flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_image_with_an_unknown_agent_detects_it_at_boot() {
-    let out = testguest_out();
-    let h = Harness::new("detect");
-    let d = h.driver();
+    let (out, h, d) = start("detect");
     let k = key("rg/detect/1");
     let image = disk_image(&out, "1.0.0");
     let mut s = spec(&k, "tgdetect00001", "127.200.6.1", image.clone(), true);

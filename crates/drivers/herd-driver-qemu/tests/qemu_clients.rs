@@ -11,7 +11,7 @@
 //! and checks both clients end to end, from boot to power-off by the ACPI power button (about 15 s on two cores). QEMU is always killed and its temp dir
 //! removed, even on failure. Every deadline is multiplied by `HERD_TEST_TIME_SCALE`.
 
-use herd_driver_qemu::qga::{Qga, QgaError};
+use herd_driver_qemu::qga::{GuestCommand, Qga, QgaError};
 use herd_driver_qemu::qmp::{Qmp, QmpError, QmpEvent, VmStatus};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -331,8 +331,9 @@ async fn qga_resyncs_past_stale_data_on_the_0xff_delimiter() {
 
     let qga = Qga::connect(&path, t()).await.unwrap();
     qga.ping().await.unwrap();
-    let pid =
-        qga.exec("/bin/cat", &["-"], &["SECRET_KIND=test"], Some(&[0, 255, 1, 2, b'h', b'i']), true).await.unwrap();
+    let input = [0, 255, 1, 2, b'h', b'i'];
+    let cmd = GuestCommand { path: "/bin/cat", args: &["-"], env: &["SECRET_KIND=test"], input: Some(&input) };
+    let pid = qga.exec(cmd, true).await.unwrap();
     assert_eq!(pid, 4242);
     let st = qga.exec_status(pid).await.unwrap();
     assert!(st.exited && !st.success());

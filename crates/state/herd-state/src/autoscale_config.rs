@@ -17,33 +17,40 @@ use serde::{de::DeserializeOwned, Serialize};
 /// The setting as a user writes it (`herd-autoscale`'s model), named here for the API.
 pub use herd_autoscale::AutoscaleSetting;
 
-/// Every autoscale setting of group `group`.
-pub fn settings_of<T: DeserializeOwned>(store: &dyn Store, group: &str) -> Result<Vec<Versioned<T>>, StateError> {
-    of_group(store, Kind::AutoscaleSetting, group)
+/// Which user-written record: a setting or a metric source. Both are keyed `group/name`, so
+/// one reader serves each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Config {
+    Setting,
+    Source,
 }
 
-/// Every record of `kind` (settings or sources, both keyed `group/name`) of group `group`.
-fn of_group<T: DeserializeOwned>(store: &dyn Store, kind: Kind, group: &str) -> Result<Vec<Versioned<T>>, StateError> {
-    Ok(store.list_as::<T>(kind, &AutoscaleKey::group_prefix(group))?)
+impl Config {
+    fn kind(self) -> Kind {
+        match self {
+            Config::Setting => Kind::AutoscaleSetting,
+            Config::Source => Kind::MetricSource,
+        }
+    }
 }
 
-/// Record `name` of `kind` of group `group`, if stored.
-fn named<T: DeserializeOwned>(
+/// Every record of `what` of group `group`.
+pub fn of_group<T: DeserializeOwned>(
     store: &dyn Store,
-    kind: Kind,
+    what: Config,
+    group: &str,
+) -> Result<Vec<Versioned<T>>, StateError> {
+    Ok(store.list_as::<T>(what.kind(), &AutoscaleKey::group_prefix(group))?)
+}
+
+/// Record `name` of `what` of group `group`, if stored.
+pub fn named<T: DeserializeOwned>(
+    store: &dyn Store,
+    what: Config,
     group: &str,
     name: &str,
 ) -> Result<Option<Versioned<T>>, StateError> {
-    Ok(store.get_as::<T>(kind, &AutoscaleKey::new(group, name).to_string())?)
-}
-
-/// Setting `name` of group `group`, if stored.
-pub fn setting<T: DeserializeOwned>(
-    store: &dyn Store,
-    group: &str,
-    name: &str,
-) -> Result<Option<Versioned<T>>, StateError> {
-    named(store, Kind::AutoscaleSetting, group, name)
+    Ok(store.get_as::<T>(what.kind(), &AutoscaleKey::new(group, name).to_string())?)
 }
 
 /// What a write logs: the resource it is about, and the message.
@@ -84,20 +91,6 @@ pub fn delete_setting<T>(
         WriteOp::Activity(ev),
     ])?;
     Ok(())
-}
-
-/// Every metric source of group `group`.
-pub fn sources_of<T: DeserializeOwned>(store: &dyn Store, group: &str) -> Result<Vec<Versioned<T>>, StateError> {
-    of_group(store, Kind::MetricSource, group)
-}
-
-/// Source `name` of group `group`, if stored.
-pub fn source<T: DeserializeOwned>(
-    store: &dyn Store,
-    group: &str,
-    name: &str,
-) -> Result<Option<Versioned<T>>, StateError> {
-    named(store, Kind::MetricSource, group, name)
 }
 
 /// Writes source `name` of `group` whole, with its protected settings sealed apart.
@@ -153,12 +146,14 @@ mod tests {
         let rev = put_setting(&store, ("RG", "Cpu"), &json!({"n": 1}), Expected::Absent, log("created")).unwrap();
         let stale = put_setting(&store, ("RG", "Cpu"), &json!({"n": 2}), Expected::Revision(rev + 5), log("x"));
         assert!(stale.unwrap_err().is_conflict());
-        let cur = setting::<serde_json::Value>(&store, "RG", "cpu").unwrap().expect("keys are case-insensitive");
+        let cur = named::<serde_json::Value>(&store, Config::Setting, "RG", "cpu")
+            .unwrap()
+            .expect("keys are case-insensitive");
         assert_eq!((cur.revision, cur.value["n"].as_u64()), (rev, Some(1)));
-        assert_eq!(settings_of::<serde_json::Value>(&store, "RG").unwrap().len(), 1);
+        assert_eq!(of_group::<serde_json::Value>(&store, Config::Setting, "RG").unwrap().len(), 1);
         store.put_autoscale_runtime(&AutoscaleKey::new("RG", "Cpu"), &json!({"history": []})).unwrap();
         delete_setting(&store, "RG", "Cpu", &cur, now()).unwrap();
-        assert!(setting::<serde_json::Value>(&store, "RG", "Cpu").unwrap().is_none());
+        assert!(named::<serde_json::Value>(&store, Config::Setting, "RG", "Cpu").unwrap().is_none());
         assert!(raw(&store, Kind::AutoscaleHistory, &cur.key).is_none(), "its history goes with it");
         assert_eq!(activity_count(&store), 2);
     }
@@ -172,7 +167,7 @@ mod tests {
         let sealed = store.sealed_source_secret(&SourceSecretKey::new("RG", "Queue")).unwrap().unwrap();
         assert!(!sealed.to_string().contains("pw"));
         assert_eq!(sealer.open::<serde_json::Value>(&sealed).unwrap()["password"], "pw");
-        assert!(source::<serde_json::Value>(&store, "RG", "queue").unwrap().is_some());
+        assert!(named::<serde_json::Value>(&store, Config::Source, "RG", "queue").unwrap().is_some());
         assert!(delete_source(&store, "RG", "Queue", now()).unwrap());
         assert!(store.sealed_source_secret(&SourceSecretKey::new("RG", "Queue")).unwrap().is_none());
         assert!(!delete_source(&store, "RG", "Queue", now()).unwrap(), "gone already");

@@ -2,7 +2,7 @@
 //! window, whether it fired, the capacity its action asks for, its cooldown, and the texts
 //! the history shows. The decision phases in the parent module weigh these against each other.
 
-use super::EvalInput;
+use super::{EvalInput, MetricAggregation};
 use crate::condition::{format_number, format_period};
 use crate::model::{Dimension, Rule, ScaleDirection, ScaleType, Statistic, TargetTracking, TimeAggregation};
 use chrono::{DateTime, Duration, Utc};
@@ -116,7 +116,14 @@ impl<'a> Reads<'a> {
         if let Some((_, v)) = self.done.iter().find(|(k, _)| *k == key) {
             return *v;
         }
-        let v = input.metrics.aggregate(key.0, key.1, key.2, key.3, input.now - key.4, input.now, key.5);
+        let how = MetricAggregation {
+            statistic: key.2,
+            time_grain: key.3,
+            window_start: input.now - key.4,
+            window_end: input.now,
+            time_aggregation: key.5,
+        };
+        let v = input.metrics.aggregate(key.0, key.1, how);
         self.done.push((key, v));
         v
     }
@@ -187,11 +194,13 @@ pub(super) fn evaluate_tracking(input: &EvalInput<'_>, tt: &TargetTracking, boun
         .aggregate(
             &tt.metric_name,
             &[],
-            Statistic::Average,
-            Duration::minutes(1).min(tt.window()),
-            now - tt.window(),
-            now,
-            TimeAggregation::Average,
+            MetricAggregation {
+                statistic: Statistic::Average,
+                time_grain: Duration::minutes(1).min(tt.window()),
+                window_start: now - tt.window(),
+                window_end: now,
+                time_aggregation: TimeAggregation::Average,
+            },
         )
         .filter(|v| v.is_finite());
     let per_instance = input.metrics.is_per_instance(&tt.metric_name);

@@ -60,10 +60,25 @@ fn err(c: &str) -> ConditionError {
     parse_condition(c).expect_err(c)
 }
 
+/// Each case `(input, column, token, message fragment)` is refused by `parse`, with the caret at
+/// the token, the argument named and the input kept whole.
+fn points_at<T: std::fmt::Debug>(
+    parse: fn(&str) -> Result<T, ConditionError>,
+    argument: &str,
+    cases: &[(&str, usize, &str, &str)],
+) {
+    for (c, col, tok, frag) in cases {
+        let e = parse(c).expect_err(c);
+        assert_eq!((e.column, e.token.as_str(), e.argument.as_str()), (*col, *tok, argument), "{c}: {e}");
+        assert!(e.message.contains(frag), "{c}: {}", e.message);
+        assert_eq!(e.input, *c);
+    }
+}
+
 #[test]
 fn bad_conditions_point_at_the_token() {
     // (condition, column, token, message fragment)
-    let cases: &[(&str, usize, &str, &str)] = &[
+    let cases = [
         ("Percentage CPU > 70 average 5m", 20, "average", "allowed values: avg, min, max, total, count, last"),
         ("Percentage CPU 70 avg 5m", 15, "70", "allowed values: >, >=, <, <=, ==, !="),
         ("Percentage CPU => 70 avg 5m", 15, "=>", "allowed values: >, >=, <, <=, ==, !="),
@@ -85,13 +100,7 @@ fn bad_conditions_point_at_the_token() {
         ("", 0, "", "empty condition"),
         ("Percentage CPU", 14, "", "expected a comparison operator"),
     ];
-    for (c, col, tok, frag) in cases {
-        let e = err(c);
-        assert_eq!((e.column, e.token.as_str()), (*col, *tok), "{c}: {e}");
-        assert!(e.message.contains(frag), "{c}: {}", e.message);
-        assert_eq!(e.argument, "--condition");
-        assert_eq!(e.input, *c);
-    }
+    points_at(parse_condition, "--condition", &cases);
 }
 
 #[test]
@@ -122,7 +131,8 @@ fn scale_actions() {
     let a = parse_scale("to 0").unwrap();
     assert_eq!(a.value, "0");
     assert_eq!(a.cooldown, "PT5M");
-    let cases: &[(&str, usize, &str, &str)] = &[
+    // (scale, column, token, message fragment)
+    let cases = [
         ("sideways 1", 0, "sideways", "allowed values: in, out, to"),
         ("out x", 4, "x", "not a whole number"),
         ("out -1", 4, "-1", "not a whole number"),
@@ -136,11 +146,7 @@ fn scale_actions() {
         parse_scale("to 5%").unwrap_err().to_string(),
         "invalid --scale: 'to' takes an instance count, not a percentage; e.g. 'to 5'\n  to 5%\n     ^^"
     );
-    for (s, col, tok, frag) in cases {
-        let e = parse_scale(s).expect_err(s);
-        assert_eq!((e.column, e.token.as_str(), e.argument.as_str()), (*col, *tok, "--scale"), "{s}: {e}");
-        assert!(e.message.contains(frag), "{s}: {}", e.message);
-    }
+    points_at(parse_scale, "--scale", &cases);
 }
 
 #[test]

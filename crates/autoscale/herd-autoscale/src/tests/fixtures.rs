@@ -1,8 +1,8 @@
 //! Builders shared by the tests.
 
-use crate::evaluate::{evaluate, Decision, EvalInput, LastScale, MetricQuery};
+use crate::evaluate::{evaluate, Decision, EvalInput, LastScale, MetricAggregation, MetricQuery};
 use crate::model::*;
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use std::collections::{BTreeMap, HashMap};
 
 /// A metric store that answers every window with a fixed value per metric (`None` = no data).
@@ -28,16 +28,7 @@ impl Fixed {
 }
 
 impl MetricQuery for Fixed {
-    fn aggregate(
-        &self,
-        metric: &str,
-        _dimensions: &[Dimension],
-        _statistic: Statistic,
-        _time_grain: Duration,
-        _window_start: DateTime<Utc>,
-        _window_end: DateTime<Utc>,
-        _time_aggregation: TimeAggregation,
-    ) -> Option<f64> {
+    fn aggregate(&self, metric: &str, _dimensions: &[Dimension], _how: MetricAggregation) -> Option<f64> {
         self.values.get(metric).copied()
     }
     fn is_per_instance(&self, metric: &str) -> bool {

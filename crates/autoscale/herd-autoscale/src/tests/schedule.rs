@@ -94,6 +94,9 @@ fn time_zones_iana_and_windows() {
     assert_eq!(parse_day("thu"), Some(Weekday::Thu));
     assert_eq!(parse_day("Sunday"), Some(Weekday::Sun));
     assert_eq!(parse_day("Sonntag"), None);
+    // Three letters or the whole name, any case; nothing in between.
+    assert_eq!(parse_day(" WEDnesday "), Some(Weekday::Wed));
+    assert_eq!(parse_day("tues"), None);
 }
 
 #[test]

@@ -17,97 +17,35 @@ fn a_good_setting_validates() {
     base().validate().unwrap();
 }
 
-/// Table: (mutation, field, message fragment).
+/// A case of a table: (mutation of a part, field below the part, message fragment).
+type Case<T> = (fn(&mut T), &'static str, &'static str);
+
+/// Refuses `base()` changed by each case of a table of (mutation of the part `at` picks, field
+/// below `prefix`, message fragment), naming the field and the allowed values.
+fn refused<T>(prefix: &str, at: fn(&mut AutoscaleSetting) -> &mut T, cases: Vec<Case<T>>) {
+    for (i, (mutate, field, frag)) in cases.into_iter().enumerate() {
+        let mut s = base();
+        mutate(at(&mut s));
+        let e = fails(&s);
+        assert_eq!(e.field, format!("{prefix}{field}"), "{prefix} case {i}: {e}");
+        assert!(e.message.contains(frag), "{prefix} case {i}: {e}");
+    }
+}
+
+/// Tables: (mutation, field, message fragment), of the whole setting, its capacity, a rule, a
+/// recurrence.
 #[test]
 fn validation_errors_name_the_field_and_the_allowed_values() {
-    type Mutate = fn(&mut AutoscaleSetting);
-    let cases: Vec<(Mutate, &str, &str)> = vec![
-        (
-            |s| s.profiles[0].capacity.minimum = 11,
-            "profiles[0].capacity.minimum",
-            "greater than maximum 10; allowed: 0 to 10",
-        ),
-        (
-            |s| s.profiles[0].capacity.default = 1,
-            "profiles[0].capacity.default",
-            "outside minimum..maximum; allowed: 2 to 10",
-        ),
-        (|s| s.profiles[0].capacity.default = 11, "profiles[0].capacity.default", "allowed: 2 to 10"),
-        (|s| s.profiles[0].capacity.maximum = 1001, "profiles[0].capacity.maximum", "allowed: 0 to 1000"),
-        (
-            |s| s.profiles[0].capacity.minimum = -1,
-            "profiles[0].capacity.minimum",
-            "-1 is out of range; allowed: 0 to 1000",
-        ),
+    let cases: Vec<Case<AutoscaleSetting>> = vec![
         (|s| s.profiles.clear(), "profiles", "at least one profile"),
         (|s| s.name = " ".into(), "name", "must not be empty"),
         (|s| s.target_resource_uri.clear(), "targetResourceUri", "must name the scale set"),
-        (
-            |s| s.profiles[0].rules[0].metric_trigger.time_grain = "5 minutes".into(),
-            "profiles[0].rules[0].metricTrigger.timeGrain",
-            "not an ISO 8601 duration",
-        ),
         (
             |s| s.profiles[0].rules[1].metric_trigger.time_window = "PT30S".into(),
             "profiles[0].rules[1].metricTrigger.timeWindow",
             "shorter than timeGrain PT1M",
         ),
-        (
-            |s| s.profiles[0].rules[0].metric_trigger.time_grain = "PT13H".into(),
-            "profiles[0].rules[0].metricTrigger.timeGrain",
-            "allowed: PT1S to PT12H",
-        ),
-        (
-            |s| s.profiles[0].rules[0].scale_action.cooldown = "P8D".into(),
-            "profiles[0].rules[0].scaleAction.cooldown",
-            "allowed: PT0S to P7D",
-        ),
-        (
-            |s| s.profiles[0].rules[0].scale_action.value = "two".into(),
-            "profiles[0].rules[0].scaleAction.value",
-            "not a whole number",
-        ),
-        (
-            |s| s.profiles[0].rules[0].scale_action.value = "0".into(),
-            "profiles[0].rules[0].scaleAction.value",
-            "allowed: 1 to 1000",
-        ),
-        (
-            |s| s.profiles[0].rules[0].scale_action.direction = ScaleDirection::None,
-            "profiles[0].rules[0].scaleAction.direction",
-            "only goes with type ExactCount",
-        ),
-        (
-            |s| s.profiles[0].rules[0].metric_trigger.metric_name = "".into(),
-            "profiles[0].rules[0].metricTrigger.metricName",
-            "must not be empty",
-        ),
-        (
-            |s| s.profiles[0].rules[0].metric_trigger.threshold = f64::NAN,
-            "profiles[0].rules[0].metricTrigger.threshold",
-            "finite",
-        ),
         (|s| s.profiles[0].rules = vec![out(CPU, 70.0, 1); 11], "profiles[0].rules", "at most 10"),
-        (
-            |s| s.profiles[0].recurrence = Some(recurrence("Mars/Olympus", &["Monday"], 8, 0)),
-            "profiles[0].recurrence.schedule.timeZone",
-            "unknown time zone 'Mars/Olympus'",
-        ),
-        (
-            |s| s.profiles[0].recurrence = Some(recurrence("UTC", &["Funday"], 8, 0)),
-            "profiles[0].recurrence.schedule.days[0]",
-            "allowed values: Monday, Tuesday",
-        ),
-        (
-            |s| s.profiles[0].recurrence = Some(recurrence("UTC", &["Mon"], 24, 0)),
-            "profiles[0].recurrence.schedule.hours[0]",
-            "allowed: 0 to 23",
-        ),
-        (
-            |s| s.profiles[0].recurrence = Some(recurrence("UTC", &["Mon"], 8, 60)),
-            "profiles[0].recurrence.schedule.minutes[0]",
-            "allowed: 0 to 59",
-        ),
         (
             |s| {
                 s.profiles[0].fixed_date = Some(FixedDate {
@@ -192,13 +130,37 @@ fn validation_errors_name_the_field_and_the_allowed_values() {
             "must be a number above 0",
         ),
     ];
-    for (i, (mutate, field, frag)) in cases.into_iter().enumerate() {
-        let mut s = base();
-        mutate(&mut s);
-        let e = fails(&s);
-        assert_eq!(e.field, field, "case {i}: {e}");
-        assert!(e.message.contains(frag), "case {i}: {e}");
-    }
+    refused("", |s| s, cases);
+    let capacity: Vec<Case<Capacity>> = vec![
+        (|c| c.minimum = 11, "minimum", "greater than maximum 10; allowed: 0 to 10"),
+        (|c| c.default = 1, "default", "outside minimum..maximum; allowed: 2 to 10"),
+        (|c| c.default = 11, "default", "allowed: 2 to 10"),
+        (|c| c.maximum = 1001, "maximum", "allowed: 0 to 1000"),
+        (|c| c.minimum = -1, "minimum", "-1 is out of range; allowed: 0 to 1000"),
+    ];
+    refused("profiles[0].capacity.", |s| &mut s.profiles[0].capacity, capacity);
+    let rule: Vec<Case<Rule>> = vec![
+        (|r| r.metric_trigger.time_grain = "5 minutes".into(), "metricTrigger.timeGrain", "not an ISO 8601 duration"),
+        (|r| r.metric_trigger.time_grain = "PT13H".into(), "metricTrigger.timeGrain", "allowed: PT1S to PT12H"),
+        (|r| r.scale_action.cooldown = "P8D".into(), "scaleAction.cooldown", "allowed: PT0S to P7D"),
+        (|r| r.scale_action.value = "two".into(), "scaleAction.value", "not a whole number"),
+        (|r| r.scale_action.value = "0".into(), "scaleAction.value", "allowed: 1 to 1000"),
+        (
+            |r| r.scale_action.direction = ScaleDirection::None,
+            "scaleAction.direction",
+            "only goes with type ExactCount",
+        ),
+        (|r| r.metric_trigger.metric_name = "".into(), "metricTrigger.metricName", "must not be empty"),
+        (|r| r.metric_trigger.threshold = f64::NAN, "metricTrigger.threshold", "finite"),
+    ];
+    refused("profiles[0].rules[0].", |s| &mut s.profiles[0].rules[0], rule);
+    let schedule: Vec<Case<Option<Recurrence>>> = vec![
+        (|r| *r = Some(recurrence("Mars/Olympus", &["Monday"], 8, 0)), "timeZone", "unknown time zone 'Mars/Olympus'"),
+        (|r| *r = Some(recurrence("UTC", &["Funday"], 8, 0)), "days[0]", "allowed values: Monday, Tuesday"),
+        (|r| *r = Some(recurrence("UTC", &["Mon"], 24, 0)), "hours[0]", "allowed: 0 to 23"),
+        (|r| *r = Some(recurrence("UTC", &["Mon"], 8, 60)), "minutes[0]", "allowed: 0 to 59"),
+    ];
+    refused("profiles[0].recurrence.schedule.", |s| &mut s.profiles[0].recurrence, schedule);
 }
 
 #[test]
