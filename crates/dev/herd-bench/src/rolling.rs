@@ -122,7 +122,15 @@ fn breakdown(done: &Value, timeline: &Timeline) -> Result<Vec<BatchBreakdown>> {
         );
         let rebuilt =
             latest(&|id, from| first(timeline, id, from, |s| s.state == "Running" && s.generation == target), drained);
-        let healthy = latest(&|id, from| first(timeline, id, from, |s| s.healthy && s.generation == target), rebuilt);
+        // The list may still show the old boot's health for a moment after the rebuild: the
+        // new boot's first healthy probe is the first healthy after it showed not healthy.
+        let healthy = latest(
+            &|id, from| {
+                let fresh = first(timeline, id, from, |s| !s.healthy).filter(|t| *t < next).unwrap_or(from);
+                first(timeline, id, fresh, |s| s.healthy && s.generation == target)
+            },
+            rebuilt,
+        );
         out.push(BatchBreakdown {
             instances: ids,
             drain_s: seconds(start, drained),
@@ -138,6 +146,8 @@ struct Cli {
     exe: std::path::PathBuf,
     url: String,
     token: String,
+    /// The server's CA bundle, as a file (`HERD_CA_FILE`); `None` on plain HTTP.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Cli {
@@ -147,6 +157,7 @@ impl Cli {
             .args(["--quiet"])
             .env("HERD_SERVER", &self.url)
             .env("HERD_TOKEN", &self.token)
+            .envs(self.ca_file.iter().map(|f| ("HERD_CA_FILE", f)))
             .output()
             .context("running herd")?;
         if !out.status.success() {
@@ -169,7 +180,15 @@ pub async fn measure(launch: &dyn Launch, driver: Driver, count: u64) -> Result<
     let config =
         "[sim]\nboot_min_ms = 50\nboot_max_ms = 200\n[loadbalancer]\ndrain_timeout_secs = 1\n[provisioning]\ndriver_concurrency = 256\n";
     let mut server = start_in(launch, dir.path(), driver, config).await?;
-    let cli = Cli { exe: std::env::current_exe()?, url: server.url.clone(), token: server.token.clone() };
+    let ca_file = match &server.ca_bundle {
+        Some(pem) => {
+            let f = dir.path().join("ca.pem");
+            std::fs::write(&f, pem)?;
+            Some(f)
+        }
+        None => None,
+    };
+    let cli = Cli { exe: std::env::current_exe()?, url: server.url.clone(), token: server.token.clone(), ca_file };
     // The temporary directory lives until the instances are gone (they are found by it).
     let root = dir.path().to_path_buf();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
