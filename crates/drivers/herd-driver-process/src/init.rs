@@ -3,9 +3,10 @@
 //!
 //! Why: it runs once per instance start, so its own start-up is paid a thousand times when a
 //! thousand instances start. The `herd` binary provides it as `herd instance-init`, but loading
-//! that 42 MB binary costs about 3 ms of CPU; the small `herd-instance-init` binary installed
-//! beside it runs the same code in about 0.3 ms. The driver uses the small one when it is there
-//! and works, else `herd instance-init` (see [`Launcher::find`]).
+//! that 42 MB binary costs about 2.5 ms of CPU; the small `herd-instance-init` binary installed
+//! beside it runs the same code in about half that (`perf stat`, beyond what `/bin/true` costs;
+//! see `docs/benchmarks.md`). The driver uses the small one when it is there and works, else
+//! `herd instance-init` (see [`Launcher::find`]).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
