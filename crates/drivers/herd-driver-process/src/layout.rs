@@ -83,6 +83,7 @@ impl InstanceDir {
         record::edit(&self.dir, change)
     }
 
+    #[cfg(test)]
     pub fn read_power(&self) -> Option<Power> {
         self.record().power
     }

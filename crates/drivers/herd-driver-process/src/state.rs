@@ -129,21 +129,23 @@ impl State {
     pub fn observe(&self) -> Vec<ObservedInstance> {
         let snap = Snapshot::take();
         let mut seen: BTreeMap<InstanceKey, ObservedPower> = BTreeMap::new();
-        let mut down: BTreeMap<InstanceKey, (InstanceDir, Option<ProcId>)> = BTreeMap::new();
+        let mut down: BTreeMap<InstanceKey, (InstanceDir, Option<ProcId>, Option<Power>)> = BTreeMap::new();
         let mut claimed = HashSet::new();
         for (key, d) in walk(&self.root) {
-            if !self.owns(&d) {
+            // One read of the record for the tag, the pid and the power.
+            let rec = d.record();
+            if rec.tag.as_deref() != Some(self.tag.as_str()) {
                 // Another cluster's (or older than cluster ids): not listed, so never touched.
                 // (Its processes carry another tag, so the scan below skips them too.)
                 continue;
             }
-            match d.read_pid() {
+            match rec.pid {
                 Some(id) if snap.group_alive(id) => {
                     claimed.insert(id.pid);
                     seen.insert(key, ObservedPower::Running);
                 }
                 pid => {
-                    down.insert(key, (d, pid));
+                    down.insert(key, (d, pid, rec.power));
                 }
             }
         }
@@ -159,8 +161,8 @@ impl State {
                 seen.insert(key, ObservedPower::Running);
             }
         }
-        for (key, (d, pid)) in down {
-            let power = match d.read_power() {
+        for (key, (d, pid, power)) in down {
+            let power = match power {
                 Some(Power::Stopped | Power::Deallocated) => ObservedPower::Stopped,
                 // Started after the scan (a restart racing this list): look again, live.
                 _ if d.read_pid().is_some_and(procfs::group_alive) => ObservedPower::Running,

@@ -63,12 +63,14 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, &[u8])> {
     (checksum(seq, payload) == sum).then_some((seq, payload))
 }
 
-/// The newest whole slot of a file's bytes: `(slot index, seq, payload)`.
+/// The newest whole slot of a file's bytes: `(slot index, seq, payload)`. The slot whose
+/// header claims the higher sequence is checked first; the other only if that one is torn.
 fn newest(bytes: &[u8]) -> Option<(usize, u64, &[u8])> {
     let size = bytes.len() / 2;
-    (0..2)
-        .filter_map(|i| decode_slot(&bytes[i * size..(i + 1) * size]).map(|(seq, p)| (i, seq, p)))
-        .max_by_key(|(_, seq, _)| *seq)
+    let slot = |i: usize| &bytes[i * size..(i + 1) * size];
+    let claimed = |i: usize| slot(i).get(4..12).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+    let first = usize::from(claimed(1) > claimed(0));
+    [first, 1 - first].into_iter().find_map(|i| decode_slot(slot(i)).map(|(seq, p)| (i, seq, p)))
 }
 
 fn corrupt(path: &Path) -> io::Error {
