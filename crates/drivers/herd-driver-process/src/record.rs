@@ -63,9 +63,16 @@ fn invalid(dir: &Path, e: serde_json::Error) -> io::Error {
 /// The record of the instance directory `dir`: its state file, or (a directory of an older
 /// server) its separate files. A directory with neither reads as an empty record.
 pub fn read(dir: &Path) -> io::Result<InstanceRecord> {
+    let parse = |bytes: Vec<u8>| serde_json::from_slice(&bytes).map_err(|e| invalid(dir, e));
+    if let Some(bytes) = slot_file::read(&dir.join(STATE_FILE))? {
+        return parse(bytes);
+    }
+    let old = legacy(dir);
+    // A migration removes the old files only after `state` exists: if it exists now, the old
+    // files may have been read half removed, and `state` is the record.
     match slot_file::read(&dir.join(STATE_FILE))? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| invalid(dir, e)),
-        None => Ok(legacy(dir)),
+        Some(bytes) => parse(bytes),
+        None => Ok(old),
     }
 }
 
