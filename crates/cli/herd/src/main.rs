@@ -61,32 +61,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Runs before any thread or runtime exists: new UTS namespace, hostname, then exec.
 /// `instance-init --hostname NAME -- PROGRAM [ARGS]` exactly, or `None`.
 fn fixed_instance_init(args: Vec<String>) -> Option<cli::InstanceInitArgs> {
-    match args.as_slice() {
-        [cmd, flag, hostname, sep, program @ ..]
-            if cmd == "instance-init" && flag == "--hostname" && sep == "--" && !program.is_empty() =>
-        {
-            Some(cli::InstanceInitArgs { hostname: hostname.clone(), program: program.to_vec() })
-        }
-        _ => None,
-    }
+    let (cmd, rest) = args.split_first()?;
+    let (hostname, program) = herd_driver_process::init::parse_args(rest).filter(|_| cmd == "instance-init")?;
+    Some(cli::InstanceInitArgs { hostname, program })
 }
 
+/// Runs before any thread or runtime exists: new UTS namespace, hostname, then exec. (The
+/// small `herd-instance-init` binary does the same, faster; see `herd_driver_process::init`.)
 fn instance_init(a: &cli::InstanceInitArgs) -> std::process::ExitCode {
-    use std::os::unix::process::CommandExt;
-    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS) {
-        eprintln!("herd instance-init: cannot create a UTS namespace: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    if let Err(e) = nix::unistd::sethostname(&a.hostname) {
-        eprintln!("herd instance-init: cannot set the hostname to '{}': {e}", a.hostname);
-        return std::process::ExitCode::FAILURE;
-    }
-    let err = std::process::Command::new(&a.program[0]).args(&a.program[1..]).exec();
-    eprintln!("herd instance-init: cannot start {}: {err}", a.program[0]);
-    std::process::ExitCode::from(127)
+    herd_driver_process::init::run(&a.hostname, &a.program)
 }
 
 #[cfg(test)]

@@ -8,6 +8,12 @@
 //!
 //! The server runs in this process; setup goes through the `herd` CLI itself (this binary),
 //! pointed at it, as a user would.
+//!
+//! Each batch is also broken down (`batchBreakdown`), from the instance list polled every
+//! 20 ms during the upgrade: how long the batch's instances drained (batch start → the last
+//! instance leaves the pool and its rebuild starts), were rebuilt (→ running on the new model),
+//! waited for their first healthy probe (→ healthy), and herd's own gap (→ the next batch
+//! starts, or the upgrade ends).
 
 use crate::{script_image as image, start_in, Driver, Launch};
 use anyhow::{bail, Context, Result};
@@ -27,12 +33,121 @@ pub struct RollingRun {
     pub batch_sum_s: f64,
     /// total / batch sum: herd's overhead (1.0 = none).
     pub ratio: f64,
+    /// Where each batch's time went.
+    pub batch_breakdown: Vec<BatchBreakdown>,
+}
+
+/// Where one batch's time went, in seconds, each phase ending when the batch's last instance
+/// ends it (see the module docs).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchBreakdown {
+    pub instances: Vec<u64>,
+    pub drain_s: f64,
+    pub restart_s: f64,
+    pub first_healthy_s: f64,
+    /// Healthy → the next batch's start (or the upgrade's end): herd's share.
+    pub herd_gap_s: f64,
+}
+
+type Stamp = chrono::DateTime<chrono::Utc>;
+
+/// One instance as the poller saw it at one moment.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    state: String,
+    generation: u64,
+    draining: bool,
+    healthy: bool,
+}
+
+/// Every change the poller saw, by instance id.
+type Timeline = std::collections::BTreeMap<u64, Vec<(Stamp, Seen)>>;
+
+/// Polls the set's instances every 20 ms until `stop` is set, recording each change.
+async fn watch_instances(client: herd_client::Client, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Timeline {
+    let path = format!("{}/virtualMachines", herd_client::set_path("bench", "roll"));
+    let mut timeline = Timeline::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Ok(list) = client.get(&path).await {
+            let now = chrono::Utc::now();
+            for i in list.as_array().into_iter().flatten() {
+                let Some(id) = i["instanceId"].as_str().and_then(|s| s.parse().ok()) else { continue };
+                let seen = Seen {
+                    state: i["state"].as_str().unwrap_or_default().to_string(),
+                    generation: i["modelGeneration"].as_u64().unwrap_or(0),
+                    draining: i["draining"].as_bool().unwrap_or(false),
+                    healthy: i["health"] == "Healthy",
+                };
+                let changes = timeline.entry(id).or_default();
+                if changes.last().map(|(_, s)| s) != Some(&seen) {
+                    changes.push((now, seen));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    timeline
+}
+
+/// The first moment at or after `from` when instance `id` was seen as `what` says.
+fn first(timeline: &Timeline, id: u64, from: Stamp, what: impl Fn(&Seen) -> bool) -> Option<Stamp> {
+    timeline.get(&id)?.iter().find(|(t, s)| *t >= from && what(s)).map(|(t, _)| *t)
+}
+
+fn seconds(from: Stamp, to: Stamp) -> f64 {
+    (to - from).num_milliseconds() as f64 / 1000.0
+}
+
+/// Each batch of `done` (a finished upgrade), broken down from the poller's `timeline`.
+fn breakdown(done: &Value, timeline: &Timeline) -> Result<Vec<BatchBreakdown>> {
+    let ts = |v: &Value| -> Result<Stamp> { Ok(serde_json::from_value(v.clone())?) };
+    let target = done["targetGeneration"].as_u64().unwrap_or(0);
+    let batches = done["batches"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for (n, b) in batches.iter().enumerate() {
+        let start = ts(&b["startedAt"])?;
+        let next = match batches.get(n + 1) {
+            Some(next) => ts(&next["startedAt"])?,
+            None => ts(&done["endedAt"])?,
+        };
+        let ids: Vec<u64> = b["instances"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+        // Each phase ends when the batch's last instance ends it.
+        let latest = |what: &dyn Fn(u64, Stamp) -> Option<Stamp>, from: Stamp| {
+            ids.iter().map(|id| what(*id, from).unwrap_or(from)).max().unwrap_or(from)
+        };
+        let drained = latest(
+            &|id, from| first(timeline, id, from, |s| s.state != "Running" || !s.draining && s.generation == target),
+            start,
+        );
+        let rebuilt =
+            latest(&|id, from| first(timeline, id, from, |s| s.state == "Running" && s.generation == target), drained);
+        // The list may still show the old boot's health for a moment after the rebuild: the
+        // new boot's first healthy probe is the first healthy after it showed not healthy.
+        let healthy = latest(
+            &|id, from| {
+                let fresh = first(timeline, id, from, |s| !s.healthy).filter(|t| *t < next).unwrap_or(from);
+                first(timeline, id, fresh, |s| s.healthy && s.generation == target)
+            },
+            rebuilt,
+        );
+        out.push(BatchBreakdown {
+            instances: ids,
+            drain_s: seconds(start, drained),
+            restart_s: seconds(drained, rebuilt),
+            first_healthy_s: seconds(rebuilt, healthy),
+            herd_gap_s: seconds(healthy, next),
+        });
+    }
+    Ok(out)
 }
 
 struct Cli {
     exe: std::path::PathBuf,
     url: String,
     token: String,
+    /// The server's CA bundle, as a file (`HERD_CA_FILE`); `None` on plain HTTP.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Cli {
@@ -42,6 +157,7 @@ impl Cli {
             .args(["--quiet"])
             .env("HERD_SERVER", &self.url)
             .env("HERD_TOKEN", &self.token)
+            .envs(self.ca_file.iter().map(|f| ("HERD_CA_FILE", f)))
             .output()
             .context("running herd")?;
         if !out.status.success() {
@@ -64,17 +180,33 @@ pub async fn measure(launch: &dyn Launch, driver: Driver, count: u64) -> Result<
     let config =
         "[sim]\nboot_min_ms = 50\nboot_max_ms = 200\n[loadbalancer]\ndrain_timeout_secs = 1\n[provisioning]\ndriver_concurrency = 256\n";
     let mut server = start_in(launch, dir.path(), driver, config).await?;
-    let cli = Cli { exe: std::env::current_exe()?, url: server.url.clone(), token: server.token.clone() };
+    let ca_file = match &server.ca_bundle {
+        Some(pem) => {
+            let f = dir.path().join("ca.pem");
+            std::fs::write(&f, pem)?;
+            Some(f)
+        }
+        None => None,
+    };
+    let cli = Cli { exe: std::env::current_exe()?, url: server.url.clone(), token: server.token.clone(), ca_file };
     // The temporary directory lives until the instances are gone (they are found by it).
     let root = dir.path().to_path_buf();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_instances(server.client()?, stop.clone()));
     let result = tokio::task::spawn_blocking(move || run_upgrade(&cli, &root, driver, count)).await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let timeline = watcher.await?;
+    let result = result.and_then(|(mut run, done)| {
+        run.batch_breakdown = breakdown(&done, &timeline)?;
+        Ok(run)
+    });
     server.stop().await;
     crate::kill_instances(&data);
     drop(dir);
     result
 }
 
-fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<RollingRun> {
+fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<(RollingRun, Value)> {
     let set = ["-g", "bench", "-n", "roll"];
     let n = count.to_string();
     cli.run(&["group", "create", "-n", "bench"])?;
@@ -120,14 +252,16 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<Roll
     let mut del = vec!["vmss", "delete"];
     del.extend_from_slice(&set);
     let _ = cli.run(&del);
-    Ok(RollingRun {
+    let run = RollingRun {
         driver: format!("{driver:?}").to_lowercase(),
         instances: count,
         batches: batches.len(),
         total_s: total,
         batch_sum_s: sum,
         ratio: if sum > 0.0 { total / sum } else { f64::NAN },
-    })
+        batch_breakdown: Vec::new(),
+    };
+    Ok((run, done))
 }
 
 /// Imports `Herd:Bench:1:1.0.0` and `1.0.1`: a sleeper on the sim driver, else an HTTP server

@@ -2,8 +2,9 @@
 //!
 //! Why: the instance directory *is* the driver's state. Nothing is kept in memory, so a new
 //! server on the same root sees exactly what the old one left (re-adoption), and every write
-//! that matters is atomic (write a temporary file, then rename) so a crash leaves either the old
-//! or the new content.
+//! that matters is atomic, so a crash leaves either the old or the new content. What the driver
+//! remembers is one record in one file (`state`, see the `record` module), changed in place, so
+//! an instance costs few inodes to create and none to restart.
 //!
 //! ```text
 //! root/<group>/<set>/<id>/
@@ -14,16 +15,24 @@
 //!                  .herd-stdout and .herd-stderr (mode 0600, its output) only while it runs
 //!   script-run     the extension run in progress: name, identity, nonce, script pid (see
 //!                  the `runs` module), written before the script starts
-//!   env            the spec-derived environment, NUL-separated KEY=VALUE (like /proc/*/environ)
-//!   power          desired power: running | stopped | deallocated
-//!   tag            the driver tag (it names the herd cluster) of the driver that created it;
-//!                  a directory without ours is another cluster's and is never touched
-//!   pid            "<pid> <starttime>" of the process group leader
-//!   exit           "<pid> <starttime> <how it ended>", written when init is reaped
+//!   state          the instance's record (JSON in a two-slot file changed in place):
+//!                    tag    the driver tag (it names the herd cluster) of the driver that
+//!                           created it; a directory without ours is another cluster's and is
+//!                           never touched
+//!                    power  desired power: running | stopped | deallocated
+//!                    env    the spec-derived environment, KEY/VALUE pairs
+//!                    pid    pid and start time of the process group leader
+//!                    exit   pid, start time and how it ended, written when init is reaped
+//!                    net    the bridged-network attachment, if any
+//!   fence          the highest fence seen (see `herd_driver::fence`; fsynced, rarely changes)
 //!   console.log    stdout + stderr of the instance (appended)
+//!
+//! Servers before the state file kept `tag`, `power`, `env`, `pid`, `exit` and `net` as
+//! separate files; such a directory is read as it is and migrated on its first change.
 //! ```
 
 use crate::procfs::ProcId;
+use crate::record::{self, Exit, InstanceRecord};
 use herd_driver::host::instance_dir;
 use std::fs;
 use std::io::{self, Write};
@@ -56,102 +65,76 @@ impl InstanceDir {
     pub fn custom_data(&self) -> PathBuf {
         self.work().join(".herd").join("custom-data")
     }
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
     pub fn exists(&self) -> bool {
         self.dir.is_dir()
     }
 
+    /// The instance's record (see the `record` module); an unreadable one reads as empty
+    /// (no tag: then it is nobody's and never touched).
+    pub fn record(&self) -> InstanceRecord {
+        record::read(&self.dir).unwrap_or_else(|e| {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read an instance's state file");
+            InstanceRecord::default()
+        })
+    }
+
+    /// Changes the record atomically; nothing is written if `change` changes nothing.
+    pub fn edit(&self, change: impl FnMut(&mut InstanceRecord)) -> io::Result<()> {
+        record::edit(&self.dir, change)
+    }
+
+    #[cfg(test)]
     pub fn read_power(&self) -> Option<Power> {
-        instance_dir::read_power(&self.dir)
+        self.record().power
     }
 
     pub fn write_power(&self, p: Power) -> io::Result<()> {
-        instance_dir::write_power(&self.dir, p)
+        self.edit(|r| r.power = Some(p))
     }
 
     /// The tag of the cluster that owns this instance, if recorded.
     pub fn read_tag(&self) -> Option<String> {
-        instance_dir::read_tag(&self.dir)
+        self.record().tag
     }
 
     pub fn write_tag(&self, tag: &str) -> io::Result<()> {
-        instance_dir::write_tag(&self.dir, tag)
+        self.edit(|r| r.tag = Some(tag.to_string()))
     }
 
     pub fn read_pid(&self) -> Option<ProcId> {
-        ProcId::parse(&fs::read_to_string(self.file("pid")).ok()?)
+        self.record().pid
     }
 
     pub fn write_pid(&self, id: ProcId) -> io::Result<()> {
-        atomic_write(&self.file("pid"), id.render().as_bytes())
+        self.edit(|r| r.pid = Some(id))
     }
 
     pub fn remove_pid(&self) -> io::Result<()> {
-        ignore_missing(fs::remove_file(self.file("pid")))
+        self.edit(|r| r.pid = None)
     }
 
     /// How the process `id` ended, if it was recorded. `id` 0/0 records a failed spawn.
     pub fn read_exit(&self, id: ProcId) -> Option<String> {
-        let s = fs::read_to_string(self.file("exit")).ok()?;
-        let mut parts = s.splitn(3, ' ');
-        let recorded = ProcId::parse(&format!("{} {}", parts.next()?, parts.next()?))?;
-        (recorded == id).then(|| parts.next().unwrap_or("").trim().to_string())
+        self.record().exit.filter(|x| x.process == id).map(|x| x.how)
     }
 
     /// Records how `id` ended. Never creates the directory (it may have been destroyed).
     pub fn write_exit(&self, id: ProcId, how: &str) -> io::Result<()> {
-        if !self.exists() {
-            return Ok(());
-        }
-        atomic_write(&self.file("exit"), format!("{} {} {}\n", id.pid, id.start, how.replace('\n', " ")).as_bytes())
+        let exit = Exit { process: id, how: how.replace('\n', " ").trim().to_string() };
+        ignore_missing(self.edit(|r| r.exit = Some(exit.clone())))
     }
 
     /// The bridged-network attachment recorded at create/reimage time, if any.
     pub fn read_net(&self) -> Option<herd_driver::NetworkAttachment> {
-        let text = fs::read_to_string(self.file("net")).ok()?;
-        let mut it = text.split_whitespace();
-        Some(herd_driver::NetworkAttachment {
-            bridge: it.next()?.to_string(),
-            gateway: it.next()?.parse().ok()?,
-            prefix_len: it.next()?.parse().ok()?,
-            address: it.next()?.parse().ok()?,
-        })
-    }
-
-    pub fn write_net(&self, net: Option<&herd_driver::NetworkAttachment>) -> io::Result<()> {
-        match net {
-            Some(n) => atomic_write(
-                &self.file("net"),
-                format!("{} {} {} {}\n", n.bridge, n.gateway, n.prefix_len, n.address).as_bytes(),
-            ),
-            None => ignore_missing(fs::remove_file(self.file("net"))),
-        }
+        self.record().net
     }
 
     pub fn read_env(&self) -> io::Result<Vec<(String, String)>> {
-        let blob = fs::read(self.file("env"))?;
-        Ok(blob
-            .split(|b| *b == 0)
-            .filter_map(|e| {
-                let e = String::from_utf8_lossy(e);
-                let (k, v) = e.split_once('=')?;
-                Some((k.to_string(), v.to_string()))
-            })
-            .collect())
+        Ok(record::read(&self.dir)?.env)
     }
 
     pub fn write_env(&self, env: &[(String, String)]) -> io::Result<()> {
-        let mut blob = Vec::new();
-        for (k, v) in env {
-            blob.extend_from_slice(k.as_bytes());
-            blob.push(b'=');
-            blob.extend_from_slice(v.as_bytes());
-            blob.push(0);
-        }
-        atomic_write(&self.file("env"), &blob)
+        self.edit(|r| r.env = env.to_vec())
     }
 
     pub fn write_custom_data(&self, work: &Path, data: &str) -> io::Result<()> {
@@ -166,6 +149,11 @@ impl InstanceDir {
     pub fn last_console_line(&self, max_len: usize) -> Option<String> {
         instance_dir::last_log_line(&self.console()).filter(|line| line.len() <= max_len)
     }
+}
+
+/// The exit record of a start that failed before any process existed.
+pub(crate) fn failed_start(msg: &str) -> Exit {
+    Exit { process: crate::state::NO_PROCESS, how: format!("failed to start: {}", msg.replace('\n', " ")) }
 }
 
 /// Checks that `image` is a directory holding an executable `init`.

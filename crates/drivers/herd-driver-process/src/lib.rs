@@ -6,7 +6,7 @@
 //! `console.log`. Stopping signals the whole group (SIGTERM, a grace period, then SIGKILL), so
 //! everything `init` started goes with it. All state lives in the instance directory (see the
 //! `layout` module), none in memory: a new `ProcessDriver` on the same root and tag re-adopts
-//! running instances through their `pid` files and restarts nothing.
+//! running instances through the pid recorded in their `state` file and restarts nothing.
 //!
 //! # Lifecycle of one instance
 //!
@@ -30,11 +30,11 @@
 //! `console.log` when it is short). Processes carrying our tag whose instance directory is gone
 //! are reported `Running` under the key in their environment: they are orphans, and
 //! `destroy` kills them (it finds processes by their environment whenever the instance has no
-//! recorded group: no directory, or a crash between spawn and writing the `pid` file). A
+//! recorded group: no directory, or a crash between spawn and recording the pid). A
 //! process that left its group (`setsid`) survives `destroy` of its instance, but then shows up
 //! in `list` as an orphan, and the next `destroy` kills it.
 //!
-//! An instance created but not yet spawned (no `pid` file, no failed start recorded) is
+//! An instance created but not yet spawned (no pid recorded, no failed start recorded) is
 //! reported `Starting`.
 //!
 //! # Fencing
@@ -49,7 +49,7 @@
 //! # Whose instance
 //!
 //! The tag names the herd cluster (the server passes `herd:<cluster id>`). Every instance
-//! directory records the tag of the driver that created it in its `tag` file, and every process
+//! directory records the tag of the driver that created it in its `state` file, and every process
 //! carries it in `HERD_DRIVER_TAG`. A directory whose `tag` is another (or missing: created
 //! before cluster ids) belongs to another cluster: `list` leaves it out, and every call that
 //! would change it fails instead. So two clusters on one kernel never touch each other's
@@ -75,7 +75,7 @@
 //! | `HERD_META_<KEY>` | one per `metadata` entry; key upper-cased, characters outside `[A-Z0-9_]` become `_` |
 //! | `HERD_CUSTOM_DATA` | only with custom data: the absolute path of `work/.herd/custom-data` (mode 0600) holding it |
 //!
-//! The environment is fixed when the instance is created or reimaged (kept in its `env` file),
+//! The environment is fixed when the instance is created or reimaged (kept in its `state` file),
 //! so a restart starts the instance as it was built, as a VM's disk would.
 //!
 //! When the server runs as root and `/usr/bin/unshare` works, `init` runs in its own UTS
@@ -111,7 +111,7 @@
 //!   and stderr (a pipe would block or `SIGPIPE` it once nobody reads), and the run ends when
 //!   the script process itself exits, never waiting for its output to close. Output is not
 //!   copied to `console.log`.
-//! * **Environment.** Exactly the instance's (the table above: the `env` file, `PATH`, `HOME`
+//! * **Environment.** Exactly the instance's (the table above: the recorded environment, `PATH`, `HOME`
 //!   = `work/`, `HERD_DRIVER_TAG`, `HERD_INSTANCE_KEY`); stdin is `/dev/null`.
 //! * **Part of the instance.** The script joins the instance's process group (`setpgid` to the
 //!   recorded group), so whatever it starts in the background is stopped by
@@ -143,8 +143,10 @@
 #![forbid(unsafe_code)]
 
 mod bridge;
+pub mod init;
 mod layout;
 mod procfs;
+pub mod record;
 mod runs;
 mod script;
 mod spawn;
@@ -161,7 +163,7 @@ use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
 
 pub use procfs::tagged_pids;
-use state::{install_work, State, NO_PROCESS};
+use state::State;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -183,7 +185,7 @@ pub struct ProcessDriver {
     stop_grace: Duration,
     set_hostname: bool,
     /// A program that sets the hostname and execs `init` (see [`ProcessDriver::with_launcher`]).
-    launcher: Option<PathBuf>,
+    launcher: Option<init::Launcher>,
     /// One lock per instance, so concurrent calls on one key cannot start it twice.
     locks: InstanceLocks,
 }
@@ -207,13 +209,14 @@ impl ProcessDriver {
         })
     }
 
-    /// Starts instances through `exe instance-init --hostname NAME -- ./init` (the `herd` binary
-    /// provides that command), which enters the UTS namespace and sets the hostname itself
-    /// instead of running `unshare`, `sh` and `hostname`. Used only if it works here.
-    pub fn with_launcher(mut self, exe: PathBuf) -> Self {
-        if spawn::launcher_works(&exe) {
+    /// Starts instances through a launcher that enters the UTS namespace and sets the hostname
+    /// itself, instead of running `unshare`, `sh` and `hostname`: the small
+    /// `herd-instance-init` beside `herd_exe` (the `herd` binary), else
+    /// `herd_exe instance-init` (see the `init` module). Used only if it works here.
+    pub fn with_launcher(mut self, herd_exe: PathBuf) -> Self {
+        if let Some(l) = init::Launcher::find(&herd_exe) {
             self.set_hostname = true;
-            self.launcher = Some(exe);
+            self.launcher = Some(l);
         }
         self
     }
@@ -259,15 +262,19 @@ impl ProcessDriver {
 
     async fn start(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
         let d2 = d.clone();
-        // Without a pid file, a crash before the new one is written is recognisable (see live_group).
-        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed(key, "removing the pid file", e))?;
-        let (id, child) = match spawn::launch(d, key, &self.state.tag, self.set_hostname, self.launcher.as_deref()) {
+        // Without a recorded pid, a crash before the new one is written is recognisable (see
+        // live_group). Nothing is written when none was recorded (a first start).
+        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed(key, "clearing the recorded pid", e))?;
+        let (id, child) = match spawn::launch(d, key, &self.state.tag, self.set_hostname, self.launcher.as_ref()) {
             Ok(v) => v,
             Err(msg) => {
                 let (d2, m2) = (d.clone(), msg.clone());
                 blocking(move || {
-                    let _ = d2.write_power(Power::Running);
-                    let _ = d2.write_exit(NO_PROCESS, &format!("failed to start: {m2}"));
+                    let exit = layout::failed_start(&m2);
+                    let _ = d2.edit(|r| {
+                        r.power = Some(Power::Running);
+                        r.exit = Some(exit.clone());
+                    });
                 })
                 .await?;
                 return Err(DriverError::Failed(format!("instance {key}: {msg}")));
@@ -275,19 +282,17 @@ impl ProcessDriver {
         };
         tokio::spawn(watch(child, d.clone(), id));
         let d2 = d.clone();
-        // Rewrite the power file only if it changes: replacing a file frees an inode, and on
-        // ext4 allocating right after freeing is what makes mass creation slow.
+        // One change of the state file for both (none at all for the power when unchanged).
         let written = blocking(move || {
-            d2.write_pid(id)?;
-            if d2.read_power() != Some(Power::Running) {
-                d2.write_power(Power::Running)?;
-            }
-            Ok::<(), std::io::Error>(())
+            d2.edit(|r| {
+                r.pid = Some(id);
+                r.power = Some(Power::Running);
+            })
         })
         .await?;
         if let Err(e) = written {
             procfs::signal_group(id, Signal::SIGKILL);
-            return Err(io_failed(key, "writing the pid file", e));
+            return Err(io_failed(key, "recording the pid", e));
         }
         tracing::debug!(instance = %key, pid = id.pid, "started");
         Ok(())
@@ -415,7 +420,7 @@ impl Driver for ProcessDriver {
             blocking(move || {
                 let image = state::image_dir(&spec2)?;
                 state::image_usable(&spec2.key, &image)?;
-                install_work(&d2, &d2, &spec2, &image)
+                state::rebuild(&d2, &spec2, &image)
             })
             .await??;
             tracing::debug!(instance = %spec.key, "reimaged");
@@ -439,7 +444,7 @@ impl Driver for ProcessDriver {
             }
         } else {
             // No recorded group: an orphan whose directory is gone, or a crash between spawn
-            // and writing the pid file. Find its processes by their environment. (Only here:
+            // and recording its pid. Find its processes by their environment. (Only here:
             // the scan reads every group leader's environ, too costly for every destroy. A
             // process that escaped a recorded group shows up in `list` as an orphan later and
             // is killed by the `destroy` that follows.)
@@ -722,7 +727,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl ProcessDriver {
-    /// Claims an instance directory created before cluster ids (no `tag` file) for this
+    /// Claims an instance directory created before cluster ids (no tag recorded) for this
     /// driver's cluster. The server calls it once, when it first gives its data dir a cluster
     /// id, for the instances its store records. Returns whether the directory was claimed; one
     /// carrying any tag is left alone.

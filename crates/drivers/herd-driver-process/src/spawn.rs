@@ -1,8 +1,8 @@
 //! Starting an instance's `init`: its command line, environment, stdio and hostname.
 //!
 //! Why: this is the one place that decides what an instance sees of the host. The environment
-//! is built from the spec once (at create and reimage time) and kept in the instance's `env`
-//! file, because `set_power` and `restart` get only a key and must still start the instance
+//! is built from the spec once (at create and reimage time) and kept in the instance's record
+//! (its `state` file), because `set_power` and `restart` get only a key and must still start the instance
 //! exactly as it was built.
 //!
 //! When the spec names a metadata endpoint (`InstanceSpec::metadata_endpoint`), the instance
@@ -12,6 +12,7 @@
 //! Preempt, a Terminate) and `GET $HERD_METADATA_URL/instance?api-version=2021-02-01` its
 //! identity. A VM reaches the same service at a fixed address instead (see the qemu driver).
 
+use crate::init::Launcher;
 use crate::layout::{check_image, InstanceDir};
 use crate::procfs::{read_stat, ProcId};
 use herd_driver::InstanceSpec;
@@ -28,30 +29,6 @@ const UNSHARE: &str = "/usr/bin/unshare";
 /// Run by `/bin/sh` inside the new UTS namespace; `exec` keeps the pid of the group leader.
 const HOSTNAME_SCRIPT: &str = r#"hostname "$HERD_COMPUTER_NAME" && exec ./init"#;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Arguments for a launcher program (the `herd` binary) that enters a new UTS namespace, sets
-/// the hostname and execs `./init` itself: two program starts instead of four (`unshare`, `sh`,
-/// `hostname`, `init`), which matters when a thousand instances start at once.
-pub(crate) fn launcher_args(hostname: &str) -> Vec<String> {
-    vec!["instance-init".into(), "--hostname".into(), hostname.into(), "--".into(), "./init".into()]
-}
-
-/// Whether `launcher` can give a child its own hostname here (we are root and the kernel allows it).
-pub(crate) fn launcher_works(launcher: &Path) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        return false;
-    }
-    let mut args = launcher_args("herd-probe");
-    args.pop();
-    args.push("/bin/true".into());
-    std::process::Command::new(launcher)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// Whether instances can get their own hostname: we are root, `unshare` exists, and a probe
 /// that does exactly what an instance start does succeeds (containers may forbid it).
@@ -107,15 +84,25 @@ pub(crate) fn spec_env(spec: &InstanceSpec, custom_data: Option<&Path>) -> Vec<(
 }
 
 /// Everything a process of the instance in `d` sees as its environment, in order (a later
-/// entry wins): `PATH` (the server's), `HOME` (`work/`), the `env` file, then the tag and the
-/// key. `init` is started with exactly this, and so are extension scripts.
+/// entry wins): `PATH` (the server's), `HOME` (`work/`), the recorded environment, then the tag
+/// and the key. `init` is started with exactly this, and so are extension scripts.
 pub(crate) fn instance_env(d: &InstanceDir, key: &InstanceKey, tag: &str) -> io::Result<Vec<(OsString, OsString)>> {
+    Ok(full_env(d, d.read_env()?, key, tag))
+}
+
+/// [`instance_env`] around the recorded environment `recorded`.
+fn full_env(
+    d: &InstanceDir,
+    recorded: Vec<(String, String)>,
+    key: &InstanceKey,
+    tag: &str,
+) -> Vec<(OsString, OsString)> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     let mut env = vec![("PATH".into(), path), ("HOME".into(), d.work().into_os_string())];
-    env.extend(d.read_env()?.into_iter().map(|(k, v)| (k.into(), v.into())));
+    env.extend(recorded.into_iter().map(|(k, v)| (k.into(), v.into())));
     env.push(("HERD_DRIVER_TAG".into(), tag.into()));
     env.push(("HERD_INSTANCE_KEY".into(), key.path().into()));
-    Ok(env)
+    env
 }
 
 /// Starts the instance in `d`. Returns the group leader's identity and the child handle (to be
@@ -125,11 +112,13 @@ pub(crate) fn launch(
     key: &InstanceKey,
     tag: &str,
     set_hostname: bool,
-    launcher: Option<&Path>,
+    launcher: Option<&Launcher>,
 ) -> Result<(ProcId, Child), String> {
     let work = d.work();
     check_image(&work)?;
-    let env = instance_env(d, key, tag).map_err(|e| format!("cannot read the instance environment: {e}"))?;
+    // One read of the record for both the environment and the network attachment.
+    let rec = crate::record::read(&d.dir).map_err(|e| format!("cannot read the instance's state file: {e}"))?;
+    let env = full_env(d, rec.env, key, tag);
     let console = OpenOptions::new()
         .create(true)
         .append(true)
@@ -143,7 +132,7 @@ pub(crate) fn launch(
         .map(|(_, v)| v.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Bridged networking: enter the instance's own network namespace (set up idempotently).
-    let netns = match d.read_net() {
+    let netns = match rec.net {
         Some(att) => {
             let ns = crate::bridge::netns_name(tag, &key.path());
             crate::bridge::ensure(&att, &ns)?;
@@ -156,7 +145,7 @@ pub(crate) fn launch(
         c.args(["netns", "exec", ns]);
         match (set_hostname, launcher) {
             (true, Some(l)) => {
-                c.arg(l).args(launcher_args(&hostname));
+                c.arg(l.program()).args(l.args(&hostname, "./init"));
             }
             (true, None) => {
                 c.args([UNSHARE, "--uts", "--", "/bin/sh", "-c", HOSTNAME_SCRIPT]);
@@ -167,8 +156,8 @@ pub(crate) fn launch(
         }
         c
     } else if let (true, Some(l)) = (set_hostname, launcher) {
-        let mut c = Command::new(l);
-        c.args(launcher_args(&hostname));
+        let mut c = Command::new(l.program());
+        c.args(l.args(&hostname, "./init"));
         c
     } else if set_hostname {
         let mut c = Command::new(UNSHARE);

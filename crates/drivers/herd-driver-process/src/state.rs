@@ -6,6 +6,7 @@
 
 use crate::layout::{check_image, copy_tree, remove_tree, InstanceDir, Power};
 use crate::procfs::{self, ProcId, Snapshot};
+use crate::record::{self, InstanceRecord};
 use crate::spawn;
 use herd_driver::host::instance_dir;
 use herd_driver::{DriverError, InstanceSpec, ObservedInstance, ObservedPower};
@@ -35,7 +36,7 @@ impl State {
         InstanceDir::new(self.instance_dir(key))
     }
 
-    /// Whether an existing instance directory is ours: its `tag` file holds our tag. One
+    /// Whether an existing instance directory is ours: its record holds our tag. One
     /// without (it predates cluster ids) or with another is another cluster's: never touched.
     pub fn owns(&self, d: &InstanceDir) -> bool {
         d.read_tag().as_deref() == Some(self.tag.as_str())
@@ -54,7 +55,7 @@ impl State {
         )))
     }
 
-    /// The live group of an instance. Without a `pid` file (a crash between spawn and writing
+    /// The live group of an instance. Without a recorded pid (a crash between spawn and recording
     /// it), finds the group by its environment and records it.
     pub fn live_group(&self, key: &InstanceKey) -> Option<ProcId> {
         let d = self.instance(key);
@@ -62,7 +63,7 @@ impl State {
             Some(id) => procfs::group_alive(id).then_some(id),
             None => {
                 let (id, _) = self.tagged_leaders(&Snapshot::take(), Some(&key.path()), &HashSet::new()).pop()?;
-                tracing::info!(instance = %key, pid = id.pid, "re-adopting a process without a pid file");
+                tracing::info!(instance = %key, pid = id.pid, "re-adopting a process whose pid was not recorded");
                 let _ = d.write_pid(id);
                 Some(id)
             }
@@ -103,7 +104,7 @@ impl State {
             if !d.work().exists() {
                 // A crash in the middle of a reimage: finish it.
                 image_usable(&spec.key, &image)?;
-                install_work(&d, &d, spec, &image)?;
+                rebuild(&d, spec, &image)?;
             }
             return Ok(true);
         }
@@ -114,9 +115,10 @@ impl State {
         std::fs::create_dir_all(&parent).map_err(|e| io("creating its directory", e))?;
         remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
         std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
-        tmp.write_tag(&self.tag).map_err(|e| io("writing the tag file", e))?;
-        install_work(&tmp, &d, spec, &image)?;
-        tmp.write_power(Power::Running).map_err(|e| io("writing the power file", e))?;
+        install_work(&tmp, spec, &image)?;
+        let mut rec = InstanceRecord { tag: Some(self.tag.clone()), power: Some(Power::Running), ..Default::default() };
+        set_built(&mut rec, spec, &d);
+        record::create(&tmp.dir, &rec).map_err(|e| io("writing its state file", e))?;
         if fence.incarnation != herd_driver::Incarnation::ANY {
             herd_driver::fence::write_record(&tmp.dir, fence).map_err(|e| io("recording the fence", e))?;
         }
@@ -127,21 +129,23 @@ impl State {
     pub fn observe(&self) -> Vec<ObservedInstance> {
         let snap = Snapshot::take();
         let mut seen: BTreeMap<InstanceKey, ObservedPower> = BTreeMap::new();
-        let mut down: BTreeMap<InstanceKey, (InstanceDir, Option<ProcId>)> = BTreeMap::new();
+        let mut down: BTreeMap<InstanceKey, (InstanceDir, Option<ProcId>, Option<Power>)> = BTreeMap::new();
         let mut claimed = HashSet::new();
         for (key, d) in walk(&self.root) {
-            if !self.owns(&d) {
+            // One read of the record for the tag, the pid and the power.
+            let rec = d.record();
+            if rec.tag.as_deref() != Some(self.tag.as_str()) {
                 // Another cluster's (or older than cluster ids): not listed, so never touched.
                 // (Its processes carry another tag, so the scan below skips them too.)
                 continue;
             }
-            match d.read_pid() {
+            match rec.pid {
                 Some(id) if snap.group_alive(id) => {
                     claimed.insert(id.pid);
                     seen.insert(key, ObservedPower::Running);
                 }
                 pid => {
-                    down.insert(key, (d, pid));
+                    down.insert(key, (d, pid, rec.power));
                 }
             }
         }
@@ -150,15 +154,15 @@ impl State {
             if seen.contains_key(&key) {
                 continue;
             }
-            // Listed but not recorded (a crash before the pid file): it runs. Not listed and no
+            // Listed but not recorded (a crash before its pid was recorded): it runs. Not listed and no
             // directory: an orphan. (Checked now, after the scan, so an instance created during
             // this list is never mistaken for an orphan.)
             if down.remove(&key).is_some() || !self.instance(&key).exists() {
                 seen.insert(key, ObservedPower::Running);
             }
         }
-        for (key, (d, pid)) in down {
-            let power = match d.read_power() {
+        for (key, (d, pid, power)) in down {
+            let power = match power {
                 Some(Power::Stopped | Power::Deallocated) => ObservedPower::Stopped,
                 // Started after the scan (a restart racing this list): look again, live.
                 _ if d.read_pid().is_some_and(procfs::group_alive) => ObservedPower::Running,
@@ -173,14 +177,8 @@ impl State {
 }
 
 /// Copies the image to `target/work` (through `work.new`, so a crash never leaves a half copy
-/// under the real name), writes the custom data and the environment. `final_dir` is where the
-/// instance will live, for the paths the environment names.
-pub(crate) fn install_work(
-    target: &InstanceDir,
-    final_dir: &InstanceDir,
-    spec: &InstanceSpec,
-    image: &Path,
-) -> Result<(), DriverError> {
+/// under the real name) and writes the custom data.
+fn install_work(target: &InstanceDir, spec: &InstanceSpec, image: &Path) -> Result<(), DriverError> {
     let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
     let staging = target.dir.join("work.new");
     remove_tree(&staging).map_err(|e| io("clearing a half-copied image", e))?;
@@ -189,10 +187,22 @@ pub(crate) fn install_work(
         target.write_custom_data(&staging, data).map_err(|e| io("writing custom data", e))?;
     }
     remove_tree(&target.work()).map_err(|e| io("removing the old work directory", e))?;
-    std::fs::rename(&staging, target.work()).map_err(|e| io("installing the work directory", e))?;
-    let custom = spec.custom_data.as_ref().map(|_| final_dir.custom_data());
-    target.write_net(spec.network.as_ref()).map_err(|e| io("writing the network attachment", e))?;
-    target.write_env(&spawn::spec_env(spec, custom.as_deref())).map_err(|e| io("writing the environment", e))
+    std::fs::rename(&staging, target.work()).map_err(|e| io("installing the work directory", e))
+}
+
+/// Sets what `spec` fixes at build time in the record of the instance living in `dir`: the
+/// environment (which names paths in `dir`) and the network attachment.
+fn set_built(rec: &mut InstanceRecord, spec: &InstanceSpec, dir: &InstanceDir) {
+    let custom = spec.custom_data.as_ref().map(|_| dir.custom_data());
+    rec.env = spawn::spec_env(spec, custom.as_deref());
+    rec.net = spec.network.clone();
+}
+
+/// Builds the instance in `d` anew from `spec` (reimage): a fresh copy of the image, and the
+/// environment and network attachment recorded.
+pub(crate) fn rebuild(d: &InstanceDir, spec: &InstanceSpec, image: &Path) -> Result<(), DriverError> {
+    install_work(d, spec, image)?;
+    d.edit(|rec| set_built(rec, spec, d)).map_err(|e| DriverError::io(&spec.key, "writing its state file", e))
 }
 
 /// The image directory of `spec`; the process driver runs directory images only.

@@ -39,14 +39,8 @@ async fn a_driver_never_touches_another_clusters_instances() {
     let b = ProcessDriver::new(root.clone(), tag("b")).unwrap().with_stop_grace(Duration::from_secs(1));
 
     a.ensure(&spec(&image, 0), Fence::FIRST).await.unwrap();
-    let pid: u32 = std::fs::read_to_string(a.instance_dir(&key(0)).join("pid"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(std::fs::read_to_string(a.instance_dir(&key(0)).join("tag")).unwrap().trim(), tag("a"));
+    let pid: u32 = common::recorded_pid(&a.instance_dir(&key(0))).unwrap();
+    assert_eq!(common::record(&a.instance_dir(&key(0))).tag.unwrap(), tag("a"));
     assert_eq!(a.list().await.unwrap().len(), 1);
     assert!(b.list().await.unwrap().is_empty(), "b does not list a's instance");
     for (what, r) in [
@@ -62,7 +56,7 @@ async fn a_driver_never_touches_another_clusters_instances() {
     assert!(a.instance_dir(&key(0)).exists());
 
     // A directory without a tag (older than cluster ids) is nobody's until claimed.
-    std::fs::remove_file(a.instance_dir(&key(0)).join("tag")).unwrap();
+    common::edit_record(&a.instance_dir(&key(0)), |r| r.tag = None);
     assert!(a.list().await.unwrap().is_empty() && b.list().await.unwrap().is_empty());
     assert!(a.destroy(&key(0), Fence::FIRST).await.is_err(), "an untagged directory is not destroyed");
     assert!(alive(pid));

@@ -57,8 +57,7 @@ impl Drop for Rig {
     fn drop(&mut self) {
         let Ok(groups) = std::fs::read_dir(self.root.join("rg/fence")) else { return };
         for dir in groups.flatten() {
-            let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap_or_default();
-            if let Some(pid) = pid.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
+            if let Some(pid) = common::recorded_pid(&dir.path()).and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
@@ -99,7 +98,7 @@ async fn lower_fences_are_refused_and_the_record_survives_a_new_driver() {
     d.ensure(&spec(&rig.image, 1), f(2, 3)).await.unwrap();
     assert_eq!(recorded(&d, &k), Some(f(2, 3)), "the new instance's directory holds its fence");
     wait_running(&d, &k).await;
-    let pid = std::fs::read_to_string(d.instance_dir(&k).join("pid")).unwrap();
+    let pid = common::recorded_pid(&d.instance_dir(&k)).unwrap();
     let run = ScriptRun {
         name: "x".into(),
         files: vec![],
@@ -121,7 +120,7 @@ async fn lower_fences_are_refused_and_the_record_survives_a_new_driver() {
         assert_fenced(d.destroy(&k, low).await.unwrap_err(), low, f(2, 3));
     }
     // Nothing a refused call could have done happened: same process, no script ran.
-    assert_eq!(std::fs::read_to_string(d.instance_dir(&k).join("pid")).unwrap(), pid);
+    assert_eq!(common::recorded_pid(&d.instance_dir(&k)).unwrap(), pid);
     assert_eq!(power(&d, &k).await, Some(ObservedPower::Running));
     assert!(!d.instance_dir(&k).join("work/.herd/extensions/x/ran").exists());
     assert_eq!(recorded(&d, &k), Some(f(2, 3)));

@@ -60,8 +60,7 @@ impl Fixture {
 
     /// The recorded group leader of an instance.
     fn pid(&self, id: u64) -> u32 {
-        let s = std::fs::read_to_string(self.dir(id).join("pid")).unwrap();
-        s.split_whitespace().next().unwrap().parse().unwrap()
+        common::recorded_pid(&self.dir(id)).unwrap()
     }
 
     /// `work/.herd/extensions/<name>/` of an instance.
@@ -215,13 +214,13 @@ async fn ensure_starts_init_with_the_documented_environment() {
         eprintln!("not root or no working unshare: hostname not checked");
     }
 
-    // pid file: "<pid> <starttime>" of a live process whose stat has that start time.
-    let pid_file = std::fs::read_to_string(fx.dir(5).join("pid")).unwrap();
-    let (pid, start) = pid_file.trim().split_once(' ').unwrap();
+    // The recorded pid and start time are those of a live process whose stat has that start time.
+    let recorded = common::record(&fx.dir(5)).pid.unwrap();
+    let (pid, start) = (recorded.pid, recorded.start.to_string());
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     assert_eq!(fields[22 - 3], start);
-    assert_eq!(std::fs::read_to_string(fx.dir(5).join("power")).unwrap().trim(), "running");
+    assert_eq!(common::record(&fx.dir(5)).power.unwrap().as_str(), "running");
     wait_for("console output", || async {
         std::fs::read_to_string(fx.dir(5).join("console.log")).is_ok_and(|c| c.contains("hello from init"))
     })
@@ -295,7 +294,7 @@ async fn deallocate_keeps_the_disk_and_restart_reboots() {
     std::fs::write(fx.work_file(4, "user-data.txt"), "kept").unwrap();
 
     fx.driver.set_power(&key(4), PowerTarget::Deallocated, Fence::FIRST).await.unwrap();
-    assert_eq!(std::fs::read_to_string(fx.dir(4).join("power")).unwrap().trim(), "deallocated");
+    assert_eq!(common::record(&fx.dir(4)).power.unwrap().as_str(), "deallocated");
     assert_eq!(fx.power(4).await, Some(ObservedPower::Stopped));
     assert_eq!(std::fs::read_to_string(fx.work_file(4, "user-data.txt")).unwrap(), "kept");
 
@@ -330,8 +329,8 @@ async fn reimage_resets_the_work_directory() {
     wait_for("boot after reimage", || async { std::fs::read_to_string(&boots).is_ok_and(|s| s.lines().count() == 1) })
         .await;
     assert!(fx.work_file(6, "from-image.txt").exists());
-    let env = std::fs::read(fx.dir(6).join("env")).unwrap();
-    assert!(env.split(|b| *b == 0).any(|e| e == b"HERD_MODEL_GENERATION=8"));
+    let env = common::record(&fx.dir(6)).env;
+    assert!(env.iter().any(|(k, v)| k == "HERD_MODEL_GENERATION" && v == "8"));
     assert_eq!(fx.power(6).await, Some(ObservedPower::Running));
 
     // Reimage of an absent instance creates it.
@@ -408,6 +407,47 @@ async fn a_new_driver_readopts_running_instances() {
     fx.destroy_all().await;
 }
 
+/// A server upgraded in place finds directories in the layout before the state file (`tag`,
+/// `env`, `power`, `pid`, ... as separate files): it re-adopts their processes without a
+/// restart, reads them as they are, and migrates each to the state file on its first change.
+#[tokio::test]
+async fn directories_of_the_older_layout_are_readopted_and_migrated() {
+    let fx = Fixture::new("echo \"booted as $HERD_COMPUTER_NAME\"\nexec sleep 300");
+    fx.driver.ensure(&fx.spec(13), Fence::FIRST).await.unwrap();
+    fx.driver.ensure(&fx.spec(14), Fence::FIRST).await.unwrap();
+    let pid = fx.pid(13);
+    for id in [13, 14] {
+        herd_driver_process::record::write_legacy(&fx.dir(id), &common::record(&fx.dir(id))).unwrap();
+    }
+    let state = fx.dir(13).join(herd_driver_process::record::STATE_FILE);
+    assert!(!state.exists() && fx.dir(13).join("pid").exists() && fx.dir(13).join("tag").exists());
+
+    let upgraded = ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap();
+    let list = upgraded.list().await.unwrap();
+    assert_eq!(list.iter().map(|o| o.power.clone()).collect::<Vec<_>>(), vec![ObservedPower::Running; 2]);
+    upgraded.ensure(&fx.spec(13), Fence::FIRST).await.unwrap();
+    assert_eq!(fx.pid(13), pid, "re-adopted, not restarted");
+    assert!(!state.exists(), "reading changes nothing");
+
+    // The first change migrates: one state file, the old files gone, the instance as it was.
+    upgraded.set_power(&key(13), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
+    assert!(!pid_alive(pid));
+    assert!(state.exists());
+    for old in ["tag", "power", "env", "pid", "exit", "net"] {
+        assert!(!fx.dir(13).join(old).exists(), "{old} is migrated");
+    }
+    assert_eq!(common::record(&fx.dir(13)).tag.as_deref(), Some(fx.tag.as_str()));
+    upgraded.set_power(&key(13), PowerTarget::Running, Fence::FIRST).await.unwrap();
+    let console = fx.dir(13).join("console.log");
+    wait_for("the migrated instance to boot again with its environment", || async {
+        std::fs::read_to_string(&console).is_ok_and(|c| c.matches("booted as web000013").count() == 2)
+    })
+    .await;
+    assert_eq!(fx.power(13).await, Some(ObservedPower::Running));
+    assert_eq!(fx.power(14).await, Some(ObservedPower::Running));
+    fx.destroy_all().await;
+}
+
 #[tokio::test]
 async fn orphans_are_listed_and_destroyed() {
     let fx = Fixture::new("echo ready > ready\nexec sleep 300");
@@ -457,7 +497,7 @@ async fn a_process_without_pid_file_is_adopted_not_duplicated() {
     fx.driver.ensure(&fx.spec(16), Fence::FIRST).await.unwrap();
     let pid = fx.pid(16);
     // As if the server crashed between spawning init and writing the pid file.
-    std::fs::remove_file(fx.dir(16).join("pid")).unwrap();
+    common::edit_record(&fx.dir(16), |r| r.pid = None);
     assert_eq!(fx.power(16).await, Some(ObservedPower::Running));
     fx.driver.ensure(&fx.spec(16), Fence::FIRST).await.unwrap();
     assert_eq!(fx.pid(16), pid);
@@ -465,7 +505,7 @@ async fn a_process_without_pid_file_is_adopted_not_duplicated() {
     wait_file(&fx.work_file(16, "ready")).await;
     assert_eq!(tagged_pids(&fx.tag), vec![pid]);
     // destroy finds it by its environment too.
-    std::fs::remove_file(fx.dir(16).join("pid")).unwrap();
+    common::edit_record(&fx.dir(16), |r| r.pid = None);
     fx.driver.destroy(&key(16), Fence::FIRST).await.unwrap();
     assert!(!pid_alive(pid));
     assert!(!fx.dir(16).exists());

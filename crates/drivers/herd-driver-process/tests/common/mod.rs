@@ -1,5 +1,5 @@
-//! What the process driver's test files share: instance keys, and specs of instances started
-//! from an image directory.
+//! What the process driver's test files share: instance keys, specs of instances started
+//! from an image directory, and the instance's recorded state.
 #![allow(dead_code)]
 
 use herd_driver::InstanceSpec;
@@ -28,4 +28,19 @@ pub fn dir_spec(set: &str, id: u64, image: &Path, size: SkuSize, reach_address: 
         network: None,
         guest: Default::default(),
     }
+}
+
+/// The state an instance directory records (its `state` file).
+pub fn record(dir: &Path) -> herd_driver_process::record::InstanceRecord {
+    herd_driver_process::record::read(dir).unwrap()
+}
+
+/// The recorded group leader's pid, if any.
+pub fn recorded_pid(dir: &Path) -> Option<u32> {
+    herd_driver_process::record::read(dir).ok()?.pid.map(|p| p.pid)
+}
+
+/// Changes the recorded state as a crash or an older server would have left it.
+pub fn edit_record(dir: &Path, change: impl FnMut(&mut herd_driver_process::record::InstanceRecord)) {
+    herd_driver_process::record::edit(dir, change).unwrap();
 }

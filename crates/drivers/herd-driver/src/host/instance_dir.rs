@@ -12,8 +12,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Desired power, as kept in the `power` file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Desired power, as kept in the `power` file (the qemu driver) or the state file (the process
+/// driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Power {
     Running,
     Stopped,

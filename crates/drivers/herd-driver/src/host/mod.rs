@@ -5,9 +5,11 @@
 //! file formats and the `/proc` parsing are the same for both, so they live here once:
 //! [`procfs`] (process identity, `stat`, sizes) and [`instance_dir`] (the directory walk, the
 //! desired-power and tag files, crash-safe writes, log tails) and [`locks`] (one async lock
-//! per instance). Each driver keeps what is its
+//! per instance) and [`slot_file`] (a state file updated in place, atomically, with no new
+//! inode per change). Each driver keeps what is its
 //! own (process groups and namespaces; QEMU markers, sockets, disks).
 
 pub mod instance_dir;
 pub mod locks;
 pub mod procfs;
+pub mod slot_file;

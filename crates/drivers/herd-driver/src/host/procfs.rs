@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 /// A process as identified across time: pid plus its start time (field 22 of `stat`, in clock
 /// ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProcId {
     pub pid: u32,
     pub start: u64,
