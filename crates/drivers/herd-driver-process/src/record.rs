@@ -25,27 +25,23 @@ pub const STATE_FILE: &str = "state";
 /// The files of the layout before the state file, in the order they are migrated.
 const LEGACY_FILES: [&str; 6] = ["tag", "power", "env", "pid", "exit", "net"];
 
-/// Everything the driver remembers about one instance.
+/// Everything the driver remembers about one instance. A field missing from the file takes
+/// its default (`None`, or an empty environment).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InstanceRecord {
     /// The tag of the cluster that created the instance; `None` for a directory created
     /// before cluster ids (nobody's until claimed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
     /// Desired power.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<Power>,
     /// The spec-derived environment (`KEY`, `VALUE`), fixed at create and reimage time.
-    #[serde(default)]
     pub env: Vec<(String, String)>,
     /// The process group leader, once started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<ProcId>,
     /// How the last process ended (pid 0 / start 0: a start that failed before any process).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
     /// The bridged-network attachment, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<NetworkAttachment>,
 }
 
