@@ -64,9 +64,10 @@ impl Engine {
         let shared = self.workers.len() > 1;
         if shared {
             // A port that another process shares with SO_REUSEPORT (same user) would accept
-            // our sockets into its group and split the traffic; an exclusive bind first makes
-            // that "address in use", as with one thread.
-            drop(bind(addr, backlog, false)?);
+            // our sockets into its group and split the traffic; an exclusive bind first (no
+            // listen, so no connection can arrive on it) makes that "address in use", as with
+            // one thread.
+            drop(socket(addr, false)?);
         }
         let listeners = (0..self.workers.len()).map(|_| bind(addr, backlog, shared)).collect::<io::Result<Vec<_>>>()?;
         let mut stops = Vec::new();
@@ -105,8 +106,8 @@ impl AcceptLoops {
     }
 }
 
-/// A listening socket, not yet registered with any runtime.
-fn bind(addr: SocketAddr, backlog: u32, shared: bool) -> io::Result<std::net::TcpListener> {
+/// A socket bound to `addr` (with `SO_REUSEPORT` when `shared`), not listening yet.
+fn socket(addr: SocketAddr, shared: bool) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     // Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt per frontend
@@ -116,8 +117,13 @@ fn bind(addr: SocketAddr, backlog: u32, shared: bool) -> io::Result<std::net::Tc
         socket.set_reuseport(true)?;
     }
     socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// A listening socket, not yet registered with any runtime.
+fn bind(addr: SocketAddr, backlog: u32, shared: bool) -> io::Result<std::net::TcpListener> {
     // `listen` registers with the calling runtime; `into_std` takes it back out, non-blocking.
-    socket.listen(backlog)?.into_std()
+    socket(addr, shared)?.listen(backlog)?.into_std()
 }
 
 #[cfg(test)]

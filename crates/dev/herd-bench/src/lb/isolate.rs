@@ -152,6 +152,18 @@ pub async fn reexec(inner_args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A command for `program`, run under `taskset -c cpus` when `cpus` is given.
+pub fn pinned(program: &str, cpus: Option<&str>) -> tokio::process::Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", cpus, program]);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
 /// Pins every process in this network namespace whose command line contains `needle` (with
 /// all its threads) to `cpus` (a `taskset -c` list). Returns how many were pinned.
 pub fn pin_processes(needle: &str, cpus: &str) -> Result<usize> {

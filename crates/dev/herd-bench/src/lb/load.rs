@@ -130,14 +130,7 @@ pub async fn wrk(
     cpus: Option<&str>,
     lb_pid: Option<u32>,
 ) -> Result<Run> {
-    let mut cmd = match cpus {
-        Some(cpus) => {
-            let mut c = tokio::process::Command::new("taskset");
-            c.args(["-c", cpus, "wrk"]);
-            c
-        }
-        None => tokio::process::Command::new("wrk"),
-    };
+    let mut cmd = super::isolate::pinned("wrk", cpus);
     let threads = threads.clamp(1, shape.connections);
     cmd.args([format!("-t{threads}"), format!("-c{}", shape.connections), format!("-d{seconds}s")]);
     cmd.args(["--latency", "--timeout", "5s"]);

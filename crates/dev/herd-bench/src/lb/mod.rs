@@ -212,15 +212,8 @@ fn start_haproxy(
     let hcfg = dir.join("haproxy.cfg");
     let servers: String = addrs.iter().enumerate().map(|(i, a)| format!("  server s{i} {a}:8080\n")).collect();
     std::fs::write(&hcfg, format!("global\n  maxconn {maxconn}\n  nbthread 1\ndefaults\n  mode tcp\n  maxconn {maxconn}\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\nfrontend f\n  bind 127.0.99.1:18091\n  default_backend b\nbackend b\n  balance roundrobin\n{servers}"))?;
-    let mut cmd = match cpu {
-        Some(cpu) => {
-            let mut c = tokio::process::Command::new("taskset");
-            c.args(["-c", cpu, "haproxy"]);
-            c
-        }
-        None => tokio::process::Command::new("haproxy"),
-    };
-    cmd.arg("-db")
+    isolate::pinned("haproxy", cpu)
+        .arg("-db")
         .arg("-f")
         .arg(&hcfg)
         .kill_on_drop(true)
