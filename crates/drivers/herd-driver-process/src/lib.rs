@@ -206,6 +206,7 @@ impl ProcessDriver {
         let root = std::fs::create_dir_all(&root)
             .and_then(|_| root.canonicalize())
             .map_err(|e| DriverError::host(format!("instance root {}", root.display()), e))?;
+        herd_driver::host::instance_dir::mark_set_dirs(&root);
         Ok(Self {
             state: State { root, tag },
             stop_grace: DEFAULT_STOP_GRACE,
@@ -709,14 +710,9 @@ async fn wait_gone(id: ProcId, limit: Duration) -> Result<bool, DriverError> {
         // Our own zombie leader is waited for (cheap) for a while, not forever: a child whose
         // handle was dropped is reaped later, and then the full check tells.
         let reaping = start.elapsed() < REAP_WAIT;
-        let alive = blocking(move || {
-            if reaping {
-                procfs::group_alive_until_reaped(id)
-            } else {
-                procfs::group_alive(id)
-            }
-        })
-        .await?;
+        let alive =
+            blocking(move || if reaping { procfs::group_alive_until_reaped(id) } else { procfs::group_alive(id) })
+                .await?;
         if !alive {
             return Ok(true);
         }

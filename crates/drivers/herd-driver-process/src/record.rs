@@ -114,7 +114,8 @@ fn edit_with(dir: &Path, mut change: impl FnMut(&mut InstanceRecord), sync: bool
         }
     };
     let path = dir.join(STATE_FILE);
-    let updated = if sync { slot_file::update_synced(&path, &mut apply) } else { slot_file::update(&path, &mut apply) }?;
+    let updated =
+        if sync { slot_file::update_synced(&path, &mut apply) } else { slot_file::update(&path, &mut apply) }?;
     if let Some(e) = error {
         return Err(e);
     }

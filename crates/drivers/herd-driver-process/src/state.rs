@@ -144,7 +144,8 @@ impl State {
         image_usable(&spec.key, &image)?;
         let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
         // The set's directory spreads its instances over the file system (see `ensure_set_dir`).
-        let parent = instance_dir::ensure_set_dir(&self.root, &spec.key).map_err(|e| io("creating its directory", e))?;
+        let parent =
+            instance_dir::ensure_set_dir(&self.root, &spec.key).map_err(|e| io("creating its directory", e))?;
         let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
         remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
         std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;

@@ -58,6 +58,25 @@ pub fn ensure_set_dir(root: &Path, key: &InstanceKey) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Marks every set directory (`<root>/<group>/<set>`) already under `root` as
+/// [`mark_unrelated`]: those an older server created carry no mark. Best effort, as that is.
+pub fn mark_set_dirs(root: &Path) {
+    let subdirs = |p: &Path| -> Vec<PathBuf> {
+        fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for group in subdirs(root) {
+        for set in subdirs(&group) {
+            mark_unrelated(&set);
+        }
+    }
+}
+
 /// Marks the directory `dir` as the top of directory trees unrelated to each other
 /// (`FS_TOPDIR_FL`, what `chattr +T` sets); returns whether it carries the mark. Best effort:
 /// file systems without the flag (tmpfs) refuse it, and nothing else changes.
@@ -234,6 +253,14 @@ mod tests {
             assert!(marked, "ext4 takes the mark");
         }
         assert!(!mark_unrelated(&tmp.path().join("missing")));
+        // One an older server made is marked when a driver starts on the root.
+        let old = tmp.path().join("rg/old");
+        fs::create_dir_all(&old).unwrap();
+        mark_set_dirs(tmp.path());
+        let flagged = |p: &Path| {
+            rustix::fs::ioctl_getflags(fs::File::open(p).unwrap()).is_ok_and(|f| f.contains(rustix::fs::IFlags::TOPDIR))
+        };
+        assert_eq!(flagged(&old), marked);
     }
 
     #[test]
