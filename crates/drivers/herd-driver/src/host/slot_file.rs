@@ -18,6 +18,11 @@
 //! finds a torn slot that fails its checksum and falls back to the previous content: every
 //! update is all or nothing. Content that outgrows a slot is the one case that replaces the
 //! file (temporary file and rename, with slots twice as large).
+//!
+//! Nothing is synced by default: after a power failure a file may hold an older content, or
+//! none that is whole. A change that must never be undone (a raised fence) uses
+//! [`update_synced`], which leaves it on disk in both slots, so no later torn write can fall
+//! back past it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
