@@ -24,11 +24,14 @@
 //!                    pid    pid and start time of the process group leader
 //!                    exit   pid, start time and how it ended, written when init is reaped
 //!                    net    the bridged-network attachment, if any
-//!   fence          the highest fence seen (see `herd_driver::fence`; fsynced, rarely changes)
+//!                    fence  the highest fence seen (see `herd_driver::fence`); written with
+//!                           the record, synced when raised
 //!   console.log    stdout + stderr of the instance (appended)
 //!
 //! Servers before the state file kept `tag`, `power`, `env`, `pid`, `exit` and `net` as
-//! separate files; such a directory is read as it is and migrated on its first change.
+//! separate files; such a directory is read as it is and migrated on its first change. Servers
+//! before the fence moved into the record kept it in a `fence` file (temporary file, fsync,
+//! rename): it is read while the record has none, and moves into the record when raised.
 //! ```
 
 use crate::procfs::ProcId;

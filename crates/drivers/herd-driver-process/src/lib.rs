@@ -40,11 +40,14 @@
 //! # Fencing
 //!
 //! Every acting call checks its fence (`herd_driver::fence`) under the instance's lock before it
-//! does anything: a call with a lower term or incarnation than the instance directory's `fence`
-//! file records is refused with `DriverError::Fenced`, and a higher one is recorded first
-//! (atomically: temporary file, fsync, rename). A new instance gets its `fence` file before its
-//! directory appears under its name; a directory without one (created before fencing) accepts
-//! the first call and records it. `destroy` removes the record with the directory.
+//! does anything: a call with a lower term or incarnation than the fence in the instance's
+//! `state` record is refused with `DriverError::Fenced`, and a higher one is recorded first
+//! (atomically and durably: synced into both slots of the state file, so no later crash can
+//! bring back the lower one). A new instance's record holds its fence from its first write,
+//! before its directory appears under its name; a directory without one (created before
+//! fencing) accepts the first call and records it. Directories of servers before the fence moved
+//! into the record keep it in a `fence` file, read as it is and moved into the record when it
+//! is next raised. `destroy` removes the record with the directory.
 //!
 //! # Whose instance
 //!
@@ -177,6 +180,9 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for a group to vanish after SIGKILL before reporting an error.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
+/// How long a stopping group whose leader is our unreaped zombie counts as alive (see
+/// `procfs::group_alive_until_reaped`).
+const REAP_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs instances as local process trees. See the crate docs.
 #[derive(Debug)]
@@ -200,6 +206,7 @@ impl ProcessDriver {
         let root = std::fs::create_dir_all(&root)
             .and_then(|_| root.canonicalize())
             .map_err(|e| DriverError::host(format!("instance root {}", root.display()), e))?;
+        herd_driver::host::instance_dir::mark_set_dirs(&root);
         Ok(Self {
             state: State { root, tag },
             stop_grace: DEFAULT_STOP_GRACE,
@@ -329,17 +336,10 @@ impl ProcessDriver {
         self.blocking(move |st| st.materialize(&spec, fence)).await?
     }
 
-    /// The fence check every acting call starts with, under the instance's lock: another
-    /// cluster's directory is refused first (nothing is written into it), then `fence` is
-    /// checked against the instance's record and recorded if higher (see `herd_driver::fence`).
+    /// The fence check every acting call starts with (see `State::admit`).
     async fn admit(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let key = key.clone();
-        self.blocking(move |st| {
-            let d = st.instance(&key);
-            st.check_owned(&d, &key)?;
-            herd_driver::fence::admit_in_dir(&key, &d.dir, fence)
-        })
-        .await?
+        self.blocking(move |st| st.admit(&key, fence)).await?
     }
 }
 
@@ -702,11 +702,18 @@ async fn watch(mut child: Child, d: InstanceDir, id: ProcId) {
 
 /// Polls until the group is gone; `false` if it outlived `limit`.
 async fn wait_gone(id: ProcId, limit: Duration) -> Result<bool, DriverError> {
-    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let deadline = start + limit;
     // Most groups are gone within a millisecond or two of the signal: poll fast, then back off.
     let mut pause = Duration::from_millis(1);
     loop {
-        if !blocking(move || procfs::group_alive(id)).await? {
+        // Our own zombie leader is waited for (cheap) for a while, not forever: a child whose
+        // handle was dropped is reaped later, and then the full check tells.
+        let reaping = start.elapsed() < REAP_WAIT;
+        let alive =
+            blocking(move || if reaping { procfs::group_alive_until_reaped(id) } else { procfs::group_alive(id) })
+                .await?;
+        if !alive {
             return Ok(true);
         }
         let now = Instant::now();

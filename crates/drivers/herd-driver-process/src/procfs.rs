@@ -221,6 +221,17 @@ pub(crate) fn group_alive(id: ProcId) -> bool {
     Snapshot::take().group_alive(id)
 }
 
+/// [`group_alive`] for a caller waiting for a group it signalled to go: a leader that is a
+/// zombie *of ours* counts as not gone yet, since our exit watcher reaps it within moments, and
+/// then the group is known gone by one `killpg` instead of a scan of every process in `/proc`.
+/// (A thousand instances stopping at once made each poll of each of them such a scan.)
+pub(crate) fn group_alive_until_reaped(id: ProcId) -> bool {
+    match read_stat(id.pid) {
+        Some(l) if l.starttime == id.start && l.is_zombie() && l.ppid == std::process::id() => true,
+        _ => group_alive(id),
+    }
+}
+
 /// Sends `sig` to the group started by `id`, if that group is still ours. Never signals pid 0
 /// or 1, nor our own group.
 pub(crate) fn signal_group(id: ProcId, sig: Signal) {
@@ -341,6 +352,23 @@ mod tests {
             return; // unshare refused (not root)
         }
         assert_eq!(got, Some((0, 0)));
+    }
+
+    #[test]
+    fn our_zombie_leader_counts_as_alive_until_reaped() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/true").process_group(0).spawn().unwrap();
+        let pid = child.id();
+        let id = ProcId { pid, start: read_stat(pid).unwrap().starttime };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !read_stat(pid).is_some_and(|s| s.is_zombie()) {
+            assert!(std::time::Instant::now() < deadline, "the child never became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!group_alive(id), "a zombie is not a live member");
+        assert!(group_alive_until_reaped(id), "ours, not reaped yet");
+        child.wait().unwrap();
+        assert!(!group_alive_until_reaped(id) && !group_alive(id));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use herd_driver::host::instance_dir::{ignore_missing, Power};
 use herd_driver::host::procfs::ProcId;
 use herd_driver::host::slot_file::{self, Updated};
-use herd_driver::NetworkAttachment;
+use herd_driver::{Fence, NetworkAttachment};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -43,6 +43,10 @@ pub struct InstanceRecord {
     pub exit: Option<Exit>,
     /// The bridged-network attachment, if any.
     pub net: Option<NetworkAttachment>,
+    /// The highest fence seen (see `herd_driver::fence`). Recorded when the instance is built
+    /// and raised with [`edit_synced`]. `None` in records of servers before it moved here: their
+    /// fence is in the `fence` file ([`herd_driver::fence::FENCE_FILE`]), until it is raised.
+    pub fence: Option<Fence>,
 }
 
 /// How a process of the instance ended.
@@ -74,9 +78,20 @@ pub fn read(dir: &Path) -> io::Result<InstanceRecord> {
 
 /// Changes the record of `dir` atomically (see [`slot_file::update`]); writes nothing when
 /// `change` leaves it as it was. Never creates the directory.
-pub fn edit(dir: &Path, mut change: impl FnMut(&mut InstanceRecord)) -> io::Result<()> {
+pub fn edit(dir: &Path, change: impl FnMut(&mut InstanceRecord)) -> io::Result<()> {
+    edit_with(dir, change, false)
+}
+
+/// [`edit`] for a change that must never be undone, even by a power failure (a raised fence):
+/// on disk when this returns, and never rolled back by a later torn write (see
+/// [`slot_file::update_synced`]).
+pub fn edit_synced(dir: &Path, change: impl FnMut(&mut InstanceRecord)) -> io::Result<()> {
+    edit_with(dir, change, true)
+}
+
+fn edit_with(dir: &Path, mut change: impl FnMut(&mut InstanceRecord), sync: bool) -> io::Result<()> {
     let mut error = None;
-    let updated = slot_file::update(&dir.join(STATE_FILE), |current| {
+    let mut apply = |current: Option<&[u8]>| {
         let mut rec = match current.map(serde_json::from_slice::<InstanceRecord>) {
             Some(Ok(rec)) => rec,
             Some(Err(e)) => {
@@ -97,7 +112,10 @@ pub fn edit(dir: &Path, mut change: impl FnMut(&mut InstanceRecord)) -> io::Resu
                 None
             }
         }
-    })?;
+    };
+    let path = dir.join(STATE_FILE);
+    let updated =
+        if sync { slot_file::update_synced(&path, &mut apply) } else { slot_file::update(&path, &mut apply) }?;
     if let Some(e) = error {
         return Err(e);
     }
@@ -147,11 +165,14 @@ fn legacy(dir: &Path) -> InstanceRecord {
                 address: it.next()?.parse().ok()?,
             })
         }),
+        // Kept in its own file, read by the fence check (it may be unreadable: that refuses).
+        fence: None,
     }
 }
 
-/// Writes `rec` in the layout of servers before the state file (and removes the state file):
-/// what an instance directory looked like before an upgrade. For tests of the migration.
+/// Writes `rec` in the layout of servers before the state file, its fence in the `fence` file
+/// (and removes the state file): what an instance directory looked like before an upgrade. For
+/// tests of the migration.
 #[doc(hidden)]
 pub fn write_legacy(dir: &Path, rec: &InstanceRecord) -> io::Result<()> {
     let put = |name: &str, content: Option<Vec<u8>>| match content {
@@ -172,6 +193,10 @@ pub fn write_legacy(dir: &Path, rec: &InstanceRecord) -> io::Result<()> {
         "net",
         rec.net.as_ref().map(|n| format!("{} {} {} {}\n", n.bridge, n.gateway, n.prefix_len, n.address).into_bytes()),
     )?;
+    match rec.fence {
+        Some(f) => herd_driver::fence::write_record(dir, f)?,
+        None => ignore_missing(fs::remove_file(dir.join(herd_driver::fence::FENCE_FILE)))?,
+    }
     ignore_missing(fs::remove_file(dir.join(STATE_FILE)))
 }
 
@@ -192,7 +217,24 @@ mod tests {
                 prefix_len: 24,
                 address: "10.0.0.4".parse().unwrap(),
             }),
+            fence: None,
         }
+    }
+
+    #[test]
+    fn the_fence_is_part_of_the_record_and_older_records_have_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // A state file of the server before the fence moved into it (session 9) has no field.
+        let mut old = serde_json::to_value(sample()).unwrap();
+        old.as_object_mut().unwrap().remove("fence");
+        slot_file::create(&dir.join(STATE_FILE), &serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(read(dir).unwrap(), sample());
+        let f = Fence::new(herd_driver::Term(2), herd_driver::Incarnation(3));
+        edit_synced(dir, |r| r.fence = Some(f)).unwrap();
+        assert_eq!(read(dir).unwrap(), InstanceRecord { fence: Some(f), ..sample() });
+        edit(dir, |r| r.pid = None).unwrap();
+        assert_eq!(read(dir).unwrap().fence, Some(f), "other changes keep it");
     }
 
     #[test]

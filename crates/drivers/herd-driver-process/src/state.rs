@@ -8,8 +8,9 @@ use crate::layout::{check_image, copy_tree, remove_tree, InstanceDir, Power};
 use crate::procfs::{self, ProcId, Snapshot};
 use crate::record::{self, InstanceRecord};
 use crate::spawn;
-use herd_driver::host::instance_dir;
-use herd_driver::{DriverError, InstanceSpec, ObservedInstance, ObservedPower};
+use herd_driver::fence::{self, Admission};
+use herd_driver::host::instance_dir::{self, ignore_missing};
+use herd_driver::{DriverError, Fence, Incarnation, InstanceSpec, ObservedInstance, ObservedPower};
 use herd_model::{image::ImageSource, InstanceKey};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -36,23 +37,57 @@ impl State {
         InstanceDir::new(self.instance_dir(key))
     }
 
-    /// Whether an existing instance directory is ours: its record holds our tag. One
-    /// without (it predates cluster ids) or with another is another cluster's: never touched.
-    pub fn owns(&self, d: &InstanceDir) -> bool {
-        d.read_tag().as_deref() == Some(self.tag.as_str())
+    /// `Ok` unless `d` exists and belongs to another cluster: its record holds another tag, or
+    /// none (it predates cluster ids). Such a directory is never touched.
+    pub fn check_owned(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
+        if !d.exists() {
+            return Ok(());
+        }
+        self.check_tag(d, key, d.read_tag())
     }
 
-    /// `Ok` unless `d` exists and belongs to another cluster.
-    pub fn check_owned(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
-        if !d.exists() || self.owns(d) {
+    /// `Ok` if `tag`, read from the record of the existing directory `d`, is ours.
+    fn check_tag(&self, d: &InstanceDir, key: &InstanceKey, tag: Option<String>) -> Result<(), DriverError> {
+        if tag.as_deref() == Some(self.tag.as_str()) {
             return Ok(());
         }
         Err(DriverError::Failed(format!(
             "instance {key}: its directory {} belongs to another herd cluster (tag {}, ours {}); not touched",
             d.dir.display(),
-            d.read_tag().unwrap_or_else(|| "none: it predates cluster ids".into()),
+            tag.unwrap_or_else(|| "none: it predates cluster ids".into()),
             self.tag
         )))
+    }
+
+    /// The fence check every acting call starts with, under the instance's lock: another
+    /// cluster's directory is refused first (nothing is written into it), then `call` is checked
+    /// against the fence in the instance's record (see `herd_driver::fence`) and recorded, on
+    /// disk, before the call acts if it is higher. An absent directory records nothing (the
+    /// build records the fence). One read of the record serves both checks.
+    ///
+    /// A record of a server before the fence moved into it has none: its fence is read from the
+    /// `fence` file, and moves into the record when it is next raised (the file is removed only
+    /// once the record holding it is on disk; a record's fence wins over a leftover file).
+    pub fn admit(&self, key: &InstanceKey, call: Fence) -> Result<(), DriverError> {
+        let d = self.instance(key);
+        if !d.exists() {
+            return Ok(());
+        }
+        let rec = d.record();
+        self.check_tag(&d, key, rec.tag)?;
+        let seen = match rec.fence {
+            Some(f) => Some(f),
+            None => fence::read_record(&d.dir)
+                .map_err(|e| DriverError::FenceRecord { key: key.clone(), source: std::sync::Arc::new(e) })?,
+        };
+        match call.admit(key, seen)? {
+            Admission::Unchanged => Ok(()),
+            Admission::Raise(f) => {
+                let io = |e| DriverError::io(key, "recording the fence", e);
+                record::edit_synced(&d.dir, |r| r.fence = Some(f)).map_err(io)?;
+                ignore_missing(std::fs::remove_file(d.dir.join(fence::FENCE_FILE))).map_err(io)
+            }
+        }
     }
 
     /// The live group of an instance. Without a recorded pid (a crash between spawn and recording
@@ -92,11 +127,9 @@ impl State {
             .collect()
     }
 
-    /// Creates the instance directory from `spec` if absent (atomically: built beside it and
-    /// renamed). Returns whether it already existed.
     /// Builds the instance directory if absent (recording `fence` in it before it appears under
     /// its name, so a new instance is never without its fence). Returns whether it existed.
-    pub fn materialize(&self, spec: &InstanceSpec, fence: herd_driver::Fence) -> Result<bool, DriverError> {
+    pub fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
         let d = self.instance(&spec.key);
         let image = image_dir(spec)?;
         self.check_owned(&d, &spec.key)?;
@@ -109,19 +142,25 @@ impl State {
             return Ok(true);
         }
         image_usable(&spec.key, &image)?;
-        let parent = d.dir.parent().unwrap_or(&self.root).to_path_buf();
-        let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
         let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
-        std::fs::create_dir_all(&parent).map_err(|e| io("creating its directory", e))?;
+        // The set's directory spreads its instances over the file system (see `ensure_set_dir`).
+        let parent =
+            instance_dir::ensure_set_dir(&self.root, &spec.key).map_err(|e| io("creating its directory", e))?;
+        let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
         remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
         std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
         install_work(&tmp, spec, &image)?;
-        let mut rec = InstanceRecord { tag: Some(self.tag.clone()), power: Some(Power::Running), ..Default::default() };
+        // The record holds the fence from its first write on, so no version of it (whole on
+        // disk or not) lacks it: a crash leaves the fence or an unreadable record, which
+        // refuses every call. (A sweep's fence names no placement: nothing to record.)
+        let mut rec = InstanceRecord {
+            tag: Some(self.tag.clone()),
+            power: Some(Power::Running),
+            fence: (fence.incarnation != Incarnation::ANY).then_some(fence),
+            ..Default::default()
+        };
         set_built(&mut rec, spec, &d);
         record::create(&tmp.dir, &rec).map_err(|e| io("writing its state file", e))?;
-        if fence.incarnation != herd_driver::Incarnation::ANY {
-            herd_driver::fence::write_record(&tmp.dir, fence).map_err(|e| io("recording the fence", e))?;
-        }
         std::fs::rename(&tmp.dir, &d.dir).map_err(|e| io("creating its directory", e))?;
         Ok(false)
     }

@@ -76,8 +76,9 @@ async fn wait_running(d: &ProcessDriver, k: &InstanceKey) {
     }
 }
 
+/// The fence in the instance's record.
 fn recorded(d: &ProcessDriver, k: &InstanceKey) -> Option<Fence> {
-    herd_driver::fence::read_record(&d.instance_dir(k)).unwrap()
+    common::record(&d.instance_dir(k)).fence
 }
 
 fn assert_fenced(e: DriverError, call: Fence, seen: Fence) {
@@ -148,20 +149,59 @@ async fn an_instance_without_a_record_accepts_the_first_call() {
     let k = key(2);
     d.ensure(&spec(&rig.image, 2), Fence::FIRST).await.unwrap();
     wait_running(&d, &k).await;
-    // As an instance created before fencing: no record.
-    std::fs::remove_file(d.instance_dir(&k).join(herd_driver::fence::FENCE_FILE)).unwrap();
+    let dir = d.instance_dir(&k);
+    assert!(!dir.join(herd_driver::fence::FENCE_FILE).exists(), "the fence is in the record, not a file of its own");
+    // As an instance created before fencing: no fence in the record, no fence file.
+    common::edit_record(&dir, |r| r.fence = None);
     let d = rig.driver();
     d.set_power(&k, PowerTarget::Stopped, Fence::new(Term(1), Incarnation::UNRECORDED)).await.unwrap();
     assert_eq!(recorded(&d, &k), Some(Fence::new(Term(1), Incarnation::UNRECORDED)));
     d.set_power(&k, PowerTarget::Running, Fence::FIRST).await.unwrap();
     assert_eq!(recorded(&d, &k), Some(Fence::FIRST));
-    // A record that cannot be read refuses every call rather than guess.
-    std::fs::write(d.instance_dir(&k).join(herd_driver::fence::FENCE_FILE), "garbage").unwrap();
+    // A fence file of an older server that cannot be read refuses every call rather than guess.
+    common::edit_record(&dir, |r| r.fence = None);
+    std::fs::write(dir.join(herd_driver::fence::FENCE_FILE), "garbage").unwrap();
     let e = d.restart(&k, Fence::FIRST).await.unwrap_err();
     assert!(matches!(e, DriverError::FenceRecord { .. }) && !e.retryable(), "{e:?}");
-    std::fs::remove_file(d.instance_dir(&k).join(herd_driver::fence::FENCE_FILE)).unwrap();
+    std::fs::remove_file(dir.join(herd_driver::fence::FENCE_FILE)).unwrap();
     d.destroy(&k, Fence::FIRST).await.unwrap();
     assert!(d.list().await.unwrap().is_empty());
+}
+
+/// A directory of the server before the fence moved into the state record (session 9: a
+/// `state` file without a fence, and a `fence` file) keeps its fence: lower calls are refused,
+/// equal ones change nothing, and the first raise moves the fence into the record and removes
+/// the file. A leftover file (a crash between the two) loses to the record.
+#[tokio::test]
+async fn a_fence_file_of_an_older_server_is_honoured_and_moved_into_the_record() {
+    let rig = Rig::new();
+    let d = rig.driver();
+    let k = key(4);
+    d.ensure(&spec(&rig.image, 4), f(2, 3)).await.unwrap();
+    wait_running(&d, &k).await;
+    let dir = d.instance_dir(&k);
+    let pid = common::recorded_pid(&dir).unwrap();
+    common::edit_record(&dir, |r| r.fence = None);
+    herd_driver::fence::write_record(&dir, f(2, 3)).unwrap();
+
+    let d = rig.driver();
+    assert_fenced(d.set_power(&k, PowerTarget::Stopped, f(2, 2)).await.unwrap_err(), f(2, 2), f(2, 3));
+    d.ensure(&spec(&rig.image, 4), f(2, 3)).await.unwrap();
+    assert_eq!(common::recorded_pid(&dir), Some(pid), "re-adopted, not restarted");
+    assert_eq!(recorded(&d, &k), None, "an equal fence moves nothing");
+    assert!(dir.join(herd_driver::fence::FENCE_FILE).exists());
+
+    d.set_power(&k, PowerTarget::Stopped, f(3, 3)).await.unwrap();
+    assert_eq!(recorded(&d, &k), Some(f(3, 3)));
+    assert!(!dir.join(herd_driver::fence::FENCE_FILE).exists(), "the file is gone once the record holds the fence");
+    assert_fenced(d.set_power(&k, PowerTarget::Running, f(2, 3)).await.unwrap_err(), f(2, 3), f(3, 3));
+
+    // A file left by a crash between the record's write and the file's removal: the record wins.
+    herd_driver::fence::write_record(&dir, f(9, 9)).unwrap();
+    d.set_power(&k, PowerTarget::Running, f(3, 3)).await.unwrap();
+    wait_running(&d, &k).await;
+    d.destroy(&k, f(3, 3)).await.unwrap();
+    assert!(!dir.exists());
 }
 
 /// Error kinds the reconciler's backoff relies on: an image directory that is gone is

@@ -25,9 +25,10 @@
 //!        └─ t ≥ T and i ≥ I, one higher ───────────────▶ record (t, i), then accept
 //! ```
 //! A driver records the fence before it acts on it, and the record goes with the instance:
-//! `destroy` removes it along with everything else the instance owns. The process and qemu
-//! drivers keep it in the instance directory (file [`FENCE_FILE`], written atomically, so it
-//! survives a server restart); the sim driver keeps it in memory.
+//! `destroy` removes it along with everything else the instance owns. The qemu driver keeps it
+//! in the instance directory (file [`FENCE_FILE`], written atomically, so it survives a server
+//! restart), the process driver in the instance's state record (synced when raised; it reads a
+//! [`FENCE_FILE`] left by an older server); the sim driver keeps it in memory.
 //!
 //! Reads (`list`, `stats`, `console_log`) carry no fence: they change nothing, and a stale
 //! reader can do no harm. Destroying an orphan (an instance the store has no record of, hence no

@@ -46,6 +46,59 @@ pub fn instance_path(root: &Path, key: &InstanceKey) -> PathBuf {
     root.join(key.group.as_str()).join(key.set.as_str()).join(key.id.0.to_string())
 }
 
+/// `<root>/<group>/<set>`: the directory holding the instances of `key`'s scale set, created if
+/// absent. One this call creates is marked as the top of unrelated trees ([`mark_unrelated`]),
+/// so the instance directories in it are spread over the file system.
+pub fn ensure_set_dir(root: &Path, key: &InstanceKey) -> io::Result<PathBuf> {
+    let dir = root.join(key.group.as_str()).join(key.set.as_str());
+    if !dir.is_dir() {
+        fs::create_dir_all(&dir)?;
+        mark_unrelated(&dir);
+    }
+    Ok(dir)
+}
+
+/// Marks every set directory (`<root>/<group>/<set>`) already under `root` as
+/// [`mark_unrelated`]: those an older server created carry no mark. Best effort, as that is.
+pub fn mark_set_dirs(root: &Path) {
+    let subdirs = |p: &Path| -> Vec<PathBuf> {
+        fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for group in subdirs(root) {
+        for set in subdirs(&group) {
+            mark_unrelated(&set);
+        }
+    }
+}
+
+/// Marks the directory `dir` as the top of directory trees unrelated to each other
+/// (`FS_TOPDIR_FL`, what `chattr +T` sets); returns whether it carries the mark. Best effort:
+/// file systems without the flag (tmpfs) refuse it, and nothing else changes.
+///
+/// Why: ext4's Orlov allocator puts a new directory in its parent's block group, and each file
+/// in its directory's, so every instance of a set would share one group. On ext4 without a
+/// journal a new inode is never taken from those freed in the last minute (five when the inode
+/// table is dirty): each allocation scans past them, one buffer-cache lookup each. Creating a
+/// thousand instances right after a thousand were deleted then scans past thousands of inodes
+/// per file, and the time grows with the square of the churn. Under a top directory the
+/// allocator spreads new subdirectories over the groups with the fewest directories, so each
+/// instance's files land in a group of their own, with few recently freed inodes to skip.
+pub fn mark_unrelated(dir: &Path) -> bool {
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    let Ok(f) = fs::File::open(dir) else { return false };
+    match ioctl_getflags(&f) {
+        Ok(flags) if flags.contains(IFlags::TOPDIR) => true,
+        Ok(flags) => ioctl_setflags(&f, flags | IFlags::TOPDIR).is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// The desired power recorded in `dir`.
 pub fn read_power(dir: &Path) -> Option<Power> {
     Power::parse(&fs::read_to_string(dir.join("power")).ok()?)
@@ -182,6 +235,32 @@ mod tests {
         fs::write(tmp.path().join("rg/web/9"), "a file").unwrap();
         assert_eq!(walk(tmp.path()), vec![(key, dir)]);
         assert!(walk(&tmp.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn set_directories_are_created_and_marked_where_the_file_system_can() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = InstanceKey::parse_path("rg/web/7").unwrap();
+        let set = ensure_set_dir(tmp.path(), &key).unwrap();
+        assert_eq!(set, tmp.path().join("rg/web"));
+        assert!(set.is_dir());
+        assert_eq!(ensure_set_dir(tmp.path(), &key).unwrap(), set, "an existing one is kept");
+        let marked = rustix::fs::ioctl_getflags(fs::File::open(&set).unwrap())
+            .is_ok_and(|f| f.contains(rustix::fs::IFlags::TOPDIR));
+        assert_eq!(mark_unrelated(&set), marked, "it reports what the directory carries");
+        // 0xEF53: ext4's magic (EXT4_SUPER_MAGIC).
+        if rustix::fs::statfs(&set).is_ok_and(|s| s.f_type == 0xEF53) {
+            assert!(marked, "ext4 takes the mark");
+        }
+        assert!(!mark_unrelated(&tmp.path().join("missing")));
+        // One an older server made is marked when a driver starts on the root.
+        let old = tmp.path().join("rg/old");
+        fs::create_dir_all(&old).unwrap();
+        mark_set_dirs(tmp.path());
+        let flagged = |p: &Path| {
+            rustix::fs::ioctl_getflags(fs::File::open(p).unwrap()).is_ok_and(|f| f.contains(rustix::fs::IFlags::TOPDIR))
+        };
+        assert_eq!(flagged(&old), marked);
     }
 
     #[test]

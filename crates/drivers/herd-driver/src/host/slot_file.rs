@@ -18,6 +18,11 @@
 //! finds a torn slot that fails its checksum and falls back to the previous content: every
 //! update is all or nothing. Content that outgrows a slot is the one case that replaces the
 //! file (temporary file and rename, with slots twice as large).
+//!
+//! Nothing is synced by default: after a power failure a file may hold an older content, or
+//! none that is whole. A change that must never be undone (a raised fence) uses
+//! [`update_synced`], which leaves it on disk in both slots, so no later torn write can fall
+//! back past it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -87,18 +92,21 @@ pub fn read(path: &Path) -> io::Result<Option<Vec<u8>>> {
     newest(&bytes).map(|(_, _, p)| Some(p.to_vec())).ok_or_else(|| corrupt(path))
 }
 
-/// A whole file image holding `payload` in slot 0 as sequence `seq`, slots large enough for it
-/// to double.
+/// A whole file image holding `payload` in both slots as sequence `seq`, slots large enough
+/// for it to double. (Both, so that the first update in place still leaves a whole copy of it
+/// in the other slot: see [`update_synced`].)
 fn image(seq: u64, payload: &[u8]) -> Vec<u8> {
     let slot = (2 * (HEADER + payload.len())).next_power_of_two().max(MIN_SLOT);
     let mut out = encode_slot(seq, payload);
-    out.resize(2 * slot, 0);
+    out.resize(slot, 0);
+    out.extend_from_within(..slot);
     out
 }
 
 /// Writes a new slot file at `path` holding `payload`, through a temporary file. With
-/// `replace` false it never replaces an existing file (`AlreadyExists` then).
-fn install(path: &Path, seq: u64, payload: &[u8], replace: bool) -> io::Result<()> {
+/// `replace` false it never replaces an existing file (`AlreadyExists` then). With `sync`, the
+/// file and its directory entry are on disk when it returns.
+fn install(path: &Path, seq: u64, payload: &[u8], replace: bool, sync: bool) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp =
@@ -106,12 +114,19 @@ fn install(path: &Path, seq: u64, payload: &[u8], replace: bool) -> io::Result<(
     let written = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(&image(seq, payload))?;
+        if sync {
+            f.sync_data()?;
+        }
         drop(f);
         if replace {
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, path)?;
         } else {
-            fs::hard_link(&tmp, path)
+            fs::hard_link(&tmp, path)?;
         }
+        if sync {
+            File::open(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?.sync_all()?;
+        }
+        Ok(())
     })();
     if written.is_err() || !replace {
         let _ = fs::remove_file(&tmp);
@@ -141,13 +156,30 @@ pub enum Updated {
 /// content (`None` when there is no file) and returns the new one, or `None` to leave it.
 /// Concurrent updates (threads or processes) are serialised by an exclusive `flock`, so none
 /// is lost. A missing file is created without ever replacing one created meanwhile.
-pub fn update(path: &Path, mut change: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>) -> io::Result<Updated> {
+pub fn update(path: &Path, change: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>) -> io::Result<Updated> {
+    update_with(path, change, false)
+}
+
+/// [`update`] for a change that must never be undone, even by a power failure (a fence): the
+/// new content is on disk in *both* slots when this returns. Written into the other slot and
+/// synced first, then into the current one and synced again, so no moment leaves the file
+/// without a whole slot; and since both slots then hold it, a later update torn by a crash
+/// falls back to this content or a newer one, never to an older one. Costs two `fdatasync`s.
+pub fn update_synced(path: &Path, change: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>) -> io::Result<Updated> {
+    update_with(path, change, true)
+}
+
+fn update_with(
+    path: &Path,
+    mut change: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    sync: bool,
+) -> io::Result<Updated> {
     loop {
         let f = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let Some(new) = change(None) else { return Ok(Updated::Unchanged) };
-                match install(path, 1, &new, false) {
+                match install(path, 1, &new, false, sync) {
                     Ok(()) => return Ok(Updated::Created),
                     // Created meanwhile: update that one.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -164,7 +196,7 @@ pub fn update(path: &Path, mut change: impl FnMut(Option<&[u8]>) -> Option<Vec<u
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         }
-        return write_locked(path, &f, &mut change);
+        return write_locked(path, &f, &mut change, sync);
     }
 }
 
@@ -173,6 +205,7 @@ fn write_locked(
     path: &Path,
     f: &File,
     change: &mut impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    sync: bool,
 ) -> io::Result<Updated> {
     let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
     let mut bytes = vec![0; len];
@@ -181,10 +214,15 @@ fn write_locked(
     let Some(new) = change(Some(current)) else { return Ok(Updated::Unchanged) };
     let size = len / 2;
     if HEADER + new.len() > size {
-        install(path, seq + 1, &new, true)?;
+        install(path, seq + 1, &new, true, sync)?;
     } else {
         let other = 1 - slot;
         f.write_all_at(&encode_slot(seq + 1, &new), (other * size) as u64)?;
+        if sync {
+            f.sync_data()?;
+            f.write_all_at(&encode_slot(seq + 2, &new), (slot * size) as u64)?;
+            f.sync_data()?;
+        }
     }
     Ok(Updated::Written)
 }
@@ -239,6 +277,43 @@ mod tests {
         fs::write(&p, b"not a slot file at all").unwrap();
         assert_eq!(read(&p).unwrap_err().kind(), io::ErrorKind::InvalidData);
         assert!(update(&p, |_| Some(b"x".to_vec())).is_err(), "a corrupt file is not overwritten blindly");
+    }
+
+    /// Tears slot `i` of the file at `p` as a crash in mid-write would.
+    fn tear(p: &Path, i: u64) {
+        let size = fs::metadata(p).unwrap().len() / 2;
+        OpenOptions::new().write(true).open(p).unwrap().write_all_at(b"garbage", i * size + HEADER as u64).unwrap();
+    }
+
+    #[test]
+    fn a_synced_update_survives_any_later_torn_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("state");
+        assert_eq!(update_synced(&p, |_| Some(b"first".to_vec())).unwrap(), Updated::Created);
+        // A new file holds its content in both slots: a torn first update in place falls back.
+        set(&p, b"second");
+        tear(&p, 1);
+        assert_eq!(read(&p).unwrap().unwrap(), b"first");
+        tear(&p, 0);
+        assert_eq!(read(&p).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        // After a synced update both slots hold it, whichever slot a later update tears.
+        let p = tmp.path().join("fence");
+        create(&p, b"old").unwrap();
+        set(&p, b"older update");
+        assert_eq!(update_synced(&p, |_| Some(b"raised".to_vec())).unwrap(), Updated::Written);
+        for i in 0..2 {
+            set(&p, b"later");
+            tear(&p, i);
+            assert_eq!(read(&p).unwrap().unwrap(), b"raised", "slot {i} torn");
+            update(&p, |_| Some(b"raised".to_vec())).unwrap();
+        }
+        // One too large for its slots replaces the file, as large again in both slots.
+        let big = vec![b'y'; 3000];
+        update_synced(&p, |_| Some(big.clone())).unwrap();
+        set(&p, b"after");
+        tear(&p, 1);
+        assert_eq!(read(&p).unwrap().unwrap(), big);
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 2, "no temporary left behind");
     }
 
     #[test]
