@@ -520,12 +520,15 @@ fn sort_observed(
 ) -> (ObservedBySet, Vec<InstanceKey>) {
     let mut observed_by_set: ObservedBySet = BTreeMap::new();
     let mut unrecorded = Vec::new();
+    // Each set's recorded ids, once: a lookup per observed instance, not a scan of its set.
+    let ids: BTreeMap<&str, BTreeSet<InstanceId>> =
+        by_set.iter().map(|(k, v)| (k.as_str(), v.iter().map(|r| r.value.instance_id).collect())).collect();
     for o in observed {
         let set_key = SetKey::of_instance(&o.key).to_string();
         if quarantined.contains_key(&set_key) {
             continue;
         }
-        let known = by_set.get(&set_key).is_some_and(|v| v.iter().any(|r| r.value.instance_id == o.key.id));
+        let known = ids.get(set_key.as_str()).is_some_and(|v| v.contains(&o.key.id));
         if known {
             observed_by_set.entry(set_key).or_default().insert(o.key.id, o.power);
         } else {

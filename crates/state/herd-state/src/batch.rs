@@ -22,13 +22,7 @@ pub fn commit_chunks_reapplying<E: From<StateError>>(
     reapply: impl Fn(&str) -> Result<Option<WriteOp>, E>,
 ) -> Result<(), E> {
     for chunk in herd_store::chunks(ops, 0).map_err(StateError::from)? {
-        let keys: Vec<String> = chunk
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::Put { key, .. } => Some(key.clone()),
-                _ => None,
-            })
-            .collect();
+        let keys: Vec<String> = chunk.iter().filter_map(|op| op.put_key().map(|(_, key)| key.to_string())).collect();
         let mut chunk = chunk;
         let mut attempt = 0;
         loop {

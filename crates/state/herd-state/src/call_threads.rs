@@ -56,6 +56,14 @@ impl<S: Store> Store for CallThreads<S> {
         self.note();
         self.inner.list(kind, prefix)
     }
+    fn get_text(&self, kind: Kind, key: &str) -> Result<Option<Object<String>>, StoreError> {
+        self.note();
+        self.inner.get_text(kind, key)
+    }
+    fn list_text(&self, kind: Kind, prefix: &str) -> Result<Vec<Object<String>>, StoreError> {
+        self.note();
+        self.inner.list_text(kind, prefix)
+    }
     fn txn(&self, ops: Vec<WriteOp>) -> Result<u64, StoreError> {
         self.note();
         self.inner.txn(ops)

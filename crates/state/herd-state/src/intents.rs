@@ -49,7 +49,8 @@ impl Writes {
     }
 
     fn put<T: Serialize>(&mut self, tier: Tier, kind: Kind, key: String, v: &T, e: Expect) -> Result<(), StateError> {
-        self.ops.push((tier, WriteOp::put(kind, key, v, e)?));
+        // Encoded once, here: the text is what the store counts and writes.
+        self.ops.push((tier, WriteOp::put_encoded(kind, key, v, e)?));
         Ok(())
     }
 

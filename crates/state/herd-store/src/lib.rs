@@ -159,6 +159,14 @@ pub enum WriteOp {
         value: Value,
         expect: Expect,
     },
+    /// A put whose value is already encoded as JSON text ([`WriteOp::put_encoded`]): the same
+    /// write as [`WriteOp::Put`], without a [`Value`] tree built only to be encoded again.
+    PutText {
+        kind: Kind,
+        key: String,
+        text: String,
+        expect: Expect,
+    },
     Delete {
         kind: Kind,
         key: String,
@@ -193,6 +201,26 @@ impl WriteOp {
         })
     }
 
+    /// A put encoded to JSON text at once (see [`WriteOp::PutText`]): what writers of many
+    /// records use (a reconcile pass writes 10,000).
+    pub fn put_encoded<T: Serialize>(
+        kind: Kind,
+        key: impl Into<String>,
+        value: &T,
+        expect: Expect,
+    ) -> Result<Self, StoreError> {
+        let text = serde_json::to_string(value).map_err(StoreError::encode)?;
+        Ok(WriteOp::PutText { kind, key: key.into(), text, expect })
+    }
+
+    /// The kind and key a put (of either form) writes.
+    pub fn put_key(&self) -> Option<(Kind, &str)> {
+        match self {
+            WriteOp::Put { kind, key, .. } | WriteOp::PutText { kind, key, .. } => Some((*kind, key)),
+            _ => None,
+        }
+    }
+
     pub fn delete(kind: Kind, key: impl Into<String>, expect: Expect) -> Self {
         WriteOp::Delete { kind, key: key.into(), expect }
     }
@@ -206,13 +234,15 @@ impl WriteOp {
     /// JSON (an activity event's JSON body). Encodes the value to count it (without keeping it).
     pub fn size(&self) -> usize {
         let (kind, key) = match self {
-            WriteOp::Put { kind, key, .. } | WriteOp::Delete { kind, key, .. } | WriteOp::Guard { kind, key, .. } => {
-                (kind.as_str().len(), key.len())
-            }
+            WriteOp::Put { kind, key, .. }
+            | WriteOp::PutText { kind, key, .. }
+            | WriteOp::Delete { kind, key, .. }
+            | WriteOp::Guard { kind, key, .. } => (kind.as_str().len(), key.len()),
             WriteOp::Activity(ev) => (0, ev.resource_group.len() + ev.resource.len()),
         };
         let value = match self {
             WriteOp::Put { value, .. } => json_len(value),
+            WriteOp::PutText { text, .. } => text.len(),
             WriteOp::Activity(ev) => json_len(ev),
             WriteOp::Delete { .. } | WriteOp::Guard { .. } => 0,
         };
@@ -456,6 +486,22 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, kind: Kind, key: &str) -> Result<Option<Object>, StoreError>;
     /// Every object of `kind` whose key starts with `prefix`, ordered by key.
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError>;
+    /// [`Store::get`] with the value as its stored JSON text, not decoded: what the typed reads
+    /// ([`StoreExt::get_as`]) decode from, straight into their type.
+    ///
+    /// Why: decoding text into a [`Value`] tree and then the tree into a record allocates
+    /// every field name and value twice; a reader of 10,000 instance records per reconcile
+    /// pass (or per convergence poll) spent most of its time there. The default re-encodes
+    /// [`Store::get`]'s value; a backend that keeps text (SQLite) returns it as it is.
+    fn get_text(&self, kind: Kind, key: &str) -> Result<Option<Object<String>>, StoreError> {
+        self.get(kind, key)?.map(encode_text).transpose()
+    }
+    /// [`Store::list`] with each value as its stored JSON text (see [`Store::get_text`]). A row
+    /// that is not even text is quarantined and skipped, as [`Store::list`] does with a row
+    /// that is not JSON; text that is not JSON is left to the typed read, which quarantines it.
+    fn list_text(&self, kind: Kind, prefix: &str) -> Result<Vec<Object<String>>, StoreError> {
+        self.list(kind, prefix)?.into_iter().map(encode_text).collect()
+    }
     /// Applies every op or none. Returns the revision the transaction committed at.
     fn txn(&self, ops: Vec<WriteOp>) -> Result<u64, StoreError>;
     /// The newest revision committed.
@@ -512,7 +558,7 @@ pub trait StoreExt: Store {
     /// One object, decoded. A record that does not decode is quarantined (when the backend
     /// keeps a quarantine) and reported as [`StoreError::Codec`].
     fn get_as<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<Object<T>>, StoreError> {
-        let Some(o) = self.get(kind, key)? else { return Ok(None) };
+        let Some(o) = self.get_text(kind, key)? else { return Ok(None) };
         match decode(o) {
             Ok(o) => Ok(Some(o)),
             Err(e) => {
@@ -531,7 +577,7 @@ pub trait StoreExt: Store {
     fn list_as<T: DeserializeOwned>(&self, kind: Kind, prefix: &str) -> Result<Vec<Object<T>>, StoreError> {
         let q = self.quarantine();
         let mut out = Vec::new();
-        for o in self.list(kind, prefix)? {
+        for o in self.list_text(kind, prefix)? {
             let key = o.key.clone();
             match decode(o) {
                 Ok(o) => out.push(o),
@@ -547,8 +593,15 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
-fn decode<T: DeserializeOwned>(o: Object) -> Result<Object<T>, StoreError> {
-    let value = serde_json::from_value(o.value).map_err(|source| CodecError::JsonAt { what: o.key.clone(), source })?;
+/// Decodes a stored text straight into `T` (no [`Value`] tree in between).
+fn decode<T: DeserializeOwned>(o: Object<String>) -> Result<Object<T>, StoreError> {
+    let value = serde_json::from_str(&o.value).map_err(|source| CodecError::JsonAt { what: o.key.clone(), source })?;
+    Ok(Object { key: o.key, revision: o.revision, create_revision: o.create_revision, value })
+}
+
+/// An object with its value encoded back to JSON text (the default [`Store::get_text`]).
+fn encode_text(o: Object) -> Result<Object<String>, StoreError> {
+    let value = serde_json::to_string(&o.value).map_err(StoreError::encode)?;
     Ok(Object { key: o.key, revision: o.revision, create_revision: o.create_revision, value })
 }
 

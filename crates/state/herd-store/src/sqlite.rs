@@ -54,6 +54,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         SELECT 'compacted', CASE WHEN value = 0 THEN 0 ELSE value + 1 END FROM meta WHERE name = 'revision';",
 ];
 
+/// A listed row: key, revision, create revision, and the value's text (or why it is not text).
+type Row = (String, i64, i64, Result<String, rusqlite::Error>);
+
 /// The SQLite-backed [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -140,6 +143,31 @@ impl SqliteStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rows of `kind` under `prefix`, by key, copied out under the lock: decoding ten
+    /// thousand records takes far longer than reading them, and a writer waits for the lock, so
+    /// callers decode after it is released. A value that is not even text (a blob written by
+    /// hand) is returned as its error, to be quarantined.
+    fn rows(&self, kind: Kind, prefix: &str) -> Result<Vec<Row>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
+                self.create_col
+            ))
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
+        while let Some(r) = rows.next().map_err(backend)? {
+            let key: String = r.get(0).map_err(backend)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let text: Result<String, rusqlite::Error> = r.get(2);
+            out.push((key, r.get::<_, i64>(1).map_err(backend)?, r.get::<_, i64>(3).map_err(backend)?, text));
+        }
+        Ok(out)
     }
 }
 
@@ -264,29 +292,7 @@ impl Store for SqliteStore {
     }
 
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError> {
-        // Rows are copied out under the lock and decoded after it: decoding ten thousand
-        // records takes far longer than reading them, and a writer waits for the lock.
-        let rows = {
-            let conn = self.lock();
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
-                    self.create_col
-                ))
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
-            while let Some(r) = rows.next().map_err(backend)? {
-                let key: String = r.get(0).map_err(backend)?;
-                if !key.starts_with(prefix) {
-                    break;
-                }
-                // A row that is not even text (a blob written by hand) is as corrupt as bad JSON.
-                let text: Result<String, rusqlite::Error> = r.get(2);
-                out.push((key, r.get::<_, i64>(1).map_err(backend)?, r.get::<_, i64>(3).map_err(backend)?, text));
-            }
-            out
-        };
+        let rows = self.rows(kind, prefix)?;
         let mut out = Vec::with_capacity(rows.len());
         for (key, revision, created, text) in rows {
             match text
@@ -296,6 +302,47 @@ impl Store for SqliteStore {
                 Ok(o) => out.push(o),
                 Err(StoreError::Codec(e)) => self.quarantine.add(kind, &key, &format!("not JSON: {e}")),
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_text(&self, kind: Kind, key: &str) -> Result<Option<Object<String>>, StoreError> {
+        let conn = self.lock();
+        let row: Option<(i64, i64, Result<String, rusqlite::Error>)> = conn
+            .query_row(
+                &format!("SELECT revision, {}, value FROM objects WHERE kind = ?1 AND key = ?2", self.create_col),
+                params![kind.as_str(), key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2))),
+            )
+            .optional()
+            .map_err(backend)?;
+        drop(conn);
+        let Some((revision, created, text)) = row else { return Ok(None) };
+        match text {
+            Ok(value) => Ok(Some(Object {
+                key: key.to_string(),
+                revision: revision as u64,
+                create_revision: created as u64,
+                value,
+            })),
+            Err(e) => {
+                self.quarantine.add(kind, key, &format!("not text: {e}"));
+                let source = Box::new(CodecError::NotText(e));
+                Err(CodecError::Quarantined { kind: kind.as_str(), key: key.to_string(), source }.into())
+            }
+        }
+    }
+
+    fn list_text(&self, kind: Kind, prefix: &str) -> Result<Vec<Object<String>>, StoreError> {
+        let rows = self.rows(kind, prefix)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (key, revision, created, text) in rows {
+            match text {
+                Ok(value) => {
+                    out.push(Object { key, revision: revision as u64, create_revision: created as u64, value })
+                }
+                Err(e) => self.quarantine.add(kind, &key, &format!("not text: {e}")),
             }
         }
         Ok(out)
@@ -313,6 +360,7 @@ impl Store for SqliteStore {
                     let n = kind.as_str().len() + key.len() + t.len();
                     (Some(t), n)
                 }
+                WriteOp::PutText { .. } => (None, op.size()),
                 WriteOp::Activity(ev) => {
                     let t = serde_json::to_string(ev).map_err(CodecError::Json)?;
                     let n = ev.resource_group.len() + ev.resource.len() + t.len();
@@ -351,9 +399,12 @@ impl Store for SqliteStore {
             let mut seq = 0i64;
             for (op, text) in ops.iter().zip(&texts) {
                 match op {
-                    WriteOp::Put { kind, key, expect, .. } => {
+                    WriteOp::Put { kind, key, expect, .. } | WriteOp::PutText { kind, key, expect, .. } => {
                         precondition(&mut find, *kind, key, *expect)?;
-                        let text = text.as_deref().unwrap_or_default();
+                        let text = match op {
+                            WriteOp::PutText { text, .. } => text.as_str(),
+                            _ => text.as_deref().unwrap_or_default(),
+                        };
                         let created: i64 =
                             put.query_row(params![kind.as_str(), key, rev, text], |r| r.get(0)).map_err(backend)?;
                         change

@@ -263,3 +263,66 @@ fn transient_errors() {
     assert!(!StoreError::Backend(BackendError::Closed).is_transient());
     assert!(!StoreError::TxnTooLarge { limit: TxnLimit::Operations, actual: MAX_TXN_OPS + 1 }.is_transient());
 }
+
+/// The text reads return each value as stored, and the typed reads decode from them: the same
+/// records as decoding `get`/`list`'s JSON values. A value that is not even text (a blob
+/// written by hand) is quarantined and skipped by `list_text`, and refused by `get_text`.
+#[test]
+fn text_reads_return_the_stored_json_and_typed_reads_decode_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let put = |k: &str, v: serde_json::Value| WriteOp::Put {
+        kind: Kind::Group,
+        key: k.into(),
+        value: v,
+        expect: Expect::Any,
+    };
+    let rev =
+        s.txn(vec![put("a", json!({"n": 1, "s": "x"})), put("b", json!({"n": 2})), put("c", json!({"n": 3}))]).unwrap();
+    let texts = s.list_text(Kind::Group, "").unwrap();
+    let values = s.list(Kind::Group, "").unwrap();
+    assert_eq!(texts.len(), 3);
+    for (t, v) in texts.iter().zip(&values) {
+        assert_eq!((t.key.as_str(), t.revision, t.create_revision), (v.key.as_str(), rev, rev));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&t.value).unwrap(), v.value);
+    }
+    let a = s.get_text(Kind::Group, "a").unwrap().unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&a.value).unwrap(), json!({"n": 1, "s": "x"}));
+    assert!(s.get_text(Kind::Group, "zz").unwrap().is_none());
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct N {
+        n: u64,
+    }
+    let typed: Vec<u64> = s.list_as::<N>(Kind::Group, "").unwrap().into_iter().map(|o| o.value.n).collect();
+    assert_eq!(typed, [1, 2, 3]);
+    assert_eq!(s.get_as::<N>(Kind::Group, "b").unwrap().unwrap().value, N { n: 2 });
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE objects SET value = x'00ff' WHERE key = 'b'", []).unwrap();
+    drop(raw);
+    let keys: Vec<String> = s.list_text(Kind::Group, "").unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(keys, ["a", "c"], "the blob is skipped");
+    assert_eq!(s.quarantine().unwrap().list().into_iter().map(|r| r.key).collect::<Vec<_>>(), ["b"]);
+    assert!(matches!(s.get_text(Kind::Group, "b"), Err(StoreError::Codec(CodecError::Quarantined { .. }))));
+}
+
+/// A put encoded up front (`put_encoded`) is the same write as a put of a JSON value: the same
+/// stored object, the same change in the feed, compare-and-swap on its revision, and its size
+/// counted as its text's length.
+#[test]
+fn an_encoded_put_is_the_same_write_as_a_value_put() {
+    let s = SqliteStore::in_memory().unwrap();
+    let v = json!({"name": "x", "list": [1, 2], "nested": {"a": null}});
+    let r1 = s.txn(vec![WriteOp::put(Kind::Group, "a", &v, Expect::Absent).unwrap()]).unwrap();
+    let enc = WriteOp::put_encoded(Kind::Group, "b", &v, Expect::Absent).unwrap();
+    assert_eq!(enc.size(), "group".len() + 1 + serde_json::to_string(&v).unwrap().len());
+    assert_eq!(enc.put_key(), Some((Kind::Group, "b")));
+    let r2 = s.txn(vec![enc]).unwrap();
+    let (a, b) = (s.get(Kind::Group, "a").unwrap().unwrap(), s.get(Kind::Group, "b").unwrap().unwrap());
+    assert_eq!((a.value, b.value.clone(), b.revision), (v.clone(), v.clone(), r2));
+    let feed = s.watch(r2, 10).unwrap();
+    assert!(matches!(&feed.changes[0].event, ChangeEvent::Put { value, .. } if *value == v));
+    let stale = WriteOp::put_encoded(Kind::Group, "b", &json!(1), Expect::Revision(r1)).unwrap();
+    assert!(matches!(s.txn(vec![stale]), Err(StoreError::Conflict { .. })), "compare-and-swap holds");
+}
