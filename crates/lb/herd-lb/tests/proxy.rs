@@ -469,3 +469,67 @@ async fn load_with_ten_backend_swaps_has_zero_failures() {
     assert_eq!(served, TOTAL);
     eprintln!("load: {TOTAL} requests in {elapsed:?}, {overlap} between first and last swap, swaps at {swapped_at:?}");
 }
+
+/// Half-closes pass through in both orders, and the last direction to end (which the proxy does
+/// not `shutdown`, see `proxy`) still reaches its peer whole, with its end of stream.
+#[tokio::test]
+async fn half_closes_pass_through_whichever_side_ends_first() {
+    let t = 13;
+    // Host 1 answers after the client's end: it reads everything, then says how much.
+    // Host 2 speaks first and ends its side at once, then reads what the client still sends.
+    let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let mut tasks = Vec::new();
+    for host in [1u8, 2] {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(SocketAddr::new(backend_ip(t, host), BACK_PORT)).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let heard = heard_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut got = Vec::new();
+                if host == 1 {
+                    s.read_to_end(&mut got).await.unwrap();
+                    s.write_all(format!("got {}", got.len()).as_bytes()).await.unwrap();
+                } else {
+                    s.write_all(b"hello").await.unwrap();
+                    s.shutdown().await.unwrap();
+                    s.read_to_end(&mut got).await.unwrap();
+                    heard.send(got).unwrap();
+                }
+            }
+        }));
+    }
+    let lb = LoadBalancer::new();
+    let one = |host: u8, front: u8| {
+        RuleConfig::new(
+            format!("r{host}"),
+            SocketAddr::new(ip(t, 91, front), FRONT_PORT),
+            BACK_PORT,
+            vec![Backend::new("b", backend_ip(t, host))],
+        )
+    };
+    lb.apply(config(vec![one(1, 1), one(2, 2)])).await.unwrap();
+
+    // The client ends first: 100 KiB (several copy buffers), then its FIN.
+    let body = vec![7u8; 100 * 1024];
+    let mut c = TcpStream::connect(SocketAddr::new(ip(t, 91, 1), FRONT_PORT)).await.unwrap();
+    c.write_all(&body).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut answer = String::new();
+    timeout(limit(), c.read_to_string(&mut answer)).await.expect("the answer and its end of stream").unwrap();
+    assert_eq!(answer, format!("got {}", body.len()));
+
+    // The backend ends first: the client sees its FIN, then still sends, then ends too.
+    let mut c = TcpStream::connect(SocketAddr::new(ip(t, 91, 2), FRONT_PORT)).await.unwrap();
+    let mut greeting = Vec::new();
+    timeout(limit(), c.read_to_end(&mut greeting)).await.expect("the backend's end of stream").unwrap();
+    assert_eq!(greeting, b"hello");
+    c.write_all(b"bye after your end").await.unwrap();
+    c.shutdown().await.unwrap();
+    let heard = timeout(limit(), heard_rx.recv()).await.expect("the backend reads the client's end").unwrap();
+    assert_eq!(heard, b"bye after your end");
+    for task in tasks {
+        task.abort();
+    }
+}
