@@ -231,7 +231,10 @@ fn a_drain_ends_when_no_connection_is_left() {
     serving(&s);
     let (asked, booted) = restart_and_wait(&s, "the idle instance to restart");
     let took = secs(asked, booted);
-    assert!(took < drain as f64 / 2.0, "an idle instance restarted {took:.2}s after the command; drain timeout {drain}s");
+    assert!(
+        took < drain as f64 / 2.0,
+        "an idle instance restarted {took:.2}s after the command; drain timeout {drain}s"
+    );
 
     // 2. A connection open: the drain lasts until it closes.
     serving(&s);

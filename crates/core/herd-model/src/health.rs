@@ -92,7 +92,9 @@ impl DrainBoard {
         let mut board = self.0.write().unwrap_or_else(|p| p.into_inner());
         let newly: Vec<String> = all
             .iter()
-            .filter(|(k, o)| o.drained(o.draining_since) && board.get(*k).is_none_or(|old| !old.drained(o.draining_since)))
+            .filter(|(k, o)| {
+                o.drained(o.draining_since) && board.get(*k).is_none_or(|old| !old.drained(o.draining_since))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         *board = all;

@@ -303,11 +303,9 @@ fn create_load_balancer(cli: &Cli, threshold: u32) -> Result<()> {
         args.extend_from_slice(rest);
         cli.run(&args).map(drop)
     };
-    create_child(
-        "probe",
-        "p",
-        &["--protocol", "Http", "--path", "/", "--port", "8080", "--interval", "1", "--threshold", &threshold.to_string()],
-    )?;
+    let threshold = threshold.to_string();
+    let probe = ["--protocol", "Http", "--path", "/", "--port", "8080", "--interval", "1", "--threshold", &threshold];
+    create_child("probe", "p", &probe)?;
     create_child("rule", "r", &["--frontend-port", "18099", "--backend-port", "8080", "--probe-name", "p"])?;
     Ok(())
 }

@@ -562,7 +562,10 @@ mod tests {
             }
         }
         assert_eq!(healthy_at, Some(Duration::from_millis(1300)));
-        assert_eq!(Probe { interval: Duration::from_secs(1), ..Probe::tcp(1) }.boot_retry(), Duration::from_millis(100));
+        assert_eq!(
+            Probe { interval: Duration::from_secs(1), ..Probe::tcp(1) }.boot_retry(),
+            Duration::from_millis(100)
+        );
         assert_eq!(Probe { interval: Duration::from_secs(15), ..Probe::tcp(1) }.boot_retry(), Duration::from_secs(1));
     }
 

@@ -259,8 +259,7 @@ pub fn drains(
         .iter()
         .filter_map(|m| {
             let since = m.record.draining_since?;
-            let key =
-                InstanceKey { group: m.set.group.clone(), set: m.set.name.clone(), id: m.record.instance_id };
+            let key = InstanceKey { group: m.set.group.clone(), set: m.set.name.clone(), id: m.record.instance_id };
             let c = counters.get(&key).filter(|c| !c.in_rotation)?;
             Some((
                 instance_key(m.set, m.record),
