@@ -67,10 +67,11 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Autoscale { rounds, interval } => herd_bench::autoscale::run(launch, rounds, interval).await,
-        BenchCmd::Rolling { sim, process } => {
+        BenchCmd::Rolling { sim, process, drain_timeout, probe_threshold } => {
+            let opts = herd_bench::rolling::Options { drain_timeout, probe_threshold };
             for (d, count) in [(Driver::Sim, sim), (Driver::Process, process)] {
                 if count > 0 {
-                    let r = herd_bench::rolling::measure(launch, d, count).await?;
+                    let r = herd_bench::rolling::measure(launch, d, count, &opts).await?;
                     println!("{}", serde_json::to_string(&r)?);
                 }
             }

@@ -883,6 +883,13 @@ pub enum BenchCmd {
         /// Instances of the process run (0 skips it).
         #[arg(long, default_value_t = 20)]
         process: u64,
+        /// The server's drain timeout (`[loadbalancer] drain_timeout_secs`); the server's own
+        /// default is 10 (issue 17's shape).
+        #[arg(long = "drain-timeout", value_name = "SECS", default_value_t = 1)]
+        drain_timeout: u64,
+        /// The process run's HTTP probe threshold (its interval is 1 s).
+        #[arg(long = "probe-threshold", default_value_t = 2)]
+        probe_threshold: u32,
     },
     /// Autoscale: reaction time from a metric crossing its threshold to the capacity change
     /// (against one evaluation interval plus a sample interval), an evaluation round over 100

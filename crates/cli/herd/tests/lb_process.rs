@@ -1,7 +1,8 @@
 //! Traffic follows instance health, on real processes and real sockets (all on loopback): the
 //! load balancer spreads new connections over both instances, takes an instance whose app died
 //! out of rotation within interval × threshold (+ one interval) and brings it back, and a
-//! scale-in under steady load loses no request.
+//! scale-in under steady load loses no request. A drain ends as soon as no connection is left,
+//! with `drain_timeout_secs` as its upper bound.
 
 mod common;
 
@@ -160,6 +161,123 @@ fn traffic_follows_instance_health() {
     s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet"]);
     let metrics = s.metrics(); // /metrics needs the token (issue 13)
     assert!(metrics.contains("herd_lb_"), "Prometheus metrics are served: {}", &metrics[..metrics.len().min(200)]);
+}
+
+/// Instance 0 of `rg/web`: (state, stateSince, draining).
+fn instance0(s: &Server) -> (String, chrono::DateTime<chrono::Utc>, bool) {
+    let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+    let i = list.as_array().unwrap().iter().find(|i| i["instanceId"] == "0").expect("instance 0").clone();
+    let since = serde_json::from_value(i["stateSince"].clone()).expect("stateSince");
+    (i["state"].as_str().unwrap_or_default().to_string(), since, i["draining"] == true)
+}
+
+/// Waits until instance 0 is healthy and in rotation; returns its boot (`stateSince`).
+fn serving(s: &Server) -> chrono::DateTime<chrono::Utc> {
+    wait_for("instance 0 in rotation", Duration::from_secs(60), || {
+        let members = pool(s);
+        let ok = members.iter().any(|m| m["inRotation"] == true);
+        ok.then(|| instance0(s).1)
+    })
+}
+
+/// Restarts instance 0 and waits for its next boot; returns the restart's start (the command,
+/// on this machine's clock) and the new boot's `stateSince` (the server's clock: the same one).
+fn restart_and_wait(s: &Server, why: &str) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let old = instance0(s).1;
+    let asked = chrono::Utc::now();
+    s.ok(&["vmss", "restart", "-g", "rg", "-n", "web", "--instance-ids", "0", "--no-wait"]);
+    let booted = wait_for(why, Duration::from_secs(60), || {
+        let (state, since, _) = instance0(s);
+        (state == "Running" && since > old).then_some(since)
+    });
+    (asked, booted)
+}
+
+/// A connection through the load balancer to instance 0 that stays open: a request whose
+/// headers never end (the app waits for them). Returns once the data plane counts it.
+fn hold_connection(s: &Server, frontend: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(frontend).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: held\r\n").unwrap();
+    let counted = "herd_lb_backend_active_connections{rule=\"web-lb/http\",backend=\"rg/web/0\"} 1\n";
+    wait_for("the held connection to reach instance 0", Duration::from_secs(10), || {
+        s.metrics().contains(counted).then_some(())
+    });
+    c
+}
+
+/// `drain_timeout_secs` is only the upper bound of a drain: a restart of an instance with no
+/// connection open starts well before it; with a connection open through the load balancer it
+/// waits until that connection closes; with one that never closes, the whole timeout.
+#[test]
+fn a_drain_ends_when_no_connection_is_left() {
+    let drain = (10.0 * herd_test_support::time_scale()).ceil() as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start("process", &data, Some(&format!("[loadbalancer]\ndrain_timeout_secs = {drain}\n")));
+    let img = image_dir(&dir.path().join("img"), &app());
+    s.group_with_image("rg", "Herd:App:1:1.0.0", &img);
+    s.ok(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    ProbedRule { threshold: "1", ..ProbedRule::default() }.create(&s);
+    s.create_set("rg", "web", "Herd:App:1:1.0.0", "1", &words("--vm-sku Standard_B1s --lb web-lb"));
+    let ip =
+        s.ok(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip", "--query", "ipAddress", "-o", "tsv"]);
+    let frontend = format!("{}:18080", ip.trim());
+    let secs = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        (to - from).num_milliseconds() as f64 / 1000.0
+    };
+
+    // 1. Nothing open: the drain ends as soon as the data plane has it out of rotation.
+    serving(&s);
+    let (asked, booted) = restart_and_wait(&s, "the idle instance to restart");
+    let took = secs(asked, booted);
+    assert!(
+        took < drain as f64 / 2.0,
+        "an idle instance restarted {took:.2}s after the command; drain timeout {drain}s"
+    );
+
+    // 2. A connection open: the drain lasts until it closes.
+    serving(&s);
+    let held = hold_connection(&s, &format!("{}:18080", ip.trim()));
+    let old = instance0(&s).1;
+    let asked = chrono::Utc::now();
+    s.ok(&["vmss", "restart", "-g", "rg", "-n", "web", "--instance-ids", "0", "--no-wait"]);
+    wait_for("instance 0 to drain", Duration::from_secs(10), || instance0(&s).2.then_some(()));
+    // Two seconds of the drain, observed: the instance is not restarted under the connection.
+    let watch_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watch_until {
+        let (state, since, draining) = instance0(&s);
+        assert!(state == "Running" && since == old && draining, "restarted under an open connection: {state} {since}");
+        // The poll interval of this observation, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed = chrono::Utc::now();
+    drop(held);
+    let booted = wait_for("the instance to restart once the connection closed", Duration::from_secs(60), || {
+        let (state, since, _) = instance0(&s);
+        (state == "Running" && since > old).then_some(since)
+    });
+    let (waited, after_close) = (secs(asked, booted), secs(closed, booted));
+    assert!(waited >= 2.0, "the drain ended after {waited:.2}s, under an open connection");
+    assert!(
+        after_close < drain as f64 / 2.0,
+        "the restart came {after_close:.2}s after the last connection closed; drain timeout {drain}s"
+    );
+
+    // 3. A connection that never closes: the timeout is the upper bound, and the connection is
+    // closed by then.
+    serving(&s);
+    let mut held = hold_connection(&s, &frontend);
+    let (asked, booted) = restart_and_wait(&s, "the instance to restart at the drain timeout");
+    let took = secs(asked, booted);
+    assert!(
+        took >= drain as f64 && took < drain as f64 + 10.0,
+        "with a connection never closed the restart came {took:.2}s after the command; drain timeout {drain}s"
+    );
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut held, &mut buf);
+    assert!(matches!(n, Ok(0) | Err(_)), "the held connection is closed once the drain is over: {n:?}");
 }
 
 fn is_root() -> bool {

@@ -89,6 +89,8 @@ pub struct Reconciler {
     extensions: Arc<ExtensionRunner>,
     sealer: Arc<Sealer>,
     health: Option<Arc<herd_model::health::HealthBoard>>,
+    /// What the load balancer says about draining instances (ends drains early).
+    drains: Option<Arc<herd_model::health::DrainBoard>>,
     orphan_guard: crate::orphans::OrphanGuard,
     /// Lifecycle events refused as invalid (logged and counted, served on `/metrics`).
     transitions: InvalidTransitions,
@@ -153,6 +155,7 @@ impl Reconciler {
             extensions,
             sealer,
             health: None,
+            drains: None,
             orphan_guard: Default::default(),
             transitions: InvalidTransitions::default(),
             concerns: None,
@@ -183,6 +186,27 @@ impl Reconciler {
                 let h = if this_boot { h.health } else { Health::Unknown };
                 Some((r.instance_id, h))
             })
+            .collect()
+    }
+
+    /// Reads the load balancer's drain observations from `board`: a drain ends as soon as the
+    /// data plane has applied it and no connection is left, not only at `drain_timeout`.
+    pub fn with_drains(mut self, board: Arc<herd_model::health::DrainBoard>) -> Self {
+        self.drains = Some(board);
+        self
+    }
+
+    /// The load balancer's observations of this set's draining instances.
+    fn drains_of(
+        &self,
+        set: &StoredScaleSet,
+        records: &[InstanceRecord],
+    ) -> BTreeMap<InstanceId, herd_model::health::DrainObservation> {
+        let Some(board) = &self.drains else { return BTreeMap::new() };
+        records
+            .iter()
+            .filter(|r| r.draining_since.is_some())
+            .filter_map(|r| Some((r.instance_id, board.get(&HealthKey::of(set, r.instance_id).to_string())?)))
             .collect()
     }
 

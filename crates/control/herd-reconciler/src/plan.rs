@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use herd_driver::ObservedPower;
 use herd_model::{
     duration::parse_iso8601,
+    health::DrainObservation,
     instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
     scale_set::{ScaleInRule, ScaleSetStatus, StoredScaleSet, UpgradeMode},
     spot::{is_spot, EvictionPolicy, EvictionReason, ScheduledEventType},
@@ -34,8 +35,10 @@ pub struct Limits {
     /// An instance the driver still reports `Starting` after this long gets its (idempotent)
     /// start call again, in case the first one was lost in a crash.
     pub boot_recheck: Duration,
-    /// How long an instance in a load-balancer pool stops receiving new connections before it
-    /// is stopped, deleted, restarted or re-imaged.
+    /// How long at most an instance in a load-balancer pool stops receiving new connections
+    /// before it is stopped, deleted, restarted or re-imaged; the drain ends earlier once the
+    /// load balancer reports it out of rotation with no connection open
+    /// ([`SetInput::drains`]).
     pub drain_timeout: Duration,
     /// A rolling-upgrade batch whose health is still unknown after this long is judged as it
     /// stands (unknown counts as unhealthy).
@@ -233,6 +236,9 @@ pub struct SetInput<'a> {
     /// Extensions can run in a running instance (the driver can, and the image has the guest
     /// agent where the driver needs one); otherwise an extension change means a reimage.
     pub in_place_extensions: bool,
+    /// What the load balancer reports about this set's draining instances (none: it reports
+    /// nothing, and a drain lasts `drain_timeout`).
+    pub drains: &'a BTreeMap<InstanceId, DrainObservation>,
 }
 
 fn is_ready(r: &InstanceRecord) -> bool {
@@ -485,7 +491,10 @@ fn in_pool(set: &StoredScaleSet) -> bool {
 }
 
 /// The next step for one record, with draining: a serving pool member first leaves its pools
-/// (`Drain`) and gets `drain_timeout` for open connections before anything disrupts it.
+/// (`Drain`) and gets `drain_timeout` for open connections before anything disrupts it, or less
+/// when the load balancer reports that drain applied and no connection left
+/// ([`DrainObservation::drained`]). A member the load balancer reports nothing about (its
+/// pool has no rule running, or the report is about an earlier drain) waits the whole timeout.
 fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: bool) -> Option<Step> {
     let id = r.instance_id;
     let vp = &input.set.model.virtual_machine_profile;
@@ -539,7 +548,12 @@ fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: 
     if r.state == InstanceState::Running && in_pool(input.set) {
         match r.draining_since {
             None => return Some(Step::Drain(id)),
-            Some(t) if input.now < t + input.limits.drain_timeout => return None,
+            Some(t)
+                if input.now < t + input.limits.drain_timeout
+                    && !input.drains.get(&id).is_some_and(|o| o.drained(t)) =>
+            {
+                return None
+            }
             Some(_) => {}
         }
     }

@@ -21,11 +21,22 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The shape of the process run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The server's `[loadbalancer] drain_timeout_secs`.
+    pub drain_timeout: u64,
+    /// The HTTP probe's threshold (interval 1 s).
+    pub probe_threshold: u32,
+}
+
 /// One measured rolling upgrade.
 #[derive(Debug, serde::Serialize)]
 pub struct RollingRun {
     pub driver: String,
     pub instances: u64,
+    pub drain_timeout_s: u64,
+    pub probe_threshold: u32,
     pub batches: usize,
     /// From the upgrade's start to its completion, as the server recorded them.
     pub total_s: f64,
@@ -174,12 +185,14 @@ impl Cli {
 }
 
 /// Runs one rolling upgrade of `count` instances on `driver` and measures it.
-pub async fn measure(launch: &dyn Launch, driver: Driver, count: u64) -> Result<RollingRun> {
+pub async fn measure(launch: &dyn Launch, driver: Driver, count: u64, opts: &Options) -> Result<RollingRun> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let config =
-        "[sim]\nboot_min_ms = 50\nboot_max_ms = 200\n[loadbalancer]\ndrain_timeout_secs = 1\n[provisioning]\ndriver_concurrency = 256\n";
-    let mut server = start_in(launch, dir.path(), driver, config).await?;
+    let config = format!(
+        "[sim]\nboot_min_ms = 50\nboot_max_ms = 200\n[loadbalancer]\ndrain_timeout_secs = {}\n[provisioning]\ndriver_concurrency = 256\n",
+        opts.drain_timeout
+    );
+    let mut server = start_in(launch, dir.path(), driver, &config).await?;
     let ca_file = match &server.ca_bundle {
         Some(pem) => {
             let f = dir.path().join("ca.pem");
@@ -193,7 +206,8 @@ pub async fn measure(launch: &dyn Launch, driver: Driver, count: u64) -> Result<
     let root = dir.path().to_path_buf();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = tokio::spawn(watch_instances(server.client()?, stop.clone()));
-    let result = tokio::task::spawn_blocking(move || run_upgrade(&cli, &root, driver, count)).await?;
+    let opts = opts.clone();
+    let result = tokio::task::spawn_blocking(move || run_upgrade(&cli, &root, driver, count, &opts)).await?;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let timeline = watcher.await?;
     let result = result.and_then(|(mut run, done)| {
@@ -206,7 +220,7 @@ pub async fn measure(launch: &dyn Launch, driver: Driver, count: u64) -> Result<
     result
 }
 
-fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<(RollingRun, Value)> {
+fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64, opts: &Options) -> Result<(RollingRun, Value)> {
     let set = ["-g", "bench", "-n", "roll"];
     let n = count.to_string();
     cli.run(&["group", "create", "-n", "bench"])?;
@@ -227,7 +241,7 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<(Rol
         // health source); the upgrade is started by hand.
         cli.run(&create)?;
     } else {
-        create_load_balancer(cli)?;
+        create_load_balancer(cli, opts.probe_threshold)?;
         create.extend(["--lb", "lb", "--upgrade-policy-mode", "Rolling"]);
         cli.run(&create)?;
         wait_healthy(cli, count)?;
@@ -255,6 +269,8 @@ fn run_upgrade(cli: &Cli, dir: &Path, driver: Driver, count: u64) -> Result<(Rol
     let run = RollingRun {
         driver: format!("{driver:?}").to_lowercase(),
         instances: count,
+        drain_timeout_s: opts.drain_timeout,
+        probe_threshold: opts.probe_threshold,
         batches: batches.len(),
         total_s: total,
         batch_sum_s: sum,
@@ -278,19 +294,18 @@ fn import_images(cli: &Cli, dir: &Path, driver: Driver) -> Result<()> {
     Ok(())
 }
 
-/// The load balancer `lb` with an HTTP probe on port 8080 and a rule 18099 -> 8080.
-fn create_load_balancer(cli: &Cli) -> Result<()> {
+/// The load balancer `lb` with an HTTP probe on port 8080 (interval 1 s, `threshold`) and a
+/// rule 18099 -> 8080.
+fn create_load_balancer(cli: &Cli, threshold: u32) -> Result<()> {
     cli.run(&["network", "lb", "create", "-g", "bench", "-n", "lb", "--public-ip-address", "lb-ip"])?;
     let create_child = |kind: &str, name: &str, rest: &[&str]| {
         let mut args = vec!["network", "lb", kind, "create", "-g", "bench", "--lb-name", "lb", "-n", name];
         args.extend_from_slice(rest);
         cli.run(&args).map(drop)
     };
-    create_child(
-        "probe",
-        "p",
-        &["--protocol", "Http", "--path", "/", "--port", "8080", "--interval", "1", "--threshold", "2"],
-    )?;
+    let threshold = threshold.to_string();
+    let probe = ["--protocol", "Http", "--path", "/", "--port", "8080", "--interval", "1", "--threshold", &threshold];
+    create_child("probe", "p", &probe)?;
     create_child("rule", "r", &["--frontend-port", "18099", "--backend-port", "8080", "--probe-name", "p"])?;
     Ok(())
 }

@@ -11,6 +11,12 @@
 //! connections carry on; each watches the backend's drain deadline (set once, when the backend
 //! stops being active: `now + drain_timeout`) and is closed when it passes. A backend that
 //! becomes active again before the deadline clears it and its connections stay.
+//!
+//! Ending a drain early: a backend's `active_connections` counts a connection from its connect
+//! attempt on (not only once it is established), so a backend out of rotation that shows zero
+//! has nothing open and nothing being opened. When such a backend's last connection ends, the
+//! data plane signals [`LoadBalancer::drained`], so the control plane can tell the reconciler
+//! that the drain is over before its timeout.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -18,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::config::{Distribution, LbConfig, LbOptions};
@@ -36,6 +42,8 @@ pub struct LoadBalancer {
     engine: Engine,
     apply_lock: tokio::sync::Mutex<()>,
     frontends: Mutex<BTreeMap<SocketAddr, Frontend>>,
+    /// Signalled when a backend out of rotation closes its last connection.
+    drained: Arc<Notify>,
 }
 
 struct Frontend {
@@ -52,6 +60,8 @@ pub(crate) struct FrontendState {
     pub snapshot: RwLock<Arc<Snapshot>>,
     /// Control path only (apply, stats).
     backends: Mutex<BTreeMap<String, Arc<BackendState>>>,
+    /// The load balancer's [`LoadBalancer::drained`] signal.
+    pub drained: Arc<Notify>,
 }
 
 /// Routing state of one frontend between two applies.
@@ -125,6 +135,11 @@ impl BackendState {
         }
     }
 
+    /// Out of rotation (draining or removed) with no connection open or being opened.
+    pub(crate) fn drained(&self) -> bool {
+        get(&self.counters.active) == 0 && self.drain.borrow().is_some()
+    }
+
     fn retire(&self, drain_deadline: Instant) {
         let addr = lock(&self.meta).1;
         self.set(BackendStatus::Removed, addr, drain_deadline);
@@ -147,7 +162,7 @@ impl BackendState {
 }
 
 impl FrontendState {
-    fn new(frontend: SocketAddr, options: LbOptions, desired: Desired, now: Instant) -> Self {
+    fn new(frontend: SocketAddr, options: LbOptions, desired: Desired, now: Instant, drained: Arc<Notify>) -> Self {
         let state = FrontendState {
             frontend,
             options,
@@ -163,6 +178,7 @@ impl FrontendState {
                 table: None,
             })),
             backends: Mutex::new(BTreeMap::new()),
+            drained,
         };
         state.update(desired, now);
         state
@@ -280,7 +296,15 @@ impl LoadBalancer {
             engine,
             apply_lock: tokio::sync::Mutex::new(()),
             frontends: Mutex::new(BTreeMap::new()),
+            drained: Arc::new(Notify::new()),
         }
+    }
+
+    /// Signalled (`notify_one`) whenever a backend that is out of rotation (draining, or gone
+    /// from the snapshot) closes its last connection: its drain can end before the timeout.
+    /// Read [`LoadBalancer::stats`] to see which one.
+    pub fn drained(&self) -> Arc<Notify> {
+        self.drained.clone()
     }
 
     /// How many data-plane threads carry connections.
@@ -369,7 +393,7 @@ impl LoadBalancer {
                 continue;
             }
             let name = d.name.clone();
-            let state = Arc::new(FrontendState::new(addr, self.options.clone(), d, now));
+            let state = Arc::new(FrontendState::new(addr, self.options.clone(), d, now, self.drained.clone()));
             match self.engine.listen(addr, self.options.listen_backlog, &state) {
                 Ok(accepting) => {
                     lock(&self.frontends).insert(addr, Frontend { state, accepting });

@@ -17,7 +17,16 @@
 //!   `tcp_settle` (or the peer must send data, e.g. an SSH banner). An immediate EOF or reset
 //!   counts as unhealthy, because QEMU user networking accepts connections on the host side
 //!   even when nothing listens in the guest, then closes them at once.
-//! - Scheduling uses Tokio time (`interval` with delayed missed ticks), so tests may pause it.
+//! - **A fresh target is probed at once**, and until its first success it is probed again
+//!   every [`Probe::boot_retry`] (a tenth of the interval, 50 ms to 1 s) instead of every
+//!   interval. A target is an instance boot, so this is a boot coming up: its first success is
+//!   seen within a tenth of an interval of the app answering, instead of up to a whole interval
+//!   later. Only one failure per interval counts toward the threshold (the first of each
+//!   interval, as if probed on the interval), so a boot that never answers turns `Unhealthy`
+//!   exactly when it would without the retries. After the first success the schedule is the
+//!   interval, counted from that success. (Azure probes a new instance on its interval; herd
+//!   does better here on purpose: a rolling upgrade's batch waits for this.)
+//! - Scheduling uses Tokio time (`sleep_until`), so tests may pause it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{timeout, MissedTickBehavior};
+use tokio::time::{sleep_until, timeout, Instant};
 
 /// What a probe speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +85,12 @@ impl Probe {
     /// An Http probe with the same defaults as [`Probe::tcp`].
     pub fn http(port: u16, path: impl Into<String>) -> Self {
         Probe { protocol: ProbeProtocol::Http { path: path.into() }, ..Probe::tcp(port) }
+    }
+
+    /// How soon a fresh target (a new boot) that has not answered yet is probed again: a tenth
+    /// of the interval, at least 50 ms and at most 1 s (see the module docs).
+    pub fn boot_retry(&self) -> Duration {
+        (self.interval / 10).clamp(Duration::from_millis(50), Duration::from_secs(1)).min(self.interval)
     }
 
     /// Rejects unsupported or meaningless probes.
@@ -277,13 +292,13 @@ impl Drop for ProbeRunner {
 }
 
 async fn run_target(probe: Arc<Probe>, id: String, addr: IpAddr, generation: u64, tx: Arc<watch::Sender<StatusMap>>) {
-    let mut ticker = tokio::time::interval(probe.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tracker = HealthTracker::new(probe.threshold);
+    let mut schedule = Schedule::new(probe.interval, probe.boot_retry(), Instant::now());
     loop {
-        ticker.tick().await;
+        sleep_until(schedule.next).await;
+        let started = Instant::now();
         let result = probe_once(&probe, addr).await;
-        let changed = tracker.record(result.is_ok());
+        let changed = schedule.counts(started, result.is_ok()) && tracker.record(result.is_ok());
         if let Err(e) = &result {
             tracing::debug!(target_id = %id, %addr, "probe failed: {e}");
         }
@@ -297,6 +312,39 @@ async fn run_target(probe: Arc<Probe>, id: String, addr: IpAddr, generation: u64
             }
             _ => false,
         });
+    }
+}
+
+/// When one target is probed, and which results count toward the threshold (see the module
+/// docs): a target that has never succeeded is retried every `retry` with one failure counted
+/// per `interval`; once it has succeeded, every result counts and probes are `interval` apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Schedule {
+    interval: Duration,
+    retry: Duration,
+    /// When the next probe starts.
+    next: Instant,
+    /// A failure of a target that never succeeded counts only from this instant on.
+    next_counted: Instant,
+    succeeded: bool,
+}
+
+impl Schedule {
+    /// The first probe is due at `now`.
+    fn new(interval: Duration, retry: Duration, now: Instant) -> Self {
+        Schedule { interval, retry, next: now, next_counted: now, succeeded: false }
+    }
+
+    /// Takes the result of the probe that started at `started`; returns whether it counts
+    /// toward the threshold, and sets the next probe's start.
+    fn counts(&mut self, started: Instant, ok: bool) -> bool {
+        let counts = ok || self.succeeded || started >= self.next_counted;
+        if !ok && counts {
+            self.next_counted = started + self.interval;
+        }
+        self.succeeded |= ok;
+        self.next = started + if self.succeeded { self.interval } else { self.retry };
+        counts
     }
 }
 
@@ -474,6 +522,51 @@ mod tests {
         assert!(t.record(true));
         assert!(t.record(false));
         assert_eq!(t.health, Health::Unhealthy);
+    }
+
+    #[test]
+    fn a_fresh_boot_is_retried_quickly_but_fails_once_per_interval() {
+        let (interval, retry) = (Duration::from_secs(1), Duration::from_millis(100));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = Schedule::new(interval, retry, t0);
+        assert_eq!(s.next, t0, "the first probe is at once");
+        // Not answering yet: retried every 100 ms; the failures at 0 and 1000 ms count, the
+        // retries between them do not.
+        assert!(s.counts(at(0), false));
+        assert_eq!(s.next, at(100));
+        assert!(!s.counts(at(100), false));
+        assert!(!s.counts(at(900), false));
+        assert!(s.counts(at(1000), false));
+        assert_eq!(s.next, at(1100));
+        // The first success counts at once, and from it on the schedule is the interval.
+        assert!(s.counts(at(1100), true));
+        assert_eq!(s.next, at(2100));
+        assert!(s.counts(at(2100), false), "after a success every failure counts");
+        assert_eq!(s.next, at(3100));
+    }
+
+    #[test]
+    fn threshold_two_decides_a_fresh_boot_one_interval_after_it_answers() {
+        // The app answers from 250 ms on: the probes at 0, 100, 200 ms fail (only the first
+        // counts), 300 ms succeeds, 1300 ms succeeds: Healthy at 1.3 s, not after two intervals.
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(1), Duration::from_millis(100), t0);
+        let mut t = HealthTracker::new(2);
+        let mut healthy_at = None;
+        while healthy_at.is_none() {
+            let now = s.next;
+            let ok = now >= t0 + Duration::from_millis(250);
+            if s.counts(now, ok) && t.record(ok) && t.health == Health::Healthy {
+                healthy_at = Some(now - t0);
+            }
+        }
+        assert_eq!(healthy_at, Some(Duration::from_millis(1300)));
+        assert_eq!(
+            Probe { interval: Duration::from_secs(1), ..Probe::tcp(1) }.boot_retry(),
+            Duration::from_millis(100)
+        );
+        assert_eq!(Probe { interval: Duration::from_secs(15), ..Probe::tcp(1) }.boot_retry(), Duration::from_secs(1));
     }
 
     #[test]

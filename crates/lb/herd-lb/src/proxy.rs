@@ -88,8 +88,8 @@ async fn handle(state: Arc<FrontendState>, client: TcpStream, peer: SocketAddr) 
         return;
     };
     inc(&backend.counters.total);
-    backend.counters.active.fetch_add(1, Ordering::Relaxed);
-    let _backend_active = ActiveGuard(&backend.counters.active);
+    // Counted since the connect attempt (see `connect_one`).
+    let backend_active = ActiveGuard(&backend.counters.active);
     // The client's socket has TCP_NODELAY from its listener (see `engine`).
     let _ = server.set_nodelay(true);
     let mut client = client;
@@ -98,6 +98,10 @@ async fn handle(state: Arc<FrontendState>, client: TcpStream, peer: SocketAddr) 
     match end {
         End::Error(e) => tracing::trace!(%peer, backend = %backend.id, "connection ended with error: {e}"),
         other => tracing::trace!(%peer, backend = %backend.id, "connection ended: {other:?}"),
+    }
+    drop(backend_active);
+    if backend.drained() {
+        state.drained.notify_one();
     }
 }
 
@@ -139,13 +143,25 @@ async fn connect_one(
     deadline: Pin<&mut Sleep>,
 ) -> Option<(Arc<BackendState>, TcpStream)> {
     let (backend, addr) = &snap.active[i];
+    // The attempt counts as an open connection of the backend at once: a backend taken out of
+    // rotation while a connection to it is still being set up is not idle, so its drain does not
+    // end early under that connection. On success the count passes to `handle`'s guard.
+    backend.counters.active.fetch_add(1, Ordering::Relaxed);
+    let attempt = ActiveGuard(&backend.counters.active);
     tokio::select! {
         biased;
         connected = TcpStream::connect(addr) => match connected {
-            Ok(stream) => return Some((backend.clone(), stream)),
+            Ok(stream) => {
+                std::mem::forget(attempt);
+                return Some((backend.clone(), stream));
+            }
             Err(e) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect failed: {e}"),
         },
         _ = deadline => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect timed out"),
+    }
+    drop(attempt);
+    if backend.drained() {
+        state.drained.notify_one();
     }
     inc(&backend.counters.failed_connects);
     inc(&state.counters.c.failed_connects);

@@ -7,6 +7,13 @@
 //! open connections finish). The result is a full snapshot pushed to the data plane
 //! (`herd-lb`); nothing else ever edits a pool. [`desired`] is pure and tested on its own.
 //!
+//! Drains: after each pass the controller reports, for every draining instance that is a
+//! backend of a running rule, the `draining_since` its drain was applied for and the
+//! connections still open to it ([`herd_model::health::DrainBoard`]); the reconciler ends the
+//! drain when that count is zero instead of waiting for the drain timeout. The data plane
+//! wakes the controller when a draining backend's last connection closes, and the controller
+//! wakes the reconciler when a drain is over.
+//!
 //! A probe target is an instance *boot* (`group/set/id#<time it became Running>`), so an
 //! instance that restarts or is re-imaged is Unknown again, and out of rotation, until its probe
 //! passes again.
@@ -15,7 +22,7 @@
 
 use herd_lb::{Backend, Distribution, Health, LbConfig, NatConfig, ProbeRunner, RuleConfig};
 use herd_model::{
-    health::{HealthBoard, HealthState, InstanceHealth},
+    health::{DrainBoard, DrainObservation, HealthBoard, HealthState, InstanceHealth},
     instance::{InstanceGoal, InstanceRecord, InstanceState},
     network::{LoadBalancer, LoadDistribution, ProbeProtocol, PublicIpAddress},
     scale_set::StoredScaleSet,
@@ -241,6 +248,27 @@ pub fn member_counters(stats: &herd_lb::LbStats) -> BTreeMap<InstanceKey, Member
     out
 }
 
+/// Pure: the drain of every draining member that the data plane has out of rotation in every
+/// load-balancing rule it is a backend of (by `group/set/id`), with its open connections.
+/// Members that are a backend of no running rule are left out: nothing reports on their drain.
+pub fn drains(
+    members: &[Member<'_>],
+    counters: &BTreeMap<InstanceKey, MemberCounters>,
+) -> BTreeMap<String, DrainObservation> {
+    members
+        .iter()
+        .filter_map(|m| {
+            let since = m.record.draining_since?;
+            let key = InstanceKey { group: m.set.group.clone(), set: m.set.name.clone(), id: m.record.instance_id };
+            let c = counters.get(&key).filter(|c| !c.in_rotation)?;
+            Some((
+                instance_key(m.set, m.record),
+                DrainObservation { draining_since: since, open_connections: c.active_connections },
+            ))
+        })
+        .collect()
+}
+
 /// Wakes the controller whenever one of `runner`'s targets changes health (or targets come and
 /// go), so membership follows probes without a timer. The task ends with the runner.
 fn wake_on_health_change(runner: &ProbeRunner, wake: Arc<Notify>) {
@@ -258,6 +286,8 @@ pub struct LbController {
     dataplane: herd_lb::LoadBalancer,
     runners: Mutex<BTreeMap<String, (herd_lb::Probe, ProbeRunner)>>,
     health: Arc<HealthBoard>,
+    /// Where drains are reported, and whom to wake when one is over (the reconciler).
+    drains: Option<(Arc<DrainBoard>, Arc<Notify>)>,
     wake: Arc<Notify>,
     last: Mutex<Option<LbConfig>>,
     limits: Limits,
@@ -267,16 +297,28 @@ pub struct LbController {
 impl LbController {
     /// `state` is the store (an `Arc<dyn Store>` converts), read through typed operations.
     pub fn new(state: impl Into<State>, health: Arc<HealthBoard>, limits: Limits) -> Self {
+        let dataplane = herd_lb::LoadBalancer::new();
+        // The data plane signals when a draining backend's last connection closes: a pass then
+        // reports that drain as over.
+        let wake = dataplane.drained();
         Self {
             state: state.into(),
-            dataplane: herd_lb::LoadBalancer::new(),
+            dataplane,
             runners: Mutex::new(BTreeMap::new()),
             health,
-            wake: Arc::new(Notify::new()),
+            drains: None,
+            wake,
             last: Mutex::new(None),
             limits,
             interval: Duration::from_millis(50),
         }
+    }
+
+    /// Reports drains to `board` after each pass and wakes `reconciler` when one is over (see
+    /// the crate docs).
+    pub fn with_drains(mut self, board: Arc<DrainBoard>, reconciler: Arc<Notify>) -> Self {
+        self.drains = Some((board, reconciler));
+        self
     }
 
     /// Wakes the controller for an immediate pass.
@@ -378,6 +420,15 @@ impl LbController {
                     tracing::warn!(error = %err, "load-balancer snapshot not fully applied");
                     return Err(err.to_string());
                 }
+            }
+        }
+        // The data plane now runs what these records say (applied above, or unchanged since the
+        // last apply that succeeded), so its counters are about their drains.
+        if let Some((board, reconciler)) = &self.drains {
+            let over = board.replace(drains(&members, &self.member_counters()));
+            if !over.is_empty() {
+                tracing::debug!(instances = ?over, "drains over: no connection left");
+                reconciler.notify_one();
             }
         }
         Ok(())
@@ -545,6 +596,32 @@ mod tests {
             m[&k("rg/web/1")],
             MemberCounters { connections_total: 4, active_connections: 1, in_rotation: false }
         );
+    }
+
+    #[test]
+    fn drains_report_members_out_of_rotation_with_their_drain_and_connections() {
+        let s = set();
+        let since = chrono::Utc::now();
+        let draining = |id| InstanceRecord { draining_since: Some(since), ..rec(id, InstanceState::Running) };
+        let records = [draining(0), draining(1), draining(2), rec(3, InstanceState::Running)];
+        let members: Vec<Member<'_>> = records.iter().map(|r| Member { set: &s, record: r }).collect();
+        let k = |id: &str| InstanceKey::parse_path(id).unwrap();
+        let c = |active, in_rotation| MemberCounters { connections_total: 9, active_connections: active, in_rotation };
+        let counters = BTreeMap::from([
+            (k("rg/web/0"), c(0, false)),
+            (k("rg/web/1"), c(2, false)),
+            // Still active in some rule: this snapshot predates the drain.
+            (k("rg/web/2"), c(0, true)),
+            (k("rg/web/3"), c(0, false)),
+        ]);
+        let got = drains(&members, &counters);
+        let obs = |open_connections| DrainObservation { draining_since: since, open_connections };
+        assert_eq!(
+            got,
+            BTreeMap::from([("rg/web/0".to_string(), obs(0)), ("rg/web/1".to_string(), obs(2))]),
+            "only draining records, only when out of rotation everywhere"
+        );
+        assert!(drains(&members, &BTreeMap::new()).is_empty(), "a backend of no rule: nothing to report");
     }
 
     #[test]

@@ -472,17 +472,24 @@ fn build_controllers(
     let clock = Arc::new(SystemClock);
     let drain = rec_config.limits.drain_timeout.to_std().unwrap_or(Duration::from_secs(10));
     let health = Arc::new(herd_model::health::HealthBoard::default());
+    // The load balancer reports drains there; the reconciler ends a drain once no connection
+    // is left (drain_timeout_secs is only the upper bound), woken when one is over.
+    let drains = Arc::new(herd_model::health::DrainBoard::default());
     let reconciler = Reconciler::new(store.clone(), driver.clone(), clock.clone(), rec_config)
         .with_secrets(opened.sealer.clone(), ext_config)
-        .with_health(health.clone());
-    let lb = Arc::new(herd_lbctl::LbController::new(
-        store.clone(),
-        health.clone(),
-        herd_lbctl::Limits {
-            drain_timeout: drain,
-            max_connections_per_rule: cfg.loadbalancer.max_connections_per_rule,
-        },
-    ));
+        .with_health(health.clone())
+        .with_drains(drains.clone());
+    let lb = Arc::new(
+        herd_lbctl::LbController::new(
+            store.clone(),
+            health.clone(),
+            herd_lbctl::Limits {
+                drain_timeout: drain,
+                max_connections_per_rule: cfg.loadbalancer.max_connections_per_rule,
+            },
+        )
+        .with_drains(drains, reconciler.waker()),
+    );
     // Every background concern runs as a controller of one runtime (herd-controller-runtime):
     // woken by the store's change feed, resynced on a timer, backed off on failure, and shown
     // on the status board (`GET /v1/server/controllers`).

@@ -47,6 +47,7 @@ impl Reconciler {
         let (s, status) = (&set.value, &draft.status);
         let name = format!("{}/{}", s.group, s.name);
         let in_place_extensions = self.in_place_extensions(s, images);
+        let drains = self.drains_of(s, &values);
         let mut steps = concerns.timed(Concern::Scale, || {
             plan(&SetInput {
                 in_place_extensions,
@@ -57,6 +58,7 @@ impl Reconciler {
                 observed: observed.unwrap_or(&empty_obs),
                 now,
                 limits: &self.config.limits,
+                drains: &drains,
             })
             .steps
         });

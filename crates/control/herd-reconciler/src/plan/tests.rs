@@ -24,6 +24,7 @@ struct Case {
     instances: Vec<InstanceRecord>,
     observed: BTreeMap<InstanceId, ObservedPower>,
     limits: Limits,
+    drains: BTreeMap<InstanceId, DrainObservation>,
 }
 
 impl Case {
@@ -40,6 +41,7 @@ impl Case {
             instances,
             observed,
             limits: Limits::default(),
+            drains: BTreeMap::new(),
         }
     }
 
@@ -53,6 +55,7 @@ impl Case {
             observed: &self.observed,
             now: t0(),
             limits: &self.limits,
+            drains: &self.drains,
         })
         .steps
     }
@@ -285,6 +288,7 @@ fn extensions_run_in_place_only_on_running_instances_and_only_when_the_base_is_u
         observed: &no_agent.observed,
         now: t0(),
         limits: &no_agent.limits,
+        drains: &no_agent.drains,
     })
     .steps;
     assert_eq!(steps, [Step::Reimage(InstanceId(0))]);
@@ -375,4 +379,41 @@ fn scale_in_of_pool_members_drains_first() {
     assert!(steps.contains(&Step::MarkDelete { id: InstanceId(1), reason: "scale-in".into() }));
     assert!(steps.contains(&Step::Drain(InstanceId(1))), "{steps:?}");
     assert!(!steps.contains(&Step::Destroy(InstanceId(1))));
+}
+
+#[test]
+fn a_drain_ends_early_once_the_load_balancer_reports_it_applied_and_idle() {
+    let since = t0() - Duration::seconds(3);
+    let mut r = rec(0, InstanceState::Running);
+    r.goal = InstanceGoal::Stopped;
+    r.draining_since = Some(since);
+    let obs = |draining_since, open_connections| DrainObservation { draining_since, open_connections };
+    // (what the load balancer reports, the plan 3 s into a 10 s drain)
+    let cases: [(Option<DrainObservation>, &[Step], &str); 5] = [
+        (None, &[], "no report (no rule running): the whole timeout"),
+        (Some(obs(since, 1)), &[], "a connection is still open"),
+        (Some(obs(since - Duration::seconds(20), 0)), &[], "idle, but that was an earlier drain"),
+        (
+            Some(obs(since - Duration::milliseconds(1), 0)),
+            &[],
+            "idle before this drain reached the data plane (another draining_since)",
+        ),
+        (Some(obs(since, 0)), &[Step::Stop(InstanceId(0))], "applied for this drain, nothing open"),
+    ];
+    for (report, want, why) in cases {
+        let mut c = Case::new(pooled(set(1, &[], false)), vec![r.clone()]);
+        c.drains.extend(report.map(|o| (InstanceId(0), o)));
+        assert_eq!(c.plan(), want, "{why}");
+    }
+    // The timeout stays the upper bound: a connection still open after it does not hold the stop.
+    r.draining_since = Some(t0() - Duration::seconds(11));
+    let mut c = Case::new(pooled(set(1, &[], false)), vec![r.clone()]);
+    c.drains.insert(InstanceId(0), obs(t0() - Duration::seconds(11), 4));
+    assert_eq!(c.plan(), [Step::Stop(InstanceId(0))]);
+    // A report about a drain does not start one: a serving member still drains first.
+    let mut fresh = rec(0, InstanceState::Running);
+    fresh.goal = InstanceGoal::Stopped;
+    let mut c = Case::new(pooled(set(1, &[], false)), vec![fresh]);
+    c.drains.insert(InstanceId(0), obs(since, 0));
+    assert_eq!(c.plan(), [Step::Drain(InstanceId(0))]);
 }
