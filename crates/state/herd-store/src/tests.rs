@@ -15,6 +15,18 @@ fn ev(group: &str, resource: &str, op: &str) -> ActivityEvent {
     }
 }
 
+/// A store in a file `herd.db` of a new temporary directory (kept alive by the first value).
+fn db_file() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("herd.db")).unwrap();
+    (dir, s)
+}
+
+/// An unconditional put of a group record.
+fn put(k: &str, v: serde_json::Value) -> WriteOp {
+    WriteOp::Put { kind: Kind::Group, key: k.into(), value: v, expect: Expect::Any }
+}
+
 #[test]
 fn compare_and_swap() {
     let s = SqliteStore::in_memory().unwrap();
@@ -103,15 +115,8 @@ fn activity_filters_and_survives_reopen() {
 /// deleting releases them. Regression: one bad row used to fail every list of its kind.
 #[test]
 fn undecodable_records_are_quarantined_not_fatal() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, s) = db_file();
     let path = dir.path().join("herd.db");
-    let s = SqliteStore::open(&path).unwrap();
-    let put = |k: &str, v: serde_json::Value| WriteOp::Put {
-        kind: Kind::Group,
-        key: k.into(),
-        value: v,
-        expect: Expect::Any,
-    };
     s.txn(vec![put("a", json!({"n": 1})), put("b", json!({"n": 2})), put("c", json!({"n": 3}))]).unwrap();
     // Corrupt "b" behind the store's back: not JSON. And "c": JSON of the wrong shape.
     let raw = rusqlite::Connection::open(&path).unwrap();
@@ -269,15 +274,8 @@ fn transient_errors() {
 /// written by hand) is quarantined and skipped by `list_text`, and refused by `get_text`.
 #[test]
 fn text_reads_return_the_stored_json_and_typed_reads_decode_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, s) = db_file();
     let path = dir.path().join("herd.db");
-    let s = SqliteStore::open(&path).unwrap();
-    let put = |k: &str, v: serde_json::Value| WriteOp::Put {
-        kind: Kind::Group,
-        key: k.into(),
-        value: v,
-        expect: Expect::Any,
-    };
     let rev =
         s.txn(vec![put("a", json!({"n": 1, "s": "x"})), put("b", json!({"n": 2})), put("c", json!({"n": 3}))]).unwrap();
     let texts = s.list_text(Kind::Group, "").unwrap();
