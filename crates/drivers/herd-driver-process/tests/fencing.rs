@@ -50,6 +50,13 @@ impl Rig {
     fn driver(&self) -> ProcessDriver {
         ProcessDriver::new(self.root.clone(), self.tag.clone()).unwrap().with_stop_grace(Duration::from_secs(2))
     }
+
+    /// A driver and instance `id`, created with `fence`.
+    async fn created(&self, id: u64, fence: Fence) -> (ProcessDriver, InstanceKey) {
+        let d = self.driver();
+        d.ensure(&spec(&self.image, id), fence).await.unwrap();
+        (d, key(id))
+    }
 }
 
 impl Drop for Rig {
@@ -94,9 +101,7 @@ fn assert_fenced(e: DriverError, call: Fence, seen: Fence) {
 #[tokio::test]
 async fn lower_fences_are_refused_and_the_record_survives_a_new_driver() {
     let rig = Rig::new();
-    let d = rig.driver();
-    let k = key(1);
-    d.ensure(&spec(&rig.image, 1), f(2, 3)).await.unwrap();
+    let (d, k) = rig.created(1, f(2, 3)).await;
     assert_eq!(recorded(&d, &k), Some(f(2, 3)), "the new instance's directory holds its fence");
     wait_running(&d, &k).await;
     let pid = common::recorded_pid(&d.instance_dir(&k)).unwrap();
@@ -145,9 +150,7 @@ async fn lower_fences_are_refused_and_the_record_survives_a_new_driver() {
 #[tokio::test]
 async fn an_instance_without_a_record_accepts_the_first_call() {
     let rig = Rig::new();
-    let d = rig.driver();
-    let k = key(2);
-    d.ensure(&spec(&rig.image, 2), Fence::FIRST).await.unwrap();
+    let (d, k) = rig.created(2, Fence::FIRST).await;
     wait_running(&d, &k).await;
     let dir = d.instance_dir(&k);
     assert!(!dir.join(herd_driver::fence::FENCE_FILE).exists(), "the fence is in the record, not a file of its own");
@@ -175,9 +178,7 @@ async fn an_instance_without_a_record_accepts_the_first_call() {
 #[tokio::test]
 async fn a_fence_file_of_an_older_server_is_honoured_and_moved_into_the_record() {
     let rig = Rig::new();
-    let d = rig.driver();
-    let k = key(4);
-    d.ensure(&spec(&rig.image, 4), f(2, 3)).await.unwrap();
+    let (d, k) = rig.created(4, f(2, 3)).await;
     wait_running(&d, &k).await;
     let dir = d.instance_dir(&k);
     let pid = common::recorded_pid(&dir).unwrap();
