@@ -54,9 +54,6 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         SELECT 'compacted', CASE WHEN value = 0 THEN 0 ELSE value + 1 END FROM meta WHERE name = 'revision';",
 ];
 
-/// A listed row: key, revision, create revision, and the value's text (or why it is not text).
-type Row = (String, i64, i64, Result<String, rusqlite::Error>);
-
 /// The SQLite-backed [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -143,31 +140,6 @@ impl SqliteStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The rows of `kind` under `prefix`, by key, copied out under the lock: decoding ten
-    /// thousand records takes far longer than reading them, and a writer waits for the lock, so
-    /// callers decode after it is released. A value that is not even text (a blob written by
-    /// hand) is returned as its error, to be quarantined.
-    fn rows(&self, kind: Kind, prefix: &str) -> Result<Vec<Row>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
-                self.create_col
-            ))
-            .map_err(backend)?;
-        let mut out = Vec::new();
-        let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
-        while let Some(r) = rows.next().map_err(backend)? {
-            let key: String = r.get(0).map_err(backend)?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            let text: Result<String, rusqlite::Error> = r.get(2);
-            out.push((key, r.get::<_, i64>(1).map_err(backend)?, r.get::<_, i64>(3).map_err(backend)?, text));
-        }
-        Ok(out)
     }
 }
 
@@ -292,16 +264,15 @@ impl Store for SqliteStore {
     }
 
     fn list(&self, kind: Kind, prefix: &str) -> Result<Vec<Object>, StoreError> {
-        let rows = self.rows(kind, prefix)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (key, revision, created, text) in rows {
-            match text
-                .map_err(|e| StoreError::Codec(CodecError::NotText(e)))
-                .and_then(|t| row_object(key.clone(), revision, created, t))
-            {
-                Ok(o) => out.push(o),
-                Err(StoreError::Codec(e)) => self.quarantine.add(kind, &key, &format!("not JSON: {e}")),
-                Err(e) => return Err(e),
+        // The texts, then each parsed: a row that is not even text was quarantined by
+        // `list_text`, one whose text is not JSON is quarantined here.
+        let mut out = Vec::new();
+        for o in self.list_text(kind, prefix)? {
+            match serde_json::from_str(&o.value) {
+                Ok(value) => {
+                    out.push(Object { key: o.key, revision: o.revision, create_revision: o.create_revision, value })
+                }
+                Err(e) => self.quarantine.add(kind, &o.key, &format!("not JSON: {}", CodecError::Json(e))),
             }
         }
         Ok(out)
@@ -335,7 +306,29 @@ impl Store for SqliteStore {
     }
 
     fn list_text(&self, kind: Kind, prefix: &str) -> Result<Vec<Object<String>>, StoreError> {
-        let rows = self.rows(kind, prefix)?;
+        // Rows are copied out under the lock and decoded after it: decoding ten thousand
+        // records takes far longer than reading them, and a writer waits for the lock.
+        let rows = {
+            let conn = self.lock();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT key, revision, value, {} FROM objects WHERE kind = ?1 AND key >= ?2 ORDER BY key",
+                    self.create_col
+                ))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            let mut rows = stmt.query(params![kind.as_str(), prefix]).map_err(backend)?;
+            while let Some(r) = rows.next().map_err(backend)? {
+                let key: String = r.get(0).map_err(backend)?;
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                // A value that is not even text (a blob written by hand) is quarantined below.
+                let text: Result<String, rusqlite::Error> = r.get(2);
+                out.push((key, r.get::<_, i64>(1).map_err(backend)?, r.get::<_, i64>(3).map_err(backend)?, text));
+            }
+            out
+        };
         let mut out = Vec::with_capacity(rows.len());
         for (key, revision, created, text) in rows {
             match text {
