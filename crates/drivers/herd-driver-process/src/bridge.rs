@@ -1,23 +1,28 @@
 //! Bridged networking for process instances: each instance gets its own network namespace with
-//! an `eth0` on a Linux bridge that carries its subnet, so its private IP is its reach address
-//! (DESIGN.md, "Addresses"). Only as root; everything is done with `ip` (iproute2), idempotently,
-//! so a start after a crash repairs whatever half-exists.
+//! an `eth0` on the Linux bridge that carries its subnet, so its private IP is its reach address
+//! (DESIGN.md, "Addresses"). Only as root; done with `ip` (iproute2), idempotently, so a start
+//! after a crash repairs whatever half-exists.
+//!
+//! The bridge itself, its dnsmasq and the instance's DHCP reservation and DNS name belong to
+//! `herd-hostnet`, shared with the qemu driver, so process instances and VMs on one subnet are
+//! on one network and resolve each other's names. A process instance does not ask DHCP: herd
+//! configures its address, MTU and route directly; its `eth0` carries the instance's stable MAC
+//! (the one its reservation names), and `/etc/resolv.conf`-free programs can use the gateway,
+//! which serves DNS.
 //!
 //! ```text
-//!   host (or the test's namespace)        instance namespace hn<hash>
-//!   bridge hb<hash>  10.0.0.1/24  ◀──veth──▶  eth0 10.0.0.4/24, default via 10.0.0.1
+//!   host (or the test's namespace)                 instance namespace hn<hash>
+//!   bridge hb<hash>  10.0.0.1/24 (+ dnsmasq)  ◀──veth──▶  eth0 10.0.0.4/24 MAC 52:54:..,
+//!                                                        default via 10.0.0.1
 //! ```
 
 use herd_driver::NetworkAttachment;
-use std::process::Command;
-
-fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-}
+use herd_hostnet::link::ip;
+use herd_hostnet::{HostNet, Reservation};
 
 /// The network namespace of one instance (unique per server tag and instance key).
 pub(crate) fn netns_name(tag: &str, key: &str) -> String {
-    format!("hn{:012x}", hash(&format!("{tag}|{key}")) & 0xffff_ffff_ffff)
+    herd_hostnet::short_name("hn", &format!("{tag}|{key}"))
 }
 
 /// The host side of the instance's veth pair (interface names are at most 15 characters).
@@ -25,52 +30,38 @@ fn veth_name(ns: &str) -> String {
     format!("hv{}", &ns[2..])
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("running ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-fn exists(args: &[&str]) -> bool {
-    Command::new("ip").args(args).output().is_ok_and(|o| o.status.success())
-}
-
-/// Makes sure the bridge, the namespace, the veth pair and the addresses exist and are up.
-pub(crate) fn ensure(att: &NetworkAttachment, ns: &str) -> Result<(), String> {
-    let gw = format!("{}/{}", att.gateway, att.prefix_len);
+/// Makes sure the segment serves (bridge, dnsmasq, the instance's reservation and name), and
+/// that the namespace, the veth pair, the MAC, the MTU, the address and the route exist.
+pub(crate) fn ensure(tag: &str, key: &str, name: &str, att: &NetworkAttachment, ns: &str) -> Result<(), String> {
+    let mac = herd_hostnet::mac_for(key);
+    HostNet::for_tag(tag).attach(att, &Reservation { owner: key, mac: &mac, name }).map_err(|e| e.to_string())?;
     let addr = format!("{}/{}", att.address, att.prefix_len);
-    if !exists(&["link", "show", &att.bridge]) {
-        ip(&["link", "add", &att.bridge, "type", "bridge"])?;
-    }
-    ip(&["addr", "replace", &gw, "dev", &att.bridge])?;
-    ip(&["link", "set", &att.bridge, "up"])?;
+    let mtu = att.mtu.to_string();
     if !std::path::Path::new("/run/netns").join(ns).exists() {
-        ip(&["netns", "add", ns])?;
+        ip(&["netns", "add", ns]).map_err(|e| e.to_string())?;
     }
     let veth = veth_name(ns);
-    if !exists(&["link", "show", &veth]) {
-        ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+    let run = |args: &[&str]| ip(args).map_err(|e| e.to_string());
+    if !herd_hostnet::link::exists(&veth) {
+        run(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
     }
-    ip(&["link", "set", &veth, "master", &att.bridge, "up"])?;
-    ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", ns, "addr", "replace", &addr, "dev", "eth0"])?;
-    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    ip(&["-n", ns, "route", "replace", "default", "via", &att.gateway.to_string()])?;
+    run(&["link", "set", &veth, "master", &att.bridge, "mtu", &mtu, "up"])?;
+    run(&["-n", ns, "link", "set", "lo", "up"])?;
+    run(&["-n", ns, "link", "set", "eth0", "address", &mac, "mtu", &mtu])?;
+    run(&["-n", ns, "addr", "replace", &addr, "dev", "eth0"])?;
+    run(&["-n", ns, "link", "set", "eth0", "up"])?;
+    run(&["-n", ns, "route", "replace", "default", "via", &att.gateway.to_string()])?;
     Ok(())
 }
 
-/// Removes the instance's namespace (which takes its veth pair with it). Ok if absent.
-pub(crate) fn remove(ns: &str) {
+/// Removes the instance's namespace (which takes its veth pair with it) and its reservation
+/// (the segment goes with its last instance). Ok if absent.
+pub(crate) fn remove(tag: &str, key: &str, ns: &str) -> Result<(), String> {
     if std::path::Path::new("/run/netns").join(ns).exists() {
         let _ = ip(&["netns", "del", ns]);
     }
-    let veth = veth_name(ns);
-    if exists(&["link", "show", &veth]) {
-        let _ = ip(&["link", "del", &veth]);
-    }
+    herd_hostnet::link::remove(&veth_name(ns)).map_err(|e| e.to_string())?;
+    HostNet::for_tag(tag).detach(key).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

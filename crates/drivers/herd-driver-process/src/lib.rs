@@ -457,8 +457,9 @@ impl Driver for ProcessDriver {
             }
         }
         if d.read_net().is_some() {
-            let ns = bridge::netns_name(&self.state.tag, &key.path());
-            blocking(move || bridge::remove(&ns)).await?;
+            let (tag, k) = (self.state.tag.clone(), key.path());
+            let ns = bridge::netns_name(&tag, &k);
+            blocking(move || bridge::remove(&tag, &k, &ns)).await?.map_err(DriverError::Failed)?;
         }
         let dir = d.dir.clone();
         blocking(move || {

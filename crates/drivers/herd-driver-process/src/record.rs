@@ -163,6 +163,8 @@ fn legacy(dir: &Path) -> InstanceRecord {
                 gateway: it.next()?.parse().ok()?,
                 prefix_len: it.next()?.parse().ok()?,
                 address: it.next()?.parse().ok()?,
+                mtu: 1500,
+                vnet: String::new(),
             })
         }),
         // Kept in its own file, read by the fence check (it may be unreadable: that refuses).
@@ -216,6 +218,8 @@ mod tests {
                 gateway: "10.0.0.1".parse().unwrap(),
                 prefix_len: 24,
                 address: "10.0.0.4".parse().unwrap(),
+                mtu: 1500,
+                vnet: String::new(),
             }),
             fence: None,
         }

@@ -135,7 +135,7 @@ pub(crate) fn launch(
     let netns = match rec.net {
         Some(att) => {
             let ns = crate::bridge::netns_name(tag, &key.path());
-            crate::bridge::ensure(&att, &ns)?;
+            crate::bridge::ensure(tag, &key.path(), &hostname, &att, &ns)?;
             Some(ns)
         }
         None => None,

@@ -45,7 +45,7 @@ pub(crate) const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
 /// 64-bit FNV-1a: small, stable across Rust versions and platforms (unlike `DefaultHasher`).
 pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    herd_driver::stable_hash(bytes)
 }
 
 /// The marker prefix of every QEMU this tag starts: `herd:<16 hex digits>:`.
@@ -53,11 +53,10 @@ pub(crate) fn marker_prefix(tag: &str) -> String {
     format!("herd:{:016x}:", fnv1a64(tag.as_bytes()))
 }
 
-/// A stable, locally administered unicast MAC for `key`: `52:54:` (QEMU's customary prefix,
-/// which has the locally-administered bit set) and 32 bits of a hash of the key.
+/// A stable, locally administered unicast MAC for `key` (see `herd_hostnet::mac_for`: the
+/// same MAC the instance's DHCP reservation names).
 pub(crate) fn mac_for(key: &InstanceKey) -> String {
-    let h = fnv1a64(key.path().as_bytes()).to_be_bytes();
-    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
+    herd_hostnet::mac_for(&key.path())
 }
 
 /// The guest ports forwarded from the reach address: the spec's and the driver's extra ports,
@@ -150,7 +149,14 @@ pub(crate) fn add_metadata_forward(
 }
 
 /// The full argv (without the program) that starts `spec` from `d`.
-pub(crate) fn qemu_args(marker: &str, accel: Accel, runtime_log: bool, spec: &VmSpec, d: &VmDir) -> Vec<String> {
+pub(crate) fn qemu_args(
+    marker: &str,
+    accel: Accel,
+    runtime_log: bool,
+    spec: &VmSpec,
+    d: &VmDir,
+    tap: Option<&str>,
+) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("{marker}{}", spec.key)]);
@@ -191,11 +197,19 @@ pub(crate) fn qemu_args(marker: &str, accel: Accel, runtime_log: bool, spec: &Vm
         push(&["-drive", &format!("file={},if=none,id={id},format=qcow2", path_opt(&d.data_disk(dd.lun)))]);
         push(&["-device", &format!("virtio-blk-pci,drive={id},serial=herd-lun-{}", dd.lun)]);
     }
-    // Network: user mode, one host forward per port on the reach address.
-    let mut netdev = String::from("user,id=net0");
-    for p in &spec.ports {
-        netdev.push_str(&format!(",hostfwd=tcp:{}:{p}-:{p}", spec.reach_address));
-    }
+    // Network: bridged, the NIC is the instance's TAP on its subnet's bridge (made before
+    // QEMU starts; QEMU runs no scripts). Otherwise user mode, one host forward per port on
+    // the reach address.
+    let netdev = match tap {
+        Some(tap) => format!("tap,id=net0,ifname={},script=no,downscript=no", opt(tap)),
+        None => {
+            let mut netdev = String::from("user,id=net0");
+            for p in &spec.ports {
+                netdev.push_str(&format!(",hostfwd=tcp:{}:{p}-:{p}", spec.reach_address));
+            }
+            netdev
+        }
+    };
     push(&["-netdev", &netdev]);
     push(&["-device", &format!("virtio-net-pci,netdev=net0,mac={}", spec.mac)]);
     push(&["-device", "virtio-rng-pci"]);
@@ -235,6 +249,7 @@ mod tests {
             reimage_count: 0,
             model_generation: 1,
             metadata_endpoint: None,
+            network: None,
         }
     }
 
@@ -254,7 +269,7 @@ mod tests {
             initrd: Some("/g/initrd.img".into()),
             cmdline: Some("console=ttyS0 quiet".into()),
         });
-        let args = qemu_args("herd:00ff:", Accel::Tcg, true, &s, &dir("/r/rg/web/3"));
+        let args = qemu_args("herd:00ff:", Accel::Tcg, true, &s, &dir("/r/rg/web/3"), None);
         assert_eq!(values(&args, "-D"), ["/r/rg/web/3/qemu.log"]);
         assert_eq!(values(&args, "-d"), ["plugin"]);
         assert_eq!(values(&args, "-name"), ["herd:00ff:rg/web/3"]);
@@ -284,7 +299,7 @@ mod tests {
     #[test]
     fn disk_images_boot_from_the_os_disk_and_paths_are_escaped() {
         let s = spec(ImageSource::Disk { path: "/g/disk.qcow2".into(), format: "qcow2".into() });
-        let args = qemu_args("herd:00ff:", Accel::Kvm, false, &s, &dir("/r,odd/rg/web/3"));
+        let args = qemu_args("herd:00ff:", Accel::Kvm, false, &s, &dir("/r,odd/rg/web/3"), None);
         assert!(values(&args, "-D").is_empty() && values(&args, "-d").is_empty());
         assert!(values(&args, "-kernel").is_empty());
         assert!(values(&args, "-device").contains(&"virtio-blk-pci,drive=os,bootindex=0"));
@@ -294,10 +309,20 @@ mod tests {
         // Plain arguments (not key=value options) are not escaped.
         assert_eq!(values(&args, "-pidfile"), ["/r,odd/rg/web/3/qemu.pid"]);
         let no_initrd = spec(ImageSource::Kernel { kernel: "/k".into(), initrd: None, cmdline: None });
-        let args = qemu_args("m:", Accel::Tcg, false, &no_initrd, &dir("/r"));
+        let args = qemu_args("m:", Accel::Tcg, false, &no_initrd, &dir("/r"), None);
         assert!(values(&args, "-initrd").is_empty());
         assert_eq!(values(&args, "-append"), [DEFAULT_CMDLINE]);
         assert!(Path::new("/r").is_absolute());
+    }
+
+    #[test]
+    fn a_bridged_nic_is_its_tap_with_no_forwards() {
+        let s = spec(ImageSource::Kernel { kernel: "/k".into(), initrd: None, cmdline: None });
+        let args = qemu_args("m:", Accel::Tcg, false, &s, &dir("/r"), Some("ht0123456789ab"));
+        assert_eq!(values(&args, "-netdev"), ["tap,id=net0,ifname=ht0123456789ab,script=no,downscript=no"]);
+        assert!(values(&args, "-device").contains(&format!("virtio-net-pci,netdev=net0,mac={}", s.mac).as_str()));
+        let mut user = args.clone();
+        assert!(!add_metadata_forward(&mut user, Path::new("/h"), "127.0.0.1:1".parse().unwrap(), Default::default()));
     }
 
     #[test]
@@ -312,7 +337,7 @@ mod tests {
     #[test]
     fn metadata_is_forwarded_through_the_relay() {
         let s = spec(ImageSource::Kernel { kernel: "/k".into(), initrd: None, cmdline: None });
-        let mut args = qemu_args("m:", Accel::Tcg, false, &s, &dir("/r"));
+        let mut args = qemu_args("m:", Accel::Tcg, false, &s, &dir("/r"), None);
         let endpoint = "127.200.0.3:16925".parse().unwrap();
         assert!(add_metadata_forward(&mut args, Path::new("/usr/bin/herd"), endpoint, MetadataGuestAddress::default()));
         assert_eq!(

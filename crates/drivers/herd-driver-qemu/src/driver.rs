@@ -128,9 +128,10 @@ use crate::vm_dir::{self, remove_tree, walk, PidRecord, Power, ScriptRunRecord, 
 use async_trait::async_trait;
 use herd_driver::host::locks::InstanceLocks;
 use herd_driver::{
-    keep_tail, Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, ObservedPower, PowerTarget,
-    ScriptOutcome, ScriptRun, SCRIPT_OUTPUT_TAIL,
+    keep_tail, Driver, DriverError, Fence, InstanceSpec, InstanceStats, NetworkAttachment, ObservedInstance,
+    ObservedPower, PowerTarget, ScriptOutcome, ScriptRun, SCRIPT_OUTPUT_TAIL,
 };
+use herd_hostnet::{HostNet, Reservation};
 use herd_model::image::ImageSource;
 use herd_model::InstanceKey;
 use nix::sys::signal::Signal;
@@ -537,8 +538,20 @@ impl QemuDriver {
             .await?
             .map_err(|e| io_failed(key, "preparing the start", e))?;
 
-        let mut args =
-            command_line::qemu_args(&self.shared.prefix, self.shared.cfg.accel, self.shared.runtime_log, &spec, d);
+        let tap = match &spec.network {
+            Some(att) => Some(self.plug(key, &spec, att).await?),
+            None => None,
+        };
+        let mut args = command_line::qemu_args(
+            &self.shared.prefix,
+            self.shared.cfg.accel,
+            self.shared.runtime_log,
+            &spec,
+            d,
+            tap.as_deref(),
+        );
+        // (Bridged VMs have no user network to forward through: their metadata endpoint is
+        // not offered yet.)
         if let (Some(relay), Some(ep)) = (&self.shared.cfg.metadata_relay, spec.metadata_endpoint) {
             command_line::add_metadata_forward(&mut args, relay, ep, self.shared.cfg.metadata_address);
         }
@@ -560,6 +573,36 @@ impl QemuDriver {
         let readiness = Readiness::of(agent_known(d, &spec));
         self.shared.watch(key, d, id, readiness, offset);
         Ok(())
+    }
+
+    /// Bridged networking: the instance's segment serves (bridge, dnsmasq) with its DHCP
+    /// reservation and DNS name, and its TAP is a port of the bridge. Returns the TAP's name.
+    async fn plug(&self, key: &InstanceKey, spec: &VmSpec, att: &NetworkAttachment) -> Result<String, DriverError> {
+        let tap = herd_hostnet::tap_name(&self.shared.cfg.tag, &key.path());
+        let net = HostNet::for_tag(&self.shared.cfg.tag);
+        let (k, mac, name, att, t) =
+            (key.path(), spec.mac.clone(), spec.computer_name.clone(), att.clone(), tap.clone());
+        blocking(move || {
+            net.attach(&att, &Reservation { owner: &k, mac: &mac, name: &name })?;
+            herd_hostnet::link::ensure_tap(&t, &att.bridge, att.mtu)
+        })
+        .await?
+        .map_err(|e| DriverError::Failed(format!("instance {key}: bridged network: {e}")))?;
+        Ok(tap)
+    }
+
+    /// Removes what [`plug`](Self::plug) made for the instance (the segment goes with its last
+    /// instance). Ok if nothing is there.
+    async fn unplug(&self, key: &InstanceKey) -> Result<(), DriverError> {
+        let tap = herd_hostnet::tap_name(&self.shared.cfg.tag, &key.path());
+        let net = HostNet::for_tag(&self.shared.cfg.tag);
+        let k = key.path();
+        blocking(move || {
+            herd_hostnet::link::remove(&tap)?;
+            net.detach(&k)
+        })
+        .await?
+        .map_err(|e| DriverError::Failed(format!("instance {key}: bridged network: {e}")))
     }
 
     /// Waits (up to [`PREVIOUS_EXIT_WAIT`]) until the QEMU last recorded for the instance has
@@ -1330,6 +1373,7 @@ fn vm_spec(spec: &InstanceSpec, extra_ports: &[u16], reimage_count: u64) -> Resu
         reimage_count,
         model_generation: spec.model_generation,
         metadata_endpoint: spec.metadata_endpoint,
+        network: spec.network.clone(),
     })
 }
 
@@ -1338,11 +1382,6 @@ fn check_spec(spec: &InstanceSpec) -> Result<(), DriverError> {
     let fail =
         |msg: String| Err(DriverError::InvalidSpec { key: key.clone(), reason: format!("instance {key}: {msg}") });
     let missing = |reason: String| Err(DriverError::ImageUnavailable { key: key.clone(), reason });
-    if spec.network.is_some() {
-        return Err(DriverError::Failed(
-            "bridged networking is not supported by the qemu driver yet; use host-local".into(),
-        ));
-    }
     match &spec.image {
         ImageSource::Directory { .. } => {
             return fail(
@@ -1394,7 +1433,10 @@ fn seed_files(spec: &InstanceSpec, vm: &VmSpec) -> SeedFiles {
     SeedFiles {
         meta_data: seed::meta_data(&vm.instance_id, &spec.computer_name),
         user_data: seed::user_data(&input),
-        network_config: Some(seed::network_config_dhcp_mac(&vm.mac)),
+        network_config: Some(match &vm.network {
+            Some(att) => seed::network_config_static(&vm.mac, att.address, att.prefix_len, att.gateway, att.mtu),
+            None => seed::network_config_dhcp_mac(&vm.mac),
+        }),
     }
 }
 
@@ -1569,6 +1611,7 @@ impl Driver for QemuDriver {
             tracing::debug!(instance = %key, pid = id.pid, "killing QEMU");
             self.halt(key, &d, id, false).await?;
         }
+        self.unplug(key).await?;
         let d2 = d.clone();
         blocking(move || {
             // A readiness task may write into the directory while it is removed: retry.
@@ -1779,6 +1822,7 @@ mod tests {
             reimage_count: 0,
             model_generation: 1,
             metadata_endpoint: None,
+            network: None,
         };
         assert_eq!(agent_known(&d, &spec), None, "unknown until it answers; a timeout records nothing");
         d.write_agent_answered(&spec).unwrap();

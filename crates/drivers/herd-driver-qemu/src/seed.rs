@@ -190,6 +190,24 @@ pub fn network_config_dhcp_mac(mac: &str) -> String {
     format!("version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: {mac}\n    dhcp4: true\n")
 }
 
+/// network-config version 2 for a bridged NIC: the interface with MAC address `mac` gets
+/// `address/prefix_len`, the default route and DNS through `gateway`, and `mtu`: the same
+/// address and MTU herd's DHCP reservation hands out, for guests that read the seed instead.
+pub fn network_config_static(
+    mac: &str,
+    address: std::net::Ipv4Addr,
+    prefix_len: u8,
+    gateway: std::net::Ipv4Addr,
+    mtu: u16,
+) -> String {
+    let mac = yaml_quote(&mac.to_ascii_lowercase());
+    format!(
+        "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: {mac}\n    addresses: [\"{address}/{prefix_len}\"]\n    \
+         routes:\n      - to: \"0.0.0.0/0\"\n        via: \"{gateway}\"\n    nameservers:\n      addresses: [\"{gateway}\"]\n    \
+         mtu: {mtu}\n"
+    )
+}
+
 fn cloud_config(input: &UserDataInput) -> String {
     let mut y = String::from("#cloud-config\n");
     let _ = writeln!(y, "hostname: {}", yaml_quote(input.hostname));
@@ -977,6 +995,23 @@ mod tests {
         assert_eq!(
             network_config_dhcp_mac("52:54:00:12:34:5F"),
             "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"52:54:00:12:34:5f\"\n    dhcp4: true\n"
+        );
+    }
+
+    #[test]
+    fn a_bridged_nic_gets_its_reserved_address_route_dns_and_mtu() {
+        let y = network_config_static(
+            "52:54:00:12:34:5F",
+            "10.0.0.4".parse().unwrap(),
+            24,
+            "10.0.0.1".parse().unwrap(),
+            1450,
+        );
+        assert_eq!(
+            y,
+            "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"52:54:00:12:34:5f\"\n    \
+             addresses: [\"10.0.0.4/24\"]\n    routes:\n      - to: \"0.0.0.0/0\"\n        via: \"10.0.0.1\"\n    \
+             nameservers:\n      addresses: [\"10.0.0.1\"]\n    mtu: 1450\n"
         );
     }
 

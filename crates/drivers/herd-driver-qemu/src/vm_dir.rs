@@ -70,6 +70,10 @@ pub(crate) struct VmSpec {
     /// The instance's metadata endpoint on the host, forwarded into the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_endpoint: Option<std::net::SocketAddr>,
+    /// Bridged networking: the subnet's bridge and the instance's address on it (its NIC is a
+    /// TAP on that bridge). `None`: user networking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<herd_driver::NetworkAttachment>,
 }
 
 /// The `pid` file: the QEMU of the current (or last) start and where its boot begins in

@@ -25,7 +25,7 @@
 //! - `port_conflicts_and_unsupported_specs_fail_clearly`: a reach address port held by this
 //!   process makes the start fail naming the address, port and pid (and list says Failed);
 //!   once free, the start works, and a guest not ready within the boot timeout is Failed;
-//!   bridged networking, directory images and missing image files are refused up front.
+//!   directory images and missing image files are refused up front.
 //! - `disk_image_boots_its_own_bootloader_on_an_overlay_and_reimages`: the test guest's boot
 //!   disk (`disk.qcow2`: SYSLINUX on an MBR disk, no `-kernel`) as an `ImageSource::Disk` boots
 //!   to Running with the computer name as hostname and version 1.0.0; a guest write to its OS
@@ -43,8 +43,7 @@
 //! when the test ends, also on failure (then printing the end of each console).
 
 use herd_driver::{
-    DataDisk, Driver, DriverError, Fence, GuestSetup, InstanceSpec, NetworkAttachment, ObservedPower, PowerTarget,
-    ScriptRun,
+    DataDisk, Driver, DriverError, Fence, GuestSetup, InstanceSpec, ObservedPower, PowerTarget, ScriptRun,
 };
 use herd_driver_qemu::qga::Qga;
 use herd_driver_qemu::{QemuConfig, QemuDriver};
@@ -646,18 +645,6 @@ async fn port_conflicts_and_unsupported_specs_fail_clearly() {
     assert!(d.processes().is_empty());
     drop(d1);
 
-    let mut bridged = spec(&key("rg/ports/2"), "tgports000002", "10.0.0.5", kernel_image(&out, "1.0.0"), true);
-    bridged.network = Some(NetworkAttachment {
-        bridge: "herdbr0".into(),
-        gateway: "10.0.0.1".parse().unwrap(),
-        prefix_len: 24,
-        address: "10.0.0.5".parse().unwrap(),
-    });
-    let err = d.ensure(&bridged, Fence::FIRST).await.unwrap_err();
-    assert_eq!(
-        err,
-        DriverError::Failed("bridged networking is not supported by the qemu driver yet; use host-local".into())
-    );
     let mut dir_image = spec(&key("rg/ports/3"), "tgports000003", "127.200.4.3", kernel_image(&out, "1.0.0"), true);
     dir_image.image = ImageSource::Directory { path: "/tmp".into() };
     let err = d.ensure(&dir_image, Fence::FIRST).await.unwrap_err().to_string();

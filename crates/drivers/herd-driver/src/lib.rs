@@ -173,6 +173,27 @@ pub struct NetworkAttachment {
     pub prefix_len: u8,
     /// The instance's private IP.
     pub address: std::net::Ipv4Addr,
+    /// The subnet's MTU (advertised by DHCP option 26 and written into the seed).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// A short, stable name of the instance's vnet: its instance names resolve within it.
+    /// Empty in records written before vnet DNS existed.
+    #[serde(default)]
+    pub vnet: String,
+}
+
+/// FNV-1a, 64 bits: a stable, dependency-free hash for the names of what drivers make on the
+/// host (bridges, TAPs, namespaces), which must come out the same after a restart. Not for
+/// security.
+pub fn stable_hash(bytes: impl AsRef<[u8]>) -> u64 {
+    bytes.as_ref().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// A subnet's MTU unless something lowers it: Ethernet's.
+pub const DEFAULT_MTU: u16 = 1500;
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
 }
 
 /// The power states a caller may ask for.

@@ -134,11 +134,16 @@ impl Reconciler {
         let subnet = subnet_of(set)?;
         let cidr = *ipam.subnets.get(&subnet)?;
         let address: Ipv4Addr = r.private_ip.as_deref()?.parse().ok()?;
-        let h = format!("{}|{subnet}", self.config.address_block)
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let name = |prefix: &str, of: &str| {
+            let h = herd_driver::stable_hash(format!("{}|{of}", self.config.address_block));
+            format!("{prefix}{:012x}", h & 0xffff_ffff_ffff)
+        };
+        // The vnet is the subnet id up to `/subnets/`: its instances share one DNS zone.
+        let vnet = subnet.rsplit_once("/subnets/").map_or(subnet.as_str(), |(v, _)| v);
         Some(herd_driver::NetworkAttachment {
-            bridge: format!("hb{:012x}", h & 0xffff_ffff_ffff),
+            bridge: name("hb", &subnet),
+            vnet: name("hz", vnet),
+            mtu: herd_driver::DEFAULT_MTU,
             gateway: cidr.nth(1)?,
             prefix_len: cidr.len,
             address,

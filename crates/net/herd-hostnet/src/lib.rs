@@ -1,0 +1,327 @@
+//! The host side of bridged networking: one Linux bridge per subnet with the subnet's gateway
+//! (`.1`) on it, each instance's NIC as a port of that bridge (a TAP for a VM, a veth for a
+//! process instance), and one `dnsmasq` per bridge that hands out herd's address reservations
+//! by DHCP and answers DNS for the vnet's instance names.
+//!
+//! Why a crate of its own: both host drivers plug instances into the same segments, and the
+//! many-hosts work stretches the same segments across hosts (VXLAN ports on these bridges),
+//! run by `herd agent` on each host. Addresses are decided centrally (the reconciler's IPAM);
+//! this crate only makes the host match them.
+//!
+//! Why a bridge per subnet (not per vnet): a subnet is what has a gateway, a prefix and a DHCP
+//! range, so one bridge carries exactly one of each; subnets of one vnet are routed between
+//! each other by the host, as Azure routes between subnets. DNS is per vnet: the dnsmasqs of
+//! a vnet's subnets share one directory of names.
+//!
+//! Where its state lives: `/run/herd/net/<server>/`, because everything it describes
+//! (bridges, TAPs, dnsmasq) is gone after a reboot too, and dnsmasq runs as `nobody`, which
+//! must read the files (a data dir is private). Nothing in it is secret (MACs, addresses and
+//! instance names):
+//!
+//! ```text
+//!   /run/herd/net/<server>/
+//!     <bridge>/segment          gateway, prefix, MTU and vnet: what repair needs
+//!     <bridge>/dhcp/<owner>     "MAC,IP,NAME": one reservation per instance
+//!     <bridge>/dnsmasq.pid, leases, dnsmasq.log
+//!     dns-<vnet>/<owner>        "IP NAME": one name per instance, for the whole vnet
+//! ```
+//!
+//! A segment's life (the bridge and its dnsmasq together):
+//!
+//! ```text
+//!   none ──attach (first instance)──▶ serving ──attach/detach (not the last)──▶ serving
+//!     ▲                                  │
+//!     └──detach of the last instance─────┘   (dnsmasq stopped, bridge deleted, files gone)
+//!   serving, after a kill -9 of the server: still serving; the next server adopts it
+//!   serving, after dnsmasq died or the bridge vanished: repair() restores both
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod dnsmasq;
+pub mod link;
+mod names;
+
+pub use dnsmasq::Lease;
+pub use names::{mac_for, short_name, stable_hash, tap_name};
+
+use herd_driver::NetworkAttachment;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// Where every server's host-network state lives (see the crate docs).
+pub const RUN_ROOT: &str = "/run/herd/net";
+
+pub use herd_driver::DEFAULT_MTU;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A command failed; the message says which and why.
+    #[error("{0}")]
+    Command(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Io { what, source }
+}
+
+/// One instance's entry in its segment's DHCP and DNS.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation<'a> {
+    /// What the reservation belongs to, unique within the server (the instance key's path).
+    pub owner: &'a str,
+    pub mac: &'a str,
+    /// The instance's computer name, served by DHCP and resolvable within the vnet.
+    pub name: &'a str,
+}
+
+/// A bridge's `segment` file: what it takes to rebuild the bridge and restart its dnsmasq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+    mtu: u16,
+    vnet: String,
+}
+
+impl Segment {
+    fn of(att: &NetworkAttachment) -> Self {
+        Segment { gateway: att.gateway, prefix_len: att.prefix_len, mtu: att.mtu, vnet: att.vnet.clone() }
+    }
+
+    fn render(&self) -> String {
+        format!("{} {} {} {}\n", self.gateway, self.prefix_len, self.mtu, self.vnet)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split_whitespace();
+        Some(Segment {
+            gateway: it.next()?.parse().ok()?,
+            prefix_len: it.next()?.parse().ok()?,
+            mtu: it.next()?.parse().ok()?,
+            vnet: it.next().unwrap_or_default().to_string(),
+        })
+    }
+}
+
+/// The host network of one server (see the crate docs). Calls are serialized; each is
+/// idempotent, so a call after a crash finishes what the crashed one started.
+pub struct HostNet {
+    root: PathBuf,
+    /// Bridges this process has seen serving: the common path checks only that the bridge and
+    /// its dnsmasq still exist (a `stat` each), instead of running `ip`.
+    state: Mutex<HashSet<String>>,
+}
+
+impl HostNet {
+    /// The host network under `root` (tests); servers use [`HostNet::for_tag`].
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        HostNet { root: root.into(), state: Mutex::new(HashSet::new()) }
+    }
+
+    /// The host network of the server with driver tag `tag`, under [`RUN_ROOT`]: one value per
+    /// tag in this process, shared by every driver of that tag, so their calls on it are
+    /// serialized.
+    pub fn for_tag(tag: &str) -> Arc<Self> {
+        static NETS: OnceLock<Mutex<HashMap<String, Arc<HostNet>>>> = OnceLock::new();
+        let mut nets = NETS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+        let root = Path::new(RUN_ROOT).join(short_name("s", tag));
+        nets.entry(tag.to_string()).or_insert_with(|| Arc::new(Self::new(root))).clone()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn bridge_dir(&self, bridge: &str) -> PathBuf {
+        self.root.join(bridge)
+    }
+
+    fn names_dir(&self, vnet: &str) -> PathBuf {
+        self.root.join(format!("dns-{vnet}"))
+    }
+
+    fn service<'a>(bridge: &'a str, seg: &Segment, dir: &'a Path, names: &'a Path) -> dnsmasq::Service<'a> {
+        dnsmasq::Service { bridge, gateway: seg.gateway, prefix_len: seg.prefix_len, mtu: seg.mtu, dir, names }
+    }
+
+    /// The segment of `att` serves (bridge up with its gateway, dnsmasq running) and holds the
+    /// reservation `r` for `att.address`. Call before the instance's NIC comes up, so its
+    /// first DHCP request is answered.
+    pub fn attach(&self, att: &NetworkAttachment, r: &Reservation<'_>) -> Result<(), NetError> {
+        let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = self.bridge_dir(&att.bridge);
+        let names = self.names_dir(&att.vnet);
+        let seg = Segment::of(att);
+        let known = seen.contains(&att.bridge) && link::exists(&att.bridge) && dnsmasq::running(&dir).is_some();
+        if !known {
+            for d in [&self.root, &dir, &dnsmasq::reservations_dir(&dir), &names] {
+                make_dir(d)?;
+            }
+            write_atomic(&dir, &dir.join("segment"), &seg.render())?;
+            link::ensure_bridge(&att.bridge, att.gateway, att.prefix_len, att.mtu)?;
+        }
+        let file = names::owner_file(r.owner);
+        write_atomic(
+            &dir,
+            &dnsmasq::reservations_dir(&dir).join(&file),
+            &format!("{},{},{}\n", r.mac, att.address, r.name),
+        )?;
+        write_atomic(&self.root, &names.join(&file), &format!("{} {}\n", att.address, r.name))?;
+        if !known {
+            dnsmasq::ensure(&Self::service(&att.bridge, &seg, &dir, &names))?;
+            seen.insert(att.bridge.clone());
+        }
+        Ok(())
+    }
+
+    /// Removes `owner`'s reservation and name wherever they are. When that was the last
+    /// reservation of a segment, the segment goes: dnsmasq stopped, bridge deleted, files
+    /// removed. Ok if there was nothing.
+    pub fn detach(&self, owner: &str) -> Result<(), NetError> {
+        let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = names::owner_file(owner);
+        let mut changed = false;
+        for (bridge, seg) in self.segments() {
+            let dir = self.bridge_dir(&bridge);
+            changed |= remove_file(&dnsmasq::reservations_dir(&dir).join(&file))?;
+            changed |= remove_file(&self.names_dir(&seg.vnet).join(&file))?;
+        }
+        if changed {
+            self.settle(&mut seen)?;
+        }
+        Ok(())
+    }
+
+    /// Tears down segments with no reservation left and makes every other dnsmasq read its
+    /// files again.
+    fn settle(&self, seen: &mut HashSet<String>) -> Result<(), NetError> {
+        for (bridge, seg) in self.segments() {
+            let dir = self.bridge_dir(&bridge);
+            if is_empty(&dnsmasq::reservations_dir(&dir)) {
+                dnsmasq::stop(&dir);
+                link::remove(&bridge)?;
+                std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+                seen.remove(&bridge);
+                let names = self.names_dir(&seg.vnet);
+                if is_empty(&names) {
+                    let _ = std::fs::remove_dir(&names);
+                }
+            } else {
+                dnsmasq::reload(&dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores what should serve and removes what should not: a segment with reservations
+    /// gets its bridge and dnsmasq back (after a reboot-less crash, a `kill` of dnsmasq, an
+    /// `ip link del` by hand), and one without any is torn down (a crash in the middle of the
+    /// last detach). Returns one line per thing it restored.
+    pub fn repair(&self) -> Result<Vec<String>, NetError> {
+        let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut fixed = Vec::new();
+        for (bridge, seg) in self.segments() {
+            let dir = self.bridge_dir(&bridge);
+            if is_empty(&dnsmasq::reservations_dir(&dir)) {
+                continue;
+            }
+            if !link::exists(&bridge) {
+                link::ensure_bridge(&bridge, seg.gateway, seg.prefix_len, seg.mtu)?;
+                dnsmasq::stop(&dir); // it was bound to the old bridge
+                fixed.push(format!("bridge {bridge} re-created"));
+            }
+            if dnsmasq::running(&dir).is_none() {
+                let names = self.names_dir(&seg.vnet);
+                make_dir(&names)?;
+                dnsmasq::ensure(&Self::service(&bridge, &seg, &dir, &names))?;
+                fixed.push(format!("dnsmasq for bridge {bridge} restarted"));
+            }
+            seen.insert(bridge);
+        }
+        self.settle(&mut seen)?;
+        Ok(fixed)
+    }
+
+    /// The bridges this server's segments use, each with its `segment` record.
+    fn segments(&self) -> Vec<(String, Segment)> {
+        let Ok(dir) = std::fs::read_dir(&self.root) else { return vec![] };
+        let mut out: Vec<(String, Segment)> = dir
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let seg = Segment::parse(&std::fs::read_to_string(e.path().join("segment")).ok()?)?;
+                Some((name, seg))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The bridges of this server's segments.
+    pub fn bridges(&self) -> Vec<String> {
+        self.segments().into_iter().map(|(b, _)| b).collect()
+    }
+
+    /// The leases granted on `bridge`.
+    pub fn leases(&self, bridge: &str) -> Vec<Lease> {
+        dnsmasq::leases(&self.bridge_dir(bridge))
+    }
+
+    /// The dnsmasq serving `bridge`, if it runs.
+    pub fn dnsmasq_pid(&self, bridge: &str) -> Option<i32> {
+        dnsmasq::running(&self.bridge_dir(bridge)).map(|p| p.as_raw())
+    }
+}
+
+fn make_dir(d: &Path) -> Result<(), NetError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(d)
+        .map_err(io_err(format!("creating {}", d.display())))
+}
+
+fn is_empty(d: &Path) -> bool {
+    std::fs::read_dir(d).map(|mut it| it.next().is_none()).unwrap_or(true)
+}
+
+fn remove_file(p: &Path) -> Result<bool, NetError> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(format!("removing {}", p.display()))(e)),
+    }
+}
+
+/// Writes `text` to `path` through a temporary file in `tmp_dir` (not a directory dnsmasq
+/// watches), renamed into place, so dnsmasq never reads half a line. Skips the write when the
+/// file already holds `text`.
+fn write_atomic(tmp_dir: &Path, path: &Path, text: &str) -> Result<(), NetError> {
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = tmp_dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(format!("renaming {} to {}", tmp.display(), path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_records_round_trip() {
+        let s = Segment { gateway: Ipv4Addr::new(10, 0, 1, 1), prefix_len: 24, mtu: 1450, vnet: "hz0123".into() };
+        assert_eq!(Segment::parse(&s.render()), Some(s));
+        assert_eq!(Segment::parse("10.0.0.1 24"), None);
+    }
+}

@@ -1,0 +1,83 @@
+//! Bridges, TAP devices and veth pairs, made and removed with `ip` (iproute2).
+//!
+//! Why `ip` and not netlink from Rust: every step is idempotent ("replace", or "add" after a
+//! check), an operator can read each one in the logs and re-run it by hand, and the rate is a
+//! few calls per instance start. Every function here works in the network namespace the
+//! server runs in (a test's namespace in tests).
+
+use crate::NetError;
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// Runs `ip ARGS`; its stderr becomes the error.
+pub fn ip(args: &[&str]) -> Result<(), NetError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Command(format!("cannot run ip (install iproute2): {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Command(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// The interfaces of the calling thread's network namespace. Read from
+/// `/proc/thread-self/net/dev` rather than `/sys/class/net`: sysfs shows the namespace it was
+/// mounted in, which is not this thread's in a process that entered another namespace.
+pub fn interfaces() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
+    // Two header lines, then "  name: counters...".
+    text.lines().skip(2).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim().to_string()).collect()
+}
+
+/// Whether the interface `name` exists in this namespace.
+pub fn exists(name: &str) -> bool {
+    interfaces().iter().any(|n| n == name)
+}
+
+/// The bridge `name` exists, carries `gateway/prefix_len`, has `mtu` and is up.
+pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix_len: u8, mtu: u16) -> Result<(), NetError> {
+    if !exists(name) {
+        ip(&["link", "add", name, "type", "bridge"])?;
+    }
+    ip(&["addr", "replace", &format!("{gateway}/{prefix_len}"), "dev", name])?;
+    ip(&["link", "set", name, "mtu", &mtu.to_string(), "up"])
+}
+
+/// The persistent TAP device `name` exists, is a port of `bridge` with `mtu`, and is up.
+/// QEMU opens it by name (`-netdev tap,ifname=...,script=no`); it outlives each QEMU, so a
+/// restart finds it again.
+pub fn ensure_tap(name: &str, bridge: &str, mtu: u16) -> Result<(), NetError> {
+    if !exists(name) {
+        ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+    }
+    ip(&["link", "set", name, "master", bridge, "mtu", &mtu.to_string(), "up"])
+}
+
+/// Removes the interface `name`. Ok if it is absent.
+pub fn remove(name: &str) -> Result<(), NetError> {
+    if exists(name) {
+        ip(&["link", "del", name])?;
+    }
+    Ok(())
+}
+
+/// The interfaces of this namespace whose names start with `prefix`, sorted.
+pub fn list(prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = interfaces().into_iter().filter(|n| n.starts_with(prefix)).collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_namespace_has_loopback() {
+        assert!(exists("lo"), "{:?}", interfaces());
+        assert!(!exists("no-such-if0"));
+        assert_eq!(list("lo"), ["lo"]);
+    }
+}

@@ -1,0 +1,148 @@
+//! A subnet segment for real, inside network namespaces this test creates (the root
+//! namespace's network is not touched): the bridge with its gateway, dnsmasq handing out
+//! reservations by DHCP (with the MTU as option 26) and answering the vnet's names, repair
+//! after dnsmasq is killed, and nothing left once the last instance detaches.
+//!
+//! A "host" namespace holds the bridge and dnsmasq (this test's worker thread enters it); a
+//! "client" namespace plays an instance NIC: a veth on the bridge with the reserved MAC, and
+//! busybox's `udhcpc` and `nslookup`.
+
+use herd_driver::NetworkAttachment;
+use herd_hostnet::{link, HostNet, Reservation};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn run(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn output(cmd: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Removes the namespaces (and with them every interface in them) at the end, even on failure.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn need(tool: &str, hint: &str) {
+    assert!(std::path::Path::new(tool).exists(), "{tool} is missing: {hint} (./scripts/setup.sh installs it)");
+}
+
+#[test]
+fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_last_instance() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "bridges and namespaces need root: run ./scripts/test.sh as root, as CI does"
+    );
+    need("/usr/sbin/dnsmasq", "apt-get install dnsmasq-base");
+    need("/bin/busybox", "apt-get install busybox-static");
+    let id = std::process::id();
+    let (host, client) = (format!("hnth{id}"), format!("hntc{id}"));
+    let _ns = Namespaces(vec![client.clone(), host.clone()]);
+    for ns in [&host, &client] {
+        run(&["ip", "netns", "add", ns]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let root = tempfile::tempdir().unwrap();
+    // dnsmasq reads its files as `nobody`.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let net_root = root.path().join("net");
+    let script = root.path().join("udhcpc.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"event=$1 ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu\"\n")
+        .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (host2, client2, script) = (host.clone(), client.clone(), script.display().to_string());
+    // Everything that acts on the host side runs on a thread inside the host namespace; the
+    // commands it starts (ip, dnsmasq) inherit that namespace.
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{host2}")).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let net = HostNet::new(&net_root);
+        let att = |last: u8| NetworkAttachment {
+            bridge: "hbtest0".into(),
+            gateway: "10.77.0.1".parse().unwrap(),
+            prefix_len: 24,
+            address: format!("10.77.0.{last}").parse().unwrap(),
+            mtu: 1400,
+            vnet: "hztest".into(),
+        };
+        let (mac_a, mac_b) = ("52:54:00:77:00:04", "52:54:00:77:00:05");
+        net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000" }).unwrap();
+        net.attach(&att(5), &Reservation { owner: "rg/web/1", mac: mac_b, name: "web000001" }).unwrap();
+        // Again: idempotent, same result.
+        net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000" }).unwrap();
+        assert!(link::exists("hbtest0"), "the bridge exists in the host namespace");
+        assert_eq!(net.bridges(), ["hbtest0"]);
+        let pid = net.dnsmasq_pid("hbtest0").expect("dnsmasq serves the bridge");
+
+        // The instance's NIC: a veth on the bridge with the reserved MAC, in the client namespace.
+        run(&["ip", "link", "add", "hvtest0", "type", "veth", "peer", "name", "eth0", "netns", &client2]);
+        run(&["ip", "link", "set", "hvtest0", "master", "hbtest0", "up"]);
+        run(&["ip", "-n", &client2, "link", "set", "eth0", "address", mac_a, "up"]);
+        let dhcp = run(&[
+            "ip", "netns", "exec", &client2, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "10", "-T", "1",
+            "-O", "mtu", "-s", &script,
+        ]);
+        assert!(
+            dhcp.contains("event=bound ip=10.77.0.4 mask=24 router=10.77.0.1 dns=10.77.0.1 mtu=1400"),
+            "the reserved address, the gateway as router and DNS, and the MTU (option 26): {dhcp}"
+        );
+        let leases = net.leases("hbtest0");
+        assert!(
+            leases.iter().any(|l| l.mac == mac_a && l.ip.to_string() == "10.77.0.4" && l.name == "web000000"),
+            "{leases:?}"
+        );
+        run(&["ip", "-n", &client2, "addr", "add", "10.77.0.4/24", "dev", "eth0"]);
+        let lookup = |name: &str| output(&["ip", "netns", "exec", &client2, "busybox", "nslookup", name, "10.77.0.1"]);
+        let (_, b) = lookup("web000001");
+        assert!(b.contains("10.77.0.5"), "instance names resolve within the vnet: {b}");
+
+        // dnsmasq killed: repair restarts it, and it serves the same reservations.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Gone means a zombie or nothing (its command line empties before its sockets close).
+        let exited = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        };
+        while !exited() {
+            assert!(std::time::Instant::now() < deadline, "the killed dnsmasq (pid {pid}) did not exit in 10 s");
+            std::thread::yield_now();
+        }
+        assert_eq!(net.dnsmasq_pid("hbtest0"), None);
+        let fixed = net.repair().unwrap();
+        assert_eq!(fixed, ["dnsmasq for bridge hbtest0 restarted"]);
+        assert!(net.dnsmasq_pid("hbtest0").is_some_and(|p| p != pid));
+        let (_, b) = lookup("web000001");
+        assert!(b.contains("10.77.0.5"), "served again after repair: {b}");
+        assert!(net.repair().unwrap().is_empty(), "nothing to repair twice");
+
+        // One instance leaves: its name goes, the segment stays.
+        net.detach("rg/web/1").unwrap();
+        let (_, b) = lookup("web000001");
+        assert!(!b.contains("10.77.0.5"), "a detached instance's name no longer resolves: {b}");
+        assert!(link::exists("hbtest0"));
+        // The last one leaves: dnsmasq stopped, bridge gone, no files left.
+        net.detach("rg/web/0").unwrap();
+        net.detach("rg/web/0").unwrap();
+        assert!(!link::exists("hbtest0"), "the bridge goes with its last instance");
+        assert!(net.bridges().is_empty());
+        let left: Vec<_> = std::fs::read_dir(&net_root).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "no files left: {left:?}");
+        let (_, ps) = output(&["pgrep", "-f", "--", &format!("--pid-file={}", net_root.display())]);
+        assert!(ps.trim().is_empty(), "no dnsmasq left: {ps}");
+    })
+    .join()
+    .unwrap();
+}
