@@ -218,6 +218,9 @@ impl HostNet {
                 dnsmasq::reload(&dir);
             }
         }
+        if is_empty(&self.root) {
+            let _ = std::fs::remove_dir(&self.root);
+        }
         Ok(())
     }
 

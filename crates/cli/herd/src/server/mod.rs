@@ -8,6 +8,7 @@ use herd_driver::{
     sim::{SimConfig, SimDriver},
     Driver,
 };
+use herd_hostnet::HostNet;
 use herd_model::{clock::SystemClock, sku::SkuTable, InstanceKey};
 use herd_reconciler::{ExtensionConfig, Limits, Reconciler, ReconcilerConfig};
 use herd_state::Records;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod config;
+mod hostnet;
 mod tls;
 pub use config::*;
 pub use tls::Transport;
@@ -109,6 +111,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     )
     .await?;
     let settings = build_settings(&opts, &cfg, &opened.data_dir, &zones, &skus, term)?;
+    let bridged = settings.rec_config.bridged;
     let parts = build_controllers(&cfg, &opened, &driver, settings.rec_config, settings.ext_config)?;
     let image_dir = opened.data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
@@ -133,6 +136,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         },
         cluster_id: opened.cluster_id.clone(),
     };
+    // Bridged networking's host side (bridges, dnsmasq) is kept serving by its own controller.
+    let hostnet = bridged.then(|| HostNet::for_tag(&opened.cluster.tag));
     let tls = tls::prepare(&opts.transport, opts.listen, &opened.data_dir, &opened.cluster_id, parts.clock.clone())?;
     let limiter = herd_api::auth_limit::AuthLimiter::new(cfg.auth.budget()?, parts.clock.clone());
     let state = build_api(opened, api_config, &driver, &parts, settings.spot_priced, (tls.service.clone(), limiter));
@@ -141,6 +146,9 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let mut runtime = register_controllers(&cfg, &state, driver, parts, settings.prices, settings.metadata_port);
     if let Some((controller, wake)) = tls.controller {
         runtime.add_with_wake(controller, wake);
+    }
+    if let Some(net) = hostnet {
+        runtime.add(Arc::new(hostnet::HostNetController(net)));
     }
     serve(listener, tls.config, state, runtime).await
 }
@@ -359,17 +367,14 @@ fn build_settings(
     let limits = reconciler_limits(cfg);
     // Each server takes its own block of loopback addresses, derived from its data dir unless
     // the config names one, so two servers (or parallel tests) on a host never collide.
-    let block = cfg.network.host_local_block.unwrap_or_else(|| {
-        data_dir
-            .to_string_lossy()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) as u8
-            % 128
-    });
+    let block = cfg
+        .network
+        .host_local_block
+        .unwrap_or_else(|| (herd_driver::stable_hash(data_dir.to_string_lossy().as_bytes()) as u8) % 128);
     let bridged = match cfg.network.mode.as_deref() {
         None | Some("host-local") => false,
-        Some("bridged") if opts.driver == DriverKind::Process && is_root() => true,
-        Some("bridged") => bail!("config: network.mode = \"bridged\" needs the process driver and root"),
+        Some("bridged") if matches!(opts.driver, DriverKind::Process | DriverKind::Qemu) && is_root() => true,
+        Some("bridged") => bail!("config: network.mode = \"bridged\" needs the process or qemu driver, and root"),
         Some(other) => bail!("config: network.mode '{other}' is not allowed; allowed values: host-local, bridged"),
     };
     check_hosts(&cfg.hosts, zones)?;

@@ -473,6 +473,47 @@ pub fn qemu_pids(data_dir: &Path) -> Vec<u32> {
 }
 
 /// Kills the QEMUs of a test's data dir when dropped, whatever happened.
+/// A network namespace a test created: at the end its processes (servers, dnsmasq) are
+/// killed and it is deleted, which removes every interface in it.
+pub struct TestNetns(pub String);
+
+impl TestNetns {
+    /// Creates `ns` with its loopback up.
+    pub fn create(ns: &str) -> TestNetns {
+        assert!(Command::new("ip").args(["netns", "add", ns]).status().unwrap().success(), "ip netns add {ns}");
+        let guard = TestNetns(ns.to_string());
+        assert!(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).status().unwrap().success());
+        guard
+    }
+
+    /// The interfaces in the namespace, sorted.
+    pub fn links(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["-n", &self.0, "-o", "link", "show"]).output().unwrap();
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The pids of the processes in the namespace.
+    pub fn pids(&self) -> Vec<u32> {
+        let out = Command::new("ip").args(["netns", "pids", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 pub struct VmGuard(pub PathBuf);
 
 impl Drop for VmGuard {
