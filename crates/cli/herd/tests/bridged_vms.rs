@@ -7,7 +7,8 @@
 //! - The VMs reach each other by private IP, after resolving each other's computer names
 //!   through the vnet's DNS (a Custom Script on both: an httpd, then `nslookup` and `wget` of
 //!   the other); the host side reaches them on their private IPs.
-//! - Deleting the set leaves no TAP, bridge or dnsmasq behind.
+//! - Every TAP is guarded by herd's nftables bridge table (anti-spoofing).
+//! - Deleting the set leaves no TAP, bridge, dnsmasq or nftables table behind.
 //!
 //! Needs the test guest (`images/testguest/build.sh`; `./scripts/test.sh` builds it) and
 //! dnsmasq (`dnsmasq-base`).
@@ -102,6 +103,12 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
     let links = ns.links();
     assert_eq!(links.iter().filter(|l| l.starts_with("ht")).count(), 2, "{links:?}");
     assert_eq!(links.iter().filter(|l| l.starts_with("hb")).count(), 1, "{links:?}");
+    // Their anti-spoofing table (one per server, family bridge).
+    let tables = || {
+        let out = s.command("nft").args(["list", "tables"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(tables().contains("table bridge herd_"), "{}", tables());
 
     // Each VM asked DHCP and got its reservation: dnsmasq's lease for its MAC.
     let leases = wait_for("a DHCP lease for each VM", BOOT, || {
@@ -151,6 +158,7 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
     assert_eq!(ns.links(), links_before, "no TAP or bridge is left in the namespace");
     let dnsmasq: Vec<u32> = ns.pids().into_iter().filter(|p| comm(*p) == "dnsmasq").collect();
     assert!(dnsmasq.is_empty(), "no dnsmasq is left: {dnsmasq:?}");
+    assert_eq!(tables(), "", "no nftables table is left in the namespace");
     assert!(lease_files().is_empty(), "no segment state is left under {}", herd_hostnet::RUN_ROOT);
 }
 

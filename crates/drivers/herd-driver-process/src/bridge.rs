@@ -34,13 +34,14 @@ fn veth_name(ns: &str) -> String {
 /// that the namespace, the veth pair, the MAC, the MTU, the address and the route exist.
 pub(crate) fn ensure(tag: &str, key: &str, name: &str, att: &NetworkAttachment, ns: &str) -> Result<(), String> {
     let mac = herd_hostnet::mac_for(key);
-    HostNet::for_tag(tag).attach(att, &Reservation { owner: key, mac: &mac, name }).map_err(|e| e.to_string())?;
+    let veth = veth_name(ns);
+    let port = Reservation { owner: key, mac: &mac, name, port: &veth };
+    HostNet::for_tag(tag).attach(att, &port).map_err(|e| e.to_string())?;
     let addr = format!("{}/{}", att.address, att.prefix_len);
     let mtu = att.mtu.to_string();
     if !std::path::Path::new("/run/netns").join(ns).exists() {
         ip(&["netns", "add", ns]).map_err(|e| e.to_string())?;
     }
-    let veth = veth_name(ns);
     let run = |args: &[&str]| ip(args).map_err(|e| e.to_string());
     if !herd_hostnet::link::exists(&veth) {
         run(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;

@@ -583,7 +583,7 @@ impl QemuDriver {
         let (k, mac, name, att, t) =
             (key.path(), spec.mac.clone(), spec.computer_name.clone(), att.clone(), tap.clone());
         blocking(move || {
-            net.attach(&att, &Reservation { owner: &k, mac: &mac, name: &name })?;
+            net.attach(&att, &Reservation { owner: &k, mac: &mac, name: &name, port: &t })?;
             herd_hostnet::link::ensure_tap(&t, &att.bridge, att.mtu)
         })
         .await?

@@ -24,6 +24,7 @@
 //!     <bridge>/dhcp/<owner>     "MAC,IP,NAME": one reservation per instance
 //!     <bridge>/dnsmasq.pid, leases, dnsmasq.log
 //!     dns-<vnet>/<owner>        "IP NAME": one name per instance, for the whole vnet
+//!     ports/<owner>             "PORT MAC IP": what the port may send as (see [`guard`])
 //! ```
 //!
 //! A segment's life (the bridge and its dnsmasq together):
@@ -39,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dnsmasq;
+pub mod guard;
 pub mod link;
 mod names;
 
@@ -80,6 +82,9 @@ pub struct Reservation<'a> {
     pub mac: &'a str,
     /// The instance's computer name, served by DHCP and resolvable within the vnet.
     pub name: &'a str,
+    /// The instance's port on the bridge (a TAP or the host end of a veth): it may send only as
+    /// `mac` and the reserved address (see [`guard`]).
+    pub port: &'a str,
 }
 
 /// A bridge's `segment` file: what it takes to rebuild the bridge and restart its dnsmasq.
@@ -115,6 +120,7 @@ impl Segment {
 /// idempotent, so a call after a crash finishes what the crashed one started.
 pub struct HostNet {
     root: PathBuf,
+    guard: guard::Guard,
     /// Bridges this process has seen serving: the common path checks only that the bridge and
     /// its dnsmasq still exist (a `stat` each), instead of running `ip`.
     state: Mutex<HashSet<String>>,
@@ -123,7 +129,9 @@ pub struct HostNet {
 impl HostNet {
     /// The host network under `root` (tests); servers use [`HostNet::for_tag`].
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        HostNet { root: root.into(), state: Mutex::new(HashSet::new()) }
+        let root = root.into();
+        let guard = guard::Guard { table: short_name("herd_", &root.display().to_string()) };
+        HostNet { root, guard, state: Mutex::new(HashSet::new()) }
     }
 
     /// The host network of the server with driver tag `tag`, under [`RUN_ROOT`]: one value per
@@ -169,6 +177,14 @@ impl HostNet {
             link::ensure_bridge(&att.bridge, att.gateway, att.prefix_len, att.mtu)?;
         }
         let file = names::owner_file(r.owner);
+        // The port is guarded before the instance can send anything.
+        let port = guard::Port { name: r.port.to_string(), mac: r.mac.to_string(), ip: att.address };
+        make_dir(&self.ports_dir())?;
+        write_atomic(&self.root, &self.ports_dir().join(&file), &port.render())?;
+        // (A table deleted behind our back is written again whole.)
+        if !known || self.guard.admit(&port).is_err() {
+            self.guard.install(&self.ports())?;
+        }
         write_atomic(
             &dir,
             &dnsmasq::reservations_dir(&dir).join(&file),
@@ -188,7 +204,11 @@ impl HostNet {
     pub fn detach(&self, owner: &str) -> Result<(), NetError> {
         let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let file = names::owner_file(owner);
-        let mut changed = false;
+        let port_file = self.ports_dir().join(&file);
+        if let Some(port) = std::fs::read_to_string(&port_file).ok().and_then(|t| guard::Port::parse(&t)) {
+            self.guard.forget(&port)?;
+        }
+        let mut changed = remove_file(&port_file)?;
         for (bridge, seg) in self.segments() {
             let dir = self.bridge_dir(&bridge);
             changed |= remove_file(&dnsmasq::reservations_dir(&dir).join(&file))?;
@@ -198,6 +218,21 @@ impl HostNet {
             self.settle(&mut seen)?;
         }
         Ok(())
+    }
+
+    fn ports_dir(&self) -> PathBuf {
+        self.root.join("ports")
+    }
+
+    /// Every guarded port's record.
+    fn ports(&self) -> Vec<guard::Port> {
+        let Ok(dir) = std::fs::read_dir(self.ports_dir()) else { return vec![] };
+        dir.flatten().filter_map(|e| guard::Port::parse(&std::fs::read_to_string(e.path()).ok()?)).collect()
+    }
+
+    /// The nftables table that guards this server's ports.
+    pub fn guard_table(&self) -> &str {
+        &self.guard.table
     }
 
     /// Tears down segments with no reservation left and makes every other dnsmasq read its
@@ -217,6 +252,12 @@ impl HostNet {
             } else {
                 dnsmasq::reload(&dir);
             }
+        }
+        if self.ports_dir().exists() && is_empty(&self.ports_dir()) {
+            if self.guard.exists() {
+                self.guard.remove()?;
+            }
+            let _ = std::fs::remove_dir(self.ports_dir());
         }
         if is_empty(&self.root) {
             let _ = std::fs::remove_dir(&self.root);
@@ -248,6 +289,11 @@ impl HostNet {
                 fixed.push(format!("dnsmasq for bridge {bridge} restarted"));
             }
             seen.insert(bridge);
+        }
+        let ports = self.ports();
+        if !ports.is_empty() && !self.guard.exists() {
+            self.guard.install(&ports)?;
+            fixed.push(format!("nftables table {} re-created", self.guard.table));
         }
         self.settle(&mut seen)?;
         Ok(fixed)

@@ -78,10 +78,13 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
             vnet: "hztest".into(),
         };
         let (mac_a, mac_b) = ("52:54:00:77:00:04", "52:54:00:77:00:05");
-        net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000" }).unwrap();
-        net.attach(&att(5), &Reservation { owner: "rg/web/1", mac: mac_b, name: "web000001" }).unwrap();
+        net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000", port: "hvtest0" })
+            .unwrap();
+        net.attach(&att(5), &Reservation { owner: "rg/web/1", mac: mac_b, name: "web000001", port: "hvtest1" })
+            .unwrap();
         // Again: idempotent, same result.
-        net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000" }).unwrap();
+        net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000", port: "hvtest0" })
+            .unwrap();
         assert!(link::exists("hbtest0"), "the bridge exists in the host namespace");
         assert_eq!(net.bridges(), ["hbtest0"]);
         let pid = net.dnsmasq_pid("hbtest0").expect("dnsmasq serves the bridge");
@@ -107,6 +110,24 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
         let lookup = |name: &str| output(&["ip", "netns", "exec", &client2, "busybox", "nslookup", name, "10.77.0.1"]);
         let (_, b) = lookup("web000001");
         assert!(b.contains("10.77.0.5"), "instance names resolve within the vnet: {b}");
+
+        // Anti-spoofing: the port may send only as its own MAC and address.
+        let table = net.guard_table().to_string();
+        run(&["nft", "list", "table", "bridge", &table]);
+        let ping =
+            || output(&["ip", "netns", "exec", &client2, "busybox", "ping", "-c", "1", "-W", "1", "10.77.0.1"]).0;
+        assert!(ping(), "the instance reaches its gateway as itself");
+        let set_ip = |ip: &str| {
+            run(&["ip", "-n", &client2, "addr", "flush", "dev", "eth0"]);
+            run(&["ip", "-n", &client2, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        };
+        set_ip("10.77.0.5");
+        assert!(!ping(), "with another instance's address, nothing passes");
+        set_ip("10.77.0.4");
+        run(&["ip", "-n", &client2, "link", "set", "eth0", "address", mac_b]);
+        assert!(!ping(), "with another instance's MAC, nothing passes");
+        run(&["ip", "-n", &client2, "link", "set", "eth0", "address", mac_a]);
+        assert!(ping(), "as itself again, it passes");
 
         // dnsmasq killed: repair restarts it, and it serves the same reservations.
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -137,6 +158,7 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
         net.detach("rg/web/0").unwrap();
         net.detach("rg/web/0").unwrap();
         assert!(!link::exists("hbtest0"), "the bridge goes with its last instance");
+        assert!(!output(&["nft", "list", "table", "bridge", &table]).0, "the guard table goes with the last port");
         assert!(net.bridges().is_empty());
         assert!(!net_root.exists(), "no files left under {}", net_root.display());
         let (_, ps) = output(&["pgrep", "-f", "--", &format!("--pid-file={}", net_root.display())]);
