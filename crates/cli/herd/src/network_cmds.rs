@@ -83,6 +83,10 @@ pub enum SubnetCmd {
         /// The subnet's prefix, inside the vnet's address space, e.g. 10.0.0.0/24.
         #[arg(long = "address-prefixes", visible_alias = "address-prefix")]
         prefix: String,
+        /// Whether instances reach beyond the vnet through the host's address (SNAT, bridged
+        /// networking). `false` makes the subnet private.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+        default_outbound_access: bool,
     },
     List {
         #[arg(short = 'g', long = "resource-group")]
@@ -334,10 +338,11 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
             }
             VnetCmd::Plain(op) => plain(client, print, "virtualNetworks", VNET_TABLE, op).await,
             VnetCmd::Subnet(s) => match s {
-                SubnetCmd::Create { r, prefix } => {
+                SubnetCmd::Create { r, prefix, default_outbound_access } => {
                     let path =
                         format!("{}/virtualNetworks/{}/subnets/{}", base(&r.group), enc(&r.vnet_name), enc(&r.name));
-                    print(&client.put(&path, &json!({"addressPrefix": prefix})).await?, Some(SUBNET_TABLE))
+                    let body = json!({"addressPrefix": prefix, "defaultOutboundAccess": default_outbound_access});
+                    print(&client.put(&path, &body).await?, Some(SUBNET_TABLE))
                 }
                 SubnetCmd::List { group, vnet_name } => {
                     let v = client.get(&path(&group, "virtualNetworks", &vnet_name)).await?;

@@ -134,6 +134,8 @@ pub struct Addresses {
 #[derive(Debug, Default)]
 pub struct Ipam {
     pub(crate) subnets: BTreeMap<String, herd_model::cidr::Cidr>,
+    /// Subnets without default outbound access (private subnets).
+    pub(crate) private: BTreeSet<String>,
     used: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
@@ -147,6 +149,9 @@ impl Ipam {
         for v in vnets {
             for s in &v.subnets {
                 ipam.subnets.insert(s.id.to_ascii_lowercase(), s.address_prefix);
+                if !s.default_outbound_access {
+                    ipam.private.insert(s.id.to_ascii_lowercase());
+                }
             }
         }
         for (set, r) in records {

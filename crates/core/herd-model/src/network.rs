@@ -60,8 +60,18 @@ pub struct Subnet {
     pub name: String,
     #[schema(value_type = String)]
     pub address_prefix: Cidr,
+    /// Whether instances without a public IP reach beyond the vnet through the host's address
+    /// (SNAT), as Azure's default outbound access. `false` makes the subnet private: only the
+    /// vnet is reachable. Default `true` (bridged networking; see the user guide on Azure's
+    /// own change of default).
+    #[serde(default = "yes")]
+    pub default_outbound_access: bool,
     #[serde(default = "succeeded")]
     pub provisioning_state: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn succeeded() -> String {

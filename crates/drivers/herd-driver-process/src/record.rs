@@ -165,6 +165,7 @@ fn legacy(dir: &Path) -> InstanceRecord {
                 address: it.next()?.parse().ok()?,
                 mtu: 1500,
                 vnet: String::new(),
+                outbound: true,
             })
         }),
         // Kept in its own file, read by the fence check (it may be unreadable: that refuses).
@@ -220,6 +221,7 @@ mod tests {
                 address: "10.0.0.4".parse().unwrap(),
                 mtu: 1500,
                 vnet: String::new(),
+                outbound: true,
             }),
             fence: None,
         }

@@ -180,6 +180,14 @@ pub struct NetworkAttachment {
     /// Empty in records written before vnet DNS existed.
     #[serde(default)]
     pub vnet: String,
+    /// Whether the instance reaches beyond the vnet through the host (the subnet's default
+    /// outbound access).
+    #[serde(default = "outbound_default")]
+    pub outbound: bool,
+}
+
+fn outbound_default() -> bool {
+    true
 }
 
 /// FNV-1a, 64 bits: a stable, dependency-free hash for the names of what drivers make on the

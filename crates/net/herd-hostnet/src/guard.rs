@@ -58,7 +58,7 @@ fn nft_binary() -> Result<&'static str, NetError> {
 }
 
 /// Runs `nft -f -` with `script` as its input.
-fn nft(script: &str) -> Result<(), NetError> {
+pub(crate) fn run_nft(script: &str) -> Result<(), NetError> {
     let mut child = Command::new(nft_binary()?)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -109,24 +109,17 @@ impl Guard {
 
     /// Whether the table exists.
     pub fn exists(&self) -> bool {
-        nft_binary().is_ok_and(|nft| {
-            Command::new(nft)
-                .args(["list", "table", "bridge", &self.table])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        nft_lists("bridge", &self.table)
     }
 
     /// Writes the whole table with `ports` (see [`script`](Self::script)).
     pub fn install(&self, ports: &[Port]) -> Result<(), NetError> {
-        nft(&self.script(ports))
+        run_nft(&self.script(ports))
     }
 
     /// Guards one more port (idempotent).
     pub fn admit(&self, p: &Port) -> Result<(), NetError> {
-        nft(&self.element_lines("add", p))
+        run_nft(&self.element_lines("add", p))
     }
 
     /// Stops guarding a port. Ok if it was not guarded.
@@ -134,15 +127,38 @@ impl Guard {
         // `destroy` (nft 1.0.8) is not in Debian 12's nft; delete each element on its own so
         // one missing element does not keep the others.
         for line in self.element_lines("delete", p).lines() {
-            let _ = nft(line);
+            let _ = run_nft(line);
         }
         Ok(())
     }
 
     /// Removes the table. Ok if absent.
     pub fn remove(&self) -> Result<(), NetError> {
-        nft(&format!("add table bridge {t}\ndelete table bridge {t}\n", t = self.table))
+        run_nft(&format!("add table bridge {t}\ndelete table bridge {t}\n", t = self.table))
     }
+}
+
+/// Whether `nft list table FAMILY TABLE` succeeds (the table exists).
+pub(crate) fn nft_lists(family: &str, table: &str) -> bool {
+    nft_binary().is_ok_and(|nft| {
+        Command::new(nft)
+            .args(["list", "table", family, table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Asserts that nft accepts `script` (`nft -c`: checked, nothing is changed). For tests.
+#[cfg(test)]
+pub(crate) fn check_script(script: &str) {
+    let nft = nft_binary().expect("nft is not installed: apt-get install nftables (./scripts/setup.sh installs it)");
+    let mut child =
+        Command::new(nft).args(["-c", "-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "nft -c refused the script: {}\n{script}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[cfg(test)]
@@ -157,13 +173,6 @@ mod tests {
         let s = g.script(std::slice::from_ref(&p));
         assert!(s.starts_with("add table bridge herd_x\ndelete table bridge herd_x\n"), "{s}");
         assert!(s.contains("add element bridge herd_x addrs { \"ht0123\" . 52:54:00:00:00:01 . 10.0.0.4 }"), "{s}");
-        // nft itself accepts it (a check run: nothing is changed).
-        let nft =
-            nft_binary().expect("nft is not installed: apt-get install nftables (./scripts/setup.sh installs it)");
-        let mut child =
-            Command::new(nft).args(["-c", "-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "nft -c refused the script: {}", String::from_utf8_lossy(&out.stderr));
+        check_script(&s);
     }
 }

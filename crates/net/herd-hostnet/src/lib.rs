@@ -43,6 +43,7 @@ pub mod dnsmasq;
 pub mod guard;
 pub mod link;
 mod names;
+pub mod outbound;
 
 pub use dnsmasq::Lease;
 pub use names::{mac_for, short_name, stable_hash, tap_name};
@@ -93,16 +94,24 @@ struct Segment {
     gateway: Ipv4Addr,
     prefix_len: u8,
     mtu: u16,
+    outbound: bool,
     vnet: String,
 }
 
 impl Segment {
     fn of(att: &NetworkAttachment) -> Self {
-        Segment { gateway: att.gateway, prefix_len: att.prefix_len, mtu: att.mtu, vnet: att.vnet.clone() }
+        Segment {
+            gateway: att.gateway,
+            prefix_len: att.prefix_len,
+            mtu: att.mtu,
+            outbound: att.outbound,
+            vnet: att.vnet.clone(),
+        }
     }
 
+    /// `GATEWAY PREFIX_LEN MTU OUTBOUND(0|1) VNET` (the vnet last: it may be empty).
     fn render(&self) -> String {
-        format!("{} {} {} {}\n", self.gateway, self.prefix_len, self.mtu, self.vnet)
+        format!("{} {} {} {} {}\n", self.gateway, self.prefix_len, self.mtu, u8::from(self.outbound), self.vnet)
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -111,8 +120,18 @@ impl Segment {
             gateway: it.next()?.parse().ok()?,
             prefix_len: it.next()?.parse().ok()?,
             mtu: it.next()?.parse().ok()?,
+            outbound: it.next()? != "0",
             vnet: it.next().unwrap_or_default().to_string(),
         })
+    }
+
+    fn prefix(&self) -> outbound::Prefix {
+        let mask = u32::from(dnsmasq::netmask(self.prefix_len));
+        outbound::Prefix {
+            network: Ipv4Addr::from(u32::from(self.gateway) & mask),
+            len: self.prefix_len,
+            outbound: self.outbound,
+        }
     }
 }
 
@@ -121,6 +140,7 @@ impl Segment {
 pub struct HostNet {
     root: PathBuf,
     guard: guard::Guard,
+    outbound: outbound::Outbound,
     /// Bridges this process has seen serving: the common path checks only that the bridge and
     /// its dnsmasq still exist (a `stat` each), instead of running `ip`.
     state: Mutex<HashSet<String>>,
@@ -130,8 +150,10 @@ impl HostNet {
     /// The host network under `root` (tests); servers use [`HostNet::for_tag`].
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
-        let guard = guard::Guard { table: short_name("herd_", &root.display().to_string()) };
-        HostNet { root, guard, state: Mutex::new(HashSet::new()) }
+        // One name for both of the server's tables (families bridge and ip).
+        let table = short_name("herd_", &root.display().to_string());
+        let (guard, outbound) = (guard::Guard { table: table.clone() }, outbound::Outbound { table });
+        HostNet { root, guard, outbound, state: Mutex::new(HashSet::new()) }
     }
 
     /// The host network of the server with driver tag `tag`, under [`RUN_ROOT`]: one value per
@@ -175,6 +197,7 @@ impl HostNet {
             }
             write_atomic(&dir, &dir.join("segment"), &seg.render())?;
             link::ensure_bridge(&att.bridge, att.gateway, att.prefix_len, att.mtu)?;
+            self.outbound.install(&self.prefixes())?;
         }
         let file = names::owner_file(r.owner);
         // The port is guarded before the instance can send anything.
@@ -215,7 +238,7 @@ impl HostNet {
             changed |= remove_file(&self.names_dir(&seg.vnet).join(&file))?;
         }
         if changed {
-            self.settle(&mut seen)?;
+            self.settle(&mut seen, true)?;
         }
         Ok(())
     }
@@ -230,14 +253,20 @@ impl HostNet {
         dir.flatten().filter_map(|e| guard::Port::parse(&std::fs::read_to_string(e.path()).ok()?)).collect()
     }
 
+    /// Every segment's prefix and outbound access.
+    fn prefixes(&self) -> Vec<outbound::Prefix> {
+        self.segments().iter().map(|(_, seg)| seg.prefix()).collect()
+    }
+
     /// The nftables table that guards this server's ports.
     pub fn guard_table(&self) -> &str {
         &self.guard.table
     }
 
-    /// Tears down segments with no reservation left and makes every other dnsmasq read its
-    /// files again.
-    fn settle(&self, seen: &mut HashSet<String>) -> Result<(), NetError> {
+    /// Tears down segments with no reservation left (and, with `reload`, makes every other
+    /// dnsmasq read its files again, after a reservation was removed).
+    fn settle(&self, seen: &mut HashSet<String>, reload: bool) -> Result<(), NetError> {
+        let mut gone = false;
         for (bridge, seg) in self.segments() {
             let dir = self.bridge_dir(&bridge);
             if is_empty(&dnsmasq::reservations_dir(&dir)) {
@@ -245,13 +274,17 @@ impl HostNet {
                 link::remove(&bridge)?;
                 std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
                 seen.remove(&bridge);
+                gone = true;
                 let names = self.names_dir(&seg.vnet);
                 if is_empty(&names) {
                     let _ = std::fs::remove_dir(&names);
                 }
-            } else {
+            } else if reload {
                 dnsmasq::reload(&dir);
             }
+        }
+        if gone {
+            self.outbound.install(&self.prefixes())?;
         }
         if self.ports_dir().exists() && is_empty(&self.ports_dir()) {
             if self.guard.exists() {
@@ -290,12 +323,17 @@ impl HostNet {
             }
             seen.insert(bridge);
         }
+        let prefixes = self.prefixes();
+        if !prefixes.is_empty() && !self.outbound.exists() {
+            self.outbound.install(&prefixes)?;
+            fixed.push(format!("nftables table ip {} re-created", self.outbound.table));
+        }
         let ports = self.ports();
         if !ports.is_empty() && !self.guard.exists() {
             self.guard.install(&ports)?;
-            fixed.push(format!("nftables table {} re-created", self.guard.table));
+            fixed.push(format!("nftables table bridge {} re-created", self.guard.table));
         }
-        self.settle(&mut seen)?;
+        self.settle(&mut seen, false)?;
         Ok(fixed)
     }
 
@@ -369,8 +407,15 @@ mod tests {
 
     #[test]
     fn segment_records_round_trip() {
-        let s = Segment { gateway: Ipv4Addr::new(10, 0, 1, 1), prefix_len: 24, mtu: 1450, vnet: "hz0123".into() };
-        assert_eq!(Segment::parse(&s.render()), Some(s));
+        let s = Segment {
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            prefix_len: 24,
+            mtu: 1450,
+            outbound: false,
+            vnet: "hz0123".into(),
+        };
+        assert_eq!(Segment::parse(&s.render()), Some(s.clone()));
+        assert_eq!(s.prefix(), outbound::Prefix { network: Ipv4Addr::new(10, 0, 1, 0), len: 24, outbound: false });
         assert_eq!(Segment::parse("10.0.0.1 24"), None);
     }
 }

@@ -34,6 +34,29 @@ impl Drop for Namespaces {
     }
 }
 
+/// Listens in `inet` on 10.99.0.2:9000 for one connection, connects from `client`, and
+/// returns the address the listener saw.
+fn peer_seen_by(inet: &str, client: &str) -> String {
+    let mut listener = Command::new("ip")
+        .args(["netns", "exec", inet, "python3", "-c"])
+        .arg(
+            "import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('10.99.0.2', 9000)); s.listen(1); s.settimeout(30); print('ready', flush=True)\n\
+             c, a = s.accept(); c.sendall(a[0].encode()); c.close()",
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(listener.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the listener in the internet namespace did not start");
+    let (ok, seen) = output(&["ip", "netns", "exec", client, "busybox", "nc", "-w", "5", "10.99.0.2", "9000"]);
+    assert!(ok, "the instance could not reach the internet namespace: {seen}");
+    assert!(listener.wait().unwrap().success(), "the listener in the internet namespace failed");
+    seen.trim().to_string()
+}
+
 fn need(tool: &str, hint: &str) {
     assert!(std::path::Path::new(tool).exists(), "{tool} is missing: {hint} (./scripts/setup.sh installs it)");
 }
@@ -47,9 +70,10 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
     need("/usr/sbin/dnsmasq", "apt-get install dnsmasq-base");
     need("/bin/busybox", "apt-get install busybox-static");
     let id = std::process::id();
-    let (host, client) = (format!("hnth{id}"), format!("hntc{id}"));
-    let _ns = Namespaces(vec![client.clone(), host.clone()]);
-    for ns in [&host, &client] {
+    let (host, client, inet) = (format!("hnth{id}"), format!("hntc{id}"), format!("hnti{id}"));
+    let private_client = format!("hntp{id}");
+    let _ns = Namespaces(vec![client.clone(), private_client.clone(), inet.clone(), host.clone()]);
+    for ns in [&host, &client, &inet, &private_client] {
         run(&["ip", "netns", "add", ns]);
         run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
@@ -62,7 +86,15 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
         .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+    // "The internet": a namespace behind the host's uplink that knows no route to the vnet,
+    // so only a masqueraded packet gets an answer.
+    run(&["ip", "-n", &host, "link", "add", "hup0", "type", "veth", "peer", "name", "eth0", "netns", &inet]);
+    run(&["ip", "-n", &host, "addr", "add", "10.99.0.1/24", "dev", "hup0"]);
+    run(&["ip", "-n", &host, "link", "set", "hup0", "up"]);
+    run(&["ip", "-n", &inet, "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    run(&["ip", "-n", &inet, "link", "set", "eth0", "up"]);
     let (host2, client2, script) = (host.clone(), client.clone(), script.display().to_string());
+    let (inet2, pclient) = (inet.clone(), private_client.clone());
     // Everything that acts on the host side runs on a thread inside the host namespace; the
     // commands it starts (ip, dnsmasq) inherit that namespace.
     std::thread::spawn(move || {
@@ -76,6 +108,7 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
             address: format!("10.77.0.{last}").parse().unwrap(),
             mtu: 1400,
             vnet: "hztest".into(),
+            outbound: true,
         };
         let (mac_a, mac_b) = ("52:54:00:77:00:04", "52:54:00:77:00:05");
         net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000", port: "hvtest0" })
@@ -128,6 +161,36 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
         assert!(!ping(), "with another instance's MAC, nothing passes");
         run(&["ip", "-n", &client2, "link", "set", "eth0", "address", mac_a]);
         assert!(ping(), "as itself again, it passes");
+
+        // Outbound: the instance reaches "the internet", which sees the host's address.
+        run(&["ip", "-n", &client2, "route", "replace", "default", "via", "10.77.0.1"]);
+        let seen = peer_seen_by(&inet2, &client2);
+        assert_eq!(seen, "10.99.0.1", "the internet sees the host's address, not the instance's");
+        // A private subnet (no default outbound access) reaches its gateway but not beyond.
+        let private = NetworkAttachment {
+            bridge: "hbtest1".into(),
+            gateway: "10.78.0.1".parse().unwrap(),
+            prefix_len: 24,
+            address: "10.78.0.4".parse().unwrap(),
+            mtu: 1500,
+            vnet: "hztest".into(),
+            outbound: false,
+        };
+        let mac_c = "52:54:00:78:00:04";
+        net.attach(&private, &Reservation { owner: "rg/db/0", mac: mac_c, name: "db000000", port: "hvtest2" }).unwrap();
+        run(&["ip", "link", "add", "hvtest2", "type", "veth", "peer", "name", "eth0", "netns", &pclient]);
+        run(&["ip", "link", "set", "hvtest2", "master", "hbtest1", "up"]);
+        run(&["ip", "-n", &pclient, "link", "set", "eth0", "address", mac_c, "up"]);
+        run(&["ip", "-n", &pclient, "addr", "add", "10.78.0.4/24", "dev", "eth0"]);
+        run(&["ip", "-n", &pclient, "route", "replace", "default", "via", "10.78.0.1"]);
+        let ping_from =
+            |dst: &str| output(&["ip", "netns", "exec", &pclient, "busybox", "ping", "-c", "1", "-W", "1", dst]).0;
+        assert!(ping_from("10.78.0.1"), "a private subnet reaches its gateway");
+        assert!(!ping_from("10.99.0.2"), "a private subnet does not reach the internet");
+        assert!(ping_from("10.77.0.4"), "a private subnet reaches the rest of the vnet");
+        net.detach("rg/db/0").unwrap();
+        assert!(!link::exists("hbtest1"), "the private segment goes with its instance");
+        assert_eq!(peer_seen_by(&inet2, &client2), "10.99.0.1", "the other segment keeps its outbound access");
 
         // dnsmasq killed: repair restarts it, and it serves the same reservations.
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();

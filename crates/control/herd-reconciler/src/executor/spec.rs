@@ -144,6 +144,7 @@ impl Reconciler {
             bridge: name("hb", &subnet),
             vnet: name("hz", vnet),
             mtu: herd_driver::DEFAULT_MTU,
+            outbound: !ipam.private.contains(&subnet),
             gateway: cidr.nth(1)?,
             prefix_len: cidr.len,
             address,
