@@ -807,3 +807,30 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_slot_gets_a_new_generation_so_stale_tokens_miss() {
+        let mut slab = Slab::new();
+        let (a, gen_a) = slab.insert("a");
+        assert_eq!(slab.vacant(), (1, 0));
+        assert_eq!(slab.remove(a), Some("a"));
+        assert_eq!(slab.remove(a), None, "removing twice does nothing");
+        let (slot, gen) = slab.vacant();
+        assert_eq!(slot, a, "the slot is reused");
+        assert_ne!(gen, gen_a);
+        assert_eq!(slab.insert("b"), (slot, gen));
+        assert!(slab.get_mut(a, gen_a).is_none(), "a token of the old occupant misses");
+        assert_eq!(slab.get_mut(a, gen), Some(&mut "b"));
+        // The generation fits its token field and wraps inside it.
+        let token = conn_token(a, GEN_MASK, server_side(1)).0;
+        assert_eq!((token >> SIDE_BITS) & SLOT_MASK, a);
+        assert_eq!((token >> 32) as u32 & GEN_MASK, GEN_MASK);
+        assert_eq!(token & LISTENER, 0);
+        assert_ne!(server_side(0), server_side(1));
+        assert_ne!(server_side(0), CLIENT);
+    }
+}
