@@ -1,0 +1,103 @@
+//! Bridged networking survives a crash: `kill -9` of `herd server` in the middle of creating 20
+//! bridged process instances, then a restart, converges with no duplicate address, every DHCP
+//! reservation naming the right MAC and address, one veth and one namespace per instance, one
+//! dnsmasq; deleting the set then leaves no interface, namespace, dnsmasq, nftables table or
+//! state file. Everything runs inside a network namespace this test creates.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+fn instance_netns() -> BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("hn")).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `MAC -> IP` of every DHCP reservation file under herd's runtime directory.
+fn reservations() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for server in std::fs::read_dir(herd_hostnet::RUN_ROOT).into_iter().flatten().flatten() {
+        for bridge in std::fs::read_dir(server.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(bridge.path().join("dhcp")).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                let mut it = text.trim().split(',');
+                if let (Some(mac), Some(ip)) = (it.next(), it.next()) {
+                    assert!(out.insert(mac.to_string(), ip.to_string()).is_none(), "one reservation per MAC: {mac}");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "bridged networking needs root (namespaces, bridges): run ./scripts/test.sh as root, as CI does"
+    );
+    let ns = TestNetns::create(&format!("herdc{}", std::process::id()));
+    let links_before = ns.links();
+    let netns_before = instance_netns();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = "[network]\nmode = \"bridged\"\n[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 4\n";
+    let mut s = Server::start_in(&ns.0, "process", &data, Some(config));
+    let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
+    s.group_with_image("rg", "Herd:Sleeper:1:1.0.0", &img);
+    s.ok(&words("network vnet create -g rg -n vnet1 --address-prefix 10.0.0.0/16"));
+    s.ok(&words("network vnet subnet create -g rg --vnet-name vnet1 -n web --address-prefixes 10.0.0.0/24"));
+    s.ok(&words(
+        "vmss create -g rg -n web --image Herd:Sleeper:1:1.0.0 --instance-count 20 --vm-sku Standard_B1s \
+         --vnet-name vnet1 --subnet web --disable-overprovision --no-wait --quiet",
+    ));
+    // Kill on observed state, not on a timer.
+    let seen = wait_for("4 or more running instances", Duration::from_secs(120), || {
+        let n = instance_group_leaders(&data).len();
+        (n >= 4).then_some(n)
+    });
+    s.kill9();
+    let after_kill = instance_group_leaders(&data).len();
+    assert!(after_kill < 20, "the crash happened mid-way: {seen} seen, {after_kill} after the kill");
+
+    s.restart();
+    s.ok(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "300"]);
+    let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 20, "exactly 20 instances");
+    let mut want = BTreeMap::new();
+    for i in list {
+        let ip = i["privateIpAddress"].as_str().unwrap().to_string();
+        assert_eq!(i["reachAddress"].as_str(), Some(ip.as_str()), "{i}");
+        let mac = herd_hostnet::mac_for(&format!("rg/web/{}", i["instanceId"].as_str().unwrap()));
+        want.insert(mac, ip);
+    }
+    let ips: BTreeSet<&String> = want.values().collect();
+    assert_eq!(ips.len(), 20, "no duplicate addresses: {want:?}");
+    let expected: BTreeSet<String> = (4..24).map(|n| format!("10.0.0.{n}")).collect();
+    assert_eq!(ips.into_iter().cloned().collect::<BTreeSet<_>>(), expected, "the lowest 20 after the reserved ones");
+    assert_eq!(reservations(), want, "every DHCP reservation names the instance's MAC and address, and no other");
+    let links = ns.links();
+    assert_eq!(links.iter().filter(|l| l.starts_with("hv")).count(), 20, "one veth per instance: {links:?}");
+    assert_eq!(links.iter().filter(|l| l.starts_with("hb")).count(), 1, "one bridge: {links:?}");
+    assert_eq!(instance_netns().difference(&netns_before).count(), 20, "one namespace per instance");
+    let dnsmasq = || ns.pids().into_iter().filter(|p| comm(*p) == "dnsmasq").count();
+    assert_eq!(dnsmasq(), 1, "one dnsmasq for the subnet, adopted across the crash");
+
+    s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet", "--timeout", "300"]);
+    assert_eq!(ns.links(), links_before, "no veth or bridge is left");
+    assert!(instance_netns().difference(&netns_before).next().is_none(), "no instance namespace is left");
+    assert_eq!(dnsmasq(), 0, "no dnsmasq is left");
+    let tables = s.command("nft").args(["list", "tables"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&tables.stdout), "", "no nftables table is left");
+    assert!(reservations().is_empty(), "no reservation file is left");
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
