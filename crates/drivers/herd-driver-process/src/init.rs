@@ -77,6 +77,12 @@ impl Launcher {
         args
     }
 
+    /// The command that runs the same program as the spawner (`--spawner` is added by
+    /// `Spawner::start`).
+    pub fn spawner_command(&self) -> (PathBuf, Vec<String>) {
+        (self.program.clone(), self.prefix.iter().map(|p| p.to_string()).collect())
+    }
+
     /// Whether it gives a child its own hostname here (we are root and the kernel allows it).
     fn works(&self) -> bool {
         nix::unistd::geteuid().is_root()
