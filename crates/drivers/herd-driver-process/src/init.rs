@@ -7,6 +7,11 @@
 //! beside it runs the same code in about half that (`perf stat`, beyond what `/bin/true` costs;
 //! see `docs/benchmarks.md`). The driver uses the small one when it is there and works, else
 //! `herd instance-init` (see [`Launcher::find`]).
+//!
+//! The same program runs as the driver's spawner (`--spawner`, see the `spawner` module),
+//! which does all of this in the child it forks, without the extra `exec`; the launcher itself
+//! then starts only what the spawner cannot (bridged instances, or any start after the
+//! spawner is gone).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

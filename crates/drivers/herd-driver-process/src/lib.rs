@@ -81,10 +81,15 @@
 //! The environment is fixed when the instance is created or reimaged (kept in its `state` file),
 //! so a restart starts the instance as it was built, as a VM's disk would.
 //!
-//! When the server runs as root and `/usr/bin/unshare` works, `init` runs in its own UTS
-//! namespace through `unshare --uts -- /bin/sh -c 'hostname "$HERD_COMPUTER_NAME" && exec ./init'`,
-//! so `hostname` inside prints the computer name; otherwise `init` is executed directly
-//! (see [`ProcessDriver::sets_hostname`]). Either way the group leader's pid is `init`'s.
+//! When the server runs as root and UTS namespaces work, `init` runs in its own UTS namespace
+//! with the computer name as hostname, so `hostname` inside prints it; otherwise `init` is
+//! executed as it is (see [`ProcessDriver::sets_hostname`]). With a launcher
+//! ([`ProcessDriver::with_launcher`], as the server runs it) the driver's **spawner** starts
+//! `init`: a small single-threaded process that forks, sets the hostname and execs `init`, so
+//! no instance inherits the server's descriptors or pays for a launcher's `exec` (see the
+//! `spawner` module, with its lifecycle). Without one, or when the spawner is gone, `init`
+//! is started from the server, through the launcher or `unshare --uts -- /bin/sh -c 'hostname
+//! "$HERD_COMPUTER_NAME" && exec ./init'`. Either way the group leader's pid is `init`'s.
 //!
 //! # Extension runs (`run_script`)
 //!

@@ -1,6 +1,8 @@
 //! Starting an instance's `init`: its command line, environment, stdio and hostname.
 //!
-//! Why: this is the one place that decides what an instance sees of the host. The environment
+//! Why: this is the one place that decides what an instance sees of the host. [`plan`] reads
+//! it from the instance's directory; the driver hands the plan to its spawner (see the
+//! `spawner` module) or, without one, to [`launch`], which starts `init` from this process. The environment
 //! is built from the spec once (at create and reimage time) and kept in the instance's record
 //! (its `state` file), because `set_power` and `restart` get only a key and must still start the instance
 //! exactly as it was built.

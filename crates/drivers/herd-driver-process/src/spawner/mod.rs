@@ -53,7 +53,7 @@
 //! before `execve`).
 
 mod serve;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use serve::serve;
 
