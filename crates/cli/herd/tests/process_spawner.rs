@@ -187,10 +187,12 @@ async fn exit_statuses_come_back_through_the_spawner() {
         assert!(Instant::now() < limit, "instance 2 is {:?}", fx.power(2).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A failure to start is a failed start, with the reason.
-    std::fs::remove_file(fx.dir(1).join("work/init")).unwrap();
+    // An init the kernel cannot execute (its interpreter is missing) is a failed start with the
+    // reason, as the spawner's child reports it.
+    std::fs::write(fx.dir(1).join("work/init"), "#!/nonexistent/interpreter\n").unwrap();
     let err = fx.driver().restart(&key(1), Fence::FIRST).await.unwrap_err().to_string();
-    assert!(err.contains("init"), "{err}");
+    assert!(err.contains("cannot start init: No such file or directory"), "{err}");
+    assert!(failed(fx.power(1).await, "failed to start: cannot start init"), "instance 1 is {:?}", fx.power(1).await);
 }
 
 #[tokio::test]

@@ -20,9 +20,13 @@
 //! and stderr; the working directory; the death signal cleared and the parent checked once
 //! more; `execve`. Every other descriptor of the spawner is close-on-exec, so the program
 //! starts with exactly 0, 1 and 2. A failing step writes its number and `errno` to a
-//! close-on-exec pipe and exits 127; the spawner reads that pipe until it closes (at the
-//! `execve`), so it answers `Started` only for a program that was executed, else `Failed` with
-//! the step and the error.
+//! close-on-exec pipe and exits 127. The spawner does not wait for that pipe: it reads the
+//! child's start time at once, goes on with the next request, and polls the pipes of the
+//! children still starting beside its socket; when one closes empty (at the `execve`) it
+//! answers `Started`, when it carries a step it answers `Failed` with the step and the error.
+//! So it answers `Started` only for a program that was executed, and herd hears a child's
+//! `Started` before its `Exited` (a child reaped while still listed as starting is answered
+//! first).
 
 #![allow(unsafe_code)]
 
@@ -77,20 +81,36 @@ fn run() -> Result<(), String> {
 
     let mut frames = Frames::default();
     let mut buf = vec![0u8; 64 * 1024];
+    // Children forked but not yet known to have executed their program.
+    let mut starting: Vec<Starting> = Vec::new();
     loop {
-        let (sock_ready, chld_ready) = {
-            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let (sock_ready, chld_ready, piped) = {
+            let mut fds =
+                vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            fds.extend(starting.iter().map(|s| PollFd::new(s.errors.as_fd(), PollFlags::POLLIN)));
             match nix::poll::poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(format!("poll: {e}")),
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
+            let piped: Vec<bool> = fds[2..].iter().map(ready).collect();
+            (ready(&fds[0]), ready(&fds[1]), piped)
         };
+        // Children that executed their program (or failed to): answered, in the order seen.
+        let mut i = 0;
+        let mut ready = piped.into_iter();
+        while i < starting.len() {
+            if ready.next() == Some(true) {
+                let s = starting.remove(i);
+                send(&mut sock, &s.finish())?;
+            } else {
+                i += 1;
+            }
+        }
         if chld_ready {
             while let Ok(Some(_)) = sfd.read_signal() {}
-            reap(&mut sock)?;
+            reap(&mut sock, &mut starting)?;
         }
         if sock_ready {
             let n = match sock.read(&mut buf) {
@@ -102,11 +122,10 @@ fn run() -> Result<(), String> {
             frames.push(&buf[..n]);
             while let Some(body) = frames.next_body().map_err(|e| format!("an oversized request ({} bytes)", e.0))? {
                 let req = Request::decode(&body).ok_or("a request it cannot read")?;
-                let reply = match start(&req, &devnull, me) {
-                    Ok((pid, start)) => Reply::Started { id: req.id, pid, start },
-                    Err(message) => Reply::Failed { id: req.id, message },
-                };
-                send(&mut sock, &reply)?;
+                match start(&req, &devnull, me) {
+                    Ok(s) => starting.push(s),
+                    Err(message) => send(&mut sock, &Reply::Failed { id: req.id, message })?,
+                }
             }
         }
     }
@@ -128,8 +147,10 @@ fn send(sock: &mut UnixStream, r: &Reply) -> Result<(), String> {
     sock.write_all(&r.encode()).map_err(|e| format!("answering herd: {e}"))
 }
 
-/// Reaps every child that ended and reports each.
-fn reap(sock: &mut UnixStream) -> Result<(), String> {
+/// Reaps every child that ended and reports each. One still starting is answered first (its
+/// pipe is closed now that it is gone), so herd always hears `Started` before `Exited`; one that
+/// never executed its program is answered `Failed` and not reported again.
+fn reap(sock: &mut UnixStream, starting: &mut Vec<Starting>) -> Result<(), String> {
     loop {
         let (pid, status) = match nix::sys::wait::waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, (code & 0xff) << 8),
@@ -139,6 +160,14 @@ fn reap(sock: &mut UnixStream) -> Result<(), String> {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(format!("waitpid: {e}")),
         };
+        if let Some(i) = starting.iter().position(|s| s.pid == pid) {
+            let answer = starting.remove(i).finish();
+            let failed = matches!(answer, Reply::Failed { .. });
+            send(sock, &answer)?;
+            if failed {
+                continue;
+            }
+        }
         send(sock, &Reply::Exited { pid: pid.as_raw().unsigned_abs(), status })?;
     }
 }
@@ -191,8 +220,44 @@ fn prepare(req: &Request) -> Result<Prepared, String> {
     })
 }
 
-/// Starts one request; `(pid, start time)` once its program was executed.
-fn start(req: &Request, devnull: &OwnedFd, me: Pid) -> Result<(u32, u64), String> {
+/// A child forked for a request, until its program runs (its error pipe closes empty) or its
+/// set-up fails (the pipe carries the step and `errno`).
+struct Starting {
+    id: u64,
+    pid: Pid,
+    start: u64,
+    errors: OwnedFd,
+    hostname: Option<OsString>,
+}
+
+impl Starting {
+    /// The answer, once the pipe is readable or closed (so this does not wait for long: the
+    /// child is executing its program or exiting).
+    fn finish(self) -> Reply {
+        let mut msg = Vec::with_capacity(5);
+        let read = std::fs::File::from(self.errors).read_to_end(&mut msg);
+        let (id, pid) = (self.id, self.pid.as_raw().unsigned_abs());
+        if msg.is_empty() && read.is_ok() {
+            return Reply::Started { id, pid, start: self.start };
+        }
+        // It exits at once (127) without having run anything: reaped here, never reported.
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+        let step = msg.first().copied().unwrap_or(STEP_EXEC);
+        let errno = msg.get(1..5).and_then(|b| b.try_into().ok()).map_or(0, i32::from_le_bytes);
+        let what = STEPS.get(usize::from(step)).copied().unwrap_or("cannot start init");
+        let err = std::io::Error::from_raw_os_error(errno);
+        let message = match (step, &self.hostname) {
+            (STEP_HOSTNAME, Some(h)) => format!("cannot set the hostname to '{}': {err}", h.to_string_lossy()),
+            _ => format!("{what}: {err}"),
+        };
+        Reply::Failed { id, message }
+    }
+}
+
+/// Forks the child of one request. Its start time is read at once, before anything can reap
+/// it; whether its program runs is known later, from its error pipe (see [`Starting`]), so the
+/// spawner forks the next request while this child sets itself up and executes.
+fn start(req: &Request, devnull: &OwnedFd, me: Pid) -> Result<Starting, String> {
     let p = prepare(req)?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot start init: pipe: {e}"))?;
     // SAFETY: this process is single-threaded (the spawner never starts a thread), so the child
@@ -201,6 +266,7 @@ fn start(req: &Request, devnull: &OwnedFd, me: Pid) -> Result<(u32, u64), String
     match unsafe { nix::unistd::fork() } {
         Err(e) => Err(format!("cannot start init: fork: {e}")),
         Ok(ForkResult::Child) => {
+            drop(err_r);
             let (step, errno) = child(&p, devnull, me);
             let mut msg = [0u8; 5];
             msg[0] = step;
@@ -212,26 +278,17 @@ fn start(req: &Request, devnull: &OwnedFd, me: Pid) -> Result<(u32, u64), String
         }
         Ok(ForkResult::Parent { child }) => {
             drop(err_w);
-            let mut msg = Vec::with_capacity(5);
-            let read = std::fs::File::from(err_r).read_to_end(&mut msg);
             let pid = child.as_raw().unsigned_abs();
-            if msg.is_empty() && read.is_ok() {
-                // Not reaped before this answer is sent, so its stat is there even if it exited.
-                return match crate::procfs::read_stat(pid) {
-                    Some(st) => Ok((pid, st.starttime)),
-                    None => Err(format!("cannot read /proc/{pid}/stat of the new init")),
-                };
+            match crate::procfs::read_stat(pid) {
+                Some(st) => {
+                    Ok(Starting { id: req.id, pid: child, start: st.starttime, errors: err_r, hostname: p.hostname })
+                }
+                None => {
+                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(format!("cannot read /proc/{pid}/stat of the new init"))
+                }
             }
-            // The child exits at once: reap it here, it is never reported.
-            let _ = nix::sys::wait::waitpid(child, None);
-            let step = msg.first().copied().unwrap_or(STEP_EXEC);
-            let errno = msg.get(1..5).and_then(|b| b.try_into().ok()).map_or(0, i32::from_le_bytes);
-            let what = STEPS.get(usize::from(step)).copied().unwrap_or("cannot start init");
-            let err = std::io::Error::from_raw_os_error(errno);
-            Err(match (step, &p.hostname) {
-                (STEP_HOSTNAME, Some(h)) => format!("cannot set the hostname to '{}': {err}", h.to_string_lossy()),
-                _ => format!("{what}: {err}"),
-            })
         }
     }
 }
