@@ -244,3 +244,38 @@ async fn dropping_the_driver_ends_its_spawner_but_not_its_instances() {
     wait_for("the spawner to exit", || !alive(spawner)).await;
     assert!(alive(instance));
 }
+
+/// Both forms of the spawner (the small binary, and `herd instance-init --spawner` for when it
+/// is not installed) answer Hello with their pid on the socket they get as stdin, and exit
+/// cleanly when herd's end closes. Needs no root.
+#[test]
+fn both_spawner_forms_say_hello_and_end_with_their_socket() {
+    use std::io::Read;
+    let small = PathBuf::from(env!("CARGO_BIN_EXE_herd-instance-init"));
+    for (program, args) in
+        [(small, vec!["--spawner"]), (PathBuf::from(env!("CARGO_BIN_EXE_herd")), vec!["instance-init", "--spawner"])]
+    {
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut child = std::process::Command::new(&program)
+            .args(&args)
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .spawn()
+            .unwrap();
+        ours.set_read_timeout(Some(herd_test_support::scaled(Duration::from_secs(10)))).unwrap();
+        // A frame: u32 length 5, then 'H' and the pid (little-endian).
+        let mut frame = [0u8; 9];
+        ours.read_exact(&mut frame).unwrap_or_else(|e| panic!("{}: no Hello: {e}", program.display()));
+        assert_eq!(frame[..5], [5, 0, 0, 0, b'H']);
+        assert_eq!(u32::from_le_bytes(frame[5..].try_into().unwrap()), child.id());
+        drop(ours);
+        let deadline = Instant::now() + herd_test_support::scaled(Duration::from_secs(10));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{} did not end at EOF", program.display());
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "{}: {status}", program.display());
+    }
+}
