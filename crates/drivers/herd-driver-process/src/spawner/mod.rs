@@ -7,9 +7,9 @@
 //! one, about 2,400 of them with 1,000 instances (metadata listeners, tokio's pidfds), close to
 //! a second of CPU per 1,000 starts. And the hostname needed a launcher program
 //! (`herd-instance-init`: new UTS namespace, `sethostname`, `exec ./init`), one more `exec` per
-//! instance. The spawner is tiny, single-threaded and holds a handful of descriptors: its `fork` is
-//! cheap, the child sets the hostname itself before its one `execve`, and inherits nothing of
-//! the server (its descriptors are exactly 0, 1 and 2). See `docs/benchmarks.md`,
+//! instance. The spawner is tiny, single-threaded and holds a handful of descriptors: its
+//! `fork` is cheap, the child sets the hostname itself before its one `execve`, and inherits
+//! nothing of the server (its descriptors are exactly 0, 1 and 2). See `docs/benchmarks.md`,
 //! "Provisioning", session 11.
 //!
 //! The spawner is the launcher binary in another mode (`herd-instance-init --spawner`, or
