@@ -86,7 +86,8 @@ fn with_health(
     in_place: bool,
 ) -> InstanceView {
     let mut v = r.view(set);
-    v.health = state.health.get(&HealthKey::of(set, r.instance_id).to_string()).map(|h| h.health);
+    // Health recorded for an earlier boot says nothing about this one.
+    v.health = state.health.get(&HealthKey::of(set, r.instance_id).to_string()).map(|h| h.of_boot(r.state_since));
     if r.model_generation < set.model_generation {
         v.upgrade_action = Some(r.upgrade_action(set, in_place));
     }

@@ -561,7 +561,8 @@ pub async fn pool_show(
         for (set, records) in networks::pool_sets(&*s.store, &p.id)? {
             for r in records {
                 let key = HealthKey::of(&set, r.instance_id).to_string();
-                let health = s.health.get(&key).map(|h| h.health);
+                // Health recorded for an earlier boot says nothing about this one.
+                let health = s.health.get(&key).map(|h| h.of_boot(r.state_since));
                 let draining = r.draining_since.is_some();
                 let running = r.state == InstanceState::Running;
                 let healthy = !probed || health == Some(HealthState::Healthy);

@@ -10,25 +10,15 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-fn instance_netns() -> BTreeSet<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("hn")).collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `MAC -> IP` of every DHCP reservation file under herd's runtime directory.
-fn reservations() -> BTreeMap<String, String> {
+/// `MAC -> IP` of every DHCP reservation file of the server of `data`.
+fn reservations(data: &std::path::Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for server in std::fs::read_dir(herd_hostnet::RUN_ROOT).into_iter().flatten().flatten() {
-        for bridge in std::fs::read_dir(server.path()).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(bridge.path().join("dhcp")).into_iter().flatten().flatten() {
-                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-                let mut it = text.trim().split(',');
-                if let (Some(mac), Some(ip)) = (it.next(), it.next()) {
-                    assert!(out.insert(mac.to_string(), ip.to_string()).is_none(), "one reservation per MAC: {mac}");
-                }
+    for bridge in std::fs::read_dir(hostnet_root(data)).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(bridge.path().join("dhcp")).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            let mut it = text.trim().split(',');
+            if let (Some(mac), Some(ip)) = (it.next(), it.next()) {
+                assert!(out.insert(mac.to_string(), ip.to_string()).is_none(), "one reservation per MAC: {mac}");
             }
         }
     }
@@ -43,7 +33,7 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     );
     let ns = TestNetns::create(&format!("herdc{}", std::process::id()));
     let links_before = ns.links();
-    let netns_before = instance_netns();
+    let netns_before = instance_namespaces();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = "[network]\nmode = \"bridged\"\n[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 4\n";
@@ -66,9 +56,14 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     assert!(after_kill < 20, "the crash happened mid-way: {seen} seen, {after_kill} after the kill");
 
     s.restart();
-    s.ok(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "300"]);
-    let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
-    let list = list.as_array().unwrap();
+    let list = wait_for("20 running instances after the restart", Duration::from_secs(300), || {
+        let v = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+        let all = v.as_array().cloned().unwrap_or_default();
+        if let Some(f) = all.iter().find(|i| i["state"] == "Failed") {
+            panic!("an instance failed after the restart: {f}");
+        }
+        (all.len() == 20 && all.iter().all(|i| i["state"] == "Running")).then_some(all)
+    });
     assert_eq!(list.len(), 20, "exactly 20 instances");
     let mut want = BTreeMap::new();
     for i in list {
@@ -81,21 +76,21 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     assert_eq!(ips.len(), 20, "no duplicate addresses: {want:?}");
     let expected: BTreeSet<String> = (4..24).map(|n| format!("10.0.0.{n}")).collect();
     assert_eq!(ips.into_iter().cloned().collect::<BTreeSet<_>>(), expected, "the lowest 20 after the reserved ones");
-    assert_eq!(reservations(), want, "every DHCP reservation names the instance's MAC and address, and no other");
+    assert_eq!(reservations(&data), want, "every DHCP reservation names the instance's MAC and address, and no other");
     let links = ns.links();
     assert_eq!(links.iter().filter(|l| l.starts_with("hv")).count(), 20, "one veth per instance: {links:?}");
     assert_eq!(links.iter().filter(|l| l.starts_with("hb")).count(), 1, "one bridge: {links:?}");
-    assert_eq!(instance_netns().difference(&netns_before).count(), 20, "one namespace per instance");
+    assert_eq!(instance_namespaces().difference(&netns_before).count(), 20, "one namespace per instance");
     let dnsmasq = || ns.pids().into_iter().filter(|p| comm(*p) == "dnsmasq").count();
     assert_eq!(dnsmasq(), 1, "one dnsmasq for the subnet, adopted across the crash");
 
     s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet", "--timeout", "300"]);
     assert_eq!(ns.links(), links_before, "no veth or bridge is left");
-    assert!(instance_netns().difference(&netns_before).next().is_none(), "no instance namespace is left");
+    assert!(instance_namespaces().difference(&netns_before).next().is_none(), "no instance namespace is left");
     assert_eq!(dnsmasq(), 0, "no dnsmasq is left");
     let tables = s.command("nft").args(["list", "tables"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&tables.stdout), "", "no nftables table is left");
-    assert!(reservations().is_empty(), "no reservation file is left");
+    assert!(!hostnet_root(&data).exists(), "no state is left in {}", hostnet_root(&data).display());
 }
 
 fn comm(pid: u32) -> String {

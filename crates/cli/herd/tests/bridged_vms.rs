@@ -112,7 +112,8 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
 
     // Each VM asked DHCP and got its reservation: dnsmasq's lease for its MAC.
     let leases = wait_for("a DHCP lease for each VM", BOOT, || {
-        let text = lease_files().iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect::<String>();
+        let text =
+            lease_files(&data).iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect::<String>();
         let all = ips.iter().all(|(id, ip)| {
             let mac = herd_hostnet::mac_for(&format!("net-rg/web/{id}"));
             text.lines().any(|l| l.split_whitespace().nth(1) == Some(mac.as_str()) && l.contains(&format!(" {ip} ")))
@@ -159,21 +160,13 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
     let dnsmasq: Vec<u32> = ns.pids().into_iter().filter(|p| comm(*p) == "dnsmasq").collect();
     assert!(dnsmasq.is_empty(), "no dnsmasq is left: {dnsmasq:?}");
     assert_eq!(tables(), "", "no nftables table is left in the namespace");
-    assert!(lease_files().is_empty(), "no segment state is left under {}", herd_hostnet::RUN_ROOT);
+    assert!(!hostnet_root(&data).exists(), "no state is left in {}", hostnet_root(&data).display());
 }
 
-/// Every dnsmasq lease file under herd's runtime directory.
-fn lease_files() -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for server in std::fs::read_dir(herd_hostnet::RUN_ROOT).into_iter().flatten().flatten() {
-        for bridge in std::fs::read_dir(server.path()).into_iter().flatten().flatten() {
-            let p = bridge.path().join("leases");
-            if p.is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out
+/// Every dnsmasq lease file of the server of `data`.
+fn lease_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dirs = std::fs::read_dir(hostnet_root(data)).into_iter().flatten().flatten();
+    dirs.map(|d| d.path().join("leases")).filter(|p| p.is_file()).collect()
 }
 
 fn comm(pid: u32) -> String {

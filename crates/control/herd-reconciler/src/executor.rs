@@ -182,9 +182,7 @@ impl Reconciler {
             .filter_map(|r| {
                 let h = board.get(&HealthKey::of(set, r.instance_id).to_string())?;
                 // Health from an earlier boot (the board lags a pass behind) says nothing yet.
-                let this_boot = h.boot == r.state_since.timestamp_millis();
-                let h = if this_boot { h.health } else { Health::Unknown };
-                Some((r.instance_id, h))
+                Some((r.instance_id, h.of_boot(r.state_since)))
             })
             .collect()
     }

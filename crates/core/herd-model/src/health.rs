@@ -40,6 +40,18 @@ pub struct InstanceHealth {
     pub boot: i64,
 }
 
+impl InstanceHealth {
+    /// The health of the boot that became Running at `state_since`: this entry's, when it is
+    /// about that boot, else `Unknown` (the board lags a restart by a pass).
+    pub fn of_boot(&self, state_since: chrono::DateTime<chrono::Utc>) -> HealthState {
+        if self.boot == state_since.timestamp_millis() {
+            self.health
+        } else {
+            HealthState::Unknown
+        }
+    }
+}
+
 /// Health of every instance that a probe covers, keyed by `group/set/id`.
 #[derive(Debug, Default)]
 pub struct HealthBoard(RwLock<BTreeMap<String, InstanceHealth>>);

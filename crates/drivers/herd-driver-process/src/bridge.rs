@@ -25,6 +25,29 @@ pub(crate) fn netns_name(tag: &str, key: &str) -> String {
     herd_hostnet::short_name("hn", &format!("{tag}|{key}"))
 }
 
+/// Where `ip netns` keeps its namespaces (each a mount of the namespace on a file).
+const NETNS_DIR: &str = "/run/netns";
+
+/// What `/run/netns/<name>` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Netns {
+    /// A namespace is mounted on it (its device is nsfs, not the directory's).
+    Mounted,
+    Missing,
+    /// A plain file: `ip netns add` was interrupted before it mounted the namespace.
+    Broken,
+}
+
+fn netns_state(ns: &str) -> Netns {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::path::Path::new(NETNS_DIR);
+    match (std::fs::metadata(dir.join(ns)), std::fs::metadata(dir)) {
+        (Err(_), _) => Netns::Missing,
+        (Ok(f), Ok(d)) if f.dev() == d.dev() => Netns::Broken,
+        (Ok(_), _) => Netns::Mounted,
+    }
+}
+
 /// The host side of the instance's veth pair (interface names are at most 15 characters).
 fn veth_name(ns: &str) -> String {
     format!("hv{}", &ns[2..])
@@ -39,8 +62,17 @@ pub(crate) fn ensure(tag: &str, key: &str, name: &str, att: &NetworkAttachment, 
     HostNet::for_tag(tag).attach(att, &port).map_err(|e| e.to_string())?;
     let addr = format!("{}/{}", att.address, att.prefix_len);
     let mtu = att.mtu.to_string();
-    if !std::path::Path::new("/run/netns").join(ns).exists() {
-        ip(&["netns", "add", ns]).map_err(|e| e.to_string())?;
+    match netns_state(ns) {
+        Netns::Mounted => {}
+        Netns::Missing => ip(&["netns", "add", ns]).map_err(|e| e.to_string())?,
+        Netns::Broken => {
+            // `ip netns add` creates the file, then mounts the namespace on it; a crash in
+            // between leaves a plain file that no command can enter. Remove it and start over.
+            tracing::info!(netns = ns, "re-creating a network namespace a crash left half-made");
+            let _ = ip(&["netns", "del", ns]);
+            let _ = std::fs::remove_file(std::path::Path::new(NETNS_DIR).join(ns));
+            ip(&["netns", "add", ns]).map_err(|e| e.to_string())?;
+        }
     }
     let run = |args: &[&str]| ip(args).map_err(|e| e.to_string());
     if !herd_hostnet::link::exists(&veth) {
@@ -58,8 +90,9 @@ pub(crate) fn ensure(tag: &str, key: &str, name: &str, att: &NetworkAttachment, 
 /// Removes the instance's namespace (which takes its veth pair with it) and its reservation
 /// (the segment goes with its last instance). Ok if absent.
 pub(crate) fn remove(tag: &str, key: &str, ns: &str) -> Result<(), String> {
-    if std::path::Path::new("/run/netns").join(ns).exists() {
+    if netns_state(ns) != Netns::Missing {
         let _ = ip(&["netns", "del", ns]);
+        let _ = std::fs::remove_file(std::path::Path::new(NETNS_DIR).join(ns));
     }
     herd_hostnet::link::remove(&veth_name(ns)).map_err(|e| e.to_string())?;
     HostNet::for_tag(tag).detach(key).map_err(|e| e.to_string())
@@ -68,6 +101,20 @@ pub(crate) fn remove(tag: &str, key: &str, ns: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_file_in_the_netns_directory_is_a_broken_namespace() {
+        assert_eq!(netns_state("no-such-namespace-here"), Netns::Missing);
+        assert!(nix::unistd::geteuid().is_root(), "namespaces need root: run ./scripts/test.sh as root, as CI does");
+        let name = format!("hntest{}", std::process::id());
+        std::fs::create_dir_all(NETNS_DIR).unwrap();
+        std::fs::write(std::path::Path::new(NETNS_DIR).join(&name), b"").unwrap();
+        assert_eq!(netns_state(&name), Netns::Broken, "what an interrupted `ip netns add` leaves");
+        std::fs::remove_file(std::path::Path::new(NETNS_DIR).join(&name)).unwrap();
+        ip(&["netns", "add", &name]).unwrap();
+        assert_eq!(netns_state(&name), Netns::Mounted);
+        ip(&["netns", "del", &name]).unwrap();
+    }
 
     #[test]
     fn names_fit_linux_limits() {

@@ -127,20 +127,20 @@ pub(crate) fn plan(d: &InstanceDir, key: &InstanceKey, tag: &str, set_hostname: 
     // One read of the record for both the environment and the network attachment.
     let rec = crate::record::read(&d.dir).map_err(|e| format!("cannot read the instance's state file: {e}"))?;
     let env = full_env(d, rec.env, key, tag);
-    let hostname = set_hostname.then(|| {
-        env.iter()
-            .find(|(k, _)| k == "HERD_COMPUTER_NAME")
-            .map(|(_, v)| v.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
+    let computer_name = env
+        .iter()
+        .find(|(k, _)| k == "HERD_COMPUTER_NAME")
+        .map(|(_, v)| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let netns = match rec.net {
         Some(att) => {
             let ns = crate::bridge::netns_name(tag, &key.path());
-            crate::bridge::ensure(tag, &key.path(), &hostname, &att, &ns)?;
+            crate::bridge::ensure(tag, &key.path(), &computer_name, &att, &ns)?;
             Some(ns)
         }
         None => None,
     };
+    let hostname = set_hostname.then_some(computer_name);
     Ok(Plan { work, console: d.console(), env, hostname, netns })
 }
 

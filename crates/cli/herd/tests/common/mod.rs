@@ -479,14 +479,24 @@ pub fn qemu_pids(data_dir: &Path) -> Vec<u32> {
 
 /// Kills the QEMUs of a test's data dir when dropped, whatever happened.
 /// A network namespace a test created: at the end its processes (servers, dnsmasq) are
-/// killed and it is deleted, which removes every interface in it.
-pub struct TestNetns(pub String);
+/// killed and it is deleted, which removes every interface in it, and so are the instance
+/// namespaces (`hn*`) that appeared while it lived (a failed test leaves none behind).
+pub struct TestNetns(pub String, std::collections::BTreeSet<String>);
+
+/// The bridged process instances' namespaces on the host.
+pub fn instance_namespaces() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("hn")).collect()
+        })
+        .unwrap_or_default()
+}
 
 impl TestNetns {
     /// Creates `ns` with its loopback up.
     pub fn create(ns: &str) -> TestNetns {
         assert!(Command::new("ip").args(["netns", "add", ns]).status().unwrap().success(), "ip netns add {ns}");
-        let guard = TestNetns(ns.to_string());
+        let guard = TestNetns(ns.to_string(), instance_namespaces());
         assert!(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).status().unwrap().success());
         guard
     }
@@ -516,7 +526,19 @@ impl Drop for TestNetns {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        for ns in instance_namespaces().difference(&self.1) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_file(Path::new("/run/netns").join(ns));
+        }
     }
+}
+
+/// The directory where the server of `data_dir` keeps its bridged networks' state (see
+/// `herd_hostnet`): from its driver tag, in the data dir's cluster file.
+pub fn hostnet_root(data_dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(data_dir.join(herd_driver::tag::CLUSTER_ID_FILE)).unwrap();
+    let (_, tag) = herd_driver::tag::parse_cluster_file(&text);
+    herd_hostnet::HostNet::for_tag(&tag).root().to_path_buf()
 }
 
 pub struct VmGuard(pub PathBuf);
