@@ -48,7 +48,16 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     );
 
     s.restart();
-    s.ok(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "300"]);
+    let waited = s.herd(&["vmss", "wait", "-g", "rg", "-n", "web", "--created", "--quiet", "--timeout", "300"]);
+    if !waited.status.success() {
+        let all = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+        let stuck: Vec<_> = all.as_array().unwrap().iter().filter(|i| i["state"] != "Running").cloned().collect();
+        panic!(
+            "the set did not converge: {}\nnot running: {stuck:?}\nserver log (tail): {}",
+            String::from_utf8_lossy(&waited.stderr),
+            s.log_text().lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+    }
     let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 200, "exactly 200 instances");
