@@ -8,9 +8,11 @@
 //!
 //! Draining: a backend that is marked draining, or that disappears from the snapshot (or whose
 //! whole rule disappears), leaves the Maglev table at once, so it gets no new connections. Its
-//! connections carry on; each watches the backend's drain deadline (set once, when the backend
-//! stops being active: `now + drain_timeout`) and is closed when it passes. A backend that
-//! becomes active again before the deadline clears it and its connections stay.
+//! connections carry on until the backend's drain deadline (set once, when the backend stops
+//! being active: `now + drain_timeout`), when the data-plane threads close them (each thread is
+//! told of the deadline with an `engine::Command::Drain`, and checks it again when it comes
+//! due). A backend that becomes active again before the deadline clears it and its connections
+//! stay.
 //!
 //! Ending a drain early: a backend's `active_connections` counts a connection from its connect
 //! attempt on (not only once it is established), so a backend out of rotation that shows zero
@@ -22,13 +24,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify};
-use tokio::time::Instant;
+use tokio::sync::Notify;
 
 use crate::config::{Distribution, LbConfig, LbOptions};
-use crate::engine::{AcceptLoops, Engine};
+use crate::engine::{AcceptLoops, Control, Engine};
 use crate::error::{BindFailure, LbError};
 use crate::maglev::Maglev;
 use crate::metrics::{get, BackendStats, BackendStatus, Counters, LbStats, RuleCounters, RuleKind, RuleStats};
@@ -61,7 +62,9 @@ pub(crate) struct FrontendState {
     /// Control path only (apply, stats).
     backends: Mutex<BTreeMap<String, Arc<BackendState>>>,
     /// The load balancer's [`LoadBalancer::drained`] signal.
-    pub drained: Arc<Notify>,
+    drained: Arc<Notify>,
+    /// The data-plane threads, told when a backend's drain deadline is set.
+    control: Control,
 }
 
 /// Routing state of one frontend between two applies.
@@ -83,8 +86,10 @@ pub(crate) struct BackendState {
     pub id: String,
     pub counters: Counters,
     /// Deadline after which this backend's connections are closed; `None` while active.
-    pub drain: watch::Sender<Option<Instant>>,
+    drain: Mutex<Option<Instant>>,
     meta: Mutex<(BackendStatus, SocketAddr)>,
+    /// The load balancer's [`LoadBalancer::drained`] signal.
+    drained: Arc<Notify>,
 }
 
 /// Backend of the desired state, after rule/NAT normalisation.
@@ -109,40 +114,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl BackendState {
-    fn new(id: &str, addr: SocketAddr) -> Self {
+    fn new(id: &str, addr: SocketAddr, drained: Arc<Notify>) -> Self {
         BackendState {
             id: id.to_string(),
             counters: Counters::default(),
-            drain: watch::Sender::new(None),
+            drain: Mutex::new(None),
             meta: Mutex::new((BackendStatus::Active, addr)),
+            drained,
         }
     }
 
     /// Records the backend's new status; leaving `Active` starts the drain clock (once).
-    fn set(&self, status: BackendStatus, addr: SocketAddr, drain_deadline: Instant) {
+    /// True when it did, so the data-plane threads must be told.
+    fn set(&self, status: BackendStatus, addr: SocketAddr, drain_deadline: Instant) -> bool {
         *lock(&self.meta) = (status, addr);
+        let mut drain = lock(&self.drain);
         if status == BackendStatus::Active {
-            self.drain.send_if_modified(|d| d.take().is_some());
+            *drain = None;
+            false
+        } else if drain.is_none() {
+            *drain = Some(drain_deadline);
+            true
         } else {
-            self.drain.send_if_modified(|d| {
-                if d.is_none() {
-                    *d = Some(drain_deadline);
-                    true
-                } else {
-                    false
-                }
-            });
+            false
         }
+    }
+
+    /// When this backend's connections are to be closed, if it is out of rotation.
+    pub(crate) fn drain_deadline(&self) -> Option<Instant> {
+        *lock(&self.drain)
     }
 
     /// Out of rotation (draining or removed) with no connection open or being opened.
     pub(crate) fn drained(&self) -> bool {
-        get(&self.counters.active) == 0 && self.drain.borrow().is_some()
+        get(&self.counters.active) == 0 && self.drain_deadline().is_some()
     }
 
-    fn retire(&self, drain_deadline: Instant) {
+    /// One connection (or connect attempt) more; see [`BackendActive`].
+    pub(crate) fn open(self: &Arc<Self>) -> BackendActive {
+        self.counters.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BackendActive(self.clone())
+    }
+
+    fn retire(&self, drain_deadline: Instant) -> bool {
         let addr = lock(&self.meta).1;
-        self.set(BackendStatus::Removed, addr, drain_deadline);
+        self.set(BackendStatus::Removed, addr, drain_deadline)
     }
 
     fn stats(&self) -> BackendStats {
@@ -161,8 +177,35 @@ impl BackendState {
     }
 }
 
+/// A backend's count of one connection, from its connect attempt until it closes: dropping it
+/// takes the count back and, when that leaves a backend out of rotation with nothing open,
+/// signals [`LoadBalancer::drained`].
+pub(crate) struct BackendActive(Arc<BackendState>);
+
+impl BackendActive {
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for BackendActive {
+    fn drop(&mut self) {
+        self.0.counters.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if self.0.drained() {
+            self.0.drained.notify_one();
+        }
+    }
+}
+
 impl FrontendState {
-    fn new(frontend: SocketAddr, options: LbOptions, desired: Desired, now: Instant, drained: Arc<Notify>) -> Self {
+    fn new(
+        frontend: SocketAddr,
+        options: LbOptions,
+        desired: Desired,
+        now: Instant,
+        drained: Arc<Notify>,
+        control: Control,
+    ) -> Self {
         let state = FrontendState {
             frontend,
             options,
@@ -179,6 +222,7 @@ impl FrontendState {
             })),
             backends: Mutex::new(BTreeMap::new()),
             drained,
+            control,
         };
         state.update(desired, now);
         state
@@ -200,13 +244,19 @@ impl FrontendState {
                 if wanted.contains(id.as_str()) {
                     return true;
                 }
-                st.retire(deadline);
+                if st.retire(deadline) {
+                    self.control.drain(st);
+                }
                 get(&st.counters.active) > 0
             });
             for b in &desired.backends {
-                let st = map.entry(b.id.clone()).or_insert_with(|| Arc::new(BackendState::new(&b.id, b.addr)));
+                let st = map
+                    .entry(b.id.clone())
+                    .or_insert_with(|| Arc::new(BackendState::new(&b.id, b.addr, self.drained.clone())));
                 let status = if b.draining { BackendStatus::Draining } else { BackendStatus::Active };
-                st.set(status, b.addr, deadline);
+                if st.set(status, b.addr, deadline) {
+                    self.control.drain(st);
+                }
                 if !b.draining {
                     active.push((st.clone(), b.addr));
                 }
@@ -240,7 +290,9 @@ impl FrontendState {
     fn retire(&self, now: Instant) {
         let deadline = now + self.load().drain_timeout;
         for st in lock(&self.backends).values() {
-            st.retire(deadline);
+            if st.retire(deadline) {
+                self.control.drain(st);
+            }
         }
     }
 
@@ -393,7 +445,14 @@ impl LoadBalancer {
                 continue;
             }
             let name = d.name.clone();
-            let state = Arc::new(FrontendState::new(addr, self.options.clone(), d, now, self.drained.clone()));
+            let state = Arc::new(FrontendState::new(
+                addr,
+                self.options.clone(),
+                d,
+                now,
+                self.drained.clone(),
+                self.engine.control(),
+            ));
             match self.engine.listen(addr, self.options.listen_backlog, &state) {
                 Ok(accepting) => {
                     lock(&self.frontends).insert(addr, Frontend { state, accepting });

@@ -12,8 +12,9 @@
 //! - [`maglev`]: the Maglev consistent-hash lookup table and flow hashing.
 //! - [`metrics`]: per-rule and per-backend counters, `LbStats` and Prometheus text.
 //! - [`probe`]: Tcp/Http health probes with threshold semantics.
-//! - `dataplane` / `engine` / `proxy` / `buffers` (private): snapshot swaps, the data-plane
-//!   threads and their listeners, connection splicing, the copy buffers reused per thread.
+//! - `dataplane` / `engine` / `proxy` / `timers` / `buffers` (private): snapshot swaps, the
+//!   data-plane threads and their commands, the per-thread event loop that accepts and splices
+//!   connections, its deadlines, the copy buffers reused per thread.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod probe;
 mod proxy;
+mod timers;
 
 pub use config::{Backend, Distribution, LbConfig, LbOptions, NatConfig, RuleConfig};
 pub use dataplane::LoadBalancer;

@@ -38,15 +38,6 @@ pub(crate) fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-/// Decrements an "active" gauge when dropped.
-pub(crate) struct ActiveGuard<'a>(pub &'a AtomicU64);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Whether a rule is a load-balancing rule or an inbound NAT rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

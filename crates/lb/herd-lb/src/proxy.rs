@@ -1,56 +1,336 @@
-//! The per-connection hot path: accept, pick a backend, connect with fallback, splice bytes.
+//! The per-connection hot path: one hand-written event loop per data-plane thread that accepts,
+//! picks a backend, connects with fallback and splices bytes.
 //!
-//! Why it exists apart from `dataplane`: this is the code that runs per connection and per
-//! chunk, so it is kept small and lock-free: one `Arc` snapshot load per connection, relaxed
-//! atomic counter adds per chunk, and a single task per connection that drives both
-//! directions, one timer (the connect timeout, then the idle timeout) and the drain deadline.
+//! Why a `mio` loop and not a task per connection on a single-threaded Tokio runtime (sessions
+//! 9–10): `herd bench lb` showed herd making as many system calls per request as HAProxy, yet
+//! at 10,000 keep-alive connections reaching 0.92× its requests per second with 6 % more CPU per
+//! request. The difference was user-space bookkeeping per readiness event: the reactor's
+//! `ScheduledIo` readiness and waker slots, waking and scheduling the connection's task, its
+//! `select!` polling both directions, the timer and the drain watch on every wake. Here an
+//! event goes straight to the connection it names (the token holds its slot), only the socket
+//! that became ready is acted on, and a deadline is a heap entry looked at once per loop turn
+//! (see `timers`). What the bench showed (docs/benchmarks.md, "Load balancer", "Session 11"):
+//! CPU per request fell by 15–30 % with 64 to 9,900 keep-alive connections, to 0.76–0.94×
+//! HAProxy's in every shape and run (before: 0.91–1.03×); requests per second and p99 stayed
+//! at parity within the noise, because on the bench's two CPUs the load generator's CPU, not
+//! the load balancer's, is the one that is saturated. Polling without blocking for a while
+//! after the last event (to spare that CPU the wake-ups) did not raise throughput and cost
+//! CPU, so the loop blocks as soon as it has nothing to do.
 //!
-//! What `herd bench lb` taught (see docs/benchmarks.md, "Load balancer"):
+//! The loop, per turn: `epoll_wait` (edge-triggered; until the earliest deadline), then for each
+//! event: a command from the control side (see `engine::Command`), a listener (accept until
+//! the kernel has no more, or a budget), or a connection socket (record its readiness, then
+//! act); then the due deadlines; then connections that used up their budget last turn.
+//!
+//! Readiness is remembered per socket (`readable`, `writable`) and forgotten only when the
+//! kernel says so: a read or write returns `WouldBlock`, a write is short (the send buffer is
+//! full), or a read is short (the receive queue is empty) unless the peer's end of stream was
+//! already signalled (then it must still be read). Edge-triggered epoll reports any later change,
+//! so nothing is registered or re-armed after the first time.
+//!
+//! What `herd bench lb` taught earlier (kept here):
 //! - a direction holds a copy buffer only between "readable" and "all written" (taken from and
-//!   returned to the thread's pool, see `buffers`): with 10,000 mostly idle connections a few hot
-//!   buffers serve them all, instead of 20,000 buffers (320 MiB) spread over the caches;
+//!   returned to the thread's pool, see `buffers`): with 10,000 mostly idle connections a few
+//!   hot buffers serve them all;
 //! - the direction that ends last does not `shutdown` its writer: the socket is closed right
 //!   after, which sends the FIN anyway (one system call fewer per connection);
-//! - one timer per connection, moved from the connect deadline to the idle deadline, instead of
-//!   one per connect attempt and one for idling (each registration takes the timer driver's lock,
-//!   and one earlier than every other wakes the driver with a write to its eventfd).
+//! - accepted sockets inherit TCP_NODELAY from the listener (see `engine`).
+//!
+//! A connection's lifecycle ([`Phase`]):
+//!
+//! ```text
+//!  accepted ──(over max_connections / no backend / last attempt failed)──> dropped
+//!     │ first candidate (Maglev lookup)
+//!     ▼
+//!  Connecting{attempt k} ──refused / timed out, next candidate──> Connecting{attempt k+1}
+//!     │ connected                      └──(no candidate left)──> Closed (rejected_connect_failed)
+//!     ▼
+//!  Open{up: Copying, down: Copying}
+//!     │ one direction reads end of stream and has written everything:
+//!     │ it shuts down its writer (half-close passes through)
+//!     ▼
+//!  Open{one Ended, other Copying}
+//!     │ the other ends too / an error / idle timeout / the backend's drain deadline
+//!     ▼
+//!  Closed (both sockets closed; counters released; `drained` signalled if this was the last
+//!          connection of a backend out of rotation)
+//! ```
 
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
-use tokio::time::{sleep_until, Instant, Sleep};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::buffers::Buffer;
-use crate::dataplane::{BackendState, FrontendState, Snapshot};
+use crate::dataplane::{BackendActive, BackendState, FrontendState, Snapshot};
+use crate::engine::Command;
 use crate::maglev::flow_hash;
-use crate::metrics::{inc, ActiveGuard};
+use crate::metrics::inc;
+use crate::timers::Timers;
 
-/// Accepts until `stop` fires (or its sender is dropped); the listener closes when this returns.
-/// Connections run in their own tasks and outlive the listener.
-pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<FrontendState>, mut stop: oneshot::Receiver<()>) {
+/// The token of the thread's `mio::Waker` (commands are waiting).
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// Set in a listener's token; the rest is its slot.
+const LISTENER: usize = 1 << 62;
+/// A connection socket's token: generation << 32 | slot << 2 | side.
+const SIDE_BITS: usize = 2;
+const SLOT_MASK: usize = (1 << 30) - 1;
+const GEN_MASK: u32 = (1 << 28) - 1;
+/// Sides: the client, or the server of an even or an odd connect attempt (so that an event
+/// of a failed attempt's socket, still in the batch when the next attempt's socket is
+/// registered, is not taken for the new one's).
+const CLIENT: usize = 0;
+
+/// Reads per direction, and accepts per listener, before other sockets get a turn.
+const BUDGET: usize = 16;
+const ACCEPT_BUDGET: usize = 64;
+/// Pause after an accept error other than "nothing to accept" (EMFILE and friends).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+fn conn_token(slot: usize, gen: u32, side: usize) -> Token {
+    Token(((gen & GEN_MASK) as usize) << 32 | slot << SIDE_BITS | side)
+}
+
+fn server_side(attempt: usize) -> usize {
+    1 + (attempt & 1)
+}
+
+/// `t + d`, or a year after `t` when that overflows.
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or_else(|| t + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Runs one data-plane thread until [`Command::Stop`] (or the engine is gone).
+pub(crate) fn run(mut poll: Poll, commands: mpsc::Receiver<Command>) {
+    let mut w = Worker {
+        listeners: Slab::new(),
+        conns: Slab::new(),
+        timers: Timers::new(),
+        again: Vec::new(),
+        now: Instant::now(),
+        commands,
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut again = Vec::new();
     loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(handle(state.clone(), stream, peer));
+        let timeout = if w.again.is_empty() {
+            w.timers.next().map(|at| at.saturating_duration_since(w.now))
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!("load balancer event loop failed: {e}");
+            return;
+        }
+        w.now = Instant::now();
+        let registry = poll.registry();
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER => {
+                    if w.commands(registry) == Flow::Stop {
+                        return;
+                    }
                 }
-                Err(e) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning.
-                    tracing::warn!(frontend = %state.frontend, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
+                Token(t) if t & LISTENER != 0 => w.accept(registry, t & !LISTENER),
+                Token(t) => w.conn_event(registry, t, Some(ev)),
+            }
+        }
+        w.expire(registry);
+        std::mem::swap(&mut again, &mut w.again);
+        for t in again.drain(..) {
+            if t & LISTENER != 0 {
+                w.accept(registry, t & !LISTENER);
+            } else {
+                w.conn_event(registry, t, None);
+            }
         }
     }
+}
+
+#[derive(PartialEq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// A slab with generations: a slot's generation changes when it is freed, so a stale token or
+/// timer entry does not reach the slot's next occupant.
+struct Slab<T> {
+    slots: Vec<(u32, Option<T>)>,
+    free: Vec<usize>,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab { slots: Vec::new(), free: Vec::new() }
+    }
+
+    /// The slot and generation the next [`Slab::insert`] will use.
+    fn vacant(&self) -> (usize, u32) {
+        match self.free.last() {
+            Some(&i) => (i, self.slots[i].0),
+            None => (self.slots.len(), 0),
+        }
+    }
+
+    fn insert(&mut self, item: T) -> (usize, u32) {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i].1 = Some(item);
+                (i, self.slots[i].0)
+            }
+            None => {
+                self.slots.push((0, Some(item)));
+                (self.slots.len() - 1, 0)
+            }
+        }
+    }
+
+    fn get_mut(&mut self, slot: usize, gen: u32) -> Option<&mut T> {
+        match self.slots.get_mut(slot) {
+            Some((g, item)) if *g == gen => item.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// Whatever is in `slot`, of any generation.
+    fn at(&mut self, slot: usize) -> Option<&mut T> {
+        self.slots.get_mut(slot)?.1.as_mut()
+    }
+
+    fn remove(&mut self, slot: usize) -> Option<T> {
+        let (gen, item) = self.slots.get_mut(slot)?;
+        let item = item.take()?;
+        *gen = gen.wrapping_add(1) & GEN_MASK;
+        self.free.push(slot);
+        Some(item)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.slots.iter().enumerate().filter_map(|(i, (_, item))| item.as_ref().map(|t| (i, t)))
+    }
+}
+
+/// What a deadline in the thread's heap is for.
+enum Key {
+    /// A connection's earliest deadline (see [`Conn::armed`]).
+    Conn { slot: usize, gen: u32 },
+    /// A backend's drain deadline: close its connections on this thread.
+    Drain(Arc<BackendState>),
+    /// A listener paused after an accept error.
+    Accept(usize),
+}
+
+struct Listener {
+    id: u64,
+    socket: TcpListener,
+    state: Arc<FrontendState>,
+    paused: bool,
+}
+
+struct Worker {
+    listeners: Slab<Listener>,
+    conns: Slab<Conn>,
+    timers: Timers<Key>,
+    /// Tokens to act on again without waiting for an event (their budget ran out).
+    again: Vec<usize>,
+    /// The time of this loop turn.
+    now: Instant,
+    commands: mpsc::Receiver<Command>,
+}
+
+/// One socket and what the kernel last said about it.
+struct Side {
+    sock: TcpStream,
+    /// Which side this is in the socket's token.
+    side: usize,
+    readable: bool,
+    writable: bool,
+    /// The peer's end of stream was signalled: read until `read` returns 0.
+    read_closed: bool,
+}
+
+impl Side {
+    fn new(sock: TcpStream, side: usize, writable: bool) -> Self {
+        Side { sock, side, readable: false, writable, read_closed: false }
+    }
+
+    fn ready(&mut self, ev: &Event) {
+        // An error is reported by the next read or write, so either makes the socket "ready".
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_read_closed() {
+            self.read_closed = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+        }
+    }
+}
+
+/// A proxied connection's state; see the module doc for the diagram.
+enum Phase {
+    Connecting(Connecting),
+    Open(Open),
+    /// Only between two phases and on the way out.
+    Closed,
+}
+
+struct Connecting {
+    server: Side,
+    /// Counts the attempt as an open connection of its backend, so a drain cannot end early
+    /// under a connection being set up.
+    backend: BackendActive,
+    addr: SocketAddr,
+    deadline: Instant,
+    /// Held until connected (for the fallbacks), then dropped: old tables are not pinned for
+    /// the life of a connection.
+    snap: Arc<Snapshot>,
+    hash: u64,
+    first: usize,
+    attempt: usize,
+}
+
+struct Open {
+    server: Side,
+    backend: BackendActive,
+    /// Client to server.
+    up: Direction,
+    /// Server to client.
+    down: Direction,
+}
+
+/// One direction of an open connection.
+enum Direction {
+    /// Copying; `Some` while a chunk read from the source is not all written yet.
+    Copying(Option<Pending>),
+    /// The source's end of stream was read and everything before it written.
+    Ended,
+}
+
+struct Pending {
+    buf: Buffer,
+    start: usize,
+    end: usize,
+}
+
+/// What [`pump`] stopped at.
+enum Pumped {
+    /// Waiting for the kernel (source not readable or destination not writable).
+    Blocked,
+    /// Read its budget; more may be ready.
+    Budget,
+    /// Just read the end of stream, everything written.
+    Ended,
 }
 
 /// Why a proxied connection ended (for logs).
@@ -62,222 +342,501 @@ enum End {
     Drained,
 }
 
-async fn handle(state: Arc<FrontendState>, client: TcpStream, peer: SocketAddr) {
-    let rule = &state.counters;
-    inc(&rule.c.total);
-    let before = rule.c.active.fetch_add(1, Ordering::Relaxed);
-    let _rule_active = ActiveGuard(&rule.c.active);
+/// A rule's count of one connection; dropping it takes the count back.
+struct RuleActive(Arc<FrontendState>);
 
-    let snap = state.load();
-    if snap.max_connections.is_some_and(|max| before >= max) {
-        inc(&rule.rejected_limit);
-        return; // dropping `client` closes it
-    }
-    if snap.active.is_empty() {
-        inc(&rule.rejected_no_backend);
-        return;
-    }
-    // The connection's one timer: the connect deadline first, then the idle deadline.
-    let timer = tokio::time::sleep(state.options.connect_timeout);
-    tokio::pin!(timer);
-    let connected = connect_backend(&state, &snap, peer, timer.as_mut()).await;
-    let idle_timeout = snap.idle_timeout;
-    drop(snap); // do not pin old tables for the life of the connection
-    let Some((backend, mut server)) = connected else {
-        inc(&rule.rejected_connect_failed);
-        return;
-    };
-    inc(&backend.counters.total);
-    // Counted since the connect attempt (see `connect_one`).
-    let backend_active = ActiveGuard(&backend.counters.active);
-    // The client's socket has TCP_NODELAY from its listener (see `engine`).
-    let _ = server.set_nodelay(true);
-    let mut client = client;
-    let drain = backend.drain.subscribe();
-    let end = splice(&mut client, &mut server, (timer, idle_timeout), drain, &state, &backend).await;
-    match end {
-        End::Error(e) => tracing::trace!(%peer, backend = %backend.id, "connection ended with error: {e}"),
-        other => tracing::trace!(%peer, backend = %backend.id, "connection ended: {other:?}"),
-    }
-    drop(backend_active);
-    if backend.drained() {
-        state.drained.notify_one();
+impl Drop for RuleActive {
+    fn drop(&mut self) {
+        self.0.counters.c.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Connects to the flow's backend; when that fails, to the next distinct backends in table
-/// order, up to `max_connect_attempts` in all. The fallbacks are listed only on a failure, so
-/// the usual path allocates nothing.
-/// `timer` is set to the first attempt's deadline; each fallback attempt moves it on.
-async fn connect_backend(
-    state: &FrontendState,
-    snap: &Snapshot,
-    peer: SocketAddr,
-    mut timer: Pin<&mut Sleep>,
-) -> Option<(Arc<BackendState>, TcpStream)> {
-    let attempts = state.options.max_connect_attempts.max(1);
-    let hash = flow_hash(snap.distribution, peer, state.frontend);
-    let first = snap.table.as_ref().and_then(|t| t.lookup(hash)).unwrap_or(0);
-    if let Some(ok) = connect_one(state, snap, first, timer.as_mut()).await {
-        return Some(ok);
-    }
-    let fallbacks = match &snap.table {
-        Some(table) if attempts > 1 => table.candidates(hash, attempts),
-        _ => return None,
-    };
-    for i in fallbacks.into_iter().skip(1) {
-        timer.as_mut().reset(Instant::now() + state.options.connect_timeout);
-        if let Some(ok) = connect_one(state, snap, i, timer.as_mut()).await {
-            return Some(ok);
+struct Conn {
+    // Fields drop in order: the sockets close before the counts are released.
+    client: Side,
+    phase: Phase,
+    rule: RuleActive,
+    idle: Duration,
+    /// Last time bytes were read from either side (this thread's loop-turn clock).
+    last: Instant,
+    /// The deadline of this connection's live heap entry; entries with another deadline are
+    /// stale. Only an earlier deadline pushes a new entry (activity does not).
+    armed: Option<Instant>,
+}
+
+impl Conn {
+    /// Makes sure a heap entry comes due no later than `at`.
+    fn arm(&mut self, timers: &mut Timers<Key>, slot: usize, gen: u32, at: Instant) {
+        if self.armed.is_none_or(|armed| at < armed) {
+            timers.push(at, Key::Conn { slot, gen });
+            self.armed = Some(at);
         }
     }
-    None
+
+    /// Copies in both directions as far as the sockets allow; `Err` ends the connection.
+    fn drive(&mut self, now: Instant) -> Result<Pumped, End> {
+        let Phase::Open(open) = &mut self.phase else {
+            return Ok(Pumped::Blocked);
+        };
+        let state = &self.rule.0;
+        let size = state.options.buffer_size.max(1024);
+        let rule = &state.counters.c;
+        let b = &open.backend.backend().counters;
+        let up = pump(
+            &mut self.client,
+            &mut open.server,
+            &mut open.up,
+            size,
+            [&rule.bytes_in, &b.bytes_in],
+            &mut self.last,
+            now,
+        );
+        let up = half_close(up, &open.down, &open.server)?;
+        let down = pump(
+            &mut open.server,
+            &mut self.client,
+            &mut open.down,
+            size,
+            [&rule.bytes_out, &b.bytes_out],
+            &mut self.last,
+            now,
+        );
+        let down = half_close(down, &open.up, &self.client)?;
+        Ok(if matches!((up, down), (Pumped::Budget, _) | (_, Pumped::Budget)) {
+            Pumped::Budget
+        } else {
+            Pumped::Blocked
+        })
+    }
 }
 
-/// One connection attempt to `snap.active[i]` until `deadline` fires, counted as failed when it
-/// fails.
-async fn connect_one(
-    state: &FrontendState,
-    snap: &Snapshot,
-    i: usize,
-    deadline: Pin<&mut Sleep>,
-) -> Option<(Arc<BackendState>, TcpStream)> {
-    let (backend, addr) = &snap.active[i];
-    // The attempt counts as an open connection of the backend at once: a backend taken out of
-    // rotation while a connection to it is still being set up is not idle, so its drain does not
-    // end early under that connection. On success the count passes to `handle`'s guard.
-    backend.counters.active.fetch_add(1, Ordering::Relaxed);
-    let attempt = ActiveGuard(&backend.counters.active);
-    tokio::select! {
-        biased;
-        connected = TcpStream::connect(addr) => match connected {
-            Ok(stream) => {
-                std::mem::forget(attempt);
-                return Some((backend.clone(), stream));
-            }
-            Err(e) => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect failed: {e}"),
+/// After a direction pumped: when it just ended, the connection is done if the other direction
+/// has ended too; otherwise its destination's writer is shut down, so the peer sees the end of
+/// stream while the other direction goes on.
+fn half_close(pumped: io::Result<Pumped>, other: &Direction, dst: &Side) -> Result<Pumped, End> {
+    match pumped {
+        Err(e) => Err(End::Error(e)),
+        Ok(Pumped::Ended) if matches!(other, Direction::Ended) => Err(End::Done),
+        Ok(Pumped::Ended) => match dst.sock.shutdown(Shutdown::Write) {
+            Ok(()) => Ok(Pumped::Blocked),
+            Err(e) => Err(End::Error(e)),
         },
-        _ = deadline => tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect timed out"),
+        Ok(p) => Ok(p),
     }
-    drop(attempt);
-    if backend.drained() {
-        state.drained.notify_one();
+}
+
+/// Copies from `src` to `dst` until one of them would block, the source ends, or `BUDGET`
+/// reads. A buffer is held only while a chunk is in flight.
+fn pump(
+    src: &mut Side,
+    dst: &mut Side,
+    dir: &mut Direction,
+    size: usize,
+    bytes: [&AtomicU64; 2],
+    last: &mut Instant,
+    now: Instant,
+) -> io::Result<Pumped> {
+    let Direction::Copying(pending) = dir else {
+        return Ok(Pumped::Blocked);
+    };
+    let mut reads = 0;
+    loop {
+        if let Some(p) = pending {
+            if !dst.writable {
+                return Ok(Pumped::Blocked);
+            }
+            match dst.sock.write(&p.buf.bytes()[p.start..p.end]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    p.start += n;
+                    if p.start < p.end {
+                        // A short write: the send buffer is full.
+                        dst.writable = false;
+                        return Ok(Pumped::Blocked);
+                    }
+                    for c in bytes {
+                        c.fetch_add(p.end as u64, Ordering::Relaxed);
+                    }
+                    *pending = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable = false;
+                    return Ok(Pumped::Blocked);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if !src.readable {
+            return Ok(Pumped::Blocked);
+        }
+        if reads == BUDGET {
+            return Ok(Pumped::Budget);
+        }
+        reads += 1;
+        let mut buf = Buffer::take(size);
+        match src.sock.read(buf.bytes()) {
+            Ok(0) => {
+                *dir = Direction::Ended;
+                return Ok(Pumped::Ended);
+            }
+            Ok(n) => {
+                if n < size && !src.read_closed {
+                    // The receive queue is empty; epoll reports the next arrival.
+                    src.readable = false;
+                }
+                // Idle means no bytes in either direction, so a read marks activity; a slow
+                // write that completes later is not new traffic.
+                *last = now;
+                *pending = Some(Pending { buf, start: 0, end: n });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                src.readable = false;
+                return Ok(Pumped::Blocked);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+}
+
+/// The backend index of connect attempt `attempt` (0: the flow's own; then the next distinct
+/// backends in table order), or `None` when there is none left. The fallbacks are listed only
+/// on a failure, so the usual path allocates nothing.
+fn target(snap: &Snapshot, hash: u64, first: usize, attempt: usize, max: usize) -> Option<usize> {
+    if attempt == 0 {
+        return Some(first);
+    }
+    if attempt >= max {
+        return None;
+    }
+    snap.table.as_ref()?.candidates(hash, max).get(attempt).copied()
+}
+
+/// Starts connect attempts from `attempt` on, until one is under way; counts each that fails
+/// at once. `None` when no candidate is left.
+#[allow(clippy::too_many_arguments)]
+fn connect(
+    registry: &Registry,
+    now: Instant,
+    state: &FrontendState,
+    snap: Arc<Snapshot>,
+    hash: u64,
+    first: usize,
+    mut attempt: usize,
+    (slot, gen): (usize, u32),
+) -> Option<Connecting> {
+    let max = state.options.max_connect_attempts.max(1);
+    loop {
+        let i = target(&snap, hash, first, attempt, max)?;
+        let (backend, addr) = &snap.active[i];
+        let active = backend.open();
+        let side = server_side(attempt);
+        let started = TcpStream::connect(*addr).and_then(|mut sock| {
+            registry.register(&mut sock, conn_token(slot, gen, side), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(sock)
+        });
+        match started {
+            Ok(sock) => {
+                return Some(Connecting {
+                    server: Side::new(sock, side, false),
+                    backend: active,
+                    addr: *addr,
+                    deadline: after(now, state.options.connect_timeout),
+                    snap,
+                    hash,
+                    first,
+                    attempt,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(rule = %snap.name, backend = %backend.id, %addr, "connect failed: {e}");
+                drop(active);
+                connect_failed(state, backend);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn connect_failed(state: &FrontendState, backend: &BackendState) {
     inc(&backend.counters.failed_connects);
     inc(&state.counters.c.failed_connects);
-    None
 }
 
-/// Last activity, as milliseconds since `start`, shared by both directions of one connection.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-async fn splice(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
-    (mut timer, idle): (Pin<&mut Sleep>, Duration),
-    drain: watch::Receiver<Option<Instant>>,
-    state: &FrontendState,
-    backend: &BackendState,
-) -> End {
-    let activity = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
-    let size = state.options.buffer_size.max(1024);
-    let (client_r, mut client_w) = client.split();
-    let (server_r, mut server_w) = server.split();
-    let rule = &state.counters.c;
-    let b = &backend.counters;
-    let one_ended = AtomicBool::new(false);
-    let dir = |bytes| Direction { size, activity: &activity, bytes, one_ended: &one_ended };
-    let upstream = dir([&rule.bytes_in, &b.bytes_in]).pump(client_r, &mut server_w);
-    let downstream = dir([&rule.bytes_out, &b.bytes_out]).pump(server_r, &mut client_w);
-    let idle_timer = async {
+impl Worker {
+    fn commands(&mut self, registry: &Registry) -> Flow {
         loop {
-            let deadline = activity.last() + idle;
-            if Instant::now() >= deadline {
+            match self.commands.try_recv() {
+                Ok(Command::Listen { id, listener, state }) => {
+                    let mut socket = TcpListener::from_std(listener);
+                    let (slot, _) = self.listeners.vacant();
+                    match registry.register(&mut socket, Token(LISTENER | slot), Interest::READABLE) {
+                        Ok(()) => {
+                            self.listeners.insert(Listener { id, socket, state, paused: false });
+                        }
+                        Err(e) => tracing::error!(frontend = %state.frontend, "listener not registered: {e}"),
+                    }
+                }
+                Ok(Command::Unlisten { id, done }) => {
+                    let found = self.listeners.iter().find(|(_, l)| l.id == id).map(|(slot, _)| slot);
+                    if let Some(slot) = found {
+                        self.listeners.remove(slot);
+                    }
+                    let _ = done.send(());
+                }
+                Ok(Command::Drain(backend)) => {
+                    if let Some(at) = backend.drain_deadline() {
+                        self.timers.push(at, Key::Drain(backend));
+                    }
+                }
+                Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return Flow::Stop,
+                Err(mpsc::TryRecvError::Empty) => return Flow::Go,
+            }
+        }
+    }
+
+    fn accept(&mut self, registry: &Registry, slot: usize) {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(l) = self.listeners.at(slot) else { return };
+            if l.paused {
                 return;
             }
-            timer.as_mut().reset(deadline);
-            timer.as_mut().await;
-        }
-    };
-    tokio::select! {
-        r = async { tokio::try_join!(upstream, downstream) } => match r {
-            Ok(_) => End::Done,
-            Err(e) => End::Error(e),
-        },
-        _ = idle_timer => End::Idle,
-        _ = drained(drain) => End::Drained,
-    }
-}
-
-/// One direction of a proxied connection.
-struct Direction<'a> {
-    size: usize,
-    activity: &'a Activity,
-    bytes: [&'a AtomicU64; 2],
-    /// Set by the first direction to reach end of stream.
-    one_ended: &'a AtomicBool,
-}
-
-impl Direction<'_> {
-    /// Copies until EOF or error. At EOF the writer is half-closed, unless the other direction
-    /// has ended already: then both sockets are about to close, which sends the FIN.
-    async fn pump(self, mut r: ReadHalf<'_>, w: &mut WriteHalf<'_>) -> io::Result<()> {
-        loop {
-            // Wait without a buffer; hold one only while bytes are in flight. (`poll_read_ready`
-            // waits in the socket's reader slot, as the read itself would; `readable()` would
-            // queue a waiter in a list, under a lock, each time.)
-            std::future::poll_fn(|cx| r.as_ref().poll_read_ready(cx)).await?;
-            let mut buf = Buffer::take(self.size);
-            let n = r.read_buf(buf.vec()).await?;
-            if n == 0 {
-                if !self.one_ended.swap(true, Ordering::Relaxed) {
-                    w.shutdown().await?;
+            match l.socket.accept() {
+                Ok((stream, peer)) => {
+                    let state = l.state.clone();
+                    self.open(registry, state, stream, peer);
                 }
-                return Ok(());
-            }
-            // Idle means no bytes in either direction, so a read marks activity; a slow write
-            // that completes later is not new traffic.
-            self.activity.touch();
-            w.write_all(buf.vec()).await?;
-            for c in self.bytes {
-                c.fetch_add(n as u64, Ordering::Relaxed);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    tracing::warn!(frontend = %l.state.frontend, "accept failed: {e}");
+                    l.paused = true;
+                    self.timers.push(after(self.now, ACCEPT_BACKOFF), Key::Accept(slot));
+                    return;
+                }
             }
         }
+        self.again.push(LISTENER | slot);
     }
-}
 
-/// Resolves when the backend's drain deadline (if any) passes.
-async fn drained(mut rx: watch::Receiver<Option<Instant>>) {
-    loop {
-        let deadline = *rx.borrow_and_update();
-        match deadline {
-            Some(deadline) => {
-                tokio::select! {
-                    _ = sleep_until(deadline) => return,
-                    changed = rx.changed() => if changed.is_err() {
-                        sleep_until(deadline).await;
-                        return;
-                    },
+    /// A new client connection: admission, then the first connect attempt.
+    fn open(&mut self, registry: &Registry, state: Arc<FrontendState>, stream: TcpStream, peer: SocketAddr) {
+        let counters = &state.counters;
+        inc(&counters.c.total);
+        let before = counters.c.active.fetch_add(1, Ordering::Relaxed);
+        let rule = RuleActive(state);
+        let state = &rule.0;
+        let snap = state.load();
+        if snap.max_connections.is_some_and(|max| before >= max) {
+            inc(&state.counters.rejected_limit);
+            return; // dropping `stream` closes it
+        }
+        if snap.active.is_empty() {
+            inc(&state.counters.rejected_no_backend);
+            return;
+        }
+        let hash = flow_hash(snap.distribution, peer, state.frontend);
+        let first = snap.table.as_ref().and_then(|t| t.lookup(hash)).unwrap_or(0);
+        let (slot, gen) = self.conns.vacant();
+        // A new socket's send buffer is empty: writable until a write says otherwise.
+        let mut client = Side::new(stream, CLIENT, true);
+        if let Err(e) =
+            registry.register(&mut client.sock, conn_token(slot, gen, CLIENT), Interest::READABLE | Interest::WRITABLE)
+        {
+            tracing::warn!(frontend = %state.frontend, "connection not registered: {e}");
+            return;
+        }
+        let idle = snap.idle_timeout;
+        let Some(connecting) = connect(registry, self.now, state, snap, hash, first, 0, (slot, gen)) else {
+            inc(&state.counters.rejected_connect_failed);
+            return;
+        };
+        let deadline = connecting.deadline;
+        let conn = Conn { client, phase: Phase::Connecting(connecting), rule, idle, last: self.now, armed: None };
+        let (slot, gen) = self.conns.insert(conn);
+        if let Some(conn) = self.conns.get_mut(slot, gen) {
+            conn.arm(&mut self.timers, slot, gen, deadline);
+        }
+    }
+
+    /// An event on a connection's socket (or, with `ev` `None`, its turn after a used-up budget).
+    fn conn_event(&mut self, registry: &Registry, token: usize, ev: Option<&Event>) {
+        let slot = (token >> SIDE_BITS) & SLOT_MASK;
+        let gen = (token >> 32) as u32 & GEN_MASK;
+        let side = token & ((1 << SIDE_BITS) - 1);
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(slot, gen) else {
+            return; // closed since
+        };
+        let server_event = side != CLIENT;
+        if let Some(ev) = ev {
+            let server = match &mut conn.phase {
+                Phase::Connecting(c) => &mut c.server,
+                Phase::Open(o) => &mut o.server,
+                Phase::Closed => return,
+            };
+            if side == CLIENT {
+                conn.client.ready(ev);
+            } else if side == server.side {
+                server.ready(ev);
+            } else {
+                return; // an earlier attempt's socket
+            }
+        }
+        if let Phase::Connecting(c) = &mut conn.phase {
+            if !server_event {
+                return; // the client waits until the backend answers
+            }
+            match c.server.sock.take_error() {
+                Ok(None) if c.server.writable => {}
+                Ok(None) => return,
+                Ok(Some(e)) | Err(e) => {
+                    tracing::debug!(rule = %c.snap.name, backend = %c.backend.backend().id, addr = %c.addr, "connect failed: {e}");
+                    self.next_attempt(registry, slot, gen);
+                    return;
                 }
+            }
+            let Phase::Connecting(c) = std::mem::replace(&mut conn.phase, Phase::Closed) else { unreachable!() };
+            // The client's socket has TCP_NODELAY from its listener (see `engine`).
+            let _ = c.server.sock.set_nodelay(true);
+            let backend = c.backend;
+            inc(&backend.backend().counters.total);
+            conn.last = now;
+            if let Some(drain) = backend.backend().drain_deadline() {
+                conn.arm(&mut self.timers, slot, gen, drain);
+            }
+            conn.phase = Phase::Open(Open {
+                server: c.server,
+                backend,
+                up: Direction::Copying(None),
+                down: Direction::Copying(None),
+            });
+        }
+        match conn.drive(now) {
+            Ok(Pumped::Budget) => self.again.push(conn_token(slot, gen, CLIENT).0),
+            Ok(_) => {}
+            Err(end) => self.close(slot, end),
+        }
+    }
+
+    /// The current connect attempt of connection `slot` failed: counts it and starts the next,
+    /// or gives the client up.
+    fn next_attempt(&mut self, registry: &Registry, slot: usize, gen: u32) {
+        let Some(conn) = self.conns.get_mut(slot, gen) else { return };
+        let Phase::Connecting(c) = std::mem::replace(&mut conn.phase, Phase::Closed) else { return };
+        let Connecting { server, backend, snap, hash, first, attempt, .. } = c;
+        drop(server);
+        let failed = backend.backend().clone();
+        drop(backend);
+        let state = &conn.rule.0;
+        connect_failed(state, &failed);
+        match connect(registry, self.now, state, snap, hash, first, attempt + 1, (slot, gen)) {
+            Some(next) => {
+                let deadline = next.deadline;
+                conn.phase = Phase::Connecting(next);
+                conn.arm(&mut self.timers, slot, gen, deadline);
             }
             None => {
-                if rx.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+                inc(&state.counters.rejected_connect_failed);
+                self.conns.remove(slot);
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize, end: End) {
+        if let Some(conn) = self.conns.remove(slot) {
+            match end {
+                End::Error(e) => tracing::trace!(frontend = %conn.rule.0.frontend, "connection ended with error: {e}"),
+                other => tracing::trace!(frontend = %conn.rule.0.frontend, "connection ended: {other:?}"),
+            }
+        }
+    }
+
+    /// Acts on every deadline that is due.
+    fn expire(&mut self, registry: &Registry) {
+        let now = self.now;
+        while let Some((at, key)) = self.timers.pop_due(now) {
+            match key {
+                Key::Conn { slot, gen } => {
+                    let Some(conn) = self.conns.get_mut(slot, gen) else { continue };
+                    if conn.armed != Some(at) {
+                        continue; // superseded by an earlier one
+                    }
+                    conn.armed = None;
+                    match &conn.phase {
+                        Phase::Connecting(c) if c.deadline <= now => {
+                            tracing::debug!(rule = %c.snap.name, backend = %c.backend.backend().id, addr = %c.addr, "connect timed out");
+                            self.next_attempt(registry, slot, gen);
+                        }
+                        Phase::Connecting(c) => {
+                            let deadline = c.deadline;
+                            conn.arm(&mut self.timers, slot, gen, deadline);
+                        }
+                        Phase::Open(o) => {
+                            let drain = o.backend.backend().drain_deadline();
+                            let idle = after(conn.last, conn.idle);
+                            if drain.is_some_and(|d| d <= now) {
+                                self.close(slot, End::Drained);
+                            } else if idle <= now {
+                                self.close(slot, End::Idle);
+                            } else {
+                                let next = drain.map_or(idle, |d| d.min(idle));
+                                conn.arm(&mut self.timers, slot, gen, next);
+                            }
+                        }
+                        Phase::Closed => {}
+                    }
+                }
+                Key::Drain(backend) => match backend.drain_deadline() {
+                    None => {} // back in rotation
+                    Some(d) if d > now => self.timers.push(d, Key::Drain(backend)),
+                    Some(_) => {
+                        let victims: Vec<usize> = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| matches!(&c.phase, Phase::Open(o) if Arc::ptr_eq(o.backend.backend(), &backend)))
+                            .map(|(slot, _)| slot)
+                            .collect();
+                        for slot in victims {
+                            self.close(slot, End::Drained);
+                        }
+                    }
+                },
+                Key::Accept(slot) => {
+                    if let Some(l) = self.listeners.at(slot) {
+                        l.paused = false;
+                    }
+                    self.accept(registry, slot);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_slot_gets_a_new_generation_so_stale_tokens_miss() {
+        let mut slab = Slab::new();
+        let (a, gen_a) = slab.insert("a");
+        assert_eq!(slab.vacant(), (1, 0));
+        assert_eq!(slab.remove(a), Some("a"));
+        assert_eq!(slab.remove(a), None, "removing twice does nothing");
+        let (slot, gen) = slab.vacant();
+        assert_eq!(slot, a, "the slot is reused");
+        assert_ne!(gen, gen_a);
+        assert_eq!(slab.insert("b"), (slot, gen));
+        assert!(slab.get_mut(a, gen_a).is_none(), "a token of the old occupant misses");
+        assert_eq!(slab.get_mut(a, gen), Some(&mut "b"));
+        // The generation fits its token field and wraps inside it.
+        let token = conn_token(a, GEN_MASK, server_side(1)).0;
+        assert_eq!((token >> SIDE_BITS) & SLOT_MASK, a);
+        assert_eq!((token >> 32) as u32 & GEN_MASK, GEN_MASK);
+        assert_eq!(token & LISTENER, 0);
+        assert_ne!(server_side(0), server_side(1));
+        assert_ne!(server_side(0), CLIENT);
     }
 }

@@ -533,3 +533,120 @@ async fn half_closes_pass_through_whichever_side_ends_first() {
         task.abort();
     }
 }
+
+/// A backend whose accept queue is full drops SYNs, so a connect to it hangs: the attempt ends
+/// at the connect timeout and the next backend in table order serves the client.
+#[tokio::test]
+async fn a_hanging_backend_times_out_and_the_next_one_serves() {
+    let t = 14;
+    let _live = server("live", backend_ip(t, 1)).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(backend_ip(t, 2), BACK_PORT)).unwrap();
+    let full = socket.listen(0).unwrap(); // never accepts
+    let mut fillers = Vec::new();
+    let hung = loop {
+        assert!(fillers.len() < 16, "the backlog-0 listener kept completing handshakes");
+        match timeout(Duration::from_millis(300), TcpStream::connect(SocketAddr::new(backend_ip(t, 2), BACK_PORT)))
+            .await
+        {
+            Ok(c) => fillers.push(c.unwrap()),
+            Err(_) => break true,
+        }
+    };
+    assert!(hung);
+    let connect_timeout = Duration::from_millis(250);
+    let lb = LoadBalancer::with_options(herd_lb::LbOptions { connect_timeout, ..herd_lb::LbOptions::default() });
+    let backends = vec![Backend::new("live", backend_ip(t, 1)), Backend::new("hang", backend_ip(t, 2))];
+    lb.apply(config(vec![rule(t, backends)])).await.unwrap();
+    let mut slow = None;
+    for i in 0..40 {
+        let started = Instant::now();
+        assert_eq!(request(frontend(t)).await.unwrap_or_else(|e| panic!("request {i}: {e}")), "live");
+        let took = started.elapsed();
+        if took >= connect_timeout {
+            slow = Some(took);
+        }
+        if backend_stats(&lb, "web", "hang").unwrap().failed_connects_total > 0 {
+            break;
+        }
+    }
+    let hang = backend_stats(&lb, "web", "hang").unwrap();
+    assert_eq!(hang.failed_connects_total, 1, "one flow hashed to the hanging backend first: {hang:?}");
+    assert_eq!(hang.active_connections, 0, "the timed-out attempt is no longer counted");
+    assert!(slow.is_some(), "the request that tried the hanging backend first waited for the connect timeout");
+    assert_eq!(lb.stats().rules[0].rejected_connect_failed_total, 0);
+    drop(full);
+}
+
+/// A backend taken out of rotation and put back before its drain deadline keeps its
+/// connections past that deadline.
+#[tokio::test]
+async fn a_drain_cancelled_before_its_deadline_keeps_the_connection() {
+    let t = 15;
+    let _servers = [server("a", backend_ip(t, 1)).await, server("b", backend_ip(t, 2)).await];
+    let lb = LoadBalancer::new();
+    let both = vec![Backend::new("a", backend_ip(t, 1)), Backend::new("b", backend_ip(t, 2))];
+    let mut r = rule(t, both.clone());
+    let drain = Duration::from_millis(300);
+    r.drain_timeout = Some(drain);
+    lb.apply(config(vec![r.clone()])).await.unwrap();
+    let mut open = Conn::open(frontend(t)).await.unwrap();
+    let victim = open.ask("first").await.unwrap();
+    let mut draining = r.clone();
+    draining.backends = both.iter().cloned().map(|b| if b.id == victim { b.draining() } else { b }).collect();
+    lb.apply(config(vec![draining])).await.unwrap();
+    assert_eq!(backend_stats(&lb, "web", &victim).unwrap().status, BackendStatus::Draining);
+    lb.apply(config(vec![r])).await.unwrap();
+    assert_eq!(backend_stats(&lb, "web", &victim).unwrap().status, BackendStatus::Active);
+    assert!(!open.closed_within(drain * 3).await, "the connection was closed at the cancelled drain's deadline");
+    assert_eq!(open.ask("still here").await.unwrap(), victim);
+}
+
+/// Megabytes both ways through small copy buffers, the client writing faster than it reads: the
+/// proxy holds what a slow side cannot take yet, waits for it to become writable, and loses or
+/// reorders nothing.
+#[tokio::test]
+async fn bulk_data_both_ways_arrives_whole_through_small_buffers() {
+    let t = 16;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(SocketAddr::new(backend_ip(t, 1), BACK_PORT)).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let echo = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let lb = LoadBalancer::with_options(herd_lb::LbOptions { buffer_size: 4096, ..herd_lb::LbOptions::default() });
+    lb.apply(config(vec![rule(t, vec![Backend::new("echo", backend_ip(t, 1))])])).await.unwrap();
+
+    let body: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = TcpStream::connect(frontend(t)).await.unwrap().into_split();
+    let write = async {
+        w.write_all(&body).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    // The reader takes small bites, so the proxy's side towards the client fills up.
+    let read = async {
+        let mut back = Vec::new();
+        let mut bite = [0u8; 512];
+        loop {
+            let n = r.read(&mut bite).await.unwrap();
+            if n == 0 {
+                return back;
+            }
+            back.extend_from_slice(&bite[..n]);
+        }
+    };
+    let ((), back) =
+        timeout(limit(), async { tokio::join!(write, read) }).await.expect("the echo and its end of stream");
+    assert_eq!(back.len(), body.len());
+    assert!(back == body, "bytes were lost or reordered");
+    timeout(limit(), echo).await.unwrap().unwrap();
+    eventually("the byte counters", || {
+        let s = backend_stats(&lb, "web", "echo").unwrap();
+        s.bytes_in_total == body.len() as u64 && s.bytes_out_total == body.len() as u64 && s.active_connections == 0
+    })
+    .await;
+}
