@@ -38,6 +38,7 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     let data = dir.path().join("data");
     let config = "[network]\nmode = \"bridged\"\n[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 4\n";
     let mut s = Server::start_in(&ns.0, "process", &data, Some(config));
+    let _state = RemoveOnDrop(hostnet_root(&data));
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
     s.group_with_image("rg", "Herd:Sleeper:1:1.0.0", &img);
     s.ok(&words("network vnet create -g rg -n vnet1 --address-prefix 10.0.0.0/16"));

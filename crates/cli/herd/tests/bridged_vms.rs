@@ -62,6 +62,7 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
     let _vms = VmGuard(data.clone());
     let config = "[network]\nmode = \"bridged\"\n[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 20\n";
     let s = Server::start_in(&ns.0, "qemu", &data, Some(config));
+    let _state = RemoveOnDrop(hostnet_root(&data));
     s.ok(&["group", "create", "-n", "net-rg"]);
     let cmdline = format!("@{}", tg.join("cmdline").display());
     s.ok(&[

@@ -23,12 +23,17 @@ fn output(cmd: &[&str]) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-/// Removes the namespaces (and with them every interface in them) at the end, even on failure.
+/// Removes the namespaces (and with them every interface in them) at the end, even on
+/// failure, after killing what runs in them (a dnsmasq of a failed run).
 struct Namespaces(Vec<String>);
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for ns in &self.0 {
+            let pids = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| o.stdout).unwrap_or_default();
+            for pid in String::from_utf8_lossy(&pids).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }

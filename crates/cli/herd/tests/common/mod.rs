@@ -536,6 +536,15 @@ pub fn hostnet_root(data_dir: &Path) -> PathBuf {
     herd_hostnet::HostNet::for_tag(&tag).root().to_path_buf()
 }
 
+/// Removes a directory at the end, even on failure (a bridged server's state under `/run`).
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct VmGuard(pub PathBuf);
 
 impl Drop for VmGuard {
