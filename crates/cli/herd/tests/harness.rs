@@ -8,11 +8,7 @@ use std::time::Duration;
 /// The block a server derives from its data dir when its config names none (the FNV-1a hash
 /// in `herd server`, low 7 bits), to find two data dirs that would collide.
 fn derived_block(data_dir: &std::path::Path) -> u8 {
-    (data_dir
-        .to_string_lossy()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) as u8)
-        % 128
+    (herd_driver::stable_hash(data_dir.to_string_lossy().as_bytes()) as u8) % 128
 }
 
 fn reach_address(s: &Server) -> String {

@@ -43,14 +43,9 @@ use herd_model::InstanceKey;
 /// The kernel command line for kernel images that bring none.
 pub(crate) const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
-/// 64-bit FNV-1a: small, stable across Rust versions and platforms (unlike `DefaultHasher`).
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    herd_driver::stable_hash(bytes)
-}
-
 /// The marker prefix of every QEMU this tag starts: `herd:<16 hex digits>:`.
 pub(crate) fn marker_prefix(tag: &str) -> String {
-    format!("herd:{:016x}:", fnv1a64(tag.as_bytes()))
+    format!("herd:{:016x}:", herd_driver::stable_hash(tag))
 }
 
 /// A stable, locally administered unicast MAC for `key` (see `herd_hostnet::mac_for`: the

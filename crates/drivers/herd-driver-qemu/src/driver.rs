@@ -953,7 +953,7 @@ impl Shared {
     /// The directory of `key`, and where its sockets go if that path is too long.
     fn vm(&self, key: &InstanceKey) -> VmDir {
         let dir = herd_driver::host::instance_dir::instance_path(&self.cfg.root, key);
-        let socket_fallback = self.socket_dir.join(format!("{:016x}", command_line::fnv1a64(key.path().as_bytes())));
+        let socket_fallback = self.socket_dir.join(format!("{:016x}", herd_driver::stable_hash(key.path())));
         VmDir { dir, socket_fallback }
     }
 
