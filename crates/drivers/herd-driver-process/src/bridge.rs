@@ -60,11 +60,29 @@ pub(crate) fn ensure(tag: &str, key: &str, name: &str, att: &NetworkAttachment, 
     let veth = veth_name(ns);
     let port = Reservation { owner: key, mac: &mac, name, port: &veth };
     HostNet::for_tag(tag).attach(att, &port).map_err(|e| e.to_string())?;
+    // A veth can vanish under us: when an earlier namespace of this name is deleted (a delete
+    // before this create, or a crash), the kernel cleans it up asynchronously and takes the
+    // veth pair with it some time later. One retry from the start covers that.
+    match plumb(ns, &veth, &mac, att) {
+        Err(e) if !herd_hostnet::link::exists(&veth) => {
+            tracing::info!(netns = ns, veth = %veth, error = %e, "veth vanished while plumbing; once more");
+            plumb(ns, &veth, &mac, att)
+        }
+        other => other,
+    }
+}
+
+/// The namespace, the veth pair (its peer `eth0` inside the namespace), MAC, MTU, address and
+/// default route.
+fn plumb(ns: &str, veth: &str, mac: &str, att: &NetworkAttachment) -> Result<(), String> {
     let addr = format!("{}/{}", att.address, att.prefix_len);
     let mtu = att.mtu.to_string();
-    match netns_state(ns) {
-        Netns::Mounted => {}
-        Netns::Missing => ip(&["netns", "add", ns]).map_err(|e| e.to_string())?,
+    let fresh = match netns_state(ns) {
+        Netns::Mounted => false,
+        Netns::Missing => {
+            ip(&["netns", "add", ns]).map_err(|e| e.to_string())?;
+            true
+        }
         Netns::Broken => {
             // `ip netns add` creates the file, then mounts the namespace on it; a crash in
             // between leaves a plain file that no command can enter. Remove it and start over.
@@ -72,15 +90,21 @@ pub(crate) fn ensure(tag: &str, key: &str, name: &str, att: &NetworkAttachment, 
             let _ = ip(&["netns", "del", ns]);
             let _ = std::fs::remove_file(std::path::Path::new(NETNS_DIR).join(ns));
             ip(&["netns", "add", ns]).map_err(|e| e.to_string())?;
+            true
         }
-    }
+    };
     let run = |args: &[&str]| ip(args).map_err(|e| e.to_string());
-    if !herd_hostnet::link::exists(&veth) {
-        run(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+    // A veth whose peer is not this namespace's `eth0` (the namespace is new, or the peer is
+    // gone) is left from an earlier namespace of this name: replace it.
+    if herd_hostnet::link::exists(veth) && (fresh || ip(&["-n", ns, "link", "show", "dev", "eth0"]).is_err()) {
+        herd_hostnet::link::remove(veth).map_err(|e| e.to_string())?;
     }
-    run(&["link", "set", &veth, "master", &att.bridge, "mtu", &mtu, "up"])?;
+    if !herd_hostnet::link::exists(veth) {
+        run(&["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+    }
+    run(&["link", "set", veth, "master", &att.bridge, "mtu", &mtu, "up"])?;
     run(&["-n", ns, "link", "set", "lo", "up"])?;
-    run(&["-n", ns, "link", "set", "eth0", "address", &mac, "mtu", &mtu])?;
+    run(&["-n", ns, "link", "set", "eth0", "address", mac, "mtu", &mtu])?;
     run(&["-n", ns, "addr", "replace", &addr, "dev", "eth0"])?;
     run(&["-n", ns, "link", "set", "eth0", "up"])?;
     run(&["-n", ns, "route", "replace", "default", "via", &att.gateway.to_string()])?;

@@ -55,10 +55,16 @@ pub fn ensure_tap(name: &str, bridge: &str, mtu: u16) -> Result<(), NetError> {
     ip(&["link", "set", name, "master", bridge, "mtu", &mtu.to_string(), "up"])
 }
 
-/// Removes the interface `name`. Ok if it is absent.
+/// Removes the interface `name`. Ok if it is absent, or if it goes away by itself while we
+/// remove it (the kernel removes a veth when its peer's namespace is cleaned up, which it does
+/// asynchronously after the namespace's last user goes).
 pub fn remove(name: &str) -> Result<(), NetError> {
     if exists(name) {
-        ip(&["link", "del", name])?;
+        if let Err(e) = ip(&["link", "del", name]) {
+            if exists(name) {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
