@@ -165,7 +165,9 @@ impl From<herd_state::networks::NetError> for ApiError {
         use herd_state::networks::NetError as N;
         match e {
             N::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            N::UsedBySets { .. } | N::UsedByLoadBalancer { .. } => ApiError::Conflict(e.to_string()),
+            N::UsedBySets { .. } | N::UsedByLoadBalancer { .. } | N::UsedBySubnets { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
             N::State(e) => e.into(),
         }
     }

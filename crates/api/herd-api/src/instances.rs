@@ -201,6 +201,23 @@ pub async fn boot_log(
     }
 }
 
+/// The network security groups that apply at the instance's NIC (the subnet's, then the NIC
+/// configuration's), each with its rules in evaluation order and its service tags expanded:
+/// what the host enforces. Azure's `list-effective-nsg`.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/effectiveNetworkSecurityGroups", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = herd_model::nsg::EffectiveNetworkSecurityGroups), (status = 404, body = ErrorBody)))]
+pub async fn effective_nsgs(
+    n: Named<(String, String, String)>,
+) -> Result<Json<herd_model::nsg::EffectiveNetworkSecurityGroups>, ApiError> {
+    n.with_set(|st, set, (_, _, id)| {
+        let rec = find(st, &set.value, &id)?;
+        let lookup = herd_state::security::Lookup::load(&*st.store)?;
+        Ok(Json(herd_state::security::effective_of(&lookup, &set.value, &rec)))
+    })
+    .await
+}
+
 /// Query of [`boot_log`].
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

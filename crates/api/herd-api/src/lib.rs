@@ -83,11 +83,18 @@ pub fn router(state: AppState) -> Router {
         .route(set_path!("/virtualMachines/{id}"), get(instances::show))
         .route(set_path!("/virtualMachines/{id}/instanceView"), get(instances::instance_view))
         .route(set_path!("/virtualMachines/{id}/bootLog"), get(instances::boot_log))
+        .route(set_path!("/virtualMachines/{id}/effectiveNetworkSecurityGroups"), get(instances::effective_nsgs))
         .route(set_path!("/{action}"), post(instances::action))
         .merge(network::vnet_routes())
         .route(
             group_path!("/virtualNetworks/{vnet}/subnets/{name}"),
             put(network::subnet_put).delete(network::subnet_delete),
+        )
+        .merge(network::nsg_routes())
+        .route(group_path!("/networkSecurityGroups/{name}/securityRules"), get(network::rule_list))
+        .route(
+            group_path!("/networkSecurityGroups/{name}/securityRules/{rule}"),
+            put(network::rule_put).get(network::rule_show).delete(network::rule_delete),
         )
         .merge(network::pip_routes())
         .merge(network::lb_routes())

@@ -15,6 +15,7 @@ use axum::{
 use herd_model::health::HealthState;
 use herd_model::{
     network::{network_id, LoadBalancer, PublicIpAddress, Subnet, VirtualNetwork, LB_COLLECTIONS},
+    nsg::{NetworkSecurityGroup, SecurityRule},
     FieldError,
 };
 use herd_state::keys::HealthKey;
@@ -190,6 +191,17 @@ network_resources! {
     delete vnet_delete,
     of VirtualNetwork, tag "networks", at ("/v1/resourceGroups/{group}/virtualNetworks", "/v1/resourceGroups/{group}/virtualNetworks/{name}"), routes vnet_routes;
 
+    /// Lists network security groups.
+    list nsg_list,
+    /// Shows a network security group with its rules and its default rules.
+    show nsg_show,
+    /// Creates or replaces a network security group (with its rules). Rule changes reach
+    /// running instances within a second.
+    put nsg_put = fill_nsg then wake,
+    /// Deletes a network security group, unless a subnet or a scale set uses it.
+    delete nsg_delete,
+    of NetworkSecurityGroup, tag "networks", at ("/v1/resourceGroups/{group}/networkSecurityGroups", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}"), routes nsg_routes;
+
     /// Lists public IP addresses.
     list pip_list,
     /// Shows a public IP address.
@@ -218,6 +230,9 @@ network_resources! {
 fn fill_vnet(c: &PutCtx<'_, VirtualNetwork>, v: &mut VirtualNetwork) -> Result<String, ApiError> {
     v.normalize(c.group, c.name)?;
     check_vnet_overlaps(c.s, c.group, c.name, v)?;
+    for (i, sub) in v.subnets.iter().enumerate() {
+        check_nsg_exists(c.s, &format!("subnets[{i}].networkSecurityGroup"), sub)?;
+    }
     let prefixes: Vec<String> = v.address_space.address_prefixes.iter().map(|p| p.to_string()).collect();
     Ok(format!("virtual network {}", prefixes.join(", ")))
 }
@@ -268,7 +283,11 @@ pub async fn subnet_put(
                 }
                 ApiError::Invalid(e)
             })?;
+            if let Some(sub) = v.subnets.iter().find(|x| x.name == name) {
+                check_nsg_exists(s, "networkSecurityGroup", sub)?;
+            }
             save(s, &group, &vnet, &v, Expected::Revision(cur.revision), format!("subnet '{name}' written"))?;
+            s.wake();
             let out = v.subnets.into_iter().find(|x| x.name == name).expect("just added");
             Ok(Json(out))
         })
@@ -300,6 +319,127 @@ fn subnet_delete_once(s: &AppState, group: &str, vnet: &str, name: &str) -> Resu
     v.subnets.retain(|x| !x.name.eq_ignore_ascii_case(name));
     save(s, group, vnet, &v, Expected::Revision(cur.revision), format!("subnet '{name}' deleted"))?;
     Ok(StatusCode::OK)
+}
+
+/// A subnet's `networkSecurityGroup`, if any, names a group that exists.
+fn check_nsg_exists(s: &AppState, field: &str, sub: &Subnet) -> Result<(), ApiError> {
+    let Some(r) = &sub.network_security_group else { return Ok(()) };
+    let groups = s.store.security_groups()?;
+    if groups.iter().any(|g| g.value.id.eq_ignore_ascii_case(&r.id)) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        field,
+        format!("network security group '{}' does not exist; create it with 'herd network nsg create'", r.id),
+    ))
+}
+
+// ---- network security groups and their rules ----
+
+/// A network security group's PUT: normalized (ids, default rules, every rule checked).
+fn fill_nsg(c: &PutCtx<'_, NetworkSecurityGroup>, g: &mut NetworkSecurityGroup) -> Result<String, ApiError> {
+    g.normalize(c.group, c.name)?;
+    Ok(format!("network security group with {} rule(s)", g.security_rules.len()))
+}
+
+/// Lists a network security group's rules (not the default ones; `show` has those).
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Vec<SecurityRule>), (status = 404, body = ErrorBody)))]
+pub async fn rule_list(
+    State(s): State<AppState>,
+    Path((group, name)): Path<(String, String)>,
+) -> Result<Json<Vec<SecurityRule>>, ApiError> {
+    s.blocking(move |s| Ok(Json(load::<NetworkSecurityGroup>(s, &group, &name)?.value.security_rules))).await
+}
+
+fn find_rule(g: &NetworkSecurityGroup, rule: &str) -> Result<SecurityRule, ApiError> {
+    g.security_rules.iter().find(|r| r.name.eq_ignore_ascii_case(rule)).cloned().ok_or_else(|| {
+        let default = g.default_security_rules.iter().any(|r| r.name.eq_ignore_ascii_case(rule));
+        ApiError::NotFound(if default {
+            format!("'{rule}' is a default rule of '{}'; default rules cannot be changed or deleted", g.name)
+        } else {
+            format!("rule '{rule}' does not exist in network security group '{}'", g.name)
+        })
+    })
+}
+
+/// Shows one rule of a network security group.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path), ("rule" = String, Path)),
+    responses((status = 200, body = SecurityRule), (status = 404, body = ErrorBody)))]
+pub async fn rule_show(
+    State(s): State<AppState>,
+    Path((group, name, rule)): Path<(String, String, String)>,
+) -> Result<Json<SecurityRule>, ApiError> {
+    s.blocking(move |s| Ok(Json(find_rule(&load::<NetworkSecurityGroup>(s, &group, &name)?.value, &rule)?))).await
+}
+
+/// Creates or replaces one rule; the whole group is checked again (a priority another rule of
+/// the same direction holds is refused). Running instances get it within a second.
+#[utoipa::path(put, path = "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path), ("rule" = String, Path)), request_body = SecurityRule,
+    responses((status = 200, body = SecurityRule), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn rule_put(
+    State(s): State<AppState>,
+    Path((group, name, rule)): Path<(String, String, String)>,
+    Json(mut body): Json<Value>,
+) -> Result<Json<SecurityRule>, ApiError> {
+    s.blocking(move |s| {
+        views::check_child_name("rule", &rule)?;
+        if let Some(o) = body.as_object_mut() {
+            o.insert("name".into(), Value::String(rule.clone()));
+        }
+        let out = views::retry(&HeaderMap::new(), || {
+            let cur = load::<NetworkSecurityGroup>(s, &group, &name)?;
+            if cur.value.default_security_rules.iter().any(|r| r.name.eq_ignore_ascii_case(&rule)) {
+                return Err(ApiError::invalid(
+                    "name",
+                    format!("'{rule}' is the name of a default rule; choose another"),
+                ));
+            }
+            let new: SecurityRule = parse(body.clone())?;
+            let mut g = cur.value.clone();
+            g.security_rules.retain(|x| !x.name.eq_ignore_ascii_case(&rule));
+            g.security_rules.push(new);
+            let last = g.security_rules.len() - 1;
+            g.normalize(&group, &name).map_err(|mut e| {
+                let own = format!("securityRules[{last}].");
+                if let Some(f) = e.field.strip_prefix(&own) {
+                    e.field = f.to_string();
+                }
+                ApiError::Invalid(e)
+            })?;
+            save(s, &group, &name, &g, Expected::Revision(cur.revision), format!("security rule '{rule}' written"))?;
+            find_rule(&g, &rule)
+        })?;
+        s.wake();
+        Ok(Json(out))
+    })
+    .await
+}
+
+/// Deletes one rule (default rules cannot be deleted). Running instances lose it within a
+/// second.
+#[utoipa::path(delete, path = "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}", tag = "networks",
+    params(("group" = String, Path), ("name" = String, Path), ("rule" = String, Path)),
+    responses((status = 200), (status = 404, body = ErrorBody)))]
+pub async fn rule_delete(
+    State(s): State<AppState>,
+    Path((group, name, rule)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    s.blocking(move |s| {
+        views::retry(&HeaderMap::new(), || {
+            let cur = load::<NetworkSecurityGroup>(s, &group, &name)?;
+            find_rule(&cur.value, &rule)?;
+            let mut g = cur.value.clone();
+            g.security_rules.retain(|x| !x.name.eq_ignore_ascii_case(&rule));
+            save(s, &group, &name, &g, Expected::Revision(cur.revision), format!("security rule '{rule}' deleted"))
+        })?;
+        s.wake();
+        Ok(StatusCode::OK)
+    })
+    .await
 }
 
 // ---- public IP addresses ----

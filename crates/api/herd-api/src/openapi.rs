@@ -45,6 +45,15 @@ use utoipa::OpenApi;
         crate::network::vnet_delete,
         crate::network::subnet_put,
         crate::network::subnet_delete,
+        crate::network::nsg_list,
+        crate::network::nsg_show,
+        crate::network::nsg_put,
+        crate::network::nsg_delete,
+        crate::network::rule_list,
+        crate::network::rule_show,
+        crate::network::rule_put,
+        crate::network::rule_delete,
+        crate::instances::effective_nsgs,
         crate::network::pip_list,
         crate::network::pip_show,
         crate::network::pip_put,
@@ -165,7 +174,7 @@ impl utoipa::Modify for CommonAnswers {
                     let pattern = match p.name.as_str() {
                         "group" => Some(GROUP_PATTERN),
                         "name" if path.contains("/virtualMachineScaleSets/{name}") => Some(SET_PATTERN),
-                        "name" | "vnet" | "pool" | "child" | "ext" => Some(CHILD_PATTERN),
+                        "name" | "vnet" | "pool" | "child" | "ext" | "rule" => Some(CHILD_PATTERN),
                         "id" => Some(r"^[0-9]{1,19}$"),
                         _ => None,
                     };
@@ -198,6 +207,7 @@ impl utoipa::Modify for CommonAnswers {
                 ("Probe", CHILD_PATTERN),
                 ("LoadBalancingRule", CHILD_PATTERN),
                 ("InboundNatPool", CHILD_PATTERN),
+                ("SecurityRule", CHILD_PATTERN),
             ] {
                 if let Some(utoipa::openapi::RefOr::T(Schema::Object(o))) = c.schemas.get_mut(schema) {
                     if let Some(utoipa::openapi::RefOr::T(Schema::Object(n))) = o.properties.get_mut("name") {

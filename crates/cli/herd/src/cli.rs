@@ -451,6 +451,9 @@ pub struct VmssCreate {
     /// Subnet (a name with --vnet-name, or an id) the instances get private IPs from.
     #[arg(long)]
     pub subnet: Option<String>,
+    /// Network security group (a name in the set's group, or an id) of every instance's NIC.
+    #[arg(long)]
+    pub nsg: Option<String>,
     /// Empty data disks per instance, sizes in GB (LUNs 0, 1, ...); kept across reimage.
     #[arg(long, num_args = 1..)]
     pub data_disk_sizes_gb: Vec<u64>,

@@ -518,6 +518,9 @@ async fn network_profile(ctx: &Ctx, c: &VmssCreate) -> Result<Option<Value>> {
         pools.push(json!({"id": format!("{}/backendAddressPools/{pool}", herd_model::network::network_id(g, "loadBalancers", lb))}));
     }
     if subnet.is_none() && pools.is_empty() {
+        if let Some(n) = &c.nsg {
+            bail!("--nsg {n}: a network security group filters a NIC on a subnet; also give --subnet");
+        }
         return Ok(None);
     }
     let prefix: String = c.set.name.chars().take(9).collect();
@@ -525,9 +528,11 @@ async fn network_profile(ctx: &Ctx, c: &VmssCreate) -> Result<Option<Value>> {
     if let Some(s) = subnet {
         ipc["subnet"] = json!({"id": s});
     }
-    Ok(Some(
-        json!({"networkInterfaceConfigurations": [{"name": format!("{prefix}Nic"), "primary": true, "ipConfigurations": [ipc]}]}),
-    ))
+    let mut nic = json!({"name": format!("{prefix}Nic"), "primary": true, "ipConfigurations": [ipc]});
+    if let Some(n) = c.nsg.as_deref().filter(|n| !n.is_empty()) {
+        nic["networkSecurityGroup"] = json!({"id": crate::network_cmds::nsg_id(g, n)});
+    }
+    Ok(Some(json!({"networkInterfaceConfigurations": [nic]})))
 }
 
 fn ids_body(ids: &[String]) -> Value {

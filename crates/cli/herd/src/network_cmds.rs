@@ -18,6 +18,107 @@ pub enum NetworkCmd {
     /// Load balancers, with their probes, rules, pools, frontends and NAT pools.
     #[command(subcommand)]
     Lb(LbCmd),
+    /// Network security groups and their rules (Azure's semantics, enforced on the host).
+    #[command(subcommand)]
+    Nsg(NsgCmd),
+    /// Instances' network interfaces.
+    #[command(subcommand)]
+    Nic(NicCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NsgCmd {
+    /// Create a network security group (with the six default rules and no others).
+    Create {
+        #[command(flatten)]
+        r: Named,
+        #[arg(short, long, default_value = "local")]
+        location: String,
+    },
+    #[command(flatten)]
+    Plain(Plain),
+    /// Security rules of a network security group.
+    #[command(subcommand)]
+    Rule(NsgRuleCmd),
+}
+
+/// `-g`, `--nsg-name`, `-n`.
+#[derive(Debug, Args, Clone)]
+pub struct NsgRuleRef {
+    #[arg(short = 'g', long = "resource-group")]
+    pub group: String,
+    #[arg(long)]
+    pub nsg_name: String,
+    #[arg(short, long)]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NsgRuleCmd {
+    /// Create or update a rule. It reaches running instances within a second.
+    Create {
+        #[command(flatten)]
+        r: NsgRuleRef,
+        /// 100 to 4096, unique per direction; lower numbers are evaluated first.
+        #[arg(long)]
+        priority: i64,
+        /// Inbound or Outbound.
+        #[arg(long, default_value = "Inbound")]
+        direction: String,
+        /// Allow or Deny.
+        #[arg(long, default_value = "Allow")]
+        access: String,
+        /// Tcp, Udp, Icmp or * (any).
+        #[arg(long, default_value = "*")]
+        protocol: String,
+        /// Prefixes, addresses, * or the service tags VirtualNetwork, AzureLoadBalancer, Internet.
+        #[arg(long, num_args = 1.., default_value = "*")]
+        source_address_prefixes: Vec<String>,
+        /// Ports or ranges (8000-8080), or *.
+        #[arg(long, num_args = 1.., default_value = "*")]
+        source_port_ranges: Vec<String>,
+        #[arg(long, num_args = 1.., default_value = "*")]
+        destination_address_prefixes: Vec<String>,
+        /// Ports or ranges (8000-8080), or *. Azure's default is 80.
+        #[arg(long, num_args = 1.., default_value = "80")]
+        destination_port_ranges: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        nsg_name: String,
+        /// Also list the six default rules.
+        #[arg(long)]
+        include_default: bool,
+    },
+    Show(NsgRuleRef),
+    Delete(NsgRuleRef),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NicCmd {
+    /// The network security groups and rules that apply at an instance's NIC (the subnet's,
+    /// then the NIC's), with service tags expanded: what the host enforces.
+    ListEffectiveNsg {
+        #[arg(short = 'g', long = "resource-group")]
+        group: String,
+        #[arg(long)]
+        vmss_name: String,
+        #[arg(long)]
+        instance_id: String,
+    },
+}
+
+/// The id of network security group `name` of `group` (or `name` itself when it is an id).
+pub fn nsg_id(group: &str, name: &str) -> String {
+    if name.starts_with('/') {
+        name.to_string()
+    } else {
+        herd_model::network::network_id(group, "networkSecurityGroups", name)
+    }
 }
 
 /// `-g` and `-n`.
@@ -87,6 +188,19 @@ pub enum SubnetCmd {
         /// networking). `false` makes the subnet private.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         default_outbound_access: bool,
+        /// Network security group (name or id) that filters every NIC on the subnet.
+        #[arg(long)]
+        network_security_group: Option<String>,
+    },
+    /// Change a subnet: its network security group ("" removes it) or its outbound access.
+    Update {
+        #[command(flatten)]
+        r: SubnetRef,
+        /// Network security group (name or id); "" dissociates it.
+        #[arg(long)]
+        network_security_group: Option<String>,
+        #[arg(long, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+        default_outbound_access: Option<bool>,
     },
     List {
         #[arg(short = 'g', long = "resource-group")]
@@ -270,8 +384,40 @@ const VNET_TABLE: Columns<'static> = &[
     ("AddressPrefixes", "join(' ', addressSpace.addressPrefixes)"),
     ("Subnets", "length(subnets)"),
 ];
-const SUBNET_TABLE: Columns<'static> =
-    &[("Name", "name"), ("AddressPrefix", "addressPrefix"), ("ProvisioningState", "provisioningState")];
+const SUBNET_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("AddressPrefix", "addressPrefix"),
+    ("NetworkSecurityGroup", "networkSecurityGroup.id"),
+    ("ProvisioningState", "provisioningState"),
+];
+const NSG_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("ResourceGroup", "resourceGroup"),
+    ("Location", "location"),
+    ("Rules", "length(securityRules)"),
+];
+const RULE_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("Priority", "priority"),
+    ("Direction", "direction"),
+    ("Access", "access"),
+    ("Protocol", "protocol"),
+    ("SourceAddressPrefixes", "join(' ', sourceAddressPrefixes)"),
+    ("SourcePortRanges", "join(' ', sourcePortRanges)"),
+    ("DestinationAddressPrefixes", "join(' ', destinationAddressPrefixes)"),
+    ("DestinationPortRanges", "join(' ', destinationPortRanges)"),
+];
+const EFFECTIVE_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("Priority", "priority"),
+    ("Direction", "direction"),
+    ("Access", "access"),
+    ("Protocol", "protocol"),
+    ("Source", "join(' ', expandedSourceAddressPrefix)"),
+    ("SourcePorts", "join(' ', sourcePortRanges)"),
+    ("Destination", "join(' ', expandedDestinationAddressPrefix)"),
+    ("DestinationPorts", "join(' ', destinationPortRanges)"),
+];
 const PIP_TABLE: Columns<'static> = &[
     ("Name", "name"),
     ("ResourceGroup", "resourceGroup"),
@@ -338,11 +484,46 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
             }
             VnetCmd::Plain(op) => plain(client, print, "virtualNetworks", VNET_TABLE, op).await,
             VnetCmd::Subnet(s) => match s {
-                SubnetCmd::Create { r, prefix, default_outbound_access } => {
+                SubnetCmd::Create { r, prefix, default_outbound_access, network_security_group } => {
                     let path =
                         format!("{}/virtualNetworks/{}/subnets/{}", base(&r.group), enc(&r.vnet_name), enc(&r.name));
-                    let body = json!({"addressPrefix": prefix, "defaultOutboundAccess": default_outbound_access});
+                    let mut body = json!({"addressPrefix": prefix, "defaultOutboundAccess": default_outbound_access});
+                    if let Some(n) = network_security_group.filter(|n| !n.is_empty()) {
+                        body["networkSecurityGroup"] = json!({"id": nsg_id(&r.group, &n)});
+                    }
                     print(&client.put(&path, &body).await?, Some(SUBNET_TABLE))
+                }
+                SubnetCmd::Update { r, network_security_group, default_outbound_access } => {
+                    let v = client.get(&path(&r.group, "virtualNetworks", &r.vnet_name)).await?;
+                    let mut sub = v["subnets"]
+                        .as_array()
+                        .and_then(|a| {
+                            a.iter().find(|s| s["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&r.name)))
+                        })
+                        .cloned()
+                        .ok_or_else(|| {
+                            anyhow!("subnet '{}' does not exist in virtual network '{}'", r.name, r.vnet_name)
+                        })?;
+                    let obj =
+                        sub.as_object_mut().ok_or_else(|| anyhow!("the server sent a subnet that is not an object"))?;
+                    for k in ["id", "provisioningState"] {
+                        obj.remove(k);
+                    }
+                    match network_security_group.as_deref() {
+                        Some("") => {
+                            obj.remove("networkSecurityGroup");
+                        }
+                        Some(n) => {
+                            obj.insert("networkSecurityGroup".into(), json!({"id": nsg_id(&r.group, n)}));
+                        }
+                        None => {}
+                    }
+                    if let Some(b) = default_outbound_access {
+                        obj.insert("defaultOutboundAccess".into(), json!(b));
+                    }
+                    let path =
+                        format!("{}/virtualNetworks/{}/subnets/{}", base(&r.group), enc(&r.vnet_name), enc(&r.name));
+                    print(&client.put(&path, &sub).await?, Some(SUBNET_TABLE))
                 }
                 SubnetCmd::List { group, vnet_name } => {
                     let v = client.get(&path(&group, "virtualNetworks", &vnet_name)).await?;
@@ -390,6 +571,91 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
             PublicIpCmd::Plain(op) => plain(client, print, "publicIPAddresses", PIP_TABLE, op).await,
         },
         NetworkCmd::Lb(c) => lb(client, c, print).await,
+        NetworkCmd::Nsg(c) => nsg(client, c, print).await,
+        NetworkCmd::Nic(NicCmd::ListEffectiveNsg { group, vmss_name, instance_id }) => {
+            let v = client
+                .get(&format!(
+                    "{}/virtualMachineScaleSets/{}/virtualMachines/{}/effectiveNetworkSecurityGroups",
+                    base(&group),
+                    enc(&vmss_name),
+                    enc(&instance_id)
+                ))
+                .await?;
+            if fmt == Format::Table && query.is_none() {
+                // One table per group, in evaluation order.
+                let groups = v["value"].as_array().cloned().unwrap_or_default();
+                if groups.is_empty() {
+                    println!("No network security group applies: the NIC is unfiltered.");
+                }
+                for g in groups {
+                    let on = g["association"]["subnet"]["id"]
+                        .as_str()
+                        .map(|s| format!("subnet {s}"))
+                        .or_else(|| g["association"]["networkInterface"]["id"].as_str().map(|n| format!("NIC {n}")))
+                        .unwrap_or_default();
+                    println!("{} (on {on})", g["networkSecurityGroup"]["id"].as_str().unwrap_or_default());
+                    print(&g["effectiveSecurityRules"], Some(EFFECTIVE_TABLE))?;
+                }
+                Ok(())
+            } else {
+                print(&v, None)
+            }
+        }
+    }
+}
+
+async fn nsg(client: &Client, c: NsgCmd, print: Print<'_>) -> Result<()> {
+    let rule_path = |r: &NsgRuleRef| {
+        format!("{}/networkSecurityGroups/{}/securityRules/{}", base(&r.group), enc(&r.nsg_name), enc(&r.name))
+    };
+    match c {
+        NsgCmd::Create { r, location } => {
+            let v = client
+                .call(
+                    reqwest::Method::PUT,
+                    &path(&r.group, "networkSecurityGroups", &r.name),
+                    Some(&json!({"location": location})),
+                    &[("If-None-Match", "*")],
+                )
+                .await?;
+            print(&v, Some(NSG_TABLE))
+        }
+        NsgCmd::Plain(op) => plain(client, print, "networkSecurityGroups", NSG_TABLE, op).await,
+        NsgCmd::Rule(rc) => match rc {
+            NsgRuleCmd::Create {
+                r,
+                priority,
+                direction,
+                access,
+                protocol,
+                source_address_prefixes,
+                source_port_ranges,
+                destination_address_prefixes,
+                destination_port_ranges,
+                description,
+            } => {
+                let mut body = json!({
+                    "priority": priority, "direction": direction, "access": access, "protocol": protocol,
+                    "sourceAddressPrefixes": source_address_prefixes, "sourcePortRanges": source_port_ranges,
+                    "destinationAddressPrefixes": destination_address_prefixes,
+                    "destinationPortRanges": destination_port_ranges,
+                });
+                if let Some(d) = description {
+                    body["description"] = json!(d);
+                }
+                print(&client.put(&rule_path(&r), &body).await?, Some(RULE_TABLE))
+            }
+            NsgRuleCmd::List { group, nsg_name, include_default } => {
+                let g = client.get(&path(&group, "networkSecurityGroups", &nsg_name)).await?;
+                let mut rules = g["securityRules"].as_array().cloned().unwrap_or_default();
+                if include_default {
+                    rules.extend(g["defaultSecurityRules"].as_array().cloned().unwrap_or_default());
+                }
+                print(&Value::Array(rules), Some(RULE_TABLE))
+            }
+            NsgRuleCmd::Show(r) => print(&client.get(&rule_path(&r)).await?, Some(RULE_TABLE)),
+            NsgRuleCmd::Delete(r) => client.delete(&rule_path(&r)).await.map(drop),
+        },
     }
 }
 

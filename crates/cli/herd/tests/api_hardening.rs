@@ -82,6 +82,7 @@ async fn body_operations(api: &Api) -> Vec<(Method, String)> {
                 .replace("{action}", if path.contains("rollingUpgrades") { "start" } else { "restart" })
                 .replace("{ext}", "e1")
                 .replace("{vnet}", "v1")
+                .replace("{rule}", "r1")
                 .replace("{collection}", "probes")
                 .replace("{child}", "c1")
                 .replace("{id}", "0")

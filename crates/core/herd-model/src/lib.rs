@@ -23,6 +23,7 @@ pub mod ids;
 pub mod image;
 pub mod instance;
 pub mod network;
+pub mod nsg;
 pub mod patch;
 pub mod repair;
 pub mod scale_set;

@@ -66,6 +66,10 @@ pub struct Subnet {
     /// own change of default).
     #[serde(default = "yes")]
     pub default_outbound_access: bool,
+    /// The network security group that filters every NIC on the subnet (before the NIC's own
+    /// on the way in, after it on the way out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_security_group: Option<SubResource>,
     #[serde(default = "succeeded")]
     pub provisioning_state: String,
 }

@@ -215,6 +215,10 @@ pub struct NetworkInterfaceConfiguration {
     #[serde(default = "yes")]
     pub primary: bool,
     pub ip_configurations: Vec<IpConfiguration>,
+    /// The network security group of each instance's NIC (after the subnet's on the way in,
+    /// before it on the way out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_security_group: Option<crate::network::SubResource>,
 }
 
 /// `virtualMachineProfile.networkProfile`.

@@ -33,4 +33,4 @@ pub use config::{Backend, Distribution, LbConfig, LbOptions, NatConfig, RuleConf
 pub use dataplane::LoadBalancer;
 pub use error::{BindFailure, LbError};
 pub use metrics::{BackendStats, BackendStatus, LbStats, RuleKind, RuleStats};
-pub use probe::{Health, Probe, ProbeError, ProbeProtocol, ProbeRunner, TargetStatus};
+pub use probe::{Health, Probe, ProbeError, ProbeProtocol, ProbeRunner, ProbeTarget, TargetStatus};

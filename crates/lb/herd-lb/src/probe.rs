@@ -194,8 +194,23 @@ pub struct TargetStatus {
 
 type StatusMap = BTreeMap<String, TargetStatus>;
 
+/// Where a probe goes and, optionally, the address it comes from. With bridged networking the
+/// source is the target subnet's reserved `.2`, so network security groups tell probes apart
+/// (the `AzureLoadBalancer` tag) from anything else the host sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub addr: IpAddr,
+    pub source: Option<IpAddr>,
+}
+
+impl From<IpAddr> for ProbeTarget {
+    fn from(addr: IpAddr) -> Self {
+        ProbeTarget { addr, source: None }
+    }
+}
+
 struct TargetTask {
-    addr: IpAddr,
+    addr: ProbeTarget,
     generation: u64,
     handle: JoinHandle<()>,
 }
@@ -232,8 +247,8 @@ impl ProbeRunner {
     /// address keep their state and schedule; new ones (or an id whose address changed) start
     /// `Unknown` and are probed at once; missing ones stop. Must be called within a Tokio
     /// runtime.
-    pub fn set_targets(&self, targets: impl IntoIterator<Item = (String, IpAddr)>) {
-        let wanted: BTreeMap<String, IpAddr> = targets.into_iter().collect();
+    pub fn set_targets<T: Into<ProbeTarget>>(&self, targets: impl IntoIterator<Item = (String, T)>) {
+        let wanted: BTreeMap<String, ProbeTarget> = targets.into_iter().map(|(id, t)| (id, t.into())).collect();
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         tasks.retain(|id, t| {
             let keep = wanted.get(id) == Some(&t.addr);
@@ -254,7 +269,7 @@ impl ProbeRunner {
             let mut changed = map.len() != before;
             for (id, addr, generation) in &added {
                 let status = TargetStatus {
-                    addr: *addr,
+                    addr: addr.addr,
                     health: Health::Unknown,
                     consecutive: 0,
                     probes: 0,
@@ -291,13 +306,20 @@ impl Drop for ProbeRunner {
     }
 }
 
-async fn run_target(probe: Arc<Probe>, id: String, addr: IpAddr, generation: u64, tx: Arc<watch::Sender<StatusMap>>) {
+async fn run_target(
+    probe: Arc<Probe>,
+    id: String,
+    target: ProbeTarget,
+    generation: u64,
+    tx: Arc<watch::Sender<StatusMap>>,
+) {
+    let addr = target.addr;
     let mut tracker = HealthTracker::new(probe.threshold);
     let mut schedule = Schedule::new(probe.interval, probe.boot_retry(), Instant::now());
     loop {
         sleep_until(schedule.next).await;
         let started = Instant::now();
-        let result = probe_once(&probe, addr).await;
+        let result = probe_target(&probe, target).await;
         let changed = schedule.counts(started, result.is_ok()) && tracker.record(result.is_ok());
         if let Err(e) = &result {
             tracing::debug!(target_id = %id, %addr, "probe failed: {e}");
@@ -350,12 +372,18 @@ impl Schedule {
 
 /// Runs one probe against `ip` (the probe's port is appended). `Err` carries a short reason.
 pub async fn probe_once(probe: &Probe, ip: IpAddr) -> Result<(), String> {
-    let addr = SocketAddr::new(ip, probe.port);
+    probe_target(probe, ProbeTarget::from(ip)).await
+}
+
+/// Runs one probe against `target` (from its source address, if it has one).
+pub async fn probe_target(probe: &Probe, target: ProbeTarget) -> Result<(), String> {
+    let addr = SocketAddr::new(target.addr, probe.port);
+    let from = target.source;
     let attempt = async {
         match &probe.protocol {
-            ProbeProtocol::Tcp => tcp_probe(addr, probe.tcp_settle).await,
-            ProbeProtocol::Http { path } => http_probe(addr, path).await,
-            ProbeProtocol::Https { path } => https_probe(addr, path).await,
+            ProbeProtocol::Tcp => tcp_probe(addr, from, probe.tcp_settle).await,
+            ProbeProtocol::Http { path } => http_probe(addr, from, path).await,
+            ProbeProtocol::Https { path } => https_probe(addr, from, path).await,
         }
     };
     match timeout(probe.timeout, attempt).await {
@@ -364,8 +392,19 @@ pub async fn probe_once(probe: &Probe, ip: IpAddr) -> Result<(), String> {
     }
 }
 
-async fn tcp_probe(addr: SocketAddr, settle: Duration) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+/// Connects to `addr`, from `source` when given.
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let Some(src) = source else {
+        return TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"));
+    };
+    let sock = if src.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(|e| format!("socket: {e}"))?;
+    sock.bind(SocketAddr::new(src, 0)).map_err(|e| format!("binding the probe source {src}: {e}"))?;
+    sock.connect(addr).await.map_err(|e| format!("connect from {src}: {e}"))
+}
+
+async fn tcp_probe(addr: SocketAddr, source: Option<IpAddr>, settle: Duration) -> Result<(), String> {
+    let mut stream = connect(addr, source).await?;
     let mut buf = [0u8; 64];
     match timeout(settle, stream.read(&mut buf)).await {
         Err(_) => Ok(()),             // still open and quiet: a real listener
@@ -375,8 +414,8 @@ async fn tcp_probe(addr: SocketAddr, settle: Duration) -> Result<(), String> {
     }
 }
 
-async fn http_probe(addr: SocketAddr, path: &str) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+async fn http_probe(addr: SocketAddr, source: Option<IpAddr>, path: &str) -> Result<(), String> {
+    let stream = connect(addr, source).await?;
     let _ = stream.set_nodelay(true);
     http_exchange(stream, addr, path).await
 }
@@ -433,8 +472,8 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-async fn https_probe(addr: SocketAddr, path: &str) -> Result<(), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+async fn https_probe(addr: SocketAddr, source: Option<IpAddr>, path: &str) -> Result<(), String> {
+    let tcp = connect(addr, source).await?;
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let tls = tls_connector()?.connect(name, tcp).await.map_err(|e| format!("tls handshake: {e}"))?;

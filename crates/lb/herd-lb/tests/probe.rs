@@ -231,7 +231,7 @@ async fn replacing_targets_keeps_the_state_of_unchanged_ones() {
         health(m, "moved") == Some(Health::Healthy) && health(m, "c") == Some(Health::Healthy)
     })
     .await;
-    runner.set_targets(Vec::new());
+    runner.set_targets(Vec::<(String, std::net::IpAddr)>::new());
     assert!(runner.statuses().is_empty());
 }
 

@@ -50,7 +50,7 @@ pub struct Limits {
 pub struct Desired {
     pub config: LbConfig,
     /// Probe id → (definition, targets).
-    pub probes: BTreeMap<String, (herd_lb::Probe, Vec<(String, IpAddr)>)>,
+    pub probes: BTreeMap<String, (herd_lb::Probe, Vec<(String, herd_lb::ProbeTarget)>)>,
     /// Instance key → (probe name, target id) used for its health.
     pub instance_targets: BTreeMap<String, (String, String)>,
     /// Problems worth telling (a rule without a public IP, a full NAT range...).
@@ -61,6 +61,9 @@ pub struct Desired {
 pub struct Member<'a> {
     pub set: &'a StoredScaleSet,
     pub record: &'a InstanceRecord,
+    /// Where its probes come from: with bridged networking, its subnet's reserved `.2` (see
+    /// [`herd_state::security::probe_source`]); None when it is reached on the host.
+    pub probe_source: Option<IpAddr>,
 }
 
 fn target_id(set: &StoredScaleSet, r: &InstanceRecord) -> String {
@@ -138,7 +141,7 @@ pub fn desired(
                     let t = target_id(m.set, m.record);
                     if !targets.iter().any(|(x, _)| *x == t) {
                         d.instance_targets.insert(instance_key(m.set, m.record), (probe.name.clone(), t.clone()));
-                        targets.push((t, ip));
+                        targets.push((t, herd_lb::ProbeTarget { addr: ip, source: m.probe_source }));
                     }
                 }
             }
@@ -354,9 +357,16 @@ impl LbController {
         let scan = |s: &dyn herd_state::Store| {
             let lbs = s.load_balancers()?;
             let records = if lbs.is_empty() { Vec::new() } else { s.instances()? };
-            Ok((lbs, s.public_ips()?, s.scale_sets()?, records))
+            let vnets = if lbs.is_empty() { Vec::new() } else { s.virtual_networks()? };
+            Ok((lbs, s.public_ips()?, s.scale_sets()?, records, vnets))
         };
-        let (lbs, pips, sets, records) = self.state.run(scan).await.map_err(|x| x.to_string())?;
+        let (lbs, pips, sets, records, vnets) = self.state.run(scan).await.map_err(|x| x.to_string())?;
+        // Each subnet's probe source, by subnet id.
+        let sources: BTreeMap<String, IpAddr> = vnets
+            .iter()
+            .flat_map(|v| v.value.subnets.iter())
+            .filter_map(|sub| Some((sub.id.to_ascii_lowercase(), IpAddr::V4(herd_state::security::probe_source(sub)?))))
+            .collect();
         let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
         let pips: Vec<PublicIpAddress> = pips.into_iter().map(|o| o.value).collect();
         let sets: Vec<StoredScaleSet> = sets.into_iter().map(|o| o.value).collect();
@@ -366,7 +376,12 @@ impl LbController {
             // Records live under `group/set/<padded id>`.
             let Ok(key) = o.key.parse::<InstanceRecordKey>() else { continue };
             if let Some(set) = by_key.get(&key.set().to_string()) {
-                members.push(Member { set, record: &o.value });
+                // Bridged instances are reached on their private IP; their probes come from the
+                // subnet's probe source.
+                let bridged = o.value.private_ip.as_deref() == Some(o.value.reach_address.as_str());
+                let subnet = primary_ip(set).and_then(|ip| ip.subnet.as_ref()).map(|s| s.id.to_ascii_lowercase());
+                let probe_source = subnet.filter(|_| bridged).and_then(|s| sources.get(&s).copied());
+                members.push(Member { set, record: &o.value, probe_source });
             }
         }
         let statuses: BTreeMap<String, BTreeMap<String, herd_lb::TargetStatus>> = {
@@ -517,7 +532,8 @@ mod tests {
             draining,
             rec(4, InstanceState::Creating),
         ];
-        let members: Vec<Member<'_>> = records.iter().map(|r| Member { set: &s, record: r }).collect();
+        let members: Vec<Member<'_>> =
+            records.iter().map(|r| Member { set: &s, record: r, probe_source: None }).collect();
         let health = |_: &str, t: &str| match t.split('#').next().unwrap() {
             "rg/web/0" | "rg/web/3" => Health::Healthy,
             "rg/web/1" => Health::Unhealthy,
@@ -604,7 +620,8 @@ mod tests {
         let since = chrono::Utc::now();
         let draining = |id| InstanceRecord { draining_since: Some(since), ..rec(id, InstanceState::Running) };
         let records = [draining(0), draining(1), draining(2), rec(3, InstanceState::Running)];
-        let members: Vec<Member<'_>> = records.iter().map(|r| Member { set: &s, record: r }).collect();
+        let members: Vec<Member<'_>> =
+            records.iter().map(|r| Member { set: &s, record: r, probe_source: None }).collect();
         let k = |id: &str| InstanceKey::parse_path(id).unwrap();
         let c = |active, in_rotation| MemberCounters { connections_total: 9, active_connections: active, in_rotation };
         let counters = BTreeMap::from([
@@ -628,7 +645,8 @@ mod tests {
     fn without_a_probe_running_instances_are_members() {
         let s = set();
         let records = [rec(0, InstanceState::Running), rec(1, InstanceState::Stopped)];
-        let members: Vec<Member<'_>> = records.iter().map(|r| Member { set: &s, record: r }).collect();
+        let members: Vec<Member<'_>> =
+            records.iter().map(|r| Member { set: &s, record: r, probe_source: None }).collect();
         let d = desired(&[lb(false)], &[pip()], &members, &|_, _| Health::Unknown, &limits());
         assert_eq!(d.config.rules[0].backends.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["rg/web/0"]);
         let no_ip = desired(&[lb(false)], &[], &members, &|_, _| Health::Unknown, &limits());
@@ -658,7 +676,7 @@ mod tests {
         let (here, before) = (store.calls_on(me), store.calls());
         ctl.pass().await.unwrap();
         ctl.pass().await.unwrap();
-        assert_eq!(store.calls() - before, 8, "each pass reads load balancers, public IPs, sets and instances");
+        assert_eq!(store.calls() - before, 10, "each pass reads load balancers, public IPs, sets, instances and vnets");
         assert_eq!(store.calls_on(me), here, "a pass called the store on the async worker");
     }
 

@@ -44,6 +44,7 @@ pub mod guard;
 pub mod link;
 mod names;
 pub mod outbound;
+pub mod security;
 
 pub use dnsmasq::Lease;
 pub use names::{mac_for, short_name, stable_hash, tap_name};
@@ -141,6 +142,9 @@ pub struct HostNet {
     root: PathBuf,
     guard: guard::Guard,
     outbound: outbound::Outbound,
+    security: security::Security,
+    /// The NSG script last written ("" for none), so an unchanged set of rules costs nothing.
+    secured: Mutex<Option<String>>,
     /// Bridges this process has seen serving: the common path checks only that the bridge and
     /// its dnsmasq still exist (a `stat` each), instead of running `ip`.
     state: Mutex<HashSet<String>>,
@@ -152,8 +156,9 @@ impl HostNet {
         let root = root.into();
         // One name for both of the server's tables (families bridge and ip).
         let table = short_name("herd_", &root.display().to_string());
+        let security = security::Security { table: format!("{table}_nsg") };
         let (guard, outbound) = (guard::Guard { table: table.clone() }, outbound::Outbound { table });
-        HostNet { root, guard, outbound, state: Mutex::new(HashSet::new()) }
+        HostNet { root, guard, outbound, security, secured: Mutex::new(None), state: Mutex::new(HashSet::new()) }
     }
 
     /// The host network of the server with driver tag `tag`, under [`RUN_ROOT`]: one value per
@@ -335,6 +340,27 @@ impl HostNet {
         }
         self.settle(&mut seen, false)?;
         Ok(fixed)
+    }
+
+    /// Enforces the network security groups of `nics` (every filtered NIC of this server; see
+    /// [`security`]) in one transaction. Writes nothing when they are what was last written
+    /// and the table is still there. Returns whether it wrote.
+    pub fn secure(&self, nics: &[herd_model::nsg::NicSecurity]) -> Result<bool, NetError> {
+        let mut last = self.secured.lock().unwrap_or_else(PoisonError::into_inner);
+        let script = if nics.is_empty() { String::new() } else { self.security.script(nics) };
+        let current = last.as_deref() == Some(script.as_str()) && (script.is_empty() || self.security.exists());
+        if current {
+            return Ok(false);
+        }
+        *last = None;
+        self.security.install(nics)?;
+        *last = Some(script);
+        Ok(true)
+    }
+
+    /// The nftables table (family `ip`) that holds this server's NSG rules.
+    pub fn security_table(&self) -> &str {
+        &self.security.table
     }
 
     /// The bridges this server's segments use, each with its `segment` record.

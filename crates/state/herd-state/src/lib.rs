@@ -48,6 +48,7 @@ pub mod placement;
 pub mod quarantine;
 pub mod records;
 pub mod scale_sets;
+pub mod security;
 pub mod set_status;
 pub mod summary;
 #[cfg(test)]

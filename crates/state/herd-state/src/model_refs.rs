@@ -90,6 +90,18 @@ fn check_network(store: &dyn Store, name: &ScaleSetName, model: &ScaleSetModel) 
     if let Some(sub) = &ip.subnet {
         check_subnet_room(store, name, model, &sub.id)?;
     }
+    let nic =
+        model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.network_interface_configurations.first());
+    if let Some(g) = nic.and_then(|n| n.network_security_group.as_ref()) {
+        let groups: Vec<herd_model::nsg::NetworkSecurityGroup> = values(store, Kind::NetworkSecurityGroup)?;
+        if !groups.iter().any(|x| x.id.eq_ignore_ascii_case(&g.id)) {
+            return Err(FieldError::new(
+                "virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].networkSecurityGroup",
+                format!("network security group '{}' does not exist; create it with 'herd network nsg create'", g.id),
+            )
+            .into());
+        }
+    }
     let lbs: Vec<LoadBalancer> = values(store, Kind::LoadBalancer)?;
     let pools = [
         (

@@ -13,6 +13,7 @@ use crate::records::{Expected, Records, StateError, Versioned};
 use chrono::{DateTime, Utc};
 use herd_model::instance::InstanceRecord;
 use herd_model::network::{network_id, LoadBalancer, PublicIpAddress, VirtualNetwork};
+use herd_model::nsg::NetworkSecurityGroup;
 use herd_model::scale_set::StoredScaleSet;
 use herd_store::{Expect, Kind, Store, StoreExt, WriteOp};
 use serde::{de::DeserializeOwned, Serialize};
@@ -43,6 +44,11 @@ impl NetResource for LoadBalancer {
     const COLLECTION: &'static str = "loadBalancers";
     const NOUN: &'static str = "load balancer";
 }
+impl NetResource for NetworkSecurityGroup {
+    const KIND: Kind = Kind::NetworkSecurityGroup;
+    const COLLECTION: &'static str = "networkSecurityGroups";
+    const NOUN: &'static str = "network security group";
+}
 
 /// Why a network operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,8 @@ pub enum NetError {
     UsedBySets { noun: &'static str, name: String, sets: Vec<String> },
     #[error("public IP address '{name}' is used by load balancer '{lb}'")]
     UsedByLoadBalancer { name: String, lb: String },
+    #[error("network security group '{name}' is associated with subnet(s) {}; dissociate them first ('herd network vnet subnet update --network-security-group \"\"')", .subnets.join(", "))]
+    UsedBySubnets { name: String, subnets: Vec<String> },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -129,6 +137,12 @@ pub fn delete_resource<T: NetResource>(
     if !sets.is_empty() {
         return Err(NetError::UsedBySets { noun: T::NOUN, name: name.to_string(), sets });
     }
+    if T::KIND == Kind::NetworkSecurityGroup {
+        let subnets = subnets_using(store, &id)?;
+        if !subnets.is_empty() {
+            return Err(NetError::UsedBySubnets { name: name.to_string(), subnets });
+        }
+    }
     if T::KIND == Kind::PublicIp {
         let lbs = store.load_balancers()?;
         if let Some(lb) = lbs.iter().find(|l| {
@@ -151,6 +165,19 @@ pub fn delete_resource<T: NetResource>(
         )),
     ])?;
     Ok(())
+}
+
+/// The subnets (`vnet/subnet`) associated with network security group `nsg_id`.
+pub fn subnets_using(store: &dyn Store, nsg_id: &str) -> Result<Vec<String>, StateError> {
+    let mut out = Vec::new();
+    for v in store.virtual_networks()? {
+        for s in &v.value.subnets {
+            if s.network_security_group.as_ref().is_some_and(|g| g.id.eq_ignore_ascii_case(nsg_id)) {
+                out.push(format!("{}/{}", v.value.name, s.name));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The addresses every public IP but `group/name` holds.

@@ -284,6 +284,10 @@ pub trait Records: Store {
         Ok(self.list_as(Kind::PublicIp, ALL)?)
     }
 
+    fn security_groups(&self) -> Result<Vec<Versioned<herd_model::nsg::NetworkSecurityGroup>>, StateError> {
+        Ok(self.list_as(Kind::NetworkSecurityGroup, ALL)?)
+    }
+
     /// Every cost meter that decodes (their type is the billing crate's); one that does not is
     /// quarantined and skipped.
     fn meters<T: DeserializeOwned>(&self) -> Result<Vec<Versioned<T>>, StateError> {

@@ -66,6 +66,8 @@ pub enum Kind {
     /// The cost meter of a scale set (`group/set`): per-instance billing marks and hourly usage.
     /// Kept after the set is deleted, so costs stay reportable.
     Meter,
+    /// Network security groups (`group/name`).
+    NetworkSecurityGroup,
 }
 
 impl Kind {
@@ -87,11 +89,12 @@ impl Kind {
             Kind::MetricSeries => "metric-series",
             Kind::AutoscaleHistory => "autoscale-history",
             Kind::Meter => "meter",
+            Kind::NetworkSecurityGroup => "nsg",
         }
     }
 
     /// Every kind, for parsing a stored name back.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Group,
         Kind::ScaleSet,
         Kind::ScaleSetStatus,
@@ -108,6 +111,7 @@ impl Kind {
         Kind::MetricSeries,
         Kind::AutoscaleHistory,
         Kind::Meter,
+        Kind::NetworkSecurityGroup,
     ];
 
     /// The kind whose [`Kind::as_str`] is `s`.

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 mod config;
 mod hostnet;
+mod security;
 mod tls;
 pub use config::*;
 pub use tls::Transport;
@@ -148,7 +149,9 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         runtime.add_with_wake(controller, wake);
     }
     if let Some(net) = hostnet {
-        runtime.add(Arc::new(hostnet::HostNetController(net)));
+        runtime.add(Arc::new(hostnet::HostNetController(net.clone())));
+        let store = state.store.store().clone();
+        runtime.add(Arc::new(security::SecurityController { net, store }));
     }
     serve(listener, tls.config, state, runtime).await
 }

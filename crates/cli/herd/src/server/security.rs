@@ -1,0 +1,51 @@
+//! The `security` controller: network security groups, from the store to the host's nftables.
+//!
+//! Why a controller: a rule change must reach running instances within a second, without a
+//! restart, and so must a new instance, a new association or a deleted group. Every commit
+//! to instances, scale sets, vnets or NSGs wakes it (the change feed); each pass computes every
+//! filtered NIC's rules (`herd_state::security::policies`, the same answer
+//! `list-effective-nsg` shows) and hands them to `HostNet::secure`, which writes the table in
+//! one transaction when they changed, and again when someone deleted it (the resync). Only in
+//! bridged mode.
+
+use herd_controller_runtime::{Controller, ControllerError, Next};
+use herd_hostnet::HostNet;
+use herd_state::feed::Kind;
+use herd_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The safety net: commits wake the controller; this also re-creates a deleted table.
+const RESYNC: Duration = Duration::from_secs(2);
+
+pub(super) struct SecurityController {
+    pub net: Arc<HostNet>,
+    pub store: Arc<dyn Store>,
+}
+
+impl Controller for SecurityController {
+    fn name(&self) -> &'static str {
+        "security"
+    }
+
+    fn watches(&self) -> Vec<Kind> {
+        vec![Kind::Instance, Kind::ScaleSet, Kind::VirtualNetwork, Kind::NetworkSecurityGroup]
+    }
+
+    fn resync(&self) -> Duration {
+        RESYNC
+    }
+
+    async fn reconcile(&self) -> Result<Next, ControllerError> {
+        let (net, store) = (self.net.clone(), self.store.clone());
+        let wrote = tokio::task::spawn_blocking(move || -> Result<bool, ControllerError> {
+            let nics: Vec<_> = herd_state::security::policies(&*store)?.into_iter().map(|(_, s)| s).collect();
+            Ok(net.secure(&nics)?)
+        })
+        .await??;
+        if wrote {
+            tracing::info!(table = self.net.security_table(), "network security rules written");
+        }
+        Ok(Next::Idle)
+    }
+}

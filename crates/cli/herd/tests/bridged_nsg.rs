@@ -1,0 +1,191 @@
+//! Network security groups on real traffic between bridged process instances, inside a network
+//! namespace this test creates: a Deny rule for `VirtualNetwork` on 8080 blocks one instance's
+//! HTTP request to another while the load balancer's probes (from the subnet's reserved `.2`,
+//! `AzureLoadBalancer`) still pass; deleting the rule restores access; a NIC NSG after a
+//! permissive subnet NSG still denies (both must allow); `list-effective-nsg` shows what is
+//! enforced; bad input is refused naming the field; and with every NSG gone, no nftables table
+//! is left.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// The app: `/` answers 200 on the instance's address, port 8080.
+fn app() -> String {
+    python_http_app(r#"        body = NAME.encode(); status = 200"#, "exec python3 app.py")
+}
+
+/// The pid of the instance process with private IP `ip` (its namespace is entered through
+/// it: the server made the namespace's mount inside its own mount namespace, which
+/// `ip netns exec` keeps from propagating here).
+fn pid_of(ip: &str) -> u32 {
+    let needle = format!("HERD_ADDRESS={ip}\0");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if String::from_utf8_lossy(&env).contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no process has {needle:?} in its environment")
+}
+
+/// Whether an HTTP GET from inside the network namespace of process `pid` to `ip:8080`
+/// answers (2 s limit).
+fn reaches(pid: u32, ip: &str) -> bool {
+    std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "curl", "-s", "-o", "/dev/null", "--max-time", "2"])
+        .arg(format!("http://{ip}:8080/"))
+        .status()
+        .expect("nsenter (util-linux) and curl are needed")
+        .success()
+}
+
+/// The packets counted by the rules named `comment` in the server's NSG table, summed.
+fn counted(s: &Server, comment: &str) -> u64 {
+    let out = s.command("nft").args(["list", "ruleset"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("comment \"{comment}\"")))
+        .filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn in_rotation(s: &Server) -> usize {
+    s.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"])
+        ["members"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count())
+}
+
+#[test]
+fn nsg_rules_filter_instance_traffic_and_spare_probes() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "bridged networking needs root (namespaces, bridges, nftables): run ./scripts/test.sh as root, as CI does"
+    );
+    let ns = TestNetns::create(&format!("herdg{}", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start_in(&ns.0, "process", &data, Some("[network]\nmode = \"bridged\"\n"));
+    let _state = RemoveOnDrop(hostnet_root(&data));
+    let img = image_dir(&dir.path().join("img"), &app());
+    s.group_with_image("rg", "Herd:App:1:1.0.0", &img);
+    s.ok(&words("network vnet create -g rg -n mynet --address-prefix 10.0.0.0/16"));
+    s.ok(&words("network vnet subnet create -g rg --vnet-name mynet -n web --address-prefixes 10.0.0.0/24"));
+    s.ok(&words("network lb create -g rg -n web-lb --public-ip-address web-lb-ip"));
+    ProbedRule::default().create(&s);
+    s.create_set(
+        "rg",
+        "web",
+        "Herd:App:1:1.0.0",
+        "2",
+        &words("--vm-sku Standard_B1s --vnet-name mynet --subnet web --lb web-lb"),
+    );
+    wait_for("both instances in rotation", Duration::from_secs(120), || (in_rotation(&s) == 2).then_some(()));
+    let (a, b) = (pid_of("10.0.0.4"), pid_of("10.0.0.5"));
+    assert!(reaches(a, "10.0.0.5"), "without an NSG, instances reach each other");
+
+    // Bad input, each refused naming the field, nothing written.
+    s.ok(&words("network nsg create -g rg -n web-nsg"));
+    let rule = |name: &str, extra: &str| format!("network nsg rule create -g rg --nsg-name web-nsg -n {name} {extra}");
+    let e = s.err(&words(&rule("low", "--priority 99 --access Deny")));
+    assert!(e.contains("priority") && e.contains("100 to 4096"), "{e}");
+    let e = s.err(&words(&rule("ports", "--priority 300 --destination-port-ranges 90-80")));
+    assert!(e.contains("destinationPortRanges[0]"), "{e}");
+    let e = s.err(&words(&rule("proto", "--priority 300 --protocol Sctp")));
+    assert!(e.contains("Tcp, Udp, Icmp, *"), "{e}");
+    let e = s.err(&words("network vnet subnet update -g rg --vnet-name mynet -n web --network-security-group nope"));
+    assert!(e.contains("networkSecurityGroup") && e.contains("does not exist"), "{e}");
+    assert_eq!(
+        s.json(&words("network nsg rule list -g rg --nsg-name web-nsg")),
+        serde_json::json!([]),
+        "nothing half-applied"
+    );
+
+    // Deny 8080 from the vnet, on the subnet.
+    s.ok(&words(&rule("no-vnet-8080", "--priority 200 --access Deny --protocol Tcp --source-address-prefixes VirtualNetwork --destination-port-ranges 8080")));
+    let e = s.err(&words(&rule("again", "--priority 200 --access Allow")));
+    assert!(e.contains("already used by rule 'no-vnet-8080'"), "{e}");
+    let probes_before = counted(&s, "defaultSecurityRules/AllowAzureLoadBalancerInBound");
+    let t0 = Instant::now();
+    s.ok(&words("network vnet subnet update -g rg --vnet-name mynet -n web --network-security-group web-nsg"));
+    wait_for("the NSG to block 10.0.0.4 -> 10.0.0.5:8080", Duration::from_secs(30), || {
+        (!reaches(a, "10.0.0.5")).then_some(())
+    });
+    eprintln!("association to enforcement: {:?} (curl's 2 s limit included)", t0.elapsed());
+    assert!(!reaches(b, "10.0.0.4"), "both ways");
+    // Probes pass by AllowAzureLoadBalancerInBound: count several after the rule, then both
+    // instances must still be in rotation.
+    wait_for("6 probe connections let in as AzureLoadBalancer", Duration::from_secs(60), || {
+        (counted(&s, "defaultSecurityRules/AllowAzureLoadBalancerInBound") >= probes_before + 6).then_some(())
+    });
+    assert_eq!(in_rotation(&s), 2, "probes still pass, so both instances stay in rotation");
+    assert!(counted(&s, "securityRules/no-vnet-8080") >= 1, "the Deny rule counted the blocked requests");
+
+    // What the host enforces is what list-effective-nsg shows.
+    let eff = s.json(&words("network nic list-effective-nsg -g rg --vmss-name web --instance-id 0"));
+    let groups = eff["value"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{eff}");
+    assert!(groups[0]["association"]["subnet"]["id"].as_str().unwrap().ends_with("/subnets/web"), "{eff}");
+    let rules = groups[0]["effectiveSecurityRules"].as_array().unwrap();
+    assert_eq!(rules[0]["name"], "securityRules/no-vnet-8080", "{eff}");
+    assert_eq!(rules[0]["expandedSourceAddressPrefix"], serde_json::json!(["10.0.0.0/16", "except 10.0.0.2/32"]));
+    let table = s.ok(&words("network nic list-effective-nsg -g rg --vmss-name web --instance-id 0 -o table"));
+    assert!(table.contains("DenyAllInBound") && table.contains("no-vnet-8080"), "{table}");
+
+    // Deleting the rule restores access.
+    let e = s.err(&words("network nsg delete -g rg -n web-nsg"));
+    assert!(e.contains("associated with subnet(s) mynet/web"), "{e}");
+    let e = s.err(&words("network nsg rule delete -g rg --nsg-name web-nsg -n DenyAllInBound"));
+    assert!(e.contains("default rules cannot be changed or deleted"), "{e}");
+    let t0 = Instant::now();
+    s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n no-vnet-8080"));
+    wait_for("access restored after the rule's deletion", Duration::from_secs(30), || {
+        reaches(a, "10.0.0.5").then_some(())
+    });
+    eprintln!("rule deletion to access: {:?}", t0.elapsed());
+
+    // The NIC's NSG is checked after the subnet's: the subnet's defaults allow the vnet, the
+    // NIC's Deny still blocks.
+    s.ok(&words("network nsg create -g rg -n nic-nsg"));
+    s.ok(&words(
+        "network nsg rule create -g rg --nsg-name nic-nsg -n no-8080 --priority 100 --access Deny --protocol Tcp \
+         --destination-port-ranges 8080",
+    ));
+    let nsg_id = s.json(&words("network nsg show -g rg -n nic-nsg --query id"));
+    s.ok(&[
+        "vmss", "update", "-g", "rg", "-n", "web", "--set",
+        &format!("virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].networkSecurityGroup={{\"id\": {nsg_id}}}"),
+        "--quiet",
+    ]);
+    wait_for("the NIC NSG to block 8080", Duration::from_secs(30), || (!reaches(a, "10.0.0.5")).then_some(()));
+    let eff = s.json(&words("network nic list-effective-nsg -g rg --vmss-name web --instance-id 1"));
+    let order: Vec<bool> =
+        eff["value"].as_array().unwrap().iter().map(|g| g["association"]["subnet"].is_object()).collect();
+    assert_eq!(order, [true, false], "the subnet's NSG first, then the NIC's: {eff}");
+
+    // With every set and NSG gone, no table is left.
+    s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet", "--timeout", "300"]);
+    s.ok(&words("network nsg delete -g rg -n nic-nsg"));
+    s.ok(&[
+        "network",
+        "vnet",
+        "subnet",
+        "update",
+        "-g",
+        "rg",
+        "--vnet-name",
+        "mynet",
+        "-n",
+        "web",
+        "--network-security-group",
+        "",
+    ]);
+    s.ok(&words("network nsg delete -g rg -n web-nsg"));
+    wait_for("no nftables table left", Duration::from_secs(30), || {
+        let out = s.command("nft").args(["list", "tables"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
+    });
+}
