@@ -26,7 +26,21 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
         let n = instance_group_leaders(&data).len();
         (n >= 20).then_some(n)
     });
+    // The process driver's spawner (see `herd_driver_process::spawner`) dies with its server.
+    let server = s.pid().unwrap();
+    let spawner = spawners_of(server);
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(spawner.len(), 1, "one spawner, a child of the server");
+    }
     s.kill9();
+    wait_for("the spawner to die with its server", Duration::from_secs(10), || {
+        // Gone, or a zombie left for whoever inherited it.
+        let dead = |p: &u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_none_or(|st| st == "Z")
+        };
+        spawner.iter().all(dead).then_some(())
+    });
     let after_kill = instance_group_leaders(&data).len();
     assert!(
         (20..200).contains(&seen) && after_kill < 200,
@@ -63,6 +77,20 @@ fn kill_9_mid_scale_out_then_restart_converges_exactly() {
     wait_for("no instance processes left", Duration::from_secs(60), || {
         instance_group_leaders(&data).is_empty().then_some(())
     });
+}
+
+/// Children of `server` running as a spawner (`--spawner` in their command line).
+fn spawners_of(server: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(server) && cmdline.split(|b| *b == 0).any(|a| a == b"--spawner")
+        })
+        .collect()
 }
 
 /// What an instance sees through the server: its id, computer name, address and, as root, its
