@@ -56,7 +56,12 @@
 //! carries it in `HERD_DRIVER_TAG`. A directory whose `tag` is another (or missing: created
 //! before cluster ids) belongs to another cluster: `list` leaves it out, and every call that
 //! would change it fails instead. So two clusters on one kernel never touch each other's
-//! instances, even if their directories meet.
+//! instances, even if their directories meet. One exception: `destroy` finishes removing a
+//! directory that holds no record naming an instance (no tag, no environment, no fence: what a
+//! removal cut short by a crash of a server before this one could leave; see
+//! `InstanceDir::is_remnant`). `destroy` itself moves the directory to `.<id>.deleting` before
+//! removing it, so a crash leaves the instance's directory whole or gone, and the next `destroy`
+//! of the key removes the leftover.
 //!
 //! # What an instance sees
 //!
@@ -168,7 +173,7 @@ use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
 use herd_model::InstanceKey;
-use layout::{remove_tree, InstanceDir, Power};
+use layout::{InstanceDir, Power};
 use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
 
@@ -501,7 +506,14 @@ impl Driver for ProcessDriver {
     async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
-        self.admit(key, fence).await?;
+        let d2 = d.clone();
+        if blocking(move || d2.is_remnant()).await? {
+            // What a removal cut short left (see `InstanceDir::is_remnant`): no record, hence
+            // no tag and no fence to check; finished below, after a search for its processes.
+            tracing::info!(instance = %key, "finishing the removal of a directory a crash left half removed");
+        } else {
+            self.admit(key, fence).await?;
+        }
         let d2 = d.clone();
         let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
         if recorded {
@@ -529,18 +541,15 @@ impl Driver for ProcessDriver {
             let ns = bridge::netns_name(&tag, &k);
             blocking(move || bridge::remove(&tag, &k, &ns)).await?.map_err(DriverError::Failed)?;
         }
-        let dir = d.dir.clone();
+        let d2 = d.clone();
         blocking(move || {
-            // The exit watcher may write into the directory while it is removed: retry.
-            let mut last = Ok(());
-            for _ in 0..5 {
-                last = remove_tree(&dir);
-                if last.is_ok() {
-                    break;
-                }
+            // Moved out of its name first, so an exit watcher writing late finds no directory
+            // (it never creates one) and a crash leaves no half of it (see `InstanceDir::remove`).
+            // One retry covers a writer that had opened a file in it just before.
+            d2.remove().or_else(|_| {
                 std::thread::sleep(POLL);
-            }
-            last
+                d2.remove()
+            })
         })
         .await?
         .map_err(|e| io_failed(key, "removing its directory", e))?;
