@@ -103,6 +103,7 @@ impl InstanceDir {
         }
         record::read(&self.dir).is_ok_and(|r| r.tag.is_none() && r.env.is_empty() && r.fence.is_none())
     }
+
     pub fn exists(&self) -> bool {
         self.dir.is_dir()
     }
