@@ -24,6 +24,11 @@ fn main() -> std::process::ExitCode {
     // writes it) is read by hand, before clap builds the whole CLI's command tree (most of the
     // 8 ms this took). Any other form goes through clap as usual, with its messages.
     let utf8: Option<Vec<String>> = std::env::args_os().skip(1).map(|a| a.into_string().ok()).collect();
+    // `herd instance-init --spawner`: the process driver's spawner, when the small
+    // `herd-instance-init` is not installed (see `herd_driver_process::spawner`).
+    if utf8.as_deref().is_some_and(|a| a == ["instance-init", "--spawner"]) {
+        return herd_driver_process::spawner::serve();
+    }
     if let Some(a) = utf8.and_then(fixed_instance_init) {
         return instance_init(&a);
     }

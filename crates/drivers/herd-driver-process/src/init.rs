@@ -7,6 +7,11 @@
 //! beside it runs the same code in about half that (`perf stat`, beyond what `/bin/true` costs;
 //! see `docs/benchmarks.md`). The driver uses the small one when it is there and works, else
 //! `herd instance-init` (see [`Launcher::find`]).
+//!
+//! The same program runs as the driver's spawner (`--spawner`, see the `spawner` module),
+//! which does all of this in the child it forks, without the extra `exec`; the launcher itself
+//! then starts only what the spawner cannot (bridged instances, or any start after the
+//! spawner is gone).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -75,6 +80,12 @@ impl Launcher {
         let mut args: Vec<String> = self.prefix.iter().map(|p| p.to_string()).collect();
         args.extend(["--hostname".into(), hostname.into(), "--".into(), program.into()]);
         args
+    }
+
+    /// The command that runs the same program as the spawner (`--spawner` is added by
+    /// `Spawner::start`).
+    pub fn spawner_command(&self) -> (PathBuf, Vec<String>) {
+        (self.program.clone(), self.prefix.iter().map(|p| p.to_string()).collect())
     }
 
     /// Whether it gives a child its own hostname here (we are root and the kernel allows it).

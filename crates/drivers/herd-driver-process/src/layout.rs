@@ -28,6 +28,9 @@
 //!                           the record, synced when raised
 //!   console.log    stdout + stderr of the instance (appended)
 //!
+//! root/<group>/<set>/.<id>.creating/   an instance being built, renamed to `<id>` when whole
+//! root/<group>/<set>/.<id>.deleting/   an instance being removed, renamed from `<id>` first
+//!
 //! Servers before the state file kept `tag`, `power`, `env`, `pid`, `exit` and `net` as
 //! separate files; such a directory is read as it is and migrated on its first change. Servers
 //! before the fence moved into the record kept it in a `fence` file (temporary file, fsync,
@@ -68,6 +71,39 @@ impl InstanceDir {
     pub fn custom_data(&self) -> PathBuf {
         self.work().join(".herd").join("custom-data")
     }
+
+    /// Where the directory goes while it is removed: `.<id>.deleting` beside it.
+    fn trash(&self) -> PathBuf {
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.dir.with_file_name(format!(".{name}.deleting"))
+    }
+
+    /// Removes the directory so that a crash never leaves it half removed under its name: it is
+    /// renamed to `.<id>.deleting` first (which no listing reads as an instance), then removed
+    /// from there; a leftover of an earlier removal cut short is removed first. So the
+    /// instance's directory is whole or absent. (Removed in place, a `kill -9` in the middle
+    /// could leave it without its record: read as another cluster's, it was refused by every
+    /// later call, and its deletion never completed.) `Ok` if there is nothing to remove.
+    pub fn remove(&self) -> io::Result<()> {
+        let trash = self.trash();
+        remove_tree(&trash)?;
+        ignore_missing(fs::rename(&self.dir, &trash))?;
+        remove_tree(&trash)
+    }
+
+    /// Whether this is what a removal cut short by a crash left, not an instance: a directory
+    /// with no record at all (neither the state file nor a file of the older layout), or with a
+    /// record that names nothing (no tag, no environment, no fence), as a late write of an exit
+    /// status into a directory being removed (by a server before [`InstanceDir::remove`]) made
+    /// one. Every instance, of any server version, has its environment recorded from its
+    /// creation on, so a real instance (ours or another cluster's) is never taken for one.
+    pub fn is_remnant(&self) -> bool {
+        if !self.exists() || self.dir.join(herd_driver::fence::FENCE_FILE).exists() {
+            return false;
+        }
+        record::read(&self.dir).is_ok_and(|r| r.tag.is_none() && r.env.is_empty() && r.fence.is_none())
+    }
+
     pub fn exists(&self) -> bool {
         self.dir.is_dir()
     }

@@ -56,7 +56,12 @@
 //! carries it in `HERD_DRIVER_TAG`. A directory whose `tag` is another (or missing: created
 //! before cluster ids) belongs to another cluster: `list` leaves it out, and every call that
 //! would change it fails instead. So two clusters on one kernel never touch each other's
-//! instances, even if their directories meet.
+//! instances, even if their directories meet. One exception: `destroy` finishes removing a
+//! directory that holds no record naming an instance (no tag, no environment, no fence: what a
+//! removal cut short by a crash of a server before this one could leave; see
+//! `InstanceDir::is_remnant`). `destroy` itself moves the directory to `.<id>.deleting` before
+//! removing it, so a crash leaves the instance's directory whole or gone, and the next `destroy`
+//! of the key removes the leftover.
 //!
 //! # What an instance sees
 //!
@@ -81,10 +86,15 @@
 //! The environment is fixed when the instance is created or reimaged (kept in its `state` file),
 //! so a restart starts the instance as it was built, as a VM's disk would.
 //!
-//! When the server runs as root and `/usr/bin/unshare` works, `init` runs in its own UTS
-//! namespace through `unshare --uts -- /bin/sh -c 'hostname "$HERD_COMPUTER_NAME" && exec ./init'`,
-//! so `hostname` inside prints the computer name; otherwise `init` is executed directly
-//! (see [`ProcessDriver::sets_hostname`]). Either way the group leader's pid is `init`'s.
+//! When the server runs as root and UTS namespaces work, `init` runs in its own UTS namespace
+//! with the computer name as hostname, so `hostname` inside prints it; otherwise `init` is
+//! executed as it is (see [`ProcessDriver::sets_hostname`]). With a launcher
+//! ([`ProcessDriver::with_launcher`], as the server runs it) the driver's **spawner** starts
+//! `init`: a small single-threaded process that forks, sets the hostname and execs `init`, so
+//! no instance inherits the server's descriptors or pays for a launcher's `exec` (see the
+//! `spawner` module, with its lifecycle). Without one, or when the spawner is gone, `init`
+//! is started from the server, through the launcher or `unshare --uts -- /bin/sh -c 'hostname
+//! "$HERD_COMPUTER_NAME" && exec ./init'`. Either way the group leader's pid is `init`'s.
 //!
 //! # Extension runs (`run_script`)
 //!
@@ -143,7 +153,8 @@
 //!   process the script started that already left its parent, such as a double-forked daemon,
 //!   is not found; it stays with the instance as part of its group.)
 
-#![forbid(unsafe_code)]
+// Only the spawner's process side (`spawner/serve.rs`: `fork`, `execve`) is allowed `unsafe`.
+#![deny(unsafe_code)]
 
 mod bridge;
 pub mod init;
@@ -153,6 +164,7 @@ pub mod record;
 mod runs;
 mod script;
 mod spawn;
+pub mod spawner;
 mod state;
 
 use async_trait::async_trait;
@@ -161,7 +173,7 @@ use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
 use herd_model::InstanceKey;
-use layout::{remove_tree, InstanceDir, Power};
+use layout::{InstanceDir, Power};
 use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
 
@@ -192,6 +204,9 @@ pub struct ProcessDriver {
     set_hostname: bool,
     /// A program that sets the hostname and execs `init` (see [`ProcessDriver::with_launcher`]).
     launcher: Option<init::Launcher>,
+    /// The process that starts instances for this driver (see the `spawner` module); `None`
+    /// without a launcher, or when it could not be started: then instances start directly.
+    spawner: Option<Arc<spawner::Spawner>>,
     /// One lock per instance, so concurrent calls on one key cannot start it twice.
     locks: InstanceLocks,
 }
@@ -212,6 +227,7 @@ impl ProcessDriver {
             stop_grace: DEFAULT_STOP_GRACE,
             set_hostname: spawn::can_set_hostname(),
             launcher: None,
+            spawner: None,
             locks: InstanceLocks::default(),
         })
     }
@@ -220,12 +236,24 @@ impl ProcessDriver {
     /// itself, instead of running `unshare`, `sh` and `hostname`: the small
     /// `herd-instance-init` beside `herd_exe` (the `herd` binary), else
     /// `herd_exe instance-init` (see the `init` module). Used only if it works here.
+    ///
+    /// The same program, in its `--spawner` mode, then runs as this driver's spawner, which
+    /// starts every instance without another `exec` and without the server's descriptors (see
+    /// the `spawner` module); if it cannot start, instances are started directly.
     pub fn with_launcher(mut self, herd_exe: PathBuf) -> Self {
         if let Some(l) = init::Launcher::find(&herd_exe) {
             self.set_hostname = true;
+            let (program, args) = l.spawner_command();
+            self.spawner = spawner::Spawner::start(program, args).map(Arc::new);
             self.launcher = Some(l);
         }
         self
+    }
+
+    /// The pid of the spawner that starts this driver's instances, if one runs (for
+    /// diagnostics and tests).
+    pub fn spawner_pid(&self) -> Option<u32> {
+        self.spawner.as_ref()?.pid()
     }
 
     /// Sets the time between SIGTERM and SIGKILL when stopping (default 3 s).
@@ -272,9 +300,29 @@ impl ProcessDriver {
         // Without a recorded pid, a crash before the new one is written is recognisable (see
         // live_group). Nothing is written when none was recorded (a first start).
         blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed(key, "clearing the recorded pid", e))?;
-        let (id, child) = match spawn::launch(d, key, &self.state.tag, self.set_hostname, self.launcher.as_ref()) {
-            Ok(v) => v,
-            Err(msg) => {
+        let started = match spawn::plan(d, key, &self.state.tag, self.set_hostname) {
+            Ok(plan) => self.launch(plan, key).await?,
+            Err(msg) => Launched::Failed(msg),
+        };
+        let id = match started {
+            Launched::Spawned(id, exit) => {
+                let d2 = d.clone();
+                tokio::spawn(async move {
+                    // Dropped without a status when the spawner dies first: then nothing is
+                    // known of how it ends, as for an instance a previous server started.
+                    if let Ok(status) = exit.await {
+                        let how = spawn::describe(std::os::unix::process::ExitStatusExt::from_raw(status));
+                        let _ = tokio::task::spawn_blocking(move || d2.write_exit(id, &how)).await;
+                    }
+                });
+                id
+            }
+            Launched::Direct(id, child) => {
+                tokio::spawn(watch(child, d.clone(), id));
+                id
+            }
+            Launched::Adopted(id) => id,
+            Launched::Failed(msg) => {
                 let (d2, m2) = (d.clone(), msg.clone());
                 blocking(move || {
                     let exit = layout::failed_start(&m2);
@@ -287,7 +335,6 @@ impl ProcessDriver {
                 return Err(DriverError::Failed(format!("instance {key}: {msg}")));
             }
         };
-        tokio::spawn(watch(child, d.clone(), id));
         let d2 = d.clone();
         // One change of the state file for both (none at all for the power when unchanged).
         let written = blocking(move || {
@@ -303,6 +350,32 @@ impl ProcessDriver {
         }
         tracing::debug!(instance = %key, pid = id.pid, "started");
         Ok(())
+    }
+
+    /// Starts `plan` through the spawner when it can, else from this process.
+    async fn launch(&self, plan: spawn::Plan, key: &InstanceKey) -> Result<Launched, DriverError> {
+        if let (Some(sp), Some(req)) = (&self.spawner, plan.request()) {
+            match sp.spawn(req).await {
+                spawner::Outcome::Started { id, exit } => return Ok(Launched::Spawned(id, exit)),
+                spawner::Outcome::Failed(msg) => return Ok(Launched::Failed(msg)),
+                spawner::Outcome::Unavailable => {}
+                spawner::Outcome::Lost => {
+                    // The spawner died with the request out: it may have started init. By now
+                    // each of its children has executed its program or died (see the
+                    // `spawner` module), so a search by environment finds it if it runs.
+                    let k = key.clone();
+                    if let Some(id) = self.blocking(move |st| st.live_group(&k)).await? {
+                        tracing::info!(instance = %key, pid = id.pid, "the spawner died while starting the instance; adopting the init it started");
+                        return Ok(Launched::Adopted(id));
+                    }
+                    tracing::info!(instance = %key, "the spawner died while starting the instance; starting it directly");
+                }
+            }
+        }
+        Ok(match spawn::launch(plan, self.launcher.as_ref()) {
+            Ok((id, child)) => Launched::Direct(id, child),
+            Err(msg) => Launched::Failed(msg),
+        })
     }
 
     async fn stop(&self, d: &InstanceDir, key: &InstanceKey, power: Power) -> Result<(), DriverError> {
@@ -433,7 +506,14 @@ impl Driver for ProcessDriver {
     async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
-        self.admit(key, fence).await?;
+        let d2 = d.clone();
+        if blocking(move || d2.is_remnant()).await? {
+            // What a removal cut short left (see `InstanceDir::is_remnant`): no record, hence
+            // no tag and no fence to check; finished below, after a search for its processes.
+            tracing::info!(instance = %key, "finishing the removal of a directory a crash left half removed");
+        } else {
+            self.admit(key, fence).await?;
+        }
         let d2 = d.clone();
         let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
         if recorded {
@@ -461,18 +541,15 @@ impl Driver for ProcessDriver {
             let ns = bridge::netns_name(&tag, &k);
             blocking(move || bridge::remove(&tag, &k, &ns)).await?.map_err(DriverError::Failed)?;
         }
-        let dir = d.dir.clone();
+        let d2 = d.clone();
         blocking(move || {
-            // The exit watcher may write into the directory while it is removed: retry.
-            let mut last = Ok(());
-            for _ in 0..5 {
-                last = remove_tree(&dir);
-                if last.is_ok() {
-                    break;
-                }
+            // Moved out of its name first, so an exit watcher writing late finds no directory
+            // (it never creates one) and a crash leaves no half of it (see `InstanceDir::remove`).
+            // One retry covers a writer that had opened a file in it just before.
+            d2.remove().or_else(|_| {
                 std::thread::sleep(POLL);
-            }
-            last
+                d2.remove()
+            })
         })
         .await?
         .map_err(|e| io_failed(key, "removing its directory", e))?;
@@ -690,6 +767,18 @@ impl Drop for RunGuard {
             tracing::warn!(path = %self.command_file.display(), error = %e, "cannot remove an extension's command file");
         }
     }
+}
+
+/// How a start went.
+enum Launched {
+    /// Through the spawner, which reports the exit status.
+    Spawned(ProcId, tokio::sync::oneshot::Receiver<i32>),
+    /// From this process: the child to wait for.
+    Direct(ProcId, Child),
+    /// Found running after the spawner died mid-start: nobody reports its exit status.
+    Adopted(ProcId),
+    /// Nothing started, for this reason.
+    Failed(String),
 }
 
 /// Waits for `child` (so no zombie is left) and records how it ended.

@@ -224,10 +224,18 @@ pub(crate) fn group_alive(id: ProcId) -> bool {
 /// [`group_alive`] for a caller waiting for a group it signalled to go: a leader that is a
 /// zombie *of ours* counts as not gone yet, since our exit watcher reaps it within moments, and
 /// then the group is known gone by one `killpg` instead of a scan of every process in `/proc`.
-/// (A thousand instances stopping at once made each poll of each of them such a scan.)
+/// (A thousand instances stopping at once made each poll of each of them such a scan.) A
+/// zombie of our spawner (whose parent is us) counts the same: the spawner reaps it at once.
 pub(crate) fn group_alive_until_reaped(id: ProcId) -> bool {
+    let me = std::process::id();
     match read_stat(id.pid) {
-        Some(l) if l.starttime == id.start && l.is_zombie() && l.ppid == std::process::id() => true,
+        Some(l)
+            if l.starttime == id.start
+                && l.is_zombie()
+                && (l.ppid == me || read_stat(l.ppid).is_some_and(|p| p.ppid == me)) =>
+        {
+            true
+        }
         _ => group_alive(id),
     }
 }

@@ -1,6 +1,8 @@
 //! Starting an instance's `init`: its command line, environment, stdio and hostname.
 //!
-//! Why: this is the one place that decides what an instance sees of the host. The environment
+//! Why: this is the one place that decides what an instance sees of the host. [`plan`] reads
+//! it from the instance's directory; the driver hands the plan to its spawner (see the
+//! `spawner` module) or, without one, to [`launch`], which starts `init` from this process. The environment
 //! is built from the spec once (at create and reimage time) and kept in the instance's record
 //! (its `state` file), because `set_power` and `restart` get only a key and must still start the instance
 //! exactly as it was built.
@@ -15,13 +17,14 @@
 use crate::init::Launcher;
 use crate::layout::{check_image, InstanceDir};
 use crate::procfs::{read_stat, ProcId};
+use crate::spawner::wire::Request;
 use herd_driver::InstanceSpec;
 use herd_model::InstanceKey;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use tokio::process::{Child, Command};
 
@@ -105,49 +108,90 @@ fn full_env(
     env
 }
 
-/// Starts the instance in `d`. Returns the group leader's identity and the child handle (to be
-/// waited on, so its exit status is recorded and no zombie is left).
-pub(crate) fn launch(
-    d: &InstanceDir,
-    key: &InstanceKey,
-    tag: &str,
-    set_hostname: bool,
-    launcher: Option<&Launcher>,
-) -> Result<(ProcId, Child), String> {
+/// What starting the instance in `d` takes, read from its directory: checked once, then used
+/// by the spawner or by [`launch`].
+pub(crate) struct Plan {
+    work: PathBuf,
+    console: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    /// The computer name, when the instance gets its own hostname.
+    hostname: Option<String>,
+    /// Bridged networking: the instance's network namespace (set up idempotently here).
+    netns: Option<String>,
+}
+
+/// Checks the image and reads what a start of the instance in `d` needs.
+pub(crate) fn plan(d: &InstanceDir, key: &InstanceKey, tag: &str, set_hostname: bool) -> Result<Plan, String> {
     let work = d.work();
     check_image(&work)?;
     // One read of the record for both the environment and the network attachment.
     let rec = crate::record::read(&d.dir).map_err(|e| format!("cannot read the instance's state file: {e}"))?;
     let env = full_env(d, rec.env, key, tag);
-    let console = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(d.console())
-        .map_err(|e| format!("cannot open console.log: {e}"))?;
-    let console2 = console.try_clone().map_err(|e| format!("cannot open console.log: {e}"))?;
-
-    let hostname = env
+    let computer_name = env
         .iter()
         .find(|(k, _)| k == "HERD_COMPUTER_NAME")
         .map(|(_, v)| v.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Bridged networking: enter the instance's own network namespace (set up idempotently).
     let netns = match rec.net {
         Some(att) => {
             let ns = crate::bridge::netns_name(tag, &key.path());
-            crate::bridge::ensure(tag, &key.path(), &hostname, &att, &ns)?;
+            crate::bridge::ensure(tag, &key.path(), &computer_name, &att, &ns)?;
             Some(ns)
         }
         None => None,
     };
+    let hostname = set_hostname.then_some(computer_name);
+    Ok(Plan { work, console: d.console(), env, hostname, netns })
+}
+
+impl Plan {
+    /// The spawner's request for this start, when the spawner can do all of it: everything but
+    /// a bridged instance's network namespace, which `ip netns exec` enters (with its own view
+    /// of `/sys` and `/etc/netns/<name>`), so that start stays direct.
+    pub fn request(&self) -> Option<Request> {
+        if self.netns.is_some() {
+            return None;
+        }
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let mut e = k.clone();
+                e.push("=");
+                e.push(v);
+                e
+            })
+            .collect();
+        Some(Request {
+            id: 0,
+            program: self.work.join("init").into_os_string(),
+            argv: vec!["./init".into()],
+            env,
+            cwd: self.work.clone().into_os_string(),
+            console: self.console.clone().into_os_string(),
+            hostname: self.hostname.clone().map(OsString::from),
+        })
+    }
+}
+
+/// Starts the instance of `plan` from this process. Returns the group leader's identity and
+/// the child handle (to be waited on, so its exit status is recorded and no zombie is left).
+pub(crate) fn launch(plan: Plan, launcher: Option<&Launcher>) -> Result<(ProcId, Child), String> {
+    let Plan { work, console, env, hostname, netns } = plan;
+    let console = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(console)
+        .map_err(|e| format!("cannot open console.log: {e}"))?;
+    let console2 = console.try_clone().map_err(|e| format!("cannot open console.log: {e}"))?;
     let mut cmd = if let Some(ns) = &netns {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]);
-        match (set_hostname, launcher) {
-            (true, Some(l)) => {
-                c.arg(l.program()).args(l.args(&hostname, "./init"));
+        match (&hostname, launcher) {
+            (Some(h), Some(l)) => {
+                c.arg(l.program()).args(l.args(h, "./init"));
             }
-            (true, None) => {
+            (Some(_), None) => {
                 c.args([UNSHARE, "--uts", "--", "/bin/sh", "-c", HOSTNAME_SCRIPT]);
             }
             _ => {
@@ -155,11 +199,11 @@ pub(crate) fn launch(
             }
         }
         c
-    } else if let (true, Some(l)) = (set_hostname, launcher) {
+    } else if let (Some(h), Some(l)) = (&hostname, launcher) {
         let mut c = Command::new(l.program());
-        c.args(l.args(&hostname, "./init"));
+        c.args(l.args(h, "./init"));
         c
-    } else if set_hostname {
+    } else if hostname.is_some() {
         let mut c = Command::new(UNSHARE);
         c.args(["--uts", "--", "/bin/sh", "-c", HOSTNAME_SCRIPT]);
         c

@@ -360,6 +360,54 @@ async fn destroy_removes_directory_and_processes() {
     fx.destroy_all().await;
 }
 
+/// A server killed while it removed an instance's directory: the directory was removed in
+/// place, so the crash could leave it without its record, which every later call then read as
+/// another cluster's and refused (the instance stayed Deleting for good). Now the next destroy
+/// finishes such a remnant, killing what still runs of the instance; so it does for a record
+/// naming nothing (a late exit-status write into a directory being removed made one), and a
+/// leftover `.<id>.deleting` goes with the next destroy of its key. An instance's own directory
+/// never goes through a state without its record: a destroy moves it away whole first.
+#[tokio::test]
+async fn a_destroy_cut_short_by_a_crash_is_finished_by_the_next() {
+    let fx = Fixture::new("exec sleep 300");
+    // Cut short after the record went, with the disk left and init still running.
+    fx.driver.ensure(&fx.spec(30), Fence::FIRST).await.unwrap();
+    let pid = fx.pid(30);
+    std::fs::remove_file(fx.dir(30).join("state")).unwrap();
+    assert_eq!(fx.power(30).await, None, "not listed: no tag");
+    let again = ProcessDriver::new(fx.root.clone(), fx.tag.clone()).unwrap();
+    again.destroy(&key(30), Fence::FIRST).await.unwrap();
+    assert!(!fx.dir(30).exists(), "the remnant is removed");
+    assert!(!pid_alive(pid), "its init, found by its environment, is killed");
+
+    // A record naming nothing.
+    fx.driver.ensure(&fx.spec(31), Fence::FIRST).await.unwrap();
+    fx.driver.set_power(&key(31), PowerTarget::Stopped, Fence::FIRST).await.unwrap();
+    common::edit_record(&fx.dir(31), |r| {
+        r.tag = None;
+        r.env.clear();
+        r.fence = None;
+        r.pid = None;
+    });
+    again.destroy(&key(31), Fence::FIRST).await.unwrap();
+    assert!(!fx.dir(31).exists());
+
+    // A leftover of a destroy cut short after the move.
+    let trash = fx.dir(32).with_file_name(".32.deleting");
+    std::fs::create_dir_all(trash.join("work")).unwrap();
+    std::fs::write(trash.join("work/init"), "left").unwrap();
+    again.destroy(&key(32), Fence::FIRST).await.unwrap();
+    assert!(!trash.exists(), "the leftover is removed");
+
+    // A destroy that completes leaves nothing beside the set's other instances.
+    fx.driver.ensure(&fx.spec(33), Fence::FIRST).await.unwrap();
+    fx.driver.destroy(&key(33), Fence::FIRST).await.unwrap();
+    let set_dir = fx.dir(33).parent().unwrap().to_path_buf();
+    let left: Vec<_> = std::fs::read_dir(&set_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "nothing left in {}: {left:?}", set_dir.display());
+    fx.destroy_all().await;
+}
+
 #[tokio::test]
 async fn an_init_that_exits_is_reported_failed() {
     let fx = Fixture::new("echo boom happened\nexit 3");

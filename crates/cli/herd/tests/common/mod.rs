@@ -114,6 +114,11 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
