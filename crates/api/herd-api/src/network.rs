@@ -237,18 +237,30 @@ fn fill_vnet(c: &PutCtx<'_, VirtualNetwork>, v: &mut VirtualNetwork) -> Result<S
     Ok(format!("virtual network {}", prefixes.join(", ")))
 }
 
-/// Vnets of one group must not overlap each other (they could not be bridged together).
+/// No two vnets of the server overlap, in any group: bridged networking routes every vnet in
+/// the host's one routing table and filters NICs by address, so an address must name one NIC.
+/// (Azure allows overlapping vnets that are not peered; herd refuses them rather than give each
+/// its own namespace or VRF: see docs/architecture.md.)
 fn check_vnet_overlaps(s: &AppState, group: &str, name: &str, v: &VirtualNetwork) -> Result<(), ApiError> {
-    for other in list_all::<VirtualNetwork>(s, group)? {
-        if other.name == name {
+    for other in s.store.virtual_networks()? {
+        let other = other.value;
+        if other.name == name && other.resource_group == group {
             continue;
         }
         for a in &v.address_space.address_prefixes {
             for b in &other.address_space.address_prefixes {
                 if a.overlaps(b) {
+                    let place = if other.resource_group == group {
+                        String::new()
+                    } else {
+                        format!(" in resource group '{}'", other.resource_group)
+                    };
                     return Err(ApiError::invalid(
                         "addressSpace.addressPrefixes",
-                        format!("{a} overlaps virtual network '{}' ({b})", other.name),
+                        format!(
+                            "{a} overlaps virtual network '{}'{place} ({b}); vnets of one server must not overlap",
+                            other.name
+                        ),
                     ));
                 }
             }

@@ -159,6 +159,11 @@ fn bad_network_input_is_refused_and_changes_nothing() {
         let err = s.err(&args);
         assert!(err.contains(expect), "herd {}: expected '{expect}' in:\n{err}", args.join(" "));
     }
+    // Vnets of one server never overlap, whatever their group.
+    s.ok(&["group", "create", "-n", "other-rg", "-l", "local"]);
+    let err = s.err(&["network", "vnet", "create", "-g", "other-rg", "-n", "mynet", "--address-prefix", "10.0.0.0/8"]);
+    assert!(err.contains("overlaps virtual network 'mynet' in resource group 'web-rg'"), "{err}");
+    s.ok(&["network", "vnet", "create", "-g", "other-rg", "-n", "mynet", "--address-prefix", "10.1.0.0/16"]);
     assert_eq!(
         s.json(&["network", "lb", "show", "-g", "web-rg", "-n", "web-lb"]),
         before_lb,
