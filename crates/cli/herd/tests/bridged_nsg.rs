@@ -189,3 +189,35 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
         String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
     });
 }
+
+/// A forward chain with policy drop (as Docker leaves) would silently cut bridged instances
+/// off once br_netfilter hands their traffic to it: the server says so, naming the chain.
+#[test]
+fn a_forward_drop_policy_elsewhere_is_reported() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "network namespaces need root: run ./scripts/test.sh as root, as CI does"
+    );
+    let ns = TestNetns::create(&format!("herdf{}", std::process::id()));
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"table ip filter {\n chain FORWARD {\n  type filter hook forward priority filter; policy drop;\n }\n}\n",
+        )
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "the test's drop policy could not be installed");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start_in(&ns.0, "process", &data, Some("[network]\nmode = \"bridged\"\n"));
+    let _state = RemoveOnDrop(hostnet_root(&data));
+    wait_for("the server's warning about table ip filter chain FORWARD", Duration::from_secs(60), || {
+        s.log_text().contains("bridged traffic may be blocked: table ip filter chain FORWARD").then_some(())
+    });
+}

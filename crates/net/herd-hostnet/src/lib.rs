@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod conflicts;
 pub mod dnsmasq;
 pub mod guard;
 pub mod link;

@@ -149,7 +149,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         runtime.add_with_wake(controller, wake);
     }
     if let Some(net) = hostnet {
-        runtime.add(Arc::new(hostnet::HostNetController(net.clone())));
+        runtime.add(Arc::new(hostnet::HostNetController { net: net.clone(), conflicts: Default::default() }));
         let store = state.store.store().clone();
         runtime.add(Arc::new(security::SecurityController { net, store }));
     }
