@@ -59,6 +59,10 @@ const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
     ("DELETE", "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}", 507, DISK_FULL),
     ("PUT", "/v1/resourceGroups/{group}/metricSources/{name}", 507, DISK_FULL),
     ("DELETE", "/v1/resourceGroups/{group}/metricSources/{name}", 507, DISK_FULL),
+    ("PUT", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}", 507, DISK_FULL),
+    ("DELETE", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}", 507, DISK_FULL),
+    ("PUT", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}", 507, DISK_FULL),
+    ("DELETE", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}", 507, DISK_FULL),
     ("PUT", "/v1/resourceGroups/{group}/publicIPAddresses/{name}", 507, DISK_FULL),
     ("DELETE", "/v1/resourceGroups/{group}/publicIPAddresses/{name}", 507, DISK_FULL),
     ("PUT", "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", 507, DISK_FULL),
@@ -89,6 +93,8 @@ const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
     ("DELETE", "/v1/resourceGroups/{group}/loadBalancers/{name}", 415, NO_BODY),
     ("DELETE", "/v1/resourceGroups/{group}/loadBalancers/{name}/{collection}/{child}", 415, NO_BODY),
     ("DELETE", "/v1/resourceGroups/{group}/metricSources/{name}", 415, NO_BODY),
+    ("DELETE", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}", 415, NO_BODY),
+    ("DELETE", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}", 415, NO_BODY),
     ("DELETE", "/v1/resourceGroups/{group}/publicIPAddresses/{name}", 415, NO_BODY),
     ("DELETE", "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}", 415, NO_BODY),
     ("DELETE", "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/extensions/{ext}", 415, NO_BODY),
@@ -233,6 +239,62 @@ const OPS: &[Op] = &[
         false,
         true,
     ),
+    op(
+        "GET",
+        "/v1/resourceGroups/{group}/networkSecurityGroups",
+        "/v1/resourceGroups/rg/networkSecurityGroups",
+        false,
+        true,
+    ),
+    op(
+        "GET",
+        "/v1/resourceGroups/{group}/networkSecurityGroups/{name}",
+        "/v1/resourceGroups/rg/networkSecurityGroups/nsg1",
+        false,
+        true,
+    ),
+    op(
+        "PUT",
+        "/v1/resourceGroups/{group}/networkSecurityGroups/{name}",
+        "/v1/resourceGroups/rg/networkSecurityGroups/nsg1",
+        true,
+        true,
+    ),
+    op(
+        "DELETE",
+        "/v1/resourceGroups/{group}/networkSecurityGroups/{name}",
+        "/v1/resourceGroups/rg/networkSecurityGroups/nsg1",
+        false,
+        true,
+    ),
+    op(
+        "GET",
+        "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules",
+        "/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules",
+        false,
+        true,
+    ),
+    op(
+        "GET",
+        "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+        "/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/web",
+        false,
+        true,
+    ),
+    op(
+        "PUT",
+        "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+        "/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/web",
+        true,
+        true,
+    ),
+    op(
+        "DELETE",
+        "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+        "/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/web",
+        false,
+        true,
+    ),
     op("GET", "/v1/resourceGroups/{group}/publicIPAddresses", "/v1/resourceGroups/rg/publicIPAddresses", false, true),
     op(
         "GET",
@@ -280,6 +342,13 @@ const OPS: &[Op] = &[
     op("GET", vmss!("/virtualMachines/{id}"), web!("/virtualMachines/0"), false, true),
     op("GET", vmss!("/virtualMachines/{id}/bootLog"), web!("/virtualMachines/0/bootLog"), false, true),
     op("GET", vmss!("/virtualMachines/{id}/instanceView"), web!("/virtualMachines/0/instanceView"), false, true),
+    op(
+        "GET",
+        vmss!("/virtualMachines/{id}/effectiveNetworkSecurityGroups"),
+        web!("/virtualMachines/0/effectiveNetworkSecurityGroups"),
+        false,
+        true,
+    ),
     op("PUT", vmss!("/virtualMachines/{id}/protectionPolicy"), web!("/virtualMachines/0/protectionPolicy"), true, true),
     op("POST", vmss!("/{action}"), web!("/restart"), true, true),
     op("GET", "/v1/resourceGroups/{group}/virtualNetworks", "/v1/resourceGroups/rg/virtualNetworks", false, true),
@@ -507,6 +576,8 @@ fn put_body(template: &str) -> Value {
         t if t.ends_with("/{collection}/{child}") => json!({"protocol": "Tcp", "port": 81}),
         t if t.ends_with("/metricSources/{name}") => source_body(),
         t if t.ends_with("/publicIPAddresses/{name}") => json!({}),
+        t if t.ends_with("/networkSecurityGroups/{name}") => json!({"securityRules": []}),
+        t if t.ends_with("/securityRules/{rule}") => rule_body(300),
         t if t.ends_with("/virtualMachineScaleSets/{name}") => set_body(1),
         t if t.ends_with("/extensions/{ext}") => ext_body(),
         t if t.ends_with("/rollingUpgrades/{action}") => json!({}),
@@ -523,6 +594,11 @@ fn put_body(template: &str) -> Value {
         t if t.ends_with("/subnets/{name}") => json!({"addressPrefix": "10.0.1.0/24"}),
         other => panic!("no body for {other}"),
     }
+}
+
+fn rule_body(priority: i64) -> Value {
+    json!({"priority": priority, "direction": "Inbound", "access": "Deny", "protocol": "Tcp",
+           "sourceAddressPrefixes": ["VirtualNetwork"], "destinationPortRanges": ["8080"]})
 }
 
 fn source_body() -> Value {
@@ -1004,6 +1080,160 @@ fn handler_cases() -> Vec<Case> {
             |h| {
                 h.world().await;
                 h.delete("/v1/resourceGroups/rg/virtualNetworks/vnet1/subnets/default").await.says("web")
+            }
+        ),
+        // ---- network security groups ----
+        case!("GET", "/v1/resourceGroups/{group}/networkSecurityGroups", 200, "lists nsg1", |h| {
+            h.world().await;
+            let r = h.get("/v1/resourceGroups/rg/networkSecurityGroups").await;
+            assert_eq!(r.json()[0]["name"], "nsg1", "{}", r.text());
+            r
+        }),
+        case!("GET", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}", 200, "with the six default rules", |h| {
+            h.world().await;
+            let r = h.get("/v1/resourceGroups/rg/networkSecurityGroups/nsg1").await;
+            assert_eq!(r.json()["defaultSecurityRules"].as_array().map(Vec::len), Some(6), "{}", r.text());
+            r
+        }),
+        case!("GET", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}", 404, "no such group", |h| {
+            h.world().await;
+            h.get("/v1/resourceGroups/rg/networkSecurityGroups/nope").await
+        }),
+        case!("PUT", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}", 200, "creates nsg2", |h| {
+            h.world().await;
+            h.put("/v1/resourceGroups/rg/networkSecurityGroups/nsg2", json!({})).await
+        }),
+        case!("PUT", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}", 400, "a priority below 100", |h| {
+            h.world().await;
+            let mut rule = rule_body(99);
+            rule["name"] = json!("low");
+            h.put("/v1/resourceGroups/rg/networkSecurityGroups/nsg2", json!({"securityRules": [rule]}))
+                .await
+                .target("securityRules[0].priority")
+        }),
+        case!(
+            "PUT",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}",
+            409,
+            "If-None-Match: * on an existing one",
+            |h| {
+                h.world().await;
+                h.call_with(
+                    Method::PUT,
+                    "/v1/resourceGroups/rg/networkSecurityGroups/nsg1",
+                    Some(json!({})),
+                    &[("if-none-match", "*")],
+                )
+                .await
+            }
+        ),
+        case!("GET", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules", 200, "nsg1's rule", |h| {
+            h.world().await;
+            let r = h.get("/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules").await;
+            assert_eq!(r.json()[0]["name"], "web", "{}", r.text());
+            r
+        }),
+        case!("GET", "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules", 404, "no such group", |h| {
+            h.world().await;
+            h.get("/v1/resourceGroups/rg/networkSecurityGroups/nope/securityRules").await
+        }),
+        case!(
+            "GET",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+            200,
+            "shows rule web",
+            |h| {
+                h.world().await;
+                h.get("/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/web").await
+            }
+        ),
+        case!(
+            "GET",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+            404,
+            "a default rule is not a rule of the group's own",
+            |h| {
+                h.world().await;
+                h.get("/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/DenyAllInBound")
+                    .await
+                    .says("default rules cannot be changed")
+            }
+        ),
+        case!(
+            "PUT",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+            200,
+            "adds a rule",
+            |h| {
+                h.world().await;
+                h.put("/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/deny", rule_body(200)).await
+            }
+        ),
+        case!(
+            "PUT",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+            400,
+            "a priority another inbound rule holds",
+            |h| {
+                h.world().await;
+                h.put("/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/deny", rule_body(100))
+                    .await
+                    .target("priority")
+                    .says("already used by rule 'web'")
+            }
+        ),
+        case!(
+            "PUT",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+            404,
+            "no such group",
+            |h| {
+                h.world().await;
+                h.put("/v1/resourceGroups/rg/networkSecurityGroups/nope/securityRules/deny", rule_body(200)).await
+            }
+        ),
+        case!(
+            "DELETE",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+            200,
+            "deletes rule web",
+            |h| {
+                h.world().await;
+                h.delete("/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/web").await
+            }
+        ),
+        case!(
+            "DELETE",
+            "/v1/resourceGroups/{group}/networkSecurityGroups/{name}/securityRules/{rule}",
+            404,
+            "no such rule",
+            |h| {
+                h.world().await;
+                h.delete("/v1/resourceGroups/rg/networkSecurityGroups/nsg1/securityRules/nope").await
+            }
+        ),
+        case!(
+            "GET",
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/effectiveNetworkSecurityGroups",
+            200,
+            "the subnet's nsg1 with its rules expanded",
+            |h| {
+                h.world().await;
+                let r = h.get(&set_uri("/virtualMachines/0/effectiveNetworkSecurityGroups")).await;
+                let v = r.json();
+                assert_eq!(v["value"][0]["effectiveSecurityRules"][0]["name"], "securityRules/web", "{}", r.text());
+                assert!(v["value"][0]["association"]["subnet"]["id"].as_str().unwrap().ends_with("/subnets/default"));
+                r
+            }
+        ),
+        case!(
+            "GET",
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/virtualMachines/{id}/effectiveNetworkSecurityGroups",
+            404,
+            "no such instance",
+            |h| {
+                h.world().await;
+                h.get(&set_uri("/virtualMachines/99/effectiveNetworkSecurityGroups")).await
             }
         ),
         // ---- public IPs ----
@@ -1633,6 +1863,13 @@ fn network_delete_cases() -> Vec<Case> {
             noun: "vnet",
             unused: ("vnet2", || vnet_body("10.1.0.0/16")),
             in_use: ("vnet1", "web", "the scale set uses it"),
+        },
+        NetDelete {
+            template: "/v1/resourceGroups/{group}/networkSecurityGroups/{name}",
+            path: "/v1/resourceGroups/rg/networkSecurityGroups",
+            noun: "network security group",
+            unused: ("nsg2", || json!({})),
+            in_use: ("nsg1", "vnet1/default", "a subnet uses it"),
         },
         NetDelete {
             template: "/v1/resourceGroups/{group}/publicIPAddresses/{name}",

@@ -309,7 +309,8 @@ impl Harness {
         d
     }
 
-    /// A group `rg` with an image, a vnet (`vnet1`/`default`), a public IP (`pip1`), a load
+    /// A group `rg` with an image, a network security group (`nsg1`, rule `web`), a vnet
+    /// (`vnet1`/`default`, filtered by `nsg1`), a public IP (`pip1`), a load
     /// balancer (`lb1`: frontend `fe`, pool `pool1`, probe `probe1`), a metric source (`q`), a
     /// scale set `web` (2 instances, extension `setup`, automatic repairs on, joined to the
     /// subnet and pool) with an autoscale setting (`auto`), and one reconciler pass so the
@@ -319,9 +320,17 @@ impl Harness {
         let img = self.image_dir("img");
         self.put(&format!("/v1/images/{URN}"), json!({"directory": img})).await.expect(201);
         self.put(
+            &format!("/v1/resourceGroups/{G}/networkSecurityGroups/nsg1"),
+            json!({"securityRules": [{"name": "web", "priority": 100, "direction": "Inbound", "access": "Allow",
+                   "protocol": "Tcp", "destinationPortRange": "80"}]}),
+        )
+        .await
+        .expect(200);
+        self.put(
             &format!("/v1/resourceGroups/{G}/virtualNetworks/vnet1"),
             json!({"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
-                   "subnets": [{"name": "default", "addressPrefix": "10.0.0.0/24"}]}),
+                   "subnets": [{"name": "default", "addressPrefix": "10.0.0.0/24",
+                                "networkSecurityGroup": {"id": net_id("networkSecurityGroups", "nsg1")}}]}),
         )
         .await
         .expect(200);
