@@ -300,6 +300,45 @@ mod tests {
         }
     }
 
+    /// On a machine with a usable `cpu` controller (as root): both cgroups get the quota, a
+    /// process moved in is moved home again and the cgroups are gone after the guard. Elsewhere
+    /// the error says what is missing.
+    #[test]
+    fn a_budget_gets_its_quota_and_is_removed_with_what_was_in_it() {
+        let guard = match Budget::create(0.5) {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(msg.contains("cgroup") || msg.contains("cpu"), "unclear error: {msg}");
+                return;
+            }
+        };
+        let b = guard.budget.clone();
+        for dir in [&b.herd, &b.haproxy] {
+            let v1 = std::fs::read_to_string(dir.join("cpu.cfs_quota_us"));
+            let v2 = std::fs::read_to_string(dir.join("cpu.max"));
+            match (v1, v2) {
+                (Ok(q), _) => {
+                    assert_eq!(q.trim(), "5000");
+                    let period = std::fs::read_to_string(dir.join("cpu.cfs_period_us")).unwrap();
+                    assert_eq!(period.trim(), PERIOD_US.to_string());
+                }
+                (_, Ok(max)) => assert_eq!(max.trim(), format!("5000 {PERIOD_US}")),
+                (Err(e), Err(_)) => panic!("no quota file in {}: {e}", dir.display()),
+            }
+        }
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        Budget::enter(&b.herd, child.id()).unwrap();
+        let procs = std::fs::read_to_string(b.herd.join("cgroup.procs")).unwrap();
+        assert!(procs.lines().any(|p| p == child.id().to_string()), "{procs}");
+        drop(guard);
+        let home = std::fs::read_to_string(b.home.join("cgroup.procs")).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!b.herd.exists() && !b.haproxy.exists(), "cgroups left behind");
+        assert!(home.lines().any(|p| p == child.id().to_string()), "the process was not moved home");
+    }
+
     #[test]
     fn the_inner_bench_finds_both_cgroups_by_prefix() {
         let dir = tempfile::tempdir().unwrap();
