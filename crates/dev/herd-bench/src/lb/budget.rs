@@ -22,7 +22,9 @@
 //! Where: cgroup v1 with the `cpu` controller (`cpu.cfs_period_us`, `cpu.cfs_quota_us`) or
 //! cgroup v2 with `cpu` delegated to the bench's cgroup (`cpu.max`); anything else fails with
 //! what is missing. The cgroups are created by the outer bench (the one that also owns the
-//! network namespace) and removed when it ends, also after a failure of the inner one.
+//! network namespace) and removed when it ends, also after a failure of the inner one. The
+//! inner bench reaches them through `/proc/<outer pid>/root/...`: `ip netns exec` gives it a
+//! fresh `/sys` without the cgroup file systems.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -64,7 +66,7 @@ impl Budget {
     }
 
     /// Creates both cgroups with `fraction` of a CPU each; they are removed when the returned
-    /// guard is dropped. The prefix to pass to the inner bench is [`Guard::prefix`].
+    /// guard is dropped. The prefix to pass to the inner bench is [`Guard::prefix_from_elsewhere`].
     pub fn create(fraction: f64) -> Result<Guard> {
         let quota = quota_us(fraction)?;
         let (kind, home) = find_home()?;
@@ -112,9 +114,12 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// What the inner bench gets as `--lb-cgroups`.
-    pub fn prefix(&self) -> &Path {
-        &self.prefix
+    /// What the inner bench gets as `--lb-cgroups`: the prefix as seen through this
+    /// process's root (`/proc/<pid>/root/...`), because `ip netns exec` mounts a fresh `/sys`
+    /// for the inner bench, without the cgroup file systems.
+    pub fn prefix_from_elsewhere(&self) -> PathBuf {
+        let root = PathBuf::from(format!("/proc/{}/root", std::process::id()));
+        root.join(self.prefix.strip_prefix("/").unwrap_or(&self.prefix))
     }
 
     /// Whether throttling happened: (periods, throttled periods) of each cgroup, from `cpu.stat`.
@@ -314,6 +319,8 @@ mod tests {
             }
         };
         let b = guard.budget.clone();
+        let seen = Budget::at(&guard.prefix_from_elsewhere()).unwrap();
+        assert!(seen.herd.join("cgroup.procs").exists() && seen.herd.starts_with("/proc"), "{seen:?}");
         for dir in [&b.herd, &b.haproxy] {
             let v1 = std::fs::read_to_string(dir.join("cpu.cfs_quota_us"));
             let v2 = std::fs::read_to_string(dir.join("cpu.max"));

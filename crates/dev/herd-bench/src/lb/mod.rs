@@ -75,7 +75,10 @@ pub async fn lb_bench(launch: &dyn Launch, o: Options) -> Result<()> {
                 measure(launch, &o, None, guard.as_ref().map(|g| &g.budget)).await
             } else {
                 let cpus = isolate::Cpus::split(&isolate::allowed_cpus()?);
-                isolate::reexec(&o.inner_args(cpus.load_list(), guard.as_ref().map(|g| g.prefix()))).await
+                isolate::reexec(
+                    &o.inner_args(cpus.load_list(), guard.as_ref().map(|g| g.prefix_from_elsewhere()).as_deref()),
+                )
+                .await
             };
             if let Some(g) = &guard {
                 let t = g.throttled();
