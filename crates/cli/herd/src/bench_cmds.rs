@@ -80,11 +80,11 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
             herd_bench::qemu::run(launch, herd_bench::qemu::Options { rounds, counts, testguest, sku, json }).await
         }
-        BenchCmd::Lb { duration, shapes, rounds, in_place, inside, load_cpus } => {
+        BenchCmd::Lb { duration, shapes, rounds, in_place, inside, load_cpus, lb_cpu, lb_cgroups } => {
             let shapes = if shapes.is_empty() { herd_bench::lb::load::Shape::DEFAULT.to_vec() } else { shapes };
             let inside = inside.then_some(load_cpus);
-            herd_bench::lb::lb_bench(launch, herd_bench::lb::Options { duration, rounds, shapes, in_place, inside })
-                .await
+            let o = herd_bench::lb::Options { duration, rounds, shapes, in_place, inside, lb_cpu, lb_cgroups };
+            herd_bench::lb::lb_bench(launch, o).await
         }
         BenchCmd::Api { instances, requests } => herd_bench::provision::api(launch, instances, requests).await,
         BenchCmd::Tls { instances, requests, rounds } => {

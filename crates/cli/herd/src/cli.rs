@@ -831,6 +831,15 @@ pub enum BenchCmd {
         /// Internal: the CPUs for wrk and the backends in the isolated re-run.
         #[arg(long, hide = true)]
         load_cpus: Option<String>,
+        /// A CPU budget for each load balancer under test, in CPUs (e.g. 0.5): a cgroup with
+        /// that CFS quota per 10 ms period for herd's process and one for HAProxy, so that the
+        /// load balancer, not the load generator, limits throughput. Needs root and cgroup v1's
+        /// cpu controller or cgroup v2 with cpu delegated.
+        #[arg(long, value_name = "CPUS")]
+        lb_cpu: Option<f64>,
+        /// Internal: the budget's cgroups (their common prefix) in the isolated re-run.
+        #[arg(long, hide = true)]
+        lb_cgroups: Option<std::path::PathBuf>,
     },
     /// Internal: a minimal HTTP server used as the backend of `bench lb`.
     #[command(hide = true)]

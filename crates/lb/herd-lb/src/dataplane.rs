@@ -114,7 +114,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl BackendState {
-    fn new(id: &str, addr: SocketAddr, drained: Arc<Notify>) -> Self {
+    pub(crate) fn new(id: &str, addr: SocketAddr, drained: Arc<Notify>) -> Self {
         BackendState {
             id: id.to_string(),
             counters: Counters::default(),
@@ -126,7 +126,7 @@ impl BackendState {
 
     /// Records the backend's new status; leaving `Active` starts the drain clock (once).
     /// True when it did, so the data-plane threads must be told.
-    fn set(&self, status: BackendStatus, addr: SocketAddr, drain_deadline: Instant) -> bool {
+    pub(crate) fn set(&self, status: BackendStatus, addr: SocketAddr, drain_deadline: Instant) -> bool {
         *lock(&self.meta) = (status, addr);
         let mut drain = lock(&self.drain);
         if status == BackendStatus::Active {

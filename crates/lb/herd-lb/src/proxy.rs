@@ -36,7 +36,12 @@
 //!   after, which sends the FIN anyway (one system call fewer per connection);
 //! - accepted sockets inherit TCP_NODELAY from the listener (see `engine`).
 //!
-//! A connection's lifecycle ([`Phase`]):
+//! A connection's lifecycle ([`Phase`]). Every change of phase is decided in one place,
+//! [`transition`]: it takes the phase and what happened ([`Input`]: the connect attempt's socket
+//! reported, copying stopped, the connection's timer came due, its backend's drain deadline
+//! passed) and returns the [`Step`] to take; it does no I/O and changes nothing. `Worker::step`
+//! is the one place that carries a step out (connects, arms the timer, replaces the phase,
+//! closes). Within `Open`, each [`Direction`] goes from `Copying` to `Ended` in `pump`.
 //!
 //! ```text
 //!  accepted ──(over max_connections / no backend / last attempt failed)──> dropped
@@ -217,6 +222,11 @@ impl<T> Slab<T> {
     fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, (_, item))| item.as_ref().map(|t| (i, t)))
     }
+
+    /// The slot and generation of every occupant.
+    fn keys(&self) -> Vec<(usize, u32)> {
+        self.slots.iter().enumerate().filter(|(_, (_, item))| item.is_some()).map(|(i, (gen, _))| (i, *gen)).collect()
+    }
 }
 
 /// What a deadline in the thread's heap is for.
@@ -340,6 +350,87 @@ enum End {
     Error(io::Error),
     Idle,
     Drained,
+}
+
+/// What happened to a connection, as [`transition`] sees it.
+enum Input<'a> {
+    /// Its connect attempt's socket reported readiness: what `SO_ERROR` said, and whether the
+    /// socket is writable (then the connect completed).
+    ConnectReady { error: Option<io::Error>, writable: bool },
+    /// Copying in both directions stopped ([`Conn::drive`]).
+    Pumped(Result<Pumped, End>),
+    /// Its timer came due.
+    Due,
+    /// The drain deadline of this backend passed.
+    BackendDrained(&'a Arc<BackendState>),
+}
+
+/// What to do with a connection next; decided by [`transition`], carried out by `Worker::step`.
+#[derive(Debug)]
+enum Step {
+    /// Nothing until the next event.
+    Wait,
+    /// Nothing yet, but the timer must come due by then.
+    Arm(Instant),
+    /// Connected: `Connecting` becomes `Open`, then copies at once.
+    Open,
+    /// The connect attempt failed: `Connecting` to the next candidate, or rejected when none
+    /// is left.
+    Retry(Failed),
+    /// Its copying used up a budget: again next loop turn.
+    Again,
+    Close(End),
+}
+
+/// Why a connect attempt failed (for logs).
+#[derive(Debug)]
+enum Failed {
+    Error(io::Error),
+    TimedOut,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Error(e) => write!(f, "connect failed: {e}"),
+            Failed::TimedOut => f.write_str("connect timed out"),
+        }
+    }
+}
+
+/// The connection state machine: given the `phase`, what happened, the loop turn's time `now`
+/// and the connection's last activity and idle timeout, the step to take. No I/O, no change.
+fn transition(phase: &Phase, input: Input<'_>, now: Instant, last: Instant, idle: Duration) -> Step {
+    match (phase, input) {
+        (Phase::Open(_), Input::Pumped(Ok(Pumped::Budget))) => Step::Again,
+        (Phase::Open(_), Input::Pumped(Ok(Pumped::Blocked | Pumped::Ended))) => Step::Wait,
+        (Phase::Open(_), Input::Pumped(Err(end))) => Step::Close(end),
+        (Phase::Connecting(_), Input::ConnectReady { error: Some(e), .. }) => Step::Retry(Failed::Error(e)),
+        (Phase::Connecting(_), Input::ConnectReady { error: None, writable }) => {
+            if writable {
+                Step::Open
+            } else {
+                Step::Wait
+            }
+        }
+        (Phase::Connecting(c), Input::Due) if c.deadline <= now => Step::Retry(Failed::TimedOut),
+        (Phase::Connecting(c), Input::Due) => Step::Arm(c.deadline),
+        (Phase::Open(o), Input::Due) => {
+            let drain = o.backend.backend().drain_deadline();
+            let idle_at = after(last, idle);
+            if drain.is_some_and(|d| d <= now) {
+                Step::Close(End::Drained)
+            } else if idle_at <= now {
+                Step::Close(End::Idle)
+            } else {
+                Step::Arm(drain.map_or(idle_at, |d| d.min(idle_at)))
+            }
+        }
+        (Phase::Open(o), Input::BackendDrained(b)) if Arc::ptr_eq(o.backend.backend(), b) => Step::Close(End::Drained),
+        // Copying results outside `Open`, connect results outside `Connecting`, another
+        // backend's drain, anything in `Closed`: nothing to do.
+        (_, Input::Pumped(_) | Input::ConnectReady { .. } | Input::BackendDrained(_) | Input::Due) => Step::Wait,
+    }
 }
 
 /// A rule's count of one connection; dropping it takes the count back.
@@ -684,62 +775,69 @@ impl Worker {
                 return; // an earlier attempt's socket
             }
         }
-        if let Phase::Connecting(c) = &mut conn.phase {
+        let input = if let Phase::Connecting(c) = &conn.phase {
             if !server_event {
                 return; // the client waits until the backend answers
             }
-            match c.server.sock.take_error() {
-                Ok(None) if c.server.writable => {}
-                Ok(None) => return,
-                Ok(Some(e)) | Err(e) => {
-                    tracing::debug!(rule = %c.snap.name, backend = %c.backend.backend().id, addr = %c.addr, "connect failed: {e}");
-                    self.next_attempt(registry, slot, gen);
-                    return;
-                }
-            }
-            let Phase::Connecting(c) = std::mem::replace(&mut conn.phase, Phase::Closed) else { unreachable!() };
-            // The client's socket has TCP_NODELAY from its listener (see `engine`).
-            let _ = c.server.sock.set_nodelay(true);
-            let backend = c.backend;
-            inc(&backend.backend().counters.total);
-            conn.last = now;
-            if let Some(drain) = backend.backend().drain_deadline() {
-                conn.arm(&mut self.timers, slot, gen, drain);
-            }
-            conn.phase = Phase::Open(Open {
-                server: c.server,
-                backend,
-                up: Direction::Copying(None),
-                down: Direction::Copying(None),
-            });
-        }
-        match conn.drive(now) {
-            Ok(Pumped::Budget) => self.again.push(conn_token(slot, gen, CLIENT).0),
-            Ok(_) => {}
-            Err(end) => self.close(slot, end),
-        }
+            let error = c.server.sock.take_error().unwrap_or_else(Some);
+            Input::ConnectReady { error, writable: c.server.writable }
+        } else {
+            Input::Pumped(conn.drive(now))
+        };
+        self.step(registry, slot, gen, input);
     }
 
-    /// The current connect attempt of connection `slot` failed: counts it and starts the next,
-    /// or gives the client up.
-    fn next_attempt(&mut self, registry: &Registry, slot: usize, gen: u32) {
-        let Some(conn) = self.conns.get_mut(slot, gen) else { return };
-        let Phase::Connecting(c) = std::mem::replace(&mut conn.phase, Phase::Closed) else { return };
-        let Connecting { server, backend, snap, hash, first, attempt, .. } = c;
-        drop(server);
-        let failed = backend.backend().clone();
-        drop(backend);
-        let state = &conn.rule.0;
-        connect_failed(state, &failed);
-        match connect(registry, self.now, state, snap, hash, first, attempt + 1, (slot, gen)) {
-            Some(next) => {
-                let deadline = next.deadline;
-                conn.phase = Phase::Connecting(next);
-                conn.arm(&mut self.timers, slot, gen, deadline);
-            }
-            None => {
-                inc(&state.counters.rejected_connect_failed);
-                self.conns.remove(slot);
+    /// Feeds `input` to connection `slot`'s [`transition`] and carries the step out; the only
+    /// place that changes a connection's phase.
+    fn step(&mut self, registry: &Registry, slot: usize, gen: u32, mut input: Input<'_>) {
+        let now = self.now;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot, gen) else { return };
+            match transition(&conn.phase, input, now, conn.last, conn.idle) {
+                Step::Wait => return,
+                Step::Arm(at) => return conn.arm(&mut self.timers, slot, gen, at),
+                Step::Again => return self.again.push(conn_token(slot, gen, CLIENT).0),
+                Step::Close(end) => return self.close(slot, end),
+                Step::Open => {
+                    let Phase::Connecting(c) = std::mem::replace(&mut conn.phase, Phase::Closed) else { return };
+                    // The client's socket has TCP_NODELAY from its listener (see `engine`).
+                    let _ = c.server.sock.set_nodelay(true);
+                    let backend = c.backend;
+                    inc(&backend.backend().counters.total);
+                    conn.last = now;
+                    if let Some(drain) = backend.backend().drain_deadline() {
+                        conn.arm(&mut self.timers, slot, gen, drain);
+                    }
+                    conn.phase = Phase::Open(Open {
+                        server: c.server,
+                        backend,
+                        up: Direction::Copying(None),
+                        down: Direction::Copying(None),
+                    });
+                    input = Input::Pumped(conn.drive(now));
+                }
+                Step::Retry(why) => {
+                    let Phase::Connecting(c) = std::mem::replace(&mut conn.phase, Phase::Closed) else { return };
+                    let Connecting { server, backend, snap, hash, first, attempt, addr, .. } = c;
+                    tracing::debug!(rule = %snap.name, backend = %backend.backend().id, %addr, "{why}");
+                    drop(server);
+                    let failed = backend.backend().clone();
+                    drop(backend);
+                    let state = &conn.rule.0;
+                    connect_failed(state, &failed);
+                    match connect(registry, now, state, snap, hash, first, attempt + 1, (slot, gen)) {
+                        Some(next) => {
+                            let deadline = next.deadline;
+                            conn.phase = Phase::Connecting(next);
+                            conn.arm(&mut self.timers, slot, gen, deadline);
+                        }
+                        None => {
+                            inc(&state.counters.rejected_connect_failed);
+                            self.conns.remove(slot);
+                        }
+                    }
+                    return;
+                }
             }
         }
     }
@@ -764,42 +862,14 @@ impl Worker {
                         continue; // superseded by an earlier one
                     }
                     conn.armed = None;
-                    match &conn.phase {
-                        Phase::Connecting(c) if c.deadline <= now => {
-                            tracing::debug!(rule = %c.snap.name, backend = %c.backend.backend().id, addr = %c.addr, "connect timed out");
-                            self.next_attempt(registry, slot, gen);
-                        }
-                        Phase::Connecting(c) => {
-                            let deadline = c.deadline;
-                            conn.arm(&mut self.timers, slot, gen, deadline);
-                        }
-                        Phase::Open(o) => {
-                            let drain = o.backend.backend().drain_deadline();
-                            let idle = after(conn.last, conn.idle);
-                            if drain.is_some_and(|d| d <= now) {
-                                self.close(slot, End::Drained);
-                            } else if idle <= now {
-                                self.close(slot, End::Idle);
-                            } else {
-                                let next = drain.map_or(idle, |d| d.min(idle));
-                                conn.arm(&mut self.timers, slot, gen, next);
-                            }
-                        }
-                        Phase::Closed => {}
-                    }
+                    self.step(registry, slot, gen, Input::Due);
                 }
                 Key::Drain(backend) => match backend.drain_deadline() {
                     None => {} // back in rotation
                     Some(d) if d > now => self.timers.push(d, Key::Drain(backend)),
                     Some(_) => {
-                        let victims: Vec<usize> = self
-                            .conns
-                            .iter()
-                            .filter(|(_, c)| matches!(&c.phase, Phase::Open(o) if Arc::ptr_eq(o.backend.backend(), &backend)))
-                            .map(|(slot, _)| slot)
-                            .collect();
-                        for slot in victims {
-                            self.close(slot, End::Drained);
+                        for (slot, gen) in self.conns.keys() {
+                            self.step(registry, slot, gen, Input::BackendDrained(&backend));
                         }
                     }
                 },
@@ -817,6 +887,48 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::BackendStatus;
+
+    /// An `Open` phase over a real loopback connection, to backend `b`.
+    fn open_phase(b: &Arc<BackendState>) -> Phase {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        Phase::Open(Open {
+            server: Side::new(TcpStream::from_std(sock), server_side(0), true),
+            backend: b.open(),
+            up: Direction::Copying(None),
+            down: Direction::Copying(None),
+        })
+    }
+
+    #[test]
+    fn open_connections_copy_again_close_on_their_end_idle_and_their_own_backends_drain() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (b, other) =
+            (Arc::new(BackendState::new("b", addr, notify.clone())), Arc::new(BackendState::new("o", addr, notify)));
+        let phase = open_phase(&b);
+        let (t0, idle) = (Instant::now(), Duration::from_secs(10));
+        let step = |input, now| transition(&phase, input, now, t0, idle);
+        assert!(matches!(step(Input::Pumped(Ok(Pumped::Budget)), t0), Step::Again));
+        assert!(matches!(step(Input::Pumped(Ok(Pumped::Blocked)), t0), Step::Wait));
+        assert!(matches!(step(Input::Pumped(Err(End::Done)), t0), Step::Close(End::Done)));
+        assert!(matches!(step(Input::ConnectReady { error: None, writable: true }, t0), Step::Wait));
+        // The timer: before the idle deadline it is re-armed for it; at it, the connection ends.
+        assert!(matches!(step(Input::Due, t0 + Duration::from_secs(3)), Step::Arm(at) if at == t0 + idle));
+        assert!(matches!(step(Input::Due, t0 + idle), Step::Close(End::Idle)));
+        // Another backend's drain leaves it alone; its own closes it.
+        assert!(matches!(step(Input::BackendDrained(&other), t0), Step::Wait));
+        assert!(matches!(step(Input::BackendDrained(&b), t0), Step::Close(End::Drained)));
+        // Draining: the drain deadline comes first when earlier than idle, and closes it when due.
+        b.set(BackendStatus::Draining, addr, t0 + Duration::from_secs(2));
+        assert!(matches!(step(Input::Due, t0), Step::Arm(at) if at == t0 + Duration::from_secs(2)));
+        assert!(matches!(step(Input::Due, t0 + Duration::from_secs(2)), Step::Close(End::Drained)));
+        // Nothing moves a closed connection.
+        for input in [Input::Due, Input::Pumped(Ok(Pumped::Budget)), Input::BackendDrained(&b)] {
+            assert!(matches!(transition(&Phase::Closed, input, t0, t0, idle), Step::Wait));
+        }
+    }
 
     #[test]
     fn a_freed_slot_gets_a_new_generation_so_stale_tokens_miss() {

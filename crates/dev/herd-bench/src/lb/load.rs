@@ -120,17 +120,28 @@ pub fn cpu_us(pid: u32) -> Option<u64> {
 const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 /// Runs `wrk` against `url` in `shape` for `seconds`, with `threads` threads, pinned to
-/// `cpus` (a `taskset` list) when given; `lb_pid` is the load balancer under test, whose CPU
-/// time per request is recorded.
+/// `cpus` (a `taskset` list) when given, behind `prefix` (a command that runs the rest, e.g.
+/// [`super::budget::Budget::wrk_prefix`]; empty for none); `lb_pid` is the load balancer under
+/// test, whose CPU time per request is recorded.
 pub async fn wrk(
     url: &str,
     shape: Shape,
     seconds: u64,
-    threads: u32,
-    cpus: Option<&str>,
+    (threads, cpus, prefix): (u32, Option<&str>, &[String]),
     lb_pid: Option<u32>,
 ) -> Result<Run> {
-    let mut cmd = super::isolate::pinned("wrk", cpus);
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(args);
+            if let Some(cpus) = cpus {
+                c.args(["taskset", "-c", cpus]);
+            }
+            c.arg("wrk");
+            c
+        }
+        None => super::isolate::pinned("wrk", cpus),
+    };
     let threads = threads.clamp(1, shape.connections);
     cmd.args([format!("-t{threads}"), format!("-c{}", shape.connections), format!("-d{seconds}s")]);
     cmd.args(["--latency", "--timeout", "5s"]);

@@ -4,10 +4,13 @@
 //! rule reaches the data plane.
 //!
 //! - [`isolate`]: the bench's own network namespace, file limit and CPU pinning;
+//! - [`budget`]: the same CPU budget for each load balancer (`--lb-cpu`), so that it is the
+//!   bottleneck;
 //! - [`load`]: the shapes, `wrk` and the median and spread of the rounds;
 //! - [`backend`]: the backends' minimal HTTP server.
 
 pub mod backend;
+pub mod budget;
 pub mod isolate;
 pub mod load;
 
@@ -34,17 +37,24 @@ pub struct Options {
     /// Set by the re-executed bench inside its namespace: the CPUs for the load (`taskset`
     /// list; the bench itself already runs pinned to the load balancer's CPU), if pinned.
     pub inside: Option<Option<String>>,
+    /// The CPU budget of each load balancer (`--lb-cpu`), in CPUs.
+    pub lb_cpu: Option<f64>,
+    /// Set for the re-executed bench: the budget's cgroups (see [`budget::Budget::at`]).
+    pub lb_cgroups: Option<std::path::PathBuf>,
 }
 
 impl Options {
     /// The arguments of the re-executed bench.
-    fn inner_args(&self, load_cpus: Option<String>) -> Vec<String> {
+    fn inner_args(&self, load_cpus: Option<String>, cgroups: Option<&std::path::Path>) -> Vec<String> {
         let mut a: Vec<String> =
             ["bench", "lb", "--duration", &self.duration.to_string()].into_iter().map(String::from).collect();
         a.extend(["--rounds".into(), self.rounds.to_string(), "--inside".into()]);
         a.extend(load_cpus.map(|c| format!("--load-cpus={c}")));
         for s in &self.shapes {
             a.extend(["--shape".into(), s.to_string()]);
+        }
+        if let (Some(cpu), Some(prefix)) = (self.lb_cpu, cgroups) {
+            a.extend([format!("--lb-cpu={cpu}"), format!("--lb-cgroups={}", prefix.display())]);
         }
         a
     }
@@ -54,17 +64,43 @@ impl Options {
 /// then measures.
 pub async fn lb_bench(launch: &dyn Launch, o: Options) -> Result<()> {
     match &o.inside {
-        Some(load_cpus) => measure(launch, &o, load_cpus.as_deref()).await,
-        None if o.in_place => measure(launch, &o, None).await,
+        Some(load_cpus) => {
+            let budget = o.lb_cgroups.as_deref().map(budget::Budget::at).transpose()?;
+            measure(launch, &o, load_cpus.as_deref(), budget.as_ref()).await
+        }
         None => {
-            let cpus = isolate::Cpus::split(&isolate::allowed_cpus()?);
-            isolate::reexec(&o.inner_args(cpus.load_list())).await
+            // The cgroups belong to this (outer) process, so they go even if the inner fails.
+            let guard = o.lb_cpu.map(budget::Budget::create).transpose()?;
+            let result = if o.in_place {
+                measure(launch, &o, None, guard.as_ref().map(|g| &g.budget)).await
+            } else {
+                let cpus = isolate::Cpus::split(&isolate::allowed_cpus()?);
+                isolate::reexec(
+                    &o.inner_args(cpus.load_list(), guard.as_ref().map(|g| g.prefix_from_elsewhere()).as_deref()),
+                )
+                .await
+            };
+            if let Some(g) = &guard {
+                let t = g.throttled();
+                println!(
+                    "{}",
+                    json!({"bench": "lb-budget", "lbCpu": o.lb_cpu, "periodUs": budget::PERIOD_US,
+                        "herd": {"periods": t[0].0, "throttled": t[0].1},
+                        "haproxy": {"periods": t[1].0, "throttled": t[1].1}})
+                );
+            }
+            result
         }
     }
 }
 
 /// Sets up the backends, both load balancers, then every shape's rounds; prints JSON lines.
-async fn measure(launch: &dyn Launch, o: &Options, load_cpus: Option<&str>) -> Result<()> {
+async fn measure(
+    launch: &dyn Launch,
+    o: &Options,
+    load_cpus: Option<&str>,
+    budget: Option<&budget::Budget>,
+) -> Result<()> {
     let mut b = Bench::setup(launch, Driver::Process, 10).await?;
     let c = &b.client;
     let (lbp, path) = ("/v1/resourceGroups/bench/loadBalancers/lb", set_path("bench", "web"));
@@ -83,6 +119,12 @@ async fn measure(launch: &dyn Launch, o: &Options, load_cpus: Option<&str>) -> R
     let open_files = open_files_limit().unwrap_or(1024);
     let max_connections = (open_files.saturating_sub(200) / 2).clamp(1, 30_000) as u32;
     let mut haproxy = start_haproxy(b.dir.path(), &addrs, lb_cpu.as_deref(), max_connections)?;
+    // The budget: after the backends started (they stay outside), before any round.
+    if let Some(budget) = budget {
+        let pid = haproxy.id().ok_or_else(|| anyhow::anyhow!("HAProxy exited at once"))?;
+        budget::Budget::enter(&budget.haproxy, pid)?;
+        budget::Budget::enter(&budget.herd, std::process::id())?;
+    }
     let herd_url = format!("http://{ip}:18090/");
     let haproxy_url = "http://127.0.99.1:18091/".to_string();
     for u in [&herd_url, &haproxy_url] {
@@ -98,6 +140,7 @@ async fn measure(launch: &dyn Launch, o: &Options, load_cpus: Option<&str>) -> R
     println!(
         "{}",
         json!({"bench": "lb-setup", "lbCpu": lb_cpu, "loadCpus": load_cpus, "isolated": o.inside.is_some(),
+            "lbCpuBudget": budget.and(o.lb_cpu), "budgetPeriodUs": budget.map(|_| budget::PERIOD_US),
             "openFiles": open_files, "maxConnections": max_connections, "backends": addrs.len()})
     );
     let wrk_threads = load_cpus.map_or(2, |l| l.split(',').count() as u32);
@@ -111,9 +154,11 @@ async fn measure(launch: &dyn Launch, o: &Options, load_cpus: Option<&str>) -> R
             );
         }
         let pids = (std::process::id(), haproxy.id());
-        let (h, a) = ab_rounds([&herd_url, &haproxy_url], pids, shape, o, wrk_threads, load_cpus).await?;
+        let load = Load { threads: wrk_threads, cpus: load_cpus, budget };
+        let (h, a) = ab_rounds([&herd_url, &haproxy_url], pids, shape, o, &load).await?;
         let line = json!({"bench": "lb-shape", "shape": requested.to_string(), "connections": shape.connections,
-            "keepAlive": shape.keep_alive, "rounds": o.rounds, "seconds": o.duration, "herd": h, "haproxy": a,
+            "keepAlive": shape.keep_alive, "rounds": o.rounds, "seconds": o.duration, "lbCpuBudget": budget.and(o.lb_cpu),
+            "herd": h, "haproxy": a,
             "rpsRatio": h.rps.median / a.rps.median.max(1e-9), "p99Ratio": h.p99_ms.median / a.p99_ms.median.max(1e-9),
             "cpuPerRequestRatio": h.cpu_us_per_request.median / a.cpu_us_per_request.median.max(1e-9)});
         println!("{line}");
@@ -223,6 +268,13 @@ fn start_haproxy(
         .map_err(|e| anyhow::anyhow!("starting haproxy (apt-get install haproxy): {e}"))
 }
 
+/// How `wrk` runs: its threads, the CPUs it is pinned to, and the budget it must leave.
+struct Load<'a> {
+    threads: u32,
+    cpus: Option<&'a str>,
+    budget: Option<&'a budget::Budget>,
+}
+
 /// `o.rounds` A/B rounds of `wrk` in `shape` (herd, then HAProxy: `urls` and the `pids` of
 /// the processes that serve them), each printed as JSON; returns each side's summary.
 async fn ab_rounds(
@@ -230,14 +282,14 @@ async fn ab_rounds(
     (herd_pid, haproxy_pid): (u32, Option<u32>),
     shape: Shape,
     o: &Options,
-    threads: u32,
-    load_cpus: Option<&str>,
+    l: &Load<'_>,
 ) -> Result<(Summary, Summary)> {
     let mut herd_runs: Vec<Run> = Vec::new();
     let mut ha_runs: Vec<Run> = Vec::new();
+    let prefix = l.budget.map(budget::Budget::wrk_prefix).unwrap_or_default();
     for round in 1..=o.rounds {
-        let h = load::wrk(herd_url, shape, o.duration, threads, load_cpus, Some(herd_pid)).await?;
-        let a = load::wrk(haproxy_url, shape, o.duration, threads, load_cpus, haproxy_pid).await?;
+        let h = load::wrk(herd_url, shape, o.duration, (l.threads, l.cpus, &prefix), Some(herd_pid)).await?;
+        let a = load::wrk(haproxy_url, shape, o.duration, (l.threads, l.cpus, &prefix), haproxy_pid).await?;
         println!("{}", json!({"bench": "lb", "shape": shape.to_string(), "round": round, "herd": h, "haproxy": a}));
         herd_runs.push(h);
         ha_runs.push(a);
