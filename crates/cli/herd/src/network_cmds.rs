@@ -442,6 +442,16 @@ async fn plain(client: &Client, print: Print<'_>, kind: &str, table: Columns<'_>
     }
 }
 
+/// The subnet `r` names, as the server shows it.
+async fn subnet(client: &Client, r: &SubnetRef) -> Result<Value> {
+    let v = client.get(&path(&r.group, "virtualNetworks", &r.vnet_name)).await?;
+    v["subnets"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&r.name))))
+        .cloned()
+        .ok_or_else(|| anyhow!("subnet '{}' does not exist in virtual network '{}'", r.name, r.vnet_name))
+}
+
 /// The path of the network resource `name` of `kind` (`virtualNetworks`, ...) in `group`.
 fn path(group: &str, kind: &str, name: &str) -> String {
     format!("{}/{kind}/{}", base(group), enc(name))
@@ -494,16 +504,7 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
                     print(&client.put(&path, &body).await?, Some(SUBNET_TABLE))
                 }
                 SubnetCmd::Update { r, network_security_group, default_outbound_access } => {
-                    let v = client.get(&path(&r.group, "virtualNetworks", &r.vnet_name)).await?;
-                    let mut sub = v["subnets"]
-                        .as_array()
-                        .and_then(|a| {
-                            a.iter().find(|s| s["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&r.name)))
-                        })
-                        .cloned()
-                        .ok_or_else(|| {
-                            anyhow!("subnet '{}' does not exist in virtual network '{}'", r.name, r.vnet_name)
-                        })?;
+                    let mut sub = subnet(client, &r).await?;
                     let obj =
                         sub.as_object_mut().ok_or_else(|| anyhow!("the server sent a subnet that is not an object"))?;
                     for k in ["id", "provisioningState"] {
@@ -529,19 +530,7 @@ pub async fn run(client: &Client, fmt: Format, query: Option<&str>, cmd: Network
                     let v = client.get(&path(&group, "virtualNetworks", &vnet_name)).await?;
                     print(&v["subnets"], Some(SUBNET_TABLE))
                 }
-                SubnetCmd::Show(r) => {
-                    let v = client.get(&path(&r.group, "virtualNetworks", &r.vnet_name)).await?;
-                    let sub = v["subnets"]
-                        .as_array()
-                        .and_then(|a| {
-                            a.iter().find(|s| s["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&r.name)))
-                        })
-                        .cloned()
-                        .ok_or_else(|| {
-                            anyhow!("subnet '{}' does not exist in virtual network '{}'", r.name, r.vnet_name)
-                        })?;
-                    print(&sub, Some(SUBNET_TABLE))
-                }
+                SubnetCmd::Show(r) => print(&subnet(client, &r).await?, Some(SUBNET_TABLE)),
                 SubnetCmd::Delete(r) => {
                     client
                         .delete(&format!(

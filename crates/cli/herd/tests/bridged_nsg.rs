@@ -2,8 +2,9 @@
 //! namespace this test creates: a Deny rule for `VirtualNetwork` on 8080 blocks one instance's
 //! HTTP request to another while the load balancer's probes (from the subnet's reserved `.2`,
 //! `AzureLoadBalancer`) still pass; deleting the rule restores access; a NIC NSG after a
-//! permissive subnet NSG still denies (both must allow); `list-effective-nsg` shows what is
-//! enforced; bad input is refused naming the field; and with every NSG gone, no nftables table
+//! permissive subnet NSG still denies (both must allow); an outbound Deny to `Internet` cuts
+//! an instance off from a namespace playing the internet and spares the vnet;
+//! `list-effective-nsg` shows what is enforced; bad input is refused naming the field; and with every NSG gone, no nftables table
 //! is left.
 
 mod common;
@@ -146,6 +147,36 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
         reaches(a, "10.0.0.5").then_some(())
     });
     eprintln!("rule deletion to access: {:?}", t0.elapsed());
+
+    // Outbound: "the internet" (a namespace behind the server's namespace, 10.99.0.2) is
+    // reached by AllowInternetOutBound until an outbound Deny to Internet.
+    let inet = TestNetns::create(&format!("herdi{}", std::process::id()));
+    let sh = |cmd: &str| {
+        let st = std::process::Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh(&format!("ip -n {} link add hup0 type veth peer name eth0 netns {}", ns.0, inet.0));
+    sh(&format!("ip -n {} addr add 10.99.0.1/24 dev hup0 && ip -n {} link set hup0 up", ns.0, ns.0));
+    sh(&format!("ip -n {} addr add 10.99.0.2/24 dev eth0 && ip -n {} link set eth0 up", inet.0, inet.0));
+    let _web = std::process::Command::new("ip")
+        .args(["netns", "exec", &inet.0, "python3", "-m", "http.server", "--bind", "10.99.0.2", "8080"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("instance 0 to reach the internet namespace", Duration::from_secs(30), || {
+        reaches(a, "10.99.0.2").then_some(())
+    });
+    s.ok(&words(
+        "network nsg rule create -g rg --nsg-name web-nsg -n no-internet --priority 150 --direction Outbound \
+         --access Deny --protocol * --destination-address-prefixes Internet --destination-port-ranges *",
+    ));
+    wait_for("the outbound Deny to block the internet", Duration::from_secs(30), || {
+        (!reaches(a, "10.99.0.2")).then_some(())
+    });
+    assert!(reaches(a, "10.0.0.5"), "the vnet is still reachable: AllowVnetOutBound");
+    s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n no-internet"));
+    wait_for("the internet reachable again", Duration::from_secs(30), || reaches(a, "10.99.0.2").then_some(()));
 
     // The NIC's NSG is checked after the subnet's: the subnet's defaults allow the vnet, the
     // NIC's Deny still blocks.
