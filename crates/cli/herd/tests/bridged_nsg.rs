@@ -158,7 +158,7 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
     sh(&format!("ip -n {} link add hup0 type veth peer name eth0 netns {}", ns.0, inet.0));
     sh(&format!("ip -n {} addr add 10.99.0.1/24 dev hup0 && ip -n {} link set hup0 up", ns.0, ns.0));
     sh(&format!("ip -n {} addr add 10.99.0.2/24 dev eth0 && ip -n {} link set eth0 up", inet.0, inet.0));
-    let _web = std::process::Command::new("ip")
+    let mut web = std::process::Command::new("ip")
         .args(["netns", "exec", &inet.0, "python3", "-m", "http.server", "--bind", "10.99.0.2", "8080"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -177,6 +177,8 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
     assert!(reaches(a, "10.0.0.5"), "the vnet is still reachable: AllowVnetOutBound");
     s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n no-internet"));
     wait_for("the internet reachable again", Duration::from_secs(30), || reaches(a, "10.99.0.2").then_some(()));
+    let _ = web.kill();
+    let _ = web.wait();
 
     // The NIC's NSG is checked after the subnet's: the subnet's defaults allow the vnet, the
     // NIC's Deny still blocks.
