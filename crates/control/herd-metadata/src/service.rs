@@ -125,7 +125,22 @@ type Wanted = HashMap<String, (InstanceKey, Result<SocketAddr, String>)>;
 struct Slim {
     #[serde(default)]
     reach_address: String,
+    /// Set with a subnet; equal to the reach address with bridged networking, where the
+    /// address is the instance's own and not one this host can listen on.
+    #[serde(default)]
+    private_ip: Option<String>,
     state: InstanceState,
+}
+
+impl Slim {
+    /// Whether the instance gets a listener: not Deallocated, with a reach address, and not
+    /// bridged. Bridged instances are reached on their own address, where no listener of this
+    /// host can live; they will be served at 169.254.169.254 on their bridge (not built yet).
+    fn has_listener(&self) -> bool {
+        self.state != InstanceState::Deallocated
+            && !self.reach_address.trim().is_empty()
+            && self.private_ip.as_deref() != Some(self.reach_address.as_str())
+    }
 }
 
 /// herd's instance metadata service. See the crate docs.
@@ -285,7 +300,7 @@ fn wanted(store: &dyn Store, port: u16) -> Result<Wanted, StateError> {
     for obj in store.instance_views::<Slim>()? {
         let Some(instance) = InstanceKey::parse_path(&obj.key) else { continue };
         let slim = obj.value;
-        if slim.state == InstanceState::Deallocated || slim.reach_address.trim().is_empty() {
+        if !slim.has_listener() {
             continue;
         }
         let addr = addr_for(&slim.reach_address, port).ok_or(slim.reach_address);
@@ -305,6 +320,16 @@ mod tests {
         assert_eq!(addr_for("::1", 80), Some("[::1]:80".parse().unwrap()));
         assert_eq!(addr_for("", 80), None);
         assert_eq!(addr_for("web-3", 80), None);
+    }
+
+    #[test]
+    fn bridged_and_deallocated_instances_get_no_listener() {
+        let slim = |v: serde_json::Value| serde_json::from_value::<Slim>(v).unwrap().has_listener();
+        assert!(slim(serde_json::json!({"reachAddress": "127.128.0.5", "state": "Running"})));
+        assert!(slim(serde_json::json!({"reachAddress": "127.128.0.5", "privateIp": "10.0.0.4", "state": "Running"})));
+        assert!(!slim(serde_json::json!({"reachAddress": "10.0.0.4", "privateIp": "10.0.0.4", "state": "Running"})));
+        assert!(!slim(serde_json::json!({"reachAddress": "127.128.0.5", "state": "Deallocated"})));
+        assert!(!slim(serde_json::json!({"reachAddress": "", "state": "Running"})));
     }
 
     #[test]

@@ -64,7 +64,9 @@ impl Reconciler {
             admin_username: os.admin_username.clone(),
             custom_data: os.custom_data.clone(),
             metadata: Default::default(),
-            metadata_endpoint: self.config.metadata_port.and_then(|port| {
+            // Bridged instances get none yet (their reach address is their own, so no listener
+            // of this host can be there): better no URL than one that cannot answer.
+            metadata_endpoint: self.config.metadata_port.filter(|_| !self.config.bridged).and_then(|port| {
                 r.reach_address.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port))
             }),
             network: self.attachment(set, r, ipam),
