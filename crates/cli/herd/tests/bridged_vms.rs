@@ -6,7 +6,8 @@
 //!   herd's dnsmasq (the test reads its lease for each VM's MAC), with the subnet's MTU.
 //! - The VMs reach each other by private IP, after resolving each other's computer names
 //!   through the vnet's DNS (a Custom Script on both: an httpd, then `nslookup` and `wget` of
-//!   the other); the host side reaches them on their private IPs.
+//!   the other); the host side reaches them on their private IPs. Each VM fetches the other's
+//!   1 MiB random file over the bridge and its MD5 matches (issue 19's MTU check).
 //! - Every TAP is guarded by herd's nftables bridge table (anti-spoofing).
 //! - Deleting the set leaves no TAP, bridge, dnsmasq or nftables table behind.
 //!
@@ -27,7 +28,8 @@ const SET: [&str; 4] = ["-g", "net-rg", "-n", "web"];
 /// retries inside the guest: the other VM may still be booting). `nc` rather than `wget`:
 /// the guest's static busybox `wget` crashes looking up the `http` service (static glibc
 /// cannot load NSS modules).
-const SCRIPT: &str = r#"mkdir -p /tmp/www && hostname > /tmp/www/name && httpd -p 8080 -h /tmp/www;
+const SCRIPT: &str = r#"mkdir -p /tmp/www && hostname > /tmp/www/name && head -c 1048576 /dev/urandom > /tmp/www/big && httpd -p 8080 -h /tmp/www;
+echo "own big $(md5sum < /tmp/www/big | cut -c1-32)";
 echo "mtu $(cat /sys/class/net/eth0/mtu)"; ip -4 -o addr show eth0;
 gw=$(ip -4 route show default | awk '{print $3}'); echo "gateway $gw; $(grep nameserver /etc/resolv.conf)"
 for n in web000000 web000001; do
@@ -38,6 +40,7 @@ for n in web000000 web000001; do
     i=$((i + 1)); sleep 1
   done
   echo "peer $n at $a says $r"
+  echo "peer $n big $(printf 'GET /big HTTP/1.0\r\n\r\n' | nc -w 5 $a 8080 | tail -c 1048576 | md5sum | cut -c1-32)"
 done
 true"#;
 
@@ -149,6 +152,21 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
         assert!(msg.contains("peer web000000 at 10.0.0.4 says web000000"), "name, address and TCP to VM 0: {msg}");
         assert!(msg.contains("peer web000001 at 10.0.0.5 says web000001"), "name, address and TCP to VM 1: {msg}");
     }
+    // 1 MiB from each VM to the other over the bridge arrives whole (MTU and checksums): the
+    // MD5 a VM computed of its own random file is the one its peer computed of what it got.
+    let own = |m: &str| m.split("own big ").nth(1).map(|r| r[..32].to_string()).expect("the VM printed its own MD5");
+    let got = |m: &str, peer: &str| {
+        m.split(&format!("peer {peer} big "))
+            .nth(1)
+            .map(|r| r[..32].to_string())
+            .expect("the VM printed the peer's MD5")
+    };
+    let msg = |n: usize| done[n]["extensions"][0]["message"].as_str().unwrap_or_default().to_string();
+    let names: Vec<String> = done.iter().map(|i| i["computerName"].as_str().unwrap().to_string()).collect();
+    const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+    assert!(own(&msg(0)) != EMPTY_MD5 && own(&msg(1)) != EMPTY_MD5, "each VM wrote its 1 MiB file");
+    assert_eq!(got(&msg(1), &names[0]), own(&msg(0)), "1 MiB from {} to {}", names[0], names[1]);
+    assert_eq!(got(&msg(0), &names[1]), own(&msg(1)), "1 MiB from {} to {}", names[1], names[0]);
     // The host side reaches both on their private IPs.
     for (_, ip) in &ips {
         let out = s.command("curl").args(["-s", "-f", "-m", "5", &format!("http://{ip}:8080/name")]).output().unwrap();
