@@ -78,7 +78,7 @@ fn yes() -> bool {
     true
 }
 
-fn succeeded() -> String {
+pub(crate) fn succeeded() -> String {
     "Succeeded".into()
 }
 
@@ -103,7 +103,7 @@ pub struct VirtualNetwork {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
-fn local() -> String {
+pub(crate) fn local() -> String {
     "local".into()
 }
 

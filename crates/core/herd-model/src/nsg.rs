@@ -19,7 +19,8 @@
 //!   an allowed flow pass both ways.
 //! ```
 
-use crate::{cidr::Cidr, network::network_id, network::SubResource, FieldError};
+use crate::network::{local, network_id, succeeded, SubResource};
+use crate::{cidr::Cidr, FieldError};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -38,6 +39,13 @@ string_enum!(
 
 /// The lowest and highest priority a user rule may have (Azure's range).
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = 100..=4096;
+
+/// The reserved address of a subnet that herd's health probes come from: its `.2` (Azure maps
+/// `.2` and `.3` to its DNS; herd uses them for its own sources). Hosts put it on the subnet's
+/// bridge; NSGs know it as `AzureLoadBalancer`.
+pub fn probe_source(prefix: &Cidr) -> Option<Ipv4Addr> {
+    prefix.nth(2)
+}
 
 /// The service tags a rule's address prefixes may name.
 pub const SERVICE_TAGS: &[&str] = &["VirtualNetwork", "AzureLoadBalancer", "Internet"];
@@ -80,14 +88,6 @@ pub struct SecurityRule {
     pub direction: SecurityRuleDirection,
     #[serde(default = "succeeded")]
     pub provisioning_state: String,
-}
-
-fn succeeded() -> String {
-    "Succeeded".into()
-}
-
-fn local() -> String {
-    "local".into()
 }
 
 /// A network security group.
@@ -575,9 +575,6 @@ impl NicSecurity {
         })
     }
 }
-
-/// `ipConfigurations`' and subnets' reference to a group.
-pub type NsgRef = SubResource;
 
 // ---- the effective view (`herd network nic list-effective-nsg`) ----
 

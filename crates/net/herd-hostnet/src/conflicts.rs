@@ -4,9 +4,8 @@
 //! off from each other and from the internet. herd does not change other software's rules; it
 //! finds them and says what to do.
 
+use crate::security::BRIDGE_NF_CALL;
 use std::process::Command;
-
-const BRIDGE_NF_CALL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 /// The forward chains of `ruleset` (`nft list ruleset`'s text) with policy drop, as
 /// `table FAMILY NAME chain NAME`, leaving out tables whose name starts with `skip`.

@@ -36,7 +36,7 @@ pub struct Security {
 }
 
 /// Where bridged IPv4 is handed to the `ip` family's hooks (br_netfilter).
-const BRIDGE_NF_CALL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+pub(crate) const BRIDGE_NF_CALL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 fn cidrs(v: &[herd_model::cidr::Cidr]) -> String {
     let items: Vec<String> = v.iter().map(|c| c.to_string()).collect();

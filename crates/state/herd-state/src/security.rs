@@ -17,10 +17,9 @@ use herd_model::scale_set::StoredScaleSet;
 use herd_store::Store;
 use std::net::Ipv4Addr;
 
-/// The reserved address of a subnet that herd's health probes come from (`.2`; Azure maps
-/// `.2` and `.3` to its DNS, herd uses them for its own sources).
+/// The address herd's health probes to `subnet` come from ([`herd_model::nsg::probe_source`]).
 pub fn probe_source(subnet: &Subnet) -> Option<Ipv4Addr> {
-    subnet.address_prefix.nth(2)
+    herd_model::nsg::probe_source(&subnet.address_prefix)
 }
 
 /// The vnets and NSGs, read once, to answer for many NICs.
@@ -71,6 +70,11 @@ impl Lookup {
 pub fn policies(store: &dyn Store) -> Result<Vec<(String, NicSecurity)>, StateError> {
     let lookup = Lookup::load(store)?;
     let mut out = Vec::new();
+    if lookup.nsgs.is_empty() {
+        // No group, no filtered NIC: the sets and instances (the costly reads, woken by every
+        // instance commit) are not read at all.
+        return Ok(out);
+    }
     for set in store.scale_sets()? {
         let Some(groups) = lookup.for_set(&set.value) else { continue };
         if groups.subnet.is_none() && groups.nic.is_none() {
