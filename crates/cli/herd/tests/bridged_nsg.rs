@@ -4,7 +4,8 @@
 //! `AzureLoadBalancer`) still pass; deleting the rule restores access; a NIC NSG after a
 //! permissive subnet NSG still denies (both must allow); an outbound Deny to `Internet` cuts
 //! an instance off from a namespace playing the internet and spares the vnet;
-//! `list-effective-nsg` shows what is enforced; bad input is refused naming the field; and with every NSG gone, no nftables table
+//! `list-effective-nsg` shows what is enforced; each instance reads its own name at
+//! 169.254.169.254 while a spoofer and a direct request get nothing; bad input is refused naming the field; and with every NSG gone, no nftables table
 //! is left.
 
 mod common;
@@ -53,6 +54,33 @@ fn counted(s: &Server, comment: &str) -> u64 {
         .sum()
 }
 
+/// The computer name instance `pid`'s namespace is told at 169.254.169.254 (3 s limit), asking
+/// from `source` (its own address when None). None when nothing answers.
+fn metadata_name(pid: u32, source: Option<&str>) -> Option<String> {
+    let url = "http://169.254.169.254/metadata/instance/compute/name?api-version=2021-02-01&format=text";
+    metadata_get(pid, url, source)
+}
+
+fn metadata_get(pid: u32, url: &str, source: Option<&str>) -> Option<String> {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.args(["-t", &pid.to_string(), "-n", "curl", "-sf", "--max-time", "3", "-H", "Metadata: true"]);
+    if let Some(ip) = source {
+        cmd.args(["--interface", ip]);
+    }
+    let out = cmd.arg(url).output().expect("nsenter (util-linux) and curl are needed");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The port of the metadata listener that 169.254.169.254 leads instance `ip` to, from the
+/// server's metadata table.
+fn listener_port(s: &Server, ip: std::net::Ipv4Addr) -> u16 {
+    let out = s.command("nft").args(["list", "ruleset"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = format!("{:#010x} : ", u32::from(ip));
+    let at = text.find(&key).unwrap_or_else(|| panic!("no metadata route for {ip} in:\n{text}"));
+    text[at + key.len()..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
 fn in_rotation(s: &Server) -> usize {
     s.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"])
         ["members"]
@@ -87,6 +115,32 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
     wait_for("both instances in rotation", Duration::from_secs(120), || (in_rotation(&s) == 2).then_some(()));
     let (a, b) = (pid_of("10.0.0.4"), pid_of("10.0.0.5"));
     assert!(reaches(a, "10.0.0.5"), "without an NSG, instances reach each other");
+
+    // Metadata at Azure's address: each instance is told its own VM name, told apart by the
+    // bridge port it asks through; one that takes the other's address gets nothing, and so
+    // does a request straight to a listener's port.
+    let env = std::fs::read(format!("/proc/{a}/environ")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&env).contains("HERD_METADATA_URL=http://169.254.169.254:80/metadata\0"),
+        "the process is told where its metadata is"
+    );
+    let name_a =
+        wait_for("instance 0 to read its name at 169.254.169.254", Duration::from_secs(30), || metadata_name(a, None));
+    assert_eq!(name_a, "web_0");
+    assert_eq!(metadata_name(b, None).as_deref(), Some("web_1"));
+    let in_b = |cmd: &str| {
+        let st =
+            std::process::Command::new("nsenter").args(["-t", &b.to_string(), "-n", "sh", "-c", cmd]).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    in_b("ip addr add 10.0.0.4/32 dev eth0");
+    assert_eq!(metadata_name(b, Some("10.0.0.4")), None, "a spoofer reads nothing as 10.0.0.4");
+    in_b("ip addr del 10.0.0.4/32 dev eth0");
+    let port = listener_port(&s, "10.0.0.4".parse().unwrap());
+    let direct = format!("http://10.0.0.1:{port}/metadata/instance/compute/name?api-version=2021-02-01&format=text");
+    assert_eq!(metadata_get(b, &direct, None), None, "instance 1 cannot reach instance 0's listener directly");
+    assert_eq!(metadata_get(a, &direct, None), None, "nor can instance 0 itself, except through 169.254.169.254");
+    assert_eq!(metadata_name(b, None).as_deref(), Some("web_1"), "the real instance still reads its own");
 
     // Bad input, each refused naming the field, nothing written.
     s.ok(&words("network nsg create -g rg -n web-nsg"));
@@ -123,6 +177,7 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
         (counted(&s, "defaultSecurityRules/AllowAzureLoadBalancerInBound") >= probes_before + 6).then_some(())
     });
     assert_eq!(in_rotation(&s), 2, "probes still pass, so both instances stay in rotation");
+    assert_eq!(metadata_name(a, None).as_deref(), Some("web_0"), "NSGs never filter the metadata address");
     assert!(counted(&s, "securityRules/no-vnet-8080") >= 1, "the Deny rule counted the blocked requests");
 
     // What the host enforces is what list-effective-nsg shows.

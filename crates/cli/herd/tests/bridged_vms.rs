@@ -7,7 +7,8 @@
 //! - The VMs reach each other by private IP, after resolving each other's computer names
 //!   through the vnet's DNS (a Custom Script on both: an httpd, then `nslookup` and `wget` of
 //!   the other); the host side reaches them on their private IPs. Each VM fetches the other's
-//!   1 MiB random file over the bridge and its MD5 matches (issue 19's MTU check).
+//!   1 MiB random file over the bridge and its MD5 matches (issue 19's MTU check). Each VM
+//!   reads its own name at 169.254.169.254 (metadata on the vnet, no relay).
 //! - Every TAP is guarded by herd's nftables bridge table (anti-spoofing).
 //! - Deleting the set leaves no TAP, bridge, dnsmasq or nftables table behind.
 //!
@@ -32,6 +33,7 @@ const SCRIPT: &str = r#"mkdir -p /tmp/www && hostname > /tmp/www/name && head -c
 echo "own big $(md5sum < /tmp/www/big | cut -c1-32)";
 echo "mtu $(cat /sys/class/net/eth0/mtu)"; ip -4 -o addr show eth0;
 gw=$(ip -4 route show default | awk '{print $3}'); echo "gateway $gw; $(grep nameserver /etc/resolv.conf)"
+echo "metadata says $(printf 'GET /metadata/instance/compute/name?api-version=2021-02-01&format=text HTTP/1.0\r\nMetadata: true\r\n\r\n' | nc -w 5 169.254.169.254 80 | tail -n 1) ."
 for n in web000000 web000001; do
   i=0; r=
   while [ $i -lt 60 ]; do
@@ -151,6 +153,8 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
         assert!(msg.contains(&format!("inet {}/24", i["privateIpAddress"].as_str().unwrap())), "{msg}");
         assert!(msg.contains("peer web000000 at 10.0.0.4 says web000000"), "name, address and TCP to VM 0: {msg}");
         assert!(msg.contains("peer web000001 at 10.0.0.5 says web000001"), "name, address and TCP to VM 1: {msg}");
+        let me = format!("metadata says web_{} .", i["instanceId"].as_str().unwrap_or_default());
+        assert!(msg.contains(&me), "the VM reads its own identity at 169.254.169.254: {msg}");
     }
     // 1 MiB from each VM to the other over the bridge arrives whole (MTU and checksums): the
     // MD5 a VM computed of its own random file is the one its peer computed of what it got.

@@ -9,7 +9,11 @@
 //! the endpoint of instance 3 serves instance 3's events and name, and an event id of
 //! instance 4 is unknown there. Reach addresses are per-instance already (loopback addresses
 //! from `127.128.0.0/9` in host-local networking), so this needs no setup and no source-address
-//! checks.
+//! checks. With bridged networking an instance's reach address is its own private address,
+//! where no listener of the host can live: it gets a listener on a free port instead, and the
+//! host's nftables redirect what its bridge port sends to `169.254.169.254:80` there
+//! (`herd_hostnet::metadata`; [`MetadataService::vnet_listeners`] and
+//! [`MetadataService::changes`] are what that routing follows).
 //!
 //! How instances find it:
 //! - process instances get `HERD_METADATA_URL=http://<reach>:<port>/metadata` (the process
@@ -39,7 +43,7 @@
 //! # Lifecycle of one listener
 //!
 //! ```text
-//!                 sync: record with a reach address, not Deallocated
+//!                 sync: record with a reach address (or bridged), not Deallocated
 //!   (none) ──────────────────────────────────────────────────────────▶ listening
 //!     ▲  │ bind fails: warn once, retry on every sync                     │  │
 //!     │  └──────────────▶ failed ──── bind succeeds ──────────────────────┘  │

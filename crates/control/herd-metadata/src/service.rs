@@ -7,7 +7,7 @@ use herd_model::InstanceKey;
 use herd_state::{Records, StateError, Store};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -74,10 +74,51 @@ impl Shared {
     }
 }
 
+/// Where one instance's listener lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// On the instance's reach address (host-local networking: a loopback address of its own).
+    Reach(SocketAddr),
+    /// Behind the metadata address of its vnet (bridged networking): a port of its own on the
+    /// host, where the host's nftables redirect the instance's requests to 169.254.169.254:80
+    /// (and only those); the identity is the instance's private address, which its bridge
+    /// port's requests are tagged with (`herd_hostnet::metadata`).
+    Vnet { identity: Ipv4Addr },
+}
+
+impl Endpoint {
+    /// Whether the running listener `l` is this endpoint.
+    fn is(&self, l: &Listener) -> bool {
+        match self {
+            Endpoint::Reach(a) => l.identity.is_none() && l.addr == *a,
+            Endpoint::Vnet { identity } => l.identity == Some(*identity),
+        }
+    }
+
+    /// What to bind: the vnet's listeners take any free port (on every address: the redirect
+    /// delivers to the address of the bridge the request came in on, and the host's nftables
+    /// drop anything else sent to these ports from outside the host).
+    fn bind_addr(&self) -> SocketAddr {
+        match self {
+            Endpoint::Reach(a) => *a,
+            Endpoint::Vnet { .. } => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+        }
+    }
+
+    fn identity(&self) -> Option<Ipv4Addr> {
+        match self {
+            Endpoint::Reach(_) => None,
+            Endpoint::Vnet { identity } => Some(*identity),
+        }
+    }
+}
+
 /// A running listener. Dropping it stops accepting at once; open connections finish their
 /// request and close.
 struct Listener {
     addr: SocketAddr,
+    /// For a listener on the vnet's metadata address: the instance's private address.
+    identity: Option<Ipv4Addr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -115,9 +156,9 @@ struct State {
     failed: HashMap<String, String>,
 }
 
-/// What [`MetadataService::sync`] wants: store key → (instance, listen address, or the reach
-/// address that is not an IP address).
-type Wanted = HashMap<String, (InstanceKey, Result<SocketAddr, String>)>;
+/// What [`MetadataService::sync`] wants: store key → (instance, endpoint, or the reach address
+/// that is not an IP address).
+type Wanted = HashMap<String, (InstanceKey, Result<Endpoint, String>)>;
 
 /// The fields of an instance record that decide its listener.
 #[derive(Deserialize)]
@@ -133,13 +174,19 @@ struct Slim {
 }
 
 impl Slim {
-    /// Whether the instance gets a listener: not Deallocated, with a reach address, and not
-    /// bridged. Bridged instances are reached on their own address, where no listener of this
-    /// host can live; they will be served at 169.254.169.254 on their bridge (not built yet).
-    fn has_listener(&self) -> bool {
-        self.state != InstanceState::Deallocated
-            && !self.reach_address.trim().is_empty()
-            && self.private_ip.as_deref() != Some(self.reach_address.as_str())
+    /// The instance's endpoint for listeners on `port`: none when Deallocated or without a
+    /// reach address; at the vnet's metadata address when bridged (its reach address is its
+    /// own private address, where no listener of this host can live); else on its reach
+    /// address, or the reach address that is not an IP address.
+    fn endpoint(&self, port: u16) -> Option<Result<Endpoint, String>> {
+        let reach = self.reach_address.trim();
+        if self.state == InstanceState::Deallocated || reach.is_empty() {
+            return None;
+        }
+        if self.private_ip.as_deref().map(str::trim) == Some(reach) {
+            return Some(reach.parse().map(|identity| Endpoint::Vnet { identity }).map_err(|_| reach.to_string()));
+        }
+        Some(addr_for(reach, port).map(Endpoint::Reach).ok_or_else(|| reach.to_string()))
     }
 }
 
@@ -154,6 +201,8 @@ struct Inner {
     port: u16,
     interval: Duration,
     state: tokio::sync::Mutex<State>,
+    /// Told whenever a listener opens or closes (see [`MetadataService::changes`]).
+    changes: Arc<Notify>,
 }
 
 impl std::fmt::Debug for MetadataService {
@@ -183,6 +232,7 @@ impl MetadataService {
                 port,
                 interval,
                 state: tokio::sync::Mutex::new(State::default()),
+                changes: Arc::new(Notify::new()),
             }),
         }
     }
@@ -220,9 +270,10 @@ impl MetadataService {
         let stale: Vec<String> = st
             .listeners
             .iter()
-            .filter(|(k, l)| wanted.get(*k).and_then(|(_, a)| a.as_ref().ok()) != Some(&l.addr))
+            .filter(|(k, l)| !wanted.get(*k).and_then(|(_, e)| e.as_ref().ok()).is_some_and(|e| e.is(l)))
             .map(|(k, _)| k.clone())
             .collect();
+        let mut changed = !stale.is_empty();
         for k in stale {
             if let Some(l) = st.listeners.remove(&k) {
                 tracing::debug!(instance = %k, addr = %l.addr, "metadata endpoint closed");
@@ -233,12 +284,12 @@ impl MetadataService {
             st.failed.remove(&k);
         }
         self.inner.shared.incarnations.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| wanted.contains_key(k));
-        for (k, (instance, addr)) in wanted {
+        for (k, (instance, endpoint)) in wanted {
             if st.listeners.contains_key(&k) {
                 continue;
             }
-            let result = match addr {
-                Ok(addr) => self.bind(&k, instance, addr).await.map_err(|e| (addr.to_string(), e.to_string())),
+            let result = match endpoint {
+                Ok(e) => self.bind(&k, instance, e).await.map_err(|err| (e.bind_addr().to_string(), err.to_string())),
                 Err(reach) => Err((reach.clone(), format!("reach address '{reach}' is not an IP address"))),
             };
             match result {
@@ -246,6 +297,7 @@ impl MetadataService {
                     tracing::debug!(instance = %k, addr = %l.addr, "metadata endpoint listening");
                     st.failed.remove(&k);
                     st.listeners.insert(k, l);
+                    changed = true;
                 }
                 Err((tried, error)) => {
                     if st.failed.get(&k) != Some(&tried) {
@@ -255,6 +307,25 @@ impl MetadataService {
                 }
             }
         }
+        if changed {
+            self.inner.changes.notify_one();
+        }
+    }
+
+    /// Told (`notify_one`) whenever a sync opened or closed a listener: what routes requests
+    /// to the vnet's listeners ([`Self::vnet_listeners`]) waits on it.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.inner.changes.clone()
+    }
+
+    /// The listeners at the vnet's metadata address: (the instance's private address, the
+    /// listener's port), sorted.
+    pub async fn vnet_listeners(&self) -> Vec<(Ipv4Addr, u16)> {
+        let st = self.inner.state.lock().await;
+        let mut out: Vec<(Ipv4Addr, u16)> =
+            st.listeners.values().filter_map(|l| Some((l.identity?, l.addr.port()))).collect();
+        out.sort();
+        out
     }
 
     /// Every listening endpoint: instance key (`group/set/id`) → address.
@@ -273,10 +344,11 @@ impl MetadataService {
             l.close().await;
         }
         st.failed.clear();
+        self.inner.changes.notify_one();
     }
 
-    async fn bind(&self, key: &str, instance: InstanceKey, addr: SocketAddr) -> std::io::Result<Listener> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+    async fn bind(&self, key: &str, instance: InstanceKey, endpoint: Endpoint) -> std::io::Result<Listener> {
+        let listener = tokio::net::TcpListener::bind(endpoint.bind_addr()).await?;
         let addr = listener.local_addr()?;
         let ctx = Arc::new(InstanceCtx { shared: self.inner.shared.clone(), key: key.to_string(), instance });
         let app = http::router(ctx);
@@ -289,7 +361,7 @@ impl MetadataService {
                 tracing::warn!(%addr, error = %e, "metadata endpoint stopped");
             }
         });
-        Ok(Listener { addr, stop: Some(stop), task: Some(task) })
+        Ok(Listener { addr, identity: endpoint.identity(), stop: Some(stop), task: Some(task) })
     }
 }
 
@@ -299,12 +371,9 @@ fn wanted(store: &dyn Store, port: u16) -> Result<Wanted, StateError> {
     let mut out = HashMap::new();
     for obj in store.instance_views::<Slim>()? {
         let Some(instance) = InstanceKey::parse_path(&obj.key) else { continue };
-        let slim = obj.value;
-        if !slim.has_listener() {
-            continue;
+        if let Some(endpoint) = obj.value.endpoint(port) {
+            out.insert(obj.key, (instance, endpoint));
         }
-        let addr = addr_for(&slim.reach_address, port).ok_or(slim.reach_address);
-        out.insert(obj.key, (instance, addr));
     }
     Ok(out)
 }
@@ -323,13 +392,22 @@ mod tests {
     }
 
     #[test]
-    fn bridged_and_deallocated_instances_get_no_listener() {
-        let slim = |v: serde_json::Value| serde_json::from_value::<Slim>(v).unwrap().has_listener();
-        assert!(slim(serde_json::json!({"reachAddress": "127.128.0.5", "state": "Running"})));
-        assert!(slim(serde_json::json!({"reachAddress": "127.128.0.5", "privateIp": "10.0.0.4", "state": "Running"})));
-        assert!(!slim(serde_json::json!({"reachAddress": "10.0.0.4", "privateIp": "10.0.0.4", "state": "Running"})));
-        assert!(!slim(serde_json::json!({"reachAddress": "127.128.0.5", "state": "Deallocated"})));
-        assert!(!slim(serde_json::json!({"reachAddress": "", "state": "Running"})));
+    fn bridged_instances_listen_on_the_vnet_and_deallocated_ones_nowhere() {
+        let ep = |v: serde_json::Value| serde_json::from_value::<Slim>(v).unwrap().endpoint(80);
+        let reach = |a: &str| Some(Ok(Endpoint::Reach(a.parse().unwrap())));
+        assert_eq!(ep(serde_json::json!({"reachAddress": "127.128.0.5", "state": "Running"})), reach("127.128.0.5:80"));
+        assert_eq!(
+            ep(serde_json::json!({"reachAddress": "127.128.0.5", "privateIp": "10.0.0.4", "state": "Running"})),
+            reach("127.128.0.5:80"),
+            "host-local with a subnet: still the reach address"
+        );
+        assert_eq!(
+            ep(serde_json::json!({"reachAddress": "10.0.0.4", "privateIp": "10.0.0.4", "state": "Running"})),
+            Some(Ok(Endpoint::Vnet { identity: Ipv4Addr::new(10, 0, 0, 4) }))
+        );
+        assert_eq!(ep(serde_json::json!({"reachAddress": "127.128.0.5", "state": "Deallocated"})), None);
+        assert_eq!(ep(serde_json::json!({"reachAddress": "", "state": "Running"})), None);
+        assert_eq!(ep(serde_json::json!({"reachAddress": "web-3", "state": "Running"})), Some(Err("web-3".into())));
     }
 
     #[test]

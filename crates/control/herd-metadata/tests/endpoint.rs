@@ -383,6 +383,35 @@ async fn listeners_follow_the_records() {
     assert_eq!(env.get(9, INSTANCE).await.1["compute"]["name"], "web_1");
 }
 
+/// A bridged instance (its reach address is its own private address) is served at the
+/// metadata address: a listener with a port of its own, listed with its identity for the
+/// host's nftables; it closes when the instance is deallocated, and each change is told.
+#[tokio::test]
+async fn a_bridged_instance_listens_on_the_metadata_address() {
+    let env = Env::new(7).await;
+    let changes = env.svc.changes();
+    env.update(1, |r| {
+        r.reach_address = "10.20.0.4".into();
+        r.private_ip = Some("10.20.0.4".into());
+    });
+    env.svc.sync().await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), changes.notified()).await.expect("no change was told");
+    let vnet = env.svc.vnet_listeners().await;
+    assert_eq!(vnet.len(), 1, "{vnet:?}");
+    assert_eq!(vnet[0].0, std::net::Ipv4Addr::new(10, 20, 0, 4));
+    assert_ne!(vnet[0].1, 0, "a port of its own");
+    let listening = env.svc.listening().await;
+    assert_eq!(listening["rg/web/1"], SocketAddr::from(([0, 0, 0, 0], vnet[0].1)));
+    assert_eq!(listening["rg/web/2"], env.addr(2), "the host-local instance keeps its reach address");
+    env.svc.sync().await;
+    assert_eq!(env.svc.vnet_listeners().await, vnet, "a second sync keeps the listener and its port");
+
+    env.update(1, |r| r.state = InstanceState::Deallocated);
+    env.svc.sync().await;
+    assert!(env.svc.vnet_listeners().await.is_empty());
+    tokio::time::timeout(std::time::Duration::from_secs(5), changes.notified()).await.expect("the close was not told");
+}
+
 #[tokio::test]
 async fn the_runtime_syncs_it_until_shutdown() {
     let env = Env::new(6).await;

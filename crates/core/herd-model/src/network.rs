@@ -327,6 +327,10 @@ pub struct LoadBalancer {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+/// Azure's instance metadata address. With bridged networking every vnet serves each instance
+/// its own metadata there (port 80), as Azure does.
+pub const METADATA_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 254);
+
 /// The sub-resource collections of a load balancer, as they appear in URLs and JSON.
 pub const LB_COLLECTIONS: &[&str] =
     &["frontendIPConfigurations", "backendAddressPools", "probes", "loadBalancingRules", "inboundNatPools"];

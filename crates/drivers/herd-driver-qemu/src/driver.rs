@@ -550,9 +550,10 @@ impl QemuDriver {
             d,
             tap.as_deref(),
         );
-        // (Bridged VMs have no user network to forward through: their metadata endpoint is
-        // not offered yet.)
-        if let (Some(relay), Some(ep)) = (&self.shared.cfg.metadata_relay, spec.metadata_endpoint) {
+        // Bridged VMs reach 169.254.169.254 on their vnet natively; only user networking
+        // needs the relay.
+        let relayed = spec.metadata_endpoint.filter(|_| tap.is_none());
+        if let (Some(relay), Some(ep)) = (&self.shared.cfg.metadata_relay, relayed) {
             command_line::add_metadata_forward(&mut args, relay, ep, self.shared.cfg.metadata_address);
         }
         let outcome = self.spawn_qemu(key, d, &args).await;

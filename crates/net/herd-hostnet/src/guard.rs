@@ -9,6 +9,12 @@
 //! an IPv4 packet from another address is dropped. DHCP's discover (from 0.0.0.0) passes, and
 //! nothing but IPv4 and ARP does (vnets are IPv4). Ports that are not herd's are untouched.
 //!
+//! The same table tags what a port sends to the metadata address (169.254.169.254) with the
+//! port's identity (the packet mark, from the `marks` map: the port's address as a number), so
+//! the metadata service can tell callers apart by the port a request came in on, never by the
+//! address it claims (see `metadata.rs`). The tag is set only after the checks above, and a
+//! port that is not in the map sends untagged requests, which reach no listener.
+//!
 //! The rules never change; the sets change one element per instance (`nft add element`, one
 //! call), and the whole table is written at once (atomically, from the port records) when it
 //! is missing: at the first instance, or after someone deleted it.
@@ -37,9 +43,21 @@ impl Port {
         Some(Port { name: it.next()?.to_string(), mac: it.next()?.to_string(), ip: it.next()?.parse().ok()? })
     }
 
-    fn elements(&self) -> [(&'static str, String); 3] {
+    /// The identity its requests to the metadata address carry (the packet mark): its address
+    /// as a number, unique among this server's ports because vnets may not overlap.
+    pub fn mark(&self) -> u32 {
+        u32::from(self.ip)
+    }
+
+    /// Its element in each set or map: (set, key, value for a map).
+    fn elements(&self) -> [(&'static str, String, Option<String>); 4] {
         let (n, m, ip) = (&self.name, &self.mac, self.ip);
-        [("ports", format!("\"{n}\"")), ("macs", format!("\"{n}\" . {m}")), ("addrs", format!("\"{n}\" . {m} . {ip}"))]
+        [
+            ("ports", format!("\"{n}\""), None),
+            ("macs", format!("\"{n}\" . {m}"), None),
+            ("addrs", format!("\"{n}\" . {m} . {ip}"), None),
+            ("marks", format!("\"{n}\""), Some(format!("{:#010x}", self.mark()))),
+        ]
     }
 }
 
@@ -87,6 +105,7 @@ impl Guard {
              \tset ports {{ type ifname; }}\n\
              \tset macs {{ type ifname . ether_addr; }}\n\
              \tset addrs {{ type ifname . ether_addr . ipv4_addr; }}\n\
+             \tmap marks {{ type ifname : mark; }}\n\
              \tchain guard {{\n\
              \t\ttype filter hook prerouting priority -200; policy accept;\n\
              \t\tiifname != @ports accept\n\
@@ -94,8 +113,10 @@ impl Guard {
              \t\tether type arp iifname . arp saddr ether . arp saddr ip != @addrs counter drop\n\
              \t\tether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept\n\
              \t\tether type ip iifname . ether saddr . ip saddr != @addrs counter drop\n\
+             \t\tether type ip ip daddr {md} meta mark set iifname map @marks\n\
              \t\tether type != {{ ip, arp }} counter drop\n\
-             \t}}\n}}\n"
+             \t}}\n}}\n",
+            md = crate::metadata::ADDRESS,
         );
         for p in ports {
             s.push_str(&self.element_lines("add", p));
@@ -103,8 +124,15 @@ impl Guard {
         s
     }
 
+    /// One `add` (with map values) or `delete` (keys only) line per element of `p`.
     fn element_lines(&self, verb: &str, p: &Port) -> String {
-        p.elements().iter().map(|(set, e)| format!("{verb} element bridge {} {set} {{ {e} }}\n", self.table)).collect()
+        p.elements()
+            .iter()
+            .map(|(set, key, value)| match value.as_ref().filter(|_| verb == "add") {
+                Some(v) => format!("{verb} element bridge {} {set} {{ {key} : {v} }}\n", self.table),
+                None => format!("{verb} element bridge {} {set} {{ {key} }}\n", self.table),
+            })
+            .collect()
     }
 
     /// Whether the table exists.
@@ -173,6 +201,7 @@ mod tests {
         let s = g.script(std::slice::from_ref(&p));
         assert!(s.starts_with("add table bridge herd_x\ndelete table bridge herd_x\n"), "{s}");
         assert!(s.contains("add element bridge herd_x addrs { \"ht0123\" . 52:54:00:00:00:01 . 10.0.0.4 }"), "{s}");
+        assert!(s.contains("add element bridge herd_x marks { \"ht0123\" : 0x0a000004 }"), "{s}");
         check_script(&s);
     }
 }

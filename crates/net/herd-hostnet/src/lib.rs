@@ -43,6 +43,7 @@ pub mod conflicts;
 pub mod dnsmasq;
 pub mod guard;
 pub mod link;
+pub mod metadata;
 mod names;
 pub mod outbound;
 pub mod security;
@@ -146,6 +147,9 @@ pub struct HostNet {
     security: security::Security,
     /// The NSG script last written ("" for none), so an unchanged set of rules costs nothing.
     secured: Mutex<Option<String>>,
+    metadata: metadata::Metadata,
+    /// The metadata listeners last written, likewise.
+    served: Mutex<Option<Vec<metadata::Listener>>>,
     /// Bridges this process has seen serving: the common path checks only that the bridge and
     /// its dnsmasq still exist (a `stat` each), instead of running `ip`.
     state: Mutex<HashSet<String>>,
@@ -158,8 +162,18 @@ impl HostNet {
         // One name for both of the server's tables (families bridge and ip).
         let table = short_name("herd_", &root.display().to_string());
         let security = security::Security { table: format!("{table}_nsg") };
+        let metadata = metadata::Metadata { table: format!("{table}_md") };
         let (guard, outbound) = (guard::Guard { table: table.clone() }, outbound::Outbound { table });
-        HostNet { root, guard, outbound, security, secured: Mutex::new(None), state: Mutex::new(HashSet::new()) }
+        HostNet {
+            root,
+            guard,
+            outbound,
+            security,
+            secured: Mutex::new(None),
+            metadata,
+            served: Mutex::new(None),
+            state: Mutex::new(HashSet::new()),
+        }
     }
 
     /// The host network of the server with driver tag `tag`, under [`RUN_ROOT`]: one value per
@@ -357,6 +371,29 @@ impl HostNet {
         self.security.install(nics)?;
         *last = Some(script);
         Ok(true)
+    }
+
+    /// Sends each bridged instance's requests to 169.254.169.254 to its own metadata listener
+    /// (see [`metadata`]): writes the table in one transaction when `listeners` differ from what
+    /// was last written or the table is gone, removes it when there are none. Returns whether
+    /// it wrote.
+    pub fn serve_metadata(&self, listeners: &[metadata::Listener]) -> Result<bool, NetError> {
+        let mut last = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut wanted = listeners.to_vec();
+        wanted.sort();
+        let current = last.as_ref() == Some(&wanted) && (wanted.is_empty() || self.metadata.exists());
+        if current {
+            return Ok(false);
+        }
+        *last = None;
+        self.metadata.install(&wanted)?;
+        *last = Some(wanted);
+        Ok(true)
+    }
+
+    /// The nftables table (family `ip`) that sends requests to 169.254.169.254 to listeners.
+    pub fn metadata_table(&self) -> &str {
+        &self.metadata.table
     }
 
     /// The nftables table (family `ip`) that holds this server's NSG rules.

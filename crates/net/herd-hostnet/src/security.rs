@@ -147,11 +147,12 @@ impl Security {
              \t\tct state established,related accept\n\
              \t\tudp dport {{ 53, 67 }} accept\n\
              \t\ttcp dport 53 accept\n\
-             \t\tip daddr 169.254.169.254 accept\n\
+             \t\tct original ip daddr {md} accept\n\
              \t\tip saddr vmap @nic_out\n\
              \t}}\n}}\n",
             inb = elements(&inbound),
             outb = elements(&outbound),
+            md = crate::metadata::ADDRESS,
         )
     }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 mod config;
 mod hostnet;
+mod metadata_net;
 mod security;
 mod tls;
 pub use config::*;
@@ -144,14 +145,19 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let state = build_api(opened, api_config, &driver, &parts, settings.spot_priced, (tls.service.clone(), limiter));
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
-    let mut runtime = register_controllers(&cfg, &state, driver, parts, settings.prices, settings.metadata_port);
+    let (mut runtime, metadata) =
+        register_controllers(&cfg, &state, driver, parts, settings.prices, settings.metadata_port);
     if let Some((controller, wake)) = tls.controller {
         runtime.add_with_wake(controller, wake);
     }
     if let Some(net) = hostnet {
         runtime.add(Arc::new(hostnet::HostNetController { net: net.clone(), conflicts: Default::default() }));
         let store = state.store.store().clone();
-        runtime.add(Arc::new(security::SecurityController { net, store }));
+        runtime.add(Arc::new(security::SecurityController { net: net.clone(), store }));
+        if let Some(metadata) = metadata {
+            let wake = metadata.changes();
+            runtime.add_with_wake(Arc::new(metadata_net::MetadataNetController { net, metadata }), wake);
+        }
     }
     serve(listener, tls.config, state, runtime).await
 }
@@ -557,7 +563,8 @@ fn autoscale_config(cfg: &ServerConfig, skus: &SkuTable) -> herd_autoscaler::run
 }
 
 /// Registers every background controller with the runtime: the autoscaler's, the reconciler,
-/// the load balancer, the metadata service, the meter and the change feed's compaction.
+/// the load balancer, the metadata service (returned too, when enabled), the meter and the
+/// change feed's compaction.
 fn register_controllers(
     cfg: &ServerConfig,
     state: &AppState,
@@ -565,7 +572,7 @@ fn register_controllers(
     parts: Parts,
     prices: Arc<std::sync::Mutex<herd_billing::PriceBook>>,
     metadata_port: Option<u16>,
-) -> herd_controller_runtime::Runtime {
+) -> (herd_controller_runtime::Runtime, Option<herd_metadata::MetadataService>) {
     let Parts { reconciler, lb, mut runtime, .. } = parts;
     let autoscaler = herd_autoscaler::runner::Runner::new(
         state.store.store().clone(),
@@ -583,15 +590,16 @@ fn register_controllers(
     herd_reconciler::register(&mut runtime, reconciler);
     let lb_wake = lb.waker();
     runtime.add_with_wake(lb, lb_wake);
-    if let Some(port) = metadata_port {
+    let metadata = metadata_port.map(|port| {
         let md = herd_metadata::MetadataService::new(
             state.store.store().clone(),
             state.clock.clone(),
             state.wake.clone(),
             port,
         );
-        runtime.add(Arc::new(md));
-    }
+        runtime.add(Arc::new(md.clone()));
+        md
+    });
     let meter = herd_billing::Meter::new(state.store.clone(), state.clock.clone(), prices);
     let meter_every = Duration::from_secs(cfg.billing.meter_interval_secs.unwrap_or(15).clamp(1, 3600));
     runtime.add(Arc::new(herd_billing::controller::MeterController::new(meter, meter_every)));
@@ -600,7 +608,7 @@ fn register_controllers(
         state.store.clone(),
         herd_store::COMPACTION_INTERVAL,
     )));
-    runtime
+    (runtime, metadata)
 }
 
 /// Starts the controllers and the API server (HTTPS with `tls`, else plain HTTP); both stop

@@ -64,9 +64,13 @@ impl Reconciler {
             admin_username: os.admin_username.clone(),
             custom_data: os.custom_data.clone(),
             metadata: Default::default(),
-            // Bridged instances get none yet (their reach address is their own, so no listener
-            // of this host can be there): better no URL than one that cannot answer.
-            metadata_endpoint: self.config.metadata_port.filter(|_| !self.config.bridged).and_then(|port| {
+            // Bridged instances ask at Azure's address on their vnet (the host sends each one's
+            // requests to its own listener: herd_hostnet::metadata); others on their reach
+            // address.
+            metadata_endpoint: self.config.metadata_port.and_then(|port| {
+                if self.config.bridged {
+                    return Some(std::net::SocketAddr::new(herd_model::network::METADATA_ADDRESS.into(), 80));
+                }
                 r.reach_address.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port))
             }),
             network: self.attachment(set, r, ipam),
