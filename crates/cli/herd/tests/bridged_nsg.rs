@@ -232,6 +232,49 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
     assert!(reaches(a, "10.0.0.5"), "the vnet is still reachable: AllowVnetOutBound");
     s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n no-internet"));
     wait_for("the internet reachable again", Duration::from_secs(30), || reaches(a, "10.99.0.2").then_some(()));
+
+    // The load balancer from the internet: a frontend on the server namespace's address
+    // toward it. The subnet's NSG admits no Internet client until a rule allows it on the
+    // backend port (the load balancer checks the client's address by the backend NIC's
+    // inbound rules, as a Standard load balancer's backends do in Azure); the connection to
+    // the backend comes from the subnet's `.3`, which a Deny for VirtualNetwork does not stop.
+    s.ok(&words("network public-ip create -g rg -n inet-ip --address 10.99.0.1 --allow-non-loopback"));
+    s.ok(&words("network lb frontend-ip create -g rg --lb-name web-lb -n inet --public-ip-address inet-ip"));
+    s.ok(&words(
+        "network lb rule create -g rg --lb-name web-lb -n inet-http --frontend-ip-name inet --frontend-port 80 \
+         --backend-port 8080 --probe-name webprobe",
+    ));
+    let from_internet = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &inet.0, "curl", "-s", "--max-time", "2", "http://10.99.0.1:80/"])
+            .output()
+            .expect("curl is needed");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    wait_for("the frontend on 10.99.0.1:80 to listen", Duration::from_secs(30), || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ss", "-Hltn", "sport = :80"])
+            .output()
+            .ok()
+            .filter(|o| String::from_utf8_lossy(&o.stdout).contains("10.99.0.1:80"))
+            .map(|_| ())
+    });
+    assert_eq!(from_internet(), None, "no rule allows Internet: the load balancer admits no client");
+    s.ok(&words(
+        "network nsg rule create -g rg --nsg-name web-nsg -n web-from-internet --priority 300 --access Allow \
+         --protocol Tcp --source-address-prefixes Internet --destination-port-ranges 8080",
+    ));
+    let body = wait_for("the Allow rule to admit the internet through the LB", Duration::from_secs(30), from_internet);
+    assert!(body == "web000000" || body == "web000001", "{body}");
+    s.ok(&words(
+        "network nsg rule create -g rg --nsg-name web-nsg -n no-vnet-8080 --priority 200 --access Deny \
+         --protocol Tcp --source-address-prefixes VirtualNetwork --destination-port-ranges 8080",
+    ));
+    wait_for("the vnet Deny in force", Duration::from_secs(30), || (!reaches(a, "10.0.0.5")).then_some(()));
+    assert!(from_internet().is_some(), "the LB's own connection (from .3) is not a VirtualNetwork client");
+    s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n no-vnet-8080"));
+    s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n web-from-internet"));
+    wait_for("the internet refused again", Duration::from_secs(30), || from_internet().is_none().then_some(()));
     let _ = web.kill();
     let _ = web.wait();
 

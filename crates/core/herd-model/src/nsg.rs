@@ -47,6 +47,14 @@ pub fn probe_source(prefix: &Cidr) -> Option<Ipv4Addr> {
     prefix.nth(2)
 }
 
+/// The reserved address of a subnet that the load balancer's connections to its instances come
+/// from: its `.3`. The load balancer admits each client by the backend NIC's inbound rules
+/// itself (it sees the client's address; the NIC would see only this one), so the host's NSG
+/// table lets connections from it through.
+pub fn lb_source(prefix: &Cidr) -> Option<Ipv4Addr> {
+    prefix.nth(3)
+}
+
 /// The service tags a rule's address prefixes may name.
 pub const SERVICE_TAGS: &[&str] = &["VirtualNetwork", "AzureLoadBalancer", "Internet"];
 

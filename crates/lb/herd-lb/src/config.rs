@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::LbError;
@@ -74,6 +75,42 @@ impl RuleConfig {
     }
 }
 
+/// How the data plane reaches one backend, and whom it lets through to it. The default: from
+/// the kernel's choice of address, everyone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The address connections to the backend come from. With bridged networking, the
+    /// subnet's reserved `.3` (`herd_model::nsg::lb_source`), which the host's NSG table lets
+    /// through, because the data plane has checked the client itself (below).
+    pub source: Option<IpAddr>,
+    /// The backend NIC's inbound network-security-group stages: a client connection is
+    /// admitted only if they allow the **client's** address and port to the backend's address
+    /// and port, as a Standard load balancer's backends see it in Azure (where the client's
+    /// address reaches the NIC). `None`: no NSG, everyone is admitted.
+    pub admission: Option<Arc<herd_model::nsg::Stages>>,
+}
+
+impl Route {
+    /// Whether a connection from `client` may go to `backend` (see [`Route::admission`]). With
+    /// rules to check, a client or backend that is not IPv4 is refused: vnets are IPv4.
+    pub fn admits(&self, client: SocketAddr, backend: SocketAddr) -> bool {
+        let Some(stages) = &self.admission else { return true };
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => a.to_ipv4_mapped(),
+        };
+        let (Some(source), Some(destination)) = (v4(client.ip()), v4(backend.ip())) else { return false };
+        let flow = herd_model::nsg::Flow {
+            protocol: herd_model::nsg::Protocol::Tcp,
+            source,
+            source_port: client.port(),
+            destination,
+            destination_port: backend.port(),
+        };
+        herd_model::nsg::allows(stages, &flow)
+    }
+}
+
 /// One member of a rule's backend pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -85,17 +122,24 @@ pub struct Backend {
     /// A draining backend gets no new connections; its existing ones may finish and are closed
     /// after the rule's drain timeout.
     pub draining: bool,
+    pub route: Route,
 }
 
 impl Backend {
     /// An active (non-draining) backend.
     pub fn new(id: impl Into<String>, addr: IpAddr) -> Self {
-        Backend { id: id.into(), addr, draining: false }
+        Backend { id: id.into(), addr, draining: false, route: Route::default() }
     }
 
     /// The same backend, marked draining.
     pub fn draining(mut self) -> Self {
         self.draining = true;
+        self
+    }
+
+    /// The same backend, reached and guarded by `route`.
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = route;
         self
     }
 }
@@ -111,12 +155,14 @@ pub struct NatConfig {
     pub target: SocketAddr,
     /// Idle timeout as for rules.
     pub idle_timeout: Duration,
+    /// How the target is reached and whom it admits, as for a rule's backend.
+    pub route: Route,
 }
 
 impl NatConfig {
     /// A NAT rule with the default idle timeout.
     pub fn new(name: impl Into<String>, frontend: SocketAddr, target: SocketAddr) -> Self {
-        NatConfig { name: name.into(), frontend, target, idle_timeout: DEFAULT_IDLE_TIMEOUT }
+        NatConfig { name: name.into(), frontend, target, idle_timeout: DEFAULT_IDLE_TIMEOUT, route: Route::default() }
     }
 }
 

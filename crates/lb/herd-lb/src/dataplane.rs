@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::config::{Distribution, LbConfig, LbOptions};
+use crate::config::{Distribution, LbConfig, LbOptions, Route};
 use crate::engine::{AcceptLoops, Control, Engine};
 use crate::error::{BindFailure, LbError};
 use crate::maglev::Maglev;
@@ -75,8 +75,9 @@ pub(crate) struct Snapshot {
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_connections: Option<u64>,
-    /// Backends that take new connections, sorted by id; the table indexes into this.
-    pub active: Vec<(Arc<BackendState>, SocketAddr)>,
+    /// Backends that take new connections, with their address and route, sorted by id; the
+    /// table indexes into this.
+    pub active: Vec<(Arc<BackendState>, SocketAddr, Route)>,
     /// `Some` when there are two or more active backends.
     pub table: Option<Arc<Maglev>>,
 }
@@ -97,6 +98,7 @@ struct DesiredBackend {
     id: String,
     addr: SocketAddr,
     draining: bool,
+    route: Route,
 }
 
 struct Desired {
@@ -258,7 +260,7 @@ impl FrontendState {
                     self.control.drain(st);
                 }
                 if !b.draining {
-                    active.push((st.clone(), b.addr));
+                    active.push((st.clone(), b.addr, b.route.clone()));
                 }
             }
         }
@@ -270,7 +272,7 @@ impl FrontendState {
         } else if same_set && old.table.is_some() {
             old.table.clone()
         } else {
-            let ids: Vec<&str> = active.iter().map(|(b, _)| b.id.as_str()).collect();
+            let ids: Vec<&str> = active.iter().map(|(b, _, _)| b.id.as_str()).collect();
             Some(Arc::new(Maglev::new(&ids)))
         };
         let snapshot = Snapshot {
@@ -308,6 +310,7 @@ impl FrontendState {
             rejected_limit_total: get(&c.rejected_limit),
             rejected_no_backend_total: get(&c.rejected_no_backend),
             rejected_connect_failed_total: get(&c.rejected_connect_failed),
+            rejected_denied_total: get(&c.rejected_denied),
             failed_connects_total: get(&c.c.failed_connects),
             bytes_in_total: get(&c.c.bytes_in),
             bytes_out_total: get(&c.c.bytes_out),
@@ -404,6 +407,7 @@ impl LoadBalancer {
                             id: b.id,
                             addr: SocketAddr::new(b.addr, backend_port),
                             draining: b.draining,
+                            route: b.route,
                         })
                         .collect(),
                 },
@@ -419,7 +423,12 @@ impl LoadBalancer {
                     idle_timeout: nat.idle_timeout,
                     drain_timeout: default_drain,
                     max_connections: None,
-                    backends: vec![DesiredBackend { id: nat.target.to_string(), addr: nat.target, draining: false }],
+                    backends: vec![DesiredBackend {
+                        id: nat.target.to_string(),
+                        addr: nat.target,
+                        draining: false,
+                        route: nat.route,
+                    }],
                 },
             );
         }

@@ -6,6 +6,8 @@
 //! [`LoadBalancer::apply`] call; this crate makes the sockets match without dropping
 //! established connections on unchanged rules. Health probes ([`probe::ProbeRunner`]) are a
 //! separate building block the control plane uses to decide which backends are in a pool.
+//! The one thing it takes from herd's model is the data of network security rules
+//! (`herd_model::nsg`), which a backend's [`Route`] may carry to admit clients by.
 //!
 //! Modules:
 //! - [`config`]: the snapshot types the control plane fills in.
@@ -29,7 +31,7 @@ pub mod probe;
 mod proxy;
 mod timers;
 
-pub use config::{Backend, Distribution, LbConfig, LbOptions, NatConfig, RuleConfig};
+pub use config::{Backend, Distribution, LbConfig, LbOptions, NatConfig, Route, RuleConfig};
 pub use dataplane::LoadBalancer;
 pub use error::{BindFailure, LbError};
 pub use metrics::{BackendStats, BackendStatus, LbStats, RuleKind, RuleStats};

@@ -28,6 +28,7 @@ pub(crate) struct RuleCounters {
     pub rejected_limit: AtomicU64,
     pub rejected_no_backend: AtomicU64,
     pub rejected_connect_failed: AtomicU64,
+    pub rejected_denied: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -93,6 +94,10 @@ pub struct RuleStats {
     pub rejected_no_backend_total: u64,
     /// Accepted connections closed because every connect attempt failed.
     pub rejected_connect_failed_total: u64,
+    /// Accepted connections closed at once because the chosen backend's network security
+    /// groups do not admit the client (see `config::Route`).
+    #[serde(default)]
+    pub rejected_denied_total: u64,
     /// Failed connect attempts to backends (a client connection may make several).
     pub failed_connects_total: u64,
     /// Bytes copied client → backend.
@@ -170,6 +175,7 @@ impl LbStats {
                 ("limit", r.rejected_limit_total),
                 ("no_backend", r.rejected_no_backend_total),
                 ("connect_failed", r.rejected_connect_failed_total),
+                ("denied", r.rejected_denied_total),
             ] {
                 let _ = writeln!(out, "{name}{{rule=\"{rule}\",reason=\"{reason}\"}} {v}");
             }
@@ -225,6 +231,7 @@ mod tests {
                 rejected_limit_total: 1,
                 rejected_no_backend_total: 0,
                 rejected_connect_failed_total: 0,
+                rejected_denied_total: 0,
                 failed_connects_total: 2,
                 bytes_in_total: 100,
                 bytes_out_total: 200,

@@ -308,6 +308,8 @@ struct Connecting {
     hash: u64,
     first: usize,
     attempt: usize,
+    /// The client, for admitting it to a fallback backend.
+    peer: SocketAddr,
 }
 
 struct Open {
@@ -604,26 +606,43 @@ fn target(snap: &Snapshot, hash: u64, first: usize, attempt: usize, max: usize) 
     snap.table.as_ref()?.candidates(hash, max).get(attempt).copied()
 }
 
+/// A non-blocking connect to `addr`, from `source` when given (bound first, any port).
+fn start_connect(addr: SocketAddr, source: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else { return TcpStream::connect(addr) };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
 /// Starts connect attempts from `attempt` on, until one is under way; counts each that fails
-/// at once. `None` when no candidate is left.
+/// at once, and skips fallbacks that do not admit `peer`. `None` when no candidate is left.
 #[allow(clippy::too_many_arguments)]
 fn connect(
     registry: &Registry,
     now: Instant,
     state: &FrontendState,
     snap: Arc<Snapshot>,
-    hash: u64,
-    first: usize,
+    (hash, first, peer): (u64, usize, SocketAddr),
     mut attempt: usize,
     (slot, gen): (usize, u32),
 ) -> Option<Connecting> {
     let max = state.options.max_connect_attempts.max(1);
     loop {
         let i = target(&snap, hash, first, attempt, max)?;
-        let (backend, addr) = &snap.active[i];
+        let (backend, addr, route) = &snap.active[i];
+        if attempt > 0 && !route.admits(peer, *addr) {
+            attempt += 1;
+            continue;
+        }
         let active = backend.open();
         let side = server_side(attempt);
-        let started = TcpStream::connect(*addr).and_then(|mut sock| {
+        let started = start_connect(*addr, route.source).and_then(|mut sock| {
             registry.register(&mut sock, conn_token(slot, gen, side), Interest::READABLE | Interest::WRITABLE)?;
             Ok(sock)
         });
@@ -638,6 +657,7 @@ fn connect(
                     hash,
                     first,
                     attempt,
+                    peer,
                 })
             }
             Err(e) => {
@@ -729,6 +749,12 @@ impl Worker {
         }
         let hash = flow_hash(snap.distribution, peer, state.frontend);
         let first = snap.table.as_ref().and_then(|t| t.lookup(hash)).unwrap_or(0);
+        // The flow's backend decides, as the NIC's NSG does in Azure (no other backend is tried).
+        let (_, addr, route) = &snap.active[first];
+        if !route.admits(peer, *addr) {
+            inc(&state.counters.rejected_denied);
+            return;
+        }
         let (slot, gen) = self.conns.vacant();
         // A new socket's send buffer is empty: writable until a write says otherwise.
         let mut client = Side::new(stream, CLIENT, true);
@@ -739,7 +765,7 @@ impl Worker {
             return;
         }
         let idle = snap.idle_timeout;
-        let Some(connecting) = connect(registry, self.now, state, snap, hash, first, 0, (slot, gen)) else {
+        let Some(connecting) = connect(registry, self.now, state, snap, (hash, first, peer), 0, (slot, gen)) else {
             inc(&state.counters.rejected_connect_failed);
             return;
         };
@@ -818,14 +844,14 @@ impl Worker {
                 }
                 Step::Retry(why) => {
                     let Phase::Connecting(c) = std::mem::replace(&mut conn.phase, Phase::Closed) else { return };
-                    let Connecting { server, backend, snap, hash, first, attempt, addr, .. } = c;
+                    let Connecting { server, backend, snap, hash, first, attempt, addr, peer, .. } = c;
                     tracing::debug!(rule = %snap.name, backend = %backend.backend().id, %addr, "{why}");
                     drop(server);
                     let failed = backend.backend().clone();
                     drop(backend);
                     let state = &conn.rule.0;
                     connect_failed(state, &failed);
-                    match connect(registry, now, state, snap, hash, first, attempt + 1, (slot, gen)) {
+                    match connect(registry, now, state, snap, (hash, first, peer), attempt + 1, (slot, gen)) {
                         Some(next) => {
                             let deadline = next.deadline;
                             conn.phase = Phase::Connecting(next);

@@ -650,3 +650,75 @@ async fn bulk_data_both_ways_arrives_whole_through_small_buffers() {
     })
     .await;
 }
+
+/// A backend that writes the address each connection came from, then closes.
+async fn peer_reporter(addr: IpAddr) -> JoinHandle<()> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(SocketAddr::new(addr, BACK_PORT)).unwrap();
+    let listener = socket.listen(64).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            let _ = stream.write_all(format!("{}\n", peer.ip()).as_bytes()).await;
+        }
+    })
+}
+
+/// What a fresh connection from `src` through `front` reads: the backend's line, or None when
+/// the proxy closes it without one.
+async fn read_from(src: IpAddr, front: SocketAddr) -> Option<String> {
+    let mut conn = Conn::open_from(src, front).await.ok()?;
+    let mut line = String::new();
+    match timeout(limit(), conn.stream.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => Some(line.trim().to_string()),
+        _ => None,
+    }
+}
+
+/// A route's source is where connections to its backend come from, and its admission rules
+/// (the backend NIC's inbound NSG stages) decide by the client's address and the backend port:
+/// an admitted client is served, another is closed at once and counted as denied; a NAT rule
+/// is guarded the same way.
+#[tokio::test]
+async fn a_route_connects_from_its_source_and_admits_clients_by_the_backends_rules() {
+    use herd_model::nsg::{AddrSet, PortRange, Protocol, ResolvedRule};
+    let t = 17;
+    let _backend = peer_reporter(backend_ip(t, 1)).await;
+    let cidr = |s: &str| herd_model::cidr::Cidr::parse("test", s).unwrap();
+    let rule = |name: &str, allow: bool, source: AddrSet| ResolvedRule {
+        name: name.into(),
+        priority: 100,
+        allow,
+        protocol: Protocol::Tcp,
+        source: vec![source],
+        source_ports: vec![],
+        destination: vec![AddrSet::ANY],
+        destination_ports: vec![PortRange { low: BACK_PORT, high: BACK_PORT }],
+    };
+    // One stage: allow 127.93.17.0/28 to the backend port, deny everyone else.
+    let stage = vec![
+        rule("allow-clients", true, AddrSet { inside: Some(vec![cidr("127.93.17.0/28")]), except: vec![] }),
+        ResolvedRule { destination_ports: vec![], ..rule("deny-all", false, AddrSet::ANY) },
+    ];
+    let route = herd_lb::Route { source: Some(ip(t, 94, 3)), admission: Some(Arc::new(vec![stage])) };
+    let lb = LoadBalancer::new();
+    let mut nat =
+        NatConfig::new("nat", SocketAddr::new(ip(t, 91, 1), 50000), SocketAddr::new(backend_ip(t, 1), BACK_PORT));
+    nat.route = route.clone();
+    let rules = vec![RuleConfig::new(
+        "web",
+        frontend(t),
+        BACK_PORT,
+        vec![Backend::new("a", backend_ip(t, 1)).with_route(route)],
+    )];
+    lb.apply(LbConfig { rules, nat: vec![nat] }).await.unwrap();
+
+    assert_eq!(read_from(ip(t, 93, 5), frontend(t)).await.as_deref(), Some("127.94.17.3"), "from the route's source");
+    assert_eq!(read_from(ip(t, 93, 20), frontend(t)).await, None, "a client outside the allowed prefix is closed");
+    assert_eq!(read_from(ip(t, 93, 5), SocketAddr::new(ip(t, 91, 1), 50000)).await.as_deref(), Some("127.94.17.3"));
+    assert_eq!(read_from(ip(t, 93, 20), SocketAddr::new(ip(t, 91, 1), 50000)).await, None, "NAT is guarded too");
+    let stats = lb.stats();
+    let web = stats.rules.iter().find(|r| r.name == "web").unwrap();
+    assert_eq!((web.rejected_denied_total, web.connections_total), (1, 2), "{web:?}");
+    assert_eq!(web.rejected_connect_failed_total, 0);
+}

@@ -24,7 +24,15 @@ impl Controller for LbController {
     }
 
     fn watches(&self) -> Vec<Kind> {
-        vec![Kind::Instance, Kind::ScaleSet, Kind::LoadBalancer, Kind::PublicIp]
+        // Vnets and NSGs: a backend's route (source address, admission rules) follows them.
+        vec![
+            Kind::Instance,
+            Kind::ScaleSet,
+            Kind::LoadBalancer,
+            Kind::PublicIp,
+            Kind::VirtualNetwork,
+            Kind::NetworkSecurityGroup,
+        ]
     }
 
     fn resync(&self) -> Duration {

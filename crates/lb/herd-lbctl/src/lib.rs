@@ -64,6 +64,9 @@ pub struct Member<'a> {
     /// Where its probes come from: with bridged networking, its subnet's reserved `.2` (see
     /// [`herd_state::security::probe_source`]); None when it is reached on the host.
     pub probe_source: Option<IpAddr>,
+    /// How client connections reach it: with bridged networking, from its subnet's reserved
+    /// `.3`, admitted by its NIC's inbound NSG rules (see [`herd_lb::Route`]).
+    pub route: herd_lb::Route,
 }
 
 fn target_id(set: &StoredScaleSet, r: &InstanceRecord) -> String {
@@ -169,10 +172,11 @@ pub fn desired(
                     None => false,
                     Some(p) => health(&p.id.to_ascii_lowercase(), &target_id(m.set, m.record)) == Health::Unhealthy,
                 };
+                let backend = Backend::new(instance_key(m.set, m.record), addr).with_route(m.route.clone());
                 if draining || unhealthy {
-                    backends.push(Backend::new(instance_key(m.set, m.record), addr).draining());
+                    backends.push(backend.draining());
                 } else if healthy {
-                    backends.push(Backend::new(instance_key(m.set, m.record), addr));
+                    backends.push(backend);
                 }
             }
             let mut rc = RuleConfig::new(
@@ -210,11 +214,13 @@ pub fn desired(
                 }
                 let Ok(addr) = m.record.reach_address.parse::<IpAddr>() else { continue };
                 let port = nat.frontend_port_range_start as u16 + i as u16;
-                d.config.nat.push(NatConfig::new(
+                let mut nc = NatConfig::new(
                     format!("{}/{}/{}", lb.name, nat.name, instance_key(m.set, m.record)),
                     SocketAddr::new(ip, port),
                     SocketAddr::new(addr, nat.backend_port as u16),
-                ));
+                );
+                nc.route = m.route.clone();
+                d.config.nat.push(nc);
             }
         }
     }
@@ -357,20 +363,29 @@ impl LbController {
         let scan = |s: &dyn herd_state::Store| {
             let lbs = s.load_balancers()?;
             let records = if lbs.is_empty() { Vec::new() } else { s.instances()? };
-            let vnets = if lbs.is_empty() { Vec::new() } else { s.virtual_networks()? };
-            Ok((lbs, s.public_ips()?, s.scale_sets()?, records, vnets))
+            let lookup = if lbs.is_empty() { None } else { Some(herd_state::security::Lookup::load(s)?) };
+            Ok((lbs, s.public_ips()?, s.scale_sets()?, records, lookup))
         };
-        let (lbs, pips, sets, records, vnets) = self.state.run(scan).await.map_err(|x| x.to_string())?;
-        // Each subnet's probe source, by subnet id.
-        let sources: BTreeMap<String, IpAddr> = vnets
+        let (lbs, pips, sets, records, lookup) = self.state.run(scan).await.map_err(|x| x.to_string())?;
+        // Each subnet's probe source and load-balancer source, by subnet id.
+        let sources: BTreeMap<String, (IpAddr, IpAddr)> = lookup
             .iter()
-            .flat_map(|v| v.value.subnets.iter())
-            .filter_map(|sub| Some((sub.id.to_ascii_lowercase(), IpAddr::V4(herd_state::security::probe_source(sub)?))))
+            .flat_map(|l| l.vnets().iter().flat_map(|v| v.subnets.iter()))
+            .filter_map(|sub| {
+                let probe = herd_state::security::probe_source(sub)?;
+                let lb = herd_state::security::lb_source(sub)?;
+                Some((sub.id.to_ascii_lowercase(), (IpAddr::V4(probe), IpAddr::V4(lb))))
+            })
             .collect();
         let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
         let pips: Vec<PublicIpAddress> = pips.into_iter().map(|o| o.value).collect();
         let sets: Vec<StoredScaleSet> = sets.into_iter().map(|o| o.value).collect();
         let by_key: BTreeMap<String, &StoredScaleSet> = sets.iter().map(|s| (SetKey::of(s).to_string(), s)).collect();
+        // Each set's inbound NSG stages, computed once per set (they do not depend on the NIC).
+        let admission: BTreeMap<String, Arc<herd_model::nsg::Stages>> = match &lookup {
+            Some(l) => by_key.iter().filter_map(|(k, s)| Some((k.clone(), Arc::new(l.inbound_of(s)?)))).collect(),
+            None => BTreeMap::new(),
+        };
         let mut members = Vec::new();
         for o in &records {
             // Records live under `group/set/<padded id>`.
@@ -380,8 +395,16 @@ impl LbController {
                 // subnet's probe source.
                 let bridged = o.value.private_ip.as_deref() == Some(o.value.reach_address.as_str());
                 let subnet = primary_ip(set).and_then(|ip| ip.subnet.as_ref()).map(|s| s.id.to_ascii_lowercase());
-                let probe_source = subnet.filter(|_| bridged).and_then(|s| sources.get(&s).copied());
-                members.push(Member { set, record: &o.value, probe_source });
+                let (probe_source, lb_source) =
+                    subnet.filter(|_| bridged).and_then(|s| sources.get(&s).copied()).unzip();
+                let route = match lb_source {
+                    Some(source) => herd_lb::Route {
+                        source: Some(source),
+                        admission: admission.get(&key.set().to_string()).cloned(),
+                    },
+                    None => herd_lb::Route::default(),
+                };
+                members.push(Member { set, record: &o.value, probe_source, route });
             }
         }
         let statuses: BTreeMap<String, BTreeMap<String, herd_lb::TargetStatus>> = {
@@ -532,8 +555,10 @@ mod tests {
             draining,
             rec(4, InstanceState::Creating),
         ];
-        let members: Vec<Member<'_>> =
-            records.iter().map(|r| Member { set: &s, record: r, probe_source: None }).collect();
+        let members: Vec<Member<'_>> = records
+            .iter()
+            .map(|r| Member { set: &s, record: r, probe_source: None, route: Default::default() })
+            .collect();
         let health = |_: &str, t: &str| match t.split('#').next().unwrap() {
             "rg/web/0" | "rg/web/3" => Health::Healthy,
             "rg/web/1" => Health::Unhealthy,
@@ -580,6 +605,7 @@ mod tests {
             rejected_limit_total: 0,
             rejected_no_backend_total: 0,
             rejected_connect_failed_total: 0,
+            rejected_denied_total: 0,
             failed_connects_total: 0,
             bytes_in_total: 0,
             bytes_out_total: 0,
@@ -620,8 +646,10 @@ mod tests {
         let since = chrono::Utc::now();
         let draining = |id| InstanceRecord { draining_since: Some(since), ..rec(id, InstanceState::Running) };
         let records = [draining(0), draining(1), draining(2), rec(3, InstanceState::Running)];
-        let members: Vec<Member<'_>> =
-            records.iter().map(|r| Member { set: &s, record: r, probe_source: None }).collect();
+        let members: Vec<Member<'_>> = records
+            .iter()
+            .map(|r| Member { set: &s, record: r, probe_source: None, route: Default::default() })
+            .collect();
         let k = |id: &str| InstanceKey::parse_path(id).unwrap();
         let c = |active, in_rotation| MemberCounters { connections_total: 9, active_connections: active, in_rotation };
         let counters = BTreeMap::from([
@@ -645,8 +673,10 @@ mod tests {
     fn without_a_probe_running_instances_are_members() {
         let s = set();
         let records = [rec(0, InstanceState::Running), rec(1, InstanceState::Stopped)];
-        let members: Vec<Member<'_>> =
-            records.iter().map(|r| Member { set: &s, record: r, probe_source: None }).collect();
+        let members: Vec<Member<'_>> = records
+            .iter()
+            .map(|r| Member { set: &s, record: r, probe_source: None, route: Default::default() })
+            .collect();
         let d = desired(&[lb(false)], &[pip()], &members, &|_, _| Health::Unknown, &limits());
         assert_eq!(d.config.rules[0].backends.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["rg/web/0"]);
         let no_ip = desired(&[lb(false)], &[], &members, &|_, _| Health::Unknown, &limits());
@@ -676,7 +706,11 @@ mod tests {
         let (here, before) = (store.calls_on(me), store.calls());
         ctl.pass().await.unwrap();
         ctl.pass().await.unwrap();
-        assert_eq!(store.calls() - before, 10, "each pass reads load balancers, public IPs, sets, instances and vnets");
+        assert_eq!(
+            store.calls() - before,
+            12,
+            "each pass reads load balancers, public IPs, sets, instances, vnets and NSGs"
+        );
         assert_eq!(store.calls_on(me), here, "a pass called the store on the async worker");
     }
 

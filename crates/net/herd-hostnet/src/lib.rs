@@ -362,13 +362,21 @@ impl HostNet {
     /// and the table is still there. Returns whether it wrote.
     pub fn secure(&self, nics: &[herd_model::nsg::NicSecurity]) -> Result<bool, NetError> {
         let mut last = self.secured.lock().unwrap_or_else(PoisonError::into_inner);
-        let script = if nics.is_empty() { String::new() } else { self.security.script(nics) };
+        let lb_sources: Vec<Ipv4Addr> = self
+            .segments()
+            .iter()
+            .filter_map(|(_, seg)| {
+                let p = seg.prefix();
+                herd_model::nsg::lb_source(&herd_model::cidr::Cidr { addr: p.network, len: p.len })
+            })
+            .collect();
+        let script = if nics.is_empty() { String::new() } else { self.security.script(nics, &lb_sources) };
         let current = last.as_deref() == Some(script.as_str()) && (script.is_empty() || self.security.exists());
         if current {
             return Ok(false);
         }
         *last = None;
-        self.security.install(nics)?;
+        self.security.install(&script)?;
         *last = Some(script);
         Ok(true)
     }

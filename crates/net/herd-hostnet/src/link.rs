@@ -36,9 +36,10 @@ pub fn exists(name: &str) -> bool {
     interfaces().iter().any(|n| n == name)
 }
 
-/// The bridge `name` exists, carries `gateway/prefix_len` and the probe source
+/// The bridge `name` exists, carries `gateway/prefix_len`, the probe source
 /// (`herd_model::nsg::probe_source`, the subnet's reserved `.2`: health probes come from it, so
-/// network security groups can tell them apart as `AzureLoadBalancer`), has `mtu` and is up. The gateway is added
+/// network security groups can tell them apart as `AzureLoadBalancer`) and the load balancer's
+/// source (`herd_model::nsg::lb_source`, `.3`), has `mtu` and is up. The gateway is added
 /// first, so it stays the address the host sends anything else from.
 pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix_len: u8, mtu: u16) -> Result<(), NetError> {
     if !exists(name) {
@@ -47,8 +48,9 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix_len: u8, mtu: u16) ->
     ip(&["addr", "replace", &format!("{gateway}/{prefix_len}"), "dev", name])?;
     let mask = herd_model::cidr::Cidr { addr: gateway, len: prefix_len }.mask();
     let subnet = herd_model::cidr::Cidr { addr: Ipv4Addr::from(u32::from(gateway) & mask), len: prefix_len };
-    if let Some(probe) = herd_model::nsg::probe_source(&subnet) {
-        ip(&["addr", "replace", &format!("{probe}/{prefix_len}"), "dev", name])?;
+    for reserved in [herd_model::nsg::probe_source(&subnet), herd_model::nsg::lb_source(&subnet)].into_iter().flatten()
+    {
+        ip(&["addr", "replace", &format!("{reserved}/{prefix_len}"), "dev", name])?;
     }
     ip(&["link", "set", name, "mtu", &mtu.to_string(), "up"])
 }

@@ -112,7 +112,10 @@ fn stage_chains(s: &mut String, nic: usize, dir: &str, stages: &[Vec<ResolvedRul
 
 impl Security {
     /// The whole table for `nics`, replacing any table of that name.
-    pub fn script(&self, nics: &[NicSecurity]) -> String {
+    /// The whole table for `nics`; connections from `lb_sources` (each subnet's load-balancer
+    /// source, whose clients the load balancer admitted by these same rules) pass the host's
+    /// output chain.
+    pub fn script(&self, nics: &[NicSecurity], lb_sources: &[std::net::Ipv4Addr]) -> String {
         let t = &self.table;
         let mut chains = String::new();
         let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
@@ -130,6 +133,7 @@ impl Security {
             "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
              \tmap nic_in {{ type ipv4_addr : verdict;{inb} }}\n\
              \tmap nic_out {{ type ipv4_addr : verdict;{outb} }}\n\
+             \tset lb_sources {{ type ipv4_addr;{lbs} }}\n\
              {chains}\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
@@ -140,6 +144,7 @@ impl Security {
              \tchain output {{\n\
              \t\ttype filter hook output priority filter; policy accept;\n\
              \t\tct state established,related accept\n\
+             \t\tip saddr @lb_sources accept\n\
              \t\tip daddr vmap @nic_in\n\
              \t}}\n\
              \tchain input {{\n\
@@ -152,6 +157,7 @@ impl Security {
              \t}}\n}}\n",
             inb = elements(&inbound),
             outb = elements(&outbound),
+            lbs = elements(&lb_sources.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
             md = crate::metadata::ADDRESS,
         )
     }
@@ -161,9 +167,9 @@ impl Security {
         nft_lists("ip", &self.table)
     }
 
-    /// Writes the table for `nics` in one transaction; with none, removes it.
-    pub fn install(&self, nics: &[NicSecurity]) -> Result<(), NetError> {
-        if nics.is_empty() {
+    /// Writes `script` (see [`Self::script`]) in one transaction; an empty one removes the table.
+    pub fn install(&self, script: &str) -> Result<(), NetError> {
+        if script.is_empty() {
             return self.remove();
         }
         // Bridged traffic between instances reaches the `ip` hooks only with this on.
@@ -178,7 +184,7 @@ impl Security {
                 "{BRIDGE_NF_CALL} is missing: network security groups need br_netfilter (modprobe br_netfilter)"
             )));
         }
-        run_nft(&self.script(nics))
+        run_nft(script)
     }
 
     /// Removes the table. Ok if absent.
@@ -210,7 +216,7 @@ mod tests {
         };
         let a = NicSecurity::of("10.0.0.4".parse().unwrap(), Some(&subnet), Some(&nic), &ctx).unwrap();
         let b = NicSecurity::of("10.0.0.5".parse().unwrap(), None, Some(&nic), &ctx).unwrap();
-        let s = Security { table: "herdsg_x".into() }.script(&[a, b]);
+        let s = Security { table: "herdsg_x".into() }.script(&[a, b], &["10.0.0.3".parse().unwrap()]);
         assert!(s.contains("10.0.0.4 : jump n0_in0, 10.0.0.5 : jump n1_in0"), "{s}");
         // The subnet's stage goes on to the NIC's; the NIC's (last) returns, so the other
         // NIC's direction is checked too.
@@ -223,6 +229,8 @@ mod tests {
         assert!(s.contains("chain n0_out1 {\n\t\tmeta l4proto udp ip daddr { 198.51.100.0/24 } counter drop"), "{s}");
         // VirtualNetwork leaves out the probe source.
         assert!(s.contains("ip saddr { 10.0.0.0/16 } ip saddr != { 10.0.0.2/32 } ip daddr { 10.0.0.0/16 }"), "{s}");
+        assert!(s.contains("set lb_sources { type ipv4_addr; elements = { 10.0.0.3 }; }"), "{s}");
+        assert!(s.contains("ip saddr @lb_sources accept\n\t\tip daddr vmap @nic_in"), "{s}");
         crate::guard::check_script(&s);
     }
 }

@@ -22,6 +22,12 @@ pub fn probe_source(subnet: &Subnet) -> Option<Ipv4Addr> {
     herd_model::nsg::probe_source(&subnet.address_prefix)
 }
 
+/// The address the load balancer's connections to `subnet` come from
+/// ([`herd_model::nsg::lb_source`]).
+pub fn lb_source(subnet: &Subnet) -> Option<Ipv4Addr> {
+    herd_model::nsg::lb_source(&subnet.address_prefix)
+}
+
 /// The vnets and NSGs, read once, to answer for many NICs.
 pub struct Lookup {
     vnets: Vec<VirtualNetwork>,
@@ -41,6 +47,21 @@ impl Lookup {
             vnets: store.virtual_networks()?.into_iter().map(|v| v.value).collect(),
             nsgs: store.security_groups()?.into_iter().map(|v| v.value).collect(),
         })
+    }
+
+    /// Every vnet.
+    pub fn vnets(&self) -> &[VirtualNetwork] {
+        &self.vnets
+    }
+
+    /// The inbound stages at `set`'s NICs (its subnet's NSG, then its NIC's): what the load
+    /// balancer admits clients by. None when no NSG applies.
+    pub fn inbound_of(&self, set: &StoredScaleSet) -> Option<herd_model::nsg::Stages> {
+        if self.nsgs.is_empty() {
+            return None;
+        }
+        let g = self.for_set(set)?;
+        NicSecurity::of(Ipv4Addr::UNSPECIFIED, g.subnet.map(|(_, n)| n), g.nic, &g.ctx).map(|s| s.inbound)
     }
 
     fn nsg(&self, r: &SubResource) -> Option<&NetworkSecurityGroup> {
