@@ -4,6 +4,8 @@
 //! `AzureLoadBalancer`) still pass; deleting the rule restores access; a NIC NSG after a
 //! permissive subnet NSG still denies (both must allow); an outbound Deny to `Internet` cuts
 //! an instance off from a namespace playing the internet and spares the vnet;
+//! the load balancer from an "internet" namespace admits clients only once an Allow rule for
+//! `Internet` exists (NAT pool ports likewise), its own connections coming from `.3`;
 //! `list-effective-nsg` shows what is enforced; each instance reads its own name at
 //! 169.254.169.254 while a spoofer and a direct request get nothing; bad input is refused naming the field; and with every NSG gone, no nftables table
 //! is left.
@@ -244,13 +246,14 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
         "network lb rule create -g rg --lb-name web-lb -n inet-http --frontend-ip-name inet --frontend-port 80 \
          --backend-port 8080 --probe-name webprobe",
     ));
-    let from_internet = || {
+    let get_from_internet = |port: u16| {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &inet.0, "curl", "-s", "--max-time", "2", "http://10.99.0.1:80/"])
+            .args(["netns", "exec", &inet.0, "curl", "-s", "--max-time", "2", &format!("http://10.99.0.1:{port}/")])
             .output()
             .expect("curl is needed");
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
     };
+    let from_internet = || get_from_internet(80);
     wait_for("the frontend on 10.99.0.1:80 to listen", Duration::from_secs(30), || {
         std::process::Command::new("ip")
             .args(["netns", "exec", &ns.0, "ss", "-Hltn", "sport = :80"])
@@ -266,6 +269,24 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
     ));
     let body = wait_for("the Allow rule to admit the internet through the LB", Duration::from_secs(30), from_internet);
     assert!(body == "web000000" || body == "web000001", "{body}");
+    // An inbound NAT pool on the same frontend: one port per instance, to its private IP.
+    s.ok(&words(
+        "network lb inbound-nat-pool create -g rg --lb-name web-lb -n direct --frontend-ip-name inet \
+         --frontend-port-range-start 50000 --frontend-port-range-end 50009 --backend-port 8080",
+    ));
+    let lb_id = s.json(&words("network lb show -g rg -n web-lb --query id"));
+    let nat_ref = format!("{{\"id\": \"{}/inboundNatPools/direct\"}}", lb_id.as_str().unwrap());
+    s.ok(&[
+        "vmss", "update", "-g", "rg", "-n", "web", "--add",
+        "virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].ipConfigurations[0].loadBalancerInboundNatPools",
+        &nat_ref, "--quiet",
+    ]);
+    for (port, name) in [(50000, "web000000"), (50001, "web000001")] {
+        let got = wait_for(&format!("NAT port {port} from the internet"), Duration::from_secs(60), || {
+            get_from_internet(port)
+        });
+        assert_eq!(got, name, "NAT port {port} leads to its instance's private IP");
+    }
     s.ok(&words(
         "network nsg rule create -g rg --nsg-name web-nsg -n no-vnet-8080 --priority 200 --access Deny \
          --protocol Tcp --source-address-prefixes VirtualNetwork --destination-port-ranges 8080",
@@ -275,6 +296,7 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
     s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n no-vnet-8080"));
     s.ok(&words("network nsg rule delete -g rg --nsg-name web-nsg -n web-from-internet"));
     wait_for("the internet refused again", Duration::from_secs(30), || from_internet().is_none().then_some(()));
+    assert_eq!(get_from_internet(50000), None, "the NAT pool is guarded by the same rules");
     let _ = web.kill();
     let _ = web.wait();
 
