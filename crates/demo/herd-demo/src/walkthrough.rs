@@ -719,7 +719,8 @@ fn start_server(driver: Driver, res: &Shared, base: &Path, data: &Path) -> Resul
          [upgrades]\nhealth_grace_secs = 60\n\
          [autoscale]\ninterval_secs = 5\nsample_interval_secs = 5\n\
          # the Custom Script's files are served on loopback, which fileUris may not reach by default\n\
-         [extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n",
+         [extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n\
+         [network]\nmode = \"host-local\"\n",
     );
     if driver == Driver::Qemu {
         conf.push_str("[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 10\n");

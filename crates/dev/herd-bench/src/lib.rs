@@ -100,8 +100,24 @@ impl Server {
     }
 }
 
+/// `config` (a server's TOML) with `[network] mode = "host-local"` unless it names a mode: a
+/// new data dir of root defaults to bridged networking, which only a server inside a network
+/// namespace of its own (a test's or a benchmark's) may use.
+pub fn host_local_unless_set(config: &str) -> String {
+    if config.contains("mode =") {
+        return config.to_string();
+    }
+    match config.find("[network]\n") {
+        Some(at) => {
+            let end = at + "[network]\n".len();
+            format!("{}mode = \"host-local\"\n{}", &config[..end], &config[end..])
+        }
+        None => format!("{config}\n[network]\nmode = \"host-local\"\n"),
+    }
+}
+
 /// Starts a server on `driver` with the data dir `dir/data` and `config_text` as its
-/// `dir/herd.toml`.
+/// `dir/herd.toml` (host-local networking unless it says otherwise).
 pub async fn start_in(launch: &dyn Launch, dir: &Path, driver: Driver, config_text: &str) -> Result<Server> {
     start_on(launch, dir, driver, config_text, Transport::Tls).await
 }
@@ -122,7 +138,7 @@ pub async fn start_on(
     transport: Transport,
 ) -> Result<Server> {
     let config = dir.join("herd.toml");
-    std::fs::write(&config, config_text)?;
+    std::fs::write(&config, host_local_unless_set(config_text))?;
     let spec = ServerSpec { data_dir: dir.join("data"), driver, config: Some(config) };
     match transport {
         Transport::Tls => launch.start(spec).await,

@@ -272,9 +272,10 @@ pub struct NetworkSettings {
     /// Which /16 of 127.128.0.0/9 instance reach addresses start in (0–127), and of
     /// 127.64.0.0/10 public IPs (this number mod 64). Default: derived from the data dir.
     pub host_local_block: Option<u8>,
-    /// `host-local` (default: instances are reached on their own loopback address) or `bridged`
-    /// (instances with a subnet live in their own network namespace on a bridge per subnet and
-    /// are reached on their private IP; root only; process driver).
+    /// `host-local` (instances are reached on their own loopback address) or `bridged`
+    /// (instances with a subnet live on a bridge per subnet and are reached on their private IP;
+    /// root only). Unset: what the data dir recorded, or for a new data dir bridged when
+    /// possible (see `network_mode`).
     pub mode: Option<String>,
 }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 mod config;
 mod hostnet;
 mod metadata_net;
+pub mod network_mode;
 mod security;
 mod tls;
 pub use config::*;
@@ -112,7 +113,13 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         term.current(),
     )
     .await?;
-    let settings = build_settings(&opts, &cfg, &opened.data_dir, &zones, &skus, term)?;
+    let bridged = network_mode::resolve(
+        cfg.network.mode.as_deref(),
+        opts.driver,
+        &opened.data_dir,
+        !opened.recorded_keys.is_empty(),
+    )?;
+    let settings = build_settings(&opts, &cfg, (&opened.data_dir, bridged), &zones, &skus, term)?;
     let bridged = settings.rec_config.bridged;
     let parts = build_controllers(&cfg, &opened, &driver, settings.rec_config, settings.ext_config)?;
     let image_dir = opened.data_dir.join("images");
@@ -368,7 +375,7 @@ struct Settings {
 fn build_settings(
     opts: &ServerOptions,
     cfg: &ServerConfig,
-    data_dir: &Path,
+    (data_dir, bridged): (&Path, bool),
     zones: &[String],
     skus: &SkuTable,
     term: herd_driver::LeaderTerm,
@@ -380,12 +387,6 @@ fn build_settings(
         .network
         .host_local_block
         .unwrap_or_else(|| (herd_driver::stable_hash(data_dir.to_string_lossy().as_bytes()) as u8) % 128);
-    let bridged = match cfg.network.mode.as_deref() {
-        None | Some("host-local") => false,
-        Some("bridged") if matches!(opts.driver, DriverKind::Process | DriverKind::Qemu) && is_root() => true,
-        Some("bridged") => bail!("config: network.mode = \"bridged\" needs the process or qemu driver, and root"),
-        Some(other) => bail!("config: network.mode '{other}' is not allowed; allowed values: host-local, bridged"),
-    };
     check_hosts(&cfg.hosts, zones)?;
     let hosts = if cfg.hosts.is_empty() && opts.driver == DriverKind::Qemu {
         let h = detected_host();

@@ -238,8 +238,12 @@ impl Server {
 /// side by side rarely meet either.
 static NEXT_BLOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// `config` with a `host_local_block` of its own, unless it names one already.
+/// `config` with a `host_local_block` of its own, unless it names one already, and host-local
+/// networking unless it names a mode (a new data dir of root defaults to bridged, which only
+/// tests inside a network namespace of their own may use).
 fn with_address_block(config: &str) -> String {
+    let config = herd_bench::host_local_unless_set(config);
+    let config = config.as_str();
     if config.contains("host_local_block") {
         return config.to_string();
     }

@@ -68,7 +68,7 @@ impl Reconciler {
             // requests to its own listener: herd_hostnet::metadata); others on their reach
             // address.
             metadata_endpoint: self.config.metadata_port.and_then(|port| {
-                if self.config.bridged {
+                if self.config.bridged && r.private_ip.as_deref() == Some(r.reach_address.as_str()) {
                     return Some(std::net::SocketAddr::new(herd_model::network::METADATA_ADDRESS.into(), 80));
                 }
                 r.reach_address.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port))
