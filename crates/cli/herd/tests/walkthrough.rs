@@ -92,6 +92,13 @@ fn check(driver: &str, ok: bool, out: &str) {
     assert!(out.contains("Wall time per step"), "the summary table is printed");
     assert!(out.contains("--admin-password '****'"), "the admin password is masked in the echoed command");
     assert!(out.contains("Server stopped"), "the demo cleaned up");
+    // As root (CI) the demo plays on bridged networking, in a network namespace of its own.
+    if nix::unistd::geteuid().is_root() {
+        assert!(out.contains("$ ip netns add herd-demo-"), "the demo made its own namespace: {}", tail(out, 60));
+        assert!(out.contains("step 5 (bridged): private IPs"), "the private-IP step ran");
+        assert!(out.contains("fetched http://10.0.0."), "one instance fetched the other's version by private IP");
+        assert!(out.contains("Network namespace herd-demo-"), "and the namespace was deleted");
+    }
 }
 
 fn tail(s: &str, n: usize) -> String {

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod netns;
 pub mod walkthrough;
 
 use anyhow::{bail, Result};
@@ -71,6 +72,11 @@ pub struct DemoArgs {
     /// The autoscale rules' averaging window (the walkthrough's is 5m), e.g. 1m, 90s.
     #[arg(long, default_value = "1m")]
     pub window: String,
+    /// Instance networking. Default: bridged when run as root with ip, nft and dnsmasq
+    /// installed (the walkthrough then runs in a network namespace of its own, and the
+    /// instances get their private IPs on the subnet's bridge), else host-local.
+    #[arg(long, value_parser = ["bridged", "host-local"])]
+    pub network: Option<String>,
 }
 
 /// Plays the walkthrough as `args` say; on Ctrl-C tears everything down and exits 130.
@@ -99,15 +105,62 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             }
         }
     };
+    let bridged = match args.network.as_deref() {
+        Some("bridged") => {
+            if let Some(why) = netns::unavailable() {
+                bail!("--network bridged: not possible here: {why}");
+            }
+            true
+        }
+        Some(_) => false,
+        None => match netns::unavailable() {
+            None => true,
+            Some(why) => {
+                println!("note: host-local networking ({why}); bridged networking needs root with ip, nft and dnsmasq");
+                false
+            }
+        },
+    };
     let opts = Options {
         driver,
         testguest,
         app: args.app.clone().unwrap_or_else(default_app),
         window: args.window.clone(),
         keep: args.keep,
+        bridged,
     };
     if walkthrough::parse_window(&opts.window).is_none() {
         bail!("--window {}: give a number and a unit, e.g. 1m, 90s, 5m", opts.window);
+    }
+    if opts.bridged && std::env::var_os(netns::ENV).is_none() {
+        // The outer run: make the namespace, play inside it, remove it.
+        let mut inner = vec!["--driver".to_string(), driver.name().to_string(), "--network".into(), "bridged".into()];
+        if let Some(tg) = &opts.testguest {
+            inner.extend(["--testguest".into(), tg.display().to_string()]);
+        }
+        inner.extend(["--app".into(), opts.app.display().to_string(), "--window".into(), opts.window.clone()]);
+        if opts.keep {
+            inner.push("--keep".into());
+        }
+        let ns = netns::Namespace::create()?;
+        let code = tokio::task::spawn_blocking({
+            let ns = netns::Namespace(ns.0.clone());
+            move || ns.run_demo(&inner)
+        });
+        // Ctrl-C reaches the walkthrough too (same terminal); wait for it to clean up.
+        let code = tokio::select! {
+            c = code => c??,
+            _ = tokio::signal::ctrl_c() => 130,
+        };
+        if opts.keep && code == 0 {
+            println!("The namespace {} stays (--keep): enter it with  ip netns exec {} bash", ns.0, ns.0);
+        } else {
+            ns.remove();
+        }
+        if code != 0 {
+            std::process::exit(code);
+        }
+        return Ok(());
     }
     let res: walkthrough::Shared = Arc::new(Mutex::new(Resources::default()));
     let res2 = res.clone();

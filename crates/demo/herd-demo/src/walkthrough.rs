@@ -43,7 +43,7 @@ pub enum Driver {
 }
 
 impl Driver {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Driver::Qemu => "qemu",
             Driver::Process => "process",
@@ -63,7 +63,14 @@ pub struct Options {
     pub window: String,
     /// Leave everything running at the end.
     pub keep: bool,
+    /// Bridged networking: the demo runs inside a network namespace of its own (see
+    /// `crate::netns`); instances live on the subnet's bridge with their private IPs.
+    pub bridged: bool,
 }
+
+/// The walkthrough subnet's gateway (10.0.0.0/24's `.1`): where bridged instances find the
+/// host (its database relay and file server).
+const GATEWAY: &str = "10.0.0.1";
 
 /// Everything the walkthrough started, so it can be torn down from the normal path or from
 /// Ctrl-C.
@@ -282,8 +289,14 @@ impl Load {
 /// request per connection. Returns the port and `stop`. (The CLI tests serve their extension
 /// files with it too.)
 pub fn start_file_server(files: Vec<(String, Vec<u8>)>) -> Result<(u16, Arc<AtomicBool>)> {
+    start_file_server_on("127.0.0.1", files)
+}
+
+/// [`start_file_server`] on `ip` (every address, `0.0.0.0`, inside the demo's own network
+/// namespace, where bridged instances reach the host at the gateway).
+fn start_file_server_on(ip: &str, files: Vec<(String, Vec<u8>)>) -> Result<(u16, Arc<AtomicBool>)> {
     let files: Arc<std::collections::BTreeMap<String, Vec<u8>>> = Arc::new(files.into_iter().collect());
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding the file server")?;
+    let l = std::net::TcpListener::bind((ip, 0)).context("binding the file server")?;
     l.set_nonblocking(true)?;
     let port = l.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));
@@ -317,6 +330,36 @@ pub fn start_file_server(files: Vec<(String, Vec<u8>)>) -> Result<(u16, Arc<Atom
         }
     });
     Ok((port, stop))
+}
+
+/// Forwards TCP connections from every address of this (the demo's own) network namespace to
+/// `127.0.0.1:target` until `stop` is set: bridged instances reach the database, which listens
+/// on loopback only, through it at the gateway. Returns the port. Each connection is two
+/// copying threads; a connection that cannot reach the target is closed.
+fn start_relay(target: u16, stop: Arc<AtomicBool>) -> Result<u16> {
+    let l = std::net::TcpListener::bind(("0.0.0.0", 0)).context("binding the database relay")?;
+    l.set_nonblocking(true)?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((client, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let _ = client.set_nonblocking(false);
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { continue };
+            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                })
+            };
+            pipe(client, server);
+            pipe(s2, c2);
+        }
+    });
+    Ok(port)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -711,7 +754,7 @@ fn start_postgres(base: &Path, res: &Shared, pg_password: &str) -> Result<u16> {
 
 /// Starts `herd server` as a child process (its own process group, logging to a file below
 /// `base`) with the demo's short timings; returns its URL and the log's path once it listens.
-fn start_server(driver: Driver, res: &Shared, base: &Path, data: &Path) -> Result<(String, PathBuf)> {
+fn start_server(driver: Driver, bridged: bool, res: &Shared, base: &Path, data: &Path) -> Result<(String, PathBuf)> {
     let config = base.join("herd.toml");
     let mut conf = String::from(
         "# herd demo: short timings so the walkthrough runs in minutes\n\
@@ -719,9 +762,13 @@ fn start_server(driver: Driver, res: &Shared, base: &Path, data: &Path) -> Resul
          [upgrades]\nhealth_grace_secs = 60\n\
          [autoscale]\ninterval_secs = 5\nsample_interval_secs = 5\n\
          # the Custom Script's files are served on loopback, which fileUris may not reach by default\n\
-         [extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n\
-         [network]\nmode = \"host-local\"\n",
+         [extensions]\nallow_fetch_from = [\"127.0.0.1/32\"]\n",
     );
+    conf.push_str(if bridged {
+        "# instances with a subnet live on its bridge, with their private IPs\n[network]\nmode = \"bridged\"\n"
+    } else {
+        "[network]\nmode = \"host-local\"\n"
+    });
     if driver == Driver::Qemu {
         conf.push_str("[qemu]\nboot_timeout_secs = 240\nstop_timeout_secs = 10\n");
     }
@@ -796,18 +843,23 @@ fn play(opts: &Options, res: &Shared) -> Result<()> {
     // PostgreSQL for the TODO app, outside the instances.
     let pg_password = format!("pg-{}", random_hex());
     let admin_password = format!("Lab-{}-Pw1!", random_hex());
-    let pg_port = start_postgres(&base, res, &pg_password)?;
+    let mut pg_port = start_postgres(&base, res, &pg_password)?;
 
-    // The Custom Script's files and the app binary, on 127.0.0.1.
+    // The Custom Script's files and the app binary, on 127.0.0.1 (on every address of the
+    // demo's own namespace when bridged: instances fetch the app from the gateway).
     let files = ["installapp-v1.sh", "installapp-v2.sh", "herd-todo"]
         .iter()
         .map(|f| Ok((f.to_string(), std::fs::read(opts.app.join(f)).with_context(|| format!("reading {f}"))?)))
         .collect::<Result<Vec<_>>>()?;
-    let (file_port, stop) = start_file_server(files)?;
-    res.lock().unwrap().files_stop = Some(stop);
+    let (file_port, stop) = start_file_server_on(if opts.bridged { "0.0.0.0" } else { "127.0.0.1" }, files)?;
+    res.lock().unwrap().files_stop = Some(stop.clone());
     println!("# the Custom Script's files are served on http://127.0.0.1:{file_port}/ (installapp-v1.sh, installapp-v2.sh, herd-todo)");
+    if opts.bridged {
+        pg_port = start_relay(pg_port, stop)?;
+        println!("# bridged instances reach the database at {GATEWAY}:{pg_port} (a relay to its loopback port) and the files at {GATEWAY}:{file_port}");
+    }
 
-    let (url, log_path) = start_server(driver, res, &base, &data)?;
+    let (url, log_path) = start_server(driver, opts.bridged, res, &base, &data)?;
 
     let mut w = Walk {
         driver,
@@ -819,7 +871,12 @@ fn play(opts: &Options, res: &Shared) -> Result<()> {
 
     // Both drivers' walkthroughs look the same from here; they differ in what an image is and
     // in where the guest finds the host (10.0.2.2 from a VM, 127.0.0.1 from a process).
-    let host_from_guest = if driver == Driver::Qemu { "10.0.2.2" } else { "127.0.0.1" };
+    // With bridged networking both find it at the subnet's gateway.
+    let host_from_guest = match (opts.bridged, driver) {
+        (true, _) => GATEWAY,
+        (false, Driver::Qemu) => "10.0.2.2",
+        (false, Driver::Process) => "127.0.0.1",
+    };
     let boot = if driver == Driver::Qemu { Duration::from_secs(300) } else { Duration::from_secs(60) };
 
     let mut tour = Tour {
@@ -879,6 +936,11 @@ fn walk(w: &mut Walk, tour: &mut Tour<'_>) -> Result<()> {
     w.step("step 4: install the app with a Custom Script extension", |w| tour.install_app(w))?;
     tour.find_frontend(w)?;
     w.step("step 5: both instances answer through the load balancer; add a TODO item", |w| tour.first_answers(w))?;
+    if tour.opts.bridged {
+        w.step("step 5 (bridged): private IPs; one instance fetches /api/version from the other", |w| {
+            tour.private_ips(w)
+        })?;
+    }
     w.step("step 6: version 2 on ONE instance, under load", |w| tour.one_instance_v2(w))?;
     w.step("step 7: a newer image version, update-instances '*' (reimage)", |w| tour.new_image(w))?;
     w.step("step 7 (rolling variant): Rolling policy, image move in batches under load", |w| tour.rolling_image(w))?;
@@ -915,8 +977,9 @@ impl Tour<'_> {
         let (port, pg_port, file_port, host_from_guest) =
             (self.port, self.pg_port, self.file_port, self.host_from_guest);
         let pg_password = self.pg_password;
-        let mut env_prefix =
-            format!("TODO_DB_PORT={pg_port} TODO_APP_URL=http://{host_from_guest}:{file_port}/herd-todo");
+        let mut env_prefix = format!(
+            "TODO_DB_HOST={host_from_guest} TODO_DB_PORT={pg_port} TODO_APP_URL=http://{host_from_guest}:{file_port}/herd-todo"
+        );
         if port != 80 {
             env_prefix.push_str(&format!(" TODO_PORT={port}"));
         }
@@ -1213,6 +1276,37 @@ impl Tour<'_> {
         if !list.contains(TODO_TITLE) {
             bail!("the TODO item is not in the list: {list}");
         }
+        Ok(())
+    }
+
+    /// Step 5 (bridged): the instances' private IPs, and instance 0 fetching `/api/version`
+    /// from instance 1 by its private IP (the app's `/api/peer/<ip>`), over the subnet's bridge.
+    fn private_ips(&self, w: &mut Walk) -> Result<()> {
+        herd_args(w, set_args(&["vmss", "list-instances"], &["-o", "table"]))?;
+        let inst = w.instances()?;
+        let ips: Vec<(String, String)> = inst
+            .iter()
+            .filter_map(|i| {
+                Some((i["computerName"].as_str()?.to_string(), i["privateIpAddress"].as_str()?.to_string()))
+            })
+            .collect();
+        let [(name0, ip0), (name1, ip1)] = &ips[..] else {
+            bail!("expected two instances with private IPs, list-instances shows {ips:?}");
+        };
+        w.note(&format!("{name0} has {ip0}, {name1} has {ip1}: addresses of subnet 10.0.0.0/24, from its bridge"));
+        let port = self.port;
+        let (target, url) = (format!("{ip0}:{port}"), format!("http://{ip0}:{port}/api/peer/{ip1}"));
+        println!("\n$ curl {url}");
+        let answer = wait(&format!("{name0} to fetch /api/version from {ip1}"), Duration::from_secs(60), || {
+            Ok(get(&target, &format!("/api/peer/{ip1}")).ok())
+        })?;
+        println!("{answer}");
+        if !answer.contains(&format!("fetched http://{ip1}:{port}/api/version: Version"))
+            || !answer.contains(name1.as_str())
+        {
+            bail!("{name0} did not get {name1}'s version over the vnet: {answer}");
+        }
+        w.note(&format!("{name0} reached {name1} on its private IP over the subnet's bridge"));
         Ok(())
     }
 

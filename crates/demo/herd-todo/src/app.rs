@@ -20,6 +20,8 @@ pub struct App {
     version: u32,
     db: Db,
     db_state: AtomicU8,
+    /// The port this app serves on: a peer instance serves on the same one.
+    port: u16,
 }
 
 #[derive(Deserialize)]
@@ -28,8 +30,8 @@ struct NewTodo {
 }
 
 impl App {
-    pub fn new(version: u32, db: Db) -> Self {
-        Self { version, db, db_state: AtomicU8::new(DB_UNKNOWN) }
+    pub fn new(version: u32, db: Db, port: u16) -> Self {
+        Self { version, db, db_state: AtomicU8::new(DB_UNKNOWN), port }
     }
 
     pub fn handle(&self, req: &Request) -> Response {
@@ -49,6 +51,7 @@ impl App {
                 let items = self.observe(self.db.list()).ok();
                 Response::new(200, "text/html; charset=utf-8", render_page(&self.version_line(), items.as_deref()))
             }
+            (p, "GET") if p.starts_with("/api/peer/") => self.peer(&p["/api/peer/".len()..]),
             ("/api/version" | "/healthz" | "/", _) => method_not_allowed("GET, HEAD"),
             ("/api/todos", _) => method_not_allowed("GET, HEAD, POST"),
             _ => Response::text(404, "not found\n"),
@@ -67,6 +70,28 @@ impl App {
         match self.observe(self.db.add(title)) {
             Ok(item) => Response::json(201, &item),
             Err(_) => db_unavailable(),
+        }
+    }
+
+    /// `GET /api/peer/<private IP>`: this instance fetches `/api/version` from the instance at
+    /// that address (on its own port) and says what came back: instances reaching each other
+    /// on their vnet. Only private IPv4 addresses are fetched (RFC 1918), with a 3 s limit.
+    fn peer(&self, addr: &str) -> Response {
+        let Ok(ip) = addr.parse::<std::net::Ipv4Addr>() else {
+            return error(400, &format!("'{addr}' is not an IPv4 address"));
+        };
+        if !ip.is_private() {
+            return error(400, &format!("{ip} is not a private address (10/8, 172.16/12, 192.168/16)"));
+        }
+        let target = std::net::SocketAddr::from((ip, self.port));
+        match fetch_version(target) {
+            Ok(line) => {
+                Response::text(200, format!("{} fetched http://{target}/api/version: {line}\n", self.version_line()))
+            }
+            Err(e) => Response::text(
+                502,
+                format!("{} could not fetch http://{target}/api/version: {e}\n", self.version_line()),
+            ),
         }
     }
 
@@ -165,6 +190,24 @@ fn render_page(version_line: &str, items: Option<&[Todo]>) -> String {
     )
 }
 
+/// One `GET /api/version` to `target` (HTTP/1.0, 3 s limit): the first line of the body.
+fn fetch_version(target: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let limit = std::time::Duration::from_secs(3);
+    let mut s = std::net::TcpStream::connect_timeout(&target, limit).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /api/version HTTP/1.0\r\nHost: peer\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    s.take(64 * 1024).read_to_end(&mut reply).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+        return Err(format!("answered '{}'", head.lines().next().unwrap_or_default()));
+    }
+    Ok(body.lines().next().unwrap_or_default().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +220,27 @@ mod tests {
         assert!(page.contains("&lt;b&gt;&amp;&#39;&quot; <small>#7 t</small>"), "{page}");
         assert!(render_page("v", None).contains("database unavailable"));
         assert!(render_page("v", Some(&[])).contains("Nothing to do."));
+    }
+
+    /// The peer fetch reads the other instance's version line, and refuses what is not a
+    /// private address.
+    #[test]
+    fn a_peer_is_asked_for_its_version() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).unwrap();
+            c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 20\r\n\r\nVersion 2 from peer\n").unwrap();
+        });
+        assert_eq!(fetch_version(addr).unwrap(), "Version 2 from peer");
+        t.join().unwrap();
+        let app = App::new(1, Db::new(postgres::Config::new()), 80);
+        let r = app.handle(&Request { method: "GET".into(), path: "/api/peer/127.0.0.1".into(), body: vec![] });
+        assert_eq!(r.status, 400, "loopback is not a peer");
+        let r = app.handle(&Request { method: "GET".into(), path: "/api/peer/web-1".into(), body: vec![] });
+        assert_eq!(r.status, 400);
     }
 }

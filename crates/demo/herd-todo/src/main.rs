@@ -17,6 +17,7 @@
 //! | `GET /api/version` | `200` text `Version N from <hostname>\n`, never touches the database |
 //! | `GET /api/todos` | `200` JSON `[{"id":1,"title":"…","createdAt":"…"}]` (oldest first) |
 //! | `POST /api/todos` `{"title":"…"}` | `201` + the new item |
+//! | `GET /api/peer/<private IP>` | `200` text: this instance's version line, then what `/api/version` of the instance at that address (same port) answered; `502` if it could not; `400` for a non-private address |
 //! | `GET /healthz` | `200 ok` when the database answers, else `503` |
 //! | `GET /` | a tiny HTML page: the version line and the list |
 //!
@@ -112,7 +113,7 @@ fn run(args: Args) -> Result<(), String> {
         args.db_name,
         if password.is_some() { "with a password" } else { "no password given" },
     );
-    let app = Arc::new(app::App::new(args.app_version, db::Db::new(config)));
+    let app = Arc::new(app::App::new(args.app_version, db::Db::new(config), local.port()));
     http::serve(listener, move |req| app.handle(req));
     Ok(())
 }

@@ -118,7 +118,10 @@ mod tests {
         let e = resolve(Some("vxlan"), DriverKind::Process, d, false).unwrap_err().to_string();
         assert!(e.contains("allowed values: host-local, bridged"), "{e}");
         let other = tempfile::tempdir().unwrap();
-        assert!(!resolve(None, DriverKind::Process, other.path(), true).unwrap(), "a data dir with instances and no record keeps host-local");
+        assert!(
+            !resolve(None, DriverKind::Process, other.path(), true).unwrap(),
+            "a data dir with instances and no record keeps host-local"
+        );
     }
 
     /// Tests run as root with the tools installed (`./scripts/test.sh`), where a new data dir
@@ -126,7 +129,11 @@ mod tests {
     #[test]
     fn a_new_data_dir_of_root_defaults_to_bridged() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(bridged_unavailable(DriverKind::Process), None, "run the tests as root with ./scripts/setup.sh's packages");
+        assert_eq!(
+            bridged_unavailable(DriverKind::Process),
+            None,
+            "run the tests as root with ./scripts/setup.sh's packages"
+        );
         assert!(resolve(None, DriverKind::Process, dir.path(), false).unwrap());
         assert_eq!(std::fs::read_to_string(dir.path().join(RECORD)).unwrap(), "bridged\n");
         assert!(resolve(None, DriverKind::Process, dir.path(), true).unwrap(), "kept");
