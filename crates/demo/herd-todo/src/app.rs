@@ -202,7 +202,7 @@ fn fetch_version(target: std::net::SocketAddr) -> Result<String, String> {
     s.take(64 * 1024).read_to_end(&mut reply).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&reply);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
         return Err(format!("answered '{}'", head.lines().next().unwrap_or_default()));
     }
     Ok(body.lines().next().unwrap_or_default().to_string())

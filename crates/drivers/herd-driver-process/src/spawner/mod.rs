@@ -31,7 +31,7 @@
 //!     ▲   ╲ no Hello (old binary, exec failure, timeout)                     │  │
 //!     │    ╲──────────────────▶ unavailable: every start is direct ◀──┐      │  │
 //!     │                                                                │      │  │
-//!     │      restart (at most 3 times in a driver's life) ◀── dead ────┘      │  │
+//!     │      restart (at most 3 times in 10 minutes) ◀── dead ─────────┘      │  │
 //!     └──────────────────────────────────────────────────────────────── EOF ◀┘  │
 //!                                 (killed, crashed: the driver reaps it, every   │
 //!                                  pending start is Lost)                        │
@@ -65,16 +65,40 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use wire::{Frames, Reply, Request};
 
 /// How long a new spawner may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How many times a driver starts a new spawner after one died; then it starts directly.
-const MAX_RESTARTS: u32 = 3;
+/// How many times within [`RESTART_WINDOW`] a driver starts a new spawner after one died;
+/// beyond that it starts instances directly until the window has room again (a spawner that
+/// dies at once each time costs a few starts, not a loop; one that died once a week is always
+/// restarted).
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+/// The restarts within the last window. Pure: the caller says what time it is.
+#[derive(Debug, Default)]
+struct RestartBudget {
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl RestartBudget {
+    /// Whether a restart may happen at `now`; if so, it is counted.
+    fn take(&mut self, now: Instant) -> bool {
+        while self.recent.front().is_some_and(|t| now.saturating_duration_since(*t) >= RESTART_WINDOW) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= MAX_RESTARTS {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+}
 
 /// How a start through the spawner ended.
 #[derive(Debug)]
@@ -95,7 +119,7 @@ pub(crate) struct Spawner {
     program: PathBuf,
     args: Vec<String>,
     link: Mutex<Option<Arc<Link>>>,
-    restarts: AtomicU32,
+    restarts: Mutex<RestartBudget>,
 }
 
 impl std::fmt::Debug for Spawner {
@@ -138,7 +162,7 @@ impl Spawner {
             }
         };
         tracing::debug!(pid = link.pid, "spawner started");
-        Some(Spawner { program, args, link: Mutex::new(Some(Arc::new(link))), restarts: AtomicU32::new(0) })
+        Some(Spawner { program, args, link: Mutex::new(Some(Arc::new(link))), restarts: Mutex::default() })
     }
 
     /// The running spawner's pid, if one runs.
@@ -146,17 +170,16 @@ impl Spawner {
         lock(&self.link).as_ref().filter(|l| l.alive()).map(|l| l.pid)
     }
 
-    /// The running link, else a new one (blocking: it starts a process) while restarts are
-    /// left.
+    /// The running link, else a new one (blocking: it starts a process) while the restart
+    /// budget allows.
     fn link(&self) -> Option<Arc<Link>> {
         let mut cur = lock(&self.link);
         if let Some(l) = cur.as_ref().filter(|l| l.alive()) {
             return Some(l.clone());
         }
-        if self.restarts.load(Ordering::Relaxed) >= MAX_RESTARTS {
+        if !lock(&self.restarts).take(Instant::now()) {
             return None;
         }
-        self.restarts.fetch_add(1, Ordering::Relaxed);
         *cur = None;
         match Link::start(&self.program, &self.args) {
             Ok(l) => {
@@ -333,5 +356,22 @@ fn read_replies(
     drop(sh);
     if hello {
         tracing::debug!(?status, lost, "spawner ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_limited_per_window_not_per_life() {
+        let mut b = RestartBudget::default();
+        let t0 = Instant::now();
+        assert!(b.take(t0) && b.take(t0 + Duration::from_secs(1)) && b.take(t0 + Duration::from_secs(2)));
+        assert!(!b.take(t0 + Duration::from_secs(3)), "a fourth restart within the window waits");
+        assert!(!b.take(t0 + RESTART_WINDOW - Duration::from_secs(1)));
+        assert!(b.take(t0 + RESTART_WINDOW), "the first restart left the window");
+        assert!(!b.take(t0 + RESTART_WINDOW), "and only it");
+        assert!(b.take(t0 + RESTART_WINDOW * 3), "a spawner that dies once in a while is always restarted");
     }
 }
