@@ -105,6 +105,14 @@ const UNREACHABLE_IN_PROCESS: &[(&str, &str, u16, &str)] = &[
     // operation, but these handlers have no path that answers it.
     ("GET", "/metrics", 404, NO_RESOURCE),
     ("GET", "/v1/hosts", 404, NO_RESOURCE),
+    ("GET", "/v1/hosts/joinTokens", 404, NO_RESOURCE),
+    ("POST", "/v1/hosts/joinTokens", 404, NO_RESOURCE),
+    // The harness serves the cluster CA; only a server without one (--insecure-http, or the
+    // operator's own certificate) refuses to create join tokens.
+    ("POST", "/v1/hosts/joinTokens", 409, "a server without a cluster CA"),
+    ("POST", "/v1/hosts/joinTokens", 507, DISK_FULL),
+    ("DELETE", "/v1/hosts/joinTokens/{id}", 507, DISK_FULL),
+    ("DELETE", "/v1/hosts/joinTokens/{id}", 415, NO_BODY),
     ("GET", "/v1/images", 404, NO_RESOURCE),
     ("GET", "/v1/resourceGroups", 404, NO_RESOURCE),
     ("GET", "/v1/server", 404, NO_RESOURCE),
@@ -153,6 +161,9 @@ const OPS: &[Op] = &[
     op("GET", "/metrics", "/metrics", false, false),
     op("GET", "/v1/cost", "/v1/cost", false, false),
     op("GET", "/v1/hosts", "/v1/hosts", false, false),
+    op("GET", "/v1/hosts/joinTokens", "/v1/hosts/joinTokens", false, false),
+    op("POST", "/v1/hosts/joinTokens", "/v1/hosts/joinTokens", true, false),
+    op("DELETE", "/v1/hosts/joinTokens/{id}", "/v1/hosts/joinTokens/0123456789abcdef", false, false),
     op("GET", "/v1/images", "/v1/images", false, false),
     op("GET", "/v1/images/{urn}", "/v1/images/P:O:S:1.0.0", false, false),
     op("PUT", "/v1/images/{urn}", "/v1/images/P:O:S:1.0.0", true, false),
@@ -706,6 +717,35 @@ fn handler_cases() -> Vec<Case> {
             let r = h.get("/v1/hosts").await;
             assert_eq!(r.json()["unlimited"], true);
             r
+        }),
+        // ---- join tokens ----
+        case!("POST", "/v1/hosts/joinTokens", 201, "a token with the CA's fingerprint, shown once", |h| {
+            let r = h.post("/v1/hosts/joinTokens", json!({"expiresInSeconds": 3600, "singleUse": true})).await;
+            let v = r.json();
+            assert!(v["token"].as_str().unwrap().starts_with("herd1::"), "{v}");
+            assert!(v.get("secretSha256").is_none(), "{v}");
+            r
+        }),
+        case!("POST", "/v1/hosts/joinTokens", 400, "a lifetime over 30 days", |h| {
+            h.post("/v1/hosts/joinTokens", json!({"expiresInSeconds": 99_999_999})).await.target("expiresInSeconds")
+        }),
+        case!("GET", "/v1/hosts/joinTokens", 200, "listed without secrets", |h| {
+            h.post("/v1/hosts/joinTokens", json!({})).await.expect(201);
+            let r = h.get("/v1/hosts/joinTokens").await;
+            let v = r.json();
+            assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+            assert!(v[0].get("token").is_none() && v[0].get("secretSha256").is_none(), "{v}");
+            r
+        }),
+        case!("DELETE", "/v1/hosts/joinTokens/{id}", 200, "deleted by id", |h| {
+            let id = h.post("/v1/hosts/joinTokens", json!({})).await.expect(201).json()["id"].as_str().unwrap().to_string();
+            h.delete(&format!("/v1/hosts/joinTokens/{id}")).await
+        }),
+        case!("DELETE", "/v1/hosts/joinTokens/{id}", 400, "not a token id", |h| {
+            h.delete("/v1/hosts/joinTokens/nope").await.target("id")
+        }),
+        case!("DELETE", "/v1/hosts/joinTokens/{id}", 404, "no such token", |h| {
+            h.delete("/v1/hosts/joinTokens/0123456789abcdef").await.says("does not exist")
         }),
         // ---- cost ----
         case!("GET", "/v1/cost", 200, "an empty report", |h| {

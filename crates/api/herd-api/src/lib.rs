@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod image_tree;
 pub mod images;
 mod instances;
+pub mod join_tokens;
 pub mod named;
 mod network;
 pub mod openapi;
@@ -119,6 +120,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route(set_path!("/metrics"), get(autoscale::metrics))
         .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/joinTokens", get(join_tokens::list).post(join_tokens::create))
+        .route("/v1/hosts/joinTokens/{id}", axum::routing::delete(join_tokens::delete))
         .route("/v1/cost", get(cost::total_cost))
         .route(set_path!("/cost"), get(cost::set_cost))
         .route("/v1/images", get(images::list))

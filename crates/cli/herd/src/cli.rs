@@ -178,6 +178,32 @@ pub enum Command {
 pub enum HostCmd {
     /// Each host's capacity (vCPU, memory) and what is allocated to Regular and Spot instances.
     Show,
+    /// Tokens with which `herd agent` joins a host to the cluster.
+    #[command(subcommand)]
+    JoinToken(JoinTokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCmd {
+    /// Create a token and print it (this once: the server keeps only its hash). It embeds the
+    /// cluster CA's SHA-256, so an agent can check the server on first contact.
+    Create {
+        /// How long it is valid: 30m, 24h, 7d (at most 30 days).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// Valid for one host only.
+        #[arg(long)]
+        single_use: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// The tokens (ids, expiry, use; never secrets).
+    List,
+    /// Delete a token: no host can join with it any more (hosts that joined stay).
+    Delete {
+        /// The token's id (`list` shows it; the part after the CA fingerprint, before the dot).
+        id: String,
+    },
 }
 
 /// `herd instance-init --hostname NAME -- PROGRAM [ARGS]`: enter a new UTS namespace, set the

@@ -33,6 +33,14 @@ const HOST_TABLE: Columns<'static> = &[
     ("Spot", "spotInstances"),
 ];
 
+const JOIN_TOKEN_TABLE: Columns<'static> = &[
+    ("Id", "id"),
+    ("Expires", "expiresAt"),
+    ("SingleUse", "singleUse"),
+    ("UsedBy", "usedBy"),
+    ("Description", "description"),
+];
+
 const INSTANCE_TABLE: Columns<'static> = &[
     ("InstanceId", "instanceId"),
     ("Name", "name"),
@@ -156,6 +164,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             ctx.print(&v["hosts"], Some(HOST_TABLE))
         }
+        Command::Host(HostCmd::JoinToken(c)) => join_token(&ctx, c).await,
         Command::Network(c) => crate::network_cmds::run(&ctx.client, ctx.format, ctx.query.as_deref(), c).await,
         Command::Monitor(MonitorCmd::Autoscale(c)) => {
             crate::autoscale_cmds::autoscale(&ctx.client, &|v, t| ctx.print(v, t), c).await
@@ -826,4 +835,40 @@ pub fn cli_docs() -> String {
     let mut root = crate::cli::command().term_width(100);
     walk(&mut root, "", &mut out);
     out
+}
+
+/// `herd host join-token create|list|delete`.
+async fn join_token(ctx: &Ctx, c: JoinTokenCmd) -> Result<()> {
+    match c {
+        JoinTokenCmd::Create { expires, single_use, description } => {
+            let secs = humantime::parse_duration(&expires)
+                .map_err(|e| anyhow!("--expires '{expires}': {e} (e.g. 30m, 24h, 7d)"))?
+                .as_secs();
+            let body = json!({"expiresInSeconds": secs, "singleUse": single_use, "description": description});
+            let v = ctx.client.post("/v1/hosts/joinTokens", &body).await?;
+            if matches!(ctx.format, Format::Table) && ctx.query.is_none() {
+                println!("{}", v["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "Join token {} (expires {}{}). Shown this once: the server keeps only its hash.\n\
+                     On the host: herd agent --server https://<this server>:7900 --join-token <the token above> --name <host>",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["expiresAt"].as_str().unwrap_or_default(),
+                    if single_use { ", single-use" } else { "" },
+                );
+                return Ok(());
+            }
+            ctx.print(&v, None)
+        }
+        JoinTokenCmd::List => {
+            let v = ctx.client.get("/v1/hosts/joinTokens").await?;
+            ctx.print(&v, Some(JOIN_TOKEN_TABLE))
+        }
+        JoinTokenCmd::Delete { id } => {
+            ctx.client.delete(&format!("/v1/hosts/joinTokens/{}", enc(&id))).await?;
+            if !ctx.quiet {
+                eprintln!("Join token {id} deleted.");
+            }
+            Ok(())
+        }
+    }
 }

@@ -368,3 +368,47 @@ fn server_status_lists_every_controller_with_its_last_run() {
         assert!(table.contains(want), "{want} missing from the table:\n{table}");
     }
 }
+
+/// Join tokens: created with the cluster CA's SHA-256 in them and shown once, listed and
+/// stored without their secret, bad lifetimes refused naming the field, deleted by id.
+#[test]
+fn join_tokens_carry_the_ca_fingerprint_and_are_shown_once() {
+    let (_dir, s) = setup();
+    let ca = s.json(&["server", "tls"])["caFingerprint"].as_str().unwrap().to_ascii_lowercase().replace(':', "");
+    let text = s.ok(&[
+        "host",
+        "join-token",
+        "create",
+        "--expires",
+        "2h",
+        "--single-use",
+        "--description",
+        "rack a",
+        "-o",
+        "table",
+    ]);
+    let token = text.trim();
+    assert!(token.starts_with(&format!("herd1::{ca}::")), "{token}");
+    let (id, secret) = token.rsplit("::").next().unwrap().split_once('.').unwrap();
+    let list = s.json(&["host", "join-token", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["singleUse"], true);
+    assert_eq!(list[0]["description"], "rack a");
+    assert!(!list.to_string().contains(secret) && list[0].get("secretSha256").is_none(), "no secret, no hash: {list}");
+    let table = s.ok(&["host", "join-token", "list", "-o", "table"]);
+    assert!(table.contains(id) && !table.contains(secret), "{table}");
+    let v = s.json(&["host", "join-token", "create"]);
+    assert!(v["token"].as_str().unwrap().starts_with("herd1::"), "JSON output has the token: {v}");
+
+    let e = s.err(&["host", "join-token", "create", "--expires", "31d"]);
+    assert!(e.contains("expiresInSeconds") && e.contains("30 days"), "{e}");
+    let e = s.err(&["host", "join-token", "create", "--expires", "soon"]);
+    assert!(e.contains("--expires 'soon'"), "{e}");
+    assert_eq!(s.json(&["host", "join-token", "list"]).as_array().unwrap().len(), 2, "nothing half-created");
+
+    s.ok(&["host", "join-token", "delete", id]);
+    let e = s.err(&["host", "join-token", "delete", id]);
+    assert!(e.contains("does not exist"), "{e}");
+    assert!(!s.log_text().contains(secret), "the secret never reaches the log");
+}

@@ -22,6 +22,7 @@ pub mod health;
 pub mod ids;
 pub mod image;
 pub mod instance;
+pub mod join_token;
 pub mod network;
 pub mod nsg;
 pub mod patch;

@@ -39,6 +39,7 @@ pub mod groups;
 pub mod images;
 pub mod instance_actions;
 pub mod intents;
+pub mod join_tokens;
 pub mod keys;
 pub mod lookup;
 pub mod metric_series;

@@ -68,6 +68,8 @@ pub enum Kind {
     Meter,
     /// Network security groups (`group/name`).
     NetworkSecurityGroup,
+    /// Join tokens for hosts (`<id>`), their secrets only as hashes.
+    JoinToken,
 }
 
 impl Kind {
@@ -90,11 +92,12 @@ impl Kind {
             Kind::AutoscaleHistory => "autoscale-history",
             Kind::Meter => "meter",
             Kind::NetworkSecurityGroup => "nsg",
+            Kind::JoinToken => "join-token",
         }
     }
 
     /// Every kind, for parsing a stored name back.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Group,
         Kind::ScaleSet,
         Kind::ScaleSetStatus,
@@ -112,6 +115,7 @@ impl Kind {
         Kind::AutoscaleHistory,
         Kind::Meter,
         Kind::NetworkSecurityGroup,
+        Kind::JoinToken,
     ];
 
     /// The kind whose [`Kind::as_str`] is `s`.
