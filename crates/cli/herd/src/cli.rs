@@ -454,6 +454,10 @@ pub struct VmssCreate {
     /// Network security group (a name in the set's group, or an id) of every instance's NIC.
     #[arg(long)]
     pub nsg: Option<String>,
+    /// Give every instance its own public IP from the server's pool ([network] public_ip_pool),
+    /// 1:1 NATed to its private IP (bridged networking; needs --subnet).
+    #[arg(long)]
+    pub public_ip_per_vm: bool,
     /// Empty data disks per instance, sizes in GB (LUNs 0, 1, ...); kept across reimage.
     #[arg(long, num_args = 1..)]
     pub data_disk_sizes_gb: Vec<u64>,

@@ -25,6 +25,7 @@ pub mod instance;
 pub mod network;
 pub mod nsg;
 pub mod patch;
+pub mod public_pool;
 pub mod repair;
 pub mod scale_set;
 pub mod sku;

@@ -166,6 +166,7 @@ fn legacy(dir: &Path) -> InstanceRecord {
                 mtu: 1500,
                 vnet: String::new(),
                 outbound: true,
+                public_address: None,
             })
         }),
         // Kept in its own file, read by the fence check (it may be unreadable: that refuses).
@@ -222,6 +223,7 @@ mod tests {
                 mtu: 1500,
                 vnet: String::new(),
                 outbound: true,
+                public_address: None,
             }),
             fence: None,
         }

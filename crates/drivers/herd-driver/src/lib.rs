@@ -184,6 +184,10 @@ pub struct NetworkAttachment {
     /// outbound access).
     #[serde(default = "outbound_default")]
     pub outbound: bool,
+    /// The instance's public IP, NATed 1:1 to `address` on the host (inbound to it reaches the
+    /// instance; the instance's outbound traffic leaves from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<std::net::Ipv4Addr>,
 }
 
 fn outbound_default() -> bool {

@@ -25,6 +25,7 @@
 //!     <bridge>/dnsmasq.pid, leases, dnsmasq.log
 //!     dns-<vnet>/<owner>        "IP NAME": one name per instance, for the whole vnet
 //!     ports/<owner>             "PORT MAC IP": what the port may send as (see [`guard`])
+//!     public/<owner>            "PUBLIC PRIVATE": the instance's public IP (see [`public`])
 //! ```
 //!
 //! A segment's life (the bridge and its dnsmasq together):
@@ -45,6 +46,7 @@ pub mod guard;
 pub mod link;
 mod names;
 pub mod outbound;
+pub mod public;
 pub mod security;
 
 pub use dnsmasq::Lease;
@@ -143,6 +145,7 @@ pub struct HostNet {
     root: PathBuf,
     guard: guard::Guard,
     outbound: outbound::Outbound,
+    public: public::Public,
     security: security::Security,
     /// The NSG script last written ("" for none), so an unchanged set of rules costs nothing.
     secured: Mutex<Option<String>>,
@@ -158,8 +161,17 @@ impl HostNet {
         // One name for both of the server's tables (families bridge and ip).
         let table = short_name("herd_", &root.display().to_string());
         let security = security::Security { table: format!("{table}_nsg") };
+        let public = public::Public { table: format!("{table}_pub") };
         let (guard, outbound) = (guard::Guard { table: table.clone() }, outbound::Outbound { table });
-        HostNet { root, guard, outbound, security, secured: Mutex::new(None), state: Mutex::new(HashSet::new()) }
+        HostNet {
+            root,
+            guard,
+            outbound,
+            public,
+            security,
+            secured: Mutex::new(None),
+            state: Mutex::new(HashSet::new()),
+        }
     }
 
     /// The host network of the server with driver tag `tag`, under [`RUN_ROOT`]: one value per
@@ -203,7 +215,7 @@ impl HostNet {
             }
             write_atomic(&dir, &dir.join("segment"), &seg.render())?;
             link::ensure_bridge(&att.bridge, att.gateway, att.prefix_len, att.mtu)?;
-            self.outbound.install(&self.prefixes())?;
+            self.install_outbound()?;
         }
         let file = names::owner_file(r.owner);
         // The port is guarded before the instance can send anything.
@@ -213,6 +225,23 @@ impl HostNet {
         // (A table deleted behind our back is written again whole.)
         if !known || self.guard.admit(&port).is_err() {
             self.guard.install(&self.ports())?;
+        }
+        // Its public IP is NATed before it can get traffic by it (and stops being NATed when
+        // the instance no longer has one).
+        let nat_file = self.public_dir().join(&file);
+        let nat_changed = match att.public_address {
+            Some(public) => {
+                let m = public::Mapping { public, private: att.address };
+                make_dir(&self.public_dir())?;
+                let changed =
+                    std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t)) != Some(m);
+                write_atomic(&self.root, &nat_file, &m.render())?;
+                changed || !self.public.exists()
+            }
+            None => remove_file(&nat_file)?,
+        };
+        if nat_changed {
+            self.install_nat()?;
         }
         write_atomic(
             &dir,
@@ -238,6 +267,10 @@ impl HostNet {
             self.guard.forget(&port)?;
         }
         let mut changed = remove_file(&port_file)?;
+        if remove_file(&self.public_dir().join(&file))? {
+            self.install_nat()?;
+            changed = true;
+        }
         for (bridge, seg) in self.segments() {
             let dir = self.bridge_dir(&bridge);
             changed |= remove_file(&dnsmasq::reservations_dir(&dir).join(&file))?;
@@ -251,6 +284,38 @@ impl HostNet {
 
     fn ports_dir(&self) -> PathBuf {
         self.root.join("ports")
+    }
+
+    fn public_dir(&self) -> PathBuf {
+        self.root.join("public")
+    }
+
+    /// Every public IP's mapping (one per address; see [`public::distinct`]).
+    fn mappings(&self) -> Vec<public::Mapping> {
+        let Ok(dir) = std::fs::read_dir(self.public_dir()) else { return vec![] };
+        let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        files.sort();
+        public::distinct(
+            files.iter().filter_map(|p| public::Mapping::parse(&std::fs::read_to_string(p).ok()?)).collect(),
+        )
+    }
+
+    /// Writes the outbound table from the segment and public-IP records.
+    fn install_outbound(&self) -> Result<(), NetError> {
+        let natted: Vec<Ipv4Addr> = self.mappings().iter().map(|m| m.private).collect();
+        self.outbound.install(&self.prefixes(), &natted)
+    }
+
+    /// Writes the public IPs' NAT table (removed with the last) and the outbound table, whose
+    /// forward filter lets NATed addresses out of private subnets.
+    fn install_nat(&self) -> Result<(), NetError> {
+        self.public.install(&self.mappings(), &self.prefixes())?;
+        self.install_outbound()
+    }
+
+    /// The nftables table (family `ip`) that NATs this server's public IPs.
+    pub fn public_table(&self) -> &str {
+        &self.public.table
     }
 
     /// Every guarded port's record.
@@ -290,7 +355,13 @@ impl HostNet {
             }
         }
         if gone {
-            self.outbound.install(&self.prefixes())?;
+            self.install_outbound()?;
+        }
+        if self.public_dir().exists() && is_empty(&self.public_dir()) {
+            if self.public.exists() {
+                self.public.remove()?;
+            }
+            let _ = std::fs::remove_dir(self.public_dir());
         }
         if self.ports_dir().exists() && is_empty(&self.ports_dir()) {
             if self.guard.exists() {
@@ -331,8 +402,13 @@ impl HostNet {
         }
         let prefixes = self.prefixes();
         if !prefixes.is_empty() && !self.outbound.exists() {
-            self.outbound.install(&prefixes)?;
+            self.install_outbound()?;
             fixed.push(format!("nftables table ip {} re-created", self.outbound.table));
+        }
+        let maps = self.mappings();
+        if !maps.is_empty() && !self.public.exists() {
+            self.public.install(&maps, &prefixes)?;
+            fixed.push(format!("nftables table ip {} re-created", self.public.table));
         }
         let ports = self.ports();
         if !ports.is_empty() && !self.guard.exists() {

@@ -150,6 +150,7 @@ impl Reconciler {
             gateway: cidr.nth(1)?,
             prefix_len: cidr.len,
             address,
+            public_address: r.public_ip.as_deref().and_then(|a| a.parse().ok()),
         })
     }
 }

@@ -1,0 +1,166 @@
+//! Public IPs: 1:1 NAT between an instance's public address (from the server's pool) and its
+//! private IP, as Azure's instance-level public IPs do.
+//!
+//! Why an nftables `ip` table of its own: the mapping is per instance and comes and goes with
+//! instances, while the outbound table (`outbound.rs`) changes only with segments; keeping them
+//! apart keeps each one written whole from its own records. The table has
+//!
+//! ```text
+//!   prerouting  (dstnat)      daddr PUBLIC           → dnat to PRIVATE   (from the uplink, or
+//!   output      (dstnat)      daddr PUBLIC           → dnat to PRIVATE    from the host itself)
+//!   postrouting (srcnat - 10) saddr PRIVATE, daddr outside every vnet → snat to PUBLIC
+//! ```
+//!
+//! The SNAT chain runs before the outbound table's masquerade (priority `srcnat`): the kernel
+//! sets a connection's source NAT in the first NAT chain that binds it, so an instance with a
+//! public IP leaves with that address and never with the host's. Replies and the return
+//! direction of inbound connections are translated back by conntrack. An instance on a subnet
+//! without default outbound access still gets out with its public IP: the outbound table's
+//! forward filter lets NATed addresses through (see [`crate::outbound`]), as a public IP gives
+//! an Azure VM its own way out.
+//!
+//! Inbound traffic is DNATed before the forward hook, so the network security groups
+//! (`security.rs`, keyed by the private IP) see it addressed to the instance's private IP and
+//! from its real source: an NSG applies to traffic that came by the public IP as to any other.
+//!
+//! The host does not answer ARP for the pool: the operator routes the pool's prefix to the host
+//! (its uplink address), as a provider routes a customer's prefix. Instances reaching another
+//! instance's public IP from inside the vnet (hairpin NAT) are not translated back; they use
+//! the private IP.
+//!
+//! Records: `public/<owner>` holds `PUBLIC PRIVATE`, one file per instance, written at
+//! `attach` and removed at `detach`; the table is written whole, in one transaction, from all
+//! of them, removed with the last, and written again by `repair()` when it went missing.
+
+use crate::guard::{nft_lists, run_nft};
+use crate::outbound::Prefix;
+use crate::NetError;
+use std::net::Ipv4Addr;
+
+/// One instance's public address and the private address it maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub public: Ipv4Addr,
+    pub private: Ipv4Addr,
+}
+
+impl Mapping {
+    /// The record's one-line form (`PUBLIC PRIVATE`).
+    pub fn render(&self) -> String {
+        format!("{} {}\n", self.public, self.private)
+    }
+
+    pub fn parse(s: &str) -> Option<Mapping> {
+        let mut it = s.split_whitespace();
+        Some(Mapping { public: it.next()?.parse().ok()?, private: it.next()?.parse().ok()? })
+    }
+}
+
+/// The NAT table (family `ip`) of one server.
+#[derive(Debug, Clone)]
+pub struct Public {
+    pub table: String,
+}
+
+/// Where a connection's source NAT is bound first: before the outbound table's masquerade
+/// (`srcnat`, 100).
+const SNAT_PRIORITY: i32 = 90;
+
+impl Public {
+    /// The whole table for `maps` (the vnets' prefixes in `vnets`), replacing any table of that
+    /// name.
+    pub fn script(&self, maps: &[Mapping], vnets: &[Prefix]) -> String {
+        let t = &self.table;
+        let elements = |items: Vec<String>| {
+            if items.is_empty() {
+                String::new()
+            } else {
+                format!(" elements = {{ {} }};", items.join(", "))
+            }
+        };
+        let inbound = elements(maps.iter().map(|m| format!("{} : {}", m.public, m.private)).collect());
+        let outbound = elements(maps.iter().map(|m| format!("{} : {}", m.private, m.public)).collect());
+        let vnets = elements(vnets.iter().map(|p| format!("{}/{}", p.network, p.len)).collect());
+        format!(
+            "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
+             \tmap inbound {{ type ipv4_addr : ipv4_addr;{inbound} }}\n\
+             \tmap outbound {{ type ipv4_addr : ipv4_addr;{outbound} }}\n\
+             \tset vnets {{ type ipv4_addr; flags interval;{vnets} }}\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tdnat to ip daddr map @inbound\n\
+             \t}}\n\
+             \tchain output {{\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tdnat to ip daddr map @inbound\n\
+             \t}}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority {SNAT_PRIORITY}; policy accept;\n\
+             \t\tip daddr != @vnets snat to ip saddr map @outbound\n\
+             \t}}\n}}\n"
+        )
+    }
+
+    /// Writes the table for `maps` in one transaction; with none, removes it.
+    pub fn install(&self, maps: &[Mapping], vnets: &[Prefix]) -> Result<(), NetError> {
+        if maps.is_empty() {
+            return self.remove();
+        }
+        run_nft(&self.script(maps, vnets))
+    }
+
+    /// Removes the table. Ok if absent.
+    pub fn remove(&self) -> Result<(), NetError> {
+        run_nft(&format!("add table ip {t}\ndelete table ip {t}\n", t = self.table))
+    }
+
+    /// Whether the table exists.
+    pub fn exists(&self) -> bool {
+        nft_lists("ip", &self.table)
+    }
+}
+
+/// `maps` with at most one mapping per public and per private address (the first, in record
+/// order): two records claiming one address (a stale record after a crash) must not keep the
+/// whole table from being written.
+pub(crate) fn distinct(maps: Vec<Mapping>) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::with_capacity(maps.len());
+    for m in maps {
+        if out.iter().any(|o| o.public == m.public || o.private == m.private) {
+            tracing::warn!(public = %m.public, private = %m.private, "a second record claims a mapped address; ignored");
+            continue;
+        }
+        out.push(m);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_round_trip_and_nft_accepts_the_table() {
+        let m = Mapping { public: Ipv4Addr::new(198, 51, 100, 1), private: Ipv4Addr::new(10, 0, 0, 4) };
+        assert_eq!(Mapping::parse(&m.render()), Some(m));
+        assert_eq!(Mapping::parse("198.51.100.1"), None);
+        let p = Public { table: "herd_x_pub".into() };
+        let vnets = [Prefix { network: Ipv4Addr::new(10, 0, 0, 0), len: 24, outbound: true }];
+        let n = Mapping { public: Ipv4Addr::new(198, 51, 100, 2), private: Ipv4Addr::new(10, 0, 0, 5) };
+        let s = p.script(&[m, n], &vnets);
+        assert!(s.contains("map inbound { type ipv4_addr : ipv4_addr; elements = { 198.51.100.1 : 10.0.0.4, 198.51.100.2 : 10.0.0.5 }; }"), "{s}");
+        assert!(s.contains("map outbound { type ipv4_addr : ipv4_addr; elements = { 10.0.0.4 : 198.51.100.1, 10.0.0.5 : 198.51.100.2 }; }"), "{s}");
+        assert!(s.contains("priority 90;"), "source NAT binds before the masquerade (srcnat, 100): {s}");
+        crate::guard::check_script(&s);
+        crate::guard::check_script(&p.script(&[m], &[]));
+    }
+
+    #[test]
+    fn a_second_claim_on_an_address_is_dropped() {
+        let a = Mapping { public: Ipv4Addr::new(198, 51, 100, 1), private: Ipv4Addr::new(10, 0, 0, 4) };
+        let b = Mapping { public: Ipv4Addr::new(198, 51, 100, 1), private: Ipv4Addr::new(10, 0, 0, 5) };
+        let c = Mapping { public: Ipv4Addr::new(198, 51, 100, 2), private: Ipv4Addr::new(10, 0, 0, 4) };
+        let d = Mapping { public: Ipv4Addr::new(198, 51, 100, 3), private: Ipv4Addr::new(10, 0, 0, 6) };
+        assert_eq!(distinct(vec![a, b, c, d]), vec![a, d]);
+    }
+}
