@@ -576,6 +576,9 @@ pub enum VmssCmd {
     },
     /// List a set's instances.
     ListInstances(SetRef),
+    /// List the public IPs of a set's instances (publicIPAddressConfiguration), with each
+    /// instance's id and IP configuration.
+    ListInstancePublicIps(SetRef),
     /// Instance-hours and cost of the set by SKU and priority, as the meter recorded them.
     Cost(crate::cost_cmds::VmssCostArgs),
     /// Evict a Spot instance as the platform would: a Preempt event first (30 s, or until the

@@ -45,6 +45,14 @@ const INSTANCE_TABLE: Columns<'static> = &[
     ("PublicIp", "publicIpAddress"),
     ("Note", "(overprovisioned && 'overprovisioned extra') || (eviction && join('', ['evicted: ', eviction.detail])) || (scheduledEvents[0] && join(' ', [scheduledEvents[0].eventType, 'event, not before', scheduledEvents[0].notBefore])) || deleteReason || lastError"),
 ];
+const PUBLIC_IP_TABLE: Columns<'static> = &[
+    ("InstanceId", "instanceId"),
+    ("Name", "name"),
+    ("IpAddress", "ipAddress"),
+    ("PrivateIpAddress", "privateIpAddress"),
+    ("IdleTimeoutInMinutes", "idleTimeoutInMinutes"),
+    ("IpConfiguration", "ipConfiguration.id"),
+];
 const ACTIVITY_TABLE: Columns<'static> = &[
     ("Time", "time"),
     ("Resource", "resource"),
@@ -709,6 +717,10 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
         VmssCmd::ListInstances(s) => ctx.print(
             &ctx.client.get(&format!("{}/virtualMachines", set_path(&s.group, &s.name))).await?,
             Some(INSTANCE_TABLE),
+        ),
+        VmssCmd::ListInstancePublicIps(s) => ctx.print(
+            &ctx.client.get(&format!("{}/publicipaddresses", set_path(&s.group, &s.name))).await?,
+            Some(PUBLIC_IP_TABLE),
         ),
         VmssCmd::GetInstanceView { set, instance_id } => get_instance_view(ctx, &set, instance_id).await,
         VmssCmd::Extension(c) => extension(ctx, c).await,

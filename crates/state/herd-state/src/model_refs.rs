@@ -10,7 +10,8 @@ use crate::keys::ALL;
 use crate::records::StateError;
 use herd_model::image::{self, Image};
 use herd_model::network::{LoadBalancer, VirtualNetwork};
-use herd_model::scale_set::{ScaleSetModel, StoredScaleSet, UpgradeMode};
+use herd_model::public_pool::PublicIpPool;
+use herd_model::scale_set::{ScaleSetModel, StoredScaleSet, UpgradeMode, PUBLIC_IP_FIELD};
 use herd_model::{FieldError, ScaleSetName};
 use herd_store::{Kind, Store, StoreExt};
 
@@ -120,6 +121,75 @@ fn check_network(store: &dyn Store, name: &ScaleSetName, model: &ScaleSetModel) 
                 return Err(e.into());
             }
         }
+    }
+    Ok(())
+}
+
+/// A model that gives instances public IPs (`publicIPAddressConfiguration`) needs bridged
+/// networking and the server's public pool, with room in the pool for the set (with its
+/// overprovisioning extras) next to the other sets with public IPs, as the subnet is checked.
+pub fn check_public_ip(
+    store: &dyn Store,
+    name: &ScaleSetName,
+    model: &ScaleSetModel,
+    bridged: bool,
+    pool: Option<PublicIpPool>,
+) -> Result<(), RefError> {
+    let asks =
+        |m: &ScaleSetModel| m.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.public_ip()).is_some();
+    if !asks(model) {
+        return Ok(());
+    }
+    if !bridged {
+        return Err(FieldError::new(
+            PUBLIC_IP_FIELD,
+            "a public IP per instance needs bridged networking (the NAT is to the instance's private IP on its \
+             subnet); this server runs host-local networking: set [network] mode = \"bridged\" or remove it",
+        )
+        .into());
+    }
+    let Some(pool) = pool else {
+        return Err(FieldError::new(
+            PUBLIC_IP_FIELD,
+            format!(
+                "this server has no public IP pool to take addresses from; add {} = \"CIDR\" (a prefix routed to \
+                 this host) to its config",
+                herd_model::public_pool::SETTING
+            ),
+        )
+        .into());
+    };
+    let with_extras = |m: &ScaleSetModel| {
+        let c = m.sku.capacity.max(0);
+        if m.overprovision {
+            c + (c * 20 + 99) / 100
+        } else {
+            c
+        }
+    };
+    let others: i64 = values::<StoredScaleSet>(store, Kind::ScaleSet)?
+        .iter()
+        .filter(|s| s.name != *name && asks(&s.model))
+        .map(|s| with_extras(&s.model))
+        .sum();
+    let mine = with_extras(model);
+    let want = mine + others;
+    let room = pool.usable() as i64;
+    if want > room {
+        let in_use = values::<herd_model::instance::InstanceRecord>(store, Kind::Instance)?
+            .iter()
+            .filter(|r| r.public_ip.is_some())
+            .count();
+        let extras = if model.overprovision { " with overprovisioning" } else { "" };
+        return Err(FieldError::new(
+            "sku.capacity",
+            format!(
+                "the public IP pool {pool} ({}) has {room} usable addresses, {in_use} in use; {want} are needed \
+                 ({mine} for this set{extras}, {others} for the other sets with public IPs)",
+                herd_model::public_pool::SETTING
+            ),
+        )
+        .into());
     }
     Ok(())
 }

@@ -276,6 +276,10 @@ pub struct NetworkSettings {
     /// (instances with a subnet live in their own network namespace on a bridge per subnet and
     /// are reached on their private IP; root only; process driver).
     pub mode: Option<String>,
+    /// The prefix instance public IPs come from (`publicIPAddressConfiguration`), e.g.
+    /// "198.51.100.0/28": routed to this host by the operator, outside loopback and every vnet,
+    /// /30 or shorter. Each instance that asks gets one, 1:1 NATed to its private IP.
+    pub public_ip_pool: Option<String>,
 }
 
 /// `[loadbalancer]`.

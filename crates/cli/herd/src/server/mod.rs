@@ -113,6 +113,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     .await?;
     let settings = build_settings(&opts, &cfg, &opened.data_dir, &zones, &skus, term)?;
     let bridged = settings.rec_config.bridged;
+    if let Some(pool) = settings.public_ip_pool {
+        let vnets: Vec<_> =
+            opened.start_state.run(|s| s.virtual_networks()).await?.into_iter().map(|v| v.value).collect();
+        pool.check_vnets(&vnets).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    }
     let parts = build_controllers(&cfg, &opened, &driver, settings.rec_config, settings.ext_config)?;
     let image_dir = opened.data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
@@ -136,6 +141,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             max_upload_bytes: cfg.images.max_upload_gib.map_or(64 << 30, |g| g.saturating_mul(1 << 30)),
         },
         cluster_id: opened.cluster_id.clone(),
+        bridged,
+        public_ip_pool: settings.public_ip_pool,
     };
     // Bridged networking's host side (bridges, dnsmasq) is kept serving by its own controller.
     let hostnet = bridged.then(|| HostNet::for_tag(&opened.cluster.tag));
@@ -355,6 +362,7 @@ struct Settings {
     metadata_port: Option<u16>,
     rec_config: ReconcilerConfig,
     ext_config: ExtensionConfig,
+    public_ip_pool: Option<herd_model::public_pool::PublicIpPool>,
 }
 
 /// Reads the network, hosts, prices, metadata and extension settings into the reconciler's
@@ -380,6 +388,13 @@ fn build_settings(
         Some("bridged") => bail!("config: network.mode = \"bridged\" needs the process or qemu driver, and root"),
         Some(other) => bail!("config: network.mode '{other}' is not allowed; allowed values: host-local, bridged"),
     };
+    let public_ip_pool = cfg
+        .network
+        .public_ip_pool
+        .as_deref()
+        .map(herd_model::public_pool::PublicIpPool::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
     check_hosts(&cfg.hosts, zones)?;
     let hosts = if cfg.hosts.is_empty() && opts.driver == DriverKind::Qemu {
         let h = detected_host();
@@ -420,6 +435,7 @@ fn build_settings(
         spot_price,
         metadata_port,
         bridged,
+        public_ip_pool,
         limits,
         driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
         skus: skus.clone(),
@@ -433,7 +449,7 @@ fn build_settings(
         ..Default::default()
     };
     let ext_config = extension_config(cfg, data_dir)?;
-    Ok(Settings { block, hosts, prices, spot_priced, metadata_port, rec_config, ext_config })
+    Ok(Settings { block, hosts, prices, spot_priced, metadata_port, rec_config, ext_config, public_ip_pool })
 }
 
 /// `[extensions]`: fetch limits, the roots `file://` may read, the addresses downloads may reach.
