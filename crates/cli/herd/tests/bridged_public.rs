@@ -4,7 +4,8 @@
 //! pool to the server's namespace as a provider would. Two instances get distinct addresses
 //! from the pool, shown by `list-instance-public-ips` and the instance view; the internet
 //! reaches an instance by its public IP (the subnet's NSG applies to that traffic, and the
-//! instance sees the real client); an instance with a public IP leaves with it, one without
+//! instance sees the real client, and an idle connection expires after the model's
+//! `idleTimeoutInMinutes`); an instance with a public IP leaves with it, one without
 //! leaves with the host's address; the address survives a restart, is released on scale-in and
 //! taken again by the next instance; bad input (an idle timeout out of range, a full pool, no
 //! pool, host-local networking, a vnet inside the pool) is refused naming the field or the
@@ -205,6 +206,32 @@ fn instances_get_public_ips_with_one_to_one_nat() {
         wait_for("the Allow rule to let the internet in", Duration::from_secs(30), || by_public("198.51.100.1"));
     assert_eq!(answer, "web000000 10.99.0.2");
     assert!(counted(&s, "securityRules/web-in") >= 1, "let in by the user's rule");
+    // idleTimeoutInMinutes is enforced: a connection held open through the public IP has the
+    // model's 4 minutes in conntrack, not Linux's 5 days.
+    let mut held = Command::new("ip")
+        .args(["netns", "exec", &inet.0, "python3", "-c"])
+        .arg("import socket,sys\ns = socket.create_connection(('198.51.100.1', 8080))\nprint('up', flush=True)\nsys.stdin.read()")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(held.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "up", "the internet could not hold a connection to 198.51.100.1:8080");
+    let idle = wait_for("the held connection in the server's conntrack", Duration::from_secs(10), || {
+        let out = s.command("cat").arg("/proc/net/nf_conntrack").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(" ESTABLISHED ") && l.contains("dst=198.51.100.1 ") && l.contains("dport=8080 "))
+            .and_then(|l| l.split_whitespace().nth(4)?.parse::<u64>().ok())
+    });
+    assert!(
+        (180..=240).contains(&idle),
+        "an established flow through the public IP expires after 4 idle minutes: {idle} s left"
+    );
+    drop(held.stdin.take());
+    let _ = held.kill();
+    let _ = held.wait();
 
     // (c) Instance 0 leaves with its public IP; the instance without one with the host's address.
     let (web0, plain0) = (pid_of(&data, "10.0.0.4"), pid_of(&data, "10.0.0.6"));

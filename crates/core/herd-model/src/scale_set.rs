@@ -789,6 +789,44 @@ mod tests {
     }
 
     #[test]
+    fn a_public_ip_configuration_is_checked_naming_the_field() {
+        let with = |pip: Value, subnet: bool| {
+            let mut ipc = json!({"name": "ip", "publicIPAddressConfiguration": pip});
+            if subnet {
+                ipc["subnet"] =
+                    json!({"id": "/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s"});
+            }
+            let mut v = base();
+            v["virtualMachineProfile"]["networkProfile"] =
+                json!({"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [ipc]}]});
+            model(v)
+        };
+        let m = with(json!({"name": "pub"}), true).unwrap();
+        let p = m.virtual_machine_profile.network_profile.as_ref().unwrap().public_ip().unwrap();
+        assert_eq!((p.name.as_str(), p.idle_timeout_in_minutes), ("pub", 4), "Azure's default idle timeout");
+        let doc = serde_json::to_value(&m).unwrap();
+        let ipc =
+            &doc["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"][0]["ipConfigurations"][0];
+        assert_eq!(
+            ipc["publicIPAddressConfiguration"],
+            json!({"name": "pub", "idleTimeoutInMinutes": 4}),
+            "Azure's spelling"
+        );
+        assert!(with(json!({"name": "pub", "idleTimeoutInMinutes": 30}), true).is_ok());
+        for (pip, subnet, field, message) in [
+            (json!({"name": "pub", "idleTimeoutInMinutes": 3}), true, ".idleTimeoutInMinutes", "allowed 4 to 30"),
+            (json!({"name": "pub", "idleTimeoutInMinutes": 31}), true, ".idleTimeoutInMinutes", "31 is out of range"),
+            (json!({"name": ""}), true, ".name", "1 to 80 characters"),
+            (json!({"name": "pub"}), false, "", "needs a subnet"),
+            (json!({"name": "pub", "dnsSettings": {}}), true, ".dnsSettings", "unknown field"),
+        ] {
+            let e = with(pip.clone(), subnet).unwrap_err();
+            assert!(e.field.starts_with(PUBLIC_IP_FIELD) && e.field.ends_with(field), "{pip}: {e:?}");
+            assert!(e.message.contains(message), "{pip}: {e:?}");
+        }
+    }
+
+    #[test]
     fn defaults_follow_azure() {
         let m = model(base()).unwrap();
         assert_eq!(m.sku.name, "Standard_B1ms");

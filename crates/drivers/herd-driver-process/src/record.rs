@@ -167,6 +167,7 @@ fn legacy(dir: &Path) -> InstanceRecord {
                 vnet: String::new(),
                 outbound: true,
                 public_address: None,
+                public_idle_timeout_minutes: None,
             })
         }),
         // Kept in its own file, read by the fence check (it may be unreadable: that refuses).
@@ -224,6 +225,7 @@ mod tests {
                 vnet: String::new(),
                 outbound: true,
                 public_address: None,
+                public_idle_timeout_minutes: None,
             }),
             fence: None,
         }

@@ -188,6 +188,10 @@ pub struct NetworkAttachment {
     /// instance; the instance's outbound traffic leaves from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_address: Option<std::net::Ipv4Addr>,
+    /// Minutes an idle TCP connection through the public IP is kept (the model's
+    /// `idleTimeoutInMinutes`); None: Azure's default, 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_idle_timeout_minutes: Option<u16>,
 }
 
 fn outbound_default() -> bool {

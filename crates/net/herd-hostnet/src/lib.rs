@@ -231,7 +231,11 @@ impl HostNet {
         let nat_file = self.public_dir().join(&file);
         let nat_changed = match att.public_address {
             Some(public) => {
-                let m = public::Mapping { public, private: att.address };
+                let m = public::Mapping {
+                    public,
+                    private: att.address,
+                    idle_minutes: att.public_idle_timeout_minutes.unwrap_or(public::DEFAULT_IDLE_MINUTES),
+                };
                 make_dir(&self.public_dir())?;
                 let changed =
                     std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t)) != Some(m);

@@ -9,7 +9,15 @@
 //!   prerouting  (dstnat)      daddr PUBLIC           → dnat to PRIVATE   (from the uplink, or
 //!   output      (dstnat)      daddr PUBLIC           → dnat to PRIVATE    from the host itself)
 //!   postrouting (srcnat - 10) saddr PRIVATE, daddr outside every vnet → snat to PUBLIC
+//!   prerouting, output (mangle) a connection's first packet → ct timeout idle<M>
 //! ```
+//!
+//! The public IP's `idleTimeoutInMinutes` is real: each connection through the address gets a
+//! conntrack timeout policy (`ct timeout`) whose established-TCP timeout is those minutes, set
+//! on the connection's first packet after conntrack made its entry and before it is confirmed
+//! (the kernel ignores the policy on a confirmed entry), so an idle flow is forgotten after
+//! them (and then needs a new connection) as Azure's NAT forgets it, instead of after Linux's
+//! five days.
 //!
 //! The SNAT chain runs before the outbound table's masquerade (priority `srcnat`): the kernel
 //! sets a connection's source NAT in the first NAT chain that binds it, so an instance with a
@@ -37,22 +45,31 @@ use crate::outbound::Prefix;
 use crate::NetError;
 use std::net::Ipv4Addr;
 
-/// One instance's public address and the private address it maps to.
+/// One instance's public address, the private address it maps to, and the minutes an idle TCP
+/// connection through it is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
     pub public: Ipv4Addr,
     pub private: Ipv4Addr,
+    pub idle_minutes: u16,
 }
 
+/// Azure's default idle timeout of a public IP, in minutes.
+pub const DEFAULT_IDLE_MINUTES: u16 = 4;
+
 impl Mapping {
-    /// The record's one-line form (`PUBLIC PRIVATE`).
+    /// The record's one-line form (`PUBLIC PRIVATE IDLE_MINUTES`).
     pub fn render(&self) -> String {
-        format!("{} {}\n", self.public, self.private)
+        format!("{} {} {}\n", self.public, self.private, self.idle_minutes)
     }
 
     pub fn parse(s: &str) -> Option<Mapping> {
         let mut it = s.split_whitespace();
-        Some(Mapping { public: it.next()?.parse().ok()?, private: it.next()?.parse().ok()? })
+        Some(Mapping {
+            public: it.next()?.parse().ok()?,
+            private: it.next()?.parse().ok()?,
+            idle_minutes: it.next().and_then(|m| m.parse().ok()).unwrap_or(DEFAULT_IDLE_MINUTES),
+        })
     }
 }
 
@@ -81,11 +98,39 @@ impl Public {
         let inbound = elements(maps.iter().map(|m| format!("{} : {}", m.public, m.private)).collect());
         let outbound = elements(maps.iter().map(|m| format!("{} : {}", m.private, m.public)).collect());
         let vnets = elements(vnets.iter().map(|p| format!("{}/{}", p.network, p.len)).collect());
+        let mut minutes: Vec<u16> = maps.iter().map(|m| m.idle_minutes).collect();
+        minutes.sort_unstable();
+        minutes.dedup();
+        let policies: String = minutes
+            .iter()
+            .map(|m| {
+                format!(
+                    "\tct timeout idle{m} {{ protocol tcp; l3proto ip; policy = {{ established: {} }}; }}\n",
+                    u32::from(*m) * 60
+                )
+            })
+            .collect();
+        let (mut raw_in, mut raw_out) = (String::new(), String::new());
+        for m in maps {
+            let set = format!("ct timeout set \"idle{}\"", m.idle_minutes);
+            raw_in.push_str(&format!("\t\tip daddr {} {set}\n", m.public));
+            raw_in.push_str(&format!("\t\tip saddr {} ip daddr != @vnets {set}\n", m.private));
+            raw_out.push_str(&format!("\t\tip daddr {} {set}\n", m.public));
+        }
         format!(
             "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
              \tmap inbound {{ type ipv4_addr : ipv4_addr;{inbound} }}\n\
              \tmap outbound {{ type ipv4_addr : ipv4_addr;{outbound} }}\n\
              \tset vnets {{ type ipv4_addr; flags interval;{vnets} }}\n\
+             {policies}\
+             \tchain idle_prerouting {{\n\
+             \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+             {raw_in}\
+             \t}}\n\
+             \tchain idle_output {{\n\
+             \t\ttype filter hook output priority mangle; policy accept;\n\
+             {raw_out}\
+             \t}}\n\
              \tchain prerouting {{\n\
              \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
              \t\tdnat to ip daddr map @inbound\n\
@@ -141,26 +186,35 @@ mod tests {
 
     #[test]
     fn mappings_round_trip_and_nft_accepts_the_table() {
-        let m = Mapping { public: Ipv4Addr::new(198, 51, 100, 1), private: Ipv4Addr::new(10, 0, 0, 4) };
+        let m =
+            Mapping { public: Ipv4Addr::new(198, 51, 100, 1), private: Ipv4Addr::new(10, 0, 0, 4), idle_minutes: 4 };
         assert_eq!(Mapping::parse(&m.render()), Some(m));
+        assert_eq!(Mapping::parse("198.51.100.1 10.0.0.4"), Some(m), "Azure's default without the minutes");
         assert_eq!(Mapping::parse("198.51.100.1"), None);
         let p = Public { table: "herd_x_pub".into() };
         let vnets = [Prefix { network: Ipv4Addr::new(10, 0, 0, 0), len: 24, outbound: true }];
-        let n = Mapping { public: Ipv4Addr::new(198, 51, 100, 2), private: Ipv4Addr::new(10, 0, 0, 5) };
+        let n =
+            Mapping { public: Ipv4Addr::new(198, 51, 100, 2), private: Ipv4Addr::new(10, 0, 0, 5), idle_minutes: 30 };
         let s = p.script(&[m, n], &vnets);
         assert!(s.contains("map inbound { type ipv4_addr : ipv4_addr; elements = { 198.51.100.1 : 10.0.0.4, 198.51.100.2 : 10.0.0.5 }; }"), "{s}");
         assert!(s.contains("map outbound { type ipv4_addr : ipv4_addr; elements = { 10.0.0.4 : 198.51.100.1, 10.0.0.5 : 198.51.100.2 }; }"), "{s}");
         assert!(s.contains("priority 90;"), "source NAT binds before the masquerade (srcnat, 100): {s}");
+        assert!(s.contains("ct timeout idle4 { protocol tcp; l3proto ip; policy = { established: 240 }; }"), "{s}");
+        assert!(s.contains("ct timeout idle30 { protocol tcp; l3proto ip; policy = { established: 1800 }; }"), "{s}");
+        assert!(s.contains("ip daddr 198.51.100.2 ct timeout set \"idle30\""), "{s}");
+        assert!(s.contains("ip saddr 10.0.0.5 ip daddr != @vnets ct timeout set \"idle30\""), "{s}");
         crate::guard::check_script(&s);
         crate::guard::check_script(&p.script(&[m], &[]));
     }
 
     #[test]
     fn a_second_claim_on_an_address_is_dropped() {
-        let a = Mapping { public: Ipv4Addr::new(198, 51, 100, 1), private: Ipv4Addr::new(10, 0, 0, 4) };
-        let b = Mapping { public: Ipv4Addr::new(198, 51, 100, 1), private: Ipv4Addr::new(10, 0, 0, 5) };
-        let c = Mapping { public: Ipv4Addr::new(198, 51, 100, 2), private: Ipv4Addr::new(10, 0, 0, 4) };
-        let d = Mapping { public: Ipv4Addr::new(198, 51, 100, 3), private: Ipv4Addr::new(10, 0, 0, 6) };
+        let m = |p: u8, q: u8| Mapping {
+            public: Ipv4Addr::new(198, 51, 100, p),
+            private: Ipv4Addr::new(10, 0, 0, q),
+            idle_minutes: DEFAULT_IDLE_MINUTES,
+        };
+        let (a, b, c, d) = (m(1, 4), m(1, 5), m(2, 4), m(3, 6));
         assert_eq!(distinct(vec![a, b, c, d]), vec![a, d]);
     }
 }

@@ -121,6 +121,7 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
             vnet: "hztest".into(),
             outbound: true,
             public_address: None,
+            public_idle_timeout_minutes: None,
         };
         let (mac_a, mac_b) = ("52:54:00:77:00:04", "52:54:00:77:00:05");
         net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000", port: "hvtest0" })
@@ -188,6 +189,7 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
             vnet: "hztest".into(),
             outbound: false,
             public_address: None,
+            public_idle_timeout_minutes: None,
         };
         let mac_c = "52:54:00:78:00:04";
         net.attach(&private, &Reservation { owner: "rg/db/0", mac: mac_c, name: "db000000", port: "hvtest2" }).unwrap();

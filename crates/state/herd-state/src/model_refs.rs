@@ -266,6 +266,41 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn public_ips_need_bridged_networking_a_pool_and_room_in_it() {
+        let store = store();
+        let asks = |capacity: i64, overprovision: bool| {
+            model(
+                capacity,
+                json!({"overprovision": overprovision, "virtualMachineProfile": {
+                    "osProfile": {"computerNamePrefix": "web"},
+                    "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}},
+                    "networkProfile": {"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
+                        "subnet": {"id": "/s"}, "publicIPAddressConfiguration": {"name": "pub"}}]}]}}}),
+            )
+        };
+        let pool = PublicIpPool::parse("198.51.100.0/28").ok();
+        let web = set_name("web");
+        assert!(check_public_ip(&store, &web, &model(20, json!({})), false, None).is_ok(), "not asked: not checked");
+        let refused = |m: &ScaleSetModel, bridged: bool, pool: Option<PublicIpPool>| {
+            let Err(RefError::Invalid(f)) = check_public_ip(&store, &web, m, bridged, pool) else { panic!("accepted") };
+            f
+        };
+        let f = refused(&asks(1, false), false, pool);
+        assert!(f.field == PUBLIC_IP_FIELD && f.message.contains("[network] mode = \"bridged\""), "{f:?}");
+        let f = refused(&asks(1, false), true, None);
+        assert!(f.field == PUBLIC_IP_FIELD && f.message.contains("add [network] public_ip_pool"), "{f:?}");
+        // A /28 holds 14: 14 without overprovisioning fit, 12 with its 3 extras do not.
+        assert!(check_public_ip(&store, &web, &asks(14, false), true, pool).is_ok());
+        let f = refused(&asks(12, true), true, pool);
+        assert_eq!(f.field, "sku.capacity");
+        assert!(
+            f.message.contains("the public IP pool 198.51.100.0/28 ([network] public_ip_pool) has 14 usable addresses, 0 in use; 15 are needed (15 for this set with overprovisioning, 0 for the other sets with public IPs)"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
     fn a_missing_image_or_subnet_is_refused_naming_the_field() {
         let store = store();
         let err = check_references(&store, &set_name("web"), &model(1, json!({}))).unwrap_err();
