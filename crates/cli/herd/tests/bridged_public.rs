@@ -10,7 +10,8 @@
 //! taken again by the next instance; bad input (an idle timeout out of range, a full pool, no
 //! pool, host-local networking, a vnet inside the pool) is refused naming the field or the
 //! setting, with nothing changed; and deleting everything leaves no nftables table, namespace
-//! or link.
+//! or link. A bad pool (loopback, too small, malformed, over a vnet) keeps the server from
+//! starting.
 
 mod common;
 
@@ -365,4 +366,46 @@ fn instances_get_public_ips_with_one_to_one_nat() {
     assert_eq!(namespaces_of(&data, &keys), Vec::<String>::new(), "no instance namespace left");
     let _ = whoami.kill();
     let _ = whoami.wait();
+}
+
+/// `herd server` with this config refuses to start; returns its error output.
+fn refused_at_startup(data: &std::path::Path, config: &str) -> String {
+    let cfg = data.with_extension("bad.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = Command::new(HERD)
+        .args(["server", "--listen", "127.0.0.1:0", "--driver", "sim", "--data-dir"])
+        .arg(data)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the server started with {config:?}: {e}");
+    e
+}
+
+/// A pool on loopback, longer than /30, malformed, or overlapping a stored vnet keeps the
+/// server from starting, with an error naming the setting (and the vnet in the way).
+#[test]
+fn a_bad_public_ip_pool_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (pool, why) in [
+        ("127.64.0.0/28", "loopback"),
+        ("198.51.100.0/31", "/30 or shorter"),
+        ("198.51.100.1/28", "host bits"),
+        ("nonsense", "not an IPv4 prefix"),
+    ] {
+        let e = refused_at_startup(&data, &format!("[network]\npublic_ip_pool = \"{pool}\"\n"));
+        assert!(e.contains("config: [network] public_ip_pool") && e.contains(why), "{pool}: {e}");
+    }
+    let mut s = Server::start("sim", &data, None);
+    s.ok(&words("group create -n rg"));
+    s.ok(&words("network vnet create -g rg -n mynet --address-prefix 10.0.0.0/16"));
+    s.kill9();
+    let e = refused_at_startup(&data, "[network]\npublic_ip_pool = \"10.0.5.0/28\"\n");
+    assert!(
+        e.contains("[network] public_ip_pool: 10.0.5.0/28 overlaps virtual network 'mynet' in resource group 'rg'"),
+        "{e}"
+    );
 }
