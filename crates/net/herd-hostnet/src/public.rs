@@ -101,35 +101,39 @@ impl Public {
         let mut minutes: Vec<u16> = maps.iter().map(|m| m.idle_minutes).collect();
         minutes.sort_unstable();
         minutes.dedup();
+        // One timeout policy, and one chain that sets it, per distinct idle timeout; verdict
+        // maps send a new connection to its address's chain in one lookup.
         let policies: String = minutes
             .iter()
             .map(|m| {
                 format!(
-                    "\tct timeout idle{m} {{ protocol tcp; l3proto ip; policy = {{ established: {} }}; }}\n",
+                    "\tct timeout idle{m} {{ protocol tcp; l3proto ip; policy = {{ established: {} }}; }}\n\
+                     \tchain set_idle{m} {{\n\t\tct timeout set \"idle{m}\"\n\t}}\n",
                     u32::from(*m) * 60
                 )
             })
             .collect();
-        let (mut raw_in, mut raw_out) = (String::new(), String::new());
-        for m in maps {
-            let set = format!("ct timeout set \"idle{}\"", m.idle_minutes);
-            raw_in.push_str(&format!("\t\tip daddr {} {set}\n", m.public));
-            raw_in.push_str(&format!("\t\tip saddr {} ip daddr != @vnets {set}\n", m.private));
-            raw_out.push_str(&format!("\t\tip daddr {} {set}\n", m.public));
-        }
+        let idle_in =
+            elements(maps.iter().map(|m| format!("{} : jump set_idle{}", m.public, m.idle_minutes)).collect());
+        let idle_out =
+            elements(maps.iter().map(|m| format!("{} : jump set_idle{}", m.private, m.idle_minutes)).collect());
         format!(
             "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
              \tmap inbound {{ type ipv4_addr : ipv4_addr;{inbound} }}\n\
              \tmap outbound {{ type ipv4_addr : ipv4_addr;{outbound} }}\n\
              \tset vnets {{ type ipv4_addr; flags interval;{vnets} }}\n\
+             \tmap idle_in {{ type ipv4_addr : verdict;{idle_in} }}\n\
+             \tmap idle_out {{ type ipv4_addr : verdict;{idle_out} }}\n\
              {policies}\
              \tchain idle_prerouting {{\n\
              \t\ttype filter hook prerouting priority mangle; policy accept;\n\
-             {raw_in}\
+             \t\tct state != new return\n\
+             \t\tip daddr vmap @idle_in\n\
+             \t\tip daddr != @vnets ip saddr vmap @idle_out\n\
              \t}}\n\
              \tchain idle_output {{\n\
              \t\ttype filter hook output priority mangle; policy accept;\n\
-             {raw_out}\
+             \t\tct state new ip daddr vmap @idle_in\n\
              \t}}\n\
              \tchain prerouting {{\n\
              \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
@@ -201,8 +205,9 @@ mod tests {
         assert!(s.contains("priority 90;"), "source NAT binds before the masquerade (srcnat, 100): {s}");
         assert!(s.contains("ct timeout idle4 { protocol tcp; l3proto ip; policy = { established: 240 }; }"), "{s}");
         assert!(s.contains("ct timeout idle30 { protocol tcp; l3proto ip; policy = { established: 1800 }; }"), "{s}");
-        assert!(s.contains("ip daddr 198.51.100.2 ct timeout set \"idle30\""), "{s}");
-        assert!(s.contains("ip saddr 10.0.0.5 ip daddr != @vnets ct timeout set \"idle30\""), "{s}");
+        assert!(s.contains("chain set_idle30 {\n\t\tct timeout set \"idle30\"\n\t}"), "{s}");
+        assert!(s.contains("elements = { 198.51.100.1 : jump set_idle4, 198.51.100.2 : jump set_idle30 }"), "{s}");
+        assert!(s.contains("elements = { 10.0.0.4 : jump set_idle4, 10.0.0.5 : jump set_idle30 }"), "{s}");
         crate::guard::check_script(&s);
         crate::guard::check_script(&p.script(&[m], &[]));
     }
