@@ -215,7 +215,7 @@ impl HostNet {
             }
             write_atomic(&dir, &dir.join("segment"), &seg.render())?;
             link::ensure_bridge(&att.bridge, att.gateway, att.prefix_len, att.mtu)?;
-            self.install_outbound()?;
+            self.install_nat()?;
         }
         let file = names::owner_file(r.owner);
         // The port is guarded before the instance can send anything.
@@ -229,7 +229,8 @@ impl HostNet {
         // Its public IP is NATed before it can get traffic by it (and stops being NATed when
         // the instance no longer has one).
         let nat_file = self.public_dir().join(&file);
-        let nat_changed = match att.public_address {
+        let old = std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t));
+        match att.public_address {
             Some(public) => {
                 let m = public::Mapping {
                     public,
@@ -237,15 +238,30 @@ impl HostNet {
                     idle_minutes: att.public_idle_timeout_minutes.unwrap_or(public::DEFAULT_IDLE_MINUTES),
                 };
                 make_dir(&self.public_dir())?;
-                let changed =
-                    std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t)) != Some(m);
                 write_atomic(&self.root, &nat_file, &m.render())?;
-                changed || !self.public.exists()
+                match old {
+                    // (A table deleted behind our back is written again whole.)
+                    Some(o) if o == m => {
+                        if !self.public.exists() {
+                            self.install_nat()?;
+                        }
+                    }
+                    // A new mapping goes in as elements (one small transaction) when the table
+                    // is there with its timeout policy; else the tables are written whole.
+                    None => {
+                        if guard::run_nft(&self.public.element_script("add", &m, &self.outbound.table)).is_err() {
+                            self.install_nat()?;
+                        }
+                    }
+                    Some(_) => self.install_nat()?,
+                }
             }
-            None => remove_file(&nat_file)?,
-        };
-        if nat_changed {
-            self.install_nat()?;
+            None => {
+                if let Some(o) = old {
+                    remove_file(&nat_file)?;
+                    self.unmap(&o)?;
+                }
+            }
         }
         write_atomic(
             &dir,
@@ -271,8 +287,10 @@ impl HostNet {
             self.guard.forget(&port)?;
         }
         let mut changed = remove_file(&port_file)?;
-        if remove_file(&self.public_dir().join(&file))? {
-            self.install_nat()?;
+        let nat_file = self.public_dir().join(&file);
+        if let Some(old) = std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t)) {
+            remove_file(&nat_file)?;
+            self.unmap(&old)?;
             changed = true;
         }
         for (bridge, seg) in self.segments() {
@@ -304,17 +322,26 @@ impl HostNet {
         )
     }
 
-    /// Writes the outbound table from the segment and public-IP records.
-    fn install_outbound(&self) -> Result<(), NetError> {
-        let natted: Vec<Ipv4Addr> = self.mappings().iter().map(|m| m.private).collect();
-        self.outbound.install(&self.prefixes(), &natted)
+    /// Takes mapping `m` (whose record is gone) out of the tables: its elements, in one
+    /// transaction, or the NAT table whole with the last mapping.
+    fn unmap(&self, m: &public::Mapping) -> Result<(), NetError> {
+        if self.mappings().is_empty()
+            || guard::run_nft(&self.public.element_script("delete", m, &self.outbound.table)).is_err()
+        {
+            self.install_nat()?;
+        }
+        Ok(())
     }
 
-    /// Writes the public IPs' NAT table (removed with the last) and the outbound table, whose
-    /// forward filter lets NATed addresses out of private subnets.
+    /// Writes the outbound table (from the segment and public-IP records) and the public IPs'
+    /// NAT table (removed with the last mapping) in one transaction: an address is NATed
+    /// exactly when the outbound filter lets it through, and both know every vnet.
     fn install_nat(&self) -> Result<(), NetError> {
-        self.public.install(&self.mappings(), &self.prefixes())?;
-        self.install_outbound()
+        let (maps, prefixes) = (self.mappings(), self.prefixes());
+        let natted: Vec<Ipv4Addr> = maps.iter().map(|m| m.private).collect();
+        let mut script = self.public.script_or_removal(&maps, &prefixes);
+        script.push_str(&self.outbound.prepare(&prefixes, &natted)?);
+        guard::run_nft(&script)
     }
 
     /// The nftables table (family `ip`) that NATs this server's public IPs.
@@ -359,7 +386,7 @@ impl HostNet {
             }
         }
         if gone {
-            self.install_outbound()?;
+            self.install_nat()?;
         }
         if self.public_dir().exists() && is_empty(&self.public_dir()) {
             if self.public.exists() {
@@ -405,13 +432,15 @@ impl HostNet {
             seen.insert(bridge);
         }
         let prefixes = self.prefixes();
-        if !prefixes.is_empty() && !self.outbound.exists() {
-            self.install_outbound()?;
+        let outbound_gone = !prefixes.is_empty() && !self.outbound.exists();
+        let public_gone = !self.mappings().is_empty() && !self.public.exists();
+        if outbound_gone || public_gone {
+            self.install_nat()?;
+        }
+        if outbound_gone {
             fixed.push(format!("nftables table ip {} re-created", self.outbound.table));
         }
-        let maps = self.mappings();
-        if !maps.is_empty() && !self.public.exists() {
-            self.public.install(&maps, &prefixes)?;
+        if public_gone {
             fixed.push(format!("nftables table ip {} re-created", self.public.table));
         }
         let ports = self.ports();

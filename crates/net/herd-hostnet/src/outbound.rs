@@ -77,17 +77,23 @@ impl Outbound {
     /// Writes the table for `prefixes` and `natted` (removes it when there are no prefixes)
     /// and turns IPv4 forwarding on.
     pub fn install(&self, prefixes: &[Prefix], natted: &[Ipv4Addr]) -> Result<(), NetError> {
+        run_nft(&self.prepare(prefixes, natted)?)
+    }
+
+    /// What [`install`](Self::install) writes, to run in one transaction with other tables:
+    /// the table (IPv4 forwarding turned on first), or its removal when there are no prefixes.
+    pub fn prepare(&self, prefixes: &[Prefix], natted: &[Ipv4Addr]) -> Result<String, NetError> {
         if prefixes.is_empty() {
-            return self.remove();
+            return Ok(format!("add table ip {t}\ndelete table ip {t}\n", t = self.table));
         }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| NetError::Command(format!("cannot turn IPv4 forwarding on: {e}")))?;
-        run_nft(&self.script(prefixes, natted))
+        Ok(self.script(prefixes, natted))
     }
 
     /// Removes the table. Ok if absent.
     pub fn remove(&self) -> Result<(), NetError> {
-        run_nft(&format!("add table ip {t}\ndelete table ip {t}\n", t = self.table))
+        run_nft(&self.prepare(&[], &[])?)
     }
 
     /// Whether the table exists.

@@ -150,17 +150,45 @@ impl Public {
         )
     }
 
+    /// The table for `maps`, or (with none) its removal: a script that can share one
+    /// transaction with others.
+    pub fn script_or_removal(&self, maps: &[Mapping], vnets: &[Prefix]) -> String {
+        if maps.is_empty() {
+            format!("add table ip {t}\ndelete table ip {t}\n", t = self.table)
+        } else {
+            self.script(maps, vnets)
+        }
+    }
+
+    /// Adds (`verb` "add") or removes ("delete") one mapping's elements, and its private
+    /// address in the `natted` set of the outbound table `outbound`, as one nft script (one
+    /// transaction). Adding fails when the table or the mapping's timeout policy is missing:
+    /// then the tables are written whole.
+    pub fn element_script(&self, verb: &str, m: &Mapping, outbound: &str) -> String {
+        let t = &self.table;
+        let (p, q, i) = (m.public, m.private, m.idle_minutes);
+        let (to_q, to_p, idle) = if verb == "add" {
+            (format!(" : {q}"), format!(" : {p}"), format!(" : jump set_idle{i}"))
+        } else {
+            Default::default()
+        };
+        format!(
+            "{verb} element ip {t} inbound {{ {p}{to_q} }}\n\
+             {verb} element ip {t} outbound {{ {q}{to_p} }}\n\
+             {verb} element ip {t} idle_in {{ {p}{idle} }}\n\
+             {verb} element ip {t} idle_out {{ {q}{idle} }}\n\
+             {verb} element ip {outbound} natted {{ {q} }}\n"
+        )
+    }
+
     /// Writes the table for `maps` in one transaction; with none, removes it.
     pub fn install(&self, maps: &[Mapping], vnets: &[Prefix]) -> Result<(), NetError> {
-        if maps.is_empty() {
-            return self.remove();
-        }
-        run_nft(&self.script(maps, vnets))
+        run_nft(&self.script_or_removal(maps, vnets))
     }
 
     /// Removes the table. Ok if absent.
     pub fn remove(&self) -> Result<(), NetError> {
-        run_nft(&format!("add table ip {t}\ndelete table ip {t}\n", t = self.table))
+        run_nft(&self.script_or_removal(&[], &[]))
     }
 
     /// Whether the table exists.
@@ -210,6 +238,36 @@ mod tests {
         assert!(s.contains("elements = { 10.0.0.4 : jump set_idle4, 10.0.0.5 : jump set_idle30 }"), "{s}");
         crate::guard::check_script(&s);
         crate::guard::check_script(&p.script(&[m], &[]));
+        let o = crate::outbound::Outbound { table: "herd_x".into() };
+        let with_elements = |verb: &str| {
+            format!("{}{}{}", p.script(&[m], &vnets), o.script(&vnets, &[]), p.element_script(verb, &n, "herd_x"))
+        };
+        let added = with_elements("add");
+        assert!(added.contains("add element ip herd_x_pub idle_in { 198.51.100.2 : jump set_idle30 }"), "{added}");
+        assert!(added.contains("add element ip herd_x natted { 10.0.0.5 }"), "{added}");
+        // The new mapping's timeout policy is not in a table written without it: nft refuses,
+        // and the tables are then written whole.
+        let out = std::process::Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(added.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(!out.status.success(), "a jump to a missing chain is refused");
+        let same_policy = Mapping { idle_minutes: 4, ..n };
+        crate::guard::check_script(&format!(
+            "{}{}{}",
+            p.script(&[m], &vnets),
+            o.script(&vnets, &[]),
+            p.element_script("add", &same_policy, "herd_x")
+        ));
+        let removed = p.element_script("delete", &n, "herd_x");
+        assert!(removed.contains("delete element ip herd_x_pub inbound { 198.51.100.2 }"), "{removed}");
     }
 
     #[test]
