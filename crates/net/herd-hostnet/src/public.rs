@@ -2,8 +2,8 @@
 //! private IP, as Azure's instance-level public IPs do.
 //!
 //! Why an nftables `ip` table of its own: the mapping is per instance and comes and goes with
-//! instances, while the outbound table (`outbound.rs`) changes only with segments; keeping them
-//! apart keeps each one written whole from its own records. The table has
+//! instances, while the outbound table (`outbound.rs`) changes with segments; keeping them
+//! apart keeps each one simple to write from its own records. The table has
 //!
 //! ```text
 //!   prerouting  (dstnat)      daddr PUBLIC           → dnat to PRIVATE   (from the uplink, or
@@ -36,9 +36,12 @@
 //! instance's public IP from inside the vnet (hairpin NAT) are not translated back; they use
 //! the private IP.
 //!
-//! Records: `public/<owner>` holds `PUBLIC PRIVATE`, one file per instance, written at
-//! `attach` and removed at `detach`; the table is written whole, in one transaction, from all
-//! of them, removed with the last, and written again by `repair()` when it went missing.
+//! Records: `public/<owner>` holds `PUBLIC PRIVATE IDLE_MINUTES`, one file per instance,
+//! written at `attach` and removed at `detach`. A new mapping goes in as elements of the maps
+//! (and of the outbound table's `natted` set) in one small transaction, a removed one comes out
+//! the same way; whenever that cannot work (the table is missing, the mapping's timeout policy
+//! is new, a record changed, a segment came or went, `repair()`), both tables are written whole
+//! from all the records in one transaction. The table goes with the last mapping.
 
 use crate::guard::{nft_lists, run_nft};
 use crate::outbound::Prefix;
