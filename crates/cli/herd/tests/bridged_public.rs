@@ -5,7 +5,8 @@
 //! from the pool, shown by `list-instance-public-ips` and the instance view; the internet
 //! reaches an instance by its public IP (the subnet's NSG applies to that traffic, and the
 //! instance sees the real client, and an idle connection expires after the model's
-//! `idleTimeoutInMinutes`); an instance with a public IP leaves with it, one without
+//! `idleTimeoutInMinutes`), and so do other instances of the vnet (hairpin); an instance with a
+//! public IP leaves with it, one without
 //! leaves with the host's address; the address survives a restart, is released on scale-in and
 //! taken again by the next instance; bad input (an idle timeout out of range, a full pool, no
 //! pool, host-local networking, a vnet inside the pool) is refused naming the field or the
@@ -241,6 +242,18 @@ fn instances_get_public_ips_with_one_to_one_nat() {
     assert_eq!(from_web0, "198.51.100.1", "an instance with a public IP leaves with it");
     assert_eq!(seen(pid_of(&data, "10.0.0.5")).as_deref(), Some("198.51.100.2"), "instance 1 with its own");
     assert_eq!(seen(plain0).as_deref(), Some("10.99.0.1"), "an instance without one leaves as the host");
+    // Hairpin: from inside the vnet, by the public IP; the answer comes back through the host.
+    let web1 = pid_of(&data, "10.0.0.5");
+    assert_eq!(
+        from_instance(web1, "http://198.51.100.1:8080/").as_deref(),
+        Some("web000000 198.51.100.2"),
+        "instance 1 reaches instance 0 by its public IP, seen as its own public IP"
+    );
+    assert_eq!(
+        from_instance(plain0, "http://198.51.100.1:8080/").as_deref(),
+        Some("web000000 10.0.0.1"),
+        "an instance without a public IP reaches it too, seen as the host's address on the bridge"
+    );
 
     // (e) Bad input, each refused naming the field or the setting, nothing changed.
     let generation = s.json(&words("vmss show -g rg -n web --query modelGeneration"));

@@ -32,9 +32,13 @@
 //! from its real source: an NSG applies to traffic that came by the public IP as to any other.
 //!
 //! The host does not answer ARP for the pool: the operator routes the pool's prefix to the host
-//! (its uplink address), as a provider routes a customer's prefix. Instances reaching another
-//! instance's public IP from inside the vnet (hairpin NAT) are not translated back; they use
-//! the private IP.
+//! (its uplink address), as a provider routes a customer's prefix.
+//!
+//! Hairpin: an instance reaching another's public IP from inside the vnets is DNATed like
+//! anyone, and its source is NATed too (to its own public IP, or masqueraded to the host's
+//! address on the bridge), so the reply comes back through the host and is translated back.
+//! The NSGs see that flow between private addresses (Azure's would see it come from the
+//! Internet).
 //!
 //! Records: `public/<owner>` holds `PUBLIC PRIVATE IDLE_MINUTES`, one file per instance,
 //! written at `attach` and removed at `detach`. A new mapping goes in as elements of the maps
@@ -99,6 +103,7 @@ impl Public {
             }
         };
         let inbound = elements(maps.iter().map(|m| format!("{} : {}", m.public, m.private)).collect());
+        let publics = elements(maps.iter().map(|m| m.public.to_string()).collect());
         let outbound = elements(maps.iter().map(|m| format!("{} : {}", m.private, m.public)).collect());
         let vnets = elements(vnets.iter().map(|p| format!("{}/{}", p.network, p.len)).collect());
         let mut minutes: Vec<u16> = maps.iter().map(|m| m.idle_minutes).collect();
@@ -125,6 +130,7 @@ impl Public {
              \tmap inbound {{ type ipv4_addr : ipv4_addr;{inbound} }}\n\
              \tmap outbound {{ type ipv4_addr : ipv4_addr;{outbound} }}\n\
              \tset vnets {{ type ipv4_addr; flags interval;{vnets} }}\n\
+             \tset publics {{ type ipv4_addr;{publics} }}\n\
              \tmap idle_in {{ type ipv4_addr : verdict;{idle_in} }}\n\
              \tmap idle_out {{ type ipv4_addr : verdict;{idle_out} }}\n\
              {policies}\
@@ -149,6 +155,8 @@ impl Public {
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority {SNAT_PRIORITY}; policy accept;\n\
              \t\tip daddr != @vnets snat to ip saddr map @outbound\n\
+             \t\tip saddr @vnets ct original ip daddr @publics snat to ip saddr map @outbound\n\
+             \t\tip saddr @vnets ct original ip daddr @publics masquerade\n\
              \t}}\n}}\n"
         )
     }
@@ -177,6 +185,7 @@ impl Public {
         };
         format!(
             "{verb} element ip {t} inbound {{ {p}{to_q} }}\n\
+             {verb} element ip {t} publics {{ {p} }}\n\
              {verb} element ip {t} outbound {{ {q}{to_p} }}\n\
              {verb} element ip {t} idle_in {{ {p}{idle} }}\n\
              {verb} element ip {t} idle_out {{ {q}{idle} }}\n\
