@@ -6,7 +6,7 @@
 //! reaches an instance by its public IP (the subnet's NSG applies to that traffic, and the
 //! instance sees the real client, and an idle connection expires after the model's
 //! `idleTimeoutInMinutes`), and so do other instances of the vnet (hairpin); an instance with a
-//! public IP leaves with it, one without
+//! public IP leaves with it (even from a subnet without default outbound access), one without
 //! leaves with the host's address; the address survives a restart, is released on scale-in and
 //! taken again by the next instance; bad input (an idle timeout out of range, a full pool, no
 //! pool, host-local networking, a vnet inside the pool) is refused naming the field or the
@@ -153,7 +153,14 @@ fn instances_get_public_ips_with_one_to_one_nat() {
     let net = "--vm-sku Standard_B1s --vnet-name mynet --subnet web --disable-overprovision";
     s.create_set("rg", "web", "Herd:App:1:1.0.0", "2", &words(&format!("{net} --public-ip-per-vm")));
     s.create_set("rg", "plain", "Herd:App:1:1.0.0", "1", &words(net));
-    assert_eq!(namespaces_of(&data, &["rg/web/0", "rg/web/1", "rg/plain/0"]).len(), 3, "the namespaces are found");
+    // A private subnet (no default outbound access): a public IP is its instance's way out.
+    s.ok(&words(
+        "network vnet subnet create -g rg --vnet-name mynet -n priv --address-prefixes 10.0.1.0/24 \
+         --default-outbound-access false",
+    ));
+    let private_net = "--vm-sku Standard_B1s --vnet-name mynet --subnet priv --disable-overprovision";
+    s.create_set("rg", "inner", "Herd:App:1:1.0.0", "1", &words(&format!("{private_net} --public-ip-per-vm")));
+    assert_eq!(namespaces_of(&data, &["rg/web/0", "rg/web/1", "rg/plain/0", "rg/inner/0"]).len(), 4);
 
     // (a) Two distinct addresses from the pool, lowest first, in the list and the views.
     let ips = public_ips(&s, "web");
@@ -242,6 +249,14 @@ fn instances_get_public_ips_with_one_to_one_nat() {
     assert_eq!(from_web0, "198.51.100.1", "an instance with a public IP leaves with it");
     assert_eq!(seen(pid_of(&data, "10.0.0.5")).as_deref(), Some("198.51.100.2"), "instance 1 with its own");
     assert_eq!(seen(plain0).as_deref(), Some("10.99.0.1"), "an instance without one leaves as the host");
+    let inner = pid_of(&data, "10.0.1.4");
+    assert_eq!(public_ips(&s, "inner"), [("0".to_string(), "198.51.100.3".to_string())]);
+    assert_eq!(
+        seen(inner).as_deref(),
+        Some("198.51.100.3"),
+        "on a subnet without default outbound access, an instance with a public IP gets out with it"
+    );
+    assert_eq!(by_public("198.51.100.3").as_deref(), Some("inner000000 10.99.0.2"), "and is reached by it");
     // Hairpin: from inside the vnet, by the public IP; the answer comes back through the host.
     let web1 = pid_of(&data, "10.0.0.5");
     assert_eq!(
@@ -279,9 +294,7 @@ fn instances_get_public_ips_with_one_to_one_nat() {
             "sku.capacity",
             "public IP pool 198.51.100.0/28",
             "[network] public_ip_pool",
-            "14 usable addresses",
-            "2 in use",
-            "15 are needed",
+            "14 usable addresses, 3 in use; 16 are needed (15 for this set, 1 for the other sets with public IPs)",
         ],
     );
     let set = s.json(&words("vmss show -g rg -n web"));
@@ -349,7 +362,7 @@ fn instances_get_public_ips_with_one_to_one_nat() {
         String::from_utf8_lossy(&out.stdout).lines().find(|l| l.ends_with("_pub")).map(str::to_string)
     };
     assert!(nat_table.is_some(), "the NAT table exists while instances have public IPs");
-    for set in ["web", "plain"] {
+    for set in ["web", "plain", "inner"] {
         s.ok(&["vmss", "delete", "-g", "rg", "-n", set, "--quiet", "--timeout", "300"]);
     }
     s.ok(&[
@@ -375,7 +388,7 @@ fn instances_get_public_ips_with_one_to_one_nat() {
     wait_for("no herd link left in the server's namespace", Duration::from_secs(30), || {
         (ns.links() == ["hup0", "lo"]).then_some(())
     });
-    let keys = ["rg/web/0", "rg/web/1", "rg/web/2", "rg/plain/0"];
+    let keys = ["rg/web/0", "rg/web/1", "rg/web/2", "rg/plain/0", "rg/inner/0"];
     assert_eq!(namespaces_of(&data, &keys), Vec::<String>::new(), "no instance namespace left");
     let _ = whoami.kill();
     let _ = whoami.wait();
