@@ -25,7 +25,7 @@
 //!     <bridge>/dnsmasq.pid, leases, dnsmasq.log
 //!     dns-<vnet>/<owner>        "IP NAME": one name per instance, for the whole vnet
 //!     ports/<owner>             "PORT MAC IP": what the port may send as (see [`guard`])
-//!     public/<owner>            "PUBLIC PRIVATE": the instance's public IP (see [`public`])
+//!     public/<owner>            "PUBLIC PRIVATE MINUTES": the instance's public IP (see [`public`])
 //! ```
 //!
 //! A segment's life (the bridge and its dnsmasq together):
@@ -239,27 +239,19 @@ impl HostNet {
                 };
                 make_dir(&self.public_dir())?;
                 write_atomic(&self.root, &nat_file, &m.render())?;
-                match old {
-                    // (A table deleted behind our back is written again whole.)
-                    Some(o) if o == m => {
-                        if !self.public.exists() {
-                            self.install_nat()?;
-                        }
-                    }
-                    // A new mapping goes in as elements (one small transaction) when the table
-                    // is there with its timeout policy; else the tables are written whole.
-                    None => {
-                        if guard::run_nft(&self.public.element_script("add", &m, &self.outbound.table)).is_err() {
-                            self.install_nat()?;
-                        }
-                    }
-                    Some(_) => self.install_nat()?,
+                // A new mapping, or the same again (after a crash between the record and the
+                // tables, or a table deleted behind our back), goes in as elements: one small,
+                // idempotent transaction. A changed one, or one whose table or timeout policy
+                // is missing, gets the tables written whole from the records.
+                if old.is_some_and(|o| o != m)
+                    || guard::run_nft(&self.public.element_script("add", &m, &self.outbound.table)).is_err()
+                {
+                    self.install_nat()?;
                 }
             }
             None => {
                 if let Some(o) = old {
-                    remove_file(&nat_file)?;
-                    self.unmap(&o)?;
+                    self.unmap(&o, &nat_file)?;
                 }
             }
         }
@@ -289,8 +281,7 @@ impl HostNet {
         let mut changed = remove_file(&port_file)?;
         let nat_file = self.public_dir().join(&file);
         if let Some(old) = std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t)) {
-            remove_file(&nat_file)?;
-            self.unmap(&old)?;
+            self.unmap(&old, &nat_file)?;
             changed = true;
         }
         for (bridge, seg) in self.segments() {
@@ -322,12 +313,13 @@ impl HostNet {
         )
     }
 
-    /// Takes mapping `m` (whose record is gone) out of the tables: its elements, in one
-    /// transaction, or the NAT table whole with the last mapping.
-    fn unmap(&self, m: &public::Mapping) -> Result<(), NetError> {
-        if self.mappings().is_empty()
-            || guard::run_nft(&self.public.element_script("delete", m, &self.outbound.table)).is_err()
-        {
+    /// Takes mapping `m` out of the tables (its elements, in one transaction), then removes its
+    /// record `file`. With the last mapping, or when the elements were not there (a crash
+    /// between the two last time), the tables are written whole from the records left.
+    fn unmap(&self, m: &public::Mapping, file: &Path) -> Result<(), NetError> {
+        let deleted = guard::run_nft(&self.public.element_script("delete", m, &self.outbound.table)).is_ok();
+        remove_file(file)?;
+        if !deleted || self.mappings().is_empty() {
             self.install_nat()?;
         }
         Ok(())

@@ -224,6 +224,11 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
         run(&["nft", "delete", "table", "ip", &nat]);
         assert!(net.repair().unwrap().iter().any(|l| l.contains(&nat)), "repair restores the NAT table");
         assert_eq!(peer_seen_by(&inet2, &pclient), "198.51.100.5", "NATed again after repair");
+        // An element lost (as after a crash between the record and the table): attaching the
+        // instance again puts it back.
+        run(&["nft", "delete", "element", "ip", &nat, "inbound", "{ 198.51.100.5 }"]);
+        net.attach(&with_public, &db).unwrap();
+        assert_eq!(peer_seen_at(&pclient, &inet2, "198.51.100.5"), "10.99.0.2", "reached by it again");
         // Attached again without it (a model without a public IP): the NAT goes.
         net.attach(&private, &db).unwrap();
         assert!(!output(&["nft", "list", "table", "ip", &nat]).0, "the NAT table goes with the last public IP");
