@@ -361,6 +361,7 @@ const OPS: &[Op] = &[
         true,
     ),
     op("PUT", vmss!("/virtualMachines/{id}/protectionPolicy"), web!("/virtualMachines/0/protectionPolicy"), true, true),
+    op("GET", vmss!("/publicipaddresses"), web!("/publicipaddresses"), false, true),
     op("POST", vmss!("/{action}"), web!("/restart"), true, true),
     op("GET", "/v1/resourceGroups/{group}/virtualNetworks", "/v1/resourceGroups/rg/virtualNetworks", false, true),
     op(
@@ -1274,6 +1275,28 @@ fn handler_cases() -> Vec<Case> {
             |h| {
                 h.world().await;
                 h.get(&set_uri("/virtualMachines/99/effectiveNetworkSecurityGroups")).await
+            }
+        ),
+        case!(
+            "GET",
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/publicipaddresses",
+            200,
+            "none: the world's set has no publicIPAddressConfiguration",
+            |h| {
+                h.world().await;
+                let r = h.get(&set_uri("/publicipaddresses")).await;
+                assert_eq!(r.json(), serde_json::json!([]), "{}", r.text());
+                r
+            }
+        ),
+        case!(
+            "GET",
+            "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/publicipaddresses",
+            404,
+            "no such set",
+            |h| {
+                h.world().await;
+                h.get("/v1/resourceGroups/rg/virtualMachineScaleSets/nope/publicipaddresses").await
             }
         ),
         // ---- public IPs ----

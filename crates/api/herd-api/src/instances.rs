@@ -218,6 +218,76 @@ pub async fn effective_nsgs(
     .await
 }
 
+/// One instance's public IP, as `az vmss list-instance-public-ips` lists it (Azure's
+/// `PublicIPAddress` under the instance's NIC, plus herd's `instanceId`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstancePublicIp {
+    /// `.../virtualMachines/{id}/networkInterfaces/{nic}/ipConfigurations/{ipc}/publicIPAddresses/{name}`.
+    pub id: String,
+    /// The model's `publicIPAddressConfiguration.name`.
+    pub name: String,
+    pub resource_group: String,
+    pub instance_id: String,
+    pub ip_address: String,
+    /// The instance's IP configuration the address is NATed to.
+    pub ip_configuration: herd_model::network::SubResource,
+    /// The instance's private IP in that IP configuration.
+    pub private_ip_address: Option<String>,
+    pub idle_timeout_in_minutes: i64,
+    /// Always `Static`: the address is the instance's for its lifetime.
+    #[serde(rename = "publicIPAllocationMethod")]
+    pub public_ip_allocation_method: String,
+    #[serde(rename = "publicIPAddressVersion")]
+    pub public_ip_address_version: String,
+    pub provisioning_state: String,
+}
+
+/// Lists the public IPs of a set's instances (those that have one), lowest instance id first.
+#[utoipa::path(get, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/publicipaddresses", tag = "instances",
+    params(("group" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Vec<InstancePublicIp>), (status = 404, body = ErrorBody)))]
+pub async fn public_ips(n: Named<(String, String)>) -> Result<Json<Vec<InstancePublicIp>>, ApiError> {
+    n.with_set(|st, set, _| {
+        let set = set.value;
+        let recs = st.store.instances_of(&SetKey::of(&set))?;
+        let profile = set.model.virtual_machine_profile.network_profile.as_ref();
+        let nic = profile.and_then(|p| p.network_interface_configurations.first());
+        let (nic_name, ipc) = (nic.map_or("nic", |n| n.name.as_str()), profile.and_then(|p| p.primary()));
+        let ipc_name = ipc.map_or("ipconfig", |i| i.name.as_str());
+        let config = ipc.and_then(|i| i.public_ip_address_configuration.as_ref());
+        let base = herd_model::scale_set::StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str());
+        let mut out: Vec<InstancePublicIp> = recs
+            .iter()
+            .filter_map(|o| {
+                let r = &o.value;
+                let ip = r.public_ip.clone()?;
+                let ipc_id = format!(
+                    "{base}/virtualMachines/{}/networkInterfaces/{nic_name}/ipConfigurations/{ipc_name}",
+                    r.instance_id
+                );
+                let name = config.map_or_else(|| "publicIp".to_string(), |c| c.name.clone());
+                Some(InstancePublicIp {
+                    id: format!("{ipc_id}/publicIPAddresses/{name}"),
+                    name,
+                    resource_group: set.group.to_string(),
+                    instance_id: r.instance_id.to_string(),
+                    ip_address: ip,
+                    ip_configuration: herd_model::network::SubResource { id: ipc_id },
+                    private_ip_address: r.private_ip.clone(),
+                    idle_timeout_in_minutes: config.map_or(4, |c| c.idle_timeout_in_minutes),
+                    public_ip_allocation_method: "Static".into(),
+                    public_ip_address_version: "IPv4".into(),
+                    provisioning_state: "Succeeded".into(),
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| p.instance_id.parse::<u64>().unwrap_or(u64::MAX));
+        Ok(Json(out))
+    })
+    .await
+}
+
 /// Query of [`boot_log`].
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route(set_path!("/virtualMachines/{id}/instanceView"), get(instances::instance_view))
         .route(set_path!("/virtualMachines/{id}/bootLog"), get(instances::boot_log))
         .route(set_path!("/virtualMachines/{id}/effectiveNetworkSecurityGroups"), get(instances::effective_nsgs))
+        .route(set_path!("/publicipaddresses"), get(instances::public_ips))
         .route(set_path!("/{action}"), post(instances::action))
         .merge(network::vnet_routes())
         .route(

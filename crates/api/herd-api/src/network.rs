@@ -242,6 +242,17 @@ fn fill_vnet(c: &PutCtx<'_, VirtualNetwork>, v: &mut VirtualNetwork) -> Result<S
 /// (Azure allows overlapping vnets that are not peered; herd refuses them rather than give each
 /// its own namespace or VRF: see docs/architecture.md.)
 fn check_vnet_overlaps(s: &AppState, group: &str, name: &str, v: &VirtualNetwork) -> Result<(), ApiError> {
+    if let Some(pool) = s.config.public_ip_pool {
+        if let Some(a) = v.address_space.address_prefixes.iter().find(|a| a.overlaps(&pool.cidr)) {
+            return Err(ApiError::invalid(
+                "addressSpace.addressPrefixes",
+                format!(
+                    "{a} overlaps the server's public IP pool {pool} ({}); a vnet must be outside it",
+                    herd_model::public_pool::SETTING
+                ),
+            ));
+        }
+    }
     for other in s.store.virtual_networks()? {
         let other = other.value;
         if other.name == name && other.resource_group == group {

@@ -54,6 +54,7 @@ use utoipa::OpenApi;
         crate::network::rule_put,
         crate::network::rule_delete,
         crate::instances::effective_nsgs,
+        crate::instances::public_ips,
         crate::network::pip_list,
         crate::network::pip_show,
         crate::network::pip_put,

@@ -42,6 +42,7 @@ pub(crate) fn prepare(
     model.apply_defaults(name);
     model.validate(&state.validation())?;
     model_refs::check_references(&*state.store, name, &model)?;
+    model_refs::check_public_ip(&*state.store, name, &model, state.config.bridged, state.config.public_ip_pool)?;
     let secrets = model.take_secrets();
     Ok((model, secrets))
 }
@@ -277,6 +278,7 @@ pub async fn scale(n: Named<(String, String)>, Json(req): Json<ScaleRequest>) ->
         let mut model = cur.value.model.clone();
         model.sku.capacity = req.capacity;
         model.validate(&st.validation())?;
+        model_refs::check_public_ip(&*st.store, &cur.value.name, &model, st.config.bridged, st.config.public_ip_pool)?;
         commit(st, cur, model, Secrets::default(), "Scale", "scale requested".into())
     })
     .await

@@ -29,6 +29,18 @@ pub struct ApiConfig {
     pub images: crate::images::ImportConfig,
     /// The cluster id recorded in the data dir and in every instance (`/v1/server/status`).
     pub cluster_id: String,
+    /// Bridged networking (`[network] mode = "bridged"`): instances live on real subnets.
+    pub bridged: bool,
+    /// The pool instance public IPs come from (`[network] public_ip_pool`), if configured.
+    pub public_ip_pool: Option<herd_model::public_pool::PublicIpPool>,
+}
+
+impl ApiConfig {
+    /// Whether `ip` is in the server's public pool (false without one): an address a public-IP
+    /// resource or a load-balancer frontend may take from the pool.
+    pub fn in_public_pool(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.public_ip_pool.is_some_and(|p| p.contains(ip))
+    }
 }
 
 /// Shared handler state.

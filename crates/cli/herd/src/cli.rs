@@ -480,6 +480,10 @@ pub struct VmssCreate {
     /// Network security group (a name in the set's group, or an id) of every instance's NIC.
     #[arg(long)]
     pub nsg: Option<String>,
+    /// Give every instance its own public IP from the server's pool ([network] public_ip_pool),
+    /// 1:1 NATed to its private IP (bridged networking; needs --subnet).
+    #[arg(long)]
+    pub public_ip_per_vm: bool,
     /// Empty data disks per instance, sizes in GB (LUNs 0, 1, ...); kept across reimage.
     #[arg(long, num_args = 1..)]
     pub data_disk_sizes_gb: Vec<u64>,
@@ -598,6 +602,9 @@ pub enum VmssCmd {
     },
     /// List a set's instances.
     ListInstances(SetRef),
+    /// List the public IPs of a set's instances (publicIPAddressConfiguration), with each
+    /// instance's id and IP configuration.
+    ListInstancePublicIps(SetRef),
     /// Instance-hours and cost of the set by SKU and priority, as the meter recorded them.
     Cost(crate::cost_cmds::VmssCostArgs),
     /// Evict a Spot instance as the platform would: a Preempt event first (30 s, or until the

@@ -50,7 +50,16 @@ const INSTANCE_TABLE: Columns<'static> = &[
     ("ProvisioningState", "provisioningState"),
     ("PowerState", "powerState"),
     ("Address", "reachAddress"),
+    ("PublicIp", "publicIpAddress"),
     ("Note", "(overprovisioned && 'overprovisioned extra') || (eviction && join('', ['evicted: ', eviction.detail])) || (scheduledEvents[0] && join(' ', [scheduledEvents[0].eventType, 'event, not before', scheduledEvents[0].notBefore])) || deleteReason || lastError"),
+];
+const PUBLIC_IP_TABLE: Columns<'static> = &[
+    ("InstanceId", "instanceId"),
+    ("Name", "name"),
+    ("IpAddress", "ipAddress"),
+    ("PrivateIpAddress", "privateIpAddress"),
+    ("IdleTimeoutInMinutes", "idleTimeoutInMinutes"),
+    ("IpConfiguration", "ipConfiguration.id"),
 ];
 const ACTIVITY_TABLE: Columns<'static> = &[
     ("Time", "time"),
@@ -527,6 +536,9 @@ async fn network_profile(ctx: &Ctx, c: &VmssCreate) -> Result<Option<Value>> {
         pools.push(json!({"id": format!("{}/backendAddressPools/{pool}", herd_model::network::network_id(g, "loadBalancers", lb))}));
     }
     if subnet.is_none() && pools.is_empty() {
+        if c.public_ip_per_vm {
+            bail!("--public-ip-per-vm: a public IP is NATed to the instance's private IP; also give --subnet");
+        }
         if let Some(n) = &c.nsg {
             bail!("--nsg {n}: a network security group filters a NIC on a subnet; also give --subnet");
         }
@@ -536,6 +548,9 @@ async fn network_profile(ctx: &Ctx, c: &VmssCreate) -> Result<Option<Value>> {
     let mut ipc = json!({"name": format!("{prefix}IPConfig"), "loadBalancerBackendAddressPools": pools});
     if let Some(s) = subnet {
         ipc["subnet"] = json!({"id": s});
+    }
+    if c.public_ip_per_vm {
+        ipc["publicIPAddressConfiguration"] = json!({"name": format!("{prefix}PublicIP")});
     }
     let mut nic = json!({"name": format!("{prefix}Nic"), "primary": true, "ipConfigurations": [ipc]});
     if let Some(n) = c.nsg.as_deref().filter(|n| !n.is_empty()) {
@@ -711,6 +726,10 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
         VmssCmd::ListInstances(s) => ctx.print(
             &ctx.client.get(&format!("{}/virtualMachines", set_path(&s.group, &s.name))).await?,
             Some(INSTANCE_TABLE),
+        ),
+        VmssCmd::ListInstancePublicIps(s) => ctx.print(
+            &ctx.client.get(&format!("{}/publicipaddresses", set_path(&s.group, &s.name))).await?,
+            Some(PUBLIC_IP_TABLE),
         ),
         VmssCmd::GetInstanceView { set, instance_id } => get_instance_view(ctx, &set, instance_id).await,
         VmssCmd::Extension(c) => extension(ctx, c).await,

@@ -1,7 +1,7 @@
 //! Bridged networking survives a crash: `kill -9` of `herd server` in the middle of creating 20
-//! bridged process instances, then a restart, converges with no duplicate address, every DHCP
-//! reservation naming the right MAC and address, one veth and one namespace per instance, one
-//! dnsmasq; deleting the set then leaves no interface, namespace, dnsmasq, nftables table or
+//! bridged process instances, then a restart, converges with no duplicate address (private or
+//! public), every DHCP reservation naming the right MAC and address, every public IP NATed to
+//! its instance's private IP, one veth and one namespace per instance, one dnsmasq; deleting the set then leaves no interface, namespace, dnsmasq, nftables table or
 //! state file. Everything runs inside a network namespace this test creates.
 
 mod common;
@@ -25,6 +25,19 @@ fn reservations(data: &std::path::Path) -> BTreeMap<String, String> {
     out
 }
 
+/// `public IP -> private IP` of every NAT record of the server of `data`.
+fn nat_records(data: &std::path::Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for f in std::fs::read_dir(hostnet_root(data).join("public")).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+        let mut it = text.split_whitespace();
+        if let (Some(public), Some(private)) = (it.next(), it.next()) {
+            assert!(out.insert(public.to_string(), private.to_string()).is_none(), "one record per address: {public}");
+        }
+    }
+    out
+}
+
 #[test]
 fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() {
     assert!(
@@ -36,7 +49,7 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     let netns_before = instance_namespaces();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = "[network]\nmode = \"bridged\"\n[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 4\n";
+    let config = "[network]\nmode = \"bridged\"\npublic_ip_pool = \"198.51.100.0/27\"\n[provisioning]\nmax_in_flight_percent = 10\nmin_in_flight = 4\n";
     let mut s = Server::start_in(&ns.0, "process", &data, Some(config));
     let _state = RemoveOnDrop(hostnet_root(&data));
     let img = image_dir(&dir.path().join("img"), "exec sleep 3600");
@@ -45,7 +58,7 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     s.ok(&words("network vnet subnet create -g rg --vnet-name vnet1 -n web --address-prefixes 10.0.0.0/24"));
     s.ok(&words(
         "vmss create -g rg -n web --image Herd:Sleeper:1:1.0.0 --instance-count 20 --vm-sku Standard_B1s \
-         --vnet-name vnet1 --subnet web --disable-overprovision --no-wait --quiet",
+         --vnet-name vnet1 --subnet web --public-ip-per-vm --disable-overprovision --no-wait --quiet",
     ));
     // Kill on observed state, not on a timer.
     let seen = wait_for("4 or more running instances", Duration::from_secs(120), || {
@@ -67,8 +80,10 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     });
     assert_eq!(list.len(), 20, "exactly 20 instances");
     let mut want = BTreeMap::new();
+    let mut nat = BTreeMap::new();
     for i in list {
         let ip = i["privateIpAddress"].as_str().unwrap().to_string();
+        nat.insert(i["publicIpAddress"].as_str().unwrap().to_string(), ip.clone());
         assert_eq!(i["reachAddress"].as_str(), Some(ip.as_str()), "{i}");
         let mac = herd_hostnet::mac_for(&format!("rg/web/{}", i["instanceId"].as_str().unwrap()));
         want.insert(mac, ip);
@@ -78,6 +93,9 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     let expected: BTreeSet<String> = (4..24).map(|n| format!("10.0.0.{n}")).collect();
     assert_eq!(ips.into_iter().cloned().collect::<BTreeSet<_>>(), expected, "the lowest 20 after the reserved ones");
     assert_eq!(reservations(&data), want, "every DHCP reservation names the instance's MAC and address, and no other");
+    let publics: BTreeSet<String> = (1..21).map(|n| format!("198.51.100.{n}")).collect();
+    assert_eq!(nat.keys().cloned().collect::<BTreeSet<_>>(), publics, "20 distinct public IPs, the lowest of the pool");
+    assert_eq!(nat_records(&data), nat, "every public IP is NATed to its instance's private IP, and no other");
     let links = ns.links();
     assert_eq!(links.iter().filter(|l| l.starts_with("hv")).count(), 20, "one veth per instance: {links:?}");
     assert_eq!(links.iter().filter(|l| l.starts_with("hb")).count(), 1, "one bridge: {links:?}");

@@ -167,7 +167,7 @@ pub(crate) fn instance_document(key: &InstanceKey, rec: &InstanceRecord, set: Op
         "network": {
             "interface": [{
                 "ipv4": {
-                    "ipAddress": [{"privateIpAddress": private_ip, "publicIpAddress": ""}],
+                    "ipAddress": [{"privateIpAddress": private_ip, "publicIpAddress": rec.public_ip.clone().unwrap_or_default()}],
                     "subnet": [],
                 },
                 "ipv6": {"ipAddress": []},

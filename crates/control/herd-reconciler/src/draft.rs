@@ -137,6 +137,33 @@ pub struct Ipam {
     /// Subnets without default outbound access (private subnets).
     pub(crate) private: BTreeSet<String>,
     used: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// The server's public pool (`[network] public_ip_pool`), if configured.
+    public_pool: Option<herd_model::public_pool::PublicIpPool>,
+    /// Public IPs instances hold, whatever the pool (one configured later must not hand out
+    /// an address an instance still holds).
+    public_used: BTreeSet<Ipv4Addr>,
+}
+
+/// Why an instance gets no public IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicIpRefusal {
+    /// The server has no `[network] public_ip_pool`.
+    NoPool,
+    /// Every usable address of the pool is held.
+    Full(herd_model::public_pool::PublicIpPool),
+}
+
+impl std::fmt::Display for PublicIpRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublicIpRefusal::NoPool => {
+                write!(f, "no public IP pool is configured (add {})", herd_model::public_pool::SETTING)
+            }
+            PublicIpRefusal::Full(p) => {
+                write!(f, "the public IP pool {p} is full ({} of {} addresses in use)", p.usable(), p.usable())
+            }
+        }
+    }
 }
 
 impl Ipam {
@@ -158,8 +185,27 @@ impl Ipam {
             if let (Some(subnet), Some(ip)) = (subnet_of(set), r.private_ip.as_deref().and_then(|a| a.parse().ok())) {
                 ipam.used.entry(subnet).or_default().insert(ip);
             }
+            if let Some(ip) = r.public_ip.as_deref().and_then(|a| a.parse().ok()) {
+                ipam.public_used.insert(ip);
+            }
         }
         ipam
+    }
+
+    /// The allocator with the server's public pool.
+    pub fn with_public_pool(mut self, pool: Option<herd_model::public_pool::PublicIpPool>) -> Self {
+        self.public_pool = pool;
+        self
+    }
+
+    /// The lowest free address of the public pool, marked used. Instance records are the
+    /// allocation: the record holding the address is written (Phase A) before any driver call,
+    /// so a crash cannot hand the address out twice.
+    pub fn allocate_public(&mut self) -> Result<Ipv4Addr, PublicIpRefusal> {
+        let pool = self.public_pool.ok_or(PublicIpRefusal::NoPool)?;
+        let ip = pool.addresses().find(|ip| !self.public_used.contains(ip)).ok_or(PublicIpRefusal::Full(pool))?;
+        self.public_used.insert(ip);
+        Ok(ip)
     }
 
     /// The lowest free address of `subnet`, marked used; None if the subnet is unknown or full.
@@ -170,6 +216,11 @@ impl Ipam {
         used.insert(ip);
         Some(ip)
     }
+}
+
+/// Whether the set's model gives each instance a public IP.
+pub fn wants_public_ip(set: &StoredScaleSet) -> bool {
+    set.model.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.public_ip()).is_some()
 }
 
 /// The subnet id (lower case) a set's instances live in, if it has one.

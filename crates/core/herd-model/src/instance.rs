@@ -164,6 +164,11 @@ pub struct InstanceRecord {
     /// The private IP from the set's subnet (IPAM), when the set has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_ip: Option<String>,
+    /// The public IP from the server's pool, when the set's model asks for one
+    /// (`publicIPAddressConfiguration`): NATed 1:1 to the private IP, kept for the instance's
+    /// lifetime as the private IP is, released when the record goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
     /// Provisioning attempts so far (for backoff).
     #[serde(default)]
     pub attempts: u32,
@@ -301,6 +306,7 @@ impl InstanceRecord {
             overprovisioned: self.overprovisioned,
             reach_address: self.reach_address.clone(),
             private_ip_address: self.private_ip.clone(),
+            public_ip_address: self.public_ip.clone(),
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at,
             last_error: self.last_error.clone(),
@@ -358,6 +364,11 @@ pub struct InstanceView {
     /// Its private IP in the set's subnet, if the set has a network profile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub private_ip_address: Option<String>,
+    /// Its public IP (NATed 1:1 to the private IP), when the set's model has a
+    /// `publicIPAddressConfiguration`. Azure shows it under the NIC's
+    /// `ipConfigurations[].publicIPAddress`; herd's view is flat, next to `privateIpAddress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip_address: Option<String>,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,

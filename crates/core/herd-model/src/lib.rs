@@ -26,6 +26,7 @@ pub mod join_token;
 pub mod network;
 pub mod nsg;
 pub mod patch;
+pub mod public_pool;
 pub mod repair;
 pub mod scale_set;
 pub mod sku;

@@ -205,7 +205,30 @@ pub struct IpConfiguration {
     pub load_balancer_backend_address_pools: Vec<SubResource>,
     #[serde(default)]
     pub load_balancer_inbound_nat_pools: Vec<SubResource>,
+    /// A public IP per instance, from the server's pool (`[network] public_ip_pool`), with
+    /// 1:1 NAT to the instance's private IP. Bridged networking only.
+    #[serde(default, rename = "publicIPAddressConfiguration", skip_serializing_if = "Option::is_none")]
+    pub public_ip_address_configuration: Option<PublicIpAddressConfiguration>,
 }
+
+/// `ipConfigurations[].publicIPAddressConfiguration`: each instance gets its own public IP.
+/// Azure nests `idleTimeoutInMinutes` under `properties`; herd's model flattens `properties`
+/// everywhere, so it sits next to `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublicIpAddressConfiguration {
+    pub name: String,
+    /// Minutes an idle TCP flow through the address is kept (4 to 30, default 4).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_in_minutes: i64,
+}
+
+fn default_idle_timeout() -> i64 {
+    4
+}
+
+/// Allowed `idleTimeoutInMinutes` of a public IP (Azure's).
+pub const IDLE_TIMEOUT_MINUTES: std::ops::RangeInclusive<i64> = 4..=30;
 
 /// One NIC of the VM model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -247,10 +270,46 @@ impl NetworkProfile {
             if nic.ip_configurations.len() != 1 {
                 return Err(FieldError::new(format!("{f}[0].ipConfigurations"), "needs exactly one IP configuration"));
             }
+            let ip = &nic.ip_configurations[0];
+            if let Some(p) = &ip.public_ip_address_configuration {
+                let pf = format!("{f}[0].ipConfigurations[0].publicIPAddressConfiguration");
+                if p.name.is_empty() || p.name.len() > 80 {
+                    return Err(FieldError::new(
+                        format!("{pf}.name"),
+                        format!("must be 1 to 80 characters, got {}", p.name.len()),
+                    ));
+                }
+                if !IDLE_TIMEOUT_MINUTES.contains(&p.idle_timeout_in_minutes) {
+                    return Err(FieldError::new(
+                        format!("{pf}.idleTimeoutInMinutes"),
+                        format!(
+                            "{} is out of range; allowed {} to {}",
+                            p.idle_timeout_in_minutes,
+                            IDLE_TIMEOUT_MINUTES.start(),
+                            IDLE_TIMEOUT_MINUTES.end()
+                        ),
+                    ));
+                }
+                if ip.subnet.is_none() {
+                    return Err(FieldError::new(
+                        pf,
+                        "needs a subnet in the same IP configuration: the public IP is NATed to the private IP",
+                    ));
+                }
+            }
         }
         Ok(())
     }
+
+    /// The primary IP configuration's public IP configuration, if the model asks for one.
+    pub fn public_ip(&self) -> Option<&PublicIpAddressConfiguration> {
+        self.primary()?.public_ip_address_configuration.as_ref()
+    }
 }
+
+/// The path of the public IP configuration in a scale-set model (for errors).
+pub const PUBLIC_IP_FIELD: &str =
+    "virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].ipConfigurations[0].publicIPAddressConfiguration";
 
 /// `virtualMachineProfile`: everything that defines one VM. Changing it bumps `modelGeneration`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -727,6 +786,44 @@ mod tests {
                 "storageProfile": {"imageReference": {"publisher": "Herd", "offer": "TestGuest", "sku": "1", "version": "1.0.0"}}
             }
         })
+    }
+
+    #[test]
+    fn a_public_ip_configuration_is_checked_naming_the_field() {
+        let with = |pip: Value, subnet: bool| {
+            let mut ipc = json!({"name": "ip", "publicIPAddressConfiguration": pip});
+            if subnet {
+                ipc["subnet"] =
+                    json!({"id": "/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s"});
+            }
+            let mut v = base();
+            v["virtualMachineProfile"]["networkProfile"] =
+                json!({"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [ipc]}]});
+            model(v)
+        };
+        let m = with(json!({"name": "pub"}), true).unwrap();
+        let p = m.virtual_machine_profile.network_profile.as_ref().unwrap().public_ip().unwrap();
+        assert_eq!((p.name.as_str(), p.idle_timeout_in_minutes), ("pub", 4), "Azure's default idle timeout");
+        let doc = serde_json::to_value(&m).unwrap();
+        let ipc =
+            &doc["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"][0]["ipConfigurations"][0];
+        assert_eq!(
+            ipc["publicIPAddressConfiguration"],
+            json!({"name": "pub", "idleTimeoutInMinutes": 4}),
+            "Azure's spelling"
+        );
+        assert!(with(json!({"name": "pub", "idleTimeoutInMinutes": 30}), true).is_ok());
+        for (pip, subnet, field, message) in [
+            (json!({"name": "pub", "idleTimeoutInMinutes": 3}), true, ".idleTimeoutInMinutes", "allowed 4 to 30"),
+            (json!({"name": "pub", "idleTimeoutInMinutes": 31}), true, ".idleTimeoutInMinutes", "31 is out of range"),
+            (json!({"name": ""}), true, ".name", "1 to 80 characters"),
+            (json!({"name": "pub"}), false, "", "needs a subnet"),
+            (json!({"name": "pub", "dnsSettings": {}}), true, ".dnsSettings", "unknown field"),
+        ] {
+            let e = with(pip.clone(), subnet).unwrap_err();
+            assert!(e.field.starts_with(PUBLIC_IP_FIELD) && e.field.ends_with(field), "{pip}: {e:?}");
+            assert!(e.message.contains(message), "{pip}: {e:?}");
+        }
     }
 
     #[test]

@@ -166,6 +166,8 @@ fn legacy(dir: &Path) -> InstanceRecord {
                 mtu: 1500,
                 vnet: String::new(),
                 outbound: true,
+                public_address: None,
+                public_idle_timeout_minutes: None,
             })
         }),
         // Kept in its own file, read by the fence check (it may be unreadable: that refuses).
@@ -222,6 +224,8 @@ mod tests {
                 mtu: 1500,
                 vnet: String::new(),
                 outbound: true,
+                public_address: None,
+                public_idle_timeout_minutes: None,
             }),
             fence: None,
         }

@@ -184,6 +184,14 @@ pub struct NetworkAttachment {
     /// outbound access).
     #[serde(default = "outbound_default")]
     pub outbound: bool,
+    /// The instance's public IP, NATed 1:1 to `address` on the host (inbound to it reaches the
+    /// instance; the instance's outbound traffic leaves from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<std::net::Ipv4Addr>,
+    /// Minutes an idle TCP connection through the public IP is kept (the model's
+    /// `idleTimeoutInMinutes`); None: Azure's default, 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_idle_timeout_minutes: Option<u16>,
 }
 
 fn outbound_default() -> bool {

@@ -25,6 +25,7 @@
 //!     <bridge>/dnsmasq.pid, leases, dnsmasq.log
 //!     dns-<vnet>/<owner>        "IP NAME": one name per instance, for the whole vnet
 //!     ports/<owner>             "PORT MAC IP": what the port may send as (see [`guard`])
+//!     public/<owner>            "PUBLIC PRIVATE MINUTES": the instance's public IP (see [`public`])
 //! ```
 //!
 //! A segment's life (the bridge and its dnsmasq together):
@@ -46,6 +47,7 @@ pub mod link;
 pub mod metadata;
 mod names;
 pub mod outbound;
+pub mod public;
 pub mod security;
 
 pub use dnsmasq::Lease;
@@ -144,6 +146,7 @@ pub struct HostNet {
     root: PathBuf,
     guard: guard::Guard,
     outbound: outbound::Outbound,
+    public: public::Public,
     security: security::Security,
     /// The NSG script last written ("" for none), so an unchanged set of rules costs nothing.
     secured: Mutex<Option<String>>,
@@ -163,11 +166,13 @@ impl HostNet {
         let table = short_name("herd_", &root.display().to_string());
         let security = security::Security { table: format!("{table}_nsg") };
         let metadata = metadata::Metadata { table: format!("{table}_md") };
+        let public = public::Public { table: format!("{table}_pub") };
         let (guard, outbound) = (guard::Guard { table: table.clone() }, outbound::Outbound { table });
         HostNet {
             root,
             guard,
             outbound,
+            public,
             security,
             secured: Mutex::new(None),
             metadata,
@@ -217,7 +222,7 @@ impl HostNet {
             }
             write_atomic(&dir, &dir.join("segment"), &seg.render())?;
             link::ensure_bridge(&att.bridge, att.gateway, att.prefix_len, att.mtu)?;
-            self.outbound.install(&self.prefixes())?;
+            self.install_nat()?;
         }
         let file = names::owner_file(r.owner);
         // The port is guarded before the instance can send anything.
@@ -227,6 +232,35 @@ impl HostNet {
         // (A table deleted behind our back is written again whole.)
         if !known || self.guard.admit(&port).is_err() {
             self.guard.install(&self.ports())?;
+        }
+        // Its public IP is NATed before it can get traffic by it (and stops being NATed when
+        // the instance no longer has one).
+        let nat_file = self.public_dir().join(&file);
+        let old = std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t));
+        match att.public_address {
+            Some(public) => {
+                let m = public::Mapping {
+                    public,
+                    private: att.address,
+                    idle_minutes: att.public_idle_timeout_minutes.unwrap_or(public::DEFAULT_IDLE_MINUTES),
+                };
+                make_dir(&self.public_dir())?;
+                write_atomic(&self.root, &nat_file, &m.render())?;
+                // A new mapping, or the same again (after a crash between the record and the
+                // tables, or a table deleted behind our back), goes in as elements: one small,
+                // idempotent transaction. A changed one, or one whose table or timeout policy
+                // is missing, gets the tables written whole from the records.
+                if old.is_some_and(|o| o != m)
+                    || guard::run_nft(&self.public.element_script("add", &m, &self.outbound.table)).is_err()
+                {
+                    self.install_nat()?;
+                }
+            }
+            None => {
+                if let Some(o) = old {
+                    self.unmap(&o, &nat_file)?;
+                }
+            }
         }
         write_atomic(
             &dir,
@@ -252,6 +286,11 @@ impl HostNet {
             self.guard.forget(&port)?;
         }
         let mut changed = remove_file(&port_file)?;
+        let nat_file = self.public_dir().join(&file);
+        if let Some(old) = std::fs::read_to_string(&nat_file).ok().and_then(|t| public::Mapping::parse(&t)) {
+            self.unmap(&old, &nat_file)?;
+            changed = true;
+        }
         for (bridge, seg) in self.segments() {
             let dir = self.bridge_dir(&bridge);
             changed |= remove_file(&dnsmasq::reservations_dir(&dir).join(&file))?;
@@ -265,6 +304,48 @@ impl HostNet {
 
     fn ports_dir(&self) -> PathBuf {
         self.root.join("ports")
+    }
+
+    fn public_dir(&self) -> PathBuf {
+        self.root.join("public")
+    }
+
+    /// Every public IP's mapping (one per address; see [`public::distinct`]).
+    fn mappings(&self) -> Vec<public::Mapping> {
+        let Ok(dir) = std::fs::read_dir(self.public_dir()) else { return vec![] };
+        let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        files.sort();
+        public::distinct(
+            files.iter().filter_map(|p| public::Mapping::parse(&std::fs::read_to_string(p).ok()?)).collect(),
+        )
+    }
+
+    /// Takes mapping `m` out of the tables (its elements, in one transaction), then removes its
+    /// record `file`. With the last mapping, or when the elements were not there (a crash
+    /// between the two last time), the tables are written whole from the records left.
+    fn unmap(&self, m: &public::Mapping, file: &Path) -> Result<(), NetError> {
+        let deleted = guard::run_nft(&self.public.element_script("delete", m, &self.outbound.table)).is_ok();
+        remove_file(file)?;
+        if !deleted || self.mappings().is_empty() {
+            self.install_nat()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the outbound table (from the segment and public-IP records) and the public IPs'
+    /// NAT table (removed with the last mapping) in one transaction: an address is NATed
+    /// exactly when the outbound filter lets it through, and both know every vnet.
+    fn install_nat(&self) -> Result<(), NetError> {
+        let (maps, prefixes) = (self.mappings(), self.prefixes());
+        let natted: Vec<Ipv4Addr> = maps.iter().map(|m| m.private).collect();
+        let mut script = self.public.script_or_removal(&maps, &prefixes);
+        script.push_str(&self.outbound.prepare(&prefixes, &natted)?);
+        guard::run_nft(&script)
+    }
+
+    /// The nftables table (family `ip`) that NATs this server's public IPs.
+    pub fn public_table(&self) -> &str {
+        &self.public.table
     }
 
     /// Every guarded port's record.
@@ -304,7 +385,13 @@ impl HostNet {
             }
         }
         if gone {
-            self.outbound.install(&self.prefixes())?;
+            self.install_nat()?;
+        }
+        if self.public_dir().exists() && is_empty(&self.public_dir()) {
+            if self.public.exists() {
+                self.public.remove()?;
+            }
+            let _ = std::fs::remove_dir(self.public_dir());
         }
         if self.ports_dir().exists() && is_empty(&self.ports_dir()) {
             if self.guard.exists() {
@@ -344,9 +431,16 @@ impl HostNet {
             seen.insert(bridge);
         }
         let prefixes = self.prefixes();
-        if !prefixes.is_empty() && !self.outbound.exists() {
-            self.outbound.install(&prefixes)?;
+        let outbound_gone = !prefixes.is_empty() && !self.outbound.exists();
+        let public_gone = !self.mappings().is_empty() && !self.public.exists();
+        if outbound_gone || public_gone {
+            self.install_nat()?;
+        }
+        if outbound_gone {
             fixed.push(format!("nftables table ip {} re-created", self.outbound.table));
+        }
+        if public_gone {
+            fixed.push(format!("nftables table ip {} re-created", self.public.table));
         }
         let ports = self.ports();
         if !ports.is_empty() && !self.guard.exists() {

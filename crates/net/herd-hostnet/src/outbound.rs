@@ -7,8 +7,12 @@
 //! must forward IPv4 between the bridges and its uplink, so installing the table turns
 //! `net.ipv4.ip_forward` on (in the server's network namespace), as libvirt does.
 //!
-//! The table is small and changes only when a segment comes or goes, so it is always written
-//! whole, in one transaction, from the segment records.
+//! Instances with a public IP (`public.rs`) leave with that address even on a private subnet:
+//! the forward filter lets their private addresses (the `natted` set) through both ways, and
+//! their source NAT is bound by the public table before this table's masquerade.
+//!
+//! The table is small and changes only when a segment or a public IP comes or goes, so it is
+//! always written whole, in one transaction, from the segment and public-IP records.
 
 use crate::guard::run_nft;
 use crate::NetError;
@@ -30,8 +34,9 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// The whole table for `prefixes`, replacing any table of that name.
-    pub fn script(&self, prefixes: &[Prefix]) -> String {
+    /// The whole table for `prefixes` (and the private addresses that have a public IP,
+    /// `natted`), replacing any table of that name.
+    pub fn script(&self, prefixes: &[Prefix], natted: &[Ipv4Addr]) -> String {
         let t = &self.table;
         let list = |f: &dyn Fn(&Prefix) -> bool| {
             let items: Vec<String> =
@@ -47,10 +52,11 @@ impl Outbound {
              \tset vnets {{ type ipv4_addr; flags interval;{all} }}\n\
              \tset outbound {{ type ipv4_addr; flags interval;{out} }}\n\
              \tset private {{ type ipv4_addr; flags interval;{private} }}\n\
+             \tset natted {{ type ipv4_addr;{natted} }}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority 0; policy accept;\n\
-             \t\tip saddr @private ip daddr != @vnets counter drop\n\
-             \t\tip daddr @private ip saddr != @vnets ct state != {{ established, related }} counter drop\n\
+             \t\tip saddr @private ip saddr != @natted ip daddr != @vnets counter drop\n\
+             \t\tip daddr @private ip daddr != @natted ip saddr != @vnets ct state != {{ established, related }} counter drop\n\
              \t}}\n\
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
@@ -59,23 +65,35 @@ impl Outbound {
             all = list(&|_| true),
             out = list(&|p| p.outbound),
             private = list(&|p| !p.outbound),
+            natted = if natted.is_empty() {
+                String::new()
+            } else {
+                let items: Vec<String> = natted.iter().map(Ipv4Addr::to_string).collect();
+                format!(" elements = {{ {} }};", items.join(", "))
+            },
         )
     }
 
-    /// Writes the table for `prefixes` (removes it when there are none) and turns IPv4
-    /// forwarding on.
-    pub fn install(&self, prefixes: &[Prefix]) -> Result<(), NetError> {
+    /// Writes the table for `prefixes` and `natted` (removes it when there are no prefixes)
+    /// and turns IPv4 forwarding on.
+    pub fn install(&self, prefixes: &[Prefix], natted: &[Ipv4Addr]) -> Result<(), NetError> {
+        run_nft(&self.prepare(prefixes, natted)?)
+    }
+
+    /// What [`install`](Self::install) writes, to run in one transaction with other tables:
+    /// the table (IPv4 forwarding turned on first), or its removal when there are no prefixes.
+    pub fn prepare(&self, prefixes: &[Prefix], natted: &[Ipv4Addr]) -> Result<String, NetError> {
         if prefixes.is_empty() {
-            return self.remove();
+            return Ok(format!("add table ip {t}\ndelete table ip {t}\n", t = self.table));
         }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| NetError::Command(format!("cannot turn IPv4 forwarding on: {e}")))?;
-        run_nft(&self.script(prefixes))
+        Ok(self.script(prefixes, natted))
     }
 
     /// Removes the table. Ok if absent.
     pub fn remove(&self) -> Result<(), NetError> {
-        run_nft(&format!("add table ip {t}\ndelete table ip {t}\n", t = self.table))
+        run_nft(&self.prepare(&[], &[])?)
     }
 
     /// Whether the table exists.
@@ -91,18 +109,23 @@ mod tests {
     #[test]
     fn private_subnets_are_kept_in_and_the_others_masqueraded() {
         let o = Outbound { table: "herd_x".into() };
-        let s = o.script(&[
-            Prefix { network: Ipv4Addr::new(10, 0, 0, 0), len: 24, outbound: true },
-            Prefix { network: Ipv4Addr::new(10, 0, 1, 0), len: 24, outbound: false },
-        ]);
+        let s = o.script(
+            &[
+                Prefix { network: Ipv4Addr::new(10, 0, 0, 0), len: 24, outbound: true },
+                Prefix { network: Ipv4Addr::new(10, 0, 1, 0), len: 24, outbound: false },
+            ],
+            &[Ipv4Addr::new(10, 0, 1, 4)],
+        );
         assert!(
             s.contains("set vnets { type ipv4_addr; flags interval; elements = { 10.0.0.0/24, 10.0.1.0/24 }; }"),
             "{s}"
         );
         assert!(s.contains("set outbound { type ipv4_addr; flags interval; elements = { 10.0.0.0/24 }; }"), "{s}");
         assert!(s.contains("set private { type ipv4_addr; flags interval; elements = { 10.0.1.0/24 }; }"), "{s}");
+        assert!(s.contains("set natted { type ipv4_addr; elements = { 10.0.1.4 }; }"), "{s}");
+        assert!(s.contains("ip saddr @private ip saddr != @natted ip daddr != @vnets counter drop"), "{s}");
         crate::guard::check_script(&s);
-        let none = o.script(&[Prefix { network: Ipv4Addr::new(10, 0, 0, 0), len: 24, outbound: true }]);
+        let none = o.script(&[Prefix { network: Ipv4Addr::new(10, 0, 0, 0), len: 24, outbound: true }], &[]);
         assert!(none.contains("set private { type ipv4_addr; flags interval; }"), "{none}");
         crate::guard::check_script(&none);
     }

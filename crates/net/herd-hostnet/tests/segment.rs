@@ -42,11 +42,17 @@ impl Drop for Namespaces {
 /// Listens in `inet` on 10.99.0.2:9000 for one connection, connects from `client`, and
 /// returns the address the listener saw.
 fn peer_seen_by(inet: &str, client: &str) -> String {
+    peer_seen_at(inet, client, "10.99.0.2")
+}
+
+/// Listens in `server` on port 9000 for one connection, connects from `client` to `addr`, and
+/// returns the address the listener saw.
+fn peer_seen_at(server: &str, client: &str, addr: &str) -> String {
     let mut listener = Command::new("ip")
-        .args(["netns", "exec", inet, "python3", "-c"])
+        .args(["netns", "exec", server, "python3", "-c"])
         .arg(
             "import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('10.99.0.2', 9000)); s.listen(1); s.settimeout(30); print('ready', flush=True)\n\
+             s.bind(('0.0.0.0', 9000)); s.listen(1); s.settimeout(30); print('ready', flush=True)\n\
              c, a = s.accept(); c.sendall(a[0].encode()); c.close()",
         )
         .stdout(std::process::Stdio::piped())
@@ -56,9 +62,9 @@ fn peer_seen_by(inet: &str, client: &str) -> String {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ready", "the listener in the internet namespace did not start");
-    let (ok, seen) = output(&["ip", "netns", "exec", client, "busybox", "nc", "-w", "5", "10.99.0.2", "9000"]);
-    assert!(ok, "the instance could not reach the internet namespace: {seen}");
-    assert!(listener.wait().unwrap().success(), "the listener in the internet namespace failed");
+    let (ok, seen) = output(&["ip", "netns", "exec", client, "busybox", "nc", "-w", "5", addr, "9000"]);
+    assert!(ok, "{client} could not reach {addr}:9000 in {server}: {seen}");
+    assert!(listener.wait().unwrap().success(), "the listener in {server} failed");
     seen.trim().to_string()
 }
 
@@ -114,6 +120,8 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
             mtu: 1400,
             vnet: "hztest".into(),
             outbound: true,
+            public_address: None,
+            public_idle_timeout_minutes: None,
         };
         let (mac_a, mac_b) = ("52:54:00:77:00:04", "52:54:00:77:00:05");
         net.attach(&att(4), &Reservation { owner: "rg/web/0", mac: mac_a, name: "web000000", port: "hvtest0" })
@@ -180,6 +188,8 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
             mtu: 1500,
             vnet: "hztest".into(),
             outbound: false,
+            public_address: None,
+            public_idle_timeout_minutes: None,
         };
         let mac_c = "52:54:00:78:00:04";
         net.attach(&private, &Reservation { owner: "rg/db/0", mac: mac_c, name: "db000000", port: "hvtest2" }).unwrap();
@@ -193,8 +203,40 @@ fn a_segment_serves_dhcp_and_names_survives_a_dnsmasq_kill_and_goes_with_its_las
         assert!(ping_from("10.78.0.1"), "a private subnet reaches its gateway");
         assert!(!ping_from("10.99.0.2"), "a private subnet does not reach the internet");
         assert!(ping_from("10.77.0.4"), "a private subnet reaches the rest of the vnet");
+
+        // A public IP (the operator routes the pool to the host): the instance leaves with it,
+        // even from a private subnet, and the internet reaches the instance by it.
+        run(&["ip", "-n", &inet2, "route", "add", "198.51.100.0/28", "via", "10.99.0.1"]);
+        let with_public =
+            NetworkAttachment { public_address: Some("198.51.100.5".parse().unwrap()), ..private.clone() };
+        let db = Reservation { owner: "rg/db/0", mac: mac_c, name: "db000000", port: "hvtest2" };
+        net.attach(&with_public, &db).unwrap();
+        let nat = net.public_table().to_string();
+        assert!(output(&["nft", "list", "table", "ip", &nat]).0, "the NAT table exists with a public IP");
+        assert_eq!(peer_seen_by(&inet2, &pclient), "198.51.100.5", "the instance leaves with its public IP");
+        assert_eq!(peer_seen_by(&inet2, &client2), "10.99.0.1", "an instance without one still leaves as the host");
+        assert_eq!(
+            peer_seen_at(&pclient, &inet2, "198.51.100.5"),
+            "10.99.0.2",
+            "the internet reaches the instance by its public IP, which sees the real source"
+        );
+        // The table deleted behind herd's back: repair writes it again.
+        run(&["nft", "delete", "table", "ip", &nat]);
+        assert!(net.repair().unwrap().iter().any(|l| l.contains(&nat)), "repair restores the NAT table");
+        assert_eq!(peer_seen_by(&inet2, &pclient), "198.51.100.5", "NATed again after repair");
+        // An element lost (as after a crash between the record and the table): attaching the
+        // instance again puts it back.
+        run(&["nft", "delete", "element", "ip", &nat, "inbound", "{ 198.51.100.5 }"]);
+        net.attach(&with_public, &db).unwrap();
+        assert_eq!(peer_seen_at(&pclient, &inet2, "198.51.100.5"), "10.99.0.2", "reached by it again");
+        // Attached again without it (a model without a public IP): the NAT goes.
+        net.attach(&private, &db).unwrap();
+        assert!(!output(&["nft", "list", "table", "ip", &nat]).0, "the NAT table goes with the last public IP");
+        assert!(!ping_from("10.99.0.2"), "without its public IP, the private subnet is closed again");
+        net.attach(&with_public, &db).unwrap();
         net.detach("rg/db/0").unwrap();
         assert!(!link::exists("hbtest1"), "the private segment goes with its instance");
+        assert!(!output(&["nft", "list", "table", "ip", &nat]).0, "the NAT table goes with its instance");
         assert_eq!(peer_seen_by(&inet2, &client2), "10.99.0.1", "the other segment keeps its outbound access");
 
         // dnsmasq killed: repair restarts it, and it serves the same reservations.

@@ -10,7 +10,8 @@ use crate::keys::ALL;
 use crate::records::StateError;
 use herd_model::image::{self, Image};
 use herd_model::network::{LoadBalancer, VirtualNetwork};
-use herd_model::scale_set::{ScaleSetModel, StoredScaleSet, UpgradeMode};
+use herd_model::public_pool::PublicIpPool;
+use herd_model::scale_set::{ScaleSetModel, StoredScaleSet, UpgradeMode, PUBLIC_IP_FIELD};
 use herd_model::{FieldError, ScaleSetName};
 use herd_store::{Kind, Store, StoreExt};
 
@@ -124,6 +125,75 @@ fn check_network(store: &dyn Store, name: &ScaleSetName, model: &ScaleSetModel) 
     Ok(())
 }
 
+/// A model that gives instances public IPs (`publicIPAddressConfiguration`) needs bridged
+/// networking and the server's public pool, with room in the pool for the set (with its
+/// overprovisioning extras) next to the other sets with public IPs, as the subnet is checked.
+pub fn check_public_ip(
+    store: &dyn Store,
+    name: &ScaleSetName,
+    model: &ScaleSetModel,
+    bridged: bool,
+    pool: Option<PublicIpPool>,
+) -> Result<(), RefError> {
+    let asks =
+        |m: &ScaleSetModel| m.virtual_machine_profile.network_profile.as_ref().and_then(|n| n.public_ip()).is_some();
+    if !asks(model) {
+        return Ok(());
+    }
+    if !bridged {
+        return Err(FieldError::new(
+            PUBLIC_IP_FIELD,
+            "a public IP per instance needs bridged networking (the NAT is to the instance's private IP on its \
+             subnet); this server runs host-local networking: set [network] mode = \"bridged\" or remove it",
+        )
+        .into());
+    }
+    let Some(pool) = pool else {
+        return Err(FieldError::new(
+            PUBLIC_IP_FIELD,
+            format!(
+                "this server has no public IP pool to take addresses from; add {} = \"CIDR\" (a prefix routed to \
+                 this host) to its config",
+                herd_model::public_pool::SETTING
+            ),
+        )
+        .into());
+    };
+    let with_extras = |m: &ScaleSetModel| {
+        let c = m.sku.capacity.max(0);
+        if m.overprovision {
+            c + (c * 20 + 99) / 100
+        } else {
+            c
+        }
+    };
+    let others: i64 = values::<StoredScaleSet>(store, Kind::ScaleSet)?
+        .iter()
+        .filter(|s| s.name != *name && asks(&s.model))
+        .map(|s| with_extras(&s.model))
+        .sum();
+    let mine = with_extras(model);
+    let want = mine + others;
+    let room = pool.usable() as i64;
+    if want > room {
+        let in_use = values::<herd_model::instance::InstanceRecord>(store, Kind::Instance)?
+            .iter()
+            .filter(|r| r.public_ip.is_some())
+            .count();
+        let extras = if model.overprovision { " with overprovisioning" } else { "" };
+        return Err(FieldError::new(
+            "sku.capacity",
+            format!(
+                "the public IP pool {pool} ({}) has {room} usable addresses, {in_use} in use; {want} are needed \
+                 ({mine} for this set{extras}, {others} for the other sets with public IPs)",
+                herd_model::public_pool::SETTING
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The subnet `subnet_id` exists and holds the set next to the other sets on it.
 fn check_subnet_room(
     store: &dyn Store,
@@ -194,6 +264,41 @@ mod tests {
     use super::*;
     use crate::testkit::{model, set_name, store};
     use serde_json::json;
+
+    #[test]
+    fn public_ips_need_bridged_networking_a_pool_and_room_in_it() {
+        let store = store();
+        let asks = |capacity: i64, overprovision: bool| {
+            model(
+                capacity,
+                json!({"overprovision": overprovision, "virtualMachineProfile": {
+                    "osProfile": {"computerNamePrefix": "web"},
+                    "storageProfile": {"imageReference": {"publisher": "P", "offer": "O", "sku": "S", "version": "1"}},
+                    "networkProfile": {"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
+                        "subnet": {"id": "/s"}, "publicIPAddressConfiguration": {"name": "pub"}}]}]}}}),
+            )
+        };
+        let pool = PublicIpPool::parse("198.51.100.0/28").ok();
+        let web = set_name("web");
+        assert!(check_public_ip(&store, &web, &model(20, json!({})), false, None).is_ok(), "not asked: not checked");
+        let refused = |m: &ScaleSetModel, bridged: bool, pool: Option<PublicIpPool>| {
+            let Err(RefError::Invalid(f)) = check_public_ip(&store, &web, m, bridged, pool) else { panic!("accepted") };
+            f
+        };
+        let f = refused(&asks(1, false), false, pool);
+        assert!(f.field == PUBLIC_IP_FIELD && f.message.contains("[network] mode = \"bridged\""), "{f:?}");
+        let f = refused(&asks(1, false), true, None);
+        assert!(f.field == PUBLIC_IP_FIELD && f.message.contains("add [network] public_ip_pool"), "{f:?}");
+        // A /28 holds 14: 14 without overprovisioning fit, 12 with its 3 extras do not.
+        assert!(check_public_ip(&store, &web, &asks(14, false), true, pool).is_ok());
+        let f = refused(&asks(12, true), true, pool);
+        assert_eq!(f.field, "sku.capacity");
+        assert!(
+            f.message.contains("the public IP pool 198.51.100.0/28 ([network] public_ip_pool) has 14 usable addresses, 0 in use; 15 are needed (15 for this set with overprovisioning, 0 for the other sets with public IPs)"),
+            "{}",
+            f.message
+        );
+    }
 
     #[test]
     fn a_missing_image_or_subnet_is_refused_naming_the_field() {

@@ -213,6 +213,8 @@ impl Harness {
                     max_upload_bytes: MAX_UPLOAD,
                 },
                 cluster_id: "test-cluster".into(),
+                bridged: false,
+                public_ip_pool: None,
             }),
             sealer: Arc::new(herd_store::seal::Sealer::ephemeral()),
             health,

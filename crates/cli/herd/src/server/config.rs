@@ -277,6 +277,10 @@ pub struct NetworkSettings {
     /// root only). Unset: what the data dir recorded, or for a new data dir bridged when
     /// possible (see `network_mode`).
     pub mode: Option<String>,
+    /// The prefix instance public IPs come from (`publicIPAddressConfiguration`), e.g.
+    /// "198.51.100.0/28": routed to this host by the operator, outside loopback and every vnet,
+    /// /30 or shorter. Each instance that asks gets one, 1:1 NATed to its private IP.
+    pub public_ip_pool: Option<String>,
 }
 
 /// `[loadbalancer]`.

@@ -121,6 +121,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     )?;
     let settings = build_settings(&opts, &cfg, (&opened.data_dir, bridged), &zones, &skus, term)?;
     let bridged = settings.rec_config.bridged;
+    if let Some(pool) = settings.public_ip_pool {
+        let vnets: Vec<_> =
+            opened.start_state.run(|s| s.virtual_networks()).await?.into_iter().map(|v| v.value).collect();
+        pool.check_vnets(&vnets).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+    }
     let parts = build_controllers(&cfg, &opened, &driver, settings.rec_config, settings.ext_config)?;
     let image_dir = opened.data_dir.join("images");
     std::fs::create_dir_all(&image_dir)?;
@@ -144,6 +149,8 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             max_upload_bytes: cfg.images.max_upload_gib.map_or(64 << 30, |g| g.saturating_mul(1 << 30)),
         },
         cluster_id: opened.cluster_id.clone(),
+        bridged,
+        public_ip_pool: settings.public_ip_pool,
     };
     // Bridged networking's host side (bridges, dnsmasq) is kept serving by its own controller.
     let hostnet = bridged.then(|| HostNet::for_tag(&opened.cluster.tag));
@@ -368,6 +375,7 @@ struct Settings {
     metadata_port: Option<u16>,
     rec_config: ReconcilerConfig,
     ext_config: ExtensionConfig,
+    public_ip_pool: Option<herd_model::public_pool::PublicIpPool>,
 }
 
 /// Reads the network, hosts, prices, metadata and extension settings into the reconciler's
@@ -387,6 +395,13 @@ fn build_settings(
         .network
         .host_local_block
         .unwrap_or_else(|| (herd_driver::stable_hash(data_dir.to_string_lossy().as_bytes()) as u8) % 128);
+    let public_ip_pool = cfg
+        .network
+        .public_ip_pool
+        .as_deref()
+        .map(herd_model::public_pool::PublicIpPool::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
     check_hosts(&cfg.hosts, zones)?;
     let hosts = if cfg.hosts.is_empty() && opts.driver == DriverKind::Qemu {
         let h = detected_host();
@@ -427,6 +442,7 @@ fn build_settings(
         spot_price,
         metadata_port,
         bridged,
+        public_ip_pool,
         limits,
         driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
         skus: skus.clone(),
@@ -440,7 +456,7 @@ fn build_settings(
         ..Default::default()
     };
     let ext_config = extension_config(cfg, data_dir)?;
-    Ok(Settings { block, hosts, prices, spot_priced, metadata_port, rec_config, ext_config })
+    Ok(Settings { block, hosts, prices, spot_priced, metadata_port, rec_config, ext_config, public_ip_pool })
 }
 
 /// `[extensions]`: fetch limits, the roots `file://` may read, the addresses downloads may reach.

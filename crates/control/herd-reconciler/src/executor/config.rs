@@ -25,6 +25,8 @@ pub struct ReconcilerConfig {
     /// Bridged networking: instances with a subnet are reached on their private IP, through a
     /// bridge per subnet, instead of on a host-local loopback address.
     pub bridged: bool,
+    /// The server's public pool (`[network] public_ip_pool`): instance public IPs come from it.
+    pub public_ip_pool: Option<herd_model::public_pool::PublicIpPool>,
     /// The driver runs real VMs (qemu): scripts go through the guest agent, so images without
     /// one cannot run extensions in place (extension changes reimage them), and each guest's
     /// seed gets the admin credentials, data disks and forwarded ports.
@@ -54,6 +56,7 @@ impl Default for ReconcilerConfig {
             skus: SkuTable::default(),
             address_block: 0,
             bridged: false,
+            public_ip_pool: None,
             vm_driver: false,
             extra_ports: vec![80],
             hosts: vec![],

@@ -54,7 +54,8 @@ impl Reconciler {
         let mut calls: Vec<DriverCall> = Vec::new();
         let mut extension_runs = Vec::new();
         let ipam =
-            Ipam::new(&pre.vnets, works.iter().flat_map(|w| w.records.values().map(move |r| (w.set, &r.record))));
+            Ipam::new(&pre.vnets, works.iter().flat_map(|w| w.records.values().map(move |r| (w.set, &r.record))))
+                .with_public_pool(self.config.public_ip_pool);
         let mut addrs = Addresses { next: addr_before, ipam };
         let env = ApplyEnv {
             now,

@@ -154,6 +154,14 @@ impl Reconciler {
             gateway: cidr.nth(1)?,
             prefix_len: cidr.len,
             address,
+            public_address: r.public_ip.as_deref().and_then(|a| a.parse().ok()),
+            public_idle_timeout_minutes: set
+                .model
+                .virtual_machine_profile
+                .network_profile
+                .as_ref()
+                .and_then(|n| n.public_ip())
+                .and_then(|p| u16::try_from(p.idle_timeout_in_minutes).ok()),
         })
     }
 }

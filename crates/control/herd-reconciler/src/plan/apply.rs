@@ -5,7 +5,7 @@
 //! [`apply_step`] is the one entry point for every step; rolling-upgrade, repair and capacity steps
 //! go to their own modules' `apply`.
 
-use crate::draft::{host_local_address, subnet_of, Addresses, ApplyEnv, SetDraft, Working};
+use crate::draft::{host_local_address, subnet_of, wants_public_ip, Addresses, ApplyEnv, SetDraft, Working};
 use crate::plan::{NewInstance, Step};
 use herd_model::{
     instance::{Event, InstanceGoal, InstanceRecord, InstanceState, PendingAction},
@@ -67,6 +67,7 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, env: &ApplyEnv<'_>, addrs: 
         }
         Step::Reimage(id) => {
             w.transition(*id, Event::ReimageRequested, InstanceState::Reimaging, now);
+            public_ip_for_model(w, *id, env, addrs);
             if let Some(wr) = w.records.get_mut(id) {
                 if wr.record.pending != Some(PendingAction::Reimage) {
                     wr.record.pending = Some(PendingAction::Reimage);
@@ -110,7 +111,19 @@ fn create(w: &mut SetDraft<'_>, new: &[NewInstance], env: &ApplyEnv<'_>, addrs: 
     let now = env.now;
     let prefix = w.set.model.virtual_machine_profile.os_profile.computer_name_prefix.clone();
     let subnet = subnet_of(w.set);
+    let public = env.bridged && wants_public_ip(w.set);
     for NewInstance { id, zone, overprovisioned, host } in new {
+        let public_ip = if public {
+            match addrs.ipam.allocate_public() {
+                Ok(ip) => Some(ip.to_string()),
+                Err(why) => {
+                    w.note("CreateInstances", format!("{why}; instance {id} not created"));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let private_ip = match &subnet {
             Some(sn) => match addrs.ipam.allocate(sn) {
                 Some(ip) => Some(ip.to_string()),
@@ -142,6 +155,7 @@ fn create(w: &mut SetDraft<'_>, new: &[NewInstance], env: &ApplyEnv<'_>, addrs: 
             overprovisioned: *overprovisioned,
             reach_address: addr,
             private_ip,
+            public_ip,
             attempts: 1,
             next_attempt_at: None,
             last_error: None,
@@ -176,6 +190,29 @@ fn create(w: &mut SetDraft<'_>, new: &[NewInstance], env: &ApplyEnv<'_>, addrs: 
         ));
     }
     w.note("CreateInstances", msg);
+}
+
+/// A reimage builds the instance on the set's current model: it gets a public IP if that model
+/// asks for one and it has none (an update that added `publicIPAddressConfiguration`), and
+/// gives its address back if the model no longer asks. Without a free address it is rebuilt
+/// without one, and the log says why.
+fn public_ip_for_model(w: &mut SetDraft<'_>, id: InstanceId, env: &ApplyEnv<'_>, addrs: &mut Addresses) {
+    let wants = env.bridged && wants_public_ip(w.set);
+    let Some(wr) = w.records.get_mut(&id) else { return };
+    match (wants, wr.record.public_ip.is_some()) {
+        (true, false) => match addrs.ipam.allocate_public() {
+            Ok(ip) => {
+                wr.record.public_ip = Some(ip.to_string());
+                wr.dirty = true;
+            }
+            Err(why) => w.note("Reimage", format!("{why}; instance {id} is rebuilt without a public IP")),
+        },
+        (false, true) => {
+            wr.record.public_ip = None;
+            wr.dirty = true;
+        }
+        _ => {}
+    }
 }
 
 /// An observed change: a boot clears the failure count (and queues the model's extensions on a

@@ -81,6 +81,84 @@ fn in_a_bridged_subnet_instances_are_reached_on_private_ips_until_the_subnet_is_
     );
 }
 
+/// A bridged set on subnet /sub/a (10.0.0.0/24) with a public IP per instance.
+fn public_set() -> (herd_model::scale_set::StoredScaleSet, VirtualNetwork) {
+    let nic = json!({"networkProfile": {"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [
+        {"name": "ip", "subnet": {"id": "/Sub/A"}, "publicIPAddressConfiguration": {"name": "pub"}}]}]}});
+    let set = stored_set("web", 1, model(4, json!({"virtualMachineProfile": nic})));
+    let vnet: VirtualNetwork = serde_json::from_value(json!({
+        "addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+        "subnets": [{"id": "/sub/a", "name": "a", "addressPrefix": "10.0.0.0/24"}]
+    }))
+    .unwrap();
+    (set, vnet)
+}
+
+#[test]
+fn public_ips_come_lowest_first_from_the_pool_skip_held_ones_and_a_full_pool_creates_nothing() {
+    let (set, vnet) = public_set();
+    let t = InvalidTransitions::default();
+    // Instance 9 of another record already holds .1 (a record is the allocation).
+    let mut held = record(9, 1, InstanceState::Running);
+    held.public_ip = Some("198.51.100.1".into());
+    let pool = herd_model::public_pool::PublicIpPool::parse("198.51.100.0/29").unwrap();
+    let ipam = Ipam::new(std::slice::from_ref(&vnet), std::iter::once((&set, &held))).with_public_pool(Some(pool));
+    let mut w = draft(&set, vec![], &t);
+    let limits = Limits::default();
+    let mut addrs = Addresses { next: 0, ipam };
+    let create = Step::Create((0..7).map(|i| new(i, false)).collect());
+    apply_step(&mut w, &create, &env(&limits, true), &mut addrs);
+    // A /29 pool hands out .1 to .6; .1 is held.
+    let ips: Vec<_> = w.records.values().map(|r| r.record.public_ip.clone().unwrap()).collect();
+    assert_eq!(ips, (2..=6).map(|n| format!("198.51.100.{n}")).collect::<Vec<_>>());
+    assert_eq!(w.records.len(), 5, "instances 5 and 6 are not created");
+    assert!(
+        w.log.iter().any(|(_, m)| m.contains("the public IP pool 198.51.100.0/29 is full (6 of 6 addresses in use)")
+            && m.contains("instance 5 not created")),
+        "{:?}",
+        w.log
+    );
+    // Their private IPs were not taken either: the subnet's next address is still .9.
+    assert_eq!(addrs.ipam.allocate("/sub/a"), Some("10.0.0.9".parse().unwrap()));
+
+    // Without a pool, nothing is created and the log names the setting; host-local mode
+    // allocates nothing.
+    let mut w = draft(&set, vec![], &t);
+    let mut addrs = Addresses { next: 0, ipam: Ipam::new(std::slice::from_ref(&vnet), std::iter::empty()) };
+    apply_step(&mut w, &Step::Create(vec![new(0, false)]), &env(&limits, true), &mut addrs);
+    assert!(w.records.is_empty());
+    assert!(w.log.iter().any(|(_, m)| m.contains("[network] public_ip_pool")), "{:?}", w.log);
+    let mut w = draft(&set, vec![], &t);
+    apply_step(&mut w, &Step::Create(vec![new(0, false)]), &env(&limits, false), &mut addrs);
+    assert_eq!(w.records[&InstanceId(0)].record.public_ip, None);
+}
+
+#[test]
+fn a_reimage_gives_a_public_ip_to_a_model_that_asks_and_takes_it_back_from_one_that_does_not() {
+    let (set, vnet) = public_set();
+    let t = InvalidTransitions::default();
+    let pool = herd_model::public_pool::PublicIpPool::parse("198.51.100.0/29").unwrap();
+    let limits = Limits::default();
+    let mut addrs = Addresses {
+        next: 0,
+        ipam: Ipam::new(std::slice::from_ref(&vnet), std::iter::empty()).with_public_pool(Some(pool)),
+    };
+    let mut w = draft(&set, vec![record(0, 1, InstanceState::Running)], &t);
+    apply_step(&mut w, &Step::Reimage(InstanceId(0)), &env(&limits, true), &mut addrs);
+    assert_eq!(w.records[&InstanceId(0)].record.public_ip.as_deref(), Some("198.51.100.1"));
+    // A restart keeps it.
+    let mut kept = w.records[&InstanceId(0)].record.clone();
+    kept.state = InstanceState::Running;
+    let mut w = draft(&set, vec![kept.clone()], &t);
+    apply_step(&mut w, &Step::Restart(InstanceId(0)), &env(&limits, true), &mut addrs);
+    assert_eq!(w.records[&InstanceId(0)].record.public_ip.as_deref(), Some("198.51.100.1"));
+    // A model without publicIPAddressConfiguration takes it back at the next reimage.
+    let plain = stored_set("web", 2, model(4, json!({})));
+    let mut w = draft(&plain, vec![kept], &t);
+    apply_step(&mut w, &Step::Reimage(InstanceId(0)), &env(&limits, true), &mut addrs);
+    assert_eq!(w.records[&InstanceId(0)].record.public_ip, None);
+}
+
 #[test]
 fn a_failed_creation_backs_off_and_counts_and_a_boot_resets_the_count_and_queues_extensions() {
     let ext = json!({"virtualMachineProfile": {"extensionProfile": {"extensions": [{"name": "setup", "properties": {
