@@ -206,6 +206,12 @@ async fn measure_placement(
     load_cpus: Option<&str>,
     budget: Option<&budget::Budget>,
 ) -> Result<Vec<serde_json::Value>> {
+    // A placement after the first starts in the budget the previous one entered: leave it, or
+    // this placement's backends and dnsmasq (started by the server in this process) would be
+    // born in herd's budget and spend it.
+    if let Some(budget) = budget {
+        budget::Budget::enter(&budget.home, std::process::id())?;
+    }
     let mut b = Bench::setup_with(launch, Driver::Process, 10, crate::Transport::Tls, placement.config()).await?;
     let data = b.dir.path().join("data");
     // Bridged backends have namespaces of their own: removed if the bench stops half-way.
