@@ -43,12 +43,33 @@ pub async fn isolated(label: &str, inner_args: &[String]) -> Result<()> {
     isolate::reexec_in(Some(ns), inner_args, None, CLEANUP_GRACE).await
 }
 
-/// Runs `fut` until it finishes or Ctrl-C arrives; on Ctrl-C it is dropped (its guards clean
-/// up) and the bench fails with "interrupted".
-pub async fn interruptible<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::select! {
-        r = fut => r,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+/// Ctrl-C, as the inner bench sees it. The terminal interrupts the inner bench too (the outer
+/// one gives it time to clean up, see [`isolated`]): it then stops the server it is using
+/// before removing that server's [`Leftovers`], since a server left running would go on
+/// creating what the clean-up just removed.
+#[derive(Clone)]
+pub struct Interrupt(tokio::sync::watch::Receiver<bool>);
+
+impl Interrupt {
+    /// Starts listening for Ctrl-C (for the rest of the process's life).
+    pub fn listen() -> Interrupt {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = tx.send(true);
+            }
+        });
+        Interrupt(rx)
+    }
+
+    /// Runs `fut` until it finishes or Ctrl-C arrives (also before this call); then it is
+    /// dropped and this fails with "interrupted".
+    pub async fn guard<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let mut rx = self.0.clone();
+        tokio::select! {
+            r = fut => r,
+            _ = rx.wait_for(|interrupted| *interrupted) => bail!("interrupted"),
+        }
     }
 }
 

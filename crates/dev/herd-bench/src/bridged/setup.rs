@@ -13,7 +13,7 @@
 //! name (`herd-driver-process`'s `bridge.rs`, `herd-hostnet`); the host-local run pays for
 //! everything else, the same way.
 
-use super::{interruptible, nic_on, put_vnet, Leftovers};
+use super::{nic_on, put_vnet, Interrupt, Leftovers};
 use crate::lb::load::Spread;
 use crate::provision::wait_converged;
 use crate::{Driver, Launch};
@@ -140,17 +140,17 @@ pub async fn run(launch: &dyn Launch, o: Options) -> Result<()> {
     if !o.inside {
         return super::isolated("br", &o.inner_args()).await;
     }
-    interruptible(measure(launch, &o)).await
+    measure(launch, &o, &Interrupt::listen()).await
 }
 
-async fn measure(launch: &dyn Launch, o: &Options) -> Result<()> {
+async fn measure(launch: &dyn Launch, o: &Options, intr: &Interrupt) -> Result<()> {
     let mut pairs = Vec::new();
     for run in 1..=o.runs {
         let mut bridged = None;
         let mut host_local = None;
         for mode in Mode::order(run) {
             eprintln!("bridged-setup: run {run}/{}: {} instances, {mode:?}", o.runs, o.count);
-            let t = one(launch, mode, o.count).await?;
+            let t = one(launch, mode, o.count, intr).await?;
             println!(
                 "{}",
                 json!({"bench": "bridged-setup", "run": run, "mode": mode, "count": o.count,
@@ -173,16 +173,24 @@ async fn measure(launch: &dyn Launch, o: &Options) -> Result<()> {
     Ok(())
 }
 
-/// One server in `mode`, a set of `count` instances created and deleted.
-async fn one(launch: &dyn Launch, mode: Mode, count: u64) -> Result<Timing> {
+/// One server in `mode`, a set of `count` instances created and deleted. The server is
+/// stopped before its leftovers go, also after an error or Ctrl-C.
+async fn one(launch: &dyn Launch, mode: Mode, count: u64, intr: &Interrupt) -> Result<Timing> {
     let dir = tempfile::Builder::new().prefix("herd-bench-br-").tempdir()?;
     let data = dir.path().join("data");
     let keys = (0..count).map(|i| format!("{GROUP}/{SET}/{i}")).collect();
-    let mut server = crate::start_in(launch, dir.path(), Driver::Process, &mode.config(count)).await?;
-    let _leftovers = Leftovers { data, keys };
+    let mut server = intr.guard(crate::start_in(launch, dir.path(), Driver::Process, &mode.config(count))).await?;
+    let leftovers = Leftovers { data, keys };
+    let result = intr.guard(create_and_delete(&server, dir.path(), mode, count)).await;
+    server.stop().await;
+    drop(leftovers);
+    result
+}
+
+async fn create_and_delete(server: &crate::Server, dir: &std::path::Path, mode: Mode, count: u64) -> Result<Timing> {
     let c = server.client()?;
     c.put(&format!("/v1/resourceGroups/{GROUP}"), &json!({})).await?;
-    let img = dir.path().join("image");
+    let img = dir.join("image");
     crate::sleeper_image(&img)?;
     herd_client::image_upload::import_directory(&c, "Herd:Bench:1:1.0.0", &img, json!({})).await?;
     let subnet = put_vnet(&c, GROUP, "vnet", "10.0.0.0/16").await?;
@@ -207,7 +215,6 @@ async fn one(launch: &dyn Launch, mode: Mode, count: u64) -> Result<Timing> {
     let delete =
         crate::delete_and_wait(&c, &path, CONVERGE_TIMEOUT, Duration::from_millis(20), "deleting the set").await?;
     let cpu3 = super::cpu_seconds();
-    server.stop().await;
     let diff = |a: (f64, f64), b: (f64, f64)| (b.0 - a.0, b.1 - a.1);
     Ok(Timing {
         converge_s: converge.as_secs_f64(),

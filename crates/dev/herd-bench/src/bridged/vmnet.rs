@@ -28,7 +28,7 @@
 //! Runs alternate which pair goes first (ABBA). All four VMs stay up throughout, so the idle
 //! pair's timer ticks cost both sides alike.
 
-use super::{interruptible, nic_on, put_vnet, Leftovers};
+use super::{nic_on, put_vnet, Interrupt, Leftovers};
 use crate::lb::isolate;
 use crate::lb::load::Spread;
 use crate::qemu::{chardev_path, hand_qemu_args, marker_key, qemu_processes, Guest, KillQemus, QGA_CHARDEV};
@@ -193,7 +193,7 @@ pub async fn run(launch: &dyn Launch, o: Options) -> Result<()> {
     if !o.inside {
         return super::isolated("vn", &o.inner_args()).await;
     }
-    interruptible(measure(launch, &o)).await
+    measure(launch, &o, &Interrupt::listen()).await
 }
 
 /// One VM as the transfer sees it: its agent socket and address.
@@ -203,7 +203,7 @@ struct Vm {
     ip: String,
 }
 
-async fn measure(launch: &dyn Launch, o: &Options) -> Result<()> {
+async fn measure(launch: &dyn Launch, o: &Options, intr: &Interrupt) -> Result<()> {
     let guest = Guest::find(&o.testguest)?;
     let skus = SkuTable::default();
     let (sku, size) = skus.resolve("--sku", &o.sku).map_err(|e| anyhow!("{}", e.message))?;
@@ -223,58 +223,62 @@ async fn measure(launch: &dyn Launch, o: &Options) -> Result<()> {
             host.memory_mib
         ),
     )?;
-    let mut server =
-        launch.start(ServerSpec { data_dir: data.clone(), driver: Driver::Qemu, config: Some(config) }).await?;
+    let spec = ServerSpec { data_dir: data.clone(), driver: Driver::Qemu, config: Some(config) };
+    let mut server = intr.guard(launch.start(spec)).await?;
     let _leftovers = Leftovers { data: data.clone(), keys: vec![] };
-    let result = async {
-        let c = server.client()?;
-        eprintln!("vm-net: starting herd's two VMs ({sku}) and the two hand-run ones");
-        let herd = herd_pair(&c, &guest, sku, &data).await?;
-        let (peer, _children) = peer_pair(&guest, &size, &root).await?;
-        for vm in herd.iter().chain(&peer) {
-            Qga::wait_ready(&vm.qga, BOOT).await.map_err(|e| anyhow!("the agent of the VM at {}: {e}", vm.ip))?;
-        }
-        configure_peers(&peer).await?;
-        eprintln!("vm-net: calibrating on herd's pair (128 MiB)");
-        let cal = transfer(&herd, CALIBRATION_BLOCKS, Duration::from_secs(300)).await?;
-        let blocks = blocks_for(o.seconds, &cal);
-        eprintln!(
-            "vm-net: calibration {:.0} Mbit/s; each transfer moves {} MiB",
-            cal.mbit_per_s(),
-            (blocks * BLOCK) >> 20
-        );
-        let limit = Duration::from_secs(o.seconds * 6 + 60);
-        let mut pairs = Vec::new();
-        for run in 1..=o.runs {
-            let (mut h, mut p) = (None, None);
-            for side in Side::order(run) {
-                let vms = if side == Side::Herd { &herd } else { &peer };
-                eprintln!("vm-net: run {run}/{}: {side:?}", o.runs);
-                let t = transfer(vms, blocks, limit).await.with_context(|| format!("run {run}, {side:?}"))?;
-                println!(
-                    "{}",
-                    json!({"bench": "vm-net", "run": run, "side": side, "bytes": t.bytes,
+    // The server stops before the VMs are killed and its state removed (the guards above,
+    // dropped last), also after an error or Ctrl-C.
+    let result = intr
+        .guard(async {
+            let c = server.client()?;
+            eprintln!("vm-net: starting herd's two VMs ({sku}) and the two hand-run ones");
+            let herd = herd_pair(&c, &guest, sku, &data).await?;
+            let (peer, _children) = peer_pair(&guest, &size, &root).await?;
+            for vm in herd.iter().chain(&peer) {
+                Qga::wait_ready(&vm.qga, BOOT).await.map_err(|e| anyhow!("the agent of the VM at {}: {e}", vm.ip))?;
+            }
+            configure_peers(&peer).await?;
+            eprintln!("vm-net: calibrating on herd's pair (128 MiB)");
+            let cal = transfer(&herd, CALIBRATION_BLOCKS, Duration::from_secs(300)).await?;
+            let blocks = blocks_for(o.seconds, &cal);
+            eprintln!(
+                "vm-net: calibration {:.0} Mbit/s; each transfer moves {} MiB",
+                cal.mbit_per_s(),
+                (blocks * BLOCK) >> 20
+            );
+            let limit = Duration::from_secs(o.seconds * 6 + 60);
+            let mut pairs = Vec::new();
+            for run in 1..=o.runs {
+                let (mut h, mut p) = (None, None);
+                for side in Side::order(run) {
+                    let vms = if side == Side::Herd { &herd } else { &peer };
+                    eprintln!("vm-net: run {run}/{}: {side:?}", o.runs);
+                    let t = transfer(vms, blocks, limit).await.with_context(|| format!("run {run}, {side:?}"))?;
+                    println!(
+                        "{}",
+                        json!({"bench": "vm-net", "run": run, "side": side, "bytes": t.bytes,
                         "guestSeconds": t.guest_seconds, "hostSeconds": t.host_seconds, "mbitPerS": t.mbit_per_s(),
                         "serverCpuSeconds": t.server_cpu_seconds})
-                );
-                match side {
-                    Side::Herd => h = Some(t),
-                    Side::Peer => p = Some(t),
+                    );
+                    match side {
+                        Side::Herd => h = Some(t),
+                        Side::Peer => p = Some(t),
+                    }
+                }
+                if let (Some(h), Some(p)) = (h, p) {
+                    pairs.push((h, p));
                 }
             }
-            if let (Some(h), Some(p)) = (h, p) {
-                pairs.push((h, p));
-            }
-        }
-        let mut summary = serde_json::to_value(Summary::of(&pairs))?;
-        summary["bench"] = json!("vm-net-summary");
-        summary["sku"] = json!(sku);
-        summary["calibrationMbitPerS"] = json!(cal.mbit_per_s());
-        println!("{summary}");
-        crate::delete_and_wait(&c, &set_path(GROUP, SET), BOOT, Duration::from_millis(100), "deleting the VMs").await?;
-        anyhow::Ok(())
-    }
-    .await;
+            let mut summary = serde_json::to_value(Summary::of(&pairs))?;
+            summary["bench"] = json!("vm-net-summary");
+            summary["sku"] = json!(sku);
+            summary["calibrationMbitPerS"] = json!(cal.mbit_per_s());
+            println!("{summary}");
+            crate::delete_and_wait(&c, &set_path(GROUP, SET), BOOT, Duration::from_millis(100), "deleting the VMs")
+                .await?;
+            anyhow::Ok(())
+        })
+        .await;
     server.stop().await;
     result
 }

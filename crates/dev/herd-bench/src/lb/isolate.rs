@@ -131,7 +131,8 @@ pub async fn reexec(inner_args: &[String]) -> Result<()> {
         None
     };
     let cpus = Cpus::split(&allowed_cpus()?);
-    reexec_in(netns, inner_args, cpus.lb_list().as_deref(), Duration::ZERO).await
+    // The inner bench stops its server and removes its instances on Ctrl-C.
+    reexec_in(netns, inner_args, cpus.lb_list().as_deref(), Duration::from_secs(60)).await
 }
 
 /// Runs `herd <inner_args>` inside `netns` (in place when `None`), under `ulimit -n 65536`,

@@ -22,6 +22,7 @@ pub mod load;
 
 pub use backend::backend;
 
+use crate::bridged::Interrupt;
 use crate::provision::{model, wait_converged};
 use crate::{Bench, Driver, Launch};
 use anyhow::{bail, Result};
@@ -171,11 +172,12 @@ async fn measure(
     load_cpus: Option<&str>,
     budget: Option<&budget::Budget>,
 ) -> Result<()> {
+    let intr = &Interrupt::listen();
     let placements = if o.backends.is_empty() { vec![Placement::Loopback] } else { o.backends.clone() };
     let mut results = Vec::new();
     for &p in &placements {
         eprintln!("herd bench lb: backends on the {p} path");
-        results.push((p, measure_placement(launch, o, p, load_cpus, budget).await?));
+        results.push((p, measure_placement(launch, o, p, (load_cpus, budget), intr).await?));
     }
     let ratios = |p: Placement| results.iter().find(|(q, _)| *q == p).map(|(_, shapes)| shapes.clone());
     if let (Some(lo), Some(br)) = (ratios(Placement::Loopback), ratios(Placement::Bridged)) {
@@ -203,8 +205,8 @@ async fn measure_placement(
     launch: &dyn Launch,
     o: &Options,
     placement: Placement,
-    load_cpus: Option<&str>,
-    budget: Option<&budget::Budget>,
+    (load_cpus, budget): (Option<&str>, Option<&budget::Budget>),
+    intr: &Interrupt,
 ) -> Result<Vec<serde_json::Value>> {
     // A placement after the first starts in the budget the previous one entered: leave it, or
     // this placement's backends and dnsmasq (started by the server in this process) would be
@@ -212,20 +214,38 @@ async fn measure_placement(
     if let Some(budget) = budget {
         budget::Budget::enter(&budget.home, std::process::id())?;
     }
-    let mut b = Bench::setup_with(launch, Driver::Process, 10, crate::Transport::Tls, placement.config()).await?;
+    let mut b =
+        intr.guard(Bench::setup_with(launch, Driver::Process, 10, crate::Transport::Tls, placement.config())).await?;
     let data = b.dir.path().join("data");
-    // Bridged backends have namespaces of their own: removed if the bench stops half-way.
-    let _leftovers = (placement == Placement::Bridged).then(|| crate::bridged::Leftovers {
+    // Bridged backends have namespaces of their own: removed if the bench stops half-way,
+    // after the server stopped (so it creates nothing more).
+    let leftovers = (placement == Placement::Bridged).then(|| crate::bridged::Leftovers {
         data: data.clone(),
         keys: (0..16).map(|i| format!("bench/web/{i}")).collect(),
     });
+    let result = intr.guard(placement_rounds(&b, o, placement, &data, load_cpus, budget)).await;
+    b.server.stop().await;
+    drop(leftovers);
+    result
+}
+
+/// [`measure_placement`] once its server runs: the backends, HAProxy, every shape's rounds,
+/// the rule propagation; deletes the set at the end.
+async fn placement_rounds(
+    b: &Bench,
+    o: &Options,
+    placement: Placement,
+    data: &std::path::Path,
+    load_cpus: Option<&str>,
+    budget: Option<&budget::Budget>,
+) -> Result<Vec<serde_json::Value>> {
     let c = &b.client;
     let subnet = match placement {
         Placement::Loopback => None,
         Placement::Bridged => Some(crate::bridged::put_vnet(c, "bench", "vnet", "10.0.0.0/24").await?),
     };
     let (lbp, path) = ("/v1/resourceGroups/bench/loadBalancers/lb", set_path("bench", "web"));
-    let (ip, addrs) = backends_in_rotation(&b, lbp, &path, subnet.as_deref()).await?;
+    let (ip, addrs) = backends_in_rotation(b, lbp, &path, subnet.as_deref()).await?;
     if placement == Placement::Bridged && !addrs.iter().all(|a| a.starts_with("10.0.0.")) {
         bail!("bridged backends are not reached on their private IPs (10.0.0.0/24): {addrs:?}");
     }
@@ -233,7 +253,7 @@ async fn measure_placement(
         Some(load) => {
             let pinned = match placement {
                 Placement::Loopback => isolate::pin_processes("bench backend", load)?,
-                Placement::Bridged => isolate::pin_instances(&data, "bench backend", load)?,
+                Placement::Bridged => isolate::pin_instances(data, "bench backend", load)?,
             };
             if pinned != addrs.len() {
                 bail!("pinned {pinned} backend processes to CPUs {load}, expected {}", addrs.len());
@@ -306,7 +326,6 @@ async fn measure_placement(
     while c.get(&path).await.is_ok() && t.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    b.server.stop().await;
     Ok(shapes)
 }
 
