@@ -80,11 +80,19 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
             herd_bench::qemu::run(launch, herd_bench::qemu::Options { rounds, counts, testguest, sku, json }).await
         }
-        BenchCmd::Lb { duration, shapes, rounds, in_place, inside, load_cpus, lb_cpu, lb_cgroups } => {
+        BenchCmd::Lb { duration, shapes, rounds, in_place, inside, load_cpus, lb_cpu, lb_cgroups, backends } => {
             let shapes = if shapes.is_empty() { herd_bench::lb::load::Shape::DEFAULT.to_vec() } else { shapes };
             let inside = inside.then_some(load_cpus);
-            let o = herd_bench::lb::Options { duration, rounds, shapes, in_place, inside, lb_cpu, lb_cgroups };
+            let o =
+                herd_bench::lb::Options { duration, rounds, shapes, in_place, inside, lb_cpu, lb_cgroups, backends };
             herd_bench::lb::lb_bench(launch, o).await
+        }
+        BenchCmd::BridgedSetup { count, runs, inside } => {
+            herd_bench::bridged::setup::run(launch, herd_bench::bridged::setup::Options { count, runs, inside }).await
+        }
+        BenchCmd::VmNet { seconds, runs, sku, testguest, inside } => {
+            let o = herd_bench::bridged::vmnet::Options { seconds, runs, sku, testguest, inside };
+            herd_bench::bridged::vmnet::run(launch, o).await
         }
         BenchCmd::Api { instances, requests } => herd_bench::provision::api(launch, instances, requests).await,
         BenchCmd::Tls { instances, requests, rounds } => {

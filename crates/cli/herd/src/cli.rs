@@ -873,6 +873,50 @@ pub enum BenchCmd {
         /// Internal: the budget's cgroups (their common prefix) in the isolated re-run.
         #[arg(long, hide = true)]
         lb_cgroups: Option<std::path::PathBuf>,
+        /// Where the backends sit: loopback (a host-local server, 127.x addresses) or bridged
+        /// (a bridged server, each backend on its private IP behind the subnet's bridge; needs
+        /// root). Repeat or comma-separate to measure both in one run and compare their
+        /// herd/HAProxy ratios; default: loopback.
+        #[arg(long = "backends", value_name = "PLACEMENT", value_delimiter = ',')]
+        backends: Vec<herd_bench::lb::Placement>,
+    },
+    /// What bridged networking adds to creating and deleting a process instance: a set of N
+    /// sleeper instances on a subnet, converged then deleted, on a bridged server and on a
+    /// host-local one, alternating, each run with fresh servers. Prints per run and mode, then
+    /// `(bridged - host-local) / N` in ms as a median and spread (issue 19's goal: <= 20 ms).
+    /// Needs root and dnsmasq; runs in a network namespace it creates and deletes.
+    BridgedSetup {
+        /// Instances per set.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=herd_bench::bridged::setup::MAX_COUNT))]
+        count: u64,
+        /// Runs, each one bridged and one host-local set (the order alternates).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Internal: set by the re-run of the bench inside its namespace.
+        #[arg(long, hide = true)]
+        inside: bool,
+    },
+    /// TCP throughput from one VM to another over herd's bridge (two TCG VMs of the test guest
+    /// in a bridged set) next to two hand-run QEMUs on a hand-made bridge and TAPs, the same
+    /// guest and transfer (busybox nc + dd, timed by the receiver), alternating runs. Prints
+    /// Mbit/s per run and side, then the ratio herd/peer (issue 19's goal: >= 0.95). Needs root,
+    /// dnsmasq and the test guest; runs in a network namespace it creates and deletes.
+    VmNet {
+        /// About how long each transfer takes (the byte count is sized from a first transfer).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+        /// Runs, each one transfer on herd's pair and one on the peer (the order alternates).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// VM size of all four VMs.
+        #[arg(long, default_value = "Standard_B1ls")]
+        sku: String,
+        /// The test guest build (images/testguest/build.sh OUT): OUT, using OUT/1.0.0.
+        #[arg(long, env = "HERD_TESTGUEST_OUT", hide_env_values = true, default_value = "target/testguest")]
+        testguest: std::path::PathBuf,
+        /// Internal: set by the re-run of the bench inside its namespace.
+        #[arg(long, hide = true)]
+        inside: bool,
     },
     /// Internal: a minimal HTTP server used as the backend of `bench lb`.
     #[command(hide = true)]

@@ -11,6 +11,8 @@
 //! - `autoscale`: reaction time, evaluation cost and simulation speed (see [`autoscale`]).
 //! - `rolling`: a rolling upgrade against the sum of its batches' health waits (see [`rolling`]).
 //! - `spot`: Spot eviction at scale through the server's own capacity code (see [`spot`]).
+//! - `bridged-setup`, `vm-net`: bridged networking against host-local networking and against
+//!   hand-made bridges (see [`bridged`]).
 //!
 //! Why a crate of its own: the benchmarks are not part of the control plane, and they must
 //! measure the server's own code path, never a copy. So they start the real server in-process
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod bridged;
 pub mod lb;
 pub mod provision;
 pub mod qemu;
@@ -210,9 +213,22 @@ impl Bench {
     }
 
     pub(crate) async fn setup_on(launch: &dyn Launch, driver: Driver, max: u64, transport: Transport) -> Result<Bench> {
+        Self::setup_with(launch, driver, max, transport, "").await
+    }
+
+    /// [`Bench::setup_on`] with `extra` appended to the server's configuration (e.g. a
+    /// `[network]` section).
+    pub(crate) async fn setup_with(
+        launch: &dyn Launch,
+        driver: Driver,
+        max: u64,
+        transport: Transport,
+        extra: &str,
+    ) -> Result<Bench> {
         let dir = tempfile::tempdir()?;
         let concurrency = if driver == Driver::Sim { 4096 } else { 64 };
-        let config = format!("max_capacity = {}\n[provisioning]\ndriver_concurrency = {concurrency}\n", max.max(1000));
+        let config =
+            format!("max_capacity = {}\n[provisioning]\ndriver_concurrency = {concurrency}\n{extra}", max.max(1000));
         let server = start_on(launch, dir.path(), driver, &config, transport).await?;
         let client = server.client()?;
         client.put("/v1/resourceGroups/bench", &json!({})).await?;

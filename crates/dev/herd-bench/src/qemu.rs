@@ -86,15 +86,15 @@ pub struct Options {
 
 /// The test guest's boot files.
 #[derive(Debug, Clone)]
-struct Guest {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    cmdline: String,
+pub(crate) struct Guest {
+    pub(crate) kernel: PathBuf,
+    pub(crate) initrd: PathBuf,
+    pub(crate) cmdline: String,
 }
 
 impl Guest {
     /// `dir` is the build's output (`OUT`, using `OUT/1.0.0`) or a version directory itself.
-    fn find(dir: &Path) -> Result<Guest> {
+    pub(crate) fn find(dir: &Path) -> Result<Guest> {
         let d = if dir.join("vmlinuz").exists() { dir.to_path_buf() } else { dir.join("1.0.0") };
         let hint = "build the test guest first: images/testguest/build.sh OUT (then --testguest OUT)";
         let file = |name: &str| -> Result<PathBuf> {
@@ -109,7 +109,7 @@ impl Guest {
 }
 
 /// The distinct parent directories of `files`, as a TOML array of strings.
-fn toml_paths(files: &[&Path]) -> String {
+pub(crate) fn toml_paths(files: &[&Path]) -> String {
     let mut dirs: Vec<String> =
         files.iter().filter_map(|f| f.parent()).map(|d| format!("{:?}", d.display().to_string())).collect();
     dirs.dedup();
@@ -118,7 +118,7 @@ fn toml_paths(files: &[&Path]) -> String {
 
 /// Kills every QEMU whose argv names the benchmark's directory (herd's VMs and the hand-run
 /// ones), so a benchmark that fails half-way leaves no VM behind.
-struct KillQemus(String);
+pub(crate) struct KillQemus(pub(crate) String);
 
 impl Drop for KillQemus {
     fn drop(&mut self) {
@@ -132,7 +132,7 @@ impl Drop for KillQemus {
 }
 
 /// Live `qemu-system*` processes whose argv contains `needle`, with their argv.
-fn qemu_processes(needle: &str) -> Vec<(u32, Vec<String>)> {
+pub(crate) fn qemu_processes(needle: &str) -> Vec<(u32, Vec<String>)> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut out = Vec::new();
     for e in entries.flatten() {
@@ -158,12 +158,12 @@ fn arg_after<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 /// The instance key (`group/set/id`) in herd's `-name herd:<tag id>:<key>` marker.
-fn marker_key(argv: &[String]) -> Option<String> {
+pub(crate) fn marker_key(argv: &[String]) -> Option<String> {
     arg_after(argv, "-name").and_then(|n| n.splitn(3, ':').nth(2)).map(String::from)
 }
 
 /// The path of a chardev in QEMU's argv, e.g. `socket,id=qga0,path=` → the agent socket.
-fn chardev_path(argv: &[String], prefix: &str) -> Option<PathBuf> {
+pub(crate) fn chardev_path(argv: &[String], prefix: &str) -> Option<PathBuf> {
     argv.iter()
         .filter_map(|a| a.strip_prefix(prefix))
         .map(|rest| {
@@ -185,7 +185,7 @@ fn chardev_path(argv: &[String], prefix: &str) -> Option<PathBuf> {
         .next()
 }
 
-const QGA_CHARDEV: &str = "socket,id=qga0,path=";
+pub(crate) const QGA_CHARDEV: &str = "socket,id=qga0,path=";
 const CONSOLE_CHARDEV: &str = "file,id=serial0,path=";
 
 /// The guest's uptime when it printed `HERD-GUEST-READY` on the console (the last boot's).
@@ -765,54 +765,62 @@ impl Ctx {
     /// herd's VM, TCG, the seed as a virtio disk, the agent channel, user networking with one
     /// host forward. (herd's VM also has an empty OS disk and a QMP socket.)
     fn hand_args(&self, dir: &Path, addr: Ipv4Addr) -> Vec<String> {
-        let p = |name: &str| dir.join(name).display().to_string();
-        let g = &self.guest;
-        [
-            "-name",
-            "herd-bench-hand",
-            "-machine",
-            "pc",
-            "-accel",
-            "tcg,thread=multi",
-            "-smp",
-            &self.size.vcpus.to_string(),
-            "-m",
-            &self.size.memory_mib.to_string(),
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-chardev",
-            &format!("file,id=serial0,path={}", p("console.log")),
-            "-serial",
-            "chardev:serial0",
-            "-device",
-            "virtio-serial-pci,id=vser0",
-            "-chardev",
-            &format!("socket,id=qga0,path={},server=on,wait=off", p("qga.sock")),
-            "-device",
-            "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
-            "-drive",
-            &format!("file={},if=none,id=seed,format=raw,readonly=on", p("seed.img")),
-            "-device",
-            "virtio-blk-pci,drive=seed",
-            "-netdev",
-            &format!("user,id=net0,hostfwd=tcp:{addr}:{APP_PORT}-:{APP_PORT}"),
-            "-device",
-            "virtio-net-pci,netdev=net0",
-            "-device",
-            "virtio-rng-pci",
-            "-kernel",
-            &g.kernel.display().to_string(),
-            "-initrd",
-            &g.initrd.display().to_string(),
-            "-append",
-            &g.cmdline,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let netdev = format!("user,id=net0,hostfwd=tcp:{addr}:{APP_PORT}-:{APP_PORT}");
+        hand_qemu_args(&self.guest, &self.size, dir, &netdev, "virtio-net-pci,netdev=net0")
     }
+}
+
+/// A hand-run QEMU of the test guest: `guest`'s kernel, initrd and command line, `size`'s
+/// vCPUs and memory, TCG, `dir/seed.img` as a virtio disk, the agent channel on
+/// `dir/qga.sock`, the console in `dir/console.log`, and one NIC: `-netdev netdev -device nic`.
+pub(crate) fn hand_qemu_args(guest: &Guest, size: &SkuSize, dir: &Path, netdev: &str, nic: &str) -> Vec<String> {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let g = guest;
+    [
+        "-name",
+        "herd-bench-hand",
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg,thread=multi",
+        "-smp",
+        &size.vcpus.to_string(),
+        "-m",
+        &size.memory_mib.to_string(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-chardev",
+        &format!("file,id=serial0,path={}", p("console.log")),
+        "-serial",
+        "chardev:serial0",
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-chardev",
+        &format!("socket,id=qga0,path={},server=on,wait=off", p("qga.sock")),
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-drive",
+        &format!("file={},if=none,id=seed,format=raw,readonly=on", p("seed.img")),
+        "-device",
+        "virtio-blk-pci,drive=seed",
+        "-netdev",
+        netdev,
+        "-device",
+        nic,
+        "-device",
+        "virtio-rng-pci",
+        "-kernel",
+        &g.kernel.display().to_string(),
+        "-initrd",
+        &g.initrd.display().to_string(),
+        "-append",
+        &g.cmdline,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Runs the benchmark and prints a table and a JSON summary (only the JSON with `--json`).

@@ -20,8 +20,9 @@ use herd_driver::NetworkAttachment;
 use herd_hostnet::link::ip;
 use herd_hostnet::{HostNet, Reservation};
 
-/// The network namespace of one instance (unique per server tag and instance key).
-pub(crate) fn netns_name(tag: &str, key: &str) -> String {
+/// The network namespace of one instance (unique per server tag and instance key). Public so
+/// that a benchmark interrupted half-way can remove the namespaces its server made.
+pub fn netns_name(tag: &str, key: &str) -> String {
     herd_hostnet::short_name("hn", &format!("{tag}|{key}"))
 }
 

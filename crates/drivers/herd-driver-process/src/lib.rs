@@ -177,6 +177,7 @@ use layout::{InstanceDir, Power};
 use nix::sys::signal::Signal;
 use procfs::{ProcId, Snapshot};
 
+pub use bridge::netns_name as bridged_netns_name;
 pub use procfs::tagged_pids;
 use state::State;
 use std::collections::HashSet;

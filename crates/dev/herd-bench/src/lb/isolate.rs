@@ -19,6 +19,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::process::Stdio;
+use std::time::Duration;
 
 /// The CPUs the bench splits: one for the load balancer under test, the rest for the load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,12 +74,14 @@ fn parse_cpu_list(list: &str) -> Result<Vec<usize>> {
 const SYSCTLS: [&str; 3] =
     ["net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1", "net.core.somaxconn=65535"];
 
-/// A network namespace that is deleted when this value is dropped.
-struct Netns(String);
+/// A network namespace the bench created (`herd-bench-<label>-<pid>`): when this value is
+/// dropped, whatever still runs in it (a bench's leftovers: dnsmasq, backends) is killed and
+/// the namespace deleted, which removes every interface and nftables table in it.
+pub struct Netns(pub String);
 
 impl Netns {
-    fn create() -> Result<Netns> {
-        let name = format!("herd-bench-lb-{}", std::process::id());
+    pub fn create(label: &str) -> Result<Netns> {
+        let name = format!("herd-bench-{label}-{}", std::process::id());
         run("ip", &["netns", "add", &name])?;
         let ns = Netns(name);
         run("ip", &["-n", &ns.0, "link", "set", "lo", "up"])?;
@@ -87,17 +90,27 @@ impl Netns {
         run("ip", &args)?;
         Ok(ns)
     }
+
+    /// The processes running in the namespace.
+    pub fn pids(&self) -> Vec<u32> {
+        let out = std::process::Command::new("ip").args(["netns", "pids", &self.0]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         if let Err(e) = run("ip", &["netns", "delete", &self.0]) {
-            eprintln!("herd bench lb: could not delete network namespace {}: {e:#}", self.0);
+            eprintln!("herd bench: could not delete network namespace {}: {e:#}", self.0);
         }
     }
 }
 
-fn run(program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {
     let out = std::process::Command::new(program)
         .args(args)
         .output()
@@ -111,14 +124,24 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
 /// Runs `herd <inner_args>` (the bench with `--inside`) in a fresh namespace when root, else
 /// in place, under `ulimit -n 65536` and pinned to the load balancer's CPU; waits for it.
 pub async fn reexec(inner_args: &[String]) -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let cpus = Cpus::split(&allowed_cpus()?);
     let netns = if nix::unistd::geteuid().is_root() {
-        Some(Netns::create()?)
+        Some(Netns::create("lb")?)
     } else {
         eprintln!("herd bench lb: not root, so no namespace of its own: the machine's port range, TIME_WAIT reuse and somaxconn apply");
         None
     };
+    let cpus = Cpus::split(&allowed_cpus()?);
+    // The inner bench stops its server and removes its instances on Ctrl-C.
+    reexec_in(netns, inner_args, cpus.lb_list().as_deref(), Duration::from_secs(60)).await
+}
+
+/// Runs `herd <inner_args>` inside `netns` (in place when `None`), under `ulimit -n 65536`,
+/// pinned to `cpus` when given; waits for it, then drops the namespace (see [`Netns`]).
+///
+/// On Ctrl-C the terminal interrupts the inner bench too; it gets `grace` to clean up what
+/// only it can name (its servers' instances and their namespaces), then is killed.
+pub async fn reexec_in(netns: Option<Netns>, inner_args: &[String], cpus: Option<&str>, grace: Duration) -> Result<()> {
+    let exe = std::env::current_exe()?;
     // ulimit: 65536 when allowed, else as high as the hard limit lets an unprivileged user go.
     let script = r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@""#;
     let mut cmd = match &netns {
@@ -133,15 +156,18 @@ pub async fn reexec(inner_args: &[String]) -> Result<()> {
             c
         }
     };
-    if let Some(lb) = cpus.lb_list() {
-        cmd.args(["taskset", "-c", &lb]);
+    if let Some(cpus) = cpus {
+        cmd.args(["taskset", "-c", cpus]);
     }
     cmd.arg(&exe).args(inner_args).stdin(Stdio::null()).kill_on_drop(true);
     let mut child = cmd.spawn().context("starting the isolated bench")?;
     let status = tokio::select! {
         s = child.wait() => s?,
         _ = tokio::signal::ctrl_c() => {
-            let _ = child.kill().await;
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            drop(netns);
             bail!("interrupted");
         }
     };
@@ -181,6 +207,23 @@ pub fn pin_processes(needle: &str, cpus: &str) -> Result<usize> {
         }
         run("taskset", &["-a", "-p", "-c", cpus, &pid.to_string()])?;
         pinned += 1;
+    }
+    Ok(pinned)
+}
+
+/// Pins the processes of the instances of the server with data dir `data` whose command line
+/// contains `needle` (with all their threads) to `cpus`, wherever they run (bridged instances
+/// each have a network namespace of their own). Returns how many were pinned.
+pub fn pin_instances(data: &std::path::Path, needle: &str, cpus: &str) -> Result<usize> {
+    let dir = data.canonicalize()?;
+    let tag = herd_driver::tag::tag_of(&dir).context("the bench server's data dir has no tag")?;
+    let mut pinned = 0;
+    for pid in herd_driver_process::tagged_pids(&tag) {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle) {
+            run("taskset", &["-a", "-p", "-c", cpus, &pid.to_string()])?;
+            pinned += 1;
+        }
     }
     Ok(pinned)
 }

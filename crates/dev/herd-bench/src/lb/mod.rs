@@ -3,6 +3,12 @@
 //! by side in alternating rounds, in several connection shapes, plus how fast a load-balancing
 //! rule reaches the data plane.
 //!
+//! The backends sit on the loopback path (a host-local server, 127.x reach addresses) or, with
+//! `--backends bridged`, on the private-IP path of issue 19 (a bridged server: each backend in
+//! a namespace of its own behind a veth on the subnet's bridge, both load balancers forwarding
+//! to its private IP). Given both, the bench measures one after the other in the same run and
+//! compares the two paths' herd/HAProxy ratios ([`placement_comparison`]).
+//!
 //! - [`isolate`]: the bench's own network namespace, file limit and CPU pinning;
 //! - [`budget`]: the same CPU budget for each load balancer (`--lb-cpu`), so that it is the
 //!   bottleneck;
@@ -16,6 +22,7 @@ pub mod load;
 
 pub use backend::backend;
 
+use crate::bridged::Interrupt;
 use crate::provision::{model, wait_converged};
 use crate::{Bench, Driver, Launch};
 use anyhow::{bail, Result};
@@ -41,6 +48,60 @@ pub struct Options {
     pub lb_cpu: Option<f64>,
     /// Set for the re-executed bench: the budget's cgroups (see [`budget::Budget::at`]).
     pub lb_cgroups: Option<std::path::PathBuf>,
+    /// Where the backends sit, one measurement per placement in this order (empty: loopback).
+    pub backends: Vec<Placement>,
+}
+
+/// Where the backends sit, and so the path both load balancers forward over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// A host-local server: each backend on a loopback reach address (127.x).
+    Loopback,
+    /// A bridged server (`[network] mode = "bridged"`): each backend in a network namespace of
+    /// its own on a subnet's bridge, both load balancers forwarding to its private IP
+    /// (issue 19). Needs root; the bridge, veths and nftables tables live in the bench's
+    /// namespace.
+    Bridged,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::Loopback => "loopback",
+            Placement::Bridged => "bridged",
+        })
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "loopback" => Ok(Placement::Loopback),
+            "bridged" => Ok(Placement::Bridged),
+            _ => Err(format!("backends '{s}': allowed values are loopback, bridged")),
+        }
+    }
+}
+
+impl Placement {
+    /// The server's extra configuration.
+    fn config(self) -> &'static str {
+        match self {
+            Placement::Loopback => "",
+            Placement::Bridged => "[network]\nmode = \"bridged\"\n",
+        }
+    }
+}
+
+/// The private-IP path against the loopback path in one shape: each path's herd/HAProxy
+/// throughput ratio, and the first over the second (issue 19's goal: within 5 %).
+pub fn placement_comparison(loopback_rps_ratio: f64, bridged_rps_ratio: f64) -> serde_json::Value {
+    let relative = bridged_rps_ratio / loopback_rps_ratio.max(1e-9);
+    json!({"loopbackRpsRatio": loopback_rps_ratio, "bridgedRpsRatio": bridged_rps_ratio,
+        "bridgedToLoopback": relative, "goal": "within 5 %", "meetsGoal": (relative - 1.0).abs() <= 0.05})
 }
 
 impl Options {
@@ -56,6 +117,9 @@ impl Options {
         if let (Some(cpu), Some(prefix)) = (self.lb_cpu, cgroups) {
             a.extend([format!("--lb-cpu={cpu}"), format!("--lb-cgroups={}", prefix.display())]);
         }
+        for p in &self.backends {
+            a.extend(["--backends".into(), p.to_string()]);
+        }
         a
     }
 }
@@ -63,6 +127,12 @@ impl Options {
 /// `herd bench lb`: unless `in_place`, runs itself again isolated (see [`isolate`]), which
 /// then measures.
 pub async fn lb_bench(launch: &dyn Launch, o: Options) -> Result<()> {
+    if o.backends.contains(&Placement::Bridged) {
+        if o.in_place {
+            bail!("--backends bridged cannot run --in-place: bridged networking must not touch this namespace");
+        }
+        crate::bridged::require_root("lb --backends bridged")?;
+    }
     match &o.inside {
         Some(load_cpus) => {
             let budget = o.lb_cgroups.as_deref().map(budget::Budget::at).transpose()?;
@@ -94,20 +164,97 @@ pub async fn lb_bench(launch: &dyn Launch, o: Options) -> Result<()> {
     }
 }
 
-/// Sets up the backends, both load balancers, then every shape's rounds; prints JSON lines.
+/// Measures each backend placement in turn; with both, also prints how the private-IP path's
+/// ratios compare with the loopback path's, shape by shape.
 async fn measure(
     launch: &dyn Launch,
     o: &Options,
     load_cpus: Option<&str>,
     budget: Option<&budget::Budget>,
 ) -> Result<()> {
-    let mut b = Bench::setup(launch, Driver::Process, 10).await?;
+    let intr = &Interrupt::listen();
+    let placements = if o.backends.is_empty() { vec![Placement::Loopback] } else { o.backends.clone() };
+    let mut results = Vec::new();
+    for &p in &placements {
+        eprintln!("herd bench lb: backends on the {p} path");
+        results.push((p, measure_placement(launch, o, p, (load_cpus, budget), intr).await?));
+    }
+    let ratios = |p: Placement| results.iter().find(|(q, _)| *q == p).map(|(_, shapes)| shapes.clone());
+    if let (Some(lo), Some(br)) = (ratios(Placement::Loopback), ratios(Placement::Bridged)) {
+        let shapes: Vec<serde_json::Value> = lo
+            .iter()
+            .zip(&br)
+            .map(|(l, b)| {
+                let mut v = placement_comparison(
+                    l["rpsRatio"].as_f64().unwrap_or(f64::NAN),
+                    b["rpsRatio"].as_f64().unwrap_or(f64::NAN),
+                );
+                v["shape"] = l["shape"].clone();
+                v["p99"] = json!({"loopbackP99Ratio": l["p99Ratio"], "bridgedP99Ratio": b["p99Ratio"]});
+                v
+            })
+            .collect();
+        println!("{}", json!({"bench": "lb-placements", "shapes": shapes}));
+    }
+    Ok(())
+}
+
+/// Sets up the backends in `placement`, both load balancers, then every shape's rounds;
+/// prints JSON lines and returns each shape's line.
+async fn measure_placement(
+    launch: &dyn Launch,
+    o: &Options,
+    placement: Placement,
+    (load_cpus, budget): (Option<&str>, Option<&budget::Budget>),
+    intr: &Interrupt,
+) -> Result<Vec<serde_json::Value>> {
+    // A placement after the first starts in the budget the previous one entered: leave it, or
+    // this placement's backends and dnsmasq (started by the server in this process) would be
+    // born in herd's budget and spend it.
+    if let Some(budget) = budget {
+        budget::Budget::enter(&budget.home, std::process::id())?;
+    }
+    let mut b =
+        intr.guard(Bench::setup_with(launch, Driver::Process, 10, crate::Transport::Tls, placement.config())).await?;
+    let data = b.dir.path().join("data");
+    // Bridged backends have namespaces of their own: removed if the bench stops half-way,
+    // after the server stopped (so it creates nothing more).
+    let leftovers = (placement == Placement::Bridged).then(|| crate::bridged::Leftovers {
+        data: data.clone(),
+        keys: (0..16).map(|i| format!("bench/web/{i}")).collect(),
+    });
+    let result = intr.guard(placement_rounds(&b, o, placement, &data, load_cpus, budget)).await;
+    b.server.stop().await;
+    drop(leftovers);
+    result
+}
+
+/// [`measure_placement`] once its server runs: the backends, HAProxy, every shape's rounds,
+/// the rule propagation; deletes the set at the end.
+async fn placement_rounds(
+    b: &Bench,
+    o: &Options,
+    placement: Placement,
+    data: &std::path::Path,
+    load_cpus: Option<&str>,
+    budget: Option<&budget::Budget>,
+) -> Result<Vec<serde_json::Value>> {
     let c = &b.client;
+    let subnet = match placement {
+        Placement::Loopback => None,
+        Placement::Bridged => Some(crate::bridged::put_vnet(c, "bench", "vnet", "10.0.0.0/24").await?),
+    };
     let (lbp, path) = ("/v1/resourceGroups/bench/loadBalancers/lb", set_path("bench", "web"));
-    let (ip, addrs) = backends_in_rotation(&b, lbp, &path).await?;
+    let (ip, addrs) = backends_in_rotation(b, lbp, &path, subnet.as_deref()).await?;
+    if placement == Placement::Bridged && !addrs.iter().all(|a| a.starts_with("10.0.0.")) {
+        bail!("bridged backends are not reached on their private IPs (10.0.0.0/24): {addrs:?}");
+    }
     let lb_cpu = match load_cpus {
         Some(load) => {
-            let pinned = isolate::pin_processes("bench backend", load)?;
+            let pinned = match placement {
+                Placement::Loopback => isolate::pin_processes("bench backend", load)?,
+                Placement::Bridged => isolate::pin_instances(data, "bench backend", load)?,
+            };
             if pinned != addrs.len() {
                 bail!("pinned {pinned} backend processes to CPUs {load}, expected {}", addrs.len());
             }
@@ -139,7 +286,7 @@ async fn measure(
     }
     println!(
         "{}",
-        json!({"bench": "lb-setup", "lbCpu": lb_cpu, "loadCpus": load_cpus, "isolated": o.inside.is_some(),
+        json!({"bench": "lb-setup", "placement": placement, "backendAddresses": addrs, "lbCpu": lb_cpu, "loadCpus": load_cpus, "isolated": o.inside.is_some(),
             "lbCpuBudget": budget.and(o.lb_cpu), "budgetPeriodUs": budget.map(|_| budget::PERIOD_US),
             "openFiles": open_files, "maxConnections": max_connections, "backends": addrs.len()})
     );
@@ -154,9 +301,9 @@ async fn measure(
             );
         }
         let pids = (std::process::id(), haproxy.id());
-        let load = Load { threads: wrk_threads, cpus: load_cpus, budget };
+        let load = Load { threads: wrk_threads, cpus: load_cpus, budget, placement };
         let (h, a) = ab_rounds([&herd_url, &haproxy_url], pids, shape, o, &load).await?;
-        let line = json!({"bench": "lb-shape", "shape": requested.to_string(), "connections": shape.connections,
+        let line = json!({"bench": "lb-shape", "placement": placement, "shape": requested.to_string(), "connections": shape.connections,
             "keepAlive": shape.keep_alive, "rounds": o.rounds, "seconds": o.duration, "lbCpuBudget": budget.and(o.lb_cpu),
             "herd": h, "haproxy": a,
             "rpsRatio": h.rps.median / a.rps.median.max(1e-9), "p99Ratio": h.p99_ms.median / a.p99_ms.median.max(1e-9),
@@ -167,7 +314,7 @@ async fn measure(
     let propagation_ms = rule_propagation_ms(c, lbp, &ip).await?;
     println!(
         "{}",
-        json!({"bench": "lb-summary", "shapes": shapes.iter().map(|s| json!({"shape": s["shape"],
+        json!({"bench": "lb-summary", "placement": placement, "shapes": shapes.iter().map(|s| json!({"shape": s["shape"],
             "rpsRatio": s["rpsRatio"], "p99Ratio": s["p99Ratio"], "cpuPerRequestRatio": s["cpuPerRequestRatio"]}))
             .collect::<Vec<_>>(),
         "failureDetectionSeconds": 1.0, "probeIntervalSeconds": 1, "probeThreshold": 1,
@@ -179,8 +326,7 @@ async fn measure(
     while c.get(&path).await.is_ok() && t.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    b.server.stop().await;
-    Ok(())
+    Ok(shapes)
 }
 
 /// The soft limit on open files (`ulimit -n`).
@@ -193,7 +339,7 @@ fn open_files_limit() -> Option<u64> {
 /// Imports the backend image, creates the load balancer `lb` (probe on 8080, rule 18090 ->
 /// 8080) and the set `web` of two backends in its pool, and waits until both are in rotation.
 /// Returns the frontend IP and the backends' reach addresses.
-async fn backends_in_rotation(b: &Bench, lbp: &str, path: &str) -> Result<(String, Vec<String>)> {
+async fn backends_in_rotation(b: &Bench, lbp: &str, path: &str, subnet: Option<&str>) -> Result<(String, Vec<String>)> {
     let exe = std::env::current_exe()?;
     let img = b.dir.path().join("backend-image");
     crate::script_image(&img, &format!("exec {} bench backend --bind \"$HERD_ADDRESS:8080\"", exe.display()))?;
@@ -219,6 +365,10 @@ async fn backends_in_rotation(b: &Bench, lbp: &str, path: &str) -> Result<(Strin
     m["virtualMachineProfile"]["storageProfile"]["imageReference"]["offer"] = json!("Backend");
     m["virtualMachineProfile"]["networkProfile"] = json!({"networkInterfaceConfigurations": [{"name": "nic", "ipConfigurations": [{"name": "ip",
         "loadBalancerBackendAddressPools": [{"id": format!("{lbid}/backendAddressPools/be")}]}]}]});
+    if let Some(subnet) = subnet {
+        m["virtualMachineProfile"]["networkProfile"]["networkInterfaceConfigurations"][0]["ipConfigurations"][0]
+            ["subnet"] = json!({"id": subnet});
+    }
     c.call(reqwest::Method::PUT, path, Some(&m), &[("If-None-Match", "*")]).await?;
     wait_converged(c, path, Duration::from_secs(120)).await?;
     let t = Instant::now();
@@ -268,11 +418,13 @@ fn start_haproxy(
         .map_err(|e| anyhow::anyhow!("starting haproxy (apt-get install haproxy): {e}"))
 }
 
-/// How `wrk` runs: its threads, the CPUs it is pinned to, and the budget it must leave.
+/// How `wrk` runs: its threads, the CPUs it is pinned to, and the budget it must leave; and
+/// where the backends sit (for the printed lines).
 struct Load<'a> {
     threads: u32,
     cpus: Option<&'a str>,
     budget: Option<&'a budget::Budget>,
+    placement: Placement,
 }
 
 /// `o.rounds` A/B rounds of `wrk` in `shape` (herd, then HAProxy: `urls` and the `pids` of
@@ -290,7 +442,10 @@ async fn ab_rounds(
     for round in 1..=o.rounds {
         let h = load::wrk(herd_url, shape, o.duration, (l.threads, l.cpus, &prefix), Some(herd_pid)).await?;
         let a = load::wrk(haproxy_url, shape, o.duration, (l.threads, l.cpus, &prefix), haproxy_pid).await?;
-        println!("{}", json!({"bench": "lb", "shape": shape.to_string(), "round": round, "herd": h, "haproxy": a}));
+        println!(
+            "{}",
+            json!({"bench": "lb", "placement": l.placement, "shape": shape.to_string(), "round": round, "herd": h, "haproxy": a})
+        );
         herd_runs.push(h);
         ha_runs.push(a);
     }
@@ -318,4 +473,47 @@ async fn rule_propagation_ms(c: &herd_client::Client, lbp: &str, ip: &str) -> Re
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placements_parse_and_name_the_allowed_values() {
+        for p in [Placement::Loopback, Placement::Bridged] {
+            assert_eq!(p.to_string().parse::<Placement>().unwrap(), p);
+        }
+        let e = "private".parse::<Placement>().unwrap_err();
+        assert!(e.contains("'private'") && e.contains("loopback, bridged"), "{e}");
+        assert!(Placement::Bridged.config().contains("mode = \"bridged\""));
+        assert_eq!(Placement::Loopback.config(), "");
+    }
+
+    #[test]
+    fn the_private_ip_path_is_compared_with_the_loopback_paths_ratio() {
+        let v = placement_comparison(0.80, 0.78);
+        assert!((v["bridgedToLoopback"].as_f64().unwrap() - 0.975).abs() < 1e-9);
+        assert_eq!(v["meetsGoal"], true, "2.5 % apart");
+        assert_eq!(placement_comparison(0.80, 0.74)["meetsGoal"], false, "7.5 % below");
+        assert_eq!(placement_comparison(0.80, 0.86)["meetsGoal"], false, "7.5 % above");
+    }
+
+    #[test]
+    fn the_inner_bench_keeps_the_placements() {
+        let o = Options {
+            duration: 2,
+            rounds: 1,
+            shapes: vec![Shape { connections: 64, keep_alive: true }],
+            in_place: false,
+            inside: None,
+            lb_cpu: None,
+            lb_cgroups: None,
+            backends: vec![Placement::Loopback, Placement::Bridged],
+        };
+        assert_eq!(
+            o.inner_args(Some("1".into()), None).join(" "),
+            "bench lb --duration 2 --rounds 1 --inside --load-cpus=1 --shape 64 --backends loopback --backends bridged"
+        );
+    }
 }
