@@ -33,7 +33,12 @@ const SCRIPT: &str = r#"mkdir -p /tmp/www && hostname > /tmp/www/name && head -c
 echo "own big $(md5sum < /tmp/www/big | cut -c1-32)";
 echo "mtu $(cat /sys/class/net/eth0/mtu)"; ip -4 -o addr show eth0;
 gw=$(ip -4 route show default | awk '{print $3}'); echo "gateway $gw; $(grep nameserver /etc/resolv.conf)"
-echo "metadata says $(printf 'GET /metadata/instance/compute/name?api-version=2021-02-01&format=text HTTP/1.0\r\nMetadata: true\r\n\r\n' | nc -w 5 169.254.169.254 80 | tail -n 1) ."
+i=0; m=
+while [ $i -lt 10 ] && [ -z "$m" ]; do
+  m=$(printf 'GET /metadata/instance/compute/name?api-version=2021-02-01&format=text HTTP/1.0\r\nMetadata: true\r\n\r\n' | nc -w 5 169.254.169.254 80 | tail -n 1)
+  i=$((i + 1)); [ -z "$m" ] && sleep 1
+done
+echo "metadata says $m . (attempt $i)"
 for n in web000000 web000001; do
   i=0; r=
   while [ $i -lt 60 ]; do

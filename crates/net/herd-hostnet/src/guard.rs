@@ -152,12 +152,16 @@ impl Guard {
 
     /// Stops guarding a port. Ok if it was not guarded.
     pub fn forget(&self, p: &Port) -> Result<(), NetError> {
-        // `destroy` (nft 1.0.8) is not in Debian 12's nft; delete each element on its own so
-        // one missing element does not keep the others.
-        for line in self.element_lines("delete", p).lines() {
-            let _ = run_nft(line);
+        // `destroy` (nft 1.0.8) is not in Debian 12's nft. Adding each element before deleting
+        // it makes the delete succeed whether or not it was there, so the whole port goes in
+        // one transaction (one `nft` call, one kernel grace period, instead of one per set).
+        let script = format!("{}{}", self.element_lines("add", p), self.element_lines("delete", p));
+        match run_nft(&script) {
+            Ok(()) => Ok(()),
+            // No table: nothing is guarded.
+            Err(_) if !self.exists() => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// Removes the table. Ok if absent.

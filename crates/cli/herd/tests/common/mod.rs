@@ -481,10 +481,9 @@ pub fn qemu_pids(data_dir: &Path) -> Vec<u32> {
     pids
 }
 
-/// Kills the QEMUs of a test's data dir when dropped, whatever happened.
 /// A network namespace a test created: at the end its processes (servers, dnsmasq) are
 /// killed and it is deleted, which removes every interface in it, and so are the instance
-/// namespaces (`hn*`) that appeared while it lived (a failed test leaves none behind).
+/// namespaces (`hn*`) plugged into it, with their processes (a failed test leaves none behind).
 pub struct TestNetns(pub String, std::collections::BTreeSet<String>);
 
 /// The bridged process instances' namespaces on the host.
@@ -524,15 +523,41 @@ impl TestNetns {
     }
 }
 
+/// `(index, peer index)` of each veth-like link of namespace `ns` (`ip -o link`: `12: hv…@if2:`).
+fn link_pairs(ns: &str) -> Vec<(u32, u32)> {
+    let out = Command::new("ip").args(["-n", ns, "-o", "link", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (index, rest) = l.split_once(": ")?;
+            let peer = rest.split(':').next()?.split_once("@if")?.1;
+            Some((index.trim().parse().ok()?, peer.parse().ok()?))
+        })
+        .collect()
+}
+
 impl Drop for TestNetns {
     fn drop(&mut self) {
+        // The instance namespaces of this test's servers: those whose eth0 is the peer of a
+        // link in this namespace (other tests' instance namespaces, running at the same time,
+        // are left alone).
+        let ours: std::collections::BTreeSet<(u32, u32)> = link_pairs(&self.0).into_iter().collect();
+        let mine: Vec<String> = instance_namespaces()
+            .difference(&self.1)
+            .filter(|ns| link_pairs(ns).iter().any(|(i, peer)| ours.contains(&(*peer, *i))))
+            .cloned()
+            .collect();
         for pid in self.pids() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        for ns in instance_namespaces().difference(&self.1) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            let _ = std::fs::remove_file(Path::new("/run/netns").join(ns));
+        for ns in mine {
+            let out = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            let _ = std::fs::remove_file(Path::new("/run/netns").join(&ns));
         }
     }
 }
@@ -554,6 +579,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Kills the QEMUs of a test's data dir when dropped, whatever happened.
 pub struct VmGuard(pub PathBuf);
 
 impl Drop for VmGuard {
