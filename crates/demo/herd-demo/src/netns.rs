@@ -12,7 +12,6 @@
 //! ```
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
 use std::process::Command;
 
 /// Set in the walkthrough's environment when it runs inside the demo's namespace (its name).
@@ -24,16 +23,7 @@ pub fn unavailable() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("it needs root".into());
     }
-    let tools = [
-        ("ip", &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"][..], "iproute2"),
-        ("nft", &["/usr/sbin/nft", "/sbin/nft"][..], "nftables"),
-        ("dnsmasq", &["/usr/sbin/dnsmasq"][..], "dnsmasq-base"),
-    ];
-    let missing: Vec<String> = tools
-        .iter()
-        .filter(|(_, paths, _)| !paths.iter().any(|p| Path::new(p).is_file()))
-        .map(|(t, _, pkg)| format!("{t} ({pkg})"))
-        .collect();
+    let missing = herd_hostnet::tools::missing();
     (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
 }
 

@@ -49,6 +49,7 @@ mod names;
 pub mod outbound;
 pub mod public;
 pub mod security;
+pub mod tools;
 
 pub use dnsmasq::Lease;
 pub use names::{mac_for, short_name, stable_hash, tap_name};

@@ -25,13 +25,6 @@ pub const RECORD: &str = "network-mode";
 const BRIDGED: &str = "bridged";
 const HOST_LOCAL: &str = "host-local";
 
-/// What bridged networking needs on the host, and the package that has it.
-const TOOLS: &[(&str, &[&str], &str)] = &[
-    ("ip", &["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"], "iproute2"),
-    ("nft", &["/usr/sbin/nft", "/sbin/nft"], "nftables"),
-    ("dnsmasq", &["/usr/sbin/dnsmasq"], "dnsmasq-base"),
-];
-
 /// Why bridged networking cannot be this server's default, or None when it can.
 fn bridged_unavailable(driver: DriverKind) -> Option<String> {
     if !matches!(driver, DriverKind::Process | DriverKind::Qemu) {
@@ -40,11 +33,7 @@ fn bridged_unavailable(driver: DriverKind) -> Option<String> {
     if !cfg!(target_os = "linux") || !is_root() {
         return Some("bridged networking needs root on Linux".into());
     }
-    let missing: Vec<String> = TOOLS
-        .iter()
-        .filter(|(_, paths, _)| !paths.iter().any(|p| Path::new(p).is_file()))
-        .map(|(tool, _, package)| format!("{tool} ({package})"))
-        .collect();
+    let missing = herd_hostnet::tools::missing();
     (!missing.is_empty()).then(|| format!("missing: {}", missing.join(", ")))
 }
 
