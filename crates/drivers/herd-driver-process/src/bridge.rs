@@ -104,11 +104,15 @@ fn plumb(ns: &str, veth: &str, mac: &str, att: &NetworkAttachment) -> Result<(),
         run(&["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
     }
     run(&["link", "set", veth, "master", &att.bridge, "mtu", &mtu, "up"])?;
-    run(&["-n", ns, "link", "set", "lo", "up"])?;
-    run(&["-n", ns, "link", "set", "eth0", "address", mac, "mtu", &mtu])?;
-    run(&["-n", ns, "addr", "replace", &addr, "dev", "eth0"])?;
-    run(&["-n", ns, "link", "set", "eth0", "up"])?;
-    run(&["-n", ns, "route", "replace", "default", "via", &att.gateway.to_string()])?;
+    // Inside the namespace, in one `ip` process (each is idempotent, so a retry repeats all).
+    let inside = [
+        "link set lo up".to_string(),
+        format!("link set eth0 address {mac} mtu {mtu}"),
+        format!("addr replace {addr} dev eth0"),
+        "link set eth0 up".to_string(),
+        format!("route replace default via {}", att.gateway),
+    ];
+    herd_hostnet::link::ip_batch(Some(ns), &inside).map_err(|e| e.to_string())?;
     Ok(())
 }
 
