@@ -394,8 +394,16 @@ impl ApiCapacityWriter {
             return Err(format!("scale set '{set}' is being deleted"));
         }
         let mut model = cur.value.model.clone();
+        let growing = model.sku.capacity < capacity as i64;
         model.sku.capacity = capacity as i64;
         model.validate(&state.validation()).map_err(|e| e.to_string())?;
+        // A scale-out needs room in the public IP pool as `herd vmss scale` does; shrinking
+        // never does.
+        if growing {
+            let (bridged, pool) = (state.config.bridged, state.config.public_ip_pool);
+            herd_state::model_refs::check_public_ip(&*state.store, &cur.value.name, &model, bridged, pool)
+                .map_err(|e| e.to_string())?;
+        }
         commit_replacing(state, &cur, model, Secrets::default(), &[], "Autoscale", reason.to_string(), Actor::Autoscale)
             .map(|_| ())
             .map_err(|e| e.to_string())
