@@ -322,25 +322,9 @@ fn nsg_rules_filter_instance_traffic_and_spare_probes() {
     // With every set and NSG gone, no table is left.
     s.ok(&["vmss", "delete", "-g", "rg", "-n", "web", "--quiet", "--timeout", "300"]);
     s.ok(&words("network nsg delete -g rg -n nic-nsg"));
-    s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "update",
-        "-g",
-        "rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--network-security-group",
-        "",
-    ]);
+    dissociate_subnet_nsg(&s, "rg", "mynet", "web");
     s.ok(&words("network nsg delete -g rg -n web-nsg"));
-    wait_for("no nftables table left", Duration::from_secs(30), || {
-        let out = s.command("nft").args(["list", "tables"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
-    });
+    wait_for_no_nft_table(&s);
 }
 
 /// A forward chain with policy drop (as Docker leaves) would silently cut bridged instances

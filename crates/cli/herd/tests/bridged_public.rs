@@ -365,26 +365,10 @@ fn instances_get_public_ips_with_one_to_one_nat() {
     for set in ["web", "plain", "inner"] {
         s.ok(&["vmss", "delete", "-g", "rg", "-n", set, "--quiet", "--timeout", "300"]);
     }
-    s.ok(&[
-        "network",
-        "vnet",
-        "subnet",
-        "update",
-        "-g",
-        "rg",
-        "--vnet-name",
-        "mynet",
-        "-n",
-        "web",
-        "--network-security-group",
-        "",
-    ]);
+    dissociate_subnet_nsg(&s, "rg", "mynet", "web");
     s.ok(&words("network nsg delete -g rg -n web-nsg"));
     s.ok(&words("network vnet delete -g rg -n mynet"));
-    wait_for("no nftables table left", Duration::from_secs(30), || {
-        let out = s.command("nft").args(["list", "tables"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
-    });
+    wait_for_no_nft_table(&s);
     wait_for("no herd link left in the server's namespace", Duration::from_secs(30), || {
         (ns.links() == ["hup0", "lo"]).then_some(())
     });

@@ -849,3 +849,29 @@ pub fn server_with_sleeper(driver: &str, config: Option<&str>, group: &str, urn:
     s.group_with_image(group, urn, &img);
     (dir, s)
 }
+
+/// Takes the network security group off subnet `group/vnet/subnet` (`--network-security-group ""`).
+pub fn dissociate_subnet_nsg(s: &Server, group: &str, vnet: &str, subnet: &str) {
+    s.ok(&[
+        "network",
+        "vnet",
+        "subnet",
+        "update",
+        "-g",
+        group,
+        "--vnet-name",
+        vnet,
+        "-n",
+        subnet,
+        "--network-security-group",
+        "",
+    ]);
+}
+
+/// Waits until the server's namespace holds no nftables table (everything bridged is gone).
+pub fn wait_for_no_nft_table(s: &Server) {
+    wait_for("no nftables table left", Duration::from_secs(30), || {
+        let out = s.command("nft").args(["list", "tables"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
+    });
+}
