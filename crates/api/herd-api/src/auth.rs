@@ -107,7 +107,7 @@ fn source(req: &Request) -> IpAddr {
 }
 
 /// The 429 answer for an address whose failure budget is spent, if it is.
-fn limited(state: &AppState, from: IpAddr) -> Option<Response> {
+pub(crate) fn limited(state: &AppState, from: IpAddr) -> Option<Response> {
     let Admission::Limited { retry_after } = state.auth_limit.admit(from) else { return None };
     let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
     tracing::debug!(%from, secs, "authentication refused: too many failures from this address");

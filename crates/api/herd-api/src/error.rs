@@ -21,7 +21,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// `InvalidParameter`, `InvalidRequestContent`, `NotFound`, `MethodNotAllowed`, `Conflict`,
-    /// `PreconditionFailed`, `Unauthorized`, `LengthRequired`, `RequestEntityTooLarge`,
+    /// `PreconditionFailed`, `Unauthorized`, `Forbidden`, `LengthRequired`, `RequestEntityTooLarge`,
     /// `UriTooLong`, `UnsupportedMediaType`, `TooManyRequests`, `InsufficientStorage`, `InternalError`.
     pub code: String,
     pub message: String,
@@ -46,6 +46,10 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("a valid API token is required (Authorization: Bearer <token>)")]
     Unauthorized,
+    /// Credentials other than the API token were refused (a join token): the message says why
+    /// without repeating them.
+    #[error("{0}")]
+    Forbidden(String),
     /// A failure of the server itself: its source is logged, the client hears only "internal error".
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -77,6 +81,21 @@ impl ApiError {
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError::Invalid(e)
+    }
+}
+
+impl From<herd_state::hosts::HostError> for ApiError {
+    fn from(e: herd_state::hosts::HostError) -> Self {
+        use herd_state::hosts::HostError;
+        match e {
+            HostError::Invalid(f) => ApiError::Invalid(f),
+            HostError::Token(r) => ApiError::Forbidden(r.to_string()),
+            HostError::NameTaken(_) | HostError::HasInstances { .. } => ApiError::Conflict(e.to_string()),
+            HostError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            HostError::Tls(herd_model::tls::TlsRefusal::NotApplicable(why)) => ApiError::Conflict(why),
+            HostError::Tls(herd_model::tls::TlsRefusal::Failed(e)) => ApiError::Internal(e),
+            HostError::State(s) => s.into(),
+        }
     }
 }
 
@@ -192,6 +211,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) | ApiError::Changed(_) => (StatusCode::CONFLICT, "Conflict", None),
             ApiError::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed", None),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", None),
             ApiError::InsufficientStorage(detail) => {
                 tracing::error!(%detail, "disk full");
                 (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", None)

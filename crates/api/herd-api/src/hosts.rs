@@ -10,7 +10,10 @@ use crate::{
     error::{ApiError, ErrorBody},
     state::{ApiConfig, AppState},
 };
-use axum::{extract::State, Json};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herd_model::host::{HostRecord, HostState, Scheduling};
 use herd_state::placement::{self, HostRoom};
 use serde::Serialize;
 
@@ -41,7 +44,80 @@ pub struct HostView {
 pub struct HostsView {
     /// No hosts declared (sim and process drivers by default): capacity is not limited.
     pub unlimited: bool,
+    /// The hosts `[[hosts]]` declares (or this machine, for the qemu driver).
     pub hosts: Vec<HostView>,
+    /// Hosts joined by `herd agent`.
+    pub joined: Vec<JoinedHostView>,
+}
+
+/// A host joined by `herd agent`, with its state now.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinedHostView {
+    pub name: String,
+    pub zone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_domain: Option<String>,
+    pub state: HostState,
+    pub scheduling: Scheduling,
+    /// What the agent reports.
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_free_mib: u64,
+    /// What instances placed on it reserve.
+    pub used_vcpus: u32,
+    pub used_memory_mib: u64,
+    pub instances: usize,
+    pub agent_version: String,
+    /// The last heartbeat this server received (none since it started: NotReady).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    pub joined_at: chrono::DateTime<chrono::Utc>,
+    /// SHA-256 of the one agent certificate accepted for it.
+    pub certificate_fingerprint: String,
+}
+
+/// The joined hosts with their state and what their instances reserve.
+fn joined_views(state: &AppState, records: Vec<HostRecord>, usage: Vec<placement::HostUsage>) -> Vec<JoinedHostView> {
+    let now = state.clock.now();
+    records
+        .into_iter()
+        .map(|h| {
+            let last = state.heartbeats.last_heartbeat(&h.name);
+            let used = usage.iter().find(|u| u.name == h.name);
+            JoinedHostView {
+                state: HostState::of(h.scheduling, last, now, state.host_grace),
+                scheduling: h.scheduling,
+                vcpus: h.capacity.vcpus,
+                memory_mib: h.capacity.memory_mib,
+                disk_free_mib: h.capacity.disk_free_mib,
+                used_vcpus: used.map_or(0, |u| u.regular.vcpus + u.spot.vcpus),
+                used_memory_mib: used.map_or(0, |u| u.regular.memory_mib + u.spot.memory_mib),
+                instances: used.map_or(0, |u| (u.regular_instances + u.spot_instances) as usize),
+                agent_version: h.agent_version,
+                last_heartbeat: last,
+                joined_at: h.joined_at,
+                certificate_fingerprint: h.certificate_fingerprint,
+                name: h.name,
+                zone: h.zone,
+                fault_domain: h.fault_domain,
+            }
+        })
+        .collect()
+}
+
+/// Joined hosts as capacity specs, to count what their instances reserve.
+fn specs(records: &[HostRecord]) -> Vec<herd_model::spot::HostSpec> {
+    records
+        .iter()
+        .map(|h| herd_model::spot::HostSpec {
+            name: h.name.clone(),
+            zone: Some(h.zone.clone()),
+            vcpus: h.capacity.vcpus,
+            memory_mib: h.capacity.memory_mib,
+            overcommit: 1.0,
+        })
+        .collect()
 }
 
 /// Lists the hosts with their capacity and what Regular and Spot instances reserve.
@@ -49,7 +125,13 @@ pub struct HostsView {
     responses((status = 200, body = HostsView), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiError> {
     let config = state.config.clone();
-    let usage = state.run(move |s| Ok(placement::host_usage(s, &config.hosts, &config.skus)?)).await?;
+    let (usage, joined, joined_usage) = state
+        .run(move |s| {
+            let joined = herd_state::hosts::list(s)?;
+            let joined_usage = placement::host_usage(s, &specs(&joined), &config.skus)?;
+            Ok((placement::host_usage(s, &config.hosts, &config.skus)?, joined, joined_usage))
+        })
+        .await?;
     let hosts = usage
         .into_iter()
         .map(|u| HostView {
@@ -68,7 +150,81 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiE
             spot_instances: u.spot_instances as usize,
         })
         .collect();
-    Ok(Json(HostsView { unlimited: state.config.hosts.is_empty(), hosts }))
+    let joined = joined_views(&state, joined, joined_usage);
+    Ok(Json(HostsView { unlimited: state.config.hosts.is_empty(), hosts, joined }))
+}
+
+/// One joined host.
+#[utoipa::path(get, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path)),
+    responses((status = 200, body = JoinedHostView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<JoinedHostView>, ApiError> {
+    herd_model::ids::HostName::new(name.clone())?;
+    Ok(Json(one(&state, name).await?))
+}
+
+async fn one(state: &AppState, name: String) -> Result<JoinedHostView, ApiError> {
+    let skus = state.config.skus.clone();
+    let (record, usage) = state
+        .run(move |s| {
+            let Some(h) = herd_state::hosts::get(s, &name)? else { return Ok((Err(name), vec![])) };
+            let usage = placement::host_usage(s, &specs(std::slice::from_ref(&h)), &skus)?;
+            Ok((Ok(h), usage))
+        })
+        .await?;
+    let record = record.map_err(|name| ApiError::NotFound(format!("host '{name}' not found")))?;
+    Ok(joined_views(state, vec![record], usage).remove(0))
+}
+
+/// What `POST /v1/hosts/{name}/{action}` does.
+pub const ACTIONS: &[&str] = &["cordon", "uncordon"];
+
+/// `POST /v1/hosts/{name}/cordon|uncordon`.
+#[utoipa::path(post, path = "/v1/hosts/{name}/{action}", tag = "hosts",
+    params(("name" = String, Path), ("action" = String, Path, description = "cordon or uncordon")),
+    responses((status = 200, body = JoinedHostView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<JoinedHostView>, ApiError> {
+    herd_model::ids::HostName::new(name.clone())?;
+    let scheduling = match action.as_str() {
+        "cordon" => Scheduling::Cordoned,
+        "uncordon" => Scheduling::Schedulable,
+        other => {
+            return Err(ApiError::invalid(
+                "action",
+                format!("'{other}' is not a host action; allowed values: {}", ACTIONS.join(", ")),
+            ))
+        }
+    };
+    let now = state.clock.now();
+    let who = name.clone();
+    state.blocking(move |s| Ok(herd_state::hosts::set_scheduling(&**s.store.store(), &who, scheduling, now)?)).await?;
+    Ok(Json(one(&state, name).await?))
+}
+
+/// `DELETE /v1/hosts/{name}?force=true`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Delete even while instances are placed on it.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Deletes a joined host: its agent is refused from then on (and disconnected at its next
+/// heartbeat). Refused while instances are placed on it, unless `force`.
+#[utoipa::path(delete, path = "/v1/hosts/{name}", tag = "hosts", params(("name" = String, Path), DeleteQuery),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    herd_model::ids::HostName::new(name.clone())?;
+    let now = state.clock.now();
+    state.blocking(move |s| Ok(herd_state::hosts::delete(&**s.store.store(), &name, q.force, now)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The hosts' room for a scale-out under this server's hosts and SKUs (see

@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod image_tree;
 pub mod images;
 mod instances;
+pub mod join;
 pub mod join_tokens;
 pub mod named;
 mod network;
@@ -123,6 +124,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/hosts", get(hosts::list))
         .route("/v1/hosts/joinTokens", get(join_tokens::list).post(join_tokens::create))
         .route("/v1/hosts/joinTokens/{id}", axum::routing::delete(join_tokens::delete))
+        .route("/v1/hosts/{name}", get(hosts::show).delete(hosts::delete))
+        .route("/v1/hosts/{name}/{action}", post(hosts::action))
         .route("/v1/cost", get(cost::total_cost))
         .route(set_path!("/cost"), get(cost::set_cost))
         .route("/v1/images", get(images::list))
@@ -132,6 +135,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi::serve))
+        .route("/v1/join/ca", get(join::ca))
+        .route("/v1/join", post(join::join))
         .route(
             "/metrics",
             get(network::metrics).layer(middleware::from_fn_with_state(state.clone(), auth::require_metrics_token)),

@@ -78,6 +78,11 @@ use utoipa::OpenApi;
         crate::autoscale::source_delete,
         crate::autoscale::metrics,
         crate::hosts::list,
+        crate::hosts::show,
+        crate::hosts::action,
+        crate::hosts::delete,
+        crate::join::ca,
+        crate::join::join,
         crate::join_tokens::create,
         crate::join_tokens::list,
         crate::join_tokens::delete,
@@ -114,6 +119,9 @@ pub const GROUP_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9_.()-]{0,88}[A-Za-z0-9_
 /// Scale set names: 1–64 of letters, digits and `-_.`, starting with a letter or digit, not
 /// ending with `.` (as `herd_model::ScaleSetName` checks).
 pub const SET_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9_-])?$";
+/// Host names: a DNS label, 1–63 of letters, digits and `-`, starting with a letter or digit
+/// (as `herd_model::ids::HostName` checks).
+pub const HOST_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$";
 /// Network resources, their children, extensions, autoscale settings and metric sources: 1–80
 /// of letters, digits and `-_.`, starting with a letter or digit (`check_child_name`).
 pub const CHILD_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$";
@@ -140,6 +148,9 @@ impl utoipa::Modify for CommonAnswers {
         };
         for (path, item) in doc.paths.paths.iter_mut() {
             let public = path == "/healthz" || path == "/openapi.json";
+            // Joining needs no API token (the join token is in the body; refusals count against
+            // the address's failure budget, so POST /v1/join documents its own 429).
+            let tokenless = public || path.starts_with("/v1/join");
             let ops = [
                 (false, item.get.as_mut()),
                 (true, item.put.as_mut()),
@@ -152,7 +163,7 @@ impl utoipa::Modify for CommonAnswers {
                 let mut add = |code: &str, what: &str| {
                     op.responses.responses.entry(code.to_string()).or_insert_with(|| error(what).into());
                 };
-                if !public {
+                if !tokenless {
                     add("401", "A valid API token is required (Authorization: Bearer <token>)");
                     add("429", "Too many failed authentications from this address; retry after `Retry-After` seconds");
                 }
@@ -178,12 +189,14 @@ impl utoipa::Modify for CommonAnswers {
                     let pattern = match p.name.as_str() {
                         "group" => Some(GROUP_PATTERN),
                         "name" if path.contains("/virtualMachineScaleSets/{name}") => Some(SET_PATTERN),
+                        "name" if path.starts_with("/v1/hosts/{name}") => Some(HOST_PATTERN),
                         "name" | "vnet" | "pool" | "child" | "ext" | "rule" => Some(CHILD_PATTERN),
                         "id" => Some(r"^[0-9]{1,19}$"),
                         _ => None,
                     };
                     let choices: Option<&[&str]> = match p.name.as_str() {
                         "action" if path.contains("rollingUpgrades") => Some(crate::rolling::ACTIONS),
+                        "action" if path.starts_with("/v1/hosts/") => Some(crate::hosts::ACTIONS),
                         "action" => Some(crate::instances::ACTIONS),
                         "collection" => Some(herd_model::network::LB_COLLECTIONS),
                         _ => None,

@@ -74,6 +74,10 @@ pub struct AppState {
     pub auth_limit: crate::auth_limit::AuthLimiter,
     /// The server's TLS: what it presents, and its rotation.
     pub tls: Arc<dyn crate::services::ServerTls>,
+    /// Joined hosts' heartbeats, as the agent link sees them.
+    pub heartbeats: Arc<dyn herd_model::host::Heartbeats>,
+    /// How long a host may miss heartbeats before it shows NotReady.
+    pub host_grace: chrono::Duration,
 }
 
 /// A view of the server's controller status board. The API shows it and does not know the

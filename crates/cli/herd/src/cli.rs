@@ -148,9 +148,12 @@ pub enum Command {
     /// Activity log, metrics and autoscale.
     #[command(subcommand)]
     Monitor(MonitorCmd),
-    /// Hosts: capacity and what Regular and Spot instances reserve.
+    /// Hosts: those joined with `herd agent`, join tokens, and capacity.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Run the agent of an extra host: join it to a cluster (first start, with a join token),
+    /// then keep its mutually authenticated link to the server.
+    Agent(crate::agent_cmd::AgentArgs),
     /// Instance-hours and cost of every scale set (or one group's), by SKU and priority.
     Cost(crate::cost_cmds::CostArgs),
     /// Check the store: every record decodes, and the database's own integrity check.
@@ -176,8 +179,27 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
-    /// Each host's capacity (vCPU, memory) and what is allocated to Regular and Spot instances.
-    Show,
+    /// Hosts joined with `herd agent`: zone, fault domain, state (Ready, NotReady, Cordoned),
+    /// capacity and use, instances, agent version and last heartbeat.
+    List,
+    /// With NAME, one joined host; without, each declared host's capacity (vCPU, memory) and
+    /// what is allocated to Regular and Spot instances.
+    Show {
+        /// A joined host's name.
+        name: Option<String>,
+    },
+    /// Place no new instances on a host (those it runs stay).
+    Cordon { name: String },
+    /// Place new instances on a cordoned host again.
+    Uncordon { name: String },
+    /// Remove a joined host: its agent is refused from then on. Refused while instances are
+    /// placed on it, unless --force.
+    Delete {
+        name: String,
+        /// Delete even while instances are placed on it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Tokens with which `herd agent` joins a host to the cluster.
     #[command(subcommand)]
     JoinToken(JoinTokenCmd),

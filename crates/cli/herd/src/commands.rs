@@ -33,6 +33,20 @@ const HOST_TABLE: Columns<'static> = &[
     ("Spot", "spotInstances"),
 ];
 
+const JOINED_HOST_TABLE: Columns<'static> = &[
+    ("Name", "name"),
+    ("Zone", "zone"),
+    ("FaultDomain", "faultDomain"),
+    ("State", "state"),
+    ("VCpus", "vcpus"),
+    ("UsedVCpus", "usedVcpus"),
+    ("MemoryMiB", "memoryMib"),
+    ("UsedMemoryMiB", "usedMemoryMib"),
+    ("Instances", "instances"),
+    ("Version", "agentVersion"),
+    ("LastHeartbeat", "lastHeartbeat"),
+];
+
 const JOIN_TOKEN_TABLE: Columns<'static> = &[
     ("Id", "id"),
     ("Expires", "expiresAt"),
@@ -133,6 +147,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             return crate::store_cmds::check_offline(&dir, g.output)
         }
         Command::Demo(a) => return herd_demo::run(a).await,
+        Command::Agent(a) => return crate::agent_cmd::run(a, g.server).await,
         Command::Bench(b) => return crate::bench_cmds::run(b).await,
         Command::Gen(GenCmd::CliDocs) => {
             print!("{}", cli_docs());
@@ -165,7 +180,31 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Vmss(c) => vmss(&ctx, c).await,
         Command::Image(c) => image(&ctx, c).await,
         Command::Cost(a) => crate::cost_cmds::cost(&ctx.client, ctx.format, ctx.query.as_deref(), a).await,
-        Command::Host(HostCmd::Show) => {
+        Command::Host(HostCmd::List) => {
+            let v = ctx.client.get("/v1/hosts").await?;
+            ctx.print(&v["joined"], Some(JOINED_HOST_TABLE))
+        }
+        Command::Host(HostCmd::Show { name: Some(name) }) => {
+            let v = ctx.client.get(&format!("/v1/hosts/{}", enc(&name))).await?;
+            ctx.print(&v, Some(JOINED_HOST_TABLE))
+        }
+        Command::Host(HostCmd::Cordon { name }) => {
+            let v = ctx.client.post(&format!("/v1/hosts/{}/cordon", enc(&name)), &json!({})).await?;
+            ctx.print(&v, Some(JOINED_HOST_TABLE))
+        }
+        Command::Host(HostCmd::Uncordon { name }) => {
+            let v = ctx.client.post(&format!("/v1/hosts/{}/uncordon", enc(&name)), &json!({})).await?;
+            ctx.print(&v, Some(JOINED_HOST_TABLE))
+        }
+        Command::Host(HostCmd::Delete { name, force }) => {
+            let q = if force { "?force=true" } else { "" };
+            ctx.client.delete(&format!("/v1/hosts/{}{q}", enc(&name))).await?;
+            if !ctx.quiet {
+                eprintln!("Host {name} deleted: its agent is refused from now on.");
+            }
+            Ok(())
+        }
+        Command::Host(HostCmd::Show { name: None }) => {
             let v = ctx.client.get("/v1/hosts").await?;
             if v["unlimited"] == json!(true) && !matches!(ctx.format, Format::Json | Format::Jsonc) {
                 println!("No hosts declared: capacity is not limited (declare [[hosts]] in the server config).");

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent_cmd;
 mod autoscale_cmds;
 mod autoscale_setting;
 mod bench_cmds;

@@ -70,6 +70,11 @@ name_type!(
     /// A scale set name (1–64 of letters, digits, `-_.`).
     ScaleSetName, "name", 64, &['-', '_', '.']
 );
+name_type!(
+    /// A host's name (`herd agent --name`): a DNS label, 1–63 of letters, digits and `-`, as it
+    /// is the subject of the host's agent certificate and shown in every placement.
+    HostName, "name", 63, &['-']
+);
 
 /// A scale-set instance id: an integer that is never reused within its set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ pub mod error;
 pub mod extension;
 pub mod group;
 pub mod health;
+pub mod host;
 pub mod ids;
 pub mod image;
 pub mod instance;

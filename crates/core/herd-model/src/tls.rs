@@ -75,7 +75,27 @@ pub trait ServerTls: Send + Sync {
     fn rotate_certificate(&self) -> Result<TlsStatus, TlsRefusal>;
     /// A new cluster CA: the old one stays trusted for `overlap`, then is retired.
     fn rotate_ca(&self, overlap: std::time::Duration) -> Result<TlsStatus, TlsRefusal>;
+    /// A client certificate for the agent of host `host`, signed by the cluster CA over the
+    /// agent's own public key (PEM); the agent's key never reaches the server.
+    fn sign_agent(&self, host: &str, public_key_pem: &str) -> Result<SignedAgent, TlsRefusal> {
+        let _ = (host, public_key_pem);
+        Err(TlsRefusal::NotApplicable(NO_CLUSTER_CA.into()))
+    }
 }
+
+/// What an agent gets at join: its certificate and the CAs to trust.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedAgent {
+    pub certificate_pem: String,
+    /// SHA-256 of the certificate (colon-separated hex): the server accepts this host's agent
+    /// only with it.
+    pub fingerprint: String,
+    pub ca_bundle: String,
+}
+
+/// Why a server without the cluster CA takes no agents.
+pub const NO_CLUSTER_CA: &str = "hosts join under the cluster CA, and this server has none (it serves plain HTTP or the operator's own certificate); start it with herd's default TLS to add hosts";
 
 /// A server on plain HTTP (`--insecure-http`), and in-process handler tests: no TLS to show
 /// or rotate.

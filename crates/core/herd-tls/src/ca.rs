@@ -140,6 +140,30 @@ impl ClusterCa {
     /// Signs a new certificate (with a new key) for `leaf`, valid from `now`.
     pub fn issue(&self, leaf: &Leaf, now: OffsetDateTime) -> Result<Issued, TlsError> {
         let key = KeyPair::generate()?;
+        let (cert_pem, der) = self.sign(leaf, &key, now)?;
+        Ok(Issued { cert_pem, der, key_pem: key.serialize_pem() })
+    }
+
+    /// Signs a certificate for `leaf` over a public key whose private half stays with its
+    /// owner: an agent sends its public key (PEM, SubjectPublicKeyInfo) at join and keeps its
+    /// key. Returns the certificate as PEM and DER.
+    pub fn sign_public_key(
+        &self,
+        leaf: &Leaf,
+        public_key_pem: &str,
+        now: OffsetDateTime,
+    ) -> Result<(String, CertificateDer<'static>), TlsError> {
+        let public = rcgen::SubjectPublicKeyInfo::from_pem(public_key_pem)
+            .map_err(|e| TlsError::invalid("the public key", e.to_string()))?;
+        self.sign(leaf, &public, now)
+    }
+
+    fn sign(
+        &self,
+        leaf: &Leaf,
+        key: &impl PublicKeyData,
+        now: OffsetDateTime,
+    ) -> Result<(String, CertificateDer<'static>), TlsError> {
         let mut params = CertificateParams::default();
         params.not_before = now - BACKDATE;
         params.not_after = now + LEAF_VALIDITY;
@@ -170,8 +194,8 @@ impl ClusterCa {
             }
         }
         params.distinguished_name = dn;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(Issued { cert_pem: cert.pem(), der: cert.der().clone(), key_pem: key.serialize_pem() })
+        let cert = params.signed_by(key, &self.issuer()?)?;
+        Ok((cert.pem(), cert.der().clone()))
     }
 
     /// A successor CA, and the successor's certificate cross-signed by this one: a server that

@@ -5,6 +5,8 @@
 //! replica ↔ replica later) is TLS under the same cluster CA, so the CA, the file layout and the
 //! trust rules live in one place that the server, the CLI and later `herd agent` share.
 //!
+//! - [`agent`]: the agent's key, its certificate signed at join, and both ends' configurations
+//!   for the agent link (one port, chosen by ALPN).
 //! - [`ca`]: the CA itself: create, load, sign a server or agent certificate, rotate.
 //! - [`files`]: where the material lives in a data dir, written atomically, keys 0600.
 //! - [`serve`]: a server configuration whose certificate can be replaced without a restart.
@@ -28,6 +30,7 @@
 //! cross-signed by A), and a client that has fetched the new bundle verifies it through B.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod ca;
 pub mod files;
 pub mod listener;

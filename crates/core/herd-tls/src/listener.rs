@@ -4,6 +4,10 @@
 //! and never finishes its handshake must not hold up the next one. Each handshake runs in its
 //! own task with a deadline, at most [`MAX_HANDSHAKES`] at once; the server takes connections
 //! whose handshake is done.
+//!
+//! Agents share the port ([`TlsListener::with_agents`]): the client hello is read first, and a
+//! client that asks for [`crate::agent::AGENT_ALPN`] gets the agent configuration (a client
+//! certificate of the cluster CA required) and is handed to the agents' side, not to HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,13 +29,39 @@ pub struct TlsListener {
     acceptor: tokio::task::JoinHandle<()>,
 }
 
+/// A finished agent handshake: the stream and the peer's address.
+pub type AgentConnection = (TlsStream<TcpStream>, SocketAddr);
+
+/// What the accept loop serves: the API's configuration, and the agents' with where their
+/// connections go.
+#[derive(Clone)]
+struct Configs {
+    api: Arc<rustls::ServerConfig>,
+    agents: Option<(Arc<rustls::ServerConfig>, mpsc::Sender<AgentConnection>)>,
+}
+
 impl TlsListener {
     /// Starts accepting on `tcp` with `config` (a [`crate::ServerCerts`] configuration keeps
     /// certificate rotation working for every later handshake).
     pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::start(tcp, Configs { api: config, agents: None })
+    }
+
+    /// As [`Self::new`], and clients asking for the agent protocol get `agent_config` and are
+    /// sent to `agents` once their handshake is done.
+    pub fn with_agents(
+        tcp: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        agent_config: Arc<rustls::ServerConfig>,
+        agents: mpsc::Sender<AgentConnection>,
+    ) -> std::io::Result<Self> {
+        Self::start(tcp, Configs { api: config, agents: Some((agent_config, agents)) })
+    }
+
+    fn start(tcp: TcpListener, configs: Configs) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, done) = mpsc::channel(64);
-        let acceptor = tokio::spawn(accept_loop(tcp, tokio_rustls::TlsAcceptor::from(config), tx));
+        let acceptor = tokio::spawn(accept_loop(tcp, configs, tx));
         Ok(Self { local, done, acceptor })
     }
 
@@ -51,11 +81,7 @@ impl Drop for TlsListener {
     }
 }
 
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    done: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
+async fn accept_loop(tcp: TcpListener, configs: Configs, done: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -69,11 +95,16 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, finished) = (acceptor.clone(), done.clone());
+        let (configs, finished) = (configs.clone(), done.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &configs)).await {
+                Ok(Ok((tls, true))) => {
+                    if let Some((_, agents)) = &configs.agents {
+                        let _ = agents.send((tls, peer)).await;
+                    }
+                }
+                Ok(Ok((tls, false))) => {
                     let _ = finished.send((tls, peer)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -83,6 +114,17 @@ async fn accept_loop(
         if done.is_closed() {
             return;
         }
+    }
+}
+
+/// Reads the client hello, picks the configuration, finishes the handshake. True for an agent.
+async fn handshake(stream: TcpStream, configs: &Configs) -> std::io::Result<(TlsStream<TcpStream>, bool)> {
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let wants_agent =
+        start.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| p == crate::agent::AGENT_ALPN));
+    match (&configs.agents, wants_agent) {
+        (Some((agent_config, _)), true) => Ok((start.into_stream(agent_config.clone()).await?, true)),
+        _ => Ok((start.into_stream(configs.api.clone()).await?, false)),
     }
 }
 

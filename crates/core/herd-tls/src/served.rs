@@ -15,7 +15,7 @@
 
 use crate::{Leaf, Rotation, ServerCerts, TlsError, TlsFiles};
 use herd_model::clock::Clock;
-use herd_model::tls::{CaRotation, CertificateView, ServerTls, TlsMode, TlsRefusal, TlsStatus};
+use herd_model::tls::{CaRotation, CertificateView, ServerTls, SignedAgent, TlsMode, TlsRefusal, TlsStatus};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +37,9 @@ pub struct ServedTls {
     busy: Mutex<()>,
     /// Woken when a CA rotation's overlap gets a new end, for whoever calls [`Self::maintain`].
     wake: Arc<tokio::sync::Notify>,
+    /// The CAs agent certificates may chain to (the cluster CA's bundle); none for the
+    /// operator's certificate.
+    agents: Option<Arc<crate::agent::AgentClients>>,
 }
 
 impl std::fmt::Debug for ServedTls {
@@ -60,15 +63,29 @@ impl ServedTls {
         let material = files.ensure(cluster, &leaf, to_time(clock.now()))?;
         let certs = ServerCerts::new(&material.chain_pem, &material.key_pem)?;
         tracing::info!(ca = %material.ca, bundle = %files.bundle_path().display(), "serving HTTPS under the cluster CA");
+        let agents = Some(crate::agent::AgentClients::new(&material.bundle_pem)?);
         let source = Source::Cluster { files, leaf, cluster: cluster.to_string(), clock };
-        Ok(Self { source, certs, busy: Mutex::new(()), wake: Default::default() })
+        Ok(Self { source, certs, busy: Mutex::new(()), wake: Default::default(), agents })
     }
 
     /// Serves the operator's chain and key (PEM files), read again at each rotation.
     pub fn operator(cert: PathBuf, key: PathBuf) -> Result<Self, TlsError> {
         let (chain_pem, key_pem) = read_operator(&cert, &key)?;
         let certs = ServerCerts::new(&chain_pem, &key_pem)?;
-        Ok(Self { source: Source::Operator { cert, key }, certs, busy: Mutex::new(()), wake: Default::default() })
+        Ok(Self {
+            source: Source::Operator { cert, key },
+            certs,
+            busy: Mutex::new(()),
+            wake: Default::default(),
+            agents: None,
+        })
+    }
+
+    /// The configuration for agent connections (a client certificate of the cluster CA
+    /// required), or `None` when this server has no cluster CA.
+    pub fn agent_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+        let Some(clients) = &self.agents else { return Ok(None) };
+        Ok(Some(Arc::new(crate::agent::agent_server_config(&self.certs, clients.clone())?)))
     }
 
     /// The rustls configuration that presents the current certificate at every handshake.
@@ -88,6 +105,9 @@ impl ServedTls {
     /// Serves what the cluster files hold now.
     fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
         let m = files.material()?;
+        if let Some(agents) = &self.agents {
+            agents.replace(&m.bundle_pem)?;
+        }
         self.certs.replace(&m.chain_pem, &m.key_pem)
     }
 
@@ -105,6 +125,9 @@ impl ServedTls {
         let reissued =
             crate::trust::certificates(&m.chain_pem, "the server certificate chain")?[0] != self.certs.leaf();
         if retired || reissued {
+            if let Some(agents) = &self.agents {
+                agents.replace(&m.bundle_pem)?;
+            }
             self.certs.replace(&m.chain_pem, &m.key_pem)?;
             tracing::info!(retired, reissued, "the server certificate was renewed");
         }
@@ -192,6 +215,24 @@ impl ServerTls for ServedTls {
         }
         self.wake.notify_one();
         self.status_now().map_err(failed)
+    }
+
+    fn sign_agent(&self, host: &str, public_key_pem: &str) -> Result<SignedAgent, TlsRefusal> {
+        let Source::Cluster { files, clock, .. } = &self.source else {
+            return Err(TlsRefusal::NotApplicable(herd_model::tls::NO_CLUSTER_CA.into()));
+        };
+        let _busy = self.lock();
+        let ca = files.ca().map_err(failed)?;
+        let leaf = Leaf::Agent { host: host.to_string() };
+        let (certificate_pem, der) = match ca.sign_public_key(&leaf, public_key_pem, to_time(clock.now())) {
+            Ok(c) => c,
+            Err(TlsError::Invalid { what, reason }) => {
+                return Err(TlsRefusal::NotApplicable(format!("{what}: {reason}")));
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        let ca_bundle = files.material().map_err(failed)?.bundle_pem;
+        Ok(SignedAgent { certificate_pem, fingerprint: crate::Fingerprint::of(&der).to_string(), ca_bundle })
     }
 }
 

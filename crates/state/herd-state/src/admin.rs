@@ -90,6 +90,7 @@ fn decode(kind: Kind, v: serde_json::Value, upper: &UpperDecoders) -> Result<(),
         Kind::LoadBalancer => as_::<network::LoadBalancer>(v),
         Kind::NetworkSecurityGroup => as_::<herd_model::nsg::NetworkSecurityGroup>(v),
         Kind::JoinToken => as_::<herd_model::join_token::JoinTokenRecord>(v),
+        Kind::Host => as_::<herd_model::host::HostRecord>(v),
         Kind::ModelHistory => as_::<scale_set::ScaleSetModel>(v),
         Kind::AutoscaleSetting => as_::<herd_autoscale::AutoscaleSetting>(v),
         Kind::Secret => match v.get("sealed") {

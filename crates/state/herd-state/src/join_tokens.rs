@@ -75,16 +75,24 @@ pub fn delete(store: &dyn Store, id: &str) -> Result<bool, StateError> {
     Ok(true)
 }
 
+/// A token that admits a join: its record (as shown), and the write that marks a single-use
+/// token used, to commit in the same transaction as what the join creates.
+#[derive(Debug)]
+pub struct Admission {
+    pub record: JoinTokenRecord,
+    pub mark_used: Option<WriteOp>,
+}
+
 /// Checks `presented` for host `host` at `now` against this cluster's CA (`ca_fingerprint`)
-/// and the stored record; a single-use token is marked used in the same compare-and-swap, so
-/// of two racing redemptions exactly one succeeds.
-pub fn redeem(
+/// and the stored record, writing nothing. A single-use token's [`Admission::mark_used`] is a
+/// compare-and-swap on the record's revision: of two joins that commit it, one fails.
+pub fn admit(
     store: &dyn Store,
     presented: &str,
     ca_fingerprint: &str,
     host: &str,
     now: DateTime<Utc>,
-) -> Result<Result<JoinTokenRecord, JoinRefusal>, StateError> {
+) -> Result<Result<Admission, JoinRefusal>, StateError> {
     let token = match JoinToken::parse(presented) {
         Ok(t) => t,
         Err(r) => return Ok(Err(r)),
@@ -99,19 +107,41 @@ pub fn redeem(
     if let Err(r) = record.admits(&hash(&token.secret), now) {
         return Ok(Err(r));
     }
+    let mut mark_used = None;
     if record.single_use {
         record.used_at = Some(now);
         record.used_by = Some(host.to_string());
-        let put = WriteOp::put(Kind::JoinToken, record.id.clone(), &record, Expect::Revision(obj.revision))?;
+        mark_used = Some(WriteOp::put(Kind::JoinToken, record.id.clone(), &record, Expect::Revision(obj.revision))?);
+    }
+    Ok(Ok(Admission { record: record.view(), mark_used }))
+}
+
+/// [`admit`], committing the single-use mark on its own: of two racing redemptions exactly
+/// one succeeds.
+pub fn redeem(
+    store: &dyn Store,
+    presented: &str,
+    ca_fingerprint: &str,
+    host: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<JoinTokenRecord, JoinRefusal>, StateError> {
+    let admission = match admit(store, presented, ca_fingerprint, host, now)? {
+        Ok(a) => a,
+        Err(r) => return Ok(Err(r)),
+    };
+    if let Some(put) = admission.mark_used {
         match store.txn(vec![put]) {
             Ok(_) => {}
-            Err(herd_store::StoreError::Conflict { .. }) => {
-                return Ok(Err(JoinRefusal::Used { by: "another host, at the same moment".into() }));
-            }
+            Err(herd_store::StoreError::Conflict { .. }) => return Ok(Err(used_meanwhile())),
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Ok(record.view()))
+    Ok(Ok(admission.record))
+}
+
+/// The refusal when a single-use token was redeemed between the check and the commit.
+pub fn used_meanwhile() -> JoinRefusal {
+    JoinRefusal::Used { by: "another host, at the same moment".into() }
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ pub mod costs;
 pub mod failure;
 pub mod feed;
 pub mod groups;
+pub mod hosts;
 pub mod images;
 pub mod instance_actions;
 pub mod intents;

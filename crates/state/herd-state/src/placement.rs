@@ -9,7 +9,8 @@
 use crate::keys::SetKey;
 use crate::records::{Records, StateError};
 use crate::scale_sets::{Room, ScaleSetError};
-use herd_capacity::{Holder, HostUsage, Request, Size, Tier, UNLIMITED_HOST};
+pub use herd_capacity::HostUsage;
+use herd_capacity::{Holder, Request, Size, Tier, UNLIMITED_HOST};
 use herd_model::{
     instance::{InstanceRecord, InstanceState},
     scale_set::StoredScaleSet,

@@ -70,6 +70,9 @@ pub enum Kind {
     NetworkSecurityGroup,
     /// Join tokens for hosts (`<id>`), their secrets only as hashes.
     JoinToken,
+    /// Hosts joined by `herd agent` (`<name>`): labels, reported capacity, the agent's
+    /// certificate fingerprint, cordon.
+    Host,
 }
 
 impl Kind {
@@ -93,11 +96,12 @@ impl Kind {
             Kind::Meter => "meter",
             Kind::NetworkSecurityGroup => "nsg",
             Kind::JoinToken => "join-token",
+            Kind::Host => "host",
         }
     }
 
     /// Every kind, for parsing a stored name back.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Group,
         Kind::ScaleSet,
         Kind::ScaleSetStatus,
@@ -116,6 +120,7 @@ impl Kind {
         Kind::Meter,
         Kind::NetworkSecurityGroup,
         Kind::JoinToken,
+        Kind::Host,
     ];
 
     /// The kind whose [`Kind::as_str`] is `s`.

@@ -235,6 +235,8 @@ impl Harness {
                 )
                 .unwrap(),
             ),
+            heartbeats: Arc::new(herd_model::host::NoHeartbeats),
+            host_grace: chrono::Duration::seconds(herd_model::host::DEFAULT_HOST_GRACE_SECS as i64),
         };
         let router = herd_api::router(state.clone());
         Harness { state, router, sim, clock, dir: Arc::new(dir) }

@@ -67,6 +67,27 @@ pub struct ServerConfig {
     pub reconciler: ReconcilerSettings,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub agents: AgentSettings,
+}
+
+/// `[agents]`: hosts joined with `herd agent`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Seconds a host may miss heartbeats before it shows NotReady (default 40; 5 to 3600).
+    pub host_grace_secs: Option<u64>,
+}
+
+impl AgentSettings {
+    /// `host_grace_secs`, checked.
+    pub fn host_grace(&self) -> Result<chrono::Duration> {
+        let secs = self.host_grace_secs.unwrap_or(herd_model::host::DEFAULT_HOST_GRACE_SECS);
+        if !(5..=3600).contains(&secs) {
+            bail!("config: agents.host_grace_secs {secs} is out of range; allowed values: 5 to 3600");
+        }
+        Ok(chrono::Duration::seconds(secs as i64))
+    }
 }
 
 /// `[auth]`: how failed authentications are limited per source address.

@@ -156,7 +156,15 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let hostnet = bridged.then(|| HostNet::for_tag(&opened.cluster.tag));
     let tls = tls::prepare(&opts.transport, opts.listen, &opened.data_dir, &opened.cluster_id, parts.clock.clone())?;
     let limiter = herd_api::auth_limit::AuthLimiter::new(cfg.auth.budget()?, parts.clock.clone());
-    let state = build_api(opened, api_config, &driver, &parts, settings.spot_priced, (tls.service.clone(), limiter));
+    let mut state =
+        build_api(opened, api_config, &driver, &parts, settings.spot_priced, (tls.service.clone(), limiter));
+    state.host_grace = cfg.agents.host_grace()?;
+    // Agents dial the API's port (TLS with their own ALPN); their sessions and heartbeats.
+    let agents = tls.agent_config.map(|config| {
+        let links = herd_host_link::HostLinks::new(state.store.clone(), parts.clock.clone());
+        state.heartbeats = links.clone();
+        (config, links)
+    });
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
     let (mut runtime, metadata) =
@@ -173,7 +181,7 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
             runtime.add_with_wake(Arc::new(metadata_net::MetadataNetController { net, metadata }), wake);
         }
     }
-    serve(listener, tls.config, state, runtime).await
+    serve(listener, (tls.config, agents), state, runtime).await
 }
 
 /// What opening the data dir yields: the token, the store, the cluster and the sealer.
@@ -555,6 +563,8 @@ fn build_api(
         controllers: herd_api::ControllerBoard::new(move || board.snapshot()),
         auth_limit,
         tls,
+        heartbeats: Arc::new(herd_model::host::NoHeartbeats),
+        host_grace: chrono::Duration::seconds(herd_model::host::DEFAULT_HOST_GRACE_SECS as i64),
     }
 }
 
@@ -628,11 +638,14 @@ fn register_controllers(
     (runtime, metadata)
 }
 
+/// Agents on the API's port: their TLS configuration and their sessions.
+type AgentListening = (Arc<rustls::ServerConfig>, Arc<herd_host_link::HostLinks>);
+
 /// Starts the controllers and the API server (HTTPS with `tls`, else plain HTTP); both stop
 /// when [`RunningServer::stop`] is called.
 async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    (tls, agents): (Option<Arc<rustls::ServerConfig>>, Option<AgentListening>),
     state: AppState,
     runtime: herd_controller_runtime::Runtime,
 ) -> Result<RunningServer> {
@@ -648,15 +661,25 @@ async fn serve(
         let shutdown = async move {
             let _ = http_rx.wait_for(|v| *v).await;
         };
-        let served = match tls {
-            Some(config) => match herd_tls::TlsListener::new(listener, config) {
-                Ok(l) => {
-                    let l = herd_api::guard::JsonErrorListener(l);
-                    axum::serve(l, app).with_graceful_shutdown(shutdown).await
+        let served = match (tls, agents) {
+            (Some(config), agents) => {
+                let listening = match agents {
+                    Some((agent_config, links)) => {
+                        let (tx, rx) = tokio::sync::mpsc::channel(64);
+                        tokio::spawn(links.serve(rx));
+                        herd_tls::TlsListener::with_agents(listener, config, agent_config, tx)
+                    }
+                    None => herd_tls::TlsListener::new(listener, config),
+                };
+                match listening {
+                    Ok(l) => {
+                        let l = herd_api::guard::JsonErrorListener(l);
+                        axum::serve(l, app).with_graceful_shutdown(shutdown).await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
-            None => {
+            }
+            (None, _) => {
                 let l = herd_api::guard::JsonErrorListener(listener);
                 axum::serve(l, app).with_graceful_shutdown(shutdown).await
             }

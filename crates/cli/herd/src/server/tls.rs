@@ -40,6 +40,9 @@ pub(super) struct Prepared {
     /// The rustls configuration to serve with; `None` for plain HTTP.
     pub config: Option<Arc<rustls::ServerConfig>>,
     pub service: Arc<dyn ServerTls>,
+    /// The configuration for agent connections (the cluster CA only): a client certificate of
+    /// the CA required.
+    pub agent_config: Option<Arc<rustls::ServerConfig>>,
     /// The controller that renews and retires (for the cluster CA only), and what wakes it.
     pub controller: Option<(Arc<TlsController>, Arc<tokio::sync::Notify>)>,
 }
@@ -68,7 +71,7 @@ pub(super) fn prepare(
         Transport::InsecureHttp => {
             check(transport, listen)?;
             tracing::warn!(%listen, "serving plain HTTP (--insecure-http) on loopback: only local clients, no TLS");
-            Ok(Prepared { config: None, service: Arc::new(PlainHttp), controller: None })
+            Ok(Prepared { config: None, service: Arc::new(PlainHttp), agent_config: None, controller: None })
         }
         Transport::OperatorCertificate { cert, key } => {
             let what = format!("--tls-cert {} / --tls-key {}", cert.display(), key.display());
@@ -76,6 +79,7 @@ pub(super) fn prepare(
             Ok(Prepared {
                 config: Some(served.config().map_err(tls_error(what))?),
                 service: Arc::new(served),
+                agent_config: None,
                 controller: None,
             })
         }
@@ -85,7 +89,13 @@ pub(super) fn prepare(
             let what = format!("TLS ({})", files.bundle_path().display());
             let served = Arc::new(ServedTls::cluster(files, leaf, cluster_id, clock).map_err(tls_error(what.clone()))?);
             let controller = Some((Arc::new(TlsController(served.clone())), served.waker()));
-            Ok(Prepared { config: Some(served.config().map_err(tls_error(what))?), service: served, controller })
+            let agent_config = served.agent_config().map_err(tls_error(what.clone()))?;
+            Ok(Prepared {
+                config: Some(served.config().map_err(tls_error(what))?),
+                service: served,
+                agent_config,
+                controller,
+            })
         }
     }
 }

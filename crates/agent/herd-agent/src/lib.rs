@@ -1,0 +1,35 @@
+//! `herd agent`: the process on each extra host. It joins the host to a cluster with a join
+//! token, then keeps one mutually authenticated TLS connection to the server and heartbeats
+//! over it.
+//!
+//! Why the agent dials and the server never does: a host then needs no inbound port for the
+//! control plane (NAT and firewalls in front of hosts stay closed), and the server learns a
+//! host is gone from silence on a connection it did not have to open.
+//!
+//! - [`identity`]: the host's key, certificate and CA bundle in its data dir, made at join.
+//! - [`join`]: first contact: pin the CA the token names, send the token and the public key.
+//! - [`link`]: the connection: Hello, heartbeats, reconnects with backoff, and stopping for
+//!   good when the server refuses the host (deleted, another certificate).
+//! - [`capacity`]: what the host has, as reported in every heartbeat.
+//!
+//! The agent's lifecycle:
+//!
+//! ```text
+//!   start ──(identity in data dir?)──no──▶ Joining ──(token ok)──▶ Joined ─┐
+//!                    │ yes                    │ refused: exit 1          │
+//!                    └────────────────────────┴───────────────────────▶ Connecting
+//!   Connecting ──(Welcome)──▶ Linked ──(error / close)──▶ Backoff ──▶ Connecting
+//!        │                       │
+//!        └──(Refused)────────────┴──▶ Stopped (exit 1: the host must join again)
+//! ```
+//! Carrying out the server's driver calls on this host is the next step of the many-hosts
+//! work; today an agent joins, reports and heartbeats.
+#![forbid(unsafe_code)]
+
+pub mod capacity;
+pub mod identity;
+pub mod join;
+pub mod link;
+
+/// This agent's version, as it reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,226 @@
+//! The agent's connection to the server: dial, say Hello, heartbeat, and dial again after any
+//! failure, with backoff. The server's refusal (the host was deleted, or this certificate is
+//! not the host's any more) ends the agent: retrying would only be refused again.
+
+use crate::identity::Identity;
+use anyhow::{anyhow, bail, Context, Result};
+use herd_agent_wire::{AgentMessage, ServerMessage, PROTOCOL};
+use rustls_pki_types::ServerName;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long dialling and the handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between two dials.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Where the link is, for the log and for whoever watches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    /// Welcomed by the server; heartbeats flow.
+    Linked,
+    /// The last attempt failed; the next dial comes after the backoff.
+    Backoff {
+        error: String,
+    },
+    /// Refused by the server: the agent stops.
+    Refused {
+        reason: String,
+    },
+}
+
+/// How a session ended.
+enum Ended {
+    /// The connection failed or closed: dial again.
+    Lost(anyhow::Error),
+    /// The server refused the host: stop.
+    Refused(String),
+    /// Shutdown was asked.
+    Shutdown,
+}
+
+/// The agent's link, until `shutdown` turns true (Ok) or the server refuses the host (Err).
+pub async fn run(
+    identity: &Identity,
+    data_dir: &Path,
+    mut shutdown: watch::Receiver<bool>,
+    state: watch::Sender<LinkState>,
+) -> Result<()> {
+    let url = crate::join::server_url(&identity.membership.server)?;
+    let host = url.host_str().ok_or_else(|| anyhow!("the server URL has no host"))?.to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+        .map_err(|e| anyhow!("the server's name '{host}': {e}"))?;
+    let config =
+        herd_tls::agent::agent_client_config(&identity.ca_bundle, &identity.certificate_pem, &identity.key_pem)
+            .map_err(|e| anyhow!("the host's identity in {}: {e}", data_dir.display()))?;
+    let dial = Dial {
+        addr: format!("{host}:{port}"),
+        name,
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        host: identity.membership.name.clone(),
+        data_dir: data_dir.to_path_buf(),
+        boot_id: boot_id(),
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let _ = state.send(LinkState::Connecting);
+        let started = Instant::now();
+        match dial.session(&mut shutdown, &state).await {
+            Ended::Shutdown => return Ok(()),
+            Ended::Refused(reason) => {
+                let _ = state.send(LinkState::Refused { reason: reason.clone() });
+                bail!("the server refused host '{}': {reason}", identity.membership.name);
+            }
+            Ended::Lost(e) if certificate_refused(&e).is_some() => {
+                let reason = certificate_refused(&e).unwrap_or_default();
+                let _ = state.send(LinkState::Refused { reason: reason.clone() });
+                bail!("host '{}' cannot link: {reason}", identity.membership.name);
+            }
+            Ended::Lost(e) => {
+                // A link that lived a while starts its backoff afresh.
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "the link to the server failed");
+                let _ = state.send(LinkState::Backoff { error: format!("{e:#}") });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+struct Dial {
+    addr: String,
+    name: ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+    host: String,
+    data_dir: PathBuf,
+    boot_id: String,
+}
+
+impl Dial {
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>, state: &watch::Sender<LinkState>) -> Ended {
+        let connect = async {
+            let tcp =
+                tokio::net::TcpStream::connect(&self.addr).await.with_context(|| format!("dialling {}", self.addr))?;
+            let _ = tcp.set_nodelay(true);
+            self.connector.connect(self.name.clone(), tcp).await.with_context(|| format!("TLS with {}", self.addr))
+        };
+        let mut tls = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Ended::Lost(e),
+            Err(_) => return Ended::Lost(anyhow!("dialling {} took more than {CONNECT_TIMEOUT:?}", self.addr)),
+        };
+        let hello = AgentMessage::Hello {
+            protocol: PROTOCOL,
+            name: self.host.clone(),
+            agent_version: crate::VERSION.into(),
+            capacity: crate::capacity::measure(&self.data_dir),
+            boot_id: self.boot_id.clone(),
+        };
+        if let Err(e) = herd_agent_wire::write(&mut tls, &hello).await {
+            return Ended::Lost(e.into());
+        }
+        let interval =
+            match tokio::time::timeout(CONNECT_TIMEOUT, herd_agent_wire::read::<_, ServerMessage>(&mut tls)).await {
+                Ok(Ok(Some(ServerMessage::Welcome { heartbeat_interval_ms }))) => {
+                    Duration::from_millis(heartbeat_interval_ms.clamp(100, 60_000))
+                }
+                Ok(Ok(Some(ServerMessage::Refused { reason }))) => return Ended::Refused(reason),
+                Ok(Ok(Some(other))) => return Ended::Lost(anyhow!("expected Welcome, got {other:?}")),
+                Ok(Ok(None)) => return Ended::Lost(anyhow!("the server closed the connection before its Welcome")),
+                Ok(Err(e)) => return Ended::Lost(e.into()),
+                Err(_) => return Ended::Lost(anyhow!("no Welcome within {CONNECT_TIMEOUT:?}")),
+            };
+        tracing::info!(server = %self.addr, "linked to the server");
+        let _ = state.send(LinkState::Linked);
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        let mut last_ack = Instant::now();
+        // Three missed acknowledgements: the connection is dead even if TCP has not noticed.
+        let silence = interval * 3 + Duration::from_secs(5);
+        let (frames_tx, mut frames) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = herd_agent_wire::read::<_, ServerMessage>(&mut rd).await;
+                let end = !matches!(r, Ok(Some(_)));
+                if frames_tx.send(r).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let ended = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if last_ack.elapsed() > silence {
+                        break Ended::Lost(anyhow!("no acknowledgement from the server for {:?}", last_ack.elapsed()));
+                    }
+                    seq += 1;
+                    let hb = AgentMessage::Heartbeat { seq, capacity: crate::capacity::measure(&self.data_dir) };
+                    if let Err(e) = herd_agent_wire::write(&mut wr, &hb).await {
+                        break Ended::Lost(e.into());
+                    }
+                }
+                frame = frames.recv() => match frame {
+                    Some(Ok(Some(ServerMessage::Ack { .. }))) => last_ack = Instant::now(),
+                    Some(Ok(Some(ServerMessage::Refused { reason }))) => break Ended::Refused(reason),
+                    Some(Ok(Some(other))) => break Ended::Lost(anyhow!("unexpected {other:?}")),
+                    Some(Ok(None)) | None => break Ended::Lost(anyhow!("the server closed the connection")),
+                    Some(Err(e)) => break Ended::Lost(e.into()),
+                },
+                _ = shutdown.wait_for(|s| *s) => break Ended::Shutdown,
+            }
+        };
+        reader.abort();
+        ended
+    }
+}
+
+/// Why TLS refused the link for good, if it did: the server does not accept this host's
+/// certificate (another cluster's CA, or expired), or this host does not trust the server's.
+/// Retrying cannot help; the host must join again.
+fn certificate_refused(e: &anyhow::Error) -> Option<String> {
+    use rustls::AlertDescription as A;
+    for cause in e.chain() {
+        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>())
+        });
+        match tls {
+            Some(rustls::Error::AlertReceived(
+                a @ (A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::CertificateRequired
+                | A::AccessDenied),
+            )) => {
+                return Some(format!(
+                    "the server does not accept this host's certificate (TLS alert {a:?}): it was not signed by this cluster's CA, or has expired; delete the data dir's identity and join again with a new token"
+                ))
+            }
+            Some(rustls::Error::InvalidCertificate(c)) => {
+                return Some(format!(
+                    "the server's certificate is not signed by the CA this host trusts ({c:?}): this is not the cluster the host joined"
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// This boot of the host (the kernel's boot id): tells the server a reboot from a reconnect.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}

@@ -1,0 +1,254 @@
+//! The server's side of the link to `herd agent`: who is connected, when each host last
+//! heartbeated, and the refusal of any agent whose certificate is not the one its host was
+//! given at join.
+//!
+//! Why liveness lives here, in memory, and not in the store: heartbeats come every two seconds
+//! from every host; writing each one would make the store's write rate grow with the cluster.
+//! The store holds what must survive (the host record); liveness starts from zero when the
+//! server starts, which is also what the host-failure rules ask for (a restarted server must
+//! not trust heartbeats it did not see).
+//!
+//! A session, per connection:
+//!
+//! ```text
+//!   handshake done ──▶ Identify ──(certificate = host's, Hello ok)──▶ Live ──(read error,
+//!                         │                                           │    close, deleted,
+//!                         └──(refused: Refused{why}, close)            │    replaced)──▶ Gone
+//!                                                                      └─ Heartbeat → Ack
+//! ```
+//! A newer connection of the same host replaces the older one (the agent restarted, or its
+//! old connection is half-dead); the older session ends at its next message.
+#![forbid(unsafe_code)]
+
+use chrono::{DateTime, Utc};
+use herd_agent_wire::{AgentMessage, ServerMessage, WireError, PROTOCOL};
+use herd_model::clock::Clock;
+use herd_model::host::{HostCapacity, HostRecord, HEARTBEAT_INTERVAL_MS};
+use herd_state::State;
+use herd_tls::listener::AgentConnection;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long an agent has to say Hello after its handshake.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connected host, as the server sees it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Liveness {
+    pub last_heartbeat: DateTime<Utc>,
+    pub connected_since: DateTime<Utc>,
+    pub peer: SocketAddr,
+    pub boot_id: String,
+}
+
+#[derive(Debug)]
+struct Session {
+    live: Liveness,
+    /// Which connection of the host this is; a newer one replaces it.
+    generation: u64,
+}
+
+/// Every agent session of this server.
+#[derive(Debug)]
+pub struct HostLinks {
+    state: State,
+    clock: Arc<dyn Clock>,
+    sessions: Mutex<HashMap<String, Session>>,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl HostLinks {
+    pub fn new(state: State, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            clock,
+            sessions: Mutex::new(HashMap::new()),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Host `name`'s session now, if connected since this server started.
+    pub fn liveness(&self, name: &str) -> Option<Liveness> {
+        self.sessions().get(name).map(|s| s.live.clone())
+    }
+
+    /// Serves the agent connections the TLS listener hands over, until it stops.
+    pub async fn serve(self: Arc<Self>, mut agents: mpsc::Receiver<AgentConnection>) {
+        while let Some((tls, peer)) = agents.recv().await {
+            let links = self.clone();
+            tokio::spawn(async move {
+                match links.session(tls, peer).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::info!(%peer, error = %e, "agent connection ended"),
+                }
+            });
+        }
+    }
+
+    async fn refuse<S>(stream: &mut S, reason: String) -> Result<(), String>
+    where
+        S: tokio::io::AsyncWrite + Unpin,
+    {
+        tracing::warn!(%reason, "agent refused");
+        let _ = herd_agent_wire::write(stream, &ServerMessage::Refused { reason: reason.clone() }).await;
+        Err(reason)
+    }
+
+    /// The host record the connection's certificate belongs to, or why there is none.
+    async fn identify(
+        &self,
+        tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    ) -> Result<HostRecord, String> {
+        let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+            return Err("the agent presented no certificate".into());
+        };
+        let (name, fingerprint) = herd_tls::agent::agent_identity(cert).map_err(|e| e.to_string())?;
+        let lookup = name.clone();
+        let record = self
+            .state
+            .run(move |s| herd_state::hosts::get(s, &lookup))
+            .await
+            .map_err(|e| format!("reading host '{name}': {e}"))?;
+        let Some(record) = record else {
+            return Err(format!(
+                "host '{name}' is not a member of this cluster (deleted, or never joined); join it again with a new token"
+            ));
+        };
+        if record.certificate_fingerprint != fingerprint.to_string() {
+            return Err(format!(
+                "this certificate is not the one issued to host '{name}' at its join; delete the host and join it again"
+            ));
+        }
+        Ok(record)
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        peer: SocketAddr,
+    ) -> Result<(), String> {
+        let record = match self.identify(&tls).await {
+            Ok(r) => r,
+            Err(why) => return Self::refuse(&mut tls, why).await,
+        };
+        let name = record.name.clone();
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, herd_agent_wire::read::<_, AgentMessage>(&mut tls)).await;
+        let (capacity, version, boot_id) = match hello {
+            Ok(Ok(Some(AgentMessage::Hello { protocol, name: said, agent_version, capacity, boot_id }))) => {
+                if protocol != PROTOCOL {
+                    return Self::refuse(
+                        &mut tls,
+                        format!("agent protocol {protocol} is not this server's ({PROTOCOL}); run the same herd version on both"),
+                    )
+                    .await;
+                }
+                if said != name {
+                    return Self::refuse(
+                        &mut tls,
+                        format!("the agent says it is '{said}' but its certificate is host '{name}'"),
+                    )
+                    .await;
+                }
+                (capacity, agent_version, boot_id)
+            }
+            Ok(Ok(other)) => return Self::refuse(&mut tls, format!("expected Hello first, got {other:?}")).await,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("host '{name}' sent no Hello within {HELLO_TIMEOUT:?}")),
+        };
+        self.report(&name, capacity, &version).await;
+        let now = self.clock.now();
+        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions().insert(
+            name.clone(),
+            Session { live: Liveness { last_heartbeat: now, connected_since: now, peer, boot_id }, generation },
+        );
+        tracing::info!(host = %name, %peer, "agent connected");
+        herd_agent_wire::write(&mut tls, &ServerMessage::Welcome { heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS })
+            .await
+            .map_err(|e| e.to_string())?;
+        let ended = self.live(&mut tls, &name, generation, capacity).await;
+        // Only this connection's own session goes; a newer one stays.
+        let mut sessions = self.sessions();
+        if sessions.get(&name).is_some_and(|s| s.generation == generation) {
+            sessions.remove(&name);
+        }
+        drop(sessions);
+        tracing::info!(host = %name, "agent disconnected");
+        ended
+    }
+
+    /// Heartbeats until the connection ends, the host is deleted, or a newer connection of
+    /// the same host replaces this one.
+    async fn live(
+        &self,
+        tls: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        name: &str,
+        generation: u64,
+        mut capacity: HostCapacity,
+    ) -> Result<(), String> {
+        loop {
+            let msg = match herd_agent_wire::read::<_, AgentMessage>(tls).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(WireError::Io(e)) => return Err(e.to_string()),
+                Err(e) => return Self::refuse(tls, e.to_string()).await,
+            };
+            if self.sessions().get(name).is_none_or(|s| s.generation != generation) {
+                return Ok(()); // replaced
+            }
+            match msg {
+                AgentMessage::Heartbeat { seq, capacity: now_has } => {
+                    let lookup = name.to_string();
+                    let still = self.state.run(move |s| herd_state::hosts::get(s, &lookup)).await;
+                    if matches!(still, Ok(None)) {
+                        return Self::refuse(tls, format!("host '{name}' was deleted from the cluster")).await;
+                    }
+                    let now = self.clock.now();
+                    if let Some(s) = self.sessions().get_mut(name) {
+                        s.live.last_heartbeat = now;
+                    }
+                    if now_has != capacity {
+                        capacity = now_has;
+                        self.report(name, capacity, "").await;
+                    }
+                    herd_agent_wire::write(tls, &ServerMessage::Ack { seq }).await.map_err(|e| e.to_string())?;
+                }
+                AgentMessage::Hello { .. } => {
+                    return Self::refuse(tls, "a second Hello on one connection".into()).await
+                }
+            }
+        }
+    }
+
+    /// Writes what the agent reports to the host record (only what changed is written).
+    async fn report(&self, name: &str, capacity: HostCapacity, version: &str) {
+        let (name, version) = (name.to_string(), version.to_string());
+        let r = self
+            .state
+            .run(move |s| {
+                let version = if version.is_empty() {
+                    herd_state::hosts::get(s, &name)?.map(|h| h.agent_version).unwrap_or_default()
+                } else {
+                    version
+                };
+                herd_state::hosts::report(s, &name, capacity, &version)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "recording a host's report failed");
+        }
+    }
+}
+
+impl herd_model::host::Heartbeats for HostLinks {
+    fn last_heartbeat(&self, name: &str) -> Option<DateTime<Utc>> {
+        self.liveness(name).map(|l| l.last_heartbeat)
+    }
+}

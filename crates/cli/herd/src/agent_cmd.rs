@@ -1,0 +1,105 @@
+//! `herd agent`: the command line of an extra host's agent. The work is `herd-agent`'s; this
+//! reads the flags, joins on first start, and runs the link until Ctrl-C or SIGTERM.
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use herd_agent::identity::Identity;
+use herd_agent::link::LinkState;
+use std::path::PathBuf;
+
+/// `herd agent --server https://SERVER:7900 --join-token T --name h2 --zone 1` (`--server` is
+/// the global option: the server to join, on first start).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The token `herd host join-token create` printed. Needed on first start only.
+    #[arg(long, env = "HERD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// This host's name in the cluster (1–63 letters, digits and '-'). Default: the machine's
+    /// hostname.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The zone this host serves.
+    #[arg(long, default_value = "1")]
+    pub zone: String,
+    /// The rack or other failure domain this host shares with others (default: its own).
+    #[arg(long)]
+    pub fault_domain: Option<String>,
+    /// Where the agent keeps its identity (key, certificate, CA) and, later, its instances.
+    #[arg(long, default_value = "/var/lib/herd-agent")]
+    pub data_dir: PathBuf,
+}
+
+/// Runs the agent in the foreground. `server` is the global `--server` (`HERD_SERVER`): the
+/// server to join, used on first start only (afterwards the data dir remembers it).
+pub async fn run(a: AgentArgs, server: String) -> Result<()> {
+    let identity = match Identity::load(&a.data_dir)? {
+        Some(id) => {
+            eprintln!(
+                "herd agent: host '{}' (zone {}) of {}, identity in {}",
+                id.membership.name,
+                id.membership.zone,
+                id.membership.server,
+                a.data_dir.display()
+            );
+            id
+        }
+        None => {
+            let token = a.join_token.clone().ok_or_else(|| {
+                anyhow!(
+                    "this host has not joined yet ({} holds no identity): give --server https://SERVER:7900 and --join-token (from `herd host join-token create` on the server)",
+                    a.data_dir.display()
+                )
+            })?;
+            let name = match &a.name {
+                Some(n) => n.clone(),
+                None => machine_hostname()?,
+            };
+            std::fs::create_dir_all(&a.data_dir)?;
+            let join = herd_agent::join::JoinAs {
+                server,
+                token,
+                name,
+                zone: a.zone.clone(),
+                fault_domain: a.fault_domain.clone(),
+                capacity: herd_agent::capacity::measure(&a.data_dir),
+            };
+            eprintln!("herd agent: joining {} as host '{}' (zone {})", join.server, join.name, join.zone);
+            let id = herd_agent::join::join(&join).await?;
+            id.save(&a.data_dir)?;
+            eprintln!("herd agent: joined; identity saved in {}", a.data_dir.display());
+            id
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (state_tx, mut state_rx) = tokio::sync::watch::channel(LinkState::Connecting);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    // The link's changes, one line each, for the operator.
+    tokio::spawn(async move {
+        while state_rx.changed().await.is_ok() {
+            let line = match &*state_rx.borrow_and_update() {
+                LinkState::Connecting => continue,
+                LinkState::Linked => "herd agent: linked to the server".to_string(),
+                LinkState::Backoff { error } => format!("herd agent: link lost ({error}); dialling again"),
+                LinkState::Refused { reason } => format!("herd agent: refused by the server: {reason}"),
+            };
+            eprintln!("{line}");
+        }
+    });
+    herd_agent::link::run(&identity, &a.data_dir, stop_rx, state_tx).await
+}
+
+fn machine_hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| anyhow!("reading this machine's hostname (give --name): {e}"))?;
+    Ok(h.trim().split('.').next().unwrap_or_default().to_string())
+}
