@@ -80,9 +80,12 @@ pub fn add_image(store: &dyn Store, img: &Image, from: &str, now: DateTime<Utc>)
 }
 
 /// Whether the model's image runs the QEMU guest agent: `None` when the image is not in the
-/// gallery, `Some(None)` when that is not known yet.
+/// gallery or is a directory (its instances are processes, never VMs), `Some(None)` when that
+/// is not known yet.
 pub fn guest_agent_of(store: &dyn Store, model: &ScaleSetModel) -> Result<Option<Option<bool>>, StateError> {
-    Ok(image_of(&images(store)?, model).map(|i| i.guest_agent))
+    Ok(image_of(&images(store)?, model)
+        .filter(|i| !matches!(i.source, herd_model::image::ImageSource::Directory { .. }))
+        .map(|i| i.guest_agent))
 }
 
 /// Deletes image `urn` (exactly that version), unless a scale set's model uses it. Returns the
@@ -130,7 +133,7 @@ mod tests {
         // The test set uses P:O:S:1.
         let set = stored_set("rg", "web", 1);
         store.txn(vec![WriteOp::put(Kind::ScaleSet, set.key(), &set, Expect::Absent).unwrap()]).unwrap();
-        assert_eq!(guest_agent_of(&store, &set.model).unwrap(), Some(Some(true)));
+        assert_eq!(guest_agent_of(&store, &set.model).unwrap(), None, "a directory image never runs as a VM");
         let before = activity_count(&store);
         let err = delete_image(&store, &v1, now()).unwrap_err();
         assert_eq!(err.to_string(), "image P:O:S:1 is in use by scale set(s) rg/web; change their image first");
