@@ -118,9 +118,10 @@ pub async fn instance_view(n: Named<(String, String, String)>) -> Result<Json<In
             let set = set.value;
             let in_place = in_place(st, &set)?;
             let view = with_health(st, &set, &rec, in_place);
-            // The VM agent line needs the image's guest agent (VMs of the qemu driver only).
+            // The VM agent line needs the image's guest agent (VMs of the qemu driver only: not
+            // a directory image's process instances, nor an image gone from the gallery).
             let guest_agent =
-                if st.config.runs_vms() { Some(images::guest_agent_of(&*st.store, &set.model)?) } else { None };
+                if st.config.runs_vms() { images::guest_agent_of(&*st.store, &set.model)?.map(Some) } else { None };
             Ok((rec, view, guest_agent))
         })
         .await?;

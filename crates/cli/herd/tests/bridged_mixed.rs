@@ -139,6 +139,24 @@ fn vms_and_process_instances_share_one_vnet() {
     assert_eq!(links.iter().filter(|l| l.starts_with("hv")).count(), 3, "{links:?}");
     assert_eq!(links.iter().filter(|l| l.starts_with("hb")).count(), 1, "one subnet, one bridge: {links:?}");
 
+    // The server says it runs both; the instance view has a guest-agent line for a VM only.
+    assert_eq!(s.json(&["server", "status"])["driver"], "qemu+process");
+    let agent_lines = |set: &str| -> Vec<String> {
+        let view = s.json(&["vmss", "get-instance-view", "-g", "rg", "-n", set, "--instance-id", "0"]);
+        let statuses = view["statuses"].as_array().cloned().unwrap_or_default();
+        statuses
+            .iter()
+            .filter_map(|st| st["code"].as_str())
+            .filter(|c| c.starts_with("GuestAgent/"))
+            .map(str::to_string)
+            .collect()
+    };
+    wait_observing("vm000000's guest agent line to say ready", Duration::from_secs(60), || {
+        let lines = agent_lines("vms");
+        (lines == ["GuestAgent/ready"]).then_some(()).ok_or_else(|| format!("{lines:?}"))
+    });
+    assert!(agent_lines("apps").is_empty(), "a process instance has no guest agent line");
+
     // Each VM asked DHCP and got its reservation: dnsmasq's lease for its MAC.
     wait_for("a DHCP lease for each VM's MAC", BOOT, || {
         let text =
