@@ -141,4 +141,26 @@ mod tests {
         assert_eq!(delete_image(&store, &v2, now()).unwrap().version, "2");
         assert!(matches!(resolve_image(&store, &v2), Err(ImageError::NotInGallery(_))));
     }
+
+    /// On the qemu server a directory image runs as process instances: no guest agent line,
+    /// and extension changes in place without one. A kernel image's VMs need the agent.
+    #[test]
+    fn only_vm_images_need_a_guest_agent() {
+        use crate::instance_actions::in_place_extensions;
+        let set = stored_set("rg", "web", 1);
+        let urn = ImageUrn::parse("P:O:S:1").unwrap();
+        for (source, agent, vm) in [
+            (ImageSource::Directory { path: "/nowhere".into() }, Some(false), false),
+            (ImageSource::Kernel { kernel: "/vmlinuz".into(), initrd: None, cmdline: None }, Some(false), true),
+            (ImageSource::Kernel { kernel: "/vmlinuz".into(), initrd: None, cmdline: None }, Some(true), true),
+        ] {
+            let store = store();
+            add_image(&store, &image_record(&urn, source.clone(), agent, now()), "a test", now()).unwrap();
+            let expected_line = vm.then_some(agent);
+            assert_eq!(guest_agent_of(&store, &set.model).unwrap(), expected_line, "{source:?}");
+            let in_place = !vm || agent == Some(true);
+            assert_eq!(in_place_extensions(&store, &set, true).unwrap(), in_place, "qemu server, {source:?}");
+            assert!(in_place_extensions(&store, &set, false).unwrap(), "other drivers run scripts in place");
+        }
+    }
 }
