@@ -73,7 +73,7 @@ fn find(state: &AppState, set: &herd_model::scale_set::StoredScaleSet, id: &str)
 
 /// Whether extension changes run in place on `set`'s instances.
 fn in_place(state: &AppState, set: &herd_model::scale_set::StoredScaleSet) -> Result<bool, ApiError> {
-    Ok(in_place_extensions(&*state.store, set, state.config.driver == "qemu")?)
+    Ok(in_place_extensions(&*state.store, set, state.config.runs_vms())?)
 }
 
 /// The instance's view with its probe health filled in.
@@ -118,9 +118,10 @@ pub async fn instance_view(n: Named<(String, String, String)>) -> Result<Json<In
             let set = set.value;
             let in_place = in_place(st, &set)?;
             let view = with_health(st, &set, &rec, in_place);
-            // The VM agent line needs the image's guest agent (with the qemu driver only).
+            // The VM agent line needs the image's guest agent (VMs of the qemu driver only: not
+            // a directory image's process instances, nor an image gone from the gallery).
             let guest_agent =
-                if st.config.driver == "qemu" { Some(images::guest_agent_of(&*st.store, &set.model)?) } else { None };
+                if st.config.runs_vms() { images::guest_agent_of(&*st.store, &set.model)?.map(Some) } else { None };
             Ok((rec, view, guest_agent))
         })
         .await?;
@@ -317,7 +318,7 @@ pub async fn action(
     let req = ActionRequest {
         action,
         ids: body.and_then(|b| b.0.instance_ids),
-        qemu: state.config.driver == "qemu",
+        qemu: state.config.runs_vms(),
         now: state.clock.now(),
     };
     let outcome = state

@@ -36,6 +36,12 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
+    /// Whether the server's driver runs disk and kernel images as VMs (`qemu`, whose name is
+    /// `qemu+process`: directory images run as process instances beside the VMs).
+    pub fn runs_vms(&self) -> bool {
+        self.driver.split('+').any(|d| d == "qemu")
+    }
+
     /// Whether `ip` is in the server's public pool (false without one): an address a public-IP
     /// resource or a load-balancer frontend may take from the pool.
     pub fn in_public_pool(&self, ip: std::net::Ipv4Addr) -> bool {

@@ -20,42 +20,6 @@ fn app() -> String {
     python_http_app(r#"        body = NAME.encode(); status = 200"#, "exec python3 app.py")
 }
 
-/// The pid of the instance process with private IP `ip` (its namespace is entered through
-/// it: the server made the namespace's mount inside its own mount namespace, which
-/// `ip netns exec` keeps from propagating here).
-fn pid_of(ip: &str) -> u32 {
-    let needle = format!("HERD_ADDRESS={ip}\0");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        if String::from_utf8_lossy(&env).contains(&needle) {
-            return pid;
-        }
-    }
-    panic!("no process has {needle:?} in its environment")
-}
-
-/// Whether an HTTP GET from inside the network namespace of process `pid` to `ip:8080`
-/// answers (2 s limit).
-fn reaches(pid: u32, ip: &str) -> bool {
-    std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "curl", "-s", "-o", "/dev/null", "--max-time", "2"])
-        .arg(format!("http://{ip}:8080/"))
-        .status()
-        .expect("nsenter (util-linux) and curl are needed")
-        .success()
-}
-
-/// The packets counted by the rules named `comment` in the server's NSG table, summed.
-fn counted(s: &Server, comment: &str) -> u64 {
-    let out = s.command("nft").args(["list", "ruleset"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("comment \"{comment}\"")))
-        .filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// The computer name instance `pid`'s namespace is told at 169.254.169.254 (3 s limit), asking
 /// from `source` (its own address when None). None when nothing answers.
 fn metadata_name(pid: u32, source: Option<&str>) -> Option<String> {
@@ -84,10 +48,7 @@ fn listener_port(s: &Server, ip: std::net::Ipv4Addr) -> u16 {
 }
 
 fn in_rotation(s: &Server) -> usize {
-    s.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"])
-        ["members"]
-        .as_array()
-        .map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count())
+    pool_in_rotation(s, "rg", "web-lb", "web-lbBEPool")
 }
 
 #[test]

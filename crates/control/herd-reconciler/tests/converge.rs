@@ -188,6 +188,73 @@ async fn converges_through_a_full_lifecycle() {
     assert!(log.iter().any(|a| a.operation == "DeleteInstances" && a.message.contains("scale-in")));
 }
 
+/// On a server whose driver runs disk and kernel images as VMs (qemu, with directory images as
+/// process instances beside them), the guest agent matters per image: an extension change runs
+/// in place on a directory image's instances (every process instance runs scripts), while the
+/// same change reimages the instances of a disk image without a guest agent.
+#[tokio::test]
+async fn on_a_vm_server_only_vm_images_need_a_guest_agent_for_extensions_in_place() {
+    let SimEnv { store, sim, clock } = SimEnv::new(t0());
+    let config = ReconcilerConfig { runs_vms: true, ..Default::default() };
+    let rec = Reconciler::new(store.clone(), sim.clone(), Arc::new(clock.clone()), config);
+    let e = Env { store, sim, clock, rec };
+    e.insert_set(2);
+    e.edit_set(|s| s.model.upgrade_policy.mode = herd_model::scale_set::UpgradeMode::Automatic);
+    e.converge("create 2").await;
+    let change_extension = |command: &str| {
+        e.edit_set(|s| {
+            let ext = &mut s.model.virtual_machine_profile.extension_profile.as_mut().unwrap().extensions[0];
+            ext.properties.settings = Some(json!({ "commandToExecute": command }));
+            s.model_generation += 1;
+        })
+    };
+    let ran = |command: &str| {
+        e.records().iter().all(|r| e.sim.script_runs(&web_key(r.instance_id)).iter().any(|(_, c)| c == command))
+    };
+    // Passes until every record runs model generation `g`.
+    let upgrade = |g: u64, what: &'static str| {
+        let e = &e;
+        async move {
+            for _ in 0..100 {
+                if let Err(err) = e.rec.pass().await {
+                    eprintln!("pass: {err}");
+                }
+                for _ in 0..5 {
+                    tokio::task::yield_now().await;
+                }
+                e.clock.advance(chrono::Duration::seconds(30));
+                let recs = e.records();
+                if recs.len() == 2 && recs.iter().all(|r| r.model_generation == g && r.pending.is_none()) {
+                    return;
+                }
+            }
+            let set = e.store.get_as::<StoredScaleSet>(Kind::ScaleSet, SET_KEY).unwrap().unwrap().value;
+            let status = e.store.get_as::<ScaleSetStatus>(Kind::ScaleSetStatus, SET_KEY).unwrap().map(|o| o.value);
+            panic!(
+                "{what}: not every instance reached model generation {g}: {:?} {} {:?} {:#?}",
+                set.model.upgrade_policy,
+                set.model_generation,
+                status,
+                e.records().iter().map(|r| (r.model_generation, r.state, r.pending)).collect::<Vec<_>>()
+            );
+        }
+    };
+    let builds = e.sim.build_calls();
+    change_extension("echo v2");
+    upgrade(2, "extension change on a directory image").await;
+    assert!(ran("echo v2"), "the new command ran on every instance");
+    assert_eq!(e.sim.build_calls(), builds, "in place: no instance was rebuilt");
+
+    // The same image as a disk without a guest agent: its VMs cannot run scripts in place.
+    let cur = e.store.list_as::<herd_model::image::Image>(Kind::Image, "").unwrap().pop().expect("the test image");
+    let mut img = cur.value.clone();
+    img.source = herd_model::image::ImageSource::Disk { path: "/nowhere.qcow2".into(), format: "qcow2".into() };
+    e.store.txn(vec![WriteOp::put(Kind::Image, &cur.key, &img, Expect::Revision(cur.revision)).unwrap()]).unwrap();
+    change_extension("echo v3");
+    upgrade(3, "extension change on a disk image without a guest agent").await;
+    assert_eq!(e.sim.build_calls(), builds + 2, "both VMs were reimaged");
+}
+
 #[tokio::test]
 async fn overprovisioned_extras_are_removed_and_never_counted() {
     let e = env(None);

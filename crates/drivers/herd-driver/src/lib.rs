@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod by_image;
 pub mod fence;
 pub mod host;
 pub mod sim;

@@ -80,9 +80,12 @@ pub fn add_image(store: &dyn Store, img: &Image, from: &str, now: DateTime<Utc>)
 }
 
 /// Whether the model's image runs the QEMU guest agent: `None` when the image is not in the
-/// gallery, `Some(None)` when that is not known yet.
+/// gallery or is a directory (its instances are processes, never VMs), `Some(None)` when that
+/// is not known yet.
 pub fn guest_agent_of(store: &dyn Store, model: &ScaleSetModel) -> Result<Option<Option<bool>>, StateError> {
-    Ok(image_of(&images(store)?, model).map(|i| i.guest_agent))
+    Ok(image_of(&images(store)?, model)
+        .filter(|i| !matches!(i.source, herd_model::image::ImageSource::Directory { .. }))
+        .map(|i| i.guest_agent))
 }
 
 /// Deletes image `urn` (exactly that version), unless a scale set's model uses it. Returns the
@@ -130,12 +133,34 @@ mod tests {
         // The test set uses P:O:S:1.
         let set = stored_set("rg", "web", 1);
         store.txn(vec![WriteOp::put(Kind::ScaleSet, set.key(), &set, Expect::Absent).unwrap()]).unwrap();
-        assert_eq!(guest_agent_of(&store, &set.model).unwrap(), Some(Some(true)));
+        assert_eq!(guest_agent_of(&store, &set.model).unwrap(), None, "a directory image never runs as a VM");
         let before = activity_count(&store);
         let err = delete_image(&store, &v1, now()).unwrap_err();
         assert_eq!(err.to_string(), "image P:O:S:1 is in use by scale set(s) rg/web; change their image first");
         assert_eq!(activity_count(&store), before, "a refused delete logs nothing");
         assert_eq!(delete_image(&store, &v2, now()).unwrap().version, "2");
         assert!(matches!(resolve_image(&store, &v2), Err(ImageError::NotInGallery(_))));
+    }
+
+    /// On the qemu server a directory image runs as process instances: no guest agent line,
+    /// and extension changes in place without one. A kernel image's VMs need the agent.
+    #[test]
+    fn only_vm_images_need_a_guest_agent() {
+        use crate::instance_actions::in_place_extensions;
+        let set = stored_set("rg", "web", 1);
+        let urn = ImageUrn::parse("P:O:S:1").unwrap();
+        for (source, agent, vm) in [
+            (ImageSource::Directory { path: "/nowhere".into() }, Some(false), false),
+            (ImageSource::Kernel { kernel: "/vmlinuz".into(), initrd: None, cmdline: None }, Some(false), true),
+            (ImageSource::Kernel { kernel: "/vmlinuz".into(), initrd: None, cmdline: None }, Some(true), true),
+        ] {
+            let store = store();
+            add_image(&store, &image_record(&urn, source.clone(), agent, now()), "a test", now()).unwrap();
+            let expected_line = vm.then_some(agent);
+            assert_eq!(guest_agent_of(&store, &set.model).unwrap(), expected_line, "{source:?}");
+            let in_place = !vm || agent == Some(true);
+            assert_eq!(in_place_extensions(&store, &set, true).unwrap(), in_place, "qemu server, {source:?}");
+            assert!(in_place_extensions(&store, &set, false).unwrap(), "other drivers run scripts in place");
+        }
     }
 }

@@ -102,7 +102,8 @@ pub fn set_protection(
 }
 
 /// Whether extension changes can run in place on this set's instances: every driver runs
-/// scripts, but the qemu driver needs the image's guest agent to do it.
+/// scripts, but a VM of the qemu driver needs the image's guest agent to do it (a directory
+/// image runs as a process instance there too, which needs none).
 pub fn in_place_extensions(store: &dyn Store, set: &StoredScaleSet, qemu: bool) -> Result<bool, ActionError> {
     if !qemu {
         return Ok(true);
@@ -110,7 +111,8 @@ pub fn in_place_extensions(store: &dyn Store, set: &StoredScaleSet, qemu: bool) 
     let images: Vec<herd_model::image::Image> =
         store.list_as(Kind::Image, crate::keys::ALL)?.into_iter().map(|o| o.value).collect();
     let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn()?;
-    Ok(herd_model::image::resolve(&images, &urn).is_some_and(herd_model::image::Image::has_guest_agent))
+    Ok(herd_model::image::resolve(&images, &urn)
+        .is_some_and(|i| matches!(i.source, herd_model::image::ImageSource::Directory { .. }) || i.has_guest_agent()))
 }
 
 /// An instance action as a request asks it.

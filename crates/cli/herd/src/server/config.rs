@@ -14,7 +14,8 @@ pub enum DriverKind {
     Process,
     /// Simulated in-memory instances (tests, benchmarks, trying herd out).
     Sim,
-    /// Real virtual machines under QEMU (KVM or TCG).
+    /// Real virtual machines under QEMU (KVM or TCG) for disk and kernel images; directory
+    /// images run as process instances beside them (as with `process`), on the same subnets.
     Qemu,
 }
 

@@ -261,7 +261,9 @@ fn skus_and_zones(cfg: &ServerConfig) -> Result<(SkuTable, Vec<String>)> {
     Ok((skus, zones))
 }
 
-/// Starts the driver `--driver` names.
+/// Starts the driver `--driver` names. `qemu` runs disk and kernel images as VMs and directory
+/// images as process instances beside them (data dir `instances/`, as `--driver process`), on
+/// the same subnets: one driver per image kind (`herd_driver::by_image`).
 async fn build_driver(opts: &ServerOptions, cfg: &ServerConfig, opened: &Opened) -> Result<Arc<dyn Driver>> {
     Ok(match opts.driver {
         DriverKind::Sim => {
@@ -273,7 +275,10 @@ async fn build_driver(opts: &ServerOptions, cfg: &ServerConfig, opened: &Opened)
                 seed: cfg.sim.seed.unwrap_or(d.seed),
             }))
         }
-        DriverKind::Qemu => Arc::new(qemu_driver(opts, cfg, opened).await?),
+        DriverKind::Qemu => Arc::new(herd_driver::by_image::ByImage::new(
+            Arc::new(qemu_driver(opts, cfg, opened).await?),
+            Arc::new(process_driver(opened)?),
+        )),
         DriverKind::Process => Arc::new(process_driver(opened)?),
     })
 }
@@ -454,7 +459,7 @@ fn build_settings(
         limits,
         driver_concurrency: cfg.provisioning.driver_concurrency.unwrap_or(64),
         skus: skus.clone(),
-        vm_driver: opts.driver == DriverKind::Qemu,
+        runs_vms: opts.driver == DriverKind::Qemu,
         extra_ports: if opts.driver == DriverKind::Qemu {
             cfg.qemu.forward_ports.clone().unwrap_or_else(|| herd_driver_qemu::DEFAULT_EXTRA_PORTS.to_vec())
         } else {

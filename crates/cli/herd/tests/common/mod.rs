@@ -37,7 +37,16 @@ impl Server {
         Self::start_with(Some(ns.to_string()), driver, data_dir, config)
     }
 
+    /// Like [`start_in`](Self::start_in), with extra `herd server` arguments (`--accel tcg`).
+    pub fn start_in_with_args(ns: &str, driver: &str, data_dir: &Path, config: Option<&str>, args: &[&str]) -> Server {
+        Self::start_full(Some(ns.to_string()), driver, data_dir, config, args)
+    }
+
     fn start_with(netns: Option<String>, driver: &str, data_dir: &Path, config: Option<&str>) -> Server {
+        Self::start_full(netns, driver, data_dir, config, &[])
+    }
+
+    fn start_full(netns: Option<String>, driver: &str, data_dir: &Path, config: Option<&str>, args: &[&str]) -> Server {
         let config = with_address_block(config.unwrap_or(""));
         let config = Some({
             let p = data_dir.with_extension("toml");
@@ -53,7 +62,7 @@ impl Server {
             netns,
             log: Default::default(),
             rust_log: None,
-            extra_args: vec![],
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -874,4 +883,73 @@ pub fn wait_for_no_nft_table(s: &Server) {
         let out = s.command("nft").args(["list", "tables"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
     });
+}
+
+/// The pid of the bridged process instance with private IP `ip` (its namespace is entered
+/// through it: the server made the namespace's mount inside its own mount namespace, which
+/// `ip netns exec` keeps from propagating here).
+pub fn pid_of(ip: &str) -> u32 {
+    let needle = format!("HERD_ADDRESS={ip}\0");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if String::from_utf8_lossy(&env).contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no process has {needle:?} in its environment")
+}
+
+/// The body of an HTTP GET of `url` from inside the network namespace of process `pid` (2 s
+/// limit), or None when nothing answers.
+pub fn get_from(pid: u32, url: &str) -> Option<String> {
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "curl", "-sf", "--max-time", "2", url])
+        .output()
+        .expect("nsenter (util-linux) and curl are needed");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether an HTTP GET from inside the network namespace of process `pid` to `ip:8080`
+/// answers (2 s limit).
+pub fn reaches(pid: u32, ip: &str) -> bool {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "curl", "-s", "-o", "/dev/null", "--max-time", "2"])
+        .arg(format!("http://{ip}:8080/"))
+        .status()
+        .expect("nsenter (util-linux) and curl are needed")
+        .success()
+}
+
+/// The address `name` resolves to when the network namespace of process `pid` asks the DNS
+/// server at `server` (busybox `nslookup`), or None.
+pub fn resolve_from(pid: u32, name: &str, server: &str) -> Option<String> {
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "busybox", "nslookup", name, server])
+        .output()
+        .expect("nsenter (util-linux) and busybox are needed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The server's own line is `Address: 10.0.0.1:53`; the answer's has no port.
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(str::trim)
+        .rfind(|a| !a.contains(':') && !a.contains('#') && a.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_string)
+}
+
+/// The packets counted by the rules named `comment` in the server's nftables tables, summed.
+pub fn counted(s: &Server, comment: &str) -> u64 {
+    let out = s.command("nft").args(["list", "ruleset"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("comment \"{comment}\"")))
+        .filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// How many members of backend pool `pool` of load balancer `group/lb` are in rotation.
+pub fn pool_in_rotation(s: &Server, group: &str, lb: &str, pool: &str) -> usize {
+    s.json(&["network", "lb", "address-pool", "show", "-g", group, "--lb-name", lb, "-n", pool])["members"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count())
 }

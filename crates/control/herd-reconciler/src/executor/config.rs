@@ -2,6 +2,8 @@
 
 use crate::plan::Limits;
 use herd_driver::{DriverError, LeaderTerm};
+use herd_model::image::{self, Image, ImageSource};
+use herd_model::scale_set::StoredScaleSet;
 use herd_model::sku::SkuTable;
 use herd_state::StateError;
 use std::collections::BTreeSet;
@@ -27,10 +29,13 @@ pub struct ReconcilerConfig {
     pub bridged: bool,
     /// The server's public pool (`[network] public_ip_pool`): instance public IPs come from it.
     pub public_ip_pool: Option<herd_model::public_pool::PublicIpPool>,
-    /// The driver runs real VMs (qemu): scripts go through the guest agent, so images without
-    /// one cannot run extensions in place (extension changes reimage them), and each guest's
-    /// seed gets the admin credentials, data disks and forwarded ports.
-    pub vm_driver: bool,
+    /// The driver runs disk and kernel images as real VMs (qemu). For their instances, scripts
+    /// go through the guest agent, so images without one cannot run extensions in place
+    /// (extension changes reimage them), and each guest's seed gets the admin credentials,
+    /// data disks and forwarded ports. Directory images are process instances on every
+    /// server (the qemu server runs them beside its VMs: `herd_driver::by_image`), and none of
+    /// this applies to them. False for the sim driver.
+    pub runs_vms: bool,
     /// Guest ports forwarded to every instance besides the model's LB and NAT ports.
     pub extra_ports: Vec<u16>,
     /// The hosts whose capacity instances reserve; empty = unlimited.
@@ -46,6 +51,24 @@ pub struct ReconcilerConfig {
     pub term: LeaderTerm,
 }
 
+impl ReconcilerConfig {
+    /// Whether instances of `image` are VMs here: a disk or kernel image on a server whose
+    /// driver runs them as VMs (see [`runs_vms`](Self::runs_vms)).
+    pub fn runs_as_vm(&self, image: &ImageSource) -> bool {
+        self.runs_vms && !matches!(image, ImageSource::Directory { .. })
+    }
+
+    /// Whether `set`'s instances are VMs here, by its model's image in `images`. An image not
+    /// in the gallery counts as a VM on a VM server (its instances cannot be built anyway).
+    pub fn set_runs_vms(&self, set: &StoredScaleSet, images: &[Image]) -> bool {
+        let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn();
+        match urn.ok().and_then(|u| image::resolve(images, &u)) {
+            Some(img) => self.runs_as_vm(&img.source),
+            None => self.runs_vms,
+        }
+    }
+}
+
 impl Default for ReconcilerConfig {
     fn default() -> Self {
         Self {
@@ -57,7 +80,7 @@ impl Default for ReconcilerConfig {
             address_block: 0,
             bridged: false,
             public_ip_pool: None,
-            vm_driver: false,
+            runs_vms: false,
             extra_ports: vec![80],
             hosts: vec![],
             spot_price: crate::capacity::SpotPrice::none(),

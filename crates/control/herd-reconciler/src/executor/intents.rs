@@ -33,7 +33,7 @@ struct AddressCounter {
 struct Prefetched {
     address: Option<Versioned<AddressCounter>>,
     vnets: Vec<VirtualNetwork>,
-    /// Sealed secrets by set key, for the sets whose instances a VM driver seeds.
+    /// Sealed secrets by set key, for the sets whose instances are VMs (seeded with them).
     secrets: BTreeMap<String, Result<Option<serde_json::Value>, String>>,
 }
 
@@ -48,7 +48,7 @@ impl Reconciler {
         images: &[Image],
         lbs: &[LoadBalancer],
     ) -> Result<(Vec<DriverCall>, Vec<InstanceKey>), ReconcileError> {
-        let pre = self.prefetch(works).await?;
+        let pre = self.prefetch(works, images).await?;
         let mut ops = Writes::new();
         let addr_before = pre.address.as_ref().map_or(0, |o| o.value.next);
         let mut calls: Vec<DriverCall> = Vec::new();
@@ -119,17 +119,16 @@ impl Reconciler {
 
     /// What Phase A reads besides the snapshot, in one call on the blocking pool: the address
     /// counter, the virtual networks, the sealed secrets of sets that will make driver calls
-    /// (VM drivers seed them), the model a rollback returns to, and the model history of sets
+    /// and whose instances are VMs (their seeds carry them), the model a rollback returns to, and the model history of sets
     /// being removed. The last two are put on their set's work.
-    async fn prefetch(&self, works: &mut [SetDraft<'_>]) -> Result<Prefetched, ReconcileError> {
-        let vm_driver = self.config.vm_driver;
+    async fn prefetch(&self, works: &mut [SetDraft<'_>], images: &[Image]) -> Result<Prefetched, ReconcileError> {
         let wanted: Vec<(SetKey, bool, Option<u64>, bool)> = works
             .iter()
             .map(|w| {
                 let rollback = w.steps.iter().any(|s| matches!(s, Step::Rolling(RollingStep::Rollback { .. })));
                 (
                     SetKey::of(w.set),
-                    vm_driver && !w.steps.is_empty(),
+                    !w.steps.is_empty() && self.config.set_runs_vms(w.set, images),
                     w.status.rolling_upgrade.as_ref().filter(|_| rollback).map(|u| u.from_generation),
                     w.steps.contains(&Step::RemoveSet),
                 )

@@ -149,7 +149,7 @@ impl Reconciler {
 
     /// Whether this set's extensions can run in place (see `SetInput::in_place_extensions`).
     fn in_place_extensions(&self, set: &StoredScaleSet, images: &[Image]) -> bool {
-        if !self.config.vm_driver {
+        if !self.config.set_runs_vms(set, images) {
             return true;
         }
         let urn = set.model.virtual_machine_profile.storage_profile.image_reference.urn();

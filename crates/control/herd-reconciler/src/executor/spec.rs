@@ -49,7 +49,7 @@ impl Reconciler {
             .ok_or_else(|| invalid(format!("unknown SKU {}", set.model.sku.name)))?;
         let os = &set.model.virtual_machine_profile.os_profile;
         // Reading and opening the secrets can fail for a moment (the store): not classified.
-        let guest = if self.config.vm_driver {
+        let guest = if self.config.runs_as_vm(&img.source) {
             self.guest_setup(set, img, inputs).map_err(DriverError::Failed)?
         } else {
             Default::default()

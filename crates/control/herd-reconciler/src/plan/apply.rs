@@ -100,8 +100,18 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, env: &ApplyEnv<'_>, addrs: 
         | Step::CapacityNote(_) => crate::capacity::apply_step(w, step, now),
         Step::Rolling(r) => crate::rolling::apply_step(w, r, now),
         Step::Repair(r) => crate::repair::apply_step(w, r, now),
-        // Started after the intents are persisted; the runner records the outcome.
-        Step::RemoveSet | Step::RunExtensions(_) => {}
+        // Started after the intents are persisted; the runner records the outcome. The runner
+        // takes only instances whose pending action is RunExtensions: an Automatic upgrade's
+        // in-place run is planned without one, so it is recorded here (and a crash repeats it).
+        Step::RunExtensions(id) => {
+            if let Some(wr) = w.records.get_mut(id) {
+                if wr.record.pending.is_none() {
+                    wr.record.pending = Some(PendingAction::RunExtensions);
+                    wr.dirty = true;
+                }
+            }
+        }
+        Step::RemoveSet => {}
     }
 }
 
