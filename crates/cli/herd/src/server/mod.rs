@@ -730,6 +730,9 @@ pub async fn run(opts: ServerOptions) -> Result<()> {
     if driver == DriverKind::Process {
         eprintln!("{PROCESS_DRIVER_WARNING}");
     }
+    if driver == DriverKind::Qemu {
+        eprintln!("note: with --driver qemu, directory images run as process instances, which isolate nothing (see `herd server --driver process`); disk and kernel images run as VMs.");
+    }
     let mut server = start(opts).await?;
     eprintln!(
         "herd server listening on {} (driver {:?}, data dir {}, API token in {})",
