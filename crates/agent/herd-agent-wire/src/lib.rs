@@ -17,10 +17,18 @@
 //!     │ ◀── Ack {seq} ──────────────────────────────────── │
 //!     │        … every interval …                          │
 //!     │ ◀── Refused {why} (host deleted meanwhile) and close
+//!     │ ◀── Call {id, DriverCall} ───────────────────────── │ the Driver trait, over the wire
+//!     │ ── Reply {id, DriverReply | CallError} ──────────▶ │
 //! ```
+//! Calls and replies interleave with heartbeats on the one connection; each call carries an
+//! id, so several run at once on the host and their replies come back in any order.
 #![forbid(unsafe_code)]
 
+use herd_driver::{
+    DriverError, Fence, Fenced, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
+};
 use herd_model::host::HostCapacity;
+use herd_model::InstanceKey;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -39,6 +47,9 @@ pub enum AgentMessage {
     Hello { protocol: u32, name: String, agent_version: String, capacity: HostCapacity, boot_id: String },
     #[serde(rename_all = "camelCase")]
     Heartbeat { seq: u64, capacity: HostCapacity },
+    /// The answer to the server's call `id`.
+    #[serde(rename_all = "camelCase")]
+    Reply { id: u64, result: Result<DriverReply, CallError> },
 }
 
 /// From the server.
@@ -53,6 +64,128 @@ pub enum ServerMessage {
     /// certificate, another protocol version. The agent must not retry with the same identity.
     #[serde(rename_all = "camelCase")]
     Refused { reason: String },
+    /// Carry out a driver call on the host; answer with a Reply of the same id.
+    #[serde(rename_all = "camelCase")]
+    Call { id: u64, call: DriverCall },
+}
+
+/// One call of the `Driver` trait, as the server sends it to a host. Every call that acts on
+/// an instance carries its fence; the host's driver refuses a lower one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum DriverCall {
+    Ensure { spec: Box<InstanceSpec>, fence: Fence },
+    SetPower { key: InstanceKey, target: PowerTarget, fence: Fence },
+    Restart { key: InstanceKey, fence: Fence },
+    Resize { spec: Box<InstanceSpec>, fence: Fence },
+    Reimage { spec: Box<InstanceSpec>, fence: Fence },
+    Destroy { key: InstanceKey, fence: Fence },
+    List,
+    Stats { key: InstanceKey },
+    RunScript { key: InstanceKey, run: Box<ScriptRun>, fence: Fence },
+    ConsoleLog { key: InstanceKey, max_bytes: usize },
+}
+
+impl DriverCall {
+    /// The operation's name, for logs and errors (never its arguments: a spec or a script may
+    /// carry secrets).
+    pub fn op(&self) -> &'static str {
+        match self {
+            DriverCall::Ensure { .. } => "ensure",
+            DriverCall::SetPower { .. } => "set_power",
+            DriverCall::Restart { .. } => "restart",
+            DriverCall::Resize { .. } => "resize",
+            DriverCall::Reimage { .. } => "reimage",
+            DriverCall::Destroy { .. } => "destroy",
+            DriverCall::List => "list",
+            DriverCall::Stats { .. } => "stats",
+            DriverCall::RunScript { .. } => "run_script",
+            DriverCall::ConsoleLog { .. } => "console_log",
+        }
+    }
+}
+
+/// What a call returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "camelCase")]
+pub enum DriverReply {
+    Done,
+    Instances(Vec<ObservedInstance>),
+    Stats(Option<InstanceStats>),
+    Script(ScriptOutcome),
+    Console(Option<String>),
+}
+
+/// A driver error as it crosses the link: the variants the server acts on keep their shape
+/// (not found, fenced, a spec that cannot be built), the rest keep their message and whether
+/// retrying may help.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum CallError {
+    NotFound {
+        key: InstanceKey,
+    },
+    Fenced {
+        key: InstanceKey,
+        seen: Fence,
+        call: Fence,
+    },
+    InvalidSpec {
+        key: InstanceKey,
+        reason: String,
+    },
+    ImageUnavailable {
+        key: InstanceKey,
+        reason: String,
+    },
+    /// The host's fence record for the instance cannot be read: permanent until repaired.
+    FenceRecord {
+        key: InstanceKey,
+        message: String,
+    },
+    /// Anything else: transient.
+    Failed {
+        message: String,
+    },
+}
+
+impl From<&DriverError> for CallError {
+    fn from(e: &DriverError) -> Self {
+        match e {
+            DriverError::NotFound(key) => CallError::NotFound { key: key.clone() },
+            DriverError::Fenced(f) => CallError::Fenced { key: f.key.clone(), seen: f.seen, call: f.call },
+            DriverError::InvalidSpec { key, reason } => {
+                CallError::InvalidSpec { key: key.clone(), reason: reason.clone() }
+            }
+            DriverError::ImageUnavailable { key, reason } => {
+                CallError::ImageUnavailable { key: key.clone(), reason: reason.clone() }
+            }
+            DriverError::FenceRecord { key, source } => {
+                CallError::FenceRecord { key: key.clone(), message: source.to_string() }
+            }
+            other => CallError::Failed { message: herd_model::error::chain_text(other) },
+        }
+    }
+}
+
+impl CallError {
+    /// The driver error the server's side reports for it, on host `host`.
+    pub fn into_driver_error(self, host: &str) -> DriverError {
+        match self {
+            CallError::NotFound { key } => DriverError::NotFound(key),
+            CallError::Fenced { key, seen, call } => DriverError::Fenced(Fenced { key, seen, call }),
+            CallError::InvalidSpec { key, reason } => DriverError::InvalidSpec { key, reason },
+            CallError::ImageUnavailable { key, reason } => DriverError::ImageUnavailable { key, reason },
+            CallError::FenceRecord { key, message } => DriverError::FenceRecord {
+                key,
+                source: std::sync::Arc::new(herd_driver::fence::FenceRecordError::Remote {
+                    host: host.into(),
+                    message,
+                }),
+            },
+            CallError::Failed { message } => DriverError::Failed(format!("host {host}: {message}")),
+        }
+    }
 }
 
 /// Why a frame could not be read.

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub struct Membership {
     /// The server's URL, `https://HOST:PORT`.
     pub server: String,
+    /// The cluster's id (from the join answer): the host's driver tags instances with it.
+    pub cluster_id: String,
     pub name: String,
     pub zone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +110,7 @@ mod tests {
         let id = Identity {
             membership: Membership {
                 server: "https://s:7900".into(),
+                cluster_id: "c1".into(),
                 name: "h2".into(),
                 zone: "1".into(),
                 fault_domain: None,

@@ -98,6 +98,7 @@ pub async fn join(req: &JoinAs) -> Result<Identity> {
     Ok(Identity {
         membership: Membership {
             server: base.as_str().trim_end_matches('/').to_string(),
+            cluster_id: field("clusterId")?,
             name: req.name.clone(),
             zone: req.zone.clone(),
             fault_domain: req.fault_domain.clone(),

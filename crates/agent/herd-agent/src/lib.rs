@@ -11,6 +11,7 @@
 //! - [`link`]: the connection: Hello, heartbeats, reconnects with backoff, and stopping for
 //!   good when the server refuses the host (deleted, another certificate).
 //! - [`capacity`]: what the host has, as reported in every heartbeat.
+//! - [`calls`]: the server's driver calls, carried out with this host's own driver.
 //!
 //! The agent's lifecycle:
 //!
@@ -22,10 +23,12 @@
 //!        │                       │
 //!        └──(Refused)────────────┴──▶ Stopped (exit 1: the host must join again)
 //! ```
-//! Carrying out the server's driver calls on this host is the next step of the many-hosts
-//! work; today an agent joins, reports and heartbeats.
+//! The server drives this host's instances through the `Driver` trait over the link
+//! (`herd_host_link::remote::RemoteDriver` on its side, [`calls`] here). Placing instances on
+//! joined hosts is the next step of the many-hosts work.
 #![forbid(unsafe_code)]
 
+pub mod calls;
 pub mod capacity;
 pub mod identity;
 pub mod join;

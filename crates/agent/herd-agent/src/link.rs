@@ -46,6 +46,7 @@ enum Ended {
 pub async fn run(
     identity: &Identity,
     data_dir: &Path,
+    driver: Arc<dyn herd_driver::Driver>,
     mut shutdown: watch::Receiver<bool>,
     state: watch::Sender<LinkState>,
 ) -> Result<()> {
@@ -64,6 +65,7 @@ pub async fn run(
         host: identity.membership.name.clone(),
         data_dir: data_dir.to_path_buf(),
         boot_id: boot_id(),
+        driver,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -89,7 +91,7 @@ pub async fn run(
                 let _ = state.send(LinkState::Backoff { error: format!("{e:#}") });
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                    () = stopped(&mut shutdown) => return Ok(()),
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -104,6 +106,7 @@ struct Dial {
     host: String,
     data_dir: PathBuf,
     boot_id: String,
+    driver: Arc<dyn herd_driver::Driver>,
 }
 
 impl Dial {
@@ -150,6 +153,8 @@ impl Dial {
         // Three missed acknowledgements: the connection is dead even if TCP has not noticed.
         let silence = interval * 3 + Duration::from_secs(5);
         let (frames_tx, mut frames) = tokio::sync::mpsc::channel(16);
+        // Replies of calls running on this host, written by this loop (one writer).
+        let (replies_tx, mut replies) = tokio::sync::mpsc::channel::<AgentMessage>(64);
         let reader = tokio::spawn(async move {
             loop {
                 let r = herd_agent_wire::read::<_, ServerMessage>(&mut rd).await;
@@ -171,14 +176,30 @@ impl Dial {
                         break Ended::Lost(e.into());
                     }
                 }
+                Some(reply) = replies.recv() => {
+                    if let Err(e) = herd_agent_wire::write(&mut wr, &reply).await {
+                        break Ended::Lost(e.into());
+                    }
+                }
                 frame = frames.recv() => match frame {
                     Some(Ok(Some(ServerMessage::Ack { .. }))) => last_ack = Instant::now(),
+                    Some(Ok(Some(ServerMessage::Call { id, call }))) => {
+                        tracing::debug!(id, op = call.op(), "a call from the server");
+                        let (driver, replies) = (self.driver.clone(), replies_tx.clone());
+                        // A call runs to its end even if the connection drops meanwhile: a
+                        // driver call cut half-way helps no one, and the server asks again
+                        // (every call is idempotent) and gets the finished state.
+                        tokio::spawn(async move {
+                            let result = crate::calls::execute(&*driver, call).await;
+                            let _ = replies.send(AgentMessage::Reply { id, result }).await;
+                        });
+                    }
                     Some(Ok(Some(ServerMessage::Refused { reason }))) => break Ended::Refused(reason),
                     Some(Ok(Some(other))) => break Ended::Lost(anyhow!("unexpected {other:?}")),
                     Some(Ok(None)) | None => break Ended::Lost(anyhow!("the server closed the connection")),
                     Some(Err(e)) => break Ended::Lost(e.into()),
                 },
-                _ = shutdown.wait_for(|s| *s) => break Ended::Shutdown,
+                () = stopped(shutdown) => break Ended::Shutdown,
             }
         };
         reader.abort();
@@ -218,6 +239,12 @@ fn certificate_refused(e: &anyhow::Error) -> Option<String> {
         }
     }
     None
+}
+
+/// Returns once `shutdown` turns true (the watch's guard is dropped inside, so the future
+/// stays `Send`).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// This boot of the host (the kernel's boot id): tells the server a reboot from a reconnect.

@@ -20,8 +20,11 @@
 //! old connection is half-dead); the older session ends at its next message.
 #![forbid(unsafe_code)]
 
+pub mod remote;
+
 use chrono::{DateTime, Utc};
-use herd_agent_wire::{AgentMessage, ServerMessage, WireError, PROTOCOL};
+use herd_agent_wire::{AgentMessage, CallError, DriverCall, DriverReply, ServerMessage, WireError, PROTOCOL};
+use herd_driver::DriverError;
 use herd_model::clock::Clock;
 use herd_model::host::{HostCapacity, HostRecord, HEARTBEAT_INTERVAL_MS};
 use herd_state::State;
@@ -30,7 +33,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// How long an agent has to say Hello after its handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,11 +47,17 @@ pub struct Liveness {
     pub boot_id: String,
 }
 
+/// Calls waiting for their reply, by id.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<DriverReply, CallError>>>>>;
+
 #[derive(Debug)]
 struct Session {
     live: Liveness,
     /// Which connection of the host this is; a newer one replaces it.
     generation: u64,
+    /// What to send the agent (acknowledgements, calls), written by the session's writer.
+    outbox: mpsc::Sender<ServerMessage>,
+    pending: Pending,
 }
 
 /// Every agent session of this server.
@@ -58,6 +67,7 @@ pub struct HostLinks {
     clock: Arc<dyn Clock>,
     sessions: Mutex<HashMap<String, Session>>,
     next_generation: std::sync::atomic::AtomicU64,
+    next_call: std::sync::atomic::AtomicU64,
 }
 
 impl HostLinks {
@@ -67,6 +77,7 @@ impl HostLinks {
             clock,
             sessions: Mutex::new(HashMap::new()),
             next_generation: std::sync::atomic::AtomicU64::new(1),
+            next_call: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -163,42 +174,71 @@ impl HostLinks {
             Err(_) => return Err(format!("host '{name}' sent no Hello within {HELLO_TIMEOUT:?}")),
         };
         self.report(&name, capacity, &version).await;
-        let now = self.clock.now();
-        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.sessions().insert(
-            name.clone(),
-            Session { live: Liveness { last_heartbeat: now, connected_since: now, peer, boot_id }, generation },
-        );
-        tracing::info!(host = %name, %peer, "agent connected");
         herd_agent_wire::write(&mut tls, &ServerMessage::Welcome { heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS })
             .await
             .map_err(|e| e.to_string())?;
-        let ended = self.live(&mut tls, &name, generation, capacity).await;
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let (outbox, mut outgoing) = mpsc::channel::<ServerMessage>(256);
+        // The writer: one task owns the write half, so calls and acknowledgements never
+        // interleave within a frame. A Refused is the last thing it writes.
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = outgoing.recv().await {
+                let last = matches!(msg, ServerMessage::Refused { .. });
+                if herd_agent_wire::write(&mut wr, &msg).await.is_err() || last {
+                    break;
+                }
+            }
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+        });
+        let pending: Pending = Default::default();
+        let now = self.clock.now();
+        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = Session {
+            live: Liveness { last_heartbeat: now, connected_since: now, peer, boot_id },
+            generation,
+            outbox: outbox.clone(),
+            pending: pending.clone(),
+        };
+        self.sessions().insert(name.clone(), session);
+        tracing::info!(host = %name, %peer, "agent connected");
+        let ended = self.live(&mut rd, &outbox, &pending, &name, generation, capacity).await;
         // Only this connection's own session goes; a newer one stays.
-        let mut sessions = self.sessions();
-        if sessions.get(&name).is_some_and(|s| s.generation == generation) {
-            sessions.remove(&name);
+        {
+            let mut sessions = self.sessions();
+            if sessions.get(&name).is_some_and(|s| s.generation == generation) {
+                sessions.remove(&name);
+            }
         }
-        drop(sessions);
+        // Calls still waiting fail now (their senders drop), not at their timeout.
+        pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        drop(outbox);
+        let _ = writer.await;
         tracing::info!(host = %name, "agent disconnected");
         ended
     }
 
-    /// Heartbeats until the connection ends, the host is deleted, or a newer connection of
-    /// the same host replaces this one.
-    async fn live(
+    /// Heartbeats and replies until the connection ends, the host is deleted, or a newer
+    /// connection of the same host replaces this one.
+    async fn live<R: tokio::io::AsyncRead + Unpin>(
         &self,
-        tls: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        rd: &mut R,
+        outbox: &mpsc::Sender<ServerMessage>,
+        pending: &Pending,
         name: &str,
         generation: u64,
         mut capacity: HostCapacity,
     ) -> Result<(), String> {
+        let refuse = |reason: String| async move {
+            tracing::warn!(%reason, "agent refused");
+            let _ = outbox.send(ServerMessage::Refused { reason: reason.clone() }).await;
+            Err::<(), String>(reason)
+        };
         loop {
-            let msg = match herd_agent_wire::read::<_, AgentMessage>(tls).await {
+            let msg = match herd_agent_wire::read::<_, AgentMessage>(rd).await {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
                 Err(WireError::Io(e)) => return Err(e.to_string()),
-                Err(e) => return Self::refuse(tls, e.to_string()).await,
+                Err(e) => return refuse(e.to_string()).await,
             };
             if self.sessions().get(name).is_none_or(|s| s.generation != generation) {
                 return Ok(()); // replaced
@@ -208,7 +248,7 @@ impl HostLinks {
                     let lookup = name.to_string();
                     let still = self.state.run(move |s| herd_state::hosts::get(s, &lookup)).await;
                     if matches!(still, Ok(None)) {
-                        return Self::refuse(tls, format!("host '{name}' was deleted from the cluster")).await;
+                        return refuse(format!("host '{name}' was deleted from the cluster")).await;
                     }
                     let now = self.clock.now();
                     if let Some(s) = self.sessions().get_mut(name) {
@@ -218,11 +258,52 @@ impl HostLinks {
                         capacity = now_has;
                         self.report(name, capacity, "").await;
                     }
-                    herd_agent_wire::write(tls, &ServerMessage::Ack { seq }).await.map_err(|e| e.to_string())?;
+                    if outbox.send(ServerMessage::Ack { seq }).await.is_err() {
+                        return Err("the connection's writer stopped".into());
+                    }
                 }
-                AgentMessage::Hello { .. } => {
-                    return Self::refuse(tls, "a second Hello on one connection".into()).await
+                AgentMessage::Reply { id, result } => {
+                    let waiting = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    match waiting {
+                        Some(tx) => {
+                            let _ = tx.send(result);
+                        }
+                        None => tracing::debug!(host = %name, id, "a reply to a call no longer waited for"),
+                    }
                 }
+                AgentMessage::Hello { .. } => return refuse("a second Hello on one connection".into()).await,
+            }
+        }
+    }
+
+    /// Sends `call` to host `host`'s agent and waits up to `timeout` for its reply. A host
+    /// that is not connected, a connection that ends, and a reply that does not come are
+    /// transient failures (the reconciler tries again); what the host's driver refused comes
+    /// back as its own error.
+    pub async fn call(&self, host: &str, call: DriverCall, timeout: Duration) -> Result<DriverReply, DriverError> {
+        let op = call.op();
+        let (outbox, pending) = match self.sessions().get(host) {
+            Some(s) => (s.outbox.clone(), s.pending.clone()),
+            None => {
+                return Err(DriverError::Failed(format!(
+                    "host {host} is not connected (its agent is not linked to this server)"
+                )))
+            }
+        };
+        let id = self.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        if outbox.send(ServerMessage::Call { id, call }).await.is_err() {
+            pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(DriverError::Failed(format!("host {host}: the link closed before {op} was sent")));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(e))) => Err(e.into_driver_error(host)),
+            Ok(Err(_)) => Err(DriverError::Failed(format!("host {host}: the link closed during {op}"))),
+            Err(_) => {
+                pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                Err(DriverError::Failed(format!("host {host}: no answer to {op} within {timeout:?}")))
             }
         }
     }

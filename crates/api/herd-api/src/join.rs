@@ -25,6 +25,8 @@ use std::net::{IpAddr, Ipv4Addr};
 #[serde(rename_all = "camelCase")]
 pub struct Joined {
     pub host: HostRecord,
+    /// The cluster's id: the agent's driver marks this cluster's instances with it.
+    pub cluster_id: String,
     #[serde(flatten)]
     pub signed: SignedAgent,
 }
@@ -69,7 +71,8 @@ pub async fn join(
     match joined {
         Ok((host, signed)) => {
             tracing::info!(host = %host.name, zone = %host.zone, "host joined");
-            Ok((StatusCode::CREATED, Json(Joined { host, signed })).into_response())
+            Ok((StatusCode::CREATED, Json(Joined { host, cluster_id: state.config.cluster_id.clone(), signed }))
+                .into_response())
         }
         Err(e) => {
             if matches!(e, ApiError::Forbidden(_)) {

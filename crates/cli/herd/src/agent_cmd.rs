@@ -5,7 +5,9 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use herd_agent::identity::Identity;
 use herd_agent::link::LinkState;
+use herd_driver::Driver;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// `herd agent --server https://SERVER:7900 --join-token T --name h2 --zone 1` (`--server` is
 /// the global option: the server to join, on first start).
@@ -95,7 +97,30 @@ pub async fn run(a: AgentArgs, server: String) -> Result<()> {
             eprintln!("{line}");
         }
     });
-    herd_agent::link::run(&identity, &a.data_dir, stop_rx, state_tx).await
+    let driver = local_driver(&a.data_dir, &identity.membership.cluster_id).await?;
+    herd_agent::link::run(&identity, &a.data_dir, driver, stop_rx, state_tx).await
+}
+
+/// This host's driver: process instances under `<data-dir>/instances`, and VMs under
+/// `<data-dir>/vms` when QEMU is installed (KVM when usable, else TCG), each instance tagged
+/// with the cluster's id, as on the server.
+async fn local_driver(data_dir: &std::path::Path, cluster_id: &str) -> Result<Arc<dyn Driver>> {
+    let tag = herd_driver::tag::driver_tag(cluster_id);
+    let processes = herd_driver_process::ProcessDriver::new(data_dir.join("instances"), tag.clone())
+        .map_err(|e| anyhow!("process driver: {e}"))?
+        .with_launcher(std::env::current_exe()?);
+    let mut qc = herd_driver_qemu::QemuConfig::new(data_dir.join("vms"), tag);
+    if !qc.qemu.exists() {
+        eprintln!(
+            "herd agent: {} is not installed: this host runs process instances only (apt-get install qemu-system-x86 for VMs)",
+            qc.qemu.display()
+        );
+        return Ok(Arc::new(processes));
+    }
+    qc.accel = herd_driver_qemu::accel::auto(&qc.qemu, data_dir).await;
+    qc.metadata_relay = Some(std::env::current_exe()?);
+    let vms = herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow!("qemu driver: {e}"))?;
+    Ok(Arc::new(herd_driver::by_image::ByImage::new(Arc::new(vms), Arc::new(processes))))
 }
 
 fn machine_hostname() -> Result<String> {

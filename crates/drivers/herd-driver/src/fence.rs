@@ -226,6 +226,9 @@ pub enum FenceRecordError {
         #[source]
         source: serde_json::Error,
     },
+    /// A host's agent could not read its fence record (its message, as the agent sent it).
+    #[error("host {host}: {message}")]
+    Remote { host: String, message: String },
 }
 
 /// Reads the fence recorded in `dir` (`None` if none is).

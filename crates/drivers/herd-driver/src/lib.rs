@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Everything a driver needs to build one instance.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything a driver needs to build one instance. Serializable: the server sends it to a
+/// host's agent (`herd-agent-wire`), over the link's TLS only; it is never logged (`custom_data`
+/// and the guest setup may be sensitive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSpec {
     pub key: InstanceKey,
     pub computer_name: String,
@@ -78,7 +80,7 @@ impl InstanceSpec {
 
 /// What a VM driver needs beyond what every driver needs. The process and sim drivers may
 /// ignore it.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GuestSetup {
     /// `ssh-ed25519 AAAA… comment` lines for the admin user.
     pub ssh_public_keys: Vec<String>,
@@ -103,7 +105,8 @@ pub struct DataDisk {
 }
 
 /// A script to run inside a running instance: how the Custom Script extension is applied.
-#[derive(Clone, PartialEq)]
+/// Serializable for the agent link only; its `Debug` redacts the command.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScriptRun {
     /// The extension's name; its files go to a directory of that name in the instance
     /// (`/var/lib/herd/extensions/<name>/` in a VM, `work/.herd/extensions/<name>/` for a
@@ -137,7 +140,7 @@ impl std::fmt::Debug for ScriptRun {
 }
 
 /// How a script run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptOutcome {
     /// The exit code; `None` when it was killed (timeout or signal).
     pub exit_code: Option<i32>,
@@ -236,7 +239,7 @@ pub enum ObservedPower {
 }
 
 /// One instance as observed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedInstance {
     pub key: InstanceKey,
     pub power: ObservedPower,
