@@ -62,6 +62,14 @@ pub struct Run {
     /// Read, write and timeout errors.
     pub other_errors: u64,
     pub non_2xx: u64,
+    /// Connection attempts the kernel dropped during the run because a listener's accept queue
+    /// was full (`TcpExtListenOverflows` of the bench's namespace: any listener, the load
+    /// balancer's or a backend's), and SYNs sent again after such a drop (`TcpExtTCPSynRetrans`):
+    /// each costs its connection a second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_overflows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_retransmits: Option<u64>,
     /// The latency histogram's samples (requests plus `wrk`'s corrections), when read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_samples: Option<u64>,
@@ -99,10 +107,27 @@ pub fn parse_wrk(out: &str) -> Result<Run> {
         connect_errors: socket("connect").unwrap_or(0),
         other_errors: ["read", "write", "timeout"].iter().filter_map(|k| socket(k)).sum(),
         non_2xx,
+        listen_overflows: None,
+        syn_retransmits: None,
         latency_samples: None,
         latency: None,
     })
 }
+
+/// `TcpExt` counters of this network namespace (`/proc/net/netstat`), by name.
+pub fn tcp_ext_counters(names: &[&str]) -> Option<Vec<u64>> {
+    parse_tcp_ext(&std::fs::read_to_string("/proc/net/netstat").ok()?, names)
+}
+
+/// The `TcpExt:` header and value lines of `/proc/net/netstat` read into `names`' values.
+pub fn parse_tcp_ext(netstat: &str, names: &[&str]) -> Option<Vec<u64>> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (head, values) = (lines.next()?, lines.next()?);
+    let pairs: Vec<(&str, &str)> = head.split_whitespace().zip(values.split_whitespace()).skip(1).collect();
+    names.iter().map(|n| pairs.iter().find(|(k, _)| k == n).and_then(|(_, v)| v.parse().ok())).collect()
+}
+
+const DROP_COUNTERS: [&str; 2] = ["ListenOverflows", "TCPSynRetrans"];
 
 /// [`parse_wrk`] plus the latency histogram of [`super::latency::SCRIPT`], if printed; the
 /// histogram's p99 must be the one `wrk` printed.
@@ -187,14 +212,20 @@ pub async fn wrk(url: &str, shape: Shape, seconds: u64, setup: &WrkSetup<'_>, lb
         cmd.arg("-s").arg(script);
     }
     let cpu_before = lb_pid.and_then(cpu_us);
+    let drops_before = tcp_ext_counters(&DROP_COUNTERS);
     let out = cmd.arg(url).output().await.map_err(|e| anyhow::anyhow!("running wrk (apt-get install wrk): {e}"))?;
     let cpu_after = lb_pid.and_then(cpu_us);
+    let drops_after = tcp_ext_counters(&DROP_COUNTERS);
     if !out.status.success() {
         bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let mut run = parse_wrk_with_histogram(&String::from_utf8_lossy(&out.stdout))?;
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
         run.cpu_us_per_request = Some(b.saturating_sub(a) as f64 / run.requests.max(1) as f64);
+    }
+    if let (Some(a), Some(b)) = (drops_before, drops_after) {
+        run.listen_overflows = Some(b[0].saturating_sub(a[0]));
+        run.syn_retransmits = Some(b[1].saturating_sub(a[1]));
     }
     Ok(run)
 }
@@ -235,6 +266,9 @@ pub struct Summary {
     pub connect_errors: u64,
     pub other_errors: u64,
     pub non_2xx: u64,
+    /// Summed over the rounds (see [`Run::listen_overflows`]).
+    pub listen_overflows: u64,
+    pub syn_retransmits: u64,
 }
 
 /// Percentiles of all rounds' latency histograms merged.
@@ -277,6 +311,8 @@ impl Summary {
             connect_errors: runs.iter().map(|r| r.connect_errors).sum(),
             other_errors: runs.iter().map(|r| r.other_errors).sum(),
             non_2xx: runs.iter().map(|r| r.non_2xx).sum(),
+            listen_overflows: runs.iter().filter_map(|r| r.listen_overflows).sum(),
+            syn_retransmits: runs.iter().filter_map(|r| r.syn_retransmits).sum(),
         }
     }
 }
@@ -362,6 +398,17 @@ Transfer/sec:      3.04MB
         assert_eq!(s.p99_ms.median, 3.28, "the rounds' own p99s");
         slow.latency = None;
         assert!(Summary::of(&[r, slow]).pooled.is_none(), "a round without its histogram: no pooled figure");
+    }
+
+    #[test]
+    fn tcp_ext_counters_are_read_by_name() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\nTcpExt: 47 369 369 12\n\
+                       IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_tcp_ext(netstat, &["ListenOverflows", "TCPSynRetrans"]), Some(vec![369, 12]));
+        assert_eq!(parse_tcp_ext(netstat, &["Nope"]), None);
+        assert_eq!(parse_tcp_ext("IpExt: a\nIpExt: 1\n", &["ListenOverflows"]), None);
+        let here = tcp_ext_counters(&DROP_COUNTERS).expect("this namespace's /proc/net/netstat");
+        assert_eq!(here.len(), 2);
     }
 
     #[test]

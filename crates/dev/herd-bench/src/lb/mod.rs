@@ -443,7 +443,8 @@ struct Load<'a> {
 
 /// The `lb-shape` lines of one placement as a table for people: per shape and side the
 /// median (and spread) of the rounds' throughput and p99, the p99 over all rounds' requests
-/// pooled, and the herd/HAProxy ratios.
+/// pooled, the herd/HAProxy ratios, and the connection attempts dropped by a full accept queue
+/// during herd's and HAProxy's rounds.
 pub fn shape_table(placement: Placement, shapes: &[serde_json::Value]) -> String {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let spread = |s: &serde_json::Value, scale: f64, digits: usize| {
@@ -469,6 +470,7 @@ pub fn shape_table(placement: Placement, shapes: &[serde_json::Value]) -> String
         "HERD P99 MS POOLED",
         "HAPROXY P99 MS POOLED",
         "RATIOS REQ/S P99 POOLED CPU",
+        "LISTEN OVERFLOWS",
     ]
     .map(String::from)];
     for s in shapes {
@@ -482,9 +484,10 @@ pub fn shape_table(placement: Placement, shapes: &[serde_json::Value]) -> String
             pooled(h),
             pooled(a),
             [&s["rpsRatio"], &s["p99Ratio"], &s["p99PooledRatio"], &s["cpuPerRequestRatio"]].map(ratio).join(" "),
+            [h, a].map(|side| side["listenOverflows"].as_u64().map_or("-".into(), |n| n.to_string())).join("/"),
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..9).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = format!("herd bench lb, {placement} backends: median (lowest-highest) of the rounds; pooled: over all rounds' requests\n");
     for r in &rows {
         let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
@@ -571,7 +574,7 @@ mod tests {
     fn the_table_shows_each_shapes_rounds_and_pooled_p99_with_the_ratios() {
         let side = |rps: f64, p99: f64, pooled: Option<f64>| {
             let mut v = json!({"rps": {"median": rps, "min": rps - 1000.0, "max": rps + 1000.0},
-                "p99Ms": {"median": p99, "min": p99 / 2.0, "max": p99 * 4.0}});
+                "p99Ms": {"median": p99, "min": p99 / 2.0, "max": p99 * 4.0}, "listenOverflows": (p99 as u64) % 100});
             if let Some(p) = pooled {
                 v["pooled"] = json!({"p99Ms": p});
             }
@@ -588,10 +591,11 @@ mod tests {
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[0].contains("loopback backends"));
         assert!(lines[1].starts_with("SHAPE") && lines[1].contains("HERD P99 MS POOLED"));
-        for cell in ["56.5 (55.5-57.5)", "137.00 (68.50-548.00)", "301.50", "312.25", "1.30 4.63 0.97 0.76"] {
+        for cell in ["56.5 (55.5-57.5)", "137.00 (68.50-548.00)", "301.50", "312.25", "1.30 4.63 0.97 0.76", "37/29"] {
             assert!(lines[2].contains(cell), "{cell} in {}", lines[2]);
         }
         assert!(lines[3].contains("1.03 0.99 - 0.97"), "no histograms: no pooled figure: {}", lines[3]);
+        assert!(lines[2].ends_with("37/29") && lines[3].ends_with("7/8"), "{t}");
         assert_eq!(lines[2].find("56.5"), lines[3].find("14.7"), "aligned:\n{t}");
     }
 
