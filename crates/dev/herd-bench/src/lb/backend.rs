@@ -14,8 +14,9 @@ const REPLY_CLOSE: &[u8] =
 /// connection, so at 1,000 connections each backend gets hundreds of connects in a burst while
 /// its CPU is shared with `wrk`: with the default backlog of 128 the accept queue overflowed,
 /// the kernel dropped SYNs (`TcpExtListenOverflows`), and each such connection's first
-/// request waited for the SYN's retransmission, a second later. That, not either load balancer,
-/// made the slow rounds at 1,000 connections (docs/benchmarks.md).
+/// request waited for the SYN's retransmission, a second later, which `wrk`'s correction for
+/// coordinated omission turns into dozens of slow samples: herd's slow rounds at 1,000
+/// connections (docs/benchmarks.md, session 14).
 pub const BACKLOG: u32 = 65_535;
 
 /// Answers every request with a short 200. Keeps the connection open unless the request says
