@@ -177,7 +177,10 @@ pub struct LbOptions {
     pub default_drain_timeout: Duration,
     /// Copy buffer per direction per connection.
     pub buffer_size: usize,
-    /// `listen(2)` backlog of frontend sockets.
+    /// `listen(2)` backlog of frontend sockets (the kernel caps it at `net.core.somaxconn`).
+    /// Large by default: clients that open many connections at once (10,000 in `herd bench
+    /// lb`) must not find the accept queue full, or the kernel drops their SYNs and each such
+    /// connection waits a second for the retransmission.
     pub listen_backlog: u32,
     /// Data-plane threads (each with its own listener per frontend); `None`: one per CPU
     /// this process may run on.
@@ -191,7 +194,7 @@ impl Default for LbOptions {
             max_connect_attempts: 3,
             default_drain_timeout: Duration::from_secs(30),
             buffer_size: 16 * 1024,
-            listen_backlog: 1024,
+            listen_backlog: 65_535,
             threads: None,
         }
     }

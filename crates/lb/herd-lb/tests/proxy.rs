@@ -722,3 +722,21 @@ async fn a_route_connects_from_its_source_and_admits_clients_by_the_backends_rul
     assert_eq!((web.rejected_denied_total, web.connections_total), (1, 2), "{web:?}");
     assert_eq!(web.rejected_connect_failed_total, 0);
 }
+
+#[tokio::test]
+async fn a_frontend_listens_with_a_backlog_for_thousands_of_simultaneous_connects() {
+    let t = 18;
+    let _server = server("a", backend_ip(t, 1)).await;
+    let lb = LoadBalancer::new();
+    lb.apply(config(vec![rule(t, vec![Backend::new("a", backend_ip(t, 1))])])).await.unwrap();
+    assert_eq!(request(frontend(t)).await.unwrap(), "a");
+    // `ss -ltn` shows a listener's backlog as its Send-Q; one listener per data-plane thread.
+    let filter = format!("src {} and sport = :{FRONT_PORT}", frontend(t).ip());
+    let out = std::process::Command::new("ss").args(["-ltnH", &filter]).output().expect("ss (iproute2)");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let backlogs: Vec<u32> = out.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse().ok()).collect();
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    let expected = somaxconn.min(herd_lb::LbOptions::default().listen_backlog);
+    assert!(!backlogs.is_empty() && backlogs.iter().all(|&b| b == expected), "{backlogs:?} in {out}");
+    assert!(expected > 1024 || somaxconn <= 1024, "the kernel's cap {somaxconn}, herd's {expected}");
+}

@@ -7,11 +7,15 @@
 //!   and a set of two TCG VMs of the test guest (`images/testguest`) on its subnet: each NIC
 //!   is a TAP on the subnet's bridge, with herd's anti-spoofing and NSG tables in nftables, the
 //!   address from herd's dnsmasq;
-//! - **the peer**: what a person would set up by hand in the same namespace, a bridge with two
-//!   TAPs (`ip link add type bridge`, `ip tuntap add`) and two QEMUs with the same kernel,
-//!   initrd, command line, vCPUs, memory, TCG and virtio-net on a `tap` netdev (the same
-//!   netdev and device options herd's driver gives QEMU); their addresses are set through the
-//!   guest agent, as there is no DHCP server on a hand-made bridge.
+//! - **the peer**: a bridge with two TAPs made by hand in the same namespace (`ip link add type
+//!   bridge`, `ip tuntap add`: no nftables, no dnsmasq), and two QEMUs started with **herd's
+//!   exact QEMU argv**, read from `/proc/<pid>/cmdline` of herd's two running VMs, with only
+//!   what must differ changed ([`peer_argv`]): the instance directory's paths (its own OS disk,
+//!   seed, console, log and pid file), the sockets, the TAP name, the MAC and the `-name`
+//!   marker (so herd's driver never takes a peer for one of its VMs). So a difference between
+//!   the pairs is the network herd builds or herd's process, not a QEMU option. The peers'
+//!   addresses are set through the guest agent, as there is no DHCP server on a hand-made
+//!   bridge.
 //!
 //! **The transfer.** The test guest has busybox and no iperf3, and a program of ours would have
 //! to be carried into the initramfs, so the transfer is busybox's own `nc` and `dd`, the same in
@@ -31,7 +35,7 @@
 use super::{nic_on, put_vnet, Interrupt, Leftovers};
 use crate::lb::isolate;
 use crate::lb::load::Spread;
-use crate::qemu::{chardev_path, hand_qemu_args, marker_key, qemu_processes, Guest, KillQemus, QGA_CHARDEV};
+use crate::qemu::{chardev_path, marker_key, qemu_processes, Guest, KillQemus, QGA_CHARDEV};
 use crate::{Driver, Launch, ServerSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use herd_client::set_path;
@@ -203,10 +207,110 @@ struct Vm {
     ip: String,
 }
 
+/// A peer's QEMU argv made from herd's: what changed, for the printed line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerArgv {
+    pub argv: Vec<String>,
+    /// The arguments that differ from herd's, as `(herd's, the peer's)`.
+    pub changed: Vec<(String, String)>,
+}
+
+/// Where the value of `key=` lies in a QEMU option string (`a=1,key=value,b=2`), commas
+/// doubled inside values being part of them.
+fn option_span(opts: &str, key: &str) -> Option<(usize, usize)> {
+    let pattern = format!("{key}=");
+    let (at, _) = opts.match_indices(&pattern).find(|&(i, _)| i == 0 || opts[..i].ends_with(','))?;
+    let start = at + pattern.len();
+    let b = opts.as_bytes();
+    let mut end = start;
+    while end < b.len() {
+        if b[end] == b',' {
+            if b.get(end + 1) == Some(&b',') {
+                end += 2;
+                continue;
+            }
+            break;
+        }
+        end += 1;
+    }
+    Some((start, end))
+}
+
+/// The value of `key=` in a QEMU option string.
+fn option_value<'a>(opts: &'a str, key: &str) -> Option<&'a str> {
+    option_span(opts, key).map(|(s, e)| &opts[s..e])
+}
+
+/// `opts` with the value of `key=` replaced by `value` (which must hold no comma).
+fn with_option(opts: &str, key: &str, value: &str) -> Option<String> {
+    let (s, e) = option_span(opts, key)?;
+    Some(format!("{}{value}{}", &opts[..s], &opts[e..]))
+}
+
+/// A peer's QEMU argv from `herd` (the argv of one of herd's VMs, without the program): the
+/// same arguments in the same order, with only these changed, and nothing of herd's VM left
+/// in it (else an error):
+/// - every path in herd's instance directory (the directory of `-pidfile`) moved to `dir`;
+/// - each `socket` chardev's path to `dir/<its file name>` (herd may put sockets elsewhere
+///   when its directory is too long for a socket address);
+/// - the `tap` netdev's `ifname=` to `tap`, the `virtio-net-pci` device's `mac=` to `mac`;
+/// - `-name herd:<tag>:<instance>` (herd's driver's marker) to `-name name`.
+pub fn peer_argv(herd: &[String], dir: &Path, tap: &str, mac: &str, name: &str) -> Result<PeerArgv> {
+    let after = |flag: &str| herd.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str());
+    let pidfile = after("-pidfile").ok_or_else(|| anyhow!("herd's QEMU argv has no -pidfile: {herd:?}"))?;
+    let herd_dir = Path::new(pidfile).parent().map(|d| d.display().to_string()).unwrap_or_default();
+    if herd_dir.len() < 2 || herd_dir.contains(',') {
+        bail!("herd's instance directory {herd_dir:?} (from -pidfile) is not usable here");
+    }
+    let peer_dir = dir.display().to_string();
+    if peer_dir.contains(',') {
+        bail!("the peer's directory {peer_dir:?} holds a comma");
+    }
+    let old_tap = herd
+        .windows(2)
+        .find(|w| w[0] == "-netdev" && w[1].starts_with("tap,"))
+        .and_then(|w| option_value(&w[1], "ifname"))
+        .ok_or_else(|| anyhow!("herd's QEMU has no tap netdev with an ifname: {herd:?}"))?
+        .to_string();
+    let mut out = Vec::with_capacity(herd.len());
+    let mut changed = Vec::new();
+    for (i, a) in herd.iter().enumerate() {
+        let flag = if i > 0 { herd[i - 1].as_str() } else { "" };
+        let new = match flag {
+            "-name" => name.to_string(),
+            "-netdev" if a.starts_with("tap,") => {
+                with_option(a, "ifname", tap).ok_or_else(|| anyhow!("cannot set ifname in {a}"))?
+            }
+            "-device" if a.starts_with("virtio-net-pci,") => {
+                with_option(a, "mac", mac).ok_or_else(|| anyhow!("herd's NIC has no mac: {a}"))?
+            }
+            "-chardev" if a.starts_with("socket,") => {
+                let path = option_value(a, "path").ok_or_else(|| anyhow!("a socket chardev without a path: {a}"))?;
+                let file = Path::new(path).file_name().ok_or_else(|| anyhow!("socket path {path}"))?;
+                with_option(a, "path", &dir.join(file).display().to_string())
+                    .ok_or_else(|| anyhow!("cannot set the path in {a}"))?
+            }
+            _ => a.replace(&format!("{herd_dir}/"), &format!("{peer_dir}/")),
+        };
+        if new != *a {
+            changed.push((a.clone(), new.clone()));
+        }
+        out.push(new);
+    }
+    let marker = crate::qemu::marker_key(herd);
+    if let Some(left) = out.iter().find(|a| {
+        a.contains(&herd_dir) || option_value(a, "ifname") == Some(old_tap.as_str()) || a.starts_with("herd:")
+    }) {
+        bail!("the peer's QEMU argv still names herd's VM ({marker:?}): {left}");
+    }
+    Ok(PeerArgv { argv: out, changed })
+}
+
 async fn measure(launch: &dyn Launch, o: &Options, intr: &Interrupt) -> Result<()> {
     let guest = Guest::find(&o.testguest)?;
     let skus = SkuTable::default();
-    let (sku, size) = skus.resolve("--sku", &o.sku).map_err(|e| anyhow!("{}", e.message))?;
+    let (sku, _) = skus.resolve("--sku", &o.sku).map_err(|e| anyhow!("{}", e.message))?;
     let tmp = tempfile::Builder::new().prefix("herd-bench-vn-").tempdir()?;
     let root = tmp.path().canonicalize()?;
     let _kill = KillQemus(root.display().to_string());
@@ -232,8 +336,9 @@ async fn measure(launch: &dyn Launch, o: &Options, intr: &Interrupt) -> Result<(
         .guard(async {
             let c = server.client()?;
             eprintln!("vm-net: starting herd's two VMs ({sku}) and the two hand-run ones");
-            let herd = herd_pair(&c, &guest, sku, &data).await?;
-            let (peer, _children) = peer_pair(&guest, &size, &root).await?;
+            let (herd, argvs): (Vec<Vm>, Vec<Vec<String>>) =
+                herd_pair(&c, &guest, sku, &data).await?.into_iter().unzip();
+            let peer = peer_pair(&argvs, &root).await?;
             for vm in herd.iter().chain(&peer) {
                 Qga::wait_ready(&vm.qga, BOOT).await.map_err(|e| anyhow!("the agent of the VM at {}: {e}", vm.ip))?;
             }
@@ -283,8 +388,9 @@ async fn measure(launch: &dyn Launch, o: &Options, intr: &Interrupt) -> Result<(
     result
 }
 
-/// herd's set of two VMs on a bridged subnet, converged; returns them in instance order.
-async fn herd_pair(c: &herd_client::Client, guest: &Guest, sku: &str, data: &Path) -> Result<Vec<Vm>> {
+/// herd's set of two VMs on a bridged subnet, converged; returns them in instance order, each
+/// with its QEMU's argv (without the program).
+async fn herd_pair(c: &herd_client::Client, guest: &Guest, sku: &str, data: &Path) -> Result<Vec<(Vm, Vec<String>)>> {
     c.put(&format!("/v1/resourceGroups/{GROUP}"), &json!({})).await?;
     c.put(
         &format!("/v1/images/{IMAGE_URN}"),
@@ -321,57 +427,97 @@ async fn herd_pair(c: &herd_client::Client, guest: &Guest, sku: &str, data: &Pat
             .map(|(_, a)| a)
             .ok_or_else(|| anyhow!("no QEMU process for {key}"))?;
         let qga = chardev_path(argv, QGA_CHARDEV).ok_or_else(|| anyhow!("no agent socket in {key}'s QEMU"))?;
-        vms.push(Vm { qga, ip: ip.to_string() });
+        vms.push((Vm { qga, ip: ip.to_string() }, argv.iter().skip(1).cloned().collect()));
     }
     Ok(vms)
 }
 
-/// The peer: a bridge and two TAPs made by hand, two QEMUs on them. The children are killed
-/// when dropped.
-async fn peer_pair(
-    guest: &Guest,
-    size: &herd_model::sku::SkuSize,
-    root: &Path,
-) -> Result<(Vec<Vm>, Vec<tokio::process::Child>)> {
+/// The peer: a bridge and two TAPs made by hand, and two QEMUs on them started with herd's
+/// VMs' argv ([`peer_argv`]; `herd_argvs` in instance order), each in its own directory under
+/// `root` with an OS disk like herd's VM's and its own seed. Like herd's, they daemonize; they
+/// are killed with every QEMU naming `root` ([`KillQemus`]).
+async fn peer_pair(herd_argvs: &[Vec<String>], root: &Path) -> Result<Vec<Vm>> {
     isolate::run("ip", &["link", "add", PEER_BRIDGE, "type", "bridge"])?;
     isolate::run("ip", &["addr", "add", PEER_GATEWAY, "dev", PEER_BRIDGE])?;
     isolate::run("ip", &["link", "set", PEER_BRIDGE, "up"])?;
     let mut vms = Vec::new();
-    let mut children = Vec::new();
-    for (i, ip) in PEER_IPS.iter().enumerate() {
+    for (i, (ip, herd)) in PEER_IPS.iter().zip(herd_argvs).enumerate() {
         let tap = format!("peertap{i}");
         isolate::run("ip", &["tuntap", "add", "dev", &tap, "mode", "tap"])?;
         isolate::run("ip", &["link", "set", &tap, "master", PEER_BRIDGE, "up"])?;
         let dir = root.join(format!("peer{i}"));
         std::fs::create_dir_all(&dir)?;
         let host = format!("peer{i}");
-        let files = SeedFiles {
-            meta_data: seed::meta_data(&host, &host),
-            user_data: seed::user_data(&UserDataInput {
-                admin_username: "bench",
-                password_hash: None,
-                ssh_keys: &[],
-                custom_data: None,
-                hostname: &host,
-            }),
-            network_config: None,
-        };
-        seed::write_seed(&dir.join("seed.img"), &files)?;
-        let netdev = format!("tap,id=net0,ifname={tap},script=no,downscript=no");
-        let nic = format!("virtio-net-pci,netdev=net0,mac=52:54:00:be:00:0{i}");
-        let args = hand_qemu_args(guest, size, &dir, &netdev, &nic);
-        let child = tokio::process::Command::new(herd_driver_qemu::DEFAULT_QEMU)
-            .args(&args)
+        let peer = peer_argv(herd, &dir, &tap, &format!("52:54:00:be:00:0{i}"), &format!("herd-bench-{host}"))?;
+        prepare_disks(herd, &peer.argv, &host)?;
+        println!("{}", json!({"bench": "vm-net-peer", "peer": i, "argv": peer.argv, "changedFromHerds": peer.changed}));
+        let out = tokio::process::Command::new(herd_driver_qemu::DEFAULT_QEMU)
+            .args(&peer.argv)
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.err"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the hand-run QEMU")?;
-        children.push(child);
-        vms.push(Vm { qga: dir.join("qga.sock"), ip: ip.to_string() });
+            .output()
+            .await
+            .context("starting the peer's QEMU")?;
+        if !out.status.success() {
+            bail!("the peer's QEMU (herd's argv) did not start: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let qga = chardev_path(&peer.argv, QGA_CHARDEV).ok_or_else(|| anyhow!("no agent socket in the peer's argv"))?;
+        vms.push(Vm { qga, ip: ip.to_string() });
     }
-    Ok((vms, children))
+    Ok(vms)
+}
+
+/// The peer's disks, at the paths its argv names: for each qcow2 `-drive` one like herd's
+/// (same backing file or, without one, the same virtual size, empty), and for the `seed`
+/// drive a NoCloud seed of its own (hostname `host`, no network config: the address is set
+/// through the agent).
+fn prepare_disks(herd: &[String], peer: &[String], host: &str) -> Result<()> {
+    let drives = |argv: &[String]| -> Vec<String> {
+        argv.windows(2).filter(|w| w[0] == "-drive").map(|w| w[1].clone()).collect()
+    };
+    for (h, p) in drives(herd).iter().zip(drives(peer)) {
+        let (Some(from), Some(to)) = (option_value(h, "file"), option_value(&p, "file")) else {
+            bail!("a -drive without file=: {h}")
+        };
+        let to = PathBuf::from(to.replace(",,", ","));
+        if option_value(&p, "id") == Some("seed") {
+            let files = SeedFiles {
+                meta_data: seed::meta_data(host, host),
+                user_data: seed::user_data(&UserDataInput {
+                    admin_username: "bench",
+                    password_hash: None,
+                    ssh_keys: &[],
+                    custom_data: None,
+                    hostname: host,
+                }),
+                network_config: None,
+            };
+            seed::write_seed(&to, &files)?;
+        } else if option_value(&p, "format") == Some("qcow2") {
+            let from = from.replace(",,", ",");
+            let info = std::process::Command::new("qemu-img")
+                .args(["info", "-U", "--output", "json", &from])
+                .output()
+                .context("running qemu-img (apt-get install qemu-utils)")?;
+            if !info.status.success() {
+                bail!("qemu-img info {from}: {}", String::from_utf8_lossy(&info.stderr).trim());
+            }
+            let v: serde_json::Value = serde_json::from_slice(&info.stdout)?;
+            let to = to.display().to_string();
+            let mut args = vec!["create".to_string(), "-q".into(), "-f".into(), "qcow2".into()];
+            match (v["full-backing-filename"].as_str(), v["backing-filename-format"].as_str()) {
+                (Some(b), Some(f)) => args.extend(["-b".into(), b.into(), "-F".into(), f.into(), to]),
+                _ => {
+                    let size = v["virtual-size"].as_u64().ok_or_else(|| anyhow!("no virtual-size for {from}: {v}"))?;
+                    args.extend([to, size.to_string()]);
+                }
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            isolate::run("qemu-img", &args)?;
+        } else {
+            bail!("the peer cannot make a disk like herd's {h}");
+        }
+    }
+    Ok(())
 }
 
 /// The peers' addresses, through their agents: no DHCP server on the hand-made bridge, so
@@ -491,6 +637,125 @@ mod tests {
         assert_eq!(blocks_for(1, &Transfer { guest_seconds: 100.0, ..cal }), CALIBRATION_BLOCKS, "at least 128 MiB");
         assert_eq!(Side::order(1), [Side::Herd, Side::Peer]);
         assert_eq!(Side::order(2), [Side::Peer, Side::Herd]);
+    }
+
+    /// An argv as herd's driver builds it for a bridged kernel-image VM (the shape of
+    /// `herd_driver_qemu`'s command line), with the QMP socket moved out of a long directory.
+    fn herds_argv() -> Vec<String> {
+        let d = "/tmp/b/data/vms/bench/vmnet/0";
+        [
+            "-name",
+            "herd:00ff00ff00ff00ff:bench/vmnet/0",
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg,thread=multi",
+            "-smp",
+            "1",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-daemonize",
+            "-pidfile",
+            &format!("{d}/qemu.pid"),
+            "-D",
+            &format!("{d}/qemu.log"),
+            "-d",
+            "plugin",
+            "-chardev",
+            &format!("file,id=serial0,path={d}/console.log,append=on"),
+            "-serial",
+            "chardev:serial0",
+            "-chardev",
+            "socket,id=qmp0,path=/run/herd/s/0a1b-qmp.sock,server=on,wait=off",
+            "-mon",
+            "chardev=qmp0,mode=control",
+            "-device",
+            "virtio-serial-pci,id=vser0",
+            "-chardev",
+            &format!("socket,id=qga0,path={d}/qga.sock,server=on,wait=off"),
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+            "-drive",
+            &format!("file={d}/os.qcow2,if=none,id=os,format=qcow2"),
+            "-device",
+            "virtio-blk-pci,drive=os",
+            "-drive",
+            &format!("file={d}/seed.img,if=none,id=seed,format=raw,readonly=on"),
+            "-device",
+            "virtio-blk-pci,drive=seed",
+            "-netdev",
+            "tap,id=net0,ifname=ht0123456789ab,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=net0,mac=02:aa:bb:cc:dd:ee",
+            "-device",
+            "virtio-rng-pci",
+            "-kernel",
+            "/tmp/b/data/images/tg/vmlinuz",
+            "-initrd",
+            "/tmp/b/data/images/tg/initrd.img",
+            "-append",
+            "console=ttyS0 quiet",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn the_peer_runs_herds_argv_with_only_paths_sockets_tap_mac_and_name_changed() {
+        let herd = herds_argv();
+        let p =
+            peer_argv(&herd, Path::new("/tmp/b/peer0"), "peertap0", "52:54:00:be:00:00", "herd-bench-peer0").unwrap();
+        assert_eq!(p.argv.len(), herd.len(), "the same arguments in the same order");
+        let value =
+            |flag: &str| -> Vec<&str> { p.argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect() };
+        assert_eq!(value("-name"), ["herd-bench-peer0"]);
+        assert_eq!(value("-pidfile"), ["/tmp/b/peer0/qemu.pid"]);
+        assert_eq!(value("-netdev"), ["tap,id=net0,ifname=peertap0,script=no,downscript=no"]);
+        assert!(value("-device").contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:be:00:00"));
+        let chardevs = value("-chardev");
+        assert_eq!(chardevs[0], "file,id=serial0,path=/tmp/b/peer0/console.log,append=on");
+        assert_eq!(chardevs[1], "socket,id=qmp0,path=/tmp/b/peer0/0a1b-qmp.sock,server=on,wait=off");
+        assert_eq!(chardev_path(&p.argv, QGA_CHARDEV), Some(PathBuf::from("/tmp/b/peer0/qga.sock")));
+        assert_eq!(value("-drive")[0], "file=/tmp/b/peer0/os.qcow2,if=none,id=os,format=qcow2");
+        // Everything else is herd's, untouched: TCG, sizes, devices, kernel, initrd, command line.
+        let same: Vec<&String> = herd.iter().zip(&p.argv).filter(|(h, q)| h == q).map(|(h, _)| h).collect();
+        assert_eq!(same.len(), herd.len() - 10, "changed: {:#?}", p.changed);
+        assert_eq!(
+            p.changed.len(),
+            10,
+            "name, pid file, log, console, 2 sockets, 2 drives, TAP, MAC: {:#?}",
+            p.changed
+        );
+        for kept in ["-daemonize", "plugin", "tcg,thread=multi", "/tmp/b/data/images/tg/vmlinuz", "console=ttyS0 quiet"]
+        {
+            assert!(p.argv.iter().any(|a| a == kept), "{kept}");
+        }
+        assert!(marker_key(&p.argv).is_none(), "herd's driver cannot take it for its own");
+
+        let no_tap: Vec<String> =
+            herd.iter().map(|a| if a.starts_with("tap,") { "user,id=net0".to_string() } else { a.clone() }).collect();
+        let e = peer_argv(&no_tap, Path::new("/p"), "t", "m", "n").unwrap_err().to_string();
+        assert!(e.contains("no tap netdev"), "{e}");
+        let no_pid: Vec<String> =
+            herd.iter().filter(|a| !a.ends_with("qemu.pid") && *a != "-pidfile").cloned().collect();
+        assert!(peer_argv(&no_pid, Path::new("/p"), "t", "m", "n").unwrap_err().to_string().contains("-pidfile"));
+    }
+
+    #[test]
+    fn qemu_option_values_are_read_and_replaced_with_doubled_commas_inside() {
+        let o = "file=/a,,b/os.qcow2,if=none,id=os,format=qcow2";
+        assert_eq!(option_value(o, "file"), Some("/a,,b/os.qcow2"));
+        assert_eq!(option_value(o, "format"), Some("qcow2"));
+        assert_eq!(option_value(o, "f"), None, "whole keys only");
+        assert_eq!(option_value("if=none,f=1", "f"), Some("1"));
+        assert_eq!(option_value("virtio-net-pci,netdev=net0,mac=x", "net"), None);
+        assert_eq!(with_option(o, "id", "seed").unwrap(), "file=/a,,b/os.qcow2,if=none,id=seed,format=qcow2");
+        assert_eq!(with_option("tap,id=net0,ifname=a", "ifname", "b").unwrap(), "tap,id=net0,ifname=b");
+        assert_eq!(with_option("tap,id=net0", "ifname", "b"), None);
     }
 
     #[test]

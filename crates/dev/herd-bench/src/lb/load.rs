@@ -1,7 +1,9 @@
 //! The load side of `herd bench lb`: the connection shapes, one `wrk` run per shape and load
-//! balancer, what `wrk` reports (throughput, p99, every kind of error), and the median and
-//! spread over the rounds.
+//! balancer, what `wrk` reports (throughput, p99, every kind of error, and with
+//! [`super::latency::SCRIPT`] its whole latency histogram), and over the rounds the median and
+//! spread of each figure and the percentiles of all rounds' latencies pooled.
 
+use super::latency::{p99_agrees, Histogram};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
@@ -60,6 +62,20 @@ pub struct Run {
     /// Read, write and timeout errors.
     pub other_errors: u64,
     pub non_2xx: u64,
+    /// Connection attempts the kernel dropped during the run because a listener's accept queue
+    /// was full (`TcpExtListenOverflows` of the bench's namespace: any listener, the load
+    /// balancer's or a backend's), and SYNs sent again after such a drop (`TcpExtTCPSynRetrans`):
+    /// each costs its connection a second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_overflows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_retransmits: Option<u64>,
+    /// The latency histogram's samples (requests plus `wrk`'s corrections), when read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_samples: Option<u64>,
+    /// The whole latency histogram, when `wrk` ran with [`super::latency::SCRIPT`].
+    #[serde(skip)]
+    pub latency: Option<Histogram>,
 }
 
 impl Run {
@@ -91,7 +107,45 @@ pub fn parse_wrk(out: &str) -> Result<Run> {
         connect_errors: socket("connect").unwrap_or(0),
         other_errors: ["read", "write", "timeout"].iter().filter_map(|k| socket(k)).sum(),
         non_2xx,
+        listen_overflows: None,
+        syn_retransmits: None,
+        latency_samples: None,
+        latency: None,
     })
+}
+
+/// `TcpExt` counters of this network namespace (`/proc/net/netstat`), by name.
+pub fn tcp_ext_counters(names: &[&str]) -> Option<Vec<u64>> {
+    parse_tcp_ext(&std::fs::read_to_string("/proc/net/netstat").ok()?, names)
+}
+
+/// The `TcpExt:` header and value lines of `/proc/net/netstat` read into `names`' values.
+pub fn parse_tcp_ext(netstat: &str, names: &[&str]) -> Option<Vec<u64>> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (head, values) = (lines.next()?, lines.next()?);
+    let pairs: Vec<(&str, &str)> = head.split_whitespace().zip(values.split_whitespace()).skip(1).collect();
+    names.iter().map(|n| pairs.iter().find(|(k, _)| k == n).and_then(|(_, v)| v.parse().ok())).collect()
+}
+
+const DROP_COUNTERS: [&str; 2] = ["ListenOverflows", "TCPSynRetrans"];
+
+/// [`parse_wrk`] plus the latency histogram of [`super::latency::SCRIPT`], if printed; the
+/// histogram's p99 must be the one `wrk` printed.
+pub fn parse_wrk_with_histogram(out: &str) -> Result<Run> {
+    let mut run = parse_wrk(out)?;
+    if let Some(h) = Histogram::from_wrk(out)? {
+        if h.count() > 0 && !p99_agrees(&h, run.p99_ms) {
+            bail!(
+                "wrk's latency histogram gives p99 {} ms where wrk printed {} ms: not the histogram wrk's \
+                 percentiles come from (this bench reads wrk 4.x's stats layout)",
+                h.percentile_ms(99.0).unwrap_or(f64::NAN),
+                run.p99_ms
+            );
+        }
+        run.latency_samples = Some(h.count());
+        run.latency = Some(h);
+    }
+    Ok(run)
 }
 
 fn latency_ms(v: &str) -> Result<f64> {
@@ -119,17 +173,23 @@ pub fn cpu_us(pid: u32) -> Option<u64> {
 /// `sysconf(_SC_CLK_TCK)`, which Linux fixes at 100 for user space.
 const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
-/// Runs `wrk` against `url` in `shape` for `seconds`, with `threads` threads, pinned to
-/// `cpus` (a `taskset` list) when given, behind `prefix` (a command that runs the rest, e.g.
-/// [`super::budget::Budget::wrk_prefix`]; empty for none); `lb_pid` is the load balancer under
-/// test, whose CPU time per request is recorded.
-pub async fn wrk(
-    url: &str,
-    shape: Shape,
-    seconds: u64,
-    (threads, cpus, prefix): (u32, Option<&str>, &[String]),
-    lb_pid: Option<u32>,
-) -> Result<Run> {
+/// How `wrk` runs, the same for every run of a bench.
+#[derive(Debug, Clone, Copy)]
+pub struct WrkSetup<'a> {
+    pub threads: u32,
+    /// The CPUs it is pinned to (a `taskset` list), if any.
+    pub cpus: Option<&'a str>,
+    /// A command that runs the rest (e.g. [`super::budget::Budget::wrk_prefix`]); empty for none.
+    pub prefix: &'a [String],
+    /// [`super::latency::SCRIPT`] written to a file ([`super::latency::write_script`]), so that
+    /// each run also gives its whole latency histogram.
+    pub histogram_script: Option<&'a std::path::Path>,
+}
+
+/// Runs `wrk` against `url` in `shape` for `seconds`, as `setup` says; `lb_pid` is the load
+/// balancer under test, whose CPU time per request is recorded.
+pub async fn wrk(url: &str, shape: Shape, seconds: u64, setup: &WrkSetup<'_>, lb_pid: Option<u32>) -> Result<Run> {
+    let WrkSetup { threads, cpus, prefix, histogram_script } = *setup;
     let mut cmd = match prefix.split_first() {
         Some((program, args)) => {
             let mut c = tokio::process::Command::new(program);
@@ -148,15 +208,24 @@ pub async fn wrk(
     if !shape.keep_alive {
         cmd.args(["-H", "Connection: close"]);
     }
+    if let Some(script) = histogram_script {
+        cmd.arg("-s").arg(script);
+    }
     let cpu_before = lb_pid.and_then(cpu_us);
+    let drops_before = tcp_ext_counters(&DROP_COUNTERS);
     let out = cmd.arg(url).output().await.map_err(|e| anyhow::anyhow!("running wrk (apt-get install wrk): {e}"))?;
     let cpu_after = lb_pid.and_then(cpu_us);
+    let drops_after = tcp_ext_counters(&DROP_COUNTERS);
     if !out.status.success() {
         bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let mut run = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+    let mut run = parse_wrk_with_histogram(&String::from_utf8_lossy(&out.stdout))?;
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
         run.cpu_us_per_request = Some(b.saturating_sub(a) as f64 / run.requests.max(1) as f64);
+    }
+    if let (Some(a), Some(b)) = (drops_before, drops_after) {
+        run.listen_overflows = Some(b[0].saturating_sub(a[0]));
+        run.syn_retransmits = Some(b[1].saturating_sub(a[1]));
     }
     Ok(run)
 }
@@ -187,22 +256,63 @@ impl Spread {
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub rps: Spread,
+    /// The median and spread of the rounds' own p99s.
     pub p99_ms: Spread,
+    /// Percentiles of every round's latencies pooled (every request of every round, as one
+    /// distribution); only when every round gave its histogram.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooled: Option<Pooled>,
     pub cpu_us_per_request: Spread,
     pub connect_errors: u64,
     pub other_errors: u64,
     pub non_2xx: u64,
+    /// Summed over the rounds (see [`Run::listen_overflows`]).
+    pub listen_overflows: u64,
+    pub syn_retransmits: u64,
+}
+
+/// Percentiles of all rounds' latency histograms merged.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pooled {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// Samples pooled: the rounds' requests plus `wrk`'s corrections for coordinated omission.
+    pub samples: u64,
+}
+
+impl Pooled {
+    pub fn of(h: &Histogram) -> Option<Pooled> {
+        Some(Pooled {
+            p50_ms: h.percentile_ms(50.0)?,
+            p99_ms: h.percentile_ms(99.0)?,
+            p999_ms: h.percentile_ms(99.9)?,
+            samples: h.count(),
+        })
+    }
 }
 
 impl Summary {
     pub fn of(runs: &[Run]) -> Summary {
+        let pooled = runs
+            .iter()
+            .map(|r| r.latency.as_ref())
+            .try_fold(Histogram::default(), |mut all, h| {
+                all.merge(h?);
+                Some(all)
+            })
+            .and_then(|all| Pooled::of(&all));
         Summary {
             rps: Spread::of(runs.iter().map(|r| r.rps)),
             p99_ms: Spread::of(runs.iter().map(|r| r.p99_ms)),
+            pooled,
             cpu_us_per_request: Spread::of(runs.iter().filter_map(|r| r.cpu_us_per_request)),
             connect_errors: runs.iter().map(|r| r.connect_errors).sum(),
             other_errors: runs.iter().map(|r| r.other_errors).sum(),
             non_2xx: runs.iter().map(|r| r.non_2xx).sum(),
+            listen_overflows: runs.iter().filter_map(|r| r.listen_overflows).sum(),
+            syn_retransmits: runs.iter().filter_map(|r| r.syn_retransmits).sum(),
         }
     }
 }
@@ -262,6 +372,43 @@ Transfer/sec:      3.04MB
         for bad in ["", "0", "x", "64:keep", "40000"] {
             assert!(bad.parse::<Shape>().unwrap_err().contains("CONNECTIONS:close"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_runs_histogram_must_give_the_p99_wrk_printed_and_rounds_pool_only_whole() {
+        // WRK's p99 is 3.28 ms: 100 samples, the 99th-ranked at 3,280 µs.
+        let hist = |p99_us: u64| format!("herd-latency-histogram 100\n700 90\n1000 8\n{p99_us} 1\n9000 1\n");
+        let r = parse_wrk_with_histogram(&format!("{WRK}{}", hist(3280))).unwrap();
+        assert_eq!(r.latency_samples, Some(100));
+        let e = parse_wrk_with_histogram(&format!("{WRK}{}", hist(3300))).unwrap_err().to_string();
+        assert!(e.contains("where wrk printed 3.28 ms"), "{e}");
+        assert!(parse_wrk_with_histogram(WRK).unwrap().latency.is_none(), "no script, no histogram");
+
+        let mut slow = parse_wrk_with_histogram(&format!("{WRK}{}", hist(3280))).unwrap();
+        slow.latency = Some({
+            let mut h = Histogram::default();
+            h.add(500_000, 100);
+            h
+        });
+        let s = Summary::of(&[r.clone(), r.clone(), slow.clone()]);
+        let pooled = s.pooled.unwrap();
+        assert_eq!(pooled.samples, 300);
+        assert_eq!(pooled.p99_ms, 500.0, "a third of the samples took 500 ms");
+        assert_eq!(pooled.p50_ms, 0.7);
+        assert_eq!(s.p99_ms.median, 3.28, "the rounds' own p99s");
+        slow.latency = None;
+        assert!(Summary::of(&[r, slow]).pooled.is_none(), "a round without its histogram: no pooled figure");
+    }
+
+    #[test]
+    fn tcp_ext_counters_are_read_by_name() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\nTcpExt: 47 369 369 12\n\
+                       IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_tcp_ext(netstat, &["ListenOverflows", "TCPSynRetrans"]), Some(vec![369, 12]));
+        assert_eq!(parse_tcp_ext(netstat, &["Nope"]), None);
+        assert_eq!(parse_tcp_ext("IpExt: a\nIpExt: 1\n", &["ListenOverflows"]), None);
+        let here = tcp_ext_counters(&DROP_COUNTERS).expect("this namespace's /proc/net/netstat");
+        assert_eq!(here.len(), 2);
     }
 
     #[test]

@@ -13,11 +13,16 @@
 //! - [`budget`]: the same CPU budget for each load balancer (`--lb-cpu`), so that it is the
 //!   bottleneck;
 //! - [`load`]: the shapes, `wrk` and the median and spread of the rounds;
+//! - [`latency`]: `wrk`'s latency histograms, pooled over the rounds (p99 over all requests);
 //! - [`backend`]: the backends' minimal HTTP server.
+//!
+//! Output: one JSON line per round, per shape (`lb-shape`) and per placement (`lb-summary`) on
+//! stdout, and a table of the shapes on stderr at the end of each placement.
 
 pub mod backend;
 pub mod budget;
 pub mod isolate;
+pub mod latency;
 pub mod load;
 
 pub use backend::backend;
@@ -27,7 +32,7 @@ use crate::provision::{model, wait_converged};
 use crate::{Bench, Driver, Launch};
 use anyhow::{bail, Result};
 use herd_client::set_path;
-use load::{Run, Shape, Summary};
+use load::{Run, Shape, Summary, WrkSetup};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -291,6 +296,7 @@ async fn placement_rounds(
             "openFiles": open_files, "maxConnections": max_connections, "backends": addrs.len()})
     );
     let wrk_threads = load_cpus.map_or(2, |l| l.split(',').count() as u32);
+    let script = latency::write_script(b.dir.path())?;
     let mut shapes = Vec::new();
     for &requested in &o.shapes {
         let shape = Shape { connections: requested.connections.min(max_connections), ..requested };
@@ -301,21 +307,28 @@ async fn placement_rounds(
             );
         }
         let pids = (std::process::id(), haproxy.id());
-        let load = Load { threads: wrk_threads, cpus: load_cpus, budget, placement };
+        let load = Load { threads: wrk_threads, cpus: load_cpus, budget, placement, script: &script };
         let (h, a) = ab_rounds([&herd_url, &haproxy_url], pids, shape, o, &load).await?;
+        let pooled_ratio = match (h.pooled, a.pooled) {
+            (Some(h), Some(a)) => Some(h.p99_ms / a.p99_ms.max(1e-9)),
+            _ => None,
+        };
         let line = json!({"bench": "lb-shape", "placement": placement, "shape": requested.to_string(), "connections": shape.connections,
             "keepAlive": shape.keep_alive, "rounds": o.rounds, "seconds": o.duration, "lbCpuBudget": budget.and(o.lb_cpu),
             "herd": h, "haproxy": a,
             "rpsRatio": h.rps.median / a.rps.median.max(1e-9), "p99Ratio": h.p99_ms.median / a.p99_ms.median.max(1e-9),
+            "p99PooledRatio": pooled_ratio,
             "cpuPerRequestRatio": h.cpu_us_per_request.median / a.cpu_us_per_request.median.max(1e-9)});
         println!("{line}");
         shapes.push(line);
     }
+    eprint!("{}", shape_table(placement, &shapes));
     let propagation_ms = rule_propagation_ms(c, lbp, &ip).await?;
     println!(
         "{}",
         json!({"bench": "lb-summary", "placement": placement, "shapes": shapes.iter().map(|s| json!({"shape": s["shape"],
-            "rpsRatio": s["rpsRatio"], "p99Ratio": s["p99Ratio"], "cpuPerRequestRatio": s["cpuPerRequestRatio"]}))
+            "rpsRatio": s["rpsRatio"], "p99Ratio": s["p99Ratio"], "p99PooledRatio": s["p99PooledRatio"],
+            "cpuPerRequestRatio": s["cpuPerRequestRatio"]}))
             .collect::<Vec<_>>(),
         "failureDetectionSeconds": 1.0, "probeIntervalSeconds": 1, "probeThreshold": 1,
         "changeToDataPlaneMs": propagation_ms})
@@ -418,13 +431,70 @@ fn start_haproxy(
         .map_err(|e| anyhow::anyhow!("starting haproxy (apt-get install haproxy): {e}"))
 }
 
-/// How `wrk` runs: its threads, the CPUs it is pinned to, and the budget it must leave; and
-/// where the backends sit (for the printed lines).
+/// How `wrk` runs: its threads, the CPUs it is pinned to, the budget it must leave and the
+/// histogram script; and where the backends sit (for the printed lines).
 struct Load<'a> {
     threads: u32,
     cpus: Option<&'a str>,
     budget: Option<&'a budget::Budget>,
     placement: Placement,
+    script: &'a std::path::Path,
+}
+
+/// The `lb-shape` lines of one placement as a table for people: per shape and side the
+/// median (and spread) of the rounds' throughput and p99, the p99 over all rounds' requests
+/// pooled, the herd/HAProxy ratios, and the connection attempts dropped by a full accept queue
+/// during herd's and HAProxy's rounds.
+pub fn shape_table(placement: Placement, shapes: &[serde_json::Value]) -> String {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let spread = |s: &serde_json::Value, scale: f64, digits: usize| {
+        format!(
+            "{:.d$} ({:.d$}-{:.d$})",
+            f(&s["median"]) / scale,
+            f(&s["min"]) / scale,
+            f(&s["max"]) / scale,
+            d = digits
+        )
+    };
+    let pooled = |side: &serde_json::Value| match side["pooled"]["p99Ms"].as_f64() {
+        Some(v) => format!("{v:.2}"),
+        None => "-".into(),
+    };
+    let ratio = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |r| format!("{r:.2}"));
+    let mut rows = vec![[
+        "SHAPE",
+        "HERD KREQ/S",
+        "HAPROXY KREQ/S",
+        "HERD P99 MS (ROUNDS)",
+        "HAPROXY P99 MS (ROUNDS)",
+        "HERD P99 MS POOLED",
+        "HAPROXY P99 MS POOLED",
+        "RATIOS REQ/S P99 POOLED CPU",
+        "LISTEN OVERFLOWS",
+    ]
+    .map(String::from)];
+    for s in shapes {
+        let (h, a) = (&s["herd"], &s["haproxy"]);
+        rows.push([
+            s["shape"].as_str().unwrap_or("?").to_string(),
+            spread(&h["rps"], 1000.0, 1),
+            spread(&a["rps"], 1000.0, 1),
+            spread(&h["p99Ms"], 1.0, 2),
+            spread(&a["p99Ms"], 1.0, 2),
+            pooled(h),
+            pooled(a),
+            [&s["rpsRatio"], &s["p99Ratio"], &s["p99PooledRatio"], &s["cpuPerRequestRatio"]].map(ratio).join(" "),
+            [h, a].map(|side| side["listenOverflows"].as_u64().map_or("-".into(), |n| n.to_string())).join("/"),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = format!("herd bench lb, {placement} backends: median (lowest-highest) of the rounds; pooled: over all rounds' requests\n");
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `o.rounds` A/B rounds of `wrk` in `shape` (herd, then HAProxy: `urls` and the `pids` of
@@ -439,9 +509,10 @@ async fn ab_rounds(
     let mut herd_runs: Vec<Run> = Vec::new();
     let mut ha_runs: Vec<Run> = Vec::new();
     let prefix = l.budget.map(budget::Budget::wrk_prefix).unwrap_or_default();
+    let setup = WrkSetup { threads: l.threads, cpus: l.cpus, prefix: &prefix, histogram_script: Some(l.script) };
     for round in 1..=o.rounds {
-        let h = load::wrk(herd_url, shape, o.duration, (l.threads, l.cpus, &prefix), Some(herd_pid)).await?;
-        let a = load::wrk(haproxy_url, shape, o.duration, (l.threads, l.cpus, &prefix), haproxy_pid).await?;
+        let h = load::wrk(herd_url, shape, o.duration, &setup, Some(herd_pid)).await?;
+        let a = load::wrk(haproxy_url, shape, o.duration, &setup, haproxy_pid).await?;
         println!(
             "{}",
             json!({"bench": "lb", "placement": l.placement, "shape": shape.to_string(), "round": round, "herd": h, "haproxy": a})
@@ -497,6 +568,35 @@ mod tests {
         assert_eq!(v["meetsGoal"], true, "2.5 % apart");
         assert_eq!(placement_comparison(0.80, 0.74)["meetsGoal"], false, "7.5 % below");
         assert_eq!(placement_comparison(0.80, 0.86)["meetsGoal"], false, "7.5 % above");
+    }
+
+    #[test]
+    fn the_table_shows_each_shapes_rounds_and_pooled_p99_with_the_ratios() {
+        let side = |rps: f64, p99: f64, pooled: Option<f64>| {
+            let mut v = json!({"rps": {"median": rps, "min": rps - 1000.0, "max": rps + 1000.0},
+                "p99Ms": {"median": p99, "min": p99 / 2.0, "max": p99 * 4.0}, "listenOverflows": (p99 as u64) % 100});
+            if let Some(p) = pooled {
+                v["pooled"] = json!({"p99Ms": p});
+            }
+            v
+        };
+        let shapes = [
+            json!({"shape": "1000", "herd": side(56_500.0, 137.0, Some(301.5)), "haproxy": side(43_300.0, 29.6, Some(312.25)),
+                "rpsRatio": 1.3048, "p99Ratio": 4.628, "p99PooledRatio": 0.9656, "cpuPerRequestRatio": 0.76}),
+            json!({"shape": "64:close", "herd": side(14_700.0, 7.97, None), "haproxy": side(14_200.0, 8.04, None),
+                "rpsRatio": 1.034, "p99Ratio": 0.991, "p99PooledRatio": null, "cpuPerRequestRatio": 0.97}),
+        ];
+        let t = shape_table(Placement::Loopback, &shapes);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].contains("loopback backends"));
+        assert!(lines[1].starts_with("SHAPE") && lines[1].contains("HERD P99 MS POOLED"));
+        for cell in ["56.5 (55.5-57.5)", "137.00 (68.50-548.00)", "301.50", "312.25", "1.30 4.63 0.97 0.76", "37/29"] {
+            assert!(lines[2].contains(cell), "{cell} in {}", lines[2]);
+        }
+        assert!(lines[3].contains("1.03 0.99 - 0.97"), "no histograms: no pooled figure: {}", lines[3]);
+        assert!(lines[2].ends_with("37/29") && lines[3].ends_with("7/8"), "{t}");
+        assert_eq!(lines[2].find("56.5"), lines[3].find("14.7"), "aligned:\n{t}");
     }
 
     #[test]
