@@ -21,6 +21,9 @@
 #![forbid(unsafe_code)]
 
 pub mod remote;
+pub mod router;
+
+pub use router::HostRouter;
 
 use chrono::{DateTime, Utc};
 use herd_agent_wire::{AgentMessage, CallError, DriverCall, DriverReply, ServerMessage, WireError, PROTOCOL};
@@ -63,7 +66,7 @@ struct Session {
 /// Every agent session of this server.
 #[derive(Debug)]
 pub struct HostLinks {
-    state: State,
+    pub(crate) state: State,
     clock: Arc<dyn Clock>,
     sessions: Mutex<HashMap<String, Session>>,
     next_generation: std::sync::atomic::AtomicU64,
@@ -83,6 +86,13 @@ impl HostLinks {
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hosts linked now, by name.
+    pub fn linked(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.sessions().keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Host `name`'s session now, if connected since this server started.

@@ -8,7 +8,7 @@
 
 use crate::{
     error::{ApiError, ErrorBody},
-    state::{ApiConfig, AppState},
+    state::AppState,
 };
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -116,6 +116,7 @@ fn specs(records: &[HostRecord]) -> Vec<herd_model::spot::HostSpec> {
             vcpus: h.capacity.vcpus,
             memory_mib: h.capacity.memory_mib,
             overcommit: 1.0,
+            schedulable: true,
         })
         .collect()
 }
@@ -229,6 +230,7 @@ pub async fn delete(
 
 /// The hosts' room for a scale-out under this server's hosts and SKUs (see
 /// [`placement::HostRoom`]).
-pub(crate) fn room(config: &ApiConfig) -> HostRoom<'_> {
-    HostRoom { hosts: &config.hosts, skus: &config.skus }
+pub(crate) fn room(state: &AppState) -> HostRoom<'_> {
+    let joined = state.joined.as_ref().map(|j| (j, state.clock.now()));
+    HostRoom { hosts: &state.config.hosts, skus: &state.config.skus, joined }
 }

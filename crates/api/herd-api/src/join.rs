@@ -55,6 +55,12 @@ pub async fn join(
     if let Some(limited) = crate::auth::limited(&state, from) {
         return Ok(limited);
     }
+    if state.config.hosts.iter().any(|h| h.name.eq_ignore_ascii_case(&req.name)) {
+        return Err(ApiError::Conflict(format!(
+            "host name '{}' is taken: a [[hosts]] entry of the server's config has it; choose another --name",
+            req.name
+        )));
+    }
     let tls = state.tls.clone();
     let now = state.clock.now();
     let name = req.name.clone();

@@ -73,7 +73,7 @@ pub(crate) fn commit_replacing(
     message: String,
     actor: herd_model::activity::Actor,
 ) -> Result<Object<StoredScaleSet>, ApiError> {
-    let room = room(&state.config);
+    let room = room(state);
     let ctx = Ctx { sealer: &state.sealer, room: &room, now: state.clock.now() };
     let change = ModelChange { model, secrets, replaced, operation, message, actor };
     let saved = herd_state::scale_sets::commit_model(&*state.store, ctx, cur, change)?;
@@ -150,7 +150,7 @@ fn put_once(
             if headers.get(axum::http::header::IF_MATCH).is_some() {
                 return Err(ApiError::PreconditionFailed(format!("scale set '{name}' does not exist")));
             }
-            let room = room(&state.config);
+            let room = room(state);
             let ctx = Ctx { sealer: &state.sealer, room: &room, now: state.clock.now() };
             let obj = herd_state::scale_sets::create_scale_set(&*state.store, ctx, group, name, model, &secrets)?;
             state.wake();

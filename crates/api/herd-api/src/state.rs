@@ -84,6 +84,9 @@ pub struct AppState {
     pub heartbeats: Arc<dyn herd_model::host::Heartbeats>,
     /// How long a host may miss heartbeats before it shows NotReady.
     pub host_grace: chrono::Duration,
+    /// Placement on joined hosts, when this server takes agents (the reconciler's same view):
+    /// scale-outs are checked against these hosts too.
+    pub joined: Option<herd_model::host::JoinedHosts>,
 }
 
 /// A view of the server's controller status board. The API shows it and does not know the

@@ -69,6 +69,13 @@ impl Drop for Agent {
     }
 }
 
+/// How many instance directories the agent's process driver holds for rg/web.
+fn instance_dirs(agent_dir: &Path) -> usize {
+    std::fs::read_dir(agent_dir.join("instances/rg/web"))
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().parse::<u64>().is_ok()).count())
+        .unwrap_or(0)
+}
+
 fn token(s: &Server, extra: &[&str]) -> String {
     let mut args = vec!["host", "join-token", "create"];
     args.extend(extra);
@@ -210,4 +217,81 @@ fn a_token_of_another_cluster_and_a_certificate_of_another_ca_are_refused() {
     assert!(a.json(&["host", "list"]).as_array().unwrap().is_empty());
     // Plain API clients are not asked for a certificate: the CLI still works against A.
     a.ok(&["group", "list"]);
+}
+
+#[test]
+fn instances_placed_on_a_joined_host_run_under_its_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    // This machine serves zone 1 only, so a set in zone 2 can only go to the joined host.
+    let config =
+        "[agents]\nhost_grace_secs = 5\n\n[[hosts]]\nname = \"local\"\nzone = \"1\"\nvcpus = 2\nmemory_mib = 4096\n";
+    let s = Server::start("process", &dir.path().join("server"), Some(config));
+    let reusable = token(&s, &[]);
+    // A name of a declared host (here "local", which is reserved anyway) is refused.
+    let mut named_local =
+        Agent::start(&["--server", &s.url, "--join-token", &reusable, "--name", "local"], &dir.path().join("l"));
+    let (code, log) = named_local.exited("an agent named 'local' to be refused");
+    assert_ne!(code, 0);
+    assert!(log.contains("host name 'local' is taken: a [[hosts]] entry"), "{log}");
+    let h_dir = dir.path().join("h2");
+    let _agent = Agent::start(&["--server", &s.url, "--join-token", &reusable, "--name", "h2", "--zone", "2"], &h_dir);
+    wait_state(&s, "h2", "Ready", Duration::from_secs(60));
+
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
+    s.group_with_image("rg", "Herd:Sample:1:1.0.0", &sample);
+    s.ok(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:Sample:1:1.0.0",
+        "--instance-count",
+        "2",
+        "--zones",
+        "2",
+        "--no-wait",
+    ]);
+    let running = wait_observing("both instances running on h2", Duration::from_secs(120), || {
+        let list = s.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+        let all = list.as_array().unwrap();
+        let ok = all.len() == 2
+            && all
+                .iter()
+                .all(|i| i["host"] == "h2" && i["powerState"] == "running" && i["provisioningState"] == "Succeeded");
+        if ok {
+            Ok(list.clone())
+        } else {
+            let hosts: Vec<String> = all.iter().map(|i| i["host"].to_string()).collect();
+            Err(format!("{} (hosts {hosts:?})", common::instances_summary(&list)))
+        }
+    });
+    // They run from the agent's data dir, not the server's.
+    let on_agent = instance_dirs(&h_dir);
+    assert!(on_agent >= 2, "the agent's instances dir has {on_agent} entries; {running}");
+    assert_eq!(joined(&s, "h2").unwrap()["instances"], 2);
+    // A host that runs instances is not deleted without --force.
+    let e = s.err(&["host", "delete", "h2"]);
+    assert!(e.contains("still runs 2 instance(s)"), "{e}");
+    // Cordoned, it takes no new instance: a scale-out that only it could take is refused up
+    // front, naming why, and nothing changes.
+    s.ok(&["host", "cordon", "h2"]);
+    let e = s.err(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "3", "--no-wait"]);
+    assert!(e.contains("no declared host serves zone 2") && e.contains("cordoned"), "{e}");
+    assert_eq!(common::counted_instances(&s, &["-g", "rg", "-n", "web"]).len(), 2);
+    // Uncordoned, the third instance goes there too.
+    s.ok(&["host", "uncordon", "h2"]);
+    s.ok(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "3", "--no-wait"]);
+    wait_for("a third instance running on h2", Duration::from_secs(120), || {
+        let all = common::counted_instances(&s, &["-g", "rg", "-n", "web"]);
+        (all.len() == 3 && all.iter().all(|i| i["host"] == "h2" && i["powerState"] == "running")).then_some(())
+    });
+    assert_eq!(instance_dirs(&h_dir), 3);
+    // Deleted, the set's instances are destroyed on the host, through its agent.
+    s.ok(&["vmss", "delete", "-g", "rg", "-n", "web"]);
+    wait_for("the agent's instances to be gone", Duration::from_secs(120), || {
+        (instance_dirs(&h_dir) == 0).then_some(())
+    });
 }

@@ -120,6 +120,7 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
                 vcpus: (want as f64 / overcommit).ceil() as u32,
                 memory_mib: used[hi].1 + 4096,
                 overcommit,
+                schedulable: true,
             }
         })
         .collect();

@@ -335,13 +335,15 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    /// Hosts that may take an instance of `zone`, in name order.
+    /// Hosts that may take a new instance of `zone`, in name order: not cordoned
+    /// (`schedulable`), and serving the zone.
     pub fn eligible(&mut self, zone: Option<&str>) -> Vec<usize> {
         let key = zone.map(str::to_string);
         if let Some(v) = self.eligible_cache.get(&key) {
             return v.clone();
         }
         let v: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].spec.schedulable)
             .filter(|&i| match (zone, self.hosts[i].spec.zone.as_deref()) {
                 (None, _) | (_, None) => true,
                 (Some(z), Some(hz)) => z == hz,

@@ -196,7 +196,7 @@ impl fmt::Display for Shortfall {
             return match &self.zone {
                 Some(z) => write!(
                     f,
-                    "no declared host serves zone {z} (a host serves its own zone, or every zone when it has none)"
+                    "no declared host serves zone {z} (a host serves its own zone, or every zone when it has none; a cordoned host takes no new instance)"
                 ),
                 None => write!(f, "no hosts are declared"),
             };

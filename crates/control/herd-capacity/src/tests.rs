@@ -15,7 +15,7 @@ fn key(set: &str, id: u64) -> InstanceKey {
 }
 
 fn host(name: &str, zone: Option<&str>, vcpus: u32, memory_mib: u64) -> HostSpec {
-    HostSpec { name: name.into(), zone: zone.map(Into::into), vcpus, memory_mib, overcommit: 1.0 }
+    HostSpec { name: name.into(), zone: zone.map(Into::into), vcpus, memory_mib, overcommit: 1.0, schedulable: true }
 }
 
 fn holder(set: &str, id: u64, on: Option<&str>, tier: Tier, size: (u32, u64), age: i64) -> Holder {
@@ -170,10 +170,10 @@ fn zones_bound_both_placement_and_eviction() {
 
 #[test]
 fn overcommit_multiplies_vcpus_only() {
-    let h = HostSpec { name: "h1".into(), zone: None, vcpus: 4, memory_mib: 8192, overcommit: 1.5 };
+    let h = HostSpec { name: "h1".into(), zone: None, vcpus: 4, memory_mib: 8192, overcommit: 1.5, schedulable: true };
     assert_eq!(vcpu_capacity(&h), 6);
     for (vcpus, oc, cap) in [(10, 0.7, 7), (3, 1.1, 3), (8, 2.0, 16), (4, f64::NAN, 4), (4, -1.0, 4)] {
-        let h = HostSpec { name: "x".into(), zone: None, vcpus, memory_mib: 1, overcommit: oc };
+        let h = HostSpec { name: "x".into(), zone: None, vcpus, memory_mib: 1, overcommit: oc, schedulable: true };
         assert_eq!(vcpu_capacity(&h), cap, "{vcpus} x {oc}");
     }
     let requests: Vec<Request> = (0..7).map(|i| req("r", i, Tier::Regular, (1, 1024), None)).collect();
@@ -387,7 +387,14 @@ fn legacy_holders_are_placed_first_and_never_refused() {
 
 #[test]
 fn usage_reports_each_host() {
-    let hosts = [HostSpec { name: "h1".into(), zone: Some("1".into()), vcpus: 4, memory_mib: 8192, overcommit: 2.0 }];
+    let hosts = [HostSpec {
+        name: "h1".into(),
+        zone: Some("1".into()),
+        vcpus: 4,
+        memory_mib: 8192,
+        overcommit: 2.0,
+        schedulable: true,
+    }];
     let mut holders =
         vec![reg("web", 0, "h1", (2, 2048), 0), spot("s", 0, "h1", (1, 1024), 0), spot("s", 1, "h1", (1, 1024), 0)];
     holders[2].preempting = true;
@@ -534,4 +541,24 @@ fn overprovisioned_extras_never_evict_spot_across_hosts() {
     assert!(d.preempt.is_empty());
     // An extra never makes the API refuse a scale-out.
     assert!(check_regular_room(&hosts, &holders, &[extra("web", 50, (64, 1024), None)]).is_ok());
+}
+
+/// A cordoned host (`schedulable: false`) keeps counting what it holds, but takes nothing new:
+/// not a placement, not a Spot eviction for room, not an adopted legacy holder.
+#[test]
+fn a_cordoned_host_counts_its_holders_and_takes_nothing_new() {
+    let cordoned = HostSpec { schedulable: false, ..host("h1", None, 8, 65536) };
+    let hosts = [cordoned, host("h2", None, 2, 65536)];
+    let mut holders = vec![reg("web", 0, "h1", (1, 1024), 0), spot("cheap", 0, "h1", (1, 1024), 5)];
+    holders.push(holder("web", 1, None, Tier::Regular, (1, 1024), 1));
+    let requests = [req("web", 2, Tier::Regular, (1, 1024), None), req("web", 3, Tier::Regular, (1, 1024), None)];
+    let d = arbitrate(&hosts, &holders, &requests, &no_price);
+    // The legacy holder is adopted on h2, leaving h2 room for one of the two requests; the
+    // other is refused rather than placed on, or evicting the Spot instance of, the cordoned h1.
+    assert_eq!(d.adopted.iter().map(|p| p.host.as_str()).collect::<Vec<_>>(), ["h2"]);
+    assert_eq!(placed(&d), [("rg/web/2".into(), "h2".into())]);
+    assert!(d.preempt.is_empty(), "no eviction on a cordoned host: {:?}", d.preempt);
+    assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
+    let usage = crate::usage(&hosts, &holders);
+    assert_eq!(usage[0].regular_instances, 1, "h1's own holders still count: {usage:?}");
 }

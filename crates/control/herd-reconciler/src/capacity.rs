@@ -70,9 +70,13 @@ pub struct SetSteps<'a> {
 pub use herd_state::placement::{holder, max_price, request, size_of, tier_of};
 
 /// Arbitrates the pass's instance-starting steps across all sets and rewrites them.
+///
+/// `unplaced_on`: the host that instances with no host recorded run on (the server's own
+/// machine once hosts have joined), so they are counted there and never "adopted" elsewhere.
 pub fn arbitrate(
     parts: &mut [SetSteps<'_>],
     hosts: &[HostSpec],
+    unplaced_on: Option<&str>,
     skus: &SkuTable,
     price: &SpotPrice,
     now: DateTime<Utc>,
@@ -92,7 +96,12 @@ pub fn arbitrate(
         let key = |id: InstanceId| InstanceKey { group: set.group.clone(), set: set.name.clone(), id };
         for r in &p.records {
             owner.insert(key(r.instance_id), pi);
-            holders.extend(holder(set, r, skus, unlimited));
+            holders.extend(holder(set, r, skus, unlimited).map(|mut h| {
+                if let (None, Some(local)) = (&h.host, unplaced_on) {
+                    h.host = Some(local.to_string());
+                }
+                h
+            }));
         }
         let zone_of = |id: InstanceId| p.records.iter().find(|r| r.instance_id == id).and_then(|r| r.zone.clone());
         for step in p.steps.iter() {

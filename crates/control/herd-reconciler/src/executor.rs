@@ -31,6 +31,7 @@ mod spec;
 
 pub use crate::draft::{host_local_address, Ipam};
 pub use config::{FaultPoint, Faults, ReconcileError, ReconcilerConfig};
+pub use herd_model::host::JoinedHosts;
 
 use crate::concerns::{Concern, ConcernBoard, PassConcerns};
 use crate::draft::SetDraft;
@@ -282,14 +283,16 @@ impl Reconciler {
         let mut orphans = self.ready_orphans(now, unrecorded, concerns).await;
 
         let answered = self.driver.guest_agents_answered();
-        let (images, lbs) = self
+        let with_joined = self.config.joined.is_some();
+        let (images, lbs, joined) = self
             .state
             .run(move |s| {
                 let mut images = s.images()?;
                 if intents::record_guest_agents(s, now, &images, &answered)? {
                     images = s.images()?;
                 }
-                Ok((images.into_iter().map(|o| o.value).collect::<Vec<_>>(), s.load_balancers()?))
+                let joined = if with_joined { herd_state::hosts::list(s)? } else { Vec::new() };
+                Ok((images.into_iter().map(|o| o.value).collect::<Vec<_>>(), s.load_balancers()?, joined))
             })
             .await?;
         let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
@@ -318,7 +321,7 @@ impl Reconciler {
         strays.took += t.elapsed();
         strays.steps += orphans.len() - before;
         removed?;
-        self.arbitrate_capacity(&mut works, now, concerns);
+        self.arbitrate_capacity(&mut works, &joined, now, concerns);
         for w in &works {
             concerns.count(&w.steps);
         }
@@ -375,8 +378,20 @@ impl Reconciler {
     }
 
     /// The capacity concern: placement on hosts, Spot evictions and restores, across sets.
-    fn arbitrate_capacity(&self, works: &mut [SetDraft<'_>], now: DateTime<Utc>, concerns: &mut PassConcerns) {
+    fn arbitrate_capacity(
+        &self,
+        works: &mut [SetDraft<'_>],
+        joined: &[herd_model::host::HostRecord],
+        now: DateTime<Utc>,
+        concerns: &mut PassConcerns,
+    ) {
         let t = std::time::Instant::now();
+        // With hosts joined, the declared hosts (or this machine) and the joined ones heard from.
+        let with_joined = self.config.joined.as_ref().and_then(|j| j.hosts(&self.config.hosts, joined, now));
+        let (hosts, unplaced_on) = match &with_joined {
+            Some((hosts, local)) => (hosts.as_slice(), Some(local.as_str())),
+            None => (self.config.hosts.as_slice(), None),
+        };
         {
             let mut parts: Vec<crate::capacity::SetSteps<'_>> = works
                 .iter_mut()
@@ -387,7 +402,7 @@ impl Reconciler {
                     note: w.status.capacity_note.as_ref().map(|n| (n.message.clone(), n.waiting)),
                 })
                 .collect();
-            crate::capacity::arbitrate(&mut parts, &self.config.hosts, &self.config.skus, &self.config.spot_price, now);
+            crate::capacity::arbitrate(&mut parts, hosts, unplaced_on, &self.config.skus, &self.config.spot_price, now);
         }
         let run = concerns.run(Concern::Capacity);
         run.took += t.elapsed();

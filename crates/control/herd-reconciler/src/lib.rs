@@ -43,7 +43,7 @@ pub mod testkit;
 
 pub use concerns::{Concern, ConcernBoard};
 pub use controller::register;
-pub use executor::{FaultPoint, Faults, PassReport, ReconcileError, Reconciler, ReconcilerConfig};
+pub use executor::{FaultPoint, Faults, JoinedHosts, PassReport, ReconcileError, Reconciler, ReconcilerConfig};
 pub use extensions::ExtensionConfig;
 
 pub use plan::{plan, Limits, Plan, SetInput, Step};

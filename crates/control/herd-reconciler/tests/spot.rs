@@ -32,7 +32,14 @@ fn env() -> Env {
     let price = Arc::new(Mutex::new(0.01));
     let p = price.clone();
     let config = ReconcilerConfig {
-        hosts: vec![HostSpec { name: "h1".into(), zone: None, vcpus: 8, memory_mib: 16384, overcommit: 1.0 }],
+        hosts: vec![HostSpec {
+            name: "h1".into(),
+            zone: None,
+            vcpus: 8,
+            memory_mib: 16384,
+            overcommit: 1.0,
+            schedulable: true,
+        }],
         spot_price: SpotPrice(Arc::new(move |_, _| Some(*p.lock().unwrap()))),
         ..Default::default()
     };

@@ -163,8 +163,82 @@ pub fn check_join(req: &JoinRequest) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Names no host may take: they are the API's own paths under `/v1/hosts/`.
-pub const RESERVED_NAMES: &[&str] = &["joinTokens"];
+/// Names no host may take: the API's own paths under `/v1/hosts/`, and [`LOCAL_HOST`].
+pub const RESERVED_NAMES: &[&str] = &["joinTokens", LOCAL_HOST];
+
+/// The server's own machine as a placement host, once hosts have joined: the qemu driver's
+/// detected host has this name, and instances with no host recorded run here.
+pub const LOCAL_HOST: &str = "local";
+
+/// What placement needs to know of joined hosts besides their records: who is heard from (the
+/// agent link's heartbeats), how long a host may be silent, and the server's own machine as a
+/// host beside them.
+#[derive(Clone)]
+pub struct JoinedHosts {
+    pub heartbeats: std::sync::Arc<dyn Heartbeats>,
+    pub grace: chrono::Duration,
+    /// The server's own machine (named [`LOCAL_HOST`]), used when no hosts
+    /// are declared: once a host has joined, placement is no longer unlimited, and instances
+    /// with no host recorded are counted here, where they run.
+    pub local: crate::spot::HostSpec,
+}
+
+impl std::fmt::Debug for JoinedHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinedHosts").field("grace", &self.grace).field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+impl JoinedHosts {
+    /// The hosts placement uses this pass: the declared ones (else the server's own machine)
+    /// and the joined ones heard from, and the host that instances with none recorded are on.
+    /// `None` while no host has joined: placement stays exactly as without agents.
+    pub fn hosts(
+        &self,
+        declared: &[crate::spot::HostSpec],
+        records: &[HostRecord],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<(Vec<crate::spot::HostSpec>, String)> {
+        if records.is_empty() {
+            return None;
+        }
+        let mut hosts = if declared.is_empty() { vec![self.local.clone()] } else { declared.to_vec() };
+        let unplaced = hosts[0].name.clone();
+        hosts.extend(placement_hosts(records, &*self.heartbeats, now, self.grace));
+        Some((hosts, unplaced))
+    }
+}
+
+/// vCPU overcommit of a joined host, as for the server's own detected machine.
+pub const JOINED_OVERCOMMIT: f64 = 16.0;
+
+/// Memory kept back on a joined host for the host itself.
+pub const JOINED_RESERVED_MIB: u64 = 512;
+
+/// The hosts new instances may be placed on, from the joined `records`: every host heard from
+/// within `grace` (a silent host takes nothing new, and what it holds is not counted until it
+/// is heard again), a cordoned one as not schedulable. Capacity is what its agent reports.
+pub fn placement_hosts(
+    records: &[HostRecord],
+    heartbeats: &dyn Heartbeats,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> Vec<crate::spot::HostSpec> {
+    records
+        .iter()
+        .filter_map(|h| {
+            let state = HostState::of(h.scheduling, heartbeats.last_heartbeat(&h.name), now, grace);
+            (state != HostState::NotReady).then(|| crate::spot::HostSpec {
+                name: h.name.clone(),
+                zone: Some(h.zone.clone()),
+                vcpus: h.capacity.vcpus,
+                memory_mib: h.capacity.memory_mib.saturating_sub(JOINED_RESERVED_MIB),
+                overcommit: JOINED_OVERCOMMIT,
+                schedulable: state == HostState::Ready,
+            })
+        })
+        .collect()
+}
 
 /// A zone or fault-domain label: 1–64 of letters, digits, `-_.`.
 pub fn check_label(field: &str, s: &str) -> Result<(), FieldError> {
@@ -212,5 +286,9 @@ mod tests {
         assert_eq!(check_join(&req("h_2", "1", None)).unwrap_err().field, "name");
         assert_eq!(check_join(&req("h2", "", None)).unwrap_err().field, "zone");
         assert_eq!(check_join(&req("h2", "1", Some("rack a"))).unwrap_err().field, "faultDomain");
+        for reserved in ["local", "LOCAL", "joinTokens"] {
+            let e = check_join(&req(reserved, "1", None)).unwrap_err();
+            assert!(e.field == "name" && e.message.contains("is reserved"), "{e}");
+        }
     }
 }

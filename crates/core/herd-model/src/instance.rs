@@ -199,7 +199,8 @@ pub struct InstanceRecord {
     /// leave it alone.
     #[serde(default)]
     pub protect_from_scale_set_actions: bool,
-    /// The host this instance's compute is reserved on (declared hosts only).
+    /// The host this instance's compute is reserved on: a declared host, `local`, or a joined
+    /// host (whose agent then drives it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Events posted to the instance ahead of what will take it away (metadata endpoint).
@@ -390,7 +391,8 @@ pub struct InstanceView {
     /// `Resize` with a restart, or `Reimage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_action: Option<PendingAction>,
-    /// The host its compute is reserved on (declared hosts only).
+    /// The host its compute is reserved on: a declared host, `local` (the server's machine once
+    /// hosts have joined), or a host joined with `herd agent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Set while a Spot instance is deallocated by eviction: when and why.

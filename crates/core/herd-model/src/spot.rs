@@ -254,10 +254,22 @@ pub struct HostSpec {
     /// Allowed ratio of allocated vCPUs to real ones (memory is never overcommitted).
     #[serde(default = "one")]
     pub overcommit: f64,
+    /// Whether new instances may be placed here (default true). False for a cordoned joined
+    /// host: what it holds still counts, nothing new goes there.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub schedulable: bool,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A SKU's prices per hour, as `[prices."SKU"]` in the server config.

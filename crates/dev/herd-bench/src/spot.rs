@@ -268,7 +268,7 @@ fn carry_out_round(
             note: None,
         })
         .collect();
-    capacity::arbitrate(&mut parts, &s.hosts, &skus, &price, s.now);
+    capacity::arbitrate(&mut parts, &s.hosts, None, &skus, &price, s.now);
     drop(parts);
     let t_decide = t1.elapsed();
 

@@ -125,6 +125,7 @@ fn spec(key: &InstanceKey, name: &str, reach: &str, image: ImageSource, agent: b
             guest_agent: Some(agent),
         },
         metadata_endpoint: None,
+        host: None,
     }
 }
 

@@ -54,6 +54,11 @@ pub struct InstanceSpec {
     /// instances get `HERD_METADATA_URL=http://<addr>/metadata`; VMs reach it through QEMU's
     /// `guestfwd`. `None`: no endpoint is offered (the guest is told nothing).
     pub metadata_endpoint: Option<std::net::SocketAddr>,
+    /// The host the instance is placed on (`None`: the server's own machine). A driver that
+    /// spans hosts (`herd_host_link::HostRouter`) sends the calls of a joined host's instances
+    /// to its agent; every other driver ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl InstanceSpec {
@@ -74,6 +79,7 @@ impl InstanceSpec {
             network: None,
             guest: GuestSetup::default(),
             metadata_endpoint: None,
+            host: None,
         }
     }
 }

@@ -98,13 +98,29 @@ pub fn request(set: &StoredScaleSet, id: InstanceId, zone: Option<String>, skus:
 /// Every stored instance that holds compute, as the capacity arbiter sees it (`hosts` empty:
 /// unlimited capacity, every holder on one pseudo-host).
 pub fn holders(store: &dyn Store, hosts: &[HostSpec], skus: &SkuTable) -> Result<Vec<Holder>, StateError> {
+    holders_on(store, hosts, None, skus)
+}
+
+/// [`holders`], counting instances with no host recorded on `unplaced_on` (the server's own
+/// machine, once hosts have joined).
+pub fn holders_on(
+    store: &dyn Store,
+    hosts: &[HostSpec],
+    unplaced_on: Option<&str>,
+    skus: &SkuTable,
+) -> Result<Vec<Holder>, StateError> {
     let sets: BTreeMap<String, StoredScaleSet> = store.scale_sets()?.into_iter().map(|o| (o.key, o.value)).collect();
     let unlimited = hosts.is_empty();
     let mut out = Vec::new();
     for o in store.instances()? {
         let set_key = o.key.rsplit_once('/').map_or("", |(k, _)| k);
         if let Some(set) = sets.get(set_key) {
-            out.extend(holder(set, &o.value, skus, unlimited));
+            out.extend(holder(set, &o.value, skus, unlimited).map(|mut h| {
+                if let (None, Some(local)) = (&h.host, unplaced_on) {
+                    h.host = Some(local.to_string());
+                }
+                h
+            }));
         }
     }
     Ok(out)
@@ -122,14 +138,28 @@ pub fn host_usage(store: &dyn Store, hosts: &[HostSpec], skus: &SkuTable) -> Res
 pub struct HostRoom<'a> {
     pub hosts: &'a [HostSpec],
     pub skus: &'a SkuTable,
+    /// Hosts joined with `herd agent`, when the server takes agents, and the time now: the
+    /// same hosts the reconciler's placement uses (`JoinedHosts::hosts`).
+    pub joined: Option<(&'a herd_model::host::JoinedHosts, chrono::DateTime<chrono::Utc>)>,
 }
 
 impl Room for HostRoom<'_> {
     fn check(&self, store: &dyn Store, set: &StoredScaleSet, extra: i64) -> Result<(), ScaleSetError> {
-        if self.hosts.is_empty() || extra <= 0 {
+        if extra <= 0 {
             return Ok(());
         }
-        let holders = holders(store, self.hosts, self.skus)?;
+        let with_joined = match self.joined {
+            Some((joined, now)) => joined.hosts(self.hosts, &crate::hosts::list(store)?, now),
+            None => None,
+        };
+        let (hosts, unplaced_on) = match &with_joined {
+            Some((hosts, local)) => (hosts.as_slice(), Some(local.as_str())),
+            None => (self.hosts, None),
+        };
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let holders = holders_on(store, hosts, unplaced_on, self.skus)?;
         let own: Vec<InstanceRecord> =
             store.instances_of(&SetKey::of(set))?.into_iter().map(|o| o.value).filter(|r| r.is_counted()).collect();
         let refs: Vec<&InstanceRecord> = own.iter().collect();
@@ -139,7 +169,7 @@ impl Room for HostRoom<'_> {
             .enumerate()
             .map(|(i, z)| request(set, InstanceId(u64::MAX - i as u64), z, self.skus))
             .collect();
-        herd_capacity::check_regular_room(self.hosts, &holders, &requests).map_err(|s| {
+        herd_capacity::check_regular_room(hosts, &holders, &requests).map_err(|s| {
             ScaleSetError::Invalid(FieldError::new(
                 "sku.capacity",
                 format!("{} more Regular instance(s) of {} do not fit on the hosts: {s}", extra, set.model.sku.name),
@@ -154,7 +184,7 @@ mod tests {
     use crate::testkit::{record, set_with_instances, store, stored_set};
 
     fn host(vcpus: u32) -> HostSpec {
-        HostSpec { name: "h1".into(), zone: None, vcpus, memory_mib: 1 << 20, overcommit: 1.0 }
+        HostSpec { name: "h1".into(), zone: None, vcpus, memory_mib: 1 << 20, overcommit: 1.0, schedulable: true }
     }
 
     #[test]
@@ -187,10 +217,10 @@ mod tests {
         let skus = SkuTable::default();
         let per = size_of(&skus, &set.model.sku.name).vcpus;
         let hosts = [host(per * 3)];
-        let room = HostRoom { hosts: &hosts, skus: &skus };
+        let room = HostRoom { hosts: &hosts, skus: &skus, joined: None };
         room.check(&s, &set, 1).expect("one more fits");
         let e = room.check(&s, &set, 2).unwrap_err();
         assert!(matches!(&e, ScaleSetError::Invalid(f) if f.field == "sku.capacity"), "{e:?}");
-        HostRoom { hosts: &[], skus: &skus }.check(&s, &set, 1000).expect("no hosts: unlimited");
+        HostRoom { hosts: &[], skus: &skus, joined: None }.check(&s, &set, 1000).expect("no hosts: unlimited");
     }
 }

@@ -194,6 +194,7 @@ pub fn detected_host() -> herd_model::spot::HostSpec {
         vcpus,
         memory_mib: (mem_kib / 1024).saturating_sub(512).max(256),
         overcommit: 16.0,
+        schedulable: true,
     }
 }
 

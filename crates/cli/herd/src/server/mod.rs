@@ -100,7 +100,15 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let cfg = load_config(opts.config.as_deref())?;
     let opened = open_store(&opts, &cfg).await?;
     let (skus, zones) = skus_and_zones(&cfg)?;
-    let driver = build_driver(&opts, &cfg, &opened).await?;
+    let local_driver = build_driver(&opts, &cfg, &opened).await?;
+    // Hosts join under the cluster CA: with it, instances placed on a joined host are driven
+    // through its agent (herd_host_link::HostRouter), the rest by this machine's driver.
+    let links = matches!(opts.transport, tls::Transport::ClusterCa { .. })
+        .then(|| herd_host_link::HostLinks::new(opened.start_state.clone(), Arc::new(SystemClock)));
+    let driver: Arc<dyn Driver> = match &links {
+        Some(links) => Arc::new(herd_host_link::HostRouter::new(local_driver, links.clone())),
+        None => local_driver,
+    };
     // The leadership term every driver call carries (see herd_driver::fence): 1 for the only
     // server. This is the one place it comes from; leader election (HA) will raise it here.
     let term = herd_driver::LeaderTerm::single_server();
@@ -119,7 +127,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         &opened.data_dir,
         !opened.recorded_keys.is_empty(),
     )?;
-    let settings = build_settings(&opts, &cfg, (&opened.data_dir, bridged), &zones, &skus, term)?;
+    let mut settings = build_settings(&opts, &cfg, (&opened.data_dir, bridged), &zones, &skus, term)?;
+    let host_grace = cfg.agents.host_grace()?;
+    let joined = links.as_ref().map(|links| herd_model::host::JoinedHosts {
+        heartbeats: links.clone(),
+        grace: host_grace,
+        local: detected_host(),
+    });
+    settings.rec_config.joined = joined.clone();
     let bridged = settings.rec_config.bridged;
     if let Some(pool) = settings.public_ip_pool {
         let vnets: Vec<_> =
@@ -158,10 +173,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let limiter = herd_api::auth_limit::AuthLimiter::new(cfg.auth.budget()?, parts.clock.clone());
     let mut state =
         build_api(opened, api_config, &driver, &parts, settings.spot_priced, (tls.service.clone(), limiter));
-    state.host_grace = cfg.agents.host_grace()?;
+    state.host_grace = host_grace;
     // Agents dial the API's port (TLS with their own ALPN); their sessions and heartbeats.
-    let agents = tls.agent_config.map(|config| {
-        let links = herd_host_link::HostLinks::new(state.store.clone(), parts.clock.clone());
+    state.joined = joined;
+    let agents = tls.agent_config.zip(links).map(|(config, links)| {
         state.heartbeats = links.clone();
         (config, links)
     });
@@ -570,6 +585,7 @@ fn build_api(
         tls,
         heartbeats: Arc::new(herd_model::host::NoHeartbeats),
         host_grace: chrono::Duration::seconds(herd_model::host::DEFAULT_HOST_GRACE_SECS as i64),
+        joined: None,
     }
 }
 

@@ -49,6 +49,9 @@ pub struct ReconcilerConfig {
     /// The leadership term every driver call carries in its fence (with the instance record's
     /// incarnation). The server owns the one [`LeaderTerm`]; leader election raises it.
     pub term: LeaderTerm,
+    /// Hosts joined with `herd agent`, when this server takes agents: new instances are placed
+    /// on them as on declared hosts (see [`JoinedHosts`]).
+    pub joined: Option<herd_model::host::JoinedHosts>,
 }
 
 impl ReconcilerConfig {
@@ -87,6 +90,7 @@ impl Default for ReconcilerConfig {
             metadata_port: None,
             orphans: Default::default(),
             term: LeaderTerm::single_server(),
+            joined: None,
         }
     }
 }

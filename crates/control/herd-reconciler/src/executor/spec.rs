@@ -75,6 +75,7 @@ impl Reconciler {
             }),
             network: self.attachment(set, r, ipam),
             guest,
+            host: r.host.clone(),
         })
     }
 

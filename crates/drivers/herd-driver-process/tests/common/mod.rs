@@ -27,6 +27,7 @@ pub fn dir_spec(set: &str, id: u64, image: &Path, size: SkuSize, reach_address: 
         metadata_endpoint: None,
         network: None,
         guest: Default::default(),
+        host: None,
     }
 }
 
