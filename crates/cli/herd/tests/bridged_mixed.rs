@@ -77,19 +77,7 @@ fn vms_and_process_instances_share_one_vnet() {
     let s = Server::start_in_with_args(&ns.0, "qemu", &data, Some(config), &["--accel", "tcg"]);
     let _state = RemoveOnDrop(hostnet_root(&data));
     s.ok(&["group", "create", "-n", "rg"]);
-    let cmdline = format!("@{}", tg.join("cmdline").display());
-    s.ok(&[
-        "image",
-        "import",
-        "--urn",
-        "Herd:TestGuest:1:1.0.0",
-        "--kernel",
-        tg.join("vmlinuz").to_str().unwrap(),
-        "--initrd",
-        tg.join("initrd.img").to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-    ]);
+    s.import_testguest_kernel(&tg, "Herd:TestGuest:1:1.0.0");
     s.ok(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
     s.ok(&words("network vnet create -g rg -n vnet1 --address-prefix 10.0.0.0/16"));
     s.ok(&words("network vnet subnet create -g rg --vnet-name vnet1 -n web --address-prefixes 10.0.0.0/24"));

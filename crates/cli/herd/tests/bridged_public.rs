@@ -70,16 +70,6 @@ fn from_instance(pid: u32, url: &str) -> Option<String> {
     fetch(&["nsenter", "-t", &pid.to_string(), "-n"], url)
 }
 
-/// The packets counted by the rules named `comment` in the server's nftables, summed.
-fn counted(s: &Server, comment: &str) -> u64 {
-    let out = s.command("nft").args(["list", "ruleset"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("comment \"{comment}\"")))
-        .filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 fn sh(cmd: &str) {
     let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
     assert!(st.success(), "{cmd}");

@@ -74,19 +74,7 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
     let s = Server::start_in(&ns.0, "qemu", &data, Some(config));
     let _state = RemoveOnDrop(hostnet_root(&data));
     s.ok(&["group", "create", "-n", "net-rg"]);
-    let cmdline = format!("@{}", tg.join("cmdline").display());
-    s.ok(&[
-        "image",
-        "import",
-        "--urn",
-        "Herd:TestGuest:1:1.0.0",
-        "--kernel",
-        tg.join("vmlinuz").to_str().unwrap(),
-        "--initrd",
-        tg.join("initrd.img").to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-    ]);
+    s.import_testguest_kernel(&tg, "Herd:TestGuest:1:1.0.0");
     s.ok(&words("network vnet create -g net-rg -n vnet1 --address-prefix 10.0.0.0/16"));
     s.ok(&words("network vnet subnet create -g net-rg --vnet-name vnet1 -n web --address-prefixes 10.0.0.0/24"));
     s.ok(&on_set(

@@ -647,6 +647,25 @@ pub fn counted_instances(s: &Server, set: &[&str]) -> Vec<Value> {
 }
 
 impl Server {
+    /// Imports the test guest in `tg` (`HERD_TESTGUEST_OUT`) as `urn`, booted from its kernel,
+    /// initrd and command line (direct kernel boot: no network-config needed in the seed).
+    pub fn import_testguest_kernel(&self, tg: &Path, urn: &str) {
+        let cmdline = format!("@{}", tg.join("cmdline").display());
+        let (kernel, initrd) = (tg.join("vmlinuz"), tg.join("initrd.img"));
+        self.ok(&[
+            "image",
+            "import",
+            "--urn",
+            urn,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cmdline",
+            &cmdline,
+        ]);
+    }
+
     /// Creates resource group `group` and imports the image directory `img` as `urn`.
     pub fn group_with_image(&self, group: &str, urn: &str, img: &Path) {
         self.ok(&["group", "create", "-n", group]);
