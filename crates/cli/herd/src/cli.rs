@@ -919,7 +919,8 @@ pub enum BenchCmd {
         inside: bool,
     },
     /// TCP throughput from one VM to another over herd's bridge (two TCG VMs of the test guest
-    /// in a bridged set) next to two hand-run QEMUs on a hand-made bridge and TAPs, the same
+    /// in a bridged set) next to two QEMUs started by hand with herd's exact command line (only
+    /// paths, sockets, TAP, MAC and name changed) on a hand-made bridge and TAPs, the same
     /// guest and transfer (busybox nc + dd, timed by the receiver), alternating runs. Prints
     /// Mbit/s per run and side, then the ratio herd/peer (issue 19's goal: >= 0.95). Needs root,
     /// dnsmasq and the test guest; runs in a network namespace it creates and deletes.
