@@ -279,7 +279,7 @@ fn instances_placed_on_a_joined_host_run_under_its_agent() {
     // front, naming why, and nothing changes.
     s.ok(&["host", "cordon", "h2"]);
     let e = s.err(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "3", "--no-wait"]);
-    assert!(e.contains("no declared host serves zone 2") && e.contains("cordoned"), "{e}");
+    assert!(e.contains("no host that takes new instances serves zone 2") && e.contains("cordoned"), "{e}");
     assert_eq!(common::counted_instances(&s, &["-g", "rg", "-n", "web"]).len(), 2);
     // Uncordoned, the third instance goes there too.
     s.ok(&["host", "uncordon", "h2"]);

@@ -281,7 +281,7 @@ impl<'a> Cluster<'a> {
                     })
                     .unwrap_or(0);
                 let why = match (&h.zone, no_zone_host) {
-                    (Some(z), true) => format!("no declared host serves its zone {z}"),
+                    (Some(z), true) => format!("no host serves its zone {z}"),
                     _ => "no eligible host has room for it".to_string(),
                 };
                 (hi, Some(why))

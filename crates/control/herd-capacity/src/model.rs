@@ -190,13 +190,13 @@ impl fmt::Display for Shortfall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let place = match &self.zone {
             Some(z) => format!("in zone {z}"),
-            None => "on the declared hosts".to_string(),
+            None => "on the hosts".to_string(),
         };
         if self.hosts.is_empty() {
             return match &self.zone {
                 Some(z) => write!(
                     f,
-                    "no declared host serves zone {z} (a host serves its own zone, or every zone when it has none; a cordoned host takes no new instance)"
+                    "no host that takes new instances serves zone {z} (a host serves its own zone, or every zone when it has none; a cordoned host, or a joined one not heard from, takes none)"
                 ),
                 None => write!(f, "no hosts are declared"),
             };

@@ -202,7 +202,7 @@ fn memory_bound_evictions() {
     assert!(d.preempt.is_empty());
     assert_eq!(
         d.refused[0].reason.to_string(),
-        "needs 1024 MiB more on the declared hosts; free there: 15 vCPU, 2048 MiB (host h1; Spot instances counted as evictable)"
+        "needs 1024 MiB more on the hosts; free there: 15 vCPU, 2048 MiB (host h1; Spot instances counted as evictable)"
     );
 }
 
@@ -221,7 +221,7 @@ fn refusals_say_what_is_missing_where() {
         ),
         (
             req("b", 0, Tier::Spot, (2, 512), None),
-            "needs 1 vCPU more on the declared hosts; free there: 1 vCPU, 2560 MiB (hosts h1, h2)",
+            "needs 1 vCPU more on the hosts; free there: 1 vCPU, 2560 MiB (hosts h1, h2)",
         ),
         (
             req("b", 0, Tier::Regular, (1, 2048), Some("1")),
@@ -242,7 +242,11 @@ fn refusals_say_what_is_missing_where() {
         });
     }
     let d = arbitrate(&hosts[..1], &holders[..1], &[req("b", 0, Tier::Regular, (1, 1), Some("3"))], &no_price);
-    assert!(d.refused[0].reason.to_string().starts_with("no declared host serves zone 3"), "{:?}", d.refused);
+    assert!(
+        d.refused[0].reason.to_string().starts_with("no host that takes new instances serves zone 3"),
+        "{:?}",
+        d.refused
+    );
     // A group of refusals shares one shortfall that counts them all.
     let requests: Vec<Request> = (0..3).map(|i| req("c", i, Tier::Regular, (2, 1024), Some("1"))).collect();
     let d = arbitrate(&hosts, &holders, &requests, &no_price);
@@ -377,7 +381,7 @@ fn legacy_holders_are_placed_first_and_never_refused() {
     assert_eq!(d.warnings.len(), 3, "{:?}", d.warnings);
     assert!(d.warnings[0].contains("host 'gone', which is not declared"), "{:?}", d.warnings);
     assert!(d.warnings[1].contains("rg/web/1") && d.warnings[1].contains("over capacity"), "{:?}", d.warnings);
-    assert!(d.warnings[2].contains("no declared host serves its zone 9"), "{:?}", d.warnings);
+    assert!(d.warnings[2].contains("no host serves its zone 9"), "{:?}", d.warnings);
     // The legacy Spot instance counts on host a: 4 - 1 leaves room for the new one.
     assert_eq!(placed(&d), [("rg/new/0".into(), "a".into())]);
     let u = usage(&hosts, &holders);
