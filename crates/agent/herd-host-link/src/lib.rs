@@ -183,7 +183,7 @@ impl HostLinks {
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err(format!("host '{name}' sent no Hello within {HELLO_TIMEOUT:?}")),
         };
-        self.report(&name, capacity, &version).await;
+        self.report(&name, capacity, Some(&version)).await;
         herd_agent_wire::write(&mut tls, &ServerMessage::Welcome { heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS })
             .await
             .map_err(|e| e.to_string())?;
@@ -266,7 +266,7 @@ impl HostLinks {
                     }
                     if now_has != capacity {
                         capacity = now_has;
-                        self.report(name, capacity, "").await;
+                        self.report(name, capacity, None).await;
                     }
                     if outbox.send(ServerMessage::Ack { seq }).await.is_err() {
                         return Err("the connection's writer stopped".into());
@@ -319,19 +319,9 @@ impl HostLinks {
     }
 
     /// Writes what the agent reports to the host record (only what changed is written).
-    async fn report(&self, name: &str, capacity: HostCapacity, version: &str) {
-        let (name, version) = (name.to_string(), version.to_string());
-        let r = self
-            .state
-            .run(move |s| {
-                let version = if version.is_empty() {
-                    herd_state::hosts::get(s, &name)?.map(|h| h.agent_version).unwrap_or_default()
-                } else {
-                    version
-                };
-                herd_state::hosts::report(s, &name, capacity, &version)
-            })
-            .await;
+    async fn report(&self, name: &str, capacity: HostCapacity, version: Option<&str>) {
+        let (name, version) = (name.to_string(), version.map(str::to_string));
+        let r = self.state.run(move |s| herd_state::hosts::report(s, &name, capacity, version.as_deref())).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "recording a host's report failed");
         }

@@ -34,7 +34,10 @@ impl HostRouter {
 
     /// The driver of host `host` (`None`: this machine): remote only for a joined host.
     async fn driver_of(&self, host: Option<&str>) -> Result<Arc<dyn Driver>, DriverError> {
-        let Some(host) = host.filter(|h| !h.is_empty()) else { return Ok(self.local.clone()) };
+        // This machine's own names need no lookup: no joined host can take them.
+        let Some(host) = host.filter(|h| !h.is_empty() && *h != herd_model::host::LOCAL_HOST) else {
+            return Ok(self.local.clone());
+        };
         let name = host.to_string();
         let joined = self
             .links

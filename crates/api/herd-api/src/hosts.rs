@@ -106,19 +106,10 @@ fn joined_views(state: &AppState, records: Vec<HostRecord>, usage: Vec<placement
         .collect()
 }
 
-/// Joined hosts as capacity specs, to count what their instances reserve.
+/// Joined hosts as the arbiter sees them (the same capacity placement uses), to count what
+/// their instances reserve.
 fn specs(records: &[HostRecord]) -> Vec<herd_model::spot::HostSpec> {
-    records
-        .iter()
-        .map(|h| herd_model::spot::HostSpec {
-            name: h.name.clone(),
-            zone: Some(h.zone.clone()),
-            vcpus: h.capacity.vcpus,
-            memory_mib: h.capacity.memory_mib,
-            overcommit: 1.0,
-            schedulable: true,
-        })
-        .collect()
+    records.iter().map(|h| h.placement_spec(h.scheduling == Scheduling::Schedulable)).collect()
 }
 
 /// Lists the hosts with their capacity and what Regular and Spot instances reserve.

@@ -62,6 +62,21 @@ pub struct HostRecord {
     pub joined_at: DateTime<Utc>,
 }
 
+impl HostRecord {
+    /// The host as the capacity arbiter sees it: the capacity its agent reports, vCPUs
+    /// overcommitted [`JOINED_OVERCOMMIT`]:1, memory less [`JOINED_RESERVED_MIB`].
+    pub fn placement_spec(&self, schedulable: bool) -> crate::spot::HostSpec {
+        crate::spot::HostSpec {
+            name: self.name.clone(),
+            zone: Some(self.zone.clone()),
+            vcpus: self.capacity.vcpus,
+            memory_mib: self.capacity.memory_mib.saturating_sub(JOINED_RESERVED_MIB),
+            overcommit: JOINED_OVERCOMMIT,
+            schedulable,
+        }
+    }
+}
+
 /// A host's state, as `herd host list` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum HostState {
@@ -228,14 +243,7 @@ pub fn placement_hosts(
         .iter()
         .filter_map(|h| {
             let state = HostState::of(h.scheduling, heartbeats.last_heartbeat(&h.name), now, grace);
-            (state != HostState::NotReady).then(|| crate::spot::HostSpec {
-                name: h.name.clone(),
-                zone: Some(h.zone.clone()),
-                vcpus: h.capacity.vcpus,
-                memory_mib: h.capacity.memory_mib.saturating_sub(JOINED_RESERVED_MIB),
-                overcommit: JOINED_OVERCOMMIT,
-                schedulable: state == HostState::Ready,
-            })
+            (state != HostState::NotReady).then(|| h.placement_spec(state == HostState::Ready))
         })
         .collect()
 }

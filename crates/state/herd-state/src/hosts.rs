@@ -128,14 +128,20 @@ pub fn set_scheduling(
     Ok(record)
 }
 
-/// Records what host `name`'s agent reports (capacity, version), when it changed. A host
-/// deleted meanwhile stays deleted.
-pub fn report(store: &dyn Store, name: &str, capacity: HostCapacity, agent_version: &str) -> Result<(), StateError> {
+/// Records what host `name`'s agent reports (capacity, and its version when given), when it
+/// changed. A host deleted meanwhile stays deleted.
+pub fn report(
+    store: &dyn Store,
+    name: &str,
+    capacity: HostCapacity,
+    agent_version: Option<&str>,
+) -> Result<(), StateError> {
     let Some(obj) = store.get_as::<HostRecord>(Kind::Host, name)? else { return Ok(()) };
+    let agent_version = agent_version.map_or_else(|| obj.value.agent_version.clone(), str::to_string);
     if obj.value.capacity == capacity && obj.value.agent_version == agent_version {
         return Ok(());
     }
-    let record = HostRecord { capacity, agent_version: agent_version.to_string(), ..obj.value };
+    let record = HostRecord { capacity, agent_version, ..obj.value };
     store.txn(vec![WriteOp::put(Kind::Host, name.to_string(), &record, Expect::Revision(obj.revision))?])?;
     Ok(())
 }
@@ -255,10 +261,10 @@ mod tests {
         assert_eq!(get(&*store, "h2").unwrap().unwrap().scheduling, Scheduling::Cordoned);
         assert!(matches!(set_scheduling(&*store, "nope", Scheduling::Cordoned, now), Err(HostError::NotFound(_))));
         let cap = HostCapacity { vcpus: 4, memory_mib: 8192, disk_free_mib: 5 };
-        report(&*store, "h2", cap, "0.2.0").unwrap();
+        report(&*store, "h2", cap, Some("0.2.0")).unwrap();
         let h = get(&*store, "h2").unwrap().unwrap();
         assert_eq!((h.capacity, h.agent_version.as_str()), (cap, "0.2.0"));
-        report(&*store, "gone", cap, "0.2.0").unwrap();
+        report(&*store, "gone", cap, None).unwrap();
         assert!(get(&*store, "gone").unwrap().is_none(), "a report does not bring a host back");
         delete(&*store, "h2", false, now).unwrap();
         assert!(get(&*store, "h2").unwrap().is_none());
