@@ -38,6 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// A linked host silent for longer than this (three heartbeats) answers no call: calls to it
+/// are abandoned (and retried by the reconciler), so one frozen agent never holds a pass.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
+
 /// How long an agent has to say Hello after its handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,6 +97,12 @@ impl HostLinks {
         let mut v: Vec<String> = self.sessions().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// How long host `name` has been silent (since its last heartbeat), if it is linked.
+    pub fn silent_for(&self, name: &str) -> Option<Duration> {
+        let last = self.liveness(name)?.last_heartbeat;
+        Some((self.clock.now() - last).to_std().unwrap_or_default())
     }
 
     /// Host `name`'s session now, if connected since this server started.
@@ -295,11 +305,21 @@ impl HostLinks {
         let (outbox, pending) = match self.sessions().get(host) {
             Some(s) => (s.outbox.clone(), s.pending.clone()),
             None => {
-                return Err(DriverError::Failed(format!(
-                    "host {host} is not connected (its agent is not linked to this server)"
-                )))
+                return Err(DriverError::Unreachable {
+                    host: host.into(),
+                    reason: format!("host {host} is not connected (its agent is not linked to this server)"),
+                })
             }
         };
+        if let Some(silent) = self.silent_for(host).filter(|s| *s > SILENCE_LIMIT) {
+            return Err(DriverError::Unreachable {
+                host: host.into(),
+                reason: format!(
+                    "host {host} has sent no heartbeat for {} s (its agent is stopped or its link is cut)",
+                    silent.as_secs()
+                ),
+            });
+        }
         let id = self.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
@@ -307,13 +327,35 @@ impl HostLinks {
             pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(DriverError::Failed(format!("host {host}: the link closed before {op} was sent")));
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(e))) => Err(e.into_driver_error(host)),
-            Ok(Err(_)) => Err(DriverError::Failed(format!("host {host}: the link closed during {op}"))),
-            Err(_) => {
-                pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                Err(DriverError::Failed(format!("host {host}: no answer to {op} within {timeout:?}")))
+        // Wait for the reply, the timeout, or the host falling silent (a frozen agent or a cut
+        // link keeps its connection open but sends no heartbeat): a pass must not wait on a
+        // host that has stopped answering, whatever the call's own timeout.
+        let abandon = |why: DriverError| {
+            pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            Err(why)
+        };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline, rx);
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = &mut rx => return match r {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(e)) => Err(e.into_driver_error(host)),
+                    Err(_) => Err(DriverError::Failed(format!("host {host}: the link closed during {op}"))),
+                },
+                () = &mut deadline => return abandon(DriverError::Failed(format!("host {host}: no answer to {op} within {timeout:?}"))),
+                _ = check.tick() => {
+                    if let Some(silent) = self.silent_for(host).filter(|s| *s > SILENCE_LIMIT) {
+                        return abandon(DriverError::Unreachable {
+                            host: host.into(),
+                            reason: format!(
+                                "host {host} has sent no heartbeat for {} s (its agent is stopped or its link is cut): {op} abandoned, to be retried",
+                                silent.as_secs()
+                            ),
+                        });
+                    }
+                }
             }
         }
     }

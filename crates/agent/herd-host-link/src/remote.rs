@@ -39,6 +39,14 @@ impl RemoteDriver {
         self.links.call(&self.host, call, timeout).await
     }
 
+    /// The host's instances, if it answers within `timeout`.
+    pub async fn list_within(&self, timeout: Duration) -> Result<Vec<ObservedInstance>, DriverError> {
+        match self.call(DriverCall::List, timeout).await? {
+            DriverReply::Instances(all) => Ok(all),
+            other => Err(self.unexpected("list", other)),
+        }
+    }
+
     fn unexpected(&self, op: &str, reply: DriverReply) -> DriverError {
         DriverError::Failed(format!("host {}: {op} answered {reply:?}", self.host))
     }
@@ -83,10 +91,7 @@ impl Driver for RemoteDriver {
     }
 
     async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError> {
-        match self.call(DriverCall::List, CALL_TIMEOUT).await? {
-            DriverReply::Instances(all) => Ok(all),
-            other => Err(self.unexpected("list", other)),
-        }
+        self.list_within(CALL_TIMEOUT).await
     }
 
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {

@@ -151,7 +151,9 @@ pub fn run(cmd: DevCmd, output: Format, query: Option<&str>) -> Result<()> {
             };
             let layout = Layout::plan(&spec)?;
             let server_config = match &a.server_config {
-                Some(p) => std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("--server-config {}: {e}", p.display()))?,
+                Some(p) => {
+                    std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("--server-config {}: {e}", p.display()))?
+                }
                 None => String::new(),
             };
             let opts = UpOptions {
@@ -201,7 +203,7 @@ pub fn run(cmd: DevCmd, output: Format, query: Option<&str>) -> Result<()> {
                 if member == "server" {
                     cluster.wait_server(within)?;
                 } else {
-                    cluster.wait_hosts_ready(&[member.clone()], within)?;
+                    cluster.wait_hosts_ready(std::slice::from_ref(&member), within)?;
                 }
             }
             eprintln!("herd dev cluster: started {member}'s herd");
@@ -254,7 +256,13 @@ fn status_value(c: &Cluster) -> Value {
 fn print_status(c: &Cluster, output: Format, query: Option<&str>) -> Result<()> {
     let v = status_value(c);
     if matches!(output, Format::Table) && query.is_none() {
-        println!("Cluster {} · server {} · fabric {} in {}", c.layout.name, c.layout.server_url(), c.layout.subnet, c.layout.fabric_netns);
+        println!(
+            "Cluster {} · server {} · fabric {} in {}",
+            c.layout.name,
+            c.layout.server_url(),
+            c.layout.subnet,
+            c.layout.fabric_netns
+        );
         print!("{}", crate::output::render(&v["members"], output, None, Some(MEMBER_TABLE))?);
         return Ok(());
     }

@@ -48,7 +48,8 @@ pub fn parse_subnet(s: &str) -> Result<[u8; 3]> {
     let Some((addr, len)) = s.split_once('/') else {
         bail!("--subnet '{s}': give a /24 network, for example 10.250.0.0/24");
     };
-    let addr: Ipv4Addr = addr.parse().map_err(|_| anyhow::anyhow!("--subnet '{s}': '{addr}' is not an IPv4 address"))?;
+    let addr: Ipv4Addr =
+        addr.parse().map_err(|_| anyhow::anyhow!("--subnet '{s}': '{addr}' is not an IPv4 address"))?;
     if len != "24" {
         bail!("--subnet '{s}': only /24 networks are supported (got /{len})");
     }
@@ -242,7 +243,8 @@ mod tests {
     #[test]
     fn hosts_take_zones_and_racks_in_turn() {
         let l = Layout::plan(&spec("dev", 4, &["1", "2", "3"], &["rack-a", "rack-b"])).unwrap();
-        let hosts: Vec<_> = l.hosts().map(|m| (m.name.as_str(), m.zone.as_deref(), m.fault_domain.as_deref())).collect();
+        let hosts: Vec<_> =
+            l.hosts().map(|m| (m.name.as_str(), m.zone.as_deref(), m.fault_domain.as_deref())).collect();
         assert_eq!(
             hosts,
             vec![

@@ -80,7 +80,8 @@ pub fn preflight() -> Result<()> {
 
 /// Runs `program args`, failing with its stderr.
 fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {program}"))?;
+    let out =
+        Command::new(program).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {program}"))?;
     if !out.status.success() {
         bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -176,10 +177,26 @@ impl Cluster {
             // the member's: the root namespace never holds either end.
             run(
                 "ip",
-                &["-n", fab, "link", "add", &m.port, "type", "veth", "peer", "name", crate::layout::MEMBER_NIC, "netns", &m.netns],
+                &[
+                    "-n",
+                    fab,
+                    "link",
+                    "add",
+                    &m.port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    crate::layout::MEMBER_NIC,
+                    "netns",
+                    &m.netns,
+                ],
             )?;
             run("ip", &["-n", fab, "link", "set", &m.port, "master", crate::layout::FABRIC_BRIDGE, "up"])?;
-            run("ip", &["-n", &m.netns, "addr", "add", &format!("{}/24", m.address), "dev", crate::layout::MEMBER_NIC])?;
+            run(
+                "ip",
+                &["-n", &m.netns, "addr", "add", &format!("{}/24", m.address), "dev", crate::layout::MEMBER_NIC],
+            )?;
             run("ip", &["-n", &m.netns, "link", "set", crate::layout::MEMBER_NIC, "up"])?;
             std::fs::create_dir_all(&m.data_dir)?;
             let pid = self.start_init(m, opts.timeout)?;
@@ -191,7 +208,8 @@ impl Cluster {
         self.start("server")?;
         self.wait_server(opts.timeout)?;
         progress(&format!("server at {} answers ({:.1} s)", l.server_url(), t.elapsed().as_secs_f64()));
-        let token = self.client(&["host", "join-token", "create", "--expires", "1h", "--description", "herd dev cluster"])?;
+        let token =
+            self.client(&["host", "join-token", "create", "--expires", "1h", "--description", "herd dev cluster"])?;
         let token = token["token"].as_str().ok_or_else(|| anyhow!("join-token create returned no token"))?.to_string();
         for m in l.hosts() {
             self.start_agent(m, Some(&token))?;
@@ -206,7 +224,19 @@ impl Cluster {
     fn start_init(&self, m: &Member, timeout: Duration) -> Result<u32> {
         let log = std::fs::File::create(self.layout.data_dir.join(format!("{}.init.log", m.name)))?;
         let mut holder = Command::new("ip")
-            .args(["netns", "exec", &m.netns, "unshare", "--pid", "--fork", "--mount-proc", "--uts", "--propagation", "private", "--"])
+            .args([
+                "netns",
+                "exec",
+                &m.netns,
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+            ])
             .arg(&self.herd)
             .args(["dev", "host-init", "--hostname", &m.name])
             .stdin(Stdio::null())
@@ -222,20 +252,27 @@ impl Cluster {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(timeout).map_err(|_| anyhow!("{}'s init did not say ready within {timeout:?}", m.name))?;
+        let line =
+            rx.recv_timeout(timeout).map_err(|_| anyhow!("{}'s init did not say ready within {timeout:?}", m.name))?;
         if line.trim() != "ready" {
-            let log = std::fs::read_to_string(self.layout.data_dir.join(format!("{}.init.log", m.name))).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.layout.data_dir.join(format!("{}.init.log", m.name))).unwrap_or_default();
             bail!("{}'s init failed: {}", m.name, log.trim());
         }
         // `ip netns exec` became unshare; its only child is the init.
         let holder_pid = holder.id();
-        let children = std::fs::read_to_string(format!("/proc/{holder_pid}/task/{holder_pid}/children")).unwrap_or_default();
+        let children =
+            std::fs::read_to_string(format!("/proc/{holder_pid}/task/{holder_pid}/children")).unwrap_or_default();
         let pid = children.split_whitespace().next().and_then(|p| p.parse().ok());
         pid.ok_or_else(|| anyhow!("cannot find {}'s init under unshare (pid {holder_pid})", m.name))
     }
 
     fn init_of(&self, member: &str) -> Result<u32> {
-        let pid = *self.inits.get(member).ok_or_else(|| anyhow!("member '{member}' has no init (the cluster is not fully up)"))?;
+        self.layout.member(member)?;
+        let pid = *self
+            .inits
+            .get(member)
+            .ok_or_else(|| anyhow!("member '{member}' has no init (the cluster is not fully up)"))?;
         if !is_host_init(pid) {
             bail!("{member}'s init (pid {pid}) is gone: the host is down; `herd dev cluster down` then `up` again");
         }
@@ -351,7 +388,11 @@ impl Cluster {
             Role::Agent => "agent",
         };
         let herd = self.herd.display().to_string();
-        Ok(self.processes(member)?.into_iter().find(|(_, c)| c.first() == Some(&herd) && c.get(1).map(String::as_str) == Some(word)).map(|(p, _)| p))
+        Ok(self
+            .processes(member)?
+            .into_iter()
+            .find(|(_, c)| c.first() == Some(&herd) && c.get(1).map(String::as_str) == Some(word))
+            .map(|(p, _)| p))
     }
 
     /// Sends `signal` to `member`'s herd process (SIGKILL to crash it, SIGSTOP to freeze it).
@@ -413,7 +454,10 @@ impl Cluster {
         wait_until(&format!("hosts {} to be Ready", names.join(", ")), timeout, || {
             for n in names {
                 if self.herd_process(n).ok().flatten().is_none() {
-                    return Err(anyhow!("{n}'s agent exited: {}", tail(&self.layout.data_dir.join(format!("{n}.log")))));
+                    return Err(anyhow!(
+                        "{n}'s agent exited: {}",
+                        tail(&self.layout.data_dir.join(format!("{n}.log")))
+                    ));
                 }
             }
             seen = self.client(&["host", "list"]).unwrap_or_default();
@@ -448,14 +492,24 @@ pub fn down_by_name(name: &str, keep_data: bool) -> Result<()> {
     }
 }
 
-fn teardown(name: &str, inits: &std::collections::BTreeMap<String, u32>, layout: Option<&Layout>, keep_data: bool) -> Result<()> {
+fn teardown(
+    name: &str,
+    inits: &std::collections::BTreeMap<String, u32>,
+    layout: Option<&Layout>,
+    keep_data: bool,
+) -> Result<()> {
     let prefix = format!("herd-{name}-");
     let ours: Vec<String> = netns_list().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     // Every process left in the cluster's namespaces: the inits (whose PID namespaces take
     // every herd, QEMU and instance with them), and anything run there with `ip netns exec`.
     let mut victims: Vec<u32> = inits.values().copied().filter(|p| is_host_init(*p)).collect();
     for ns in &ours {
-        victims.extend(run("ip", &["netns", "pids", ns]).unwrap_or_default().split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        victims.extend(
+            run("ip", &["netns", "pids", ns])
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     victims.sort();
     victims.dedup();
@@ -463,7 +517,16 @@ fn teardown(name: &str, inits: &std::collections::BTreeMap<String, u32>, layout:
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
     }
     wait_until(&format!("cluster {name}'s processes to exit"), Duration::from_secs(60), || {
-        let left: Vec<u32> = ours.iter().flat_map(|ns| run("ip", &["netns", "pids", ns]).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>()).collect();
+        let left: Vec<u32> = ours
+            .iter()
+            .flat_map(|ns| {
+                run("ip", &["netns", "pids", ns])
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
         for pid in &left {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
@@ -508,7 +571,9 @@ fn alive(pid: u32) -> bool {
 
 fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+        })
         .unwrap_or_default()
 }
 
