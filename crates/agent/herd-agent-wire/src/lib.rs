@@ -327,4 +327,32 @@ mod tests {
         drop(a);
         assert!(read::<_, ServerMessage>(&mut b).await.unwrap().is_none(), "a clean close");
     }
+
+    #[test]
+    fn a_build_call_names_its_image_only_when_it_has_one() {
+        let key = InstanceKey::parse_path("rg/web/1").unwrap();
+        let image = herd_model::image::ImageSource::Directory { path: "/srv/gallery/x".into() };
+        let spec = InstanceSpec::new(
+            key,
+            "web000001",
+            image,
+            herd_model::sku::SkuSize { vcpus: 1, memory_mib: 64 },
+            "127.0.0.2",
+        );
+        let fence = Fence { term: herd_driver::Term::SINGLE_SERVER, incarnation: herd_driver::Incarnation(1) };
+        let bare = DriverCall::Ensure { spec: Box::new(spec.clone()), fence, image: None };
+        let text = serde_json::to_value(&bare).unwrap();
+        assert!(text.get("image").is_none(), "{text}");
+        assert_eq!(serde_json::from_value::<DriverCall>(text).unwrap(), bare);
+        let named = DriverCall::Reimage {
+            spec: Box::new(spec),
+            fence,
+            image: Some(ImageRef { urn: "P:O:S:1".into(), digest: format!("sha256:{}", "a".repeat(64)) }),
+        };
+        let text = serde_json::to_value(&named).unwrap();
+        assert_eq!(text["image"]["digest"], format!("sha256:{}", "a".repeat(64)));
+        assert_eq!(serde_json::from_value::<DriverCall>(text).unwrap(), named);
+        let wanted = ServerMessage::Wanted { digests: vec!["sha256:1".into()] };
+        assert_eq!(serde_json::from_str::<ServerMessage>(&serde_json::to_string(&wanted).unwrap()).unwrap(), wanted);
+    }
 }
