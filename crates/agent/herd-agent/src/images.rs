@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(cache.pulls(), 1);
         let local = ImageSource::Directory { path: pa.display().to_string() };
         assert_eq!(content::digest(&local).unwrap(), r.digest, "the cached copy is the content");
-        assert_eq!(cache.cached(), [r.digest.clone()]);
+        assert_eq!(cache.cached(), vec![r.digest.clone()]);
         // Cached: a later ensure pulls nothing.
         cache.ensure(&r).await.unwrap();
         assert_eq!(origin.opens.load(Ordering::Relaxed), 1);
@@ -411,7 +411,7 @@ mod tests {
         assert!(lease.path.is_dir());
         drop(lease);
         assert_eq!(cache.keep_only(&HashSet::from([r.digest.clone()])).await, Vec::<String>::new(), "wanted: kept");
-        assert_eq!(cache.keep_only(&HashSet::new()).await, [r.digest.clone()]);
+        assert_eq!(cache.keep_only(&HashSet::new()).await, vec![r.digest.clone()]);
         assert!(!cache.path_of(&r.digest).exists());
         assert!(std::fs::read_dir(tmp.path().join("cache")).unwrap().next().is_none());
     }

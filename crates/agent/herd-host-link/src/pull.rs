@@ -27,7 +27,7 @@ pub(crate) async fn serve<S>(links: &HostLinks, tls: &mut S, host: &str, digest:
 where
     S: tokio::io::AsyncWrite + Unpin,
 {
-    let all = match links.state.run(|s| Ok(herd_state::images::images(s)?)).await {
+    let all = match links.state.run(herd_state::images::images).await {
         Ok(all) => all,
         Err(e) => return refuse(tls, host, format!("reading the gallery: {e}")).await,
     };
@@ -107,7 +107,7 @@ impl Write for Chunks {
 /// The digests of every image in the gallery now: what hosts should keep. `None` when the
 /// gallery cannot be read (hosts are then told nothing, never "keep nothing").
 pub(crate) async fn wanted(state: &State) -> Option<BTreeSet<String>> {
-    let all = state.run(|s| Ok(herd_state::images::images(s)?)).await.ok()?;
+    let all = state.run(herd_state::images::images).await.ok()?;
     Some(all.into_iter().filter_map(|i| i.digest).collect())
 }
 
@@ -123,7 +123,7 @@ pub async fn digest_of(state: &State, image: &Image) -> Result<String, String> {
         .map_err(|e| format!("image {}: {e}", image.urn))?;
     let (urn, source, recorded) = (image.urn(), image.source.clone(), d.clone());
     state
-        .run(move |s| Ok(herd_state::images::set_digest(s, &urn, &source, &recorded)?))
+        .run(move |s| herd_state::images::set_digest(s, &urn, &source, &recorded))
         .await
         .map_err(|e| format!("recording the digest of image {}: {e}", image.urn))?;
     Ok(d)
@@ -131,7 +131,7 @@ pub async fn digest_of(state: &State, image: &Image) -> Result<String, String> {
 
 /// Computes the digest of every gallery image that has none (imported before digests).
 pub async fn fill_digests(state: &State) {
-    let Ok(all) = state.run(|s| Ok(herd_state::images::images(s)?)).await else { return };
+    let Ok(all) = state.run(herd_state::images::images).await else { return };
     for image in all.iter().filter(|i| i.digest.is_none()) {
         match digest_of(state, image).await {
             Ok(d) => tracing::info!(image = %image.urn, digest = %d, "image digest computed"),
@@ -143,8 +143,7 @@ pub async fn fill_digests(state: &State) {
 /// The gallery image a spec's `source` came from, as a host fetches it; `None` when no gallery
 /// image has that source (a spec not built from the gallery).
 pub async fn image_ref(state: &State, source: &ImageSource) -> Result<Option<ImageRef>, String> {
-    let all =
-        state.run(|s| Ok(herd_state::images::images(s)?)).await.map_err(|e| format!("reading the gallery: {e}"))?;
+    let all = state.run(herd_state::images::images).await.map_err(|e| format!("reading the gallery: {e}"))?;
     let Some(image) = all.into_iter().find(|i| i.source == *source) else { return Ok(None) };
     let digest = digest_of(state, &image).await?;
     Ok(Some(ImageRef { urn: image.urn.clone(), digest }))
