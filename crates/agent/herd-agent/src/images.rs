@@ -61,6 +61,8 @@ pub struct ImageCache {
     dir: PathBuf,
     origin: Arc<dyn Origin>,
     slots: tokio::sync::Semaphore,
+    /// Pulls waiting for a slot or running.
+    queued: std::sync::atomic::AtomicUsize,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     leases: Mutex<HashMap<String, usize>>,
     pulls: AtomicU64,
@@ -105,6 +107,7 @@ impl ImageCache {
             dir,
             origin,
             slots: tokio::sync::Semaphore::new(MAX_PULLS),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             locks: Mutex::default(),
             leases: Mutex::default(),
             pulls: AtomicU64::new(0),
@@ -115,6 +118,11 @@ impl ImageCache {
     /// How many pulls this cache started.
     pub fn pulls(&self) -> u64 {
         self.pulls.load(Ordering::Relaxed)
+    }
+
+    /// Pulls waiting for a slot or running now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Where `digest`'s content lies once cached.
@@ -157,9 +165,14 @@ impl ImageCache {
         if lease.path.is_dir() {
             return Ok(lease); // another call pulled it meanwhile
         }
-        let _slot = self.slots.acquire().await.map_err(|_| PullError::Failed("the cache is closing".into()))?;
-        self.pull(image, &lease.path).await?;
-        Ok(lease)
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let pulled = async {
+            let _slot = self.slots.acquire().await.map_err(|_| PullError::Failed("the cache is closing".into()))?;
+            self.pull(image, &lease.path).await
+        }
+        .await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        pulled.map(|()| lease)
     }
 
     async fn pull(&self, image: &ImageRef, target: &Path) -> Result<(), PullError> {
@@ -185,6 +198,15 @@ impl ImageCache {
     /// stream's size.
     async fn pull_into(&self, image: &ImageRef, tmp: &Path, target: &Path) -> Result<u64, PullError> {
         let (size, mut reader) = self.origin.open(&image.digest).await?;
+        let free = nix::sys::statvfs::statvfs(&self.dir)
+            .map_or(u64::MAX, |s| s.blocks_available().saturating_mul(s.fragment_size()));
+        if size > free {
+            return Err(PullError::Failed(format!(
+                "image {}: {size} bytes do not fit in the {free} bytes free under {}",
+                image.urn,
+                self.dir.display()
+            )));
+        }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
         let root = tmp.to_path_buf();
         // The unpacker hashes and writes on a blocking thread, chunk by chunk.
@@ -314,13 +336,20 @@ mod tests {
         opens: AtomicU64,
         corrupt: bool,
         gate: tokio::sync::Semaphore,
+        /// Opens in progress now, and the most there were at once.
+        open_now: std::sync::atomic::AtomicUsize,
+        open_max: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
     impl Origin for Local {
         async fn open(&self, digest: &str) -> Result<(u64, Box<dyn AsyncRead + Send + Unpin>), PullError> {
             self.opens.fetch_add(1, Ordering::Relaxed);
-            let _go = self.gate.acquire().await.unwrap();
+            let now = self.open_now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.open_max.fetch_max(now, Ordering::SeqCst);
+            let go = self.gate.acquire().await;
+            self.open_now.fetch_sub(1, Ordering::SeqCst);
+            let _go = go.unwrap();
             let source = self
                 .images
                 .get(digest)
@@ -345,13 +374,59 @@ mod tests {
     }
 
     fn cache(tmp: &Path, src: &ImageSource, r: &ImageRef, corrupt: bool) -> (Arc<ImageCache>, Arc<Local>) {
+        caching(tmp, HashMap::from([(r.digest.clone(), src.clone())]), corrupt)
+    }
+
+    fn caching(tmp: &Path, images: HashMap<String, ImageSource>, corrupt: bool) -> (Arc<ImageCache>, Arc<Local>) {
         let origin = Arc::new(Local {
-            images: HashMap::from([(r.digest.clone(), src.clone())]),
+            images,
             opens: AtomicU64::new(0),
             corrupt,
             gate: tokio::sync::Semaphore::new(0),
+            open_now: Default::default(),
+            open_max: Default::default(),
         });
         (ImageCache::open(tmp.join("cache"), origin.clone()).unwrap(), origin)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_max_pulls_run_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut images = HashMap::new();
+        let mut refs = Vec::new();
+        for i in 0..MAX_PULLS + 1 {
+            let dir = tmp.path().join(format!("img{i}"));
+            let (mut r, src) = image(&dir);
+            std::fs::write(dir.join("which"), i.to_string()).unwrap();
+            r.digest = content::digest(&src).unwrap();
+            images.insert(r.digest.clone(), src);
+            refs.push(r);
+        }
+        let (cache, origin) = caching(tmp.path(), images, false);
+        let tasks: Vec<_> = refs
+            .iter()
+            .cloned()
+            .map(|r| {
+                let c = cache.clone();
+                tokio::spawn(async move { c.ensure(&r).await.map(drop) })
+            })
+            .collect();
+        // Every pull has asked for a slot and MAX_PULLS are open at the server, held there.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while cache.queued() < MAX_PULLS + 1 || origin.open_now.load(Ordering::SeqCst) < MAX_PULLS {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("all pulls queued, MAX_PULLS open");
+        assert_eq!(origin.open_now.load(Ordering::SeqCst), MAX_PULLS, "the last one waits for a slot");
+        origin.gate.add_permits(100);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(origin.open_max.load(Ordering::SeqCst), MAX_PULLS);
+        assert_eq!(cache.pulls(), (MAX_PULLS + 1) as u64);
+        assert_eq!(cache.cached().len(), MAX_PULLS + 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
