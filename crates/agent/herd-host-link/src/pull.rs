@@ -148,3 +148,31 @@ pub async fn image_ref(state: &State, source: &ImageSource) -> Result<Option<Ima
     let digest = digest_of(state, &image).await?;
     Ok(Some(ImageRef { urn: image.urn.clone(), digest }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_image_imported_before_digests_gets_its_digest_once_and_specs_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("init"), b"#!/bin/sh\n").unwrap();
+        let source = ImageSource::Directory { path: dir.path().display().to_string() };
+        let state = State::in_memory().unwrap();
+        let urn = herd_model::ImageUrn::parse("P:O:S:1").unwrap();
+        let old = herd_state::images::image_record(&urn, source.clone(), Some(false), chrono::Utc::now());
+        assert!(old.digest.is_none());
+        herd_state::images::add_image(&**state.store(), &old, "a test", chrono::Utc::now()).unwrap();
+        assert_eq!(wanted(&state).await.unwrap().len(), 0, "no digest yet: nothing a host could hold");
+        fill_digests(&state).await;
+        let expected = content::digest(&source).unwrap();
+        let all = state.run(herd_state::images::images).await.unwrap();
+        assert_eq!(all[0].digest.as_deref(), Some(expected.as_str()));
+        assert_eq!(wanted(&state).await.unwrap().into_iter().collect::<Vec<_>>(), [expected.clone()]);
+        let r = image_ref(&state, &source).await.unwrap().unwrap();
+        assert_eq!((r.urn.as_str(), r.digest.as_str()), ("P:O:S:1", expected.as_str()));
+        // A spec built from no gallery image names none: its paths pass as they are.
+        let elsewhere = ImageSource::Directory { path: "/srv/not-the-gallery".into() };
+        assert!(image_ref(&state, &elsewhere).await.unwrap().is_none());
+    }
+}
