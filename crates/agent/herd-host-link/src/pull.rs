@@ -168,7 +168,7 @@ mod tests {
         let expected = content::digest(&source).unwrap();
         let all = state.run(herd_state::images::images).await.unwrap();
         assert_eq!(all[0].digest.as_deref(), Some(expected.as_str()));
-        assert_eq!(wanted(&state).await.unwrap().into_iter().collect::<Vec<_>>(), [expected.clone()]);
+        assert_eq!(wanted(&state).await.unwrap().into_iter().collect::<Vec<_>>(), vec![expected.clone()]);
         let r = image_ref(&state, &source).await.unwrap().unwrap();
         assert_eq!((r.urn.as_str(), r.digest.as_str()), ("P:O:S:1", expected.as_str()));
         // A spec built from no gallery image names none: its paths pass as they are.
