@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{wait_for, wait_observing, Server, HERD};
+use common::{wait_observing, Server, HERD};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
