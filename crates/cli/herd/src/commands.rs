@@ -45,6 +45,8 @@ const JOINED_HOST_TABLE: Columns<'static> = &[
     ("Instances", "instances"),
     ("Version", "agentVersion"),
     ("LastHeartbeat", "lastHeartbeat"),
+    ("MaxHeartbeatGapMs", "maxHeartbeatGapMs"),
+    ("ImagePulls", "imagePulls"),
 ];
 
 const JOIN_TOKEN_TABLE: Columns<'static> = &[
