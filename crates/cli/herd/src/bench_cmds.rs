@@ -77,6 +77,13 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             }
             Ok(())
         }
+        BenchCmd::Remote { runs, testguest, sku } => {
+            let testguest = std::path::absolute(testguest)?;
+            tokio::task::spawn_blocking(move || {
+                herd_bench::remote::run(herd_bench::remote::Options { runs, testguest, sku })
+            })
+            .await?
+        }
         BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
             herd_bench::qemu::run(launch, herd_bench::qemu::Options { rounds, counts, testguest, sku, json }).await
         }

@@ -989,6 +989,20 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The cost of a joined host: API call -> a VM's QEMU exists, on a host joined with `herd
+    /// agent` against the server's own machine, alternating, in a namespace cluster rig
+    /// (`herd dev cluster`; root).
+    Remote {
+        /// Measured pairs (after one warm-up pair).
+        #[arg(long, default_value_t = 9)]
+        runs: u32,
+        /// The test guest build (images/testguest/build.sh OUT): OUT, using OUT/1.0.0.
+        #[arg(long, env = "HERD_TESTGUEST_OUT", hide_env_values = true, default_value = "target/testguest")]
+        testguest: std::path::PathBuf,
+        /// VM size.
+        #[arg(long, default_value = "Standard_B1ls")]
+        sku: String,
+    },
     /// A rolling upgrade in 20% batches (100 sim instances, then 20 process instances behind
     /// the load balancer): total time against the sum of the batches' rebuild and health waits.
     Rolling {

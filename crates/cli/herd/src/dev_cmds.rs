@@ -116,6 +116,9 @@ pub struct UpArgs {
     /// Extra `herd server` arguments, e.g. `--server-arg=--accel --server-arg=tcg`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// A zone the server's own machine serves as well (default: it takes no instances).
+    #[arg(long)]
+    pub local_zone: Option<String>,
     /// Seconds to wait for the server and for every host to be Ready.
     #[arg(long, default_value_t = 180)]
     pub wait_secs: u64,
@@ -160,6 +163,7 @@ pub fn run(cmd: DevCmd, output: Format, query: Option<&str>) -> Result<()> {
                 driver: a.driver,
                 server_args: a.server_args,
                 server_config,
+                local_zone: a.local_zone,
                 timeout: Duration::from_secs(a.wait_secs),
             };
             let cluster = Cluster::up(layout, &opts)?;

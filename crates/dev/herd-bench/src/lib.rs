@@ -27,6 +27,7 @@ pub mod bridged;
 pub mod lb;
 pub mod provision;
 pub mod qemu;
+pub mod remote;
 pub mod rolling;
 pub mod spot;
 pub mod tls;

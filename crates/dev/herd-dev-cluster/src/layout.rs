@@ -190,12 +190,25 @@ impl Layout {
         out
     }
 
-    /// The server's config: the zones the hosts serve, and the server's own machine declared
-    /// as a host that takes no instances (every instance goes to an agent's host).
-    pub fn server_config(&self, extra: &str) -> String {
-        let zones: Vec<String> = self.zones().iter().map(|z| format!("\"{z}\"")).collect();
+    /// The server's config: the zones the hosts serve; the server's own machine declared as a
+    /// host that takes no instances (every instance goes to an agent's host), or, with
+    /// `local_zone`, one that serves that zone; host-local networking (a vnet does not span
+    /// hosts yet) unless `extra` names a network mode.
+    pub fn server_config(&self, extra: &str, local_zone: Option<&str>) -> String {
+        let mut zones = self.zones();
+        if let Some(z) = local_zone {
+            if !zones.iter().any(|x| x == z) {
+                zones.push(z.to_string());
+            }
+        }
+        let zones: Vec<String> = zones.iter().map(|z| format!("\"{z}\"")).collect();
+        let local = match local_zone {
+            Some(z) => format!("zone = \"{z}\"\nvcpus = 2\nmemory_mib = 4096\novercommit = 16.0\n"),
+            None => "vcpus = 1\nmemory_mib = 1024\nschedulable = false\n".to_string(),
+        };
+        let network = if extra.contains("mode =") { "" } else { "[network]\nmode = \"host-local\"\n\n" };
         format!(
-            "# Written by `herd dev cluster up`.\nzones = [{}]\n\n[[hosts]]\nname = \"local\"\nvcpus = 1\nmemory_mib = 1024\nschedulable = false\n\n{extra}\n",
+            "# Written by `herd dev cluster up`.\nzones = [{}]\n\n[[hosts]]\nname = \"local\"\n{local}\n{network}{extra}\n",
             zones.join(", ")
         )
     }
@@ -312,9 +325,16 @@ mod tests {
     #[test]
     fn the_server_config_offers_the_hosts_zones_and_keeps_its_own_machine_free() {
         let l = Layout::plan(&spec("dev", 3, &["2", "1"], &[])).unwrap();
-        let c = l.server_config("[agents]\nhost_grace_secs = 5");
+        let c = l.server_config("[agents]\nhost_grace_secs = 5", None);
         assert!(c.contains("zones = [\"2\", \"1\"]"), "{c}");
         assert!(c.contains("name = \"local\"") && c.contains("schedulable = false"), "{c}");
         assert!(c.contains("host_grace_secs = 5"));
+        assert!(c.contains("mode = \"host-local\""), "{c}");
+        let parsed: toml::Value = toml::from_str(&c).expect("valid TOML");
+        assert_eq!(parsed["hosts"].as_array().unwrap().len(), 1);
+        // With a local zone, the server's machine serves it (and the zone is offered).
+        let c = l.server_config("[network]\nmode = \"bridged\"", Some("9"));
+        assert!(c.contains("zones = [\"2\", \"1\", \"9\"]") && c.contains("zone = \"9\""), "{c}");
+        assert!(!c.contains("schedulable = false") && !c.contains("host-local"), "{c}");
     }
 }

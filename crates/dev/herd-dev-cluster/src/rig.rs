@@ -58,6 +58,8 @@ pub struct UpOptions {
     pub server_args: Vec<String>,
     /// Appended to the server's config file.
     pub server_config: String,
+    /// A zone the server's own machine serves too (none: it takes no instances).
+    pub local_zone: Option<String>,
     /// How long to wait for the server to answer and for every host to be Ready.
     pub timeout: Duration,
 }
@@ -203,7 +205,10 @@ impl Cluster {
             self.inits.insert(m.name.clone(), pid);
             self.save()?;
         }
-        std::fs::write(l.data_dir.join("server.toml"), l.server_config(&opts.server_config))?;
+        std::fs::write(
+            l.data_dir.join("server.toml"),
+            l.server_config(&opts.server_config, opts.local_zone.as_deref()),
+        )?;
         let t = Instant::now();
         self.start("server")?;
         self.wait_server(opts.timeout)?;
