@@ -207,3 +207,83 @@ fn two_clusters_run_side_by_side_and_the_rig_refuses_bad_input() {
     b.wait_host("h2", "Ready", Duration::from_secs(30));
     b.down();
 }
+
+#[test]
+fn a_vm_on_a_joined_host_outlives_its_agent_and_the_restarted_agent_adopts_it() {
+    let tg = herd_test_support::require_testguest("1.0.0");
+    let r = Rig::up(
+        &Rig::unique("vm"),
+        &["--hosts", "1", "--zones", "1", "--driver", "qemu", "--server-arg=--accel", "--server-arg=tcg"],
+        "[qemu]\nboot_timeout_secs = 240\n",
+    );
+    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
+    let cmdline = format!("@{}", tg.join("cmdline").display());
+    r.json(&[
+        "image",
+        "import",
+        "--urn",
+        "Herd:TestGuest:1:1.0.0",
+        "--kernel",
+        tg.join("vmlinuz").to_str().unwrap(),
+        "--initrd",
+        tg.join("initrd.img").to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ]);
+    r.json(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:TestGuest:1:1.0.0",
+        "--vm-sku",
+        "Standard_B1ls",
+        "--instance-count",
+        "1",
+        "--zones",
+        "1",
+        "--disable-overprovision",
+        "--no-wait",
+    ]);
+    wait_observing("the VM running on h1", Duration::from_secs(300), || match running(&r) {
+        (1, list) if list[0]["host"] == "h1" => Ok(()),
+        (_, list) => Err(common::instances_summary(&list)),
+    });
+    // The VM runs on h1, under h1's agent's data dir, and nowhere else.
+    let qemu = r.pids("h1", "qemu-system");
+    assert_eq!(qemu.len(), 1, "one QEMU on h1");
+    assert!(r.pids("server", "qemu-system").is_empty(), "no VM on the server's machine");
+    let argv = String::from_utf8_lossy(&r.exec("h1", &["cat", &format!("/proc/{}/cmdline", qemu[0])]).stdout)
+        .replace('\0', " ");
+    assert!(argv.contains(&r.member_dir("h1").display().to_string()), "{argv}");
+
+    // kill -9 the agent: the VM keeps running; the restarted agent adopts it, the server sees
+    // it running, and it is the very same QEMU.
+    r.signal("h1", "kill");
+    assert_eq!(r.pids("h1", "qemu-system"), qemu, "the VM outlives its agent");
+    r.start("h1");
+    r.wait_host("h1", "Ready", Duration::from_secs(60));
+    wait_observing("the VM running after its agent came back", Duration::from_secs(120), || match running(&r) {
+        (1, _) => Ok(()),
+        (_, list) => Err(common::instances_summary(&list)),
+    });
+    // Passes go on (a scale-out through the restarted agent takes several, each listing h1):
+    // the first VM is still the very same QEMU.
+    r.json(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "2", "--no-wait"]);
+    wait_observing("both VMs running on h1", Duration::from_secs(300), || match running(&r) {
+        (2, list) if list.as_array().unwrap().iter().all(|i| i["host"] == "h1") => Ok(()),
+        (_, list) => Err(common::instances_summary(&list)),
+    });
+    let now = r.pids("h1", "qemu-system");
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.contains(&qemu[0]), "adopted, not restarted: {qemu:?} then {now:?}");
+    let name = r.name.clone();
+    let data = r.data_dir.clone();
+    r.down();
+    assert_gone(&name, &data);
+    let left = std::process::Command::new("pgrep").args(["-f", &data.display().to_string()]).output().unwrap();
+    assert!(left.stdout.is_empty(), "no process of the rig is left: {}", String::from_utf8_lossy(&left.stdout));
+}
