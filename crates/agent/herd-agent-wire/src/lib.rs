@@ -35,6 +35,16 @@
 //!     │ ◀── PullStart {size} ─── or PullRefused {why} and close
 //!     │ ◀── the image's content stream (herd_model::image::content), `size` bytes, close
 //! ```
+//!
+//! Each connection an instance opens to its metadata endpoint (scheduled events, identity)
+//! is relayed to the server on a connection of its own, so a host serves its instances'
+//! metadata while the decisions stay the server's:
+//!
+//! ```text
+//!     │ ── Relay {key} ──────────────────────────────────▶ │ is `key` placed on this host?
+//!     │ ◀── RelayStart ─── or RelayRefused {why} and close   │ connect to its endpoint
+//!     │ ◀─── the instance's HTTP bytes, both ways ───────▶ │
+//! ```
 #![forbid(unsafe_code)]
 
 use herd_driver::{
@@ -47,7 +57,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol's version; an agent and a server of different versions refuse each other
 /// with a message naming both.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// The largest frame either end accepts.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -67,6 +77,11 @@ pub enum AgentMessage {
     /// with this digest.
     #[serde(rename_all = "camelCase")]
     Pull { protocol: u32, digest: String },
+    /// The first message of a metadata relay connection: a process or VM on this host opened
+    /// a connection to its metadata endpoint (instance `key`, `group/set/id`); the bytes that
+    /// follow, both ways, are that connection's.
+    #[serde(rename_all = "camelCase")]
+    Relay { protocol: u32, key: String },
 }
 
 /// The gallery image a spec's paths came from, for a host that does not share the server's
@@ -105,6 +120,11 @@ pub enum ServerMessage {
     /// On a pull connection: no content will come (no gallery image has the digest).
     #[serde(rename_all = "camelCase")]
     PullRefused { reason: String },
+    /// On a relay connection: connected to the instance's metadata endpoint; relay from now on.
+    RelayStart,
+    /// On a relay connection: no endpoint for that instance here (not this host's, or none).
+    #[serde(rename_all = "camelCase")]
+    RelayRefused { reason: String },
 }
 
 /// One call of the `Driver` trait, as the server sends it to a host. Every call that acts on

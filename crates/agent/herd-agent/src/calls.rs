@@ -7,6 +7,7 @@
 //! server's files) are replaced by this host's cached copy, pulled first if it is not here.
 
 use crate::images::{ImageCache, Lease, PullError};
+use crate::metadata_relay::Relays;
 use herd_agent_wire::{CallError, DriverCall, DriverReply, ImageRef};
 use herd_driver::{Driver, InstanceSpec};
 use std::sync::Arc;
@@ -15,25 +16,50 @@ use std::sync::Arc;
 pub async fn execute(
     driver: &dyn Driver,
     images: &Arc<ImageCache>,
+    relays: &Arc<Relays>,
     call: DriverCall,
 ) -> Result<DriverReply, CallError> {
     let done = |r: Result<(), herd_driver::DriverError>| r.map(|()| DriverReply::Done);
+    // An instance built here gets its metadata listener (where its spec says it will look).
+    let listen = |spec: &InstanceSpec| {
+        if let Some(addr) = spec.metadata_endpoint {
+            relays.ensure(&spec.key.path(), addr);
+        }
+    };
     let result = match call {
         DriverCall::Ensure { mut spec, fence, image } => {
             let _lease = local_image(images, &mut spec, image).await?;
-            done(driver.ensure(&spec, fence).await)
+            let r = driver.ensure(&spec, fence).await;
+            if r.is_ok() {
+                listen(&spec);
+            }
+            done(r)
         }
         DriverCall::SetPower { key, target, fence } => done(driver.set_power(&key, target, fence).await),
         DriverCall::Restart { key, fence } => done(driver.restart(&key, fence).await),
         DriverCall::Resize { mut spec, fence, image } => {
             let _lease = local_image(images, &mut spec, image).await?;
-            done(driver.resize(&spec, fence).await)
+            let r = driver.resize(&spec, fence).await;
+            if r.is_ok() {
+                listen(&spec);
+            }
+            done(r)
         }
         DriverCall::Reimage { mut spec, fence, image } => {
             let _lease = local_image(images, &mut spec, image).await?;
-            done(driver.reimage(&spec, fence).await)
+            let r = driver.reimage(&spec, fence).await;
+            if r.is_ok() {
+                listen(&spec);
+            }
+            done(r)
         }
-        DriverCall::Destroy { key, fence } => done(driver.destroy(&key, fence).await),
+        DriverCall::Destroy { key, fence } => {
+            let r = driver.destroy(&key, fence).await;
+            if r.is_ok() {
+                relays.close(&key.path());
+            }
+            done(r)
+        }
         DriverCall::List => driver.list().await.map(DriverReply::Instances),
         DriverCall::Stats { key } => driver.stats(&key).await.map(DriverReply::Stats),
         DriverCall::RunScript { key, run, fence } => {

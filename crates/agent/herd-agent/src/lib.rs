@@ -12,6 +12,7 @@
 //!   good when the server refuses the host (deleted, another certificate).
 //! - [`capacity`]: what the host has, as reported in every heartbeat.
 //! - [`calls`]: the server's driver calls, carried out with this host's own driver.
+//! - [`metadata_relay`]: its instances' metadata endpoints, relayed to the server.
 //! - [`images`]: the host's image cache by content digest, pulled from the server on a
 //!   connection of its own, and emptied of what the gallery no longer has.
 //!
@@ -36,6 +37,7 @@ pub mod identity;
 pub mod images;
 pub mod join;
 pub mod link;
+pub mod metadata_relay;
 
 /// This agent's version, as it reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -65,7 +65,16 @@ pub async fn run(
         Connect { addr: format!("{host}:{port}"), name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) };
     let images = crate::images::ImageCache::open(data_dir.join("images"), Arc::new(connect.clone()))
         .with_context(|| format!("the image cache in {}", data_dir.join("images").display()))?;
+    let relays = crate::metadata_relay::Relays::new(data_dir, Arc::new(connect.clone()));
+    // The metadata listeners of the instances this host already runs (adopted after a restart).
+    match driver.list().await {
+        Ok(listed) => relays.restore(&listed.iter().map(|o| o.key.path()).collect::<Vec<_>>()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's instances; their metadata listeners come back with their next call")
+        }
+    }
     let dial = Dial {
+        relays,
         connect,
         host: identity.membership.name.clone(),
         data_dir: data_dir.to_path_buf(),
@@ -156,6 +165,26 @@ impl crate::images::Origin for Connect {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::metadata_relay::Upstream for Connect {
+    async fn open(&self, key: &str) -> Result<Box<dyn crate::metadata_relay::Duplex>, String> {
+        let failed = |e: anyhow::Error| format!("relaying {key}'s metadata to {}: {e:#}", self.addr);
+        let mut tls = self.dial().await.map_err(failed)?;
+        let ask = AgentMessage::Relay { protocol: PROTOCOL, key: key.to_string() };
+        herd_agent_wire::write(&mut tls, &ask).await.map_err(|e| failed(e.into()))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, herd_agent_wire::read::<_, ServerMessage>(&mut tls)).await {
+            Ok(Ok(Some(ServerMessage::RelayStart))) => Ok(Box::new(tls)),
+            Ok(Ok(Some(ServerMessage::RelayRefused { reason } | ServerMessage::Refused { reason }))) => {
+                Err(format!("the server refused to relay {key}'s metadata: {reason}"))
+            }
+            Ok(Ok(Some(other))) => Err(failed(anyhow!("expected RelayStart, got {other:?}"))),
+            Ok(Ok(None)) => Err(failed(anyhow!("the server closed the connection"))),
+            Ok(Err(e)) => Err(failed(e.into())),
+            Err(_) => Err(failed(anyhow!("no answer within {CONNECT_TIMEOUT:?}"))),
+        }
+    }
+}
+
 struct Dial {
     connect: Connect,
     host: String,
@@ -163,6 +192,7 @@ struct Dial {
     boot_id: String,
     driver: Arc<dyn herd_driver::Driver>,
     images: Arc<crate::images::ImageCache>,
+    relays: Arc<crate::metadata_relay::Relays>,
 }
 
 impl Dial {
@@ -235,12 +265,13 @@ impl Dial {
                     Some(Ok(Some(ServerMessage::Call { id, call }))) => {
                         tracing::debug!(id, op = call.op(), "a call from the server");
                         let (driver, replies, images) = (self.driver.clone(), replies_tx.clone(), self.images.clone());
+                        let relays = self.relays.clone();
                         // A call runs to its end even if the connection drops meanwhile: a
                         // driver call cut half-way helps no one, and the server asks again
                         // (every call is idempotent) and gets the finished state. An image
                         // pull inside it has a connection of its own: this loop goes on.
                         tokio::spawn(async move {
-                            let result = crate::calls::execute(&*driver, &images, call).await;
+                            let result = crate::calls::execute(&*driver, &images, &relays, call).await;
                             let _ = replies.send(AgentMessage::Reply { id, result }).await;
                         });
                     }

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pull;
+pub mod relay;
 pub mod remote;
 pub mod router;
 
@@ -86,6 +87,9 @@ pub struct HostLinks {
     /// Image pulls served to each host since this server started.
     pulls: Mutex<HashMap<String, u64>>,
     heartbeat_interval_ms: u64,
+    /// Where each instance's metadata endpoint listens on this server (set once the metadata
+    /// service runs); what hosts relay their instances' metadata connections to.
+    metadata: std::sync::OnceLock<Arc<dyn relay::MetadataEndpoints>>,
 }
 
 impl HostLinks {
@@ -103,7 +107,14 @@ impl HostLinks {
             next_call: std::sync::atomic::AtomicU64::new(1),
             pulls: Mutex::new(HashMap::new()),
             heartbeat_interval_ms: interval_ms,
+            metadata: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where instances' metadata endpoints listen: relayed connections of hosts go there. Set
+    /// once; a host's relay is refused until then.
+    pub fn set_metadata_endpoints(&self, endpoints: Arc<dyn relay::MetadataEndpoints>) {
+        let _ = self.metadata.set(endpoints);
     }
 
     /// Image pulls served to host `name` since this server started.
@@ -208,6 +219,14 @@ impl HostLinks {
                 return Err(why);
             }
             return pull::serve(&self, &mut tls, &name, digest).await;
+        }
+        if let Ok(Ok(Some(AgentMessage::Relay { protocol, key }))) = &hello {
+            if *protocol != PROTOCOL {
+                let why = format!("agent protocol {protocol} is not this server's ({PROTOCOL})");
+                let _ = herd_agent_wire::write(&mut tls, &ServerMessage::RelayRefused { reason: why.clone() }).await;
+                return Err(why);
+            }
+            return relay::serve(&self, tls, &name, key).await;
         }
         let (capacity, version, boot_id) = match hello {
             Ok(Ok(Some(AgentMessage::Hello { protocol, name: said, agent_version, capacity, boot_id }))) => {
@@ -345,6 +364,9 @@ impl HostLinks {
                 AgentMessage::Hello { .. } => return refuse("a second Hello on one connection".into()).await,
                 AgentMessage::Pull { .. } => {
                     return refuse("a Pull on the link (pulls have their own connection)".into()).await
+                }
+                AgentMessage::Relay { .. } => {
+                    return refuse("a Relay on the link (relays have their own connection)".into()).await
                 }
             }
         }

@@ -82,3 +82,15 @@ impl herd_autoscaler::runner::CapacityWriter for CapacityWriter {
         self.0.set_capacity(group, set, capacity, reason)
     }
 }
+
+/// Where instances' metadata endpoints listen, for the hosts' relays
+/// (`herd_host_link::relay`).
+#[derive(Debug)]
+pub struct MetadataEndpoints(pub herd_metadata::MetadataService);
+
+#[async_trait::async_trait]
+impl herd_host_link::relay::MetadataEndpoints for MetadataEndpoints {
+    async fn endpoint(&self, key: &herd_model::InstanceKey) -> Option<std::net::SocketAddr> {
+        self.0.listening().await.get(&key.path()).copied()
+    }
+}

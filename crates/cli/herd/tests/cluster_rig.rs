@@ -43,6 +43,24 @@ fn instance_dirs(r: &Rig, host: &str) -> usize {
 
 const APP: &str = "http.server";
 
+/// The instance metadata document (`/metadata/instance`) as the process `pid` of `host` (a pid
+/// in that host's namespace) gets it from its own endpoint (`HERD_METADATA_URL`).
+fn metadata_of(r: &Rig, host: &str, pid: u32) -> Value {
+    let env = r.exec(host, &["cat", &format!("/proc/{pid}/environ")]);
+    let env = String::from_utf8_lossy(&env.stdout).into_owned();
+    let url = env
+        .split('\0')
+        .find_map(|v| v.strip_prefix("HERD_METADATA_URL="))
+        .unwrap_or_else(|| panic!("no HERD_METADATA_URL in {host}'s process {pid}"))
+        .to_string();
+    let py = format!(
+        "import urllib.request as u; r=u.Request('{url}/instance?api-version=2021-02-01', headers={{'Metadata':'true'}}); print(u.urlopen(r, timeout=20).read().decode())"
+    );
+    let out = r.exec(host, &["python3", "-c", &py]);
+    assert!(out.status.success(), "metadata from {host}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn a_set_spreads_over_three_hosts_and_survives_an_agent_and_a_server_kill() {
     // A grace longer than the freeze below, so the frozen host stays Ready (placement keeps
@@ -123,6 +141,27 @@ fn a_set_spreads_over_three_hosts_and_survives_an_agent_and_a_server_kill() {
     });
     assert_eq!(r.pids("h2", APP), before, "adopted, not restarted");
     assert_eq!(instance_dirs(&r, "h2"), 2);
+    // Its instances' metadata endpoint answers on their own host (relayed by the restarted
+    // agent to the server), with each instance's own identity.
+    let list = r.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+    let mut on_h2: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["host"] == "h2")
+        .map(|i| format!("web_{}", i["instanceId"].as_str().unwrap_or_default()))
+        .collect();
+    let mut answered: Vec<String> = before
+        .iter()
+        .map(|pid| {
+            let doc = metadata_of(&r, "h2", *pid);
+            assert_eq!(doc["compute"]["zone"], "2", "{doc}");
+            doc["compute"]["name"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    on_h2.sort();
+    answered.sort();
+    assert_eq!(answered, on_h2, "each instance gets its own identity");
 
     // kill -9 the server in the middle of a scale-out across hosts: h3's agent is frozen
     // (SIGSTOP), so the scale-out is cut off with h1 and h2 done and h3's share in flight.

@@ -190,6 +190,10 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
     let (mut runtime, metadata) =
         register_controllers(&cfg, &state, driver, parts, settings.prices, settings.metadata_port);
+    // Joined hosts relay their instances' metadata connections to the endpoints here.
+    if let (Some((_, links)), Some(md)) = (&agents, &metadata) {
+        links.set_metadata_endpoints(Arc::new(crate::services::MetadataEndpoints(md.clone())));
+    }
     if let Some((controller, wake)) = tls.controller {
         runtime.add_with_wake(controller, wake);
     }
