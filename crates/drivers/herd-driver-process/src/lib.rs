@@ -297,11 +297,27 @@ impl ProcessDriver {
     }
 
     async fn start(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
-        let d2 = d.clone();
+        let (d2, k2, set_hostname) = (d.clone(), key.clone(), self.set_hostname);
         // Without a recorded pid, a crash before the new one is written is recognisable (see
         // live_group). Nothing is written when none was recorded (a first start).
-        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed(key, "clearing the recorded pid", e))?;
-        let started = match spawn::plan(d, key, &self.state.tag, self.set_hostname) {
+        let plan = self
+            .blocking(move |st| {
+                st.clear_pid(&d2, &k2)?;
+                Ok::<_, DriverError>(spawn::plan(&d2, &k2, &st.tag, set_hostname))
+            })
+            .await??;
+        self.start_planned(d, key, plan).await
+    }
+
+    /// Starts the instance in `d` as `plan` says (or records why it cannot start), and records
+    /// its pid. The caller has cleared the pid of any previous start.
+    async fn start_planned(
+        &self,
+        d: &InstanceDir,
+        key: &InstanceKey,
+        plan: Result<spawn::Plan, String>,
+    ) -> Result<(), DriverError> {
+        let started = match plan {
             Ok(plan) => self.launch(plan, key).await?,
             Err(msg) => Launched::Failed(msg),
         };
@@ -405,11 +421,6 @@ impl ProcessDriver {
         Err(DriverError::Failed(format!("process group {} did not exit after SIGKILL", id.pid)))
     }
 
-    async fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
-        let spec = spec.clone();
-        self.blocking(move |st| st.materialize(&spec, fence)).await?
-    }
-
     /// The fence check every acting call starts with (see `State::admit`).
     async fn admit(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let key = key.clone();
@@ -426,12 +437,13 @@ impl Driver for ProcessDriver {
     async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        self.admit(&spec.key, fence).await?;
-        let existed = self.materialize(spec, fence).await?;
-        if existed && self.live_group(&spec.key).await?.is_some() {
-            return Ok(());
+        // The fence check, the build and the start's plan in one trip to the blocking pool (a
+        // new instance's plan comes from the record just written, not read back).
+        let (spec2, set_hostname) = (spec.clone(), self.set_hostname);
+        match self.blocking(move |st| st.prepare_ensure(&spec2, fence, set_hostname)).await?? {
+            None => Ok(()),
+            Some(plan) => self.start_planned(&d, &spec.key, plan).await,
         }
-        self.start(&d, &spec.key).await
     }
 
     async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
@@ -499,7 +511,8 @@ impl Driver for ProcessDriver {
             .await??;
             tracing::debug!(instance = %spec.key, "reimaged");
         } else {
-            self.materialize(spec, fence).await?;
+            let spec = spec.clone();
+            self.blocking(move |st| st.materialize(&spec, fence)).await??;
         }
         self.start(&d, &spec.key).await
     }

@@ -128,8 +128,9 @@ impl State {
     }
 
     /// Builds the instance directory if absent (recording `fence` in it before it appears under
-    /// its name, so a new instance is never without its fence). Returns whether it existed.
-    pub fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
+    /// its name, so a new instance is never without its fence). Returns the record it wrote
+    /// for a new instance, `None` if the directory existed.
+    pub fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<Option<InstanceRecord>, DriverError> {
         let d = self.instance(&spec.key);
         let image = image_dir(spec)?;
         self.check_owned(&d, &spec.key)?;
@@ -139,7 +140,7 @@ impl State {
                 image_usable(&spec.key, &image)?;
                 rebuild(&d, spec, &image)?;
             }
-            return Ok(true);
+            return Ok(None);
         }
         image_usable(&spec.key, &image)?;
         let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
@@ -147,9 +148,22 @@ impl State {
         let parent =
             instance_dir::ensure_set_dir(&self.root, &spec.key).map_err(|e| io("creating its directory", e))?;
         let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
-        remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
-        std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
-        install_work(&tmp, spec, &image)?;
+        // A leftover of a build a crash cut short is cleared first (rare: tried only when there
+        // is one).
+        let made = match std::fs::create_dir(&tmp.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
+                std::fs::create_dir(&tmp.dir)
+            }
+            made => made,
+        };
+        made.map_err(|e| io("creating its directory", e))?;
+        // Copied straight to `work/`: the whole directory is still out of sight under its
+        // temporary name, so no half copy can be taken for the disk.
+        copy_tree(&image, &tmp.work()).map_err(|e| io(&format!("copying image {}", image.display()), e))?;
+        if let Some(data) = &spec.custom_data {
+            tmp.write_custom_data(&tmp.work(), data).map_err(|e| io("writing custom data", e))?;
+        }
         // The record holds the fence from its first write on, so no version of it (whole on
         // disk or not) lacks it: a crash leaves the fence or an unreadable record, which
         // refuses every call. (A sweep's fence names no placement: nothing to record.)
@@ -162,7 +176,41 @@ impl State {
         set_built(&mut rec, spec, &d);
         record::create(&tmp.dir, &rec).map_err(|e| io("writing its state file", e))?;
         std::fs::rename(&tmp.dir, &d.dir).map_err(|e| io("creating its directory", e))?;
-        Ok(false)
+        Ok(Some(rec))
+    }
+
+    /// What `ensure` does before it starts anything, in one trip to the blocking pool: the fence
+    /// check, the build of an absent instance, and the plan of its start; `None` when the
+    /// instance exists and runs. The pid of a previous start is cleared before a new one (see
+    /// `ProcessDriver::start`); a new instance has none.
+    pub fn prepare_ensure(
+        &self,
+        spec: &InstanceSpec,
+        fence: Fence,
+        set_hostname: bool,
+    ) -> Result<Option<Result<spawn::Plan, String>>, DriverError> {
+        self.admit(&spec.key, fence)?;
+        let d = self.instance(&spec.key);
+        let rec = match self.materialize(spec, fence)? {
+            Some(built) => built,
+            None => {
+                if self.live_group(&spec.key).is_some() {
+                    return Ok(None);
+                }
+                self.clear_pid(&d, &spec.key)?;
+                match record::read(&d.dir) {
+                    Ok(rec) => rec,
+                    Err(e) => return Ok(Some(Err(format!("cannot read the instance's state file: {e}")))),
+                }
+            }
+        };
+        Ok(Some(spawn::plan_with(&d, &spec.key, &self.tag, set_hostname, rec)))
+    }
+
+    /// Clears the recorded pid before a start, so a crash before the new one is written is
+    /// recognisable (see `live_group`). Nothing is written when none was recorded.
+    pub fn clear_pid(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
+        d.remove_pid().map_err(|e| DriverError::io(key, "clearing the recorded pid", e))
     }
 
     pub fn observe(&self) -> Vec<ObservedInstance> {
