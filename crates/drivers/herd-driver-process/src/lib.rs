@@ -90,7 +90,8 @@
 //! with the computer name as hostname, so `hostname` inside prints it; otherwise `init` is
 //! executed as it is (see [`ProcessDriver::sets_hostname`]). With a launcher
 //! ([`ProcessDriver::with_launcher`], as the server runs it) the driver's **spawner** starts
-//! `init`: a small single-threaded process that forks, sets the hostname and execs `init`, so
+//! `init`: a small single-threaded process that starts each child as `posix_spawn` does (a
+//! `clone` sharing its memory until the `exec`), sets the hostname and execs `init`, so
 //! no instance inherits the server's descriptors or pays for a launcher's `exec` (see the
 //! `spawner` module, with its lifecycle). Without one, or when the spawner is gone, `init`
 //! is started from the server, through the launcher or `unshare --uts -- /bin/sh -c 'hostname
@@ -153,7 +154,7 @@
 //!   process the script started that already left its parent, such as a double-forked daemon,
 //!   is not found; it stays with the instance as part of its group.)
 
-// Only the spawner's process side (`spawner/serve.rs`: `fork`, `execve`) is allowed `unsafe`.
+// Only the spawner's process side (`spawner/serve.rs`: `clone`, `execve`) is allowed `unsafe`.
 #![deny(unsafe_code)]
 
 mod bridge;
