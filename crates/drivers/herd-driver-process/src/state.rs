@@ -263,8 +263,9 @@ impl State {
     }
 }
 
-/// Copies the image to `target/work` (through `work.new`, so a crash never leaves a half copy
-/// under the real name) and writes the custom data.
+/// Copies the image to `target/work` of an existing instance (a reimage: through `work.new`, so
+/// a crash never leaves a half copy under the real name) and writes the custom data. (A new
+/// instance is copied straight into its hidden `.<id>.creating` directory: see `materialize`.)
 fn install_work(target: &InstanceDir, spec: &InstanceSpec, image: &Path) -> Result<(), DriverError> {
     let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
     let staging = target.dir.join("work.new");
