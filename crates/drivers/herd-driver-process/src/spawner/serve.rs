@@ -1,5 +1,5 @@
 //! The spawner process itself: `herd-instance-init --spawner` (or `herd instance-init
-//! --spawner`). It reads requests on its stdin (a socket to herd), starts each with `fork` and
+//! --spawner`). It reads requests on its stdin (a socket to herd), starts each with `clone` and
 //! `execve`, answers with the pid, and reports every child's wait status when it reaps it.
 //!
 //! Why `clone` by hand, and why `unsafe` here: a child needs a new UTS namespace and a hostname
@@ -153,7 +153,7 @@ fn reap(sock: &mut UnixStream) -> Result<(), String> {
     }
 }
 
-/// The steps of a child's set-up, as reported through the error pipe.
+/// The steps of a child's set-up, as reported to the spawner (see `ChildArgs`).
 const STEPS: [&str; 8] = [
     "cannot keep the spawner as its parent",
     "cannot create its process group",
@@ -173,7 +173,7 @@ fn cstring(s: &OsString, what: &str) -> Result<CString, String> {
     CString::new(s.clone().into_vec()).map_err(|_| format!("cannot start init: its {what} holds a NUL byte"))
 }
 
-/// Everything a child uses, built before `fork` (so the child allocates nothing).
+/// Everything a child uses, built before `clone` (so the child allocates nothing).
 struct Prepared {
     program: CString,
     cwd: CString,
