@@ -521,20 +521,11 @@ impl Driver for ProcessDriver {
     async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
-        let d2 = d.clone();
-        if blocking(move || d2.is_remnant()).await? {
-            // What a removal cut short left (see `InstanceDir::is_remnant`): no record, hence
-            // no tag and no fence to check; finished below, after a search for its processes.
-            tracing::info!(instance = %key, "finishing the removal of a directory a crash left half removed");
-        } else {
-            self.admit(key, fence).await?;
-        }
-        let d2 = d.clone();
-        let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
-        if recorded {
-            let d2 = d.clone();
-            let _ = blocking(move || d2.write_power(Power::Stopped)).await?;
-            if let Some(id) = self.live_group(key).await? {
+        // The checks, and stopping the recorded group's power, in one trip to the blocking pool.
+        let k2 = key.clone();
+        let teardown = self.blocking(move |st| st.prepare_destroy(&k2, fence)).await??;
+        if teardown.recorded {
+            if let Some(id) = teardown.live {
                 self.terminate(id).await?;
             }
         } else {
@@ -551,7 +542,7 @@ impl Driver for ProcessDriver {
                 self.terminate(id).await?;
             }
         }
-        if d.read_net().is_some() {
+        if teardown.net {
             let (tag, k) = (self.state.tag.clone(), key.path());
             let ns = bridge::netns_name(&tag, &k);
             blocking(move || bridge::remove(&tag, &k, &ns)).await?.map_err(DriverError::Failed)?;

@@ -20,6 +20,16 @@ const MAX_QUOTED_LINE: usize = 200;
 /// The `exit` record of a start that failed before any process existed.
 pub(crate) const NO_PROCESS: ProcId = ProcId { pid: 0, start: 0 };
 
+/// What `destroy` found before stopping anything (see [`State::prepare_destroy`]).
+pub(crate) struct Teardown {
+    /// A group leader is recorded (else its processes are searched by their environment).
+    pub recorded: bool,
+    /// The recorded group, if it still runs.
+    pub live: Option<ProcId>,
+    /// A bridged-network attachment is recorded (its namespace is removed too).
+    pub net: bool,
+}
+
 /// The instance root and the tag that marks our processes.
 #[derive(Debug, Clone)]
 pub(crate) struct State {
@@ -211,6 +221,26 @@ impl State {
     /// recognisable (see `live_group`). Nothing is written when none was recorded.
     pub fn clear_pid(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
         d.remove_pid().map_err(|e| DriverError::io(key, "clearing the recorded pid", e))
+    }
+
+    /// What `destroy` checks before it stops anything, in one trip to the blocking pool: the
+    /// fence (a directory that a removal cut short left, see `InstanceDir::is_remnant`, has
+    /// no record, hence no tag and no fence to check: it is let through and finished), then one
+    /// read of the record for the pid and the network attachment; a recorded group's desired
+    /// power is set to stopped and whether it still runs is looked up.
+    pub fn prepare_destroy(&self, key: &InstanceKey, fence: Fence) -> Result<Teardown, DriverError> {
+        let d = self.instance(key);
+        if d.is_remnant() {
+            tracing::info!(instance = %key, "finishing the removal of a directory a crash left half removed");
+        } else {
+            self.admit(key, fence)?;
+        }
+        let rec = if d.exists() { d.record() } else { InstanceRecord::default() };
+        let live = rec.pid.and_then(|id| {
+            let _ = d.write_power(Power::Stopped);
+            procfs::group_alive(id).then_some(id)
+        });
+        Ok(Teardown { recorded: rec.pid.is_some(), live, net: rec.net.is_some() })
     }
 
     pub fn observe(&self) -> Vec<ObservedInstance> {
