@@ -1,6 +1,13 @@
 //! `herd bench provision` and `herd bench api`: the time from the API call to all instances
 //! running (next to bare process spawns on the process driver), and the latency of
 //! `list-instances` on a large set (next to a no-work round trip on the same server).
+//!
+//! The process driver's run has two peers, both timed over the same `count` spawns from this
+//! process after the server has stopped. The goal's peer (`peerBareSpawnSeconds`,
+//! `ratioToPeer`) spawns `sleep 3600`: one program per instance. The bench image's `init` is a
+//! shell script that `exec`s `sleep`, so each instance runs two programs (`sh`, then `sleep`);
+//! the second peer (`peerImageInitSeconds`, `ratioToImageInitPeer`) spawns that `init` exactly
+//! as the image holds it, to tell herd's own share from the image's.
 
 use crate::{Bench, Driver, Launch};
 use anyhow::{bail, Result};
@@ -37,11 +44,33 @@ pub(crate) fn model(count: u64) -> Value {
     })
 }
 
+/// `count` spawns of `sleep 3600`, each the leader of its own process group: how long the
+/// spawning took. Then kills them.
 async fn bare_spawns(count: u64) -> Result<Duration> {
+    timed_spawns(count, || {
+        let mut c = tokio::process::Command::new("sleep");
+        c.arg("3600");
+        c
+    })
+    .await
+}
+
+/// `count` spawns of the image's `init` in `image` as the image holds it (its own directory as
+/// the working directory, each the leader of its own process group). Then kills them.
+async fn image_init_spawns(count: u64, image: &std::path::Path) -> Result<Duration> {
+    timed_spawns(count, || {
+        let mut c = tokio::process::Command::new(image.join("init"));
+        c.current_dir(image);
+        c
+    })
+    .await
+}
+
+async fn timed_spawns(count: u64, command: impl Fn() -> tokio::process::Command) -> Result<Duration> {
     let start = Instant::now();
     let mut children = Vec::new();
     for _ in 0..count {
-        children.push(tokio::process::Command::new("sleep").arg("3600").process_group(0).spawn()?);
+        children.push(command().process_group(0).spawn()?);
     }
     let took = start.elapsed();
     for mut c in children {
@@ -78,6 +107,9 @@ pub async fn provision(launch: &dyn Launch, driver: Driver, count: u64, runs: u3
             let peer = bare_spawns(count).await?;
             out["peerBareSpawnSeconds"] = json!(peer.as_secs_f64());
             out["ratioToPeer"] = json!(took.as_secs_f64() / peer.as_secs_f64());
+            let image_peer = image_init_spawns(count, &b.dir.path().join("image")).await?;
+            out["peerImageInitSeconds"] = json!(image_peer.as_secs_f64());
+            out["ratioToImageInitPeer"] = json!(took.as_secs_f64() / image_peer.as_secs_f64());
         }
         println!("{out}");
     }

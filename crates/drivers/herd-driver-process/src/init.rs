@@ -9,7 +9,7 @@
 //! `herd instance-init` (see [`Launcher::find`]).
 //!
 //! The same program runs as the driver's spawner (`--spawner`, see the `spawner` module),
-//! which does all of this in the child it forks, without the extra `exec`; the launcher itself
+//! which does all of this in the child it starts, without the extra `exec`; the launcher itself
 //! then starts only what the spawner cannot (bridged instances, or any start after the
 //! spawner is gone).
 

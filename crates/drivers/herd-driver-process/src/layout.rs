@@ -163,11 +163,6 @@ impl InstanceDir {
         ignore_missing(self.edit(|r| r.exit = Some(exit.clone())))
     }
 
-    /// The bridged-network attachment recorded at create/reimage time, if any.
-    pub fn read_net(&self) -> Option<herd_driver::NetworkAttachment> {
-        self.record().net
-    }
-
     pub fn read_env(&self) -> io::Result<Vec<(String, String)>> {
         Ok(record::read(&self.dir)?.env)
     }

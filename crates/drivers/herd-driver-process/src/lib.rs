@@ -90,7 +90,8 @@
 //! with the computer name as hostname, so `hostname` inside prints it; otherwise `init` is
 //! executed as it is (see [`ProcessDriver::sets_hostname`]). With a launcher
 //! ([`ProcessDriver::with_launcher`], as the server runs it) the driver's **spawner** starts
-//! `init`: a small single-threaded process that forks, sets the hostname and execs `init`, so
+//! `init`: a small single-threaded process that starts each child as `posix_spawn` does (a
+//! `clone` sharing its memory until the `exec`), sets the hostname and execs `init`, so
 //! no instance inherits the server's descriptors or pays for a launcher's `exec` (see the
 //! `spawner` module, with its lifecycle). Without one, or when the spawner is gone, `init`
 //! is started from the server, through the launcher or `unshare --uts -- /bin/sh -c 'hostname
@@ -153,7 +154,7 @@
 //!   process the script started that already left its parent, such as a double-forked daemon,
 //!   is not found; it stays with the instance as part of its group.)
 
-// Only the spawner's process side (`spawner/serve.rs`: `fork`, `execve`) is allowed `unsafe`.
+// Only the spawner's process side (`spawner/serve.rs`: `clone`, `execve`) is allowed `unsafe`.
 #![deny(unsafe_code)]
 
 mod bridge;
@@ -297,11 +298,27 @@ impl ProcessDriver {
     }
 
     async fn start(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
-        let d2 = d.clone();
+        let (d2, k2, set_hostname) = (d.clone(), key.clone(), self.set_hostname);
         // Without a recorded pid, a crash before the new one is written is recognisable (see
         // live_group). Nothing is written when none was recorded (a first start).
-        blocking(move || d2.remove_pid()).await?.map_err(|e| io_failed(key, "clearing the recorded pid", e))?;
-        let started = match spawn::plan(d, key, &self.state.tag, self.set_hostname) {
+        let plan = self
+            .blocking(move |st| {
+                st.clear_pid(&d2, &k2)?;
+                Ok::<_, DriverError>(spawn::plan(&d2, &k2, &st.tag, set_hostname))
+            })
+            .await??;
+        self.start_planned(d, key, plan).await
+    }
+
+    /// Starts the instance in `d` as `plan` says (or records why it cannot start), and records
+    /// its pid. The caller has cleared the pid of any previous start.
+    async fn start_planned(
+        &self,
+        d: &InstanceDir,
+        key: &InstanceKey,
+        plan: Result<spawn::Plan, String>,
+    ) -> Result<(), DriverError> {
+        let started = match plan {
             Ok(plan) => self.launch(plan, key).await?,
             Err(msg) => Launched::Failed(msg),
         };
@@ -405,11 +422,6 @@ impl ProcessDriver {
         Err(DriverError::Failed(format!("process group {} did not exit after SIGKILL", id.pid)))
     }
 
-    async fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
-        let spec = spec.clone();
-        self.blocking(move |st| st.materialize(&spec, fence)).await?
-    }
-
     /// The fence check every acting call starts with (see `State::admit`).
     async fn admit(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let key = key.clone();
@@ -426,12 +438,13 @@ impl Driver for ProcessDriver {
     async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(&spec.key).await;
         let d = self.state.instance(&spec.key);
-        self.admit(&spec.key, fence).await?;
-        let existed = self.materialize(spec, fence).await?;
-        if existed && self.live_group(&spec.key).await?.is_some() {
-            return Ok(());
+        // The fence check, the build and the start's plan in one trip to the blocking pool (a
+        // new instance's plan comes from the record just written, not read back).
+        let (spec2, set_hostname) = (spec.clone(), self.set_hostname);
+        match self.blocking(move |st| st.prepare_ensure(&spec2, fence, set_hostname)).await?? {
+            None => Ok(()),
+            Some(plan) => self.start_planned(&d, &spec.key, plan).await,
         }
-        self.start(&d, &spec.key).await
     }
 
     async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
@@ -499,7 +512,8 @@ impl Driver for ProcessDriver {
             .await??;
             tracing::debug!(instance = %spec.key, "reimaged");
         } else {
-            self.materialize(spec, fence).await?;
+            let spec = spec.clone();
+            self.blocking(move |st| st.materialize(&spec, fence)).await??;
         }
         self.start(&d, &spec.key).await
     }
@@ -507,20 +521,11 @@ impl Driver for ProcessDriver {
     async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
         let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
-        let d2 = d.clone();
-        if blocking(move || d2.is_remnant()).await? {
-            // What a removal cut short left (see `InstanceDir::is_remnant`): no record, hence
-            // no tag and no fence to check; finished below, after a search for its processes.
-            tracing::info!(instance = %key, "finishing the removal of a directory a crash left half removed");
-        } else {
-            self.admit(key, fence).await?;
-        }
-        let d2 = d.clone();
-        let recorded = blocking(move || d2.exists() && d2.read_pid().is_some()).await?;
-        if recorded {
-            let d2 = d.clone();
-            let _ = blocking(move || d2.write_power(Power::Stopped)).await?;
-            if let Some(id) = self.live_group(key).await? {
+        // The checks, and stopping the recorded group's power, in one trip to the blocking pool.
+        let k2 = key.clone();
+        let teardown = self.blocking(move |st| st.prepare_destroy(&k2, fence)).await??;
+        if teardown.recorded {
+            if let Some(id) = teardown.live {
                 self.terminate(id).await?;
             }
         } else {
@@ -537,7 +542,7 @@ impl Driver for ProcessDriver {
                 self.terminate(id).await?;
             }
         }
-        if d.read_net().is_some() {
+        if teardown.net {
             let (tag, k) = (self.state.tag.clone(), key.path());
             let ns = bridge::netns_name(&tag, &k);
             blocking(move || bridge::remove(&tag, &k, &ns)).await?.map_err(DriverError::Failed)?;

@@ -122,10 +122,21 @@ pub(crate) struct Plan {
 
 /// Checks the image and reads what a start of the instance in `d` needs.
 pub(crate) fn plan(d: &InstanceDir, key: &InstanceKey, tag: &str, set_hostname: bool) -> Result<Plan, String> {
-    let work = d.work();
-    check_image(&work)?;
     // One read of the record for both the environment and the network attachment.
     let rec = crate::record::read(&d.dir).map_err(|e| format!("cannot read the instance's state file: {e}"))?;
+    plan_with(d, key, tag, set_hostname, rec)
+}
+
+/// [`plan`] from `rec`, the instance's record as the caller has just read or written it.
+pub(crate) fn plan_with(
+    d: &InstanceDir,
+    key: &InstanceKey,
+    tag: &str,
+    set_hostname: bool,
+    rec: crate::record::InstanceRecord,
+) -> Result<Plan, String> {
+    let work = d.work();
+    check_image(&work)?;
     let env = full_env(d, rec.env, key, tag);
     let computer_name = env
         .iter()

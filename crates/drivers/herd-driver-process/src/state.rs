@@ -20,6 +20,16 @@ const MAX_QUOTED_LINE: usize = 200;
 /// The `exit` record of a start that failed before any process existed.
 pub(crate) const NO_PROCESS: ProcId = ProcId { pid: 0, start: 0 };
 
+/// What `destroy` found before stopping anything (see [`State::prepare_destroy`]).
+pub(crate) struct Teardown {
+    /// A group leader is recorded (else its processes are searched by their environment).
+    pub recorded: bool,
+    /// The recorded group, if it still runs.
+    pub live: Option<ProcId>,
+    /// A bridged-network attachment is recorded (its namespace is removed too).
+    pub net: bool,
+}
+
 /// The instance root and the tag that marks our processes.
 #[derive(Debug, Clone)]
 pub(crate) struct State {
@@ -128,8 +138,9 @@ impl State {
     }
 
     /// Builds the instance directory if absent (recording `fence` in it before it appears under
-    /// its name, so a new instance is never without its fence). Returns whether it existed.
-    pub fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<bool, DriverError> {
+    /// its name, so a new instance is never without its fence). Returns the record it wrote
+    /// for a new instance, `None` if the directory existed.
+    pub fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<Option<InstanceRecord>, DriverError> {
         let d = self.instance(&spec.key);
         let image = image_dir(spec)?;
         self.check_owned(&d, &spec.key)?;
@@ -139,7 +150,7 @@ impl State {
                 image_usable(&spec.key, &image)?;
                 rebuild(&d, spec, &image)?;
             }
-            return Ok(true);
+            return Ok(None);
         }
         image_usable(&spec.key, &image)?;
         let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
@@ -147,9 +158,22 @@ impl State {
         let parent =
             instance_dir::ensure_set_dir(&self.root, &spec.key).map_err(|e| io("creating its directory", e))?;
         let tmp = InstanceDir::new(parent.join(format!(".{}.creating", spec.key.id)));
-        remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
-        std::fs::create_dir(&tmp.dir).map_err(|e| io("creating its directory", e))?;
-        install_work(&tmp, spec, &image)?;
+        // A leftover of a build a crash cut short is cleared first (rare: tried only when there
+        // is one).
+        let made = match std::fs::create_dir(&tmp.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                remove_tree(&tmp.dir).map_err(|e| io("clearing a half-created directory", e))?;
+                std::fs::create_dir(&tmp.dir)
+            }
+            made => made,
+        };
+        made.map_err(|e| io("creating its directory", e))?;
+        // Copied straight to `work/`: the whole directory is still out of sight under its
+        // temporary name, so no half copy can be taken for the disk.
+        copy_tree(&image, &tmp.work()).map_err(|e| io(&format!("copying image {}", image.display()), e))?;
+        if let Some(data) = &spec.custom_data {
+            tmp.write_custom_data(&tmp.work(), data).map_err(|e| io("writing custom data", e))?;
+        }
         // The record holds the fence from its first write on, so no version of it (whole on
         // disk or not) lacks it: a crash leaves the fence or an unreadable record, which
         // refuses every call. (A sweep's fence names no placement: nothing to record.)
@@ -162,7 +186,61 @@ impl State {
         set_built(&mut rec, spec, &d);
         record::create(&tmp.dir, &rec).map_err(|e| io("writing its state file", e))?;
         std::fs::rename(&tmp.dir, &d.dir).map_err(|e| io("creating its directory", e))?;
-        Ok(false)
+        Ok(Some(rec))
+    }
+
+    /// What `ensure` does before it starts anything, in one trip to the blocking pool: the fence
+    /// check, the build of an absent instance, and the plan of its start; `None` when the
+    /// instance exists and runs. The pid of a previous start is cleared before a new one (see
+    /// `ProcessDriver::start`); a new instance has none.
+    pub fn prepare_ensure(
+        &self,
+        spec: &InstanceSpec,
+        fence: Fence,
+        set_hostname: bool,
+    ) -> Result<Option<Result<spawn::Plan, String>>, DriverError> {
+        self.admit(&spec.key, fence)?;
+        let d = self.instance(&spec.key);
+        let rec = match self.materialize(spec, fence)? {
+            Some(built) => built,
+            None => {
+                if self.live_group(&spec.key).is_some() {
+                    return Ok(None);
+                }
+                self.clear_pid(&d, &spec.key)?;
+                match record::read(&d.dir) {
+                    Ok(rec) => rec,
+                    Err(e) => return Ok(Some(Err(format!("cannot read the instance's state file: {e}")))),
+                }
+            }
+        };
+        Ok(Some(spawn::plan_with(&d, &spec.key, &self.tag, set_hostname, rec)))
+    }
+
+    /// Clears the recorded pid before a start, so a crash before the new one is written is
+    /// recognisable (see `live_group`). Nothing is written when none was recorded.
+    pub fn clear_pid(&self, d: &InstanceDir, key: &InstanceKey) -> Result<(), DriverError> {
+        d.remove_pid().map_err(|e| DriverError::io(key, "clearing the recorded pid", e))
+    }
+
+    /// What `destroy` checks before it stops anything, in one trip to the blocking pool: the
+    /// fence (a directory that a removal cut short left, see `InstanceDir::is_remnant`, has
+    /// no record, hence no tag and no fence to check: it is let through and finished), then one
+    /// read of the record for the pid and the network attachment; a recorded group's desired
+    /// power is set to stopped and whether it still runs is looked up.
+    pub fn prepare_destroy(&self, key: &InstanceKey, fence: Fence) -> Result<Teardown, DriverError> {
+        let d = self.instance(key);
+        if d.is_remnant() {
+            tracing::info!(instance = %key, "finishing the removal of a directory a crash left half removed");
+        } else {
+            self.admit(key, fence)?;
+        }
+        let rec = if d.exists() { d.record() } else { InstanceRecord::default() };
+        let live = rec.pid.and_then(|id| {
+            let _ = d.write_power(Power::Stopped);
+            procfs::group_alive(id).then_some(id)
+        });
+        Ok(Teardown { recorded: rec.pid.is_some(), live, net: rec.net.is_some() })
     }
 
     pub fn observe(&self) -> Vec<ObservedInstance> {
@@ -215,8 +293,9 @@ impl State {
     }
 }
 
-/// Copies the image to `target/work` (through `work.new`, so a crash never leaves a half copy
-/// under the real name) and writes the custom data.
+/// Copies the image to `target/work` of an existing instance (a reimage: through `work.new`, so
+/// a crash never leaves a half copy under the real name) and writes the custom data. (A new
+/// instance is copied straight into its hidden `.<id>.creating` directory: see `materialize`.)
 fn install_work(target: &InstanceDir, spec: &InstanceSpec, image: &Path) -> Result<(), DriverError> {
     let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
     let staging = target.dir.join("work.new");

@@ -620,6 +620,13 @@ async fn a_script_runs_in_the_instance_with_its_files_and_environment() {
     let fx = Fixture::new("exec sleep 300");
     fx.driver.ensure(&fx.spec(20), Fence::FIRST).await.unwrap();
     let init = fx.pid(20);
+    // Started directly (no launcher here), the leader sets the hostname in its new namespace
+    // and only then execs `init`, which execs `sleep`: the script must see the name, so it runs
+    // once that has happened (a script started earlier could join the namespace before the
+    // name is set).
+    let comm = format!("/proc/{init}/comm");
+    wait_for("init to exec sleep", || async { std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") })
+        .await;
     let b_sh = "echo from-b >&2\ni=0\nwhile [ $i -lt 500 ]; do echo \"filler line $i\" >&2; i=$((i+1)); done\necho stderr-end >&2\n";
     let command = "cat a.txt\nsh ./b.sh\necho to-stdout\nenv > env.out\nhostname > hostname.out\n\
                    stat -c %a .herd-command > mode.out\npwd > pwd.out\ncut -d' ' -f5 /proc/$$/stat > pgrp.out\nexit 3";

@@ -4,8 +4,8 @@
 //! installed beside `herd`; see `herd_driver_process::init`.
 //!
 //! `herd-instance-init --spawner` is the process driver's spawner, which starts instances for
-//! the server (see `herd_driver_process::spawner`): small, so the one process that `fork`s for
-//! every instance is cheap to fork.
+//! the server (see `herd_driver_process::spawner`): small and single-threaded, the one process
+//! that starts a child for every instance.
 
 #![forbid(unsafe_code)]
 

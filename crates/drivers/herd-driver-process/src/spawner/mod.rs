@@ -7,15 +7,16 @@
 //! one, about 2,400 of them with 1,000 instances (metadata listeners, tokio's pidfds), close to
 //! a second of CPU per 1,000 starts. And the hostname needed a launcher program
 //! (`herd-instance-init`: new UTS namespace, `sethostname`, `exec ./init`), one more `exec` per
-//! instance. The spawner is tiny, single-threaded and holds a handful of descriptors: its
-//! `fork` is cheap, the child sets the hostname itself before its one `execve`, and inherits
+//! instance. The spawner is tiny, single-threaded and holds a handful of descriptors: it starts
+//! each child with a `clone` that shares its memory until the child's `execve` (no address space
+//! to copy), the child sets the hostname itself before its one `execve`, and inherits
 //! nothing of the server (its descriptors are exactly 0, 1 and 2). See `docs/benchmarks.md`,
 //! "Provisioning", session 11.
 //!
 //! The spawner is the launcher binary in another mode (`herd-instance-init --spawner`, or
 //! `herd instance-init --spawner`; see [`crate::init::Launcher`]), started once with a socket
 //! as its stdin and nothing else. The messages are in [`wire`]; the process side is in `serve`
-//! (the only code of this crate allowed `unsafe`, for `fork` and `execve`).
+//! (the only code of this crate allowed `unsafe`, for `clone` and `execve`).
 //!
 //! The spawner is the parent of what it starts, so it reaps them and reports each wait status
 //! (`Exited`); the driver records it as it recorded the status of its own children ("exit

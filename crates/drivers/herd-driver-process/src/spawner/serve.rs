@@ -1,32 +1,34 @@
 //! The spawner process itself: `herd-instance-init --spawner` (or `herd instance-init
-//! --spawner`). It reads requests on its stdin (a socket to herd), starts each with `fork` and
+//! --spawner`). It reads requests on its stdin (a socket to herd), starts each with `clone` and
 //! `execve`, answers with the pid, and reports every child's wait status when it reaps it.
 //!
-//! Why `fork` by hand, and why `unsafe` here: a child needs a new UTS namespace and a hostname
-//! between `fork` and `exec`, which the standard library offers only through `pre_exec` (itself
-//! `unsafe`). The spawner is single-threaded and owns no locks, so its `fork` is cheap and the
-//! child may run ordinary code; the child still does nothing but system calls on values built
-//! before the `fork`, and ends in `execve` or `_exit`.
+//! Why `clone` by hand, and why `unsafe` here: a child needs a new UTS namespace and a hostname
+//! between its creation and its `exec`, which the standard library offers only through
+//! `pre_exec` (itself `unsafe`, and a full `fork`). The spawner starts each child the way
+//! `posix_spawn` does: `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own. The child shares
+//! the spawner's memory until its `execve` (or `_exit`), and the spawner is suspended until
+//! then. So no page table is copied and no page is copied on write: with `fork`, copying the
+//! spawner's address space for every child and the copy-on-write faults that followed were
+//! three quarters of the spawner's cost (see `docs/benchmarks.md`, "Provisioning", session
+//! 15). The child does nothing but system calls on values built before the `clone`, allocates
+//! nothing, and ends in `execve` or `_exit`.
 //!
 //! At its start the spawner closes every descriptor above 2 that it inherited (herd's own are
 //! close-on-exec, but whoever started herd may have left it others), moves its socket to a
 //! close-on-exec descriptor and puts `/dev/null` on 0.
 //!
-//! A child, between `fork` and `execve`, in this order: `PR_SET_PDEATHSIG(SIGKILL)` and a check
+//! A child, between `clone` and `execve`, in this order: `PR_SET_PDEATHSIG(SIGKILL)` and a check
 //! that the spawner is still its parent (so a child whose spawner dies mid-start dies too,
 //! before it is anything herd could miss); its own process group; the default signal mask and
 //! `SIGPIPE` disposition (the spawner blocks `SIGCHLD`, and Rust ignores `SIGPIPE`); a UTS
 //! namespace and the hostname, when asked; `/dev/null` as stdin and the console file as stdout
 //! and stderr; the working directory; the death signal cleared and the parent checked once
 //! more; `execve`. Every other descriptor of the spawner is close-on-exec, so the program
-//! starts with exactly 0, 1 and 2. A failing step writes its number and `errno` to a
-//! close-on-exec pipe and exits 127. The spawner does not wait for that pipe: it reads the
-//! child's start time at once, goes on with the next request, and polls the pipes of the
-//! children still starting beside its socket; when one closes empty (at the `execve`) it
-//! answers `Started`, when it carries a step it answers `Failed` with the step and the error.
-//! So it answers `Started` only for a program that was executed, and herd hears a child's
-//! `Started` before its `Exited` (a child reaped while still listed as starting is answered
-//! first).
+//! starts with exactly 0, 1 and 2. A failing step writes its number and `errno` into memory it
+//! shares with the spawner and exits 127. When `clone` returns, the child has executed its
+//! program or failed: the spawner answers `Started` or `Failed` at once (a failed child is
+//! reaped then and never reported again). So it answers `Started` only for a program that was
+//! executed, and herd hears a child's `Started` before its `Exited`.
 
 #![allow(unsafe_code)]
 
@@ -38,13 +40,14 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// Serves herd on stdin until it closes (herd ended or dropped its driver), or herd dies
 /// (`PR_SET_PDEATHSIG`). The processes it started keep running either way.
@@ -81,36 +84,22 @@ fn run() -> Result<(), String> {
 
     let mut frames = Frames::default();
     let mut buf = vec![0u8; 64 * 1024];
-    // Children forked but not yet known to have executed their program.
-    let mut starting: Vec<Starting> = Vec::new();
+    // One stack for every child: a child uses it only until `clone` returns (see `start`).
+    let mut stack = ChildStack::new().map_err(|e| format!("the children's stack: {e}"))?;
     loop {
-        let (sock_ready, chld_ready, piped) = {
-            let mut fds =
-                vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-            fds.extend(starting.iter().map(|s| PollFd::new(s.errors.as_fd(), PollFlags::POLLIN)));
+        let (sock_ready, chld_ready) = {
+            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
             match nix::poll::poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(format!("poll: {e}")),
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            let piped: Vec<bool> = fds[2..].iter().map(ready).collect();
-            (ready(&fds[0]), ready(&fds[1]), piped)
+            (ready(&fds[0]), ready(&fds[1]))
         };
-        // Children that executed their program (or failed to): answered, in the order seen.
-        let mut i = 0;
-        let mut ready = piped.into_iter();
-        while i < starting.len() {
-            if ready.next() == Some(true) {
-                let s = starting.remove(i);
-                send(&mut sock, &s.finish())?;
-            } else {
-                i += 1;
-            }
-        }
         if chld_ready {
             while let Ok(Some(_)) = sfd.read_signal() {}
-            reap(&mut sock, &mut starting)?;
+            reap(&mut sock)?;
         }
         if sock_ready {
             let n = match sock.read(&mut buf) {
@@ -122,10 +111,11 @@ fn run() -> Result<(), String> {
             frames.push(&buf[..n]);
             while let Some(body) = frames.next_body().map_err(|e| format!("an oversized request ({} bytes)", e.0))? {
                 let req = Request::decode(&body).ok_or("a request it cannot read")?;
-                match start(&req, &devnull, me) {
-                    Ok(s) => starting.push(s),
-                    Err(message) => send(&mut sock, &Reply::Failed { id: req.id, message })?,
-                }
+                let answer = match start(&req, &devnull, me, &mut stack) {
+                    Ok((pid, start)) => Reply::Started { id: req.id, pid, start },
+                    Err(message) => Reply::Failed { id: req.id, message },
+                };
+                send(&mut sock, &answer)?;
             }
         }
     }
@@ -147,10 +137,9 @@ fn send(sock: &mut UnixStream, r: &Reply) -> Result<(), String> {
     sock.write_all(&r.encode()).map_err(|e| format!("answering herd: {e}"))
 }
 
-/// Reaps every child that ended and reports each. One still starting is answered first (its
-/// pipe is closed now that it is gone), so herd always hears `Started` before `Exited`; one that
-/// never executed its program is answered `Failed` and not reported again.
-fn reap(sock: &mut UnixStream, starting: &mut Vec<Starting>) -> Result<(), String> {
+/// Reaps every child that ended and reports each. (A child that failed before its program
+/// ran is reaped by `start`, so everything reaped here was answered `Started`.)
+fn reap(sock: &mut UnixStream) -> Result<(), String> {
     loop {
         let (pid, status) = match nix::sys::wait::waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, (code & 0xff) << 8),
@@ -160,19 +149,11 @@ fn reap(sock: &mut UnixStream, starting: &mut Vec<Starting>) -> Result<(), Strin
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(format!("waitpid: {e}")),
         };
-        if let Some(i) = starting.iter().position(|s| s.pid == pid) {
-            let answer = starting.remove(i).finish();
-            let failed = matches!(answer, Reply::Failed { .. });
-            send(sock, &answer)?;
-            if failed {
-                continue;
-            }
-        }
         send(sock, &Reply::Exited { pid: pid.as_raw().unsigned_abs(), status })?;
     }
 }
 
-/// The steps of a child's set-up, as reported through the error pipe.
+/// The steps of a child's set-up, as reported to the spawner (see `ChildArgs`).
 const STEPS: [&str; 8] = [
     "cannot keep the spawner as its parent",
     "cannot create its process group",
@@ -192,7 +173,7 @@ fn cstring(s: &OsString, what: &str) -> Result<CString, String> {
     CString::new(s.clone().into_vec()).map_err(|_| format!("cannot start init: its {what} holds a NUL byte"))
 }
 
-/// Everything a child uses, built before `fork` (so the child allocates nothing).
+/// Everything a child uses, built before `clone` (so the child allocates nothing).
 struct Prepared {
     program: CString,
     cwd: CString,
@@ -220,75 +201,131 @@ fn prepare(req: &Request) -> Result<Prepared, String> {
     })
 }
 
-/// A child forked for a request, until its program runs (its error pipe closes empty) or its
-/// set-up fails (the pipe carries the step and `errno`).
-struct Starting {
-    id: u64,
-    pid: Pid,
-    start: u64,
-    errors: OwnedFd,
-    hostname: Option<OsString>,
-}
-
-impl Starting {
-    /// The answer, once the pipe is readable or closed (so this does not wait for long: the
-    /// child is executing its program or exiting).
-    fn finish(self) -> Reply {
-        let mut msg = Vec::with_capacity(5);
-        let read = std::fs::File::from(self.errors).read_to_end(&mut msg);
-        let (id, pid) = (self.id, self.pid.as_raw().unsigned_abs());
-        if msg.is_empty() && read.is_ok() {
-            return Reply::Started { id, pid, start: self.start };
-        }
-        // It exits at once (127) without having run anything: reaped here, never reported.
-        let _ = nix::sys::wait::waitpid(self.pid, None);
-        let step = msg.first().copied().unwrap_or(STEP_EXEC);
-        let errno = msg.get(1..5).and_then(|b| b.try_into().ok()).map_or(0, i32::from_le_bytes);
-        let what = STEPS.get(usize::from(step)).copied().unwrap_or("cannot start init");
-        let err = std::io::Error::from_raw_os_error(errno);
-        let message = match (step, &self.hostname) {
-            (STEP_HOSTNAME, Some(h)) => format!("cannot set the hostname to '{}': {err}", h.to_string_lossy()),
-            _ => format!("{what}: {err}"),
-        };
-        Reply::Failed { id, message }
+/// Why a child's set-up failed at `step` with `errno`, as a sentence.
+fn failure(step: u8, errno: i32, hostname: Option<&OsString>) -> String {
+    let what = STEPS.get(usize::from(step)).copied().unwrap_or("cannot start init");
+    let err = std::io::Error::from_raw_os_error(errno);
+    match (step, hostname) {
+        (STEP_HOSTNAME, Some(h)) => format!("cannot set the hostname to '{}': {err}", h.to_string_lossy()),
+        _ => format!("{what}: {err}"),
     }
 }
 
-/// Forks the child of one request. Its start time is read at once, before anything can reap
-/// it; whether its program runs is known later, from its error pipe (see [`Starting`]), so the
-/// spawner forks the next request while this child sets itself up and executes.
-fn start(req: &Request, devnull: &OwnedFd, me: Pid) -> Result<Starting, String> {
-    let p = prepare(req)?;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot start init: pipe: {e}"))?;
-    // SAFETY: this process is single-threaded (the spawner never starts a thread), so the child
-    // inherits no lock held by another thread; it runs only `child`, which makes system calls
-    // on values prepared above and ends in `execve` or `_exit`, never returning here.
-    match unsafe { nix::unistd::fork() } {
-        Err(e) => Err(format!("cannot start init: fork: {e}")),
-        Ok(ForkResult::Child) => {
-            drop(err_r);
-            let (step, errno) = child(&p, devnull, me);
-            let mut msg = [0u8; 5];
-            msg[0] = step;
-            msg[1..].copy_from_slice(&(errno as i32).to_le_bytes());
-            let _ = nix::unistd::write(&err_w, &msg);
-            // SAFETY: `_exit` ends the child at once, without running the parent's exit
-            // handlers or flushing its buffers (they are the spawner's, not the child's).
-            unsafe { libc::_exit(127) }
+/// The size of the stack children run on (they make a few system calls: a few KiB would do).
+const CHILD_STACK: usize = 256 * 1024;
+
+/// The stack a child runs on from `clone` to its `execve`: mapped once and used by one child
+/// at a time (`CLONE_VFORK` suspends the spawner until the child is done with it), with an
+/// inaccessible page below it, so a child that overflowed it would fault instead of writing
+/// over the spawner's memory.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> std::io::Result<ChildStack> {
+        // SAFETY: `sysconf` only reads a constant of the system.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
+        let len = CHILD_STACK + page;
+        // SAFETY: a new anonymous private mapping at an address the kernel chooses: it
+        // overlaps nothing of ours, and only this value refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
         }
-        Ok(ForkResult::Parent { child }) => {
-            drop(err_w);
-            let pid = child.as_raw().unsigned_abs();
-            match crate::procfs::read_stat(pid) {
-                Some(st) => {
-                    Ok(Starting { id: req.id, pid: child, start: st.starttime, errors: err_r, hostname: p.hostname })
-                }
-                None => {
-                    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                    let _ = nix::sys::wait::waitpid(child, None);
-                    Err(format!("cannot read /proc/{pid}/stat of the new init"))
-                }
-            }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping just made, which nothing uses yet.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(std::io::Error::last_os_error()); // unmapped by `drop`
+        }
+        Ok(stack)
+    }
+
+    /// The top of the stack (it grows down), 16-byte aligned as the ABI wants: the mapping is
+    /// page-aligned and its length a multiple of the page size.
+    fn top(&mut self) -> *mut libc::c_void {
+        self.base.cast::<u8>().wrapping_add(self.len).cast()
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no child runs on it any more (each
+        // was done with it when its `clone` returned).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// No failure recorded (a child's `step` until it fails).
+const NO_FAILURE: u8 = u8::MAX;
+
+/// What `start` shares with its child: the child reads the prepared start, and writes the
+/// step that failed and its `errno` (it shares the spawner's memory until its `execve`).
+struct ChildArgs<'a> {
+    p: &'a Prepared,
+    devnull: &'a OwnedFd,
+    spawner: Pid,
+    step: AtomicU8,
+    errno: AtomicI32,
+}
+
+/// The child's entry point (see [`start`]).
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `start` passed to `clone`; it lives on `start`'s
+    // stack frame, which stays put until `clone` returns, and `clone` returns only once this
+    // child has executed its program or exited (`CLONE_VFORK`).
+    let a = unsafe { &*arg.cast::<ChildArgs>() };
+    let (step, errno) = child(a.p, a.devnull, a.spawner);
+    a.errno.store(errno as i32, Ordering::SeqCst);
+    a.step.store(step, Ordering::SeqCst);
+    // SAFETY: `_exit` ends the child at once, without running exit handlers or flushing
+    // buffers (they are the spawner's: this child shares its memory).
+    unsafe { libc::_exit(127) }
+}
+
+/// Starts the child of one request: returns its pid and `/proc` start time once it has
+/// executed its program, or why it could not.
+fn start(req: &Request, devnull: &OwnedFd, me: Pid, stack: &mut ChildStack) -> Result<(u32, u64), String> {
+    let p = prepare(req)?;
+    let args = ChildArgs { p: &p, devnull, spawner: me, step: AtomicU8::new(NO_FAILURE), errno: AtomicI32::new(0) };
+    let arg: *const ChildArgs = &args;
+    // SAFETY: the child runs `child_main` on `stack`, which nothing else uses (one child at a
+    // time: `CLONE_VFORK` suspends this process until the child executes its program or
+    // exits, so `args` and `p` outlive its use of them). Sharing the memory (`CLONE_VM`) is
+    // safe because the child only makes system calls on values prepared above, allocates
+    // nothing, takes no lock, and ends in `execve` or `_exit`; and the spawner is
+    // single-threaded, so no other thread runs while it is suspended.
+    let pid = unsafe {
+        libc::clone(child_main, stack.top(), libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, arg.cast_mut().cast())
+    };
+    if pid < 0 {
+        return Err(format!("cannot start init: clone: {}", std::io::Error::last_os_error()));
+    }
+    let child = Pid::from_raw(pid);
+    let step = args.step.load(Ordering::SeqCst);
+    if step != NO_FAILURE {
+        // It exits at once (127) without having run anything: reaped here, never reported.
+        let _ = nix::sys::wait::waitpid(child, None);
+        return Err(failure(step, args.errno.load(Ordering::SeqCst), p.hostname.as_ref()));
+    }
+    let pid = pid.unsigned_abs();
+    // Not reaped until `reap` waits for it, so its stat is readable even if it exited already.
+    match crate::procfs::read_stat(pid) {
+        Some(st) => Ok((pid, st.starttime)),
+        None => {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+            Err(format!("cannot read /proc/{pid}/stat of the new init"))
         }
     }
 }
