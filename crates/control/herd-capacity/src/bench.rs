@@ -108,6 +108,7 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             created_at: now - Duration::seconds(rng.below(30 * 86_400) as i64),
             max_price: (spot && rng.below(100) == 0).then_some(2.0 * SPOT_PRICE),
             preempting: spot && rng.below(200) == 0,
+            fault_domain: None,
         });
     }
     let hosts = (0..hosts_n)
@@ -117,6 +118,7 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             HostSpec {
                 name: host_name(hi),
                 zone: Some(zone_of(hi, zones)),
+                fault_domain: None,
                 vcpus: (want as f64 / overcommit).ceil() as u32,
                 memory_mib: used[hi].1 + 4096,
                 overcommit,
@@ -133,6 +135,8 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             sku: "Standard_B2s".into(),
             max_price: None,
             extra: false,
+            fault_domains: 1,
+            fault_domain: None,
         })
         .collect();
     Scenario { hosts, holders, requests, now }

@@ -145,10 +145,21 @@ pub struct ModelChange<'a> {
     pub actor: Actor,
 }
 
-/// Refuses what an existing set cannot change: its zones, and Spot to Regular or back.
+/// Refuses what an existing set cannot change: its zones, its fault domain count, and Spot to
+/// Regular or back.
 fn check_fixed(old: &ScaleSetModel, new: &ScaleSetModel) -> Result<(), FieldError> {
     if new.zones != old.zones {
         return Err(FieldError::not_supported("zones", "changing the zones of an existing scale set"));
+    }
+    if new.fault_domain_count() != old.fault_domain_count() {
+        return Err(FieldError::new(
+            "platformFaultDomainCount",
+            format!(
+                "cannot change from {} to {} on an existing scale set (as in Azure, it is fixed at create); create a new scale set",
+                old.fault_domain_count(),
+                new.fault_domain_count()
+            ),
+        ));
     }
     let (old_vp, new_vp) = (&old.virtual_machine_profile, &new.virtual_machine_profile);
     if is_spot(old_vp.priority) != is_spot(new_vp.priority) {
