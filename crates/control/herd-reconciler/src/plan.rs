@@ -98,6 +98,9 @@ pub struct NewInstance {
     pub overprovisioned: bool,
     /// The host whose capacity it reserves (set by the capacity arbiter; none without hosts).
     pub host: Option<String>,
+    /// Its fault domain index (set by the capacity arbiter; none when it did not run: no
+    /// hosts, shown as 0).
+    pub fault_domain: Option<u32>,
 }
 
 /// One thing to do. Record-only steps change the store; the others also call the driver.
@@ -169,6 +172,9 @@ pub enum Step {
     /// What keeps the set below its capacity on the hosts, and whether it is only waiting for
     /// announced evictions (None: nothing any more).
     CapacityNote(Option<(String, bool)>),
+    /// Where new instances go other than the model says (None: nowhere any more); see
+    /// `ScaleSetStatus::placement_note`.
+    PlacementNote(Option<String>),
     /// Stop creating: too many consecutive failures.
     Suspend(String),
     /// The set changed since suspension: try again.
@@ -396,12 +402,24 @@ fn membership(
             let mut next = input.status.next_instance_id;
             let mut new = Vec::new();
             for zone in zones {
-                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: false, host: None });
+                new.push(NewInstance {
+                    id: InstanceId(next),
+                    zone,
+                    overprovisioned: false,
+                    host: None,
+                    fault_domain: None,
+                });
                 next += 1;
             }
             let extra_zones = place(&set.model.zones, &counted, extra as usize);
             for zone in extra_zones {
-                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: true, host: None });
+                new.push(NewInstance {
+                    id: InstanceId(next),
+                    zone,
+                    overprovisioned: true,
+                    host: None,
+                    fault_domain: None,
+                });
                 next += 1;
             }
             steps.push(Step::Create(new));

@@ -720,6 +720,11 @@ pub struct ScaleSetStatus {
     /// evictions, spot price above maxPrice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_note: Option<CapacityNote>,
+    /// Where new instances go other than the model says, while it lasts: zones of a set
+    /// without `zoneBalance` that have no host taking new instances (its new instances go to
+    /// the remaining zones). Not a shortfall: the set may be at capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_note: Option<CapacityNote>,
 }
 
 /// Spot instances evicted with `Delete`: how many, since when, at which set revision.
