@@ -60,6 +60,8 @@ const INSTANCE_TABLE: Columns<'static> = &[
     ("Name", "name"),
     ("ComputerName", "computerName"),
     ("Zone", "join(' ', zones)"),
+    ("FaultDomain", "platformFaultDomain"),
+    ("Host", "host"),
     ("LatestModelApplied", "latestModelApplied"),
     ("ProvisioningState", "provisioningState"),
     ("PowerState", "powerState"),

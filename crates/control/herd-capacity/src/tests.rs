@@ -754,3 +754,22 @@ fn a_cordoned_host_counts_its_holders_and_takes_nothing_new() {
     let usage = crate::usage(&hosts, &holders);
     assert_eq!(usage[0].regular_instances, 1, "h1's own holders still count: {usage:?}");
 }
+
+/// The placement benchmark's workload decides well within the second, and balances
+/// every set over its fault domains (and, without them, over the hosts) to within one.
+#[test]
+fn the_placement_benchmark_balances_every_set() {
+    for fd in [5, 1] {
+        let s = bench::placement_scenario(3000, 150, 3, fd, 20);
+        let t0 = std::time::Instant::now();
+        let d = arbitrate(&s.hosts, &[], &s.requests, &no_price);
+        let took = t0.elapsed();
+        assert_eq!(d.placements.len(), 3000, "fd {fd}: {:?}", d.refused.first());
+        assert!(d.refused.is_empty() && d.waiting.is_empty());
+        assert!(bench::imbalance(&s, &d) <= 1, "fd {fd}: imbalance {}", bench::imbalance(&s, &d));
+        assert!(took.as_secs_f64() < 5.0, "fd {fd}: {took:?} (debug build)");
+        if fd == 5 {
+            assert_eq!(fault_domains(&s.hosts, Some("1")).len(), 5);
+        }
+    }
+}
