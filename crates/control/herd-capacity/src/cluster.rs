@@ -158,8 +158,9 @@ pub(crate) struct Cluster<'a> {
     pub warnings: Vec<String>,
     eligible_cache: BTreeMap<Option<String>, Vec<usize>>,
     domain_cache: BTreeMap<Option<String>, Rc<Vec<Domain>>>,
-    /// Per scale set: its index in `books`.
-    sets: HashMap<(GroupName, ScaleSetName), usize>,
+    /// Per scale set (group, then name: looked up without copying the names): its index in
+    /// `books`.
+    sets: HashMap<GroupName, HashMap<ScaleSetName, usize>>,
     pub books: Vec<SetBooks>,
 }
 
@@ -175,7 +176,8 @@ pub(crate) struct Domain {
 #[derive(Debug, Default)]
 pub(crate) struct SetBooks {
     pub per_host: HashMap<usize, u32>,
-    pub per_domain: HashMap<(Option<String>, u32), u32>,
+    /// Zone → fault domain index → instances.
+    pub per_domain: HashMap<Option<String>, HashMap<u32, u32>>,
 }
 
 impl SetBooks {
@@ -184,8 +186,7 @@ impl SetBooks {
     }
 
     pub fn in_domain(&self, zone: &Option<String>, fd: u32) -> u32 {
-        // The key is owned; a clone per look-up costs less than a second map level here.
-        self.per_domain.get(&(zone.clone(), fd)).copied().unwrap_or(0)
+        self.per_domain.get(zone).and_then(|z| z.get(&fd)).copied().unwrap_or(0)
     }
 }
 
@@ -307,11 +308,12 @@ impl<'a> Cluster<'a> {
 
     /// The books of `key`'s scale set (created empty on first use).
     pub fn set_of(&mut self, key: &InstanceKey) -> usize {
-        let n = self.books.len();
-        let id = *self.sets.entry((key.group.clone(), key.set.clone())).or_insert(n);
-        if id == n {
-            self.books.push(SetBooks::default());
+        if let Some(&id) = self.sets.get(&key.group).and_then(|g| g.get(&key.set)) {
+            return id;
         }
+        let id = self.books.len();
+        self.sets.entry(key.group.clone()).or_default().insert(key.set.clone(), id);
+        self.books.push(SetBooks::default());
         id
     }
 
@@ -320,7 +322,12 @@ impl<'a> Cluster<'a> {
         let b = &mut self.books[set];
         *b.per_host.entry(hi).or_default() += 1;
         if let Some(fd) = fd {
-            *b.per_domain.entry((zone.clone(), fd)).or_default() += 1;
+            match b.per_domain.get_mut(zone) {
+                Some(z) => *z.entry(fd).or_default() += 1,
+                None => {
+                    b.per_domain.insert(zone.clone(), HashMap::from([(fd, 1)]));
+                }
+            }
         }
     }
 
