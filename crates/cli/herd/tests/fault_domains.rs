@@ -119,7 +119,10 @@ fn fault_domains_alternate_show_in_list_instances_and_bad_counts_are_refused() {
         ),
         (&["--platform-fault-domain-count", "0"], &["platformFaultDomainCount", "allowed 1 to 100"]),
         // Zone 4 has no host: with zone balance, refused.
-        (&["--zones", "1", "4", "--zone-balance"], &["zones[1]", "zone 4 has no host", "zoneBalance"]),
+        (
+            &["--zones", "1", "4", "--zone-balance"],
+            &["zones[1]", "no host that takes new instances serves zone 4", "zoneBalance"],
+        ),
     ];
     for (extra, want) in cases {
         let e = s.err(&create_args("bad", extra));

@@ -184,7 +184,7 @@ impl Room for HostRoom<'_> {
                 return Err(ScaleSetError::Invalid(FieldError::new(
                     format!("zones[{i}]"),
                     format!(
-                        "zone {z} has no host that takes new instances (a host serves its own zone, or every zone when it has none; a cordoned host, or a joined one not heard from, takes none); {why}"
+                        "no host that takes new instances serves zone {z} (a host serves its own zone, or every zone when it has none; a cordoned host, or a joined one not heard from, takes none); {why}"
                     ),
                 )));
             }
@@ -286,7 +286,7 @@ mod tests {
         set.model.zone_balance = true;
         let e = room.check(&s, &set, 0).unwrap_err();
         assert!(
-            matches!(&e, ScaleSetError::Invalid(f) if f.field == "zones[2]" && f.message.contains("zone 3 has no host") && f.message.contains("zoneBalance")),
+            matches!(&e, ScaleSetError::Invalid(f) if f.field == "zones[2]" && f.message.contains("no host that takes new instances serves zone 3") && f.message.contains("zoneBalance")),
             "{e:?}"
         );
         set.model.zone_balance = false;
