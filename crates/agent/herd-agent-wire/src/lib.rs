@@ -21,7 +21,20 @@
 //!     │ ── Reply {id, DriverReply | CallError} ──────────▶ │
 //! ```
 //! Calls and replies interleave with heartbeats on the one connection; each call carries an
-//! id, so several run at once on the host and their replies come back in any order.
+//! id, so several run at once on the host and their replies come back in any order. After an
+//! acknowledgement the server may say which image digests the host should keep
+//! (`Wanted {digests}`, sent when that set changes); the host removes the rest of its cache.
+//!
+//! An image is pulled on a connection of its own (the same ALPN and client certificate), so a
+//! large image never delays a heartbeat or a call on the link:
+//!
+//! ```text
+//!   agent                                   server
+//!     │ ── TLS (ALPN herd-agent/1, client certificate) ──▶ │ certificate → host record?
+//!     │ ── Pull {digest} ────────────────────────────────▶ │ gallery image of that digest?
+//!     │ ◀── PullStart {size} ─── or PullRefused {why} and close
+//!     │ ◀── the image's content stream (herd_model::image::content), `size` bytes, close
+//! ```
 #![forbid(unsafe_code)]
 
 use herd_driver::{
@@ -34,7 +47,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol's version; an agent and a server of different versions refuse each other
 /// with a message naming both.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The largest frame either end accepts.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -50,6 +63,21 @@ pub enum AgentMessage {
     /// The answer to the server's call `id`.
     #[serde(rename_all = "camelCase")]
     Reply { id: u64, result: Result<DriverReply, CallError> },
+    /// The first and only message of a pull connection: send the content of the gallery image
+    /// with this digest.
+    #[serde(rename_all = "camelCase")]
+    Pull { protocol: u32, digest: String },
+}
+
+/// The gallery image a spec's paths came from, for a host that does not share the server's
+/// files: it fetches the content by `digest` and uses its own copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRef {
+    /// `publisher:offer:sku:version`, for messages.
+    pub urn: String,
+    /// `sha256:<hex>` (see `herd_model::image::content`).
+    pub digest: String,
 }
 
 /// From the server.
@@ -67,23 +95,69 @@ pub enum ServerMessage {
     /// Carry out a driver call on the host; answer with a Reply of the same id.
     #[serde(rename_all = "camelCase")]
     Call { id: u64, call: DriverCall },
+    /// The image digests the host should keep (every version in the gallery); the host may
+    /// remove any other from its cache.
+    #[serde(rename_all = "camelCase")]
+    Wanted { digests: Vec<String> },
+    /// On a pull connection: the content follows, `size` bytes, then the server closes.
+    #[serde(rename_all = "camelCase")]
+    PullStart { digest: String, size: u64 },
+    /// On a pull connection: no content will come (no gallery image has the digest).
+    #[serde(rename_all = "camelCase")]
+    PullRefused { reason: String },
 }
 
 /// One call of the `Driver` trait, as the server sends it to a host. Every call that acts on
 /// an instance carries its fence; the host's driver refuses a lower one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
+/// The calls that build from an image carry the gallery image it came from (`image`), when
+/// there is one: the host then uses its cached copy of that content, not the spec's paths.
 pub enum DriverCall {
-    Ensure { spec: Box<InstanceSpec>, fence: Fence },
-    SetPower { key: InstanceKey, target: PowerTarget, fence: Fence },
-    Restart { key: InstanceKey, fence: Fence },
-    Resize { spec: Box<InstanceSpec>, fence: Fence },
-    Reimage { spec: Box<InstanceSpec>, fence: Fence },
-    Destroy { key: InstanceKey, fence: Fence },
+    Ensure {
+        spec: Box<InstanceSpec>,
+        fence: Fence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<ImageRef>,
+    },
+    SetPower {
+        key: InstanceKey,
+        target: PowerTarget,
+        fence: Fence,
+    },
+    Restart {
+        key: InstanceKey,
+        fence: Fence,
+    },
+    Resize {
+        spec: Box<InstanceSpec>,
+        fence: Fence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<ImageRef>,
+    },
+    Reimage {
+        spec: Box<InstanceSpec>,
+        fence: Fence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<ImageRef>,
+    },
+    Destroy {
+        key: InstanceKey,
+        fence: Fence,
+    },
     List,
-    Stats { key: InstanceKey },
-    RunScript { key: InstanceKey, run: Box<ScriptRun>, fence: Fence },
-    ConsoleLog { key: InstanceKey, max_bytes: usize },
+    Stats {
+        key: InstanceKey,
+    },
+    RunScript {
+        key: InstanceKey,
+        run: Box<ScriptRun>,
+        fence: Fence,
+    },
+    ConsoleLog {
+        key: InstanceKey,
+        max_bytes: usize,
+    },
 }
 
 impl DriverCall {
@@ -252,5 +326,33 @@ mod tests {
         assert!(matches!(read::<_, ServerMessage>(&mut b).await, Err(WireError::Decode(_))));
         drop(a);
         assert!(read::<_, ServerMessage>(&mut b).await.unwrap().is_none(), "a clean close");
+    }
+
+    #[test]
+    fn a_build_call_names_its_image_only_when_it_has_one() {
+        let key = InstanceKey::parse_path("rg/web/1").unwrap();
+        let image = herd_model::image::ImageSource::Directory { path: "/srv/gallery/x".into() };
+        let spec = InstanceSpec::new(
+            key,
+            "web000001",
+            image,
+            herd_model::sku::SkuSize { vcpus: 1, memory_mib: 64 },
+            "127.0.0.2",
+        );
+        let fence = Fence { term: herd_driver::Term::SINGLE_SERVER, incarnation: herd_driver::Incarnation(1) };
+        let bare = DriverCall::Ensure { spec: Box::new(spec.clone()), fence, image: None };
+        let text = serde_json::to_value(&bare).unwrap();
+        assert!(text.get("image").is_none(), "{text}");
+        assert_eq!(serde_json::from_value::<DriverCall>(text).unwrap(), bare);
+        let named = DriverCall::Reimage {
+            spec: Box::new(spec),
+            fence,
+            image: Some(ImageRef { urn: "P:O:S:1".into(), digest: format!("sha256:{}", "a".repeat(64)) }),
+        };
+        let text = serde_json::to_value(&named).unwrap();
+        assert_eq!(text["image"]["digest"], format!("sha256:{}", "a".repeat(64)));
+        assert_eq!(serde_json::from_value::<DriverCall>(text).unwrap(), named);
+        let wanted = ServerMessage::Wanted { digests: vec!["sha256:1".into()] };
+        assert_eq!(serde_json::from_str::<ServerMessage>(&serde_json::to_string(&wanted).unwrap()).unwrap(), wanted);
     }
 }

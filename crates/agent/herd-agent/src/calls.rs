@@ -1,21 +1,38 @@
 //! Carrying out the server's driver calls on this host, with the host's own driver.
 //!
-//! Why nothing more than a dispatch: the drivers are already idempotent by instance id and
+//! Why little more than a dispatch: the drivers are already idempotent by instance id and
 //! refuse a lower fence than they have seen, so a call repeated after a lost reply, or sent by
-//! a stale server, is handled exactly as on the server's own machine.
+//! a stale server, is handled exactly as on the server's own machine. What this adds is the
+//! image: a call that builds from a gallery image names its digest, and the spec's paths (the
+//! server's files) are replaced by this host's cached copy, pulled first if it is not here.
 
-use herd_agent_wire::{CallError, DriverCall, DriverReply};
-use herd_driver::Driver;
+use crate::images::{ImageCache, Lease, PullError};
+use herd_agent_wire::{CallError, DriverCall, DriverReply, ImageRef};
+use herd_driver::{Driver, InstanceSpec};
+use std::sync::Arc;
 
-/// Runs `call` on `driver`.
-pub async fn execute(driver: &dyn Driver, call: DriverCall) -> Result<DriverReply, CallError> {
+/// Runs `call` on `driver`, with the images of `images`.
+pub async fn execute(
+    driver: &dyn Driver,
+    images: &Arc<ImageCache>,
+    call: DriverCall,
+) -> Result<DriverReply, CallError> {
     let done = |r: Result<(), herd_driver::DriverError>| r.map(|()| DriverReply::Done);
     let result = match call {
-        DriverCall::Ensure { spec, fence } => done(driver.ensure(&spec, fence).await),
+        DriverCall::Ensure { mut spec, fence, image } => {
+            let _lease = local_image(images, &mut spec, image).await?;
+            done(driver.ensure(&spec, fence).await)
+        }
         DriverCall::SetPower { key, target, fence } => done(driver.set_power(&key, target, fence).await),
         DriverCall::Restart { key, fence } => done(driver.restart(&key, fence).await),
-        DriverCall::Resize { spec, fence } => done(driver.resize(&spec, fence).await),
-        DriverCall::Reimage { spec, fence } => done(driver.reimage(&spec, fence).await),
+        DriverCall::Resize { mut spec, fence, image } => {
+            let _lease = local_image(images, &mut spec, image).await?;
+            done(driver.resize(&spec, fence).await)
+        }
+        DriverCall::Reimage { mut spec, fence, image } => {
+            let _lease = local_image(images, &mut spec, image).await?;
+            done(driver.reimage(&spec, fence).await)
+        }
         DriverCall::Destroy { key, fence } => done(driver.destroy(&key, fence).await),
         DriverCall::List => driver.list().await.map(DriverReply::Instances),
         DriverCall::Stats { key } => driver.stats(&key).await.map(DriverReply::Stats),
@@ -27,4 +44,20 @@ pub async fn execute(driver: &dyn Driver, call: DriverCall) -> Result<DriverRepl
         }
     };
     result.map_err(|e| CallError::from(&e))
+}
+
+/// Points `spec` at this host's copy of `image` (pulled if missing), held by the returned lease
+/// for the call. Without an image the spec's paths stay (a spec built from no gallery image).
+async fn local_image(
+    images: &Arc<ImageCache>,
+    spec: &mut InstanceSpec,
+    image: Option<ImageRef>,
+) -> Result<Option<Lease>, CallError> {
+    let Some(image) = image else { return Ok(None) };
+    let lease = images.ensure(&image).await.map_err(|e| match e {
+        PullError::Unavailable(reason) => CallError::ImageUnavailable { key: spec.key.clone(), reason },
+        PullError::Failed(message) => CallError::Failed { message },
+    })?;
+    spec.image = herd_model::image::content::localize(&spec.image, &lease.path);
+    Ok(Some(lease))
 }

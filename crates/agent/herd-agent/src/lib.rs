@@ -12,6 +12,8 @@
 //!   good when the server refuses the host (deleted, another certificate).
 //! - [`capacity`]: what the host has, as reported in every heartbeat.
 //! - [`calls`]: the server's driver calls, carried out with this host's own driver.
+//! - [`images`]: the host's image cache by content digest, pulled from the server on a
+//!   connection of its own, and emptied of what the gallery no longer has.
 //!
 //! The agent's lifecycle:
 //!
@@ -31,6 +33,7 @@
 pub mod calls;
 pub mod capacity;
 pub mod identity;
+pub mod images;
 pub mod join;
 pub mod link;
 

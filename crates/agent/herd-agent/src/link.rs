@@ -1,6 +1,9 @@
 //! The agent's connection to the server: dial, say Hello, heartbeat, and dial again after any
 //! failure, with backoff. The server's refusal (the host was deleted, or this certificate is
 //! not the host's any more) ends the agent: retrying would only be refused again.
+//!
+//! Image pulls dial the same server with the same identity ([`Connect`]), each on a connection
+//! of its own: see [`crate::images`].
 
 use crate::identity::Identity;
 use anyhow::{anyhow, bail, Context, Result};
@@ -58,14 +61,17 @@ pub async fn run(
     let config =
         herd_tls::agent::agent_client_config(&identity.ca_bundle, &identity.certificate_pem, &identity.key_pem)
             .map_err(|e| anyhow!("the host's identity in {}: {e}", data_dir.display()))?;
+    let connect =
+        Connect { addr: format!("{host}:{port}"), name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) };
+    let images = crate::images::ImageCache::open(data_dir.join("images"), Arc::new(connect.clone()))
+        .with_context(|| format!("the image cache in {}", data_dir.join("images").display()))?;
     let dial = Dial {
-        addr: format!("{host}:{port}"),
-        name,
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        connect,
         host: identity.membership.name.clone(),
         data_dir: data_dir.to_path_buf(),
         boot_id: boot_id(),
         driver,
+        images,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -99,28 +105,71 @@ pub async fn run(
     }
 }
 
-struct Dial {
+/// How to reach the server as this host: its address, its name, and TLS with this host's
+/// certificate.
+#[derive(Clone)]
+pub struct Connect {
     addr: String,
     name: ServerName<'static>,
     connector: tokio_rustls::TlsConnector,
-    host: String,
-    data_dir: PathBuf,
-    boot_id: String,
-    driver: Arc<dyn herd_driver::Driver>,
 }
 
-impl Dial {
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>, state: &watch::Sender<LinkState>) -> Ended {
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+impl Connect {
+    /// A new mutually authenticated connection to the server, within [`CONNECT_TIMEOUT`].
+    async fn dial(&self) -> Result<Tls> {
         let connect = async {
             let tcp =
                 tokio::net::TcpStream::connect(&self.addr).await.with_context(|| format!("dialling {}", self.addr))?;
             let _ = tcp.set_nodelay(true);
             self.connector.connect(self.name.clone(), tcp).await.with_context(|| format!("TLS with {}", self.addr))
         };
-        let mut tls = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Ended::Lost(e),
-            Err(_) => return Ended::Lost(anyhow!("dialling {} took more than {CONNECT_TIMEOUT:?}", self.addr)),
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!("dialling {} took more than {CONNECT_TIMEOUT:?}", self.addr)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::images::Origin for Connect {
+    async fn open(
+        &self,
+        digest: &str,
+    ) -> Result<(u64, Box<dyn tokio::io::AsyncRead + Send + Unpin>), crate::images::PullError> {
+        use crate::images::PullError;
+        let failed = |e: anyhow::Error| PullError::Failed(format!("pulling {digest} from {}: {e:#}", self.addr));
+        let mut tls = self.dial().await.map_err(failed)?;
+        let ask = AgentMessage::Pull { protocol: PROTOCOL, digest: digest.to_string() };
+        herd_agent_wire::write(&mut tls, &ask).await.map_err(|e| failed(e.into()))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, herd_agent_wire::read::<_, ServerMessage>(&mut tls)).await {
+            Ok(Ok(Some(ServerMessage::PullStart { digest: d, size }))) if d == digest => Ok((size, Box::new(tls))),
+            Ok(Ok(Some(ServerMessage::PullRefused { reason }) | Some(ServerMessage::Refused { reason }))) => {
+                Err(PullError::Unavailable(format!("the server refused the pull: {reason}")))
+            }
+            Ok(Ok(Some(other))) => Err(failed(anyhow!("expected PullStart, got {other:?}"))),
+            Ok(Ok(None)) => Err(failed(anyhow!("the server closed the connection"))),
+            Ok(Err(e)) => Err(failed(e.into())),
+            Err(_) => Err(failed(anyhow!("no answer within {CONNECT_TIMEOUT:?}"))),
+        }
+    }
+}
+
+struct Dial {
+    connect: Connect,
+    host: String,
+    data_dir: PathBuf,
+    boot_id: String,
+    driver: Arc<dyn herd_driver::Driver>,
+    images: Arc<crate::images::ImageCache>,
+}
+
+impl Dial {
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>, state: &watch::Sender<LinkState>) -> Ended {
+        let mut tls = match self.connect.dial().await {
+            Ok(t) => t,
+            Err(e) => return Ended::Lost(e),
         };
         let hello = AgentMessage::Hello {
             protocol: PROTOCOL,
@@ -143,7 +192,7 @@ impl Dial {
                 Ok(Err(e)) => return Ended::Lost(e.into()),
                 Err(_) => return Ended::Lost(anyhow!("no Welcome within {CONNECT_TIMEOUT:?}")),
             };
-        tracing::info!(server = %self.addr, "linked to the server");
+        tracing::info!(server = %self.connect.addr, "linked to the server");
         let _ = state.send(LinkState::Linked);
         let (mut rd, mut wr) = tokio::io::split(tls);
         let mut tick = tokio::time::interval(interval);
@@ -185,14 +234,19 @@ impl Dial {
                     Some(Ok(Some(ServerMessage::Ack { .. }))) => last_ack = Instant::now(),
                     Some(Ok(Some(ServerMessage::Call { id, call }))) => {
                         tracing::debug!(id, op = call.op(), "a call from the server");
-                        let (driver, replies) = (self.driver.clone(), replies_tx.clone());
+                        let (driver, replies, images) = (self.driver.clone(), replies_tx.clone(), self.images.clone());
                         // A call runs to its end even if the connection drops meanwhile: a
                         // driver call cut half-way helps no one, and the server asks again
-                        // (every call is idempotent) and gets the finished state.
+                        // (every call is idempotent) and gets the finished state. An image
+                        // pull inside it has a connection of its own: this loop goes on.
                         tokio::spawn(async move {
-                            let result = crate::calls::execute(&*driver, call).await;
+                            let result = crate::calls::execute(&*driver, &images, call).await;
                             let _ = replies.send(AgentMessage::Reply { id, result }).await;
                         });
+                    }
+                    Some(Ok(Some(ServerMessage::Wanted { digests }))) => {
+                        let images = self.images.clone();
+                        tokio::spawn(async move { images.keep_only(&digests.into_iter().collect()).await });
                     }
                     Some(Ok(Some(ServerMessage::Refused { reason }))) => break Ended::Refused(reason),
                     Some(Ok(Some(other))) => break Ended::Lost(anyhow!("unexpected {other:?}")),

@@ -18,8 +18,14 @@
 //! ```
 //! A newer connection of the same host replaces the older one (the agent restarted, or its
 //! old connection is half-dead); the older session ends at its next message.
+//!
+//! A connection whose first message is `Pull` instead of `Hello` is an image pull
+//! ([`pull`]): authenticated the same way, served on its own connection, then closed. Each
+//! session also records the largest gap between two heartbeats (what a pull must not
+//! stretch) and tells its host which image digests to keep when the gallery changes.
 #![forbid(unsafe_code)]
 
+pub mod pull;
 pub mod remote;
 pub mod router;
 
@@ -38,6 +44,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// A linked host silent for longer than this (three heartbeats) answers no call: calls to it
+/// are abandoned (and retried by the reconciler), so one frozen agent never holds a pass.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
+
 /// How long an agent has to say Hello after its handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,6 +58,8 @@ pub struct Liveness {
     pub connected_since: DateTime<Utc>,
     pub peer: SocketAddr,
     pub boot_id: String,
+    /// The longest time between two heartbeats of this connection (from its Welcome).
+    pub max_heartbeat_gap_ms: u64,
 }
 
 /// Calls waiting for their reply, by id.
@@ -71,17 +83,36 @@ pub struct HostLinks {
     sessions: Mutex<HashMap<String, Session>>,
     next_generation: std::sync::atomic::AtomicU64,
     next_call: std::sync::atomic::AtomicU64,
+    /// Image pulls served to each host since this server started.
+    pulls: Mutex<HashMap<String, u64>>,
+    heartbeat_interval_ms: u64,
 }
 
 impl HostLinks {
     pub fn new(state: State, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Self::with_heartbeat_interval(state, clock, HEARTBEAT_INTERVAL_MS)
+    }
+
+    /// Links whose agents heartbeat every `interval_ms` (told in the Welcome).
+    pub fn with_heartbeat_interval(state: State, clock: Arc<dyn Clock>, interval_ms: u64) -> Arc<Self> {
         Arc::new(Self {
             state,
             clock,
             sessions: Mutex::new(HashMap::new()),
             next_generation: std::sync::atomic::AtomicU64::new(1),
             next_call: std::sync::atomic::AtomicU64::new(1),
+            pulls: Mutex::new(HashMap::new()),
+            heartbeat_interval_ms: interval_ms,
         })
+    }
+
+    /// Image pulls served to host `name` since this server started.
+    pub fn pulls(&self, name: &str) -> u64 {
+        self.pulls.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(0)
+    }
+
+    fn count_pull(&self, name: &str) {
+        *self.pulls.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default() += 1;
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -95,6 +126,12 @@ impl HostLinks {
         v
     }
 
+    /// How long host `name` has been silent (since its last heartbeat), if it is linked.
+    pub fn silent_for(&self, name: &str) -> Option<Duration> {
+        let last = self.liveness(name)?.last_heartbeat;
+        Some((self.clock.now() - last).to_std().unwrap_or_default())
+    }
+
     /// Host `name`'s session now, if connected since this server started.
     pub fn liveness(&self, name: &str) -> Option<Liveness> {
         self.sessions().get(name).map(|s| s.live.clone())
@@ -102,6 +139,9 @@ impl HostLinks {
 
     /// Serves the agent connections the TLS listener hands over, until it stops.
     pub async fn serve(self: Arc<Self>, mut agents: mpsc::Receiver<AgentConnection>) {
+        // Images imported before digests existed get theirs once, off the accept loop.
+        let state = self.state.clone();
+        tokio::spawn(async move { pull::fill_digests(&state).await });
         while let Some((tls, peer)) = agents.recv().await {
             let links = self.clone();
             tokio::spawn(async move {
@@ -161,6 +201,14 @@ impl HostLinks {
         };
         let name = record.name.clone();
         let hello = tokio::time::timeout(HELLO_TIMEOUT, herd_agent_wire::read::<_, AgentMessage>(&mut tls)).await;
+        if let Ok(Ok(Some(AgentMessage::Pull { protocol, digest }))) = &hello {
+            if *protocol != PROTOCOL {
+                let why = format!("agent protocol {protocol} is not this server's ({PROTOCOL})");
+                let _ = herd_agent_wire::write(&mut tls, &ServerMessage::PullRefused { reason: why.clone() }).await;
+                return Err(why);
+            }
+            return pull::serve(&self, &mut tls, &name, digest).await;
+        }
         let (capacity, version, boot_id) = match hello {
             Ok(Ok(Some(AgentMessage::Hello { protocol, name: said, agent_version, capacity, boot_id }))) => {
                 if protocol != PROTOCOL {
@@ -184,7 +232,7 @@ impl HostLinks {
             Err(_) => return Err(format!("host '{name}' sent no Hello within {HELLO_TIMEOUT:?}")),
         };
         self.report(&name, capacity, Some(&version)).await;
-        herd_agent_wire::write(&mut tls, &ServerMessage::Welcome { heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS })
+        herd_agent_wire::write(&mut tls, &ServerMessage::Welcome { heartbeat_interval_ms: self.heartbeat_interval_ms })
             .await
             .map_err(|e| e.to_string())?;
         let (mut rd, mut wr) = tokio::io::split(tls);
@@ -204,7 +252,7 @@ impl HostLinks {
         let now = self.clock.now();
         let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let session = Session {
-            live: Liveness { last_heartbeat: now, connected_since: now, peer, boot_id },
+            live: Liveness { last_heartbeat: now, connected_since: now, peer, boot_id, max_heartbeat_gap_ms: 0 },
             generation,
             outbox: outbox.clone(),
             pending: pending.clone(),
@@ -243,6 +291,8 @@ impl HostLinks {
             let _ = outbox.send(ServerMessage::Refused { reason: reason.clone() }).await;
             Err::<(), String>(reason)
         };
+        // The gallery's digests as last told to this host.
+        let mut told: Option<std::collections::BTreeSet<String>> = None;
         loop {
             let msg = match herd_agent_wire::read::<_, AgentMessage>(rd).await {
                 Ok(Some(m)) => m,
@@ -262,6 +312,8 @@ impl HostLinks {
                     }
                     let now = self.clock.now();
                     if let Some(s) = self.sessions().get_mut(name) {
+                        let gap = (now - s.live.last_heartbeat).num_milliseconds().max(0) as u64;
+                        s.live.max_heartbeat_gap_ms = s.live.max_heartbeat_gap_ms.max(gap);
                         s.live.last_heartbeat = now;
                     }
                     if now_has != capacity {
@@ -270,6 +322,15 @@ impl HostLinks {
                     }
                     if outbox.send(ServerMessage::Ack { seq }).await.is_err() {
                         return Err("the connection's writer stopped".into());
+                    }
+                    if let Some(now_wanted) = pull::wanted(&self.state).await {
+                        if told.as_ref() != Some(&now_wanted) {
+                            let digests = now_wanted.iter().cloned().collect();
+                            if outbox.send(ServerMessage::Wanted { digests }).await.is_err() {
+                                return Err("the connection's writer stopped".into());
+                            }
+                            told = Some(now_wanted);
+                        }
                     }
                 }
                 AgentMessage::Reply { id, result } => {
@@ -282,6 +343,9 @@ impl HostLinks {
                     }
                 }
                 AgentMessage::Hello { .. } => return refuse("a second Hello on one connection".into()).await,
+                AgentMessage::Pull { .. } => {
+                    return refuse("a Pull on the link (pulls have their own connection)".into()).await
+                }
             }
         }
     }
@@ -295,11 +359,21 @@ impl HostLinks {
         let (outbox, pending) = match self.sessions().get(host) {
             Some(s) => (s.outbox.clone(), s.pending.clone()),
             None => {
-                return Err(DriverError::Failed(format!(
-                    "host {host} is not connected (its agent is not linked to this server)"
-                )))
+                return Err(DriverError::Unreachable {
+                    host: host.into(),
+                    reason: format!("host {host} is not connected (its agent is not linked to this server)"),
+                })
             }
         };
+        if let Some(silent) = self.silent_for(host).filter(|s| *s > SILENCE_LIMIT) {
+            return Err(DriverError::Unreachable {
+                host: host.into(),
+                reason: format!(
+                    "host {host} has sent no heartbeat for {} s (its agent is stopped or its link is cut)",
+                    silent.as_secs()
+                ),
+            });
+        }
         let id = self.next_call.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
@@ -307,13 +381,35 @@ impl HostLinks {
             pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(DriverError::Failed(format!("host {host}: the link closed before {op} was sent")));
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(e))) => Err(e.into_driver_error(host)),
-            Ok(Err(_)) => Err(DriverError::Failed(format!("host {host}: the link closed during {op}"))),
-            Err(_) => {
-                pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                Err(DriverError::Failed(format!("host {host}: no answer to {op} within {timeout:?}")))
+        // Wait for the reply, the timeout, or the host falling silent (a frozen agent or a cut
+        // link keeps its connection open but sends no heartbeat): a pass must not wait on a
+        // host that has stopped answering, whatever the call's own timeout.
+        let abandon = |why: DriverError| {
+            pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            Err(why)
+        };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline, rx);
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = &mut rx => return match r {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(e)) => Err(e.into_driver_error(host)),
+                    Err(_) => Err(DriverError::Failed(format!("host {host}: the link closed during {op}"))),
+                },
+                () = &mut deadline => return abandon(DriverError::Failed(format!("host {host}: no answer to {op} within {timeout:?}"))),
+                _ = check.tick() => {
+                    if let Some(silent) = self.silent_for(host).filter(|s| *s > SILENCE_LIMIT) {
+                        return abandon(DriverError::Unreachable {
+                            host: host.into(),
+                            reason: format!(
+                                "host {host} has sent no heartbeat for {} s (its agent is stopped or its link is cut): {op} abandoned, to be retried",
+                                silent.as_secs()
+                            ),
+                        });
+                    }
+                }
             }
         }
     }
@@ -331,5 +427,13 @@ impl HostLinks {
 impl herd_model::host::Heartbeats for HostLinks {
     fn last_heartbeat(&self, name: &str) -> Option<DateTime<Utc>> {
         self.liveness(name).map(|l| l.last_heartbeat)
+    }
+
+    fn link_stats(&self, name: &str) -> Option<herd_model::host::LinkStats> {
+        let live = self.liveness(name)?;
+        Some(herd_model::host::LinkStats {
+            max_heartbeat_gap_ms: live.max_heartbeat_gap_ms,
+            image_pulls: self.pulls(name),
+        })
     }
 }

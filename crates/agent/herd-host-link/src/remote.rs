@@ -9,7 +9,7 @@
 
 use crate::HostLinks;
 use async_trait::async_trait;
-use herd_agent_wire::{DriverCall, DriverReply};
+use herd_agent_wire::{DriverCall, DriverReply, ImageRef};
 use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
@@ -39,8 +39,23 @@ impl RemoteDriver {
         self.links.call(&self.host, call, timeout).await
     }
 
+    /// The host's instances, if it answers within `timeout`.
+    pub async fn list_within(&self, timeout: Duration) -> Result<Vec<ObservedInstance>, DriverError> {
+        match self.call(DriverCall::List, timeout).await? {
+            DriverReply::Instances(all) => Ok(all),
+            other => Err(self.unexpected("list", other)),
+        }
+    }
+
     fn unexpected(&self, op: &str, reply: DriverReply) -> DriverError {
         DriverError::Failed(format!("host {}: {op} answered {reply:?}", self.host))
+    }
+
+    /// The gallery image `spec` is built from, for the host to fetch by digest.
+    async fn image_of(&self, spec: &InstanceSpec) -> Result<Option<ImageRef>, DriverError> {
+        crate::pull::image_ref(&self.links.state, &spec.image)
+            .await
+            .map_err(|e| DriverError::Failed(format!("instance {}: {e}", spec.key)))
     }
 
     async fn done(&self, call: DriverCall, timeout: Duration) -> Result<(), DriverError> {
@@ -59,7 +74,8 @@ impl Driver for RemoteDriver {
     }
 
     async fn ensure(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        self.done(DriverCall::Ensure { spec: Box::new(spec.clone()), fence }, BUILD_TIMEOUT).await
+        let image = self.image_of(spec).await?;
+        self.done(DriverCall::Ensure { spec: Box::new(spec.clone()), fence, image }, BUILD_TIMEOUT).await
     }
 
     async fn set_power(&self, key: &InstanceKey, target: PowerTarget, fence: Fence) -> Result<(), DriverError> {
@@ -71,11 +87,13 @@ impl Driver for RemoteDriver {
     }
 
     async fn resize(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        self.done(DriverCall::Resize { spec: Box::new(spec.clone()), fence }, BUILD_TIMEOUT).await
+        let image = self.image_of(spec).await?;
+        self.done(DriverCall::Resize { spec: Box::new(spec.clone()), fence, image }, BUILD_TIMEOUT).await
     }
 
     async fn reimage(&self, spec: &InstanceSpec, fence: Fence) -> Result<(), DriverError> {
-        self.done(DriverCall::Reimage { spec: Box::new(spec.clone()), fence }, BUILD_TIMEOUT).await
+        let image = self.image_of(spec).await?;
+        self.done(DriverCall::Reimage { spec: Box::new(spec.clone()), fence, image }, BUILD_TIMEOUT).await
     }
 
     async fn destroy(&self, key: &InstanceKey, fence: Fence) -> Result<(), DriverError> {
@@ -83,10 +101,7 @@ impl Driver for RemoteDriver {
     }
 
     async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError> {
-        match self.call(DriverCall::List, CALL_TIMEOUT).await? {
-            DriverReply::Instances(all) => Ok(all),
-            other => Err(self.unexpected("list", other)),
-        }
+        self.list_within(CALL_TIMEOUT).await
     }
 
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {

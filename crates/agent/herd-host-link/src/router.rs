@@ -6,20 +6,27 @@
 //! Why the store decides and not a cache: an instance's host is in its record, written before
 //! the instance is built (placement is Phase A of the reconciler's pass), so a call for a key
 //! alone (power, restart, destroy, stats, scripts, console) reads the record and goes where the
-//! instance is, after a server restart too. `list` is this machine's list and every linked
-//! host's; a host that does not answer is left out of that one list and logged.
+//! instance is, after a server restart too. `list` is this machine's list and every joined
+//! host's; a host that is not linked or does not answer within [`LIST_TIMEOUT`] is reported
+//! unreachable ([`Listing::unreachable_hosts`]), so its instances are unknown this pass, not
+//! gone (a server that has just restarted, before its agents dial in again, must not conclude
+//! that every remote instance disappeared).
 
 use crate::remote::RemoteDriver;
 use crate::HostLinks;
 use async_trait::async_trait;
 use herd_driver::{
-    Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
+    Driver, DriverError, Fence, InstanceSpec, InstanceStats, Listing, ObservedInstance, PowerTarget, ScriptOutcome,
+    ScriptRun,
 };
 use herd_model::image::ImageSource;
 use herd_model::InstanceKey;
 use herd_state::keys::InstanceRecordKey;
 use herd_state::Records;
 use std::sync::Arc;
+
+/// How long a linked host has to list its instances before this pass takes it as unreachable.
+pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Routes each instance's calls to its host's driver (see the module docs).
 pub struct HostRouter {
@@ -95,18 +102,40 @@ impl Driver for HostRouter {
     }
 
     async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError> {
-        let mut all = self.local.list().await?;
-        let remotes = self.links.linked().into_iter().map(|host| {
+        Ok(self.list_hosts().await?.instances)
+    }
+
+    async fn list_hosts(&self) -> Result<Listing, DriverError> {
+        let mut listing = Listing { instances: self.local.list().await?, unreachable_hosts: Default::default() };
+        let joined: Vec<String> = self
+            .links
+            .state
+            .run(|s| Ok(herd_state::hosts::list(s)?.into_iter().map(|h| h.name).collect()))
+            .await
+            .map_err(|e| DriverError::Failed(format!("reading the joined hosts: {e}")))?;
+        let linked = self.links.linked();
+        let remotes = joined.into_iter().map(|host| {
             let remote = RemoteDriver::new(self.links.clone(), host.clone());
-            async move { (host, remote.list().await) }
+            let is_linked = linked.contains(&host);
+            async move {
+                let listed = if is_linked {
+                    remote.list_within(LIST_TIMEOUT).await
+                } else {
+                    Err(DriverError::Failed(format!("host {host} is not connected")))
+                };
+                (host, listed)
+            }
         });
         for (host, listed) in futures::future::join_all(remotes).await {
             match listed {
-                Ok(v) => all.extend(v),
-                Err(e) => tracing::warn!(%host, error = %e, "a host's instances could not be listed"),
+                Ok(v) => listing.instances.extend(v),
+                Err(e) => {
+                    tracing::debug!(%host, error = %e, "a host's instances could not be listed");
+                    listing.unreachable_hosts.insert(host);
+                }
             }
         }
-        Ok(all)
+        Ok(listing)
     }
 
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {

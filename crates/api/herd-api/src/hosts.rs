@@ -72,6 +72,12 @@ pub struct JoinedHostView {
     /// The last heartbeat this server received (none since it started: NotReady).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    /// The longest time between two heartbeats since the host's agent connected (none: not
+    /// linked now). Image pulls run on connections of their own and must not stretch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_heartbeat_gap_ms: Option<u64>,
+    /// Image pulls this server served to the host since it started.
+    pub image_pulls: u64,
     pub joined_at: chrono::DateTime<chrono::Utc>,
     /// SHA-256 of the one agent certificate accepted for it.
     pub certificate_fingerprint: String,
@@ -84,6 +90,7 @@ fn joined_views(state: &AppState, records: Vec<HostRecord>, usage: Vec<placement
         .into_iter()
         .map(|h| {
             let last = state.heartbeats.last_heartbeat(&h.name);
+            let link = state.heartbeats.link_stats(&h.name);
             let used = usage.iter().find(|u| u.name == h.name);
             JoinedHostView {
                 state: HostState::of(h.scheduling, last, now, state.host_grace),
@@ -96,6 +103,8 @@ fn joined_views(state: &AppState, records: Vec<HostRecord>, usage: Vec<placement
                 instances: used.map_or(0, |u| (u.regular_instances + u.spot_instances) as usize),
                 agent_version: h.agent_version,
                 last_heartbeat: last,
+                max_heartbeat_gap_ms: link.map(|l| l.max_heartbeat_gap_ms),
+                image_pulls: link.map_or(0, |l| l.image_pulls),
                 joined_at: h.joined_at,
                 certificate_fingerprint: h.certificate_fingerprint,
                 name: h.name,

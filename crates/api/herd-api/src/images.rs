@@ -403,7 +403,14 @@ pub async fn import(
     let guard = Cleanup(Some(dest.clone()));
     let staged = upload_dir(&state.config.image_dir, &key);
     let (source, guest_agent, from) = stage(&req, &dest, &staged, &state.config).await?;
-    let img = images::image_record(&u, source, guest_agent, state.clock.now());
+    // The content digest joined hosts fetch the image by (reads every file: off the runtime).
+    let hashed = source.clone();
+    let digest = tokio::task::spawn_blocking(move || herd_model::image::content::digest(&hashed))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::invalid("directory", format!("the imported image cannot be hashed: {e}")))?;
+    let mut img = images::image_record(&u, source, guest_agent, state.clock.now());
+    img.digest = Some(digest);
     let (record, now) = (img.clone(), state.clock.now());
     state.run(move |s| Ok(images::add_image(s, &record, &from, now)?)).await?;
     guard.disarm();

@@ -165,6 +165,9 @@ pub enum Command {
     /// Measure herd: provisioning speed and API latency.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Developer tools: a whole cluster on this machine in namespaces (`herd dev cluster up`).
+    #[command(subcommand)]
+    Dev(crate::dev_cmds::DevCmd),
     /// Print generated reference material (docs/cli.md, docs/openapi.json).
     #[command(hide = true, subcommand)]
     Gen(GenCmd),

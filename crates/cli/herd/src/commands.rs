@@ -45,6 +45,8 @@ const JOINED_HOST_TABLE: Columns<'static> = &[
     ("Instances", "instances"),
     ("Version", "agentVersion"),
     ("LastHeartbeat", "lastHeartbeat"),
+    ("MaxHeartbeatGapMs", "maxHeartbeatGapMs"),
+    ("ImagePulls", "imagePulls"),
 ];
 
 const JOIN_TOKEN_TABLE: Columns<'static> = &[
@@ -151,6 +153,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Demo(a) => return herd_demo::run(a).await,
         Command::Agent(a) => return crate::agent_cmd::run(a, g.server).await,
         Command::Bench(b) => return crate::bench_cmds::run(b).await,
+        Command::Dev(d) => return crate::dev_cmds::run(d, g.output, g.query.as_deref()),
         Command::Gen(GenCmd::CliDocs) => {
             print!("{}", cli_docs());
             return Ok(());

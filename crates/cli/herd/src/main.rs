@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod commands;
 mod cost_cmds;
+mod dev_cmds;
 mod network_cmds;
 mod output;
 mod server;
@@ -44,6 +45,13 @@ fn main() -> std::process::ExitCode {
         } else {
             std::process::ExitCode::FAILURE
         };
+    }
+    if let cli::Command::Dev(dev_cmds::DevCmd::HostInit { hostname }) = &cli.command {
+        // PID 1 of a rig host: single-threaded, no runtime; returns only on a set-up error.
+        if let Err(e) = herd_dev_cluster::host_init::run(hostname) {
+            eprintln!("error: {e:#}");
+        }
+        return std::process::ExitCode::FAILURE;
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -16,6 +16,7 @@ use std::time::Duration;
 struct Agent {
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -32,7 +33,7 @@ impl Agent {
         let stderr = child.stderr.take().unwrap();
         let log: Arc<Mutex<Vec<String>>> = Default::default();
         let keep = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("HERD_TEST_LOG").is_some() {
                     eprintln!("[agent] {line}");
@@ -40,7 +41,7 @@ impl Agent {
                 keep.lock().unwrap().push(line);
             }
         });
-        Agent { child: Some(child), log }
+        Agent { child: Some(child), log, reader: Some(reader) }
     }
 
     fn log(&self) -> String {
@@ -51,7 +52,10 @@ impl Agent {
     fn exited(&mut self, what: &str) -> (i32, String) {
         let child = self.child.as_mut().unwrap();
         let code = wait_for(what, Duration::from_secs(60), || child.try_wait().unwrap()).code().unwrap_or(-1);
-        // The log thread ends with the pipe; take what it has.
+        // The log thread ends with the pipe: wait for it, so every line is in.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
         (code, self.log())
     }
 

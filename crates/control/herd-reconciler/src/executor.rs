@@ -45,7 +45,7 @@ use herd_model::activity::ActivityStatus;
 use herd_model::{
     clock::Clock,
     group::GroupProvisioningState,
-    instance::InstanceRecord,
+    instance::{InstanceRecord, InstanceState},
     network::LoadBalancer,
     scale_set::{ScaleSetStatus, StoredScaleSet},
     InstanceId, InstanceKey,
@@ -277,9 +277,10 @@ impl Reconciler {
         let now = self.clock.now();
         let Snapshot { sets, statuses, mut by_set, quarantined } = self.state.run(Snapshot::read).await?;
         let t_read = t_start.elapsed();
-        let observed = self.driver.list().await?;
+        let listing = self.driver.list_hosts().await?;
         let t_list = t_start.elapsed();
-        let (observed_by_set, unrecorded) = sort_observed(observed, &by_set, &quarantined);
+        let (mut observed_by_set, unrecorded) = sort_observed(listing.instances, &by_set, &quarantined);
+        assume_as_recorded(&mut observed_by_set, &by_set, &listing.unreachable_hosts);
         let mut orphans = self.ready_orphans(now, unrecorded, concerns).await;
 
         let answered = self.driver.guest_agents_answered();
@@ -576,6 +577,40 @@ fn sort_observed(
     (observed_by_set, unrecorded)
 }
 
+/// Instances on a host that could not be listed this pass are taken as their records say:
+/// nothing is concluded from a host's silence (no "disappeared", no "booted"). Calls to such
+/// a host fail fast and are retried; declaring the host's instances lost is the host-failure
+/// handling's decision, not one pass's.
+fn assume_as_recorded(
+    observed_by_set: &mut ObservedBySet,
+    by_set: &BTreeMap<String, Vec<Versioned<InstanceRecord>>>,
+    unreachable: &BTreeSet<String>,
+) {
+    if unreachable.is_empty() {
+        return;
+    }
+    for (set_key, records) in by_set {
+        for r in records {
+            let r = &r.value;
+            if !r.host.as_ref().is_some_and(|h| unreachable.contains(h)) {
+                continue;
+            }
+            let seen = observed_by_set.entry(set_key.clone()).or_default();
+            seen.entry(r.instance_id).or_insert_with(|| assumed_power(r.state));
+        }
+    }
+}
+
+/// The observation that moves no instance in `state` (see `plan::observe`).
+fn assumed_power(state: InstanceState) -> ObservedPower {
+    use InstanceState as S;
+    match state {
+        S::Running | S::Stopping | S::Deallocating | S::Deleting => ObservedPower::Running,
+        S::Stopped | S::Deallocated => ObservedPower::Stopped,
+        S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Failed => ObservedPower::Starting,
+    }
+}
+
 /// The failed driver calls of the pass, on the concern whose step each was.
 fn note_failures(
     concerns: &mut PassConcerns,
@@ -635,5 +670,35 @@ mod tests {
     fn id_lists_compress_ranges() {
         let ids: Vec<InstanceId> = [0, 1, 2, 4, 7, 8].into_iter().map(InstanceId).collect();
         assert_eq!(id_list(&ids), "0-2, 4, 7-8");
+    }
+
+    #[test]
+    fn instances_on_an_unreachable_host_are_taken_as_recorded_and_others_are_not() {
+        use crate::testkit::record;
+        let on = |id: u64, state: InstanceState, host: &str| {
+            let mut r = record(id, 1, state);
+            r.host = Some(host.into());
+            Versioned { key: format!("i{id}"), revision: 1, create_revision: 1, value: r }
+        };
+        let by_set = BTreeMap::from([(
+            "rg/web".to_string(),
+            vec![
+                on(0, InstanceState::Running, "h3"),
+                on(1, InstanceState::Creating, "h3"),
+                on(2, InstanceState::Stopped, "h3"),
+                on(3, InstanceState::Running, "h1"),
+                on(4, InstanceState::Running, "h3"),
+            ],
+        )]);
+        // Instance 4 was listed after all (its host answered a moment earlier): kept as seen.
+        let mut seen: ObservedBySet =
+            BTreeMap::from([("rg/web".into(), BTreeMap::from([(InstanceId(4), ObservedPower::Failed("x".into()))]))]);
+        assume_as_recorded(&mut seen, &by_set, &BTreeSet::from(["h3".to_string()]));
+        let s = &seen["rg/web"];
+        assert_eq!(s[&InstanceId(0)], ObservedPower::Running);
+        assert_eq!(s[&InstanceId(1)], ObservedPower::Starting);
+        assert_eq!(s[&InstanceId(2)], ObservedPower::Stopped);
+        assert_eq!(s[&InstanceId(4)], ObservedPower::Failed("x".into()));
+        assert!(!s.contains_key(&InstanceId(3)), "a reachable host's silence about an instance is news");
     }
 }

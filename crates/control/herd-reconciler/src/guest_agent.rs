@@ -59,6 +59,7 @@ mod tests {
                 version: version.into(),
                 source: disk(version),
                 guest_agent: agent,
+                digest: None,
                 created_at: chrono::Utc::now(),
             },
         }

@@ -88,6 +88,7 @@ pub fn image(created_at: DateTime<Utc>) -> Image {
         version: "1.0.0".into(),
         source: ImageSource::Directory { path: "/nowhere".into() },
         guest_agent: Some(false),
+        digest: None,
         created_at,
     }
 }

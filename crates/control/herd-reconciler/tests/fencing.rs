@@ -324,3 +324,29 @@ async fn extension_runs_carry_the_fence_too() {
         assert_eq!(s.stored, Some(1), "{s:?}");
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_host_leaves_the_instance_as_it_was_and_keeps_the_backoff_short() {
+    let limits = Limits::default();
+    let e = env();
+    e.sim.inject_error(Some(DriverError::Unreachable {
+        host: "h3".into(),
+        reason: "host h3 has sent no heartbeat for 7 s (its agent is stopped or its link is cut)".into(),
+    }));
+    e.sim.fail_always(true);
+    // Many passes while the host is away: the instances stay Creating (not Failed), with no
+    // create failure counted, and the next try is always the base delay away.
+    for _ in 0..6 {
+        e.rec.pass().await.unwrap();
+        for r in e.records() {
+            assert_eq!(r.state, InstanceState::Creating, "{r:?}");
+            assert_eq!(r.next_attempt_at.unwrap() - e.clock_now(), limits.backoff_base, "{r:?}");
+            assert!(r.last_error.as_deref().unwrap().contains("no heartbeat"), "{r:?}");
+        }
+        e.clock.advance(limits.backoff_base + ChronoDuration::seconds(1));
+    }
+    // The host is back: the next pass builds them.
+    e.sim.fail_always(false);
+    e.sim.inject_error(None);
+    e.until_all(InstanceState::Running, "creation once the host answers").await;
+}

@@ -112,6 +112,20 @@ impl HostState {
 pub trait Heartbeats: Send + Sync {
     /// When host `name` last heartbeated, if it has since this server started.
     fn last_heartbeat(&self, name: &str) -> Option<DateTime<Utc>>;
+
+    /// Host `name`'s link figures, if it is linked now.
+    fn link_stats(&self, _name: &str) -> Option<LinkStats> {
+        None
+    }
+}
+
+/// What the server saw of a linked host's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStats {
+    /// The longest time between two heartbeats since the host's agent connected.
+    pub max_heartbeat_gap_ms: u64,
+    /// Image pulls the server served to the host since the server started.
+    pub image_pulls: u64,
 }
 
 /// No agents (handler tests, a server without the cluster CA): no heartbeats.

@@ -1,4 +1,7 @@
-//! The local image gallery: images by URN, and how `latest` resolves.
+//! The local image gallery: images by URN, and how `latest` resolves. [`content`]: an
+//! image's content as one stream and its digest, by which joined hosts fetch and cache it.
+
+pub mod content;
 
 use crate::ids::{ImageUrn, Version};
 use serde::{Deserialize, Serialize};
@@ -63,6 +66,11 @@ pub struct Image {
     /// Nothing records `false`: only the import does, when told so.
     #[serde(default)]
     pub guest_agent: Option<bool>,
+    /// `sha256:<hex>` of the image's content (see [`content`]): what a joined host fetches and
+    /// caches it by. Computed at import; for an image imported before digests existed, once,
+    /// when the server starts (absent until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -124,6 +132,7 @@ mod tests {
             version: v.into(),
             source: ImageSource::Directory { path: "/x".into() },
             guest_agent: None,
+            digest: None,
             created_at: chrono::Utc::now(),
         }
     }

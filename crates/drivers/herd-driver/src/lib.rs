@@ -244,6 +244,14 @@ pub enum ObservedPower {
     Failed(String),
 }
 
+/// What a driver saw: the instances, and the hosts it could not see (their instances are
+/// neither listed nor gone).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub instances: Vec<ObservedInstance>,
+    pub unreachable_hosts: std::collections::BTreeSet<String>,
+}
+
 /// One instance as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedInstance {
@@ -320,6 +328,12 @@ pub enum DriverError {
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
+    /// The instance's host cannot be reached now: its agent is not linked, or has fallen
+    /// silent (frozen, or its link cut). Transient, and not the instance's failure: the
+    /// reconciler leaves the instance's state alone and tries again soon, without growing its
+    /// backoff, so the host's return is noticed within seconds.
+    #[error("{reason}")]
+    Unreachable { host: String, reason: String },
     /// A blocking task of the driver died (panicked or was cancelled). Transient.
     #[error("internal task failed: {0}")]
     Task(#[source] Arc<tokio::task::JoinError>),
@@ -354,6 +368,7 @@ impl DriverError {
             | Self::Io { .. }
             | Self::Host { .. }
             | Self::Task(_)
+            | Self::Unreachable { .. }
             | Self::GuestAgent { .. } => true,
             Self::Fenced(_) | Self::FenceRecord { .. } | Self::InvalidSpec { .. } | Self::ImageUnavailable { .. } => {
                 false
@@ -411,6 +426,13 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Every instance this driver has, including ones herd no longer knows (orphans).
     async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError>;
+
+    /// [`list`](Self::list), and the hosts that could not be listed: a driver spanning hosts
+    /// may see only some of them, and an instance on a host that did not answer is unknown,
+    /// not gone. Drivers of one machine see everything (the default).
+    async fn list_hosts(&self) -> Result<Listing, DriverError> {
+        Ok(Listing { instances: self.list().await?, unreachable_hosts: Default::default() })
+    }
 
     /// Resource use of a running instance; `None` if it is absent or not running.
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError>;

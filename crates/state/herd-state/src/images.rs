@@ -40,6 +40,7 @@ pub fn image_record(urn: &ImageUrn, source: ImageSource, guest_agent: Option<boo
         version: urn.version.clone(),
         source,
         guest_agent,
+        digest: None,
         created_at: now,
     }
 }
@@ -77,6 +78,20 @@ pub fn add_image(store: &dyn Store, img: &Image, from: &str, now: DateTime<Utc>)
         WriteOp::Activity(user_event(now, "", &img.urn, "ImportImage", message)),
     ])?;
     Ok(())
+}
+
+/// Records `digest` as the content digest of image `urn`, if it is still the image whose
+/// content was hashed (same source) and has none yet. Returns whether it was written.
+pub fn set_digest(store: &dyn Store, urn: &ImageUrn, source: &ImageSource, digest: &str) -> Result<bool, StateError> {
+    let key = ImageKey::new(urn).to_string();
+    let Some(obj) = store.get_as::<Image>(Kind::Image, &key)? else { return Ok(false) };
+    if obj.value.digest.is_some() || obj.value.source != *source {
+        return Ok(false);
+    }
+    let mut img = obj.value;
+    img.digest = Some(digest.to_string());
+    store.txn(vec![WriteOp::put(Kind::Image, key, &img, Expect::Revision(obj.revision))?])?;
+    Ok(true)
 }
 
 /// Whether the model's image runs the QEMU guest agent: `None` when the image is not in the
@@ -140,6 +155,20 @@ mod tests {
         assert_eq!(activity_count(&store), before, "a refused delete logs nothing");
         assert_eq!(delete_image(&store, &v2, now()).unwrap().version, "2");
         assert!(matches!(resolve_image(&store, &v2), Err(ImageError::NotInGallery(_))));
+    }
+
+    #[test]
+    fn a_digest_is_recorded_once_and_only_for_the_content_hashed() {
+        let store = store();
+        let urn = ImageUrn::parse("P:O:S:1").unwrap();
+        add_image(&store, &image("P:O:S:1"), "a directory", now()).unwrap();
+        let elsewhere = ImageSource::Directory { path: "/elsewhere".into() };
+        assert!(!set_digest(&store, &urn, &elsewhere, "sha256:aa").unwrap(), "another source: not this content");
+        let source = ImageSource::Directory { path: "/nowhere".into() };
+        assert!(set_digest(&store, &urn, &source, "sha256:aa").unwrap());
+        assert!(!set_digest(&store, &urn, &source, "sha256:bb").unwrap(), "recorded once");
+        assert_eq!(resolve_image(&store, &urn).unwrap().digest.as_deref(), Some("sha256:aa"));
+        assert!(!set_digest(&store, &ImageUrn::parse("P:O:S:9").unwrap(), &source, "sha256:aa").unwrap());
     }
 
     /// On the qemu server a directory image runs as process instances: no guest agent line,

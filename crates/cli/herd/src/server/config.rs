@@ -78,6 +78,8 @@ pub struct ServerConfig {
 pub struct AgentSettings {
     /// Seconds a host may miss heartbeats before it shows NotReady (default 40; 5 to 3600).
     pub host_grace_secs: Option<u64>,
+    /// Milliseconds between an agent's heartbeats (default 2000; 100 to 60000).
+    pub heartbeat_interval_ms: Option<u64>,
 }
 
 impl AgentSettings {
@@ -88,6 +90,15 @@ impl AgentSettings {
             bail!("config: agents.host_grace_secs {secs} is out of range; allowed values: 5 to 3600");
         }
         Ok(chrono::Duration::seconds(secs as i64))
+    }
+
+    /// `heartbeat_interval_ms`, checked.
+    pub fn heartbeat_interval_ms(&self) -> Result<u64> {
+        let ms = self.heartbeat_interval_ms.unwrap_or(herd_model::host::HEARTBEAT_INTERVAL_MS);
+        if !(100..=60_000).contains(&ms) {
+            bail!("config: agents.heartbeat_interval_ms {ms} is out of range; allowed values: 100 to 60000");
+        }
+        Ok(ms)
     }
 }
 

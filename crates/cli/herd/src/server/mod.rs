@@ -103,8 +103,14 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let local_driver = build_driver(&opts, &cfg, &opened).await?;
     // Hosts join under the cluster CA: with it, instances placed on a joined host are driven
     // through its agent (herd_host_link::HostRouter), the rest by this machine's driver.
-    let links = matches!(opts.transport, tls::Transport::ClusterCa { .. })
-        .then(|| herd_host_link::HostLinks::new(opened.start_state.clone(), Arc::new(SystemClock)));
+    let heartbeat_ms = cfg.agents.heartbeat_interval_ms()?;
+    let links = matches!(opts.transport, tls::Transport::ClusterCa { .. }).then(|| {
+        herd_host_link::HostLinks::with_heartbeat_interval(
+            opened.start_state.clone(),
+            Arc::new(SystemClock),
+            heartbeat_ms,
+        )
+    });
     let driver: Arc<dyn Driver> = match &links {
         Some(links) => Arc::new(herd_host_link::HostRouter::new(local_driver, links.clone())),
         None => local_driver,

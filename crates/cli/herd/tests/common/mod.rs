@@ -1,6 +1,8 @@
 //! A real `herd server` process for CLI tests, and helpers to run the real `herd` CLI against it.
 #![allow(dead_code)]
 
+pub mod rig;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

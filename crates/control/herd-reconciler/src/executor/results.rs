@@ -114,6 +114,13 @@ fn results(
                 rec.model_generation = rec.model_generation.max(set.model_generation);
                 rec.sku = Some(set.model.sku.name.clone());
             }
+            (_, Err(e @ DriverError::Unreachable { .. })) => {
+                // The host, not the instance: its state stays, and the next try comes at the
+                // base delay however often the host was away.
+                rec.last_error = Some(e.to_string());
+                rec.next_attempt_at = Some(now + limits.backoff_base);
+                failures.push(format!("instance {id}: {step_name} not done: {e}", step_name = step_name(step)));
+            }
             (_, Err(e)) => {
                 let msg = e.to_string();
                 rec.last_error = Some(msg.clone());

@@ -1,0 +1,172 @@
+//! A `herd dev cluster` for a test: built with the real CLI, taken down (every namespace and
+//! process) when dropped.
+
+use super::{wait_observing, HERD};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub struct Rig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+    up: bool,
+}
+
+impl Rig {
+    /// `herd dev cluster up --name NAME ARGS…` in a temporary data dir, `server_config` as the
+    /// extra server settings. Panics with the rig's output when it fails.
+    pub fn up(name: &str, args: &[&str], server_config: &str) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("cluster");
+        let cfg = dir.path().join("extra.toml");
+        std::fs::write(&cfg, server_config).unwrap();
+        let out = Command::new(HERD)
+            .args(["dev", "cluster", "up", "--name", name, "--data-dir"])
+            .arg(&data_dir)
+            .arg("--server-config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "herd dev cluster up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Rig { name: name.into(), data_dir, _dir: dir, up: true }
+    }
+
+    /// A rig name unique to this test process and `tag` (namespaces are per kernel).
+    pub fn unique(tag: &str) -> String {
+        format!("{tag}{}", std::process::id() % 100_000)
+    }
+
+    fn dev(&self, args: &[&str]) -> Output {
+        Command::new(HERD).args(["dev", "cluster"]).args(args).args(["--name", &self.name]).output().unwrap()
+    }
+
+    fn ok_dev(&self, args: &[&str]) -> String {
+        let out = self.dev(args);
+        assert!(out.status.success(), "herd dev cluster {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `cmd` inside `member`'s namespaces (`herd` is this build's binary).
+    pub fn exec(&self, member: &str, cmd: &[&str]) -> Output {
+        Command::new(HERD)
+            .args(["dev", "cluster", "exec", "--name", &self.name, "--on", member, "--"])
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    /// `herd ARGS -o json` against the cluster's server; panics with stderr on failure.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut cmd = vec!["herd"];
+        cmd.extend(args);
+        cmd.extend(["-o", "json"]);
+        let out = self.exec("server", &cmd);
+        assert!(out.status.success(), "herd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("herd {args:?}: {e}: {text}"))
+        }
+    }
+
+    /// `herd ARGS` that must fail; its stderr.
+    pub fn err(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["herd"];
+        cmd.extend(args);
+        let out = self.exec("server", &cmd);
+        assert!(!out.status.success(), "herd {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ok_dev(&["status", "-o", "json"])).unwrap()
+    }
+
+    /// Sends `signal` (kill, stop, cont) to `member`'s herd process.
+    pub fn signal(&self, member: &str, signal: &str) {
+        self.ok_dev(&["signal", member, "--signal", signal]);
+    }
+
+    /// Starts `member`'s herd again and waits until it serves.
+    pub fn start(&self, member: &str) {
+        self.ok_dev(&["start", member, "--wait"]);
+    }
+
+    /// Every process of `member` (its PID namespace) whose command line contains `needle`:
+    /// pids as the member sees them.
+    pub fn pids(&self, member: &str, needle: &str) -> Vec<u32> {
+        let out = self.exec(member, &["ps", "-e", "-o", "pid=,args="]);
+        assert!(out.status.success(), "ps on {member}: {}", String::from_utf8_lossy(&out.stderr));
+        let mut v: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(needle) && !l.contains("ps -e"))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The member's data dir.
+    pub fn member_dir(&self, member: &str) -> PathBuf {
+        self.data_dir.join(member)
+    }
+
+    /// Waits until `host` has `state` in `herd host list`.
+    pub fn wait_host(&self, host: &str, state: &str, within: Duration) {
+        wait_observing(&format!("host {host} to be {state}"), within, || {
+            let list = self.json(&["host", "list"]);
+            let h = list.as_array().unwrap().iter().find(|h| h["name"] == host).cloned();
+            match h {
+                Some(h) if h["state"] == state => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    }
+
+    /// Takes the rig down now (and checks nothing of it is left).
+    pub fn down(mut self) {
+        self.up = false;
+        self.ok_dev(&["down"]);
+        assert_gone(&self.name, &self.data_dir);
+    }
+}
+
+/// Nothing of rig `name` is left: no namespace, no state file, no data dir.
+pub fn assert_gone(name: &str, data_dir: &Path) {
+    let ns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    assert!(!ns.contains(&format!("herd-{name}-")), "namespaces of {name} left: {ns}");
+    assert!(!Path::new(&format!("/run/herd/dev-clusters/{name}.json")).exists());
+    assert!(!data_dir.exists(), "{} is left", data_dir.display());
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The members' logs go with the data dir: show their ends first.
+            for e in std::fs::read_dir(&self.data_dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!(
+                        "--- {} (last 40 lines)\n{}",
+                        p.display(),
+                        lines[lines.len().saturating_sub(40)..].join("\n")
+                    );
+                }
+            }
+        }
+        if self.up {
+            let _ = self.dev(&["down"]);
+        }
+    }
+}
