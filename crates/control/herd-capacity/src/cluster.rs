@@ -331,7 +331,8 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    /// The fault domains of `zone`: the hosts that may take its new instances, grouped by
+    /// The fault domains of `zone`: the hosts that may take its new instances (those labelled
+    /// with the zone; only when it has none, those serving every zone), grouped by
     /// fault-domain label (a host without one is a domain of its own, named after it), sorted
     /// by name.
     pub fn domains(&mut self, zone: Option<&str>) -> Rc<Vec<Domain>> {
@@ -340,7 +341,9 @@ impl<'a> Cluster<'a> {
             return Rc::clone(d);
         }
         let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for hi in self.eligible(zone) {
+        let (labelled, rest) = self.tiers(zone);
+        let pool = if labelled.is_empty() { rest } else { labelled };
+        for hi in pool {
             let spec = self.hosts[hi].spec;
             by_name.entry(spec.fault_domain.as_deref().unwrap_or(spec.name.as_str())).or_default().push(hi);
         }
@@ -351,14 +354,20 @@ impl<'a> Cluster<'a> {
     }
 
     /// Where request `r` of `set` may go, in the order to try: (fault domain index, its hosts).
-    /// With a count of 1, one candidate: every eligible host, index 0. With N, the first N
+    /// With a count of 1, index 0: the hosts labelled with its zone, then those serving every
+    /// zone. With N, the first N
     /// domains of its zone by name, least used by the set first (tie: lowest index), or only
     /// the domain it already has. Fewer than N domains: refused.
     pub fn candidates(&mut self, r: &Request, set: usize) -> Result<Vec<(u32, Vec<usize>)>, DomainShortfall> {
         let n = r.fault_domains.max(1);
         let zone = r.zone.as_deref();
         if n == 1 {
-            return Ok(vec![(0, self.eligible(zone))]);
+            let (labelled, rest) = self.tiers(zone);
+            return Ok(match (labelled.is_empty(), rest.is_empty()) {
+                (false, false) => vec![(0, labelled), (0, rest)],
+                (false, true) => vec![(0, labelled)],
+                _ => vec![(0, rest)],
+            });
         }
         let domains = self.domains(zone);
         if domains.len() < n as usize {
@@ -376,6 +385,17 @@ impl<'a> Cluster<'a> {
         let books = &self.books[set];
         order.sort_by_key(|&fd| (books.in_domain(&r.zone, fd), fd));
         Ok(order.into_iter().map(|fd| (fd, domains[fd as usize].hosts.clone())).collect())
+    }
+
+    /// The hosts that may take a new instance of `zone`, split into those labelled with the
+    /// zone (tried first) and those serving every zone (no zone: a fallback, such as the
+    /// server's own machine beside joined hosts). Without a zone, every host is in the first.
+    pub fn tiers(&mut self, zone: Option<&str>) -> (Vec<usize>, Vec<usize>) {
+        let pool = self.eligible(zone);
+        if zone.is_none() {
+            return (pool, Vec::new());
+        }
+        pool.into_iter().partition(|&hi| self.hosts[hi].spec.zone.is_some())
     }
 
     /// Every host request `r` may use at all: its zone's eligible hosts, or with N fault

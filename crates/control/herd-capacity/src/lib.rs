@@ -16,7 +16,9 @@
 //!   the caller stores as "no host") and nothing is evicted for room; price evictions still
 //!   apply.
 //! - **Zones**: a host with no zone serves every zone; a request for zone `z` goes only to hosts
-//!   of zone `z` or with no zone; a request without a zone goes anywhere.
+//!   of zone `z` or with no zone, those of zone `z` first (each stage below is tried on them
+//!   before any host with no zone: the server's own machine beside joined hosts is a fallback,
+//!   not a host of every zone); a request without a zone goes anywhere.
 //! - **Order**: Regular requests are served before Spot ones; within a tier, larger instances
 //!   first (they are the hardest to fit), then by key.
 //! - **Spreading** (maximum spreading, `platformFaultDomainCount` 1, the default): of the hosts
@@ -25,8 +27,9 @@
 //!   where the room is.
 //! - **Fault domains** (Azure's semantics, with herd's departure on the allowed counts): within
 //!   a zone, a fault domain is a host, or the hosts sharing a `fault_domain` label (a rack). The
-//!   zone's fault domains are those with a host that takes new instances (serving the zone, not
-//!   cordoned, heard from), sorted by name; with `platformFaultDomainCount` N, fault domain `i`
+//!   zone's fault domains are those with a host that takes new instances (labelled with the
+//!   zone, or, only in a zone without such hosts, serving every zone; not cordoned, heard
+//!   from), sorted by name; with `platformFaultDomainCount` N, fault domain `i`
 //!   (0 ≤ i < N) is the `i`-th of them ([`fault_domains`]). A zone with fewer than N is refused
 //!   ([`Refusal::FaultDomains`], and [`check_fault_domains`] for the API). A new instance is
 //!   given the index its set uses least in its zone (tie → lowest), so with two hosts and N=2

@@ -452,7 +452,8 @@ fn a_rack_is_one_fault_domain() {
         host("any", None, 8, 65536),
     ];
     let names: Vec<String> = fault_domains(&hosts, Some("1")).into_iter().map(|d| d.name).collect();
-    assert_eq!(names, vec!["any", "h0", "rack-a", "rack-b"], "a host without a zone serves every zone");
+    assert_eq!(names, vec!["h0", "rack-a", "rack-b"], "a host without a zone is a fallback, not a domain");
+    assert_eq!(fault_domains(&hosts, Some("2")).into_iter().map(|d| d.name).collect::<Vec<_>>(), vec!["any"]);
     let racks = [hosts[0].clone(), hosts[1].clone(), hosts[2].clone(), hosts[3].clone()];
     assert_eq!(fault_domains(&racks, Some("1"))[0].hosts, vec!["h3", "h4"]);
     let requests: Vec<Request> = (0..4).map(|i| fd_req("web", i, Some("1"), 2)).collect();
@@ -772,4 +773,19 @@ fn the_placement_benchmark_balances_every_set() {
             assert_eq!(fault_domains(&s.hosts, Some("1")).len(), 5);
         }
     }
+}
+
+/// A host with no zone (the server's own machine beside joined hosts) serves every zone, but
+/// only once the zone's own hosts cannot take an instance: maximum spreading does not put a
+/// zonal set's instances on it while its zone has room.
+#[test]
+fn a_host_without_a_zone_is_a_fallback() {
+    let hosts = [host("h1", Some("1"), 2, 65536), host("local", None, 64, 65536)];
+    let requests: Vec<Request> = (0..3).map(|i| fd_req("web", i, Some("1"), 1)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    assert_eq!(on_hosts(&d), vec![(0, "h1".into(), Some(0)), (1, "h1".into(), Some(0)), (2, "local".into(), Some(0))]);
+    // A set without zones spreads over both.
+    let requests: Vec<Request> = (0..2).map(|i| fd_req("api", i, None, 1)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    assert_eq!(on_hosts(&d), vec![(0, "local".into(), Some(0)), (1, "h1".into(), Some(0))]);
 }
