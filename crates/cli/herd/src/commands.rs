@@ -23,6 +23,7 @@ const SET_TABLE: Columns<'static> = &[
 const HOST_TABLE: Columns<'static> = &[
     ("Host", "name"),
     ("Zone", "zone"),
+    ("FaultDomain", "faultDomain"),
     ("vCPU", "vcpus"),
     ("MemoryMiB", "memoryMib"),
     ("RegularVcpu", "regularVcpus"),

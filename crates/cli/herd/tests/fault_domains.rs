@@ -81,6 +81,17 @@ fn start() -> (tempfile::TempDir, Server) {
 fn fault_domains_alternate_show_in_list_instances_and_bad_counts_are_refused() {
     let (_dir, s) = start();
 
+    // `host show` lists the declared hosts with their fault-domain labels.
+    let hosts = s.json(&["host", "show"]);
+    let labels: Vec<(String, Value)> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap().to_string(), h["faultDomain"].clone()))
+        .collect();
+    assert_eq!(labels[0], ("h1a".to_string(), Value::from("rack-a")), "{hosts}");
+    assert_eq!(labels[2], ("h2".to_string(), Value::Null), "{hosts}");
+
     // Two fault domains in zone 1 (the racks): instances alternate between them.
     s.ok(&create_args("web", &["--zones", "1", "--platform-fault-domain-count", "2", "--instance-count", "4"]));
     let mut list = instances(&s, "web");

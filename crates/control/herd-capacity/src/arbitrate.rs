@@ -306,6 +306,7 @@ pub fn usage(hosts: &[HostSpec], holders: &[Holder]) -> Vec<HostUsage> {
             HostUsage {
                 name: h.spec.name.clone(),
                 zone: h.spec.zone.clone(),
+                fault_domain: h.spec.fault_domain.clone(),
                 physical_vcpus: h.spec.vcpus,
                 overcommit: h.spec.overcommit,
                 capacity: h.cap.size(),

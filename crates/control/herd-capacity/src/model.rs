@@ -316,6 +316,9 @@ pub struct HostUsage {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Its fault-domain label (none: the host is a fault domain of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_domain: Option<String>,
     /// Real vCPUs as declared.
     pub physical_vcpus: u32,
     pub overcommit: f64,

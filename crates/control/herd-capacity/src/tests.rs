@@ -597,6 +597,7 @@ fn usage_reports_each_host() {
         [HostUsage {
             name: "h1".into(),
             zone: Some("1".into()),
+            fault_domain: None,
             physical_vcpus: 4,
             overcommit: 2.0,
             capacity: Size::new(8, 8192),
