@@ -1630,6 +1630,20 @@ fn handler_cases() -> Vec<Case> {
             h.world().await;
             h.put(web!("2"), set_body(-1)).await.target("sku.capacity")
         }),
+        case!("PUT", vmss!(""), 400, "a fault domain count above 100", |h| {
+            h.world().await;
+            let mut b = set_body(1);
+            b["platformFaultDomainCount"] = json!(101);
+            h.put(web!("2"), b).await.target("platformFaultDomainCount").says("allowed 1 to 100")
+        }),
+        case!("PUT", vmss!(""), 400, "2 fault domains with no hosts (one machine, one domain)", |h| {
+            h.world().await;
+            let mut b = set_body(1);
+            b["platformFaultDomainCount"] = json!(2);
+            let r = h.put(web!("2"), b).await.target("platformFaultDomainCount").says("one fault domain");
+            h.get(web!("2")).await.expect(404);
+            r
+        }),
         case!("PUT", vmss!(""), 409, "If-None-Match: * on an existing set", |h| {
             h.world().await;
             h.call_with(Method::PUT, &set_uri(""), Some(set_body(2)), &[("if-none-match", "*")])
@@ -1660,6 +1674,13 @@ fn handler_cases() -> Vec<Case> {
         case!("POST", vmss!("/update"), 400, "no operations", |h| {
             h.world().await;
             h.post(&set_uri("/update"), json!({"operations": []})).await.target("operations")
+        }),
+        case!("POST", vmss!("/update"), 400, "a new platformFaultDomainCount (fixed at create)", |h| {
+            h.world().await;
+            h.post(&set_uri("/update"), json!({"operations": [{"op": "set", "path": "platformFaultDomainCount", "value": "3"}]}))
+                .await
+                .target("platformFaultDomainCount")
+                .says("cannot change from 1 to 3")
         }),
         case!("POST", vmss!("/update"), 404, "no such set", |h| {
             h.world().await;
@@ -1912,6 +1933,7 @@ fn handler_cases() -> Vec<Case> {
             h.world().await;
             let r = h.get(&set_uri("/virtualMachines/0/instanceView")).await;
             assert!(r.json()["statuses"][0]["code"].as_str().unwrap().starts_with("ProvisioningState/"));
+            assert_eq!(r.json()["platformFaultDomain"], 0, "a count of 1: fault domain 0");
             r
         }),
         case!("GET", vmss!("/virtualMachines/{id}/instanceView"), 400, "an id that is no number", |h| {

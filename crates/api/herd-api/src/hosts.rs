@@ -24,6 +24,9 @@ pub struct HostView {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Its fault-domain label (none: the host is a fault domain of its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_domain: Option<String>,
     /// vCPUs instances may reserve (the host's vCPUs times its overcommit).
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -138,6 +141,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiE
         .map(|u| HostView {
             name: u.name,
             zone: u.zone,
+            fault_domain: u.fault_domain,
             vcpus: u.capacity.vcpus,
             memory_mib: u.capacity.memory_mib,
             overcommit: u.overcommit,

@@ -66,6 +66,11 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             print!("{report}");
             Ok(())
         }
+        BenchCmd::Placement(o) => {
+            let report = tokio::task::spawn_blocking(move || herd_bench::placement::run(&o)).await??;
+            print!("{report}");
+            Ok(())
+        }
         BenchCmd::Autoscale { rounds, interval } => herd_bench::autoscale::run(launch, rounds, interval).await,
         BenchCmd::Rolling { sim, process, drain_timeout, probe_threshold } => {
             let opts = herd_bench::rolling::Options { drain_timeout, probe_threshold };

@@ -853,6 +853,9 @@ pub enum BenchCmd {
     /// Spot eviction at scale: deciding and writing the evictions a Regular scale-out needs
     /// across 10,000 instances on 50 hosts, next to a naive global youngest-first peer.
     Spot(herd_bench::spot::SpotBenchOpts),
+    /// Placement at scale: 10,000 new instances over 500 simulated hosts in 3 zones with 5
+    /// fault domains each, next to the same without fault domains.
+    Placement(herd_bench::placement::PlacementBenchOpts),
     /// Time from the API call to all instances running.
     Provision {
         #[arg(long, value_enum, default_value = "sim")]

@@ -23,6 +23,7 @@ const SET_TABLE: Columns<'static> = &[
 const HOST_TABLE: Columns<'static> = &[
     ("Host", "name"),
     ("Zone", "zone"),
+    ("FaultDomain", "faultDomain"),
     ("vCPU", "vcpus"),
     ("MemoryMiB", "memoryMib"),
     ("RegularVcpu", "regularVcpus"),
@@ -62,6 +63,8 @@ const INSTANCE_TABLE: Columns<'static> = &[
     ("Name", "name"),
     ("ComputerName", "computerName"),
     ("Zone", "join(' ', zones)"),
+    ("FaultDomain", "platformFaultDomain"),
+    ("Host", "host"),
     ("LatestModelApplied", "latestModelApplied"),
     ("ProvisioningState", "provisioningState"),
     ("PowerState", "powerState"),

@@ -7,8 +7,8 @@
 
 use crate::cluster::{vcpu_cap, Amount, Cluster};
 use crate::model::{
-    Decision, Holder, HostUsage, Placement, Preemption, Refusal, Refused, Request, Shortfall, Size, Tier,
-    UNLIMITED_HOST,
+    Decision, DomainShortfall, FaultDomain, Holder, HostUsage, Placement, Preemption, Refusal, Refused, Request,
+    Shortfall, Size, Tier, UNLIMITED_HOST,
 };
 use herd_model::spot::{EvictionReason, HostSpec};
 use herd_model::InstanceKey;
@@ -93,42 +93,79 @@ pub fn arbitrate(
             }
         }
         if unlimited {
-            placements.push(Placement { key: r.key.clone(), host: UNLIMITED_HOST.to_string() });
+            if r.fault_domains > 1 {
+                let why =
+                    DomainShortfall { zone: r.zone.clone(), want: r.fault_domains, domains: vec![], unlimited: true };
+                if r.extra {
+                    skipped.push(r.key.clone());
+                } else {
+                    refused.push(Refused { key: r.key.clone(), reason: Refusal::FaultDomains(why) });
+                }
+                continue;
+            }
+            placements.push(Placement { key: r.key.clone(), host: UNLIMITED_HOST.to_string(), fault_domain: Some(0) });
             continue;
         }
         let size = r.size;
         let a = Amount::of(size);
-        let pool = c.eligible(r.zone.as_deref());
-        // 1. Fits now.
-        if let Some(hi) = c.best(&pool, size, |h| h.free_now()) {
-            match r.tier {
-                Tier::Regular => c.hosts[hi].committed += a,
-                Tier::Spot => c.hosts[hi].spot += a,
+        let set = c.set_of(&r.key);
+        let candidates = match c.candidates(r, set) {
+            Ok(v) => v,
+            Err(why) => {
+                if r.extra {
+                    skipped.push(r.key.clone());
+                } else {
+                    refused.push(Refused { key: r.key.clone(), reason: Refusal::FaultDomains(why) });
+                }
+                continue;
             }
-            placements.push(Placement { key: r.key.clone(), host: c.hosts[hi].spec.name.clone() });
-            continue;
+        };
+        // Each candidate fault domain in turn (balance first): the first that can take the
+        // request, by the stages below, gets it.
+        let mut done = false;
+        for (fd, pool) in &candidates {
+            // 1. Fits now.
+            if let Some(hi) = c.best_for(pool, size, Some(set), |h| h.free_now()) {
+                match r.tier {
+                    Tier::Regular => c.hosts[hi].committed += a,
+                    Tier::Spot => c.hosts[hi].spot += a,
+                }
+                c.count(set, hi, &r.zone, Some(*fd));
+                placements.push(Placement {
+                    key: r.key.clone(),
+                    host: c.hosts[hi].spec.name.clone(),
+                    fault_domain: Some(*fd),
+                });
+                done = true;
+                break;
+            }
+            // An extra only ever takes free room: it neither waits nor evicts; nor does Spot.
+            if r.extra || r.tier == Tier::Spot {
+                continue;
+            }
+            // 2. Fits once the Preempts already announced complete.
+            if let Some(hi) = c.best_for(pool, size, Some(set), |h| h.room_after_leaving()) {
+                c.hosts[hi].committed += a;
+                c.count(set, hi, &r.zone, Some(*fd));
+                waiting.push(r.key.clone());
+                done = true;
+                break;
+            }
+            // 3. Fits after evicting the youngest Spot instances of one host: the fewest evictions.
+            if let Some(hi) = evict_for(&mut c, holders, pool, r, &mut preempt) {
+                c.count(set, hi, &r.zone, Some(*fd));
+                waiting.push(r.key.clone());
+                done = true;
+                break;
+            }
         }
-        // An extra only ever takes free room: it neither waits nor evicts.
-        if r.extra {
-            skipped.push(r.key.clone());
-            continue;
-        }
-        if r.tier == Tier::Spot {
-            short.entry((r.tier, r.zone.clone())).or_default().push(ri);
-            continue;
-        }
-        // 2. Fits once the Preempts already announced complete.
-        if let Some(hi) = c.best(&pool, size, |h| h.room_after_leaving()) {
-            c.hosts[hi].committed += a;
-            waiting.push(r.key.clone());
-            continue;
-        }
-        // 3. Fits after evicting the youngest Spot instances of one host: the fewest evictions.
-        if evict_for(&mut c, holders, &pool, r, &mut preempt) {
-            waiting.push(r.key.clone());
-        } else {
-            // 4. Not even then.
-            short.entry((r.tier, r.zone.clone())).or_default().push(ri);
+        if !done {
+            if r.extra {
+                skipped.push(r.key.clone());
+            } else {
+                // 4. Not even then.
+                short.entry((r.tier, r.zone.clone())).or_default().push(ri);
+            }
         }
     }
 
@@ -169,15 +206,15 @@ fn price_evictions(
 }
 
 /// Makes room for Regular request `r` by evicting the youngest Spot instances of the host in
-/// `pool` that needs the fewest evictions, and commits the room to `r`. False when no host can
-/// make room that way.
+/// `pool` that needs the fewest evictions, and commits the room to `r`; returns that host.
+/// None when no host can make room that way.
 fn evict_for(
     c: &mut Cluster<'_>,
     holders: &[Holder],
     pool: &[usize],
     r: &Request,
     preempt: &mut Vec<Preemption>,
-) -> bool {
+) -> Option<usize> {
     let size = r.size;
     let mut choice: Option<(usize, usize)> = None;
     for &hi in pool {
@@ -187,7 +224,7 @@ fn evict_for(
             }
         }
     }
-    let Some((hi, k)) = choice else { return false };
+    let (hi, k) = choice?;
     let spec = c.hosts[hi].spec;
     let name = &spec.name;
     let host = &mut c.hosts[hi];
@@ -209,7 +246,7 @@ fn evict_for(
     }
     host.cursor += k;
     host.committed += Amount::of(size);
-    true
+    Some(hi)
 }
 
 /// Turns the grouped capacity refusals into refusals sharing their group's shortfall.
@@ -269,6 +306,7 @@ pub fn usage(hosts: &[HostSpec], holders: &[Holder]) -> Vec<HostUsage> {
             HostUsage {
                 name: h.spec.name.clone(),
                 zone: h.spec.zone.clone(),
+                fault_domain: h.spec.fault_domain.clone(),
                 physical_vcpus: h.spec.vcpus,
                 overcommit: h.spec.overcommit,
                 capacity: h.cap.size(),
@@ -305,7 +343,7 @@ pub fn check_regular_room(hosts: &[HostSpec], holders: &[Holder], extra: &[Reque
         if r.tier != Tier::Regular || r.extra {
             continue;
         }
-        let pool = c.eligible(r.zone.as_deref());
+        let pool = c.pool_of(r);
         match c.best(&pool, r.size, |h| h.room_regular()) {
             Some(hi) => c.hosts[hi].committed += Amount::of(r.size),
             None => short.entry(r.zone.clone()).or_default().push(ri),
@@ -317,4 +355,62 @@ pub fn check_regular_room(hosts: &[HostSpec], holders: &[Holder], extra: &[Reque
             Err(shortfall_of(&mut c, Tier::Regular, zone, members.iter().map(|&ri| extra[ri].size)))
         }
     }
+}
+
+/// The fault domains of `zone` (`None`: a set without zones) on `hosts`: the hosts that take
+/// new instances there, grouped by fault-domain label, sorted by name. Index `i` of this list
+/// is fault domain `i` of a set with `platformFaultDomainCount` above `i`.
+pub fn fault_domains(hosts: &[HostSpec], zone: Option<&str>) -> Vec<FaultDomain> {
+    let mut c = Cluster::build(hosts, &[]);
+    let domains = c.domains(zone);
+    domains
+        .iter()
+        .map(|d| FaultDomain {
+            name: d.name.clone(),
+            hosts: d.hosts.iter().map(|&hi| c.hosts[hi].spec.name.clone()).collect(),
+        })
+        .collect()
+}
+
+/// Whether every zone of a set (`zones` empty: the set has none) has at least `count` fault
+/// domains that take new instances: the API's refusal of a `platformFaultDomainCount` the hosts
+/// cannot meet. With no hosts (everything on the server's own machine) only a count of 1 can.
+pub fn check_fault_domains(hosts: &[HostSpec], zones: &[String], count: u32) -> Result<(), DomainShortfall> {
+    if count <= 1 {
+        return Ok(());
+    }
+    let zones: Vec<Option<&str>> =
+        if zones.is_empty() { vec![None] } else { zones.iter().map(|z| Some(z.as_str())).collect() };
+    if hosts.is_empty() {
+        return Err(DomainShortfall {
+            zone: zones[0].map(str::to_string),
+            want: count,
+            domains: vec![],
+            unlimited: true,
+        });
+    }
+    let mut c = Cluster::build(hosts, &[]);
+    for z in zones {
+        let d = c.domains(z);
+        if d.len() < count as usize {
+            return Err(DomainShortfall {
+                zone: z.map(str::to_string),
+                want: count,
+                domains: d.iter().map(|d| d.name.clone()).collect(),
+                unlimited: false,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The zones of `zones` that no host takes new instances for (none is cordoned-free, heard
+/// from, and labelled with the zone or with none). Empty without hosts: the server's own
+/// machine serves every zone.
+pub fn zones_without_hosts(hosts: &[HostSpec], zones: &[String]) -> Vec<String> {
+    if hosts.is_empty() {
+        return vec![];
+    }
+    let mut c = Cluster::build(hosts, &[]);
+    zones.iter().filter(|z| c.eligible(Some(z.as_str())).is_empty()).cloned().collect()
 }

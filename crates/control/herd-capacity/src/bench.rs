@@ -108,6 +108,7 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             created_at: now - Duration::seconds(rng.below(30 * 86_400) as i64),
             max_price: (spot && rng.below(100) == 0).then_some(2.0 * SPOT_PRICE),
             preempting: spot && rng.below(200) == 0,
+            fault_domain: None,
         });
     }
     let hosts = (0..hosts_n)
@@ -117,6 +118,7 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             HostSpec {
                 name: host_name(hi),
                 zone: Some(zone_of(hi, zones)),
+                fault_domain: None,
                 vcpus: (want as f64 / overcommit).ceil() as u32,
                 memory_mib: used[hi].1 + 4096,
                 overcommit,
@@ -133,6 +135,8 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             sku: "Standard_B2s".into(),
             max_price: None,
             extra: false,
+            fault_domains: 1,
+            fault_domain: None,
         })
         .collect();
     Scenario { hosts, holders, requests, now }
@@ -209,4 +213,93 @@ pub fn naive_global(hosts: &[HostSpec], holders: &[Holder], requests: &[Request]
         }
     }
     out
+}
+
+/// `herd bench placement`'s workload: `hosts` empty hosts round-robin over `zones` zones, the
+/// hosts of each zone labelled round-robin into `fault_domains` racks (none when
+/// `fault_domains` is 1: each host is its own domain), and `instances` new Regular instances of
+/// `sets` sets (mixed SKUs), each set over every zone, with `platformFaultDomainCount`
+/// `fault_domains`. Hosts are sized so the instances fill about three quarters of them.
+#[derive(Debug, Clone)]
+pub struct PlacementScenario {
+    pub hosts: Vec<HostSpec>,
+    pub requests: Vec<Request>,
+}
+
+pub fn placement_scenario(
+    instances: usize,
+    hosts: usize,
+    zones: usize,
+    fault_domains: u32,
+    sets: usize,
+) -> PlacementScenario {
+    let hosts_n = hosts.max(1);
+    let zones = zones.max(1);
+    let sets = sets.max(1);
+    let fd = fault_domains.max(1);
+    let mut requests = Vec::with_capacity(instances);
+    let (mut vcpus, mut mem) = (0u64, 0u64);
+    for i in 0..instances {
+        let set_no = i % sets;
+        let (sku, v, m) = SKUS[set_no % SKUS.len()];
+        vcpus += u64::from(v);
+        mem += m;
+        requests.push(Request {
+            key: key(&format!("set{set_no:03}"), (i / sets) as u64),
+            size: Size::new(v, m),
+            tier: Tier::Regular,
+            zone: Some(zone_of(i / sets, zones)),
+            sku: sku.to_string(),
+            max_price: None,
+            extra: false,
+            fault_domains: fd,
+            fault_domain: None,
+        });
+    }
+    // Three quarters full on average.
+    let per_host_vcpus = (vcpus * 4 / 3).div_ceil(hosts_n as u64).max(1) as u32;
+    let per_host_mem = (mem * 4 / 3).div_ceil(hosts_n as u64).max(1);
+    let hosts = (0..hosts_n)
+        .map(|hi| {
+            let zone = zone_of(hi, zones);
+            let nth_in_zone = hi / zones;
+            HostSpec {
+                name: host_name(hi),
+                fault_domain: (fd > 1).then(|| format!("z{zone}-rack{}", nth_in_zone % fd as usize)),
+                zone: Some(zone),
+                vcpus: per_host_vcpus,
+                memory_mib: per_host_mem,
+                overcommit: 1.0,
+                schedulable: true,
+            }
+        })
+        .collect();
+    PlacementScenario { hosts, requests }
+}
+
+/// How evenly a decision spread each set: the largest difference, over every set and zone,
+/// between its most and least used fault domains (with a count of 1: hosts of the zone that
+/// took any of the set, and the zone's other hosts count as 0).
+pub fn imbalance(s: &PlacementScenario, d: &crate::Decision) -> u32 {
+    let zone_of_host: BTreeMap<&str, &str> =
+        s.hosts.iter().map(|h| (h.name.as_str(), h.zone.as_deref().unwrap_or(""))).collect();
+    let hosts_in_zone = |z: &str| s.hosts.iter().filter(|h| h.zone.as_deref() == Some(z)).count();
+    let fd_n = s.requests.first().map_or(1, |r| r.fault_domains.max(1));
+    // (set, zone) → per bucket (fault domain index, or host) counts.
+    let mut counts: BTreeMap<(String, String), BTreeMap<String, u32>> = BTreeMap::new();
+    for p in &d.placements {
+        let zone = zone_of_host.get(p.host.as_str()).copied().unwrap_or("").to_string();
+        let bucket = if fd_n > 1 { p.fault_domain.unwrap_or(0).to_string() } else { p.host.clone() };
+        *counts.entry((p.key.set.to_string(), zone)).or_default().entry(bucket).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|((_, zone), c)| {
+            let buckets = if fd_n > 1 { fd_n as usize } else { hosts_in_zone(zone) };
+            let max = c.values().copied().max().unwrap_or(0);
+            let min = if c.len() < buckets { 0 } else { c.values().copied().min().unwrap_or(0) };
+            max - min
+        })
+        .max()
+        .unwrap_or(0)
 }

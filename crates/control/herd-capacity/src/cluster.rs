@@ -6,11 +6,18 @@
 //! O(hosts × log(instances per host)): the fewest evictions on a host is a binary search over
 //! the prefix sums of its youngest-first Spot list, and the instances chosen on a host are
 //! always the next ones of that list (a cursor), never a rescan of all holders.
+//!
+//! Spreading and fault domains keep per-set books (instances per host, and per zone and fault
+//! domain index) filled once from the holders and updated as requests are placed, and each
+//! zone's fault domains are grouped once per call: a request then costs a look-up per host of
+//! its pool, not a scan of the set's instances.
 
-use crate::model::{Holder, Placement, Size, Tier};
+use crate::model::{DomainShortfall, Holder, Placement, Request, Size, Tier};
 use herd_model::spot::HostSpec;
-use std::collections::BTreeMap;
+use herd_model::{GroupName, InstanceKey, ScaleSetName};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::{Add, AddAssign, Sub, SubAssign};
+use std::rc::Rc;
 
 /// vCPUs and memory as signed numbers, so "free" may go below zero (a host over capacity).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -150,6 +157,37 @@ pub(crate) struct Cluster<'a> {
     pub adopted: Vec<Placement>,
     pub warnings: Vec<String>,
     eligible_cache: BTreeMap<Option<String>, Vec<usize>>,
+    domain_cache: BTreeMap<Option<String>, Rc<Vec<Domain>>>,
+    /// Per scale set (group, then name: looked up without copying the names): its index in
+    /// `books`.
+    sets: HashMap<GroupName, HashMap<ScaleSetName, usize>>,
+    pub books: Vec<SetBooks>,
+}
+
+/// One fault domain of a zone: the hosts serving the zone that share a fault-domain label (or
+/// one host without a label), in name order.
+#[derive(Debug)]
+pub(crate) struct Domain {
+    pub name: String,
+    pub hosts: Vec<usize>,
+}
+
+/// Where one scale set's instances are: per host, and per (zone, fault domain index).
+#[derive(Debug, Default)]
+pub(crate) struct SetBooks {
+    pub per_host: HashMap<usize, u32>,
+    /// Zone → fault domain index → instances.
+    pub per_domain: HashMap<Option<String>, HashMap<u32, u32>>,
+}
+
+impl SetBooks {
+    pub fn on_host(&self, hi: usize) -> u32 {
+        self.per_host.get(&hi).copied().unwrap_or(0)
+    }
+
+    pub fn in_domain(&self, zone: &Option<String>, fd: u32) -> u32 {
+        self.per_domain.get(zone).and_then(|z| z.get(&fd)).copied().unwrap_or(0)
+    }
 }
 
 /// `floor(vcpus × overcommit)`; a non-finite or negative overcommit counts as 1.
@@ -204,6 +242,9 @@ impl<'a> Cluster<'a> {
             adopted: Vec::new(),
             warnings,
             eligible_cache: BTreeMap::new(),
+            domain_cache: BTreeMap::new(),
+            sets: HashMap::new(),
+            books: Vec::new(),
         };
         let unlimited = c.hosts.is_empty();
         let mut legacy = Vec::new();
@@ -261,6 +302,113 @@ impl<'a> Cluster<'a> {
             }
         }
         self.holder_host[i] = Some(hi);
+        let set = self.set_of(&h.key);
+        self.count(set, hi, &h.zone, h.fault_domain);
+    }
+
+    /// The books of `key`'s scale set (created empty on first use).
+    pub fn set_of(&mut self, key: &InstanceKey) -> usize {
+        if let Some(&id) = self.sets.get(&key.group).and_then(|g| g.get(&key.set)) {
+            return id;
+        }
+        let id = self.books.len();
+        self.sets.entry(key.group.clone()).or_default().insert(key.set.clone(), id);
+        self.books.push(SetBooks::default());
+        id
+    }
+
+    /// Books an instance of `set` on host `hi`, in fault domain `fd` of `zone` when it has one.
+    pub fn count(&mut self, set: usize, hi: usize, zone: &Option<String>, fd: Option<u32>) {
+        let b = &mut self.books[set];
+        *b.per_host.entry(hi).or_default() += 1;
+        if let Some(fd) = fd {
+            match b.per_domain.get_mut(zone) {
+                Some(z) => *z.entry(fd).or_default() += 1,
+                None => {
+                    b.per_domain.insert(zone.clone(), HashMap::from([(fd, 1)]));
+                }
+            }
+        }
+    }
+
+    /// The fault domains of `zone`: the hosts that may take its new instances (those labelled
+    /// with the zone; only when it has none, those serving every zone), grouped by
+    /// fault-domain label (a host without one is a domain of its own, named after it), sorted
+    /// by name.
+    pub fn domains(&mut self, zone: Option<&str>) -> Rc<Vec<Domain>> {
+        let key = zone.map(str::to_string);
+        if let Some(d) = self.domain_cache.get(&key) {
+            return Rc::clone(d);
+        }
+        let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let (labelled, rest) = self.tiers(zone);
+        let pool = if labelled.is_empty() { rest } else { labelled };
+        for hi in pool {
+            let spec = self.hosts[hi].spec;
+            by_name.entry(spec.fault_domain.as_deref().unwrap_or(spec.name.as_str())).or_default().push(hi);
+        }
+        let d: Rc<Vec<Domain>> =
+            Rc::new(by_name.into_iter().map(|(name, hosts)| Domain { name: name.to_string(), hosts }).collect());
+        self.domain_cache.insert(key, Rc::clone(&d));
+        d
+    }
+
+    /// Where request `r` of `set` may go, in the order to try: (fault domain index, its hosts).
+    /// With a count of 1, index 0: the hosts labelled with its zone, then those serving every
+    /// zone. With N, the first N
+    /// domains of its zone by name, least used by the set first (tie: lowest index), or only
+    /// the domain it already has. Fewer than N domains: refused.
+    pub fn candidates(&mut self, r: &Request, set: usize) -> Result<Vec<(u32, Vec<usize>)>, DomainShortfall> {
+        let n = r.fault_domains.max(1);
+        let zone = r.zone.as_deref();
+        if n == 1 {
+            let (labelled, rest) = self.tiers(zone);
+            return Ok(match (labelled.is_empty(), rest.is_empty()) {
+                (false, false) => vec![(0, labelled), (0, rest)],
+                (false, true) => vec![(0, labelled)],
+                _ => vec![(0, rest)],
+            });
+        }
+        let domains = self.domains(zone);
+        if domains.len() < n as usize {
+            return Err(DomainShortfall {
+                zone: r.zone.clone(),
+                want: n,
+                domains: domains.iter().map(|d| d.name.clone()).collect(),
+                unlimited: false,
+            });
+        }
+        let mut order: Vec<u32> = match r.fault_domain {
+            Some(fd) if fd < n => vec![fd],
+            _ => (0..n).collect(),
+        };
+        let books = &self.books[set];
+        order.sort_by_key(|&fd| (books.in_domain(&r.zone, fd), fd));
+        Ok(order.into_iter().map(|fd| (fd, domains[fd as usize].hosts.clone())).collect())
+    }
+
+    /// The hosts that may take a new instance of `zone`, split into those labelled with the
+    /// zone (tried first) and those serving every zone (no zone: a fallback, such as the
+    /// server's own machine beside joined hosts). Without a zone, every host is in the first.
+    pub fn tiers(&mut self, zone: Option<&str>) -> (Vec<usize>, Vec<usize>) {
+        let pool = self.eligible(zone);
+        if zone.is_none() {
+            return (pool, Vec::new());
+        }
+        pool.into_iter().partition(|&hi| self.hosts[hi].spec.zone.is_some())
+    }
+
+    /// Every host request `r` may use at all: its zone's eligible hosts, or with N fault
+    /// domains those of the first N (fewer when the zone has fewer).
+    pub fn pool_of(&mut self, r: &Request) -> Vec<usize> {
+        let n = r.fault_domains.max(1) as usize;
+        if n == 1 {
+            return self.eligible(r.zone.as_deref());
+        }
+        let domains = self.domains(r.zone.as_deref());
+        let mut pool: Vec<usize> = domains.iter().take(n).flat_map(|d| d.hosts.iter().copied()).collect();
+        pool.sort_unstable();
+        pool
     }
 
     /// Places a holder that has no host: where it fits, else on the least-loaded host.
@@ -296,7 +444,7 @@ impl<'a> Cluster<'a> {
                 h.key, self.hosts[hi].spec.name
             ));
         }
-        self.adopted.push(Placement { key: h.key.clone(), host: self.hosts[hi].spec.name.clone() });
+        self.adopted.push(Placement { key: h.key.clone(), host: self.hosts[hi].spec.name.clone(), fault_domain: None });
     }
 
     /// Marks a holder as leaving (a Preempt posted in this call) before `seal`.
@@ -356,14 +504,29 @@ impl<'a> Cluster<'a> {
     /// Of `pool`, the host whose `room` covers `size` with the most room (vCPU, then memory),
     /// tie → first by name.
     pub fn best(&self, pool: &[usize], size: Size, room: impl Fn(&Host) -> Amount) -> Option<usize> {
-        let mut best: Option<(usize, (i64, i64))> = None;
+        self.best_for(pool, size, None, room)
+    }
+
+    /// [`Self::best`], but first the host holding the fewest instances of `set` (maximum
+    /// spreading), then the most room, tie → first by name.
+    pub fn best_for(
+        &self,
+        pool: &[usize],
+        size: Size,
+        set: Option<usize>,
+        room: impl Fn(&Host) -> Amount,
+    ) -> Option<usize> {
+        let books = set.map(|s| &self.books[s]);
+        let mut best: Option<(usize, (i64, i64, i64))> = None;
         for &hi in pool {
             let r = room(&self.hosts[hi]);
             if !r.covers(size) {
                 continue;
             }
-            if best.is_none_or(|(_, k)| r.key() > k) {
-                best = Some((hi, r.key()));
+            let mine = books.map_or(0, |b| i64::from(b.on_host(hi)));
+            let k = (-mine, r.v, r.m);
+            if best.is_none_or(|(_, b)| k > b) {
+                best = Some((hi, k));
             }
         }
         best.map(|(hi, _)| hi)

@@ -16,12 +16,34 @@
 //!   the caller stores as "no host") and nothing is evicted for room; price evictions still
 //!   apply.
 //! - **Zones**: a host with no zone serves every zone; a request for zone `z` goes only to hosts
-//!   of zone `z` or with no zone; a request without a zone goes anywhere.
+//!   of zone `z` or with no zone, those of zone `z` first (each stage below is tried on them
+//!   before any host with no zone: the server's own machine beside joined hosts is a fallback,
+//!   not a host of every zone); a request without a zone goes anywhere.
 //! - **Order**: Regular requests are served before Spot ones; within a tier, larger instances
 //!   first (they are the hardest to fit), then by key.
-//! - **Spreading**: of the hosts with room, the one with the most free vCPU, then memory, then
-//!   the first by name.
-//! - **Regular needing room**, in this order:
+//! - **Spreading** (maximum spreading, `platformFaultDomainCount` 1, the default): of the hosts
+//!   with room, the one holding the fewest instances of the request's scale set, then the one
+//!   with the most free vCPU, then memory, then the first by name. Best effort: a set goes
+//!   where the room is.
+//! - **Fault domains** (Azure's semantics, with herd's departure on the allowed counts): within
+//!   a zone, a fault domain is a host, or the hosts sharing a `fault_domain` label (a rack). The
+//!   zone's fault domains are those with a host that takes new instances (labelled with the
+//!   zone, or, only in a zone without such hosts, serving every zone; not cordoned, heard
+//!   from), sorted by name; with `platformFaultDomainCount` N, fault domain `i`
+//!   (0 ≤ i < N) is the `i`-th of them ([`fault_domains`]). A zone with fewer than N is refused
+//!   ([`Refusal::FaultDomains`], and [`check_fault_domains`] for the API). A new instance is
+//!   given the index its set uses least in its zone (tie → lowest), so with two hosts and N=2
+//!   instances alternate between them; if that domain cannot take it (by the stages below), the
+//!   next least-used one is tried. Within the domain the host is chosen as in Spreading. The
+//!   index is returned with the placement ([`Placement::fault_domain`], 0 with a count of 1), and
+//!   the caller records it on the instance: it never changes, and an instance that has one
+//!   (a deallocated instance starting again) goes back to that domain only. Holders without one
+//!   (placed before fault domains) count on their host only. With no hosts at all (unlimited),
+//!   there is one domain, so only a count of 1 is placed.
+//! - **Zones without hosts**: [`zones_without_hosts`] names a set's zones that no host takes new
+//!   instances for; the callers refuse a `zoneBalance` set there, and send the new instances of
+//!   other sets to their remaining zones.
+//! - **Regular needing room**, in this order (in each candidate fault domain in turn):
 //!   1. fits now → placed;
 //!   2. fits once the Preempts already announced complete → waiting (no new eviction);
 //!   3. fits after evicting Spot instances on *one* eligible host, youngest first (latest
@@ -90,10 +112,12 @@ pub mod bench;
 mod cluster;
 mod model;
 
-pub use arbitrate::{arbitrate, check_regular_room, usage, vcpu_capacity};
+pub use arbitrate::{
+    arbitrate, check_fault_domains, check_regular_room, fault_domains, usage, vcpu_capacity, zones_without_hosts,
+};
 pub use model::{
-    Decision, Holder, HostUsage, Placement, Preemption, Refusal, Refused, Request, Shortfall, Size, Tier,
-    UNLIMITED_HOST,
+    Decision, DomainShortfall, FaultDomain, Holder, HostUsage, Placement, Preemption, Refusal, Refused, Request,
+    Shortfall, Size, Tier, UNLIMITED_HOST,
 };
 
 #[cfg(test)]

@@ -89,6 +89,9 @@ pub struct Holder {
     pub max_price: Option<f64>,
     /// A Preempt event is already posted: its room will be freed, and it is not chosen again.
     pub preempting: bool,
+    /// The fault domain index recorded on the instance (`platformFaultDomain`); `None` for
+    /// records placed before fault domains, which count only on their host.
+    pub fault_domain: Option<u32>,
 }
 
 /// An instance wanting room: a new instance, or a Spot instance to restore.
@@ -107,6 +110,12 @@ pub struct Request {
     /// other request, only from room that is free now. It never evicts a Spot instance and
     /// never waits; without free room it is skipped ([`Decision::skipped`]).
     pub extra: bool,
+    /// The set's `platformFaultDomainCount`: 1 (or 0) = spread over as many hosts as possible;
+    /// N = exactly N fault domains per zone, the instances balanced over them.
+    pub fault_domains: u32,
+    /// The fault domain index the instance already has (a deallocated instance starting
+    /// again): it goes back to that domain. `None` = a new instance, given the least-used one.
+    pub fault_domain: Option<u32>,
 }
 
 /// An instance and the host it goes on (or is recorded on).
@@ -115,6 +124,9 @@ pub struct Placement {
     pub key: InstanceKey,
     /// A declared host's name, or [`UNLIMITED_HOST`].
     pub host: String,
+    /// The fault domain index given to a placed request (0 with a count of 1); `None` for an
+    /// adopted holder (its record keeps what it has).
+    pub fault_domain: Option<u32>,
 }
 
 /// A Spot instance to post a Preempt event on now.
@@ -135,6 +147,71 @@ pub enum Refusal {
     /// A Spot request whose `maxPrice` is below the current spot price.
     #[error("spot price {price:.4} for {sku} is above maxPrice {max_price:.4}")]
     Price { sku: String, price: f64, max_price: f64 },
+    /// The set's `platformFaultDomainCount` is more than the zone's fault domains that take new
+    /// instances.
+    #[error("{0}")]
+    FaultDomains(DomainShortfall),
+}
+
+/// A zone with fewer fault domains than a set's `platformFaultDomainCount`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainShortfall {
+    /// The zone; `None` = a set without zones (every host counts).
+    pub zone: Option<String>,
+    /// `platformFaultDomainCount`.
+    pub want: u32,
+    /// The zone's fault domains that take new instances, by name (a fault-domain label, or the
+    /// name of a host without one).
+    pub domains: Vec<String>,
+    /// No hosts at all: everything runs on the server's own machine, one fault domain.
+    pub unlimited: bool,
+}
+
+impl fmt::Display for DomainShortfall {
+    /// e.g. `platformFaultDomainCount 3 needs 3 fault domains in zone 1, which has 2 that take
+    /// new instances: rack-a, rack-b`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match &self.zone {
+            Some(z) => format!("in zone {z}"),
+            None => "on the hosts".to_string(),
+        };
+        write!(f, "platformFaultDomainCount {} needs {} fault domains {place}", self.want, self.want)?;
+        if self.unlimited {
+            return write!(
+                f,
+                ", but no hosts are declared or joined: everything runs on this server's machine, one fault domain (use 1, or add hosts with [[hosts]] or herd agent)"
+            );
+        }
+        let n = self.domains.len();
+        let which = match &self.zone {
+            Some(z) => format!("zone {z} has"),
+            None => "the hosts have".to_string(),
+        };
+        if n == 0 {
+            return write!(f, ", but {which} no fault domain that takes new instances");
+        }
+        const SHOWN: usize = 8;
+        let mut names = self.domains.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+        if n > SHOWN {
+            names.push_str(&format!(" and {} more", n - SHOWN));
+        }
+        write!(
+            f,
+            ", but {which} {n} that take{} new instances: {names} (a fault domain is a host, or the hosts sharing a fault-domain label; cordoned hosts and joined hosts not heard from do not count)",
+            if n == 1 { "s" } else { "" }
+        )
+    }
+}
+
+impl std::error::Error for DomainShortfall {}
+
+/// One fault domain of a zone: its name and its hosts (by name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDomain {
+    /// The hosts' shared fault-domain label, or the host's own name when it has none.
+    pub name: String,
+    pub hosts: Vec<String>,
 }
 
 /// A request that gets no room, and why.
@@ -239,6 +316,9 @@ pub struct HostUsage {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Its fault-domain label (none: the host is a fault domain of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_domain: Option<String>,
     /// Real vCPUs as declared.
     pub physical_vcpus: u32,
     pub overcommit: f64,

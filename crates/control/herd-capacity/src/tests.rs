@@ -15,7 +15,15 @@ fn key(set: &str, id: u64) -> InstanceKey {
 }
 
 fn host(name: &str, zone: Option<&str>, vcpus: u32, memory_mib: u64) -> HostSpec {
-    HostSpec { name: name.into(), zone: zone.map(Into::into), vcpus, memory_mib, overcommit: 1.0, schedulable: true }
+    HostSpec {
+        name: name.into(),
+        zone: zone.map(Into::into),
+        fault_domain: None,
+        vcpus,
+        memory_mib,
+        overcommit: 1.0,
+        schedulable: true,
+    }
 }
 
 fn holder(set: &str, id: u64, on: Option<&str>, tier: Tier, size: (u32, u64), age: i64) -> Holder {
@@ -29,6 +37,7 @@ fn holder(set: &str, id: u64, on: Option<&str>, tier: Tier, size: (u32, u64), ag
         created_at: t(age),
         max_price: None,
         preempting: false,
+        fault_domain: None,
     }
 }
 
@@ -49,6 +58,8 @@ fn req(set: &str, id: u64, tier: Tier, size: (u32, u64), zone: Option<&str>) -> 
         sku: "Standard_B1s".into(),
         max_price: None,
         extra: false,
+        fault_domains: 1,
+        fault_domain: None,
     }
 }
 
@@ -170,10 +181,26 @@ fn zones_bound_both_placement_and_eviction() {
 
 #[test]
 fn overcommit_multiplies_vcpus_only() {
-    let h = HostSpec { name: "h1".into(), zone: None, vcpus: 4, memory_mib: 8192, overcommit: 1.5, schedulable: true };
+    let h = HostSpec {
+        name: "h1".into(),
+        zone: None,
+        fault_domain: None,
+        vcpus: 4,
+        memory_mib: 8192,
+        overcommit: 1.5,
+        schedulable: true,
+    };
     assert_eq!(vcpu_capacity(&h), 6);
     for (vcpus, oc, cap) in [(10, 0.7, 7), (3, 1.1, 3), (8, 2.0, 16), (4, f64::NAN, 4), (4, -1.0, 4)] {
-        let h = HostSpec { name: "x".into(), zone: None, vcpus, memory_mib: 1, overcommit: oc, schedulable: true };
+        let h = HostSpec {
+            name: "x".into(),
+            zone: None,
+            fault_domain: None,
+            vcpus,
+            memory_mib: 1,
+            overcommit: oc,
+            schedulable: true,
+        };
         assert_eq!(vcpu_capacity(&h), cap, "{vcpus} x {oc}");
     }
     let requests: Vec<Request> = (0..7).map(|i| req("r", i, Tier::Regular, (1, 1024), None)).collect();
@@ -332,18 +359,179 @@ fn no_hosts_means_unlimited_but_price_still_applies() {
 }
 
 #[test]
-fn placement_spreads_by_free_vcpu_then_memory_then_name() {
+fn placement_spreads_a_set_first_then_by_free_vcpu_then_memory_then_name() {
     let hosts = [host("h1", None, 8, 8192), host("h2", None, 8, 16384), host("h3", None, 4, 65536)];
+    // One instance of each of eight sets: the most free vCPU, then memory (h2 wins ties), then
+    // name; h3 only once it has the most vCPU free.
+    let requests: Vec<Request> = (0..8).map(|i| req(&format!("r{i}"), 0, Tier::Regular, (1, 1024), None)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    let on = |h: &str| d.placements.iter().filter(|p| p.host == h).count();
+    assert_eq!((on("h1"), on("h2"), on("h3")), (4, 4, 0));
+    assert_eq!(d.placements[0].host, "h2");
+    // Eight instances of one set: maximum spreading puts the set on every host in turn, the
+    // small h3 included.
     let requests: Vec<Request> = (0..8).map(|i| req("r", i, Tier::Regular, (1, 1024), None)).collect();
     let d = arbitrate(&hosts, &[], &requests, &no_price);
     let on = |h: &str| d.placements.iter().filter(|p| p.host == h).count();
-    // h2 wins ties on memory, then h1 and h2 alternate; h3 only once it has the most vCPU free.
-    assert_eq!((on("h1"), on("h2"), on("h3")), (4, 4, 0));
-    assert_eq!(d.placements[0].host, "h2");
+    assert_eq!((on("h1"), on("h2"), on("h3")), (3, 3, 2));
+    assert!(d.placements.iter().all(|p| p.fault_domain == Some(0)), "a count of 1 shows fault domain 0");
+    // Until a host is full.
     let requests: Vec<Request> = (0..14).map(|i| req("r", i, Tier::Regular, (1, 1024), None)).collect();
     let d = arbitrate(&hosts, &[], &requests, &no_price);
     let on = |h: &str| d.placements.iter().filter(|p| p.host == h).count();
-    assert_eq!((on("h1"), on("h2"), on("h3")), (6, 6, 2));
+    assert_eq!((on("h1"), on("h2"), on("h3")), (5, 5, 4));
+}
+
+/// A request of a set with `platformFaultDomainCount` `n`.
+fn fd_req(set: &str, id: u64, zone: Option<&str>, n: u32) -> Request {
+    Request { fault_domains: n, ..req(set, id, Tier::Regular, (1, 1024), zone) }
+}
+
+fn labelled(name: &str, zone: &str, rack: &str, vcpus: u32) -> HostSpec {
+    HostSpec { fault_domain: Some(rack.into()), ..host(name, Some(zone), vcpus, 65536) }
+}
+
+fn on_hosts(d: &Decision) -> Vec<(u64, String, Option<u32>)> {
+    d.placements.iter().map(|p| (p.key.id.0, p.host.clone(), p.fault_domain)).collect()
+}
+
+/// The issue's spread case: 6 over 3 hosts in zones 1, 2 and 3 is 2 per host, and 6 over 3
+/// unequal hosts of one zone is 2 per host too (count 1: maximum spreading).
+#[test]
+fn six_over_three_hosts_is_two_per_host() {
+    let hosts = [host("a", Some("1"), 16, 65536), host("b", Some("2"), 16, 65536), host("c", Some("3"), 16, 65536)];
+    let zones = ["1", "2", "3"];
+    let requests: Vec<Request> = (0..6).map(|i| fd_req("web", i, Some(zones[i as usize % 3]), 1)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    for h in ["a", "b", "c"] {
+        assert_eq!(d.placements.iter().filter(|p| p.host == h).count(), 2, "{h}: {:?}", on_hosts(&d));
+    }
+    let hosts = [host("a", Some("1"), 64, 65536), host("b", Some("1"), 8, 65536), host("c", Some("1"), 4, 65536)];
+    let requests: Vec<Request> = (0..6).map(|i| fd_req("web", i, Some("1"), 1)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    for h in ["a", "b", "c"] {
+        assert_eq!(d.placements.iter().filter(|p| p.host == h).count(), 2, "{h}: {:?}", on_hosts(&d));
+    }
+}
+
+/// `platformFaultDomainCount=2` with two hosts in a zone: instances alternate between them,
+/// fault domain 0 on the first by name, 1 on the second, counting what the set already has.
+#[test]
+fn two_fault_domains_on_two_hosts_alternate() {
+    let hosts = [host("b", Some("1"), 64, 65536), host("a", Some("1"), 8, 65536), host("z2", Some("2"), 64, 65536)];
+    let requests: Vec<Request> = (0..6).map(|i| fd_req("web", i, Some("1"), 2)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    let want: Vec<(u64, String, Option<u32>)> =
+        (0..6).map(|i| (i, if i % 2 == 0 { "a" } else { "b" }.to_string(), Some((i % 2) as u32))).collect();
+    assert_eq!(on_hosts(&d), want, "a is larger-free-first's loser, yet takes every other instance");
+    // One already in domain 0 (on a): the next goes to domain 1, then they alternate again.
+    let mut h = reg("web", 0, "a", (1, 1024), 0);
+    h.zone = Some("1".into());
+    h.fault_domain = Some(0);
+    let requests: Vec<Request> = (1..4).map(|i| fd_req("web", i, Some("1"), 2)).collect();
+    let d = arbitrate(&hosts, &[h], &requests, &no_price);
+    assert_eq!(on_hosts(&d), vec![(1, "b".into(), Some(1)), (2, "a".into(), Some(0)), (3, "b".into(), Some(1))]);
+    // Another set's instances do not count toward this set's balance.
+    let mut other = reg("api", 0, "a", (1, 1024), 0);
+    other.zone = Some("1".into());
+    other.fault_domain = Some(0);
+    let d = arbitrate(&hosts, &[other], &[fd_req("web", 0, Some("1"), 2)], &no_price);
+    assert_eq!(on_hosts(&d), vec![(0, "a".into(), Some(0))]);
+}
+
+/// Hosts sharing a fault-domain label are one domain (a rack); within it the set spreads over
+/// its hosts; a host without a label is a domain of its own; domains sort by name.
+#[test]
+fn a_rack_is_one_fault_domain() {
+    let hosts = [
+        labelled("h1", "1", "rack-b", 8),
+        labelled("h2", "1", "rack-b", 8),
+        labelled("h3", "1", "rack-a", 8),
+        labelled("h4", "1", "rack-a", 8),
+        host("h0", Some("1"), 8, 65536),
+        host("any", None, 8, 65536),
+    ];
+    let names: Vec<String> = fault_domains(&hosts, Some("1")).into_iter().map(|d| d.name).collect();
+    assert_eq!(names, vec!["h0", "rack-a", "rack-b"], "a host without a zone is a fallback, not a domain");
+    assert_eq!(fault_domains(&hosts, Some("2")).into_iter().map(|d| d.name).collect::<Vec<_>>(), vec!["any"]);
+    let racks = [hosts[0].clone(), hosts[1].clone(), hosts[2].clone(), hosts[3].clone()];
+    assert_eq!(fault_domains(&racks, Some("1"))[0].hosts, vec!["h3", "h4"]);
+    let requests: Vec<Request> = (0..4).map(|i| fd_req("web", i, Some("1"), 2)).collect();
+    let d = arbitrate(&racks, &[], &requests, &no_price);
+    assert_eq!(
+        on_hosts(&d),
+        vec![
+            (0, "h3".into(), Some(0)),
+            (1, "h1".into(), Some(1)),
+            (2, "h4".into(), Some(0)),
+            (3, "h2".into(), Some(1)),
+        ]
+    );
+}
+
+/// A zone with fewer fault domains than the count refuses the set's instances, naming the
+/// zone and its domains; a cordoned host is not a domain; without hosts only 1 works.
+#[test]
+fn fewer_fault_domains_than_the_count_are_refused_with_their_names() {
+    let cordoned = HostSpec { schedulable: false, ..host("c", Some("1"), 8, 65536) };
+    let hosts =
+        [host("a", Some("1"), 8, 65536), host("b", Some("1"), 8, 65536), cordoned, host("d", Some("2"), 8, 65536)];
+    let d = arbitrate(&hosts, &[], &[fd_req("web", 0, Some("1"), 3), fd_req("web", 1, Some("1"), 2)], &no_price);
+    assert_eq!(on_hosts(&d), vec![(1, "a".into(), Some(0))]);
+    let [r] = d.refused.as_slice() else { panic!("{:?}", d.refused) };
+    let Refusal::FaultDomains(why) = &r.reason else { panic!("{:?}", r.reason) };
+    assert_eq!((why.zone.as_deref(), why.want, why.domains.clone()), (Some("1"), 3, vec!["a".into(), "b".into()]));
+    let msg = why.to_string();
+    assert!(
+        msg.contains("platformFaultDomainCount 3 needs 3 fault domains in zone 1")
+            && msg.contains("2 that take new instances: a, b"),
+        "{msg}"
+    );
+    // The API's check: zone 2 has one domain.
+    assert!(check_fault_domains(&hosts, &["1".into()], 2).is_ok());
+    let e = check_fault_domains(&hosts, &["1".into(), "2".into()], 2).unwrap_err();
+    assert_eq!((e.zone.as_deref(), e.domains.clone()), (Some("2"), vec!["d".to_string()]));
+    assert!(check_fault_domains(&hosts, &[], 3).is_ok(), "a set without zones counts every host: a, b, d");
+    assert!(check_fault_domains(&hosts, &[], 4).is_err());
+    // No hosts: one machine, one domain.
+    let e = check_fault_domains(&[], &[], 2).unwrap_err();
+    assert!(e.unlimited && e.to_string().contains("one fault domain"), "{e}");
+    assert!(check_fault_domains(&[], &[], 1).is_ok());
+    let d = arbitrate(&[], &[], &[fd_req("web", 0, None, 2), fd_req("api", 0, None, 1)], &no_price);
+    assert_eq!(on_hosts(&d), vec![(0, UNLIMITED_HOST.to_string(), Some(0))]);
+    assert!(matches!(&d.refused[0].reason, Refusal::FaultDomains(w) if w.unlimited));
+}
+
+/// An instance that has a fault domain goes back to it (a deallocated one starting again),
+/// and a full domain sends a new instance to the next least-used one.
+#[test]
+fn a_recorded_fault_domain_is_kept_and_a_full_domain_is_skipped() {
+    let hosts = [host("a", Some("1"), 1, 65536), host("b", Some("1"), 8, 65536)];
+    let back = Request { fault_domain: Some(1), ..fd_req("web", 7, Some("1"), 2) };
+    let d = arbitrate(&hosts, &[], &[back], &no_price);
+    assert_eq!(on_hosts(&d), vec![(7, "b".into(), Some(1))]);
+    // Domain 0 (a) fits one: the rest go to domain 1, which has room.
+    let requests: Vec<Request> = (0..4).map(|i| fd_req("web", i, Some("1"), 2)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    assert_eq!(
+        on_hosts(&d),
+        vec![(0, "a".into(), Some(0)), (1, "b".into(), Some(1)), (2, "b".into(), Some(1)), (3, "b".into(), Some(1))]
+    );
+    // A recorded domain that is full waits in line like any other request: refused for room.
+    let full = Request { fault_domain: Some(0), ..fd_req("web", 9, Some("1"), 2) };
+    let d = arbitrate(&hosts, &[reg("x", 0, "a", (1, 1), 0)], &[full], &no_price);
+    assert!(matches!(&d.refused[0].reason, Refusal::Capacity(_)), "{:?}", d.refused);
+}
+
+#[test]
+fn zones_without_hosts_are_named() {
+    let cordoned = HostSpec { schedulable: false, ..host("c", Some("3"), 8, 65536) };
+    let hosts = [host("a", Some("1"), 8, 65536), cordoned];
+    let zones: Vec<String> = vec!["1".into(), "2".into(), "3".into()];
+    assert_eq!(zones_without_hosts(&hosts, &zones), vec!["2".to_string(), "3".to_string()]);
+    assert!(zones_without_hosts(&[], &zones).is_empty(), "no hosts: this machine serves every zone");
+    let everywhere = [host("any", None, 8, 65536)];
+    assert!(zones_without_hosts(&everywhere, &zones).is_empty());
 }
 
 #[test]
@@ -394,6 +582,7 @@ fn usage_reports_each_host() {
     let hosts = [HostSpec {
         name: "h1".into(),
         zone: Some("1".into()),
+        fault_domain: None,
         vcpus: 4,
         memory_mib: 8192,
         overcommit: 2.0,
@@ -408,6 +597,7 @@ fn usage_reports_each_host() {
         [HostUsage {
             name: "h1".into(),
             zone: Some("1".into()),
+            fault_domain: None,
             physical_vcpus: 4,
             overcommit: 2.0,
             capacity: Size::new(8, 8192),
@@ -565,4 +755,38 @@ fn a_cordoned_host_counts_its_holders_and_takes_nothing_new() {
     assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
     let usage = crate::usage(&hosts, &holders);
     assert_eq!(usage[0].regular_instances, 1, "h1's own holders still count: {usage:?}");
+}
+
+/// The placement benchmark's workload decides well within the issue's second, and balances
+/// every set over its fault domains (and, without them, over the hosts) to within one.
+#[test]
+fn the_placement_benchmark_balances_every_set() {
+    for fd in [5, 1] {
+        let s = bench::placement_scenario(3000, 150, 3, fd, 20);
+        let t0 = std::time::Instant::now();
+        let d = arbitrate(&s.hosts, &[], &s.requests, &no_price);
+        let took = t0.elapsed();
+        assert_eq!(d.placements.len(), 3000, "fd {fd}: {:?}", d.refused.first());
+        assert!(d.refused.is_empty() && d.waiting.is_empty());
+        assert!(bench::imbalance(&s, &d) <= 1, "fd {fd}: imbalance {}", bench::imbalance(&s, &d));
+        assert!(took.as_secs_f64() < 5.0, "fd {fd}: {took:?} (debug build)");
+        if fd == 5 {
+            assert_eq!(fault_domains(&s.hosts, Some("1")).len(), 5);
+        }
+    }
+}
+
+/// A host with no zone (the server's own machine beside joined hosts) serves every zone, but
+/// only once the zone's own hosts cannot take an instance: maximum spreading does not put a
+/// zonal set's instances on it while its zone has room.
+#[test]
+fn a_host_without_a_zone_is_a_fallback() {
+    let hosts = [host("h1", Some("1"), 2, 65536), host("local", None, 64, 65536)];
+    let requests: Vec<Request> = (0..3).map(|i| fd_req("web", i, Some("1"), 1)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    assert_eq!(on_hosts(&d), vec![(0, "h1".into(), Some(0)), (1, "h1".into(), Some(0)), (2, "local".into(), Some(0))]);
+    // A set without zones spreads over both.
+    let requests: Vec<Request> = (0..2).map(|i| fd_req("api", i, None, 1)).collect();
+    let d = arbitrate(&hosts, &[], &requests, &no_price);
+    assert_eq!(on_hosts(&d), vec![(0, "local".into(), Some(0)), (1, "h1".into(), Some(0))]);
 }

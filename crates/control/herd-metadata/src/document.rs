@@ -126,7 +126,9 @@ pub(crate) fn instance_document(key: &InstanceKey, rec: &InstanceRecord, set: Op
         }),
     );
     put("osType", "Linux".into());
-    put("platformFaultDomain", "0".into());
+    // The fault domain the capacity arbiter gave the instance (0 with a count of 1, and in
+    // records from before fault domains), a string as in Azure.
+    put("platformFaultDomain", rec.platform_fault_domain.unwrap_or(0).to_string().into());
     put("platformUpdateDomain", "0".into());
     put("priority", s(vp.map(|v| v.priority.as_str())));
     put("provider", "Microsoft.Compute".into());
@@ -292,6 +294,11 @@ mod tests {
         assert_eq!(c["tags"], "env:prod;team:web");
         assert_eq!(c["instanceId"], "7");
         assert_eq!(c["modelGeneration"], "3");
+        assert_eq!(c["platformFaultDomain"], "0", "no fault domain recorded: 0, as a count of 1 shows");
+        let mut placed = record();
+        placed.platform_fault_domain = Some(3);
+        let doc3 = instance_document(&key(), &placed, Some(&set()));
+        assert_eq!(doc3["compute"]["platformFaultDomain"], "3");
         assert_eq!(
             c["resourceId"],
             "/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web/virtualMachines/7"

@@ -14,6 +14,11 @@
 //!                it never evicts Spot instances nor waits for room)
 //!   preempt  ──▶ PostEvent(Preempt, 30 s) on the chosen Spot instances (capacity or price)
 //! ```
+//! A placed `Create` also records the fault domain index the arbiter chose; a deallocated
+//! instance starting again asks for the one it has. Before arbitrating, the new instances of a
+//! set without `zoneBalance` planned for a zone that no host takes new instances for go to the
+//! set's remaining zones, and the set's `placementNote` says so (a `zoneBalance` set's are
+//! refused instead, with a capacity note).
 //! The arbiter is pure and the steps are data, so all of this is decided before any intent is
 //! persisted: a crash leaves nothing half-applied.
 
@@ -63,6 +68,8 @@ pub struct SetSteps<'a> {
     /// The status's current note (and whether it only waits for evictions), to clear it when
     /// the shortfall is over.
     pub note: Option<(String, bool)>,
+    /// The status's current placement note (zones without hosts), to clear it when over.
+    pub placement_note: Option<String>,
 }
 
 // The arbiter's view of stored sets and instances lives in the state layer (the API's room
@@ -84,8 +91,21 @@ pub fn arbitrate(
     let unlimited = hosts.is_empty();
     // Without hosts and without Spot sets there is nothing to place, evict or restore, and no
     // note to clear: skip building holders for every instance on every pass.
-    if unlimited && parts.iter().all(|p| p.note.is_none() && !is_spot(p.set.model.virtual_machine_profile.priority)) {
+    if unlimited
+        && parts.iter().all(|p| {
+            p.note.is_none()
+                && p.placement_note.is_none()
+                && !is_spot(p.set.model.virtual_machine_profile.priority)
+                && p.set.model.fault_domain_count() == 1
+        })
+    {
         return;
+    }
+    let mut placement_notes: BTreeMap<usize, String> = BTreeMap::new();
+    for (pi, p) in parts.iter_mut().enumerate() {
+        if let Some(note) = redirect_zones(p, hosts) {
+            placement_notes.insert(pi, note);
+        }
     }
     let mut holders = Vec::new();
     let mut requests = Vec::new();
@@ -115,7 +135,10 @@ pub fn arbitrate(
                 Step::Start(id) | Step::Restore(id)
                     if p.records.iter().any(|r| r.instance_id == *id && r.state == InstanceState::Deallocated) =>
                 {
-                    want(*id, zone_of(*id), false)
+                    // It goes back to the fault domain it has.
+                    owner.insert(key(*id), pi);
+                    let fd = p.records.iter().find(|r| r.instance_id == *id).and_then(|r| r.platform_fault_domain);
+                    requests.push(Request { fault_domain: fd, ..request(set, *id, zone_of(*id), skus) });
                 }
                 _ => {}
             }
@@ -123,13 +146,65 @@ pub fn arbitrate(
     }
     let f = |sku: &str| (price.0)(sku, now);
     let decision: Decision = herd_capacity::arbitrate(hosts, &holders, &requests, &f);
-    rewrite_steps(parts, &owner, &decision, unlimited);
+    rewrite_steps(parts, &owner, &decision, unlimited, &mut placement_notes);
+}
+
+/// A set without `zoneBalance` whose zones include some no host takes new instances for (but
+/// not all): its new instances planned for those zones go to the remaining ones instead, each
+/// to the one with the fewest of the set's instances (tie: the first listed). A zonal instance
+/// never changes zone: only instances not created yet move. Returns the set's placement note.
+fn redirect_zones(p: &mut SetSteps<'_>, hosts: &[HostSpec]) -> Option<String> {
+    let set = p.set;
+    if set.model.zone_balance || set.model.zones.is_empty() {
+        return None;
+    }
+    let (usable, dead) = herd_state::placement::usable_zones(set, hosts);
+    if dead.is_empty() || usable.is_empty() {
+        return None;
+    }
+    let mut count: Vec<usize> = usable
+        .iter()
+        .map(|z| p.records.iter().filter(|r| r.is_counted() && r.zone.as_deref() == Some(z.as_str())).count())
+        .collect();
+    for step in p.steps.iter() {
+        if let Step::Create(new) = step {
+            for n in new {
+                if let Some(i) = usable.iter().position(|z| Some(z) == n.zone.as_ref()) {
+                    count[i] += 1;
+                }
+            }
+        }
+    }
+    for step in p.steps.iter_mut() {
+        if let Step::Create(new) = step {
+            for n in new.iter_mut().filter(|n| n.zone.as_ref().is_some_and(|z| dead.contains(z))) {
+                let (i, _) = count.iter().enumerate().min_by_key(|(i, c)| (**c, *i)).expect("usable is not empty");
+                count[i] += 1;
+                n.zone = Some(usable[i].clone());
+            }
+        }
+    }
+    // The note names the zones, not this pass's moves, so it changes only when the zones do.
+    let zones = |v: &[String]| format!("{} {}", if v.len() == 1 { "zone" } else { "zones" }, v.join(", "));
+    Some(format!(
+        "{} {} no host that takes new instances; new instances go to {} (zoneBalance is off)",
+        zones(&dead),
+        if dead.len() == 1 { "has" } else { "have" },
+        zones(&usable)
+    ))
 }
 
 /// Rewrites each part's steps by the arbiter's decision (see the table above).
-fn rewrite_steps(parts: &mut [SetSteps<'_>], owner: &BTreeMap<InstanceKey, usize>, d: &Decision, unlimited: bool) {
+fn rewrite_steps(
+    parts: &mut [SetSteps<'_>],
+    owner: &BTreeMap<InstanceKey, usize>,
+    d: &Decision,
+    unlimited: bool,
+    placement_notes: &mut BTreeMap<usize, String>,
+) {
     let host = |h: &str| if unlimited || h == UNLIMITED_HOST { None } else { Some(h.to_string()) };
     let placed: BTreeMap<&InstanceKey, Option<String>> = d.placements.iter().map(|p| (&p.key, host(&p.host))).collect();
+    let domain: BTreeMap<&InstanceKey, Option<u32>> = d.placements.iter().map(|p| (&p.key, p.fault_domain)).collect();
     let adopted: BTreeMap<&InstanceKey, Option<String>> = d.adopted.iter().map(|p| (&p.key, host(&p.host))).collect();
     // Per part: the reasons, and whether every one of them is only a wait for evictions.
     let mut notes: BTreeMap<usize, (Vec<String>, bool)> = BTreeMap::new();
@@ -170,6 +245,7 @@ fn rewrite_steps(parts: &mut [SetSteps<'_>], owner: &BTreeMap<InstanceKey, usize
                     for mut n in new {
                         if let Some(h) = placed.get(&key(n.id)) {
                             n.host = h.clone();
+                            n.fault_domain = domain.get(&key(n.id)).copied().flatten();
                             kept.push(n);
                         }
                     }
@@ -223,6 +299,10 @@ fn rewrite_steps(parts: &mut [SetSteps<'_>], owner: &BTreeMap<InstanceKey, usize
         let note = notes.remove(&pi).map(|(v, waiting)| (summarize(&v), waiting));
         if note != p.note {
             out.push(Step::CapacityNote(note));
+        }
+        let placement = placement_notes.remove(&pi);
+        if placement != p.placement_note {
+            out.push(Step::PlacementNote(placement));
         }
         *p.steps = out;
     }

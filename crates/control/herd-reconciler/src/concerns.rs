@@ -82,7 +82,8 @@ impl Concern {
             | Step::Evict { .. }
             | Step::Restore(_)
             | Step::Assign { .. }
-            | Step::CapacityNote(_) => Concern::Capacity,
+            | Step::CapacityNote(_)
+            | Step::PlacementNote(_) => Concern::Capacity,
             _ => Concern::Scale,
         }
     }

@@ -401,6 +401,7 @@ impl Reconciler {
                     records: w.records.values().map(|x| &x.record).collect(),
                     steps: &mut w.steps,
                     note: w.status.capacity_note.as_ref().map(|n| (n.message.clone(), n.waiting)),
+                    placement_note: w.status.placement_note.as_ref().map(|n| n.message.clone()),
                 })
                 .collect();
             crate::capacity::arbitrate(&mut parts, hosts, unplaced_on, &self.config.skus, &self.config.spot_price, now);

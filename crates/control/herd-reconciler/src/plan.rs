@@ -98,6 +98,9 @@ pub struct NewInstance {
     pub overprovisioned: bool,
     /// The host whose capacity it reserves (set by the capacity arbiter; none without hosts).
     pub host: Option<String>,
+    /// Its fault domain index (set by the capacity arbiter; none when it did not run: no
+    /// hosts, shown as 0).
+    pub fault_domain: Option<u32>,
 }
 
 /// One thing to do. Record-only steps change the store; the others also call the driver.
@@ -169,6 +172,9 @@ pub enum Step {
     /// What keeps the set below its capacity on the hosts, and whether it is only waiting for
     /// announced evictions (None: nothing any more).
     CapacityNote(Option<(String, bool)>),
+    /// Where new instances go other than the model says (None: nowhere any more); see
+    /// `ScaleSetStatus::placement_note`.
+    PlacementNote(Option<String>),
     /// Stop creating: too many consecutive failures.
     Suspend(String),
     /// The set changed since suspension: try again.
@@ -396,12 +402,24 @@ fn membership(
             let mut next = input.status.next_instance_id;
             let mut new = Vec::new();
             for zone in zones {
-                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: false, host: None });
+                new.push(NewInstance {
+                    id: InstanceId(next),
+                    zone,
+                    overprovisioned: false,
+                    host: None,
+                    fault_domain: None,
+                });
                 next += 1;
             }
             let extra_zones = place(&set.model.zones, &counted, extra as usize);
             for zone in extra_zones {
-                new.push(NewInstance { id: InstanceId(next), zone, overprovisioned: true, host: None });
+                new.push(NewInstance {
+                    id: InstanceId(next),
+                    zone,
+                    overprovisioned: true,
+                    host: None,
+                    fault_domain: None,
+                });
                 next += 1;
             }
             steps.push(Step::Create(new));
@@ -439,8 +457,9 @@ pub fn restore_window(set: &StoredScaleSet) -> Option<Duration> {
 pub use herd_state::placement::place;
 
 /// Picks `n` instances to remove. Instances that never became ready go first; then, as Azure
-/// does, zones are balanced (take from the fullest zone) and within a zone the rule picks:
-/// `Default` and `NewestVM` the highest id, `OldestVM` the lowest. Protected instances
+/// does, zones are balanced (take from the fullest zone), `Default` then balances fault domains
+/// within it (take from the fullest), and the rule picks: `Default` and `NewestVM` the highest
+/// id, `OldestVM` the lowest. Protected instances
 /// (`protectFromScaleIn` or `protectFromScaleSetActions`) are never picked, as in Azure, so the
 /// set may stay above capacity.
 pub fn scale_in_victims(counted: &[&InstanceRecord], n: usize, rule: ScaleInRule, zones: &[String]) -> Vec<InstanceId> {
@@ -468,7 +487,19 @@ pub fn scale_in_victims(counted: &[&InstanceRecord], n: usize, rule: ScaleInRule
                 }
                 best.and_then(|(_, z)| z)
             };
-            let in_zone = (0..pool.len()).filter(|&i| fullest.is_none() || zone_of(pool[i]) == fullest);
+            let mut in_zone: Vec<usize> =
+                (0..pool.len()).filter(|&i| fullest.is_none() || zone_of(pool[i]) == fullest).collect();
+            if rule == ScaleInRule::Default {
+                // Then fault domains (best effort): only the zone's fullest ones.
+                let fd = |i: usize| pool[i].platform_fault_domain.unwrap_or(0);
+                let mut per: BTreeMap<u32, usize> = BTreeMap::new();
+                for &i in &in_zone {
+                    *per.entry(fd(i)).or_default() += 1;
+                }
+                let most = per.values().copied().max().unwrap_or(0);
+                in_zone.retain(|&i| per.get(&fd(i)) == Some(&most));
+            }
+            let in_zone = in_zone.into_iter();
             let chosen = match rule {
                 ScaleInRule::OldestVm => in_zone.min_by_key(|&i| pool[i].instance_id),
                 ScaleInRule::Default | ScaleInRule::NewestVm => in_zone.max_by_key(|&i| pool[i].instance_id),

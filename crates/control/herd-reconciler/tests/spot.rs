@@ -35,6 +35,7 @@ fn env() -> Env {
         hosts: vec![HostSpec {
             name: "h1".into(),
             zone: None,
+            fault_domain: None,
             vcpus: 8,
             memory_mib: 16384,
             overcommit: 1.0,

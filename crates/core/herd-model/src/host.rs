@@ -69,6 +69,7 @@ impl HostRecord {
         crate::spot::HostSpec {
             name: self.name.clone(),
             zone: Some(self.zone.clone()),
+            fault_domain: self.fault_domain.clone(),
             vcpus: self.capacity.vcpus,
             memory_mib: self.capacity.memory_mib.saturating_sub(JOINED_RESERVED_MIB),
             overcommit: JOINED_OVERCOMMIT,

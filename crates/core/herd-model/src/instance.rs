@@ -203,6 +203,11 @@ pub struct InstanceRecord {
     /// host (whose agent then drives it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The fault domain index (0 to `platformFaultDomainCount` - 1) the capacity arbiter gave
+    /// this instance when it was first placed; it never changes afterwards. None in records
+    /// placed before fault domains (shown as 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_fault_domain: Option<u32>,
     /// Events posted to the instance ahead of what will take it away (metadata endpoint).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scheduled_events: Vec<crate::spot::ScheduledEvent>,
@@ -321,6 +326,7 @@ impl InstanceRecord {
                 protect_from_scale_set_actions: self.protect_from_scale_set_actions,
             },
             host: self.host.clone(),
+            platform_fault_domain: self.platform_fault_domain.unwrap_or(0),
             eviction: self.eviction.clone(),
             scheduled_events: self.scheduled_events.clone(),
             time_created: self.created_at,
@@ -395,6 +401,10 @@ pub struct InstanceView {
     /// hosts have joined), or a host joined with `herd agent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Its fault domain within its zone: 0 to `platformFaultDomainCount` - 1 (always 0 with a
+    /// count of 1, maximum spreading), as Azure's instance view shows it.
+    #[serde(default)]
+    pub platform_fault_domain: u32,
     /// Set while a Spot instance is deallocated by eviction: when and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eviction: Option<crate::spot::Eviction>,

@@ -350,6 +350,9 @@ pub struct ScaleSetModel {
     pub overprovision: bool,
     #[serde(default = "yes")]
     pub single_placement_group: bool,
+    /// How many fault domains the set spreads over in each zone: 1 (the default when absent)
+    /// = as widely as the hosts allow, best effort; N = exactly N (a host, or the hosts sharing
+    /// a fault-domain label, is one domain). Fixed at create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_fault_domain_count: Option<i64>,
     #[serde(default)]
@@ -367,6 +370,10 @@ pub struct ScaleSetModel {
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
 }
+
+/// The largest `platformFaultDomainCount` herd accepts (Azure: 5). Whether a set's count can be
+/// met depends on the hosts: each of its zones needs that many fault domains.
+pub const MAX_FAULT_DOMAIN_COUNT: i64 = 100;
 
 fn default_location() -> String {
     "local".into()
@@ -405,6 +412,12 @@ impl ScaleSetModel {
         }
     }
 
+    /// `platformFaultDomainCount`, 1 when absent (herd's default: maximum spreading; Azure's
+    /// regional default is 5). Only valid after [`validate`](Self::validate).
+    pub fn fault_domain_count(&self) -> u32 {
+        self.platform_fault_domain_count.map_or(1, |n| n.clamp(1, MAX_FAULT_DOMAIN_COUNT) as u32)
+    }
+
     /// The capacity as an unsigned count; only valid after [`validate`](Self::validate).
     pub fn capacity(&self) -> u64 {
         self.sku.capacity.max(0) as u64
@@ -441,10 +454,12 @@ impl ScaleSetModel {
             return Err(FieldError::new("zoneBalance", "needs at least two zones in 'zones'"));
         }
         if let Some(n) = self.platform_fault_domain_count {
-            if !(1..=5).contains(&n) {
+            if !(1..=MAX_FAULT_DOMAIN_COUNT).contains(&n) {
                 return Err(FieldError::new(
                     "platformFaultDomainCount",
-                    format!("{n} is out of range; allowed 1 to 5"),
+                    format!(
+                        "{n} is out of range; allowed 1 to {MAX_FAULT_DOMAIN_COUNT} (1, the default, spreads as widely as the hosts allow; N needs N fault domains in every zone of the set)"
+                    ),
                 ));
             }
         }
@@ -705,6 +720,11 @@ pub struct ScaleSetStatus {
     /// evictions, spot price above maxPrice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_note: Option<CapacityNote>,
+    /// Where new instances go other than the model says, while it lasts: zones of a set
+    /// without `zoneBalance` that have no host taking new instances (its new instances go to
+    /// the remaining zones). Not a shortfall: the set may be at capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_note: Option<CapacityNote>,
 }
 
 /// Spot instances evicted with `Delete`: how many, since when, at which set revision.

@@ -249,6 +249,10 @@ pub struct HostSpec {
     /// The zone label this host serves; none = any zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The rack or other shared failure domain; none = the host is a fault domain of its own.
+    /// Hosts of one zone sharing a label are one fault domain (see herd-capacity's rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_domain: Option<String>,
     pub vcpus: u32,
     pub memory_mib: u64,
     /// Allowed ratio of allocated vCPUs to real ones (memory is never overcommitted).

@@ -11,6 +11,8 @@
 //! - `autoscale`: reaction time, evaluation cost and simulation speed (see [`autoscale`]).
 //! - `rolling`: a rolling upgrade against the sum of its batches' health waits (see [`rolling`]).
 //! - `spot`: Spot eviction at scale through the server's own capacity code (see [`spot`]).
+//! - `placement`: placing 10,000 instances over 500 hosts with fault domains, against the
+//!   same without them (see [`placement`]).
 //! - `bridged-setup`, `vm-net`: bridged networking against host-local networking and against
 //!   hand-made bridges (see [`bridged`]).
 //!
@@ -25,6 +27,7 @@
 pub mod autoscale;
 pub mod bridged;
 pub mod lb;
+pub mod placement;
 pub mod provision;
 pub mod qemu;
 pub mod remote;

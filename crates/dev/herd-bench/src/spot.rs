@@ -229,6 +229,7 @@ fn scale_out_steps(s: &Scenario) -> Vec<Step> {
         zone: r.zone.clone(),
         overprovisioned: false,
         host: None,
+        fault_domain: None,
     });
     vec![Step::Create(new.collect())]
 }
@@ -266,6 +267,7 @@ fn carry_out_round(
             records: by_set.get(name).map(|v| v.iter().map(|o| &o.value).collect()).unwrap_or_default(),
             steps,
             note: None,
+            placement_note: None,
         })
         .collect();
     capacity::arbitrate(&mut parts, &s.hosts, None, &skus, &price, s.now);

@@ -79,6 +79,7 @@ pub fn holder(set: &StoredScaleSet, r: &InstanceRecord, skus: &SkuTable, unlimit
         max_price: max_price(set),
         preempting: r.eviction.is_none()
             && r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt),
+        fault_domain: r.platform_fault_domain,
     })
 }
 
@@ -92,7 +93,19 @@ pub fn request(set: &StoredScaleSet, id: InstanceId, zone: Option<String>, skus:
         sku: set.model.sku.name.clone(),
         max_price: max_price(set),
         extra: false,
+        fault_domains: set.model.fault_domain_count(),
+        fault_domain: None,
     }
+}
+
+/// A set's zones split by whether any host takes new instances there: (usable, without
+/// hosts). A set without `zoneBalance` puts its new instances in the usable ones while others
+/// have no host (and its status says so); a `zoneBalance` set is refused instead. Without
+/// hosts every zone is usable.
+pub fn usable_zones(set: &StoredScaleSet, hosts: &[HostSpec]) -> (Vec<String>, Vec<String>) {
+    let dead = herd_capacity::zones_without_hosts(hosts, &set.model.zones);
+    let usable = set.model.zones.iter().filter(|z| !dead.contains(z)).cloned().collect();
+    (usable, dead)
 }
 
 /// Every stored instance that holds compute, as the capacity arbiter sees it (`hosts` empty:
@@ -132,9 +145,12 @@ pub fn host_usage(store: &dyn Store, hosts: &[HostSpec], skus: &SkuTable) -> Res
     Ok(herd_capacity::usage(hosts, &holders(store, hosts, skus)?))
 }
 
-/// The hosts' room for a scale-out: refuses `extra` more Regular instances of a set when the
-/// hosts cannot hold them even after evicting every Spot instance; the error says what is
-/// missing. Without declared hosts, room is unlimited.
+/// The hosts' answer for a set gaining instances (at create, or a scale-out), so nothing is
+/// half-applied: refused when a zone of a `zoneBalance` set has no host that takes new
+/// instances, when a zone has fewer fault domains than `platformFaultDomainCount`, or when
+/// `extra` more Regular instances cannot fit even after evicting every Spot instance. Each
+/// error names its field and says what is missing. Without declared or joined hosts room is
+/// unlimited, and the server's machine is one fault domain.
 pub struct HostRoom<'a> {
     pub hosts: &'a [HostSpec],
     pub skus: &'a SkuTable,
@@ -145,7 +161,7 @@ pub struct HostRoom<'a> {
 
 impl Room for HostRoom<'_> {
     fn check(&self, store: &dyn Store, set: &StoredScaleSet, extra: i64) -> Result<(), ScaleSetError> {
-        if extra <= 0 {
+        if extra < 0 {
             return Ok(());
         }
         let with_joined = match self.joined {
@@ -156,14 +172,34 @@ impl Room for HostRoom<'_> {
             Some((hosts, local)) => (hosts.as_slice(), Some(local.as_str())),
             None => (self.hosts, None),
         };
-        if hosts.is_empty() {
+        let (usable, dead) = usable_zones(set, hosts);
+        if let Some(z) = dead.first() {
+            if set.model.zone_balance || usable.is_empty() {
+                let i = set.model.zones.iter().position(|x| x == z).unwrap_or(0);
+                let why = if set.model.zone_balance {
+                    "zoneBalance is true, so every zone of the set must have one"
+                } else {
+                    "none of the set's zones has one"
+                };
+                return Err(ScaleSetError::Invalid(FieldError::new(
+                    format!("zones[{i}]"),
+                    format!(
+                        "no host that takes new instances serves zone {z} (a host serves its own zone, or every zone when it has none; a cordoned host, or a joined one not heard from, takes none); {why}"
+                    ),
+                )));
+            }
+        }
+        let zones = if usable.is_empty() { set.model.zones.clone() } else { usable };
+        herd_capacity::check_fault_domains(hosts, &zones, set.model.fault_domain_count())
+            .map_err(|e| ScaleSetError::Invalid(FieldError::new("platformFaultDomainCount", e.to_string())))?;
+        if extra == 0 || is_spot(set.model.virtual_machine_profile.priority) || hosts.is_empty() {
             return Ok(());
         }
         let holders = holders_on(store, hosts, unplaced_on, self.skus)?;
         let own: Vec<InstanceRecord> =
             store.instances_of(&SetKey::of(set))?.into_iter().map(|o| o.value).filter(|r| r.is_counted()).collect();
         let refs: Vec<&InstanceRecord> = own.iter().collect();
-        let zones = place(&set.model.zones, &refs, extra as usize);
+        let zones = place(&zones, &refs, extra as usize);
         let requests: Vec<Request> = zones
             .into_iter()
             .enumerate()
@@ -184,7 +220,15 @@ mod tests {
     use crate::testkit::{record, set_with_instances, store, stored_set};
 
     fn host(vcpus: u32) -> HostSpec {
-        HostSpec { name: "h1".into(), zone: None, vcpus, memory_mib: 1 << 20, overcommit: 1.0, schedulable: true }
+        HostSpec {
+            name: "h1".into(),
+            zone: None,
+            fault_domain: None,
+            vcpus,
+            memory_mib: 1 << 20,
+            overcommit: 1.0,
+            schedulable: true,
+        }
     }
 
     #[test]
@@ -222,5 +266,47 @@ mod tests {
         let e = room.check(&s, &set, 2).unwrap_err();
         assert!(matches!(&e, ScaleSetError::Invalid(f) if f.field == "sku.capacity"), "{e:?}");
         HostRoom { hosts: &[], skus: &skus, joined: None }.check(&s, &set, 1000).expect("no hosts: unlimited");
+    }
+
+    fn zoned(name: &str, zone: &str, fd: Option<&str>) -> HostSpec {
+        HostSpec { name: name.into(), zone: Some(zone.into()), fault_domain: fd.map(Into::into), ..host(64) }
+    }
+
+    #[test]
+    fn host_room_refuses_missing_zones_with_zone_balance_and_too_few_fault_domains() {
+        let s = store();
+        let mut set = stored_set("rg", "web", 0);
+        set.model.zones = vec!["1".into(), "2".into(), "3".into()];
+        let skus = SkuTable::default();
+        let hosts = [zoned("a", "1", None), zoned("b", "2", None), zoned("c", "2", None)];
+        let room = HostRoom { hosts: &hosts, skus: &skus, joined: None };
+        // Zone 3 has no host: without zone balance the set uses zones 1 and 2.
+        room.check(&s, &set, 3).expect("the remaining zones take them");
+        assert_eq!(usable_zones(&set, &hosts), (vec!["1".to_string(), "2".to_string()], vec!["3".to_string()]));
+        set.model.zone_balance = true;
+        let e = room.check(&s, &set, 0).unwrap_err();
+        assert!(
+            matches!(&e, ScaleSetError::Invalid(f) if f.field == "zones[2]" && f.message.contains("no host that takes new instances serves zone 3") && f.message.contains("zoneBalance")),
+            "{e:?}"
+        );
+        set.model.zone_balance = false;
+        // Two fault domains in zone 2 but one in zone 1.
+        set.model.platform_fault_domain_count = Some(2);
+        let e = room.check(&s, &set, 1).unwrap_err();
+        assert!(
+            matches!(&e, ScaleSetError::Invalid(f) if f.field == "platformFaultDomainCount" && f.message.contains("in zone 1") && f.message.contains(": a")),
+            "{e:?}"
+        );
+        set.model.zones = vec!["2".into()];
+        room.check(&s, &set, 1).expect("zone 2 has b and c");
+        // Hosts sharing a label are one domain.
+        let racked = [zoned("b", "2", Some("rack")), zoned("c", "2", Some("rack"))];
+        let e = HostRoom { hosts: &racked, skus: &skus, joined: None }.check(&s, &set, 1).unwrap_err();
+        assert!(e.to_string().contains("1 that takes new instances: rack"), "{e}");
+        // Spot sets are checked too, and without hosts a count above 1 cannot be met.
+        set.model.virtual_machine_profile.priority = herd_model::scale_set::Priority::Spot;
+        assert!(HostRoom { hosts: &racked, skus: &skus, joined: None }.check(&s, &set, 1).is_err());
+        let e = HostRoom { hosts: &[], skus: &skus, joined: None }.check(&s, &set, 0).unwrap_err();
+        assert!(e.to_string().contains("one fault domain"), "{e}");
     }
 }

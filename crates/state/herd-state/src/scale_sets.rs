@@ -48,9 +48,12 @@ impl From<RefError> for ScaleSetError {
     }
 }
 
-/// The hosts' answer to "do `extra` more Regular instances of `set` fit, after evicting every
-/// Spot instance?" (the capacity arbiter's rules live with the reconciler; the server wires
-/// them in). A refusal is an [`ScaleSetError::Invalid`] on `sku.capacity` saying what is short.
+/// The hosts' answer to "may `set` gain `extra` instances?" (at create, `extra` is its whole
+/// capacity, possibly 0): its zones and fault domains must exist on the hosts, and `extra` more
+/// Regular instances must fit after evicting every Spot instance (the capacity arbiter's rules
+/// live in herd-capacity; the server wires them in). A refusal is an
+/// [`ScaleSetError::Invalid`] naming the field (`sku.capacity`, `zones[i]`,
+/// `platformFaultDomainCount`) and saying what is short. Called for Regular and Spot sets.
 pub trait Room: Sync {
     fn check(&self, store: &dyn Store, set: &StoredScaleSet, extra: i64) -> Result<(), ScaleSetError>;
 }
@@ -107,9 +110,7 @@ pub fn create_scale_set(
     if let Some(p) = &m.virtual_machine_profile.extension_profile {
         p.check_commands(&secrets.extension_protected_settings)?;
     }
-    if !is_spot(m.virtual_machine_profile.priority) {
-        ctx.room.check(store, &stored, m.capacity() as i64)?;
-    }
+    ctx.room.check(store, &stored, m.capacity() as i64)?;
     let key = SetKey::new(group.clone(), set.clone());
     let mut ops = vec![
         WriteOp::put(Kind::ScaleSet, key.to_string(), &stored, Expect::Absent)?,
@@ -145,10 +146,21 @@ pub struct ModelChange<'a> {
     pub actor: Actor,
 }
 
-/// Refuses what an existing set cannot change: its zones, and Spot to Regular or back.
+/// Refuses what an existing set cannot change: its zones, its fault domain count, and Spot to
+/// Regular or back.
 fn check_fixed(old: &ScaleSetModel, new: &ScaleSetModel) -> Result<(), FieldError> {
     if new.zones != old.zones {
         return Err(FieldError::not_supported("zones", "changing the zones of an existing scale set"));
+    }
+    if new.fault_domain_count() != old.fault_domain_count() {
+        return Err(FieldError::new(
+            "platformFaultDomainCount",
+            format!(
+                "cannot change from {} to {} on an existing scale set (as in Azure, it is fixed at create); create a new scale set",
+                old.fault_domain_count(),
+                new.fault_domain_count()
+            ),
+        ));
     }
     let (old_vp, new_vp) = (&old.virtual_machine_profile, &new.virtual_machine_profile);
     if is_spot(old_vp.priority) != is_spot(new_vp.priority) {
@@ -201,7 +213,7 @@ pub fn commit_model(
     let ModelChange { model, secrets, replaced, operation, mut message, actor } = change;
     let old = &cur.value;
     check_fixed(&old.model, &model)?;
-    if model.sku.capacity > old.model.sku.capacity && !is_spot(model.virtual_machine_profile.priority) {
+    if model.sku.capacity > old.model.sku.capacity {
         ctx.room.check(store, old, model.sku.capacity - old.model.sku.capacity)?;
     }
     let mut next = old.clone();
@@ -440,6 +452,19 @@ mod tests {
         let cur = crate::lookup::scale_set(&store, &group("rg"), &set_name("web")).unwrap();
         let err = commit_model(&store, ctx(&sealer, &Unlimited), &cur, zoned).unwrap_err();
         assert!(matches!(&err, ScaleSetError::Invalid(f) if f.field == "zones"), "{err:?}");
+        // So is the fault domain count; absent and 1 are the same count.
+        let mut counted = change(1, Secrets::default());
+        counted.model.platform_fault_domain_count = Some(2);
+        let err = commit_model(&store, ctx(&sealer, &Unlimited), &cur, counted).unwrap_err();
+        assert!(
+            matches!(&err, ScaleSetError::Invalid(f) if f.field == "platformFaultDomainCount" && f.message.contains("cannot change from 1 to 2")),
+            "{err:?}"
+        );
+        let before = activity_count(&store);
+        let mut same = change(1, Secrets::default());
+        same.model.platform_fault_domain_count = Some(1);
+        commit_model(&store, ctx(&sealer, &Unlimited), &cur, same).unwrap();
+        assert_eq!(activity_count(&store), before + 1);
     }
 
     #[test]

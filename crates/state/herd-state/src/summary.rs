@@ -36,6 +36,10 @@ pub struct SetSummary {
     /// the spot price above maxPrice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity_note: Option<herd_model::scale_set::CapacityNote>,
+    /// Where new instances go other than the model says (zones with no host that takes new
+    /// instances, for a set without zone balance: they go to the remaining zones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_note: Option<herd_model::scale_set::CapacityNote>,
 }
 
 fn at_goal(r: &InstanceRecord) -> bool {
@@ -77,6 +81,7 @@ pub fn summarize(set: &StoredScaleSet, status: Option<&ScaleSetStatus>, instance
     }
     s.suspended = status.and_then(|st| st.suspended.clone());
     s.capacity_note = status.and_then(|st| st.capacity_note.clone());
+    s.placement_note = status.and_then(|st| st.placement_note.clone());
     // Short of capacity but settled: the hosts have no room (not merely waiting for Spot
     // evictions), or Spot instances evicted with Delete are not replaced.
     let gap = status.and_then(|st| st.spot_eviction_gap.as_ref()).map_or(0, |g| g.deleted);

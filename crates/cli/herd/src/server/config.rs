@@ -202,6 +202,7 @@ pub fn detected_host() -> herd_model::spot::HostSpec {
     herd_model::spot::HostSpec {
         name: "local".into(),
         zone: None,
+        fault_domain: None,
         vcpus,
         memory_mib: (mem_kib / 1024).saturating_sub(512).max(256),
         overcommit: 16.0,
@@ -209,7 +210,8 @@ pub fn detected_host() -> herd_model::spot::HostSpec {
     }
 }
 
-/// Checks `[[hosts]]`: unique names, non-zero sizes, overcommit from 1 to 16, zones offered.
+/// Checks `[[hosts]]`: unique names, non-zero sizes, overcommit from 1 to 16, zones offered,
+/// fault-domain labels.
 pub(super) fn check_hosts(hosts: &[herd_model::spot::HostSpec], zones: &[String]) -> Result<()> {
     let mut names = std::collections::BTreeSet::new();
     for (i, h) in hosts.iter().enumerate() {
@@ -225,6 +227,11 @@ pub(super) fn check_hosts(hosts: &[herd_model::spot::HostSpec], zones: &[String]
         if let Some(z) = &h.zone {
             if !zones.contains(z) {
                 bail!("config: hosts[{i}].zone '{z}' is not one of the zones offered: {}", zones.join(", "));
+            }
+        }
+        if let Some(fd) = &h.fault_domain {
+            if let Err(e) = herd_model::host::check_label(&format!("hosts[{i}].fault_domain"), fd) {
+                bail!("config: {e}");
             }
         }
     }

@@ -12,7 +12,8 @@ use herd_model::{
     InstanceId,
 };
 
-/// Applies a capacity step (`PostEvent`, `Evict`, `Restore`, `Assign`, `CapacityNote`); any
+/// Applies a capacity step (`PostEvent`, `Evict`, `Restore`, `Assign`, `CapacityNote`,
+/// `PlacementNote`); any
 /// other step is left to [`crate::plan::apply::apply_step`].
 pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, now: DateTime<Utc>) {
     match step {
@@ -48,6 +49,19 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, now: DateTime<Utc>) {
                     wr.record.host = host.clone();
                     wr.dirty = true;
                 }
+            }
+        }
+        Step::PlacementNote(note) => {
+            let before = w.status.placement_note.as_ref().map(|n| n.message.clone());
+            if before == *note {
+                return;
+            }
+            w.status.placement_note =
+                note.as_ref().map(|m| CapacityNote { message: m.clone(), since: now, waiting: false });
+            w.status_dirty = true;
+            match note {
+                Some(m) => w.note("Placement", m.clone()),
+                None => w.note("Placement", "every zone of the set has a host that takes new instances again".into()),
             }
         }
         Step::CapacityNote(note) => {

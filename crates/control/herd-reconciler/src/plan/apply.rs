@@ -97,7 +97,8 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, env: &ApplyEnv<'_>, addrs: 
         | Step::Evict { .. }
         | Step::Restore(_)
         | Step::Assign { .. }
-        | Step::CapacityNote(_) => crate::capacity::apply_step(w, step, now),
+        | Step::CapacityNote(_)
+        | Step::PlacementNote(_) => crate::capacity::apply_step(w, step, now),
         Step::Rolling(r) => crate::rolling::apply_step(w, r, now),
         Step::Repair(r) => crate::repair::apply_step(w, r, now),
         // Started after the intents are persisted; the runner records the outcome. The runner
@@ -122,7 +123,7 @@ fn create(w: &mut SetDraft<'_>, new: &[NewInstance], env: &ApplyEnv<'_>, addrs: 
     let prefix = w.set.model.virtual_machine_profile.os_profile.computer_name_prefix.clone();
     let subnet = subnet_of(w.set);
     let public = env.bridged && wants_public_ip(w.set);
-    for NewInstance { id, zone, overprovisioned, host } in new {
+    for NewInstance { id, zone, overprovisioned, host, fault_domain } in new {
         let public_ip = if public {
             match addrs.ipam.allocate_public() {
                 Ok(ip) => Some(ip.to_string()),
@@ -177,6 +178,7 @@ fn create(w: &mut SetDraft<'_>, new: &[NewInstance], env: &ApplyEnv<'_>, addrs: 
             protect_from_scale_in: false,
             protect_from_scale_set_actions: false,
             host: host.clone(),
+            platform_fault_domain: *fault_domain,
             scheduled_events: vec![],
             eviction: None,
             // The first placement, in the store with this intent (Phase A) before the driver is

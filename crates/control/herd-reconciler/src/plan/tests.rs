@@ -167,6 +167,20 @@ fn scale_in_rules() {
 }
 
 #[test]
+fn default_scale_in_balances_fault_domains_then_takes_the_highest_id() {
+    // Fault domains 0, 0, 0, 1: Default takes from domain 0 (its highest, 2), then the domains
+    // are 2 and 1, so domain 0 again (1); NewestVM ignores domains.
+    let all: Vec<_> = [0, 0, 0, 1]
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| InstanceRecord { platform_fault_domain: Some(fd), ..rec(i as u64, InstanceState::Running) })
+        .collect();
+    let refs: Vec<&InstanceRecord> = all.iter().collect();
+    assert_eq!(scale_in_victims(&refs, 2, ScaleInRule::Default, &[]), [InstanceId(2), InstanceId(1)]);
+    assert_eq!(scale_in_victims(&refs, 1, ScaleInRule::NewestVm, &[]), [InstanceId(3)]);
+}
+
+#[test]
 fn observations_fold_into_records() {
     let mut c = Case::new(
         set(3, &[], false),

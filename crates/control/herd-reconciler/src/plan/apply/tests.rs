@@ -14,7 +14,7 @@ fn env(limits: &Limits, bridged: bool) -> ApplyEnv<'_> {
 }
 
 fn new(id: u64, overprovisioned: bool) -> NewInstance {
-    NewInstance { id: InstanceId(id), zone: Some("2".into()), overprovisioned, host: None }
+    NewInstance { id: InstanceId(id), zone: Some("2".into()), overprovisioned, host: None, fault_domain: None }
 }
 
 #[test]
