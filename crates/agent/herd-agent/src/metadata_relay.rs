@@ -176,7 +176,7 @@ mod tests {
     async fn ask(addr: SocketAddr, body: &str) -> String {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         c.write_all(body.as_bytes()).await.unwrap();
-        let mut got = vec![0u8; 64];
+        let mut got = [0u8; 64];
         let mut n = 0;
         while !String::from_utf8_lossy(&got[..n]).ends_with(body) {
             let more = c.read(&mut got[n..]).await.unwrap();

@@ -28,7 +28,7 @@ pub enum DevCmd {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// Build a cluster: a fabric bridge, a server and N agent hosts, every host Ready.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Remove a cluster: every process in it, its namespaces, its state, and its data (unless
     /// --keep-data).
     Down {
@@ -140,6 +140,7 @@ pub fn run(cmd: DevCmd, output: Format, query: Option<&str>) -> Result<()> {
     let DevCmd::Cluster(cmd) = cmd else { bail!("herd dev host-init is run by the rig only") };
     match cmd {
         ClusterCmd::Up(a) => {
+            let a = *a;
             let data_dir = match a.data_dir {
                 Some(d) => std::path::absolute(d)?,
                 None => ClusterSpec::default_data_dir(&a.name),
