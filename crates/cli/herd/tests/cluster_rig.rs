@@ -326,3 +326,70 @@ fn a_vm_on_a_joined_host_outlives_its_agent_and_the_restarted_agent_adopts_it() 
     let left = std::process::Command::new("pgrep").args(["-f", &data.display().to_string()]).output().unwrap();
     assert!(left.stdout.is_empty(), "no process of the rig is left: {}", String::from_utf8_lossy(&left.stdout));
 }
+
+#[test]
+fn fault_domains_alternate_over_two_racks_of_a_zone_and_a_count_beyond_them_is_refused() {
+    let r = Rig::up(&Rig::unique("fd"), &["--hosts", "2", "--zones", "1", "--racks", "rack-a,rack-b"], "");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
+    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
+    r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
+    let create = |name: &str, count: &str, domains: &str| {
+        vec![
+            "vmss",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            name,
+            "--image",
+            "Herd:Sample:1:1.0.0",
+            "--vm-sku",
+            "Standard_B1s",
+            "--instance-count",
+            count,
+            "--zones",
+            "1",
+            "--platform-fault-domain-count",
+            domains,
+            "--disable-overprovision",
+            "--no-wait",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<String>>()
+    };
+    // More domains than the zone has: refused up front, naming the zone's domains; no set.
+    let args = create("wide", "2", "3");
+    let e = r.err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("platformFaultDomainCount") && e.contains("rack-a") && e.contains("rack-b"), "{e}");
+    let e = r.err(&["vmss", "show", "-g", "rg", "-n", "wide"]).to_lowercase();
+    assert!(e.contains("does not exist"), "{e}");
+
+    let args = create("web", "4", "2");
+    r.json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let list = wait_observing("4 instances running", Duration::from_secs(180), || match running(&r) {
+        (4, list) => Ok(list),
+        (_, list) => Err(common::instances_summary(&list)),
+    });
+    let mut seen: Vec<(String, String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["instanceId"].as_str().unwrap_or_default().to_string(),
+                i["platformFaultDomain"].to_string(),
+                i["host"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    // Alternating: two per domain, each domain one rack (one host), never both on one host.
+    let per_host = |h: &str| seen.iter().filter(|(_, _, host)| host == h).count();
+    assert_eq!((per_host("h1"), per_host("h2")), (2, 2), "{seen:?}");
+    for (_, fd, host) in &seen {
+        let other = seen.iter().find(|(_, f, h)| f == fd && h != host);
+        assert!(other.is_none(), "one domain is one rack: {seen:?}");
+    }
+    r.down();
+}
