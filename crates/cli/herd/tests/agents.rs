@@ -6,7 +6,6 @@ mod common;
 
 use common::{wait_for, wait_observing, Server, HERD};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -30,17 +29,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn herd agent");
-        let stderr = child.stderr.take().unwrap();
-        let log: Arc<Mutex<Vec<String>>> = Default::default();
-        let keep = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("HERD_TEST_LOG").is_some() {
-                    eprintln!("[agent] {line}");
-                }
-                keep.lock().unwrap().push(line);
-            }
-        });
+        let (log, reader) = common::keep_stderr(&mut child, "agent");
         Agent { child: Some(child), log, reader: Some(reader) }
     }
 

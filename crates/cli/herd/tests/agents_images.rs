@@ -11,7 +11,6 @@ mod common;
 
 use common::{wait_observing, Server, HERD};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -40,17 +39,7 @@ impl HiddenAgent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn herd agent under unshare");
-        let stderr = child.stderr.take().unwrap();
-        let log: Arc<Mutex<Vec<String>>> = Default::default();
-        let keep = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("HERD_TEST_LOG").is_some() {
-                    eprintln!("[agent] {line}");
-                }
-                keep.lock().unwrap().push(line);
-            }
-        });
+        let (log, _reader) = common::keep_stderr(&mut child, "agent");
         HiddenAgent { child, log }
     }
 

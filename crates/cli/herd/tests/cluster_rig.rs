@@ -43,6 +43,13 @@ fn instance_dirs(r: &Rig, host: &str) -> usize {
 
 const APP: &str = "http.server";
 
+/// Resource group `rg` and the sample process image as `Herd:Sample:1:1.0.0`.
+fn with_sample_image(r: &Rig) {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
+    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
+    r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
+}
+
 /// The instance metadata document (`/metadata/instance`) as the process `pid` of `host` (a pid
 /// in that host's namespace) gets it from its own endpoint (`HERD_METADATA_URL`).
 fn metadata_of(r: &Rig, host: &str, pid: u32) -> Value {
@@ -82,9 +89,7 @@ fn a_set_spreads_over_three_hosts_and_survives_an_agent_and_a_server_kill() {
     assert_eq!(status["members"].as_array().unwrap().len(), 4);
     assert!(status["members"].as_array().unwrap().iter().all(|m| m["herd"] == "running"), "{status}");
 
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
-    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
-    r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
+    with_sample_image(&r);
     r.json(&[
         "vmss",
         "create",
@@ -330,9 +335,7 @@ fn a_vm_on_a_joined_host_outlives_its_agent_and_the_restarted_agent_adopts_it() 
 #[test]
 fn fault_domains_alternate_over_two_racks_of_a_zone_and_a_count_beyond_them_is_refused() {
     let r = Rig::up(&Rig::unique("fd"), &["--hosts", "2", "--zones", "1", "--racks", "rack-a,rack-b"], "");
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
-    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
-    r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
+    with_sample_image(&r);
     let create = |name: &str, count: &str, domains: &str| {
         vec![
             "vmss",

@@ -3,6 +3,26 @@
 
 pub mod rig;
 
+/// Keeps `child`'s stderr lines as they come (echoed as `[tag] line` when `HERD_TEST_LOG` is
+/// set); the thread ends with the pipe, so joining it means every line is in.
+pub fn keep_stderr(
+    child: &mut Child,
+    tag: &'static str,
+) -> (std::sync::Arc<std::sync::Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let keep = log.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if std::env::var_os("HERD_TEST_LOG").is_some() {
+                eprintln!("[{tag}] {line}");
+            }
+            keep.lock().unwrap().push(line);
+        }
+    });
+    (log, reader)
+}
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
