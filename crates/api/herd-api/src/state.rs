@@ -87,6 +87,9 @@ pub struct AppState {
     /// Placement on joined hosts, when this server takes agents (the reconciler's same view):
     /// scale-outs are checked against these hosts too.
     pub joined: Option<herd_model::host::JoinedHosts>,
+    /// Each set's observed state, remembered by store revision (see
+    /// [`herd_state::scale_sets::ObserveCache`]).
+    pub observed: Arc<herd_state::scale_sets::ObserveCache>,
 }
 
 /// A view of the server's controller status board. The API shows it and does not know the

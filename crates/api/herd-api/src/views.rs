@@ -10,7 +10,7 @@ use herd_model::{
     GroupName, ScaleSetName,
 };
 use herd_state::lookup;
-use herd_state::scale_sets::{observe, Observed, SetProvisioningState};
+use herd_state::scale_sets::{Observed, SetProvisioningState};
 use herd_state::summary::SetSummary;
 use herd_state::Versioned as Object;
 use serde::{Deserialize, Serialize};
@@ -258,7 +258,8 @@ pub fn load_set_for_change(
 /// Builds the API view of a set from its stored record, status and instances.
 pub fn set_view(state: &AppState, obj: &Object<StoredScaleSet>) -> Result<ScaleSetView, ApiError> {
     let set = &obj.value;
-    let Observed { status, summary, provisioning_state } = observe(&*state.store, obj, state.clock.now())?;
+    let Observed { status, summary, provisioning_state } =
+        state.observed.observe(&*state.store, obj, state.clock.now())?;
     Ok(ScaleSetView {
         id: StoredScaleSet::resource_id(set.group.as_str(), set.name.as_str()),
         name: set.name.to_string(),

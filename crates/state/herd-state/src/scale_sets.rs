@@ -300,6 +300,48 @@ pub struct Observed {
     pub provisioning_state: SetProvisioningState,
 }
 
+/// [`observe`] remembered by store revision: the result is a function of the store's contents
+/// (and of `now` only for a quarantined set's start, which a quarantine write changes the
+/// revision for), so while the store's revision and the set's stay the same, the last result
+/// is the answer. Why: a client waiting for a large set (the CLI's `--wait`, a dashboard, the
+/// provisioning benchmark every 20 ms) read and decoded every instance record on every poll,
+/// most of them between two writes of the reconciler.
+#[derive(Debug, Default)]
+pub struct ObserveCache {
+    /// Set key → (store revision, set revision, what it observed then).
+    seen: std::sync::Mutex<std::collections::HashMap<String, (u64, u64, Observed)>>,
+}
+
+/// Sets remembered at most; past it the cache starts afresh.
+const OBSERVE_CACHE_SETS: usize = 4096;
+
+impl ObserveCache {
+    /// [`observe`], or its last result if nothing in the store changed since.
+    pub fn observe(
+        &self,
+        store: &dyn Store,
+        set: &Versioned<StoredScaleSet>,
+        now: DateTime<Utc>,
+    ) -> Result<Observed, StateError> {
+        let key = SetKey::of(&set.value).to_string();
+        let head = store.revision()?;
+        if let Some((rev, set_rev, o)) = self.seen.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if *rev == head && *set_rev == set.revision {
+                return Ok(o.clone());
+            }
+        }
+        let o = observe(store, set, now)?;
+        // The store may have moved on while this read; a result is kept under the revision read
+        // first, so a later poll at a newer revision reads again.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= OBSERVE_CACHE_SETS {
+            seen.clear();
+        }
+        seen.insert(key, (head, set.revision, o.clone()));
+        Ok(o)
+    }
+}
+
 /// Reads what the reconciler has made of the set stored as `set` (a quarantined status reads
 /// as none; the set is then shown Failed).
 pub fn observe(store: &dyn Store, set: &Versioned<StoredScaleSet>, now: DateTime<Utc>) -> Result<Observed, StateError> {
@@ -478,5 +520,28 @@ mod tests {
         assert!(delete_scale_set(&store, &set, now()).unwrap_err().is_conflict(), "a stale read loses");
         assert_eq!(observe(&store, &cur, now()).unwrap().provisioning_state, SetProvisioningState::Deleting);
         assert_eq!(scale_sets_of(&store, &group("rg")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_observe_cache_answers_as_observe_does_and_sees_every_write() {
+        use crate::testkit::{record, set_with_instances, stored_set};
+        use herd_store::{Expect, WriteOp};
+        let store = store();
+        let set = set_with_instances(&store, &stored_set("rg", "web", 3), 3);
+        let cache = ObserveCache::default();
+        let first = cache.observe(&store, &set, now()).unwrap();
+        assert_eq!(first.summary.running, 3);
+        // Nothing written: the same answer (from memory).
+        assert_eq!(cache.observe(&store, &set, now()).unwrap().summary, first.summary);
+        // An instance stops: the next read sees it, as observe does.
+        let key = SetKey::of(&set.value).instance(herd_model::InstanceId(1)).to_string();
+        let cur = store.get_as::<herd_model::instance::InstanceRecord>(Kind::Instance, &key).unwrap().unwrap();
+        let mut stopped = record(1);
+        stopped.state = herd_model::instance::InstanceState::Stopped;
+        stopped.goal = herd_model::instance::InstanceGoal::Stopped;
+        store.txn(vec![WriteOp::put(Kind::Instance, key, &stopped, Expect::Revision(cur.revision)).unwrap()]).unwrap();
+        let after = cache.observe(&store, &set, now()).unwrap();
+        assert_eq!(after.summary, observe(&store, &set, now()).unwrap().summary);
+        assert_eq!(after.summary.running, 2, "{:?}", after.summary);
     }
 }

@@ -238,6 +238,7 @@ impl Harness {
             heartbeats: Arc::new(herd_model::host::NoHeartbeats),
             host_grace: chrono::Duration::seconds(herd_model::host::DEFAULT_HOST_GRACE_SECS as i64),
             joined: None,
+            observed: Default::default(),
         };
         let router = herd_api::router(state.clone());
         Harness { state, router, sim, clock, dir: Arc::new(dir) }

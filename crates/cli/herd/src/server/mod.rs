@@ -596,6 +596,7 @@ fn build_api(
         heartbeats: Arc::new(herd_model::host::NoHeartbeats),
         host_grace: chrono::Duration::seconds(herd_model::host::DEFAULT_HOST_GRACE_SECS as i64),
         joined: None,
+        observed: Default::default(),
     }
 }
 
