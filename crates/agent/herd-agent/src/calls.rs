@@ -21,37 +21,26 @@ pub async fn execute(
 ) -> Result<DriverReply, CallError> {
     let done = |r: Result<(), herd_driver::DriverError>| r.map(|()| DriverReply::Done);
     // An instance built here gets its metadata listener (where its spec says it will look).
-    let listen = |spec: &InstanceSpec| {
-        if let Some(addr) = spec.metadata_endpoint {
+    let built = |r: Result<(), herd_driver::DriverError>, spec: &InstanceSpec| {
+        if let (Ok(()), Some(addr)) = (&r, spec.metadata_endpoint) {
             relays.ensure(&spec.key.path(), addr);
         }
+        done(r)
     };
     let result = match call {
         DriverCall::Ensure { mut spec, fence, image } => {
             let _lease = local_image(images, &mut spec, image).await?;
-            let r = driver.ensure(&spec, fence).await;
-            if r.is_ok() {
-                listen(&spec);
-            }
-            done(r)
+            built(driver.ensure(&spec, fence).await, &spec)
         }
         DriverCall::SetPower { key, target, fence } => done(driver.set_power(&key, target, fence).await),
         DriverCall::Restart { key, fence } => done(driver.restart(&key, fence).await),
         DriverCall::Resize { mut spec, fence, image } => {
             let _lease = local_image(images, &mut spec, image).await?;
-            let r = driver.resize(&spec, fence).await;
-            if r.is_ok() {
-                listen(&spec);
-            }
-            done(r)
+            built(driver.resize(&spec, fence).await, &spec)
         }
         DriverCall::Reimage { mut spec, fence, image } => {
             let _lease = local_image(images, &mut spec, image).await?;
-            let r = driver.reimage(&spec, fence).await;
-            if r.is_ok() {
-                listen(&spec);
-            }
-            done(r)
+            built(driver.reimage(&spec, fence).await, &spec)
         }
         DriverCall::Destroy { key, fence } => {
             let r = driver.destroy(&key, fence).await;

@@ -91,6 +91,6 @@ pub struct MetadataEndpoints(pub herd_metadata::MetadataService);
 #[async_trait::async_trait]
 impl herd_host_link::relay::MetadataEndpoints for MetadataEndpoints {
     async fn endpoint(&self, key: &herd_model::InstanceKey) -> Option<std::net::SocketAddr> {
-        self.0.listening().await.get(&key.path()).copied()
+        self.0.endpoint_of(key).await
     }
 }

@@ -261,19 +261,8 @@ fn a_vm_on_a_joined_host_outlives_its_agent_and_the_restarted_agent_adopts_it() 
         "[qemu]\nboot_timeout_secs = 240\n",
     );
     r.json(&["group", "create", "-n", "rg", "-l", "local"]);
-    let cmdline = format!("@{}", tg.join("cmdline").display());
-    r.json(&[
-        "image",
-        "import",
-        "--urn",
-        "Herd:TestGuest:1:1.0.0",
-        "--kernel",
-        tg.join("vmlinuz").to_str().unwrap(),
-        "--initrd",
-        tg.join("initrd.img").to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-    ]);
+    let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
+    r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
     r.json(&[
         "vmss",
         "create",

@@ -328,6 +328,13 @@ impl MetadataService {
         out
     }
 
+    /// The listening address of instance `key`'s endpoint, if it has one now (one lookup: what
+    /// a joined host's relayed connection is connected to).
+    pub async fn endpoint_of(&self, key: &InstanceKey) -> Option<SocketAddr> {
+        let store_key = herd_state::keys::InstanceRecordKey(key.clone()).to_string();
+        self.inner.state.lock().await.listeners.get(&store_key).map(|l| l.addr)
+    }
+
     /// Every listening endpoint: instance key (`group/set/id`) → address.
     pub async fn listening(&self) -> BTreeMap<String, SocketAddr> {
         let st = self.inner.state.lock().await;

@@ -3,6 +3,17 @@
 
 pub mod rig;
 
+/// `image import` of the test guest's kernel, initrd and command line (`tg`: its version
+/// directory) as `urn`.
+pub fn testguest_import_args(tg: &Path, urn: &str) -> Vec<String> {
+    let p = |f: &str| tg.join(f).display().to_string();
+    ["image", "import", "--urn", urn, "--kernel", &p("vmlinuz"), "--initrd", &p("initrd.img"), "--cmdline"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("@{}", p("cmdline"))])
+        .collect()
+}
+
 /// Keeps `child`'s stderr lines as they come (echoed as `[tag] line` when `HERD_TEST_LOG` is
 /// set); the thread ends with the pipe, so joining it means every line is in.
 pub fn keep_stderr(
@@ -672,20 +683,8 @@ impl Server {
     /// Imports the test guest in `tg` (`HERD_TESTGUEST_OUT`) as `urn`, booted from its kernel,
     /// initrd and command line (direct kernel boot: no network-config needed in the seed).
     pub fn import_testguest_kernel(&self, tg: &Path, urn: &str) {
-        let cmdline = format!("@{}", tg.join("cmdline").display());
-        let (kernel, initrd) = (tg.join("vmlinuz"), tg.join("initrd.img"));
-        self.ok(&[
-            "image",
-            "import",
-            "--urn",
-            urn,
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cmdline",
-            &cmdline,
-        ]);
+        let args = testguest_import_args(tg, urn);
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Creates resource group `group` and imports the image directory `img` as `urn`.
