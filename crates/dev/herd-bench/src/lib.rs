@@ -173,6 +173,20 @@ pub async fn delete_and_wait(
     }
 }
 
+/// `d` in milliseconds.
+pub(crate) fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// (min, median, max) of `times` in milliseconds (sorts them).
+pub(crate) fn spread(times: &mut [std::time::Duration]) -> (f64, f64, f64) {
+    times.sort();
+    if times.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    (ms(times[0]), ms(times[times.len() / 2]), ms(times[times.len() - 1]))
+}
+
 /// Writes an image directory whose `init` is `#!/bin/sh` then `body`.
 pub fn script_image(dir: &Path, body: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;

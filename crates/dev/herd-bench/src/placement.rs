@@ -17,11 +17,12 @@
 //! Why no server and no store: the goal is the decision, a pure function; the reconciler's
 //! capacity pass adds only reading the records, which `herd bench spot` measures.
 
+use crate::spread;
 use anyhow::{ensure, Result};
 use herd_capacity::arbitrate;
 use herd_capacity::bench::{imbalance, placement_scenario};
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Options of `herd bench placement`.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,19 +51,6 @@ impl Default for PlacementBenchOpts {
     fn default() -> Self {
         Self { instances: 10_000, hosts: 500, zones: 3, fault_domains: 5, sets: 20, rounds: 5 }
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// (min, median, max) in milliseconds.
-fn spread(times: &mut [Duration]) -> (f64, f64, f64) {
-    times.sort();
-    if times.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    (ms(times[0]), ms(times[times.len() / 2]), ms(times[times.len() - 1]))
 }
 
 /// Runs the benchmark and returns the report.

@@ -15,6 +15,7 @@
 //! Why no server: the decision is a pure function and the carry-out is store writes;
 //! a server with 10,000 sim instances would add only the wait for them to boot.
 
+use crate::{ms, spread};
 use anyhow::{Context, Result};
 use herd_capacity::bench::{naive_global, scenario, spot_price, Scenario};
 use herd_capacity::{arbitrate, Tier};
@@ -62,19 +63,6 @@ impl Default for SpotBenchOpts {
     fn default() -> Self {
         Self { instances: 10_000, hosts: 50, zones: 3, scale_out: 500, rounds: 20, no_store: false }
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// (min, median, max) in milliseconds.
-fn spread(times: &mut [Duration]) -> (f64, f64, f64) {
-    times.sort();
-    if times.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    (ms(times[0]), ms(times[times.len() / 2]), ms(times[times.len() - 1]))
 }
 
 /// Runs `f` `rounds` times (at least once); returns each run's duration and the last result.
