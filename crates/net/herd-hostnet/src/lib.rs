@@ -26,7 +26,13 @@
 //!     dns-<vnet>/<owner>        "IP NAME": one name per instance, for the whole vnet
 //!     ports/<owner>             "PORT MAC IP": what the port may send as (see [`guard`])
 //!     public/<owner>            "PUBLIC PRIVATE MINUTES": the instance's public IP (see [`public`])
+//!     <bridge>/span             the segment's VXLAN port and peers, as the server last said
+//!                               (see [`fabric`])
 //! ```
+//!
+//! Two roles: the server's host network ([`Role::Server`], the default) gives each bridge the
+//! probe and load-balancer sources and a MAC of its own; a joined host's ([`Role::Host`])
+//! gives each bridge the gateway alone, with the anycast gateway MAC (see [`fabric`]).
 //!
 //! A segment's life (the bridge and its dnsmasq together):
 //!
@@ -36,12 +42,14 @@
 //!     └──detach of the last instance─────┘   (dnsmasq stopped, bridge deleted, files gone)
 //!   serving, after a kill -9 of the server: still serving; the next server adopts it
 //!   serving, after dnsmasq died or the bridge vanished: repair() restores both
+//!   spanned (listed by the server's fabric): kept, even with no reservation, until unlisted
 //! ```
 
 #![forbid(unsafe_code)]
 
 pub mod conflicts;
 pub mod dnsmasq;
+pub mod fabric;
 pub mod guard;
 pub mod link;
 pub mod metadata;
@@ -131,6 +139,10 @@ impl Segment {
         })
     }
 
+    fn of_span(s: &fabric::Span) -> Self {
+        Segment { gateway: s.gateway, prefix_len: s.prefix_len, mtu: s.mtu, outbound: s.outbound, vnet: s.vnet.clone() }
+    }
+
     fn prefix(&self) -> outbound::Prefix {
         let mask = u32::from(dnsmasq::netmask(self.prefix_len));
         outbound::Prefix {
@@ -139,6 +151,15 @@ impl Segment {
             outbound: self.outbound,
         }
     }
+}
+
+/// Whose host network this is (see the crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The server's: bridges carry the probe and load-balancer sources, with their own MAC.
+    Server,
+    /// A joined host's: bridges carry the gateway alone, with [`fabric::GATEWAY_MAC`].
+    Host,
 }
 
 /// The host network of one server (see the crate docs). Calls are serialized; each is
@@ -157,6 +178,10 @@ pub struct HostNet {
     /// Bridges this process has seen serving: the common path checks only that the bridge and
     /// its dnsmasq still exist (a `stat` each), instead of running `ip`.
     state: Mutex<HashSet<String>>,
+    role: Mutex<Role>,
+    border: fabric::Border,
+    /// The border table last written (its ports and gateways), likewise.
+    bordered: Mutex<Option<String>>,
 }
 
 impl HostNet {
@@ -168,6 +193,7 @@ impl HostNet {
         let security = security::Security { table: format!("{table}_nsg") };
         let metadata = metadata::Metadata { table: format!("{table}_md") };
         let public = public::Public { table: format!("{table}_pub") };
+        let border = fabric::Border { table: format!("{table}_vx") };
         let (guard, outbound) = (guard::Guard { table: table.clone() }, outbound::Outbound { table });
         HostNet {
             root,
@@ -179,7 +205,32 @@ impl HostNet {
             metadata,
             served: Mutex::new(None),
             state: Mutex::new(HashSet::new()),
+            role: Mutex::new(Role::Server),
+            border,
+            bordered: Mutex::new(None),
         }
+    }
+
+    /// Makes this a joined host's network (see [`Role`]); call before the first attach.
+    pub fn set_role(&self, role: Role) {
+        *self.role.lock().unwrap_or_else(PoisonError::into_inner) = role;
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bridge MAC and whether it carries the service sources, by role.
+    fn bridge_identity(&self, bridge: &str) -> (String, bool) {
+        match self.role() {
+            Role::Server => (fabric::server_bridge_mac(bridge), true),
+            Role::Host => (fabric::GATEWAY_MAC.to_string(), false),
+        }
+    }
+
+    fn ensure_bridge(&self, bridge: &str, seg: &Segment) -> Result<(), NetError> {
+        let (mac, service) = self.bridge_identity(bridge);
+        link::ensure_bridge(bridge, seg.gateway, seg.prefix_len, seg.mtu, &mac, service)
     }
 
     /// The host network of the server with driver tag `tag`, under [`RUN_ROOT`]: one value per
@@ -222,7 +273,7 @@ impl HostNet {
                 make_dir(d)?;
             }
             write_atomic(&dir, &dir.join("segment"), &seg.render())?;
-            link::ensure_bridge(&att.bridge, att.gateway, att.prefix_len, att.mtu)?;
+            self.ensure_bridge(&att.bridge, &seg)?;
             self.install_nat()?;
         }
         let file = names::owner_file(r.owner);
@@ -371,8 +422,13 @@ impl HostNet {
         let mut gone = false;
         for (bridge, seg) in self.segments() {
             let dir = self.bridge_dir(&bridge);
-            if is_empty(&dnsmasq::reservations_dir(&dir)) {
+            if is_empty(&dnsmasq::reservations_dir(&dir)) && self.spanned(&bridge).is_some() {
+                // Still a stretch of a segment other hosts use: no DHCP to serve here.
                 dnsmasq::stop(&dir);
+                seen.remove(&bridge);
+            } else if is_empty(&dnsmasq::reservations_dir(&dir)) {
+                dnsmasq::stop(&dir);
+                link::remove(&fabric::vxlan_name(&bridge))?;
                 link::remove(&bridge)?;
                 std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
                 seen.remove(&bridge);
@@ -419,7 +475,7 @@ impl HostNet {
                 continue;
             }
             if !link::exists(&bridge) {
-                link::ensure_bridge(&bridge, seg.gateway, seg.prefix_len, seg.mtu)?;
+                self.ensure_bridge(&bridge, &seg)?;
                 dnsmasq::stop(&dir); // it was bound to the old bridge
                 fixed.push(format!("bridge {bridge} re-created"));
             }
@@ -430,6 +486,24 @@ impl HostNet {
                 fixed.push(format!("dnsmasq for bridge {bridge} restarted"));
             }
             seen.insert(bridge);
+        }
+        for span in self.spans() {
+            if !link::exists(&span.bridge) {
+                self.ensure_bridge(&span.bridge, &Segment::of_span(&span))?;
+                fixed.push(format!("bridge {} re-created", span.bridge));
+            }
+            if !link::exists(&fabric::vxlan_name(&span.bridge)) {
+                fabric::ensure_port(&span, Some(&span))?;
+                fixed.push(format!("VXLAN port {} re-created", fabric::vxlan_name(&span.bridge)));
+            }
+            let (added, _) = fabric::sync_fdb(&span)?;
+            if added > 0 {
+                fixed.push(format!("{added} forwarding entries of {} restored", fabric::vxlan_name(&span.bridge)));
+            }
+        }
+        if !self.spans().is_empty() && !self.border.exists() {
+            self.install_border(&self.spans(), true)?;
+            fixed.push(format!("nftables table bridge {} re-created", self.border.table));
         }
         let prefixes = self.prefixes();
         let outbound_gone = !prefixes.is_empty() && !self.outbound.exists();
@@ -450,6 +524,94 @@ impl HostNet {
         }
         self.settle(&mut seen, false)?;
         Ok(fixed)
+    }
+
+    /// Stretches this host's segments as the server says (see [`fabric`]): each of `spans` gets
+    /// its bridge (even with no instance here), its VXLAN port and exactly its forwarding
+    /// entries; segments no longer listed lose their port (and their bridge, when no instance
+    /// here uses them); the border table drops gateway, DHCP and metadata traffic at every port,
+    /// and is written before any new port comes up. Returns one line per change.
+    pub fn span(&self, spans: &[fabric::Span]) -> Result<Vec<String>, NetError> {
+        let mut seen = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut changes = Vec::new();
+        let mut all: Vec<fabric::Span> = spans.to_vec();
+        all.sort_by(|a, b| a.bridge.cmp(&b.bridge));
+        if !all.is_empty() {
+            self.install_border(&all, false)?;
+        }
+        let mut new_segment = false;
+        for span in &all {
+            let dir = self.bridge_dir(&span.bridge);
+            for d in [&self.root, &dir, &dnsmasq::reservations_dir(&dir)] {
+                make_dir(d)?;
+            }
+            let seg = Segment::of_span(span);
+            new_segment |= !dir.join("segment").exists();
+            write_atomic(&dir, &dir.join("segment"), &seg.render())?;
+            let recorded = self.spanned(&span.bridge);
+            if recorded.is_none() || !link::exists(&span.bridge) {
+                self.ensure_bridge(&span.bridge, &seg)?;
+            }
+            if recorded.is_none() || recorded.as_ref() != Some(span) || !link::exists(&fabric::vxlan_name(&span.bridge)) {
+                fabric::ensure_port(span, recorded.as_ref())?;
+            }
+            let (added, removed) = fabric::sync_fdb(span)?;
+            if recorded.is_none() {
+                changes.push(format!("segment {} stretched (VNI {}, {} peers)", span.bridge, span.vni, span.peers.len()));
+            } else if added + removed > 0 {
+                changes.push(format!("segment {}: {added} forwarding entries added, {removed} removed", span.bridge));
+            }
+            let text = serde_json::to_string(span).map_err(|e| NetError::Command(format!("recording a span: {e}")))?;
+            write_atomic(&dir, &dir.join("span"), &text)?;
+        }
+        for (bridge, _) in self.segments() {
+            if self.spanned(&bridge).is_some() && !all.iter().any(|s| s.bridge == bridge) {
+                link::remove(&fabric::vxlan_name(&bridge))?;
+                remove_file(&self.bridge_dir(&bridge).join("span"))?;
+                changes.push(format!("segment {bridge} no longer stretched"));
+            }
+        }
+        if all.is_empty() && self.border.exists() {
+            self.border.remove()?;
+            *self.bordered.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        if new_segment {
+            self.install_nat()?;
+        }
+        self.settle(&mut seen, false)?;
+        Ok(changes)
+    }
+
+    /// What the server last said about `bridge`'s stretch, if it is stretched.
+    fn spanned(&self, bridge: &str) -> Option<fabric::Span> {
+        let text = std::fs::read_to_string(self.bridge_dir(bridge).join("span")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Every stretched segment's record.
+    fn spans(&self) -> Vec<fabric::Span> {
+        self.segments().into_iter().filter_map(|(b, _)| self.spanned(&b)).collect()
+    }
+
+    /// Writes the border table for `spans` unless it is what was last written (and still there).
+    fn install_border(&self, spans: &[fabric::Span], force: bool) -> Result<(), NetError> {
+        let ports: Vec<String> = spans.iter().map(|s| fabric::vxlan_name(&s.bridge)).collect();
+        let gateways: Vec<Ipv4Addr> = spans.iter().map(|s| s.gateway).collect();
+        let script = self.border.script(&ports, &gateways);
+        let mut last = self.bordered.lock().unwrap_or_else(PoisonError::into_inner);
+        if !force && last.as_deref() == Some(script.as_str()) && self.border.exists() {
+            return Ok(());
+        }
+        *last = None;
+        guard::run_nft(&script)?;
+        *last = Some(script);
+        Ok(())
+    }
+
+    /// The nftables table (family `bridge`) that keeps gateways, DHCP and metadata off the
+    /// fabric.
+    pub fn border_table(&self) -> &str {
+        &self.border.table
     }
 
     /// Enforces the network security groups of `nics` (every filtered NIC of this server; see

@@ -70,21 +70,35 @@ pub fn exists(name: &str) -> bool {
     interfaces().iter().any(|n| n == name)
 }
 
-/// The bridge `name` exists, carries `gateway/prefix_len`, the probe source
-/// (`herd_model::nsg::probe_source`, the subnet's reserved `.2`: health probes come from it, so
-/// network security groups can tell them apart as `AzureLoadBalancer`) and the load balancer's
-/// source (`herd_model::nsg::lb_source`, `.3`), has `mtu` and is up. The gateway is added
-/// first, so it stays the address the host sends anything else from.
-pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix_len: u8, mtu: u16) -> Result<(), NetError> {
+/// The bridge `name` exists, carries `gateway/prefix_len` and, with `service_sources` (the
+/// server's bridges), the probe source (`herd_model::nsg::probe_source`, the subnet's reserved
+/// `.2`: health probes come from it, so network security groups can tell them apart as
+/// `AzureLoadBalancer`) and the load balancer's source (`herd_model::nsg::lb_source`, `.3`),
+/// has the MAC `mac` and `mtu`, and is up. The gateway is added first, so it stays the address
+/// the host sends anything else from. Hosts that only run instances (joined with `herd agent`)
+/// hold the gateway alone: the sources are the server's, wherever the instances run.
+pub fn ensure_bridge(
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+    mtu: u16,
+    mac: &str,
+    service_sources: bool,
+) -> Result<(), NetError> {
     if !exists(name) {
-        ip(&["link", "add", name, "type", "bridge"])?;
+        ip(&["link", "add", name, "address", mac, "type", "bridge"])?;
+    } else {
+        ip(&["link", "set", "dev", name, "address", mac])?;
     }
     ip(&["addr", "replace", &format!("{gateway}/{prefix_len}"), "dev", name])?;
     let mask = herd_model::cidr::Cidr { addr: gateway, len: prefix_len }.mask();
     let subnet = herd_model::cidr::Cidr { addr: Ipv4Addr::from(u32::from(gateway) & mask), len: prefix_len };
-    for reserved in [herd_model::nsg::probe_source(&subnet), herd_model::nsg::lb_source(&subnet)].into_iter().flatten()
-    {
-        ip(&["addr", "replace", &format!("{reserved}/{prefix_len}"), "dev", name])?;
+    if service_sources {
+        for reserved in
+            [herd_model::nsg::probe_source(&subnet), herd_model::nsg::lb_source(&subnet)].into_iter().flatten()
+        {
+            ip(&["addr", "replace", &format!("{reserved}/{prefix_len}"), "dev", name])?;
+        }
     }
     ip(&["link", "set", name, "mtu", &mtu.to_string(), "up"])
 }
