@@ -24,6 +24,9 @@
 //! id, so several run at once on the host and their replies come back in any order. After an
 //! acknowledgement the server may say which image digests the host should keep
 //! (`Wanted {digests}`, sent when that set changes); the host removes the rest of its cache.
+//! Whenever where bridged NICs are changes (and once after each Welcome), the server sends the
+//! host its stretch of every segment (`Segments {spans}`: VXLAN peers and remote MACs, see
+//! `herd_hostnet::fabric`); the host makes its VXLAN ports match.
 //!
 //! An image is pulled on a connection of its own (the same ALPN and client certificate), so a
 //! large image never delays a heartbeat or a call on the link:
@@ -57,7 +60,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol's version; an agent and a server of different versions refuse each other
 /// with a message naming both.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// The largest frame either end accepts.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -114,6 +117,10 @@ pub enum ServerMessage {
     /// remove any other from its cache.
     #[serde(rename_all = "camelCase")]
     Wanted { digests: Vec<String> },
+    /// This host's stretch of every segment it must carry (the whole set: a segment not listed
+    /// is no longer stretched here).
+    #[serde(rename_all = "camelCase")]
+    Segments { spans: Vec<herd_hostnet::fabric::Span> },
     /// On a pull connection: the content follows, `size` bytes, then the server closes.
     #[serde(rename_all = "camelCase")]
     PullStart { digest: String, size: u64 },

@@ -22,8 +22,13 @@ pub async fn execute(
     let done = |r: Result<(), herd_driver::DriverError>| r.map(|()| DriverReply::Done);
     // An instance built here gets its metadata listener (where its spec says it will look).
     let built = |r: Result<(), herd_driver::DriverError>, spec: &InstanceSpec| {
-        if let (Ok(()), Some(addr)) = (&r, spec.metadata_endpoint) {
-            relays.ensure(&spec.key.path(), addr);
+        match (&r, spec.metadata_endpoint, &spec.network) {
+            // A bridged instance asks at 169.254.169.254: its listener is on its gateway.
+            (Ok(()), Some(addr), Some(net)) if addr.ip() == herd_model::network::METADATA_ADDRESS => {
+                relays.ensure_bridged(&spec.key.path(), net.gateway, net.address)
+            }
+            (Ok(()), Some(addr), _) => relays.ensure(&spec.key.path(), addr),
+            _ => {}
         }
         done(r)
     };

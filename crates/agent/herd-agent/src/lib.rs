@@ -13,6 +13,7 @@
 //! - [`capacity`]: what the host has, as reported in every heartbeat.
 //! - [`calls`]: the server's driver calls, carried out with this host's own driver.
 //! - [`metadata_relay`]: its instances' metadata endpoints, relayed to the server.
+//! - [`network`]: this host's stretch of the cluster's segments (VXLAN), as the server says.
 //! - [`images`]: the host's image cache by content digest, pulled from the server on a
 //!   connection of its own, and emptied of what the gallery no longer has.
 //!
@@ -38,6 +39,7 @@ pub mod images;
 pub mod join;
 pub mod link;
 pub mod metadata_relay;
+pub mod network;
 
 /// This agent's version, as it reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

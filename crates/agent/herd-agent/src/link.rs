@@ -50,6 +50,7 @@ pub async fn run(
     identity: &Identity,
     data_dir: &Path,
     driver: Arc<dyn herd_driver::Driver>,
+    network: Option<Arc<crate::network::HostNetwork>>,
     mut shutdown: watch::Receiver<bool>,
     state: watch::Sender<LinkState>,
 ) -> Result<()> {
@@ -65,7 +66,11 @@ pub async fn run(
         Connect { addr: format!("{host}:{port}"), name, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) };
     let images = crate::images::ImageCache::open(data_dir.join("images"), Arc::new(connect.clone()))
         .with_context(|| format!("the image cache in {}", data_dir.join("images").display()))?;
-    let relays = crate::metadata_relay::Relays::new(data_dir, Arc::new(connect.clone()));
+    let relays = crate::metadata_relay::Relays::with_network(
+        data_dir,
+        Arc::new(connect.clone()),
+        network.as_ref().map(|n| n.net().clone()),
+    );
     // The metadata listeners of the instances this host already runs (adopted after a restart).
     match driver.list().await {
         Ok(listed) => relays.restore(&listed.iter().map(|o| o.key.path()).collect::<Vec<_>>()),
@@ -81,6 +86,7 @@ pub async fn run(
         boot_id: boot_id(),
         driver,
         images,
+        network,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -193,6 +199,8 @@ struct Dial {
     driver: Arc<dyn herd_driver::Driver>,
     images: Arc<crate::images::ImageCache>,
     relays: Arc<crate::metadata_relay::Relays>,
+    /// Where segment descriptions go (None: this host runs no bridged instances).
+    network: Option<Arc<crate::network::HostNetwork>>,
 }
 
 impl Dial {
@@ -278,6 +286,11 @@ impl Dial {
                     Some(Ok(Some(ServerMessage::Wanted { digests }))) => {
                         let images = self.images.clone();
                         tokio::spawn(async move { images.keep_only(&digests.into_iter().collect()).await });
+                    }
+                    Some(Ok(Some(ServerMessage::Segments { spans }))) => {
+                        if let Some(network) = &self.network {
+                            network.apply(spans);
+                        }
                     }
                     Some(Ok(Some(ServerMessage::Refused { reason }))) => break Ended::Refused(reason),
                     Some(Ok(Some(other))) => break Ended::Lost(anyhow!("unexpected {other:?}")),

@@ -15,10 +15,15 @@
 //!   Destroy ──▶ closed (forgotten)
 //!   agent start ──▶ listening again for every recorded instance the driver still lists
 //! ```
+//!
+//! A bridged instance asks at 169.254.169.254 on its vnet: its listener is on its bridge's
+//! gateway, at a port the kernel picks (recorded, so a restart binds the same one), and this
+//! host's metadata table (`herd_hostnet::metadata`) sends the instance's requests there, told
+//! apart by the bridge port they came in on.
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,7 +40,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
 
 struct Listening {
     addr: SocketAddr,
+    /// A bridged instance's private address (its identity in the metadata table).
+    bridged: Option<Ipv4Addr>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// One recorded listener: its address, and a bridged instance's private address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Recorded {
+    Plain(SocketAddr),
+    Bridged { addr: SocketAddr, instance: Ipv4Addr },
 }
 
 /// The relays of this host's instances.
@@ -43,11 +58,52 @@ pub struct Relays {
     file: PathBuf,
     upstream: Arc<dyn Upstream>,
     open: Mutex<BTreeMap<String, Listening>>,
+    /// This host's network, whose metadata table sends bridged instances to their listeners.
+    net: Option<Arc<herd_hostnet::HostNet>>,
 }
 
 impl Relays {
     pub fn new(data_dir: &std::path::Path, upstream: Arc<dyn Upstream>) -> Arc<Self> {
-        Arc::new(Self { file: data_dir.join("metadata-endpoints.json"), upstream, open: Mutex::new(BTreeMap::new()) })
+        Self::with_network(data_dir, upstream, None)
+    }
+
+    /// Relays whose bridged instances' requests `net`'s metadata table routes.
+    pub fn with_network(
+        data_dir: &std::path::Path,
+        upstream: Arc<dyn Upstream>,
+        net: Option<Arc<herd_hostnet::HostNet>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            file: data_dir.join("metadata-endpoints.json"),
+            upstream,
+            open: Mutex::new(BTreeMap::new()),
+            net,
+        })
+    }
+
+    /// Listens on `gateway` (a port the kernel picks, or the one recorded) for the bridged
+    /// instance `key` with private address `instance`, and routes its requests to
+    /// 169.254.169.254 there.
+    pub fn ensure_bridged(self: &Arc<Self>, key: &str, gateway: Ipv4Addr, instance: Ipv4Addr) {
+        let known =
+            self.lock().get(key).filter(|l| l.bridged == Some(instance) && !l.task.is_finished()).map(|l| l.addr);
+        if known.is_none() {
+            self.listen(key, SocketAddr::new(gateway.into(), 0), Some(instance));
+        }
+        self.route_bridged();
+    }
+
+    /// Writes this host's metadata table from the bridged listeners (nothing without a network).
+    fn route_bridged(&self) {
+        let Some(net) = &self.net else { return };
+        let listeners: Vec<herd_hostnet::metadata::Listener> = self
+            .lock()
+            .values()
+            .filter_map(|l| Some(herd_hostnet::metadata::Listener { instance: l.bridged?, port: l.addr.port() }))
+            .collect();
+        if let Err(e) = net.serve_metadata(&listeners) {
+            tracing::warn!(error = %e, "cannot route bridged instances' metadata requests");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Listening>> {
@@ -63,6 +119,10 @@ impl Relays {
                 return;
             }
         }
+        self.listen(key, addr, None);
+    }
+
+    fn listen(self: &Arc<Self>, key: &str, addr: SocketAddr, bridged: Option<Ipv4Addr>) {
         self.close(key);
         let std_listener = match std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
             Ok(l) => l,
@@ -78,6 +138,7 @@ impl Relays {
                 return;
             }
         };
+        let addr = listener.local_addr().unwrap_or(addr);
         let upstream = self.upstream.clone();
         let k = key.to_string();
         let task = tokio::spawn(async move {
@@ -95,7 +156,7 @@ impl Relays {
                 });
             }
         });
-        self.lock().insert(key.to_string(), Listening { addr, task });
+        self.lock().insert(key.to_string(), Listening { addr, bridged, task });
         self.save();
     }
 
@@ -105,20 +166,27 @@ impl Relays {
         if let Some(l) = removed {
             l.task.abort();
             self.save();
+            if l.bridged.is_some() {
+                self.route_bridged();
+            }
         }
     }
 
     /// Listens again for every recorded instance in `listed` (the driver's instances, as
     /// `group/set/id`); forgets the others.
     pub fn restore(self: &Arc<Self>, listed: &[String]) {
-        let recorded: BTreeMap<String, SocketAddr> =
+        let recorded: BTreeMap<String, Recorded> =
             std::fs::read(&self.file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        for (key, addr) in recorded {
+        for (key, r) in recorded {
             if listed.contains(&key) {
-                self.ensure(&key, addr);
+                match r {
+                    Recorded::Plain(addr) => self.ensure(&key, addr),
+                    Recorded::Bridged { addr, instance } => self.listen(&key, addr, Some(instance)),
+                }
             }
         }
         self.save();
+        self.route_bridged();
     }
 
     /// The instances listened for, and where.
@@ -127,7 +195,17 @@ impl Relays {
     }
 
     fn save(&self) {
-        let now = self.listening();
+        let now: BTreeMap<String, Recorded> = self
+            .lock()
+            .iter()
+            .map(|(k, l)| {
+                let r = match l.bridged {
+                    Some(instance) => Recorded::Bridged { addr: l.addr, instance },
+                    None => Recorded::Plain(l.addr),
+                };
+                (k.clone(), r)
+            })
+            .collect();
         let tmp = self.file.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&now)
             .map_err(std::io::Error::other)

@@ -22,9 +22,11 @@
 //! A connection whose first message is `Pull` instead of `Hello` is an image pull
 //! ([`pull`]): authenticated the same way, served on its own connection, then closed. Each
 //! session also records the largest gap between two heartbeats (what a pull must not
-//! stretch) and tells its host which image digests to keep when the gallery changes.
+//! stretch) and tells its host which image digests to keep when the gallery changes, and its
+//! stretch of the cluster's segments whenever that changes ([`fabric`]).
 #![forbid(unsafe_code)]
 
+pub mod fabric;
 pub mod pull;
 pub mod relay;
 pub mod remote;
@@ -90,6 +92,8 @@ pub struct HostLinks {
     /// Where each instance's metadata endpoint listens on this server (set once the metadata
     /// service runs); what hosts relay their instances' metadata connections to.
     metadata: std::sync::OnceLock<Arc<dyn relay::MetadataEndpoints>>,
+    /// Where bridged NICs and hosts' VTEPs are: what stretches segments across hosts.
+    fabric: Arc<fabric::Fabric>,
 }
 
 impl HostLinks {
@@ -108,7 +112,13 @@ impl HostLinks {
             pulls: Mutex::new(HashMap::new()),
             heartbeat_interval_ms: interval_ms,
             metadata: std::sync::OnceLock::new(),
+            fabric: Arc::default(),
         })
+    }
+
+    /// The fabric: the reconciler publishes NICs to it; the server applies its own stretch.
+    pub fn fabric(&self) -> &Arc<fabric::Fabric> {
+        &self.fabric
     }
 
     /// Where instances' metadata endpoints listen: relayed connections of hosts go there. Set
@@ -208,8 +218,17 @@ impl HostLinks {
     ) -> Result<(), String> {
         let record = match self.identify(&tls).await {
             Ok(r) => r,
-            Err(why) => return Self::refuse(&mut tls, why).await,
+            Err(why) => {
+                // Not a member (deleted, or another certificate): out of every segment.
+                if let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                    if let Ok((name, _)) = herd_tls::agent::agent_identity(cert) {
+                        self.fabric.forget(&name);
+                    }
+                }
+                return Self::refuse(&mut tls, why).await;
+            }
         };
+        let local = tls.get_ref().0.local_addr().map(|a| a.ip()).ok();
         let name = record.name.clone();
         let hello = tokio::time::timeout(HELLO_TIMEOUT, herd_agent_wire::read::<_, AgentMessage>(&mut tls)).await;
         if let Ok(Ok(Some(AgentMessage::Pull { protocol, digest }))) = &hello {
@@ -278,7 +297,13 @@ impl HostLinks {
         };
         self.sessions().insert(name.clone(), session);
         tracing::info!(host = %name, %peer, "agent connected");
+        if let Some(local) = local {
+            self.fabric.linked(&name, peer.ip(), local);
+        }
+        let pusher = tokio::spawn(push_segments(self.fabric.clone(), outbox.clone(), name.clone()));
         let ended = self.live(&mut rd, &outbox, &pending, &name, generation, capacity).await;
+        pusher.abort();
+        let _ = pusher.await;
         // Only this connection's own session goes; a newer one stays.
         {
             let mut sessions = self.sessions();
@@ -327,6 +352,7 @@ impl HostLinks {
                     let lookup = name.to_string();
                     let still = self.state.run(move |s| herd_state::hosts::get(s, &lookup)).await;
                     if matches!(still, Ok(None)) {
+                        self.fabric.forget(name);
                         return refuse(format!("host '{name}' was deleted from the cluster")).await;
                     }
                     let now = self.clock.now();
@@ -442,6 +468,26 @@ impl HostLinks {
         let r = self.state.run(move |s| herd_state::hosts::report(s, &name, capacity, version.as_deref())).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "recording a host's report failed");
+        }
+    }
+}
+
+/// Sends host `name` its stretch of the cluster's segments now and whenever it changes, until
+/// the session ends (the outbox closes, or the task is aborted).
+async fn push_segments(fabric: Arc<fabric::Fabric>, outbox: mpsc::Sender<ServerMessage>, name: String) {
+    let mut changes = fabric.changes();
+    let mut told: Option<Vec<herd_hostnet::fabric::Span>> = None;
+    loop {
+        if let Some(spans) = fabric.spans_for(fabric::Member::Host(&name)) {
+            if told.as_ref() != Some(&spans) {
+                if outbox.send(ServerMessage::Segments { spans: spans.clone() }).await.is_err() {
+                    return;
+                }
+                told = Some(spans);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

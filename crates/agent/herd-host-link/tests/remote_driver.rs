@@ -109,7 +109,9 @@ async fn cluster() -> Cluster {
     std::fs::create_dir_all(&agent_dir).unwrap();
     let driver: Arc<dyn Driver> = sim.clone();
     let agent =
-        tokio::spawn(async move { herd_agent::link::run(&identity, &agent_dir, driver, stop_rx, state_tx).await });
+        tokio::spawn(
+            async move { herd_agent::link::run(&identity, &agent_dir, driver, None, stop_rx, state_tx).await },
+        );
     let l = links.clone();
     wait_for("host h2's agent to link", Duration::from_secs(20), || l.liveness("h2")).await;
     Cluster { links, sim, stop, agent, _dir: dir }

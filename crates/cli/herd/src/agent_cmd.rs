@@ -98,7 +98,13 @@ pub async fn run(a: AgentArgs, server: String) -> Result<()> {
         }
     });
     let driver = local_driver(&a.data_dir, &identity.membership.cluster_id).await?;
-    herd_agent::link::run(&identity, &a.data_dir, driver, stop_rx, state_tx).await
+    // Bridged instances plug into this host's network as a host's (the gateway alone, with the
+    // anycast MAC); the server stretches their segments to it.
+    let tag = herd_driver::tag::driver_tag(&identity.membership.cluster_id);
+    let net = herd_hostnet::HostNet::for_tag(&tag);
+    net.set_role(herd_hostnet::Role::Host);
+    let network = herd_agent::network::HostNetwork::start(net);
+    herd_agent::link::run(&identity, &a.data_dir, driver, Some(network), stop_rx, state_tx).await
 }
 
 /// This host's driver: process instances under `<data-dir>/instances`, and VMs under

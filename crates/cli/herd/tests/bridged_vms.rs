@@ -142,7 +142,7 @@ fn two_bridged_vms_get_their_addresses_by_dhcp_reach_each_other_by_name_and_leav
         let ext = &i["extensions"][0];
         let msg = ext["message"].as_str().unwrap_or_default();
         assert_eq!(ext["state"], "Succeeded", "{ext}");
-        assert!(msg.contains("mtu 1500"), "the subnet's MTU from DHCP: {msg}");
+        assert!(msg.contains("mtu 1450"), "the subnet's MTU from DHCP (the fabric's 1500 minus VXLAN's 50): {msg}");
         assert!(msg.contains(&format!("inet {}/24", i["privateIpAddress"].as_str().unwrap())), "{msg}");
         assert!(msg.contains("peer web000000 at 10.0.0.4 says web000000"), "name, address and TCP to VM 0: {msg}");
         assert!(msg.contains("peer web000001 at 10.0.0.5 says web000001"), "name, address and TCP to VM 1: {msg}");

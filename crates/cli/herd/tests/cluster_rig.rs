@@ -82,6 +82,7 @@ fn a_set_spreads_over_three_hosts_and_survives_an_agent_and_a_server_kill() {
         assert_eq!(r.pids(h, "herd agent").len(), 1, "{h} sees exactly its own agent");
         let mounts = String::from_utf8_lossy(&r.exec(h, &["cat", "/proc/self/mounts"]).stdout).into_owned();
         assert!(mounts.lines().any(|l| l.starts_with("tmpfs /run/herd ")), "{h}: {mounts}");
+        assert!(mounts.lines().any(|l| l.starts_with("tmpfs /run/netns ")), "{h}: {mounts}");
         let addrs = String::from_utf8_lossy(&r.exec(h, &["ip", "-br", "-4", "addr"]).stdout).into_owned();
         assert!(addrs.contains(&format!("10.250.0.{}/24", 10 + i)), "{h}: {addrs}");
     }

@@ -329,6 +329,7 @@ impl Reconciler {
 
         let total: usize = works.iter().map(|w| w.steps.len()).sum::<usize>() + orphans.len();
         if total == 0 {
+            self.publish_fabric_unchanged(&works).await?;
             return Ok(PassReport { steps: 0, waiting });
         }
 

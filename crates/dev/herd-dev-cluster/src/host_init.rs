@@ -5,7 +5,9 @@
 //! the kernel kills everything in it. A host's VMs must outlive a `kill -9` of its agent (the
 //! restarted agent adopts them), as on a real machine whose init is not the agent. So this
 //! init only names the host, gives it a private `/run/herd` (each host's network state, as on
-//! separate machines), says `ready` on stdout, and then reaps orphans (a daemonized QEMU whose
+//! separate machines) and a private `/run/netns` (the namespaces of its process instances,
+//! which would otherwise be left as dead names in the machine's own `ip netns list`), says
+//! `ready` on stdout, and then reaps orphans (a daemonized QEMU whose
 //! agent died is re-parented here; left unreaped it would look alive to the next agent) until
 //! it is killed, which takes the whole host down with it (`herd dev cluster down`).
 
@@ -18,18 +20,23 @@ use std::io::Write;
 /// The directory each host gets private (a tmpfs): herd's runtime network state.
 pub const PRIVATE_RUN_DIR: &str = "/run/herd";
 
+/// Where `ip netns` names namespaces: private to each host too.
+pub const PRIVATE_NETNS_DIR: &str = "/run/netns";
+
 /// Sets up the host, reports `ready`, and reaps forever. Returns only on a set-up error.
 pub fn run(hostname: &str) -> Result<()> {
     nix::unistd::sethostname(hostname).with_context(|| format!("setting the hostname to '{hostname}'"))?;
-    std::fs::create_dir_all(PRIVATE_RUN_DIR).with_context(|| format!("creating {PRIVATE_RUN_DIR}"))?;
-    nix::mount::mount(
-        Some("tmpfs"),
-        PRIVATE_RUN_DIR,
-        Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )
-    .with_context(|| format!("mounting a private tmpfs on {PRIVATE_RUN_DIR}"))?;
+    for dir in [PRIVATE_RUN_DIR, PRIVATE_NETNS_DIR] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )
+        .with_context(|| format!("mounting a private tmpfs on {dir}"))?;
+    }
     // SIGCHLD stays blocked and is taken with sigwait, so no signal handler is needed.
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);

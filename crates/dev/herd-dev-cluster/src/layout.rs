@@ -192,8 +192,8 @@ impl Layout {
 
     /// The server's config: the zones the hosts serve; the server's own machine declared as a
     /// host that takes no instances (every instance goes to an agent's host), or, with
-    /// `local_zone`, one that serves that zone; host-local networking (a vnet does not span
-    /// hosts yet) unless `extra` names a network mode.
+    /// `local_zone`, one that serves that zone; bridged networking (vnets stretch over the
+    /// fabric to every host) unless `extra` has a `[network]` section of its own.
     pub fn server_config(&self, extra: &str, local_zone: Option<&str>) -> String {
         let mut zones = self.zones();
         if let Some(z) = local_zone {
@@ -206,7 +206,7 @@ impl Layout {
             Some(z) => format!("zone = \"{z}\"\nvcpus = 2\nmemory_mib = 4096\novercommit = 16.0\n"),
             None => "vcpus = 1\nmemory_mib = 1024\nschedulable = false\n".to_string(),
         };
-        let network = if extra.contains("mode =") { "" } else { "[network]\nmode = \"host-local\"\n\n" };
+        let network = if extra.contains("[network]") { "" } else { "[network]\nmode = \"bridged\"\n\n" };
         format!(
             "# Written by `herd dev cluster up`.\nzones = [{}]\n\n[[hosts]]\nname = \"local\"\n{local}\n{network}{extra}\n",
             zones.join(", ")
@@ -329,12 +329,12 @@ mod tests {
         assert!(c.contains("zones = [\"2\", \"1\"]"), "{c}");
         assert!(c.contains("name = \"local\"") && c.contains("schedulable = false"), "{c}");
         assert!(c.contains("host_grace_secs = 5"));
-        assert!(c.contains("mode = \"host-local\""), "{c}");
+        assert!(c.contains("mode = \"bridged\""), "{c}");
         let parsed: toml::Value = toml::from_str(&c).expect("valid TOML");
         assert_eq!(parsed["hosts"].as_array().unwrap().len(), 1);
         // With a local zone, the server's machine serves it (and the zone is offered).
-        let c = l.server_config("[network]\nmode = \"bridged\"", Some("9"));
+        let c = l.server_config("[network]\nmode = \"host-local\"", Some("9"));
         assert!(c.contains("zones = [\"2\", \"1\", \"9\"]") && c.contains("zone = \"9\""), "{c}");
-        assert!(!c.contains("schedulable = false") && !c.contains("host-local"), "{c}");
+        assert!(!c.contains("schedulable = false") && !c.contains("bridged"), "{c}");
     }
 }

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod by_image;
+pub mod fabric;
 pub mod fence;
 pub mod host;
 pub mod sim;

@@ -102,8 +102,7 @@ pub struct Span {
 impl Span {
     /// The forwarding entries the VXLAN port must hold: (MAC, VTEP).
     pub fn fdb(&self) -> BTreeSet<(String, Ipv4Addr)> {
-        let mut out: BTreeSet<(String, Ipv4Addr)> =
-            self.peers.iter().map(|p| (ZERO_MAC.to_string(), *p)).collect();
+        let mut out: BTreeSet<(String, Ipv4Addr)> = self.peers.iter().map(|p| (ZERO_MAC.to_string(), *p)).collect();
         out.extend(self.macs.iter().map(|(m, v)| (m.to_ascii_lowercase(), *v)));
         out
     }

@@ -552,12 +552,18 @@ impl HostNet {
             if recorded.is_none() || !link::exists(&span.bridge) {
                 self.ensure_bridge(&span.bridge, &seg)?;
             }
-            if recorded.is_none() || recorded.as_ref() != Some(span) || !link::exists(&fabric::vxlan_name(&span.bridge)) {
+            if recorded.is_none() || recorded.as_ref() != Some(span) || !link::exists(&fabric::vxlan_name(&span.bridge))
+            {
                 fabric::ensure_port(span, recorded.as_ref())?;
             }
             let (added, removed) = fabric::sync_fdb(span)?;
             if recorded.is_none() {
-                changes.push(format!("segment {} stretched (VNI {}, {} peers)", span.bridge, span.vni, span.peers.len()));
+                changes.push(format!(
+                    "segment {} stretched (VNI {}, {} peers)",
+                    span.bridge,
+                    span.vni,
+                    span.peers.len()
+                ));
             } else if added + removed > 0 {
                 changes.push(format!("segment {}: {added} forwarding entries added, {removed} removed", span.bridge));
             }

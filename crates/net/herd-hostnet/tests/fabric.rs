@@ -158,8 +158,12 @@ fn instances_on_two_hosts_share_a_segment_over_vxlan_and_the_gateway_stays_local
     assert!(reaches(&ib, addr_a, 10), "{ib} could not reach {addr_a} over the segment");
     // Each instance's gateway is its own host's: the ARP for .1 never crosses.
     assert!(gateway_answers(&ia, "10.91.0.1".parse().unwrap()), "the local gateway answers");
-    let border = sh(&["ip", "netns", "exec", &ha, "nft", "list", "table", "bridge", &format!("{}_vx", short_table(&ra))]);
-    assert!(border_dropped(&border, "arp daddr ip @gateways"), "ARP for the gateway was dropped at the port:\n{border}");
+    let border =
+        sh(&["ip", "netns", "exec", &ha, "nft", "list", "table", "bridge", &format!("{}_vx", short_table(&ra))]);
+    assert!(
+        border_dropped(&border, "arp daddr ip @gateways"),
+        "ARP for the gateway was dropped at the port:\n{border}"
+    );
 
     // Unchanged spans change nothing; a forwarding entry removed by hand comes back.
     assert!(span_on(&ha, &ra, vec![span(a_ip, b_ip, mac_b)]).is_empty());
@@ -172,7 +176,17 @@ fn instances_on_two_hosts_share_a_segment_over_vxlan_and_the_gateway_stays_local
     assert!(changes.iter().any(|c| c.contains("no longer stretched")), "{changes:?}");
     let links = sh(&["ip", "-n", &ha, "-br", "link"]);
     assert!(!links.contains(&port) && links.contains(BRIDGE), "{links}");
-    assert!(!try_sh(&["ip", "netns", "exec", &ha, "nft", "list", "table", "bridge", &format!("{}_vx", short_table(&ra))]));
+    assert!(!try_sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ha,
+        "nft",
+        "list",
+        "table",
+        "bridge",
+        &format!("{}_vx", short_table(&ra))
+    ]));
     assert!(!reaches(&ia, addr_b, 1), "cut off");
     // A spanned segment with no instance keeps its bridge; unlisted, it goes.
     let rb2 = rb.clone();
@@ -242,7 +256,11 @@ fn reaches(from: &str, to: Ipv4Addr, secs: u64) -> bool {
 /// The namespace of the test's instance with address `a`.
 fn namespace_of(a: Ipv4Addr) -> String {
     let id = std::process::id() % 100_000;
-    if a.octets()[3] == 4 { format!("hia{id}") } else { format!("hib{id}") }
+    if a.octets()[3] == 4 {
+        format!("hia{id}")
+    } else {
+        format!("hib{id}")
+    }
 }
 
 /// Whether a TCP connection from `from` to the gateway `gw` is answered (refused: the host's
@@ -263,7 +281,8 @@ fn short_table(root: &Path) -> String {
 
 /// Whether the rule containing `rule` in `listing` counted a packet.
 fn border_dropped(listing: &str, rule: &str) -> bool {
-    listing.lines().filter(|l| l.contains(rule)).any(|l| {
-        l.split("packets ").nth(1).and_then(|r| r.split_whitespace().next()).is_some_and(|n| n != "0")
-    })
+    listing
+        .lines()
+        .filter(|l| l.contains(rule))
+        .any(|l| l.split("packets ").nth(1).and_then(|r| r.split_whitespace().next()).is_some_and(|n| n != "0"))
 }

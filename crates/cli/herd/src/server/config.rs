@@ -322,6 +322,20 @@ pub struct NetworkSettings {
     /// "198.51.100.0/28": routed to this host by the operator, outside loopback and every vnet,
     /// /30 or shorter. Each instance that asks gets one, 1:1 NATed to its private IP.
     pub public_ip_pool: Option<String>,
+    /// The MTU of the network between hosts (default 1500). Bridged subnets get this minus 50
+    /// (what VXLAN adds), so a segment stretched across hosts never fragments; 1330 to 9000.
+    pub fabric_mtu: Option<u16>,
+}
+
+impl NetworkSettings {
+    /// The MTU of every bridged subnet: `fabric_mtu` minus VXLAN's 50 bytes, checked.
+    pub fn vnet_mtu(&self) -> Result<u16> {
+        let fabric = self.fabric_mtu.unwrap_or(1500);
+        if !(1330..=9000).contains(&fabric) {
+            bail!("config: network.fabric_mtu {fabric} is out of range; allowed values: 1330 to 9000");
+        }
+        Ok(fabric - herd_hostnet::fabric::VXLAN_OVERHEAD)
+    }
 }
 
 /// `[loadbalancer]`.

@@ -50,3 +50,25 @@ impl Controller for HostNetController {
         Ok(Next::After(EVERY))
     }
 }
+
+/// Keeps the server's own stretch of every segment (VXLAN ports, forwarding entries, the
+/// border table) what the fabric says, applied in order, latest wins, for as long as the
+/// server runs.
+pub(super) fn stretch_own_segments(net: Arc<HostNet>, fabric: Arc<herd_host_link::fabric::Fabric>) {
+    let network = herd_agent::network::HostNetwork::start(net);
+    tokio::spawn(async move {
+        let mut changes = fabric.changes();
+        let mut told = None;
+        loop {
+            if let Some(spans) = fabric.spans_for(herd_host_link::fabric::Member::Server) {
+                if told.as_ref() != Some(&spans) {
+                    network.apply(spans.clone());
+                    told = Some(spans);
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}

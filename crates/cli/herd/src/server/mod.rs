@@ -142,6 +142,9 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     });
     settings.rec_config.joined = joined.clone();
     let bridged = settings.rec_config.bridged;
+    // With hosts joining, bridged segments stretch to the hosts their instances run on.
+    let fabric = links.as_ref().filter(|_| bridged).map(|l| l.fabric().clone());
+    settings.rec_config.fabric = fabric.clone().map(|f| f as Arc<dyn herd_driver::fabric::FabricSink>);
     if let Some(pool) = settings.public_ip_pool {
         let vnets: Vec<_> =
             opened.start_state.run(|s| s.virtual_networks()).await?.into_iter().map(|v| v.value).collect();
@@ -196,6 +199,9 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     }
     if let Some((controller, wake)) = tls.controller {
         runtime.add_with_wake(controller, wake);
+    }
+    if let (Some(net), Some(fabric)) = (&hostnet, fabric) {
+        hostnet::stretch_own_segments(net.clone(), fabric);
     }
     if let Some(net) = hostnet {
         runtime.add(Arc::new(hostnet::HostNetController { net: net.clone(), conflicts: Default::default() }));
@@ -491,6 +497,7 @@ fn build_settings(
             vec![]
         },
         term,
+        vnet_mtu: cfg.network.vnet_mtu()?,
         ..Default::default()
     };
     let ext_config = extension_config(cfg, data_dir)?;

@@ -52,6 +52,11 @@ pub struct ReconcilerConfig {
     /// Hosts joined with `herd agent`, when this server takes agents: new instances are placed
     /// on them as on declared hosts (see [`JoinedHosts`]).
     pub joined: Option<herd_model::host::JoinedHosts>,
+    /// Where every bridged NIC is, published after each pass, when segments may span hosts
+    /// (see [`herd_driver::fabric`]).
+    pub fabric: Option<std::sync::Arc<dyn herd_driver::fabric::FabricSink>>,
+    /// The MTU of every bridged subnet (the fabric's minus VXLAN's overhead on servers).
+    pub vnet_mtu: u16,
 }
 
 impl ReconcilerConfig {
@@ -91,6 +96,8 @@ impl Default for ReconcilerConfig {
             orphans: Default::default(),
             term: LeaderTerm::single_server(),
             joined: None,
+            fabric: None,
+            vnet_mtu: herd_driver::DEFAULT_MTU,
         }
     }
 }

@@ -114,7 +114,38 @@ impl Reconciler {
         if !ops.is_empty() {
             self.state.run(move |s| ops.commit_intents(s)).await?;
         }
+        // Peers learn a new NIC's place before its host builds it.
+        self.publish_fabric(works, &addrs.ipam);
         Ok((calls, extension_runs))
+    }
+
+    /// Tells the fabric sink where every bridged NIC of `works` is (see
+    /// [`herd_driver::fabric`]); nothing without a sink or bridged networking.
+    pub(super) fn publish_fabric(&self, works: &[SetDraft<'_>], ipam: &Ipam) {
+        let Some(sink) = self.config.fabric.as_ref().filter(|_| self.config.bridged) else { return };
+        let mut nics = Vec::new();
+        for w in works {
+            for (id, r) in &w.records {
+                if let Some(net) = self.attachment(w.set, &r.record, ipam) {
+                    let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: *id };
+                    nics.push(herd_driver::fabric::PlacedNic { key, host: r.record.host.clone(), net });
+                }
+            }
+        }
+        sink.publish(nics);
+    }
+
+    /// [`publish_fabric`](Self::publish_fabric) for a pass with nothing to do (the addresses
+    /// are the records' own).
+    pub(super) async fn publish_fabric_unchanged(&self, works: &[SetDraft<'_>]) -> Result<(), ReconcileError> {
+        if self.config.fabric.is_none() || !self.config.bridged {
+            return Ok(());
+        }
+        let vnets: Vec<VirtualNetwork> =
+            self.state.run(|s| Ok(s.virtual_networks()?.into_iter().map(|o| o.value).collect())).await?;
+        let ipam = Ipam::new(&vnets, works.iter().flat_map(|w| w.records.values().map(move |r| (w.set, &r.record))));
+        self.publish_fabric(works, &ipam);
+        Ok(())
     }
 
     /// What Phase A reads besides the snapshot, in one call on the blocking pool: the address

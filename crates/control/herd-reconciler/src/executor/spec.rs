@@ -129,7 +129,7 @@ impl Reconciler {
     }
 
     /// In bridged mode, the bridge of the set's subnet and the instance's address on it.
-    fn attachment(
+    pub(super) fn attachment(
         &self,
         set: &StoredScaleSet,
         r: &InstanceRecord,
@@ -150,7 +150,7 @@ impl Reconciler {
         Some(herd_driver::NetworkAttachment {
             bridge: name("hb", &subnet),
             vnet: name("hz", vnet),
-            mtu: herd_driver::DEFAULT_MTU,
+            mtu: self.config.vnet_mtu,
             outbound: !ipam.private.contains(&subnet),
             gateway: cidr.nth(1)?,
             prefix_len: cidr.len,

@@ -1,0 +1,54 @@
+//! This host's stretch of the cluster's segments, as the server describes it (`Segments`):
+//! VXLAN ports and their forwarding entries (see `herd_hostnet::fabric`).
+//!
+//! Why a task of its own, latest wins: each message is the whole set, so only the newest
+//! matters, and applying one runs `ip`, `bridge` and `nft` (tens of milliseconds), which must
+//! neither hold the link's loop (heartbeats) nor be overtaken by an older message.
+
+use herd_hostnet::fabric::Span;
+use herd_hostnet::HostNet;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Applies the server's latest description of this host's segments, in order.
+pub struct HostNetwork {
+    latest: watch::Sender<Option<Vec<Span>>>,
+    net: Arc<HostNet>,
+}
+
+impl HostNetwork {
+    /// Starts applying to `net` (the host network the host's drivers plug instances into).
+    pub fn start(net: Arc<HostNet>) -> Arc<Self> {
+        let (latest, mut rx) = watch::channel::<Option<Vec<Span>>>(None);
+        let applied = net.clone();
+        tokio::spawn(async move {
+            let net = applied;
+            while rx.changed().await.is_ok() {
+                let Some(spans) = rx.borrow_and_update().clone() else { continue };
+                let net = net.clone();
+                match tokio::task::spawn_blocking(move || net.span(&spans)).await {
+                    Ok(Ok(changes)) => {
+                        for c in changes {
+                            tracing::info!("{c}");
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "stretching this host's segments failed; the next message retries")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "stretching this host's segments panicked"),
+                }
+            }
+        });
+        Arc::new(Self { latest, net })
+    }
+
+    /// The host network it applies to.
+    pub fn net(&self) -> &Arc<HostNet> {
+        &self.net
+    }
+
+    /// The server's newest description (replaces any not yet applied).
+    pub fn apply(&self, spans: Vec<Span>) {
+        let _ = self.latest.send(Some(spans));
+    }
+}

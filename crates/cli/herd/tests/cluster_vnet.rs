@@ -1,0 +1,315 @@
+//! A vnet stretched over hosts (issue 20, "Vnets across hosts"), on the namespace rig: a
+//! bridged server and two agent hosts in zones 1 and 2, a set of two process instances of the
+//! sample image on one subnet, one per host, behind a load balancer.
+//!
+//! - Each host's bridge of the subnet carries its gateway alone, with the anycast gateway MAC;
+//!   the server's carries the probe and load-balancer sources with a MAC of its own; each has
+//!   a VXLAN port with the subnet's VNI, `nolearning`, the vnet MTU (fabric 1500 − 50), and
+//!   exactly the forwarding entries the server's view gives (a zero entry per peer, one per
+//!   remote NIC).
+//! - The instances reach each other by private IP across hosts (1 MiB each way), the load
+//!   balancer on the server probes both by private IP and forwards to them, and each gets its
+//!   own metadata at 169.254.169.254 from its own host.
+//! - Scaling in to one instance takes the emptied host out of the segment: its VXLAN port goes,
+//!   and the other host's table loses the removed NIC.
+//! - `down` leaves nothing.
+
+mod common;
+
+use common::rig::Rig;
+use common::{wait_for, wait_observing};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+fn text(out: std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (instance id, private IP, host) of rg/web, by id.
+fn placed(r: &Rig) -> Vec<(String, String, String)> {
+    let list = r.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+    let mut v: Vec<(String, String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["instanceId"].as_str().unwrap_or_default().to_string(),
+                i["privateIpAddress"].as_str().unwrap_or_default().to_string(),
+                i["host"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The pid (in `host`'s PID namespace) of the instance serving on `ip`.
+fn server_pid(r: &Rig, host: &str, ip: &str) -> u32 {
+    let pids = r.pids(host, &format!("--bind {ip}"));
+    assert_eq!(pids.len(), 1, "one process serves {ip} on {host}: {pids:?}");
+    pids[0]
+}
+
+/// `cmd` inside the network namespace of process `pid` of `host`.
+fn in_instance(r: &Rig, host: &str, pid: u32, cmd: &[&str]) -> std::process::Output {
+    let mut full = vec!["nsenter", "-t"];
+    let p = pid.to_string();
+    full.push(&p);
+    full.push("-n");
+    full.extend(cmd);
+    r.exec(host, &full)
+}
+
+#[test]
+fn a_subnet_spans_two_hosts_over_vxlan() {
+    let namespaces_before = namespaces();
+    let r = Rig::up(&Rig::unique("vx"), &["--hosts", "2", "--zones", "1,2"], "");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
+    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
+    r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
+    r.json(&["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"]);
+    r.json(&[
+        "network",
+        "vnet",
+        "subnet",
+        "create",
+        "-g",
+        "rg",
+        "--vnet-name",
+        "vnet1",
+        "-n",
+        "web",
+        "--address-prefixes",
+        "10.0.0.0/24",
+    ]);
+    r.json(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    r.json(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "webprobe",
+        "--protocol",
+        "Http",
+        "--path",
+        "/",
+        "--port",
+        "8080",
+        "--interval",
+        "1",
+        "--threshold",
+        "2",
+    ]);
+    r.json(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "http",
+        "--frontend-port",
+        "18080",
+        "--backend-port",
+        "8080",
+        "--probe-name",
+        "webprobe",
+    ]);
+    r.json(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:Sample:1:1.0.0",
+        "--instance-count",
+        "2",
+        "--vm-sku",
+        "Standard_B1s",
+        "--zones",
+        "1",
+        "2",
+        "--vnet-name",
+        "vnet1",
+        "--subnet",
+        "web",
+        "--lb",
+        "web-lb",
+        "--disable-overprovision",
+        "--no-wait",
+    ]);
+    wait_observing("2 instances running", Duration::from_secs(180), || {
+        let list = r.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+        let up = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["powerState"] == "running" && i["provisioningState"] == "Succeeded")
+            .count();
+        if up == 2 {
+            Ok(())
+        } else {
+            Err(common::instances_summary(&list))
+        }
+    });
+    let p = placed(&r);
+    let hosts: Vec<&str> = p.iter().map(|x| x.2.as_str()).collect();
+    assert!(hosts.contains(&"h1") && hosts.contains(&"h2"), "one instance per host: {p:?}");
+    let (id_a, ip_a, host_a) = p[0].clone();
+    let (id_b, ip_b, host_b) = p[1].clone();
+
+    // The hosts' and the server's stretch of the subnet.
+    let bridge = {
+        let links = text(r.exec(&host_a, &["ip", "-br", "link"]));
+        links.split_whitespace().find(|w| w.starts_with("hb")).map(str::to_string).expect("a bridge on the host")
+    };
+    let port = herd_hostnet::fabric::vxlan_name(&bridge);
+    let vni = herd_hostnet::fabric::vni_for(&bridge);
+    wait_for("both hosts and the server stretched the subnet", Duration::from_secs(30), || {
+        ["server", "h1", "h2"]
+            .iter()
+            .all(|m| text(r.exec(m, &["ip", "-d", "link", "show", &port])).contains(&format!("vxlan id {vni}")))
+            .then_some(())
+    });
+    for h in ["h1", "h2"] {
+        let d = text(r.exec(h, &["ip", "-d", "link", "show", &port]));
+        assert!(d.contains("nolearning") && d.contains("mtu 1450"), "{h}: {d}");
+        let br = text(r.exec(h, &["ip", "link", "show", &bridge]));
+        assert!(br.contains(herd_hostnet::fabric::GATEWAY_MAC), "{h}'s gateway has the anycast MAC: {br}");
+        let addrs = text(r.exec(h, &["ip", "-4", "-o", "addr", "show", &bridge]));
+        assert!(
+            addrs.contains("10.0.0.1/24") && !addrs.contains("10.0.0.2/") && !addrs.contains("10.0.0.3/"),
+            "{h}: {addrs}"
+        );
+    }
+    let server_addrs = text(r.exec("server", &["ip", "-4", "-o", "addr", "show", &bridge]));
+    assert!(server_addrs.contains("10.0.0.2/24") && server_addrs.contains("10.0.0.3/24"), "{server_addrs}");
+    let server_br = text(r.exec("server", &["ip", "link", "show", &bridge]));
+    assert!(server_br.contains(&herd_hostnet::fabric::server_bridge_mac(&bridge)), "{server_br}");
+    // h(a)'s table: a zero entry for the server and for the other host, b's NIC, the server's bridge.
+    let fdb = text(r.exec(&host_a, &["bridge", "fdb", "show", "dev", &port]));
+    let mac_b = herd_hostnet::mac_for(&format!("rg/web/{id_b}"));
+    for want in [
+        "00:00:00:00:00:00 dst 10.250.0.2".to_string(),
+        format!("{mac_b} dst {}", if host_b == "h1" { "10.250.0.10" } else { "10.250.0.11" }),
+        format!("{} dst 10.250.0.2", herd_hostnet::fabric::server_bridge_mac(&bridge)),
+    ] {
+        assert!(fdb.contains(&want), "{host_a}'s forwarding table lacks '{want}':\n{fdb}");
+    }
+
+    // Instance to instance across hosts, by private IP.
+    let (pid_a, pid_b) = (server_pid(&r, &host_a, &ip_a), server_pid(&r, &host_b, &ip_b));
+    for (host, pid, to, name) in
+        [(&host_a, pid_a, &ip_b, format!("web00000{id_b}")), (&host_b, pid_b, &ip_a, format!("web00000{id_a}"))]
+    {
+        let body = wait_for(&format!("{host}'s instance reaching {to}"), Duration::from_secs(30), || {
+            let out = in_instance(&r, host, pid, &["curl", "-sf", "--max-time", "3", &format!("http://{to}:8080/")]);
+            out.status.success().then(|| text(out))
+        });
+        assert!(body.contains(&format!("Hello from {name}")), "{body}");
+    }
+    // 1 MiB across: a file in b's served directory, fetched from a's namespace.
+    let cwd = text(r.exec(&host_b, &["readlink", &format!("/proc/{pid_b}/cwd")])).trim().to_string();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(Path::new(&cwd).join("www/mib"), &data).unwrap();
+    let want = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    let got = wait_for("1 MiB from one host's instance to the other's", Duration::from_secs(30), || {
+        let out = in_instance(
+            &r,
+            &host_a,
+            pid_a,
+            &["sh", "-c", &format!("curl -sf --max-time 10 http://{ip_b}:8080/mib | sha256sum | cut -d' ' -f1")],
+        );
+        let sum = text(out).trim().to_string();
+        (sum == want).then_some(sum)
+    });
+    assert_eq!(got, want);
+
+    // The load balancer on the server probes both by private IP and forwards to them.
+    wait_for("both instances in rotation", Duration::from_secs(60), || {
+        let pool =
+            r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
+        (pool["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count()) == 2)
+            .then_some(())
+    });
+    let frontend = r.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"]);
+    let frontend = frontend["ipAddress"].as_str().unwrap().to_string();
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let out = r.exec("server", &["curl", "-sf", "--max-time", "3", &format!("http://{frontend}:18080/")]);
+        if out.status.success() {
+            let body = text(out);
+            if let Some(n) = body.split("Hello from ").nth(1).and_then(|t| t.split_whitespace().next()) {
+                answered.insert(n.to_string());
+            }
+        }
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(answered.len(), 2, "both hosts' instances answer through the frontend: {answered:?}");
+
+    // Each instance's metadata at 169.254.169.254, from its own host.
+    for (host, pid, id) in [(&host_a, pid_a, &id_a), (&host_b, pid_b, &id_b)] {
+        let doc: Value = wait_for(&format!("{host}'s instance's metadata"), Duration::from_secs(30), || {
+            let out = in_instance(
+                &r,
+                host,
+                pid,
+                &[
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "3",
+                    "-H",
+                    "Metadata: true",
+                    "http://169.254.169.254/metadata/instance?api-version=2021-02-01",
+                ],
+            );
+            out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+        });
+        assert_eq!(doc["compute"]["name"], format!("web_{id}"), "{doc}");
+    }
+
+    // Scale in to one: the emptied host leaves the segment.
+    let keep_host = host_a.clone();
+    r.json(&["vmss", "delete-instances", "-g", "rg", "-n", "web", "--instance-ids", &id_b]);
+    wait_for(&format!("{host_b} out of the segment"), Duration::from_secs(60), || {
+        (!text(r.exec(&host_b, &["ip", "-br", "link"])).contains(&port)).then_some(())
+    });
+    wait_for(&format!("{keep_host}'s table without the removed NIC"), Duration::from_secs(30), || {
+        let fdb = text(r.exec(&keep_host, &["bridge", "fdb", "show", "dev", &port]));
+        (!fdb.contains(&format!("{mac_b} dst"))).then_some(())
+    });
+    r.down();
+    // The hosts' instance namespaces were theirs alone: none is left in this machine's list.
+    assert_eq!(namespaces(), namespaces_before);
+}
+
+/// This machine's named instance network namespaces (`hn…`, the process driver's).
+fn namespaces() -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let mut v: Vec<String> = text(out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("hn"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
