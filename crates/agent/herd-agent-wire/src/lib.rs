@@ -25,8 +25,9 @@
 //! acknowledgement the server may say which image digests the host should keep
 //! (`Wanted {digests}`, sent when that set changes); the host removes the rest of its cache.
 //! Whenever where bridged NICs are changes (and once after each Welcome), the server sends the
-//! host its stretch of every segment (`Segments {spans}`: VXLAN peers and remote MACs, see
-//! `herd_hostnet::fabric`); the host makes its VXLAN ports match.
+//! host its stretch of every segment (`Segments {spans, security}`: VXLAN peers and remote
+//! MACs, see `herd_hostnet::fabric`, and its own NICs' security groups); the host makes its
+//! VXLAN ports and its NSG table match.
 //!
 //! An image is pulled on a connection of its own (the same ALPN and client certificate), so a
 //! large image never delays a heartbeat or a call on the link:
@@ -118,9 +119,13 @@ pub enum ServerMessage {
     #[serde(rename_all = "camelCase")]
     Wanted { digests: Vec<String> },
     /// This host's stretch of every segment it must carry (the whole set: a segment not listed
-    /// is no longer stretched here).
+    /// is no longer stretched here), and the network security of its own NICs (enforced here).
     #[serde(rename_all = "camelCase")]
-    Segments { spans: Vec<herd_hostnet::fabric::Span> },
+    Segments {
+        spans: Vec<herd_hostnet::fabric::Span>,
+        #[serde(default)]
+        security: Vec<herd_model::nsg::NicSecurity>,
+    },
     /// On a pull connection: the content follows, `size` bytes, then the server closes.
     #[serde(rename_all = "camelCase")]
     PullStart { digest: String, size: u64 },

@@ -287,9 +287,9 @@ impl Dial {
                         let images = self.images.clone();
                         tokio::spawn(async move { images.keep_only(&digests.into_iter().collect()).await });
                     }
-                    Some(Ok(Some(ServerMessage::Segments { spans }))) => {
+                    Some(Ok(Some(ServerMessage::Segments { spans, security }))) => {
                         if let Some(network) = &self.network {
-                            network.apply(spans);
+                            network.apply(spans, security);
                         }
                     }
                     Some(Ok(Some(ServerMessage::Refused { reason }))) => break Ended::Refused(reason),

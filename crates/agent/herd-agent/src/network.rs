@@ -1,5 +1,6 @@
 //! This host's stretch of the cluster's segments, as the server describes it (`Segments`):
-//! VXLAN ports and their forwarding entries (see `herd_hostnet::fabric`).
+//! VXLAN ports and their forwarding entries (see `herd_hostnet::fabric`), and the network
+//! security groups of the NICs on this host.
 //!
 //! Why a task of its own, latest wins: each message is the whole set, so only the newest
 //! matters, and applying one runs `ip`, `bridge` and `nft` (tens of milliseconds), which must
@@ -7,26 +8,36 @@
 
 use herd_hostnet::fabric::Span;
 use herd_hostnet::HostNet;
+use herd_model::nsg::NicSecurity;
 use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Applies the server's latest description of this host's segments, in order.
 pub struct HostNetwork {
-    latest: watch::Sender<Option<Vec<Span>>>,
+    latest: watch::Sender<Option<(Vec<Span>, Option<Vec<NicSecurity>>)>>,
     net: Arc<HostNet>,
 }
 
 impl HostNetwork {
     /// Starts applying to `net` (the host network the host's drivers plug instances into).
     pub fn start(net: Arc<HostNet>) -> Arc<Self> {
-        let (latest, mut rx) = watch::channel::<Option<Vec<Span>>>(None);
+        let (latest, mut rx) = watch::channel::<Option<(Vec<Span>, Option<Vec<NicSecurity>>)>>(None);
         let applied = net.clone();
         tokio::spawn(async move {
             let net = applied;
             while rx.changed().await.is_ok() {
-                let Some(spans) = rx.borrow_and_update().clone() else { continue };
+                let Some((spans, security)) = rx.borrow_and_update().clone() else { continue };
                 let net = net.clone();
-                match tokio::task::spawn_blocking(move || net.span(&spans)).await {
+                let applied = tokio::task::spawn_blocking(move || {
+                    let mut changes = net.span(&spans)?;
+                    if let Some(security) = security {
+                        if net.secure(&security)? {
+                            changes.push(format!("network security rules written ({} NICs)", security.len()));
+                        }
+                    }
+                    Ok::<_, herd_hostnet::NetError>(changes)
+                });
+                match applied.await {
                     Ok(Ok(changes)) => {
                         for c in changes {
                             tracing::info!("{c}");
@@ -48,7 +59,12 @@ impl HostNetwork {
     }
 
     /// The server's newest description (replaces any not yet applied).
-    pub fn apply(&self, spans: Vec<Span>) {
-        let _ = self.latest.send(Some(spans));
+    pub fn apply(&self, spans: Vec<Span>, security: Vec<NicSecurity>) {
+        let _ = self.latest.send(Some((spans, Some(security))));
+    }
+
+    /// The stretch alone (the server's own: its NSGs are its security controller's).
+    pub fn stretch(&self, spans: Vec<Span>) {
+        let _ = self.latest.send(Some((spans, None)));
     }
 }

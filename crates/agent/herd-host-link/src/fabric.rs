@@ -15,6 +15,7 @@
 
 use herd_driver::fabric::{FabricSink, PlacedNic};
 use herd_hostnet::fabric::{self, Span};
+use herd_model::nsg::NicSecurity;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ struct View {
     server: Option<Ipv4Addr>,
     /// Bridges already reported as sharing a VNI (reported once).
     collisions: BTreeSet<String>,
+    /// Every filtered NIC's security, by instance (`group/set/id`): each host enforces its own.
+    security: BTreeMap<String, NicSecurity>,
 }
 
 /// The server's fabric: the reconciler's NICs and the hosts' VTEPs (see the module docs).
@@ -89,6 +92,30 @@ impl Fabric {
         if self.view().vteps.remove(name).is_some() {
             self.bump();
         }
+    }
+
+    /// Every filtered NIC's security now (the security controller's answer), by instance.
+    pub fn set_security(&self, nics: Vec<(String, NicSecurity)>) {
+        let security: BTreeMap<String, NicSecurity> = nics.into_iter().collect();
+        let mut v = self.view();
+        if v.security == security {
+            return;
+        }
+        v.security = security;
+        drop(v);
+        self.bump();
+    }
+
+    /// The security of host `name`'s own NICs: the host enforces NSGs on the traffic its
+    /// instances send and receive (across hosts, each direction is checked on the host of
+    /// the NIC it belongs to). Empty before the reconciler's first publish.
+    pub fn security_for(&self, name: &str) -> Vec<NicSecurity> {
+        let v = self.view();
+        let Some(nics) = v.nics.clone() else { return vec![] };
+        nics.iter()
+            .filter(|n| n.host.as_deref() == Some(name) && v.vteps.contains_key(name))
+            .filter_map(|n| v.security.get(&n.key.path()).cloned())
+            .collect()
     }
 
     /// `member`'s stretch of every segment, or None before the reconciler's first publish or

@@ -476,14 +476,15 @@ impl HostLinks {
 /// the session ends (the outbox closes, or the task is aborted).
 async fn push_segments(fabric: Arc<fabric::Fabric>, outbox: mpsc::Sender<ServerMessage>, name: String) {
     let mut changes = fabric.changes();
-    let mut told: Option<Vec<herd_hostnet::fabric::Span>> = None;
+    let mut told: Option<ServerMessage> = None;
     loop {
         if let Some(spans) = fabric.spans_for(fabric::Member::Host(&name)) {
-            if told.as_ref() != Some(&spans) {
-                if outbox.send(ServerMessage::Segments { spans: spans.clone() }).await.is_err() {
+            let now = ServerMessage::Segments { spans, security: fabric.security_for(&name) };
+            if told.as_ref() != Some(&now) {
+                if outbox.send(now.clone()).await.is_err() {
                     return;
                 }
-                told = Some(spans);
+                told = Some(now);
             }
         }
         if changes.changed().await.is_err() {

@@ -286,6 +286,67 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
         assert_eq!(doc["compute"]["name"], format!("web_{id}"), "{doc}");
     }
 
+    // NSGs are enforced on each host: deny 8080 from the vnet on the set's NIC, and a's
+    // instance no longer reaches b's (checked on b's host: the server is not on that path),
+    // while the probes still pass; deleting the rule lets it through again.
+    let reaches_b = || {
+        in_instance(
+            &r,
+            &host_a,
+            pid_a,
+            &["curl", "-s", "-o", "/dev/null", "--max-time", "2", &format!("http://{ip_b}:8080/")],
+        )
+        .status
+        .success()
+    };
+    r.json(&["network", "nsg", "create", "-g", "rg", "-n", "web-nsg"]);
+    r.json(&[
+        "network",
+        "nsg",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--nsg-name",
+        "web-nsg",
+        "-n",
+        "no-vnet-8080",
+        "--priority",
+        "200",
+        "--access",
+        "Deny",
+        "--protocol",
+        "Tcp",
+        "--source-address-prefixes",
+        "VirtualNetwork",
+        "--destination-port-ranges",
+        "8080",
+    ]);
+    let nsg_id = r.json(&["network", "nsg", "show", "-g", "rg", "-n", "web-nsg"])["id"].clone();
+    r.json(&[
+        "vmss",
+        "update",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--set",
+        &format!("virtualMachineProfile.networkProfile.networkInterfaceConfigurations[0].networkSecurityGroup={{\"id\": {nsg_id}}}"),
+    ]);
+    wait_for(&format!("the NSG on {host_b} to block {ip_a} -> {ip_b}:8080"), Duration::from_secs(30), || {
+        (!reaches_b()).then_some(())
+    });
+    let tables = text(r.exec(&host_b, &["nft", "list", "tables"]));
+    assert!(tables.lines().any(|t| t.ends_with("_nsg")), "{host_b} holds its NICs' rules: {tables}");
+    wait_for("both instances still in rotation (probes pass the NSG)", Duration::from_secs(30), || {
+        let pool =
+            r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
+        (pool["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count()) == 2)
+            .then_some(())
+    });
+    r.json(&["network", "nsg", "rule", "delete", "-g", "rg", "--nsg-name", "web-nsg", "-n", "no-vnet-8080"]);
+    wait_for("access restored after the rule's deletion", Duration::from_secs(30), || reaches_b().then_some(()));
+
     // Scale in to one: the emptied host leaves the segment.
     let keep_host = host_a.clone();
     r.json(&["vmss", "delete-instances", "-g", "rg", "-n", "web", "--instance-ids", &id_b]);

@@ -218,8 +218,10 @@ fn bridge_batch(lines: &[String]) -> Result<(), NetError> {
     }
 }
 
-/// The nftables table (family `bridge`) that keeps each host's gateway, DHCP and metadata
-/// local: it drops them at every VXLAN port, both ways.
+/// The nftables tables that border the fabric: one (family `bridge`) keeps each host's
+/// gateway, DHCP and metadata local (it drops them at every VXLAN port, both ways); the other
+/// (family `ip`, the same name) lets VXLAN in only from the segments' current peers, so a host
+/// that left the cluster (deleted, revoked) can no longer inject frames.
 #[derive(Debug, Clone)]
 pub struct Border {
     pub table: String,
@@ -227,7 +229,7 @@ pub struct Border {
 
 impl Border {
     /// The whole table for these VXLAN ports and gateways, replacing any table of that name.
-    pub fn script(&self, ports: &[String], gateways: &[Ipv4Addr]) -> String {
+    pub fn script(&self, ports: &[String], gateways: &[Ipv4Addr], peers: &[Ipv4Addr]) -> String {
         let t = &self.table;
         let list = |items: Vec<String>| {
             if items.is_empty() {
@@ -238,6 +240,10 @@ impl Border {
         };
         let ports = list(ports.iter().map(|p| format!("\"{p}\"")).collect());
         let gateways = list(gateways.iter().map(|g| g.to_string()).collect());
+        let mut peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        peers.sort();
+        peers.dedup();
+        let peers = list(peers);
         let rules = |dir: &str| {
             format!(
                 "\t\t{dir} != @fabric accept\n\
@@ -254,23 +260,26 @@ impl Border {
              \tset fabric {{ type ifname;{ports} }}\n\
              \tset gateways {{ type ipv4_addr;{gateways} }}\n\
              \tchain from_fabric {{\n\t\ttype filter hook prerouting priority -250; policy accept;\n{from}\t}}\n\
-             \tchain to_fabric {{\n\t\ttype filter hook postrouting priority 0; policy accept;\n{to}\t}}\n}}\n",
+             \tchain to_fabric {{\n\t\ttype filter hook postrouting priority 0; policy accept;\n{to}\t}}\n}}\n\
+             add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
+             \tset peers {{ type ipv4_addr;{peers} }}\n\
+             \tchain vxlan_in {{\n\t\ttype filter hook input priority -10; policy accept;\n\
+             \t\tudp dport {VXLAN_PORT} ip saddr != @peers counter drop\n\t}}\n}}\n",
             from = rules("iifname"),
             to = rules("oifname"),
         )
     }
 
     pub fn exists(&self) -> bool {
-        nft_lists("bridge", &self.table)
+        nft_lists("bridge", &self.table) && nft_lists("ip", &self.table)
     }
 
-    pub fn install(&self, ports: &[String], gateways: &[Ipv4Addr]) -> Result<(), NetError> {
-        run_nft(&self.script(ports, gateways))
-    }
-
-    /// Removes the table. Ok if absent.
+    /// Removes both tables. Ok if absent.
     pub fn remove(&self) -> Result<(), NetError> {
-        run_nft(&format!("add table bridge {t}\ndelete table bridge {t}\n", t = self.table))
+        run_nft(&format!(
+            "add table bridge {t}\ndelete table bridge {t}\nadd table ip {t}\ndelete table ip {t}\n",
+            t = self.table
+        ))
     }
 }
 
@@ -328,13 +337,16 @@ mod tests {
     #[test]
     fn the_border_drops_gateway_dhcp_and_metadata_both_ways() {
         let b = Border { table: "herd_t_vx".into() };
-        let s = b.script(&[vxlan_name("hb0123456789ab")], &[Ipv4Addr::new(10, 0, 1, 1)]);
+        let peer = Ipv4Addr::new(10, 250, 0, 11);
+        let s = b.script(&[vxlan_name("hb0123456789ab")], &[Ipv4Addr::new(10, 0, 1, 1)], &[peer, peer]);
+        assert!(s.contains("set peers { type ipv4_addr; elements = { 10.250.0.11 }; }"), "{s}");
+        assert!(s.contains("udp dport 4789 ip saddr != @peers counter drop"), "{s}");
         assert!(s.contains("iifname != @fabric accept"), "{s}");
         assert!(s.contains("oifname != @fabric accept"), "{s}");
         assert_eq!(s.matches(&format!("ether saddr {GATEWAY_MAC} counter drop")).count(), 2, "{s}");
         assert_eq!(s.matches("udp dport { 67, 68 } counter drop").count(), 2, "{s}");
         assert_eq!(s.matches("ip daddr 169.254.169.254 counter drop").count(), 2, "{s}");
         crate::guard::check_script(&s);
-        crate::guard::check_script(&b.script(&[], &[]));
+        crate::guard::check_script(&b.script(&[], &[], &[]));
     }
 }

@@ -577,7 +577,9 @@ impl HostNet {
                 changes.push(format!("segment {bridge} no longer stretched"));
             }
         }
-        if all.is_empty() && self.border.exists() {
+        if all.is_empty() && self.bordered.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+            || all.is_empty() && self.border.exists()
+        {
             self.border.remove()?;
             *self.bordered.lock().unwrap_or_else(PoisonError::into_inner) = None;
         }
@@ -603,7 +605,8 @@ impl HostNet {
     fn install_border(&self, spans: &[fabric::Span], force: bool) -> Result<(), NetError> {
         let ports: Vec<String> = spans.iter().map(|s| fabric::vxlan_name(&s.bridge)).collect();
         let gateways: Vec<Ipv4Addr> = spans.iter().map(|s| s.gateway).collect();
-        let script = self.border.script(&ports, &gateways);
+        let peers: Vec<Ipv4Addr> = spans.iter().flat_map(|s| s.peers.iter().copied()).collect();
+        let script = self.border.script(&ports, &gateways, &peers);
         let mut last = self.bordered.lock().unwrap_or_else(PoisonError::into_inner);
         if !force && last.as_deref() == Some(script.as_str()) && self.border.exists() {
             return Ok(());
@@ -614,8 +617,8 @@ impl HostNet {
         Ok(())
     }
 
-    /// The nftables table (family `bridge`) that keeps gateways, DHCP and metadata off the
-    /// fabric.
+    /// The nftables tables (families `bridge` and `ip`) that keep gateways, DHCP and metadata
+    /// off the fabric and let VXLAN in from current peers only.
     pub fn border_table(&self) -> &str {
         &self.border.table
     }

@@ -62,7 +62,7 @@ pub(super) fn stretch_own_segments(net: Arc<HostNet>, fabric: Arc<herd_host_link
         loop {
             if let Some(spans) = fabric.spans_for(herd_host_link::fabric::Member::Server) {
                 if told.as_ref() != Some(&spans) {
-                    network.apply(spans.clone());
+                    network.stretch(spans.clone());
                     told = Some(spans);
                 }
             }

@@ -200,13 +200,13 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     if let Some((controller, wake)) = tls.controller {
         runtime.add_with_wake(controller, wake);
     }
-    if let (Some(net), Some(fabric)) = (&hostnet, fabric) {
+    if let (Some(net), Some(fabric)) = (&hostnet, fabric.clone()) {
         hostnet::stretch_own_segments(net.clone(), fabric);
     }
     if let Some(net) = hostnet {
         runtime.add(Arc::new(hostnet::HostNetController { net: net.clone(), conflicts: Default::default() }));
         let store = state.store.store().clone();
-        runtime.add(Arc::new(security::SecurityController { net: net.clone(), store }));
+        runtime.add(Arc::new(security::SecurityController { net: net.clone(), store, fabric }));
         if let Some(metadata) = metadata {
             let wake = metadata.changes();
             runtime.add_with_wake(Arc::new(metadata_net::MetadataNetController { net, metadata }), wake);

@@ -5,8 +5,9 @@
 //! to instances, scale sets, vnets or NSGs wakes it (the change feed); each pass computes every
 //! filtered NIC's rules (`herd_state::security::policies`, the same answer
 //! `list-effective-nsg` shows) and hands them to `HostNet::secure`, which writes the table in
-//! one transaction when they changed, and again when someone deleted it (the resync). Only in
-//! bridged mode.
+//! one transaction when they changed, and again when someone deleted it (the resync). With
+//! hosts joined, each host gets its own NICs' rules through the fabric (`Segments`) and
+//! enforces them itself. Only in bridged mode.
 
 use herd_controller_runtime::{Controller, ControllerError, Next};
 use herd_hostnet::HostNet;
@@ -21,6 +22,8 @@ const RESYNC: Duration = Duration::from_secs(2);
 pub(super) struct SecurityController {
     pub net: Arc<HostNet>,
     pub store: Arc<dyn Store>,
+    /// With hosts joined: each host gets its own NICs' rules through the fabric.
+    pub fabric: Option<Arc<herd_host_link::fabric::Fabric>>,
 }
 
 impl Controller for SecurityController {
@@ -37,9 +40,13 @@ impl Controller for SecurityController {
     }
 
     async fn reconcile(&self) -> Result<Next, ControllerError> {
-        let (net, store) = (self.net.clone(), self.store.clone());
+        let (net, store, fabric) = (self.net.clone(), self.store.clone(), self.fabric.clone());
         let wrote = tokio::task::spawn_blocking(move || -> Result<bool, ControllerError> {
-            let nics: Vec<_> = herd_state::security::policies(&*store)?.into_iter().map(|(_, s)| s).collect();
+            let policies = herd_state::security::policies(&*store)?;
+            let nics: Vec<_> = policies.iter().map(|(_, s)| s.clone()).collect();
+            if let Some(fabric) = fabric {
+                fabric.set_security(policies);
+            }
             Ok(net.secure(&nics)?)
         })
         .await??;
