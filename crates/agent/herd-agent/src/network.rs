@@ -12,16 +12,19 @@ use herd_model::nsg::NicSecurity;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// One description: the spans, and the NICs' security (None: not this applier's to write).
+type Described = Option<(Vec<Span>, Option<Vec<NicSecurity>>)>;
+
 /// Applies the server's latest description of this host's segments, in order.
 pub struct HostNetwork {
-    latest: watch::Sender<Option<(Vec<Span>, Option<Vec<NicSecurity>>)>>,
+    latest: watch::Sender<Described>,
     net: Arc<HostNet>,
 }
 
 impl HostNetwork {
     /// Starts applying to `net` (the host network the host's drivers plug instances into).
     pub fn start(net: Arc<HostNet>) -> Arc<Self> {
-        let (latest, mut rx) = watch::channel::<Option<(Vec<Span>, Option<Vec<NicSecurity>>)>>(None);
+        let (latest, mut rx) = watch::channel::<Described>(None);
         let applied = net.clone();
         tokio::spawn(async move {
             let net = applied;

@@ -202,11 +202,11 @@ pub fn plan(nics: &[PlacedNic], vteps: &BTreeMap<String, Ipv4Addr>, server: Ipv4
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herd_model::{InstanceId, InstanceKey};
+    use herd_model::InstanceKey;
 
     fn nic(id: u32, host: Option<&str>, bridge: &str) -> PlacedNic {
         PlacedNic {
-            key: InstanceKey { group: "rg".into(), set: "web".into(), id: InstanceId(id) },
+            key: InstanceKey::parse_path(&format!("rg/web/{id}")).unwrap(),
             host: host.map(str::to_string),
             net: herd_driver::NetworkAttachment {
                 bridge: bridge.into(),
