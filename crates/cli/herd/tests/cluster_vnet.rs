@@ -13,6 +13,10 @@
 //! - Scaling in to one instance takes the emptied host out of the segment: its VXLAN port goes,
 //!   and the other host's table loses the removed NIC.
 //! - `down` leaves nothing.
+//!
+//! And on real TCG VMs of the test guest (`two_vms_on_two_hosts_…`): one VM on each host, both
+//! behind the load balancer, each reaching the other by private IP (1 MiB each way, MD5
+//! checked) and reading its own identity at 169.254.169.254 from its own host.
 
 mod common;
 
@@ -69,62 +73,7 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
     r.json(&["group", "create", "-n", "rg", "-l", "local"]);
     r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
-    r.json(&["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"]);
-    r.json(&[
-        "network",
-        "vnet",
-        "subnet",
-        "create",
-        "-g",
-        "rg",
-        "--vnet-name",
-        "vnet1",
-        "-n",
-        "web",
-        "--address-prefixes",
-        "10.0.0.0/24",
-    ]);
-    r.json(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    r.json(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "webprobe",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "2",
-    ]);
-    r.json(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "18080",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "webprobe",
-    ]);
+    subnet_and_lb(&r);
     r.json(&[
         "vmss",
         "create",
@@ -362,6 +311,67 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
     assert_eq!(namespaces(), namespaces_before);
 }
 
+/// Vnet `vnet1` (10.0.0.0/16) with subnet `web` (10.0.0.0/24), and load balancer `web-lb`
+/// with an HTTP probe on 8080 and a rule from 18080 to 8080.
+fn subnet_and_lb(r: &Rig) {
+    r.json(&["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"]);
+    r.json(&[
+        "network",
+        "vnet",
+        "subnet",
+        "create",
+        "-g",
+        "rg",
+        "--vnet-name",
+        "vnet1",
+        "-n",
+        "web",
+        "--address-prefixes",
+        "10.0.0.0/24",
+    ]);
+    r.json(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
+    r.json(&[
+        "network",
+        "lb",
+        "probe",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "webprobe",
+        "--protocol",
+        "Http",
+        "--path",
+        "/",
+        "--port",
+        "8080",
+        "--interval",
+        "1",
+        "--threshold",
+        "2",
+    ]);
+    r.json(&[
+        "network",
+        "lb",
+        "rule",
+        "create",
+        "-g",
+        "rg",
+        "--lb-name",
+        "web-lb",
+        "-n",
+        "http",
+        "--frontend-port",
+        "18080",
+        "--backend-port",
+        "8080",
+        "--probe-name",
+        "webprobe",
+    ]);
+}
+
 /// This machine's named instance network namespaces (`hn…`, the process driver's).
 fn namespaces() -> Vec<String> {
     let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -373,4 +383,170 @@ fn namespaces() -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A Custom Script for both VMs: serve the hostname and a 1 MiB random file on 8080, read the
+/// VM's own name at 169.254.169.254, then fetch each VM's name and file by private IP (bounded
+/// retries inside the guest: the other VM may still be starting its server).
+const VM_SCRIPT: &str = r#"mkdir -p /tmp/www && hostname > /tmp/www/name && cp /tmp/www/name /tmp/www/index.html && head -c 1048576 /dev/urandom > /tmp/www/big && httpd -p 8080 -h /tmp/www;
+echo "own big $(md5sum < /tmp/www/big | cut -c1-32)"; echo "mtu $(cat /sys/class/net/eth0/mtu)"
+i=0; m=
+while [ $i -lt 20 ] && [ -z "$m" ]; do
+  m=$(printf 'GET /metadata/instance/compute/name?api-version=2021-02-01&format=text HTTP/1.0\r\nMetadata: true\r\n\r\n' | nc -w 5 169.254.169.254 80 | tail -n 1)
+  i=$((i + 1)); [ -z "$m" ] && sleep 1
+done
+echo "metadata says $m ."
+for a in 10.0.0.4 10.0.0.5; do
+  i=0; r=
+  while [ $i -lt 60 ]; do
+    r=$(printf 'GET /name HTTP/1.0\r\n\r\n' | nc -w 2 $a 8080 | tail -n 1) && [ -n "$r" ] && break
+    i=$((i + 1)); sleep 1
+  done
+  echo "peer $a says $r"
+  echo "peer $a big $(printf 'GET /big HTTP/1.0\r\n\r\n' | nc -w 10 $a 8080 | tail -c 1048576 | md5sum | cut -c1-32)"
+done
+true"#;
+
+#[test]
+fn two_vms_on_two_hosts_serve_behind_the_lb_and_reach_each_other_by_private_ip() {
+    let tg = herd_test_support::require_testguest("1.0.0");
+    let r = Rig::up(
+        &Rig::unique("vv"),
+        &["--hosts", "2", "--zones", "1,2", "--driver", "qemu", "--server-arg=--accel", "--server-arg=tcg"],
+        "[qemu]\nboot_timeout_secs = 240\n",
+    );
+    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
+    let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
+    r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
+    subnet_and_lb(&r);
+    r.json(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:TestGuest:1:1.0.0",
+        "--vm-sku",
+        "Standard_B1ls",
+        "--instance-count",
+        "2",
+        "--zones",
+        "1",
+        "2",
+        "--vnet-name",
+        "vnet1",
+        "--subnet",
+        "web",
+        "--lb",
+        "web-lb",
+        "--upgrade-policy-mode",
+        "Manual",
+        "--disable-overprovision",
+        "--no-wait",
+    ]);
+    wait_observing("2 VMs running, one per host", Duration::from_secs(300), || {
+        let list = r.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+        let hosts: std::collections::BTreeSet<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["powerState"] == "running" && i["provisioningState"] == "Succeeded")
+            .filter_map(|i| i["host"].as_str().map(str::to_string))
+            .collect();
+        if hosts.len() == 2 {
+            Ok(())
+        } else {
+            Err(common::instances_summary(&list))
+        }
+    });
+    for h in ["h1", "h2"] {
+        assert_eq!(r.pids(h, "qemu-system").len(), 1, "one VM on {h}");
+    }
+    assert!(r.pids("server", "qemu-system").is_empty(), "no VM on the server's machine");
+    let p = placed(&r);
+    assert_eq!(p.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["10.0.0.4", "10.0.0.5"], "{p:?}");
+
+    let settings = serde_json::json!({ "commandToExecute": VM_SCRIPT }).to_string();
+    r.json(&[
+        "vmss",
+        "extension",
+        "set",
+        "-g",
+        "rg",
+        "--vmss-name",
+        "web",
+        "--name",
+        "CustomScript",
+        "--publisher",
+        "Microsoft.Azure.Extensions",
+        "--version",
+        "2.0",
+        "--settings",
+        &settings,
+    ]);
+    r.json(&["vmss", "update-instances", "-g", "rg", "-n", "web", "--instance-ids", "*", "--no-wait"]);
+    let done: Vec<Value> = wait_observing("the Custom Script on both VMs", Duration::from_secs(300), || {
+        let list = r.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
+        let all = list.as_array().cloned().unwrap_or_default();
+        let finished = all.len() == 2
+            && all.iter().all(|i| {
+                i["pendingAction"].is_null()
+                    && i["extensions"][0]["state"].as_str().is_some_and(|st| st != "Transitioning")
+            });
+        if finished {
+            Ok(all)
+        } else {
+            Err(common::instances_summary(&list))
+        }
+    });
+    let msg = |n: usize| done[n]["extensions"][0]["message"].as_str().unwrap_or_default().to_string();
+    let own = |m: &str| m.split("own big ").nth(1).map(|x| x[..32].to_string()).expect("the VM printed its own MD5");
+    let got = |m: &str, peer: &str| {
+        m.split(&format!("peer {peer} big "))
+            .nth(1)
+            .map(|x| x[..32].to_string())
+            .expect("the VM printed the peer's MD5")
+    };
+    for (n, i) in done.iter().enumerate() {
+        let (m, ext) = (msg(n), &i["extensions"][0]);
+        assert_eq!(ext["state"], "Succeeded", "{ext}");
+        assert!(m.contains("mtu 1450"), "the vnet MTU (fabric 1500 - 50): {m}");
+        let id = i["instanceId"].as_str().unwrap_or_default();
+        assert!(m.contains(&format!("metadata says web_{id} .")), "its own identity from its own host: {m}");
+        assert!(m.contains("peer 10.0.0.4 says web000000") && m.contains("peer 10.0.0.5 says web000001"), "{m}");
+    }
+    const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+    assert!(own(&msg(0)) != EMPTY_MD5 && own(&msg(1)) != EMPTY_MD5, "each VM wrote its 1 MiB file");
+    assert_eq!(got(&msg(1), "10.0.0.4"), own(&msg(0)), "1 MiB from web000000 to web000001, across hosts");
+    assert_eq!(got(&msg(0), "10.0.0.5"), own(&msg(1)), "1 MiB from web000001 to web000000, across hosts");
+
+    // The load balancer on the server: both VMs in rotation, both answer through the frontend.
+    wait_for("both VMs in rotation", Duration::from_secs(120), || {
+        let pool =
+            r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
+        (pool["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count()) == 2)
+            .then_some(())
+    });
+    let frontend = r.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"])["ipAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let out = r.exec("server", &["curl", "-sf", "--max-time", "3", &format!("http://{frontend}:18080/name")]);
+        if out.status.success() {
+            answered.insert(text(out).trim().to_string());
+        }
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        answered,
+        ["web000000".to_string(), "web000001".to_string()].into(),
+        "both hosts' VMs answer through the frontend"
+    );
+    r.down();
 }
