@@ -89,6 +89,13 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             })
             .await?
         }
+        BenchCmd::VmNetHosts { seconds, runs, testguest, sku } => {
+            let testguest = std::path::absolute(testguest)?;
+            tokio::task::spawn_blocking(move || {
+                herd_bench::bridged::across::run(herd_bench::bridged::across::Options { seconds, runs, sku, testguest })
+            })
+            .await?
+        }
         BenchCmd::Qemu { rounds, counts, testguest, sku, json } => {
             herd_bench::qemu::run(launch, herd_bench::qemu::Options { rounds, counts, testguest, sku, json }).await
         }

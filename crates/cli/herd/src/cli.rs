@@ -1006,6 +1006,23 @@ pub enum BenchCmd {
         #[arg(long, default_value = "Standard_B1ls")]
         sku: String,
     },
+    /// TCP throughput between two VMs on different hosts (a subnet stretched over VXLAN)
+    /// against two VMs on one host, alternating, in a namespace cluster rig (`herd dev
+    /// cluster`; root).
+    VmNetHosts {
+        /// About how long each transfer takes, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Measured pairs of transfers (after a calibration).
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// The test guest build (images/testguest/build.sh OUT): OUT, using OUT/1.0.0.
+        #[arg(long, env = "HERD_TESTGUEST_OUT", hide_env_values = true, default_value = "target/testguest")]
+        testguest: std::path::PathBuf,
+        /// VM size.
+        #[arg(long, default_value = "Standard_B1ls")]
+        sku: String,
+    },
     /// A rolling upgrade in 20% batches (100 sim instances, then 20 process instances behind
     /// the load balancer): total time against the sum of the batches' rebuild and health waits.
     Rolling {

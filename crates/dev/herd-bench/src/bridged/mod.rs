@@ -14,6 +14,7 @@
 //! or is interrupted; the outer one then kills whatever still runs in the bench's namespace
 //! and deletes it.
 
+pub mod across;
 pub mod setup;
 pub mod vmnet;
 

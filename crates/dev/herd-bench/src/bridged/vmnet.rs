@@ -51,12 +51,12 @@ use std::time::{Duration, Instant};
 pub const GOAL_RATIO: f64 = 0.95;
 const GROUP: &str = "bench";
 const SET: &str = "vmnet";
-const IMAGE_URN: &str = "Herd:TestGuest:1:1.0.0";
+pub(crate) const IMAGE_URN: &str = "Herd:TestGuest:1:1.0.0";
 const PORT: u16 = 5001;
-const BLOCK: u64 = 65536;
+pub(crate) const BLOCK: u64 = 65536;
 /// The calibration transfer (and warm-up): 128 MiB.
-const CALIBRATION_BLOCKS: u64 = 2048;
-const BOOT: Duration = Duration::from_secs(300);
+pub(crate) const CALIBRATION_BLOCKS: u64 = 2048;
+pub(crate) const BOOT: Duration = Duration::from_secs(300);
 const AGENT: Duration = Duration::from_secs(60);
 /// How often the bench asks the receiver's agent whether the transfer ended.
 const POLL: Duration = Duration::from_millis(500);
@@ -202,9 +202,9 @@ pub async fn run(launch: &dyn Launch, o: Options) -> Result<()> {
 
 /// One VM as the transfer sees it: its agent socket and address.
 #[derive(Debug, Clone)]
-struct Vm {
-    qga: PathBuf,
-    ip: String,
+pub(crate) struct Vm {
+    pub(crate) qga: PathBuf,
+    pub(crate) ip: String,
 }
 
 /// A peer's QEMU argv made from herd's: what changed, for the printed line.
@@ -560,7 +560,7 @@ async fn wait_exit(sock: &Path, pid: i64, deadline: Instant, what: &str) -> Resu
 }
 
 /// `blocks` × 64 KiB from `vms[0]` to `vms[1]`.
-async fn transfer(vms: &[Vm], blocks: u64, limit: Duration) -> Result<Transfer> {
+pub(crate) async fn transfer(vms: &[Vm], blocks: u64, limit: Duration) -> Result<Transfer> {
     let [tx, rx] = vms else { bail!("a transfer needs two VMs") };
     let receive = format!(
         "nc -l -p {PORT} -e sh -c 'a=$(cut -d\" \" -f1 /proc/uptime); dd of=/dev/null bs={BLOCK} iflag=fullblock \
