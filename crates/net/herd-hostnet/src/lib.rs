@@ -51,6 +51,7 @@ pub mod conflicts;
 pub mod dnsmasq;
 pub mod fabric;
 pub mod guard;
+pub mod lease;
 pub mod link;
 pub mod metadata;
 mod names;
@@ -180,6 +181,7 @@ pub struct HostNet {
     state: Mutex<HashSet<String>>,
     role: Mutex<Role>,
     border: fabric::Border,
+    leases: lease::Leases,
     /// The border table last written (its ports and gateways), likewise.
     bordered: Mutex<Option<String>>,
 }
@@ -194,6 +196,7 @@ impl HostNet {
         let metadata = metadata::Metadata { table: format!("{table}_md") };
         let public = public::Public { table: format!("{table}_pub") };
         let border = fabric::Border { table: format!("{table}_vx") };
+        let leases = lease::Leases { table: format!("{table}_lease") };
         let (guard, outbound) = (guard::Guard { table: table.clone() }, outbound::Outbound { table });
         HostNet {
             root,
@@ -207,6 +210,7 @@ impl HostNet {
             state: Mutex::new(HashSet::new()),
             role: Mutex::new(Role::Server),
             border,
+            leases,
             bordered: Mutex::new(None),
         }
     }
@@ -615,6 +619,31 @@ impl HostNet {
         guard::run_nft(&script)?;
         *last = Some(script);
         Ok(())
+    }
+
+    /// Fences every instance port of this host until its lease is renewed (see [`lease`]):
+    /// writes the lease table, empty, unless it is there. Returns whether it wrote.
+    pub fn fence_by_lease(&self) -> Result<bool, NetError> {
+        self.leases.ensure()
+    }
+
+    /// Leases the ports of the instances `owners` (`group/set/id`) for `lease` from now, in
+    /// one transaction; owners with no port here are skipped. Returns how many were leased.
+    pub fn renew_leases(&self, owners: &[String], lease: std::time::Duration) -> Result<usize, NetError> {
+        let ports: Vec<String> = owners
+            .iter()
+            .filter_map(|o| {
+                let text = std::fs::read_to_string(self.ports_dir().join(names::owner_file(o))).ok()?;
+                guard::Port::parse(&text).map(|p| p.name)
+            })
+            .collect();
+        self.leases.renew(&ports, lease)?;
+        Ok(ports.len())
+    }
+
+    /// The nftables table (family `bridge`) of the ports' leases.
+    pub fn lease_table(&self) -> &str {
+        &self.leases.table
     }
 
     /// The nftables tables (families `bridge` and `ip`) that keep gateways, DHCP and metadata
