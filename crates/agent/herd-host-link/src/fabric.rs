@@ -182,6 +182,9 @@ pub fn plan(nics: &[PlacedNic], vteps: &BTreeMap<String, Ipv4Addr>, server: Ipv4
             macs.push((fabric::server_bridge_mac(bridge), server));
         }
         macs.sort();
+        let mut names: Vec<(Ipv4Addr, String)> =
+            members.iter().filter(|n| place(n) != me).map(|n| (n.net.address, n.name.clone())).collect();
+        names.sort();
         let net = &members[0].net;
         out.push(Span {
             bridge: bridge.to_string(),
@@ -194,6 +197,7 @@ pub fn plan(nics: &[PlacedNic], vteps: &BTreeMap<String, Ipv4Addr>, server: Ipv4
             local: me,
             peers: peers.into_iter().collect(),
             macs,
+            names,
         });
     }
     out
@@ -219,6 +223,7 @@ mod tests {
                 public_address: None,
                 public_idle_timeout_minutes: None,
             },
+            name: format!("web{id:06}"),
         }
     }
 
@@ -243,6 +248,8 @@ mod tests {
         assert!(h1[0].macs.contains(&(fabric::server_bridge_mac("hbA"), server)));
         assert!(h1[0].macs.contains(&(herd_hostnet::mac_for("rg/web/1"), vteps["h2"])));
         assert!(!h1[0].macs.iter().any(|(m, _)| *m == herd_hostnet::mac_for("rg/web/0")), "not its own");
+        let names: Vec<&str> = h1[0].names.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["web000001", "web000002"], "the remote NICs' names, not its own");
         // A host with no NIC on the segment carries none of it; an unknown host nothing.
         assert!(plan(&[nic(0, Some("h1"), "hbA")], &vteps, server, Member::Host("h2")).is_empty());
         assert!(plan(&nics, &vteps, server, Member::Host("h9")).is_empty());

@@ -7,7 +7,8 @@
 //!   a VXLAN port with the subnet's VNI, `nolearning`, the vnet MTU (fabric 1500 − 50), and
 //!   exactly the forwarding entries the server's view gives (a zero entry per peer, one per
 //!   remote NIC).
-//! - The instances reach each other by private IP across hosts (1 MiB each way), the load
+//! - The instances reach each other by private IP and by computer name across hosts (1 MiB),
+//!   the load
 //!   balancer on the server probes both by private IP and forwards to them, and each gets its
 //!   own metadata at 169.254.169.254 from its own host.
 //! - Scaling in to one instance takes the emptied host out of the segment: its VXLAN port goes,
@@ -168,6 +169,15 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
             out.status.success().then(|| text(out))
         });
         assert!(body.contains(&format!("Hello from {name}")), "{body}");
+    }
+    // By computer name too: each host's DNS for the vnet knows the other host's instances.
+    for (host, pid, to, name) in
+        [(&host_a, pid_a, &ip_b, format!("web00000{id_b}")), (&host_b, pid_b, &ip_a, format!("web00000{id_a}"))]
+    {
+        wait_for(&format!("{name} resolving to {to} on {host}"), Duration::from_secs(30), || {
+            let out = in_instance(&r, host, pid, &["busybox", "nslookup", &name, "10.0.0.1"]);
+            text(out).lines().any(|l| l.trim() == format!("Address: {to}")).then_some(())
+        });
     }
     // 1 MiB across: a file in b's served directory, fetched from a's namespace.
     let cwd = text(r.exec(&host_b, &["readlink", &format!("/proc/{pid_b}/cwd")])).trim().to_string();

@@ -17,6 +17,8 @@ pub struct PlacedNic {
     /// server's own machine.
     pub host: Option<String>,
     pub net: NetworkAttachment,
+    /// The instance's computer name (resolvable in its vnet on every host).
+    pub name: String,
 }
 
 /// Takes the reconciler's view of every bridged NIC after each pass.

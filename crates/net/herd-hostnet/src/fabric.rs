@@ -97,6 +97,10 @@ pub struct Span {
     pub peers: Vec<Ipv4Addr>,
     /// Every remote NIC (and the server's bridge): its MAC and the VTEP behind it.
     pub macs: Vec<(String, Ipv4Addr)>,
+    /// Every remote NIC's address and computer name: this host's DNS for the vnet answers
+    /// them too.
+    #[serde(default)]
+    pub names: Vec<(Ipv4Addr, String)>,
 }
 
 impl Span {
@@ -299,6 +303,7 @@ mod tests {
             local: Ipv4Addr::new(10, 250, 0, 10),
             peers: vec![Ipv4Addr::new(10, 250, 0, 2), Ipv4Addr::new(10, 250, 0, 11)],
             macs: vec![("52:54:AA:00:00:01".into(), Ipv4Addr::new(10, 250, 0, 11))],
+            names: vec![(Ipv4Addr::new(10, 0, 1, 5), "web000001".into())],
         }
     }
 

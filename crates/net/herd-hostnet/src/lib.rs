@@ -573,10 +573,26 @@ impl HostNet {
             }
             let text = serde_json::to_string(span).map_err(|e| NetError::Command(format!("recording a span: {e}")))?;
             write_atomic(&dir, &dir.join("span"), &text)?;
+            // The remote instances' names, in the vnet's DNS here (dnsmasq reads a changed
+            // file of its hosts directory by itself).
+            let names = self.names_dir(&span.vnet);
+            make_dir(&names)?;
+            let file = names.join(format!("remote-{}", span.bridge));
+            if span.names.is_empty() {
+                if remove_file(&file)? {
+                    dnsmasq::reload(&dir);
+                }
+            } else {
+                let text: String = span.names.iter().map(|(a, n)| format!("{a} {n}\n")).collect();
+                write_atomic(&self.root, &file, &text)?;
+            }
         }
         for (bridge, _) in self.segments() {
-            if self.spanned(&bridge).is_some() && !all.iter().any(|s| s.bridge == bridge) {
+            if let Some(gone) = self.spanned(&bridge).filter(|_| !all.iter().any(|s| s.bridge == bridge)) {
                 link::remove(&fabric::vxlan_name(&bridge))?;
+                if remove_file(&self.names_dir(&gone.vnet).join(format!("remote-{bridge}")))? {
+                    dnsmasq::reload(&self.bridge_dir(&bridge));
+                }
                 remove_file(&self.bridge_dir(&bridge).join("span"))?;
                 changes.push(format!("segment {bridge} no longer stretched"));
             }

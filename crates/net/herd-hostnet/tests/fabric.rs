@@ -104,6 +104,7 @@ fn span(local: Ipv4Addr, peer: Ipv4Addr, remote_mac: &str) -> Span {
         local,
         peers: vec![peer],
         macs: vec![(remote_mac.into(), peer)],
+        names: vec![],
     }
 }
 

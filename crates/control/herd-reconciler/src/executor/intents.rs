@@ -128,7 +128,8 @@ impl Reconciler {
             for (id, r) in &w.records {
                 if let Some(net) = self.attachment(w.set, &r.record, ipam) {
                     let key = InstanceKey { group: w.set.group.clone(), set: w.set.name.clone(), id: *id };
-                    nics.push(herd_driver::fabric::PlacedNic { key, host: r.record.host.clone(), net });
+                    let (host, name) = (r.record.host.clone(), r.record.computer_name.clone());
+                    nics.push(herd_driver::fabric::PlacedNic { key, host, net, name });
                 }
             }
         }
