@@ -11,14 +11,21 @@
 //! A crash mid-run leaves the action pending, so the next server runs it again; Custom Script
 //! commands must be idempotent, as in Azure.
 //!
+//! Files: `file://` URIs are read here (they name files on the server's machine); `http(s)`
+//! ones travel in `ScriptRun::downloads` with the rules of this server's config, and the
+//! machine that runs the instance (this one, or a joined host's agent) downloads them when the
+//! run starts (see `herd_egress::fetch`).
+//!
 //! Secrets: protected settings are opened here, passed to the driver in `ScriptRun::command`
 //! (which drivers never put in an argv), and masked in every message before it is written
 //! back (stdout and stderr tails included; see `herd_model::extension::Redactor` for what is
-//! masked), so neither the record nor the store's WAL ever holds them.
+//! masked), so neither the record nor the store's WAL ever holds them. A download's URI is
+//! named in messages, here and on the host, without its query string and masked when it is
+//! protected (`Download::shown`).
 
 use crate::fetch::{self, FetchLimits, Fetcher};
 use base64::Engine;
-use herd_driver::{Driver, Fence, Incarnation, LeaderTerm, ScriptRun};
+use herd_driver::{Download, Downloads, Driver, Fence, Incarnation, LeaderTerm, ScriptRun};
 use herd_model::{
     activity::{ActivityEvent, ActivityStatus, Actor},
     clock::Clock,
@@ -213,6 +220,13 @@ impl ExtensionRunner {
         let uris = e.file_uris(prot);
         let keep: Vec<String> = uris.iter().filter_map(|u| fetch::file_name(u)).collect();
         let mut secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
+        // A protected URI is shown without its query string: mask that form too.
+        let bare: Vec<String> = secrets
+            .iter()
+            .filter(|s| s.contains("://") && fetch::without_query(s) != s.as_str())
+            .map(|s| fetch::without_query(s).to_string())
+            .collect();
+        secrets.extend(bare);
         if let Some(Value::String(b64)) = prot.and_then(|p| p.get("script")) {
             // A protected script is as secret as a protected command: mask what it would print.
             if let Ok(script) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
@@ -232,21 +246,31 @@ impl ExtensionRunner {
             fingerprint,
         };
         let mut files = Vec::new();
+        let mut downloads = Vec::new();
         let fetcher =
             if uris.is_empty() { self.fetcher.clone() } else { self.fetcher.refusing(self.vnet_ranges().await) };
         for u in &uris {
+            // How messages (here, on the host, in its logs) name it: no query string (where a
+            // SAS-like token lives), protected values masked.
+            let shown = redact(fetch::without_query(u));
             let Some(name) = fetch::file_name(u) else {
-                status.message = redact(&format!("Enable failed: cannot tell a file name from {u}"));
+                status.message = format!("Enable failed: cannot tell a file name from {shown}");
                 return status;
             };
-            match fetcher.fetch(u).await {
+            if !fetch::is_file_uri(u) {
+                // Downloaded by the machine that runs the instance, when the run starts.
+                downloads.push(Download { name, uri: u.clone(), shown });
+                continue;
+            }
+            match fetcher.read_file(u).await {
                 Ok(bytes) => files.push((name, bytes)),
                 Err(why) => {
-                    status.message = redact(&format!("Enable failed: downloading {u} failed: {why}"));
+                    status.message = redact(&format!("Enable failed: downloading {shown} failed: {why}"));
                     return status;
                 }
             }
         }
+        let downloads = Downloads { files: downloads, rules: fetcher.rules() };
         let command = match e.command(prot) {
             Some(Command::Shell(c)) => c,
             Some(Command::Script(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
@@ -265,7 +289,7 @@ impl ExtensionRunner {
             }
         };
         let identity = status.fingerprint.clone();
-        let run = ScriptRun { name: e.name.clone(), files, command, timeout, identity };
+        let run = ScriptRun { name: e.name.clone(), files, downloads, command, timeout, identity };
         match self.driver.run_script(key, &run, fence).await {
             Ok(out) => {
                 status.exit_code = out.exit_code;
