@@ -219,21 +219,7 @@ impl ExtensionRunner {
     ) -> ExtensionStatus {
         let uris = e.file_uris(prot);
         let keep: Vec<String> = uris.iter().filter_map(|u| fetch::file_name(u)).collect();
-        let mut secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
-        // A protected URI is shown without its query string: mask that form too.
-        let bare: Vec<String> = secrets
-            .iter()
-            .filter(|s| s.contains("://") && fetch::without_query(s) != s.as_str())
-            .map(|s| fetch::without_query(s).to_string())
-            .collect();
-        secrets.extend(bare);
-        if let Some(Value::String(b64)) = prot.and_then(|p| p.get("script")) {
-            // A protected script is as secret as a protected command: mask what it would print.
-            if let Ok(script) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
-                secrets.push(String::from_utf8_lossy(&script).into_owned());
-            }
-        }
-        let redactor = extension::Redactor::new(&secrets, &keep);
+        let redactor = run_redactor(prot, &keep);
         let redact = |s: &str| redactor.redact(s);
         let mut status = ExtensionStatus {
             name: e.name.clone(),
@@ -316,6 +302,27 @@ impl ExtensionRunner {
         status.time = self.clock.now();
         status
     }
+}
+
+/// What every message about an extension run masks: each protected value (a protected URI
+/// also in the form messages name it, without its query string) and what a protected script
+/// would print; `keep` (the downloaded files' names) stays readable.
+fn run_redactor(prot: Option<&Value>, keep: &[String]) -> extension::Redactor {
+    let mut secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
+    // A protected URI is shown without its query string: mask that form too.
+    let bare: Vec<String> = secrets
+        .iter()
+        .filter(|s| s.contains("://") && fetch::without_query(s) != s.as_str())
+        .map(|s| fetch::without_query(s).to_string())
+        .collect();
+    secrets.extend(bare);
+    if let Some(Value::String(b64)) = prot.and_then(|p| p.get("script")) {
+        // A protected script is as secret as a protected command: mask what it would print.
+        if let Ok(script) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+            secrets.push(String::from_utf8_lossy(&script).into_owned());
+        }
+    }
+    extension::Redactor::new(&secrets, keep)
 }
 
 fn first_line(s: &str) -> &str {
@@ -402,4 +409,27 @@ fn record_run(
         }
     }
     Ok(Err("the instance record kept changing".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_download_is_named_without_its_query_and_masked_when_protected() {
+        let public = "https://files.example/app/install.sh?sv=1&sig=SEKRIT";
+        let protected = "https://files.example/private-area/setup.sh?sig=OTHER";
+        let prot = json!({"fileUris": [protected], "commandToExecute": "sh setup.sh"});
+        let keep = vec!["install.sh".to_string(), "setup.sh".to_string()];
+        let r = run_redactor(Some(&prot), &keep);
+        assert_eq!(r.redact(fetch::without_query(public)), "https://files.example/app/install.sh");
+        assert_eq!(r.redact(fetch::without_query(protected)), "***", "a protected URI is not shown at all");
+        assert_eq!(r.redact(protected), "***");
+        // Without protected settings nothing is masked, and the query still never shows.
+        assert_eq!(
+            run_redactor(None, &keep).redact(fetch::without_query(public)),
+            "https://files.example/app/install.sh"
+        );
+    }
 }
