@@ -61,6 +61,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol's version; an agent and a server of different versions refuse each other
 /// with a message naming both.
+/// (4: `Segments` for vnets across hosts, and a `RunScript` carries the `http(s)` files for
+/// the host to download, not their bytes.)
 pub const PROTOCOL: u32 = 4;
 
 /// The largest frame either end accepts.
@@ -358,6 +360,46 @@ mod tests {
         assert!(matches!(read::<_, ServerMessage>(&mut b).await, Err(WireError::Decode(_))));
         drop(a);
         assert!(read::<_, ServerMessage>(&mut b).await.unwrap().is_none(), "a clean close");
+    }
+
+    #[test]
+    fn a_script_run_carries_its_downloads_and_rules_and_debug_shows_no_uri() {
+        let key = InstanceKey::parse_path("rg/web/1").unwrap();
+        let rules = herd_egress::fetch::FetchRules {
+            max_bytes: 1000,
+            allowed: vec![herd_egress::Net::parse("127.0.0.1").unwrap()],
+            ..Default::default()
+        };
+        let run = ScriptRun {
+            name: "cs".into(),
+            files: vec![],
+            downloads: herd_driver::Downloads {
+                files: vec![herd_driver::Download {
+                    name: "install.sh".into(),
+                    uri: "http://10.1.0.5/install.sh?sig=SECRET".into(),
+                    shown: "http://10.1.0.5/install.sh".into(),
+                }],
+                rules,
+            },
+            command: "sh install.sh".into(),
+            timeout: std::time::Duration::from_secs(9),
+            identity: "fp".into(),
+        };
+        let fence = Fence { term: herd_driver::Term::SINGLE_SERVER, incarnation: herd_driver::Incarnation(1) };
+        let call = DriverCall::RunScript { key, run: Box::new(run.clone()), fence };
+        let text = serde_json::to_value(&call).unwrap();
+        assert_eq!(text["run"]["downloads"]["rules"]["allowed"][0], "127.0.0.1/32", "{text}");
+        assert_eq!(serde_json::from_value::<DriverCall>(text).unwrap(), call);
+        let debug = format!("{call:?}");
+        assert!(
+            debug.contains("install.sh") && !debug.contains("SECRET") && !debug.contains("sh install.sh"),
+            "{debug}"
+        );
+        // The longest the call may take: the download's deadline and the script's.
+        assert_eq!(run.longest(), std::time::Duration::from_secs(69));
+        // Without downloads, nothing of them is sent.
+        let bare = ScriptRun { downloads: Default::default(), ..run };
+        assert!(serde_json::to_value(&bare).unwrap().get("downloads").is_none());
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! a stale server, is handled exactly as on the server's own machine. What this adds is the
 //! image: a call that builds from a gallery image names its digest, and the spec's paths (the
 //! server's files) are replaced by this host's cached copy, pulled first if it is not here.
+//!
+//! A `RunScript` carries the extension's `http(s)` `fileUris` and the server's rules for them
+//! (`ScriptRun::downloads`), not their bytes: this host's driver downloads them, from this
+//! host's network position, when the run starts (`ScriptRun::fetch_files`, the same code the
+//! server runs for its own instances), and not when it adopts a run of the same identity that
+//! is still going.
 
 use crate::images::{ImageCache, Lease, PullError};
 use crate::metadata_relay::Relays;

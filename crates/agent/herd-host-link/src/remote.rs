@@ -112,8 +112,9 @@ impl Driver for RemoteDriver {
     }
 
     async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
-        // The script's own timeout, plus room for the files to travel and the answer to return.
-        let timeout = run.timeout + CALL_TIMEOUT;
+        // The host's downloads and the script's own timeout, plus room for the files to travel
+        // and the answer to return.
+        let timeout = run.longest() + CALL_TIMEOUT;
         match self.call(DriverCall::RunScript { key: key.clone(), run: Box::new(run.clone()), fence }, timeout).await? {
             DriverReply::Script(outcome) => Ok(outcome),
             other => Err(self.unexpected("run_script", other)),

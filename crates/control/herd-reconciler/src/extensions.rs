@@ -11,14 +11,21 @@
 //! A crash mid-run leaves the action pending, so the next server runs it again; Custom Script
 //! commands must be idempotent, as in Azure.
 //!
+//! Files: `file://` URIs are read here (they name files on the server's machine); `http(s)`
+//! ones travel in `ScriptRun::downloads` with the rules of this server's config, and the
+//! machine that runs the instance (this one, or a joined host's agent) downloads them when the
+//! run starts (see `herd_egress::fetch`).
+//!
 //! Secrets: protected settings are opened here, passed to the driver in `ScriptRun::command`
 //! (which drivers never put in an argv), and masked in every message before it is written
 //! back (stdout and stderr tails included; see `herd_model::extension::Redactor` for what is
-//! masked), so neither the record nor the store's WAL ever holds them.
+//! masked), so neither the record nor the store's WAL ever holds them. A download's URI is
+//! named in messages, here and on the host, without its query string and masked when it is
+//! protected (`Download::shown`).
 
 use crate::fetch::{self, FetchLimits, Fetcher};
 use base64::Engine;
-use herd_driver::{Driver, Fence, Incarnation, LeaderTerm, ScriptRun};
+use herd_driver::{Download, Downloads, Driver, Fence, Incarnation, LeaderTerm, ScriptRun};
 use herd_model::{
     activity::{ActivityEvent, ActivityStatus, Actor},
     clock::Clock,
@@ -212,14 +219,7 @@ impl ExtensionRunner {
     ) -> ExtensionStatus {
         let uris = e.file_uris(prot);
         let keep: Vec<String> = uris.iter().filter_map(|u| fetch::file_name(u)).collect();
-        let mut secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
-        if let Some(Value::String(b64)) = prot.and_then(|p| p.get("script")) {
-            // A protected script is as secret as a protected command: mask what it would print.
-            if let Ok(script) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
-                secrets.push(String::from_utf8_lossy(&script).into_owned());
-            }
-        }
-        let redactor = extension::Redactor::new(&secrets, &keep);
+        let redactor = run_redactor(prot, &keep);
         let redact = |s: &str| redactor.redact(s);
         let mut status = ExtensionStatus {
             name: e.name.clone(),
@@ -232,21 +232,31 @@ impl ExtensionRunner {
             fingerprint,
         };
         let mut files = Vec::new();
+        let mut downloads = Vec::new();
         let fetcher =
             if uris.is_empty() { self.fetcher.clone() } else { self.fetcher.refusing(self.vnet_ranges().await) };
         for u in &uris {
+            // How messages (here, on the host, in its logs) name it: no query string (where a
+            // SAS-like token lives), protected values masked.
+            let shown = redact(fetch::without_query(u));
             let Some(name) = fetch::file_name(u) else {
-                status.message = redact(&format!("Enable failed: cannot tell a file name from {u}"));
+                status.message = format!("Enable failed: cannot tell a file name from {shown}");
                 return status;
             };
-            match fetcher.fetch(u).await {
+            if !fetch::is_file_uri(u) {
+                // Downloaded by the machine that runs the instance, when the run starts.
+                downloads.push(Download { name, uri: u.clone(), shown });
+                continue;
+            }
+            match fetcher.read_file(u).await {
                 Ok(bytes) => files.push((name, bytes)),
                 Err(why) => {
-                    status.message = redact(&format!("Enable failed: downloading {u} failed: {why}"));
+                    status.message = redact(&format!("Enable failed: downloading {shown} failed: {why}"));
                     return status;
                 }
             }
         }
+        let downloads = Downloads { files: downloads, rules: fetcher.rules() };
         let command = match e.command(prot) {
             Some(Command::Shell(c)) => c,
             Some(Command::Script(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
@@ -265,7 +275,7 @@ impl ExtensionRunner {
             }
         };
         let identity = status.fingerprint.clone();
-        let run = ScriptRun { name: e.name.clone(), files, command, timeout, identity };
+        let run = ScriptRun { name: e.name.clone(), files, downloads, command, timeout, identity };
         match self.driver.run_script(key, &run, fence).await {
             Ok(out) => {
                 status.exit_code = out.exit_code;
@@ -292,6 +302,27 @@ impl ExtensionRunner {
         status.time = self.clock.now();
         status
     }
+}
+
+/// What every message about an extension run masks: each protected value (a protected URI
+/// also in the form messages name it, without its query string) and what a protected script
+/// would print; `keep` (the downloaded files' names) stays readable.
+fn run_redactor(prot: Option<&Value>, keep: &[String]) -> extension::Redactor {
+    let mut secrets: Vec<String> = prot.map(extension::secret_strings).unwrap_or_default();
+    // A protected URI is shown without its query string: mask that form too.
+    let bare: Vec<String> = secrets
+        .iter()
+        .filter(|s| s.contains("://") && fetch::without_query(s) != s.as_str())
+        .map(|s| fetch::without_query(s).to_string())
+        .collect();
+    secrets.extend(bare);
+    if let Some(Value::String(b64)) = prot.and_then(|p| p.get("script")) {
+        // A protected script is as secret as a protected command: mask what it would print.
+        if let Ok(script) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+            secrets.push(String::from_utf8_lossy(&script).into_owned());
+        }
+    }
+    extension::Redactor::new(&secrets, keep)
 }
 
 fn first_line(s: &str) -> &str {
@@ -378,4 +409,27 @@ fn record_run(
         }
     }
     Ok(Err("the instance record kept changing".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_download_is_named_without_its_query_and_masked_when_protected() {
+        let public = "https://files.example/app/install.sh?sv=1&sig=SEKRIT";
+        let protected = "https://files.example/private-area/setup.sh?sig=OTHER";
+        let prot = json!({"fileUris": [protected], "commandToExecute": "sh setup.sh"});
+        let keep = vec!["install.sh".to_string(), "setup.sh".to_string()];
+        let r = run_redactor(Some(&prot), &keep);
+        assert_eq!(r.redact(fetch::without_query(public)), "https://files.example/app/install.sh");
+        assert_eq!(r.redact(fetch::without_query(protected)), "***", "a protected URI is not shown at all");
+        assert_eq!(r.redact(protected), "***");
+        // Without protected settings nothing is masked, and the query still never shows.
+        assert_eq!(
+            run_redactor(None, &keep).redact(fetch::without_query(public)),
+            "https://files.example/app/install.sh"
+        );
+    }
 }

@@ -1,13 +1,17 @@
-//! Downloads an extension's `fileUris` on the host, before they are copied into the instance.
+//! An extension's `fileUris`: the `file://` ones read here on the server, the `http(s)` ones
+//! handed to the machine that runs the instance with the rules it downloads them under.
 //!
-//! Why on the host: a VM may have no route out and no download tool, and the host can apply one
-//! size limit and one timeout to every file, with an error that names the URL (redacted by the
-//! caller when it came from protected settings).
+//! Why the split: an `http(s)` file is fetched by the host that runs the instance (the server
+//! for its own, `herd agent` for a joined host's), with that host's network position, by the
+//! one implementation both use (`herd_egress::fetch`), under the rules this server's config
+//! sets ([`FetchLimits`] → [`herd_egress::fetch::FetchRules`]). A `file://` URI names a file
+//! below `[extensions] file_roots`, directories on the server's machine, so the server reads
+//! it and sends the bytes.
 //!
-//! Why so guarded: the host fetches what an API user names, with the server's privileges.
-//! - `http(s)` goes through [`herd_egress::Egress`]: no loopback, link-local or herd-owned
-//!   address (nor the virtual networks' address spaces) unless `[extensions] allow_fetch_from`
-//!   allows it, checked on the address actually connected to, after DNS and on every redirect.
+//! Why so guarded: the host fetches what an API user names, with herd's privileges.
+//! - `http(s)`: see `herd_egress::fetch` (no loopback, link-local or herd-owned address, nor
+//!   the virtual networks' address spaces, unless `[extensions] allow_fetch_from` allows it,
+//!   checked on the address actually connected to, after DNS and on every redirect).
 //! - `file://` is off unless `[extensions] file_roots` names directories. A path is opened with
 //!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` relative to the root's descriptor (never
 //!   canonicalised first: a symlink swapped in between would win that race), non-blocking, and
@@ -16,15 +20,16 @@
 //!   report 0), and one deadline covers the whole fetch: connect, redirects and body, or every
 //!   read of a file.
 
-use herd_egress::{AddressPolicy, Egress};
+use herd_egress::fetch::FetchRules;
+use herd_egress::AddressPolicy;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use herd_egress::fetch::{file_name, without_query, ALLOW_SETTING};
+
 /// The config setting that turns `file://` on, named in refusals.
 pub const FILE_ROOTS_SETTING: &str = "[extensions] file_roots";
-/// The config setting that allows more addresses, named in refusals.
-pub const ALLOW_SETTING: &str = "[extensions] allow_fetch_from";
 
 /// Limits on one download, and where downloads may come from.
 #[derive(Debug, Clone)]
@@ -42,41 +47,34 @@ pub struct FetchLimits {
 
 impl Default for FetchLimits {
     fn default() -> Self {
+        let rules = FetchRules::default();
         Self {
-            max_bytes: 64 << 20,
-            timeout: Duration::from_secs(60),
+            max_bytes: rules.max_bytes,
+            timeout: rules.timeout,
             file_roots: vec![],
             addresses: AddressPolicy::new(ALLOW_SETTING, vec![]),
         }
     }
 }
 
-/// The file name a URL is saved under: its last path segment, without query or fragment.
-pub fn file_name(url: &str) -> Option<String> {
-    let path = url.split(['?', '#']).next()?;
-    let name = path.rsplit('/').next()?;
-    let ok = !name.is_empty() && name != "." && name != ".." && !name.starts_with(".herd");
-    ok.then(|| name.to_string())
+/// True for a URI this server reads itself (`file:`); any other is downloaded by the host.
+pub fn is_file_uri(url: &str) -> bool {
+    url.starts_with("file:")
 }
 
-/// Downloads within limits; one per extension runner (it holds the HTTP client).
+/// Reads `file://` URIs within limits, and names the rules `http(s)` downloads are held to.
 #[derive(Clone)]
 pub struct Fetcher {
     limits: FetchLimits,
-    http: Egress,
 }
 
 impl Fetcher {
     pub fn new(limits: FetchLimits) -> Self {
-        let http = Egress::new(limits.addresses.clone(), limits.timeout);
-        Self { limits, http }
+        Self { limits }
     }
 
     /// A fetcher that also refuses `extra` ranges (the virtual networks' address spaces).
     pub fn refusing(&self, extra: Vec<(herd_egress::Net, String)>) -> Self {
-        if extra.is_empty() {
-            return self.clone();
-        }
         let mut limits = self.limits.clone();
         for (net, why) in extra {
             limits.addresses = limits.addresses.refuse(net, why);
@@ -84,52 +82,28 @@ impl Fetcher {
         Self::new(limits)
     }
 
-    /// Fetches `url`; the error says why, without repeating the URL.
-    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
+    /// The rules a host downloads `http(s)` URIs under.
+    pub fn rules(&self) -> FetchRules {
+        FetchRules::new(self.limits.max_bytes, self.limits.timeout, &self.limits.addresses)
+    }
+
+    /// Reads a `file:` URI; the error says why, without repeating the URL.
+    pub async fn read_file(&self, url: &str) -> Result<Vec<u8>, String> {
         let limits = &self.limits;
         let deadline = Instant::now() + limits.timeout;
-        if url.starts_with("file:") {
-            let path = file_path(url)?;
-            let (roots, max) = (limits.file_roots.clone(), limits.max_bytes);
-            let read = tokio::task::spawn_blocking(move || read_beneath(&roots, &path, max, deadline));
-            return match tokio::time::timeout(limits.timeout, read).await {
-                Ok(r) => r.map_err(|e| e.to_string())?.map_err(|e| match e {
-                    FileFetchError::Off { .. } => format!(
-                        "file:// URIs are off on this server; an operator can allow directories with {FILE_ROOTS_SETTING} in herd.toml"
-                    ),
-                    other => other.to_string(),
-                }),
-                Err(_) => Err(timed_out(limits.timeout)),
-            };
-        }
-        let too_big = || format!("is larger than the limit of {} bytes", limits.max_bytes);
-        let work = async {
-            let req = self.http.request(reqwest::Method::GET, url).map_err(|e| e.to_string())?;
-            let mut resp = req.send().await.map_err(|e| describe(&e))?;
-            if !resp.status().is_success() {
-                return Err(format!("answered HTTP {}", resp.status()));
-            }
-            if resp.content_length().is_some_and(|n| n > limits.max_bytes) {
-                return Err(too_big());
-            }
-            let mut out = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
-                if out.len() as u64 + chunk.len() as u64 > limits.max_bytes {
-                    return Err(too_big());
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(out)
-        };
-        match tokio::time::timeout(limits.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(timed_out(limits.timeout)),
+        let path = file_path(url)?;
+        let (roots, max) = (limits.file_roots.clone(), limits.max_bytes);
+        let read = tokio::task::spawn_blocking(move || read_beneath(&roots, &path, max, deadline));
+        match tokio::time::timeout(limits.timeout, read).await {
+            Ok(r) => r.map_err(|e| e.to_string())?.map_err(|e| match e {
+                FileFetchError::Off { .. } => format!(
+                    "file:// URIs are off on this server; an operator can allow directories with {FILE_ROOTS_SETTING} in herd.toml"
+                ),
+                other => other.to_string(),
+            }),
+            Err(_) => Err(herd_egress::fetch::timed_out(limits.timeout)),
         }
     }
-}
-
-fn timed_out(t: Duration) -> String {
-    format!("timed out after {}s", t.as_secs())
 }
 
 /// The absolute path a `file:` URL names: `file:///a/b` or `file://localhost/a/b`,
@@ -226,39 +200,6 @@ pub fn check_roots(setting: &str, roots: &[PathBuf], data_dir: &Path) -> Result<
         out.push(c);
     }
     Ok(out)
-}
-
-/// reqwest's error without the URL (the caller names it, redacted if need be); a refusal by the
-/// address policy is told as such.
-fn describe(e: &reqwest::Error) -> String {
-    if let Some(why) = herd_egress::refusal_in(e) {
-        return format!("refused: {why}");
-    }
-    let mut msg = e.without_url_ref().to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        if self.is_connect() {
-            "could not connect".into()
-        } else if self.is_timeout() {
-            "timed out".into()
-        } else if self.is_body() || self.is_decode() {
-            "the download broke off".into()
-        } else {
-            "request failed".into()
-        }
-    }
 }
 
 #[cfg(test)]

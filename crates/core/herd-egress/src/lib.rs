@@ -1,7 +1,8 @@
 //! Where herd's own outbound requests may connect.
 //!
-//! Why: the server fetches URLs that API users choose (an extension's `fileUris`, an autoscale
-//! setting's webhooks) from the host, with the host's network position. Without a policy, a
+//! Why: herd fetches URLs that API users choose (an extension's `fileUris`, on the host that
+//! runs the instance, the server's machine or a joined host's agent; an autoscale setting's
+//! webhooks, on the server) with that machine's network position. Without a policy, a
 //! user reaches what only the host should: the loopback addresses where herd's instances, load
 //! balancer frontends and API listen (`127.0.0.0/8`, with herd's own ranges `127.128.0.0/9` and
 //! `127.64.0.0/10` inside it), a cloud's metadata service on `169.254.169.254`, and link-local
@@ -83,6 +84,13 @@ impl std::str::FromStr for Net {
     }
 }
 
+/// Written as the text [`Net::parse`] reads (`10.1.0.0/16`), so rules travel to an agent.
+impl serde::Serialize for Net {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Net {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -106,6 +114,7 @@ pub struct AddressPolicy {
     /// The setting that allows more, named in every refusal (`[extensions] allow_fetch_from`).
     setting: &'static str,
     allowed: Vec<Net>,
+    /// The default refusals ([`REFUSED`]) first, then those added with [`AddressPolicy::refuse`].
     refused: Vec<(Net, String)>,
 }
 
@@ -140,6 +149,16 @@ impl AddressPolicy {
     /// The setting named in refusals.
     pub fn setting(&self) -> &'static str {
         self.setting
+    }
+
+    /// The ranges the operator allowed.
+    pub fn allowed(&self) -> &[Net] {
+        &self.allowed
+    }
+
+    /// The refusals added to the defaults (with [`AddressPolicy::refuse`]), with why.
+    pub fn added_refusals(&self) -> &[(Net, String)] {
+        &self.refused[REFUSED.len().min(self.refused.len())..]
     }
 
     /// Ok if a connection to `ip` is allowed. An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`)
@@ -303,6 +322,8 @@ pub fn refusal_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     }
     None
 }
+
+pub mod fetch;
 
 #[cfg(test)]
 mod tests;

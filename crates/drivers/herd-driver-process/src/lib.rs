@@ -595,7 +595,8 @@ impl Driver for ProcessDriver {
 
     /// See the crate docs, "Extension runs".
     async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
-        script::check_names(&run.name, &run.files).map_err(|m| DriverError::Failed(format!("instance {key}: {m}")))?;
+        script::check_names(&run.name, run.file_names())
+            .map_err(|m| DriverError::Failed(format!("instance {key}: {m}")))?;
         let _g = self.locks.lock(key).await;
         let d = self.state.instance(key);
         self.admit(key, fence).await?;
@@ -628,7 +629,9 @@ impl Driver for ProcessDriver {
             script: None,
             gone: gone.clone(),
         };
-        let (d2, name, files, command) = (d.clone(), run.name.clone(), run.files.clone(), run.command.clone());
+        // Downloaded only now, for a run that starts: an adopted run needs nothing fetched.
+        let files = run.fetch_files().await.map_err(fail)?;
+        let (d2, name, command) = (d.clone(), run.name.clone(), run.command.clone());
         let prepared = blocking(move || {
             let prepared = script::prepare(&d2, &name, &files, &command);
             if let Ok(p) = &prepared {

@@ -108,6 +108,7 @@ async fn lower_fences_are_refused_and_the_record_survives_a_new_driver() {
     let run = ScriptRun {
         name: "x".into(),
         files: vec![],
+        downloads: Default::default(),
         command: "touch ran".into(),
         timeout: Duration::from_secs(5),
         identity: "x1".into(),

@@ -159,6 +159,7 @@ fn script(name: &str, files: &[(&str, &str)], command: &str, timeout: Duration) 
     ScriptRun {
         name: name.into(),
         files: files.iter().map(|(n, c)| (n.to_string(), c.as_bytes().to_vec())).collect(),
+        downloads: Default::default(),
         command: command.into(),
         timeout,
         identity: format!("test-{name}"),
@@ -907,5 +908,80 @@ async fn a_run_left_by_a_crashed_driver_is_adopted_or_killed_never_doubled() {
     assert_eq!(out.exit_code, Some(2));
     assert_eq!(out.stdout, b"unseen-result\n");
     assert_eq!(lines().len(), 1, "not run again");
+    fx.destroy_all().await;
+}
+
+/// An HTTP server on 127.0.0.1 that answers every request with `body`; counts the requests.
+fn counting_file_server(body: &'static str) -> (String, Arc<AtomicU32>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicU32::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (format!("http://{addr}"), hits)
+}
+
+fn downloads(files: &[(&str, &str, &str)]) -> herd_driver::Downloads {
+    herd_driver::Downloads {
+        files: files
+            .iter()
+            .map(|(name, uri, shown)| herd_driver::Download {
+                name: name.to_string(),
+                uri: uri.to_string(),
+                shown: shown.to_string(),
+            })
+            .collect(),
+        rules: herd_egress::fetch::FetchRules {
+            timeout: Duration::from_secs(5),
+            allowed: vec![herd_egress::Net::parse("127.0.0.1/32").unwrap()],
+            ..Default::default()
+        },
+    }
+}
+
+/// Issue 20: the host downloads a run's `fileUris` when the run starts, under the run's rules;
+/// a run adopted after a crash downloads nothing again, and a refused download runs nothing
+/// and names the file only as the caller shows it (no query string).
+#[tokio::test]
+async fn downloads_come_when_a_run_starts_never_for_an_adopted_one() {
+    let fx = Fixture::new("exec sleep 300");
+    fx.driver.ensure(&fx.spec(27), Fence::FIRST).await.unwrap();
+    let (base, hits) = counting_file_server("echo started >> starts\nsleep 3\necho from-the-download\n");
+    let uri = format!("{base}/get.sh?sig=SEKRIT-1");
+    let run = ScriptRun {
+        identity: "gen-1".into(),
+        downloads: downloads(&[("get.sh", &uri, &format!("{base}/get.sh"))]),
+        ..script("dl", &[], "sh ./get.sh", DEADLINE)
+    };
+    start_then_crash(&fx, 27, run.clone());
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the run that started downloaded its file");
+    let out = fx.driver.run_script(&key(27), &run, Fence::FIRST).await.unwrap();
+    assert_eq!((out.exit_code, out.stdout.as_slice()), (Some(0), &b"from-the-download\n"[..]), "{out:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the adopted run downloaded nothing again");
+    let starts = std::fs::read_to_string(fx.ext_dir(27, "dl").join("starts")).unwrap();
+    assert_eq!(starts, "started\n", "the script ran once");
+
+    // An address the rules refuse: nothing is placed, nothing runs, and the error shows the
+    // file as the caller named it.
+    let bad = ScriptRun {
+        identity: "gen-2".into(),
+        downloads: downloads(&[("x.sh", "http://127.0.0.2:9/x.sh?sig=SEKRIT-2", "http://127.0.0.2:9/x.sh")]),
+        ..script("dl2", &[], "touch ran", DEADLINE)
+    };
+    let err = fx.driver.run_script(&key(27), &bad, Fence::FIRST).await.unwrap_err();
+    let DriverError::Failed(m) = &err else { panic!("{err:?}") };
+    assert!(m.contains("downloading http://127.0.0.2:9/x.sh failed: 127.0.0.2 is a loopback"), "{m}");
+    assert!(m.contains("[extensions] allow_fetch_from") && !m.contains("SEKRIT"), "{m}");
+    assert!(!fx.ext_dir(27, "dl2").exists(), "nothing placed, nothing ran");
+    assert!(!format!("{bad:?}").contains("SEKRIT"), "a run's Debug shows no URI");
     fx.destroy_all().await;
 }

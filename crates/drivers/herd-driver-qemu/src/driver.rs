@@ -798,6 +798,11 @@ impl QemuDriver {
             let d2 = d.clone();
             blocking(move || d2.remove_script_run()).await?.map_err(|e| io_failed(key, "removing script-run", e))?;
         }
+        // Downloaded only now, for a run that starts: an adopted run needs nothing fetched.
+        let files = run
+            .fetch_files()
+            .await
+            .map_err(|m| DriverError::Failed(format!("instance {key}: extension {}: {m}", run.name)))?;
         let st = qga.run("mkdir", &["-p", dir.as_str()], NO_ENV, None, AGENT_STEP_TIMEOUT).await.map_err(agent)?;
         if !st.success() {
             return Err(DriverError::Failed(format!(
@@ -805,7 +810,7 @@ impl QemuDriver {
                 String::from_utf8_lossy(&keep_tail(st.stderr, 300)).trim()
             )));
         }
-        for (name, content) in &run.files {
+        for (name, content) in &files {
             // Executable, so `./script.sh` works; readable by root only (files may hold secrets).
             qga.write_file(&format!("{dir}/{name}"), content, Some(0o700)).await.map_err(agent)?;
         }
@@ -1691,7 +1696,7 @@ impl Driver for QemuDriver {
 
     async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
         check_component("extension name", &run.name, false)?;
-        for (name, _) in &run.files {
+        for name in run.file_names() {
             check_component("script file name", name, true)?;
         }
         // The fence is checked under the instance lock (which every other acting call holds),
@@ -1759,6 +1764,7 @@ mod tests {
         let run = ScriptRun {
             name: "x".into(),
             files: vec![],
+            downloads: Default::default(),
             command: "true".into(),
             timeout: Duration::from_secs(1),
             identity: "x".into(),

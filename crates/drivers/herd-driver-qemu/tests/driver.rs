@@ -273,6 +273,7 @@ fn script(name: &str, files: Vec<(&str, &[u8])>, command: &str, timeout: Duratio
     ScriptRun {
         name: name.into(),
         files: files.into_iter().map(|(n, c)| (n.to_string(), c.to_vec())).collect(),
+        downloads: Default::default(),
         command: command.into(),
         timeout,
         identity: format!("test-{name}"),

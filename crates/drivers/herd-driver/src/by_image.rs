@@ -263,6 +263,7 @@ mod tests {
         ScriptRun {
             name: "e".into(),
             files: vec![],
+            downloads: Default::default(),
             command: "exit 3".into(),
             timeout: Duration::from_secs(1),
             identity: "i".into(),

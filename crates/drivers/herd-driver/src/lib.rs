@@ -112,15 +112,21 @@ pub struct DataDisk {
 }
 
 /// A script to run inside a running instance: how the Custom Script extension is applied.
-/// Serializable for the agent link only; its `Debug` redacts the command.
+/// Serializable for the agent link only; its `Debug` redacts the command and the download URIs.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScriptRun {
     /// The extension's name; its files go to a directory of that name in the instance
     /// (`/var/lib/herd/extensions/<name>/` in a VM, `work/.herd/extensions/<name>/` for a
     /// process instance), which is also the script's working directory.
     pub name: String,
-    /// Files to place there first (name, content), fetched by the host from `fileUris`.
+    /// Files to place there first (name, content) that the caller already holds: a
+    /// `file://` URI read on the server, the base64 `script`. Placed after [`Self::downloads`].
     pub files: Vec<(String, Vec<u8>)>,
+    /// The `http(s)` `fileUris`, downloaded by the machine that runs the instance (the agent
+    /// of a joined host, with its own network position) when a run starts: not when a run of
+    /// the same identity is adopted. See [`ScriptRun::fetch_files`].
+    #[serde(default, skip_serializing_if = "Downloads::is_empty")]
+    pub downloads: Downloads,
     /// The shell command (`commandToExecute`). It may carry secrets: drivers write it to a
     /// mode-0600 file in the instance and run `/bin/sh <file>`; it never appears in any argv,
     /// log line or error message.
@@ -134,11 +140,74 @@ pub struct ScriptRun {
     pub identity: String,
 }
 
+/// Files a host downloads before a script starts, and the rules it downloads them under (the
+/// server's `[extensions]` limits and address policy; see `herd_egress::fetch`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Downloads {
+    pub files: Vec<Download>,
+    pub rules: herd_egress::fetch::FetchRules,
+}
+
+impl Downloads {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// One `fileUris` entry to download.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Download {
+    /// The file name it is saved under in the extension's directory.
+    pub name: String,
+    /// The URI, which may carry a token in its query string: never logged, never in an error.
+    pub uri: String,
+    /// How messages name it: the URI without its query string, with protected values masked
+    /// (the caller decides; drivers and agents show only this).
+    pub shown: String,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download").field("name", &self.name).field("shown", &self.shown).finish()
+    }
+}
+
+impl ScriptRun {
+    /// The names of every file the run places: downloads first, then [`Self::files`].
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
+        self.downloads.files.iter().map(|d| d.name.as_str()).chain(self.files.iter().map(|(n, _)| n.as_str()))
+    }
+
+    /// The files to place for a run that starts now: each download fetched on this machine
+    /// under the run's rules (one at a time, each within the rules' deadline), then
+    /// [`Self::files`]. The error names the download as [`Download::shown`] says, never its URI.
+    pub async fn fetch_files(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut out = Vec::with_capacity(self.downloads.files.len() + self.files.len());
+        if !self.downloads.is_empty() {
+            let http = herd_egress::fetch::HttpFetch::new(self.downloads.rules.clone());
+            for d in &self.downloads.files {
+                let bytes = http.get(&d.uri).await.map_err(|why| format!("downloading {} failed: {why}", d.shown))?;
+                out.push((d.name.clone(), bytes));
+            }
+        }
+        out.extend(self.files.iter().cloned());
+        Ok(out)
+    }
+
+    /// The longest a call for this run may take: every download at its deadline, then the
+    /// script at its own.
+    pub fn longest(&self) -> std::time::Duration {
+        let n = u32::try_from(self.downloads.files.len()).unwrap_or(u32::MAX);
+        self.timeout.saturating_add(self.downloads.rules.timeout.saturating_mul(n))
+    }
+}
+
 impl std::fmt::Debug for ScriptRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScriptRun")
             .field("name", &self.name)
             .field("files", &self.files.iter().map(|(n, c)| (n, c.len())).collect::<Vec<_>>())
+            .field("downloads", &self.downloads.files)
             .field("command", &"<redacted>")
             .field("timeout", &self.timeout)
             .field("identity", &self.identity)

@@ -320,15 +320,22 @@ impl Driver for SimDriver {
     }
 
     /// Simulates a script: it "exits" with the number after the last `exit ` in the command
-    /// (0 without one) and prints the extension's name; runs are recorded for tests.
+    /// (0 without one) and prints the extension's name; runs are recorded for tests. Its
+    /// downloads are fetched as a real host fetches them (their content is not kept).
     async fn run_script(&self, key: &InstanceKey, run: &ScriptRun, fence: Fence) -> Result<ScriptOutcome, DriverError> {
-        let mut s = self.lock();
-        admit(&mut s, key, fence)?;
-        match s.instances.get(key).map(|i| &i.power) {
-            None => return Err(DriverError::NotFound(key.clone())),
-            Some(SimPower::Running) => {}
-            Some(_) => return Err(DriverError::Failed(format!("instance {key} is not running"))),
+        {
+            let mut s = self.lock();
+            admit(&mut s, key, fence)?;
+            match s.instances.get(key).map(|i| &i.power) {
+                None => return Err(DriverError::NotFound(key.clone())),
+                Some(SimPower::Running) => {}
+                Some(_) => return Err(DriverError::Failed(format!("instance {key} is not running"))),
+            }
         }
+        run.fetch_files()
+            .await
+            .map_err(|m| DriverError::Failed(format!("instance {key}: extension {}: {m}", run.name)))?;
+        let mut s = self.lock();
         s.scripts.entry(key.clone()).or_default().push((run.name.clone(), run.command.clone()));
         let code = run
             .command
@@ -418,6 +425,7 @@ mod tests {
         let run = ScriptRun {
             name: "e".into(),
             files: vec![],
+            downloads: Default::default(),
             command: "true".into(),
             timeout: Duration::from_secs(1),
             identity: "i".into(),
