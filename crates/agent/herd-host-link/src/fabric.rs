@@ -38,6 +38,8 @@ struct View {
     collisions: BTreeSet<String>,
     /// Every filtered NIC's security, by instance (`group/set/id`): each host enforces its own.
     security: BTreeMap<String, NicSecurity>,
+    /// Hosts deleted or refused: their NICs are in no table (not taken for the server's).
+    gone: BTreeSet<String>,
 }
 
 /// The server's fabric: the reconciler's NICs and the hosts' VTEPs (see the module docs).
@@ -71,6 +73,7 @@ impl Fabric {
     pub fn linked(&self, name: &str, peer: IpAddr, local: IpAddr) {
         let (IpAddr::V4(peer), IpAddr::V4(local)) = (peer, local) else { return };
         let mut v = self.view();
+        v.gone.remove(name);
         let before = (v.vteps.get(name).copied(), v.server);
         if !local.is_loopback() {
             v.server = Some(local);
@@ -89,7 +92,10 @@ impl Fabric {
 
     /// Host `name` is no member any more (deleted, or its certificate refused).
     pub fn forget(&self, name: &str) {
-        if self.view().vteps.remove(name).is_some() {
+        let mut v = self.view();
+        let known = v.vteps.remove(name).is_some();
+        if v.gone.insert(name.to_string()) || known {
+            drop(v);
             self.bump();
         }
     }
@@ -124,7 +130,7 @@ impl Fabric {
         let v = self.view();
         let nics = v.nics.clone()?;
         let server = v.server?;
-        Some(plan(&nics, &v.vteps, server, member))
+        Some(plan(&nics, &v.vteps, &v.gone, server, member))
     }
 }
 
@@ -146,12 +152,19 @@ impl FabricSink for Fabric {
     }
 }
 
-/// `member`'s stretch of every segment (see the module docs). Pure.
-pub fn plan(nics: &[PlacedNic], vteps: &BTreeMap<String, Ipv4Addr>, server: Ipv4Addr, member: Member<'_>) -> Vec<Span> {
+/// `member`'s stretch of every segment (see the module docs); the NICs of `gone` hosts are
+/// left out. Pure.
+pub fn plan(
+    nics: &[PlacedNic],
+    vteps: &BTreeMap<String, Ipv4Addr>,
+    gone: &BTreeSet<String>,
+    server: Ipv4Addr,
+    member: Member<'_>,
+) -> Vec<Span> {
     // Where each NIC is: a joined host's VTEP, or the server.
     let place = |n: &PlacedNic| n.host.as_deref().and_then(|h| vteps.get(h).copied()).unwrap_or(server);
     let mut by_bridge: BTreeMap<&str, Vec<&PlacedNic>> = BTreeMap::new();
-    for n in nics {
+    for n in nics.iter().filter(|n| !n.host.as_ref().is_some_and(|h| gone.contains(h))) {
         by_bridge.entry(n.net.bridge.as_str()).or_default().push(n);
     }
     let colliding = fabric::colliding_vnis(by_bridge.keys().copied());
@@ -234,12 +247,13 @@ mod tests {
             [("h1".to_string(), "10.250.0.10".parse().unwrap()), ("h2".to_string(), "10.250.0.11".parse().unwrap())]
                 .into();
         let nics = vec![nic(0, Some("h1"), "hbA"), nic(1, Some("h2"), "hbA"), nic(2, None, "hbA"), nic(3, None, "hbB")];
-        let s = plan(&nics, &vteps, server, Member::Server);
+        let none = BTreeSet::new();
+        let s = plan(&nics, &vteps, &none, server, Member::Server);
         assert_eq!(s.len(), 1, "hbB has no NIC on a joined host: not stretched");
         assert_eq!(s[0].local, server);
         assert_eq!(s[0].peers, vec![vteps["h1"], vteps["h2"]]);
         assert_eq!(s[0].macs.len(), 2, "the two remote NICs: {:?}", s[0].macs);
-        let h1 = plan(&nics, &vteps, server, Member::Host("h1"));
+        let h1 = plan(&nics, &vteps, &none, server, Member::Host("h1"));
         assert_eq!(h1.len(), 1);
         assert_eq!(h1[0].local, vteps["h1"]);
         assert_eq!(h1[0].peers, vec![server, vteps["h2"]]);
@@ -251,8 +265,8 @@ mod tests {
         let names: Vec<&str> = h1[0].names.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["web000001", "web000002"], "the remote NICs' names, not its own");
         // A host with no NIC on the segment carries none of it; an unknown host nothing.
-        assert!(plan(&[nic(0, Some("h1"), "hbA")], &vteps, server, Member::Host("h2")).is_empty());
-        assert!(plan(&nics, &vteps, server, Member::Host("h9")).is_empty());
+        assert!(plan(&[nic(0, Some("h1"), "hbA")], &vteps, &none, server, Member::Host("h2")).is_empty());
+        assert!(plan(&nics, &vteps, &none, server, Member::Host("h9")).is_empty());
     }
 
     #[test]
@@ -267,8 +281,16 @@ mod tests {
         f.linked("h1", "10.250.0.10".parse().unwrap(), "10.250.0.2".parse().unwrap());
         let mut rx = f.changes();
         rx.mark_unchanged();
+        f.publish(vec![nic(0, Some("h1"), "hbA"), nic(1, Some("h2"), "hbA")]);
+        f.linked("h2", "10.250.0.11".parse().unwrap(), "10.250.0.2".parse().unwrap());
+        rx.mark_unchanged();
         f.forget("h1");
         assert!(rx.has_changed().unwrap());
-        assert!(f.spans_for(Member::Server).unwrap().is_empty(), "a forgotten host leaves every table");
+        let server = f.spans_for(Member::Server).unwrap();
+        assert_eq!(server[0].peers, vec!["10.250.0.11".parse::<Ipv4Addr>().unwrap()], "{server:?}");
+        assert!(
+            !server[0].macs.iter().any(|(m, _)| *m == herd_hostnet::mac_for("rg/web/0")),
+            "a forgotten host's NICs are in no table, not taken for the server's: {server:?}"
+        );
     }
 }

@@ -316,6 +316,28 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
         let fdb = text(r.exec(&keep_host, &["bridge", "fdb", "show", "dev", &port]));
         (!fdb.contains(&format!("{mac_b} dst"))).then_some(())
     });
+
+    // Back to two (the new instance lands on the emptied host), then that host is deleted
+    // while it still runs one: it leaves the other host's forwarding table and allow-list.
+    r.json(&["vmss", "scale", "-g", "rg", "-n", "web", "--new-capacity", "2"]);
+    let (new_id, _, new_host) =
+        placed(&r).into_iter().find(|x| x.0 != id_a).expect("a second instance after the scale-out");
+    assert_eq!(new_host, host_b, "zone balance puts it on the emptied host");
+    let mac_new = herd_hostnet::mac_for(&format!("rg/web/{new_id}"));
+    let vtep_b = if host_b == "h1" { "10.250.0.10" } else { "10.250.0.11" };
+    wait_for(&format!("{keep_host} learning the new NIC on {host_b}"), Duration::from_secs(60), || {
+        let fdb = text(r.exec(&keep_host, &["bridge", "fdb", "show", "dev", &port]));
+        fdb.contains(&format!("{mac_new} dst {vtep_b}")).then_some(())
+    });
+    let out = r.exec("server", &["herd", "host", "delete", &host_b, "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(&format!("{keep_host}'s tables without the deleted host"), Duration::from_secs(30), || {
+        let fdb = text(r.exec(&keep_host, &["bridge", "fdb", "show", "dev", &port]));
+        let tables = text(r.exec(&keep_host, &["nft", "list", "ruleset"]));
+        let allowed =
+            tables.split("set peers").nth(1).and_then(|t| t.split('}').next()).unwrap_or_default().to_string();
+        (!fdb.contains(&format!("dst {vtep_b}")) && !allowed.contains(vtep_b)).then_some(())
+    });
     r.down();
     // The hosts' instance namespaces were theirs alone: none is left in this machine's list.
     assert_eq!(namespaces(), namespaces_before);
