@@ -90,6 +90,19 @@ impl Fabric {
         }
     }
 
+    /// Host `name`'s VTEP as recorded (before its link comes back after a server restart); a
+    /// loopback address (an agent on the server's own machine) makes it no VTEP.
+    pub fn remember(&self, name: &str, addr: IpAddr) {
+        let IpAddr::V4(addr) = addr else { return };
+        let mut v = self.view();
+        if addr.is_loopback() || v.vteps.contains_key(name) {
+            return;
+        }
+        v.vteps.insert(name.to_string(), addr);
+        drop(v);
+        self.bump();
+    }
+
     /// Host `name` is no member any more (deleted, or its certificate refused).
     pub fn forget(&self, name: &str) {
         let mut v = self.view();

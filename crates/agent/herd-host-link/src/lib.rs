@@ -160,6 +160,18 @@ impl HostLinks {
 
     /// Serves the agent connections the TLS listener hands over, until it stops.
     pub async fn serve(self: Arc<Self>, mut agents: mpsc::Receiver<AgentConnection>) {
+        // The hosts' VXLAN addresses as last recorded: a restarted server cuts no segment
+        // while its hosts link again.
+        match self.state.run(|s| herd_state::hosts::list(s)).await {
+            Ok(hosts) => {
+                for h in hosts {
+                    if let Some(addr) = h.fabric_address {
+                        self.fabric.remember(&h.name, addr);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the hosts' fabric addresses"),
+        }
         // Images imported before digests existed get theirs once, off the accept loop.
         let state = self.state.clone();
         tokio::spawn(async move { pull::fill_digests(&state).await });
@@ -269,7 +281,7 @@ impl HostLinks {
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err(format!("host '{name}' sent no Hello within {HELLO_TIMEOUT:?}")),
         };
-        self.report(&name, capacity, Some(&version)).await;
+        self.report(&name, capacity, Some(&version), Some(peer.ip())).await;
         herd_agent_wire::write(&mut tls, &ServerMessage::Welcome { heartbeat_interval_ms: self.heartbeat_interval_ms })
             .await
             .map_err(|e| e.to_string())?;
@@ -363,7 +375,7 @@ impl HostLinks {
                     }
                     if now_has != capacity {
                         capacity = now_has;
-                        self.report(name, capacity, None).await;
+                        self.report(name, capacity, None, None).await;
                     }
                     if outbox.send(ServerMessage::Ack { seq }).await.is_err() {
                         return Err("the connection's writer stopped".into());
@@ -463,9 +475,16 @@ impl HostLinks {
     }
 
     /// Writes what the agent reports to the host record (only what changed is written).
-    async fn report(&self, name: &str, capacity: HostCapacity, version: Option<&str>) {
+    async fn report(
+        &self,
+        name: &str,
+        capacity: HostCapacity,
+        version: Option<&str>,
+        address: Option<std::net::IpAddr>,
+    ) {
         let (name, version) = (name.to_string(), version.map(str::to_string));
-        let r = self.state.run(move |s| herd_state::hosts::report(s, &name, capacity, version.as_deref())).await;
+        let r =
+            self.state.run(move |s| herd_state::hosts::report(s, &name, capacity, version.as_deref(), address)).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "recording a host's report failed");
         }

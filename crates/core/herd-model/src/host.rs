@@ -60,6 +60,12 @@ pub struct HostRecord {
     /// The join token it came with (its id, never its secret).
     pub join_token_id: String,
     pub joined_at: DateTime<Utc>,
+    /// The address its agent's link last came from: where the other members of its segments
+    /// send its VXLAN traffic. Kept so that a restarted server knows it before the host links
+    /// again (no segment is cut meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub fabric_address: Option<std::net::IpAddr>,
 }
 
 impl HostRecord {

@@ -68,6 +68,7 @@ pub fn join(
         certificate_fingerprint: signed.fingerprint.clone(),
         join_token_id: admission.record.id.clone(),
         joined_at: now,
+        fabric_address: None,
     };
     let mut ops = vec![WriteOp::put(Kind::Host, record.name.clone(), &record, Expect::Absent)?];
     let single_use = admission.mark_used.is_some();
@@ -135,13 +136,18 @@ pub fn report(
     name: &str,
     capacity: HostCapacity,
     agent_version: Option<&str>,
+    fabric_address: Option<std::net::IpAddr>,
 ) -> Result<(), StateError> {
     let Some(obj) = store.get_as::<HostRecord>(Kind::Host, name)? else { return Ok(()) };
     let agent_version = agent_version.map_or_else(|| obj.value.agent_version.clone(), str::to_string);
-    if obj.value.capacity == capacity && obj.value.agent_version == agent_version {
+    let fabric_address = fabric_address.or(obj.value.fabric_address);
+    if obj.value.capacity == capacity
+        && obj.value.agent_version == agent_version
+        && obj.value.fabric_address == fabric_address
+    {
         return Ok(());
     }
-    let record = HostRecord { capacity, agent_version, ..obj.value };
+    let record = HostRecord { capacity, agent_version, fabric_address, ..obj.value };
     store.txn(vec![WriteOp::put(Kind::Host, name.to_string(), &record, Expect::Revision(obj.revision))?])?;
     Ok(())
 }
@@ -261,10 +267,10 @@ mod tests {
         assert_eq!(get(&*store, "h2").unwrap().unwrap().scheduling, Scheduling::Cordoned);
         assert!(matches!(set_scheduling(&*store, "nope", Scheduling::Cordoned, now), Err(HostError::NotFound(_))));
         let cap = HostCapacity { vcpus: 4, memory_mib: 8192, disk_free_mib: 5 };
-        report(&*store, "h2", cap, Some("0.2.0")).unwrap();
+        report(&*store, "h2", cap, Some("0.2.0"), Some("10.250.0.11".parse().unwrap())).unwrap();
         let h = get(&*store, "h2").unwrap().unwrap();
         assert_eq!((h.capacity, h.agent_version.as_str()), (cap, "0.2.0"));
-        report(&*store, "gone", cap, None).unwrap();
+        report(&*store, "gone", cap, None, None).unwrap();
         assert!(get(&*store, "gone").unwrap().is_none(), "a report does not bring a host back");
         delete(&*store, "h2", false, now).unwrap();
         assert!(get(&*store, "h2").unwrap().is_none());
