@@ -162,7 +162,7 @@ impl HostLinks {
     pub async fn serve(self: Arc<Self>, mut agents: mpsc::Receiver<AgentConnection>) {
         // The hosts' VXLAN addresses as last recorded: a restarted server cuts no segment
         // while its hosts link again.
-        match self.state.run(|s| herd_state::hosts::list(s)).await {
+        match self.state.run(herd_state::hosts::list).await {
             Ok(hosts) => {
                 for h in hosts {
                     if let Some(addr) = h.fabric_address {
