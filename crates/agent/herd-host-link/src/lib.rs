@@ -19,6 +19,13 @@
 //! A newer connection of the same host replaces the older one (the agent restarted, or its
 //! old connection is half-dead); the older session ends at its next message.
 //!
+//! **Leases** (issue 21). Each acknowledgement grants the host a lease (`[agents] lease_secs`)
+//! for the instances whose records place them on it. Per host the server keeps, in memory and
+//! beyond the connection's end, the last heartbeat received and the largest lease ever granted
+//! ([`herd_model::host::LeaseRecord`], updated *before* the ack goes out), so a host whose link
+//! drops is NotReady only after `host_grace`, and its instances are replaced only after the
+//! lease bound. A host not heard since this server started counts its silence from the start.
+//!
 //! A connection whose first message is `Pull` instead of `Hello` is an image pull
 //! ([`pull`]): authenticated the same way, served on its own connection, then closed. Each
 //! session also records the largest gap between two heartbeats (what a pull must not
@@ -36,7 +43,7 @@ use chrono::{DateTime, Utc};
 use herd_agent_wire::{AgentMessage, CallError, DriverCall, DriverReply, ServerMessage, WireError, PROTOCOL};
 use herd_driver::DriverError;
 use herd_model::clock::Clock;
-use herd_model::host::{HostCapacity, HostRecord, HEARTBEAT_INTERVAL_MS};
+use herd_model::host::{HostCapacity, HostRecord, LeaseRecord, Silence, DEFAULT_LEASE_SECS, HEARTBEAT_INTERVAL_MS};
 use herd_state::State;
 use herd_tls::listener::AgentConnection;
 use std::collections::HashMap;
@@ -90,6 +97,33 @@ pub struct HostLinks {
     /// Where each instance's metadata endpoint listens on this server (set once the metadata
     /// service runs); what hosts relay their instances' metadata connections to.
     metadata: std::sync::OnceLock<Arc<dyn relay::MetadataEndpoints>>,
+    /// The lease each acknowledgement grants.
+    lease: chrono::Duration,
+    /// When this server started: the silence of a host not heard since counts from here.
+    started: DateTime<Utc>,
+    /// Per host: last heartbeat and largest lease granted, kept past the connection's end.
+    heard: Mutex<HashMap<String, LeaseRecord>>,
+    /// The instances each host may run (by its records), read at most once a second for all
+    /// hosts' acknowledgements together.
+    assigned: tokio::sync::Mutex<Option<(std::time::Instant, Arc<HashMap<String, Vec<String>>>)>>,
+}
+
+/// How the link treats agents (`[agents]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Told in the Welcome.
+    pub heartbeat_interval_ms: u64,
+    /// Granted in every acknowledgement.
+    pub lease: chrono::Duration,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            lease: chrono::Duration::seconds(DEFAULT_LEASE_SECS as i64),
+        }
+    }
 }
 
 impl HostLinks {
@@ -99,6 +133,12 @@ impl HostLinks {
 
     /// Links whose agents heartbeat every `interval_ms` (told in the Welcome).
     pub fn with_heartbeat_interval(state: State, clock: Arc<dyn Clock>, interval_ms: u64) -> Arc<Self> {
+        Self::with_settings(state, clock, LinkSettings { heartbeat_interval_ms: interval_ms, ..Default::default() })
+    }
+
+    /// Links with these settings.
+    pub fn with_settings(state: State, clock: Arc<dyn Clock>, settings: LinkSettings) -> Arc<Self> {
+        let started = clock.now();
         Arc::new(Self {
             state,
             clock,
@@ -106,9 +146,46 @@ impl HostLinks {
             next_generation: std::sync::atomic::AtomicU64::new(1),
             next_call: std::sync::atomic::AtomicU64::new(1),
             pulls: Mutex::new(HashMap::new()),
-            heartbeat_interval_ms: interval_ms,
+            heartbeat_interval_ms: settings.heartbeat_interval_ms,
             metadata: std::sync::OnceLock::new(),
+            lease: settings.lease,
+            started,
+            heard: Mutex::new(HashMap::new()),
+            assigned: tokio::sync::Mutex::new(None),
         })
+    }
+
+    fn heard(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseRecord>> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The instances (`group/set/id`) whose records place them on `host`, from a reading of
+    /// the store at most a second old (every host's acknowledgements share one reading).
+    async fn assigned_to(&self, host: &str) -> Vec<String> {
+        let mut cache = self.assigned.lock().await;
+        let fresh = cache.as_ref().is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
+        if !fresh {
+            let read = self
+                .state
+                .run(|s| {
+                    let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
+                    for o in herd_state::Records::instances(s)? {
+                        let key = o.key.parse::<herd_state::keys::InstanceRecordKey>();
+                        if let (Some(h), Ok(key)) = (&o.value.host, key) {
+                            by_host.entry(h.clone()).or_default().push(key.0.path());
+                        }
+                    }
+                    Ok(by_host)
+                })
+                .await;
+            match read {
+                Ok(by_host) => *cache = Some((std::time::Instant::now(), Arc::new(by_host))),
+                // The last reading is better than none; with none, nothing is listed (and the
+                // host's leases are not renewed until the store answers).
+                Err(e) => tracing::warn!(error = %e, "cannot read the instances' hosts for the acknowledgements"),
+            }
+        }
+        cache.as_ref().and_then(|(_, m)| m.get(host).cloned()).unwrap_or_default()
     }
 
     /// Where instances' metadata endpoints listen: relayed connections of hosts go there. Set
@@ -339,7 +416,15 @@ impl HostLinks {
                         capacity = now_has;
                         self.report(name, capacity, None).await;
                     }
-                    if outbox.send(ServerMessage::Ack { seq }).await.is_err() {
+                    // The lease is on the books before it is granted.
+                    let instances = self.assigned_to(name).await;
+                    {
+                        let mut heard = self.heard();
+                        let was = heard.get(name).copied();
+                        heard.insert(name.to_string(), LeaseRecord::heartbeat(was, now, self.lease));
+                    }
+                    let lease_ms = self.lease.num_milliseconds().max(0) as u64;
+                    if outbox.send(ServerMessage::Ack { seq, lease_ms, instances }).await.is_err() {
                         return Err("the connection's writer stopped".into());
                     }
                     if let Some(now_wanted) = pull::wanted(&self.state).await {
@@ -447,8 +532,31 @@ impl HostLinks {
 }
 
 impl herd_model::host::Heartbeats for HostLinks {
+    /// The last heartbeat received since this server started, also after the connection ended.
     fn last_heartbeat(&self, name: &str) -> Option<DateTime<Utc>> {
-        self.liveness(name).map(|l| l.last_heartbeat)
+        self.heard().get(name).map(|r| r.last_heartbeat)
+    }
+
+    fn silence(&self, name: &str) -> Option<Silence> {
+        let was = self.heard().get(name).copied();
+        Some(LeaseRecord::silence(was, self.started, self.lease))
+    }
+
+    fn destroy_stale_copy<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a herd_model::InstanceKey,
+        term: u64,
+        incarnation: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let fence = herd_driver::Fence::new(herd_driver::Term(term), herd_driver::Incarnation(incarnation));
+            let call = DriverCall::Destroy { key: key.clone(), fence };
+            match self.call(name, call, Duration::from_secs(120)).await {
+                Ok(_) | Err(DriverError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 
     fn link_stats(&self, name: &str) -> Option<herd_model::host::LinkStats> {

@@ -161,7 +161,10 @@ pub fn desired(
             let mut backends = Vec::new();
             for m in members.iter().filter(|m| joins(m.set, &rule.backend_address_pool.id) && serving(m.record)) {
                 let Ok(addr) = m.record.reach_address.parse::<IpAddr>() else { continue };
-                let draining = m.record.draining_since.is_some() || m.record.state != InstanceState::Running;
+                // An instance whose host is silent past host_grace (issue 21) leaves rotation too.
+                let draining = m.record.draining_since.is_some()
+                    || m.record.state != InstanceState::Running
+                    || m.record.host_failure.unreachable_since.is_some();
                 let healthy = match &rule.probe {
                     None => true,
                     Some(p) => health(&p.id.to_ascii_lowercase(), &target_id(m.set, m.record)) == Health::Healthy,
