@@ -14,9 +14,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use herd_model::host::{HostRecord, HostState, Scheduling};
-use std::collections::BTreeMap;
 use herd_state::placement::{self, HostRoom};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One host: its capacity and what instances reserve on it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
