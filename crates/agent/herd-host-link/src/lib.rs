@@ -70,6 +70,9 @@ pub struct Liveness {
     pub max_heartbeat_gap_ms: u64,
 }
 
+/// Instance keys (`group/set/id`) by the host their records place them on.
+type Assigned = HashMap<String, Vec<String>>;
+
 /// Calls waiting for their reply, by id.
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<DriverReply, CallError>>>>>;
 
@@ -105,7 +108,7 @@ pub struct HostLinks {
     heard: Mutex<HashMap<String, LeaseRecord>>,
     /// The instances each host may run (by its records), read at most once a second for all
     /// hosts' acknowledgements together.
-    assigned: tokio::sync::Mutex<Option<(std::time::Instant, Arc<HashMap<String, Vec<String>>>)>>,
+    assigned: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Assigned>)>>,
 }
 
 /// How the link treats agents (`[agents]` settings).

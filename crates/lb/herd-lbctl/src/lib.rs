@@ -587,6 +587,21 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_whose_host_is_silent_leaves_rotation_even_if_its_probe_passed() {
+        let s = set();
+        let mut away = rec(1, InstanceState::Running);
+        away.host_failure.unreachable_since = Some(chrono::Utc::now());
+        let records = [rec(0, InstanceState::Running), away];
+        let members: Vec<Member<'_>> = records
+            .iter()
+            .map(|r| Member { set: &s, record: r, probe_source: None, route: Default::default() })
+            .collect();
+        let d = desired(&[lb(true)], &[pip()], &members, &|_: &str, _: &str| Health::Healthy, &limits());
+        let got: Vec<(&str, bool)> = d.config.rules[0].backends.iter().map(|b| (b.id.as_str(), b.draining)).collect();
+        assert_eq!(got, [("rg/web/0", false), ("rg/web/1", true)], "the silent host's instance drains");
+    }
+
+    #[test]
     fn member_counters_sum_rules_per_instance_and_skip_nat() {
         use herd_lb::{BackendStats, BackendStatus, LbStats, RuleKind, RuleStats};
         let backend = |id: &str, status, active, total| BackendStats {
