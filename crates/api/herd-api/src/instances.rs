@@ -88,8 +88,15 @@ fn with_health(
     let mut v = r.view(set);
     // Health recorded for an earlier boot says nothing about this one.
     v.health = state.health.get(&HealthKey::of(set, r.instance_id).to_string()).map(|h| h.of_boot(r.state_since));
-    // Its host is silent past host_grace: what the probes last said is not known to hold.
-    if r.host_failure.unreachable_since.is_some() {
+    // Its host is silent past host_grace (as the reconciler marked it, or as the link knows
+    // now, before the next pass marks it): what the probes last said is not known to hold.
+    let silent_now = match (&state.joined, r.host.as_deref()) {
+        (Some(j), Some(h)) => {
+            state.heartbeats.silence(h).is_some_and(|s| s.heard && s.unreachable(state.clock.now(), j.grace))
+        }
+        _ => false,
+    };
+    if r.host_failure.unreachable_since.is_some() || silent_now {
         v.health = Some(HealthState::Unknown);
     }
     if r.model_generation < set.model_generation {

@@ -190,6 +190,27 @@ fn a_frozen_agent_and_a_cut_link_move_instances_within_their_zone_and_the_host_r
             .ok_or_else(|| common::instances_summary(&Value::Array(list)))
     });
 
+    // A short freeze (past host_grace, well before replace_after): health Unknown meanwhile,
+    // then back as it was: same host, same processes, no re-creation.
+    let on_h2: Vec<Value> = instances(&r).into_iter().filter(|i| i["host"] == "h2").collect();
+    let id = on_h2[0]["instanceId"].as_str().unwrap().to_string();
+    let pids = r.pids("h2", APP);
+    r.signal("h2", "stop");
+    r.wait_host("h2", "NotReady", Duration::from_secs(60));
+    wait_observing(&format!("instance {id}'s health to be Unknown"), Duration::from_secs(60), || {
+        let i = instance(&r, &id);
+        (i["health"] == "Unknown").then_some(()).ok_or_else(|| i.to_string())
+    });
+    r.signal("h2", "cont");
+    r.wait_host("h2", "Ready", Duration::from_secs(60));
+    wait_observing(&format!("instance {id}'s host mark to clear"), Duration::from_secs(60), || {
+        let i = instance(&r, &id);
+        (i["hostFailure"].is_null() && i["health"] != "Unknown").then_some(()).ok_or_else(|| i.to_string())
+    });
+    let i = instance(&r, &id);
+    assert_eq!(i["host"], "h2", "{i}");
+    assert_eq!(r.pids("h2", APP), pids, "the very same processes");
+
     // The agent frozen: its instances keep running on h2 (nothing kills them), the server
     // moves them to h1.
     fail_and_return(&r, "h2", "h1", &|| r.signal("h2", "stop"), &|| r.signal("h2", "cont"));

@@ -320,8 +320,8 @@ impl Reconciler {
             }
             None => Default::default(),
         };
-        // A silent host is watched closely: its instances move at a time, not on a change.
-        waiting |= !failures.unreachable.is_empty() || !returning.is_empty();
+        // Host failure acts on time, not on a change: the idle resync (every `idle_interval`, 2 s)
+        // is its clock, so a silent host does not turn every pass into a busy one.
         // The per-set concerns look at every set in every pass (and plan those they apply to).
         for c in [Concern::Scale, Concern::RollingUpgrade, Concern::OsImage, Concern::Repair] {
             concerns.run(c);
@@ -336,7 +336,8 @@ impl Reconciler {
             let records = by_set.remove(&set.key).unwrap_or_default();
             let observed = observed_by_set.get(&set.key);
             let (mut work, busy) = self.plan_set(set, status, records, observed, &images, &lbs, now, concerns);
-            if !failures.is_empty() {
+            // Also with no host silent now: marks of hosts heard again are cleared.
+            if self.config.joined.is_some() {
                 let recs: Vec<&InstanceRecord> = work.records.values().map(|w| &w.record).collect();
                 let moves = crate::host_failure::plan(&set.value, &recs, &failures);
                 crate::host_failure::apply_plan(&mut work.steps, moves);

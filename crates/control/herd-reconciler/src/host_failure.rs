@@ -40,6 +40,9 @@ pub struct HostFailures {
     pub lost: BTreeSet<String>,
     /// Heard within `host_grace`: copies left on them may be destroyed now.
     pub live: BTreeSet<String>,
+    /// Not heard since the server started, and the grace since the start not over: nothing is
+    /// known yet, so their instances' marks are left as they are.
+    pub unheard: BTreeSet<String>,
 }
 
 impl HostFailures {
@@ -56,6 +59,8 @@ impl HostFailures {
             let Some(s) = silence(&h.name) else { continue };
             if s.live(now, timing.grace) {
                 f.live.insert(h.name.clone());
+            } else if !s.heard && !s.unreachable(now, timing.grace) {
+                f.unheard.insert(h.name.clone());
             }
             if s.unreachable(now, timing.grace) {
                 f.unreachable.insert(h.name.clone());
@@ -80,7 +85,10 @@ pub fn plan(set: &herd_model::scale_set::StoredScaleSet, records: &[&InstanceRec
     for r in records {
         let Some(host) = r.host.as_deref() else { continue };
         let unreachable = f.unreachable.contains(host);
-        if unreachable != r.host_failure.unreachable_since.is_some() {
+        // Right after a server start a host is not heard yet: a mark from before stays until
+        // the host is heard (cleared) or the grace is over (kept).
+        let unknown = f.unheard.contains(host);
+        if !unknown && unreachable != r.host_failure.unreachable_since.is_some() {
             out.push(Step::HostUnreachable { id: r.instance_id, unreachable });
         }
         // Deallocated instances hold nothing on the host; those being deleted are removed by
@@ -248,6 +256,10 @@ mod tests {
         assert!(f.lost.contains("h2"), "42.4 s into the silence");
         // Without a link nothing is known, and nothing is lost.
         assert!(HostFailures::of(&hosts, |_| None, t0 + secs(3600), &timing).is_empty());
+        // Just after a server start, a host not heard yet is neither live nor unreachable.
+        let start = |_: &str| Some(Silence { since: t0, heard: false, max_lease: secs(10) });
+        let f = HostFailures::of(&hosts[..1], start, t0 + secs(2), &timing);
+        assert_eq!((f.unheard.len(), f.live.len(), f.unreachable.len()), (1, 0, 0));
     }
 
     #[test]
@@ -265,6 +277,7 @@ mod tests {
             unreachable: BTreeSet::from(["h2".to_string()]),
             lost: BTreeSet::from(["h2".to_string()]),
             live: BTreeSet::from(["h1".to_string()]),
+            unheard: BTreeSet::new(),
         };
         let steps = plan(&set, &records.iter().collect::<Vec<_>>(), &f);
         assert_eq!(
@@ -274,6 +287,17 @@ mod tests {
                 Step::Replace { id: InstanceId(1), from: "h2".into(), to: None },
                 Step::HostUnreachable { id: InstanceId(2), unreachable: true },
             ]
+        );
+        // A mark from before a server restart stays while the host is not heard yet.
+        let mut marked = on(0, "h1");
+        marked.host_failure.unreachable_since = Some(Utc::now());
+        let f2 = HostFailures { unheard: BTreeSet::from(["h1".to_string()]), ..Default::default() };
+        assert!(plan(&set, &[&marked], &f2).is_empty());
+        // Heard again before replace_after: the mark goes (health and rotation come back).
+        let back = HostFailures { live: BTreeSet::from(["h1".to_string()]), ..Default::default() };
+        assert_eq!(
+            plan(&set, &[&marked], &back),
+            vec![Step::HostUnreachable { id: InstanceId(0), unreachable: false }]
         );
         let mut planned = vec![Step::Restart(InstanceId(1)), Step::Restart(InstanceId(0))];
         apply_plan(&mut planned, steps);
