@@ -76,7 +76,7 @@ fn on_two_hosts(r: &Rig, hosts: &[&str]) -> BTreeSet<String> {
 /// Freezes or cuts `host`, and checks the whole failure: NotReady after the grace, health
 /// Unknown, re-created on `other` after replace_after with the same ids and a higher
 /// incarnation; then brings it back and checks the stale copies are gone before it is Ready.
-fn fail_and_return(r: &Rig, host: &str, other: &str, fail: &dyn Fn(), back: &dyn Fn()) {
+fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn(), back: &dyn Fn()) {
     let before = instances(r);
     let moved: Vec<Value> = before.iter().filter(|i| i["host"] == host).cloned().collect();
     assert!(!moved.is_empty(), "{host} runs instances before it fails: {before:?}");
@@ -118,6 +118,15 @@ fn fail_and_return(r: &Rig, host: &str, other: &str, fail: &dyn Fn(), back: &dyn
         assert!(rec["incarnation"].as_u64().unwrap() > was, "a new incarnation: {now}");
         assert_eq!(now["hostFailure"]["staleCopies"][0]["host"], host, "{now}");
     }
+    let replaced = t0.elapsed();
+    // The measurement docs/benchmarks.md reports (host failure).
+    eprintln!(
+        "host-failure timing: {what}: NotReady after {:.1} s (host_grace {} s), re-created and running after {:.1} s (replace_after {} s)",
+        not_ready.as_secs_f64(),
+        GRACE.as_secs(),
+        replaced.as_secs_f64(),
+        REPLACE_AFTER.as_secs()
+    );
     wait_observing(&format!("{other} to run the moved instances"), Duration::from_secs(60), || {
         let on = running_ids(r, other);
         ids.is_subset(&on).then_some(()).ok_or_else(|| format!("{other} runs {on:?}"))
@@ -213,7 +222,7 @@ fn a_frozen_agent_and_a_cut_link_move_instances_within_their_zone_and_the_host_r
 
     // The agent frozen: its instances keep running on h2 (nothing kills them), the server
     // moves them to h1.
-    fail_and_return(&r, "h2", "h1", &|| r.signal("h2", "stop"), &|| r.signal("h2", "cont"));
+    fail_and_return(&r, "frozen agent", "h2", "h1", &|| r.signal("h2", "stop"), &|| r.signal("h2", "cont"));
     assert!(running_ids(&r, "h3").is_empty(), "zone 2's host took nothing");
 
     // A cut link: everything on h1 moves to h2 (Ready again), and comes back clean.
@@ -224,7 +233,7 @@ fn a_frozen_agent_and_a_cut_link_move_instances_within_their_zone_and_the_host_r
             .unwrap();
         assert!(out.status.success(), "link {state}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    fail_and_return(&r, "h1", "h2", &|| link("down"), &|| link("up"));
+    fail_and_return(&r, "cut link", "h1", "h2", &|| link("down"), &|| link("up"));
     assert!(running_ids(&r, "h3").is_empty(), "zone 2's host took nothing");
     r.down();
 }
