@@ -81,7 +81,10 @@ fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn()
     let moved: Vec<Value> = before.iter().filter(|i| i["host"] == host).cloned().collect();
     assert!(!moved.is_empty(), "{host} runs instances before it fails: {before:?}");
     let ids: BTreeSet<String> = moved.iter().map(|i| i["instanceId"].as_str().unwrap().to_string()).collect();
-    assert_eq!(running_ids(r, host), ids, "{host}'s processes are its instances");
+    wait_observing(&format!("{host}'s processes to be its instances"), Duration::from_secs(60), || {
+        let on = running_ids(r, host);
+        (on == ids).then_some(()).ok_or_else(|| format!("{on:?}, expected {ids:?}"))
+    });
 
     let t0 = Instant::now();
     fail();
@@ -203,6 +206,11 @@ fn a_frozen_agent_and_a_cut_link_move_instances_within_their_zone_and_the_host_r
     // then back as it was: same host, same processes, no re-creation.
     let on_h2: Vec<Value> = instances(&r).into_iter().filter(|i| i["host"] == "h2").collect();
     let id = on_h2[0]["instanceId"].as_str().unwrap().to_string();
+    // Its init execs the app: wait for that, so the pids compared below are the app's.
+    wait_observing(&format!("h2 to run instance {id}'s app"), Duration::from_secs(60), || {
+        let on = running_ids(&r, "h2");
+        on.contains(&id).then_some(()).ok_or_else(|| format!("{on:?}"))
+    });
     let pids = r.pids("h2", APP);
     r.signal("h2", "stop");
     r.wait_host("h2", "NotReady", Duration::from_secs(60));
