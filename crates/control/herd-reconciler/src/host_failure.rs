@@ -11,8 +11,10 @@
 //!   host heard again                    ──▶ HostUnreachable{false}
 //!   silent ≥ replace_after and past the lease bound (its agent's leases are over):
 //!     Regular ──▶ Replace{to: None} ──capacity──▶ Replace{to: host of the same zone} + Ensure
-//!                  (incarnation + 1, written in Phase A before the new host is called; a
-//!                   reimage: data disks empty; same id and private IP; the old copy noted)
+//!                  (incarnation + 1, written in Phase A before the new host is called; state
+//!                   Creating, so a crash or a failed call is retried as any creation; a
+//!                   reimage in effect: data disks empty; same id and private IP; the old
+//!                   copy noted)
 //!                 └─ no room in the zone: dropped; the set's capacity note says why
 //!     Spot    ──▶ LoseSpot: evicted (Deallocated, or deleted by its evictionPolicy)
 //!   host linked again with stale copies ──▶ destroy each copy there, fenced by the new
@@ -147,9 +149,10 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, now: DateTime<Utc>) {
             r.host_failure.unreachable_since = None;
             r.host_failure.recreated =
                 Some(Recreation { from_host: from.clone(), at: now, incarnation: r.incarnation });
-            // A reimage on the new host: built from the current model, data disks empty, the
-            // model's extensions run again after its first boot.
-            let _ = apply_event(w.transitions, set, r, Event::ReimageRequested, now);
+            // Built anew on the new host (Creating: a crash before the build, or a failed
+            // call, is retried by the usual creation path): from the current model, data disks
+            // empty, the model's extensions run again after its first boot.
+            let _ = apply_event(w.transitions, set, r, Event::Recreate, now);
             r.pending = None;
             r.draining_since = None;
             r.extensions.clear();
@@ -317,12 +320,30 @@ mod tests {
         let now = Utc::now();
         apply_step(&mut w, &Step::Replace { id: InstanceId(0), from: "h2".into(), to: Some("h3".into()) }, now);
         let r = &w.records[&InstanceId(0)].record;
-        assert_eq!((r.host.as_deref(), r.incarnation, r.state), (Some("h3"), 2, InstanceState::Reimaging));
+        assert_eq!((r.host.as_deref(), r.incarnation, r.state), (Some("h3"), 2, InstanceState::Creating));
         assert_eq!(r.private_ip.as_deref(), Some("10.0.0.4"), "the same private IP");
         assert_eq!(r.host_failure.stale_copies, vec![StaleCopy { host: "h2".into(), incarnation: 1, since: now }]);
         assert_eq!(r.host_failure.recreated, Some(Recreation { from_host: "h2".into(), at: now, incarnation: 2 }));
         assert_eq!(r.host_failure.unreachable_since, None);
         assert!(w.log.iter().any(|(op, m)| op == "RecreateInstance" && m.contains("data disks start empty")));
         assert_eq!(hosts_with_stale_copies([r]), BTreeSet::from(["h2".to_string()]));
+
+        // A crash after this intent (or a failed build) leaves a Creating record the new host
+        // does not have: the next pass builds it there, as any creation.
+        let (status, observed, drains) = (Default::default(), Default::default(), Default::default());
+        let limits = crate::plan::Limits::default();
+        let records = [r.clone()];
+        let next = crate::plan::plan(&crate::plan::SetInput {
+            set: &set,
+            set_revision: 1,
+            status: &status,
+            instances: &records,
+            observed: &observed,
+            now: now + secs(1),
+            limits: &limits,
+            in_place_extensions: false,
+            drains: &drains,
+        });
+        assert!(next.steps.contains(&Step::Ensure(InstanceId(0))), "{:?}", next.steps);
     }
 }

@@ -15,6 +15,7 @@
 //!                          └──────────────────────────────────────────────────────┘
 //!
 //!   any state ── reimage ──▶ Reimaging ── boot observed ──▶ Running
+//!   any state ── recreate (its host failed) ──▶ Creating (built anew on another host)
 //!   any state ── delete ───▶ Deleting ── destroyed ──▶ (record removed)
 //! ```
 //! One transition function, [`InstanceState::on`], holds every legal move; anything else is
@@ -59,6 +60,9 @@ pub enum Event {
     DeallocateDone,
     RestartRequested,
     ReimageRequested,
+    /// Its host failed: it is built anew on another host (a new placement, see
+    /// `crate::host`), so it starts over as a creation.
+    Recreate,
     DeleteRequested,
 }
 
@@ -80,6 +84,7 @@ impl InstanceState {
             (S::Deleting, _) => return Err(InvalidTransition { from: self, event }),
             (_, E::DeleteRequested) => S::Deleting,
             (_, E::ReimageRequested) => S::Reimaging,
+            (_, E::Recreate) => S::Creating,
             (S::Failed, E::Retry) => S::Creating,
             (S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Running, E::BootObserved) => S::Running,
             (S::Creating | S::Starting | S::Restarting | S::Reimaging, E::ProvisionFailed) => S::Failed,
