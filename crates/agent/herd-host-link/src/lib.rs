@@ -56,6 +56,10 @@ use tokio::sync::{mpsc, oneshot};
 /// are abandoned (and retried by the reconciler), so one frozen agent never holds a pass.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
 
+/// The longest lease `[agents] lease_secs` allows: what a silent host is assumed to hold until
+/// the hosts' records are read.
+pub const MAX_LEASE_SECS: u64 = 600;
+
 /// How long an agent has to say Hello after its handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,6 +110,9 @@ pub struct HostLinks {
     started: DateTime<Utc>,
     /// Per host: last heartbeat and largest lease granted, kept past the connection's end.
     heard: Mutex<HashMap<String, LeaseRecord>>,
+    /// Per host: the largest lease (ms) any server granted it, as its record keeps it (None
+    /// until read from the store at the start of [`HostLinks::serve`]).
+    granted: Mutex<Option<HashMap<String, u64>>>,
     /// The instances each host may run (by its records), read at most once a second for all
     /// hosts' acknowledgements together.
     assigned: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Assigned>)>>,
@@ -154,12 +161,50 @@ impl HostLinks {
             lease: settings.lease,
             started,
             heard: Mutex::new(HashMap::new()),
+            granted: Mutex::new(None),
             assigned: tokio::sync::Mutex::new(None),
         })
     }
 
     fn heard(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseRecord>> {
         self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn granted(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, u64>>> {
+        self.granted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The largest lease host `name` was ever granted (by any server); until the records are
+    /// read, the largest lease a server can grant, so nothing is replaced too early.
+    fn ever_granted(&self, name: &str) -> chrono::Duration {
+        match &*self.granted() {
+            Some(m) => chrono::Duration::milliseconds(m.get(name).copied().unwrap_or(0) as i64),
+            None => chrono::Duration::seconds(MAX_LEASE_SECS as i64),
+        }
+    }
+
+    /// The lease to grant host `name` now: the configured one, once the record says it was
+    /// granted (written first when it grows); if that write fails, no more than was granted
+    /// before.
+    async fn lease_for(&self, name: &str) -> u64 {
+        let want = self.lease.num_milliseconds().max(0) as u64;
+        let had = self.granted().as_ref().and_then(|m| m.get(name).copied());
+        if had.is_some_and(|h| h >= want) {
+            return want;
+        }
+        let host = name.to_string();
+        match self.state.run(move |s| herd_state::hosts::grant_lease(s, &host, want)).await {
+            Ok(()) => {
+                if let Some(m) = self.granted().as_mut() {
+                    m.insert(name.to_string(), want);
+                }
+                want
+            }
+            Err(e) => {
+                tracing::warn!(host = %name, error = %e, "cannot record the lease granted; granting no more than before");
+                had.unwrap_or(0).min(want)
+            }
+        }
     }
 
     /// The instances (`group/set/id`) whose records place them on `host`, from a reading of
@@ -233,6 +278,11 @@ impl HostLinks {
         // Images imported before digests existed get theirs once, off the accept loop.
         let state = self.state.clone();
         tokio::spawn(async move { pull::fill_digests(&state).await });
+        // The leases granted before this server started (by it or another), per host.
+        match self.state.run(herd_state::hosts::list).await {
+            Ok(hosts) => *self.granted() = Some(hosts.into_iter().map(|h| (h.name, h.max_lease_ms)).collect()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the hosts' leases; silent hosts wait the longest lease"),
+        }
         while let Some((tls, peer)) = agents.recv().await {
             let links = self.clone();
             tokio::spawn(async move {
@@ -419,14 +469,16 @@ impl HostLinks {
                         capacity = now_has;
                         self.report(name, capacity, None).await;
                     }
-                    // The lease is on the books before it is granted.
+                    // The lease is on the books (the store's, then this server's) before it is
+                    // granted.
                     let instances = self.assigned_to(name).await;
+                    let lease_ms = self.lease_for(name).await;
                     {
                         let mut heard = self.heard();
                         let was = heard.get(name).copied();
-                        heard.insert(name.to_string(), LeaseRecord::heartbeat(was, now, self.lease));
+                        let lease = chrono::Duration::milliseconds(lease_ms as i64);
+                        heard.insert(name.to_string(), LeaseRecord::heartbeat(was, now, lease));
                     }
-                    let lease_ms = self.lease.num_milliseconds().max(0) as u64;
                     if outbox.send(ServerMessage::Ack { seq, lease_ms, instances }).await.is_err() {
                         return Err("the connection's writer stopped".into());
                     }
@@ -542,7 +594,7 @@ impl herd_model::host::Heartbeats for HostLinks {
 
     fn silence(&self, name: &str) -> Option<Silence> {
         let was = self.heard().get(name).copied();
-        Some(LeaseRecord::silence(was, self.started, self.lease))
+        Some(LeaseRecord::silence(was, self.started, self.lease, self.ever_granted(name)))
     }
 
     fn destroy_stale_copy<'a>(

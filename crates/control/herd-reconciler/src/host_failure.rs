@@ -233,6 +233,7 @@ mod tests {
             certificate_fingerprint: String::new(),
             join_token_id: String::new(),
             joined_at: Utc::now(),
+            max_lease_ms: 0,
         }
     }
 

@@ -71,6 +71,15 @@ pub struct HostRecord {
     /// The join token it came with (its id, never its secret).
     pub join_token_id: String,
     pub joined_at: DateTime<Utc>,
+    /// The largest lease (ms) any server ever granted this host in a heartbeat acknowledgement
+    /// (written only when it grows, before the ack that grants it): a server restarted with a
+    /// lower `lease_secs` still waits out the leases granted before (see [`LeaseRecord::silence`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_lease_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl HostRecord {
@@ -277,14 +286,20 @@ impl LeaseRecord {
         }
     }
 
-    /// The host's silence, counted from `server_start` when it was never heard.
-    pub fn silence(this: Option<LeaseRecord>, server_start: DateTime<Utc>, configured: chrono::Duration) -> Silence {
+    /// The host's silence, counted from `server_start` when it was never heard. `granted` is
+    /// the largest lease any server ever granted it (the host record's `max_lease_ms`), so a
+    /// restart with a lower setting never shortens a lease granted before.
+    pub fn silence(
+        this: Option<LeaseRecord>,
+        server_start: DateTime<Utc>,
+        configured: chrono::Duration,
+        granted: chrono::Duration,
+    ) -> Silence {
         match this {
-            Some(r) => Silence { since: r.last_heartbeat, heard: true, max_lease: r.max_lease },
-            // Never heard since the start: a lease from the server before the restart is at
-            // most the configured one (lowering it needs a restart, which this bound covers by
-            // also counting from the start; see architecture.md, Leases).
-            None => Silence { since: server_start, heard: false, max_lease: configured },
+            Some(r) => Silence { since: r.last_heartbeat, heard: true, max_lease: r.max_lease.max(granted) },
+            // Never heard since the start: the last heartbeat any server received came before
+            // it, under a lease of at most the largest ever granted.
+            None => Silence { since: server_start, heard: false, max_lease: configured.max(granted) },
         }
     }
 }
@@ -524,7 +539,7 @@ mod tests {
         let r = LeaseRecord::heartbeat(None, t0, secs(20));
         let r = LeaseRecord::heartbeat(Some(r), t0 + secs(2), secs(5));
         assert_eq!(r, LeaseRecord { last_heartbeat: t0 + secs(2), max_lease: secs(20) });
-        let s = LeaseRecord::silence(Some(r), t0 - secs(100), secs(5));
+        let s = LeaseRecord::silence(Some(r), t0 - secs(100), secs(5), secs(0));
         assert_eq!(s.lease_bound(), t0 + secs(2) + chrono::Duration::milliseconds(20_200) + LEASE_MARGIN);
         // replace_after shorter than the bound waits for the bound; longer wins.
         assert_eq!(s.replace_at(secs(10)), s.lease_bound());
@@ -537,7 +552,10 @@ mod tests {
     #[test]
     fn after_a_server_start_silence_counts_from_the_start_with_the_configured_lease() {
         let start = Utc::now();
-        let s = LeaseRecord::silence(None, start, secs(10));
+        // A server before this one granted 20 s; this one is configured with 10 s.
+        let earlier = LeaseRecord::silence(None, start, secs(10), secs(20));
+        assert_eq!(earlier.lease_bound(), start + lease_span(secs(20)), "a lowered setting shortens nothing");
+        let s = LeaseRecord::silence(None, start, secs(10), secs(0));
         assert!(!s.heard);
         assert_eq!(s.since, start);
         assert_eq!(s.lease_bound(), start + lease_span(secs(10)));
