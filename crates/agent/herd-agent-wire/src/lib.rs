@@ -14,12 +14,19 @@
 //!     │ ── Hello {name, version, capacity, boot id} ─────▶ │
 //!     │ ◀── Welcome {heartbeat interval} ─── or Refused {why} and close
 //!     │ ── Heartbeat {seq, capacity} ────────────────────▶ │ last heartbeat = now
-//!     │ ◀── Ack {seq} ──────────────────────────────────── │
+//!     │ ◀── Ack {seq, lease, instances} ─────────────────── │ grants a lease (see below)
 //!     │        … every interval …                          │
 //!     │ ◀── Refused {why} (host deleted meanwhile) and close
 //!     │ ◀── Call {id, DriverCall} ───────────────────────── │ the Driver trait, over the wire
 //!     │ ── Reply {id, DriverReply | CallError} ──────────▶ │
 //! ```
+//! Each acknowledgement is a lease: for `lease_ms`, counted from when the agent *sent* the
+//! heartbeat `seq` (its monotonic clock), the host may run the instances `instances` lists
+//! (`group/set/id`). The agent takes the length from the ack, never from its own settings; an
+//! instance the ack leaves out gets no new lease (it was moved, or is not the host's). The
+//! server never acts on a silent host's instances before its lease bound
+//! (`herd_model::host::Silence::lease_bound`).
+//!
 //! Calls and replies interleave with heartbeats on the one connection; each call carries an
 //! id, so several run at once on the host and their replies come back in any order. After an
 //! acknowledgement the server may say which image digests the host should keep
@@ -107,8 +114,17 @@ pub struct ImageRef {
 pub enum ServerMessage {
     #[serde(rename_all = "camelCase")]
     Welcome { heartbeat_interval_ms: u64 },
+    /// The acknowledgement of heartbeat `seq`, and the lease it grants (see the crate docs).
     #[serde(rename_all = "camelCase")]
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+        /// The lease's length; 0 grants none.
+        #[serde(default)]
+        lease_ms: u64,
+        /// The instances (`group/set/id`) the host may run under this lease.
+        #[serde(default)]
+        instances: Vec<String>,
+    },
     /// The server will not talk to this agent (and closes): not joined, deleted, another
     /// certificate, another protocol version. The agent must not retry with the same identity.
     #[serde(rename_all = "camelCase")]
@@ -348,9 +364,10 @@ mod tests {
         let hb =
             AgentMessage::Heartbeat { seq: 7, capacity: HostCapacity { vcpus: 2, memory_mib: 1, disk_free_mib: 3 } };
         write(&mut a, &hb).await.unwrap();
-        write(&mut a, &ServerMessage::Ack { seq: 7 }).await.unwrap();
+        let ack = ServerMessage::Ack { seq: 7, lease_ms: 10_000, instances: vec!["rg/web/0".into()] };
+        write(&mut a, &ack).await.unwrap();
         assert_eq!(read::<_, AgentMessage>(&mut b).await.unwrap(), Some(hb));
-        assert_eq!(read::<_, ServerMessage>(&mut b).await.unwrap(), Some(ServerMessage::Ack { seq: 7 }));
+        assert_eq!(read::<_, ServerMessage>(&mut b).await.unwrap(), Some(ack));
         // A length past the limit is refused before anything is allocated.
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         assert!(matches!(read::<_, ServerMessage>(&mut b).await, Err(WireError::TooLarge(_))));

@@ -14,6 +14,7 @@
 //! - [`calls`]: the server's driver calls, carried out with this host's own driver.
 //! - [`metadata_relay`]: its instances' metadata endpoints, relayed to the server.
 //! - [`network`]: this host's stretch of the cluster's segments (VXLAN), as the server says.
+//! - [`lease`]: the leases the server grants in its acknowledgements, per instance.
 //! - [`images`]: the host's image cache by content digest, pulled from the server on a
 //!   connection of its own, and emptied of what the gallery no longer has.
 //!
@@ -37,6 +38,7 @@ pub mod capacity;
 pub mod identity;
 pub mod images;
 pub mod join;
+pub mod lease;
 pub mod link;
 pub mod metadata_relay;
 pub mod network;

@@ -51,8 +51,21 @@ pub async fn run(
     data_dir: &Path,
     driver: Arc<dyn herd_driver::Driver>,
     network: Option<Arc<crate::network::HostNetwork>>,
+    shutdown: watch::Receiver<bool>,
+    state: watch::Sender<LinkState>,
+) -> Result<()> {
+    run_with_leases(identity, data_dir, driver, network, shutdown, state, Default::default()).await
+}
+
+/// [`run`], keeping the leases the server grants in `leases` (what enforces them reads it).
+pub async fn run_with_leases(
+    identity: &Identity,
+    data_dir: &Path,
+    driver: Arc<dyn herd_driver::Driver>,
+    network: Option<Arc<crate::network::HostNetwork>>,
     mut shutdown: watch::Receiver<bool>,
     state: watch::Sender<LinkState>,
+    leases: Arc<std::sync::Mutex<crate::lease::Leases>>,
 ) -> Result<()> {
     let url = crate::join::server_url(&identity.membership.server)?;
     let host = url.host_str().ok_or_else(|| anyhow!("the server URL has no host"))?.to_string();
@@ -87,6 +100,7 @@ pub async fn run(
         driver,
         images,
         network,
+        leases,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -201,9 +215,14 @@ struct Dial {
     relays: Arc<crate::metadata_relay::Relays>,
     /// Where segment descriptions go (None: this host runs no bridged instances).
     network: Option<Arc<crate::network::HostNetwork>>,
+    leases: Arc<std::sync::Mutex<crate::lease::Leases>>,
 }
 
 impl Dial {
+    fn leases(&self) -> std::sync::MutexGuard<'_, crate::lease::Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn session(&self, shutdown: &mut watch::Receiver<bool>, state: &watch::Sender<LinkState>) -> Ended {
         let mut tls = match self.connect.dial().await {
             Ok(t) => t,
@@ -236,6 +255,7 @@ impl Dial {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        self.leases().new_session();
         let mut last_ack = Instant::now();
         // Three missed acknowledgements: the connection is dead even if TCP has not noticed.
         let silence = interval * 3 + Duration::from_secs(5);
@@ -259,6 +279,8 @@ impl Dial {
                     }
                     seq += 1;
                     let hb = AgentMessage::Heartbeat { seq, capacity: crate::capacity::measure(&self.data_dir) };
+                    // The lease this heartbeat's ack grants counts from now, before it is sent.
+                    self.leases().sent(seq, Instant::now());
                     if let Err(e) = herd_agent_wire::write(&mut wr, &hb).await {
                         break Ended::Lost(e.into());
                     }
@@ -269,7 +291,13 @@ impl Dial {
                     }
                 }
                 frame = frames.recv() => match frame {
-                    Some(Ok(Some(ServerMessage::Ack { .. }))) => last_ack = Instant::now(),
+                    Some(Ok(Some(ServerMessage::Ack { seq, lease_ms, instances }))) => {
+                        last_ack = Instant::now();
+                        let granted = self.leases().acked(seq, Duration::from_millis(lease_ms), &instances);
+                        if !granted.dropped.is_empty() {
+                            tracing::info!(instances = ?granted.dropped, "the server no longer lists these instances for this host: their lease is not renewed");
+                        }
+                    }
                     Some(Ok(Some(ServerMessage::Call { id, call }))) => {
                         tracing::debug!(id, op = call.op(), "a call from the server");
                         let (driver, replies, images) = (self.driver.clone(), replies_tx.clone(), self.images.clone());

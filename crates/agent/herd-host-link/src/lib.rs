@@ -19,6 +19,13 @@
 //! A newer connection of the same host replaces the older one (the agent restarted, or its
 //! old connection is half-dead); the older session ends at its next message.
 //!
+//! **Leases** (issue 21). Each acknowledgement grants the host a lease (`[agents] lease_secs`)
+//! for the instances whose records place them on it. Per host the server keeps, in memory and
+//! beyond the connection's end, the last heartbeat received and the largest lease ever granted
+//! ([`herd_model::host::LeaseRecord`], updated *before* the ack goes out), so a host whose link
+//! drops is NotReady only after `host_grace`, and its instances are replaced only after the
+//! lease bound. A host not heard since this server started counts its silence from the start.
+//!
 //! A connection whose first message is `Pull` instead of `Hello` is an image pull
 //! ([`pull`]): authenticated the same way, served on its own connection, then closed. Each
 //! session also records the largest gap between two heartbeats (what a pull must not
@@ -38,7 +45,7 @@ use chrono::{DateTime, Utc};
 use herd_agent_wire::{AgentMessage, CallError, DriverCall, DriverReply, ServerMessage, WireError, PROTOCOL};
 use herd_driver::DriverError;
 use herd_model::clock::Clock;
-use herd_model::host::{HostCapacity, HostRecord, HEARTBEAT_INTERVAL_MS};
+use herd_model::host::{HostCapacity, HostRecord, LeaseRecord, Silence, DEFAULT_LEASE_SECS, HEARTBEAT_INTERVAL_MS};
 use herd_state::State;
 use herd_tls::listener::AgentConnection;
 use std::collections::HashMap;
@@ -50,6 +57,10 @@ use tokio::sync::{mpsc, oneshot};
 /// A linked host silent for longer than this (three heartbeats) answers no call: calls to it
 /// are abandoned (and retried by the reconciler), so one frozen agent never holds a pass.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
+
+/// The longest lease `[agents] lease_secs` allows: what a silent host is assumed to hold until
+/// the hosts' records are read.
+pub const MAX_LEASE_SECS: u64 = 600;
 
 /// How long an agent has to say Hello after its handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +75,9 @@ pub struct Liveness {
     /// The longest time between two heartbeats of this connection (from its Welcome).
     pub max_heartbeat_gap_ms: u64,
 }
+
+/// Instance keys (`group/set/id`) by the host their records place them on.
+type Assigned = HashMap<String, Vec<String>>;
 
 /// Calls waiting for their reply, by id.
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<DriverReply, CallError>>>>>;
@@ -94,6 +108,36 @@ pub struct HostLinks {
     metadata: std::sync::OnceLock<Arc<dyn relay::MetadataEndpoints>>,
     /// Where bridged NICs and hosts' VTEPs are: what stretches segments across hosts.
     fabric: Arc<fabric::Fabric>,
+    /// The lease each acknowledgement grants.
+    lease: chrono::Duration,
+    /// When this server started: the silence of a host not heard since counts from here.
+    started: DateTime<Utc>,
+    /// Per host: last heartbeat and largest lease granted, kept past the connection's end.
+    heard: Mutex<HashMap<String, LeaseRecord>>,
+    /// Per host: the largest lease (ms) any server granted it, as its record keeps it (None
+    /// until read from the store at the start of [`HostLinks::serve`]).
+    granted: Mutex<Option<HashMap<String, u64>>>,
+    /// The instances each host may run (by its records), read at most once a second for all
+    /// hosts' acknowledgements together.
+    assigned: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Assigned>)>>,
+}
+
+/// How the link treats agents (`[agents]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Told in the Welcome.
+    pub heartbeat_interval_ms: u64,
+    /// Granted in every acknowledgement.
+    pub lease: chrono::Duration,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            lease: chrono::Duration::seconds(DEFAULT_LEASE_SECS as i64),
+        }
+    }
 }
 
 impl HostLinks {
@@ -103,6 +147,12 @@ impl HostLinks {
 
     /// Links whose agents heartbeat every `interval_ms` (told in the Welcome).
     pub fn with_heartbeat_interval(state: State, clock: Arc<dyn Clock>, interval_ms: u64) -> Arc<Self> {
+        Self::with_settings(state, clock, LinkSettings { heartbeat_interval_ms: interval_ms, ..Default::default() })
+    }
+
+    /// Links with these settings.
+    pub fn with_settings(state: State, clock: Arc<dyn Clock>, settings: LinkSettings) -> Arc<Self> {
+        let started = clock.now();
         Arc::new(Self {
             state,
             clock,
@@ -110,10 +160,85 @@ impl HostLinks {
             next_generation: std::sync::atomic::AtomicU64::new(1),
             next_call: std::sync::atomic::AtomicU64::new(1),
             pulls: Mutex::new(HashMap::new()),
-            heartbeat_interval_ms: interval_ms,
+            heartbeat_interval_ms: settings.heartbeat_interval_ms,
             metadata: std::sync::OnceLock::new(),
             fabric: Arc::default(),
+            lease: settings.lease,
+            started,
+            heard: Mutex::new(HashMap::new()),
+            granted: Mutex::new(None),
+            assigned: tokio::sync::Mutex::new(None),
         })
+    }
+
+    fn heard(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseRecord>> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn granted(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, u64>>> {
+        self.granted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The largest lease host `name` was ever granted (by any server); until the records are
+    /// read, the largest lease a server can grant, so nothing is replaced too early.
+    fn ever_granted(&self, name: &str) -> chrono::Duration {
+        match &*self.granted() {
+            Some(m) => chrono::Duration::milliseconds(m.get(name).copied().unwrap_or(0) as i64),
+            None => chrono::Duration::seconds(MAX_LEASE_SECS as i64),
+        }
+    }
+
+    /// The lease to grant host `name` now: the configured one, once the record says it was
+    /// granted (written first when it grows); if that write fails, no more than was granted
+    /// before.
+    async fn lease_for(&self, name: &str) -> u64 {
+        let want = self.lease.num_milliseconds().max(0) as u64;
+        let had = self.granted().as_ref().and_then(|m| m.get(name).copied());
+        if had.is_some_and(|h| h >= want) {
+            return want;
+        }
+        let host = name.to_string();
+        match self.state.run(move |s| herd_state::hosts::grant_lease(s, &host, want)).await {
+            Ok(()) => {
+                if let Some(m) = self.granted().as_mut() {
+                    m.insert(name.to_string(), want);
+                }
+                want
+            }
+            Err(e) => {
+                tracing::warn!(host = %name, error = %e, "cannot record the lease granted; granting no more than before");
+                had.unwrap_or(0).min(want)
+            }
+        }
+    }
+
+    /// The instances (`group/set/id`) whose records place them on `host`, from a reading of
+    /// the store at most a second old (every host's acknowledgements share one reading).
+    async fn assigned_to(&self, host: &str) -> Vec<String> {
+        let mut cache = self.assigned.lock().await;
+        let fresh = cache.as_ref().is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
+        if !fresh {
+            let read = self
+                .state
+                .run(|s| {
+                    let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
+                    for o in herd_state::Records::instances(s)? {
+                        let key = o.key.parse::<herd_state::keys::InstanceRecordKey>();
+                        if let (Some(h), Ok(key)) = (&o.value.host, key) {
+                            by_host.entry(h.clone()).or_default().push(key.0.path());
+                        }
+                    }
+                    Ok(by_host)
+                })
+                .await;
+            match read {
+                Ok(by_host) => *cache = Some((std::time::Instant::now(), Arc::new(by_host))),
+                // The last reading is better than none; with none, nothing is listed (and the
+                // host's leases are not renewed until the store answers).
+                Err(e) => tracing::warn!(error = %e, "cannot read the instances' hosts for the acknowledgements"),
+            }
+        }
+        cache.as_ref().and_then(|(_, m)| m.get(host).cloned()).unwrap_or_default()
     }
 
     /// The fabric: the reconciler publishes NICs to it; the server applies its own stretch.
@@ -175,6 +300,11 @@ impl HostLinks {
         // Images imported before digests existed get theirs once, off the accept loop.
         let state = self.state.clone();
         tokio::spawn(async move { pull::fill_digests(&state).await });
+        // The leases granted before this server started (by it or another), per host.
+        match self.state.run(herd_state::hosts::list).await {
+            Ok(hosts) => *self.granted() = Some(hosts.into_iter().map(|h| (h.name, h.max_lease_ms)).collect()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the hosts' leases; silent hosts wait the longest lease"),
+        }
         while let Some((tls, peer)) = agents.recv().await {
             let links = self.clone();
             tokio::spawn(async move {
@@ -377,7 +507,17 @@ impl HostLinks {
                         capacity = now_has;
                         self.report(name, capacity, None, None).await;
                     }
-                    if outbox.send(ServerMessage::Ack { seq }).await.is_err() {
+                    // The lease is on the books (the store's, then this server's) before it is
+                    // granted.
+                    let instances = self.assigned_to(name).await;
+                    let lease_ms = self.lease_for(name).await;
+                    {
+                        let mut heard = self.heard();
+                        let was = heard.get(name).copied();
+                        let lease = chrono::Duration::milliseconds(lease_ms as i64);
+                        heard.insert(name.to_string(), LeaseRecord::heartbeat(was, now, lease));
+                    }
+                    if outbox.send(ServerMessage::Ack { seq, lease_ms, instances }).await.is_err() {
                         return Err("the connection's writer stopped".into());
                     }
                     if let Some(now_wanted) = pull::wanted(&self.state).await {
@@ -513,8 +653,31 @@ async fn push_segments(fabric: Arc<fabric::Fabric>, outbox: mpsc::Sender<ServerM
 }
 
 impl herd_model::host::Heartbeats for HostLinks {
+    /// The last heartbeat received since this server started, also after the connection ended.
     fn last_heartbeat(&self, name: &str) -> Option<DateTime<Utc>> {
-        self.liveness(name).map(|l| l.last_heartbeat)
+        self.heard().get(name).map(|r| r.last_heartbeat)
+    }
+
+    fn silence(&self, name: &str) -> Option<Silence> {
+        let was = self.heard().get(name).copied();
+        Some(LeaseRecord::silence(was, self.started, self.lease, self.ever_granted(name)))
+    }
+
+    fn destroy_stale_copy<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a herd_model::InstanceKey,
+        term: u64,
+        incarnation: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let fence = herd_driver::Fence::new(herd_driver::Term(term), herd_driver::Incarnation(incarnation));
+            let call = DriverCall::Destroy { key: key.clone(), fence };
+            match self.call(name, call, Duration::from_secs(120)).await {
+                Ok(_) | Err(DriverError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 
     fn link_stats(&self, name: &str) -> Option<herd_model::host::LinkStats> {

@@ -107,10 +107,22 @@ impl Driver for HostRouter {
 
     async fn list_hosts(&self) -> Result<Listing, DriverError> {
         let mut listing = Listing { instances: self.local.list().await?, unreachable_hosts: Default::default() };
-        let joined: Vec<String> = self
+        // The joined hosts, and where each instance's record places it: a host's copy of an
+        // instance placed elsewhere now (moved away while the host was silent, issue 21) is not
+        // that instance; it is left out of the listing and destroyed when the host returns.
+        let (joined, placed): (Vec<String>, std::collections::HashMap<String, Option<String>>) = self
             .links
             .state
-            .run(|s| Ok(herd_state::hosts::list(s)?.into_iter().map(|h| h.name).collect()))
+            .run(|s| {
+                let joined = herd_state::hosts::list(s)?.into_iter().map(|h| h.name).collect();
+                let mut placed = std::collections::HashMap::new();
+                for o in herd_state::Records::instances(s)? {
+                    if let Ok(k) = o.key.parse::<herd_state::keys::InstanceRecordKey>() {
+                        placed.insert(k.0.path(), o.value.host);
+                    }
+                }
+                Ok((joined, placed))
+            })
             .await
             .map_err(|e| DriverError::Failed(format!("reading the joined hosts: {e}")))?;
         let linked = self.links.linked();
@@ -128,7 +140,10 @@ impl Driver for HostRouter {
         });
         for (host, listed) in futures::future::join_all(remotes).await {
             match listed {
-                Ok(v) => listing.instances.extend(v),
+                Ok(v) => listing.instances.extend(v.into_iter().filter(|o| match placed.get(&o.key.path()) {
+                    Some(on) => on.as_deref() == Some(host.as_str()),
+                    None => true, // no record: an orphan candidate, as on any host
+                })),
                 Err(e) => {
                     tracing::debug!(%host, error = %e, "a host's instances could not be listed");
                     listing.unreachable_hosts.insert(host);

@@ -16,6 +16,7 @@ use axum::Json;
 use herd_model::host::{HostRecord, HostState, Scheduling};
 use herd_state::placement::{self, HostRoom};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One host: its capacity and what instances reserve on it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -81,13 +82,37 @@ pub struct JoinedHostView {
     pub max_heartbeat_gap_ms: Option<u64>,
     /// Image pulls this server served to the host since it started.
     pub image_pulls: u64,
+    /// Copies of instances moved away while it was silent, still to be destroyed on it (the
+    /// host is Returning until none is left).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stale_copies: usize,
     pub joined_at: chrono::DateTime<chrono::Utc>,
     /// SHA-256 of the one agent certificate accepted for it.
     pub certificate_fingerprint: String,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Per host, the copies of moved instances still on it (see `herd_model::instance::HostFailure`).
+fn stale_copies(s: &dyn herd_state::Store) -> Result<BTreeMap<String, usize>, herd_state::StateError> {
+    let mut by_host = BTreeMap::new();
+    for o in herd_state::Records::instances(s)? {
+        for c in &o.value.host_failure.stale_copies {
+            *by_host.entry(c.host.clone()).or_insert(0) += 1;
+        }
+    }
+    Ok(by_host)
+}
+
 /// The joined hosts with their state and what their instances reserve.
-fn joined_views(state: &AppState, records: Vec<HostRecord>, usage: Vec<placement::HostUsage>) -> Vec<JoinedHostView> {
+fn joined_views(
+    state: &AppState,
+    records: Vec<HostRecord>,
+    usage: Vec<placement::HostUsage>,
+    stale: &BTreeMap<String, usize>,
+) -> Vec<JoinedHostView> {
     let now = state.clock.now();
     records
         .into_iter()
@@ -95,8 +120,17 @@ fn joined_views(state: &AppState, records: Vec<HostRecord>, usage: Vec<placement
             let last = state.heartbeats.last_heartbeat(&h.name);
             let link = state.heartbeats.link_stats(&h.name);
             let used = usage.iter().find(|u| u.name == h.name);
+            let stale_copies = stale.get(&h.name).copied().unwrap_or(0);
+            // With the agent link: the full state, host failure included; without: heartbeats only.
+            let host_state = match (&state.joined, state.heartbeats.silence(&h.name)) {
+                (Some(j), Some(silence)) => {
+                    HostState::with_failure(h.scheduling, Some(&silence), now, &j.timing(), stale_copies > 0)
+                }
+                _ => HostState::of(h.scheduling, last, now, state.host_grace),
+            };
             JoinedHostView {
-                state: HostState::of(h.scheduling, last, now, state.host_grace),
+                state: host_state,
+                stale_copies,
                 scheduling: h.scheduling,
                 vcpus: h.capacity.vcpus,
                 memory_mib: h.capacity.memory_mib,
@@ -129,11 +163,12 @@ fn specs(records: &[HostRecord]) -> Vec<herd_model::spot::HostSpec> {
     responses((status = 200, body = HostsView), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiError> {
     let config = state.config.clone();
-    let (usage, joined, joined_usage) = state
+    let (usage, joined, joined_usage, stale) = state
         .run(move |s| {
             let joined = herd_state::hosts::list(s)?;
             let joined_usage = placement::host_usage(s, &specs(&joined), &config.skus)?;
-            Ok((placement::host_usage(s, &config.hosts, &config.skus)?, joined, joined_usage))
+            let stale = if joined.is_empty() { BTreeMap::new() } else { stale_copies(s)? };
+            Ok((placement::host_usage(s, &config.hosts, &config.skus)?, joined, joined_usage, stale))
         })
         .await?;
     let hosts = usage
@@ -155,7 +190,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<HostsView>, ApiE
             spot_instances: u.spot_instances as usize,
         })
         .collect();
-    let joined = joined_views(&state, joined, joined_usage);
+    let joined = joined_views(&state, joined, joined_usage, &stale);
     Ok(Json(HostsView { unlimited: state.config.hosts.is_empty(), hosts, joined }))
 }
 
@@ -169,15 +204,15 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
 
 async fn one(state: &AppState, name: String) -> Result<JoinedHostView, ApiError> {
     let skus = state.config.skus.clone();
-    let (record, usage) = state
+    let (record, usage, stale) = state
         .run(move |s| {
-            let Some(h) = herd_state::hosts::get(s, &name)? else { return Ok((Err(name), vec![])) };
+            let Some(h) = herd_state::hosts::get(s, &name)? else { return Ok((Err(name), vec![], BTreeMap::new())) };
             let usage = placement::host_usage(s, &specs(std::slice::from_ref(&h)), &skus)?;
-            Ok((Ok(h), usage))
+            Ok((Ok(h), usage, stale_copies(s)?))
         })
         .await?;
     let record = record.map_err(|name| ApiError::NotFound(format!("host '{name}' not found")))?;
-    Ok(joined_views(state, vec![record], usage).remove(0))
+    Ok(joined_views(state, vec![record], usage, &stale).remove(0))
 }
 
 /// What `POST /v1/hosts/{name}/{action}` does.

@@ -88,6 +88,17 @@ fn with_health(
     let mut v = r.view(set);
     // Health recorded for an earlier boot says nothing about this one.
     v.health = state.health.get(&HealthKey::of(set, r.instance_id).to_string()).map(|h| h.of_boot(r.state_since));
+    // Its host is silent past host_grace (as the reconciler marked it, or as the link knows
+    // now, before the next pass marks it): what the probes last said is not known to hold.
+    let silent_now = match (&state.joined, r.host.as_deref()) {
+        (Some(j), Some(h)) => {
+            state.heartbeats.silence(h).is_some_and(|s| s.heard && s.unreachable(state.clock.now(), j.grace))
+        }
+        _ => false,
+    };
+    if r.host_failure.unreachable_since.is_some() || silent_now {
+        v.health = Some(HealthState::Unknown);
+    }
     if r.model_generation < set.model_generation {
         v.upgrade_action = Some(r.upgrade_action(set, in_place));
     }
@@ -150,6 +161,34 @@ pub async fn instance_view(n: Named<(String, String, String)>) -> Result<Json<In
             display_status: format!("The VM is {}", h.as_str().to_ascii_lowercase()),
             message: None,
             time: rec.state_since,
+        });
+    }
+    // Host failure (issue 21): its host silent, or its re-creation elsewhere.
+    let hf = &rec.host_failure;
+    if let Some(since) = hf.unreachable_since {
+        statuses.push(StatusEntry {
+            code: "HostState/notReady".into(),
+            level: "Warning".into(),
+            display_status: "Host not ready".into(),
+            message: Some(format!(
+                "host {} has not been heard from: health Unknown, out of load-balancer rotation; the instance is re-created on another host of its zone after replace_after",
+                rec.host.as_deref().unwrap_or("")
+            )),
+            time: since,
+        });
+    }
+    if let Some(r) = &hf.recreated {
+        statuses.push(StatusEntry {
+            code: "Recreated/hostFailure".into(),
+            level: "Info".into(),
+            display_status: "Re-created after a host failure".into(),
+            message: Some(format!(
+                "re-created on {} because host {} failed: a reimage (data disks started empty), same instance id and private IP, incarnation {}",
+                rec.host.as_deref().unwrap_or("this server"),
+                r.from_host,
+                r.incarnation
+            )),
+            time: r.at,
         });
     }
     // The VM agent line: with the qemu driver and an image that has the guest agent, a running

@@ -65,6 +65,18 @@ pub enum ClusterCmd {
         #[arg(long, value_enum, default_value = "kill")]
         signal: RigSignal,
     },
+    /// Cut a member's cable to the fabric (down) or restore it (up): its port on the fabric
+    /// bridge goes down, so nothing crosses and nobody is told, as with a pulled cable. Its
+    /// processes and instances go on.
+    Link {
+        #[arg(long, default_value = "dev")]
+        name: String,
+        /// `server`, or a host (`h1`, `h2`, …).
+        #[arg(long = "member")]
+        member: String,
+        #[arg(value_enum)]
+        state: LinkState,
+    },
     /// Start a member's herd process again (after `signal kill`); an agent uses the identity
     /// in its data dir, so it needs no join token.
     Start {
@@ -76,6 +88,12 @@ pub enum ClusterCmd {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LinkState {
+    Up,
+    Down,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -198,6 +216,11 @@ pub fn run(cmd: DevCmd, output: Format, query: Option<&str>) -> Result<()> {
             };
             let pid = cluster.signal(&member, sig)?;
             eprintln!("herd dev cluster: sent {sig} to {member}'s herd (pid {pid})");
+            Ok(())
+        }
+        ClusterCmd::Link { name, member, state } => {
+            Cluster::load(&name)?.link(&member, state == LinkState::Up)?;
+            eprintln!("herd dev cluster: {member}'s link is {}", if state == LinkState::Up { "up" } else { "down" });
             Ok(())
         }
         ClusterCmd::Start { name, member, wait } => {

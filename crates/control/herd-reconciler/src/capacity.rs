@@ -114,8 +114,17 @@ pub fn arbitrate(
     for (pi, p) in parts.iter().enumerate() {
         let set = p.set;
         let key = |id: InstanceId| InstanceKey { group: set.group.clone(), set: set.name.clone(), id };
+        // Instances re-created after a host failure ask for room anew (their old host is gone).
+        let replacing: BTreeSet<InstanceId> = p
+            .steps
+            .iter()
+            .filter_map(|s| if let Step::Replace { id, to: None, .. } = s { Some(*id) } else { None })
+            .collect();
         for r in &p.records {
             owner.insert(key(r.instance_id), pi);
+            if replacing.contains(&r.instance_id) {
+                continue;
+            }
             holders.extend(holder(set, r, skus, unlimited).map(|mut h| {
                 if let (None, Some(local)) = (&h.host, unplaced_on) {
                     h.host = Some(local.to_string());
@@ -132,6 +141,12 @@ pub fn arbitrate(
             match step {
                 // An overprovisioned extra only takes free room (see herd-capacity's rules).
                 Step::Create(new) => new.iter().for_each(|n| want(n.id, n.zone.clone(), n.overprovisioned)),
+                // A host-failure replacement: the same zone, its own fault domain.
+                Step::Replace { id, to: None, .. } => {
+                    owner.insert(key(*id), pi);
+                    let fd = p.records.iter().find(|r| r.instance_id == *id).and_then(|r| r.platform_fault_domain);
+                    requests.push(Request { fault_domain: fd, ..request(set, *id, zone_of(*id), skus) });
+                }
                 Step::Start(id) | Step::Restore(id)
                     if p.records.iter().any(|r| r.instance_id == *id && r.state == InstanceState::Deallocated) =>
                 {
@@ -145,8 +160,9 @@ pub fn arbitrate(
         }
     }
     let f = |sku: &str| (price.0)(sku, now);
-    let decision: Decision = herd_capacity::arbitrate(hosts, &holders, &requests, &f);
-    rewrite_steps(parts, &owner, &decision, unlimited, &mut placement_notes);
+    let mut decision: Decision = herd_capacity::arbitrate(hosts, &holders, &requests, &f);
+    let out_of_zone = keep_replacements_in_zone(parts, hosts, &mut decision);
+    rewrite_steps(parts, &owner, &decision, unlimited, &mut placement_notes, &out_of_zone);
 }
 
 /// A set without `zoneBalance` whose zones include some no host takes new instances for (but
@@ -194,6 +210,49 @@ fn redirect_zones(p: &mut SetSteps<'_>, hosts: &[HostSpec]) -> Option<String> {
     ))
 }
 
+/// A zonal instance re-created after a host failure stays in its zone: a placement on a host
+/// of no zone (the arbiter's fallback, the server's own machine) is undone, and the instance
+/// stays down with a note saying why. Returns those notes, by instance.
+fn keep_replacements_in_zone(
+    parts: &[SetSteps<'_>],
+    hosts: &[HostSpec],
+    d: &mut Decision,
+) -> Vec<(InstanceKey, String)> {
+    // Replaced zonal instances: (zone, failed host).
+    let mut zone_of: BTreeMap<InstanceKey, (String, String)> = BTreeMap::new();
+    for p in parts.iter() {
+        for s in p.steps.iter() {
+            if let Step::Replace { id, from, to: None } = s {
+                let zone = p.records.iter().find(|r| r.instance_id == *id).and_then(|r| r.zone.clone());
+                if let Some(z) = zone {
+                    let key = InstanceKey { group: p.set.group.clone(), set: p.set.name.clone(), id: *id };
+                    zone_of.insert(key, (z, from.clone()));
+                }
+            }
+        }
+    }
+    if zone_of.is_empty() {
+        return vec![];
+    }
+    let host_zone: BTreeMap<&str, Option<&str>> = hosts.iter().map(|h| (h.name.as_str(), h.zone.as_deref())).collect();
+    let mut notes = Vec::new();
+    d.placements.retain(|p| {
+        let Some((zone, from)) = zone_of.get(&p.key) else { return true };
+        if host_zone.get(p.host.as_str()).copied().flatten() == Some(zone.as_str()) {
+            return true;
+        }
+        notes.push((
+            p.key.clone(),
+            format!(
+                "instance {} is down: its host {from} failed and zone {zone} has no other host with room for it",
+                p.key.id
+            ),
+        ));
+        false
+    });
+    notes
+}
+
 /// Rewrites each part's steps by the arbiter's decision (see the table above).
 fn rewrite_steps(
     parts: &mut [SetSteps<'_>],
@@ -201,6 +260,7 @@ fn rewrite_steps(
     d: &Decision,
     unlimited: bool,
     placement_notes: &mut BTreeMap<usize, String>,
+    out_of_zone: &[(InstanceKey, String)],
 ) {
     let host = |h: &str| if unlimited || h == UNLIMITED_HOST { None } else { Some(h.to_string()) };
     let placed: BTreeMap<&InstanceKey, Option<String>> = d.placements.iter().map(|p| (&p.key, host(&p.host))).collect();
@@ -217,12 +277,23 @@ fn rewrite_steps(
     for refused in &d.refused {
         let k = &refused.key;
         if let Some(pi) = owner.get(k) {
+            let replacing = parts_replacing(parts, *pi, k.id);
             let msg = match &refused.reason {
+                Refusal::Capacity(s) if replacing => {
+                    format!("instance {} is down: its host failed and its zone has no room for it: {s}", k.id)
+                }
                 Refusal::Capacity(s) => format!("no room for instance {}: {s}", k.id),
                 other => format!("instance {} not started: {other}", k.id),
             };
             let e = notes.entry(*pi).or_insert((vec![], true));
             e.0.push(msg);
+            e.1 = false;
+        }
+    }
+    for (k, msg) in out_of_zone {
+        if let Some(pi) = owner.get(k) {
+            let e = notes.entry(*pi).or_insert((vec![], true));
+            e.0.push(msg.clone());
             e.1 = false;
         }
     }
@@ -255,6 +326,14 @@ fn rewrite_steps(
                     }
                     if !kept.is_empty() {
                         out.push(Step::Create(kept));
+                    }
+                }
+                // Placed: re-created there in this pass. Not placed: it stays down, and the
+                // set's capacity note says why.
+                Step::Replace { id, from, to: None } => {
+                    if let Some(Some(h)) = placed.get(&key(id)) {
+                        out.push(Step::Replace { id, from, to: Some(h.clone()) });
+                        out.push(Step::Ensure(id));
                     }
                 }
                 Step::Start(id) | Step::Restore(id) if is_deallocated(&p.records, id) => {
@@ -306,6 +385,11 @@ fn rewrite_steps(
         }
         *p.steps = out;
     }
+}
+
+/// Whether part `pi` asks to re-create instance `id` after a host failure this pass.
+fn parts_replacing(parts: &[SetSteps<'_>], pi: usize, id: InstanceId) -> bool {
+    parts.get(pi).is_some_and(|p| p.steps.iter().any(|s| matches!(s, Step::Replace { id: i, .. } if *i == id)))
 }
 
 fn is_deallocated(records: &[&InstanceRecord], id: InstanceId) -> bool {

@@ -97,6 +97,9 @@ pub struct Reconciler {
     transitions: InvalidTransitions,
     /// Where each concern's part of a pass is shown (None: nowhere, as in most tests).
     concerns: Option<ConcernBoard>,
+    /// Some record had copies left on a failed host at the last pass (or no pass ran yet): the
+    /// next pass looks for returned hosts to destroy them on.
+    stale_copies: std::sync::atomic::AtomicBool,
 }
 
 /// What a pass reads first, in one call on the blocking pool.
@@ -160,6 +163,7 @@ impl Reconciler {
             orphan_guard: Default::default(),
             transitions: InvalidTransitions::default(),
             concerns: None,
+            stale_copies: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -181,6 +185,11 @@ impl Reconciler {
         records
             .iter()
             .filter_map(|r| {
+                // An instance whose host is silent counts as unhealthy for upgrades and repairs
+                // (issue 21); the host-failure handling, not a repair, moves it.
+                if r.host_failure.unreachable_since.is_some() {
+                    return Some((r.instance_id, Health::Unhealthy));
+                }
                 let h = board.get(&HealthKey::of(set, r.instance_id).to_string())?;
                 // Health from an earlier boot (the board lags a pass behind) says nothing yet.
                 Some((r.instance_id, h.of_boot(r.state_since)))
@@ -275,7 +284,13 @@ impl Reconciler {
     async fn pass_with(&self, concerns: &mut PassConcerns) -> Result<PassReport, ReconcileError> {
         let t_start = std::time::Instant::now();
         let now = self.clock.now();
+        if self.config.joined.is_some() && self.stale_copies.load(std::sync::atomic::Ordering::Relaxed) {
+            self.return_stale_copies(now, concerns).await?;
+        }
         let Snapshot { sets, statuses, mut by_set, quarantined } = self.state.run(Snapshot::read).await?;
+        let any_copies = by_set.values().flatten().any(|o| !o.value.host_failure.stale_copies.is_empty());
+        self.stale_copies.store(any_copies, std::sync::atomic::Ordering::Relaxed);
+        let returning = crate::host_failure::hosts_with_stale_copies(by_set.values().flatten().map(|o| &o.value));
         let t_read = t_start.elapsed();
         let listing = self.driver.list_hosts().await?;
         let t_list = t_start.elapsed();
@@ -298,6 +313,15 @@ impl Reconciler {
             .await?;
         let lbs: Vec<LoadBalancer> = lbs.into_iter().map(|o| o.value).collect();
         let mut waiting = self.extensions.busy();
+        let failures = match &self.config.joined {
+            Some(j) => {
+                let timing = j.timing();
+                crate::host_failure::HostFailures::of(&joined, |n| j.heartbeats.silence(n), now, &timing)
+            }
+            None => Default::default(),
+        };
+        // Host failure acts on time, not on a change: the idle resync (every `idle_interval`, 2 s)
+        // is its clock, so a silent host does not turn every pass into a busy one.
         // The per-set concerns look at every set in every pass (and plan those they apply to).
         for c in [Concern::Scale, Concern::RollingUpgrade, Concern::OsImage, Concern::Repair] {
             concerns.run(c);
@@ -311,7 +335,13 @@ impl Reconciler {
             let status = statuses.get(&set.key);
             let records = by_set.remove(&set.key).unwrap_or_default();
             let observed = observed_by_set.get(&set.key);
-            let (work, busy) = self.plan_set(set, status, records, observed, &images, &lbs, now, concerns);
+            let (mut work, busy) = self.plan_set(set, status, records, observed, &images, &lbs, now, concerns);
+            // Also with no host silent now: marks of hosts heard again are cleared.
+            if self.config.joined.is_some() {
+                let recs: Vec<&InstanceRecord> = work.records.values().map(|w| &w.record).collect();
+                let moves = crate::host_failure::plan(&set.value, &recs, &failures);
+                crate::host_failure::apply_plan(&mut work.steps, moves);
+            }
             waiting |= busy;
             works.push(work);
         }
@@ -322,7 +352,7 @@ impl Reconciler {
         strays.took += t.elapsed();
         strays.steps += orphans.len() - before;
         removed?;
-        self.arbitrate_capacity(&mut works, &joined, now, concerns);
+        self.arbitrate_capacity(&mut works, &joined, &returning, now, concerns);
         for w in &works {
             concerns.count(&w.steps);
         }
@@ -384,12 +414,21 @@ impl Reconciler {
         &self,
         works: &mut [SetDraft<'_>],
         joined: &[herd_model::host::HostRecord],
+        returning: &BTreeSet<String>,
         now: DateTime<Utc>,
         concerns: &mut PassConcerns,
     ) {
         let t = std::time::Instant::now();
-        // With hosts joined, the declared hosts (or this machine) and the joined ones heard from.
-        let with_joined = self.config.joined.as_ref().and_then(|j| j.hosts(&self.config.hosts, joined, now));
+        // With hosts joined, the declared hosts (or this machine) and the joined ones heard from;
+        // a host still holding copies of moved instances (Returning) takes nothing new.
+        let with_joined = self.config.joined.as_ref().and_then(|j| j.hosts(&self.config.hosts, joined, now)).map(
+            |(mut hosts, local)| {
+                for h in hosts.iter_mut().filter(|h| returning.contains(&h.name)) {
+                    h.schedulable = false;
+                }
+                (hosts, local)
+            },
+        );
         let (hosts, unplaced_on) = match &with_joined {
             Some((hosts, local)) => (hosts.as_slice(), Some(local.as_str())),
             None => (self.config.hosts.as_slice(), None),
@@ -513,6 +552,66 @@ impl Reconciler {
                 Ok(())
             })
             .await?;
+        Ok(())
+    }
+
+    /// A returned host's copies of instances moved away while it was silent are destroyed on
+    /// it, each fenced by the instance's new incarnation, and crossed off the record (see
+    /// [`crate::host_failure`]). Copies on hosts not heard from stay listed.
+    async fn return_stale_copies(&self, now: DateTime<Utc>, concerns: &mut PassConcerns) -> Result<(), ReconcileError> {
+        let Some(joined) = &self.config.joined else { return Ok(()) };
+        let with_copies = self
+            .state
+            .run(|s| {
+                Ok(s.instances()?
+                    .into_iter()
+                    .filter(|o| !o.value.host_failure.stale_copies.is_empty())
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let timing = joined.timing();
+        let term = self.config.term.current().0;
+        for o in with_copies {
+            let Ok(key) = o.key.parse::<InstanceRecordKey>() else { continue };
+            let copies: Vec<String> = o
+                .value
+                .host_failure
+                .stale_copies
+                .iter()
+                .filter(|c| joined.heartbeats.silence(&c.host).is_some_and(|s| s.live(now, timing.grace)))
+                .map(|c| c.host.clone())
+                .collect();
+            for host in copies {
+                let done = joined.heartbeats.destroy_stale_copy(&host, &key.0, term, o.value.incarnation).await;
+                if let Err(e) = done {
+                    concerns
+                        .run(Concern::Scale)
+                        .failures
+                        .push(format!("instance {}: the copy on returned host {host} not destroyed yet: {e}", key.0));
+                    continue;
+                }
+                let (k, rev, incarnation) = (key.clone(), o.revision, o.value.incarnation);
+                let mut rec = o.value.clone();
+                rec.host_failure.stale_copies.retain(|c| c.host != host);
+                let msg = format!(
+                    "instance {}: its copy on host {host}, which failed and returned, was destroyed (the instance runs at incarnation {incarnation} on {})",
+                    k.0.id,
+                    rec.host.as_deref().unwrap_or("this server")
+                );
+                let (g, n) = (k.0.group.to_string(), k.0.set.to_string());
+                self.state
+                    .run(move |s| {
+                        let mut w = Writes::new();
+                        w.put_instance(&k, &rec, Expected::Revision(rev))?;
+                        w.activity(intents::event(now, &g, &n, "StaleCopyDestroyed", ActivityStatus::Succeeded, msg));
+                        w.commit(s)?;
+                        Ok(())
+                    })
+                    .await?;
+                // One copy per record per pass: the record's revision moved.
+                break;
+            }
+        }
         Ok(())
     }
 

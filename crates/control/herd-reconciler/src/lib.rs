@@ -33,6 +33,7 @@ pub mod executor;
 pub mod extensions;
 pub mod fetch;
 pub mod guest_agent;
+pub mod host_failure;
 pub mod orphans;
 pub mod plan;
 pub mod repair;

@@ -175,6 +175,24 @@ pub enum Step {
     /// Where new instances go other than the model says (None: nowhere any more); see
     /// `ScaleSetStatus::placement_note`.
     PlacementNote(Option<String>),
+    /// Host failure (see `host_failure`): the instance's host went silent past `host_grace`
+    /// (true: health Unknown, out of rotation) or is heard again (false).
+    HostUnreachable {
+        id: InstanceId,
+        unreachable: bool,
+    },
+    /// A Regular instance whose host failed is re-created on another host of its zone (`to`,
+    /// chosen by the capacity arbiter; None until then), at a new incarnation.
+    Replace {
+        id: InstanceId,
+        from: String,
+        to: Option<String>,
+    },
+    /// A Spot instance whose host failed is evicted instead.
+    LoseSpot {
+        id: InstanceId,
+        from: String,
+    },
     /// Stop creating: too many consecutive failures.
     Suspend(String),
     /// The set changed since suspension: try again.

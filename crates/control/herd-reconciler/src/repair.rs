@@ -85,7 +85,9 @@ pub fn plan_repairs(input: &RepairInput<'_>) -> Vec<RepairStep> {
             && r.pending.is_none()
             && input.health.get(&r.instance_id) == Some(&Health::Unhealthy)
             && input.now >= r.state_since + grace
-            && !r.protect_from_scale_set_actions;
+            && !r.protect_from_scale_set_actions
+            // Its host is silent: the host-failure handling moves it, not a repair.
+            && r.host_failure.unreachable_since.is_none();
         if !unhealthy {
             continue;
         }

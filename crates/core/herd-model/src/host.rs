@@ -1,5 +1,5 @@
-//! Hosts that joined the cluster with `herd agent`: what the store keeps of each one, and the
-//! state `herd host list` shows.
+//! Hosts that joined the cluster with `herd agent`: what the store keeps of each one, the state
+//! `herd host list` shows, and the lease arithmetic of host failure (issue 21).
 //!
 //! Why the record holds so little that changes: liveness (heartbeats) lives in the server's
 //! memory, not in the store, so a cluster of many hosts does not write the store every second,
@@ -8,17 +8,28 @@
 //! agent certificate accepted for the host, and whether it is cordoned.
 //!
 //! ```text
-//!                 join (token)                 heartbeat within host_grace
-//!   (no record) ──────────────▶ NotReady ─────────────────────────────────▶ Ready
-//!                                  ▲   ◀──── no heartbeat for host_grace ────  │
-//!                                  │                                          │ cordon
-//!                                  │         uncordon                         ▼
-//!                                  └──────────────────────────────────── Cordoned
+//!                 join (token)            heartbeat (and no stale copy left)
+//!   (no record) ─────────────▶ NotReady ─────────────────────────────────────▶ Ready ◀──┐
+//!                               │  ▲  ◀──────── silent for host_grace ────────  │  ▲     │
+//!     silent past replace_after │  │                                   cordon │  │     │
+//!     and the lease bound       ▼  │ heartbeat, copies                         ▼  │     │
+//!                            Replacing ─────────────▶ Returning ─────────── Cordoned    │
+//!                               its instances are       the server destroys          │
+//!                               re-created elsewhere    the moved copies ────────────┘
 //!   delete (no instances, or --force): the record goes; its certificate is refused from then on
 //! ```
 //! A cordoned host that stops heartbeating shows NotReady: not being able to reach it matters
-//! more than not scheduling on it.
-
+//! more than not scheduling on it. A host heard again while some of its instances were moved
+//! away is Returning (no new instances) until the server has destroyed those copies on it.
+//!
+//! **Leases.** Every heartbeat acknowledgement grants the host a lease of `L` (`[agents]
+//! lease_secs`) for the instances it lists; the agent counts it from when it *sent* the
+//! acknowledged heartbeat, on its monotonic clock. So on the server's side, the last lease a host
+//! holds ends before `last heartbeat received + L`, and with clock drift `ρ` (1 %) and a margin
+//! (2 s) before [`Silence::lease_bound`] = last heartbeat + `L_max`·(1+ρ) + margin, where `L_max`
+//! is the largest lease ever granted to that host (lowering the setting never shortens a lease
+//! already granted). Nothing of a silent host is replaced before that bound. After a server
+//! restart no heartbeat is known: each host's silence counts from the server's start.
 use crate::ids::HostName;
 use crate::FieldError;
 use chrono::{DateTime, Utc};
@@ -66,6 +77,15 @@ pub struct HostRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub fabric_address: Option<std::net::IpAddr>,
+    /// The largest lease (ms) any server ever granted this host in a heartbeat acknowledgement
+    /// (written only when it grows, before the ack that grants it): a server restarted with a
+    /// lower `lease_secs` still waits out the leases granted before (see [`LeaseRecord::silence`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_lease_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl HostRecord {
@@ -93,6 +113,12 @@ pub enum HostState {
     NotReady,
     /// Heartbeating, and cordoned.
     Cordoned,
+    /// Silent past `replace_after` and its lease bound: its instances are re-created on other
+    /// hosts (Regular) or evicted (Spot).
+    Replacing,
+    /// Heard again, but copies of instances moved away while it was silent are still on it:
+    /// the server destroys them first; it takes no new instances meanwhile.
+    Returning,
 }
 
 impl HostState {
@@ -113,11 +139,201 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// The full state of a host, with host failure: `silence` is what the link knows of it
+    /// (None: nothing, as without agents), `stale_copies` whether copies of instances moved
+    /// away are still to be destroyed on it.
+    pub fn with_failure(
+        scheduling: Scheduling,
+        silence: Option<&Silence>,
+        now: DateTime<Utc>,
+        timing: &FailureTiming,
+        stale_copies: bool,
+    ) -> HostState {
+        let Some(s) = silence else { return HostState::NotReady };
+        if s.live(now, timing.grace) {
+            return match (stale_copies, scheduling) {
+                (true, _) => HostState::Returning,
+                (false, Scheduling::Cordoned) => HostState::Cordoned,
+                (false, Scheduling::Schedulable) => HostState::Ready,
+            };
+        }
+        if now >= s.replace_at(timing.replace_after) {
+            HostState::Replacing
+        } else {
+            HostState::NotReady
+        }
+    }
+}
+
+/// The default lease a heartbeat acknowledgement grants (`[agents] lease_secs`).
+pub const DEFAULT_LEASE_SECS: u64 = 10;
+
+/// The clock drift allowed between server and agent, in parts per thousand (ρ = 1 %).
+pub const LEASE_DRIFT_PERMILLE: i64 = 10;
+
+/// Added to every lease bound, beyond the drift.
+pub const LEASE_MARGIN: chrono::Duration = chrono::Duration::seconds(2);
+
+/// How long a host may be silent before its instances are re-created elsewhere (issue 21: 5 min).
+pub const DEFAULT_REPLACE_AFTER_SECS: u64 = 300;
+
+/// The smallest `replace_after` accepted (it must also exceed the lease bound).
+pub const MIN_REPLACE_AFTER_SECS: u64 = 30;
+
+/// How long after its last heartbeat a host may still hold a lease of `lease`: `lease`·(1+ρ)
+/// plus the margin (drift rounded up to the millisecond).
+pub fn lease_span(lease: chrono::Duration) -> chrono::Duration {
+    let ms = lease.num_milliseconds().max(0);
+    let drift = (ms * LEASE_DRIFT_PERMILLE + 999) / 1000;
+    chrono::Duration::milliseconds(ms + drift) + LEASE_MARGIN
+}
+
+/// The timing of host failure handling, as configured (`[agents]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureTiming {
+    /// Silence after which a host is NotReady and its instances' health Unknown.
+    pub grace: chrono::Duration,
+    /// Silence after which its instances are re-created elsewhere (never before the lease bound).
+    pub replace_after: chrono::Duration,
+}
+
+impl FailureTiming {
+    /// `replace_after` must leave every lease of `lease` time to end: refused below the bound,
+    /// with both values named.
+    pub fn check(
+        grace: chrono::Duration,
+        replace_after: chrono::Duration,
+        lease: chrono::Duration,
+    ) -> Result<Self, FieldError> {
+        let bound = lease_span(lease);
+        if replace_after.num_seconds() < MIN_REPLACE_AFTER_SECS as i64 {
+            return Err(FieldError::new(
+                "agents.replace_after_secs",
+                format!("{} s is below the minimum of {MIN_REPLACE_AFTER_SECS} s", replace_after.num_seconds()),
+            ));
+        }
+        if replace_after <= bound {
+            return Err(FieldError::new(
+                "agents.replace_after_secs",
+                format!(
+                    "{} s is not above the lease bound of {:.3} s (lease_secs {} s × 1.01 + 2 s margin): an instance could be re-created while its old host still holds a lease; raise replace_after_secs or lower lease_secs",
+                    replace_after.num_seconds(),
+                    bound.num_milliseconds() as f64 / 1000.0,
+                    lease.num_seconds()
+                ),
+            ));
+        }
+        if replace_after <= grace {
+            return Err(FieldError::new(
+                "agents.replace_after_secs",
+                format!(
+                    "{} s must be longer than host_grace_secs ({} s)",
+                    replace_after.num_seconds(),
+                    grace.num_seconds()
+                ),
+            ));
+        }
+        Ok(Self { grace, replace_after })
+    }
+}
+
+/// What the server knows of how long a host has been silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Silence {
+    /// Its last heartbeat received, or the server's start if none since.
+    pub since: DateTime<Utc>,
+    /// Whether a heartbeat came since the server started.
+    pub heard: bool,
+    /// The largest lease ever granted to the host (zero: none since the server started, then
+    /// the configured lease counts, see [`Heartbeats::silence`]).
+    pub max_lease: chrono::Duration,
+}
+
+impl Silence {
+    /// The end of the last lease the host can hold: last heartbeat + `L_max`·(1+ρ) + margin.
+    pub fn lease_bound(&self) -> DateTime<Utc> {
+        self.since + lease_span(self.max_lease)
+    }
+
+    /// Heard within `grace`.
+    pub fn live(&self, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
+        self.heard && now - self.since <= grace
+    }
+
+    /// Silent for longer than `grace` (counted from the server's start if never heard): its
+    /// instances' health is Unknown and they leave rotation.
+    pub fn unreachable(&self, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
+        now - self.since > grace
+    }
+
+    /// When its instances may be re-created elsewhere: `replace_after` into the silence, and
+    /// never before the lease bound.
+    pub fn replace_at(&self, replace_after: chrono::Duration) -> DateTime<Utc> {
+        (self.since + replace_after).max(self.lease_bound())
+    }
+}
+
+/// The largest lease granted to one host, and when it was last heard: kept by the server per
+/// host, in memory, from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub last_heartbeat: DateTime<Utc>,
+    pub max_lease: chrono::Duration,
+}
+
+impl LeaseRecord {
+    /// A heartbeat at `now`, acknowledged with a lease of `lease`: the bound moves with the
+    /// heartbeat; the lease remembered only grows.
+    pub fn heartbeat(this: Option<LeaseRecord>, now: DateTime<Utc>, lease: chrono::Duration) -> LeaseRecord {
+        match this {
+            Some(r) => LeaseRecord { last_heartbeat: now.max(r.last_heartbeat), max_lease: r.max_lease.max(lease) },
+            None => LeaseRecord { last_heartbeat: now, max_lease: lease },
+        }
+    }
+
+    /// The host's silence, counted from `server_start` when it was never heard. `granted` is
+    /// the largest lease any server ever granted it (the host record's `max_lease_ms`), so a
+    /// restart with a lower setting never shortens a lease granted before.
+    pub fn silence(
+        this: Option<LeaseRecord>,
+        server_start: DateTime<Utc>,
+        configured: chrono::Duration,
+        granted: chrono::Duration,
+    ) -> Silence {
+        match this {
+            Some(r) => Silence { since: r.last_heartbeat, heard: true, max_lease: r.max_lease.max(granted) },
+            // Never heard since the start: the last heartbeat any server received came before
+            // it, under a lease of at most the largest ever granted.
+            None => Silence { since: server_start, heard: false, max_lease: configured.max(granted) },
+        }
+    }
+}
+
 /// What the server knows of hosts' heartbeats (kept in memory by the agent link). The API
 /// reads it through this trait, so it does not depend on the link.
 pub trait Heartbeats: Send + Sync {
     /// When host `name` last heartbeated, if it has since this server started.
     fn last_heartbeat(&self, name: &str) -> Option<DateTime<Utc>>;
+
+    /// How long host `name` has been silent and the largest lease it holds (None: this server
+    /// has no agent link, so nothing is known and nothing is replaced).
+    fn silence(&self, _name: &str) -> Option<Silence> {
+        None
+    }
+
+    /// Destroys the copy of instance `key` left on host `name` after the instance was placed
+    /// elsewhere, fenced by the new placement (`term`, `incarnation`), which the host's copy is
+    /// below. Err: the host did not do it (not linked, or its driver failed).
+    fn destroy_stale_copy<'a>(
+        &'a self,
+        name: &'a str,
+        _key: &'a crate::InstanceKey,
+        _term: u64,
+        _incarnation: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move { Err(format!("host {name}: no agent link on this server")) })
+    }
 
     /// Host `name`'s link figures, if it is linked now.
     fn link_stats(&self, _name: &str) -> Option<LinkStats> {
@@ -213,6 +429,9 @@ pub const LOCAL_HOST: &str = "local";
 pub struct JoinedHosts {
     pub heartbeats: std::sync::Arc<dyn Heartbeats>,
     pub grace: chrono::Duration,
+    /// Silence after which a host's instances are re-created elsewhere (checked against the
+    /// lease bound when the server starts: [`FailureTiming::check`]).
+    pub replace_after: chrono::Duration,
     /// The server's own machine (named [`LOCAL_HOST`]), used when no hosts
     /// are declared: once a host has joined, placement is no longer unlimited, and instances
     /// with no host recorded are counted here, where they run.
@@ -221,7 +440,11 @@ pub struct JoinedHosts {
 
 impl std::fmt::Debug for JoinedHosts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinedHosts").field("grace", &self.grace).field("local", &self.local).finish_non_exhaustive()
+        f.debug_struct("JoinedHosts")
+            .field("grace", &self.grace)
+            .field("replace_after", &self.replace_after)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
     }
 }
 
@@ -242,6 +465,11 @@ impl JoinedHosts {
         let unplaced = hosts[0].name.clone();
         hosts.extend(placement_hosts(records, &*self.heartbeats, now, self.grace));
         Some((hosts, unplaced))
+    }
+
+    /// The failure timing (`host_grace`, `replace_after`).
+    pub fn timing(&self) -> FailureTiming {
+        FailureTiming { grace: self.grace, replace_after: self.replace_after }
     }
 }
 
@@ -298,6 +526,93 @@ mod tests {
         assert_eq!(HostState::of(Scheduling::Schedulable, old, now, grace), HostState::NotReady);
         assert_eq!(HostState::of(Scheduling::Cordoned, old, now, grace), HostState::NotReady);
         assert_eq!(HostState::of(Scheduling::Schedulable, None, now, grace), HostState::NotReady);
+    }
+
+    fn secs(n: i64) -> chrono::Duration {
+        chrono::Duration::seconds(n)
+    }
+
+    #[test]
+    fn the_lease_bound_is_the_last_heartbeat_plus_the_largest_lease_with_drift_and_margin() {
+        assert_eq!(lease_span(secs(10)), chrono::Duration::milliseconds(10_100) + LEASE_MARGIN);
+        assert_eq!(
+            lease_span(chrono::Duration::milliseconds(1)),
+            chrono::Duration::milliseconds(2) + LEASE_MARGIN,
+            "drift rounds up"
+        );
+        let t0 = Utc::now();
+        // Granted 20 s, then the setting was lowered to 5 s: the bound keeps the 20 s.
+        let r = LeaseRecord::heartbeat(None, t0, secs(20));
+        let r = LeaseRecord::heartbeat(Some(r), t0 + secs(2), secs(5));
+        assert_eq!(r, LeaseRecord { last_heartbeat: t0 + secs(2), max_lease: secs(20) });
+        let s = LeaseRecord::silence(Some(r), t0 - secs(100), secs(5), secs(0));
+        assert_eq!(s.lease_bound(), t0 + secs(2) + chrono::Duration::milliseconds(20_200) + LEASE_MARGIN);
+        // replace_after shorter than the bound waits for the bound; longer wins.
+        assert_eq!(s.replace_at(secs(10)), s.lease_bound());
+        assert_eq!(s.replace_at(secs(60)), t0 + secs(62));
+        // A heartbeat arriving out of order never moves the silence back.
+        let late = LeaseRecord::heartbeat(Some(r), t0, secs(5));
+        assert_eq!(late.last_heartbeat, t0 + secs(2));
+    }
+
+    #[test]
+    fn after_a_server_start_silence_counts_from_the_start_with_the_configured_lease() {
+        let start = Utc::now();
+        // A server before this one granted 20 s; this one is configured with 10 s.
+        let earlier = LeaseRecord::silence(None, start, secs(10), secs(20));
+        assert_eq!(earlier.lease_bound(), start + lease_span(secs(20)), "a lowered setting shortens nothing");
+        let s = LeaseRecord::silence(None, start, secs(10), secs(0));
+        assert!(!s.heard);
+        assert_eq!(s.since, start);
+        assert_eq!(s.lease_bound(), start + lease_span(secs(10)));
+        let timing = FailureTiming { grace: secs(5), replace_after: secs(30) };
+        // Never heard: NotReady at once (placement trusts nothing), but its instances are only
+        // unreachable once the grace has passed since the start, and replaced after 30 s.
+        assert_eq!(
+            HostState::with_failure(Scheduling::Schedulable, Some(&s), start + secs(1), &timing, false),
+            HostState::NotReady
+        );
+        assert!(!s.unreachable(start + secs(5), timing.grace));
+        assert!(s.unreachable(start + secs(6), timing.grace));
+        assert_eq!(
+            HostState::with_failure(Scheduling::Schedulable, Some(&s), start + secs(29), &timing, false),
+            HostState::NotReady
+        );
+        assert_eq!(
+            HostState::with_failure(Scheduling::Schedulable, Some(&s), start + secs(30), &timing, false),
+            HostState::Replacing
+        );
+    }
+
+    #[test]
+    fn a_heard_host_with_stale_copies_is_returning_until_they_are_gone() {
+        let t0 = Utc::now();
+        let timing = FailureTiming { grace: secs(5), replace_after: secs(30) };
+        let s = Silence { since: t0, heard: true, max_lease: secs(10) };
+        let at = |stale, sched| HostState::with_failure(sched, Some(&s), t0 + secs(1), &timing, stale);
+        assert_eq!(at(true, Scheduling::Schedulable), HostState::Returning);
+        assert_eq!(at(true, Scheduling::Cordoned), HostState::Returning);
+        assert_eq!(at(false, Scheduling::Schedulable), HostState::Ready);
+        assert_eq!(at(false, Scheduling::Cordoned), HostState::Cordoned);
+        assert_eq!(HostState::with_failure(Scheduling::Schedulable, None, t0, &timing, false), HostState::NotReady);
+    }
+
+    #[test]
+    fn replace_after_below_the_lease_bound_or_the_minimum_is_refused_naming_both_values() {
+        let e = FailureTiming::check(secs(5), secs(30), secs(30)).unwrap_err();
+        assert_eq!(e.field, "agents.replace_after_secs");
+        assert!(
+            e.message.contains("30 s") && e.message.contains("32.300 s") && e.message.contains("lease_secs 30 s"),
+            "{e}"
+        );
+        let e = FailureTiming::check(secs(5), secs(29), secs(1)).unwrap_err();
+        assert!(e.message.contains("minimum of 30 s"), "{e}");
+        let e = FailureTiming::check(secs(40), secs(30), secs(10)).unwrap_err();
+        assert!(e.message.contains("host_grace_secs"), "{e}");
+        assert_eq!(
+            FailureTiming::check(secs(5), secs(30), secs(10)).unwrap(),
+            FailureTiming { grace: secs(5), replace_after: secs(30) }
+        );
     }
 
     #[test]

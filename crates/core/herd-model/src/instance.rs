@@ -15,6 +15,7 @@
 //!                          └──────────────────────────────────────────────────────┘
 //!
 //!   any state ── reimage ──▶ Reimaging ── boot observed ──▶ Running
+//!   any state ── recreate (its host failed) ──▶ Creating (built anew on another host)
 //!   any state ── delete ───▶ Deleting ── destroyed ──▶ (record removed)
 //! ```
 //! One transition function, [`InstanceState::on`], holds every legal move; anything else is
@@ -59,6 +60,9 @@ pub enum Event {
     DeallocateDone,
     RestartRequested,
     ReimageRequested,
+    /// Its host failed: it is built anew on another host (a new placement, see
+    /// `crate::host`), so it starts over as a creation.
+    Recreate,
     DeleteRequested,
 }
 
@@ -80,6 +84,7 @@ impl InstanceState {
             (S::Deleting, _) => return Err(InvalidTransition { from: self, event }),
             (_, E::DeleteRequested) => S::Deleting,
             (_, E::ReimageRequested) => S::Reimaging,
+            (_, E::Recreate) => S::Creating,
             (S::Failed, E::Retry) => S::Creating,
             (S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Running, E::BootObserved) => S::Running,
             (S::Creating | S::Starting | S::Restarting | S::Reimaging, E::ProvisionFailed) => S::Failed,
@@ -222,12 +227,60 @@ pub struct InstanceRecord {
     /// accepts it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub incarnation: u64,
+    /// What host failure did to it (its host silent, copies left behind, re-created).
+    #[serde(default, skip_serializing_if = "HostFailure::is_empty")]
+    pub host_failure: HostFailure,
     pub created_at: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// What host failure did to an instance (issue 21; see `crate::host`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostFailure {
+    /// Since when its host has been silent for longer than `host_grace`: its health is Unknown
+    /// and it is out of load-balancer rotation until the host is heard again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<DateTime<Utc>>,
+    /// Copies of it left on hosts it was moved away from; each is destroyed (fenced by the new
+    /// incarnation) when its host links again, and that host is Returning until then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_copies: Vec<StaleCopy>,
+    /// Its last re-creation on another host after its host failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreated: Option<Recreation>,
+}
+
+impl HostFailure {
+    pub fn is_empty(&self) -> bool {
+        self.unreachable_since.is_none() && self.stale_copies.is_empty() && self.recreated.is_none()
+    }
+}
+
+/// A copy of an instance on a host it was moved away from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleCopy {
+    pub host: String,
+    /// The placement the copy is (lower than the record's).
+    pub incarnation: u64,
+    pub since: DateTime<Utc>,
+}
+
+/// An instance re-created on another host because its host failed: a reimage (its data disks
+/// start empty), with the same instance id and private IP and a new incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Recreation {
+    /// The host that failed.
+    pub from_host: String,
+    pub at: DateTime<Utc>,
+    /// The incarnation it was re-created as.
+    pub incarnation: u64,
 }
 
 impl InstanceRecord {
@@ -329,6 +382,7 @@ impl InstanceRecord {
             platform_fault_domain: self.platform_fault_domain.unwrap_or(0),
             eviction: self.eviction.clone(),
             scheduled_events: self.scheduled_events.clone(),
+            host_failure: (!self.host_failure.is_empty()).then(|| self.host_failure.clone()),
             time_created: self.created_at,
             state_since: self.state_since,
         }
@@ -411,6 +465,10 @@ pub struct InstanceView {
     /// Events posted to it (Preempt, Terminate...) that its metadata endpoint serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scheduled_events: Vec<crate::spot::ScheduledEvent>,
+    /// What host failure did to it: its host silent (health Unknown), copies left on a host it
+    /// was moved from, its re-creation elsewhere (a reimage: data disks start empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_failure: Option<HostFailure>,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

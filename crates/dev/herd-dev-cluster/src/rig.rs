@@ -410,6 +410,17 @@ impl Cluster {
         Ok(pid)
     }
 
+    /// Cuts (`up` false) or restores `member`'s cable to the fabric: its port on the fabric
+    /// bridge goes down or up, inside the fabric namespace. Like a pulled cable, nothing is
+    /// told: connections across it stall until their peers give up; the member's own
+    /// processes and instances go on.
+    pub fn link(&self, member: &str, up: bool) -> Result<()> {
+        let m = self.layout.member(member)?;
+        let fab = self.layout.fabric_netns.as_str();
+        run("ip", &["-n", fab, "link", "set", &m.port, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
     /// Runs a herd client command against the cluster's server, from the server's namespace;
     /// its JSON output.
     pub fn client(&self, args: &[&str]) -> Result<serde_json::Value> {

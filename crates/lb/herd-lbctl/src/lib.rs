@@ -161,7 +161,10 @@ pub fn desired(
             let mut backends = Vec::new();
             for m in members.iter().filter(|m| joins(m.set, &rule.backend_address_pool.id) && serving(m.record)) {
                 let Ok(addr) = m.record.reach_address.parse::<IpAddr>() else { continue };
-                let draining = m.record.draining_since.is_some() || m.record.state != InstanceState::Running;
+                // An instance whose host is silent past host_grace (issue 21) leaves rotation too.
+                let draining = m.record.draining_since.is_some()
+                    || m.record.state != InstanceState::Running
+                    || m.record.host_failure.unreachable_since.is_some();
                 let healthy = match &rule.probe {
                     None => true,
                     Some(p) => health(&p.id.to_ascii_lowercase(), &target_id(m.set, m.record)) == Health::Healthy,
@@ -581,6 +584,21 @@ mod tests {
         let nat: Vec<(u16, String)> = d.config.nat.iter().map(|n| (n.frontend.port(), n.target.to_string())).collect();
         assert_eq!(nat, [(50000, "127.128.0.1:22".to_string()), (50001, "127.128.0.2:22".to_string())]);
         assert!(d.notes.iter().any(|n| n.contains("no frontend port left")));
+    }
+
+    #[test]
+    fn an_instance_whose_host_is_silent_leaves_rotation_even_if_its_probe_passed() {
+        let s = set();
+        let mut away = rec(1, InstanceState::Running);
+        away.host_failure.unreachable_since = Some(chrono::Utc::now());
+        let records = [rec(0, InstanceState::Running), away];
+        let members: Vec<Member<'_>> = records
+            .iter()
+            .map(|r| Member { set: &s, record: r, probe_source: None, route: Default::default() })
+            .collect();
+        let d = desired(&[lb(true)], &[pip()], &members, &|_: &str, _: &str| Health::Healthy, &limits());
+        let got: Vec<(&str, bool)> = d.config.rules[0].backends.iter().map(|b| (b.id.as_str(), b.draining)).collect();
+        assert_eq!(got, [("rg/web/0", false), ("rg/web/1", true)], "the silent host's instance drains");
     }
 
     #[test]

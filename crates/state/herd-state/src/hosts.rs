@@ -69,6 +69,7 @@ pub fn join(
         join_token_id: admission.record.id.clone(),
         joined_at: now,
         fabric_address: None,
+        max_lease_ms: 0,
     };
     let mut ops = vec![WriteOp::put(Kind::Host, record.name.clone(), &record, Expect::Absent)?];
     let single_use = admission.mark_used.is_some();
@@ -148,6 +149,18 @@ pub fn report(
         return Ok(());
     }
     let record = HostRecord { capacity, agent_version, fabric_address, ..obj.value };
+    store.txn(vec![WriteOp::put(Kind::Host, name.to_string(), &record, Expect::Revision(obj.revision))?])?;
+    Ok(())
+}
+
+/// Records that host `name` was granted a lease of `lease_ms` (issue 21): the record keeps the
+/// largest ever granted, written only when it grows.
+pub fn grant_lease(store: &dyn Store, name: &str, lease_ms: u64) -> Result<(), StateError> {
+    let Some(obj) = store.get_as::<HostRecord>(Kind::Host, name)? else { return Ok(()) };
+    if obj.value.max_lease_ms >= lease_ms {
+        return Ok(());
+    }
+    let record = HostRecord { max_lease_ms: lease_ms, ..obj.value };
     store.txn(vec![WriteOp::put(Kind::Host, name.to_string(), &record, Expect::Revision(obj.revision))?])?;
     Ok(())
 }

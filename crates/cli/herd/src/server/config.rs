@@ -80,6 +80,13 @@ pub struct AgentSettings {
     pub host_grace_secs: Option<u64>,
     /// Milliseconds between an agent's heartbeats (default 2000; 100 to 60000).
     pub heartbeat_interval_ms: Option<u64>,
+    /// Seconds of the lease each heartbeat acknowledgement grants a host for its instances
+    /// (default 10; 1 to 600).
+    pub lease_secs: Option<u64>,
+    /// Seconds a host may be silent before its instances are re-created on other hosts of their
+    /// zone (default 300; at least 30, longer than host_grace_secs and than the lease bound,
+    /// lease_secs × 1.01 + 2 s).
+    pub replace_after_secs: Option<u64>,
 }
 
 impl AgentSettings {
@@ -90,6 +97,36 @@ impl AgentSettings {
             bail!("config: agents.host_grace_secs {secs} is out of range; allowed values: 5 to 3600");
         }
         Ok(chrono::Duration::seconds(secs as i64))
+    }
+
+    /// `lease_secs`, checked.
+    pub fn lease(&self) -> Result<chrono::Duration> {
+        let secs = self.lease_secs.unwrap_or(herd_model::host::DEFAULT_LEASE_SECS);
+        if !(1..=600).contains(&secs) {
+            bail!("config: agents.lease_secs {secs} is out of range; allowed values: 1 to 600");
+        }
+        let interval = self.heartbeat_interval_ms()?;
+        if secs * 1000 < 2 * interval {
+            bail!(
+                "config: agents.lease_secs {secs} must cover two heartbeats (heartbeat_interval_ms {interval}), or leases lapse between acknowledgements; allowed values: {} to 600",
+                (2 * interval).div_ceil(1000)
+            );
+        }
+        Ok(chrono::Duration::seconds(secs as i64))
+    }
+
+    /// `host_grace_secs` and `replace_after_secs`, checked against each other and the lease.
+    pub fn failure_timing(&self) -> Result<herd_model::host::FailureTiming> {
+        let secs = self.replace_after_secs.unwrap_or(herd_model::host::DEFAULT_REPLACE_AFTER_SECS);
+        if secs > 86_400 {
+            bail!("config: agents.replace_after_secs {secs} is out of range; allowed values: 30 to 86400");
+        }
+        herd_model::host::FailureTiming::check(
+            self.host_grace()?,
+            chrono::Duration::seconds(secs as i64),
+            self.lease()?,
+        )
+        .map_err(|e| anyhow::anyhow!("config: {}: {}", e.field, e.message))
     }
 
     /// `heartbeat_interval_ms`, checked.
@@ -379,4 +416,28 @@ pub(super) fn load_config(path: Option<&Path>) -> Result<ServerConfig> {
     let cfg: ServerConfig = toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
     cfg.auth.budget()?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod agent_settings_tests {
+    use super::AgentSettings;
+
+    fn agents(toml_text: &str) -> AgentSettings {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn replace_after_below_the_lease_bound_is_refused_naming_both_values() {
+        let e = agents("host_grace_secs = 5\nlease_secs = 30\nreplace_after_secs = 30").failure_timing().unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("agents.replace_after_secs") && m.contains("30 s") && m.contains("lease_secs 30 s"), "{m}");
+        let t = agents("host_grace_secs = 5\nlease_secs = 10\nreplace_after_secs = 30").failure_timing().unwrap();
+        assert_eq!(t.replace_after, chrono::Duration::seconds(30));
+        let d = agents("").failure_timing().unwrap();
+        assert_eq!((d.grace.num_seconds(), d.replace_after.num_seconds()), (40, 300));
+        let e = agents("lease_secs = 0").lease().unwrap_err();
+        assert!(e.to_string().contains("allowed values: 1 to 600"), "{e}");
+        let e = agents("lease_secs = 3\nheartbeat_interval_ms = 2000").lease().unwrap_err();
+        assert!(e.to_string().contains("two heartbeats"), "{e}");
+    }
 }

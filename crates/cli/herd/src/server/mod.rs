@@ -103,13 +103,13 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     let local_driver = build_driver(&opts, &cfg, &opened).await?;
     // Hosts join under the cluster CA: with it, instances placed on a joined host are driven
     // through its agent (herd_host_link::HostRouter), the rest by this machine's driver.
-    let heartbeat_ms = cfg.agents.heartbeat_interval_ms()?;
+    let link_settings = herd_host_link::LinkSettings {
+        heartbeat_interval_ms: cfg.agents.heartbeat_interval_ms()?,
+        lease: cfg.agents.lease()?,
+    };
+    let failure = cfg.agents.failure_timing()?;
     let links = matches!(opts.transport, tls::Transport::ClusterCa { .. }).then(|| {
-        herd_host_link::HostLinks::with_heartbeat_interval(
-            opened.start_state.clone(),
-            Arc::new(SystemClock),
-            heartbeat_ms,
-        )
+        herd_host_link::HostLinks::with_settings(opened.start_state.clone(), Arc::new(SystemClock), link_settings)
     });
     let driver: Arc<dyn Driver> = match &links {
         Some(links) => Arc::new(herd_host_link::HostRouter::new(local_driver, links.clone())),
@@ -134,10 +134,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
         !opened.recorded_keys.is_empty(),
     )?;
     let mut settings = build_settings(&opts, &cfg, (&opened.data_dir, bridged), &zones, &skus, term)?;
-    let host_grace = cfg.agents.host_grace()?;
+    let host_grace = failure.grace;
     let joined = links.as_ref().map(|links| herd_model::host::JoinedHosts {
         heartbeats: links.clone(),
         grace: host_grace,
+        replace_after: failure.replace_after,
         local: detected_host(),
     });
     settings.rec_config.joined = joined.clone();

@@ -99,6 +99,9 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, env: &ApplyEnv<'_>, addrs: 
         | Step::Assign { .. }
         | Step::CapacityNote(_)
         | Step::PlacementNote(_) => crate::capacity::apply_step(w, step, now),
+        Step::HostUnreachable { .. } | Step::Replace { .. } | Step::LoseSpot { .. } => {
+            crate::host_failure::apply_step(w, step, now)
+        }
         Step::Rolling(r) => crate::rolling::apply_step(w, r, now),
         Step::Repair(r) => crate::repair::apply_step(w, r, now),
         // Started after the intents are persisted; the runner records the outcome. The runner
@@ -184,6 +187,7 @@ fn create(w: &mut SetDraft<'_>, new: &[NewInstance], env: &ApplyEnv<'_>, addrs: 
             // The first placement, in the store with this intent (Phase A) before the driver is
             // called for it.
             incarnation: herd_driver::Incarnation::FIRST.0,
+            host_failure: Default::default(),
             created_at: now,
             state_since: now,
         };
