@@ -234,6 +234,7 @@ mod tests {
             join_token_id: String::new(),
             joined_at: Utc::now(),
             max_lease_ms: 0,
+            fabric_address: None,
         }
     }
 
