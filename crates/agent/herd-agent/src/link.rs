@@ -294,6 +294,9 @@ impl Dial {
                     Some(Ok(Some(ServerMessage::Ack { seq, lease_ms, instances }))) => {
                         last_ack = Instant::now();
                         let granted = self.leases().acked(seq, Duration::from_millis(lease_ms), &instances);
+                        if let (Some(network), Some(until)) = (&self.network, granted.until) {
+                            network.lease(instances, until);
+                        }
                         if !granted.dropped.is_empty() {
                             tracing::info!(instances = ?granted.dropped, "the server no longer lists these instances for this host: their lease is not renewed");
                         }

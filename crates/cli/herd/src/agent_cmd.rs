@@ -103,7 +103,10 @@ pub async fn run(a: AgentArgs, server: String) -> Result<()> {
     let tag = herd_driver::tag::driver_tag(&identity.membership.cluster_id);
     let net = herd_hostnet::HostNet::for_tag(&tag);
     net.set_role(herd_hostnet::Role::Host);
-    let network = herd_agent::network::HostNetwork::start(net);
+    // On a machine of its own (not linked over loopback, which shares the server's network),
+    // every instance port forwards only while the server's lease on it lives.
+    let fence = !links_over_loopback(&identity.membership.server);
+    let network = herd_agent::network::HostNetwork::start(net, fence);
     herd_agent::link::run(&identity, &a.data_dir, driver, Some(network), stop_rx, state_tx).await
 }
 
@@ -127,6 +130,14 @@ async fn local_driver(data_dir: &std::path::Path, cluster_id: &str) -> Result<Ar
     qc.metadata_relay = Some(std::env::current_exe()?);
     let vms = herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow!("qemu driver: {e}"))?;
     Ok(Arc::new(herd_driver::by_image::ByImage::new(Arc::new(vms), Arc::new(processes))))
+}
+
+/// Whether the server URL names a loopback address (an agent on the server's own machine).
+fn links_over_loopback(server: &str) -> bool {
+    herd_agent::join::server_url(server)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()))
+        .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()))
 }
 
 fn machine_hostname() -> Result<String> {

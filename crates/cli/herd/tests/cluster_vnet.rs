@@ -282,6 +282,39 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
         "still across after the restart ({samples} samples of the table)"
     );
 
+    // Forwarding by lease: b's agent frozen, its instance keeps running, but once the lease
+    // the server last granted (10 s, counted from the heartbeat b sent) has run out, the
+    // kernel fences b's port with no code of ours running: a no longer reaches b, and the
+    // port's allow counter stops. Continued, the next acknowledgement re-arms it.
+    let lease_table = text(r.exec(&host_b, &["nft", "list", "tables"]))
+        .lines()
+        .find_map(|l| l.strip_prefix("table bridge ").filter(|t| t.ends_with("_lease")).map(str::to_string))
+        .expect("a lease table on the host");
+    let allowed = || -> u64 {
+        text(r.exec(&host_b, &["nft", "list", "table", "bridge", &lease_table]))
+            .lines()
+            .filter(|l| l.contains("comment \"leased\""))
+            .filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    };
+    wait_for("b reachable before the freeze", Duration::from_secs(30), || {
+        reaches_across(&r, &host_a, pid_a, &ip_b).then_some(())
+    });
+    r.signal(&host_b, "stop");
+    let frozen = std::time::Instant::now();
+    wait_for(&format!("{host_b}'s port fenced once its lease ran out"), Duration::from_secs(40), || {
+        (!reaches_across(&r, &host_a, pid_a, &ip_b)).then_some(())
+    });
+    assert!(frozen.elapsed() >= Duration::from_secs(6), "fenced only after the lease: {:?}", frozen.elapsed());
+    assert_eq!(r.pids(&host_b, &format!("--bind {ip_b}")), vec![pid_b], "the instance itself keeps running");
+    let counted = allowed();
+    assert!(!reaches_across(&r, &host_a, pid_a, &ip_b));
+    assert_eq!(allowed(), counted, "after the lease, the port's allow counter never increases");
+    r.signal(&host_b, "cont");
+    wait_for("b reachable again once its agent is acknowledged", Duration::from_secs(30), || {
+        reaches_across(&r, &host_a, pid_a, &ip_b).then_some(())
+    });
+
     // NSGs are enforced on each host: deny 8080 from the vnet on the set's NIC, and a's
     // instance no longer reaches b's (checked on b's host: the server is not on that path),
     // while the probes still pass; deleting the rule lets it through again.

@@ -55,7 +55,7 @@ impl Controller for HostNetController {
 /// border table) what the fabric says, applied in order, latest wins, for as long as the
 /// server runs.
 pub(super) fn stretch_own_segments(net: Arc<HostNet>, fabric: Arc<herd_host_link::fabric::Fabric>) {
-    let network = herd_agent::network::HostNetwork::start(net);
+    let network = herd_agent::network::HostNetwork::start(net, false);
     tokio::spawn(async move {
         let mut changes = fabric.changes();
         let mut told = None;
