@@ -18,12 +18,15 @@ use tokio::sync::watch;
 /// One description: the spans, and the NICs' security (None: not this applier's to write).
 type Described = Option<(Vec<Span>, Option<Vec<NicSecurity>>)>;
 
+/// The newest lease: the instances it lists and when it ends (this host's clock).
+type LeaseEnd = Option<(Vec<String>, std::time::Instant)>;
+
 /// Applies the server's latest description of this host's segments, in order.
 pub struct HostNetwork {
     latest: watch::Sender<Described>,
     net: Arc<HostNet>,
     /// The newest lease to carry into the kernel (None: not fencing, or none yet).
-    leased: Option<watch::Sender<Option<(Vec<String>, std::time::Instant)>>>,
+    leased: Option<watch::Sender<LeaseEnd>>,
 }
 
 impl HostNetwork {
@@ -31,7 +34,7 @@ impl HostNetwork {
     /// with `fence`, every instance port forwards only while its lease lives.
     pub fn start(net: Arc<HostNet>, fence: bool) -> Arc<Self> {
         let leased = fence.then(|| {
-            let (tx, mut rx) = watch::channel::<Option<(Vec<String>, std::time::Instant)>>(None);
+            let (tx, mut rx) = watch::channel::<LeaseEnd>(None);
             let net = net.clone();
             tokio::spawn(async move {
                 let n = net.clone();
