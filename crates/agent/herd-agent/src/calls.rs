@@ -27,13 +27,17 @@ pub async fn execute(
 ) -> Result<DriverReply, CallError> {
     let done = |r: Result<(), herd_driver::DriverError>| r.map(|()| DriverReply::Done);
     // An instance built here gets its metadata listener (where its spec says it will look).
+    // The listener comes whatever the call's result: a build that failed late (a slow boot on
+    // a loaded host) may still leave an instance that runs, is then seen running and never
+    // built again, and must not be left without its metadata. A listener for an instance
+    // that does not exist costs a socket until its Destroy.
     let built = |r: Result<(), herd_driver::DriverError>, spec: &InstanceSpec| {
-        match (&r, spec.metadata_endpoint, &spec.network) {
+        match (spec.metadata_endpoint, &spec.network) {
             // A bridged instance asks at 169.254.169.254: its listener is on its gateway.
-            (Ok(()), Some(addr), Some(net)) if addr.ip() == herd_model::network::METADATA_ADDRESS => {
+            (Some(addr), Some(net)) if addr.ip() == herd_model::network::METADATA_ADDRESS => {
                 relays.ensure_bridged(&spec.key.path(), net.gateway, net.address)
             }
-            (Ok(()), Some(addr), _) => relays.ensure(&spec.key.path(), addr),
+            (Some(addr), _) => relays.ensure(&spec.key.path(), addr),
             _ => {}
         }
         done(r)

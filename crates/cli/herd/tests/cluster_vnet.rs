@@ -493,7 +493,7 @@ fn namespaces() -> Vec<String> {
 const VM_SCRIPT: &str = r#"mkdir -p /tmp/www && hostname > /tmp/www/name && cp /tmp/www/name /tmp/www/index.html && head -c 1048576 /dev/urandom > /tmp/www/big && httpd -p 8080 -h /tmp/www;
 echo "own big $(md5sum < /tmp/www/big | cut -c1-32)"; echo "mtu $(cat /sys/class/net/eth0/mtu)"
 i=0; m=
-while [ $i -lt 20 ] && [ -z "$m" ]; do
+while [ $i -lt 60 ] && [ -z "$m" ]; do
   m=$(printf 'GET /metadata/instance/compute/name?api-version=2021-02-01&format=text HTTP/1.0\r\nMetadata: true\r\n\r\n' | nc -w 5 169.254.169.254 80 | tail -n 1)
   i=$((i + 1)); [ -z "$m" ] && sleep 1
 done
@@ -616,7 +616,18 @@ fn two_vms_on_two_hosts_serve_behind_the_lb_and_reach_each_other_by_private_ip()
         assert_eq!(ext["state"], "Succeeded", "{ext}");
         assert!(m.contains("mtu 1450"), "the vnet MTU (fabric 1500 - 50): {m}");
         let id = i["instanceId"].as_str().unwrap_or_default();
-        assert!(m.contains(&format!("metadata says web_{id} .")), "its own identity from its own host: {m}");
+        if !m.contains(&format!("metadata says web_{id} .")) {
+            // What the hosts' metadata side looked like, for the failure message.
+            let mut seen = String::new();
+            for h in ["h1", "h2"] {
+                let rec = std::fs::read_to_string(r.member_dir(h).join("metadata-endpoints.json")).unwrap_or_default();
+                let nft = text(r.exec(h, &["nft", "list", "ruleset"]));
+                let md: String =
+                    nft.lines().skip_while(|l| !l.contains("_md {")).take(30).collect::<Vec<_>>().join("\n");
+                seen.push_str(&format!("--- {h}: {rec}\n{md}\n"));
+            }
+            panic!("instance {id}: its own identity from its own host: {m}\n{seen}\n{i}");
+        }
         assert!(m.contains("peer 10.0.0.4 says web000000") && m.contains("peer 10.0.0.5 says web000001"), "{m}");
     }
     const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";

@@ -76,6 +76,21 @@ fn on_two_hosts(r: &Rig, hosts: &[&str]) -> BTreeSet<String> {
 /// Freezes or cuts `host`, and checks the whole failure: NotReady after the grace, health
 /// Unknown, re-created on `other` after replace_after with the same ids and a higher
 /// incarnation; then brings it back and checks the stale copies are gone before it is Ready.
+/// The private IPs the load balancer's pool has in rotation.
+fn in_rotation(r: &Rig) -> BTreeSet<String> {
+    let pool =
+        r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
+    pool["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter(|m| m["inRotation"] == true)
+                .filter_map(|m| m["reachAddress"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn(), back: &dyn Fn()) {
     let before = instances(r);
     let moved: Vec<Value> = before.iter().filter(|i| i["host"] == host).cloned().collect();
@@ -86,8 +101,23 @@ fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn()
         (on == ids).then_some(()).ok_or_else(|| format!("{on:?}, expected {ids:?}"))
     });
 
+    let ips: BTreeSet<String> =
+        moved.iter().map(|i| i["privateIpAddress"].as_str().unwrap_or_default().to_string()).collect();
+    wait_observing("every instance in rotation before the failure", Duration::from_secs(60), || {
+        let now = in_rotation(r);
+        (now.len() == before.len()).then_some(()).ok_or_else(|| format!("{now:?}"))
+    });
     let t0 = Instant::now();
     fail();
+    let out_of_rotation =
+        wait_observing(&format!("{host}'s instances out of rotation"), Duration::from_secs(60), || {
+            let now = in_rotation(r);
+            now.is_disjoint(&ips).then(|| t0.elapsed()).ok_or_else(|| format!("{now:?}"))
+        });
+    assert!(
+        out_of_rotation <= GRACE + Duration::from_secs(4),
+        "out of rotation after {out_of_rotation:?}, beyond host_grace {GRACE:?} (+ a pass and a probe)"
+    );
     r.wait_host(host, "NotReady", Duration::from_secs(60));
     let not_ready = t0.elapsed();
     // The last heartbeat came at most a heartbeat before the failure: not NotReady at once.
@@ -124,7 +154,8 @@ fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn()
     let replaced = t0.elapsed();
     // The measurement docs/benchmarks.md reports (host failure).
     eprintln!(
-        "host-failure timing: {what}: NotReady after {:.1} s (host_grace {} s), re-created and running after {:.1} s (replace_after {} s)",
+        "host-failure timing: {what}: out of rotation after {:.1} s, NotReady after {:.1} s (host_grace {} s), re-created and running after {:.1} s (replace_after {} s)",
+        out_of_rotation.as_secs_f64(),
         not_ready.as_secs_f64(),
         GRACE.as_secs(),
         replaced.as_secs_f64(),
@@ -136,6 +167,11 @@ fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn()
     });
     let activity = r.json(&["monitor", "activity-log", "list", "-g", "rg"]).to_string();
     assert!(activity.contains("RecreateInstance") && activity.contains("data disks start empty"), "{activity}");
+    // The re-created instances serve behind the load balancer again, at their old addresses.
+    wait_observing("the re-created instances back in rotation", Duration::from_secs(60), || {
+        let now = in_rotation(r);
+        ips.is_subset(&now).then_some(()).ok_or_else(|| format!("{now:?}"))
+    });
     assert_ne!(host_state(r, host), "Ready", "{host} is still away");
 
     // Back: the copies are destroyed before the host is Ready, and from then on no instance
@@ -172,6 +208,67 @@ fn a_frozen_agent_and_a_cut_link_move_instances_within_their_zone_and_the_host_r
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
     r.json(&["group", "create", "-n", "rg", "-l", "local"]);
     r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
+    // Behind a load balancer on the server, over a subnet stretched to the hosts.
+    for args in [
+        &["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"][..],
+        &[
+            "network",
+            "vnet",
+            "subnet",
+            "create",
+            "-g",
+            "rg",
+            "--vnet-name",
+            "vnet1",
+            "-n",
+            "web",
+            "--address-prefixes",
+            "10.0.0.0/24",
+        ],
+        &["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"],
+        &[
+            "network",
+            "lb",
+            "probe",
+            "create",
+            "-g",
+            "rg",
+            "--lb-name",
+            "web-lb",
+            "-n",
+            "webprobe",
+            "--protocol",
+            "Http",
+            "--path",
+            "/",
+            "--port",
+            "8080",
+            "--interval",
+            "1",
+            "--threshold",
+            "2",
+        ],
+        &[
+            "network",
+            "lb",
+            "rule",
+            "create",
+            "-g",
+            "rg",
+            "--lb-name",
+            "web-lb",
+            "-n",
+            "http",
+            "--frontend-port",
+            "18080",
+            "--backend-port",
+            "8080",
+            "--probe-name",
+            "webprobe",
+        ],
+    ] {
+        r.json(args);
+    }
     r.json(&[
         "vmss",
         "create",
@@ -187,6 +284,12 @@ fn a_frozen_agent_and_a_cut_link_move_instances_within_their_zone_and_the_host_r
         "Standard_B1s",
         "--zones",
         "1",
+        "--vnet-name",
+        "vnet1",
+        "--subnet",
+        "web",
+        "--lb",
+        "web-lb",
         "--disable-overprovision",
         "--no-wait",
     ]);
