@@ -107,8 +107,13 @@ fn kill_9_mid_create_of_bridged_instances_converges_and_delete_leaves_nothing() 
     assert_eq!(ns.links(), links_before, "no veth or bridge is left");
     assert!(instance_namespaces().difference(&netns_before).next().is_none(), "no instance namespace is left");
     assert_eq!(dnsmasq(), 0, "no dnsmasq is left");
-    let tables = s.command("nft").args(["list", "tables"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&tables.stdout), "", "no nftables table is left");
+    // The metadata routes go when the metadata service closes the listeners (its controller
+    // runs on that change, just after the delete returns).
+    wait_observing("no nftables table left", Duration::from_secs(15), || {
+        let tables = s.command("nft").args(["list", "tables"]).output().unwrap();
+        let t = String::from_utf8_lossy(&tables.stdout).into_owned();
+        t.is_empty().then_some(()).ok_or(t)
+    });
     assert!(!hostnet_root(&data).exists(), "no state is left in {}", hostnet_root(&data).display());
 }
 

@@ -81,7 +81,7 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
     r.json(&["group", "create", "-n", "rg", "-l", "local"]);
     r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
-    subnet_and_lb(&r);
+    r.subnet_and_lb();
     r.json(&[
         "vmss",
         "create",
@@ -207,12 +207,7 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
     assert_eq!(got, want);
 
     // The load balancer on the server probes both by private IP and forwards to them.
-    wait_for("both instances in rotation", Duration::from_secs(60), || {
-        let pool =
-            r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
-        (pool["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count()) == 2)
-            .then_some(())
-    });
+    wait_for("both instances in rotation", Duration::from_secs(60), || (r.in_rotation().len() == 2).then_some(()));
     let frontend = r.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"]);
     let frontend = frontend["ipAddress"].as_str().unwrap().to_string();
     let mut answered = std::collections::BTreeSet::new();
@@ -368,10 +363,7 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
     let tables = text(r.exec(&host_b, &["nft", "list", "tables"]));
     assert!(tables.lines().any(|t| t.ends_with("_nsg")), "{host_b} holds its NICs' rules: {tables}");
     wait_for("both instances still in rotation (probes pass the NSG)", Duration::from_secs(30), || {
-        let pool =
-            r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
-        (pool["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count()) == 2)
-            .then_some(())
+        (r.in_rotation().len() == 2).then_some(())
     });
     r.json(&["network", "nsg", "rule", "delete", "-g", "rg", "--nsg-name", "web-nsg", "-n", "no-vnet-8080"]);
     wait_for("access restored after the rule's deletion", Duration::from_secs(30), || reaches_b().then_some(()));
@@ -411,67 +403,6 @@ fn a_subnet_spans_two_hosts_over_vxlan() {
     r.down();
     // The hosts' instance namespaces were theirs alone: none is left in this machine's list.
     assert_eq!(namespaces(), namespaces_before);
-}
-
-/// Vnet `vnet1` (10.0.0.0/16) with subnet `web` (10.0.0.0/24), and load balancer `web-lb`
-/// with an HTTP probe on 8080 and a rule from 18080 to 8080.
-fn subnet_and_lb(r: &Rig) {
-    r.json(&["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"]);
-    r.json(&[
-        "network",
-        "vnet",
-        "subnet",
-        "create",
-        "-g",
-        "rg",
-        "--vnet-name",
-        "vnet1",
-        "-n",
-        "web",
-        "--address-prefixes",
-        "10.0.0.0/24",
-    ]);
-    r.json(&["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"]);
-    r.json(&[
-        "network",
-        "lb",
-        "probe",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "webprobe",
-        "--protocol",
-        "Http",
-        "--path",
-        "/",
-        "--port",
-        "8080",
-        "--interval",
-        "1",
-        "--threshold",
-        "2",
-    ]);
-    r.json(&[
-        "network",
-        "lb",
-        "rule",
-        "create",
-        "-g",
-        "rg",
-        "--lb-name",
-        "web-lb",
-        "-n",
-        "http",
-        "--frontend-port",
-        "18080",
-        "--backend-port",
-        "8080",
-        "--probe-name",
-        "webprobe",
-    ]);
 }
 
 /// This machine's named instance network namespaces (`hn…`, the process driver's).
@@ -520,7 +451,7 @@ fn two_vms_on_two_hosts_serve_behind_the_lb_and_reach_each_other_by_private_ip()
     r.json(&["group", "create", "-n", "rg", "-l", "local"]);
     let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
     r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
-    subnet_and_lb(&r);
+    r.subnet_and_lb();
     r.json(&[
         "vmss",
         "create",
@@ -636,12 +567,7 @@ fn two_vms_on_two_hosts_serve_behind_the_lb_and_reach_each_other_by_private_ip()
     assert_eq!(got(&msg(0), "10.0.0.5"), own(&msg(1)), "1 MiB from web000001 to web000000, across hosts");
 
     // The load balancer on the server: both VMs in rotation, both answer through the frontend.
-    wait_for("both VMs in rotation", Duration::from_secs(120), || {
-        let pool =
-            r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
-        (pool["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["inRotation"] == true).count()) == 2)
-            .then_some(())
-    });
+    wait_for("both VMs in rotation", Duration::from_secs(120), || (r.in_rotation().len() == 2).then_some(()));
     let frontend = r.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"])["ipAddress"]
         .as_str()
         .unwrap()

@@ -76,21 +76,6 @@ fn on_two_hosts(r: &Rig, hosts: &[&str]) -> BTreeSet<String> {
 /// Freezes or cuts `host`, and checks the whole failure: NotReady after the grace, health
 /// Unknown, re-created on `other` after replace_after with the same ids and a higher
 /// incarnation; then brings it back and checks the stale copies are gone before it is Ready.
-/// The private IPs the load balancer's pool has in rotation.
-fn in_rotation(r: &Rig) -> BTreeSet<String> {
-    let pool =
-        r.json(&["network", "lb", "address-pool", "show", "-g", "rg", "--lb-name", "web-lb", "-n", "web-lbBEPool"]);
-    pool["members"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter(|m| m["inRotation"] == true)
-                .filter_map(|m| m["reachAddress"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn(), back: &dyn Fn()) {
     let before = instances(r);
     let moved: Vec<Value> = before.iter().filter(|i| i["host"] == host).cloned().collect();
@@ -104,14 +89,14 @@ fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn()
     let ips: BTreeSet<String> =
         moved.iter().map(|i| i["privateIpAddress"].as_str().unwrap_or_default().to_string()).collect();
     wait_observing("every instance in rotation before the failure", Duration::from_secs(60), || {
-        let now = in_rotation(r);
+        let now = r.in_rotation();
         (now.len() == before.len()).then_some(()).ok_or_else(|| format!("{now:?}"))
     });
     let t0 = Instant::now();
     fail();
     let out_of_rotation =
         wait_observing(&format!("{host}'s instances out of rotation"), Duration::from_secs(60), || {
-            let now = in_rotation(r);
+            let now = r.in_rotation();
             now.is_disjoint(&ips).then(|| t0.elapsed()).ok_or_else(|| format!("{now:?}"))
         });
     assert!(
@@ -169,7 +154,7 @@ fn fail_and_return(r: &Rig, what: &str, host: &str, other: &str, fail: &dyn Fn()
     assert!(activity.contains("RecreateInstance") && activity.contains("data disks start empty"), "{activity}");
     // The re-created instances serve behind the load balancer again, at their old addresses.
     wait_observing("the re-created instances back in rotation", Duration::from_secs(60), || {
-        let now = in_rotation(r);
+        let now = r.in_rotation();
         ips.is_subset(&now).then_some(()).ok_or_else(|| format!("{now:?}"))
     });
     assert_ne!(host_state(r, host), "Ready", "{host} is still away");
@@ -209,66 +194,7 @@ fn a_frozen_agent_and_a_cut_link_move_instances_within_their_zone_and_the_host_r
     r.json(&["group", "create", "-n", "rg", "-l", "local"]);
     r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
     // Behind a load balancer on the server, over a subnet stretched to the hosts.
-    for args in [
-        &["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"][..],
-        &[
-            "network",
-            "vnet",
-            "subnet",
-            "create",
-            "-g",
-            "rg",
-            "--vnet-name",
-            "vnet1",
-            "-n",
-            "web",
-            "--address-prefixes",
-            "10.0.0.0/24",
-        ],
-        &["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"],
-        &[
-            "network",
-            "lb",
-            "probe",
-            "create",
-            "-g",
-            "rg",
-            "--lb-name",
-            "web-lb",
-            "-n",
-            "webprobe",
-            "--protocol",
-            "Http",
-            "--path",
-            "/",
-            "--port",
-            "8080",
-            "--interval",
-            "1",
-            "--threshold",
-            "2",
-        ],
-        &[
-            "network",
-            "lb",
-            "rule",
-            "create",
-            "-g",
-            "rg",
-            "--lb-name",
-            "web-lb",
-            "-n",
-            "http",
-            "--frontend-port",
-            "18080",
-            "--backend-port",
-            "8080",
-            "--probe-name",
-            "webprobe",
-        ],
-    ] {
-        r.json(args);
-    }
+    r.subnet_and_lb();
     r.json(&[
         "vmss",
         "create",

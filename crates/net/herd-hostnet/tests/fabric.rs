@@ -5,6 +5,9 @@
 //! (nothing learned); the border table drops ARP for the gateway at the port; unstretching
 //! removes the port and the table; nothing is left.
 
+mod common;
+
+use common::{sh, within, Namespaces};
 use herd_driver::NetworkAttachment;
 use herd_hostnet::fabric::{self, Span};
 use herd_hostnet::{HostNet, Reservation, Role};
@@ -13,42 +16,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Deletes the namespaces at the end (with every interface and table in them), after killing
-/// what runs in them (the segments' dnsmasq).
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let pids = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| o.stdout).unwrap_or_default();
-            for pid in String::from_utf8_lossy(&pids).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn try_sh(args: &[&str]) -> bool {
     Command::new(args[0]).args(&args[1..]).output().is_ok_and(|o| o.status.success())
-}
-
-/// Runs `f` with `net` on a thread inside namespace `ns`.
-fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 const BRIDGE: &str = "hbfabrictest0";

@@ -115,6 +115,84 @@ impl Rig {
         v
     }
 
+    /// In resource group `rg` (made by the caller): vnet `vnet1` (10.0.0.0/16) with subnet
+    /// `web` (10.0.0.0/24), and load balancer `web-lb` (frontend `web-lb-ip`) with an HTTP
+    /// probe `webprobe` on 8080 every second (threshold 2) and a rule `http` from 18080 to 8080.
+    pub fn subnet_and_lb(&self) {
+        let lb = ["-g", "rg", "--lb-name", "web-lb"];
+        let steps: [Vec<&str>; 5] = [
+            vec!["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"],
+            vec![
+                "network",
+                "vnet",
+                "subnet",
+                "create",
+                "-g",
+                "rg",
+                "--vnet-name",
+                "vnet1",
+                "-n",
+                "web",
+                "--address-prefixes",
+                "10.0.0.0/24",
+            ],
+            vec!["network", "lb", "create", "-g", "rg", "-n", "web-lb", "--public-ip-address", "web-lb-ip"],
+            [
+                &["network", "lb", "probe", "create"][..],
+                &lb,
+                &[
+                    "-n",
+                    "webprobe",
+                    "--protocol",
+                    "Http",
+                    "--path",
+                    "/",
+                    "--port",
+                    "8080",
+                    "--interval",
+                    "1",
+                    "--threshold",
+                    "2",
+                ],
+            ]
+            .concat(),
+            [
+                &["network", "lb", "rule", "create"][..],
+                &lb,
+                &["-n", "http", "--frontend-port", "18080", "--backend-port", "8080", "--probe-name", "webprobe"],
+            ]
+            .concat(),
+        ];
+        for args in steps {
+            self.json(&args);
+        }
+    }
+
+    /// The addresses `web-lb`'s pool has in rotation.
+    pub fn in_rotation(&self) -> std::collections::BTreeSet<String> {
+        let pool = self.json(&[
+            "network",
+            "lb",
+            "address-pool",
+            "show",
+            "-g",
+            "rg",
+            "--lb-name",
+            "web-lb",
+            "-n",
+            "web-lbBEPool",
+        ]);
+        pool["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter(|m| m["inRotation"] == true)
+                    .filter_map(|m| m["reachAddress"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The member's data dir.
     pub fn member_dir(&self, member: &str) -> PathBuf {
         self.data_dir.join(member)
