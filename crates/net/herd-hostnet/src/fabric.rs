@@ -192,34 +192,9 @@ pub(crate) fn sync_fdb(span: &Span) -> Result<(usize, usize), NetError> {
     }
     let removed = lines.len() - added;
     if !lines.is_empty() {
-        bridge_batch(&lines)?;
+        crate::link::batch("bridge", None, &lines)?;
     }
     Ok((added, removed))
-}
-
-fn bridge_batch(lines: &[String]) -> Result<(), NetError> {
-    use std::io::Write;
-    let mut child = Command::new("bridge")
-        .args(["-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| NetError::Command(format!("cannot run bridge (install iproute2): {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let text: String = lines.iter().map(|c| format!("{c}\n")).collect();
-        stdin.write_all(text.as_bytes()).map_err(|e| NetError::Command(format!("writing to bridge -batch: {e}")))?;
-    }
-    let out = child.wait_with_output().map_err(|e| NetError::Command(format!("bridge -batch: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Command(format!(
-            "bridge -batch ({}): {}",
-            lines.join("; "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
 }
 
 /// The nftables tables that border the fabric: one (family `bridge`) keeps each host's

@@ -27,8 +27,15 @@ pub fn ip(args: &[&str]) -> Result<(), NetError> {
 /// of what plumbing an instance costs. Stops at the first failure; its message names the
 /// command.
 pub fn ip_batch(ns: Option<&str>, commands: &[String]) -> Result<(), NetError> {
+    batch("ip", ns, commands)
+}
+
+/// Runs `commands` through `PROGRAM -batch -` (`ip` or `bridge`, both iproute2), inside
+/// network namespace `ns` when given: one process for them all. Stops at the first failure;
+/// its message names the command.
+pub fn batch(program: &str, ns: Option<&str>, commands: &[String]) -> Result<(), NetError> {
     use std::io::Write;
-    let mut cmd = Command::new("ip");
+    let mut cmd = Command::new(program);
     if let Some(ns) = ns {
         cmd.args(["-n", ns]);
     }
@@ -38,18 +45,18 @@ pub fn ip_batch(ns: Option<&str>, commands: &[String]) -> Result<(), NetError> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| NetError::Command(format!("cannot run ip (install iproute2): {e}")))?;
+        .map_err(|e| NetError::Command(format!("cannot run {program} (install iproute2): {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         let text: String = commands.iter().map(|c| format!("{c}\n")).collect();
-        stdin.write_all(text.as_bytes()).map_err(|e| NetError::Command(format!("writing to ip -batch: {e}")))?;
+        stdin.write_all(text.as_bytes()).map_err(|e| NetError::Command(format!("writing to {program} -batch: {e}")))?;
     }
-    let out = child.wait_with_output().map_err(|e| NetError::Command(format!("ip -batch: {e}")))?;
+    let out = child.wait_with_output().map_err(|e| NetError::Command(format!("{program} -batch: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
         let within = ns.map(|n| format!(" in namespace {n}")).unwrap_or_default();
         Err(NetError::Command(format!(
-            "ip -batch{within} ({}): {}",
+            "{program} -batch{within} ({}): {}",
             commands.join("; "),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
