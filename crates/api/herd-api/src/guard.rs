@@ -110,6 +110,41 @@ pub fn too_deep(body: &[u8], max: usize) -> Option<String> {
     None
 }
 
+/// How much of an oversized body is read and thrown away before the 413 is sent, and for how
+/// long. Closing a socket with unread bytes in it makes the kernel send a reset, and a reset
+/// makes the client's kernel drop the answer it has not read yet: a client still writing its
+/// body would see "connection reset" instead of the 413. Draining a bounded amount first (a
+/// "lingering close", as web servers do) lets every client near the limit read the answer; a
+/// body past both bounds is cut off as before.
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The body, if it is at most `limit` bytes. Otherwise it is drained (within [`DRAIN_BYTES`]
+/// and [`DRAIN_TIME`]) and `Err` is returned.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ()> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { return Err(()) };
+        if buf.len() + chunk.len() > limit {
+            let mut drained = buf.len() + chunk.len();
+            let drain = async {
+                while drained < DRAIN_BYTES {
+                    match stream.next().await {
+                        Some(Ok(c)) => drained += c.len(),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Checks URI length and JSON nesting before routing; gives axum's own error answers the JSON body.
 pub async fn guard(req: Request, next: Next) -> Response {
     let method = req.method().clone();
@@ -128,16 +163,17 @@ pub async fn guard(req: Request, next: Next) -> Response {
     }
     let req = if is_json(req.headers().get(header::CONTENT_TYPE)) {
         let (parts, body) = req.into_parts();
-        let bytes: Bytes = match axum::body::to_bytes(body, MAX_JSON_BODY).await {
+        let bytes: Bytes = match read_limited(body, MAX_JSON_BODY).await {
             Ok(b) => b,
-            Err(_) => {
+            Err(()) => {
                 let mut r = error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
                     format!("the request body is larger than {MAX_JSON_BODY} bytes"),
                     None,
                 );
-                // The rest of the body is not read: the connection cannot carry another request.
+                // Whatever of the body was not drained stays unread: the connection cannot
+                // carry another request.
                 r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
