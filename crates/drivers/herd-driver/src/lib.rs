@@ -523,4 +523,65 @@ pub trait Driver: Send + Sync + 'static {
     /// The last `max_bytes` of the instance's console (serial console of a VM, stdout and
     /// stderr of a process instance). `None` if the instance does not exist.
     async fn console_log(&self, key: &InstanceKey, max_bytes: usize) -> Result<Option<String>, DriverError>;
+
+    /// The files that hold a **stopped** instance's state, which a cold move copies to another
+    /// host: a VM's OS disk overlay and data disks, a process instance's `work/` tree. Paths
+    /// are on this driver's machine; names are relative and use `/`. Refused (`Failed`) while
+    /// the instance runs; `NotFound` if it does not exist. Checks `fence` first, as every
+    /// acting call: a stale mover cannot read a copy that has moved on.
+    async fn state_files(&self, key: &InstanceKey, fence: Fence) -> Result<Vec<StateFile>, DriverError> {
+        let _ = fence;
+        Err(DriverError::Failed(format!("instance {key}: the {} driver cannot move instances between hosts", self.name())))
+    }
+
+    /// Creates the instance from `spec` with the state files in `dir` (as `state_files` named
+    /// them, copied from another host) in place of a new OS disk, data disks or work tree, and
+    /// starts it. On an instance that already exists: as `ensure` (the files are not used: a
+    /// repeated call after a lost reply changes nothing).
+    async fn ensure_moved(&self, spec: &InstanceSpec, fence: Fence, dir: &std::path::Path) -> Result<(), DriverError> {
+        let _ = (fence, dir);
+        Err(DriverError::Failed(format!(
+            "instance {}: the {} driver cannot move instances between hosts",
+            spec.key,
+            self.name()
+        )))
+    }
+
+    /// A cold move (redeploy) of the instance to `spec.host`, from host `from`: stop it there,
+    /// copy its state files, build and start it on `spec.host` with them, then destroy the copy
+    /// on `from`. Every call carries `fence` (the new placement's incarnation), so the copy on
+    /// `from` refuses older calls from then on. Idempotent: repeated after a failure or a
+    /// server crash, it finds the copy on `from` stopped, or already gone once the target has
+    /// it. Only a driver that spans hosts can do it (the server's host router).
+    async fn relocate(&self, spec: &InstanceSpec, from: &str, fence: Fence) -> Result<Relocated, DriverError> {
+        let _ = (from, fence);
+        Err(DriverError::Failed(format!(
+            "instance {}: the {} driver runs instances on one machine and cannot move them",
+            spec.key,
+            self.name()
+        )))
+    }
+}
+
+/// One file of a stopped instance's state (see [`Driver::state_files`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateFile {
+    /// Relative to the instance's state, with `/` separators (`os.qcow2`, `work/app/db`).
+    pub name: String,
+    /// Where it is on the driver's machine.
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    /// Unix permission bits (a process instance's scripts stay executable).
+    pub mode: u32,
+}
+
+/// What a [`Driver::relocate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Relocated {
+    /// Bytes of state copied between the hosts.
+    pub bytes: u64,
+    /// Whether the copy on the old host was destroyed (false: it could not be reached after
+    /// the new one started; the caller records it as a stale copy to destroy later).
+    pub source_destroyed: bool,
 }
