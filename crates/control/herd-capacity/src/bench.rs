@@ -137,6 +137,7 @@ pub fn scenario(instances: usize, hosts: usize, zones: usize, scale_out: usize) 
             extra: false,
             fault_domains: 1,
             fault_domain: None,
+            avoid_host: None,
         })
         .collect();
     Scenario { hosts, holders, requests, now }
@@ -254,6 +255,7 @@ pub fn placement_scenario(
             extra: false,
             fault_domains: fd,
             fault_domain: None,
+            avoid_host: None,
         });
     }
     // Three quarters full on average.

@@ -359,6 +359,17 @@ impl<'a> Cluster<'a> {
     /// domains of its zone by name, least used by the set first (tie: lowest index), or only
     /// the domain it already has. Fewer than N domains: refused.
     pub fn candidates(&mut self, r: &Request, set: usize) -> Result<Vec<(u32, Vec<usize>)>, DomainShortfall> {
+        let mut c = self.candidates_anywhere(r, set)?;
+        if let Some(avoid) = &r.avoid_host {
+            for (_, hosts) in c.iter_mut() {
+                hosts.retain(|&hi| &self.hosts[hi].spec.name != avoid);
+            }
+            c.retain(|(_, hosts)| !hosts.is_empty());
+        }
+        Ok(c)
+    }
+
+    fn candidates_anywhere(&mut self, r: &Request, set: usize) -> Result<Vec<(u32, Vec<usize>)>, DomainShortfall> {
         let n = r.fault_domains.max(1);
         let zone = r.zone.as_deref();
         if n == 1 {
@@ -402,12 +413,17 @@ impl<'a> Cluster<'a> {
     /// domains those of the first N (fewer when the zone has fewer).
     pub fn pool_of(&mut self, r: &Request) -> Vec<usize> {
         let n = r.fault_domains.max(1) as usize;
-        if n == 1 {
-            return self.eligible(r.zone.as_deref());
+        let mut pool = if n == 1 {
+            self.eligible(r.zone.as_deref())
+        } else {
+            let domains = self.domains(r.zone.as_deref());
+            let mut pool: Vec<usize> = domains.iter().take(n).flat_map(|d| d.hosts.iter().copied()).collect();
+            pool.sort_unstable();
+            pool
+        };
+        if let Some(avoid) = &r.avoid_host {
+            pool.retain(|&hi| &self.hosts[hi].spec.name != avoid);
         }
-        let domains = self.domains(r.zone.as_deref());
-        let mut pool: Vec<usize> = domains.iter().take(n).flat_map(|d| d.hosts.iter().copied()).collect();
-        pool.sort_unstable();
         pool
     }
 

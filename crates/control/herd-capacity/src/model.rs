@@ -116,6 +116,8 @@ pub struct Request {
     /// The fault domain index the instance already has (a deallocated instance starting
     /// again): it goes back to that domain. `None` = a new instance, given the least-used one.
     pub fault_domain: Option<u32>,
+    /// A host it must not go on: the one it is moving away from (a redeploy).
+    pub avoid_host: Option<String>,
 }
 
 /// An instance and the host it goes on (or is recorded on).

@@ -60,6 +60,7 @@ fn req(set: &str, id: u64, tier: Tier, size: (u32, u64), zone: Option<&str>) -> 
         extra: false,
         fault_domains: 1,
         fault_domain: None,
+        avoid_host: None,
     }
 }
 

@@ -147,6 +147,17 @@ pub fn arbitrate(
                     let fd = p.records.iter().find(|r| r.instance_id == *id).and_then(|r| r.platform_fault_domain);
                     requests.push(Request { fault_domain: fd, ..request(set, *id, zone_of(*id), skus) });
                 }
+                // A move (redeploy): the same zone and fault domain, any host but its own (its
+                // holder stays there until the move is done).
+                Step::Redeploy { id, from, to: None } => {
+                    owner.insert(key(*id), pi);
+                    let fd = p.records.iter().find(|r| r.instance_id == *id).and_then(|r| r.platform_fault_domain);
+                    requests.push(Request {
+                        fault_domain: fd,
+                        avoid_host: Some(from.clone()),
+                        ..request(set, *id, zone_of(*id), skus)
+                    });
+                }
                 Step::Start(id) | Step::Restore(id)
                     if p.records.iter().any(|r| r.instance_id == *id && r.state == InstanceState::Deallocated) =>
                 {
@@ -222,7 +233,7 @@ fn keep_replacements_in_zone(
     let mut zone_of: BTreeMap<InstanceKey, (String, String)> = BTreeMap::new();
     for p in parts.iter() {
         for s in p.steps.iter() {
-            if let Step::Replace { id, from, to: None } = s {
+            if let Step::Replace { id, from, to: None } | Step::Redeploy { id, from, to: None } = s {
                 let zone = p.records.iter().find(|r| r.instance_id == *id).and_then(|r| r.zone.clone());
                 if let Some(z) = zone {
                     let key = InstanceKey { group: p.set.group.clone(), set: p.set.name.clone(), id: *id };
@@ -241,13 +252,20 @@ fn keep_replacements_in_zone(
         if host_zone.get(p.host.as_str()).copied().flatten() == Some(zone.as_str()) {
             return true;
         }
-        notes.push((
-            p.key.clone(),
+        let moving = parts.iter().any(|part| {
+            part.set.group == p.key.group
+                && part.set.name == p.key.set
+                && part.steps.iter().any(|s| matches!(s, Step::Redeploy { id, .. } if *id == p.key.id))
+        });
+        let msg = if moving {
+            format!("instance {} cannot move off host {from}: zone {zone} has no other host with room for it", p.key.id)
+        } else {
             format!(
                 "instance {} is down: its host {from} failed and zone {zone} has no other host with room for it",
                 p.key.id
-            ),
-        ));
+            )
+        };
+        notes.push((p.key.clone(), msg));
         false
     });
     notes
@@ -278,7 +296,13 @@ fn rewrite_steps(
         let k = &refused.key;
         if let Some(pi) = owner.get(k) {
             let replacing = parts_replacing(parts, *pi, k.id);
+            let moving = parts
+                .get(*pi)
+                .is_some_and(|p| p.steps.iter().any(|s| matches!(s, Step::Redeploy { id, .. } if *id == k.id)));
             let msg = match &refused.reason {
+                Refusal::Capacity(s) if moving => {
+                    format!("instance {} cannot move to another host of its zone: {s}", k.id)
+                }
                 Refusal::Capacity(s) if replacing => {
                     format!("instance {} is down: its host failed and its zone has no room for it: {s}", k.id)
                 }
@@ -334,6 +358,13 @@ fn rewrite_steps(
                     if let Some(Some(h)) = placed.get(&key(id)) {
                         out.push(Step::Replace { id, from, to: Some(h.clone()) });
                         out.push(Step::Ensure(id));
+                    }
+                }
+                // Placed: moved there in this pass. Not placed: it stays where it is, and
+                // the set's capacity note says why.
+                Step::Redeploy { id, from, to: None } => {
+                    if let Some(Some(h)) = placed.get(&key(id)) {
+                        out.push(Step::Redeploy { id, from, to: Some(h.clone()) });
                     }
                 }
                 Step::Start(id) | Step::Restore(id) if is_deallocated(&p.records, id) => {

@@ -707,7 +707,9 @@ fn assumed_power(state: InstanceState) -> ObservedPower {
     match state {
         S::Running | S::Stopping | S::Deallocating | S::Deleting => ObservedPower::Running,
         S::Stopped | S::Deallocated => ObservedPower::Stopped,
-        S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Failed => ObservedPower::Starting,
+        S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Redeploying | S::Failed => {
+            ObservedPower::Starting
+        }
     }
 }
 
@@ -752,6 +754,11 @@ async fn call(
         Step::Restart(_) => driver.restart(key, fence).await,
         Step::Resize(_) => driver.resize(&spec()?, fence).await,
         Step::Destroy(_) => driver.destroy(key, fence).await,
+        Step::Redeploy { from, to: Some(_), .. } => {
+            let relocated = driver.relocate(&spec()?, from, fence).await?;
+            tracing::info!(instance = %key, %from, bytes = relocated.bytes, source_destroyed = relocated.source_destroyed, "instance moved");
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

@@ -86,6 +86,14 @@ pub fn plan(set: &herd_model::scale_set::StoredScaleSet, records: &[&InstanceRec
     let mut out = Vec::new();
     for r in records {
         let Some(host) = r.host.as_deref() else { continue };
+        // A move whose source host is lost for good cannot copy the disks any more: it is
+        // re-created on the host it was moving to (which keeps what the move brought, if the
+        // copy was done).
+        if let Some(m) = r.moving.as_ref().filter(|m| f.lost.contains(&m.from) && !spot) {
+            out.push(Step::Replace { id: r.instance_id, from: m.from.clone(), to: Some(host.to_string()) });
+            out.push(Step::Ensure(r.instance_id));
+            continue;
+        }
         let unreachable = f.unreachable.contains(host);
         // Right after a server start a host is not heard yet: a mark from before stays until
         // the host is heard (cleared) or the grace is over (kept).
@@ -146,6 +154,7 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, now: DateTime<Utc>) {
             // A new placement: written with this intent, before the new host is called.
             r.incarnation = r.incarnation.max(herd_driver::Incarnation::FIRST.0) + 1;
             r.host = Some(to.clone());
+            r.moving = None;
             r.host_failure.unreachable_since = None;
             r.host_failure.recreated =
                 Some(Recreation { from_host: from.clone(), at: now, incarnation: r.incarnation });
@@ -180,6 +189,7 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, now: DateTime<Utc>) {
             r.host_failure.stale_copies.push(StaleCopy { host: from.clone(), incarnation: r.incarnation, since: now });
             r.incarnation = r.incarnation.max(herd_driver::Incarnation::FIRST.0) + 1;
             r.host = None;
+            r.moving = None;
             r.host_failure.unreachable_since = None;
             let detail = format!("host {from} failed");
             match policy {

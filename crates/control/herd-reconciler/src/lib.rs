@@ -36,6 +36,7 @@ pub mod guest_agent;
 pub mod host_failure;
 pub mod orphans;
 pub mod plan;
+pub mod redeploy;
 pub mod repair;
 pub mod rolling;
 pub mod summary;

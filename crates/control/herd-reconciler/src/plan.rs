@@ -188,6 +188,13 @@ pub enum Step {
         from: String,
         to: Option<String>,
     },
+    /// A cold move to another host of its zone, disks and all (see `redeploy`): `to` is
+    /// chosen by the capacity arbiter (None until then); with `to`, the driver's `relocate`.
+    Redeploy {
+        id: InstanceId,
+        from: String,
+        to: Option<String>,
+    },
     /// A Spot instance whose host failed is evicted instead.
     LoseSpot {
         id: InstanceId,
@@ -213,6 +220,7 @@ impl Step {
             | Step::Drain(id)
             | Step::Undrain(id)
             | Step::Restore(id)
+            | Step::Redeploy { id, .. }
             | Step::RunExtensions(id) => Some(*id),
             _ => self.driver_instance(),
         }
@@ -233,7 +241,8 @@ impl Step {
             | Step::Restart(id)
             | Step::Resize(id)
             | Step::Reimage(id)
-            | Step::Destroy(id) => Some(*id),
+            | Step::Destroy(id)
+            | Step::Redeploy { id, to: Some(_), .. } => Some(*id),
             _ => None,
         }
     }
@@ -337,6 +346,9 @@ fn observe(r: &InstanceRecord, seen: Option<&ObservedPower>) -> Option<Step> {
     match (r.state, seen) {
         (S::Creating | S::Starting | S::Restarting, Some(O::Running)) => ev(Event::BootObserved, None),
         (S::Reimaging, Some(O::Running)) if r.pending.is_none() => ev(Event::BootObserved, None),
+        // A move's result was written (`moving` cleared): the copy on the new host is the one.
+        (S::Redeploying, Some(O::Running)) if r.moving.is_none() => ev(Event::BootObserved, None),
+        (S::Redeploying, Some(O::Failed(m))) if r.moving.is_none() => ev(Event::ProvisionFailed, Some(m.clone())),
         (S::Creating | S::Starting | S::Restarting, Some(O::Failed(m))) => ev(Event::ProvisionFailed, Some(m.clone())),
         (S::Reimaging, Some(O::Failed(m))) if r.pending.is_none() => ev(Event::ProvisionFailed, Some(m.clone())),
         (S::Running, Some(O::Failed(m))) => ev(Event::Crashed, Some(m.clone())),
@@ -589,7 +601,9 @@ fn act(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspended: 
     // Every driver step but a create or a start (stop, deallocate, restart, resize, reimage,
     // destroy) takes it out of service.
     let disruptive = in_place_upgrade
-        || step.as_ref().is_some_and(|s| s.calls_driver() && !matches!(s, Step::Ensure(_) | Step::Start(_)));
+        || step.as_ref().is_some_and(|s| {
+            (s.calls_driver() || matches!(s, Step::Redeploy { .. })) && !matches!(s, Step::Ensure(_) | Step::Start(_))
+        });
     if !disruptive {
         let serving = r.state == InstanceState::Running && goal != InstanceGoal::Deleted;
         return if r.draining_since.is_some() && serving && step.is_none() { Some(Step::Undrain(id)) } else { step };
@@ -620,6 +634,9 @@ fn act_on(input: &SetInput<'_>, r: &InstanceRecord, goal: InstanceGoal, suspende
     }
     if goal == InstanceGoal::Deleted || r.state == S::Deleting {
         return Some(Step::Destroy(id));
+    }
+    if let Some(step) = crate::redeploy::next_step(input, r) {
+        return Some(step);
     }
     if r.pending == Some(PendingAction::Reimage) {
         return Some(Step::Reimage(id));

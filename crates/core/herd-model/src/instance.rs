@@ -16,6 +16,9 @@
 //!
 //!   any state ── reimage ──▶ Reimaging ── boot observed ──▶ Running
 //!   any state ── recreate (its host failed) ──▶ Creating (built anew on another host)
+//!   Running, Stopped, Starting, Failed ── redeploy (drain, `vmss redeploy`) ──▶ Redeploying
+//!        Redeploying ── moved and boot observed ──▶ Running   (a failed move is retried:
+//!        it never goes to Failed, whose repair would build it anew and lose its disks)
 //!   any state ── delete ───▶ Deleting ── destroyed ──▶ (record removed)
 //! ```
 //! One transition function, [`InstanceState::on`], holds every legal move; anything else is
@@ -37,6 +40,8 @@ string_enum!(
         Deallocated = "Deallocated",
         Restarting = "Restarting",
         Reimaging = "Reimaging",
+        /// Moving to another host with its disks (cold migration: drain, `vmss redeploy`).
+        Redeploying = "Redeploying",
         Deleting = "Deleting",
         Failed = "Failed",
     } default Creating
@@ -60,6 +65,9 @@ pub enum Event {
     DeallocateDone,
     RestartRequested,
     ReimageRequested,
+    /// A cold move to another host begins (drain, `vmss redeploy`): stopped, its disks
+    /// copied, started there.
+    RedeployRequested,
     /// Its host failed: it is built anew on another host (a new placement, see
     /// `crate::host`), so it starts over as a creation.
     Recreate,
@@ -86,8 +94,13 @@ impl InstanceState {
             (_, E::ReimageRequested) => S::Reimaging,
             (_, E::Recreate) => S::Creating,
             (S::Failed, E::Retry) => S::Creating,
-            (S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Running, E::BootObserved) => S::Running,
-            (S::Creating | S::Starting | S::Restarting | S::Reimaging, E::ProvisionFailed) => S::Failed,
+            (
+                S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Redeploying | S::Running,
+                E::BootObserved,
+            ) => S::Running,
+            (S::Creating | S::Starting | S::Restarting | S::Reimaging | S::Redeploying, E::ProvisionFailed) => {
+                S::Failed
+            }
             (S::Running, E::Crashed) => S::Failed,
             (S::Running | S::Starting | S::Failed, E::StopRequested) => S::Stopping,
             (S::Stopping, E::StopDone) => S::Stopped,
@@ -97,6 +110,9 @@ impl InstanceState {
             }
             (S::Deallocating, E::DeallocateDone) => S::Deallocated,
             (S::Running, E::RestartRequested) => S::Restarting,
+            (S::Running | S::Stopped | S::Starting | S::Failed | S::Redeploying, E::RedeployRequested) => {
+                S::Redeploying
+            }
             _ => return Err(InvalidTransition { from: self, event }),
         };
         Ok(next)
@@ -108,7 +124,12 @@ impl InstanceState {
             Self::Creating => "Creating",
             Self::Failed => "Failed",
             Self::Deleting => "Deleting",
-            Self::Reimaging | Self::Restarting | Self::Starting | Self::Stopping | Self::Deallocating => "Updating",
+            Self::Reimaging
+            | Self::Restarting
+            | Self::Starting
+            | Self::Stopping
+            | Self::Deallocating
+            | Self::Redeploying => "Updating",
             Self::Running | Self::Stopped | Self::Deallocated => "Succeeded",
         }
     }
@@ -116,7 +137,7 @@ impl InstanceState {
     /// Azure's power state code (`PowerState/running`, ...).
     pub fn power_state(self) -> &'static str {
         match self {
-            Self::Creating | Self::Starting | Self::Reimaging | Self::Restarting => "starting",
+            Self::Creating | Self::Starting | Self::Reimaging | Self::Restarting | Self::Redeploying => "starting",
             Self::Running => "running",
             Self::Stopping => "stopping",
             Self::Stopped | Self::Failed => "stopped",
@@ -143,6 +164,8 @@ string_enum!(
         Reimage = "Reimage",
         RunExtensions = "RunExtensions",
         Resize = "Resize",
+        /// Move to another host of its zone with its disks (drain, `vmss redeploy`).
+        Redeploy = "Redeploy",
     } default Restart
 );
 
@@ -230,12 +253,27 @@ pub struct InstanceRecord {
     /// What host failure did to it (its host silent, copies left behind, re-created).
     #[serde(default, skip_serializing_if = "HostFailure::is_empty")]
     pub host_failure: HostFailure,
+    /// Set while it moves to another host with its disks (state Redeploying; `host` is the
+    /// new host already, written with the new incarnation before any host is called).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<Move>,
     pub created_at: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// A cold move under way (see [`InstanceRecord::moving`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Move {
+    /// The host it moves from (its disks are copied from there).
+    pub from: String,
+    pub since: DateTime<Utc>,
+    /// Why: `redeploy` (asked for the instance), or `drain of host h1`.
+    pub reason: String,
 }
 
 /// What host failure did to an instance (issue 21; see `crate::host`).

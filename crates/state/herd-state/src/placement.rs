@@ -95,6 +95,7 @@ pub fn request(set: &StoredScaleSet, id: InstanceId, zone: Option<String>, skus:
         extra: false,
         fault_domains: set.model.fault_domain_count(),
         fault_domain: None,
+        avoid_host: None,
     }
 }
 

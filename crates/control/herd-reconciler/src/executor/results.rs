@@ -70,6 +70,7 @@ fn results(
     let mut status_dirty = false;
     let mut deleted = Vec::new();
     let mut failures = Vec::new();
+    let mut moved = Vec::new();
     for (step, r) in res {
         let Some(id) = step.instance() else { continue };
         if matches!((step, r), (Step::Ensure(_) | Step::Start(_), Ok(()))) {
@@ -106,6 +107,11 @@ fn results(
                 rec.base_fingerprint = Some(set.model.base_fingerprint());
                 rec.sku = Some(set.model.sku.name.clone());
                 rec.extensions.clear();
+            }
+            (Step::Redeploy { .. }, Ok(())) => {
+                if let Some(line) = crate::redeploy::finished(&mut rec, now) {
+                    moved.push(line);
+                }
             }
             (Step::Resize(_), Ok(())) => {
                 if rec.pending == Some(PendingAction::Resize) {
@@ -175,6 +181,9 @@ fn results(
     for f in failures {
         ops.activity(event(now, g, n, "DriverCall", ActivityStatus::Failed, f));
     }
+    for m in moved {
+        ops.activity(event(now, g, n, "RedeployInstance", ActivityStatus::Succeeded, m));
+    }
     Ok(())
 }
 
@@ -188,6 +197,7 @@ pub(super) fn step_name(s: &Step) -> &'static str {
         Step::Resize(_) => "resize",
         Step::Reimage(_) => "reimage",
         Step::Destroy(_) => "delete",
+        Step::Redeploy { .. } => "redeploy",
         _ => "step",
     }
 }

@@ -102,6 +102,7 @@ pub fn apply_step(w: &mut SetDraft<'_>, step: &Step, env: &ApplyEnv<'_>, addrs: 
         Step::HostUnreachable { .. } | Step::Replace { .. } | Step::LoseSpot { .. } => {
             crate::host_failure::apply_step(w, step, now)
         }
+        Step::Redeploy { .. } => crate::redeploy::apply_step(w, step, now),
         Step::Rolling(r) => crate::rolling::apply_step(w, r, now),
         Step::Repair(r) => crate::repair::apply_step(w, r, now),
         // Started after the intents are persisted; the runner records the outcome. The runner
@@ -188,6 +189,7 @@ fn create(w: &mut SetDraft<'_>, new: &[NewInstance], env: &ApplyEnv<'_>, addrs: 
             // called for it.
             incarnation: herd_driver::Incarnation::FIRST.0,
             host_failure: Default::default(),
+            moving: None,
             created_at: now,
             state_since: now,
         };
