@@ -216,17 +216,27 @@ async fn one(state: &AppState, name: String) -> Result<JoinedHostView, ApiError>
 }
 
 /// What `POST /v1/hosts/{name}/{action}` does.
-pub const ACTIONS: &[&str] = &["cordon", "uncordon"];
+pub const ACTIONS: &[&str] = &["cordon", "uncordon", "drain"];
 
-/// `POST /v1/hosts/{name}/cordon|uncordon`.
+/// `POST /v1/hosts/{name}/cordon|uncordon|drain`. `drain` cordons the host and moves every
+/// instance on it to another host of its zone with its disks (a redeploy each: a `Redeploy`
+/// scheduled event, a load-balancer drain, stop, copy, start; Spot instances are evicted
+/// instead). It is refused, with nothing changed, when an instance has no room elsewhere in
+/// its zone, or when the host is the last Ready one of a zone a `zoneBalance` set uses.
 #[utoipa::path(post, path = "/v1/hosts/{name}/{action}", tag = "hosts",
-    params(("name" = String, Path), ("action" = String, Path, description = "cordon or uncordon")),
+    params(("name" = String, Path), ("action" = String, Path, description = "cordon, uncordon or drain")),
     responses((status = 200, body = JoinedHostView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn action(
     State(state): State<AppState>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Json<JoinedHostView>, ApiError> {
     herd_model::ids::HostName::new(name.clone())?;
+    if action == "drain" {
+        let who = name.clone();
+        state.blocking(move |st| drain(st, &who)).await?;
+        state.wake();
+        return Ok(Json(one(&state, name).await?));
+    }
     let scheduling = match action.as_str() {
         "cordon" => Scheduling::Cordoned,
         "uncordon" => Scheduling::Schedulable,
@@ -241,6 +251,89 @@ pub async fn action(
     let who = name.clone();
     state.blocking(move |s| Ok(herd_state::hosts::set_scheduling(&**s.store.store(), &who, scheduling, now)?)).await?;
     Ok(Json(one(&state, name).await?))
+}
+
+/// Drains host `name` (see [`action`]): the checks first, then the cordon, then a redeploy of
+/// each set's instances there.
+fn drain(st: &AppState, name: &str) -> Result<(), ApiError> {
+    use herd_model::instance::InstanceGoal;
+    use herd_state::actions::InstanceAction;
+    use herd_state::instance_actions::{apply_instance_action, ActionRequest};
+    use herd_state::Records;
+    let store = st.store.store();
+    let host = herd_state::hosts::get(&**store, name)?
+        .ok_or_else(|| ApiError::NotFound(format!("host '{name}' not found")))?;
+    let now = st.clock.now();
+    let sets = store.scale_sets()?;
+    let mut moves = Vec::new();
+    let mut on_host: Vec<(herd_state::Versioned<herd_model::scale_set::StoredScaleSet>, Vec<String>)> = Vec::new();
+    for set in &sets {
+        let records: Vec<_> = store
+            .instances_of(&herd_state::keys::SetKey::of(&set.value))?
+            .into_iter()
+            .map(|o| o.value)
+            .filter(|r| r.host.as_deref() == Some(name) && r.goal != InstanceGoal::Deleted && !r.overprovisioned)
+            .collect();
+        if records.is_empty() {
+            continue;
+        }
+        on_host.push((set.clone(), records.iter().map(|r| r.instance_id.to_string()).collect()));
+        if !herd_model::spot::is_spot(set.value.model.virtual_machine_profile.priority) {
+            let movable: Vec<_> = records
+                .into_iter()
+                .filter(|r| {
+                    matches!(
+                        r.state,
+                        herd_model::instance::InstanceState::Running
+                            | herd_model::instance::InstanceState::Stopped
+                            | herd_model::instance::InstanceState::Failed
+                    )
+                })
+                .collect();
+            if !movable.is_empty() {
+                moves.push((set.value.clone(), movable));
+            }
+        }
+    }
+    // The last Ready host of a zone a zoneBalance set uses stays.
+    if let Some(joined) = st.joined.as_ref() {
+        let records = herd_state::hosts::list(&**store)?;
+        let ready: Vec<String> = herd_model::host::placement_hosts(&records, &*joined.heartbeats, now, joined.grace)
+            .into_iter()
+            .filter(|h| h.schedulable && h.name != name && h.zone.as_deref() == Some(host.zone.as_str()))
+            .map(|h| h.name)
+            .collect();
+        let balanced: Vec<String> = sets
+            .iter()
+            .filter(|s| s.value.model.zone_balance && s.value.model.zones.iter().any(|z| *z == host.zone))
+            .map(|s| s.value.name.to_string())
+            .collect();
+        if ready.is_empty() && !balanced.is_empty() {
+            return Err(ApiError::invalid(
+                "name",
+                format!(
+                    "host '{name}' is the last Ready host of zone {zone}, and scale set(s) {} keep zone balance there (zoneBalance: true): draining it would leave the zone without a host; join or uncordon another host in zone {zone} first",
+                    balanced.join(", "),
+                    zone = host.zone
+                ),
+            ));
+        }
+    }
+    if !moves.is_empty() {
+        room(st).check_moves(&**store, &moves, Some(name))?;
+    }
+    herd_state::hosts::set_scheduling(&**store, name, Scheduling::Cordoned, now)?;
+    for (set, ids) in on_host {
+        let req = ActionRequest {
+            action: InstanceAction::Redeploy,
+            ids: Some(ids),
+            qemu: st.config.runs_vms(),
+            now,
+            reason: Some(format!("drain of host {name}")),
+        };
+        apply_instance_action(&**store, &set, &req)?;
+    }
+    Ok(())
 }
 
 /// `DELETE /v1/hosts/{name}?force=true`.

@@ -191,6 +191,20 @@ pub async fn instance_view(n: Named<(String, String, String)>) -> Result<Json<In
             time: r.at,
         });
     }
+    if let Some(m) = &rec.moving {
+        statuses.push(StatusEntry {
+            code: "Redeploy/inProgress".into(),
+            level: "Info".into(),
+            display_status: "Moving to another host".into(),
+            message: Some(format!(
+                "moving from host {} to host {} with its disks ({}): stopped, copied, started there",
+                m.from,
+                rec.host.as_deref().unwrap_or("?"),
+                m.reason
+            )),
+            time: m.since,
+        });
+    }
     // The VM agent line: with the qemu driver and an image that has the guest agent, a running
     // VM is one whose agent answered (that is what readiness waits for).
     if let Some(agent) = guest_agent {
@@ -337,11 +351,36 @@ pub struct BootLogQuery {
 
 pub(crate) const ACTIONS: &[&str] = InstanceAction::NAMES;
 
+/// A redeploy is refused, with nothing changed, unless every Regular instance it moves has
+/// room on another Ready host of its zone (Spot instances are evicted instead: no room needed).
+fn check_redeploy(
+    st: &AppState,
+    set: &herd_model::scale_set::StoredScaleSet,
+    ids: Option<&[String]>,
+) -> Result<(), ApiError> {
+    if herd_model::spot::is_spot(set.model.virtual_machine_profile.priority) {
+        return Ok(());
+    }
+    let records = instance_actions::chosen_records(&*st.store, set, ids)?;
+    let moving: Vec<_> = records
+        .into_iter()
+        .filter(|r| {
+            r.pending != Some(herd_model::instance::PendingAction::Redeploy)
+                && matches!(r.state, InstanceState::Running | InstanceState::Stopped | InstanceState::Failed)
+        })
+        .collect();
+    if moving.is_empty() {
+        return Ok(());
+    }
+    crate::hosts::room(st).check_moves(&**st.store.store(), &[(set.clone(), moving)], None)?;
+    Ok(())
+}
+
 /// Runs an instance action on the given instances (`["*"]`, no `instanceIds` or no body: all of
 /// them; an empty list is refused).
 #[utoipa::path(post, path = "/v1/resourceGroups/{group}/virtualMachineScaleSets/{name}/{action}", tag = "instances",
     params(("group" = String, Path), ("name" = String, Path),
-        ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances, deleteInstances or simulateEviction (Spot only)"),
+        ("action" = String, Path, description = "start, stop (powerOff), deallocate, restart, reimage, updateInstances, deleteInstances, simulateEviction (Spot only) or redeploy (move to another host of the zone with the disks; Spot instances are evicted)"),
         ("If-Match" = Option<String>, Header, description = "act only at this etag of the scale set")),
     request_body = InstanceIdsRequest,
     responses((status = 202, body = ActionResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -359,12 +398,16 @@ pub async fn action(
         ids: body.and_then(|b| b.0.instance_ids),
         qemu: state.config.runs_vms(),
         now: state.clock.now(),
+        reason: None,
     };
     let outcome = state
         .blocking(move |st| {
             views::retry(&headers, || {
                 let set = views::load_set(st, &group, &name)?;
                 views::check_if_match(&headers, set.revision)?;
+                if action == InstanceAction::Redeploy {
+                    check_redeploy(st, &set.value, req.ids.as_deref())?;
+                }
                 Ok(instance_actions::apply_instance_action(&*st.store, &set, &req)?)
             })
         })

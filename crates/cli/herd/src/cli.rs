@@ -195,6 +195,12 @@ pub enum HostCmd {
     Cordon { name: String },
     /// Place new instances on a cordoned host again.
     Uncordon { name: String },
+    /// Cordon a host and move every instance on it to another host of its zone, disks and all
+    /// (each a redeploy: a Redeploy scheduled event, a load-balancer drain, stop, copy, start;
+    /// Spot instances are evicted instead). Waits until the host is empty unless --no-wait.
+    /// Refused, with nothing changed, when an instance has no room elsewhere in its zone, or
+    /// when the host is the last Ready one of a zone a zoneBalance set uses.
+    Drain { name: String },
     /// Remove a joined host: its agent is refused from then on. Refused while instances are
     /// placed on it, unless --force.
     Delete {
@@ -613,6 +619,16 @@ pub enum VmssCmd {
     },
     /// Restart running instances.
     Restart {
+        #[command(flatten)]
+        set: SetRef,
+        #[command(flatten)]
+        ids: InstanceIds,
+    },
+    /// Move instances to another host of their zone with their disks, MAC, private IP and
+    /// instance id (az's verb; a cold move: a Redeploy scheduled event, a load-balancer drain,
+    /// stop, copy, start). Spot instances are evicted instead. Refused when an instance has no
+    /// room on another Ready host of its zone.
+    Redeploy {
         #[command(flatten)]
         set: SetRef,
         #[command(flatten)]

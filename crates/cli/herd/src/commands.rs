@@ -202,6 +202,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let v = ctx.client.post(&format!("/v1/hosts/{}/uncordon", enc(&name)), &json!({})).await?;
             ctx.print(&v, Some(JOINED_HOST_TABLE))
         }
+        Command::Host(HostCmd::Drain { name }) => {
+            let v = ctx.client.post(&format!("/v1/hosts/{}/drain", enc(&name)), &json!({})).await?;
+            let v = if ctx.no_wait { v } else { wait_drained(&ctx, &name, v).await? };
+            ctx.print(&v, Some(JOINED_HOST_TABLE))
+        }
         Command::Host(HostCmd::Delete { name, force }) => {
             let q = if force { "?force=true" } else { "" };
             ctx.client.delete(&format!("/v1/hosts/{}{q}", enc(&name))).await?;
@@ -612,6 +617,36 @@ fn ids_body(ids: &[String]) -> Value {
     }
 }
 
+/// Polls a draining host until no instance is placed on it and no copy is left there, with
+/// progress on stderr; returns its last view.
+async fn wait_drained(ctx: &Ctx, name: &str, mut v: Value) -> Result<Value> {
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let left = v["instances"].as_u64().unwrap_or(0);
+        let stale = v["staleCopies"].as_u64().unwrap_or(0);
+        let line = format!("{name}: {} instance(s) left to move, {stale} copy(ies) to remove", left);
+        if !ctx.quiet && line != last {
+            eprintln!("{line} ({}s)", start.elapsed().as_secs());
+            last = line;
+        }
+        if left == 0 && stale == 0 {
+            if !ctx.quiet {
+                eprintln!("{name}: drained (cordoned; `herd host uncordon {name}` takes new instances again)");
+            }
+            return Ok(v);
+        }
+        if start.elapsed() > ctx.timeout {
+            bail!(
+                "host {name} is not drained after {}s: {left} instance(s) still on it (see `herd vmss list-instances` and the activity log); --timeout waits longer",
+                ctx.timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        v = ctx.client.get(&format!("/v1/hosts/{}", enc(name))).await?;
+    }
+}
+
 async fn set_action(ctx: &Ctx, set: &SetRef, action: &str, ids: &[String], until: Until) -> Result<()> {
     let v = ctx.client.post(&format!("{}/{action}", set_path(&set.group, &set.name)), &ids_body(ids)).await?;
     if !ctx.no_wait {
@@ -765,6 +800,7 @@ async fn vmss(ctx: &Ctx, c: VmssCmd) -> Result<()> {
         VmssCmd::Stop { set, ids } => set_action(ctx, &set, "stop", &ids.ids, Until::Created).await,
         VmssCmd::Deallocate { set, ids } => set_action(ctx, &set, "deallocate", &ids.ids, Until::Created).await,
         VmssCmd::Restart { set, ids } => set_action(ctx, &set, "restart", &ids.ids, Until::Created).await,
+        VmssCmd::Redeploy { set, ids } => set_action(ctx, &set, "redeploy", &ids.ids, Until::Created).await,
         VmssCmd::DeleteInstances { set, ids } => {
             set_action(ctx, &set, "deleteInstances", &ids.ids, Until::Created).await
         }

@@ -6,7 +6,7 @@
 //!
 //! | state | bills | why |
 //! |---|---|---|
-//! | Creating, Starting, Running, Restarting, Reimaging | yes | the VM is allocated (and booting or running) |
+//! | Creating, Starting, Running, Restarting, Reimaging, Redeploying | yes | the VM is allocated (and booting or running) |
 //! | Stopping, Stopped | yes | stopped but still allocated: Azure bills "Stopped" VMs, only "Stopped (deallocated)" ones are free |
 //! | Deallocating | yes | compute is held until deallocation completes |
 //! | Deallocated | no | the compute is released; only the disk remains |
@@ -69,6 +69,7 @@ pub fn holds_compute(state: InstanceState) -> bool {
         | S::Stopped
         | S::Restarting
         | S::Reimaging
+        | S::Redeploying
         | S::Deallocating => true,
         S::Deallocated | S::Failed | S::Deleting => false,
     }
@@ -341,6 +342,7 @@ mod tests {
             S::Stopped,
             S::Restarting,
             S::Reimaging,
+            S::Redeploying,
             S::Deallocating,
         ];
         for s in billed {

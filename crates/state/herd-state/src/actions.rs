@@ -70,6 +70,8 @@ action_enum!(
         DeleteInstances = "deleteInstances",
         /// Spot (or Low) sets only: a Preempt event as if the platform evicted the instance.
         SimulateEviction = "simulateEviction",
+        /// Move to another host of its zone with its disks (a Spot instance is evicted instead).
+        Redeploy = "redeploy",
     }
 );
 

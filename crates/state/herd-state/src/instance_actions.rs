@@ -124,6 +124,8 @@ pub struct ActionRequest {
     /// The server runs the qemu driver (extension changes in place need the guest agent).
     pub qemu: bool,
     pub now: DateTime<Utc>,
+    /// Why, where the action records it (a redeploy's scheduled event: `drain of host h1`).
+    pub reason: Option<String>,
 }
 
 /// What an instance action did.
@@ -133,6 +135,21 @@ pub struct ActionOutcome {
     pub applied: Vec<InstanceId>,
     /// Instances left alone, with why.
     pub skipped: Vec<String>,
+}
+
+/// The records of the live instances `ids` names (as an action would choose them).
+pub fn chosen_records(
+    store: &dyn Store,
+    set: &StoredScaleSet,
+    ids: Option<&[String]>,
+) -> Result<Vec<InstanceRecord>, ActionError> {
+    let records = store.instances_of(&SetKey::of(set))?;
+    let live: BTreeMap<u64, &Versioned<InstanceRecord>> = records
+        .iter()
+        .filter(|o| o.value.goal != InstanceGoal::Deleted && !o.value.overprovisioned)
+        .map(|o| (o.value.instance_id.0, o))
+        .collect();
+    Ok(choose(set, &live, ids)?.into_iter().map(|id| live[&id].value.clone()).collect())
 }
 
 /// The live instances (not being deleted, not overprovisioned extras) the request names.
@@ -216,7 +233,7 @@ pub fn apply_instance_action(
     for id in &chosen {
         let o = live[id];
         let mut r = o.value.clone();
-        match apply_action(action, &mut r, set, in_place, now) {
+        match apply_action(action, &mut r, set, in_place, now, req.reason.as_deref()) {
             Ok(Some(note)) => notes.push(format!("{id}: {note}")),
             Ok(None) => {}
             Err(why) => {
@@ -256,7 +273,7 @@ pub fn apply_instance_action(
     if ops.len() <= herd_store::MAX_TXN_OPS && herd_store::check_txn(&ops).is_ok() {
         store.txn(ops)?;
     } else {
-        let chunked = Chunked { action, set, in_place, now, lowered };
+        let chunked = Chunked { action, set, in_place, now, lowered, reason: req.reason.as_deref() };
         chunked.write(store, ops, n_instance_ops)?;
     }
     Ok(ActionOutcome { applied, skipped })
@@ -272,6 +289,7 @@ fn apply_action(
     set: &StoredScaleSet,
     in_place: bool,
     now: chrono::DateTime<chrono::Utc>,
+    reason: Option<&str>,
 ) -> Result<Option<&'static str>, &'static str> {
     let mut note = None;
     match action {
@@ -300,6 +318,46 @@ fn apply_action(
         InstanceAction::DeleteInstances => {
             r.goal = InstanceGoal::Deleted;
             r.delete_reason = Some("deleted by user".into());
+        }
+        InstanceAction::Redeploy => {
+            use herd_model::spot::{EvictionReason, ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
+            if r.pending == Some(PendingAction::Redeploy) || r.state == InstanceState::Redeploying {
+                return Ok(None); // asked already
+            }
+            if r.host.is_none() {
+                return Err("not placed on a host");
+            }
+            if matches!(r.state, InstanceState::Deallocated | InstanceState::Deleting | InstanceState::Creating) {
+                return Err("not built on a host (creating, deallocated or being deleted)");
+            }
+            let why = reason.unwrap_or("redeploy requested");
+            if herd_model::spot::is_spot(set.model.virtual_machine_profile.priority) {
+                // Spot instances are evicted, not moved.
+                if r.eviction.is_some()
+                    || r.scheduled_events.iter().any(|e| e.event_type == ScheduledEventType::Preempt)
+                {
+                    return Ok(None);
+                }
+                r.scheduled_events.push(ScheduledEvent::new(
+                    ScheduledEventType::Preempt,
+                    now,
+                    chrono::Duration::seconds(PREEMPT_NOTICE_SECS),
+                    format!("Spot instances are evicted, not moved ({why})"),
+                    Some(EvictionReason::Capacity),
+                ));
+                note = Some("a Spot instance is evicted instead of moved");
+            } else {
+                r.pending = Some(PendingAction::Redeploy);
+                r.scheduled_events.retain(|e| e.event_type != ScheduledEventType::Redeploy);
+                // Due at once: the guest sees it while the load balancer drains it.
+                r.scheduled_events.push(ScheduledEvent::new(
+                    ScheduledEventType::Redeploy,
+                    now,
+                    chrono::Duration::zero(),
+                    why.to_string(),
+                    None,
+                ));
+            }
         }
         InstanceAction::SimulateEviction => {
             use herd_model::spot::{EvictionReason, ScheduledEvent, ScheduledEventType, PREEMPT_NOTICE_SECS};
@@ -336,6 +394,7 @@ struct Chunked<'a> {
     now: DateTime<Utc>,
     /// How much a deletion lowers the capacity.
     lowered: Option<i64>,
+    reason: Option<&'a str>,
 }
 
 impl Chunked<'_> {
@@ -345,7 +404,8 @@ impl Chunked<'_> {
         commit_chunks_reapplying(store, ops, |key| -> Result<_, ActionError> {
             let Some(o) = store.get_as::<InstanceRecord>(Kind::Instance, key)? else { return Ok(None) };
             let mut r = o.value.clone();
-            if apply_action(self.action, &mut r, self.set, self.in_place, self.now).is_ok() && r != o.value {
+            if apply_action(self.action, &mut r, self.set, self.in_place, self.now, self.reason).is_ok() && r != o.value
+            {
                 return Ok(Some(WriteOp::put(Kind::Instance, key, &r, Expect::Revision(o.revision))?));
             }
             Ok(None)
@@ -408,7 +468,13 @@ mod tests {
     use crate::testkit::{activity_count, now, set_with_instances, store, stored_set};
 
     fn req(action: InstanceAction, ids: Option<&[&str]>) -> ActionRequest {
-        ActionRequest { action, ids: ids.map(|l| l.iter().map(|s| s.to_string()).collect()), qemu: false, now: now() }
+        ActionRequest {
+            action,
+            ids: ids.map(|l| l.iter().map(|s| s.to_string()).collect()),
+            qemu: false,
+            now: now(),
+            reason: None,
+        }
     }
 
     #[test]

@@ -215,6 +215,85 @@ impl Room for HostRoom<'_> {
     }
 }
 
+impl HostRoom<'_> {
+    /// Whether every instance of `moves` (a set and the ids of its instances, each placed on
+    /// a host) can move to another host of its zone now: a Ready host that takes new instances
+    /// (`draining`, about to be cordoned, counts as one that does not), not its own, with room
+    /// beside what every stored instance holds (room a Spot eviction would free counts). The
+    /// error names the first instance that cannot and why; nothing is changed either way.
+    pub fn check_moves(
+        &self,
+        store: &dyn Store,
+        moves: &[(StoredScaleSet, Vec<InstanceRecord>)],
+        draining: Option<&str>,
+    ) -> Result<(), ScaleSetError> {
+        let with_joined = match self.joined {
+            Some((joined, now)) => joined.hosts(self.hosts, &crate::hosts::list(store)?, now),
+            None => None,
+        };
+        let Some((mut hosts, unplaced_on)) = with_joined else {
+            return Err(ScaleSetError::Invalid(FieldError::new(
+                "instanceIds",
+                "no host has joined this server: there is no other host to move instances to (join one with `herd agent`)",
+            )));
+        };
+        for h in hosts.iter_mut().filter(|h| Some(h.name.as_str()) == draining) {
+            h.schedulable = false;
+        }
+        let holders = holders_on(store, &hosts, Some(&unplaced_on), self.skus)?;
+        let mut requests = Vec::new();
+        let mut from_of = BTreeMap::new();
+        for (set, records) in moves {
+            for r in records {
+                let from = r.host.clone().unwrap_or_else(|| unplaced_on.clone());
+                let mut req = request(set, r.instance_id, r.zone.clone(), self.skus);
+                req.fault_domain = r.platform_fault_domain;
+                req.avoid_host = Some(from.clone());
+                from_of.insert(req.key.clone(), (from, r.zone.clone()));
+                requests.push(req);
+            }
+        }
+        let d = herd_capacity::arbitrate(&hosts, &holders, &requests, &|_| None);
+        let zone_of_host: BTreeMap<&str, Option<&str>> =
+            hosts.iter().map(|h| (h.name.as_str(), h.zone.as_deref())).collect();
+        let others = |zone: &Option<String>, from: &str| -> String {
+            let v: Vec<String> = hosts
+                .iter()
+                .filter(|h| h.name != from && (zone.is_none() || h.zone == *zone))
+                .map(|h| if h.schedulable { h.name.clone() } else { format!("{} (takes no new instances)", h.name) })
+                .collect();
+            if v.is_empty() {
+                "none".into()
+            } else {
+                v.join(", ")
+            }
+        };
+        let refuse = |key: &herd_model::InstanceKey, why: String| {
+            let (from, zone) = from_of.get(key).cloned().unwrap_or_default();
+            let zone_text = zone.as_deref().map_or(String::new(), |z| format!(" of zone {z}"));
+            FieldError::new(
+                "instanceIds",
+                format!(
+                    "instance {} of scale set '{}' cannot move off host {from}: no other Ready host{zone_text} has room for it ({why}); other hosts{zone_text}: {}",
+                    key.id,
+                    key.set,
+                    others(&zone, &from)
+                ),
+            )
+        };
+        if let Some(r) = d.refused.first() {
+            return Err(ScaleSetError::Invalid(refuse(&r.key, r.reason.to_string())));
+        }
+        for p in &d.placements {
+            let (_, zone) = from_of.get(&p.key).cloned().unwrap_or_default();
+            if zone.is_some() && zone_of_host.get(p.host.as_str()).copied().flatten() != zone.as_deref() {
+                return Err(ScaleSetError::Invalid(refuse(&p.key, "an instance never leaves its zone".into())));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
