@@ -421,6 +421,8 @@ impl InstanceRecord {
             eviction: self.eviction.clone(),
             scheduled_events: self.scheduled_events.clone(),
             host_failure: (!self.host_failure.is_empty()).then(|| self.host_failure.clone()),
+            moving: self.moving.clone(),
+            incarnation: self.incarnation,
             time_created: self.created_at,
             state_since: self.state_since,
         }
@@ -507,6 +509,13 @@ pub struct InstanceView {
     /// was moved from, its re-creation elsewhere (a reimage: data disks start empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_failure: Option<HostFailure>,
+    /// A move to another host under way (drain, redeploy): from where, since when, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<Move>,
+    /// Its placement: raised each time it is built on another host (re-creation, redeploy);
+    /// every host call carries it, and a host refuses a lower one.
+    #[serde(default)]
+    pub incarnation: u64,
     pub time_created: DateTime<Utc>,
     pub state_since: DateTime<Utc>,
 }

@@ -1,0 +1,219 @@
+//! Drain and redeploy (issue 21) on the namespace rig, with process instances behind the
+//! server's load balancer: `herd host drain` moves every instance of a host to the other host
+//! of its zone with its disk (the instance's `work/` tree), its private IP and its instance id,
+//! while a steady load through the frontend sees no failed request; `herd vmss redeploy` moves
+//! one back. Refused with nothing changed: a redeploy with no room in the zone, and a drain of
+//! the last Ready host of a zone a `zoneBalance` set uses.
+
+mod common;
+
+use common::rig::Rig;
+use common::wait_observing;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const CONFIG: &str = "[agents]\nheartbeat_interval_ms = 1000\n";
+
+fn instances(r: &Rig, set: &str) -> Vec<Value> {
+    r.json(&["vmss", "list-instances", "-g", "rg", "-n", set]).as_array().cloned().unwrap_or_default()
+}
+
+fn instance(r: &Rig, set: &str, id: &str) -> Value {
+    instances(r, set).into_iter().find(|i| i["instanceId"] == id).unwrap_or(Value::Null)
+}
+
+fn host(r: &Rig, name: &str) -> Value {
+    r.json(&["host", "show", name])
+}
+
+/// The `work/` directory of instance `id` of set `web` under a host's data dir (the process
+/// driver spreads instance directories over subdirectories: found by walking).
+fn work_dir(root: &Path, id: &str) -> Option<PathBuf> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if p.file_name().is_some_and(|n| n == "work")
+                && p.parent().and_then(|q| q.file_name()).is_some_and(|n| n == id)
+                && p.to_string_lossy().contains("/web/")
+            {
+                return Some(p);
+            }
+            stack.push(p);
+        }
+    }
+    None
+}
+
+/// A steady load on `url` from inside the server's namespace: one request every 20 ms until
+/// `stop` exists, at most `max_secs` and 20,000 requests. Its answer: `{"ok": n, "failed": [..]}`.
+fn load(r: &Rig, url: &str, stop: &Path, max_secs: u32) -> std::thread::JoinHandle<Value> {
+    const SCRIPT: &str = r#"
+import json, os, sys, time, urllib.request
+url, stop, deadline = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3])
+ok, failed = 0, []
+for _ in range(20000):
+    if time.time() > deadline or os.path.exists(stop):
+        break
+    t = time.time()
+    try:
+        with urllib.request.urlopen(url, timeout=5) as a:
+            a.read()
+        ok += 1
+    except Exception as e:
+        failed.append("%.3f %s" % (t, e))
+    time.sleep(0.02)
+print(json.dumps({"ok": ok, "failed": failed}))
+"#;
+    let (name, url, stop) = (r.name.clone(), url.to_string(), stop.display().to_string());
+    std::thread::spawn(move || {
+        let out = std::process::Command::new(common::HERD)
+            .args(["dev", "cluster", "exec", "--name", &name, "--on", "server", "--", "python3", "-c", SCRIPT])
+            .args([url.as_str(), stop.as_str(), &max_secs.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the load loop failed (python3 is needed: apt-get install python3): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    })
+}
+
+fn get(r: &Rig, url: &str) -> Result<String, String> {
+    let out = r.exec("server", &["curl", "-sf", "--max-time", "5", url]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("curl {url}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[test]
+fn drain_and_redeploy_move_instances_with_their_disks_under_load_and_bad_moves_are_refused() {
+    // h1 and h2 in zone 1, h3 alone in zone 2.
+    let r = Rig::up(&Rig::unique("dr"), &["--hosts", "3", "--zones", "1,1,2"], CONFIG);
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../images/sample-process");
+    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
+    r.json(&["image", "import", "--urn", "Herd:Sample:1:1.0.0", "--dir", sample.to_str().unwrap()]);
+    r.subnet_and_lb();
+    let create = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "vmss",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            name,
+            "--image",
+            "Herd:Sample:1:1.0.0",
+            "--instance-count",
+            "2",
+            "--vm-sku",
+            "Standard_B1s",
+            "--vnet-name",
+            "vnet1",
+            "--subnet",
+            "web",
+            "--disable-overprovision",
+            "--no-wait",
+        ];
+        args.extend(extra);
+        r.json(&args);
+    };
+    create("web", &["--zones", "1", "--lb", "web-lb"]);
+    create("bal", &["--zones", "1", "2", "--zone-balance"]);
+    wait_observing("web on h1 and h2, bal on zone 1 and h3, all running", Duration::from_secs(180), || {
+        let on = |set: &str| -> BTreeSet<String> {
+            instances(&r, set)
+                .iter()
+                .filter(|i| i["powerState"] == "running")
+                .filter_map(|i| i["host"].as_str().map(String::from))
+                .collect()
+        };
+        let (web, bal) = (on("web"), on("bal"));
+        let ok = web == BTreeSet::from(["h1".to_string(), "h2".to_string()]) && bal.contains("h3") && bal.len() == 2;
+        ok.then_some(()).ok_or_else(|| format!("web on {web:?}, bal on {bal:?}"))
+    });
+
+    // Bad input, each refused with nothing changed.
+    let e = r.err(&["host", "drain", "h3"]);
+    assert!(e.contains("last Ready host of zone 2") && e.contains("bal") && e.contains("zoneBalance"), "{e}");
+    assert_eq!(host(&r, "h3")["scheduling"], "Schedulable", "a refused drain cordons nothing");
+    let on_h3 = instances(&r, "bal").into_iter().find(|i| i["host"] == "h3").unwrap();
+    let id3 = on_h3["instanceId"].as_str().unwrap();
+    let e = r.err(&["vmss", "redeploy", "-g", "rg", "-n", "bal", "--instance-ids", id3]);
+    assert!(e.contains("cannot move off host h3") && e.contains("zone 2") && e.contains("instanceIds"), "{e}");
+    let after = instance(&r, "bal", id3);
+    assert!(after["pendingAction"].is_null() && after["host"] == "h3", "nothing changed: {after}");
+    r.json(&["vmss", "delete", "-g", "rg", "-n", "bal", "--no-wait"]);
+
+    // A file on h1's instance's disk, read through its private IP.
+    let web = instances(&r, "web");
+    let moved = web.iter().find(|i| i["host"] == "h1").unwrap().clone();
+    let id = moved["instanceId"].as_str().unwrap().to_string();
+    let ip = moved["privateIpAddress"].as_str().unwrap().to_string();
+    let work = wait_observing(&format!("instance {id}'s work dir on h1"), Duration::from_secs(30), || {
+        work_dir(&r.member_dir("h1"), &id).ok_or_else(|| "not found".to_string())
+    });
+    let token = format!("kept-{}", std::process::id());
+    std::fs::write(work.join("www/kept.txt"), &token).unwrap();
+    let kept_url = format!("http://{ip}:8080/kept.txt");
+    assert_eq!(get(&r, &kept_url).unwrap(), token);
+    wait_observing("both web instances in rotation", Duration::from_secs(60), || {
+        let now = r.in_rotation();
+        (now.len() == 2).then_some(()).ok_or_else(|| format!("{now:?}"))
+    });
+
+    // Drain h1 under load through the frontend: no request fails.
+    let frontend = r.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"])["ipAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop = r.data_dir.parent().unwrap().join("stop-load");
+    let loading = load(&r, &format!("http://{frontend}:18080/"), &stop, 600);
+    let drained = r.json(&["host", "drain", "h1", "--timeout", "600"]);
+    assert_eq!(drained["instances"], 0, "{drained}");
+    assert_eq!(drained["scheduling"], "Cordoned", "{drained}");
+    let now = instance(&r, "web", &id);
+    assert_eq!(now["host"], "h2", "{now}");
+    assert_eq!(now["privateIpAddress"], moved["privateIpAddress"], "the same private IP: {now}");
+    assert_eq!(now["computerName"], moved["computerName"]);
+    assert!(now["incarnation"].as_u64() > moved["incarnation"].as_u64(), "a new incarnation: {now}");
+    wait_observing(&format!("instance {id} running on h2"), Duration::from_secs(120), || {
+        let i = instance(&r, "web", &id);
+        (i["powerState"] == "running" && i["provisioningState"] == "Succeeded")
+            .then_some(())
+            .ok_or_else(|| i.to_string())
+    });
+    assert_eq!(get(&r, &kept_url).unwrap(), token, "the disk moved with the instance");
+    assert!(work_dir(&r.member_dir("h1"), &id).is_none(), "the copy on h1 is gone");
+    wait_observing("both web instances in rotation after the drain", Duration::from_secs(60), || {
+        let now = r.in_rotation();
+        (now.len() == 2).then_some(()).ok_or_else(|| format!("{now:?}"))
+    });
+    std::fs::write(&stop, b"").unwrap();
+    let result = loading.join().unwrap();
+    let failed = result["failed"].as_array().unwrap();
+    assert!(failed.is_empty(), "requests failed during the drain: {failed:?}");
+    assert!(result["ok"].as_u64().unwrap() >= 50, "the load ran: {result}");
+    let activity = r.json(&["monitor", "activity-log", "list", "-g", "rg"]).to_string();
+    assert!(activity.contains("RedeployInstance") && activity.contains("drain of host h1"), "{activity}");
+
+    // Redeploy it back: h1 is cordoned, so zone 1 has no other host: refused.
+    let e = r.err(&["vmss", "redeploy", "-g", "rg", "-n", "web", "--instance-ids", &id]);
+    assert!(e.contains("cannot move off host h2") && e.contains("h1 (takes no new instances)"), "{e}");
+    r.json(&["host", "uncordon", "h1"]);
+    r.json(&["vmss", "redeploy", "-g", "rg", "-n", "web", "--instance-ids", &id, "--timeout", "600"]);
+    let back = instance(&r, "web", &id);
+    assert_eq!((back["host"].as_str(), back["powerState"].as_str()), (Some("h1"), Some("running")), "{back}");
+    assert_eq!(get(&r, &kept_url).unwrap(), token, "the disk moved back too");
+    r.down();
+}
