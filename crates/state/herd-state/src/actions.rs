@@ -112,7 +112,8 @@ mod tests {
                 "reimage",
                 "updateInstances",
                 "deleteInstances",
-                "simulateEviction"
+                "simulateEviction",
+                "redeploy"
             ]
         );
         assert_eq!(RollingAction::NAMES, &["start", "cancel", "pause", "resume", "rollback"]);
@@ -134,7 +135,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "no action 'explode'; actions: start, stop, powerOff, deallocate, restart, reimage, updateInstances, \
-             deleteInstances, simulateEviction"
+             deleteInstances, simulateEviction, redeploy"
         );
         let e = "go".parse::<RollingAction>().unwrap_err();
         assert_eq!(e.to_string(), "no rolling-upgrade action 'go'; actions: start, cancel, pause, resume, rollback");
