@@ -217,3 +217,145 @@ fn drain_and_redeploy_move_instances_with_their_disks_under_load_and_bad_moves_a
     assert_eq!(get(&r, &kept_url).unwrap(), token, "the disk moved back too");
     r.down();
 }
+
+/// At every boot (user-data): serve the VM's name on 8080, and the first bytes of its 1 GB data
+/// disk (found by its size: 2,097,152 sectors) as `/disk`.
+const VM_BOOT: &str = r#"#!/bin/sh
+mkdir -p /tmp/www && hostname > /tmp/www/name && cp /tmp/www/name /tmp/www/index.html
+for d in /sys/block/vd*; do [ "$(cat $d/size)" = 2097152 ] && echo /dev/${d##*/} > /tmp/datadisk; done
+dd if=$(cat /tmp/datadisk) bs=64 count=1 2>/dev/null | tr -d '\000 ' > /tmp/www/disk
+httpd -p 8080 -h /tmp/www
+"#;
+
+/// Writes `disk-of-<hostname>` at the start of the data disk and serves it as `/disk` at once.
+const WRITE_DISK: &str = "for d in /sys/block/vd*; do [ \"$(cat $d/size)\" = 2097152 ] && echo /dev/${d##*/} > /tmp/datadisk; done; mkdir -p /tmp/www; printf '%-64s' disk-of-$(hostname) | dd of=$(cat /tmp/datadisk) bs=64 count=1 conv=fsync 2>/dev/null; sync; dd if=$(cat /tmp/datadisk) bs=64 count=1 2>/dev/null | tr -d '\\000 ' > /tmp/www/disk; echo wrote $(cat /tmp/www/disk)";
+
+#[test]
+fn draining_a_host_of_two_vms_under_load_fails_no_request_and_keeps_their_data_disks_and_ips() {
+    let tg = herd_test_support::require_testguest("1.0.0");
+    let r = Rig::up(
+        &Rig::unique("dv"),
+        &["--hosts", "2", "--zones", "1,1", "--driver", "qemu", "--server-arg=--accel", "--server-arg=tcg"],
+        &format!("{CONFIG}[qemu]\nboot_timeout_secs = 240\n"),
+    );
+    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
+    let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
+    r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
+    r.subnet_and_lb();
+    let boot = r.data_dir.parent().unwrap().join("boot.sh");
+    std::fs::write(&boot, VM_BOOT).unwrap();
+    r.json(&[
+        "vmss",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "web",
+        "--image",
+        "Herd:TestGuest:1:1.0.0",
+        "--vm-sku",
+        "Standard_B1ls",
+        "--instance-count",
+        "3",
+        "--zones",
+        "1",
+        "--vnet-name",
+        "vnet1",
+        "--subnet",
+        "web",
+        "--lb",
+        "web-lb",
+        "--data-disk-sizes-gb",
+        "1",
+        "--custom-data",
+        boot.to_str().unwrap(),
+        "--upgrade-policy-mode",
+        "Manual",
+        "--disable-overprovision",
+        "--no-wait",
+    ]);
+    let all = wait_observing("3 VMs running", Duration::from_secs(400), || {
+        let list = instances(&r, "web");
+        let up = list.iter().filter(|i| i["powerState"] == "running" && i["provisioningState"] == "Succeeded").count();
+        (up == 3).then_some(list.clone()).ok_or_else(|| common::instances_summary(&Value::Array(list)))
+    });
+    // The host with two of them is drained.
+    let count = |h: &str| all.iter().filter(|i| i["host"] == h).count();
+    let (drained, other) = if count("h1") == 2 { ("h1", "h2") } else { ("h2", "h1") };
+    let moving: Vec<Value> = all.iter().filter(|i| i["host"] == drained).cloned().collect();
+    assert_eq!(moving.len(), 2, "two VMs on one host: {all:?}");
+    wait_observing("3 VMs in rotation", Duration::from_secs(180), || {
+        let now = r.in_rotation();
+        (now.len() == 3).then_some(()).ok_or_else(|| format!("{now:?}"))
+    });
+
+    // A token on each VM's data disk, written from inside the guest (a Custom Script).
+    let settings = serde_json::json!({ "commandToExecute": WRITE_DISK }).to_string();
+    r.json(&[
+        "vmss",
+        "extension",
+        "set",
+        "-g",
+        "rg",
+        "--vmss-name",
+        "web",
+        "--name",
+        "CustomScript",
+        "--publisher",
+        "Microsoft.Azure.Extensions",
+        "--version",
+        "2.0",
+        "--settings",
+        &settings,
+    ]);
+    r.json(&["vmss", "update-instances", "-g", "rg", "-n", "web", "--instance-ids", "*", "--timeout", "600"]);
+    let mut tokens = Vec::new();
+    for i in &moving {
+        let id = i["instanceId"].as_str().unwrap();
+        let token = format!("disk-of-{}", i["computerName"].as_str().unwrap());
+        let url = format!("http://{}:8080/disk", i["privateIpAddress"].as_str().unwrap());
+        wait_observing(&format!("instance {id} to serve its token"), Duration::from_secs(120), || {
+            let got = get(&r, &url)?;
+            (got.trim() == token).then_some(()).ok_or(got)
+        });
+        tokens.push((id.to_string(), url, token));
+    }
+
+    let frontend = r.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"])["ipAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop = r.data_dir.parent().unwrap().join("stop-load");
+    let loading = load(&r, &format!("http://{frontend}:18080/name"), &stop, 1200);
+    let view = r.json(&["host", "drain", drained, "--timeout", "1200"]);
+    assert_eq!(view["instances"], 0, "{view}");
+    for (id, url, token) in &tokens {
+        let i = wait_observing(&format!("instance {id} running on {other}"), Duration::from_secs(400), || {
+            let i = instance(&r, "web", id);
+            (i["host"] == other && i["powerState"] == "running" && i["provisioningState"] == "Succeeded")
+                .then(|| i.clone())
+                .ok_or_else(|| i.to_string())
+        });
+        let was = moving.iter().find(|m| m["instanceId"] == id.as_str()).unwrap();
+        assert_eq!(i["privateIpAddress"], was["privateIpAddress"], "the same IP: {i}");
+        assert!(i["incarnation"].as_u64() > was["incarnation"].as_u64(), "a new incarnation: {i}");
+        let got =
+            wait_observing(&format!("instance {id}'s data disk after the move"), Duration::from_secs(120), || {
+                get(&r, url)
+            });
+        assert_eq!(got.trim(), token, "the data disk moved with instance {id}");
+    }
+    assert!(r.pids(drained, "qemu-system").is_empty(), "no VM left on {drained}");
+    assert_eq!(r.pids(other, "qemu-system").len(), 3, "all three on {other}");
+    wait_observing("3 VMs in rotation after the drain", Duration::from_secs(180), || {
+        let now = r.in_rotation();
+        (now.len() == 3).then_some(()).ok_or_else(|| format!("{now:?}"))
+    });
+    std::fs::write(&stop, b"").unwrap();
+    let result = loading.join().unwrap();
+    let failed = result["failed"].as_array().unwrap();
+    eprintln!("drain of {drained} under load: {} requests answered, {} failed", result["ok"], failed.len());
+    assert!(failed.is_empty(), "requests failed during the drain: {failed:?}");
+    assert!(result["ok"].as_u64().unwrap() >= 100, "the load ran: {result}");
+    r.down();
+}
