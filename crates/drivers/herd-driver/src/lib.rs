@@ -531,7 +531,10 @@ pub trait Driver: Send + Sync + 'static {
     /// acting call: a stale mover cannot read a copy that has moved on.
     async fn state_files(&self, key: &InstanceKey, fence: Fence) -> Result<Vec<StateFile>, DriverError> {
         let _ = fence;
-        Err(DriverError::Failed(format!("instance {key}: the {} driver cannot move instances between hosts", self.name())))
+        Err(DriverError::Failed(format!(
+            "instance {key}: the {} driver cannot move instances between hosts",
+            self.name()
+        )))
     }
 
     /// Creates the instance from `spec` with the state files in `dir` (as `state_files` named
