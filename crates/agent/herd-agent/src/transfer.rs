@@ -168,11 +168,16 @@ impl Mover {
         let mut left = size;
         while left > 0 {
             let want = (left as usize).min(CHUNK);
-            let n = tokio::time::timeout(IDLE, tls.read(&mut buf[..want]))
-                .await
-                .map_err(|_| anyhow!("no bytes of '{}' for {IDLE:?}", f.name))??;
-            if n == 0 {
-                return Err(anyhow!("the server closed '{}' {left} bytes short", f.name));
+            // A whole chunk before it is hashed and written (TLS hands over 16 KiB at a time).
+            let mut n = 0;
+            while n < want {
+                let got = tokio::time::timeout(IDLE, tls.read(&mut buf[n..want]))
+                    .await
+                    .map_err(|_| anyhow!("no bytes of '{}' for {IDLE:?}", f.name))??;
+                if got == 0 {
+                    return Err(anyhow!("the server closed '{}' {} bytes short", f.name, left - n as u64));
+                }
+                n += got;
             }
             h.update(&buf[..n]);
             file.write_all(&buf[..n]).await.with_context(|| format!("writing {}", to.display()))?;

@@ -260,12 +260,22 @@ where
         let mut left = f.size;
         while left > 0 {
             let want = (left as usize).min(CHUNK);
-            let n = match tokio::time::timeout(IDLE, tls.read(&mut buf[..want])).await {
-                Ok(Ok(0)) => return Err(format!("host {host} closed the upload {left} bytes short in '{}'", f.name)),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(format!("host {host}'s upload of '{}': {e}", f.name)),
-                Err(_) => return Err(format!("host {host}'s upload of '{}' sent nothing for {IDLE:?}", f.name)),
-            };
+            // A whole chunk before it is hashed and written (TLS hands over 16 KiB at a time).
+            let mut n = 0;
+            while n < want {
+                n += match tokio::time::timeout(IDLE, tls.read(&mut buf[n..want])).await {
+                    Ok(Ok(0)) => {
+                        return Err(format!(
+                            "host {host} closed the upload {} bytes short in '{}'",
+                            left - n as u64,
+                            f.name
+                        ))
+                    }
+                    Ok(Ok(got)) => got,
+                    Ok(Err(e)) => return Err(format!("host {host}'s upload of '{}': {e}", f.name)),
+                    Err(_) => return Err(format!("host {host}'s upload of '{}' sent nothing for {IDLE:?}", f.name)),
+                };
+            }
             h.update(&buf[..n]);
             file.write_all(&buf[..n]).await.map_err(|e| format!("writing {}: {e}", to.display()))?;
             left -= n as u64;

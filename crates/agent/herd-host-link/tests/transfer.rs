@@ -317,3 +317,36 @@ async fn a_wrong_digest_and_another_hosts_transfer_are_refused() {
     assert!(!c.links.transfers().dir(&id).exists());
     c.stop().await;
 }
+
+/// Not run by default (`--ignored`): the time `relocate` takes to move a process instance with
+/// one file of `HERD_MOVE_MIB` MiB (default 1024) between two agents, printed as
+/// `relocate: N MiB in S s (R MiB/s)`. Run it in release through `/work/quiet.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_relocate_throughput() {
+    let mib: usize = std::env::var("HERD_MOVE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let c = cluster().await;
+    let image = image(c.dir.path());
+    let h1 = RemoteDriver::new(c.links.clone(), "h1");
+    let on_h1 = spec(&image, "h1");
+    h1.ensure(&on_h1, fence(1)).await.unwrap();
+    h1.set_power(&on_h1.key, PowerTarget::Stopped, fence(1)).await.unwrap();
+    let work1 = work(&c.hosts[0].root, &on_h1.key);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(work1.join("big")).unwrap();
+        let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+        for _ in 0..mib {
+            f.write_all(&block).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let started = Instant::now();
+    let moved = c.router.relocate(&spec(&image, "h2"), "h1", fence(2)).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let moved_mib = moved.bytes as f64 / (1 << 20) as f64;
+    println!("relocate: {moved_mib:.0} MiB in {secs:.2} s ({:.0} MiB/s)", moved_mib / secs);
+    assert!(moved.source_destroyed);
+    RemoteDriver::new(c.links.clone(), "h2").destroy(&on_h1.key, fence(2)).await.unwrap();
+    c.stop().await;
+}
