@@ -56,6 +56,28 @@
 //!     │ ◀── RelayStart ─── or RelayRefused {why} and close   │ connect to its endpoint
 //!     │ ◀─── the instance's HTTP bytes, both ways ───────▶ │
 //! ```
+//!
+//! A cold move (redeploy, drain) copies a stopped instance's state files from one host to
+//! another through the server, each way on a connection of its own that the host dials (hosts
+//! have no inbound port). The server names the transfer in the calls and lets only the move's
+//! source host upload it and only its target host fetch it:
+//!
+//! ```text
+//!   source agent                            server                         target agent
+//!     │ ◀── Call ExportState {key, fence, transfer} ─ │                          │
+//!     │   state_files (stopped, fenced)                │                          │
+//!     │ ── Upload {transfer, key, files} ───────────▶ │ source of transfer?      │
+//!     │ ◀── UploadStart ─── or TransferRefused {why}   │ names relative, no ..    │
+//!     │ ── every file's bytes, in order ────────────▶ │ transfers/<t>/…, sha256  │
+//!     │ ◀── UploadDone {files + sha256} ────────────── │                          │
+//!     │ ── Reply Exported(files) ───────────────────▶ │                          │
+//!     │                                                │ ── Call EnsureMoved {spec, fence, image, transfer, files} ─▶ │
+//!     │                                                │ ◀── Fetch {transfer, name} ── (per file, own connection) ── │
+//!     │                                                │ ── FetchStart {size} + bytes, or TransferRefused ─────────▶ │
+//!     │                                                │        size and sha256 checked, staged; ensure_moved         │
+//!     │                                                │ ◀── Reply Done ───────────────────────────────────────────── │
+//!     │ ◀── Call Destroy {key, fence} ──────────────── │                          │
+//! ```
 #![forbid(unsafe_code)]
 
 use herd_driver::{
@@ -69,8 +91,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The protocol's version; an agent and a server of different versions refuse each other
 /// with a message naming both.
 /// (4: `Segments` for vnets across hosts, and a `RunScript` carries the `http(s)` files for
-/// the host to download, not their bytes.)
-pub const PROTOCOL: u32 = 4;
+/// the host to download, not their bytes. 5: cold moves: `ExportState`, `EnsureMoved`, and
+/// the `Upload` and `Fetch` connections of a transfer.)
+pub const PROTOCOL: u32 = 5;
 
 /// The largest frame either end accepts.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -95,6 +118,65 @@ pub enum AgentMessage {
     /// follow, both ways, are that connection's.
     #[serde(rename_all = "camelCase")]
     Relay { protocol: u32, key: String },
+    /// The first message of an upload connection: the state files of instance `key` (for
+    /// transfer `transfer`), whose bytes follow, file after file in this order, once the
+    /// server says `UploadStart`.
+    #[serde(rename_all = "camelCase")]
+    Upload { protocol: u32, transfer: String, key: String, files: Vec<FileHeader> },
+    /// The first and only message of a fetch connection: send file `name` of transfer
+    /// `transfer`.
+    #[serde(rename_all = "camelCase")]
+    Fetch { protocol: u32, transfer: String, name: String },
+}
+
+/// A state file as an upload announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileHeader {
+    /// Relative, `/`-separated (`os.qcow2`, `work/data/db`); never absolute, never `..`.
+    pub name: String,
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+}
+
+/// A state file as the server stored it: what the target fetches and checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferredFile {
+    pub name: String,
+    pub size: u64,
+    pub mode: u32,
+    /// The hex SHA-256 of its bytes, computed by the server as they arrived.
+    pub sha256: String,
+}
+
+/// Why a state file's name cannot be used as a path under a transfer's directory, if it
+/// cannot: empty, absolute, a `.`/`..`/empty component, a backslash or a NUL, or longer than
+/// 4096 bytes. Checked by the server (upload, fetch) and the target host (staging).
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("state file name '{name}' {why}"));
+    if name.is_empty() || name.len() > 4096 {
+        return bad("must be 1 to 4096 bytes long");
+    }
+    if name.starts_with('/') {
+        return bad("must be relative, not absolute");
+    }
+    if name.contains('\\') || name.contains('\0') {
+        return bad("must not contain a backslash or a NUL");
+    }
+    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return bad("must not have an empty, '.' or '..' component");
+    }
+    Ok(())
+}
+
+/// Why a transfer id cannot name a directory, if it cannot: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn check_transfer_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!("transfer id '{id}' must be 1 to 64 letters, digits, '-' or '_'"));
+    }
+    Ok(())
 }
 
 /// The gallery image a spec's paths came from, for a host that does not share the server's
@@ -155,6 +237,18 @@ pub enum ServerMessage {
     /// On a relay connection: no endpoint for that instance here (not this host's, or none).
     #[serde(rename_all = "camelCase")]
     RelayRefused { reason: String },
+    /// On an upload connection: send the files' bytes now.
+    UploadStart,
+    /// On an upload connection: every byte arrived and is stored, with each file's digest.
+    #[serde(rename_all = "camelCase")]
+    UploadDone { files: Vec<TransferredFile> },
+    /// On a fetch connection: the file's bytes follow, `size` of them, then the server closes.
+    #[serde(rename_all = "camelCase")]
+    FetchStart { size: u64 },
+    /// On an upload or fetch connection: refused (not this host's transfer, a bad name, no
+    /// such file), and closed.
+    #[serde(rename_all = "camelCase")]
+    TransferRefused { reason: String },
 }
 
 /// One call of the `Driver` trait, as the server sends it to a host. Every call that acts on
@@ -208,6 +302,23 @@ pub enum DriverCall {
         key: InstanceKey,
         max_bytes: usize,
     },
+    /// Upload the stopped instance's state files (`Driver::state_files`) as transfer
+    /// `transfer`; answered with `Exported`.
+    ExportState {
+        key: InstanceKey,
+        fence: Fence,
+        transfer: String,
+    },
+    /// Fetch `files` of transfer `transfer`, check them, and build and start the instance on
+    /// them (`Driver::ensure_moved`); answered with `Done`.
+    EnsureMoved {
+        spec: Box<InstanceSpec>,
+        fence: Fence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<ImageRef>,
+        transfer: String,
+        files: Vec<TransferredFile>,
+    },
 }
 
 impl DriverCall {
@@ -225,6 +336,8 @@ impl DriverCall {
             DriverCall::Stats { .. } => "stats",
             DriverCall::RunScript { .. } => "run_script",
             DriverCall::ConsoleLog { .. } => "console_log",
+            DriverCall::ExportState { .. } => "export_state",
+            DriverCall::EnsureMoved { .. } => "ensure_moved",
         }
     }
 }
@@ -238,6 +351,8 @@ pub enum DriverReply {
     Stats(Option<InstanceStats>),
     Script(ScriptOutcome),
     Console(Option<String>),
+    /// What `ExportState` uploaded.
+    Exported(Vec<TransferredFile>),
 }
 
 /// A driver error as it crosses the link: the variants the server acts on keep their shape
@@ -417,6 +532,36 @@ mod tests {
         // Without downloads, nothing of them is sent.
         let bare = ScriptRun { downloads: Default::default(), ..run };
         assert!(serde_json::to_value(&bare).unwrap().get("downloads").is_none());
+    }
+
+    #[test]
+    fn state_file_names_and_transfer_ids_are_checked() {
+        for ok in ["os.qcow2", "work/data/db", "work/.herd/custom-data", "a..b"] {
+            assert_eq!(check_file_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "work/../../x", "work//x", "./x", "work/", "a\\b", "a\0b"] {
+            let e = check_file_name(bad).unwrap_err();
+            assert!(e.contains("state file name"), "{bad}: {e}");
+        }
+        assert_eq!(check_transfer_id("m0123abc-9_x"), Ok(()));
+        for bad in ["", "../x", "a/b", ".hidden", &"x".repeat(65)] {
+            assert!(check_transfer_id(bad).is_err(), "{bad}");
+        }
+        let up = AgentMessage::Upload {
+            protocol: PROTOCOL,
+            transfer: "t1".into(),
+            key: "rg/web/1".into(),
+            files: vec![FileHeader { name: "os.qcow2".into(), size: 3, mode: 0o600 }],
+        };
+        let text = serde_json::to_string(&up).unwrap();
+        assert_eq!(serde_json::from_str::<AgentMessage>(&text).unwrap(), up);
+        let done = DriverReply::Exported(vec![TransferredFile {
+            name: "os.qcow2".into(),
+            size: 3,
+            mode: 0o600,
+            sha256: "ab".into(),
+        }]);
+        assert_eq!(serde_json::from_str::<DriverReply>(&serde_json::to_string(&done).unwrap()).unwrap(), done);
     }
 
     #[test]

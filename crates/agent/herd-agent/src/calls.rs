@@ -11,9 +11,16 @@
 //! host's network position, when the run starts (`ScriptRun::fetch_files`, the same code the
 //! server runs for its own instances), and not when it adopts a run of the same identity that
 //! is still going.
+//!
+//! A cold move's two calls move bytes through the server ([`crate::transfer`]):
+//! `ExportState` uploads the stopped instance's state files; `EnsureMoved` fetches and checks
+//! them, localizes the image as `Ensure` does (a VM's moved overlay is rebased onto this
+//! host's copy), builds the instance on them, and removes the staging directory. An instance
+//! this host already has is not fetched again: the call is then an `Ensure`.
 
 use crate::images::{ImageCache, Lease, PullError};
 use crate::metadata_relay::Relays;
+use crate::transfer::Mover;
 use herd_agent_wire::{CallError, DriverCall, DriverReply, ImageRef};
 use herd_driver::{Driver, InstanceSpec};
 use std::sync::Arc;
@@ -23,6 +30,7 @@ pub async fn execute(
     driver: &dyn Driver,
     images: &Arc<ImageCache>,
     relays: &Arc<Relays>,
+    mover: &Arc<Mover>,
     call: DriverCall,
 ) -> Result<DriverReply, CallError> {
     let done = |r: Result<(), herd_driver::DriverError>| r.map(|()| DriverReply::Done);
@@ -71,6 +79,27 @@ pub async fn execute(
         }
         DriverCall::ConsoleLog { key, max_bytes } => {
             driver.console_log(&key, max_bytes).await.map(DriverReply::Console)
+        }
+        DriverCall::ExportState { key, fence, transfer } => {
+            let files = driver.state_files(&key, fence).await.map_err(|e| CallError::from(&e))?;
+            return match mover.upload(&transfer, &key.path(), &files).await {
+                Ok(stored) => Ok(DriverReply::Exported(stored)),
+                Err(e) => Err(CallError::Failed { message: format!("instance {key}: uploading its state: {e:#}") }),
+            };
+        }
+        DriverCall::EnsureMoved { mut spec, fence, image, transfer, files } => {
+            let _lease = local_image(images, &mut spec, image).await?;
+            let here = driver.list().await.map_err(|e| CallError::from(&e))?.iter().any(|o| o.key == spec.key);
+            if here {
+                built(driver.ensure(&spec, fence).await, &spec)
+            } else {
+                let staged = mover.fetch(&transfer, &files).await.map_err(|e| CallError::Failed {
+                    message: format!("instance {}: fetching its moved state: {e:#}", spec.key),
+                })?;
+                let r = driver.ensure_moved(&spec, fence, &staged.path).await;
+                drop(staged);
+                built(r, &spec)
+            }
         }
     };
     result.map_err(|e| CallError::from(&e))

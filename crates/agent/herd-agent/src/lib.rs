@@ -17,6 +17,8 @@
 //! - [`lease`]: the leases the server grants in its acknowledgements, per instance.
 //! - [`images`]: the host's image cache by content digest, pulled from the server on a
 //!   connection of its own, and emptied of what the gallery no longer has.
+//! - [`transfer`]: a cold move's state files, uploaded from the old host and fetched (and
+//!   checked) by the new one, through the server.
 //!
 //! The agent's lifecycle:
 //!
@@ -42,6 +44,7 @@ pub mod lease;
 pub mod link;
 pub mod metadata_relay;
 pub mod network;
+pub mod transfer;
 
 /// This agent's version, as it reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

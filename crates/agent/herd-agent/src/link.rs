@@ -91,7 +91,9 @@ pub async fn run_with_leases(
             tracing::warn!(error = %e, "cannot list this host's instances; their metadata listeners come back with their next call")
         }
     }
+    let mover = Arc::new(crate::transfer::Mover::new(data_dir.join("transfers"), Box::new(connect.clone())));
     let dial = Dial {
+        mover,
         relays,
         connect,
         host: identity.membership.name.clone(),
@@ -147,7 +149,7 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 impl Connect {
     /// A new mutually authenticated connection to the server, within [`CONNECT_TIMEOUT`].
-    async fn dial(&self) -> Result<Tls> {
+    pub(crate) async fn dial(&self) -> Result<Tls> {
         let connect = async {
             let tcp =
                 tokio::net::TcpStream::connect(&self.addr).await.with_context(|| format!("dialling {}", self.addr))?;
@@ -213,6 +215,7 @@ struct Dial {
     driver: Arc<dyn herd_driver::Driver>,
     images: Arc<crate::images::ImageCache>,
     relays: Arc<crate::metadata_relay::Relays>,
+    mover: Arc<crate::transfer::Mover>,
     /// Where segment descriptions go (None: this host runs no bridged instances).
     network: Option<Arc<crate::network::HostNetwork>>,
     leases: Arc<std::sync::Mutex<crate::lease::Leases>>,
@@ -304,13 +307,13 @@ impl Dial {
                     Some(Ok(Some(ServerMessage::Call { id, call }))) => {
                         tracing::debug!(id, op = call.op(), "a call from the server");
                         let (driver, replies, images) = (self.driver.clone(), replies_tx.clone(), self.images.clone());
-                        let relays = self.relays.clone();
+                        let (relays, mover) = (self.relays.clone(), self.mover.clone());
                         // A call runs to its end even if the connection drops meanwhile: a
                         // driver call cut half-way helps no one, and the server asks again
                         // (every call is idempotent) and gets the finished state. An image
                         // pull inside it has a connection of its own: this loop goes on.
                         tokio::spawn(async move {
-                            let result = crate::calls::execute(&*driver, &images, &relays, call).await;
+                            let result = crate::calls::execute(&*driver, &images, &relays, &mover, call).await;
                             let _ = replies.send(AgentMessage::Reply { id, result }).await;
                         });
                     }

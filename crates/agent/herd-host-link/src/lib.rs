@@ -30,7 +30,8 @@
 //! ([`pull`]): authenticated the same way, served on its own connection, then closed. Each
 //! session also records the largest gap between two heartbeats (what a pull must not
 //! stretch) and tells its host which image digests to keep when the gallery changes, and its
-//! stretch of the cluster's segments whenever that changes ([`fabric`]).
+//! stretch of the cluster's segments whenever that changes ([`fabric`]). A connection whose
+//! first message is `Upload` or `Fetch` carries a cold move's state files ([`transfers`]).
 #![forbid(unsafe_code)]
 
 pub mod fabric;
@@ -38,6 +39,7 @@ pub mod pull;
 pub mod relay;
 pub mod remote;
 pub mod router;
+pub mod transfers;
 
 pub use router::HostRouter;
 
@@ -120,6 +122,8 @@ pub struct HostLinks {
     /// The instances each host may run (by its records), read at most once a second for all
     /// hosts' acknowledgements together.
     assigned: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Assigned>)>>,
+    /// Cold moves' state files staged here (see [`transfers`]).
+    pub(crate) transfers: transfers::Transfers,
 }
 
 /// How the link treats agents (`[agents]` settings).
@@ -168,6 +172,7 @@ impl HostLinks {
             heard: Mutex::new(HashMap::new()),
             granted: Mutex::new(None),
             assigned: tokio::sync::Mutex::new(None),
+            transfers: Default::default(),
         })
     }
 
@@ -250,6 +255,11 @@ impl HostLinks {
     /// once; a host's relay is refused until then.
     pub fn set_metadata_endpoints(&self, endpoints: Arc<dyn relay::MetadataEndpoints>) {
         let _ = self.metadata.set(endpoints);
+    }
+
+    /// The cold moves' transfers (set their directory with [`transfers::Transfers::set_root`]).
+    pub fn transfers(&self) -> &transfers::Transfers {
+        &self.transfers
     }
 
     /// Image pulls served to host `name` since this server started.
@@ -388,6 +398,22 @@ impl HostLinks {
                 return Err(why);
             }
             return relay::serve(&self, tls, &name, key).await;
+        }
+        if let Ok(Ok(Some(AgentMessage::Upload { protocol, transfer, key, files }))) = &hello {
+            if *protocol != PROTOCOL {
+                let why = format!("agent protocol {protocol} is not this server's ({PROTOCOL})");
+                let _ = herd_agent_wire::write(&mut tls, &ServerMessage::TransferRefused { reason: why.clone() }).await;
+                return Err(why);
+            }
+            return transfers::serve_upload(&self, &mut tls, &name, transfer, key, files).await;
+        }
+        if let Ok(Ok(Some(AgentMessage::Fetch { protocol, transfer, name: file }))) = &hello {
+            if *protocol != PROTOCOL {
+                let why = format!("agent protocol {protocol} is not this server's ({PROTOCOL})");
+                let _ = herd_agent_wire::write(&mut tls, &ServerMessage::TransferRefused { reason: why.clone() }).await;
+                return Err(why);
+            }
+            return transfers::serve_fetch(&self, &mut tls, &name, transfer, file).await;
         }
         let (capacity, version, boot_id) = match hello {
             Ok(Ok(Some(AgentMessage::Hello { protocol, name: said, agent_version, capacity, boot_id }))) => {
@@ -545,6 +571,9 @@ impl HostLinks {
                 }
                 AgentMessage::Relay { .. } => {
                     return refuse("a Relay on the link (relays have their own connection)".into()).await
+                }
+                AgentMessage::Upload { .. } | AgentMessage::Fetch { .. } => {
+                    return refuse("a transfer on the link (transfers have their own connections)".into()).await
                 }
             }
         }

@@ -9,7 +9,7 @@
 
 use crate::HostLinks;
 use async_trait::async_trait;
-use herd_agent_wire::{DriverCall, DriverReply, ImageRef};
+use herd_agent_wire::{DriverCall, DriverReply, ImageRef, TransferredFile};
 use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
 };
@@ -20,6 +20,9 @@ use std::time::Duration;
 /// How long a call that builds or rebuilds an instance may take (a VM's first boot under TCG
 /// on a loaded host takes minutes).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long a cold move's export (upload) or build from moved files (fetch, check, build, boot)
+/// may take: the state of a VM is gigabytes.
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long any other call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -56,6 +59,46 @@ impl RemoteDriver {
         crate::pull::image_ref(&self.links.state, &spec.image)
             .await
             .map_err(|e| DriverError::Failed(format!("instance {}: {e}", spec.key)))
+    }
+
+    /// The host's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Has the host upload the stopped instance's state files as transfer `transfer` (opened
+    /// on this server first: see [`crate::transfers::Transfers::open`]); what it uploaded.
+    pub async fn export_state(
+        &self,
+        key: &InstanceKey,
+        fence: Fence,
+        transfer: &str,
+    ) -> Result<Vec<TransferredFile>, DriverError> {
+        let call = DriverCall::ExportState { key: key.clone(), fence, transfer: transfer.to_string() };
+        match self.call(call, TRANSFER_TIMEOUT).await? {
+            DriverReply::Exported(files) => Ok(files),
+            other => Err(self.unexpected("export_state", other)),
+        }
+    }
+
+    /// Has the host fetch `files` of transfer `transfer`, check them, and build and start the
+    /// instance on them (`Driver::ensure_moved` there).
+    pub async fn ensure_moved_from(
+        &self,
+        spec: &InstanceSpec,
+        fence: Fence,
+        transfer: &str,
+        files: Vec<TransferredFile>,
+    ) -> Result<(), DriverError> {
+        let image = self.image_of(spec).await?;
+        let call = DriverCall::EnsureMoved {
+            spec: Box::new(spec.clone()),
+            fence,
+            image,
+            transfer: transfer.to_string(),
+            files,
+        };
+        self.done(call, TRANSFER_TIMEOUT).await
     }
 
     async fn done(&self, call: DriverCall, timeout: Duration) -> Result<(), DriverError> {

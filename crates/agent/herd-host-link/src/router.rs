@@ -11,13 +11,26 @@
 //! unreachable ([`Listing::unreachable_hosts`]), so its instances are unknown this pass, not
 //! gone (a server that has just restarted, before its agents dial in again, must not conclude
 //! that every remote instance disappeared).
+//!
+//! [`HostRouter::relocate`] is the cold move (redeploy, drain) between two hosts, either of
+//! which may be this machine; the state files travel through [`crate::transfers`]:
+//!
+//! ```text
+//!   set_power(Stopped, fence) on the source ─┬─ NotFound: target has it? ── yes: ensure there, done
+//!                                            │                          └─ no: permanent error
+//!   open transfer (id of key + fence) ◀──────┘
+//!   export: source's state files ──▶ transfers/<id>/ (a remote source uploads them)
+//!   ensure_moved on the target (a remote target fetches and checks them)
+//!   destroy(fence) on the source (unreachable now: source_destroyed = false, not an error)
+//!   close transfer (its files removed), whatever happened
+//! ```
 
 use crate::remote::RemoteDriver;
 use crate::HostLinks;
 use async_trait::async_trait;
 use herd_driver::{
-    Driver, DriverError, Fence, InstanceSpec, InstanceStats, Listing, ObservedInstance, PowerTarget, ScriptOutcome,
-    ScriptRun,
+    Driver, DriverError, Fence, InstanceSpec, InstanceStats, Listing, ObservedInstance, PowerTarget, Relocated,
+    ScriptOutcome, ScriptRun,
 };
 use herd_model::image::ImageSource;
 use herd_model::InstanceKey;
@@ -27,6 +40,28 @@ use std::sync::Arc;
 
 /// How long a linked host has to list its instances before this pass takes it as unreachable.
 pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a host is, for the router.
+enum Place {
+    /// This machine: its own driver.
+    Local,
+    /// A joined host, through its agent.
+    Remote(RemoteDriver),
+}
+
+impl Place {
+    /// The joined host's name (None: this machine).
+    fn host(&self) -> Option<&str> {
+        match self {
+            Place::Local => None,
+            Place::Remote(r) => Some(r.host()),
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.host().unwrap_or("this server's machine")
+    }
+}
 
 /// Routes each instance's calls to its host's driver (see the module docs).
 pub struct HostRouter {
@@ -41,9 +76,17 @@ impl HostRouter {
 
     /// The driver of host `host` (`None`: this machine): remote only for a joined host.
     async fn driver_of(&self, host: Option<&str>) -> Result<Arc<dyn Driver>, DriverError> {
+        Ok(match self.place_of(host).await? {
+            Place::Local => self.local.clone(),
+            Place::Remote(r) => Arc::new(r),
+        })
+    }
+
+    /// Where host `host` (`None`: this machine) is: this machine, or a joined host.
+    async fn place_of(&self, host: Option<&str>) -> Result<Place, DriverError> {
         // This machine's own names need no lookup: no joined host can take them.
         let Some(host) = host.filter(|h| !h.is_empty() && *h != herd_model::host::LOCAL_HOST) else {
-            return Ok(self.local.clone());
+            return Ok(Place::Local);
         };
         let name = host.to_string();
         let joined = self
@@ -53,9 +96,59 @@ impl HostRouter {
             .await
             .map_err(|e| DriverError::Failed(format!("reading host {host}: {e}")))?;
         Ok(match joined {
-            Some(_) => Arc::new(RemoteDriver::new(self.links.clone(), host)),
-            None => self.local.clone(),
+            Some(_) => Place::Remote(RemoteDriver::new(self.links.clone(), host)),
+            None => Place::Local,
         })
+    }
+
+    fn driver_at(&self, place: &Place) -> Arc<dyn Driver> {
+        match place {
+            Place::Local => self.local.clone(),
+            Place::Remote(r) => Arc::new(r.clone()),
+        }
+    }
+
+    /// Whether the host at `place` has instance `key` now.
+    async fn has(&self, place: &Place, key: &InstanceKey) -> Result<bool, DriverError> {
+        let listed = match place {
+            Place::Local => self.local.list().await?,
+            Place::Remote(r) => r.list_within(LIST_TIMEOUT).await?,
+        };
+        Ok(listed.iter().any(|o| &o.key == key))
+    }
+
+    /// The copy of a relocation, under transfer `id` (opened): export from the source, build
+    /// on the target. The bytes copied.
+    async fn copy_over(
+        &self,
+        spec: &InstanceSpec,
+        fence: Fence,
+        id: &str,
+        source: &Place,
+        target: &Place,
+    ) -> Result<u64, DriverError> {
+        let key = &spec.key;
+        let started = std::time::Instant::now();
+        let files = match source {
+            Place::Local => {
+                let files = self.local.state_files(key, fence).await?;
+                self.links
+                    .transfers
+                    .stage_local(id, files)
+                    .await
+                    .map_err(|e| DriverError::Failed(format!("instance {key}: staging its state files: {e}")))?
+            }
+            Place::Remote(r) => r.export_state(key, fence, id).await?,
+        };
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        tracing::info!(instance = %key, transfer = %id, files = files.len(), bytes, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "a moved instance's state is staged");
+        let building = std::time::Instant::now();
+        match target {
+            Place::Local => self.local.ensure_moved(spec, fence, &self.links.transfers.dir(id)).await?,
+            Place::Remote(r) => r.ensure_moved_from(spec, fence, id, files).await?,
+        }
+        tracing::info!(instance = %key, transfer = %id, bytes, seconds = format!("{:.2}", building.elapsed().as_secs_f64()), "a moved instance is built and started on its new host");
+        Ok(bytes)
     }
 
     /// The driver of the host instance `key` is placed on, by its record.
@@ -167,5 +260,59 @@ impl Driver for HostRouter {
 
     async fn console_log(&self, key: &InstanceKey, max_bytes: usize) -> Result<Option<String>, DriverError> {
         self.driver_for(key).await?.console_log(key, max_bytes).await
+    }
+
+    /// The cold move of `spec.key` from host `from` to `spec.host` (see the module docs).
+    async fn relocate(&self, spec: &InstanceSpec, from: &str, fence: Fence) -> Result<Relocated, DriverError> {
+        let key = &spec.key;
+        let (source, target) = (self.place_of(Some(from)).await?, self.place_of(spec.host.as_deref()).await?);
+        if source.host() == target.host() {
+            return Err(DriverError::InvalidSpec {
+                key: key.clone(),
+                reason: format!(
+                    "instance {key}: its old host {from} and its new host {} are the same machine: nothing to move",
+                    spec.host.as_deref().unwrap_or(herd_model::host::LOCAL_HOST)
+                ),
+            });
+        }
+        let started = std::time::Instant::now();
+        let on_source = self.driver_at(&source);
+        // Stopped under the move's fence: from here on the old copy refuses every older call.
+        match on_source.set_power(key, PowerTarget::Stopped, fence).await {
+            Ok(()) => {}
+            Err(DriverError::NotFound(_)) => {
+                // Gone from the source: an earlier attempt got as far as the destroy, or the
+                // instance is lost.
+                if self.has(&target, key).await? {
+                    self.driver_at(&target).ensure(spec, fence).await?;
+                    tracing::info!(instance = %key, from = %source.name(), to = %target.name(), "the instance was moved before; it is on its new host");
+                    return Ok(Relocated { bytes: 0, source_destroyed: true });
+                }
+                return Err(DriverError::InvalidSpec {
+                    key: key.clone(),
+                    reason: format!(
+                        "instance {key} is neither on its old host {} nor on its new host {}: there is nothing to move (create it anew)",
+                        source.name(),
+                        target.name()
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        let id = crate::transfers::transfer_id(key, fence);
+        self.links.transfers.open(&id, key, source.host(), target.host());
+        tracing::info!(instance = %key, from = %source.name(), to = %target.name(), transfer = %id, "moving a stopped instance");
+        let copied = self.copy_over(spec, fence, &id, &source, &target).await;
+        self.links.transfers.close(&id).await;
+        let bytes = copied?;
+        let source_destroyed = match on_source.destroy(key, fence).await {
+            Ok(()) | Err(DriverError::NotFound(_)) => true,
+            Err(e) => {
+                tracing::warn!(instance = %key, host = %source.name(), error = %e, "the moved instance's old copy could not be destroyed; it is stale there");
+                false
+            }
+        };
+        tracing::info!(instance = %key, from = %source.name(), to = %target.name(), bytes, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), source_destroyed, "instance moved");
+        Ok(Relocated { bytes, source_destroyed })
     }
 }

@@ -172,6 +172,7 @@ use async_trait::async_trait;
 use herd_driver::host::locks::InstanceLocks;
 use herd_driver::{
     Driver, DriverError, Fence, InstanceSpec, InstanceStats, ObservedInstance, PowerTarget, ScriptOutcome, ScriptRun,
+    StateFile,
 };
 use herd_model::InstanceKey;
 use layout::{InstanceDir, Power};
@@ -566,6 +567,26 @@ impl Driver for ProcessDriver {
 
     async fn list(&self) -> Result<Vec<ObservedInstance>, DriverError> {
         self.blocking(|st| st.observe()).await
+    }
+
+    /// Every regular file under `work/` (`work/<path>`), with its mode; refused while the
+    /// instance runs.
+    async fn state_files(&self, key: &InstanceKey, fence: Fence) -> Result<Vec<StateFile>, DriverError> {
+        let _g = self.locks.lock(key).await;
+        let key = key.clone();
+        self.blocking(move |st| st.state_files(&key, fence)).await?
+    }
+
+    /// As `ensure`, with a new instance's `work/` taken from `dir/work` (hard-linked where it
+    /// can be) instead of the image.
+    async fn ensure_moved(&self, spec: &InstanceSpec, fence: Fence, dir: &Path) -> Result<(), DriverError> {
+        let _g = self.locks.lock(&spec.key).await;
+        let d = self.state.instance(&spec.key);
+        let (spec2, set_hostname, work) = (spec.clone(), self.set_hostname, dir.join("work"));
+        match self.blocking(move |st| st.prepare_ensure_from(&spec2, fence, set_hostname, Some(&work))).await?? {
+            None => Ok(()),
+            Some(plan) => self.start_planned(&d, &spec.key, plan).await,
+        }
     }
 
     async fn stats(&self, key: &InstanceKey) -> Result<Option<InstanceStats>, DriverError> {

@@ -4,13 +4,13 @@
 //! blocking pool, and it needs only the root and the tag, so it lives in a small cloneable
 //! [`State`] the async driver hands to `spawn_blocking`.
 
-use crate::layout::{check_image, copy_tree, remove_tree, InstanceDir, Power};
+use crate::layout::{check_image, copy_tree, link_tree, remove_tree, InstanceDir, Power};
 use crate::procfs::{self, ProcId, Snapshot};
 use crate::record::{self, InstanceRecord};
 use crate::spawn;
 use herd_driver::fence::{self, Admission};
 use herd_driver::host::instance_dir::{self, ignore_missing};
-use herd_driver::{DriverError, Fence, Incarnation, InstanceSpec, ObservedInstance, ObservedPower};
+use herd_driver::{DriverError, Fence, Incarnation, InstanceSpec, ObservedInstance, ObservedPower, StateFile};
 use herd_model::{image::ImageSource, InstanceKey};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -141,6 +141,18 @@ impl State {
     /// its name, so a new instance is never without its fence). Returns the record it wrote
     /// for a new instance, `None` if the directory existed.
     pub fn materialize(&self, spec: &InstanceSpec, fence: Fence) -> Result<Option<InstanceRecord>, DriverError> {
+        self.materialize_from(spec, fence, None)
+    }
+
+    /// [`State::materialize`], with `work/` taken from `moved` (the `work` tree of a cold
+    /// move's state files, see [`State::state_files`]) instead of the image, when given. An
+    /// existing instance is kept as it is (the moved files are not used).
+    pub fn materialize_from(
+        &self,
+        spec: &InstanceSpec,
+        fence: Fence,
+        moved: Option<&Path>,
+    ) -> Result<Option<InstanceRecord>, DriverError> {
         let d = self.instance(&spec.key);
         let image = image_dir(spec)?;
         self.check_owned(&d, &spec.key)?;
@@ -152,7 +164,17 @@ impl State {
             }
             return Ok(None);
         }
-        image_usable(&spec.key, &image)?;
+        match moved {
+            // What was moved must be runnable as it is: no image is copied under it.
+            Some(work) => check_image(work).map_err(|reason| {
+                DriverError::Failed(format!(
+                    "instance {}: the moved work tree {} cannot run: {reason}",
+                    spec.key,
+                    work.display()
+                ))
+            })?,
+            None => image_usable(&spec.key, &image)?,
+        }
         let io = |what: &str, e: std::io::Error| DriverError::io(&spec.key, what, e);
         // The set's directory spreads its instances over the file system (see `ensure_set_dir`).
         let parent =
@@ -170,7 +192,11 @@ impl State {
         made.map_err(|e| io("creating its directory", e))?;
         // Copied straight to `work/`: the whole directory is still out of sight under its
         // temporary name, so no half copy can be taken for the disk.
-        copy_tree(&image, &tmp.work()).map_err(|e| io(&format!("copying image {}", image.display()), e))?;
+        match moved {
+            Some(work) => link_tree(work, &tmp.work())
+                .map_err(|e| io(&format!("placing the moved files {}", work.display()), e))?,
+            None => copy_tree(&image, &tmp.work()).map_err(|e| io(&format!("copying image {}", image.display()), e))?,
+        }
         if let Some(data) = &spec.custom_data {
             tmp.write_custom_data(&tmp.work(), data).map_err(|e| io("writing custom data", e))?;
         }
@@ -199,9 +225,21 @@ impl State {
         fence: Fence,
         set_hostname: bool,
     ) -> Result<Option<Result<spawn::Plan, String>>, DriverError> {
+        self.prepare_ensure_from(spec, fence, set_hostname, None)
+    }
+
+    /// [`State::prepare_ensure`], building a new instance's `work/` from `moved` when given
+    /// (see [`State::materialize_from`]).
+    pub fn prepare_ensure_from(
+        &self,
+        spec: &InstanceSpec,
+        fence: Fence,
+        set_hostname: bool,
+        moved: Option<&Path>,
+    ) -> Result<Option<Result<spawn::Plan, String>>, DriverError> {
         self.admit(&spec.key, fence)?;
         let d = self.instance(&spec.key);
-        let rec = match self.materialize(spec, fence)? {
+        let rec = match self.materialize_from(spec, fence, moved)? {
             Some(built) => built,
             None => {
                 if self.live_group(&spec.key).is_some() {
@@ -215,6 +253,27 @@ impl State {
             }
         };
         Ok(Some(spawn::plan_with(&d, &spec.key, &self.tag, set_hostname, rec)))
+    }
+
+    /// The files of a stopped instance's state for a cold move: every regular file under
+    /// `work/` (named `work/<path>`), with its mode. Symbolic links, empty directories and
+    /// special files are not state a move carries. Checks the fence first; refused while the
+    /// instance runs (its files would change under the copy).
+    pub fn state_files(&self, key: &InstanceKey, fence: Fence) -> Result<Vec<StateFile>, DriverError> {
+        self.admit(key, fence)?;
+        let d = self.instance(key);
+        if !d.exists() {
+            return Err(DriverError::NotFound(key.clone()));
+        }
+        if let Some(id) = self.live_group(key) {
+            return Err(DriverError::Failed(format!(
+                "instance {key} is running (pid {}): stop it before its state is copied",
+                id.pid
+            )));
+        }
+        let mut out = Vec::new();
+        list_files(&d.work(), "work", &mut out).map_err(|e| DriverError::io(key, "listing its work tree", e))?;
+        Ok(out)
     }
 
     /// Clears the recorded pid before a start, so a crash before the new one is written is
@@ -314,6 +373,30 @@ fn set_built(rec: &mut InstanceRecord, spec: &InstanceSpec, dir: &InstanceDir) {
     let custom = spec.custom_data.as_ref().map(|_| dir.custom_data());
     rec.env = spawn::spec_env(spec, custom.as_deref());
     rec.net = spec.network.clone();
+}
+
+/// Appends the regular files under `dir` to `out`, named `<prefix>/<relative path>`, in a
+/// stable order (by name).
+fn list_files(dir: &Path, prefix: &str, out: &mut Vec<StateFile>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let meta = std::fs::symlink_metadata(e.path())?;
+        let named = format!("{prefix}/{name}");
+        if meta.is_dir() {
+            list_files(&e.path(), &named, out)?;
+        } else if meta.is_file() {
+            out.push(StateFile {
+                name: named,
+                path: e.path(),
+                size: meta.len(),
+                mode: meta.permissions().mode() & 0o7777,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Builds the instance in `d` anew from `spec` (reimage): a fresh copy of the image, and the

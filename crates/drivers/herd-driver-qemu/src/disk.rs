@@ -53,6 +53,17 @@ pub async fn ensure_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError
         .map_err(|e| DiskError { what: "installing the overlay".into(), detail: e.to_string() })
 }
 
+/// Points the qcow2 `overlay` at `base` (this host's copy of the image it was made on, on
+/// another host) without touching its data: `qemu-img rebase -u` rewrites only the backing
+/// file's name and format in the header. The base must hold the same content as the one the
+/// overlay was made on (the gallery image of the same digest); that is the caller's to ensure.
+pub async fn rebase_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
+    let fmt = format_of(base).await?;
+    let (b, o) = (base.display().to_string(), overlay.display().to_string());
+    qemu_img(&["rebase", "-u", "-f", "qcow2", "-b", &b, "-F", &fmt, &o], &format!("rebasing {o} onto {b}")).await?;
+    Ok(())
+}
+
 /// Creates an empty qcow2 data disk of `size_gb` GiB unless it exists (data disks survive
 /// reimages and are removed only with the instance).
 pub async fn ensure_data_disk(path: &Path, size_gb: u32) -> Result<(), DiskError> {
@@ -98,6 +109,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&info).unwrap();
         assert_eq!(v["virtual-size"], 10u64 << 30);
         assert!(std::fs::metadata(&data).unwrap().len() < 1 << 20, "thin: no space taken up front");
+
+        // Moved to another host, the overlay is pointed at that host's copy of the base.
+        let elsewhere = dir.path().join("elsewhere.raw");
+        std::fs::copy(&base, &elsewhere).unwrap();
+        rebase_overlay(&elsewhere, &overlay).await.unwrap();
+        let info = qemu_img(&["info", "--output", "json", &overlay.display().to_string()], "info").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(v["backing-filename"], elsewhere.display().to_string());
+        assert_eq!(v["backing-filename-format"], "raw");
+        let bad = rebase_overlay(&dir.path().join("gone.raw"), &overlay).await.unwrap_err();
+        assert!(bad.to_string().contains("gone.raw"), "{bad}");
 
         let missing = ensure_overlay(&dir.path().join("nope.raw"), &dir.path().join("x.qcow2")).await.unwrap_err();
         assert!(missing.to_string().contains("nope.raw"), "{missing}");

@@ -1517,6 +1517,106 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Task(std::sync::Arc::new(e)))
 }
 
+/// The name of `spec.json` among a cold move's state files: it carries the instance's reimage
+/// count, so the moved guest's seed keeps its instance id (cloud-init does not run its
+/// first-boot steps again on the new host).
+const MOVED_SPEC: &str = "spec.json";
+
+/// Cold moves (see `Driver::state_files`, `Driver::ensure_moved`).
+impl QemuDriver {
+    /// The state files of the stopped instance in `d`: `os.qcow2`, every `data-<lun>.qcow2`,
+    /// and `spec.json`.
+    fn state_files_in(key: &InstanceKey, d: &VmDir) -> Result<Vec<herd_driver::StateFile>, DriverError> {
+        let spec = d.read_spec().map_err(|e| io_failed(key, "reading spec.json", e))?;
+        let mut paths = vec![d.os_disk()];
+        paths.extend(spec.data_disks.iter().map(|dd| d.data_disk(dd.lun)).filter(|p| p.exists()));
+        paths.push(d.file(MOVED_SPEC));
+        paths
+            .into_iter()
+            .map(|path| {
+                let meta =
+                    std::fs::metadata(&path).map_err(|e| io_failed(key, &format!("reading {}", path.display()), e))?;
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                Ok(herd_driver::StateFile { name, path, size: meta.len(), mode: meta.permissions().mode() & 0o7777 })
+            })
+            .collect()
+    }
+
+    /// Builds the instance directory of a moved instance from `spec` and the state files in
+    /// `moved`, as `materialize` builds a new one (`.<id>.creating`, tag and fence first, then
+    /// renamed): the moved OS disk and data disks are put in place (hard links where they can
+    /// be) before `install`, which keeps them; an OS overlay is rebased onto this host's copy
+    /// of the image first.
+    async fn materialize_moved(&self, spec: &InstanceSpec, fence: Fence, moved: &Path) -> Result<(), DriverError> {
+        let key = &spec.key;
+        let d = self.shared.vm(key);
+        let os = moved.join("os.qcow2");
+        if !os.is_file() {
+            return Err(DriverError::Failed(format!(
+                "instance {key}: the moved state in {} has no os.qcow2",
+                moved.display()
+            )));
+        }
+        // The reimage count of the moved instance (its guest's instance id); 0 if not sent.
+        let reimage_count = std::fs::read(moved.join(MOVED_SPEC))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<VmSpec>(&b).ok())
+            .map_or(0, |s| s.reimage_count);
+        let parent = d.dir.parent().unwrap_or(&self.shared.cfg.root).to_path_buf();
+        let tmp =
+            VmDir { dir: parent.join(format!(".{}.creating", key.id)), socket_fallback: d.socket_fallback.clone() };
+        let luns: Vec<u32> = spec.guest.data_disks.iter().map(|dd| dd.lun).collect();
+        let (t2, tag, from) = (tmp.clone(), self.shared.cfg.tag.clone(), moved.to_path_buf());
+        blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&parent)?;
+            remove_tree(&t2.dir)?;
+            std::fs::create_dir(&t2.dir)?;
+            std::fs::set_permissions(&t2.dir, std::fs::Permissions::from_mode(0o700))?;
+            t2.write_tag(&tag)?;
+            if fence.incarnation != herd_driver::Incarnation::ANY {
+                herd_driver::fence::write_record(&t2.dir, fence)?;
+            }
+            place(&from.join("os.qcow2"), &t2.os_disk())?;
+            // The spec's data disks that were moved; one the spec has and the move has not is
+            // made empty by install, one the spec no longer has is left behind.
+            for lun in luns {
+                let moved = from.join(format!("data-{lun}.qcow2"));
+                if moved.is_file() {
+                    place(&moved, &t2.data_disk(lun))?;
+                }
+            }
+            Ok(())
+        })
+        .await?
+        .map_err(|e| io_failed(key, "placing its moved disks", e))?;
+        if let ImageSource::Disk { path: base, .. } = &spec.image {
+            disk::rebase_overlay(Path::new(base), &tmp.os_disk())
+                .await
+                .map_err(|e| DriverError::host(format!("instance {key}: the moved OS disk"), e))?;
+        }
+        self.install(spec, &tmp, reimage_count, false).await?;
+        let (t2, dir) = (tmp.clone(), d.dir.clone());
+        blocking(move || {
+            t2.write_power(Power::Running)?;
+            std::fs::rename(&t2.dir, &dir)
+        })
+        .await?
+        .map_err(|e| io_failed(key, "creating its directory", e))?;
+        tracing::debug!(instance = %key, reimage = reimage_count, "created from moved disks");
+        Ok(())
+    }
+}
+
+/// Puts the moved file `from` at `to`: a hard link when both are on one file system (a disk
+/// of gigabytes is not copied again), else a copy. The staging file is removed afterwards, so
+/// the instance's name is the only one left.
+fn place(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to).map(|_| ())
+}
+
 #[async_trait]
 impl Driver for QemuDriver {
     fn name(&self) -> &'static str {
@@ -1721,6 +1821,38 @@ impl Driver for QemuDriver {
             Some(String::from_utf8_lossy(&tail).into_owned())
         })
         .await
+    }
+
+    /// `os.qcow2`, every `data-<lun>.qcow2` and `spec.json` (for the reimage count) of the
+    /// stopped VM; refused while QEMU runs.
+    async fn state_files(&self, key: &InstanceKey, fence: Fence) -> Result<Vec<herd_driver::StateFile>, DriverError> {
+        let _g = self.lock_admitted(key, fence).await?;
+        let d = self.existing(key)?;
+        if let Some(id) = self.live(key).await? {
+            return Err(DriverError::Failed(format!(
+                "instance {key} is running (QEMU pid {}): stop it before its disks are copied",
+                id.pid
+            )));
+        }
+        let (k, d2) = (key.clone(), d.clone());
+        blocking(move || Self::state_files_in(&k, &d2)).await?
+    }
+
+    /// As `ensure`, with a new instance built on the moved disks in `dir` (see
+    /// `materialize_moved`); an existing instance is kept and started if stopped.
+    async fn ensure_moved(&self, spec: &InstanceSpec, fence: Fence, dir: &Path) -> Result<(), DriverError> {
+        let _g = self.lock_admitted(&spec.key, fence).await?;
+        check_spec(spec)?;
+        let d = self.shared.vm(&spec.key);
+        if d.exists() {
+            self.materialize(spec, fence).await?;
+            if self.live(&spec.key).await?.is_some() {
+                return Ok(());
+            }
+        } else {
+            self.materialize_moved(spec, fence, dir).await?;
+        }
+        self.start(&spec.key, &d).await
     }
 }
 

@@ -213,6 +213,23 @@ impl Driver for ByImage {
         self.driver(side).run_script(key, run, fence).await
     }
 
+    async fn state_files(&self, key: &InstanceKey, fence: Fence) -> Result<Vec<crate::StateFile>, DriverError> {
+        let side = self.owner(key).await?.ok_or_else(|| DriverError::NotFound(key.clone()))?;
+        self.driver(side).state_files(key, fence).await
+    }
+
+    /// Builds a moved instance in the driver of its image's kind (as `ensure`: an instance of
+    /// the other kind under the key is refused, not replaced).
+    async fn ensure_moved(&self, spec: &InstanceSpec, fence: Fence, dir: &std::path::Path) -> Result<(), DriverError> {
+        let side = self.keep_in_place(spec).await?;
+        self.record(&spec.key, side);
+        self.driver(side).ensure_moved(spec, fence, dir).await
+    }
+
+    async fn relocate(&self, spec: &InstanceSpec, from: &str, fence: Fence) -> Result<crate::Relocated, DriverError> {
+        self.driver(Side::of(&spec.image)).relocate(spec, from, fence).await
+    }
+
     fn guest_agents_answered(&self) -> Vec<(InstanceKey, ImageSource)> {
         let mut out = self.vms.guest_agents_answered();
         out.extend(self.processes.guest_agents_answered());

@@ -109,7 +109,11 @@ pub async fn start(opts: ServerOptions) -> Result<RunningServer> {
     };
     let failure = cfg.agents.failure_timing()?;
     let links = matches!(opts.transport, tls::Transport::ClusterCa { .. }).then(|| {
-        herd_host_link::HostLinks::with_settings(opened.start_state.clone(), Arc::new(SystemClock), link_settings)
+        let links =
+            herd_host_link::HostLinks::with_settings(opened.start_state.clone(), Arc::new(SystemClock), link_settings);
+        // Cold moves' state files are staged here on their way between hosts.
+        links.transfers().set_root(opened.data_dir.join("transfers"));
+        links
     });
     let driver: Arc<dyn Driver> = match &links {
         Some(links) => Arc::new(herd_host_link::HostRouter::new(local_driver, links.clone())),
