@@ -86,6 +86,10 @@ pub struct JoinedHostView {
     /// host is Returning until none is left).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stale_copies: usize,
+    /// Instances moving off it (drain, redeploy): placed on their new host already, their
+    /// disks still being copied from this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moving_away: usize,
     pub joined_at: chrono::DateTime<chrono::Utc>,
     /// SHA-256 of the one agent certificate accepted for it.
     pub certificate_fingerprint: String,
@@ -95,12 +99,16 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// Per host, the copies of moved instances still on it (see `herd_model::instance::HostFailure`).
-fn stale_copies(s: &dyn herd_state::Store) -> Result<BTreeMap<String, usize>, herd_state::StateError> {
-    let mut by_host = BTreeMap::new();
+/// Per host: the copies of moved instances still on it (see `herd_model::instance::HostFailure`),
+/// and the instances moving off it (a redeploy under way: placed on their new host already).
+fn stale_copies(s: &dyn herd_state::Store) -> Result<BTreeMap<String, (usize, usize)>, herd_state::StateError> {
+    let mut by_host: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for o in herd_state::Records::instances(s)? {
         for c in &o.value.host_failure.stale_copies {
-            *by_host.entry(c.host.clone()).or_insert(0) += 1;
+            by_host.entry(c.host.clone()).or_default().0 += 1;
+        }
+        if let Some(m) = &o.value.moving {
+            by_host.entry(m.from.clone()).or_default().1 += 1;
         }
     }
     Ok(by_host)
@@ -111,7 +119,7 @@ fn joined_views(
     state: &AppState,
     records: Vec<HostRecord>,
     usage: Vec<placement::HostUsage>,
-    stale: &BTreeMap<String, usize>,
+    stale: &BTreeMap<String, (usize, usize)>,
 ) -> Vec<JoinedHostView> {
     let now = state.clock.now();
     records
@@ -120,7 +128,7 @@ fn joined_views(
             let last = state.heartbeats.last_heartbeat(&h.name);
             let link = state.heartbeats.link_stats(&h.name);
             let used = usage.iter().find(|u| u.name == h.name);
-            let stale_copies = stale.get(&h.name).copied().unwrap_or(0);
+            let (stale_copies, moving_away) = stale.get(&h.name).copied().unwrap_or((0, 0));
             // With the agent link: the full state, host failure included; without: heartbeats only.
             let host_state = match (&state.joined, state.heartbeats.silence(&h.name)) {
                 (Some(j), Some(silence)) => {
@@ -131,6 +139,7 @@ fn joined_views(
             JoinedHostView {
                 state: host_state,
                 stale_copies,
+                moving_away,
                 scheduling: h.scheduling,
                 vcpus: h.capacity.vcpus,
                 memory_mib: h.capacity.memory_mib,

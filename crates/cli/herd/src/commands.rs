@@ -623,7 +623,7 @@ async fn wait_drained(ctx: &Ctx, name: &str, mut v: Value) -> Result<Value> {
     let start = std::time::Instant::now();
     let mut last = String::new();
     loop {
-        let left = v["instances"].as_u64().unwrap_or(0);
+        let left = v["instances"].as_u64().unwrap_or(0) + v["movingAway"].as_u64().unwrap_or(0);
         let stale = v["staleCopies"].as_u64().unwrap_or(0);
         let line = format!("{name}: {} instance(s) left to move, {stale} copy(ies) to remove", left);
         if !ctx.quiet && line != last {
