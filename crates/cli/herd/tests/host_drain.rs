@@ -14,7 +14,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const CONFIG: &str = "[agents]\nheartbeat_interval_ms = 1000\n";
+const CONFIG: &str =
+    "[agents]\nheartbeat_interval_ms = 1000\n\n[prices.\"Standard_B1s\"]\nregular = 0.0104\nspot = 0.0031\n";
 
 fn instances(r: &Rig, set: &str) -> Vec<Value> {
     r.json(&["vmss", "list-instances", "-g", "rg", "-n", set]).as_array().cloned().unwrap_or_default()
@@ -132,6 +133,7 @@ fn drain_and_redeploy_move_instances_with_their_disks_under_load_and_bad_moves_a
     };
     create("web", &["--zones", "1", "--lb", "web-lb"]);
     create("bal", &["--zones", "1", "2", "--zone-balance"]);
+    create("spotty", &["--zones", "1", "--priority", "Spot", "--eviction-policy", "Delete"]);
     wait_observing("web on h1 and h2, bal on zone 1 and h3, all running", Duration::from_secs(180), || {
         let on = |set: &str| -> BTreeSet<String> {
             instances(&r, set)
@@ -140,9 +142,10 @@ fn drain_and_redeploy_move_instances_with_their_disks_under_load_and_bad_moves_a
                 .filter_map(|i| i["host"].as_str().map(String::from))
                 .collect()
         };
-        let (web, bal) = (on("web"), on("bal"));
-        let ok = web == BTreeSet::from(["h1".to_string(), "h2".to_string()]) && bal.contains("h3") && bal.len() == 2;
-        ok.then_some(()).ok_or_else(|| format!("web on {web:?}, bal on {bal:?}"))
+        let (web, bal, spotty) = (on("web"), on("bal"), on("spotty"));
+        let zone1 = BTreeSet::from(["h1".to_string(), "h2".to_string()]);
+        let ok = web == zone1 && bal.contains("h3") && bal.len() == 2 && spotty == zone1;
+        ok.then_some(()).ok_or_else(|| format!("web on {web:?}, bal on {bal:?}, spotty on {spotty:?}"))
     });
 
     // Bad input, each refused with nothing changed.
@@ -157,6 +160,10 @@ fn drain_and_redeploy_move_instances_with_their_disks_under_load_and_bad_moves_a
     assert!(after["pendingAction"].is_null() && after["host"] == "h3", "nothing changed: {after}");
     r.json(&["vmss", "delete", "-g", "rg", "-n", "bal", "--no-wait"]);
 
+    let spot_on_h1 = instances(&r, "spotty").into_iter().find(|i| i["host"] == "h1").unwrap()["instanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // A file on h1's instance's disk, read through its private IP.
     let web = instances(&r, "web");
     let moved = web.iter().find(|i| i["host"] == "h1").unwrap().clone();
@@ -219,6 +226,10 @@ fn drain_and_redeploy_move_instances_with_their_disks_under_load_and_bad_moves_a
     assert!(result["ok"].as_u64().unwrap() >= 50, "the load ran: {result}");
     let activity = r.json(&["monitor", "activity-log", "list", "-g", "rg"]).to_string();
     assert!(activity.contains("RedeployInstance") && activity.contains("drain of host h1"), "{activity}");
+    // The Spot instance on h1 was evicted (Preempt, then its Delete policy), not moved.
+    let spot_gone = instances(&r, "spotty");
+    assert!(spot_gone.iter().all(|i| i["instanceId"] != spot_on_h1.as_str()), "evicted: {spot_gone:?}");
+    assert!(activity.contains("SpotEviction") || activity.contains("Evict"), "{activity}");
 
     // Redeploy it back: h1 is cordoned, so zone 1 has no other host: refused.
     let e = r.err(&["vmss", "redeploy", "-g", "rg", "-n", "web", "--instance-ids", &id]);
