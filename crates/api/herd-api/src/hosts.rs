@@ -314,7 +314,7 @@ fn drain(st: &AppState, name: &str) -> Result<(), ApiError> {
             .collect();
         let balanced: Vec<String> = sets
             .iter()
-            .filter(|s| s.value.model.zone_balance && s.value.model.zones.iter().any(|z| *z == host.zone))
+            .filter(|s| s.value.model.zone_balance && s.value.model.zones.contains(&host.zone))
             .map(|s| s.value.name.to_string())
             .collect();
         if ready.is_empty() && !balanced.is_empty() {

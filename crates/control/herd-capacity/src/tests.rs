@@ -799,7 +799,7 @@ fn a_move_never_goes_back_to_the_host_it_leaves() {
     let hosts = [host("h1", Some("1"), 8, 8192), host("h2", Some("1"), 4, 4096), host("h3", Some("2"), 8, 8192)];
     let holders = [reg("web", 0, "h1", (1, 512), 0), reg("web", 1, "h2", (2, 1024), 0)];
     let moving = Request { avoid_host: Some("h1".into()), ..req("web", 0, Tier::Regular, (1, 512), Some("1")) };
-    let d = arbitrate(&hosts, &holders, &[moving.clone()], &no_price);
+    let d = arbitrate(&hosts, &holders, std::slice::from_ref(&moving), &no_price);
     assert_eq!(placed(&d), vec![("rg/web/0".to_string(), "h2".to_string())]);
     let only = [host("h1", Some("1"), 8, 8192), host("h3", Some("2"), 8, 8192)];
     let d = arbitrate(&only, &holders[..1], &[moving], &no_price);
