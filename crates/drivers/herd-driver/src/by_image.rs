@@ -294,6 +294,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cold_move_calls_reach_the_driver_that_holds_or_will_hold_the_instance() {
+        let (vms, procs) = (sim(), sim());
+        let d = ByImage::new(vms.clone(), procs.clone());
+        d.ensure(&spec(1, disk()), Fence::FIRST).await.unwrap();
+        d.ensure(&spec(3, dir()), Fence::FIRST).await.unwrap();
+        // Forwarded: the inner driver answers (the simulated one cannot move), not this one.
+        for k in [1, 3] {
+            match d.state_files(&key(k), Fence::FIRST).await {
+                Err(DriverError::Failed(m)) => assert!(m.contains("the sim driver"), "{m}"),
+                other => panic!("expected the inner driver's refusal, got {other:?}"),
+            }
+        }
+        assert_eq!(d.state_files(&key(9), Fence::FIRST).await, Err(DriverError::NotFound(key(9))));
+        let tmp = std::path::Path::new("/nonexistent");
+        match d.ensure_moved(&spec(4, kernel()), Fence::FIRST, tmp).await {
+            Err(DriverError::Failed(m)) => assert!(m.contains("the sim driver"), "{m}"),
+            other => panic!("expected the inner driver's refusal, got {other:?}"),
+        }
+        // A moved instance of the other kind than the one under its key is refused, as ensure.
+        assert!(d.ensure_moved(&spec(1, dir()), Fence::FIRST, tmp).await.is_err());
+        assert_eq!(keys(procs.list().await.unwrap()), [3], "nothing was built beside the VM");
+    }
+
+    #[tokio::test]
     async fn each_image_kind_goes_to_its_driver_and_keyed_calls_follow() {
         let (vms, procs) = (sim(), sim());
         let d = ByImage::new(vms.clone(), procs.clone());
