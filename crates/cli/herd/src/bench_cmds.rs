@@ -2,8 +2,10 @@
 //! started in this process by [`crate::server::start`], and maps the command line onto them.
 
 use crate::cli::BenchCmd;
+use crate::output::Format;
 use crate::server::{detected_host, start, DriverKind, ServerOptions};
 use anyhow::Result;
+use clap::ValueEnum;
 use herd_bench::{BoxFuture, Driver, Launch, Server, ServerSpec};
 
 /// Starts the server this binary runs (see [`in_process`]).
@@ -53,8 +55,9 @@ fn driver(kind: DriverKind) -> Driver {
     }
 }
 
-/// Runs a benchmark and prints its result.
-pub async fn run(cmd: BenchCmd) -> Result<()> {
+/// Runs a benchmark and prints its result (`output`: the global `--output`, for the benchmarks
+/// that print either JSON or a table).
+pub async fn run(cmd: BenchCmd, output: Format) -> Result<()> {
     let launch = &InProcess;
     match cmd {
         BenchCmd::Provision { driver: d, count, runs } => {
@@ -65,6 +68,18 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             let report = tokio::task::spawn_blocking(move || herd_bench::spot::run(&o)).await??;
             print!("{report}");
             Ok(())
+        }
+        BenchCmd::HostFailure(o) => {
+            let output = match output {
+                Format::Json => herd_bench::host_failure::Output::Json,
+                Format::Table => herd_bench::host_failure::Output::Table,
+                other => anyhow::bail!(
+                    "herd bench host-failure: --output must be json or table (got {})",
+                    other.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+                ),
+            };
+            let o = herd_bench::host_failure::HostFailureOpts { testguest: std::path::absolute(&o.testguest)?, ..o };
+            tokio::task::spawn_blocking(move || herd_bench::host_failure::run(&o, output)).await?
         }
         BenchCmd::Placement(o) => {
             let report = tokio::task::spawn_blocking(move || herd_bench::placement::run(&o)).await??;

@@ -872,6 +872,11 @@ pub enum BenchCmd {
     /// Placement at scale: 10,000 new instances over 500 simulated hosts in 3 zones with 5
     /// fault domains each, next to the same without fault domains.
     Placement(herd_bench::placement::PlacementBenchOpts),
+    /// Host failure with TCG VMs behind the load balancer, in a namespace cluster rig (`herd dev
+    /// cluster`; root): a host's link cut -> its VMs out of rotation, and -> running on another
+    /// host of the zone, each against its bound. `-o table` for a table, `-o json` (default)
+    /// for one JSON line per run and a summary.
+    HostFailure(herd_bench::host_failure::HostFailureOpts),
     /// Time from the API call to all instances running.
     Provision {
         #[arg(long, value_enum, default_value = "sim")]

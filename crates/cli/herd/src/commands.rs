@@ -153,7 +153,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Demo(a) => return herd_demo::run(a).await,
         Command::Agent(a) => return crate::agent_cmd::run(a, g.server).await,
-        Command::Bench(b) => return crate::bench_cmds::run(b).await,
+        Command::Bench(b) => return crate::bench_cmds::run(b, g.output).await,
         Command::Dev(d) => return crate::dev_cmds::run(d, g.output, g.query.as_deref()),
         Command::Gen(GenCmd::CliDocs) => {
             print!("{}", cli_docs());

@@ -15,6 +15,8 @@
 //!   same without them (see [`placement`]).
 //! - `bridged-setup`, `vm-net`: bridged networking against host-local networking and against
 //!   hand-made bridges (see [`bridged`]).
+//! - `host-failure`: a host cut off → its TCG VMs out of the load balancer's rotation, and →
+//!   running again on another host, against their configured bounds (see [`host_failure`]).
 //!
 //! Why a crate of its own: the benchmarks are not part of the control plane, and they must
 //! measure the server's own code path, never a copy. So they start the real server in-process
@@ -26,6 +28,7 @@
 
 pub mod autoscale;
 pub mod bridged;
+pub mod host_failure;
 pub mod lb;
 pub mod placement;
 pub mod provision;

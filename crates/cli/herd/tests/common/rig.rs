@@ -193,6 +193,73 @@ impl Rig {
             .unwrap_or_default()
     }
 
+    /// The network namespace of `member` (under /run/netns).
+    pub fn netns(&self, member: &str) -> String {
+        format!("herd-{}-{member}", self.name)
+    }
+
+    /// Cuts (`up` false) or restores `member`'s cable to the fabric (`herd dev cluster link`).
+    pub fn link(&self, member: &str, up: bool) {
+        let out = Command::new(HERD)
+            .args(["dev", "cluster", "link", "--name", &self.name, "--member", member])
+            .arg(if up { "up" } else { "down" })
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "link {member} up={up}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The address of `web-lb`'s frontend (`web-lb-ip`, see [`Rig::subnet_and_lb`]).
+    pub fn frontend(&self) -> String {
+        let ip = self.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"]);
+        ip["ipAddress"].as_str().expect("the frontend's address").to_string()
+    }
+
+    /// The instance keys (`group/set/id`) of the QEMU processes running on `member`, from
+    /// each one's `-name herd:<tag>:<key>` marker.
+    pub fn qemu_keys(&self, member: &str) -> std::collections::BTreeSet<String> {
+        let out = self.exec(member, &["ps", "-e", "-ww", "-o", "args="]);
+        assert!(out.status.success(), "ps on {member}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("qemu-system") || l.contains("/qemu-system"))
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let name = words.windows(2).find(|w| w[0] == "-name")?[1];
+                name.strip_prefix("herd:")?.split_once(':').map(|(_, key)| key.to_string())
+            })
+            .collect()
+    }
+
+    /// The name of `member`'s lease table (`herd_<hash>_lease`, bridge family).
+    pub fn lease_table(&self, member: &str) -> String {
+        let out = self.exec(member, &["nft", "list", "tables"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("table bridge ").filter(|t| t.ends_with("_lease")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no lease table on {member}"))
+    }
+
+    /// `member`'s lease table: the ports in the set `leased` and the packets its `leased`
+    /// rules counted (both directions, every instance port).
+    pub fn lease_state(&self, member: &str, table: &str) -> (Vec<String>, u64) {
+        let out = self.exec(member, &["nft", "list", "table", "bridge", table]);
+        assert!(out.status.success(), "nft on {member}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let allowed = text
+            .lines()
+            .filter(|l| l.contains("comment \"leased\""))
+            .filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        let elements = text.split("elements = {").nth(1).and_then(|t| t.split('}').next()).unwrap_or_default();
+        let ports = elements
+            .split(',')
+            .filter_map(|e| e.split_whitespace().next())
+            .map(|p| p.trim_matches('"').to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        (ports, allowed)
+    }
+
     /// The member's data dir.
     pub fn member_dir(&self, member: &str) -> PathBuf {
         self.data_dir.join(member)
