@@ -418,6 +418,15 @@ impl Cluster {
     pub fn signal(&self, member: &str, signal: nix::sys::signal::Signal) -> Result<u32> {
         let pid = self.herd_process(member)?.ok_or_else(|| anyhow!("{member}'s herd process is not running"))?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)?;
+        // The `nsenter` that entered it waits for it outside the member's PID namespace, and
+        // stops itself when it sees it stop: it must go on too, or it would never reap the
+        // herd process (and a reboot's PID namespace could never empty).
+        if signal == nix::sys::signal::Signal::SIGCONT {
+            if let Some(parent) = parent_of(pid).filter(|p| cmdline(*p).first().is_some_and(|c| c.ends_with("nsenter")))
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent as i32), signal);
+            }
+        }
         if signal == nix::sys::signal::Signal::SIGKILL {
             wait_until(&format!("{member}'s herd (pid {pid}) to exit"), Duration::from_secs(30), || Ok(!alive(pid)))?;
         }
@@ -470,11 +479,28 @@ impl Cluster {
         let was = self.boot_id(member).unwrap_or_default();
         let plugged = self.cable_up(member)?;
         progress(&format!("{member}: power off (init pid {init}, boot id {was}, and every process of the host)"));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(init as i32), nix::sys::signal::Signal::SIGKILL)?;
-        wait_until(&format!("{member}'s processes to exit"), timeout, || {
-            let left = run("ip", &["netns", "pids", &m.netns]).unwrap_or_default();
-            Ok(left.trim().is_empty() && !alive(init))
-        })?;
+        // The init, and every process in the host's network namespace: the holders outside its
+        // PID namespace too (`unshare`, and the `nsenter` waiting for the agent), which could
+        // otherwise keep a dead agent unreaped and the namespace from emptying.
+        let kill_all = || {
+            let mut pids: Vec<u32> = run("ip", &["netns", "pids", &m.netns])
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect();
+            let left = pids.len();
+            // Checked each time, so a reused PID is never killed.
+            if is_host_init(init) {
+                pids.push(init);
+            }
+            for pid in &pids {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            left
+        };
+        kill_all();
+        wait_until(&format!("{member}'s processes to exit"), timeout, || Ok(kill_all() == 0 && !is_host_init(init)))?;
         let cut = if plugged { "" } else { "; its cable stays cut" };
         progress(&format!("{member}: network reset (namespace {} and its cable made anew{cut})", m.netns));
         // The cable goes first, both ends at once: the namespace itself may outlive its
@@ -671,6 +697,12 @@ fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
     })
+}
+
+/// The parent of `pid` (as the root namespace sees it).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn cmdline(pid: u32) -> Vec<String> {
