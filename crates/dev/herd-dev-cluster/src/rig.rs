@@ -529,7 +529,7 @@ impl Cluster {
                 let text = std::fs::read(&log).unwrap_or_default();
                 Ok(String::from_utf8_lossy(text.get(log_from..).unwrap_or_default()).contains("linked to the server"))
             })?;
-            self.wait_hosts_ready(&[m.name.clone()], timeout)?;
+            self.wait_hosts_ready(std::slice::from_ref(&m.name), timeout)?;
             progress(&format!("{member}: Ready ({:.1} s after power off)", t.elapsed().as_secs_f64()));
         }
         Ok(now)
