@@ -15,6 +15,8 @@
 //! - [`metadata_relay`]: its instances' metadata endpoints, relayed to the server.
 //! - [`network`]: this host's stretch of the cluster's segments (VXLAN), as the server says.
 //! - [`lease`]: the leases the server grants in its acknowledgements, per instance.
+//! - [`reboot`]: after a reboot of the host, its VMs start again only once an acknowledgement
+//!   lists them.
 //! - [`images`]: the host's image cache by content digest, pulled from the server on a
 //!   connection of its own, and emptied of what the gallery no longer has.
 //! - [`transfer`]: a cold move's state files, uploaded from the old host and fetched (and
@@ -44,6 +46,7 @@ pub mod lease;
 pub mod link;
 pub mod metadata_relay;
 pub mod network;
+pub mod reboot;
 pub mod transfer;
 
 /// This agent's version, as it reports it.

@@ -54,10 +54,26 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     state: watch::Sender<LinkState>,
 ) -> Result<()> {
-    run_with_leases(identity, data_dir, driver, network, shutdown, state, Default::default()).await
+    run_with_leases(identity, data_dir, driver, network, shutdown, state, Default::default(), None).await
 }
 
-/// [`run`], keeping the leases the server grants in `leases` (what enforces them reads it).
+/// [`run`], telling `after_reboot` of every acknowledgement: the VMs this host's reboot took
+/// down start again once the server lists them (see [`crate::reboot`]).
+pub async fn run_after_reboot(
+    identity: &Identity,
+    data_dir: &Path,
+    driver: Arc<dyn herd_driver::Driver>,
+    network: Option<Arc<crate::network::HostNetwork>>,
+    after_reboot: Arc<crate::reboot::AfterReboot>,
+    shutdown: watch::Receiver<bool>,
+    state: watch::Sender<LinkState>,
+) -> Result<()> {
+    run_with_leases(identity, data_dir, driver, network, shutdown, state, Default::default(), Some(after_reboot)).await
+}
+
+/// [`run`], keeping the leases the server grants in `leases` (what enforces them reads it), and
+/// telling `after_reboot` (if any) of every acknowledgement.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_with_leases(
     identity: &Identity,
     data_dir: &Path,
@@ -66,6 +82,7 @@ pub async fn run_with_leases(
     mut shutdown: watch::Receiver<bool>,
     state: watch::Sender<LinkState>,
     leases: Arc<std::sync::Mutex<crate::lease::Leases>>,
+    after_reboot: Option<Arc<crate::reboot::AfterReboot>>,
 ) -> Result<()> {
     let url = crate::join::server_url(&identity.membership.server)?;
     let host = url.host_str().ok_or_else(|| anyhow!("the server URL has no host"))?.to_string();
@@ -103,6 +120,7 @@ pub async fn run_with_leases(
         images,
         network,
         leases,
+        after_reboot,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -219,6 +237,8 @@ struct Dial {
     /// Where segment descriptions go (None: this host runs no bridged instances).
     network: Option<Arc<crate::network::HostNetwork>>,
     leases: Arc<std::sync::Mutex<crate::lease::Leases>>,
+    /// The VMs this host's reboot took down, waiting for the server's word.
+    after_reboot: Option<Arc<crate::reboot::AfterReboot>>,
 }
 
 impl Dial {
@@ -297,6 +317,9 @@ impl Dial {
                     Some(Ok(Some(ServerMessage::Ack { seq, lease_ms, instances }))) => {
                         last_ack = Instant::now();
                         let granted = self.leases().acked(seq, Duration::from_millis(lease_ms), &instances);
+                        if let Some(after) = &self.after_reboot {
+                            after.acknowledged(&instances);
+                        }
                         if let (Some(network), Some(until)) = (&self.network, granted.until) {
                             network.lease(instances, until);
                         }

@@ -1,5 +1,8 @@
 //! `herd agent`: the command line of an extra host's agent. The work is `herd-agent`'s; this
-//! reads the flags, joins on first start, and runs the link until Ctrl-C or SIGTERM.
+//! reads the flags, joins on first start, and runs the link until Ctrl-C or SIGTERM. After a
+//! reboot of the host, its VMs wait for the server's first acknowledgement (see
+//! `herd_agent::reboot`): unlike the server's own machine, a joined host may have had them
+//! moved away meanwhile.
 
 use anyhow::{anyhow, Result};
 use clap::Args;
@@ -97,7 +100,20 @@ pub async fn run(a: AgentArgs, server: String) -> Result<()> {
             eprintln!("{line}");
         }
     });
-    let driver = local_driver(&a.data_dir, &identity.membership.cluster_id).await?;
+    let (driver, vms) = local_driver(&a.data_dir, &identity.membership.cluster_id).await?;
+    // The VMs this host's reboot took down start again once the server lists them.
+    let down = match &vms {
+        Some(vms) => vms.down_after_host_reboot().await.iter().map(|k| k.path()).collect(),
+        None => Vec::new(),
+    };
+    if !down.is_empty() {
+        eprintln!(
+            "herd agent: {} VM(s) down since this host rebooted; they start again once the server lists them as this host's",
+            down.len()
+        );
+    }
+    let resume: Arc<dyn herd_agent::reboot::Resume> = Arc::new(ResumeVms(vms));
+    let after_reboot = herd_agent::reboot::AfterReboot::new(down, resume);
     // Bridged instances plug into this host's network as a host's (the gateway alone, with the
     // anycast MAC); the server stretches their segments to it.
     let tag = herd_driver::tag::driver_tag(&identity.membership.cluster_id);
@@ -107,13 +123,31 @@ pub async fn run(a: AgentArgs, server: String) -> Result<()> {
     // every instance port forwards only while the server's lease on it lives.
     let fence = !links_over_loopback(&identity.membership.server);
     let network = herd_agent::network::HostNetwork::start(net, fence);
-    herd_agent::link::run(&identity, &a.data_dir, driver, Some(network), stop_rx, state_tx).await
+    herd_agent::link::run_after_reboot(&identity, &a.data_dir, driver, Some(network), after_reboot, stop_rx, state_tx)
+        .await
+}
+
+/// Starts the host's VMs again after its reboot (the qemu driver's resume, for the instances
+/// the server listed).
+struct ResumeVms(Option<Arc<herd_driver_qemu::QemuDriver>>);
+
+#[async_trait::async_trait]
+impl herd_agent::reboot::Resume for ResumeVms {
+    async fn resume(&self, keys: Vec<String>) -> Vec<String> {
+        let Some(vms) = &self.0 else { return Vec::new() };
+        let keys: Vec<herd_model::InstanceKey> =
+            keys.iter().filter_map(|k| herd_model::InstanceKey::parse_path(k)).collect();
+        vms.resume_after_reboot(Some(&keys)).await.iter().map(|k| k.path()).collect()
+    }
 }
 
 /// This host's driver: process instances under `<data-dir>/instances`, and VMs under
 /// `<data-dir>/vms` when QEMU is installed (KVM when usable, else TCG), each instance tagged
-/// with the cluster's id, as on the server.
-async fn local_driver(data_dir: &std::path::Path, cluster_id: &str) -> Result<Arc<dyn Driver>> {
+/// with the cluster's id, as on the server; and the VM driver alone, if there is one.
+async fn local_driver(
+    data_dir: &std::path::Path,
+    cluster_id: &str,
+) -> Result<(Arc<dyn Driver>, Option<Arc<herd_driver_qemu::QemuDriver>>)> {
     let tag = herd_driver::tag::driver_tag(cluster_id);
     let processes = herd_driver_process::ProcessDriver::new(data_dir.join("instances"), tag.clone())
         .map_err(|e| anyhow!("process driver: {e}"))?
@@ -124,12 +158,12 @@ async fn local_driver(data_dir: &std::path::Path, cluster_id: &str) -> Result<Ar
             "herd agent: {} is not installed: this host runs process instances only (apt-get install qemu-system-x86 for VMs)",
             qc.qemu.display()
         );
-        return Ok(Arc::new(processes));
+        return Ok((Arc::new(processes), None));
     }
     qc.accel = herd_driver_qemu::accel::auto(&qc.qemu, data_dir).await;
     qc.metadata_relay = Some(std::env::current_exe()?);
-    let vms = herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow!("qemu driver: {e}"))?;
-    Ok(Arc::new(herd_driver::by_image::ByImage::new(Arc::new(vms), Arc::new(processes))))
+    let vms = Arc::new(herd_driver_qemu::QemuDriver::new(qc).map_err(|e| anyhow!("qemu driver: {e}"))?);
+    Ok((Arc::new(herd_driver::by_image::ByImage::new(vms.clone(), Arc::new(processes))), Some(vms)))
 }
 
 /// Whether the server URL names a loopback address (an agent on the server's own machine).

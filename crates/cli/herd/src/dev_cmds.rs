@@ -77,6 +77,19 @@ pub enum ClusterCmd {
         #[arg(value_enum)]
         state: LinkState,
     },
+    /// Reboot a host: every process of it dies (agent, VMs, process instances), its network is
+    /// made anew as at power-on (a cut cable stays cut), and it boots with a new boot id and
+    /// starts its agent again. Its data dir (its disk) stays.
+    Reboot {
+        #[arg(long, default_value = "dev")]
+        name: String,
+        /// The host (`h1`, `h2`, …).
+        #[arg(long = "member")]
+        member: String,
+        /// Wait until its new agent has linked and the host is Ready again.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Start a member's herd process again (after `signal kill`); an agent uses the identity
     /// in its data dir, so it needs no join token.
     Start {
@@ -223,6 +236,13 @@ pub fn run(cmd: DevCmd, output: Format, query: Option<&str>) -> Result<()> {
             eprintln!("herd dev cluster: {member}'s link is {}", if state == LinkState::Up { "up" } else { "down" });
             Ok(())
         }
+        ClusterCmd::Reboot { name, member, wait } => {
+            let mut cluster = Cluster::load(&name)?;
+            let within = Duration::from_secs(180);
+            let boot_id = cluster.reboot(&member, wait, within)?;
+            eprintln!("herd dev cluster: {member} rebooted (boot id {boot_id})");
+            Ok(())
+        }
         ClusterCmd::Start { name, member, wait } => {
             let cluster = Cluster::load(&name)?;
             cluster.start(&member)?;
@@ -266,6 +286,7 @@ fn status_value(c: &Cluster) -> Value {
                 "faultDomain": m.fault_domain,
                 "dataDir": m.data_dir,
                 "init": c.inits.get(&m.name),
+                "bootId": c.boot_id(&m.name).ok(),
                 "herd": if pid.is_some() { "running" } else { "stopped" },
                 "pid": pid,
             })

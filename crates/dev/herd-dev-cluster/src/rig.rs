@@ -19,6 +19,10 @@
 //!                     └──▶ rolled back ──▶ (none)
 //! ```
 //!
+//! A host reboots (`reboot`) within Up: its init and everything under it die, its network is
+//! made anew, a new init (a new boot id) and its agent start; the state file records the new
+//! init.
+//!
 //! Each member's PID 1 is `herd dev host-init` (see [`crate::host_init`]); its herd process
 //! (server or agent) is entered into the member's namespaces with `nsenter`, so killing the
 //! agent leaves the host's instances running, and killing the init takes the whole host down.
@@ -173,33 +177,7 @@ impl Cluster {
         run("ip", &["-n", fab, "link", "add", crate::layout::FABRIC_BRIDGE, "type", "bridge"])?;
         run("ip", &["-n", fab, "link", "set", crate::layout::FABRIC_BRIDGE, "up"])?;
         for m in &l.members {
-            run("ip", &["netns", "add", &m.netns])?;
-            run("ip", &["-n", &m.netns, "link", "set", "lo", "up"])?;
-            // The cable is made inside the fabric namespace, its other end moved straight into
-            // the member's: the root namespace never holds either end.
-            run(
-                "ip",
-                &[
-                    "-n",
-                    fab,
-                    "link",
-                    "add",
-                    &m.port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    crate::layout::MEMBER_NIC,
-                    "netns",
-                    &m.netns,
-                ],
-            )?;
-            run("ip", &["-n", fab, "link", "set", &m.port, "master", crate::layout::FABRIC_BRIDGE, "up"])?;
-            run(
-                "ip",
-                &["-n", &m.netns, "addr", "add", &format!("{}/24", m.address), "dev", crate::layout::MEMBER_NIC],
-            )?;
-            run("ip", &["-n", &m.netns, "link", "set", crate::layout::MEMBER_NIC, "up"])?;
+            self.plug(m, true)?;
             std::fs::create_dir_all(&m.data_dir)?;
             let pid = self.start_init(m, opts.timeout)?;
             self.inits.insert(m.name.clone(), pid);
@@ -225,9 +203,45 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes `m`'s network namespace and its cable to the fabric bridge (its port `up` or
+    /// left down, as a cut cable), with its address: a member's network as at power-on.
+    fn plug(&self, m: &Member, up: bool) -> Result<()> {
+        let fab = self.layout.fabric_netns.as_str();
+        run("ip", &["netns", "add", &m.netns])?;
+        run("ip", &["-n", &m.netns, "link", "set", "lo", "up"])?;
+        // The cable is made inside the fabric namespace, its other end moved straight into
+        // the member's: the root namespace never holds either end.
+        run(
+            "ip",
+            &[
+                "-n",
+                fab,
+                "link",
+                "add",
+                &m.port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                crate::layout::MEMBER_NIC,
+                "netns",
+                &m.netns,
+            ],
+        )?;
+        let state = if up { "up" } else { "down" };
+        run("ip", &["-n", fab, "link", "set", &m.port, "master", crate::layout::FABRIC_BRIDGE, state])?;
+        run("ip", &["-n", &m.netns, "addr", "add", &format!("{}/24", m.address), "dev", crate::layout::MEMBER_NIC])?;
+        run("ip", &["-n", &m.netns, "link", "set", crate::layout::MEMBER_NIC, "up"])?;
+        Ok(())
+    }
+
     /// Starts the member's PID 1 and returns its PID in the root namespace.
     fn start_init(&self, m: &Member, timeout: Duration) -> Result<u32> {
-        let log = std::fs::File::create(self.layout.data_dir.join(format!("{}.init.log", m.name)))?;
+        // Appended to: a reboot's init logs after the last boot's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.layout.data_dir.join(format!("{}.init.log", m.name)))?;
         let mut holder = Command::new("ip")
             .args([
                 "netns",
@@ -404,6 +418,15 @@ impl Cluster {
     pub fn signal(&self, member: &str, signal: nix::sys::signal::Signal) -> Result<u32> {
         let pid = self.herd_process(member)?.ok_or_else(|| anyhow!("{member}'s herd process is not running"))?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)?;
+        // The `nsenter` that entered it waits for it outside the member's PID namespace, and
+        // stops itself when it sees it stop: it must go on too, or it would never reap the
+        // herd process (and a reboot's PID namespace could never empty).
+        if signal == nix::sys::signal::Signal::SIGCONT {
+            if let Some(parent) = parent_of(pid).filter(|p| cmdline(*p).first().is_some_and(|c| c.ends_with("nsenter")))
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent as i32), signal);
+            }
+        }
         if signal == nix::sys::signal::Signal::SIGKILL {
             wait_until(&format!("{member}'s herd (pid {pid}) to exit"), Duration::from_secs(30), || Ok(!alive(pid)))?;
         }
@@ -419,6 +442,97 @@ impl Cluster {
         let fab = self.layout.fabric_netns.as_str();
         run("ip", &["-n", fab, "link", "set", &m.port, if up { "up" } else { "down" }])?;
         Ok(())
+    }
+
+    /// Whether `member`'s cable is plugged in (its fabric port administratively up).
+    pub fn cable_up(&self, member: &str) -> Result<bool> {
+        let m = self.layout.member(member)?;
+        let out = run("ip", &["-n", &self.layout.fabric_netns, "-o", "link", "show", "dev", &m.port])?;
+        let flags = out.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(f, _)| f).unwrap_or_default();
+        Ok(flags.split(',').any(|f| f == "UP"))
+    }
+
+    /// `member`'s boot id, as its processes read it (see [`crate::host_init`]).
+    pub fn boot_id(&self, member: &str) -> Result<String> {
+        let init = self.init_of(member)?;
+        let p = format!("/proc/{init}/root{}", crate::host_init::BOOT_ID);
+        Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {member}'s boot id ({p})"))?.trim().to_string())
+    }
+
+    /// Reboots host `member`, as a power cycle would: its init is killed, and the kernel kills
+    /// every other process of its PID namespace with it (agent, QEMUs, process instances); its
+    /// network is made anew as at power-on (its namespace and cable deleted and created again,
+    /// so its bridges, TAPs and nftables tables are gone; a cut cable stays cut); then a new
+    /// init starts (a new boot id, a fresh `/run/herd`) and the agent with the identity in its
+    /// data dir. The data dir is the host's disk: it stays. With `wait`, until the new agent
+    /// has linked and the host is Ready (the server may still show it Ready from before the
+    /// reboot, so the link comes first). Returns the new boot id.
+    pub fn reboot(&mut self, member: &str, wait: bool, timeout: Duration) -> Result<String> {
+        let m = self.layout.member(member)?.clone();
+        if m.role != Role::Agent {
+            bail!("only a host reboots ('{member}' is the server: `signal server --signal kill`, then `start server`)");
+        }
+        let init = self.init_of(member)?;
+        let t = Instant::now();
+        let log = self.layout.data_dir.join(format!("{member}.log"));
+        let log_from = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+        let was = self.boot_id(member).unwrap_or_default();
+        let plugged = self.cable_up(member)?;
+        progress(&format!("{member}: power off (init pid {init}, boot id {was}, and every process of the host)"));
+        // The init, and every process in the host's network namespace: the holders outside its
+        // PID namespace too (`unshare`, and the `nsenter` waiting for the agent), which could
+        // otherwise keep a dead agent unreaped and the namespace from emptying.
+        let kill_all = || {
+            let mut pids: Vec<u32> = run("ip", &["netns", "pids", &m.netns])
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect();
+            let left = pids.len();
+            // Checked each time, so a reused PID is never killed.
+            if is_host_init(init) {
+                pids.push(init);
+            }
+            for pid in &pids {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            left
+        };
+        kill_all();
+        wait_until(&format!("{member}'s processes to exit"), timeout, || Ok(kill_all() == 0 && !is_host_init(init)))?;
+        let cut = if plugged { "" } else { "; its cable stays cut" };
+        progress(&format!("{member}: network reset (namespace {} and its cable made anew{cut})", m.netns));
+        // The cable goes first, both ends at once: the namespace itself may outlive its
+        // processes for a while (the kernel keeps it for sockets still closing, such as a
+        // connection whose FIN is retransmitted through a cut cable), and the new cable needs
+        // the old one's name.
+        let fab = self.layout.fabric_netns.clone();
+        let _ = run("ip", &["-n", &fab, "link", "del", &m.port]);
+        run("ip", &["netns", "del", &m.netns])?;
+        wait_until(&format!("{member}'s old cable ({}) to go", m.port), timeout, || {
+            Ok(run("ip", &["-n", &fab, "link", "show", "dev", &m.port]).is_err())
+        })?;
+        self.plug(&m, plugged)?;
+        let pid = self.start_init(&m, timeout)?;
+        self.inits.insert(m.name.clone(), pid);
+        self.save()?;
+        let now = self.boot_id(member)?;
+        if now == was {
+            bail!("{member} booted with its old boot id {now}");
+        }
+        progress(&format!("{member}: booted (init pid {pid}, boot id {now})"));
+        self.start_agent(&m, None)?;
+        progress(&format!("{member}: agent started ({:.1} s after power off)", t.elapsed().as_secs_f64()));
+        if wait {
+            wait_until(&format!("{member}'s new agent to link"), timeout, || {
+                let text = std::fs::read(&log).unwrap_or_default();
+                Ok(String::from_utf8_lossy(text.get(log_from..).unwrap_or_default()).contains("linked to the server"))
+            })?;
+            self.wait_hosts_ready(std::slice::from_ref(&m.name), timeout)?;
+            progress(&format!("{member}: Ready ({:.1} s after power off)", t.elapsed().as_secs_f64()));
+        }
+        Ok(now)
     }
 
     /// Runs a herd client command against the cluster's server, from the server's namespace;
@@ -583,6 +697,12 @@ fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
     })
+}
+
+/// The parent of `pid` (as the root namespace sees it).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn cmdline(pid: u32) -> Vec<String> {

@@ -40,7 +40,9 @@
 //! new instance's directory holds its `fence` before it appears under its name; a directory
 //! without one (made before fencing) accepts the first call and records it. `destroy` removes the
 //! record with the directory. `resume_after_host_reboot` is the driver's own act, not a caller's,
-//! and carries no fence (the host-failure work makes it wait for the server's word).
+//! and carries no fence; on a joined host the agent calls it only for the instances the
+//! server's acknowledgement lists as the host's (`resume_after_reboot`), so a VM moved away
+//! while the host was down never starts again.
 //!
 //! # Disks and the seed
 //!
@@ -80,7 +82,10 @@
 //!
 //! The `boot-id` file records the host's boot id at each start. After a reboot, every VM whose
 //! desired power is running is down; [`QemuDriver::resume_after_host_reboot`] starts those
-//! that were started under another boot id. A QEMU that died under the current boot id crashed
+//! that were started under another boot id (the server's own machine, at start). A joined
+//! host's agent waits for the server's word instead: [`QemuDriver::down_after_host_reboot`]
+//! lists them, and [`QemuDriver::resume_after_reboot`] starts those the server's first
+//! acknowledgement lists (see `herd_agent::reboot`). A QEMU that died under the current boot id crashed
 //! (or was killed): it stays `Failed` for the reconciler to repair.
 //!
 //! # Scripts (extensions)
@@ -360,20 +365,41 @@ impl QemuDriver {
     /// Starts again every VM the host's reboot took down: desired power running, QEMU not
     /// running, and started under another boot id than the current one. Returns how many were
     /// started. (A QEMU that died under the current boot id crashed; it is left `Failed`.)
+    /// The server's own machine calls this at start; an agent waits for the server's word and
+    /// calls [`Self::resume_after_reboot`] with the instances it lists.
     pub async fn resume_after_host_reboot(&self) -> usize {
+        self.resume_after_reboot(None).await.len()
+    }
+
+    /// The VMs the host's reboot took down and that [`Self::resume_after_reboot`] would start
+    /// again (see [`Self::resume_after_host_reboot`]).
+    pub async fn down_after_host_reboot(&self) -> Vec<InstanceKey> {
         let shared = self.shared.clone();
         let current = procfs::boot_id();
-        let cur = current.clone();
-        let candidates = blocking(move || {
+        blocking(move || {
             walk(&shared.cfg.root)
                 .into_iter()
-                .filter(|(key, _)| !shared.vm(key).is_foreign(&shared.cfg.tag) && shared.needs_resume(key, &cur))
+                .filter(|(key, _)| !shared.vm(key).is_foreign(&shared.cfg.tag) && shared.needs_resume(key, &current))
                 .map(|(key, _)| key)
                 .collect::<Vec<_>>()
         })
         .await
-        .unwrap_or_default();
-        let mut started = 0;
+        .unwrap_or_default()
+    }
+
+    /// Starts again the VMs the host's reboot took down, as [`Self::resume_after_host_reboot`],
+    /// but only those of `only` when given (an agent's: the instances the server's
+    /// acknowledgement lists as this host's). Idempotent: a VM that runs, or was started under
+    /// this boot, is left alone. Returns the VMs started.
+    pub async fn resume_after_reboot(&self, only: Option<&[InstanceKey]>) -> Vec<InstanceKey> {
+        let current = procfs::boot_id();
+        let candidates: Vec<InstanceKey> = self
+            .down_after_host_reboot()
+            .await
+            .into_iter()
+            .filter(|k| only.is_none_or(|only| only.contains(k)))
+            .collect();
+        let mut started = Vec::new();
         for key in candidates {
             let _g = self.locks.lock(&key).await;
             let (shared, k, cur) = (self.shared.clone(), key.clone(), current.clone());
@@ -384,7 +410,7 @@ impl QemuDriver {
             match self.start(&key, &d).await {
                 Ok(()) => {
                     tracing::info!(instance = %key, "started again after a host reboot");
-                    started += 1;
+                    started.push(key);
                 }
                 Err(e) => tracing::warn!(instance = %key, error = %e, "could not start again after a host reboot"),
             }

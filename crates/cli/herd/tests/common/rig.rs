@@ -101,6 +101,21 @@ impl Rig {
         self.ok_dev(&["start", member, "--wait"]);
     }
 
+    /// Cuts (`up` false) or restores `member`'s cable to the fabric.
+    pub fn link(&self, member: &str, up: bool) {
+        self.ok_dev(&["link", "--member", member, if up { "up" } else { "down" }]);
+    }
+
+    /// Reboots host `member` (`herd dev cluster reboot`: every process of it dies, its network
+    /// is made anew, a cut cable stays cut, its agent starts again); does not wait for Ready.
+    /// Returns the new boot id.
+    pub fn reboot(&self, member: &str) -> String {
+        self.ok_dev(&["reboot", "--member", member]);
+        let status = self.status();
+        let m = status["members"].as_array().unwrap().iter().find(|m| m["name"] == member).cloned();
+        m.and_then(|m| m["bootId"].as_str().map(String::from)).unwrap_or_else(|| panic!("{member}'s boot id: {status}"))
+    }
+
     /// Every process of `member` (its PID namespace) whose command line contains `needle`:
     /// pids as the member sees them.
     pub fn pids(&self, member: &str, needle: &str) -> Vec<u32> {
