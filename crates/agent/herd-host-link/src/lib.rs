@@ -122,6 +122,8 @@ pub struct HostLinks {
     /// The instances each host may run (by its records), read at most once a second for all
     /// hosts' acknowledgements together.
     assigned: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Assigned>)>>,
+    /// Set when the reconciler moved instances to other hosts: the reading above is stale.
+    assigned_stale: std::sync::atomic::AtomicBool,
     /// Cold moves' state files staged here (see [`transfers`]).
     pub(crate) transfers: transfers::Transfers,
 }
@@ -172,6 +174,7 @@ impl HostLinks {
             heard: Mutex::new(HashMap::new()),
             granted: Mutex::new(None),
             assigned: tokio::sync::Mutex::new(None),
+            assigned_stale: Default::default(),
             transfers: Default::default(),
         })
     }
@@ -221,7 +224,10 @@ impl HostLinks {
     /// the store at most a second old (every host's acknowledgements share one reading).
     async fn assigned_to(&self, host: &str) -> Vec<String> {
         let mut cache = self.assigned.lock().await;
-        let fresh = cache.as_ref().is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
+        // Taken under the lock, so a reading made after the move was written is never dropped
+        // for an older one.
+        let moved = self.assigned_stale.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let fresh = !moved && cache.as_ref().is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
         if !fresh {
             let read = self
                 .state
@@ -707,6 +713,10 @@ impl herd_model::host::Heartbeats for HostLinks {
                 Err(e) => Err(e.to_string()),
             }
         })
+    }
+
+    fn placements_changed(&self) {
+        self.assigned_stale.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn link_stats(&self, name: &str) -> Option<herd_model::host::LinkStats> {

@@ -365,6 +365,14 @@ impl Reconciler {
 
         // Phase A: intents.
         let (calls, extension_runs) = self.intents(&mut works, now, &images, &lbs).await?;
+        // Instances placed on another host: the hosts' leases must stop listing them from the
+        // next acknowledgement on (the agent link caches where instances are for a second).
+        let moved = works.iter().flat_map(|w| &w.steps).any(|s| {
+            matches!(s, Step::Replace { to: Some(_), .. } | Step::Redeploy { to: Some(_), .. } | Step::LoseSpot { .. })
+        });
+        if let (true, Some(j)) = (moved, &self.config.joined) {
+            j.heartbeats.placements_changed();
+        }
         let n_calls = calls.len();
         let t_intent = t_start.elapsed();
         self.fault(FaultPoint::AfterIntent)?;

@@ -339,6 +339,11 @@ pub trait Heartbeats: Send + Sync {
     fn link_stats(&self, _name: &str) -> Option<LinkStats> {
         None
     }
+
+    /// Instances were just placed on other hosts (a re-creation, a redeploy, a Spot loss),
+    /// written to the store: the next acknowledgement to any host must list what the store
+    /// says now, not an earlier reading (a host must never be leased an instance moved away).
+    fn placements_changed(&self) {}
 }
 
 /// What the server saw of a linked host's connection.
