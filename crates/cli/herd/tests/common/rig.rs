@@ -213,16 +213,6 @@ impl Rig {
         format!("herd-{}-{member}", self.name)
     }
 
-    /// Cuts (`up` false) or restores `member`'s cable to the fabric (`herd dev cluster link`).
-    pub fn link(&self, member: &str, up: bool) {
-        let out = Command::new(HERD)
-            .args(["dev", "cluster", "link", "--name", &self.name, "--member", member])
-            .arg(if up { "up" } else { "down" })
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "link {member} up={up}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
     /// The address of `web-lb`'s frontend (`web-lb-ip`, see [`Rig::subnet_and_lb`]).
     pub fn frontend(&self) -> String {
         let ip = self.json(&["network", "public-ip", "show", "-g", "rg", "-n", "web-lb-ip"]);
