@@ -448,37 +448,7 @@ fn two_vms_on_two_hosts_serve_behind_the_lb_and_reach_each_other_by_private_ip()
         &["--hosts", "2", "--zones", "1,2", "--driver", "qemu", "--server-arg=--accel", "--server-arg=tcg"],
         "[qemu]\nboot_timeout_secs = 240\n",
     );
-    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
-    let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
-    r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
-    r.subnet_and_lb();
-    r.json(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:TestGuest:1:1.0.0",
-        "--vm-sku",
-        "Standard_B1ls",
-        "--instance-count",
-        "2",
-        "--zones",
-        "1",
-        "2",
-        "--vnet-name",
-        "vnet1",
-        "--subnet",
-        "web",
-        "--lb",
-        "web-lb",
-        "--upgrade-policy-mode",
-        "Manual",
-        "--disable-overprovision",
-        "--no-wait",
-    ]);
+    r.testguest_web(&tg, "2", &["1", "2"], &[]);
     wait_observing("2 VMs running, one per host", Duration::from_secs(300), || {
         let list = r.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
         let hosts: std::collections::BTreeSet<String> = list
@@ -501,25 +471,7 @@ fn two_vms_on_two_hosts_serve_behind_the_lb_and_reach_each_other_by_private_ip()
     let p = placed(&r);
     assert_eq!(p.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(), ["10.0.0.4", "10.0.0.5"], "{p:?}");
 
-    let settings = serde_json::json!({ "commandToExecute": VM_SCRIPT }).to_string();
-    r.json(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--publisher",
-        "Microsoft.Azure.Extensions",
-        "--version",
-        "2.0",
-        "--settings",
-        &settings,
-    ]);
-    r.json(&["vmss", "update-instances", "-g", "rg", "-n", "web", "--instance-ids", "*", "--no-wait"]);
+    r.custom_script(VM_SCRIPT, &["*"], false);
     let done: Vec<Value> = wait_observing("the Custom Script on both VMs", Duration::from_secs(300), || {
         let list = r.json(&["vmss", "list-instances", "-g", "rg", "-n", "web"]);
         let all = list.as_array().cloned().unwrap_or_default();

@@ -264,37 +264,6 @@ fn vm_script(write: bool) -> String {
     )
 }
 
-/// Sets the Custom Script to `script` and runs it on every instance (in place: only the
-/// extension changed).
-fn run_everywhere(r: &Rig, script: &str) {
-    run_on(r, script, &["*"]);
-}
-
-/// Sets the Custom Script to `script` and runs it on instances `ids`.
-fn run_on(r: &Rig, script: &str, ids: &[&str]) {
-    let settings = serde_json::json!({ "commandToExecute": script }).to_string();
-    r.json(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--publisher",
-        "Microsoft.Azure.Extensions",
-        "--version",
-        "2.0",
-        "--settings",
-        &settings,
-    ]);
-    let mut args = vec!["vmss", "update-instances", "-g", "rg", "-n", "web", "--timeout", "900", "--instance-ids"];
-    args.extend(ids);
-    r.json(&args);
-}
-
 #[test]
 fn draining_a_host_of_two_vms_under_load_fails_no_request_and_keeps_their_data_disks_and_ips() {
     let tg = herd_test_support::require_testguest("1.0.0");
@@ -303,45 +272,14 @@ fn draining_a_host_of_two_vms_under_load_fails_no_request_and_keeps_their_data_d
         &["--hosts", "2", "--zones", "1,1", "--driver", "qemu", "--server-arg=--accel", "--server-arg=tcg"],
         &format!("{CONFIG}[qemu]\nboot_timeout_secs = 240\n"),
     );
-    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
-    let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
-    r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
-    r.subnet_and_lb();
-    r.json(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:TestGuest:1:1.0.0",
-        "--vm-sku",
-        "Standard_B1ls",
-        "--instance-count",
-        "3",
-        "--zones",
-        "1",
-        "--vnet-name",
-        "vnet1",
-        "--subnet",
-        "web",
-        "--lb",
-        "web-lb",
-        "--data-disk-sizes-gb",
-        "1",
-        "--upgrade-policy-mode",
-        "Manual",
-        "--disable-overprovision",
-        "--no-wait",
-    ]);
+    r.testguest_web(&tg, "3", &["1"], &["--data-disk-sizes-gb", "1"]);
     let all = wait_observing("3 VMs running", Duration::from_secs(400), || {
         let list = instances(&r, "web");
         let up = list.iter().filter(|i| i["powerState"] == "running" && i["provisioningState"] == "Succeeded").count();
         (up == 3).then_some(list.clone()).ok_or_else(|| common::instances_summary(&Value::Array(list)))
     });
     // Each VM writes a token to its data disk and serves it (and its name, for the probe).
-    run_everywhere(&r, &vm_script(true));
+    r.custom_script(&vm_script(true), &["*"], true);
     let count = |h: &str| all.iter().filter(|i| i["host"] == h).count();
     let (drained, other) = if count("h1") == 2 { ("h1", "h2") } else { ("h2", "h1") };
     let moving: Vec<Value> = all.iter().filter(|i| i["host"] == drained).cloned().collect();
@@ -390,7 +328,7 @@ fn draining_a_host_of_two_vms_under_load_fails_no_request_and_keeps_their_data_d
     assert_eq!(r.pids(other, "qemu-system").len(), 3, "all three on {other}");
     // The moved VMs booted again on the other host: serve again, reading what the disk holds
     // (on them only: an extension run in place drains the instance it runs on).
-    run_on(&r, &vm_script(false), &tokens.iter().map(|t| t.0.as_str()).collect::<Vec<_>>());
+    r.custom_script(&vm_script(false), &tokens.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), true);
     for (id, url, token) in &tokens {
         let got =
             wait_observing(&format!("instance {id}'s data disk after the move"), Duration::from_secs(120), || {

@@ -371,36 +371,7 @@ fn tcg_vms_behind_the_lb_move_on_a_cut_and_a_freeze_and_answer_one_copy_at_a_tim
         &["--hosts", "3", "--zones", "1,1,1", "--driver", "qemu", "--server-arg=--accel", "--server-arg=tcg"],
         &config(),
     );
-    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
-    let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
-    r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
-    r.subnet_and_lb();
-    r.json(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:TestGuest:1:1.0.0",
-        "--vm-sku",
-        "Standard_B1ls",
-        "--instance-count",
-        "2",
-        "--zones",
-        "1",
-        "--vnet-name",
-        "vnet1",
-        "--subnet",
-        "web",
-        "--lb",
-        "web-lb",
-        "--upgrade-policy-mode",
-        "Manual",
-        "--disable-overprovision",
-        "--no-wait",
-    ]);
+    r.testguest_web(&tg, "2", &["1"], &[]);
     wait_observing("2 VMs running on two hosts", Duration::from_secs(300), || {
         let list = instances(&r);
         let hosts: BTreeSet<String> = list
@@ -410,25 +381,7 @@ fn tcg_vms_behind_the_lb_move_on_a_cut_and_a_freeze_and_answer_one_copy_at_a_tim
             .collect();
         (hosts.len() == 2).then_some(()).ok_or_else(|| common::instances_summary(&Value::Array(list)))
     });
-    let settings = serde_json::json!({ "commandToExecute": SERVE_IDENTITY }).to_string();
-    r.json(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--publisher",
-        "Microsoft.Azure.Extensions",
-        "--version",
-        "2.0",
-        "--settings",
-        &settings,
-    ]);
-    r.json(&["vmss", "update-instances", "-g", "rg", "-n", "web", "--instance-ids", "*", "--no-wait"]);
+    r.custom_script(SERVE_IDENTITY, &["*"], false);
     wait_observing("the Custom Script on both VMs", Duration::from_secs(300), || {
         let list = instances(&r);
         let done = list.len() == 2

@@ -76,25 +76,7 @@ fn vms(r: &Rig, host: &str) -> Vec<u32> {
 /// Runs the web server on instances `ids` (`*`: all) through the Custom Script extension;
 /// `round` makes each call a new model, so the extension runs again.
 fn serve(r: &Rig, ids: &str, round: u32) {
-    let settings = serde_json::json!({ "commandToExecute": format!("{WEB} # round {round}") }).to_string();
-    r.json(&[
-        "vmss",
-        "extension",
-        "set",
-        "-g",
-        "rg",
-        "--vmss-name",
-        "web",
-        "--name",
-        "CustomScript",
-        "--publisher",
-        "Microsoft.Azure.Extensions",
-        "--version",
-        "2.0",
-        "--settings",
-        &settings,
-    ]);
-    r.json(&["vmss", "update-instances", "-g", "rg", "-n", "web", "--instance-ids", ids, "--no-wait"]);
+    r.custom_script(&format!("{WEB} # round {round}"), &[ids], false);
 }
 
 /// `member`'s boot id, as the rig reports it.
@@ -120,36 +102,7 @@ fn a_rebooted_host_starts_its_vms_only_once_the_server_lists_them_and_never_a_mo
         &["--hosts", "2", "--zones", "1,1", "--driver", "qemu", "--server-arg=--accel", "--server-arg=tcg"],
         &config(),
     );
-    r.json(&["group", "create", "-n", "rg", "-l", "local"]);
-    let import = common::testguest_import_args(&tg, "Herd:TestGuest:1:1.0.0");
-    r.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
-    r.subnet_and_lb();
-    r.json(&[
-        "vmss",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "web",
-        "--image",
-        "Herd:TestGuest:1:1.0.0",
-        "--vm-sku",
-        "Standard_B1ls",
-        "--instance-count",
-        "2",
-        "--zones",
-        "1",
-        "--vnet-name",
-        "vnet1",
-        "--subnet",
-        "web",
-        "--lb",
-        "web-lb",
-        "--upgrade-policy-mode",
-        "Manual",
-        "--disable-overprovision",
-        "--no-wait",
-    ]);
+    r.testguest_web(&tg, "2", &["1"], &[]);
     wait_observing("2 VMs running, one on h1 and one on h2", Duration::from_secs(420), || {
         let list = instances(&r);
         let hosts: BTreeSet<String> = list

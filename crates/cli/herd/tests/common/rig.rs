@@ -183,6 +183,76 @@ impl Rig {
         }
     }
 
+    /// In a new resource group `rg`: the test guest `tg` imported as `Herd:TestGuest:1:1.0.0`,
+    /// [`Rig::subnet_and_lb`], and scale set `web` of `count` TCG VMs (`Standard_B1ls`,
+    /// Manual upgrades, no overprovisioning) in `zones`, behind `web-lb`, plus `extra`
+    /// arguments; does not wait.
+    pub fn testguest_web(&self, tg: &Path, count: &str, zones: &[&str], extra: &[&str]) {
+        self.json(&["group", "create", "-n", "rg", "-l", "local"]);
+        let import = super::testguest_import_args(tg, "Herd:TestGuest:1:1.0.0");
+        self.json(&import.iter().map(String::as_str).collect::<Vec<_>>());
+        self.subnet_and_lb();
+        let mut args = vec![
+            "vmss",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            "web",
+            "--image",
+            "Herd:TestGuest:1:1.0.0",
+            "--vm-sku",
+            "Standard_B1ls",
+            "--instance-count",
+            count,
+            "--vnet-name",
+            "vnet1",
+            "--subnet",
+            "web",
+            "--lb",
+            "web-lb",
+            "--upgrade-policy-mode",
+            "Manual",
+            "--disable-overprovision",
+            "--no-wait",
+            "--zones",
+        ];
+        args.extend(zones);
+        args.extend(extra);
+        self.json(&args);
+    }
+
+    /// Sets set `web`'s Custom Script to `script` and runs it on instances `ids` (`*`: all),
+    /// in place; with `wait`, until the update is done (else it returns at once).
+    pub fn custom_script(&self, script: &str, ids: &[&str], wait: bool) {
+        let settings = serde_json::json!({ "commandToExecute": script }).to_string();
+        self.json(&[
+            "vmss",
+            "extension",
+            "set",
+            "-g",
+            "rg",
+            "--vmss-name",
+            "web",
+            "--name",
+            "CustomScript",
+            "--publisher",
+            "Microsoft.Azure.Extensions",
+            "--version",
+            "2.0",
+            "--settings",
+            &settings,
+        ]);
+        let mut args = vec!["vmss", "update-instances", "-g", "rg", "-n", "web"];
+        args.push(if wait { "--timeout" } else { "--no-wait" });
+        if wait {
+            args.push("900");
+        }
+        args.push("--instance-ids");
+        args.extend(ids);
+        self.json(&args);
+    }
+
     /// The addresses `web-lb`'s pool has in rotation.
     pub fn in_rotation(&self) -> std::collections::BTreeSet<String> {
         let pool = self.json(&[
