@@ -78,7 +78,11 @@ pub async fn run(cmd: BenchCmd, output: Format) -> Result<()> {
                     other.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
                 ),
             };
-            let o = herd_bench::host_failure::HostFailureOpts { testguest: std::path::absolute(&o.testguest)?, ..o };
+            let o = herd_bench::host_failure::HostFailureOpts {
+                testguest: std::path::absolute(&o.testguest)?,
+                sample: std::path::absolute(&o.sample)?,
+                ..o
+            };
             tokio::task::spawn_blocking(move || herd_bench::host_failure::run(&o, output)).await?
         }
         BenchCmd::Placement(o) => {

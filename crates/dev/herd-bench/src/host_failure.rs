@@ -27,6 +27,10 @@
 //! The next run cuts the host the instance is on then (the empty one it came from takes it
 //! back). Every wait has a deadline; all traffic stays inside the rig's namespaces; the rig is
 //! taken down however the bench ends.
+//!
+//! `--instances process` runs the same cuts with process instances of `images/sample-process`
+//! (which serve HTTP on 8080 from their start): no guest boot, so "replacement running" is the
+//! control plane's own time, the figure the goal is about.
 
 use crate::qemu::{toml_paths, Guest};
 use anyhow::{anyhow, bail, Context, Result};
@@ -70,6 +74,22 @@ pub struct HostFailureOpts {
     /// VM size.
     #[arg(long, default_value = "Standard_B1ls")]
     pub sku: String,
+    /// What the set runs: TCG VMs of the test guest, or process instances (no boot).
+    #[arg(long, value_enum, default_value_t = Instances::Vm)]
+    pub instances: Instances,
+    /// The process image directory (`--instances process`).
+    #[arg(long, default_value = "images/sample-process")]
+    pub sample: PathBuf,
+}
+
+/// What the measured set runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    /// TCG VMs of the test guest.
+    Vm,
+    /// Process instances of the sample image.
+    Process,
 }
 
 /// The lease bound after the last heartbeat: L·(1 + 1 %) + 2 s.
@@ -204,10 +224,20 @@ pub fn run(o: &HostFailureOpts, output: Output) -> Result<()> {
     if o.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let guest = Guest::find(&o.testguest)?;
-    if !std::path::Path::new(herd_driver_qemu::DEFAULT_QEMU).exists() {
-        bail!("{} is missing (apt-get install qemu-system-x86)", herd_driver_qemu::DEFAULT_QEMU);
-    }
+    let guest = match o.instances {
+        Instances::Vm => {
+            if !std::path::Path::new(herd_driver_qemu::DEFAULT_QEMU).exists() {
+                bail!("{} is missing (apt-get install qemu-system-x86)", herd_driver_qemu::DEFAULT_QEMU);
+            }
+            Some(Guest::find(&o.testguest)?)
+        }
+        Instances::Process => {
+            if !o.sample.join("init").is_file() {
+                bail!("--sample {}: no process image there (an `init` is expected: images/sample-process)", o.sample.display());
+            }
+            None
+        }
+    };
     let tmp = tempfile::Builder::new().prefix("herd-bench-hf-").tempdir()?;
     let layout = Layout::plan(&ClusterSpec {
         name: format!("hfb{}", std::process::id() % 10_000),
@@ -217,24 +247,34 @@ pub fn run(o: &HostFailureOpts, output: Output) -> Result<()> {
         subnet: [10, 251, 0],
         data_dir: tmp.path().join("cluster"),
     })?;
-    let roots = toml_paths(&[&guest.kernel, &guest.initrd]);
-    let up = UpOptions {
-        driver: "qemu".into(),
-        server_args: vec!["--accel".into(), "tcg".into()],
-        server_config: format!(
-            "[agents]\nhost_grace_secs = {}\nheartbeat_interval_ms = 1000\nlease_secs = {}\nreplace_after_secs = {}\n\n\
-             [qemu]\nboot_timeout_secs = 240\n\n[images]\nimport_roots = {roots}\n",
-            HOST_GRACE.as_secs(),
-            LEASE.as_secs(),
-            REPLACE_AFTER.as_secs()
+    let agents = format!(
+        "[agents]\nhost_grace_secs = {}\nheartbeat_interval_ms = 1000\nlease_secs = {}\nreplace_after_secs = {}\n",
+        HOST_GRACE.as_secs(),
+        LEASE.as_secs(),
+        REPLACE_AFTER.as_secs()
+    );
+    let (driver, server_args, server_config) = match &guest {
+        Some(g) => (
+            "qemu",
+            vec!["--accel".to_string(), "tcg".to_string()],
+            format!(
+                "{agents}\n[qemu]\nboot_timeout_secs = 240\n\n[images]\nimport_roots = {}\n",
+                toml_paths(&[&g.kernel, &g.initrd])
+            ),
         ),
+        None => ("process", vec![], agents),
+    };
+    let up = UpOptions {
+        driver: driver.into(),
+        server_args,
+        server_config,
         local_zone: None,
         timeout: Duration::from_secs(240),
     };
     eprintln!("herd bench host-failure: building the rig (server + 3 agent hosts in zone 1)");
     let down = Down(Some(Cluster::up(layout, &up)?));
     let c = down.0.as_ref().expect("up");
-    let result = measure(c, &guest, o, output);
+    let result = measure(c, guest.as_ref(), o, output);
     drop(down);
     result
 }
@@ -287,23 +327,38 @@ fn host_state(c: &Cluster, host: &str) -> Result<String> {
         .to_string())
 }
 
-/// Whether `member` runs a QEMU for instance `key` (`-name herd:<tag>:<key>`).
-fn runs_qemu(c: &Cluster, member: &str, key: &str) -> Result<bool> {
+/// Whether `member` runs a copy of instance `key`: a QEMU named for it (`-name
+/// herd:<tag>:<key>`), or a process whose environment says it is that instance.
+fn runs_copy(c: &Cluster, member: &str, key: &str) -> Result<bool> {
     let name = format!(":{key}");
-    Ok(c.processes(member)?.iter().any(|(_, argv)| {
-        argv.first().is_some_and(|a| a.contains("qemu-system"))
-            && argv.windows(2).any(|w| w[0] == "-name" && w[1].starts_with("herd:") && w[1].ends_with(&name))
+    let env = format!("HERD_INSTANCE_KEY={key}");
+    Ok(c.processes(member)?.iter().any(|(pid, argv)| {
+        let qemu = argv.first().is_some_and(|a| a.contains("qemu-system"))
+            && argv.windows(2).any(|w| w[0] == "-name" && w[1].starts_with("herd:") && w[1].ends_with(&name));
+        qemu || std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == env.as_bytes()))
     }))
 }
 
 /// The rig's set: group, image, subnet and load balancer, two VMs serving on 8080.
-fn set_up(c: &Cluster, guest: &Guest, sku: &str) -> Result<()> {
-    let cmdline = format!("@{}", guest.kernel.with_file_name("cmdline").display());
-    let (kernel, initrd) = (guest.kernel.display().to_string(), guest.initrd.display().to_string());
+fn set_up(c: &Cluster, guest: Option<&Guest>, sample: &std::path::Path, sku: &str) -> Result<()> {
+    let (cmdline, kernel, initrd, dir) = match guest {
+        Some(g) => (
+            format!("@{}", g.kernel.with_file_name("cmdline").display()),
+            g.kernel.display().to_string(),
+            g.initrd.display().to_string(),
+            String::new(),
+        ),
+        None => (String::new(), String::new(), String::new(), std::path::absolute(sample)?.display().to_string()),
+    };
+    let import: Vec<&str> = match guest {
+        Some(_) => vec!["image", "import", "--urn", IMAGE_URN, "--kernel", &kernel, "--initrd", &initrd, "--cmdline", &cmdline],
+        None => vec!["image", "import", "--urn", IMAGE_URN, "--dir", &dir],
+    };
     let lb = ["-g", "rg", "--lb-name", "web-lb"];
     let steps: Vec<Vec<&str>> = vec![
         vec!["group", "create", "-n", "rg", "-l", "local"],
-        vec!["image", "import", "--urn", IMAGE_URN, "--kernel", &kernel, "--initrd", &initrd, "--cmdline", &cmdline],
+        import,
         vec!["network", "vnet", "create", "-g", "rg", "-n", "vnet1", "--address-prefix", "10.0.0.0/16"],
         vec![
             "network",
@@ -375,7 +430,7 @@ fn set_up(c: &Cluster, guest: &Guest, sku: &str) -> Result<()> {
     for s in steps {
         cli(c, &s)?;
     }
-    eprintln!("host-failure: two VMs ({sku}) starting");
+    eprintln!("host-failure: two {} ({sku}) starting", if guest.is_some() { "VMs" } else { "process instances" });
     poll("2 VMs running on two hosts", BOOT, || {
         let list = instances(c)?;
         let hosts: BTreeSet<&str> = list
@@ -385,6 +440,14 @@ fn set_up(c: &Cluster, guest: &Guest, sku: &str) -> Result<()> {
             .collect();
         Ok(if hosts.len() == 2 { Ok(()) } else { Err(format!("{list:?}")) })
     })?;
+    if guest.is_none() {
+        // Process instances serve from their start.
+        poll("both instances in rotation", BOOT, || {
+            let now = in_rotation(c)?;
+            Ok(if now.len() == 2 { Ok(()) } else { Err(format!("{now:?}")) })
+        })?;
+        return Ok(());
+    }
     let settings = json!({ "commandToExecute": SERVE }).to_string();
     cli(
         c,
@@ -457,7 +520,7 @@ fn one_run(c: &Cluster, run: u32) -> Result<Run> {
         let now = in_rotation(c)?;
         Ok(if now.contains(&ip) { Ok(t0.elapsed()) } else { Err(format!("{now:?}")) })
     })?;
-    if !runs_qemu(c, &host, key)? {
+    if !runs_copy(c, &host, key)? {
         bail!("run {run}: the cut host {host} no longer runs its copy of {key} before the link is back");
     }
     drop(restore);
@@ -466,7 +529,7 @@ fn one_run(c: &Cluster, run: u32) -> Result<Run> {
     let ready = poll(&format!("{host} Ready again"), BOOT, || {
         // The state first, then the processes: a copy seen after Ready ran while Ready.
         let state = host_state(c, &host)?;
-        let copy = runs_qemu(c, &host, key)?;
+        let copy = runs_copy(c, &host, key)?;
         samples += 1;
         if state == "Ready" {
             if copy {
@@ -504,10 +567,10 @@ impl Drop for RestoreLink<'_> {
     }
 }
 
-fn measure(c: &Cluster, guest: &Guest, o: &HostFailureOpts, output: Output) -> Result<()> {
+fn measure(c: &Cluster, guest: Option<&Guest>, o: &HostFailureOpts, output: Output) -> Result<()> {
     let skus = herd_model::sku::SkuTable::default();
     let (sku, _) = skus.resolve("--sku", &o.sku).map_err(|e| anyhow!("{}", e.message))?;
-    set_up(c, guest, sku)?;
+    set_up(c, guest, &o.sample, sku)?;
     let mut runs = Vec::new();
     for run in 1..=o.runs {
         let r = one_run(c, run)?;
@@ -518,8 +581,17 @@ fn measure(c: &Cluster, guest: &Guest, o: &HostFailureOpts, output: Output) -> R
     }
     let summary = summarize(&runs);
     match output {
-        Output::Json => println!("{}", json!({"bench": "host-failure-summary", "sku": sku, "summary": summary})),
-        Output::Table => print!("{}", table(&summary)),
+        Output::Json => println!(
+            "{}",
+            json!({"bench": "host-failure-summary", "instances": o.instances, "sku": sku, "summary": summary})
+        ),
+        Output::Table => {
+            let what = match o.instances {
+                Instances::Vm => format!("TCG VMs of the test guest ({sku})"),
+                Instances::Process => "process instances (no boot)".to_string(),
+            };
+            print!("instances: {what}\n{}", table(&summary))
+        }
     }
     Ok(())
 }
