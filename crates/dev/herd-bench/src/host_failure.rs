@@ -233,7 +233,10 @@ pub fn run(o: &HostFailureOpts, output: Output) -> Result<()> {
         }
         Instances::Process => {
             if !o.sample.join("init").is_file() {
-                bail!("--sample {}: no process image there (an `init` is expected: images/sample-process)", o.sample.display());
+                bail!(
+                    "--sample {}: no process image there (an `init` is expected: images/sample-process)",
+                    o.sample.display()
+                );
             }
             None
         }
@@ -352,7 +355,9 @@ fn set_up(c: &Cluster, guest: Option<&Guest>, sample: &std::path::Path, sku: &st
         None => (String::new(), String::new(), String::new(), std::path::absolute(sample)?.display().to_string()),
     };
     let import: Vec<&str> = match guest {
-        Some(_) => vec!["image", "import", "--urn", IMAGE_URN, "--kernel", &kernel, "--initrd", &initrd, "--cmdline", &cmdline],
+        Some(_) => {
+            vec!["image", "import", "--urn", IMAGE_URN, "--kernel", &kernel, "--initrd", &initrd, "--cmdline", &cmdline]
+        }
         None => vec!["image", "import", "--urn", IMAGE_URN, "--dir", &dir],
     };
     let lb = ["-g", "rg", "--lb-name", "web-lb"];
