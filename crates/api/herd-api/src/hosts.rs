@@ -288,17 +288,7 @@ fn drain(st: &AppState, name: &str) -> Result<(), ApiError> {
         }
         on_host.push((set.clone(), records.iter().map(|r| r.instance_id.to_string()).collect()));
         if !herd_model::spot::is_spot(set.value.model.virtual_machine_profile.priority) {
-            let movable: Vec<_> = records
-                .into_iter()
-                .filter(|r| {
-                    matches!(
-                        r.state,
-                        herd_model::instance::InstanceState::Running
-                            | herd_model::instance::InstanceState::Stopped
-                            | herd_model::instance::InstanceState::Failed
-                    )
-                })
-                .collect();
+            let movable: Vec<_> = records.into_iter().filter(|r| r.at_rest_for_move()).collect();
             if !movable.is_empty() {
                 moves.push((set.value.clone(), movable));
             }

@@ -364,10 +364,7 @@ fn check_redeploy(
     let records = instance_actions::chosen_records(&*st.store, set, ids)?;
     let moving: Vec<_> = records
         .into_iter()
-        .filter(|r| {
-            r.pending != Some(herd_model::instance::PendingAction::Redeploy)
-                && matches!(r.state, InstanceState::Running | InstanceState::Stopped | InstanceState::Failed)
-        })
+        .filter(|r| r.pending != Some(herd_model::instance::PendingAction::Redeploy) && r.at_rest_for_move())
         .collect();
     if moving.is_empty() {
         return Ok(());

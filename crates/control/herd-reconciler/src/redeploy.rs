@@ -46,8 +46,8 @@ pub fn next_step(input: &SetInput<'_>, r: &InstanceRecord) -> Option<Step> {
         return None;
     }
     let from = r.host.as_ref()?;
-    if !matches!(r.state, InstanceState::Running | InstanceState::Stopped | InstanceState::Failed) {
-        return None; // a start, stop or build under way finishes first
+    if !r.at_rest_for_move() {
+        return None;
     }
     let due = r
         .scheduled_events

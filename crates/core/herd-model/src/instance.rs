@@ -371,6 +371,12 @@ impl InstanceRecord {
             })
     }
 
+    /// Settled on a host so that a cold move (redeploy) may start: running, stopped or failed
+    /// (a start, stop or build under way finishes first).
+    pub fn at_rest_for_move(&self) -> bool {
+        matches!(self.state, InstanceState::Running | InstanceState::Stopped | InstanceState::Failed)
+    }
+
     /// Counted toward capacity: not an extra and not on its way out.
     pub fn is_counted(&self) -> bool {
         !self.overprovisioned && self.goal != InstanceGoal::Deleted

@@ -203,21 +203,7 @@ pub(crate) fn check_image(image: &Path) -> Result<(), String> {
 /// Copies the tree at `src` to `dst` (which must not exist). File modes are kept (so `init` stays
 /// executable) and symbolic links are copied as links; other special files are skipped.
 pub(crate) fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
-    fs::create_dir(dst)?;
-    fs::set_permissions(dst, fs::metadata(src)?.permissions())?;
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let to = dst.join(entry.file_name());
-        if ty.is_dir() {
-            copy_tree(&entry.path(), &to)?;
-        } else if ty.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
-        } else if ty.is_file() {
-            fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
+    place_tree(src, dst, false)
 }
 
 /// Places the tree at `src` at `dst` (which must not exist) as [`copy_tree`] does, but each
@@ -225,6 +211,11 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
 /// possibly gigabytes, are not copied a second time on this host); a copy otherwise. `src` is
 /// a staging tree removed afterwards, so the link leaves the instance the only name.
 pub(crate) fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    place_tree(src, dst, true)
+}
+
+/// [`copy_tree`], with regular files hard-linked where possible when `link`.
+fn place_tree(src: &Path, dst: &Path, link: bool) -> io::Result<()> {
     fs::create_dir(dst)?;
     fs::set_permissions(dst, fs::metadata(src)?.permissions())?;
     for entry in fs::read_dir(src)? {
@@ -232,10 +223,10 @@ pub(crate) fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
         let ty = entry.file_type()?;
         let to = dst.join(entry.file_name());
         if ty.is_dir() {
-            link_tree(&entry.path(), &to)?;
+            place_tree(&entry.path(), &to, link)?;
         } else if ty.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
-        } else if ty.is_file() && fs::hard_link(entry.path(), &to).is_err() {
+        } else if ty.is_file() && !(link && fs::hard_link(entry.path(), &to).is_ok()) {
             fs::copy(entry.path(), &to)?;
         }
     }
